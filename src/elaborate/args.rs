@@ -1,0 +1,255 @@
+//! Checking the arguments of primitive layer calls against their signatures.
+
+use crate::diagnostics::{suggest, Diagnostic, Span};
+use crate::graph::{Padding, Slice};
+use crate::syntax::ast::{Expr, ExprKind, Ident};
+
+use super::layers::{self, Arg, ArgSpec, Args, DefaultValue, Kind};
+use super::value::{Spanned, Value};
+
+/// Binds the evaluated arguments of a call of layer `layer` to its
+/// signature, checking each value's kind; reports every problem found.
+pub fn bind_layer(
+    layer: &str,
+    signature: &'static [ArgSpec],
+    values: &[(Option<Ident>, Spanned)],
+    call: Span,
+) -> Result<Args, Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    let mut given: Vec<Option<&Spanned>> = vec![None; signature.len()];
+    let mut positional = 0;
+    for (name, value) in values {
+        let slot = match name {
+            None => {
+                positional += 1;
+                if positional > signature.len() {
+                    errors.push(
+                        Diagnostic::error(
+                            value.span,
+                            format!(
+                                "too many arguments: `{layer}` takes at most {}",
+                                signature.len()
+                            ),
+                            "extra argument",
+                        )
+                        .with_note(format!("signature: {}", render_signature(layer, signature))),
+                    );
+                    continue;
+                }
+                positional - 1
+            }
+            Some(n) => match signature.iter().position(|s| s.name == n.name) {
+                Some(i) => i,
+                None => {
+                    let error = Diagnostic::error(
+                        n.span,
+                        format!("`{layer}` has no argument `{}`", n.name),
+                        "unknown argument",
+                    )
+                    .with_note(format!("signature: {}", render_signature(layer, signature)));
+                    errors.push(suggest(error, &n.name, signature.iter().map(|s| s.name)));
+                    continue;
+                }
+            },
+        };
+        if given[slot].is_some() {
+            errors.push(Diagnostic::error(
+                value.span,
+                format!(
+                    "argument `{}` of `{layer}` is given twice",
+                    signature[slot].name
+                ),
+                "duplicate argument",
+            ));
+            continue;
+        }
+        given[slot] = Some(value);
+    }
+    let mut bound: Vec<(&'static str, Arg)> = Vec::new();
+    let mut poisoned = false;
+    for (spec, value) in signature.iter().zip(&given) {
+        let arg = match (value, spec.default) {
+            (Some(v), _) if v.value == Value::Poison => {
+                poisoned = true;
+                continue;
+            }
+            (Some(v), _) => match convert(spec.kind, &v.value) {
+                Ok(arg) => arg,
+                Err(note) => {
+                    let mut error = Diagnostic::error(
+                        v.span,
+                        format!(
+                            "argument `{}` of `{layer}` must be {}",
+                            spec.name,
+                            spec.kind.expected()
+                        ),
+                        format!("this is {}", v.value.describe()),
+                    );
+                    if let Some(note) = note {
+                        error = error.with_note(note);
+                    }
+                    errors.push(error);
+                    continue;
+                }
+            },
+            (None, DefaultValue::Required) => {
+                errors.push(
+                    Diagnostic::error(
+                        call,
+                        format!("`{layer}` needs the argument `{}`", spec.name),
+                        "in this call",
+                    )
+                    .with_note(format!("signature: {}", render_signature(layer, signature))),
+                );
+                continue;
+            }
+            (None, DefaultValue::SameAs(other)) => match bound.iter().find(|(n, _)| *n == other) {
+                Some((_, arg)) => arg.clone(),
+                None => continue,
+            },
+            (None, default) => default_arg(spec.kind, default),
+        };
+        bound.push((spec.name, arg));
+    }
+    if errors.is_empty() && !poisoned && bound.len() == signature.len() {
+        Ok(Args(bound))
+    } else {
+        Err(errors)
+    }
+}
+
+/// `conv(filters, kernel, stride = 1, ...)`, for notes.
+fn render_signature(layer: &str, signature: &[ArgSpec]) -> String {
+    let args: Vec<String> = signature
+        .iter()
+        .map(|s| match s.default {
+            DefaultValue::Required => s.name.to_string(),
+            DefaultValue::Int(i) => format!("{} = {i}", s.name),
+            DefaultValue::Float(x) => format!("{} = {x}", s.name),
+            DefaultValue::Bool(b) => format!("{} = {b}", s.name),
+            DefaultValue::Symbol(sym) => format!("{} = {sym}", s.name),
+            DefaultValue::SameAs(other) => format!("{} = {other}", s.name),
+        })
+        .collect();
+    format!("{layer}({})", args.join(", "))
+}
+
+fn default_arg(kind: Kind, default: DefaultValue) -> Arg {
+    let value = match default {
+        DefaultValue::Int(i) => Value::Int(i),
+        DefaultValue::Float(x) => Value::Float(x),
+        DefaultValue::Bool(b) => Value::Bool(b),
+        DefaultValue::Symbol(s) => Value::Symbol(s.to_string()),
+        DefaultValue::Required | DefaultValue::SameAs(_) => Value::Poison,
+    };
+    // The defaults in the layer table are all valid for their kinds.
+    convert(kind, &value).unwrap_or(Arg::Int(1))
+}
+
+/// Converts a value to an argument of `kind`; the error is an optional hint.
+fn convert(kind: Kind, value: &Value) -> Result<Arg, Option<String>> {
+    let positive = |v: &Value| match v {
+        Value::Int(i) if *i > 0 => Some(*i as u64),
+        _ => None,
+    };
+    match (kind, value) {
+        (Kind::Positive, v) => positive(v)
+            .map(|i| Arg::Int(i as i64))
+            .ok_or_else(|| integer_hint(v)),
+        (Kind::Pair, Value::List(items)) if items.len() == 2 => {
+            match (positive(&items[0]), positive(&items[1])) {
+                (Some(h), Some(w)) => Ok(Arg::Pair([h, w])),
+                _ => Err(None),
+            }
+        }
+        (Kind::Pair, v) => positive(v)
+            .map(|i| Arg::Pair([i, i]))
+            .ok_or_else(|| integer_hint(v)),
+        (Kind::Number, v) => v.as_f64().map(Arg::Float).ok_or(None),
+        (Kind::Rate, v) => v
+            .as_f64()
+            .filter(|x| (0.0..1.0).contains(x))
+            .map(Arg::Float)
+            .ok_or(None),
+        (Kind::Bool, Value::Bool(b)) => Ok(Arg::Bool(*b)),
+        (Kind::Padding, Value::Symbol(s)) => match s.as_str() {
+            "same" => Ok(Arg::Padding(Padding::Same)),
+            "valid" => Ok(Arg::Padding(Padding::Valid)),
+            other => Err(crate::diagnostics::did_you_mean(other, ["same", "valid"])
+                .map(|b| format!("help: did you mean `{b}`?"))),
+        },
+        (Kind::Activation, Value::Symbol(s)) => match layers::activation_symbol(s) {
+            Some(act) => Ok(Arg::Activation(act)),
+            None => Err(
+                crate::diagnostics::did_you_mean(s, layers::ACTIVATIONS.iter().copied())
+                    .map(|b| format!("help: did you mean `{b}`?")),
+            ),
+        },
+        (Kind::Init, Value::Symbol(s)) => match layers::init_symbol(s) {
+            Some(init) => Ok(Arg::Init(init)),
+            None => Err(
+                crate::diagnostics::did_you_mean(s, layers::INITS.iter().copied())
+                    .map(|b| format!("help: did you mean `{b}`?")),
+            ),
+        },
+        (Kind::Init, Value::Init(init)) => Ok(Arg::Init(init.clone())),
+        (Kind::Axis, Value::Int(i)) => Ok(Arg::Int(*i)),
+        _ => Err(None),
+    }
+}
+
+fn integer_hint(v: &Value) -> Option<String> {
+    match v {
+        Value::Float(x) if x.fract() != 0.0 => Some(
+            "help: `/` gives a fraction when the division is not exact; `//` rounds down".into(),
+        ),
+        Value::Int(_) => Some("help: sizes and counts must be at least 1".into()),
+        _ => None,
+    }
+}
+
+/// Evaluates the axes of an index pattern `[_, 3, 0..2, 1]`.
+pub fn slices(
+    axes: &[Expr],
+    mut eval: impl FnMut(&Expr) -> Value,
+) -> Result<Vec<Slice>, Diagnostic> {
+    axes.iter()
+        .map(|axis| {
+            if let ExprKind::Name(name, None) = &axis.kind {
+                if name.name == "_" {
+                    return Ok(Slice::All);
+                }
+            }
+            if let ExprKind::Range(..) = &axis.kind {
+                if let Value::List(items) = eval(axis) {
+                    let ints: Vec<i64> = items
+                        .iter()
+                        .filter_map(|v| {
+                            if let Value::Int(i) = v {
+                                Some(*i)
+                            } else {
+                                None
+                            }
+                        })
+                        .collect();
+                    return match (ints.first(), ints.last()) {
+                        (Some(&a), Some(&b)) if a >= 0 => Ok(Slice::Range(a as u64, b as u64 + 1)),
+                        _ => Err(Diagnostic::error(
+                            axis.span,
+                            "an index range must be non-empty and non-negative",
+                            "here",
+                        )),
+                    };
+                }
+            }
+            match eval(axis) {
+                Value::Int(i) if i >= 0 => Ok(Slice::At(i as u64)),
+                other => Err(Diagnostic::error(
+                    axis.span,
+                    "an index must be `_`, a non-negative integer or a range `a..b`",
+                    format!("this is {}", other.describe()),
+                )),
+            }
+        })
+        .collect()
+}

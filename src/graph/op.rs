@@ -1,0 +1,301 @@
+//! The closed set of primitive operations.
+//!
+//! Everything that can be written in `.cnn` (residual units, inception
+//! modules, SE-blocks, separable convolutions' two halves) is built from these
+//! in the stdlib; the shape, weight and cost rules of each op live in
+//! `src/ops/`.
+
+use std::fmt;
+
+/// Spatial padding, as TensorFlow defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Padding {
+    /// Zero padding so that the output is `ceil(input / stride)`; the odd
+    /// pixel goes to the bottom and right.
+    Same,
+    /// No padding.
+    Valid,
+}
+
+/// Max or average.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PoolKind {
+    /// The largest value of the window.
+    Max,
+    /// The mean of the window (padding excluded).
+    Avg,
+}
+
+/// Element-wise (and softmax: last-axis) activation functions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// `max(x, 0)`
+    Relu,
+    /// `x` if positive, else `alpha * x`.
+    LeakyRelu {
+        /// The slope for negative inputs.
+        alpha: f64,
+    },
+    /// `x` if positive, else `alpha * (exp(x) - 1)`.
+    Elu {
+        /// The saturation value for negative inputs.
+        alpha: f64,
+    },
+    /// Scaled ELU with the self-normalising constants.
+    Selu,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Logistic sigmoid.
+    Sigmoid,
+    /// Softmax over the last axis.
+    Softmax,
+}
+
+impl Activation {
+    /// The name as written in `.cnn`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::LeakyRelu { .. } => "leaky_relu",
+            Activation::Elu { .. } => "elu",
+            Activation::Selu => "selu",
+            Activation::Tanh => "tanh",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Softmax => "softmax",
+        }
+    }
+}
+
+/// One primitive operation. Shapes are per example; the batch is implicit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// The model's input.
+    Input {
+        /// Its per-example shape.
+        shape: Vec<u64>,
+    },
+    /// 2-D convolution of `[h, w, c]` with a `[kh, kw, c, filters]` kernel.
+    Conv2d {
+        /// Output channels.
+        filters: u64,
+        /// Kernel height and width.
+        kernel: [u64; 2],
+        /// Vertical and horizontal stride.
+        stride: [u64; 2],
+        /// Padding.
+        padding: Padding,
+        /// Dilation rate.
+        dilation: [u64; 2],
+        /// Whether a bias is added.
+        bias: bool,
+    },
+    /// Depthwise convolution: each channel with its own `multiplier` filters.
+    DepthwiseConv2d {
+        /// Filters per input channel.
+        multiplier: u64,
+        /// Kernel height and width.
+        kernel: [u64; 2],
+        /// Vertical and horizontal stride.
+        stride: [u64; 2],
+        /// Padding.
+        padding: Padding,
+        /// Dilation rate.
+        dilation: [u64; 2],
+        /// Whether a bias is added.
+        bias: bool,
+    },
+    /// Fully connected layer over the last axis, kernel `[in, units]`.
+    Dense {
+        /// Output features.
+        units: u64,
+        /// Whether a bias is added.
+        bias: bool,
+    },
+    /// Max or average pooling over windows of `[h, w, c]`.
+    Pool2d {
+        /// Max or average.
+        kind: PoolKind,
+        /// Window height and width.
+        size: [u64; 2],
+        /// Vertical and horizontal stride.
+        stride: [u64; 2],
+        /// Padding.
+        padding: Padding,
+    },
+    /// Pooling of each whole feature map to one value: `[h, w, c] -> [c]`.
+    GlobalPool {
+        /// Max or average.
+        kind: PoolKind,
+    },
+    /// Max pooling over groups of `size` channels (the seed's depthwise max pooling).
+    DepthMaxPool {
+        /// Channels per group.
+        size: u64,
+    },
+    /// `[h, w, c] -> [h * w * c]`.
+    Flatten,
+    /// Zeroes a fraction `rate` of the values while training.
+    Dropout {
+        /// The fraction dropped.
+        rate: f64,
+    },
+    /// Batch normalization over the last axis.
+    BatchNorm {
+        /// Momentum of the moving averages.
+        momentum: f64,
+        /// Added to the variance.
+        epsilon: f64,
+    },
+    /// AlexNet's local response normalization across channels.
+    Lrn {
+        /// Neighbouring channels on each side.
+        depth_radius: u64,
+        /// `k` in the formula.
+        bias: f64,
+        /// Scale of the sum of squares.
+        alpha: f64,
+        /// Exponent.
+        beta: f64,
+    },
+    /// `x * coefficient[c] + bias[c]`: LeNet-5's trainable subsampling.
+    ScaleBias,
+    /// LeNet-5's output: the squared distance of `[in]` to each of `units` centres.
+    Rbf {
+        /// Output units.
+        units: u64,
+    },
+    /// An activation function.
+    Activation(Activation),
+    /// Element-wise sum of tensors of equal shape (the residual connection).
+    Add,
+    /// Concatenation along `axis` (the depth concatenation of inception modules).
+    Concat {
+        /// The axis, counted in the per-example shape.
+        axis: usize,
+    },
+    /// `x[h, w, c] * s[c]`: channel-wise recalibration (the SE-block).
+    Multiply,
+}
+
+/// How many inputs an op takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arity {
+    /// Exactly this many.
+    Exactly(usize),
+    /// At least this many.
+    AtLeast(usize),
+}
+
+impl Arity {
+    /// Whether `n` inputs are acceptable.
+    pub fn accepts(self, n: usize) -> bool {
+        match self {
+            Arity::Exactly(k) => n == k,
+            Arity::AtLeast(k) => n >= k,
+        }
+    }
+}
+
+impl Op {
+    /// A short name (`conv2d`, `maxpool`...), used in dumps and messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Conv2d { .. } => "conv2d",
+            Op::DepthwiseConv2d { .. } => "depthwise_conv2d",
+            Op::Dense { .. } => "dense",
+            Op::Pool2d {
+                kind: PoolKind::Max,
+                ..
+            } => "maxpool",
+            Op::Pool2d {
+                kind: PoolKind::Avg,
+                ..
+            } => "avgpool",
+            Op::GlobalPool {
+                kind: PoolKind::Max,
+            } => "global_max_pool",
+            Op::GlobalPool {
+                kind: PoolKind::Avg,
+            } => "global_avg_pool",
+            Op::DepthMaxPool { .. } => "depth_maxpool",
+            Op::Flatten => "flatten",
+            Op::Dropout { .. } => "dropout",
+            Op::BatchNorm { .. } => "batchnorm",
+            Op::Lrn { .. } => "lrn",
+            Op::ScaleBias => "scale_bias",
+            Op::Rbf { .. } => "rbf",
+            Op::Activation(a) => a.name(),
+            Op::Add => "add",
+            Op::Concat { .. } => "concat",
+            Op::Multiply => "multiply",
+        }
+    }
+
+    /// The number of inputs the op takes.
+    pub fn arity(&self) -> Arity {
+        match self {
+            Op::Input { .. } => Arity::Exactly(0),
+            Op::Add | Op::Concat { .. } => Arity::AtLeast(2),
+            Op::Multiply => Arity::Exactly(2),
+            _ => Arity::Exactly(1),
+        }
+    }
+}
+
+fn pair(p: [u64; 2]) -> String {
+    if p[0] == p[1] {
+        p[0].to_string()
+    } else {
+        format!("{}x{}", p[0], p[1])
+    }
+}
+
+fn padding(p: Padding) -> &'static str {
+    match p {
+        Padding::Same => "same",
+        Padding::Valid => "valid",
+    }
+}
+
+/// A stable, readable rendering of the op and its attributes, used by
+/// `--emit graph` and the snapshot tests.
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Input { .. } | Op::Flatten | Op::ScaleBias | Op::Add | Op::Multiply => write!(f, "{}", self.name()),
+            Op::Conv2d { filters, kernel, stride, padding: p, dilation, bias } => write!(
+                f,
+                "conv2d(filters={filters}, kernel={}, stride={}, padding={}, dilation={}, bias={bias})",
+                pair(*kernel),
+                pair(*stride),
+                padding(*p),
+                pair(*dilation)
+            ),
+            Op::DepthwiseConv2d { multiplier, kernel, stride, padding: p, dilation, bias } => write!(
+                f,
+                "depthwise_conv2d(multiplier={multiplier}, kernel={}, stride={}, padding={}, dilation={}, bias={bias})",
+                pair(*kernel),
+                pair(*stride),
+                padding(*p),
+                pair(*dilation)
+            ),
+            Op::Dense { units, bias } => write!(f, "dense(units={units}, bias={bias})"),
+            Op::Pool2d { size, stride, padding: p, .. } => {
+                write!(f, "{}(size={}, stride={}, padding={})", self.name(), pair(*size), pair(*stride), padding(*p))
+            }
+            Op::GlobalPool { .. } => write!(f, "{}", self.name()),
+            Op::DepthMaxPool { size } => write!(f, "depth_maxpool(size={size})"),
+            Op::Dropout { rate } => write!(f, "dropout(rate={rate})"),
+            Op::BatchNorm { momentum, epsilon } => write!(f, "batchnorm(momentum={momentum}, epsilon={epsilon})"),
+            Op::Lrn { depth_radius, bias, alpha, beta } => {
+                write!(f, "lrn(depth_radius={depth_radius}, bias={bias}, alpha={alpha}, beta={beta})")
+            }
+            Op::Rbf { units } => write!(f, "rbf(units={units})"),
+            Op::Activation(Activation::LeakyRelu { alpha }) => write!(f, "leaky_relu(alpha={alpha})"),
+            Op::Activation(Activation::Elu { alpha }) => write!(f, "elu(alpha={alpha})"),
+            Op::Activation(a) => write!(f, "{}", a.name()),
+            Op::Concat { axis } => write!(f, "concat(axis={axis})"),
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! cnnc: a compiler for a small language of convolutional networks.
+//!
+//! The front end, in order:
+//!
+//! ```text
+//! .cnn source ──parse──▶ AST ──elaborate──▶ Graph ──infer──▶ TypedGraph
+//! ```
+//!
+//! [`compile`] runs the stages one line each; [`load_model`] reads a file
+//! (and its imports) from disk first. Every stage reports all the errors it can find as
+//! [`Diagnostics`], rendered with the source line and a caret under the fault.
+
+pub mod diagnostics;
+pub mod elaborate;
+pub mod emit;
+pub mod graph;
+pub mod ops;
+pub mod shapes;
+pub mod stdlib;
+pub mod syntax;
+pub mod train;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use diagnostics::Diagnostics;
+pub use elaborate::Program;
+pub use shapes::{ParamCounts, TypedGraph};
+
+/// Loads `path` and its imports and compiles model `model` (or the file's
+/// only model) into a shape-checked graph.
+pub fn load_model(path: &Path, model: Option<&str>) -> Result<TypedGraph, Diagnostics> {
+    let (program, errors) = elaborate::load_path(path);
+    compile(program, errors, model)
+}
+
+/// Like [`load_model`], for source text in memory; relative imports resolve
+/// against `base` when given.
+pub fn compile_source(
+    name: &str,
+    text: &str,
+    base: Option<&Path>,
+    model: Option<&str>,
+) -> Result<TypedGraph, Diagnostics> {
+    let (program, errors) = elaborate::load_source(name, text, base);
+    compile(program, errors, model)
+}
+
+/// Compiles every model of the file at `path` (what `cnnc check` does).
+pub fn check_file(path: &Path) -> Result<Vec<TypedGraph>, Diagnostics> {
+    let (program, errors) = elaborate::load_path(path);
+    let names = elaborate::models(&program);
+    if names.is_empty() || !errors.is_empty() {
+        return compile(program, errors, None).map(|g| vec![g]);
+    }
+    let mut graphs = Vec::new();
+    let mut all_errors = Vec::new();
+    for name in &names {
+        match elaborate::elaborate(&program, Some(name)).and_then(shapes::infer) {
+            Ok(g) => graphs.push(g),
+            Err(e) => all_errors.extend(e),
+        }
+    }
+    if all_errors.is_empty() {
+        Ok(graphs)
+    } else {
+        Err(Diagnostics::new(all_errors, Arc::new(program.sources)))
+    }
+}
+
+/// Compiles model `model` (or the file's only model) of a loaded program:
+/// the front end's stages, in order.
+pub fn compile(
+    program: Program,
+    load_errors: Vec<diagnostics::Diagnostic>,
+    model: Option<&str>,
+) -> Result<TypedGraph, Diagnostics> {
+    // Parse and import errors come first; a file that failed to parse has
+    // no definitions to elaborate, so elaboration would only add noise.
+    if !load_errors.is_empty() {
+        return Err(Diagnostics::new(load_errors, Arc::new(program.sources)));
+    }
+    // Instantiate blocks, arguments and loops into a graph of primitive ops.
+    let graph = elaborate::elaborate(&program, model);
+    // Infer and check every shape, count weights, FLOPs and bytes.
+    let typed = graph.and_then(shapes::infer);
+    typed.map_err(|errors| Diagnostics::new(errors, Arc::new(program.sources)))
+}
