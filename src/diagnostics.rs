@@ -173,7 +173,7 @@ impl Diagnostics {
                 &mut buffer,
                 &config,
                 &self.sources.files,
-                &to_codespan(error),
+                &to_codespan(error, &self.sources),
             )
             .is_err()
             {
@@ -206,8 +206,15 @@ fn buffer_line(buffer: &mut termcolor::Buffer, line: &str) {
     let _ = writeln!(buffer, "{line}");
 }
 
-fn to_codespan(error: &Diagnostic) -> CsDiagnostic<FileId> {
+fn to_codespan(error: &Diagnostic, sources: &SourceMap) -> CsDiagnostic<FileId> {
     let span = error.primary.span;
+    // An error about a whole file (it cannot be read, it has no model) has an
+    // empty, unlabelled span at its start: name the file instead of quoting it.
+    if span.start == 0 && span.end == 0 && error.primary.message.is_empty() {
+        return CsDiagnostic::error()
+            .with_message(format!("{}: {}", sources.name(span.file), error.message))
+            .with_notes(error.notes.clone());
+    }
     let mut labels = vec![
         CsLabel::primary(span.file, span.start..span.end).with_message(&error.primary.message)
     ];

@@ -46,7 +46,9 @@ pub struct ParamCounts {
 
 /// Infers and checks every node's shape in topological order.
 pub fn infer(graph: Graph) -> Result<TypedGraph, Vec<Diagnostic>> {
-    let order = match petgraph::algo::toposort(&graph.nodes, None) {
+    let order = match source_order(&graph)
+        .map_or_else(|| petgraph::algo::toposort(&graph.nodes, None), Ok)
+    {
         Ok(order) => order,
         Err(cycle) => {
             let node = &graph.nodes[cycle.node_id()];
@@ -86,6 +88,18 @@ pub fn infer(graph: Graph) -> Result<TypedGraph, Vec<Diagnostic>> {
     } else {
         Err(errors)
     }
+}
+
+/// The nodes in the order they were added, when that order is topological
+/// (as it is for elaborated graphs): dumps and summaries then follow the
+/// source, branch by branch, as a reader wrote them.
+fn source_order(graph: &Graph) -> Option<Vec<NodeIndex>> {
+    let mut order: Vec<NodeIndex> = graph.nodes.node_indices().collect();
+    order.sort_unstable();
+    let topological = order
+        .iter()
+        .all(|&id| graph.inputs_of(id).iter().all(|&input| input < id));
+    topological.then_some(order)
 }
 
 fn node_info(node: &Node, inputs: &[&Shape]) -> Result<NodeInfo, Diagnostic> {

@@ -24,7 +24,7 @@ use crate::ops;
 use crate::syntax::ast::{self, BinOp, Expr, ExprKind, Ident, Stmt, UnOp};
 use crate::train;
 pub use modules::{load_path, load_source, Program};
-pub use value::{Spanned, Value};
+pub use value::{NamedArg, Spanned, Value};
 
 /// The most nodes a model may have; more means a runaway loop.
 pub const MAX_NODES: usize = 1_000_000;
@@ -450,7 +450,7 @@ impl<'p> Elaborator<'p> {
             })
             .collect();
         let outputs: Vec<&str> = self.graph.outputs.iter().map(|(n, _)| n.as_str()).collect();
-        match train::check(&entries, &outputs, section.span) {
+        match train::check(&entries, &outputs) {
             Ok(config) => Some(config),
             Err(errors) => {
                 self.errors.extend(errors);
@@ -714,8 +714,8 @@ impl<'p> Elaborator<'p> {
         if name == "concat" {
             return self.concat(scope, args, alias, span);
         }
-        if let Some(signature) = layers::signature(name) {
-            return self.layer(scope, name, signature, args, alias, input, span);
+        if layers::signature(name).is_some() {
+            return self.layer(scope, name, args, alias, input, span);
         }
         let candidates = self.visible[scope.file]
             .get(name)
@@ -758,12 +758,13 @@ impl<'p> Elaborator<'p> {
         &mut self,
         scope: &mut Scope,
         name: &str,
-        signature: &'static [layers::ArgSpec],
         args: &[ast::Arg],
         alias: Option<&Ident>,
         input: Value,
         span: Span,
     ) -> Value {
+        // Only called for names in the layer table.
+        let signature = layers::signature(name).unwrap_or(&[]);
         let values = self.eval_args(scope, args);
         let bound = args::bind_layer(name, signature, &values, span);
         let args = match bound {

@@ -42,7 +42,7 @@ pub fn load_path(path: &Path) -> (Program, Vec<Diagnostic>) {
             loader.errors.push(
                 Diagnostic::error(
                     Span::new(id, 0, 0),
-                    format!("cannot read `{}`: {e}", display(path)),
+                    format!("cannot read the file: {e}"),
                     "",
                 )
                 .with_note("help: check the path; `cnnc` takes a .cnn file"),

@@ -10,6 +10,9 @@ use crate::syntax::ast::BinOp;
 /// is almost certainly a mistake, and would exhaust memory.
 pub const MAX_LIST: usize = 1_000_000;
 
+/// An argument of a configuration call: its optional name and its value.
+pub type NamedArg = (Option<String>, Spanned);
+
 /// A value computed while elaborating.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -30,7 +33,7 @@ pub enum Value {
     /// A tensor: a node of the graph with its shape.
     Tensor(NodeIndex, Shape),
     /// A configuration call of the train section: `nadam(lr: 0.001)`.
-    Config(String, Vec<(Option<String>, Spanned)>),
+    Config(String, Vec<NamedArg>),
     /// An initializer with entries set (`zeros where [...] = 1`).
     Init(Init),
     /// The result of an expression that already had an error: it is

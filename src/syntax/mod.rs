@@ -161,9 +161,18 @@ struct Builder {
 }
 
 impl Builder {
+    /// The span of a pair without trailing whitespace and comments: pest
+    /// skips them before trying an optional part that then does not match
+    /// (`conv(64)  # comment` without `as`), and they would widen the caret.
     fn span(&self, pair: &Pair<Rule>) -> Span {
         let s = pair.as_span();
-        Span::new(self.file, s.start(), s.end())
+        let text = s.as_str();
+        let end = if text.ends_with(char::is_whitespace) {
+            s.start() + significant_len(text)
+        } else {
+            s.end()
+        };
+        Span::new(self.file, s.start(), end)
     }
 
     fn ident(&self, pair: Pair<Rule>) -> Ident {
@@ -522,6 +531,28 @@ fn number(text: &str) -> ExprKind {
     }
 }
 
+/// The length of `text` up to the end of its last token, ignoring trailing
+/// whitespace and comments (strings cannot span lines, so a `#` outside a
+/// string starts a comment).
+fn significant_len(text: &str) -> usize {
+    let mut last = 0;
+    let mut in_string = false;
+    let mut in_comment = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '\n' => in_comment = false,
+            _ if in_comment => {}
+            '#' if !in_string => in_comment = true,
+            '"' => in_string = !in_string,
+            _ => {}
+        }
+        if !in_comment && !c.is_whitespace() {
+            last = i + c.len_utf8();
+        }
+    }
+    last
+}
+
 fn unquote(text: &str) -> String {
     text.trim_start_matches('"')
         .trim_end_matches('"')
@@ -587,6 +618,25 @@ mod tests {
             err.primary.message
         );
         assert_eq!(err.primary.span.start, 33);
+    }
+
+    #[test]
+    fn spans_exclude_trailing_comments() {
+        let src = "block b { conv(64)   # first\n relu }";
+        let file = parse_ok(src);
+        let Item::Block(def) = &file.items[0] else {
+            panic!()
+        };
+        let Stmt::Expr(e) = &def.body[0] else {
+            panic!()
+        };
+        assert_eq!(&src[e.span.start..e.span.end], "conv(64)");
+    }
+
+    #[test]
+    fn word_operators_need_a_boundary_but_not_a_space_after() {
+        parse_ok("block b { let x = a == 0 and i > 0 or not c }");
+        parse_ok("block b { let x = in -> relu }");
     }
 
     #[test]

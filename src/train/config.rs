@@ -1,7 +1,7 @@
 //! Checking a `train` section and turning it into a [`TrainConfig`].
 
-use crate::diagnostics::{suggest, Diagnostic, Span};
-use crate::elaborate::{Spanned, Value};
+use crate::diagnostics::{suggest, Diagnostic};
+use crate::elaborate::{NamedArg, Spanned, Value};
 use crate::syntax::ast::Ident;
 
 use super::*;
@@ -25,7 +25,6 @@ const KEYS: &[&str] = &[
 pub fn check(
     entries: &[(Ident, Spanned)],
     outputs: &[&str],
-    section: Span,
 ) -> Result<TrainConfig, Vec<Diagnostic>> {
     let mut c = Checker { errors: Vec::new() };
     let mut config = TrainConfig::default();
@@ -76,7 +75,6 @@ pub fn check(
             }
         };
     }
-    let _ = section;
     if c.errors.is_empty() {
         Ok(config)
     } else {
@@ -175,7 +173,12 @@ impl Checker {
 
     fn optimizer(&mut self, value: &Spanned) -> Option<Optimizer> {
         const NAMES: &[&str] = &["sgd", "momentum", "nesterov", "adam", "nadam", "rmsprop"];
-        let (name, args) = call_parts(&value.value)?;
+        let Some((name, args)) = call_parts(&value.value) else {
+            return self.fail(
+                value,
+                "`optimizer` must name an optimizer, e.g. nadam(lr: 0.001)",
+            );
+        };
         let kind = match name {
             "sgd" => OptimizerKind::Sgd,
             "momentum" => OptimizerKind::Momentum,
@@ -226,7 +229,12 @@ impl Checker {
     }
 
     fn loss(&mut self, value: &Spanned) -> Option<f64> {
-        let (name, args) = call_parts(&value.value)?;
+        let Some((name, args)) = call_parts(&value.value) else {
+            return self.fail(
+                value,
+                "`loss` must name a loss, e.g. sparse_categorical_crossentropy",
+            );
+        };
         if name != "sparse_categorical_crossentropy" {
             let error = Diagnostic::error(value.span, format!("unknown loss `{name}`"), "here")
                 .with_note("cnnc trains classifiers with `sparse_categorical_crossentropy`");
@@ -311,7 +319,9 @@ impl Checker {
 
     fn schedule(&mut self, value: &Spanned) -> Option<Schedule> {
         const NAMES: &[&str] = &["exponential", "piecewise", "one_cycle"];
-        let (name, args) = call_parts(&value.value)?;
+        let Some((name, args)) = call_parts(&value.value) else {
+            return self.fail(value, "`schedule` must name a schedule, e.g. exponential(decay_rate: 0.1, decay_steps: 10000)");
+        };
         match name {
             "exponential" => {
                 let (mut rate, mut steps) = (None, None);
@@ -434,7 +444,7 @@ impl Checker {
 }
 
 /// `name` or `name(args)` as (name, args).
-fn call_parts(value: &Value) -> Option<(&str, &[(Option<String>, Spanned)])> {
+fn call_parts(value: &Value) -> Option<(&str, &[NamedArg])> {
     match value {
         Value::Symbol(name) => Some((name.as_str(), &[])),
         Value::Config(name, args) => Some((name.as_str(), args.as_slice())),

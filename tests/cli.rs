@@ -1,0 +1,104 @@
+//! The `cnnc` binary: exit codes, where output goes, and each command's format.
+
+use std::process::{Command, Output};
+
+fn cnnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("cnnc runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn check_is_silent_on_success() {
+    let out = cnnc(&["check", "examples/fashion_cnn.cnn"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+}
+
+#[test]
+fn check_reports_errors_on_stderr_with_a_nonzero_exit() {
+    let dir = std::env::temp_dir().join(format!("cnnc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("bad.cnn");
+    std::fs::write(
+        &file,
+        "model m : [28, 28, 1] {\n    conv(8, 3, padding: smae)\n}\n",
+    )
+    .expect("write");
+    let out = cnnc(&["check", file.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = stderr(&out);
+    assert!(err.contains("bad.cnn:2:25"), "{err}");
+    assert!(err.contains("did you mean `same`?"), "{err}");
+}
+
+#[test]
+fn summary_prints_totals() {
+    let out = cnnc(&["summary", "examples/fashion_cnn.cnn"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Total params: 1,413,834"), "{text}");
+    assert!(
+        text.contains("Forward FLOPs per example: 178.9 M"),
+        "{text}"
+    );
+}
+
+#[test]
+fn graph_dot_has_a_cluster_per_block() {
+    let out = cnnc(&["graph", "examples/resnet34.cnn", "--format", "dot"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dot = stdout(&out);
+    assert!(dot.starts_with("digraph"), "{dot}");
+    assert!(dot.contains("subgraph \"cluster_"), "{dot}");
+    assert_eq!(dot.matches('{').count(), dot.matches('}').count());
+}
+
+#[test]
+fn compile_emit_graph_is_the_library_dump() {
+    let out = cnnc(&["compile", "examples/lenet5.cnn", "--emit", "graph"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let model = cnnc::load_model(std::path::Path::new("examples/lenet5.cnn"), None)
+        .expect("lenet5 compiles");
+    assert_eq!(stdout(&out), cnnc::emit::graph_text(&model));
+}
+
+#[test]
+fn several_models_need_a_choice() {
+    let out = cnnc(&["summary", "stdlib/resnet.cnn"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--model"), "{}", stderr(&out));
+    let out = cnnc(&["summary", "stdlib/resnet.cnn", "--model", "resnet50"]);
+    assert!(
+        stdout(&out).contains("Total params: 25,636,712"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for command in ["check", "summary", "graph", "compile"] {
+        let out = cnnc(&[command, "--help"]);
+        assert!(out.status.success());
+        assert!(stdout(&out).contains("Usage"), "{command}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_an_error_not_a_panic() {
+    let out = cnnc(&["check", "no/such/file.cnn"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+}

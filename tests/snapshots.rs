@@ -1,0 +1,69 @@
+//! Golden snapshots of every stdlib model and example: the shape-inferred
+//! graph (`cnnc compile --emit graph`) and the summary table (`cnnc summary`).
+//! A change in elaboration, shapes, parameter counts or FLOPs shows up here.
+
+use std::path::{Path, PathBuf};
+
+fn cnn_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn snapshot_dir(dir: &str) {
+    for file in cnn_files(dir) {
+        let models = cnnc::check_file(&file).unwrap_or_else(|d| panic!("{}:\n{d}", file.display()));
+        let stem = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 file name");
+        for model in models {
+            let name = format!("{dir}__{stem}__{}", model.graph.name);
+            insta::assert_snapshot!(format!("{name}__graph"), cnnc::emit::graph_text(&model));
+            insta::assert_snapshot!(format!("{name}__summary"), cnnc::emit::summary(&model));
+        }
+    }
+}
+
+#[test]
+fn stdlib_models() {
+    snapshot_dir("stdlib");
+}
+
+#[test]
+fn examples() {
+    snapshot_dir("examples");
+}
+
+#[test]
+fn every_stdlib_file_is_built_in() {
+    let on_disk: Vec<String> = cnn_files("stdlib")
+        .iter()
+        .map(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .expect("utf-8")
+                .to_string()
+        })
+        .collect();
+    let built_in: Vec<String> = cnnc::stdlib::MODULES
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    assert_eq!(
+        on_disk, built_in,
+        "src/stdlib.rs must list every file of stdlib/"
+    );
+    for (name, text) in cnnc::stdlib::MODULES {
+        let disk = std::fs::read_to_string(Path::new("stdlib").join(format!("{name}.cnn")))
+            .expect("readable");
+        assert_eq!(
+            &disk, text,
+            "stdlib/{name}.cnn differs from the built-in copy"
+        );
+    }
+}
