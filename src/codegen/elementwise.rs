@@ -1,0 +1,295 @@
+//! Fused element-wise kernels: a small SSA expression over input buffers,
+//! evaluated for every element and stored into output buffers, vectorised
+//! over the channel axis with `f32x4` and a scalar tail.
+//!
+//! Buffers are row-major `[rows, channels]`. A [`Operand::Tensor`] has one
+//! value per element; a [`Operand::PerChannel`] has one value per channel,
+//! broadcast over rows (biases, batchnorm scales, SE-block weights).
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, Block, Function, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::isa::TargetFrontendConfig;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+
+use super::{math, CodegenError};
+
+/// How an input buffer is indexed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operand {
+    /// One value per element, `[rows, channels]`.
+    Tensor,
+    /// One value per channel, `[channels]`, the same for every row.
+    PerChannel,
+}
+
+/// Functions of one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unary {
+    /// `-x`
+    Neg,
+    /// `|x|`
+    Abs,
+    /// `sqrt(x)`
+    Sqrt,
+    /// `1 / x`
+    Recip,
+    /// `e^x`
+    Exp,
+    /// `e^x - 1`, accurate near zero (ELU)
+    Expm1,
+    /// `tanh(x)`
+    Tanh,
+    /// `1 / (1 + e^-x)`
+    Sigmoid,
+}
+
+/// Functions of two values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b`
+    Div,
+    /// `max(a, b)`
+    Max,
+    /// `min(a, b)`
+    Min,
+}
+
+/// One SSA step; operands refer to earlier steps by index.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Expr {
+    /// The element of input buffer `i`.
+    Load(usize),
+    /// A constant.
+    Const(f32),
+    /// A unary function of an earlier value.
+    Unary(Unary, usize),
+    /// A binary function of two earlier values.
+    Binary(Binary, usize, usize),
+    /// `a * b + c` in one rounding.
+    Fma(usize, usize, usize),
+    /// `then` where `cond > 0`, else `otherwise` (ReLU and its gradient, ELU).
+    IfPositive {
+        /// The value tested.
+        cond: usize,
+        /// The result where it is positive.
+        then: usize,
+        /// The result elsewhere.
+        otherwise: usize,
+    },
+}
+
+/// A fused element-wise kernel. Its buffer arguments are the inputs in
+/// order, then one output buffer per entry of `outputs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Elementwise {
+    /// A name for dumps and errors.
+    pub name: String,
+    /// The input buffers.
+    pub inputs: Vec<Operand>,
+    /// The computation, in SSA order.
+    pub exprs: Vec<Expr>,
+    /// For each output buffer, the step whose value is stored there.
+    pub outputs: Vec<usize>,
+}
+
+impl Elementwise {
+    /// Checks that every reference points backwards to an existing step and
+    /// every load to an existing input.
+    pub fn validate(&self) -> Result<(), CodegenError> {
+        let malformed = |message: String| {
+            Err(CodegenError::Malformed {
+                kernel: self.name.clone(),
+                message,
+            })
+        };
+        for (i, expr) in self.exprs.iter().enumerate() {
+            let refs: Vec<usize> = match *expr {
+                Expr::Load(input) if input >= self.inputs.len() => {
+                    return malformed(format!(
+                        "step {i} loads input {input} of {}",
+                        self.inputs.len()
+                    ))
+                }
+                Expr::Load(_) | Expr::Const(_) => vec![],
+                Expr::Unary(_, a) => vec![a],
+                Expr::Binary(_, a, b) => vec![a, b],
+                Expr::Fma(a, b, c) => vec![a, b, c],
+                Expr::IfPositive {
+                    cond,
+                    then,
+                    otherwise,
+                } => vec![cond, then, otherwise],
+            };
+            if let Some(r) = refs.iter().find(|&&r| r >= i) {
+                return malformed(format!(
+                    "step {i} refers to step {r}, which does not come before it"
+                ));
+            }
+        }
+        match self.outputs.iter().find(|&&o| o >= self.exprs.len()) {
+            Some(o) => malformed(format!(
+                "an output refers to step {o} of {}",
+                self.exprs.len()
+            )),
+            None if self.outputs.is_empty() => malformed("the kernel has no output".into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Writes the kernel's code into `func`, whose signature is
+/// `(args: ptr, row_start: i64, row_end: i64, channels: i64)`.
+pub(super) fn translate(
+    kernel: &Elementwise,
+    func: &mut Function,
+    context: &mut FunctionBuilderContext,
+    target: TargetFrontendConfig,
+) {
+    let pointer = target.pointer_type();
+    let mut b = FunctionBuilder::new(func, context);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let params = b.block_params(entry).to_vec();
+    let (args, row_start, row_end, channels) = (params[0], params[1], params[2], params[3]);
+    let flags = MemFlagsData::new().with_notrap();
+    let buffers = kernel.inputs.len() + kernel.outputs.len();
+    let bases: Vec<Value> = (0..buffers)
+        .map(|i| b.ins().load(pointer, flags, args, (i * 8) as i32))
+        .collect();
+    let vector_end = b.ins().band_imm_s(channels, !3i64);
+    let row_bytes = b.ins().imul_imm_s(channels, 4);
+
+    let row_loop = loop_block(&mut b);
+    let vector_loop = loop_block(&mut b);
+    let tail_loop = loop_block(&mut b);
+    let next_row = loop_block(&mut b);
+    let exit = b.create_block();
+    b.ins().jump(row_loop, &[row_start.into()]);
+
+    // row_loop(row): for row in row_start..row_end
+    b.switch_to_block(row_loop);
+    let row = b.block_params(row_loop)[0];
+    let zero = b.ins().iconst(types::I64, 0);
+    let done = b.ins().icmp(IntCC::SignedGreaterThanOrEqual, row, row_end);
+    b.ins().brif(done, exit, &[], vector_loop, &[zero.into()]);
+
+    // vector_loop(c): four channels at a time
+    b.switch_to_block(vector_loop);
+    let c = b.block_params(vector_loop)[0];
+    let row_offset = b.ins().imul(row, row_bytes);
+    let vector_done = b.ins().icmp(IntCC::SignedGreaterThanOrEqual, c, vector_end);
+    let body = b.create_block();
+    b.ins().brif(vector_done, tail_loop, &[c.into()], body, &[]);
+    b.switch_to_block(body);
+    element(&mut b, kernel, &bases, row_offset, c, types::F32X4, flags);
+    let next = b.ins().iadd_imm_s(c, 4);
+    b.ins().jump(vector_loop, &[next.into()]);
+
+    // tail_loop(c): the remaining channels one by one
+    b.switch_to_block(tail_loop);
+    let c = b.block_params(tail_loop)[0];
+    let row_offset = b.ins().imul(row, row_bytes);
+    let tail_done = b.ins().icmp(IntCC::SignedGreaterThanOrEqual, c, channels);
+    let body = b.create_block();
+    b.ins().brif(tail_done, next_row, &[row.into()], body, &[]);
+    b.switch_to_block(body);
+    element(&mut b, kernel, &bases, row_offset, c, types::F32, flags);
+    let next = b.ins().iadd_imm_s(c, 1);
+    b.ins().jump(tail_loop, &[next.into()]);
+
+    b.switch_to_block(next_row);
+    let row = b.block_params(next_row)[0];
+    let next = b.ins().iadd_imm_s(row, 1);
+    b.ins().jump(row_loop, &[next.into()]);
+
+    b.switch_to_block(exit);
+    b.ins().return_(&[]);
+    b.seal_all_blocks();
+    b.finalize(target);
+}
+
+/// A block with one i64 parameter (a loop counter).
+fn loop_block(b: &mut FunctionBuilder) -> Block {
+    let block = b.create_block();
+    b.append_block_param(block, types::I64);
+    block
+}
+
+/// Computes and stores one element (or one vector of four) at channel `c`.
+fn element(
+    b: &mut FunctionBuilder,
+    kernel: &Elementwise,
+    bases: &[Value],
+    row_offset: Value,
+    c: Value,
+    ty: Type,
+    flags: MemFlagsData,
+) {
+    let channel_offset = b.ins().imul_imm_s(c, 4);
+    let element_offset = b.ins().iadd(row_offset, channel_offset);
+    let mut values: Vec<Value> = Vec::with_capacity(kernel.exprs.len());
+    for expr in &kernel.exprs {
+        let v = match *expr {
+            Expr::Load(i) => {
+                let offset = if kernel.inputs[i] == Operand::Tensor {
+                    element_offset
+                } else {
+                    channel_offset
+                };
+                let address = b.ins().iadd(bases[i], offset);
+                b.ins().load(ty, flags, address, 0)
+            }
+            Expr::Const(x) => math::constant(b, ty, x),
+            Expr::Unary(op, a) => unary(b, ty, op, values[a]),
+            Expr::Binary(op, x, y) => {
+                let (x, y) = (values[x], values[y]);
+                match op {
+                    Binary::Add => b.ins().fadd(x, y),
+                    Binary::Sub => b.ins().fsub(x, y),
+                    Binary::Mul => b.ins().fmul(x, y),
+                    Binary::Div => b.ins().fdiv(x, y),
+                    Binary::Max => b.ins().fmax(x, y),
+                    Binary::Min => b.ins().fmin(x, y),
+                }
+            }
+            Expr::Fma(x, y, z) => b.ins().fma(values[x], values[y], values[z]),
+            Expr::IfPositive {
+                cond,
+                then,
+                otherwise,
+            } => {
+                let zero = math::constant(b, ty, 0.0);
+                let positive = b.ins().fcmp(FloatCC::GreaterThan, values[cond], zero);
+                math::select(b, ty, positive, values[then], values[otherwise])
+            }
+        };
+        values.push(v);
+    }
+    for (k, &out) in kernel.outputs.iter().enumerate() {
+        let address = b.ins().iadd(bases[kernel.inputs.len() + k], element_offset);
+        b.ins().store(flags, values[out], address, 0);
+    }
+}
+
+fn unary(b: &mut FunctionBuilder, ty: Type, op: Unary, x: Value) -> Value {
+    match op {
+        Unary::Neg => b.ins().fneg(x),
+        Unary::Abs => b.ins().fabs(x),
+        Unary::Sqrt => b.ins().sqrt(x),
+        Unary::Recip => {
+            let one = math::constant(b, ty, 1.0);
+            b.ins().fdiv(one, x)
+        }
+        Unary::Exp => math::exp(b, ty, x),
+        Unary::Expm1 => math::expm1(b, ty, x),
+        Unary::Tanh => math::tanh(b, ty, x),
+        Unary::Sigmoid => math::sigmoid(b, ty, x),
+    }
+}

@@ -1,0 +1,169 @@
+//! Transcendental functions as Cranelift IR, for `f32` and `f32x4` alike.
+//!
+//! Cranelift has no `exp`; calling libm per element would cost a call per
+//! lane. These are the classic range reduction plus a minimax polynomial
+//! (Cephes' `expf` coefficients), accurate to a few ulp, written with `fma`.
+
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_frontend::FunctionBuilder;
+
+/// `x` as a constant of type `ty` (splatted for vectors).
+pub fn constant(b: &mut FunctionBuilder, ty: Type, x: f32) -> Value {
+    let scalar = b.ins().f32const(x);
+    if ty.is_vector() {
+        b.ins().splat(ty, scalar)
+    } else {
+        scalar
+    }
+}
+
+/// `x` where `mask` holds, else `y`; `mask` is a comparison result of `ty`.
+pub fn select(b: &mut FunctionBuilder, ty: Type, mask: Value, x: Value, y: Value) -> Value {
+    if ty.is_vector() {
+        // A vector comparison yields all-ones or all-zeros lanes of an integer
+        // vector; reinterpret them as the float lanes to choose between.
+        let mask = b.ins().bitcast(ty, MemFlagsData::new(), mask);
+        b.ins().bitselect(mask, x, y)
+    } else {
+        b.ins().select(mask, x, y)
+    }
+}
+
+fn int_type(ty: Type) -> Type {
+    if ty.is_vector() {
+        types::I32X4
+    } else {
+        types::I32
+    }
+}
+
+fn horner(b: &mut FunctionBuilder, ty: Type, x: Value, coefficients: &[f32]) -> Value {
+    let mut p = constant(b, ty, coefficients[0]);
+    for &c in &coefficients[1..] {
+        let c = constant(b, ty, c);
+        p = b.ins().fma(p, x, c);
+    }
+    p
+}
+
+/// `e^x`. Inputs are clamped to [-87, 88], where the result is a normal float.
+pub fn exp(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
+    let lo = constant(b, ty, -87.0);
+    let hi = constant(b, ty, 88.0);
+    let x = b.ins().fmax(x, lo);
+    let x = b.ins().fmin(x, hi);
+    // x = k ln 2 + r with |r| <= ln 2 / 2; ln 2 split in two for precision.
+    let log2e = constant(b, ty, std::f32::consts::LOG2_E);
+    let t = b.ins().fmul(x, log2e);
+    let k = b.ins().nearest(t);
+    let ln2_hi = constant(b, ty, -0.693_359_4);
+    let ln2_lo = constant(b, ty, 2.121_944_4e-4);
+    let r = b.ins().fma(k, ln2_hi, x);
+    let r = b.ins().fma(k, ln2_lo, r);
+    let p = horner(
+        b,
+        ty,
+        r,
+        &[
+            1.987_569_1e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ],
+    );
+    let r2 = b.ins().fmul(r, r);
+    let y = b.ins().fma(p, r2, r);
+    let one = constant(b, ty, 1.0);
+    let y = b.ins().fadd(y, one);
+    // 2^k, built from its exponent bits.
+    let int = int_type(ty);
+    let ki = b.ins().fcvt_to_sint_sat(int, k);
+    let bias = b.ins().iconst(types::I32, 127);
+    let bias = if ty.is_vector() {
+        b.ins().splat(int, bias)
+    } else {
+        bias
+    };
+    let biased = b.ins().iadd(ki, bias);
+    let bits = b.ins().ishl_imm_u(biased, 23);
+    let scale = b.ins().bitcast(ty, MemFlagsData::new(), bits);
+    b.ins().fmul(y, scale)
+}
+
+/// `e^x - 1`, accurate for small `x` (where `exp(x) - 1` cancels).
+pub fn expm1(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
+    // Taylor series to x^8 / 8! for |x| < 0.5: error below 3e-8 relative.
+    let series = horner(
+        b,
+        ty,
+        x,
+        &[
+            1.0 / 40320.0,
+            1.0 / 5040.0,
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+        ],
+    );
+    let small = b.ins().fmul(series, x);
+    let e = exp(b, ty, x);
+    let one = constant(b, ty, 1.0);
+    let large = b.ins().fsub(e, one);
+    let magnitude = b.ins().fabs(x);
+    let half = constant(b, ty, 0.5);
+    let is_small = b.ins().fcmp(FloatCC::LessThan, magnitude, half);
+    select(b, ty, is_small, small, large)
+}
+
+/// `tanh(x)`.
+pub fn tanh(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
+    // Below 0.35, the odd Taylor series to x^11 (the next term is under 1e-8
+    // relative); elsewhere 1 - 2 / (e^2|x| + 1) with the sign of x, whose
+    // cancellation costs at most a factor 3 there.
+    let x2 = b.ins().fmul(x, x);
+    let series = horner(
+        b,
+        ty,
+        x2,
+        &[
+            -1382.0 / 155_925.0,
+            62.0 / 2835.0,
+            -17.0 / 315.0,
+            2.0 / 15.0,
+            -1.0 / 3.0,
+            1.0,
+        ],
+    );
+    let small = b.ins().fmul(series, x);
+    let magnitude = b.ins().fabs(x);
+    let twice = b.ins().fadd(magnitude, magnitude);
+    let e = exp(b, ty, twice);
+    let one = constant(b, ty, 1.0);
+    let two = constant(b, ty, 2.0);
+    let denominator = b.ins().fadd(e, one);
+    let fraction = b.ins().fdiv(two, denominator);
+    let large = b.ins().fsub(one, fraction);
+    // x64 has no vector `fcopysign`: negate where x is negative.
+    let zero = constant(b, ty, 0.0);
+    let negative = b.ins().fcmp(FloatCC::LessThan, x, zero);
+    let flipped = b.ins().fneg(large);
+    let large = select(b, ty, negative, flipped, large);
+    let limit = constant(b, ty, 0.35);
+    let is_small = b.ins().fcmp(FloatCC::LessThan, magnitude, limit);
+    select(b, ty, is_small, small, large)
+}
+
+/// `1 / (1 + e^-x)`.
+pub fn sigmoid(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
+    let minus = b.ins().fneg(x);
+    let e = exp(b, ty, minus);
+    let one = constant(b, ty, 1.0);
+    let denominator = b.ins().fadd(one, e);
+    b.ins().fdiv(one, denominator)
+}

@@ -1,0 +1,159 @@
+//! Code generation: Cranelift JIT kernels.
+//!
+//! One long-lived [`Jit`] owns the `JITModule` and its contexts; each kind of
+//! fused kernel has its own translator (so far [`elementwise`]). Cranelift
+//! emits 128-bit vectors on x86-64, so the loops are written by hand over
+//! `f32x4` with `fma`; the contractions will call a tuned GEMM instead.
+
+pub mod elementwise;
+mod math;
+
+use cranelift_codegen::ir::{self, AbiParam, UserFuncName};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Module};
+use thiserror::Error;
+
+/// Why a kernel could not be compiled. Never a panic: a JIT failure is an
+/// error the caller reports.
+#[derive(Debug, Error)]
+pub enum CodegenError {
+    /// The host CPU is not one Cranelift can generate code for.
+    #[error("this CPU is not supported by the code generator: {0}")]
+    UnsupportedHost(String),
+    /// Cranelift rejected a setting or the generated function.
+    #[error("code generation failed for kernel `{kernel}`: {message}")]
+    Cranelift {
+        /// The kernel's name.
+        kernel: String,
+        /// Cranelift's message.
+        message: String,
+    },
+    /// The kernel description is inconsistent (a reference to a missing value).
+    #[error("kernel `{kernel}` is malformed: {message}")]
+    Malformed {
+        /// The kernel's name.
+        kernel: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The signature of every row-parallel kernel: buffer pointers, the first
+/// and one-past-last row to process, and the row length (channels).
+pub type RowKernelFn =
+    unsafe extern "C" fn(args: *const *mut f32, row_start: u64, row_end: u64, channels: u64);
+
+/// A compiled kernel: its entry point and the Cranelift IR it came from.
+pub struct CompiledKernel {
+    /// The kernel's name.
+    pub name: String,
+    /// The Cranelift IR, as text (`cnnc compile --emit clif`).
+    pub clif: String,
+    entry: RowKernelFn,
+}
+
+impl CompiledKernel {
+    /// Runs the kernel over rows `rows` of buffers `args`.
+    ///
+    /// # Safety
+    /// `args` must hold one valid pointer per buffer the kernel was compiled
+    /// for, each to at least `rows.end * channels` f32s (a per-channel buffer:
+    /// `channels` f32s), and the [`Jit`] that compiled the kernel must still
+    /// be alive.
+    pub unsafe fn run(&self, args: &[*mut f32], rows: std::ops::Range<usize>, channels: usize) {
+        // SAFETY: the caller upholds the buffer contract above; the code was
+        // generated for exactly this signature.
+        unsafe {
+            (self.entry)(
+                args.as_ptr(),
+                rows.start as u64,
+                rows.end as u64,
+                channels as u64,
+            )
+        }
+    }
+}
+
+/// The JIT: owns the compiled code, which lives as long as it does.
+pub struct Jit {
+    module: JITModule,
+    context: Context,
+    builder_context: FunctionBuilderContext,
+}
+
+impl Jit {
+    /// A JIT for the host CPU, optimising for speed.
+    pub fn new() -> Result<Jit, CodegenError> {
+        let mut flags = settings::builder();
+        let cranelift = |e: settings::SetError| CodegenError::Cranelift {
+            kernel: "<setup>".into(),
+            message: e.to_string(),
+        };
+        flags.set("opt_level", "speed").map_err(cranelift)?;
+        flags
+            .set("use_colocated_libcalls", "false")
+            .map_err(cranelift)?;
+        flags.set("is_pic", "false").map_err(cranelift)?;
+        let isa = cranelift_native::builder()
+            .map_err(|m| CodegenError::UnsupportedHost(m.to_string()))?
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| CodegenError::Cranelift {
+                kernel: "<setup>".into(),
+                message: e.to_string(),
+            })?;
+        let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        let context = module.make_context();
+        Ok(Jit {
+            module,
+            context,
+            builder_context: FunctionBuilderContext::new(),
+        })
+    }
+
+    /// Compiles a fused element-wise kernel.
+    pub fn compile_elementwise(
+        &mut self,
+        kernel: &elementwise::Elementwise,
+    ) -> Result<CompiledKernel, CodegenError> {
+        kernel.validate()?;
+        let pointer = self.module.target_config().pointer_type();
+        let mut signature = self.module.make_signature();
+        signature.params.push(AbiParam::new(pointer));
+        for _ in 0..3 {
+            signature.params.push(AbiParam::new(ir::types::I64));
+        }
+        let error = |e: cranelift_module::ModuleError| CodegenError::Cranelift {
+            kernel: kernel.name.clone(),
+            message: e.to_string(),
+        };
+        let id = self
+            .module
+            .declare_anonymous_function(&signature)
+            .map_err(error)?;
+        self.context.func.signature = signature;
+        self.context.func.name = UserFuncName::user(0, id.as_u32());
+        elementwise::translate(
+            kernel,
+            &mut self.context.func,
+            &mut self.builder_context,
+            self.module.target_config(),
+        );
+        let clif = self.context.func.display().to_string();
+        let defined = self.module.define_function(id, &mut self.context);
+        self.module.clear_context(&mut self.context);
+        defined.map_err(error)?;
+        self.module.finalize_definitions().map_err(error)?;
+        let code = self.module.get_finalized_function(id);
+        // SAFETY: the function was generated with exactly `RowKernelFn`'s
+        // signature (a pointer and three i64s, the platform's C convention).
+        let entry = unsafe { std::mem::transmute::<*const u8, RowKernelFn>(code) };
+        Ok(CompiledKernel {
+            name: kernel.name.clone(),
+            clif,
+            entry,
+        })
+    }
+}
