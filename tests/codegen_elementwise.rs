@@ -80,9 +80,12 @@ fn bias_and_relu_broadcast_per_channel() {
     }
 }
 
+/// A function, its f64 reference, and the input range to test it on.
+type Case = (Unary, fn(f64) -> f64, f32, f32);
+
 #[test]
 fn transcendentals_match_f64() {
-    let cases: [(Unary, fn(f64) -> f64, f32, f32); 7] = [
+    let cases: [Case; 7] = [
         (Unary::Exp, f64::exp, -80.0, 80.0),
         (Unary::Expm1, f64::exp_m1, -3.0, 3.0),
         (Unary::Tanh, f64::tanh, -9.0, 9.0),
