@@ -78,14 +78,7 @@ fn init_text(init: &Init) -> String {
             let entries: Vec<String> = entries
                 .iter()
                 .map(|(slices, v)| {
-                    let idx: Vec<String> = slices
-                        .iter()
-                        .map(|s| match s {
-                            Slice::All => "_".to_string(),
-                            Slice::At(i) => i.to_string(),
-                            Slice::Range(a, b) => format!("{a}..{b}"),
-                        })
-                        .collect();
+                    let idx: Vec<String> = slices.iter().map(Slice::to_string).collect();
                     format!("[{}] = {v}", idx.join(", "))
                 })
                 .collect();
@@ -115,7 +108,7 @@ fn rows(model: &TypedGraph) -> Vec<Row> {
                 // (a conv before its activation) are fused away by the back end.
                 row.shape = info.shape.to_string();
                 row.params += info.params;
-                row.flops += info.flops;
+                row.flops = row.flops.saturating_add(info.flops);
                 row.bytes = info.bytes;
             }
             _ => rows.push(Row {

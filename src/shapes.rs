@@ -164,7 +164,7 @@ fn check_init(init: &Init, shape: &[u64]) -> Result<(), String> {
             };
             if !fits {
                 return Err(format!(
-                    "index {slice:?} is outside axis {axis} of size {dim}"
+                    "index {slice} is outside axis {axis} of size {dim}"
                 ));
             }
         }
@@ -197,7 +197,10 @@ impl TypedGraph {
 
     /// Forward FLOPs per example of the whole model.
     pub fn flops(&self) -> u64 {
-        self.order.iter().map(|&id| self.info(id).flops).sum()
+        // Each layer's count saturates; so does the total.
+        self.order
+            .iter()
+            .fold(0u64, |total, &id| total.saturating_add(self.info(id).flops))
     }
 
     /// The model's outputs: names and per-example shapes.

@@ -29,6 +29,10 @@ pub use value::{NamedArg, Spanned, Value};
 /// The most nodes a model may have; more means a runaway loop.
 pub const MAX_NODES: usize = 1_000_000;
 
+/// The most `for` iterations one model may run, all loops together: nested
+/// loops over long ranges would otherwise run for hours without adding a node.
+pub const MAX_ITERATIONS: usize = 1_000_000;
+
 /// The names of the models defined in the program's root file, in order.
 pub fn models(program: &Program) -> Vec<String> {
     root_definitions(program)
@@ -132,7 +136,10 @@ struct Elaborator<'p> {
     errors: Vec<Diagnostic>,
     /// The block calls being expanded: the definition and the call site.
     stack: Vec<(&'p ast::Definition, Span)>,
+    /// Set once the node or iteration budget is exhausted: loops then stop.
     budget_reported: bool,
+    /// `for` iterations run so far.
+    iterations: usize,
 }
 
 impl<'p> Elaborator<'p> {
@@ -144,6 +151,7 @@ impl<'p> Elaborator<'p> {
             errors: Vec::new(),
             stack: Vec::new(),
             budget_reported: false,
+            iterations: 0,
         };
         elaborator.index_definitions();
         elaborator
@@ -274,8 +282,11 @@ impl<'p> Elaborator<'p> {
     }
 
     fn error(&mut self, mut diagnostic: Diagnostic) {
+        let at = diagnostic.primary.span;
         for (def, call) in self.stack.iter().rev().take(6) {
-            if *call != diagnostic.primary.span {
+            // A call that contains the fault (a bad argument) needs no label of its own.
+            let contains = call.file == at.file && call.start <= at.start && at.end <= call.end;
+            if !contains {
                 diagnostic = diagnostic.with_context(
                     *call,
                     format!("while expanding `{}` called here", def.name.name),
@@ -355,28 +366,41 @@ impl<'p> Elaborator<'p> {
         // The grammar requires a shape on every model.
         let shape_expr = def.input.as_ref().expect("models declare an input shape");
         let value = self.eval(scope, shape_expr, Ctx::Argument);
-        let dims = match &value {
-            Value::List(items) if !items.is_empty() => items
-                .iter()
-                .map(|v| match v {
-                    Value::Int(i) if *i > 0 => Some(*i as u64),
-                    _ => None,
-                })
-                .collect::<Option<Vec<u64>>>(),
+        let error = |span: Span, what: &Value| {
+            Diagnostic::error(
+                span,
+                "a model's input shape must be a list of positive integers",
+                format!("this is {}", what.describe()),
+            )
+            .with_note("help: write the shape as [height, width, channels], e.g. [28, 28, 1]")
+        };
+        let items = match &value {
+            Value::List(items) if !items.is_empty() => items,
             Value::Poison => return Value::Poison,
-            _ => None,
+            other => {
+                self.errors.push(error(shape_expr.span, other));
+                return Value::Poison;
+            }
         };
-        let Some(dims) = dims else {
-            self.errors.push(
-                Diagnostic::error(
-                    shape_expr.span,
-                    "a model's input shape must be a list of positive integers",
-                    format!("this is {}", value.describe()),
-                )
-                .with_note("help: write the shape as [height, width, channels], e.g. [28, 28, 1]"),
-            );
+        // An element with an error of its own has been reported already.
+        if items.contains(&Value::Poison) {
             return Value::Poison;
-        };
+        }
+        let mut dims = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                Value::Int(d) if *d > 0 => dims.push(*d as u64),
+                other => {
+                    // The grammar makes the shape a list literal: point at the element.
+                    let span = match &shape_expr.kind {
+                        ExprKind::List(exprs) => exprs.get(i).map_or(shape_expr.span, |e| e.span),
+                        _ => shape_expr.span,
+                    };
+                    self.errors.push(error(span, other));
+                    return Value::Poison;
+                }
+            }
+        }
         let op = Op::Input { shape: dims };
         self.add_node(
             scope,
@@ -545,6 +569,26 @@ impl<'p> Elaborator<'p> {
             }
         };
         for (i, item) in items.into_iter().enumerate() {
+            // Past the node limit `add_node` adds nothing, so the node count
+            // cannot end a loop; the flag does.
+            if self.budget_reported {
+                scope.current = Value::Poison;
+                return;
+            }
+            self.iterations += 1;
+            if self.iterations > MAX_ITERATIONS {
+                self.budget_reported = true;
+                self.error(
+                    Diagnostic::error(
+                        iter.span,
+                        format!("the loops run more than {MAX_ITERATIONS} iterations"),
+                        "while iterating over this",
+                    )
+                    .with_note("help: check the bounds of `for` loops"),
+                );
+                scope.current = Value::Poison;
+                return;
+            }
             scope.frames.push(HashMap::new());
             if let Some(index) = index {
                 scope.bind(&index.name, Value::Int(i as i64));
@@ -552,9 +596,6 @@ impl<'p> Elaborator<'p> {
             scope.bind(&var.name, item);
             self.body(scope, body, false);
             scope.frames.pop();
-            if self.graph.nodes.node_count() > MAX_NODES {
-                return;
-            }
         }
     }
 
@@ -1110,7 +1151,9 @@ impl<'p> Elaborator<'p> {
         let shape = match ops::infer(&op, &shapes) {
             Ok(shape) => shape,
             Err(e) => {
-                let mut error = Diagnostic::error(span, e.to_string(), shape_label(&op, &shapes));
+                // Name the layer the user wrote (`conv`), not its op (`conv2d`).
+                let e = e.for_layer(kind);
+                let mut error = Diagnostic::error(span, e.to_string(), shape_label(kind, &shapes));
                 if let Some(hint) = e.hint() {
                     error = error.with_note(hint);
                 }
@@ -1445,12 +1488,12 @@ fn param_init(name: &str, kernel_init: &Init) -> Init {
     }
 }
 
-fn shape_label(op: &Op, shapes: &[&Shape]) -> String {
+fn shape_label(layer: &str, shapes: &[&Shape]) -> String {
     match shapes {
-        [one] => format!("`{}` applied to a tensor of shape {one}", op.name()),
+        [] => "declared here".to_string(),
+        [one] => format!("`{layer}` applied to a tensor of shape {one}"),
         many => format!(
-            "`{}` of shapes {}",
-            op.name(),
+            "`{layer}` of shapes {}",
             many.iter()
                 .map(|s| s.to_string())
                 .collect::<Vec<_>>()

@@ -65,6 +65,20 @@ pub fn load_source(name: &str, text: &str, base: Option<&Path>) -> (Program, Vec
     loader.finish(root)
 }
 
+impl Origin {
+    /// The origin as a key for "already loaded" and cycle checks: one file
+    /// reached by different paths (`a.cnn`, `lib/../a.cnn`) is one file, and
+    /// without this a cycle through such paths would recurse without end.
+    fn key(&self) -> Origin {
+        match self {
+            Origin::Disk(path) => {
+                Origin::Disk(path.canonicalize().unwrap_or_else(|_| path.clone()))
+            }
+            other => other.clone(),
+        }
+    }
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
@@ -82,7 +96,7 @@ struct Loader {
     files: Vec<Option<ast::File>>,
     imports: Vec<Vec<FileId>>,
     loaded: HashMap<Origin, FileId>,
-    /// Files whose imports are being loaded, for cycle detection.
+    /// Files whose imports are being loaded (by key), for cycle detection.
     stack: Vec<(Origin, FileId)>,
     errors: Vec<Diagnostic>,
 }
@@ -102,7 +116,7 @@ impl Loader {
         let id = self.sources.add(name, Arc::<str>::from(text.as_str()));
         self.files.push(None);
         self.imports.push(Vec::new());
-        self.loaded.insert(origin.clone(), id);
+        self.loaded.insert(origin.key(), id);
         let parsed = match syntax::parse(&text, id) {
             Ok(file) => file,
             Err(e) => {
@@ -110,7 +124,7 @@ impl Loader {
                 return id;
             }
         };
-        self.stack.push((origin.clone(), id));
+        self.stack.push((origin.key(), id));
         let mut imports = Vec::new();
         for item in &parsed.items {
             if let ast::Item::Use(u) = item {
@@ -127,7 +141,8 @@ impl Loader {
 
     fn import(&mut self, from: &Origin, u: &ast::Use) -> Option<FileId> {
         let origin = self.resolve(from, u)?;
-        if let Some(pos) = self.stack.iter().position(|(o, _)| *o == origin) {
+        let key = origin.key();
+        if let Some(pos) = self.stack.iter().position(|(o, _)| *o == key) {
             let chain: Vec<&str> = self.stack[pos..]
                 .iter()
                 .map(|(_, id)| self.sources.name(*id))
@@ -144,7 +159,7 @@ impl Loader {
             );
             return None;
         }
-        if let Some(&id) = self.loaded.get(&origin) {
+        if let Some(&id) = self.loaded.get(&key) {
             return Some(id);
         }
         let (name, text) = match &origin {

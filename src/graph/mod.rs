@@ -82,6 +82,17 @@ pub enum Slice {
     Range(u64, u64),
 }
 
+/// As written in `.cnn`: `_`, `3` or `0..2`.
+impl fmt::Display for Slice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Slice::All => write!(f, "_"),
+            Slice::At(i) => write!(f, "{i}"),
+            Slice::Range(a, b) => write!(f, "{a}..{b}"),
+        }
+    }
+}
+
 /// A weight tensor of a node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {

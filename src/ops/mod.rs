@@ -21,8 +21,8 @@ pub enum ShapeError {
     /// The input has the wrong number of dimensions.
     #[error("`{op}` expects {expected}, but its input has shape {got}")]
     Rank {
-        /// The op.
-        op: &'static str,
+        /// The op (or the layer it implements).
+        op: String,
         /// What it needs, in words.
         expected: &'static str,
         /// What it got.
@@ -71,8 +71,8 @@ pub enum ShapeError {
     /// An attribute is zero where it must be positive.
     #[error("`{op}` needs a positive {what}, got 0")]
     Zero {
-        /// The op.
-        op: &'static str,
+        /// The op (or the layer it implements).
+        op: String,
         /// The attribute.
         what: &'static str,
     },
@@ -82,9 +82,26 @@ pub enum ShapeError {
         /// The shape, as far as it could be computed.
         shape: String,
     },
+    /// A weight too large to address.
+    #[error("the weight `{name}` would have shape {shape}: too large to address (more than {max} elements)", max = MAX_ELEMENTS)]
+    WeightTooLarge {
+        /// The weight's local name (`kernel`).
+        name: &'static str,
+        /// Its shape.
+        shape: Shape,
+    },
 }
 
 impl ShapeError {
+    /// The error as reported for a call of layer `layer`, which the user
+    /// wrote and which may differ from the op's name (`conv` is `conv2d`).
+    pub fn for_layer(mut self, layer: &str) -> ShapeError {
+        if let ShapeError::Rank { op, .. } | ShapeError::Zero { op, .. } = &mut self {
+            *op = layer.to_string();
+        }
+        self
+    }
+
     /// A hint for fixing the error, when there is an obvious one.
     pub fn hint(&self) -> Option<String> {
         match self {
@@ -178,6 +195,16 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
         Op::Multiply => multiply(inputs[0], inputs[1])?,
     };
     checked_elements(&out.0)?;
+    // Weights are sized by the op's attributes too (`conv(10^6, 10^6)` on a
+    // small image); counting their elements later must not overflow.
+    for (name, shape, _) in params(op, inputs) {
+        if checked_elements(&shape).is_err() {
+            return Err(ShapeError::WeightTooLarge {
+                name,
+                shape: Shape(shape),
+            });
+        }
+    }
     Ok(out)
 }
 
@@ -301,7 +328,7 @@ pub fn is_average(op: &Op) -> bool {
 fn nonzero(op: &Op, value: u64, what: &'static str) -> Result<(), ShapeError> {
     if value == 0 {
         Err(ShapeError::Zero {
-            op: op.name(),
+            op: op.name().to_string(),
             what,
         })
     } else {
@@ -313,7 +340,7 @@ fn image(op: &Op, s: &Shape) -> Result<(u64, u64, u64), ShapeError> {
     match s.0[..] {
         [h, w, c] => Ok((h, w, c)),
         _ => Err(ShapeError::Rank {
-            op: op.name(),
+            op: op.name().to_string(),
             expected: "an image [height, width, channels]",
             got: s.clone(),
         }),
@@ -325,7 +352,7 @@ fn vector(op: &Op, s: &Shape) -> Result<(), ShapeError> {
         Ok(())
     } else {
         Err(ShapeError::Rank {
-            op: op.name(),
+            op: op.name().to_string(),
             expected: "a vector [features]",
             got: s.clone(),
         })
@@ -498,6 +525,16 @@ mod tests {
         assert!(matches!(
             infer(&conv(1000, 1, 1, Padding::Same), &[&x]),
             Err(ShapeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn huge_weights_are_rejected() {
+        // A small output, but a kernel of 64 x 10^18 entries.
+        let x = Shape(vec![8, 8, 64]);
+        assert!(matches!(
+            infer(&conv(1_000_000, 1_000_000, 1, Padding::Same), &[&x]),
+            Err(ShapeError::WeightTooLarge { name: "kernel", .. })
         ));
     }
 

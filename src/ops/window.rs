@@ -49,7 +49,7 @@ pub(super) fn apply(
     for (value, name) in [(kernel, what), (stride, "stride"), (dilation, "dilation")] {
         if value.contains(&0) {
             return Err(ShapeError::Zero {
-                op: op.name(),
+                op: op.name().to_string(),
                 what: name,
             });
         }

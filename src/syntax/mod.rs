@@ -13,8 +13,63 @@ use ast::*;
 #[grammar = "../grammar/cnn.pest"]
 struct CnnParser;
 
+/// How deep brackets may nest. The parser recurses through a dozen grammar
+/// rules per level: without a bound, a few hundred `(` exhaust any stack.
+pub const MAX_NESTING: usize = 64;
+
+/// How deep expressions and statements may nest (`not not ... x`, long
+/// `else if` chains): elaboration recurses once per level.
+pub const MAX_DEPTH: usize = 256;
+
+/// The stack of the thread that parses: a debug build uses about 100 KiB
+/// per level of brackets, so a test thread's 2 MiB lasts about 20 levels.
+const PARSE_STACK: usize = 64 << 20;
+
 /// Parses the text of file `file` into its AST, or returns the syntax error.
 pub fn parse(source: &str, file: FileId) -> Result<File, Diagnostic> {
+    if let Some(error) = too_deep(source, file) {
+        return Err(error);
+    }
+    std::thread::scope(|scope| {
+        let parser = std::thread::Builder::new()
+            .name("cnnc-parse".into())
+            .stack_size(PARSE_STACK)
+            .spawn_scoped(scope, || parse_here(source, file));
+        match parser {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread to be had: parse on this one's stack.
+            Err(_) => parse_here(source, file),
+        }
+    })
+}
+
+/// An error at the first bracket nested deeper than [`MAX_NESTING`].
+fn too_deep(source: &str, file: FileId) -> Option<Diagnostic> {
+    let mut depth = 0usize;
+    for (i, c) in brackets(source) {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            _ => depth = depth.saturating_sub(1),
+        }
+        if depth > MAX_NESTING {
+            return Some(
+                Diagnostic::error(
+                    Span::new(file, i, i + 1),
+                    "brackets are nested too deeply",
+                    format!("this `{c}` is nested {depth} deep"),
+                )
+                .with_note(format!(
+                    "help: cnnc accepts at most {MAX_NESTING} levels of brackets"
+                )),
+            );
+        }
+    }
+    None
+}
+
+fn parse_here(source: &str, file: FileId) -> Result<File, Diagnostic> {
     // Tracking parse attempts lets the error name the literal tokens that
     // were expected (`)`, `->`), not only grammar rules.
     pest::set_error_detail(true);
@@ -29,15 +84,96 @@ pub fn parse(source: &str, file: FileId) -> Result<File, Diagnostic> {
             items.push(builder.item(pair));
         }
     }
-    Ok(File { items })
+    let file_ast = File { items };
+    match deepest(&file_ast) {
+        Some(span) => Err(Diagnostic::error(
+            span,
+            "expressions are nested too deeply",
+            format!("this is nested more than {MAX_DEPTH} levels deep"),
+        )
+        .with_note("help: split the expression with `let`")),
+        None => Ok(file_ast),
+    }
+}
+
+/// The first expression nested deeper than [`MAX_DEPTH`], if any.
+fn deepest(file: &File) -> Option<Span> {
+    file.items.iter().find_map(|item| match item {
+        Item::Use(_) => None,
+        Item::Block(d) | Item::Model(d) => d
+            .params
+            .iter()
+            .filter_map(|p| p.default.as_ref())
+            .chain(&d.input)
+            .find_map(|e| expr_too_deep(e, 0))
+            .or_else(|| stmts_too_deep(&d.body, 0)),
+        Item::Train(t) => t.entries.iter().find_map(|(_, e)| expr_too_deep(e, 0)),
+    })
+}
+
+fn stmts_too_deep(body: &[Stmt], depth: usize) -> Option<Span> {
+    body.iter().find_map(|stmt| match stmt {
+        Stmt::Let(_, e) | Stmt::Output(_, e) | Stmt::Expr(e) => expr_too_deep(e, depth + 1),
+        Stmt::For { iter, body, .. } => {
+            expr_too_deep(iter, depth + 1).or_else(|| stmts_too_deep(body, depth + 1))
+        }
+    })
+}
+
+fn expr_too_deep(e: &Expr, depth: usize) -> Option<Span> {
+    if depth > MAX_DEPTH {
+        return Some(e.span);
+    }
+    let d = depth + 1;
+    match &e.kind {
+        ExprKind::Int(_)
+        | ExprKind::Float(_)
+        | ExprKind::Str(_)
+        | ExprKind::Bool(_)
+        | ExprKind::Input
+        | ExprKind::Name(..) => None,
+        ExprKind::List(items) => any_too_deep(items, d),
+        ExprKind::Record(fields) => any_too_deep(fields.iter().map(|(_, e)| e), d),
+        ExprKind::Call(call) => any_too_deep(call.args.iter().map(|a| &a.value), d),
+        ExprKind::Pipe(head, stages) => any_too_deep(std::iter::once(&**head).chain(stages), d),
+        ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) | ExprKind::Range(a, b) => {
+            any_too_deep([&**a, &**b], d)
+        }
+        ExprKind::Unary(_, a) | ExprKind::Field(a, _) => expr_too_deep(a, d),
+        ExprKind::If(cond, then, otherwise) => expr_too_deep(cond, d)
+            .or_else(|| stmts_too_deep(then, d))
+            .or_else(|| otherwise.as_ref().and_then(|o| stmts_too_deep(o, d))),
+        ExprKind::Where(init, assigns) => expr_too_deep(init, d)
+            .or_else(|| any_too_deep(assigns.iter().flat_map(|(a, b)| [a, b]), d)),
+    }
+}
+
+fn any_too_deep<'a>(exprs: impl IntoIterator<Item = &'a Expr>, depth: usize) -> Option<Span> {
+    exprs.into_iter().find_map(|e| expr_too_deep(e, depth))
 }
 
 /// Converts a pest error into a diagnostic that names what was expected.
 fn syntax_error(error: &pest::error::Error<Rule>, source: &str, file: FileId) -> Diagnostic {
-    let (start, end) = match error.location {
+    let (mut start, mut end) = match error.location {
         pest::error::InputLocation::Pos(p) => (p, p),
         pest::error::InputLocation::Span((s, e)) => (s, e),
     };
+    // The expected tokens are those of the furthest attempt; pest's own
+    // position can lag behind it when an optional part failed (`block
+    // b(x y)` is reported at `(`, with the tokens expected after `x`).
+    // Not inside a word, though: a keyword's look-ahead (`for x inputs`)
+    // gets there too.
+    if let Some(attempts) = error.parse_attempts() {
+        let at = attempts.max_position;
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        let inside_word = source
+            .get(..at)
+            .is_some_and(|b| word(b.chars().next_back()))
+            && source.get(at..).is_some_and(|r| word(r.chars().next()));
+        if at > start && at <= source.len() && !inside_word {
+            (start, end) = (at, at);
+        }
+    }
     let found = describe_found(source, start);
     let end = if end > start {
         end
@@ -56,10 +192,137 @@ fn syntax_error(error: &pest::error::Error<Rule>, source: &str, file: FileId) ->
         ),
     };
     let mut diagnostic = Diagnostic::error(Span::new(file, start, end), "syntax error", message);
-    if let Some(hint) = syntax_hint(source, start) {
+    let open = open_brackets(source, start);
+    if let Some(hint) = syntax_hint(source, start, open.last().map(|&(o, _)| o)) {
         diagnostic = diagnostic.with_note(hint);
     }
+    let found_char = source[start.min(source.len())..].chars().next();
+    let innermost = open.last().copied();
+    if let Some((quote, line_end)) = unclosed_string(source, start) {
+        // The parse failed inside a string that runs to the end of its line.
+        diagnostic.primary.span = Span::new(file, quote, line_end);
+        diagnostic.primary.message = "this string is not closed".into();
+        return diagnostic.with_note("help: a string ends with `\"` on the same line");
+    }
+    match (found_char, innermost) {
+        // A closing bracket with nothing of its kind to close.
+        (Some(c @ (')' | ']' | '}')), _) if !open.iter().any(|&(o, _)| closer(o) == c) => {
+            diagnostic =
+                diagnostic.with_note(format!("help: this `{c}` has no matching `{}`", opener(c)));
+        }
+        // `conv (64, 3)`: the parenthesis became an expression of its own.
+        (_, Some(('(', at))) if called_with_space(source, at) => {
+            diagnostic = diagnostic.with_note(
+                "help: a call's `(` must follow its name directly: write `conv(...)`, not `conv (...)`",
+            );
+        }
+        // The statement seems to end on this line, but a bracket is still
+        // open: it is the likely culprit, not the token on the next line.
+        (_, Some((o, at)))
+            if expected.contains(&format!("`{}`", closer(o)))
+                && (found_char.is_none()
+                    || source[..start]
+                        .trim_end_matches([' ', '\t'])
+                        .ends_with('\n')) =>
+        {
+            diagnostic = diagnostic.with_context(
+                Span::new(file, at, at + 1),
+                format!("this `{o}` is not closed"),
+            );
+        }
+        _ => {}
+    }
     diagnostic
+}
+
+/// The opening quote and the line's end, when the line of `offset` has a
+/// string that is not closed and that starts at or before `offset`.
+fn unclosed_string(source: &str, offset: usize) -> Option<(usize, usize)> {
+    let offset = offset.min(source.len());
+    let line_start = source[..offset].rfind('\n').map_or(0, |n| n + 1);
+    let line_end = source[offset..]
+        .find('\n')
+        .map_or(source.len(), |n| offset + n);
+    let mut open = None;
+    for (i, c) in source[line_start..line_end].char_indices() {
+        match c {
+            '"' if open.is_some() => open = None,
+            '"' => open = Some(line_start + i),
+            '#' if open.is_none() => break,
+            _ => {}
+        }
+    }
+    open.filter(|&quote| quote <= offset)
+        .map(|quote| (quote, line_end))
+}
+
+/// The brackets of `source` outside comments and strings, with their offsets.
+fn brackets(source: &str) -> impl Iterator<Item = (usize, char)> + '_ {
+    let mut in_string = false;
+    let mut in_comment = false;
+    source.char_indices().filter(move |&(_, c)| {
+        match c {
+            '\n' => (in_string, in_comment) = (false, false),
+            _ if in_comment => {}
+            '"' => in_string = !in_string,
+            _ if in_string => {}
+            '#' => in_comment = true,
+            '(' | '[' | '{' | ')' | ']' | '}' => return true,
+            _ => {}
+        }
+        false
+    })
+}
+
+/// The brackets open at `offset` (innermost last), with their positions.
+fn open_brackets(source: &str, offset: usize) -> Vec<(char, usize)> {
+    let mut open = Vec::new();
+    for (i, c) in brackets(&source[..offset.min(source.len())]) {
+        match c {
+            '(' | '[' | '{' => open.push((c, i)),
+            _ => {
+                if open.last().is_some_and(|&(o, _)| closer(o) == c) {
+                    open.pop();
+                }
+            }
+        }
+    }
+    open
+}
+
+fn closer(open: char) -> char {
+    match open {
+        '(' => ')',
+        '[' => ']',
+        _ => '}',
+    }
+}
+
+fn opener(close: char) -> char {
+    match close {
+        ')' => '(',
+        ']' => '[',
+        _ => '{',
+    }
+}
+
+/// Whether the `(` at `at` follows a name after a space, as in `conv (64)`
+/// (keywords such as `if (a) { ... }` excepted).
+fn called_with_space(source: &str, at: usize) -> bool {
+    let before = &source[..at];
+    let name_end = before.trim_end_matches([' ', '\t']);
+    if name_end.len() == before.len() {
+        return false;
+    }
+    let word: String = name_end
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let word: String = word.chars().rev().collect();
+    !word.is_empty()
+        && !word.starts_with(|c: char| c.is_ascii_digit())
+        && !matches!(word.as_str(), "if" | "in" | "and" | "or" | "not" | "where")
 }
 
 /// What stands at `offset`, for "found ..." (and its length in bytes).
@@ -67,6 +330,7 @@ fn describe_found(source: &str, offset: usize) -> (String, usize) {
     let rest = &source[offset.min(source.len())..];
     match rest.chars().next() {
         None => ("the end of the file".to_string(), 0),
+        Some('\n' | '\r') => ("the end of the line".to_string(), 0),
         Some(c) if c.is_alphanumeric() || c == '_' => {
             let word: String = rest
                 .chars()
@@ -87,7 +351,11 @@ fn expected_items(error: &pest::error::Error<Rule>) -> Vec<String> {
             // tokens from character ranges (`a..z`) and built-in rules.
             let text = token.to_string();
             let is_range = text.chars().count() == 4 && text.get(1..3) == Some("..");
-            if !text.trim().is_empty() && !is_range && text != "BUILTIN_RULE" && text != "E" {
+            // Whitespace and comments may appear anywhere: not worth naming.
+            if !text.trim().is_empty()
+                && !is_range
+                && !matches!(text.as_str(), "BUILTIN_RULE" | "E" | "#")
+            {
                 expected.push(format!("`{text}`"));
             }
         }
@@ -101,11 +369,22 @@ fn expected_items(error: &pest::error::Error<Rule>) -> Vec<String> {
         );
     }
     if expected.len() > 8 {
-        // A long list helps nobody; the first constructs are the likely ones.
-        expected.retain(|e| !e.starts_with('`'));
+        // A long list helps nobody: operators and keywords that could continue
+        // an expression are rarely what was meant; closing brackets and
+        // separators usually are, and named constructs summarise the rest.
+        expected.retain(|e| {
+            !e.starts_with('`') || ["`)`", "`]`", "`}`", "`,`", "`:`"].contains(&e.as_str())
+        });
         if expected.is_empty() {
             expected.push("an expression".to_string());
         }
+    }
+    // Tokens that only begin a construct already named.
+    if expected.iter().any(|e| e.starts_with("a body")) {
+        expected.retain(|e| e != "`{`");
+    }
+    if expected.iter().any(|e| e == "a name") {
+        expected.retain(|e| e != "`_`");
     }
     expected
 }
@@ -122,6 +401,7 @@ fn rule_description(rule: Rule) -> Option<&'static str> {
         Rule::list => "a list `[...]`",
         Rule::expr | Rule::pipe | Rule::or_expr | Rule::expr_stmt => "an expression",
         Rule::body => "a body `{ ... }`",
+        Rule::let_stmt | Rule::output_stmt | Rule::for_stmt => "a statement",
         Rule::param => "a parameter",
         Rule::train_entry => "a `key: value` entry",
         Rule::module_path => "a module name",
@@ -130,20 +410,37 @@ fn rule_description(rule: Rule) -> Option<&'static str> {
     })
 }
 
-/// A hint for common slips, judged from the text at the error.
-fn syntax_hint(source: &str, offset: usize) -> Option<String> {
+/// A hint for common slips, judged from the text at the error and the
+/// innermost open bracket there.
+fn syntax_hint(source: &str, offset: usize, innermost: Option<char>) -> Option<String> {
     let before = source[..offset.min(source.len())].trim_end();
     let rest = &source[offset.min(source.len())..];
-    if before.ends_with(|c: char| c.is_alphanumeric() || c == '_') && rest.starts_with(" (") {
-        return Some(
-            "help: a call's `(` must follow its name directly: write `conv(...)`, not `conv (...)`"
-                .into(),
-        );
-    }
-    if rest.starts_with('=') && before.ends_with(|c: char| c.is_alphanumeric() || c == '_') {
-        return Some("help: arguments are given as `name: value`; `=` is for defaults of parameters and `let`".into());
+    let after_word = before.ends_with(|c: char| c.is_alphanumeric() || c == '_');
+    if rest.starts_with('=') && !rest.starts_with("==") && after_word {
+        return match innermost {
+            Some('(') => Some("help: arguments are given as `name: value`; `=` is for defaults of parameters and `let`".into()),
+            // `x = 3` as a whole statement.
+            Some('{') if statement_is_a_name(before) => {
+                Some("help: bind a value with `let name = value`".into())
+            }
+            _ => None,
+        };
     }
     None
+}
+
+/// Whether the statement that `before` ends with is a single name.
+fn statement_is_a_name(before: &str) -> bool {
+    let statement = before
+        .rsplit(['{', '}', ';', '\n'])
+        .next()
+        .unwrap_or("")
+        .trim();
+    !statement.is_empty()
+        && !matches!(statement, "let" | "output")
+        && statement
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn join_alternatives(items: &[String]) -> String {
@@ -637,6 +934,27 @@ mod tests {
     fn word_operators_need_a_boundary_but_not_a_space_after() {
         parse_ok("block b { let x = a == 0 and i > 0 or not c }");
         parse_ok("block b { let x = in -> relu }");
+    }
+
+    #[test]
+    fn a_name_starting_with_as_is_not_an_alias() {
+        // Not `relu as semble`.
+        let file = parse_ok("block b { relu\n assemble }");
+        let Item::Block(def) = &file.items[0] else {
+            panic!()
+        };
+        assert_eq!(def.body.len(), 2);
+        parse_ok("block b { relu as   # a comment\n r1 }");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = |n: usize| format!("block b {{ let x = {}1{} }}", "(".repeat(n), ")".repeat(n));
+        parse_ok(&deep(MAX_NESTING - 1));
+        let err = parse(&deep(100_000), 0).unwrap_err();
+        assert_eq!(err.message, "brackets are nested too deeply");
+        let err = parse(&format!("block b {{ let x = {}1 }}", "-".repeat(1000)), 0).unwrap_err();
+        assert_eq!(err.message, "expressions are nested too deeply");
     }
 
     #[test]

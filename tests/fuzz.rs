@@ -1,0 +1,407 @@
+//! Fuzzing the front end: whatever the text, compiling it returns `Ok` or
+//! `Err` and rendering the errors works; it never panics, overflows the
+//! stack or hangs.
+//!
+//! Three sources of text:
+//! - token soup: random sequences of the language's tokens, bare or inside
+//!   a model's body, mostly syntax errors;
+//! - layer soup: random statements that parse, with extreme numbers (0, -1,
+//!   2^32, 10^11, 1e308...), for elaboration and shape inference;
+//! - mutants: the real files of `stdlib/` and `examples/` with a few random
+//!   edits (a range deleted or duplicated, two tokens swapped, a number
+//!   replaced by 0, -1, 99999999999 or 1e308).
+//!
+//! A panic found here becomes a case in `tests/bad/` once fixed. Case
+//! counts keep the whole file at a few seconds in a debug build.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use proptest::sample::{select, Index};
+use proptest::test_runner::Config;
+
+/// Compiles `text` as a file of `examples/` (so that relative imports
+/// resolve) and renders its errors, if any.
+fn compile(name: &str, text: &str, model: Option<&str>) {
+    if let Err(diagnostics) = cnnc::compile_source(name, text, Some(Path::new("examples")), model) {
+        let rendered = diagnostics.to_string();
+        assert!(
+            rendered.contains("error"),
+            "errors rendered as {rendered:?}"
+        );
+    }
+}
+
+/// No persistence file: a failure prints its (shrunk) input, which goes
+/// into `tests/bad/`.
+fn config(cases: u32) -> Config {
+    Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+const TOKENS: &[&str] = &[
+    "conv",
+    "conv(",
+    "dense(",
+    "maxpool(",
+    "concat(",
+    "relu",
+    "flatten",
+    "batchnorm",
+    "global_avg_pool",
+    "se_block(",
+    "residual_unit(",
+    "x",
+    "y",
+    "filters",
+    "_",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    "->",
+    "+",
+    "-",
+    "*",
+    "/",
+    "//",
+    "%",
+    "..",
+    "==",
+    "<",
+    ">=",
+    ":",
+    ",",
+    ";",
+    "=",
+    ".",
+    ".channels",
+    ".shape",
+    "in",
+    "let",
+    "for",
+    "if",
+    "else",
+    "as",
+    "where",
+    "not",
+    "and",
+    "or",
+    "true",
+    "output",
+    "model",
+    "block",
+    "train",
+    "use",
+    "use se",
+    "0",
+    "1",
+    "2",
+    "3",
+    "64",
+    "0.5",
+    "1e308",
+    "99999999999",
+    "9223372036854775807",
+    "99999999999999999999999",
+    "\"s\"",
+    "\"",
+    "# comment\n",
+    "padding: same",
+    "stride:",
+    "activation: relu",
+    "\n",
+];
+
+const SEPARATORS: &[&str] = &[" ", "", "\n"];
+
+/// A random sequence of tokens.
+fn soup() -> impl Strategy<Value = String> {
+    prop::collection::vec((select(TOKENS), select(SEPARATORS)), 0..60).prop_map(|tokens| {
+        tokens
+            .into_iter()
+            .flat_map(|(token, sep)| [token, sep])
+            .collect()
+    })
+}
+
+/// Numbers for sizes and counts: mostly plausible ones, so that models get
+/// far enough for shape inference, and the awkward ones often.
+fn number() -> impl Strategy<Value = &'static str> {
+    prop_oneof![
+        3 => select(&["1", "2", "3", "5", "7", "16", "28", "64", "in.channels", "in.channels // 2"][..]),
+        1 => select(&[
+            "0", "-1", "-64", "0.5", "1.5", "64 / 3", "65536", "2147483648", "4294967296",
+            "99999999999", "9223372036854775807", "1e308",
+        ][..]),
+    ]
+}
+
+/// One statement of a model body.
+fn statement() -> impl Strategy<Value = String> {
+    let padding = select(&["same", "valid", "smae"][..]);
+    prop_oneof![
+        (number(), number(), number(), padding.clone())
+            .prop_map(|(f, k, s, p)| format!("conv({f}, {k}, stride: {s}, padding: {p})")),
+        (number(), number())
+            .prop_map(|(k, d)| format!("conv(8, {k}, dilation: {d}, padding: same)")),
+        (number(), number()).prop_map(|(k, m)| format!("depthwise_conv({k}, multiplier: {m})")),
+        (number(), number()).prop_map(|(f, k)| format!("separable_conv({f}, {k})")),
+        (number(), number(), padding)
+            .prop_map(|(n, s, p)| format!("maxpool({n}, stride: {s}, padding: {p})")),
+        number().prop_map(|n| format!("avgpool({n}, trainable: true, activation: tanh)")),
+        number().prop_map(|n| format!("depth_maxpool({n})")),
+        number().prop_map(|n| format!("dense({n}, activation: relu)")),
+        number().prop_map(|n| format!("rbf({n})")),
+        number().prop_map(|r| format!("dropout({r})")),
+        Just("flatten".to_string()),
+        Just("global_avg_pool".to_string()),
+        Just("batchnorm".to_string()),
+        Just("lrn".to_string()),
+        Just("relu".to_string()),
+        number().prop_map(|n| format!("in + in -> conv({n}, 1)")),
+        number().prop_map(|n| format!("concat(in, in -> conv({n}, 1), axis: -1)")),
+        number().prop_map(|n| format!("concat(in, in -> maxpool({n}))")),
+        number().prop_map(|n| format!("in * (in -> global_avg_pool -> dense({n}))")),
+        number().prop_map(|n| format!("for i in 0..{n} {{ relu }}")),
+        number().prop_map(|n| format!("if in.channels > {n} {{ maxpool(2) }} else {{ relu }}")),
+        number().prop_map(|n| format!("let s = in.shape[{n}]")),
+        number().prop_map(|n| format!("output o{n} = global_avg_pool -> dense(10)")),
+        number().prop_map(|n| format!(
+            "conv(2, {n}, init: zeros where [_, {n}, _, 0] = 1, [0..{n}, _, _, 1] = 1)"
+        )),
+        number().prop_map(|n| format!("se_block({n})")),
+        number().prop_map(|n| format!("residual_unit({n}, stride: 2)")),
+    ]
+}
+
+/// A model of random statements on a random input shape.
+fn layer_soup() -> impl Strategy<Value = String> {
+    (
+        number(),
+        number(),
+        number(),
+        prop::collection::vec(statement(), 0..12),
+    )
+        .prop_map(|(h, w, c, body)| {
+            format!(
+                "use se\nuse resnet\nmodel fuzz : [{h}, {w}, {c}] {{\n    {}\n}}\n",
+                body.join("\n    ")
+            )
+        })
+}
+
+/// The files of `stdlib/` and `examples/`: name and text.
+fn corpus() -> &'static [(String, String)] {
+    static CORPUS: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let mut files = Vec::new();
+        for dir in ["stdlib", "examples"] {
+            let mut paths: Vec<_> = std::fs::read_dir(dir)
+                .unwrap_or_else(|e| panic!("{dir}: {e}"))
+                .map(|entry| entry.expect("directory entry").path())
+                .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                let name = path
+                    .file_name()
+                    .expect("file name")
+                    .to_string_lossy()
+                    .into_owned();
+                let text = std::fs::read_to_string(&path).expect("readable file");
+                files.push((name, text));
+            }
+        }
+        assert!(!files.is_empty(), "no .cnn files to mutate");
+        files
+    })
+}
+
+/// An edit of a file's text; positions are chosen relative to its length.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Delete(Index, usize),
+    Duplicate(Index, usize),
+    SwapTokens(Index, Index),
+    ReplaceNumber(Index, &'static str),
+    Insert(Index, &'static str),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<Index>(), 1..40usize).prop_map(|(at, len)| Mutation::Delete(at, len)),
+        (any::<Index>(), 1..40usize).prop_map(|(at, len)| Mutation::Duplicate(at, len)),
+        (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Mutation::SwapTokens(a, b)),
+        (
+            any::<Index>(),
+            select(&["0", "-1", "99999999999", "1e308"][..])
+        )
+            .prop_map(|(at, n)| Mutation::ReplaceNumber(at, n)),
+        (any::<Index>(), select(TOKENS)).prop_map(|(at, t)| Mutation::Insert(at, t)),
+    ]
+}
+
+/// The largest char boundary of `text` at or below `i`.
+fn boundary(text: &str, i: usize) -> usize {
+    let mut i = i.min(text.len());
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Byte ranges of the tokens of `text`: runs of name and number characters,
+/// and single other characters.
+fn tokens(text: &str) -> Vec<(usize, usize)> {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+    let mut spans = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some((start, c)) = chars.next() {
+        if c.is_whitespace() {
+            continue;
+        }
+        let mut end = start + c.len_utf8();
+        if word(c) {
+            while let Some(&(i, next)) = chars.peek() {
+                if !word(next) {
+                    break;
+                }
+                end = i + next.len_utf8();
+                chars.next();
+            }
+        }
+        spans.push((start, end));
+    }
+    spans
+}
+
+fn apply(text: &mut String, mutation: &Mutation) {
+    match mutation {
+        Mutation::Delete(at, len) => {
+            let start = boundary(text, at.index(text.len() + 1));
+            let end = boundary(text, start + len);
+            text.replace_range(start..end, "");
+        }
+        Mutation::Duplicate(at, len) => {
+            let start = boundary(text, at.index(text.len() + 1));
+            let end = boundary(text, start + len);
+            let copy = text[start..end].to_string();
+            text.insert_str(end, &copy);
+        }
+        Mutation::SwapTokens(a, b) => {
+            let spans = tokens(text);
+            if spans.len() < 2 {
+                return;
+            }
+            let (mut x, mut y) = (spans[a.index(spans.len())], spans[b.index(spans.len())]);
+            if x.0 > y.0 {
+                std::mem::swap(&mut x, &mut y);
+            }
+            if x == y {
+                return;
+            }
+            let (first, second) = (text[x.0..x.1].to_string(), text[y.0..y.1].to_string());
+            text.replace_range(y.0..y.1, &first);
+            text.replace_range(x.0..x.1, &second);
+        }
+        Mutation::ReplaceNumber(at, number) => {
+            let numbers: Vec<(usize, usize)> = tokens(text)
+                .into_iter()
+                .filter(|&(s, _)| text[s..].starts_with(|c: char| c.is_ascii_digit()))
+                .collect();
+            if !numbers.is_empty() {
+                let (s, e) = numbers[at.index(numbers.len())];
+                text.replace_range(s..e, number);
+            }
+        }
+        Mutation::Insert(at, token) => {
+            let at = boundary(text, at.index(text.len() + 1));
+            text.insert_str(at, &format!(" {token} "));
+        }
+    }
+}
+
+/// The models a file defines (`model NAME`), to compile each of them.
+fn model_names(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|line| line.trim_start().strip_prefix("model "))
+        .filter_map(|rest| {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            (end > 0).then(|| &rest[..end])
+        })
+        .collect()
+}
+
+/// Every file of the corpus compiles as it is: the mutants start from
+/// valid programs, so that their errors are the mutations' doing.
+#[test]
+fn the_corpus_compiles() {
+    for (name, text) in corpus() {
+        for model in model_names(text) {
+            let result = cnnc::compile_source(name, text, Some(Path::new("examples")), Some(model));
+            assert!(
+                result.is_ok(),
+                "{name} ({model}):\n{}",
+                result.err().map(|d| d.to_string()).unwrap_or_default()
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(400))]
+
+    #[test]
+    fn token_soup_never_panics(
+        tokens in soup(),
+        wrap in 0..3usize,
+    ) {
+        let text = match wrap {
+            0 => tokens,
+            1 => format!("model m : [28, 28, 3] {{\n{tokens}\n}}\n"),
+            _ => format!(
+                "block b(x, y = 2) {{\n{tokens}\n}}\nmodel m : [8, 8, 3] {{ b(1) }}\ntrain {{ {tokens} }}\n"
+            ),
+        };
+        compile("soup.cnn", &text, None);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(300))]
+
+    #[test]
+    fn layer_soup_never_panics(text in layer_soup()) {
+        compile("layers.cnn", &text, None);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(300))]
+
+    #[test]
+    fn mutants_never_panic(
+        file in any::<Index>(),
+        mutations in prop::collection::vec(mutation(), 1..4),
+        model in any::<Index>(),
+    ) {
+        let (name, original) = &corpus()[file.index(corpus().len())];
+        let mut text = original.clone();
+        for m in &mutations {
+            apply(&mut text, m);
+        }
+        // One of the original file's models, or none (the file's only model).
+        let names = model_names(original);
+        let chosen = names.get(model.index(names.len() + 1)).copied();
+        compile(name, &text, chosen);
+    }
+}
