@@ -85,7 +85,9 @@ type Case = (Unary, fn(f64) -> f64, f32, f32);
 
 #[test]
 fn transcendentals_match_f64() {
-    let cases: [Case; 7] = [
+    let cases: [Case; 9] = [
+        (Unary::Log, f64::ln, 1e-30, 1e30),
+        (Unary::Log, f64::ln, 0.5, 2.0),
         (Unary::Exp, f64::exp, -80.0, 80.0),
         (Unary::Expm1, f64::exp_m1, -3.0, 3.0),
         (Unary::Tanh, f64::tanh, -9.0, 9.0),
@@ -262,4 +264,39 @@ fn malformed_kernels_are_errors() {
         outputs: vec![],
     };
     assert!(jit.compile_elementwise(&no_output).is_err());
+}
+
+#[test]
+fn per_item_operands_broadcast_over_each_items_rows() {
+    // An SE-block's recalibration: x [2 items x 3 rows, 5 channels] * s [2, 5].
+    let (items, rows_per_item, channels) = (2, 3, 5);
+    let kernel = Elementwise {
+        name: "se_scale".into(),
+        inputs: vec![Operand::Tensor, Operand::PerItem { rows_per_item }],
+        exprs: vec![
+            Expr::Load(0),
+            Expr::Load(1),
+            Expr::Binary(Binary::Mul, 0, 1),
+        ],
+        outputs: vec![2],
+    };
+    let rows = items * rows_per_item;
+    let mut inputs = vec![
+        data(rows * channels, 6, -1.0, 1.0),
+        data(items * channels, 7, 0.0, 1.0),
+    ];
+    let out = run(
+        &mut Jit::new().expect("jit"),
+        &kernel,
+        &mut inputs,
+        rows,
+        channels,
+    );
+    for r in 0..rows {
+        for c in 0..channels {
+            let expected =
+                inputs[0][r * channels + c] * inputs[1][(r / rows_per_item) * channels + c];
+            assert_eq!(out[0][r * channels + c], expected, "row {r} channel {c}");
+        }
+    }
 }

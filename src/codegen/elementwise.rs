@@ -20,6 +20,12 @@ pub enum Operand {
     Tensor,
     /// One value per channel, `[channels]`, the same for every row.
     PerChannel,
+    /// One value per channel and batch item, `[rows / rows_per_item, channels]`:
+    /// the SE-block's channel weights, broadcast over each image's pixels.
+    PerItem {
+        /// Rows of one batch item (height x width).
+        rows_per_item: usize,
+    },
 }
 
 /// Functions of one value.
@@ -37,6 +43,8 @@ pub enum Unary {
     Exp,
     /// `e^x - 1`, accurate near zero (ELU)
     Expm1,
+    /// `ln(x)` for positive `x`
+    Log,
     /// `tanh(x)`
     Tanh,
     /// `1 / (1 + e^-x)`
@@ -132,6 +140,9 @@ impl Elementwise {
                 ));
             }
         }
+        if self.inputs.contains(&Operand::PerItem { rows_per_item: 0 }) {
+            return malformed("a per-item operand needs at least one row per item".into());
+        }
         match self.outputs.iter().find(|&&o| o >= self.exprs.len()) {
             Some(o) => malformed(format!(
                 "an output refers to step {o} of {}",
@@ -188,7 +199,15 @@ pub(super) fn translate(
     let body = b.create_block();
     b.ins().brif(vector_done, tail_loop, &[c.into()], body, &[]);
     b.switch_to_block(body);
-    element(&mut b, kernel, &bases, row_offset, c, types::F32X4, flags);
+    element(
+        &mut b,
+        kernel,
+        &bases,
+        (row, row_offset, row_bytes),
+        c,
+        types::F32X4,
+        flags,
+    );
     let next = b.ins().iadd_imm_s(c, 4);
     b.ins().jump(vector_loop, &[next.into()]);
 
@@ -200,7 +219,15 @@ pub(super) fn translate(
     let body = b.create_block();
     b.ins().brif(tail_done, next_row, &[row.into()], body, &[]);
     b.switch_to_block(body);
-    element(&mut b, kernel, &bases, row_offset, c, types::F32, flags);
+    element(
+        &mut b,
+        kernel,
+        &bases,
+        (row, row_offset, row_bytes),
+        c,
+        types::F32,
+        flags,
+    );
     let next = b.ins().iadd_imm_s(c, 1);
     b.ins().jump(tail_loop, &[next.into()]);
 
@@ -222,12 +249,13 @@ fn loop_block(b: &mut FunctionBuilder) -> Block {
     block
 }
 
-/// Computes and stores one element (or one vector of four) at channel `c`.
+/// Computes and stores one element (or one vector of four) at channel `c`
+/// of `row` (whose byte offset is `row_offset`; rows are `row_bytes` long).
 fn element(
     b: &mut FunctionBuilder,
     kernel: &Elementwise,
     bases: &[Value],
-    row_offset: Value,
+    (row, row_offset, row_bytes): (Value, Value, Value),
     c: Value,
     ty: Type,
     flags: MemFlagsData,
@@ -238,10 +266,15 @@ fn element(
     for expr in &kernel.exprs {
         let v = match *expr {
             Expr::Load(i) => {
-                let offset = if kernel.inputs[i] == Operand::Tensor {
-                    element_offset
-                } else {
-                    channel_offset
+                let offset = match kernel.inputs[i] {
+                    Operand::Tensor => element_offset,
+                    Operand::PerChannel => channel_offset,
+                    Operand::PerItem { rows_per_item } => {
+                        // Row `item` of an [items, channels] buffer.
+                        let item = b.ins().udiv_imm_u(row, rows_per_item as i64);
+                        let item_offset = b.ins().imul(item, row_bytes);
+                        b.ins().iadd(item_offset, channel_offset)
+                    }
                 };
                 let address = b.ins().iadd(bases[i], offset);
                 b.ins().load(ty, flags, address, 0)
@@ -289,6 +322,7 @@ fn unary(b: &mut FunctionBuilder, ty: Type, op: Unary, x: Value) -> Value {
         }
         Unary::Exp => math::exp(b, ty, x),
         Unary::Expm1 => math::expm1(b, ty, x),
+        Unary::Log => math::log(b, ty, x),
         Unary::Tanh => math::tanh(b, ty, x),
         Unary::Sigmoid => math::sigmoid(b, ty, x),
     }

@@ -167,3 +167,66 @@ pub fn sigmoid(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let denominator = b.ins().fadd(one, e);
     b.ins().fdiv(one, denominator)
 }
+
+/// The natural logarithm of a positive, normal `x` (Cephes' `logf`:
+/// `x = m 2^e` with `m` in [sqrt(1/2), sqrt(2)), then a polynomial in `m - 1`).
+pub fn log(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
+    let int = int_type(ty);
+    let splat_int = |b: &mut FunctionBuilder, v: i64| {
+        let s = b.ins().iconst(types::I32, v);
+        if ty.is_vector() {
+            b.ins().splat(int, s)
+        } else {
+            s
+        }
+    };
+    let bits = b.ins().bitcast(int, MemFlagsData::new(), x);
+    // The exponent: bits 23..31, biased so that m lands in [0.5, 1).
+    let shifted = b.ins().ushr_imm_u(bits, 23);
+    let mask = splat_int(b, 0xff);
+    let exponent_bits = b.ins().band(shifted, mask);
+    let bias = splat_int(b, 126);
+    let exponent = b.ins().isub(exponent_bits, bias);
+    let mantissa_mask = splat_int(b, 0x807f_ffff);
+    let half_bits = splat_int(b, 0x3f00_0000);
+    let mantissa = b.ins().band(bits, mantissa_mask);
+    let mantissa = b.ins().bor(mantissa, half_bits);
+    let m = b.ins().bitcast(ty, MemFlagsData::new(), mantissa);
+    let e = b.ins().fcvt_from_sint(ty, exponent);
+    // Below sqrt(1/2), use 2m - 1 and e - 1, so that m - 1 stays small.
+    let sqrt_half = constant(b, ty, std::f32::consts::FRAC_1_SQRT_2);
+    let small = b.ins().fcmp(FloatCC::LessThan, m, sqrt_half);
+    let one = constant(b, ty, 1.0);
+    let doubled = b.ins().fadd(m, m);
+    let m_small = b.ins().fsub(doubled, one);
+    let m_large = b.ins().fsub(m, one);
+    let m = select(b, ty, small, m_small, m_large);
+    let e_small = b.ins().fsub(e, one);
+    let e = select(b, ty, small, e_small, e);
+    let z = b.ins().fmul(m, m);
+    let p = horner(
+        b,
+        ty,
+        m,
+        &[
+            7.037_683_6e-2,
+            -1.151_461e-1,
+            1.167_699_9e-1,
+            -1.242_014_1e-1,
+            1.424_932_3e-1,
+            -1.666_805_8e-1,
+            2.000_071_4e-1,
+            -2.499_999_4e-1,
+            3.333_333e-1,
+        ],
+    );
+    let mz = b.ins().fmul(m, z);
+    let y = b.ins().fmul(mz, p);
+    let ln2_lo = constant(b, ty, -2.121_944_4e-4);
+    let y = b.ins().fma(e, ln2_lo, y);
+    let minus_half = constant(b, ty, -0.5);
+    let y = b.ins().fma(z, minus_half, y);
+    let x = b.ins().fadd(m, y);
+    let ln2_hi = constant(b, ty, 0.693_359_4);
+    b.ins().fma(e, ln2_hi, x)
+}

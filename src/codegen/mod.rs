@@ -6,11 +6,13 @@
 //! `f32x4` with `fma`; the contractions will call a tuned GEMM instead.
 
 pub mod elementwise;
+mod loops;
 mod math;
+pub mod reduce;
 
 use cranelift_codegen::ir::{self, AbiParam, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};
-use cranelift_codegen::Context;
+use cranelift_codegen::{isa, Context};
 use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Module};
@@ -77,6 +79,37 @@ impl CompiledKernel {
     }
 }
 
+/// The signature of kernels that run over a domain of independent work
+/// items: buffer pointers, and the first and one-past-last item to process.
+pub type DomainKernelFn = unsafe extern "C" fn(args: *const *mut f32, start: u64, end: u64);
+
+/// A compiled kernel over a domain of independent work items (reductions,
+/// window kernels): any split of the domain gives bitwise the same result.
+pub struct DomainKernel {
+    /// The kernel's name.
+    pub name: String,
+    /// The Cranelift IR, as text (`cnnc compile --emit clif`).
+    pub clif: String,
+    /// The number of work items.
+    pub domain: usize,
+    entry: DomainKernelFn,
+}
+
+impl DomainKernel {
+    /// Runs work items `items` (a sub-range of `0..self.domain`).
+    ///
+    /// # Safety
+    /// `args` must hold one valid pointer per buffer of the kernel, each to
+    /// as many f32s as the kernel's description says, and the [`Jit`] that
+    /// compiled it must still be alive.
+    pub unsafe fn run(&self, args: &[*mut f32], items: std::ops::Range<usize>) {
+        debug_assert!(items.end <= self.domain);
+        // SAFETY: the caller upholds the buffer contract above; the code was
+        // generated for exactly this signature.
+        unsafe { (self.entry)(args.as_ptr(), items.start as u64, items.end as u64) }
+    }
+}
+
 /// The JIT: owns the compiled code, which lives as long as it does.
 pub struct Jit {
     module: JITModule,
@@ -119,14 +152,58 @@ impl Jit {
         kernel: &elementwise::Elementwise,
     ) -> Result<CompiledKernel, CodegenError> {
         kernel.validate()?;
+        let (code, clif) = self.define(&kernel.name, 3, |func, context, target| {
+            elementwise::translate(kernel, func, context, target)
+        })?;
+        // SAFETY: the function was generated with exactly `RowKernelFn`'s
+        // signature (a pointer and three i64s, the platform's C convention).
+        let entry = unsafe { std::mem::transmute::<*const u8, RowKernelFn>(code) };
+        Ok(CompiledKernel {
+            name: kernel.name.clone(),
+            clif,
+            entry,
+        })
+    }
+
+    /// Compiles a reduction (softmax, cross-entropy, column statistics).
+    pub fn compile_reduce(
+        &mut self,
+        kernel: &reduce::Reduce,
+    ) -> Result<DomainKernel, CodegenError> {
+        kernel.validate()?;
+        let (code, clif) = self.define(&kernel.name, 2, |func, context, target| {
+            reduce::translate(kernel, func, context, target)
+        })?;
+        // SAFETY: generated with exactly `DomainKernelFn`'s signature.
+        let entry = unsafe { std::mem::transmute::<*const u8, DomainKernelFn>(code) };
+        Ok(DomainKernel {
+            name: kernel.name.clone(),
+            clif,
+            domain: kernel.domain(),
+            entry,
+        })
+    }
+
+    /// Declares, translates (with `translate`), compiles and links one
+    /// function taking a pointer and `integers` i64s; returns its code and IR.
+    fn define(
+        &mut self,
+        name: &str,
+        integers: usize,
+        translate: impl FnOnce(
+            &mut ir::Function,
+            &mut FunctionBuilderContext,
+            isa::TargetFrontendConfig,
+        ),
+    ) -> Result<(*const u8, String), CodegenError> {
         let pointer = self.module.target_config().pointer_type();
         let mut signature = self.module.make_signature();
         signature.params.push(AbiParam::new(pointer));
-        for _ in 0..3 {
+        for _ in 0..integers {
             signature.params.push(AbiParam::new(ir::types::I64));
         }
         let error = |e: cranelift_module::ModuleError| CodegenError::Cranelift {
-            kernel: kernel.name.clone(),
+            kernel: name.to_string(),
             message: e.to_string(),
         };
         let id = self
@@ -135,8 +212,7 @@ impl Jit {
             .map_err(error)?;
         self.context.func.signature = signature;
         self.context.func.name = UserFuncName::user(0, id.as_u32());
-        elementwise::translate(
-            kernel,
+        translate(
             &mut self.context.func,
             &mut self.builder_context,
             self.module.target_config(),
@@ -146,14 +222,6 @@ impl Jit {
         self.module.clear_context(&mut self.context);
         defined.map_err(error)?;
         self.module.finalize_definitions().map_err(error)?;
-        let code = self.module.get_finalized_function(id);
-        // SAFETY: the function was generated with exactly `RowKernelFn`'s
-        // signature (a pointer and three i64s, the platform's C convention).
-        let entry = unsafe { std::mem::transmute::<*const u8, RowKernelFn>(code) };
-        Ok(CompiledKernel {
-            name: kernel.name.clone(),
-            clif,
-            entry,
-        })
+        Ok((self.module.get_finalized_function(id), clif))
     }
 }

@@ -1,0 +1,439 @@
+//! Reduction kernels: softmax and its gradient, softmax fused with the
+//! sparse categorical cross-entropy, and per-column statistics (batchnorm's
+//! moments, the sums of its gradient and of a bias gradient).
+//!
+//! Every kernel runs over a *domain* of independent work items with the ABI
+//! `extern "C" fn(args: *const *mut f32, start: u64, end: u64)`; no two items
+//! write the same element and each sum is taken in a fixed order inside one
+//! item, so any split of the domain across threads gives bitwise the same
+//! result.
+
+use cranelift_codegen::ir::{types, Function, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::isa::TargetFrontendConfig;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+
+use super::{loops, math, CodegenError};
+
+/// Columns handled by one work item of the column reductions: one 64-byte
+/// cache line of each row.
+pub const COLUMN_BLOCK: usize = 16;
+
+/// What a reduction computes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReduceKind {
+    /// `y = softmax(x)` along each row. Buffers: `x [rows, n]`, `y [rows, n]`.
+    /// Domain: rows.
+    Softmax,
+    /// `dx = y * (dy - sum(dy * y))` along each row, the gradient of softmax.
+    /// Buffers: `y`, `dy`, `dx`, all `[rows, n]`. Domain: rows.
+    SoftmaxBackward,
+    /// Softmax and sparse categorical cross-entropy on logits, per row:
+    /// `loss = logsumexp(z) - sum_j t_j z_j` with the target
+    /// `t = (1 - smoothing) onehot(label) + smoothing / n`, and its gradient
+    /// `dz = (softmax(z) - t) * scale`. Buffers: `z [rows, n]`, `labels [rows]`
+    /// (class indices stored as f32), `loss [rows]`, `dz [rows, n]`.
+    /// Domain: rows.
+    CrossEntropy {
+        /// Label smoothing in [0, 1).
+        smoothing: f32,
+        /// The factor of the gradient (the loss weight over the batch size).
+        scale: f32,
+    },
+    /// The mean and biased variance of each column (two passes, as
+    /// `tf.nn.moments`). Buffers: `x [rows, n]`, `mean [n]`, `variance [n]`.
+    /// Domain: blocks of [`COLUMN_BLOCK`] columns.
+    ColumnMoments,
+    /// The sums of each column of `a` and of `a * b`. Buffers: `a [rows, n]`,
+    /// `b [rows, n]`, `sum_a [n]`, `sum_ab [n]`. Domain: blocks of
+    /// [`COLUMN_BLOCK`] columns.
+    ColumnSums,
+}
+
+/// A reduction over a `[rows, n]` matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reduce {
+    /// A name for dumps and errors.
+    pub name: String,
+    /// What it computes.
+    pub kind: ReduceKind,
+    /// Rows of the matrix.
+    pub rows: usize,
+    /// Length of a row (classes, channels).
+    pub n: usize,
+}
+
+impl Reduce {
+    /// The number of work items the kernel's domain has.
+    pub fn domain(&self) -> usize {
+        match self.kind {
+            ReduceKind::Softmax | ReduceKind::SoftmaxBackward | ReduceKind::CrossEntropy { .. } => {
+                self.rows
+            }
+            ReduceKind::ColumnMoments | ReduceKind::ColumnSums => self.n.div_ceil(COLUMN_BLOCK),
+        }
+    }
+
+    /// The number of buffers the kernel takes.
+    pub fn buffers(&self) -> usize {
+        match self.kind {
+            ReduceKind::Softmax => 2,
+            ReduceKind::SoftmaxBackward => 3,
+            ReduceKind::CrossEntropy { .. } | ReduceKind::ColumnSums => 4,
+            ReduceKind::ColumnMoments => 3,
+        }
+    }
+
+    /// Checks the sizes and attributes.
+    pub fn validate(&self) -> Result<(), CodegenError> {
+        let malformed = |message: &str| {
+            Err(CodegenError::Malformed {
+                kernel: self.name.clone(),
+                message: message.into(),
+            })
+        };
+        if self.rows == 0 || self.n == 0 {
+            return malformed("a reduction needs at least one row and one column");
+        }
+        if let ReduceKind::CrossEntropy { smoothing, scale } = self.kind {
+            if !(0.0..1.0).contains(&smoothing) || !scale.is_finite() {
+                return malformed(
+                    "label smoothing must lie in [0, 1) and the scale must be finite",
+                );
+            }
+        }
+        if i64::try_from(self.rows.saturating_mul(self.n).saturating_mul(4)).is_err() {
+            return malformed("the matrix is too large to address");
+        }
+        Ok(())
+    }
+}
+
+/// Writes the kernel's code into `func`: `(args: ptr, start: i64, end: i64)`.
+pub(super) fn translate(
+    kernel: &Reduce,
+    func: &mut Function,
+    context: &mut FunctionBuilderContext,
+    target: TargetFrontendConfig,
+) {
+    let mut b = FunctionBuilder::new(func, context);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let params = b.block_params(entry).to_vec();
+    let (args, start, end) = (params[0], params[1], params[2]);
+    let pointer = target.pointer_type();
+    let flags = MemFlagsData::new().with_notrap();
+    let bases: Vec<Value> = (0..kernel.buffers())
+        .map(|i| b.ins().load(pointer, flags, args, (i * 8) as i32))
+        .collect();
+    let k = Kernel {
+        n: kernel.n,
+        rows: kernel.rows,
+        flags,
+    };
+    match kernel.kind {
+        ReduceKind::Softmax => {
+            loops::counted(&mut b, start, end, 1, &[], |b, row, _| {
+                k.softmax_row(b, &bases, row);
+                vec![]
+            });
+        }
+        ReduceKind::SoftmaxBackward => {
+            loops::counted(&mut b, start, end, 1, &[], |b, row, _| {
+                k.softmax_backward_row(b, &bases, row);
+                vec![]
+            });
+        }
+        ReduceKind::CrossEntropy { smoothing, scale } => {
+            loops::counted(&mut b, start, end, 1, &[], |b, row, _| {
+                k.cross_entropy_row(b, &bases, row, smoothing, scale);
+                vec![]
+            });
+        }
+        ReduceKind::ColumnMoments => {
+            loops::counted(&mut b, start, end, 1, &[], |b, block, _| {
+                k.column_block(b, &bases, block, true);
+                vec![]
+            });
+        }
+        ReduceKind::ColumnSums => {
+            loops::counted(&mut b, start, end, 1, &[], |b, block, _| {
+                k.column_block(b, &bases, block, false);
+                vec![]
+            });
+        }
+    }
+    b.ins().return_(&[]);
+    b.seal_all_blocks();
+    b.finalize(target);
+}
+
+/// The constants of one kernel, for the emitters below.
+struct Kernel {
+    n: usize,
+    rows: usize,
+    flags: MemFlagsData,
+}
+
+impl Kernel {
+    /// The address of element `index` (an i64 element count) of `base`.
+    fn address(&self, b: &mut FunctionBuilder, base: Value, index: Value) -> Value {
+        let bytes = b.ins().imul_imm_s(index, 4);
+        b.ins().iadd(base, bytes)
+    }
+
+    /// The address of the start of `row` of an `[rows, n]` buffer.
+    fn row_start(&self, b: &mut FunctionBuilder, base: Value, row: Value) -> Value {
+        let bytes = b.ins().imul_imm_s(row, (self.n * 4) as i64);
+        b.ins().iadd(base, bytes)
+    }
+
+    fn load(&self, b: &mut FunctionBuilder, ty: Type, row: Value, i: Value) -> Value {
+        let address = self.address(b, row, i);
+        b.ins().load(ty, self.flags, address, 0)
+    }
+
+    fn store(&self, b: &mut FunctionBuilder, value: Value, row: Value, i: Value) {
+        let address = self.address(b, row, i);
+        b.ins().store(self.flags, value, address, 0);
+    }
+
+    /// Folds `f(acc, element)` over a row: four lanes at a time, then the
+    /// tail, then across the lanes with `combine`. Returns the scalar.
+    fn fold_row(
+        &self,
+        b: &mut FunctionBuilder,
+        init: f32,
+        mut step: impl FnMut(&mut FunctionBuilder, Type, Value, Value) -> Value,
+        combine: impl Fn(&mut FunctionBuilder, Value, Value) -> Value,
+    ) -> Value {
+        let zero = b.ins().iconst(types::I64, 0);
+        let vector_end = b.ins().iconst(types::I64, (self.n & !3) as i64);
+        let end = b.ins().iconst(types::I64, self.n as i64);
+        let v0 = math::constant(b, types::F32X4, init);
+        let lanes = loops::counted(b, zero, vector_end, 4, &[v0], |b, i, acc| {
+            vec![step(b, types::F32X4, i, acc[0])]
+        });
+        let mut scalar = b.ins().extractlane(lanes[0], 0);
+        for lane in 1..4 {
+            let x = b.ins().extractlane(lanes[0], lane);
+            scalar = combine(b, scalar, x);
+        }
+        loops::counted(b, vector_end, end, 1, &[scalar], |b, i, acc| {
+            vec![step(b, types::F32, i, acc[0])]
+        })[0]
+    }
+
+    /// Applies `f(index)` to every element of a row, vector then tail.
+    fn each(&self, b: &mut FunctionBuilder, mut f: impl FnMut(&mut FunctionBuilder, Type, Value)) {
+        let zero = b.ins().iconst(types::I64, 0);
+        let vector_end = b.ins().iconst(types::I64, (self.n & !3) as i64);
+        let end = b.ins().iconst(types::I64, self.n as i64);
+        loops::counted(b, zero, vector_end, 4, &[], |b, i, _| {
+            f(b, types::F32X4, i);
+            vec![]
+        });
+        loops::counted(b, vector_end, end, 1, &[], |b, i, _| {
+            f(b, types::F32, i);
+            vec![]
+        });
+    }
+
+    fn splat(b: &mut FunctionBuilder, ty: Type, scalar: Value) -> Value {
+        if ty.is_vector() {
+            b.ins().splat(ty, scalar)
+        } else {
+            scalar
+        }
+    }
+
+    fn row_max(&self, b: &mut FunctionBuilder, x: Value) -> Value {
+        self.fold_row(
+            b,
+            f32::NEG_INFINITY,
+            |b, ty, i, acc| {
+                let v = self.load(b, ty, x, i);
+                b.ins().fmax(acc, v)
+            },
+            |b, p, q| b.ins().fmax(p, q),
+        )
+    }
+
+    /// `y = exp(x - max)`, returning the sum of `y`.
+    fn exp_row(&self, b: &mut FunctionBuilder, x: Value, y: Value, max: Value) -> Value {
+        self.fold_row(
+            b,
+            0.0,
+            |b, ty, i, acc| {
+                let v = self.load(b, ty, x, i);
+                let m = Self::splat(b, ty, max);
+                let shifted = b.ins().fsub(v, m);
+                let e = math::exp(b, ty, shifted);
+                self.store(b, e, y, i);
+                b.ins().fadd(acc, e)
+            },
+            |b, p, q| b.ins().fadd(p, q),
+        )
+    }
+
+    fn scale_row(&self, b: &mut FunctionBuilder, y: Value, factor: Value) {
+        self.each(b, |b, ty, i| {
+            let v = self.load(b, ty, y, i);
+            let f = Self::splat(b, ty, factor);
+            let scaled = b.ins().fmul(v, f);
+            self.store(b, scaled, y, i);
+        });
+    }
+
+    fn softmax_row(&self, b: &mut FunctionBuilder, bases: &[Value], row: Value) {
+        let x = self.row_start(b, bases[0], row);
+        let y = self.row_start(b, bases[1], row);
+        let max = self.row_max(b, x);
+        let sum = self.exp_row(b, x, y, max);
+        let one = b.ins().f32const(1.0);
+        let inverse = b.ins().fdiv(one, sum);
+        self.scale_row(b, y, inverse);
+    }
+
+    fn softmax_backward_row(&self, b: &mut FunctionBuilder, bases: &[Value], row: Value) {
+        let y = self.row_start(b, bases[0], row);
+        let dy = self.row_start(b, bases[1], row);
+        let dx = self.row_start(b, bases[2], row);
+        let dot = self.fold_row(
+            b,
+            0.0,
+            |b, ty, i, acc| {
+                let yv = self.load(b, ty, y, i);
+                let dyv = self.load(b, ty, dy, i);
+                b.ins().fma(yv, dyv, acc)
+            },
+            |b, p, q| b.ins().fadd(p, q),
+        );
+        self.each(b, |b, ty, i| {
+            let yv = self.load(b, ty, y, i);
+            let dyv = self.load(b, ty, dy, i);
+            let d = Self::splat(b, ty, dot);
+            let centred = b.ins().fsub(dyv, d);
+            let g = b.ins().fmul(yv, centred);
+            self.store(b, g, dx, i);
+        });
+    }
+
+    fn cross_entropy_row(
+        &self,
+        b: &mut FunctionBuilder,
+        bases: &[Value],
+        row: Value,
+        smoothing: f32,
+        scale: f32,
+    ) {
+        let z = self.row_start(b, bases[0], row);
+        let dz = self.row_start(b, bases[3], row);
+        let label_f = self.load(b, types::F32, bases[1], row);
+        let label = b.ins().fcvt_to_sint_sat(types::I64, label_f);
+        let max = self.row_max(b, z);
+        // dz temporarily holds exp(z - max).
+        let sum = self.exp_row(b, z, dz, max);
+        let log_sum = math::log(b, types::F32, sum);
+        let log_sum_exp = b.ins().fadd(max, log_sum);
+        // sum_j t_j z_j = (1 - s) z_label + s/n sum_j z_j
+        let z_sum = self.fold_row(
+            b,
+            0.0,
+            |b, ty, i, acc| {
+                let v = self.load(b, ty, z, i);
+                b.ins().fadd(acc, v)
+            },
+            |b, p, q| b.ins().fadd(p, q),
+        );
+        let z_label = self.load(b, types::F32, z, label);
+        let on = b.ins().f32const(1.0 - smoothing);
+        let off = b.ins().f32const(smoothing / self.n as f32);
+        let target_dot = b.ins().fmul(on, z_label);
+        let target_dot = b.ins().fma(off, z_sum, target_dot);
+        let loss = b.ins().fsub(log_sum_exp, target_dot);
+        self.store(b, loss, bases[2], row);
+        // dz = (e / sum - t) * scale = e * (scale / sum) - t * scale
+        let one = b.ins().f32const(1.0);
+        let inverse = b.ins().fdiv(one, sum);
+        let scale_value = b.ins().f32const(scale);
+        let factor = b.ins().fmul(inverse, scale_value);
+        let off_scaled = b.ins().f32const(smoothing / self.n as f32 * scale);
+        self.each(b, |b, ty, i| {
+            let e = self.load(b, ty, dz, i);
+            let f = Self::splat(b, ty, factor);
+            let o = Self::splat(b, ty, off_scaled);
+            let p = b.ins().fmul(e, f);
+            let g = b.ins().fsub(p, o);
+            self.store(b, g, dz, i);
+        });
+        let current = self.load(b, types::F32, dz, label);
+        let on_scaled = b.ins().f32const((1.0 - smoothing) * scale);
+        let fixed = b.ins().fsub(current, on_scaled);
+        self.store(b, fixed, dz, label);
+    }
+
+    /// One block of columns: moments (mean, biased variance) or sums (of `a`
+    /// and `a * b`). Whole vectors where four columns remain, scalars after.
+    fn column_block(&self, b: &mut FunctionBuilder, bases: &[Value], block: Value, moments: bool) {
+        let first = b.ins().imul_imm_s(block, COLUMN_BLOCK as i64);
+        let limit = b.ins().iconst(types::I64, self.n as i64);
+        let block_end = b.ins().iadd_imm_s(first, COLUMN_BLOCK as i64);
+        let last = b.ins().smin(block_end, limit);
+        let vector_end = b.ins().iconst(types::I64, (self.n & !3) as i64);
+        let vector_last = b.ins().smin(last, vector_end);
+        loops::counted(b, first, vector_last, 4, &[], |b, column, _| {
+            self.column(b, bases, column, types::F32X4, moments);
+            vec![]
+        });
+        let tail_start = b.ins().smax(first, vector_last);
+        loops::counted(b, tail_start, last, 1, &[], |b, column, _| {
+            self.column(b, bases, column, types::F32, moments);
+            vec![]
+        });
+    }
+
+    /// Sums column(s) `column` over all rows in row order.
+    fn column(
+        &self,
+        b: &mut FunctionBuilder,
+        bases: &[Value],
+        column: Value,
+        ty: Type,
+        moments: bool,
+    ) {
+        let zero = b.ins().iconst(types::I64, 0);
+        let rows = b.ins().iconst(types::I64, self.rows as i64);
+        let n = self.n as i64;
+        let element = |b: &mut FunctionBuilder, base: Value, row: Value| {
+            let index = b.ins().imul_imm_s(row, n);
+            let index = b.ins().iadd(index, column);
+            self.load(b, ty, base, index)
+        };
+        let z = math::constant(b, ty, 0.0);
+        if moments {
+            let sum = loops::counted(b, zero, rows, 1, &[z], |b, row, acc| {
+                let x = element(b, bases[0], row);
+                vec![b.ins().fadd(acc[0], x)]
+            })[0];
+            let inverse = math::constant(b, ty, 1.0 / self.rows as f32);
+            let mean = b.ins().fmul(sum, inverse);
+            let squares = loops::counted(b, zero, rows, 1, &[z], |b, row, acc| {
+                let x = element(b, bases[0], row);
+                let d = b.ins().fsub(x, mean);
+                vec![b.ins().fma(d, d, acc[0])]
+            })[0];
+            let variance = b.ins().fmul(squares, inverse);
+            self.store(b, mean, bases[1], column);
+            self.store(b, variance, bases[2], column);
+        } else {
+            let sums = loops::counted(b, zero, rows, 1, &[z, z], |b, row, acc| {
+                let x = element(b, bases[0], row);
+                let y = element(b, bases[1], row);
+                vec![b.ins().fadd(acc[0], x), b.ins().fma(x, y, acc[1])]
+            });
+            self.store(b, sums[0], bases[2], column);
+            self.store(b, sums[1], bases[3], column);
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Reduction kernels (softmax, its gradient, cross-entropy, column
+//! statistics) against the reference implementation and finite differences.
+
+#[path = "support/reference.rs"]
+mod reference;
+
+use cnnc::codegen::reduce::{Reduce, ReduceKind};
+use cnnc::codegen::{DomainKernel, Jit};
+use ndarray::ArrayD;
+
+fn data(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            lo + (hi - lo) * ((state >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
+fn compile(kind: ReduceKind, rows: usize, n: usize) -> (Jit, DomainKernel) {
+    let mut jit = Jit::new().expect("jit");
+    let kernel = jit
+        .compile_reduce(&Reduce {
+            name: format!("{kind:?}"),
+            kind,
+            rows,
+            n,
+        })
+        .expect("compiles");
+    (jit, kernel)
+}
+
+/// Runs the kernel over its whole domain, or split in three uneven parts.
+fn run(kernel: &DomainKernel, buffers: &mut [Vec<f32>], split: bool) {
+    let args: Vec<*mut f32> = buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
+    let d = kernel.domain;
+    let parts: Vec<std::ops::Range<usize>> = if split {
+        vec![0..d / 3, d / 3..d / 3 + 1, d / 3 + 1..d]
+    } else {
+        std::iter::once(0..d).collect()
+    };
+    for part in parts {
+        // SAFETY: every buffer is as large as the kernel's description says.
+        unsafe { kernel.run(&args, part) };
+    }
+}
+
+fn assert_close(actual: &[f32], expected: &[f32], tolerance: f32, what: &str) {
+    assert_eq!(actual.len(), expected.len());
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert!(
+            (a - e).abs() <= tolerance * e.abs().max(1e-2),
+            "{what}[{i}] = {a}, expected {e}"
+        );
+    }
+}
+
+#[test]
+fn softmax_matches_the_reference() {
+    for (rows, n) in [(7, 10), (3, 1), (5, 1000), (2, 7)] {
+        let (_jit, kernel) = compile(ReduceKind::Softmax, rows, n);
+        let x = data(rows * n, n as u64, -20.0, 20.0);
+        let mut buffers = vec![x.clone(), vec![0.0; rows * n]];
+        run(&kernel, &mut buffers, false);
+        let expected =
+            reference::softmax(&ArrayD::from_shape_vec(vec![rows, n], x).expect("shape"));
+        assert_close(
+            &buffers[1],
+            expected.as_slice().expect("contiguous"),
+            1e-5,
+            "softmax",
+        );
+    }
+}
+
+#[test]
+fn softmax_backward_is_the_vector_jacobian_product() {
+    let (rows, n) = (3, 9);
+    let (_jit, kernel) = compile(ReduceKind::SoftmaxBackward, rows, n);
+    let x = data(rows * n, 1, -3.0, 3.0);
+    let y = reference::softmax(&ArrayD::from_shape_vec(vec![rows, n], x).expect("shape"))
+        .into_raw_vec_and_offset()
+        .0;
+    let dy = data(rows * n, 2, -1.0, 1.0);
+    let mut buffers = vec![y.clone(), dy.clone(), vec![0.0; rows * n]];
+    run(&kernel, &mut buffers, false);
+    // J = diag(y) - y yᵀ per row, so (Jᵀ dy)_i = y_i dy_i - y_i sum_j y_j dy_j.
+    for r in 0..rows {
+        let row = r * n..(r + 1) * n;
+        let dot: f64 = y[row.clone()]
+            .iter()
+            .zip(&dy[row.clone()])
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
+        for i in row {
+            let expected = (f64::from(y[i]) * (f64::from(dy[i]) - dot)) as f32;
+            assert!(
+                (buffers[2][i] - expected).abs() < 1e-6,
+                "dx[{i}] = {}, expected {expected}",
+                buffers[2][i]
+            );
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_loss_and_gradient() {
+    for smoothing in [0.0f32, 0.1] {
+        let (rows, n) = (7, 10);
+        let scale = 1.0 / rows as f32;
+        let (_jit, kernel) = compile(ReduceKind::CrossEntropy { smoothing, scale }, rows, n);
+        let z = data(rows * n, 3, -5.0, 5.0);
+        let labels: Vec<usize> = (0..rows).map(|r| (r * 3) % n).collect();
+        let mut buffers = vec![
+            z.clone(),
+            labels.iter().map(|&l| l as f32).collect(),
+            vec![0.0; rows],
+            vec![0.0; rows * n],
+        ];
+        run(&kernel, &mut buffers, true);
+        let logits = |z: &[f32]| ArrayD::from_shape_vec(vec![rows, n], z.to_vec()).expect("shape");
+        let loss = buffers[2].iter().sum::<f32>() / rows as f32;
+        let expected =
+            reference::sparse_categorical_crossentropy(&logits(&z), &labels, true, smoothing);
+        assert!(
+            (loss - expected).abs() < 1e-5 * expected.abs().max(1.0),
+            "loss {loss}, expected {expected}"
+        );
+        // The gradient of the mean loss by central differences of the reference.
+        for i in [0, 5, 13, 31, 69] {
+            let h = 1e-2;
+            let (mut up, mut down) = (z.clone(), z.clone());
+            up[i] += h;
+            down[i] -= h;
+            let numeric = (reference::sparse_categorical_crossentropy(
+                &logits(&up),
+                &labels,
+                true,
+                smoothing,
+            ) - reference::sparse_categorical_crossentropy(
+                &logits(&down),
+                &labels,
+                true,
+                smoothing,
+            )) / (2.0 * h);
+            assert!(
+                (buffers[3][i] - numeric).abs() < 2e-3 * numeric.abs().max(0.05),
+                "dz[{i}] = {}, numeric {numeric}",
+                buffers[3][i]
+            );
+        }
+    }
+}
+
+#[test]
+fn column_moments_match_the_reference_and_do_not_depend_on_the_split() {
+    for (rows, n) in [(7 * 25, 13), (32 * 49, 64), (1, 3)] {
+        let (_jit, kernel) = compile(ReduceKind::ColumnMoments, rows, n);
+        let x = data(rows * n, 4, 2.0, 5.0);
+        let mut whole = vec![x.clone(), vec![0.0; n], vec![0.0; n]];
+        let mut split = whole.clone();
+        run(&kernel, &mut whole, false);
+        run(&kernel, &mut split, true);
+        assert_eq!(whole, split, "splitting the domain changed the result");
+        let (mean, variance) =
+            reference::batchnorm_moments(&ArrayD::from_shape_vec(vec![rows, n], x).expect("shape"));
+        assert_close(
+            &whole[1],
+            mean.as_slice().expect("contiguous"),
+            1e-5,
+            "mean",
+        );
+        assert_close(
+            &whole[2],
+            variance.as_slice().expect("contiguous"),
+            1e-4,
+            "variance",
+        );
+    }
+}
+
+#[test]
+fn column_sums() {
+    let (rows, n) = (50, 21);
+    let (_jit, kernel) = compile(ReduceKind::ColumnSums, rows, n);
+    let a = data(rows * n, 5, -1.0, 1.0);
+    let b = data(rows * n, 6, -1.0, 1.0);
+    let mut buffers = vec![a.clone(), b.clone(), vec![0.0; n], vec![0.0; n]];
+    run(&kernel, &mut buffers, true);
+    for c in 0..n {
+        let sum: f64 = (0..rows).map(|r| f64::from(a[r * n + c])).sum();
+        let dot: f64 = (0..rows)
+            .map(|r| f64::from(a[r * n + c]) * f64::from(b[r * n + c]))
+            .sum();
+        assert!((f64::from(buffers[2][c]) - sum).abs() < 1e-4, "sum[{c}]");
+        assert!((f64::from(buffers[3][c]) - dot).abs() < 1e-4, "dot[{c}]");
+    }
+}
+
+#[test]
+fn bad_descriptions_are_errors() {
+    let mut jit = Jit::new().expect("jit");
+    let empty = Reduce {
+        name: "empty".into(),
+        kind: ReduceKind::Softmax,
+        rows: 0,
+        n: 10,
+    };
+    assert!(jit.compile_reduce(&empty).is_err());
+    let smoothing = Reduce {
+        name: "ls".into(),
+        kind: ReduceKind::CrossEntropy {
+            smoothing: 1.0,
+            scale: 1.0,
+        },
+        rows: 1,
+        n: 10,
+    };
+    assert!(jit.compile_reduce(&smoothing).is_err());
+}
