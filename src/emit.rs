@@ -58,11 +58,7 @@ pub fn graph_text(model: &TypedGraph) -> String {
         thousands(counts.trainable),
         thousands(counts.non_trainable)
     );
-    let _ = writeln!(
-        out,
-        "forward flops per example: {}",
-        thousands(model.flops())
-    );
+    let _ = writeln!(out, "flops per example: {}", thousands(model.flops()));
     out
 }
 

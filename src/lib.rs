@@ -10,6 +10,7 @@
 //! (and its imports) from disk first. Every stage reports all the errors it can find as
 //! [`Diagnostics`], rendered with the source line and a caret under the fault.
 
+pub mod autodiff;
 pub mod codegen;
 pub mod diagnostics;
 pub mod elaborate;

@@ -29,8 +29,11 @@ pub struct NodeInfo {
     pub trainable: u64,
     /// Forward FLOPs per example.
     pub flops: u64,
-    /// Bytes of its output per example (f32).
+    /// Bytes of its output per example (f32), or in all for an output
+    /// without a batch dimension (a weight gradient).
     pub bytes: u64,
+    /// Whether the output has a batch dimension.
+    pub batched: bool,
 }
 
 /// Parameter counts of a model.
@@ -137,6 +140,7 @@ fn node_info(node: &Node, inputs: &[&Shape]) -> Result<NodeInfo, Diagnostic> {
     Ok(NodeInfo {
         flops: ops::flops(&node.op, inputs, &shape),
         bytes: shape.elements() * 4,
+        batched: node.op.is_batched(),
         shape,
         params,
         trainable,

@@ -67,3 +67,34 @@ fn every_stdlib_file_is_built_in() {
         );
     }
 }
+
+/// The training graph (forward, losses, backward) of small models that use
+/// every kind of gradient: convolutions, batchnorm, residual sums, an
+/// SE-block's broadcast multiply, concatenation, pooling and dropout.
+#[test]
+fn training_graphs() {
+    let source = r#"
+        use se
+        model m : [8, 8, 3] {
+            let stem = conv(8, 3, padding: same, use_bias: false) -> batchnorm -> relu
+            let a = stem -> conv(4, 1, activation: relu)
+            let b = stem -> maxpool(3, stride: 1, padding: same) -> conv(4, 1, activation: relu)
+            let joined = concat(a, b) -> se_block(ratio: 4)
+            stem + joined
+            global_avg_pool
+            dropout(0.5)
+            dense(10, activation: softmax)
+        }
+    "#;
+    let model =
+        cnnc::compile_source("training.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let spec = cnnc::autodiff::LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    let training = cnnc::autodiff::differentiate(&model, &spec).expect("differentiates");
+    insta::assert_snapshot!(
+        "training_graph_blocks",
+        cnnc::emit::graph_text(&training.typed)
+    );
+}

@@ -175,6 +175,48 @@ pub enum Op {
     },
     /// `x[h, w, c] * s[c]`: channel-wise recalibration (the SE-block).
     Multiply,
+
+    // The ops below appear only in training graphs, built by autodiff.
+    /// The class labels of a training batch: one class index per example.
+    Labels,
+    /// Sparse categorical cross-entropy of logits against labels, fused with
+    /// softmax: each example's loss, times `weight` (the output's loss weight).
+    CrossEntropy {
+        /// Label smoothing in [0, 1).
+        smoothing: f64,
+        /// The loss weight of this output.
+        weight: f64,
+    },
+    /// The gradient of the mean weighted cross-entropy with respect to the
+    /// logits: `(softmax(z) - target) * weight / batch`.
+    CrossEntropyGrad {
+        /// Label smoothing in [0, 1).
+        smoothing: f64,
+        /// The loss weight of this output.
+        weight: f64,
+    },
+    /// The gradient of the loss with respect to input `slot` of a forward
+    /// op, from the inputs its gradient rule names (`crate::ops::gradient`).
+    InputGrad {
+        /// The forward op.
+        forward: Box<Op>,
+        /// Which of its inputs.
+        slot: usize,
+        /// That input's per-example shape.
+        shape: Vec<u64>,
+    },
+    /// The gradient of the loss with respect to weight number `index` of a
+    /// forward op, summed over the batch (so not per example).
+    WeightGrad {
+        /// The forward op.
+        forward: Box<Op>,
+        /// Which of its weights (in the order of `crate::ops::params`).
+        index: usize,
+        /// The weight's full name (`conv1.kernel`).
+        weight: String,
+        /// The weight's shape.
+        shape: Vec<u64>,
+    },
 }
 
 /// How many inputs an op takes.
@@ -229,15 +271,29 @@ impl Op {
             Op::Add => "add",
             Op::Concat { .. } => "concat",
             Op::Multiply => "multiply",
+            Op::Labels => "labels",
+            Op::CrossEntropy { .. } => "cross_entropy",
+            Op::CrossEntropyGrad { .. } => "cross_entropy_grad",
+            Op::InputGrad { .. } => "input_grad",
+            Op::WeightGrad { .. } => "weight_grad",
         }
+    }
+
+    /// Whether the op's output has a batch dimension (weight gradients, summed
+    /// over the batch, do not).
+    pub fn is_batched(&self) -> bool {
+        !matches!(self, Op::WeightGrad { .. })
     }
 
     /// The number of inputs the op takes.
     pub fn arity(&self) -> Arity {
         match self {
-            Op::Input { .. } => Arity::Exactly(0),
+            Op::Input { .. } | Op::Labels => Arity::Exactly(0),
             Op::Add | Op::Concat { .. } => Arity::AtLeast(2),
-            Op::Multiply => Arity::Exactly(2),
+            Op::Multiply | Op::CrossEntropy { .. } | Op::CrossEntropyGrad { .. } => {
+                Arity::Exactly(2)
+            }
+            Op::InputGrad { .. } | Op::WeightGrad { .. } => Arity::AtLeast(1),
             _ => Arity::Exactly(1),
         }
     }
@@ -263,7 +319,14 @@ fn padding(p: Padding) -> &'static str {
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::Input { .. } | Op::Flatten | Op::ScaleBias | Op::Add | Op::Multiply => write!(f, "{}", self.name()),
+            Op::Input { .. } | Op::Flatten | Op::ScaleBias | Op::Add | Op::Multiply | Op::Labels => {
+                write!(f, "{}", self.name())
+            }
+            Op::CrossEntropy { smoothing, weight } | Op::CrossEntropyGrad { smoothing, weight } => {
+                write!(f, "{}(smoothing={smoothing}, weight={weight})", self.name())
+            }
+            Op::InputGrad { forward, slot, .. } => write!(f, "input_grad[{slot}]({forward})"),
+            Op::WeightGrad { forward, weight, .. } => write!(f, "weight_grad[{weight}]({forward})"),
             Op::Conv2d { filters, kernel, stride, padding: p, dilation, bias } => write!(
                 f,
                 "conv2d(filters={filters}, kernel={}, stride={}, padding={}, dilation={}, bias={bias})",

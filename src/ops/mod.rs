@@ -4,11 +4,13 @@
 //! new op does not compile until every rule knows it. Shapes are per
 //! example (the batch dimension is implicit).
 
+mod grad;
 mod window;
 
 use thiserror::Error;
 
 use crate::graph::{Op, PoolKind, Shape};
+pub use grad::{gradient, Need, Rule};
 pub use window::{output_size, same_padding};
 
 /// The largest tensor, in elements per example, that cnnc will address
@@ -193,6 +195,16 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
         Op::Add => add(inputs)?,
         Op::Concat { axis } => concat(inputs, *axis)?,
         Op::Multiply => multiply(inputs[0], inputs[1])?,
+        Op::Labels => Shape(vec![1]),
+        Op::CrossEntropy { .. } => {
+            vector(op, inputs[0])?;
+            Shape(vec![1])
+        }
+        Op::CrossEntropyGrad { .. } => {
+            vector(op, inputs[0])?;
+            inputs[0].clone()
+        }
+        Op::InputGrad { shape, .. } | Op::WeightGrad { shape, .. } => Shape(shape.clone()),
     };
     checked_elements(&out.0)?;
     // Weights are sized by the op's attributes too (`conv(10^6, 10^6)` on a
@@ -275,14 +287,31 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
         | Op::Activation(_)
         | Op::Add
         | Op::Concat { .. }
-        | Op::Multiply => vec![],
+        | Op::Multiply
+        | Op::Labels
+        | Op::CrossEntropy { .. }
+        | Op::CrossEntropyGrad { .. }
+        | Op::InputGrad { .. }
+        | Op::WeightGrad { .. } => vec![],
     }
 }
 
-/// Forward FLOPs per example: 2 x the multiply-adds of the contractions
-/// (conv, depthwise conv, dense, rbf), the convention of Keras' reference
+/// FLOPs per example: 2 x the multiply-adds of the contractions (conv,
+/// depthwise conv, dense, rbf, and their input and kernel gradients, which
+/// cost what the forward op does), the convention of Keras' reference
 /// figures; other ops count 0. Taps on `same` zero padding are counted.
 pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
+    match op {
+        // dX = dY . W^T: the forward op's cost, with dY as its output.
+        Op::InputGrad { forward, shape, .. } => {
+            return flops(forward, &[&Shape(shape.clone())], inputs[0])
+        }
+        // dW = X^T . dY: the same, from the gradient rule's inputs [dY, X].
+        Op::WeightGrad {
+            forward, index: 0, ..
+        } if inputs.len() >= 2 => return flops(forward, &inputs[1..2], inputs[0]),
+        _ => {}
+    }
     let channels = inputs.first().map_or(0, |s| s.channels());
     let spatial = |s: &Shape| s.0.iter().take(s.rank().saturating_sub(1)).product::<u64>();
     let macs = match op {
@@ -307,7 +336,12 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
         | Op::Activation(_)
         | Op::Add
         | Op::Concat { .. }
-        | Op::Multiply => 0,
+        | Op::Multiply
+        | Op::Labels
+        | Op::CrossEntropy { .. }
+        | Op::CrossEntropyGrad { .. }
+        | Op::InputGrad { .. }
+        | Op::WeightGrad { .. } => 0,
     };
     macs.saturating_mul(2)
 }

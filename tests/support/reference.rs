@@ -185,6 +185,18 @@ pub fn forward(
             expect_params(op, params, 0);
             multiply(inputs[0], inputs[1])
         }
+        // Training-graph ops: their reference is the loss function below and
+        // finite differences of the forward ops, not a forward computation.
+        Op::Labels
+        | Op::CrossEntropy { .. }
+        | Op::CrossEntropyGrad { .. }
+        | Op::InputGrad { .. }
+        | Op::WeightGrad { .. } => {
+            panic!(
+                "`{}` is a training-graph op with no forward reference",
+                op.name()
+            )
+        }
     }
 }
 

@@ -1,0 +1,330 @@
+//! Reverse-mode automatic differentiation as a graph transformation.
+//!
+//! The training graph is the model's graph plus, in the same IR: the labels,
+//! one fused softmax cross-entropy loss per output, and the backward pass —
+//! one `InputGrad` node per input that needs a gradient and one `WeightGrad`
+//! node per trainable weight, built from each op's rule in
+//! [`crate::ops::gradient`]. A node whose output feeds several consumers gets
+//! the sum of their gradients. The whole step is then compiled once.
+
+use std::collections::HashMap;
+
+use petgraph::stable_graph::NodeIndex;
+
+use crate::diagnostics::Diagnostic;
+use crate::graph::{Activation, Graph, Node, Op};
+use crate::ops::{self, Need};
+use crate::shapes::{self, TypedGraph};
+
+/// How the outputs are scored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossSpec {
+    /// Label smoothing of the cross-entropy.
+    pub smoothing: f64,
+    /// The weight of each output's loss; outputs not named weigh 1.
+    pub weights: Vec<(String, f64)>,
+}
+
+/// A differentiated model: the forward pass, the losses and the gradients.
+#[derive(Debug, Clone)]
+pub struct TrainingGraph {
+    /// The whole graph, shape-checked.
+    pub typed: TypedGraph,
+    /// The labels node.
+    pub labels: NodeIndex,
+    /// Each output's name and its loss node (per-example loss times weight).
+    pub losses: Vec<(String, NodeIndex)>,
+    /// Each trainable weight's full name and the node computing its gradient.
+    pub gradients: Vec<(String, NodeIndex)>,
+}
+
+/// Builds the training graph of `model` for the loss `loss`.
+pub fn differentiate(
+    model: &TypedGraph,
+    loss: &LossSpec,
+) -> Result<TrainingGraph, Vec<Diagnostic>> {
+    let mut builder = Builder {
+        graph: model.graph.clone(),
+        grads: HashMap::new(),
+    };
+    let anchor = model.graph.input.map(|i| model.graph.nodes[i].clone());
+    let labels = builder.add(Op::Labels, "labels", anchor.as_ref(), &[]);
+    let losses = builder.losses(model, loss, labels);
+    let needs_grad = requires_grad(model);
+    let mut gradients = Vec::new();
+    for &id in model.order.iter().rev() {
+        let Some(dy) = builder.gradient_of(id) else {
+            continue;
+        };
+        gradients.extend(builder.backward(model, id, dy, &needs_grad));
+    }
+    let typed = shapes::infer(builder.graph)?;
+    debug_assert_eq!(typed.graph.verify(), Ok(()));
+    Ok(TrainingGraph {
+        typed,
+        labels,
+        losses,
+        gradients,
+    })
+}
+
+/// Which nodes' outputs depend on a trainable weight (only those need a gradient).
+fn requires_grad(model: &TypedGraph) -> Vec<bool> {
+    let g = &model.graph;
+    let mut needs = vec![false; model.info.len()];
+    for &id in &model.order {
+        let own = g.nodes[id].params.iter().any(|p| p.trainable);
+        needs[id.index()] = own || g.inputs_of(id).iter().any(|i| needs[i.index()]);
+    }
+    needs
+}
+
+struct Builder {
+    graph: Graph,
+    /// The gradient contributions to each forward node's output.
+    grads: HashMap<NodeIndex, Vec<NodeIndex>>,
+}
+
+impl Builder {
+    /// Adds a node named `name`, placed (span, layer) like `like`.
+    fn add(&mut self, op: Op, name: &str, like: Option<&Node>, inputs: &[NodeIndex]) -> NodeIndex {
+        let node = Node {
+            op,
+            name: name.to_string(),
+            layer: like.map_or_else(|| name.to_string(), |n| n.layer.clone()),
+            layer_kind: "gradient".into(),
+            params: Vec::new(),
+            span: like.map(|n| n.span).unwrap_or_default(),
+            trace: like.map(|n| n.trace.clone()).unwrap_or_default(),
+        };
+        self.graph.add(node, inputs)
+    }
+
+    /// One fused softmax cross-entropy per output, on the logits: an output
+    /// that is a softmax is scored on its input, any other output is taken
+    /// as logits. Seeds the backward pass with the losses' gradients.
+    fn losses(
+        &mut self,
+        model: &TypedGraph,
+        loss: &LossSpec,
+        labels: NodeIndex,
+    ) -> Vec<(String, NodeIndex)> {
+        let mut losses = Vec::new();
+        for (output, id) in &model.graph.outputs {
+            let node = &model.graph.nodes[*id];
+            let logits = match node.op {
+                Op::Activation(Activation::Softmax) => model.graph.inputs_of(*id)[0],
+                _ => *id,
+            };
+            let weight = loss
+                .weights
+                .iter()
+                .find(|(n, _)| n == output)
+                .map_or(1.0, |(_, w)| *w);
+            let like = model.graph.nodes[logits].clone();
+            let (smoothing, name) = (loss.smoothing, format!("loss:{output}"));
+            let ce = self.add(
+                Op::CrossEntropy { smoothing, weight },
+                &name,
+                Some(&like),
+                &[logits, labels],
+            );
+            let grad_name = format!("grad:{}", like.name);
+            let grad = self.add(
+                Op::CrossEntropyGrad { smoothing, weight },
+                &grad_name,
+                Some(&like),
+                &[logits, labels],
+            );
+            self.grads.entry(logits).or_default().push(grad);
+            losses.push((output.clone(), ce));
+        }
+        losses
+    }
+
+    /// The gradient of node `id`'s output: its one contribution, or their sum.
+    fn gradient_of(&mut self, id: NodeIndex) -> Option<NodeIndex> {
+        let parts = self.grads.remove(&id)?;
+        if parts.len() == 1 {
+            return Some(parts[0]);
+        }
+        let like = self.graph.nodes[id].clone();
+        Some(self.add(Op::Add, &format!("grad:{}", like.name), Some(&like), &parts))
+    }
+
+    /// Adds the gradient nodes of forward node `id`, given `dy`; returns the
+    /// weight gradients it made.
+    fn backward(
+        &mut self,
+        model: &TypedGraph,
+        id: NodeIndex,
+        dy: NodeIndex,
+        needs_grad: &[bool],
+    ) -> Vec<(String, NodeIndex)> {
+        let forward = model.graph.nodes[id].clone();
+        let inputs = model.graph.inputs_of(id);
+        let rule = ops::gradient(&forward.op, inputs.len());
+        let resolve = |needs: &[Need]| -> Vec<NodeIndex> {
+            needs
+                .iter()
+                .map(|need| match *need {
+                    Need::Dy => dy,
+                    Need::Input(k) => inputs[k],
+                    Need::Output => id,
+                })
+                .collect()
+        };
+        for (slot, needs) in rule.inputs.iter().enumerate() {
+            let producer = inputs[slot];
+            if needs.is_empty() || !needs_grad[producer.index()] {
+                continue;
+            }
+            let shape = model.info(producer).shape.0.clone();
+            let op = Op::InputGrad {
+                forward: Box::new(forward.op.clone()),
+                slot,
+                shape,
+            };
+            let name = if inputs.len() == 1 {
+                format!("grad:{}/in", forward.name)
+            } else {
+                format!("grad:{}/in{slot}", forward.name)
+            };
+            let grad = self.add(op, &name, Some(&forward), &resolve(needs));
+            self.grads.entry(producer).or_default().push(grad);
+        }
+        let mut made = Vec::new();
+        for (index, (param, needs)) in forward.params.iter().zip(&rule.weights).enumerate() {
+            let Some(needs) = needs.as_ref().filter(|_| param.trainable) else {
+                continue;
+            };
+            let weight = format!("{}.{}", forward.name, param.name);
+            let op = Op::WeightGrad {
+                forward: Box::new(forward.op.clone()),
+                index,
+                weight: weight.clone(),
+                shape: param.shape.clone(),
+            };
+            let grad = self.add(
+                op,
+                &format!("grad:{weight}"),
+                Some(&forward),
+                &resolve(needs),
+            );
+            made.push((weight, grad));
+        }
+        made
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(source: &str) -> TypedGraph {
+        crate::compile_source("test.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"))
+    }
+
+    fn plain() -> LossSpec {
+        LossSpec {
+            smoothing: 0.0,
+            weights: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_trainable_weight_gets_one_gradient_of_its_shape() {
+        let model = compile(
+            "model m : [8, 8, 3] {
+                conv(4, 3, padding: same, use_bias: false) -> batchnorm -> relu
+                maxpool(2)
+                flatten
+                dense(5, activation: softmax)
+            }",
+        );
+        let training = differentiate(&model, &plain()).expect("differentiates");
+        let names: Vec<&str> = training.gradients.iter().map(|(n, _)| n.as_str()).collect();
+        let mut expected = vec![
+            "conv1.kernel",
+            "batchnorm1.gamma",
+            "batchnorm1.beta",
+            "dense1.kernel",
+            "dense1.bias",
+        ];
+        expected.sort_unstable();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, expected);
+        for (name, id) in &training.gradients {
+            let weight = crate::runtime::weights::specs(&model)
+                .into_iter()
+                .find(|s| s.name == *name)
+                .expect("a weight");
+            let shape: Vec<u64> = weight.shape.iter().map(|&d| d as u64).collect();
+            assert_eq!(training.typed.info(*id).shape.0, shape, "{name}");
+            assert!(!training.typed.info(*id).batched);
+        }
+        // The softmax output is scored on its logits; the input needs no gradient.
+        let loss = &training.typed.graph.nodes[training.losses[0].1];
+        assert_eq!(loss.name, "loss:output");
+        assert!(!training
+            .typed
+            .graph
+            .nodes
+            .node_weights()
+            .any(|n| n.name == "grad:input"));
+    }
+
+    #[test]
+    fn a_residual_connection_sums_its_gradients() {
+        let model = compile(
+            "model m : [4, 4, 2] {
+                let stem = conv(2, 3, padding: same) as stem
+                let main = stem -> conv(2, 3, padding: same) -> relu
+                stem + main
+                global_avg_pool
+                dense(3, activation: softmax)
+            }",
+        );
+        let training = differentiate(&model, &plain()).expect("differentiates");
+        let g = &training.typed.graph;
+        let sum = g
+            .nodes
+            .node_indices()
+            .find(|&i| g.nodes[i].name == "grad:stem")
+            .expect("the stem's gradient");
+        assert!(matches!(g.nodes[sum].op, Op::Add));
+        assert_eq!(g.inputs_of(sum).len(), 2, "the skip path and the conv path");
+    }
+
+    #[test]
+    fn loss_weights_apply_per_output() {
+        let model = compile(
+            "model m : [4, 4, 1] {
+                flatten
+                let h = dense(6, activation: relu)
+                output aux = h -> dense(3, activation: softmax)
+                output main = h -> dense(3, activation: softmax)
+            }",
+        );
+        let spec = LossSpec {
+            smoothing: 0.1,
+            weights: vec![("aux".into(), 0.3)],
+        };
+        let training = differentiate(&model, &spec).expect("differentiates");
+        let weight_of = |output: &str| {
+            let id = training
+                .losses
+                .iter()
+                .find(|(n, _)| n == output)
+                .expect("loss")
+                .1;
+            match training.typed.graph.nodes[id].op {
+                Op::CrossEntropy { weight, smoothing } => (weight, smoothing),
+                _ => panic!("not a loss"),
+            }
+        };
+        assert_eq!(weight_of("aux"), (0.3, 0.1));
+        assert_eq!(weight_of("main"), (1.0, 0.1));
+    }
+}

@@ -1,0 +1,162 @@
+//! Gradient rules: for each forward op, what the gradient of each of its
+//! inputs and weights is computed from. The math of each rule is in a
+//! comment; the kernels that compute them are chosen when the training
+//! graph is lowered.
+
+use crate::graph::{Activation, Op, PoolKind};
+
+/// A value a gradient is computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// The gradient of the loss with respect to the op's output.
+    Dy,
+    /// The forward op's input number `n`.
+    Input(usize),
+    /// The forward op's output (or what its kernel kept of it: dropout's mask).
+    Output,
+}
+
+/// How the gradients of one op's inputs and weights are computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// For each input slot, what its gradient needs.
+    pub inputs: Vec<Vec<Need>>,
+    /// For each weight (in the order of `ops::params`), what its gradient
+    /// needs, or `None` for weights that are not learned by gradient
+    /// (batchnorm's moving statistics).
+    pub weights: Vec<Option<Vec<Need>>>,
+}
+
+use Need::{Dy, Input, Output};
+
+/// The gradient rule of `op`, for an op with `arity` inputs.
+pub fn gradient(op: &Op, arity: usize) -> Rule {
+    let rule = |inputs: Vec<Vec<Need>>, weights: Vec<Option<Vec<Need>>>| Rule { inputs, weights };
+    match op {
+        // dX = col2im(dY . W^T); dW = im2col(X)^T . dY; db = sum dY
+        Op::Conv2d { bias, .. } | Op::DepthwiseConv2d { bias, .. } | Op::Dense { bias, .. } => {
+            let mut weights = vec![Some(vec![Dy, Input(0)])];
+            if *bias {
+                weights.push(Some(vec![Dy]));
+            }
+            rule(vec![vec![Dy]], weights)
+        }
+        // y_j = sum_i (x_i - c_ij)^2: dx_i = 2 sum_j dy_j (x_i - c_ij); dc_ij = -2 dy_j (x_i - c_ij)
+        Op::Rbf { .. } => rule(vec![vec![Dy, Input(0)]], vec![Some(vec![Dy, Input(0)])]),
+        // max: dY goes to the (first) maximum of each window, found again in X
+        Op::Pool2d {
+            kind: PoolKind::Max,
+            ..
+        }
+        | Op::GlobalPool {
+            kind: PoolKind::Max,
+        }
+        | Op::DepthMaxPool { .. } => rule(vec![vec![Dy, Input(0)]], vec![]),
+        // average: dY / count spread over each window's in-bounds cells
+        Op::Pool2d {
+            kind: PoolKind::Avg,
+            ..
+        }
+        | Op::GlobalPool {
+            kind: PoolKind::Avg,
+        } => rule(vec![vec![Dy]], vec![]),
+        // a reshape: dX = dY, reshaped
+        Op::Flatten => rule(vec![vec![Dy]], vec![]),
+        // dX = dY * mask / (1 - rate), with the forward pass's mask
+        Op::Dropout { .. } => rule(vec![vec![Dy, Output]], vec![]),
+        // x̂ = (x - mean) / sqrt(var + eps) with batch statistics:
+        // dX = gamma / sqrt(var + eps) * (dY - mean(dY) - x̂ mean(dY x̂));
+        // dgamma = sum dY x̂; dbeta = sum dY; the moving statistics are updated, not learned
+        Op::BatchNorm { .. } => rule(
+            vec![vec![Dy, Input(0)]],
+            vec![Some(vec![Dy, Input(0)]), Some(vec![Dy]), None, None],
+        ),
+        // d_i = bias + alpha sum_{|j-i|<=r} x_j^2, y_i = x_i d_i^-beta:
+        // dx_i = dy_i d_i^-beta - 2 alpha beta x_i sum_{|i-j|<=r} dy_j x_j d_j^(-beta-1)
+        Op::Lrn { .. } => rule(vec![vec![Dy, Input(0)]], vec![]),
+        // y = x * a + b: dX = dY * a; da = sum dY x; db = sum dY
+        Op::ScaleBias => rule(
+            vec![vec![Dy]],
+            vec![Some(vec![Dy, Input(0)]), Some(vec![Dy])],
+        ),
+        Op::Activation(activation) => rule(vec![activation_needs(*activation)], vec![]),
+        // d/dx_k (x_1 + ... + x_n) = 1; a concatenation's gradient is a slice of dY
+        Op::Add | Op::Concat { .. } => rule(vec![vec![Dy]; arity], vec![]),
+        // y = x * s (s broadcast per channel): dX = dY * s; ds = sum over pixels of dY x
+        Op::Multiply => rule(vec![vec![Dy, Input(1)], vec![Dy, Input(0)]], vec![]),
+        // Inputs, labels, losses and gradients are not differentiated again.
+        Op::Input { .. }
+        | Op::Labels
+        | Op::CrossEntropy { .. }
+        | Op::CrossEntropyGrad { .. }
+        | Op::InputGrad { .. }
+        | Op::WeightGrad { .. } => rule(vec![vec![]; arity], vec![]),
+    }
+}
+
+/// What an activation's gradient is computed from; all are functions of
+/// the output, which saves keeping the input alive.
+fn activation_needs(activation: Activation) -> Vec<Need> {
+    match activation {
+        // relu: dy * 1[y > 0]; leaky_relu (alpha > 0): dy * (y > 0 ? 1 : alpha)
+        Activation::Relu | Activation::LeakyRelu { .. } => vec![Dy, Output],
+        // elu: dy * (y > 0 ? 1 : y + alpha); selu: dy * scale * (y > 0 ? 1 : y / scale + alpha)
+        Activation::Elu { .. } | Activation::Selu => vec![Dy, Output],
+        // tanh: dy * (1 - y^2); sigmoid: dy * y (1 - y)
+        Activation::Tanh | Activation::Sigmoid => vec![Dy, Output],
+        // softmax: y * (dy - sum(dy * y))
+        Activation::Softmax => vec![Dy, Output],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Padding, Shape};
+
+    #[test]
+    fn every_learned_weight_has_a_rule() {
+        let x = Shape(vec![8, 8, 4]);
+        let ops = [
+            Op::Conv2d {
+                filters: 3,
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding: Padding::Same,
+                dilation: [1, 1],
+                bias: true,
+            },
+            Op::Dense {
+                units: 5,
+                bias: false,
+            },
+            Op::BatchNorm {
+                momentum: 0.99,
+                epsilon: 1e-3,
+            },
+            Op::ScaleBias,
+        ];
+        for op in ops {
+            let shape = if matches!(op, Op::Dense { .. }) {
+                Shape(vec![4])
+            } else {
+                x.clone()
+            };
+            let params = super::super::params(&op, &[&shape]);
+            let rule = gradient(&op, 1);
+            assert_eq!(rule.weights.len(), params.len(), "{op}");
+            for ((name, _, trainable), needs) in params.iter().zip(&rule.weights) {
+                assert_eq!(*trainable, needs.is_some(), "{op}: {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn sums_pass_the_gradient_to_every_input() {
+        assert_eq!(gradient(&Op::Add, 3).inputs, vec![vec![Dy]; 3]);
+        assert_eq!(
+            gradient(&Op::Multiply, 2).inputs,
+            vec![vec![Dy, Input(1)], vec![Dy, Input(0)]]
+        );
+    }
+}
