@@ -3,5 +3,8 @@
 //! [`weights`] holds named f32 tensors ([`weights::TensorStore`]): it
 //! initialises a model's weights the way Keras would, and saves and loads
 //! them as safetensors files, checked against the model they belong to.
+//! [`executor`] runs compiled kernels over an arena on worker threads,
+//! with results that do not depend on the number of threads.
 
+pub mod executor;
 pub mod weights;

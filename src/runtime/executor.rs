@@ -1,0 +1,282 @@
+//! The executor: runs a program's kernels in order over one arena, each
+//! kernel's domain split across the worker threads.
+//!
+//! Every kernel runs over a domain of independent work items where any
+//! split gives bitwise the same result, so the output does not depend on the
+//! number of threads. Buffers are either places in the arena (activations,
+//! gradients, scratch) or external slices the caller lends for one run
+//! (inputs, labels, weights, outputs), whose lengths are checked.
+
+use std::ops::Range;
+
+use thiserror::Error;
+
+use crate::codegen::{CompiledKernel, DomainKernel};
+
+/// A kernel the executor can run: a domain of independent work items.
+pub trait Kernel: Send + Sync {
+    /// A name for errors and profiles.
+    fn name(&self) -> &str;
+    /// The number of work items.
+    fn domain(&self) -> usize;
+    /// Runs work items `items`.
+    ///
+    /// # Safety
+    /// `args` must point to buffers of the sizes the kernel was built for.
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>);
+}
+
+/// An element-wise kernel bound to its matrix shape: its work items are rows.
+pub struct RowKernel {
+    /// The compiled kernel.
+    pub kernel: CompiledKernel,
+    /// Rows of the matrix.
+    pub rows: usize,
+    /// Channels of each row.
+    pub channels: usize,
+}
+
+impl Kernel for RowKernel {
+    fn name(&self) -> &str {
+        &self.kernel.name
+    }
+    fn domain(&self) -> usize {
+        self.rows
+    }
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.kernel.run(args, items, self.channels) }
+    }
+}
+
+impl Kernel for DomainKernel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn domain(&self) -> usize {
+        self.domain
+    }
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) {
+        // SAFETY: forwarded from the caller.
+        unsafe { DomainKernel::run(self, args, items) }
+    }
+}
+
+/// Where a kernel argument lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// `len` f32s at `offset` (in f32s) in the arena.
+    Arena {
+        /// Start, in f32s.
+        offset: usize,
+        /// Length, in f32s.
+        len: usize,
+    },
+    /// The caller's external buffer number `index`, of `len` f32s.
+    External {
+        /// Which external buffer.
+        index: usize,
+        /// Its required length, in f32s.
+        len: usize,
+    },
+}
+
+/// One kernel call: the kernel and where its arguments live.
+pub struct Step {
+    /// The kernel.
+    pub kernel: Box<dyn Kernel>,
+    /// Its arguments, in the kernel's order.
+    pub args: Vec<Slot>,
+    /// Work items below which threading costs more than it saves.
+    pub serial_below: usize,
+}
+
+/// A compiled program: steps over an arena of `arena_len` f32s.
+pub struct Program {
+    /// The steps, in execution order.
+    pub steps: Vec<Step>,
+    /// The arena's size in f32s.
+    pub arena_len: usize,
+}
+
+/// Why a program could not run.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RuntimeError {
+    /// An external buffer is missing or has the wrong length.
+    #[error(
+        "step `{step}`: external buffer {index} has {actual} values, but {expected} are needed"
+    )]
+    ExternalSize {
+        /// The step.
+        step: String,
+        /// Which external buffer.
+        index: usize,
+        /// The length given (0 when missing).
+        actual: usize,
+        /// The length needed.
+        expected: usize,
+    },
+    /// An arena slot lies outside the arena.
+    #[error("step `{step}`: an arena slot ends at {end}, beyond the arena's {len} values")]
+    ArenaBounds {
+        /// The step.
+        step: String,
+        /// Where the slot ends.
+        end: usize,
+        /// The arena's length.
+        len: usize,
+    },
+    /// The thread pool could not be created.
+    #[error("cannot start {threads} worker threads: {message}")]
+    Threads {
+        /// How many were asked for.
+        threads: usize,
+        /// The system's message.
+        message: String,
+    },
+}
+
+/// Runs programs on a fixed number of threads, owning the arena.
+pub struct Executor {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    arena: Vec<f32>,
+}
+
+/// Pointers handed to worker threads. The kernels' domain contract (no two
+/// work items write the same element) makes the concurrent use sound.
+#[derive(Clone, Copy)]
+struct SharedArgs<'a>(&'a [*mut f32]);
+// SAFETY: see the type's comment; the pointers outlive the scope they are
+// used in, which `Executor::run` guarantees by borrowing the buffers.
+unsafe impl Send for SharedArgs<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for SharedArgs<'_> {}
+
+impl Executor {
+    /// An executor with `threads` workers (at least one).
+    pub fn new(threads: usize) -> Result<Executor, RuntimeError> {
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("cnnc-worker-{i}"))
+            .build()
+            .map_err(|e| RuntimeError::Threads {
+                threads,
+                message: e.to_string(),
+            })?;
+        Ok(Executor {
+            pool,
+            threads,
+            arena: Vec::new(),
+        })
+    }
+
+    /// The number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The arena as the last run left it.
+    pub fn arena(&self) -> &[f32] {
+        &self.arena
+    }
+
+    /// Runs every step of `program` in order; `external` are the caller's
+    /// buffers, indexed by [`Slot::External`].
+    pub fn run(
+        &mut self,
+        program: &Program,
+        external: &mut [&mut [f32]],
+    ) -> Result<(), RuntimeError> {
+        if self.arena.len() < program.arena_len {
+            self.arena.resize(program.arena_len, 0.0);
+        }
+        for step in &program.steps {
+            let args = self.bind(step, external)?;
+            self.execute(step, &args);
+        }
+        Ok(())
+    }
+
+    /// The raw pointers of a step's arguments, after checking their bounds.
+    fn bind(
+        &mut self,
+        step: &Step,
+        external: &mut [&mut [f32]],
+    ) -> Result<Vec<*mut f32>, RuntimeError> {
+        let arena_len = self.arena.len();
+        let arena = self.arena.as_mut_ptr();
+        step.args
+            .iter()
+            .map(|slot| match *slot {
+                Slot::Arena { offset, len } => {
+                    let end = offset.saturating_add(len);
+                    if end > arena_len {
+                        return Err(RuntimeError::ArenaBounds {
+                            step: step.kernel.name().into(),
+                            end,
+                            len: arena_len,
+                        });
+                    }
+                    // SAFETY: offset + len lies within the arena (checked above).
+                    Ok(unsafe { arena.add(offset) })
+                }
+                Slot::External { index, len } => match external.get_mut(index) {
+                    Some(buffer) if buffer.len() == len => Ok(buffer.as_mut_ptr()),
+                    other => Err(RuntimeError::ExternalSize {
+                        step: step.kernel.name().into(),
+                        index,
+                        actual: other.map_or(0, |b| b.len()),
+                        expected: len,
+                    }),
+                },
+            })
+            .collect()
+    }
+
+    /// Runs one step, its domain split into one contiguous part per thread.
+    fn execute(&self, step: &Step, args: &[*mut f32]) {
+        let domain = step.kernel.domain();
+        let kernel = step.kernel.as_ref();
+        let shared = SharedArgs(args);
+        if self.threads == 1 || domain < step.serial_below.max(2) {
+            // SAFETY: the arguments were bound and bounds-checked for this step.
+            unsafe { kernel.run(shared.0, 0..domain) };
+            return;
+        }
+        let parts = split(domain, self.threads);
+        self.pool.scope(|scope| {
+            for part in parts.iter().skip(1).cloned() {
+                scope.spawn(move |_| {
+                    let args = shared;
+                    // SAFETY: as above; parts are disjoint work items.
+                    unsafe { kernel.run(args.0, part) };
+                });
+            }
+            let args = shared;
+            // SAFETY: as above.
+            unsafe { kernel.run(args.0, parts[0].clone()) };
+        });
+    }
+}
+
+/// `domain` split into `parts` contiguous ranges of near-equal length.
+pub fn split(domain: usize, parts: usize) -> Vec<Range<usize>> {
+    let parts = parts.clamp(1, domain.max(1));
+    (0..parts)
+        .map(|i| domain * i / parts..domain * (i + 1) / parts)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_cover_the_domain_in_order() {
+        assert_eq!(split(10, 3), vec![0..3, 3..6, 6..10]);
+        assert_eq!(split(1, 4), vec![0..1]);
+        assert_eq!(split(0, 2), vec![0..0]);
+    }
+}
