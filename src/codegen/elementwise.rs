@@ -26,6 +26,10 @@ pub enum Operand {
         /// Rows of one batch item (height x width).
         rows_per_item: usize,
     },
+    /// A few values that are the same for every element, read with
+    /// [`Expr::Scalar`]: coefficients that change from call to call (an
+    /// optimizer's learning rate and bias corrections).
+    Scalars,
 }
 
 /// Functions of one value.
@@ -71,8 +75,15 @@ pub enum Binary {
 /// One SSA step; operands refer to earlier steps by index.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Expr {
-    /// The element of input buffer `i`.
+    /// The element of input buffer `i` (element 0 of a [`Operand::Scalars`] buffer).
     Load(usize),
+    /// Element `index` of the [`Operand::Scalars`] input `input`.
+    Scalar {
+        /// The input buffer.
+        input: usize,
+        /// The element.
+        index: usize,
+    },
     /// A constant.
     Const(f32),
     /// A unary function of an earlier value.
@@ -124,7 +135,12 @@ impl Elementwise {
                         self.inputs.len()
                     ))
                 }
-                Expr::Load(_) | Expr::Const(_) => vec![],
+                Expr::Scalar { input, .. } if self.inputs.get(input) != Some(&Operand::Scalars) => {
+                    return malformed(format!(
+                        "step {i} reads scalars from input {input}, which does not hold scalars"
+                    ))
+                }
+                Expr::Load(_) | Expr::Scalar { .. } | Expr::Const(_) => vec![],
                 Expr::Unary(_, a) => vec![a],
                 Expr::Binary(_, a, b) => vec![a, b],
                 Expr::Fma(a, b, c) => vec![a, b, c],
@@ -266,8 +282,12 @@ fn element(
     for expr in &kernel.exprs {
         let v = match *expr {
             Expr::Load(i) => {
+                if kernel.inputs[i] == Operand::Scalars {
+                    values.push(scalar(b, ty, bases[i], 0, flags));
+                    continue;
+                }
                 let offset = match kernel.inputs[i] {
-                    Operand::Tensor => element_offset,
+                    Operand::Tensor | Operand::Scalars => element_offset,
                     Operand::PerChannel => channel_offset,
                     Operand::PerItem { rows_per_item } => {
                         // Row `item` of an [items, channels] buffer.
@@ -279,6 +299,7 @@ fn element(
                 let address = b.ins().iadd(bases[i], offset);
                 b.ins().load(ty, flags, address, 0)
             }
+            Expr::Scalar { input, index } => scalar(b, ty, bases[input], index, flags),
             Expr::Const(x) => math::constant(b, ty, x),
             Expr::Unary(op, a) => unary(b, ty, op, values[a]),
             Expr::Binary(op, x, y) => {
@@ -308,6 +329,22 @@ fn element(
     for (k, &out) in kernel.outputs.iter().enumerate() {
         let address = b.ins().iadd(bases[kernel.inputs.len() + k], element_offset);
         b.ins().store(flags, values[out], address, 0);
+    }
+}
+
+/// Element `index` of the buffer at `base`, splatted for vectors.
+fn scalar(
+    b: &mut FunctionBuilder,
+    ty: Type,
+    base: Value,
+    index: usize,
+    flags: MemFlagsData,
+) -> Value {
+    let value = b.ins().load(types::F32, flags, base, (index * 4) as i32);
+    if ty.is_vector() {
+        b.ins().splat(ty, value)
+    } else {
+        value
     }
 }
 

@@ -1,0 +1,160 @@
+//! The optimizer update kernels against Keras 3.15 itself: three updates of
+//! five weights with fixed gradients, the expected weights printed by
+//! `keras.optimizers.X(...).apply_gradients` (TensorFlow 2.21 backend).
+
+use cnnc::codegen::Jit;
+use cnnc::train::optimizer::{state_count, StepState};
+use cnnc::train::{Optimizer, OptimizerKind, TrainConfig};
+
+const W0: [f32; 5] = [0.5, -1.25, 2.0, 0.0, 0.75];
+const GRADS: [[f32; 5]; 3] = [
+    [0.1, -0.2, 0.3, 0.05, -0.5],
+    [-0.3, 0.1, 0.2, -0.05, 0.4],
+    [0.2, 0.2, -0.1, 0.15, 0.0],
+];
+
+fn optimizer(kind: OptimizerKind, lr: f64, momentum: f64) -> Optimizer {
+    Optimizer {
+        kind,
+        lr,
+        momentum,
+        ..TrainConfig::default().optimizer
+    }
+}
+
+/// Runs three updates in place and returns the weights.
+fn train(optimizer: &Optimizer) -> Vec<f32> {
+    let mut jit = Jit::new().expect("jit");
+    let kernel = jit
+        .compile_elementwise(&optimizer.update_kernel())
+        .expect("compiles");
+    let states = state_count(optimizer);
+    let mut w = W0.to_vec();
+    let mut state: Vec<Vec<f32>> = vec![vec![0.0; 5]; states];
+    let mut step = StepState::new();
+    for g in GRADS {
+        let (mut coefficients, next) = optimizer.coefficients(step, optimizer.lr);
+        step = next;
+        let mut g = g.to_vec();
+        // Inputs: w, g, state..., coefficients; outputs: w, state... (in place).
+        let mut args: Vec<*mut f32> = vec![w.as_mut_ptr(), g.as_mut_ptr()];
+        args.extend(state.iter_mut().map(|s| s.as_mut_ptr()));
+        args.push(coefficients.as_mut_ptr());
+        args.push(w.as_mut_ptr());
+        args.extend(state.iter_mut().map(|s| s.as_mut_ptr()));
+        // SAFETY: every tensor buffer holds 5 values, the coefficients as many as the kernel reads.
+        unsafe { kernel.run(&args, 0..1, 5) };
+    }
+    w
+}
+
+fn assert_keras(kind: &str, optimizer: Optimizer, keras: [f64; 5]) {
+    let w = train(&optimizer);
+    for (i, (&ours, &theirs)) in w.iter().zip(&keras).enumerate() {
+        assert!(
+            (f64::from(ours) - theirs).abs() < 2e-6,
+            "{kind}: w[{i}] = {ours}, Keras {theirs}"
+        );
+    }
+}
+
+#[test]
+fn sgd() {
+    assert_keras(
+        "sgd",
+        optimizer(OptimizerKind::Sgd, 0.1, 0.0),
+        [
+            0.4999999701976776,
+            -1.2599999904632568,
+            1.9600000381469727,
+            -0.015000000596046448,
+            0.7599999904632568,
+        ],
+    );
+}
+
+#[test]
+fn momentum() {
+    assert_keras(
+        "momentum",
+        optimizer(OptimizerKind::Momentum, 0.1, 0.9),
+        [
+            0.5099000334739685,
+            -1.2347999811172485,
+            1.8906999826431274,
+            -0.019050000235438347,
+            0.809499979019165,
+        ],
+    );
+}
+
+#[test]
+fn nesterov() {
+    assert_keras(
+        "nesterov",
+        optimizer(OptimizerKind::Nesterov, 0.1, 0.9),
+        [
+            0.5089100003242493,
+            -1.2463200092315674,
+            1.8616299629211426,
+            -0.032145000994205475,
+            0.8135500550270081,
+        ],
+    );
+}
+
+#[test]
+fn adam() {
+    assert_keras(
+        "adam",
+        optimizer(OptimizerKind::Adam, 0.01, 0.0),
+        [
+            0.4947543144226074,
+            -1.2400639057159424,
+            1.9747779369354248,
+            -0.015078588388860226,
+            0.7610304355621338,
+        ],
+    );
+}
+
+#[test]
+fn nadam() {
+    assert_keras(
+        "nadam",
+        optimizer(OptimizerKind::Nadam, 0.01, 0.0),
+        [
+            0.49360454082489014,
+            -1.2501965761184692,
+            1.9848833084106445,
+            -0.013552488759160042,
+            0.7548735737800598,
+        ],
+    );
+}
+
+#[test]
+fn rmsprop() {
+    assert_keras(
+        "rmsprop",
+        optimizer(OptimizerKind::RmsProp, 0.01, 0.0),
+        [
+            0.4809276759624481,
+            -1.255289077758789,
+            1.9593663215637207,
+            -0.03766530752182007,
+            0.761236846446991,
+        ],
+    );
+    assert_keras(
+        "rmsprop_momentum",
+        optimizer(OptimizerKind::RmsProp, 0.01, 0.5),
+        [
+            0.47228723764419556,
+            -1.2389442920684814,
+            1.9265586137771606,
+            -0.04990806803107262,
+            0.7747609615325928,
+        ],
+    );
+}
