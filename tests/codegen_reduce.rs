@@ -223,3 +223,48 @@ fn bad_descriptions_are_errors() {
     };
     assert!(jit.compile_reduce(&smoothing).is_err());
 }
+
+#[test]
+fn item_sums_reduce_each_items_rows_separately() {
+    // The SE-block's gradient of its channel weights: per image, per channel.
+    let (items, rows_per_item, n) = (3, 49, 37);
+    let rows = items * rows_per_item;
+    let (_jit, kernel) = compile(ReduceKind::ItemSums { rows_per_item }, rows, n);
+    let a = data(rows * n, 8, -1.0, 1.0);
+    let b = data(rows * n, 9, -1.0, 1.0);
+    let mut whole = vec![
+        a.clone(),
+        b.clone(),
+        vec![0.0; items * n],
+        vec![0.0; items * n],
+    ];
+    let mut split = whole.clone();
+    run(&kernel, &mut whole, false);
+    run(&kernel, &mut split, true);
+    assert_eq!(whole, split);
+    for item in 0..items {
+        for c in 0..n {
+            let rows = item * rows_per_item..(item + 1) * rows_per_item;
+            let sum: f64 = rows.clone().map(|r| f64::from(a[r * n + c])).sum();
+            let dot: f64 = rows
+                .map(|r| f64::from(a[r * n + c]) * f64::from(b[r * n + c]))
+                .sum();
+            assert!(
+                (f64::from(whole[2][item * n + c]) - sum).abs() < 1e-5,
+                "sum[{item}, {c}]"
+            );
+            assert!(
+                (f64::from(whole[3][item * n + c]) - dot).abs() < 1e-5,
+                "dot[{item}, {c}]"
+            );
+        }
+    }
+    let mut jit = Jit::new().expect("jit");
+    let ragged = Reduce {
+        name: "ragged".into(),
+        kind: ReduceKind::ItemSums { rows_per_item: 5 },
+        rows: 12,
+        n: 3,
+    };
+    assert!(jit.compile_reduce(&ragged).is_err());
+}

@@ -47,6 +47,14 @@ pub enum ReduceKind {
     /// `b [rows, n]`, `sum_a [n]`, `sum_ab [n]`. Domain: blocks of
     /// [`COLUMN_BLOCK`] columns.
     ColumnSums,
+    /// Like [`ReduceKind::ColumnSums`], separately for each batch item's
+    /// `rows_per_item` rows: the SE-block's channel-weight gradient. Buffers:
+    /// `a`, `b` `[rows, n]`, `sum_a`, `sum_ab` `[rows / rows_per_item, n]`.
+    /// Domain: items times blocks of [`COLUMN_BLOCK`] columns.
+    ItemSums {
+        /// Rows of one batch item.
+        rows_per_item: usize,
+    },
 }
 
 /// A reduction over a `[rows, n]` matrix.
@@ -70,6 +78,9 @@ impl Reduce {
                 self.rows
             }
             ReduceKind::ColumnMoments | ReduceKind::ColumnSums => self.n.div_ceil(COLUMN_BLOCK),
+            ReduceKind::ItemSums { rows_per_item } => {
+                self.rows / rows_per_item.max(1) * self.n.div_ceil(COLUMN_BLOCK)
+            }
         }
     }
 
@@ -78,7 +89,9 @@ impl Reduce {
         match self.kind {
             ReduceKind::Softmax => 2,
             ReduceKind::SoftmaxBackward => 3,
-            ReduceKind::CrossEntropy { .. } | ReduceKind::ColumnSums => 4,
+            ReduceKind::CrossEntropy { .. }
+            | ReduceKind::ColumnSums
+            | ReduceKind::ItemSums { .. } => 4,
             ReduceKind::ColumnMoments => 3,
         }
     }
@@ -93,6 +106,11 @@ impl Reduce {
         };
         if self.rows == 0 || self.n == 0 {
             return malformed("a reduction needs at least one row and one column");
+        }
+        if let ReduceKind::ItemSums { rows_per_item } = self.kind {
+            if rows_per_item == 0 || self.rows % rows_per_item != 0 {
+                return malformed("the rows must split into whole items");
+            }
         }
         if let ReduceKind::CrossEntropy { smoothing, scale } = self.kind {
             if !(0.0..1.0).contains(&smoothing) || !scale.is_finite() {
@@ -150,15 +168,21 @@ pub(super) fn translate(
                 vec![]
             });
         }
-        ReduceKind::ColumnMoments => {
-            loops::counted(&mut b, start, end, 1, &[], |b, block, _| {
-                k.column_block(b, &bases, block, true);
-                vec![]
-            });
-        }
-        ReduceKind::ColumnSums => {
-            loops::counted(&mut b, start, end, 1, &[], |b, block, _| {
-                k.column_block(b, &bases, block, false);
+        ReduceKind::ColumnMoments | ReduceKind::ColumnSums | ReduceKind::ItemSums { .. } => {
+            let moments = kernel.kind == ReduceKind::ColumnMoments;
+            let rows_per_item = match kernel.kind {
+                ReduceKind::ItemSums { rows_per_item } => rows_per_item,
+                _ => kernel.rows,
+            };
+            let blocks = kernel.n.div_ceil(COLUMN_BLOCK) as i64;
+            let k = Kernel {
+                rows: rows_per_item,
+                ..k
+            };
+            loops::counted(&mut b, start, end, 1, &[], |b, work, _| {
+                let item = b.ins().udiv_imm_u(work, blocks);
+                let block = b.ins().urem_imm_u(work, blocks);
+                k.column_block(b, &bases, item, block, moments);
                 vec![]
             });
         }
@@ -373,9 +397,17 @@ impl Kernel {
         self.store(b, fixed, dz, label);
     }
 
-    /// One block of columns: moments (mean, biased variance) or sums (of `a`
-    /// and `a * b`). Whole vectors where four columns remain, scalars after.
-    fn column_block(&self, b: &mut FunctionBuilder, bases: &[Value], block: Value, moments: bool) {
+    /// One block of columns of one item's `self.rows` rows: moments (mean,
+    /// biased variance) or sums (of `a` and `a * b`). Whole vectors where
+    /// four columns remain, scalars after.
+    fn column_block(
+        &self,
+        b: &mut FunctionBuilder,
+        bases: &[Value],
+        item: Value,
+        block: Value,
+        moments: bool,
+    ) {
         let first = b.ins().imul_imm_s(block, COLUMN_BLOCK as i64);
         let limit = b.ins().iconst(types::I64, self.n as i64);
         let block_end = b.ins().iadd_imm_s(first, COLUMN_BLOCK as i64);
@@ -383,29 +415,34 @@ impl Kernel {
         let vector_end = b.ins().iconst(types::I64, (self.n & !3) as i64);
         let vector_last = b.ins().smin(last, vector_end);
         loops::counted(b, first, vector_last, 4, &[], |b, column, _| {
-            self.column(b, bases, column, types::F32X4, moments);
+            self.column(b, bases, (item, column), types::F32X4, moments);
             vec![]
         });
         let tail_start = b.ins().smax(first, vector_last);
         loops::counted(b, tail_start, last, 1, &[], |b, column, _| {
-            self.column(b, bases, column, types::F32, moments);
+            self.column(b, bases, (item, column), types::F32, moments);
             vec![]
         });
     }
 
-    /// Sums column(s) `column` over all rows in row order.
+    /// Sums column(s) `column` over the rows of `item` in row order; the
+    /// results go to row `item` of the outputs.
     fn column(
         &self,
         b: &mut FunctionBuilder,
         bases: &[Value],
-        column: Value,
+        (item, column): (Value, Value),
         ty: Type,
         moments: bool,
     ) {
+        let first_row = b.ins().imul_imm_s(item, self.rows as i64);
         let zero = b.ins().iconst(types::I64, 0);
         let rows = b.ins().iconst(types::I64, self.rows as i64);
         let n = self.n as i64;
+        let output = b.ins().imul_imm_s(item, n);
+        let output = b.ins().iadd(output, column);
         let element = |b: &mut FunctionBuilder, base: Value, row: Value| {
+            let row = b.ins().iadd(row, first_row);
             let index = b.ins().imul_imm_s(row, n);
             let index = b.ins().iadd(index, column);
             self.load(b, ty, base, index)
@@ -424,16 +461,16 @@ impl Kernel {
                 vec![b.ins().fma(d, d, acc[0])]
             })[0];
             let variance = b.ins().fmul(squares, inverse);
-            self.store(b, mean, bases[1], column);
-            self.store(b, variance, bases[2], column);
+            self.store(b, mean, bases[1], output);
+            self.store(b, variance, bases[2], output);
         } else {
             let sums = loops::counted(b, zero, rows, 1, &[z, z], |b, row, acc| {
                 let x = element(b, bases[0], row);
                 let y = element(b, bases[1], row);
                 vec![b.ins().fadd(acc[0], x), b.ins().fma(x, y, acc[1])]
             });
-            self.store(b, sums[0], bases[2], column);
-            self.store(b, sums[1], bases[3], column);
+            self.store(b, sums[0], bases[2], output);
+            self.store(b, sums[1], bases[3], output);
         }
     }
 }
