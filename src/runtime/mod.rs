@@ -7,4 +7,5 @@
 //! with results that do not depend on the number of threads.
 
 pub mod executor;
+pub mod kernels;
 pub mod weights;

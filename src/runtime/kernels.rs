@@ -1,0 +1,183 @@
+//! Kernels written in Rust rather than generated: pure data movement (row
+//! copies for concatenation and its gradient, which `memcpy` does as well as
+//! anything) and dropout's random masks.
+
+use std::ops::Range;
+
+use super::executor::Kernel;
+
+/// Copies `len` values of every row from one strided layout to another:
+/// `to[r * to.0 + to.1 ..][..len] = from[r * from.0 + from.1 ..][..len]`.
+/// A concatenation writes each input at its channel offset; its gradient
+/// reads each slice back. Buffers: `from`, `to`. Domain: rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyRows {
+    /// A name for errors and profiles.
+    pub name: String,
+    /// Rows to copy.
+    pub rows: usize,
+    /// Values per row.
+    pub len: usize,
+    /// The source's row stride and offset, in values.
+    pub from: (usize, usize),
+    /// The destination's row stride and offset, in values.
+    pub to: (usize, usize),
+}
+
+impl Kernel for CopyRows {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn domain(&self) -> usize {
+        self.rows
+    }
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) {
+        for r in items {
+            // SAFETY: the caller guarantees both buffers hold `rows` rows of
+            // their strides, and a row's slice stays inside its row.
+            unsafe {
+                let source = args[0].add(r * self.from.0 + self.from.1);
+                let target = args[1].add(r * self.to.0 + self.to.1);
+                std::ptr::copy_nonoverlapping(source, target, self.len);
+            }
+        }
+    }
+}
+
+/// Values per work item of [`DropoutMask`]: a fixed block, so that the
+/// values do not depend on how the domain is split.
+pub const MASK_BLOCK: usize = 4096;
+
+/// Writes dropout's scaled mask: each value is `1 / (1 - rate)` with
+/// probability `1 - rate`, else 0, drawn from a counter-based hash of the
+/// seed, the step and the value's index, so a run is reproducible bit for
+/// bit. Buffers: `step [2]` (the step number's low and high 32 bits, stored
+/// as f32 bit patterns), `mask [len]`. Domain: blocks of [`MASK_BLOCK`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DropoutMask {
+    /// A name for errors and profiles.
+    pub name: String,
+    /// Values in the mask.
+    pub len: usize,
+    /// The fraction dropped, in [0, 1).
+    pub rate: f32,
+    /// The training run's seed combined with the layer's identity.
+    pub seed: u64,
+}
+
+impl DropoutMask {
+    /// The step buffer's contents for step number `step`.
+    pub fn step_buffer(step: u64) -> [f32; 2] {
+        [
+            f32::from_bits(step as u32),
+            f32::from_bits((step >> 32) as u32),
+        ]
+    }
+}
+
+impl Kernel for DropoutMask {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn domain(&self) -> usize {
+        self.len.div_ceil(MASK_BLOCK)
+    }
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) {
+        // SAFETY: the caller guarantees the step buffer holds 2 values and
+        // the mask `len`.
+        let (low, high) = unsafe { ((*args[0]).to_bits(), (*args[0].add(1)).to_bits()) };
+        let step = u64::from(low) | (u64::from(high) << 32);
+        let stream = splitmix(self.seed ^ splitmix(step));
+        let keep = 1.0 / (1.0 - self.rate);
+        for block in items {
+            let range = block * MASK_BLOCK..((block + 1) * MASK_BLOCK).min(self.len);
+            for i in range {
+                let unit = (splitmix(stream ^ i as u64) >> 40) as f32 / (1u64 << 24) as f32;
+                let value = if unit >= self.rate { keep } else { 0.0 };
+                // SAFETY: i < len.
+                unsafe { *args[1].add(i) = value };
+            }
+        }
+    }
+}
+
+/// SplitMix64's finaliser: a well-mixed 64-bit hash of `x`.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(kernel: &dyn Kernel, buffers: &mut [Vec<f32>], items: Range<usize>) {
+        let args: Vec<*mut f32> = buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
+        // SAFETY: the buffers are sized for the kernels below.
+        unsafe { kernel.run(&args, items) };
+    }
+
+    #[test]
+    fn copies_rows_into_a_channel_slice_and_back() {
+        // Two rows of 3 channels into channels 2..5 of rows of 6.
+        let into = CopyRows {
+            name: "concat".into(),
+            rows: 2,
+            len: 3,
+            from: (3, 0),
+            to: (6, 2),
+        };
+        let mut buffers = vec![vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], vec![0.0; 12]];
+        run(&into, &mut buffers, 0..2);
+        assert_eq!(
+            buffers[1],
+            vec![0.0, 0.0, 1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 4.0, 5.0, 6.0, 0.0]
+        );
+        let back = CopyRows {
+            name: "slice".into(),
+            rows: 2,
+            len: 3,
+            from: (6, 2),
+            to: (3, 0),
+        };
+        let mut buffers = vec![buffers[1].clone(), vec![0.0; 6]];
+        run(&back, &mut buffers, 0..2);
+        assert_eq!(buffers[1], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    }
+
+    #[test]
+    fn dropout_masks_keep_the_expected_fraction_reproducibly() {
+        let mask = DropoutMask {
+            name: "dropout".into(),
+            len: 10_000,
+            rate: 0.3,
+            seed: 42,
+        };
+        let draw = |step: u64, split: bool| {
+            let mut buffers = vec![
+                DropoutMask::step_buffer(step).to_vec(),
+                vec![f32::NAN; 10_000],
+            ];
+            if split {
+                run(&mask, &mut buffers, 0..1);
+                run(&mask, &mut buffers, 1..mask.domain());
+            } else {
+                run(&mask, &mut buffers, 0..mask.domain());
+            }
+            buffers.pop().expect("mask")
+        };
+        let first = draw(7, false);
+        assert_eq!(first, draw(7, true), "the split changed the mask");
+        assert_ne!(first, draw(8, false), "another step must draw another mask");
+        let kept = first.iter().filter(|&&v| v != 0.0).count();
+        assert!(
+            (6700..7300).contains(&kept),
+            "kept {kept} of 10000 at rate 0.3"
+        );
+        assert!(first
+            .iter()
+            .all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
+    }
+}
