@@ -108,7 +108,7 @@ impl Reduce {
             return malformed("a reduction needs at least one row and one column");
         }
         if let ReduceKind::ItemSums { rows_per_item } = self.kind {
-            if rows_per_item == 0 || self.rows % rows_per_item != 0 {
+            if rows_per_item == 0 || !self.rows.is_multiple_of(rows_per_item) {
                 return malformed("the rows must split into whole items");
             }
         }
