@@ -179,11 +179,14 @@ impl Builder {
             if needs.is_empty() || !needs_grad[producer.index()] {
                 continue;
             }
-            let shape = model.info(producer).shape.0.clone();
+            let shapes = inputs
+                .iter()
+                .map(|&i| model.info(i).shape.0.clone())
+                .collect();
             let op = Op::InputGrad {
                 forward: Box::new(forward.op.clone()),
                 slot,
-                shape,
+                inputs: shapes,
             };
             let name = if inputs.len() == 1 {
                 format!("grad:{}/in", forward.name)

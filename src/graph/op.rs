@@ -202,8 +202,9 @@ pub enum Op {
         forward: Box<Op>,
         /// Which of its inputs.
         slot: usize,
-        /// That input's per-example shape.
-        shape: Vec<u64>,
+        /// The per-example shapes of all its inputs (the gradient has the
+        /// shape of input `slot`; a concatenation's slice sits after the others).
+        inputs: Vec<Vec<u64>>,
     },
     /// The gradient of the loss with respect to weight number `index` of a
     /// forward op, summed over the batch (so not per example).

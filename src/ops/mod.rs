@@ -204,7 +204,12 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
             vector(op, inputs[0])?;
             inputs[0].clone()
         }
-        Op::InputGrad { shape, .. } | Op::WeightGrad { shape, .. } => Shape(shape.clone()),
+        Op::InputGrad {
+            slot,
+            inputs: shapes,
+            ..
+        } => Shape(shapes[*slot].clone()),
+        Op::WeightGrad { shape, .. } => Shape(shape.clone()),
     };
     checked_elements(&out.0)?;
     // Weights are sized by the op's attributes too (`conv(10^6, 10^6)` on a
@@ -303,8 +308,14 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
 pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
     match op {
         // dX = dY . W^T: the forward op's cost, with dY as its output.
-        Op::InputGrad { forward, shape, .. } => {
-            return flops(forward, &[&Shape(shape.clone())], inputs[0])
+        Op::InputGrad {
+            forward,
+            slot,
+            inputs: shapes,
+            ..
+        } => {
+            let shape = &shapes[*slot];
+            return flops(forward, &[&Shape(shape.clone())], inputs[0]);
         }
         // dW = X^T . dY: the same, from the gradient rule's inputs [dY, X].
         Op::WeightGrad {
