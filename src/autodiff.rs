@@ -187,6 +187,7 @@ impl Builder {
                 forward: Box::new(forward.op.clone()),
                 slot,
                 inputs: shapes,
+                node: forward.name.clone(),
             };
             let name = if inputs.len() == 1 {
                 format!("grad:{}/in", forward.name)

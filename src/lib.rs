@@ -18,6 +18,8 @@ pub mod emit;
 pub mod graph;
 pub mod memory;
 pub mod ops;
+pub mod passes;
+pub mod plan;
 pub mod runtime;
 pub mod shapes;
 pub mod stdlib;

@@ -9,6 +9,7 @@ pub mod elementwise;
 mod loops;
 mod math;
 pub mod reduce;
+pub mod window;
 
 use cranelift_codegen::ir::{self, AbiParam, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};
@@ -180,6 +181,26 @@ impl Jit {
             name: kernel.name.clone(),
             clif,
             domain: kernel.domain(),
+            entry,
+        })
+    }
+
+    /// Compiles a window kernel (pooling, LRN, depthwise convolution, and
+    /// their gradients); [`window`] states each kernel's buffers and domain.
+    pub fn compile_window(
+        &mut self,
+        kernel: &window::Window,
+    ) -> Result<DomainKernel, CodegenError> {
+        let plan = kernel.plan()?;
+        let (code, clif) = self.define(&kernel.name, 2, |func, context, target| {
+            window::translate(&plan, func, context, target)
+        })?;
+        // SAFETY: generated with exactly `DomainKernelFn`'s signature.
+        let entry = unsafe { std::mem::transmute::<*const u8, DomainKernelFn>(code) };
+        Ok(DomainKernel {
+            name: kernel.name.clone(),
+            clif,
+            domain: plan.domain(),
             entry,
         })
     }

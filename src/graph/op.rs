@@ -205,6 +205,9 @@ pub enum Op {
         /// The per-example shapes of all its inputs (the gradient has the
         /// shape of input `slot`; a concatenation's slice sits after the others).
         inputs: Vec<Vec<u64>>,
+        /// The forward node's name, whose weights and saved statistics the
+        /// gradient may use.
+        node: String,
     },
     /// The gradient of the loss with respect to weight number `index` of a
     /// forward op, summed over the batch (so not per example).

@@ -19,11 +19,11 @@ pub trait Kernel: Send + Sync {
     fn name(&self) -> &str;
     /// The number of work items.
     fn domain(&self) -> usize;
-    /// Runs work items `items`.
+    /// Runs work items `items`; an error is a message naming what failed.
     ///
     /// # Safety
     /// `args` must point to buffers of the sizes the kernel was built for.
-    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>);
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String>;
 }
 
 /// An element-wise kernel bound to its matrix shape: its work items are rows.
@@ -43,9 +43,10 @@ impl Kernel for RowKernel {
     fn domain(&self) -> usize {
         self.rows
     }
-    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) {
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
         // SAFETY: forwarded from the caller.
-        unsafe { self.kernel.run(args, items, self.channels) }
+        unsafe { self.kernel.run(args, items, self.channels) };
+        Ok(())
     }
 }
 
@@ -56,9 +57,10 @@ impl Kernel for DomainKernel {
     fn domain(&self) -> usize {
         self.domain
     }
-    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) {
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
         // SAFETY: forwarded from the caller.
-        unsafe { DomainKernel::run(self, args, items) }
+        unsafe { DomainKernel::run(self, args, items) };
+        Ok(())
     }
 }
 
@@ -125,6 +127,14 @@ pub enum RuntimeError {
         end: usize,
         /// The arena's length.
         len: usize,
+    },
+    /// A kernel reported a failure.
+    #[error("kernel `{step}` failed: {message}")]
+    Kernel {
+        /// The step.
+        step: String,
+        /// What went wrong.
+        message: String,
     },
     /// The thread pool could not be created.
     #[error("cannot start {threads} worker threads: {message}")]
@@ -194,7 +204,11 @@ impl Executor {
         }
         for step in &program.steps {
             let args = self.bind(step, external)?;
-            self.execute(step, &args);
+            self.execute(step, &args)
+                .map_err(|message| RuntimeError::Kernel {
+                    step: step.kernel.name().to_string(),
+                    message,
+                })?;
         }
         Ok(())
     }
@@ -235,29 +249,50 @@ impl Executor {
             .collect()
     }
 
-    /// Runs one step, its domain split into one contiguous part per thread.
-    fn execute(&self, step: &Step, args: &[*mut f32]) {
+    /// Runs one step, its domain split into one contiguous part per thread;
+    /// returns the first failure any part reported.
+    fn execute(&self, step: &Step, args: &[*mut f32]) -> Result<(), String> {
         let domain = step.kernel.domain();
         let kernel = step.kernel.as_ref();
         let shared = SharedArgs(args);
         if self.threads == 1 || domain < step.serial_below.max(2) {
             // SAFETY: the arguments were bound and bounds-checked for this step.
-            unsafe { kernel.run(shared.0, 0..domain) };
-            return;
+            return unsafe { kernel.run(shared.0, 0..domain) };
         }
         let parts = split(domain, self.threads);
+        let failures = std::sync::Mutex::new(Vec::new());
         self.pool.scope(|scope| {
             for part in parts.iter().skip(1).cloned() {
+                let failures = &failures;
                 scope.spawn(move |_| {
                     let args = shared;
                     // SAFETY: as above; parts are disjoint work items.
-                    unsafe { kernel.run(args.0, part) };
+                    if let Err(e) = unsafe { kernel.run(args.0, part) } {
+                        failures
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .push(e);
+                    }
                 });
             }
             let args = shared;
             // SAFETY: as above.
-            unsafe { kernel.run(args.0, parts[0].clone()) };
+            if let Err(e) = unsafe { kernel.run(args.0, parts[0].clone()) } {
+                failures
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(e);
+            }
         });
+        match failures
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .into_iter()
+            .next()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 

@@ -31,7 +31,7 @@ impl Kernel for CopyRows {
     fn domain(&self) -> usize {
         self.rows
     }
-    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) {
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
         for r in items {
             // SAFETY: the caller guarantees both buffers hold `rows` rows of
             // their strides, and a row's slice stays inside its row.
@@ -41,6 +41,7 @@ impl Kernel for CopyRows {
                 std::ptr::copy_nonoverlapping(source, target, self.len);
             }
         }
+        Ok(())
     }
 }
 
@@ -82,7 +83,7 @@ impl Kernel for DropoutMask {
     fn domain(&self) -> usize {
         self.len.div_ceil(MASK_BLOCK)
     }
-    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) {
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
         // SAFETY: the caller guarantees the step buffer holds 2 values and
         // the mask `len`.
         let (low, high) = unsafe { ((*args[0]).to_bits(), (*args[0].add(1)).to_bits()) };
@@ -98,6 +99,7 @@ impl Kernel for DropoutMask {
                 unsafe { *args[1].add(i) = value };
             }
         }
+        Ok(())
     }
 }
 
@@ -116,7 +118,7 @@ mod tests {
     fn run(kernel: &dyn Kernel, buffers: &mut [Vec<f32>], items: Range<usize>) {
         let args: Vec<*mut f32> = buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
         // SAFETY: the buffers are sized for the kernels below.
-        unsafe { kernel.run(&args, items) };
+        unsafe { kernel.run(&args, items) }.expect("runs");
     }
 
     #[test]

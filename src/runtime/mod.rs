@@ -7,5 +7,8 @@
 //! with results that do not depend on the number of threads.
 
 pub mod executor;
+pub mod inference;
 pub mod kernels;
+pub mod program;
+pub mod training;
 pub mod weights;

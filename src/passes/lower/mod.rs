@@ -1,0 +1,551 @@
+//! Lowering a shape-checked graph to a kernel plan: each node becomes a
+//! kernel call over buffers of the batch (reshapes, inference dropout and a
+//! sum's gradient become aliases). For training, batchnorm uses batch
+//! statistics, dropout draws masks, the backward nodes get their kernels
+//! (`train.rs`) and the optimizer's update closes the step.
+
+mod train;
+
+pub use train::COEFFICIENTS;
+
+use std::collections::HashMap;
+
+use petgraph::stable_graph::NodeIndex;
+use thiserror::Error;
+
+use crate::autodiff::TrainingGraph;
+use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
+use crate::codegen::reduce::{Reduce, ReduceKind};
+use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
+use crate::graph::{Activation, Op};
+use crate::plan::{BufferId, KernelDesc, KernelPlan, Role, Step};
+use crate::runtime::kernels::CopyRows;
+use crate::shapes::TypedGraph;
+use crate::train::Optimizer;
+
+/// Why a graph could not be lowered.
+#[derive(Debug, Error, PartialEq)]
+pub enum LowerError {
+    /// The batch size is zero.
+    #[error("the batch size must be at least 1")]
+    EmptyBatch,
+    /// An op this lowering does not handle (training-graph ops in an inference plan).
+    #[error("`{node}` ({op}) cannot be lowered for inference")]
+    Unsupported {
+        /// The node.
+        node: String,
+        /// Its op.
+        op: String,
+    },
+    /// A kernel description was rejected.
+    #[error("`{node}`: {message}")]
+    Kernel {
+        /// The node.
+        node: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Lowers `model` for inference on batches of `batch` examples.
+pub fn inference(model: &TypedGraph, batch: usize) -> Result<KernelPlan, LowerError> {
+    if batch == 0 {
+        return Err(LowerError::EmptyBatch);
+    }
+    let mut lowering = Lowering::new(model, batch, false);
+    for &id in &model.order {
+        lowering.node(id)?;
+    }
+    lowering.mark_outputs();
+    Ok(lowering.plan)
+}
+
+/// Lowers a training graph for batches of `batch` examples: forward, loss,
+/// backward, and `optimizer`'s update of every trainable weight.
+pub fn training(
+    training: &TrainingGraph,
+    batch: usize,
+    optimizer: &Optimizer,
+) -> Result<KernelPlan, LowerError> {
+    if batch == 0 {
+        return Err(LowerError::EmptyBatch);
+    }
+    let model = &training.typed;
+    let mut lowering = Lowering::new(model, batch, true);
+    for &id in &model.order {
+        lowering.node(id)?;
+    }
+    lowering.mark_outputs();
+    for (output, id) in &training.losses {
+        let buffer = lowering.values[id];
+        lowering.plan.buffers[buffer].role = Role::Loss(output.clone());
+    }
+    lowering.updates(training, optimizer);
+    Ok(lowering.plan)
+}
+
+struct Lowering<'m> {
+    model: &'m TypedGraph,
+    batch: usize,
+    training: bool,
+    plan: KernelPlan,
+    /// The buffer holding each node's output.
+    values: HashMap<NodeIndex, BufferId>,
+    /// Each weight's buffer, by full name.
+    weight_ids: HashMap<String, BufferId>,
+    /// Each dropout node's mask.
+    masks: HashMap<NodeIndex, BufferId>,
+    /// Buffers computed once per forward layer for several gradient nodes
+    /// (batchnorm's sums, a convolution's weight and bias gradients), by the
+    /// layer's name.
+    shared: HashMap<String, Vec<BufferId>>,
+}
+
+impl<'m> Lowering<'m> {
+    fn new(model: &'m TypedGraph, batch: usize, training: bool) -> Lowering<'m> {
+        Lowering {
+            model,
+            batch,
+            training,
+            plan: KernelPlan {
+                name: model.graph.name.clone(),
+                batch,
+                ..KernelPlan::default()
+            },
+            values: HashMap::new(),
+            weight_ids: HashMap::new(),
+            masks: HashMap::new(),
+            shared: HashMap::new(),
+        }
+    }
+
+    fn mark_outputs(&mut self) {
+        for (name, id) in &self.model.graph.outputs {
+            let buffer = self.values[id];
+            self.plan.buffers[buffer].role = Role::Output(name.clone());
+        }
+    }
+
+    /// The buffer of weight `name` (created on first use).
+    fn weight(&mut self, name: &str, len: usize) -> BufferId {
+        if let Some(&id) = self.weight_ids.get(name) {
+            return id;
+        }
+        let id = self.plan.buffer(name, len, Role::Weight(name.to_string()));
+        self.weight_ids.insert(name.to_string(), id);
+        id
+    }
+
+    /// A temporary buffer of `len` values, named `name`.
+    fn scratch(&mut self, name: String, len: usize) -> BufferId {
+        self.plan.buffer(name, len, Role::Temporary)
+    }
+
+    /// The per-example shape of node `id`.
+    fn shape(&self, id: NodeIndex) -> Vec<usize> {
+        self.model
+            .info(id)
+            .shape
+            .0
+            .iter()
+            .map(|&d| d as usize)
+            .collect()
+    }
+
+    /// Rows and channels of node `id`'s output over the batch.
+    fn matrix(&self, id: NodeIndex) -> (usize, usize) {
+        let shape = self.shape(id);
+        let channels = shape.last().copied().unwrap_or(1);
+        (
+            self.batch * shape.iter().product::<usize>() / channels.max(1),
+            channels,
+        )
+    }
+
+    fn temporary(&mut self, id: NodeIndex) -> BufferId {
+        let name = self.model.graph.nodes[id].name.clone();
+        let len = self.batch * self.shape(id).iter().product::<usize>();
+        self.plan.buffer(name, len, Role::Temporary)
+    }
+
+    fn weights(&mut self, id: NodeIndex) -> Vec<BufferId> {
+        let node = &self.model.graph.nodes[id];
+        let weights: Vec<(String, usize)> = node
+            .params
+            .iter()
+            .map(|p| {
+                (
+                    format!("{}.{}", node.name, p.name),
+                    p.shape.iter().product::<u64>() as usize,
+                )
+            })
+            .collect();
+        weights
+            .into_iter()
+            .map(|(name, len)| self.weight(&name, len))
+            .collect()
+    }
+
+    fn step(&mut self, id: NodeIndex, kernel: KernelDesc, args: Vec<BufferId>) {
+        let name = self.model.graph.nodes[id].name.clone();
+        self.plan.steps.push(Step {
+            kernel,
+            args,
+            nodes: vec![name],
+        });
+    }
+
+    fn node(&mut self, id: NodeIndex) -> Result<(), LowerError> {
+        let node = &self.model.graph.nodes[id];
+        let inputs: Vec<BufferId> = self
+            .model
+            .graph
+            .inputs_of(id)
+            .iter()
+            .map(|i| self.values[i])
+            .collect();
+        let input_ids = self.model.graph.inputs_of(id);
+        let output = match &node.op {
+            Op::Input { .. } => {
+                let len = self.batch * self.shape(id).iter().product::<usize>();
+                self.plan.buffer("input", len, Role::Input)
+            }
+            // A reshape, and dropout at inference, change nothing in memory.
+            Op::Flatten => inputs[0],
+            Op::Dropout { rate } if self.training => self.dropout(id, *rate, inputs[0]),
+            Op::Dropout { .. } => inputs[0],
+            Op::BatchNorm { momentum, epsilon } if self.training => {
+                self.batchnorm_training(id, *momentum, *epsilon, inputs[0])
+            }
+            Op::Activation(Activation::Softmax) => {
+                let (rows, n) = self.matrix(id);
+                let out = self.temporary(id);
+                let reduce = Reduce {
+                    name: node.name.clone(),
+                    kind: ReduceKind::Softmax,
+                    rows,
+                    n,
+                };
+                self.step(id, KernelDesc::Reduce(reduce), vec![inputs[0], out]);
+                out
+            }
+            Op::Activation(_) | Op::BatchNorm { .. } | Op::ScaleBias | Op::Add | Op::Multiply => {
+                self.elementwise(id, &inputs, &input_ids)?
+            }
+            Op::Concat { axis } => self.concat(id, *axis, &inputs, &input_ids)?,
+            Op::Pool2d { .. }
+            | Op::GlobalPool { .. }
+            | Op::DepthMaxPool { .. }
+            | Op::Lrn { .. }
+            | Op::DepthwiseConv2d { .. } => self.window(id, inputs[0], input_ids[0])?,
+            Op::Labels => self.plan.buffer("labels", self.batch, Role::Labels),
+            Op::CrossEntropy { smoothing, weight } => {
+                self.cross_entropy(id, *smoothing, *weight, &inputs, &input_ids)
+            }
+            Op::CrossEntropyGrad { .. } => self.loss_grad(input_ids[0]),
+            Op::InputGrad {
+                forward,
+                slot,
+                inputs: shapes,
+                node: layer,
+            } => self.input_grad(id, forward, *slot, shapes, layer, &inputs, &input_ids)?,
+            Op::WeightGrad {
+                forward,
+                index,
+                weight,
+                ..
+            } => self.weight_grad(id, forward, *index, weight, &inputs, &input_ids)?,
+            other => {
+                return Err(LowerError::Unsupported {
+                    node: node.name.clone(),
+                    op: other.name().to_string(),
+                });
+            }
+        };
+        self.values.insert(id, output);
+        Ok(())
+    }
+
+    /// One element-wise kernel for an element-wise node.
+    fn elementwise(
+        &mut self,
+        id: NodeIndex,
+        inputs: &[BufferId],
+        input_ids: &[NodeIndex],
+    ) -> Result<BufferId, LowerError> {
+        let node = &self.model.graph.nodes[id];
+        let (rows, channels) = self.matrix(id);
+        let mut k = Builder::default();
+        let mut args: Vec<BufferId> = Vec::new();
+        let result = match &node.op {
+            Op::Activation(a) => {
+                args.push(inputs[0]);
+                let x = k.load(Operand::Tensor);
+                k.activation(*a, x)
+            }
+            // gamma (x - mean) / sqrt(var + eps) + beta
+            Op::BatchNorm { epsilon, .. } => {
+                let weights = self.weights(id);
+                args.push(inputs[0]);
+                args.extend(&weights);
+                let x = k.load(Operand::Tensor);
+                let [gamma, beta, mean, variance] =
+                    [0, 1, 2, 3].map(|_| k.load(Operand::PerChannel));
+                let eps = k.push(Expr::Const(*epsilon as f32));
+                let shifted = k.binary(Binary::Sub, x, mean);
+                let v = k.binary(Binary::Add, variance, eps);
+                let root = k.push(Expr::Unary(Unary::Sqrt, v));
+                let scale = k.binary(Binary::Div, gamma, root);
+                k.push(Expr::Fma(shifted, scale, beta))
+            }
+            // x * coefficient + bias
+            Op::ScaleBias => {
+                let weights = self.weights(id);
+                args.push(inputs[0]);
+                args.extend(&weights);
+                let x = k.load(Operand::Tensor);
+                let coefficient = k.load(Operand::PerChannel);
+                let bias = k.load(Operand::PerChannel);
+                k.push(Expr::Fma(x, coefficient, bias))
+            }
+            Op::Add => {
+                args.extend(inputs);
+                let mut sum = k.load(Operand::Tensor);
+                for _ in 1..inputs.len() {
+                    let next = k.load(Operand::Tensor);
+                    sum = k.binary(Binary::Add, sum, next);
+                }
+                sum
+            }
+            // x * s, s per channel of each image (the SE-block) or of x's shape
+            Op::Multiply => {
+                args.extend(inputs);
+                let x = k.load(Operand::Tensor);
+                let s_shape = self.shape(input_ids[1]);
+                let operand = if s_shape == self.shape(input_ids[0]) {
+                    Operand::Tensor
+                } else {
+                    Operand::PerItem {
+                        rows_per_item: rows / self.batch,
+                    }
+                };
+                let s = k.load(operand);
+                k.binary(Binary::Mul, x, s)
+            }
+            _ => unreachable!("only element-wise ops reach here"),
+        };
+        let out = self.temporary(id);
+        args.push(out);
+        let kernel = k.finish(&node.name, result);
+        self.step(
+            id,
+            KernelDesc::Elementwise {
+                kernel,
+                rows,
+                channels,
+            },
+            args,
+        );
+        Ok(out)
+    }
+
+    /// A concatenation: one strided copy per input into its channel slice
+    /// (along the last axis; other axes are rows of the same copy).
+    fn concat(
+        &mut self,
+        id: NodeIndex,
+        axis: usize,
+        inputs: &[BufferId],
+        input_ids: &[NodeIndex],
+    ) -> Result<BufferId, LowerError> {
+        let shape = self.shape(id);
+        let inner: usize = shape[axis + 1..].iter().product();
+        let rows = self.batch * shape[..axis].iter().product::<usize>();
+        let width = shape[axis] * inner;
+        let out = self.temporary(id);
+        let mut offset = 0;
+        for (&buffer, &input) in inputs.iter().zip(input_ids) {
+            let len = self.shape(input)[axis] * inner;
+            let name = format!(
+                "{}/{}",
+                self.model.graph.nodes[id].name, self.model.graph.nodes[input].name
+            );
+            let copy = CopyRows {
+                name,
+                rows,
+                len,
+                from: (len, 0),
+                to: (width, offset),
+            };
+            self.step(id, KernelDesc::Copy(copy), vec![buffer, out]);
+            offset += len;
+        }
+        Ok(out)
+    }
+
+    /// A forward window kernel, its buffers bound by role.
+    fn window(
+        &mut self,
+        id: NodeIndex,
+        input: BufferId,
+        input_id: NodeIndex,
+    ) -> Result<BufferId, LowerError> {
+        let node = &self.model.graph.nodes[id];
+        let (name, op) = (node.name.clone(), node.op.clone());
+        let weights = self.weights(id);
+        let out = self.temporary(id);
+        let shape = self.shape(input_id);
+        self.window_call(id, &name, &op, Pass::Forward, &shape, |role| match role {
+            WindowRole::Input => input,
+            WindowRole::Filter => weights[0],
+            WindowRole::Bias => weights[1],
+            _ => out,
+        })?;
+        Ok(out)
+    }
+
+    /// A window kernel for `op`'s pass `pass` on inputs of per-example shape
+    /// `input`, its buffers bound by `bind`.
+    fn window_call(
+        &mut self,
+        id: NodeIndex,
+        name: &str,
+        op: &Op,
+        pass: Pass,
+        input: &[usize],
+        bind: impl Fn(WindowRole) -> BufferId,
+    ) -> Result<(), LowerError> {
+        let window = Window {
+            name: name.to_string(),
+            kind: window_kind(op),
+            pass,
+            input: [self.batch, input[0], input[1], input[2]],
+        };
+        let roles = window.buffers().map_err(|e| LowerError::Kernel {
+            node: name.to_string(),
+            message: e.to_string(),
+        })?;
+        let args = roles.iter().map(|b| bind(b.role)).collect();
+        self.step(id, KernelDesc::Window(window), args);
+        Ok(())
+    }
+}
+
+/// The window kernel of a window op.
+fn window_kind(op: &Op) -> WindowKind {
+    let pair = |p: [u64; 2]| p.map(|d| d as usize);
+    match *op {
+        Op::Pool2d {
+            kind,
+            size,
+            stride,
+            padding,
+        } => WindowKind::Pool {
+            kind,
+            size: pair(size),
+            stride: pair(stride),
+            padding,
+        },
+        Op::GlobalPool { kind } => WindowKind::GlobalPool { kind },
+        Op::DepthMaxPool { size } => WindowKind::DepthMaxPool {
+            size: size as usize,
+        },
+        Op::Lrn {
+            depth_radius,
+            bias,
+            alpha,
+            beta,
+        } => WindowKind::Lrn {
+            depth_radius: depth_radius as usize,
+            bias,
+            alpha,
+            beta,
+        },
+        Op::DepthwiseConv2d {
+            multiplier,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            bias,
+        } => WindowKind::DepthwiseConv {
+            multiplier: multiplier as usize,
+            kernel: pair(kernel),
+            stride: pair(stride),
+            dilation: pair(dilation),
+            padding,
+            bias,
+        },
+        _ => unreachable!("only window ops have window kernels"),
+    }
+}
+
+/// Builds an element-wise kernel's SSA steps, loading inputs in order.
+#[derive(Default)]
+struct Builder {
+    inputs: Vec<Operand>,
+    exprs: Vec<Expr>,
+}
+
+impl Builder {
+    fn push(&mut self, expr: Expr) -> usize {
+        self.exprs.push(expr);
+        self.exprs.len() - 1
+    }
+
+    fn load(&mut self, operand: Operand) -> usize {
+        self.inputs.push(operand);
+        self.push(Expr::Load(self.inputs.len() - 1))
+    }
+
+    fn binary(&mut self, op: Binary, a: usize, b: usize) -> usize {
+        self.push(Expr::Binary(op, a, b))
+    }
+
+    /// An activation other than softmax applied to step `x`.
+    fn activation(&mut self, activation: Activation, x: usize) -> usize {
+        let zero = self.push(Expr::Const(0.0));
+        match activation {
+            Activation::Relu => self.binary(Binary::Max, x, zero),
+            Activation::LeakyRelu { alpha } => {
+                let a = self.push(Expr::Const(alpha as f32));
+                let negative = self.binary(Binary::Mul, a, x);
+                self.push(Expr::IfPositive {
+                    cond: x,
+                    then: x,
+                    otherwise: negative,
+                })
+            }
+            Activation::Elu { alpha } => self.elu(x, alpha),
+            Activation::Selu => {
+                // scale * elu(x, alpha) with the self-normalising constants.
+                let elu = self.elu(x, 1.673_263_2);
+                let scale = self.push(Expr::Const(1.050_701));
+                self.binary(Binary::Mul, scale, elu)
+            }
+            Activation::Tanh => self.push(Expr::Unary(Unary::Tanh, x)),
+            Activation::Sigmoid => self.push(Expr::Unary(Unary::Sigmoid, x)),
+            Activation::Softmax => unreachable!("softmax is a reduction"),
+        }
+    }
+
+    fn elu(&mut self, x: usize, alpha: f64) -> usize {
+        let e = self.push(Expr::Unary(Unary::Expm1, x));
+        let a = self.push(Expr::Const(alpha as f32));
+        let negative = self.binary(Binary::Mul, a, e);
+        self.push(Expr::IfPositive {
+            cond: x,
+            then: x,
+            otherwise: negative,
+        })
+    }
+
+    fn finish(self, name: &str, result: usize) -> Elementwise {
+        Elementwise {
+            name: name.to_string(),
+            inputs: self.inputs,
+            exprs: self.exprs,
+            outputs: vec![result],
+        }
+    }
+}

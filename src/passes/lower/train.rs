@@ -1,0 +1,667 @@
+//! The training half of the lowering: batch statistics, dropout masks, the
+//! loss, each backward node's kernel, and the optimizer's updates.
+
+use petgraph::stable_graph::NodeIndex;
+
+use super::{Builder, LowerError, Lowering};
+use crate::autodiff::TrainingGraph;
+use crate::codegen::elementwise::{Binary, Expr, Operand, Unary};
+use crate::codegen::reduce::{Reduce, ReduceKind};
+use crate::codegen::window::{Pass, Role as WindowRole};
+use crate::graph::{Activation, Op};
+use crate::plan::{BufferId, KernelDesc, Role};
+use crate::runtime::kernels::{CopyRows, DropoutMask};
+use crate::train::optimizer::state_count;
+use crate::train::Optimizer;
+
+/// Values the optimizer's coefficient buffer holds (the most any optimizer reads).
+pub const COEFFICIENTS: usize = 4;
+
+impl Lowering<'_> {
+    /// The per-step scalar buffer named `name` (one per plan).
+    fn scalars(&mut self, name: &str, len: usize) -> BufferId {
+        let role = Role::Scalars(name.to_string());
+        match self.plan.with_role(&role).first() {
+            Some(&id) => id,
+            None => self.plan.buffer(name, len, role),
+        }
+    }
+
+    /// Dropout while training: a fresh mask each step, `y = x * mask`.
+    pub(super) fn dropout(&mut self, id: NodeIndex, rate: f64, x: BufferId) -> BufferId {
+        let name = self.model.graph.nodes[id].name.clone();
+        let (rows, channels) = self.matrix(id);
+        let step = self.scalars("step", 2);
+        let mask = self.scratch(format!("{name}.mask"), rows * channels);
+        let seed = fnv1a(&name);
+        self.step(
+            id,
+            KernelDesc::Mask(DropoutMask {
+                name: format!("{name}.mask"),
+                len: rows * channels,
+                rate: rate as f32,
+                seed,
+            }),
+            vec![step, mask],
+        );
+        let y = self.product(id, &name, (rows, channels), x, (mask, Operand::Tensor));
+        self.masks.insert(id, mask);
+        y
+    }
+
+    /// `a * b` as one element-wise kernel, `b` indexed as `operand`.
+    fn product(
+        &mut self,
+        id: NodeIndex,
+        name: &str,
+        (rows, channels): (usize, usize),
+        a: BufferId,
+        (b, operand): (BufferId, Operand),
+    ) -> BufferId {
+        let mut k = Builder::default();
+        let x = k.load(Operand::Tensor);
+        let y = k.load(operand);
+        let result = k.binary(Binary::Mul, x, y);
+        let out = self.scratch(name.to_string(), rows * channels);
+        self.step(
+            id,
+            KernelDesc::Elementwise {
+                kernel: k.finish(name, result),
+                rows,
+                channels,
+            },
+            vec![a, b, out],
+        );
+        out
+    }
+
+    /// Batchnorm while training: normalise with the batch's mean and biased
+    /// variance, and move the moving statistics towards them (Keras:
+    /// `moving = moving * momentum + batch * (1 - momentum)`).
+    pub(super) fn batchnorm_training(
+        &mut self,
+        id: NodeIndex,
+        momentum: f64,
+        epsilon: f64,
+        x: BufferId,
+    ) -> BufferId {
+        let name = self.model.graph.nodes[id].name.clone();
+        let (rows, c) = self.matrix(id);
+        let weights = self.weights(id);
+        let (mean, variance) = (
+            self.scratch(format!("{name}.mean"), c),
+            self.scratch(format!("{name}.variance"), c),
+        );
+        let moments = Reduce {
+            name: format!("{name}.moments"),
+            kind: ReduceKind::ColumnMoments,
+            rows,
+            n: c,
+        };
+        self.step(id, KernelDesc::Reduce(moments), vec![x, mean, variance]);
+        // y = gamma (x - mean) / sqrt(variance + eps) + beta
+        let mut k = Builder::default();
+        let xv = k.load(Operand::Tensor);
+        let [gamma, beta, m, v] = [0; 4].map(|_| k.load(Operand::PerChannel));
+        let scale = inverse_deviation(&mut k, v, epsilon);
+        let scale = k.binary(Binary::Mul, gamma, scale);
+        let shifted = k.binary(Binary::Sub, xv, m);
+        let result = k.push(Expr::Fma(shifted, scale, beta));
+        let y = self.temporary(id);
+        let args = vec![x, weights[0], weights[1], mean, variance, y];
+        self.step(
+            id,
+            KernelDesc::Elementwise {
+                kernel: k.finish(&name, result),
+                rows,
+                channels: c,
+            },
+            args,
+        );
+        // moving = batch + (moving - batch) * momentum, in place
+        let mut k = Builder::default();
+        let [moving_mean, moving_variance, m, v] = [0; 4].map(|_| k.load(Operand::Tensor));
+        let rate = k.push(Expr::Const(momentum as f32));
+        let dm = k.binary(Binary::Sub, moving_mean, m);
+        let new_mean = k.push(Expr::Fma(dm, rate, m));
+        let dv = k.binary(Binary::Sub, moving_variance, v);
+        let new_variance = k.push(Expr::Fma(dv, rate, v));
+        let mut update = k.finish(&format!("{name}.moving"), new_mean);
+        update.outputs.push(new_variance);
+        let args = vec![
+            weights[2], weights[3], mean, variance, weights[2], weights[3],
+        ];
+        self.step(
+            id,
+            KernelDesc::Elementwise {
+                kernel: update,
+                rows: 1,
+                channels: c,
+            },
+            args,
+        );
+        self.shared
+            .insert(format!("bn:{name}"), vec![mean, variance]);
+        y
+    }
+
+    /// Softmax cross-entropy of the logits: each example's loss, and the
+    /// gradient of the batch's mean weighted loss in the same pass.
+    pub(super) fn cross_entropy(
+        &mut self,
+        id: NodeIndex,
+        smoothing: f64,
+        weight: f64,
+        inputs: &[BufferId],
+        input_ids: &[NodeIndex],
+    ) -> BufferId {
+        let logits_name = self.model.graph.nodes[input_ids[0]].name.clone();
+        let (rows, n) = self.matrix(input_ids[0]);
+        let loss = self.temporary(id);
+        let dz = self.scratch(format!("grad:{logits_name}"), rows * n);
+        let kind = ReduceKind::CrossEntropy {
+            smoothing: smoothing as f32,
+            scale: (weight / self.batch as f64) as f32,
+        };
+        let name = self.model.graph.nodes[id].name.clone();
+        self.step(
+            id,
+            KernelDesc::Reduce(Reduce {
+                name,
+                kind,
+                rows,
+                n,
+            }),
+            vec![inputs[0], inputs[1], loss, dz],
+        );
+        self.shared.insert(format!("ce:{logits_name}"), vec![dz]);
+        loss
+    }
+
+    /// The logits' gradient, computed with their loss.
+    pub(super) fn loss_grad(&mut self, logits: NodeIndex) -> BufferId {
+        let name = &self.model.graph.nodes[logits].name;
+        self.shared[&format!("ce:{name}")][0]
+    }
+
+    /// The kernel of an input gradient, by the forward op.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn input_grad(
+        &mut self,
+        id: NodeIndex,
+        forward: &Op,
+        slot: usize,
+        shapes: &[Vec<u64>],
+        layer: &str,
+        inputs: &[BufferId],
+        input_ids: &[NodeIndex],
+    ) -> Result<BufferId, LowerError> {
+        let name = self.model.graph.nodes[id].name.clone();
+        let (rows, channels) = self.matrix(id);
+        let dy = inputs[0];
+        let out =
+            match forward {
+                // A sum passes dY through; a reshape's gradient is dY reshaped.
+                Op::Add | Op::Flatten => dy,
+                Op::Activation(Activation::Softmax) => {
+                    let dx = self.temporary(id);
+                    let (r, n) = self.matrix(input_ids[1]);
+                    self.step(
+                        id,
+                        KernelDesc::Reduce(Reduce {
+                            name,
+                            kind: ReduceKind::SoftmaxBackward,
+                            rows: r,
+                            n,
+                        }),
+                        vec![inputs[1], dy, dx],
+                    );
+                    dx
+                }
+                Op::Activation(a) => {
+                    let mut k = Builder::default();
+                    let g = k.load(Operand::Tensor);
+                    let y = k.load(Operand::Tensor);
+                    let result = activation_grad(&mut k, *a, g, y);
+                    let dx = self.temporary(id);
+                    self.step(
+                        id,
+                        KernelDesc::Elementwise {
+                            kernel: k.finish(&name, result),
+                            rows,
+                            channels,
+                        },
+                        vec![dy, inputs[1], dx],
+                    );
+                    dx
+                }
+                Op::Dropout { .. } => {
+                    let mask = self.masks[&input_ids[1]];
+                    self.product(id, &name, (rows, channels), dy, (mask, Operand::Tensor))
+                }
+                Op::Concat { axis } => {
+                    let inner: usize = shapes[slot][axis + 1..].iter().product::<u64>() as usize;
+                    let width: usize =
+                        shapes.iter().map(|s| s[*axis] as usize).sum::<usize>() * inner;
+                    let offset: usize = shapes[..slot]
+                        .iter()
+                        .map(|s| s[*axis] as usize)
+                        .sum::<usize>()
+                        * inner;
+                    let len = shapes[slot][*axis] as usize * inner;
+                    let copy_rows =
+                        self.batch * shapes[slot][..*axis].iter().product::<u64>() as usize;
+                    let dx = self.temporary(id);
+                    let copy = CopyRows {
+                        name,
+                        rows: copy_rows,
+                        len,
+                        from: (width, offset),
+                        to: (len, 0),
+                    };
+                    self.step(id, KernelDesc::Copy(copy), vec![dy, dx]);
+                    dx
+                }
+                Op::Multiply => self.multiply_grad(id, slot, shapes, inputs),
+                Op::ScaleBias => {
+                    let coefficient = self.weight(&format!("{layer}.coefficient"), channels);
+                    self.product(
+                        id,
+                        &name,
+                        (rows, channels),
+                        dy,
+                        (coefficient, Operand::PerChannel),
+                    )
+                }
+                Op::BatchNorm { epsilon, .. } => {
+                    self.batchnorm_grad(id, layer, *epsilon, dy, inputs[1])
+                }
+                Op::Pool2d { .. }
+                | Op::GlobalPool { .. }
+                | Op::DepthMaxPool { .. }
+                | Op::Lrn { .. }
+                | Op::DepthwiseConv2d { .. } => {
+                    let x = input_ids.get(1).map(|_| inputs[1]);
+                    let input: Vec<usize> = shapes[0].iter().map(|&d| d as usize).collect();
+                    let filter = match forward {
+                        Op::DepthwiseConv2d {
+                            kernel, multiplier, ..
+                        } => {
+                            let len = (kernel[0] * kernel[1] * shapes[0][2] * multiplier) as usize;
+                            Some(self.weight(&format!("{layer}.kernel"), len))
+                        }
+                        _ => None,
+                    };
+                    let dx = self.temporary(id);
+                    self.window_call(id, &name, forward, Pass::BackwardData, &input, |role| {
+                        match role {
+                            WindowRole::Input => x.unwrap_or(dx),
+                            WindowRole::Filter => filter.unwrap_or(dx),
+                            WindowRole::OutputGrad => dy,
+                            _ => dx,
+                        }
+                    })?;
+                    dx
+                }
+                other => {
+                    return Err(LowerError::Unsupported {
+                        node: name,
+                        op: format!("the gradient of {}", other.name()),
+                    })
+                }
+            };
+        Ok(out)
+    }
+
+    /// dX = dY * s (s broadcast as in the forward pass); ds = the sum of
+    /// dY * x over each image's pixels.
+    fn multiply_grad(
+        &mut self,
+        id: NodeIndex,
+        slot: usize,
+        shapes: &[Vec<u64>],
+        inputs: &[BufferId],
+    ) -> BufferId {
+        let name = self.model.graph.nodes[id].name.clone();
+        let x_shape: Vec<usize> = shapes[0].iter().map(|&d| d as usize).collect();
+        let channels = *x_shape.last().unwrap_or(&1);
+        let rows = self.batch * x_shape.iter().product::<usize>() / channels;
+        let same = shapes[0] == shapes[1];
+        let (dy, other) = (inputs[0], inputs[1]);
+        if slot == 0 || same {
+            let operand = if same || slot == 1 {
+                Operand::Tensor
+            } else {
+                Operand::PerItem {
+                    rows_per_item: rows / self.batch,
+                }
+            };
+            return self.product(id, &name, (rows, channels), dy, (other, operand));
+        }
+        let items = self.batch;
+        let sums = self.scratch(format!("{name}.sums"), items * channels);
+        let ds = self.temporary(id);
+        let reduce = Reduce {
+            name,
+            kind: ReduceKind::ItemSums {
+                rows_per_item: rows / items,
+            },
+            rows,
+            n: channels,
+        };
+        self.step(id, KernelDesc::Reduce(reduce), vec![dy, other, sums, ds]);
+        ds
+    }
+
+    /// x̂ = (x - mean) / sqrt(var + eps) and the sums of dY and dY x̂ over
+    /// the batch, computed once for a batchnorm layer.
+    fn batchnorm_sums(
+        &mut self,
+        id: NodeIndex,
+        layer: &str,
+        epsilon: f64,
+        dy: BufferId,
+        x: BufferId,
+    ) -> [BufferId; 3] {
+        if let Some(shared) = self.shared.get(&format!("bnsum:{layer}")) {
+            return [shared[0], shared[1], shared[2]];
+        }
+        let stats = self.shared[&format!("bn:{layer}")].clone();
+        let c = self.plan.buffers[stats[0]].len;
+        let rows = self.plan.buffers[x].len / c;
+        let mut k = Builder::default();
+        let xv = k.load(Operand::Tensor);
+        let m = k.load(Operand::PerChannel);
+        let v = k.load(Operand::PerChannel);
+        let inverse = inverse_deviation(&mut k, v, epsilon);
+        let shifted = k.binary(Binary::Sub, xv, m);
+        let normalised = k.binary(Binary::Mul, shifted, inverse);
+        let x_hat = self.scratch(format!("{layer}.x_hat"), rows * c);
+        let kernel = k.finish(&format!("{layer}.x_hat"), normalised);
+        self.step(
+            id,
+            KernelDesc::Elementwise {
+                kernel,
+                rows,
+                channels: c,
+            },
+            vec![x, stats[0], stats[1], x_hat],
+        );
+        let (sum, dot) = (
+            self.scratch(format!("{layer}.sum_dy"), c),
+            self.scratch(format!("{layer}.sum_dy_x_hat"), c),
+        );
+        let reduce = Reduce {
+            name: format!("{layer}.sums"),
+            kind: ReduceKind::ColumnSums,
+            rows,
+            n: c,
+        };
+        self.step(id, KernelDesc::Reduce(reduce), vec![dy, x_hat, sum, dot]);
+        self.shared
+            .insert(format!("bnsum:{layer}"), vec![sum, dot, x_hat]);
+        [sum, dot, x_hat]
+    }
+
+    /// dX = gamma / sqrt(var + eps) * (dY - (sum dY + x̂ sum dY x̂) / N).
+    fn batchnorm_grad(
+        &mut self,
+        id: NodeIndex,
+        layer: &str,
+        epsilon: f64,
+        dy: BufferId,
+        x: BufferId,
+    ) -> BufferId {
+        let [sum, dot, x_hat] = self.batchnorm_sums(id, layer, epsilon, dy, x);
+        let stats = self.shared[&format!("bn:{layer}")].clone();
+        let c = self.plan.buffers[stats[0]].len;
+        let rows = self.plan.buffers[x].len / c;
+        let gamma = self.weight(&format!("{layer}.gamma"), c);
+        let mut k = Builder::default();
+        let g = k.load(Operand::Tensor);
+        let xh = k.load(Operand::Tensor);
+        let [s, d, gm, v] = [0; 4].map(|_| k.load(Operand::PerChannel));
+        let inverse = inverse_deviation(&mut k, v, epsilon);
+        let scale = k.binary(Binary::Mul, gm, inverse);
+        let correction = k.push(Expr::Fma(xh, d, s));
+        let per_example = k.push(Expr::Const(1.0 / rows as f32));
+        let mean_correction = k.binary(Binary::Mul, correction, per_example);
+        let centred = k.binary(Binary::Sub, g, mean_correction);
+        let result = k.binary(Binary::Mul, scale, centred);
+        let dx = self.temporary(id);
+        let name = self.model.graph.nodes[id].name.clone();
+        self.step(
+            id,
+            KernelDesc::Elementwise {
+                kernel: k.finish(&name, result),
+                rows,
+                channels: c,
+            },
+            vec![dy, x_hat, sum, dot, gamma, stats[1], dx],
+        );
+        dx
+    }
+
+    /// The kernel of a weight gradient, by the forward op.
+    pub(super) fn weight_grad(
+        &mut self,
+        id: NodeIndex,
+        forward: &Op,
+        index: usize,
+        weight: &str,
+        inputs: &[BufferId],
+        input_ids: &[NodeIndex],
+    ) -> Result<BufferId, LowerError> {
+        let layer = weight
+            .rsplit_once('.')
+            .map_or(weight, |(layer, _)| layer)
+            .to_string();
+        let name = self.model.graph.nodes[id].name.clone();
+        let dy = inputs[0];
+        Ok(match forward {
+            Op::BatchNorm { epsilon, .. } => {
+                let x = inputs.get(1).copied();
+                let sums = match x {
+                    Some(x) => self.batchnorm_sums(id, &layer, *epsilon, dy, x),
+                    None => {
+                        let shared = &self.shared[&format!("bnsum:{layer}")];
+                        [shared[0], shared[1], shared[2]]
+                    }
+                };
+                // gamma: sum dY x̂; beta: sum dY
+                if index == 0 {
+                    sums[1]
+                } else {
+                    sums[0]
+                }
+            }
+            Op::ScaleBias => {
+                let key = format!("sb:{layer}");
+                if !self.shared.contains_key(&key) {
+                    let (rows, c) = self.matrix(input_ids[1]);
+                    let (sum, dot) = (
+                        self.scratch(format!("{layer}.sum"), c),
+                        self.scratch(format!("{layer}.dot"), c),
+                    );
+                    let reduce = Reduce {
+                        name: name.clone(),
+                        kind: ReduceKind::ColumnSums,
+                        rows,
+                        n: c,
+                    };
+                    self.step(
+                        id,
+                        KernelDesc::Reduce(reduce),
+                        vec![dy, inputs[1], sum, dot],
+                    );
+                    self.shared.insert(key.clone(), vec![sum, dot]);
+                }
+                // coefficient: sum dY x; bias: sum dY
+                let shared = &self.shared[&key];
+                if index == 0 {
+                    shared[1]
+                } else {
+                    shared[0]
+                }
+            }
+            Op::DepthwiseConv2d {
+                kernel,
+                multiplier,
+                bias,
+                ..
+            } => {
+                let key = format!("dw:{layer}");
+                if !self.shared.contains_key(&key) {
+                    let x_id = input_ids[1];
+                    let shape = self.shape(x_id);
+                    let filter_len = (kernel[0] * kernel[1] * multiplier) as usize * shape[2];
+                    let filter_grad = self.scratch(format!("grad:{layer}.kernel"), filter_len);
+                    let bias_grad = self.scratch(
+                        format!("grad:{layer}.bias"),
+                        shape[2] * *multiplier as usize,
+                    );
+                    let x = inputs[1];
+                    self.window_call(id, &name, forward, Pass::BackwardFilter, &shape, |role| {
+                        match role {
+                            WindowRole::Input => x,
+                            WindowRole::OutputGrad => dy,
+                            WindowRole::BiasGrad => bias_grad,
+                            _ => filter_grad,
+                        }
+                    })?;
+                    let mut shared = vec![filter_grad];
+                    if *bias {
+                        shared.push(bias_grad);
+                    }
+                    self.shared.insert(key.clone(), shared);
+                }
+                self.shared[&key][index]
+            }
+            other => {
+                return Err(LowerError::Unsupported {
+                    node: name,
+                    op: format!("the weight gradient of {}", other.name()),
+                })
+            }
+        })
+    }
+
+    /// The optimizer's update of every trainable weight, in place, after the
+    /// backward pass.
+    pub(super) fn updates(&mut self, training: &TrainingGraph, optimizer: &Optimizer) {
+        let coefficients = self.scalars("coefficients", COEFFICIENTS);
+        let kernel = optimizer.update_kernel();
+        for (weight, grad) in &training.gradients {
+            let w = self.weight_ids[weight];
+            let g = self.values[grad];
+            let len = self.plan.buffers[w].len;
+            let states: Vec<BufferId> = (0..state_count(optimizer))
+                .map(|i| {
+                    self.plan.buffer(
+                        format!("{weight}.state{i}"),
+                        len,
+                        Role::State(format!("{weight}.state{i}")),
+                    )
+                })
+                .collect();
+            let channels = [1024, 256, 64, 16, 4, 1]
+                .into_iter()
+                .find(|c| len % c == 0)
+                .unwrap_or(1);
+            let mut args = vec![w, g];
+            args.extend(&states);
+            args.push(coefficients);
+            args.push(w);
+            args.extend(&states);
+            let mut update = kernel.clone();
+            update.name = format!("update:{weight}");
+            self.plan.steps.push(crate::plan::Step {
+                kernel: KernelDesc::Elementwise {
+                    kernel: update,
+                    rows: len / channels,
+                    channels,
+                },
+                args,
+                nodes: vec![format!("update:{weight}")],
+            });
+        }
+    }
+}
+
+/// `1 / sqrt(variance + epsilon)`.
+fn inverse_deviation(k: &mut Builder, variance: usize, epsilon: f64) -> usize {
+    let eps = k.push(Expr::Const(epsilon as f32));
+    let shifted = k.binary(Binary::Add, variance, eps);
+    let root = k.push(Expr::Unary(Unary::Sqrt, shifted));
+    k.push(Expr::Unary(Unary::Recip, root))
+}
+
+/// The gradient of an activation (other than softmax) from `dy` and the output `y`.
+fn activation_grad(k: &mut Builder, activation: Activation, dy: usize, y: usize) -> usize {
+    let zero = k.push(Expr::Const(0.0));
+    match activation {
+        // dy * 1[y > 0]
+        Activation::Relu => k.push(Expr::IfPositive {
+            cond: y,
+            then: dy,
+            otherwise: zero,
+        }),
+        // dy * (y > 0 ? 1 : alpha)
+        Activation::LeakyRelu { alpha } => {
+            let a = k.push(Expr::Const(alpha as f32));
+            let scaled = k.binary(Binary::Mul, a, dy);
+            k.push(Expr::IfPositive {
+                cond: y,
+                then: dy,
+                otherwise: scaled,
+            })
+        }
+        // dy * (y > 0 ? 1 : y + alpha)
+        Activation::Elu { alpha } => {
+            let a = k.push(Expr::Const(alpha as f32));
+            let slope = k.binary(Binary::Add, y, a);
+            let scaled = k.binary(Binary::Mul, slope, dy);
+            k.push(Expr::IfPositive {
+                cond: y,
+                then: dy,
+                otherwise: scaled,
+            })
+        }
+        // dy * (y > 0 ? scale : y + scale * alpha)
+        Activation::Selu => {
+            let scale = k.push(Expr::Const(1.050_701));
+            let scale_alpha = k.push(Expr::Const(1.050_701 * 1.673_263_2));
+            let positive = k.binary(Binary::Mul, scale, dy);
+            let slope = k.binary(Binary::Add, y, scale_alpha);
+            let negative = k.binary(Binary::Mul, slope, dy);
+            k.push(Expr::IfPositive {
+                cond: y,
+                then: positive,
+                otherwise: negative,
+            })
+        }
+        // dy * (1 - y^2)
+        Activation::Tanh => {
+            let one = k.push(Expr::Const(1.0));
+            let y2 = k.binary(Binary::Mul, y, y);
+            let slope = k.binary(Binary::Sub, one, y2);
+            k.binary(Binary::Mul, dy, slope)
+        }
+        // dy * y * (1 - y)
+        Activation::Sigmoid => {
+            let one = k.push(Expr::Const(1.0));
+            let rest = k.binary(Binary::Sub, one, y);
+            let slope = k.binary(Binary::Mul, y, rest);
+            k.binary(Binary::Mul, dy, slope)
+        }
+        Activation::Softmax => unreachable!("softmax's gradient is a reduction"),
+    }
+}
+
+/// FNV-1a: a stable hash of a layer's name, to give each dropout layer its
+/// own random stream.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

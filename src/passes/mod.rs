@@ -1,0 +1,4 @@
+//! Passes over the IR after shape inference: lowering to a kernel plan, and
+//! the rewrites of that plan.
+
+pub mod lower;

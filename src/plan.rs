@@ -1,0 +1,170 @@
+//! The kernel plan: a program as a list of kernel calls over named buffers,
+//! before memory is placed and code is generated. `cnnc compile --emit
+//! kernels` prints it.
+
+use std::fmt::{self, Write};
+
+use crate::codegen::elementwise::Elementwise;
+use crate::codegen::reduce::Reduce;
+use crate::codegen::window::Window;
+use crate::runtime::kernels::{CopyRows, DropoutMask};
+
+/// Identifies a buffer of a plan.
+pub type BufferId = usize;
+
+/// What a buffer holds, which decides where it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The model's input batch (given by the caller).
+    Input,
+    /// The labels of a training batch (given by the caller).
+    Labels,
+    /// A weight, by its full name (kept by the runtime between runs).
+    Weight(String),
+    /// A model output, by name (returned to the caller).
+    Output(String),
+    /// An output's per-example loss, by output name (returned to the caller).
+    Loss(String),
+    /// Optimizer state, by name (`conv1.kernel.m`: kept between steps).
+    State(String),
+    /// Per-step scalars, by name (`coefficients`, `step`: set by the caller).
+    Scalars(String),
+    /// Anything else: placed in the arena by liveness.
+    Temporary,
+}
+
+/// A buffer: a name for dumps, its length in f32s, and its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Buffer {
+    /// A name for dumps and errors (the node it holds, usually).
+    pub name: String,
+    /// Its length in f32s (the batch included).
+    pub len: usize,
+    /// What it holds.
+    pub role: Role,
+}
+
+/// The description of one kernel call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KernelDesc {
+    /// A fused element-wise kernel over `rows` rows of `channels` values.
+    Elementwise {
+        /// The kernel.
+        kernel: Elementwise,
+        /// Rows.
+        rows: usize,
+        /// Values per row.
+        channels: usize,
+    },
+    /// A reduction.
+    Reduce(Reduce),
+    /// A window kernel (pooling, LRN, depthwise convolution).
+    Window(Window),
+    /// Strided row copies (concatenation).
+    Copy(CopyRows),
+    /// Dropout's random mask.
+    Mask(DropoutMask),
+}
+
+/// One kernel call: what it computes and on which buffers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The kernel.
+    pub kernel: KernelDesc,
+    /// Its arguments, in the kernel's order.
+    pub args: Vec<BufferId>,
+    /// The graph nodes it computes (several after fusion).
+    pub nodes: Vec<String>,
+}
+
+/// A program: steps over buffers, for one batch size.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KernelPlan {
+    /// The model's name.
+    pub name: String,
+    /// The batch size it was planned for.
+    pub batch: usize,
+    /// Every buffer.
+    pub buffers: Vec<Buffer>,
+    /// The steps, in execution order.
+    pub steps: Vec<Step>,
+}
+
+impl KernelPlan {
+    /// Adds a buffer and returns its id.
+    pub fn buffer(&mut self, name: impl Into<String>, len: usize, role: Role) -> BufferId {
+        self.buffers.push(Buffer {
+            name: name.into(),
+            len,
+            role,
+        });
+        self.buffers.len() - 1
+    }
+
+    /// The buffers with role `role`.
+    pub fn with_role(&self, role: &Role) -> Vec<BufferId> {
+        (0..self.buffers.len())
+            .filter(|&b| self.buffers[b].role == *role)
+            .collect()
+    }
+}
+
+impl KernelDesc {
+    /// A short description for dumps: the kernel kind and its sizes.
+    pub fn summary(&self) -> String {
+        match self {
+            KernelDesc::Elementwise {
+                kernel,
+                rows,
+                channels,
+            } => {
+                format!(
+                    "elementwise {} [{rows} x {channels}] ({} steps)",
+                    kernel.name,
+                    kernel.exprs.len()
+                )
+            }
+            KernelDesc::Reduce(r) => format!("reduce {:?} [{} x {}]", r.kind, r.rows, r.n),
+            KernelDesc::Window(w) => {
+                format!("window {:?} {:?} input {:?}", w.kind, w.pass, w.input)
+            }
+            KernelDesc::Copy(c) => format!(
+                "copy [{} x {}] from {:?} to {:?}",
+                c.rows, c.len, c.from, c.to
+            ),
+            KernelDesc::Mask(m) => format!("dropout mask [{}] rate {}", m.len, m.rate),
+        }
+    }
+}
+
+impl fmt::Display for KernelPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "plan {} (batch {})", self.name, self.batch)?;
+        for (i, b) in self.buffers.iter().enumerate() {
+            let role = match &b.role {
+                Role::Input => "input".to_string(),
+                Role::Labels => "labels".to_string(),
+                Role::Weight(w) => format!("weight {w}"),
+                Role::Output(o) => format!("output {o}"),
+                Role::Loss(o) => format!("loss {o}"),
+                Role::State(s) => format!("state {s}"),
+                Role::Scalars(s) => format!("scalars {s}"),
+                Role::Temporary => "temporary".to_string(),
+            };
+            writeln!(f, "buffer %{i} {} [{}] {role}", b.name, b.len)?;
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let mut args = String::new();
+            for (k, a) in step.args.iter().enumerate() {
+                let _ = write!(args, "{}%{a}", if k > 0 { ", " } else { "" });
+            }
+            writeln!(
+                f,
+                "step {i}: {} ({args}) computes {}",
+                step.kernel.summary(),
+                step.nodes.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! From a kernel plan to a runnable program: temporaries are placed in the
+//! arena by liveness (`memory::plan`), every kernel is compiled, and the
+//! other buffers become external slots the caller lends for each run.
+
+use thiserror::Error;
+
+use crate::codegen::{CodegenError, Jit};
+use crate::memory;
+use crate::plan::{BufferId, KernelDesc, KernelPlan, Role};
+
+use super::executor::{Kernel, Program, RowKernel, Slot, Step};
+
+/// Element counts below which a kernel runs on one thread: below this,
+/// waking a second thread costs more than it saves.
+const SERIAL_ELEMENTS: usize = 16 * 1024;
+
+/// Why a plan could not be compiled.
+#[derive(Debug, Error)]
+pub enum ProgramError {
+    /// A kernel failed to compile.
+    #[error(transparent)]
+    Codegen(#[from] CodegenError),
+}
+
+/// A compiled program and the meaning of its external slots.
+pub struct Compiled {
+    /// The program.
+    pub program: Program,
+    /// For each external slot, the plan buffer it holds.
+    pub externals: Vec<BufferId>,
+    /// The arena's peak size in bytes.
+    pub arena_bytes: u64,
+}
+
+/// Compiles `plan` with `jit`: the caller keeps `jit` alive as long as the
+/// program, whose code it owns.
+pub fn compile(plan: &KernelPlan, jit: &mut Jit) -> Result<Compiled, ProgramError> {
+    let (slots, externals, arena_bytes) = place(plan);
+    let mut steps = Vec::with_capacity(plan.steps.len());
+    for step in &plan.steps {
+        let (kernel, elements): (Box<dyn Kernel>, usize) = match &step.kernel {
+            KernelDesc::Elementwise {
+                kernel,
+                rows,
+                channels,
+            } => {
+                let compiled = jit.compile_elementwise(kernel)?;
+                (
+                    Box::new(RowKernel {
+                        kernel: compiled,
+                        rows: *rows,
+                        channels: *channels,
+                    }),
+                    rows * channels,
+                )
+            }
+            KernelDesc::Reduce(r) => (Box::new(jit.compile_reduce(r)?), r.rows * r.n),
+            KernelDesc::Window(w) => {
+                let elements = w.input.iter().product();
+                (Box::new(jit.compile_window(w)?), elements)
+            }
+            KernelDesc::Copy(c) => (Box::new(c.clone()), c.rows * c.len),
+            KernelDesc::Mask(m) => (Box::new(m.clone()), m.len),
+        };
+        // Small kernels run on one thread.
+        let serial_below = if elements < SERIAL_ELEMENTS {
+            usize::MAX
+        } else {
+            0
+        };
+        steps.push(Step {
+            kernel,
+            args: step.args.iter().map(|&b| slots[b]).collect(),
+            serial_below,
+        });
+    }
+    let arena_len = (arena_bytes / 4) as usize;
+    Ok(Compiled {
+        program: Program { steps, arena_len },
+        externals,
+        arena_bytes,
+    })
+}
+
+/// Where each buffer lives: temporaries in the arena by liveness, the rest
+/// in external slots in buffer order.
+fn place(plan: &KernelPlan) -> (Vec<Slot>, Vec<BufferId>, u64) {
+    let mut first = vec![usize::MAX; plan.buffers.len()];
+    let mut last = vec![0; plan.buffers.len()];
+    for (i, step) in plan.steps.iter().enumerate() {
+        for &b in &step.args {
+            first[b] = first[b].min(i);
+            last[b] = last[b].max(i);
+        }
+    }
+    let temporaries: Vec<BufferId> = (0..plan.buffers.len())
+        .filter(|&b| plan.buffers[b].role == Role::Temporary && first[b] != usize::MAX)
+        .collect();
+    let lifetimes: Vec<memory::Buffer> = temporaries
+        .iter()
+        .map(|&b| memory::Buffer {
+            bytes: plan.buffers[b].len as u64 * 4,
+            first: first[b],
+            last: last[b],
+        })
+        .collect();
+    let arena = memory::plan(&lifetimes);
+    let mut slots = vec![Slot::Arena { offset: 0, len: 0 }; plan.buffers.len()];
+    for (&b, &offset) in temporaries.iter().zip(&arena.offsets) {
+        slots[b] = Slot::Arena {
+            offset: (offset / 4) as usize,
+            len: plan.buffers[b].len,
+        };
+    }
+    let mut externals = Vec::new();
+    for (b, buffer) in plan.buffers.iter().enumerate() {
+        if buffer.role != Role::Temporary {
+            slots[b] = Slot::External {
+                index: externals.len(),
+                len: buffer.len,
+            };
+            externals.push(b);
+        }
+    }
+    (slots, externals, arena.peak)
+}

@@ -1,0 +1,235 @@
+//! Training: one compiled program per batch size that runs the forward
+//! pass, the loss, the backward pass and the optimizer's update.
+
+use thiserror::Error;
+
+use crate::autodiff::{self, LossSpec};
+use crate::codegen::{CodegenError, Jit};
+use crate::diagnostics::Diagnostic;
+use crate::passes::lower::{self, LowerError};
+use crate::plan::{KernelPlan, Role};
+use crate::runtime::kernels::DropoutMask;
+use crate::shapes::TypedGraph;
+use crate::train::optimizer::StepState;
+use crate::train::Optimizer;
+
+use super::executor::{Executor, RuntimeError};
+use super::program::{self, Compiled, ProgramError};
+use super::weights::{Tensor, TensorStore};
+
+/// Why training could not be set up or a step could not run.
+#[derive(Debug, Error)]
+pub enum TrainingError {
+    /// The model could not be differentiated.
+    #[error("the model cannot be differentiated: {}", .0.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("; "))]
+    Autodiff(Vec<Diagnostic>),
+    /// The training graph could not be lowered.
+    #[error(transparent)]
+    Lower(#[from] LowerError),
+    /// A kernel could not be compiled.
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// The JIT could not start.
+    #[error(transparent)]
+    Codegen(#[from] CodegenError),
+    /// The step could not run.
+    #[error(transparent)]
+    Run(#[from] RuntimeError),
+    /// A weight the model needs is not in the store.
+    #[error("the weights have no tensor `{0}`")]
+    MissingWeight(String),
+    /// A batch has the wrong size.
+    #[error("the {what} have {actual} values, but a batch needs {expected}")]
+    BatchSize {
+        /// `images` or `labels`.
+        what: &'static str,
+        /// Values given.
+        actual: usize,
+        /// Values needed.
+        expected: usize,
+    },
+}
+
+/// What one training step reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepResult {
+    /// Each output's mean loss over the batch (unweighted).
+    pub losses: Vec<(String, f64)>,
+    /// Each output's values for the batch (probabilities of a softmax output).
+    pub outputs: Vec<(String, Vec<f32>)>,
+}
+
+/// A model compiled for training on batches of a fixed size.
+pub struct Trainer {
+    compiled: Compiled,
+    _jit: Jit,
+    plan: KernelPlan,
+    executor: Executor,
+    /// The model's weights, updated by every step.
+    pub weights: TensorStore,
+    /// The optimizer's state tensors, by `{weight}.state{i}`.
+    pub states: TensorStore,
+    optimizer: Optimizer,
+    /// Updates done so far, and Nadam's running product.
+    pub step: StepState,
+    /// Mixed into dropout's masks.
+    pub seed: u64,
+}
+
+impl Trainer {
+    /// Differentiates and compiles `model` for batches of `batch` examples.
+    pub fn new(
+        model: &TypedGraph,
+        weights: TensorStore,
+        loss: &LossSpec,
+        optimizer: Optimizer,
+        batch: usize,
+        threads: usize,
+    ) -> Result<Trainer, TrainingError> {
+        let training = autodiff::differentiate(model, loss).map_err(TrainingError::Autodiff)?;
+        let plan = lower::training(&training, batch, &optimizer)?;
+        let mut states = TensorStore::new();
+        for buffer in &plan.buffers {
+            match &buffer.role {
+                Role::Weight(name) if weights.get(name).is_none() => {
+                    return Err(TrainingError::MissingWeight(name.clone()))
+                }
+                Role::State(name) => {
+                    states.insert(
+                        name.clone(),
+                        Tensor {
+                            shape: vec![buffer.len],
+                            data: vec![0.0; buffer.len],
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        let mut jit = Jit::new()?;
+        let compiled = program::compile(&plan, &mut jit)?;
+        Ok(Trainer {
+            compiled,
+            _jit: jit,
+            plan,
+            executor: Executor::new(threads)?,
+            weights,
+            states,
+            optimizer,
+            step: StepState::new(),
+            seed: 0,
+        })
+    }
+
+    /// The kernel plan of one step.
+    pub fn plan(&self) -> &KernelPlan {
+        &self.plan
+    }
+
+    /// The arena's size in bytes.
+    pub fn arena_bytes(&self) -> u64 {
+        self.compiled.arena_bytes
+    }
+
+    /// Runs one step on `images` (NHWC, flattened) and `labels` (class
+    /// indices) with learning rate `lr`.
+    pub fn train_step(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        lr: f64,
+    ) -> Result<StepResult, TrainingError> {
+        let (mut images, mut labels) = self.check_batch(images, labels)?;
+        let (mut coefficients, next) = self.optimizer.coefficients(self.step, lr);
+        coefficients.resize(lower::COEFFICIENTS, 0.0);
+        let mut step_buffer =
+            DropoutMask::step_buffer(self.seed.rotate_left(32) ^ self.step.iterations).to_vec();
+        let mut results: Vec<(Role, Vec<f32>)> = Vec::new();
+        for &b in &self.compiled.externals {
+            let role = &self.plan.buffers[b].role;
+            if matches!(role, Role::Output(_) | Role::Loss(_)) {
+                results.push((role.clone(), vec![0.0; self.plan.buffers[b].len]));
+            }
+        }
+        {
+            let mut weights: Vec<(&str, &mut Tensor)> = self.weights.iter_mut().collect();
+            let mut states: Vec<(&str, &mut Tensor)> = self.states.iter_mut().collect();
+            let mut results_iter = results.iter_mut().map(|(_, v)| v.as_mut_slice());
+            let (mut images_slot, mut labels_slot) =
+                (Some(images.as_mut_slice()), Some(labels.as_mut_slice()));
+            let (mut coefficient_slot, mut step_slot) = (
+                Some(coefficients.as_mut_slice()),
+                Some(step_buffer.as_mut_slice()),
+            );
+            let mut external: Vec<&mut [f32]> = Vec::new();
+            for &b in &self.compiled.externals {
+                let slot: &mut [f32] = match &self.plan.buffers[b].role {
+                    Role::Input => images_slot.take().unwrap_or_default(),
+                    Role::Labels => labels_slot.take().unwrap_or_default(),
+                    Role::Output(_) | Role::Loss(_) => results_iter.next().unwrap_or_default(),
+                    Role::Scalars(name) if name == "coefficients" => {
+                        coefficient_slot.take().unwrap_or_default()
+                    }
+                    Role::Scalars(_) => step_slot.take().unwrap_or_default(),
+                    Role::Weight(name) => take(&mut weights, name)
+                        .ok_or_else(|| TrainingError::MissingWeight(name.clone()))?,
+                    Role::State(name) => take(&mut states, name)
+                        .ok_or_else(|| TrainingError::MissingWeight(name.clone()))?,
+                    Role::Temporary => Default::default(),
+                };
+                external.push(slot);
+            }
+            self.executor.run(&self.compiled.program, &mut external)?;
+        }
+        self.step = next;
+        let mut losses = Vec::new();
+        let mut outputs = Vec::new();
+        for (role, values) in results {
+            match role {
+                Role::Loss(name) => losses.push((
+                    name,
+                    values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len().max(1) as f64,
+                )),
+                Role::Output(name) => outputs.push((name, values)),
+                _ => {}
+            }
+        }
+        Ok(StepResult { losses, outputs })
+    }
+
+    fn check_batch(
+        &self,
+        images: &[f32],
+        labels: &[u32],
+    ) -> Result<(Vec<f32>, Vec<f32>), TrainingError> {
+        let expected = |role: &Role| {
+            self.plan
+                .buffers
+                .iter()
+                .find(|b| b.role == *role)
+                .map_or(0, |b| b.len)
+        };
+        let (image_len, label_len) = (expected(&Role::Input), expected(&Role::Labels));
+        if images.len() != image_len {
+            return Err(TrainingError::BatchSize {
+                what: "images",
+                actual: images.len(),
+                expected: image_len,
+            });
+        }
+        if labels.len() != label_len {
+            return Err(TrainingError::BatchSize {
+                what: "labels",
+                actual: labels.len(),
+                expected: label_len,
+            });
+        }
+        Ok((images.to_vec(), labels.iter().map(|&l| l as f32).collect()))
+    }
+}
+
+/// Removes and returns the tensor named `name` as a mutable slice.
+fn take<'a>(tensors: &mut Vec<(&str, &'a mut Tensor)>, name: &str) -> Option<&'a mut [f32]> {
+    let position = tensors.iter().position(|(n, _)| *n == name)?;
+    Some(tensors.swap_remove(position).1.data.as_mut_slice())
+}

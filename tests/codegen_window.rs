@@ -1,0 +1,1382 @@
+//! The window kernels (pooling, global and depth max pooling, LRN, depthwise
+//! convolution; forward and backward) against the reference implementation
+//! on odd shapes, their gradients against explicit vector-Jacobian products
+//! that are themselves checked by finite differences of the reference
+//! forward, bitwise determinism under any split of the domain, and the
+//! errors of malformed descriptions.
+
+#[path = "support/reference.rs"]
+mod reference;
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use cnnc::codegen::window::{Buffer, Pass, Role, Window, WindowKind};
+use cnnc::codegen::{CodegenError, Jit};
+use cnnc::graph::{Padding, PoolKind};
+use cnnc::ops::{output_size, same_padding};
+use ndarray::{ArrayD, IxDyn};
+
+// ---------------------------------------------------------------------------
+// Data, running kernels, comparing.
+
+/// A small deterministic generator of test data in [lo, hi).
+fn data(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
+            lo + (hi - lo) * unit
+        })
+        .collect()
+}
+
+/// `n` distinct values, at least `gap` apart, in a scrambled order: max
+/// pooling has no ties, and a perturbation smaller than `gap / 2` does not
+/// move any maximum.
+fn distinct(n: usize, seed: u64, gap: f32) -> Vec<f32> {
+    let keys = data(n, seed, 0.0, 1.0);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]).then(a.cmp(&b)));
+    let mut values = vec![0f32; n];
+    for (rank, &i) in order.iter().enumerate() {
+        values[i] = (rank as f32 - n as f32 / 2.0) * gap;
+    }
+    values
+}
+
+fn array(shape: &[usize], values: &[f32]) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(shape), values.to_vec()).expect("shape matches")
+}
+
+fn flat(x: &ArrayD<f32>) -> Vec<f32> {
+    x.iter().copied().collect()
+}
+
+/// Runs `window` over its whole domain, given its read buffers by role;
+/// returns the buffers it writes, by role.
+fn run(jit: &mut Jit, window: &Window, inputs: &[(Role, &[f32])]) -> HashMap<Role, Vec<f32>> {
+    run_split(jit, window, inputs, &[], f32::NAN)
+}
+
+/// Like [`run`], with the domain cut at `cuts` and the parts run last
+/// first, into written buffers that start out as `fill`.
+fn run_split(
+    jit: &mut Jit,
+    window: &Window,
+    inputs: &[(Role, &[f32])],
+    cuts: &[usize],
+    fill: f32,
+) -> HashMap<Role, Vec<f32>> {
+    let kernel = jit
+        .compile_window(window)
+        .unwrap_or_else(|e| panic!("{}: {e}", window.name));
+    let buffers = window.buffers().expect("a valid description");
+    assert_eq!(kernel.domain, window.domain().expect("a valid description"));
+    let mut storage: Vec<Vec<f32>> = buffers
+        .iter()
+        .map(|buffer| {
+            let len = buffer.shape.iter().product();
+            if buffer.role.is_written() {
+                return vec![fill; len];
+            }
+            let (_, values) = inputs
+                .iter()
+                .find(|(role, _)| *role == buffer.role)
+                .unwrap_or_else(|| panic!("{}: no {:?} given", window.name, buffer.role));
+            assert_eq!(
+                values.len(),
+                len,
+                "{}: {:?} length",
+                window.name,
+                buffer.role
+            );
+            values.to_vec()
+        })
+        .collect();
+    let args: Vec<*mut f32> = storage.iter_mut().map(|b| b.as_mut_ptr()).collect();
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(kernel.domain);
+    let parts: Vec<Range<usize>> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
+    for part in parts.into_iter().rev() {
+        // SAFETY: one buffer per entry of `window.buffers()`, in order, each
+        // as long as its shape, none overlapping.
+        unsafe { kernel.run(&args, part) };
+    }
+    buffers
+        .iter()
+        .zip(storage)
+        .filter(|(buffer, _)| buffer.role.is_written())
+        .map(|(buffer, values)| (buffer.role, values))
+        .collect()
+}
+
+/// Within 1e-4 relative, or 1e-5 absolute near zero.
+fn assert_close(what: &str, actual: &[f32], expected: &[f64]) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let error = (f64::from(a) - e).abs();
+        assert!(
+            error <= 1e-4 * e.abs() + 1e-5,
+            "{what}: element {i} is {a}, expected {e}"
+        );
+    }
+}
+
+fn widen(values: &[f32]) -> Vec<f64> {
+    values.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// `(output length, padding before)` of one spatial axis, as TensorFlow.
+fn axis(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    padding: Padding,
+) -> Option<(usize, usize)> {
+    let [i, k, s, d] = [input, kernel, stride, dilation].map(|v| v as u64);
+    let out = output_size(i, k, s, d, padding)? as usize;
+    let before = match padding {
+        Padding::Same => same_padding(i, k, s, d).0 as usize,
+        Padding::Valid => 0,
+    };
+    Some((out, before))
+}
+
+/// The input position of tap `t` of output `o`, if inside the input.
+fn source(
+    o: usize,
+    t: usize,
+    stride: usize,
+    dilation: usize,
+    before: usize,
+    input: usize,
+) -> Option<usize> {
+    let p = (o * stride + t * dilation) as i64 - before as i64;
+    (0..input as i64).contains(&p).then_some(p as usize)
+}
+
+/// `d/dx_i sum_j dy_j f(x)_j` by central differences, perturbing each of
+/// `x` by about `step` (the f32 rounding of the step is accounted for).
+fn finite_differences(
+    x: &[f32],
+    dy: &[f32],
+    step: f32,
+    f: impl Fn(&[f32]) -> Vec<f32>,
+) -> Vec<f64> {
+    let loss = |x: &[f32]| -> f64 {
+        f(x).iter()
+            .zip(dy)
+            .map(|(&y, &g)| f64::from(y) * f64::from(g))
+            .sum()
+    };
+    (0..x.len())
+        .map(|i| {
+            let mut plus = x.to_vec();
+            let mut minus = x.to_vec();
+            plus[i] = x[i] + step;
+            minus[i] = x[i] - step;
+            let width = f64::from(plus[i]) - f64::from(minus[i]);
+            (loss(&plus) - loss(&minus)) / width
+        })
+        .collect()
+}
+
+/// Finite differences are approximate: within 1e-3, relative or absolute.
+fn assert_near(what: &str, actual: &[f64], expected: &[f64]) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        assert!(
+            (a - e).abs() <= 1e-3 * (1.0 + e.abs()),
+            "{what}: element {i} is {a}, finite differences give {e}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Descriptions.
+
+const SHAPES: [[usize; 4]; 7] = [
+    [1, 5, 7, 1],
+    [1, 5, 7, 3],
+    [1, 7, 5, 4],
+    [1, 5, 7, 6],
+    [1, 5, 7, 13],
+    [7, 5, 7, 13],
+    [2, 1, 3, 5],
+];
+
+fn pool(
+    kind: PoolKind,
+    size: [usize; 2],
+    stride: [usize; 2],
+    padding: Padding,
+    pass: Pass,
+    input: [usize; 4],
+) -> Window {
+    Window {
+        name: format!("{kind:?}pool {size:?}/{stride:?} {padding:?} {pass:?} {input:?}"),
+        kind: WindowKind::Pool {
+            kind,
+            size,
+            stride,
+            padding,
+        },
+        pass,
+        input,
+    }
+}
+
+/// A pooling configuration and the input it runs on.
+#[derive(Debug, Clone, Copy)]
+struct PoolCase {
+    kind: PoolKind,
+    size: [usize; 2],
+    stride: [usize; 2],
+    padding: Padding,
+    shape: [usize; 4],
+}
+
+/// Every pooling configuration: sizes 2 and 3 (and 3x2), strides 1, 2, 3
+/// (windows overlapping, tiling and leaving gaps), both paddings.
+fn pool_configs() -> Vec<PoolCase> {
+    let mut configs = Vec::new();
+    for kind in [PoolKind::Max, PoolKind::Avg] {
+        for size in [[2, 2], [3, 3], [3, 2]] {
+            for stride in [[1, 1], [2, 2], [2, 1], [3, 3]] {
+                for padding in [Padding::Same, Padding::Valid] {
+                    for shape in SHAPES {
+                        configs.push(PoolCase {
+                            kind,
+                            size,
+                            stride,
+                            padding,
+                            shape,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    configs
+}
+
+fn fits(
+    shape: [usize; 4],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    padding: Padding,
+) -> bool {
+    axis(shape[1], kernel[0], stride[0], dilation[0], padding).is_some()
+        && axis(shape[2], kernel[1], stride[1], dilation[1], padding).is_some()
+}
+
+// ---------------------------------------------------------------------------
+// Explicit vector-Jacobian products, in f64.
+
+/// Max pooling sends `dy` to the first maximum of each window (rows, then
+/// columns); average pooling spreads `dy / count` over the in-bounds cells.
+fn pool_vjp(
+    x: &[f32],
+    dy: &[f32],
+    shape: [usize; 4],
+    kind: PoolKind,
+    size: [usize; 2],
+    stride: [usize; 2],
+    padding: Padding,
+) -> Vec<f64> {
+    let [n, h, w, c] = shape;
+    let (oh, top) = axis(h, size[0], stride[0], 1, padding).expect("fits");
+    let (ow, left) = axis(w, size[1], stride[1], 1, padding).expect("fits");
+    let mut dx = vec![0f64; x.len()];
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ch in 0..c {
+                    let mut cells = Vec::new();
+                    for ky in 0..size[0] {
+                        for kx in 0..size[1] {
+                            if let (Some(iy), Some(ix)) = (
+                                source(oy, ky, stride[0], 1, top, h),
+                                source(ox, kx, stride[1], 1, left, w),
+                            ) {
+                                cells.push(((b * h + iy) * w + ix) * c + ch);
+                            }
+                        }
+                    }
+                    let g = f64::from(dy[((b * oh + oy) * ow + ox) * c + ch]);
+                    match kind {
+                        PoolKind::Max => {
+                            let first = cells.iter().copied().fold(cells[0], |best, i| {
+                                if x[i] > x[best] {
+                                    i
+                                } else {
+                                    best
+                                }
+                            });
+                            dx[first] += g;
+                        }
+                        PoolKind::Avg => {
+                            for &i in &cells {
+                                dx[i] += g / cells.len() as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dx
+}
+
+fn global_vjp(x: &[f32], dy: &[f32], shape: [usize; 4], kind: PoolKind) -> Vec<f64> {
+    let [n, h, w, c] = shape;
+    let mut dx = vec![0f64; x.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            let cells: Vec<usize> = (0..h * w).map(|p| (b * h * w + p) * c + ch).collect();
+            let g = f64::from(dy[b * c + ch]);
+            match kind {
+                PoolKind::Max => {
+                    let first =
+                        cells
+                            .iter()
+                            .copied()
+                            .fold(cells[0], |best, i| if x[i] > x[best] { i } else { best });
+                    dx[first] = g;
+                }
+                PoolKind::Avg => cells.iter().for_each(|&i| dx[i] = g / (h * w) as f64),
+            }
+        }
+    }
+    dx
+}
+
+fn depth_vjp(x: &[f32], dy: &[f32], channels: usize, size: usize) -> Vec<f64> {
+    let mut dx = vec![0f64; x.len()];
+    for (group, &g) in dy.iter().enumerate() {
+        let (pixel, k) = (group / (channels / size), group % (channels / size));
+        let cells: Vec<usize> = (0..size).map(|j| pixel * channels + k * size + j).collect();
+        let first = cells
+            .iter()
+            .copied()
+            .fold(cells[0], |best, i| if x[i] > x[best] { i } else { best });
+        dx[first] = f64::from(g);
+    }
+    dx
+}
+
+/// `dx_i = dy_i d_i^-b - 2 a b x_i sum_{|j - i| <= r} dy_j x_j d_j^(-b-1)`.
+fn lrn_vjp(
+    x: &[f32],
+    dy: &[f32],
+    channels: usize,
+    radius: usize,
+    bias: f64,
+    alpha: f64,
+    beta: f64,
+) -> Vec<f64> {
+    let mut dx = vec![0f64; x.len()];
+    for row in 0..x.len() / channels {
+        let xs: Vec<f64> = widen(&x[row * channels..][..channels]);
+        let gs: Vec<f64> = widen(&dy[row * channels..][..channels]);
+        let window = |i: usize| i.saturating_sub(radius)..(i + radius + 1).min(channels);
+        let d: Vec<f64> = (0..channels)
+            .map(|i| bias + alpha * window(i).map(|j| xs[j] * xs[j]).sum::<f64>())
+            .collect();
+        for i in 0..channels {
+            let coupled: f64 = window(i)
+                .map(|j| gs[j] * xs[j] * d[j].powf(-beta - 1.0))
+                .sum();
+            dx[row * channels + i] =
+                gs[i] * d[i].powf(-beta) - 2.0 * alpha * beta * xs[i] * coupled;
+        }
+    }
+    dx
+}
+
+/// A depthwise convolution's attributes.
+#[derive(Debug, Clone, Copy)]
+struct Conv {
+    multiplier: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    padding: Padding,
+    bias: bool,
+}
+
+impl Conv {
+    fn window(&self, pass: Pass, input: [usize; 4]) -> Window {
+        Window {
+            name: format!("depthwise {self:?} {pass:?} {input:?}"),
+            kind: WindowKind::DepthwiseConv {
+                multiplier: self.multiplier,
+                kernel: self.kernel,
+                stride: self.stride,
+                dilation: self.dilation,
+                padding: self.padding,
+                bias: self.bias,
+            },
+            pass,
+            input,
+        }
+    }
+
+    fn filter_len(&self, channels: usize) -> usize {
+        self.kernel[0] * self.kernel[1] * channels * self.multiplier
+    }
+
+    fn forward(
+        &self,
+        x: &[f32],
+        shape: [usize; 4],
+        filter: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let k = array(
+            &[self.kernel[0], self.kernel[1], shape[3], self.multiplier],
+            filter,
+        );
+        let b = bias.map(|b| array(&[b.len()], b));
+        let y = reference::depthwise_conv2d(
+            &array(&shape, x),
+            &k,
+            b.as_ref(),
+            self.stride.map(|s| s as u64),
+            self.dilation.map(|d| d as u64),
+            self.padding,
+        );
+        flat(&y)
+    }
+
+    /// Calls `f(b, oy, ox, iy, ix, ky, kx)` for every tap inside the input.
+    fn for_taps(&self, shape: [usize; 4], mut f: impl FnMut([usize; 7])) {
+        let [n, h, w, _] = shape;
+        let (oh, top) = axis(
+            h,
+            self.kernel[0],
+            self.stride[0],
+            self.dilation[0],
+            self.padding,
+        )
+        .expect("fits");
+        let (ow, left) = axis(
+            w,
+            self.kernel[1],
+            self.stride[1],
+            self.dilation[1],
+            self.padding,
+        )
+        .expect("fits");
+        for b in 0..n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ky in 0..self.kernel[0] {
+                        let Some(iy) = source(oy, ky, self.stride[0], self.dilation[0], top, h)
+                        else {
+                            continue;
+                        };
+                        for kx in 0..self.kernel[1] {
+                            let Some(ix) =
+                                source(ox, kx, self.stride[1], self.dilation[1], left, w)
+                            else {
+                                continue;
+                            };
+                            f([b, oy, ox, iy, ix, ky, kx]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dx[b, iy, ix, c] = sum dy[b, oy, ox, c M + m] * filter[ky, kx, c, m]`.
+    fn data_vjp(&self, dy: &[f32], shape: [usize; 4], filter: &[f32]) -> Vec<f64> {
+        let [_, h, w, c] = shape;
+        let (m_count, kw) = (self.multiplier, self.kernel[1]);
+        let [oh, ow] = self.output(shape);
+        let mut dx = vec![0f64; shape.iter().product()];
+        self.for_taps(shape, |[b, oy, ox, iy, ix, ky, kx]| {
+            for ch in 0..c {
+                for m in 0..m_count {
+                    let o = ch * m_count + m;
+                    let g = f64::from(dy[((b * oh + oy) * ow + ox) * c * m_count + o]);
+                    dx[((b * h + iy) * w + ix) * c + ch] +=
+                        g * f64::from(filter[(ky * kw + kx) * c * m_count + o]);
+                }
+            }
+        });
+        dx
+    }
+
+    /// `dfilter[ky, kx, c, m] = sum dy[b, oy, ox, c M + m] * x[b, iy, ix, c]`,
+    /// and `dbias[o] = sum dy[b, oy, ox, o]`.
+    fn filter_vjp(&self, x: &[f32], dy: &[f32], shape: [usize; 4]) -> (Vec<f64>, Vec<f64>) {
+        let [_, h, w, c] = shape;
+        let (m_count, kw) = (self.multiplier, self.kernel[1]);
+        let [oh, ow] = self.output(shape);
+        let mut dfilter = vec![0f64; self.filter_len(c)];
+        self.for_taps(shape, |[b, oy, ox, iy, ix, ky, kx]| {
+            for ch in 0..c {
+                for m in 0..m_count {
+                    let o = ch * m_count + m;
+                    let g = f64::from(dy[((b * oh + oy) * ow + ox) * c * m_count + o]);
+                    dfilter[(ky * kw + kx) * c * m_count + o] +=
+                        g * f64::from(x[((b * h + iy) * w + ix) * c + ch]);
+                }
+            }
+        });
+        let mut dbias = vec![0f64; c * m_count];
+        for (i, &g) in dy.iter().enumerate() {
+            dbias[i % (c * m_count)] += f64::from(g);
+        }
+        (dfilter, dbias)
+    }
+
+    fn output(&self, shape: [usize; 4]) -> [usize; 2] {
+        let oh = axis(
+            shape[1],
+            self.kernel[0],
+            self.stride[0],
+            self.dilation[0],
+            self.padding,
+        )
+        .expect("fits")
+        .0;
+        let ow = axis(
+            shape[2],
+            self.kernel[1],
+            self.stride[1],
+            self.dilation[1],
+            self.padding,
+        )
+        .expect("fits")
+        .0;
+        [oh, ow]
+    }
+}
+
+/// Depthwise configurations: multipliers 1, 2, 3 and 4 (vector lanes
+/// holding one, two, or parts of input channels), strides, dilation 2,
+/// both paddings, with and without bias, 3x3, 2x3 and 1x1 filters.
+fn conv_configs() -> Vec<(Conv, [usize; 4])> {
+    let mut configs = Vec::new();
+    let mut k = 0;
+    for multiplier in [1, 2, 3, 4] {
+        for stride in [[1, 1], [2, 2], [1, 2]] {
+            for dilation in [[1, 1], [2, 2]] {
+                for padding in [Padding::Same, Padding::Valid] {
+                    for kernel in [[3, 3], [2, 3], [1, 1]] {
+                        k += 1;
+                        let conv = Conv {
+                            multiplier,
+                            kernel,
+                            stride,
+                            dilation,
+                            padding,
+                            bias: k % 2 == 0,
+                        };
+                        // A few shapes per configuration, rotating through all of them.
+                        for s in 0..2 {
+                            configs.push((conv, SHAPES[(k + 3 * s) % SHAPES.len()]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // A 2x2 filter dilated by 3 on a 2x2 input, stride 2, same padding: the
+    // one window's taps all fall on padding, and the output is the bias.
+    let on_padding = Conv {
+        multiplier: 2,
+        kernel: [2, 2],
+        stride: [2, 2],
+        dilation: [3, 3],
+        padding: Padding::Same,
+        bias: true,
+    };
+    configs.push((on_padding, [3, 2, 2, 3]));
+    configs
+}
+
+// ---------------------------------------------------------------------------
+// Pooling.
+
+#[test]
+fn pooling_matches_the_reference() {
+    let mut jit = Jit::new().expect("jit");
+    for (i, case) in pool_configs().into_iter().enumerate() {
+        let PoolCase {
+            kind,
+            size,
+            stride,
+            padding,
+            shape,
+        } = case;
+        let window = pool(kind, size, stride, padding, Pass::Forward, shape);
+        if !fits(shape, size, stride, [1, 1], padding) {
+            assert!(
+                matches!(
+                    jit.compile_window(&window),
+                    Err(CodegenError::Malformed { .. })
+                ),
+                "{}",
+                window.name
+            );
+            continue;
+        }
+        let x = data(shape.iter().product(), i as u64, -2.0, 2.0);
+        let out = run(&mut jit, &window, &[(Role::Input, &x)]);
+        let expected = reference::pool2d(
+            &array(&shape, &x),
+            kind,
+            size.map(|s| s as u64),
+            stride.map(|s| s as u64),
+            padding,
+        );
+        assert_eq!(window.output_shape().expect("valid"), expected.shape());
+        assert_close(&window.name, &out[&Role::Output], &widen(&flat(&expected)));
+    }
+}
+
+#[test]
+fn pooling_gradients_match_the_vector_jacobian_product() {
+    let mut jit = Jit::new().expect("jit");
+    for (i, case) in pool_configs().into_iter().enumerate() {
+        let PoolCase {
+            kind,
+            size,
+            stride,
+            padding,
+            shape,
+        } = case;
+        if !fits(shape, size, stride, [1, 1], padding) {
+            continue;
+        }
+        let window = pool(kind, size, stride, padding, Pass::BackwardData, shape);
+        let x = distinct(shape.iter().product(), i as u64, 0.01);
+        let dy = data(
+            window.output_shape().expect("valid").iter().product(),
+            1000 + i as u64,
+            -1.0,
+            1.0,
+        );
+        let out = run(
+            &mut jit,
+            &window,
+            &[(Role::Input, &x), (Role::OutputGrad, &dy)],
+        );
+        let expected = pool_vjp(&x, &dy, shape, kind, size, stride, padding);
+        assert_close(&window.name, &out[&Role::InputGrad], &expected);
+    }
+}
+
+#[test]
+fn pooling_gradients_match_finite_differences() {
+    let mut jit = Jit::new().expect("jit");
+    let shape = [2, 5, 7, 3];
+    for kind in [PoolKind::Max, PoolKind::Avg] {
+        for (size, stride, padding) in [
+            ([3, 3], [2, 2], Padding::Same),
+            ([2, 3], [1, 2], Padding::Valid),
+            ([3, 2], [1, 1], Padding::Same),
+        ] {
+            let window = pool(kind, size, stride, padding, Pass::BackwardData, shape);
+            let x = distinct(shape.iter().product(), 7, 0.01);
+            let dy = data(
+                window.output_shape().expect("valid").iter().product(),
+                8,
+                -1.0,
+                1.0,
+            );
+            let forward = |x: &[f32]| {
+                flat(&reference::pool2d(
+                    &array(&shape, x),
+                    kind,
+                    size.map(|s| s as u64),
+                    stride.map(|s| s as u64),
+                    padding,
+                ))
+            };
+            let numeric = finite_differences(&x, &dy, 2e-3, forward);
+            assert_near(
+                &window.name,
+                &pool_vjp(&x, &dy, shape, kind, size, stride, padding),
+                &numeric,
+            );
+            let out = run(
+                &mut jit,
+                &window,
+                &[(Role::Input, &x), (Role::OutputGrad, &dy)],
+            );
+            assert_near(&window.name, &widen(&out[&Role::InputGrad]), &numeric);
+        }
+    }
+}
+
+#[test]
+fn max_pooling_gradient_goes_to_the_first_maximum() {
+    // One 2x2 window of four equal values, and a window whose maximum
+    // repeats in its second row: the first in row-major order wins.
+    let mut jit = Jit::new().expect("jit");
+    let x = [1.0, 1.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0];
+    let window = pool(
+        PoolKind::Max,
+        [2, 2],
+        [2, 2],
+        Padding::Valid,
+        Pass::BackwardData,
+        [1, 2, 4, 1],
+    );
+    let out = run(
+        &mut jit,
+        &window,
+        &[(Role::Input, &x), (Role::OutputGrad, &[5.0, 7.0])],
+    );
+    assert_eq!(
+        out[&Role::InputGrad],
+        [5.0, 0.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    );
+}
+
+#[test]
+fn global_pooling_matches_the_reference_and_its_gradient() {
+    let mut jit = Jit::new().expect("jit");
+    let shapes = [
+        [1, 5, 7, 1],
+        [1, 5, 7, 3],
+        [7, 5, 7, 13],
+        [2, 3, 3, 16],
+        [3, 2, 5, 37],
+        [1, 1, 1, 6],
+    ];
+    for (i, shape) in shapes.into_iter().enumerate() {
+        for kind in [PoolKind::Max, PoolKind::Avg] {
+            let x = distinct(shape.iter().product(), i as u64, 0.01);
+            let forward = Window {
+                name: format!("global {kind:?} {shape:?}"),
+                kind: WindowKind::GlobalPool { kind },
+                pass: Pass::Forward,
+                input: shape,
+            };
+            let out = run(&mut jit, &forward, &[(Role::Input, &x)]);
+            let expected = reference::global_pool(&array(&shape, &x), kind);
+            assert_eq!(forward.output_shape().expect("valid"), expected.shape());
+            assert_close(&forward.name, &out[&Role::Output], &widen(&flat(&expected)));
+
+            let backward = Window {
+                pass: Pass::BackwardData,
+                ..forward
+            };
+            let dy = data(shape[0] * shape[3], 50 + i as u64, -1.0, 1.0);
+            let out = run(
+                &mut jit,
+                &backward,
+                &[(Role::Input, &x), (Role::OutputGrad, &dy)],
+            );
+            let expected = global_vjp(&x, &dy, shape, kind);
+            assert_close(&backward.name, &out[&Role::InputGrad], &expected);
+            if shape == [1, 5, 7, 3] {
+                let numeric = finite_differences(&x, &dy, 2e-3, |x| {
+                    flat(&reference::global_pool(&array(&shape, x), kind))
+                });
+                assert_near(&backward.name, &expected, &numeric);
+            }
+        }
+    }
+}
+
+#[test]
+fn depth_max_pooling_matches_the_reference_and_its_gradient() {
+    let mut jit = Jit::new().expect("jit");
+    for (i, (shape, size)) in [
+        ([1, 5, 7, 6], 2),
+        ([1, 5, 7, 6], 3),
+        ([7, 5, 7, 12], 4),
+        ([1, 3, 5, 13], 13),
+        ([2, 5, 7, 3], 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = distinct(shape.iter().product(), i as u64, 0.01);
+        let forward = Window {
+            name: format!("depth max {size} {shape:?}"),
+            kind: WindowKind::DepthMaxPool { size },
+            pass: Pass::Forward,
+            input: shape,
+        };
+        let out = run(&mut jit, &forward, &[(Role::Input, &x)]);
+        let expected = reference::depth_max_pool(&array(&shape, &x), size);
+        assert_eq!(forward.output_shape().expect("valid"), expected.shape());
+        assert_close(&forward.name, &out[&Role::Output], &widen(&flat(&expected)));
+
+        let backward = Window {
+            pass: Pass::BackwardData,
+            ..forward
+        };
+        let dy = data(expected.len(), 70 + i as u64, -1.0, 1.0);
+        let out = run(
+            &mut jit,
+            &backward,
+            &[(Role::Input, &x), (Role::OutputGrad, &dy)],
+        );
+        let expected = depth_vjp(&x, &dy, shape[3], size);
+        assert_close(&backward.name, &out[&Role::InputGrad], &expected);
+        if i < 2 {
+            let numeric = finite_differences(&x, &dy, 2e-3, |x| {
+                flat(&reference::depth_max_pool(&array(&shape, x), size))
+            });
+            assert_near(&backward.name, &expected, &numeric);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// LRN.
+
+/// `(depth_radius, bias, alpha, beta)`: AlexNet's, square roots, a general
+/// exponent, a radius past the last channel, a strong alpha.
+const LRN_CASES: [(usize, f64, f64, f64); 6] = [
+    (2, 2.0, 1e-4, 0.75),
+    (5, 1.0, 1e-3, 0.75),
+    (1, 1.0, 0.1, 0.5),
+    (2, 0.5, 0.3, 0.3),
+    (40, 1.5, 0.05, 1.0),
+    (3, 1.0, 2.0, 1.7),
+];
+
+fn lrn(case: (usize, f64, f64, f64), pass: Pass, input: [usize; 4]) -> Window {
+    let (depth_radius, bias, alpha, beta) = case;
+    Window {
+        name: format!("lrn {case:?} {pass:?} {input:?}"),
+        kind: WindowKind::Lrn {
+            depth_radius,
+            bias,
+            alpha,
+            beta,
+        },
+        pass,
+        input,
+    }
+}
+
+#[test]
+fn lrn_matches_the_reference() {
+    let mut jit = Jit::new().expect("jit");
+    for (i, case) in LRN_CASES.into_iter().enumerate() {
+        for (j, shape) in SHAPES.into_iter().enumerate() {
+            let window = lrn(case, Pass::Forward, shape);
+            // Large inputs drive the denominator over a wide range (to ~1e4
+            // with alpha 2), where a general beta needs accurate ln and exp.
+            let x = data(shape.iter().product(), (10 * i + j) as u64, -60.0, 60.0);
+            let out = run(&mut jit, &window, &[(Role::Input, &x)]);
+            let (r, bias, alpha, beta) = case;
+            let expected = reference::lrn(&array(&shape, &x), r, bias, alpha, beta);
+            assert_close(&window.name, &out[&Role::Output], &widen(&flat(&expected)));
+        }
+    }
+}
+
+#[test]
+fn lrn_gradient_matches_the_vector_jacobian_product() {
+    let mut jit = Jit::new().expect("jit");
+    for (i, case) in LRN_CASES.into_iter().enumerate() {
+        for (j, shape) in SHAPES.into_iter().enumerate() {
+            let window = lrn(case, Pass::BackwardData, shape);
+            let x = data(shape.iter().product(), (10 * i + j) as u64, -3.0, 3.0);
+            let dy = data(x.len(), (100 + 10 * i + j) as u64, -1.0, 1.0);
+            let out = run(
+                &mut jit,
+                &window,
+                &[(Role::Input, &x), (Role::OutputGrad, &dy)],
+            );
+            let (r, bias, alpha, beta) = case;
+            let expected = lrn_vjp(&x, &dy, shape[3], r, bias, alpha, beta);
+            assert_close(&window.name, &out[&Role::InputGrad], &expected);
+        }
+    }
+}
+
+#[test]
+fn lrn_vector_jacobian_product_matches_finite_differences() {
+    let shape = [2, 1, 3, 13];
+    for (i, case) in LRN_CASES.into_iter().enumerate() {
+        let x = data(shape.iter().product(), 30 + i as u64, -3.0, 3.0);
+        let dy = data(x.len(), 40 + i as u64, -1.0, 1.0);
+        let (r, bias, alpha, beta) = case;
+        let numeric = finite_differences(&x, &dy, 1e-2, |x| {
+            flat(&reference::lrn(&array(&shape, x), r, bias, alpha, beta))
+        });
+        assert_near(
+            &format!("lrn {case:?}"),
+            &lrn_vjp(&x, &dy, shape[3], r, bias, alpha, beta),
+            &numeric,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Depthwise convolution.
+
+#[test]
+fn depthwise_forward_matches_the_reference() {
+    let mut jit = Jit::new().expect("jit");
+    for (i, (conv, shape)) in conv_configs().into_iter().enumerate() {
+        let window = conv.window(Pass::Forward, shape);
+        if !fits(shape, conv.kernel, conv.stride, conv.dilation, conv.padding) {
+            assert!(
+                matches!(
+                    jit.compile_window(&window),
+                    Err(CodegenError::Malformed { .. })
+                ),
+                "{}",
+                window.name
+            );
+            continue;
+        }
+        let x = data(shape.iter().product(), i as u64, -1.0, 1.0);
+        let filter = data(conv.filter_len(shape[3]), 500 + i as u64, -1.0, 1.0);
+        let bias = data(shape[3] * conv.multiplier, 900 + i as u64, -1.0, 1.0);
+        let mut inputs = vec![
+            (Role::Input, x.as_slice()),
+            (Role::Filter, filter.as_slice()),
+        ];
+        if conv.bias {
+            inputs.push((Role::Bias, &bias));
+        }
+        let out = run(&mut jit, &window, &inputs);
+        let expected = conv.forward(&x, shape, &filter, conv.bias.then_some(bias.as_slice()));
+        assert_close(&window.name, &out[&Role::Output], &widen(&expected));
+    }
+}
+
+#[test]
+fn depthwise_gradients_match_the_vector_jacobian_products() {
+    let mut jit = Jit::new().expect("jit");
+    for (i, (conv, shape)) in conv_configs().into_iter().enumerate() {
+        if !fits(shape, conv.kernel, conv.stride, conv.dilation, conv.padding) {
+            continue;
+        }
+        let x = data(shape.iter().product(), i as u64, -1.0, 1.0);
+        let filter = data(conv.filter_len(shape[3]), 500 + i as u64, -1.0, 1.0);
+        let [oh, ow] = conv.output(shape);
+        let dy = data(
+            shape[0] * oh * ow * shape[3] * conv.multiplier,
+            700 + i as u64,
+            -1.0,
+            1.0,
+        );
+
+        let data_pass = conv.window(Pass::BackwardData, shape);
+        let out = run(
+            &mut jit,
+            &data_pass,
+            &[(Role::OutputGrad, &dy), (Role::Filter, &filter)],
+        );
+        assert_close(
+            &data_pass.name,
+            &out[&Role::InputGrad],
+            &conv.data_vjp(&dy, shape, &filter),
+        );
+
+        let filter_pass = conv.window(Pass::BackwardFilter, shape);
+        let out = run(
+            &mut jit,
+            &filter_pass,
+            &[(Role::Input, &x), (Role::OutputGrad, &dy)],
+        );
+        let (dfilter, dbias) = conv.filter_vjp(&x, &dy, shape);
+        assert_close(&filter_pass.name, &out[&Role::FilterGrad], &dfilter);
+        if conv.bias {
+            assert_close(&filter_pass.name, &out[&Role::BiasGrad], &dbias);
+        } else {
+            assert!(!out.contains_key(&Role::BiasGrad));
+        }
+    }
+}
+
+#[test]
+fn depthwise_vector_jacobian_products_match_finite_differences() {
+    let shape = [2, 5, 7, 3];
+    let configs = [
+        Conv {
+            multiplier: 2,
+            kernel: [3, 3],
+            stride: [2, 1],
+            dilation: [1, 2],
+            padding: Padding::Same,
+            bias: true,
+        },
+        Conv {
+            multiplier: 1,
+            kernel: [2, 3],
+            stride: [1, 1],
+            dilation: [2, 1],
+            padding: Padding::Valid,
+            bias: true,
+        },
+    ];
+    for (i, conv) in configs.into_iter().enumerate() {
+        let x = data(shape.iter().product(), 60 + i as u64, -1.0, 1.0);
+        let filter = data(conv.filter_len(shape[3]), 61 + i as u64, -1.0, 1.0);
+        let bias = data(shape[3] * conv.multiplier, 62 + i as u64, -1.0, 1.0);
+        let [oh, ow] = conv.output(shape);
+        let dy = data(
+            shape[0] * oh * ow * shape[3] * conv.multiplier,
+            63 + i as u64,
+            -1.0,
+            1.0,
+        );
+        let what = format!("{conv:?}");
+        let numeric = finite_differences(&x, &dy, 1e-2, |x| {
+            conv.forward(x, shape, &filter, Some(&bias))
+        });
+        assert_near(&what, &conv.data_vjp(&dy, shape, &filter), &numeric);
+        let numeric = finite_differences(&filter, &dy, 1e-2, |f| {
+            conv.forward(&x, shape, f, Some(&bias))
+        });
+        let (dfilter, dbias) = conv.filter_vjp(&x, &dy, shape);
+        assert_near(&what, &dfilter, &numeric);
+        let numeric = finite_differences(&bias, &dy, 1e-2, |b| {
+            conv.forward(&x, shape, &filter, Some(b))
+        });
+        assert_near(&what, &dbias, &numeric);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Determinism, buffers and errors.
+
+/// One kernel of every kind and pass, with domains of at least 3 items.
+fn every_kernel() -> Vec<Window> {
+    let shape = [7, 5, 7, 13];
+    let conv = |multiplier, pass| {
+        Conv {
+            multiplier,
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            padding: Padding::Same,
+            bias: true,
+        }
+        .window(pass, shape)
+    };
+    let simple = |kind: WindowKind, pass| Window {
+        name: format!("{kind:?} {pass:?}"),
+        kind,
+        pass,
+        input: shape,
+    };
+    let mut kernels = Vec::new();
+    for pass in [Pass::Forward, Pass::BackwardData] {
+        for kind in [PoolKind::Max, PoolKind::Avg] {
+            kernels.push(pool(kind, [3, 3], [2, 1], Padding::Same, pass, shape));
+            kernels.push(simple(WindowKind::GlobalPool { kind }, pass));
+        }
+        kernels.push(simple(WindowKind::DepthMaxPool { size: 13 }, pass));
+        kernels.push(lrn(LRN_CASES[3], pass, shape));
+    }
+    for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter] {
+        kernels.push(conv(1, pass));
+        kernels.push(conv(3, pass));
+    }
+    kernels
+}
+
+#[test]
+fn any_split_of_the_domain_gives_bitwise_the_same_result() {
+    let mut jit = Jit::new().expect("jit");
+    for (i, window) in every_kernel().into_iter().enumerate() {
+        let buffers = window.buffers().expect("valid");
+        let inputs: Vec<(Role, Vec<f32>)> = buffers
+            .iter()
+            .filter(|b| !b.role.is_written())
+            .enumerate()
+            .map(|(j, b)| {
+                (
+                    b.role,
+                    distinct(b.shape.iter().product(), (10 * i + j) as u64, 1e-3),
+                )
+            })
+            .collect();
+        let inputs: Vec<(Role, &[f32])> = inputs
+            .iter()
+            .map(|(role, v)| (*role, v.as_slice()))
+            .collect();
+        let domain = window.domain().expect("valid");
+        assert!(domain >= 3, "{}: domain {domain}", window.name);
+        let whole = run_split(&mut jit, &window, &inputs, &[], f32::NAN);
+        let cuts = [1, domain / 2 + 1];
+        let split = run_split(&mut jit, &window, &inputs, &cuts, 7.0);
+        for (role, values) in &whole {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                values.iter().all(|v| v.is_finite()),
+                "{}: {role:?} not all written",
+                window.name
+            );
+            assert_eq!(
+                bits(values),
+                bits(&split[role]),
+                "{}: {role:?}",
+                window.name
+            );
+        }
+    }
+}
+
+#[test]
+fn buffers_domains_and_shapes_are_as_documented() {
+    let shape = [7, 5, 6, 13];
+    let max_back = pool(
+        PoolKind::Max,
+        [2, 2],
+        [2, 2],
+        Padding::Valid,
+        Pass::BackwardData,
+        shape,
+    );
+    let roles = |w: &Window| {
+        w.buffers()
+            .expect("valid")
+            .iter()
+            .map(|b: &Buffer| b.role)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        roles(&max_back),
+        [Role::Input, Role::OutputGrad, Role::InputGrad]
+    );
+    assert_eq!(max_back.domain().expect("valid"), 7 * 5);
+    assert_eq!(max_back.output_shape().expect("valid"), [7, 2, 3, 13]);
+    let avg_back = pool(
+        PoolKind::Avg,
+        [2, 2],
+        [2, 2],
+        Padding::Same,
+        Pass::BackwardData,
+        shape,
+    );
+    assert_eq!(roles(&avg_back), [Role::OutputGrad, Role::InputGrad]);
+    let avg = Window {
+        pass: Pass::Forward,
+        ..avg_back
+    };
+    assert_eq!(avg.domain().expect("valid"), 7 * 3);
+    assert_eq!(avg.output_shape().expect("valid"), [7, 3, 3, 13]);
+
+    let global = Window {
+        name: "g".into(),
+        kind: WindowKind::GlobalPool {
+            kind: PoolKind::Max,
+        },
+        pass: Pass::Forward,
+        input: [7, 5, 6, 40],
+    };
+    assert_eq!(global.domain().expect("valid"), 7 * 3);
+    assert_eq!(global.output_shape().expect("valid"), [7, 40]);
+
+    let conv = Conv {
+        multiplier: 3,
+        kernel: [3, 2],
+        stride: [2, 2],
+        dilation: [1, 1],
+        padding: Padding::Same,
+        bias: true,
+    };
+    let filter_pass = conv.window(Pass::BackwardFilter, shape);
+    let buffers = filter_pass.buffers().expect("valid");
+    assert_eq!(
+        buffers.iter().map(|b| b.role).collect::<Vec<_>>(),
+        [
+            Role::Input,
+            Role::OutputGrad,
+            Role::FilterGrad,
+            Role::BiasGrad
+        ]
+    );
+    assert_eq!(buffers[2].shape, [3, 2, 13, 3]);
+    assert_eq!(buffers[3].shape, [39]);
+    // Blocks of lcm(4, 3) = 12 output channels: three, and one of 3.
+    assert_eq!(filter_pass.domain().expect("valid"), 4);
+    let forward = conv.window(Pass::Forward, shape);
+    assert_eq!(
+        roles(&forward),
+        [Role::Input, Role::Filter, Role::Bias, Role::Output]
+    );
+    assert_eq!(forward.output_shape().expect("valid"), [7, 3, 3, 39]);
+    assert_eq!(forward.domain().expect("valid"), 7 * 3);
+    assert_eq!(
+        conv.window(Pass::BackwardData, shape)
+            .domain()
+            .expect("valid"),
+        7 * 5
+    );
+    let no_bias = Conv {
+        bias: false,
+        ..conv
+    };
+    assert_eq!(
+        roles(&no_bias.window(Pass::BackwardData, shape)),
+        [Role::OutputGrad, Role::Filter, Role::InputGrad]
+    );
+}
+
+#[test]
+fn malformed_descriptions_are_errors() {
+    let mut jit = Jit::new().expect("jit");
+    let shape = [1, 5, 7, 6];
+    let cases = [
+        (
+            pool(
+                PoolKind::Max,
+                [2, 2],
+                [2, 2],
+                Padding::Same,
+                Pass::Forward,
+                [1, 0, 7, 6],
+            ),
+            "height is zero",
+        ),
+        (
+            pool(
+                PoolKind::Max,
+                [0, 2],
+                [2, 2],
+                Padding::Same,
+                Pass::Forward,
+                shape,
+            ),
+            "window is zero",
+        ),
+        (
+            pool(
+                PoolKind::Avg,
+                [2, 2],
+                [2, 0],
+                Padding::Same,
+                Pass::Forward,
+                shape,
+            ),
+            "stride is zero",
+        ),
+        (
+            pool(
+                PoolKind::Max,
+                [6, 2],
+                [1, 1],
+                Padding::Valid,
+                Pass::Forward,
+                shape,
+            ),
+            "does not fit",
+        ),
+        (
+            pool(
+                PoolKind::Max,
+                [2, 2],
+                [1, 1],
+                Padding::Valid,
+                Pass::BackwardFilter,
+                shape,
+            ),
+            "no filter",
+        ),
+        (
+            Window {
+                name: "d".into(),
+                kind: WindowKind::DepthMaxPool { size: 4 },
+                pass: Pass::Forward,
+                input: shape,
+            },
+            "groups of 4",
+        ),
+        (
+            Window {
+                name: "d".into(),
+                kind: WindowKind::DepthMaxPool { size: 0 },
+                pass: Pass::Forward,
+                input: shape,
+            },
+            "groups of 0",
+        ),
+        (
+            lrn((2, f64::NAN, 1e-4, 0.75), Pass::Forward, shape),
+            "finite",
+        ),
+        (
+            lrn((2, 2.0, 1e-4, 0.75), Pass::BackwardData, [1, 1, 1, 20000]),
+            "at most 16384",
+        ),
+        (
+            Conv {
+                multiplier: 0,
+                kernel: [3, 3],
+                stride: [1, 1],
+                dilation: [1, 1],
+                padding: Padding::Same,
+                bias: false,
+            }
+            .window(Pass::Forward, shape),
+            "multiplier is zero",
+        ),
+        (
+            Conv {
+                multiplier: 1,
+                kernel: [3, 3],
+                stride: [1, 1],
+                dilation: [3, 1],
+                padding: Padding::Valid,
+                bias: false,
+            }
+            .window(Pass::Forward, shape),
+            "does not fit",
+        ),
+        (
+            pool(
+                PoolKind::Avg,
+                [2, 2],
+                [2, 2],
+                Padding::Same,
+                Pass::Forward,
+                [1, 1 << 20, 1 << 20, 6],
+            ),
+            "too large",
+        ),
+        (
+            pool(
+                PoolKind::Avg,
+                [2, 2],
+                [usize::MAX, 2],
+                Padding::Same,
+                Pass::Forward,
+                shape,
+            ),
+            "too large",
+        ),
+    ];
+    for (window, message) in cases {
+        match jit.compile_window(&window) {
+            Err(CodegenError::Malformed { message: m, .. }) => assert!(
+                m.contains(message),
+                "{}: `{m}` lacks `{message}`",
+                window.name
+            ),
+            Err(e) => panic!("{}: unexpected error {e}", window.name),
+            Ok(_) => panic!("{}: compiled", window.name),
+        }
+        assert!(
+            window.validate().is_err() && window.domain().is_err() && window.buffers().is_err()
+        );
+    }
+}

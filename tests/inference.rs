@@ -1,0 +1,87 @@
+//! Whole models compiled for inference against the reference
+//! implementation, interpreted op by op over the same graph and weights.
+
+#[path = "support/reference.rs"]
+mod reference;
+
+#[path = "support/interpret.rs"]
+mod interpret;
+
+use cnnc::runtime::inference::Inference;
+use cnnc::runtime::weights;
+use cnnc::TypedGraph;
+
+fn compile(source: &str) -> TypedGraph {
+    cnnc::compile_source("model.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"))
+}
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Compiles `source` for `batch`, runs it on random data with random
+/// weights (moving variances made positive) and compares with the reference.
+fn check(source: &str, batch: usize, threads: usize) {
+    let model = compile(source);
+    let mut store = weights::init(&model, 7);
+    for (name, tensor) in store.iter_mut() {
+        let seed = name.len() as u64;
+        let random = data(tensor.data.len(), seed);
+        tensor.data = if name.ends_with("moving_variance") {
+            random.iter().map(|v| v.abs() + 0.5).collect()
+        } else {
+            random
+        };
+    }
+    let input_len = batch * model.input_shape().expect("input").elements() as usize;
+    let input = data(input_len, 99);
+    let values = interpret::run(&model, &store, &input, batch, false);
+    let expected: std::collections::HashMap<String, Vec<f32>> = model
+        .graph
+        .outputs
+        .iter()
+        .map(|(name, id)| (name.clone(), values[id].iter().copied().collect()))
+        .collect();
+    let mut inference =
+        Inference::new(&model, store, batch, threads).unwrap_or_else(|e| panic!("{e}"));
+    let outputs = inference.run(&input).unwrap_or_else(|e| panic!("{e}"));
+    for (name, values) in outputs {
+        let reference = &expected[&name];
+        assert_eq!(values.len(), reference.len(), "{name}");
+        for (i, (a, e)) in values.iter().zip(reference).enumerate() {
+            assert!(
+                (a - e).abs() <= 1e-4 * e.abs().max(1.0),
+                "{name}[{i}] = {a}, reference {e}\n{}",
+                inference.plan()
+            );
+        }
+    }
+}
+
+#[test]
+fn pooling_normalisation_and_activations() {
+    let source = "
+        model m : [9, 11, 6] {
+            batchnorm -> relu
+            let a = maxpool(3, stride: 2, padding: same)
+            let b = avgpool(2, padding: same)
+            let t = concat(a, b) -> lrn(depth_radius: 2) -> depthwise_conv(3, padding: same, multiplier: 2) -> elu
+            let s = t -> global_avg_pool -> sigmoid
+            t * s
+            leaky_relu(alpha: 0.2)
+            global_max_pool
+            softmax
+        }";
+    check(source, 1, 1);
+    check(source, 7, 2);
+}

@@ -1,0 +1,76 @@
+//! Runs a model's graph op by op with the reference implementation: the
+//! expected values for whole-model tests of the compiled programs. Include
+//! after `mod reference;` with `#[path = "support/interpret.rs"] mod interpret;`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use cnnc::graph::Op;
+use cnnc::runtime::weights::TensorStore;
+use cnnc::TypedGraph;
+use ndarray::ArrayD;
+use petgraph::stable_graph::NodeIndex;
+
+use crate::reference;
+
+/// Every forward node's value for `input` (a batch of `batch` examples),
+/// batchnorm using batch statistics when `training`.
+pub fn run(
+    model: &TypedGraph,
+    store: &TensorStore,
+    input: &[f32],
+    batch: usize,
+    training: bool,
+) -> HashMap<NodeIndex, ArrayD<f32>> {
+    let g = &model.graph;
+    let mut values: HashMap<NodeIndex, ArrayD<f32>> = HashMap::new();
+    for &id in &model.order {
+        let node = &g.nodes[id];
+        let value = match &node.op {
+            Op::Input { shape } => {
+                let dims: Vec<usize> = std::iter::once(batch)
+                    .chain(shape.iter().map(|&d| d as usize))
+                    .collect();
+                ArrayD::from_shape_vec(dims, input.to_vec()).expect("input shape")
+            }
+            // Dropout is tested separately; here it is the identity.
+            Op::Dropout { .. } => values[&g.inputs_of(id)[0]].clone(),
+            op => {
+                let inputs: Vec<&ArrayD<f32>> =
+                    g.inputs_of(id).iter().map(|i| &values[i]).collect();
+                let params: Vec<ArrayD<f32>> = node
+                    .params
+                    .iter()
+                    .map(|p| {
+                        let t = store
+                            .get(&format!("{}.{}", node.name, p.name))
+                            .expect("weight");
+                        ArrayD::from_shape_vec(t.shape.clone(), t.data.clone())
+                            .expect("weight shape")
+                    })
+                    .collect();
+                let params: Vec<&ArrayD<f32>> = params.iter().collect();
+                reference::forward(op, &inputs, &params, training)
+            }
+        };
+        values.insert(id, value);
+    }
+    values
+}
+
+/// The mean cross-entropy of output 0, on its logits (the input of a final
+/// softmax), with batch statistics in batchnorm.
+pub fn loss(model: &TypedGraph, store: &TensorStore, input: &[f32], labels: &[usize]) -> f64 {
+    let values = run(model, store, input, labels.len(), true);
+    let output = model.graph.outputs[0].1;
+    let logits = match model.graph.nodes[output].op {
+        Op::Activation(cnnc::graph::Activation::Softmax) => model.graph.inputs_of(output)[0],
+        _ => output,
+    };
+    f64::from(reference::sparse_categorical_crossentropy(
+        &values[&logits],
+        labels,
+        true,
+        0.0,
+    ))
+}

@@ -1,0 +1,176 @@
+//! Whole training steps: the gradients a compiled step applies, checked
+//! against central finite differences of the reference forward pass and
+//! loss, for models that use every kind of gradient kernel.
+
+#[path = "support/reference.rs"]
+mod reference;
+
+#[path = "support/interpret.rs"]
+mod interpret;
+
+use cnnc::autodiff::LossSpec;
+use cnnc::runtime::training::Trainer;
+use cnnc::runtime::weights::{self, TensorStore};
+use cnnc::train::{Optimizer, OptimizerKind, TrainConfig};
+use cnnc::TypedGraph;
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn sgd(lr: f64) -> Optimizer {
+    Optimizer {
+        kind: OptimizerKind::Sgd,
+        lr,
+        ..TrainConfig::default().optimizer
+    }
+}
+
+/// Random weights (positive moving variances), deterministic.
+fn random_weights(model: &TypedGraph) -> TensorStore {
+    let mut store = weights::init(model, 3);
+    for (i, (name, tensor)) in store.iter_mut().enumerate() {
+        let random = data(tensor.data.len(), 100 + i as u64);
+        tensor.data = if name.ends_with("variance") {
+            random.iter().map(|v| v.abs() + 0.5).collect()
+        } else {
+            random
+        };
+    }
+    store
+}
+
+/// Takes one SGD step with learning rate 1 (so the change of each weight is
+/// minus its gradient) and compares a few entries of every trainable
+/// weight's gradient with central differences of the reference loss.
+fn check_gradients(source: &str, batch: usize, classes: usize) {
+    let model =
+        cnnc::compile_source("model.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let store = random_weights(&model);
+    let input = data(
+        batch * model.input_shape().expect("input").elements() as usize,
+        7,
+    );
+    let labels: Vec<usize> = (0..batch).map(|i| (i * 5 + 1) % classes).collect();
+    let loss = LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    let mut trainer = Trainer::new(&model, store.clone(), &loss, sgd(1.0), batch, 2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let labels_u32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+    let result = trainer
+        .train_step(&input, &labels_u32, 1.0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reference_loss = interpret::loss(&model, &store, &input, &labels);
+    let ours = result.losses[0].1;
+    assert!(
+        (ours - reference_loss).abs() < 1e-4 * reference_loss.max(1.0),
+        "loss {ours}, reference {reference_loss}"
+    );
+    for spec in weights::specs(&model)
+        .into_iter()
+        .filter(|s| s.param.trainable)
+    {
+        let before = &store.get(&spec.name).expect("weight").data;
+        let after = &trainer.weights.get(&spec.name).expect("weight").data;
+        let len = before.len();
+        for i in [0, len / 3, len - 1] {
+            let analytic = f64::from(before[i] - after[i]);
+            let h = 1e-2f32;
+            let (mut up, mut down) = (store.clone(), store.clone());
+            up.get_mut(&spec.name).expect("weight").data[i] += h;
+            down.get_mut(&spec.name).expect("weight").data[i] -= h;
+            let numeric = (interpret::loss(&model, &up, &input, &labels)
+                - interpret::loss(&model, &down, &input, &labels))
+                / (2.0 * f64::from(h));
+            let tolerance = 2e-2 * numeric.abs().max(analytic.abs()) + 2e-4;
+            assert!(
+                (analytic - numeric).abs() <= tolerance,
+                "{}[{i}]: step gradient {analytic}, finite difference {numeric}",
+                spec.name
+            );
+        }
+    }
+}
+
+#[test]
+fn gradients_of_pooling_normalisation_and_recalibration() {
+    let source = "
+        model m : [6, 6, 4] {
+            let t = depthwise_conv(3, padding: same) -> batchnorm -> elu
+            let a = t -> avgpool(2)
+            let b = t -> maxpool(2)
+            let c = concat(a, b) -> lrn(depth_radius: 1) -> avgpool(1, trainable: true)
+            let s = c -> global_max_pool -> sigmoid
+            c * s
+            tanh
+            global_avg_pool
+            softmax
+        }";
+    check_gradients(source, 3, 8);
+}
+
+#[test]
+fn training_reduces_the_loss_and_moves_the_batchnorm_statistics() {
+    let source = "
+        model m : [5, 5, 3] {
+            depthwise_conv(3, padding: same, multiplier: 2) -> batchnorm -> relu
+            dropout(0.2)
+            global_avg_pool
+            softmax
+        }";
+    let model =
+        cnnc::compile_source("model.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let store = random_weights(&model);
+    let batch = 8;
+    let input = data(batch * 75, 11);
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 6).collect();
+    let loss = LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    let adam = Optimizer {
+        kind: OptimizerKind::Adam,
+        lr: 0.05,
+        ..TrainConfig::default().optimizer
+    };
+    let mut trainer = Trainer::new(&model, store.clone(), &loss, adam, batch, 2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first = trainer
+        .train_step(&input, &labels, 0.05)
+        .expect("step")
+        .losses[0]
+        .1;
+    let mut last = first;
+    for _ in 0..60 {
+        last = trainer
+            .train_step(&input, &labels, 0.05)
+            .expect("step")
+            .losses[0]
+            .1;
+    }
+    assert!(last < 0.8 * first, "loss went from {first} to {last}");
+    let moving = &trainer
+        .weights
+        .get("batchnorm1.moving_mean")
+        .expect("statistic")
+        .data;
+    assert_ne!(
+        moving,
+        &store.get("batchnorm1.moving_mean").expect("statistic").data,
+        "moving mean not updated"
+    );
+    let err = trainer.train_step(&input[1..], &labels, 0.05).unwrap_err();
+    assert!(err.to_string().contains("images"), "{err}");
+}
