@@ -566,7 +566,7 @@ impl Lowering<'_> {
                 .collect();
             let channels = [1024, 256, 64, 16, 4, 1]
                 .into_iter()
-                .find(|c| len % c == 0)
+                .find(|c| len.is_multiple_of(*c))
                 .unwrap_or(1);
             let mut args = vec![w, g];
             args.extend(&states);
