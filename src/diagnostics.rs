@@ -158,6 +158,17 @@ impl Diagnostics {
         Diagnostics { errors, sources }
     }
 
+    /// A single error about `subject` (a file or a model) with no source
+    /// location: a failure after the front end (code generation, a run).
+    pub fn message(subject: &str, message: impl Into<String>) -> Diagnostics {
+        let mut sources = SourceMap::default();
+        let file = sources.add(subject, "");
+        Diagnostics::new(
+            vec![Diagnostic::error(Span::new(file, 0, 0), message, "")],
+            Arc::new(sources),
+        )
+    }
+
     /// Renders every error; with `color`, using ANSI colours.
     pub fn render(&self, color: bool) -> String {
         let mut buffer = if color {

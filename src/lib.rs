@@ -11,6 +11,7 @@
 //! [`Diagnostics`], rendered with the source line and a caret under the fault.
 
 pub mod autodiff;
+pub mod bench;
 pub mod codegen;
 pub mod diagnostics;
 pub mod elaborate;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 
 pub use diagnostics::Diagnostics;
 pub use elaborate::Program;
+pub use plan::KernelPlan;
 pub use shapes::{ParamCounts, TypedGraph};
 
 /// Loads `path` and its imports and compiles model `model` (or the file's
@@ -91,4 +93,29 @@ pub fn compile(
     // Infer and check every shape, count weights, FLOPs and bytes.
     let typed = graph.and_then(shapes::infer);
     typed.map_err(|errors| Diagnostics::new(errors, Arc::new(program.sources)))
+}
+
+/// The back end's planning stages for inference, in order.
+pub fn plan_inference(
+    model: &TypedGraph,
+    batch: usize,
+) -> Result<KernelPlan, passes::lower::LowerError> {
+    // One kernel call per node, over buffers of the batch.
+    let mut plan = passes::lower::inference(model, batch)?;
+    // Element-wise chains into one kernel; activations into epilogues.
+    passes::fuse::run(&mut plan);
+    Ok(plan)
+}
+
+/// The back end's planning stages for one training step, in order.
+pub fn plan_training(
+    training: &autodiff::TrainingGraph,
+    batch: usize,
+    optimizer: &train::Optimizer,
+) -> Result<KernelPlan, passes::lower::LowerError> {
+    // Forward with batch statistics, loss, backward, optimizer updates.
+    let mut plan = passes::lower::training(training, batch, optimizer)?;
+    // Element-wise chains into one kernel; activations into epilogues.
+    passes::fuse::run(&mut plan);
+    Ok(plan)
 }

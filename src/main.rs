@@ -49,9 +49,53 @@ enum Command {
         /// The model, when the file defines several.
         #[arg(long)]
         model: Option<String>,
-        /// What to print: `graph` is the shape-inferred dataflow graph (stable text, for snapshot tests).
+        /// What to print: `graph` is the shape-inferred dataflow graph (stable text, for snapshot tests);
+        /// `kernels` the inference kernel plan, `train-kernels` the training step's.
         #[arg(long, value_enum, default_value_t = Emit::Graph)]
         emit: Emit,
+        /// The batch size the kernel plans are made for.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
+    /// Run the forward pass on a NumPy array of examples and write the outputs as .npy.
+    Predict {
+        /// The .cnn file.
+        file: PathBuf,
+        /// The model, when the file defines several.
+        #[arg(long)]
+        model: Option<String>,
+        /// The weights (safetensors, names as `cnnc compile --emit graph` shows them).
+        #[arg(long)]
+        weights: PathBuf,
+        /// The examples: float32 .npy of shape [N, height, width, channels] (or one example).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the outputs (.npy; several outputs get `.NAME` before the extension).
+        #[arg(long)]
+        output: PathBuf,
+        /// Examples per batch.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+    },
+    /// Measure compile time, training and inference speed, latency and memory on random data.
+    Bench {
+        /// The .cnn file.
+        file: PathBuf,
+        /// The model, when the file defines several.
+        #[arg(long)]
+        model: Option<String>,
+        /// Training batch size.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Inference batch size.
+        #[arg(long, default_value_t = 256)]
+        inference_batch: usize,
+        /// Worker threads (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed training steps.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
     },
 }
 
@@ -67,6 +111,12 @@ enum GraphFormat {
 enum Emit {
     /// The shape-inferred dataflow graph.
     Graph,
+    /// The training graph: forward, losses and backward.
+    TrainGraph,
+    /// The kernel plan for inference.
+    Kernels,
+    /// The kernel plan of one training step.
+    TrainKernels,
 }
 
 fn main() -> ExitCode {
@@ -85,8 +135,48 @@ fn main() -> ExitCode {
         Command::Compile {
             file,
             model,
-            emit: Emit::Graph,
-        } => load(file, model).map(|m| cnnc::emit::graph_text(&m)),
+            emit,
+            batch,
+        } => load(file, model).and_then(|m| compile(&m, *emit, *batch)),
+        Command::Predict {
+            file,
+            model,
+            weights,
+            input,
+            output,
+            batch,
+        } => load(file, model).and_then(|m| {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cnnc::runtime::predict::predict_npy(&m, weights, input, output, *batch, threads)
+                .map(|files| {
+                    files
+                        .iter()
+                        .map(|f| format!("wrote {}\n", f.display()))
+                        .collect()
+                })
+                .map_err(|e| failure(file, e))
+        }),
+        Command::Bench {
+            file,
+            model,
+            batch,
+            inference_batch,
+            threads,
+            steps,
+        } => load(file, model).and_then(|m| {
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let config = cnnc::bench::BenchConfig {
+                batch: *batch,
+                inference_batch: *inference_batch,
+                threads,
+                steps: *steps,
+            };
+            let train = m.graph.train.clone().unwrap_or_default();
+            cnnc::bench::run(&m, &train, config)
+                .map(|r| r.to_string())
+                .map_err(|e| failure(file, e))
+        }),
     };
     match result {
         Ok(text) => {
@@ -105,4 +195,44 @@ fn main() -> ExitCode {
 
 fn load(file: &Path, model: &Option<String>) -> Result<TypedGraph, Diagnostics> {
     cnnc::load_model(file, model.as_deref())
+}
+
+/// What `cnnc compile --emit` prints.
+fn compile(model: &TypedGraph, emit: Emit, batch: usize) -> Result<String, Diagnostics> {
+    let train = model.graph.train.clone().unwrap_or_default();
+    let loss = cnnc::autodiff::LossSpec {
+        smoothing: train.label_smoothing,
+        weights: train.loss_weights.clone(),
+    };
+    let at = |e: String| Diagnostics::message(&model.graph.name, e);
+    match emit {
+        Emit::Graph => Ok(cnnc::emit::graph_text(model)),
+        Emit::TrainGraph => cnnc::autodiff::differentiate(model, &loss)
+            .map(|t| cnnc::emit::graph_text(&t.typed))
+            .map_err(|e| {
+                at(e.iter()
+                    .map(|d| d.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            }),
+        Emit::Kernels => cnnc::plan_inference(model, batch)
+            .map(|p| p.to_string())
+            .map_err(|e| at(e.to_string())),
+        Emit::TrainKernels => cnnc::autodiff::differentiate(model, &loss)
+            .map_err(|e| {
+                at(e.iter()
+                    .map(|d| d.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            })
+            .and_then(|t| {
+                cnnc::plan_training(&t, batch, &train.optimizer).map_err(|e| at(e.to_string()))
+            })
+            .map(|p| p.to_string()),
+    }
+}
+
+/// A failure after the model compiled, as a diagnostic naming the file.
+fn failure(file: &Path, error: impl std::fmt::Display) -> Diagnostics {
+    Diagnostics::message(&file.to_string_lossy(), error.to_string())
 }

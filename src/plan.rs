@@ -4,6 +4,7 @@
 
 use std::fmt::{self, Write};
 
+use crate::codegen::contraction::{ConvShape, DenseShape};
 use crate::codegen::elementwise::Elementwise;
 use crate::codegen::reduce::Reduce;
 use crate::codegen::window::Window;
@@ -44,6 +45,32 @@ pub struct Buffer {
     pub role: Role,
 }
 
+/// The sizes of a contraction: a convolution or a dense layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Geometry {
+    /// A 2-D convolution.
+    Conv(ConvShape),
+    /// A dense layer.
+    Dense(DenseShape),
+}
+
+/// Which computation of a contraction a kernel performs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContractionPass {
+    /// `y = x . W (+ b)`, then the epilogue on each finished block of rows.
+    /// Buffers: `x`, `W`, `b` (if the layer has a bias), `y`, then the
+    /// epilogue's extra inputs and outputs.
+    Forward {
+        /// An element-wise kernel whose input 0 and output 0 are `y`.
+        epilogue: Option<Elementwise>,
+    },
+    /// `dx = dy . W^T` (col2im for convolutions). Buffers: `dy`, `W`, `dx`.
+    BackwardData,
+    /// `dW = x^T . dy`, `db = sum dy`. Buffers: `x`, `dy`, `dW`, `db` (if
+    /// the layer has a bias).
+    BackwardFilter,
+}
+
 /// The description of one kernel call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KernelDesc {
@@ -60,6 +87,15 @@ pub enum KernelDesc {
     Reduce(Reduce),
     /// A window kernel (pooling, LRN, depthwise convolution).
     Window(Window),
+    /// A convolution or dense layer on the GEMM.
+    Contraction {
+        /// A name for errors and profiles.
+        name: String,
+        /// The sizes.
+        geometry: Geometry,
+        /// Which pass.
+        pass: ContractionPass,
+    },
     /// Strided row copies (concatenation).
     Copy(CopyRows),
     /// Dropout's random mask.
@@ -127,6 +163,17 @@ impl KernelDesc {
             KernelDesc::Reduce(r) => format!("reduce {:?} [{} x {}]", r.kind, r.rows, r.n),
             KernelDesc::Window(w) => {
                 format!("window {:?} {:?} input {:?}", w.kind, w.pass, w.input)
+            }
+            KernelDesc::Contraction { geometry, pass, .. } => {
+                let pass = match pass {
+                    ContractionPass::Forward { epilogue: Some(e) } => {
+                        format!("forward + epilogue {} ({} steps)", e.name, e.exprs.len())
+                    }
+                    ContractionPass::Forward { epilogue: None } => "forward".to_string(),
+                    ContractionPass::BackwardData => "backward-data".to_string(),
+                    ContractionPass::BackwardFilter => "backward-filter".to_string(),
+                };
+                format!("contraction {pass} {geometry:?}")
             }
             KernelDesc::Copy(c) => format!(
                 "copy [{} x {}] from {:?} to {:?}",

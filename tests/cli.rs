@@ -89,7 +89,7 @@ fn several_models_need_a_choice() {
 
 #[test]
 fn every_command_has_help() {
-    for command in ["check", "summary", "graph", "compile"] {
+    for command in ["check", "summary", "graph", "compile", "bench", "predict"] {
         let out = cnnc(&[command, "--help"]);
         assert!(out.status.success());
         assert!(stdout(&out).contains("Usage"), "{command}");
@@ -101,4 +101,65 @@ fn a_missing_file_is_an_error_not_a_panic() {
     let out = cnnc(&["check", "no/such/file.cnn"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+}
+
+#[test]
+fn compile_emits_the_kernel_plans() {
+    let out = cnnc(&[
+        "compile",
+        "examples/lenet5.cnn",
+        "--emit",
+        "kernels",
+        "--batch",
+        "4",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = stdout(&out);
+    assert!(plan.starts_with("plan lenet5 (batch 4)"), "{plan}");
+    assert!(plan.contains("contraction forward"), "{plan}");
+    let out = cnnc(&[
+        "compile",
+        "examples/lenet5.cnn",
+        "--emit",
+        "train-kernels",
+        "--batch",
+        "4",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = stdout(&out);
+    for kind in [
+        "backward-data",
+        "backward-filter",
+        "CrossEntropy",
+        "update:C1.kernel",
+    ] {
+        assert!(plan.contains(kind), "no {kind} in\n{plan}");
+    }
+}
+
+#[test]
+fn bench_reports_every_figure() {
+    let out = cnnc(&[
+        "bench",
+        "examples/lenet5.cnn",
+        "--batch",
+        "8",
+        "--inference-batch",
+        "16",
+        "--steps",
+        "2",
+        "--threads",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stdout(&out);
+    for field in [
+        "compile: training step",
+        "training, batch 8:",
+        "inference, batch 16:",
+        "batch-1 latency",
+        "arena: training",
+    ] {
+        assert!(report.contains(field), "no {field} in\n{report}");
+    }
 }

@@ -32,7 +32,13 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
 /// Compiles `source` for `batch`, runs it on random data with random
 /// weights (moving variances made positive) and compares with the reference.
 fn check(source: &str, batch: usize, threads: usize) {
-    let model = compile(source);
+    run_and_compare(&compile(source), batch, threads);
+}
+
+/// Runs `model` on random data with random weights (moving variances made
+/// positive) and compares every output with the reference.
+fn run_and_compare(model: &TypedGraph, batch: usize, threads: usize) {
+    let model = model.clone();
     let mut store = weights::init(&model, 7);
     for (name, tensor) in store.iter_mut() {
         let seed = name.len() as u64;
@@ -84,4 +90,41 @@ fn pooling_normalisation_and_activations() {
         }";
     check(source, 1, 1);
     check(source, 7, 2);
+}
+
+#[test]
+fn convolutions_dense_layers_and_residual_units() {
+    let source = "
+        use resnet
+        model m : [12, 12, 3] {
+            conv(8, 3, padding: same, activation: relu)
+            residual_unit(8)
+            residual_unit(16, stride: 2)
+            maxpool(2)
+            flatten
+            dense(20, activation: tanh)
+            dropout(0.5)
+            dense(10, activation: softmax)
+        }";
+    check(source, 1, 1);
+    check(source, 5, 2);
+}
+
+#[test]
+fn the_examples_run_and_match_the_reference() {
+    for file in [
+        "examples/fashion_cnn.cnn",
+        "examples/inception.cnn",
+        "examples/lenet5.cnn",
+    ] {
+        check_file(file, 2);
+    }
+}
+
+/// Like `check`, for a file on disk (whose imports resolve next to it).
+fn check_file(file: &str, batch: usize) {
+    let source = std::fs::read_to_string(file).expect("example");
+    let model = cnnc::compile_source(file, &source, Some(std::path::Path::new("examples")), None)
+        .unwrap_or_else(|d| panic!("{d}"));
+    run_and_compare(&model, batch, 2);
 }

@@ -98,3 +98,24 @@ fn training_graphs() {
         cnnc::emit::graph_text(&training.typed)
     );
 }
+
+/// The fused kernel plans (`cnnc compile --emit kernels`, batch 32) of the
+/// examples: which ops went into which kernel, on which buffers.
+#[test]
+fn kernel_plans() {
+    for file in cnn_files("examples") {
+        let stem = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 file name")
+            .to_string();
+        for model in cnnc::check_file(&file).unwrap_or_else(|d| panic!("{}:\n{d}", file.display()))
+        {
+            let plan = cnnc::plan_inference(&model, 32).unwrap_or_else(|e| panic!("{stem}: {e}"));
+            insta::assert_snapshot!(
+                format!("kernels__{stem}__{}", model.graph.name),
+                plan.to_string()
+            );
+        }
+    }
+}

@@ -122,6 +122,32 @@ fn gradients_of_pooling_normalisation_and_recalibration() {
 }
 
 #[test]
+fn gradients_of_convolutions_dense_layers_and_blocks() {
+    // A residual unit with a projection, an inception-style concatenation
+    // and dense layers: every contraction gradient, summed gradients and
+    // slices. Smooth activations, so that finite differences see no kinks.
+    let source = "
+        block unit(filters, stride = 1) {
+            let main = conv(filters, 3, stride: stride, padding: same, use_bias: false) -> batchnorm -> tanh
+                -> conv(filters, 3, padding: same) -> batchnorm
+            let skip = conv(filters, 1, stride: stride, use_bias: false) -> batchnorm
+            main + skip
+            elu
+        }
+        model m : [8, 8, 2] {
+            conv(4, 3, padding: same) -> tanh
+            unit(6, stride: 2)
+            let a = conv(3, 1, activation: elu)
+            let b = conv(2, 3, padding: same, dilation: 2, activation: sigmoid)
+            concat(a, b)
+            flatten
+            dense(7, activation: selu)
+            dense(5, activation: softmax)
+        }";
+    check_gradients(source, 3, 5);
+}
+
+#[test]
 fn training_reduces_the_loss_and_moves_the_batchnorm_statistics() {
     let source = "
         model m : [5, 5, 3] {

@@ -5,6 +5,7 @@
 //! emits 128-bit vectors on x86-64, so the loops are written by hand over
 //! `f32x4` with `fma`; the contractions will call a tuned GEMM instead.
 
+pub mod contraction;
 pub mod elementwise;
 mod loops;
 mod math;

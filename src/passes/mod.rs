@@ -1,4 +1,5 @@
 //! Passes over the IR after shape inference: lowering to a kernel plan, and
 //! the rewrites of that plan.
 
+pub mod fuse;
 pub mod lower;

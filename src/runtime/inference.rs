@@ -4,7 +4,7 @@
 use thiserror::Error;
 
 use crate::codegen::{CodegenError, Jit};
-use crate::passes::lower::{self, LowerError};
+use crate::passes::lower::LowerError;
 use crate::plan::{KernelPlan, Role};
 use crate::shapes::TypedGraph;
 
@@ -63,7 +63,7 @@ impl Inference {
         batch: usize,
         threads: usize,
     ) -> Result<Inference, InferenceError> {
-        let plan = lower::inference(model, batch)?;
+        let plan = crate::plan_inference(model, batch)?;
         for buffer in &plan.buffers {
             if let Role::Weight(name) = &buffer.role {
                 if weights.get(name).is_none() {

@@ -6,9 +6,11 @@
 //! [`executor`] runs compiled kernels over an arena on worker threads,
 //! with results that do not depend on the number of threads.
 
+pub mod contraction;
 pub mod executor;
 pub mod inference;
 pub mod kernels;
+pub mod predict;
 pub mod program;
 pub mod training;
 pub mod weights;

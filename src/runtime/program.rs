@@ -4,10 +4,12 @@
 
 use thiserror::Error;
 
+use crate::codegen::contraction::{ConvBackwardData, ConvBackwardFilter, ConvForward};
 use crate::codegen::{CodegenError, Jit};
 use crate::memory;
-use crate::plan::{BufferId, KernelDesc, KernelPlan, Role};
+use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role};
 
+use super::contraction::{BackwardDataStep, BackwardFilterStep, ForwardStep};
 use super::executor::{Kernel, Program, RowKernel, Slot, Step};
 
 /// Element counts below which a kernel runs on one thread: below this,
@@ -59,6 +61,11 @@ pub fn compile(plan: &KernelPlan, jit: &mut Jit) -> Result<Compiled, ProgramErro
                 let elements = w.input.iter().product();
                 (Box::new(jit.compile_window(w)?), elements)
             }
+            KernelDesc::Contraction {
+                name,
+                geometry,
+                pass,
+            } => contraction(jit, name, geometry, pass)?,
             KernelDesc::Copy(c) => (Box::new(c.clone()), c.rows * c.len),
             KernelDesc::Mask(m) => (Box::new(m.clone()), m.len),
         };
@@ -80,6 +87,67 @@ pub fn compile(plan: &KernelPlan, jit: &mut Jit) -> Result<Compiled, ProgramErro
         externals,
         arena_bytes,
     })
+}
+
+/// The kernel of a contraction step, and its size in multiply-adds (for
+/// the threading threshold).
+fn contraction(
+    jit: &mut Jit,
+    name: &str,
+    geometry: &Geometry,
+    pass: &ContractionPass,
+) -> Result<(Box<dyn Kernel>, usize), ProgramError> {
+    let (bias, work) = match geometry {
+        Geometry::Conv(s) => (
+            s.bias,
+            s.batch * s.height * s.width * s.in_channels * s.out_channels,
+        ),
+        Geometry::Dense(s) => (s.bias, s.rows * s.inputs * s.units),
+    };
+    let kernel: Box<dyn Kernel> = match pass {
+        ContractionPass::Forward { epilogue } => {
+            let kernel = match geometry {
+                Geometry::Conv(s) => ConvForward::new(name, s)?,
+                Geometry::Dense(s) => ConvForward::dense(name, s)?,
+            };
+            let epilogue = match epilogue {
+                Some(e) => Some((
+                    jit.compile_elementwise(e)?,
+                    e.inputs.len() - 1,
+                    e.outputs.len() - 1,
+                )),
+                None => None,
+            };
+            Box::new(ForwardStep {
+                kernel,
+                name: name.to_string(),
+                bias,
+                epilogue,
+            })
+        }
+        ContractionPass::BackwardData => {
+            let kernel = match geometry {
+                Geometry::Conv(s) => ConvBackwardData::new(name, s)?,
+                Geometry::Dense(s) => ConvBackwardData::dense(name, s)?,
+            };
+            Box::new(BackwardDataStep {
+                kernel,
+                name: name.to_string(),
+            })
+        }
+        ContractionPass::BackwardFilter => {
+            let kernel = match geometry {
+                Geometry::Conv(s) => ConvBackwardFilter::new(name, s)?,
+                Geometry::Dense(s) => ConvBackwardFilter::dense(name, s)?,
+            };
+            Box::new(BackwardFilterStep {
+                kernel,
+                name: name.to_string(),
+                bias,
+            })
+        }
+    };
+    Ok((kernel, work))
 }
 
 /// Where each buffer lives: temporaries in the arena by liveness, the rest

@@ -87,7 +87,7 @@ impl Trainer {
         threads: usize,
     ) -> Result<Trainer, TrainingError> {
         let training = autodiff::differentiate(model, loss).map_err(TrainingError::Autodiff)?;
-        let plan = lower::training(&training, batch, &optimizer)?;
+        let plan = crate::plan_training(&training, batch, &optimizer)?;
         let mut states = TensorStore::new();
         for buffer in &plan.buffers {
             match &buffer.role {

@@ -14,11 +14,12 @@ use petgraph::stable_graph::NodeIndex;
 use thiserror::Error;
 
 use crate::autodiff::TrainingGraph;
+use crate::codegen::contraction::{ConvShape, DenseShape};
 use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
 use crate::graph::{Activation, Op};
-use crate::plan::{BufferId, KernelDesc, KernelPlan, Role, Step};
+use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role, Step};
 use crate::runtime::kernels::CopyRows;
 use crate::shapes::TypedGraph;
 use crate::train::Optimizer;
@@ -238,6 +239,9 @@ impl<'m> Lowering<'m> {
             | Op::DepthMaxPool { .. }
             | Op::Lrn { .. }
             | Op::DepthwiseConv2d { .. } => self.window(id, inputs[0], input_ids[0])?,
+            Op::Conv2d { .. } | Op::Dense { .. } => {
+                self.contraction_forward(id, inputs[0], input_ids[0])
+            }
             Op::Labels => self.plan.buffer("labels", self.batch, Role::Labels),
             Op::CrossEntropy { smoothing, weight } => {
                 self.cross_entropy(id, *smoothing, *weight, &inputs, &input_ids)
@@ -381,6 +385,65 @@ impl<'m> Lowering<'m> {
             offset += len;
         }
         Ok(out)
+    }
+
+    /// The sizes of a convolution or dense layer on inputs of per-example
+    /// shape `input`.
+    fn geometry(&self, op: &Op, input: &[usize]) -> Geometry {
+        let pair = |p: [u64; 2]| p.map(|d| d as usize);
+        match *op {
+            Op::Conv2d {
+                filters,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                bias,
+            } => Geometry::Conv(ConvShape {
+                batch: self.batch,
+                height: input[0],
+                width: input[1],
+                in_channels: input[2],
+                out_channels: filters as usize,
+                kernel: pair(kernel),
+                stride: pair(stride),
+                dilation: pair(dilation),
+                padding,
+                bias,
+            }),
+            Op::Dense { units, bias } => {
+                let inputs = *input.last().unwrap_or(&1);
+                let rows = self.batch * input.iter().product::<usize>() / inputs.max(1);
+                Geometry::Dense(DenseShape {
+                    rows,
+                    inputs,
+                    units: units as usize,
+                    bias,
+                })
+            }
+            _ => unreachable!("only convolutions and dense layers are contractions"),
+        }
+    }
+
+    /// `y = x . W (+ b)` on the GEMM.
+    fn contraction_forward(&mut self, id: NodeIndex, x: BufferId, x_id: NodeIndex) -> BufferId {
+        let node = &self.model.graph.nodes[id];
+        let (name, op) = (node.name.clone(), node.op.clone());
+        let geometry = self.geometry(&op, &self.shape(x_id));
+        let mut args = vec![x];
+        args.extend(self.weights(id));
+        let y = self.temporary(id);
+        args.push(y);
+        self.step(
+            id,
+            KernelDesc::Contraction {
+                name,
+                geometry,
+                pass: ContractionPass::Forward { epilogue: None },
+            },
+            args,
+        );
+        y
     }
 
     /// A forward window kernel, its buffers bound by role.

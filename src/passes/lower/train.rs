@@ -9,7 +9,7 @@ use crate::codegen::elementwise::{Binary, Expr, Operand, Unary};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole};
 use crate::graph::{Activation, Op};
-use crate::plan::{BufferId, KernelDesc, Role};
+use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, Role};
 use crate::runtime::kernels::{CopyRows, DropoutMask};
 use crate::train::optimizer::state_count;
 use crate::train::Optimizer;
@@ -199,117 +199,141 @@ impl Lowering<'_> {
         let name = self.model.graph.nodes[id].name.clone();
         let (rows, channels) = self.matrix(id);
         let dy = inputs[0];
-        let out =
-            match forward {
-                // A sum passes dY through; a reshape's gradient is dY reshaped.
-                Op::Add | Op::Flatten => dy,
-                Op::Activation(Activation::Softmax) => {
-                    let dx = self.temporary(id);
-                    let (r, n) = self.matrix(input_ids[1]);
-                    self.step(
-                        id,
-                        KernelDesc::Reduce(Reduce {
-                            name,
-                            kind: ReduceKind::SoftmaxBackward,
-                            rows: r,
-                            n,
-                        }),
-                        vec![inputs[1], dy, dx],
-                    );
-                    dx
-                }
-                Op::Activation(a) => {
-                    let mut k = Builder::default();
-                    let g = k.load(Operand::Tensor);
-                    let y = k.load(Operand::Tensor);
-                    let result = activation_grad(&mut k, *a, g, y);
-                    let dx = self.temporary(id);
-                    self.step(
-                        id,
-                        KernelDesc::Elementwise {
-                            kernel: k.finish(&name, result),
-                            rows,
-                            channels,
-                        },
-                        vec![dy, inputs[1], dx],
-                    );
-                    dx
-                }
-                Op::Dropout { .. } => {
-                    let mask = self.masks[&input_ids[1]];
-                    self.product(id, &name, (rows, channels), dy, (mask, Operand::Tensor))
-                }
-                Op::Concat { axis } => {
-                    let inner: usize = shapes[slot][axis + 1..].iter().product::<u64>() as usize;
-                    let width: usize =
-                        shapes.iter().map(|s| s[*axis] as usize).sum::<usize>() * inner;
-                    let offset: usize = shapes[..slot]
-                        .iter()
-                        .map(|s| s[*axis] as usize)
-                        .sum::<usize>()
-                        * inner;
-                    let len = shapes[slot][*axis] as usize * inner;
-                    let copy_rows =
-                        self.batch * shapes[slot][..*axis].iter().product::<u64>() as usize;
-                    let dx = self.temporary(id);
-                    let copy = CopyRows {
+        let out = match forward {
+            // A sum passes dY through; a reshape's gradient is dY reshaped.
+            Op::Add | Op::Flatten => dy,
+            Op::Activation(Activation::Softmax) => {
+                let dx = self.temporary(id);
+                let (r, n) = self.matrix(input_ids[1]);
+                self.step(
+                    id,
+                    KernelDesc::Reduce(Reduce {
                         name,
-                        rows: copy_rows,
-                        len,
-                        from: (width, offset),
-                        to: (len, 0),
-                    };
-                    self.step(id, KernelDesc::Copy(copy), vec![dy, dx]);
-                    dx
-                }
-                Op::Multiply => self.multiply_grad(id, slot, shapes, inputs),
-                Op::ScaleBias => {
-                    let coefficient = self.weight(&format!("{layer}.coefficient"), channels);
-                    self.product(
-                        id,
-                        &name,
-                        (rows, channels),
-                        dy,
-                        (coefficient, Operand::PerChannel),
-                    )
-                }
-                Op::BatchNorm { epsilon, .. } => {
-                    self.batchnorm_grad(id, layer, *epsilon, dy, inputs[1])
-                }
-                Op::Pool2d { .. }
-                | Op::GlobalPool { .. }
-                | Op::DepthMaxPool { .. }
-                | Op::Lrn { .. }
-                | Op::DepthwiseConv2d { .. } => {
-                    let x = input_ids.get(1).map(|_| inputs[1]);
-                    let input: Vec<usize> = shapes[0].iter().map(|&d| d as usize).collect();
-                    let filter = match forward {
-                        Op::DepthwiseConv2d {
-                            kernel, multiplier, ..
-                        } => {
-                            let len = (kernel[0] * kernel[1] * shapes[0][2] * multiplier) as usize;
-                            Some(self.weight(&format!("{layer}.kernel"), len))
-                        }
-                        _ => None,
-                    };
-                    let dx = self.temporary(id);
-                    self.window_call(id, &name, forward, Pass::BackwardData, &input, |role| {
-                        match role {
-                            WindowRole::Input => x.unwrap_or(dx),
-                            WindowRole::Filter => filter.unwrap_or(dx),
-                            WindowRole::OutputGrad => dy,
-                            _ => dx,
-                        }
-                    })?;
-                    dx
-                }
-                other => {
-                    return Err(LowerError::Unsupported {
-                        node: name,
-                        op: format!("the gradient of {}", other.name()),
-                    })
-                }
-            };
+                        kind: ReduceKind::SoftmaxBackward,
+                        rows: r,
+                        n,
+                    }),
+                    vec![inputs[1], dy, dx],
+                );
+                dx
+            }
+            Op::Activation(a) => {
+                let mut k = Builder::default();
+                let g = k.load(Operand::Tensor);
+                let y = k.load(Operand::Tensor);
+                let result = activation_grad(&mut k, *a, g, y);
+                let dx = self.temporary(id);
+                self.step(
+                    id,
+                    KernelDesc::Elementwise {
+                        kernel: k.finish(&name, result),
+                        rows,
+                        channels,
+                    },
+                    vec![dy, inputs[1], dx],
+                );
+                dx
+            }
+            Op::Dropout { .. } => {
+                let mask = self.masks[&input_ids[1]];
+                self.product(id, &name, (rows, channels), dy, (mask, Operand::Tensor))
+            }
+            Op::Concat { axis } => {
+                let inner: usize = shapes[slot][axis + 1..].iter().product::<u64>() as usize;
+                let width: usize = shapes.iter().map(|s| s[*axis] as usize).sum::<usize>() * inner;
+                let offset: usize = shapes[..slot]
+                    .iter()
+                    .map(|s| s[*axis] as usize)
+                    .sum::<usize>()
+                    * inner;
+                let len = shapes[slot][*axis] as usize * inner;
+                let copy_rows = self.batch * shapes[slot][..*axis].iter().product::<u64>() as usize;
+                let dx = self.temporary(id);
+                let copy = CopyRows {
+                    name,
+                    rows: copy_rows,
+                    len,
+                    from: (width, offset),
+                    to: (len, 0),
+                };
+                self.step(id, KernelDesc::Copy(copy), vec![dy, dx]);
+                dx
+            }
+            Op::Multiply => self.multiply_grad(id, slot, shapes, inputs),
+            Op::ScaleBias => {
+                let coefficient = self.weight(&format!("{layer}.coefficient"), channels);
+                self.product(
+                    id,
+                    &name,
+                    (rows, channels),
+                    dy,
+                    (coefficient, Operand::PerChannel),
+                )
+            }
+            Op::BatchNorm { epsilon, .. } => {
+                self.batchnorm_grad(id, layer, *epsilon, dy, inputs[1])
+            }
+            // dx = dy . W^T
+            Op::Conv2d { .. } | Op::Dense { .. } => {
+                let input: Vec<usize> = shapes[0].iter().map(|&d| d as usize).collect();
+                let geometry = self.geometry(forward, &input);
+                let kernel_len = match geometry {
+                    Geometry::Conv(s) => s.kernel[0] * s.kernel[1] * s.in_channels * s.out_channels,
+                    Geometry::Dense(s) => s.inputs * s.units,
+                };
+                let kernel = self.weight(&format!("{layer}.kernel"), kernel_len);
+                let dx = self.temporary(id);
+                let pass = ContractionPass::BackwardData;
+                self.step(
+                    id,
+                    KernelDesc::Contraction {
+                        name,
+                        geometry,
+                        pass,
+                    },
+                    vec![dy, kernel, dx],
+                );
+                dx
+            }
+            Op::Pool2d { .. }
+            | Op::GlobalPool { .. }
+            | Op::DepthMaxPool { .. }
+            | Op::Lrn { .. }
+            | Op::DepthwiseConv2d { .. } => {
+                let x = input_ids.get(1).map(|_| inputs[1]);
+                let input: Vec<usize> = shapes[0].iter().map(|&d| d as usize).collect();
+                let filter = match forward {
+                    Op::DepthwiseConv2d {
+                        kernel, multiplier, ..
+                    } => {
+                        let len = (kernel[0] * kernel[1] * shapes[0][2] * multiplier) as usize;
+                        Some(self.weight(&format!("{layer}.kernel"), len))
+                    }
+                    _ => None,
+                };
+                let dx = self.temporary(id);
+                self.window_call(
+                    id,
+                    &name,
+                    forward,
+                    Pass::BackwardData,
+                    &input,
+                    |role| match role {
+                        WindowRole::Input => x.unwrap_or(dx),
+                        WindowRole::Filter => filter.unwrap_or(dx),
+                        WindowRole::OutputGrad => dy,
+                        _ => dx,
+                    },
+                )?;
+                dx
+            }
+            other => {
+                return Err(LowerError::Unsupported {
+                    node: name,
+                    op: format!("the gradient of {}", other.name()),
+                })
+            }
+        };
         Ok(out)
     }
 
@@ -533,6 +557,41 @@ impl Lowering<'_> {
                     if *bias {
                         shared.push(bias_grad);
                     }
+                    self.shared.insert(key.clone(), shared);
+                }
+                self.shared[&key][index]
+            }
+            // dW = x^T . dy and db = sum dy, in one kernel for both weights
+            Op::Conv2d { bias, .. } | Op::Dense { bias, .. } => {
+                let key = format!("contraction:{layer}");
+                if !self.shared.contains_key(&key) {
+                    let input = self.shape(input_ids[1]);
+                    let geometry = self.geometry(forward, &input);
+                    let (kernel_len, units) = match geometry {
+                        Geometry::Conv(s) => (
+                            s.kernel[0] * s.kernel[1] * s.in_channels * s.out_channels,
+                            s.out_channels,
+                        ),
+                        Geometry::Dense(s) => (s.inputs * s.units, s.units),
+                    };
+                    let kernel_grad = self.scratch(format!("grad:{layer}.kernel"), kernel_len);
+                    let mut args = vec![inputs[1], dy, kernel_grad];
+                    let mut shared = vec![kernel_grad];
+                    if *bias {
+                        let bias_grad = self.scratch(format!("grad:{layer}.bias"), units);
+                        args.push(bias_grad);
+                        shared.push(bias_grad);
+                    }
+                    let pass = ContractionPass::BackwardFilter;
+                    self.step(
+                        id,
+                        KernelDesc::Contraction {
+                            name: name.clone(),
+                            geometry,
+                            pass,
+                        },
+                        args,
+                    );
                     self.shared.insert(key.clone(), shared);
                 }
                 self.shared[&key][index]

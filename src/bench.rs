@@ -1,0 +1,181 @@
+//! `cnnc bench`: compile time, training and inference throughput, batch-1
+//! latency, arena sizes and achieved GFLOP/s of one model, on random data.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::autodiff::LossSpec;
+use crate::runtime::inference::{Inference, InferenceError};
+use crate::runtime::training::{Trainer, TrainingError};
+use crate::runtime::weights;
+use crate::shapes::TypedGraph;
+use crate::train::TrainConfig;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchConfig {
+    /// Training batch size.
+    pub batch: usize,
+    /// Inference batch size.
+    pub inference_batch: usize,
+    /// Worker threads.
+    pub threads: usize,
+    /// Timed training steps (after one warm-up step).
+    pub steps: usize,
+}
+
+/// The measurements, medians over the timed runs.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// The model's name.
+    pub model: String,
+    /// The configuration.
+    pub config: BenchConfig,
+    /// Differentiating, lowering and compiling the training step.
+    pub compile_training: Duration,
+    /// Lowering and compiling the inference program.
+    pub compile_inference: Duration,
+    /// Median training step time.
+    pub train_step: Duration,
+    /// Median inference batch time.
+    pub inference_batch: Duration,
+    /// Median batch-1 latency.
+    pub latency: Duration,
+    /// Arena bytes of the training step and of inference.
+    pub arena_bytes: (u64, u64),
+    /// Forward FLOPs per example.
+    pub flops: u64,
+}
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Training could not be set up or run.
+    #[error(transparent)]
+    Training(#[from] TrainingError),
+    /// Inference could not be set up or run.
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+}
+
+/// Measures `model` with `train`'s optimizer and loss.
+pub fn run(
+    model: &TypedGraph,
+    train: &TrainConfig,
+    config: BenchConfig,
+) -> Result<BenchReport, BenchError> {
+    let example = model.input_shape().map_or(0, |s| s.elements() as usize);
+    let classes = model
+        .outputs()
+        .first()
+        .map_or(1, |(_, s)| s.iter().product::<u64>() as usize)
+        .max(1);
+    let store = weights::init(model, 1);
+    let loss = LossSpec {
+        smoothing: train.label_smoothing,
+        weights: train.loss_weights.clone(),
+    };
+
+    let started = Instant::now();
+    let mut trainer = Trainer::new(
+        model,
+        store.clone(),
+        &loss,
+        train.optimizer,
+        config.batch,
+        config.threads,
+    )?;
+    let compile_training = started.elapsed();
+    let images = noise(config.batch * example);
+    let labels: Vec<u32> = (0..config.batch).map(|i| (i % classes) as u32).collect();
+    trainer.train_step(&images, &labels, train.optimizer.lr)?;
+    let train_step = median((0..config.steps.max(1)).map(|_| {
+        let t = Instant::now();
+        trainer
+            .train_step(&images, &labels, train.optimizer.lr)
+            .map(|_| t.elapsed())
+    }))?;
+
+    let started = Instant::now();
+    let mut inference =
+        Inference::new(model, store.clone(), config.inference_batch, config.threads)?;
+    let compile_inference = started.elapsed();
+    let batch_input = noise(config.inference_batch * example);
+    inference.run(&batch_input)?;
+    let inference_batch = median((0..3).map(|_| {
+        let t = Instant::now();
+        inference.run(&batch_input).map(|_| t.elapsed())
+    }))?;
+
+    let mut single = Inference::new(model, store, 1, config.threads)?;
+    let one = noise(example);
+    single.run(&one)?;
+    let latency = median((0..21).map(|_| {
+        let t = Instant::now();
+        single.run(&one).map(|_| t.elapsed())
+    }))?;
+
+    Ok(BenchReport {
+        model: model.graph.name.clone(),
+        config,
+        compile_training,
+        compile_inference,
+        train_step,
+        inference_batch,
+        latency,
+        arena_bytes: (trainer.arena_bytes(), inference.arena_bytes()),
+        flops: model.flops(),
+    })
+}
+
+/// Deterministic data in [0, 1), like scaled pixels.
+fn noise(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 8) % 256) as f32 / 255.0)
+        .collect()
+}
+
+fn median<E>(times: impl Iterator<Item = Result<Duration, E>>) -> Result<Duration, E> {
+    let mut times = times.collect::<Result<Vec<_>, E>>()?;
+    times.sort_unstable();
+    Ok(times[times.len() / 2])
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let per_second = |images: usize, d: Duration| images as f64 / d.as_secs_f64();
+        let train_rate = per_second(self.config.batch, self.train_step);
+        let infer_rate = per_second(self.config.inference_batch, self.inference_batch);
+        // A training step costs about three forward passes.
+        let train_gflops = train_rate * 3.0 * self.flops as f64 / 1e9;
+        let infer_gflops = infer_rate * self.flops as f64 / 1e9;
+        writeln!(
+            f,
+            "model {} ({} threads, medians)",
+            self.model, self.config.threads
+        )?;
+        writeln!(
+            f,
+            "compile: training step {:.3} s, inference {:.3} s",
+            self.compile_training.as_secs_f64(),
+            self.compile_inference.as_secs_f64()
+        )?;
+        writeln!(f, "training, batch {}: {train_rate:.1} images/s ({:.1} ms/step, ~{train_gflops:.1} GFLOP/s)", self.config.batch, self.train_step.as_secs_f64() * 1e3)?;
+        writeln!(
+            f,
+            "inference, batch {}: {infer_rate:.1} images/s ({infer_gflops:.1} GFLOP/s)",
+            self.config.inference_batch
+        )?;
+        writeln!(
+            f,
+            "batch-1 latency: {:.3} ms",
+            self.latency.as_secs_f64() * 1e3
+        )?;
+        writeln!(
+            f,
+            "arena: training {}, inference {}",
+            crate::emit::bytes(self.arena_bytes.0),
+            crate::emit::bytes(self.arena_bytes.1)
+        )
+    }
+}

@@ -1,0 +1,1006 @@
+//! Contraction kernels: convolution and dense layers, forward and backward,
+//! as im2col + GEMM + an element-wise epilogue.
+//!
+//! # Measurements and the decision
+//!
+//! The machine: 2 cores of an AMD EPYC (Zen 4) with AVX-512, which runs a
+//! 512-bit FMA as two 256-bit halves. Its FP32 peak, from
+//! `../shared/peers/fma/fma_peak.c` (`gcc -O2 -mavx512f -pthread`,
+//! `./fma_peak 2 1`, 3 runs): 114 GFLOP/s on one thread (32 FLOP/cycle),
+//! 226 on two with the other core idle (the peers' figure of 337 was
+//! measured on another machine). The machine is shared and noisy: figures
+//! below are medians, variants interleaved in the same run.
+//!
+//! The `gemm` crate 0.19, one `m x n x k` product per call on one thread
+//! (`Parallelism::None`), with and without its `x86-v4` feature; a
+//! throwaway harness timing each shape 5 times, 3 rounds, base and
+//! `x86-v4` builds interleaved; GFLOP/s. Layout `nn`: both operands
+//! row-major (forward), `nt`: the right one transposed (`dX = dY · Wᵀ`),
+//! `tn`: the left one transposed (`dW = colᵀ · dY`).
+//!
+//! | layer (batch 32) | m x n x k | layout | base | x86-v4 |
+//! |---|---|---|---|---|
+//! | Fashion conv1 | 25088 x 64 x 49 | nn | 98 | 103 |
+//! | Fashion conv3 | 6272 x 128 x 1152 | nn | 92 | 96 |
+//! | Fashion conv5 | 1568 x 256 x 2304 | nn | 101 | 103 |
+//! | ResNet stage 3 | 512 x 128 x 1152 | nn | 109 | 111 |
+//! | ResNet stage 5 | 32 x 512 x 4608 | nn | 51 | 98 |
+//! | Fashion conv3 dX | 6272 x 1152 x 128 | nt | 75 | 98 |
+//! | ResNet stage 4 dX | 128 x 2304 x 256 | nt | 93 | 83 |
+//! | ResNet stage 5 dX | 32 x 4608 x 512 | nt | 57 | 24 |
+//! | Fashion conv1 dW | 49 x 64 x 25088 | tn | 56 | 78 |
+//! | Fashion conv3 dW | 1152 x 128 x 6272 | tn | 94 | 103 |
+//! | ResNet stage 5 dW | 4608 x 512 x 32 | tn | 86 | 95 |
+//!
+//! Over all 37 shapes (forward, dX and dW of both models' layers), `x86-v4`
+//! over base: 1.16x (geometric mean) on `nn`, 1.15x on `tn`, 0.85x on `nt`,
+//! where it loses only with few rows. Storing those products column-major
+//! instead (`x86-v4`, one thread, row-major vs column-major destination):
+//! 16 x 2304 x 256: 27 vs 111; 32 x 512 x 512: 25 vs 104; 64 x 2304 x 256:
+//! 59 vs 98; 128 x 2304 x 256: 82 vs 109; 208 x 576 x 64: 101 vs 107.
+//! The crate's own two threads (`Rayon(2)`) gave 1.0-1.9x of one thread.
+//!
+//! Decision:
+//! - The `gemm` crate with `x86-v4`, single-threaded calls: on one thread it
+//!   runs every forward shape at 94-112 GFLOP/s (83-98% of the peak) and
+//!   every `tn` shape but one at 95-114, so a hand-written micro-kernel
+//!   could win a few percent at most; none is written.
+//! - Its weak spot, a transposed right operand with few rows, goes through
+//!   a column-major scratch and a transpose (`matmul::SMALL_ROWS`).
+//! - The kernels split their own domains into items, each a single-threaded
+//!   product; that is what makes every split bitwise deterministic.
+//! - Taps that only ever read padding are skipped: at 28x28, ResNet-34's
+//!   stage 5 keeps 1 of 9 taps (its first unit 4 of 9), 16% of the model's
+//!   forward FLOPs.
+//!
+//! The kernels, `cargo bench --bench gemm` (medians of 4 runs, GFLOP/s of
+//! the dense im2col product, so skipped taps count as done; `2t`: the
+//! domain halved over a pool of two threads):
+//!
+//! | layer | forward 1t / 2t | backward data | backward filter |
+//! |---|---|---|---|
+//! | Fashion conv1 (1 channel) | 58 / 98 | 26 / 44 | 47 / 72 |
+//! | Fashion conv2 | 99 / 195 | 97 / 182 | 93 / 146 |
+//! | Fashion conv3 | 97 / 186 | 93 / 176 | 80 / 166 |
+//! | Fashion conv4 | 100 / 189 | 88 / 170 | 95 / 191 |
+//! | Fashion conv5 | 97 / 171 | 83 / 119 | 94 / 134 |
+//! | Fashion dense1 | 111 / 145 | 87 / 114 | 97 / 119 |
+//! | ResNet conv1 (1 channel, stride 2) | 64 / 84 | 20 / 29 | 45 / 59 |
+//! | ResNet stage 2 | 97 / 171 | 88 / 163 | 89 / 152 |
+//! | ResNet stage 3 | 101 / 188 | 85 / 150 | 103 / 161 |
+//! | ResNet stage 4 | 109 / 203 | 98 / 188 | 102 / 157 |
+//! | ResNet stage 5 (1 tap of 9) | 986 / 1122 | 887 / 999 | 516 / 533 |
+//!
+//! The im2col of one input channel (runs of 7 f32s) halves the first
+//! layers' speed; the input layer needs no backward-data kernel. Layers of
+//! a few microseconds (Fashion dense2, ResNet's fc) run slower on two
+//! threads than on one.
+//!
+//! # Kernels and their domains
+//!
+//! Every kernel is work over a *domain* of `domain()` independent items; the
+//! executor splits `0..domain()` into ranges, one per thread, and calls
+//! `run` on each. An item's computation does not depend on the range it is
+//! run in (each item makes its own single-threaded GEMM calls, of sizes fixed
+//! when the kernel is built), so any split gives bitwise the same result as
+//! running the whole domain at once, on any number of threads.
+//!
+//! | kernel | item | reduction order |
+//! |---|---|---|
+//! | [`ConvForward`] | a block of output rows: im2col, GEMM, epilogue | over taps and channels, inside the GEMM |
+//! | [`ConvBackwardData`] | a block of input-gradient rows (1x1 stride 1 and dense), or a band of input rows counted over the batch (whole images when they fit): GEMM into the im2col gradient, then col2im | taps in a fixed order per pixel |
+//! | [`ConvBackwardFilter`] | a block of weight-gradient rows, reduced over all output rows in fixed blocks; the last item is the bias gradient | blocks of output rows in order |
+//!
+//! Dense layers are 1x1 convolutions over rows ([`DenseShape`]); their
+//! kernels are built with the `dense` constructors.
+//!
+//! Scratch memory (the im2col block of an item) is the caller's: each
+//! thread passes a buffer of `scratch_len()` f32s, so that the memory
+//! planner can place it. Buffers are passed as raw pointers, as the
+//! executor holds them (places in one arena); their lengths are the
+//! kernel's [`Lengths`].
+
+mod geometry;
+mod matmul;
+
+use std::ops::Range;
+
+use self::geometry::{add_assign, Geometry};
+use self::matmul::{matmul, matmul_small_rows, Operand, SMALL_ROWS};
+use super::{CodegenError, CompiledKernel};
+use crate::graph::Padding;
+
+/// Target size in f32s of one item's scratch block (512 KiB): with a panel
+/// of weights it stays in a core's L2 cache (1 MiB on the measured machine).
+const SCRATCH_TARGET: usize = 128 * 1024;
+/// Target size in f32s of a backward-data item's im2col gradient (1 MiB):
+/// larger than [`SCRATCH_TARGET`] so that bands hold whole images (a band
+/// that cuts an image computes the rows on both sides of the cut twice).
+const DATA_SCRATCH_TARGET: usize = 256 * 1024;
+/// Bounds on the rows of one item's product (fewer rows run at a fraction
+/// of the GEMM's speed; more leave the domain too few items).
+const MIN_ROWS_PER_ITEM: usize = 16;
+const MAX_ROWS_PER_ITEM: usize = 512;
+/// Bounds on the weight-gradient rows of one backward-filter item.
+const MIN_COLS_PER_ITEM: usize = 16;
+const MAX_COLS_PER_ITEM: usize = 256;
+/// How many items a domain aims for, so that threads balance.
+const TARGET_ITEMS: usize = 8;
+/// Rows summed in f32 before a partial sum joins the bias gradient.
+const BIAS_BLOCK_ROWS: usize = 256;
+/// Scratch buffers are used from their first 64-byte boundary on.
+const ALIGN_FLOATS: usize = 16;
+
+/// A 2-D convolution's sizes: NHWC input `[batch, height, width,
+/// in_channels]`, kernel `[kh, kw, in_channels, out_channels]`, optional
+/// bias `[out_channels]`, NHWC output. Padding follows TensorFlow
+/// ([`crate::ops::same_padding`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Input height.
+    pub height: usize,
+    /// Input width.
+    pub width: usize,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels (filters).
+    pub out_channels: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Vertical and horizontal stride.
+    pub stride: [usize; 2],
+    /// Vertical and horizontal dilation.
+    pub dilation: [usize; 2],
+    /// `same` or `valid`.
+    pub padding: Padding,
+    /// Whether the layer adds a bias.
+    pub bias: bool,
+}
+
+impl ConvShape {
+    fn input(&self) -> [usize; 2] {
+        [self.height, self.width]
+    }
+}
+
+/// A dense layer's sizes: input `[rows, inputs]`, kernel `[inputs, units]`,
+/// optional bias `[units]`, output `[rows, units]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenseShape {
+    /// Rows (the batch, times any leading axes).
+    pub rows: usize,
+    /// Input features.
+    pub inputs: usize,
+    /// Output features.
+    pub units: usize,
+    /// Whether the layer adds a bias.
+    pub bias: bool,
+}
+
+impl DenseShape {
+    /// The same computation as a 1x1 convolution on `rows` 1x1 images.
+    fn as_conv(&self) -> ConvShape {
+        ConvShape {
+            batch: self.rows,
+            height: 1,
+            width: 1,
+            in_channels: self.inputs,
+            out_channels: self.units,
+            kernel: [1, 1],
+            stride: [1, 1],
+            dilation: [1, 1],
+            padding: Padding::Valid,
+            bias: self.bias,
+        }
+    }
+}
+
+/// A compiled element-wise kernel run on each finished block of a
+/// contraction's output rows while they are in cache: its input 0 and its
+/// output 0 are the contraction's output (updated in place), followed by
+/// the extra buffers given here. Tensor buffers are indexed by the same
+/// rows as the output.
+pub struct Epilogue<'a> {
+    kernel: &'a CompiledKernel,
+    inputs: Vec<*mut f32>,
+    outputs: Vec<*mut f32>,
+}
+
+// SAFETY: the pointers are addresses the JIT kernel reads (inputs) or
+// writes (outputs) only on the rows of the item being run, which the
+// contract of `Epilogue::new` and of the kernels' `run` keeps disjoint
+// between threads.
+unsafe impl Send for Epilogue<'_> {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Epilogue<'_> {}
+
+impl<'a> Epilogue<'a> {
+    /// An epilogue running `kernel` with extra inputs `inputs` and extra
+    /// outputs `outputs`.
+    ///
+    /// # Safety
+    /// `kernel` must have been compiled from an
+    /// [`Elementwise`](super::elementwise::Elementwise) with exactly
+    /// `1 + inputs.len()` inputs and `1 + outputs.len()` outputs, whose
+    /// buffers 0 are the contraction's output (`channels` = its channels).
+    /// Each extra buffer must be valid, while the epilogue is used, for the
+    /// contraction's output rows (a tensor) or for one row (per-channel),
+    /// and no other code may access the rows of an extra output that a
+    /// running item writes.
+    pub unsafe fn new(
+        kernel: &'a CompiledKernel,
+        inputs: &[*const f32],
+        outputs: &[*mut f32],
+    ) -> Epilogue<'a> {
+        Epilogue {
+            kernel,
+            inputs: inputs.iter().map(|&p| p.cast_mut()).collect(),
+            outputs: outputs.to_vec(),
+        }
+    }
+
+    /// Runs the kernel on rows `rows` of `block`, the contraction's output.
+    ///
+    /// # Safety
+    /// `block` holds at least `rows.end * channels` f32s, and the contract
+    /// of [`Epilogue::new`] holds.
+    unsafe fn apply(&self, block: *mut f32, rows: Range<usize>, channels: usize) {
+        let mut args = Vec::with_capacity(2 + self.inputs.len() + self.outputs.len());
+        args.push(block);
+        args.extend(&self.inputs);
+        args.push(block);
+        args.extend(&self.outputs);
+        // SAFETY: one pointer per buffer the kernel was compiled for (the
+        // contract of `new`), each valid for these rows.
+        unsafe { self.kernel.run(&args, rows, channels) }
+    }
+}
+
+/// The buffers of a forward kernel ([`ConvForward`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardBuffers {
+    /// The input, `lengths().input` f32s.
+    pub input: *const f32,
+    /// The kernel, `lengths().kernel` f32s.
+    pub kernel: *const f32,
+    /// The bias, `out_channels` f32s; present exactly when the shape has one.
+    pub bias: Option<*const f32>,
+    /// The output, `lengths().output` f32s.
+    pub output: *mut f32,
+}
+
+/// The buffers of a backward-data kernel ([`ConvBackwardData`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardDataBuffers {
+    /// The gradient of the output, `lengths().output` f32s.
+    pub output_grad: *const f32,
+    /// The kernel, `lengths().kernel` f32s.
+    pub kernel: *const f32,
+    /// The gradient of the input, `lengths().input` f32s (overwritten).
+    pub input_grad: *mut f32,
+}
+
+/// The buffers of a backward-filter kernel ([`ConvBackwardFilter`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardFilterBuffers {
+    /// The forward input, `lengths().input` f32s.
+    pub input: *const f32,
+    /// The gradient of the output, `lengths().output` f32s.
+    pub output_grad: *const f32,
+    /// The gradient of the kernel, `lengths().kernel` f32s (overwritten).
+    pub kernel_grad: *mut f32,
+    /// The gradient of the bias, `out_channels` f32s (overwritten); present
+    /// exactly when the shape has a bias.
+    pub bias_grad: Option<*mut f32>,
+}
+
+// SAFETY: the buffer structs only carry addresses; every access goes
+// through a kernel's `run`, whose contract keeps concurrent calls on
+// disjoint items, and items write disjoint parts of the outputs.
+unsafe impl Send for ForwardBuffers {}
+// SAFETY: as above.
+unsafe impl Sync for ForwardBuffers {}
+// SAFETY: as above.
+unsafe impl Send for BackwardDataBuffers {}
+// SAFETY: as above.
+unsafe impl Sync for BackwardDataBuffers {}
+// SAFETY: as above.
+unsafe impl Send for BackwardFilterBuffers {}
+// SAFETY: as above.
+unsafe impl Sync for BackwardFilterBuffers {}
+
+/// What the kernels have in common: a name, a geometry and a domain.
+#[derive(Debug, Clone)]
+struct Common {
+    name: String,
+    geometry: Geometry,
+}
+
+impl Common {
+    fn new(name: &str, shape: &ConvShape) -> Result<Common, CodegenError> {
+        Ok(Common {
+            name: name.to_string(),
+            geometry: Geometry::new(name, shape)?,
+        })
+    }
+
+    fn malformed(&self, message: String) -> CodegenError {
+        CodegenError::Malformed {
+            kernel: self.name.clone(),
+            message,
+        }
+    }
+
+    /// Checks a call's items, bias buffer (`None` for a kernel that takes
+    /// none) and scratch; returns the scratch from its first 64-byte
+    /// boundary on.
+    fn check<'s>(
+        &self,
+        items: &Range<usize>,
+        domain: usize,
+        bias_given: Option<bool>,
+        scratch: &'s mut [f32],
+        scratch_len: usize,
+    ) -> Result<&'s mut [f32], CodegenError> {
+        if items.start > items.end || items.end > domain {
+            return Err(
+                self.malformed(format!("items {items:?} are not in the domain 0..{domain}"))
+            );
+        }
+        if let Some(bias_given) = bias_given.filter(|&given| given != self.geometry.shape.bias) {
+            return Err(self.malformed(format!(
+                "the layer {} a bias, but the call {} one",
+                if self.geometry.shape.bias {
+                    "has"
+                } else {
+                    "has no"
+                },
+                if bias_given { "passes" } else { "passes no" },
+            )));
+        }
+        if scratch.len() < scratch_len {
+            return Err(self.malformed(format!(
+                "the scratch buffer holds {} f32s; the kernel needs {scratch_len}",
+                scratch.len()
+            )));
+        }
+        if scratch_len == 0 {
+            return Ok(&mut scratch[..0]);
+        }
+        // `scratch_len` has ALIGN_FLOATS f32s of slack for the alignment.
+        let skip = scratch.as_ptr().align_offset(ALIGN_FLOATS * 4);
+        Ok(&mut scratch[skip.min(ALIGN_FLOATS)..][..scratch_len - ALIGN_FLOATS])
+    }
+}
+
+/// The scratch length for `floats` f32s of block, with room to align it.
+fn scratch_for(floats: usize) -> usize {
+    if floats == 0 {
+        0
+    } else {
+        floats + ALIGN_FLOATS
+    }
+}
+
+/// Rows per item for `rows` rows whose scratch takes `scratch_cols` f32s a
+/// row: enough items to balance, few enough rows to stay in cache.
+fn rows_per_item(rows: usize, scratch_cols: usize) -> usize {
+    let balanced = rows
+        .div_ceil(TARGET_ITEMS)
+        .next_multiple_of(MIN_ROWS_PER_ITEM);
+    let cached = (SCRATCH_TARGET / scratch_cols.max(1)).max(MIN_ROWS_PER_ITEM);
+    balanced
+        .min(cached)
+        .clamp(MIN_ROWS_PER_ITEM, MAX_ROWS_PER_ITEM)
+        .min(rows)
+}
+
+/// Forward convolution or dense layer: `output = im2col(input) · kernel
+/// (+ bias)`, then the epilogue.
+///
+/// Domain: blocks of `rows_per_item` output rows (`batch * oh * ow` rows in
+/// all). Each item builds the im2col block of its rows in the scratch (a
+/// 1x1 stride-1 convolution reads the input in place), multiplies it by the
+/// kernel in one single-threaded GEMM per run of contiguous weight rows
+/// (one, unless taps that only ever read padding were skipped), and runs
+/// the epilogue on its rows.
+#[derive(Debug, Clone)]
+pub struct ConvForward {
+    common: Common,
+    rows_per_item: usize,
+}
+
+impl ConvForward {
+    /// The forward kernel of convolution `shape`; `name` names it in errors.
+    pub fn new(name: &str, shape: &ConvShape) -> Result<ConvForward, CodegenError> {
+        let common = Common::new(name, shape)?;
+        let g = &common.geometry;
+        let scratch_cols = if g.pointwise { 0 } else { g.cols };
+        let rows_per_item = rows_per_item(g.rows, scratch_cols);
+        Ok(ConvForward {
+            common,
+            rows_per_item,
+        })
+    }
+
+    /// The forward kernel of dense layer `shape`.
+    pub fn dense(name: &str, shape: &DenseShape) -> Result<ConvForward, CodegenError> {
+        ConvForward::new(name, &shape.as_conv())
+    }
+
+    /// The number of items.
+    pub fn domain(&self) -> usize {
+        self.common.geometry.rows.div_ceil(self.rows_per_item)
+    }
+
+    /// The output rows of item `item`.
+    pub fn item_rows(&self, item: usize) -> Range<usize> {
+        let rows = self.common.geometry.rows;
+        (item * self.rows_per_item).min(rows)..((item + 1) * self.rows_per_item).min(rows)
+    }
+
+    /// The f32s of scratch one thread needs to run any range of items.
+    pub fn scratch_len(&self) -> usize {
+        let g = &self.common.geometry;
+        scratch_for(if g.pointwise {
+            0
+        } else {
+            self.rows_per_item * g.cols
+        })
+    }
+
+    /// [`Self::scratch_len`] in bytes.
+    pub fn scratch_bytes(&self) -> usize {
+        self.scratch_len() * 4
+    }
+
+    /// The geometry's figures.
+    pub fn lengths(&self) -> Lengths {
+        Lengths::of(&self.common.geometry)
+    }
+
+    /// Runs items `items`.
+    ///
+    /// # Safety
+    /// Each buffer must hold the f32s [`ForwardBuffers`] says; the output
+    /// must not overlap the other buffers. Calls running at the same time on
+    /// the same output must be given disjoint item ranges. The contract of
+    /// the epilogue ([`Epilogue::new`]) must hold.
+    pub unsafe fn run(
+        &self,
+        buffers: &ForwardBuffers,
+        epilogue: Option<&Epilogue>,
+        scratch: &mut [f32],
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        let c = &self.common;
+        let given = Some(buffers.bias.is_some());
+        let scratch = c.check(&items, self.domain(), given, scratch, self.scratch_len())?;
+        for item in items {
+            let rows = self.item_rows(item);
+            // SAFETY: the caller's contract, passed on.
+            unsafe { self.item(buffers, scratch, rows.clone()) };
+            if let Some(epilogue) = epilogue {
+                // SAFETY: the output holds `rows.end * cout` f32s; the rest
+                // is the caller's contract.
+                unsafe { epilogue.apply(buffers.output, rows, c.geometry.shape.out_channels) };
+            }
+        }
+        Ok(())
+    }
+
+    /// The output rows `rows`: bias, then one GEMM per group of taps.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`].
+    unsafe fn item(&self, buffers: &ForwardBuffers, scratch: &mut [f32], rows: Range<usize>) {
+        let g = &self.common.geometry;
+        let (cin, cout) = (g.shape.in_channels, g.shape.out_channels);
+        // SAFETY: the input holds `input_len` f32s and is only read; these
+        // rows of the output belong to this item alone.
+        let (input, out) = unsafe {
+            (
+                std::slice::from_raw_parts(buffers.input, g.input_len),
+                std::slice::from_raw_parts_mut(
+                    buffers.output.add(rows.start * cout),
+                    rows.len() * cout,
+                ),
+            )
+        };
+        let lhs = if g.pointwise {
+            Operand::rows(input[rows.start * cin..].as_ptr(), cin)
+        } else {
+            g.im2col(input, rows.clone(), 0..g.cols, scratch);
+            Operand::rows(scratch.as_ptr(), g.cols)
+        };
+        if let Some(bias) = buffers.bias {
+            // SAFETY: the bias holds `cout` f32s.
+            let bias = unsafe { std::slice::from_raw_parts(bias, cout) };
+            out.chunks_exact_mut(cout)
+                .for_each(|r| r.copy_from_slice(bias));
+        } else if g.groups.is_empty() {
+            out.fill(0.0);
+        }
+        for (i, group) in g.groups.iter().enumerate() {
+            let rhs = Operand::rows(buffers.kernel.wrapping_add(group.weight_row * cout), cout);
+            let accumulate = buffers.bias.is_some() || i > 0;
+            // SAFETY: the operands address the im2col block (or the input's
+            // rows) and the group's weight rows; `out` is this item's.
+            unsafe {
+                matmul(
+                    (rows.len(), cout, group.len),
+                    out.as_mut_ptr(),
+                    cout,
+                    lhs.at(0, group.col),
+                    rhs,
+                    accumulate,
+                )
+            };
+        }
+    }
+}
+
+/// The sizes of a contraction's buffers, in f32s, and its output's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lengths {
+    /// The input (or its gradient).
+    pub input: usize,
+    /// The kernel (or its gradient).
+    pub kernel: usize,
+    /// The output (or its gradient).
+    pub output: usize,
+    /// The output's height and width.
+    pub output_size: [usize; 2],
+}
+
+impl Lengths {
+    fn of(g: &Geometry) -> Lengths {
+        Lengths {
+            input: g.input_len,
+            kernel: g.kernel_len,
+            output: g.output_len,
+            output_size: [g.y.output, g.x.output],
+        }
+    }
+}
+
+/// How [`ConvBackwardData`] splits its work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataItems {
+    /// 1x1 stride 1 (and dense): blocks of rows, each one GEMM straight
+    /// into the input gradient.
+    Rows { rows_per_item: usize },
+    /// Bands of `height` input rows, counted over the batch (a band may
+    /// span images); a band needs the im2col gradient of at most
+    /// `dcol_rows` output rows.
+    Bands { height: usize, dcol_rows: usize },
+}
+
+/// The gradient of a convolution or dense layer with respect to its input:
+/// `input_grad = col2im(output_grad · kernelᵀ)`, then the epilogue (with
+/// channels = input channels).
+///
+/// Domain: for a 1x1 stride-1 convolution (and a dense layer), blocks of
+/// input-gradient rows, each one GEMM. Otherwise, bands of input rows
+/// counted over the batch (`image * height + y`; a band of a small image
+/// spans several images): an item computes the im2col gradient of the
+/// output rows its band reads (a band's halo of output rows is computed
+/// again by its neighbour, which is why bands are as tall as the scratch
+/// allows), then gathers every input pixel of the band by summing its taps
+/// in a fixed order. The input gradient is overwritten, never accumulated,
+/// so items never write the same element.
+#[derive(Debug, Clone)]
+pub struct ConvBackwardData {
+    common: Common,
+    items: DataItems,
+}
+
+impl ConvBackwardData {
+    /// The backward-data kernel of convolution `shape` (its bias, if any,
+    /// plays no part).
+    pub fn new(name: &str, shape: &ConvShape) -> Result<ConvBackwardData, CodegenError> {
+        let common = Common::new(name, shape)?;
+        let g = &common.geometry;
+        let items = if g.pointwise {
+            DataItems::Rows {
+                rows_per_item: rows_per_item(g.rows, 0),
+            }
+        } else {
+            bands(g)
+        };
+        Ok(ConvBackwardData { common, items })
+    }
+
+    /// The backward-data kernel of dense layer `shape`.
+    pub fn dense(name: &str, shape: &DenseShape) -> Result<ConvBackwardData, CodegenError> {
+        ConvBackwardData::new(name, &shape.as_conv())
+    }
+
+    /// The number of items.
+    pub fn domain(&self) -> usize {
+        let g = &self.common.geometry;
+        match self.items {
+            DataItems::Rows { rows_per_item } => g.rows.div_ceil(rows_per_item),
+            DataItems::Bands { height, .. } => (g.shape.batch * g.shape.height).div_ceil(height),
+        }
+    }
+
+    /// The f32s of scratch one thread needs to run any range of items.
+    pub fn scratch_len(&self) -> usize {
+        let (dcol, transposed) = self.scratch_parts();
+        scratch_for(dcol + transposed)
+    }
+
+    /// [`Self::scratch_len`] in bytes.
+    pub fn scratch_bytes(&self) -> usize {
+        self.scratch_len() * 4
+    }
+
+    /// The f32s of the im2col gradient and of a transposed product
+    /// ([`matmul_small_rows`]).
+    fn scratch_parts(&self) -> (usize, usize) {
+        let g = &self.common.geometry;
+        let (rows, dcol_len, widest) = match self.items {
+            DataItems::Rows { rows_per_item } => (rows_per_item, 0, g.shape.in_channels),
+            DataItems::Bands { dcol_rows, .. } => {
+                let rows = dcol_rows * g.x.output;
+                let widest = g.groups.iter().map(|group| group.len).max().unwrap_or(0);
+                (rows, rows * g.cols, widest)
+            }
+        };
+        let transposed = if rows <= SMALL_ROWS { rows * widest } else { 0 };
+        (dcol_len, transposed)
+    }
+
+    /// The geometry's figures.
+    pub fn lengths(&self) -> Lengths {
+        Lengths::of(&self.common.geometry)
+    }
+
+    /// Runs items `items`.
+    ///
+    /// # Safety
+    /// Each buffer must hold the f32s [`BackwardDataBuffers`] says; the
+    /// input gradient must not overlap the other buffers. Calls running at
+    /// the same time on the same input gradient must be given disjoint item
+    /// ranges. The contract of the epilogue ([`Epilogue::new`]) must hold.
+    pub unsafe fn run(
+        &self,
+        buffers: &BackwardDataBuffers,
+        epilogue: Option<&Epilogue>,
+        scratch: &mut [f32],
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        let c = &self.common;
+        let scratch = c.check(&items, self.domain(), None, scratch, self.scratch_len())?;
+        let (dcol, transposed) = scratch.split_at_mut(self.scratch_parts().0);
+        for item in items {
+            let rows = match self.items {
+                // SAFETY: the caller's contract, passed on.
+                DataItems::Rows { rows_per_item } => unsafe {
+                    self.rows_item(buffers, transposed, item, rows_per_item)
+                },
+                // SAFETY: the caller's contract, passed on.
+                DataItems::Bands { height, .. } => unsafe {
+                    self.band_item(buffers, dcol, transposed, item, height)
+                },
+            };
+            if let Some(epilogue) = epilogue {
+                // SAFETY: the input gradient holds `rows.end * channels`
+                // f32s; the rest is the caller's contract.
+                unsafe { epilogue.apply(buffers.input_grad, rows, c.geometry.shape.in_channels) };
+            }
+        }
+        Ok(())
+    }
+
+    /// One block of rows of a 1x1 stride-1 convolution: `dx = dy · wᵀ`.
+    /// Returns the rows written.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`].
+    unsafe fn rows_item(
+        &self,
+        buffers: &BackwardDataBuffers,
+        transposed: &mut [f32],
+        item: usize,
+        rows_per_item: usize,
+    ) -> Range<usize> {
+        let g = &self.common.geometry;
+        let (cin, cout) = (g.shape.in_channels, g.shape.out_channels);
+        let rows = (item * rows_per_item).min(g.rows)..((item + 1) * rows_per_item).min(g.rows);
+        // SAFETY: the rows are this item's; the operands lie in the
+        // output gradient and the kernel.
+        unsafe {
+            matmul_small_rows(
+                (rows.len(), cin, cout),
+                buffers.input_grad.add(rows.start * cin),
+                cin,
+                Operand::rows(buffers.output_grad.add(rows.start * cout), cout),
+                Operand::transposed(buffers.kernel, cout),
+                transposed,
+            )
+        };
+        rows
+    }
+
+    /// Band `band` of input rows: the im2col gradient of the output rows
+    /// the band reads, then col2im. Returns the input-gradient rows written.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`].
+    unsafe fn band_item(
+        &self,
+        buffers: &BackwardDataBuffers,
+        dcol: &mut [f32],
+        transposed: &mut [f32],
+        band: usize,
+        height: usize,
+    ) -> Range<usize> {
+        let g = &self.common.geometry;
+        let s = &g.shape;
+        let input_rows = s.batch * s.height;
+        let rows = (band * height).min(input_rows)..((band + 1) * height).min(input_rows);
+        let output_rows = g.readers(rows.clone());
+        let m = output_rows.len() * g.x.output;
+        let output_grad = buffers
+            .output_grad
+            .wrapping_add(output_rows.start * g.x.output * s.out_channels);
+        for group in &g.groups {
+            let kernel = buffers
+                .kernel
+                .wrapping_add(group.weight_row * s.out_channels);
+            // SAFETY: `dcol` holds `dcol_rows * ow * cols` f32s and
+            // `output_rows.len() <= dcol_rows`; the operands lie in the
+            // output gradient and the kernel.
+            unsafe {
+                matmul_small_rows(
+                    (m, group.len, s.out_channels),
+                    dcol.as_mut_ptr().add(group.col),
+                    g.cols,
+                    Operand::rows(output_grad, s.out_channels),
+                    Operand::transposed(kernel, s.out_channels),
+                    transposed,
+                )
+            };
+        }
+        let pixels = rows.start * s.width..rows.end * s.width;
+        // SAFETY: these rows of the input gradient belong to this item alone.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(
+                buffers.input_grad.add(pixels.start * s.in_channels),
+                pixels.len() * s.in_channels,
+            )
+        };
+        g.col2im(&dcol[..m * g.cols], output_rows.start, rows, out);
+        pixels
+    }
+}
+
+/// Chooses the bands of [`ConvBackwardData`]: whole images when one fits
+/// the scratch target (a band that cuts an image recomputes the output rows
+/// on both sides of the cut), as many as fit and still give `TARGET_ITEMS`
+/// items; otherwise the tallest part of an image that fits. Either way an
+/// item's product has at least `MIN_ROWS_PER_ITEM` rows where the layer has
+/// that many (a product of a few rows runs at a fraction of the GEMM's
+/// speed).
+fn bands(g: &Geometry) -> DataItems {
+    let (height, rows) = (g.shape.height, g.shape.batch * g.shape.height);
+    let needed = |band: usize| {
+        (0..rows.div_ceil(band))
+            .map(|b| g.readers(b * band..((b + 1) * band).min(rows)).len())
+            .max()
+            .unwrap_or(0)
+    };
+    let fits = |band: usize| needed(band) * g.x.output * g.cols <= DATA_SCRATCH_TARGET;
+    let shortest = (1..rows)
+        .find(|&band| needed(band) * g.x.output >= MIN_ROWS_PER_ITEM)
+        .unwrap_or(rows);
+    let balanced = rows.div_ceil(TARGET_ITEMS).max(shortest);
+    let band = if fits(height) || shortest > height {
+        // Whole images: the most that fit and balance, at least `shortest` rows.
+        let images = |band: usize| band.div_ceil(height);
+        let most = (images(shortest)..=images(balanced).max(images(shortest)))
+            .rev()
+            .find(|&n| n == images(shortest) || fits(n * height))
+            .unwrap_or(1);
+        most * height
+    } else {
+        (shortest..=balanced.min(height))
+            .rev()
+            .find(|&band| band == shortest || fits(band))
+            .unwrap_or(shortest)
+    };
+    DataItems::Bands {
+        height: band,
+        dcol_rows: needed(band),
+    }
+}
+
+/// The gradient of a convolution or dense layer with respect to its kernel
+/// (`kernel_grad = im2col(input)ᵀ · output_grad`) and bias (`bias_grad =`
+/// the column sums of `output_grad`).
+///
+/// Domain: blocks of `cols_per_item` weight-gradient rows (of the active
+/// taps), then one item for the bias gradient if the layer has a bias. The
+/// reduction over output rows is never split: an item runs over all of
+/// them in blocks of `rows_per_block` rows, in order, each block's im2col
+/// columns multiplied into the item's rows with one GEMM that accumulates.
+/// Item 0 also zeroes the rows of taps that only ever read padding.
+#[derive(Debug, Clone)]
+pub struct ConvBackwardFilter {
+    common: Common,
+    cols_per_item: usize,
+    rows_per_block: usize,
+}
+
+impl ConvBackwardFilter {
+    /// The backward-filter kernel of convolution `shape`.
+    pub fn new(name: &str, shape: &ConvShape) -> Result<ConvBackwardFilter, CodegenError> {
+        let common = Common::new(name, shape)?;
+        let g = &common.geometry;
+        let cols_per_item = g
+            .cols
+            .div_ceil(TARGET_ITEMS)
+            .next_multiple_of(MIN_COLS_PER_ITEM)
+            .clamp(MIN_COLS_PER_ITEM, MAX_COLS_PER_ITEM);
+        let rows_per_block = if g.pointwise {
+            g.rows
+        } else {
+            (SCRATCH_TARGET / cols_per_item.min(g.cols))
+                .next_multiple_of(MIN_ROWS_PER_ITEM)
+                .min(g.rows)
+        };
+        Ok(ConvBackwardFilter {
+            common,
+            cols_per_item,
+            rows_per_block,
+        })
+    }
+
+    /// The backward-filter kernel of dense layer `shape`.
+    pub fn dense(name: &str, shape: &DenseShape) -> Result<ConvBackwardFilter, CodegenError> {
+        ConvBackwardFilter::new(name, &shape.as_conv())
+    }
+
+    /// The number of items.
+    pub fn domain(&self) -> usize {
+        let g = &self.common.geometry;
+        g.cols.div_ceil(self.cols_per_item) + usize::from(g.shape.bias)
+    }
+
+    /// The f32s of scratch one thread needs to run any range of items.
+    pub fn scratch_len(&self) -> usize {
+        let g = &self.common.geometry;
+        if g.pointwise {
+            0
+        } else {
+            scratch_for(self.rows_per_block * self.cols_per_item.min(g.cols))
+        }
+    }
+
+    /// [`Self::scratch_len`] in bytes.
+    pub fn scratch_bytes(&self) -> usize {
+        self.scratch_len() * 4
+    }
+
+    /// The geometry's figures.
+    pub fn lengths(&self) -> Lengths {
+        Lengths::of(&self.common.geometry)
+    }
+
+    /// Runs items `items`.
+    ///
+    /// # Safety
+    /// Each buffer must hold the f32s [`BackwardFilterBuffers`] says; the
+    /// gradients must not overlap the other buffers or each other. Calls
+    /// running at the same time on the same gradients must be given
+    /// disjoint item ranges.
+    pub unsafe fn run(
+        &self,
+        buffers: &BackwardFilterBuffers,
+        scratch: &mut [f32],
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        let c = &self.common;
+        let given = Some(buffers.bias_grad.is_some());
+        let scratch = c.check(&items, self.domain(), given, scratch, self.scratch_len())?;
+        let g = &c.geometry;
+        let col_items = g.cols.div_ceil(self.cols_per_item);
+        for item in items {
+            match buffers.bias_grad {
+                // SAFETY: the caller's contract, passed on.
+                Some(bias_grad) if item == col_items => unsafe {
+                    self.bias_item(buffers.output_grad, bias_grad)
+                },
+                // SAFETY: the caller's contract, passed on.
+                _ => unsafe { self.cols_item(buffers, scratch, item) },
+            }
+        }
+        Ok(())
+    }
+
+    /// The weight-gradient rows of im2col columns block `item`.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`].
+    unsafe fn cols_item(&self, buffers: &BackwardFilterBuffers, scratch: &mut [f32], item: usize) {
+        let g = &self.common.geometry;
+        let (cin, cout) = (g.shape.in_channels, g.shape.out_channels);
+        let cols = item * self.cols_per_item..((item + 1) * self.cols_per_item).min(g.cols);
+        if item == 0 {
+            for dead in &g.dead_rows {
+                // SAFETY: the rows of dead taps belong to item 0 alone.
+                unsafe {
+                    std::slice::from_raw_parts_mut(
+                        buffers.kernel_grad.add(dead.start * cout),
+                        dead.len() * cout,
+                    )
+                    .fill(0.0)
+                };
+            }
+        }
+        // SAFETY: the input holds `input_len` f32s, and is only read.
+        let input = unsafe { std::slice::from_raw_parts(buffers.input, g.input_len) };
+        for first in (0..g.rows).step_by(self.rows_per_block) {
+            let rows = first..(first + self.rows_per_block).min(g.rows);
+            let col_t = if g.pointwise {
+                Operand::transposed(input[first * cin + cols.start..].as_ptr(), cin)
+            } else {
+                g.im2col(input, rows.clone(), cols.clone(), scratch);
+                Operand::transposed(scratch.as_ptr(), cols.len())
+            };
+            let output_grad = Operand::rows(buffers.output_grad.wrapping_add(first * cout), cout);
+            for group in &g.groups {
+                let lo = cols.start.max(group.col);
+                let hi = cols.end.min(group.col + group.len);
+                if lo >= hi {
+                    continue;
+                }
+                let weight_row = group.weight_row + lo - group.col;
+                // SAFETY: the weight-gradient rows of these columns belong
+                // to this item alone; the operands lie in the im2col block
+                // (or the input) and the output gradient.
+                unsafe {
+                    matmul(
+                        (hi - lo, cout, rows.len()),
+                        buffers.kernel_grad.add(weight_row * cout),
+                        cout,
+                        col_t.at(lo - cols.start, 0),
+                        output_grad,
+                        first > 0,
+                    )
+                };
+            }
+        }
+    }
+
+    /// The bias gradient: column sums of the output gradient, in blocks of
+    /// rows summed in order.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`].
+    unsafe fn bias_item(&self, output_grad: *const f32, bias_grad: *mut f32) {
+        let g = &self.common.geometry;
+        let cout = g.shape.out_channels;
+        // SAFETY: the output gradient holds `output_len` f32s; the bias
+        // gradient `cout` and belongs to this item alone.
+        let (output_grad, bias_grad) = unsafe {
+            (
+                std::slice::from_raw_parts(output_grad, g.output_len),
+                std::slice::from_raw_parts_mut(bias_grad, cout),
+            )
+        };
+        bias_grad.fill(0.0);
+        let mut partial = vec![0.0; cout];
+        for block in output_grad.chunks(BIAS_BLOCK_ROWS * cout) {
+            partial.fill(0.0);
+            block
+                .chunks_exact(cout)
+                .for_each(|row| add_assign(&mut partial, row));
+            add_assign(bias_grad, &partial);
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The index arithmetic of a convolution, written once for every kernel:
+//! output sizes and padding, the taps that ever read the image, the blocks
+//! of weight rows those taps use, and the im2col / col2im copies.
+//!
+//! The im2col matrix has one row per output position (`batch * oh * ow`
+//! rows, in NHWC order) and one column per *active* tap and input channel:
+//! a tap that reads padding for every output position (a 3x3 kernel on a
+//! 1x1 image keeps only its centre) is left out, along with its weight rows,
+//! since it only ever multiplies zeros.
+
+use std::ops::Range;
+
+use super::ConvShape;
+use crate::codegen::CodegenError;
+use crate::graph::Padding;
+use crate::ops::{output_size, same_padding};
+
+/// The largest size of any one dimension; products are checked separately.
+const MAX_DIMENSION: usize = i32::MAX as usize;
+
+/// One spatial axis of the sliding window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Axis {
+    pub input: usize,
+    pub output: usize,
+    stride: usize,
+    dilation: usize,
+    /// Zero padding before the first input position.
+    before: usize,
+    /// The taps that read the input for at least one output position, in order.
+    pub taps: Vec<usize>,
+    /// Whether consecutive active taps read consecutive input positions, so
+    /// that one output position's taps along this axis are one contiguous run.
+    contiguous: bool,
+}
+
+impl Axis {
+    fn new(
+        input: usize,
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+        padding: Padding,
+    ) -> Option<Axis> {
+        let [i, k, s, d] = [input, kernel, stride, dilation].map(|v| v as u64);
+        let output = usize::try_from(output_size(i, k, s, d, padding)?).ok()?;
+        let before = match padding {
+            Padding::Same => same_padding(i, k, s, d).0 as usize,
+            Padding::Valid => 0,
+        };
+        let mut axis = Axis {
+            input,
+            output,
+            stride,
+            dilation,
+            before,
+            taps: Vec::new(),
+            contiguous: false,
+        };
+        axis.taps = (0..kernel).filter(|&tap| axis.active(tap)).collect();
+        axis.contiguous = dilation == 1 && axis.taps.windows(2).all(|w| w[1] == w[0] + 1);
+        Some(axis)
+    }
+
+    /// Whether tap `tap` reads the input for some output position: the
+    /// first output position whose tap is not in the padding before the
+    /// input must exist and not read past its end.
+    fn active(&self, tap: usize) -> bool {
+        let offset = tap * self.dilation;
+        let first = self.before.saturating_sub(offset).div_ceil(self.stride);
+        first < self.output && self.source(first, tap).is_some()
+    }
+
+    /// The input position that tap `tap` of output position `out` reads, or
+    /// `None` when it reads padding.
+    pub fn source(&self, out: usize, tap: usize) -> Option<usize> {
+        let position = (out * self.stride + tap * self.dilation).checked_sub(self.before)?;
+        (position < self.input).then_some(position)
+    }
+
+    /// The output position whose tap `tap` reads input position `position`, if any.
+    pub fn reader(&self, position: usize, tap: usize) -> Option<usize> {
+        let shifted = (position + self.before).checked_sub(tap * self.dilation)?;
+        let out = shifted / self.stride;
+        (shifted % self.stride == 0 && out < self.output).then_some(out)
+    }
+}
+
+/// A run of im2col columns whose weight rows are contiguous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Group {
+    /// The first im2col column.
+    pub col: usize,
+    /// The weight row of that column.
+    pub weight_row: usize,
+    /// The number of columns (and weight rows).
+    pub len: usize,
+}
+
+/// A validated convolution: sizes, padding and active taps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Geometry {
+    pub shape: ConvShape,
+    pub y: Axis,
+    pub x: Axis,
+    /// Rows of the im2col matrix: `batch * oh * ow`.
+    pub rows: usize,
+    /// Columns of the im2col matrix: active taps times input channels.
+    pub cols: usize,
+    /// A 1x1 stride-1 convolution: the input itself is the im2col matrix.
+    pub pointwise: bool,
+    /// The im2col columns in runs of contiguous weight rows.
+    pub groups: Vec<Group>,
+    /// The weight rows no active tap uses (their gradient is zero).
+    pub dead_rows: Vec<Range<usize>>,
+    pub input_len: usize,
+    pub output_len: usize,
+    pub kernel_len: usize,
+}
+
+impl Geometry {
+    /// Checks `shape` and works out its geometry; `name` names the kernel in errors.
+    pub fn new(name: &str, shape: &ConvShape) -> Result<Geometry, CodegenError> {
+        let malformed = |message: String| CodegenError::Malformed {
+            kernel: name.to_string(),
+            message,
+        };
+        let s = *shape;
+        if let Some((what, value)) = dimensions(&s)
+            .into_iter()
+            .find(|&(_, value)| value == 0 || value > MAX_DIMENSION)
+        {
+            return Err(malformed(format!(
+                "the {what} is {value}; it must be between 1 and {MAX_DIMENSION}"
+            )));
+        }
+        let axis = |i: usize| {
+            Axis::new(
+                s.input()[i],
+                s.kernel[i],
+                s.stride[i],
+                s.dilation[i],
+                s.padding,
+            )
+        };
+        let (Some(y), Some(x)) = (axis(0), axis(1)) else {
+            return Err(malformed(format!(
+                "a {}x{} kernel dilated by {:?} does not fit a {}x{} input with `valid` padding",
+                s.kernel[0], s.kernel[1], s.dilation, s.height, s.width
+            )));
+        };
+        let product = |factors: &[usize]| {
+            factors
+                .iter()
+                .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+                .filter(|&p| p <= isize::MAX as usize / 4)
+                .ok_or_else(|| malformed(format!("the buffer sizes of {shape:?} overflow")))
+        };
+        let input_len = product(&[s.batch, s.height, s.width, s.in_channels])?;
+        let output_len = product(&[s.batch, y.output, x.output, s.out_channels])?;
+        let kernel_len = product(&[s.kernel[0], s.kernel[1], s.in_channels, s.out_channels])?;
+        let rows = product(&[s.batch, y.output, x.output])?;
+        let cols = y.taps.len() * x.taps.len() * s.in_channels;
+        let pointwise = s.kernel == [1, 1] && s.stride == [1, 1];
+        let (groups, dead_rows) = weight_groups(
+            &y.taps,
+            &x.taps,
+            s.kernel[1],
+            s.in_channels,
+            kernel_len / s.out_channels,
+        );
+        Ok(Geometry {
+            shape: s,
+            y,
+            x,
+            rows,
+            cols,
+            pointwise,
+            groups,
+            dead_rows,
+            input_len,
+            output_len,
+            kernel_len,
+        })
+    }
+
+    /// `(image, oy, ox)` of im2col row (output position) `row`.
+    fn position(&self, row: usize) -> (usize, usize, usize) {
+        let per_image = self.y.output * self.x.output;
+        let within = row % per_image;
+        (
+            row / per_image,
+            within / self.x.output,
+            within % self.x.output,
+        )
+    }
+
+    /// Writes columns `cols` of im2col rows `rows` into `out`, row-major
+    /// `[rows.len(), cols.len()]`; `input` is the whole NHWC input.
+    pub fn im2col(&self, input: &[f32], rows: Range<usize>, cols: Range<usize>, out: &mut [f32]) {
+        let width = cols.len();
+        if width == 0 {
+            return;
+        }
+        let (mut image, mut oy, mut ox) = self.position(rows.start);
+        for dst in out.chunks_exact_mut(width).take(rows.len()) {
+            self.im2col_row(input, (image, oy, ox), cols.start, dst);
+            // The next output position, without dividing.
+            ox += 1;
+            if ox == self.x.output {
+                ox = 0;
+                oy += 1;
+                if oy == self.y.output {
+                    oy = 0;
+                    image += 1;
+                }
+            }
+        }
+    }
+
+    /// The im2col row of output position `(image, oy, ox)` from column
+    /// `first` on: one run of columns per active tap row, each read from one
+    /// row of the image.
+    fn im2col_row(
+        &self,
+        input: &[f32],
+        (image, oy, ox): (usize, usize, usize),
+        first: usize,
+        dst: &mut [f32],
+    ) {
+        let line_len = self.shape.width * self.shape.in_channels;
+        let run = self.x.taps.len() * self.shape.in_channels;
+        let end = first + dst.len();
+        for (ty, &ky) in self
+            .y
+            .taps
+            .iter()
+            .enumerate()
+            .take(end.div_ceil(run))
+            .skip(first / run)
+        {
+            let (lo, hi) = ((ty * run).max(first), ((ty + 1) * run).min(end));
+            let out = &mut dst[lo - first..hi - first];
+            match self.y.source(oy, ky) {
+                None => zero_short(out),
+                Some(iy) => {
+                    let line = &input[(image * self.shape.height + iy) * line_len..][..line_len];
+                    self.fill_run(line, ox, lo - ty * run, out);
+                }
+            }
+        }
+    }
+
+    /// Columns `offset..offset + out.len()` of the run of one tap row at
+    /// output column `ox`, read from `line`, one row of the image.
+    fn fill_run(&self, line: &[f32], ox: usize, offset: usize, out: &mut [f32]) {
+        let c = self.shape.in_channels;
+        if self.x.contiguous {
+            // The run is one stretch of the image row, clipped by padding.
+            let start = (ox * self.x.stride + self.x.taps[0]) as isize - self.x.before as isize;
+            copy_clipped(line, start * c as isize + offset as isize, out);
+            return;
+        }
+        let mut column = offset;
+        let mut rest = out;
+        while !rest.is_empty() {
+            let channel = column % c;
+            let (chunk, tail) = rest.split_at_mut((c - channel).min(rest.len()));
+            match self.x.source(ox, self.x.taps[column / c]) {
+                Some(ix) => chunk.copy_from_slice(&line[ix * c + channel..][..chunk.len()]),
+                None => chunk.fill(0.0),
+            }
+            column += chunk.len();
+            rest = tail;
+        }
+    }
+
+    /// Gathers the input gradient of input rows `input_rows` (counted
+    /// over the batch: `image * height + y`) into `out`, which holds
+    /// `width * in_channels` f32s per input row, from `dcol`, the im2col
+    /// gradient of output rows `first..` (also counted over the batch).
+    /// Each input pixel sums its taps in a fixed order.
+    pub fn col2im(&self, dcol: &[f32], first: usize, input_rows: Range<usize>, out: &mut [f32]) {
+        let c = self.shape.in_channels;
+        let (height, ow) = (self.shape.height, self.x.output);
+        let mut pixels = out.chunks_exact_mut(c);
+        for row in input_rows {
+            let (image, y) = (row / height, row % height);
+            for x in 0..self.shape.width {
+                let Some(pixel) = pixels.next() else { return };
+                pixel.fill(0.0);
+                for (ty, &ky) in self.y.taps.iter().enumerate() {
+                    let Some(oy) = self.y.reader(y, ky) else {
+                        continue;
+                    };
+                    let dcol_row = (image * self.y.output + oy - first) * ow;
+                    for (tx, &kx) in self.x.taps.iter().enumerate() {
+                        let Some(ox) = self.x.reader(x, kx) else {
+                            continue;
+                        };
+                        let at = (dcol_row + ox) * self.cols + (ty * self.x.taps.len() + tx) * c;
+                        add_assign(pixel, &dcol[at..at + c]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The output rows whose im2col gradients input rows `input_rows` need,
+    /// both counted over the batch (`image * height + y`).
+    pub fn readers(&self, input_rows: Range<usize>) -> Range<usize> {
+        let (height, oh) = (self.shape.height, self.y.output);
+        let (mut lo, mut hi) = (usize::MAX, 0);
+        for row in input_rows {
+            let (image, y) = (row / height, row % height);
+            for &ky in &self.y.taps {
+                if let Some(oy) = self.y.reader(y, ky) {
+                    lo = lo.min(image * oh + oy);
+                    hi = hi.max(image * oh + oy + 1);
+                }
+            }
+        }
+        if lo < hi {
+            lo..hi
+        } else {
+            0..0
+        }
+    }
+}
+
+/// Every size of `s`, named for errors.
+fn dimensions(s: &ConvShape) -> [(&'static str, usize); 11] {
+    [
+        ("batch", s.batch),
+        ("height", s.height),
+        ("width", s.width),
+        ("input channels", s.in_channels),
+        ("output channels", s.out_channels),
+        ("kernel height", s.kernel[0]),
+        ("kernel width", s.kernel[1]),
+        ("vertical stride", s.stride[0]),
+        ("horizontal stride", s.stride[1]),
+        ("vertical dilation", s.dilation[0]),
+        ("horizontal dilation", s.dilation[1]),
+    ]
+}
+
+/// Groups the im2col columns of the active taps into runs of contiguous
+/// weight rows, and lists the weight rows no active tap uses.
+fn weight_groups(
+    y_taps: &[usize],
+    x_taps: &[usize],
+    kernel_width: usize,
+    channels: usize,
+    weight_rows: usize,
+) -> (Vec<Group>, Vec<Range<usize>>) {
+    let mut groups: Vec<Group> = Vec::new();
+    for &ky in y_taps {
+        for &kx in x_taps {
+            let weight_row = (ky * kernel_width + kx) * channels;
+            match groups.last_mut() {
+                Some(g) if g.weight_row + g.len == weight_row => g.len += channels,
+                last => {
+                    let col = last.map_or(0, |g| g.col + g.len);
+                    groups.push(Group {
+                        col,
+                        weight_row,
+                        len: channels,
+                    });
+                }
+            }
+        }
+    }
+    let mut dead = Vec::new();
+    let mut next = 0;
+    for g in &groups {
+        if g.weight_row > next {
+            dead.push(next..g.weight_row);
+        }
+        next = g.weight_row + g.len;
+    }
+    if next < weight_rows {
+        dead.push(next..weight_rows);
+    }
+    (groups, dead)
+}
+
+/// `out[i] = source[start + i]`, zero where that falls outside `source`.
+fn copy_clipped(source: &[f32], start: isize, out: &mut [f32]) {
+    let len = out.len() as isize;
+    if start >= 0 && start + len <= source.len() as isize {
+        return copy_short(out, &source[start as usize..][..out.len()]);
+    }
+    let lo = (-start).clamp(0, len) as usize;
+    let hi = (source.len() as isize - start).clamp(lo as isize, len) as usize;
+    zero_short(&mut out[..lo]);
+    if hi > lo {
+        let from = (start + lo as isize) as usize;
+        copy_short(&mut out[lo..hi], &source[from..from + (hi - lo)]);
+    }
+    zero_short(&mut out[hi..]);
+}
+
+/// `out.copy_from_slice(source)`, without a call to `memcpy` for runs of a
+/// few f32s (a 7x7 kernel on one channel copies runs of 7), where the call
+/// costs more than the copy: two overlapping fixed-size copies instead.
+#[inline]
+fn copy_short(out: &mut [f32], source: &[f32]) {
+    let n = out.len();
+    match n {
+        0 => {}
+        1..=3 => {
+            out[0] = source[0];
+            out[n / 2] = source[n / 2];
+            out[n - 1] = source[n - 1];
+        }
+        4..=8 => {
+            out[..4].copy_from_slice(&source[..4]);
+            out[n - 4..].copy_from_slice(&source[n - 4..n]);
+        }
+        9..=16 => {
+            out[..8].copy_from_slice(&source[..8]);
+            out[n - 8..].copy_from_slice(&source[n - 8..n]);
+        }
+        _ => out.copy_from_slice(source),
+    }
+}
+
+/// `out.fill(0.0)`, without a call to `memset` for a few f32s.
+#[inline]
+fn zero_short(out: &mut [f32]) {
+    let n = out.len();
+    match n {
+        0 => {}
+        1..=3 => {
+            out[0] = 0.0;
+            out[n / 2] = 0.0;
+            out[n - 1] = 0.0;
+        }
+        4..=8 => {
+            out[..4].copy_from_slice(&[0.0; 4]);
+            out[n - 4..].copy_from_slice(&[0.0; 4]);
+        }
+        9..=16 => {
+            out[..8].copy_from_slice(&[0.0; 8]);
+            out[n - 8..].copy_from_slice(&[0.0; 8]);
+        }
+        _ => out.fill(0.0),
+    }
+}
+
+/// `acc += x`, element by element.
+pub(super) fn add_assign(acc: &mut [f32], x: &[f32]) {
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a += b;
+    }
+}

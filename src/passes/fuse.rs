@@ -1,0 +1,444 @@
+//! Fusion over a kernel plan: chains of element-wise kernels become one
+//! kernel, and an element-wise kernel that only finishes a convolution's or
+//! dense layer's output (bias already in, activation, batchnorm in
+//! inference, a residual add) becomes that contraction's epilogue, run on
+//! each block of rows while it is in cache.
+
+use crate::codegen::elementwise::{Elementwise, Expr, Operand};
+use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role};
+
+/// Fuses until nothing more fuses, element-wise chains first (so that a
+/// whole chain becomes one epilogue); returns how many kernels were merged.
+pub fn run(plan: &mut KernelPlan) -> usize {
+    let mut merged = 0;
+    for epilogues in [false, true] {
+        while let Some((producer, consumer)) = candidate(plan, epilogues) {
+            fuse(plan, producer, consumer);
+            merged += 1;
+        }
+    }
+    merged
+}
+
+/// How many steps read and write each buffer.
+fn uses(plan: &KernelPlan) -> (Vec<usize>, Vec<usize>) {
+    let mut reads = vec![0; plan.buffers.len()];
+    let mut writes = vec![0; plan.buffers.len()];
+    for step in &plan.steps {
+        for (b, written) in arguments(&step.kernel, &step.args) {
+            if written {
+                writes[b] += 1;
+            } else {
+                reads[b] += 1;
+            }
+        }
+    }
+    (reads, writes)
+}
+
+/// Each argument and whether the step writes it (rather than reads it).
+fn arguments(kernel: &KernelDesc, args: &[BufferId]) -> Vec<(BufferId, bool)> {
+    let outputs = match kernel {
+        KernelDesc::Elementwise { kernel, .. } => kernel.outputs.len(),
+        KernelDesc::Contraction {
+            pass: ContractionPass::Forward { epilogue },
+            geometry,
+            ..
+        } => {
+            let bias = matches!(geometry, Geometry::Conv(s) if s.bias)
+                || matches!(geometry, Geometry::Dense(s) if s.bias);
+            let output = if bias { 3 } else { 2 };
+            let extra_outputs = epilogue.as_ref().map_or(0, |e| e.outputs.len() - 1);
+            return args
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| (b, i == output || i + extra_outputs >= args.len()))
+                .collect();
+        }
+        // Other kernels write their last argument (copies, reductions'
+        // outputs are written too, but they are never fused, so reading them
+        // as "written" where they are last is enough to keep them apart).
+        _ => 1,
+    };
+    let first_output = args.len() - outputs;
+    args.iter()
+        .enumerate()
+        .map(|(i, &b)| (b, i >= first_output))
+        .collect()
+}
+
+/// The first pair (producer step, consumer step) that can be fused: the
+/// producer (an element-wise kernel, or with `epilogues` a contraction) has
+/// one output, a temporary that only the consumer (an element-wise kernel
+/// over the same matrix) reads, as a full tensor.
+fn candidate(plan: &KernelPlan, epilogues: bool) -> Option<(usize, usize)> {
+    let (reads, writes) = uses(plan);
+    for (p, step) in plan.steps.iter().enumerate() {
+        let (output, rows, channels) = match &step.kernel {
+            KernelDesc::Elementwise {
+                kernel,
+                rows,
+                channels,
+            } if kernel.outputs.len() == 1 && !epilogues => (*step.args.last()?, *rows, *channels),
+            KernelDesc::Contraction {
+                pass: ContractionPass::Forward { epilogue: None },
+                geometry,
+                ..
+            } if epilogues => {
+                let (rows, channels) = matrix(geometry);
+                let output = if has_bias(geometry) {
+                    step.args[3]
+                } else {
+                    step.args[2]
+                };
+                (output, rows, channels)
+            }
+            _ => continue,
+        };
+        if plan.buffers[output].role != Role::Temporary || reads[output] != 1 || writes[output] != 1
+        {
+            continue;
+        }
+        let Some(consumer) = plan
+            .steps
+            .iter()
+            .enumerate()
+            .skip(p + 1)
+            .find(|(_, s)| s.args.contains(&output))
+            .map(|(i, _)| i)
+        else {
+            continue;
+        };
+        // Moving the producer's work to the consumer must not read an input
+        // that a step in between overwrites (in-place updates).
+        let inputs: Vec<BufferId> = arguments(&step.kernel, &step.args)
+            .into_iter()
+            .filter(|&(_, w)| !w)
+            .map(|(b, _)| b)
+            .collect();
+        let overwritten = plan.steps[p + 1..consumer].iter().any(|s| {
+            arguments(&s.kernel, &s.args)
+                .iter()
+                .any(|&(b, w)| w && inputs.contains(&b))
+        });
+        if overwritten {
+            continue;
+        }
+        // An epilogue runs the consumer's work at the producer's place: the
+        // consumer's other inputs must already be there, not computed later.
+        if epilogues {
+            let consumer_inputs: Vec<BufferId> =
+                arguments(&plan.steps[consumer].kernel, &plan.steps[consumer].args)
+                    .into_iter()
+                    .filter(|&(b, w)| !w && b != output)
+                    .map(|(b, _)| b)
+                    .collect();
+            let later = plan.steps[p + 1..consumer].iter().any(|s| {
+                arguments(&s.kernel, &s.args)
+                    .iter()
+                    .any(|&(b, w)| w && consumer_inputs.contains(&b))
+            });
+            if later {
+                continue;
+            }
+        }
+        let fits = match &plan.steps[consumer].kernel {
+            KernelDesc::Elementwise {
+                kernel,
+                rows: r,
+                channels: c,
+            } => {
+                *r == rows
+                    && *c == channels
+                    && kernel.outputs.len() == 1
+                    && input_operands(kernel, &plan.steps[consumer].args)
+                        .iter()
+                        .all(|&(b, op)| b != output || op == Operand::Tensor)
+                    && plan.buffers[*plan.steps[consumer].args.last()?].role == Role::Temporary
+            }
+            _ => false,
+        };
+        if fits {
+            return Some((p, consumer));
+        }
+    }
+    None
+}
+
+fn has_bias(geometry: &Geometry) -> bool {
+    match geometry {
+        Geometry::Conv(s) => s.bias,
+        Geometry::Dense(s) => s.bias,
+    }
+}
+
+/// Rows and channels of a contraction's output.
+fn matrix(geometry: &Geometry) -> (usize, usize) {
+    match geometry {
+        Geometry::Conv(s) => {
+            let out = |i: usize, k: usize, st: usize, d: usize| {
+                crate::ops::output_size(i as u64, k as u64, st as u64, d as u64, s.padding)
+                    .unwrap_or(0) as usize
+            };
+            let (oh, ow) = (
+                out(s.height, s.kernel[0], s.stride[0], s.dilation[0]),
+                out(s.width, s.kernel[1], s.stride[1], s.dilation[1]),
+            );
+            (s.batch * oh * ow, s.out_channels)
+        }
+        Geometry::Dense(s) => (s.rows, s.units),
+    }
+}
+
+/// The input buffers of an element-wise step with their operands.
+fn input_operands(kernel: &Elementwise, args: &[BufferId]) -> Vec<(BufferId, Operand)> {
+    kernel
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, &op)| (args[i], op))
+        .collect()
+}
+
+/// Merges `producer` into `consumer` and removes the producer's step.
+fn fuse(plan: &mut KernelPlan, producer: usize, consumer: usize) {
+    let consumer_step = plan.steps[consumer].clone();
+    let KernelDesc::Elementwise { kernel: outer, .. } = &consumer_step.kernel else {
+        return;
+    };
+    let producer_step = plan.steps[producer].clone();
+    match producer_step.kernel {
+        KernelDesc::Elementwise {
+            kernel: inner,
+            rows,
+            channels,
+        } => {
+            let intermediate = *producer_step.args.last().expect("an output");
+            let inner_inputs = &producer_step.args[..inner.inputs.len()];
+            let (kernel, args) = splice(
+                &inner,
+                inner_inputs,
+                outer,
+                &consumer_step.args,
+                intermediate,
+            );
+            let mut nodes = producer_step.nodes.clone();
+            nodes.extend(consumer_step.nodes.clone());
+            plan.steps[consumer] = crate::plan::Step {
+                kernel: KernelDesc::Elementwise {
+                    kernel,
+                    rows,
+                    channels,
+                },
+                args,
+                nodes,
+            };
+            plan.steps.remove(producer);
+        }
+        KernelDesc::Contraction { name, geometry, .. } => {
+            // The epilogue reads and writes the contraction's output in
+            // place: its input 0 and output 0 are that buffer, and the
+            // consumer's output becomes it for every later step.
+            let y = if has_bias(&geometry) {
+                producer_step.args[3]
+            } else {
+                producer_step.args[2]
+            };
+            let z = *consumer_step.args.last().expect("an output");
+            let epilogue = in_place(outer, &consumer_step.args, y);
+            let mut args = producer_step.args[..if has_bias(&geometry) { 4 } else { 3 }].to_vec();
+            args.extend(
+                consumer_step.args[..outer.inputs.len()]
+                    .iter()
+                    .filter(|&&b| b != y),
+            );
+            let mut nodes = producer_step.nodes.clone();
+            nodes.extend(consumer_step.nodes.clone());
+            plan.steps[producer] = crate::plan::Step {
+                kernel: KernelDesc::Contraction {
+                    name,
+                    geometry,
+                    pass: ContractionPass::Forward {
+                        epilogue: Some(epilogue),
+                    },
+                },
+                args,
+                nodes,
+            };
+            plan.steps.remove(consumer);
+            for step in &mut plan.steps {
+                for arg in &mut step.args {
+                    if *arg == z {
+                        *arg = y;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The consumer `outer` with its loads of `intermediate` replaced by the
+/// producer `inner`'s computation; returns the kernel and its arguments.
+fn splice(
+    inner: &Elementwise,
+    inner_args: &[BufferId],
+    outer: &Elementwise,
+    outer_args: &[BufferId],
+    intermediate: BufferId,
+) -> (Elementwise, Vec<BufferId>) {
+    let mut inputs: Vec<Operand> = Vec::new();
+    let mut args: Vec<BufferId> = Vec::new();
+    let mut exprs: Vec<Expr> = Vec::new();
+    // The producer's inputs first, then the consumer's other inputs.
+    let inner_map: Vec<usize> = inner
+        .inputs
+        .iter()
+        .zip(inner_args)
+        .map(|(&op, &b)| add_input(&mut inputs, &mut args, op, b))
+        .collect();
+    let base = exprs.len();
+    exprs.extend(inner.exprs.iter().map(|e| remap(e, base, &inner_map)));
+    let produced = base + inner.outputs[0];
+    let outer_map: Vec<Option<usize>> = outer
+        .inputs
+        .iter()
+        .zip(outer_args)
+        .map(|(&op, &b)| {
+            if b == intermediate {
+                None
+            } else {
+                Some(add_input(&mut inputs, &mut args, op, b))
+            }
+        })
+        .collect();
+    let mut positions: Vec<usize> = Vec::with_capacity(outer.exprs.len());
+    for e in &outer.exprs {
+        let position = match e {
+            Expr::Load(i) if outer_map[*i].is_none() => produced,
+            Expr::Load(i) => {
+                exprs.push(Expr::Load(outer_map[*i].expect("mapped")));
+                exprs.len() - 1
+            }
+            other => {
+                exprs.push(remap_refs(other, &positions, &outer_map));
+                exprs.len() - 1
+            }
+        };
+        positions.push(position);
+    }
+    let outputs = outer.outputs.iter().map(|&o| positions[o]).collect();
+    args.extend(&outer_args[outer.inputs.len()..]);
+    (
+        Elementwise {
+            name: format!("{}+{}", inner.name, outer.name),
+            inputs,
+            exprs,
+            outputs,
+        },
+        args,
+    )
+}
+
+/// Adds an input unless the same buffer is already there with the same operand.
+fn add_input(
+    inputs: &mut Vec<Operand>,
+    args: &mut Vec<BufferId>,
+    op: Operand,
+    buffer: BufferId,
+) -> usize {
+    if let Some(i) = inputs
+        .iter()
+        .zip(args.iter())
+        .position(|(&o, &b)| o == op && b == buffer)
+    {
+        return i;
+    }
+    inputs.push(op);
+    args.push(buffer);
+    inputs.len() - 1
+}
+
+/// An expression of the producer, moved by `base` steps, its loads remapped.
+fn remap(e: &Expr, base: usize, inputs: &[usize]) -> Expr {
+    let r = |x: usize| x + base;
+    match *e {
+        Expr::Load(i) => Expr::Load(inputs[i]),
+        Expr::Scalar { input, index } => Expr::Scalar {
+            input: inputs[input],
+            index,
+        },
+        Expr::Const(c) => Expr::Const(c),
+        Expr::Unary(op, a) => Expr::Unary(op, r(a)),
+        Expr::Binary(op, a, b) => Expr::Binary(op, r(a), r(b)),
+        Expr::Fma(a, b, c) => Expr::Fma(r(a), r(b), r(c)),
+        Expr::IfPositive {
+            cond,
+            then,
+            otherwise,
+        } => Expr::IfPositive {
+            cond: r(cond),
+            then: r(then),
+            otherwise: r(otherwise),
+        },
+    }
+}
+
+/// An expression of the consumer with its step references moved to their
+/// new positions.
+fn remap_refs(e: &Expr, positions: &[usize], inputs: &[Option<usize>]) -> Expr {
+    let r = |x: usize| positions[x];
+    match *e {
+        Expr::Load(i) => Expr::Load(inputs[i].unwrap_or(i)),
+        Expr::Scalar { input, index } => Expr::Scalar {
+            input: inputs[input].unwrap_or(input),
+            index,
+        },
+        Expr::Const(c) => Expr::Const(c),
+        Expr::Unary(op, a) => Expr::Unary(op, r(a)),
+        Expr::Binary(op, a, b) => Expr::Binary(op, r(a), r(b)),
+        Expr::Fma(a, b, c) => Expr::Fma(r(a), r(b), r(c)),
+        Expr::IfPositive {
+            cond,
+            then,
+            otherwise,
+        } => Expr::IfPositive {
+            cond: r(cond),
+            then: r(then),
+            otherwise: r(otherwise),
+        },
+    }
+}
+
+/// The consumer as an in-place epilogue on `y`: input 0 and output 0 are
+/// `y`, its other inputs follow in order.
+fn in_place(outer: &Elementwise, outer_args: &[BufferId], y: BufferId) -> Elementwise {
+    let mut inputs = vec![Operand::Tensor];
+    let mut map: Vec<usize> = Vec::with_capacity(outer.inputs.len());
+    for (&op, &b) in outer.inputs.iter().zip(outer_args) {
+        if b == y && op == Operand::Tensor {
+            map.push(0);
+        } else {
+            inputs.push(op);
+            map.push(inputs.len() - 1);
+        }
+    }
+    let exprs = outer
+        .exprs
+        .iter()
+        .map(|e| match *e {
+            Expr::Load(i) => Expr::Load(map[i]),
+            Expr::Scalar { input, index } => Expr::Scalar {
+                input: map[input],
+                index,
+            },
+            other => other,
+        })
+        .collect();
+    Elementwise {
+        name: format!("epilogue:{}", outer.name),
+        inputs,
+        exprs,
+        outputs: outer.outputs.clone(),
+    }
+}

@@ -1,0 +1,163 @@
+//! `cnnc predict --input X.npy --output Y.npy`: the forward pass on NumPy
+//! arrays, so that outputs can be compared with other frameworks'.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, IxDyn};
+use thiserror::Error;
+
+use super::inference::{Inference, InferenceError};
+use super::weights::{self, TensorStore, WeightsError};
+use crate::shapes::TypedGraph;
+
+/// Why a prediction failed.
+#[derive(Debug, Error)]
+pub enum PredictError {
+    /// The weights file is unusable.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// The input file could not be read as an f32 array.
+    #[error("cannot read `{path}` as a float32 .npy array: {message}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The input array's shape does not fit the model.
+    #[error("`{path}` has shape {actual:?}, but the model takes [N, {}] (or one example [{}])", join(.expected), join(.expected))]
+    Shape {
+        /// The file.
+        path: PathBuf,
+        /// The model's per-example input shape.
+        expected: Vec<usize>,
+        /// The array's shape.
+        actual: Vec<usize>,
+    },
+    /// The forward pass failed.
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+    /// An output file could not be written.
+    #[error("cannot write `{path}`: {message}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+fn join(dims: &[usize]) -> String {
+    dims.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs `model` with the weights in `weights` on the examples in `input`
+/// (`[N, ...]` or one example) in batches of at most `batch`, and writes
+/// each output to `output` (a model with several outputs writes
+/// `output` with `.{name}` before the extension). Returns the files written.
+pub fn predict_npy(
+    model: &TypedGraph,
+    weights: &Path,
+    input: &Path,
+    output: &Path,
+    batch: usize,
+    threads: usize,
+) -> Result<Vec<PathBuf>, PredictError> {
+    let store = weights::load_for(model, weights)?;
+    let array: ArrayD<f32> = ndarray_npy::read_npy(input).map_err(|e| PredictError::Read {
+        path: input.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let example: Vec<usize> = model
+        .input_shape()
+        .map(|s| s.0.iter().map(|&d| d as usize).collect())
+        .unwrap_or_default();
+    let shape = array.shape().to_vec();
+    let count = if shape == example {
+        1
+    } else if shape.len() == example.len() + 1 && shape[1..] == example[..] {
+        shape[0]
+    } else {
+        return Err(PredictError::Shape {
+            path: input.to_path_buf(),
+            expected: example,
+            actual: shape,
+        });
+    };
+    let values: Vec<f32> = array.iter().copied().collect();
+    let outputs = forward(model, store, &values, count, batch.max(1), threads)?;
+    let mut written = Vec::new();
+    let several = outputs.len() > 1;
+    for ((name, values), (_, shape)) in outputs.into_iter().zip(model.outputs()) {
+        let path = if several {
+            with_suffix(output, &name)
+        } else {
+            output.to_path_buf()
+        };
+        let dims: Vec<usize> = std::iter::once(count)
+            .chain(shape.iter().map(|&d| d as usize))
+            .collect();
+        let array =
+            ArrayD::from_shape_vec(IxDyn(&dims), values).map_err(|e| PredictError::Write {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        ndarray_npy::write_npy(&path, &array).map_err(|e| PredictError::Write {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// The outputs of `count` examples, run in batches of `batch` (the last,
+/// smaller batch with its own program).
+fn forward(
+    model: &TypedGraph,
+    store: TensorStore,
+    values: &[f32],
+    count: usize,
+    batch: usize,
+    threads: usize,
+) -> Result<Vec<(String, Vec<f32>)>, PredictError> {
+    let per_example = values.len() / count.max(1);
+    let mut outputs: Vec<(String, Vec<f32>)> = model
+        .outputs()
+        .into_iter()
+        .map(|(n, _)| (n, Vec::new()))
+        .collect();
+    let full = Inference::new(model, store.clone(), batch.min(count), threads)?;
+    let mut programs = vec![full];
+    let mut start = 0;
+    while start < count {
+        let size = batch.min(count - start);
+        if programs.last().is_some_and(|p| p.plan().batch != size) {
+            programs.push(Inference::new(model, store.clone(), size, threads)?);
+        }
+        let program = programs.last_mut().expect("a program for this batch size");
+        let results = program.run(&values[start * per_example..(start + size) * per_example])?;
+        for (name, part) in results {
+            if let Some((_, all)) = outputs.iter_mut().find(|(n, _)| *n == name) {
+                all.extend(part);
+            }
+        }
+        start += size;
+    }
+    Ok(outputs)
+}
+
+fn with_suffix(path: &Path, name: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let extension = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}.{name}{extension}"))
+}

@@ -1,0 +1,760 @@
+//! The contraction kernels (convolution and dense, forward and backward)
+//! against the reference implementation and an explicit vector-Jacobian
+//! product in f64, on odd sizes, strides, paddings and dilations; the
+//! backward kernels are also tied to the reference forward by the adjoint
+//! identity (the layer is linear in its input and in its kernel, so a
+//! difference quotient of the reference is exact); the fused epilogue; the
+//! bitwise determinism of any split of the domain; and malformed
+//! descriptions.
+
+#[path = "support/reference.rs"]
+mod reference;
+
+use std::ops::Range;
+
+use cnnc::codegen::contraction::{
+    BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData, ConvBackwardFilter, ConvForward,
+    ConvShape, DenseShape, Epilogue, ForwardBuffers,
+};
+use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand};
+use cnnc::codegen::{CodegenError, Jit};
+use cnnc::graph::Padding;
+use cnnc::ops::{output_size, same_padding};
+use ndarray::{ArrayD, IxDyn};
+
+/// The tolerance: relative to the element, or to the root mean square of
+/// the expected values where the element is small (cancellation).
+const RELATIVE: f64 = 1e-4;
+
+/// A small deterministic generator of test data in [lo, hi).
+fn data(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
+            lo + (hi - lo) * unit
+        })
+        .collect()
+}
+
+fn assert_close(actual: &[f32], expected: &[f64], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let rms = (expected.iter().map(|e| e * e).sum::<f64>() / expected.len().max(1) as f64).sqrt();
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let bound = RELATIVE * e.abs().max(rms) + 1e-30;
+        assert!(
+            (f64::from(a) - e).abs() <= bound,
+            "{what}: element {i} is {a}, expected {e} (bound {bound})"
+        );
+    }
+}
+
+fn widen(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| f64::from(v)).collect()
+}
+
+fn array(shape: &[usize], values: &[f32]) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(shape), values.to_vec()).expect("shape matches")
+}
+
+/// `0..domain` in three uneven parts (some possibly empty).
+fn uneven(domain: usize) -> Vec<Range<usize>> {
+    let a = domain / 3;
+    let b = (a + 1).min(domain);
+    vec![0..a, a..b, b..domain]
+}
+
+/// A convolution test case: its shape and random operands.
+struct Case {
+    shape: ConvShape,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Option<Vec<f32>>,
+    /// A random output gradient.
+    dy: Vec<f32>,
+    output_size: [usize; 2],
+}
+
+impl Case {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        [batch, height, width, in_channels, out_channels]: [usize; 5],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        padding: Padding,
+        bias: bool,
+    ) -> Case {
+        let shape = ConvShape {
+            batch,
+            height,
+            width,
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            dilation,
+            padding,
+            bias,
+        };
+        let output_size = [0, 1].map(|i| {
+            output_size(
+                [height, width][i] as u64,
+                kernel[i] as u64,
+                stride[i] as u64,
+                dilation[i] as u64,
+                padding,
+            )
+            .expect("the window fits") as usize
+        });
+        let seed = (batch * 1000 + height * 100 + width * 10 + in_channels) as u64;
+        let out_len = batch * output_size[0] * output_size[1] * out_channels;
+        Case {
+            x: data(batch * height * width * in_channels, seed, -1.0, 1.0),
+            w: data(
+                kernel[0] * kernel[1] * in_channels * out_channels,
+                seed + 1,
+                -1.0,
+                1.0,
+            ),
+            b: bias.then(|| data(out_channels, seed + 2, -1.0, 1.0)),
+            dy: data(out_len, seed + 3, -1.0, 1.0),
+            shape,
+            output_size,
+        }
+    }
+
+    fn dense(rows: usize, inputs: usize, units: usize, bias: bool) -> Case {
+        let one = [1, 1];
+        Case::new(
+            [rows, 1, 1, inputs, units],
+            one,
+            one,
+            one,
+            Padding::Valid,
+            bias,
+        )
+    }
+
+    fn name(&self) -> String {
+        format!("{:?}", self.shape)
+    }
+
+    fn input_shape(&self) -> [usize; 4] {
+        let s = &self.shape;
+        [s.batch, s.height, s.width, s.in_channels]
+    }
+
+    fn kernel_shape(&self) -> [usize; 4] {
+        let s = &self.shape;
+        [s.kernel[0], s.kernel[1], s.in_channels, s.out_channels]
+    }
+
+    /// `reference::conv2d` on `x` and `w` (no bias).
+    fn reference(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
+        let s = &self.shape;
+        let bias = bias.map(|b| array(&[s.out_channels], b));
+        let y = reference::conv2d(
+            &array(&self.input_shape(), x),
+            &array(&self.kernel_shape(), w),
+            bias.as_ref(),
+            s.stride.map(|v| v as u64),
+            s.dilation.map(|v| v as u64),
+            s.padding,
+        );
+        y.iter().map(|&v| f64::from(v)).collect()
+    }
+
+    /// The explicit vector-Jacobian product of `dy`: `(dx, dw, dbias)`.
+    fn vjp(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let s = &self.shape;
+        let before = |i: usize| match s.padding {
+            Padding::Same => {
+                let input = [s.height, s.width][i] as u64;
+                let k = [s.kernel[i], s.stride[i], s.dilation[i]].map(|v| v as u64);
+                same_padding(input, k[0], k[1], k[2]).0 as isize
+            }
+            Padding::Valid => 0,
+        };
+        let (top, left) = (before(0), before(1));
+        let [oh, ow] = self.output_size;
+        let (c, f) = (s.in_channels, s.out_channels);
+        let mut dx = vec![0.0; self.x.len()];
+        let mut dw = vec![0.0; self.w.len()];
+        let mut db = vec![0.0; f];
+        for b in 0..s.batch {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let g = &self.dy[((b * oh + oy) * ow + ox) * f..][..f];
+                    for fi in 0..f {
+                        db[fi] += f64::from(g[fi]);
+                    }
+                    for ky in 0..s.kernel[0] {
+                        let iy = (oy * s.stride[0] + ky * s.dilation[0]) as isize - top;
+                        if iy < 0 || iy >= s.height as isize {
+                            continue;
+                        }
+                        for kx in 0..s.kernel[1] {
+                            let ix = (ox * s.stride[1] + kx * s.dilation[1]) as isize - left;
+                            if ix < 0 || ix >= s.width as isize {
+                                continue;
+                            }
+                            let xi = ((b * s.height + iy as usize) * s.width + ix as usize) * c;
+                            for ci in 0..c {
+                                let wi = ((ky * s.kernel[1] + kx) * c + ci) * f;
+                                for fi in 0..f {
+                                    let gf = f64::from(g[fi]);
+                                    dx[xi + ci] += gf * f64::from(self.w[wi + fi]);
+                                    dw[wi + fi] += gf * f64::from(self.x[xi + ci]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (dx, dw, db)
+    }
+
+    fn forward(&self, epilogue: Option<&Epilogue>, split: Split) -> Vec<f32> {
+        let kernel = ConvForward::new("conv", &self.shape).expect("a valid shape");
+        let mut y = vec![f32::NAN; kernel.lengths().output];
+        let buffers = ForwardBuffers {
+            input: self.x.as_ptr(),
+            kernel: self.w.as_ptr(),
+            bias: self.b.as_ref().map(|b| b.as_ptr()),
+            output: y.as_mut_ptr(),
+        };
+        let mut scratch = vec![0.0; kernel.scratch_len()];
+        for part in split.parts(kernel.domain()) {
+            // SAFETY: the buffers have the lengths the kernel reports.
+            unsafe { kernel.run(&buffers, epilogue, &mut scratch, part) }.expect("runs");
+        }
+        y
+    }
+
+    fn backward_data(&self, split: Split) -> Vec<f32> {
+        let kernel = ConvBackwardData::new("conv_dx", &self.shape).expect("a valid shape");
+        let mut dx = vec![f32::NAN; kernel.lengths().input];
+        let buffers = BackwardDataBuffers {
+            output_grad: self.dy.as_ptr(),
+            kernel: self.w.as_ptr(),
+            input_grad: dx.as_mut_ptr(),
+        };
+        let mut scratch = vec![0.0; kernel.scratch_len()];
+        for part in split.parts(kernel.domain()) {
+            // SAFETY: the buffers have the lengths the kernel reports.
+            unsafe { kernel.run(&buffers, None, &mut scratch, part) }.expect("runs");
+        }
+        dx
+    }
+
+    fn backward_filter(&self, split: Split) -> (Vec<f32>, Vec<f32>) {
+        let kernel = ConvBackwardFilter::new("conv_dw", &self.shape).expect("a valid shape");
+        let mut dw = vec![f32::NAN; kernel.lengths().kernel];
+        let mut db = vec![f32::NAN; self.shape.out_channels];
+        let buffers = BackwardFilterBuffers {
+            input: self.x.as_ptr(),
+            output_grad: self.dy.as_ptr(),
+            kernel_grad: dw.as_mut_ptr(),
+            bias_grad: self.shape.bias.then_some(db.as_mut_ptr()),
+        };
+        let mut scratch = vec![0.0; kernel.scratch_len()];
+        for part in split.parts(kernel.domain()) {
+            // SAFETY: the buffers have the lengths the kernel reports.
+            unsafe { kernel.run(&buffers, &mut scratch, part) }.expect("runs");
+        }
+        (dw, db)
+    }
+}
+
+/// How a test runs a kernel's domain.
+#[derive(Clone, Copy)]
+enum Split {
+    /// In one call.
+    Whole,
+    /// In three uneven calls, one after the other.
+    Uneven,
+}
+
+impl Split {
+    fn parts(self, domain: usize) -> Vec<Range<usize>> {
+        match self {
+            Split::Whole => std::iter::once(0..domain).collect(),
+            Split::Uneven => uneven(domain),
+        }
+    }
+}
+
+/// Batch 1 and 7, odd sizes, channels that are not multiples of 4 or 16,
+/// strides 1 and 2, both paddings, dilation 2, 1x1, 3x3 and 7x7 kernels,
+/// and the taps that only ever read padding (3x3 on 1x1 and 2x2 images).
+fn conv_cases() -> Vec<Case> {
+    use Padding::{Same, Valid};
+    let (one, two) = ([1, 1], [2, 2]);
+    vec![
+        Case::new([7, 5, 7, 3, 5], [1, 1], one, one, Same, true),
+        Case::new([1, 9, 7, 5, 6], [1, 1], two, one, Valid, false),
+        Case::new([7, 9, 11, 5, 17], [3, 3], one, one, Same, true),
+        Case::new([1, 13, 9, 6, 7], [3, 3], two, one, Valid, true),
+        Case::new([7, 7, 9, 3, 5], [3, 3], two, one, Same, false),
+        Case::new([1, 11, 9, 3, 18], [3, 3], one, two, Same, true),
+        Case::new([7, 13, 13, 2, 5], [3, 3], [2, 1], two, Valid, false),
+        Case::new([1, 15, 13, 1, 9], [7, 7], one, one, Same, true),
+        Case::new([7, 11, 11, 3, 5], [7, 7], two, one, Same, false),
+        Case::new([7, 1, 1, 9, 5], [3, 3], one, one, Same, true),
+        Case::new([7, 2, 2, 5, 6], [3, 3], two, one, Same, true),
+        Case::new([1, 6, 5, 4, 3], [3, 1], [1, 2], one, Same, true),
+        Case::new([3, 14, 14, 13, 19], [3, 3], one, one, Same, true),
+        // One column: only the middle column of taps reads the image, so
+        // the weight rows come in three separate runs.
+        Case::new([7, 5, 1, 3, 4], [3, 3], one, one, Same, true),
+        // Items of more than 128 rows (no transposed product).
+        Case::new([7, 13, 13, 3, 5], [1, 1], one, one, Same, false),
+        Case::new([1, 27, 27, 3, 4], [3, 3], one, one, Same, false),
+        // Enough rows that the weight gradient sums several blocks of them.
+        Case::new([7, 48, 48, 1, 3], [3, 3], one, one, Same, true),
+    ]
+}
+
+fn dense_cases() -> Vec<Case> {
+    vec![
+        Case::dense(7, 13, 10, true),
+        Case::dense(1, 37, 5, false),
+        Case::dense(33, 70, 3, true),
+    ]
+}
+
+#[test]
+fn conv_forward_matches_the_reference() {
+    for case in conv_cases().iter().chain(&dense_cases()) {
+        let expected = case.reference(&case.x, &case.w, case.b.as_deref());
+        assert_close(&case.forward(None, Split::Uneven), &expected, &case.name());
+    }
+}
+
+#[test]
+fn dense_forward_matches_the_reference() {
+    for case in dense_cases() {
+        let s = &case.shape;
+        let kernel = ConvForward::dense(
+            "dense",
+            &DenseShape {
+                rows: s.batch,
+                inputs: s.in_channels,
+                units: s.out_channels,
+                bias: s.bias,
+            },
+        )
+        .expect("a valid shape");
+        let mut y = vec![f32::NAN; s.batch * s.out_channels];
+        let buffers = ForwardBuffers {
+            input: case.x.as_ptr(),
+            kernel: case.w.as_ptr(),
+            bias: case.b.as_ref().map(|b| b.as_ptr()),
+            output: y.as_mut_ptr(),
+        };
+        let mut scratch = vec![0.0; kernel.scratch_len()];
+        // SAFETY: the buffers have the lengths the kernel reports.
+        unsafe { kernel.run(&buffers, None, &mut scratch, 0..kernel.domain()) }.expect("runs");
+        let expected = reference::dense(
+            &array(&[s.batch, s.in_channels], &case.x),
+            &array(&[s.in_channels, s.out_channels], &case.w),
+            case.b
+                .as_ref()
+                .map(|b| array(&[s.out_channels], b))
+                .as_ref(),
+        );
+        assert_close(
+            &y,
+            &widen(expected.as_slice().expect("contiguous")),
+            "dense",
+        );
+    }
+}
+
+#[test]
+fn backward_data_matches_the_vjp() {
+    for case in conv_cases().iter().chain(&dense_cases()) {
+        let (dx, _, _) = case.vjp();
+        assert_close(
+            &case.backward_data(Split::Uneven),
+            &dx,
+            &format!("dx of {}", case.name()),
+        );
+    }
+}
+
+#[test]
+fn backward_filter_matches_the_vjp() {
+    for case in conv_cases().iter().chain(&dense_cases()) {
+        let (dw, db) = case.backward_filter(Split::Uneven);
+        let (_, dw_expected, db_expected) = case.vjp();
+        assert_close(&dw, &dw_expected, &format!("dw of {}", case.name()));
+        if case.shape.bias {
+            assert_close(&db, &db_expected, &format!("dbias of {}", case.name()));
+        }
+    }
+}
+
+/// `<dy, conv(v, w)> = <dx, v>` and `<dy, conv(x, v)> = <dw, v>` for random
+/// `v`, with `conv` the reference forward: the gradients are the adjoints
+/// of the reference, not just of the explicit VJP above.
+#[test]
+fn backward_kernels_are_adjoint_to_the_reference_forward() {
+    for case in conv_cases().iter().chain(&dense_cases()) {
+        let dx = case.backward_data(Split::Uneven);
+        let (dw, _) = case.backward_filter(Split::Uneven);
+        let v_x = data(case.x.len(), 77, -1.0, 1.0);
+        let v_w = data(case.w.len(), 78, -1.0, 1.0);
+        let checks = [
+            ("dx", case.reference(&v_x, &case.w, None), &dx, &v_x),
+            ("dw", case.reference(&case.x, &v_w, None), &dw, &v_w),
+        ];
+        for (what, forward, gradient, v) in checks {
+            let lhs: f64 = forward
+                .iter()
+                .zip(&case.dy)
+                .map(|(y, &g)| y * f64::from(g))
+                .sum();
+            let magnitude: f64 = forward
+                .iter()
+                .zip(&case.dy)
+                .map(|(y, &g)| (y * f64::from(g)).abs())
+                .sum();
+            let rhs: f64 = gradient
+                .iter()
+                .zip(v)
+                .map(|(&g, &v)| f64::from(g) * f64::from(v))
+                .sum();
+            assert!(
+                (lhs - rhs).abs() <= RELATIVE * magnitude,
+                "{what} of {}: <dy, conv> = {lhs}, <gradient, v> = {rhs}",
+                case.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn dense_backward_matches_the_vjp() {
+    for case in dense_cases() {
+        let s = &case.shape;
+        let dense = DenseShape {
+            rows: s.batch,
+            inputs: s.in_channels,
+            units: s.out_channels,
+            bias: s.bias,
+        };
+        let data_kernel = ConvBackwardData::dense("dense_dx", &dense).expect("valid");
+        let filter_kernel = ConvBackwardFilter::dense("dense_dw", &dense).expect("valid");
+        let mut dx = vec![f32::NAN; case.x.len()];
+        let mut dw = vec![f32::NAN; case.w.len()];
+        let mut db = vec![f32::NAN; s.out_channels];
+        let data_buffers = BackwardDataBuffers {
+            output_grad: case.dy.as_ptr(),
+            kernel: case.w.as_ptr(),
+            input_grad: dx.as_mut_ptr(),
+        };
+        let filter_buffers = BackwardFilterBuffers {
+            input: case.x.as_ptr(),
+            output_grad: case.dy.as_ptr(),
+            kernel_grad: dw.as_mut_ptr(),
+            bias_grad: s.bias.then_some(db.as_mut_ptr()),
+        };
+        let mut scratch = vec![0.0; data_kernel.scratch_len().max(filter_kernel.scratch_len())];
+        // SAFETY: the buffers have the lengths the kernels report.
+        unsafe {
+            data_kernel
+                .run(&data_buffers, None, &mut scratch, 0..data_kernel.domain())
+                .expect("runs");
+            filter_kernel
+                .run(&filter_buffers, &mut scratch, 0..filter_kernel.domain())
+                .expect("runs");
+        }
+        let (dx_expected, dw_expected, db_expected) = case.vjp();
+        assert_close(&dx, &dx_expected, "dense dx");
+        assert_close(&dw, &dw_expected, "dense dw");
+        if s.bias {
+            assert_close(&db, &db_expected, "dense dbias");
+        }
+    }
+}
+
+/// `relu(conv(x) + bias + residual)` in one pass: the epilogue adds a
+/// per-channel bias and a residual tensor, and clamps, on each block of
+/// rows the GEMM has just written.
+#[test]
+fn epilogue_fuses_bias_residual_and_relu() {
+    let mut case = Case::new(
+        [7, 9, 11, 5, 17],
+        [3, 3],
+        [1, 1],
+        [1, 1],
+        Padding::Same,
+        false,
+    );
+    let bias = data(17, 5, -1.0, 1.0);
+    let residual = data(case.dy.len(), 6, -1.0, 1.0);
+    let kernel = Elementwise {
+        name: "bias_residual_relu".into(),
+        inputs: vec![Operand::Tensor, Operand::PerChannel, Operand::Tensor],
+        exprs: vec![
+            Expr::Load(0),
+            Expr::Load(1),
+            Expr::Load(2),
+            Expr::Binary(Binary::Add, 0, 1),
+            Expr::Binary(Binary::Add, 3, 2),
+            Expr::Const(0.0),
+            Expr::Binary(Binary::Max, 4, 5),
+        ],
+        outputs: vec![6],
+    };
+    let mut jit = Jit::new().expect("jit");
+    let compiled = jit.compile_elementwise(&kernel).expect("compiles");
+    // SAFETY: the kernel has 3 inputs and 1 output; the bias holds one row
+    // of 17 channels, the residual the whole output.
+    let epilogue = unsafe { Epilogue::new(&compiled, &[bias.as_ptr(), residual.as_ptr()], &[]) };
+    let fused = case.forward(Some(&epilogue), Split::Uneven);
+    case.b = None;
+    let plain = case.reference(&case.x, &case.w, Some(&bias));
+    let expected: Vec<f64> = plain
+        .iter()
+        .zip(&residual)
+        .map(|(&y, &r)| (y + f64::from(r)).max(0.0))
+        .collect();
+    assert_close(&fused, &expected, "fused epilogue");
+}
+
+/// Runs `run` on every part of `parts` at once, one thread each.
+fn in_threads(
+    parts: &[Range<usize>],
+    scratch_len: usize,
+    run: impl Fn(Range<usize>, &mut [f32]) + Sync,
+) {
+    std::thread::scope(|scope| {
+        for part in parts {
+            let run = &run;
+            scope.spawn(move || run(part.clone(), &mut vec![0.0; scratch_len]));
+        }
+    });
+}
+
+/// Any split of the domain, run on several threads at once, gives bitwise
+/// the result of the whole domain run on one.
+#[test]
+fn any_split_is_bitwise_identical() {
+    let cases = [
+        Case::new(
+            [3, 14, 14, 13, 19],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            Padding::Same,
+            true,
+        ),
+        // Only the centre tap reads the 1x1 images.
+        Case::new(
+            [40, 1, 1, 40, 5],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            Padding::Same,
+            true,
+        ),
+        Case::dense(33, 70, 3, true),
+    ];
+    for case in &cases {
+        let forward = ConvForward::new("f", &case.shape).expect("valid");
+        let data = ConvBackwardData::new("d", &case.shape).expect("valid");
+        let filter = ConvBackwardFilter::new("w", &case.shape).expect("valid");
+        let domains = [forward.domain(), data.domain(), filter.domain()];
+        assert!(
+            domains.iter().all(|&d| d >= 3),
+            "domains {domains:?} of {} are too small to split",
+            case.name()
+        );
+        let whole = (
+            case.forward(None, Split::Whole),
+            case.backward_data(Split::Whole),
+            case.backward_filter(Split::Whole),
+        );
+        let mut y = vec![f32::NAN; whole.0.len()];
+        let mut dx = vec![f32::NAN; whole.1.len()];
+        let mut dw = vec![f32::NAN; whole.2 .0.len()];
+        let mut db = vec![f32::NAN; whole.2 .1.len()];
+        let forward_buffers = ForwardBuffers {
+            input: case.x.as_ptr(),
+            kernel: case.w.as_ptr(),
+            bias: case.b.as_ref().map(|b| b.as_ptr()),
+            output: y.as_mut_ptr(),
+        };
+        let data_buffers = BackwardDataBuffers {
+            output_grad: case.dy.as_ptr(),
+            kernel: case.w.as_ptr(),
+            input_grad: dx.as_mut_ptr(),
+        };
+        let filter_buffers = BackwardFilterBuffers {
+            input: case.x.as_ptr(),
+            output_grad: case.dy.as_ptr(),
+            kernel_grad: dw.as_mut_ptr(),
+            bias_grad: Some(db.as_mut_ptr()),
+        };
+        // SAFETY (all three): the parts are disjoint, and the buffers have
+        // the lengths the kernels report.
+        in_threads(
+            &uneven(forward.domain()),
+            forward.scratch_len(),
+            |items, scratch| unsafe {
+                forward
+                    .run(&forward_buffers, None, scratch, items)
+                    .expect("runs")
+            },
+        );
+        in_threads(
+            &uneven(data.domain()),
+            data.scratch_len(),
+            |items, scratch| unsafe {
+                data.run(&data_buffers, None, scratch, items).expect("runs")
+            },
+        );
+        in_threads(
+            &uneven(filter.domain()),
+            filter.scratch_len(),
+            |items, scratch| unsafe { filter.run(&filter_buffers, scratch, items).expect("runs") },
+        );
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y), bits(&whole.0), "forward of {}", case.name());
+        assert_eq!(
+            bits(&dx),
+            bits(&whole.1),
+            "backward data of {}",
+            case.name()
+        );
+        assert_eq!(
+            bits(&dw),
+            bits(&whole.2 .0),
+            "backward filter of {}",
+            case.name()
+        );
+        assert_eq!(
+            bits(&db),
+            bits(&whole.2 .1),
+            "bias gradient of {}",
+            case.name()
+        );
+    }
+}
+
+fn expect_malformed<T: std::fmt::Debug>(result: Result<T, CodegenError>, mentions: &str) {
+    match result {
+        Err(CodegenError::Malformed { message, .. }) => assert!(
+            message.contains(mentions),
+            "the message `{message}` does not mention `{mentions}`"
+        ),
+        other => panic!("expected a malformed-kernel error about {mentions}, got {other:?}"),
+    }
+}
+
+#[test]
+fn malformed_descriptions_are_errors() {
+    let good = Case::new([1, 5, 5, 3, 4], [3, 3], [1, 1], [1, 1], Padding::Same, true).shape;
+    let variants: [(ConvShape, &str); 7] = [
+        (ConvShape { batch: 0, ..good }, "batch"),
+        (
+            ConvShape {
+                in_channels: 0,
+                ..good
+            },
+            "input channels",
+        ),
+        (
+            ConvShape {
+                out_channels: 0,
+                ..good
+            },
+            "output channels",
+        ),
+        (
+            ConvShape {
+                kernel: [3, 0],
+                ..good
+            },
+            "kernel width",
+        ),
+        (
+            ConvShape {
+                stride: [0, 1],
+                ..good
+            },
+            "stride",
+        ),
+        (
+            ConvShape {
+                dilation: [1, 0],
+                ..good
+            },
+            "dilation",
+        ),
+        (
+            ConvShape {
+                kernel: [7, 7],
+                padding: Padding::Valid,
+                ..good
+            },
+            "does not fit",
+        ),
+    ];
+    for (shape, mentions) in variants {
+        expect_malformed(ConvForward::new("f", &shape), mentions);
+        expect_malformed(ConvBackwardData::new("d", &shape), mentions);
+        expect_malformed(ConvBackwardFilter::new("w", &shape), mentions);
+    }
+    let huge = ConvShape {
+        batch: 1 << 30,
+        height: 1 << 30,
+        ..good
+    };
+    expect_malformed(ConvForward::new("f", &huge), "overflow");
+    let dense = DenseShape {
+        rows: 4,
+        inputs: 3,
+        units: 0,
+        bias: false,
+    };
+    expect_malformed(ConvForward::dense("dense", &dense), "output channels");
+}
+
+#[test]
+fn bad_calls_are_errors() {
+    let case = Case::new([1, 5, 5, 3, 4], [3, 3], [1, 1], [1, 1], Padding::Same, true);
+    let kernel = ConvForward::new("f", &case.shape).expect("valid");
+    let mut y = vec![0.0; kernel.lengths().output];
+    let buffers = ForwardBuffers {
+        input: case.x.as_ptr(),
+        kernel: case.w.as_ptr(),
+        bias: case.b.as_ref().map(|b| b.as_ptr()),
+        output: y.as_mut_ptr(),
+    };
+    let mut scratch = vec![0.0; kernel.scratch_len()];
+    let domain = kernel.domain();
+    // SAFETY: the buffers have the lengths the kernel reports; every call
+    // is rejected before it touches them.
+    unsafe {
+        expect_malformed(
+            kernel.run(&buffers, None, &mut scratch, 0..domain + 1),
+            "domain",
+        );
+        let no_bias = ForwardBuffers {
+            bias: None,
+            ..buffers
+        };
+        expect_malformed(kernel.run(&no_bias, None, &mut scratch, 0..domain), "bias");
+        expect_malformed(kernel.run(&buffers, None, &mut [], 0..domain), "scratch");
+    }
+}
