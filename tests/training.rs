@@ -200,3 +200,87 @@ fn training_reduces_the_loss_and_moves_the_batchnorm_statistics() {
     let err = trainer.train_step(&input[1..], &labels, 0.05).unwrap_err();
     assert!(err.to_string().contains("images"), "{err}");
 }
+
+#[test]
+fn training_is_bitwise_deterministic_whatever_the_thread_count() {
+    let source = "
+        use resnet
+        model m : [10, 10, 1] {
+            conv(8, 3, padding: same, activation: relu)
+            residual_unit(12, stride: 2)
+            dropout(0.3)
+            flatten
+            dense(6, activation: softmax)
+        }";
+    let model =
+        cnnc::compile_source("model.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let batch = 16;
+    let input = data(batch * 100, 21);
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 6).collect();
+    let loss = LossSpec {
+        smoothing: 0.1,
+        weights: Vec::new(),
+    };
+    let nadam = Optimizer {
+        kind: OptimizerKind::Nadam,
+        lr: 0.01,
+        ..TrainConfig::default().optimizer
+    };
+    let run = |threads: usize| {
+        let mut trainer = Trainer::new(
+            &model,
+            weights::init(&model, 9),
+            &loss,
+            nadam,
+            batch,
+            threads,
+        )
+        .expect("compiles");
+        for _ in 0..3 {
+            trainer.train_step(&input, &labels, 0.01).expect("step");
+        }
+        trainer.weights
+    };
+    let (one, two, three) = (run(1), run(2), run(3));
+    for ((name, a), (_, b)) in one.iter().zip(two.iter()) {
+        assert_eq!(a.data, b.data, "{name}: 1 vs 2 threads");
+    }
+    for ((name, a), (_, b)) in one.iter().zip(three.iter()) {
+        assert_eq!(a.data, b.data, "{name}: 1 vs 3 threads");
+    }
+}
+
+#[test]
+fn a_loss_that_is_not_finite_stops_the_step_and_keeps_the_weights() {
+    let source = "
+        model m : [4, 4, 2] {
+            conv(3, 3, padding: same) -> batchnorm -> relu
+            global_avg_pool
+            softmax
+        }";
+    let model =
+        cnnc::compile_source("model.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let store = random_weights(&model);
+    let loss = LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    let mut trainer = Trainer::new(&model, store.clone(), &loss, sgd(0.1), 2, 2).expect("compiles");
+    let mut input = data(2 * 32, 3);
+    input[5] = f32::NAN;
+    let err = trainer.train_step(&input, &[0, 1], 0.1).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("loss of output `output`")
+            && message.contains("step 1")
+            && message.contains("lower the learning rate"),
+        "{message}"
+    );
+    for (name, tensor) in store.iter() {
+        assert_eq!(
+            trainer.weights.get(name).expect("weight").data,
+            tensor.data,
+            "{name} changed"
+        );
+    }
+}

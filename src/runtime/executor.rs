@@ -199,10 +199,21 @@ impl Executor {
         program: &Program,
         external: &mut [&mut [f32]],
     ) -> Result<(), RuntimeError> {
+        self.run_steps(program, 0..program.steps.len(), external)
+    }
+
+    /// Runs steps `steps` of `program` in order (a training step checks its
+    /// loss between the backward pass and the weight updates).
+    pub fn run_steps(
+        &mut self,
+        program: &Program,
+        steps: Range<usize>,
+        external: &mut [&mut [f32]],
+    ) -> Result<(), RuntimeError> {
         if self.arena.len() < program.arena_len {
             self.arena.resize(program.arena_len, 0.0);
         }
-        for step in &program.steps {
+        for step in &program.steps[steps] {
             let args = self.bind(step, external)?;
             self.execute(step, &args)
                 .map_err(|message| RuntimeError::Kernel {

@@ -38,6 +38,16 @@ pub enum TrainingError {
     /// A weight the model needs is not in the store.
     #[error("the weights have no tensor `{0}`")]
     MissingWeight(String),
+    /// The loss is not a finite number: the weights were left as they were.
+    #[error("the loss of output `{output}` is {value} at step {step}; the weights were not updated (help: lower the learning rate, or check the data for NaN or infinite values)")]
+    NonFiniteLoss {
+        /// The output.
+        output: String,
+        /// The loss.
+        value: f64,
+        /// The step number (1-based).
+        step: u64,
+    },
     /// A batch has the wrong size.
     #[error("the {what} have {actual} values, but a batch needs {expected}")]
     BatchSize {
@@ -74,6 +84,8 @@ pub struct Trainer {
     pub step: StepState,
     /// Mixed into dropout's masks.
     pub seed: u64,
+    /// The external slots of batchnorm's moving statistics.
+    moving: Vec<usize>,
 }
 
 impl Trainer {
@@ -108,6 +120,15 @@ impl Trainer {
         }
         let mut jit = Jit::new()?;
         let compiled = program::compile(&plan, &mut jit)?;
+        let moving = compiled
+            .externals
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| {
+                matches!(&plan.buffers[b].role, Role::Weight(n) if n.ends_with(".moving_mean") || n.ends_with(".moving_variance"))
+            })
+            .map(|(slot, _)| slot)
+            .collect();
         Ok(Trainer {
             compiled,
             _jit: jit,
@@ -118,6 +139,7 @@ impl Trainer {
             optimizer,
             step: StepState::new(),
             seed: 0,
+            moving,
         })
     }
 
@@ -179,7 +201,35 @@ impl Trainer {
                 };
                 external.push(slot);
             }
-            self.executor.run(&self.compiled.program, &mut external)?;
+            // Forward and backward, then the loss is checked before anything
+            // is updated; batchnorm's moving statistics, which the forward
+            // pass moves, are restored if it is not finite.
+            let updates = self
+                .plan
+                .steps
+                .iter()
+                .position(|s| s.nodes.iter().any(|n| n.starts_with("update:")))
+                .unwrap_or(self.plan.steps.len());
+            let saved: Vec<Vec<f32>> = self.moving.iter().map(|&i| external[i].to_vec()).collect();
+            self.executor
+                .run_steps(&self.compiled.program, 0..updates, &mut external)?;
+            if let Some((output, value)) =
+                first_non_finite(&self.plan, &self.compiled.externals, &external)
+            {
+                for (&i, values) in self.moving.iter().zip(saved) {
+                    external[i].copy_from_slice(&values);
+                }
+                return Err(TrainingError::NonFiniteLoss {
+                    output,
+                    value,
+                    step: self.step.iterations + 1,
+                });
+            }
+            self.executor.run_steps(
+                &self.compiled.program,
+                updates..self.plan.steps.len(),
+                &mut external,
+            )?;
         }
         self.step = next;
         let mut losses = Vec::new();
@@ -226,6 +276,24 @@ impl Trainer {
         }
         Ok((images.to_vec(), labels.iter().map(|&l| l as f32).collect()))
     }
+}
+
+/// The first loss buffer holding a value that is not finite, with its mean.
+fn first_non_finite(
+    plan: &KernelPlan,
+    externals: &[usize],
+    external: &[&mut [f32]],
+) -> Option<(String, f64)> {
+    externals
+        .iter()
+        .zip(external)
+        .find_map(|(&b, values)| match &plan.buffers[b].role {
+            Role::Loss(name) if values.iter().any(|v| !v.is_finite()) => Some((
+                name.clone(),
+                values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len().max(1) as f64,
+            )),
+            _ => None,
+        })
 }
 
 /// Removes and returns the tensor named `name` as a mutable slice.
