@@ -179,3 +179,50 @@ impl fmt::Display for BenchReport {
         )
     }
 }
+
+/// The memory a model needs at batch `batch`: weights, and the arena of the
+/// planned inference program and training step (activations, gradients and
+/// scratch placed by liveness), plus the optimizer's state.
+pub fn memory_report(model: &TypedGraph, train: &TrainConfig, batch: usize) -> String {
+    let weights = model.param_counts().total * 4;
+    let bytes = crate::emit::bytes;
+    let inference =
+        crate::plan_inference(model, batch).map(|plan| crate::runtime::program::arena_bytes(&plan));
+    let loss = LossSpec {
+        smoothing: train.label_smoothing,
+        weights: train.loss_weights.clone(),
+    };
+    let training = crate::autodiff::differentiate(model, &loss)
+        .map_err(|e| {
+            e.iter()
+                .map(|d| d.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .and_then(|t| crate::plan_training(&t, batch, &train.optimizer).map_err(|e| e.to_string()));
+    let state = model.param_counts().trainable
+        * 4
+        * crate::train::optimizer::state_count(&train.optimizer) as u64;
+    let mut out = format!("Memory at batch {batch}: weights {}\n", bytes(weights));
+    match inference {
+        Ok(arena) => {
+            out += &format!(
+                "  inference: arena {} (activations, placed by liveness)\n",
+                bytes(arena)
+            )
+        }
+        Err(e) => out += &format!("  inference: not planned: {e}\n"),
+    }
+    match training {
+        Ok(plan) => {
+            let arena = crate::runtime::program::arena_bytes(&plan);
+            out += &format!(
+                "  training: arena {} (activations and gradients) + optimizer state {}\n",
+                bytes(arena),
+                bytes(state)
+            );
+        }
+        Err(e) => out += &format!("  training: not planned: {e}\n"),
+    }
+    out
+}

@@ -50,7 +50,8 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
         /// What to print: `graph` is the shape-inferred dataflow graph (stable text, for snapshot tests);
-        /// `kernels` the inference kernel plan, `train-kernels` the training step's.
+        /// `kernels` the inference kernel plan, `train-kernels` the training step's, `clif` the
+        /// Cranelift IR of the generated inference kernels.
         #[arg(long, value_enum, default_value_t = Emit::Graph)]
         emit: Emit,
         /// The batch size the kernel plans are made for.
@@ -117,13 +118,18 @@ enum Emit {
     Kernels,
     /// The kernel plan of one training step.
     TrainKernels,
+    /// The Cranelift IR of every generated inference kernel.
+    Clif,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Check { file } => cnnc::check_file(file).map(|_| String::new()),
-        Command::Summary { file, model } => load(file, model).map(|m| cnnc::emit::summary(&m)),
+        Command::Summary { file, model } => load(file, model).map(|m| {
+            let train = m.graph.train.clone().unwrap_or_default();
+            cnnc::emit::summary(&m) + &cnnc::bench::memory_report(&m, &train, train.batch as usize)
+        }),
         Command::Graph {
             file,
             model,
@@ -214,6 +220,15 @@ fn compile(model: &TypedGraph, emit: Emit, batch: usize) -> Result<String, Diagn
                     .map(|d| d.message.clone())
                     .collect::<Vec<_>>()
                     .join("; "))
+            }),
+        Emit::Clif => cnnc::plan_inference(model, batch)
+            .map_err(|e| at(e.to_string()))
+            .and_then(|plan| cnnc::runtime::program::clif(&plan).map_err(|e| at(e.to_string())))
+            .map(|kernels| {
+                kernels
+                    .iter()
+                    .map(|(name, clif)| format!("; kernel {name}\n{clif}\n"))
+                    .collect()
             }),
         Emit::Kernels => cnnc::plan_inference(model, batch)
             .map(|p| p.to_string())

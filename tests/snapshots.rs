@@ -119,3 +119,21 @@ fn kernel_plans() {
         }
     }
 }
+
+/// The Cranelift IR (`cnnc compile --emit clif`) of a small model's
+/// kernels: a convolution's fused epilogue, a global pooling window and a
+/// softmax reduction.
+#[test]
+fn clif_of_a_small_model() {
+    let source = "model m : [4, 4, 3] { conv(4, 3, padding: same, activation: relu) -> global_avg_pool -> softmax }";
+    let model =
+        cnnc::compile_source("small.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let plan = cnnc::plan_inference(&model, 2).expect("plans");
+    let kernels = cnnc::runtime::program::clif(&plan).expect("compiles");
+    let text: String = kernels
+        .iter()
+        .map(|(name, clif)| format!("; kernel {name}\n{clif}\n"))
+        .collect();
+    assert_eq!(kernels.len(), 3, "{text}");
+    insta::assert_snapshot!("clif_small_model", text);
+}

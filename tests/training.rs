@@ -148,6 +148,19 @@ fn gradients_of_convolutions_dense_layers_and_blocks() {
 }
 
 #[test]
+fn gradients_of_lenets_subsampling_and_rbf_units() {
+    let source = "
+        model m : [8, 8, 1] {
+            conv(3, 3, activation: tanh)
+            avgpool(2, trainable: true, activation: tanh)
+            flatten
+            dense(6, activation: tanh)
+            rbf(4)
+        }";
+    check_gradients(source, 3, 4);
+}
+
+#[test]
 fn training_reduces_the_loss_and_moves_the_batchnorm_statistics() {
     let source = "
         model m : [5, 5, 3] {

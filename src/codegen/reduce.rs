@@ -55,6 +55,25 @@ pub enum ReduceKind {
         /// Rows of one batch item.
         rows_per_item: usize,
     },
+    /// LeNet-5's RBF units, `y[r, j] = sum_i (x[r, i] - c[i, j])^2`, with
+    /// `n` inputs. Buffers: `x [rows, n]`, `c [n, units]`, `y [rows, units]`.
+    /// Domain: rows.
+    Rbf {
+        /// Output units.
+        units: usize,
+    },
+    /// `dx[r, i] = 2 sum_j dy[r, j] (x[r, i] - c[i, j])`. Buffers: `x`, `c`,
+    /// `dy [rows, units]`, `dx [rows, n]`. Domain: rows.
+    RbfBackwardData {
+        /// Output units.
+        units: usize,
+    },
+    /// `dc[i, j] = -2 sum_r dy[r, j] (x[r, i] - c[i, j])`. Buffers: `x`,
+    /// `c`, `dy`, `dc [n, units]`. Domain: the `n` inputs.
+    RbfBackwardCenters {
+        /// Output units.
+        units: usize,
+    },
 }
 
 /// A reduction over a `[rows, n]` matrix.
@@ -81,6 +100,8 @@ impl Reduce {
             ReduceKind::ItemSums { rows_per_item } => {
                 self.rows / rows_per_item.max(1) * self.n.div_ceil(COLUMN_BLOCK)
             }
+            ReduceKind::Rbf { .. } | ReduceKind::RbfBackwardData { .. } => self.rows,
+            ReduceKind::RbfBackwardCenters { .. } => self.n,
         }
     }
 
@@ -92,7 +113,8 @@ impl Reduce {
             ReduceKind::CrossEntropy { .. }
             | ReduceKind::ColumnSums
             | ReduceKind::ItemSums { .. } => 4,
-            ReduceKind::ColumnMoments => 3,
+            ReduceKind::ColumnMoments | ReduceKind::Rbf { .. } => 3,
+            ReduceKind::RbfBackwardData { .. } | ReduceKind::RbfBackwardCenters { .. } => 4,
         }
     }
 
@@ -106,6 +128,21 @@ impl Reduce {
         };
         if self.rows == 0 || self.n == 0 {
             return malformed("a reduction needs at least one row and one column");
+        }
+        if let ReduceKind::Rbf { units }
+        | ReduceKind::RbfBackwardData { units }
+        | ReduceKind::RbfBackwardCenters { units } = self.kind
+        {
+            if units == 0
+                || i64::try_from(
+                    units
+                        .saturating_mul(self.n.max(self.rows))
+                        .saturating_mul(4),
+                )
+                .is_err()
+            {
+                return malformed("an RBF layer needs at least one unit, and addressable sizes");
+            }
         }
         if let ReduceKind::ItemSums { rows_per_item } = self.kind {
             if rows_per_item == 0 || !self.rows.is_multiple_of(rows_per_item) {
@@ -165,6 +202,14 @@ pub(super) fn translate(
         ReduceKind::CrossEntropy { smoothing, scale } => {
             loops::counted(&mut b, start, end, 1, &[], |b, row, _| {
                 k.cross_entropy_row(b, &bases, row, smoothing, scale);
+                vec![]
+            });
+        }
+        ReduceKind::Rbf { units }
+        | ReduceKind::RbfBackwardData { units }
+        | ReduceKind::RbfBackwardCenters { units } => {
+            loops::counted(&mut b, start, end, 1, &[], |b, item, _| {
+                k.rbf(b, &bases, item, units, kernel.kind);
                 vec![]
             });
         }
@@ -395,6 +440,86 @@ impl Kernel {
         let on_scaled = b.ins().f32const((1.0 - smoothing) * scale);
         let fixed = b.ins().fsub(current, on_scaled);
         self.store(b, fixed, dz, label);
+    }
+
+    /// One work item of the RBF kernels: a row (forward, backward-data) or
+    /// an input (backward-centres); plain scalar loops, as the layer is tiny.
+    fn rbf(
+        &self,
+        b: &mut FunctionBuilder,
+        bases: &[Value],
+        item: Value,
+        units: usize,
+        kind: ReduceKind,
+    ) {
+        let (n, rows) = (self.n as i64, self.rows as i64);
+        let zero = b.ins().iconst(types::I64, 0);
+        let f = types::F32;
+        // x[r, i] - c[i, j]
+        let difference = |b: &mut FunctionBuilder, r: Value, i: Value, j: Value| {
+            let xi = b.ins().imul_imm_s(r, n);
+            let xi = b.ins().iadd(xi, i);
+            let x = self.load(b, f, bases[0], xi);
+            let ci = b.ins().imul_imm_s(i, units as i64);
+            let ci = b.ins().iadd(ci, j);
+            let c = self.load(b, f, bases[1], ci);
+            b.ins().fsub(x, c)
+        };
+        let dy = |b: &mut FunctionBuilder, r: Value, j: Value| {
+            let index = b.ins().imul_imm_s(r, units as i64);
+            let index = b.ins().iadd(index, j);
+            self.load(b, f, bases[2], index)
+        };
+        let (units_end, n_end, rows_end) = (
+            b.ins().iconst(types::I64, units as i64),
+            b.ins().iconst(types::I64, n),
+            b.ins().iconst(types::I64, rows),
+        );
+        let z = b.ins().f32const(0.0);
+        match kind {
+            ReduceKind::Rbf { .. } => {
+                loops::counted(b, zero, units_end, 1, &[], |b, j, _| {
+                    let sum = loops::counted(b, zero, n_end, 1, &[z], |b, i, acc| {
+                        let d = difference(b, item, i, j);
+                        vec![b.ins().fma(d, d, acc[0])]
+                    })[0];
+                    let index = b.ins().imul_imm_s(item, units as i64);
+                    let index = b.ins().iadd(index, j);
+                    self.store(b, sum, bases[2], index);
+                    vec![]
+                });
+            }
+            ReduceKind::RbfBackwardData { .. } => {
+                loops::counted(b, zero, n_end, 1, &[], |b, i, _| {
+                    let sum = loops::counted(b, zero, units_end, 1, &[z], |b, j, acc| {
+                        let d = difference(b, item, i, j);
+                        let g = dy(b, item, j);
+                        vec![b.ins().fma(g, d, acc[0])]
+                    })[0];
+                    let two = b.ins().f32const(2.0);
+                    let value = b.ins().fmul(two, sum);
+                    let index = b.ins().imul_imm_s(item, n);
+                    let index = b.ins().iadd(index, i);
+                    self.store(b, value, bases[3], index);
+                    vec![]
+                });
+            }
+            _ => {
+                loops::counted(b, zero, units_end, 1, &[], |b, j, _| {
+                    let sum = loops::counted(b, zero, rows_end, 1, &[z], |b, r, acc| {
+                        let d = difference(b, r, item, j);
+                        let g = dy(b, r, j);
+                        vec![b.ins().fma(g, d, acc[0])]
+                    })[0];
+                    let minus_two = b.ins().f32const(-2.0);
+                    let value = b.ins().fmul(minus_two, sum);
+                    let index = b.ins().imul_imm_s(item, units as i64);
+                    let index = b.ins().iadd(index, j);
+                    self.store(b, value, bases[3], index);
+                    vec![]
+                });
+            }
+        }
     }
 
     /// One block of columns of one item's `self.rows` rows: moments (mean,

@@ -46,6 +46,11 @@ impl Kernel for ForwardStep {
     fn name(&self) -> &str {
         &self.name
     }
+    fn clif(&self) -> Option<&str> {
+        self.epilogue
+            .as_ref()
+            .map(|(kernel, _, _)| kernel.clif.as_str())
+    }
     fn domain(&self) -> usize {
         self.kernel.domain()
     }

@@ -19,6 +19,10 @@ pub trait Kernel: Send + Sync {
     fn name(&self) -> &str;
     /// The number of work items.
     fn domain(&self) -> usize;
+    /// The Cranelift IR the kernel was generated from, if it was.
+    fn clif(&self) -> Option<&str> {
+        None
+    }
     /// Runs work items `items`; an error is a message naming what failed.
     ///
     /// # Safety
@@ -40,6 +44,9 @@ impl Kernel for RowKernel {
     fn name(&self) -> &str {
         &self.kernel.name
     }
+    fn clif(&self) -> Option<&str> {
+        Some(&self.kernel.clif)
+    }
     fn domain(&self) -> usize {
         self.rows
     }
@@ -53,6 +60,9 @@ impl Kernel for RowKernel {
 impl Kernel for DomainKernel {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn clif(&self) -> Option<&str> {
+        Some(&self.clif)
     }
     fn domain(&self) -> usize {
         self.domain

@@ -150,6 +150,29 @@ fn contraction(
     Ok((kernel, work))
 }
 
+/// The arena bytes `plan` needs (temporaries placed by liveness).
+pub fn arena_bytes(plan: &KernelPlan) -> u64 {
+    place(plan).2
+}
+
+/// The Cranelift IR of every generated kernel of `plan`, in step order:
+/// `(kernel name, IR)`. Contractions show their epilogue's IR (the GEMM is
+/// not generated).
+pub fn clif(plan: &KernelPlan) -> Result<Vec<(String, String)>, ProgramError> {
+    let mut jit = Jit::new()?;
+    let compiled = compile(plan, &mut jit)?;
+    Ok(compiled
+        .program
+        .steps
+        .iter()
+        .filter_map(|s| {
+            s.kernel
+                .clif()
+                .map(|c| (s.kernel.name().to_string(), c.to_string()))
+        })
+        .collect())
+}
+
 /// Where each buffer lives: temporaries in the arena by liveness, the rest
 /// in external slots in buffer order.
 fn place(plan: &KernelPlan) -> (Vec<Slot>, Vec<BufferId>, u64) {

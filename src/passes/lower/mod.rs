@@ -31,7 +31,7 @@ pub enum LowerError {
     #[error("the batch size must be at least 1")]
     EmptyBatch,
     /// An op this lowering does not handle (training-graph ops in an inference plan).
-    #[error("`{node}` ({op}) cannot be lowered for inference")]
+    #[error("the back end has no kernel for `{node}` ({op})")]
     Unsupported {
         /// The node.
         node: String,
@@ -242,6 +242,21 @@ impl<'m> Lowering<'m> {
             Op::Conv2d { .. } | Op::Dense { .. } => {
                 self.contraction_forward(id, inputs[0], input_ids[0])
             }
+            Op::Rbf { units } => {
+                let (rows, n) = self.matrix(input_ids[0]);
+                let centers = self.weights(id)[0];
+                let y = self.temporary(id);
+                let reduce = Reduce {
+                    name: node.name.clone(),
+                    kind: ReduceKind::Rbf {
+                        units: *units as usize,
+                    },
+                    rows,
+                    n,
+                };
+                self.step(id, KernelDesc::Reduce(reduce), vec![inputs[0], centers, y]);
+                y
+            }
             Op::Labels => self.plan.buffer("labels", self.batch, Role::Labels),
             Op::CrossEntropy { smoothing, weight } => {
                 self.cross_entropy(id, *smoothing, *weight, &inputs, &input_ids)
@@ -259,12 +274,6 @@ impl<'m> Lowering<'m> {
                 weight,
                 ..
             } => self.weight_grad(id, forward, *index, weight, &inputs, &input_ids)?,
-            other => {
-                return Err(LowerError::Unsupported {
-                    node: node.name.clone(),
-                    op: other.name().to_string(),
-                });
-            }
         };
         self.values.insert(id, output);
         Ok(())

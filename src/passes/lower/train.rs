@@ -273,6 +273,26 @@ impl Lowering<'_> {
             Op::BatchNorm { epsilon, .. } => {
                 self.batchnorm_grad(id, layer, *epsilon, dy, inputs[1])
             }
+            // dx_i = 2 sum_j dy_j (x_i - c_ij)
+            Op::Rbf { units } => {
+                let (rows, n) = self.matrix(input_ids[1]);
+                let centers = self.weight(&format!("{layer}.centers"), n * *units as usize);
+                let dx = self.temporary(id);
+                let kind = ReduceKind::RbfBackwardData {
+                    units: *units as usize,
+                };
+                self.step(
+                    id,
+                    KernelDesc::Reduce(Reduce {
+                        name,
+                        kind,
+                        rows,
+                        n,
+                    }),
+                    vec![inputs[1], centers, dy, dx],
+                );
+                dx
+            }
             // dx = dy . W^T
             Op::Conv2d { .. } | Op::Dense { .. } => {
                 let input: Vec<usize> = shapes[0].iter().map(|&d| d as usize).collect();
@@ -560,6 +580,26 @@ impl Lowering<'_> {
                     self.shared.insert(key.clone(), shared);
                 }
                 self.shared[&key][index]
+            }
+            // dc_ij = -2 sum_r dy_rj (x_ri - c_ij)
+            Op::Rbf { units } => {
+                let (rows, n) = self.matrix(input_ids[1]);
+                let centers = self.weight(weight, n * *units as usize);
+                let dc = self.scratch(format!("grad:{weight}"), n * *units as usize);
+                let kind = ReduceKind::RbfBackwardCenters {
+                    units: *units as usize,
+                };
+                self.step(
+                    id,
+                    KernelDesc::Reduce(Reduce {
+                        name,
+                        kind,
+                        rows,
+                        n,
+                    }),
+                    vec![inputs[1], centers, dy, dc],
+                );
+                dc
             }
             // dW = x^T . dy and db = sum dy, in one kernel for both weights
             Op::Conv2d { bias, .. } | Op::Dense { bias, .. } => {
