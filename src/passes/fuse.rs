@@ -298,7 +298,12 @@ fn splice(
         .map(|(&op, &b)| add_input(&mut inputs, &mut args, op, b))
         .collect();
     let base = exprs.len();
-    exprs.extend(inner.exprs.iter().map(|e| remap(e, base, &inner_map)));
+    exprs.extend(
+        inner
+            .exprs
+            .iter()
+            .map(|e| remap(e, |x| x + base, |i| inner_map[i])),
+    );
     let produced = base + inner.outputs[0];
     let outer_map: Vec<Option<usize>> = outer
         .inputs
@@ -321,7 +326,11 @@ fn splice(
                 exprs.len() - 1
             }
             other => {
-                exprs.push(remap_refs(other, &positions, &outer_map));
+                exprs.push(remap(
+                    other,
+                    |x| positions[x],
+                    |i| outer_map[i].unwrap_or(i),
+                ));
                 exprs.len() - 1
             }
         };
@@ -359,53 +368,26 @@ fn add_input(
     inputs.len() - 1
 }
 
-/// An expression of the producer, moved by `base` steps, its loads remapped.
-fn remap(e: &Expr, base: usize, inputs: &[usize]) -> Expr {
-    let r = |x: usize| x + base;
+/// `e` with its step references mapped by `step` and its input buffers by `input`.
+fn remap(e: &Expr, step: impl Fn(usize) -> usize, input: impl Fn(usize) -> usize) -> Expr {
     match *e {
-        Expr::Load(i) => Expr::Load(inputs[i]),
-        Expr::Scalar { input, index } => Expr::Scalar {
-            input: inputs[input],
+        Expr::Load(i) => Expr::Load(input(i)),
+        Expr::Scalar { input: i, index } => Expr::Scalar {
+            input: input(i),
             index,
         },
         Expr::Const(c) => Expr::Const(c),
-        Expr::Unary(op, a) => Expr::Unary(op, r(a)),
-        Expr::Binary(op, a, b) => Expr::Binary(op, r(a), r(b)),
-        Expr::Fma(a, b, c) => Expr::Fma(r(a), r(b), r(c)),
+        Expr::Unary(op, a) => Expr::Unary(op, step(a)),
+        Expr::Binary(op, a, b) => Expr::Binary(op, step(a), step(b)),
+        Expr::Fma(a, b, c) => Expr::Fma(step(a), step(b), step(c)),
         Expr::IfPositive {
             cond,
             then,
             otherwise,
         } => Expr::IfPositive {
-            cond: r(cond),
-            then: r(then),
-            otherwise: r(otherwise),
-        },
-    }
-}
-
-/// An expression of the consumer with its step references moved to their
-/// new positions.
-fn remap_refs(e: &Expr, positions: &[usize], inputs: &[Option<usize>]) -> Expr {
-    let r = |x: usize| positions[x];
-    match *e {
-        Expr::Load(i) => Expr::Load(inputs[i].unwrap_or(i)),
-        Expr::Scalar { input, index } => Expr::Scalar {
-            input: inputs[input].unwrap_or(input),
-            index,
-        },
-        Expr::Const(c) => Expr::Const(c),
-        Expr::Unary(op, a) => Expr::Unary(op, r(a)),
-        Expr::Binary(op, a, b) => Expr::Binary(op, r(a), r(b)),
-        Expr::Fma(a, b, c) => Expr::Fma(r(a), r(b), r(c)),
-        Expr::IfPositive {
-            cond,
-            then,
-            otherwise,
-        } => Expr::IfPositive {
-            cond: r(cond),
-            then: r(then),
-            otherwise: r(otherwise),
+            cond: step(cond),
+            then: step(then),
+            otherwise: step(otherwise),
         },
     }
 }
@@ -426,14 +408,7 @@ fn in_place(outer: &Elementwise, outer_args: &[BufferId], y: BufferId) -> Elemen
     let exprs = outer
         .exprs
         .iter()
-        .map(|e| match *e {
-            Expr::Load(i) => Expr::Load(map[i]),
-            Expr::Scalar { input, index } => Expr::Scalar {
-                input: map[input],
-                index,
-            },
-            other => other,
-        })
+        .map(|e| remap(e, |x| x, |i| map[i]))
         .collect();
     Elementwise {
         name: format!("epilogue:{}", outer.name),
