@@ -22,6 +22,8 @@ pub struct BenchConfig {
     pub threads: usize,
     /// Timed training steps (after one warm-up step).
     pub steps: usize,
+    /// Whether to record the time of every kernel of the training step.
+    pub profile: bool,
 }
 
 /// The measurements, medians over the timed runs.
@@ -45,6 +47,8 @@ pub struct BenchReport {
     pub arena_bytes: (u64, u64),
     /// Forward FLOPs per example.
     pub flops: u64,
+    /// When profiling: the training step's kernels and their total time.
+    pub profile: Vec<(String, Duration)>,
 }
 
 /// Why the benchmark could not run.
@@ -89,6 +93,9 @@ pub fn run(
     let images = noise(config.batch * example);
     let labels: Vec<u32> = (0..config.batch).map(|i| (i % classes) as u32).collect();
     trainer.train_step(&images, &labels, train.optimizer.lr)?;
+    if config.profile {
+        trainer.executor().enable_profile();
+    }
     let train_step = median((0..config.steps.max(1)).map(|_| {
         let t = Instant::now();
         trainer
@@ -125,6 +132,7 @@ pub fn run(
         latency,
         arena_bytes: (trainer.arena_bytes(), inference.arena_bytes()),
         flops: model.flops(),
+        profile: trainer.executor().profile().to_vec(),
     })
 }
 
@@ -176,7 +184,26 @@ impl fmt::Display for BenchReport {
             "arena: training {}, inference {}",
             crate::emit::bytes(self.arena_bytes.0),
             crate::emit::bytes(self.arena_bytes.1)
-        )
+        )?;
+        if !self.profile.is_empty() {
+            let total: Duration = self.profile.iter().map(|(_, d)| *d).sum();
+            let mut kernels: Vec<&(String, Duration)> = self.profile.iter().collect();
+            kernels.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+            writeln!(
+                f,
+                "training step profile (the 20 slowest kernels of {}):",
+                self.profile.len()
+            )?;
+            for (name, d) in kernels.iter().take(20) {
+                let share = d.as_secs_f64() / total.as_secs_f64().max(1e-12) * 100.0;
+                writeln!(
+                    f,
+                    "  {share:5.1}%  {:8.2} ms  {name}",
+                    d.as_secs_f64() * 1e3 / self.config.steps.max(1) as f64
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -97,6 +97,9 @@ enum Command {
         /// Timed training steps.
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// Also print the time of the training step's slowest kernels.
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -169,12 +172,14 @@ fn main() -> ExitCode {
             inference_batch,
             threads,
             steps,
+            profile,
         } => load(file, model).and_then(|m| {
             let threads = threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let config = cnnc::bench::BenchConfig {
                 batch: *batch,
                 inference_batch: *inference_batch,
+                profile: *profile,
                 threads,
                 steps: *steps,
             };

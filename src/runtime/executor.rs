@@ -161,6 +161,8 @@ pub struct Executor {
     pool: rayon::ThreadPool,
     threads: usize,
     arena: Vec<f32>,
+    /// When profiling: each step's name and accumulated time.
+    profile: Option<Vec<(String, std::time::Duration)>>,
 }
 
 /// Pointers handed to worker threads. The kernels' domain contract (no two
@@ -189,6 +191,7 @@ impl Executor {
             pool,
             threads,
             arena: Vec::new(),
+            profile: None,
         })
     }
 
@@ -223,15 +226,38 @@ impl Executor {
         if self.arena.len() < program.arena_len {
             self.arena.resize(program.arena_len, 0.0);
         }
-        for step in &program.steps[steps] {
+        let first = steps.start;
+        for (i, step) in program.steps[steps].iter().enumerate() {
             let args = self.bind(step, external)?;
+            let started = std::time::Instant::now();
             self.execute(step, &args)
                 .map_err(|message| RuntimeError::Kernel {
                     step: step.kernel.name().to_string(),
                     message,
                 })?;
+            if let Some(profile) = &mut self.profile {
+                if profile.len() < program.steps.len() {
+                    profile.resize(
+                        program.steps.len(),
+                        (String::new(), std::time::Duration::ZERO),
+                    );
+                }
+                let entry = &mut profile[first + i];
+                entry.0 = step.kernel.name().to_string();
+                entry.1 += started.elapsed();
+            }
         }
         Ok(())
+    }
+
+    /// Starts recording the time of every step (from now on).
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(Vec::new());
+    }
+
+    /// Each step's name and total time so far, when profiling.
+    pub fn profile(&self) -> &[(String, std::time::Duration)] {
+        self.profile.as_deref().unwrap_or(&[])
     }
 
     /// The raw pointers of a step's arguments, after checking their bounds.

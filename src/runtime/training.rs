@@ -148,6 +148,11 @@ impl Trainer {
         &self.plan
     }
 
+    /// The executor, for its profile.
+    pub fn executor(&mut self) -> &mut Executor {
+        &mut self.executor
+    }
+
     /// The arena's size in bytes.
     pub fn arena_bytes(&self) -> u64 {
         self.compiled.arena_bytes
