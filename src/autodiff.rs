@@ -43,6 +43,7 @@ pub fn differentiate(
     model: &TypedGraph,
     loss: &LossSpec,
 ) -> Result<TrainingGraph, Vec<Diagnostic>> {
+    check_outputs(model)?;
     let mut builder = Builder {
         graph: model.graph.clone(),
         grads: HashMap::new(),
@@ -66,6 +67,27 @@ pub fn differentiate(
         losses,
         gradients,
     })
+}
+
+/// Training scores every output with a softmax cross-entropy, so each must
+/// be a vector of class scores.
+fn check_outputs(model: &TypedGraph) -> Result<(), Vec<Diagnostic>> {
+    let errors: Vec<Diagnostic> = model
+        .graph
+        .outputs
+        .iter()
+        .filter(|(_, id)| model.info(*id).shape.rank() != 1)
+        .map(|(name, id)| {
+            let shape = &model.info(*id).shape;
+            Diagnostic::error(model.graph.nodes[*id].span, format!("training needs class scores, but output `{name}` has shape {shape}"), "this output")
+                .with_note("help: end the model with a vector of scores, e.g. `global_avg_pool` or `flatten`, then `dense(classes, activation: softmax)`")
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Which nodes' outputs depend on a trainable weight (only those need a gradient).
@@ -299,6 +321,19 @@ mod tests {
             .expect("the stem's gradient");
         assert!(matches!(g.nodes[sum].op, Op::Add));
         assert_eq!(g.inputs_of(sum).len(), 2, "the skip path and the conv path");
+    }
+
+    #[test]
+    fn outputs_must_be_class_scores() {
+        let model = compile("model m : [8, 8, 3] { conv(2, 7, padding: same) }");
+        let errors = differentiate(&model, &plain()).unwrap_err();
+        assert!(
+            errors[0]
+                .message
+                .contains("output `output` has shape [8, 8, 2]"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]
