@@ -13,6 +13,7 @@
 pub mod autodiff;
 pub mod bench;
 pub mod codegen;
+pub mod data;
 pub mod diagnostics;
 pub mod elaborate;
 pub mod emit;
