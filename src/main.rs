@@ -58,6 +58,38 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         batch: usize,
     },
+    /// Train a model on a data set (`--train fashion`), with its file's train section.
+    Run {
+        /// The .cnn file.
+        file: PathBuf,
+        /// The model, when the file defines several.
+        #[arg(long)]
+        model: Option<String>,
+        /// The data set to train on: `fashion` (Fashion-MNIST).
+        #[arg(long)]
+        train: String,
+        /// A folder holding the data set's files (otherwise $CNNC_DATA, the system's, or the bundled subset).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Epochs (overrides the train section).
+        #[arg(long)]
+        epochs: Option<u64>,
+        /// Batch size (overrides the train section).
+        #[arg(long)]
+        batch: Option<u64>,
+        /// Learning rate (overrides the train section).
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Random seed (overrides the train section).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Folder for the weights checkpoint and the history.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Worker threads (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Run the forward pass on a NumPy array of examples and write the outputs as .npy.
     Predict {
         /// The .cnn file.
@@ -147,6 +179,28 @@ fn main() -> ExitCode {
             emit,
             batch,
         } => load(file, model).and_then(|m| compile(&m, *emit, *batch)),
+        Command::Run {
+            file,
+            model,
+            train,
+            data,
+            epochs,
+            batch,
+            lr,
+            seed,
+            out,
+            threads,
+        } => load(file, model).and_then(|m| {
+            let mut config = m.graph.train.clone().unwrap_or_default();
+            config.epochs = epochs.unwrap_or(config.epochs);
+            config.batch = batch.unwrap_or(config.batch);
+            config.optimizer.lr = lr.unwrap_or(config.optimizer.lr);
+            config.seed = seed.unwrap_or(config.seed);
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            run_training(&m, &config, train, data.as_deref(), out, threads)
+                .map_err(|e| failure(file, e))
+        }),
         Command::Predict {
             file,
             model,
@@ -250,6 +304,70 @@ fn compile(model: &TypedGraph, emit: Emit, batch: usize) -> Result<String, Diagn
             })
             .map(|p| p.to_string()),
     }
+}
+
+/// `cnnc run --train`: loads the data, trains, reports, and saves.
+fn run_training(
+    model: &TypedGraph,
+    config: &cnnc::train::TrainConfig,
+    data_set: &str,
+    data: Option<&Path>,
+    out: &Path,
+    threads: usize,
+) -> Result<String, String> {
+    use cnnc::train::fit::{self, FitOptions, Progress};
+    if data_set != "fashion" {
+        return Err(format!(
+            "unknown data set `{data_set}`: cnnc knows `fashion` (Fashion-MNIST)"
+        ));
+    }
+    let splits = cnnc::data::fashion::load(data, config.validation as usize, config.seed)
+        .map_err(|e| e.to_string())?;
+    if let Some(note) = splits.source.note() {
+        eprintln!("{note}");
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create `{}`: {e}", out.display()))?;
+    let interactive = std::io::stderr().is_terminal();
+    let mut progress = |p: Progress| match p {
+        Progress::Step(epoch, step, steps, loss, accuracy, rate) => {
+            if interactive || step == steps || step % (steps / 10).max(1) == 0 {
+                let end = if interactive { "\r" } else { "\n" };
+                eprint!("epoch {epoch}/{} step {step}/{steps}  loss {loss:.4}  accuracy {accuracy:.4}  {rate:.0} images/s{end}", config.epochs);
+            }
+        }
+        Progress::Epoch(e) => {
+            if interactive {
+                eprintln!();
+            }
+            println!(
+                "epoch {}: loss {:.4} accuracy {:.4} | validation loss {:.4} accuracy {:.4} | {:.1} s",
+                e.epoch, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.seconds
+            );
+        }
+    };
+    let options = FitOptions {
+        threads,
+        out: out.to_path_buf(),
+        progress: &mut progress,
+    };
+    let fitted = fit::fit(
+        model,
+        config,
+        (&splits.train, &splits.validation, &splits.test),
+        options,
+    )
+    .map_err(|e| e.to_string())?;
+    let weights = out.join(format!("{}.safetensors", model.graph.name));
+    cnnc::runtime::weights::save(&fitted.weights, &weights).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "test: loss {:.4} accuracy {:.4} ({} images)\nweights: {}\nhistory: {}\n",
+        fitted.test.0,
+        fitted.test.1,
+        splits.test.len(),
+        weights.display(),
+        out.join(format!("{}.history.csv", model.graph.name))
+            .display()
+    ))
 }
 
 /// A failure after the model compiled, as a diagnostic naming the file.

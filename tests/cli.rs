@@ -89,7 +89,9 @@ fn several_models_need_a_choice() {
 
 #[test]
 fn every_command_has_help() {
-    for command in ["check", "summary", "graph", "compile", "bench", "predict"] {
+    for command in [
+        "check", "summary", "graph", "compile", "bench", "predict", "run",
+    ] {
         let out = cnnc(&[command, "--help"]);
         assert!(out.status.success());
         assert!(stdout(&out).contains("Usage"), "{command}");

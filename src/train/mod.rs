@@ -1,6 +1,7 @@
 //! Training: the configuration a model file's `train` section describes.
 
 mod config;
+pub mod fit;
 pub mod optimizer;
 
 pub use config::check;

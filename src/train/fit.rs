@@ -1,0 +1,316 @@
+//! Training a model on a data set: epochs of shuffled batches, validation
+//! after each epoch, learning-rate schedules, early stopping, checkpoints,
+//! and the final evaluation on the test set.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use thiserror::Error;
+
+use super::{Schedule, TrainConfig};
+use crate::autodiff::LossSpec;
+use crate::data::fashion::Dataset;
+use crate::runtime::inference::{Inference, InferenceError};
+use crate::runtime::training::{Trainer, TrainingError};
+use crate::runtime::weights::{self, TensorStore, WeightsError};
+use crate::shapes::TypedGraph;
+
+/// Why training stopped with an error.
+#[derive(Debug, Error)]
+pub enum FitError {
+    /// A training step failed (a non-finite loss names its epoch and step).
+    #[error("epoch {epoch}: {source}")]
+    Step {
+        /// The epoch (1-based).
+        epoch: u64,
+        /// What went wrong.
+        source: TrainingError,
+    },
+    /// Evaluation failed.
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+    /// Setting up training failed.
+    #[error(transparent)]
+    Training(#[from] TrainingError),
+    /// A checkpoint could not be written.
+    #[error(transparent)]
+    Checkpoint(#[from] WeightsError),
+    /// The history could not be written.
+    #[error("cannot write `{path}`: {message}")]
+    History {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The data set is smaller than one batch.
+    #[error("the training set has {images} images, fewer than one batch of {batch}")]
+    TooFewImages {
+        /// Training images.
+        images: usize,
+        /// The batch size.
+        batch: usize,
+    },
+}
+
+/// One epoch's figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Epoch {
+    /// 1-based.
+    pub epoch: u64,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Training accuracy.
+    pub accuracy: f64,
+    /// Validation loss.
+    pub val_loss: f64,
+    /// Validation accuracy.
+    pub val_accuracy: f64,
+    /// The learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Wall time of the epoch, validation included.
+    pub seconds: f64,
+}
+
+/// What training produced.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    /// The final weights (the best epoch's, with early stopping's restore).
+    pub weights: TensorStore,
+    /// Every epoch's figures.
+    pub history: Vec<Epoch>,
+    /// Loss and accuracy on the test set.
+    pub test: (f64, f64),
+}
+
+/// Progress reports, for the command line.
+pub enum Progress<'a> {
+    /// Within an epoch: steps done, steps in the epoch, running loss and accuracy, images/s.
+    Step(u64, usize, usize, f64, f64, f64),
+    /// An epoch ended.
+    Epoch(&'a Epoch),
+}
+
+/// Where training writes its files, and how it reports.
+pub struct FitOptions<'p> {
+    /// Worker threads.
+    pub threads: usize,
+    /// Folder for `{model}.safetensors` (a checkpoint after every epoch) and `{model}.history.csv`.
+    pub out: PathBuf,
+    /// Called as training goes.
+    pub progress: &'p mut dyn FnMut(Progress),
+}
+
+/// Trains `model` on `train`, validating on `validation` after every epoch,
+/// and evaluates the result on `test`.
+pub fn fit(
+    model: &TypedGraph,
+    config: &TrainConfig,
+    (train, validation, test): (&Dataset, &Dataset, &Dataset),
+    options: FitOptions,
+) -> Result<Fitted, FitError> {
+    let batch = config.batch as usize;
+    if train.len() < batch {
+        return Err(FitError::TooFewImages {
+            images: train.len(),
+            batch,
+        });
+    }
+    let loss = LossSpec {
+        smoothing: config.label_smoothing,
+        weights: config.loss_weights.clone(),
+    };
+    let mut trainer = Trainer::new(
+        model,
+        weights::init(model, config.seed),
+        &loss,
+        config.optimizer,
+        batch,
+        options.threads,
+    )?;
+    trainer.seed = config.seed;
+    let steps_per_epoch = train.len() / batch;
+    let total_steps = steps_per_epoch as u64 * config.epochs;
+    let mut history = Vec::new();
+    let mut best: Option<(f64, TensorStore)> = None;
+    let mut since_best = 0;
+    let checkpoint = options
+        .out
+        .join(format!("{}.safetensors", model.graph.name));
+    for epoch in 1..=config.epochs {
+        let started = Instant::now();
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            config.seed.wrapping_add(epoch),
+        ));
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let mut lr = config.optimizer.lr;
+        for (step, indices) in order.chunks_exact(batch).enumerate() {
+            lr = learning_rate(config, trainer.step.iterations, total_steps);
+            let (images, labels) = gather(train, indices);
+            let result = trainer
+                .train_step(&images, &labels, lr)
+                .map_err(|source| FitError::Step { epoch, source })?;
+            loss_sum += result.losses.first().map_or(0.0, |(_, l)| *l) * batch as f64;
+            correct += count_correct(&result.outputs[0].1, &labels);
+            seen += batch;
+            let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            (options.progress)(Progress::Step(
+                epoch,
+                step + 1,
+                steps_per_epoch,
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                rate,
+            ));
+        }
+        let (val_loss, val_accuracy) =
+            evaluate(model, &trainer.weights, validation, options.threads)?;
+        weights::save(&trainer.weights, &checkpoint)?;
+        let figures = Epoch {
+            epoch,
+            loss: loss_sum / seen.max(1) as f64,
+            accuracy: correct as f64 / seen.max(1) as f64,
+            val_loss,
+            val_accuracy,
+            lr,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        (options.progress)(Progress::Epoch(&figures));
+        history.push(figures);
+        if best.as_ref().is_none_or(|(l, _)| val_loss < *l) {
+            best = Some((val_loss, trainer.weights.clone()));
+            since_best = 0;
+        } else {
+            since_best += 1;
+        }
+        if let Some(stopping) = config.early_stopping {
+            if since_best >= stopping.patience {
+                break;
+            }
+        }
+    }
+    let restore = config.early_stopping.is_some_and(|s| s.restore_best);
+    let weights = match (restore, best) {
+        (true, Some((_, w))) => w,
+        _ => trainer.weights.clone(),
+    };
+    write_history(
+        &options
+            .out
+            .join(format!("{}.history.csv", model.graph.name)),
+        &history,
+    )?;
+    let test = evaluate(model, &weights, test, options.threads)?;
+    Ok(Fitted {
+        weights,
+        history,
+        test,
+    })
+}
+
+/// The learning rate at step `step` of `total`.
+fn learning_rate(config: &TrainConfig, step: u64, total: u64) -> f64 {
+    let lr = config.optimizer.lr;
+    match &config.schedule {
+        None => lr,
+        Some(Schedule::Exponential {
+            decay_rate,
+            decay_steps,
+        }) => lr * decay_rate.powf(step as f64 / *decay_steps as f64),
+        Some(Schedule::Piecewise { boundaries, values }) => {
+            let i = boundaries.iter().take_while(|&&b| step >= b).count();
+            values[i.min(values.len() - 1)]
+        }
+        // Linear warm-up from max_lr / 10 to max_lr over the first half, back
+        // down over the second, then a final decay to a hundredth of the start.
+        Some(Schedule::OneCycle { max_lr }) => {
+            let t = step as f64 / total.max(1) as f64;
+            let start = max_lr / 10.0;
+            if t < 0.45 {
+                start + (max_lr - start) * t / 0.45
+            } else if t < 0.9 {
+                max_lr - (max_lr - start) * (t - 0.45) / 0.45
+            } else {
+                start - (start - start / 100.0) * (t - 0.9) / 0.1
+            }
+        }
+    }
+}
+
+fn gather(data: &Dataset, indices: &[usize]) -> (Vec<f32>, Vec<u32>) {
+    let mut images = Vec::with_capacity(indices.len() * data.image_len());
+    let mut labels = Vec::with_capacity(indices.len());
+    for &i in indices {
+        images.extend_from_slice(data.image(i));
+        labels.push(data.labels[i]);
+    }
+    (images, labels)
+}
+
+/// How many rows of `scores` have their largest value at the label.
+fn count_correct(scores: &[f32], labels: &[u32]) -> usize {
+    let classes = scores.len() / labels.len().max(1);
+    labels
+        .iter()
+        .enumerate()
+        .filter(|&(r, &label)| {
+            let row = &scores[r * classes..(r + 1) * classes];
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
+            best == label as usize
+        })
+        .count()
+}
+
+/// Mean cross-entropy (of the first output's probabilities) and accuracy on `data`.
+pub fn evaluate(
+    model: &TypedGraph,
+    weights: &TensorStore,
+    data: &Dataset,
+    threads: usize,
+) -> Result<(f64, f64), FitError> {
+    let batch = 256.min(data.len().max(1));
+    let mut programs: Vec<Inference> = Vec::new();
+    let (mut loss, mut correct) = (0.0, 0usize);
+    let mut start = 0;
+    while start < data.len() {
+        let size = batch.min(data.len() - start);
+        if programs.last().is_none_or(|p| p.plan().batch != size) {
+            programs.push(Inference::new(model, weights.clone(), size, threads)?);
+        }
+        let program = programs.last_mut().expect("a program for this batch size");
+        let indices: Vec<usize> = (start..start + size).collect();
+        let (images, labels) = gather(data, &indices);
+        let outputs = program.run(&images)?;
+        let scores = &outputs[0].1;
+        let classes = scores.len() / size;
+        for (r, &label) in labels.iter().enumerate() {
+            let p = f64::from(scores[r * classes + label as usize]).clamp(1e-7, 1.0 - 1e-7);
+            loss -= p.ln();
+        }
+        correct += count_correct(scores, &labels);
+        start += size;
+    }
+    let n = data.len().max(1) as f64;
+    Ok((loss / n, correct as f64 / n))
+}
+
+fn write_history(path: &Path, history: &[Epoch]) -> Result<(), FitError> {
+    let mut text = String::from("epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds\n");
+    for e in history {
+        text += &format!(
+            "{},{},{},{},{},{},{}\n",
+            e.epoch, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.lr, e.seconds
+        );
+    }
+    std::fs::write(path, text).map_err(|e| FitError::History {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,93 @@
+//! Training end to end on real data: a small CNN learns Fashion-MNIST from
+//! the bundled subset (the 10,000 test images, split 8,000 / 2,000) in CI
+//! time, and `cnnc run` reports what it did.
+
+use std::process::Command;
+
+use cnnc::data::fashion::{self, Source};
+use cnnc::train::fit::{self, FitOptions, Progress};
+use cnnc::train::TrainConfig;
+
+#[test]
+fn a_small_cnn_learns_the_bundled_fashion_subset() {
+    let source = "
+        model small : [28, 28, 1] {
+            conv(8, 3, padding: same, activation: relu)
+            maxpool(2)
+            conv(16, 3, padding: same, activation: relu)
+            maxpool(2)
+            flatten
+            dense(10, activation: softmax)
+        }";
+    let model =
+        cnnc::compile_source("small.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let splits = fashion::load_from(Source::Bundled, 12_000, 1).expect("bundled subset");
+    let config = TrainConfig {
+        batch: 64,
+        epochs: 2,
+        ..TrainConfig::default()
+    };
+    let out = std::env::temp_dir().join(format!("cnnc-fit-{}", std::process::id()));
+    std::fs::create_dir_all(&out).expect("temp dir");
+    let mut epochs = 0;
+    let mut progress = |p: Progress| {
+        if let Progress::Epoch(_) = p {
+            epochs += 1;
+        }
+    };
+    let options = FitOptions {
+        threads: 2,
+        out: out.clone(),
+        progress: &mut progress,
+    };
+    let fitted = fit::fit(
+        &model,
+        &config,
+        (&splits.train, &splits.validation, &splits.test),
+        options,
+    )
+    .expect("trains");
+    assert_eq!(epochs, 2);
+    assert!(
+        fitted.history[1].loss < fitted.history[0].loss,
+        "{:?}",
+        fitted.history
+    );
+    let (_, accuracy) = fitted.test;
+    assert!(
+        accuracy > 0.65,
+        "test accuracy {accuracy} after two epochs (chance is 0.1)"
+    );
+    // The checkpoint and the history are on disk.
+    assert!(out.join("small.safetensors").is_file());
+    let history = std::fs::read_to_string(out.join("small.history.csv")).expect("history");
+    assert_eq!(history.lines().count(), 3, "{history}");
+}
+
+#[test]
+fn run_rejects_unknown_data_and_missing_files() {
+    let cnnc = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cnnc"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("runs")
+    };
+    let out = cnnc(&["run", "examples/fashion_cnn.cnn", "--train", "mnist"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown data set `mnist`"));
+    let out = cnnc(&[
+        "run",
+        "examples/fashion_cnn.cnn",
+        "--train",
+        "fashion",
+        "--data",
+        "/no/such/folder",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/no/such/folder"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
