@@ -89,6 +89,9 @@ enum Command {
         /// Worker threads (default: the machine's cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Continue from the checkpoint in the output folder, bit for bit.
+        #[arg(long)]
+        resume: bool,
     },
     /// Run the forward pass on a NumPy array of examples and write the outputs as .npy.
     Predict {
@@ -190,6 +193,7 @@ fn main() -> ExitCode {
             seed,
             out,
             threads,
+            resume,
         } => load(file, model).and_then(|m| {
             let mut config = m.graph.train.clone().unwrap_or_default();
             config.epochs = epochs.unwrap_or(config.epochs);
@@ -198,7 +202,7 @@ fn main() -> ExitCode {
             config.seed = seed.unwrap_or(config.seed);
             let threads = threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            run_training(&m, &config, train, data.as_deref(), out, threads)
+            run_training(&m, &config, train, data.as_deref(), out, (threads, *resume))
                 .map_err(|e| failure(file, e))
         }),
         Command::Predict {
@@ -313,7 +317,7 @@ fn run_training(
     data_set: &str,
     data: Option<&Path>,
     out: &Path,
-    threads: usize,
+    (threads, resume): (usize, bool),
 ) -> Result<String, String> {
     use cnnc::train::fit::{self, FitOptions, Progress};
     if data_set != "fashion" {
@@ -348,6 +352,7 @@ fn run_training(
     let options = FitOptions {
         threads,
         out: out.to_path_buf(),
+        resume,
         progress: &mut progress,
     };
     let fitted = fit::fit(

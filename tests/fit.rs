@@ -38,6 +38,7 @@ fn a_small_cnn_learns_the_bundled_fashion_subset() {
     let options = FitOptions {
         threads: 2,
         out: out.clone(),
+        resume: false,
         progress: &mut progress,
     };
     let fitted = fit::fit(
@@ -90,4 +91,68 @@ fn run_rejects_unknown_data_and_missing_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn resuming_from_a_checkpoint_continues_bit_for_bit() {
+    // Dropout, batchnorm and Nadam: every kind of state a run carries.
+    let source = "
+        model tiny : [28, 28, 1] {
+            conv(4, 3, stride: 2, padding: same) -> batchnorm -> relu
+            maxpool(2)
+            flatten
+            dropout(0.3)
+            dense(10, activation: softmax)
+        }";
+    let model =
+        cnnc::compile_source("tiny.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let splits = fashion::load_from(Source::Bundled, 12_000, 3).expect("bundled subset");
+    // A small part of the subset keeps the test quick.
+    let part = |d: &fashion::Dataset, n: usize| fashion::Dataset {
+        images: d.images[..n * d.image_len()].to_vec(),
+        labels: d.labels[..n].to_vec(),
+        shape: d.shape,
+        class_names: d.class_names.clone(),
+    };
+    let (train, validation, test) = (
+        part(&splits.train, 640),
+        part(&splits.validation, 128),
+        part(&splits.test, 128),
+    );
+    let run = |epochs: u64, out: &std::path::Path, resume: bool| {
+        let config = TrainConfig {
+            batch: 32,
+            epochs,
+            ..TrainConfig::default()
+        };
+        let mut progress = |_: Progress| {};
+        let options = FitOptions {
+            threads: 2,
+            out: out.to_path_buf(),
+            resume,
+            progress: &mut progress,
+        };
+        fit::fit(&model, &config, (&train, &validation, &test), options).expect("trains")
+    };
+    let base = std::env::temp_dir().join(format!("cnnc-resume-{}", std::process::id()));
+    let (straight, stopped) = (base.join("straight"), base.join("stopped"));
+    std::fs::create_dir_all(&straight).expect("dir");
+    std::fs::create_dir_all(&stopped).expect("dir");
+    let whole = run(3, &straight, false);
+    run(1, &stopped, false);
+    let resumed = run(3, &stopped, true);
+    assert_eq!(
+        resumed.history.len(),
+        3,
+        "the resumed run keeps the first epoch's history"
+    );
+    assert_eq!(whole.weights.len(), resumed.weights.len());
+    for (name, a) in whole.weights.iter() {
+        let b = resumed
+            .weights
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing after resuming"));
+        assert_eq!(a.data, b.data, "{name} differs after resuming");
+    }
+    assert_eq!(whole.test, resumed.test);
 }

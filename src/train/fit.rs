@@ -46,6 +46,14 @@ pub enum FitError {
         /// Why.
         message: String,
     },
+    /// The checkpoint to resume from does not belong to this model or run.
+    #[error("cannot resume from `{path}`: {message}")]
+    Resume {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
     /// The data set is smaller than one batch.
     #[error("the training set has {images} images, fewer than one batch of {batch}")]
     TooFewImages {
@@ -98,8 +106,13 @@ pub enum Progress<'a> {
 pub struct FitOptions<'p> {
     /// Worker threads.
     pub threads: usize,
-    /// Folder for `{model}.safetensors` (a checkpoint after every epoch) and `{model}.history.csv`.
+    /// Folder for `{model}.safetensors` (the weights after every epoch),
+    /// `{model}.checkpoint.safetensors` (weights, optimizer state, epoch:
+    /// what `resume` continues from) and `{model}.history.csv`.
     pub out: PathBuf,
+    /// Continue from the checkpoint in `out`, bit for bit as if training
+    /// had not stopped.
+    pub resume: bool,
     /// Called as training goes.
     pub progress: &'p mut dyn FnMut(Progress),
 }
@@ -137,10 +150,24 @@ pub fn fit(
     let mut history = Vec::new();
     let mut best: Option<(f64, TensorStore)> = None;
     let mut since_best = 0;
-    let checkpoint = options
+    let weights_path = options
         .out
         .join(format!("{}.safetensors", model.graph.name));
-    for epoch in 1..=config.epochs {
+    let checkpoint = options
+        .out
+        .join(format!("{}.checkpoint.safetensors", model.graph.name));
+    let mut first_epoch = 1;
+    if options.resume {
+        let state = Checkpoint::load(&checkpoint, model, &trainer)?;
+        first_epoch = state.epoch + 1;
+        trainer.weights = state.weights;
+        trainer.states = state.states;
+        trainer.step = state.step;
+        history = state.history;
+        best = state.best;
+        since_best = state.since_best;
+    }
+    for epoch in first_epoch..=config.epochs {
         let started = Instant::now();
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(
@@ -169,7 +196,7 @@ pub fn fit(
         }
         let (val_loss, val_accuracy) =
             evaluate(model, &trainer.weights, validation, options.threads)?;
-        weights::save(&trainer.weights, &checkpoint)?;
+        weights::save(&trainer.weights, &weights_path)?;
         let figures = Epoch {
             epoch,
             loss: loss_sum / seen.max(1) as f64,
@@ -187,6 +214,22 @@ pub fn fit(
         } else {
             since_best += 1;
         }
+        Checkpoint::save(
+            &checkpoint,
+            epoch,
+            &trainer,
+            &history,
+            best.as_ref(),
+            since_best,
+        )?;
+        Checkpoint::save(
+            &checkpoint,
+            epoch,
+            &trainer,
+            &history,
+            best.as_ref(),
+            since_best,
+        )?;
         if let Some(stopping) = config.early_stopping {
             if since_best >= stopping.patience {
                 break;
@@ -210,6 +253,134 @@ pub fn fit(
         history,
         test,
     })
+}
+
+/// What a checkpoint holds: everything a resumed run needs to continue bit
+/// for bit. Tensors are stored under `weight:`, `state:` and `best:`
+/// prefixes; counters and the history in the file's metadata.
+struct Checkpoint {
+    epoch: u64,
+    weights: TensorStore,
+    states: TensorStore,
+    step: super::optimizer::StepState,
+    history: Vec<Epoch>,
+    best: Option<(f64, TensorStore)>,
+    since_best: u64,
+}
+
+impl Checkpoint {
+    fn save(
+        path: &Path,
+        epoch: u64,
+        trainer: &Trainer,
+        history: &[Epoch],
+        best: Option<&(f64, TensorStore)>,
+        since_best: u64,
+    ) -> Result<(), FitError> {
+        let mut store = TensorStore::new();
+        for (prefix, tensors) in [("weight:", &trainer.weights), ("state:", &trainer.states)] {
+            for (name, t) in tensors.iter() {
+                store.insert(format!("{prefix}{name}"), t.clone());
+            }
+        }
+        if let Some((loss, tensors)) = best {
+            for (name, t) in tensors.iter() {
+                store.insert(format!("best:{name}"), t.clone());
+            }
+            store
+                .metadata
+                .insert("best_val_loss".into(), format!("{:e}", loss));
+        }
+        let meta = &mut store.metadata;
+        meta.insert("epoch".into(), epoch.to_string());
+        meta.insert("iterations".into(), trainer.step.iterations.to_string());
+        // Exact bits, so that Nadam's schedule resumes without drift.
+        meta.insert(
+            "u_product_bits".into(),
+            trainer.step.u_product.to_bits().to_string(),
+        );
+        meta.insert("since_best".into(), since_best.to_string());
+        meta.insert("history".into(), history_csv(history));
+        weights::save(&store, path)?;
+        Ok(())
+    }
+
+    fn load(path: &Path, model: &TypedGraph, trainer: &Trainer) -> Result<Checkpoint, FitError> {
+        let fail = |message: String| FitError::Resume {
+            path: path.to_path_buf(),
+            message,
+        };
+        let store = weights::load_file(path)?;
+        let number = |key: &str| -> Result<u64, FitError> {
+            store
+                .metadata
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| fail(format!("it has no `{key}`: it is not a cnnc checkpoint")))
+        };
+        // In the order of `like`, so that a resumed run lists its tensors
+        // as a fresh one does (files keep them sorted by name).
+        let part = |prefix: &str, like: &TensorStore| -> TensorStore {
+            let found: TensorStore = store
+                .iter()
+                .filter_map(|(n, t)| n.strip_prefix(prefix).map(|n| (n.to_string(), t.clone())))
+                .collect();
+            let mut ordered: TensorStore = like
+                .names()
+                .filter_map(|n| found.get(n).map(|t| (n.to_string(), t.clone())))
+                .collect();
+            for (n, t) in found.iter() {
+                if ordered.get(n).is_none() {
+                    ordered.insert(n.to_string(), t.clone());
+                }
+            }
+            ordered
+        };
+        let weights = part("weight:", &trainer.weights);
+        let problems = weights::mismatches(model, &weights);
+        if !problems.is_empty() {
+            return Err(fail(format!(
+                "its weights do not fit model `{}` ({} problems)",
+                model.graph.name,
+                problems.len()
+            )));
+        }
+        let states = part("state:", &trainer.states);
+        let sorted = |store: &TensorStore| {
+            let mut names: Vec<String> = store.names().map(|n| n.to_string()).collect();
+            names.sort();
+            names
+        };
+        if sorted(&states) != sorted(&trainer.states) {
+            return Err(fail(
+                "its optimizer state does not match this run's optimizer".into(),
+            ));
+        }
+        let best_tensors = part("best:", &trainer.weights);
+        let best = store
+            .metadata
+            .get("best_val_loss")
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|loss| (loss, best_tensors));
+        let history = store
+            .metadata
+            .get("history")
+            .map(|h| parse_history(h))
+            .unwrap_or_default();
+        let step = super::optimizer::StepState {
+            iterations: number("iterations")?,
+            u_product: f64::from_bits(number("u_product_bits")?),
+        };
+        Ok(Checkpoint {
+            epoch: number("epoch")?,
+            weights,
+            states,
+            step,
+            history,
+            best,
+            since_best: number("since_best")?,
+        })
+    }
 }
 
 /// The learning rate at step `step` of `total`.
@@ -301,7 +472,7 @@ pub fn evaluate(
     Ok((loss / n, correct as f64 / n))
 }
 
-fn write_history(path: &Path, history: &[Epoch]) -> Result<(), FitError> {
+fn history_csv(history: &[Epoch]) -> String {
     let mut text = String::from("epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds\n");
     for e in history {
         text += &format!(
@@ -309,7 +480,30 @@ fn write_history(path: &Path, history: &[Epoch]) -> Result<(), FitError> {
             e.epoch, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.lr, e.seconds
         );
     }
-    std::fs::write(path, text).map_err(|e| FitError::History {
+    text
+}
+
+/// The epochs of a history written by [`history_csv`] (rows that do not parse are skipped).
+fn parse_history(text: &str) -> Vec<Epoch> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let v: Vec<f64> = line.split(',').filter_map(|x| x.parse().ok()).collect();
+            (v.len() == 7).then(|| Epoch {
+                epoch: v[0] as u64,
+                loss: v[1],
+                accuracy: v[2],
+                val_loss: v[3],
+                val_accuracy: v[4],
+                lr: v[5],
+                seconds: v[6],
+            })
+        })
+        .collect()
+}
+
+fn write_history(path: &Path, history: &[Epoch]) -> Result<(), FitError> {
+    std::fs::write(path, history_csv(history)).map_err(|e| FitError::History {
         path: path.to_path_buf(),
         message: e.to_string(),
     })
