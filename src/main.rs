@@ -349,10 +349,21 @@ fn run_training(
             );
         }
     };
+    // Ctrl-C asks training to stop after the current step and save; a
+    // second Ctrl-C ends the process at once.
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let handler = ctrlc::set_handler(|| {
+        if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+    });
+    let stop = handler.is_ok().then_some(&STOP);
     let options = FitOptions {
         threads,
         out: out.to_path_buf(),
         resume,
+        stop,
         progress: &mut progress,
     };
     let fitted = fit::fit(

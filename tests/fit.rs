@@ -39,6 +39,7 @@ fn a_small_cnn_learns_the_bundled_fashion_subset() {
         threads: 2,
         out: out.clone(),
         resume: false,
+        stop: None,
         progress: &mut progress,
     };
     let fitted = fit::fit(
@@ -130,6 +131,7 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
             threads: 2,
             out: out.to_path_buf(),
             resume,
+            stop: None,
             progress: &mut progress,
         };
         fit::fit(&model, &config, (&train, &validation, &test), options).expect("trains")
@@ -140,6 +142,34 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
     std::fs::create_dir_all(&stopped).expect("dir");
     let whole = run(3, &straight, false);
     run(1, &stopped, false);
+    // Interrupt the resumed run in the middle of its second epoch, as Ctrl-C
+    // does, then resume again.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let interrupted = {
+        let config = TrainConfig {
+            batch: 32,
+            epochs: 3,
+            ..TrainConfig::default()
+        };
+        let mut progress = |p: Progress| {
+            if let Progress::Step(2, 7, ..) = p {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        };
+        let options = FitOptions {
+            threads: 2,
+            out: stopped.clone(),
+            resume: true,
+            stop: Some(&stop),
+            progress: &mut progress,
+        };
+        fit::fit(&model, &config, (&train, &validation, &test), options)
+    };
+    let message = interrupted.expect_err("interrupted").to_string();
+    assert!(
+        message.contains("interrupted in epoch 2 after step 7") && message.contains("--resume"),
+        "{message}"
+    );
     let resumed = run(3, &stopped, true);
     assert_eq!(
         resumed.history.len(),

@@ -54,6 +54,16 @@ pub enum FitError {
         /// Why.
         message: String,
     },
+    /// Training was interrupted (Ctrl-C) after a step; everything was saved.
+    #[error("interrupted in epoch {epoch} after step {step}; saved `{checkpoint}`: continue with --resume")]
+    Interrupted {
+        /// The epoch.
+        epoch: u64,
+        /// Steps done in it.
+        step: usize,
+        /// The checkpoint written.
+        checkpoint: PathBuf,
+    },
     /// The data set is smaller than one batch.
     #[error("the training set has {images} images, fewer than one batch of {batch}")]
     TooFewImages {
@@ -113,6 +123,9 @@ pub struct FitOptions<'p> {
     /// Continue from the checkpoint in `out`, bit for bit as if training
     /// had not stopped.
     pub resume: bool,
+    /// When set (by a Ctrl-C handler), training stops after the current
+    /// step and saves a checkpoint to resume from.
+    pub stop: Option<&'p std::sync::atomic::AtomicBool>,
     /// Called as training goes.
     pub progress: &'p mut dyn FnMut(Progress),
 }
@@ -157,9 +170,13 @@ pub fn fit(
         .out
         .join(format!("{}.checkpoint.safetensors", model.graph.name));
     let mut first_epoch = 1;
+    // Steps already done in the first epoch, and its running sums, when
+    // resuming a run interrupted in the middle of an epoch.
+    let mut partial: Option<Partial> = None;
     if options.resume {
         let state = Checkpoint::load(&checkpoint, model, &trainer)?;
         first_epoch = state.epoch + 1;
+        partial = state.partial;
         trainer.weights = state.weights;
         trainer.states = state.states;
         trainer.step = state.step;
@@ -174,8 +191,12 @@ pub fn fit(
             config.seed.wrapping_add(epoch),
         ));
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let mut skip = 0;
+        if let Some(p) = partial.take() {
+            (skip, loss_sum, correct, seen) = (p.steps, p.loss_sum, p.correct, p.seen);
+        }
         let mut lr = config.optimizer.lr;
-        for (step, indices) in order.chunks_exact(batch).enumerate() {
+        for (step, indices) in order.chunks_exact(batch).enumerate().skip(skip) {
             lr = learning_rate(config, trainer.step.iterations, total_steps);
             let (images, labels) = gather(train, indices);
             let result = trainer
@@ -193,6 +214,30 @@ pub fn fit(
                 correct as f64 / seen as f64,
                 rate,
             ));
+            if options
+                .stop
+                .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                let partial = Partial {
+                    steps: step + 1,
+                    loss_sum,
+                    correct,
+                    seen,
+                };
+                Checkpoint::save(
+                    &checkpoint,
+                    (epoch - 1, Some(partial)),
+                    &trainer,
+                    &history,
+                    best.as_ref(),
+                    since_best,
+                )?;
+                return Err(FitError::Interrupted {
+                    epoch,
+                    step: step + 1,
+                    checkpoint,
+                });
+            }
         }
         let (val_loss, val_accuracy) =
             evaluate(model, &trainer.weights, validation, options.threads)?;
@@ -216,15 +261,7 @@ pub fn fit(
         }
         Checkpoint::save(
             &checkpoint,
-            epoch,
-            &trainer,
-            &history,
-            best.as_ref(),
-            since_best,
-        )?;
-        Checkpoint::save(
-            &checkpoint,
-            epoch,
+            (epoch, None),
             &trainer,
             &history,
             best.as_ref(),
@@ -255,11 +292,23 @@ pub fn fit(
     })
 }
 
+/// How far an interrupted epoch got.
+#[derive(Debug, Clone, Copy)]
+struct Partial {
+    steps: usize,
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+}
+
 /// What a checkpoint holds: everything a resumed run needs to continue bit
 /// for bit. Tensors are stored under `weight:`, `state:` and `best:`
 /// prefixes; counters and the history in the file's metadata.
 struct Checkpoint {
+    /// The last epoch completed.
     epoch: u64,
+    /// Progress into the next epoch, when interrupted within it.
+    partial: Option<Partial>,
     weights: TensorStore,
     states: TensorStore,
     step: super::optimizer::StepState,
@@ -271,7 +320,7 @@ struct Checkpoint {
 impl Checkpoint {
     fn save(
         path: &Path,
-        epoch: u64,
+        (epoch, partial): (u64, Option<Partial>),
         trainer: &Trainer,
         history: &[Epoch],
         best: Option<&(f64, TensorStore)>,
@@ -301,6 +350,12 @@ impl Checkpoint {
         );
         meta.insert("since_best".into(), since_best.to_string());
         meta.insert("history".into(), history_csv(history));
+        if let Some(p) = partial {
+            meta.insert("partial_steps".into(), p.steps.to_string());
+            meta.insert("partial_loss_bits".into(), p.loss_sum.to_bits().to_string());
+            meta.insert("partial_correct".into(), p.correct.to_string());
+            meta.insert("partial_seen".into(), p.seen.to_string());
+        }
         weights::save(&store, path)?;
         Ok(())
     }
@@ -371,8 +426,18 @@ impl Checkpoint {
             iterations: number("iterations")?,
             u_product: f64::from_bits(number("u_product_bits")?),
         };
+        let partial = match number("partial_steps") {
+            Ok(steps) => Some(Partial {
+                steps: steps as usize,
+                loss_sum: f64::from_bits(number("partial_loss_bits")?),
+                correct: number("partial_correct")? as usize,
+                seen: number("partial_seen")? as usize,
+            }),
+            Err(_) => None,
+        };
         Ok(Checkpoint {
             epoch: number("epoch")?,
+            partial,
             weights,
             states,
             step,
