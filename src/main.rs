@@ -93,6 +93,23 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Evaluate trained weights on a data set's test images: loss, accuracy, per-class accuracy, confusion matrix.
+    Eval {
+        /// The .cnn file.
+        file: PathBuf,
+        /// The model, when the file defines several.
+        #[arg(long)]
+        model: Option<String>,
+        /// The weights (safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// The data set: `fashion`.
+        #[arg(long, default_value = "fashion")]
+        data: String,
+        /// A folder holding the data set's files.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Run the forward pass on a NumPy array of examples and write the outputs as .npy.
     Predict {
         /// The .cnn file.
@@ -205,6 +222,16 @@ fn main() -> ExitCode {
             run_training(&m, &config, train, data.as_deref(), out, (threads, *resume))
                 .map_err(|e| failure(file, e))
         }),
+        Command::Eval {
+            file,
+            model,
+            weights,
+            data,
+            data_dir,
+        } => load(file, model).and_then(|m| {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            evaluate(&m, weights, data, data_dir.as_deref(), threads).map_err(|e| failure(file, e))
+        }),
         Command::Predict {
             file,
             model,
@@ -308,6 +335,44 @@ fn compile(model: &TypedGraph, emit: Emit, batch: usize) -> Result<String, Diagn
             })
             .map(|p| p.to_string()),
     }
+}
+
+/// `cnnc eval`: the test set's loss, accuracy, per-class accuracy and confusion matrix.
+fn evaluate(
+    model: &TypedGraph,
+    weights: &Path,
+    data_set: &str,
+    data: Option<&Path>,
+    threads: usize,
+) -> Result<String, String> {
+    if data_set != "fashion" {
+        return Err(format!(
+            "unknown data set `{data_set}`: cnnc knows `fashion` (Fashion-MNIST)"
+        ));
+    }
+    let store = cnnc::runtime::weights::load_for(model, weights).map_err(|e| e.to_string())?;
+    let splits = cnnc::data::fashion::load(data, 0, 0).map_err(|e| e.to_string())?;
+    if let Some(note) = splits.source.note() {
+        eprintln!("{note}");
+    }
+    let report = cnnc::train::fit::evaluate_in_detail(model, &store, &splits.test, threads)
+        .map_err(|e| e.to_string())?;
+    let names = &splits.test.class_names;
+    let mut out = format!(
+        "test: loss {:.4} accuracy {:.4} ({} images)\n\nper class:\n",
+        report.loss,
+        report.accuracy,
+        splits.test.len()
+    );
+    for (name, accuracy) in names.iter().zip(report.per_class()) {
+        out += &format!("  {name:<12} {accuracy:.4}\n");
+    }
+    out += "\nconfusion (rows: true class, columns: predicted):\n";
+    for (name, row) in names.iter().zip(&report.confusion) {
+        let cells: Vec<String> = row.iter().map(|c| format!("{c:5}")).collect();
+        out += &format!("  {name:<12}{}\n", cells.join(""));
+    }
+    Ok(out)
 }
 
 /// `cnnc run --train`: loads the data, trains, reports, and saves.

@@ -186,3 +186,55 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
     }
     assert_eq!(whole.test, resumed.test);
 }
+
+#[test]
+fn eval_reports_per_class_accuracy_and_the_confusion_matrix() {
+    let model =
+        cnnc::load_model(std::path::Path::new("examples/lenet5.cnn"), None).expect("lenet5");
+    let dir = std::env::temp_dir().join(format!("cnnc-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let weights = dir.join("lenet5.safetensors");
+    cnnc::runtime::weights::save(&cnnc::runtime::weights::init(&model, 1), &weights)
+        .expect("saved");
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args([
+            "eval",
+            "examples/lenet5.cnn",
+            "--weights",
+            weights.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.starts_with("test: loss"), "{report}");
+    for name in fashion::CLASS_NAMES {
+        assert_eq!(
+            report.matches(name).count(),
+            2,
+            "{name} should head a per-class row and a confusion row:\n{report}"
+        );
+    }
+    // The confusion matrix's counts add up to the test images.
+    let images: u64 = report
+        .split("images)")
+        .next()
+        .and_then(|l| l.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .expect("count");
+    let counted: u64 = report
+        .lines()
+        .skip_while(|l| !l.starts_with("confusion"))
+        .skip(1)
+        .flat_map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert_eq!(counted, images);
+}

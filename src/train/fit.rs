@@ -511,9 +511,43 @@ pub fn evaluate(
     data: &Dataset,
     threads: usize,
 ) -> Result<(f64, f64), FitError> {
+    let report = evaluate_in_detail(model, weights, data, threads)?;
+    Ok((report.loss, report.accuracy))
+}
+
+/// An evaluation's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// Mean cross-entropy of the first output's probabilities.
+    pub loss: f64,
+    /// Top-1 accuracy.
+    pub accuracy: f64,
+    /// `confusion[true class][predicted class]` counts.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+impl Evaluation {
+    /// Each class's accuracy (the diagonal over the row sums).
+    pub fn per_class(&self) -> Vec<f64> {
+        self.confusion
+            .iter()
+            .enumerate()
+            .map(|(c, row)| row[c] as f64 / row.iter().sum::<u64>().max(1) as f64)
+            .collect()
+    }
+}
+
+/// Loss, accuracy and the confusion matrix of `model` with `weights` on `data`.
+pub fn evaluate_in_detail(
+    model: &TypedGraph,
+    weights: &TensorStore,
+    data: &Dataset,
+    threads: usize,
+) -> Result<Evaluation, FitError> {
     let batch = 256.min(data.len().max(1));
     let mut programs: Vec<Inference> = Vec::new();
-    let (mut loss, mut correct) = (0.0, 0usize);
+    let mut loss = 0.0;
+    let mut confusion: Vec<Vec<u64>> = Vec::new();
     let mut start = 0;
     while start < data.len() {
         let size = batch.min(data.len() - start);
@@ -526,15 +560,33 @@ pub fn evaluate(
         let outputs = program.run(&images)?;
         let scores = &outputs[0].1;
         let classes = scores.len() / size;
-        for (r, &label) in labels.iter().enumerate() {
-            let p = f64::from(scores[r * classes + label as usize]).clamp(1e-7, 1.0 - 1e-7);
-            loss -= p.ln();
+        if confusion.is_empty() {
+            confusion = vec![vec![0; classes]; classes];
         }
-        correct += count_correct(scores, &labels);
+        for (r, &label) in labels.iter().enumerate() {
+            let row = &scores[r * classes..(r + 1) * classes];
+            let p = f64::from(row[label as usize]).clamp(1e-7, 1.0 - 1e-7);
+            loss -= p.ln();
+            let predicted = row
+                .iter()
+                .enumerate()
+                .fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
+            if let Some(cell) = confusion
+                .get_mut(label as usize)
+                .and_then(|r| r.get_mut(predicted))
+            {
+                *cell += 1;
+            }
+        }
         start += size;
     }
     let n = data.len().max(1) as f64;
-    Ok((loss / n, correct as f64 / n))
+    let correct: u64 = (0..confusion.len()).map(|c| confusion[c][c]).sum();
+    Ok(Evaluation {
+        loss: loss / n,
+        accuracy: correct as f64 / n,
+        confusion,
+    })
 }
 
 fn history_csv(history: &[Epoch]) -> String {
