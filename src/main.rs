@@ -401,7 +401,24 @@ fn run_training(
         Progress::Step(epoch, step, steps, loss, accuracy, rate) => {
             if interactive || step == steps || step % (steps / 10).max(1) == 0 {
                 let end = if interactive { "\r" } else { "\n" };
-                eprint!("epoch {epoch}/{} step {step}/{steps}  loss {loss:.4}  accuracy {accuracy:.4}  {rate:.0} images/s{end}", config.epochs);
+                // A Keras-like bar: 30 cells, then the figures and the time left.
+                let filled = step * 30 / steps.max(1);
+                let bar: String = (0..30)
+                    .map(|i| {
+                        if i < filled {
+                            '='
+                        } else if i == filled {
+                            '>'
+                        } else {
+                            '.'
+                        }
+                    })
+                    .collect();
+                let eta = (steps - step) as f64 * config.batch as f64 / rate.max(1e-9);
+                eprint!(
+                    "epoch {epoch}/{} {step:>5}/{steps} [{bar}] ETA {:>4.0}s  loss {loss:.4}  accuracy {accuracy:.4}  {rate:.0} images/s{end}",
+                    config.epochs, eta
+                );
             }
         }
         Progress::Epoch(e) => {
