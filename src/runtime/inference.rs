@@ -146,3 +146,33 @@ impl Inference {
         Ok(outputs)
     }
 }
+
+/// Runs `model` on `count` examples (`examples(start, size)` gives the
+/// values of examples `start..start + size`) in batches of at most `batch`;
+/// the last, smaller batch gets a program of its own. Calls `each` with the
+/// first example of every batch and its outputs.
+pub fn run_in_batches(
+    model: &TypedGraph,
+    weights: &TensorStore,
+    (count, batch, threads): (usize, usize, usize),
+    mut examples: impl FnMut(usize, usize) -> Vec<f32>,
+    mut each: impl FnMut(usize, Vec<(String, Vec<f32>)>),
+) -> Result<(), InferenceError> {
+    let batch = batch.max(1);
+    let mut program: Option<Inference> = None;
+    let mut start = 0;
+    while start < count {
+        let size = batch.min(count - start);
+        if program.as_ref().is_none_or(|p| p.plan().batch != size) {
+            program = Some(Inference::new(model, weights.clone(), size, threads)?);
+        }
+        let outputs = program
+            .as_mut()
+            .map(|p| p.run(&examples(start, size)))
+            .transpose()?
+            .unwrap_or_default();
+        each(start, outputs);
+        start += size;
+    }
+    Ok(())
+}

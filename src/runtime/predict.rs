@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{ArrayD, IxDyn};
 use thiserror::Error;
 
-use super::inference::{Inference, InferenceError};
+use super::inference::InferenceError;
 use super::weights::{self, TensorStore, WeightsError};
 use crate::shapes::TypedGraph;
 
@@ -130,23 +130,22 @@ fn forward(
         .into_iter()
         .map(|(n, _)| (n, Vec::new()))
         .collect();
-    let full = Inference::new(model, store.clone(), batch.min(count), threads)?;
-    let mut programs = vec![full];
-    let mut start = 0;
-    while start < count {
-        let size = batch.min(count - start);
-        if programs.last().is_some_and(|p| p.plan().batch != size) {
-            programs.push(Inference::new(model, store.clone(), size, threads)?);
-        }
-        let program = programs.last_mut().expect("a program for this batch size");
-        let results = program.run(&values[start * per_example..(start + size) * per_example])?;
-        for (name, part) in results {
-            if let Some((_, all)) = outputs.iter_mut().find(|(n, _)| *n == name) {
-                all.extend(part);
+    let examples = |start: usize, size: usize| {
+        values[start * per_example..(start + size) * per_example].to_vec()
+    };
+    super::inference::run_in_batches(
+        model,
+        &store,
+        (count, batch, threads),
+        examples,
+        |_, results| {
+            for (name, part) in results {
+                if let Some((_, all)) = outputs.iter_mut().find(|(n, _)| *n == name) {
+                    all.extend(part);
+                }
             }
-        }
-        start += size;
-    }
+        },
+    )?;
     Ok(outputs)
 }
 

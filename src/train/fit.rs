@@ -13,7 +13,7 @@ use thiserror::Error;
 use super::{Schedule, TrainConfig};
 use crate::autodiff::LossSpec;
 use crate::data::fashion::Dataset;
-use crate::runtime::inference::{Inference, InferenceError};
+use crate::runtime::inference::{run_in_batches, InferenceError};
 use crate::runtime::training::{Trainer, TrainingError};
 use crate::runtime::weights::{self, TensorStore, WeightsError};
 use crate::shapes::TypedGraph;
@@ -515,6 +515,9 @@ pub fn evaluate(
     Ok((report.loss, report.accuracy))
 }
 
+/// Examples per batch when evaluating.
+const EVALUATION_BATCH: usize = 256;
+
 /// An evaluation's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
@@ -544,42 +547,37 @@ pub fn evaluate_in_detail(
     data: &Dataset,
     threads: usize,
 ) -> Result<Evaluation, FitError> {
-    let batch = 256.min(data.len().max(1));
-    let mut programs: Vec<Inference> = Vec::new();
     let mut loss = 0.0;
     let mut confusion: Vec<Vec<u64>> = Vec::new();
-    let mut start = 0;
-    while start < data.len() {
-        let size = batch.min(data.len() - start);
-        if programs.last().is_none_or(|p| p.plan().batch != size) {
-            programs.push(Inference::new(model, weights.clone(), size, threads)?);
-        }
-        let program = programs.last_mut().expect("a program for this batch size");
-        let indices: Vec<usize> = (start..start + size).collect();
-        let (images, labels) = gather(data, &indices);
-        let outputs = program.run(&images)?;
-        let scores = &outputs[0].1;
-        let classes = scores.len() / size;
-        if confusion.is_empty() {
-            confusion = vec![vec![0; classes]; classes];
-        }
-        for (r, &label) in labels.iter().enumerate() {
-            let row = &scores[r * classes..(r + 1) * classes];
-            let p = f64::from(row[label as usize]).clamp(1e-7, 1.0 - 1e-7);
-            loss -= p.ln();
-            let predicted = row
-                .iter()
-                .enumerate()
-                .fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
-            if let Some(cell) = confusion
-                .get_mut(label as usize)
-                .and_then(|r| r.get_mut(predicted))
-            {
-                *cell += 1;
+    let examples =
+        |start: usize, size: usize| gather(data, &(start..start + size).collect::<Vec<_>>()).0;
+    run_in_batches(
+        model,
+        weights,
+        (data.len(), EVALUATION_BATCH, threads),
+        examples,
+        |start, outputs| {
+            let scores = &outputs[0].1;
+            let rows = EVALUATION_BATCH.min(data.len() - start);
+            let classes = scores.len() / rows.max(1);
+            if confusion.is_empty() {
+                confusion = vec![vec![0; classes]; classes];
             }
-        }
-        start += size;
-    }
+            for r in 0..rows {
+                let label = data.labels[start + r] as usize;
+                let row = &scores[r * classes..(r + 1) * classes];
+                let p = f64::from(row[label]).clamp(1e-7, 1.0 - 1e-7);
+                loss -= p.ln();
+                let predicted = row
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
+                if let Some(cell) = confusion.get_mut(label).and_then(|r| r.get_mut(predicted)) {
+                    *cell += 1;
+                }
+            }
+        },
+    )?;
     let n = data.len().max(1) as f64;
     let correct: u64 = (0..confusion.len()).map(|c| confusion[c][c]).sum();
     Ok(Evaluation {
