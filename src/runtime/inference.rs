@@ -118,30 +118,14 @@ impl Inference {
                 outputs.push((name.clone(), vec![0.0; self.plan.buffers[b].len]));
             }
         }
-        let mut external: Vec<&mut [f32]> = Vec::with_capacity(self.compiled.externals.len());
-        let mut output_slices = outputs.iter_mut().map(|(_, v)| v.as_mut_slice());
-        let mut weights = self.weights.iter_mut().collect::<Vec<_>>();
-        let mut input_slot = Some(input.as_mut_slice());
-        for &b in &self.compiled.externals {
-            match &self.plan.buffers[b].role {
-                Role::Input => external.push(input_slot.take().unwrap_or_default()),
-                Role::Output(_) => external.push(output_slices.next().unwrap_or_default()),
-                Role::Weight(name) => {
-                    // Each weight appears once in the plan; `new` checked it exists.
-                    let position = weights
-                        .iter()
-                        .position(|(n, _)| n == name)
-                        .ok_or_else(|| InferenceError::MissingWeight(name.clone()))?;
-                    let (_, tensor) = weights.swap_remove(position);
-                    external.push(tensor.data.as_mut_slice());
-                }
-                Role::Labels
-                | Role::Loss(_)
-                | Role::State(_)
-                | Role::Scalars(_)
-                | Role::Temporary => external.push(Default::default()),
-            }
-        }
+        let lent = program::Lent {
+            input: Some(input.as_mut_slice()),
+            weights: Some(&mut self.weights),
+            results: outputs.iter_mut().map(|(_, v)| v.as_mut_slice()).collect(),
+            ..program::Lent::default()
+        };
+        let mut external = program::bind(&self.plan, &self.compiled, lent)
+            .map_err(InferenceError::MissingWeight)?;
         self.executor.run(&self.compiled.program, &mut external)?;
         Ok(outputs)
     }

@@ -2,6 +2,8 @@
 //! arena by liveness (`memory::plan`), every kernel is compiled, and the
 //! other buffers become external slots the caller lends for each run.
 
+use std::collections::HashMap;
+
 use thiserror::Error;
 
 use crate::codegen::contraction::{ConvBackwardData, ConvBackwardFilter, ConvForward};
@@ -11,6 +13,7 @@ use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, R
 
 use super::contraction::{BackwardDataStep, BackwardFilterStep, ForwardStep};
 use super::executor::{Kernel, Program, RowKernel, Slot, Step};
+use super::weights::TensorStore;
 
 /// Element counts below which a kernel runs on one thread: below this,
 /// waking a second thread costs more than it saves.
@@ -214,4 +217,55 @@ fn place(plan: &KernelPlan) -> (Vec<Slot>, Vec<BufferId>, u64) {
         }
     }
     (slots, externals, arena.peak)
+}
+
+/// The caller's buffers for one run of a program, by role.
+#[derive(Default)]
+pub struct Lent<'a> {
+    /// The input batch.
+    pub input: Option<&'a mut [f32]>,
+    /// The labels (training).
+    pub labels: Option<&'a mut [f32]>,
+    /// The weights, by full name.
+    pub weights: Option<&'a mut TensorStore>,
+    /// The optimizer's state, by name (training).
+    pub states: Option<&'a mut TensorStore>,
+    /// Per-step scalars, by name (`coefficients`, `step`).
+    pub scalars: Vec<(&'static str, &'a mut [f32])>,
+    /// One buffer per output and loss, in the order of `compiled.externals`.
+    pub results: Vec<&'a mut [f32]>,
+}
+
+/// The external slots of `compiled`, in order, filled from `lent`; the
+/// error names a weight or state tensor that `lent` lacks.
+pub fn bind<'a>(
+    plan: &KernelPlan,
+    compiled: &Compiled,
+    lent: Lent<'a>,
+) -> Result<Vec<&'a mut [f32]>, String> {
+    let by_name = |store: Option<&'a mut TensorStore>| -> HashMap<String, &'a mut [f32]> {
+        store
+            .into_iter()
+            .flat_map(|s| s.iter_mut())
+            .map(|(n, t)| (n.to_string(), t.data.as_mut_slice()))
+            .collect()
+    };
+    let (mut weights, mut states) = (by_name(lent.weights), by_name(lent.states));
+    let (mut input, mut labels) = (lent.input, lent.labels);
+    let mut scalars: HashMap<&str, &'a mut [f32]> = lent.scalars.into_iter().collect();
+    let mut results = lent.results.into_iter();
+    let mut external = Vec::with_capacity(compiled.externals.len());
+    for &b in &compiled.externals {
+        let slot: &'a mut [f32] = match &plan.buffers[b].role {
+            Role::Input => input.take().unwrap_or_default(),
+            Role::Labels => labels.take().unwrap_or_default(),
+            Role::Output(_) | Role::Loss(_) => results.next().unwrap_or_default(),
+            Role::Scalars(name) => scalars.remove(name.as_str()).unwrap_or_default(),
+            Role::Weight(name) => weights.remove(name).ok_or_else(|| name.clone())?,
+            Role::State(name) => states.remove(name).ok_or_else(|| name.clone())?,
+            Role::Temporary => Default::default(),
+        };
+        external.push(slot);
+    }
+    Ok(external)
 }

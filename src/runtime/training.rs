@@ -179,33 +179,19 @@ impl Trainer {
             }
         }
         {
-            let mut weights: Vec<(&str, &mut Tensor)> = self.weights.iter_mut().collect();
-            let mut states: Vec<(&str, &mut Tensor)> = self.states.iter_mut().collect();
-            let mut results_iter = results.iter_mut().map(|(_, v)| v.as_mut_slice());
-            let (mut images_slot, mut labels_slot) =
-                (Some(images.as_mut_slice()), Some(labels.as_mut_slice()));
-            let (mut coefficient_slot, mut step_slot) = (
-                Some(coefficients.as_mut_slice()),
-                Some(step_buffer.as_mut_slice()),
-            );
-            let mut external: Vec<&mut [f32]> = Vec::new();
-            for &b in &self.compiled.externals {
-                let slot: &mut [f32] = match &self.plan.buffers[b].role {
-                    Role::Input => images_slot.take().unwrap_or_default(),
-                    Role::Labels => labels_slot.take().unwrap_or_default(),
-                    Role::Output(_) | Role::Loss(_) => results_iter.next().unwrap_or_default(),
-                    Role::Scalars(name) if name == "coefficients" => {
-                        coefficient_slot.take().unwrap_or_default()
-                    }
-                    Role::Scalars(_) => step_slot.take().unwrap_or_default(),
-                    Role::Weight(name) => take(&mut weights, name)
-                        .ok_or_else(|| TrainingError::MissingWeight(name.clone()))?,
-                    Role::State(name) => take(&mut states, name)
-                        .ok_or_else(|| TrainingError::MissingWeight(name.clone()))?,
-                    Role::Temporary => Default::default(),
-                };
-                external.push(slot);
-            }
+            let lent = program::Lent {
+                input: Some(images.as_mut_slice()),
+                labels: Some(labels.as_mut_slice()),
+                weights: Some(&mut self.weights),
+                states: Some(&mut self.states),
+                scalars: vec![
+                    ("coefficients", coefficients.as_mut_slice()),
+                    ("step", step_buffer.as_mut_slice()),
+                ],
+                results: results.iter_mut().map(|(_, v)| v.as_mut_slice()).collect(),
+            };
+            let mut external = program::bind(&self.plan, &self.compiled, lent)
+                .map_err(TrainingError::MissingWeight)?;
             // Forward and backward, then the loss is checked before anything
             // is updated; batchnorm's moving statistics, which the forward
             // pass moves, are restored if it is not finite.
@@ -299,10 +285,4 @@ fn first_non_finite(
             )),
             _ => None,
         })
-}
-
-/// Removes and returns the tensor named `name` as a mutable slice.
-fn take<'a>(tensors: &mut Vec<(&str, &'a mut Tensor)>, name: &str) -> Option<&'a mut [f32]> {
-    let position = tensors.iter().position(|(n, _)| *n == name)?;
-    Some(tensors.swap_remove(position).1.data.as_mut_slice())
 }
