@@ -58,19 +58,23 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         batch: usize,
     },
-    /// Train a model on a data set (`--train fashion`), with its file's train section.
+    /// Train a model (`--train fashion` or `--train DIR`) with its file's train section, or run it on images.
     Run {
         /// The .cnn file.
         file: PathBuf,
         /// The model, when the file defines several.
         #[arg(long)]
         model: Option<String>,
-        /// The data set to train on: `fashion` (Fashion-MNIST).
+        /// The data set to train on: `fashion` (Fashion-MNIST), or a folder of PNG/JPEG images
+        /// with one sub-folder per class. Without it, the model runs forward on INPUTS.
         #[arg(long)]
-        train: String,
-        /// A folder holding the data set's files (otherwise $CNNC_DATA, the system's, or the bundled subset).
+        train: Option<String>,
+        /// A folder holding Fashion-MNIST's files (otherwise $CNNC_DATA, the system's, or the bundled subset).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Resize images and convert their colours to fit the model's input (image folders and INPUTS).
+        #[arg(long)]
+        resize: bool,
         /// Epochs (overrides the train section).
         #[arg(long)]
         epochs: Option<u64>,
@@ -80,10 +84,13 @@ enum Command {
         /// Learning rate (overrides the train section).
         #[arg(long)]
         lr: Option<f64>,
+        /// Optimizer (overrides the train section's, keeping its learning rate).
+        #[arg(long, value_enum)]
+        optimizer: Option<OptimizerArg>,
         /// Random seed (overrides the train section).
         #[arg(long)]
         seed: Option<u64>,
-        /// Folder for the weights checkpoint and the history.
+        /// Folder for the weights, the checkpoint and the history.
         #[arg(long, default_value = ".")]
         out: PathBuf,
         /// Worker threads (default: the machine's cores).
@@ -92,6 +99,15 @@ enum Command {
         /// Continue from the checkpoint in the output folder, bit for bit.
         #[arg(long)]
         resume: bool,
+        /// Without --train: the weights to run with (default: OUT/MODEL.safetensors, the file
+        /// training writes, when it exists; otherwise the model's initializers).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Without --train: how many classes to show per image.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+        /// Without --train: image files (PNG, JPEG) to classify.
+        inputs: Vec<PathBuf>,
     },
     /// Evaluate trained weights on a data set's test images: loss, accuracy, per-class accuracy, confusion matrix.
     Eval {
@@ -103,14 +119,17 @@ enum Command {
         /// The weights (safetensors).
         #[arg(long)]
         weights: PathBuf,
-        /// The data set: `fashion`.
+        /// The data set: `fashion`, or a folder of images with one sub-folder per class.
         #[arg(long, default_value = "fashion")]
         data: String,
-        /// A folder holding the data set's files.
+        /// A folder holding Fashion-MNIST's files.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Resize images and convert their colours to fit the model's input (image folders).
+        #[arg(long)]
+        resize: bool,
     },
-    /// Run the forward pass on a NumPy array of examples and write the outputs as .npy.
+    /// Classify images (top classes by name), or run the forward pass on a NumPy array into .npy.
     Predict {
         /// The .cnn file.
         file: PathBuf,
@@ -120,12 +139,20 @@ enum Command {
         /// The weights (safetensors, names as `cnnc compile --emit graph` shows them).
         #[arg(long)]
         weights: PathBuf,
-        /// The examples: float32 .npy of shape [N, height, width, channels] (or one example).
+        /// Image files (PNG, JPEG) to classify.
+        images: Vec<PathBuf>,
+        /// How many classes to show per image.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+        /// Resize images and convert their colours to fit the model's input.
         #[arg(long)]
-        input: PathBuf,
-        /// Where to write the outputs (.npy; several outputs get `.NAME` before the extension).
-        #[arg(long)]
-        output: PathBuf,
+        resize: bool,
+        /// Instead of images: float32 .npy of shape [N, height, width, channels] (or one example).
+        #[arg(long, requires = "output", conflicts_with = "images")]
+        input: Option<PathBuf>,
+        /// Where to write the outputs of --input (.npy; several outputs get `.NAME` before the extension).
+        #[arg(long, requires = "input")]
+        output: Option<PathBuf>,
         /// Examples per batch.
         #[arg(long, default_value_t = 256)]
         batch: usize,
@@ -161,6 +188,23 @@ enum GraphFormat {
     Text,
     /// Graphviz DOT, with a cluster per block instance.
     Dot,
+}
+
+/// The optimizers `--optimizer` names.
+#[derive(Clone, Copy, ValueEnum)]
+enum OptimizerArg {
+    /// Plain stochastic gradient descent.
+    Sgd,
+    /// SGD with momentum (0.9 unless the train section sets it).
+    Momentum,
+    /// SGD with Nesterov momentum (0.9 unless the train section sets it).
+    Nesterov,
+    /// Adam.
+    Adam,
+    /// Adam with Nesterov momentum.
+    Nadam,
+    /// RMSprop.
+    Rmsprop,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -204,23 +248,46 @@ fn main() -> ExitCode {
             model,
             train,
             data,
+            resize,
             epochs,
             batch,
             lr,
+            optimizer,
             seed,
             out,
             threads,
             resume,
+            weights,
+            top,
+            inputs,
         } => load(file, model).and_then(|m| {
             let mut config = m.graph.train.clone().unwrap_or_default();
             config.epochs = epochs.unwrap_or(config.epochs);
             config.batch = batch.unwrap_or(config.batch);
             config.optimizer.lr = lr.unwrap_or(config.optimizer.lr);
             config.seed = seed.unwrap_or(config.seed);
-            let threads = threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            run_training(&m, &config, train, data.as_deref(), out, (threads, *resume))
-                .map_err(|e| failure(file, e))
+            if let Some(kind) = optimizer {
+                set_optimizer(&mut config.optimizer, *kind);
+            }
+            let threads = threads.unwrap_or_else(cores);
+            let data = DataArgs {
+                fashion_dir: data.as_deref(),
+                resize: *resize,
+            };
+            let result = match train {
+                Some(train) => run_training(&m, &config, train, data, out, (threads, *resume)),
+                None if inputs.is_empty() => {
+                    Err("give --train DATA to train the model, or image files to run it on".into())
+                }
+                None => run_forward(
+                    &m,
+                    weights.as_deref(),
+                    out,
+                    inputs,
+                    (*resize, *top, threads),
+                ),
+            };
+            result.map_err(|e| failure(file, e))
         }),
         Command::Eval {
             file,
@@ -228,27 +295,44 @@ fn main() -> ExitCode {
             weights,
             data,
             data_dir,
+            resize,
         } => load(file, model).and_then(|m| {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            evaluate(&m, weights, data, data_dir.as_deref(), threads).map_err(|e| failure(file, e))
+            let data_args = DataArgs {
+                fashion_dir: data_dir.as_deref(),
+                resize: *resize,
+            };
+            evaluate(&m, weights, data, data_args, cores()).map_err(|e| failure(file, e))
         }),
         Command::Predict {
             file,
             model,
             weights,
+            images,
+            top,
+            resize,
             input,
             output,
             batch,
         } => load(file, model).and_then(|m| {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            cnnc::runtime::predict::predict_npy(&m, weights, input, output, *batch, threads)
-                .map(|files| {
-                    files
-                        .iter()
-                        .map(|f| format!("wrote {}\n", f.display()))
-                        .collect()
-                })
-                .map_err(|e| failure(file, e))
+            let result = match (input, output) {
+                (Some(input), Some(output)) => {
+                    cnnc::runtime::predict::predict_npy(&m, weights, input, output, *batch, cores())
+                        .map(|files| {
+                            files
+                                .iter()
+                                .map(|f| format!("wrote {}\n", f.display()))
+                                .collect()
+                        })
+                        .map_err(|e| e.to_string())
+                }
+                _ if images.is_empty() => {
+                    Err("give image files to classify, or --input X.npy --output Y.npy".into())
+                }
+                _ => cnnc::runtime::weights::load_for(&m, weights)
+                    .map_err(|e| e.to_string())
+                    .and_then(|store| classify(&m, store, images, (*resize, *top, cores()))),
+            };
+            result.map_err(|e| failure(file, e))
         }),
         Command::Bench {
             file,
@@ -259,8 +343,7 @@ fn main() -> ExitCode {
             steps,
             profile,
         } => load(file, model).and_then(|m| {
-            let threads = threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let threads = threads.unwrap_or_else(cores);
             let config = cnnc::bench::BenchConfig {
                 batch: *batch,
                 inference_batch: *inference_batch,
@@ -337,40 +420,187 @@ fn compile(model: &TypedGraph, emit: Emit, batch: usize) -> Result<String, Diagn
     }
 }
 
+/// The machine's cores, the default number of worker threads.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Where data comes from, besides the data set's name.
+#[derive(Clone, Copy)]
+struct DataArgs<'a> {
+    /// Where Fashion-MNIST's files are (`--data`/`--data-dir`).
+    fashion_dir: Option<&'a Path>,
+    /// Resize and convert images to the model's input.
+    resize: bool,
+}
+
+/// Loads `fashion` or an image folder for `model`, splitting off
+/// `validation` training images (the data set's default when `None`), and
+/// prints where a fallback took the data from.
+fn load_splits(
+    model: &TypedGraph,
+    data_set: &str,
+    data: DataArgs,
+    (validation, seed): (Option<u64>, u64),
+) -> Result<cnnc::data::Splits, String> {
+    use cnnc::data::{fashion, folder};
+    let splits = if data_set == "fashion" {
+        let validation = validation.map_or(fashion::DEFAULT_VALIDATION, |v| v as usize);
+        fashion::load(data.fashion_dir, validation, seed).map_err(|e| e.to_string())?
+    } else if Path::new(data_set).is_dir() {
+        let conversion = conversion(model, data.resize)?;
+        let validation = validation.map(|v| v as usize);
+        folder::load(Path::new(data_set), conversion, validation, seed)
+            .map_err(|e| e.to_string())?
+    } else {
+        return Err(format!(
+            "unknown data set `{data_set}`: give `fashion` (Fashion-MNIST) or a folder of images \
+             with one sub-folder per class"
+        ));
+    };
+    if let Some(note) = splits.source.note() {
+        eprintln!("{note}");
+    }
+    Ok(splits)
+}
+
+/// How images become `model`'s input.
+fn conversion(model: &TypedGraph, resize: bool) -> Result<cnnc::data::folder::Conversion, String> {
+    match model.input_shape().map(|s| s.0.as_slice()) {
+        Some(&[h, w, c]) => Ok(cnnc::data::folder::Conversion {
+            shape: [h as usize, w as usize, c as usize],
+            convert: resize,
+        }),
+        other => Err(format!(
+            "the model's input has shape {other:?}; images need an input [height, width, channels]"
+        )),
+    }
+}
+
+/// `--optimizer`: another optimizer, keeping the learning rate and the
+/// hyperparameters the section set.
+fn set_optimizer(optimizer: &mut cnnc::train::Optimizer, kind: OptimizerArg) {
+    use cnnc::train::OptimizerKind;
+    optimizer.kind = match kind {
+        OptimizerArg::Sgd => OptimizerKind::Sgd,
+        OptimizerArg::Momentum => OptimizerKind::Momentum,
+        OptimizerArg::Nesterov => OptimizerKind::Nesterov,
+        OptimizerArg::Adam => OptimizerKind::Adam,
+        OptimizerArg::Nadam => OptimizerKind::Nadam,
+        OptimizerArg::Rmsprop => OptimizerKind::RmsProp,
+    };
+    let needs_momentum = matches!(kind, OptimizerArg::Momentum | OptimizerArg::Nesterov);
+    if needs_momentum && optimizer.momentum == 0.0 {
+        optimizer.momentum = 0.9;
+    }
+}
+
 /// `cnnc eval`: the test set's loss, accuracy, per-class accuracy and confusion matrix.
 fn evaluate(
     model: &TypedGraph,
     weights: &Path,
     data_set: &str,
-    data: Option<&Path>,
+    data: DataArgs,
     threads: usize,
 ) -> Result<String, String> {
-    if data_set != "fashion" {
-        return Err(format!(
-            "unknown data set `{data_set}`: cnnc knows `fashion` (Fashion-MNIST)"
-        ));
-    }
     let store = cnnc::runtime::weights::load_for(model, weights).map_err(|e| e.to_string())?;
-    let splits = cnnc::data::fashion::load(data, 0, 0).map_err(|e| e.to_string())?;
-    if let Some(note) = splits.source.note() {
-        eprintln!("{note}");
-    }
-    let report = cnnc::train::fit::evaluate_in_detail(model, &store, &splits.test, threads)
-        .map_err(|e| e.to_string())?;
+    let splits = load_splits(model, data_set, data, (Some(0), 0))?;
+    let top_ks = top_ks(model);
+    let report =
+        cnnc::train::fit::evaluate_in_detail(model, &store, &splits.test, (&top_ks, threads))
+            .map_err(|e| e.to_string())?;
     let names = &splits.test.class_names;
     let mut out = format!(
-        "test: loss {:.4} accuracy {:.4} ({} images)\n\nper class:\n",
+        "test: loss {:.4} accuracy {:.4}{} ({} images)\n\nper class:\n",
         report.loss,
         report.accuracy,
+        top_k_text(report.top_k.iter().map(|&(k, a)| (k, a))),
         splits.test.len()
     );
+    let width = names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(11)
+        + 1;
     for (name, accuracy) in names.iter().zip(report.per_class()) {
-        out += &format!("  {name:<12} {accuracy:.4}\n");
+        out += &format!("  {name:<width$} {accuracy:.4}\n");
     }
     out += "\nconfusion (rows: true class, columns: predicted):\n";
     for (name, row) in names.iter().zip(&report.confusion) {
         let cells: Vec<String> = row.iter().map(|c| format!("{c:5}")).collect();
-        out += &format!("  {name:<12}{}\n", cells.join(""));
+        out += &format!("  {name:<width$}{}\n", cells.join(""));
+    }
+    Ok(out)
+}
+
+/// The k of each `top_k` metric of the model's train section.
+fn top_ks(model: &TypedGraph) -> Vec<u64> {
+    let metrics = model.graph.train.as_ref().map(|t| t.metrics.clone());
+    metrics
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| match m {
+            cnnc::train::Metric::TopK(k) => Some(*k),
+            cnnc::train::Metric::Accuracy => None,
+        })
+        .collect()
+}
+
+/// `  top-5 accuracy 0.9900` for each (k, accuracy).
+fn top_k_text(figures: impl Iterator<Item = (u64, f64)>) -> String {
+    figures
+        .map(|(k, a)| format!("  top-{k} accuracy {a:.4}"))
+        .collect()
+}
+
+/// `cnnc run FILE IMAGES…`: classifies the images with the weights given,
+/// or those training wrote to `out`, or the model's initializers.
+fn run_forward(
+    model: &TypedGraph,
+    weights: Option<&Path>,
+    out: &Path,
+    images: &[PathBuf],
+    options: (bool, usize, usize),
+) -> Result<String, String> {
+    use cnnc::runtime::weights;
+    let trained = out.join(format!("{}.safetensors", model.graph.name));
+    let store = match weights {
+        Some(path) => weights::load_for(model, path),
+        None if trained.is_file() => {
+            eprintln!("using the weights in `{}`", trained.display());
+            weights::load_for(model, &trained)
+        }
+        None => {
+            eprintln!(
+                "no weights given and no `{}`: running with the model's initializers",
+                trained.display()
+            );
+            Ok(weights::init(model, 0))
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    classify(model, store, images, options)
+}
+
+/// Each image's top classes, as lines of text.
+fn classify(
+    model: &TypedGraph,
+    store: cnnc::runtime::weights::TensorStore,
+    images: &[PathBuf],
+    (resize, top, threads): (bool, usize, usize),
+) -> Result<String, String> {
+    let conversion = conversion(model, resize)?;
+    let predictions =
+        cnnc::runtime::predict::predict_images(model, store, images, (conversion, top), threads)
+            .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    for p in predictions {
+        out += &format!("{}\n", p.path.display());
+        for (rank, (_, name, score)) in p.top.iter().enumerate() {
+            out += &format!("  {}. {name:<16} {:6.2}%\n", rank + 1, 100.0 * score);
+        }
     }
     Ok(out)
 }
@@ -380,21 +610,12 @@ fn run_training(
     model: &TypedGraph,
     config: &cnnc::train::TrainConfig,
     data_set: &str,
-    data: Option<&Path>,
+    data: DataArgs,
     out: &Path,
     (threads, resume): (usize, bool),
 ) -> Result<String, String> {
     use cnnc::train::fit::{self, FitOptions, Progress};
-    if data_set != "fashion" {
-        return Err(format!(
-            "unknown data set `{data_set}`: cnnc knows `fashion` (Fashion-MNIST)"
-        ));
-    }
-    let splits = cnnc::data::fashion::load(data, config.validation as usize, config.seed)
-        .map_err(|e| e.to_string())?;
-    if let Some(note) = splits.source.note() {
-        eprintln!("{note}");
-    }
+    let splits = load_splits(model, data_set, data, (config.validation, config.seed))?;
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create `{}`: {e}", out.display()))?;
     let interactive = std::io::stderr().is_terminal();
     let mut progress = |p: Progress| match p {
@@ -426,8 +647,15 @@ fn run_training(
                 eprintln!();
             }
             println!(
-                "epoch {}: loss {:.4} accuracy {:.4} | validation loss {:.4} accuracy {:.4} | {:.1} s",
-                e.epoch, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.seconds
+                "epoch {}: loss {:.4} accuracy {:.4}{} | validation loss {:.4} accuracy {:.4}{} | {:.1} s",
+                e.epoch,
+                e.loss,
+                e.accuracy,
+                top_k_text(e.top_k.iter().map(|&(k, a, _)| (k, a))),
+                e.val_loss,
+                e.val_accuracy,
+                top_k_text(e.top_k.iter().map(|&(k, _, v)| (k, v))),
+                e.seconds
             );
         }
     };

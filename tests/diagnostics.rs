@@ -122,6 +122,7 @@ cases! {
     train_zero_batch,
     train_loss_weights_unknown_output,
     train_key_twice,
+    train_augment_out_of_range,
     // All reported in one run.
     several_errors,
 }

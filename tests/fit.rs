@@ -6,7 +6,7 @@ use std::process::Command;
 
 use cnnc::data::fashion::{self, Source};
 use cnnc::train::fit::{self, FitOptions, Progress};
-use cnnc::train::TrainConfig;
+use cnnc::train::{Augment, Metric, TrainConfig};
 
 #[test]
 fn a_small_cnn_learns_the_bundled_fashion_subset() {
@@ -122,9 +122,8 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
     );
     let run = |epochs: u64, out: &std::path::Path, resume: bool| {
         let config = TrainConfig {
-            batch: 32,
             epochs,
-            ..TrainConfig::default()
+            ..resumable()
         };
         let mut progress = |_: Progress| {};
         let options = FitOptions {
@@ -147,9 +146,8 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let interrupted = {
         let config = TrainConfig {
-            batch: 32,
             epochs: 3,
-            ..TrainConfig::default()
+            ..resumable()
         };
         let mut progress = |p: Progress| {
             if let Progress::Step(2, 7, ..) = p {
@@ -185,6 +183,30 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
         assert_eq!(a.data, b.data, "{name} differs after resuming");
     }
     assert_eq!(whole.test, resumed.test);
+    let figures = |h: &[fit::Epoch]| -> Vec<_> {
+        h.iter()
+            .map(|e| (e.loss, e.accuracy, e.val_loss, e.top_k.clone()))
+            .collect()
+    };
+    assert_eq!(figures(&whole.history), figures(&resumed.history));
+    assert_eq!(whole.history[2].top_k.len(), 1);
+}
+
+/// A configuration with every kind of randomness and every running sum a
+/// resumed run must restore: augmentation and a top-k metric.
+fn resumable() -> TrainConfig {
+    TrainConfig {
+        batch: 32,
+        metrics: vec![Metric::Accuracy, Metric::TopK(3)],
+        augment: Some(Augment {
+            shift: 2,
+            flip: true,
+            rotation: 10.0,
+            brightness: 0.1,
+            contrast: 0.1,
+        }),
+        ..TrainConfig::default()
+    }
 }
 
 #[test]

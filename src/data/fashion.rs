@@ -15,9 +15,8 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use flate2::bufread::MultiGzDecoder;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+
+pub use super::{Dataset, Source, Splits};
 
 /// The names of the ten classes, indexed by label, as the data set defines them.
 pub const CLASS_NAMES: [&str; 10] = [
@@ -52,94 +51,18 @@ pub const DEFAULT_VALIDATION: usize = 12_000;
 /// fifth image keeps the classes as balanced as the file is.
 pub const BUNDLED_TEST_EVERY: usize = 5;
 
-/// A set of labelled images, pixels scaled to [0, 1].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Dataset {
-    /// The pixels, `[n, 28, 28, 1]` row-major (NHWC), each in [0, 1]
-    /// (the file's byte divided by 255).
-    pub images: Vec<f32>,
-    /// One label per image, each below `class_names.len()`.
-    pub labels: Vec<u32>,
-    /// The shape of one image: `[28, 28, 1]` (height, width, channels).
-    pub shape: [usize; 3],
-    /// The class names, indexed by label.
-    pub class_names: Vec<String>,
-}
-
-impl Dataset {
-    /// The number of images.
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    /// Whether the set holds no image.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-
-    /// The number of f32 values in one image (784).
-    pub fn image_len(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// The pixels of image `index`, `[28, 28, 1]` row-major.
-    ///
-    /// Panics when `index >= self.len()`, like slice indexing.
-    pub fn image(&self, index: usize) -> &[f32] {
-        let len = self.image_len();
-        &self.images[index * len..(index + 1) * len]
-    }
-
-    /// The images at `indices`, in that order.
-    fn select(&self, indices: &[usize]) -> Dataset {
-        let len = self.image_len();
-        let mut images = Vec::with_capacity(indices.len() * len);
-        for &i in indices {
-            images.extend_from_slice(self.image(i));
-        }
-        Dataset {
-            images,
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
-            shape: self.shape,
-            class_names: self.class_names.clone(),
-        }
-    }
-}
-
-/// Where the images come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// The full set, read from this directory.
-    Full(PathBuf),
-    /// The subset embedded in cnnc: the 10,000 test images of the full set.
-    Bundled,
-}
-
 impl Source {
     /// For [`Source::Bundled`], the one line the CLI should print to say so
     /// and how to get the full set; `None` for the full set.
     pub fn note(&self) -> Option<&'static str> {
         match self {
-            Source::Full(_) => None,
+            Source::Full(_) | Source::Folder(_) => None,
             Source::Bundled => Some(
                 "using the bundled subset of Fashion-MNIST (10,000 images: 8,000 train, 2,000 test); \
                  install the full set with `apt-get install dataset-fashion-mnist` or pass --data DIR",
             ),
         }
     }
-}
-
-/// The training, validation and test sets, and where they came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Splits {
-    /// The images to train on.
-    pub train: Dataset,
-    /// The images held out of the training files to validate on.
-    pub validation: Dataset,
-    /// The test images.
-    pub test: Dataset,
-    /// Where the images came from (the CLI reports a fallback to the bundled subset).
-    pub source: Source,
 }
 
 /// Finds the full set: `data_dir` when given (without checking it, so that
@@ -175,7 +98,8 @@ pub fn load(data_dir: Option<&Path>, validation: usize, seed: u64) -> Result<Spl
 /// installed).
 pub fn load_from(source: Source, validation: usize, seed: u64) -> Result<Splits, DataError> {
     let (train, validation, test) = match &source {
-        Source::Full(dir) => {
+        // A folder named as an image folder is read for IDX files all the same.
+        Source::Full(dir) | Source::Folder(dir) => {
             let train = read_pair(dir, TRAIN_IMAGES, TRAIN_LABELS)?;
             let test = read_pair(dir, TEST_IMAGES, TEST_LABELS)?;
             let (train, validation) = hold_out(&train, validation, seed)?;
@@ -467,7 +391,7 @@ fn split_bundled(all: &Dataset) -> (Dataset, Dataset) {
 
 /// The validation count for a bundled training set of `available` images:
 /// `validation` out of the full set's 60,000, scaled and rounded.
-fn scale_validation(validation: usize, available: usize) -> Result<usize, DataError> {
+pub(crate) fn scale_validation(validation: usize, available: usize) -> Result<usize, DataError> {
     if validation >= FULL_TRAIN_IMAGES {
         return Err(DataError::ValidationTooLarge {
             requested: validation,
@@ -491,12 +415,7 @@ fn hold_out(
             available: train.len(),
         });
     }
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let (held, rest) = order.split_at_mut(validation);
-    held.sort_unstable();
-    rest.sort_unstable();
-    Ok((train.select(rest), train.select(held)))
+    Ok(train.hold_out(validation, seed))
 }
 
 fn open(path: &Path) -> Result<BufReader<File>, DataError> {

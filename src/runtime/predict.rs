@@ -1,5 +1,7 @@
-//! `cnnc predict --input X.npy --output Y.npy`: the forward pass on NumPy
-//! arrays, so that outputs can be compared with other frameworks'.
+//! The forward pass for the command line: `cnnc predict --input X.npy
+//! --output Y.npy` on NumPy arrays, so that outputs can be compared with
+//! other frameworks', and `cnnc predict img.png …` on image files, giving
+//! each image's most likely classes by name.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +10,9 @@ use thiserror::Error;
 
 use super::inference::InferenceError;
 use super::weights::{self, TensorStore, WeightsError};
+use crate::data::folder::{self, Conversion, FolderError};
 use crate::shapes::TypedGraph;
+use crate::train::fit::CLASS_NAMES_KEY;
 
 /// Why a prediction failed.
 #[derive(Debug, Error)]
@@ -33,6 +37,17 @@ pub enum PredictError {
         expected: Vec<usize>,
         /// The array's shape.
         actual: Vec<usize>,
+    },
+    /// An image could not be read or does not fit the model.
+    #[error(transparent)]
+    Image(#[from] FolderError),
+    /// The model's output is not a vector of class scores.
+    #[error("output `{output}` has shape [{}], not one score per class: images can only be classified by a model whose output is a vector (`cnnc maps` draws feature maps)", join(.shape))]
+    NotScores {
+        /// The output.
+        output: String,
+        /// Its per-example shape.
+        shape: Vec<usize>,
     },
     /// The forward pass failed.
     #[error(transparent)]
@@ -112,6 +127,76 @@ pub fn predict_npy(
         written.push(path);
     }
     Ok(written)
+}
+
+/// One image's most likely classes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImagePrediction {
+    /// The image file.
+    pub path: PathBuf,
+    /// The top classes, most likely first: (label, class name, score).
+    pub top: Vec<(usize, String, f32)>,
+}
+
+/// Classifies the image files `paths` with `model` and the weights in
+/// `store`: each image is read and converted as `conversion` says
+/// ([`folder::read_image`]), and its `top` highest scores of the model's
+/// first output are named by the class names stored with the weights
+/// (`class 3` when there are none).
+pub fn predict_images(
+    model: &TypedGraph,
+    store: TensorStore,
+    paths: &[PathBuf],
+    (conversion, top): (Conversion, usize),
+    threads: usize,
+) -> Result<Vec<ImagePrediction>, PredictError> {
+    let (output, shape) = model.outputs().into_iter().next().unwrap_or_default();
+    if shape.len() != 1 {
+        return Err(PredictError::NotScores {
+            output,
+            shape: shape.iter().map(|&d| d as usize).collect(),
+        });
+    }
+    let classes = shape[0] as usize;
+    let names = class_names(&store, classes);
+    let mut values = Vec::new();
+    for path in paths {
+        values.extend(folder::read_image(path, conversion)?);
+    }
+    let batch = paths.len().clamp(1, 256);
+    let outputs = forward(model, store, &values, paths.len(), batch, threads)?;
+    let scores = &outputs[0].1;
+    Ok(paths
+        .iter()
+        .zip(scores.chunks_exact(classes.max(1)))
+        .map(|(path, row)| {
+            let mut order: Vec<usize> = (0..classes).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            ImagePrediction {
+                path: path.clone(),
+                top: order
+                    .into_iter()
+                    .take(top)
+                    .map(|c| (c, names[c].clone(), row[c]))
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
+/// The class names stored with trained weights when there are `classes` of
+/// them, else `class 0`, `class 1`, ….
+pub fn class_names(store: &TensorStore, classes: usize) -> Vec<String> {
+    let stored: Vec<String> = store
+        .metadata
+        .get(CLASS_NAMES_KEY)
+        .map(|names| names.lines().map(str::to_string).collect())
+        .unwrap_or_default();
+    if stored.len() == classes {
+        stored
+    } else {
+        (0..classes).map(|c| format!("class {c}")).collect()
+    }
 }
 
 /// The outputs of `count` examples, run in batches of `batch` (the last,

@@ -57,7 +57,7 @@ pub fn check(
             "seed" => c.natural(value, "seed").map(|s| config.seed = s),
             "validation" => c
                 .natural(value, "validation")
-                .map(|v| config.validation = v),
+                .map(|v| config.validation = Some(v)),
             "schedule" => c.schedule(value).map(|s| config.schedule = Some(s)),
             "early_stopping" => c
                 .early_stopping(value)
@@ -122,6 +122,15 @@ impl Checker {
                 self.fail(value, format!("`{what}` must be {kind}"))
             }
         }
+    }
+
+    /// A non-negative number at most `max`.
+    fn bounded(&mut self, value: &Spanned, what: &str, max: f64, unit: &str) -> Option<f64> {
+        let x = self.number(value, what, false)?;
+        if x > max {
+            return self.fail(value, format!("`{what}` must be at most {max} {unit}"));
+        }
+        Some(x)
     }
 
     fn flag(&mut self, value: &Spanned, what: &str) -> Option<bool> {
@@ -426,20 +435,29 @@ impl Checker {
             )
         })?;
         let mut a = Augment::default();
+        let mut valid = true;
         for (field, v) in self.fields(
             "augment",
             &args,
             &["shift", "flip", "rotation", "brightness", "contrast"],
         ) {
-            match field.as_str() {
-                "shift" => a.shift = self.natural(v, &field)?,
-                "flip" => a.flip = self.flag(v, &field)?,
-                "rotation" => a.rotation = self.number(v, &field, false)?,
-                "brightness" => a.brightness = self.number(v, &field, false)?,
-                _ => a.contrast = self.number(v, &field, false)?,
-            }
+            // Every field is checked, so that one run reports every mistake.
+            let fits = match field.as_str() {
+                "shift" => self.natural(v, &field).map(|x| a.shift = x),
+                "flip" => self.flag(v, &field).map(|x| a.flip = x),
+                "rotation" => self
+                    .bounded(v, &field, 180.0, "degrees")
+                    .map(|x| a.rotation = x),
+                "brightness" => self
+                    .bounded(v, &field, 1.0, "of the [0, 1] range")
+                    .map(|x| a.brightness = x),
+                _ => self
+                    .bounded(v, &field, 0.99, "(a factor in 1 ± contrast)")
+                    .map(|x| a.contrast = x),
+            };
+            valid &= fits.is_some();
         }
-        Some(a)
+        valid.then_some(a)
     }
 }
 

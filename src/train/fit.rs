@@ -10,9 +10,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
-use super::{Schedule, TrainConfig};
+use super::{Metric, Schedule, TrainConfig};
 use crate::autodiff::LossSpec;
-use crate::data::fashion::Dataset;
+use crate::data::augment::augment_batch;
+use crate::data::Dataset;
 use crate::runtime::inference::{run_in_batches, InferenceError};
 use crate::runtime::training::{Trainer, TrainingError};
 use crate::runtime::weights::{self, TensorStore, WeightsError};
@@ -64,6 +65,16 @@ pub enum FitError {
         /// The checkpoint written.
         checkpoint: PathBuf,
     },
+    /// The model's output does not score the data set's classes.
+    #[error("output `{output}` gives {scores} scores per image, but the data set has {classes} classes: make its last layer `dense({classes}, activation: softmax)`")]
+    Classes {
+        /// The model's first output.
+        output: String,
+        /// Its scores per image.
+        scores: usize,
+        /// The data set's classes.
+        classes: usize,
+    },
     /// The data set is smaller than one batch.
     #[error("the training set has {images} images, fewer than one batch of {batch}")]
     TooFewImages {
@@ -75,11 +86,11 @@ pub enum FitError {
 }
 
 /// One epoch's figures.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Epoch {
     /// 1-based.
     pub epoch: u64,
-    /// Mean training loss.
+    /// Mean training loss (the weighted sum of the outputs' losses).
     pub loss: f64,
     /// Training accuracy.
     pub accuracy: f64,
@@ -91,6 +102,8 @@ pub struct Epoch {
     pub lr: f64,
     /// Wall time of the epoch, validation included.
     pub seconds: f64,
+    /// Each `top_k` metric: (k, training, validation) top-k accuracy.
+    pub top_k: Vec<(u64, f64, f64)>,
 }
 
 /// What training produced.
@@ -139,6 +152,7 @@ pub fn fit(
     options: FitOptions,
 ) -> Result<Fitted, FitError> {
     let batch = config.batch as usize;
+    check_classes(model, train)?;
     if train.len() < batch {
         return Err(FitError::TooFewImages {
             images: train.len(),
@@ -158,6 +172,14 @@ pub fn fit(
         options.threads,
     )?;
     trainer.seed = config.seed;
+    let top_ks: Vec<u64> = config
+        .metrics
+        .iter()
+        .filter_map(|m| match m {
+            Metric::TopK(k) => Some(*k),
+            Metric::Accuracy => None,
+        })
+        .collect();
     let steps_per_epoch = train.len() / batch;
     let total_steps = steps_per_epoch as u64 * config.epochs;
     let mut history = Vec::new();
@@ -184,34 +206,46 @@ pub fn fit(
         best = state.best;
         since_best = state.since_best;
     }
+    // The class names travel with the weights, for `cnnc predict`.
+    trainer
+        .weights
+        .metadata
+        .insert(CLASS_NAMES_KEY.into(), train.class_names.join("\n"));
     for epoch in first_epoch..=config.epochs {
         let started = Instant::now();
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(
             config.seed.wrapping_add(epoch),
         ));
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let mut tally = Tally::new(top_ks.len());
         let mut skip = 0;
         if let Some(p) = partial.take() {
-            (skip, loss_sum, correct, seen) = (p.steps, p.loss_sum, p.correct, p.seen);
+            (skip, tally) = (p.steps, p.tally);
         }
         let mut lr = config.optimizer.lr;
         for (step, indices) in order.chunks_exact(batch).enumerate().skip(skip) {
             lr = learning_rate(config, trainer.step.iterations, total_steps);
-            let (images, labels) = gather(train, indices);
+            let (mut images, labels) = gather(train, indices);
+            if let Some(augment) = &config.augment {
+                augment_batch(
+                    &mut images,
+                    train.shape,
+                    augment,
+                    (config.seed, epoch, step),
+                );
+            }
             let result = trainer
                 .train_step(&images, &labels, lr)
                 .map_err(|source| FitError::Step { epoch, source })?;
-            loss_sum += result.losses.first().map_or(0.0, |(_, l)| *l) * batch as f64;
-            correct += count_correct(&result.outputs[0].1, &labels);
-            seen += batch;
-            let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            tally.loss_sum += total_loss(&result.losses, &config.loss_weights) * batch as f64;
+            tally.count(&result.outputs[0].1, &labels, &top_ks);
+            let rate = tally.seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
             (options.progress)(Progress::Step(
                 epoch,
                 step + 1,
                 steps_per_epoch,
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64,
+                tally.loss_sum / tally.seen as f64,
+                tally.correct as f64 / tally.seen as f64,
                 rate,
             ));
             if options
@@ -220,9 +254,7 @@ pub fn fit(
             {
                 let partial = Partial {
                     steps: step + 1,
-                    loss_sum,
-                    correct,
-                    seen,
+                    tally,
                 };
                 Checkpoint::save(
                     &checkpoint,
@@ -239,17 +271,29 @@ pub fn fit(
                 });
             }
         }
-        let (val_loss, val_accuracy) =
-            evaluate(model, &trainer.weights, validation, options.threads)?;
+        let checked = evaluate_in_detail(
+            model,
+            &trainer.weights,
+            validation,
+            (&top_ks, options.threads),
+        )?;
+        let val_loss = checked.loss;
         weights::save(&trainer.weights, &weights_path)?;
+        let seen = tally.seen.max(1) as f64;
         let figures = Epoch {
             epoch,
-            loss: loss_sum / seen.max(1) as f64,
-            accuracy: correct as f64 / seen.max(1) as f64,
+            loss: tally.loss_sum / seen,
+            accuracy: tally.correct as f64 / seen,
             val_loss,
-            val_accuracy,
+            val_accuracy: checked.accuracy,
             lr,
             seconds: started.elapsed().as_secs_f64(),
+            top_k: top_ks
+                .iter()
+                .zip(&tally.top_k_correct)
+                .zip(&checked.top_k)
+                .map(|((&k, &c), &(_, v))| (k, c as f64 / seen, v))
+                .collect(),
         };
         (options.progress)(Progress::Epoch(&figures));
         history.push(figures);
@@ -293,12 +337,48 @@ pub fn fit(
 }
 
 /// How far an interrupted epoch got.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Partial {
     steps: usize,
+    tally: Tally,
+}
+
+/// The running sums of an epoch's training figures.
+#[derive(Debug, Clone)]
+struct Tally {
+    /// The sum over images of the weighted total loss.
     loss_sum: f64,
+    /// Images whose top score is their label.
     correct: usize,
+    /// For each `top_k` metric, images whose label is among the k top scores.
+    top_k_correct: Vec<usize>,
+    /// Images seen.
     seen: usize,
+}
+
+impl Tally {
+    fn new(top_ks: usize) -> Tally {
+        Tally {
+            loss_sum: 0.0,
+            correct: 0,
+            top_k_correct: vec![0; top_ks],
+            seen: 0,
+        }
+    }
+
+    /// Counts a batch's predictions (`scores`, a row per label).
+    fn count(&mut self, scores: &[f32], labels: &[u32], top_ks: &[u64]) {
+        let classes = scores.len() / labels.len().max(1);
+        for (r, &label) in labels.iter().enumerate() {
+            let row = &scores[r * classes..(r + 1) * classes];
+            self.correct += usize::from(arg_max(row) == label as usize);
+            let rank = rank_of(row, label as usize);
+            for (hits, &k) in self.top_k_correct.iter_mut().zip(top_ks) {
+                *hits += usize::from((rank as u64) < k);
+            }
+        }
+        self.seen += labels.len();
+    }
 }
 
 /// What a checkpoint holds: everything a resumed run needs to continue bit
@@ -351,10 +431,13 @@ impl Checkpoint {
         meta.insert("since_best".into(), since_best.to_string());
         meta.insert("history".into(), history_csv(history));
         if let Some(p) = partial {
+            let t = &p.tally;
             meta.insert("partial_steps".into(), p.steps.to_string());
-            meta.insert("partial_loss_bits".into(), p.loss_sum.to_bits().to_string());
-            meta.insert("partial_correct".into(), p.correct.to_string());
-            meta.insert("partial_seen".into(), p.seen.to_string());
+            meta.insert("partial_loss_bits".into(), t.loss_sum.to_bits().to_string());
+            meta.insert("partial_correct".into(), t.correct.to_string());
+            meta.insert("partial_seen".into(), t.seen.to_string());
+            let top_k: Vec<String> = t.top_k_correct.iter().map(|c| c.to_string()).collect();
+            meta.insert("partial_top_k_correct".into(), top_k.join(","));
         }
         weights::save(&store, path)?;
         Ok(())
@@ -429,9 +512,16 @@ impl Checkpoint {
         let partial = match number("partial_steps") {
             Ok(steps) => Some(Partial {
                 steps: steps as usize,
-                loss_sum: f64::from_bits(number("partial_loss_bits")?),
-                correct: number("partial_correct")? as usize,
-                seen: number("partial_seen")? as usize,
+                tally: Tally {
+                    loss_sum: f64::from_bits(number("partial_loss_bits")?),
+                    correct: number("partial_correct")? as usize,
+                    top_k_correct: store
+                        .metadata
+                        .get("partial_top_k_correct")
+                        .map(|list| list.split(',').filter_map(|c| c.parse().ok()).collect())
+                        .unwrap_or_default(),
+                    seen: number("partial_seen")? as usize,
+                },
             }),
             Err(_) => None,
         };
@@ -487,21 +577,34 @@ fn gather(data: &Dataset, indices: &[usize]) -> (Vec<f32>, Vec<u32>) {
     (images, labels)
 }
 
-/// How many rows of `scores` have their largest value at the label.
-fn count_correct(scores: &[f32], labels: &[u32]) -> usize {
-    let classes = scores.len() / labels.len().max(1);
-    labels
+/// The metadata key under which trained weights keep their class names,
+/// one per line, in label order.
+pub const CLASS_NAMES_KEY: &str = "class_names";
+
+/// The weighted sum of the outputs' losses (an output not named in
+/// `weights` weighs 1), as Keras reports a model's loss.
+fn total_loss(losses: &[(String, f64)], weights: &[(String, f64)]) -> f64 {
+    losses
         .iter()
-        .enumerate()
-        .filter(|&(r, &label)| {
-            let row = &scores[r * classes..(r + 1) * classes];
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
-            best == label as usize
+        .map(|(name, loss)| {
+            let weight = weights.iter().find(|(n, _)| n == name).map_or(1.0, |w| w.1);
+            weight * loss
         })
-        .count()
+        .sum()
+}
+
+/// The index of the largest score (the first, on ties).
+pub fn arg_max(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(0, |b, (j, &v)| if v > row[b] { j } else { b })
+}
+
+/// How many scores are larger than the label's: 0 when the label has the
+/// top score; the label is among the top k when this is below k.
+fn rank_of(row: &[f32], label: usize) -> usize {
+    row.get(label)
+        .map_or(row.len(), |&own| row.iter().filter(|&&v| v > own).count())
 }
 
 /// Mean cross-entropy (of the first output's probabilities) and accuracy on `data`.
@@ -511,7 +614,7 @@ pub fn evaluate(
     data: &Dataset,
     threads: usize,
 ) -> Result<(f64, f64), FitError> {
-    let report = evaluate_in_detail(model, weights, data, threads)?;
+    let report = evaluate_in_detail(model, weights, data, (&[], threads))?;
     Ok((report.loss, report.accuracy))
 }
 
@@ -525,6 +628,8 @@ pub struct Evaluation {
     pub loss: f64,
     /// Top-1 accuracy.
     pub accuracy: f64,
+    /// For each k asked for, the top-k accuracy.
+    pub top_k: Vec<(u64, f64)>,
     /// `confusion[true class][predicted class]` counts.
     pub confusion: Vec<Vec<u64>>,
 }
@@ -540,15 +645,18 @@ impl Evaluation {
     }
 }
 
-/// Loss, accuracy and the confusion matrix of `model` with `weights` on `data`.
+/// Loss, accuracy, the top-k accuracy for each of `top_ks` and the
+/// confusion matrix of `model` with `weights` on `data`.
 pub fn evaluate_in_detail(
     model: &TypedGraph,
     weights: &TensorStore,
     data: &Dataset,
-    threads: usize,
+    (top_ks, threads): (&[u64], usize),
 ) -> Result<Evaluation, FitError> {
+    let classes = check_classes(model, data)?;
     let mut loss = 0.0;
-    let mut confusion: Vec<Vec<u64>> = Vec::new();
+    let mut confusion = vec![vec![0u64; classes]; classes];
+    let mut tally = Tally::new(top_ks.len());
     let examples =
         |start: usize, size: usize| gather(data, &(start..start + size).collect::<Vec<_>>()).0;
     run_in_batches(
@@ -557,54 +665,87 @@ pub fn evaluate_in_detail(
         (data.len(), EVALUATION_BATCH, threads),
         examples,
         |start, outputs| {
-            let scores = &outputs[0].1;
             let rows = EVALUATION_BATCH.min(data.len() - start);
-            let classes = scores.len() / rows.max(1);
-            if confusion.is_empty() {
-                confusion = vec![vec![0; classes]; classes];
-            }
-            for r in 0..rows {
-                let label = data.labels[start + r] as usize;
-                let row = &scores[r * classes..(r + 1) * classes];
+            let scores = &outputs[0].1[..rows * classes];
+            let labels = &data.labels[start..start + rows];
+            tally.count(scores, labels, top_ks);
+            for (row, &label) in scores.chunks_exact(classes).zip(labels) {
+                let label = label as usize;
                 let p = f64::from(row[label]).clamp(1e-7, 1.0 - 1e-7);
                 loss -= p.ln();
-                let predicted = row
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
-                if let Some(cell) = confusion.get_mut(label).and_then(|r| r.get_mut(predicted)) {
-                    *cell += 1;
-                }
+                confusion[label][arg_max(row)] += 1;
             }
         },
     )?;
     let n = data.len().max(1) as f64;
-    let correct: u64 = (0..confusion.len()).map(|c| confusion[c][c]).sum();
     Ok(Evaluation {
         loss: loss / n,
-        accuracy: correct as f64 / n,
+        accuracy: tally.correct as f64 / n,
+        top_k: top_ks
+            .iter()
+            .zip(&tally.top_k_correct)
+            .map(|(&k, &c)| (k, c as f64 / n))
+            .collect(),
         confusion,
     })
 }
 
+/// The number of classes of the model's first output, checked against the data set's.
+fn check_classes(model: &TypedGraph, data: &Dataset) -> Result<usize, FitError> {
+    let (name, classes) = model
+        .outputs()
+        .into_iter()
+        .next()
+        .map(|(name, shape)| (name, shape.iter().product::<u64>() as usize))
+        .unwrap_or_default();
+    if classes != data.class_names.len() {
+        return Err(FitError::Classes {
+            output: name,
+            scores: classes,
+            classes: data.class_names.len(),
+        });
+    }
+    Ok(classes)
+}
+
 fn history_csv(history: &[Epoch]) -> String {
-    let mut text = String::from("epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds\n");
+    let mut text = String::from("epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds");
+    for (k, _, _) in history.first().map_or(&[][..], |e| &e.top_k[..]) {
+        text += &format!(",top{k}_accuracy,val_top{k}_accuracy");
+    }
+    text.push('\n');
     for e in history {
         text += &format!(
-            "{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{}",
             e.epoch, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.lr, e.seconds
         );
+        for (_, train, validation) in &e.top_k {
+            text += &format!(",{train},{validation}");
+        }
+        text.push('\n');
     }
     text
 }
 
-/// The epochs of a history written by [`history_csv`] (rows that do not parse are skipped).
-fn parse_history(text: &str) -> Vec<Epoch> {
-    text.lines()
-        .skip(1)
+/// The epochs of a history written by [`history_csv`] (rows that do not
+/// parse are skipped).
+pub fn parse_history(text: &str) -> Vec<Epoch> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    // `topK_accuracy` columns name their k; each is followed by its validation column.
+    let ks: Vec<u64> = header
+        .iter()
+        .filter_map(|h| {
+            h.strip_prefix("top")?
+                .strip_suffix("_accuracy")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    lines
         .filter_map(|line| {
             let v: Vec<f64> = line.split(',').filter_map(|x| x.parse().ok()).collect();
-            (v.len() == 7).then(|| Epoch {
+            (v.len() == 7 + 2 * ks.len()).then(|| Epoch {
                 epoch: v[0] as u64,
                 loss: v[1],
                 accuracy: v[2],
@@ -612,6 +753,11 @@ fn parse_history(text: &str) -> Vec<Epoch> {
                 val_accuracy: v[4],
                 lr: v[5],
                 seconds: v[6],
+                top_k: ks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &k)| (k, v[7 + 2 * i], v[8 + 2 * i]))
+                    .collect(),
             })
         })
         .collect()

@@ -1,0 +1,298 @@
+//! A data set of one's own: a folder of PNG and JPEG images with one
+//! sub-folder per class, as Keras' `image_dataset_from_directory` reads it.
+//!
+//! ```text
+//! DIR/                     or    DIR/train/CLASS/*.png   DIR/test/CLASS/*.png
+//!   cat/  a.png b.jpg …
+//!   dog/  c.jpeg …
+//! ```
+//!
+//! The classes are the sub-folders, sorted by name; their names are the
+//! class names. With `train/` and `test/` sub-folders, those are the
+//! training and test sets (with the same classes); otherwise a fixed fifth
+//! of each class, the same whatever the training seed, is the test set.
+//! Files of other kinds are skipped, so that a stray `README` or
+//! `.DS_Store` is no error. [`read_image`] converts one file to a model's
+//! input; [`load`] reads a whole folder.
+
+use std::path::{Path, PathBuf};
+
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageReader};
+use rayon::prelude::*;
+use thiserror::Error;
+
+use super::{Dataset, Source, Splits};
+
+/// How images become a model's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conversion {
+    /// The model's input: `[height, width, channels]`, channels 1 (grey) or 3 (RGB).
+    pub shape: [usize; 3],
+    /// Resize images of another size and convert colour to grey (or grey
+    /// to colour) to fit `shape`; otherwise such an image is an error.
+    pub convert: bool,
+}
+
+/// What is wrong with a folder or an image.
+#[derive(Debug, Error)]
+pub enum FolderError {
+    /// A folder or file could not be read.
+    #[error("cannot read `{}`: {message}", path.display())]
+    Read {
+        /// The folder or file.
+        path: PathBuf,
+        /// What the system said.
+        message: String,
+    },
+    /// A file is not an image cnnc can decode.
+    #[error("`{}` is not a PNG or JPEG image cnnc can read: {message}", path.display())]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        message: String,
+    },
+    /// An image's size or colour does not fit the model's input.
+    #[error(
+        "`{}` is {found}, but the model takes {expected}; pass --resize to resize and convert images",
+        path.display()
+    )]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// The image, e.g. `640x427 RGB`.
+        found: String,
+        /// The model's input, e.g. `28x28 grey`.
+        expected: String,
+    },
+    /// The model's input is not an image of 1 or 3 channels.
+    #[error("the model's input has {channels} channels; images give 1 (grey) or 3 (RGB)")]
+    Channels {
+        /// The channels of the model's input.
+        channels: usize,
+    },
+    /// The folder has no class sub-folder.
+    #[error("`{}` has no sub-folders: put the images of each class in a sub-folder named after it", dir.display())]
+    NoClasses {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// A class folder holds no image.
+    #[error("class folder `{}` holds no PNG or JPEG image", dir.display())]
+    EmptyClass {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// The test set's classes are not the training set's.
+    #[error("`{}` has the classes [{}], but `{}` has [{}]: they must be the same", train_dir.display(), train.join(", "), test_dir.display(), test.join(", "))]
+    TestClasses {
+        /// The training folder.
+        train_dir: PathBuf,
+        /// Its classes.
+        train: Vec<String>,
+        /// The test folder.
+        test_dir: PathBuf,
+        /// Its classes.
+        test: Vec<String>,
+    },
+    /// The validation set asked for would leave no training image.
+    #[error("cannot hold out {requested} validation images from a training set of {available}")]
+    ValidationTooLarge {
+        /// The validation images asked for.
+        requested: usize,
+        /// The training images there are.
+        available: usize,
+    },
+}
+
+/// The share of the images of a folder without `train/` and `test/` that
+/// is held out as its test set: one in [`TEST_EVERY`].
+pub const TEST_EVERY: usize = 5;
+
+/// The default share of the training images held out for validation: one
+/// in [`VALIDATION_EVERY`], as Fashion-MNIST's 12,000 of 60,000.
+pub const VALIDATION_EVERY: usize = 5;
+
+/// The seed of the test split, fixed so that changing the training seed
+/// never moves images between the training and the test set.
+const TEST_SPLIT_SEED: u64 = 0x7e57;
+
+/// Reads the folder `dir` (see the module's documentation) into training,
+/// validation and test sets, each image converted by `conversion`.
+///
+/// `validation` training images (by default a fifth of them), chosen by a
+/// shuffle seeded with `seed`, are held out as the validation set.
+pub fn load(
+    dir: &Path,
+    conversion: Conversion,
+    validation: Option<usize>,
+    seed: u64,
+) -> Result<Splits, FolderError> {
+    check_channels(conversion)?;
+    let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
+    let (train, test) = if train_dir.is_dir() && test_dir.is_dir() {
+        let train = read_classes(&train_dir, conversion)?;
+        let test = read_classes(&test_dir, conversion)?;
+        if train.class_names != test.class_names {
+            return Err(FolderError::TestClasses {
+                train_dir,
+                train: train.class_names,
+                test_dir,
+                test: test.class_names,
+            });
+        }
+        (train, test)
+    } else {
+        let all = read_classes(dir, conversion)?;
+        all.hold_out(all.len() / TEST_EVERY, TEST_SPLIT_SEED)
+    };
+    let held = validation.unwrap_or(train.len() / VALIDATION_EVERY);
+    if held >= train.len() {
+        return Err(FolderError::ValidationTooLarge {
+            requested: held,
+            available: train.len(),
+        });
+    }
+    let (train, validation) = train.hold_out(held, seed);
+    Ok(Splits {
+        train,
+        validation,
+        test,
+        source: Source::Folder(dir.to_path_buf()),
+    })
+}
+
+/// Reads one PNG or JPEG file as a model input: `[height, width, channels]`
+/// row-major, each value the pixel's byte divided by 255.
+pub fn read_image(path: &Path, conversion: Conversion) -> Result<Vec<f32>, FolderError> {
+    check_channels(conversion)?;
+    let image = decode(path)?;
+    let [height, width, channels] = conversion.shape;
+    let fits_size = (image.height() as usize, image.width() as usize) == (height, width);
+    let fits_colour = image.color().has_color() == (channels == 3);
+    if !(conversion.convert || fits_size && fits_colour) {
+        return Err(FolderError::Mismatch {
+            path: path.to_path_buf(),
+            found: format!(
+                "{}x{} {}",
+                image.width(),
+                image.height(),
+                colour_name(image.color().has_color())
+            ),
+            expected: format!("{width}x{height} {}", colour_name(channels == 3)),
+        });
+    }
+    let image = if fits_size {
+        image
+    } else {
+        image.resize_exact(width as u32, height as u32, FilterType::Triangle)
+    };
+    let bytes = if channels == 3 {
+        image.to_rgb8().into_raw()
+    } else {
+        image.to_luma8().into_raw()
+    };
+    Ok(bytes.iter().map(|&b| f32::from(b) / 255.0).collect())
+}
+
+fn check_channels(conversion: Conversion) -> Result<(), FolderError> {
+    match conversion.shape[2] {
+        1 | 3 => Ok(()),
+        channels => Err(FolderError::Channels { channels }),
+    }
+}
+
+fn colour_name(colour: bool) -> &'static str {
+    if colour {
+        "RGB"
+    } else {
+        "grey"
+    }
+}
+
+fn decode(path: &Path) -> Result<DynamicImage, FolderError> {
+    let decode_error = |message: String| FolderError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
+    ImageReader::open(path)
+        .map_err(|e| FolderError::Read {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?
+        .with_guessed_format()
+        .map_err(|e| decode_error(e.to_string()))?
+        .decode()
+        .map_err(|e| decode_error(e.to_string()))
+}
+
+/// The images of every class sub-folder of `dir`, labelled by the
+/// sub-folders' sorted order.
+fn read_classes(dir: &Path, conversion: Conversion) -> Result<Dataset, FolderError> {
+    let classes = entries(dir)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect::<Vec<_>>();
+    if classes.is_empty() {
+        return Err(FolderError::NoClasses {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let mut files = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let images: Vec<PathBuf> = entries(class)?
+            .into_iter()
+            .filter(|p| is_image(p))
+            .collect();
+        if images.is_empty() {
+            return Err(FolderError::EmptyClass { dir: class.clone() });
+        }
+        files.extend(images.into_iter().map(|p| (p, label as u32)));
+    }
+    let pixels: Vec<Vec<f32>> = files
+        .par_iter()
+        .map(|(path, _)| read_image(path, conversion))
+        .collect::<Result<_, _>>()?;
+    Ok(Dataset {
+        images: pixels.concat(),
+        labels: files.iter().map(|&(_, label)| label).collect(),
+        shape: conversion.shape,
+        class_names: classes
+            .iter()
+            .map(|c| {
+                c.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect(),
+    })
+}
+
+/// The entries of `dir`, sorted by name, hidden ones (`.name`) left out.
+fn entries(dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
+    let read_error = |e: std::io::Error| FolderError::Read {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let path = entry.map_err(read_error)?.path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if !hidden {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+fn is_image(path: &Path) -> bool {
+    let extension = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    path.is_file() && matches!(extension.as_deref(), Some("png" | "jpg" | "jpeg"))
+}
