@@ -97,8 +97,11 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
         /// Continue from the checkpoint in the output folder, bit for bit.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "overwrite")]
         resume: bool,
+        /// Start afresh even though the output folder holds an earlier run, replacing its weights.
+        #[arg(long)]
+        overwrite: bool,
         /// Without --train: the weights to run with (default: OUT/MODEL.safetensors, the file
         /// training writes, when it exists; otherwise the model's initializers).
         #[arg(long)]
@@ -257,6 +260,7 @@ fn main() -> ExitCode {
             out,
             threads,
             resume,
+            overwrite,
             weights,
             top,
             inputs,
@@ -275,7 +279,10 @@ fn main() -> ExitCode {
                 resize: *resize,
             };
             let result = match train {
-                Some(train) => run_training(&m, &config, train, data, out, (threads, *resume)),
+                Some(train) => {
+                    let start = (*resume, *overwrite);
+                    run_training(&m, &config, train, data, out, (threads, start))
+                }
                 None if inputs.is_empty() => {
                     Err("give --train DATA to train the model, or image files to run it on".into())
                 }
@@ -612,7 +619,7 @@ fn run_training(
     data_set: &str,
     data: DataArgs,
     out: &Path,
-    (threads, resume): (usize, bool),
+    (threads, (resume, overwrite)): (usize, (bool, bool)),
 ) -> Result<String, String> {
     use cnnc::train::fit::{self, FitOptions, Progress};
     let splits = load_splits(model, data_set, data, (config.validation, config.seed))?;
@@ -673,6 +680,7 @@ fn run_training(
         threads,
         out: out.to_path_buf(),
         resume,
+        overwrite,
         stop,
         progress: &mut progress,
     };

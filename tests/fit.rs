@@ -39,6 +39,7 @@ fn a_small_cnn_learns_the_bundled_fashion_subset() {
         threads: 2,
         out: out.clone(),
         resume: false,
+        overwrite: false,
         stop: None,
         progress: &mut progress,
     };
@@ -130,6 +131,7 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
             threads: 2,
             out: out.to_path_buf(),
             resume,
+            overwrite: false,
             stop: None,
             progress: &mut progress,
         };
@@ -158,6 +160,7 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
             threads: 2,
             out: stopped.clone(),
             resume: true,
+            overwrite: false,
             stop: Some(&stop),
             progress: &mut progress,
         };

@@ -245,6 +245,21 @@ fn a_model_trained_on_a_folder_names_its_classes_when_predicting() {
         .collect();
     assert_eq!(last[2], last[7]);
     assert_eq!(last[4], last[8]);
+    // Training again into the same folder would replace those weights:
+    // refused unless asked for, and nothing is touched.
+    let weights = dir.join("striped.safetensors");
+    let before = std::fs::read(&weights).expect("weights");
+    let data_arg = data.to_str().expect("utf-8");
+    let again = cnnc(&["run", model, "--train", data_arg, "--out", out]);
+    assert_eq!(again.status.code(), Some(1));
+    let message = text(&again.stderr);
+    assert!(
+        message.contains("earlier run")
+            && message.contains("--resume")
+            && message.contains("--overwrite"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read(&weights).expect("weights"), before);
     // New images, one of each class.
     let (vertical, horizontal) = (dir.join("v.png"), dir.join("h.png"));
     stripes(true, 101).save(&vertical).expect("png");
@@ -253,7 +268,6 @@ fn a_model_trained_on_a_folder_names_its_classes_when_predicting() {
         vertical.to_str().expect("utf-8"),
         horizontal.to_str().expect("utf-8"),
     );
-    let weights = dir.join("striped.safetensors");
     let predicted = cnnc(&[
         "predict",
         model,
@@ -285,6 +299,11 @@ fn a_model_trained_on_a_folder_names_its_classes_when_predicting() {
     assert!(ran.status.success(), "{}", text(&ran.stderr));
     assert!(text(&ran.stderr).contains("striped.safetensors"));
     assert_eq!(text(&ran.stdout).lines().nth(1), Some(lines[1]));
+    // Starting over is one flag away.
+    let args = ["run", model, "--train", data_arg, "--out", out];
+    let over = cnnc(&[&args[..], &["--overwrite", "--epochs", "1"]].concat());
+    assert!(over.status.success(), "{}", text(&over.stderr));
+    assert_ne!(std::fs::read(&weights).expect("weights"), before);
 }
 
 #[test]

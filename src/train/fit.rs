@@ -75,6 +75,12 @@ pub enum FitError {
         /// The data set's classes.
         classes: usize,
     },
+    /// The output folder holds an earlier run that training would replace.
+    #[error("`{}` holds an earlier run's weights: continue that run with --resume, start over with --overwrite (replacing them), or train into another folder with --out DIR", path.display())]
+    EarlierRun {
+        /// The weights or checkpoint found.
+        path: PathBuf,
+    },
     /// The data set is smaller than one batch.
     #[error("the training set has {images} images, fewer than one batch of {batch}")]
     TooFewImages {
@@ -136,6 +142,10 @@ pub struct FitOptions<'p> {
     /// Continue from the checkpoint in `out`, bit for bit as if training
     /// had not stopped.
     pub resume: bool,
+    /// Start afresh even when `out` holds an earlier run's weights or
+    /// checkpoint, replacing them; otherwise that is an error
+    /// ([`FitError::EarlierRun`]), so that no trained weights are lost.
+    pub overwrite: bool,
     /// When set (by a Ctrl-C handler), training stops after the current
     /// step and saves a checkpoint to resume from.
     pub stop: Option<&'p std::sync::atomic::AtomicBool>,
@@ -195,6 +205,14 @@ pub fn fit(
     // Steps already done in the first epoch, and its running sums, when
     // resuming a run interrupted in the middle of an epoch.
     let mut partial: Option<Partial> = None;
+    if !options.resume && !options.overwrite {
+        if let Some(path) = [&checkpoint, &weights_path]
+            .into_iter()
+            .find(|p| p.exists())
+        {
+            return Err(FitError::EarlierRun { path: path.clone() });
+        }
+    }
     if options.resume {
         let state = Checkpoint::load(&checkpoint, model, &trainer)?;
         first_epoch = state.epoch + 1;
