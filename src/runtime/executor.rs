@@ -11,6 +11,7 @@ use std::ops::Range;
 
 use thiserror::Error;
 
+use super::team::Team;
 use crate::codegen::{CompiledKernel, DomainKernel};
 
 /// A kernel the executor can run: a domain of independent work items.
@@ -158,7 +159,7 @@ pub enum RuntimeError {
 
 /// Runs programs on a fixed number of threads, owning the arena.
 pub struct Executor {
-    pool: rayon::ThreadPool,
+    team: Team,
     threads: usize,
     arena: Vec<f32>,
     /// When profiling: each step's name and accumulated time.
@@ -179,16 +180,12 @@ impl Executor {
     /// An executor with `threads` workers (at least one).
     pub fn new(threads: usize) -> Result<Executor, RuntimeError> {
         let threads = threads.max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("cnnc-worker-{i}"))
-            .build()
-            .map_err(|e| RuntimeError::Threads {
-                threads,
-                message: e.to_string(),
-            })?;
+        let team = Team::new(threads).map_err(|e| RuntimeError::Threads {
+            threads,
+            message: e.to_string(),
+        })?;
         Ok(Executor {
-            pool,
+            team,
             threads,
             arena: Vec::new(),
             profile: None,
@@ -307,36 +304,22 @@ impl Executor {
             return unsafe { kernel.run(shared.0, 0..domain) };
         }
         let parts = split(domain, self.threads);
-        let failures = std::sync::Mutex::new(Vec::new());
-        self.pool.scope(|scope| {
-            for part in parts.iter().skip(1).cloned() {
-                let failures = &failures;
-                scope.spawn(move |_| {
-                    let args = shared;
-                    // SAFETY: as above; parts are disjoint work items.
-                    if let Err(e) = unsafe { kernel.run(args.0, part) } {
-                        failures
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner())
-                            .push(e);
-                    }
-                });
-            }
+        let failure = std::sync::Mutex::new(None);
+        let finished = self.team.run(&|member| {
             let args = shared;
-            // SAFETY: as above.
-            if let Err(e) = unsafe { kernel.run(args.0, parts[0].clone()) } {
-                failures
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .push(e);
+            let Some(part) = parts.get(member) else {
+                return;
+            };
+            // SAFETY: as above; the parts are disjoint ranges of work items.
+            if let Err(e) = unsafe { kernel.run(args.0, part.clone()) } {
+                let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());
+                first.get_or_insert(e);
             }
         });
-        match failures
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .into_iter()
-            .next()
-        {
+        if !finished {
+            return Err("a worker thread panicked".into());
+        }
+        match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
             Some(e) => Err(e),
             None => Ok(()),
         }
