@@ -76,6 +76,7 @@ pub fn render(data: &Dataset, config: &GridConfig, path: &Path) -> Result<usize,
             x: (x + cell.0 / 2) as i32,
             y: y as i32 + 3,
             size: 13.0,
+            width: cell.0 as f32 - 4.0,
             color: Rgb([0, 0, 0]),
         });
     }

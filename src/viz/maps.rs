@@ -257,8 +257,9 @@ fn up_to(model: &TypedGraph, target: NodeIndex) -> TypedGraph {
 
 /// Channels per row of panels.
 const COLUMNS: usize = 8;
-/// Height of the band above each panel that holds its label.
-const CAPTION: u32 = 24;
+/// Height of the band above each panel that holds its label: the image and
+/// channel, then the range of values.
+const CAPTION: u32 = 38;
 /// Space between panels.
 const GAP: u32 = 10;
 
@@ -291,13 +292,20 @@ fn draw(maps: &FeatureMaps, names: &[String]) -> (RgbImage, Vec<Label>) {
                 (x, y + CAPTION),
                 scale,
             );
-            labels.push(Label {
-                text: format!("{name}: map {channel} ({low:.3} to {high:.3})"),
-                x: (x + panel.0 / 2) as i32,
-                y: y as i32 + 4,
-                size: 14.0,
-                color: Rgb([0, 0, 0]),
-            });
+            let lines = [
+                format!("{name}: map {channel}"),
+                format!("{low:.3} to {high:.3}"),
+            ];
+            for (line, text) in lines.into_iter().enumerate() {
+                labels.push(Label {
+                    text,
+                    x: (x + panel.0 / 2) as i32,
+                    y: y as i32 + 2 + 17 * line as i32,
+                    size: 14.0,
+                    width: panel.0 as f32,
+                    color: Rgb([0, 0, 0]),
+                });
+            }
         }
     }
     (picture, labels)

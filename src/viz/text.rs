@@ -32,8 +32,10 @@ pub(super) struct Label {
     pub x: i32,
     /// The top, in pixels.
     pub y: i32,
-    /// The font size, in pixels.
+    /// The font size, in pixels, at most: a text wider than `width` is set smaller to fit.
     pub size: f32,
+    /// The width available, in pixels.
+    pub width: f32,
     /// Its colour.
     pub color: Rgb<u8>,
 }
@@ -54,7 +56,15 @@ pub(super) fn set_labels(picture: &mut RgbImage, labels: &[Label]) -> Result<(),
 }
 
 fn set_label(picture: &mut RgbImage, font: &FontRef, label: &Label) {
-    let scaled = font.as_scaled(PxScale::from(label.size));
+    let natural: f32 = advances(&font.as_scaled(PxScale::from(label.size)), &label.text)
+        .iter()
+        .sum();
+    let size = if natural > label.width {
+        label.size * label.width / natural
+    } else {
+        label.size
+    };
+    let scaled = font.as_scaled(PxScale::from(size));
     let width: f32 = advances(&scaled, &label.text).iter().sum();
     let mut x = label.x as f32 - width / 2.0;
     let baseline = label.y as f32 + scaled.ascent();
@@ -113,6 +123,7 @@ mod tests {
             x: 30,
             y: 2,
             size: 14.0,
+            width: 60.0,
             color: Rgb([0, 0, 0]),
         };
         set_labels(&mut picture, &[label]).expect("draws");
