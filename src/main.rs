@@ -538,10 +538,11 @@ fn maps(
         eprintln!("{note}");
     }
     let [height, width, channels] = maps.shape;
+    let images = maps.maps.len();
+    let plural = if images == 1 { "" } else { "s" };
     Ok(format!(
-        "wrote {} ({} images x {channels} maps of `{}`, {height}x{width} each)\n",
+        "wrote {} ({images} image{plural} x {channels} maps of `{}`, {height}x{width} each)\n",
         output.display(),
-        maps.maps.len(),
         maps.node
     ))
 }

@@ -311,10 +311,10 @@ fn line_filters_show_vertical_and_horizontal_lines_in_the_photographs() {
     let picture = decode(&path);
     assert_eq!(
         picture.dimensions(),
-        (10 + 2 * 650, 10 + 2 * (427 + 24 + 10))
+        (10 + 2 * 650, 10 + 2 * (427 + 38 + 10))
     );
     let panel = |x: u32, y: u32| picture.view(x, y, 640, 427).to_image();
-    let (vertical, horizontal) = (panel(10, 34), panel(660, 34));
+    let (vertical, horizontal) = (panel(10, 48), panel(660, 48));
     assert!(distinct_colours(&vertical) > 100);
     let differing = vertical
         .pixels()
@@ -378,7 +378,7 @@ fn maps_cut_the_model_after_the_layer_and_resize_the_image() {
     maps::render(&model, &weights, &config, &path).expect("drawn");
     assert_eq!(
         decode(&path).dimensions(),
-        (10 + 2 * 130, 10 + 160 + 24 + 10)
+        (10 + 2 * 130, 10 + 160 + 38 + 10)
     );
 }
 
@@ -550,7 +550,7 @@ fn cli_maps_uses_the_initializers_and_names_unknown_layers() {
     assert!(stderr(&out).contains("no --weights"), "{}", stderr(&out));
     assert_eq!(
         decode(Path::new(path)).dimensions(),
-        (10 + 2 * 650, 10 + 427 + 24 + 10)
+        (10 + 2 * 650, 10 + 427 + 38 + 10)
     );
     let out = cnnc(&[&args[..], &["--layer", "conv2"]].concat(), &[]);
     assert_eq!(out.status.code(), Some(1));
@@ -559,6 +559,33 @@ fn cli_maps_uses_the_initializers_and_names_unknown_layers() {
         err.contains("no layer `conv2`") && err.contains("`conv1`"),
         "{err}"
     );
+    // Given weights are used, and said nothing about.
+    let model = cnnc::load_model(Path::new("examples/line_filters.cnn"), None).expect("model");
+    let weights = temp_dir("cli-maps").join("line_filters.safetensors");
+    cnnc::runtime::weights::save(&cnnc::runtime::weights::init(&model, 0), &weights)
+        .expect("saved");
+    let with = [
+        "--layer",
+        "conv1",
+        "--weights",
+        weights.to_str().expect("utf-8"),
+    ];
+    let out = cnnc(&[&args[..], &with].concat(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("no --weights"), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 image x 2 maps of `conv1`"));
+}
+
+#[test]
+fn the_picture_commands_have_help() {
+    for command in ["show", "maps", "plot", "graph", "eval"] {
+        let out = cnnc(&[command, "--help"], &[]);
+        assert!(out.status.success(), "{command}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{command}"
+        );
+    }
 }
 
 #[test]
