@@ -224,26 +224,27 @@ fn write_row(out: &mut String, cells: &[String; 6], widths: &[usize; 6]) {
 
 /// The graph in Graphviz DOT, with one nested cluster per block instance.
 pub fn dot(model: &TypedGraph) -> String {
+    dot_to_depth(model, None)
+}
+
+/// Like [`dot`], with every block instance nested deeper than `depth`
+/// blocks drawn as one box (its name and output shape) instead of a cluster:
+/// with `Some(0)` a ResNet-34 is a chain of its 16 residual units, with
+/// `None` every node is drawn.
+pub fn dot_to_depth(model: &TypedGraph, depth: Option<usize>) -> String {
     #[derive(Default)]
     struct Cluster {
         nodes: Vec<String>,
         children: BTreeMap<String, Cluster>,
     }
     let g = &model.graph;
+    let boxes = dot_boxes(model, depth);
     let mut root = Cluster::default();
-    for &id in &model.order {
-        let node = &g.nodes[id];
-        let label = format!(
-            "{}\\n{}\\n{}",
-            node.name.rsplit('.').next().unwrap_or(""),
-            node.op.name(),
-            model.info(id).shape
-        );
-        let line = format!("n{} [label=\"{}\"];", id.index(), escape(&label));
+    for b in &boxes.list {
+        let line = format!("{} [label=\"{}\"{}];", b.id, escape(&b.label), b.style);
         let mut cluster = &mut root;
-        let segments: Vec<&str> = node.layer.split('.').collect();
-        for segment in &segments[..segments.len().saturating_sub(1)] {
-            cluster = cluster.children.entry(segment.to_string()).or_default();
+        for segment in &b.clusters {
+            cluster = cluster.children.entry(segment.clone()).or_default();
         }
         cluster.nodes.push(line);
     }
@@ -275,13 +276,90 @@ pub fn dot(model: &TypedGraph) -> String {
         "  rankdir=TB; node [shape=box, style=rounded, fontname=\"Helvetica\", fontsize=10];"
     );
     write_cluster(&mut out, &root, "", 1);
+    let mut drawn = std::collections::HashSet::new();
     for &id in &model.order {
+        let to = boxes.of[&id];
         for input in g.inputs_of(id) {
-            let _ = writeln!(out, "  n{} -> n{};", input.index(), id.index());
+            let from = boxes.of[&input];
+            // Edges inside a collapsed block vanish; edges into or out of
+            // one are drawn once.
+            let collapsed = boxes.list[from].block || boxes.list[to].block;
+            if from != to && (!collapsed || drawn.insert((from, to))) {
+                let _ = writeln!(out, "  {} -> {};", boxes.list[from].id, boxes.list[to].id);
+            }
         }
     }
     let _ = writeln!(out, "}}");
     out
+}
+
+/// A box of the diagram: a node, or a collapsed block instance.
+struct DotBox {
+    id: String,
+    label: String,
+    /// Extra DOT attributes.
+    style: &'static str,
+    /// The clusters (block instances) it is drawn in, outermost first.
+    clusters: Vec<String>,
+    block: bool,
+}
+
+/// The boxes of the diagram, and which box each node is drawn as.
+struct DotBoxes {
+    list: Vec<DotBox>,
+    of: std::collections::HashMap<petgraph::stable_graph::NodeIndex, usize>,
+}
+
+fn dot_boxes(model: &TypedGraph, depth: Option<usize>) -> DotBoxes {
+    let g = &model.graph;
+    let mut boxes = DotBoxes {
+        list: Vec::new(),
+        of: std::collections::HashMap::new(),
+    };
+    let mut blocks: BTreeMap<String, usize> = BTreeMap::new();
+    for &id in &model.order {
+        let node = &g.nodes[id];
+        let segments: Vec<&str> = node.layer.split('.').collect();
+        let clusters: Vec<String> = segments[..segments.len().saturating_sub(1)]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let shape = &model.info(id).shape;
+        let index = match depth {
+            Some(d) if clusters.len() > d => {
+                let path = segments[..=d].join(".");
+                let at = *blocks.entry(path).or_insert_with(|| {
+                    boxes.list.push(DotBox {
+                        id: format!("b{}", boxes.list.len()),
+                        label: String::new(),
+                        style: ", shape=box3d, style=filled, fillcolor=gray95",
+                        clusters: clusters[..d].to_vec(),
+                        block: true,
+                    });
+                    boxes.list.len() - 1
+                });
+                // A block's output is its last node's, in topological order.
+                boxes.list[at].label = format!("{}\\n{shape}", segments[d]);
+                at
+            }
+            _ => {
+                boxes.list.push(DotBox {
+                    id: format!("n{}", id.index()),
+                    label: format!(
+                        "{}\\n{}\\n{shape}",
+                        node.name.rsplit('.').next().unwrap_or(""),
+                        node.op.name(),
+                    ),
+                    style: "",
+                    clusters,
+                    block: false,
+                });
+                boxes.list.len() - 1
+            }
+        };
+        boxes.of.insert(id, index);
+    }
+    boxes
 }
 
 fn escape(s: &str) -> String {

@@ -27,6 +27,7 @@ pub mod shapes;
 pub mod stdlib;
 pub mod syntax;
 pub mod train;
+pub mod viz;
 
 use std::path::Path;
 use std::sync::Arc;

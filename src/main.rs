@@ -31,16 +31,23 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
-    /// Print a model's dataflow graph (DOT renders with Graphviz: `cnnc graph m.cnn | dot -Tsvg > m.svg`).
+    /// Print a model's dataflow graph, or draw it as a diagram (SVG and PNG need Graphviz's `dot`).
     Graph {
         /// The .cnn file.
         file: PathBuf,
         /// The model, when the file defines several.
         #[arg(long)]
         model: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
-        format: GraphFormat,
+        /// Output format (default: after the output file's extension, else text).
+        #[arg(long, value_enum)]
+        format: Option<GraphFormat>,
+        /// Write to this file instead of standard output (needed for svg and png).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Draw blocks nested deeper than this as single boxes (0: the model's own layers and
+        /// blocks only) in dot, svg and png.
+        #[arg(long)]
+        depth: Option<usize>,
     },
     /// Compile a model and print a stage of its compilation.
     Compile {
@@ -131,6 +138,9 @@ enum Command {
         /// Resize images and convert their colours to fit the model's input (image folders).
         #[arg(long)]
         resize: bool,
+        /// Also draw the confusion matrix into this picture (.png or .svg).
+        #[arg(long)]
+        confusion: Option<PathBuf>,
     },
     /// Classify images (top classes by name), or run the forward pass on a NumPy array into .npy.
     Predict {
@@ -159,6 +169,60 @@ enum Command {
         /// Examples per batch.
         #[arg(long, default_value_t = 256)]
         batch: usize,
+    },
+    /// Draw a grid of a data set's training images with their class names (PNG).
+    Show {
+        /// The data set: `fashion` (Fashion-MNIST).
+        dataset: String,
+        /// The picture to write (.png).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// A folder holding the data set's files (otherwise $CNNC_DATA, the system's, or the bundled subset).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Rows of images.
+        #[arg(long, default_value_t = 4)]
+        rows: usize,
+        /// Images per row.
+        #[arg(long, default_value_t = 10)]
+        cols: usize,
+        /// Screen pixels per image pixel.
+        #[arg(long, default_value_t = 3)]
+        scale: u32,
+        /// Show a random choice of images, drawn with this seed (default: the first ones).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Draw the feature maps of one layer for one or more input images (PNG).
+    Maps {
+        /// The .cnn file.
+        file: PathBuf,
+        /// The model, when the file defines several.
+        #[arg(long)]
+        model: Option<String>,
+        /// The weights (safetensors); without them, the model's initializers.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// The input images (PNG or JPEG; resized to the model's input when their size differs).
+        #[arg(long, required = true, num_args = 1..)]
+        image: Vec<PathBuf>,
+        /// The layer, by its path as `cnnc summary` or `cnnc graph` shows it.
+        #[arg(long)]
+        layer: String,
+        /// The picture to write (.png).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Worker threads (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Draw the learning curves of a training history (`cnnc run` writes MODEL.history.csv) as PNG or SVG.
+    Plot {
+        /// The history (CSV).
+        history: PathBuf,
+        /// The picture to write (.png or .svg).
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// Measure compile time, training and inference speed, latency and memory on random data.
     Bench {
@@ -191,6 +255,10 @@ enum GraphFormat {
     Text,
     /// Graphviz DOT, with a cluster per block instance.
     Dot,
+    /// An SVG diagram, drawn by Graphviz.
+    Svg,
+    /// A PNG diagram, drawn by Graphviz.
+    Png,
 }
 
 /// The optimizers `--optimizer` names.
@@ -236,9 +304,10 @@ fn main() -> ExitCode {
             file,
             model,
             format,
-        } => load(file, model).map(|m| match format {
-            GraphFormat::Text => cnnc::emit::graph_text(&m),
-            GraphFormat::Dot => cnnc::emit::dot(&m),
+            output,
+            depth,
+        } => load(file, model).and_then(|m| {
+            graph(&m, (*format, *depth), output.as_deref()).map_err(|e| failure(file, e))
         }),
         Command::Compile {
             file,
@@ -303,13 +372,60 @@ fn main() -> ExitCode {
             data,
             data_dir,
             resize,
+            confusion,
         } => load(file, model).and_then(|m| {
             let data_args = DataArgs {
                 fashion_dir: data_dir.as_deref(),
                 resize: *resize,
             };
-            evaluate(&m, weights, data, data_args, cores()).map_err(|e| failure(file, e))
+            evaluate(
+                &m,
+                weights,
+                (data, data_args),
+                confusion.as_deref(),
+                cores(),
+            )
+            .map_err(|e| failure(file, e))
         }),
+        Command::Show {
+            dataset,
+            output,
+            data,
+            rows,
+            cols,
+            scale,
+            seed,
+        } => {
+            let config = cnnc::viz::grid::GridConfig {
+                rows: *rows,
+                cols: *cols,
+                scale: *scale,
+                seed: *seed,
+            };
+            show(dataset, data.as_deref(), &config, output)
+                .map_err(|e| Diagnostics::message(dataset, e))
+        }
+        Command::Maps {
+            file,
+            model,
+            weights,
+            image,
+            layer,
+            output,
+            threads,
+        } => load(file, model).and_then(|m| {
+            let config = cnnc::viz::maps::MapsConfig {
+                layer: layer.clone(),
+                images: image.clone(),
+                threads: threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            };
+            maps(&m, weights.as_deref(), &config, output).map_err(|e| failure(file, e))
+        }),
+        Command::Plot { history, output } => cnnc::viz::curves::read_history(history)
+            .and_then(|epochs| cnnc::viz::curves::render(&epochs, output))
+            .map(|()| format!("wrote {}\n", output.display()))
+            .map_err(|e| failure(history, e)),
         Command::Predict {
             file,
             model,
@@ -502,12 +618,112 @@ fn set_optimizer(optimizer: &mut cnnc::train::Optimizer, kind: OptimizerArg) {
     }
 }
 
-/// `cnnc eval`: the test set's loss, accuracy, per-class accuracy and confusion matrix.
+/// `cnnc graph`: the graph as text or DOT (to standard output or `output`),
+/// or as a diagram drawn by Graphviz into `output`.
+fn graph(
+    model: &TypedGraph,
+    (format, depth): (Option<GraphFormat>, Option<usize>),
+    output: Option<&Path>,
+) -> Result<String, String> {
+    use cnnc::viz::{diagram, Format};
+    let extension = output
+        .and_then(|o| o.extension())
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let format = format.unwrap_or(match extension.as_deref() {
+        Some("svg") => GraphFormat::Svg,
+        Some("png") => GraphFormat::Png,
+        Some("dot" | "gv") => GraphFormat::Dot,
+        _ => GraphFormat::Text,
+    });
+    let text = match format {
+        GraphFormat::Text => cnnc::emit::graph_text(model),
+        GraphFormat::Dot => cnnc::emit::dot_to_depth(model, depth),
+        GraphFormat::Svg | GraphFormat::Png => {
+            let picture = if matches!(format, GraphFormat::Svg) {
+                Format::Svg
+            } else {
+                Format::Png
+            };
+            let output = output.ok_or_else(|| {
+                format!(
+                    "`--format {0}` draws a picture: name the file with `-o FILE.{0}`",
+                    picture.extension()
+                )
+            })?;
+            diagram::render(&cnnc::emit::dot_to_depth(model, depth), picture, output)
+                .map_err(|e| e.to_string())?;
+            return Ok(format!("wrote {}\n", output.display()));
+        }
+    };
+    match output {
+        None => Ok(text),
+        Some(path) => std::fs::write(path, text)
+            .map(|()| format!("wrote {}\n", path.display()))
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display())),
+    }
+}
+
+/// `cnnc show`: a grid of a data set's training images with their class names.
+fn show(
+    data_set: &str,
+    data: Option<&Path>,
+    config: &cnnc::viz::grid::GridConfig,
+    output: &Path,
+) -> Result<String, String> {
+    if data_set != "fashion" {
+        return Err(format!(
+            "unknown data set `{data_set}`: cnnc knows `fashion` (Fashion-MNIST)"
+        ));
+    }
+    let splits = cnnc::data::fashion::load(data, 0, 0).map_err(|e| e.to_string())?;
+    if let Some(note) = splits.source.note() {
+        eprintln!("{note}");
+    }
+    let shown =
+        cnnc::viz::grid::render(&splits.train, config, output).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "wrote {} ({shown} training images)\n",
+        output.display()
+    ))
+}
+
+/// `cnnc maps`: the feature maps of one layer, with the weights given or
+/// else the model's initializers.
+fn maps(
+    model: &TypedGraph,
+    weights: Option<&Path>,
+    config: &cnnc::viz::maps::MapsConfig,
+    output: &Path,
+) -> Result<String, String> {
+    let store = match weights {
+        Some(path) => cnnc::runtime::weights::load_for(model, path).map_err(|e| e.to_string())?,
+        None => {
+            eprintln!("no --weights: using the model's initializers (fixed filters as written, other weights random)");
+            cnnc::runtime::weights::init(model, model.graph.train.clone().unwrap_or_default().seed)
+        }
+    };
+    let maps = cnnc::viz::maps::render(model, &store, config, output).map_err(|e| e.to_string())?;
+    for note in &maps.notes {
+        eprintln!("{note}");
+    }
+    let [height, width, channels] = maps.shape;
+    let images = maps.maps.len();
+    let plural = if images == 1 { "" } else { "s" };
+    Ok(format!(
+        "wrote {} ({images} image{plural} x {channels} maps of `{}`, {height}x{width} each)\n",
+        output.display(),
+        maps.node
+    ))
+}
+
+/// `cnnc eval`: the test set's loss, accuracy, per-class accuracy and
+/// confusion matrix, which `confusion` also draws when given.
 fn evaluate(
     model: &TypedGraph,
     weights: &Path,
-    data_set: &str,
-    data: DataArgs,
+    (data_set, data): (&str, DataArgs),
+    confusion: Option<&Path>,
     threads: usize,
 ) -> Result<String, String> {
     let store = cnnc::runtime::weights::load_for(model, weights).map_err(|e| e.to_string())?;
@@ -538,6 +754,10 @@ fn evaluate(
     for (name, row) in names.iter().zip(&report.confusion) {
         let cells: Vec<String> = row.iter().map(|c| format!("{c:5}")).collect();
         out += &format!("  {name:<width$}{}\n", cells.join(""));
+    }
+    if let Some(path) = confusion {
+        cnnc::viz::confusion::render(&report.confusion, names, path).map_err(|e| e.to_string())?;
+        out += &format!("\nconfusion matrix: {}\n", path.display());
     }
     Ok(out)
 }
@@ -693,8 +913,18 @@ fn run_training(
     .map_err(|e| e.to_string())?;
     let weights = out.join(format!("{}.safetensors", model.graph.name));
     cnnc::runtime::weights::save(&fitted.weights, &weights).map_err(|e| e.to_string())?;
+    // Everything is saved by now: a picture that cannot be drawn is worth
+    // a warning, not a failed run.
+    let curves = out.join(format!("{}.learning_curves.png", model.graph.name));
+    let curves = match cnnc::viz::curves::render(&fitted.history, &curves) {
+        Ok(()) => format!("learning curves: {}\n", curves.display()),
+        Err(e) => {
+            eprintln!("warning: {e}");
+            String::new()
+        }
+    };
     Ok(format!(
-        "test: loss {:.4} accuracy {:.4} ({} images)\nweights: {}\nhistory: {}\n",
+        "test: loss {:.4} accuracy {:.4} ({} images)\nweights: {}\nhistory: {}\n{curves}",
         fitted.test.0,
         fitted.test.1,
         splits.test.len(),

@@ -521,7 +521,8 @@ impl Checkpoint {
         let history = store
             .metadata
             .get("history")
-            .map(|h| parse_history(h))
+            .map(|h| parse_history(h).map_err(|m| fail(format!("its history: {m}"))))
+            .transpose()?
             .unwrap_or_default();
         let step = super::optimizer::StepState {
             iterations: number("iterations")?,
@@ -745,40 +746,97 @@ fn history_csv(history: &[Epoch]) -> String {
     text
 }
 
-/// The epochs of a history written by [`history_csv`] (rows that do not
-/// parse are skipped).
-pub fn parse_history(text: &str) -> Vec<Epoch> {
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-    // `topK_accuracy` columns name their k; each is followed by its validation column.
-    let ks: Vec<u64> = header
-        .iter()
-        .filter_map(|h| {
-            h.strip_prefix("top")?
-                .strip_suffix("_accuracy")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    lines
-        .filter_map(|line| {
-            let v: Vec<f64> = line.split(',').filter_map(|x| x.parse().ok()).collect();
-            (v.len() == 7 + 2 * ks.len()).then(|| Epoch {
-                epoch: v[0] as u64,
-                loss: v[1],
-                accuracy: v[2],
-                val_loss: v[3],
-                val_accuracy: v[4],
-                lr: v[5],
-                seconds: v[6],
-                top_k: ks
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &k)| (k, v[7 + 2 * i], v[8 + 2 * i]))
-                    .collect(),
+/// The epochs of a history as [`history_csv`] writes it (`{model}.history.csv`):
+/// a header naming the columns, then one row per epoch. The columns
+/// `epoch`, `loss`, `accuracy`, `val_loss` and `val_accuracy` are needed,
+/// in any order; `lr` and `seconds` are read when present (0 otherwise),
+/// and so is every pair `topK_accuracy`, `val_topK_accuracy`. Fails with a
+/// message naming the line (1-based) or the column at fault.
+pub fn parse_history(text: &str) -> Result<Vec<Epoch>, String> {
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let (_, header) = lines.next().ok_or("it is empty")?;
+    let columns: Vec<&str> = header.split(',').map(str::trim).collect();
+    let find = |name: &str| columns.iter().position(|c| *c == name);
+    let mut required = [0; 5];
+    for (slot, name) in required.iter_mut().zip(HISTORY_COLUMNS) {
+        *slot = find(name).ok_or_else(|| {
+            format!(
+                "its header has no column `{name}` (it needs {})",
+                HISTORY_COLUMNS.join(", ")
+            )
+        })?;
+    }
+    let columns = HistoryColumns {
+        required,
+        lr: find("lr"),
+        seconds: find("seconds"),
+        top_k: columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let k = c
+                    .strip_prefix("top")?
+                    .strip_suffix("_accuracy")?
+                    .parse()
+                    .ok()?;
+                Some((k, i, find(&format!("val_top{k}_accuracy"))?))
             })
+            .collect(),
+    };
+    lines
+        .map(|(i, line)| {
+            columns
+                .row(line)
+                .map_err(|m| format!("line {}: {m}", i + 1))
         })
         .collect()
+}
+
+/// The columns a history needs.
+const HISTORY_COLUMNS: [&str; 5] = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"];
+
+/// Where a history's figures are: the indices of [`HISTORY_COLUMNS`], of
+/// `lr` and `seconds`, and of each top-k pair (k, training, validation).
+struct HistoryColumns {
+    required: [usize; 5],
+    lr: Option<usize>,
+    seconds: Option<usize>,
+    top_k: Vec<(u64, usize, usize)>,
+}
+
+impl HistoryColumns {
+    fn row(&self, line: &str) -> Result<Epoch, String> {
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        let number = |column: usize| -> Result<f64, String> {
+            let cell = cells
+                .get(column)
+                .ok_or_else(|| format!("it has {} cells, fewer than the header", cells.len()))?;
+            cell.parse()
+                .map_err(|_| format!("`{cell}` is not a number"))
+        };
+        let optional = |column: Option<usize>| column.map_or(Ok(0.0), number);
+        let epoch = number(self.required[0])?;
+        if epoch < 0.0 || epoch.fract() != 0.0 {
+            return Err(format!("epoch `{epoch}` is not a whole number"));
+        }
+        Ok(Epoch {
+            epoch: epoch as u64,
+            loss: number(self.required[1])?,
+            accuracy: number(self.required[2])?,
+            val_loss: number(self.required[3])?,
+            val_accuracy: number(self.required[4])?,
+            lr: optional(self.lr)?,
+            seconds: optional(self.seconds)?,
+            top_k: self
+                .top_k
+                .iter()
+                .map(|&(k, train, val)| Ok((k, number(train)?, number(val)?)))
+                .collect::<Result<_, String>>()?,
+        })
+    }
 }
 
 fn write_history(path: &Path, history: &[Epoch]) -> Result<(), FitError> {
