@@ -9,12 +9,12 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
-use image::{DynamicImage, ImageReader, Rgb, RgbImage};
+use image::{Rgb, RgbImage};
 use petgraph::stable_graph::NodeIndex;
 
 use super::text::{set_labels, Label};
 use super::{save_png, Format, VizError};
+use crate::data::folder::{self, Conversion};
 use crate::runtime::inference::Inference;
 use crate::runtime::weights::TensorStore;
 use crate::shapes::TypedGraph;
@@ -161,45 +161,29 @@ pub fn find_layer(model: &TypedGraph, path: &str) -> Result<NodeIndex, VizError>
 }
 
 /// Reads the image at `path` as the model's input of shape `[height, width,
-/// channels]` (1: grey, 3: RGB), pixels scaled to [0, 1] as the seed does;
-/// resized first when its size differs, which the second value says.
-pub fn load_image(
-    path: &Path,
-    [height, width, channels]: [usize; 3],
-) -> Result<(Vec<f32>, Option<String>), VizError> {
+/// channels]` (1: grey, 3: RGB), pixels scaled to [0, 1] as the seed does
+/// ([`folder::read_image`]); resized first when its size differs, which the
+/// second value says.
+pub fn load_image(path: &Path, shape: [usize; 3]) -> Result<(Vec<f32>, Option<String>), VizError> {
     let unreadable = |message: String| VizError::ReadImage {
         path: path.to_path_buf(),
         message,
     };
-    let image = ImageReader::open(path)
-        .map_err(|e| unreadable(e.to_string()))?
-        .with_guessed_format()
-        .map_err(|e| unreadable(e.to_string()))?
-        .decode()
-        .map_err(|e| unreadable(e.to_string()))?;
-    let (w, h) = (width as u32, height as u32);
-    let mut note = None;
-    let image = if image.width() == w && image.height() == h {
-        image
-    } else {
-        note = Some(format!(
-            "resized `{}` from {}x{} to {w}x{h} pixels (width x height), the model's input",
+    let (w, h) = image::image_dimensions(path).map_err(|e| unreadable(e.to_string()))?;
+    let note = ((h as usize, w as usize) != (shape[0], shape[1])).then(|| {
+        format!(
+            "resized `{}` from {w}x{h} to {}x{} pixels (width x height), the model's input",
             path.display(),
-            image.width(),
-            image.height()
-        ));
-        image.resize_exact(w, h, FilterType::Triangle)
+            shape[1],
+            shape[0]
+        )
+    });
+    let conversion = Conversion {
+        shape,
+        convert: true,
     };
-    Ok((pixels(&image, channels), note))
-}
-
-/// The pixels of `image` as `channels` (1 or 3) floats each, in [0, 1].
-fn pixels(image: &DynamicImage, channels: usize) -> Vec<f32> {
-    if channels == 1 {
-        image.to_luma32f().into_raw()
-    } else {
-        image.to_rgb32f().into_raw()
-    }
+    let pixels = folder::read_image(path, conversion).map_err(|e| unreadable(e.to_string()))?;
+    Ok((pixels, note))
 }
 
 /// The model's input shape, when it is an image of 1 or 3 channels.
