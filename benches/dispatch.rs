@@ -25,7 +25,7 @@ fn half(sum: &AtomicU64, seed: u64) {
 fn dispatch(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch one kernel to 2 threads");
     let sum = AtomicU64::new(0);
-    let team = Team::new(2).expect("threads");
+    let mut team = Team::new(2).expect("threads");
     group.bench_function("cnnc team", |b| {
         b.iter(|| team.run(&|member| half(&sum, member as u64)))
     });

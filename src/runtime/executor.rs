@@ -295,7 +295,7 @@ impl Executor {
 
     /// Runs one step, its domain split into one contiguous part per thread;
     /// returns the first failure any part reported.
-    fn execute(&self, step: &Step, args: &[*mut f32]) -> Result<(), String> {
+    fn execute(&mut self, step: &Step, args: &[*mut f32]) -> Result<(), String> {
         let domain = step.kernel.domain();
         let kernel = step.kernel.as_ref();
         let shared = SharedArgs(args);

@@ -91,7 +91,9 @@ impl Team {
     /// `part(0)`), and returns when all are done. Returns `false` when a
     /// worker's part panicked (the caller's own panic propagates, after the
     /// workers have finished).
-    pub fn run(&self, part: &(dyn Fn(usize) + Sync)) -> bool {
+    ///
+    /// `&mut self` keeps two jobs from ever being in flight at once.
+    pub fn run(&mut self, part: &(dyn Fn(usize) + Sync)) -> bool {
         let s = &*self.shared;
         if self.workers.is_empty() {
             part(0);
@@ -205,7 +207,7 @@ mod tests {
     #[test]
     fn every_member_runs_its_part_once_per_job() {
         for size in [1, 2, 3, 5] {
-            let team = Team::new(size).expect("threads");
+            let mut team = Team::new(size).expect("threads");
             assert_eq!(team.size(), size);
             let counts: Vec<AtomicUsize> = (0..size).map(|_| AtomicUsize::new(0)).collect();
             for _ in 0..1000 {
@@ -221,7 +223,7 @@ mod tests {
 
     #[test]
     fn parked_workers_wake_for_the_next_job() {
-        let team = Team::new(3).expect("threads");
+        let mut team = Team::new(3).expect("threads");
         let total = AtomicUsize::new(0);
         for _ in 0..3 {
             // Longer than the spin, so that the workers park in between.
@@ -235,7 +237,7 @@ mod tests {
 
     #[test]
     fn a_panicking_part_is_reported_and_the_team_goes_on() {
-        let team = Team::new(2).expect("threads");
+        let mut team = Team::new(2).expect("threads");
         assert!(!team.run(&|i| {
             if i == 1 {
                 panic!("a worker's part fails");
