@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use thiserror::Error;
 
 use crate::codegen::contraction::{ConvBackwardData, ConvBackwardFilter, ConvForward};
+use crate::codegen::elementwise::Operand;
 use crate::codegen::{CodegenError, Jit};
 use crate::memory;
 use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role};
@@ -176,8 +177,9 @@ pub fn clif(plan: &KernelPlan) -> Result<Vec<(String, String)>, ProgramError> {
         .collect())
 }
 
-/// Where each buffer lives: temporaries in the arena by liveness, the rest
-/// in external slots in buffer order.
+/// Where each buffer lives: temporaries in the arena by liveness (an
+/// element-wise kernel's output over an input that dies there, see
+/// [`in_place`]), the rest in external slots in buffer order.
 fn place(plan: &KernelPlan) -> (Vec<Slot>, Vec<BufferId>, u64) {
     let mut first = vec![usize::MAX; plan.buffers.len()];
     let mut last = vec![0; plan.buffers.len()];
@@ -187,8 +189,11 @@ fn place(plan: &KernelPlan) -> (Vec<Slot>, Vec<BufferId>, u64) {
             last[b] = last[b].max(i);
         }
     }
+    let host = in_place(plan, &first, &mut last);
     let temporaries: Vec<BufferId> = (0..plan.buffers.len())
-        .filter(|&b| plan.buffers[b].role == Role::Temporary && first[b] != usize::MAX)
+        .filter(|&b| {
+            plan.buffers[b].role == Role::Temporary && first[b] != usize::MAX && host[b] == b
+        })
         .collect();
     let lifetimes: Vec<memory::Buffer> = temporaries
         .iter()
@@ -206,6 +211,11 @@ fn place(plan: &KernelPlan) -> (Vec<Slot>, Vec<BufferId>, u64) {
             len: plan.buffers[b].len,
         };
     }
+    for b in 0..plan.buffers.len() {
+        if host[b] != b {
+            slots[b] = slots[host[b]];
+        }
+    }
     let mut externals = Vec::new();
     for (b, buffer) in plan.buffers.iter().enumerate() {
         if buffer.role != Role::Temporary {
@@ -217,6 +227,50 @@ fn place(plan: &KernelPlan) -> (Vec<Slot>, Vec<BufferId>, u64) {
         }
     }
     (slots, externals, arena.peak)
+}
+
+/// For each buffer, the buffer whose memory it uses: itself, or, for the
+/// output of an element-wise kernel, a temporary tensor input of the same
+/// length whose last reader is that kernel. Every element-wise kernel loads
+/// all its inputs at an index before it stores its outputs there, so its
+/// output may overwrite such an input element by element; a ReLU or a
+/// gradient sum then needs no second buffer. `last` is extended so that
+/// each host lives as long as the buffers it holds.
+fn in_place(plan: &KernelPlan, first: &[usize], last: &mut [usize]) -> Vec<BufferId> {
+    let mut host: Vec<BufferId> = (0..plan.buffers.len()).collect();
+    let temporary = |b: BufferId| plan.buffers[b].role == Role::Temporary;
+    for (i, step) in plan.steps.iter().enumerate() {
+        let KernelDesc::Elementwise { kernel, .. } = &step.kernel else {
+            continue;
+        };
+        let (inputs, outputs) = step.args.split_at(kernel.inputs.len().min(step.args.len()));
+        let mut taken: Vec<BufferId> = Vec::new();
+        for &output in outputs {
+            if !temporary(output) || first[output] != i || host[output] != output {
+                continue;
+            }
+            let tensor_inputs = inputs
+                .iter()
+                .zip(&kernel.inputs)
+                .filter(|(_, operand)| **operand == Operand::Tensor)
+                .map(|(&b, _)| b);
+            let dying = tensor_inputs.map(|b| host[b]).find(|&h| {
+                temporary(h)
+                    && h != output
+                    && first[h] < i
+                    && last[h] == i
+                    && plan.buffers[h].len == plan.buffers[output].len
+                    && !taken.contains(&h)
+                    && !outputs.contains(&h)
+            });
+            if let Some(h) = dying {
+                taken.push(h);
+                host[output] = h;
+                last[h] = last[output];
+            }
+        }
+    }
+    host
 }
 
 /// The caller's buffers for one run of a program, by role.
@@ -268,4 +322,102 @@ pub fn bind<'a>(
         external.push(slot);
     }
     Ok(external)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL: &str = "
+        model m : [8, 8, 2] {
+            let a = conv(4, 3, padding: same) -> batchnorm -> relu
+            let b = a -> conv(4, 3, padding: same) -> batchnorm
+            a + b
+            relu
+            dropout(0.2)
+            flatten
+            dense(3, activation: softmax)
+        }";
+
+    /// Checks that temporaries live at the same step share memory only as
+    /// [`in_place`] allows: an element-wise step's output over a tensor
+    /// input whose last reader it is, at the same offset. Returns how many
+    /// such pairs there are.
+    fn shared_in_place(plan: &KernelPlan) -> usize {
+        let (slots, _, _) = place(plan);
+        let mut first = vec![usize::MAX; plan.buffers.len()];
+        let mut last = vec![0; plan.buffers.len()];
+        for (i, step) in plan.steps.iter().enumerate() {
+            for &b in &step.args {
+                first[b] = first[b].min(i);
+                last[b] = last[b].max(i);
+            }
+        }
+        let range = |b: BufferId| match slots[b] {
+            Slot::Arena { offset, len } => Some(offset..offset + len),
+            Slot::External { .. } => None,
+        };
+        let mut pairs = 0;
+        for a in 0..plan.buffers.len() {
+            for b in 0..plan.buffers.len() {
+                let (Some(ra), Some(rb)) = (range(a), range(b)) else {
+                    continue;
+                };
+                let live_together = first[a] <= last[b] && first[b] <= last[a];
+                let overlap = ra.start < rb.end && rb.start < ra.end;
+                if a == b || first[a] == usize::MAX || !live_together || !overlap {
+                    continue;
+                }
+                // `a` dies where `b` is born, in one element-wise step.
+                if last[a] != first[b] {
+                    continue;
+                }
+                let step = &plan.steps[first[b]];
+                let KernelDesc::Elementwise { kernel, .. } = &step.kernel else {
+                    panic!("{a} and {b} share memory outside an element-wise step");
+                };
+                let (inputs, outputs) = step.args.split_at(kernel.inputs.len());
+                assert_eq!(ra, rb, "in-place buffers must coincide exactly");
+                assert!(inputs.contains(&a) && outputs.contains(&b));
+                pairs += 1;
+            }
+        }
+        // Every other overlap in time and memory is a defect.
+        for a in 0..plan.buffers.len() {
+            for b in a + 1..plan.buffers.len() {
+                let (Some(ra), Some(rb)) = (range(a), range(b)) else {
+                    continue;
+                };
+                if first[a] == usize::MAX || first[b] == usize::MAX {
+                    continue;
+                }
+                let live_together = first[a] <= last[b] && first[b] <= last[a];
+                let overlap = ra.start < rb.end && rb.start < ra.end;
+                let handoff = last[a] == first[b] || last[b] == first[a];
+                assert!(
+                    !(live_together && overlap) || handoff,
+                    "buffers {a} and {b} overlap while both are live"
+                );
+            }
+        }
+        pairs
+    }
+
+    #[test]
+    fn element_wise_outputs_overwrite_only_inputs_that_die_with_them() {
+        let model = crate::compile_source("m.cnn", MODEL, None, None).expect("compiles");
+        let inference = crate::plan_inference(&model, 4).expect("plans");
+        shared_in_place(&inference);
+        let loss = crate::autodiff::LossSpec {
+            smoothing: 0.0,
+            weights: Vec::new(),
+        };
+        let training = crate::autodiff::differentiate(&model, &loss).expect("differentiates");
+        let optimizer = crate::train::TrainConfig::default().optimizer;
+        let plan = crate::plan_training(&training, 4, &optimizer).expect("plans");
+        assert!(
+            shared_in_place(&plan) > 0,
+            "the backward pass has element-wise steps that can run in place"
+        );
+    }
 }
