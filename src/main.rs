@@ -728,7 +728,7 @@ fn evaluate(
 ) -> Result<String, String> {
     let store = cnnc::runtime::weights::load_for(model, weights).map_err(|e| e.to_string())?;
     let splits = load_splits(model, data_set, data, (Some(0), 0))?;
-    let top_ks = top_ks(model);
+    let top_ks = model.graph.train.clone().unwrap_or_default().top_ks();
     let report =
         cnnc::train::fit::evaluate_in_detail(model, &store, &splits.test, (&top_ks, threads))
             .map_err(|e| e.to_string())?;
@@ -760,19 +760,6 @@ fn evaluate(
         out += &format!("\nconfusion matrix: {}\n", path.display());
     }
     Ok(out)
-}
-
-/// The k of each `top_k` metric of the model's train section.
-fn top_ks(model: &TypedGraph) -> Vec<u64> {
-    let metrics = model.graph.train.as_ref().map(|t| t.metrics.clone());
-    metrics
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|m| match m {
-            cnnc::train::Metric::TopK(k) => Some(*k),
-            cnnc::train::Metric::Accuracy => None,
-        })
-        .collect()
 }
 
 /// `  top-5 accuracy 0.9900` for each (k, accuracy).

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
-use super::{Metric, Schedule, TrainConfig};
+use super::{Schedule, TrainConfig};
 use crate::autodiff::LossSpec;
 use crate::data::augment::augment_batch;
 use crate::data::Dataset;
@@ -182,14 +182,7 @@ pub fn fit(
         options.threads,
     )?;
     trainer.seed = config.seed;
-    let top_ks: Vec<u64> = config
-        .metrics
-        .iter()
-        .filter_map(|m| match m {
-            Metric::TopK(k) => Some(*k),
-            Metric::Accuracy => None,
-        })
-        .collect();
+    let top_ks = config.top_ks();
     let steps_per_epoch = train.len() / batch;
     let total_steps = steps_per_epoch as u64 * config.epochs;
     let mut history = Vec::new();

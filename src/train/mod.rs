@@ -60,6 +60,19 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// The k of each `top_k` metric, in the order the section lists them.
+    pub fn top_ks(&self) -> Vec<u64> {
+        self.metrics
+            .iter()
+            .filter_map(|m| match m {
+                Metric::TopK(k) => Some(*k),
+                Metric::Accuracy => None,
+            })
+            .collect()
+    }
+}
+
 /// The optimizers of the seed and of Keras.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OptimizerKind {
