@@ -1,6 +1,8 @@
 //! The optimizer update kernels against Keras 3.15 itself: three updates of
 //! five weights with fixed gradients, the expected weights printed by
 //! `keras.optimizers.X(...).apply_gradients` (TensorFlow 2.21 backend).
+//! With `weight_decay`, Keras 3 scales the weights by `1 - lr * decay`
+//! before each update (its `Adam(weight_decay=…)` equals `AdamW`).
 
 use cnnc::codegen::Jit;
 use cnnc::train::optimizer::{state_count, StepState};
@@ -157,4 +159,73 @@ fn rmsprop() {
             0.7747609615325928,
         ],
     );
+}
+
+/// The same optimizers with `weight_decay=0.5`, as Keras 3 applies it.
+#[test]
+fn weight_decay() {
+    let decayed = |kind, lr, momentum| Optimizer {
+        weight_decay: 0.5,
+        ..optimizer(kind, lr, momentum)
+    };
+    let cases = [
+        (
+            "sgd",
+            decayed(OptimizerKind::Sgd, 0.1, 0.0),
+            [
+                0.42816248536109924,
+                -1.0831687450408936,
+                1.6786749362945557,
+                -0.014762500301003456,
+                0.6501562595367432,
+            ],
+        ),
+        (
+            "nesterov",
+            decayed(OptimizerKind::Nesterov, 0.1, 0.9),
+            [
+                0.4370049834251404,
+                -1.071603775024414,
+                1.585052490234375,
+                -0.031491249799728394,
+                0.699093759059906,
+            ],
+        ),
+        (
+            "adam",
+            decayed(OptimizerKind::Adam, 0.01, 0.0),
+            [
+                0.48736679553985596,
+                -1.2215205430984497,
+                1.9450759887695312,
+                -0.01498147752135992,
+                0.7497339248657227,
+            ],
+        ),
+        (
+            "nadam",
+            decayed(OptimizerKind::Nadam, 0.01, 0.0),
+            [
+                0.4862006604671478,
+                -1.2316265106201172,
+                1.9551703929901123,
+                -0.013480057008564472,
+                0.7436027526855469,
+            ],
+        ),
+        (
+            "rmsprop_momentum",
+            decayed(OptimizerKind::RmsProp, 0.01, 0.5),
+            [
+                0.46506839990615845,
+                -1.2206087112426758,
+                1.8971937894821167,
+                -0.04962834715843201,
+                0.7632744908332825,
+            ],
+        ),
+    ];
+    for (kind, optimizer, keras) in cases {
+        assert_keras(kind, optimizer, keras);
+    }
 }

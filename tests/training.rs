@@ -297,3 +297,59 @@ fn a_loss_that_is_not_finite_stops_the_step_and_keeps_the_weights() {
         );
     }
 }
+
+#[test]
+fn weight_decay_shrinks_every_trainable_weight_by_lr_times_decay() {
+    // The first update's step does not depend on the weights (the moments
+    // start at zero), so decay moves each trainable weight by exactly
+    // `-lr * decay * w0` more than the same step without it, and leaves
+    // batchnorm's moving statistics alone.
+    let source = "
+        model m : [6, 6, 2] {
+            conv(4, 3, padding: same) -> batchnorm -> relu
+            flatten
+            dense(5, activation: softmax)
+        }
+        train { optimizer: nadam(lr: 0.01, weight_decay: 0.5) }";
+    let model =
+        cnnc::compile_source("model.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let decayed = model.graph.train.as_ref().expect("train section").optimizer;
+    assert_eq!(decayed.weight_decay, 0.5);
+    let plain = Optimizer {
+        weight_decay: 0.0,
+        ..decayed
+    };
+    let batch = 4;
+    let input = data(batch * 72, 31);
+    let labels: Vec<u32> = (0..batch as u32).collect();
+    let loss = LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    let store = random_weights(&model);
+    let step = |optimizer: Optimizer| {
+        let mut trainer = Trainer::new(&model, store.clone(), &loss, optimizer, batch, 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        trainer.train_step(&input, &labels, 0.01).expect("step");
+        trainer.weights
+    };
+    let (with, without) = (step(decayed), step(plain));
+    let mut decayed_weights = 0;
+    for ((name, a), (_, b)) in with.iter().zip(without.iter()) {
+        let w0 = &store.get(name).expect("initial weight").data;
+        let statistic = name.contains("moving");
+        for (i, ((&got, &plain), &initial)) in a.data.iter().zip(&b.data).zip(w0).enumerate() {
+            let expected = if statistic {
+                plain
+            } else {
+                plain - 0.01 * 0.5 * initial
+            };
+            assert!(
+                (got - expected).abs() < 1e-6,
+                "{name}[{i}]: {got} with decay, {expected} expected"
+            );
+        }
+        decayed_weights += usize::from(!statistic);
+    }
+    assert!(decayed_weights >= 6, "{decayed_weights} trainable tensors");
+}

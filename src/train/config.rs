@@ -205,10 +205,14 @@ impl Checker {
             }
         };
         let allowed: &[&str] = match kind {
-            OptimizerKind::Sgd => &["lr"],
-            OptimizerKind::Momentum | OptimizerKind::Nesterov => &["lr", "momentum"],
-            OptimizerKind::Adam | OptimizerKind::Nadam => &["lr", "beta1", "beta2", "epsilon"],
-            OptimizerKind::RmsProp => &["lr", "rho", "momentum", "epsilon"],
+            OptimizerKind::Sgd => &["lr", "weight_decay"],
+            OptimizerKind::Momentum | OptimizerKind::Nesterov => {
+                &["lr", "momentum", "weight_decay"]
+            }
+            OptimizerKind::Adam | OptimizerKind::Nadam => {
+                &["lr", "beta1", "beta2", "epsilon", "weight_decay"]
+            }
+            OptimizerKind::RmsProp => &["lr", "rho", "momentum", "epsilon", "weight_decay"],
         };
         let mut o = Optimizer {
             kind,
@@ -231,6 +235,7 @@ impl Checker {
                 "beta2" => o.beta2 = x,
                 "epsilon" => o.epsilon = x,
                 "momentum" => o.momentum = x,
+                "weight_decay" => o.weight_decay = x,
                 _ => o.rho = x,
             }
         }

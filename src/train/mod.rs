@@ -45,6 +45,7 @@ impl Default for TrainConfig {
                 epsilon: 1e-7,
                 momentum: 0.0,
                 rho: 0.9,
+                weight_decay: 0.0,
             },
             label_smoothing: 0.0,
             loss_weights: Vec::new(),
@@ -107,6 +108,10 @@ pub struct Optimizer {
     pub momentum: f64,
     /// RMSprop's decay.
     pub rho: f64,
+    /// Decoupled weight decay, as Keras 3 applies it to every optimizer:
+    /// before each update, every trainable weight is multiplied by
+    /// `1 - lr * weight_decay` (0 turns it off).
+    pub weight_decay: f64,
 }
 
 /// A metric.

@@ -5,10 +5,16 @@
 //! step (the learning rate of a schedule, Adam's and Nadam's bias
 //! corrections) is computed on the host by [`Optimizer::coefficients`] and
 //! read by the kernel as scalars, so the kernel is compiled once.
+//! Weight decay, when asked for, scales the weights by `1 - lr * decay`
+//! (one more scalar) before the update, as Keras 3 does.
 
 use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
 
 use super::{Optimizer, OptimizerKind};
+
+/// The most scalars any update kernel reads: Nadam's four and the weight
+/// decay's factor.
+pub const MAX_COEFFICIENTS: usize = 5;
 
 /// How many state tensors (moments, velocities) per weight the optimizer keeps.
 pub fn state_count(optimizer: &Optimizer) -> usize {
@@ -49,6 +55,11 @@ impl Optimizer {
     /// (each element is read before it is written).
     pub fn update_kernel(&self) -> Elementwise {
         let mut k = KernelBuilder::new(self, state_count(self));
+        if self.weight_decay > 0.0 {
+            // The decayed weights replace the loaded ones in every rule below.
+            let keep = k.coefficient(rule_scalars(self.kind) - 1);
+            k.w = k.mul(k.w, keep);
+        }
         match self.kind {
             // w -= lr g
             OptimizerKind::Sgd => {
@@ -120,6 +131,7 @@ impl Optimizer {
 
     /// The coefficients of update number `state.iterations + 1` with learning
     /// rate `lr`, in the order the kernel reads them, and the state after it.
+    /// At most [`MAX_COEFFICIENTS`] of them.
     pub fn coefficients(&self, state: StepState, lr: f64) -> (Vec<f32>, StepState) {
         let t = (state.iterations + 1) as f64;
         let mut next = StepState {
@@ -148,7 +160,25 @@ impl Optimizer {
                 vec![lr, c1, c2, c3]
             }
         };
+        debug_assert_eq!(values.len(), rule_scalars(self.kind));
+        let mut values = values;
+        if self.weight_decay > 0.0 {
+            values.push(1.0 - lr * self.weight_decay);
+        }
         (values.into_iter().map(|v| v as f32).collect(), next)
+    }
+}
+
+/// How many scalars an update rule reads before the weight decay's factor:
+/// the learning rate, then Adam's step size or Nadam's three coefficients.
+fn rule_scalars(kind: OptimizerKind) -> usize {
+    match kind {
+        OptimizerKind::Sgd
+        | OptimizerKind::Momentum
+        | OptimizerKind::Nesterov
+        | OptimizerKind::RmsProp => 1,
+        OptimizerKind::Adam => 2,
+        OptimizerKind::Nadam => 4,
     }
 }
 

@@ -15,7 +15,7 @@ use crate::train::optimizer::state_count;
 use crate::train::Optimizer;
 
 /// Values the optimizer's coefficient buffer holds (the most any optimizer reads).
-pub const COEFFICIENTS: usize = 4;
+pub const COEFFICIENTS: usize = crate::train::optimizer::MAX_COEFFICIENTS;
 
 impl Lowering<'_> {
     /// The per-step scalar buffer named `name` (one per plan).
