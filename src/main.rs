@@ -700,7 +700,7 @@ fn maps(
         Some(path) => cnnc::runtime::weights::load_for(model, path).map_err(|e| e.to_string())?,
         None => {
             eprintln!("no --weights: using the model's initializers (fixed filters as written, other weights random)");
-            cnnc::runtime::weights::init(model, model.graph.train.clone().unwrap_or_default().seed)
+            initializers(model)
         }
     };
     let maps = cnnc::viz::maps::render(model, &store, config, output).map_err(|e| e.to_string())?;
@@ -791,11 +791,23 @@ fn run_forward(
                 "no weights given and no `{}`: running with the model's initializers",
                 trained.display()
             );
-            Ok(weights::init(model, 0))
+            Ok(initializers(model))
         }
     }
     .map_err(|e| e.to_string())?;
     classify(model, store, images, options)
+}
+
+/// The weights training would start from: the initializers, drawn with the
+/// train section's seed, so `cnnc maps` and `cnnc run` without weights
+/// agree with each other and with epoch 0 of `cnnc run --train`.
+fn initializers(model: &TypedGraph) -> cnnc::runtime::weights::TensorStore {
+    let seed = model
+        .graph
+        .train
+        .as_ref()
+        .map_or(cnnc::train::TrainConfig::default().seed, |t| t.seed);
+    cnnc::runtime::weights::init(model, seed)
 }
 
 /// Each image's top classes, as lines of text.

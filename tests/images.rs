@@ -325,3 +325,63 @@ fn running_without_data_or_inputs_says_what_to_give() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn without_weights_run_classifies_with_the_initializers_training_starts_from() {
+    let dir = temp("initial");
+    let source = "model tiny : [12, 12, 1] {
+            conv(3, 3, activation: relu)
+            flatten
+            dense(4, activation: softmax)
+        }
+        train { seed: 7 }";
+    let path = dir.join("tiny.cnn");
+    std::fs::write(&path, source).expect("model");
+    let model =
+        cnnc::compile_source("tiny.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let weights = |seed: u64| {
+        let file = dir.join(format!("seed{seed}.safetensors"));
+        cnnc::runtime::weights::save(&cnnc::runtime::weights::init(&model, seed), &file)
+            .expect("saved");
+        file
+    };
+    let image = dir.join("v.png");
+    stripes(true, 5).save(&image).expect("png");
+    let (model_arg, image_arg) = (
+        path.to_str().expect("utf-8"),
+        image.to_str().expect("utf-8"),
+    );
+    let out = dir.join("no-run-here");
+    let ran = cnnc(&[
+        "run",
+        model_arg,
+        "--out",
+        out.to_str().expect("utf-8"),
+        image_arg,
+        "--top",
+        "4",
+    ]);
+    assert!(ran.status.success(), "{}", text(&ran.stderr));
+    assert!(
+        text(&ran.stderr).contains("initializers"),
+        "{}",
+        text(&ran.stderr)
+    );
+    let predict = |seed: u64| {
+        let w = weights(seed);
+        let out = cnnc(&[
+            "predict",
+            model_arg,
+            "--weights",
+            w.to_str().expect("utf-8"),
+            image_arg,
+            "--top",
+            "4",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // The train section's seed, not another one.
+    assert_eq!(text(&ran.stdout), predict(7));
+    assert_ne!(text(&ran.stdout), predict(8));
+}
