@@ -172,7 +172,7 @@ enum Command {
     },
     /// Draw a grid of a data set's training images with their class names (PNG).
     Show {
-        /// The data set: `fashion` (Fashion-MNIST).
+        /// The data set: `fashion` (Fashion-MNIST) or a folder of images with a sub-folder per class (shown at the size of its first image).
         dataset: String,
         /// The picture to write (.png).
         #[arg(short, long)]
@@ -671,15 +671,27 @@ fn show(
     config: &cnnc::viz::grid::GridConfig,
     output: &Path,
 ) -> Result<String, String> {
-    if data_set != "fashion" {
+    let folder = Path::new(data_set);
+    let splits = if data_set == "fashion" {
+        let splits = cnnc::data::fashion::load(data, 0, 0).map_err(|e| e.to_string())?;
+        if let Some(note) = splits.source.note() {
+            eprintln!("{note}");
+        }
+        splits
+    } else if folder.is_dir() {
+        // Every image at the size and colour of the first.
+        use cnnc::data::folder;
+        let shape = folder::first_shape(folder).map_err(|e| e.to_string())?;
+        let conversion = folder::Conversion {
+            shape,
+            convert: true,
+        };
+        folder::load(folder, conversion, Some(0), 0).map_err(|e| e.to_string())?
+    } else {
         return Err(format!(
-            "unknown data set `{data_set}`: cnnc knows `fashion` (Fashion-MNIST)"
+            "unknown data set `{data_set}`: give `fashion` (Fashion-MNIST) or a folder of images with a sub-folder per class"
         ));
-    }
-    let splits = cnnc::data::fashion::load(data, 0, 0).map_err(|e| e.to_string())?;
-    if let Some(note) = splits.source.note() {
-        eprintln!("{note}");
-    }
+    };
     let shown =
         cnnc::viz::grid::render(&splits.train, config, output).map_err(|e| e.to_string())?;
     Ok(format!(

@@ -385,3 +385,55 @@ fn without_weights_run_classifies_with_the_initializers_training_starts_from() {
     assert_eq!(text(&ran.stdout), predict(7));
     assert_ne!(text(&ran.stdout), predict(8));
 }
+
+#[test]
+fn show_draws_a_folder_at_the_size_of_its_first_image() {
+    let dir = temp("show");
+    let data = dir.join("stripes");
+    stripes_folder(&data, 5);
+    // A larger image among them is drawn at the first one's size.
+    image::imageops::resize(
+        &stripes(true, 9),
+        24,
+        24,
+        image::imageops::FilterType::Nearest,
+    )
+    .save(data.join("vertical").join("large.png"))
+    .expect("png");
+    let picture = dir.join("grid.png");
+    let args = [
+        "show",
+        data.to_str().expect("utf-8"),
+        "-o",
+        picture.to_str().expect("utf-8"),
+        "--rows",
+        "2",
+        "--cols",
+        "3",
+    ];
+    let out = cnnc(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // 11 images, two of them held out as the test set.
+    assert!(
+        text(&out.stdout).contains("6 training images"),
+        "{}",
+        text(&out.stdout)
+    );
+    let grid = image::open(&picture).expect("png").to_rgb8();
+    // Each cell: the 12x12 image at 3x, 8 pixels around it, 20 above for the name.
+    assert_eq!(grid.dimensions(), (3 * 52, 2 * 64));
+    // The first image's stripes: dark ink and light paper both.
+    let cell: Vec<u8> = (20..56)
+        .flat_map(|y| (8..44).map(move |x| (x, y)))
+        .map(|(x, y)| grid.get_pixel(x, y)[0])
+        .collect();
+    assert!(cell.iter().any(|&v| v < 100) && cell.iter().any(|&v| v > 200));
+    let missing = dir.join("nowhere");
+    let out = cnnc(&["show", missing.to_str().expect("utf-8"), "-o", "x.png"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("a folder of images"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -163,6 +163,28 @@ pub fn load(
     })
 }
 
+/// The `[height, width, channels]` of the first image [`load`] would read
+/// from `dir` (channels 3 when it has colour, else 1): the size to show a
+/// folder's images at when no model says it.
+pub fn first_shape(dir: &Path) -> Result<[usize; 3], FolderError> {
+    let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
+    let dir = if train_dir.is_dir() && test_dir.is_dir() {
+        train_dir
+    } else {
+        dir.to_path_buf()
+    };
+    let classes: Vec<PathBuf> = entries(&dir)?.into_iter().filter(|p| p.is_dir()).collect();
+    let Some(class) = classes.first() else {
+        return Err(FolderError::NoClasses { dir });
+    };
+    let Some(first) = entries(class)?.into_iter().find(|p| is_image(p)) else {
+        return Err(FolderError::EmptyClass { dir: class.clone() });
+    };
+    let image = decode(&first)?;
+    let channels = if image.color().has_color() { 3 } else { 1 };
+    Ok([image.height() as usize, image.width() as usize, channels])
+}
+
 /// Reads one PNG or JPEG file as a model input: `[height, width, channels]`
 /// row-major, each value the pixel's byte divided by 255.
 pub fn read_image(path: &Path, conversion: Conversion) -> Result<Vec<f32>, FolderError> {
