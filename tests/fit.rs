@@ -262,4 +262,15 @@ fn eval_reports_per_class_accuracy_and_the_confusion_matrix() {
         })
         .sum();
     assert_eq!(counted, images);
+    // Its diagonal holds the correct predictions.
+    let splits = fashion::load_from(Source::Bundled, 0, 0).expect("bundled subset");
+    let store = cnnc::runtime::weights::init(&model, 1);
+    let evaluation =
+        fit::evaluate_in_detail(&model, &store, &splits.test, (&[], 2)).expect("evaluates");
+    let diagonal: u64 = (0..10).map(|c| evaluation.confusion[c][c]).sum();
+    assert_eq!(
+        diagonal as f64 / splits.test.len() as f64,
+        evaluation.accuracy
+    );
+    assert!(evaluation.accuracy > 0.0 && evaluation.accuracy < 1.0);
 }

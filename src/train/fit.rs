@@ -365,6 +365,8 @@ struct Tally {
     top_k_correct: Vec<usize>,
     /// Images seen.
     seen: usize,
+    /// `confusion[true class][predicted class]`, when asked for (else empty).
+    confusion: Vec<Vec<u64>>,
 }
 
 impl Tally {
@@ -374,6 +376,15 @@ impl Tally {
             correct: 0,
             top_k_correct: vec![0; top_ks],
             seen: 0,
+            confusion: Vec::new(),
+        }
+    }
+
+    /// A tally that also counts the confusion matrix of `classes` classes.
+    fn with_confusion(top_ks: usize, classes: usize) -> Tally {
+        Tally {
+            confusion: vec![vec![0; classes]; classes],
+            ..Tally::new(top_ks)
         }
     }
 
@@ -382,7 +393,11 @@ impl Tally {
         let classes = scores.len() / labels.len().max(1);
         for (r, &label) in labels.iter().enumerate() {
             let row = &scores[r * classes..(r + 1) * classes];
-            self.correct += usize::from(arg_max(row) == label as usize);
+            let predicted = arg_max(row);
+            self.correct += usize::from(predicted == label as usize);
+            if let Some(counts) = self.confusion.get_mut(label as usize) {
+                counts[predicted] += 1;
+            }
             let rank = rank_of(row, label as usize);
             for (hits, &k) in self.top_k_correct.iter_mut().zip(top_ks) {
                 *hits += usize::from((rank as u64) < k);
@@ -533,6 +548,7 @@ impl Checkpoint {
                         .map(|list| list.split(',').filter_map(|c| c.parse().ok()).collect())
                         .unwrap_or_default(),
                     seen: number("partial_seen")? as usize,
+                    confusion: Vec::new(),
                 },
             }),
             Err(_) => None,
@@ -667,8 +683,7 @@ pub fn evaluate_in_detail(
 ) -> Result<Evaluation, FitError> {
     let classes = check_classes(model, data)?;
     let mut loss = 0.0;
-    let mut confusion = vec![vec![0u64; classes]; classes];
-    let mut tally = Tally::new(top_ks.len());
+    let mut tally = Tally::with_confusion(top_ks.len(), classes);
     let examples =
         |start: usize, size: usize| gather(data, &(start..start + size).collect::<Vec<_>>()).0;
     run_in_batches(
@@ -682,10 +697,8 @@ pub fn evaluate_in_detail(
             let labels = &data.labels[start..start + rows];
             tally.count(scores, labels, top_ks);
             for (row, &label) in scores.chunks_exact(classes).zip(labels) {
-                let label = label as usize;
-                let p = f64::from(row[label]).clamp(1e-7, 1.0 - 1e-7);
+                let p = f64::from(row[label as usize]).clamp(1e-7, 1.0 - 1e-7);
                 loss -= p.ln();
-                confusion[label][arg_max(row)] += 1;
             }
         },
     )?;
@@ -698,7 +711,7 @@ pub fn evaluate_in_detail(
             .zip(&tally.top_k_correct)
             .map(|(&k, &c)| (k, c as f64 / n))
             .collect(),
-        confusion,
+        confusion: tally.confusion,
     })
 }
 
