@@ -207,6 +207,7 @@ fn resumable() -> TrainConfig {
             rotation: 10.0,
             brightness: 0.1,
             contrast: 0.1,
+            erase: 0.5,
         }),
         ..TrainConfig::default()
     }

@@ -1,8 +1,9 @@
 //! Data augmentation, as AlexNet used it and as a train section's
-//! `augment: (shift: 2, flip: true, rotation: 10, brightness: 0.1, contrast: 0.1)`
+//! `augment: (shift: 2, flip: true, rotation: 10, brightness: 0.1, contrast: 0.1, erase: 0.5)`
 //! asks for: every training image is moved, mirrored, turned and lit a
-//! little differently each time it is seen, so that the network learns the
-//! garment rather than its exact pixels.
+//! little differently each time it is seen, and sometimes has a rectangle
+//! blotted out (random erasing, Zhong et al. 2017), so that the network
+//! learns the garment rather than its exact pixels.
 //!
 //! The random draws depend only on the seed, the epoch and the step, so a
 //! resumed run augments exactly as an uninterrupted one.
@@ -19,7 +20,8 @@ use crate::train::Augment;
 /// by up to `shift` pixels along each axis (one bilinear resampling,
 /// zeros where no pixel comes from); its contrast scaled by a factor in
 /// 1 ± `contrast` about each channel's mean; its brightness moved by up to
-/// ± `brightness`; and clamped to [0, 1].
+/// ± `brightness`; clamped to [0, 1]; and, with probability `erase`, a
+/// random rectangle of it filled with uniform noise ([`erase`]).
 pub fn augment_batch(
     images: &mut [f32],
     shape: [usize; 3],
@@ -27,6 +29,9 @@ pub fn augment_batch(
     (seed, epoch, step): (u64, u64, usize),
 ) {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, epoch, step as u64));
+    // Erasing draws from a stream of its own, so that turning it on leaves
+    // the other draws as they were.
+    let mut erase_rng = ChaCha8Rng::seed_from_u64(mix(seed ^ ERASE_STREAM, epoch, step as u64));
     let len = shape.iter().product::<usize>();
     if len == 0 {
         return;
@@ -41,6 +46,46 @@ pub fn augment_batch(
         if draw.contrast != 1.0 || draw.brightness != 0.0 {
             adjust(image, shape[2], &draw);
         }
+        if augment.erase > 0.0 {
+            erase(image, shape, augment.erase, &mut erase_rng);
+        }
+    }
+}
+
+/// Told apart from the seed of the other draws.
+const ERASE_STREAM: u64 = 0xe4a5_e5ee_d000_0001;
+
+/// Random erasing as Zhong et al. (2017) define it: with probability `p`,
+/// a rectangle covering 2% to 40% of the image, its height over width
+/// between 0.3 and 1/0.3, at a random place, is filled with uniform noise
+/// in [0, 1]. A draw that does not fit the image is drawn again, up to
+/// 100 times.
+fn erase(image: &mut [f32], [height, width, channels]: [usize; 3], p: f64, rng: &mut ChaCha8Rng) {
+    if !rng.random_bool(p.clamp(0.0, 1.0)) {
+        return;
+    }
+    let area = (height * width) as f64;
+    for _ in 0..100 {
+        let target = area * rng.random_range(0.02..0.4);
+        let aspect = rng.random_range(0.3..1.0 / 0.3);
+        let (h, w) = (
+            (target * aspect).sqrt().round() as usize,
+            (target / aspect).sqrt().round() as usize,
+        );
+        if h == 0 || w == 0 || h >= height || w >= width {
+            continue;
+        }
+        let (top, left) = (
+            rng.random_range(0..=height - h),
+            rng.random_range(0..=width - w),
+        );
+        for y in top..top + h {
+            let row = (y * width + left) * channels;
+            for v in &mut image[row..row + w * channels] {
+                *v = rng.random::<f32>();
+            }
+        }
+        return;
     }
 }
 
@@ -201,6 +246,7 @@ mod tests {
             rotation: 15.0,
             brightness: 0.2,
             contrast: 0.2,
+            erase: 0.5,
         };
         let run = |key: (u64, u64, usize)| {
             let mut images = ramp(shape).repeat(3);
@@ -229,6 +275,73 @@ mod tests {
         resample(&source, &mut out, [5, 5, 1], &draw);
         assert!((out[2 * 5 + 4] - 1.0).abs() < 1e-5, "{out:?}");
         assert!((out.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn erasing_fills_one_rectangle_with_noise_and_leaves_other_draws_alone() {
+        let shape = [10, 12, 2];
+        let original: Vec<f32> = vec![-1.0; 240];
+        let always = Augment {
+            erase: 1.0,
+            ..Augment::default()
+        };
+        for step in 0..20 {
+            let mut image = original.clone();
+            augment_batch(&mut image, shape, &always, (7, 1, step));
+            // The changed pixels (both channels) make one rectangle of 2% to 40%.
+            let changed: Vec<(usize, usize)> = (0..10)
+                .flat_map(|y| (0..12).map(move |x| (y, x)))
+                .filter(|&(y, x)| image[(y * 12 + x) * 2] != -1.0)
+                .collect();
+            for &(y, x) in &changed {
+                let pixel = &image[(y * 12 + x) * 2..][..2];
+                assert!(pixel.iter().all(|v| (0.0..1.0).contains(v)), "{pixel:?}");
+            }
+            let rows = changed.iter().map(|p| p.0);
+            let cols = changed.iter().map(|p| p.1);
+            let (top, bottom) = (
+                rows.clone().min().expect("erased"),
+                rows.max().expect("erased"),
+            );
+            let (left, right) = (
+                cols.clone().min().expect("erased"),
+                cols.max().expect("erased"),
+            );
+            assert_eq!(changed.len(), (bottom - top + 1) * (right - left + 1));
+            let share = changed.len() as f64 / 120.0;
+            assert!((0.01..=0.45).contains(&share), "{share}");
+        }
+        // Never with probability 0; about half the time with 0.5.
+        let half = Augment {
+            erase: 0.5,
+            ..Augment::default()
+        };
+        let mut images = original.repeat(200);
+        augment_batch(&mut images, shape, &half, (7, 1, 0));
+        let erased = images
+            .chunks(240)
+            .filter(|i| *i != original.as_slice())
+            .count();
+        assert!((70..=130).contains(&erased), "{erased} of 200");
+        // The flips, shifts and lighting drawn with erasing on are those drawn without it.
+        let others = Augment {
+            shift: 2,
+            flip: true,
+            brightness: 0.1,
+            ..Augment::default()
+        };
+        let with_erasing = Augment {
+            erase: 1.0,
+            ..others
+        };
+        let run = |augment: &Augment| {
+            let mut images = ramp([8, 8, 1]).repeat(4);
+            augment_batch(&mut images, [8, 8, 1], augment, (3, 2, 1));
+            images
+        };
+        let (plain, erased) = (run(&others), run(&with_erasing));
+        let same = plain.iter().zip(&erased).filter(|(a, b)| a == b).count();
+        assert!(same >= plain.len() / 2 && same < plain.len(), "{same}");
     }
 
     #[test]

@@ -444,7 +444,14 @@ impl Checker {
         for (field, v) in self.fields(
             "augment",
             &args,
-            &["shift", "flip", "rotation", "brightness", "contrast"],
+            &[
+                "shift",
+                "flip",
+                "rotation",
+                "brightness",
+                "contrast",
+                "erase",
+            ],
         ) {
             // Every field is checked, so that one run reports every mistake.
             let fits = match field.as_str() {
@@ -456,6 +463,9 @@ impl Checker {
                 "brightness" => self
                     .bounded(v, &field, 1.0, "of the [0, 1] range")
                     .map(|x| a.brightness = x),
+                "erase" => self
+                    .bounded(v, &field, 1.0, "(a probability)")
+                    .map(|x| a.erase = x),
                 _ => self
                     .bounded(v, &field, 0.99, "(a factor in 1 ± contrast)")
                     .map(|x| a.contrast = x),

@@ -169,4 +169,7 @@ pub struct Augment {
     pub brightness: f64,
     /// Largest contrast change (fraction).
     pub contrast: f64,
+    /// The probability of random erasing: a rectangle of 2% to 40% of the
+    /// image filled with noise.
+    pub erase: f64,
 }
