@@ -814,11 +814,7 @@ fn run_forward(
 /// train section's seed, so `cnnc maps` and `cnnc run` without weights
 /// agree with each other and with epoch 0 of `cnnc run --train`.
 fn initializers(model: &TypedGraph) -> cnnc::runtime::weights::TensorStore {
-    let seed = model
-        .graph
-        .train
-        .as_ref()
-        .map_or(cnnc::train::TrainConfig::default().seed, |t| t.seed);
+    let seed = model.graph.train.clone().unwrap_or_default().seed;
     cnnc::runtime::weights::init(model, seed)
 }
 

@@ -130,8 +130,7 @@ pub fn load(
     seed: u64,
 ) -> Result<Splits, FolderError> {
     check_channels(conversion)?;
-    let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
-    let (train, test) = if train_dir.is_dir() && test_dir.is_dir() {
+    let (train, test) = if let Some((train_dir, test_dir)) = split_dirs(dir) {
         let train = read_classes(&train_dir, conversion)?;
         let test = read_classes(&test_dir, conversion)?;
         if train.class_names != test.class_names {
@@ -167,12 +166,7 @@ pub fn load(
 /// from `dir` (channels 3 when it has colour, else 1): the size to show a
 /// folder's images at when no model says it.
 pub fn first_shape(dir: &Path) -> Result<[usize; 3], FolderError> {
-    let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
-    let dir = if train_dir.is_dir() && test_dir.is_dir() {
-        train_dir
-    } else {
-        dir.to_path_buf()
-    };
+    let dir = split_dirs(dir).map_or_else(|| dir.to_path_buf(), |(train, _)| train);
     let classes: Vec<PathBuf> = entries(&dir)?.into_iter().filter(|p| p.is_dir()).collect();
     let Some(class) = classes.first() else {
         return Err(FolderError::NoClasses { dir });
@@ -183,6 +177,12 @@ pub fn first_shape(dir: &Path) -> Result<[usize; 3], FolderError> {
     let image = decode(&first)?;
     let channels = if image.color().has_color() { 3 } else { 1 };
     Ok([image.height() as usize, image.width() as usize, channels])
+}
+
+/// `dir/train` and `dir/test`, when the folder is split in both.
+fn split_dirs(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let (train, test) = (dir.join("train"), dir.join("test"));
+    (train.is_dir() && test.is_dir()).then_some((train, test))
 }
 
 /// Reads one PNG or JPEG file as a model input: `[height, width, channels]`

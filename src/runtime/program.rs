@@ -181,14 +181,7 @@ pub fn clif(plan: &KernelPlan) -> Result<Vec<(String, String)>, ProgramError> {
 /// element-wise kernel's output over an input that dies there, see
 /// [`in_place`]), the rest in external slots in buffer order.
 fn place(plan: &KernelPlan) -> (Vec<Slot>, Vec<BufferId>, u64) {
-    let mut first = vec![usize::MAX; plan.buffers.len()];
-    let mut last = vec![0; plan.buffers.len()];
-    for (i, step) in plan.steps.iter().enumerate() {
-        for &b in &step.args {
-            first[b] = first[b].min(i);
-            last[b] = last[b].max(i);
-        }
-    }
+    let (first, mut last) = lifetimes(plan);
     let host = in_place(plan, &first, &mut last);
     let temporaries: Vec<BufferId> = (0..plan.buffers.len())
         .filter(|&b| {
@@ -227,6 +220,20 @@ fn place(plan: &KernelPlan) -> (Vec<Slot>, Vec<BufferId>, u64) {
         }
     }
     (slots, externals, arena.peak)
+}
+
+/// For each buffer, the first and the last step that uses it
+/// (`usize::MAX` and 0 for a buffer no step uses).
+fn lifetimes(plan: &KernelPlan) -> (Vec<usize>, Vec<usize>) {
+    let mut first = vec![usize::MAX; plan.buffers.len()];
+    let mut last = vec![0; plan.buffers.len()];
+    for (i, step) in plan.steps.iter().enumerate() {
+        for &b in &step.args {
+            first[b] = first[b].min(i);
+            last[b] = last[b].max(i);
+        }
+    }
+    (first, last)
 }
 
 /// For each buffer, the buffer whose memory it uses: itself, or, for the
@@ -345,14 +352,7 @@ mod tests {
     /// such pairs there are.
     fn shared_in_place(plan: &KernelPlan) -> usize {
         let (slots, _, _) = place(plan);
-        let mut first = vec![usize::MAX; plan.buffers.len()];
-        let mut last = vec![0; plan.buffers.len()];
-        for (i, step) in plan.steps.iter().enumerate() {
-            for &b in &step.args {
-                first[b] = first[b].min(i);
-                last[b] = last[b].max(i);
-            }
-        }
+        let (first, last) = lifetimes(plan);
         let range = |b: BufferId| match slots[b] {
             Slot::Arena { offset, len } => Some(offset..offset + len),
             Slot::External { .. } => None,

@@ -138,7 +138,7 @@ impl Optimizer {
             iterations: state.iterations + 1,
             u_product: state.u_product,
         };
-        let values = match self.kind {
+        let mut values = match self.kind {
             OptimizerKind::Sgd
             | OptimizerKind::Momentum
             | OptimizerKind::Nesterov
@@ -161,7 +161,6 @@ impl Optimizer {
             }
         };
         debug_assert_eq!(values.len(), rule_scalars(self.kind));
-        let mut values = values;
         if self.weight_decay > 0.0 {
             values.push(1.0 - lr * self.weight_decay);
         }
