@@ -10,6 +10,7 @@ use crate::runtime::training::{Trainer, TrainingError};
 use crate::runtime::weights;
 use crate::shapes::TypedGraph;
 use crate::train::TrainConfig;
+use crate::{CompileError, KernelPlan};
 
 /// What to measure.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +57,9 @@ pub struct BenchReport {
 /// Why the benchmark could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// The model could not be compiled.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
     /// Training could not be set up or run.
     #[error(transparent)]
     Training(#[from] TrainingError),
@@ -83,14 +87,8 @@ pub fn run(
     };
 
     let started = Instant::now();
-    let mut trainer = Trainer::new(
-        model,
-        store.clone(),
-        &loss,
-        train.optimizer,
-        config.batch,
-        config.threads,
-    )?;
+    let step = crate::compile_training(model, &loss, &train.optimizer, config.batch)?;
+    let mut trainer = Trainer::new(step, store.clone(), config.threads)?;
     let compile_training = started.elapsed();
     let images = noise(config.batch * example);
     let labels: Vec<u32> = (0..config.batch).map(|i| (i % classes) as u32).collect();
@@ -107,8 +105,8 @@ pub fn run(
     }))?;
 
     let started = Instant::now();
-    let mut inference =
-        Inference::new(model, store.clone(), config.inference_batch, config.threads)?;
+    let compiled = crate::compile_inference(model, config.inference_batch)?;
+    let mut inference = Inference::new(compiled, store.clone(), config.threads)?;
     let compile_inference = started.elapsed();
     let batch_input = noise(config.inference_batch * example);
     inference.run(&batch_input)?;
@@ -117,7 +115,7 @@ pub fn run(
         inference.run(&batch_input).map(|_| t.elapsed())
     }))?;
 
-    let mut single = Inference::new(model, store, 1, config.threads)?;
+    let mut single = Inference::new(crate::compile_inference(model, 1)?, store, config.threads)?;
     let one = noise(example);
     single.run(&one)?;
     let latency = median((0..21).map(|_| {
@@ -222,20 +220,15 @@ impl fmt::Display for BenchReport {
 pub fn memory_report(model: &TypedGraph, train: &TrainConfig, batch: usize) -> String {
     let weights = model.param_counts().total * 4;
     let bytes = crate::emit::bytes;
-    let inference =
-        crate::plan_inference(model, batch).map(|plan| crate::runtime::program::arena_bytes(&plan));
+    let arena = |plan: Result<KernelPlan, CompileError>| -> Result<u64, CompileError> {
+        Ok(crate::memory::plan(&plan?)?.arena_bytes)
+    };
+    let inference = arena(crate::plan_inference(model, batch));
     let loss = LossSpec {
         smoothing: train.label_smoothing,
         weights: train.loss_weights.clone(),
     };
-    let training = crate::autodiff::differentiate(model, &loss)
-        .map_err(|e| {
-            e.iter()
-                .map(|d| d.message.clone())
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-        .and_then(|t| crate::plan_training(&t, batch, &train.optimizer).map_err(|e| e.to_string()));
+    let training = arena(crate::plan_training(model, &loss, &train.optimizer, batch));
     let state = model.param_counts().trainable
         * 4
         * crate::train::optimizer::state_count(&train.optimizer) as u64;
@@ -250,13 +243,16 @@ pub fn memory_report(model: &TypedGraph, train: &TrainConfig, batch: usize) -> S
         Err(e) => out += &format!("  inference: not planned: {e}\n"),
     }
     match training {
-        Ok(plan) => {
-            let arena = crate::runtime::program::arena_bytes(&plan);
+        Ok(arena) => {
             out += &format!(
                 "  training: arena {} (activations and gradients) + optimizer state {}\n",
                 bytes(arena),
                 bytes(state)
             );
+        }
+        Err(CompileError::Autodiff(errors)) => {
+            let messages: Vec<&str> = errors.iter().map(|d| d.message.as_str()).collect();
+            out += &format!("  training: not planned: {}\n", messages.join("; "));
         }
         Err(e) => out += &format!("  training: not planned: {e}\n"),
     }

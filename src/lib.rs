@@ -1,14 +1,19 @@
 //! cnnc: a compiler for a small language of convolutional networks.
 //!
-//! The front end, in order:
+//! The pipeline, one module and one entry function per stage:
 //!
 //! ```text
-//! .cnn source ──parse──▶ AST ──elaborate──▶ Graph ──infer──▶ TypedGraph
+//! .cnn source ──load──▶ Program ──elaborate──▶ Graph ──infer──▶ TypedGraph
+//!   ──autodiff──▶ TrainingGraph (training only) ──lower──▶ KernelPlan ──fuse──▶ KernelPlan
+//!   ──memory::plan──▶ Layout ──codegen::compile──▶ Compiled ──runtime──▶ Inference / Trainer
 //! ```
 //!
-//! [`compile`] runs the stages one line each; [`load_model`] reads a file
-//! (and its imports) from disk first. Every stage reports all the errors it can find as
-//! [`Diagnostics`], rendered with the source line and a caret under the fault.
+//! The front end ([`load_model`], [`compile_source`], [`compile`]) reports
+//! every error it can find as [`Diagnostics`], rendered with the source line
+//! and a caret under the fault. The back end ([`compile_inference`],
+//! [`compile_training`]) turns a [`TypedGraph`] into a [`Compiled`] program
+//! that [`runtime::inference::Inference`] and [`runtime::training::Trainer`]
+//! run; the runtime never compiles.
 
 pub mod autodiff;
 pub mod bench;
@@ -22,6 +27,7 @@ pub mod memory;
 pub mod ops;
 pub mod passes;
 pub mod plan;
+pub mod predict;
 pub mod runtime;
 pub mod shapes;
 pub mod stdlib;
@@ -32,10 +38,17 @@ pub mod viz;
 use std::path::Path;
 use std::sync::Arc;
 
+use thiserror::Error;
+
+pub use codegen::Compiled;
 pub use diagnostics::Diagnostics;
 pub use elaborate::Program;
 pub use plan::KernelPlan;
 pub use shapes::{ParamCounts, TypedGraph};
+
+use autodiff::LossSpec;
+use diagnostics::Diagnostic;
+use train::Optimizer;
 
 /// Loads `path` and its imports and compiles model `model` (or the file's
 /// only model) into a shape-checked graph.
@@ -97,27 +110,89 @@ pub fn compile(
     typed.map_err(|errors| Diagnostics::new(errors, Arc::new(program.sources)))
 }
 
-/// The back end's planning stages for inference, in order.
-pub fn plan_inference(
-    model: &TypedGraph,
-    batch: usize,
-) -> Result<KernelPlan, passes::lower::LowerError> {
+/// Why the back end could not compile a model.
+#[derive(Debug, Error)]
+pub enum CompileError {
+    /// The model cannot be differentiated.
+    #[error("the model cannot be differentiated: {}", .0.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("; "))]
+    Autodiff(Vec<Diagnostic>),
+    /// The graph could not be lowered to kernels.
+    #[error(transparent)]
+    Lower(#[from] passes::lower::LowerError),
+    /// A pass left the kernel plan inconsistent (a compiler defect).
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    /// The buffers could not be placed in memory.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// A kernel could not be generated.
+    #[error(transparent)]
+    Codegen(#[from] codegen::CodegenError),
+}
+
+/// A training step compiled for batches of a fixed size, with the optimizer
+/// whose update it runs (the runtime computes that optimizer's per-step
+/// coefficients).
+pub struct CompiledStep {
+    /// The program: forward, loss, backward, updates.
+    pub compiled: Compiled,
+    /// The optimizer the update kernels were generated for.
+    pub optimizer: Optimizer,
+}
+
+/// The kernel plan of `model`'s inference on batches of `batch`: the back
+/// end's planning stages, in order.
+pub fn plan_inference(model: &TypedGraph, batch: usize) -> Result<KernelPlan, CompileError> {
     // One kernel call per node, over buffers of the batch.
     let mut plan = passes::lower::inference(model, batch)?;
+    plan.verify()?;
     // Element-wise chains into one kernel; activations into epilogues.
-    passes::fuse::run(&mut plan);
+    passes::fuse::run(&mut plan)?;
     Ok(plan)
 }
 
-/// The back end's planning stages for one training step, in order.
+/// The kernel plan of one training step of `model` on batches of `batch`,
+/// scored by `loss` and updated by `optimizer`: the back end's planning
+/// stages, in order.
 pub fn plan_training(
-    training: &autodiff::TrainingGraph,
+    model: &TypedGraph,
+    loss: &LossSpec,
+    optimizer: &Optimizer,
     batch: usize,
-    optimizer: &train::Optimizer,
-) -> Result<KernelPlan, passes::lower::LowerError> {
+) -> Result<KernelPlan, CompileError> {
+    // The losses and the backward pass, as nodes of the same IR.
+    let training = autodiff::differentiate(model, loss).map_err(CompileError::Autodiff)?;
     // Forward with batch statistics, loss, backward, optimizer updates.
-    let mut plan = passes::lower::training(training, batch, optimizer)?;
+    let mut plan = passes::lower::training(&training, batch, optimizer)?;
+    plan.verify()?;
     // Element-wise chains into one kernel; activations into epilogues.
-    passes::fuse::run(&mut plan);
+    passes::fuse::run(&mut plan)?;
     Ok(plan)
+}
+
+/// `model` compiled for inference on batches of `batch`.
+pub fn compile_inference(model: &TypedGraph, batch: usize) -> Result<Compiled, CompileError> {
+    generate(plan_inference(model, batch)?)
+}
+
+/// One training step of `model` compiled for batches of `batch`.
+pub fn compile_training(
+    model: &TypedGraph,
+    loss: &LossSpec,
+    optimizer: &Optimizer,
+    batch: usize,
+) -> Result<CompiledStep, CompileError> {
+    let plan = plan_training(model, loss, optimizer, batch)?;
+    Ok(CompiledStep {
+        compiled: generate(plan)?,
+        optimizer: *optimizer,
+    })
+}
+
+/// The last stages, shared by inference and training.
+fn generate(plan: KernelPlan) -> Result<Compiled, CompileError> {
+    // Temporaries into one arena by liveness; the rest lent by the caller.
+    let layout = memory::plan(&plan)?;
+    // Native kernels: Cranelift translators and the GEMM.
+    Ok(codegen::compile(plan, layout)?)
 }

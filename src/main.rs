@@ -439,7 +439,7 @@ fn main() -> ExitCode {
         } => load(file, model).and_then(|m| {
             let result = match (input, output) {
                 (Some(input), Some(output)) => {
-                    cnnc::runtime::predict::predict_npy(&m, weights, input, output, *batch, cores())
+                    cnnc::predict::predict_npy(&m, weights, input, output, *batch, cores())
                         .map(|files| {
                             files
                                 .iter()
@@ -517,11 +517,12 @@ fn compile(model: &TypedGraph, emit: Emit, batch: usize) -> Result<String, Diagn
                     .collect::<Vec<_>>()
                     .join("; "))
             }),
-        Emit::Clif => cnnc::plan_inference(model, batch)
+        Emit::Clif => cnnc::compile_inference(model, batch)
             .map_err(|e| at(e.to_string()))
-            .and_then(|plan| cnnc::runtime::program::clif(&plan).map_err(|e| at(e.to_string())))
-            .map(|kernels| {
-                kernels
+            .map(|compiled| {
+                compiled
+                    .program
+                    .clif()
                     .iter()
                     .map(|(name, clif)| format!("; kernel {name}\n{clif}\n"))
                     .collect()
@@ -529,15 +530,14 @@ fn compile(model: &TypedGraph, emit: Emit, batch: usize) -> Result<String, Diagn
         Emit::Kernels => cnnc::plan_inference(model, batch)
             .map(|p| p.to_string())
             .map_err(|e| at(e.to_string())),
-        Emit::TrainKernels => cnnc::autodiff::differentiate(model, &loss)
-            .map_err(|e| {
-                at(e.iter()
+        Emit::TrainKernels => cnnc::plan_training(model, &loss, &train.optimizer, batch)
+            .map_err(|e| match e {
+                cnnc::CompileError::Autodiff(errors) => at(errors
+                    .iter()
                     .map(|d| d.message.clone())
                     .collect::<Vec<_>>()
-                    .join("; "))
-            })
-            .and_then(|t| {
-                cnnc::plan_training(&t, batch, &train.optimizer).map_err(|e| at(e.to_string()))
+                    .join("; ")),
+                other => at(other.to_string()),
             })
             .map(|p| p.to_string()),
     }
@@ -827,7 +827,7 @@ fn classify(
 ) -> Result<String, String> {
     let conversion = conversion(model, resize)?;
     let predictions =
-        cnnc::runtime::predict::predict_images(model, store, images, (conversion, top), threads)
+        cnnc::predict::predict_images(model, store, images, (conversion, top), threads)
             .map_err(|e| e.to_string())?;
     let mut out = String::new();
     for p in predictions {

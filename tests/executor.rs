@@ -5,9 +5,11 @@
 mod reference;
 
 use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand};
+use cnnc::codegen::program::{Program, RowKernel, Step};
 use cnnc::codegen::reduce::{Reduce, ReduceKind};
 use cnnc::codegen::Jit;
-use cnnc::runtime::executor::{Executor, Program, RowKernel, RuntimeError, Slot, Step};
+use cnnc::memory::Slot;
+use cnnc::runtime::executor::{Executor, RuntimeError};
 use ndarray::ArrayD;
 
 const ROWS: usize = 37;

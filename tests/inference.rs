@@ -58,8 +58,8 @@ fn run_and_compare(model: &TypedGraph, batch: usize, threads: usize) {
         .iter()
         .map(|(name, id)| (name.clone(), values[id].iter().copied().collect()))
         .collect();
-    let mut inference =
-        Inference::new(&model, store, batch, threads).unwrap_or_else(|e| panic!("{e}"));
+    let compiled = cnnc::compile_inference(&model, batch).unwrap_or_else(|e| panic!("{e}"));
+    let mut inference = Inference::new(compiled, store, threads).unwrap_or_else(|e| panic!("{e}"));
     let outputs = inference.run(&input).unwrap_or_else(|e| panic!("{e}"));
     for (name, values) in outputs {
         let reference = &expected[&name];

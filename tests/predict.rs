@@ -56,7 +56,8 @@ fn predicts_in_batches_and_matches_the_library() {
     );
     let predicted: ArrayD<f32> = ndarray_npy::read_npy(&output_path).expect("output");
     assert_eq!(predicted.shape(), &[5, 10]);
-    let mut whole = Inference::new(&model, store, 5, 1).expect("compiles");
+    let compiled = cnnc::compile_inference(&model, 5).expect("compiles");
+    let mut whole = Inference::new(compiled, store, 1).expect("starts");
     let expected = whole.run(&values).expect("runs").remove(0).1;
     for (a, e) in predicted.iter().zip(&expected) {
         assert!((a - e).abs() < 1e-5, "{a} vs {e}");

@@ -128,8 +128,8 @@ fn clif_of_a_small_model() {
     let source = "model m : [4, 4, 3] { conv(4, 3, padding: same, activation: relu) -> global_avg_pool -> softmax }";
     let model =
         cnnc::compile_source("small.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
-    let plan = cnnc::plan_inference(&model, 2).expect("plans");
-    let kernels = cnnc::runtime::program::clif(&plan).expect("compiles");
+    let compiled = cnnc::compile_inference(&model, 2).expect("compiles");
+    let kernels = compiled.program.clif();
     let text: String = kernels
         .iter()
         .map(|(name, clif)| format!("; kernel {name}\n{clif}\n"))

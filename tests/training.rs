@@ -28,6 +28,20 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Compiles `model`'s training step for batches of `batch` and starts a
+/// trainer on it with `weights`.
+fn trainer(
+    model: &TypedGraph,
+    weights: TensorStore,
+    loss: &LossSpec,
+    optimizer: Optimizer,
+    batch: usize,
+    threads: usize,
+) -> Result<Trainer, String> {
+    let step = cnnc::compile_training(model, loss, &optimizer, batch).map_err(|e| e.to_string())?;
+    Trainer::new(step, weights, threads).map_err(|e| e.to_string())
+}
+
 fn sgd(lr: f64) -> Optimizer {
     Optimizer {
         kind: OptimizerKind::Sgd,
@@ -66,8 +80,8 @@ fn check_gradients(source: &str, batch: usize, classes: usize) {
         smoothing: 0.0,
         weights: Vec::new(),
     };
-    let mut trainer = Trainer::new(&model, store.clone(), &loss, sgd(1.0), batch, 2)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut trainer =
+        trainer(&model, store.clone(), &loss, sgd(1.0), batch, 2).unwrap_or_else(|e| panic!("{e}"));
     let labels_u32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
     let result = trainer
         .train_step(&input, &labels_u32, 1.0)
@@ -184,8 +198,8 @@ fn training_reduces_the_loss_and_moves_the_batchnorm_statistics() {
         lr: 0.05,
         ..TrainConfig::default().optimizer
     };
-    let mut trainer = Trainer::new(&model, store.clone(), &loss, adam, batch, 2)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut trainer =
+        trainer(&model, store.clone(), &loss, adam, batch, 2).unwrap_or_else(|e| panic!("{e}"));
     let first = trainer
         .train_step(&input, &labels, 0.05)
         .expect("step")
@@ -240,7 +254,7 @@ fn training_is_bitwise_deterministic_whatever_the_thread_count() {
         ..TrainConfig::default().optimizer
     };
     let run = |threads: usize| {
-        let mut trainer = Trainer::new(
+        let mut trainer = trainer(
             &model,
             weights::init(&model, 9),
             &loss,
@@ -278,7 +292,7 @@ fn a_loss_that_is_not_finite_stops_the_step_and_keeps_the_weights() {
         smoothing: 0.0,
         weights: Vec::new(),
     };
-    let mut trainer = Trainer::new(&model, store.clone(), &loss, sgd(0.1), 2, 2).expect("compiles");
+    let mut trainer = trainer(&model, store.clone(), &loss, sgd(0.1), 2, 2).expect("compiles");
     let mut input = data(2 * 32, 3);
     input[5] = f32::NAN;
     let err = trainer.train_step(&input, &[0, 1], 0.1).unwrap_err();
@@ -328,7 +342,7 @@ fn weight_decay_shrinks_every_trainable_weight_by_lr_times_decay() {
     };
     let store = random_weights(&model);
     let step = |optimizer: Optimizer| {
-        let mut trainer = Trainer::new(&model, store.clone(), &loss, optimizer, batch, 2)
+        let mut trainer = trainer(&model, store.clone(), &loss, optimizer, batch, 2)
             .unwrap_or_else(|e| panic!("{e}"));
         trainer.train_step(&input, &labels, 0.01).expect("step");
         trainer.weights

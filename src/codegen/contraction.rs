@@ -102,6 +102,7 @@
 
 mod geometry;
 mod matmul;
+pub mod step;
 
 use std::ops::Range;
 

@@ -1,16 +1,23 @@
-//! Code generation: Cranelift JIT kernels.
+//! Code generation: from a kernel plan and its memory layout to a program
+//! of native kernels ([`compile`]).
 //!
-//! One long-lived [`Jit`] owns the `JITModule` and its contexts; each kind of
-//! fused kernel has its own translator (so far [`elementwise`]). Cranelift
-//! emits 128-bit vectors on x86-64, so the loops are written by hand over
-//! `f32x4` with `fma`; the contractions will call a tuned GEMM instead.
+//! One long-lived [`Jit`] per program owns the `JITModule` and its contexts;
+//! each kind of generated kernel has its own translator ([`elementwise`],
+//! [`reduce`], [`window`]). Cranelift emits 128-bit vectors on x86-64, so the
+//! loops are written by hand over `f32x4` with `fma`. Convolutions and dense
+//! layers run on a tuned GEMM ([`contraction`]) with a generated epilogue;
+//! pure data movement and dropout masks are Rust ([`native`]).
 
 pub mod contraction;
 pub mod elementwise;
 mod loops;
 mod math;
+pub mod native;
+pub mod program;
 pub mod reduce;
 pub mod window;
+
+pub use program::{compile, Compiled};
 
 use cranelift_codegen::ir::{self, AbiParam, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};

@@ -5,11 +5,14 @@
 //! each block of rows while it is in cache.
 
 use crate::codegen::elementwise::{Elementwise, Expr, Operand};
-use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role};
+use crate::plan::{
+    Access, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, PlanError, Role,
+};
 
 /// Fuses until nothing more fuses, element-wise chains first (so that a
-/// whole chain becomes one epilogue); returns how many kernels were merged.
-pub fn run(plan: &mut KernelPlan) -> usize {
+/// whole chain becomes one epilogue); returns how many kernels were merged,
+/// after checking that the fused plan still holds every invariant.
+pub fn run(plan: &mut KernelPlan) -> Result<usize, PlanError> {
     let mut merged = 0;
     for epilogues in [false, true] {
         while let Some((producer, consumer)) = candidate(plan, epilogues) {
@@ -17,7 +20,8 @@ pub fn run(plan: &mut KernelPlan) -> usize {
             merged += 1;
         }
     }
-    merged
+    plan.verify()?;
+    Ok(merged)
 }
 
 /// How many steps read and write each buffer.
@@ -36,34 +40,15 @@ fn uses(plan: &KernelPlan) -> (Vec<usize>, Vec<usize>) {
     (reads, writes)
 }
 
-/// Each argument and whether the step writes it (rather than reads it).
+/// Each argument and whether the step writes it (rather than reads it), as
+/// the kernel's signature states. A kernel whose description is
+/// inconsistent reports nothing here: it never fuses, and the plan's
+/// verification names it.
 fn arguments(kernel: &KernelDesc, args: &[BufferId]) -> Vec<(BufferId, bool)> {
-    let outputs = match kernel {
-        KernelDesc::Elementwise { kernel, .. } => kernel.outputs.len(),
-        KernelDesc::Contraction {
-            pass: ContractionPass::Forward { epilogue },
-            geometry,
-            ..
-        } => {
-            let bias = matches!(geometry, Geometry::Conv(s) if s.bias)
-                || matches!(geometry, Geometry::Dense(s) if s.bias);
-            let output = if bias { 3 } else { 2 };
-            let extra_outputs = epilogue.as_ref().map_or(0, |e| e.outputs.len() - 1);
-            return args
-                .iter()
-                .enumerate()
-                .map(|(i, &b)| (b, i == output || i + extra_outputs >= args.len()))
-                .collect();
-        }
-        // Other kernels write their last argument (copies, reductions'
-        // outputs are written too, but they are never fused, so reading them
-        // as "written" where they are last is enough to keep them apart).
-        _ => 1,
-    };
-    let first_output = args.len() - outputs;
+    let signature = kernel.signature().unwrap_or_default();
     args.iter()
-        .enumerate()
-        .map(|(i, &b)| (b, i >= first_output))
+        .zip(signature)
+        .map(|(&b, param)| (b, param.access == Access::Write))
         .collect()
 }
 

@@ -1,37 +1,22 @@
-//! Training: one compiled program per batch size that runs the forward
-//! pass, the loss, the backward pass and the optimizer's update.
+//! Training: a compiled step ([`crate::compile_training`]) that runs the
+//! forward pass, the loss, the backward pass and the optimizer's update,
+//! with the weights and optimizer state it keeps between steps.
 
 use thiserror::Error;
 
-use crate::autodiff::{self, LossSpec};
-use crate::codegen::{CodegenError, Jit};
-use crate::diagnostics::Diagnostic;
-use crate::passes::lower::{self, LowerError};
-use crate::plan::{KernelPlan, Role};
-use crate::runtime::kernels::DropoutMask;
-use crate::shapes::TypedGraph;
-use crate::train::optimizer::StepState;
+use crate::codegen::Compiled;
+use crate::plan::{DropoutMask, KernelPlan, Role};
+use crate::train::optimizer::{StepState, MAX_COEFFICIENTS};
 use crate::train::Optimizer;
+use crate::CompiledStep;
 
+use super::binding::{self, Lent};
 use super::executor::{Executor, RuntimeError};
-use super::program::{self, Compiled, ProgramError};
 use super::weights::{Tensor, TensorStore};
 
 /// Why training could not be set up or a step could not run.
 #[derive(Debug, Error)]
 pub enum TrainingError {
-    /// The model could not be differentiated.
-    #[error("the model cannot be differentiated: {}", .0.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("; "))]
-    Autodiff(Vec<Diagnostic>),
-    /// The training graph could not be lowered.
-    #[error(transparent)]
-    Lower(#[from] LowerError),
-    /// A kernel could not be compiled.
-    #[error(transparent)]
-    Program(#[from] ProgramError),
-    /// The JIT could not start.
-    #[error(transparent)]
-    Codegen(#[from] CodegenError),
     /// The step could not run.
     #[error(transparent)]
     Run(#[from] RuntimeError),
@@ -69,11 +54,9 @@ pub struct StepResult {
     pub outputs: Vec<(String, Vec<f32>)>,
 }
 
-/// A model compiled for training on batches of a fixed size.
+/// A compiled training step with the weights and optimizer state it updates.
 pub struct Trainer {
     compiled: Compiled,
-    _jit: Jit,
-    plan: KernelPlan,
     executor: Executor,
     /// The model's weights, updated by every step.
     pub weights: TensorStore,
@@ -89,17 +72,19 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Differentiates and compiles `model` for batches of `batch` examples.
+    /// Runs `step` (from [`crate::compile_training`]) on `threads` threads,
+    /// starting from `weights` (every weight the step reads must be there)
+    /// and zeroed optimizer state.
     pub fn new(
-        model: &TypedGraph,
+        step: CompiledStep,
         weights: TensorStore,
-        loss: &LossSpec,
-        optimizer: Optimizer,
-        batch: usize,
         threads: usize,
     ) -> Result<Trainer, TrainingError> {
-        let training = autodiff::differentiate(model, loss).map_err(TrainingError::Autodiff)?;
-        let plan = crate::plan_training(&training, batch, &optimizer)?;
+        let CompiledStep {
+            compiled,
+            optimizer,
+        } = step;
+        let plan = &compiled.plan;
         let mut states = TensorStore::new();
         for buffer in &plan.buffers {
             match &buffer.role {
@@ -118,9 +103,8 @@ impl Trainer {
                 _ => {}
             }
         }
-        let mut jit = Jit::new()?;
-        let compiled = program::compile(&plan, &mut jit)?;
         let moving = compiled
+            .layout
             .externals
             .iter()
             .enumerate()
@@ -131,8 +115,6 @@ impl Trainer {
             .collect();
         Ok(Trainer {
             compiled,
-            _jit: jit,
-            plan,
             executor: Executor::new(threads)?,
             weights,
             states,
@@ -145,7 +127,7 @@ impl Trainer {
 
     /// The kernel plan of one step.
     pub fn plan(&self) -> &KernelPlan {
-        &self.plan
+        &self.compiled.plan
     }
 
     /// The executor, for its profile.
@@ -155,7 +137,7 @@ impl Trainer {
 
     /// The arena's size in bytes.
     pub fn arena_bytes(&self) -> u64 {
-        self.compiled.arena_bytes
+        self.compiled.layout.arena_bytes
     }
 
     /// Runs one step on `images` (NHWC, flattened) and `labels` (class
@@ -168,18 +150,19 @@ impl Trainer {
     ) -> Result<StepResult, TrainingError> {
         let (mut images, mut labels) = self.check_batch(images, labels)?;
         let (mut coefficients, next) = self.optimizer.coefficients(self.step, lr);
-        coefficients.resize(lower::COEFFICIENTS, 0.0);
+        coefficients.resize(MAX_COEFFICIENTS, 0.0);
         let mut step_buffer =
             DropoutMask::step_buffer(self.seed.rotate_left(32) ^ self.step.iterations).to_vec();
+        let plan = &self.compiled.plan;
         let mut results: Vec<(Role, Vec<f32>)> = Vec::new();
-        for &b in &self.compiled.externals {
-            let role = &self.plan.buffers[b].role;
+        for &b in &self.compiled.layout.externals {
+            let role = &plan.buffers[b].role;
             if matches!(role, Role::Output(_) | Role::Loss(_)) {
-                results.push((role.clone(), vec![0.0; self.plan.buffers[b].len]));
+                results.push((role.clone(), vec![0.0; plan.buffers[b].len]));
             }
         }
         {
-            let lent = program::Lent {
+            let lent = Lent {
                 input: Some(images.as_mut_slice()),
                 labels: Some(labels.as_mut_slice()),
                 weights: Some(&mut self.weights),
@@ -190,22 +173,21 @@ impl Trainer {
                 ],
                 results: results.iter_mut().map(|(_, v)| v.as_mut_slice()).collect(),
             };
-            let mut external = program::bind(&self.plan, &self.compiled, lent)
-                .map_err(TrainingError::MissingWeight)?;
+            let mut external =
+                binding::bind(&self.compiled, lent).map_err(TrainingError::MissingWeight)?;
             // Forward and backward, then the loss is checked before anything
             // is updated; batchnorm's moving statistics, which the forward
             // pass moves, are restored if it is not finite.
-            let updates = self
-                .plan
+            let updates = plan
                 .steps
                 .iter()
                 .position(|s| s.nodes.iter().any(|n| n.starts_with("update:")))
-                .unwrap_or(self.plan.steps.len());
+                .unwrap_or(plan.steps.len());
             let saved: Vec<Vec<f32>> = self.moving.iter().map(|&i| external[i].to_vec()).collect();
             self.executor
                 .run_steps(&self.compiled.program, 0..updates, &mut external)?;
             if let Some((output, value)) =
-                first_non_finite(&self.plan, &self.compiled.externals, &external)
+                first_non_finite(plan, &self.compiled.layout.externals, &external)
             {
                 for (&i, values) in self.moving.iter().zip(saved) {
                     external[i].copy_from_slice(&values);
@@ -218,7 +200,7 @@ impl Trainer {
             }
             self.executor.run_steps(
                 &self.compiled.program,
-                updates..self.plan.steps.len(),
+                updates..plan.steps.len(),
                 &mut external,
             )?;
         }
@@ -244,7 +226,8 @@ impl Trainer {
         labels: &[u32],
     ) -> Result<(Vec<f32>, Vec<f32>), TrainingError> {
         let expected = |role: &Role| {
-            self.plan
+            self.compiled
+                .plan
                 .buffers
                 .iter()
                 .find(|b| b.role == *role)

@@ -14,10 +14,12 @@ use super::{Schedule, TrainConfig};
 use crate::autodiff::LossSpec;
 use crate::data::augment::augment_batch;
 use crate::data::Dataset;
-use crate::runtime::inference::{run_in_batches, InferenceError};
+use crate::predict::run_in_batches;
+use crate::runtime::inference::InferenceError;
 use crate::runtime::training::{Trainer, TrainingError};
 use crate::runtime::weights::{self, TensorStore, WeightsError};
 use crate::shapes::TypedGraph;
+use crate::CompileError;
 
 /// Why training stopped with an error.
 #[derive(Debug, Error)]
@@ -30,6 +32,9 @@ pub enum FitError {
         /// What went wrong.
         source: TrainingError,
     },
+    /// The model could not be compiled.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
     /// Evaluation failed.
     #[error(transparent)]
     Inference(#[from] InferenceError),
@@ -173,14 +178,8 @@ pub fn fit(
         smoothing: config.label_smoothing,
         weights: config.loss_weights.clone(),
     };
-    let mut trainer = Trainer::new(
-        model,
-        weights::init(model, config.seed),
-        &loss,
-        config.optimizer,
-        batch,
-        options.threads,
-    )?;
+    let step = crate::compile_training(model, &loss, &config.optimizer, batch)?;
+    let mut trainer = Trainer::new(step, weights::init(model, config.seed), options.threads)?;
     trainer.seed = config.seed;
     let top_ks = config.top_ks();
     let steps_per_epoch = train.len() / batch;
@@ -686,7 +685,7 @@ pub fn evaluate_in_detail(
     let mut tally = Tally::with_confusion(top_ks.len(), classes);
     let examples =
         |start: usize, size: usize| gather(data, &(start..start + size).collect::<Vec<_>>()).0;
-    run_in_batches(
+    run_in_batches::<FitError>(
         model,
         weights,
         (data.len(), EVALUATION_BATCH, threads),

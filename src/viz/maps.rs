@@ -106,7 +106,8 @@ pub fn compute(
         batch
     } else {
         let truncated = up_to(model, target);
-        let mut program = Inference::new(&truncated, weights.clone(), count, config.threads)?;
+        let compiled = crate::compile_inference(&truncated, count)?;
+        let mut program = Inference::new(compiled, weights.clone(), config.threads)?;
         let outputs = program.run(&batch)?;
         outputs
             .into_iter()

@@ -107,6 +107,9 @@ pub enum VizError {
     /// There is nothing to draw.
     #[error("nothing to draw: {0}")]
     Empty(String),
+    /// The model could not be compiled.
+    #[error(transparent)]
+    Compile(#[from] crate::CompileError),
     /// The forward pass failed.
     #[error(transparent)]
     Inference(#[from] InferenceError),

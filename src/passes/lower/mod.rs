@@ -19,8 +19,8 @@ use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
 use crate::graph::{Activation, Op};
+use crate::plan::CopyRows;
 use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role, Step};
-use crate::runtime::kernels::CopyRows;
 use crate::shapes::TypedGraph;
 use crate::train::Optimizer;
 
@@ -111,6 +111,7 @@ impl<'m> Lowering<'m> {
             plan: KernelPlan {
                 name: model.graph.name.clone(),
                 batch,
+                input_shape: model.input_shape().map(|s| s.0.clone()).unwrap_or_default(),
                 ..KernelPlan::default()
             },
             values: HashMap::new(),

@@ -10,7 +10,7 @@ use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole};
 use crate::graph::{Activation, Op};
 use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, Role};
-use crate::runtime::kernels::{CopyRows, DropoutMask};
+use crate::plan::{CopyRows, DropoutMask};
 use crate::train::optimizer::state_count;
 use crate::train::Optimizer;
 

@@ -1,17 +1,16 @@
-//! The executor's view of the contraction kernels: their buffers come from
+//! The contraction kernels as the executor runs them: their buffers come from
 //! the argument list, and each worker thread keeps its own scratch (the
 //! im2col block), grown on first use.
 
 use std::cell::RefCell;
 use std::ops::Range;
 
-use crate::codegen::contraction::{
+use super::{
     BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData, ConvBackwardFilter, ConvForward,
     Epilogue, ForwardBuffers,
 };
+use crate::codegen::program::Kernel;
 use crate::codegen::CompiledKernel;
-
-use super::executor::Kernel;
 
 thread_local! {
     /// Each worker's scratch for im2col blocks.

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use ndarray::{ArrayD, IxDyn};
 use thiserror::Error;
 
-use super::inference::InferenceError;
-use super::weights::{self, TensorStore, WeightsError};
 use crate::data::folder::{self, Conversion, FolderError};
+use crate::runtime::inference::{Inference, InferenceError};
+use crate::runtime::weights::{self, TensorStore, WeightsError};
 use crate::shapes::TypedGraph;
 use crate::train::fit::CLASS_NAMES_KEY;
+use crate::CompileError;
 
 /// Why a prediction failed.
 #[derive(Debug, Error)]
@@ -49,6 +50,9 @@ pub enum PredictError {
         /// Its per-example shape.
         shape: Vec<usize>,
     },
+    /// The model could not be compiled.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
     /// The forward pass failed.
     #[error(transparent)]
     Inference(#[from] InferenceError),
@@ -218,7 +222,7 @@ fn forward(
     let examples = |start: usize, size: usize| {
         values[start * per_example..(start + size) * per_example].to_vec()
     };
-    super::inference::run_in_batches(
+    run_in_batches::<PredictError>(
         model,
         &store,
         (count, batch, threads),
@@ -244,4 +248,36 @@ fn with_suffix(path: &Path, name: &str) -> PathBuf {
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
     path.with_file_name(format!("{stem}.{name}{extension}"))
+}
+
+/// Runs `model` on `count` examples (`examples(start, size)` gives the
+/// values of examples `start..start + size`) in batches of at most `batch`;
+/// the last, smaller batch gets a program of its own. Calls `each` with the
+/// first example of every batch and its outputs. Fails with the caller's
+/// error type, which says how compilation and running fail.
+pub fn run_in_batches<E: From<CompileError> + From<InferenceError>>(
+    model: &TypedGraph,
+    weights: &TensorStore,
+    (count, batch, threads): (usize, usize, usize),
+    mut examples: impl FnMut(usize, usize) -> Vec<f32>,
+    mut each: impl FnMut(usize, Vec<(String, Vec<f32>)>),
+) -> Result<(), E> {
+    let batch = batch.max(1);
+    let mut program: Option<Inference> = None;
+    let mut start = 0;
+    while start < count {
+        let size = batch.min(count - start);
+        if program.as_ref().is_none_or(|p| p.plan().batch != size) {
+            let compiled = crate::compile_inference(model, size)?;
+            program = Some(Inference::new(compiled, weights.clone(), threads)?);
+        }
+        let outputs = program
+            .as_mut()
+            .map(|p| p.run(&examples(start, size)))
+            .transpose()?
+            .unwrap_or_default();
+        each(start, outputs);
+        start += size;
+    }
+    Ok(())
 }

@@ -1,5 +1,5 @@
-//! The arena plan: every intermediate buffer of a program gets an offset in
-//! one arena, so that buffers whose lifetimes do not overlap share memory.
+//! The arena allocator: every temporary buffer of a program gets an offset
+//! in one arena, so that buffers whose lifetimes do not overlap share memory.
 
 /// Every buffer starts at a multiple of this many bytes (a cache line, and
 /// the alignment AVX-512 loads prefer).
@@ -37,7 +37,7 @@ pub struct ArenaPlan {
 /// offset that does not collide with an already placed buffer live at the
 /// same time (greedy best-fit by size, which is close to optimal for the
 /// chain-like lifetimes of neural networks).
-pub fn plan(buffers: &[Buffer]) -> ArenaPlan {
+pub fn place(buffers: &[Buffer]) -> ArenaPlan {
     let mut order: Vec<usize> = (0..buffers.len()).collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(buffers[i].bytes), buffers[i].first, i));
     let mut offsets = vec![0u64; buffers.len()];
@@ -65,7 +65,7 @@ pub fn plan(buffers: &[Buffer]) -> ArenaPlan {
     ArenaPlan { offsets, peak }
 }
 
-fn aligned(bytes: u64) -> u64 {
+pub(super) fn aligned(bytes: u64) -> u64 {
     bytes.div_ceil(ALIGN) * ALIGN
 }
 
@@ -98,7 +98,7 @@ mod tests {
         // Each layer reads the previous output and writes the next: only two
         // are ever live, so the arena holds the two largest neighbours.
         let buffers = [b(1000, 0, 1), b(4000, 1, 2), b(1000, 2, 3), b(500, 3, 4)];
-        let plan = plan(&buffers);
+        let plan = place(&buffers);
         assert_valid(&buffers, &plan);
         assert_eq!(plan.peak, aligned(4000) + aligned(1000));
     }
@@ -107,7 +107,7 @@ mod tests {
     fn a_skip_connection_stays_live() {
         // Buffer 0 feeds a residual add at step 3, so it cannot be reused by 1 or 2.
         let buffers = [b(640, 0, 3), b(640, 1, 2), b(640, 2, 3), b(640, 3, 4)];
-        let plan = plan(&buffers);
+        let plan = place(&buffers);
         assert_valid(&buffers, &plan);
         assert_eq!(plan.peak, 3 * 640);
     }
@@ -118,7 +118,7 @@ mod tests {
             raw in proptest::collection::vec((1u64..5000, 0usize..40, 0usize..10), 1..60)
         ) {
             let buffers: Vec<Buffer> = raw.iter().map(|&(bytes, first, len)| b(bytes, first, first + len)).collect();
-            let plan = plan(&buffers);
+            let plan = place(&buffers);
             assert_valid(&buffers, &plan);
             // The peak can never be below the most bytes live at one step.
             let live_max = (0..50).map(|t| buffers.iter().filter(|x| x.first <= t && t <= x.last).map(|x| aligned(x.bytes)).sum::<u64>()).max().unwrap_or(0);

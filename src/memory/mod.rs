@@ -1,0 +1,327 @@
+//! Memory planning: where every buffer of a kernel plan lives.
+//!
+//! Temporaries (activations, gradients, scratch) are placed in one arena by
+//! liveness ([`arena`]: greedy best-fit over lifetimes), and an element-wise
+//! kernel's output may take over the memory of an input that dies with it
+//! ([`in_place`]). Every other buffer (input, labels, weights, optimizer
+//! state, outputs, per-step scalars) becomes an external slot that the caller
+//! lends for each run, numbered in buffer order.
+
+pub mod arena;
+
+use thiserror::Error;
+
+use crate::codegen::elementwise::Operand;
+use crate::plan::{BufferId, KernelDesc, KernelPlan, Role};
+
+pub use arena::ALIGN;
+
+/// Where a kernel argument lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// `len` f32s at `offset` (in f32s) in the arena.
+    Arena {
+        /// Start, in f32s.
+        offset: usize,
+        /// Length, in f32s.
+        len: usize,
+    },
+    /// The caller's external buffer number `index`, of `len` f32s.
+    External {
+        /// Which external buffer.
+        index: usize,
+        /// Its required length, in f32s.
+        len: usize,
+    },
+}
+
+/// Where every buffer of one plan lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The slot of each buffer, indexed by [`BufferId`].
+    pub slots: Vec<Slot>,
+    /// For each external slot, in order, the buffer it holds.
+    pub externals: Vec<BufferId>,
+    /// The arena's size in bytes.
+    pub arena_bytes: u64,
+}
+
+/// Why a plan's buffers could not be placed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MemoryError {
+    /// The temporaries together are larger than any allocation can be.
+    #[error(
+        "plan `{plan}` needs more memory than can be addressed: its temporaries take more than \
+         {limit} bytes (the largest, `{largest}`, takes {largest_bytes})"
+    )]
+    TooLarge {
+        /// The plan's name.
+        plan: String,
+        /// The most bytes one allocation may have.
+        limit: u64,
+        /// The largest temporary's name.
+        largest: String,
+        /// Its size in bytes, saturated at `u64::MAX`.
+        largest_bytes: u64,
+    },
+}
+
+/// Places every buffer of `plan`: temporaries in the arena by liveness (an
+/// element-wise kernel's output over an input that dies there, see
+/// [`in_place`]), the rest in external slots in buffer order.
+pub fn plan(plan: &KernelPlan) -> Result<Layout, MemoryError> {
+    let (first, mut last) = lifetimes(plan);
+    let host = in_place(plan, &first, &mut last);
+    let temporaries: Vec<BufferId> = (0..plan.buffers.len())
+        .filter(|&b| {
+            plan.buffers[b].role == Role::Temporary && first[b] != usize::MAX && host[b] == b
+        })
+        .collect();
+    check_size(plan, &temporaries)?;
+    let lifetimes: Vec<arena::Buffer> = temporaries
+        .iter()
+        .map(|&b| arena::Buffer {
+            bytes: plan.buffers[b].len as u64 * 4,
+            first: first[b],
+            last: last[b],
+        })
+        .collect();
+    let arena = arena::place(&lifetimes);
+    let mut slots = vec![Slot::Arena { offset: 0, len: 0 }; plan.buffers.len()];
+    for (&b, &offset) in temporaries.iter().zip(&arena.offsets) {
+        slots[b] = Slot::Arena {
+            offset: (offset / 4) as usize,
+            len: plan.buffers[b].len,
+        };
+    }
+    for b in 0..plan.buffers.len() {
+        if host[b] != b {
+            slots[b] = slots[host[b]];
+        }
+    }
+    let mut externals = Vec::new();
+    for (b, buffer) in plan.buffers.iter().enumerate() {
+        if buffer.role != Role::Temporary {
+            slots[b] = Slot::External {
+                index: externals.len(),
+                len: buffer.len,
+            };
+            externals.push(b);
+        }
+    }
+    Ok(Layout {
+        slots,
+        externals,
+        arena_bytes: arena.peak,
+    })
+}
+
+/// Refuses temporaries whose aligned sizes add up to more than one
+/// allocation may hold (`isize::MAX` bytes): the arena's peak is never above
+/// that sum, so no offset computed by [`arena::place`] can overflow either.
+fn check_size(plan: &KernelPlan, temporaries: &[BufferId]) -> Result<(), MemoryError> {
+    let limit = isize::MAX as u64;
+    let bytes = |b: BufferId| (plan.buffers[b].len as u64).checked_mul(4);
+    let total = temporaries.iter().try_fold(0u64, |sum, &b| {
+        bytes(b)
+            .and_then(|n| n.checked_add(ALIGN))
+            .and_then(|n| sum.checked_add(n))
+    });
+    if total.is_some_and(|t| t <= limit) {
+        return Ok(());
+    }
+    let largest = temporaries
+        .iter()
+        .copied()
+        .max_by_key(|&b| plan.buffers[b].len)
+        .unwrap_or_default();
+    Err(MemoryError::TooLarge {
+        plan: plan.name.clone(),
+        limit,
+        largest: plan
+            .buffers
+            .get(largest)
+            .map(|b| b.name.clone())
+            .unwrap_or_default(),
+        largest_bytes: bytes(largest).unwrap_or(u64::MAX),
+    })
+}
+
+/// For each buffer, the first and the last step that uses it
+/// (`usize::MAX` and 0 for a buffer no step uses).
+pub fn lifetimes(plan: &KernelPlan) -> (Vec<usize>, Vec<usize>) {
+    let mut first = vec![usize::MAX; plan.buffers.len()];
+    let mut last = vec![0; plan.buffers.len()];
+    for (i, step) in plan.steps.iter().enumerate() {
+        for &b in &step.args {
+            first[b] = first[b].min(i);
+            last[b] = last[b].max(i);
+        }
+    }
+    (first, last)
+}
+
+/// For each buffer, the buffer whose memory it uses: itself, or, for the
+/// output of an element-wise kernel, a temporary tensor input of the same
+/// length whose last reader is that kernel. Every element-wise kernel loads
+/// all its inputs at an index before it stores its outputs there, so its
+/// output may overwrite such an input element by element; a ReLU or a
+/// gradient sum then needs no second buffer. `last` is extended so that
+/// each host lives as long as the buffers it holds.
+fn in_place(plan: &KernelPlan, first: &[usize], last: &mut [usize]) -> Vec<BufferId> {
+    let mut host: Vec<BufferId> = (0..plan.buffers.len()).collect();
+    let temporary = |b: BufferId| plan.buffers[b].role == Role::Temporary;
+    for (i, step) in plan.steps.iter().enumerate() {
+        let KernelDesc::Elementwise { kernel, .. } = &step.kernel else {
+            continue;
+        };
+        let (inputs, outputs) = step.args.split_at(kernel.inputs.len().min(step.args.len()));
+        let mut taken: Vec<BufferId> = Vec::new();
+        for &output in outputs {
+            if !temporary(output) || first[output] != i || host[output] != output {
+                continue;
+            }
+            let tensor_inputs = inputs
+                .iter()
+                .zip(&kernel.inputs)
+                .filter(|(_, operand)| **operand == Operand::Tensor)
+                .map(|(&b, _)| b);
+            let dying = tensor_inputs.map(|b| host[b]).find(|&h| {
+                temporary(h)
+                    && h != output
+                    && first[h] < i
+                    && last[h] == i
+                    && plan.buffers[h].len == plan.buffers[output].len
+                    && !taken.contains(&h)
+                    && !outputs.contains(&h)
+            });
+            if let Some(h) = dying {
+                taken.push(h);
+                host[output] = h;
+                last[h] = last[output];
+            }
+        }
+    }
+    host
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL: &str = "
+        model m : [8, 8, 2] {
+            let a = conv(4, 3, padding: same) -> batchnorm -> relu
+            let b = a -> conv(4, 3, padding: same) -> batchnorm
+            a + b
+            relu
+            dropout(0.2)
+            flatten
+            dense(3, activation: softmax)
+        }";
+
+    /// Checks that temporaries live at the same step share memory only as
+    /// [`in_place`] allows: an element-wise step's output over a tensor
+    /// input whose last reader it is, at the same offset. Returns how many
+    /// such pairs there are.
+    fn shared_in_place(plan: &KernelPlan) -> usize {
+        let layout = super::plan(plan).expect("places");
+        let (first, last) = lifetimes(plan);
+        let range = |b: BufferId| match layout.slots[b] {
+            Slot::Arena { offset, len } => Some(offset..offset + len),
+            Slot::External { .. } => None,
+        };
+        let mut pairs = 0;
+        for a in 0..plan.buffers.len() {
+            for b in 0..plan.buffers.len() {
+                let (Some(ra), Some(rb)) = (range(a), range(b)) else {
+                    continue;
+                };
+                let live_together = first[a] <= last[b] && first[b] <= last[a];
+                let overlap = ra.start < rb.end && rb.start < ra.end;
+                if a == b || first[a] == usize::MAX || !live_together || !overlap {
+                    continue;
+                }
+                // `a` dies where `b` is born, in one element-wise step.
+                if last[a] != first[b] {
+                    continue;
+                }
+                let step = &plan.steps[first[b]];
+                let KernelDesc::Elementwise { kernel, .. } = &step.kernel else {
+                    panic!("{a} and {b} share memory outside an element-wise step");
+                };
+                let (inputs, outputs) = step.args.split_at(kernel.inputs.len());
+                assert_eq!(ra, rb, "in-place buffers must coincide exactly");
+                assert!(inputs.contains(&a) && outputs.contains(&b));
+                pairs += 1;
+            }
+        }
+        // Every other overlap in time and memory is a defect.
+        for a in 0..plan.buffers.len() {
+            for b in a + 1..plan.buffers.len() {
+                let (Some(ra), Some(rb)) = (range(a), range(b)) else {
+                    continue;
+                };
+                if first[a] == usize::MAX || first[b] == usize::MAX {
+                    continue;
+                }
+                let live_together = first[a] <= last[b] && first[b] <= last[a];
+                let overlap = ra.start < rb.end && rb.start < ra.end;
+                let handoff = last[a] == first[b] || last[b] == first[a];
+                assert!(
+                    !(live_together && overlap) || handoff,
+                    "buffers {a} and {b} overlap while both are live"
+                );
+            }
+        }
+        pairs
+    }
+
+    #[test]
+    fn element_wise_outputs_overwrite_only_inputs_that_die_with_them() {
+        let model = crate::compile_source("m.cnn", MODEL, None, None).expect("compiles");
+        let inference = crate::plan_inference(&model, 4).expect("plans");
+        shared_in_place(&inference);
+        let loss = crate::autodiff::LossSpec {
+            smoothing: 0.0,
+            weights: Vec::new(),
+        };
+        let optimizer = crate::train::TrainConfig::default().optimizer;
+        let plan = crate::plan_training(&model, &loss, &optimizer, 4).expect("plans");
+        assert!(
+            shared_in_place(&plan) > 0,
+            "the backward pass has element-wise steps that can run in place"
+        );
+    }
+
+    #[test]
+    fn temporaries_larger_than_an_allocation_are_refused_with_their_size() {
+        let mut plan = KernelPlan {
+            name: "huge".into(),
+            ..KernelPlan::default()
+        };
+        let input = plan.buffer("x", 4, Role::Input);
+        let big = plan.buffer("big", usize::MAX / 2, Role::Temporary);
+        plan.steps.push(crate::plan::Step {
+            kernel: KernelDesc::Copy(crate::plan::CopyRows {
+                name: "copy".into(),
+                rows: 1,
+                len: 4,
+                from: (4, 0),
+                to: (4, 0),
+            }),
+            args: vec![input, big],
+            nodes: vec![],
+        });
+        let error = super::plan(&plan).unwrap_err();
+        assert_eq!(
+            error,
+            MemoryError::TooLarge {
+                plan: "huge".into(),
+                limit: isize::MAX as u64,
+                largest: "big".into(),
+                largest_bytes: u64::MAX,
+            }
+        );
+    }
+}

@@ -1,0 +1,443 @@
+//! The kernel plan's invariants, checked after lowering and after every
+//! rewrite ([`KernelPlan::verify`]).
+//!
+//! Every kernel states its signature ([`KernelDesc::signature`]): for each
+//! argument, whether the kernel reads or writes it and how many values it
+//! needs. Passes use the same signature to know what a step reads and
+//! writes, so that no pass guesses it from argument positions.
+
+use thiserror::Error;
+
+use super::{BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role};
+use crate::codegen::elementwise::{Elementwise, Expr, Operand};
+use crate::codegen::reduce::{Reduce, ReduceKind};
+use crate::codegen::window::Window;
+
+/// Whether a kernel reads or writes an argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The kernel only reads it.
+    Read,
+    /// The kernel writes it (an epilogue or an in-place update may read it
+    /// too, element by element, before writing).
+    Write,
+}
+
+/// How many values an argument must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Len {
+    /// Exactly this many.
+    Exactly(usize),
+    /// At least this many (a buffer of per-step scalars).
+    AtLeast(usize),
+}
+
+/// One argument of a kernel: how it is used and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    /// Read or written.
+    pub access: Access,
+    /// Its length in f32s.
+    pub len: Len,
+}
+
+/// A broken invariant of a kernel plan: always a defect of the compiler,
+/// never of the model, so the message says where it was found.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// A kernel's description is inconsistent.
+    #[error("internal compiler error in plan `{plan}`, step {step} (`{kernel}`): {message}")]
+    Kernel {
+        /// The plan's name.
+        plan: String,
+        /// The step's index.
+        step: usize,
+        /// The kernel's name.
+        kernel: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl KernelPlan {
+    /// Checks the plan's invariants: every step has as many arguments as its
+    /// kernel's signature and each is an existing buffer of the length the
+    /// kernel needs; every buffer is written before it is read (the caller's
+    /// input, labels, weights, state and scalars count as written); no step
+    /// writes what the caller lends read-only (input, labels, scalars); and
+    /// only an element-wise kernel may read a buffer that it writes (it loads
+    /// every input at an index before storing there).
+    pub fn verify(&self) -> Result<(), PlanError> {
+        let mut written: Vec<bool> = self.buffers.iter().map(|b| lent(&b.role)).collect();
+        for (i, step) in self.steps.iter().enumerate() {
+            let fail = |message: String| PlanError::Kernel {
+                plan: self.name.clone(),
+                step: i,
+                kernel: step.kernel.name().to_string(),
+                message,
+            };
+            let signature = step.kernel.signature().map_err(fail)?;
+            self.check_arguments(&step.args, &signature).map_err(fail)?;
+            let elementwise = matches!(step.kernel, KernelDesc::Elementwise { .. });
+            for (&b, param) in step.args.iter().zip(&signature) {
+                let name = &self.buffers[b].name;
+                match param.access {
+                    Access::Read if !written[b] => {
+                        return Err(fail(format!("reads `{name}` before any step writes it")))
+                    }
+                    Access::Read => {}
+                    Access::Write if read_only(&self.buffers[b].role) => {
+                        return Err(fail(format!(
+                            "writes `{name}`, which the caller lends read-only"
+                        )))
+                    }
+                    Access::Write if !elementwise && reads(&step.args, &signature, b) => {
+                        return Err(fail(format!("reads and writes `{name}` at once")))
+                    }
+                    Access::Write => {}
+                }
+            }
+            for (&b, param) in step.args.iter().zip(&signature) {
+                written[b] |= param.access == Access::Write;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a step's argument count and every argument's length.
+    fn check_arguments(&self, args: &[BufferId], signature: &[Param]) -> Result<(), String> {
+        if args.len() != signature.len() {
+            return Err(format!(
+                "the kernel takes {} buffers, but the step passes {}",
+                signature.len(),
+                args.len()
+            ));
+        }
+        for (index, (&b, param)) in args.iter().zip(signature).enumerate() {
+            let Some(buffer) = self.buffers.get(b) else {
+                return Err(format!("argument {index} is %{b}, which does not exist"));
+            };
+            let fits = match param.len {
+                Len::Exactly(n) => buffer.len == n,
+                Len::AtLeast(n) => buffer.len >= n,
+            };
+            if !fits {
+                return Err(format!(
+                    "argument {index} (`{}`) has {} values, but the kernel needs {:?}",
+                    buffer.name, buffer.len, param.len
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the caller provides the buffer's values before the run.
+fn lent(role: &Role) -> bool {
+    match role {
+        Role::Input | Role::Labels | Role::Weight(_) | Role::State(_) | Role::Scalars(_) => true,
+        Role::Output(_) | Role::Loss(_) | Role::Temporary => false,
+    }
+}
+
+/// Whether the program must leave the buffer as the caller lent it.
+fn read_only(role: &Role) -> bool {
+    match role {
+        Role::Input | Role::Labels | Role::Scalars(_) => true,
+        Role::Weight(_) | Role::State(_) | Role::Output(_) | Role::Loss(_) | Role::Temporary => {
+            false
+        }
+    }
+}
+
+/// Whether buffer `b` is among the arguments the signature reads.
+fn reads(args: &[BufferId], signature: &[Param], b: BufferId) -> bool {
+    args.iter()
+        .zip(signature)
+        .any(|(&a, p)| a == b && p.access == Access::Read)
+}
+
+impl KernelDesc {
+    /// The kernel's name, for errors.
+    pub fn name(&self) -> &str {
+        match self {
+            KernelDesc::Elementwise { kernel, .. } => &kernel.name,
+            KernelDesc::Reduce(r) => &r.name,
+            KernelDesc::Window(w) => &w.name,
+            KernelDesc::Contraction { name, .. } => name,
+            KernelDesc::Copy(c) => &c.name,
+            KernelDesc::Mask(m) => &m.name,
+        }
+    }
+
+    /// Each argument the kernel takes, in order: read or written, and its
+    /// length. An error says why the description itself is inconsistent.
+    pub fn signature(&self) -> Result<Vec<Param>, String> {
+        match self {
+            KernelDesc::Elementwise {
+                kernel,
+                rows,
+                channels,
+            } => Ok(elementwise(kernel, *rows, *channels, 0)),
+            KernelDesc::Reduce(r) => Ok(reduce(r)),
+            KernelDesc::Window(w) => window(w),
+            KernelDesc::Contraction { geometry, pass, .. } => contraction(geometry, pass),
+            KernelDesc::Copy(c) => Ok(vec![read(c.rows * c.from.0), write(c.rows * c.to.0)]),
+            KernelDesc::Mask(m) => Ok(vec![read(2), write(m.len)]),
+        }
+    }
+}
+
+fn read(len: usize) -> Param {
+    Param {
+        access: Access::Read,
+        len: Len::Exactly(len),
+    }
+}
+
+fn write(len: usize) -> Param {
+    Param {
+        access: Access::Write,
+        len: Len::Exactly(len),
+    }
+}
+
+/// An element-wise kernel over `[rows, channels]`: its inputs, then its
+/// outputs; `skip` leaves out the first inputs and outputs (an epilogue's
+/// input 0 and output 0 are its contraction's output).
+fn elementwise(kernel: &Elementwise, rows: usize, channels: usize, skip: usize) -> Vec<Param> {
+    let inputs = kernel.inputs.iter().enumerate().skip(skip).map(|(i, op)| {
+        let len = match op {
+            Operand::Tensor => Len::Exactly(rows * channels),
+            Operand::PerChannel => Len::Exactly(channels),
+            Operand::PerItem { rows_per_item } => {
+                Len::Exactly(rows / (*rows_per_item).max(1) * channels)
+            }
+            Operand::Scalars => Len::AtLeast(scalars_read(kernel, i)),
+        };
+        Param {
+            access: Access::Read,
+            len,
+        }
+    });
+    let outputs = kernel
+        .outputs
+        .iter()
+        .skip(skip)
+        .map(|_| write(rows * channels));
+    inputs.chain(outputs).collect()
+}
+
+/// How many values of scalar input `input` the kernel reads.
+fn scalars_read(kernel: &Elementwise, input: usize) -> usize {
+    kernel
+        .exprs
+        .iter()
+        .map(|e| match *e {
+            Expr::Scalar { input: i, index } if i == input => index + 1,
+            Expr::Load(i) if i == input => 1,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The buffers [`ReduceKind`] documents for each reduction.
+fn reduce(r: &Reduce) -> Vec<Param> {
+    let (rows, n) = (r.rows, r.n);
+    let matrix = rows * n;
+    match r.kind {
+        ReduceKind::Softmax => vec![read(matrix), write(matrix)],
+        ReduceKind::SoftmaxBackward => vec![read(matrix), read(matrix), write(matrix)],
+        ReduceKind::CrossEntropy { .. } => {
+            vec![read(matrix), read(rows), write(rows), write(matrix)]
+        }
+        ReduceKind::ColumnMoments => vec![read(matrix), write(n), write(n)],
+        ReduceKind::ColumnSums => vec![read(matrix), read(matrix), write(n), write(n)],
+        ReduceKind::ItemSums { rows_per_item } => {
+            let sums = rows / rows_per_item.max(1) * n;
+            vec![read(matrix), read(matrix), write(sums), write(sums)]
+        }
+        ReduceKind::Rbf { units } => vec![read(matrix), read(n * units), write(rows * units)],
+        ReduceKind::RbfBackwardData { units } => vec![
+            read(matrix),
+            read(n * units),
+            read(rows * units),
+            write(matrix),
+        ],
+        ReduceKind::RbfBackwardCenters { units } => vec![
+            read(matrix),
+            read(n * units),
+            read(rows * units),
+            write(n * units),
+        ],
+    }
+}
+
+/// The buffers a window kernel lists for itself.
+fn window(w: &Window) -> Result<Vec<Param>, String> {
+    let buffers = w.buffers().map_err(|e| e.to_string())?;
+    Ok(buffers
+        .iter()
+        .map(|b| {
+            let len = b.shape.iter().product();
+            if b.role.is_written() {
+                write(len)
+            } else {
+                read(len)
+            }
+        })
+        .collect())
+}
+
+/// The buffers [`ContractionPass`] documents for each pass.
+fn contraction(geometry: &Geometry, pass: &ContractionPass) -> Result<Vec<Param>, String> {
+    let (x, w, bias, (rows, channels)) = match geometry {
+        Geometry::Conv(s) => (
+            s.batch * s.height * s.width * s.in_channels,
+            s.kernel[0] * s.kernel[1] * s.in_channels * s.out_channels,
+            s.bias.then_some(s.out_channels),
+            conv_output(s)?,
+        ),
+        Geometry::Dense(s) => (
+            s.rows * s.inputs,
+            s.inputs * s.units,
+            s.bias.then_some(s.units),
+            (s.rows, s.units),
+        ),
+    };
+    let y = rows * channels;
+    Ok(match pass {
+        ContractionPass::Forward { epilogue } => {
+            let mut params = vec![read(x), read(w)];
+            params.extend(bias.map(read));
+            params.push(write(y));
+            if let Some(e) = epilogue {
+                params.extend(elementwise(e, rows, channels, 1));
+            }
+            params
+        }
+        ContractionPass::BackwardData => vec![read(y), read(w), write(x)],
+        ContractionPass::BackwardFilter => {
+            let mut params = vec![read(x), read(y), write(w)];
+            params.extend(bias.map(write));
+            params
+        }
+    })
+}
+
+/// The rows and channels of a convolution's output.
+fn conv_output(s: &crate::codegen::contraction::ConvShape) -> Result<(usize, usize), String> {
+    let axis = |input: usize, k: usize| {
+        crate::ops::output_size(
+            input as u64,
+            s.kernel[k] as u64,
+            s.stride[k] as u64,
+            s.dilation[k] as u64,
+            s.padding,
+        )
+        .map(|n| n as usize)
+        .ok_or_else(|| format!("the convolution's window does not fit its {input}-pixel input"))
+    };
+    Ok((
+        s.batch * axis(s.height, 0)? * axis(s.width, 1)?,
+        s.out_channels,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codegen::elementwise::Binary;
+
+    fn relu(rows: usize, channels: usize) -> KernelDesc {
+        KernelDesc::Elementwise {
+            kernel: Elementwise {
+                name: "relu".into(),
+                inputs: vec![Operand::Tensor],
+                exprs: vec![
+                    Expr::Load(0),
+                    Expr::Const(0.0),
+                    Expr::Binary(Binary::Max, 0, 1),
+                ],
+                outputs: vec![2],
+            },
+            rows,
+            channels,
+        }
+    }
+
+    /// A plan `x -> relu -> t -> relu -> y` with the given second step's
+    /// arguments.
+    fn plan(second: Vec<BufferId>) -> KernelPlan {
+        let mut plan = KernelPlan {
+            name: "p".into(),
+            batch: 2,
+            ..KernelPlan::default()
+        };
+        let x = plan.buffer("x", 6, Role::Input);
+        let t = plan.buffer("t", 6, Role::Temporary);
+        plan.buffer("y", 6, Role::Output("y".into()));
+        plan.buffer("short", 5, Role::Temporary);
+        for args in [vec![x, t], second] {
+            plan.steps.push(super::super::Step {
+                kernel: relu(2, 3),
+                args,
+                nodes: vec![],
+            });
+        }
+        plan
+    }
+
+    fn message(plan: &KernelPlan) -> String {
+        plan.verify().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_consistent_plan_verifies() {
+        assert_eq!(plan(vec![1, 2]).verify(), Ok(()));
+    }
+
+    #[test]
+    fn reading_a_buffer_before_it_is_written_is_a_defect() {
+        assert_eq!(
+            message(&plan(vec![2, 1])),
+            "internal compiler error in plan `p`, step 1 (`relu`): reads `y` before any step writes it"
+        );
+    }
+
+    #[test]
+    fn a_wrong_length_or_count_is_a_defect() {
+        assert!(message(&plan(vec![3, 2]))
+            .ends_with("argument 0 (`short`) has 5 values, but the kernel needs Exactly(6)"));
+        assert!(
+            message(&plan(vec![1])).ends_with("the kernel takes 2 buffers, but the step passes 1")
+        );
+        assert!(message(&plan(vec![1, 9])).ends_with("argument 1 is %9, which does not exist"));
+    }
+
+    #[test]
+    fn writing_the_input_is_a_defect() {
+        assert!(
+            message(&plan(vec![1, 0])).ends_with("writes `x`, which the caller lends read-only")
+        );
+    }
+
+    #[test]
+    fn only_element_wise_kernels_may_read_what_they_write() {
+        let mut ok = plan(vec![1, 1]);
+        assert_eq!(
+            ok.verify(),
+            Ok(()),
+            "an in-place element-wise update is fine"
+        );
+        ok.steps[1].kernel = KernelDesc::Copy(super::super::CopyRows {
+            name: "copy".into(),
+            rows: 2,
+            len: 3,
+            from: (3, 0),
+            to: (3, 0),
+        });
+        assert!(message(&ok).ends_with("reads and writes `t` at once"));
+    }
+}
