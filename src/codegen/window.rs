@@ -55,9 +55,9 @@ use cranelift_codegen::ir::Function;
 use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::FunctionBuilderContext;
 
+use super::axis::{Axis, Segment};
 use super::CodegenError;
 use crate::graph::{Padding, PoolKind};
-use crate::ops::{output_size, same_padding};
 
 /// Which computation of a window op a kernel performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -751,175 +751,9 @@ fn ranges(segments: &[Segment]) -> Vec<Range<usize>> {
     segments.iter().map(|s| s.outputs.clone()).collect()
 }
 
-/// One spatial axis of a sliding window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Axis {
-    input: usize,
-    output: usize,
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
-    /// Padding before the first input position (`same`: TensorFlow's, the
-    /// odd pixel after).
-    before: usize,
-}
-
-/// A run of consecutive output positions whose windows have the same taps
-/// inside the input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Segment {
-    outputs: Range<usize>,
-    taps: Range<usize>,
-}
-
-impl Axis {
-    /// The axis, or `None` if the window does not fit (or sizes overflow).
-    /// Sizes must be nonzero and at most [`MAX_SIZE`].
-    fn new(
-        input: usize,
-        kernel: usize,
-        stride: usize,
-        dilation: usize,
-        padding: Padding,
-    ) -> Option<Axis> {
-        let [i, k, s, d] = [input, kernel, stride, dilation].map(|v| v as u64);
-        let output = output_size(i, k, s, d, padding).filter(|&o| o > 0)?;
-        let before = match padding {
-            Padding::Same => same_padding(i, k, s, d).0,
-            Padding::Valid => 0,
-        };
-        Some(Axis {
-            input,
-            output: usize::try_from(output).ok()?,
-            kernel,
-            stride,
-            dilation,
-            before: usize::try_from(before).ok()?,
-        })
-    }
-
-    /// The input position of tap 0 of output `o` (negative in the padding).
-    /// Sizes of at most 2^31 keep this within `i64`.
-    fn origin(&self, o: usize) -> i64 {
-        (o * self.stride) as i64 - self.before as i64
-    }
-
-    /// The taps of output `o` that fall inside the input: a contiguous range.
-    fn taps(&self, o: usize) -> Range<usize> {
-        let (first, d, input) = (self.origin(o), self.dilation as i64, self.input as i64);
-        // Tap t reads position first + t * d; the first t with a position
-        // >= 0, and the first with a position >= input.
-        let lo = if first >= 0 { 0 } else { (-first + d - 1) / d };
-        let hi = if first >= input {
-            0
-        } else {
-            (input - first + d - 1) / d
-        };
-        let lo = (lo as usize).min(self.kernel);
-        lo..(hi as usize).clamp(lo, self.kernel)
-    }
-
-    /// The output positions in runs of equal taps: the border positions,
-    /// whose windows reach into the padding, and the interior.
-    fn segments(&self) -> Vec<Segment> {
-        let mut segments: Vec<Segment> = Vec::new();
-        for o in 0..self.output {
-            let taps = self.taps(o);
-            match segments.last_mut() {
-                Some(last) if last.taps == taps => last.outputs.end = o + 1,
-                _ => segments.push(Segment {
-                    outputs: o..o + 1,
-                    taps,
-                }),
-            }
-        }
-        segments
-    }
-
-    /// The output positions whose windows contain input position `i`, as
-    /// `(first output, tap of i in it)` pairs: none for dilated windows.
-    #[cfg(test)]
-    fn covering(&self, i: usize) -> Vec<(usize, usize)> {
-        (0..self.output)
-            .filter_map(|o| {
-                let offset = i as i64 - self.origin(o);
-                let d = self.dilation as i64;
-                (offset >= 0 && offset % d == 0 && offset / d < self.kernel as i64)
-                    .then_some((o, (offset / d) as usize))
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn taps_skip_the_padding() {
-        // 5 inputs, window 3, stride 2, same: output 3, padding (1, 1).
-        let axis = Axis::new(5, 3, 2, 1, Padding::Same).expect("fits");
-        assert_eq!((axis.output, axis.before), (3, 1));
-        assert_eq!(axis.taps(0), 1..3);
-        assert_eq!(axis.taps(1), 0..3);
-        assert_eq!(axis.taps(2), 0..2);
-        assert_eq!(
-            axis.segments(),
-            vec![
-                Segment {
-                    outputs: 0..1,
-                    taps: 1..3
-                },
-                Segment {
-                    outputs: 1..2,
-                    taps: 0..3
-                },
-                Segment {
-                    outputs: 2..3,
-                    taps: 0..2
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn taps_agree_with_covering_positions() {
-        for (input, kernel, stride, dilation, padding) in [
-            (7, 3, 1, 1, Padding::Same),
-            (7, 3, 2, 2, Padding::Same),
-            (2, 2, 2, 3, Padding::Same),
-            (9, 2, 3, 1, Padding::Valid),
-            (6, 5, 1, 2, Padding::Same),
-        ] {
-            let axis = Axis::new(input, kernel, stride, dilation, padding).expect("fits");
-            for o in 0..axis.output {
-                let inside: Vec<usize> = (0..kernel)
-                    .filter(|&t| {
-                        (0..input as i64).contains(&(axis.origin(o) + (t * dilation) as i64))
-                    })
-                    .collect();
-                assert_eq!(
-                    axis.taps(o).collect::<Vec<_>>(),
-                    inside,
-                    "{axis:?} output {o}"
-                );
-            }
-            let covered: usize = (0..input).map(|i| axis.covering(i).len()).sum();
-            let taps: usize = (0..axis.output).map(|o| axis.taps(o).len()).sum();
-            assert_eq!(covered, taps, "{axis:?}");
-        }
-    }
-
-    #[test]
-    fn a_dilated_window_can_lie_on_padding() {
-        // Input 2, kernel 2 dilated by 3 (span 4), stride 2, same: taps at -1, 2.
-        let axis = Axis::new(2, 2, 2, 3, Padding::Same).expect("fits");
-        assert!(axis.taps(0).is_empty(), "{:?}", axis.taps(0));
-        let segments = axis.segments();
-        assert_eq!(segments.len(), 1);
-        assert_eq!(segments[0].outputs, 0..1);
-        assert!(segments[0].taps.is_empty());
-    }
 
     #[test]
     fn lcm_of_block_sizes() {

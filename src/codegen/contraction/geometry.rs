@@ -11,80 +11,11 @@
 use std::ops::Range;
 
 use super::ConvShape;
+use crate::codegen::axis::Axis;
 use crate::codegen::CodegenError;
-use crate::graph::Padding;
-use crate::ops::{output_size, same_padding};
 
 /// The largest size of any one dimension; products are checked separately.
 const MAX_DIMENSION: usize = i32::MAX as usize;
-
-/// One spatial axis of the sliding window.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Axis {
-    pub input: usize,
-    pub output: usize,
-    stride: usize,
-    dilation: usize,
-    /// Zero padding before the first input position.
-    before: usize,
-    /// The taps that read the input for at least one output position, in order.
-    pub taps: Vec<usize>,
-    /// Whether consecutive active taps read consecutive input positions, so
-    /// that one output position's taps along this axis are one contiguous run.
-    contiguous: bool,
-}
-
-impl Axis {
-    fn new(
-        input: usize,
-        kernel: usize,
-        stride: usize,
-        dilation: usize,
-        padding: Padding,
-    ) -> Option<Axis> {
-        let [i, k, s, d] = [input, kernel, stride, dilation].map(|v| v as u64);
-        let output = usize::try_from(output_size(i, k, s, d, padding)?).ok()?;
-        let before = match padding {
-            Padding::Same => same_padding(i, k, s, d).0 as usize,
-            Padding::Valid => 0,
-        };
-        let mut axis = Axis {
-            input,
-            output,
-            stride,
-            dilation,
-            before,
-            taps: Vec::new(),
-            contiguous: false,
-        };
-        axis.taps = (0..kernel).filter(|&tap| axis.active(tap)).collect();
-        axis.contiguous = dilation == 1 && axis.taps.windows(2).all(|w| w[1] == w[0] + 1);
-        Some(axis)
-    }
-
-    /// Whether tap `tap` reads the input for some output position: the
-    /// first output position whose tap is not in the padding before the
-    /// input must exist and not read past its end.
-    fn active(&self, tap: usize) -> bool {
-        let offset = tap * self.dilation;
-        let first = self.before.saturating_sub(offset).div_ceil(self.stride);
-        first < self.output && self.source(first, tap).is_some()
-    }
-
-    /// The input position that tap `tap` of output position `out` reads, or
-    /// `None` when it reads padding.
-    pub fn source(&self, out: usize, tap: usize) -> Option<usize> {
-        let position = (out * self.stride + tap * self.dilation).checked_sub(self.before)?;
-        (position < self.input).then_some(position)
-    }
-
-    /// The output position whose tap `tap` reads input position `position`, if any.
-    pub fn reader(&self, position: usize, tap: usize) -> Option<usize> {
-        let shifted = (position + self.before).checked_sub(tap * self.dilation)?;
-        let out = shifted / self.stride;
-        (shifted % self.stride == 0 && out < self.output).then_some(out)
-    }
-}
 
 /// A run of im2col columns whose weight rows are contiguous.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +34,15 @@ pub(super) struct Geometry {
     pub shape: ConvShape,
     pub y: Axis,
     pub x: Axis,
+    /// The vertical taps that read the image for some output position
+    /// ([`Axis::active_taps`]), in order.
+    pub y_taps: Vec<usize>,
+    /// The horizontal taps that do, in order.
+    pub x_taps: Vec<usize>,
+    /// Whether consecutive active horizontal taps read consecutive input
+    /// positions, so that one output position's taps along a row are one
+    /// contiguous run of the input.
+    x_contiguous: bool,
     /// Rows of the im2col matrix: `batch * oh * ow`.
     pub rows: usize,
     /// Columns of the im2col matrix: active taps times input channels.
@@ -160,11 +100,13 @@ impl Geometry {
         let output_len = product(&[s.batch, y.output, x.output, s.out_channels])?;
         let kernel_len = product(&[s.kernel[0], s.kernel[1], s.in_channels, s.out_channels])?;
         let rows = product(&[s.batch, y.output, x.output])?;
-        let cols = y.taps.len() * x.taps.len() * s.in_channels;
+        let (y_taps, x_taps) = (y.active_taps(), x.active_taps());
+        let x_contiguous = x.dilation == 1 && x_taps.windows(2).all(|w| w[1] == w[0] + 1);
+        let cols = y_taps.len() * x_taps.len() * s.in_channels;
         let pointwise = s.kernel == [1, 1] && s.stride == [1, 1];
         let (groups, dead_rows) = weight_groups(
-            &y.taps,
-            &x.taps,
+            &y_taps,
+            &x_taps,
             s.kernel[1],
             s.in_channels,
             kernel_len / s.out_channels,
@@ -173,6 +115,9 @@ impl Geometry {
             shape: s,
             y,
             x,
+            y_taps,
+            x_taps,
+            x_contiguous,
             rows,
             cols,
             pointwise,
@@ -229,11 +174,10 @@ impl Geometry {
         dst: &mut [f32],
     ) {
         let line_len = self.shape.width * self.shape.in_channels;
-        let run = self.x.taps.len() * self.shape.in_channels;
+        let run = self.x_taps.len() * self.shape.in_channels;
         let end = first + dst.len();
         for (ty, &ky) in self
-            .y
-            .taps
+            .y_taps
             .iter()
             .enumerate()
             .take(end.div_ceil(run))
@@ -255,9 +199,9 @@ impl Geometry {
     /// output column `ox`, read from `line`, one row of the image.
     fn fill_run(&self, line: &[f32], ox: usize, offset: usize, out: &mut [f32]) {
         let c = self.shape.in_channels;
-        if self.x.contiguous {
+        if self.x_contiguous {
             // The run is one stretch of the image row, clipped by padding.
-            let start = (ox * self.x.stride + self.x.taps[0]) as isize - self.x.before as isize;
+            let start = (ox * self.x.stride + self.x_taps[0]) as isize - self.x.before as isize;
             copy_clipped(line, start * c as isize + offset as isize, out);
             return;
         }
@@ -266,7 +210,7 @@ impl Geometry {
         while !rest.is_empty() {
             let channel = column % c;
             let (chunk, tail) = rest.split_at_mut((c - channel).min(rest.len()));
-            match self.x.source(ox, self.x.taps[column / c]) {
+            match self.x.source(ox, self.x_taps[column / c]) {
                 Some(ix) => chunk.copy_from_slice(&line[ix * c + channel..][..chunk.len()]),
                 None => chunk.fill(0.0),
             }
@@ -289,16 +233,16 @@ impl Geometry {
             for x in 0..self.shape.width {
                 let Some(pixel) = pixels.next() else { return };
                 pixel.fill(0.0);
-                for (ty, &ky) in self.y.taps.iter().enumerate() {
+                for (ty, &ky) in self.y_taps.iter().enumerate() {
                     let Some(oy) = self.y.reader(y, ky) else {
                         continue;
                     };
                     let dcol_row = (image * self.y.output + oy - first) * ow;
-                    for (tx, &kx) in self.x.taps.iter().enumerate() {
+                    for (tx, &kx) in self.x_taps.iter().enumerate() {
                         let Some(ox) = self.x.reader(x, kx) else {
                             continue;
                         };
-                        let at = (dcol_row + ox) * self.cols + (ty * self.x.taps.len() + tx) * c;
+                        let at = (dcol_row + ox) * self.cols + (ty * self.x_taps.len() + tx) * c;
                         add_assign(pixel, &dcol[at..at + c]);
                     }
                 }
@@ -313,7 +257,7 @@ impl Geometry {
         let (mut lo, mut hi) = (usize::MAX, 0);
         for row in input_rows {
             let (image, y) = (row / height, row % height);
-            for &ky in &self.y.taps {
+            for &ky in &self.y_taps {
                 if let Some(oy) = self.y.reader(y, ky) {
                     lo = lo.min(image * oh + oy);
                     hi = hi.max(image * oh + oy + 1);
