@@ -18,15 +18,19 @@
 //!   nothing of models;
 //! - `check`: [`load_for`] and [`mismatches`], which hold a store against a
 //!   model's [`specs`] and describe each [`Problem`];
+//! - `classes`: the class names trained weights carry in their metadata
+//!   ([`CLASS_NAMES_KEY`]);
 //! - `error`: [`WeightsError`], the one error type of the file and the check.
 
 mod check;
+mod classes;
 mod error;
 mod file;
 mod initializers;
 mod store;
 
 pub use check::{load_for, mismatches, Problem};
+pub use classes::{class_names, set_class_names, CLASS_NAMES_KEY};
 pub use error::WeightsError;
 pub use file::{load_file, save};
 pub use initializers::{init, specs, WeightSpec};
