@@ -12,7 +12,6 @@ use crate::data::folder::{self, Conversion, FolderError};
 use crate::runtime::inference::{Inference, InferenceError};
 use crate::runtime::weights::{self, TensorStore, WeightsError};
 use crate::shapes::TypedGraph;
-use crate::train::fit::CLASS_NAMES_KEY;
 use crate::CompileError;
 
 /// Why a prediction failed.
@@ -162,7 +161,7 @@ pub fn predict_images(
         });
     }
     let classes = shape[0] as usize;
-    let names = class_names(&store, classes);
+    let names = weights::class_names(&store, classes);
     let mut values = Vec::new();
     for path in paths {
         values.extend(folder::read_image(path, conversion)?);
@@ -186,21 +185,6 @@ pub fn predict_images(
             }
         })
         .collect())
-}
-
-/// The class names stored with trained weights when there are `classes` of
-/// them, else `class 0`, `class 1`, ….
-pub fn class_names(store: &TensorStore, classes: usize) -> Vec<String> {
-    let stored: Vec<String> = store
-        .metadata
-        .get(CLASS_NAMES_KEY)
-        .map(|names| names.lines().map(str::to_string).collect())
-        .unwrap_or_default();
-    if stored.len() == classes {
-        stored
-    } else {
-        (0..classes).map(|c| format!("class {c}")).collect()
-    }
 }
 
 /// The outputs of `count` examples, run in batches of `batch` (the last,

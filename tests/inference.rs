@@ -7,9 +7,12 @@ mod reference;
 #[path = "support/interpret.rs"]
 mod interpret;
 
+use cnnc::graph::{Activation, Op};
+use cnnc::plan::Role;
 use cnnc::runtime::inference::Inference;
 use cnnc::runtime::weights;
 use cnnc::TypedGraph;
+use ndarray::{ArrayD, IxDyn};
 
 fn compile(source: &str) -> TypedGraph {
     cnnc::compile_source("model.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"))
@@ -72,6 +75,37 @@ fn run_and_compare(model: &TypedGraph, batch: usize, threads: usize) {
             );
         }
     }
+}
+
+/// The model's input is given, not computed: compilation gives the `input`
+/// node one buffer of the whole batch, for the caller to fill, and no
+/// kernel; the first layer reads the caller's values.
+#[test]
+fn the_input_is_a_buffer_the_caller_fills_not_a_kernel() {
+    let model = compile("model m : [3] { relu }");
+    let input = &model.graph.nodes[model.graph.input.expect("a model has an input")];
+    assert!(matches!(input.op, Op::Input { .. }), "{:?}", input.op);
+    let batch = 2;
+    let compiled = cnnc::compile_inference(&model, batch).unwrap_or_else(|e| panic!("{e}"));
+    let mut inference =
+        Inference::new(compiled, weights::init(&model, 0), 1).unwrap_or_else(|e| panic!("{e}"));
+    let plan = inference.plan();
+    let buffers: Vec<usize> = plan
+        .buffers
+        .iter()
+        .filter(|b| b.role == Role::Input)
+        .map(|b| b.len)
+        .collect();
+    assert_eq!(buffers, [batch * 3], "{plan}");
+    assert!(
+        plan.steps.iter().all(|s| !s.nodes.contains(&input.name)),
+        "a kernel computes the input:\n{plan}"
+    );
+    let x = [-1.0, 2.0, -3.0, 4.0, 0.5, -0.25];
+    let outputs = inference.run(&x).unwrap_or_else(|e| panic!("{e}"));
+    let given = ArrayD::from_shape_vec(IxDyn(&[batch, 3]), x.to_vec()).expect("x");
+    let expected = reference::activation(&given, Activation::Relu);
+    assert_eq!(outputs[0].1, expected.iter().copied().collect::<Vec<f32>>());
 }
 
 #[test]

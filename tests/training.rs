@@ -13,6 +13,7 @@ use cnnc::runtime::training::Trainer;
 use cnnc::runtime::weights::{self, TensorStore};
 use cnnc::train::{Optimizer, OptimizerKind, TrainConfig};
 use cnnc::TypedGraph;
+use ndarray::{ArrayD, IxDyn};
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed
@@ -226,6 +227,63 @@ fn training_reduces_the_loss_and_moves_the_batchnorm_statistics() {
     );
     let err = trainer.train_step(&input[1..], &labels, 0.05).unwrap_err();
     assert!(err.to_string().contains("images"), "{err}");
+}
+
+/// A trainer for `model`, a model without weights, with dropout's seed `seed`.
+fn weightless_trainer(model: &TypedGraph, batch: usize, seed: u64) -> Trainer {
+    let loss = LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    let mut trainer = trainer(model, TensorStore::new(), &loss, sgd(0.0), batch, 2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    trainer.seed = seed;
+    trainer
+}
+
+/// The first output of one training step of `trainer` on `input`.
+fn step_output(trainer: &mut Trainer, input: &[f32], batch: usize) -> Vec<f32> {
+    let labels: Vec<u32> = (0..batch as u32).collect();
+    let mut result = trainer
+        .train_step(input, &labels, 0.0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    result.outputs.remove(0).1
+}
+
+/// Dropout while training, through the compiled mask and product kernels.
+/// A step on ones returns the step's mask itself; a fresh trainer at the
+/// same step and seed, given other values, must return them masked as the
+/// reference scales them (`x * keep / (1 - rate)`).
+#[test]
+fn training_dropout_applies_the_steps_mask_as_the_reference_scales_it() {
+    let (features, batch, rate) = (64, 4, 0.75);
+    // No weights, so that the model's output is the dropout's.
+    let source = format!("model m : [{features}] {{ dropout({rate}) }}");
+    let model =
+        cnnc::compile_source("model.cnn", &source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let ones = vec![1.0; batch * features];
+    let mut first = weightless_trainer(&model, batch, 0);
+    let mask = step_output(&mut first, &ones, batch);
+    // Kept values are scaled by 1 / (1 - 0.75) = 4; 256 values kept with
+    // probability 0.25 keep 64 on average, with a standard deviation of 7.
+    assert!(mask.iter().all(|&m| m == 0.0 || m == 4.0), "{mask:?}");
+    let kept = mask.iter().filter(|&&m| m != 0.0).count();
+    assert!((30..100).contains(&kept), "kept {kept} of 256");
+    let next_step = step_output(&mut first, &ones, batch);
+    assert_ne!(next_step, mask, "the next step drew the same mask");
+    let other_seed = step_output(&mut weightless_trainer(&model, batch, 1), &ones, batch);
+    assert_ne!(other_seed, mask, "another seed drew the same mask");
+
+    let x = data(batch * features, 5);
+    let dropped = step_output(&mut weightless_trainer(&model, batch, 0), &x, batch);
+    let keep: Vec<f32> = mask.iter().map(|&m| f32::from(m != 0.0)).collect();
+    let shape = IxDyn(&[batch, features]);
+    let expected = reference::dropout_with_mask(
+        &ArrayD::from_shape_vec(shape.clone(), x).expect("x"),
+        &ArrayD::from_shape_vec(shape, keep).expect("mask"),
+        rate,
+    );
+    assert_eq!(dropped, expected.iter().copied().collect::<Vec<f32>>());
 }
 
 #[test]

@@ -1,80 +1,10 @@
 //! Contraction kernels: convolution and dense layers, forward and backward,
 //! as im2col + GEMM + an element-wise epilogue.
 //!
-//! # Measurements and the decision
-//!
-//! The machine: 2 cores of an AMD EPYC (Zen 4) with AVX-512, which runs a
-//! 512-bit FMA as two 256-bit halves. Its FP32 peak, from
-//! `../shared/peers/fma/fma_peak.c` (`gcc -O2 -mavx512f -pthread`,
-//! `./fma_peak 2 1`, 3 runs): 114 GFLOP/s on one thread (32 FLOP/cycle),
-//! 226 on two with the other core idle (the peers' figure of 337 was
-//! measured on another machine). The machine is shared and noisy: figures
-//! below are medians, variants interleaved in the same run.
-//!
-//! The `gemm` crate 0.19, one `m x n x k` product per call on one thread
-//! (`Parallelism::None`), with and without its `x86-v4` feature; a
-//! throwaway harness timing each shape 5 times, 3 rounds, base and
-//! `x86-v4` builds interleaved; GFLOP/s. Layout `nn`: both operands
-//! row-major (forward), `nt`: the right one transposed (`dX = dY · Wᵀ`),
-//! `tn`: the left one transposed (`dW = colᵀ · dY`).
-//!
-//! | layer (batch 32) | m x n x k | layout | base | x86-v4 |
-//! |---|---|---|---|---|
-//! | Fashion conv1 | 25088 x 64 x 49 | nn | 98 | 103 |
-//! | Fashion conv3 | 6272 x 128 x 1152 | nn | 92 | 96 |
-//! | Fashion conv5 | 1568 x 256 x 2304 | nn | 101 | 103 |
-//! | ResNet stage 3 | 512 x 128 x 1152 | nn | 109 | 111 |
-//! | ResNet stage 5 | 32 x 512 x 4608 | nn | 51 | 98 |
-//! | Fashion conv3 dX | 6272 x 1152 x 128 | nt | 75 | 98 |
-//! | ResNet stage 4 dX | 128 x 2304 x 256 | nt | 93 | 83 |
-//! | ResNet stage 5 dX | 32 x 4608 x 512 | nt | 57 | 24 |
-//! | Fashion conv1 dW | 49 x 64 x 25088 | tn | 56 | 78 |
-//! | Fashion conv3 dW | 1152 x 128 x 6272 | tn | 94 | 103 |
-//! | ResNet stage 5 dW | 4608 x 512 x 32 | tn | 86 | 95 |
-//!
-//! Over all 37 shapes (forward, dX and dW of both models' layers), `x86-v4`
-//! over base: 1.16x (geometric mean) on `nn`, 1.15x on `tn`, 0.85x on `nt`,
-//! where it loses only with few rows. Storing those products column-major
-//! instead (`x86-v4`, one thread, row-major vs column-major destination):
-//! 16 x 2304 x 256: 27 vs 111; 32 x 512 x 512: 25 vs 104; 64 x 2304 x 256:
-//! 59 vs 98; 128 x 2304 x 256: 82 vs 109; 208 x 576 x 64: 101 vs 107.
-//! The crate's own two threads (`Rayon(2)`) gave 1.0-1.9x of one thread.
-//!
-//! Decision:
-//! - The `gemm` crate with `x86-v4`, single-threaded calls: on one thread it
-//!   runs every forward shape at 94-112 GFLOP/s (83-98% of the peak) and
-//!   every `tn` shape but one at 95-114, so a hand-written micro-kernel
-//!   could win a few percent at most; none is written.
-//! - Its weak spot, a transposed right operand with few rows, goes through
-//!   a column-major scratch and a transpose (`matmul::SMALL_ROWS`).
-//! - The kernels split their own domains into items, each a single-threaded
-//!   product; that is what makes every split bitwise deterministic.
-//! - Taps that only ever read padding are skipped: at 28x28, ResNet-34's
-//!   stage 5 keeps 1 of 9 taps (its first unit 4 of 9), 16% of the model's
-//!   forward FLOPs.
-//!
-//! The kernels, `cargo bench --bench gemm` (medians of 4 runs, GFLOP/s of
-//! the dense im2col product, so skipped taps count as done; `2t`: the
-//! domain halved over a pool of two threads):
-//!
-//! | layer | forward 1t / 2t | backward data | backward filter |
-//! |---|---|---|---|
-//! | Fashion conv1 (1 channel) | 58 / 98 | 26 / 44 | 47 / 72 |
-//! | Fashion conv2 | 99 / 195 | 97 / 182 | 93 / 146 |
-//! | Fashion conv3 | 97 / 186 | 93 / 176 | 80 / 166 |
-//! | Fashion conv4 | 100 / 189 | 88 / 170 | 95 / 191 |
-//! | Fashion conv5 | 97 / 171 | 83 / 119 | 94 / 134 |
-//! | Fashion dense1 | 111 / 145 | 87 / 114 | 97 / 119 |
-//! | ResNet conv1 (1 channel, stride 2) | 64 / 84 | 20 / 29 | 45 / 59 |
-//! | ResNet stage 2 | 97 / 171 | 88 / 163 | 89 / 152 |
-//! | ResNet stage 3 | 101 / 188 | 85 / 150 | 103 / 161 |
-//! | ResNet stage 4 | 109 / 203 | 98 / 188 | 102 / 157 |
-//! | ResNet stage 5 (1 tap of 9) | 986 / 1122 | 887 / 999 | 516 / 533 |
-//!
-//! The im2col of one input channel (runs of 7 f32s) halves the first
-//! layers' speed; the input layer needs no backward-data kernel. Layers of
-//! a few microseconds (Fashion dense2, ResNet's fc) run slower on two
-//! threads than on one.
+//! The GEMM is the `gemm` crate with its `x86-v4` feature, called on one
+//! thread per item; the measurements behind that choice, and the speed of
+//! each kernel, are in `docs/backend.md` ("Contraction kernels:
+//! measurements and the GEMM decision").
 //!
 //! # Kernels and their domains
 //!

@@ -217,10 +217,7 @@ pub fn fit(
         since_best = state.since_best;
     }
     // The class names travel with the weights, for `cnnc predict`.
-    trainer
-        .weights
-        .metadata
-        .insert(CLASS_NAMES_KEY.into(), train.class_names.join("\n"));
+    weights::set_class_names(&mut trainer.weights, &train.class_names);
     for epoch in first_epoch..=config.epochs {
         let started = Instant::now();
         let mut order: Vec<usize> = (0..train.len()).collect();
@@ -603,10 +600,6 @@ fn gather(data: &Dataset, indices: &[usize]) -> (Vec<f32>, Vec<u32>) {
     }
     (images, labels)
 }
-
-/// The metadata key under which trained weights keep their class names,
-/// one per line, in label order.
-pub const CLASS_NAMES_KEY: &str = "class_names";
 
 /// The weighted sum of the outputs' losses (an output not named in
 /// `weights` weighs 1), as Keras reports a model's loss.

@@ -46,7 +46,7 @@ impl Operand {
 /// Products with at most this many rows and a column-major right operand
 /// are computed into a column-major scratch and transposed back: the gemm
 /// crate's AVX-512 path runs them 2-4x faster that way (the measurements
-/// are in `contraction.rs`).
+/// are in `docs/backend.md`).
 pub(super) const SMALL_ROWS: usize = 128;
 
 /// `dst = lhs · rhs` (or `dst += lhs · rhs` when `accumulate`) for an
