@@ -5,7 +5,7 @@
 //! ```text
 //! .cnn source ──load──▶ Program ──elaborate──▶ Graph ──infer──▶ TypedGraph
 //!   ──autodiff──▶ TrainingGraph (training only) ──lower──▶ KernelPlan ──fuse──▶ KernelPlan
-//!   ──memory::plan──▶ Layout ──codegen::compile──▶ Compiled ──runtime──▶ Inference / Trainer
+//!   ──memory::plan──▶ Layout ──executable::build──▶ Compiled ──runtime──▶ Inference / Trainer
 //! ```
 //!
 //! The front end ([`load_model`], [`compile_source`], [`compile`]) reports
@@ -22,6 +22,7 @@ pub mod data;
 pub mod diagnostics;
 pub mod elaborate;
 pub mod emit;
+pub mod executable;
 pub mod graph;
 pub mod memory;
 pub mod ops;
@@ -40,9 +41,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-pub use codegen::Compiled;
 pub use diagnostics::Diagnostics;
 pub use elaborate::Program;
+pub use executable::Compiled;
 pub use plan::KernelPlan;
 pub use shapes::{ParamCounts, TypedGraph};
 
@@ -194,5 +195,5 @@ fn generate(plan: KernelPlan) -> Result<Compiled, CompileError> {
     // Temporaries into one arena by liveness; the rest lent by the caller.
     let layout = memory::plan(&plan)?;
     // Native kernels: Cranelift translators and the GEMM.
-    Ok(codegen::compile(plan, layout)?)
+    Ok(executable::build(plan, layout)?)
 }

@@ -5,10 +5,10 @@
 mod reference;
 
 use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand};
+use cnnc::codegen::program::Slot;
 use cnnc::codegen::program::{Program, RowKernel, Step};
 use cnnc::codegen::reduce::{Reduce, ReduceKind};
 use cnnc::codegen::Jit;
-use cnnc::memory::Slot;
 use cnnc::runtime::executor::{Executor, RuntimeError};
 use ndarray::ArrayD;
 

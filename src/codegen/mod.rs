@@ -1,5 +1,6 @@
-//! Code generation: from a kernel plan and its memory layout to a program
-//! of native kernels ([`compile`]).
+//! Code generation: the kernels a plan can call, each described by a value
+//! (an element-wise expression, a reduction, a window op, a contraction's
+//! shape, a row copy) and compiled to native code.
 //!
 //! One long-lived [`Jit`] per program owns the `JITModule` and its contexts;
 //! each kind of generated kernel has its own translator ([`elementwise`],
@@ -17,8 +18,6 @@ pub mod native;
 pub mod program;
 pub mod reduce;
 pub mod window;
-
-pub use program::{compile, Compiled};
 
 use cranelift_codegen::ir::{self, AbiParam, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};

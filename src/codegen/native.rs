@@ -5,7 +5,55 @@
 use std::ops::Range;
 
 use super::program::Kernel;
-use crate::plan::{CopyRows, DropoutMask, MASK_BLOCK};
+
+/// Copies `len` values of every row from one strided layout to another:
+/// `to[r * to.0 + to.1 ..][..len] = from[r * from.0 + from.1 ..][..len]`.
+/// A concatenation writes each input at its channel offset; its gradient
+/// reads each slice back. Buffers: `from`, `to`. Domain: rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyRows {
+    /// A name for errors and profiles.
+    pub name: String,
+    /// Rows to copy.
+    pub rows: usize,
+    /// Values per row.
+    pub len: usize,
+    /// The source's row stride and offset, in values.
+    pub from: (usize, usize),
+    /// The destination's row stride and offset, in values.
+    pub to: (usize, usize),
+}
+
+/// Values per work item of [`DropoutMask`]: a fixed block, so that the
+/// values do not depend on how the domain is split.
+pub const MASK_BLOCK: usize = 4096;
+
+/// Writes dropout's scaled mask: each value is `1 / (1 - rate)` with
+/// probability `1 - rate`, else 0, drawn from a counter-based hash of the
+/// seed, the step and the value's index, so a run is reproducible bit for
+/// bit. Buffers: `step [2]` (the step number's low and high 32 bits, stored
+/// as f32 bit patterns), `mask [len]`. Domain: blocks of [`MASK_BLOCK`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DropoutMask {
+    /// A name for errors and profiles.
+    pub name: String,
+    /// Values in the mask.
+    pub len: usize,
+    /// The fraction dropped, in [0, 1).
+    pub rate: f32,
+    /// The training run's seed combined with the layer's identity.
+    pub seed: u64,
+}
+
+impl DropoutMask {
+    /// The step buffer's contents for step number `step`.
+    pub fn step_buffer(step: u64) -> [f32; 2] {
+        [
+            f32::from_bits(step as u32),
+            f32::from_bits((step >> 32) as u32),
+        ]
+    }
+}
 
 impl Kernel for CopyRows {
     fn name(&self) -> &str {

@@ -1,18 +1,29 @@
-//! The executable program: one native kernel per plan step, with the slots
-//! its arguments live in. [`compile`] builds it from a fused kernel plan and
-//! its memory layout; the runtime's executor runs it.
+//! What the executor runs: native kernels over a domain of independent work
+//! items ([`Kernel`]), each called with its arguments' slots ([`Step`]), in
+//! order ([`Program`]). `crate::executable::build` makes one from a plan.
 
 use std::ops::Range;
 
-use super::contraction::step::{BackwardDataStep, BackwardFilterStep, ForwardStep};
-use super::contraction::{ConvBackwardData, ConvBackwardFilter, ConvForward};
-use super::{CodegenError, CompiledKernel, DomainKernel, Jit};
-use crate::memory::{Layout, Slot};
-use crate::plan::{ContractionPass, Geometry, KernelDesc, KernelPlan};
+use super::{CompiledKernel, DomainKernel};
 
-/// Element counts below which a kernel runs on one thread: below this,
-/// waking a second thread costs more than it saves.
-const SERIAL_ELEMENTS: usize = 16 * 1024;
+/// Where a kernel argument lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// `len` f32s at `offset` (in f32s) in the arena.
+    Arena {
+        /// Start, in f32s.
+        offset: usize,
+        /// Length, in f32s.
+        len: usize,
+    },
+    /// The caller's external buffer number `index`, of `len` f32s.
+    External {
+        /// Which external buffer.
+        index: usize,
+        /// Its required length, in f32s.
+        len: usize,
+    },
+}
 
 /// A kernel the executor can run: a domain of independent work items.
 pub trait Kernel: Send + Sync {
@@ -107,138 +118,4 @@ impl Program {
             })
             .collect()
     }
-}
-
-/// A kernel plan compiled to native code: what the runtime runs.
-pub struct Compiled {
-    /// What the program computes: its buffers (with their roles) and steps.
-    pub plan: KernelPlan,
-    /// Where each buffer lives.
-    pub layout: Layout,
-    /// The native kernels, one per plan step.
-    pub program: Program,
-    // The kernels' code lives in the JIT, which must outlive `program`
-    // (fields drop in declaration order).
-    _jit: Jit,
-}
-
-/// Compiles every step of `plan`, whose buffers live where `layout` says,
-/// into one program with a JIT of its own.
-pub fn compile(plan: KernelPlan, layout: Layout) -> Result<Compiled, CodegenError> {
-    let mut jit = Jit::new()?;
-    let mut steps = Vec::with_capacity(plan.steps.len());
-    for step in &plan.steps {
-        let (kernel, elements) = kernel(&mut jit, &step.kernel)?;
-        // Small kernels run on one thread.
-        let serial_below = if elements < SERIAL_ELEMENTS {
-            usize::MAX
-        } else {
-            0
-        };
-        steps.push(Step {
-            kernel,
-            args: step.args.iter().map(|&b| layout.slots[b]).collect(),
-            serial_below,
-        });
-    }
-    let arena_len = (layout.arena_bytes / 4) as usize;
-    Ok(Compiled {
-        plan,
-        layout,
-        program: Program { steps, arena_len },
-        _jit: jit,
-    })
-}
-
-/// The native kernel of one step, and its size in elements (for the
-/// threading threshold).
-fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), CodegenError> {
-    Ok(match desc {
-        KernelDesc::Elementwise {
-            kernel,
-            rows,
-            channels,
-        } => {
-            let compiled = jit.compile_elementwise(kernel)?;
-            let kernel = RowKernel {
-                kernel: compiled,
-                rows: *rows,
-                channels: *channels,
-            };
-            (Box::new(kernel), rows * channels)
-        }
-        KernelDesc::Reduce(r) => (Box::new(jit.compile_reduce(r)?), r.rows * r.n),
-        KernelDesc::Window(w) => {
-            let elements = w.input.iter().product();
-            (Box::new(jit.compile_window(w)?), elements)
-        }
-        KernelDesc::Contraction {
-            name,
-            geometry,
-            pass,
-        } => contraction(jit, name, geometry, pass)?,
-        KernelDesc::Copy(c) => (Box::new(c.clone()), c.rows * c.len),
-        KernelDesc::Mask(m) => (Box::new(m.clone()), m.len),
-    })
-}
-
-/// The kernel of a contraction step, and its size in multiply-adds (for
-/// the threading threshold).
-fn contraction(
-    jit: &mut Jit,
-    name: &str,
-    geometry: &Geometry,
-    pass: &ContractionPass,
-) -> Result<(Box<dyn Kernel>, usize), CodegenError> {
-    let (bias, work) = match geometry {
-        Geometry::Conv(s) => (
-            s.bias,
-            s.batch * s.height * s.width * s.in_channels * s.out_channels,
-        ),
-        Geometry::Dense(s) => (s.bias, s.rows * s.inputs * s.units),
-    };
-    let kernel: Box<dyn Kernel> = match pass {
-        ContractionPass::Forward { epilogue } => {
-            let kernel = match geometry {
-                Geometry::Conv(s) => ConvForward::new(name, s)?,
-                Geometry::Dense(s) => ConvForward::dense(name, s)?,
-            };
-            let epilogue = match epilogue {
-                Some(e) => Some((
-                    jit.compile_elementwise(e)?,
-                    e.inputs.len() - 1,
-                    e.outputs.len() - 1,
-                )),
-                None => None,
-            };
-            Box::new(ForwardStep {
-                kernel,
-                name: name.to_string(),
-                bias,
-                epilogue,
-            })
-        }
-        ContractionPass::BackwardData => {
-            let kernel = match geometry {
-                Geometry::Conv(s) => ConvBackwardData::new(name, s)?,
-                Geometry::Dense(s) => ConvBackwardData::dense(name, s)?,
-            };
-            Box::new(BackwardDataStep {
-                kernel,
-                name: name.to_string(),
-            })
-        }
-        ContractionPass::BackwardFilter => {
-            let kernel = match geometry {
-                Geometry::Conv(s) => ConvBackwardFilter::new(name, s)?,
-                Geometry::Dense(s) => ConvBackwardFilter::dense(name, s)?,
-            };
-            Box::new(BackwardFilterStep {
-                kernel,
-                name: name.to_string(),
-                bias,
-            })
-        }
-    };
-    Ok((kernel, work))
 }

@@ -12,28 +12,10 @@ pub mod arena;
 use thiserror::Error;
 
 use crate::codegen::elementwise::Operand;
+use crate::codegen::program::Slot;
 use crate::plan::{BufferId, KernelDesc, KernelPlan, Role};
 
 pub use arena::ALIGN;
-
-/// Where a kernel argument lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
-    /// `len` f32s at `offset` (in f32s) in the arena.
-    Arena {
-        /// Start, in f32s.
-        offset: usize,
-        /// Length, in f32s.
-        len: usize,
-    },
-    /// The caller's external buffer number `index`, of `len` f32s.
-    External {
-        /// Which external buffer.
-        index: usize,
-        /// Its required length, in f32s.
-        len: usize,
-    },
-}
 
 /// Where every buffer of one plan lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,7 +285,7 @@ mod tests {
         let input = plan.buffer("x", 4, Role::Input);
         let big = plan.buffer("big", usize::MAX / 2, Role::Temporary);
         plan.steps.push(crate::plan::Step {
-            kernel: KernelDesc::Copy(crate::plan::CopyRows {
+            kernel: KernelDesc::Copy(crate::codegen::native::CopyRows {
                 name: "copy".into(),
                 rows: 1,
                 len: 4,

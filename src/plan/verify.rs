@@ -431,7 +431,7 @@ mod tests {
             Ok(()),
             "an in-place element-wise update is fine"
         );
-        ok.steps[1].kernel = KernelDesc::Copy(super::super::CopyRows {
+        ok.steps[1].kernel = KernelDesc::Copy(crate::codegen::native::CopyRows {
             name: "copy".into(),
             rows: 2,
             len: 3,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::codegen::Compiled;
+use crate::executable::Compiled;
 use crate::plan::Role;
 
 use super::weights::TensorStore;

@@ -12,8 +12,8 @@ use std::ops::Range;
 use thiserror::Error;
 
 use super::team::Team;
+use crate::codegen::program::Slot;
 use crate::codegen::program::{Program, Step};
-use crate::memory::Slot;
 
 /// Why a program could not run.
 #[derive(Debug, Error, PartialEq, Eq)]

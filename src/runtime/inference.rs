@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use crate::codegen::Compiled;
+use crate::executable::Compiled;
 use crate::plan::{KernelPlan, Role};
 
 use super::binding::{self, Lent};

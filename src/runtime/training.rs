@@ -4,8 +4,9 @@
 
 use thiserror::Error;
 
-use crate::codegen::Compiled;
-use crate::plan::{DropoutMask, KernelPlan, Role};
+use crate::codegen::native::DropoutMask;
+use crate::executable::Compiled;
+use crate::plan::{KernelPlan, Role};
 use crate::train::optimizer::{StepState, MAX_COEFFICIENTS};
 use crate::train::Optimizer;
 use crate::CompiledStep;

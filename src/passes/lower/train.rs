@@ -6,11 +6,11 @@ use petgraph::stable_graph::NodeIndex;
 use super::{Builder, LowerError, Lowering};
 use crate::autodiff::TrainingGraph;
 use crate::codegen::elementwise::{Binary, Expr, Operand, Unary};
+use crate::codegen::native::{CopyRows, DropoutMask};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole};
 use crate::graph::{Activation, Op};
 use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, Role};
-use crate::plan::{CopyRows, DropoutMask};
 use crate::train::optimizer::state_count;
 use crate::train::Optimizer;
 
