@@ -5,11 +5,11 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::autodiff::LossSpec;
+use crate::config::TrainConfig;
 use crate::runtime::inference::{Inference, InferenceError};
 use crate::runtime::training::{Trainer, TrainingError};
 use crate::runtime::weights;
 use crate::shapes::TypedGraph;
-use crate::train::TrainConfig;
 use crate::{CompileError, KernelPlan};
 
 /// What to measure.
@@ -229,9 +229,8 @@ pub fn memory_report(model: &TypedGraph, train: &TrainConfig, batch: usize) -> S
         weights: train.loss_weights.clone(),
     };
     let training = arena(crate::plan_training(model, &loss, &train.optimizer, batch));
-    let state = model.param_counts().trainable
-        * 4
-        * crate::train::optimizer::state_count(&train.optimizer) as u64;
+    let state =
+        model.param_counts().trainable * 4 * crate::optimizer::state_count(&train.optimizer) as u64;
     let mut out = format!("Memory at batch {batch}: weights {}\n", bytes(weights));
     match inference {
         Ok(arena) => {

@@ -18,6 +18,7 @@
 pub mod autodiff;
 pub mod bench;
 pub mod codegen;
+pub mod config;
 pub mod data;
 pub mod diagnostics;
 pub mod elaborate;
@@ -26,6 +27,7 @@ pub mod executable;
 pub mod graph;
 pub mod memory;
 pub mod ops;
+pub mod optimizer;
 pub mod passes;
 pub mod plan;
 pub mod predict;
@@ -48,8 +50,8 @@ pub use plan::KernelPlan;
 pub use shapes::{ParamCounts, TypedGraph};
 
 use autodiff::LossSpec;
+use config::Optimizer;
 use diagnostics::Diagnostic;
-use train::Optimizer;
 
 /// Loads `path` and its imports and compiles model `model` (or the file's
 /// only model) into a shape-checked graph.

@@ -602,8 +602,8 @@ fn conversion(model: &TypedGraph, resize: bool) -> Result<cnnc::data::folder::Co
 
 /// `--optimizer`: another optimizer, keeping the learning rate and the
 /// hyperparameters the section set.
-fn set_optimizer(optimizer: &mut cnnc::train::Optimizer, kind: OptimizerArg) {
-    use cnnc::train::OptimizerKind;
+fn set_optimizer(optimizer: &mut cnnc::config::Optimizer, kind: OptimizerArg) {
+    use cnnc::config::OptimizerKind;
     optimizer.kind = match kind {
         OptimizerArg::Sgd => OptimizerKind::Sgd,
         OptimizerArg::Momentum => OptimizerKind::Momentum,
@@ -842,7 +842,7 @@ fn classify(
 /// `cnnc run --train`: loads the data, trains, reports, and saves.
 fn run_training(
     model: &TypedGraph,
-    config: &cnnc::train::TrainConfig,
+    config: &cnnc::config::TrainConfig,
     data_set: &str,
     data: DataArgs,
     out: &Path,

@@ -4,9 +4,9 @@
 
 use std::process::Command;
 
+use cnnc::config::{Augment, Metric, TrainConfig};
 use cnnc::data::fashion::{self, Source};
 use cnnc::train::fit::{self, FitOptions, Progress};
-use cnnc::train::{Augment, Metric, TrainConfig};
 
 #[test]
 fn a_small_cnn_learns_the_bundled_fashion_subset() {

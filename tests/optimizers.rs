@@ -5,8 +5,8 @@
 //! before each update (its `Adam(weight_decay=…)` equals `AdamW`).
 
 use cnnc::codegen::Jit;
-use cnnc::train::optimizer::{state_count, StepState};
-use cnnc::train::{Optimizer, OptimizerKind, TrainConfig};
+use cnnc::config::{Optimizer, OptimizerKind, TrainConfig};
+use cnnc::optimizer::{state_count, StepState};
 
 const W0: [f32; 5] = [0.5, -1.25, 2.0, 0.0, 0.75];
 const GRADS: [[f32; 5]; 3] = [

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use cnnc::autodiff::LossSpec;
-use cnnc::train::TrainConfig;
+use cnnc::config::TrainConfig;
 use cnnc::TypedGraph;
 
 fn models(dir: &str) -> Vec<(PathBuf, TypedGraph)> {

@@ -9,9 +9,9 @@ mod reference;
 mod interpret;
 
 use cnnc::autodiff::LossSpec;
+use cnnc::config::{Optimizer, OptimizerKind, TrainConfig};
 use cnnc::runtime::training::Trainer;
 use cnnc::runtime::weights::{self, TensorStore};
-use cnnc::train::{Optimizer, OptimizerKind, TrainConfig};
 use cnnc::TypedGraph;
 use ndarray::{ArrayD, IxDyn};
 

@@ -11,7 +11,7 @@
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::train::Augment;
+use crate::config::Augment;
 
 /// Changes a batch of images `[n, height, width, channels]` (values in
 /// [0, 1]) in place, with draws seeded by (`seed`, `epoch`, `step`). Each

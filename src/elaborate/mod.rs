@@ -419,7 +419,7 @@ impl<'p> Elaborator<'p> {
         &mut self,
         model: DefRef<'p>,
         scope: &mut Scope,
-    ) -> Option<train::TrainConfig> {
+    ) -> Option<crate::config::TrainConfig> {
         let file = self.program.files[model.file].as_ref()?;
         let single_model = file
             .items

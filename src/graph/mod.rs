@@ -12,8 +12,8 @@ use petgraph::stable_graph::{NodeIndex, StableGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
+use crate::config::TrainConfig;
 use crate::diagnostics::Span;
-use crate::train::TrainConfig;
 
 pub use op::{Activation, Op, Padding, PoolKind};
 

@@ -268,7 +268,7 @@ mod tests {
             smoothing: 0.0,
             weights: Vec::new(),
         };
-        let optimizer = crate::train::TrainConfig::default().optimizer;
+        let optimizer = crate::config::TrainConfig::default().optimizer;
         let plan = crate::plan_training(&model, &loss, &optimizer, 4).expect("plans");
         assert!(
             shared_in_place(&plan) > 0,

@@ -5,10 +5,10 @@
 use thiserror::Error;
 
 use crate::codegen::native::DropoutMask;
+use crate::config::Optimizer;
 use crate::executable::Compiled;
+use crate::optimizer::{StepState, MAX_COEFFICIENTS};
 use crate::plan::{KernelPlan, Role};
-use crate::train::optimizer::{StepState, MAX_COEFFICIENTS};
-use crate::train::Optimizer;
 use crate::CompiledStep;
 
 use super::binding::{self, Lent};

@@ -4,7 +4,7 @@ use crate::diagnostics::{suggest, Diagnostic};
 use crate::elaborate::{NamedArg, Spanned, Value};
 use crate::syntax::ast::Ident;
 
-use super::*;
+use crate::config::*;
 
 const KEYS: &[&str] = &[
     "optimizer",

@@ -10,8 +10,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
-use super::{Schedule, TrainConfig};
 use crate::autodiff::LossSpec;
+use crate::config::{Schedule, TrainConfig};
 use crate::data::augment::augment_batch;
 use crate::data::Dataset;
 use crate::predict::run_in_batches;
@@ -413,7 +413,7 @@ struct Checkpoint {
     partial: Option<Partial>,
     weights: TensorStore,
     states: TensorStore,
-    step: super::optimizer::StepState,
+    step: crate::optimizer::StepState,
     history: Vec<Epoch>,
     best: Option<(f64, TensorStore)>,
     since_best: u64,
@@ -528,7 +528,7 @@ impl Checkpoint {
             .map(|h| parse_history(h).map_err(|m| fail(format!("its history: {m}"))))
             .transpose()?
             .unwrap_or_default();
-        let step = super::optimizer::StepState {
+        let step = crate::optimizer::StepState {
             iterations: number("iterations")?,
             u_product: f64::from_bits(number("u_product_bits")?),
         };

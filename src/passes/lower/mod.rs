@@ -19,10 +19,10 @@ use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
 use crate::codegen::native::CopyRows;
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
+use crate::config::Optimizer;
 use crate::graph::{Activation, Op};
 use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role, Step};
 use crate::shapes::TypedGraph;
-use crate::train::Optimizer;
 
 /// Why a graph could not be lowered.
 #[derive(Debug, Error, PartialEq)]

@@ -9,13 +9,13 @@ use crate::codegen::elementwise::{Binary, Expr, Operand, Unary};
 use crate::codegen::native::{CopyRows, DropoutMask};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole};
+use crate::config::Optimizer;
 use crate::graph::{Activation, Op};
+use crate::optimizer::state_count;
 use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, Role};
-use crate::train::optimizer::state_count;
-use crate::train::Optimizer;
 
 /// Values the optimizer's coefficient buffer holds (the most any optimizer reads).
-pub const COEFFICIENTS: usize = crate::train::optimizer::MAX_COEFFICIENTS;
+pub const COEFFICIENTS: usize = crate::optimizer::MAX_COEFFICIENTS;
 
 impl Lowering<'_> {
     /// The per-step scalar buffer named `name` (one per plan).

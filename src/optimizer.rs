@@ -10,7 +10,7 @@
 
 use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
 
-use super::{Optimizer, OptimizerKind};
+use crate::config::{Optimizer, OptimizerKind};
 
 /// The most scalars any update kernel reads: Nadam's four and the weight
 /// decay's factor.
