@@ -11,7 +11,6 @@
 
 mod args;
 pub mod layers;
-mod modules;
 mod value;
 
 use std::collections::{HashMap, HashSet};
@@ -22,8 +21,8 @@ use crate::diagnostics::{suggest, Diagnostic, FileId, Span};
 use crate::graph::{Graph, Init, Node, Op, Param, Shape};
 use crate::ops;
 use crate::syntax::ast::{self, BinOp, Expr, ExprKind, Ident, Stmt, UnOp};
+use crate::syntax::Program;
 use crate::train;
-pub use modules::{load_path, load_source, Program};
 pub use value::{NamedArg, Spanned, Value};
 
 /// The most nodes a model may have; more means a runaway loop.
@@ -61,8 +60,8 @@ pub fn elaborate(program: &Program, model: Option<&str>) -> Result<Graph, Vec<Di
 
 fn root_definitions(program: &Program) -> impl Iterator<Item = (&ast::Definition, bool)> {
     program.files[program.root]
+        .items
         .iter()
-        .flat_map(|f| &f.items)
         .filter_map(|item| match item {
             ast::Item::Block(d) => Some((d, false)),
             ast::Item::Model(d) => Some((d, true)),
@@ -209,8 +208,8 @@ impl<'p> Elaborator<'p> {
 
     fn own_definitions(&self, file: FileId) -> Vec<DefRef<'p>> {
         self.program.files[file]
+            .items
             .iter()
-            .flat_map(|f| &f.items)
             .filter_map(|item| match item {
                 ast::Item::Block(def) => Some(DefRef {
                     file,
@@ -254,14 +253,11 @@ impl<'p> Elaborator<'p> {
             None => match models.as_slice() {
                 [one] => Some(*one),
                 [] => {
-                    if self.program.files[root].is_some() {
-                        self.errors.push(
-                            Diagnostic::error(file_start, "this file defines no model", "")
-                                .with_note(
-                                "help: a model is `model name : [height, width, channels] { ... }`",
-                            ),
-                        );
-                    }
+                    self.errors.push(
+                        Diagnostic::error(file_start, "this file defines no model", "").with_note(
+                            "help: a model is `model name : [height, width, channels] { ... }`",
+                        ),
+                    );
                     None
                 }
                 many => {
@@ -420,7 +416,7 @@ impl<'p> Elaborator<'p> {
         model: DefRef<'p>,
         scope: &mut Scope,
     ) -> Option<train::TrainConfig> {
-        let file = self.program.files[model.file].as_ref()?;
+        let file = &self.program.files[model.file];
         let single_model = file
             .items
             .iter()
