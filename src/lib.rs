@@ -3,7 +3,7 @@
 //! The pipeline, one module and one entry function per stage:
 //!
 //! ```text
-//! .cnn source ──load──▶ Program ──elaborate──▶ Graph ──infer──▶ TypedGraph
+//! .cnn source ──load (parse, imports)──▶ Program ──elaborate──▶ Graph ──infer──▶ TypedGraph
 //!   ──autodiff──▶ TrainingGraph (training only) ──lower──▶ KernelPlan ──fuse──▶ KernelPlan
 //!   ──memory::plan──▶ Layout ──executable::build──▶ Compiled ──runtime──▶ Inference / Trainer
 //! ```
@@ -44,10 +44,10 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub use diagnostics::Diagnostics;
-pub use elaborate::Program;
 pub use executable::Compiled;
 pub use plan::KernelPlan;
 pub use shapes::{ParamCounts, TypedGraph};
+pub use syntax::Program;
 
 use autodiff::LossSpec;
 use config::Optimizer;
@@ -56,8 +56,9 @@ use diagnostics::Diagnostic;
 /// Loads `path` and its imports and compiles model `model` (or the file's
 /// only model) into a shape-checked graph.
 pub fn load_model(path: &Path, model: Option<&str>) -> Result<TypedGraph, Diagnostics> {
-    let (program, errors) = elaborate::load_path(path);
-    compile(program, errors, model)
+    // Read, parse and resolve imports.
+    let program = syntax::load_file(path)?;
+    compile(program, model)
 }
 
 /// Like [`load_model`], for source text in memory; relative imports resolve
@@ -68,16 +69,18 @@ pub fn compile_source(
     base: Option<&Path>,
     model: Option<&str>,
 ) -> Result<TypedGraph, Diagnostics> {
-    let (program, errors) = elaborate::load_source(name, text, base);
-    compile(program, errors, model)
+    // Parse and resolve imports.
+    let program = syntax::load_source(name, text, base)?;
+    compile(program, model)
 }
 
 /// Compiles every model of the file at `path` (what `cnnc check` does).
 pub fn check_file(path: &Path) -> Result<Vec<TypedGraph>, Diagnostics> {
-    let (program, errors) = elaborate::load_path(path);
+    // Read, parse and resolve imports.
+    let program = syntax::load_file(path)?;
     let names = elaborate::models(&program);
-    if names.is_empty() || !errors.is_empty() {
-        return compile(program, errors, None).map(|g| vec![g]);
+    if names.is_empty() {
+        return compile(program, None).map(|g| vec![g]);
     }
     let mut graphs = Vec::new();
     let mut all_errors = Vec::new();
@@ -95,17 +98,8 @@ pub fn check_file(path: &Path) -> Result<Vec<TypedGraph>, Diagnostics> {
 }
 
 /// Compiles model `model` (or the file's only model) of a loaded program:
-/// the front end's stages, in order.
-pub fn compile(
-    program: Program,
-    load_errors: Vec<diagnostics::Diagnostic>,
-    model: Option<&str>,
-) -> Result<TypedGraph, Diagnostics> {
-    // Parse and import errors come first; a file that failed to parse has
-    // no definitions to elaborate, so elaboration would only add noise.
-    if !load_errors.is_empty() {
-        return Err(Diagnostics::new(load_errors, Arc::new(program.sources)));
-    }
+/// the front end's stages after loading, in order.
+pub fn compile(program: Program, model: Option<&str>) -> Result<TypedGraph, Diagnostics> {
     // Instantiate blocks, arguments and loops into a graph of primitive ops.
     let graph = elaborate::elaborate(&program, model);
     // Infer and check every shape, count weights, FLOPs and bytes.

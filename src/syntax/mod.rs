@@ -1,7 +1,14 @@
-//! Parsing: `.cnn` source text to the spanned AST, with the pest grammar in
-//! `grammar/cnn.pest`.
+//! The front end's first stage: `.cnn` source text to the spanned AST.
+//!
+//! [`parse`] turns one file's text into its AST with the pest grammar in
+//! `grammar/cnn.pest`; [`load_file`] and [`load_source`] (in `load.rs`) read
+//! a file, parse it and load everything it imports into a [`Program`], the
+//! input of elaboration.
 
 pub mod ast;
+mod load;
+
+pub use load::{load_file, load_source, Program};
 
 use pest::iterators::Pair;
 use pest::Parser as _;

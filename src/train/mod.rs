@@ -2,7 +2,4 @@
 //! stopping, checkpoints and the history ([`fit`]); the configuration it
 //! follows is [`crate::config::TrainConfig`].
 
-mod config;
 pub mod fit;
-
-pub use config::check;

@@ -1,10 +1,11 @@
-//! Checking a `train` section and turning it into a [`TrainConfig`].
+//! Checking a `train` section's evaluated entries and turning them into a
+//! [`TrainConfig`]: every key, call and value against what Keras accepts,
+//! with every problem reported at its place.
 
-use crate::diagnostics::{suggest, Diagnostic};
-use crate::elaborate::{NamedArg, Spanned, Value};
-use crate::syntax::ast::Ident;
-
+use super::value::{NamedArg, Spanned, Value};
 use crate::config::*;
+use crate::diagnostics::{suggest, Diagnostic};
+use crate::syntax::ast::Ident;
 
 const KEYS: &[&str] = &[
     "optimizer",
