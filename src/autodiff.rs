@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use petgraph::stable_graph::NodeIndex;
 
-use crate::diagnostics::Diagnostic;
+use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::graph::{Activation, Graph, Node, Op};
 use crate::ops::{self, Need};
 use crate::shapes::{self, TypedGraph};
@@ -38,12 +38,10 @@ pub struct TrainingGraph {
     pub gradients: Vec<(String, NodeIndex)>,
 }
 
-/// Builds the training graph of `model` for the loss `loss`.
-pub fn differentiate(
-    model: &TypedGraph,
-    loss: &LossSpec,
-) -> Result<TrainingGraph, Vec<Diagnostic>> {
-    check_outputs(model)?;
+/// Builds the training graph of `model` for the loss `loss`; errors point
+/// into the model's source.
+pub fn differentiate(model: &TypedGraph, loss: &LossSpec) -> Result<TrainingGraph, Diagnostics> {
+    check_outputs(model).map_err(|errors| model.graph.diagnostics(errors))?;
     let mut builder = Builder {
         graph: model.graph.clone(),
         grads: HashMap::new(),
@@ -59,7 +57,7 @@ pub fn differentiate(
         };
         gradients.extend(builder.backward(model, id, dy, &needs_grad));
     }
-    let typed = shapes::infer(builder.graph)?;
+    let typed = shapes::infer(builder.graph).map_err(|errors| model.graph.diagnostics(errors))?;
     debug_assert_eq!(typed.graph.verify(), Ok(()));
     Ok(TrainingGraph {
         typed,
@@ -328,12 +326,16 @@ mod tests {
         let model = compile("model m : [8, 8, 3] { conv(2, 7, padding: same) }");
         let errors = differentiate(&model, &plain()).unwrap_err();
         assert!(
-            errors[0]
+            errors.errors[0]
                 .message
                 .contains("output `output` has shape [8, 8, 2]"),
             "{}",
-            errors[0].message
+            errors.errors[0].message
         );
+        // The error keeps its place: it renders with the model's line.
+        let rendered = errors.render(false);
+        assert!(rendered.contains("test.cnn:1:"), "{rendered}");
+        assert!(rendered.contains("conv(2, 7, padding: same)"), "{rendered}");
     }
 
     #[test]

@@ -249,8 +249,12 @@ pub fn memory_report(model: &TypedGraph, train: &TrainConfig, batch: usize) -> S
                 bytes(state)
             );
         }
-        Err(CompileError::Autodiff(errors)) => {
-            let messages: Vec<&str> = errors.iter().map(|d| d.message.as_str()).collect();
+        Err(CompileError::Autodiff(diagnostics)) => {
+            let messages: Vec<&str> = diagnostics
+                .errors
+                .iter()
+                .map(|d| d.message.as_str())
+                .collect();
             out += &format!("  training: not planned: {}\n", messages.join("; "));
         }
         Err(e) => out += &format!("  training: not planned: {e}\n"),

@@ -39,7 +39,6 @@ pub mod train;
 pub mod viz;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -74,7 +73,8 @@ pub fn compile_source(
     compile(program, model)
 }
 
-/// Compiles every model of the file at `path` (what `cnnc check` does).
+/// Compiles every model of the file at `path` (what `cnnc check` does),
+/// reporting the errors of all of them.
 pub fn check_file(path: &Path) -> Result<Vec<TypedGraph>, Diagnostics> {
     // Read, parse and resolve imports.
     let program = syntax::load_file(path)?;
@@ -83,36 +83,41 @@ pub fn check_file(path: &Path) -> Result<Vec<TypedGraph>, Diagnostics> {
         return compile(program, None).map(|g| vec![g]);
     }
     let mut graphs = Vec::new();
-    let mut all_errors = Vec::new();
+    let mut errors = Vec::new();
     for name in &names {
-        match elaborate::elaborate(&program, Some(name)).and_then(shapes::infer) {
-            Ok(g) => graphs.push(g),
-            Err(e) => all_errors.extend(e),
+        match front_end(&program, Some(name)) {
+            Ok(graph) => graphs.push(graph),
+            Err(e) => errors.extend(e),
         }
     }
-    if all_errors.is_empty() {
+    if errors.is_empty() {
         Ok(graphs)
     } else {
-        Err(Diagnostics::new(all_errors, Arc::new(program.sources)))
+        Err(Diagnostics::new(errors, program.sources.clone()))
     }
 }
 
-/// Compiles model `model` (or the file's only model) of a loaded program:
-/// the front end's stages after loading, in order.
+/// Compiles model `model` (or the file's only model) of a loaded program
+/// into a shape-checked graph.
 pub fn compile(program: Program, model: Option<&str>) -> Result<TypedGraph, Diagnostics> {
+    front_end(&program, model).map_err(|errors| Diagnostics::new(errors, program.sources.clone()))
+}
+
+/// The front end's stages after loading, in order.
+fn front_end(program: &Program, model: Option<&str>) -> Result<TypedGraph, Vec<Diagnostic>> {
     // Instantiate blocks, arguments and loops into a graph of primitive ops.
-    let graph = elaborate::elaborate(&program, model);
+    let graph = elaborate::elaborate(program, model)?;
     // Infer and check every shape, count weights, FLOPs and bytes.
-    let typed = graph.and_then(shapes::infer);
-    typed.map_err(|errors| Diagnostics::new(errors, Arc::new(program.sources)))
+    shapes::infer(graph)
 }
 
 /// Why the back end could not compile a model.
 #[derive(Debug, Error)]
 pub enum CompileError {
-    /// The model cannot be differentiated.
-    #[error("the model cannot be differentiated: {}", .0.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("; "))]
-    Autodiff(Vec<Diagnostic>),
+    /// The model cannot be differentiated: errors at their places in the
+    /// model's source, rendered by their `Display`.
+    #[error("{0}")]
+    Autodiff(Diagnostics),
     /// The graph could not be lowered to kernels.
     #[error(transparent)]
     Lower(#[from] passes::lower::LowerError),

@@ -509,14 +509,9 @@ fn compile(model: &TypedGraph, emit: Emit, batch: usize) -> Result<String, Diagn
     let at = |e: String| Diagnostics::message(&model.graph.name, e);
     match emit {
         Emit::Graph => Ok(cnnc::emit::graph_text(model)),
-        Emit::TrainGraph => cnnc::autodiff::differentiate(model, &loss)
-            .map(|t| cnnc::emit::graph_text(&t.typed))
-            .map_err(|e| {
-                at(e.iter()
-                    .map(|d| d.message.clone())
-                    .collect::<Vec<_>>()
-                    .join("; "))
-            }),
+        Emit::TrainGraph => {
+            cnnc::autodiff::differentiate(model, &loss).map(|t| cnnc::emit::graph_text(&t.typed))
+        }
         Emit::Clif => cnnc::compile_inference(model, batch)
             .map_err(|e| at(e.to_string()))
             .map(|compiled| {
@@ -532,11 +527,7 @@ fn compile(model: &TypedGraph, emit: Emit, batch: usize) -> Result<String, Diagn
             .map_err(|e| at(e.to_string())),
         Emit::TrainKernels => cnnc::plan_training(model, &loss, &train.optimizer, batch)
             .map_err(|e| match e {
-                cnnc::CompileError::Autodiff(errors) => at(errors
-                    .iter()
-                    .map(|d| d.message.clone())
-                    .collect::<Vec<_>>()
-                    .join("; ")),
+                cnnc::CompileError::Autodiff(diagnostics) => diagnostics,
                 other => at(other.to_string()),
             })
             .map(|p| p.to_string()),

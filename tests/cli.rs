@@ -165,3 +165,29 @@ fn bench_reports_every_figure() {
         assert!(report.contains(field), "no {field} in\n{report}");
     }
 }
+
+#[test]
+fn a_model_that_cannot_be_trained_is_reported_at_its_output() {
+    // Training scores outputs with a cross-entropy: a feature-map output is
+    // an error that points at the layer making it, like a front-end error.
+    let dir = std::env::temp_dir().join(format!("cnnc-cli-train-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("maps.cnn");
+    std::fs::write(
+        &file,
+        "model maps : [8, 8, 1] {\n    conv(2, 3, padding: same)\n}\n",
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf-8");
+    for emit in ["train-graph", "train-kernels"] {
+        let out = cnnc(&["compile", path, "--emit", emit]);
+        assert_eq!(out.status.code(), Some(1), "{emit}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("training needs class scores, but output `output` has shape [8, 8, 2]"),
+            "{emit}: {err}"
+        );
+        assert!(err.contains("maps.cnn:2:5"), "{emit}: {err}");
+        assert!(err.contains("conv(2, 3, padding: same)"), "{emit}: {err}");
+    }
+}

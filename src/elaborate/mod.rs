@@ -141,6 +141,7 @@ impl<'p> Elaborator<'p> {
     fn model(&mut self, model: DefRef<'p>) -> Graph {
         let def = model.def;
         self.graph.name = def.name.name.clone();
+        self.graph.sources = self.program.sources.clone();
         let mut scope = Scope::new(model.file, String::new(), Value::Poison, true);
         scope.outputs = Some(Vec::new());
         self.bind_model_params(&mut scope, def);

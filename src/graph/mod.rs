@@ -7,13 +7,14 @@
 mod op;
 
 use std::fmt;
+use std::sync::Arc;
 
 use petgraph::stable_graph::{NodeIndex, StableGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
 use crate::config::TrainConfig;
-use crate::diagnostics::Span;
+use crate::diagnostics::{Diagnostic, Diagnostics, SourceMap, Span};
 
 pub use op::{Activation, Op, Padding, PoolKind};
 
@@ -140,9 +141,17 @@ pub struct Graph {
     pub outputs: Vec<(String, NodeIndex)>,
     /// The model's training section, when it has one.
     pub train: Option<TrainConfig>,
+    /// The source files its nodes' spans point into, so that every later
+    /// stage can report an error at its place in the model's text.
+    pub sources: Arc<SourceMap>,
 }
 
 impl Graph {
+    /// `errors` about this graph's nodes, with the sources to render them.
+    pub fn diagnostics(&self, errors: Vec<Diagnostic>) -> Diagnostics {
+        Diagnostics::new(errors, self.sources.clone())
+    }
+
     /// Adds a node fed by `inputs` (in slot order) and returns its index.
     pub fn add(&mut self, node: Node, inputs: &[NodeIndex]) -> NodeIndex {
         let id = self.nodes.add_node(node);

@@ -17,8 +17,9 @@ use crate::syntax::{self, ast};
 
 /// A set of parsed files: the one being compiled and its imports.
 pub struct Program {
-    /// The text of every file, for diagnostics.
-    pub sources: SourceMap,
+    /// The text of every file, for diagnostics (shared with the graph
+    /// elaborated from it, whose spans point into it).
+    pub sources: Arc<SourceMap>,
     /// Every file's AST, indexed by [`FileId`].
     pub files: Vec<ast::File>,
     /// The files each file imports directly.
@@ -131,7 +132,7 @@ impl Loader {
         // every file has its AST.
         let files = self.files.into_iter().collect::<Option<Vec<_>>>();
         Ok(Program {
-            sources: self.sources,
+            sources: Arc::new(self.sources),
             files: files.expect("every file without an error was parsed"),
             imports: self.imports,
             root,
