@@ -825,10 +825,13 @@ fn classify(
     images: &[PathBuf],
     (resize, top, threads): (bool, usize, usize),
 ) -> Result<String, String> {
-    let conversion = conversion(model, resize)?;
-    let predictions =
-        cnnc::runtime::predict::predict_images(model, store, images, (conversion, top), threads)
-            .map_err(|e| e.to_string())?;
+    let options = cnnc::runtime::predict::ClassifyOptions {
+        conversion: conversion(model, resize)?,
+        top,
+        threads,
+    };
+    let predictions = cnnc::runtime::predict::predict_images(model, store, images, options)
+        .map_err(|e| e.to_string())?;
     let mut out = String::new();
     for p in predictions {
         out += &format!("{}\n", p.path.display());
