@@ -1,0 +1,93 @@
+//! `cnnc compile`: one stage of a model's compilation, as text.
+
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+use cnnc::autodiff::{self, LossSpec, TrainingGraph};
+use cnnc::train::TrainConfig;
+use cnnc::{Diagnostics, TypedGraph};
+
+use super::shared::load;
+
+/// Compile a model and print a stage of its compilation.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The .cnn file.
+    file: PathBuf,
+    /// The model, when the file defines several.
+    #[arg(long)]
+    model: Option<String>,
+    /// What to print: `graph` is the shape-inferred dataflow graph (stable text, for snapshot tests);
+    /// `kernels` the inference kernel plan, `train-kernels` the training step's, `clif` the
+    /// Cranelift IR of the generated inference kernels.
+    #[arg(long, value_enum, default_value_t = Emit::Graph)]
+    emit: Emit,
+    /// The batch size the kernel plans are made for.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+}
+
+/// What `--emit` prints.
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// The shape-inferred dataflow graph.
+    Graph,
+    /// The training graph: forward, losses and backward.
+    TrainGraph,
+    /// The kernel plan for inference.
+    Kernels,
+    /// The kernel plan of one training step.
+    TrainKernels,
+    /// The Cranelift IR of every generated inference kernel.
+    Clif,
+}
+
+/// The stage `--emit` names, planned for `--batch` examples; failures past
+/// the front end name the model.
+pub fn run(args: &Args) -> Result<String, Diagnostics> {
+    let model = load(&args.file, args.model.as_deref())?;
+    let at = |e: String| Diagnostics::message(&model.graph.name, e);
+    let train = model.graph.train.clone().unwrap_or_default();
+    match args.emit {
+        Emit::Graph => Ok(cnnc::emit::graph_text(&model)),
+        Emit::TrainGraph => differentiate(&model, &train)
+            .map(|training| cnnc::emit::graph_text(&training.typed))
+            .map_err(at),
+        Emit::Kernels => cnnc::plan_inference(&model, args.batch)
+            .map(|plan| plan.to_string())
+            .map_err(|e| at(e.to_string())),
+        Emit::TrainKernels => differentiate(&model, &train)
+            .and_then(|training| {
+                cnnc::plan_training(&training, args.batch, &train.optimizer)
+                    .map_err(|e| e.to_string())
+            })
+            .map(|plan| plan.to_string())
+            .map_err(at),
+        Emit::Clif => cnnc::plan_inference(&model, args.batch)
+            .map_err(|e| e.to_string())
+            .and_then(|plan| cnnc::runtime::program::clif(&plan).map_err(|e| e.to_string()))
+            .map(|kernels| {
+                kernels
+                    .iter()
+                    .map(|(name, clif)| format!("; kernel {name}\n{clif}\n"))
+                    .collect()
+            })
+            .map_err(at),
+    }
+}
+
+/// The training graph with the train section's loss, its errors joined
+/// into one line.
+fn differentiate(model: &TypedGraph, train: &TrainConfig) -> Result<TrainingGraph, String> {
+    let loss = LossSpec {
+        smoothing: train.label_smoothing,
+        weights: train.loss_weights.clone(),
+    };
+    autodiff::differentiate(model, &loss).map_err(|errors| {
+        errors
+            .iter()
+            .map(|d| d.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
