@@ -165,3 +165,21 @@ fn bench_reports_every_figure() {
         assert!(report.contains(field), "no {field} in\n{report}");
     }
 }
+
+#[test]
+fn every_help_text_is_pinned() {
+    // The help is the doc comments of each command's flags: a change to one
+    // shows up here as a snapshot to review.
+    let commands = [
+        "check", "summary", "graph", "compile", "run", "eval", "predict", "show", "maps", "plot",
+        "bench",
+    ];
+    let top = cnnc(&["--help"]);
+    assert!(top.status.success());
+    insta::assert_snapshot!("help", stdout(&top));
+    for command in commands {
+        let out = cnnc(&[command, "--help"]);
+        assert!(out.status.success(), "{command}: {}", stderr(&out));
+        insta::assert_snapshot!(format!("help_{command}"), stdout(&out));
+    }
+}
