@@ -117,7 +117,7 @@ pub enum CompileError {
     /// The model cannot be differentiated: errors at their places in the
     /// model's source, rendered by their `Display`.
     #[error("{0}")]
-    Autodiff(Diagnostics),
+    Autodiff(#[source] Diagnostics),
     /// The graph could not be lowered to kernels.
     #[error(transparent)]
     Lower(#[from] passes::lower::LowerError),

@@ -141,18 +141,33 @@ pub struct ImagePrediction {
     pub top: Vec<(usize, String, f32)>,
 }
 
+/// How [`predict_images`] reads images and what it reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassifyOptions {
+    /// How each image becomes the model's input ([`folder::read_image`]).
+    pub conversion: Conversion,
+    /// How many of the highest scores to report per image.
+    pub top: usize,
+    /// Worker threads.
+    pub threads: usize,
+}
+
 /// Classifies the image files `paths` with `model` and the weights in
-/// `store`: each image is read and converted as `conversion` says
-/// ([`folder::read_image`]), and its `top` highest scores of the model's
-/// first output are named by the class names stored with the weights
-/// (`class 3` when there are none).
+/// `store`: each image is read and converted as `options.conversion` says
+/// ([`folder::read_image`]), and its `options.top` highest scores of the
+/// model's first output are named by the class names stored with the
+/// weights (`class 3` when there are none).
 pub fn predict_images(
     model: &TypedGraph,
     store: TensorStore,
     paths: &[PathBuf],
-    (conversion, top): (Conversion, usize),
-    threads: usize,
+    options: ClassifyOptions,
 ) -> Result<Vec<ImagePrediction>, PredictError> {
+    let ClassifyOptions {
+        conversion,
+        top,
+        threads,
+    } = options;
     let (output, shape) = model.outputs().into_iter().next().unwrap_or_default();
     if shape.len() != 1 {
         return Err(PredictError::NotScores {

@@ -179,8 +179,14 @@ fn a_model_that_cannot_be_trained_is_reported_at_its_output() {
     )
     .expect("write");
     let path = file.to_str().expect("utf-8");
-    for emit in ["train-graph", "train-kernels"] {
-        let out = cnnc(&["compile", path, "--emit", emit]);
+    let commands = [
+        ["compile", path, "--emit", "train-graph"],
+        ["compile", path, "--emit", "train-kernels"],
+        ["bench", path, "--steps", "1"],
+    ];
+    for command in commands {
+        let emit = command.join(" ");
+        let out = cnnc(&command);
         assert_eq!(out.status.code(), Some(1), "{emit}");
         let err = stderr(&out);
         assert!(
@@ -189,5 +195,23 @@ fn a_model_that_cannot_be_trained_is_reported_at_its_output() {
         );
         assert!(err.contains("maps.cnn:2:5"), "{emit}: {err}");
         assert!(err.contains("conv(2, 3, padding: same)"), "{emit}: {err}");
+    }
+}
+
+#[test]
+fn every_help_text_is_pinned() {
+    // The help is the doc comments of each command's flags: a change to one
+    // shows up here as a snapshot to review.
+    let commands = [
+        "check", "summary", "graph", "compile", "run", "eval", "predict", "show", "maps", "plot",
+        "bench",
+    ];
+    let top = cnnc(&["--help"]);
+    assert!(top.status.success());
+    insta::assert_snapshot!("help", stdout(&top));
+    for command in commands {
+        let out = cnnc(&[command, "--help"]);
+        assert!(out.status.success(), "{command}: {}", stderr(&out));
+        insta::assert_snapshot!(format!("help_{command}"), stdout(&out));
     }
 }

@@ -1,0 +1,49 @@
+//! `cnnc bench`: compile time, speed, latency and memory on random data.
+
+use std::path::PathBuf;
+
+use cnnc::bench::BenchConfig;
+use cnnc::Diagnostics;
+
+use super::shared::{failure, load, threads_or_cores};
+
+/// Measure compile time, training and inference speed, latency and memory on random data.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The .cnn file.
+    file: PathBuf,
+    /// The model, when the file defines several.
+    #[arg(long)]
+    model: Option<String>,
+    /// Training batch size.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Inference batch size.
+    #[arg(long, default_value_t = 256)]
+    inference_batch: usize,
+    /// Worker threads (default: the machine's cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Also print the time of the training step's slowest kernels.
+    #[arg(long)]
+    profile: bool,
+}
+
+/// Runs the benchmark with the model's train section and reports it.
+pub fn run(args: &Args) -> Result<String, Diagnostics> {
+    let model = load(&args.file, args.model.as_deref())?;
+    let config = BenchConfig {
+        batch: args.batch,
+        inference_batch: args.inference_batch,
+        profile: args.profile,
+        threads: threads_or_cores(args.threads),
+        steps: args.steps,
+    };
+    let train = model.graph.train.clone().unwrap_or_default();
+    cnnc::bench::run(&model, &train, config)
+        .map(|report| report.to_string())
+        .map_err(|e| failure(&args.file, e))
+}

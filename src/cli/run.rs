@@ -1,0 +1,201 @@
+//! `cnnc run`: trains a model with its file's train section (`--train`),
+//! or classifies image files with the weights training wrote.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cnnc::config::TrainConfig;
+use cnnc::train::fit::{self, FitOptions};
+use cnnc::{Diagnostics, TypedGraph};
+
+use super::overrides::{OptimizerArg, TrainOverrides};
+use super::progress::ProgressPrinter;
+use super::shared::{
+    classify, failure, initializers, load, load_splits, threads_or_cores, ClassifyArgs, DataArgs,
+};
+
+/// Train a model (`--train fashion` or `--train DIR`) with its file's train section, or run it on images.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The .cnn file.
+    file: PathBuf,
+    /// The model, when the file defines several.
+    #[arg(long)]
+    model: Option<String>,
+    /// The data set to train on: `fashion` (Fashion-MNIST), or a folder of PNG/JPEG images
+    /// with one sub-folder per class. Without it, the model runs forward on INPUTS.
+    #[arg(long)]
+    train: Option<String>,
+    /// A folder holding Fashion-MNIST's files (otherwise $CNNC_DATA, the system's, or the bundled subset).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Resize images and convert their colours to fit the model's input (image folders and INPUTS).
+    #[arg(long)]
+    resize: bool,
+    /// Epochs (overrides the train section).
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Batch size (overrides the train section).
+    #[arg(long)]
+    batch: Option<u64>,
+    /// Learning rate (overrides the train section).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Optimizer (overrides the train section's, keeping its learning rate).
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerArg>,
+    /// Random seed (overrides the train section).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Folder for the weights, the checkpoint and the history.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Worker threads (default: the machine's cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Continue from the checkpoint in the output folder, bit for bit.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
+    /// Start afresh even though the output folder holds an earlier run, replacing its weights.
+    #[arg(long)]
+    overwrite: bool,
+    /// Without --train: the weights to run with (default: OUT/MODEL.safetensors, the file
+    /// training writes, when it exists; otherwise the model's initializers).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Without --train: how many classes to show per image.
+    #[arg(long, default_value_t = 3)]
+    top: usize,
+    /// Without --train: image files (PNG, JPEG) to classify.
+    inputs: Vec<PathBuf>,
+}
+
+impl Args {
+    /// The flags that replace the train section's values.
+    fn overrides(&self) -> TrainOverrides {
+        TrainOverrides {
+            epochs: self.epochs,
+            batch: self.batch,
+            lr: self.lr,
+            optimizer: self.optimizer,
+            seed: self.seed,
+        }
+    }
+}
+
+/// Trains on `--train`'s data set with the train section as the flags
+/// override it, or else classifies INPUTS.
+pub fn run(args: &Args) -> Result<String, Diagnostics> {
+    let model = load(&args.file, args.model.as_deref())?;
+    let section = model.graph.train.clone().unwrap_or_default();
+    let config = args.overrides().apply(section);
+    let result = match &args.train {
+        Some(data_set) => return train(&model, &config, data_set, args),
+        None if args.inputs.is_empty() => {
+            Err("give --train DATA to train the model, or image files to run it on".into())
+        }
+        None => classify_inputs(&model, args),
+    };
+    result.map_err(|e| failure(&args.file, e))
+}
+
+/// Loads the data, trains, reports, and saves the weights and the
+/// learning curves into `--out`.
+fn train(
+    model: &TypedGraph,
+    config: &TrainConfig,
+    data_set: &str,
+    args: &Args,
+) -> Result<String, Diagnostics> {
+    let fail = |message: String| failure(&args.file, message);
+    let data = DataArgs {
+        name: data_set,
+        fashion_dir: args.data.as_deref(),
+        resize: args.resize,
+    };
+    let splits = load_splits(model, data, config.validation, config.seed).map_err(fail)?;
+    let out = &args.out;
+    std::fs::create_dir_all(out)
+        .map_err(|e| fail(format!("cannot create `{}`: {e}", out.display())))?;
+    let printer = ProgressPrinter::new(config);
+    let options = FitOptions {
+        threads: threads_or_cores(args.threads),
+        out: out.clone(),
+        resume: args.resume,
+        overwrite: args.overwrite,
+        stop: stop_on_ctrl_c(),
+        progress: &mut |progress: fit::Progress| printer.report(progress),
+    };
+    let sets = (&splits.train, &splits.validation, &splits.test);
+    let fitted = fit::fit(model, config, sets, options).map_err(|e| failure(&args.file, e))?;
+    let name = &model.graph.name;
+    let weights = out.join(format!("{name}.safetensors"));
+    cnnc::runtime::weights::save(&fitted.weights, &weights).map_err(|e| failure(&args.file, e))?;
+    let curves = draw_curves(
+        &fitted.history,
+        &out.join(format!("{name}.learning_curves.png")),
+    );
+    Ok(format!(
+        "test: loss {:.4} accuracy {:.4} ({} images)\nweights: {}\nhistory: {}\n{curves}",
+        fitted.test.0,
+        fitted.test.1,
+        splits.test.len(),
+        weights.display(),
+        out.join(format!("{name}.history.csv")).display()
+    ))
+}
+
+/// The flag that a first Ctrl-C sets, asking training to stop after the
+/// current step and save; a second Ctrl-C ends the process at once. `None`
+/// when the handler cannot be installed.
+fn stop_on_ctrl_c() -> Option<&'static AtomicBool> {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let handler = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+    });
+    handler.is_ok().then_some(&STOP)
+}
+
+/// Draws the learning curves into `path`: the line naming it, or nothing.
+/// Everything is saved by then, so a picture that cannot be drawn is worth
+/// a warning, not a failed run.
+fn draw_curves(history: &[fit::Epoch], path: &Path) -> String {
+    match cnnc::viz::curves::render(history, path) {
+        Ok(()) => format!("learning curves: {}\n", path.display()),
+        Err(e) => {
+            eprintln!("warning: {e}");
+            String::new()
+        }
+    }
+}
+
+/// Classifies INPUTS with `--weights`, or those training wrote to `--out`,
+/// or the model's initializers.
+fn classify_inputs(model: &TypedGraph, args: &Args) -> Result<String, String> {
+    use cnnc::runtime::weights;
+    let trained = args.out.join(format!("{}.safetensors", model.graph.name));
+    let store = match &args.weights {
+        Some(path) => weights::load_for(model, path),
+        None if trained.is_file() => {
+            eprintln!("using the weights in `{}`", trained.display());
+            weights::load_for(model, &trained)
+        }
+        None => {
+            eprintln!(
+                "no weights given and no `{}`: running with the model's initializers",
+                trained.display()
+            );
+            Ok(initializers(model))
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    let options = ClassifyArgs {
+        resize: args.resize,
+        top: args.top,
+        threads: threads_or_cores(args.threads),
+    };
+    classify(model, store, &args.inputs, options)
+}
