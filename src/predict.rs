@@ -224,7 +224,11 @@ fn forward(
     run_in_batches::<PredictError>(
         model,
         &store,
-        (count, batch, threads),
+        Batches {
+            count,
+            batch,
+            threads,
+        },
         examples,
         |_, results| {
             for (name, part) in results {
@@ -249,18 +253,35 @@ fn with_suffix(path: &Path, name: &str) -> PathBuf {
     path.with_file_name(format!("{stem}.{name}{extension}"))
 }
 
-/// Runs `model` on `count` examples (`examples(start, size)` gives the
-/// values of examples `start..start + size`) in batches of at most `batch`;
-/// the last, smaller batch gets a program of its own. Calls `each` with the
-/// first example of every batch and its outputs. Fails with the caller's
-/// error type, which says how compilation and running fail.
+/// How [`run_in_batches`] splits its examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batches {
+    /// Examples in all.
+    pub count: usize,
+    /// Examples per batch (the last batch may be smaller).
+    pub batch: usize,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+/// Runs `model` on `batches.count` examples (`examples(start, size)` gives
+/// the values of examples `start..start + size`) in batches of at most
+/// `batches.batch`; the last, smaller batch gets a program of its own.
+/// Calls `each` with the first example of every batch and its outputs.
+/// Fails with the caller's error type, which says how compilation and
+/// running fail.
 pub fn run_in_batches<E: From<CompileError> + From<InferenceError>>(
     model: &TypedGraph,
     weights: &TensorStore,
-    (count, batch, threads): (usize, usize, usize),
+    batches: Batches,
     mut examples: impl FnMut(usize, usize) -> Vec<f32>,
     mut each: impl FnMut(usize, Vec<(String, Vec<f32>)>),
 ) -> Result<(), E> {
+    let Batches {
+        count,
+        batch,
+        threads,
+    } = batches;
     let batch = batch.max(1);
     let mut program: Option<Inference> = None;
     let mut start = 0;

@@ -14,7 +14,7 @@ use crate::autodiff::LossSpec;
 use crate::config::{Schedule, TrainConfig};
 use crate::data::augment::augment_batch;
 use crate::data::Dataset;
-use crate::predict::run_in_batches;
+use crate::predict::{run_in_batches, Batches};
 use crate::runtime::inference::InferenceError;
 use crate::runtime::training::{Trainer, TrainingError};
 use crate::runtime::weights::{self, TensorStore, WeightsError};
@@ -681,7 +681,11 @@ pub fn evaluate_in_detail(
     run_in_batches::<FitError>(
         model,
         weights,
-        (data.len(), EVALUATION_BATCH, threads),
+        Batches {
+            count: data.len(),
+            batch: EVALUATION_BATCH,
+            threads,
+        },
         examples,
         |start, outputs| {
             let rows = EVALUATION_BATCH.min(data.len() - start);
