@@ -1,7 +1,12 @@
 //! Gradient rules: for each forward op, what the gradient of each of its
 //! inputs and weights is computed from. The math of each rule is in a
 //! comment; the kernels that compute them are chosen when the training
-//! graph is lowered.
+//! graph is lowered (`passes/lower/train.rs`, by the op's kernel family).
+//!
+//! A rule lists the values a gradient reads ([`Need`]); autodiff wires them
+//! as the gradient node's inputs in the rule's order, and the lowering reads
+//! them back by name with [`GradInputs::named`], so the order of a list here
+//! matters to no one.
 
 use crate::graph::{Activation, Op, PoolKind};
 
@@ -28,6 +33,46 @@ pub struct Rule {
 }
 
 use Need::{Dy, Input, Output};
+
+/// The inputs of one gradient node, by name: what its kernel reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GradInputs<T> {
+    /// The gradient of the loss with respect to the forward op's output.
+    pub dy: T,
+    /// The forward input the rule reads ([`Need::Input`]): the op's own
+    /// input `x`, or for `multiply` the other operand.
+    pub input: Option<T>,
+    /// The forward output the rule reads ([`Need::Output`]).
+    pub output: Option<T>,
+}
+
+impl<T: Copy> GradInputs<T> {
+    /// Names `wired`, the inputs of a gradient node that autodiff wired from
+    /// `needs` in the same order. `None` when they do not fit: a different
+    /// count, no `Dy`, or a need named twice (no rule reads two forward
+    /// inputs or two outputs).
+    pub fn named(needs: &[Need], wired: &[T]) -> Option<GradInputs<T>> {
+        if needs.len() != wired.len() {
+            return None;
+        }
+        let (mut dy, mut input, mut output) = (None, None, None);
+        for (need, &value) in needs.iter().zip(wired) {
+            let field = match need {
+                Need::Dy => &mut dy,
+                Need::Input(_) => &mut input,
+                Need::Output => &mut output,
+            };
+            if field.replace(value).is_some() {
+                return None;
+            }
+        }
+        Some(GradInputs {
+            dy: dy?,
+            input,
+            output,
+        })
+    }
+}
 
 /// The gradient rule of `op`, for an op with `arity` inputs.
 pub fn gradient(op: &Op, arity: usize) -> Rule {
@@ -92,6 +137,14 @@ pub fn gradient(op: &Op, arity: usize) -> Rule {
         | Op::InputGrad { .. }
         | Op::WeightGrad { .. } => rule(vec![vec![]; arity], vec![]),
     }
+}
+
+/// What the gradient of weight `index` of `op` reads, or `None` for a
+/// weight that is not learned by gradient (or that `op` does not have).
+pub fn weight_needs(op: &Op, index: usize) -> Option<Vec<Need>> {
+    // Only single-input ops have weights, so the weight rules do not depend
+    // on the arity.
+    gradient(op, 1).weights.into_iter().nth(index).flatten()
 }
 
 /// What an activation's gradient is computed from; all are functions of
