@@ -205,6 +205,48 @@ mod tests {
     }
 
     #[test]
+    fn gradient_inputs_are_named_whatever_the_order_of_the_rule() {
+        let dy_first = GradInputs::named(&[Dy, Input(0)], &["dy", "x"]);
+        let x_first = GradInputs::named(&[Input(0), Dy], &["x", "dy"]);
+        let expected = GradInputs {
+            dy: "dy",
+            input: Some("x"),
+            output: None,
+        };
+        assert_eq!(dy_first, Some(expected));
+        assert_eq!(x_first, Some(expected));
+        let with_output = GradInputs::named(&[Output, Dy], &["y", "dy"]);
+        assert_eq!(with_output.and_then(|g| g.output), Some("y"));
+    }
+
+    #[test]
+    fn gradient_inputs_that_do_not_fit_the_rule_are_refused() {
+        assert_eq!(GradInputs::named(&[Dy, Input(0)], &["dy"]), None);
+        assert_eq!(GradInputs::named(&[Input(0)], &["x"]), None);
+        assert_eq!(GradInputs::named(&[Dy, Dy], &["a", "b"]), None);
+        assert_eq!(
+            GradInputs::named(&[Dy, Input(0), Input(1)], &["dy", "a", "b"]),
+            None
+        );
+    }
+
+    #[test]
+    fn weight_rules_do_not_depend_on_the_arity() {
+        let dense = Op::Dense {
+            units: 5,
+            bias: true,
+        };
+        assert_eq!(weight_needs(&dense, 0), Some(vec![Dy, Input(0)]));
+        assert_eq!(weight_needs(&dense, 1), Some(vec![Dy]));
+        assert_eq!(weight_needs(&dense, 2), None);
+        let batchnorm = Op::BatchNorm {
+            momentum: 0.99,
+            epsilon: 1e-3,
+        };
+        assert_eq!(weight_needs(&batchnorm, 2), None, "moving mean");
+    }
+
+    #[test]
     fn sums_pass_the_gradient_to_every_input() {
         assert_eq!(gradient(&Op::Add, 3).inputs, vec![vec![Dy]; 3]);
         assert_eq!(

@@ -396,9 +396,7 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
             inputs: shapes,
             ..
         } => return input_grad_flops(forward, *slot, shapes, inputs),
-        Op::WeightGrad { forward, index, .. } => {
-            return weight_grad_flops(forward, *index, inputs)
-        }
+        Op::WeightGrad { forward, index, .. } => return weight_grad_flops(forward, *index, inputs),
         Op::Input { .. }
         | Op::Pool2d { .. }
         | Op::GlobalPool { .. }
@@ -435,9 +433,7 @@ fn weight_grad_flops(forward: &Op, index: usize, inputs: &[&Shape]) -> u64 {
     let needs = weight_needs(forward, index).unwrap_or_default();
     match GradInputs::named(&needs, inputs) {
         Some(GradInputs {
-            dy,
-            input: Some(x),
-            ..
+            dy, input: Some(x), ..
         }) if index == 0 => flops(forward, &[x], dy),
         Some(_) | None => 0,
     }
@@ -651,6 +647,73 @@ mod tests {
             infer(&conv(1_000_000, 1_000_000, 1, Padding::Same), &[&x]),
             Err(ShapeError::WeightTooLarge { name: "kernel", .. })
         ));
+    }
+
+    #[test]
+    fn mismatches_name_the_op_and_both_shapes() {
+        let a = Shape(vec![4, 4, 8]);
+        let b = Shape(vec![2, 2, 16]);
+        let add = infer(&Op::Add, &[&a, &b]).unwrap_err();
+        assert_eq!(
+            add.to_string(),
+            "cannot add tensors of shapes [4, 4, 8] and [2, 2, 16]: a sum needs equal shapes"
+        );
+        assert!(add.hint().is_some_and(|h| h.contains("projection")));
+        let concat = infer(&Op::Concat { axis: 2 }, &[&a, &b]).unwrap_err();
+        assert_eq!(
+            concat,
+            ShapeError::Mismatch {
+                op: Combine::Concat { axis: 2 },
+                lhs: a.clone(),
+                rhs: b.clone(),
+            }
+        );
+        assert!(concat
+            .to_string()
+            .ends_with("all dimensions but axis 2 must be equal"));
+        let multiply = infer(&Op::Multiply, &[&a, &Shape(vec![3])]).unwrap_err();
+        assert!(
+            multiply
+                .to_string()
+                .ends_with("be a per-channel vector [8]"),
+            "{multiply}"
+        );
+    }
+
+    #[test]
+    fn a_diagnostic_keeps_the_hint_as_a_note() {
+        let error = infer(&Op::Add, &[&Shape(vec![4, 4, 8]), &Shape(vec![2, 2, 8])]).unwrap_err();
+        let diagnostic = error.to_diagnostic(Span::default(), "in `add1`");
+        assert_eq!(diagnostic.message, error.to_string());
+        assert_eq!(diagnostic.notes, vec![error.hint().expect("a hint")]);
+    }
+
+    #[test]
+    fn a_gradient_costs_what_its_forward_op_does() {
+        let x = Shape(vec![8, 8, 3]);
+        let op = conv(4, 3, 1, Padding::Same);
+        let y = infer(&op, &[&x]).unwrap();
+        let forward = flops(&op, &[&x], &y);
+        let input_grad = Op::InputGrad {
+            forward: Box::new(op.clone()),
+            slot: 0,
+            inputs: vec![x.0.clone()],
+            node: "conv".into(),
+        };
+        assert_eq!(flops(&input_grad, &[&y], &x), forward);
+        let weight_grad = |index| Op::WeightGrad {
+            forward: Box::new(op.clone()),
+            index,
+            weight: "conv.kernel".into(),
+            shape: vec![3, 3, 3, 4],
+        };
+        let kernel = Shape(vec![3, 3, 3, 4]);
+        assert_eq!(flops(&weight_grad(0), &[&y, &x], &kernel), forward);
+        assert_eq!(
+            flops(&weight_grad(1), &[&y], &Shape(vec![4])),
+            0,
+            "the bias"
+        );
     }
 
     #[test]

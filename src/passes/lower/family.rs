@@ -72,9 +72,8 @@ pub(super) enum Family<'op> {
 /// The ops computed by one element-wise kernel.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Pointwise {
-    /// An activation other than softmax, which [`family`] sorts into
-    /// [`Family::Softmax`].
-    Activation(Activation),
+    /// An activation.
+    Activation(PointwiseActivation),
     /// Batch normalization with its moving statistics (at inference; it
     /// uses the batch's statistics while training).
     BatchNorm {
@@ -89,6 +88,30 @@ pub(super) enum Pointwise {
     Add,
     /// `x * s`, `s` per channel or of `x`'s shape.
     Multiply,
+}
+
+/// The activations computed element by element: all but softmax, which
+/// [`family`] sorts into [`Family::Softmax`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum PointwiseActivation {
+    /// `max(x, 0)`
+    Relu,
+    /// `x` if positive, else `alpha * x`.
+    LeakyRelu {
+        /// The slope for negative inputs.
+        alpha: f64,
+    },
+    /// `x` if positive, else `alpha * (exp(x) - 1)`.
+    Elu {
+        /// The saturation value for negative inputs.
+        alpha: f64,
+    },
+    /// Scaled ELU with the self-normalising constants.
+    Selu,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Logistic sigmoid.
+    Sigmoid,
 }
 
 /// The ops computed on the GEMM, with the attributes of their geometry.
@@ -150,8 +173,7 @@ pub(super) fn family(op: &Op) -> Family<'_> {
         Op::Labels => Family::Labels,
         Op::Flatten => Family::Reshape,
         Op::Dropout { rate } => Family::Dropout { rate: *rate },
-        Op::Activation(Activation::Softmax) => Family::Softmax,
-        Op::Activation(activation) => Family::Pointwise(Pointwise::Activation(*activation)),
+        Op::Activation(activation) => activation_family(*activation),
         Op::BatchNorm { momentum, epsilon } => Family::Pointwise(Pointwise::BatchNorm {
             momentum: *momentum,
             epsilon: *epsilon,
@@ -252,6 +274,21 @@ pub(super) fn family(op: &Op) -> Family<'_> {
     }
 }
 
+/// The family of an activation: softmax is a row reduction, the others
+/// are element-wise.
+fn activation_family(activation: Activation) -> Family<'static> {
+    let pointwise = |a| Family::Pointwise(Pointwise::Activation(a));
+    match activation {
+        Activation::Softmax => Family::Softmax,
+        Activation::Relu => pointwise(PointwiseActivation::Relu),
+        Activation::LeakyRelu { alpha } => pointwise(PointwiseActivation::LeakyRelu { alpha }),
+        Activation::Elu { alpha } => pointwise(PointwiseActivation::Elu { alpha }),
+        Activation::Selu => pointwise(PointwiseActivation::Selu),
+        Activation::Tanh => pointwise(PointwiseActivation::Tanh),
+        Activation::Sigmoid => pointwise(PointwiseActivation::Sigmoid),
+    }
+}
+
 impl Contraction {
     /// Whether the op adds a bias (and so has a bias gradient).
     pub(super) fn bias(self) -> bool {
@@ -294,5 +331,65 @@ impl Contraction {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_is_a_reduction_and_other_activations_are_element_wise() {
+        assert_eq!(
+            family(&Op::Activation(Activation::Softmax)),
+            Family::Softmax
+        );
+        assert_eq!(
+            family(&Op::Activation(Activation::LeakyRelu { alpha: 0.2 })),
+            Family::Pointwise(Pointwise::Activation(PointwiseActivation::LeakyRelu {
+                alpha: 0.2
+            }))
+        );
+    }
+
+    #[test]
+    fn a_gradient_node_carries_its_forward_op() {
+        let forward = Op::Lrn {
+            depth_radius: 2,
+            bias: 1.0,
+            alpha: 1e-4,
+            beta: 0.75,
+        };
+        let op = Op::InputGrad {
+            forward: Box::new(forward.clone()),
+            slot: 0,
+            inputs: vec![vec![4, 4, 8]],
+            node: "lrn1".into(),
+        };
+        let Family::InputGrad(gradient) = family(&op) else {
+            panic!("not an input gradient: {:?}", family(&op));
+        };
+        assert_eq!(gradient.forward, &forward);
+        assert_eq!(gradient.layer, "lrn1");
+        assert!(matches!(
+            family(gradient.forward),
+            Family::Window(WindowKind::Lrn {
+                depth_radius: 2,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_dense_layer_is_a_gemm_over_rows_of_features() {
+        let dense = Contraction::Dense {
+            units: 5,
+            bias: true,
+        };
+        let Geometry::Dense(shape) = dense.geometry(2, &[3, 3, 8]) else {
+            panic!("not a dense geometry");
+        };
+        assert_eq!((shape.rows, shape.inputs, shape.units), (18, 8, 5));
+        assert!(dense.bias());
     }
 }

@@ -22,12 +22,11 @@ use std::collections::HashMap;
 use petgraph::stable_graph::NodeIndex;
 use thiserror::Error;
 
-use self::family::{family, Contraction, Family, Pointwise};
+use self::family::{family, Contraction, Family, Pointwise, PointwiseActivation};
 use crate::autodiff::TrainingGraph;
 use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
-use crate::graph::Activation;
 use crate::plan::{BufferId, ContractionPass, KernelDesc, KernelPlan, Role, Step};
 use crate::runtime::kernels::CopyRows;
 use crate::shapes::TypedGraph;
@@ -239,9 +238,7 @@ impl<'m> Lowering<'m> {
                 self.step(id, KernelDesc::Reduce(reduce), vec![inputs[0], out]);
                 out
             }
-            Family::Pointwise(pointwise) => {
-                self.elementwise(id, pointwise, &inputs, &input_ids)?
-            }
+            Family::Pointwise(pointwise) => self.elementwise(id, pointwise, &inputs, &input_ids)?,
             Family::Concat { axis } => self.concat(id, axis, &inputs, &input_ids)?,
             Family::Window(kind) => self.window(id, kind, inputs[0], input_ids[0])?,
             Family::Contraction(contraction) => {
@@ -491,12 +488,12 @@ impl Builder {
         self.push(Expr::Binary(op, a, b))
     }
 
-    /// An activation other than softmax applied to step `x`.
-    fn activation(&mut self, activation: Activation, x: usize) -> usize {
+    /// An element-wise activation applied to step `x`.
+    fn activation(&mut self, activation: PointwiseActivation, x: usize) -> usize {
         let zero = self.push(Expr::Const(0.0));
         match activation {
-            Activation::Relu => self.binary(Binary::Max, x, zero),
-            Activation::LeakyRelu { alpha } => {
+            PointwiseActivation::Relu => self.binary(Binary::Max, x, zero),
+            PointwiseActivation::LeakyRelu { alpha } => {
                 let a = self.push(Expr::Const(alpha as f32));
                 let negative = self.binary(Binary::Mul, a, x);
                 self.push(Expr::IfPositive {
@@ -505,16 +502,15 @@ impl Builder {
                     otherwise: negative,
                 })
             }
-            Activation::Elu { alpha } => self.elu(x, alpha),
-            Activation::Selu => {
+            PointwiseActivation::Elu { alpha } => self.elu(x, alpha),
+            PointwiseActivation::Selu => {
                 // scale * elu(x, alpha) with the self-normalising constants.
                 let elu = self.elu(x, 1.673_263_2);
                 let scale = self.push(Expr::Const(1.050_701));
                 self.binary(Binary::Mul, scale, elu)
             }
-            Activation::Tanh => self.push(Expr::Unary(Unary::Tanh, x)),
-            Activation::Sigmoid => self.push(Expr::Unary(Unary::Sigmoid, x)),
-            Activation::Softmax => unreachable!("softmax is a reduction"),
+            PointwiseActivation::Tanh => self.push(Expr::Unary(Unary::Tanh, x)),
+            PointwiseActivation::Sigmoid => self.push(Expr::Unary(Unary::Sigmoid, x)),
         }
     }
 

@@ -3,13 +3,14 @@
 
 use petgraph::stable_graph::NodeIndex;
 
-use super::family::{family, Contraction, Family, InputGradient, Pointwise, WeightGradient};
+use super::family::{
+    family, Contraction, Family, InputGradient, Pointwise, PointwiseActivation, WeightGradient,
+};
 use super::{Builder, LowerError, Lowering};
 use crate::autodiff::TrainingGraph;
 use crate::codegen::elementwise::{Binary, Expr, Operand, Unary};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole, WindowKind};
-use crate::graph::Activation;
 use crate::ops::{self, GradInputs, Need};
 use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, Role};
 use crate::runtime::kernels::{CopyRows, DropoutMask};
@@ -195,7 +196,10 @@ impl Lowering<'_> {
         wired: &[NodeIndex],
     ) -> Result<BufferId, LowerError> {
         let rule = ops::gradient(gradient.forward, gradient.inputs.len());
-        let needs = rule.inputs.get(gradient.slot).map_or(&[][..], Vec::as_slice);
+        let needs = rule
+            .inputs
+            .get(gradient.slot)
+            .map_or(&[][..], Vec::as_slice);
         let read = self.grad_inputs(id, needs, wired)?;
         let dy = self.values[&read.dy];
         let (rows, channels) = self.matrix(id);
@@ -209,7 +213,12 @@ impl Lowering<'_> {
                 let dx = self.temporary(id);
                 let (r, n) = self.matrix(y);
                 let kind = ReduceKind::SoftmaxBackward;
-                let reduce = Reduce { name, kind, rows: r, n };
+                let reduce = Reduce {
+                    name,
+                    kind,
+                    rows: r,
+                    n,
+                };
                 let y = self.values[&y];
                 self.step(id, KernelDesc::Reduce(reduce), vec![y, dy, dx]);
                 dx
@@ -416,16 +425,23 @@ impl Lowering<'_> {
         let dx = self.temporary(id);
         let name = self.model.graph.nodes[id].name.clone();
         // The roles the pass does not use are never asked for.
-        self.window_call(id, &name, kind, Pass::BackwardData, &input, |role| match role {
-            WindowRole::Input => x.unwrap_or(dx),
-            WindowRole::Filter => filter.unwrap_or(dx),
-            WindowRole::OutputGrad => dy,
-            WindowRole::InputGrad
-            | WindowRole::Bias
-            | WindowRole::Output
-            | WindowRole::FilterGrad
-            | WindowRole::BiasGrad => dx,
-        })?;
+        self.window_call(
+            id,
+            &name,
+            kind,
+            Pass::BackwardData,
+            &input,
+            |role| match role {
+                WindowRole::Input => x.unwrap_or(dx),
+                WindowRole::Filter => filter.unwrap_or(dx),
+                WindowRole::OutputGrad => dy,
+                WindowRole::InputGrad
+                | WindowRole::Bias
+                | WindowRole::Output
+                | WindowRole::FilterGrad
+                | WindowRole::BiasGrad => dx,
+            },
+        )?;
         Ok(dx)
     }
 
@@ -620,7 +636,10 @@ impl Lowering<'_> {
                 if !self.shared.contains_key(&key) {
                     let x = self.promised(id, read.input, "input")?;
                     let channels = self.shape(x)[2];
-                    let lens = (kernel[0] * kernel[1] * multiplier * channels, channels * multiplier);
+                    let lens = (
+                        kernel[0] * kernel[1] * multiplier * channels,
+                        channels * multiplier,
+                    );
                     let [filter_grad, bias_grad] =
                         self.depthwise_filter_grad(id, &layer, kind, lens, dy, x)?;
                     let mut grads = vec![filter_grad];
@@ -719,16 +738,23 @@ impl Lowering<'_> {
         let x = self.values[&x];
         // The pass reads x and dY and writes the filter's and the bias's
         // gradients; the roles it does not use are never asked for.
-        self.window_call(id, &name, kind, Pass::BackwardFilter, &shape, |role| match role {
-            WindowRole::Input => x,
-            WindowRole::OutputGrad => dy,
-            WindowRole::BiasGrad => bias_grad,
-            WindowRole::FilterGrad
-            | WindowRole::Filter
-            | WindowRole::Bias
-            | WindowRole::Output
-            | WindowRole::InputGrad => filter_grad,
-        })?;
+        self.window_call(
+            id,
+            &name,
+            kind,
+            Pass::BackwardFilter,
+            &shape,
+            |role| match role {
+                WindowRole::Input => x,
+                WindowRole::OutputGrad => dy,
+                WindowRole::BiasGrad => bias_grad,
+                WindowRole::FilterGrad
+                | WindowRole::Filter
+                | WindowRole::Bias
+                | WindowRole::Output
+                | WindowRole::InputGrad => filter_grad,
+            },
+        )?;
         Ok([filter_grad, bias_grad])
     }
 
@@ -841,18 +867,18 @@ fn inverse_deviation(k: &mut Builder, variance: usize, epsilon: f64) -> usize {
     k.push(Expr::Unary(Unary::Recip, root))
 }
 
-/// The gradient of an activation (other than softmax) from `dy` and the output `y`.
-fn activation_grad(k: &mut Builder, activation: Activation, dy: usize, y: usize) -> usize {
+/// The gradient of an element-wise activation from `dy` and the output `y`.
+fn activation_grad(k: &mut Builder, activation: PointwiseActivation, dy: usize, y: usize) -> usize {
     let zero = k.push(Expr::Const(0.0));
     match activation {
         // dy * 1[y > 0]
-        Activation::Relu => k.push(Expr::IfPositive {
+        PointwiseActivation::Relu => k.push(Expr::IfPositive {
             cond: y,
             then: dy,
             otherwise: zero,
         }),
         // dy * (y > 0 ? 1 : alpha)
-        Activation::LeakyRelu { alpha } => {
+        PointwiseActivation::LeakyRelu { alpha } => {
             let a = k.push(Expr::Const(alpha as f32));
             let scaled = k.binary(Binary::Mul, a, dy);
             k.push(Expr::IfPositive {
@@ -862,7 +888,7 @@ fn activation_grad(k: &mut Builder, activation: Activation, dy: usize, y: usize)
             })
         }
         // dy * (y > 0 ? 1 : y + alpha)
-        Activation::Elu { alpha } => {
+        PointwiseActivation::Elu { alpha } => {
             let a = k.push(Expr::Const(alpha as f32));
             let slope = k.binary(Binary::Add, y, a);
             let scaled = k.binary(Binary::Mul, slope, dy);
@@ -873,7 +899,7 @@ fn activation_grad(k: &mut Builder, activation: Activation, dy: usize, y: usize)
             })
         }
         // dy * (y > 0 ? scale : y + scale * alpha)
-        Activation::Selu => {
+        PointwiseActivation::Selu => {
             let scale = k.push(Expr::Const(1.050_701));
             let scale_alpha = k.push(Expr::Const(1.050_701 * 1.673_263_2));
             let positive = k.binary(Binary::Mul, scale, dy);
@@ -886,20 +912,19 @@ fn activation_grad(k: &mut Builder, activation: Activation, dy: usize, y: usize)
             })
         }
         // dy * (1 - y^2)
-        Activation::Tanh => {
+        PointwiseActivation::Tanh => {
             let one = k.push(Expr::Const(1.0));
             let y2 = k.binary(Binary::Mul, y, y);
             let slope = k.binary(Binary::Sub, one, y2);
             k.binary(Binary::Mul, dy, slope)
         }
         // dy * y * (1 - y)
-        Activation::Sigmoid => {
+        PointwiseActivation::Sigmoid => {
             let one = k.push(Expr::Const(1.0));
             let rest = k.binary(Binary::Sub, one, y);
             let slope = k.binary(Binary::Mul, y, rest);
             k.binary(Binary::Mul, dy, slope)
         }
-        Activation::Softmax => unreachable!("softmax's gradient is a reduction"),
     }
 }
 
