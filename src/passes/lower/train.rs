@@ -210,36 +210,11 @@ impl Lowering<'_> {
             Family::Pointwise(Pointwise::Add) | Family::Reshape => dy,
             Family::Softmax => {
                 let y = self.promised(id, read.output, "output")?;
-                let dx = self.temporary(id);
-                let (r, n) = self.matrix(y);
-                let kind = ReduceKind::SoftmaxBackward;
-                let reduce = Reduce {
-                    name,
-                    kind,
-                    rows: r,
-                    n,
-                };
-                let y = self.values[&y];
-                self.step(id, KernelDesc::Reduce(reduce), vec![y, dy, dx]);
-                dx
+                self.softmax_grad(id, dy, y)
             }
-            Family::Pointwise(Pointwise::Activation(a)) => {
+            Family::Pointwise(Pointwise::Activation(activation)) => {
                 let y = self.promised(id, read.output, "output")?;
-                let mut k = Builder::default();
-                let g = k.load(Operand::Tensor);
-                let y_value = k.load(Operand::Tensor);
-                let result = activation_grad(&mut k, a, g, y_value);
-                let dx = self.temporary(id);
-                self.step(
-                    id,
-                    KernelDesc::Elementwise {
-                        kernel: k.finish(&name, result),
-                        rows,
-                        channels,
-                    },
-                    vec![dy, self.values[&y], dx],
-                );
-                dx
+                self.activation_input_grad(id, activation, dy, y)
             }
             Family::Dropout { .. } => {
                 let y = self.promised(id, read.output, "output")?;
@@ -316,6 +291,48 @@ impl Lowering<'_> {
             node: self.model.graph.nodes[id].name.clone(),
             message: format!("its gradient rule reads the forward {what}, which is not wired"),
         })
+    }
+
+    /// y * (dy - sum(dy * y)), row by row, from softmax's output `y`.
+    fn softmax_grad(&mut self, id: NodeIndex, dy: BufferId, y: NodeIndex) -> BufferId {
+        let dx = self.temporary(id);
+        let (rows, n) = self.matrix(y);
+        let reduce = Reduce {
+            name: self.model.graph.nodes[id].name.clone(),
+            kind: ReduceKind::SoftmaxBackward,
+            rows,
+            n,
+        };
+        let y = self.values[&y];
+        self.step(id, KernelDesc::Reduce(reduce), vec![y, dy, dx]);
+        dx
+    }
+
+    /// An element-wise activation's input gradient, from its output `y`.
+    fn activation_input_grad(
+        &mut self,
+        id: NodeIndex,
+        activation: PointwiseActivation,
+        dy: BufferId,
+        y: NodeIndex,
+    ) -> BufferId {
+        let (rows, channels) = self.matrix(id);
+        let mut k = Builder::default();
+        let g = k.load(Operand::Tensor);
+        let y_value = k.load(Operand::Tensor);
+        let result = activation_grad(&mut k, activation, g, y_value);
+        let dx = self.temporary(id);
+        let name = self.model.graph.nodes[id].name.clone();
+        self.step(
+            id,
+            KernelDesc::Elementwise {
+                kernel: k.finish(&name, result),
+                rows,
+                channels,
+            },
+            vec![dy, self.values[&y], dx],
+        );
+        dx
     }
 
     /// A concatenation's input gradient: a copy of the input's slice of dY.
