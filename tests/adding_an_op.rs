@@ -381,9 +381,34 @@ fn check_written(op: &Op) {
                 "{op}: {layer:?} does not expand into it"
             );
         }
-        Written::Combination(how) => assert!(!how.is_empty()),
+        Written::Combination(how) => {
+            let model = cnnc::compile_source("t.cnn", &combining(how), None, None)
+                .unwrap_or_else(|d| panic!("{op}: {d}"));
+            let ops: Vec<&Op> = model.graph.nodes.node_weights().map(|n| &n.op).collect();
+            assert!(
+                ops.iter().any(|o| discriminant(*o) == discriminant(op)),
+                "{op}: `{how}` does not make it: {ops:?}"
+            );
+        }
         Written::ModelInput | Written::Training => panic!("{op}: a model cannot compute it"),
     }
+}
+
+/// A model that combines two tensors with `how`.
+fn combining(how: &str) -> String {
+    let expression = match how {
+        "concat" => "concat(a, b)".to_string(),
+        // The right side of a product is one scale per channel.
+        "*" => "a * (b -> global_avg_pool)".to_string(),
+        operator => format!("a {operator} b"),
+    };
+    format!(
+        "model m : [4, 4, 2] {{
+            let a = conv(2, 1)
+            let b = conv(2, 1)
+            {expression}
+        }}"
+    )
 }
 
 /// Every argument at its default, the required ones at small valid values,
