@@ -7,6 +7,11 @@
 //! [`crate::ops::gradient`]. A node whose output feeds several consumers gets
 //! the sum of their gradients. The whole step is then compiled once.
 
+#![deny(
+    clippy::wildcard_enum_match_arm,
+    clippy::match_wildcard_for_single_variants
+)]
+
 use std::collections::HashMap;
 
 use petgraph::stable_graph::NodeIndex;
@@ -132,9 +137,10 @@ impl Builder {
         let mut losses = Vec::new();
         for (output, id) in &model.graph.outputs {
             let node = &model.graph.nodes[*id];
-            let logits = match node.op {
-                Op::Activation(Activation::Softmax) => model.graph.inputs_of(*id)[0],
-                _ => *id,
+            let logits = if node.op == Op::Activation(Activation::Softmax) {
+                model.graph.inputs_of(*id)[0]
+            } else {
+                *id
             };
             let weight = loss
                 .weights
@@ -242,6 +248,11 @@ impl Builder {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::wildcard_enum_match_arm,
+    clippy::match_wildcard_for_single_variants,
+    reason = "a test looks at one op and fails on any other"
+)]
 mod tests {
     use super::*;
 

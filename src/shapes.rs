@@ -1,6 +1,11 @@
 //! Shape inference over a whole graph: every tensor's shape, each node's
 //! parameter count, forward FLOPs and activation bytes, before anything runs.
 
+#![deny(
+    clippy::wildcard_enum_match_arm,
+    clippy::match_wildcard_for_single_variants
+)]
+
 use petgraph::stable_graph::NodeIndex;
 
 use crate::diagnostics::Diagnostic;
@@ -107,7 +112,9 @@ fn source_order(graph: &Graph) -> Option<Vec<NodeIndex>> {
 
 fn node_info(node: &Node, inputs: &[&Shape]) -> Result<NodeInfo, Diagnostic> {
     let at = |message: String| Diagnostic::error(node.span, message, format!("in `{}`", node.name));
-    let shape = ops::infer(&node.op, inputs).map_err(|e| at(e.to_string()))?;
+    // The typed error becomes text only here, with its span and its hint.
+    let shape = ops::infer(&node.op, inputs)
+        .map_err(|e| e.to_diagnostic(node.span, format!("in `{}`", node.name)))?;
     let expected = ops::params(&node.op, inputs);
     let matches = expected.len() == node.params.len()
         && expected

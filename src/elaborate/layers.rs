@@ -1,5 +1,15 @@
 //! The primitive layers of the language: their signatures (argument names,
-//! kinds and defaults) and how each expands into graph ops.
+//! kinds and defaults) and how each expands into graph ops; and, for every
+//! op, how the language writes it ([`written_as`]).
+//!
+//! The matches over [`Op`] and [`Layer`] here have no wildcard arms (the
+//! lint below checks it), so that a new op does not compile until the
+//! language has a way to write it and its layer an expansion.
+
+#![deny(
+    clippy::wildcard_enum_match_arm,
+    clippy::match_wildcard_for_single_variants
+)]
 
 use crate::graph::{Activation, Init, Op, Padding, PoolKind};
 
@@ -214,6 +224,10 @@ pub enum Arg {
 /// The checked arguments of one call, in signature order.
 pub struct Args(pub Vec<(&'static str, Arg)>);
 
+#[allow(
+    clippy::wildcard_enum_match_arm,
+    reason = "binding checked each argument against its kind, so the fallbacks are never taken"
+)]
 impl Args {
     fn get(&self, name: &str) -> &Arg {
         // Every name asked for below is in the layer's signature, and binding
@@ -297,128 +311,13 @@ pub struct Part {
 
 /// The ops that layer `name` with `args` expands into, in order; each
 /// consumes the previous one's output (the first consumes the layer's input).
+/// A name outside [`LAYERS`], or `concat`, which the elaborator builds itself
+/// from its inputs, expands into nothing.
 pub fn expand(name: &str, args: &Args) -> Vec<Part> {
-    let part = |suffix, op| Part {
-        suffix,
-        op,
-        init: Init::GlorotUniform,
+    let Some(layer) = Layer::named(name) else {
+        return Vec::new();
     };
-    let mut parts = match name {
-        "conv" => vec![Part {
-            suffix: "",
-            op: Op::Conv2d {
-                filters: args.int("filters"),
-                kernel: args.pair("kernel"),
-                stride: args.pair("stride"),
-                padding: args.padding(),
-                dilation: args.pair("dilation"),
-                bias: args.bool("use_bias"),
-            },
-            init: args.init(),
-        }],
-        "depthwise_conv" => vec![Part {
-            suffix: "",
-            op: depthwise(args, args.bool("use_bias")),
-            init: args.init(),
-        }],
-        "separable_conv" => vec![
-            Part {
-                suffix: "depthwise",
-                op: depthwise(args, false),
-                init: args.init(),
-            },
-            Part {
-                suffix: "pointwise",
-                op: Op::Conv2d {
-                    filters: args.int("filters"),
-                    kernel: [1, 1],
-                    stride: [1, 1],
-                    padding: Padding::Valid,
-                    dilation: [1, 1],
-                    bias: args.bool("use_bias"),
-                },
-                init: args.init(),
-            },
-        ],
-        "dense" => vec![Part {
-            suffix: "",
-            op: Op::Dense {
-                units: args.int("units"),
-                bias: args.bool("use_bias"),
-            },
-            init: args.init(),
-        }],
-        "maxpool" | "avgpool" => {
-            let kind = if name == "maxpool" {
-                PoolKind::Max
-            } else {
-                PoolKind::Avg
-            };
-            let pool = Op::Pool2d {
-                kind,
-                size: args.pair("size"),
-                stride: args.pair("stride"),
-                padding: args.padding(),
-            };
-            let mut parts = vec![part("", pool)];
-            if name == "avgpool" && args.bool("trainable") {
-                parts.push(part("scale", Op::ScaleBias));
-            }
-            parts
-        }
-        "global_avg_pool" => vec![part(
-            "",
-            Op::GlobalPool {
-                kind: PoolKind::Avg,
-            },
-        )],
-        "global_max_pool" => vec![part(
-            "",
-            Op::GlobalPool {
-                kind: PoolKind::Max,
-            },
-        )],
-        "depth_maxpool" => vec![part(
-            "",
-            Op::DepthMaxPool {
-                size: args.int("size"),
-            },
-        )],
-        "flatten" => vec![part("", Op::Flatten)],
-        "dropout" => vec![part(
-            "",
-            Op::Dropout {
-                rate: args.float("rate"),
-            },
-        )],
-        "batchnorm" => vec![part(
-            "",
-            Op::BatchNorm {
-                momentum: args.float("momentum"),
-                epsilon: args.float("epsilon"),
-            },
-        )],
-        "lrn" => vec![part(
-            "",
-            Op::Lrn {
-                depth_radius: args.int("depth_radius"),
-                bias: args.float("bias"),
-                alpha: args.float("alpha"),
-                beta: args.float("beta"),
-            },
-        )],
-        "rbf" => vec![part(
-            "",
-            Op::Rbf {
-                units: args.int("units"),
-            },
-        )],
-        other => match activation(other, args) {
-            Some(act) => vec![part("", Op::Activation(act))],
-            // `concat` is built by the elaborator, which gathers its inputs.
-            None => unreachable!("layer table and expand disagree on `{other}`"),
-        },
-    };
+    let mut parts = layer.expand(args);
     if let Some(act) = signature(name)
         .filter(|sig| sig.iter().any(|s| s.name == "activation"))
         .and_then(|_| args.activation())
@@ -432,6 +331,285 @@ pub fn expand(name: &str, args: &Args) -> Vec<Part> {
     parts
 }
 
+/// A primitive layer that expands into a chain of ops: every entry of
+/// [`LAYERS`] but `concat`, which the elaborator builds from several tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// `conv`
+    Conv,
+    /// `depthwise_conv`
+    DepthwiseConv,
+    /// `separable_conv`: a depthwise then a pointwise convolution.
+    SeparableConv,
+    /// `dense`
+    Dense,
+    /// `maxpool`
+    MaxPool,
+    /// `avgpool`, with a trainable scale and bias if asked (LeNet-5).
+    AvgPool,
+    /// `global_avg_pool`
+    GlobalAvgPool,
+    /// `global_max_pool`
+    GlobalMaxPool,
+    /// `depth_maxpool`
+    DepthMaxPool,
+    /// `flatten`
+    Flatten,
+    /// `dropout`
+    Dropout,
+    /// `batchnorm`
+    BatchNorm,
+    /// `lrn`
+    Lrn,
+    /// `rbf`
+    Rbf,
+    /// `relu`
+    Relu,
+    /// `leaky_relu`
+    LeakyRelu,
+    /// `elu`
+    Elu,
+    /// `selu`
+    Selu,
+    /// `tanh`
+    Tanh,
+    /// `sigmoid`
+    Sigmoid,
+    /// `softmax`
+    Softmax,
+}
+
+impl Layer {
+    /// The layer called `name` in `.cnn`, or `None` for a name that is not
+    /// one (and for `concat`).
+    pub fn named(name: &str) -> Option<Layer> {
+        Some(match name {
+            "conv" => Layer::Conv,
+            "depthwise_conv" => Layer::DepthwiseConv,
+            "separable_conv" => Layer::SeparableConv,
+            "dense" => Layer::Dense,
+            "maxpool" => Layer::MaxPool,
+            "avgpool" => Layer::AvgPool,
+            "global_avg_pool" => Layer::GlobalAvgPool,
+            "global_max_pool" => Layer::GlobalMaxPool,
+            "depth_maxpool" => Layer::DepthMaxPool,
+            "flatten" => Layer::Flatten,
+            "dropout" => Layer::Dropout,
+            "batchnorm" => Layer::BatchNorm,
+            "lrn" => Layer::Lrn,
+            "rbf" => Layer::Rbf,
+            "relu" => Layer::Relu,
+            "leaky_relu" => Layer::LeakyRelu,
+            "elu" => Layer::Elu,
+            "selu" => Layer::Selu,
+            "tanh" => Layer::Tanh,
+            "sigmoid" => Layer::Sigmoid,
+            "softmax" => Layer::Softmax,
+            _ => return None,
+        })
+    }
+
+    /// The ops the layer expands into with `args` (bound against its
+    /// signature), in order, without the activation that an `activation:`
+    /// argument appends ([`expand`] adds it).
+    pub fn expand(self, args: &Args) -> Vec<Part> {
+        let part = |suffix, op| Part {
+            suffix,
+            op,
+            init: Init::GlorotUniform,
+        };
+        let pool = |kind| Op::Pool2d {
+            kind,
+            size: args.pair("size"),
+            stride: args.pair("stride"),
+            padding: args.padding(),
+        };
+        let activation = |activation| vec![part("", Op::Activation(activation))];
+        match self {
+            Layer::Conv => vec![Part {
+                suffix: "",
+                op: Op::Conv2d {
+                    filters: args.int("filters"),
+                    kernel: args.pair("kernel"),
+                    stride: args.pair("stride"),
+                    padding: args.padding(),
+                    dilation: args.pair("dilation"),
+                    bias: args.bool("use_bias"),
+                },
+                init: args.init(),
+            }],
+            Layer::DepthwiseConv => vec![Part {
+                suffix: "",
+                op: depthwise(args, args.bool("use_bias")),
+                init: args.init(),
+            }],
+            Layer::SeparableConv => vec![
+                Part {
+                    suffix: "depthwise",
+                    op: depthwise(args, false),
+                    init: args.init(),
+                },
+                Part {
+                    suffix: "pointwise",
+                    op: Op::Conv2d {
+                        filters: args.int("filters"),
+                        kernel: [1, 1],
+                        stride: [1, 1],
+                        padding: Padding::Valid,
+                        dilation: [1, 1],
+                        bias: args.bool("use_bias"),
+                    },
+                    init: args.init(),
+                },
+            ],
+            Layer::Dense => vec![Part {
+                suffix: "",
+                op: Op::Dense {
+                    units: args.int("units"),
+                    bias: args.bool("use_bias"),
+                },
+                init: args.init(),
+            }],
+            Layer::MaxPool => vec![part("", pool(PoolKind::Max))],
+            Layer::AvgPool => {
+                let mut parts = vec![part("", pool(PoolKind::Avg))];
+                if args.bool("trainable") {
+                    parts.push(part("scale", Op::ScaleBias));
+                }
+                parts
+            }
+            Layer::GlobalAvgPool => vec![part(
+                "",
+                Op::GlobalPool {
+                    kind: PoolKind::Avg,
+                },
+            )],
+            Layer::GlobalMaxPool => vec![part(
+                "",
+                Op::GlobalPool {
+                    kind: PoolKind::Max,
+                },
+            )],
+            Layer::DepthMaxPool => vec![part(
+                "",
+                Op::DepthMaxPool {
+                    size: args.int("size"),
+                },
+            )],
+            Layer::Flatten => vec![part("", Op::Flatten)],
+            Layer::Dropout => vec![part(
+                "",
+                Op::Dropout {
+                    rate: args.float("rate"),
+                },
+            )],
+            Layer::BatchNorm => vec![part(
+                "",
+                Op::BatchNorm {
+                    momentum: args.float("momentum"),
+                    epsilon: args.float("epsilon"),
+                },
+            )],
+            Layer::Lrn => vec![part(
+                "",
+                Op::Lrn {
+                    depth_radius: args.int("depth_radius"),
+                    bias: args.float("bias"),
+                    alpha: args.float("alpha"),
+                    beta: args.float("beta"),
+                },
+            )],
+            Layer::Rbf => vec![part(
+                "",
+                Op::Rbf {
+                    units: args.int("units"),
+                },
+            )],
+            Layer::Relu => activation(Activation::Relu),
+            Layer::LeakyRelu => activation(Activation::LeakyRelu {
+                alpha: args.float("alpha"),
+            }),
+            Layer::Elu => activation(Activation::Elu {
+                alpha: args.float("alpha"),
+            }),
+            Layer::Selu => activation(Activation::Selu),
+            Layer::Tanh => activation(Activation::Tanh),
+            Layer::Sigmoid => activation(Activation::Sigmoid),
+            Layer::Softmax => activation(Activation::Softmax),
+        }
+    }
+}
+
+/// How `.cnn` source writes an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// By calling this primitive layer, which expands into the op (among
+    /// others, perhaps: `avgpool(trainable: true)` adds a `scale_bias`).
+    Layer(Layer),
+    /// By combining several tensors: the operator or call given (`+`, `*`,
+    /// `concat`), which the elaborator builds from its operands.
+    Combination(&'static str),
+    /// By the model's header, `model m : [height, width, channels]`.
+    ModelInput,
+    /// Not at all: autodiff adds it to the training graph.
+    Training,
+}
+
+/// How the language writes `op`: every op of the IR either has a way in
+/// from `.cnn` source or says why not, so that a new op does not compile
+/// until it has one (and, through [`Layer::expand`], an expansion).
+pub fn written_as(op: &Op) -> Written {
+    match op {
+        Op::Input { .. } => Written::ModelInput,
+        Op::Conv2d { .. } => Written::Layer(Layer::Conv),
+        Op::DepthwiseConv2d { .. } => Written::Layer(Layer::DepthwiseConv),
+        Op::Dense { .. } => Written::Layer(Layer::Dense),
+        Op::Pool2d {
+            kind: PoolKind::Max,
+            ..
+        } => Written::Layer(Layer::MaxPool),
+        Op::Pool2d {
+            kind: PoolKind::Avg,
+            ..
+        }
+        | Op::ScaleBias => Written::Layer(Layer::AvgPool),
+        Op::GlobalPool {
+            kind: PoolKind::Max,
+        } => Written::Layer(Layer::GlobalMaxPool),
+        Op::GlobalPool {
+            kind: PoolKind::Avg,
+        } => Written::Layer(Layer::GlobalAvgPool),
+        Op::DepthMaxPool { .. } => Written::Layer(Layer::DepthMaxPool),
+        Op::Flatten => Written::Layer(Layer::Flatten),
+        Op::Dropout { .. } => Written::Layer(Layer::Dropout),
+        Op::BatchNorm { .. } => Written::Layer(Layer::BatchNorm),
+        Op::Lrn { .. } => Written::Layer(Layer::Lrn),
+        Op::Rbf { .. } => Written::Layer(Layer::Rbf),
+        Op::Activation(activation) => Written::Layer(activation_layer(*activation)),
+        Op::Add => Written::Combination("+"),
+        Op::Multiply => Written::Combination("*"),
+        Op::Concat { .. } => Written::Combination("concat"),
+        Op::Labels
+        | Op::CrossEntropy { .. }
+        | Op::CrossEntropyGrad { .. }
+        | Op::InputGrad { .. }
+        | Op::WeightGrad { .. } => Written::Training,
+    }
+}
+
+/// The layer that applies `activation` on its own.
+fn activation_layer(activation: Activation) -> Layer {
+    match activation {
+        Activation::Relu => Layer::Relu,
+        Activation::LeakyRelu { .. } => Layer::LeakyRelu,
+        Activation::Elu { .. } => Layer::Elu,
+        Activation::Selu => Layer::Selu,
+        Activation::Tanh => Layer::Tanh,
+        Activation::Sigmoid => Layer::Sigmoid,
+        Activation::Softmax => Layer::Softmax,
+    }
+}
+
 fn depthwise(args: &Args, bias: bool) -> Op {
     Op::DepthwiseConv2d {
         multiplier: args.int("multiplier"),
@@ -441,24 +619,6 @@ fn depthwise(args: &Args, bias: bool) -> Op {
         dilation: args.pair("dilation"),
         bias,
     }
-}
-
-/// The activation called `name` (as a layer), with its arguments.
-fn activation(name: &str, args: &Args) -> Option<Activation> {
-    Some(match name {
-        "relu" => Activation::Relu,
-        "leaky_relu" => Activation::LeakyRelu {
-            alpha: args.float("alpha"),
-        },
-        "elu" => Activation::Elu {
-            alpha: args.float("alpha"),
-        },
-        "selu" => Activation::Selu,
-        "tanh" => Activation::Tanh,
-        "sigmoid" => Activation::Sigmoid,
-        "softmax" => Activation::Softmax,
-        _ => return None,
-    })
 }
 
 /// The activation named by a symbol argument (`activation: relu`); the
@@ -512,3 +672,53 @@ pub const INITS: &[&str] = &[
     "zeros",
     "ones",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_layer_but_concat_is_a_layer_that_expands() {
+        for (name, _) in LAYERS {
+            assert_eq!(Layer::named(name).is_none(), *name == "concat", "{name}");
+        }
+    }
+
+    #[test]
+    fn names_that_are_not_chain_layers_expand_into_nothing() {
+        assert!(expand("concat", &Args(vec![("axis", Arg::Int(-1))])).is_empty());
+        assert!(expand("residual_unit", &Args(Vec::new())).is_empty());
+    }
+
+    #[test]
+    fn an_activation_argument_appends_its_op() {
+        let args = Args(vec![
+            ("units", Arg::Int(3)),
+            ("activation", Arg::Activation(Some(Activation::Relu))),
+            ("use_bias", Arg::Bool(false)),
+            ("init", Arg::Init(Init::HeNormal)),
+            ("trainable", Arg::Bool(true)),
+        ]);
+        let parts = expand("dense", &args);
+        let suffixes: Vec<&str> = parts.iter().map(|p| p.suffix).collect();
+        assert_eq!(suffixes, ["", "relu"]);
+        assert_eq!(
+            parts[0].op,
+            Op::Dense {
+                units: 3,
+                bias: false
+            }
+        );
+        assert_eq!(parts[0].init, Init::HeNormal);
+        assert_eq!(parts[1].op, Op::Activation(Activation::Relu));
+    }
+
+    #[test]
+    fn ops_are_written_with_the_layer_that_makes_them() {
+        let elu = Op::Activation(Activation::Elu { alpha: 1.0 });
+        assert_eq!(written_as(&elu), Written::Layer(Layer::Elu));
+        assert_eq!(written_as(&Op::ScaleBias), Written::Layer(Layer::AvgPool));
+        assert_eq!(written_as(&Op::Multiply), Written::Combination("*"));
+        assert_eq!(written_as(&Op::Labels), Written::Training);
+    }
+}

@@ -333,11 +333,7 @@ impl<'p> Elaborator<'p> {
                 // Name the layer the user wrote (`conv`), not its op (`conv2d`).
                 let e = e.for_layer(spec.kind);
                 let label = shape_label(spec.kind, shapes);
-                let mut error = Diagnostic::error(spec.span, e.to_string(), label);
-                if let Some(hint) = e.hint() {
-                    error = error.with_note(hint);
-                }
-                self.error(error);
+                self.error(e.to_diagnostic(spec.span, label));
                 None
             }
         }

@@ -3,7 +3,16 @@
 //! Everything that can be written in `.cnn` (residual units, inception
 //! modules, SE-blocks, separable convolutions' two halves) is built from these
 //! in the stdlib; the shape, weight and cost rules of each op live in
-//! `src/ops/`.
+//! `src/ops/`, and `docs/adding-an-op.md` lists every file an op touches.
+//!
+//! Every rule over [`Op`] is an exhaustive `match` without a wildcard arm
+//! (the lint below checks it), so that a new op does not compile until each
+//! rule has decided what to do with it.
+
+#![deny(
+    clippy::wildcard_enum_match_arm,
+    clippy::match_wildcard_for_single_variants
+)]
 
 use std::fmt;
 
@@ -286,19 +295,55 @@ impl Op {
     /// Whether the op's output has a batch dimension (weight gradients, summed
     /// over the batch, do not).
     pub fn is_batched(&self) -> bool {
-        !matches!(self, Op::WeightGrad { .. })
+        match self {
+            Op::WeightGrad { .. } => false,
+            Op::Input { .. }
+            | Op::Conv2d { .. }
+            | Op::DepthwiseConv2d { .. }
+            | Op::Dense { .. }
+            | Op::Pool2d { .. }
+            | Op::GlobalPool { .. }
+            | Op::DepthMaxPool { .. }
+            | Op::Flatten
+            | Op::Dropout { .. }
+            | Op::BatchNorm { .. }
+            | Op::Lrn { .. }
+            | Op::ScaleBias
+            | Op::Rbf { .. }
+            | Op::Activation(_)
+            | Op::Add
+            | Op::Concat { .. }
+            | Op::Multiply
+            | Op::Labels
+            | Op::CrossEntropy { .. }
+            | Op::CrossEntropyGrad { .. }
+            | Op::InputGrad { .. } => true,
+        }
     }
 
     /// The number of inputs the op takes.
     pub fn arity(&self) -> Arity {
         match self {
             Op::Input { .. } | Op::Labels => Arity::Exactly(0),
+            Op::Conv2d { .. }
+            | Op::DepthwiseConv2d { .. }
+            | Op::Dense { .. }
+            | Op::Pool2d { .. }
+            | Op::GlobalPool { .. }
+            | Op::DepthMaxPool { .. }
+            | Op::Flatten
+            | Op::Dropout { .. }
+            | Op::BatchNorm { .. }
+            | Op::Lrn { .. }
+            | Op::ScaleBias
+            | Op::Rbf { .. }
+            | Op::Activation(_) => Arity::Exactly(1),
             Op::Add | Op::Concat { .. } => Arity::AtLeast(2),
             Op::Multiply | Op::CrossEntropy { .. } | Op::CrossEntropyGrad { .. } => {
                 Arity::Exactly(2)
             }
+            // A gradient node reads dY and, by its rule, a forward input or output.
             Op::InputGrad { .. } | Op::WeightGrad { .. } => Arity::AtLeast(1),
-            _ => Arity::Exactly(1),
         }
     }
 }

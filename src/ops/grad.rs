@@ -1,7 +1,12 @@
 //! Gradient rules: for each forward op, what the gradient of each of its
 //! inputs and weights is computed from. The math of each rule is in a
 //! comment; the kernels that compute them are chosen when the training
-//! graph is lowered.
+//! graph is lowered (`passes/lower/train.rs`, by the op's kernel family).
+//!
+//! A rule lists the values a gradient reads ([`Need`]); autodiff wires them
+//! as the gradient node's inputs in the rule's order, and the lowering reads
+//! them back by name with [`GradInputs::named`], so the order of a list here
+//! matters to no one.
 
 use crate::graph::{Activation, Op, PoolKind};
 
@@ -28,6 +33,46 @@ pub struct Rule {
 }
 
 use Need::{Dy, Input, Output};
+
+/// The inputs of one gradient node, by name: what its kernel reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GradInputs<T> {
+    /// The gradient of the loss with respect to the forward op's output.
+    pub dy: T,
+    /// The forward input the rule reads ([`Need::Input`]): the op's own
+    /// input `x`, or for `multiply` the other operand.
+    pub input: Option<T>,
+    /// The forward output the rule reads ([`Need::Output`]).
+    pub output: Option<T>,
+}
+
+impl<T: Copy> GradInputs<T> {
+    /// Names `wired`, the inputs of a gradient node that autodiff wired from
+    /// `needs` in the same order. `None` when they do not fit: a different
+    /// count, no `Dy`, or a need named twice (no rule reads two forward
+    /// inputs or two outputs).
+    pub fn named(needs: &[Need], wired: &[T]) -> Option<GradInputs<T>> {
+        if needs.len() != wired.len() {
+            return None;
+        }
+        let (mut dy, mut input, mut output) = (None, None, None);
+        for (need, &value) in needs.iter().zip(wired) {
+            let field = match need {
+                Need::Dy => &mut dy,
+                Need::Input(_) => &mut input,
+                Need::Output => &mut output,
+            };
+            if field.replace(value).is_some() {
+                return None;
+            }
+        }
+        Some(GradInputs {
+            dy: dy?,
+            input,
+            output,
+        })
+    }
+}
 
 /// The gradient rule of `op`, for an op with `arity` inputs.
 pub fn gradient(op: &Op, arity: usize) -> Rule {
@@ -94,6 +139,14 @@ pub fn gradient(op: &Op, arity: usize) -> Rule {
     }
 }
 
+/// What the gradient of weight `index` of `op` reads, or `None` for a
+/// weight that is not learned by gradient (or that `op` does not have).
+pub fn weight_needs(op: &Op, index: usize) -> Option<Vec<Need>> {
+    // Only single-input ops have weights, so the weight rules do not depend
+    // on the arity.
+    gradient(op, 1).weights.into_iter().nth(index).flatten()
+}
+
 /// What an activation's gradient is computed from; all are functions of
 /// the output, which saves keeping the input alive.
 fn activation_needs(activation: Activation) -> Vec<Need> {
@@ -149,6 +202,48 @@ mod tests {
                 assert_eq!(*trainable, needs.is_some(), "{op}: {name}");
             }
         }
+    }
+
+    #[test]
+    fn gradient_inputs_are_named_whatever_the_order_of_the_rule() {
+        let dy_first = GradInputs::named(&[Dy, Input(0)], &["dy", "x"]);
+        let x_first = GradInputs::named(&[Input(0), Dy], &["x", "dy"]);
+        let expected = GradInputs {
+            dy: "dy",
+            input: Some("x"),
+            output: None,
+        };
+        assert_eq!(dy_first, Some(expected));
+        assert_eq!(x_first, Some(expected));
+        let with_output = GradInputs::named(&[Output, Dy], &["y", "dy"]);
+        assert_eq!(with_output.and_then(|g| g.output), Some("y"));
+    }
+
+    #[test]
+    fn gradient_inputs_that_do_not_fit_the_rule_are_refused() {
+        assert_eq!(GradInputs::named(&[Dy, Input(0)], &["dy"]), None);
+        assert_eq!(GradInputs::named(&[Input(0)], &["x"]), None);
+        assert_eq!(GradInputs::named(&[Dy, Dy], &["a", "b"]), None);
+        assert_eq!(
+            GradInputs::named(&[Dy, Input(0), Input(1)], &["dy", "a", "b"]),
+            None
+        );
+    }
+
+    #[test]
+    fn weight_rules_do_not_depend_on_the_arity() {
+        let dense = Op::Dense {
+            units: 5,
+            bias: true,
+        };
+        assert_eq!(weight_needs(&dense, 0), Some(vec![Dy, Input(0)]));
+        assert_eq!(weight_needs(&dense, 1), Some(vec![Dy]));
+        assert_eq!(weight_needs(&dense, 2), None);
+        let batchnorm = Op::BatchNorm {
+            momentum: 0.99,
+            epsilon: 1e-3,
+        };
+        assert_eq!(weight_needs(&batchnorm, 2), None, "moving mean");
     }
 
     #[test]

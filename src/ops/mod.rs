@@ -1,16 +1,36 @@
-//! The rules of each primitive op: output shape, weight shapes, and cost.
+//! The rules of each primitive op: output shape, weight shapes, cost
+//! ([`infer`], [`params`], [`flops`], here) and gradient ([`gradient`], in
+//! `grad.rs`, beside them).
 //!
-//! One function per rule, each an exhaustive `match` over [`Op`], so that a
-//! new op does not compile until every rule knows it. Shapes are per
+//! The rules are laid out by rule, not by op: each is one function whose
+//! body is an exhaustive `match` over [`Op`], one short arm per op, so that
+//! it reads as a table and a new op does not compile until every rule has
+//! an arm for it (no wildcard arms: the lint below checks it). An op's arms
+//! are found by searching for its variant (`Op::Lrn`); its other rules sit
+//! in the same kind of table elsewhere:
+//!
+//! - name, arity and rendering: `Op` in `src/graph/op.rs`;
+//! - how the language writes it: `layers::written_as` and `layers::expand`
+//!   in `src/elaborate/layers.rs`;
+//! - its kernel family, forward and backward: `family` in
+//!   `src/passes/lower/family.rs`, which the lowering matches on.
+//!
+//! `docs/adding-an-op.md` walks through them in order. Shapes are per
 //! example (the batch dimension is implicit).
+
+#![deny(
+    clippy::wildcard_enum_match_arm,
+    clippy::match_wildcard_for_single_variants
+)]
 
 mod grad;
 mod window;
 
 use thiserror::Error;
 
-use crate::graph::{Op, PoolKind, Shape};
-pub use grad::{gradient, Need, Rule};
+use crate::diagnostics::{Diagnostic, Span};
+use crate::graph::{Op, Shape};
+pub use grad::{gradient, weight_needs, GradInputs, Need, Rule};
 pub use window::{output_size, same_padding};
 
 /// The largest tensor, in elements per example, that cnnc will address
@@ -42,17 +62,15 @@ pub enum ShapeError {
         /// Input width.
         input_w: u64,
     },
-    /// Operands of an element-wise op differ.
-    #[error("cannot {verb} tensors of shapes {lhs} and {rhs}: {why}")]
+    /// The operands of an op that combines tensors do not agree.
+    #[error("cannot {verb} tensors of shapes {lhs} and {rhs}: {requirement}", verb = .op.verb(), requirement = .op.requirement(.lhs))]
     Mismatch {
-        /// `add`, `multiply`...
-        verb: &'static str,
-        /// The left shape.
+        /// The op that combines them.
+        op: Combine,
+        /// The first operand's shape.
         lhs: Shape,
-        /// The right shape.
+        /// The shape of the operand that disagrees with it.
         rhs: Shape,
-        /// What would have to agree.
-        why: String,
     },
     /// The concatenation axis does not exist.
     #[error("cannot concatenate along axis {axis}: the inputs have rank {rank}")]
@@ -94,6 +112,43 @@ pub enum ShapeError {
     },
 }
 
+/// An op that combines tensors whose shapes must agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// A sum: all shapes equal.
+    Add,
+    /// A concatenation: all dimensions equal but `axis`.
+    Concat {
+        /// The axis joined.
+        axis: usize,
+    },
+    /// `x * s`: `s` has the shape of `x` or is one value per channel.
+    Multiply,
+}
+
+impl Combine {
+    /// The verb of the error message: "cannot add tensors...".
+    fn verb(self) -> &'static str {
+        match self {
+            Combine::Add => "add",
+            Combine::Concat { .. } => "concatenate",
+            Combine::Multiply => "multiply",
+        }
+    }
+
+    /// What must agree, given the first operand `lhs`.
+    fn requirement(self, lhs: &Shape) -> String {
+        match self {
+            Combine::Add => "a sum needs equal shapes".into(),
+            Combine::Concat { axis } => format!("all dimensions but axis {axis} must be equal"),
+            Combine::Multiply => format!(
+                "the right side must have the left side's shape or be a per-channel vector [{}]",
+                lhs.channels()
+            ),
+        }
+    }
+}
+
 impl ShapeError {
     /// The error as reported for a call of layer `layer`, which the user
     /// wrote and which may differ from the op's name (`conv` is `conv2d`).
@@ -110,14 +165,30 @@ impl ShapeError {
             ShapeError::WindowTooLarge { .. } => {
                 Some("help: use `padding: same`, a smaller window, or fewer downsampling layers before this one".into())
             }
-            ShapeError::Mismatch { verb: "add", lhs, rhs, .. } if lhs.rank() == 3 && rhs.rank() == 3 => Some(
+            ShapeError::Mismatch { op: Combine::Add, lhs, rhs } if lhs.rank() == 3 && rhs.rank() == 3 => Some(
                 "help: a residual shortcut whose shape changes needs a projection, e.g. `conv(filters, 1, stride: 2)` on the skip path"
                     .into(),
             ),
             ShapeError::Rank { expected, .. } if expected.contains("[features]") => {
                 Some("help: insert `flatten` or a global pooling layer before it".into())
             }
-            _ => None,
+            ShapeError::Rank { .. }
+            | ShapeError::Mismatch { .. }
+            | ShapeError::BadAxis { .. }
+            | ShapeError::Indivisible { .. }
+            | ShapeError::Zero { .. }
+            | ShapeError::TooLarge { .. }
+            | ShapeError::WeightTooLarge { .. } => None,
+        }
+    }
+
+    /// The error as a diagnostic at `span`, labelled `label`, with its hint
+    /// as a note: the one place where a shape error becomes text.
+    pub fn to_diagnostic(&self, span: Span, label: impl Into<String>) -> Diagnostic {
+        let error = Diagnostic::error(span, self.to_string(), label);
+        match self.hint() {
+            Some(hint) => error.with_note(hint),
+            None => error,
         }
     }
 }
@@ -306,23 +377,6 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
 /// cost what the forward op does), the convention of Keras' reference
 /// figures; other ops count 0. Taps on `same` zero padding are counted.
 pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
-    match op {
-        // dX = dY . W^T: the forward op's cost, with dY as its output.
-        Op::InputGrad {
-            forward,
-            slot,
-            inputs: shapes,
-            ..
-        } => {
-            let shape = &shapes[*slot];
-            return flops(forward, &[&Shape(shape.clone())], inputs[0]);
-        }
-        // dW = X^T . dY: the same, from the gradient rule's inputs [dY, X].
-        Op::WeightGrad {
-            forward, index: 0, ..
-        } if inputs.len() >= 2 => return flops(forward, &inputs[1..2], inputs[0]),
-        _ => {}
-    }
     let channels = inputs.first().map_or(0, |s| s.channels());
     let spatial = |s: &Shape| s.0.iter().take(s.rank().saturating_sub(1)).product::<u64>();
     let macs = match op {
@@ -335,6 +389,14 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
         Op::Dense { units, .. } | Op::Rbf { units } => spatial(inputs[0])
             .saturating_mul(channels)
             .saturating_mul(*units),
+        // A gradient costs what its forward op does (already doubled).
+        Op::InputGrad {
+            forward,
+            slot,
+            inputs: shapes,
+            ..
+        } => return input_grad_flops(forward, *slot, shapes, inputs),
+        Op::WeightGrad { forward, index, .. } => return weight_grad_flops(forward, *index, inputs),
         Op::Input { .. }
         | Op::Pool2d { .. }
         | Op::GlobalPool { .. }
@@ -350,24 +412,31 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
         | Op::Multiply
         | Op::Labels
         | Op::CrossEntropy { .. }
-        | Op::CrossEntropyGrad { .. }
-        | Op::InputGrad { .. }
-        | Op::WeightGrad { .. } => 0,
+        | Op::CrossEntropyGrad { .. } => 0,
     };
     macs.saturating_mul(2)
 }
 
-/// Whether the op's pooling kind is average (for display).
-pub fn is_average(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Pool2d {
-            kind: PoolKind::Avg,
-            ..
-        } | Op::GlobalPool {
-            kind: PoolKind::Avg
-        }
-    )
+/// dX = dY . W^T: the forward op's cost, with dY as its output and input
+/// `slot` (of shapes `shapes`) as its input.
+fn input_grad_flops(forward: &Op, slot: usize, shapes: &[Vec<u64>], inputs: &[&Shape]) -> u64 {
+    let rule = gradient(forward, shapes.len());
+    let needs = rule.inputs.get(slot).map_or(&[][..], Vec::as_slice);
+    GradInputs::named(needs, inputs).map_or(0, |wired| {
+        flops(forward, &[&Shape(shapes[slot].clone())], wired.dy)
+    })
+}
+
+/// dW = X^T . dY: the forward op's cost, for its first weight (the kernel),
+/// whose rule reads the forward input; other weights count 0.
+fn weight_grad_flops(forward: &Op, index: usize, inputs: &[&Shape]) -> u64 {
+    let needs = weight_needs(forward, index).unwrap_or_default();
+    match GradInputs::named(&needs, inputs) {
+        Some(GradInputs {
+            dy, input: Some(x), ..
+        }) if index == 0 => flops(forward, &[x], dy),
+        Some(_) | None => 0,
+    }
 }
 
 fn nonzero(op: &Op, value: u64, what: &'static str) -> Result<(), ShapeError> {
@@ -424,10 +493,9 @@ fn add(inputs: &[&Shape]) -> Result<Shape, ShapeError> {
     for other in &inputs[1..] {
         if *other != inputs[0] {
             return Err(ShapeError::Mismatch {
-                verb: "add",
+                op: Combine::Add,
                 lhs: inputs[0].clone(),
                 rhs: (*other).clone(),
-                why: "a sum needs equal shapes".into(),
             });
         }
     }
@@ -448,10 +516,9 @@ fn concat(inputs: &[&Shape], axis: usize) -> Result<Shape, ShapeError> {
             other.rank() == rank && (0..rank).all(|a| a == axis || other.0[a] == inputs[0].0[a]);
         if !agrees {
             return Err(ShapeError::Mismatch {
-                verb: "concatenate",
+                op: Combine::Concat { axis },
                 lhs: inputs[0].clone(),
                 rhs: (*other).clone(),
-                why: format!("all dimensions but axis {axis} must be equal"),
             });
         }
         out.0[axis] =
@@ -473,13 +540,9 @@ fn multiply(x: &Shape, s: &Shape) -> Result<Shape, ShapeError> {
         Ok(x.clone())
     } else {
         Err(ShapeError::Mismatch {
-            verb: "multiply",
+            op: Combine::Multiply,
             lhs: x.clone(),
             rhs: s.clone(),
-            why: format!(
-                "the right side must have the left side's shape or be a per-channel vector [{}]",
-                x.channels()
-            ),
         })
     }
 }
@@ -547,7 +610,10 @@ mod tests {
         let b = Shape(vec![7, 7, 128]);
         assert!(matches!(
             infer(&Op::Add, &[&a, &b]),
-            Err(ShapeError::Mismatch { verb: "add", .. })
+            Err(ShapeError::Mismatch {
+                op: Combine::Add,
+                ..
+            })
         ));
         assert_eq!(infer(&Op::Multiply, &[&a, &Shape(vec![64])]).unwrap(), a);
         assert!(infer(&Op::Multiply, &[&a, &Shape(vec![32])]).is_err());
@@ -581,6 +647,73 @@ mod tests {
             infer(&conv(1_000_000, 1_000_000, 1, Padding::Same), &[&x]),
             Err(ShapeError::WeightTooLarge { name: "kernel", .. })
         ));
+    }
+
+    #[test]
+    fn mismatches_name_the_op_and_both_shapes() {
+        let a = Shape(vec![4, 4, 8]);
+        let b = Shape(vec![2, 2, 16]);
+        let add = infer(&Op::Add, &[&a, &b]).unwrap_err();
+        assert_eq!(
+            add.to_string(),
+            "cannot add tensors of shapes [4, 4, 8] and [2, 2, 16]: a sum needs equal shapes"
+        );
+        assert!(add.hint().is_some_and(|h| h.contains("projection")));
+        let concat = infer(&Op::Concat { axis: 2 }, &[&a, &b]).unwrap_err();
+        assert_eq!(
+            concat,
+            ShapeError::Mismatch {
+                op: Combine::Concat { axis: 2 },
+                lhs: a.clone(),
+                rhs: b.clone(),
+            }
+        );
+        assert!(concat
+            .to_string()
+            .ends_with("all dimensions but axis 2 must be equal"));
+        let multiply = infer(&Op::Multiply, &[&a, &Shape(vec![3])]).unwrap_err();
+        assert!(
+            multiply
+                .to_string()
+                .ends_with("be a per-channel vector [8]"),
+            "{multiply}"
+        );
+    }
+
+    #[test]
+    fn a_diagnostic_keeps_the_hint_as_a_note() {
+        let error = infer(&Op::Add, &[&Shape(vec![4, 4, 8]), &Shape(vec![2, 2, 8])]).unwrap_err();
+        let diagnostic = error.to_diagnostic(Span::default(), "in `add1`");
+        assert_eq!(diagnostic.message, error.to_string());
+        assert_eq!(diagnostic.notes, vec![error.hint().expect("a hint")]);
+    }
+
+    #[test]
+    fn a_gradient_costs_what_its_forward_op_does() {
+        let x = Shape(vec![8, 8, 3]);
+        let op = conv(4, 3, 1, Padding::Same);
+        let y = infer(&op, &[&x]).unwrap();
+        let forward = flops(&op, &[&x], &y);
+        let input_grad = Op::InputGrad {
+            forward: Box::new(op.clone()),
+            slot: 0,
+            inputs: vec![x.0.clone()],
+            node: "conv".into(),
+        };
+        assert_eq!(flops(&input_grad, &[&y], &x), forward);
+        let weight_grad = |index| Op::WeightGrad {
+            forward: Box::new(op.clone()),
+            index,
+            weight: "conv.kernel".into(),
+            shape: vec![3, 3, 3, 4],
+        };
+        let kernel = Shape(vec![3, 3, 3, 4]);
+        assert_eq!(flops(&weight_grad(0), &[&y, &x], &kernel), forward);
+        assert_eq!(
+            flops(&weight_grad(1), &[&y], &Shape(vec![4])),
+            0,
+            "the bias"
+        );
     }
 
     #[test]

@@ -3,7 +3,16 @@
 //! sum's gradient become aliases). For training, batchnorm uses batch
 //! statistics, dropout draws masks, the backward nodes get their kernels
 //! (`train.rs`) and the optimizer's update closes the step.
+//!
+//! Ops reach the lowering sorted by kernel family (`family.rs`), so no
+//! function here matches on an op it does not handle.
 
+#![deny(
+    clippy::wildcard_enum_match_arm,
+    clippy::match_wildcard_for_single_variants
+)]
+
+mod family;
 mod train;
 
 pub use train::COEFFICIENTS;
@@ -13,15 +22,14 @@ use std::collections::HashMap;
 use petgraph::stable_graph::NodeIndex;
 use thiserror::Error;
 
+use self::family::{family, Contraction, Family, Pointwise, PointwiseActivation};
 use crate::autodiff::TrainingGraph;
-use crate::codegen::contraction::{ConvShape, DenseShape};
 use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
 use crate::codegen::native::CopyRows;
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
 use crate::config::Optimizer;
-use crate::graph::{Activation, Op};
-use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role, Step};
+use crate::plan::{BufferId, ContractionPass, KernelDesc, KernelPlan, Role, Step};
 use crate::shapes::TypedGraph;
 
 /// Why a graph could not be lowered.
@@ -207,19 +215,19 @@ impl<'m> Lowering<'m> {
             .map(|i| self.values[i])
             .collect();
         let input_ids = self.model.graph.inputs_of(id);
-        let output = match &node.op {
-            Op::Input { .. } => {
+        let output = match family(&node.op) {
+            Family::Input => {
                 let len = self.batch * self.shape(id).iter().product::<usize>();
                 self.plan.buffer("input", len, Role::Input)
             }
             // A reshape, and dropout at inference, change nothing in memory.
-            Op::Flatten => inputs[0],
-            Op::Dropout { rate } if self.training => self.dropout(id, *rate, inputs[0]),
-            Op::Dropout { .. } => inputs[0],
-            Op::BatchNorm { momentum, epsilon } if self.training => {
-                self.batchnorm_training(id, *momentum, *epsilon, inputs[0])
+            Family::Reshape => inputs[0],
+            Family::Dropout { rate } if self.training => self.dropout(id, rate, inputs[0]),
+            Family::Dropout { .. } => inputs[0],
+            Family::Pointwise(Pointwise::BatchNorm { momentum, epsilon }) if self.training => {
+                self.batchnorm_training(id, momentum, epsilon, inputs[0])
             }
-            Op::Activation(Activation::Softmax) => {
+            Family::Softmax => {
                 let (rows, n) = self.matrix(id);
                 let out = self.temporary(id);
                 let reduce = Reduce {
@@ -231,59 +239,42 @@ impl<'m> Lowering<'m> {
                 self.step(id, KernelDesc::Reduce(reduce), vec![inputs[0], out]);
                 out
             }
-            Op::Activation(_) | Op::BatchNorm { .. } | Op::ScaleBias | Op::Add | Op::Multiply => {
-                self.elementwise(id, &inputs, &input_ids)?
+            Family::Pointwise(pointwise) => self.elementwise(id, pointwise, &inputs, &input_ids)?,
+            Family::Concat { axis } => self.concat(id, axis, &inputs, &input_ids)?,
+            Family::Window(kind) => self.window(id, kind, inputs[0], input_ids[0])?,
+            Family::Contraction(contraction) => {
+                self.contraction_forward(id, contraction, inputs[0], input_ids[0])
             }
-            Op::Concat { axis } => self.concat(id, *axis, &inputs, &input_ids)?,
-            Op::Pool2d { .. }
-            | Op::GlobalPool { .. }
-            | Op::DepthMaxPool { .. }
-            | Op::Lrn { .. }
-            | Op::DepthwiseConv2d { .. } => self.window(id, inputs[0], input_ids[0])?,
-            Op::Conv2d { .. } | Op::Dense { .. } => {
-                self.contraction_forward(id, inputs[0], input_ids[0])
-            }
-            Op::Rbf { units } => {
+            Family::Rbf { units } => {
                 let (rows, n) = self.matrix(input_ids[0]);
                 let centers = self.weights(id)[0];
                 let y = self.temporary(id);
                 let reduce = Reduce {
                     name: node.name.clone(),
-                    kind: ReduceKind::Rbf {
-                        units: *units as usize,
-                    },
+                    kind: ReduceKind::Rbf { units },
                     rows,
                     n,
                 };
                 self.step(id, KernelDesc::Reduce(reduce), vec![inputs[0], centers, y]);
                 y
             }
-            Op::Labels => self.plan.buffer("labels", self.batch, Role::Labels),
-            Op::CrossEntropy { smoothing, weight } => {
-                self.cross_entropy(id, *smoothing, *weight, &inputs, &input_ids)
+            Family::Labels => self.plan.buffer("labels", self.batch, Role::Labels),
+            Family::CrossEntropy { smoothing, weight } => {
+                self.cross_entropy(id, smoothing, weight, &inputs, &input_ids)
             }
-            Op::CrossEntropyGrad { .. } => self.loss_grad(input_ids[0]),
-            Op::InputGrad {
-                forward,
-                slot,
-                inputs: shapes,
-                node: layer,
-            } => self.input_grad(id, forward, *slot, shapes, layer, &inputs, &input_ids)?,
-            Op::WeightGrad {
-                forward,
-                index,
-                weight,
-                ..
-            } => self.weight_grad(id, forward, *index, weight, &inputs, &input_ids)?,
+            Family::CrossEntropyGrad => self.loss_grad(input_ids[0]),
+            Family::InputGrad(gradient) => self.input_grad(id, gradient, &input_ids)?,
+            Family::WeightGrad(gradient) => self.weight_grad(id, gradient, &input_ids)?,
         };
         self.values.insert(id, output);
         Ok(())
     }
 
-    /// One element-wise kernel for an element-wise node.
+    /// One element-wise kernel for node `id`, which computes `op`.
     fn elementwise(
         &mut self,
         id: NodeIndex,
+        op: Pointwise,
         inputs: &[BufferId],
         input_ids: &[NodeIndex],
     ) -> Result<BufferId, LowerError> {
@@ -291,21 +282,21 @@ impl<'m> Lowering<'m> {
         let (rows, channels) = self.matrix(id);
         let mut k = Builder::default();
         let mut args: Vec<BufferId> = Vec::new();
-        let result = match &node.op {
-            Op::Activation(a) => {
+        let result = match op {
+            Pointwise::Activation(a) => {
                 args.push(inputs[0]);
                 let x = k.load(Operand::Tensor);
-                k.activation(*a, x)
+                k.activation(a, x)
             }
             // gamma (x - mean) / sqrt(var + eps) + beta
-            Op::BatchNorm { epsilon, .. } => {
+            Pointwise::BatchNorm { epsilon, .. } => {
                 let weights = self.weights(id);
                 args.push(inputs[0]);
                 args.extend(&weights);
                 let x = k.load(Operand::Tensor);
                 let [gamma, beta, mean, variance] =
                     [0, 1, 2, 3].map(|_| k.load(Operand::PerChannel));
-                let eps = k.push(Expr::Const(*epsilon as f32));
+                let eps = k.push(Expr::Const(epsilon as f32));
                 let shifted = k.binary(Binary::Sub, x, mean);
                 let v = k.binary(Binary::Add, variance, eps);
                 let root = k.push(Expr::Unary(Unary::Sqrt, v));
@@ -313,7 +304,7 @@ impl<'m> Lowering<'m> {
                 k.push(Expr::Fma(shifted, scale, beta))
             }
             // x * coefficient + bias
-            Op::ScaleBias => {
+            Pointwise::ScaleBias => {
                 let weights = self.weights(id);
                 args.push(inputs[0]);
                 args.extend(&weights);
@@ -322,7 +313,7 @@ impl<'m> Lowering<'m> {
                 let bias = k.load(Operand::PerChannel);
                 k.push(Expr::Fma(x, coefficient, bias))
             }
-            Op::Add => {
+            Pointwise::Add => {
                 args.extend(inputs);
                 let mut sum = k.load(Operand::Tensor);
                 for _ in 1..inputs.len() {
@@ -332,7 +323,7 @@ impl<'m> Lowering<'m> {
                 sum
             }
             // x * s, s per channel of each image (the SE-block) or of x's shape
-            Op::Multiply => {
+            Pointwise::Multiply => {
                 args.extend(inputs);
                 let x = k.load(Operand::Tensor);
                 let s_shape = self.shape(input_ids[1]);
@@ -346,7 +337,6 @@ impl<'m> Lowering<'m> {
                 let s = k.load(operand);
                 k.binary(Binary::Mul, x, s)
             }
-            _ => unreachable!("only element-wise ops reach here"),
         };
         let out = self.temporary(id);
         args.push(out);
@@ -397,49 +387,16 @@ impl<'m> Lowering<'m> {
         Ok(out)
     }
 
-    /// The sizes of a convolution or dense layer on inputs of per-example
-    /// shape `input`.
-    fn geometry(&self, op: &Op, input: &[usize]) -> Geometry {
-        let pair = |p: [u64; 2]| p.map(|d| d as usize);
-        match *op {
-            Op::Conv2d {
-                filters,
-                kernel,
-                stride,
-                padding,
-                dilation,
-                bias,
-            } => Geometry::Conv(ConvShape {
-                batch: self.batch,
-                height: input[0],
-                width: input[1],
-                in_channels: input[2],
-                out_channels: filters as usize,
-                kernel: pair(kernel),
-                stride: pair(stride),
-                dilation: pair(dilation),
-                padding,
-                bias,
-            }),
-            Op::Dense { units, bias } => {
-                let inputs = *input.last().unwrap_or(&1);
-                let rows = self.batch * input.iter().product::<usize>() / inputs.max(1);
-                Geometry::Dense(DenseShape {
-                    rows,
-                    inputs,
-                    units: units as usize,
-                    bias,
-                })
-            }
-            _ => unreachable!("only convolutions and dense layers are contractions"),
-        }
-    }
-
     /// `y = x . W (+ b)` on the GEMM.
-    fn contraction_forward(&mut self, id: NodeIndex, x: BufferId, x_id: NodeIndex) -> BufferId {
-        let node = &self.model.graph.nodes[id];
-        let (name, op) = (node.name.clone(), node.op.clone());
-        let geometry = self.geometry(&op, &self.shape(x_id));
+    fn contraction_forward(
+        &mut self,
+        id: NodeIndex,
+        contraction: Contraction,
+        x: BufferId,
+        x_id: NodeIndex,
+    ) -> BufferId {
+        let name = self.model.graph.nodes[id].name.clone();
+        let geometry = contraction.geometry(self.batch, &self.shape(x_id));
         let mut args = vec![x];
         args.extend(self.weights(id));
         let y = self.temporary(id);
@@ -460,37 +417,43 @@ impl<'m> Lowering<'m> {
     fn window(
         &mut self,
         id: NodeIndex,
+        kind: WindowKind,
         input: BufferId,
         input_id: NodeIndex,
     ) -> Result<BufferId, LowerError> {
-        let node = &self.model.graph.nodes[id];
-        let (name, op) = (node.name.clone(), node.op.clone());
+        let name = self.model.graph.nodes[id].name.clone();
         let weights = self.weights(id);
         let out = self.temporary(id);
         let shape = self.shape(input_id);
-        self.window_call(id, &name, &op, Pass::Forward, &shape, |role| match role {
+        // The forward pass reads the input and the filter and bias (which
+        // only depthwise convolution has), and writes the output.
+        self.window_call(id, &name, kind, Pass::Forward, &shape, |role| match role {
             WindowRole::Input => input,
             WindowRole::Filter => weights[0],
             WindowRole::Bias => weights[1],
-            _ => out,
+            WindowRole::Output
+            | WindowRole::OutputGrad
+            | WindowRole::InputGrad
+            | WindowRole::FilterGrad
+            | WindowRole::BiasGrad => out,
         })?;
         Ok(out)
     }
 
-    /// A window kernel for `op`'s pass `pass` on inputs of per-example shape
-    /// `input`, its buffers bound by `bind`.
+    /// A window kernel of kind `kind` for pass `pass` on inputs of
+    /// per-example shape `input`, its buffers bound by `bind`.
     fn window_call(
         &mut self,
         id: NodeIndex,
         name: &str,
-        op: &Op,
+        kind: WindowKind,
         pass: Pass,
         input: &[usize],
         bind: impl Fn(WindowRole) -> BufferId,
     ) -> Result<(), LowerError> {
         let window = Window {
             name: name.to_string(),
-            kind: window_kind(op),
+            kind,
             pass,
             input: [self.batch, input[0], input[1], input[2]],
         };
@@ -501,55 +464,6 @@ impl<'m> Lowering<'m> {
         let args = roles.iter().map(|b| bind(b.role)).collect();
         self.step(id, KernelDesc::Window(window), args);
         Ok(())
-    }
-}
-
-/// The window kernel of a window op.
-fn window_kind(op: &Op) -> WindowKind {
-    let pair = |p: [u64; 2]| p.map(|d| d as usize);
-    match *op {
-        Op::Pool2d {
-            kind,
-            size,
-            stride,
-            padding,
-        } => WindowKind::Pool {
-            kind,
-            size: pair(size),
-            stride: pair(stride),
-            padding,
-        },
-        Op::GlobalPool { kind } => WindowKind::GlobalPool { kind },
-        Op::DepthMaxPool { size } => WindowKind::DepthMaxPool {
-            size: size as usize,
-        },
-        Op::Lrn {
-            depth_radius,
-            bias,
-            alpha,
-            beta,
-        } => WindowKind::Lrn {
-            depth_radius: depth_radius as usize,
-            bias,
-            alpha,
-            beta,
-        },
-        Op::DepthwiseConv2d {
-            multiplier,
-            kernel,
-            stride,
-            padding,
-            dilation,
-            bias,
-        } => WindowKind::DepthwiseConv {
-            multiplier: multiplier as usize,
-            kernel: pair(kernel),
-            stride: pair(stride),
-            dilation: pair(dilation),
-            padding,
-            bias,
-        },
-        _ => unreachable!("only window ops have window kernels"),
     }
 }
 
@@ -575,12 +489,12 @@ impl Builder {
         self.push(Expr::Binary(op, a, b))
     }
 
-    /// An activation other than softmax applied to step `x`.
-    fn activation(&mut self, activation: Activation, x: usize) -> usize {
+    /// An element-wise activation applied to step `x`.
+    fn activation(&mut self, activation: PointwiseActivation, x: usize) -> usize {
         let zero = self.push(Expr::Const(0.0));
         match activation {
-            Activation::Relu => self.binary(Binary::Max, x, zero),
-            Activation::LeakyRelu { alpha } => {
+            PointwiseActivation::Relu => self.binary(Binary::Max, x, zero),
+            PointwiseActivation::LeakyRelu { alpha } => {
                 let a = self.push(Expr::Const(alpha as f32));
                 let negative = self.binary(Binary::Mul, a, x);
                 self.push(Expr::IfPositive {
@@ -589,16 +503,15 @@ impl Builder {
                     otherwise: negative,
                 })
             }
-            Activation::Elu { alpha } => self.elu(x, alpha),
-            Activation::Selu => {
+            PointwiseActivation::Elu { alpha } => self.elu(x, alpha),
+            PointwiseActivation::Selu => {
                 // scale * elu(x, alpha) with the self-normalising constants.
                 let elu = self.elu(x, 1.673_263_2);
                 let scale = self.push(Expr::Const(1.050_701));
                 self.binary(Binary::Mul, scale, elu)
             }
-            Activation::Tanh => self.push(Expr::Unary(Unary::Tanh, x)),
-            Activation::Sigmoid => self.push(Expr::Unary(Unary::Sigmoid, x)),
-            Activation::Softmax => unreachable!("softmax is a reduction"),
+            PointwiseActivation::Tanh => self.push(Expr::Unary(Unary::Tanh, x)),
+            PointwiseActivation::Sigmoid => self.push(Expr::Unary(Unary::Sigmoid, x)),
         }
     }
 

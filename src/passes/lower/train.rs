@@ -3,14 +3,17 @@
 
 use petgraph::stable_graph::NodeIndex;
 
+use super::family::{
+    family, Contraction, Family, InputGradient, Pointwise, PointwiseActivation, WeightGradient,
+};
 use super::{Builder, LowerError, Lowering};
 use crate::autodiff::TrainingGraph;
 use crate::codegen::elementwise::{Binary, Expr, Operand, Unary};
 use crate::codegen::native::{CopyRows, DropoutMask};
 use crate::codegen::reduce::{Reduce, ReduceKind};
-use crate::codegen::window::{Pass, Role as WindowRole};
+use crate::codegen::window::{Pass, Role as WindowRole, WindowKind};
 use crate::config::Optimizer;
-use crate::graph::{Activation, Op};
+use crate::ops::{self, GradInputs, Need};
 use crate::optimizer::state_count;
 use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, Role};
 
@@ -184,177 +187,279 @@ impl Lowering<'_> {
         self.shared[&format!("ce:{name}")][0]
     }
 
-    /// The kernel of an input gradient, by the forward op.
-    #[allow(clippy::too_many_arguments)]
+    /// The kernel of an input gradient, by the forward op's family.
+    /// `wired` are the gradient node's inputs, which its rule names.
     pub(super) fn input_grad(
         &mut self,
         id: NodeIndex,
-        forward: &Op,
-        slot: usize,
-        shapes: &[Vec<u64>],
-        layer: &str,
-        inputs: &[BufferId],
-        input_ids: &[NodeIndex],
+        gradient: InputGradient<'_>,
+        wired: &[NodeIndex],
     ) -> Result<BufferId, LowerError> {
-        let name = self.model.graph.nodes[id].name.clone();
+        let rule = ops::gradient(gradient.forward, gradient.inputs.len());
+        let needs = rule
+            .inputs
+            .get(gradient.slot)
+            .map_or(&[][..], Vec::as_slice);
+        let read = self.grad_inputs(id, needs, wired)?;
+        let dy = self.values[&read.dy];
         let (rows, channels) = self.matrix(id);
-        let dy = inputs[0];
-        let out = match forward {
+        let name = self.model.graph.nodes[id].name.clone();
+        let layer = gradient.layer;
+        Ok(match family(gradient.forward) {
             // A sum passes dY through; a reshape's gradient is dY reshaped.
-            Op::Add | Op::Flatten => dy,
-            Op::Activation(Activation::Softmax) => {
-                let dx = self.temporary(id);
-                let (r, n) = self.matrix(input_ids[1]);
-                self.step(
-                    id,
-                    KernelDesc::Reduce(Reduce {
-                        name,
-                        kind: ReduceKind::SoftmaxBackward,
-                        rows: r,
-                        n,
-                    }),
-                    vec![inputs[1], dy, dx],
-                );
-                dx
+            Family::Pointwise(Pointwise::Add) | Family::Reshape => dy,
+            Family::Softmax => {
+                let y = self.promised(id, read.output, "output")?;
+                self.softmax_grad(id, dy, y)
             }
-            Op::Activation(a) => {
-                let mut k = Builder::default();
-                let g = k.load(Operand::Tensor);
-                let y = k.load(Operand::Tensor);
-                let result = activation_grad(&mut k, *a, g, y);
-                let dx = self.temporary(id);
-                self.step(
-                    id,
-                    KernelDesc::Elementwise {
-                        kernel: k.finish(&name, result),
-                        rows,
-                        channels,
-                    },
-                    vec![dy, inputs[1], dx],
-                );
-                dx
+            Family::Pointwise(Pointwise::Activation(activation)) => {
+                let y = self.promised(id, read.output, "output")?;
+                self.activation_input_grad(id, activation, dy, y)
             }
-            Op::Dropout { .. } => {
-                let mask = self.masks[&input_ids[1]];
+            Family::Dropout { .. } => {
+                let y = self.promised(id, read.output, "output")?;
+                let mask = self.masks[&y];
                 self.product(id, &name, (rows, channels), dy, (mask, Operand::Tensor))
             }
-            Op::Concat { axis } => {
-                let inner: usize = shapes[slot][axis + 1..].iter().product::<u64>() as usize;
-                let width: usize = shapes.iter().map(|s| s[*axis] as usize).sum::<usize>() * inner;
-                let offset: usize = shapes[..slot]
-                    .iter()
-                    .map(|s| s[*axis] as usize)
-                    .sum::<usize>()
-                    * inner;
-                let len = shapes[slot][*axis] as usize * inner;
-                let copy_rows = self.batch * shapes[slot][..*axis].iter().product::<u64>() as usize;
-                let dx = self.temporary(id);
-                let copy = CopyRows {
-                    name,
-                    rows: copy_rows,
-                    len,
-                    from: (width, offset),
-                    to: (len, 0),
-                };
-                self.step(id, KernelDesc::Copy(copy), vec![dy, dx]);
-                dx
+            Family::Concat { axis } => self.concat_grad(id, axis, gradient, dy),
+            Family::Pointwise(Pointwise::Multiply) => {
+                let other = self.promised(id, read.input, "other operand")?;
+                let other = self.values[&other];
+                self.multiply_grad(id, gradient.slot, gradient.inputs, dy, other)
             }
-            Op::Multiply => self.multiply_grad(id, slot, shapes, inputs),
-            Op::ScaleBias => {
+            Family::Pointwise(Pointwise::ScaleBias) => {
                 let coefficient = self.weight(&format!("{layer}.coefficient"), channels);
-                self.product(
-                    id,
-                    &name,
-                    (rows, channels),
-                    dy,
-                    (coefficient, Operand::PerChannel),
-                )
+                let operand = (coefficient, Operand::PerChannel);
+                self.product(id, &name, (rows, channels), dy, operand)
             }
-            Op::BatchNorm { epsilon, .. } => {
-                self.batchnorm_grad(id, layer, *epsilon, dy, inputs[1])
+            Family::Pointwise(Pointwise::BatchNorm { epsilon, .. }) => {
+                let x = self.promised(id, read.input, "input")?;
+                let x = self.values[&x];
+                self.batchnorm_grad(id, layer, epsilon, dy, x)
             }
-            // dx_i = 2 sum_j dy_j (x_i - c_ij)
-            Op::Rbf { units } => {
-                let (rows, n) = self.matrix(input_ids[1]);
-                let centers = self.weight(&format!("{layer}.centers"), n * *units as usize);
-                let dx = self.temporary(id);
-                let kind = ReduceKind::RbfBackwardData {
-                    units: *units as usize,
-                };
-                self.step(
-                    id,
-                    KernelDesc::Reduce(Reduce {
-                        name,
-                        kind,
-                        rows,
-                        n,
-                    }),
-                    vec![inputs[1], centers, dy, dx],
-                );
-                dx
+            Family::Rbf { units } => {
+                let x = self.promised(id, read.input, "input")?;
+                self.rbf_grad(id, layer, units, dy, x)
             }
-            // dx = dy . W^T
-            Op::Conv2d { .. } | Op::Dense { .. } => {
-                let input: Vec<usize> = shapes[0].iter().map(|&d| d as usize).collect();
-                let geometry = self.geometry(forward, &input);
-                let kernel_len = match geometry {
-                    Geometry::Conv(s) => s.kernel[0] * s.kernel[1] * s.in_channels * s.out_channels,
-                    Geometry::Dense(s) => s.inputs * s.units,
-                };
-                let kernel = self.weight(&format!("{layer}.kernel"), kernel_len);
-                let dx = self.temporary(id);
-                let pass = ContractionPass::BackwardData;
-                self.step(
-                    id,
-                    KernelDesc::Contraction {
-                        name,
-                        geometry,
-                        pass,
-                    },
-                    vec![dy, kernel, dx],
-                );
-                dx
+            Family::Contraction(contraction) => {
+                self.contraction_grad(id, contraction, gradient, dy)
             }
-            Op::Pool2d { .. }
-            | Op::GlobalPool { .. }
-            | Op::DepthMaxPool { .. }
-            | Op::Lrn { .. }
-            | Op::DepthwiseConv2d { .. } => {
-                let x = input_ids.get(1).map(|_| inputs[1]);
-                let input: Vec<usize> = shapes[0].iter().map(|&d| d as usize).collect();
-                let filter = match forward {
-                    Op::DepthwiseConv2d {
-                        kernel, multiplier, ..
-                    } => {
-                        let len = (kernel[0] * kernel[1] * shapes[0][2] * multiplier) as usize;
-                        Some(self.weight(&format!("{layer}.kernel"), len))
-                    }
-                    _ => None,
-                };
-                let dx = self.temporary(id);
-                self.window_call(
-                    id,
-                    &name,
-                    forward,
-                    Pass::BackwardData,
-                    &input,
-                    |role| match role {
-                        WindowRole::Input => x.unwrap_or(dx),
-                        WindowRole::Filter => filter.unwrap_or(dx),
-                        WindowRole::OutputGrad => dy,
-                        _ => dx,
-                    },
-                )?;
-                dx
+            Family::Window(kind) => {
+                let x = read.input.map(|x| self.values[&x]);
+                self.window_grad(id, kind, gradient, dy, x)?
             }
-            other => {
+            // The training graph's own ops are not differentiated.
+            Family::Input
+            | Family::Labels
+            | Family::CrossEntropy { .. }
+            | Family::CrossEntropyGrad
+            | Family::InputGrad(_)
+            | Family::WeightGrad(_) => {
                 return Err(LowerError::Unsupported {
                     node: name,
-                    op: format!("the gradient of {}", other.name()),
+                    op: format!("the gradient of {}", gradient.forward.name()),
                 })
             }
+        })
+    }
+
+    /// The inputs of gradient node `id`, named by its rule's `needs`.
+    fn grad_inputs(
+        &self,
+        id: NodeIndex,
+        needs: &[Need],
+        wired: &[NodeIndex],
+    ) -> Result<GradInputs<NodeIndex>, LowerError> {
+        GradInputs::named(needs, wired).ok_or_else(|| LowerError::Kernel {
+            node: self.model.graph.nodes[id].name.clone(),
+            message: format!(
+                "its {} inputs do not match its gradient rule {needs:?}",
+                wired.len()
+            ),
+        })
+    }
+
+    /// The forward value (`what`) that gradient node `id`'s rule reads: an
+    /// error, not a panic, if a hand-built graph did not wire it.
+    fn promised(
+        &self,
+        id: NodeIndex,
+        value: Option<NodeIndex>,
+        what: &str,
+    ) -> Result<NodeIndex, LowerError> {
+        value.ok_or_else(|| LowerError::Kernel {
+            node: self.model.graph.nodes[id].name.clone(),
+            message: format!("its gradient rule reads the forward {what}, which is not wired"),
+        })
+    }
+
+    /// y * (dy - sum(dy * y)), row by row, from softmax's output `y`.
+    fn softmax_grad(&mut self, id: NodeIndex, dy: BufferId, y: NodeIndex) -> BufferId {
+        let dx = self.temporary(id);
+        let (rows, n) = self.matrix(y);
+        let reduce = Reduce {
+            name: self.model.graph.nodes[id].name.clone(),
+            kind: ReduceKind::SoftmaxBackward,
+            rows,
+            n,
         };
-        Ok(out)
+        let y = self.values[&y];
+        self.step(id, KernelDesc::Reduce(reduce), vec![y, dy, dx]);
+        dx
+    }
+
+    /// An element-wise activation's input gradient, from its output `y`.
+    fn activation_input_grad(
+        &mut self,
+        id: NodeIndex,
+        activation: PointwiseActivation,
+        dy: BufferId,
+        y: NodeIndex,
+    ) -> BufferId {
+        let (rows, channels) = self.matrix(id);
+        let mut k = Builder::default();
+        let g = k.load(Operand::Tensor);
+        let y_value = k.load(Operand::Tensor);
+        let result = activation_grad(&mut k, activation, g, y_value);
+        let dx = self.temporary(id);
+        let name = self.model.graph.nodes[id].name.clone();
+        self.step(
+            id,
+            KernelDesc::Elementwise {
+                kernel: k.finish(&name, result),
+                rows,
+                channels,
+            },
+            vec![dy, self.values[&y], dx],
+        );
+        dx
+    }
+
+    /// A concatenation's input gradient: a copy of the input's slice of dY.
+    fn concat_grad(
+        &mut self,
+        id: NodeIndex,
+        axis: usize,
+        gradient: InputGradient<'_>,
+        dy: BufferId,
+    ) -> BufferId {
+        let (shapes, slot) = (gradient.inputs, gradient.slot);
+        let inner: usize = shapes[slot][axis + 1..].iter().product::<u64>() as usize;
+        let width: usize = shapes.iter().map(|s| s[axis] as usize).sum::<usize>() * inner;
+        let offset: usize = shapes[..slot]
+            .iter()
+            .map(|s| s[axis] as usize)
+            .sum::<usize>()
+            * inner;
+        let len = shapes[slot][axis] as usize * inner;
+        let copy_rows = self.batch * shapes[slot][..axis].iter().product::<u64>() as usize;
+        let dx = self.temporary(id);
+        let copy = CopyRows {
+            name: self.model.graph.nodes[id].name.clone(),
+            rows: copy_rows,
+            len,
+            from: (width, offset),
+            to: (len, 0),
+        };
+        self.step(id, KernelDesc::Copy(copy), vec![dy, dx]);
+        dx
+    }
+
+    /// dx_i = 2 sum_j dy_j (x_i - c_ij)
+    fn rbf_grad(
+        &mut self,
+        id: NodeIndex,
+        layer: &str,
+        units: usize,
+        dy: BufferId,
+        x: NodeIndex,
+    ) -> BufferId {
+        let (rows, n) = self.matrix(x);
+        let centers = self.weight(&format!("{layer}.centers"), n * units);
+        let dx = self.temporary(id);
+        let reduce = Reduce {
+            name: self.model.graph.nodes[id].name.clone(),
+            kind: ReduceKind::RbfBackwardData { units },
+            rows,
+            n,
+        };
+        let x = self.values[&x];
+        self.step(id, KernelDesc::Reduce(reduce), vec![x, centers, dy, dx]);
+        dx
+    }
+
+    /// dx = dy . W^T on the GEMM.
+    fn contraction_grad(
+        &mut self,
+        id: NodeIndex,
+        contraction: Contraction,
+        gradient: InputGradient<'_>,
+        dy: BufferId,
+    ) -> BufferId {
+        let input: Vec<usize> = gradient.inputs[0].iter().map(|&d| d as usize).collect();
+        let geometry = contraction.geometry(self.batch, &input);
+        let kernel_len = match geometry {
+            Geometry::Conv(s) => s.kernel[0] * s.kernel[1] * s.in_channels * s.out_channels,
+            Geometry::Dense(s) => s.inputs * s.units,
+        };
+        let kernel = self.weight(&format!("{}.kernel", gradient.layer), kernel_len);
+        let dx = self.temporary(id);
+        let name = self.model.graph.nodes[id].name.clone();
+        let pass = ContractionPass::BackwardData;
+        let desc = KernelDesc::Contraction {
+            name,
+            geometry,
+            pass,
+        };
+        self.step(id, desc, vec![dy, kernel, dx]);
+        dx
+    }
+
+    /// A window op's input gradient: its backward-data pass, reading the
+    /// forward input `x` when the rule needs it and a depthwise
+    /// convolution's filter.
+    fn window_grad(
+        &mut self,
+        id: NodeIndex,
+        kind: WindowKind,
+        gradient: InputGradient<'_>,
+        dy: BufferId,
+        x: Option<BufferId>,
+    ) -> Result<BufferId, LowerError> {
+        let input: Vec<usize> = gradient.inputs[0].iter().map(|&d| d as usize).collect();
+        let filter = match kind {
+            WindowKind::DepthwiseConv {
+                kernel, multiplier, ..
+            } => {
+                let len = kernel[0] * kernel[1] * input[2] * multiplier;
+                Some(self.weight(&format!("{}.kernel", gradient.layer), len))
+            }
+            WindowKind::Pool { .. }
+            | WindowKind::GlobalPool { .. }
+            | WindowKind::DepthMaxPool { .. }
+            | WindowKind::Lrn { .. } => None,
+        };
+        let dx = self.temporary(id);
+        let name = self.model.graph.nodes[id].name.clone();
+        // The roles the pass does not use are never asked for.
+        self.window_call(
+            id,
+            &name,
+            kind,
+            Pass::BackwardData,
+            &input,
+            |role| match role {
+                WindowRole::Input => x.unwrap_or(dx),
+                WindowRole::Filter => filter.unwrap_or(dx),
+                WindowRole::OutputGrad => dy,
+                WindowRole::InputGrad
+                | WindowRole::Bias
+                | WindowRole::Output
+                | WindowRole::FilterGrad
+                | WindowRole::BiasGrad => dx,
+            },
+        )?;
+        Ok(dx)
     }
 
     /// dX = dY * s (s broadcast as in the forward pass); ds = the sum of
@@ -364,14 +469,14 @@ impl Lowering<'_> {
         id: NodeIndex,
         slot: usize,
         shapes: &[Vec<u64>],
-        inputs: &[BufferId],
+        dy: BufferId,
+        other: BufferId,
     ) -> BufferId {
         let name = self.model.graph.nodes[id].name.clone();
         let x_shape: Vec<usize> = shapes[0].iter().map(|&d| d as usize).collect();
         let channels = *x_shape.last().unwrap_or(&1);
         let rows = self.batch * x_shape.iter().product::<usize>() / channels;
         let same = shapes[0] == shapes[1];
-        let (dy, other) = (inputs[0], inputs[1]);
         if slot == 0 || same {
             let operand = if same || slot == 1 {
                 Operand::Tensor
@@ -486,27 +591,35 @@ impl Lowering<'_> {
         dx
     }
 
-    /// The kernel of a weight gradient, by the forward op.
+    /// The kernel of a weight gradient, by the forward op's family.
+    /// `wired` are the gradient node's inputs, which its rule names. The
+    /// gradients of one layer's weights share one kernel, run for the
+    /// first of them (autodiff adds them in weight order, kernel first).
     pub(super) fn weight_grad(
         &mut self,
         id: NodeIndex,
-        forward: &Op,
-        index: usize,
-        weight: &str,
-        inputs: &[BufferId],
-        input_ids: &[NodeIndex],
+        gradient: WeightGradient<'_>,
+        wired: &[NodeIndex],
     ) -> Result<BufferId, LowerError> {
+        let WeightGradient {
+            forward,
+            index,
+            weight,
+        } = gradient;
         let layer = weight
             .rsplit_once('.')
             .map_or(weight, |(layer, _)| layer)
             .to_string();
-        let name = self.model.graph.nodes[id].name.clone();
-        let dy = inputs[0];
-        Ok(match forward {
-            Op::BatchNorm { epsilon, .. } => {
-                let x = inputs.get(1).copied();
-                let sums = match x {
-                    Some(x) => self.batchnorm_sums(id, &layer, *epsilon, dy, x),
+        let needs = ops::weight_needs(forward, index).unwrap_or_default();
+        let read = self.grad_inputs(id, &needs, wired)?;
+        let dy = self.values[&read.dy];
+        Ok(match family(forward) {
+            Family::Pointwise(Pointwise::BatchNorm { epsilon, .. }) => {
+                let sums = match read.input {
+                    Some(x) => {
+                        let x = self.values[&x];
+                        self.batchnorm_sums(id, &layer, epsilon, dy, x)
+                    }
                     None => {
                         let shared = &self.shared[&format!("bnsum:{layer}")];
                         [shared[0], shared[1], shared[2]]
@@ -519,130 +632,206 @@ impl Lowering<'_> {
                     sums[0]
                 }
             }
-            Op::ScaleBias => {
-                let key = format!("sb:{layer}");
-                if !self.shared.contains_key(&key) {
-                    let (rows, c) = self.matrix(input_ids[1]);
-                    let (sum, dot) = (
-                        self.scratch(format!("{layer}.sum"), c),
-                        self.scratch(format!("{layer}.dot"), c),
-                    );
-                    let reduce = Reduce {
-                        name: name.clone(),
-                        kind: ReduceKind::ColumnSums,
-                        rows,
-                        n: c,
-                    };
-                    self.step(
-                        id,
-                        KernelDesc::Reduce(reduce),
-                        vec![dy, inputs[1], sum, dot],
-                    );
-                    self.shared.insert(key.clone(), vec![sum, dot]);
-                }
+            Family::Pointwise(Pointwise::ScaleBias) => {
+                let [sum, dot] = self.scale_bias_sums(id, &layer, dy, read.input)?;
                 // coefficient: sum dY x; bias: sum dY
-                let shared = &self.shared[&key];
                 if index == 0 {
-                    shared[1]
+                    dot
                 } else {
-                    shared[0]
+                    sum
                 }
             }
-            Op::DepthwiseConv2d {
-                kernel,
-                multiplier,
-                bias,
-                ..
-            } => {
+            Family::Window(
+                kind @ WindowKind::DepthwiseConv {
+                    kernel,
+                    multiplier,
+                    bias,
+                    ..
+                },
+            ) => {
                 let key = format!("dw:{layer}");
                 if !self.shared.contains_key(&key) {
-                    let x_id = input_ids[1];
-                    let shape = self.shape(x_id);
-                    let filter_len = (kernel[0] * kernel[1] * multiplier) as usize * shape[2];
-                    let filter_grad = self.scratch(format!("grad:{layer}.kernel"), filter_len);
-                    let bias_grad = self.scratch(
-                        format!("grad:{layer}.bias"),
-                        shape[2] * *multiplier as usize,
+                    let x = self.promised(id, read.input, "input")?;
+                    let channels = self.shape(x)[2];
+                    let lens = (
+                        kernel[0] * kernel[1] * multiplier * channels,
+                        channels * multiplier,
                     );
-                    let x = inputs[1];
-                    self.window_call(id, &name, forward, Pass::BackwardFilter, &shape, |role| {
-                        match role {
-                            WindowRole::Input => x,
-                            WindowRole::OutputGrad => dy,
-                            WindowRole::BiasGrad => bias_grad,
-                            _ => filter_grad,
-                        }
-                    })?;
-                    let mut shared = vec![filter_grad];
-                    if *bias {
-                        shared.push(bias_grad);
+                    let [filter_grad, bias_grad] =
+                        self.depthwise_filter_grad(id, &layer, kind, lens, dy, x)?;
+                    let mut grads = vec![filter_grad];
+                    if bias {
+                        grads.push(bias_grad);
                     }
-                    self.shared.insert(key.clone(), shared);
+                    self.shared.insert(key.clone(), grads);
                 }
                 self.shared[&key][index]
             }
-            // dc_ij = -2 sum_r dy_rj (x_ri - c_ij)
-            Op::Rbf { units } => {
-                let (rows, n) = self.matrix(input_ids[1]);
-                let centers = self.weight(weight, n * *units as usize);
-                let dc = self.scratch(format!("grad:{weight}"), n * *units as usize);
-                let kind = ReduceKind::RbfBackwardCenters {
-                    units: *units as usize,
-                };
-                self.step(
-                    id,
-                    KernelDesc::Reduce(Reduce {
-                        name,
-                        kind,
-                        rows,
-                        n,
-                    }),
-                    vec![inputs[1], centers, dy, dc],
-                );
-                dc
+            Family::Rbf { units } => {
+                let x = self.promised(id, read.input, "input")?;
+                self.rbf_centers_grad(id, weight, units, dy, x)
             }
-            // dW = x^T . dy and db = sum dy, in one kernel for both weights
-            Op::Conv2d { bias, .. } | Op::Dense { bias, .. } => {
+            Family::Contraction(contraction) => {
                 let key = format!("contraction:{layer}");
                 if !self.shared.contains_key(&key) {
-                    let input = self.shape(input_ids[1]);
-                    let geometry = self.geometry(forward, &input);
-                    let (kernel_len, units) = match geometry {
-                        Geometry::Conv(s) => (
-                            s.kernel[0] * s.kernel[1] * s.in_channels * s.out_channels,
-                            s.out_channels,
-                        ),
-                        Geometry::Dense(s) => (s.inputs * s.units, s.units),
-                    };
-                    let kernel_grad = self.scratch(format!("grad:{layer}.kernel"), kernel_len);
-                    let mut args = vec![inputs[1], dy, kernel_grad];
-                    let mut shared = vec![kernel_grad];
-                    if *bias {
-                        let bias_grad = self.scratch(format!("grad:{layer}.bias"), units);
-                        args.push(bias_grad);
-                        shared.push(bias_grad);
-                    }
-                    let pass = ContractionPass::BackwardFilter;
-                    self.step(
-                        id,
-                        KernelDesc::Contraction {
-                            name: name.clone(),
-                            geometry,
-                            pass,
-                        },
-                        args,
-                    );
-                    self.shared.insert(key.clone(), shared);
+                    let x = self.promised(id, read.input, "input")?;
+                    let grads = self.contraction_filter_grad(id, &layer, contraction, dy, x);
+                    self.shared.insert(key.clone(), grads);
                 }
                 self.shared[&key][index]
             }
-            other => {
+            // Ops without weights have no weight gradients.
+            Family::Input
+            | Family::Labels
+            | Family::Reshape
+            | Family::Dropout { .. }
+            | Family::Pointwise(Pointwise::Activation(_) | Pointwise::Add | Pointwise::Multiply)
+            | Family::Softmax
+            | Family::Concat { .. }
+            | Family::Window(
+                WindowKind::Pool { .. }
+                | WindowKind::GlobalPool { .. }
+                | WindowKind::DepthMaxPool { .. }
+                | WindowKind::Lrn { .. },
+            )
+            | Family::CrossEntropy { .. }
+            | Family::CrossEntropyGrad
+            | Family::InputGrad(_)
+            | Family::WeightGrad(_) => {
                 return Err(LowerError::Unsupported {
-                    node: name,
-                    op: format!("the weight gradient of {}", other.name()),
+                    node: self.model.graph.nodes[id].name.clone(),
+                    op: format!("the weight gradient of {}", forward.name()),
                 })
             }
         })
+    }
+
+    /// A scale-bias layer's `[sum dY, sum dY x]` per channel, computed once
+    /// for both of its weights from the forward input `x`.
+    fn scale_bias_sums(
+        &mut self,
+        id: NodeIndex,
+        layer: &str,
+        dy: BufferId,
+        x: Option<NodeIndex>,
+    ) -> Result<[BufferId; 2], LowerError> {
+        let key = format!("sb:{layer}");
+        if !self.shared.contains_key(&key) {
+            let x = self.promised(id, x, "input")?;
+            let (rows, c) = self.matrix(x);
+            let (sum, dot) = (
+                self.scratch(format!("{layer}.sum"), c),
+                self.scratch(format!("{layer}.dot"), c),
+            );
+            let reduce = Reduce {
+                name: self.model.graph.nodes[id].name.clone(),
+                kind: ReduceKind::ColumnSums,
+                rows,
+                n: c,
+            };
+            let x = self.values[&x];
+            self.step(id, KernelDesc::Reduce(reduce), vec![dy, x, sum, dot]);
+            self.shared.insert(key.clone(), vec![sum, dot]);
+        }
+        let shared = &self.shared[&key];
+        Ok([shared[0], shared[1]])
+    }
+
+    /// A depthwise convolution's filter and bias gradients, of lengths
+    /// `lens`, in one backward-filter pass over the forward input `x`.
+    fn depthwise_filter_grad(
+        &mut self,
+        id: NodeIndex,
+        layer: &str,
+        kind: WindowKind,
+        (filter_len, bias_len): (usize, usize),
+        dy: BufferId,
+        x: NodeIndex,
+    ) -> Result<[BufferId; 2], LowerError> {
+        let shape = self.shape(x);
+        let filter_grad = self.scratch(format!("grad:{layer}.kernel"), filter_len);
+        let bias_grad = self.scratch(format!("grad:{layer}.bias"), bias_len);
+        let name = self.model.graph.nodes[id].name.clone();
+        let x = self.values[&x];
+        // The pass reads x and dY and writes the filter's and the bias's
+        // gradients; the roles it does not use are never asked for.
+        self.window_call(
+            id,
+            &name,
+            kind,
+            Pass::BackwardFilter,
+            &shape,
+            |role| match role {
+                WindowRole::Input => x,
+                WindowRole::OutputGrad => dy,
+                WindowRole::BiasGrad => bias_grad,
+                WindowRole::FilterGrad
+                | WindowRole::Filter
+                | WindowRole::Bias
+                | WindowRole::Output
+                | WindowRole::InputGrad => filter_grad,
+            },
+        )?;
+        Ok([filter_grad, bias_grad])
+    }
+
+    /// dc_ij = -2 sum_r dy_rj (x_ri - c_ij)
+    fn rbf_centers_grad(
+        &mut self,
+        id: NodeIndex,
+        weight: &str,
+        units: usize,
+        dy: BufferId,
+        x: NodeIndex,
+    ) -> BufferId {
+        let (rows, n) = self.matrix(x);
+        let centers = self.weight(weight, n * units);
+        let dc = self.scratch(format!("grad:{weight}"), n * units);
+        let reduce = Reduce {
+            name: self.model.graph.nodes[id].name.clone(),
+            kind: ReduceKind::RbfBackwardCenters { units },
+            rows,
+            n,
+        };
+        let x = self.values[&x];
+        self.step(id, KernelDesc::Reduce(reduce), vec![x, centers, dy, dc]);
+        dc
+    }
+
+    /// dW = x^T . dy and db = sum dy, in one kernel for both weights.
+    fn contraction_filter_grad(
+        &mut self,
+        id: NodeIndex,
+        layer: &str,
+        contraction: Contraction,
+        dy: BufferId,
+        x: NodeIndex,
+    ) -> Vec<BufferId> {
+        let geometry = contraction.geometry(self.batch, &self.shape(x));
+        let (kernel_len, units) = match geometry {
+            Geometry::Conv(s) => (
+                s.kernel[0] * s.kernel[1] * s.in_channels * s.out_channels,
+                s.out_channels,
+            ),
+            Geometry::Dense(s) => (s.inputs * s.units, s.units),
+        };
+        let kernel_grad = self.scratch(format!("grad:{layer}.kernel"), kernel_len);
+        let mut args = vec![self.values[&x], dy, kernel_grad];
+        let mut grads = vec![kernel_grad];
+        if contraction.bias() {
+            let bias_grad = self.scratch(format!("grad:{layer}.bias"), units);
+            args.push(bias_grad);
+            grads.push(bias_grad);
+        }
+        let name = self.model.graph.nodes[id].name.clone();
+        let pass = ContractionPass::BackwardFilter;
+        let desc = KernelDesc::Contraction {
+            name,
+            geometry,
+            pass,
+        };
+        self.step(id, desc, args);
+        grads
     }
 
     /// The optimizer's update of every trainable weight, in place, after the
@@ -695,18 +884,18 @@ fn inverse_deviation(k: &mut Builder, variance: usize, epsilon: f64) -> usize {
     k.push(Expr::Unary(Unary::Recip, root))
 }
 
-/// The gradient of an activation (other than softmax) from `dy` and the output `y`.
-fn activation_grad(k: &mut Builder, activation: Activation, dy: usize, y: usize) -> usize {
+/// The gradient of an element-wise activation from `dy` and the output `y`.
+fn activation_grad(k: &mut Builder, activation: PointwiseActivation, dy: usize, y: usize) -> usize {
     let zero = k.push(Expr::Const(0.0));
     match activation {
         // dy * 1[y > 0]
-        Activation::Relu => k.push(Expr::IfPositive {
+        PointwiseActivation::Relu => k.push(Expr::IfPositive {
             cond: y,
             then: dy,
             otherwise: zero,
         }),
         // dy * (y > 0 ? 1 : alpha)
-        Activation::LeakyRelu { alpha } => {
+        PointwiseActivation::LeakyRelu { alpha } => {
             let a = k.push(Expr::Const(alpha as f32));
             let scaled = k.binary(Binary::Mul, a, dy);
             k.push(Expr::IfPositive {
@@ -716,7 +905,7 @@ fn activation_grad(k: &mut Builder, activation: Activation, dy: usize, y: usize)
             })
         }
         // dy * (y > 0 ? 1 : y + alpha)
-        Activation::Elu { alpha } => {
+        PointwiseActivation::Elu { alpha } => {
             let a = k.push(Expr::Const(alpha as f32));
             let slope = k.binary(Binary::Add, y, a);
             let scaled = k.binary(Binary::Mul, slope, dy);
@@ -727,7 +916,7 @@ fn activation_grad(k: &mut Builder, activation: Activation, dy: usize, y: usize)
             })
         }
         // dy * (y > 0 ? scale : y + scale * alpha)
-        Activation::Selu => {
+        PointwiseActivation::Selu => {
             let scale = k.push(Expr::Const(1.050_701));
             let scale_alpha = k.push(Expr::Const(1.050_701 * 1.673_263_2));
             let positive = k.binary(Binary::Mul, scale, dy);
@@ -740,20 +929,19 @@ fn activation_grad(k: &mut Builder, activation: Activation, dy: usize, y: usize)
             })
         }
         // dy * (1 - y^2)
-        Activation::Tanh => {
+        PointwiseActivation::Tanh => {
             let one = k.push(Expr::Const(1.0));
             let y2 = k.binary(Binary::Mul, y, y);
             let slope = k.binary(Binary::Sub, one, y2);
             k.binary(Binary::Mul, dy, slope)
         }
         // dy * y * (1 - y)
-        Activation::Sigmoid => {
+        PointwiseActivation::Sigmoid => {
             let one = k.push(Expr::Const(1.0));
             let rest = k.binary(Binary::Sub, one, y);
             let slope = k.binary(Binary::Mul, y, rest);
             k.binary(Binary::Mul, dy, slope)
         }
-        Activation::Softmax => unreachable!("softmax's gradient is a reduction"),
     }
 }
 
