@@ -62,21 +62,34 @@ fn module_of(relative: &Path) -> String {
     }
 }
 
-/// The code of a file without its line comments and its unit-test module.
+/// The code of a file without its line comments and its unit-test module
+/// (`#[cfg(test)]`, any further attributes, then `mod`).
 fn code(source: &str) -> String {
+    let lines: Vec<&str> = source.lines().collect();
     let mut kept = Vec::new();
-    let mut lines = source.lines().peekable();
-    while let Some(line) = lines.next() {
+    for (i, line) in lines.iter().enumerate() {
         let trimmed = line.trim_start();
-        let next = lines.peek().map_or("", |l| l.trim_start());
-        if trimmed == "#[cfg(test)]" && next.starts_with("mod ") {
+        if trimmed == "#[cfg(test)]" && next_item(&lines[i + 1..]).starts_with("mod ") {
             break;
         }
         if !trimmed.starts_with("//") {
-            kept.push(line);
+            kept.push(*line);
         }
     }
     kept.join("\n")
+}
+
+/// The first line of `lines` that starts an item, past attributes (which
+/// may span several lines) and comments.
+fn next_item<'a>(lines: &[&'a str]) -> &'a str {
+    let items = [
+        "mod ", "pub", "fn ", "impl", "struct ", "enum ", "use ", "const ", "static ",
+    ];
+    lines
+        .iter()
+        .map(|l| l.trim_start())
+        .find(|l| items.iter().any(|item| l.starts_with(item)))
+        .unwrap_or("")
 }
 
 /// The names a file's code reaches through `prefix` (`crate::` or
@@ -236,6 +249,49 @@ fn every_listed_layer_exists() {
     }
 }
 
+/// The paths `docs/architecture.md`'s "Where things are" block lists: the
+/// first word of each line that starts with `src/`.
+fn mapped_paths() -> Vec<String> {
+    let doc = std::fs::read_to_string("docs/architecture.md").expect("docs/architecture.md");
+    let section = doc
+        .split("## Where things are")
+        .nth(1)
+        .expect("a \"## Where things are\" section");
+    let block = section
+        .split("```text")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a ```text block in the Where things are section");
+    block
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|word| word.starts_with("src/"))
+        .map(|word| word.trim_end_matches('/').to_string())
+        .collect()
+}
+
+#[test]
+fn the_map_lists_every_entry_of_src_and_nothing_else() {
+    let mapped = mapped_paths();
+    let mut entries: Vec<String> = std::fs::read_dir("src")
+        .expect("src/")
+        .map(|e| format!("src/{}", e.expect("entry").file_name().to_string_lossy()))
+        .collect();
+    entries.sort();
+    for entry in &entries {
+        assert!(
+            mapped.contains(entry),
+            "docs/architecture.md does not list `{entry}`"
+        );
+    }
+    for path in &mapped {
+        assert!(
+            entries.contains(path),
+            "docs/architecture.md lists `{path}`, which does not exist"
+        );
+    }
+}
+
 #[test]
 fn an_upward_import_is_reported() {
     let layers: Vec<String> = ["runtime", ROOT, "plan", "graph"]
@@ -250,6 +306,9 @@ fn an_upward_import_is_reported() {
         fn f() { crate::runtime::run(); crate::compile(); }
 
         #[cfg(test)]
+        #[allow(
+            clippy::wildcard_enum_match_arm,
+        )]
         mod tests {
             use crate::runtime::Trainer;
         }
