@@ -147,6 +147,7 @@ pub struct CompiledStep {
 pub fn plan_inference(model: &TypedGraph, batch: usize) -> Result<KernelPlan, CompileError> {
     // One kernel call per node, over buffers of the batch.
     let mut plan = passes::lower::inference(model, batch)?;
+    // Every call against its kernel's signature (fusion checks again).
     plan.verify()?;
     // Element-wise chains into one kernel; activations into epilogues.
     passes::fuse::run(&mut plan)?;
@@ -166,6 +167,7 @@ pub fn plan_training(
     let training = autodiff::differentiate(model, loss).map_err(CompileError::Autodiff)?;
     // Forward with batch statistics, loss, backward, optimizer updates.
     let mut plan = passes::lower::training(&training, batch, optimizer)?;
+    // Every call against its kernel's signature (fusion checks again).
     plan.verify()?;
     // Element-wise chains into one kernel; activations into epilogues.
     passes::fuse::run(&mut plan)?;
