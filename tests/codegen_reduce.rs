@@ -186,7 +186,10 @@ fn cross_entropy_keeps_any_label_inside_its_row_and_flags_it() {
     let mut clean = buffers(&[0.0, 0.0, 3.0, 2.0, 3.0, 1.0]);
     run(&kernel, &mut bad, true);
     run(&kernel, &mut clean, false);
-    assert_eq!(bad[3], clean[3], "the gradients differ from the clamped labels'");
+    assert_eq!(
+        bad[3], clean[3],
+        "the gradients differ from the clamped labels'"
+    );
     for row in 0..rows - 1 {
         assert!(bad[2][row].is_nan(), "row {row}: loss {}", bad[2][row]);
         assert!(clean[2][row].is_finite(), "row {row}: {}", clean[2][row]);
