@@ -84,7 +84,7 @@ pub enum FitError {
         classes: usize,
     },
     /// A data set's label is not one of its classes (its `class_names`).
-    #[error("received a label value of {label} (image {index} of the {set} set), which is outside the valid range of [0, {classes}) of the data set's {classes} classes")]
+    #[error("received a label value of {label} (image {index} of the {set} set), which is outside the valid range of [0, {classes}) of the data set's class indices")]
     Label {
         /// Which set: `training`, `validation`, `test` or `evaluated`.
         set: &'static str,
