@@ -333,7 +333,7 @@ fn a_second_output_with_fewer_scores_than_classes_is_refused_before_training() {
         }";
     let train = tiny_set(&[0, 1, 2, 3, 3, 2, 1, 0], 4);
     let (result, written) = fit_tiny(source, &train, "second-output");
-    let error = result.err().expect("refused");
+    let error = result.expect_err("refused");
     assert!(
         matches!(
             &error,
@@ -396,7 +396,7 @@ fn a_hand_built_set_with_a_label_beyond_its_classes_is_an_error() {
     );
     insta::assert_snapshot!("evaluated_label_out_of_range", error.to_string());
     let (result, written) = fit_tiny(source, &bad, "label-beyond");
-    let error = result.err().expect("refused");
+    let error = result.expect_err("refused");
     assert!(
         matches!(
             error,
