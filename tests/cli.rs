@@ -316,3 +316,34 @@ fn run_names_an_idx_label_out_of_range() {
     insta::assert_snapshot!("run_idx_label_out_of_range", text);
     std::fs::remove_dir_all(&dir).expect("removed");
 }
+
+#[test]
+fn bench_draws_labels_that_every_output_scores() {
+    // bench trains on made-up labels; with a second output of 2 scores they
+    // must stay below 2, or the step refuses them.
+    let dir = scratch("bench-outputs");
+    let file = dir.join("two.cnn");
+    std::fs::write(
+        &file,
+        "model two : [4, 4, 1] {\n    flatten\n    output main = dense(10, activation: softmax)\n    output aux = dense(2, activation: softmax)\n}\n",
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf-8");
+    let out = cnnc(&[
+        "bench",
+        path,
+        "--steps",
+        "1",
+        "--batch",
+        "4",
+        "--threads",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("training, batch 4:"),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::remove_dir_all(&dir).expect("removed");
+}
