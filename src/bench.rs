@@ -75,10 +75,14 @@ pub fn run(
     config: BenchConfig,
 ) -> Result<BenchReport, BenchError> {
     let example = model.input_shape().map_or(0, |s| s.elements() as usize);
+    // Every output is scored against the same labels, so they must be
+    // below the smallest output's number of scores.
     let classes = model
         .outputs()
-        .first()
-        .map_or(1, |(_, s)| s.iter().product::<u64>() as usize)
+        .iter()
+        .map(|(_, s)| s.iter().product::<u64>() as usize)
+        .min()
+        .unwrap_or(1)
         .max(1);
     let store = weights::init(model, 1);
     let loss = LossSpec {

@@ -215,3 +215,135 @@ fn every_help_text_is_pinned() {
         insta::assert_snapshot!(format!("help_{command}"), stdout(&out));
     }
 }
+
+/// A fresh scratch folder for one test.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cnnc-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// `stderr` of a failed command with `dir` written as `DIR`, for snapshots.
+fn failure_text(out: &Output, dir: &std::path::Path) -> String {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+    stderr(out).replace(&dir.display().to_string(), "DIR")
+}
+
+#[test]
+fn run_refuses_a_second_output_smaller_than_the_folders_classes() {
+    // Keras's fit fails on the first batch with "Received a label value of 3
+    // which is outside the valid range of [0, 2)" (tests/tf/labels.py);
+    // cnnc refuses before training, naming the output.
+    let dir = scratch("second-output");
+    for class in ["a", "b", "c", "d"] {
+        std::fs::create_dir_all(dir.join("data").join(class)).expect("class dir");
+        for i in 0..5u8 {
+            let image = image::GrayImage::from_pixel(8, 8, image::Luma([i * 40]));
+            image
+                .save(dir.join("data").join(class).join(format!("{i}.png")))
+                .expect("png");
+        }
+    }
+    let file = dir.join("two.cnn");
+    std::fs::write(
+        &file,
+        "model two : [8, 8, 1] {\n    flatten\n    output main = dense(4, activation: softmax)\n    output aux = dense(2, activation: softmax)\n}\n",
+    )
+    .expect("write");
+    let out = cnnc(&[
+        "run",
+        file.to_str().expect("utf-8"),
+        "--train",
+        dir.join("data").to_str().expect("utf-8"),
+        "--out",
+        dir.join("out").to_str().expect("utf-8"),
+    ]);
+    let text = failure_text(&out, &dir);
+    assert!(!dir.join("out").join("two.safetensors").exists());
+    insta::assert_snapshot!("run_second_output_too_small", text);
+    std::fs::remove_dir_all(&dir).expect("removed");
+}
+
+/// A gzip-compressed IDX file of unsigned bytes.
+fn idx_gz(path: &std::path::Path, magic: u32, dims: &[u32], data: &[u8]) {
+    use std::io::Write;
+    let mut bytes = magic.to_be_bytes().to_vec();
+    for d in dims {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    bytes.extend_from_slice(data);
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(&bytes).expect("gzip");
+    std::fs::write(path, encoder.finish().expect("gzip")).expect("write");
+}
+
+#[test]
+fn run_names_an_idx_label_out_of_range() {
+    // Six training images whose fifth label is 12: Fashion-MNIST has 10 classes.
+    let dir = scratch("idx-label");
+    let pixels = |count: u32| vec![0u8; count as usize * 28 * 28];
+    idx_gz(
+        &dir.join("train-images-idx3-ubyte.gz"),
+        0x803,
+        &[6, 28, 28],
+        &pixels(6),
+    );
+    idx_gz(
+        &dir.join("train-labels-idx1-ubyte.gz"),
+        0x801,
+        &[6],
+        &[0, 1, 2, 3, 12, 5],
+    );
+    idx_gz(
+        &dir.join("t10k-images-idx3-ubyte.gz"),
+        0x803,
+        &[2, 28, 28],
+        &pixels(2),
+    );
+    idx_gz(&dir.join("t10k-labels-idx1-ubyte.gz"), 0x801, &[2], &[0, 1]);
+    let out = cnnc(&[
+        "run",
+        "examples/lenet5.cnn",
+        "--train",
+        "fashion",
+        "--data",
+        dir.to_str().expect("utf-8"),
+        "--out",
+        dir.join("out").to_str().expect("utf-8"),
+    ]);
+    let text = failure_text(&out, &dir);
+    insta::assert_snapshot!("run_idx_label_out_of_range", text);
+    std::fs::remove_dir_all(&dir).expect("removed");
+}
+
+#[test]
+fn bench_draws_labels_that_every_output_scores() {
+    // bench trains on made-up labels; with a second output of 2 scores they
+    // must stay below 2, or the step refuses them.
+    let dir = scratch("bench-outputs");
+    let file = dir.join("two.cnn");
+    std::fs::write(
+        &file,
+        "model two : [4, 4, 1] {\n    flatten\n    output main = dense(10, activation: softmax)\n    output aux = dense(2, activation: softmax)\n}\n",
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf-8");
+    let out = cnnc(&[
+        "bench",
+        path,
+        "--steps",
+        "1",
+        "--batch",
+        "4",
+        "--threads",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("training, batch 4:"),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::remove_dir_all(&dir).expect("removed");
+}

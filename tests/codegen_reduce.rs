@@ -158,6 +158,46 @@ fn cross_entropy_loss_and_gradient() {
 }
 
 #[test]
+fn cross_entropy_keeps_any_label_inside_its_row_and_flags_it() {
+    // The executor runs whatever buffers it is given, so the kernel itself
+    // must stay inside each row whatever the label: NaN, -1, 4e9, 2.5 and n
+    // are clamped to columns 0, 0, 3, 2 and 3, and their rows' losses are
+    // NaN. Each row must then be exactly the row of a clean run with the
+    // clamped labels: a write outside a row would change its neighbour.
+    let (rows, n) = (6, 4);
+    let (_jit, kernel) = compile(
+        ReduceKind::CrossEntropy {
+            smoothing: 0.1,
+            scale: 0.5,
+        },
+        rows,
+        n,
+    );
+    let z = data(rows * n, 5, -3.0, 3.0);
+    let buffers = |labels: &[f32]| {
+        vec![
+            z.clone(),
+            labels.to_vec(),
+            vec![0.0; rows],
+            vec![0.0; rows * n],
+        ]
+    };
+    let mut bad = buffers(&[f32::NAN, -1.0, 4e9, 2.5, n as f32, 1.0]);
+    let mut clean = buffers(&[0.0, 0.0, 3.0, 2.0, 3.0, 1.0]);
+    run(&kernel, &mut bad, true);
+    run(&kernel, &mut clean, false);
+    assert_eq!(
+        bad[3], clean[3],
+        "the gradients differ from the clamped labels'"
+    );
+    for row in 0..rows - 1 {
+        assert!(bad[2][row].is_nan(), "row {row}: loss {}", bad[2][row]);
+        assert!(clean[2][row].is_finite(), "row {row}: {}", clean[2][row]);
+    }
+    assert_eq!(bad[2][rows - 1], clean[2][rows - 1]);
+}
+
+#[test]
 fn column_moments_match_the_reference_and_do_not_depend_on_the_split() {
     for (rows, n) in [(7 * 25, 13), (32 * 49, 64), (1, 3)] {
         let (_jit, kernel) = compile(ReduceKind::ColumnMoments, rows, n);

@@ -275,3 +275,156 @@ fn eval_reports_per_class_accuracy_and_the_confusion_matrix() {
     );
     assert!(evaluation.accuracy > 0.0 && evaluation.accuracy < 1.0);
 }
+
+/// A hand-built set of `labels.len()` 2×2×3 images in `classes` classes.
+fn tiny_set(labels: &[u32], classes: usize) -> fashion::Dataset {
+    fashion::Dataset {
+        images: (0..labels.len() * 12)
+            .map(|i| (i * 37 % 101) as f32 / 100.0)
+            .collect(),
+        labels: labels.to_vec(),
+        shape: [2, 2, 3],
+        class_names: (0..classes).map(|c| format!("c{c}")).collect(),
+    }
+}
+
+/// Fits `source`'s model for one epoch of batches of 4 on `train` (also
+/// its validation and test set), into a fresh folder; returns the result
+/// and whether anything was written there.
+fn fit_tiny(
+    source: &str,
+    train: &fashion::Dataset,
+    name: &str,
+) -> (Result<fit::Fitted, fit::FitError>, bool) {
+    let model =
+        cnnc::compile_source("tiny.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let out = std::env::temp_dir().join(format!("cnnc-fit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).expect("dir");
+    let config = TrainConfig {
+        batch: 4,
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    let mut progress = |_: Progress| {};
+    let options = FitOptions {
+        threads: 1,
+        out: out.clone(),
+        resume: false,
+        overwrite: false,
+        stop: None,
+        progress: &mut progress,
+    };
+    let result = fit::fit(&model, &config, (train, train, train), options);
+    let written = std::fs::read_dir(&out).expect("dir").next().is_some();
+    std::fs::remove_dir_all(&out).expect("removed");
+    (result, written)
+}
+
+#[test]
+fn a_second_output_with_fewer_scores_than_classes_is_refused_before_training() {
+    // Keras: "Received a label value of 3 which is outside the valid range
+    // of [0, 2)" (tests/tf/labels.py); cnnc refuses before the first step.
+    let source = "
+        model two : [2, 2, 3] {
+            flatten
+            output main = dense(4, activation: softmax)
+            output aux = dense(2, activation: softmax)
+        }";
+    let train = tiny_set(&[0, 1, 2, 3, 3, 2, 1, 0], 4);
+    let (result, written) = fit_tiny(source, &train, "second-output");
+    let error = result.expect_err("refused");
+    assert!(
+        matches!(
+            &error,
+            fit::FitError::Classes { output, scores: 2, classes: 4 } if output == "aux"
+        ),
+        "{error:?}"
+    );
+    assert!(!written, "training wrote files before refusing");
+    insta::assert_snapshot!("second_output_too_small", error.to_string());
+}
+
+#[test]
+fn an_output_with_more_scores_than_classes_trains_as_in_keras() {
+    // Keras trains a 5-score output on labels 0..3 (tests/tf/labels.py).
+    // The confusion matrix then has a row and a column per score: the
+    // fifth row is empty, as no label names it.
+    let source = "
+        model wide : [2, 2, 3] {
+            flatten
+            dense(5, activation: softmax)
+        }";
+    let train = tiny_set(&[0, 1, 2, 3, 3, 2, 1, 0], 4);
+    let (result, _) = fit_tiny(source, &train, "more-scores");
+    let fitted = result.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fitted.history.len(), 1);
+    let model =
+        cnnc::compile_source("tiny.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let evaluation =
+        fit::evaluate_in_detail(&model, &fitted.weights, &train, (&[], 1)).expect("evaluates");
+    assert_eq!(evaluation.confusion.len(), 5);
+    assert!(evaluation.confusion.iter().all(|row| row.len() == 5));
+    assert_eq!(evaluation.confusion[4], [0; 5]);
+    let counted: u64 = evaluation.confusion.iter().flatten().sum();
+    assert_eq!(counted, 8);
+}
+
+#[test]
+fn a_hand_built_set_with_a_label_beyond_its_classes_is_an_error() {
+    let source = "
+        model m : [2, 2, 3] {
+            flatten
+            dense(3, activation: softmax)
+        }";
+    let model =
+        cnnc::compile_source("tiny.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let store = cnnc::runtime::weights::init(&model, 1);
+    let bad = tiny_set(&[0, 1, 2, 7, 1], 3);
+    let error = fit::evaluate_in_detail(&model, &store, &bad, (&[2], 1)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            fit::FitError::Label {
+                set: "evaluated",
+                index: 3,
+                label: 7,
+                classes: 3
+            }
+        ),
+        "{error:?}"
+    );
+    insta::assert_snapshot!("evaluated_label_out_of_range", error.to_string());
+    let (result, written) = fit_tiny(source, &bad, "label-beyond");
+    let error = result.expect_err("refused");
+    assert!(
+        matches!(
+            error,
+            fit::FitError::Label {
+                set: "training",
+                index: 3,
+                label: 7,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!written);
+    // Pixels that are not one image per label.
+    let mut short = tiny_set(&[0, 1, 2], 3);
+    short.images.pop();
+    let error = fit::evaluate_in_detail(&model, &store, &short, (&[], 1)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            fit::FitError::Images {
+                values: 35,
+                images: 3,
+                expected: 36,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    insta::assert_snapshot!("evaluated_images_short", error.to_string());
+}

@@ -13,13 +13,32 @@
 //!
 //! A panic found here becomes a case in `tests/bad/` once fixed. Case
 //! counts keep the whole file at a few seconds in a debug build.
+//!
+//! Fuzzing the boundary where data enters, too: random batches of labels
+//! (0, the classes, one less, 2^24 + 1, u32::MAX, anything) through
+//! `Trainer::train_step` and through evaluation on a tiny compiled model
+//! give `Ok` or the typed error that names the bad label, never a panic or
+//! a crash; and any f32 at all in a labels buffer handed straight to the
+//! executor stays inside the cross-entropy kernel's rows.
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use cnnc::autodiff::LossSpec;
+use cnnc::config::TrainConfig;
+use cnnc::data::Dataset;
+use cnnc::plan::Role;
+use cnnc::runtime::binding::{self, Lent};
+use cnnc::runtime::executor::Executor;
+use cnnc::runtime::training::{Trainer, TrainingError};
+use cnnc::runtime::weights;
+use cnnc::train::fit::{self, FitError};
+use cnnc::TypedGraph;
+
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
-use proptest::test_runner::Config;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 /// Compiles `text` as a file of `examples/` (so that relative imports
 /// resolve) and renders its errors, if any.
@@ -404,4 +423,238 @@ proptest! {
         let chosen = names.get(model.index(names.len() + 1)).copied();
         compile(name, &text, chosen);
     }
+}
+
+/// Labels as a careless caller might give them for `classes` classes:
+/// mostly in range, else at the edges, past them (2^24 + 1 is the first
+/// whole number an f32 cannot hold), or anything.
+fn label(classes: u32) -> impl Strategy<Value = u32> {
+    prop_oneof![
+        8 => 0..classes,
+        2 => select(vec![
+            classes - 1,
+            classes,
+            classes + 1,
+            1 << 24,
+            (1 << 24) + 1,
+            4_000_000_000,
+            u32::MAX,
+        ]),
+        1 => any::<u32>(),
+    ]
+}
+
+/// `count` labels mostly, sometimes another number of them.
+fn labels(classes: u32, count: usize) -> impl Strategy<Value = Vec<u32>> {
+    prop_oneof![
+        4 => prop::collection::vec(label(classes), count),
+        1 => prop::collection::vec(label(classes), 0..count + 3),
+    ]
+}
+
+fn tiny_model(source: &str) -> TypedGraph {
+    cnnc::compile_source("tiny.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"))
+}
+
+fn smoothed_loss() -> LossSpec {
+    LossSpec {
+        smoothing: 0.1,
+        weights: Vec::new(),
+    }
+}
+
+/// Runs `test` on `cases` values of `strategy`; `test` returns the kind of
+/// outcome it checked, and every one of `kinds` must turn up, so that the
+/// fuzzing cannot pass by testing only one path.
+fn fuzz<S: Strategy>(
+    cases: u32,
+    strategy: S,
+    kinds: &[&str],
+    test: impl Fn(S::Value) -> Result<&'static str, TestCaseError>,
+) {
+    let seen = RefCell::new(std::collections::BTreeSet::new());
+    let outcome = TestRunner::new(config(cases)).run(&strategy, |value| {
+        seen.borrow_mut().insert(test(value)?);
+        Ok(())
+    });
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+    for kind in kinds {
+        assert!(
+            seen.borrow().contains(kind),
+            "no case gave {kind}: {seen:?}"
+        );
+    }
+}
+
+/// Two outputs, of 3 and 2 scores: a label must be below both.
+const TWO_OUTPUTS: &str = "
+    model f : [2, 2, 1] {
+        flatten
+        output main = dense(3, activation: softmax)
+        output aux = dense(2, activation: softmax)
+    }";
+
+#[test]
+fn training_steps_take_any_labels_without_panicking() {
+    let model = tiny_model(TWO_OUTPUTS);
+    let optimizer = TrainConfig::default().optimizer;
+    let step = cnnc::compile_training(&model, &smoothed_loss(), &optimizer, 4).expect("compiles");
+    let trainer = Trainer::new(step, weights::init(&model, 1), 1).expect("trainer");
+    let trainer = RefCell::new(trainer);
+    let kinds = ["ok", "label", "batch size", "not finite"];
+    fuzz(
+        200,
+        (labels(2, 4), any::<bool>()),
+        &kinds,
+        |(labels, nan)| {
+            let mut images: Vec<f32> = (0..16).map(|i| i as f32 / 16.0).collect();
+            if nan {
+                images[3] = f32::NAN;
+            }
+            let result = trainer.borrow_mut().train_step(&images, &labels, 0.01);
+            let first_bad = labels.iter().position(|&l| l >= 2);
+            match (result, labels.len(), first_bad) {
+                (Err(TrainingError::BatchSize { .. }), n, _) if n != 4 => Ok("batch size"),
+                (
+                    Err(TrainingError::LabelOutOfRange {
+                        label,
+                        position,
+                        scores,
+                        ..
+                    }),
+                    4,
+                    Some(p),
+                ) => {
+                    prop_assert_eq!((position, label), (p, labels[p]));
+                    prop_assert!(u64::from(label) >= scores as u64 && (scores == 2 || scores == 3));
+                    Ok("label")
+                }
+                (Err(TrainingError::NonFiniteLoss { .. }), 4, None) if nan => Ok("not finite"),
+                (Ok(_), 4, None) if !nan => Ok("ok"),
+                (other, _, _) => Err(TestCaseError::fail(format!(
+                    "labels {labels:?}, NaN {nan}: {:?}",
+                    other.map(|r| r.losses)
+                ))),
+            }
+        },
+    );
+}
+
+#[test]
+fn evaluation_takes_any_data_set_without_panicking() {
+    let model = tiny_model("model e : [2, 2, 1] { flatten\n dense(3, activation: softmax) }");
+    let store = weights::init(&model, 1);
+    let sets = (
+        labels(3, 4),
+        prop_oneof![3 => Just(3usize), 1 => 0..5usize],
+        select(vec![-1isize, 0, 0, 0, 1]),
+    );
+    let kinds = ["ok", "label", "images", "classes"];
+    fuzz(100, sets, &kinds, |(labels, classes, extra)| {
+        let values = (labels.len() * 4).saturating_add_signed(extra);
+        let data = Dataset {
+            images: vec![0.5; values],
+            labels: labels.clone(),
+            shape: [2, 2, 1],
+            class_names: (0..classes).map(|c| c.to_string()).collect(),
+        };
+        let result = fit::evaluate_in_detail(&model, &store, &data, (&[1, 2], 1));
+        let first_bad = labels.iter().position(|&l| l as usize >= classes);
+        let whole = values == labels.len() * 4;
+        match (result, first_bad) {
+            (Err(FitError::Images { .. }), _) if !whole => Ok("images"),
+            (Err(FitError::Label { index, label, .. }), Some(p)) if whole => {
+                prop_assert_eq!((index, label), (p, labels[p]));
+                Ok("label")
+            }
+            (Err(FitError::Classes { scores: 3, .. }), None) if whole && classes > 3 => {
+                Ok("classes")
+            }
+            (Ok(evaluation), None) if whole && classes <= 3 => {
+                prop_assert_eq!(evaluation.confusion.len(), 3);
+                let counted: u64 = evaluation.confusion.iter().flatten().sum();
+                prop_assert_eq!(counted, labels.len() as u64);
+                Ok("ok")
+            }
+            (other, _) => Err(TestCaseError::fail(format!(
+                "{labels:?} in {classes} classes, {values} values: {:?}",
+                other.map(|e| e.accuracy)
+            ))),
+        }
+    });
+}
+
+/// Any f32 as a label, for the executor's labels buffer.
+fn raw_label() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        3 => (0..3u8).prop_map(f32::from),
+        2 => select(vec![
+            -1.0,
+            3.0,
+            2.5,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            16_777_217.0,
+            4e9,
+            -4e9,
+            f32::MAX,
+        ]),
+        1 => any::<f32>(),
+    ]
+}
+
+#[test]
+fn the_executor_keeps_any_labels_buffer_inside_the_kernels() {
+    // The executor is public and runs whatever buffers it is lent; the
+    // cross-entropy kernel must stay inside its rows and flag each row whose
+    // label is not a class (its loss is NaN).
+    let model = tiny_model("model r : [1, 1, 3] { global_avg_pool }");
+    let optimizer = TrainConfig::default().optimizer;
+    let step = cnnc::compile_training(&model, &smoothed_loss(), &optimizer, 4).expect("compiles");
+    let compiled = step.compiled;
+    let executor = RefCell::new(Executor::new(1).expect("executor"));
+    let buffers = prop::collection::vec(raw_label(), 4);
+    fuzz(200, buffers, &["all classes", "some not"], |mut labels| {
+        let mut input: Vec<f32> = (0..12).map(|i| (i % 5) as f32 - 2.0).collect();
+        // One result buffer per output and loss, in the externals' order.
+        let mut results: Vec<(bool, Vec<f32>)> = compiled
+            .layout
+            .externals
+            .iter()
+            .map(|&b| &compiled.plan.buffers[b])
+            .filter(|b| matches!(b.role, Role::Output(_) | Role::Loss(_)))
+            .map(|b| (matches!(b.role, Role::Loss(_)), vec![0.0; b.len]))
+            .collect();
+        let lent = Lent {
+            input: Some(&mut input),
+            labels: Some(&mut labels),
+            results: results.iter_mut().map(|(_, v)| v.as_mut_slice()).collect(),
+            ..Lent::default()
+        };
+        let mut external = binding::bind(&compiled, lent).expect("no weights to miss");
+        executor
+            .borrow_mut()
+            .run(&compiled.program, &mut external)
+            .expect("runs");
+        drop(external);
+        let losses = &results.iter().find(|(loss, _)| *loss).expect("a loss").1;
+        let mut all = true;
+        for (row, (&label, &loss)) in labels.iter().zip(losses).enumerate() {
+            let class = label.fract() == 0.0 && (0.0..3.0).contains(&label);
+            prop_assert_eq!(
+                loss.is_finite(),
+                class,
+                "row {}: label {}, loss {}",
+                row,
+                label,
+                loss
+            );
+            all &= class;
+        }
+        Ok(if all { "all classes" } else { "some not" })
+    });
 }

@@ -10,7 +10,7 @@ mod interpret;
 
 use cnnc::autodiff::LossSpec;
 use cnnc::config::{Optimizer, OptimizerKind, TrainConfig};
-use cnnc::runtime::training::Trainer;
+use cnnc::runtime::training::{Trainer, TrainingError};
 use cnnc::runtime::weights::{self, TensorStore};
 use cnnc::TypedGraph;
 use ndarray::{ArrayD, IxDyn};
@@ -424,4 +424,178 @@ fn weight_decay_shrinks_every_trainable_weight_by_lr_times_decay() {
         decayed_weights += usize::from(!statistic);
     }
     assert!(decayed_weights >= 6, "{decayed_weights} trainable tensors");
+}
+
+/// A plain SGD trainer for `source`'s model, batch `batch`, random weights.
+fn label_trainer(source: &str, batch: usize) -> Trainer {
+    let model =
+        cnnc::compile_source("model.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let loss = LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    trainer(&model, random_weights(&model), &loss, sgd(0.1), batch, 2)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The error of a step on `labels` (any images), checking that nothing ran:
+/// the weights and the step count are as they were.
+fn refused_step(trainer: &mut Trainer, labels: &[u32]) -> TrainingError {
+    let before = (trainer.weights.clone(), trainer.step);
+    let images = data(
+        labels.len() * trainer.plan().input_shape.iter().product::<u64>() as usize,
+        4,
+    );
+    let error = match trainer.train_step(&images, labels, 0.1) {
+        Ok(result) => panic!("labels {labels:?} were accepted: {:?}", result.losses),
+        Err(error) => error,
+    };
+    assert_eq!(trainer.step, before.1, "the step count moved");
+    for (name, tensor) in before.0.iter() {
+        let after = &trainer.weights.get(name).expect("weight").data;
+        assert_eq!(after, &tensor.data, "{name} changed");
+    }
+    error
+}
+
+const TEN_CLASSES: &str = "
+    model m : [2, 2, 3] {
+        flatten
+        dense(10, activation: softmax)
+    }";
+
+#[test]
+fn a_label_equal_to_the_number_of_classes_is_refused_before_the_step() {
+    let mut trainer = label_trainer(TEN_CLASSES, 4);
+    let error = refused_step(&mut trainer, &[1, 10, 2, 3]);
+    assert!(
+        matches!(
+            &error,
+            TrainingError::LabelOutOfRange { label: 10, position: 1, output, scores: 10 }
+                if output == "output"
+        ),
+        "{error:?}"
+    );
+    insta::assert_snapshot!("label_equal_to_classes", error.to_string());
+    // The trainer is still usable: the same batch with a good label trains.
+    let images = data(4 * 12, 4);
+    trainer
+        .train_step(&images, &[1, 9, 2, 3], 0.1)
+        .expect("a good batch");
+}
+
+#[test]
+fn a_huge_label_is_an_error_not_a_crash() {
+    // 4,000,000,000 used to reach the cross-entropy kernel as an index.
+    let mut trainer = label_trainer(TEN_CLASSES, 4);
+    let error = refused_step(&mut trainer, &[0, 1, 2, 4_000_000_000]);
+    assert!(
+        matches!(
+            error,
+            TrainingError::LabelOutOfRange {
+                label: 4_000_000_000,
+                position: 3,
+                scores: 10,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    insta::assert_snapshot!("huge_label", error.to_string());
+    for label in [u32::MAX, (1 << 24) + 1, 11] {
+        let error = refused_step(&mut trainer, &[label, 0, 0, 0]);
+        assert!(
+            matches!(error, TrainingError::LabelOutOfRange { position: 0, .. }),
+            "{label}: {error:?}"
+        );
+    }
+}
+
+#[test]
+fn every_output_bounds_the_labels() {
+    // Keras scores every output against the same labels, so a label must be
+    // below each output's number of scores: 3 fits the first output's 10
+    // but not the second's 2.
+    let source = "
+        model two : [2, 2, 3] {
+            flatten
+            output main = dense(10, activation: softmax)
+            output aux = dense(2, activation: softmax)
+        }";
+    let mut trainer = label_trainer(source, 4);
+    let error = refused_step(&mut trainer, &[0, 1, 3, 1]);
+    assert!(
+        matches!(
+            &error,
+            TrainingError::LabelOutOfRange { label: 3, position: 2, output, scores: 2 }
+                if output == "aux"
+        ),
+        "{error:?}"
+    );
+    insta::assert_snapshot!("label_beyond_second_output", error.to_string());
+    let images = data(4 * 12, 4);
+    trainer
+        .train_step(&images, &[0, 1, 1, 0], 0.1)
+        .expect("labels below 2");
+}
+
+#[test]
+fn an_output_may_have_more_scores_than_the_labels_use_as_in_keras() {
+    // Five logits per example scored against labels 3 and 4 (as a data set
+    // of four classes, or five, would label them). From TensorFlow 2.21 /
+    // Keras 3.15 (tests/tf/labels.py, recorded in tests/tf/labels.out):
+    // SparseCategoricalCrossentropy(from_logits=True) gives 4.4722605 and
+    // 3.4126792, and refuses label 5 as "outside the valid range of [0, 5)".
+    let source = "model logits : [1, 1, 5] { global_avg_pool }";
+    let model =
+        cnnc::compile_source("model.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let loss = LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    let mut trainer = trainer(&model, TensorStore::new(), &loss, sgd(0.1), 2, 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let logits = [1.0, 2.0, 0.5, -1.0, 3.0, 0.0, -2.0, 1.5, 2.5, -0.5];
+    let result = trainer.train_step(&logits, &[3, 4], 0.1).expect("step");
+    let keras = (4.472_260_5 + 3.412_679_2) / 2.0;
+    let ours = result.losses[0].1;
+    assert!((ours - keras).abs() < 1e-6, "loss {ours}, Keras {keras}");
+    let error = trainer.train_step(&logits, &[0, 5], 0.1).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            TrainingError::LabelOutOfRange {
+                label: 5,
+                position: 1,
+                scores: 5,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn an_output_with_more_scores_than_f32_labels_can_index_is_refused() {
+    // Labels reach the kernels as f32: 2^24 + 1 would round to 2^24, so an
+    // output with more than 2^24 + 1 scores could be scored against the
+    // wrong class. No weights and no data: only the plan is built.
+    let scores = (1usize << 24) + 2;
+    let source = format!("model wide : [1, 1, {scores}] {{ global_avg_pool }}");
+    let model =
+        cnnc::compile_source("model.cnn", &source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let loss = LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    let step = cnnc::compile_training(&model, &loss, &sgd(0.1), 1).expect("compiles");
+    let error = match Trainer::new(step, TensorStore::new(), 1) {
+        Ok(_) => panic!("a trainer for {scores} scores"),
+        Err(error) => error,
+    };
+    assert!(
+        matches!(error, TrainingError::TooManyScores { scores: s, .. } if s == scores),
+        "{error:?}"
+    );
+    insta::assert_snapshot!("too_many_scores", error.to_string());
 }

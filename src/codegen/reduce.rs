@@ -8,6 +8,7 @@
 //! item, so any split of the domain across threads gives bitwise the same
 //! result.
 
+use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, Function, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
@@ -31,7 +32,9 @@ pub enum ReduceKind {
     /// `loss = logsumexp(z) - sum_j t_j z_j` with the target
     /// `t = (1 - smoothing) onehot(label) + smoothing / n`, and its gradient
     /// `dz = (softmax(z) - t) * scale`. Buffers: `z [rows, n]`, `labels [rows]`
-    /// (class indices stored as f32), `loss [rows]`, `dz [rows, n]`.
+    /// (class indices stored as f32), `loss [rows]`, `dz [rows, n]`. A label
+    /// that is not a whole number in [0, n) is clamped into the row and its
+    /// row's loss is NaN: the kernel never reads or writes outside a row.
     /// Domain: rows.
     CrossEntropy {
         /// Label smoothing in [0, 1).
@@ -399,7 +402,7 @@ impl Kernel {
         let z = self.row_start(b, bases[0], row);
         let dz = self.row_start(b, bases[3], row);
         let label_f = self.load(b, types::F32, bases[1], row);
-        let label = b.ins().fcvt_to_sint_sat(types::I64, label_f);
+        let (label, label_valid) = self.label_column(b, label_f);
         let max = self.row_max(b, z);
         // dz temporarily holds exp(z - max).
         let sum = self.exp_row(b, z, dz, max);
@@ -421,6 +424,8 @@ impl Kernel {
         let target_dot = b.ins().fmul(on, z_label);
         let target_dot = b.ins().fma(off, z_sum, target_dot);
         let loss = b.ins().fsub(log_sum_exp, target_dot);
+        let nan = b.ins().f32const(f32::NAN);
+        let loss = b.ins().select(label_valid, loss, nan);
         self.store(b, loss, bases[2], row);
         // dz = (e / sum - t) * scale = e * (scale / sum) - t * scale
         let one = b.ins().f32const(1.0);
@@ -440,6 +445,26 @@ impl Kernel {
         let on_scaled = b.ins().f32const((1.0 - smoothing) * scale);
         let fixed = b.ins().fsub(current, on_scaled);
         self.store(b, fixed, dz, label);
+    }
+
+    /// The column a row's label names, clamped into the row, and whether
+    /// the label was a whole number in [0, n) (an i8 truth value).
+    /// `Trainer::train_step` refuses any other label before a kernel runs,
+    /// but the executor runs whatever buffers it is given: the clamp keeps
+    /// every read and write inside the row whatever the label (NaN, -1,
+    /// 4e9, 2.5), and the caller makes that row's loss NaN, so that a bad
+    /// label cannot pass unnoticed.
+    fn label_column(&self, b: &mut FunctionBuilder, label: Value) -> (Value, Value) {
+        // Saturating: NaN becomes 0, and values beyond i64 its bounds.
+        let whole = b.ins().fcvt_to_sint_sat(types::I64, label);
+        let first = b.ins().iconst(types::I64, 0);
+        // `validate` has checked that n is at least 1.
+        let last = b.ins().iconst(types::I64, self.n as i64 - 1);
+        let column = b.ins().smax(whole, first);
+        let column = b.ins().smin(column, last);
+        let back = b.ins().fcvt_from_sint(types::F32, column);
+        let valid = b.ins().fcmp(FloatCC::Equal, back, label);
+        (column, valid)
     }
 
     /// One work item of the RBF kernels: a row (forward, backward-data) or

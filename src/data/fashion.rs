@@ -243,12 +243,12 @@ pub enum DataError {
         /// The labels it holds.
         label_count: usize,
     },
-    /// A label is not a class of the data set.
+    /// A label is not a class of the data set: found as the file is read,
+    /// before anything indexes by it.
     #[error(
-        "`{}`: label {label} of image {index} is out of range (Fashion-MNIST has {} classes, 0 to {})",
+        "`{}`: received a label value of {label} (image {index}), which is outside the valid range of [0, {classes}) of Fashion-MNIST's {classes} classes",
         path.display(),
-        CLASS_NAMES.len(),
-        CLASS_NAMES.len() - 1
+        classes = CLASS_NAMES.len()
     )]
     LabelOutOfRange {
         /// The label file.

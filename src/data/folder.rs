@@ -270,6 +270,9 @@ fn read_classes(dir: &Path, conversion: Conversion) -> Result<Dataset, FolderErr
         if images.is_empty() {
             return Err(FolderError::EmptyClass { dir: class.clone() });
         }
+        // In range by construction: a label is the index of its class among
+        // `classes`, which become the set's class names, so no label of a
+        // folder needs the check Fashion-MNIST's label files get.
         files.extend(images.into_iter().map(|p| (p, label as u32)));
     }
     let pixels: Vec<Vec<f32>> = files

@@ -34,6 +34,30 @@ pub enum TrainingError {
         /// The step number (1-based).
         step: u64,
     },
+    /// A label is not the index of one of an output's class scores (Keras:
+    /// "Received a label value of 3 which is outside the valid range of
+    /// [0, 2)"): nothing was run.
+    #[error("received a label value of {label} (position {position} in the batch), which is outside the valid range of [0, {scores}) for output `{output}`: a label must be the index of one of the output's {scores} class scores")]
+    LabelOutOfRange {
+        /// The label.
+        label: u32,
+        /// Its position in the batch, from 0.
+        position: usize,
+        /// An output that has no score for it (the first in the plan).
+        output: String,
+        /// That output's number of class scores.
+        scores: usize,
+    },
+    /// An output has more class scores than labels can index exactly: they
+    /// reach the kernels as f32, which hold every whole number up to 2^24
+    /// but not every one above it.
+    #[error("output `{output}` gives {scores} class scores, but labels reach the kernels as f32, which name class indices exactly only up to {MAX_EXACT_LABEL} (2^24)")]
+    TooManyScores {
+        /// The output.
+        output: String,
+        /// Its number of class scores.
+        scores: usize,
+    },
     /// A batch has the wrong size.
     #[error("the {what} have {actual} values, but a batch needs {expected}")]
     BatchSize {
@@ -45,6 +69,13 @@ pub enum TrainingError {
         expected: usize,
     },
 }
+
+/// The largest label the kernels read exactly: labels reach them as f32,
+/// whose 24-bit significand holds every whole number up to 2^24 but not
+/// 2^24 + 1. A trainer refuses an output with more scores than this label
+/// can index ([`TrainingError::TooManyScores`]), so that every label below
+/// an output's number of scores is exact.
+pub const MAX_EXACT_LABEL: u32 = 1 << 24;
 
 /// What one training step reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +101,9 @@ pub struct Trainer {
     pub seed: u64,
     /// The external slots of batchnorm's moving statistics.
     moving: Vec<usize>,
+    /// Each output's name and number of class scores: a label must be
+    /// below every one of them.
+    scores: Vec<(String, usize)>,
 }
 
 impl Trainer {
@@ -86,6 +120,16 @@ impl Trainer {
             optimizer,
         } = step;
         let plan = &compiled.plan;
+        let scores = class_scores(plan);
+        if let Some((output, count)) = scores
+            .iter()
+            .find(|(_, count)| *count > MAX_EXACT_LABEL as usize + 1)
+        {
+            return Err(TrainingError::TooManyScores {
+                output: output.clone(),
+                scores: *count,
+            });
+        }
         let mut states = TensorStore::new();
         for buffer in &plan.buffers {
             match &buffer.role {
@@ -123,6 +167,7 @@ impl Trainer {
             step: StepState::new(),
             seed: 0,
             moving,
+            scores,
         })
     }
 
@@ -143,6 +188,12 @@ impl Trainer {
 
     /// Runs one step on `images` (NHWC, flattened) and `labels` (class
     /// indices) with learning rate `lr`.
+    ///
+    /// Every label must be below every output's number of class scores, as
+    /// Keras's sparse categorical cross-entropy requires (an output may have
+    /// more scores than the data set has classes); otherwise the step fails
+    /// with [`TrainingError::LabelOutOfRange`] before anything runs, and the
+    /// weights are left as they were.
     pub fn train_step(
         &mut self,
         images: &[f32],
@@ -249,8 +300,44 @@ impl Trainer {
                 expected: label_len,
             });
         }
+        self.check_labels(labels)?;
+        // Exact: every label is below an output's number of scores, which
+        // `new` has checked to be at most MAX_EXACT_LABEL + 1.
         Ok((images.to_vec(), labels.iter().map(|&l| l as f32).collect()))
     }
+
+    /// The first label (by position) that some output has no score for.
+    /// The kernels index each output's row by the label, so this is what
+    /// keeps them inside their buffers.
+    fn check_labels(&self, labels: &[u32]) -> Result<(), TrainingError> {
+        for (position, &label) in labels.iter().enumerate() {
+            let short = self
+                .scores
+                .iter()
+                .find(|(_, count)| label as usize >= *count);
+            if let Some((output, count)) = short {
+                return Err(TrainingError::LabelOutOfRange {
+                    label,
+                    position,
+                    output: output.clone(),
+                    scores: *count,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Each output's name and number of class scores (training checks that
+/// every output is a vector, so that is its length per example).
+fn class_scores(plan: &KernelPlan) -> Vec<(String, usize)> {
+    plan.buffers
+        .iter()
+        .filter_map(|buffer| match &buffer.role {
+            Role::Output(name) => Some((name.clone(), buffer.len / plan.batch.max(1))),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The first loss buffer holding a value that is not finite, with its mean.

@@ -70,15 +70,44 @@ pub enum FitError {
         /// The checkpoint written.
         checkpoint: PathBuf,
     },
-    /// The model's output does not score the data set's classes.
-    #[error("output `{output}` gives {scores} scores per image, but the data set has {classes} classes: make its last layer `dense({classes}, activation: softmax)`")]
+    /// An output has fewer scores than the data set has classes. Every
+    /// output is scored against the same labels, and a label must be below
+    /// each output's number of scores; more scores than classes are
+    /// allowed, as Keras's sparse categorical cross-entropy allows them.
+    #[error("output `{output}` gives {scores} scores per image, but the data set has {classes} classes: every output is scored against the same labels, so each needs at least {classes} scores (more are allowed, as in Keras); make its last layer `dense({classes}, activation: softmax)`")]
     Classes {
-        /// The model's first output.
+        /// The first output (in the model's order) with too few scores.
         output: String,
         /// Its scores per image.
         scores: usize,
         /// The data set's classes.
         classes: usize,
+    },
+    /// A data set's label is not one of its classes (its `class_names`).
+    #[error("received a label value of {label} (image {index} of the {set} set), which is outside the valid range of [0, {classes}) of the data set's class indices")]
+    Label {
+        /// Which set: `training`, `validation`, `test` or `evaluated`.
+        set: &'static str,
+        /// The image, from 0.
+        index: usize,
+        /// Its label.
+        label: u32,
+        /// The data set's classes.
+        classes: usize,
+    },
+    /// A data set's pixels are not one image of its shape per label.
+    #[error("the {set} set has {values} pixel values, but {images} images of shape {shape:?} need {expected}")]
+    Images {
+        /// Which set, as for [`FitError::Label`].
+        set: &'static str,
+        /// The pixel values it holds.
+        values: usize,
+        /// Its labels, one per image.
+        images: usize,
+        /// The shape of one image.
+        shape: [usize; 3],
+        /// The values its images need (saturated at `usize::MAX`).
+        expected: usize,
     },
     /// The output folder holds an earlier run that training would replace.
     #[error("`{}` holds an earlier run's weights: continue that run with --resume, start over with --overwrite (replacing them), or train into another folder with --out DIR", path.display())]
@@ -167,7 +196,14 @@ pub fn fit(
     options: FitOptions,
 ) -> Result<Fitted, FitError> {
     let batch = config.batch as usize;
-    check_classes(model, train)?;
+    for (set, data) in [
+        ("training", train),
+        ("validation", validation),
+        ("test", test),
+    ] {
+        check_data(data, set)?;
+    }
+    let (first_output, _) = check_classes(model, train)?;
     if train.len() < batch {
         return Err(FitError::TooFewImages {
             images: train.len(),
@@ -245,7 +281,11 @@ pub fn fit(
                 .train_step(&images, &labels, lr)
                 .map_err(|source| FitError::Step { epoch, source })?;
             tally.loss_sum += total_loss(&result.losses, &config.loss_weights) * batch as f64;
-            tally.count(&result.outputs[0].1, &labels, &top_ks);
+            tally.count(
+                output_values(&result.outputs, &first_output),
+                &labels,
+                &top_ks,
+            );
             let rate = tally.seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
             (options.progress)(Progress::Step(
                 epoch,
@@ -667,13 +707,21 @@ impl Evaluation {
 
 /// Loss, accuracy, the top-k accuracy for each of `top_ks` and the
 /// confusion matrix of `model` with `weights` on `data`.
+///
+/// The confusion matrix is square, one row and one column per score of the
+/// first output: that is the data set's classes, plus any scores beyond
+/// them (which no label names, so their rows are zero). Fails with
+/// [`FitError::Label`] or [`FitError::Images`] when `data` does not hold
+/// what its type promises, and [`FitError::Classes`] when an output has
+/// fewer scores than `data` has classes.
 pub fn evaluate_in_detail(
     model: &TypedGraph,
     weights: &TensorStore,
     data: &Dataset,
     (top_ks, threads): (&[u64], usize),
 ) -> Result<Evaluation, FitError> {
-    let classes = check_classes(model, data)?;
+    check_data(data, "evaluated")?;
+    let (first_output, classes) = check_classes(model, data)?;
     let mut loss = 0.0;
     let mut tally = Tally::with_confusion(top_ks.len(), classes);
     let examples =
@@ -689,7 +737,8 @@ pub fn evaluate_in_detail(
         examples,
         |start, outputs| {
             let rows = EVALUATION_BATCH.min(data.len() - start);
-            let scores = &outputs[0].1[..rows * classes];
+            // The program returns every output, `rows` examples of each.
+            let scores = &output_values(&outputs, &first_output)[..rows * classes];
             let labels = &data.labels[start..start + rows];
             tally.count(scores, labels, top_ks);
             for (row, &label) in scores.chunks_exact(classes).zip(labels) {
@@ -711,22 +760,66 @@ pub fn evaluate_in_detail(
     })
 }
 
-/// The number of classes of the model's first output, checked against the data set's.
-fn check_classes(model: &TypedGraph, data: &Dataset) -> Result<usize, FitError> {
-    let (name, classes) = model
+/// The name and number of scores of the model's first output, after
+/// checking that every output has at least as many scores as `data` has
+/// classes (labels are checked against the classes by [`check_data`]).
+fn check_classes(model: &TypedGraph, data: &Dataset) -> Result<(String, usize), FitError> {
+    let classes = data.class_names.len();
+    let outputs: Vec<(String, usize)> = model
         .outputs()
         .into_iter()
-        .next()
         .map(|(name, shape)| (name, shape.iter().product::<u64>() as usize))
-        .unwrap_or_default();
-    if classes != data.class_names.len() {
+        .collect();
+    if let Some((output, scores)) = outputs.iter().find(|(_, scores)| *scores < classes) {
         return Err(FitError::Classes {
-            output: name,
-            scores: classes,
-            classes: data.class_names.len(),
+            output: output.clone(),
+            scores: *scores,
+            classes,
         });
     }
-    Ok(classes)
+    Ok(outputs.into_iter().next().unwrap_or_default())
+}
+
+/// The values of output `name` among a step's or a batch's outputs, which
+/// come in the program's order rather than the model's (empty when absent).
+fn output_values<'a>(outputs: &'a [(String, Vec<f32>)], name: &str) -> &'a [f32] {
+    outputs
+        .iter()
+        .find(|(output, _)| output == name)
+        .map_or(&[], |(_, values)| values)
+}
+
+/// Checks what [`Dataset`]'s fields promise but its type cannot: one image
+/// of `shape` per label, and every label below the number of classes. The
+/// sets cnnc loads are so by construction (Fashion-MNIST's labels are
+/// checked as its files are read); this is the check for a set built by
+/// hand, before anything indexes by its labels. `set` names it in errors.
+fn check_data(data: &Dataset, set: &'static str) -> Result<(), FitError> {
+    let expected = data.len().saturating_mul(data.image_len());
+    if data.images.len() != expected {
+        return Err(FitError::Images {
+            set,
+            values: data.images.len(),
+            images: data.len(),
+            shape: data.shape,
+            expected,
+        });
+    }
+    let classes = data.class_names.len();
+    match data
+        .labels
+        .iter()
+        .enumerate()
+        .find(|(_, &label)| label as usize >= classes)
+    {
+        Some((index, &label)) => Err(FitError::Label {
+            set,
+            index,
+            label,
+            classes,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn history_csv(history: &[Epoch]) -> String {

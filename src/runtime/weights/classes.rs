@@ -16,19 +16,23 @@ pub fn set_class_names(store: &mut TensorStore, names: &[String]) {
         .insert(CLASS_NAMES_KEY.into(), names.join("\n"));
 }
 
-/// The class names stored with trained weights when there are `classes` of
-/// them, else `class 0`, `class 1`, ….
+/// The names of an output's `classes` scores: the class names stored with
+/// trained weights, then `class N` for any score beyond them (training, as
+/// in Keras, allows an output more scores than the data set has classes).
+/// All are `class 0`, `class 1`, … when none are stored or more are stored
+/// than there are scores (the names are not this output's).
 pub fn class_names(store: &TensorStore, classes: usize) -> Vec<String> {
-    let stored: Vec<String> = store
+    let mut stored: Vec<String> = store
         .metadata
         .get(CLASS_NAMES_KEY)
         .map(|names| names.lines().map(str::to_string).collect())
         .unwrap_or_default();
-    if stored.len() == classes {
-        stored
-    } else {
-        (0..classes).map(|c| format!("class {c}")).collect()
+    if stored.len() > classes {
+        stored.clear();
     }
+    let named = stored.len();
+    stored.extend((named..classes).map(|c| format!("class {c}")));
+    stored
 }
 
 #[cfg(test)]
@@ -59,5 +63,12 @@ mod tests {
         assert_eq!(class_names(&store, 2), ["class 0", "class 1"]);
         set_class_names(&mut store, &names(&["cat", "dog", "bird"]));
         assert_eq!(class_names(&store, 2), ["class 0", "class 1"]);
+    }
+
+    #[test]
+    fn scores_beyond_the_stored_names_are_numbered() {
+        let mut store = TensorStore::new();
+        set_class_names(&mut store, &names(&["cat", "dog"]));
+        assert_eq!(class_names(&store, 4), ["cat", "dog", "class 2", "class 3"]);
     }
 }
