@@ -360,6 +360,24 @@ fn model_names(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// A loop makes a chain of tens of thousands of nodes; compiling it must
+/// not recurse once per node. The layer soup found this (a stack overflow
+/// in the debug build's graph verification); the test's thread has the
+/// default 2 MiB stack of a test thread, so the overflow would abort it.
+#[test]
+fn a_long_chain_compiles_on_a_small_stack() {
+    let text = "model chain : [4, 4, 1] {\n    for i in 0..65536 { relu }\n}\n";
+    let compiled = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            cnnc::compile_source("chain.cnn", text, None, None).map(|g| g.graph.nodes.node_count())
+        })
+        .expect("a thread")
+        .join()
+        .expect("no panic");
+    assert_eq!(compiled.map_err(|d| d.to_string()), Ok(65_537));
+}
+
 /// Every file of the corpus compiles as it is: the mutants start from
 /// valid programs, so that their errors are the mutations' doing.
 #[test]

@@ -199,7 +199,10 @@ impl Graph {
                 ));
             }
         }
-        if petgraph::algo::is_cyclic_directed(&self.nodes) {
+        // `toposort` walks iteratively; `is_cyclic_directed` recurses once
+        // per node of a chain and overflows the stack of a thread on the
+        // long chains a loop builds (`for i in 0..65536 { relu }`).
+        if petgraph::algo::toposort(&self.nodes, None).is_err() {
             return Err("the graph has a cycle".into());
         }
         for (name, id) in &self.outputs {
