@@ -3,8 +3,12 @@
 //!
 //! Max pooling keeps the first maximum of a window, scanning rows then
 //! columns (a later value replaces the running maximum only if it is
-//! greater), and its gradients recompute that argmax from `x`; a NaN in a
-//! window is skipped unless it comes first.
+//! greater); a NaN in a window is skipped unless it comes first. The
+//! gradients follow TensorFlow's, recomputing what they need from `x`:
+//! 2-D max pooling sends each window's `dy` to its first maximum
+//! (`MaxPoolGrad`), while global and depth max pooling, which TensorFlow
+//! computes with `reduce_max`, split it equally among the tied maxima
+//! (`_MinOrMaxGrad`: `dx = (1[x == max] / count) * dy`).
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, Type, Value};
@@ -138,44 +142,62 @@ pub(super) fn global_forward(e: &mut Emitter, kind: PoolKind, image: Image) {
 /// (average); work item `(n, chunk)` writes channels `16 * chunk ..` (up
 /// to 16) of `dx[n]` at every pixel.
 pub(super) fn global_backward(e: &mut Emitter, kind: PoolKind, image: Image) {
-    let (x, dy, dx) = match kind {
-        PoolKind::Max => (Some(e.buffer(0)), e.buffer(1), e.buffer(2)),
-        PoolKind::Avg => (None, e.buffer(0), e.buffer(1)),
-    };
+    match kind {
+        PoolKind::Max => global_max_backward(e, image),
+        PoolKind::Avg => global_avg_backward(e, image),
+    }
+}
+
+/// `dx = dy / (H * W)` at every pixel. Buffers `dy, dx`.
+fn global_avg_backward(e: &mut Emitter, image: Image) {
+    let (dy, dx) = (e.buffer(0), e.buffer(1));
     for_chunks(e, image, dx, dy, |e, lanes, dx_base, dy_base| {
         let gradients: Vec<Value> = lanes
             .iter()
             .map(|&(ty, offset)| {
                 let g = e.load(ty, dy_base, offset);
-                if kind == PoolKind::Avg {
-                    let scale = e.constant(ty, 1.0 / image.pixels() as f32);
-                    e.b.ins().fmul(g, scale)
-                } else {
-                    g
-                }
+                let scale = e.constant(ty, 1.0 / image.pixels() as f32);
+                e.b.ins().fmul(g, scale)
             })
             .collect();
-        // The x chunk starts at the same channel offset as the dx chunk.
-        let argmax = x.map(|x| {
-            let offset = e.b.ins().isub(dx_base, dx);
-            let x_base = e.add(x, offset);
-            global_argmax(e, image, lanes, x_base)
-        });
         let (start, end) = (e.int(0), e.int(image.pixels() as i64));
         e.for_range(start, end, 1, |e, p| {
             let pixel = e.scaled(dx_base, p, image.pixel_bytes());
-            let position = e.b.ins().fcvt_from_sint(types::F32, p);
-            for (k, &(ty, offset)) in lanes.iter().enumerate() {
-                let value = match &argmax {
-                    Some(indices) => {
-                        let index = e.get(indices[k]);
-                        let here = e.widen(ty, position);
-                        let zero = e.constant(ty, 0.0);
-                        e.choose(ty, FloatCC::Equal, index, here, gradients[k], zero)
-                    }
-                    None => gradients[k],
-                };
-                e.store(value, pixel, offset);
+            for (&g, &(_, offset)) in gradients.iter().zip(lanes) {
+                e.store(g, pixel, offset);
+            }
+        });
+    });
+}
+
+/// `dx = (1[x == max] / count) * dy` at every pixel, `count` being how many
+/// pixels hold the maximum: TensorFlow's gradient of `reduce_max`, in its
+/// order of rounding, so tied maxima share `dy` equally and bit for bit as
+/// TensorFlow computes it. Buffers `x, dy, dx`.
+fn global_max_backward(e: &mut Emitter, image: Image) {
+    let (x, dy, dx) = (e.buffer(0), e.buffer(1), e.buffer(2));
+    for_chunks(e, image, dx, dy, |e, lanes, dx_base, dy_base| {
+        // The x chunk starts at the same channel offset as the dx chunk.
+        let offset = e.b.ins().isub(dx_base, dx);
+        let x_base = e.add(x, offset);
+        let maxima = global_max_and_count(e, image, lanes, x_base);
+        let shares: Vec<(Value, Value, Value)> = maxima
+            .iter()
+            .zip(lanes)
+            .map(|(&(max, count), &(ty, offset))| {
+                let one = e.constant(ty, 1.0);
+                let share = e.b.ins().fdiv(one, count);
+                (max, share, e.load(ty, dy_base, offset))
+            })
+            .collect();
+        let (start, end) = (e.int(0), e.int(image.pixels() as i64));
+        e.for_range(start, end, 1, |e, p| {
+            let x_pixel = e.scaled(x_base, p, image.pixel_bytes());
+            let dx_pixel = e.scaled(dx_base, p, image.pixel_bytes());
+            for (&(max, share, g), &(ty, offset)) in shares.iter().zip(lanes) {
+                let value = e.load(ty, x_pixel, offset);
+                let gradient = split_tied(e, ty, value, max, share, g);
+                e.store(gradient, dx_pixel, offset);
             }
         });
     });
@@ -200,7 +222,9 @@ pub(super) fn depth_forward(e: &mut Emitter, image: Image, size: usize) {
 }
 
 /// Depth max pooling backward. Buffers `x, dy, dx`; work item `p` writes
-/// pixel `p` of `dx`: each group's `dy` goes to its first maximum.
+/// pixel `p` of `dx`: each group's `dy` is split equally among the group's
+/// tied maxima, `dx = (1[x == max] / count) * dy`, as TensorFlow's gradient
+/// of `reduce_max` over the group.
 pub(super) fn depth_backward(e: &mut Emitter, image: Image, size: usize) {
     let (x, dy, dx) = (e.buffer(0), e.buffer(1), e.buffer(2));
     let groups = image.c / size;
@@ -210,15 +234,21 @@ pub(super) fn depth_backward(e: &mut Emitter, image: Image, size: usize) {
         let dy_pixel = e.scaled(dy, item, groups as i64 * 4);
         e.for_each(0..groups, |e, g| {
             let from = e.scaled(x_pixel, g, size as i64 * 4);
-            let (_, index) = argmax(e, types::F32, from, (0..size).map(|k| k as i64 * 4));
+            let values: Vec<Value> = (0..size)
+                .map(|k| e.load(types::F32, from, k as i64 * 4))
+                .collect();
+            let one = e.constant(types::F32, 1.0);
+            let (mut max, mut count) = (values[0], one);
+            for &value in &values[1..] {
+                (max, count) = max_and_count_step(e, types::F32, value, max, count);
+            }
+            let share = e.b.ins().fdiv(one, count);
             let gy_at = e.scaled(dy_pixel, g, 4);
             let gy = e.load(types::F32, gy_at, 0);
             let to = e.scaled(dx_pixel, g, size as i64 * 4);
-            let zero = e.constant(types::F32, 0.0);
-            for k in 0..size {
-                let here = e.constant(types::F32, k as f32);
-                let value = e.choose(types::F32, FloatCC::Equal, index, here, gy, zero);
-                e.store(value, to, k as i64 * 4);
+            for (k, &value) in values.iter().enumerate() {
+                let gradient = split_tied(e, types::F32, value, max, share, gy);
+                e.store(gradient, to, k as i64 * 4);
             }
         });
     });
@@ -385,39 +415,67 @@ fn lanes(width: usize) -> Vec<(Type, i64)> {
     vectors.chain(scalars).collect()
 }
 
-/// Per lane group, the pixel of the first maximum over the whole image.
-fn global_argmax(
+/// Per lane group, the maximum over the whole image and how many pixels
+/// hold it (as f32 lanes).
+fn global_max_and_count(
     e: &mut Emitter,
     image: Image,
     lanes: &[(Type, i64)],
     x_base: Value,
-) -> Vec<Variable> {
+) -> Vec<(Value, Value)> {
     let mut maxima = Vec::with_capacity(lanes.len());
-    let mut indices = Vec::with_capacity(lanes.len());
     for &(ty, offset) in lanes {
         let first = e.load(ty, x_base, offset);
-        maxima.push(e.var(ty, first));
-        let zero = e.constant(ty, 0.0);
-        indices.push(e.var(ty, zero));
+        let one = e.constant(ty, 1.0);
+        maxima.push((e.var(ty, first), e.var(ty, one)));
     }
     let (start, end) = (e.int(1), e.int(image.pixels() as i64));
     e.for_range(start, end, 1, |e, p| {
         let pixel = e.scaled(x_base, p, image.pixel_bytes());
-        let position = e.b.ins().fcvt_from_sint(types::F32, p);
-        for (k, &(ty, offset)) in lanes.iter().enumerate() {
-            let (value, max, index) = (
-                e.load(ty, pixel, offset),
-                e.get(maxima[k]),
-                e.get(indices[k]),
-            );
-            let here = e.widen(ty, position);
-            let index = e.choose(ty, FloatCC::GreaterThan, value, max, here, index);
-            let max = e.choose(ty, FloatCC::GreaterThan, value, max, value, max);
-            e.set(maxima[k], max);
-            e.set(indices[k], index);
+        for (&(max, count), &(ty, offset)) in maxima.iter().zip(lanes) {
+            let value = e.load(ty, pixel, offset);
+            let (old_max, old_count) = (e.get(max), e.get(count));
+            let (new_max, new_count) = max_and_count_step(e, ty, value, old_max, old_count);
+            e.set(max, new_max);
+            e.set(count, new_count);
         }
     });
-    indices
+    maxima
+        .into_iter()
+        .map(|(max, count)| (e.get(max), e.get(count)))
+        .collect()
+}
+
+/// One step of a running maximum and the count of values equal to it: a
+/// greater `value` restarts the count at 1, an equal one adds 1.
+fn max_and_count_step(
+    e: &mut Emitter,
+    ty: Type,
+    value: Value,
+    max: Value,
+    count: Value,
+) -> (Value, Value) {
+    let one = e.constant(ty, 1.0);
+    let more = e.b.ins().fadd(count, one);
+    let count = e.choose(ty, FloatCC::Equal, value, max, more, count);
+    let count = e.choose(ty, FloatCC::GreaterThan, value, max, one, count);
+    let max = e.choose(ty, FloatCC::GreaterThan, value, max, value, max);
+    (max, count)
+}
+
+/// `(1[value == max] * share) * dy`, with `share = 1 / count`: TensorFlow's
+/// `divide(indicators, num_selected) * grad`, rounded as it rounds.
+fn split_tied(
+    e: &mut Emitter,
+    ty: Type,
+    value: Value,
+    max: Value,
+    share: Value,
+    dy: Value,
+) -> Value {
+    let zero = e.constant(ty, 0.0);
+    let share = e.choose(ty, FloatCC::Equal, value, max, share, zero);
+    e.b.ins().fmul(share, dy)
 }
 
 fn output_image(image: Image, rows: &Axis, cols: &Axis) -> Image {
