@@ -11,9 +11,10 @@
 //! (`_MinOrMaxGrad`: `dx = (1[x == max] / count) * dy`).
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, InstBuilder, Type, Value};
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::Variable;
 
+use super::super::math;
 use super::emit::Emitter;
 use super::{block_ranges, ranges, taps, Axis, Image, Tap, GLOBAL_CHUNK};
 use crate::graph::PoolKind;
@@ -185,9 +186,8 @@ fn global_max_backward(e: &mut Emitter, image: Image) {
             .iter()
             .zip(lanes)
             .map(|(&(max, count), &(ty, offset))| {
-                let one = e.constant(ty, 1.0);
-                let share = e.b.ins().fdiv(one, count);
-                (max, share, e.load(ty, dy_base, offset))
+                let g = e.load(ty, dy_base, offset);
+                (max, share(e, count), lift(e, ty, g))
             })
             .collect();
         let (start, end) = (e.int(0), e.int(image.pixels() as i64));
@@ -196,7 +196,9 @@ fn global_max_backward(e: &mut Emitter, image: Image) {
             let dx_pixel = e.scaled(dx_base, p, image.pixel_bytes());
             for (&(max, share, g), &(ty, offset)) in shares.iter().zip(lanes) {
                 let value = e.load(ty, x_pixel, offset);
-                let gradient = split_tied(e, ty, value, max, share, g);
+                let value = lift(e, ty, value);
+                let gradient = split_tied(e, value, max, share, g);
+                let gradient = lower(e, ty, gradient);
                 e.store(gradient, dx_pixel, offset);
             }
         });
@@ -224,7 +226,7 @@ pub(super) fn depth_forward(e: &mut Emitter, image: Image, size: usize) {
 /// Depth max pooling backward. Buffers `x, dy, dx`; work item `p` writes
 /// pixel `p` of `dx`: each group's `dy` is split equally among the group's
 /// tied maxima, `dx = (1[x == max] / count) * dy`, as TensorFlow's gradient
-/// of `reduce_max` over the group.
+/// of `reduce_max` over the group. Scalar, in the first lane of `f32x4`s.
 pub(super) fn depth_backward(e: &mut Emitter, image: Image, size: usize) {
     let (x, dy, dx) = (e.buffer(0), e.buffer(1), e.buffer(2));
     let groups = image.c / size;
@@ -235,19 +237,27 @@ pub(super) fn depth_backward(e: &mut Emitter, image: Image, size: usize) {
         e.for_each(0..groups, |e, g| {
             let from = e.scaled(x_pixel, g, size as i64 * 4);
             let values: Vec<Value> = (0..size)
-                .map(|k| e.load(types::F32, from, k as i64 * 4))
+                .map(|k| {
+                    let value = e.load(types::F32, from, k as i64 * 4);
+                    lift(e, types::F32, value)
+                })
                 .collect();
-            let one = e.constant(types::F32, 1.0);
-            let (mut max, mut count) = (values[0], one);
+            let max = values[1..]
+                .iter()
+                .fold(values[0], |max, &value| running_max(e, value, max));
+            let mut count = e.b.ins().fcmp(FloatCC::Equal, values[0], max);
             for &value in &values[1..] {
-                (max, count) = max_and_count_step(e, types::F32, value, max, count);
+                let equal = e.b.ins().fcmp(FloatCC::Equal, value, max);
+                count = e.b.ins().iadd(count, equal);
             }
-            let share = e.b.ins().fdiv(one, count);
+            let share = share(e, count);
             let gy_at = e.scaled(dy_pixel, g, 4);
             let gy = e.load(types::F32, gy_at, 0);
+            let gy = lift(e, types::F32, gy);
             let to = e.scaled(dx_pixel, g, size as i64 * 4);
             for (k, &value) in values.iter().enumerate() {
-                let gradient = split_tied(e, types::F32, value, max, share, gy);
+                let gradient = split_tied(e, value, max, share, gy);
+                let gradient = lower(e, types::F32, gradient);
                 e.store(gradient, to, k as i64 * 4);
             }
         });
@@ -415,8 +425,8 @@ fn lanes(width: usize) -> Vec<(Type, i64)> {
     vectors.chain(scalars).collect()
 }
 
-/// Per lane group, the maximum over the whole image and how many pixels
-/// hold it (as f32 lanes).
+/// Per lane group, the maximum over the whole image and minus the number
+/// of pixels that hold it ([`max_and_count_step`]), as `f32x4` and `i32x4`.
 fn global_max_and_count(
     e: &mut Emitter,
     image: Image,
@@ -426,16 +436,20 @@ fn global_max_and_count(
     let mut maxima = Vec::with_capacity(lanes.len());
     for &(ty, offset) in lanes {
         let first = e.load(ty, x_base, offset);
-        let one = e.constant(ty, 1.0);
-        maxima.push((e.var(ty, first), e.var(ty, one)));
+        let first = lift(e, ty, first);
+        let minus_one = e.b.ins().iconst(types::I32, -1);
+        let minus_one = e.b.ins().splat(types::I32X4, minus_one);
+        let max = e.var(types::F32X4, first);
+        maxima.push((max, e.var(types::I32X4, minus_one)));
     }
     let (start, end) = (e.int(1), e.int(image.pixels() as i64));
     e.for_range(start, end, 1, |e, p| {
         let pixel = e.scaled(x_base, p, image.pixel_bytes());
         for (&(max, count), &(ty, offset)) in maxima.iter().zip(lanes) {
             let value = e.load(ty, pixel, offset);
+            let value = lift(e, ty, value);
             let (old_max, old_count) = (e.get(max), e.get(count));
-            let (new_max, new_count) = max_and_count_step(e, ty, value, old_max, old_count);
+            let (new_max, new_count) = max_and_count_step(e, value, old_max, old_count);
             e.set(max, new_max);
             e.set(count, new_count);
         }
@@ -446,36 +460,63 @@ fn global_max_and_count(
         .collect()
 }
 
-/// One step of a running maximum and the count of values equal to it: a
-/// greater `value` restarts the count at 1, an equal one adds 1.
-fn max_and_count_step(
-    e: &mut Emitter,
-    ty: Type,
-    value: Value,
-    max: Value,
-    count: Value,
-) -> (Value, Value) {
-    let one = e.constant(ty, 1.0);
-    let more = e.b.ins().fadd(count, one);
-    let count = e.choose(ty, FloatCC::Equal, value, max, more, count);
-    let count = e.choose(ty, FloatCC::GreaterThan, value, max, one, count);
-    let max = e.choose(ty, FloatCC::GreaterThan, value, max, value, max);
-    (max, count)
+/// One step of a running maximum and of minus the count of values equal
+/// to it, on `f32x4` lanes. A comparison's true lane is -1, so a greater
+/// `value` restarts the count at -1 and an equal one adds -1, without a
+/// branch: `count = (count & !greater) + (value >= max)`.
+fn max_and_count_step(e: &mut Emitter, value: Value, max: Value, count: Value) -> (Value, Value) {
+    let greater = e.b.ins().fcmp(FloatCC::LessThan, max, value);
+    let not_less = e.b.ins().fcmp(FloatCC::LessThanOrEqual, max, value);
+    let kept = e.b.ins().band_not(count, greater);
+    let count = e.b.ins().iadd(kept, not_less);
+    (running_max(e, value, max), count)
 }
 
-/// `(1[value == max] * share) * dy`, with `share = 1 / count`: TensorFlow's
-/// `divide(indicators, num_selected) * grad`, rounded as it rounds.
-fn split_tied(
-    e: &mut Emitter,
-    ty: Type,
-    value: Value,
-    max: Value,
-    share: Value,
-    dy: Value,
-) -> Value {
-    let zero = e.constant(ty, 0.0);
-    let share = e.choose(ty, FloatCC::Equal, value, max, share, zero);
+/// `value` where it is greater than `max`, else `max` (so the first of
+/// tied values, and a NaN only if it came first), written so that Cranelift
+/// emits one `maxps`.
+fn running_max(e: &mut Emitter, value: Value, max: Value) -> Value {
+    let greater = e.b.ins().fcmp(FloatCC::LessThan, max, value);
+    math::select(&mut e.b, types::F32X4, greater, value, max)
+}
+
+/// `1 / count` as `f32x4`, from minus the count as `i32x4`. The count is at
+/// least 1 unless the maximum is a NaN, which no value equals, so that an
+/// infinite share is always masked out by [`split_tied`].
+fn share(e: &mut Emitter, minus_count: Value) -> Value {
+    let count = e.b.ins().ineg(minus_count);
+    let count = e.b.ins().fcvt_from_sint(types::F32X4, count);
+    let one = e.constant(types::F32X4, 1.0);
+    e.b.ins().fdiv(one, count)
+}
+
+/// `(1[value == max] * share) * dy` on `f32x4` lanes, with `share = 1 /
+/// count`: TensorFlow's `divide(indicators, num_selected) * grad`, rounded
+/// as it rounds (`0 * dy` keeps the sign of `dy`, as there).
+fn split_tied(e: &mut Emitter, value: Value, max: Value, share: Value, dy: Value) -> Value {
+    let equal = e.b.ins().fcmp(FloatCC::Equal, value, max);
+    let equal = e.b.ins().bitcast(types::F32X4, MemFlagsData::new(), equal);
+    let share = e.b.ins().band(equal, share);
     e.b.ins().fmul(share, dy)
+}
+
+/// A lane group as `f32x4`: vectors as they are, a scalar in lane 0, so
+/// that the counts of ties use vector masks and need no branch.
+fn lift(e: &mut Emitter, ty: Type, value: Value) -> Value {
+    if ty.is_vector() {
+        value
+    } else {
+        e.b.ins().scalar_to_vector(types::F32X4, value)
+    }
+}
+
+/// The inverse of [`lift`]: a scalar lane group's value from lane 0.
+fn lower(e: &mut Emitter, ty: Type, value: Value) -> Value {
+    if ty.is_vector() {
+        value
+    } else {
+        e.b.ins().extractlane(value, 0)
+    }
 }
 
 fn output_image(image: Image, rows: &Axis, cols: &Axis) -> Image {
