@@ -285,7 +285,8 @@ fn fits(
 }
 
 // ---------------------------------------------------------------------------
-// Explicit vector-Jacobian products, in f64.
+// Explicit vector-Jacobian products, in f64: the pooling ones are the
+// reference's gradients (`support/reference.rs`), the others written here.
 
 /// The reference's pooling gradient ([`reference::pool2d_grad`]): max
 /// pooling sends `dy` to the first maximum of each window (rows, then
