@@ -8,6 +8,11 @@
 #[path = "support/reference.rs"]
 mod reference;
 
+// Recorded by `tests/tf/ties.py`; generated, so rustfmt leaves it as written.
+#[rustfmt::skip]
+#[path = "tf/ties.rs"]
+mod tf_ties;
+
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -280,9 +285,11 @@ fn fits(
 }
 
 // ---------------------------------------------------------------------------
-// Explicit vector-Jacobian products, in f64.
+// Explicit vector-Jacobian products, in f64: the pooling ones are the
+// reference's gradients (`support/reference.rs`), the others written here.
 
-/// Max pooling sends `dy` to the first maximum of each window (rows, then
+/// The reference's pooling gradient ([`reference::pool2d_grad`]): max
+/// pooling sends `dy` to the first maximum of each window (rows, then
 /// columns); average pooling spreads `dy / count` over the in-bounds cells.
 fn pool_vjp(
     x: &[f32],
@@ -294,84 +301,39 @@ fn pool_vjp(
     padding: Padding,
 ) -> Vec<f64> {
     let [n, h, w, c] = shape;
-    let (oh, top) = axis(h, size[0], stride[0], 1, padding).expect("fits");
-    let (ow, left) = axis(w, size[1], stride[1], 1, padding).expect("fits");
-    let mut dx = vec![0f64; x.len()];
-    for b in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                for ch in 0..c {
-                    let mut cells = Vec::new();
-                    for ky in 0..size[0] {
-                        for kx in 0..size[1] {
-                            if let (Some(iy), Some(ix)) = (
-                                source(oy, ky, stride[0], 1, top, h),
-                                source(ox, kx, stride[1], 1, left, w),
-                            ) {
-                                cells.push(((b * h + iy) * w + ix) * c + ch);
-                            }
-                        }
-                    }
-                    let g = f64::from(dy[((b * oh + oy) * ow + ox) * c + ch]);
-                    match kind {
-                        PoolKind::Max => {
-                            let first = cells.iter().copied().fold(cells[0], |best, i| {
-                                if x[i] > x[best] {
-                                    i
-                                } else {
-                                    best
-                                }
-                            });
-                            dx[first] += g;
-                        }
-                        PoolKind::Avg => {
-                            for &i in &cells {
-                                dx[i] += g / cells.len() as f64;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    dx
+    let (oh, _) = axis(h, size[0], stride[0], 1, padding).expect("fits");
+    let (ow, _) = axis(w, size[1], stride[1], 1, padding).expect("fits");
+    widen(&flat(&reference::pool2d_grad(
+        &array(&shape, x),
+        &array(&[n, oh, ow, c], dy),
+        kind,
+        size.map(|s| s as u64),
+        stride.map(|s| s as u64),
+        padding,
+    )))
 }
 
+/// The reference's global pooling gradient: max pooling splits each
+/// `dy[n, c]` equally among the tied maxima of the feature map.
 fn global_vjp(x: &[f32], dy: &[f32], shape: [usize; 4], kind: PoolKind) -> Vec<f64> {
-    let [n, h, w, c] = shape;
-    let mut dx = vec![0f64; x.len()];
-    for b in 0..n {
-        for ch in 0..c {
-            let cells: Vec<usize> = (0..h * w).map(|p| (b * h * w + p) * c + ch).collect();
-            let g = f64::from(dy[b * c + ch]);
-            match kind {
-                PoolKind::Max => {
-                    let first =
-                        cells
-                            .iter()
-                            .copied()
-                            .fold(cells[0], |best, i| if x[i] > x[best] { i } else { best });
-                    dx[first] = g;
-                }
-                PoolKind::Avg => cells.iter().for_each(|&i| dx[i] = g / (h * w) as f64),
-            }
-        }
-    }
-    dx
+    let dy = array(&[shape[0], shape[3]], dy);
+    widen(&flat(&reference::global_pool_grad(
+        &array(&shape, x),
+        &dy,
+        kind,
+    )))
 }
 
-fn depth_vjp(x: &[f32], dy: &[f32], channels: usize, size: usize) -> Vec<f64> {
-    let mut dx = vec![0f64; x.len()];
-    for (group, &g) in dy.iter().enumerate() {
-        let (pixel, k) = (group / (channels / size), group % (channels / size));
-        let cells: Vec<usize> = (0..size).map(|j| pixel * channels + k * size + j).collect();
-        let first = cells
-            .iter()
-            .copied()
-            .fold(cells[0], |best, i| if x[i] > x[best] { i } else { best });
-        dx[first] = f64::from(g);
-    }
-    dx
+/// The reference's depth max pooling gradient: each group's `dy` split
+/// equally among the group's tied maxima.
+fn depth_vjp(x: &[f32], dy: &[f32], shape: [usize; 4], size: usize) -> Vec<f64> {
+    let [n, h, w, c] = shape;
+    let dy = array(&[n, h, w, c / size], dy);
+    widen(&flat(&reference::depth_max_pool_grad(
+        &array(&shape, x),
+        &dy,
+        size,
+    )))
 }
 
 /// `dx_i = dy_i d_i^-b - 2 a b x_i sum_{|j - i| <= r} dy_j x_j d_j^(-b-1)`.
@@ -830,13 +792,136 @@ fn depth_max_pooling_matches_the_reference_and_its_gradient() {
             &backward,
             &[(Role::Input, &x), (Role::OutputGrad, &dy)],
         );
-        let expected = depth_vjp(&x, &dy, shape[3], size);
+        let expected = depth_vjp(&x, &dy, shape, size);
         assert_close(&backward.name, &out[&Role::InputGrad], &expected);
         if i < 2 {
             let numeric = finite_differences(&x, &dy, 2e-3, |x| {
                 flat(&reference::depth_max_pool(&array(&shape, x), size))
             });
             assert_near(&backward.name, &expected, &numeric);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tied maxima, as TensorFlow.
+
+/// The bits of `actual` and `expected` are the same (so `-0.0` is not `0.0`).
+#[track_caller]
+fn assert_bits(what: &str, actual: &[f32], expected: &[f32]) {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(actual),
+        bits(expected),
+        "{what}:\n got {actual:?}\n expected {expected:?}"
+    );
+}
+
+/// Runs a max pooling kernel forward and backward on a recorded case and
+/// asserts TensorFlow's output and input gradient bit for bit.
+fn assert_like_tensorflow(jit: &mut Jit, kind: WindowKind, case: &tf_ties::Case) {
+    let forward = Window {
+        name: format!("{} {kind:?}", case.name),
+        kind,
+        pass: Pass::Forward,
+        input: case.shape,
+    };
+    let out = run(jit, &forward, &[(Role::Input, case.x)]);
+    assert_bits(&forward.name, &out[&Role::Output], case.y);
+    let backward = Window {
+        pass: Pass::BackwardData,
+        ..forward
+    };
+    let inputs = [(Role::Input, case.x), (Role::OutputGrad, case.dy)];
+    let out = run(jit, &backward, &inputs);
+    assert_bits(&backward.name, &out[&Role::InputGrad], case.dx);
+}
+
+#[test]
+fn global_max_pooling_splits_tied_gradients_as_tensorflow_does() {
+    let mut jit = Jit::new().expect("jit");
+    let kind = WindowKind::GlobalPool {
+        kind: PoolKind::Max,
+    };
+    for case in tf_ties::GLOBAL_MAX_POOL {
+        assert_like_tensorflow(&mut jit, kind.clone(), case);
+    }
+}
+
+#[test]
+fn depth_max_pooling_splits_tied_gradients_as_tensorflow_does() {
+    let mut jit = Jit::new().expect("jit");
+    for (size, case) in tf_ties::DEPTH_MAX_POOL {
+        assert_like_tensorflow(&mut jit, WindowKind::DepthMaxPool { size: *size }, case);
+    }
+}
+
+#[test]
+fn max_pooling_sends_tied_gradients_to_the_first_as_tensorflow_does() {
+    let mut jit = Jit::new().expect("jit");
+    for (size, stride, padding, case) in tf_ties::MAX_POOL {
+        let kind = WindowKind::Pool {
+            kind: PoolKind::Max,
+            size: [*size; 2],
+            stride: [*stride; 2],
+            padding: *padding,
+        };
+        assert_like_tensorflow(&mut jit, kind, case);
+    }
+}
+
+/// Values as after a ReLU, in steps of 1/4 up to 1: about half zeros and
+/// many ties among the rest.
+fn relu_zeroed(n: usize, seed: u64) -> Vec<f32> {
+    data(n, seed, -1.0, 1.0)
+        .into_iter()
+        .map(|v| (v * 4.0).round().max(0.0) / 4.0)
+        .collect()
+}
+
+#[test]
+fn tied_global_and_depth_maxima_share_the_gradient_on_every_lane_layout() {
+    // Channels that fill vectors and scalar tails, several chunks of 16,
+    // and feature maps of one pixel.
+    let mut jit = Jit::new().expect("jit");
+    for (i, shape) in [[7, 5, 7, 13], [2, 3, 3, 16], [3, 2, 5, 37], [1, 1, 1, 6]]
+        .into_iter()
+        .enumerate()
+    {
+        let x = relu_zeroed(shape.iter().product(), 300 + i as u64);
+        let global = Window {
+            name: format!("global max {shape:?}"),
+            kind: WindowKind::GlobalPool {
+                kind: PoolKind::Max,
+            },
+            pass: Pass::BackwardData,
+            input: shape,
+        };
+        let dy = data(shape[0] * shape[3], 400 + i as u64, -1.0, 1.0);
+        let out = run(
+            &mut jit,
+            &global,
+            &[(Role::Input, &x), (Role::OutputGrad, &dy)],
+        );
+        let expected = global_vjp(&x, &dy, shape, PoolKind::Max);
+        assert_close(&global.name, &out[&Role::InputGrad], &expected);
+        for size in [2, 3, 4, 13, 37]
+            .into_iter()
+            .filter(|size| shape[3] % size == 0)
+        {
+            let depth = Window {
+                name: format!("depth max {size} {shape:?}"),
+                kind: WindowKind::DepthMaxPool { size },
+                ..global.clone()
+            };
+            let dy = data(x.len() / size, 500 + i as u64, -1.0, 1.0);
+            let out = run(
+                &mut jit,
+                &depth,
+                &[(Role::Input, &x), (Role::OutputGrad, &dy)],
+            );
+            let expected = depth_vjp(&x, &dy, shape, size);
+            assert_close(&depth.name, &out[&Role::InputGrad], &expected);
         }
     }
 }
@@ -1096,7 +1181,16 @@ fn every_kernel() -> Vec<Window> {
 #[test]
 fn any_split_of_the_domain_gives_bitwise_the_same_result() {
     let mut jit = Jit::new().expect("jit");
-    for (i, window) in every_kernel().into_iter().enumerate() {
+    // Distinct values, and values with many tied maxima (which the global
+    // and depth max pooling gradients count and share).
+    let generators: [fn(usize, u64) -> Vec<f32>; 2] =
+        [|n, seed| distinct(n, seed, 1e-3), relu_zeroed];
+    let kernels = every_kernel();
+    for (i, (window, generate)) in kernels
+        .iter()
+        .flat_map(|w| generators.iter().map(move |g| (w.clone(), g)))
+        .enumerate()
+    {
         let buffers = window.buffers().expect("valid");
         let inputs: Vec<(Role, Vec<f32>)> = buffers
             .iter()
@@ -1105,7 +1199,7 @@ fn any_split_of_the_domain_gives_bitwise_the_same_result() {
             .map(|(j, b)| {
                 (
                     b.role,
-                    distinct(b.shape.iter().product(), (10 * i + j) as u64, 1e-3),
+                    generate(b.shape.iter().product(), (10 * i + j) as u64),
                 )
             })
             .collect();

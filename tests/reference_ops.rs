@@ -12,6 +12,11 @@
 #[path = "support/reference.rs"]
 mod reference;
 
+// Recorded by `tests/tf/ties.py`; generated, so rustfmt leaves it as written.
+#[rustfmt::skip]
+#[path = "tf/ties.rs"]
+mod tf_ties;
+
 use cnnc::graph::{Activation, Op, Padding, PoolKind};
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 use reference::forward;
@@ -487,6 +492,117 @@ fn depth_max_pool_takes_groups_of_consecutive_channels() {
     );
     let out = forward(&Op::DepthMaxPool { size: 3 }, &[&x], &[], false);
     assert_close(&out, &[1, 1, 2, 2], &[5., -1., 7., 9.]);
+}
+
+// ---------------------------------------------------------------------------
+// Pooling gradients with tied maxima, from TensorFlow (`tests/tf/ties.py`).
+
+/// Asserts `actual` is TensorFlow's `expected` to within one unit in the
+/// last place: TensorFlow rounds `1 / count` to f32 before multiplying by
+/// `dy`, the reference rounds `dy / count` once.
+#[track_caller]
+fn assert_tf(what: &str, actual: &ArrayD<f32>, shape: [usize; 4], expected: &[f32]) {
+    assert_eq!(actual.shape(), shape, "{what}: shape");
+    let got: Vec<f32> = actual.iter().copied().collect();
+    assert_eq!(got.len(), expected.len(), "{what}: length");
+    for (i, (&g, &e)) in got.iter().zip(expected).enumerate() {
+        assert!(
+            (g - e).abs() <= f32::EPSILON * e.abs(),
+            "{what}: value {i}: got {g}, TensorFlow {e}\n got: {got:?}\n TensorFlow: {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn global_max_pool_gradient_splits_ties_equally_as_tensorflow() {
+    // By hand: all_equal gives each of 9 pixels 1/9 and -3/9 = -1/3;
+    // relu_zeroed's all-zero channels give 5/6 and -6/6 = -1 to each of 6;
+    // two_and_three_of_many gives 5/2 to two pixels and 1/3 to three.
+    let op = Op::GlobalPool {
+        kind: PoolKind::Max,
+    };
+    for case in tf_ties::GLOBAL_MAX_POOL {
+        let x = t(&case.shape, case.x);
+        let dy = t(&[case.shape[0], case.shape[3]], case.dy);
+        let y = forward(&op, &[&x], &[], false);
+        assert_eq!(
+            y.iter().copied().collect::<Vec<_>>(),
+            case.y,
+            "{}",
+            case.name
+        );
+        let dx = reference::global_pool_grad(&x, &dy, PoolKind::Max);
+        assert_tf(case.name, &dx, case.shape, case.dx);
+        if case.name == "all_equal" {
+            let exact = [1.0 / 9.0, -1.0 / 3.0].repeat(9);
+            assert_eq!(case.dx, exact, "TensorFlow");
+            assert_eq!(dx.iter().copied().collect::<Vec<_>>(), exact, "reference");
+        }
+    }
+}
+
+#[test]
+fn depth_max_pool_gradient_splits_ties_equally_as_tensorflow() {
+    // By hand: all_equal gives 1/3 and 5/3 to each channel of its group;
+    // relu_zeroed's all-zero groups of 4 give a quarter of dy to each;
+    // two_and_three_of_many gives 7/2 to two channels and 1/3 to three.
+    for (size, case) in tf_ties::DEPTH_MAX_POOL {
+        let x = t(&case.shape, case.x);
+        let [n, h, w, c] = case.shape;
+        let dy = t(&[n, h, w, c / size], case.dy);
+        let op = Op::DepthMaxPool { size: *size as u64 };
+        let y = forward(&op, &[&x], &[], false);
+        assert_eq!(
+            y.iter().copied().collect::<Vec<_>>(),
+            case.y,
+            "{}",
+            case.name
+        );
+        let dx = reference::depth_max_pool_grad(&x, &dy, *size);
+        assert_tf(case.name, &dx, case.shape, case.dx);
+        if case.name == "all_equal" {
+            // 1/3 rounds the same either way; 5/3 does not: TensorFlow's
+            // f32 1/3 times 5 is one unit above the nearest f32 to 5/3.
+            let third = 1.0f32 / 3.0;
+            assert_eq!(case.dx[..3], [third; 3], "TensorFlow");
+            assert_eq!(case.dx[3..], [third * 5.0; 3], "TensorFlow");
+            assert_eq!(third * 5.0, f32::from_bits((5.0f32 / 3.0).to_bits() + 1));
+            assert_eq!(
+                dx.iter().copied().collect::<Vec<_>>()[..3],
+                [third; 3],
+                "reference"
+            );
+        }
+    }
+}
+
+#[test]
+fn max_pool_gradient_goes_to_the_first_tied_maximum_as_tensorflow() {
+    // By hand: every window of all_equal and all_equal_overlapping gives
+    // its whole dy to its top-left pixel; first_and_last's 3x3 window holds
+    // 3 at its first and last position and gives dy = 5 to the first.
+    for (size, stride, padding, case) in tf_ties::MAX_POOL {
+        let x = t(&case.shape, case.x);
+        let [n, h, w, c] = case.shape;
+        let out = |len: usize| {
+            cnnc::ops::output_size(len as u64, *size as u64, *stride as u64, 1, *padding)
+        };
+        let (oh, ow) = (
+            out(h).expect("fits") as usize,
+            out(w).expect("fits") as usize,
+        );
+        let dy = t(&[n, oh, ow, c], case.dy);
+        let (size, stride) = ([*size as u64; 2], [*stride as u64; 2]);
+        let y = reference::pool2d(&x, PoolKind::Max, size, stride, *padding);
+        assert_eq!(
+            y.iter().copied().collect::<Vec<_>>(),
+            case.y,
+            "{}",
+            case.name
+        );
+        let dx = reference::pool2d_grad(&x, &dy, PoolKind::Max, size, stride, *padding);
+        assert_tf(case.name, &dx, case.shape, case.dx);
+    }
 }
 
 #[test]

@@ -88,12 +88,18 @@ pub fn gradient(op: &Op, arity: usize) -> Rule {
         }
         // y_j = sum_i (x_i - c_ij)^2: dx_i = 2 sum_j dy_j (x_i - c_ij); dc_ij = -2 dy_j (x_i - c_ij)
         Op::Rbf { .. } => rule(vec![vec![Dy, Input(0)]], vec![Some(vec![Dy, Input(0)])]),
-        // max: dY goes to the (first) maximum of each window, found again in X
+        // maxpool, as TF's MaxPoolGrad (Keras MaxPooling2D): each window's dY goes
+        // to its first maximum in row-major order, found again in X; ties are not split
         Op::Pool2d {
             kind: PoolKind::Max,
             ..
-        }
-        | Op::GlobalPool {
+        } => rule(vec![vec![Dy, Input(0)]], vec![]),
+        // global_max_pool is tf.reduce_max over h, w (Keras GlobalMaxPooling2D);
+        // depth_maxpool(k) is tf.reduce_max over groups of k channels (Hands-On ML's
+        // DepthPool; TF has no gradient of tf.nn.max_pool over depth). TF's Max gradient
+        // splits dY equally among tied maxima: dX = 1[X == max] / count * dY, with max
+        // and count found again in X
+        Op::GlobalPool {
             kind: PoolKind::Max,
         }
         | Op::DepthMaxPool { .. } => rule(vec![vec![Dy, Input(0)]], vec![]),

@@ -560,6 +560,115 @@ pub fn depth_max_pool(x: &ArrayD<f32>, size: usize) -> ArrayD<f32> {
     array(&shape, out)
 }
 
+/// The gradient of [`pool2d`] with respect to `x` for the upstream
+/// gradient `dy`, as TensorFlow's `MaxPoolGrad` / `AvgPoolGrad`: max
+/// pooling sends each window's `dy` to the window's first maximum in
+/// row-major order (ties are not split), average pooling spreads `dy /
+/// count` over the window's in-bounds positions; overlapping windows add.
+pub fn pool2d_grad(
+    x: &ArrayD<f32>,
+    dy: &ArrayD<f32>,
+    kind: PoolKind,
+    size: [u64; 2],
+    stride: [u64; 2],
+    padding: Padding,
+) -> ArrayD<f32> {
+    let [batch, h, w, c] = image(x);
+    let (oh, top) = window_axis(h, size[0], stride[0], 1, padding);
+    let (ow, left) = window_axis(w, size[1], stride[1], 1, padding);
+    assert_eq!(dy.shape(), [batch, oh, ow, c], "dy has the output's shape");
+    let (xs, gs) = (flat(x), flat(dy));
+    let mut dx = vec![0f64; xs.len()];
+    for (o, &g) in gs.iter().enumerate() {
+        let (pixel, ch) = (o / c, o % c);
+        let (b, oy, ox) = (pixel / (oh * ow), pixel / ow % oh, pixel % ow);
+        let mut cells = Vec::new();
+        for ky in 0..n(size[0]) {
+            for kx in 0..n(size[1]) {
+                let iy = source(oy, ky, stride[0], 1, top, h);
+                let ix = source(ox, kx, stride[1], 1, left, w);
+                if let (Some(iy), Some(ix)) = (iy, ix) {
+                    cells.push(((b * h + iy) * w + ix) * c + ch);
+                }
+            }
+        }
+        let g = f64::from(g);
+        match kind {
+            PoolKind::Max => dx[first_maximum(&xs, &cells)] += g,
+            PoolKind::Avg => cells.iter().for_each(|&i| dx[i] += g / cells.len() as f64),
+        }
+    }
+    array(x.shape(), dx.into_iter().map(|v| v as f32).collect())
+}
+
+/// The gradient of [`global_pool`] with respect to `x` for the upstream
+/// gradient `dy` `[b, c]`. Keras' `GlobalMaxPooling2D` is `tf.reduce_max`
+/// over height and width, whose gradient (`_MinOrMaxGrad`) splits each
+/// `dy[b, c]` equally among the positions equal to the maximum:
+/// `dx = 1[x == max] * dy / count`. The average's is `dy / (h * w)`
+/// everywhere.
+pub fn global_pool_grad(x: &ArrayD<f32>, dy: &ArrayD<f32>, kind: PoolKind) -> ArrayD<f32> {
+    let [batch, h, w, c] = image(x);
+    assert_eq!(dy.shape(), [batch, c], "dy has the output's shape");
+    let (xs, gs) = (flat(x), flat(dy));
+    let mut dx = vec![0f32; xs.len()];
+    for b in 0..batch {
+        for ch in 0..c {
+            let cells: Vec<usize> = (0..h * w).map(|p| (b * h * w + p) * c + ch).collect();
+            let g = f64::from(gs[b * c + ch]);
+            let shares = match kind {
+                PoolKind::Max => tied_maxima(&xs, &cells),
+                PoolKind::Avg => cells.clone(),
+            };
+            for i in &shares {
+                dx[*i] = (g / shares.len() as f64) as f32;
+            }
+        }
+    }
+    array(x.shape(), dx)
+}
+
+/// The gradient of [`depth_max_pool`] with respect to `x` for the upstream
+/// gradient `dy`. cnnc's `depth_maxpool(size)` is the depth pooling of
+/// Hands-On ML (3rd edition, ch. 14): the channels reshaped into groups of
+/// `size` and `tf.reduce_max` over each group, whose gradient splits each
+/// group's `dy` equally among its tied maxima: `dx = 1[x == max] * dy /
+/// count`. (`tf.nn.max_pool` with `ksize = [1, 1, 1, size]` computes the
+/// same forward pass but TensorFlow has no gradient for it.)
+pub fn depth_max_pool_grad(x: &ArrayD<f32>, dy: &ArrayD<f32>, size: usize) -> ArrayD<f32> {
+    let (rows, c) = rows_and_last(x);
+    assert!(
+        size > 0 && c % size == 0,
+        "{c} channels do not split into groups of {size}"
+    );
+    assert_eq!(dy.len(), rows * (c / size), "dy has the output's size");
+    let (xs, gs) = (flat(x), flat(dy));
+    let mut dx = vec![0f32; xs.len()];
+    for (group, &g) in gs.iter().enumerate() {
+        let cells: Vec<usize> = (0..size).map(|k| group * size + k).collect();
+        let tied = tied_maxima(&xs, &cells);
+        for &i in &tied {
+            dx[i] = (f64::from(g) / tied.len() as f64) as f32;
+        }
+    }
+    array(x.shape(), dx)
+}
+
+/// The first of `cells` (indices into `xs`) holding their maximum: a later
+/// cell takes over only if it is greater.
+fn first_maximum(xs: &[f32], cells: &[usize]) -> usize {
+    cells
+        .iter()
+        .copied()
+        .fold(cells[0], |best, i| if xs[i] > xs[best] { i } else { best })
+}
+
+/// Every one of `cells` (indices into `xs`) equal to their maximum.
+fn tied_maxima(xs: &[f32], cells: &[usize]) -> Vec<usize> {
+    let max = xs[first_maximum(xs, cells)];
+    cells.iter().copied().filter(|&i| xs[i] == max).collect()
+}
+
 /// Keras `Flatten` on NHWC: `[b, h, w, c] -> [b, h * w * c]` in row-major
 /// `(h, w, c)` order.
 pub fn flatten(x: &ArrayD<f32>) -> ArrayD<f32> {

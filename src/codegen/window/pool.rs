@@ -3,13 +3,18 @@
 //!
 //! Max pooling keeps the first maximum of a window, scanning rows then
 //! columns (a later value replaces the running maximum only if it is
-//! greater), and its gradients recompute that argmax from `x`; a NaN in a
-//! window is skipped unless it comes first.
+//! greater); a NaN in a window is skipped unless it comes first. The
+//! gradients follow TensorFlow's, recomputing what they need from `x`:
+//! 2-D max pooling sends each window's `dy` to its first maximum
+//! (`MaxPoolGrad`), while global and depth max pooling, which TensorFlow
+//! computes with `reduce_max`, split it equally among the tied maxima
+//! (`_MinOrMaxGrad`: `dx = (1[x == max] / count) * dy`).
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, InstBuilder, Type, Value};
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::Variable;
 
+use super::super::math;
 use super::emit::Emitter;
 use super::{block_ranges, ranges, taps, Axis, Image, Tap, GLOBAL_CHUNK};
 use crate::graph::PoolKind;
@@ -138,44 +143,63 @@ pub(super) fn global_forward(e: &mut Emitter, kind: PoolKind, image: Image) {
 /// (average); work item `(n, chunk)` writes channels `16 * chunk ..` (up
 /// to 16) of `dx[n]` at every pixel.
 pub(super) fn global_backward(e: &mut Emitter, kind: PoolKind, image: Image) {
-    let (x, dy, dx) = match kind {
-        PoolKind::Max => (Some(e.buffer(0)), e.buffer(1), e.buffer(2)),
-        PoolKind::Avg => (None, e.buffer(0), e.buffer(1)),
-    };
+    match kind {
+        PoolKind::Max => global_max_backward(e, image),
+        PoolKind::Avg => global_avg_backward(e, image),
+    }
+}
+
+/// `dx = dy / (H * W)` at every pixel. Buffers `dy, dx`.
+fn global_avg_backward(e: &mut Emitter, image: Image) {
+    let (dy, dx) = (e.buffer(0), e.buffer(1));
     for_chunks(e, image, dx, dy, |e, lanes, dx_base, dy_base| {
         let gradients: Vec<Value> = lanes
             .iter()
             .map(|&(ty, offset)| {
                 let g = e.load(ty, dy_base, offset);
-                if kind == PoolKind::Avg {
-                    let scale = e.constant(ty, 1.0 / image.pixels() as f32);
-                    e.b.ins().fmul(g, scale)
-                } else {
-                    g
-                }
+                let scale = e.constant(ty, 1.0 / image.pixels() as f32);
+                e.b.ins().fmul(g, scale)
             })
             .collect();
-        // The x chunk starts at the same channel offset as the dx chunk.
-        let argmax = x.map(|x| {
-            let offset = e.b.ins().isub(dx_base, dx);
-            let x_base = e.add(x, offset);
-            global_argmax(e, image, lanes, x_base)
-        });
         let (start, end) = (e.int(0), e.int(image.pixels() as i64));
         e.for_range(start, end, 1, |e, p| {
             let pixel = e.scaled(dx_base, p, image.pixel_bytes());
-            let position = e.b.ins().fcvt_from_sint(types::F32, p);
-            for (k, &(ty, offset)) in lanes.iter().enumerate() {
-                let value = match &argmax {
-                    Some(indices) => {
-                        let index = e.get(indices[k]);
-                        let here = e.widen(ty, position);
-                        let zero = e.constant(ty, 0.0);
-                        e.choose(ty, FloatCC::Equal, index, here, gradients[k], zero)
-                    }
-                    None => gradients[k],
-                };
-                e.store(value, pixel, offset);
+            for (&g, &(_, offset)) in gradients.iter().zip(lanes) {
+                e.store(g, pixel, offset);
+            }
+        });
+    });
+}
+
+/// `dx = (1[x == max] / count) * dy` at every pixel, `count` being how many
+/// pixels hold the maximum: TensorFlow's gradient of `reduce_max`, in its
+/// order of rounding, so tied maxima share `dy` equally and bit for bit as
+/// TensorFlow computes it. Buffers `x, dy, dx`.
+fn global_max_backward(e: &mut Emitter, image: Image) {
+    let (x, dy, dx) = (e.buffer(0), e.buffer(1), e.buffer(2));
+    for_chunks(e, image, dx, dy, |e, lanes, dx_base, dy_base| {
+        // The x chunk starts at the same channel offset as the dx chunk.
+        let offset = e.b.ins().isub(dx_base, dx);
+        let x_base = e.add(x, offset);
+        let maxima = global_max_and_count(e, image, lanes, x_base);
+        let shares: Vec<(Value, Value, Value)> = maxima
+            .iter()
+            .zip(lanes)
+            .map(|(&(max, count), &(ty, offset))| {
+                let g = e.load(ty, dy_base, offset);
+                (max, share(e, count), lift(e, ty, g))
+            })
+            .collect();
+        let (start, end) = (e.int(0), e.int(image.pixels() as i64));
+        e.for_range(start, end, 1, |e, p| {
+            let x_pixel = e.scaled(x_base, p, image.pixel_bytes());
+            let dx_pixel = e.scaled(dx_base, p, image.pixel_bytes());
+            for (&(max, share, g), &(ty, offset)) in shares.iter().zip(lanes) {
+                let value = e.load(ty, x_pixel, offset);
+                let value = lift(e, ty, value);
+                let gradient = split_tied(e, value, max, share, g);
+                let gradient = lower(e, ty, gradient);
+                e.store(gradient, dx_pixel, offset);
             }
         });
     });
@@ -200,7 +224,9 @@ pub(super) fn depth_forward(e: &mut Emitter, image: Image, size: usize) {
 }
 
 /// Depth max pooling backward. Buffers `x, dy, dx`; work item `p` writes
-/// pixel `p` of `dx`: each group's `dy` goes to its first maximum.
+/// pixel `p` of `dx`: each group's `dy` is split equally among the group's
+/// tied maxima, `dx = (1[x == max] / count) * dy`, as TensorFlow's gradient
+/// of `reduce_max` over the group. Scalar, in the first lane of `f32x4`s.
 pub(super) fn depth_backward(e: &mut Emitter, image: Image, size: usize) {
     let (x, dy, dx) = (e.buffer(0), e.buffer(1), e.buffer(2));
     let groups = image.c / size;
@@ -210,15 +236,29 @@ pub(super) fn depth_backward(e: &mut Emitter, image: Image, size: usize) {
         let dy_pixel = e.scaled(dy, item, groups as i64 * 4);
         e.for_each(0..groups, |e, g| {
             let from = e.scaled(x_pixel, g, size as i64 * 4);
-            let (_, index) = argmax(e, types::F32, from, (0..size).map(|k| k as i64 * 4));
+            let values: Vec<Value> = (0..size)
+                .map(|k| {
+                    let value = e.load(types::F32, from, k as i64 * 4);
+                    lift(e, types::F32, value)
+                })
+                .collect();
+            let max = values[1..]
+                .iter()
+                .fold(values[0], |max, &value| running_max(e, value, max));
+            let mut count = e.b.ins().fcmp(FloatCC::Equal, values[0], max);
+            for &value in &values[1..] {
+                let equal = e.b.ins().fcmp(FloatCC::Equal, value, max);
+                count = e.b.ins().iadd(count, equal);
+            }
+            let share = share(e, count);
             let gy_at = e.scaled(dy_pixel, g, 4);
             let gy = e.load(types::F32, gy_at, 0);
+            let gy = lift(e, types::F32, gy);
             let to = e.scaled(dx_pixel, g, size as i64 * 4);
-            let zero = e.constant(types::F32, 0.0);
-            for k in 0..size {
-                let here = e.constant(types::F32, k as f32);
-                let value = e.choose(types::F32, FloatCC::Equal, index, here, gy, zero);
-                e.store(value, to, k as i64 * 4);
+            for (k, &value) in values.iter().enumerate() {
+                let gradient = split_tied(e, value, max, share, gy);
+                let gradient = lower(e, types::F32, gradient);
+                e.store(gradient, to, k as i64 * 4);
             }
         });
     });
@@ -385,39 +425,98 @@ fn lanes(width: usize) -> Vec<(Type, i64)> {
     vectors.chain(scalars).collect()
 }
 
-/// Per lane group, the pixel of the first maximum over the whole image.
-fn global_argmax(
+/// Per lane group, the maximum over the whole image and minus the number
+/// of pixels that hold it ([`max_and_count_step`]), as `f32x4` and `i32x4`.
+fn global_max_and_count(
     e: &mut Emitter,
     image: Image,
     lanes: &[(Type, i64)],
     x_base: Value,
-) -> Vec<Variable> {
+) -> Vec<(Value, Value)> {
     let mut maxima = Vec::with_capacity(lanes.len());
-    let mut indices = Vec::with_capacity(lanes.len());
     for &(ty, offset) in lanes {
         let first = e.load(ty, x_base, offset);
-        maxima.push(e.var(ty, first));
-        let zero = e.constant(ty, 0.0);
-        indices.push(e.var(ty, zero));
+        let first = lift(e, ty, first);
+        let minus_one = e.b.ins().iconst(types::I32, -1);
+        let minus_one = e.b.ins().splat(types::I32X4, minus_one);
+        let max = e.var(types::F32X4, first);
+        maxima.push((max, e.var(types::I32X4, minus_one)));
     }
     let (start, end) = (e.int(1), e.int(image.pixels() as i64));
     e.for_range(start, end, 1, |e, p| {
         let pixel = e.scaled(x_base, p, image.pixel_bytes());
-        let position = e.b.ins().fcvt_from_sint(types::F32, p);
-        for (k, &(ty, offset)) in lanes.iter().enumerate() {
-            let (value, max, index) = (
-                e.load(ty, pixel, offset),
-                e.get(maxima[k]),
-                e.get(indices[k]),
-            );
-            let here = e.widen(ty, position);
-            let index = e.choose(ty, FloatCC::GreaterThan, value, max, here, index);
-            let max = e.choose(ty, FloatCC::GreaterThan, value, max, value, max);
-            e.set(maxima[k], max);
-            e.set(indices[k], index);
+        for (&(max, count), &(ty, offset)) in maxima.iter().zip(lanes) {
+            let value = e.load(ty, pixel, offset);
+            let value = lift(e, ty, value);
+            let (old_max, old_count) = (e.get(max), e.get(count));
+            let (new_max, new_count) = max_and_count_step(e, value, old_max, old_count);
+            e.set(max, new_max);
+            e.set(count, new_count);
         }
     });
-    indices
+    maxima
+        .into_iter()
+        .map(|(max, count)| (e.get(max), e.get(count)))
+        .collect()
+}
+
+/// One step of a running maximum and of minus the count of values equal
+/// to it, on `f32x4` lanes. A comparison's true lane is -1, so a greater
+/// `value` restarts the count at -1 and an equal one adds -1, without a
+/// branch: `count = (count & !greater) + (value >= max)`.
+fn max_and_count_step(e: &mut Emitter, value: Value, max: Value, count: Value) -> (Value, Value) {
+    let greater = e.b.ins().fcmp(FloatCC::LessThan, max, value);
+    let not_less = e.b.ins().fcmp(FloatCC::LessThanOrEqual, max, value);
+    let kept = e.b.ins().band_not(count, greater);
+    let count = e.b.ins().iadd(kept, not_less);
+    (running_max(e, value, max), count)
+}
+
+/// `value` where it is greater than `max`, else `max` (so the first of
+/// tied values, and a NaN only if it came first), written so that Cranelift
+/// emits one `maxps`.
+fn running_max(e: &mut Emitter, value: Value, max: Value) -> Value {
+    let greater = e.b.ins().fcmp(FloatCC::LessThan, max, value);
+    math::select(&mut e.b, types::F32X4, greater, value, max)
+}
+
+/// `1 / count` as `f32x4`, from minus the count as `i32x4`. The count is at
+/// least 1 unless the maximum is a NaN, which no value equals, so that an
+/// infinite share is always masked out by [`split_tied`].
+fn share(e: &mut Emitter, minus_count: Value) -> Value {
+    let count = e.b.ins().ineg(minus_count);
+    let count = e.b.ins().fcvt_from_sint(types::F32X4, count);
+    let one = e.constant(types::F32X4, 1.0);
+    e.b.ins().fdiv(one, count)
+}
+
+/// `(1[value == max] * share) * dy` on `f32x4` lanes, with `share = 1 /
+/// count`: TensorFlow's `divide(indicators, num_selected) * grad`, rounded
+/// as it rounds (`0 * dy` keeps the sign of `dy`, as there).
+fn split_tied(e: &mut Emitter, value: Value, max: Value, share: Value, dy: Value) -> Value {
+    let equal = e.b.ins().fcmp(FloatCC::Equal, value, max);
+    let equal = e.b.ins().bitcast(types::F32X4, MemFlagsData::new(), equal);
+    let share = e.b.ins().band(equal, share);
+    e.b.ins().fmul(share, dy)
+}
+
+/// A lane group as `f32x4`: vectors as they are, a scalar in lane 0, so
+/// that the counts of ties use vector masks and need no branch.
+fn lift(e: &mut Emitter, ty: Type, value: Value) -> Value {
+    if ty.is_vector() {
+        value
+    } else {
+        e.b.ins().scalar_to_vector(types::F32X4, value)
+    }
+}
+
+/// The inverse of [`lift`]: a scalar lane group's value from lane 0.
+fn lower(e: &mut Emitter, ty: Type, value: Value) -> Value {
+    if ty.is_vector() {
+        value
+    } else {
+        e.b.ins().extractlane(value, 0)
+    }
 }
 
 fn output_image(image: Image, rows: &Axis, cols: &Axis) -> Image {
