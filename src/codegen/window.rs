@@ -39,7 +39,9 @@
 //! The backward kernels compute each `dx` row as a sum, in a fixed order, of
 //! the `dy` cells whose windows cover it (overlapping windows accumulate
 //! inside the one work item that owns the row), and max pooling recomputes
-//! the argmax from `x` instead of storing indices. The depthwise
+//! its maxima from `x` instead of storing indices (2-D max pooling gives
+//! each window's gradient to its first maximum; global and depth max
+//! pooling split it among tied maxima, as TensorFlow does). The depthwise
 //! backward-filter kernel's work items are blocks of `lcm(4, multiplier)`
 //! output channels (the last, partial block is one more item): each sums its
 //! `dfilter` and `dbias` entries over the whole batch in `(n, oy, ox)` order.
