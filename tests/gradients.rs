@@ -612,3 +612,27 @@ fn a_forward_pass_returns_an_output_that_is_a_view_of_the_input() {
     let input = data(8, 1);
     assert_eq!(program.run(&input).expect("runs")[0].1, input);
 }
+
+#[test]
+fn a_training_mode_forward_with_dropout_draws_the_gradient_programs_mask() {
+    let (features, batch) = (32, 2);
+    let model = compile(&format!("model m : [{features}] {{ dropout(0.25) }}"));
+    let mode = Mode::Training { dropout: true };
+    let ones = vec![1.0; batch * features];
+    let compiled = cnnc::compile_forward(&model, mode, batch).expect("compiles");
+    let mut forward = Inference::new(compiled, TensorStore::new(), 1).expect("runner");
+    forward.seed = 9;
+    let mask = forward.run(&ones).expect("runs").remove(0).1;
+    assert!(
+        mask.iter().all(|&m| m == 0.0 || m == 1.0 / 0.75),
+        "{mask:?}"
+    );
+    assert!(mask.contains(&0.0), "some values dropped");
+    let program = cnnc::compile_gradients(&model, mode, batch).expect("compiles");
+    let mut gradients = Gradients::new(program, TensorStore::new(), 1).expect("runner");
+    gradients.seed = 9;
+    let upstream = [("output".to_string(), ones.clone())];
+    let vjp = gradients.run(&ones, &upstream).expect("runs");
+    assert_eq!(vjp.outputs[0].1, mask);
+    assert_eq!(vjp.input, mask);
+}

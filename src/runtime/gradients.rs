@@ -143,17 +143,7 @@ impl Gradients {
         let mut input = input.to_vec();
         let mut upstream = upstream.to_vec();
         let mut step = DropoutMask::step_buffer(self.seed).to_vec();
-        let plan = &self.compiled.plan;
-        let mut results: Vec<(Role, Vec<f32>)> = Vec::new();
-        for &b in &self.compiled.layout.externals {
-            let role = &plan.buffers[b].role;
-            if matches!(
-                role,
-                Role::Output(_) | Role::InputGradient | Role::Gradient(_)
-            ) {
-                results.push((role.clone(), vec![0.0; plan.buffers[b].len]));
-            }
-        }
+        let mut results = self.result_buffers();
         let lent = Lent {
             input: Some(input.as_mut_slice()),
             weights: Some(&mut self.weights),
@@ -169,6 +159,25 @@ impl Gradients {
             .map_err(GradientError::MissingWeight)?;
         self.executor.run(&self.compiled.program, &mut external)?;
         Ok(self.collect(results))
+    }
+
+    /// A zeroed buffer for each result the program returns, in the order
+    /// of its external slots.
+    fn result_buffers(&self) -> Vec<(Role, Vec<f32>)> {
+        let plan = &self.compiled.plan;
+        self.compiled
+            .layout
+            .externals
+            .iter()
+            .map(|&b| &plan.buffers[b])
+            .filter(|b| {
+                matches!(
+                    b.role,
+                    Role::Output(_) | Role::InputGradient | Role::Gradient(_)
+                )
+            })
+            .map(|b| (b.role.clone(), vec![0.0; b.len]))
+            .collect()
     }
 
     /// The buffers of `results` sorted into outputs, the input's gradient

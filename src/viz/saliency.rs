@@ -146,6 +146,9 @@ fn magnitude(gradient: &[f32], channels: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The colour of a panel's pixel, by the pixel's index in the image.
+type Colouring<'a> = dyn Fn(usize) -> Rgb<u8> + 'a;
+
 /// Height of the band above each panel that holds its caption.
 const CAPTION: u32 = 40;
 /// Space around and between panels.
@@ -163,6 +166,7 @@ fn draw(saliency: &Saliency) -> (RgbImage, Vec<Label>) {
     let size = (GAP + 3 * (panel.0 + GAP), 2 * GAP + CAPTION + panel.1);
     let mut picture = RgbImage::from_pixel(size.0, size.1, Rgb([255, 255, 255]));
     let peak = saliency.map.iter().fold(0.0f32, |m, &v| m.max(v));
+    // Each pixel's share of the peak: what the heat colours show.
     let heat = |i: usize| {
         if peak > 0.0 {
             saliency.map[i] / peak
@@ -170,24 +174,23 @@ fn draw(saliency: &Saliency) -> (RgbImage, Vec<Label>) {
             0.0
         }
     };
-    let captions = [
-        "image".to_string(),
-        format!("saliency of {} ({})", saliency.class_name, saliency.class),
-        format!("over the image (peak {peak:.3})"),
+    let panels: [(String, &Colouring); 3] = [
+        ("image".to_string(), &|i| pixel(saliency, i)),
+        (
+            format!("saliency of {} ({})", saliency.class_name, saliency.class),
+            &|i| hot(heat(i)),
+        ),
+        (format!("over the image (peak {peak:.3})"), &|i| {
+            over(grey(pixel(saliency, i)), hot(heat(i)), heat(i))
+        }),
     ];
     let mut labels = Vec::new();
-    for (k, caption) in captions.into_iter().enumerate() {
+    for (k, (caption, colour)) in panels.into_iter().enumerate() {
         let x = GAP + k as u32 * (panel.0 + GAP);
         for (py, px) in (0..panel.1).flat_map(|y| (0..panel.0).map(move |x| (y, x))) {
             let row = ((f64::from(py) / scale) as usize).min(height - 1);
             let col = ((f64::from(px) / scale) as usize).min(width - 1);
-            let i = row * width + col;
-            let colour = match k {
-                0 => pixel(saliency, i),
-                1 => hot(heat(i)),
-                _ => over(grey(pixel(saliency, i)), hot(heat(i)), heat(i)),
-            };
-            picture.put_pixel(x + px, GAP + CAPTION + py, colour);
+            picture.put_pixel(x + px, GAP + CAPTION + py, colour(row * width + col));
         }
         labels.push(Label {
             text: caption,
