@@ -6,6 +6,11 @@
 //! node per trainable weight, built from each op's rule in
 //! [`crate::ops::gradient`]. A node whose output feeds several consumers gets
 //! the sum of their gradients. The whole step is then compiled once.
+//!
+//! A gradient graph ([`vector_jacobian`]) has the same backward pass, built
+//! by the same walk, seeded differently: each output's gradient is an
+//! `Upstream` node that the caller fills, and the model's input gets a
+//! gradient too. It computes the vector-Jacobian product of the model.
 
 #![deny(
     clippy::wildcard_enum_match_arm,
@@ -43,31 +48,58 @@ pub struct TrainingGraph {
     pub gradients: Vec<(String, NodeIndex)>,
 }
 
+/// A model differentiated from given gradients of its outputs: the forward
+/// pass, then the backward pass that maps the upstream gradients `dL/dy` of
+/// the outputs to `dL/dx` of the input and `dL/dw` of every trainable weight
+/// (a vector-Jacobian product).
+#[derive(Debug, Clone)]
+pub struct GradientGraph {
+    /// The whole graph, shape-checked.
+    pub typed: TypedGraph,
+    /// Each output's name and the `Upstream` node of its gradient (of the
+    /// output's shape), in the order of the model's outputs.
+    pub upstream: Vec<(String, NodeIndex)>,
+    /// The node computing the gradient with respect to the model's input
+    /// (`None` for a graph without an input).
+    pub input_gradient: Option<NodeIndex>,
+    /// Each trainable weight's full name and the node computing its
+    /// gradient (summed over the batch). Batchnorm's moving statistics are
+    /// not trainable, so have none.
+    pub gradients: Vec<(String, NodeIndex)>,
+}
+
 /// Builds the training graph of `model` for the loss `loss`; errors point
 /// into the model's source.
 pub fn differentiate(model: &TypedGraph, loss: &LossSpec) -> Result<TrainingGraph, Diagnostics> {
     check_outputs(model).map_err(|errors| model.graph.diagnostics(errors))?;
-    let mut builder = Builder {
-        graph: model.graph.clone(),
-        grads: HashMap::new(),
-    };
+    let mut builder = Builder::new(model);
     let anchor = model.graph.input.map(|i| model.graph.nodes[i].clone());
     let labels = builder.add(Op::Labels, "labels", anchor.as_ref(), &[]);
     let losses = builder.losses(model, loss, labels);
-    let needs_grad = requires_grad(model);
-    let mut gradients = Vec::new();
-    for &id in model.order.iter().rev() {
-        let Some(dy) = builder.gradient_of(id) else {
-            continue;
-        };
-        gradients.extend(builder.backward(model, id, dy, &needs_grad));
-    }
+    let (gradients, _) = builder.walk(model, &requires_grad(model, false));
     let typed = shapes::infer(builder.graph).map_err(|errors| model.graph.diagnostics(errors))?;
     debug_assert_eq!(typed.graph.verify(), Ok(()));
     Ok(TrainingGraph {
         typed,
         labels,
         losses,
+        gradients,
+    })
+}
+
+/// Builds the gradient graph of `model`: each output seeded with an
+/// `Upstream` node of its shape, whatever that shape is, and gradients for
+/// the input and every trainable weight.
+pub fn vector_jacobian(model: &TypedGraph) -> Result<GradientGraph, Diagnostics> {
+    let mut builder = Builder::new(model);
+    let upstream = builder.upstream(model);
+    let (gradients, input_gradient) = builder.walk(model, &requires_grad(model, true));
+    let typed = shapes::infer(builder.graph).map_err(|errors| model.graph.diagnostics(errors))?;
+    debug_assert_eq!(typed.graph.verify(), Ok(()));
+    Ok(GradientGraph {
+        typed,
+        upstream,
+        input_gradient,
         gradients,
     })
 }
@@ -93,12 +125,13 @@ fn check_outputs(model: &TypedGraph) -> Result<(), Vec<Diagnostic>> {
     }
 }
 
-/// Which nodes' outputs depend on a trainable weight (only those need a gradient).
-fn requires_grad(model: &TypedGraph) -> Vec<bool> {
+/// Which nodes' outputs depend on a trainable weight, or, when `input`, on
+/// the model's input (only those need a gradient).
+fn requires_grad(model: &TypedGraph, input: bool) -> Vec<bool> {
     let g = &model.graph;
     let mut needs = vec![false; model.info.len()];
     for &id in &model.order {
-        let own = g.nodes[id].params.iter().any(|p| p.trainable);
+        let own = g.nodes[id].params.iter().any(|p| p.trainable) || (input && g.input == Some(id));
         needs[id.index()] = own || g.inputs_of(id).iter().any(|i| needs[i.index()]);
     }
     needs
@@ -111,6 +144,56 @@ struct Builder {
 }
 
 impl Builder {
+    /// A builder that extends `model`'s graph.
+    fn new(model: &TypedGraph) -> Builder {
+        Builder {
+            graph: model.graph.clone(),
+            grads: HashMap::new(),
+        }
+    }
+
+    /// The backward pass, from the gradients seeded so far: each forward
+    /// node in reverse order gets the sum of its gradients and passes them
+    /// on by its op's rule to the inputs that `needs_grad`. Returns the
+    /// weight gradients, and the input's gradient when it needs one.
+    fn walk(
+        &mut self,
+        model: &TypedGraph,
+        needs_grad: &[bool],
+    ) -> (Vec<(String, NodeIndex)>, Option<NodeIndex>) {
+        let mut gradients = Vec::new();
+        let mut input_gradient = None;
+        for &id in model.order.iter().rev() {
+            let Some(dy) = self.gradient_of(id) else {
+                continue;
+            };
+            if model.graph.input == Some(id) {
+                input_gradient = Some(dy);
+                continue;
+            }
+            gradients.extend(self.backward(model, id, dy, needs_grad));
+        }
+        (gradients, input_gradient)
+    }
+
+    /// One `Upstream` node per output, of its shape, seeding the backward
+    /// pass at the output itself (a softmax output included: its gradient
+    /// is the softmax's).
+    fn upstream(&mut self, model: &TypedGraph) -> Vec<(String, NodeIndex)> {
+        let mut seeds = Vec::new();
+        for (output, id) in &model.graph.outputs {
+            let like = model.graph.nodes[*id].clone();
+            let op = Op::Upstream {
+                output: output.clone(),
+                shape: model.info(*id).shape.0.clone(),
+            };
+            let seed = self.add(op, &format!("upstream:{output}"), Some(&like), &[]);
+            self.grads.entry(*id).or_default().push(seed);
+            seeds.push((output.clone(), seed));
+        }
+        seeds
+    }
+
     /// Adds a node named `name`, placed (span, layer) like `like`.
     fn add(&mut self, op: Op, name: &str, like: Option<&Node>, inputs: &[NodeIndex]) -> NodeIndex {
         let node = Node {
@@ -330,6 +413,66 @@ mod tests {
             .expect("the stem's gradient");
         assert!(matches!(g.nodes[sum].op, Op::Add));
         assert_eq!(g.inputs_of(sum).len(), 2, "the skip path and the conv path");
+    }
+
+    #[test]
+    fn a_vector_jacobian_product_seeds_each_output_and_reaches_the_input() {
+        // Any output shape will do: the seed is the caller's, not a loss.
+        let model = compile(
+            "model m : [4, 4, 2] {
+                let t = conv(3, 3, padding: same) -> batchnorm
+                output maps = t
+                output scores = t -> global_avg_pool -> softmax
+            }",
+        );
+        let graph = vector_jacobian(&model).expect("differentiates");
+        let g = &graph.typed.graph;
+        let seeds: Vec<(&str, &Op)> = graph
+            .upstream
+            .iter()
+            .map(|(name, id)| (name.as_str(), &g.nodes[*id].op))
+            .collect();
+        let shape = |dims: &[u64]| dims.to_vec();
+        assert_eq!(
+            seeds,
+            [
+                (
+                    "maps",
+                    &Op::Upstream {
+                        output: "maps".into(),
+                        shape: shape(&[4, 4, 3])
+                    }
+                ),
+                (
+                    "scores",
+                    &Op::Upstream {
+                        output: "scores".into(),
+                        shape: shape(&[3])
+                    }
+                ),
+            ]
+        );
+        // No labels and no loss; the softmax output is differentiated itself.
+        assert!(!g.nodes.node_weights().any(|n| matches!(
+            n.op,
+            Op::Labels | Op::CrossEntropy { .. } | Op::CrossEntropyGrad { .. }
+        )));
+        let input = graph.input_gradient.expect("the input's gradient");
+        assert_eq!(graph.typed.info(input).shape.0, vec![4, 4, 2]);
+        assert!(
+            matches!(&g.nodes[input].op, Op::InputGrad { forward, .. } if matches!(**forward, Op::Conv2d { .. }))
+        );
+        let mut names: Vec<&str> = graph.gradients.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "batchnorm1.beta",
+                "batchnorm1.gamma",
+                "conv1.bias",
+                "conv1.kernel"
+            ]
+        );
     }
 
     #[test]

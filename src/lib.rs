@@ -4,16 +4,18 @@
 //!
 //! ```text
 //! .cnn source ──load (parse, imports)──▶ Program ──elaborate──▶ Graph ──infer──▶ TypedGraph
-//!   ──autodiff──▶ TrainingGraph (training only) ──lower──▶ KernelPlan ──fuse──▶ KernelPlan
-//!   ──memory::plan──▶ Layout ──executable::build──▶ Compiled ──runtime──▶ Inference / Trainer
+//!   ──autodiff──▶ TrainingGraph / GradientGraph ──lower──▶ KernelPlan ──fuse──▶ KernelPlan
+//!   ──memory::plan──▶ Layout ──executable::build──▶ Compiled
+//!   ──runtime──▶ Inference / Trainer / Gradients
 //! ```
 //!
 //! The front end ([`load_model`], [`compile_source`], [`compile`]) reports
 //! every error it can find as [`Diagnostics`], rendered with the source line
 //! and a caret under the fault. The back end ([`compile_inference`],
-//! [`compile_training`]) turns a [`TypedGraph`] into a [`Compiled`] program
-//! that [`runtime::inference::Inference`] and [`runtime::training::Trainer`]
-//! run; the runtime never compiles.
+//! [`compile_forward`], [`compile_training`], [`compile_gradients`]) turns a
+//! [`TypedGraph`] into a [`Compiled`] program that
+//! [`runtime::inference::Inference`], [`runtime::training::Trainer`] and
+//! [`runtime::gradients::Gradients`] run; the runtime never compiles.
 
 pub mod autodiff;
 pub mod bench;
@@ -44,6 +46,7 @@ use thiserror::Error;
 
 pub use diagnostics::Diagnostics;
 pub use executable::Compiled;
+pub use passes::lower::Mode;
 pub use plan::KernelPlan;
 pub use shapes::{ParamCounts, TypedGraph};
 pub use syntax::Program;
@@ -142,6 +145,16 @@ pub struct CompiledStep {
     pub optimizer: Optimizer,
 }
 
+/// A gradient program compiled for batches of a fixed size: the forward
+/// pass in `mode`, and the backward pass from the caller's upstream
+/// gradients to the input's and every trainable weight's gradient.
+pub struct CompiledGradients {
+    /// The program.
+    pub compiled: Compiled,
+    /// How its forward pass runs.
+    pub mode: Mode,
+}
+
 /// The kernel plan of `model`'s inference on batches of `batch`: the back
 /// end's planning stages, in order.
 pub fn plan_inference(model: &TypedGraph, batch: usize) -> Result<KernelPlan, CompileError> {
@@ -174,6 +187,64 @@ pub fn plan_training(
     Ok(plan)
 }
 
+/// The kernel plan of `model`'s forward pass in `mode` on batches of
+/// `batch` (with `Mode::Inference`, the inference plan).
+pub fn plan_forward(
+    model: &TypedGraph,
+    mode: Mode,
+    batch: usize,
+) -> Result<KernelPlan, CompileError> {
+    // One kernel call per node; batch statistics and masks by the mode.
+    let mut plan = passes::lower::forward(model, batch, mode)?;
+    // Every call against its kernel's signature (fusion checks again).
+    plan.verify()?;
+    // Element-wise chains into one kernel; activations into epilogues.
+    passes::fuse::run(&mut plan)?;
+    Ok(plan)
+}
+
+/// The kernel plan of the vector-Jacobian product of `model` on batches of
+/// `batch`, its forward pass in `mode`: the training step's stages, seeded
+/// by upstream gradients instead of a loss, and without updates.
+pub fn plan_gradients(
+    model: &TypedGraph,
+    mode: Mode,
+    batch: usize,
+) -> Result<KernelPlan, CompileError> {
+    // The backward pass from upstream gradients, as nodes of the same IR.
+    let graph = autodiff::vector_jacobian(model).map_err(CompileError::Autodiff)?;
+    // Forward in the mode, backward; gradients returned, no weight written.
+    let mut plan = passes::lower::gradients(&graph, batch, mode)?;
+    // Every call against its kernel's signature (fusion checks again).
+    plan.verify()?;
+    // Element-wise chains into one kernel; activations into epilogues.
+    passes::fuse::run(&mut plan)?;
+    Ok(plan)
+}
+
+/// `model`'s forward pass in `mode` compiled for batches of `batch`; run it
+/// with [`runtime::inference::Inference`].
+pub fn compile_forward(
+    model: &TypedGraph,
+    mode: Mode,
+    batch: usize,
+) -> Result<Compiled, CompileError> {
+    generate(plan_forward(model, mode, batch)?)
+}
+
+/// The vector-Jacobian product of `model` compiled for batches of `batch`,
+/// its forward pass in `mode`; run it with [`runtime::gradients::Gradients`].
+pub fn compile_gradients(
+    model: &TypedGraph,
+    mode: Mode,
+    batch: usize,
+) -> Result<CompiledGradients, CompileError> {
+    Ok(CompiledGradients {
+        compiled: generate(plan_gradients(model, mode, batch)?)?,
+        mode,
+    })
+}
+
 /// `model` compiled for inference on batches of `batch`.
 pub fn compile_inference(model: &TypedGraph, batch: usize) -> Result<Compiled, CompileError> {
     generate(plan_inference(model, batch)?)
@@ -193,7 +264,7 @@ pub fn compile_training(
     })
 }
 
-/// The last stages, shared by inference and training.
+/// The last stages, shared by every program.
 fn generate(plan: KernelPlan) -> Result<Compiled, CompileError> {
     // Temporaries into one arena by liveness; the rest lent by the caller.
     let layout = memory::plan(&plan)?;

@@ -1,7 +1,9 @@
 //! The forward pass for the command line: `cnnc predict --input X.npy
 //! --output Y.npy` on NumPy arrays, so that outputs can be compared with
-//! other frameworks', and `cnnc predict img.png …` on image files, giving
-//! each image's most likely classes by name.
+//! other frameworks', in inference or training mode, and `cnnc predict
+//! img.png …` on image files, giving each image's most likely classes by
+//! name. `cnnc grad` ([`gradients_npy`]) runs the gradient program on
+//! NumPy arrays, so that gradients can be compared too.
 
 use std::path::{Path, PathBuf};
 
@@ -9,10 +11,11 @@ use ndarray::{ArrayD, IxDyn};
 use thiserror::Error;
 
 use crate::data::folder::{self, Conversion, FolderError};
+use crate::runtime::gradients::{GradientError, Gradients};
 use crate::runtime::inference::{Inference, InferenceError};
 use crate::runtime::weights::{self, TensorStore, WeightsError};
 use crate::shapes::TypedGraph;
-use crate::CompileError;
+use crate::{CompileError, Mode};
 
 /// Why a prediction failed.
 #[derive(Debug, Error)]
@@ -55,6 +58,37 @@ pub enum PredictError {
     /// The forward pass failed.
     #[error(transparent)]
     Inference(#[from] InferenceError),
+    /// The gradient program failed.
+    #[error(transparent)]
+    Gradient(#[from] GradientError),
+    /// An upstream gradient's array does not have its output's shape.
+    #[error("`{path}` has shape {actual:?}, but the upstream gradient of output `{output}` for the input's {count} example{} has shape [{}]", if *.count == 1 { "" } else { "s" }, join(.expected))]
+    UpstreamShape {
+        /// The file.
+        path: PathBuf,
+        /// The output.
+        output: String,
+        /// The examples in the input.
+        count: usize,
+        /// The shape needed, the batch first.
+        expected: Vec<usize>,
+        /// The array's shape.
+        actual: Vec<usize>,
+    },
+    /// The upstream gradients are not one per output.
+    #[error("upstream gradients are given for [{}], but the model's outputs are [{}]: give one per output, each as NAME=FILE when there are several", .given.join(", "), .outputs.join(", "))]
+    UpstreamOutputs {
+        /// The outputs named (`?` for a file given without a name).
+        given: Vec<String>,
+        /// The model's outputs.
+        outputs: Vec<String>,
+    },
+    /// Two results would go to the same file.
+    #[error("two results would be written to `{path}` (an output and a weight's gradient have the same file name): rename the output or the layer")]
+    Clash {
+        /// The file.
+        path: PathBuf,
+    },
     /// An output file could not be written.
     #[error("cannot write `{path}`: {message}")]
     Write {
@@ -72,41 +106,40 @@ fn join(dims: &[usize]) -> String {
         .join(", ")
 }
 
+/// How [`predict_npy`] runs the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NpyOptions {
+    /// Examples per batch.
+    pub batch: usize,
+    /// Inference or training mode. In training mode batchnorm normalises
+    /// each batch with its own statistics, so the outputs depend on the
+    /// batch size: Keras's `model(x, training=True)` takes the whole array
+    /// as one batch.
+    pub mode: Mode,
+    /// Worker threads.
+    pub threads: usize,
+}
+
 /// Runs `model` with the weights in `weights` on the examples in `input`
-/// (`[N, ...]` or one example) in batches of at most `batch`, and writes
-/// each output to `output` (a model with several outputs writes
-/// `output` with `.{name}` before the extension). Returns the files written.
+/// (`[N, ...]` or one example) in batches of at most `options.batch`, in
+/// `options.mode`, and writes each output to `output` (a model with several
+/// outputs writes `output` with `.{name}` before the extension). Returns
+/// the files written.
 pub fn predict_npy(
     model: &TypedGraph,
     weights: &Path,
     input: &Path,
     output: &Path,
-    batch: usize,
-    threads: usize,
+    options: NpyOptions,
 ) -> Result<Vec<PathBuf>, PredictError> {
     let store = weights::load_for(model, weights)?;
-    let array: ArrayD<f32> = ndarray_npy::read_npy(input).map_err(|e| PredictError::Read {
-        path: input.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let example: Vec<usize> = model
-        .input_shape()
-        .map(|s| s.0.iter().map(|&d| d as usize).collect())
-        .unwrap_or_default();
-    let shape = array.shape().to_vec();
-    let count = if shape == example {
-        1
-    } else if shape.len() == example.len() + 1 && shape[1..] == example[..] {
-        shape[0]
-    } else {
-        return Err(PredictError::Shape {
-            path: input.to_path_buf(),
-            expected: example,
-            actual: shape,
-        });
+    let (values, _, count) = read_input(model, input)?;
+    let batches = Batches {
+        count,
+        batch: options.batch.max(1),
+        threads: options.threads,
     };
-    let values: Vec<f32> = array.iter().copied().collect();
-    let outputs = forward(model, store, &values, count, batch.max(1), threads)?;
+    let outputs = forward(model, store, &values, batches, options.mode)?;
     let mut written = Vec::new();
     let several = outputs.len() > 1;
     for ((name, values), (_, shape)) in outputs.into_iter().zip(model.outputs()) {
@@ -118,15 +151,188 @@ pub fn predict_npy(
         let dims: Vec<usize> = std::iter::once(count)
             .chain(shape.iter().map(|&d| d as usize))
             .collect();
-        let array =
-            ArrayD::from_shape_vec(IxDyn(&dims), values).map_err(|e| PredictError::Write {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        ndarray_npy::write_npy(&path, &array).map_err(|e| PredictError::Write {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        write_array(&path, &dims, values)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// The float32 array in `path`, flattened, with its shape.
+fn read_array(path: &Path) -> Result<(Vec<f32>, Vec<usize>), PredictError> {
+    let array: ArrayD<f32> = ndarray_npy::read_npy(path).map_err(|e| PredictError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let shape = array.shape().to_vec();
+    Ok((array.iter().copied().collect(), shape))
+}
+
+/// The examples in `path` (`[N, ...]` or one example of `model`'s input),
+/// flattened, with the array's shape and how many examples there are.
+fn read_input(
+    model: &TypedGraph,
+    path: &Path,
+) -> Result<(Vec<f32>, Vec<usize>, usize), PredictError> {
+    let (values, shape) = read_array(path)?;
+    let example: Vec<usize> = model
+        .input_shape()
+        .map(|s| s.0.iter().map(|&d| d as usize).collect())
+        .unwrap_or_default();
+    let count = if shape == example {
+        1
+    } else if shape.len() == example.len() + 1 && shape[1..] == example[..] {
+        shape[0]
+    } else {
+        return Err(PredictError::Shape {
+            path: path.to_path_buf(),
+            expected: example,
+            actual: shape,
+        });
+    };
+    Ok((values, shape, count))
+}
+
+/// Writes `values` as a float32 .npy array of shape `dims`.
+fn write_array(path: &Path, dims: &[usize], values: Vec<f32>) -> Result<(), PredictError> {
+    let write_error = |message: String| PredictError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
+    let array =
+        ArrayD::from_shape_vec(IxDyn(dims), values).map_err(|e| write_error(e.to_string()))?;
+    ndarray_npy::write_npy(path, &array).map_err(|e| write_error(e.to_string()))
+}
+
+/// The files `cnnc grad` reads and where it writes.
+#[derive(Debug, Clone, Copy)]
+pub struct GradFiles<'a> {
+    /// The weights (safetensors).
+    pub weights: &'a Path,
+    /// The input: float32 .npy of shape `[N, ...]` or one example.
+    pub input: &'a Path,
+    /// The upstream gradient of each output, float32 .npy of the output's
+    /// shape over the `N` examples: `(None, file)` for a model's only
+    /// output, or `(Some(output), file)` for each output.
+    pub upstream: &'a [(Option<String>, PathBuf)],
+    /// The folder the results go to (created when missing).
+    pub out: &'a Path,
+}
+
+/// Runs the gradient program of `model` (the vector-Jacobian product of
+/// [`crate::compile_gradients`]) in `mode` on every example of
+/// `files.input` as one batch (so that batch statistics in training mode
+/// are the whole array's, as in Keras), with the upstream gradients of
+/// `files.upstream`, and writes into `files.out`: `output.npy` (or, for a
+/// model with several outputs, `output.NAME.npy` per output), `input.npy`
+/// (the input's gradient, in the input file's shape) and `WEIGHT.npy` per
+/// trainable weight (its gradient, in the weight's own layout). Nothing is
+/// written when an array does not fit. Returns the files written.
+pub fn gradients_npy(
+    model: &TypedGraph,
+    files: GradFiles<'_>,
+    mode: Mode,
+    threads: usize,
+) -> Result<Vec<PathBuf>, PredictError> {
+    let store = weights::load_for(model, files.weights)?;
+    let (input, input_shape, count) = read_input(model, files.input)?;
+    let upstream = read_upstream(model, files.upstream, count)?;
+    let compiled = crate::compile_gradients(model, mode, count)?;
+    let mut program = Gradients::new(compiled, store, threads)?;
+    let vjp = program.run(&input, &upstream)?;
+    let several = vjp.outputs.len() > 1;
+    let mut results: Vec<(PathBuf, Vec<usize>, Vec<f32>)> = Vec::new();
+    for ((name, values), (_, shape)) in vjp.outputs.into_iter().zip(model.outputs()) {
+        let file = if several {
+            format!("output.{name}.npy")
+        } else {
+            "output.npy".to_string()
+        };
+        let dims = std::iter::once(count).chain(shape.iter().map(|&d| d as usize));
+        results.push((files.out.join(file), dims.collect(), values));
+    }
+    results.push((files.out.join("input.npy"), input_shape, vjp.input));
+    for (name, tensor) in vjp.weights.iter() {
+        let path = files.out.join(format!("{name}.npy"));
+        results.push((path, tensor.shape.clone(), tensor.data.clone()));
+    }
+    write_all(files.out, results)
+}
+
+/// Each output's upstream gradient, read from `given` and checked against
+/// the output's shape over `count` examples.
+fn read_upstream(
+    model: &TypedGraph,
+    given: &[(Option<String>, PathBuf)],
+    count: usize,
+) -> Result<Vec<(String, Vec<f32>)>, PredictError> {
+    let outputs = model.outputs();
+    let names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
+    let mismatch = || PredictError::UpstreamOutputs {
+        given: given
+            .iter()
+            .map(|(n, _)| n.clone().unwrap_or_else(|| "?".into()))
+            .collect(),
+        outputs: names.clone(),
+    };
+    let mut upstream = Vec::new();
+    for (name, shape) in &outputs {
+        let mut files = given.iter().filter(|(n, _)| match n {
+            Some(n) => n == name,
+            None => outputs.len() == 1,
+        });
+        let (Some((_, path)), None) = (files.next(), files.next()) else {
+            return Err(mismatch());
+        };
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        upstream.push((name.clone(), read_upstream_file(path, name, &shape, count)?));
+    }
+    if given.len() != outputs.len() {
+        return Err(mismatch());
+    }
+    Ok(upstream)
+}
+
+/// The upstream gradient of output `output` (per-example shape `shape`) in
+/// `path`: `[count, ...shape]`, or `shape` when there is one example.
+fn read_upstream_file(
+    path: &Path,
+    output: &str,
+    shape: &[usize],
+    count: usize,
+) -> Result<Vec<f32>, PredictError> {
+    let (values, actual) = read_array(path)?;
+    let expected: Vec<usize> = std::iter::once(count)
+        .chain(shape.iter().copied())
+        .collect();
+    if actual == expected || (count == 1 && actual == shape) {
+        return Ok(values);
+    }
+    Err(PredictError::UpstreamShape {
+        path: path.to_path_buf(),
+        output: output.to_string(),
+        count,
+        expected,
+        actual,
+    })
+}
+
+/// Writes each `(path, shape, values)` as .npy into `folder` (created when
+/// missing), after checking that no two share a path.
+fn write_all(
+    folder: &Path,
+    results: Vec<(PathBuf, Vec<usize>, Vec<f32>)>,
+) -> Result<Vec<PathBuf>, PredictError> {
+    let mut seen = std::collections::HashSet::new();
+    if let Some((path, _, _)) = results.iter().find(|(p, _, _)| !seen.insert(p.clone())) {
+        return Err(PredictError::Clash { path: path.clone() });
+    }
+    std::fs::create_dir_all(folder).map_err(|e| PredictError::Write {
+        path: folder.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut written = Vec::new();
+    for (path, shape, values) in results {
+        write_array(&path, &shape, values)?;
         written.push(path);
     }
     Ok(written)
@@ -181,8 +387,12 @@ pub fn predict_images(
     for path in paths {
         values.extend(folder::read_image(path, conversion)?);
     }
-    let batch = paths.len().clamp(1, 256);
-    let outputs = forward(model, store, &values, paths.len(), batch, threads)?;
+    let batches = Batches {
+        count: paths.len(),
+        batch: paths.len().clamp(1, 256),
+        threads,
+    };
+    let outputs = forward(model, store, &values, batches, Mode::Inference)?;
     let scores = &outputs[0].1;
     Ok(paths
         .iter()
@@ -202,17 +412,16 @@ pub fn predict_images(
         .collect())
 }
 
-/// The outputs of `count` examples, run in batches of `batch` (the last,
-/// smaller batch with its own program).
+/// The outputs of `batches.count` examples in `mode`, run in batches of
+/// `batches.batch` (the last, smaller batch with its own program).
 fn forward(
     model: &TypedGraph,
     store: TensorStore,
     values: &[f32],
-    count: usize,
-    batch: usize,
-    threads: usize,
+    batches: Batches,
+    mode: Mode,
 ) -> Result<Vec<(String, Vec<f32>)>, PredictError> {
-    let per_example = values.len() / count.max(1);
+    let per_example = values.len() / batches.count.max(1);
     let mut outputs: Vec<(String, Vec<f32>)> = model
         .outputs()
         .into_iter()
@@ -221,23 +430,13 @@ fn forward(
     let examples = |start: usize, size: usize| {
         values[start * per_example..(start + size) * per_example].to_vec()
     };
-    run_in_batches::<PredictError>(
-        model,
-        &store,
-        Batches {
-            count,
-            batch,
-            threads,
-        },
-        examples,
-        |_, results| {
-            for (name, part) in results {
-                if let Some((_, all)) = outputs.iter_mut().find(|(n, _)| *n == name) {
-                    all.extend(part);
-                }
+    run_in_batches_as::<PredictError>(model, &store, (batches, mode), examples, |_, results| {
+        for (name, part) in results {
+            if let Some((_, all)) = outputs.iter_mut().find(|(n, _)| *n == name) {
+                all.extend(part);
             }
-        },
-    )?;
+        }
+    })?;
     Ok(outputs)
 }
 
@@ -274,6 +473,18 @@ pub fn run_in_batches<E: From<CompileError> + From<InferenceError>>(
     model: &TypedGraph,
     weights: &TensorStore,
     batches: Batches,
+    examples: impl FnMut(usize, usize) -> Vec<f32>,
+    each: impl FnMut(usize, Vec<(String, Vec<f32>)>),
+) -> Result<(), E> {
+    run_in_batches_as(model, weights, (batches, Mode::Inference), examples, each)
+}
+
+/// Like [`run_in_batches`], the forward pass in `mode` (each batch of a
+/// training-mode forward normalised with its own statistics).
+pub fn run_in_batches_as<E: From<CompileError> + From<InferenceError>>(
+    model: &TypedGraph,
+    weights: &TensorStore,
+    (batches, mode): (Batches, Mode),
     mut examples: impl FnMut(usize, usize) -> Vec<f32>,
     mut each: impl FnMut(usize, Vec<(String, Vec<f32>)>),
 ) -> Result<(), E> {
@@ -288,7 +499,7 @@ pub fn run_in_batches<E: From<CompileError> + From<InferenceError>>(
     while start < count {
         let size = batch.min(count - start);
         if program.as_ref().is_none_or(|p| p.plan().batch != size) {
-            let compiled = crate::compile_inference(model, size)?;
+            let compiled = crate::compile_forward(model, mode, size)?;
             program = Some(Inference::new(compiled, weights.clone(), threads)?);
         }
         let outputs = program

@@ -14,7 +14,7 @@ use cnnc::elaborate::layers::{
 };
 use cnnc::graph::{Activation, Graph, Init, Node, Op, Padding, Param, PoolKind, Shape};
 use cnnc::ops::{self, GradInputs};
-use cnnc::passes::lower;
+use cnnc::passes::lower::{self, Mode};
 use petgraph::stable_graph::NodeIndex;
 
 const WALKTHROUGH: &str = include_str!("../docs/adding-an-op.md");
@@ -287,6 +287,7 @@ fn samples() -> Vec<(Op, Wiring)> {
         Op::Concat { .. } => (Op::Concat { axis: 2 }, TwoImages),
         Op::Multiply => (Op::Multiply, ImageAndScales),
         Op::Labels => (Op::Labels, Built),
+        Op::Upstream { .. } => (Op::Upstream { output: "output".into(), shape: vec![3] }, Built),
         Op::CrossEntropy { .. } => (Op::CrossEntropy { smoothing: 0.0, weight: 1.0 }, Built),
         Op::CrossEntropyGrad { .. } => (Op::CrossEntropyGrad { smoothing: 0.0, weight: 1.0 }, Built),
         Op::InputGrad { .. } => (
@@ -438,8 +439,9 @@ fn default_args(signature: &[ArgSpec]) -> Args {
     Args(bound)
 }
 
-/// Builds a model around `op`, lowers it for inference and for training,
-/// and returns the kinds of op that autodiff added.
+/// Builds a model around `op`, lowers it for inference, for training and
+/// as a gradient program in both modes, and returns the kinds of op that
+/// autodiff added.
 fn check_lowering(op: &Op, wiring: Wiring) -> Vec<std::mem::Discriminant<Op>> {
     let model = cnnc::shapes::infer(model_around(op, wiring))
         .unwrap_or_else(|d| panic!("{op}: {}", d[0].message));
@@ -457,9 +459,16 @@ fn check_lowering(op: &Op, wiring: Wiring) -> Vec<std::mem::Discriminant<Op>> {
         _ => false,
     });
     assert!(gradient_of_op, "{op}: autodiff gave it no input gradient");
+    let vjp = autodiff::vector_jacobian(&model).unwrap_or_else(|d| panic!("{op}: {d}"));
+    for mode in [Mode::Inference, Mode::Training { dropout: true }] {
+        let plan = lower::gradients(&vjp, 2, mode).unwrap_or_else(|e| panic!("{op}: {e}"));
+        plan.verify()
+            .unwrap_or_else(|e| panic!("{op}, {mode:?}: {e}"));
+    }
     graph
         .nodes
         .node_weights()
+        .chain(vjp.typed.graph.nodes.node_weights())
         .map(|n| discriminant(&n.op))
         .collect()
 }

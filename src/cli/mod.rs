@@ -17,6 +17,7 @@ mod bench;
 mod check;
 mod compile;
 mod eval;
+mod grad;
 mod graph;
 mod maps;
 mod overrides;
@@ -52,6 +53,7 @@ pub enum Command {
     Run(run::Args),
     Eval(eval::Args),
     Predict(predict::Args),
+    Grad(grad::Args),
     Show(show::Args),
     Maps(maps::Args),
     Plot(plot::Args),
@@ -70,6 +72,7 @@ impl Command {
             Command::Run(args) => run::run(args),
             Command::Eval(args) => eval::run(args),
             Command::Predict(args) => predict::run(args),
+            Command::Grad(args) => grad::run(args),
             Command::Show(args) => show::run(args),
             Command::Maps(args) => maps::run(args),
             Command::Plot(args) => plot::run(args),

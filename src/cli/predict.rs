@@ -2,11 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use cnnc::predict;
+use cnnc::predict::{self, NpyOptions};
 use cnnc::runtime::weights;
 use cnnc::{Diagnostics, TypedGraph};
 
-use super::shared::{classify, cores, failure, load, ClassifyArgs};
+use super::shared::{classify, cores, failure, load, ClassifyArgs, ModeArg};
 
 /// Classify images (top classes by name), or run the forward pass on a NumPy array into .npy.
 #[derive(clap::Args)]
@@ -36,6 +36,9 @@ pub struct Args {
     /// Examples per batch.
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// How --input runs: inference (batchnorm on its moving statistics) or training (on each batch's statistics; dropout off). Images are classified in inference mode.
+    #[arg(long, value_enum, default_value_t = ModeArg::Inference, hide_possible_values = true)]
+    mode: ModeArg,
 }
 
 /// The files `--input` ran into, or each image's top classes.
@@ -58,7 +61,12 @@ fn predict_npy(
     input: &Path,
     output: &Path,
 ) -> Result<String, String> {
-    let files = predict::predict_npy(model, &args.weights, input, output, args.batch, cores())
+    let options = NpyOptions {
+        batch: args.batch,
+        mode: args.mode.mode(),
+        threads: cores(),
+    };
+    let files = predict::predict_npy(model, &args.weights, input, output, options)
         .map_err(|e| e.to_string())?;
     Ok(files
         .iter()
@@ -68,6 +76,9 @@ fn predict_npy(
 
 /// Each image's `--top` classes with the weights given.
 fn classify_images(model: &TypedGraph, args: &Args) -> Result<String, String> {
+    if args.mode != ModeArg::Inference {
+        return Err("--mode training runs the forward pass of an --input array; images are classified in inference mode".into());
+    }
     let store = weights::load_for(model, &args.weights).map_err(|e| e.to_string())?;
     let options = ClassifyArgs {
         resize: args.resize,

@@ -154,3 +154,23 @@ pub fn top_k_text(figures: impl Iterator<Item = (u64, f64)>) -> String {
         .map(|(k, a)| format!("  top-{k} accuracy {a:.4}"))
         .collect()
 }
+
+/// `--mode`: how `cnnc predict` and `cnnc grad` run the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// Batchnorm on its moving statistics (Keras's `training=False`).
+    Inference,
+    /// Batchnorm on the batch's statistics (Keras's `training=True`),
+    /// the moving statistics unchanged; dropout stays off.
+    Training,
+}
+
+impl ModeArg {
+    /// The library's mode.
+    pub fn mode(self) -> cnnc::Mode {
+        match self {
+            ModeArg::Inference => cnnc::Mode::Inference,
+            ModeArg::Training => cnnc::Mode::Training { dropout: false },
+        }
+    }
+}

@@ -590,6 +590,7 @@ pub fn written_as(op: &Op) -> Written {
         Op::Multiply => Written::Combination("*"),
         Op::Concat { .. } => Written::Combination("concat"),
         Op::Labels
+        | Op::Upstream { .. }
         | Op::CrossEntropy { .. }
         | Op::CrossEntropyGrad { .. }
         | Op::InputGrad { .. }

@@ -188,6 +188,16 @@ pub enum Op {
     // The ops below appear only in training graphs, built by autodiff.
     /// The class labels of a training batch: one class index per example.
     Labels,
+    /// The gradient of some function of the outputs with respect to output
+    /// `output`, given by the caller of a gradient program: it seeds the
+    /// backward pass where a training graph has a loss (a vector-Jacobian
+    /// product, `crate::autodiff::vector_jacobian`).
+    Upstream {
+        /// The output it is the gradient of.
+        output: String,
+        /// The output's per-example shape.
+        shape: Vec<u64>,
+    },
     /// Sparse categorical cross-entropy of logits against labels, fused with
     /// softmax: each example's loss, times `weight` (the output's loss weight).
     CrossEntropy {
@@ -285,6 +295,7 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Multiply => "multiply",
             Op::Labels => "labels",
+            Op::Upstream { .. } => "upstream",
             Op::CrossEntropy { .. } => "cross_entropy",
             Op::CrossEntropyGrad { .. } => "cross_entropy_grad",
             Op::InputGrad { .. } => "input_grad",
@@ -315,6 +326,7 @@ impl Op {
             | Op::Concat { .. }
             | Op::Multiply
             | Op::Labels
+            | Op::Upstream { .. }
             | Op::CrossEntropy { .. }
             | Op::CrossEntropyGrad { .. }
             | Op::InputGrad { .. } => true,
@@ -324,7 +336,7 @@ impl Op {
     /// The number of inputs the op takes.
     pub fn arity(&self) -> Arity {
         match self {
-            Op::Input { .. } | Op::Labels => Arity::Exactly(0),
+            Op::Input { .. } | Op::Labels | Op::Upstream { .. } => Arity::Exactly(0),
             Op::Conv2d { .. }
             | Op::DepthwiseConv2d { .. }
             | Op::Dense { .. }
@@ -374,6 +386,7 @@ impl fmt::Display for Op {
             Op::CrossEntropy { smoothing, weight } | Op::CrossEntropyGrad { smoothing, weight } => {
                 write!(f, "{}(smoothing={smoothing}, weight={weight})", self.name())
             }
+            Op::Upstream { output, .. } => write!(f, "upstream(output={output})"),
             Op::InputGrad { forward, slot, .. } => write!(f, "input_grad[{slot}]({forward})"),
             Op::WeightGrad { forward, weight, .. } => write!(f, "weight_grad[{weight}]({forward})"),
             Op::Conv2d { filters, kernel, stride, padding: p, dilation, bias } => write!(

@@ -138,6 +138,7 @@ pub fn gradient(op: &Op, arity: usize) -> Rule {
         // Inputs, labels, losses and gradients are not differentiated again.
         Op::Input { .. }
         | Op::Labels
+        | Op::Upstream { .. }
         | Op::CrossEntropy { .. }
         | Op::CrossEntropyGrad { .. }
         | Op::InputGrad { .. }

@@ -267,6 +267,7 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
         Op::Concat { axis } => concat(inputs, *axis)?,
         Op::Multiply => multiply(inputs[0], inputs[1])?,
         Op::Labels => Shape(vec![1]),
+        Op::Upstream { shape, .. } => Shape(shape.clone()),
         Op::CrossEntropy { .. } => {
             vector(op, inputs[0])?;
             Shape(vec![1])
@@ -365,6 +366,7 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
         | Op::Concat { .. }
         | Op::Multiply
         | Op::Labels
+        | Op::Upstream { .. }
         | Op::CrossEntropy { .. }
         | Op::CrossEntropyGrad { .. }
         | Op::InputGrad { .. }
@@ -411,6 +413,7 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
         | Op::Concat { .. }
         | Op::Multiply
         | Op::Labels
+        | Op::Upstream { .. }
         | Op::CrossEntropy { .. }
         | Op::CrossEntropyGrad { .. } => 0,
     };

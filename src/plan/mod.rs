@@ -34,6 +34,14 @@ pub enum Role {
     State(String),
     /// Per-step scalars, by name (`coefficients`, `step`: set by the caller).
     Scalars(String),
+    /// The gradient of an output, by output name, that seeds a gradient
+    /// program's backward pass (given by the caller).
+    Upstream(String),
+    /// The gradient with respect to the model's input (returned to the caller).
+    InputGradient,
+    /// The gradient of a trainable weight, by its full name, summed over
+    /// the batch (returned to the caller).
+    Gradient(String),
     /// Anything else: placed in the arena by liveness.
     Temporary,
 }
@@ -202,6 +210,9 @@ impl fmt::Display for KernelPlan {
                 Role::Loss(o) => format!("loss {o}"),
                 Role::State(s) => format!("state {s}"),
                 Role::Scalars(s) => format!("scalars {s}"),
+                Role::Upstream(o) => format!("upstream {o}"),
+                Role::InputGradient => "input gradient".to_string(),
+                Role::Gradient(w) => format!("gradient {w}"),
                 Role::Temporary => "temporary".to_string(),
             };
             writeln!(f, "buffer %{i} {} [{}] {role}", b.name, b.len)?;

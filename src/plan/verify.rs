@@ -135,18 +135,31 @@ impl KernelPlan {
 /// Whether the caller provides the buffer's values before the run.
 fn lent(role: &Role) -> bool {
     match role {
-        Role::Input | Role::Labels | Role::Weight(_) | Role::State(_) | Role::Scalars(_) => true,
-        Role::Output(_) | Role::Loss(_) | Role::Temporary => false,
+        Role::Input
+        | Role::Labels
+        | Role::Weight(_)
+        | Role::State(_)
+        | Role::Scalars(_)
+        | Role::Upstream(_) => true,
+        Role::Output(_)
+        | Role::Loss(_)
+        | Role::InputGradient
+        | Role::Gradient(_)
+        | Role::Temporary => false,
     }
 }
 
 /// Whether the program must leave the buffer as the caller lent it.
 fn read_only(role: &Role) -> bool {
     match role {
-        Role::Input | Role::Labels | Role::Scalars(_) => true,
-        Role::Weight(_) | Role::State(_) | Role::Output(_) | Role::Loss(_) | Role::Temporary => {
-            false
-        }
+        Role::Input | Role::Labels | Role::Scalars(_) | Role::Upstream(_) => true,
+        Role::Weight(_)
+        | Role::State(_)
+        | Role::Output(_)
+        | Role::Loss(_)
+        | Role::InputGradient
+        | Role::Gradient(_)
+        | Role::Temporary => false,
     }
 }
 

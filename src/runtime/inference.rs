@@ -1,8 +1,10 @@
 //! Inference: a model compiled for batches of a fixed size
-//! ([`crate::compile_inference`]), with its weights, run on arrays.
+//! ([`crate::compile_inference`], or [`crate::compile_forward`] in either
+//! mode), with its weights, run on arrays.
 
 use thiserror::Error;
 
+use crate::codegen::native::DropoutMask;
 use crate::executable::Compiled;
 use crate::plan::{KernelPlan, Role};
 
@@ -38,6 +40,9 @@ pub struct Inference {
     compiled: Compiled,
     executor: Executor,
     weights: TensorStore,
+    /// Mixed into dropout's masks when the program draws them (a
+    /// training-mode forward with dropout on).
+    pub seed: u64,
 }
 
 impl Inference {
@@ -59,6 +64,7 @@ impl Inference {
             compiled,
             executor: Executor::new(threads)?,
             weights,
+            seed: 0,
         })
     }
 
@@ -91,6 +97,7 @@ impl Inference {
             });
         }
         let mut input = input.to_vec();
+        let mut step = DropoutMask::step_buffer(self.seed).to_vec();
         let mut outputs: Vec<(String, Vec<f32>)> = Vec::new();
         for &b in &self.compiled.layout.externals {
             if let Role::Output(name) = &plan.buffers[b].role {
@@ -100,6 +107,7 @@ impl Inference {
         let lent = Lent {
             input: Some(input.as_mut_slice()),
             weights: Some(&mut self.weights),
+            scalars: vec![("step", step.as_mut_slice())],
             results: outputs.iter_mut().map(|(_, v)| v.as_mut_slice()).collect(),
             ..Lent::default()
         };

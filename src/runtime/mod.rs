@@ -1,9 +1,10 @@
 //! The runtime: runs compiled programs ([`crate::Compiled`]); it never
 //! compiles.
 //!
-//! [`inference::Inference`] and [`training::Trainer`] own a compiled
-//! program, its weights (and a trainer its optimizer state), and lend them
-//! to the program's external slots for each run ([`binding`]).
+//! [`inference::Inference`], [`training::Trainer`] and
+//! [`gradients::Gradients`] own a compiled program, its weights (and a
+//! trainer its optimizer state), and lend them to the program's external
+//! slots for each run ([`binding`]).
 //! [`executor`] runs the program's kernels over an arena on worker threads,
 //! with results that do not depend on the number of threads; [`team`] is
 //! the thread team it hands each kernel's parts to. [`weights`] holds named
@@ -13,6 +14,7 @@
 
 pub mod binding;
 pub mod executor;
+pub mod gradients;
 pub mod inference;
 pub mod team;
 pub mod training;

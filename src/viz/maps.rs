@@ -188,7 +188,7 @@ pub fn load_image(path: &Path, shape: [usize; 3]) -> Result<(Vec<f32>, Option<St
 }
 
 /// The model's input shape, when it is an image of 1 or 3 channels.
-fn image_shape(model: &TypedGraph) -> Result<[usize; 3], VizError> {
+pub(super) fn image_shape(model: &TypedGraph) -> Result<[usize; 3], VizError> {
     let shape = model.input_shape().map(|s| s.0.clone()).unwrap_or_default();
     match shape[..] {
         [h, w, c @ (1 | 3)] => Ok([h as usize, w as usize, c as usize]),
@@ -216,7 +216,7 @@ fn node_shape(model: &TypedGraph, node: NodeIndex) -> Result<[usize; 3], VizErro
 
 /// `model` cut after `target`: only the nodes `target` depends on, with
 /// `target` as the only output.
-fn up_to(model: &TypedGraph, target: NodeIndex) -> TypedGraph {
+pub(super) fn up_to(model: &TypedGraph, target: NodeIndex) -> TypedGraph {
     let mut keep = HashSet::new();
     let mut pending = vec![target];
     while let Some(id) = pending.pop() {
@@ -298,7 +298,7 @@ fn draw(maps: &FeatureMaps, names: &[String]) -> (RgbImage, Vec<Label>) {
 
 /// Screen pixels per map pixel: small maps are enlarged to about 160
 /// pixels, large ones shrunk to at most 640.
-fn panel_scale(height: usize, width: usize) -> f64 {
+pub(super) fn panel_scale(height: usize, width: usize) -> f64 {
     let side = height.max(width).max(1) as f64;
     if side < 160.0 {
         (160.0 / side).ceil()

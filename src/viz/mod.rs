@@ -8,6 +8,8 @@
 //! - [`grid::render`]: a grid of labelled training images (`cnnc show`).
 //! - [`maps::render`]: the feature maps of one layer for some input images
 //!   (`cnnc maps`).
+//! - [`saliency::render`]: a saliency map, what an image's class score
+//!   depends on (`cnnc maps --saliency`).
 //! - [`curves::render`]: learning curves from a training history.
 //! - [`confusion::render`]: a confusion matrix as a heat map with class names.
 //!
@@ -20,6 +22,7 @@ pub mod curves;
 pub mod diagram;
 pub mod grid;
 pub mod maps;
+pub mod saliency;
 mod text;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +33,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use thiserror::Error;
 
+use crate::runtime::gradients::GradientError;
 use crate::runtime::inference::InferenceError;
 
 /// Why a picture could not be made.
@@ -113,6 +117,25 @@ pub enum VizError {
     /// The forward pass failed.
     #[error(transparent)]
     Inference(#[from] InferenceError),
+    /// The gradient program failed.
+    #[error(transparent)]
+    Gradient(#[from] GradientError),
+    /// The model's first output is not a vector of class scores.
+    #[error("output `{output}` has shape {shape:?}, not one score per class: a saliency map differentiates a class score")]
+    NotScores {
+        /// The output.
+        output: String,
+        /// Its per-example shape.
+        shape: Vec<u64>,
+    },
+    /// The class asked for is not one of the model's.
+    #[error("there is no class {class}: the model has {classes} classes, 0 to {}", .classes.saturating_sub(1))]
+    NoSuchClass {
+        /// The class asked for.
+        class: usize,
+        /// How many classes the model has.
+        classes: usize,
+    },
 }
 
 fn suggestion(suggestions: &[String]) -> String {

@@ -23,6 +23,12 @@ pub(super) enum Family<'op> {
     Input,
     /// The labels of a training batch: a buffer the runtime fills.
     Labels,
+    /// The upstream gradient of an output, which seeds a gradient
+    /// program: a buffer the runtime fills.
+    Upstream {
+        /// The output it is the gradient of.
+        output: &'op str,
+    },
     /// A reshape (`flatten`): a view of its input's buffer; its gradient
     /// is a view of dY.
     Reshape,
@@ -171,6 +177,7 @@ pub(super) fn family(op: &Op) -> Family<'_> {
     match op {
         Op::Input { .. } => Family::Input,
         Op::Labels => Family::Labels,
+        Op::Upstream { output, .. } => Family::Upstream { output },
         Op::Flatten => Family::Reshape,
         Op::Dropout { rate } => Family::Dropout { rate: *rate },
         Op::Activation(activation) => activation_family(*activation),

@@ -2,7 +2,10 @@
 //! kernel call over buffers of the batch (reshapes, inference dropout and a
 //! sum's gradient become aliases). For training, batchnorm uses batch
 //! statistics, dropout draws masks, the backward nodes get their kernels
-//! (`train.rs`) and the optimizer's update closes the step.
+//! (`train.rs`) and the optimizer's update closes the step. A gradient
+//! program ([`gradients`]) has the same backward kernels, seeded by the
+//! caller's upstream gradients, and returns the gradients instead of
+//! applying them.
 //!
 //! Ops reach the lowering sorted by kernel family (`family.rs`), so no
 //! function here matches on an op it does not handle.
@@ -23,7 +26,7 @@ use petgraph::stable_graph::NodeIndex;
 use thiserror::Error;
 
 use self::family::{family, Contraction, Family, Pointwise, PointwiseActivation};
-use crate::autodiff::TrainingGraph;
+use crate::autodiff::{GradientGraph, TrainingGraph};
 use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
 use crate::codegen::native::CopyRows;
 use crate::codegen::reduce::{Reduce, ReduceKind};
@@ -56,16 +59,67 @@ pub enum LowerError {
     },
 }
 
+/// How a forward pass normalises and drops out: Keras's `training`
+/// argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `training=False`: batchnorm on its moving statistics, dropout off.
+    Inference,
+    /// `training=True`: batchnorm on the batch's statistics (mean and
+    /// biased variance over the batch and the pixels), the moving
+    /// statistics left as they are; dropout draws a fresh mask from the
+    /// runner's seed when `dropout` is true, and is the identity otherwise.
+    Training {
+        /// Whether dropout drops.
+        dropout: bool,
+    },
+}
+
 /// Lowers `model` for inference on batches of `batch` examples.
 pub fn inference(model: &TypedGraph, batch: usize) -> Result<KernelPlan, LowerError> {
+    forward(model, batch, Mode::Inference)
+}
+
+/// Lowers `model`'s forward pass in `mode` on batches of `batch` examples:
+/// its outputs, nothing else (a training-mode forward does not move
+/// batchnorm's moving statistics).
+pub fn forward(model: &TypedGraph, batch: usize, mode: Mode) -> Result<KernelPlan, LowerError> {
     if batch == 0 {
         return Err(LowerError::EmptyBatch);
     }
-    let mut lowering = Lowering::new(model, batch, false);
+    let mut lowering = Lowering::new(model, batch, Setup::of(mode));
     for &id in &model.order {
         lowering.node(id)?;
     }
     lowering.mark_outputs();
+    Ok(lowering.plan)
+}
+
+/// Lowers a gradient graph (a vector-Jacobian product) for batches of
+/// `batch` examples in `mode`: the forward pass, then the backward pass
+/// seeded by the caller's upstream gradients. The outputs, the input's
+/// gradient and every trainable weight's gradient are returned to the
+/// caller; no step writes a weight, a moving statistic included.
+pub fn gradients(
+    graph: &GradientGraph,
+    batch: usize,
+    mode: Mode,
+) -> Result<KernelPlan, LowerError> {
+    if batch == 0 {
+        return Err(LowerError::EmptyBatch);
+    }
+    let model = &graph.typed;
+    let mut lowering = Lowering::new(model, batch, Setup::of(mode));
+    for &id in &model.order {
+        lowering.node(id)?;
+    }
+    lowering.mark_outputs();
+    if let Some(id) = graph.input_gradient {
+        lowering.expose(id, Role::InputGradient);
+    }
+    for (weight, id) in &graph.gradients {
+        lowering.expose(*id, Role::Gradient(weight.clone()));
+    }
     Ok(lowering.plan)
 }
 
@@ -80,7 +134,7 @@ pub fn training(
         return Err(LowerError::EmptyBatch);
     }
     let model = &training.typed;
-    let mut lowering = Lowering::new(model, batch, true);
+    let mut lowering = Lowering::new(model, batch, Setup::TRAINING_STEP);
     for &id in &model.order {
         lowering.node(id)?;
     }
@@ -93,10 +147,47 @@ pub fn training(
     Ok(lowering.plan)
 }
 
+/// What the forward kernels of a plan do while training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Setup {
+    /// Batchnorm normalises with the batch's statistics.
+    batch_statistics: bool,
+    /// Batchnorm moves its moving statistics (a training step only).
+    move_statistics: bool,
+    /// Dropout draws masks.
+    dropout: bool,
+}
+
+impl Setup {
+    /// A training step: everything Keras's `fit` does.
+    const TRAINING_STEP: Setup = Setup {
+        batch_statistics: true,
+        move_statistics: true,
+        dropout: true,
+    };
+
+    /// A forward pass (and its gradients) in `mode`, which never writes a
+    /// weight.
+    fn of(mode: Mode) -> Setup {
+        match mode {
+            Mode::Inference => Setup {
+                batch_statistics: false,
+                move_statistics: false,
+                dropout: false,
+            },
+            Mode::Training { dropout } => Setup {
+                batch_statistics: true,
+                move_statistics: false,
+                dropout,
+            },
+        }
+    }
+}
+
 struct Lowering<'m> {
     model: &'m TypedGraph,
     batch: usize,
-    training: bool,
+    setup: Setup,
     plan: KernelPlan,
     /// The buffer holding each node's output.
     values: HashMap<NodeIndex, BufferId>,
@@ -111,11 +202,11 @@ struct Lowering<'m> {
 }
 
 impl<'m> Lowering<'m> {
-    fn new(model: &'m TypedGraph, batch: usize, training: bool) -> Lowering<'m> {
+    fn new(model: &'m TypedGraph, batch: usize, setup: Setup) -> Lowering<'m> {
         Lowering {
             model,
             batch,
-            training,
+            setup,
             plan: KernelPlan {
                 name: model.graph.name.clone(),
                 batch,
@@ -131,9 +222,35 @@ impl<'m> Lowering<'m> {
 
     fn mark_outputs(&mut self) {
         for (name, id) in &self.model.graph.outputs {
-            let buffer = self.values[id];
-            self.plan.buffers[buffer].role = Role::Output(name.clone());
+            self.expose(*id, Role::Output(name.clone()));
         }
+    }
+
+    /// Gives node `id`'s value to the caller as `role`: its buffer takes
+    /// the role, or, when that buffer is already the caller's (an output
+    /// that is a view of the input, an input gradient that is a view of an
+    /// upstream gradient, one node exposed twice), a copy of it does.
+    fn expose(&mut self, id: NodeIndex, role: Role) {
+        let buffer = self.values[&id];
+        if self.plan.buffers[buffer].role == Role::Temporary {
+            self.plan.buffers[buffer].role = role;
+            return;
+        }
+        let len = self.plan.buffers[buffer].len;
+        let name = format!("copy:{}", self.plan.buffers[buffer].name);
+        let copy = self.plan.buffer(name.clone(), len, role);
+        let rows = CopyRows {
+            name: name.clone(),
+            rows: 1,
+            len,
+            from: (len, 0),
+            to: (len, 0),
+        };
+        self.plan.steps.push(Step {
+            kernel: KernelDesc::Copy(rows),
+            args: vec![buffer, copy],
+            nodes: vec![name],
+        });
     }
 
     /// The buffer of weight `name` (created on first use).
@@ -222,9 +339,11 @@ impl<'m> Lowering<'m> {
             }
             // A reshape, and dropout at inference, change nothing in memory.
             Family::Reshape => inputs[0],
-            Family::Dropout { rate } if self.training => self.dropout(id, rate, inputs[0]),
+            Family::Dropout { rate } if self.setup.dropout => self.dropout(id, rate, inputs[0]),
             Family::Dropout { .. } => inputs[0],
-            Family::Pointwise(Pointwise::BatchNorm { momentum, epsilon }) if self.training => {
+            Family::Pointwise(Pointwise::BatchNorm { momentum, epsilon })
+                if self.setup.batch_statistics =>
+            {
                 self.batchnorm_training(id, momentum, epsilon, inputs[0])
             }
             Family::Softmax => {
@@ -259,6 +378,11 @@ impl<'m> Lowering<'m> {
                 y
             }
             Family::Labels => self.plan.buffer("labels", self.batch, Role::Labels),
+            Family::Upstream { output } => {
+                let len = self.batch * self.shape(id).iter().product::<usize>();
+                let role = Role::Upstream(output.to_string());
+                self.plan.buffer(format!("upstream:{output}"), len, role)
+            }
             Family::CrossEntropy { smoothing, weight } => {
                 self.cross_entropy(id, smoothing, weight, &inputs, &input_ids)
             }
@@ -291,6 +415,10 @@ impl<'m> Lowering<'m> {
             // gamma (x - mean) / sqrt(var + eps) + beta
             Pointwise::BatchNorm { epsilon, .. } => {
                 let weights = self.weights(id);
+                // Its gradients (in inference mode) normalise with the
+                // same, moving, statistics.
+                let statistics = vec![weights[2], weights[3]];
+                self.shared.insert(format!("bn:{}", node.name), statistics);
                 args.push(inputs[0]);
                 args.extend(&weights);
                 let x = k.load(Operand::Tensor);

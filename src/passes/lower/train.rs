@@ -79,8 +79,9 @@ impl Lowering<'_> {
     }
 
     /// Batchnorm while training: normalise with the batch's mean and biased
-    /// variance, and move the moving statistics towards them (Keras:
-    /// `moving = moving * momentum + batch * (1 - momentum)`).
+    /// variance, and, in a training step, move the moving statistics
+    /// towards them (Keras: `moving = moving * momentum + batch * (1 -
+    /// momentum)`).
     pub(super) fn batchnorm_training(
         &mut self,
         id: NodeIndex,
@@ -121,7 +122,25 @@ impl Lowering<'_> {
             },
             args,
         );
-        // moving = batch + (moving - batch) * momentum, in place
+        self.shared
+            .insert(format!("bn:{name}"), vec![mean, variance]);
+        if self.setup.move_statistics {
+            self.move_statistics(id, momentum, &weights, [mean, variance]);
+        }
+        y
+    }
+
+    /// moving = batch + (moving - batch) * momentum, in place, for the
+    /// moving statistics `weights[2..4]` and the batch's `[mean, variance]`.
+    fn move_statistics(
+        &mut self,
+        id: NodeIndex,
+        momentum: f64,
+        weights: &[BufferId],
+        [mean, variance]: [BufferId; 2],
+    ) {
+        let name = self.model.graph.nodes[id].name.clone();
+        let c = self.plan.buffers[mean].len;
         let mut k = Builder::default();
         let [moving_mean, moving_variance, m, v] = [0; 4].map(|_| k.load(Operand::Tensor));
         let rate = k.push(Expr::Const(momentum as f32));
@@ -143,9 +162,6 @@ impl Lowering<'_> {
             },
             args,
         );
-        self.shared
-            .insert(format!("bn:{name}"), vec![mean, variance]);
-        y
     }
 
     /// Softmax cross-entropy of the logits: each example's loss, and the
@@ -216,10 +232,16 @@ impl Lowering<'_> {
                 let y = self.promised(id, read.output, "output")?;
                 self.activation_input_grad(id, activation, dy, y)
             }
+            // dY times the forward pass's mask; without one (dropout off),
+            // dropout is the identity and so is its gradient.
             Family::Dropout { .. } => {
                 let y = self.promised(id, read.output, "output")?;
-                let mask = self.masks[&y];
-                self.product(id, &name, (rows, channels), dy, (mask, Operand::Tensor))
+                match self.masks.get(&y) {
+                    Some(&mask) => {
+                        self.product(id, &name, (rows, channels), dy, (mask, Operand::Tensor))
+                    }
+                    None => dy,
+                }
             }
             Family::Concat { axis } => self.concat_grad(id, axis, gradient, dy),
             Family::Pointwise(Pointwise::Multiply) => {
@@ -251,6 +273,7 @@ impl Lowering<'_> {
             // The training graph's own ops are not differentiated.
             Family::Input
             | Family::Labels
+            | Family::Upstream { .. }
             | Family::CrossEntropy { .. }
             | Family::CrossEntropyGrad
             | Family::InputGrad(_)
@@ -552,7 +575,9 @@ impl Lowering<'_> {
         [sum, dot, x_hat]
     }
 
-    /// dX = gamma / sqrt(var + eps) * (dY - (sum dY + x̂ sum dY x̂) / N).
+    /// dX = gamma / sqrt(var + eps) * (dY - (sum dY + x̂ sum dY x̂) / N)
+    /// with the batch's statistics, which depend on X; with the moving
+    /// statistics (inference mode), constants, dX = gamma / sqrt(var + eps) * dY.
     fn batchnorm_grad(
         &mut self,
         id: NodeIndex,
@@ -561,6 +586,9 @@ impl Lowering<'_> {
         dy: BufferId,
         x: BufferId,
     ) -> BufferId {
+        if !self.setup.batch_statistics {
+            return self.batchnorm_grad_inference(id, layer, epsilon, dy);
+        }
         let [sum, dot, x_hat] = self.batchnorm_sums(id, layer, epsilon, dy, x);
         let stats = self.shared[&format!("bn:{layer}")].clone();
         let c = self.plan.buffers[stats[0]].len;
@@ -587,6 +615,38 @@ impl Lowering<'_> {
                 channels: c,
             },
             vec![dy, x_hat, sum, dot, gamma, stats[1], dx],
+        );
+        dx
+    }
+
+    /// dX = gamma / sqrt(moving_variance + eps) * dY.
+    fn batchnorm_grad_inference(
+        &mut self,
+        id: NodeIndex,
+        layer: &str,
+        epsilon: f64,
+        dy: BufferId,
+    ) -> BufferId {
+        let variance = self.shared[&format!("bn:{layer}")][1];
+        let c = self.plan.buffers[variance].len;
+        let rows = self.plan.buffers[dy].len / c;
+        let gamma = self.weight(&format!("{layer}.gamma"), c);
+        let mut k = Builder::default();
+        let g = k.load(Operand::Tensor);
+        let [gm, v] = [0; 2].map(|_| k.load(Operand::PerChannel));
+        let inverse = inverse_deviation(&mut k, v, epsilon);
+        let scale = k.binary(Binary::Mul, gm, inverse);
+        let result = k.binary(Binary::Mul, scale, g);
+        let dx = self.temporary(id);
+        let name = self.model.graph.nodes[id].name.clone();
+        self.step(
+            id,
+            KernelDesc::Elementwise {
+                kernel: k.finish(&name, result),
+                rows,
+                channels: c,
+            },
+            vec![dy, gamma, variance, dx],
         );
         dx
     }
@@ -683,6 +743,7 @@ impl Lowering<'_> {
             // Ops without weights have no weight gradients.
             Family::Input
             | Family::Labels
+            | Family::Upstream { .. }
             | Family::Reshape
             | Family::Dropout { .. }
             | Family::Pointwise(Pointwise::Activation(_) | Pointwise::Add | Pointwise::Multiply)

@@ -1,0 +1,189 @@
+"""Records TensorFlow's gradients of small models for cnnc's gradient
+program (tests/tf_gradients.rs, `cnnc grad`).
+
+For each case below it writes, into tests/tf/grads/:
+  NAME.cnn  the model in cnnc's language;
+  NAME.npz  the same model's weights as Keras holds them, named as cnnc
+            names them (`w.conv1.kernel`, moving statistics included), an
+            input batch `x` and an upstream gradient `dy` of the output's
+            shape, and for MODE in `inference` and `training` (Keras's
+            `training=False` and `training=True`): `MODE.output` (the
+            model's output), `MODE.input` (d sum(dy * output) / d x) and
+            `MODE.grad.NAME` per trainable weight, all recorded with
+            tf.GradientTape.
+
+Run with TensorFlow 2.21 / Keras 3.15 from the repository's root:
+    python tests/tf/grads.py > tests/tf/grads.out
+It prints the versions it used, then one line per file written.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grads")
+BATCH = 4
+
+
+def conv_bn_relu():
+    source = """model conv_bn_relu : [6, 6, 3] {
+    conv(4, 3, padding: same, use_bias: false) -> batchnorm -> relu
+}
+"""
+    x = keras.Input((6, 6, 3))
+    conv = layers.Conv2D(4, 3, padding="same", use_bias=False)
+    bn = layers.BatchNormalization()
+    y = layers.ReLU()(bn(conv(x)))
+    names = {"conv1.kernel": conv.kernel, **batchnorm("batchnorm1", bn)}
+    return source, keras.Model(x, y), names
+
+
+def residual():
+    # stdlib/resnet.cnn's residual_unit: HOML's ResidualUnit with a strided
+    # projection on the skip path.
+    source = """use resnet
+model residual : [6, 6, 3] {
+    residual_unit(4, stride: 2)
+}
+"""
+    x = keras.Input((6, 6, 3))
+    conv1 = layers.Conv2D(4, 3, strides=2, padding="same", use_bias=False)
+    bn1 = layers.BatchNormalization()
+    conv2 = layers.Conv2D(4, 3, padding="same", use_bias=False)
+    bn2 = layers.BatchNormalization()
+    skip_conv = layers.Conv2D(4, 1, strides=2, padding="same", use_bias=False)
+    skip_bn = layers.BatchNormalization()
+    main = bn2(conv2(layers.ReLU()(bn1(conv1(x)))))
+    y = layers.ReLU()(layers.Add()([main, skip_bn(skip_conv(x))]))
+    unit = "residual_unit1"
+    names = {
+        f"{unit}.conv1.kernel": conv1.kernel,
+        **batchnorm(f"{unit}.batchnorm1", bn1),
+        f"{unit}.conv2.kernel": conv2.kernel,
+        **batchnorm(f"{unit}.batchnorm2", bn2),
+        f"{unit}.skip_conv.kernel": skip_conv.kernel,
+        **batchnorm(f"{unit}.skip_bn", skip_bn),
+    }
+    return source, keras.Model(x, y), names
+
+
+def separable():
+    source = """model separable : [5, 5, 3] {
+    separable_conv(4, 3, padding: same, activation: relu)
+}
+"""
+    x = keras.Input((5, 5, 3))
+    conv = layers.SeparableConv2D(4, 3, padding="same", activation="relu")
+    y = conv(x)
+    names = {
+        "separable_conv1.depthwise.kernel": conv.depthwise_kernel,
+        "separable_conv1.pointwise.kernel": conv.pointwise_kernel,
+        "separable_conv1.pointwise.bias": conv.bias,
+    }
+    return source, keras.Model(x, y), names
+
+
+def se():
+    # stdlib/se.cnn's se_block: reference_models.py's se_block.
+    source = """use se
+model se : [4, 4, 8] {
+    se_block(ratio: 4)
+}
+"""
+    x = keras.Input((4, 4, 8))
+    squeeze = layers.Dense(2, activation="relu")
+    excite = layers.Dense(8, activation="sigmoid")
+    scale = excite(squeeze(layers.GlobalAveragePooling2D()(x)))
+    y = layers.Multiply()([x, layers.Reshape((1, 1, 8))(scale)])
+    names = {
+        "se_block1.squeeze.kernel": squeeze.kernel,
+        "se_block1.squeeze.bias": squeeze.bias,
+        "se_block1.excite.kernel": excite.kernel,
+        "se_block1.excite.bias": excite.bias,
+    }
+    return source, keras.Model(x, y), names
+
+
+def dense_softmax():
+    source = """model dense_softmax : [3, 3, 2] {
+    flatten
+    dense(5, activation: softmax)
+}
+"""
+    x = keras.Input((3, 3, 2))
+    dense = layers.Dense(5, activation="softmax")
+    y = dense(layers.Flatten()(x))
+    names = {"dense1.kernel": dense.kernel, "dense1.bias": dense.bias}
+    return source, keras.Model(x, y), names
+
+
+def batchnorm(prefix, bn):
+    return {
+        f"{prefix}.gamma": bn.gamma,
+        f"{prefix}.beta": bn.beta,
+        f"{prefix}.moving_mean": bn.moving_mean,
+        f"{prefix}.moving_variance": bn.moving_variance,
+    }
+
+
+def random_value(rng, name, shape):
+    """Weights away from Keras's initial values, so that every term of a
+    gradient counts (a moving variance stays positive)."""
+    if name.endswith("moving_variance") or name.endswith("gamma"):
+        return rng.uniform(0.5, 1.5, shape)
+    if name.endswith("moving_mean") or name.endswith("beta") or name.endswith("bias"):
+        return rng.uniform(-0.5, 0.5, shape)
+    return rng.uniform(-0.7, 0.7, shape)
+
+
+def record(name, build, seed):
+    source, model, names = build()
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for weight, variable in names.items():
+        value = random_value(rng, weight, tuple(variable.shape)).astype(np.float32)
+        variable.assign(value)
+        arrays[f"w.{weight}"] = value
+    trainable = {id(v): w for w, v in names.items() if v.trainable}
+    assert len(trainable) == len(model.trainable_weights), name
+    x = rng.uniform(-1.0, 1.0, (BATCH,) + tuple(model.input.shape[1:])).astype(np.float32)
+    dy = rng.normal(0.0, 1.0, (BATCH,) + tuple(model.output.shape[1:])).astype(np.float32)
+    arrays["x"], arrays["dy"] = x, dy
+    # Each mode from the same weights: a training-mode call moves Keras's
+    # moving statistics, which cnnc's gradient program leaves alone.
+    saved = {w: v.numpy() for w, v in names.items()}
+    for mode, training in (("inference", False), ("training", True)):
+        for weight, variable in names.items():
+            variable.assign(saved[weight])
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = model(xt, training=training)
+            total = tf.reduce_sum(y * dy)
+        variables = model.trainable_weights
+        grads = tape.gradient(total, [xt] + variables)
+        arrays[f"{mode}.output"] = y.numpy()
+        arrays[f"{mode}.input"] = grads[0].numpy()
+        for variable, grad in zip(variables, grads[1:]):
+            arrays[f"{mode}.grad.{trainable[id(variable)]}"] = grad.numpy()
+    with open(os.path.join(OUT, f"{name}.cnn"), "w") as f:
+        f.write(source)
+    np.savez(os.path.join(OUT, f"{name}.npz"), **arrays)
+    print(f"{name}: {len(names)} weights ({len(trainable)} trainable), x {list(x.shape)}, dy {list(dy.shape)}")
+
+
+def main():
+    print(f"# tensorflow {tf.__version__}, keras {keras.__version__}, numpy {np.__version__}")
+    os.makedirs(OUT, exist_ok=True)
+    cases = [conv_bn_relu, residual, separable, se, dense_softmax]
+    for seed, build in enumerate(cases):
+        record(build.__name__, build, seed)
+
+
+if __name__ == "__main__":
+    main()
