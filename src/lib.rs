@@ -158,13 +158,7 @@ pub struct CompiledGradients {
 /// The kernel plan of `model`'s inference on batches of `batch`: the back
 /// end's planning stages, in order.
 pub fn plan_inference(model: &TypedGraph, batch: usize) -> Result<KernelPlan, CompileError> {
-    // One kernel call per node, over buffers of the batch.
-    let mut plan = passes::lower::inference(model, batch)?;
-    // Every call against its kernel's signature (fusion checks again).
-    plan.verify()?;
-    // Element-wise chains into one kernel; activations into epilogues.
-    passes::fuse::run(&mut plan)?;
-    Ok(plan)
+    plan_forward(model, Mode::Inference, batch)
 }
 
 /// The kernel plan of one training step of `model` on batches of `batch`,
@@ -179,12 +173,8 @@ pub fn plan_training(
     // The losses and the backward pass, as nodes of the same IR.
     let training = autodiff::differentiate(model, loss).map_err(CompileError::Autodiff)?;
     // Forward with batch statistics, loss, backward, optimizer updates.
-    let mut plan = passes::lower::training(&training, batch, optimizer)?;
-    // Every call against its kernel's signature (fusion checks again).
-    plan.verify()?;
-    // Element-wise chains into one kernel; activations into epilogues.
-    passes::fuse::run(&mut plan)?;
-    Ok(plan)
+    let plan = passes::lower::training(&training, batch, optimizer)?;
+    rewrite(plan)
 }
 
 /// The kernel plan of `model`'s forward pass in `mode` on batches of
@@ -195,12 +185,8 @@ pub fn plan_forward(
     batch: usize,
 ) -> Result<KernelPlan, CompileError> {
     // One kernel call per node; batch statistics and masks by the mode.
-    let mut plan = passes::lower::forward(model, batch, mode)?;
-    // Every call against its kernel's signature (fusion checks again).
-    plan.verify()?;
-    // Element-wise chains into one kernel; activations into epilogues.
-    passes::fuse::run(&mut plan)?;
-    Ok(plan)
+    let plan = passes::lower::forward(model, batch, mode)?;
+    rewrite(plan)
 }
 
 /// The kernel plan of the vector-Jacobian product of `model` on batches of
@@ -214,12 +200,8 @@ pub fn plan_gradients(
     // The backward pass from upstream gradients, as nodes of the same IR.
     let graph = autodiff::vector_jacobian(model).map_err(CompileError::Autodiff)?;
     // Forward in the mode, backward; gradients returned, no weight written.
-    let mut plan = passes::lower::gradients(&graph, batch, mode)?;
-    // Every call against its kernel's signature (fusion checks again).
-    plan.verify()?;
-    // Element-wise chains into one kernel; activations into epilogues.
-    passes::fuse::run(&mut plan)?;
-    Ok(plan)
+    let plan = passes::lower::gradients(&graph, batch, mode)?;
+    rewrite(plan)
 }
 
 /// `model`'s forward pass in `mode` compiled for batches of `batch`; run it
@@ -262,6 +244,15 @@ pub fn compile_training(
         compiled: generate(plan)?,
         optimizer: *optimizer,
     })
+}
+
+/// The rewrites of a lowered plan, shared by every program.
+fn rewrite(mut plan: KernelPlan) -> Result<KernelPlan, CompileError> {
+    // Every call against its kernel's signature (fusion checks again).
+    plan.verify()?;
+    // Element-wise chains into one kernel; activations into epilogues.
+    passes::fuse::run(&mut plan)?;
+    Ok(plan)
 }
 
 /// The last stages, shared by every program.
