@@ -38,7 +38,7 @@ use cnnc::TypedGraph;
 
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, TestCaseError, TestRng, TestRunner};
 
 /// Compiles `text` as a file of `examples/` (so that relative imports
 /// resolve) and renders its errors, if any.
@@ -483,7 +483,9 @@ fn smoothed_loss() -> LossSpec {
 
 /// Runs `test` on `cases` values of `strategy`; `test` returns the kind of
 /// outcome it checked, and every one of `kinds` must turn up, so that the
-/// fuzzing cannot pass by testing only one path.
+/// fuzzing cannot pass by testing only one path. The draws are seeded: with
+/// fresh ones, a kind that turns up in a few percent of the cases is missed
+/// in some runs, and the test would fail by chance.
 fn fuzz<S: Strategy>(
     cases: u32,
     strategy: S,
@@ -491,7 +493,9 @@ fn fuzz<S: Strategy>(
     test: impl Fn(S::Value) -> Result<&'static str, TestCaseError>,
 ) {
     let seen = RefCell::new(std::collections::BTreeSet::new());
-    let outcome = TestRunner::new(config(cases)).run(&strategy, |value| {
+    let config = config(cases);
+    let rng = TestRng::deterministic_rng(config.rng_algorithm);
+    let outcome = TestRunner::new_with_rng(config, rng).run(&strategy, |value| {
         seen.borrow_mut().insert(test(value)?);
         Ok(())
     });
@@ -566,7 +570,7 @@ fn evaluation_takes_any_data_set_without_panicking() {
     let store = weights::init(&model, 1);
     let sets = (
         labels(3, 4),
-        prop_oneof![3 => Just(3usize), 1 => 0..5usize],
+        prop_oneof![2 => Just(3usize), 1 => Just(4usize), 1 => 0..5usize],
         select(vec![-1isize, 0, 0, 0, 1]),
     );
     let kinds = ["ok", "label", "images", "classes"];
