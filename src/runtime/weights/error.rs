@@ -81,10 +81,11 @@ pub enum WeightsError {
     },
     /// A weight holds NaN or an infinity.
     #[error(
-        "weights file `{}`: weight `{tensor}` holds {value} at index {index:?} ({count} of its {len} values are NaN \
+        "weights file `{}`: weight `{tensor}` holds {value} at index {index:?} ({count} of its {len} values {} NaN \
          or infinite{}): did the run that wrote it diverge? (help: train again with a lower learning rate, or from \
          an earlier checkpoint)",
         path.display(),
+        if *count == 1 { "is" } else { "are" },
         match tensors - 1 {
             0 => String::new(),
             1 => "; so does 1 other weight".to_string(),
