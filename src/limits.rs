@@ -30,7 +30,8 @@ pub const VARIABLE: &str = "CNNC_MAX_MEMORY";
 /// The most memory one program, data set or input array may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryCap {
-    /// The cap in bytes (`u64::MAX` when there is none).
+    /// The cap in bytes (`isize::MAX`, the largest allocation, when the
+    /// machine's memory is unknown).
     pub bytes: u64,
     /// Where it comes from.
     pub source: CapSource,

@@ -81,7 +81,7 @@ fn check_data_folder(args: &Args) -> Result<(), String> {
     if dir == Path::new("fashion") && !dir.exists() {
         return Err(
             "`--data` names the folder holding Fashion-MNIST's files, as in `cnnc run` \
-                    and `cnnc show`; the data set is `--test fashion` (the default)"
+             and `cnnc show`; the data set is `--test fashion` (the default)"
                 .into(),
         );
     }

@@ -282,7 +282,7 @@ fn colour_name(colour: bool) -> &'static str {
 }
 
 /// The most bytes one image may take decoded: the `image` crate's default
-/// of 512 MiB (an 8-bit RGBA image of about 11,000 × 11,000 pixels), or
+/// of 512 MiB (an 8-bit RGBA image of about 11,500 × 11,500 pixels), or
 /// less where the memory cap shared by the decoding threads is smaller, so
 /// that a folder decoded on every core stays within half the cap.
 pub fn decode_limit() -> Result<u64, FolderError> {
