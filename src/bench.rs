@@ -69,44 +69,18 @@ pub enum BenchError {
 }
 
 /// Measures `model` with `train`'s optimizer and loss.
+///
+/// Each program is compiled, and so checked against the memory cap
+/// ([`crate::limits`]), before its weights and data are drawn; the training
+/// step is dropped before inference is compiled, so that the two never
+/// hold memory at once.
 pub fn run(
     model: &TypedGraph,
     train: &TrainConfig,
     config: BenchConfig,
 ) -> Result<BenchReport, BenchError> {
+    let (training, store) = measure_training(model, train, config)?;
     let example = model.input_shape().map_or(0, |s| s.elements() as usize);
-    // Every output is scored against the same labels, so they must be
-    // below the smallest output's number of scores.
-    let classes = model
-        .outputs()
-        .iter()
-        .map(|(_, s)| s.iter().product::<u64>() as usize)
-        .min()
-        .unwrap_or(1)
-        .max(1);
-    let store = weights::init(model, 1);
-    let loss = LossSpec {
-        smoothing: train.label_smoothing,
-        weights: train.loss_weights.clone(),
-    };
-
-    let started = Instant::now();
-    let step = crate::compile_training(model, &loss, &train.optimizer, config.batch)?;
-    let mut trainer = Trainer::new(step, store.clone(), config.threads)?;
-    let compile_training = started.elapsed();
-    let images = noise(config.batch * example);
-    let labels: Vec<u32> = (0..config.batch).map(|i| (i % classes) as u32).collect();
-    trainer.train_step(&images, &labels, train.optimizer.lr)?;
-    let first_step = started.elapsed();
-    if config.profile {
-        trainer.executor().enable_profile();
-    }
-    let train_step = median((0..config.steps.max(1)).map(|_| {
-        let t = Instant::now();
-        trainer
-            .train_step(&images, &labels, train.optimizer.lr)
-            .map(|_| t.elapsed())
-    }))?;
 
     let started = Instant::now();
     let compiled = crate::compile_inference(model, config.inference_batch)?;
@@ -130,16 +104,78 @@ pub fn run(
     Ok(BenchReport {
         model: model.graph.name.clone(),
         config,
-        compile_training,
+        compile_training: training.compile,
         compile_inference,
-        first_step,
-        train_step,
+        first_step: training.first_step,
+        train_step: training.step,
         inference_batch,
         latency,
-        arena_bytes: (trainer.arena_bytes(), inference.arena_bytes()),
+        arena_bytes: (training.arena_bytes, inference.arena_bytes()),
         flops: model.flops(),
-        profile: trainer.executor().profile().to_vec(),
+        profile: training.profile,
     })
+}
+
+/// What [`measure_training`] finds.
+struct TrainingFigures {
+    compile: Duration,
+    first_step: Duration,
+    step: Duration,
+    arena_bytes: u64,
+    profile: Vec<(String, Duration)>,
+}
+
+/// Compiles and times the training step; returns its figures and the
+/// weights it started from.
+fn measure_training(
+    model: &TypedGraph,
+    train: &TrainConfig,
+    config: BenchConfig,
+) -> Result<(TrainingFigures, weights::TensorStore), BenchError> {
+    let example = model.input_shape().map_or(0, |s| s.elements() as usize);
+    // Every output is scored against the same labels, so they must be
+    // below the smallest output's number of scores.
+    let classes = model
+        .outputs()
+        .iter()
+        .map(|(_, s)| s.iter().product::<u64>() as usize)
+        .min()
+        .unwrap_or(1)
+        .max(1);
+    let loss = LossSpec {
+        smoothing: train.label_smoothing,
+        weights: train.loss_weights.clone(),
+    };
+    let started = Instant::now();
+    let step = crate::compile_training(model, &loss, &train.optimizer, config.batch)?;
+    // The weights are drawn once the step is known to fit the memory cap
+    // (compiling checks it), and drawing them is not compile time.
+    let drawing = Instant::now();
+    let store = weights::init(model, 1);
+    let drawn = drawing.elapsed();
+    let mut trainer = Trainer::new(step, store.clone(), config.threads)?;
+    let compile = started.elapsed() - drawn;
+    let images = noise(config.batch * example);
+    let labels: Vec<u32> = (0..config.batch).map(|i| (i % classes) as u32).collect();
+    trainer.train_step(&images, &labels, train.optimizer.lr)?;
+    let first_step = started.elapsed() - drawn;
+    if config.profile {
+        trainer.executor().enable_profile();
+    }
+    let step = median((0..config.steps.max(1)).map(|_| {
+        let t = Instant::now();
+        trainer
+            .train_step(&images, &labels, train.optimizer.lr)
+            .map(|_| t.elapsed())
+    }))?;
+    let figures = TrainingFigures {
+        compile,
+        first_step,
+        step,
+        arena_bytes: trainer.arena_bytes(),
+        profile: trainer.executor().profile().to_vec(),
+    };
+    Ok((figures, store))
 }
 
 /// Deterministic data in [0, 1), like scaled pixels.

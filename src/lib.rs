@@ -27,6 +27,7 @@ pub mod elaborate;
 pub mod emit;
 pub mod executable;
 pub mod graph;
+pub mod limits;
 pub mod memory;
 pub mod ops;
 pub mod optimizer;
@@ -127,7 +128,8 @@ pub enum CompileError {
     /// A pass left the kernel plan inconsistent (a compiler defect).
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
-    /// The buffers could not be placed in memory.
+    /// The buffers could not be placed in memory, or the program would
+    /// need more than the memory cap ([`limits::MemoryCap`]) allows.
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
     /// A kernel could not be generated.
@@ -259,6 +261,10 @@ fn rewrite(mut plan: KernelPlan) -> Result<KernelPlan, CompileError> {
 fn generate(plan: KernelPlan) -> Result<Compiled, CompileError> {
     // Temporaries into one arena by liveness; the rest lent by the caller.
     let layout = memory::plan(&plan)?;
+    // Arena, weights, optimizer state and batch under the memory cap, before
+    // any of them is allocated.
+    let cap = limits::MemoryCap::current().map_err(memory::MemoryError::from)?;
+    memory::check_cap(&plan, &layout, &cap)?;
     // Native kernels: Cranelift translators and the GEMM.
     Ok(executable::build(plan, layout)?)
 }

@@ -31,6 +31,33 @@ pub enum PredictError {
         /// Why.
         message: String,
     },
+    /// The .npy file's header declares more values than the file holds.
+    #[error("`{}` is truncated: its header declares shape {shape:?}, {values} values taking {}, but the file holds only {holds} bytes after its header", path.display(), crate::limits::bytes(u64::try_from(*.bytes).unwrap_or(u64::MAX)))]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// The shape its header declares.
+        shape: Vec<usize>,
+        /// The values that shape holds (saturated at `u128::MAX`).
+        values: u128,
+        /// The bytes they take in the file's dtype (saturated).
+        bytes: u128,
+        /// The bytes after the header.
+        holds: u64,
+    },
+    /// The .npy file's values, as float32, need more than the memory cap.
+    #[error("`{}` holds {} of float32 values, more than {cap}: split it into smaller arrays ({})", path.display(), crate::limits::bytes(*.bytes), .cap.help())]
+    OverCap {
+        /// The file.
+        path: PathBuf,
+        /// The bytes its values take as float32.
+        bytes: u64,
+        /// The cap.
+        cap: crate::limits::MemoryCap,
+    },
+    /// The memory cap could not be read.
+    #[error(transparent)]
+    Cap(#[from] crate::limits::CapError),
     /// The input array's shape does not fit the model.
     #[error("`{path}` has shape {actual:?}, but the model takes [N, {}] (or one example [{}])", join(.expected), join(.expected))]
     Shape {
@@ -159,12 +186,109 @@ pub fn predict_npy(
 
 /// The float32 array in `path`, flattened, with its shape.
 fn read_array(path: &Path) -> Result<(Vec<f32>, Vec<usize>), PredictError> {
+    check_npy_size(path)?;
     let array: ArrayD<f32> = ndarray_npy::read_npy(path).map_err(|e| PredictError::Read {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
     let shape = array.shape().to_vec();
-    Ok((array.iter().copied().collect(), shape))
+    // A C-ordered array (NumPy's default) holds its values in order already:
+    // taken without a copy, the input is in memory once.
+    let values = if array.is_standard_layout() {
+        array.into_raw_vec_and_offset().0
+    } else {
+        array.iter().copied().collect()
+    };
+    Ok((values, shape))
+}
+
+/// Refuses a .npy file whose header declares more values than the file
+/// holds, or more than the memory cap allows as float32, before anything
+/// is allocated from the header: the reader allocates the values its
+/// header declares before it reads them. A file that is not .npy at all is
+/// left to the reader to report.
+fn check_npy_size(path: &Path) -> Result<(), PredictError> {
+    let read_error = |message: String| PredictError::Read {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| read_error(e.to_string()))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| read_error(e.to_string()))?
+        .len();
+    let Some(header_len) = npy_header_len(&mut file).map_err(|e| read_error(e.to_string()))? else {
+        return Ok(());
+    };
+    if header_len > file_len {
+        return Err(read_error(format!(
+            "its header declares {header_len} bytes of header, but the file holds only {file_len}"
+        )));
+    }
+    std::io::Seek::rewind(&mut file).map_err(|e| read_error(e.to_string()))?;
+    let header = ndarray_npy::npy::header::Header::from_reader(&mut std::io::BufReader::new(file))
+        .map_err(|e| read_error(e.to_string()))?;
+    let values = header
+        .shape
+        .iter()
+        .try_fold(1u128, |n, &d| n.checked_mul(d as u128))
+        .unwrap_or(u128::MAX);
+    let item = npy_item_size(&header.type_descriptor.to_string());
+    let holds = file_len - header_len;
+    let bytes = values.saturating_mul(item);
+    if bytes > u128::from(holds) {
+        return Err(PredictError::Truncated {
+            path: path.to_path_buf(),
+            shape: header.shape,
+            values,
+            bytes,
+            holds,
+        });
+    }
+    let cap = crate::limits::MemoryCap::current()?;
+    let bytes = u64::try_from(values.saturating_mul(4)).unwrap_or(u64::MAX);
+    if !cap.allows(bytes) {
+        return Err(PredictError::OverCap {
+            path: path.to_path_buf(),
+            bytes,
+            cap,
+        });
+    }
+    Ok(())
+}
+
+/// The length of a .npy file's whole header (magic, version, length and
+/// dictionary) as its first bytes declare it; `None` when the file does not
+/// start like a .npy file of a version the reader knows.
+fn npy_header_len(file: &mut impl std::io::Read) -> std::io::Result<Option<u64>> {
+    let mut prefix = [0u8; 12];
+    let mut filled = 0;
+    while filled < prefix.len() {
+        match file.read(&mut prefix[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    if filled < 10 || &prefix[..6] != b"\x93NUMPY" {
+        return Ok(None);
+    }
+    // Version 1 declares the dictionary's length in two bytes, 2 and 3 in four.
+    Ok(match prefix[6] {
+        1 => Some(10 + u64::from(u16::from_le_bytes([prefix[8], prefix[9]]))),
+        2 | 3 if filled == 12 => {
+            let len = u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]);
+            Some(12 + u64::from(len))
+        }
+        _ => None,
+    })
+}
+
+/// The bytes of one value of a .npy type descriptor such as `'<f4'` (the
+/// digits it ends with), 1 when it names none: the least a value can take.
+fn npy_item_size(descriptor: &str) -> u128 {
+    let descriptor = descriptor.trim_matches(|c| c == '\'' || c == '"');
+    let digits = descriptor.trim_start_matches(|c: char| !c.is_ascii_digit());
+    digits.parse().unwrap_or(1).max(1)
 }
 
 /// The examples in `path` (`[N, ...]` or one example of `model`'s input),

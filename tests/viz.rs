@@ -690,7 +690,7 @@ fn cli_training_draws_learning_curves_and_eval_a_confusion_matrix() {
             model,
             "--weights",
             weights.to_str().expect("utf-8"),
-            "--data-dir",
+            "--data",
             data,
             "--confusion",
             confusion_png.to_str().expect("utf-8"),

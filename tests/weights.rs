@@ -387,3 +387,128 @@ fn a_failed_rename_removes_the_temporary_file() {
     assert_eq!(files_in(&dir), ["taken"]);
     let _ = fs::remove_dir_all(dir);
 }
+
+/// `init`'s weights stored as `cnnc run` stores a checkpoint: each weight
+/// under `weight:`, one optimizer state tensor per weight under `state:`,
+/// the counters in the metadata.
+fn as_checkpoint(weights: &TensorStore) -> TensorStore {
+    let mut checkpoint = TensorStore::new();
+    for (name, t) in weights.iter() {
+        checkpoint.insert(format!("weight:{name}"), t.clone());
+        checkpoint.insert(
+            format!("state:{name}.state0"),
+            Tensor::zeros(t.shape.clone()),
+        );
+    }
+    checkpoint.metadata.insert("epoch".into(), "3".into());
+    checkpoint
+}
+
+#[test]
+fn a_training_checkpoint_is_read_for_its_weights() {
+    let dir = scratch("checkpoint");
+    let path = dir.join("m.checkpoint.safetensors");
+    let model = example("fashion_cnn.cnn");
+    let init = weights::init(&model, 7);
+    weights::save(&as_checkpoint(&init), &path).expect("saved");
+    let loaded = weights::load_for(&model, &path).expect("a checkpoint holds the weights");
+    assert_eq!(bits(&loaded), bits(&init));
+    assert_eq!(loaded.metadata.get("epoch").map(String::as_str), Some("3"));
+    assert!(weights::is_checkpoint(
+        &weights::load_file(&path).expect("reads")
+    ));
+    assert!(!weights::is_checkpoint(&init));
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn another_model_s_weights_list_a_few_problems_and_count_the_rest() {
+    // lenet5's 14 tensors against fashion_cnn's 16 weights: 30 problems, of
+    // which the message shows 10, some of each side.
+    let dir = scratch("another-model");
+    let path = dir.join("lenet5.checkpoint.safetensors");
+    let lenet = example("lenet5.cnn");
+    weights::save(&as_checkpoint(&weights::init(&lenet, 1)), &path).expect("saved");
+    let error = weights::load_for(&example("fashion_cnn.cnn"), &path).expect_err("another's");
+    let WeightsError::Mismatch {
+        problems,
+        tensors,
+        checkpoint,
+        ..
+    } = &error
+    else {
+        panic!("expected a mismatch, got {error:?}");
+    };
+    assert_eq!((problems.len(), *tensors, *checkpoint), (30, 14, true));
+    let text = error.to_string().replace(&dir.display().to_string(), "DIR");
+    assert_eq!(
+        text.lines().count(),
+        1 + weights::LISTED_PROBLEMS + 2,
+        "{text}"
+    );
+    insta::assert_snapshot!("mismatch_of_another_model", text);
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_few_problems_are_all_listed() {
+    let problems: Vec<Problem> = (0..weights::LISTED_PROBLEMS)
+        .map(|i| Problem::Unexpected {
+            name: format!("extra{i}"),
+            did_you_mean: None,
+        })
+        .collect();
+    let error = WeightsError::Mismatch {
+        path: "w.safetensors".into(),
+        model: "m".into(),
+        problems,
+        tensors: 12,
+        checkpoint: false,
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("`extra9`") && !text.contains("more"),
+        "{text}"
+    );
+    // Two of the file's twelve tensors are the model's weights.
+    assert!(!text.contains("none of"), "{text}");
+}
+
+#[test]
+fn weights_holding_nan_or_infinity_are_refused_naming_the_first() {
+    let dir = scratch("non-finite");
+    let path = dir.join("diverged.safetensors");
+    let model = example("fashion_cnn.cnn");
+    let mut store = weights::init(&model, 3);
+    // conv2.kernel is [3, 3, 64, 128]: flat index 128 * 64 + 5 is [0, 1, 0, 5].
+    let kernel = store.get_mut("conv2.kernel").expect("conv2.kernel");
+    kernel.data[128 * 64 + 5] = f32::NAN;
+    kernel.data[128 * 64 + 6] = f32::NEG_INFINITY;
+    store.get_mut("dense2.bias").expect("dense2.bias").data[3] = f32::INFINITY;
+    weights::save(&store, &path).expect("saved");
+    let error = weights::load_for(&model, &path).expect_err("refused");
+    let WeightsError::NonFinite {
+        tensor,
+        index,
+        value,
+        count,
+        len,
+        tensors,
+        ..
+    } = &error
+    else {
+        panic!("expected NonFinite, got {error:?}");
+    };
+    assert_eq!(tensor, "conv2.kernel");
+    assert_eq!(index, &[0, 1, 0, 5]);
+    assert!(value.is_nan());
+    assert_eq!((*count, *len, *tensors), (2, 3 * 3 * 64 * 128, 2));
+    insta::assert_snapshot!(
+        "non_finite_weights",
+        error.to_string().replace(&dir.display().to_string(), "DIR")
+    );
+    // The file itself still reads, for inspection.
+    let raw = weights::load_file(&path).expect("load_file reads it");
+    assert!(raw.get("conv2.kernel").expect("there").data[128 * 64 + 5].is_nan());
+    let _ = fs::remove_dir_all(dir);
+}

@@ -1,11 +1,11 @@
 //! `cnnc eval`: trained weights measured on a data set's test images.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cnnc::train::fit::{self, Evaluation};
 use cnnc::{Diagnostics, TypedGraph};
 
-use super::shared::{cores, failure, load, load_splits, top_k_text, DataArgs};
+use super::shared::{cores, failure, load, load_splits, load_weights, top_k_text, DataArgs};
 
 /// Evaluate trained weights on a data set's test images: loss, accuracy, per-class accuracy, confusion matrix.
 #[derive(clap::Args)]
@@ -15,15 +15,17 @@ pub struct Args {
     /// The model, when the file defines several.
     #[arg(long)]
     model: Option<String>,
-    /// The weights (safetensors).
+    /// The weights (safetensors), or a training checkpoint.
     #[arg(long)]
     weights: PathBuf,
-    /// The data set: `fashion`, or a folder of images with one sub-folder per class.
-    #[arg(long, default_value = "fashion")]
-    data: String,
-    /// A folder holding Fashion-MNIST's files.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    /// The data set whose test images to evaluate on: `fashion` (Fashion-MNIST), or a folder of
+    /// images with one sub-folder per class (as `cnnc run --train` takes it).
+    #[arg(long, value_name = "DATA_SET", default_value = "fashion")]
+    test: String,
+    /// A folder holding Fashion-MNIST's files (otherwise $CNNC_DATA, the system's, or the bundled subset).
+    // `--data-dir` was this flag's name before `--data` meant the same in every command.
+    #[arg(long, alias = "data-dir")]
+    data: Option<PathBuf>,
     /// Resize images and convert their colours to fit the model's input (image folders).
     #[arg(long)]
     resize: bool,
@@ -42,11 +44,11 @@ pub fn run(args: &Args) -> Result<String, Diagnostics> {
 /// Loads the weights and the test set (no validation split), evaluates,
 /// and reports.
 fn evaluate(model: &TypedGraph, args: &Args) -> Result<String, String> {
-    let store =
-        cnnc::runtime::weights::load_for(model, &args.weights).map_err(|e| e.to_string())?;
+    check_data_folder(args)?;
+    let store = load_weights(&args.file, model, &args.weights)?;
     let data = DataArgs {
-        name: &args.data,
-        fashion_dir: args.data_dir.as_deref(),
+        name: &args.test,
+        fashion_dir: args.data.as_deref(),
         resize: args.resize,
     };
     let splits = load_splits(model, data, Some(0), 0)?;
@@ -60,6 +62,38 @@ fn evaluate(model: &TypedGraph, args: &Args) -> Result<String, String> {
         out += &format!("\nconfusion matrix: {}\n", path.display());
     }
     Ok(out)
+}
+
+/// Refuses `--data` used in its old meaning here (before it named
+/// Fashion-MNIST's folder in every command, it named `eval`'s data set):
+/// `--data fashion`, or `--data DIR` for a folder of class sub-folders
+/// without Fashion-MNIST's files, when the data set is Fashion-MNIST.
+fn check_data_folder(args: &Args) -> Result<(), String> {
+    let Some(dir) = args.data.as_deref().filter(|_| args.test == "fashion") else {
+        return Ok(());
+    };
+    let holds_fashion = ["t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz"]
+        .iter()
+        .any(|name| dir.join(name).is_file());
+    let has_classes = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().any(|e| e.path().is_dir()))
+        .unwrap_or(false);
+    if dir == Path::new("fashion") && !dir.exists() {
+        return Err(
+            "`--data` names the folder holding Fashion-MNIST's files, as in `cnnc run` \
+             and `cnnc show`; the data set is `--test fashion` (the default)"
+                .into(),
+        );
+    }
+    if has_classes && !holds_fashion {
+        return Err(format!(
+            "`{}` holds class folders, not Fashion-MNIST's files: to evaluate on a folder of \
+             images, pass `--test {}` (`--data` names Fashion-MNIST's folder, as in `cnnc run`)",
+            dir.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// The figures, then accuracy per class, then the confusion matrix.

@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use cnnc::predict::{self, NpyOptions};
-use cnnc::runtime::weights;
+use cnnc::predict::{self, NpyOptions, PredictError};
 use cnnc::{Diagnostics, TypedGraph};
 
-use super::shared::{classify, cores, failure, load, ClassifyArgs, ModeArg};
+use super::shared::{
+    classify, cores, failure, load, load_weights, weights_text, ClassifyArgs, ModeArg,
+};
 
 /// Classify images (top classes by name), or run the forward pass on a NumPy array into .npy.
 #[derive(clap::Args)]
@@ -16,7 +17,7 @@ pub struct Args {
     /// The model, when the file defines several.
     #[arg(long)]
     model: Option<String>,
-    /// The weights (safetensors, names as `cnnc compile --emit graph` shows them).
+    /// The weights (safetensors, names as `cnnc compile --emit graph` shows them), or a training checkpoint.
     #[arg(long)]
     weights: PathBuf,
     /// Image files (PNG, JPEG) to classify.
@@ -66,8 +67,12 @@ fn predict_npy(
         mode: args.mode.mode(),
         threads: cores(),
     };
-    let files = predict::predict_npy(model, &args.weights, input, output, options)
-        .map_err(|e| e.to_string())?;
+    let files = predict::predict_npy(model, &args.weights, input, output, options).map_err(
+        |e| match &e {
+            PredictError::Weights(error) => weights_text(&args.file, model, error),
+            _ => e.to_string(),
+        },
+    )?;
     Ok(files
         .iter()
         .map(|f| format!("wrote {}\n", f.display()))
@@ -79,7 +84,7 @@ fn classify_images(model: &TypedGraph, args: &Args) -> Result<String, String> {
     if args.mode != ModeArg::Inference {
         return Err("--mode training runs the forward pass of an --input array; images are classified in inference mode".into());
     }
-    let store = weights::load_for(model, &args.weights).map_err(|e| e.to_string())?;
+    let store = load_weights(&args.file, model, &args.weights)?;
     let options = ClassifyArgs {
         resize: args.resize,
         top: args.top,

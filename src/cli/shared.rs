@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use cnnc::data::{fashion, folder, Splits};
 use cnnc::predict::{self, ClassifyOptions};
-use cnnc::runtime::weights::TensorStore;
+use cnnc::runtime::weights::{self, Problem, TensorStore, WeightsError};
 use cnnc::{Diagnostics, TypedGraph};
 
 /// Loads model `model` (or the only one) of the .cnn file `file`, with its
@@ -55,7 +55,7 @@ pub struct DataArgs<'a> {
     /// `fashion` (Fashion-MNIST), or a folder of images with one
     /// sub-folder per class.
     pub name: &'a str,
-    /// Where Fashion-MNIST's files are (`--data`/`--data-dir`).
+    /// Where Fashion-MNIST's files are (`--data`).
     pub fashion_dir: Option<&'a Path>,
     /// Resize and convert images to the model's input.
     pub resize: bool,
@@ -103,6 +103,56 @@ pub fn conversion(model: &TypedGraph, resize: bool) -> Result<folder::Conversion
             "the model's input has shape {other:?}; images need an input [height, width, channels]"
         )),
     }
+}
+
+/// The weights of `model` (from the .cnn file `file`) in `path`, checked
+/// ([`weights::load_for`]); the error says which other model of `file`
+/// they belong to when they are another's ([`weights_text`]).
+pub fn load_weights(file: &Path, model: &TypedGraph, path: &Path) -> Result<TensorStore, String> {
+    weights::load_for(model, path).map_err(|e| weights_text(file, model, &e))
+}
+
+/// A weights error as text: when no tensor of the file is a weight of
+/// `model`, and the file's tensors are exactly the weights of another
+/// model of `file`, a last line names that model.
+pub fn weights_text(file: &Path, model: &TypedGraph, error: &WeightsError) -> String {
+    let hint = match error {
+        WeightsError::Mismatch {
+            path,
+            problems,
+            tensors,
+            ..
+        } if problems
+            .iter()
+            .filter(|p| matches!(p, Problem::Unexpected { .. }))
+            .count()
+            == *tensors =>
+        {
+            other_model(file, model, path)
+        }
+        _ => None,
+    };
+    match hint {
+        Some(other) => format!(
+            "{error}\nthey are the weights of model `{other}`, also in `{}`: pass --model {other}",
+            file.display()
+        ),
+        None => error.to_string(),
+    }
+}
+
+/// The first model of `file` other than `model` whose weights are the
+/// tensors of `path` (a checkpoint's weights for a checkpoint).
+fn other_model(file: &Path, model: &TypedGraph, path: &Path) -> Option<String> {
+    let store = weights::checkpoint_weights(weights::load_file(path).ok()?);
+    let program = cnnc::syntax::load_file(file).ok()?;
+    cnnc::elaborate::models(&program)
+        .into_iter()
+        .filter(|name| *name != model.graph.name)
+        .find(|name| {
+            cnnc::load_model(file, Some(name))
+                .is_ok_and(|other| weights::mismatches(&other, &store).is_empty())
+        })
 }
 
 /// The weights training would start from: the initializers, drawn with the

@@ -203,6 +203,30 @@ pub enum DataError {
         /// The bytes of data the file holds after its header.
         found: usize,
     },
+    /// The data the header declares, as 32-bit values, needs more than the
+    /// memory cap: refused before any of it is read.
+    #[error(
+        "`{}` declares dimensions {}: {} as 32-bit values, and twice that ({}) while the set is \
+         split, more than {cap} ({})",
+        path.display(),
+        dims_text(dims),
+        crate::limits::bytes(*need / 2),
+        crate::limits::bytes(*need),
+        cap.help()
+    )]
+    OverCap {
+        /// The file.
+        path: PathBuf,
+        /// The dimensions its header declares.
+        dims: Vec<u32>,
+        /// The bytes reading it needs.
+        need: u64,
+        /// The cap.
+        cap: crate::limits::MemoryCap,
+    },
+    /// The memory cap could not be read.
+    #[error(transparent)]
+    Cap(#[from] crate::limits::CapError),
     /// The file holds more bytes than its header declares.
     #[error(
         "`{}` holds more data than its header declares (dimensions {}, {expected} bytes)",
@@ -431,7 +455,8 @@ fn read_images_from(
     reader: impl BufRead,
     path: &Path,
 ) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
-    let (dims, data) = read_idx(reader, path, IMAGES_MAGIC)?;
+    let cap = crate::limits::MemoryCap::current()?;
+    let (dims, data) = read_idx(reader, path, IMAGES_MAGIC, cap)?;
     // read_idx has checked that `data` holds the product of the dimensions,
     // so each of them fits in usize.
     let [count, rows, cols] = [dims[0], dims[1], dims[2]].map(|d| d as usize);
@@ -439,16 +464,19 @@ fn read_images_from(
 }
 
 fn read_labels_from(reader: impl BufRead, path: &Path) -> Result<Vec<u8>, DataError> {
-    read_idx(reader, path, LABELS_MAGIC).map(|(_, data)| data)
+    let cap = crate::limits::MemoryCap::current()?;
+    read_idx(reader, path, LABELS_MAGIC, cap).map(|(_, data)| data)
 }
 
 /// Reads an IDX file of unsigned bytes whose magic number must be `magic`,
 /// decompressing it first when it starts like gzip; returns its dimensions
-/// and its data.
+/// and its data. A header declaring more than `cap` allows is refused
+/// before its data is read.
 fn read_idx(
     mut reader: impl BufRead,
     path: &Path,
     magic: u32,
+    cap: crate::limits::MemoryCap,
 ) -> Result<(Vec<u32>, Vec<u8>), DataError> {
     let start = reader.fill_buf().map_err(|source| DataError::Read {
         path: path.to_path_buf(),
@@ -456,10 +484,10 @@ fn read_idx(
     })?;
     if start.starts_with(&GZIP_MAGIC) {
         let mut idx = IdxReader::new(MultiGzDecoder::new(reader), path, true);
-        idx.read(magic)
+        idx.read(magic, cap)
     } else {
         let mut idx = IdxReader::new(reader, path, false);
-        idx.read(magic)
+        idx.read(magic, cap)
     }
 }
 
@@ -479,9 +507,14 @@ impl<'a, R: Read> IdxReader<'a, R> {
         }
     }
 
-    fn read(&mut self, magic: u32) -> Result<(Vec<u32>, Vec<u8>), DataError> {
+    fn read(
+        &mut self,
+        magic: u32,
+        cap: crate::limits::MemoryCap,
+    ) -> Result<(Vec<u32>, Vec<u8>), DataError> {
         let dims = self.read_header(magic)?;
         let expected: u128 = dims.iter().map(|&d| u128::from(d)).product();
+        self.check_cap(&dims, expected, cap)?;
         // Read at most one byte more than declared, so that neither an
         // absurd header nor a gzip bomb makes us hold more than the file
         // has or the header promises; the buffer grows with the bytes read.
@@ -510,6 +543,28 @@ impl<'a, R: Read> IdxReader<'a, R> {
             });
         }
         Ok((dims, data))
+    }
+
+    /// Refuses a file whose `expected` values, each becoming a 32-bit
+    /// number (a float32 pixel, a u32 label) and counted twice because
+    /// splitting the set copies it, need more than the memory cap. What
+    /// passes bounds the read too: at most `expected` + 1 bytes are read.
+    fn check_cap(
+        &self,
+        dims: &[u32],
+        expected: u128,
+        cap: crate::limits::MemoryCap,
+    ) -> Result<(), DataError> {
+        let need = u64::try_from(expected.saturating_mul(8)).unwrap_or(u64::MAX);
+        if cap.allows(need) {
+            return Ok(());
+        }
+        Err(DataError::OverCap {
+            path: self.path.to_path_buf(),
+            dims: dims.to_vec(),
+            need,
+            cap,
+        })
     }
 
     /// Reads the magic number and the dimensions (as many as the magic
@@ -615,10 +670,17 @@ mod tests {
         assert_eq!(compressed, plain);
     }
 
+    fn cap(bytes: u64) -> crate::limits::MemoryCap {
+        crate::limits::MemoryCap {
+            bytes,
+            source: crate::limits::CapSource::Variable,
+        }
+    }
+
     #[test]
     fn an_absurd_header_is_truncated_data_not_an_allocation() {
         let bytes = idx(IMAGES_MAGIC, &[u32::MAX, u32::MAX, u32::MAX], &[7; 10]);
-        match read_images_from(&bytes[..], path()) {
+        match read_idx(&bytes[..], path(), IMAGES_MAGIC, cap(u64::MAX)) {
             Err(DataError::TruncatedData {
                 expected, found, ..
             }) => {
@@ -627,6 +689,37 @@ mod tests {
             }
             other => panic!("expected TruncatedData, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_header_declaring_more_than_the_cap_is_refused_before_reading() {
+        // 2^32 - 1 images: 3.4 TB of pixels, 27 TB as float32 counted twice.
+        let bytes = idx(IMAGES_MAGIC, &[u32::MAX, 28, 28], &[7; 10]);
+        let error = read_idx(&bytes[..], path(), IMAGES_MAGIC, cap(8 << 30)).unwrap_err();
+        match &error {
+            DataError::OverCap { dims, need, .. } => {
+                assert_eq!(dims, &[u32::MAX, 28, 28]);
+                assert_eq!(*need, u64::from(u32::MAX) * 784 * 8);
+            }
+            other => panic!("expected OverCap, got {other:?}"),
+        }
+        assert_eq!(
+            error.to_string(),
+            "`mem/images.idx` declares dimensions 4294967295×28×28: 12.25 TiB as 32-bit values, \
+             and twice that (24.50 TiB) while the set is split, more than the cap of 8.00 GiB set \
+             by CNNC_MAX_MEMORY (raise CNNC_MAX_MEMORY if the machine has the memory)"
+        );
+        // Just under the cap, the same header reads on (and finds the data short).
+        let under = read_idx(
+            &bytes[..],
+            path(),
+            IMAGES_MAGIC,
+            cap(u64::from(u32::MAX) * 784 * 8),
+        );
+        assert!(
+            matches!(under, Err(DataError::TruncatedData { found: 10, .. })),
+            "{under:?}"
+        );
     }
 
     #[test]

@@ -18,11 +18,12 @@
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 use rayon::prelude::*;
 use thiserror::Error;
 
 use super::{Dataset, Source, Splits};
+use crate::limits::{bytes, CapError, MemoryCap};
 
 /// How images become a model's input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,53 @@ pub enum FolderError {
         /// What the decoder said.
         message: String,
     },
+    /// An image would take more memory decoded than one image may.
+    #[error(
+        "`{}` is {width}x{height} pixels, {} decoded, more than the {} one image may take: \
+         shrink it before reading it",
+        path.display(),
+        bytes(*.decoded),
+        bytes(*.limit)
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its width in pixels, as its header declares it.
+        width: u32,
+        /// Its height in pixels.
+        height: u32,
+        /// The bytes it takes decoded.
+        decoded: u64,
+        /// The most one image may take ([`decode_limit`]).
+        limit: u64,
+    },
+    /// A folder's images, as float32, need more than the memory cap.
+    #[error(
+        "`{}` holds {images} images of {}x{}x{}: {} as float32, and twice that ({}) while they \
+         are split into sets, more than {cap} ({})",
+        dir.display(),
+        shape[0],
+        shape[1],
+        shape[2],
+        bytes(*.need / 2),
+        bytes(*.need),
+        .cap.help()
+    )]
+    OverCap {
+        /// The folder.
+        dir: PathBuf,
+        /// The images in it.
+        images: usize,
+        /// The shape each becomes.
+        shape: [usize; 3],
+        /// The bytes reading them needs.
+        need: u64,
+        /// The cap.
+        cap: MemoryCap,
+    },
+    /// The memory cap could not be read.
+    #[error(transparent)]
+    Cap(#[from] CapError),
     /// An image's size or colour does not fit the model's input.
     #[error(
         "`{}` is {found}, but the model takes {expected}; pass --resize to resize and convert images",
@@ -233,20 +281,53 @@ fn colour_name(colour: bool) -> &'static str {
     }
 }
 
+/// The most bytes one image may take decoded: the `image` crate's default
+/// of 512 MiB (an 8-bit RGBA image of about 11,500 × 11,500 pixels), or
+/// less where the memory cap shared by the decoding threads is smaller, so
+/// that a folder decoded on every core stays within half the cap.
+pub fn decode_limit() -> Result<u64, FolderError> {
+    const DEFAULT: u64 = 512 << 20;
+    let threads = rayon::current_num_threads().max(1) as u64;
+    Ok(DEFAULT.min(MemoryCap::current()?.bytes / (2 * threads)))
+}
+
+/// Decodes the image in `path`, refusing before decoding one that would
+/// take more than [`decode_limit`] (a small file can declare a huge image).
 fn decode(path: &Path) -> Result<DynamicImage, FolderError> {
     let decode_error = |message: String| FolderError::Decode {
         path: path.to_path_buf(),
         message,
     };
-    ImageReader::open(path)
+    let mut reader = ImageReader::open(path)
         .map_err(|e| FolderError::Read {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?
         .with_guessed_format()
-        .map_err(|e| decode_error(e.to_string()))?
-        .decode()
-        .map_err(|e| decode_error(e.to_string()))
+        .map_err(|e| decode_error(e.to_string()))?;
+    // The header is read without limits so that a huge image is refused
+    // below with its size, not as the decoder's bare "limit exceeded".
+    reader.no_limits();
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| decode_error(e.to_string()))?;
+    let limit = decode_limit()?;
+    let (width, height) = decoder.dimensions();
+    if decoder.total_bytes() > limit {
+        return Err(FolderError::TooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+            decoded: decoder.total_bytes(),
+            limit,
+        });
+    }
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(limit);
+    decoder
+        .set_limits(limits)
+        .map_err(|e| decode_error(e.to_string()))?;
+    DynamicImage::from_decoder(decoder).map_err(|e| decode_error(e.to_string()))
 }
 
 /// The images of every class sub-folder of `dir`, labelled by the
@@ -275,12 +356,20 @@ fn read_classes(dir: &Path, conversion: Conversion) -> Result<Dataset, FolderErr
         // folder needs the check Fashion-MNIST's label files get.
         files.extend(images.into_iter().map(|p| (p, label as u32)));
     }
-    let pixels: Vec<Vec<f32>> = files
-        .par_iter()
-        .map(|(path, _)| read_image(path, conversion))
-        .collect::<Result<_, _>>()?;
+    let image_len: usize = conversion.shape.iter().product();
+    check_cap(dir, files.len(), conversion.shape, MemoryCap::current()?)?;
+    // Each image is decoded straight into its place, so that the set is in
+    // memory once, beside one image per decoding thread.
+    let mut images = vec![0.0f32; files.len() * image_len];
+    images
+        .par_chunks_mut(image_len.max(1))
+        .zip(files.par_iter())
+        .try_for_each(|(place, (path, _))| {
+            // `read_image` gives exactly `conversion.shape`'s values.
+            read_image(path, conversion).map(|pixels| place.copy_from_slice(&pixels))
+        })?;
     Ok(Dataset {
-        images: pixels.concat(),
+        images,
         labels: files.iter().map(|&(_, label)| label).collect(),
         shape: conversion.shape,
         class_names: classes
@@ -292,6 +381,29 @@ fn read_classes(dir: &Path, conversion: Conversion) -> Result<Dataset, FolderErr
                     .into_owned()
             })
             .collect(),
+    })
+}
+
+/// Refuses `images` images of `shape` from `dir` when they need more than
+/// `cap` as float32: counted twice, since splitting a set into training,
+/// validation and test sets copies it.
+fn check_cap(
+    dir: &Path,
+    images: usize,
+    shape: [usize; 3],
+    cap: MemoryCap,
+) -> Result<(), FolderError> {
+    let image_bytes = shape.iter().fold(4u64, |n, &d| n.saturating_mul(d as u64));
+    let need = image_bytes.saturating_mul(images as u64).saturating_mul(2);
+    if cap.allows(need) {
+        return Ok(());
+    }
+    Err(FolderError::OverCap {
+        dir: dir.to_path_buf(),
+        images,
+        shape,
+        need,
+        cap,
     })
 }
 
@@ -320,4 +432,29 @@ fn is_image(path: &Path) -> bool {
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
     path.is_file() && matches!(extension.as_deref(), Some("png" | "jpg" | "jpeg"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::CapSource;
+
+    #[test]
+    fn a_folder_larger_than_the_cap_is_refused_with_its_sizes() {
+        let cap = MemoryCap {
+            bytes: 64 << 30,
+            source: CapSource::Physical,
+        };
+        let dir = Path::new("photos");
+        // A million 224x224 RGB images: 561 GiB as float32.
+        let error = check_cap(dir, 1_000_000, [224, 224, 3], cap).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "`photos` holds 1000000 images of 224x224x3: 560.76 GiB as float32, and twice that \
+             (1.10 TiB) while they are split into sets, more than the machine's 64.00 GiB of \
+             physical memory (set CNNC_MAX_MEMORY=SIZE to allow more, if swap can hold it)"
+        );
+        // A hundred thousand 28x28 grey ones take 598 MiB: they fit.
+        assert!(check_cap(dir, 100_000, [28, 28, 1], cap).is_ok());
+    }
 }

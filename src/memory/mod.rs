@@ -9,10 +9,13 @@
 
 pub mod arena;
 
+use std::fmt;
+
 use thiserror::Error;
 
 use crate::codegen::elementwise::Operand;
 use crate::codegen::program::Slot;
+use crate::limits::{bytes, CapError, MemoryCap};
 use crate::plan::{BufferId, KernelDesc, KernelPlan, Role};
 
 pub use arena::ALIGN;
@@ -46,6 +49,116 @@ pub enum MemoryError {
         /// Its size in bytes, saturated at `u64::MAX`.
         largest_bytes: u64,
     },
+    /// The program would need more memory than the cap allows: refused
+    /// before its arena, its optimizer state or its batch is allocated.
+    #[error(
+        "model `{plan}` at batch {batch} needs {total}, more than {cap}: {need} \
+         (help: lower the batch size; {help})",
+        batch = need.batch,
+        total = bytes(need.total()),
+        help = cap.help()
+    )]
+    OverCap {
+        /// The plan's name (the model's).
+        plan: String,
+        /// What it needs, by kind.
+        need: Need,
+        /// The cap it exceeds.
+        cap: MemoryCap,
+    },
+    /// The cap could not be read.
+    #[error(transparent)]
+    Cap(#[from] CapError),
+}
+
+/// The memory a program holds while it runs, by kind, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    /// The batch size it was planned for.
+    pub batch: usize,
+    /// The arena: activations, gradients and scratch, placed by liveness.
+    pub arena: u64,
+    /// The weights (batchnorm's moving statistics included).
+    pub weights: u64,
+    /// The optimizer's state (zero outside training).
+    pub state: u64,
+    /// The buffers lent for each run: the input batch, labels, outputs,
+    /// losses, upstream gradients and the gradients returned.
+    pub lent: u64,
+}
+
+impl Need {
+    /// What running `plan`, placed by `layout`, holds in memory.
+    pub fn of(plan: &KernelPlan, layout: &Layout) -> Need {
+        let mut need = Need {
+            batch: plan.batch,
+            arena: layout.arena_bytes,
+            weights: 0,
+            state: 0,
+            lent: 0,
+        };
+        for buffer in &plan.buffers {
+            let size = (buffer.len as u64).saturating_mul(4);
+            let kind = match buffer.role {
+                Role::Temporary => continue,
+                Role::Weight(_) => &mut need.weights,
+                Role::State(_) => &mut need.state,
+                Role::Input
+                | Role::Labels
+                | Role::Output(_)
+                | Role::Loss(_)
+                | Role::Scalars(_)
+                | Role::Upstream(_)
+                | Role::InputGradient
+                | Role::Gradient(_) => &mut need.lent,
+            };
+            *kind = kind.saturating_add(size);
+        }
+        need
+    }
+
+    /// All of it, saturated at `u64::MAX`.
+    pub fn total(&self) -> u64 {
+        [self.arena, self.weights, self.state, self.lent]
+            .iter()
+            .fold(0u64, |sum, &b| sum.saturating_add(b))
+    }
+}
+
+impl fmt::Display for Need {
+    /// `arena 1.2 GiB (activations, gradients and scratch), weights …`,
+    /// leaving out the kinds the program does not have.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "arena {} (activations, gradients and scratch), weights {}",
+            bytes(self.arena),
+            bytes(self.weights)
+        )?;
+        if self.state > 0 {
+            write!(f, ", optimizer state {}", bytes(self.state))?;
+        }
+        write!(
+            f,
+            ", batch buffers {} (input, labels, outputs)",
+            bytes(self.lent)
+        )
+    }
+}
+
+/// Refuses a program that needs more memory than `cap` ([`Need::of`]
+/// `plan` and `layout`), before anything of it is allocated: the sizes of
+/// every kind and the cap are in the error.
+pub fn check_cap(plan: &KernelPlan, layout: &Layout, cap: &MemoryCap) -> Result<(), MemoryError> {
+    let need = Need::of(plan, layout);
+    if cap.allows(need.total()) {
+        return Ok(());
+    }
+    Err(MemoryError::OverCap {
+        plan: plan.name.clone(),
+        need,
+        cap: *cap,
+    })
 }
 
 /// Places every buffer of `plan`: temporaries in the arena by liveness (an

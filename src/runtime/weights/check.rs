@@ -1,5 +1,6 @@
 //! The model check: whether a store holds exactly the weights a model
-//! expects, with their shapes, and every way in which it does not.
+//! expects, with their shapes and finite values, and every way in which it
+//! does not. A training checkpoint is read for the weights it holds.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -12,20 +13,43 @@ use super::store::{Tensor, TensorStore};
 use crate::diagnostics::did_you_mean;
 use crate::shapes::TypedGraph;
 
+/// The prefix under which a training checkpoint (`cnnc run`'s
+/// `MODEL.checkpoint.safetensors`) stores the weights it would resume
+/// from; its optimizer state and best weights are under `state:` and
+/// `best:`, its counters in the metadata.
+pub const CHECKPOINT_WEIGHTS: &str = "weight:";
+
+/// How many problems a [`WeightsError::Mismatch`] lists before it counts
+/// the rest.
+pub const LISTED_PROBLEMS: usize = 10;
+
 /// Reads the weights of `model` from `path` ([`load_file`]) and checks them:
-/// every weight the model expects present with its shape, and nothing else.
+/// every weight the model expects present with its shape, nothing else, and
+/// every value finite.
 ///
-/// All problems are reported at once, in one [`WeightsError::Mismatch`]. The
-/// returned store follows the model's order (see [`specs`]) and keeps the
-/// file's metadata.
+/// A training checkpoint is accepted where weights are expected: its
+/// weights (the `weight:` tensors, those a resumed run would start from)
+/// are checked and returned, its optimizer state left aside.
+///
+/// All problems of names and shapes are reported at once, in one
+/// [`WeightsError::Mismatch`]. A weight holding NaN or an infinity is
+/// [`WeightsError::NonFinite`]: every command that computes with weights
+/// refuses them, since one such value makes every output it reaches NaN;
+/// [`load_file`] still reads such a file, for inspection. The returned
+/// store follows the model's order (see [`specs`]) and keeps the file's
+/// metadata.
 pub fn load_for(model: &TypedGraph, path: &Path) -> Result<TensorStore, WeightsError> {
-    let loaded = load_file(path)?;
+    let file = load_file(path)?;
+    let checkpoint = is_checkpoint(&file);
+    let loaded = checkpoint_weights(file);
     let problems = mismatches(model, &loaded);
     if !problems.is_empty() {
         return Err(WeightsError::Mismatch {
             path: path.to_path_buf(),
             model: model.graph.name.clone(),
             problems,
+            tensors: loaded.len(),
+            checkpoint,
         });
     }
     let TensorStore {
@@ -37,7 +61,63 @@ pub fn load_for(model: &TypedGraph, path: &Path) -> Result<TensorStore, WeightsE
         .filter_map(|spec| by_name.remove_entry(&spec.name))
         .collect();
     store.metadata = metadata;
+    check_finite(&store, path)?;
     Ok(store)
+}
+
+/// Whether `store` is a training checkpoint: it holds its weights under
+/// [`CHECKPOINT_WEIGHTS`].
+pub fn is_checkpoint(store: &TensorStore) -> bool {
+    store.names().any(|n| n.starts_with(CHECKPOINT_WEIGHTS))
+}
+
+/// The weights of a training checkpoint, under their own names, with the
+/// file's metadata; any other store as it is.
+pub fn checkpoint_weights(store: TensorStore) -> TensorStore {
+    if !is_checkpoint(&store) {
+        return store;
+    }
+    let TensorStore {
+        tensors, metadata, ..
+    } = store;
+    let mut weights: TensorStore = tensors
+        .into_iter()
+        .filter_map(|(name, t)| Some((name.strip_prefix(CHECKPOINT_WEIGHTS)?.to_string(), t)))
+        .collect();
+    weights.metadata = metadata;
+    weights
+}
+
+/// The first value of `store` that is NaN or infinite, in the store's
+/// order: [`WeightsError::NonFinite`] naming its tensor and index.
+fn check_finite(store: &TensorStore, path: &Path) -> Result<(), WeightsError> {
+    let bad = |t: &Tensor| t.data.iter().filter(|v| !v.is_finite()).count();
+    let Some((name, tensor, first)) = store.iter().find_map(|(name, t)| {
+        let first = t.data.iter().position(|v| !v.is_finite())?;
+        Some((name, t, first))
+    }) else {
+        return Ok(());
+    };
+    Err(WeightsError::NonFinite {
+        path: path.to_path_buf(),
+        tensor: name.to_string(),
+        index: unravel(first, &tensor.shape),
+        value: tensor.data[first],
+        count: bad(tensor),
+        len: tensor.data.len(),
+        tensors: store.iter().filter(|(_, t)| bad(t) > 0).count(),
+    })
+}
+
+/// The index of element `flat` of a row-major array of `shape`.
+fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for (i, &d) in shape.iter().enumerate().rev() {
+        let d = d.max(1);
+        index[i] = flat % d;
+        flat /= d;
+    }
+    index
 }
 
 /// What is wrong with `store` as the weights of `model`: the weights that
@@ -128,9 +208,82 @@ impl fmt::Display for Problem {
     }
 }
 
-/// The problems, one per indented line.
-pub(super) fn list(problems: &[Problem]) -> String {
-    problems.iter().map(|p| format!("\n  {p}")).collect()
+/// The text of a [`WeightsError::Mismatch`]: what the file is, the
+/// problems by kind, the first few of each side (the model's missing and
+/// misshapen weights, the file's unexpected tensors) up to
+/// [`LISTED_PROBLEMS`] with the count of the rest, and, when no tensor of
+/// the file is a weight of the model, a line that says so.
+pub(super) fn mismatch_text(
+    path: &Path,
+    model: &str,
+    problems: &[Problem],
+    tensors: usize,
+    checkpoint: bool,
+) -> String {
+    let what = if checkpoint {
+        "training checkpoint"
+    } else {
+        "weights file"
+    };
+    let count = |f: fn(&Problem) -> bool| problems.iter().filter(|p| f(p)).count();
+    let missing = count(|p| matches!(p, Problem::Missing { .. }));
+    let unexpected = count(|p| matches!(p, Problem::Unexpected { .. }));
+    let misshapen = problems.len() - missing - unexpected;
+    let kinds: Vec<String> = [
+        (missing, "missing"),
+        (unexpected, "unexpected"),
+        (misshapen, "misshapen"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, kind)| format!("{n} {kind}"))
+    .collect();
+    let mut text = format!(
+        "{what} `{}` does not fit model `{model}` ({} problem{}: {}):",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        kinds.join(", ")
+    );
+    // When no name matches, the file is another model's: a close name is
+    // a coincidence, not a typo, and suggesting it would mislead.
+    let none_match = tensors > 0 && unexpected == tensors;
+    let shown = shown(problems);
+    for p in &shown {
+        match p {
+            Problem::Unexpected { name, .. } if none_match => {
+                text += &format!("\n  unexpected `{name}`");
+            }
+            _ => text += &format!("\n  {p}"),
+        }
+    }
+    if shown.len() < problems.len() {
+        text += &format!("\n  … and {} more", problems.len() - shown.len());
+    }
+    if none_match {
+        let of = if checkpoint { "weights" } else { "tensors" };
+        text += &format!(
+            "\nnone of the {what}'s {tensors} {of} is a weight of model `{model}`: is it another model's?"
+        );
+    }
+    text
+}
+
+/// The problems to list: up to half of [`LISTED_PROBLEMS`] from each side
+/// (the model's, then the file's), more from one side when the other has
+/// fewer, each side in its own order.
+fn shown(problems: &[Problem]) -> Vec<&Problem> {
+    let (file, model): (Vec<&Problem>, Vec<&Problem>) = problems
+        .iter()
+        .partition(|p| matches!(p, Problem::Unexpected { .. }));
+    let from_file = file.len().min(LISTED_PROBLEMS / 2);
+    let from_model = model.len().min(LISTED_PROBLEMS - from_file);
+    let from_file = file.len().min(LISTED_PROBLEMS - from_model);
+    model
+        .into_iter()
+        .take(from_model)
+        .chain(file.into_iter().take(from_file))
+        .collect()
 }
 
 /// A hint when a shape is an expected one in another framework's layout:

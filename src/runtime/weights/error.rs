@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use safetensors::{Dtype, SafeTensorError};
 
-use super::check::{list, Problem};
+use super::check::{mismatch_text, Problem};
 
 /// Why weights could not be saved or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -66,13 +66,7 @@ pub enum WeightsError {
         source: SafeTensorError,
     },
     /// The file's tensors do not fit the model's weights.
-    #[error(
-        "weights file `{}` does not fit model `{model}` ({} problem{}):{}",
-        path.display(),
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" },
-        list(problems)
-    )]
+    #[error("{}", mismatch_text(path, model, problems, *tensors, *checkpoint))]
     Mismatch {
         /// The file.
         path: PathBuf,
@@ -80,5 +74,38 @@ pub enum WeightsError {
         model: String,
         /// Every problem found, in the order of [`mismatches`](super::mismatches).
         problems: Vec<Problem>,
+        /// The tensors of the file compared (a checkpoint's weights).
+        tensors: usize,
+        /// Whether the file is a training checkpoint.
+        checkpoint: bool,
+    },
+    /// A weight holds NaN or an infinity.
+    #[error(
+        "weights file `{}`: weight `{tensor}` holds {value} at index {index:?} ({count} of its {len} values {} NaN \
+         or infinite{}): did the run that wrote it diverge? (help: train again with a lower learning rate, or from \
+         an earlier checkpoint)",
+        path.display(),
+        if *count == 1 { "is" } else { "are" },
+        match tensors - 1 {
+            0 => String::new(),
+            1 => "; so does 1 other weight".to_string(),
+            others => format!("; so do {others} other weights"),
+        }
+    )]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The first weight holding one, in the model's order.
+        tensor: String,
+        /// The index of its first such value.
+        index: Vec<usize>,
+        /// That value.
+        value: f32,
+        /// How many of its values are not finite.
+        count: usize,
+        /// How many values it has.
+        len: usize,
+        /// How many weights hold such values.
+        tensors: usize,
     },
 }

@@ -5,7 +5,8 @@
 //! would, deterministically from a seed; [`save`] writes a [`TensorStore`]
 //! atomically; [`load_file`] reads any safetensors file of f32 tensors, and
 //! [`load_for`] also checks it against a model, reporting every missing,
-//! unexpected and misshapen weight at once.
+//! unexpected and misshapen weight at once and refusing NaN and infinities
+//! (it reads a training checkpoint's weights as well).
 //!
 //! The pieces, each in its own file, build on one another:
 //!
@@ -29,7 +30,10 @@ mod file;
 mod initializers;
 mod store;
 
-pub use check::{load_for, mismatches, Problem};
+pub use check::{
+    checkpoint_weights, is_checkpoint, load_for, mismatches, Problem, CHECKPOINT_WEIGHTS,
+    LISTED_PROBLEMS,
+};
 pub use classes::{class_names, set_class_names, CLASS_NAMES_KEY};
 pub use error::WeightsError;
 pub use file::{load_file, save};
