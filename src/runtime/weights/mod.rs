@@ -15,7 +15,8 @@
 //!   initializers), and [`init`], which fills them from per-name random
 //!   streams;
 //! - `file`: the safetensors format, [`save`] and [`load_file`], which know
-//!   nothing of models;
+//!   nothing of models, and the atomic write under [`save`]
+//!   ([`write_atomically`]);
 //! - `check`: [`load_for`] and [`mismatches`], which hold a store against a
 //!   model's [`specs`] and describe each [`Problem`];
 //! - `classes`: the class names trained weights carry in their metadata
@@ -32,6 +33,6 @@ mod store;
 pub use check::{load_for, mismatches, Problem};
 pub use classes::{class_names, set_class_names, CLASS_NAMES_KEY};
 pub use error::WeightsError;
-pub use file::{load_file, save};
+pub use file::{exit_between_writes, load_file, remove_stale_temporaries, save, write_atomically};
 pub use initializers::{init, specs, WeightSpec};
 pub use store::{Tensor, TensorStore};
