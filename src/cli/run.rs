@@ -48,7 +48,7 @@ pub struct Args {
     /// Random seed (overrides the train section).
     #[arg(long)]
     seed: Option<u64>,
-    /// Folder for the weights, the checkpoint and the history.
+    /// Folder for the weights, the checkpoint and the history (one run of a model at a time).
     #[arg(long, default_value = ".")]
     out: PathBuf,
     /// Worker threads (default: the machine's cores).
