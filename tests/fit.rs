@@ -638,7 +638,10 @@ fn resuming_a_finished_run_keeps_the_class_names() {
         .expect("resumes the finished run");
     assert_same_run(&first, &again);
     let on_disk = cnnc::runtime::weights::load_file(&out.join("tiny.safetensors")).expect("loads");
-    for store in [&again.weights, &on_disk] {
+    // The checkpoint names them too, for a command that reads its weights.
+    let checkpoint =
+        cnnc::runtime::weights::load_file(&out.join("tiny.checkpoint.safetensors")).expect("loads");
+    for store in [&again.weights, &on_disk, &checkpoint] {
         assert_eq!(
             cnnc::runtime::weights::class_names(store, 10),
             fashion::CLASS_NAMES

@@ -222,6 +222,10 @@ impl Checkpoint {
         );
         meta.insert("since_best".into(), state.since_best.to_string());
         meta.insert("history".into(), history_csv(state.history));
+        // So that a checkpoint read as weights (`cnnc predict`) names its classes.
+        if let Some(names) = trainer.weights.metadata.get(weights::CLASS_NAMES_KEY) {
+            meta.insert(weights::CLASS_NAMES_KEY.into(), names.clone());
+        }
         if let Some(p) = state.partial {
             let t = &p.tally;
             meta.insert("partial_steps".into(), p.steps.to_string());
