@@ -143,10 +143,10 @@ fn is_temporary_of(name: &str, prefix: &str) -> bool {
 
 /// Slow writes for the crash tests, in debug builds only: with
 /// `CNNC_TEST_SLOW_WRITES=MS` in the environment, each atomic write takes
-/// about MS milliseconds more, spread over its steps (the data in
-/// [`SLICES`](test_pace::SLICES) - 2 parts, then before the rename, then
-/// before the folder's sync), so that a kill at a random moment often lands
-/// inside one. Release builds never read the variable.
+/// about MS milliseconds more, spread over its steps (a pause after each of
+/// `SLICES - 2` parts of the data, one before the rename and one before the
+/// folder's sync), so that a kill at a random moment often lands inside
+/// one. Release builds never read the variable.
 mod test_pace {
     use super::Duration;
 
