@@ -200,7 +200,13 @@ fn a_second_ctrl_c_during_a_checkpoint_write_waits_for_its_rename() {
     }
     run.signal(libc::SIGINT);
     let (status, stderr) = run.finish();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    // The handler exits once the write is renamed, unless the run, whose
+    // last task that write was, reports its interruption first.
+    match status.code() {
+        Some(130) => {}
+        Some(1) => assert!(stderr.contains("interrupted in epoch 1"), "{stderr}"),
+        other => panic!("exit status {other:?}: {stderr}"),
+    }
     assert_eq!(temporaries(&out), Vec::<String>::new());
     // The checkpoint is the one the first Ctrl-C asked for.
     let saved = load_checkpoint(&out);
