@@ -34,6 +34,10 @@ use rand_chacha::ChaCha8Rng;
 /// 2 steps, writes fill most of the run's time.
 const SLOW_WRITES_MS: &str = "60";
 
+/// The checkpoint writes of a killed run: 2 epochs of 20 steps, one every
+/// 2 steps (the last step's comes with the end of the epoch).
+const CHECKPOINT_WRITES: usize = 20;
+
 #[test]
 fn killed_at_random_moments_training_resumes_to_the_same_weights() {
     let trials: usize = from_env("CNNC_CRASH_TRIALS", 10);
@@ -43,19 +47,30 @@ fn killed_at_random_moments_training_resumes_to_the_same_weights() {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut counts = Counts::default();
     let started = Instant::now();
-    // Kills fall uniformly over a run's length, as the reference measured
-    // it, or as the shortest run that ended before its kill did: the
-    // machine's load changes it.
+    // Half the kills fall uniformly over a run's length, as the reference
+    // measured it, or as the shortest run that ended before its kill did
+    // (the machine's load changes it); the other half inside a checkpoint
+    // write, whatever the load.
     let mut length = reference.slow_seconds;
     for trial in 0..trials {
-        let moment = rng.random_range(0.0..1.0) * length;
+        let moment = if trial % 2 == 0 {
+            Moment::After(rng.random_range(0.0..1.0) * length)
+        } else {
+            Moment::InCheckpointWrite {
+                nth: rng.random_range(1..=CHECKPOINT_WRITES),
+                after: rng.random_range(0.0..0.06),
+            }
+        };
         let outcome = kill_and_resume(&fixture, &reference, trial, moment);
-        if let Ok(Outcome {
-            finished: Some(seconds),
-            ..
-        }) = outcome
+        if let (
+            Moment::After(_),
+            Ok(Outcome {
+                finished: Some(seconds),
+                ..
+            }),
+        ) = (moment, &outcome)
         {
-            length = length.min(seconds);
+            length = length.min(*seconds);
         }
         counts.add(trial, moment, outcome);
     }
@@ -412,7 +427,7 @@ struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, trial: usize, moment: f64, outcome: Result<Outcome, String>) {
+    fn add(&mut self, trial: usize, moment: Moment, outcome: Result<Outcome, String>) {
         match outcome {
             Ok(o) => {
                 self.bit_exact += 1;
@@ -423,13 +438,22 @@ impl Counts {
             }
             Err(why) => self
                 .failures
-                .push(format!("trial {trial}, killed at {moment:.3} s: {why}")),
+                .push(format!("trial {trial}, killed {moment:?}: {why}")),
         }
     }
 }
 
-/// Starts a run with slow writes, kills it with SIGKILL `moment` seconds
-/// later, checks that every file it left is whole (the checkpoint loads,
+/// When a trial kills its run.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// This many seconds after it starts.
+    After(f64),
+    /// This many seconds after its `nth` checkpoint write (from 1) begins,
+    /// as its temporary file appears.
+    InCheckpointWrite { nth: usize, after: f64 },
+}
+
+/// Starts a run with slow writes, kills it with SIGKILL at `moment`, checks that every file it left is whole (the checkpoint loads,
 /// the weights are an epoch's, the history is a prefix of the reference's),
 /// then resumes it (or starts it again when no checkpoint was saved yet)
 /// and checks that it ends as the reference did, bit for bit.
@@ -437,7 +461,7 @@ fn kill_and_resume(
     fixture: &Fixture,
     reference: &Reference,
     trial: usize,
-    moment: f64,
+    moment: Moment,
 ) -> Result<Outcome, String> {
     let name = format!("trial-{trial}");
     let out = fixture.dir.join(&name);
@@ -448,7 +472,12 @@ fn kill_and_resume(
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let finished = wait_up_to(&mut child, Duration::from_secs_f64(moment));
+    let finished = match moment {
+        Moment::After(seconds) => wait_up_to(&mut child, Duration::from_secs_f64(seconds)),
+        Moment::InCheckpointWrite { nth, after } => {
+            wait_for_checkpoint_write(&mut child, &out, nth, Duration::from_secs_f64(after))
+        }
+    };
     if finished.is_none() {
         child.kill().map_err(|e| e.to_string())?;
         child.wait().map_err(|e| e.to_string())?;
@@ -536,6 +565,29 @@ fn wait_up_to(child: &mut Child, limit: Duration) -> Option<f64> {
         }
         std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
     }
+}
+
+/// Waits for the `nth` checkpoint write of `child` (training into `out`)
+/// to begin, then for `after`; how many seconds it took if it ended first.
+fn wait_for_checkpoint_write(
+    child: &mut Child,
+    out: &Path,
+    nth: usize,
+    after: Duration,
+) -> Option<f64> {
+    let start = Instant::now();
+    // Each write's temporary file has a name of its own (a counter).
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < nth {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(start.elapsed().as_secs_f64());
+        }
+        let writes = temporaries(out).into_iter();
+        seen.extend(writes.filter(|name| name.starts_with(".tiny.checkpoint.safetensors.")));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(after);
+    None
 }
 
 /// A running `cnnc run` whose standard error is read line by line.
