@@ -341,6 +341,16 @@ impl Fixture {
     }
 }
 
+impl Drop for Fixture {
+    /// Removes the fixture's folder, unless a test failed: then it is
+    /// left for a look.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 /// Writes images `range` of `pixels` and `labels` as the IDX files
 /// `{prefix}-images-idx3-ubyte` and `{prefix}-labels-idx1-ubyte` in `dir`.
 fn write_idx(
