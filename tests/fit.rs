@@ -4,8 +4,9 @@
 
 use std::process::Command;
 
-use cnnc::config::{Augment, Metric, TrainConfig};
+use cnnc::config::{Augment, EarlyStopping, Metric, TrainConfig};
 use cnnc::data::fashion::{self, Source};
+use cnnc::train::checkpoint::CheckpointEvery;
 use cnnc::train::fit::{self, FitOptions, Progress};
 
 #[test]
@@ -41,6 +42,7 @@ fn a_small_cnn_learns_the_bundled_fashion_subset() {
         resume: false,
         overwrite: false,
         stop: None,
+        checkpoint_every: CheckpointEvery::Epoch,
         progress: &mut progress,
     };
     let fitted = fit::fit(
@@ -133,6 +135,7 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
             resume,
             overwrite: false,
             stop: None,
+            checkpoint_every: CheckpointEvery::Epoch,
             progress: &mut progress,
         };
         fit::fit(&model, &config, (&train, &validation, &test), options).expect("trains")
@@ -162,6 +165,7 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
             resume: true,
             overwrite: false,
             stop: Some(&stop),
+            checkpoint_every: CheckpointEvery::Epoch,
             progress: &mut progress,
         };
         fit::fit(&model, &config, (&train, &validation, &test), options)
@@ -313,6 +317,7 @@ fn fit_tiny(
         resume: false,
         overwrite: false,
         stop: None,
+        checkpoint_every: CheckpointEvery::Epoch,
         progress: &mut progress,
     };
     let result = fit::fit(&model, &config, (train, train, train), options);
@@ -427,4 +432,264 @@ fn a_hand_built_set_with_a_label_beyond_its_classes_is_an_error() {
         "{error:?}"
     );
     insta::assert_snapshot!("evaluated_images_short", error.to_string());
+}
+
+/// The tiny model of [`resuming_from_a_checkpoint_continues_bit_for_bit`]
+/// and small parts of the bundled subset (640 training images: 20 steps of
+/// 32 an epoch), for the tests of checkpoints.
+struct TinyRun {
+    model: cnnc::TypedGraph,
+    train: fashion::Dataset,
+    validation: fashion::Dataset,
+    test: fashion::Dataset,
+}
+
+impl TinyRun {
+    fn new() -> TinyRun {
+        let source = "
+            model tiny : [28, 28, 1] {
+                conv(4, 3, stride: 2, padding: same) -> batchnorm -> relu
+                maxpool(2)
+                flatten
+                dropout(0.3)
+                dense(10, activation: softmax)
+            }";
+        let model =
+            cnnc::compile_source("tiny.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+        let splits = fashion::load_from(Source::Bundled, 12_000, 3).expect("bundled subset");
+        let part = |d: &fashion::Dataset, n: usize| fashion::Dataset {
+            images: d.images[..n * d.image_len()].to_vec(),
+            labels: d.labels[..n].to_vec(),
+            shape: d.shape,
+            class_names: d.class_names.clone(),
+        };
+        TinyRun {
+            model,
+            train: part(&splits.train, 640),
+            validation: part(&splits.validation, 128),
+            test: part(&splits.test, 128),
+        }
+    }
+
+    /// Fits `config` into `out` (created afresh unless resuming), calling
+    /// `progress` as it goes.
+    fn fit(
+        &self,
+        config: &TrainConfig,
+        out: &std::path::Path,
+        (resume, checkpoint_every): (bool, CheckpointEvery),
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<fit::Fitted, fit::FitError> {
+        if !resume {
+            let _ = std::fs::remove_dir_all(out);
+            std::fs::create_dir_all(out).expect("dir");
+        }
+        let options = FitOptions {
+            threads: 2,
+            out: out.to_path_buf(),
+            resume,
+            overwrite: false,
+            stop: None,
+            checkpoint_every,
+            progress,
+        };
+        let sets = (&self.train, &self.validation, &self.test);
+        fit::fit(&self.model, config, sets, options)
+    }
+}
+
+/// A folder of its own under the system's temporary folder, for test `name`.
+fn scratch(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("cnnc-fit-{name}-{}", std::process::id()))
+}
+
+/// Asserts that two runs ended with the same weights, bit for bit, and the
+/// same figures.
+fn assert_same_run(a: &fit::Fitted, b: &fit::Fitted) {
+    assert_eq!(a.weights.len(), b.weights.len());
+    for (name, t) in a.weights.iter() {
+        let other = b
+            .weights
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        let bits = |data: &[f32]| data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&t.data), bits(&other.data), "{name} differs");
+    }
+    assert_eq!(a.test, b.test);
+    let figures = |h: &[fit::Epoch]| -> Vec<_> {
+        h.iter()
+            .map(|e| {
+                (
+                    e.epoch,
+                    e.loss,
+                    e.accuracy,
+                    e.val_loss,
+                    e.lr,
+                    e.top_k.clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(figures(&a.history), figures(&b.history));
+}
+
+#[test]
+fn a_checkpoint_saved_within_an_epoch_resumes_bit_for_bit() {
+    let tiny = TinyRun::new();
+    let config = TrainConfig {
+        epochs: 2,
+        ..resumable()
+    };
+    let (straight, running, copy) = (
+        scratch("within-straight"),
+        scratch("within-running"),
+        scratch("within-copy"),
+    );
+    let whole = tiny
+        .fit(
+            &config,
+            &straight,
+            (false, CheckpointEvery::Epoch),
+            &mut |_| {},
+        )
+        .expect("trains");
+    // Every 5 steps: at step 7 of epoch 2, the checkpoint on disk is the one
+    // saved after step 5. Copy it away, as a kill at that moment would
+    // leave it, and resume from the copy.
+    std::fs::create_dir_all(&copy).expect("dir");
+    let checkpoint = |dir: &std::path::Path| dir.join("tiny.checkpoint.safetensors");
+    let mut copied = false;
+    let mut progress = |p: Progress| {
+        if let Progress::Step(2, 7, ..) = p {
+            std::fs::copy(checkpoint(&running), checkpoint(&copy)).expect("copied");
+            copied = true;
+        }
+    };
+    let every_5 = (false, CheckpointEvery::Steps(5));
+    tiny.fit(&config, &running, every_5, &mut progress)
+        .expect("trains");
+    assert!(copied);
+    let saved = cnnc::runtime::weights::load_file(&checkpoint(&copy)).expect("loads");
+    let meta = |key: &str| saved.metadata.get(key).map(String::as_str);
+    assert_eq!(
+        (meta("epoch"), meta("partial_steps")),
+        (Some("1"), Some("5"))
+    );
+    let resumed = tiny
+        .fit(&config, &copy, (true, CheckpointEvery::Epoch), &mut |_| {})
+        .expect("resumes");
+    assert_same_run(&whole, &resumed);
+}
+
+#[test]
+fn resuming_without_a_checkpoint_says_there_is_none_yet() {
+    let tiny = TinyRun::new();
+    let config = TrainConfig {
+        epochs: 1,
+        ..resumable()
+    };
+    let out = scratch("no-checkpoint");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).expect("dir");
+    let resume = (true, CheckpointEvery::Epoch);
+    let error = tiny.fit(&config, &out, resume, &mut |_| {}).unwrap_err();
+    let expected = out.join("tiny.checkpoint.safetensors");
+    assert!(
+        matches!(&error, fit::FitError::NoCheckpoint { path, weights: None } if *path == expected),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with("no checkpoint yet: start without --resume"),
+        "{error}"
+    );
+    // A weights file alone has no optimizer state to continue from.
+    let weights = out.join("tiny.safetensors");
+    cnnc::runtime::weights::save(&cnnc::runtime::weights::init(&tiny.model, 1), &weights)
+        .expect("saved");
+    let error = tiny.fit(&config, &out, resume, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(&error, fit::FitError::NoCheckpoint { weights: Some(w), .. } if *w == weights),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("--overwrite"), "{error}");
+}
+
+#[test]
+fn resuming_a_finished_run_keeps_the_class_names() {
+    // The best epoch's weights, restored at the end, come back from the
+    // checkpoint without metadata: the class names must still be saved.
+    let tiny = TinyRun::new();
+    let config = TrainConfig {
+        epochs: 2,
+        early_stopping: Some(EarlyStopping {
+            patience: 5,
+            restore_best: true,
+        }),
+        ..resumable()
+    };
+    let out = scratch("class-names");
+    let first = tiny
+        .fit(&config, &out, (false, CheckpointEvery::Epoch), &mut |_| {})
+        .expect("trains");
+    let again = tiny
+        .fit(&config, &out, (true, CheckpointEvery::Epoch), &mut |_| {})
+        .expect("resumes the finished run");
+    assert_same_run(&first, &again);
+    let on_disk = cnnc::runtime::weights::load_file(&out.join("tiny.safetensors")).expect("loads");
+    // The checkpoint names them too, for a command that reads its weights.
+    let checkpoint =
+        cnnc::runtime::weights::load_file(&out.join("tiny.checkpoint.safetensors")).expect("loads");
+    for store in [&again.weights, &on_disk, &checkpoint] {
+        assert_eq!(
+            cnnc::runtime::weights::class_names(store, 10),
+            fashion::CLASS_NAMES
+        );
+    }
+}
+
+#[test]
+fn a_weights_file_that_cannot_be_written_stops_training_and_names_the_checkpoint() {
+    let tiny = TinyRun::new();
+    let config = TrainConfig {
+        epochs: 2,
+        ..resumable()
+    };
+    let out = scratch("unwritable");
+    let _ = std::fs::remove_dir_all(&out);
+    // A folder where the weights file should be: no file can be renamed over it.
+    std::fs::create_dir_all(out.join("tiny.safetensors").join("in-the-way")).expect("dir");
+    let options = FitOptions {
+        threads: 2,
+        out: out.clone(),
+        resume: false,
+        overwrite: true,
+        stop: None,
+        checkpoint_every: CheckpointEvery::Epoch,
+        progress: &mut |_| {},
+    };
+    let sets = (&tiny.train, &tiny.validation, &tiny.test);
+    let error = fit::fit(&tiny.model, &config, sets, options).unwrap_err();
+    assert!(
+        matches!(&error, fit::FitError::Save { what: "weights", path, .. } if *path == out.join("tiny.safetensors")),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("the previous weights file is intact")
+            && message.contains("tiny.checkpoint.safetensors` (after epoch 1) holds this run")
+            && message.contains("--resume"),
+        "{message}"
+    );
+    // Training stopped there, and its temporary file is gone.
+    let saved = cnnc::runtime::weights::load_file(&out.join("tiny.checkpoint.safetensors"))
+        .expect("the checkpoint loads");
+    assert_eq!(saved.metadata.get("epoch").map(String::as_str), Some("1"));
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

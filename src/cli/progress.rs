@@ -45,15 +45,23 @@ impl ProgressPrinter {
                     );
                 }
             }
+            Progress::Validating(epoch, images) => {
+                // On a terminal, the bar's line ends here.
+                let start = if self.interactive { "\n" } else { "" };
+                eprintln!(
+                    "{start}epoch {epoch}/{}: validating on {images} images",
+                    self.epochs
+                );
+            }
             Progress::Epoch(figures) => self.epoch(figures),
+            Progress::Testing(images) => {
+                eprintln!("everything is saved; testing on {images} images");
+            }
         }
     }
 
     /// The epoch's training and validation figures, on one line.
     fn epoch(&self, e: &Epoch) {
-        if self.interactive {
-            eprintln!();
-        }
         println!(
             "epoch {}: loss {:.4} accuracy {:.4}{} | validation loss {:.4} accuracy {:.4}{} | {:.1} s",
             e.epoch,

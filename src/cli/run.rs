@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cnnc::config::TrainConfig;
-use cnnc::train::fit::{self, FitOptions};
+use cnnc::train::checkpoint::CheckpointEvery;
+use cnnc::train::fit::{self, FitOptions, Progress};
 use cnnc::{Diagnostics, TypedGraph};
 
 use super::overrides::{OptimizerArg, TrainOverrides};
@@ -47,7 +48,7 @@ pub struct Args {
     /// Random seed (overrides the train section).
     #[arg(long)]
     seed: Option<u64>,
-    /// Folder for the weights, the checkpoint and the history.
+    /// Folder for the weights, the checkpoint and the history (one run of a model at a time).
     #[arg(long, default_value = ".")]
     out: PathBuf,
     /// Worker threads (default: the machine's cores).
@@ -59,6 +60,10 @@ pub struct Args {
     /// Start afresh even though the output folder holds an earlier run, replacing its weights.
     #[arg(long)]
     overwrite: bool,
+    /// How often to save a checkpoint within an epoch, besides the one at its end:
+    /// `500steps`, `90s`, `5m`, `1h`, or `epoch` for only at its end.
+    #[arg(long, default_value_t = CheckpointEvery::DEFAULT, value_name = "INTERVAL")]
+    checkpoint_every: CheckpointEvery,
     /// Without --train: the weights to run with (default: OUT/MODEL.safetensors, the file
     /// training writes, when it exists; otherwise the model's initializers).
     #[arg(long)]
@@ -118,19 +123,25 @@ fn train(
     std::fs::create_dir_all(out)
         .map_err(|e| fail(format!("cannot create `{}`: {e}", out.display())))?;
     let printer = ProgressPrinter::new(config);
+    report_write_errors_instead_of_dying();
     let options = FitOptions {
         threads: threads_or_cores(args.threads),
         out: out.clone(),
         resume: args.resume,
         overwrite: args.overwrite,
         stop: stop_on_ctrl_c(),
-        progress: &mut |progress: fit::Progress| printer.report(progress),
+        checkpoint_every: args.checkpoint_every,
+        progress: &mut |progress: Progress| {
+            if let Progress::Testing(_) = progress {
+                SAVED.store(true, Ordering::SeqCst);
+            }
+            printer.report(progress)
+        },
     };
     let sets = (&splits.train, &splits.validation, &splits.test);
     let fitted = fit::fit(model, config, sets, options).map_err(|e| failure(&args.file, e))?;
     let name = &model.graph.name;
     let weights = out.join(format!("{name}.safetensors"));
-    cnnc::runtime::weights::save(&fitted.weights, &weights).map_err(|e| failure(&args.file, e))?;
     let curves = draw_curves(
         &fitted.history,
         &out.join(format!("{name}.learning_curves.png")),
@@ -145,18 +156,46 @@ fn train(
     ))
 }
 
-/// The flag that a first Ctrl-C sets, asking training to stop after the
-/// current step and save; a second Ctrl-C ends the process at once. `None`
-/// when the handler cannot be installed.
+/// Set by a first Ctrl-C: training stops at its next step (or after the
+/// epoch's checkpoint, during validation) and saves a checkpoint.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Set once training has saved everything (it reported
+/// [`Progress::Testing`]): a Ctrl-C then quits at once, losing nothing.
+static SAVED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the Ctrl-C handler and returns the flag it sets, [`STOP`];
+/// `None` when the handler cannot be installed. A second Ctrl-C, or the
+/// first once everything is saved, ends the process with status 130 at
+/// once, except in the middle of writing a file: that write is renamed
+/// into place first ([`exit_between_writes`](cnnc::runtime::weights::exit_between_writes)),
+/// so that no checkpoint is torn and no temporary file is left behind.
 fn stop_on_ctrl_c() -> Option<&'static AtomicBool> {
-    static STOP: AtomicBool = AtomicBool::new(false);
     let handler = ctrlc::set_handler(|| {
+        if SAVED.load(Ordering::SeqCst) {
+            eprintln!("\nquitting: everything is saved (--resume evaluates the test set again)");
+            cnnc::runtime::weights::exit_between_writes(130);
+        }
         if STOP.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+            eprintln!("\nquitting (once the file being written, if any, is complete)");
+            cnnc::runtime::weights::exit_between_writes(130);
         }
         eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
     });
     handler.is_ok().then_some(&STOP)
+}
+
+/// Makes a write beyond the file-size limit (`ulimit -f`) fail with an
+/// error (EFBIG) that training reports, naming the file, instead of killing
+/// the process with SIGXFSZ, silently and with the temporary file left
+/// behind.
+fn report_write_errors_instead_of_dying() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to "ignore" installs no
+    // handler code, and no other thread changes SIGXFSZ's disposition.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 /// Draws the learning curves into `path`: the line naming it, or nothing.

@@ -10,6 +10,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
+use super::checkpoint::{Cadence, Checkpoint, CheckpointEvery, Position, RunState};
+use super::folder::RunFiles;
 use crate::autodiff::LossSpec;
 use crate::config::{Schedule, TrainConfig};
 use crate::data::augment::augment_batch;
@@ -41,16 +43,50 @@ pub enum FitError {
     /// Setting up training failed.
     #[error(transparent)]
     Training(#[from] TrainingError),
-    /// A checkpoint could not be written.
+    /// The checkpoint to resume from could not be read.
     #[error(transparent)]
     Checkpoint(#[from] WeightsError),
-    /// The history could not be written.
-    #[error("cannot write `{path}`: {message}")]
-    History {
+    /// A file of the run (the checkpoint, the weights or the history) could
+    /// not be written: a full disk, a file-size limit. Its previous version
+    /// is intact, and no temporary file is left.
+    #[error("cannot write the {what} `{}`: {source}; {kept}", path.display())]
+    Save {
+        /// `checkpoint`, `weights` or `history`.
+        what: &'static str,
         /// The file.
         path: PathBuf,
-        /// Why.
-        message: String,
+        /// What the system said.
+        source: std::io::Error,
+        /// What is still there, and how to continue.
+        kept: String,
+    },
+    /// `resume` found no checkpoint in the output folder.
+    #[error("no checkpoint yet: start without --resume (`{}` does not exist{})", path.display(), weights.as_ref().map(|w| format!("; `{}` does, but holds no optimizer state to continue from: --overwrite replaces it", w.display())).unwrap_or_default())]
+    NoCheckpoint {
+        /// The checkpoint looked for.
+        path: PathBuf,
+        /// The run's weights file, when it exists without a checkpoint.
+        weights: Option<PathBuf>,
+    },
+    /// Another run is training the same model into the same folder.
+    #[error("another `cnnc run`{} is training model `{model}` into `{}` (it holds the lock `{}`): wait for it to end, or train into another folder with --out DIR", pid.map(|p| format!(" (process {p})")).unwrap_or_default(), folder.display(), lock.display())]
+    Busy {
+        /// The model.
+        model: String,
+        /// The output folder.
+        folder: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// The process holding it, when it has written its id there.
+        pid: Option<u32>,
+    },
+    /// The lock file could not be created or locked.
+    #[error("cannot lock `{}`: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
     },
     /// The checkpoint to resume from does not belong to this model or run.
     #[error("cannot resume from `{path}`: {message}")]
@@ -109,6 +145,15 @@ pub enum FitError {
         /// The values its images need (saturated at `usize::MAX`).
         expected: usize,
     },
+    /// Training was interrupted (Ctrl-C) during an epoch's validation; it
+    /// stopped after saving that epoch's checkpoint.
+    #[error("interrupted after epoch {epoch}; saved `{}`: continue with --resume", checkpoint.display())]
+    InterruptedAfterEpoch {
+        /// The epoch completed.
+        epoch: u64,
+        /// The checkpoint written.
+        checkpoint: PathBuf,
+    },
     /// The output folder holds an earlier run that training would replace.
     #[error("`{}` holds an earlier run's weights: continue that run with --resume, start over with --overwrite (replacing them), or train into another folder with --out DIR", path.display())]
     EarlierRun {
@@ -161,41 +206,105 @@ pub struct Fitted {
 pub enum Progress<'a> {
     /// Within an epoch: steps done, steps in the epoch, running loss and accuracy, images/s.
     Step(u64, usize, usize, f64, f64, f64),
+    /// The epoch's training is done and its validation starts, on this
+    /// many images; every [`Progress::Epoch`] comes after one.
+    Validating(u64, usize),
     /// An epoch ended.
     Epoch(&'a Epoch),
+    /// Training is over and everything is saved (the checkpoint, the final
+    /// weights, the history); the evaluation on the test set starts, on
+    /// this many images. Ending the process from here on loses nothing:
+    /// `resume` only evaluates again.
+    Testing(usize),
 }
 
 /// Where training writes its files, and how it reports.
 pub struct FitOptions<'p> {
     /// Worker threads.
     pub threads: usize,
-    /// Folder for `{model}.safetensors` (the weights after every epoch),
-    /// `{model}.checkpoint.safetensors` (weights, optimizer state, epoch:
-    /// what `resume` continues from) and `{model}.history.csv`.
+    /// Folder for `{model}.safetensors` (the weights after every epoch, and
+    /// the final weights at the end), `{model}.checkpoint.safetensors`
+    /// (weights, optimizer state, epoch and step: what `resume` continues
+    /// from) and `{model}.history.csv` (after every epoch). Every file is
+    /// replaced atomically, so a crash at any instant leaves each one
+    /// whole. A run holds the lock `.{model}.lock` there while it trains:
+    /// a second run of the same model into the same folder is refused
+    /// ([`FitError::Busy`]).
     pub out: PathBuf,
     /// Continue from the checkpoint in `out`, bit for bit as if training
-    /// had not stopped.
+    /// had not stopped ([`FitError::NoCheckpoint`] when there is none).
     pub resume: bool,
     /// Start afresh even when `out` holds an earlier run's weights or
     /// checkpoint, replacing them; otherwise that is an error
     /// ([`FitError::EarlierRun`]), so that no trained weights are lost.
     pub overwrite: bool,
     /// When set (by a Ctrl-C handler), training stops after the current
-    /// step and saves a checkpoint to resume from.
+    /// step, or after the epoch's checkpoint when set during validation,
+    /// and saves a checkpoint to resume from.
     pub stop: Option<&'p std::sync::atomic::AtomicBool>,
+    /// How often a checkpoint is saved within an epoch (one is saved at
+    /// the end of every epoch in any case).
+    pub checkpoint_every: CheckpointEvery,
     /// Called as training goes.
     pub progress: &'p mut dyn FnMut(Progress),
 }
 
 /// Trains `model` on `train`, validating on `validation` after every epoch,
 /// and evaluates the result on `test`.
+///
+/// After every epoch it saves the checkpoint, then the weights, then the
+/// history; within an epoch, the checkpoint as
+/// [`FitOptions::checkpoint_every`] says. When a file cannot be written (a
+/// full disk, a file-size limit), training stops with [`FitError::Save`],
+/// the file's previous version intact.
 pub fn fit(
     model: &TypedGraph,
     config: &TrainConfig,
     (train, validation, test): (&Dataset, &Dataset, &Dataset),
     options: FitOptions,
 ) -> Result<Fitted, FitError> {
-    let batch = config.batch as usize;
+    let first_output = check_sets(model, config, (train, validation, test))?;
+    let files = RunFiles::new(&options.out, &model.graph.name);
+    let _lock = files.lock()?;
+    check_start(&files, &options)?;
+    let loss = LossSpec {
+        smoothing: config.label_smoothing,
+        weights: config.loss_weights.clone(),
+    };
+    let step = crate::compile_training(model, &loss, &config.optimizer, config.batch as usize)?;
+    let mut trainer = Trainer::new(step, weights::init(model, config.seed), options.threads)?;
+    trainer.seed = config.seed;
+    let total_steps = (train.len() / config.batch as usize) as u64 * config.epochs;
+    let mut run = Run::new((model, config, &files), trainer, first_output, options);
+    run.total_steps = total_steps;
+    if run.options.resume {
+        run.resume()?;
+    }
+    // The class names travel with the weights, for `cnnc predict`.
+    weights::set_class_names(&mut run.trainer.weights, &train.class_names);
+    for epoch in run.first_epoch..=config.epochs {
+        let (tally, started) = run.train_epoch(epoch, train)?;
+        if run.end_epoch(epoch, (tally, started), validation)? {
+            break;
+        }
+        if epoch < config.epochs && run.stop_requested() {
+            return Err(FitError::InterruptedAfterEpoch {
+                epoch,
+                checkpoint: files.checkpoint.clone(),
+            });
+        }
+    }
+    run.finish(&train.class_names, test)
+}
+
+/// Checks the three sets ([`check_data`]), the model's outputs against the
+/// training set's classes, and that the training set holds a batch;
+/// returns the name of the model's first output.
+fn check_sets(
+    model: &TypedGraph,
+    config: &TrainConfig,
+    (train, validation, test): (&Dataset, &Dataset, &Dataset),
+) -> Result<String, FitError> {
     for (set, data) in [
         ("training", train),
         ("validation", validation),
@@ -204,205 +313,366 @@ pub fn fit(
         check_data(data, set)?;
     }
     let (first_output, _) = check_classes(model, train)?;
+    let batch = config.batch as usize;
     if train.len() < batch {
         return Err(FitError::TooFewImages {
             images: train.len(),
             batch,
         });
     }
-    let loss = LossSpec {
-        smoothing: config.label_smoothing,
-        weights: config.loss_weights.clone(),
-    };
-    let step = crate::compile_training(model, &loss, &config.optimizer, batch)?;
-    let mut trainer = Trainer::new(step, weights::init(model, config.seed), options.threads)?;
-    trainer.seed = config.seed;
-    let top_ks = config.top_ks();
-    let steps_per_epoch = train.len() / batch;
-    let total_steps = steps_per_epoch as u64 * config.epochs;
-    let mut history = Vec::new();
-    let mut best: Option<(f64, TensorStore)> = None;
-    let mut since_best = 0;
-    let weights_path = options
-        .out
-        .join(format!("{}.safetensors", model.graph.name));
-    let checkpoint = options
-        .out
-        .join(format!("{}.checkpoint.safetensors", model.graph.name));
-    let mut first_epoch = 1;
-    // Steps already done in the first epoch, and its running sums, when
-    // resuming a run interrupted in the middle of an epoch.
-    let mut partial: Option<Partial> = None;
-    if !options.resume && !options.overwrite {
-        if let Some(path) = [&checkpoint, &weights_path]
+    Ok(first_output)
+}
+
+/// Whether `options` may start in the folder of `files`: `resume` needs a
+/// checkpoint, and a fresh start (without `overwrite`) needs a folder with
+/// no earlier run's weights or checkpoint.
+fn check_start(files: &RunFiles, options: &FitOptions) -> Result<(), FitError> {
+    if options.resume {
+        if !files.checkpoint.exists() {
+            return Err(FitError::NoCheckpoint {
+                path: files.checkpoint.clone(),
+                weights: files.weights.exists().then(|| files.weights.clone()),
+            });
+        }
+    } else if !options.overwrite {
+        if let Some(path) = [&files.checkpoint, &files.weights]
             .into_iter()
             .find(|p| p.exists())
         {
             return Err(FitError::EarlierRun { path: path.clone() });
         }
     }
-    if options.resume {
-        let state = Checkpoint::load(&checkpoint, model, &trainer)?;
-        first_epoch = state.epoch + 1;
-        partial = state.partial;
-        trainer.weights = state.weights;
-        trainer.states = state.states;
-        trainer.step = state.step;
-        history = state.history;
-        best = state.best;
-        since_best = state.since_best;
+    Ok(())
+}
+
+/// A run in progress: the trainer, and everything a checkpoint saves with it.
+struct Run<'r, 'p> {
+    model: &'r TypedGraph,
+    config: &'r TrainConfig,
+    files: &'r RunFiles,
+    options: FitOptions<'p>,
+    /// The output whose scores count for accuracy.
+    first_output: String,
+    top_ks: Vec<u64>,
+    /// Steps in the whole run, for the schedules.
+    total_steps: u64,
+    trainer: Trainer,
+    history: Vec<Epoch>,
+    /// The best validation loss yet, and the weights that had it.
+    best: Option<(f64, TensorStore)>,
+    /// Epochs since the best one.
+    since_best: u64,
+    /// The first epoch to train (after those a resumed run already did).
+    first_epoch: u64,
+    /// Steps already done in the first epoch, and its running sums, when
+    /// resuming a run stopped in the middle of an epoch.
+    partial: Option<Partial>,
+    /// Where this run's checkpoint on disk was saved; `None` before its first.
+    saved: Option<Position>,
+    /// When the next checkpoint within an epoch is due.
+    cadence: Cadence,
+}
+
+impl<'r, 'p> Run<'r, 'p> {
+    fn new(
+        (model, config, files): (&'r TypedGraph, &'r TrainConfig, &'r RunFiles),
+        trainer: Trainer,
+        first_output: String,
+        options: FitOptions<'p>,
+    ) -> Run<'r, 'p> {
+        let cadence = Cadence::new(options.checkpoint_every);
+        Run {
+            model,
+            config,
+            files,
+            options,
+            first_output,
+            top_ks: config.top_ks(),
+            total_steps: 0,
+            trainer,
+            history: Vec::new(),
+            best: None,
+            since_best: 0,
+            first_epoch: 1,
+            partial: None,
+            saved: None,
+            cadence,
+        }
     }
-    // The class names travel with the weights, for `cnnc predict`.
-    weights::set_class_names(&mut trainer.weights, &train.class_names);
-    for epoch in first_epoch..=config.epochs {
+
+    /// Takes up where the checkpoint left off.
+    fn resume(&mut self) -> Result<(), FitError> {
+        let state = Checkpoint::load(&self.files.checkpoint, self.model, &self.trainer)?;
+        self.saved = Some(state.position());
+        self.first_epoch = state.epoch + 1;
+        self.partial = state.partial;
+        self.trainer.weights = state.weights;
+        self.trainer.states = state.states;
+        self.trainer.step = state.step;
+        self.history = state.history;
+        self.best = state.best;
+        self.since_best = state.since_best;
+        Ok(())
+    }
+
+    /// Whether the Ctrl-C handler asked training to stop.
+    fn stop_requested(&self) -> bool {
+        self.options
+            .stop
+            .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Trains epoch `epoch` (from where a resumed run stopped in it),
+    /// saving checkpoints as they fall due; returns its running sums and
+    /// when it started. Fails with [`FitError::Interrupted`] when asked to
+    /// stop, after saving a checkpoint.
+    fn train_epoch(&mut self, epoch: u64, train: &Dataset) -> Result<(Tally, Instant), FitError> {
         let started = Instant::now();
+        let batch = self.config.batch as usize;
+        let steps = train.len() / batch;
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            config.seed.wrapping_add(epoch),
+            self.config.seed.wrapping_add(epoch),
         ));
-        let mut tally = Tally::new(top_ks.len());
-        let mut skip = 0;
-        if let Some(p) = partial.take() {
-            (skip, tally) = (p.steps, p.tally);
-        }
-        let mut lr = config.optimizer.lr;
+        let (skip, mut tally) = match self.partial.take() {
+            Some(p) => (p.steps, p.tally),
+            None => (0, Tally::new(self.top_ks.len())),
+        };
         for (step, indices) in order.chunks_exact(batch).enumerate().skip(skip) {
-            lr = learning_rate(config, trainer.step.iterations, total_steps);
-            let (mut images, labels) = gather(train, indices);
-            if let Some(augment) = &config.augment {
-                augment_batch(
-                    &mut images,
-                    train.shape,
-                    augment,
-                    (config.seed, epoch, step),
-                );
-            }
-            let result = trainer
-                .train_step(&images, &labels, lr)
-                .map_err(|source| FitError::Step { epoch, source })?;
-            tally.loss_sum += total_loss(&result.losses, &config.loss_weights) * batch as f64;
-            tally.count(
-                output_values(&result.outputs, &first_output),
-                &labels,
-                &top_ks,
-            );
-            let rate = tally.seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            (options.progress)(Progress::Step(
+            self.train_step((epoch, step), indices, train, &mut tally)?;
+            let done = step + 1;
+            let rate = ((done - skip) * batch) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            (self.options.progress)(Progress::Step(
                 epoch,
-                step + 1,
-                steps_per_epoch,
+                done,
+                steps,
                 tally.loss_sum / tally.seen as f64,
                 tally.correct as f64 / tally.seen as f64,
                 rate,
             ));
-            if options
-                .stop
-                .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::SeqCst))
-            {
+            let stop = self.stop_requested();
+            // The last step's checkpoint comes after validation, with the epoch's figures.
+            let due = self.cadence.step() && done < steps;
+            if stop || due {
                 let partial = Partial {
-                    steps: step + 1,
-                    tally,
+                    steps: done,
+                    tally: tally.clone(),
                 };
-                Checkpoint::save(
-                    &checkpoint,
-                    (epoch - 1, Some(partial)),
-                    &trainer,
-                    &history,
-                    best.as_ref(),
-                    since_best,
-                )?;
+                self.save_checkpoint(epoch - 1, Some(&partial))?;
+            }
+            if stop {
                 return Err(FitError::Interrupted {
                     epoch,
-                    step: step + 1,
-                    checkpoint,
+                    step: done,
+                    checkpoint: self.files.checkpoint.clone(),
                 });
             }
         }
+        Ok((tally, started))
+    }
+
+    /// One training step of epoch `epoch` on the images `indices` of
+    /// `train`, counted into `tally`.
+    fn train_step(
+        &mut self,
+        (epoch, step): (u64, usize),
+        indices: &[usize],
+        train: &Dataset,
+        tally: &mut Tally,
+    ) -> Result<(), FitError> {
+        let lr = learning_rate(self.config, self.trainer.step.iterations, self.total_steps);
+        let (mut images, labels) = gather(train, indices);
+        if let Some(augment) = &self.config.augment {
+            augment_batch(
+                &mut images,
+                train.shape,
+                augment,
+                (self.config.seed, epoch, step),
+            );
+        }
+        let result = self
+            .trainer
+            .train_step(&images, &labels, lr)
+            .map_err(|source| FitError::Step { epoch, source })?;
+        tally.loss_sum +=
+            total_loss(&result.losses, &self.config.loss_weights) * indices.len() as f64;
+        tally.count(
+            output_values(&result.outputs, &self.first_output),
+            &labels,
+            &self.top_ks,
+        );
+        Ok(())
+    }
+
+    /// Validates after epoch `epoch`'s training (`tally`, begun at
+    /// `started`), records its figures, and saves the checkpoint, the
+    /// weights and the history, in that order; returns whether early
+    /// stopping ends training here.
+    fn end_epoch(
+        &mut self,
+        epoch: u64,
+        (tally, started): (Tally, Instant),
+        validation: &Dataset,
+    ) -> Result<bool, FitError> {
+        (self.options.progress)(Progress::Validating(epoch, validation.len()));
         let checked = evaluate_in_detail(
-            model,
-            &trainer.weights,
+            self.model,
+            &self.trainer.weights,
             validation,
-            (&top_ks, options.threads),
+            (&self.top_ks, self.options.threads),
         )?;
-        let val_loss = checked.loss;
-        weights::save(&trainer.weights, &weights_path)?;
+        let figures = self.figures(epoch, &tally, &checked, started);
+        (self.options.progress)(Progress::Epoch(&figures));
+        self.history.push(figures);
+        if self.best.as_ref().is_none_or(|(l, _)| checked.loss < *l) {
+            self.best = Some((checked.loss, self.trainer.weights.clone()));
+            self.since_best = 0;
+        } else {
+            self.since_best += 1;
+        }
+        self.save_checkpoint(epoch, None)?;
+        self.save_weights(&self.trainer.weights)?;
+        self.save_history()?;
+        Ok(self
+            .config
+            .early_stopping
+            .is_some_and(|stopping| self.since_best >= stopping.patience))
+    }
+
+    /// Epoch `epoch`'s figures, from its training `tally` and its
+    /// validation `checked`.
+    fn figures(&self, epoch: u64, tally: &Tally, checked: &Evaluation, started: Instant) -> Epoch {
         let seen = tally.seen.max(1) as f64;
-        let figures = Epoch {
+        // The rate of the epoch's last step (the step counter is past it).
+        let last_step = self.trainer.step.iterations.saturating_sub(1);
+        Epoch {
             epoch,
             loss: tally.loss_sum / seen,
             accuracy: tally.correct as f64 / seen,
-            val_loss,
+            val_loss: checked.loss,
             val_accuracy: checked.accuracy,
-            lr,
+            lr: learning_rate(self.config, last_step, self.total_steps),
             seconds: started.elapsed().as_secs_f64(),
-            top_k: top_ks
+            top_k: self
+                .top_ks
                 .iter()
                 .zip(&tally.top_k_correct)
                 .zip(&checked.top_k)
                 .map(|((&k, &c), &(_, v))| (k, c as f64 / seen, v))
                 .collect(),
-        };
-        (options.progress)(Progress::Epoch(&figures));
-        history.push(figures);
-        if best.as_ref().is_none_or(|(l, _)| val_loss < *l) {
-            best = Some((val_loss, trainer.weights.clone()));
-            since_best = 0;
-        } else {
-            since_best += 1;
-        }
-        Checkpoint::save(
-            &checkpoint,
-            (epoch, None),
-            &trainer,
-            &history,
-            best.as_ref(),
-            since_best,
-        )?;
-        if let Some(stopping) = config.early_stopping {
-            if since_best >= stopping.patience {
-                break;
-            }
         }
     }
-    let restore = config.early_stopping.is_some_and(|s| s.restore_best);
-    let weights = match (restore, best) {
-        (true, Some((_, w))) => w,
-        _ => trainer.weights.clone(),
-    };
-    write_history(
-        &options
-            .out
-            .join(format!("{}.history.csv", model.graph.name)),
-        &history,
-    )?;
-    let test = evaluate(model, &weights, test, options.threads)?;
-    Ok(Fitted {
-        weights,
-        history,
-        test,
-    })
+
+    /// Saves the final weights (the best epoch's, with early stopping's
+    /// restore), named by `class_names`, and the history; then evaluates
+    /// them on `test`.
+    fn finish(mut self, class_names: &[String], test: &Dataset) -> Result<Fitted, FitError> {
+        let restore = self.config.early_stopping.is_some_and(|s| s.restore_best);
+        let mut weights = match (restore, self.best.take()) {
+            (true, Some((_, best))) => best,
+            _ => self.trainer.weights.clone(),
+        };
+        // The best weights read back from a checkpoint carry no metadata.
+        weights::set_class_names(&mut weights, class_names);
+        self.save_weights(&weights)?;
+        self.save_history()?;
+        (self.options.progress)(Progress::Testing(test.len()));
+        let test = evaluate(self.model, &weights, test, self.options.threads)?;
+        Ok(Fitted {
+            weights,
+            history: self.history,
+            test,
+        })
+    }
+
+    /// Saves the checkpoint: after `epoch` whole epochs, and `partial` into
+    /// the next when within it.
+    fn save_checkpoint(&mut self, epoch: u64, partial: Option<&Partial>) -> Result<(), FitError> {
+        let state = RunState {
+            epoch,
+            partial,
+            trainer: &self.trainer,
+            history: &self.history,
+            best: self.best.as_ref(),
+            since_best: self.since_best,
+        };
+        let position = state.position();
+        Checkpoint::save(&self.files.checkpoint, &state)
+            .map_err(|e| self.save_error("checkpoint", &self.files.checkpoint, e))?;
+        self.saved = Some(position);
+        self.cadence.saved();
+        Ok(())
+    }
+
+    fn save_weights(&self, store: &TensorStore) -> Result<(), FitError> {
+        weights::save(store, &self.files.weights)
+            .map_err(|e| self.save_error("weights", &self.files.weights, e))
+    }
+
+    fn save_history(&self) -> Result<(), FitError> {
+        let path = &self.files.history;
+        weights::write_atomically(path, history_csv(&self.history).as_bytes()).map_err(|source| {
+            self.save_error(
+                "history",
+                path,
+                WeightsError::Write {
+                    path: path.clone(),
+                    source,
+                },
+            )
+        })
+    }
+
+    /// [`FitError::Save`] for `what` at `path`, saying what is still there
+    /// to continue from.
+    fn save_error(&self, what: &'static str, path: &Path, error: WeightsError) -> FitError {
+        let source = match error {
+            WeightsError::Write { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        };
+        let remedy = "once there is room (free disk space, or a higher file-size limit), continue with --resume";
+        let kept = match (what, self.saved) {
+            ("checkpoint", Some(at)) => format!("the previous checkpoint ({at}) is intact: {remedy}"),
+            ("checkpoint", None) => "this run had saved no checkpoint yet, and nothing else was \
+                                     written: once there is room, start again"
+                .to_string(),
+            (_, Some(at)) => format!(
+                "the previous {what} file is intact, and the checkpoint `{}` ({at}) holds this run: {remedy}",
+                self.files.checkpoint.display()
+            ),
+            (_, None) => format!("the previous {what} file is intact"),
+        };
+        FitError::Save {
+            what,
+            path: path.to_path_buf(),
+            source,
+            kept,
+        }
+    }
 }
 
-/// How far an interrupted epoch got.
+/// How far into an epoch a checkpoint saved within it got.
 #[derive(Debug, Clone)]
-struct Partial {
-    steps: usize,
-    tally: Tally,
+pub(super) struct Partial {
+    /// Steps done.
+    pub(super) steps: usize,
+    /// Their running sums.
+    pub(super) tally: Tally,
 }
 
 /// The running sums of an epoch's training figures.
 #[derive(Debug, Clone)]
-struct Tally {
+pub(super) struct Tally {
     /// The sum over images of the weighted total loss.
-    loss_sum: f64,
+    pub(super) loss_sum: f64,
     /// Images whose top score is their label.
-    correct: usize,
+    pub(super) correct: usize,
     /// For each `top_k` metric, images whose label is among the k top scores.
-    top_k_correct: Vec<usize>,
+    pub(super) top_k_correct: Vec<usize>,
     /// Images seen.
-    seen: usize,
+    pub(super) seen: usize,
     /// `confusion[true class][predicted class]`, when asked for (else empty).
-    confusion: Vec<Vec<u64>>,
+    pub(super) confusion: Vec<Vec<u64>>,
 }
 
 impl Tally {
@@ -440,165 +710,6 @@ impl Tally {
             }
         }
         self.seen += labels.len();
-    }
-}
-
-/// What a checkpoint holds: everything a resumed run needs to continue bit
-/// for bit. Tensors are stored under `weight:`, `state:` and `best:`
-/// prefixes; counters and the history in the file's metadata.
-struct Checkpoint {
-    /// The last epoch completed.
-    epoch: u64,
-    /// Progress into the next epoch, when interrupted within it.
-    partial: Option<Partial>,
-    weights: TensorStore,
-    states: TensorStore,
-    step: crate::optimizer::StepState,
-    history: Vec<Epoch>,
-    best: Option<(f64, TensorStore)>,
-    since_best: u64,
-}
-
-impl Checkpoint {
-    fn save(
-        path: &Path,
-        (epoch, partial): (u64, Option<Partial>),
-        trainer: &Trainer,
-        history: &[Epoch],
-        best: Option<&(f64, TensorStore)>,
-        since_best: u64,
-    ) -> Result<(), FitError> {
-        let mut store = TensorStore::new();
-        for (prefix, tensors) in [("weight:", &trainer.weights), ("state:", &trainer.states)] {
-            for (name, t) in tensors.iter() {
-                store.insert(format!("{prefix}{name}"), t.clone());
-            }
-        }
-        if let Some((loss, tensors)) = best {
-            for (name, t) in tensors.iter() {
-                store.insert(format!("best:{name}"), t.clone());
-            }
-            store
-                .metadata
-                .insert("best_val_loss".into(), format!("{:e}", loss));
-        }
-        let meta = &mut store.metadata;
-        meta.insert("epoch".into(), epoch.to_string());
-        meta.insert("iterations".into(), trainer.step.iterations.to_string());
-        // Exact bits, so that Nadam's schedule resumes without drift.
-        meta.insert(
-            "u_product_bits".into(),
-            trainer.step.u_product.to_bits().to_string(),
-        );
-        meta.insert("since_best".into(), since_best.to_string());
-        meta.insert("history".into(), history_csv(history));
-        if let Some(p) = partial {
-            let t = &p.tally;
-            meta.insert("partial_steps".into(), p.steps.to_string());
-            meta.insert("partial_loss_bits".into(), t.loss_sum.to_bits().to_string());
-            meta.insert("partial_correct".into(), t.correct.to_string());
-            meta.insert("partial_seen".into(), t.seen.to_string());
-            let top_k: Vec<String> = t.top_k_correct.iter().map(|c| c.to_string()).collect();
-            meta.insert("partial_top_k_correct".into(), top_k.join(","));
-        }
-        weights::save(&store, path)?;
-        Ok(())
-    }
-
-    fn load(path: &Path, model: &TypedGraph, trainer: &Trainer) -> Result<Checkpoint, FitError> {
-        let fail = |message: String| FitError::Resume {
-            path: path.to_path_buf(),
-            message,
-        };
-        let store = weights::load_file(path)?;
-        let number = |key: &str| -> Result<u64, FitError> {
-            store
-                .metadata
-                .get(key)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| fail(format!("it has no `{key}`: it is not a cnnc checkpoint")))
-        };
-        // In the order of `like`, so that a resumed run lists its tensors
-        // as a fresh one does (files keep them sorted by name).
-        let part = |prefix: &str, like: &TensorStore| -> TensorStore {
-            let found: TensorStore = store
-                .iter()
-                .filter_map(|(n, t)| n.strip_prefix(prefix).map(|n| (n.to_string(), t.clone())))
-                .collect();
-            let mut ordered: TensorStore = like
-                .names()
-                .filter_map(|n| found.get(n).map(|t| (n.to_string(), t.clone())))
-                .collect();
-            for (n, t) in found.iter() {
-                if ordered.get(n).is_none() {
-                    ordered.insert(n.to_string(), t.clone());
-                }
-            }
-            ordered
-        };
-        let weights = part("weight:", &trainer.weights);
-        let problems = weights::mismatches(model, &weights);
-        if !problems.is_empty() {
-            return Err(fail(format!(
-                "its weights do not fit model `{}` ({} problems)",
-                model.graph.name,
-                problems.len()
-            )));
-        }
-        let states = part("state:", &trainer.states);
-        let sorted = |store: &TensorStore| {
-            let mut names: Vec<String> = store.names().map(|n| n.to_string()).collect();
-            names.sort();
-            names
-        };
-        if sorted(&states) != sorted(&trainer.states) {
-            return Err(fail(
-                "its optimizer state does not match this run's optimizer".into(),
-            ));
-        }
-        let best_tensors = part("best:", &trainer.weights);
-        let best = store
-            .metadata
-            .get("best_val_loss")
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|loss| (loss, best_tensors));
-        let history = store
-            .metadata
-            .get("history")
-            .map(|h| parse_history(h).map_err(|m| fail(format!("its history: {m}"))))
-            .transpose()?
-            .unwrap_or_default();
-        let step = crate::optimizer::StepState {
-            iterations: number("iterations")?,
-            u_product: f64::from_bits(number("u_product_bits")?),
-        };
-        let partial = match number("partial_steps") {
-            Ok(steps) => Some(Partial {
-                steps: steps as usize,
-                tally: Tally {
-                    loss_sum: f64::from_bits(number("partial_loss_bits")?),
-                    correct: number("partial_correct")? as usize,
-                    top_k_correct: store
-                        .metadata
-                        .get("partial_top_k_correct")
-                        .map(|list| list.split(',').filter_map(|c| c.parse().ok()).collect())
-                        .unwrap_or_default(),
-                    seen: number("partial_seen")? as usize,
-                    confusion: Vec::new(),
-                },
-            }),
-            Err(_) => None,
-        };
-        Ok(Checkpoint {
-            epoch: number("epoch")?,
-            partial,
-            weights,
-            states,
-            step,
-            history,
-            best,
-            since_best: number("since_best")?,
-        })
     }
 }
 
@@ -822,7 +933,8 @@ fn check_data(data: &Dataset, set: &'static str) -> Result<(), FitError> {
     }
 }
 
-fn history_csv(history: &[Epoch]) -> String {
+/// The text of `{model}.history.csv`: a header, then a row per epoch.
+pub(super) fn history_csv(history: &[Epoch]) -> String {
     let mut text = String::from("epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds");
     for (k, _, _) in history.first().map_or(&[][..], |e| &e.top_k[..]) {
         text += &format!(",top{k}_accuracy,val_top{k}_accuracy");
@@ -932,11 +1044,4 @@ impl HistoryColumns {
                 .collect::<Result<_, String>>()?,
         })
     }
-}
-
-fn write_history(path: &Path, history: &[Epoch]) -> Result<(), FitError> {
-    std::fs::write(path, history_csv(history)).map_err(|e| FitError::History {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
 }

@@ -1,5 +1,8 @@
 //! Training a compiled model: epochs, validation, schedules, early
-//! stopping, checkpoints and the history ([`fit`]); the configuration it
-//! follows is [`crate::config::TrainConfig`].
+//! stopping and the history ([`fit`]); checkpoints and how often they are
+//! saved ([`checkpoint`]); the output folder's files and lock (`folder`).
+//! The configuration training follows is [`crate::config::TrainConfig`].
 
+pub mod checkpoint;
 pub mod fit;
+mod folder;

@@ -7,6 +7,8 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
 
@@ -30,6 +32,71 @@ pub fn save(store: &TensorStore, path: &Path) -> Result<(), WeightsError> {
     })
 }
 
+/// Writes `bytes` to `path` atomically, as [`save`] writes a safetensors
+/// file: to a new temporary file in the same folder (named
+/// `.{file name}.{process id}.{counter}.tmp`), flushed to disk, renamed over
+/// `path`, then the folder synced where the platform allows. A crash at any
+/// instant leaves either the previous file or the new one, whole; on an
+/// error (a full disk, a file-size limit) the temporary file is removed and
+/// `path` is untouched.
+///
+/// Writes do not overlap [`exit_between_writes`]: a file being written is
+/// renamed into place before that exit, and none starts after it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    // A poisoned lock only means that another write panicked; its temporary
+    // file is at worst left over, and this write is unaffected.
+    let _writing = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
+    let folder = folder_of(path);
+    let (temp, file) = create_temp(folder, path)?;
+    let written = write_and_sync(file, bytes).and_then(|()| {
+        test_pace::pause();
+        fs::rename(&temp, path)
+    });
+    if let Err(e) = written {
+        // Best effort: the write already failed, and that is the error to report.
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    test_pace::pause();
+    sync_folder(folder);
+    Ok(())
+}
+
+/// Ends the process with exit status `code`, but never in the middle of a
+/// [`write_atomically`] (or [`save`]): a write under way is first renamed
+/// into place, and no write starts after this is called. For a signal
+/// handler that quits at once (a second Ctrl-C) without tearing a file or
+/// leaving its temporary file behind. Must not be called from the thread
+/// that is writing.
+pub fn exit_between_writes(code: i32) -> ! {
+    let _writing = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
+    std::process::exit(code)
+}
+
+/// Removes the temporary files that interrupted writes of `path` (by
+/// [`write_atomically`] or [`save`], in any process) left in its folder,
+/// and returns how many there were. A process killed in the middle of a
+/// write cannot clean up after itself; its successor can, once it knows
+/// that no other process is writing `path` (the caller's lock says so:
+/// a write in progress would lose its temporary file).
+pub fn remove_stale_temporaries(path: &Path) -> io::Result<usize> {
+    let Some(name) = path.file_name() else {
+        return Ok(0);
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let mut removed = 0;
+    for entry in fs::read_dir(folder_of(path))? {
+        let entry = entry?;
+        let entry_name = entry.file_name();
+        let entry_name = entry_name.to_string_lossy();
+        if is_temporary_of(&entry_name, &prefix) {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Reads any safetensors file whose tensors are all F32, in the file's order
 /// (by data offset), with its metadata.
 ///
@@ -43,6 +110,69 @@ pub fn load_file(path: &Path) -> Result<TensorStore, WeightsError> {
         source,
     })?;
     decode(&bytes, path)
+}
+
+/// Held while a file is written, renamed and synced, so that
+/// [`exit_between_writes`] waits for the rename.
+static WRITING: Mutex<()> = Mutex::new(());
+
+/// The folder of `path` (`.` for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Whether `name` is a temporary file that [`create_temp`] names for a
+/// target whose temporary names start with `prefix` (`.{name}.`): the
+/// prefix, then a process id and a counter, then `.tmp`.
+fn is_temporary_of(name: &str, prefix: &str) -> bool {
+    let Some(numbers) = name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(".tmp"))
+    else {
+        return false;
+    };
+    let parts: Vec<&str> = numbers.split('.').collect();
+    parts.len() == 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Slow writes for the crash tests, in debug builds only: with
+/// `CNNC_TEST_SLOW_WRITES=MS` in the environment, each atomic write takes
+/// about MS milliseconds more, spread over its steps (a pause after each of
+/// `SLICES - 2` parts of the data, one before the rename and one before the
+/// folder's sync), so that a kill at a random moment often lands inside
+/// one. Release builds never read the variable.
+mod test_pace {
+    use super::Duration;
+
+    /// The pauses of one write.
+    pub(super) const SLICES: u32 = 10;
+
+    /// How long each pause lasts: `None` (the usual case) for no pause.
+    pub(super) fn slice() -> Option<Duration> {
+        #[cfg(debug_assertions)]
+        {
+            static SLICE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+            *SLICE.get_or_init(|| {
+                let ms: u64 = std::env::var("CNNC_TEST_SLOW_WRITES").ok()?.parse().ok()?;
+                Some(Duration::from_millis(ms) / SLICES)
+            })
+        }
+        #[cfg(not(debug_assertions))]
+        None
+    }
+
+    /// One pause, when slow writes are asked for.
+    pub(super) fn pause() {
+        if let Some(slice) = slice() {
+            std::thread::sleep(slice);
+        }
+    }
 }
 
 /// A tensor as safetensors sees it: F32, little-endian.
@@ -98,28 +228,19 @@ fn encode(store: &TensorStore, path: &Path) -> Result<Vec<u8>, WeightsError> {
     })
 }
 
-/// Writes `bytes` to a new temporary file next to `path`, syncs it, renames
-/// it over `path` and syncs the folder. On failure the temporary file is
-/// removed and `path` is untouched.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let (temp, file) = create_temp(folder, path)?;
-    let written = write_and_sync(file, bytes).and_then(|()| fs::rename(&temp, path));
-    if let Err(e) = written {
-        // Best effort: the write already failed, and that is the error to report.
-        let _ = fs::remove_file(&temp);
-        return Err(e);
-    }
-    sync_folder(folder);
-    Ok(())
-}
-
-/// Writes `bytes` to `file`, flushes them to disk and closes it.
+/// Writes `bytes` to `file`, flushes them to disk and closes it (in
+/// slices, with a pause after each, when the crash tests slow writes down).
 fn write_and_sync(mut file: fs::File, bytes: &[u8]) -> io::Result<()> {
-    file.write_all(bytes)?;
+    match test_pace::slice() {
+        None => file.write_all(bytes)?,
+        Some(_) => {
+            let slices = (test_pace::SLICES - 2) as usize;
+            for slice in bytes.chunks(bytes.len().div_ceil(slices).max(1)) {
+                file.write_all(slice)?;
+                test_pace::pause();
+            }
+        }
+    }
     file.sync_all()
 }
 
@@ -278,6 +399,83 @@ mod tests {
             decode(bytes, Path::new("x.safetensors")),
             Err(WeightsError::Format { .. })
         )
+    }
+
+    /// A fresh folder of its own for test `name`.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cnnc-file-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn temporary_names_are_the_targets_with_a_process_id_and_a_counter() {
+        let prefix = ".m.safetensors.";
+        assert!(is_temporary_of(".m.safetensors.123.0.tmp", prefix));
+        assert!(is_temporary_of(".m.safetensors.9.41.tmp", prefix));
+        for other in [
+            "m.safetensors",
+            ".m.safetensors.123.tmp",
+            ".m.safetensors.1.2.3.tmp",
+            ".m.safetensors.12a.0.tmp",
+            ".m.safetensors..0.tmp",
+            ".m.checkpoint.safetensors.123.0.tmp",
+            ".m.safetensors.123.0.tmp.bak",
+        ] {
+            assert!(!is_temporary_of(other, prefix), "{other}");
+        }
+    }
+
+    #[test]
+    fn stale_temporaries_of_a_file_alone_are_removed() {
+        let dir = scratch("stale");
+        let target = dir.join("m.safetensors");
+        for name in [
+            ".m.safetensors.77.0.tmp",
+            ".m.safetensors.78.3.tmp",
+            ".m.checkpoint.safetensors.77.1.tmp",
+            "m.safetensors",
+            "notes.tmp",
+        ] {
+            fs::write(dir.join(name), b"x").expect("written");
+        }
+        assert_eq!(remove_stale_temporaries(&target).expect("removed"), 2);
+        assert_eq!(
+            names_in(&dir),
+            [
+                ".m.checkpoint.safetensors.77.1.tmp",
+                "m.safetensors",
+                "notes.tmp"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_target_as_it_was_and_no_temporary_file() {
+        let dir = scratch("failed");
+        // A folder in the target's place: the rename over it fails.
+        let target = dir.join("m.safetensors");
+        fs::create_dir_all(target.join("inside")).expect("dir");
+        let error = write_atomically(&target, b"new").expect_err("fails");
+        assert_ne!(error.kind(), io::ErrorKind::NotFound, "{error}");
+        assert_eq!(names_in(&dir), ["m.safetensors"]);
+        assert!(target.join("inside").is_dir());
+        // A file is replaced whole.
+        let file = dir.join("h.csv");
+        fs::write(&file, b"old").expect("written");
+        write_atomically(&file, b"new").expect("written");
+        assert_eq!(fs::read(&file).expect("read"), b"new");
+        assert_eq!(names_in(&dir), ["h.csv", "m.safetensors"]);
     }
 
     #[test]

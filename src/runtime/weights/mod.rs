@@ -16,7 +16,8 @@
 //!   initializers), and [`init`], which fills them from per-name random
 //!   streams;
 //! - `file`: the safetensors format, [`save`] and [`load_file`], which know
-//!   nothing of models;
+//!   nothing of models, and the atomic write under [`save`]
+//!   ([`write_atomically`]);
 //! - `check`: [`load_for`] and [`mismatches`], which hold a store against a
 //!   model's [`specs`] and describe each [`Problem`];
 //! - `classes`: the class names trained weights carry in their metadata
@@ -36,6 +37,6 @@ pub use check::{
 };
 pub use classes::{class_names, set_class_names, CLASS_NAMES_KEY};
 pub use error::WeightsError;
-pub use file::{load_file, save};
+pub use file::{exit_between_writes, load_file, remove_stale_temporaries, save, write_atomically};
 pub use initializers::{init, specs, WeightSpec};
 pub use store::{Tensor, TensorStore};
