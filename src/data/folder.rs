@@ -190,6 +190,29 @@ fn split_dirs(dir: &Path) -> Option<(PathBuf, PathBuf)> {
 pub fn read_image(path: &Path, conversion: Conversion) -> Result<Vec<f32>, FolderError> {
     check_channels(conversion)?;
     let image = decode(path)?;
+    convert(image, path, conversion)
+}
+
+/// [`read_image`] of a file already in memory, its format guessed from its
+/// bytes; `path` only names it in errors. The fuzz targets call it, so that
+/// no input goes through a temporary file.
+pub fn read_image_bytes(
+    bytes: &[u8],
+    path: &Path,
+    conversion: Conversion,
+) -> Result<Vec<f32>, FolderError> {
+    check_channels(conversion)?;
+    let image = decode_from(ImageReader::new(std::io::Cursor::new(bytes)), path)?;
+    convert(image, path, conversion)
+}
+
+/// `image` (read from `path`) as a model input, resized and converted to
+/// grey or RGB when `conversion` allows it.
+fn convert(
+    image: DynamicImage,
+    path: &Path,
+    conversion: Conversion,
+) -> Result<Vec<f32>, FolderError> {
     let [height, width, channels] = conversion.shape;
     let fits_size = (image.height() as usize, image.width() as usize) == (height, width);
     let fits_colour = image.color().has_color() == (channels == 3);
@@ -234,15 +257,23 @@ fn colour_name(colour: bool) -> &'static str {
 }
 
 fn decode(path: &Path) -> Result<DynamicImage, FolderError> {
+    let reader = ImageReader::open(path).map_err(|e| FolderError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    decode_from(reader, path)
+}
+
+/// Decodes the image `reader` holds, of the format its bytes say.
+fn decode_from<R: std::io::BufRead + std::io::Seek>(
+    reader: ImageReader<R>,
+    path: &Path,
+) -> Result<DynamicImage, FolderError> {
     let decode_error = |message: String| FolderError::Decode {
         path: path.to_path_buf(),
         message,
     };
-    ImageReader::open(path)
-        .map_err(|e| FolderError::Read {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?
+    reader
         .with_guessed_format()
         .map_err(|e| decode_error(e.to_string()))?
         .decode()

@@ -443,6 +443,20 @@ impl Tally {
     }
 }
 
+/// Reads a checkpoint already in memory as `--resume` reads the file at
+/// `path` (which only names it in errors), for `model` trained by
+/// `trainer`: `Ok` when a run could resume from it. The fuzz targets call
+/// it, so that no input goes through a temporary file.
+pub fn check_checkpoint(
+    bytes: &[u8],
+    path: &Path,
+    model: &TypedGraph,
+    trainer: &Trainer,
+) -> Result<(), FitError> {
+    let store = weights::load_bytes(bytes, path)?;
+    Checkpoint::read(store, path, model, trainer).map(drop)
+}
+
 /// What a checkpoint holds: everything a resumed run needs to continue bit
 /// for bit. Tensors are stored under `weight:`, `state:` and `best:`
 /// prefixes; counters and the history in the file's metadata.
@@ -506,11 +520,21 @@ impl Checkpoint {
     }
 
     fn load(path: &Path, model: &TypedGraph, trainer: &Trainer) -> Result<Checkpoint, FitError> {
+        Checkpoint::read(weights::load_file(path)?, path, model, trainer)
+    }
+
+    /// The checkpoint that `store`, read from `path`, holds for `model`
+    /// trained by `trainer`.
+    fn read(
+        store: TensorStore,
+        path: &Path,
+        model: &TypedGraph,
+        trainer: &Trainer,
+    ) -> Result<Checkpoint, FitError> {
         let fail = |message: String| FitError::Resume {
             path: path.to_path_buf(),
             message,
         };
-        let store = weights::load_file(path)?;
         let number = |key: &str| -> Result<u64, FitError> {
             store
                 .metadata

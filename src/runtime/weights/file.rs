@@ -45,6 +45,13 @@ pub fn load_file(path: &Path) -> Result<TensorStore, WeightsError> {
     decode(&bytes, path)
 }
 
+/// Reads a safetensors file already in memory, as [`load_file`] reads one
+/// from disk; `path` only names it in errors. The fuzz targets call it, so
+/// that no input goes through a temporary file.
+pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<TensorStore, WeightsError> {
+    decode(bytes, path)
+}
+
 /// A tensor as safetensors sees it: F32, little-endian.
 struct F32View<'a>(&'a Tensor);
 

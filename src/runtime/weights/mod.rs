@@ -32,6 +32,6 @@ mod store;
 pub use check::{load_for, mismatches, Problem};
 pub use classes::{class_names, set_class_names, CLASS_NAMES_KEY};
 pub use error::WeightsError;
-pub use file::{load_file, save};
+pub use file::{load_bytes, load_file, save};
 pub use initializers::{init, specs, WeightSpec};
 pub use store::{Tensor, TensorStore};
