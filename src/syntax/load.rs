@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::diagnostics::{suggest, Diagnostic, Diagnostics, FileId, SourceMap, Span};
 use crate::stdlib;
@@ -98,6 +98,27 @@ impl Origin {
     }
 }
 
+/// Standard library module `module` (whose text is `text`) parsed as file
+/// `id`. Its text never changes, so each module is parsed once per process
+/// and file id (which its spans carry), not once per program importing it:
+/// parsing `xception` took longer than compiling most models that use it.
+fn parse_stdlib(module: &str, text: &str, id: FileId) -> Result<ast::File, Diagnostic> {
+    type Parsed = HashMap<(String, FileId), ast::File>;
+    static PARSED: OnceLock<Mutex<Parsed>> = OnceLock::new();
+    let parsed = PARSED.get_or_init(Mutex::default);
+    let key = (module.to_string(), id);
+    // A panic elsewhere while the lock was held leaves the map whole.
+    if let Some(file) = parsed.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(file.clone());
+    }
+    let file = syntax::parse(text, id)?;
+    parsed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, file.clone());
+    Ok(file)
+}
+
 /// A file's text as the parser and the diagnostics see it: without a
 /// UTF-8 byte-order mark at its start (which editors on Windows write, and
 /// rustc skips too), and with each carriage return that ends a line alone
@@ -168,7 +189,11 @@ impl Loader {
         self.files.push(None);
         self.imports.push(Vec::new());
         self.loaded.insert(origin.key(), id);
-        let parsed = match syntax::parse(&text, id) {
+        let parsed = match &origin {
+            Origin::Stdlib(module) => parse_stdlib(module, &text, id),
+            _ => syntax::parse(&text, id),
+        };
+        let parsed = match parsed {
             Ok(file) => file,
             Err(e) => {
                 self.errors.push(e);
