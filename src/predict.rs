@@ -562,9 +562,15 @@ mod tests {
 
     #[test]
     fn an_array_reads_with_its_shape() {
-        let data: Vec<u8> = [1.0f32, -2.5].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let data: Vec<u8> = [1.0f32, -2.5]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         let read = read_npy_bytes(&npy(&header("(2, 1)"), &data), Path::new("x.npy"));
-        assert_eq!(read.map_err(|e| e.to_string()), Ok((vec![1.0, -2.5], vec![2, 1])));
+        assert_eq!(
+            read.map_err(|e| e.to_string()),
+            Ok((vec![1.0, -2.5], vec![2, 1]))
+        );
     }
 
     #[test]
@@ -580,6 +586,9 @@ mod tests {
         );
         let huge = npy(&header("(18446744073709551615, 2)"), &[]);
         let error = read_npy_bytes(&huge, Path::new("x.npy")).expect_err("refused");
-        assert!(error.to_string().contains("(more than 2^64 bytes"), "{error}");
+        assert!(
+            error.to_string().contains("(more than 2^64 bytes"),
+            "{error}"
+        );
     }
 }
