@@ -6,11 +6,13 @@
 //! the span, secondary labels such as "while expanding block `se_block`
 //! called here", and notes with hints.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 use codespan_reporting::diagnostic::{Diagnostic as CsDiagnostic, Label as CsLabel};
-use codespan_reporting::files::SimpleFiles;
+use codespan_reporting::files::{self, Files, SimpleFiles};
 use codespan_reporting::term::{self, termcolor};
 
 /// Identifies a source file in a [`SourceMap`].
@@ -178,13 +180,14 @@ impl Diagnostics {
         };
         let config = term::Config::default();
         for error in &self.errors {
+            let excerpts = Excerpts::of(error, &self.sources);
             // Writing into an in-memory buffer only fails if a span is out of
             // range, which `emit` reports as an error; fall back to a plain line.
             if term::emit_to_write_style(
                 &mut buffer,
                 &config,
-                &self.sources.files,
-                &to_codespan(error, &self.sources),
+                &excerpts,
+                &to_codespan(error, &excerpts),
             )
             .is_err()
             {
@@ -217,28 +220,186 @@ fn buffer_line(buffer: &mut termcolor::Buffer, line: &str) {
     let _ = writeln!(buffer, "{line}");
 }
 
-fn to_codespan(error: &Diagnostic, sources: &SourceMap) -> CsDiagnostic<FileId> {
+fn to_codespan(error: &Diagnostic, excerpts: &Excerpts) -> CsDiagnostic<FileId> {
     let span = error.primary.span;
     // An error about a whole file (it cannot be read, it has no model) has an
     // empty, unlabelled span at its start: name the file instead of quoting it.
     if span.start == 0 && span.end == 0 && error.primary.message.is_empty() {
         return CsDiagnostic::error()
-            .with_message(format!("{}: {}", sources.name(span.file), error.message))
+            .with_message(format!(
+                "{}: {}",
+                excerpts.sources.name(span.file),
+                error.message
+            ))
             .with_notes(error.notes.clone());
     }
     let mut labels = vec![
-        CsLabel::primary(span.file, span.start..span.end).with_message(&error.primary.message)
+        CsLabel::primary(span.file, excerpts.range(span)).with_message(&error.primary.message)
     ];
     for label in &error.secondary {
         labels.push(
-            CsLabel::secondary(label.span.file, label.span.start..label.span.end)
+            CsLabel::secondary(label.span.file, excerpts.range(label.span))
                 .with_message(&label.message),
         );
     }
     CsDiagnostic::error()
         .with_message(&error.message)
         .with_labels(labels)
-        .with_notes(error.notes.clone())
+        .with_notes(
+            error
+                .notes
+                .iter()
+                .cloned()
+                .chain(excerpts.notes())
+                .collect(),
+        )
+}
+
+/// A line longer than this (in bytes) is shown only around the labels on
+/// it: a generated file can be one line of megabytes, and quoting it whole
+/// under each of its errors would take time and output of the order of the
+/// line's length times the number of errors.
+const LONG_LINE: usize = 1000;
+
+/// How much of a long line is shown before the first label on it and
+/// after the last, and the most of a label on it that is underlined (in
+/// bytes, rounded out to whole characters).
+const CONTEXT: usize = 60;
+
+/// The source files as one diagnostic shows them: each long line it labels
+/// cut to the part around its labels ([`LONG_LINE`]), every other line
+/// whole. Line and column numbers stay those of the whole file.
+struct Excerpts<'a> {
+    sources: &'a SourceMap,
+    /// The part shown of each long line, by file and line index.
+    windows: HashMap<(FileId, usize), Range<usize>>,
+}
+
+impl<'a> Excerpts<'a> {
+    /// The excerpts for the labels of `error`.
+    fn of(error: &Diagnostic, sources: &'a SourceMap) -> Excerpts<'a> {
+        let mut excerpts = Excerpts {
+            sources,
+            windows: HashMap::new(),
+        };
+        let spans = std::iter::once(&error.primary)
+            .chain(&error.secondary)
+            .map(|label| label.span);
+        for span in spans {
+            let range = excerpts.range(span);
+            for point in [range.start, range.end] {
+                excerpts.show(span.file, point);
+            }
+        }
+        excerpts
+    }
+
+    /// Widens the part shown of the line of `point` to it, if the line is long.
+    fn show(&mut self, file: FileId, point: usize) {
+        let Some((line, whole)) = self.line_of(file, point) else {
+            return;
+        };
+        // A point past the end of its file is left to the renderer to refuse.
+        if whole.len() <= LONG_LINE || point > whole.end {
+            return;
+        }
+        let text = self.sources.text(file);
+        let start = floor_char(text, point.saturating_sub(CONTEXT).max(whole.start));
+        let end = ceil_char(text, (point + CONTEXT).min(whole.end));
+        let window = self.windows.entry((file, line)).or_insert(start..end);
+        *window = window.start.min(start)..window.end.max(end);
+    }
+
+    /// The index and byte range of the line of `offset` in `file`.
+    fn line_of(&self, file: FileId, offset: usize) -> Option<(usize, Range<usize>)> {
+        let line = self.sources.files.line_index(file, offset).ok()?;
+        Some((line, self.sources.files.line_range(file, line).ok()?))
+    }
+
+    /// The range of `span` as labelled: a label that starts on a long line
+    /// and ends on it is underlined over at most [`CONTEXT`] bytes.
+    fn range(&self, span: Span) -> Range<usize> {
+        let long = self
+            .line_of(span.file, span.start)
+            .filter(|(_, whole)| whole.len() > LONG_LINE && span.end <= whole.end);
+        match long {
+            Some(_) if span.end > span.start + CONTEXT => {
+                let text = self.sources.text(span.file);
+                span.start..ceil_char(text, span.start + CONTEXT)
+            }
+            _ => span.start..span.end,
+        }
+    }
+
+    /// A note for each long line shown in part.
+    fn notes(&self) -> Vec<String> {
+        let mut lines: Vec<(FileId, usize)> = self.windows.keys().copied().collect();
+        lines.sort_unstable();
+        lines
+            .into_iter()
+            .map(|(file, line)| {
+                format!(
+                    "note: line {} of {} is long: only the part around the error is shown",
+                    line + 1,
+                    self.sources.name(file)
+                )
+            })
+            .collect()
+    }
+}
+
+impl<'a> Files<'a> for Excerpts<'a> {
+    type FileId = FileId;
+    type Name = String;
+    type Source = &'a str;
+
+    fn name(&'a self, id: FileId) -> Result<String, files::Error> {
+        self.sources.files.name(id)
+    }
+
+    fn source(&'a self, id: FileId) -> Result<&'a str, files::Error> {
+        self.sources.files.source(id)
+    }
+
+    fn line_index(&'a self, id: FileId, byte_index: usize) -> Result<usize, files::Error> {
+        self.sources.files.line_index(id, byte_index)
+    }
+
+    fn line_range(&'a self, id: FileId, line_index: usize) -> Result<Range<usize>, files::Error> {
+        match self.windows.get(&(id, line_index)) {
+            Some(window) => Ok(window.clone()),
+            None => self.sources.files.line_range(id, line_index),
+        }
+    }
+
+    /// Counted from the start of the whole line, not of the part shown.
+    fn column_number(
+        &'a self,
+        id: FileId,
+        line_index: usize,
+        byte_index: usize,
+    ) -> Result<usize, files::Error> {
+        let whole = self.sources.files.line_range(id, line_index)?;
+        Ok(files::column_index(self.source(id)?, whole, byte_index) + 1)
+    }
+}
+
+/// The largest character boundary of `text` at or below `i`.
+fn floor_char(text: &str, i: usize) -> usize {
+    let mut i = i.min(text.len());
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// The smallest character boundary of `text` at or above `i`.
+fn ceil_char(text: &str, i: usize) -> usize {
+    let mut i = i.min(text.len());
+    while !text.is_char_boundary(i) {
+        i += 1;
+    }
+    i
 }
 
 impl fmt::Display for Diagnostics {
@@ -296,6 +457,27 @@ mod tests {
         let id = map.add("a.cnn", "ab\ncd\n");
         assert_eq!(map.line_col(id, 0), (1, 1));
         assert_eq!(map.line_col(id, 4), (2, 2));
+    }
+
+    #[test]
+    fn a_long_line_is_shown_around_its_labels_at_its_true_columns() {
+        let mut map = SourceMap::default();
+        let text = format!("{}bad{}\nnext\n", "x ".repeat(3000), " é".repeat(3000));
+        let id = map.add("long.cnn", text.as_str());
+        let error = Diagnostic::error(Span::new(id, 6000, 6003), "wrong", "here")
+            .with_context(Span::new(id, 5950, 5951), "and there")
+            .with_context(Span::new(id, 6004, text.len() - 6), "to the end");
+        let rendered = Diagnostics::new(vec![error], Arc::new(map)).render(false);
+        assert!(rendered.contains("long.cnn:1:6001\n"), "{rendered}");
+        for label in ["bad", "^^^", "here", "and there", "to the end"] {
+            assert!(rendered.contains(label), "no {label:?} in {rendered}");
+        }
+        assert!(
+            rendered.contains("note: line 1 of long.cnn is long"),
+            "{rendered}"
+        );
+        let widest = rendered.lines().map(|l| l.chars().count()).max();
+        assert!(widest < Some(250), "{rendered}");
     }
 
     #[test]

@@ -187,10 +187,39 @@ pub fn predict_npy(
 /// The float32 array in `path`, flattened, with its shape.
 fn read_array(path: &Path) -> Result<(Vec<f32>, Vec<usize>), PredictError> {
     check_npy_size(path)?;
-    let array: ArrayD<f32> = ndarray_npy::read_npy(path).map_err(|e| PredictError::Read {
+    let bytes = std::fs::read(path).map_err(|e| PredictError::Read {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
+    read_npy_bytes(&bytes, path)
+}
+
+/// The float32 `.npy` array in `bytes` (the file at `path`, which only
+/// names it in errors), flattened, with its shape: what `cnnc predict
+/// --input` and `cnnc grad` read. A header that claims more values than the
+/// bytes after it hold is refused before anything is allocated for them.
+pub fn read_npy_bytes(bytes: &[u8], path: &Path) -> Result<(Vec<f32>, Vec<usize>), PredictError> {
+    let fail = |message: String| PredictError::Read {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut data = bytes;
+    let header = ndarray_npy::npy::header::Header::from_reader(&mut data)
+        .map_err(|e| fail(e.to_string()))?;
+    let needed = header
+        .shape
+        .iter()
+        .try_fold(4usize, |bytes, &d| bytes.checked_mul(d));
+    if needed.is_none_or(|needed| needed > data.len()) {
+        return Err(fail(format!(
+            "its header claims shape {:?} ({} bytes of float32), but only {} bytes follow it",
+            header.shape,
+            needed.map_or("more than 2^64".to_string(), |n| n.to_string()),
+            data.len()
+        )));
+    }
+    let array: ArrayD<f32> =
+        ndarray_npy::ReadNpyExt::read_npy(bytes).map_err(|e| fail(e.to_string()))?;
     let shape = array.shape().to_vec();
     // A C-ordered array (NumPy's default) holds its values in order already:
     // taken without a copy, the input is in memory once.
@@ -635,4 +664,55 @@ pub fn run_in_batches_as<E: From<CompileError> + From<InferenceError>>(
         start += size;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version 1 `.npy` file: `header` padded to 64 bytes, then `data`.
+    fn npy(header: &str, data: &[u8]) -> Vec<u8> {
+        let padded = format!("{header:<117}\n");
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(padded.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    fn header(shape: &str) -> String {
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}")
+    }
+
+    #[test]
+    fn an_array_reads_with_its_shape() {
+        let data: Vec<u8> = [1.0f32, -2.5]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let read = read_npy_bytes(&npy(&header("(2, 1)"), &data), Path::new("x.npy"));
+        assert_eq!(
+            read.map_err(|e| e.to_string()),
+            Ok((vec![1.0, -2.5], vec![2, 1]))
+        );
+    }
+
+    #[test]
+    fn a_header_claiming_more_than_the_file_holds_is_refused_before_allocating() {
+        // Issue 12: this aborted on an allocation of 3136000000000000 bytes.
+        let bytes = npy(&header("(1000000000000, 28, 28, 1)"), &[0; 3072]);
+        let error = read_npy_bytes(&bytes, Path::new("x.npy")).expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            "cannot read `x.npy` as a float32 .npy array: its header claims shape \
+             [1000000000000, 28, 28, 1] (3136000000000000 bytes of float32), but only \
+             3072 bytes follow it"
+        );
+        let huge = npy(&header("(18446744073709551615, 2)"), &[]);
+        let error = read_npy_bytes(&huge, Path::new("x.npy")).expect_err("refused");
+        assert!(
+            error.to_string().contains("(more than 2^64 bytes"),
+            "{error}"
+        );
+    }
 }

@@ -56,7 +56,12 @@ cases! {
     syntax_missing_brace_at_eof,
     name_starting_with_as,
     nested_too_deeply,
+    nested_ifs,
     expression_too_deep,
+    nul_byte,
+    invisible_character,
+    byte_order_mark,
+    old_mac_line_endings,
     // Names: layers, blocks, arguments.
     unknown_layer,
     unknown_block,
@@ -110,6 +115,7 @@ cases! {
     weight_too_large,
     range_too_long,
     too_many_loop_iterations,
+    exponential_block_calls,
     // Models and outputs.
     model_parameter_without_default,
     several_models,

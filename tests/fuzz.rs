@@ -378,6 +378,193 @@ fn a_long_chain_compiles_on_a_small_stack() {
     assert_eq!(compiled.map_err(|d| d.to_string()), Ok(65_537));
 }
 
+/// Compiles `text` on a thread with the default 2 MiB stack of a test
+/// thread, where recursion once per level of the input would overflow (and
+/// abort the whole test binary); the errors come back rendered.
+fn compile_on_a_small_stack(text: String) -> Result<usize, String> {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            cnnc::compile_source("deep.cnn", &text, None, None)
+                .map(|g| g.graph.nodes.node_count())
+                .map_err(|d| d.to_string())
+        })
+        .expect("a thread")
+        .join()
+        .expect("no panic")
+}
+
+/// `count` blocks, each calling the next, the last one a `relu`; the model
+/// calls the first.
+fn block_chain(count: usize) -> String {
+    let mut text = String::new();
+    for i in 0..count {
+        text += &format!("block b{i} {{ b{} }}\n", i + 1);
+    }
+    text + &format!("block b{count} {{ relu }}\nmodel m : [4, 4, 1] {{ b0 }}\n")
+}
+
+/// A generated file can chain thousands of blocks: elaboration recursed
+/// once per block call on the caller's stack and aborted on a chain 3,000
+/// deep (issue 12); it now grows its stack on the heap instead.
+#[test]
+fn a_chain_of_3000_blocks_compiles_on_a_small_stack() {
+    assert_eq!(compile_on_a_small_stack(block_chain(3000)), Ok(2));
+}
+
+/// Past `MAX_CALL_DEPTH` nested calls, elaboration stops with an error at
+/// the call, naming the first and the last blocks of the chain.
+#[test]
+fn block_calls_nested_deeper_than_the_limit_are_an_error() {
+    let depth = cnnc::elaborate::MAX_CALL_DEPTH;
+    let error = compile_on_a_small_stack(block_chain(depth + 10)).expect_err("too deep");
+    assert!(
+        error.contains(&format!("error: block calls nested deeper than {depth}")),
+        "{error}"
+    );
+    let calls = format!(
+        "the calls: b0 -> b1 -> b2 -> ... -> b{} -> b{} -> b{} -> b{depth}",
+        depth - 3,
+        depth - 2,
+        depth - 1
+    );
+    assert!(error.contains(&calls), "{error}");
+}
+
+/// `n` nested `not`s around `true`, bound to a name in a model.
+fn nots(n: usize) -> String {
+    format!(
+        "model m : [4, 4, 1] {{\n    let x = {}true\n    relu\n}}\n",
+        "not ".repeat(n)
+    )
+}
+
+/// 64,000 nested `not`s overflowed the parser's stack (issue 12); the
+/// parser now reads a run of `not`s as a loop, and the depth check rejects
+/// the expression at its 257th level.
+#[test]
+fn sixty_four_thousand_nots_are_an_error_on_a_small_stack() {
+    let error = compile_on_a_small_stack(nots(64_000)).expect_err("too deep");
+    assert!(
+        error.contains("error: expressions are nested too deeply"),
+        "{error}"
+    );
+    // The 257th `not` (four bytes each) starts at column 13 + 256 * 4.
+    assert!(error.contains("deep.cnn:2:1037"), "{error}");
+}
+
+/// The time to reject `n` nested `not`s, the best of three runs.
+fn time_nots(n: usize) -> std::time::Duration {
+    let text = nots(n);
+    (0..3)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            let result = cnnc::compile_source("deep.cnn", &text, None, None);
+            assert!(result.is_err());
+            start.elapsed()
+        })
+        .min()
+        .expect("three runs")
+}
+
+/// Trimming each `not`'s span scanned the rest of the line: 16,000 nested
+/// `not`s took 1.7 s and 32,000 took 6.6 s (issue 12). Four times the
+/// input must take about four times as long, not sixteen.
+#[test]
+fn nested_nots_take_linear_time() {
+    let (small, large) = (time_nots(8_000), time_nots(32_000));
+    assert!(
+        large < small * 10,
+        "8,000 nots: {small:?}; 32,000: {large:?}"
+    );
+}
+
+/// A long line of additions is one expression nested once per `+`: the
+/// parser built and then dropped it by recursion, which overflowed on a
+/// long enough line (issue 12).
+#[test]
+fn a_long_line_of_additions_is_an_error_on_a_small_stack() {
+    let text = format!(
+        "model m : [4, 4, 1] {{ let x = {}1\n relu }}\n",
+        "1 + ".repeat(50_000)
+    );
+    let error = compile_on_a_small_stack(text).expect_err("too deep");
+    assert!(
+        error.contains("error: expressions are nested too deeply"),
+        "{error}"
+    );
+    assert!(error.contains("deep.cnn:1:31"), "{error}");
+}
+
+/// `if` conditions nest without brackets (`if if c { a } { b }`): the
+/// parser recursed once per `if`, so their nesting is bounded before
+/// parsing, as brackets are.
+#[test]
+fn a_hundred_thousand_nested_ifs_are_an_error_on_a_small_stack() {
+    let n = 100_000;
+    let text = format!(
+        "model m : [4, 4, 1] {{ let k = {}true{}\n relu }}\n",
+        "if ".repeat(n),
+        " { 1 }".repeat(n)
+    );
+    let error = compile_on_a_small_stack(text).expect_err("too deep");
+    assert!(
+        error.contains("error: `if` expressions are nested too deeply"),
+        "{error}"
+    );
+}
+
+/// An `else if` chain is a loop for the parser; elaboration recurses once
+/// per branch, so the depth check rejects a chain longer than it allows.
+#[test]
+fn a_long_else_if_chain_is_an_error_on_a_small_stack() {
+    let text = format!(
+        "model m : [4, 4, 1] {{\n    let k = if false {{ 1 }}{} else {{ 2 }}\n    relu\n}}\n",
+        " else if false { 1 }".repeat(5_000)
+    );
+    let error = compile_on_a_small_stack(text).expect_err("too deep");
+    assert!(
+        error.contains("error: expressions are nested too deeply"),
+        "{error}"
+    );
+}
+
+/// An `else if` chain within the depth limit means what it says.
+#[test]
+fn an_else_if_chain_takes_its_first_true_branch() {
+    let branches: String = (1..100)
+        .map(|i| format!(" else if in.channels == {i} {{ {i} }}"))
+        .collect();
+    let text = format!(
+        "model m : [4, 4, 42] {{\n    let k = if false {{ 0 }}{branches} else {{ 1000 }}\n    conv(k, 1)\n}}\n"
+    );
+    let model = cnnc::compile_source("chain.cnn", &text, None, None).map_err(|d| d.to_string());
+    let shape = model.map(|m| m.outputs()[0].1.clone());
+    assert_eq!(shape, Ok(vec![4, 4, 42]));
+}
+
+/// Many errors on one long line: each quoted the whole line, so the output
+/// (and the time) grew as the line's length times the number of errors. A
+/// long line is now shown only around each error.
+#[test]
+fn errors_on_a_long_line_quote_only_its_part_around_them() {
+    let names: Vec<String> = (0..2_000).map(|i| format!("q{i}")).collect();
+    let text = format!("model m : [4, 4, 1] {{ {} }}\n", names.join(" "));
+    let column = text.find("q1999").expect("the last name") + 1;
+    let error = compile_on_a_small_stack(text).expect_err("unknown layers");
+    assert!(
+        error.contains("error: unknown layer or block `q1999`"),
+        "{error}"
+    );
+    let place = format!("deep.cnn:1:{column}\n");
+    assert!(
+        error.contains(&place),
+        "no {place:?}: the column in the whole line"
+    );
+    let longest = error.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    assert!(longest < 200, "a line of {longest} characters");
+}
+
 /// Every file of the corpus compiles as it is: the mutants start from
 /// valid programs, so that their errors are the mutations' doing.
 #[test]

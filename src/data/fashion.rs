@@ -144,6 +144,22 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
     read_labels_from(file, path)
 }
 
+/// [`read_idx_images`] of a file already in memory; `path` only names it in
+/// errors. The fuzz targets call it, so that no input goes through a
+/// temporary file.
+pub fn read_idx_images_bytes(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
+    read_images_from(bytes, path)
+}
+
+/// [`read_idx_labels`] of a file already in memory; `path` only names it in
+/// errors.
+pub fn read_idx_labels_bytes(bytes: &[u8], path: &Path) -> Result<Vec<u8>, DataError> {
+    read_labels_from(bytes, path)
+}
+
 /// Why a data set could not be read. Every variant about a file names it.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {

@@ -238,6 +238,29 @@ fn split_dirs(dir: &Path) -> Option<(PathBuf, PathBuf)> {
 pub fn read_image(path: &Path, conversion: Conversion) -> Result<Vec<f32>, FolderError> {
     check_channels(conversion)?;
     let image = decode(path)?;
+    convert(image, path, conversion)
+}
+
+/// [`read_image`] of a file already in memory, its format guessed from its
+/// bytes; `path` only names it in errors. The fuzz targets call it, so that
+/// no input goes through a temporary file.
+pub fn read_image_bytes(
+    bytes: &[u8],
+    path: &Path,
+    conversion: Conversion,
+) -> Result<Vec<f32>, FolderError> {
+    check_channels(conversion)?;
+    let image = decode_from(ImageReader::new(std::io::Cursor::new(bytes)), path)?;
+    convert(image, path, conversion)
+}
+
+/// `image` (read from `path`) as a model input, resized and converted to
+/// grey or RGB when `conversion` allows it.
+fn convert(
+    image: DynamicImage,
+    path: &Path,
+    conversion: Conversion,
+) -> Result<Vec<f32>, FolderError> {
     let [height, width, channels] = conversion.shape;
     let fits_size = (image.height() as usize, image.width() as usize) == (height, width);
     let fits_colour = image.color().has_color() == (channels == 3);
@@ -291,18 +314,27 @@ pub fn decode_limit() -> Result<u64, FolderError> {
     Ok(DEFAULT.min(MemoryCap::current()?.bytes / (2 * threads)))
 }
 
-/// Decodes the image in `path`, refusing before decoding one that would
-/// take more than [`decode_limit`] (a small file can declare a huge image).
+/// Decodes the image in `path`, as [`decode_from`] does.
 fn decode(path: &Path) -> Result<DynamicImage, FolderError> {
+    let reader = ImageReader::open(path).map_err(|e| FolderError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    decode_from(reader, path)
+}
+
+/// Decodes the image `reader` holds, of the format its bytes say, refusing
+/// before decoding one that would take more than [`decode_limit`] (a small
+/// file can declare a huge image).
+fn decode_from<R: std::io::BufRead + std::io::Seek>(
+    reader: ImageReader<R>,
+    path: &Path,
+) -> Result<DynamicImage, FolderError> {
     let decode_error = |message: String| FolderError::Decode {
         path: path.to_path_buf(),
         message,
     };
-    let mut reader = ImageReader::open(path)
-        .map_err(|e| FolderError::Read {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?
+    let mut reader = reader
         .with_guessed_format()
         .map_err(|e| decode_error(e.to_string()))?;
     // The header is read without limits so that a huge image is refused

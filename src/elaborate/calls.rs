@@ -12,9 +12,20 @@ use super::expr::Ctx;
 use super::value::{Spanned, Value};
 use super::{layers, Elaborator};
 
-/// The most `for` iterations one model may run, all loops together: nested
-/// loops over long ranges would otherwise run for hours without adding a node.
-pub const MAX_ITERATIONS: usize = 1_000_000;
+/// The most steps of work elaborating one model may take: each `for`
+/// iteration and each block call is a step, and each element of a list an
+/// expression yields. Nested loops over long ranges, or blocks that each
+/// call the one before ten times, would otherwise run for hours without
+/// adding a node; this bound keeps any file to a fraction of a second, far
+/// above what a model written by hand takes (ResNet-50 takes about 200).
+pub const MAX_WORK: usize = 100_000;
+
+/// How deep block calls may nest. Elaboration grows its stack as it needs
+/// (see `with_stack`), but every node keeps the names and call sites of all
+/// the blocks around it, so a chain of blocks each calling the next takes
+/// memory of the order of the square of its depth; this bound keeps it
+/// under half a gigabyte, far above any model written by hand.
+pub const MAX_CALL_DEPTH: usize = 4096;
 
 /// A layer or block call as written: `callee(args) as alias`, or a bare
 /// `callee` (no arguments), at `span`.
@@ -278,21 +289,32 @@ impl<'p> Elaborator<'p> {
     /// Counts one more `for` iteration (of the loop over `span`); false once
     /// the node or iteration budget is exhausted, which ends every loop.
     fn count_iteration(&mut self, span: Span) -> bool {
+        self.spend(1, span, "while iterating over this")
+    }
+
+    /// Charges `steps` steps of work at `span` (labelled `doing`); false,
+    /// with the error reported once, when the model's [`MAX_WORK`] is
+    /// spent: loops and block calls then stop, and values become poison.
+    pub(super) fn spend(&mut self, steps: usize, span: Span, doing: &str) -> bool {
         // Past the node limit `add_node` adds nothing, so the node count
         // cannot end a loop; the flag does.
         if self.budget_reported {
             return false;
         }
-        self.iterations += 1;
-        if self.iterations > MAX_ITERATIONS {
+        self.work = self.work.saturating_add(steps);
+        if self.work > MAX_WORK {
             self.budget_reported = true;
             self.error(
                 Diagnostic::error(
                     span,
-                    format!("the loops run more than {MAX_ITERATIONS} iterations"),
-                    "while iterating over this",
+                    format!("elaborating the model takes more than {MAX_WORK} steps"),
+                    doing,
                 )
-                .with_note("help: check the bounds of `for` loops"),
+                .with_note(
+                    "a step is a `for` iteration, a block call or an element of a list \
+                     (a range, or a list a name holds)",
+                )
+                .with_note("help: check the bounds of `for` loops and ranges"),
             );
             return false;
         }
@@ -311,6 +333,13 @@ impl<'p> Elaborator<'p> {
         let def = target.def;
         if let Some(error) = self.recursion(def, site.span) {
             self.error(error);
+            return Value::Poison;
+        }
+        if self.stack.len() >= MAX_CALL_DEPTH {
+            self.error(self.too_deep(def, site.span));
+            return Value::Poison;
+        }
+        if !self.spend(1, site.span, "while expanding this call") {
             return Value::Poison;
         }
         let values = self.eval_args(scope, site.args);
@@ -355,6 +384,33 @@ impl<'p> Elaborator<'p> {
         .with_note(format!("the calls: {}", chain.join(" -> ")))
         .with_note("help: blocks cannot be recursive; repeat layers with `for` instead");
         Some(error)
+    }
+
+    /// The error for a call of `def` at `span` with [`MAX_CALL_DEPTH`]
+    /// block calls open around it, naming the first and the last of them.
+    fn too_deep(&self, def: &ast::Definition, span: Span) -> Diagnostic {
+        let names: Vec<&str> = self
+            .stack
+            .iter()
+            .map(|(d, _)| d.name.name.as_str())
+            .collect();
+        // MAX_CALL_DEPTH calls are open, far more than six.
+        let (first, last) = (&names[..3], &names[names.len() - 3..]);
+        Diagnostic::error(
+            span,
+            format!("block calls nested deeper than {MAX_CALL_DEPTH}"),
+            format!("`{}` called here", def.name.name),
+        )
+        .with_note(format!(
+            "the calls: {} -> ... -> {} -> {}",
+            first.join(" -> "),
+            last.join(" -> "),
+            def.name.name
+        ))
+        .with_note(format!(
+            "help: cnnc expands at most {MAX_CALL_DEPTH} nested block calls; \
+             repeat layers with `for` instead of chaining blocks"
+        ))
     }
 
     /// Binds a block's parameters from the call's arguments and defaults;
@@ -468,6 +524,7 @@ fn named_slot(def: &ast::Definition, params: &[&str], name: &Ident) -> Result<us
 #[cfg(test)]
 mod tests {
     use super::super::fixture;
+    use super::MAX_WORK;
     use crate::graph::Graph;
 
     fn pair(a: &str, b: &str) -> (String, String) {
@@ -529,6 +586,41 @@ model m : [8, 8, 1] {
             errors[4].context,
             [pair("filters", "parameter declared here")]
         );
+    }
+
+    /// Blocks `b1` to `b{levels}`, each calling the one before ten times,
+    /// `b0` running `body`; the model calls the last.
+    fn tenfold(levels: usize, body: &str) -> String {
+        let mut text = format!("block b0 {{ {body} }}\n");
+        for i in 1..=levels {
+            let calls = vec![format!("b{}", i - 1); 10].join(" ");
+            text += &format!("block b{i} {{ {calls} }}\n");
+        }
+        text + &format!("model m : [8, 8, 1] {{ b{levels}\n relu }}\n")
+    }
+
+    #[test]
+    fn block_calls_and_iterations_share_one_budget() {
+        // 10 + 100 + ... + 10^4 calls, each of one iteration: within it.
+        let ok = fixture::errors(&tenfold(4, "for i in 0..1 { }"));
+        assert_eq!(ok, []);
+        // 10^8 calls of empty blocks ran for minutes.
+        let error = fixture::error(&tenfold(8, ""));
+        assert_eq!(
+            error.message,
+            format!("elaborating the model takes more than {MAX_WORK} steps")
+        );
+        assert_eq!(
+            (error.at.as_str(), error.label.as_str()),
+            ("b0", "while expanding this call")
+        );
+        // Every use of a list copies it: a loop over a long list that reads
+        // it at each turn did work of the order of the square of its length.
+        let error = fixture::error(
+            "model m : [8, 8, 1] {\n let xs = 0..50000\n for x in xs { let y = xs[0] }\n relu\n}\n",
+        );
+        assert_eq!((error.at.as_str(), error.line), ("xs", 3));
+        assert_eq!(error.label, "while evaluating this");
     }
 
     #[test]

@@ -53,7 +53,7 @@ use crate::graph::Graph;
 use crate::syntax::ast;
 use crate::syntax::Program;
 
-pub use calls::MAX_ITERATIONS;
+pub use calls::{MAX_CALL_DEPTH, MAX_WORK};
 pub use definitions::models;
 use definitions::{DefRef, Scope, Visible};
 pub use nodes::MAX_NODES;
@@ -80,6 +80,22 @@ pub fn elaborate(program: &Program, model: Option<&str>) -> Result<Graph, Vec<Di
     }
 }
 
+/// Runs `f`, first moving to a new stack segment on the heap when less
+/// than a red zone of the current one is left, as rustc does
+/// (`ensure_sufficient_stack`).
+///
+/// Elaboration recurses once per block call (and per level of an
+/// expression, which the parser bounds): a generated file whose blocks each
+/// call the next, thousands deep, would otherwise overflow the stack of
+/// whatever thread compiles it. The red zone covers the frames between two
+/// calls of this function in a debug build; each segment holds hundreds of
+/// levels.
+fn with_stack<R>(f: impl FnOnce() -> R) -> R {
+    const RED_ZONE: usize = 512 << 10;
+    const SEGMENT: usize = 16 << 20;
+    stacker::maybe_grow(RED_ZONE, SEGMENT, f)
+}
+
 /// Keeps the first of errors with the same message at the same place: a
 /// mistake inside a block used sixteen times is reported once.
 fn dedup(errors: &mut Vec<Diagnostic>) {
@@ -98,8 +114,8 @@ struct Elaborator<'p> {
     stack: Vec<(&'p ast::Definition, Span)>,
     /// Set once the node or iteration budget is exhausted: loops then stop.
     budget_reported: bool,
-    /// `for` iterations run so far.
-    iterations: usize,
+    /// Steps of work done so far (see [`MAX_WORK`]).
+    work: usize,
 }
 
 impl<'p> Elaborator<'p> {
@@ -115,7 +131,7 @@ impl<'p> Elaborator<'p> {
             errors,
             stack: Vec::new(),
             budget_reported: false,
-            iterations: 0,
+            work: 0,
         }
     }
 

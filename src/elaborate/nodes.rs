@@ -21,8 +21,11 @@ use super::expr::Ctx;
 use super::value::{Spanned, Value};
 use super::{args, layers, Elaborator};
 
-/// The most nodes a model may have; more means a runaway loop.
-pub const MAX_NODES: usize = 1_000_000;
+/// The most nodes a model may have; more means a runaway loop. The largest
+/// models of the standard library have a few hundred; each node costs some
+/// microseconds to add and check, so this bound keeps elaboration and shape
+/// inference of any file to a fraction of a second.
+pub const MAX_NODES: usize = 20_000;
 
 /// What one node computes and which layer call it belongs to.
 struct NodeSpec<'a> {

@@ -7,8 +7,9 @@ use crate::graph::{Init, Shape};
 use crate::syntax::ast::BinOp;
 
 /// The most elements a list built by `..`, `+` or `*` may have; a larger one
-/// is almost certainly a mistake, and would exhaust memory.
-pub const MAX_LIST: usize = 1_000_000;
+/// is almost certainly a mistake, and would exceed the work a model may take
+/// to elaborate anyway (`MAX_WORK`, which counts the elements of lists).
+pub const MAX_LIST: usize = 100_000;
 
 /// An argument of a configuration call: its optional name and its value.
 pub type NamedArg = (Option<String>, Spanned);

@@ -118,6 +118,98 @@ pub struct Expr {
     pub span: Span,
 }
 
+impl Drop for Expr {
+    /// Drops the expressions below this one from a stack on the heap rather
+    /// than by recursion: `1 + 1 + ... + 1` is left-nested, one level per
+    /// operator, and a long line of them would overflow the stack when the
+    /// parser drops it (after rejecting it as nested too deeply).
+    fn drop(&mut self) {
+        let mut below = Vec::new();
+        take_children(&mut self.kind, &mut below);
+        while let Some(mut expr) = below.pop() {
+            // Emptied, `expr` then drops without recursing.
+            take_children(&mut expr.kind, &mut below);
+        }
+    }
+}
+
+/// Moves the expressions directly below `kind` that have expressions
+/// below them in turn onto `below`, leaving leaves in their place.
+fn take_children(kind: &mut ExprKind, below: &mut Vec<Expr>) {
+    let mut take = |expr: &mut Expr| {
+        if !expr.is_leaf() {
+            let leaf = Expr {
+                kind: ExprKind::Input,
+                span: expr.span,
+            };
+            below.push(std::mem::replace(expr, leaf));
+        }
+    };
+    match kind {
+        ExprKind::Int(_)
+        | ExprKind::Float(_)
+        | ExprKind::Str(_)
+        | ExprKind::Bool(_)
+        | ExprKind::Input
+        | ExprKind::Name(..) => {}
+        ExprKind::List(items) => items.iter_mut().for_each(take),
+        ExprKind::Record(fields) => fields.iter_mut().for_each(|(_, e)| take(e)),
+        ExprKind::Call(call) => call.args.iter_mut().for_each(|a| take(&mut a.value)),
+        ExprKind::Pipe(head, stages) => {
+            take(head);
+            stages.iter_mut().for_each(take);
+        }
+        ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) | ExprKind::Range(a, b) => {
+            take(a);
+            take(b);
+        }
+        ExprKind::Unary(_, a) | ExprKind::Field(a, _) => take(a),
+        ExprKind::If(cond, then, otherwise) => {
+            take(cond);
+            for stmt in then.iter_mut().chain(otherwise.iter_mut().flatten()) {
+                stmt.exprs_mut(&mut take);
+            }
+        }
+        ExprKind::Where(init, assigns) => {
+            take(init);
+            for (index, value) in assigns {
+                take(index);
+                take(value);
+            }
+        }
+    }
+}
+
+impl Expr {
+    /// Whether no expression lies below this one.
+    fn is_leaf(&self) -> bool {
+        matches!(
+            self.kind,
+            ExprKind::Int(_)
+                | ExprKind::Float(_)
+                | ExprKind::Str(_)
+                | ExprKind::Bool(_)
+                | ExprKind::Input
+                | ExprKind::Name(..)
+        )
+    }
+}
+
+impl Stmt {
+    /// Calls `f` on each expression of this statement, those of a `for`
+    /// body included (bodies nest only inside brackets, which the parser
+    /// bounds, so this recursion is shallow).
+    fn exprs_mut(&mut self, f: &mut impl FnMut(&mut Expr)) {
+        match self {
+            Stmt::Let(_, e) | Stmt::Output(_, e) | Stmt::Expr(e) => f(e),
+            Stmt::For { iter, body, .. } => {
+                f(iter);
+                body.iter_mut().for_each(|stmt| stmt.exprs_mut(f));
+            }
+        }
+    }
+}
+
 /// The kinds of expression.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExprKind {
@@ -239,4 +331,87 @@ pub enum UnOp {
     Neg,
     /// `not x`
     Not,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `- - - ... 1`, `depth` negations deep.
+    fn negations(depth: usize) -> Expr {
+        let mut expr = Expr {
+            kind: ExprKind::Int(1),
+            span: Span::default(),
+        };
+        for _ in 0..depth {
+            expr = Expr {
+                kind: ExprKind::Unary(UnOp::Neg, Box::new(expr)),
+                span: Span::default(),
+            };
+        }
+        expr
+    }
+
+    #[test]
+    fn a_deep_expression_drops_on_a_small_stack() {
+        // Dropped by recursion, a million levels take far more than 2 MiB.
+        let dropped = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| drop(negations(1_000_000)))
+            .expect("a thread")
+            .join();
+        assert!(dropped.is_ok());
+    }
+
+    fn name(name: &str) -> Ident {
+        Ident {
+            name: name.into(),
+            span: Span::default(),
+        }
+    }
+
+    fn expr(kind: ExprKind) -> Expr {
+        Expr {
+            kind,
+            span: Span::default(),
+        }
+    }
+
+    #[test]
+    fn every_expression_below_is_taken_for_dropping() {
+        // f([if -1 { for x in -1 { -1 } } else { -1 }, -1, 2]): seven
+        // expressions below the call have expressions below them in turn.
+        let body = vec![Stmt::For {
+            index: None,
+            var: name("x"),
+            iter: negations(1),
+            body: vec![Stmt::Expr(negations(1))],
+        }];
+        let conditional = ExprKind::If(
+            Box::new(negations(1)),
+            body,
+            Some(vec![Stmt::Expr(negations(1))]),
+        );
+        let list = ExprKind::List(vec![
+            expr(conditional),
+            negations(1),
+            expr(ExprKind::Int(2)),
+        ]);
+        let mut call = expr(ExprKind::Call(Call {
+            callee: name("f"),
+            args: vec![Arg {
+                name: None,
+                value: expr(list),
+            }],
+            alias: None,
+        }));
+        let mut below = Vec::new();
+        let mut taken = 0;
+        take_children(&mut call.kind, &mut below);
+        while let Some(mut next) = below.pop() {
+            taken += 1;
+            take_children(&mut next.kind, &mut below);
+        }
+        assert_eq!(taken, 7);
+    }
 }

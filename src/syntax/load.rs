@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::diagnostics::{suggest, Diagnostic, Diagnostics, FileId, SourceMap, Span};
 use crate::stdlib;
@@ -98,6 +98,49 @@ impl Origin {
     }
 }
 
+/// Standard library module `module` (whose text is `text`) parsed as file
+/// `id`. Its text never changes, so each module is parsed once per process
+/// and file id (which its spans carry), not once per program importing it:
+/// parsing `xception` took longer than compiling most models that use it.
+fn parse_stdlib(module: &str, text: &str, id: FileId) -> Result<ast::File, Diagnostic> {
+    type Parsed = HashMap<(String, FileId), ast::File>;
+    static PARSED: OnceLock<Mutex<Parsed>> = OnceLock::new();
+    let parsed = PARSED.get_or_init(Mutex::default);
+    let key = (module.to_string(), id);
+    // A panic elsewhere while the lock was held leaves the map whole.
+    if let Some(file) = parsed.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(file.clone());
+    }
+    let file = syntax::parse(text, id)?;
+    parsed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, file.clone());
+    Ok(file)
+}
+
+/// A file's text as the parser and the diagnostics see it: without a
+/// UTF-8 byte-order mark at its start (which editors on Windows write, and
+/// rustc skips too), and with each carriage return that ends a line alone
+/// (old Mac line endings) made a newline, byte for byte, so that comments
+/// end and lines are numbered there.
+fn normalize(text: String) -> String {
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    };
+    if !text.contains('\r') {
+        return text;
+    }
+    let bytes = text.as_bytes();
+    let lone = |i: usize| bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n');
+    let normalized: Vec<u8> = (0..bytes.len())
+        .map(|i| if lone(i) { b'\n' } else { bytes[i] })
+        .collect();
+    // Only ASCII bytes were replaced by ASCII bytes.
+    String::from_utf8(normalized).expect("still UTF-8")
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
@@ -141,11 +184,16 @@ impl Loader {
 
     /// Parses one file and loads its imports, depth first.
     fn load(&mut self, origin: Origin, name: String, text: String) -> FileId {
+        let text = normalize(text);
         let id = self.sources.add(name, Arc::<str>::from(text.as_str()));
         self.files.push(None);
         self.imports.push(Vec::new());
         self.loaded.insert(origin.key(), id);
-        let parsed = match syntax::parse(&text, id) {
+        let parsed = match &origin {
+            Origin::Stdlib(module) => parse_stdlib(module, &text, id),
+            _ => syntax::parse(&text, id),
+        };
+        let parsed = match parsed {
             Ok(file) => file,
             Err(e) => {
                 self.errors.push(e);
@@ -197,7 +245,11 @@ impl Loader {
             ),
             Origin::Memory(_) => unreachable!("resolve never yields an in-memory file"),
         };
-        Some(self.load(origin, name, text))
+        // Imports nest as deep as the chain of files that import each other:
+        // grow the stack on the heap when it runs low rather than overflow it.
+        Some(stacker::maybe_grow(64 << 10, 1 << 20, || {
+            self.load(origin, name, text)
+        }))
     }
 
     /// The error for import `u`, which leads back to the file at `stack[pos]`.
@@ -301,6 +353,14 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    #[test]
+    fn normalizing_drops_a_byte_order_mark_and_ends_lines_at_lone_carriage_returns() {
+        let text = "\u{feff}# a\rmodel m : [1, 1, 1] {\r\n  relu\r}\r".to_string();
+        assert_eq!(normalize(text), "# a\nmodel m : [1, 1, 1] {\r\n  relu\n}\n");
+        // A mark anywhere else is left for the parser to report.
+        assert_eq!(normalize("a\u{feff}".into()), "a\u{feff}");
+    }
 
     /// Writes `files` (name, text) into a fresh folder and returns it.
     fn folder(files: &[(&str, &str)]) -> PathBuf {

@@ -20,8 +20,9 @@ use ast::*;
 #[grammar = "../grammar/cnn.pest"]
 struct CnnParser;
 
-/// How deep brackets may nest. The parser recurses through a dozen grammar
-/// rules per level: without a bound, a few hundred `(` exhaust any stack.
+/// How deep brackets and `if` conditions may nest. The parser recurses
+/// through a dozen grammar rules per level: without a bound, a few hundred
+/// `(` exhaust any stack.
 pub const MAX_NESTING: usize = 64;
 
 /// How deep expressions and statements may nest (`not not ... x`, long
@@ -52,23 +53,45 @@ pub fn parse(source: &str, file: FileId) -> Result<File, Diagnostic> {
     })
 }
 
-/// An error at the first bracket nested deeper than [`MAX_NESTING`].
+/// An error at the first bracket or `if` nested deeper than
+/// [`MAX_NESTING`], before the parser meets it.
+///
+/// Brackets and `if`s are what make the parser recurse: every other
+/// repetition in the grammar (operators, `not`, `-`, `else if`, statements)
+/// is a loop. An `if` nests until its body's `{` opens, which then counts in
+/// its place: `if if if c { a } { b } { c }` nests three deep at `c`.
 fn too_deep(source: &str, file: FileId) -> Option<Diagnostic> {
+    // Per open bracket (and the file): the `if`s whose body has not begun.
+    let mut pending = vec![0usize];
     let mut depth = 0usize;
-    for (i, c) in brackets(source) {
-        match c {
-            '(' | '[' | '{' => depth += 1,
-            _ => depth = depth.saturating_sub(1),
+    for (i, mark) in marks(source) {
+        let top = pending.len() - 1;
+        match mark {
+            Mark::If => (pending[top], depth) = (pending[top] + 1, depth + 1),
+            Mark::Open(c) => {
+                if c == '{' && pending[top] > 0 {
+                    (pending[top], depth) = (pending[top] - 1, depth - 1);
+                }
+                pending.push(0);
+                depth += 1;
+            }
+            Mark::Close(_) if top > 0 => depth -= pending.pop().unwrap_or(0) + 1,
+            Mark::Close(_) => {}
         }
         if depth > MAX_NESTING {
+            let (message, what) = match mark {
+                Mark::If => ("`if` expressions are nested too deeply", "if".to_string()),
+                Mark::Open(c) | Mark::Close(c) => ("brackets are nested too deeply", c.to_string()),
+            };
+            let end = i + what.len();
             return Some(
                 Diagnostic::error(
-                    Span::new(file, i, i + 1),
-                    "brackets are nested too deeply",
-                    format!("this `{c}` is nested {depth} deep"),
+                    Span::new(file, i, end),
+                    message,
+                    format!("this `{what}` is nested {depth} deep"),
                 )
                 .with_note(format!(
-                    "help: cnnc accepts at most {MAX_NESTING} levels of brackets"
+                    "help: cnnc accepts at most {MAX_NESTING} levels of brackets and `if` conditions"
                 )),
             );
         }
@@ -82,7 +105,10 @@ fn parse_here(source: &str, file: FileId) -> Result<File, Diagnostic> {
     pest::set_error_detail(true);
     let mut pairs =
         CnnParser::parse(Rule::file, source).map_err(|e| syntax_error(&e, source, file))?;
-    let builder = Builder { file };
+    let builder = Builder {
+        file,
+        token_ends: token_ends(source),
+    };
     // The `file` rule always produces exactly one pair on success.
     let root = pairs.next().expect("file rule matched");
     let mut items = Vec::new();
@@ -263,21 +289,48 @@ fn unclosed_string(source: &str, offset: usize) -> Option<(usize, usize)> {
         .map(|quote| (quote, line_end))
 }
 
-/// The brackets of `source` outside comments and strings, with their offsets.
-fn brackets(source: &str) -> impl Iterator<Item = (usize, char)> + '_ {
+/// What opens or closes a level of the parser's recursion.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mark {
+    Open(char),
+    Close(char),
+    /// The keyword `if`.
+    If,
+}
+
+/// The brackets and `if` keywords of `source` outside comments and
+/// strings, with their offsets.
+fn marks(source: &str) -> impl Iterator<Item = (usize, Mark)> + '_ {
+    let word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+    let bytes = source.as_bytes();
     let mut in_string = false;
     let mut in_comment = false;
-    source.char_indices().filter(move |&(_, c)| {
+    source.char_indices().filter_map(move |(i, c)| {
         match c {
             '\n' => (in_string, in_comment) = (false, false),
             _ if in_comment => {}
             '"' => in_string = !in_string,
             _ if in_string => {}
             '#' => in_comment = true,
-            '(' | '[' | '{' | ')' | ']' | '}' => return true,
+            '(' | '[' | '{' => return Some((i, Mark::Open(c))),
+            ')' | ']' | '}' => return Some((i, Mark::Close(c))),
+            'i' if bytes.get(i + 1) == Some(&b'f')
+                && !bytes.get(i + 2).is_some_and(word)
+                && !(i > 0 && word(&bytes[i - 1])) =>
+            {
+                return Some((i, Mark::If));
+            }
             _ => {}
         }
-        false
+        None
+    })
+}
+
+/// The brackets of `source` outside comments and strings, with their offsets.
+fn brackets(source: &str) -> impl Iterator<Item = (usize, char)> + '_ {
+    marks(source).filter_map(|(i, mark)| match mark {
+        Mark::Open(c) | Mark::Close(c) => Some((i, c)),
+        Mark::If => None,
     })
 }
 
@@ -345,8 +398,22 @@ fn describe_found(source: &str, offset: usize) -> (String, usize) {
                 .collect();
             (format!("`{word}`"), word.len())
         }
+        Some('\0') => ("a NUL byte (\\0)".to_string(), 1),
+        Some(c) if invisible(c) => (
+            format!("the invisible character U+{:04X}", u32::from(c)),
+            c.len_utf8(),
+        ),
         Some(c) => (format!("`{c}`"), c.len_utf8()),
     }
+}
+
+/// Whether `c` shows as nothing, or as a space that the grammar does not
+/// take for one: control characters, spaces other than ` ` and tab, and
+/// the zero-width and direction marks (a byte-order mark inside a file).
+fn invisible(c: char) -> bool {
+    c.is_control()
+        || (c.is_whitespace() && c != ' ')
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
 }
 
 /// The tokens and constructs that could have continued the parse.
@@ -462,6 +529,9 @@ fn join_alternatives(items: &[String]) -> String {
 /// shape, so the accessors below only unwrap what the grammar makes certain.
 struct Builder {
     file: FileId,
+    /// For each byte offset of the source, the end of its last token
+    /// before that offset ([`token_ends`]).
+    token_ends: Vec<usize>,
 }
 
 impl Builder {
@@ -470,9 +540,9 @@ impl Builder {
     /// (`conv(64)  # comment` without `as`), and they would widen the caret.
     fn span(&self, pair: &Pair<Rule>) -> Span {
         let s = pair.as_span();
-        let text = s.as_str();
-        let end = if text.ends_with(char::is_whitespace) {
-            s.start() + significant_len(text)
+        let end = if s.as_str().ends_with(char::is_whitespace) {
+            // A pair starts with a token, so its last token ends at or after its start.
+            self.token_ends[s.end()].max(s.start())
         } else {
             s.end()
         };
@@ -651,17 +721,16 @@ impl Builder {
                 }
             }
             Rule::not_expr => {
-                let mut parts = pair.into_inner();
-                let first = parts.next().expect("not operand");
-                if first.as_rule() == Rule::not_op {
-                    let operand = self.expr(parts.next().expect("not operand"));
-                    Expr {
-                        kind: ExprKind::Unary(UnOp::Not, Box::new(operand)),
-                        span,
-                    }
-                } else {
-                    self.expr(first)
+                // not_expr = not_op* ~ comparison: the innermost `not` first.
+                let mut parts: Vec<Pair<Rule>> = pair.into_inner().collect();
+                let mut value = self.expr(parts.pop().expect("not operand"));
+                for not in parts.into_iter().rev() {
+                    value = Expr {
+                        span: self.span(&not).to(value.span),
+                        kind: ExprKind::Unary(UnOp::Not, Box::new(value)),
+                    };
                 }
+                value
             }
             Rule::unary => {
                 let parts: Vec<Pair<Rule>> = pair.into_inner().collect();
@@ -803,20 +872,34 @@ impl Builder {
         }
     }
 
+    /// `if c { } else if d { } else { }`: each `else if` becomes an `if`
+    /// alone in the `else` body of the one before, from its `if` to the end
+    /// of the chain, built from the last one back without recursion.
     fn if_expr(&self, pair: Pair<Rule>) -> ExprKind {
-        let mut parts = pair.into_inner();
+        let end = self.span(&pair).end;
+        // if_expr = if_kw ~ expr ~ body ~ else_if* ~ ("else" ~ body)?
+        let mut parts = pair.into_inner().skip(1);
         let cond = self.expr(parts.next().expect("if condition"));
         let then = self.body(parts.next().expect("if body"));
-        let otherwise = parts.next().map(|p| match p.as_rule() {
-            Rule::if_expr => {
-                let span = self.span(&p);
-                vec![Stmt::Expr(Expr {
-                    kind: self.if_expr(p),
-                    span,
-                })]
+        let mut branches = Vec::new();
+        let mut otherwise = None;
+        for part in parts {
+            if part.as_rule() == Rule::else_if {
+                // else_if = "else" ~ if_kw ~ expr ~ body
+                let mut branch = part.into_inner();
+                let start = self.span(&branch.next().expect("`if`")).start;
+                let cond = self.expr(branch.next().expect("else if condition"));
+                let body = self.body(branch.next().expect("else if body"));
+                branches.push((start, cond, body));
+            } else {
+                otherwise = Some(self.body(part));
             }
-            _ => self.body(p),
-        });
+        }
+        for (start, cond, body) in branches.into_iter().rev() {
+            let kind = ExprKind::If(Box::new(cond), body, otherwise.take());
+            let span = Span::new(self.file, start, end);
+            otherwise = Some(vec![Stmt::Expr(Expr { kind, span })]);
+        }
         ExprKind::If(Box::new(cond), then, otherwise)
     }
 }
@@ -835,16 +918,21 @@ fn number(text: &str) -> ExprKind {
     }
 }
 
-/// The length of `text` up to the end of its last token, ignoring trailing
-/// whitespace and comments (strings cannot span lines, so a `#` outside a
-/// string starts a comment).
-fn significant_len(text: &str) -> usize {
+/// For each byte offset of `text` (and its end), the end of the last token
+/// before it: of the last character outside whitespace and comments
+/// (strings cannot span lines, so a `#` outside a string starts a comment).
+/// One pass over the file, so that trimming a pair's span costs nothing
+/// however long the pair: scanning each pair's text instead took time
+/// quadratic in the nesting of `not not ... x`.
+fn token_ends(text: &str) -> Vec<usize> {
+    let mut ends = Vec::with_capacity(text.len() + 1);
     let mut last = 0;
     let mut in_string = false;
     let mut in_comment = false;
     for (i, c) in text.char_indices() {
+        ends.resize(i + 1, last);
         match c {
-            '\n' => in_comment = false,
+            '\n' => (in_string, in_comment) = (false, false),
             _ if in_comment => {}
             '#' if !in_string => in_comment = true,
             '"' => in_string = !in_string,
@@ -854,7 +942,8 @@ fn significant_len(text: &str) -> usize {
             last = i + c.len_utf8();
         }
     }
-    last
+    ends.resize(text.len() + 1, last);
+    ends
 }
 
 fn unquote(text: &str) -> String {
@@ -962,6 +1051,85 @@ mod tests {
         assert_eq!(err.message, "brackets are nested too deeply");
         let err = parse(&format!("block b {{ let x = {}1 }}", "-".repeat(1000)), 0).unwrap_err();
         assert_eq!(err.message, "expressions are nested too deeply");
+    }
+
+    /// The expression bound by the first `let` of the first item's body.
+    fn bound(file: &File) -> &Expr {
+        let (Item::Block(def) | Item::Model(def)) = &file.items[0] else {
+            panic!("not a definition")
+        };
+        let Stmt::Let(_, e) = &def.body[0] else {
+            panic!("not a let")
+        };
+        e
+    }
+
+    #[test]
+    fn a_run_of_nots_nests_from_the_first() {
+        let src = "block b { let x = not not  c }";
+        let file = parse_ok(src);
+        let outer = bound(&file);
+        let ExprKind::Unary(UnOp::Not, inner) = &outer.kind else {
+            panic!("{outer:?}")
+        };
+        assert_eq!(&src[outer.span.start..outer.span.end], "not not  c");
+        assert_eq!(&src[inner.span.start..inner.span.end], "not  c");
+        assert!(
+            matches!(&inner.kind, ExprKind::Unary(UnOp::Not, c) if matches!(c.kind, ExprKind::Name(..)))
+        );
+    }
+
+    #[test]
+    fn an_else_if_is_an_if_alone_in_the_else_branch() {
+        let src =
+            "block b { let x = if a { 1 } else if c { 2 } else if d { 3 } else { 4 }  # end\n}";
+        let file = parse_ok(src);
+        let ExprKind::If(_, _, Some(otherwise)) = &bound(&file).kind else {
+            panic!("not an if with an else")
+        };
+        let [Stmt::Expr(second)] = otherwise.as_slice() else {
+            panic!("{otherwise:?}")
+        };
+        let text = &src[second.span.start..second.span.end];
+        assert_eq!(text, "if c { 2 } else if d { 3 } else { 4 }");
+        let ExprKind::If(cond, then, Some(otherwise)) = &second.kind else {
+            panic!("{second:?}")
+        };
+        assert!(matches!(&cond.kind, ExprKind::Name(n, None) if n.name == "c"));
+        assert!(matches!(then.as_slice(), [Stmt::Expr(e)] if e.kind == ExprKind::Int(2)));
+        let [Stmt::Expr(third)] = otherwise.as_slice() else {
+            panic!("{otherwise:?}")
+        };
+        assert_eq!(
+            &src[third.span.start..third.span.end],
+            "if d { 3 } else { 4 }"
+        );
+        let ExprKind::If(_, _, Some(last)) = &third.kind else {
+            panic!("{third:?}")
+        };
+        assert!(matches!(last.as_slice(), [Stmt::Expr(e)] if e.kind == ExprKind::Int(4)));
+    }
+
+    #[test]
+    fn an_if_nests_until_its_body_opens() {
+        let ifs = |n: usize| {
+            format!(
+                "block b {{ let x = {}c{} }}",
+                "if ".repeat(n),
+                " { 1 }".repeat(n)
+            )
+        };
+        // The block's `{` is one level.
+        parse_ok(&ifs(MAX_NESTING - 1));
+        let err = parse(&ifs(MAX_NESTING), 0).unwrap_err();
+        assert_eq!(err.message, "`if` expressions are nested too deeply");
+        assert_eq!(err.primary.span.start, 18 + 3 * (MAX_NESTING - 1));
+        // Each `else if` begins after the body before it has closed.
+        let chain = format!(
+            "block b {{ let x = if c {{ 1 }}{} }}",
+            " else if c { 1 }".repeat(MAX_NESTING + 10)
+        );
+        parse_ok(&chain);
     }
 
     #[test]

@@ -245,11 +245,21 @@ impl Checkpoint {
         model: &TypedGraph,
         trainer: &Trainer,
     ) -> Result<Checkpoint, FitError> {
+        Checkpoint::read(weights::load_file(path)?, path, model, trainer)
+    }
+
+    /// The checkpoint that `store`, read from `path`, holds, checked as
+    /// [`Checkpoint::load`] checks it.
+    pub(super) fn read(
+        store: TensorStore,
+        path: &Path,
+        model: &TypedGraph,
+        trainer: &Trainer,
+    ) -> Result<Checkpoint, FitError> {
         let fail = |message: String| FitError::Resume {
             path: path.to_path_buf(),
             message,
         };
-        let store = weights::load_file(path)?;
         let number = |key: &str| -> Result<u64, FitError> {
             store
                 .metadata

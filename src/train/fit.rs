@@ -713,6 +713,20 @@ impl Tally {
     }
 }
 
+/// Reads a checkpoint already in memory as `--resume` reads the file at
+/// `path` (which only names it in errors), for `model` trained by
+/// `trainer`: `Ok` when a run could resume from it. The fuzz targets call
+/// it, so that no input goes through a temporary file.
+pub fn check_checkpoint(
+    bytes: &[u8],
+    path: &Path,
+    model: &TypedGraph,
+    trainer: &Trainer,
+) -> Result<(), FitError> {
+    let store = weights::load_bytes(bytes, path)?;
+    Checkpoint::read(store, path, model, trainer).map(drop)
+}
+
 /// The learning rate at step `step` of `total`.
 fn learning_rate(config: &TrainConfig, step: u64, total: u64) -> f64 {
     let lr = config.optimizer.lr;

@@ -112,6 +112,13 @@ pub fn load_file(path: &Path) -> Result<TensorStore, WeightsError> {
     decode(&bytes, path)
 }
 
+/// Reads a safetensors file already in memory, as [`load_file`] reads one
+/// from disk; `path` only names it in errors. The fuzz targets call it, so
+/// that no input goes through a temporary file.
+pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<TensorStore, WeightsError> {
+    decode(bytes, path)
+}
+
 /// Held while a file is written, renamed and synced, so that
 /// [`exit_between_writes`] waits for the rename.
 static WRITING: Mutex<()> = Mutex::new(());

@@ -37,6 +37,8 @@ pub use check::{
 };
 pub use classes::{class_names, set_class_names, CLASS_NAMES_KEY};
 pub use error::WeightsError;
-pub use file::{exit_between_writes, load_file, remove_stale_temporaries, save, write_atomically};
+pub use file::{
+    exit_between_writes, load_bytes, load_file, remove_stale_temporaries, save, write_atomically,
+};
 pub use initializers::{init, specs, WeightSpec};
 pub use store::{Tensor, TensorStore};

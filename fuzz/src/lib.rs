@@ -1,0 +1,73 @@
+//! What the fuzz targets share: the front end run as `cnnc check` runs it,
+//! the small model whose weights and checkpoints the loaders' targets read,
+//! and the structure-aware program generator ([`program`]).
+//!
+//! Each target passes its input to one of cnnc's public readers and checks
+//! that the reader returns (an `Ok` or a typed error whose message renders);
+//! a panic, a stack overflow, an allocation failure, a run over the time
+//! limit or a memory use over the RSS limit is what libFuzzer reports.
+
+pub mod program;
+
+use std::path::Path;
+
+use cnnc::autodiff::LossSpec;
+use cnnc::runtime::training::Trainer;
+use cnnc::runtime::weights;
+use cnnc::TypedGraph;
+
+/// The model of the weights and checkpoint targets (and of the files
+/// `fuzz/seed` trains to start their corpora).
+pub const TINY_MODEL: &str = include_str!("../tiny.cnn");
+
+/// Where every input claims to come from, in error messages.
+pub fn input_path() -> &'static Path {
+    Path::new("fuzz-input")
+}
+
+/// Runs the front end on `text` as `cnnc check` does on a file: loads it
+/// (standard library imports only), compiles its first model, and renders
+/// the errors, plain and in colour.
+pub fn front_end(text: &str) {
+    let program = match cnnc::syntax::load_source("fuzz.cnn", text, None) {
+        Ok(program) => program,
+        Err(errors) => return render(&errors),
+    };
+    let models = cnnc::elaborate::models(&program);
+    if let Err(errors) = cnnc::compile(program, models.first().map(String::as_str)) {
+        render(&errors);
+    }
+}
+
+/// Renders `errors` both ways; each says it is an error.
+fn render(errors: &cnnc::Diagnostics) {
+    assert!(!errors.errors.is_empty(), "an Err without errors");
+    let plain = errors.render(false);
+    assert!(plain.contains("error"), "rendered as {plain:?}");
+    let _ = errors.render(true);
+}
+
+/// [`TINY_MODEL`], compiled.
+pub fn tiny_model() -> TypedGraph {
+    cnnc::compile_source("tiny.cnn", TINY_MODEL, None, None)
+        .unwrap_or_else(|errors| panic!("fuzz/tiny.cnn does not compile:\n{errors}"))
+}
+
+/// A trainer of [`TINY_MODEL`] with its train section's optimizer, as
+/// `cnnc run` makes one: what a checkpoint is checked against.
+pub fn tiny_trainer(model: &TypedGraph) -> Trainer {
+    let config = model.graph.train.clone().unwrap_or_default();
+    let loss = LossSpec {
+        smoothing: config.label_smoothing,
+        weights: config.loss_weights.clone(),
+    };
+    let step = cnnc::compile_training(model, &loss, &config.optimizer, 2)
+        .unwrap_or_else(|e| panic!("the tiny model's training step: {e}"));
+    Trainer::new(step, weights::init(model, config.seed), 1)
+        .unwrap_or_else(|e| panic!("the tiny model's trainer: {e}"))
+}
+
+/// Checks that an error's message is not empty, as the command line prints it.
+pub fn message(error: &dyn std::error::Error) {
+    assert!(!error.to_string().is_empty(), "an error without a message");
+}
