@@ -453,32 +453,6 @@ fn sixty_four_thousand_nots_are_an_error_on_a_small_stack() {
     assert!(error.contains("deep.cnn:2:1037"), "{error}");
 }
 
-/// The time to reject `n` nested `not`s, the best of three runs.
-fn time_nots(n: usize) -> std::time::Duration {
-    let text = nots(n);
-    (0..3)
-        .map(|_| {
-            let start = std::time::Instant::now();
-            let result = cnnc::compile_source("deep.cnn", &text, None, None);
-            assert!(result.is_err());
-            start.elapsed()
-        })
-        .min()
-        .expect("three runs")
-}
-
-/// Trimming each `not`'s span scanned the rest of the line: 16,000 nested
-/// `not`s took 1.7 s and 32,000 took 6.6 s (issue 12). Four times the
-/// input must take about four times as long, not sixteen.
-#[test]
-fn nested_nots_take_linear_time() {
-    let (small, large) = (time_nots(8_000), time_nots(32_000));
-    assert!(
-        large < small * 10,
-        "8,000 nots: {small:?}; 32,000: {large:?}"
-    );
-}
-
 /// A long line of additions is one expression nested once per `+`: the
 /// parser built and then dropped it by recursion, which overflowed on a
 /// long enough line (issue 12).
