@@ -116,6 +116,7 @@ cases! {
     range_too_long,
     too_many_loop_iterations,
     exponential_block_calls,
+    fault_in_nested_loops,
     // Models and outputs.
     model_parameter_without_default,
     several_models,

@@ -20,6 +20,12 @@ use super::{layers, Elaborator};
 /// above what a model written by hand takes (ResNet-50 takes about 200).
 pub const MAX_WORK: usize = 100_000;
 
+/// The errors after which elaboration stops, as the work budget stops it:
+/// a block with a fault, called from thousands of places, would otherwise
+/// report (and suggest a name for) the same fault thousands of times, and
+/// no one reads past the first screens of errors.
+pub const MAX_ERRORS: usize = 100;
+
 /// How deep block calls may nest. Elaboration grows its stack as it needs
 /// (see `with_stack`), but every node keeps the names and call sites of all
 /// the blocks around it, so a chain of blocks each calling the next takes
@@ -265,8 +271,13 @@ impl<'p> Elaborator<'p> {
                 scope.bind(&index.name, Value::Int(i as i64));
             }
             scope.bind(&var.name, item);
+            let errors = self.errors.len();
             self.body(scope, body, false);
             scope.frames.pop();
+            // The next iterations would mostly report the same errors again.
+            if self.errors.len() > errors {
+                return;
+            }
         }
     }
 
@@ -287,18 +298,20 @@ impl<'p> Elaborator<'p> {
     }
 
     /// Counts one more `for` iteration (of the loop over `span`); false once
-    /// the node or iteration budget is exhausted, which ends every loop.
+    /// the node or iteration budget is exhausted, or [`MAX_ERRORS`] errors
+    /// are reported, which ends every loop.
     fn count_iteration(&mut self, span: Span) -> bool {
         self.spend(1, span, "while iterating over this")
     }
 
     /// Charges `steps` steps of work at `span` (labelled `doing`); false,
     /// with the error reported once, when the model's [`MAX_WORK`] is
-    /// spent: loops and block calls then stop, and values become poison.
+    /// spent, and false once [`MAX_ERRORS`] errors are reported: loops and
+    /// block calls then stop, and values become poison.
     pub(super) fn spend(&mut self, steps: usize, span: Span, doing: &str) -> bool {
         // Past the node limit `add_node` adds nothing, so the node count
         // cannot end a loop; the flag does.
-        if self.budget_reported {
+        if self.budget_reported || self.errors.len() >= MAX_ERRORS {
             return false;
         }
         self.work = self.work.saturating_add(steps);
@@ -621,6 +634,30 @@ model m : [8, 8, 1] {
         );
         assert_eq!((error.at.as_str(), error.line), ("xs", 3));
         assert_eq!(error.label, "while evaluating this");
+    }
+
+    #[test]
+    fn a_loop_stops_at_its_first_iteration_with_an_error() {
+        // Each iteration's error differs (its integer), so that only the
+        // loop's stopping, not the removal of repeats, leaves one.
+        let error =
+            fixture::error("model m : [8, 8, 1] {\n for i in 1..50 { conv(0 - i, 3) }\n}\n");
+        assert_eq!(error.label, "this is the integer -1");
+        // A fault repeated by a loop inside a loop (found by fuzzing: a
+        // million suggestions for the unknown name took seconds).
+        let error = fixture::error(
+            "model m : [8, 8, 1] {\n for i in 0..1000 { for j in 0..1000 { let k = i * nope } }\n relu\n}\n",
+        );
+        assert_eq!(error.message, "unknown layer or block `nope`");
+    }
+
+    #[test]
+    fn elaboration_stops_after_max_errors() {
+        // 10^5 calls of a block with a fault: within the work budget, but
+        // the fault would be reported 10^5 times; the first MAX_ERRORS
+        // stop it, and they are one error once repeats are removed.
+        let error = fixture::error(&tenfold(5, "nope"));
+        assert_eq!(error.message, "unknown layer or block `nope`");
     }
 
     #[test]
