@@ -100,29 +100,12 @@ fn run_rejects_unknown_data_and_missing_files() {
 #[test]
 fn resuming_from_a_checkpoint_continues_bit_for_bit() {
     // Dropout, batchnorm and Nadam: every kind of state a run carries.
-    let source = "
-        model tiny : [28, 28, 1] {
-            conv(4, 3, stride: 2, padding: same) -> batchnorm -> relu
-            maxpool(2)
-            flatten
-            dropout(0.3)
-            dense(10, activation: softmax)
-        }";
-    let model =
-        cnnc::compile_source("tiny.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
-    let splits = fashion::load_from(Source::Bundled, 12_000, 3).expect("bundled subset");
-    // A small part of the subset keeps the test quick.
-    let part = |d: &fashion::Dataset, n: usize| fashion::Dataset {
-        images: d.images[..n * d.image_len()].to_vec(),
-        labels: d.labels[..n].to_vec(),
-        shape: d.shape,
-        class_names: d.class_names.clone(),
-    };
-    let (train, validation, test) = (
-        part(&splits.train, 640),
-        part(&splits.validation, 128),
-        part(&splits.test, 128),
-    );
+    let TinyRun {
+        model,
+        train,
+        validation,
+        test,
+    } = TinyRun::new();
     let run = |epochs: u64, out: &std::path::Path, resume: bool| {
         let config = TrainConfig {
             epochs,
@@ -434,9 +417,9 @@ fn a_hand_built_set_with_a_label_beyond_its_classes_is_an_error() {
     insta::assert_snapshot!("evaluated_images_short", error.to_string());
 }
 
-/// The tiny model of [`resuming_from_a_checkpoint_continues_bit_for_bit`]
-/// and small parts of the bundled subset (640 training images: 20 steps of
-/// 32 an epoch), for the tests of checkpoints.
+/// The tiny model of the checkpoint tests (dropout and batchnorm: with
+/// Nadam, every kind of state a run carries) and small parts of the bundled
+/// subset (640 training images: 20 steps of 32 an epoch).
 struct TinyRun {
     model: cnnc::TypedGraph,
     train: fashion::Dataset,

@@ -16,6 +16,7 @@ use std::fmt::{self, Display, Formatter};
 
 use arbitrary::Arbitrary;
 use cnnc::elaborate::layers::{ACTIVATIONS, INITS, LAYERS};
+use cnnc::elaborate::TRAIN_KEYS;
 
 /// A generated `.cnn` file.
 #[derive(Debug, Arbitrary)]
@@ -221,21 +222,10 @@ enum BinOp {
     Or,
 }
 
-/// The train section's keys, and one that is not.
-const TRAIN_KEYS: &[&str] = &[
-    "optimizer",
-    "loss",
-    "loss_weights",
-    "metrics",
-    "batch",
-    "epochs",
-    "seed",
-    "validation",
-    "schedule",
-    "early_stopping",
-    "augment",
-    "colour",
-];
+/// A train section's key: one of those it takes, or one that it does not.
+fn train_key(i: u8) -> &'static str {
+    TRAIN_KEYS.get(usize::from(i) % (TRAIN_KEYS.len() + 1)).copied().unwrap_or("colour")
+}
 
 fn pick<T: Copy>(items: &[T], i: u8) -> T {
     items[usize::from(i) % items.len()]
@@ -270,7 +260,7 @@ impl Display for Program {
         if let Some(entries) = &self.train {
             writeln!(f, "train {{")?;
             for entry in entries {
-                writeln!(f, "    {}: {}", pick(TRAIN_KEYS, entry.key), entry.value)?;
+                writeln!(f, "    {}: {}", train_key(entry.key), entry.value)?;
             }
             writeln!(f, "}}")?;
         }

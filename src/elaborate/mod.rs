@@ -57,6 +57,7 @@ pub use calls::{MAX_CALL_DEPTH, MAX_WORK};
 pub use definitions::models;
 use definitions::{DefRef, Scope, Visible};
 pub use nodes::MAX_NODES;
+pub use train_config::TRAIN_KEYS;
 pub use value::{NamedArg, Spanned, Value};
 
 /// Instantiates model `model` of the program's root file (or its only

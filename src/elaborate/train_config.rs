@@ -7,7 +7,8 @@ use crate::config::*;
 use crate::diagnostics::{suggest, Diagnostic};
 use crate::syntax::ast::Ident;
 
-const KEYS: &[&str] = &[
+/// The keys a train section takes.
+pub const TRAIN_KEYS: &[&str] = &[
     "optimizer",
     "loss",
     "loss_weights",
@@ -70,8 +71,12 @@ pub fn check(
                     format!("unknown training setting `{other}`"),
                     "unknown key",
                 )
-                .with_note(format!("the train section takes: {}", KEYS.join(", ")));
-                c.errors.push(suggest(error, other, KEYS.iter().copied()));
+                .with_note(format!(
+                    "the train section takes: {}",
+                    TRAIN_KEYS.join(", ")
+                ));
+                c.errors
+                    .push(suggest(error, other, TRAIN_KEYS.iter().copied()));
                 None
             }
         };
