@@ -224,7 +224,10 @@ enum BinOp {
 
 /// A train section's key: one of those it takes, or one that it does not.
 fn train_key(i: u8) -> &'static str {
-    TRAIN_KEYS.get(usize::from(i) % (TRAIN_KEYS.len() + 1)).copied().unwrap_or("colour")
+    TRAIN_KEYS
+        .get(usize::from(i) % (TRAIN_KEYS.len() + 1))
+        .copied()
+        .unwrap_or("colour")
 }
 
 fn pick<T: Copy>(items: &[T], i: u8) -> T {
