@@ -29,6 +29,24 @@ pub const MAX_NESTING: usize = 64;
 /// `else if` chains): elaboration recurses once per level.
 pub const MAX_DEPTH: usize = 256;
 
+/// The rule calls the parser may make per byte of a file, besides
+/// [`CALLS_BASE`]. PEG parsing backtracks: where a construct fails, an
+/// alternative parses it again, and each level of nesting doubles that, so
+/// that `relu - if x { relu - if x { … @ } }` (the `if` tried as the
+/// operand of a subtraction, then as a new statement) took 2 s at 12
+/// levels and 8 s at 14 in a debug build. The budget ends such a parse as a
+/// syntax error in time proportional to the file, at the furthest point
+/// the parser reached. The project's `.cnn` files need 7 to 40 per byte,
+/// the densest statements (`a a a …`) and the deepest nesting allowed under
+/// 200 (the tests `every_project_file_parses_within_a_tenth_of_the_budget`
+/// and `the_deepest_nesting_allowed_parses_within_half_the_budget`); a
+/// fuzzed file of 2 KB that reached the budget took 0.3 s to refuse under
+/// the fuzzer's instrumentation.
+pub const CALLS_PER_BYTE: usize = 400;
+
+/// The rule calls any file may make, however short.
+pub const CALLS_BASE: usize = 100_000;
+
 /// The stack of the thread that parses: a debug build uses about 100 KiB
 /// per level of brackets, so a test thread's 2 MiB lasts about 20 levels.
 const PARSE_STACK: usize = 64 << 20;
@@ -103,8 +121,8 @@ fn parse_here(source: &str, file: FileId) -> Result<File, Diagnostic> {
     // Tracking parse attempts lets the error name the literal tokens that
     // were expected (`)`, `->`), not only grammar rules.
     pest::set_error_detail(true);
-    let mut pairs =
-        CnnParser::parse(Rule::file, source).map_err(|e| syntax_error(&e, source, file))?;
+    let mut pairs = parse_within_budget(source, CALLS_PER_BYTE, CALLS_BASE)
+        .map_err(|e| syntax_error(&e, source, file))?;
     let builder = Builder {
         file,
         token_ends: token_ends(source),
@@ -127,6 +145,22 @@ fn parse_here(source: &str, file: FileId) -> Result<File, Diagnostic> {
         .with_note("help: split the expression with `let`")),
         None => Ok(file_ast),
     }
+}
+
+/// Runs the parser on `source` with a budget of `per_byte` rule calls per
+/// byte and `base` more. pest reads the budget from a process-wide setting
+/// when a parse starts, so that setting it and starting are done under one
+/// lock.
+fn parse_within_budget(
+    source: &str,
+    per_byte: usize,
+    base: usize,
+) -> Result<pest::iterators::Pairs<'_, Rule>, pest::error::Error<Rule>> {
+    static BUDGET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let calls = source.len().saturating_mul(per_byte).saturating_add(base);
+    let _held = BUDGET.lock().unwrap_or_else(|e| e.into_inner());
+    pest::set_call_limit(std::num::NonZeroUsize::new(calls));
+    CnnParser::parse(Rule::file, source)
 }
 
 /// The first expression nested deeper than [`MAX_DEPTH`], if any.
@@ -999,6 +1033,90 @@ mod tests {
             panic!("{e:?}")
         };
         assert!(matches!(lhs.kind, ExprKind::Binary(BinOp::Add, _, _)));
+    }
+
+    /// The deepest nesting the check before parsing lets through (64
+    /// levels, the model's `{` one of them), and the densest statements,
+    /// parse within half the budget.
+    #[test]
+    fn the_deepest_nesting_allowed_parses_within_half_the_budget() {
+        let depth = MAX_NESTING - 1;
+        let ifs = format!(
+            "model m : [1, 1, 1] {{ let k = {}true{} }}",
+            "if ".repeat(depth),
+            " { 3 }".repeat(depth)
+        );
+        let parens = format!(
+            "model m : [1, 1, 1] {{ let k = {}1{} }}",
+            "(".repeat(depth),
+            ")".repeat(depth)
+        );
+        let names = format!("model m : [1, 1, 1] {{ {} }}", "a ".repeat(2000));
+        let lets = format!("model m : [1, 1, 1] {{ {} }}", "let a=-b;".repeat(500));
+        for source in [ifs, parens, names, lets] {
+            assert!(too_deep(&source, 0).is_none(), "{source}");
+            let parsed = parse_within_budget(&source, CALLS_PER_BYTE / 2, 0);
+            assert!(parsed.is_ok(), "{source}");
+        }
+    }
+
+    #[test]
+    fn every_project_file_parses_within_a_tenth_of_the_budget() {
+        let mut files = Vec::new();
+        for dir in ["stdlib", "examples", "tests/bad"] {
+            for entry in std::fs::read_dir(dir).expect("folder") {
+                let path = entry.expect("entry").path();
+                if path.extension().is_some_and(|e| e == "cnn") {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.len() > 80, "{} files", files.len());
+        for path in files {
+            let Ok(source) = std::fs::read_to_string(&path) else {
+                continue; // not UTF-8, refused before parsing
+            };
+            if too_deep(&source, 0).is_some() {
+                continue; // refused before parsing
+            }
+            let outcome = |per_byte, base| {
+                parse_within_budget(&source, per_byte, base)
+                    .map(drop)
+                    .map_err(|e| e.location)
+            };
+            assert_eq!(
+                outcome(CALLS_PER_BYTE / 10, CALLS_BASE / 10),
+                outcome(CALLS_PER_BYTE, CALLS_BASE),
+                "{}",
+                path.display()
+            );
+        }
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/front_end.rs`): each `if` below
+    /// is parsed as the operand of a subtraction and, when that fails, again
+    /// as a new statement, so that the time doubled with each level (2^30
+    /// parses here) until the budget of rule calls bounded it.
+    #[test]
+    fn backtracking_over_nested_ifs_ends_at_the_error() {
+        let levels = 30;
+        let source = format!(
+            "model m : [28, 28, 1] {{\n relu {} @ {}\n}}\n",
+            "- if x > 3 { relu ".repeat(levels),
+            "}".repeat(levels)
+        );
+        let error = parse(&source, 0).expect_err("a syntax error");
+        assert_eq!(error.message, "syntax error");
+        assert_eq!(&source[error.primary.span.start..][..1], "@");
+        for name in [
+            "front_end-timeout-minus-and-ifs-1.cnn",
+            "front_end-timeout-minus-and-ifs-2.cnn",
+        ] {
+            let path = format!("tests/fuzzed/{name}");
+            let source = std::fs::read_to_string(&path).expect("the fuzzed file");
+            let error = parse(&source, 0).expect_err("a syntax error");
+            assert_eq!(error.message, "syntax error", "{path}");
+        }
     }
 
     #[test]
