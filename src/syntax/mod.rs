@@ -30,18 +30,18 @@ pub const MAX_NESTING: usize = 64;
 pub const MAX_DEPTH: usize = 256;
 
 /// The rule calls the parser may make per byte of a file, besides
-/// [`CALLS_BASE`]. PEG parsing backtracks: where a construct fails, an
-/// alternative parses it again, and each level of nesting doubles that, so
-/// that `relu - if x { relu - if x { … @ } }` (the `if` tried as the
-/// operand of a subtraction, then as a new statement) took 2 s at 12
-/// levels and 8 s at 14 in a debug build. The budget ends such a parse as a
-/// syntax error in time proportional to the file, at the furthest point
-/// the parser reached. The project's `.cnn` files need 7 to 40 per byte,
-/// the densest statements (`a a a …`) and the deepest nesting allowed under
-/// 200 (the tests `every_project_file_parses_within_a_tenth_of_the_budget`
-/// and `the_deepest_nesting_allowed_parses_within_half_the_budget`); a
-/// fuzzed file of 2 KB that reached the budget took 0.3 s to refuse under
-/// the fuzzer's instrumentation.
+/// [`CALLS_BASE`]: a bound on its time whatever the grammar does. PEG
+/// parsing backtracks: where a construct fails, an alternative may parse
+/// it again, and where that nests, the time doubles with each level
+/// (`relu - if x { relu - if x { … @ } }`, found by fuzzing, took 8 s at
+/// 14 levels). Bracketed constructs now recover instead of failing (see
+/// `broken_*` in the grammar), so no failure leaves a bracket and nothing
+/// is parsed twice across levels; the budget remains as a bound for what
+/// the grammar may yet allow. The project's `.cnn` files need 7 to 40 per
+/// byte, the densest statements (`a a a …`) and the deepest nesting
+/// allowed under 200 (the tests
+/// `every_project_file_parses_within_a_tenth_of_the_budget` and
+/// `the_deepest_nesting_allowed_parses_within_half_the_budget`).
 pub const CALLS_PER_BYTE: usize = 400;
 
 /// The rule calls any file may make, however short.
@@ -121,14 +121,17 @@ fn parse_here(source: &str, file: FileId) -> Result<File, Diagnostic> {
     // Tracking parse attempts lets the error name the literal tokens that
     // were expected (`)`, `->`), not only grammar rules.
     pest::set_error_detail(true);
-    let mut pairs = parse_within_budget(source, CALLS_PER_BYTE, CALLS_BASE)
-        .map_err(|e| syntax_error(&e, source, file))?;
+    let mut pairs = parse_within_budget(Rule::file, source, CALLS_PER_BYTE, CALLS_BASE)
+        .map_err(|e| syntax_error(&e, 0, source, file))?;
+    // The `file` rule always produces exactly one pair on success.
+    let root = pairs.next().expect("file rule matched");
+    if let Some(construct) = first_broken(&root) {
+        return Err(recovered_error(construct, source, file));
+    }
     let builder = Builder {
         file,
         token_ends: token_ends(source),
     };
-    // The `file` rule always produces exactly one pair on success.
-    let root = pairs.next().expect("file rule matched");
     let mut items = Vec::new();
     for pair in root.into_inner() {
         if pair.as_rule() != Rule::EOI {
@@ -147,11 +150,12 @@ fn parse_here(source: &str, file: FileId) -> Result<File, Diagnostic> {
     }
 }
 
-/// Runs the parser on `source` with a budget of `per_byte` rule calls per
-/// byte and `base` more. pest reads the budget from a process-wide setting
-/// when a parse starts, so that setting it and starting are done under one
-/// lock.
+/// Runs the parser's `rule` on `source` with a budget of `per_byte` rule
+/// calls per byte and `base` more. pest reads the budget from a
+/// process-wide setting when a parse starts, so that setting it and
+/// starting are done under one lock.
 fn parse_within_budget(
+    rule: Rule,
     source: &str,
     per_byte: usize,
     base: usize,
@@ -160,7 +164,66 @@ fn parse_within_budget(
     let calls = source.len().saturating_mul(per_byte).saturating_add(base);
     let _held = BUDGET.lock().unwrap_or_else(|e| e.into_inner());
     pest::set_call_limit(std::num::NonZeroUsize::new(calls));
-    CnnParser::parse(Rule::file, source)
+    CnnParser::parse(rule, source)
+}
+
+/// The first place, in the order of the source, where a bracketed
+/// construct recovered (a `broken_*` or `unclosed` node; see the grammar),
+/// as the construct's pair. The walk keeps its own stack: the tree is as
+/// deep as the file's nesting times the grammar's dozen levels of
+/// precedence.
+fn first_broken<'i>(root: &Pair<'i, Rule>) -> Option<Pair<'i, Rule>> {
+    // Each pair with the construct it is part of; children in reverse,
+    // so that the first is taken next.
+    let mut stack = vec![(root.clone(), root.clone())];
+    while let Some((pair, parent)) = stack.pop() {
+        if is_recovery(pair.as_rule()) {
+            return Some(parent);
+        }
+        let children: Vec<Pair<'i, Rule>> = pair.clone().into_inner().collect();
+        stack.extend(children.into_iter().rev().map(|c| (c, pair.clone())));
+    }
+    None
+}
+
+fn is_recovery(rule: Rule) -> bool {
+    matches!(
+        rule,
+        Rule::broken_brace | Rule::broken_paren | Rule::broken_bracket | Rule::unclosed
+    )
+}
+
+/// The syntax error inside a construct that recovered: the construct
+/// parsed again alone and strictly (`body_check`, `call_check`, ...) from
+/// its start fails where it went wrong, with what was expected there.
+/// Brackets nested inside recover in turn, so this parse reads one level
+/// of the file and cannot backtrack far.
+fn recovered_error(construct: Pair<Rule>, source: &str, file: FileId) -> Diagnostic {
+    let check = match construct.as_rule() {
+        Rule::body => Rule::body_check,
+        Rule::train_item => Rule::train_check,
+        Rule::params => Rule::params_check,
+        Rule::call => Rule::call_check,
+        Rule::list => Rule::list_check,
+        Rule::record => Rule::record_check,
+        Rule::paren => Rule::paren_check,
+        Rule::index => Rule::index_check,
+        other => unreachable!("grammar: {other:?} does not recover"),
+    };
+    let start = construct.as_span().start();
+    match parse_within_budget(check, &source[start..], CALLS_PER_BYTE, CALLS_BASE) {
+        Err(error) => syntax_error(&error, start, source, file),
+        // It recovered within the file, so it fails alone too; should it
+        // not, the error is still at the construct.
+        Ok(_) => {
+            let (found, width) = describe_found(source, start);
+            Diagnostic::error(
+                Span::new(file, start, (start + width).min(source.len())),
+                "syntax error",
+                format!("unexpected {found}"),
+            )
+        }
+    }
 }
 
 /// The first expression nested deeper than [`MAX_DEPTH`], if any.
@@ -220,10 +283,16 @@ fn any_too_deep<'a>(exprs: impl IntoIterator<Item = &'a Expr>, depth: usize) -> 
 }
 
 /// Converts a pest error into a diagnostic that names what was expected.
-fn syntax_error(error: &pest::error::Error<Rule>, source: &str, file: FileId) -> Diagnostic {
+/// The parse that failed began at byte `offset` of `source`.
+fn syntax_error(
+    error: &pest::error::Error<Rule>,
+    offset: usize,
+    source: &str,
+    file: FileId,
+) -> Diagnostic {
     let (mut start, mut end) = match error.location {
-        pest::error::InputLocation::Pos(p) => (p, p),
-        pest::error::InputLocation::Span((s, e)) => (s, e),
+        pest::error::InputLocation::Pos(p) => (offset + p, offset + p),
+        pest::error::InputLocation::Span((s, e)) => (offset + s, offset + e),
     };
     // The expected tokens are those of the furthest attempt; pest's own
     // position can lag behind it when an optional part failed (`block
@@ -231,13 +300,16 @@ fn syntax_error(error: &pest::error::Error<Rule>, source: &str, file: FileId) ->
     // Not inside a word, though: a keyword's look-ahead (`for x inputs`)
     // gets there too.
     if let Some(attempts) = error.parse_attempts() {
-        let at = attempts.max_position;
+        let at = offset + attempts.max_position;
         let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
         let inside_word = source
             .get(..at)
             .is_some_and(|b| word(b.chars().next_back()))
             && source.get(at..).is_some_and(|r| word(r.chars().next()));
-        if at > start && at <= source.len() && !inside_word {
+        // Nor where nothing was expected: a look-ahead that matched (the
+        // grammar's `unclosed` before a `)`) moves the furthest position too.
+        let named = !attempts.expected_tokens().is_empty();
+        if at > start && at <= source.len() && !inside_word && named {
             (start, end) = (at, at);
         }
     }
@@ -1055,7 +1127,7 @@ mod tests {
         let lets = format!("model m : [1, 1, 1] {{ {} }}", "let a=-b;".repeat(500));
         for source in [ifs, parens, names, lets] {
             assert!(too_deep(&source, 0).is_none(), "{source}");
-            let parsed = parse_within_budget(&source, CALLS_PER_BYTE / 2, 0);
+            let parsed = parse_within_budget(Rule::file, &source, CALLS_PER_BYTE / 2, 0);
             assert!(parsed.is_ok(), "{source}");
         }
     }
@@ -1080,7 +1152,7 @@ mod tests {
                 continue; // refused before parsing
             }
             let outcome = |per_byte, base| {
-                parse_within_budget(&source, per_byte, base)
+                parse_within_budget(Rule::file, &source, per_byte, base)
                     .map(drop)
                     .map_err(|e| e.location)
             };
@@ -1094,29 +1166,97 @@ mod tests {
     }
 
     /// Found by fuzzing (`fuzz/fuzz_targets/front_end.rs`): each `if` below
-    /// is parsed as the operand of a subtraction and, when that fails, again
-    /// as a new statement, so that the time doubled with each level (2^30
-    /// parses here) until the budget of rule calls bounded it.
+    /// was parsed as the operand of a subtraction and, when that failed,
+    /// again as a new statement, so that the time doubled with each level
+    /// (2^30 parses here). Now the body that fails recovers, nothing is
+    /// parsed twice, and the error is found within a tenth of the budget.
     #[test]
     fn backtracking_over_nested_ifs_ends_at_the_error() {
         let levels = 30;
-        let source = format!(
+        let nested = format!(
             "model m : [28, 28, 1] {{\n relu {} @ {}\n}}\n",
             "- if x > 3 { relu ".repeat(levels),
             "}".repeat(levels)
         );
-        let error = parse(&source, 0).expect_err("a syntax error");
-        assert_eq!(error.message, "syntax error");
-        assert_eq!(&source[error.primary.span.start..][..1], "@");
+        // Brackets left open at the end of the file: each recovers there
+        // once, rather than skipping everything inside it again.
+        let unclosed = format!(
+            "model m : [28, 28, 1] {{\n{}",
+            "relu - if x > 3 { conv(64, [3, 3], (a: 1".repeat(levels / 2)
+        );
+        let mut sources = vec![
+            ("nested ifs".to_string(), nested.clone()),
+            ("unclosed".to_string(), unclosed),
+        ];
         for name in [
             "front_end-timeout-minus-and-ifs-1.cnn",
             "front_end-timeout-minus-and-ifs-2.cnn",
         ] {
             let path = format!("tests/fuzzed/{name}");
             let source = std::fs::read_to_string(&path).expect("the fuzzed file");
-            let error = parse(&source, 0).expect_err("a syntax error");
-            assert_eq!(error.message, "syntax error", "{path}");
+            sources.push((path, source));
         }
+        for (name, source) in &sources {
+            let tolerant =
+                parse_within_budget(Rule::file, source, CALLS_PER_BYTE / 10, CALLS_BASE / 10);
+            let root = tolerant.expect(name).next().expect("file");
+            assert!(first_broken(&root).is_some(), "{name}");
+            let error = parse(source, 0).expect_err(name);
+            assert_eq!(error.message, "syntax error", "{name}");
+        }
+        let error = parse(&nested, 0).expect_err("a syntax error");
+        assert_eq!(&nested[error.primary.span.start..][..1], "@");
+        assert!(error.primary.message.starts_with("expected "), "{error:?}");
+    }
+
+    /// Each bracketed construct recovers where its contents fail, and the
+    /// error is the one its contents give alone: at the token that went
+    /// wrong, with what was expected there.
+    #[test]
+    fn every_bracket_recovers_and_reports_where_its_contents_fail() {
+        let cases = [
+            ("block b { relu @ }", "@", "body"),
+            ("block b(x y) { relu }", "y", "params"),
+            ("block b { conv(64 3) }", "3", "call"),
+            ("block b { let k = [1 2] }", "2", "list"),
+            ("block b { let k = (a: 1 b: 2) }", "b", "record"),
+            ("block b { let k = (1 2) }", "2", "paren"),
+            ("block b { let k = x[1 2] }", "2", "index"),
+            ("train { epochs: 3 @ }", "@", "train"),
+        ];
+        for (source, at, what) in cases {
+            let root = parse_within_budget(Rule::file, source, CALLS_PER_BYTE, CALLS_BASE)
+                .unwrap_or_else(|e| panic!("{what}: the file parses with recovery: {e}"))
+                .next()
+                .expect("file");
+            assert!(first_broken(&root).is_some(), "{what}");
+            let error = parse(source, 0).expect_err(what);
+            assert_eq!(error.message, "syntax error", "{what}");
+            let start = error.primary.span.start;
+            assert_eq!(&source[start..start + at.len()], at, "{what}: {error:?}");
+        }
+    }
+
+    /// Recovery ends at the construct's own closing bracket, over nested
+    /// brackets: the rest of the file parses as before. An unclosed `(`
+    /// takes what follows to the end of the file, and the error is still
+    /// where its arguments went wrong.
+    #[test]
+    fn recovery_ends_at_the_matching_bracket() {
+        let source = "block a { conv(64, { ] ) } ) } block b { relu }";
+        let root = parse_within_budget(Rule::file, source, CALLS_PER_BYTE, CALLS_BASE)
+            .expect("recovers")
+            .next()
+            .expect("file");
+        let call = first_broken(&root).expect("recovered");
+        let broken = call.into_inner().nth(1).expect("recovery");
+        assert_eq!(broken.as_rule(), Rule::broken_paren);
+        assert_eq!(broken.as_str(), "64, { ] ) } )");
+        let items: Vec<Rule> = root.into_inner().map(|p| p.as_rule()).collect();
+        assert_eq!(items, [Rule::block_item, Rule::block_item, Rule::EOI]);
+        let unclosed = "block a { conv(64,\n }\nblock b { relu }";
+        let error = parse(unclosed, 0).expect_err("a syntax error");
+        assert_eq!(&unclosed[error.primary.span.start..][..1], "}");
     }
 
     #[test]
