@@ -118,11 +118,10 @@ fn too_deep(source: &str, file: FileId) -> Option<Diagnostic> {
 }
 
 fn parse_here(source: &str, file: FileId) -> Result<File, Diagnostic> {
-    // Tracking parse attempts lets the error name the literal tokens that
-    // were expected (`)`, `->`), not only grammar rules.
-    pest::set_error_detail(true);
-    let mut pairs = parse_within_budget(Rule::file, source, CALLS_PER_BYTE, CALLS_BASE)
-        .map_err(|e| syntax_error(&e, 0, source, file))?;
+    let Ok(mut pairs) = parse_within_budget(Rule::file, source, Detail::Fast) else {
+        // Parsed again to name what was expected: the outcome is the same.
+        return Err(strict_error(Rule::file, 0, source, file));
+    };
     // The `file` rule always produces exactly one pair on success.
     let root = pairs.next().expect("file rule matched");
     if let Some(construct) = first_broken(&root) {
@@ -150,21 +149,63 @@ fn parse_here(source: &str, file: FileId) -> Result<File, Diagnostic> {
     }
 }
 
-/// Runs the parser's `rule` on `source` with a budget of `per_byte` rule
-/// calls per byte and `base` more. pest reads the budget from a
-/// process-wide setting when a parse starts, so that setting it and
-/// starting are done under one lock.
+/// Whether a parse records what it attempted where it failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Detail {
+    /// No record: the parse that builds the AST. Recording every attempt
+    /// made parsing 2.5 times slower (the project's `.cnn` files, in a
+    /// debug build).
+    Fast,
+    /// The literal tokens expected where the parse failed (`)`, `->`),
+    /// not only grammar rules: the parse that makes a syntax error.
+    Expected,
+}
+
+/// Runs the parser's `rule` on `source` within the budget of
+/// [`CALLS_PER_BYTE`] and [`CALLS_BASE`].
 fn parse_within_budget(
     rule: Rule,
     source: &str,
+    detail: Detail,
+) -> Result<pest::iterators::Pairs<'_, Rule>, pest::error::Error<Rule>> {
+    parse_with(rule, source, detail, CALLS_PER_BYTE, CALLS_BASE)
+}
+
+/// Runs the parser's `rule` on `source` with a budget of `per_byte` rule
+/// calls per byte and `base` more. pest reads the budget and the detail
+/// from process-wide settings when a parse starts, so that setting them
+/// and starting are done under one lock.
+fn parse_with(
+    rule: Rule,
+    source: &str,
+    detail: Detail,
     per_byte: usize,
     base: usize,
 ) -> Result<pest::iterators::Pairs<'_, Rule>, pest::error::Error<Rule>> {
-    static BUDGET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static SETTINGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let calls = source.len().saturating_mul(per_byte).saturating_add(base);
-    let _held = BUDGET.lock().unwrap_or_else(|e| e.into_inner());
+    let _held = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
     pest::set_call_limit(std::num::NonZeroUsize::new(calls));
+    pest::set_error_detail(detail == Detail::Expected);
     CnnParser::parse(rule, source)
+}
+
+/// The syntax error of `rule` parsed from byte `start` of `source`, a
+/// parse known to fail, made again recording what it expected.
+fn strict_error(rule: Rule, start: usize, source: &str, file: FileId) -> Diagnostic {
+    match parse_within_budget(rule, &source[start..], Detail::Expected) {
+        Err(error) => syntax_error(&error, start, source, file),
+        // It failed within the file, so it fails alone too; should it
+        // not, the error is still at its start.
+        Ok(_) => {
+            let (found, width) = describe_found(source, start);
+            Diagnostic::error(
+                Span::new(file, start, (start + width).min(source.len())),
+                "syntax error",
+                format!("unexpected {found}"),
+            )
+        }
+    }
 }
 
 /// The first place, in the order of the source, where a bracketed
@@ -210,20 +251,7 @@ fn recovered_error(construct: Pair<Rule>, source: &str, file: FileId) -> Diagnos
         Rule::index => Rule::index_check,
         other => unreachable!("grammar: {other:?} does not recover"),
     };
-    let start = construct.as_span().start();
-    match parse_within_budget(check, &source[start..], CALLS_PER_BYTE, CALLS_BASE) {
-        Err(error) => syntax_error(&error, start, source, file),
-        // It recovered within the file, so it fails alone too; should it
-        // not, the error is still at the construct.
-        Ok(_) => {
-            let (found, width) = describe_found(source, start);
-            Diagnostic::error(
-                Span::new(file, start, (start + width).min(source.len())),
-                "syntax error",
-                format!("unexpected {found}"),
-            )
-        }
-    }
+    strict_error(check, construct.as_span().start(), source, file)
 }
 
 /// The first expression nested deeper than [`MAX_DEPTH`], if any.
@@ -1127,7 +1155,7 @@ mod tests {
         let lets = format!("model m : [1, 1, 1] {{ {} }}", "let a=-b;".repeat(500));
         for source in [ifs, parens, names, lets] {
             assert!(too_deep(&source, 0).is_none(), "{source}");
-            let parsed = parse_within_budget(Rule::file, &source, CALLS_PER_BYTE / 2, 0);
+            let parsed = parse_with(Rule::file, &source, Detail::Fast, CALLS_PER_BYTE / 2, 0);
             assert!(parsed.is_ok(), "{source}");
         }
     }
@@ -1152,7 +1180,7 @@ mod tests {
                 continue; // refused before parsing
             }
             let outcome = |per_byte, base| {
-                parse_within_budget(Rule::file, &source, per_byte, base)
+                parse_with(Rule::file, &source, Detail::Fast, per_byte, base)
                     .map(drop)
                     .map_err(|e| e.location)
             };
@@ -1198,7 +1226,7 @@ mod tests {
         }
         for (name, source) in &sources {
             let tolerant =
-                parse_within_budget(Rule::file, source, CALLS_PER_BYTE / 10, CALLS_BASE / 10);
+                parse_with(Rule::file, source, Detail::Fast, CALLS_PER_BYTE / 10, CALLS_BASE / 10);
             let root = tolerant.expect(name).next().expect("file");
             assert!(first_broken(&root).is_some(), "{name}");
             let error = parse(source, 0).expect_err(name);
@@ -1225,7 +1253,7 @@ mod tests {
             ("train { epochs: 3 @ }", "@", "train"),
         ];
         for (source, at, what) in cases {
-            let root = parse_within_budget(Rule::file, source, CALLS_PER_BYTE, CALLS_BASE)
+            let root = parse_within_budget(Rule::file, source, Detail::Fast)
                 .unwrap_or_else(|e| panic!("{what}: the file parses with recovery: {e}"))
                 .next()
                 .expect("file");
@@ -1244,7 +1272,7 @@ mod tests {
     #[test]
     fn recovery_ends_at_the_matching_bracket() {
         let source = "block a { conv(64, { ] ) } ) } block b { relu }";
-        let root = parse_within_budget(Rule::file, source, CALLS_PER_BYTE, CALLS_BASE)
+        let root = parse_within_budget(Rule::file, source, Detail::Fast)
             .expect("recovers")
             .next()
             .expect("file");
