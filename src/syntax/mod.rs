@@ -1225,8 +1225,13 @@ mod tests {
             sources.push((path, source));
         }
         for (name, source) in &sources {
-            let tolerant =
-                parse_with(Rule::file, source, Detail::Fast, CALLS_PER_BYTE / 10, CALLS_BASE / 10);
+            let tolerant = parse_with(
+                Rule::file,
+                source,
+                Detail::Fast,
+                CALLS_PER_BYTE / 10,
+                CALLS_BASE / 10,
+            );
             let root = tolerant.expect(name).next().expect("file");
             assert!(first_broken(&root).is_some(), "{name}");
             let error = parse(source, 0).expect_err(name);
@@ -1271,7 +1276,7 @@ mod tests {
     /// where its arguments went wrong.
     #[test]
     fn recovery_ends_at_the_matching_bracket() {
-        let source = "block a { conv(64, { ] ) } ) } block b { relu }";
+        let source = "block a { conv(64, { ] ) # ) }\n } ) } block b { relu }";
         let root = parse_within_budget(Rule::file, source, Detail::Fast)
             .expect("recovers")
             .next()
@@ -1279,7 +1284,7 @@ mod tests {
         let call = first_broken(&root).expect("recovered");
         let broken = call.into_inner().nth(1).expect("recovery");
         assert_eq!(broken.as_rule(), Rule::broken_paren);
-        assert_eq!(broken.as_str(), "64, { ] ) } )");
+        assert_eq!(broken.as_str(), "64, { ] ) # ) }\n } )");
         let items: Vec<Rule> = root.into_inner().map(|p| p.as_rule()).collect();
         assert_eq!(items, [Rule::block_item, Rule::block_item, Rule::EOI]);
         let unclosed = "block a { conv(64,\n }\nblock b { relu }";
