@@ -119,13 +119,13 @@ fn too_deep(source: &str, file: FileId) -> Option<Diagnostic> {
 
 fn parse_here(source: &str, file: FileId) -> Result<File, Diagnostic> {
     let Ok(mut pairs) = parse_within_budget(Rule::file, source, Detail::Fast) else {
-        // Parsed again to name what was expected: the outcome is the same.
-        return Err(strict_error(Rule::file, 0, source, file));
+        return Err(first_error(Rule::file, 0, source, file));
     };
     // The `file` rule always produces exactly one pair on success.
     let root = pairs.next().expect("file rule matched");
-    if let Some(construct) = first_broken(&root) {
-        return Err(recovered_error(construct, source, file));
+    if let Some(construct) = first_recovered(root.clone().into_inner()) {
+        let start = construct.as_span().start();
+        return Err(first_error(construct.as_rule(), start, source, file));
     }
     let builder = Builder {
         file,
@@ -208,21 +208,23 @@ fn strict_error(rule: Rule, start: usize, source: &str, file: FileId) -> Diagnos
     }
 }
 
-/// The first place, in the order of the source, where a bracketed
-/// construct recovered (a `broken_*` or `unclosed` node; see the grammar),
+/// The first place, in the order of the source, where a construct of
+/// `pairs` recovered (a `broken_*` or `unclosed` node; see the grammar),
 /// as the construct's pair. The walk keeps its own stack: the tree is as
 /// deep as the file's nesting times the grammar's dozen levels of
 /// precedence.
-fn first_broken<'i>(root: &Pair<'i, Rule>) -> Option<Pair<'i, Rule>> {
+fn first_recovered<'i>(pairs: pest::iterators::Pairs<'i, Rule>) -> Option<Pair<'i, Rule>> {
     // Each pair with the construct it is part of; children in reverse,
     // so that the first is taken next.
-    let mut stack = vec![(root.clone(), root.clone())];
+    let mut stack: Vec<(Pair<'i, Rule>, Option<Pair<'i, Rule>>)> =
+        pairs.rev().map(|p| (p, None)).collect();
     while let Some((pair, parent)) = stack.pop() {
         if is_recovery(pair.as_rule()) {
-            return Some(parent);
+            // A recovery is never a parse's outermost pair.
+            return parent;
         }
         let children: Vec<Pair<'i, Rule>> = pair.clone().into_inner().collect();
-        stack.extend(children.into_iter().rev().map(|c| (c, pair.clone())));
+        stack.extend(children.into_iter().rev().map(|c| (c, Some(pair.clone()))));
     }
     None
 }
@@ -234,24 +236,57 @@ fn is_recovery(rule: Rule) -> bool {
     )
 }
 
-/// The syntax error inside a construct that recovered: the construct
-/// parsed again alone and strictly (`body_check`, `call_check`, ...) from
-/// its start fails where it went wrong, with what was expected there.
-/// Brackets nested inside recover in turn, so this parse reads one level
-/// of the file and cannot backtrack far.
-fn recovered_error(construct: Pair<Rule>, source: &str, file: FileId) -> Diagnostic {
-    let check = match construct.as_rule() {
-        Rule::body => Rule::body_check,
+/// The first syntax error inside `construct` (a grammar rule), which
+/// starts at byte `start` of `source` and failed or recovered there.
+///
+/// Its contents up to the point of failure (the rule's `*_start`) are
+/// parsed again: a construct among them that recovered holds an earlier
+/// error, and is searched in turn. Where none did, the construct parsed
+/// alone and strictly (its `*_check`) fails at the error, with what was
+/// expected there. Brackets nested inside recover, so that each of these
+/// parses reads one level of the file and cannot backtrack far; they nest
+/// at most [`MAX_NESTING`] deep.
+fn first_error(construct: Rule, start: usize, source: &str, file: FileId) -> Diagnostic {
+    let (mut construct, mut start) = (construct, start);
+    for _ in 0..=2 * MAX_NESTING {
+        let before = match construct {
+            Rule::file => Some(Rule::file_start),
+            Rule::body => Some(Rule::body_start),
+            Rule::train_item => Some(Rule::train_start),
+            Rule::params => Some(Rule::params_start),
+            Rule::call => Some(Rule::call_start),
+            Rule::list => Some(Rule::list_start),
+            Rule::record => Some(Rule::record_start),
+            Rule::paren => Some(Rule::paren_start),
+            // What comes before their `unclosed` is in the tree already.
+            _ => None,
+        };
+        let inner = before
+            .and_then(|rule| parse_within_budget(rule, &source[start..], Detail::Fast).ok())
+            .and_then(first_recovered);
+        match inner {
+            Some(pair) => (construct, start) = (pair.as_rule(), start + pair.as_span().start()),
+            None => break,
+        }
+    }
+    let check = match construct {
+        Rule::file => Rule::file,
+        Rule::block_item => Rule::block_check,
+        Rule::model_item => Rule::model_check,
         Rule::train_item => Rule::train_check,
         Rule::params => Rule::params_check,
+        Rule::body => Rule::body_check,
+        Rule::for_stmt => Rule::for_check,
+        Rule::slice_assign => Rule::slice_check,
         Rule::call => Rule::call_check,
         Rule::list => Rule::list_check,
         Rule::record => Rule::record_check,
         Rule::paren => Rule::paren_check,
-        Rule::index => Rule::index_check,
+        Rule::if_expr => Rule::if_check,
+        Rule::else_if => Rule::else_if_check,
         other => unreachable!("grammar: {other:?} does not recover"),
     };
-    strict_error(check, construct.as_span().start(), source, file)
+    strict_error(check, start, source, file)
 }
 
 /// The first expression nested deeper than [`MAX_DEPTH`], if any.
@@ -334,8 +369,8 @@ fn syntax_error(
             .get(..at)
             .is_some_and(|b| word(b.chars().next_back()))
             && source.get(at..).is_some_and(|r| word(r.chars().next()));
-        // Nor where nothing was expected: a look-ahead that matched (the
-        // grammar's `unclosed` before a `)`) moves the furthest position too.
+        // Nor where nothing was expected: a look-ahead that matched (a
+        // record's `(name:`) can move the furthest position too.
         let named = !attempts.expected_tokens().is_empty();
         if at > start && at <= source.len() && !inside_word && named {
             (start, end) = (at, at);
@@ -1233,7 +1268,7 @@ mod tests {
                 CALLS_BASE / 10,
             );
             let root = tolerant.expect(name).next().expect("file");
-            assert!(first_broken(&root).is_some(), "{name}");
+            assert!(first_recovered(root.into_inner()).is_some(), "{name}");
             let error = parse(source, 0).expect_err(name);
             assert_eq!(error.message, "syntax error", "{name}");
         }
@@ -1262,7 +1297,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{what}: the file parses with recovery: {e}"))
                 .next()
                 .expect("file");
-            assert!(first_broken(&root).is_some(), "{what}");
+            assert!(first_recovered(root.into_inner()).is_some(), "{what}");
             let error = parse(source, 0).expect_err(what);
             assert_eq!(error.message, "syntax error", "{what}");
             let start = error.primary.span.start;
@@ -1281,7 +1316,7 @@ mod tests {
             .expect("recovers")
             .next()
             .expect("file");
-        let call = first_broken(&root).expect("recovered");
+        let call = first_recovered(root.clone().into_inner()).expect("recovered");
         let broken = call.into_inner().nth(1).expect("recovery");
         assert_eq!(broken.as_rule(), Rule::broken_paren);
         assert_eq!(broken.as_str(), "64, { ] ) # ) }\n } )");
@@ -1290,6 +1325,92 @@ mod tests {
         let unclosed = "block a { conv(64,\n }\nblock b { relu }";
         let error = parse(unclosed, 0).expect_err("a syntax error");
         assert_eq!(&unclosed[error.primary.span.start..][..1], "}");
+    }
+
+    /// Where a file has several errors, the first is reported, as before
+    /// recovery: an error inside a construct that recovered comes before
+    /// the error of the construct around it, or of the file.
+    #[test]
+    fn the_first_of_several_errors_is_reported() {
+        let cases = [
+            (
+                "block b {\n relu @\n}\nblock c {\n relu\n}\n}",
+                "@\n",
+                "a body, then a stray `}`",
+            ),
+            (
+                "block b { let x = (a: 1 b: 2)\n relu @ }",
+                "b:",
+                "a record, then its body",
+            ),
+            (
+                "block b { conv(64 3)\n relu\n dense(10) as\n}",
+                "3)",
+                "a call, then an alias",
+            ),
+            ("block b(x y) { relu } ]", "y)", "parameters, then the file"),
+            (
+                "block b { let k = [[[x @] @] @] }",
+                "@] @] @]",
+                "nested lists",
+            ),
+        ];
+        for (source, at, what) in cases {
+            let error = parse(source, 0).expect_err(what);
+            let start = error.primary.span.start;
+            assert_eq!(&source[start..start + at.len()], at, "{what}: {error:?}");
+        }
+    }
+
+    /// A bracket left open where a construct still needs more (a body
+    /// after a model's input shape or a `for`'s list) is reported where it
+    /// went wrong, not at the end of the file its recovery reached.
+    #[test]
+    fn an_unclosed_bracket_before_a_body_is_reported_where_it_went_wrong() {
+        let cases = [
+            ("model m : [28, 28, 1 {\n relu\n}\n", "{", "the input shape"),
+            (
+                "block b(x, y {\n relu\n}\nblock c { relu }\n",
+                "{",
+                "parameters",
+            ),
+            (
+                "model m(n = 3 : [28, 28, 1] {\n relu\n}\n",
+                ":",
+                "parameters before `:`",
+            ),
+            (
+                "model m : [1, 1, 1] {\n for x in [1, 2 {\n relu\n }\n}\n",
+                "{\n relu",
+                "a `for` list",
+            ),
+            (
+                "model m : [1, 1, 1] {\n if x > f(1 {\n relu\n }\n}\n",
+                "{\n relu",
+                "an `if` condition",
+            ),
+        ];
+        for (source, at, what) in cases {
+            let error = parse(source, 0).expect_err(what);
+            let start = error.primary.span.start;
+            assert_eq!(&source[start..start + at.len()], at, "{what}: {error:?}");
+            assert!(
+                !error.primary.message.contains("end of the file"),
+                "{what}: {error:?}"
+            );
+        }
+    }
+
+    /// A statement may begin with a list, after one that ends with a value
+    /// that could be indexed: the `[` is not taken for an index.
+    #[test]
+    fn a_statement_may_begin_with_a_list() {
+        let source = "model m : [28, 28, 1] {\n let a = in\n let b = conv(8, 3, padding: same)\n [a, b][1] -> relu\n flatten\n}";
+        let file = parse_ok(source);
+        let Item::Model(def) = &file.items[0] else {
+            panic!("a model")
+        };
+        assert_eq!(def.body.len(), 4);
     }
 
     #[test]
