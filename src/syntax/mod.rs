@@ -1298,11 +1298,17 @@ mod tests {
                 .next()
                 .expect("file");
             assert!(first_recovered(root.into_inner()).is_some(), "{what}");
-            let error = parse(source, 0).expect_err(what);
-            assert_eq!(error.message, "syntax error", "{what}");
-            let start = error.primary.span.start;
-            assert_eq!(&source[start..start + at.len()], at, "{what}: {error:?}");
+            error_at(source, at, what);
         }
+    }
+
+    /// The syntax error of `source`, checked to begin with the text `at`.
+    fn error_at(source: &str, at: &str, what: &str) -> Diagnostic {
+        let error = parse(source, 0).expect_err(what);
+        assert_eq!(error.message, "syntax error", "{what}");
+        let start = error.primary.span.start;
+        assert_eq!(&source[start..start + at.len()], at, "{what}: {error:?}");
+        error
     }
 
     /// Recovery ends at the construct's own closing bracket, over nested
@@ -1356,9 +1362,7 @@ mod tests {
             ),
         ];
         for (source, at, what) in cases {
-            let error = parse(source, 0).expect_err(what);
-            let start = error.primary.span.start;
-            assert_eq!(&source[start..start + at.len()], at, "{what}: {error:?}");
+            error_at(source, at, what);
         }
     }
 
@@ -1391,9 +1395,7 @@ mod tests {
             ),
         ];
         for (source, at, what) in cases {
-            let error = parse(source, 0).expect_err(what);
-            let start = error.primary.span.start;
-            assert_eq!(&source[start..start + at.len()], at, "{what}: {error:?}");
+            let error = error_at(source, at, what);
             assert!(
                 !error.primary.message.contains("end of the file"),
                 "{what}: {error:?}"
