@@ -6,7 +6,10 @@
 //!
 //! Each kernel runs its whole domain on one thread (`1t`), and split in two
 //! halves on a long-lived pool of two threads (`2t`), as the executor will
-//! run it.
+//! run it. The 3x3 stride-1 layers also run as Winograd convolutions with
+//! each tile (`forward_f2`, `backward_data_f4`, ...), the kernel's transform
+//! included, at the same nominal FLOPs: the algorithm pass's cost model
+//! (`src/passes/algorithm.rs`) is checked against these.
 //!
 //! ```text
 //! cargo bench --bench gemm                    # everything (several minutes)
@@ -16,6 +19,9 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use cnnc::codegen::contraction::winograd::{
+    self, Direction, Tile, WinogradBuffers, WinogradConv, WinogradFilter,
+};
 use cnnc::codegen::contraction::{
     BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData, ConvBackwardFilter, ConvForward,
     ConvShape, ForwardBuffers,
@@ -176,6 +182,21 @@ fn bench_layer(group: &mut BenchmarkGroup<criterion::measurement::WallTime>, lay
     let mut scratch = [vec![0.0; scratch_len], vec![0.0; scratch_len]];
     for (threads, pool) in [(1, None), (2, Some(&pool))] {
         let name = |pass: &str| format!("{}/{pass}/{threads}t", layer.name);
+        if winograd::unsupported(s).is_none() {
+            for tile in Tile::ALL {
+                for direction in [Direction::Forward, Direction::BackwardData] {
+                    let (source, output) = match direction {
+                        Direction::Forward => (&x, y.as_mut_ptr()),
+                        Direction::BackwardData => (&dy, dx.as_mut_ptr()),
+                    };
+                    let id = format!("{}/{threads}t", winograd_name(direction, tile));
+                    group.bench_function(format!("{}/{id}", layer.name), |bench| {
+                        let operands = (source.as_slice(), w.as_slice(), b.as_slice());
+                        bench_winograd(bench, s, (tile, direction), operands, output, pool)
+                    });
+                }
+            }
+        }
         group.bench_function(name("forward"), |bench| {
             // SAFETY: the halves are disjoint; the buffers have the kernel's lengths.
             bench.iter(|| {
@@ -220,6 +241,52 @@ fn bench_layer(group: &mut BenchmarkGroup<criterion::measurement::WallTime>, lay
             })
         });
     }
+}
+
+/// `forward_f4`, `backward_data_f2`, ...
+fn winograd_name(direction: Direction, tile: Tile) -> String {
+    let pass = match direction {
+        Direction::Forward => "forward",
+        Direction::BackwardData => "backward_data",
+    };
+    format!("{pass}_f{}", tile.output())
+}
+
+/// One Winograd convolution of `shape`: the kernel's transform, then the
+/// convolution, each over its whole domain or in two halves on `pool`.
+fn bench_winograd(
+    bench: &mut criterion::Bencher,
+    shape: &ConvShape,
+    (tile, direction): (Tile, Direction),
+    (source, w, b): (&[f32], &[f32], &[f32]),
+    output: *mut f32,
+    pool: Option<&rayon::ThreadPool>,
+) {
+    let filter = WinogradFilter::new("u", shape, tile, direction).expect("3x3");
+    let conv = WinogradConv::new("v", shape, tile, direction).expect("3x3");
+    let mut u = vec![0.0; filter.transformed_len()];
+    let buffers = WinogradBuffers {
+        input: source.as_ptr(),
+        kernel: u.as_ptr(),
+        bias: conv.has_bias().then_some(b.as_ptr()),
+        output,
+    };
+    let u_ptr = u.as_mut_ptr() as usize;
+    let mut scratch = [vec![0.0; conv.scratch_len()], vec![0.0; conv.scratch_len()]];
+    // SAFETY: the halves are disjoint; the buffers have the kernels' lengths.
+    bench.iter(|| {
+        split(pool, filter.domain(), &mut scratch, &|items, _| unsafe {
+            filter
+                .run(w.as_ptr(), u_ptr as *mut f32, items)
+                .expect("runs")
+        });
+        split(
+            pool,
+            conv.domain(),
+            &mut scratch,
+            &|items, scratch| unsafe { conv.run(&buffers, None, scratch, items).expect("runs") },
+        );
+    });
 }
 
 fn contractions(c: &mut Criterion) {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::autodiff::LossSpec;
 use crate::config::TrainConfig;
+use crate::plan::Flops;
 use crate::runtime::inference::{Inference, InferenceError};
 use crate::runtime::training::{Trainer, TrainingError};
 use crate::runtime::weights;
@@ -51,7 +52,20 @@ pub struct BenchReport {
     /// Forward FLOPs per example.
     pub flops: u64,
     /// When profiling: the training step's kernels and their total time.
-    pub profile: Vec<(String, Duration)>,
+    pub profile: Vec<KernelTime>,
+}
+
+/// One kernel of the training step, as the profile saw it.
+#[derive(Debug, Clone)]
+pub struct KernelTime {
+    /// The kernel's name (its layer, for a contraction).
+    pub name: String,
+    /// How it computes ([`crate::plan::KernelDesc::method`]).
+    pub method: String,
+    /// Its arithmetic, for a contraction.
+    pub flops: Option<Flops>,
+    /// Its total time over the timed steps.
+    pub time: Duration,
 }
 
 /// Why the benchmark could not run.
@@ -122,7 +136,7 @@ struct TrainingFigures {
     first_step: Duration,
     step: Duration,
     arena_bytes: u64,
-    profile: Vec<(String, Duration)>,
+    profile: Vec<KernelTime>,
 }
 
 /// Compiles and times the training step; returns its figures and the
@@ -173,9 +187,27 @@ fn measure_training(
         first_step,
         step,
         arena_bytes: trainer.arena_bytes(),
-        profile: trainer.executor().profile().to_vec(),
+        profile: {
+            let profile = trainer.executor().profile().to_vec();
+            kernel_times(trainer.plan(), &profile)
+        },
     };
     Ok((figures, store))
+}
+
+/// The executor's profile of `plan` (one entry per step), with what each
+/// step's kernel is.
+fn kernel_times(plan: &KernelPlan, profile: &[(String, Duration)]) -> Vec<KernelTime> {
+    plan.steps
+        .iter()
+        .zip(profile)
+        .map(|(step, (name, time))| KernelTime {
+            name: name.clone(),
+            method: step.kernel.method(),
+            flops: step.kernel.flops(),
+            time: *time,
+        })
+        .collect()
 }
 
 /// Deterministic data in [0, 1), like scaled pixels.
@@ -233,22 +265,44 @@ impl fmt::Display for BenchReport {
             crate::emit::bytes(self.arena_bytes.1)
         )?;
         if !self.profile.is_empty() {
-            let total: Duration = self.profile.iter().map(|(_, d)| *d).sum();
-            let mut kernels: Vec<&(String, Duration)> = self.profile.iter().collect();
-            kernels.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+            self.write_profile(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl BenchReport {
+    /// The 20 slowest kernels of the training step: share, time per step,
+    /// and for a contraction its GFLOP/s, nominal (every tap) and useful
+    /// (padding taps excluded), as if computed directly whatever the
+    /// algorithm (a Winograd kernel's figures can pass the machine's peak).
+    fn write_profile(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total: Duration = self.profile.iter().map(|k| k.time).sum();
+        let steps = self.config.steps.max(1) as f64;
+        let mut kernels: Vec<&KernelTime> = self.profile.iter().collect();
+        kernels.sort_by_key(|k| std::cmp::Reverse(k.time));
+        writeln!(
+            f,
+            "training step profile (the 20 slowest kernels of {}; GFLOP/s nominal / useful):",
+            self.profile.len()
+        )?;
+        for k in kernels.iter().take(20) {
+            let seconds = k.time.as_secs_f64() / steps;
+            let share = k.time.as_secs_f64() / total.as_secs_f64().max(1e-12) * 100.0;
+            let rates = match k.flops {
+                Some(flops) => {
+                    let rate = |n: u64| n as f64 / seconds.max(1e-12) / 1e9;
+                    format!("{:6.1} / {:6.1}", rate(flops.nominal), rate(flops.useful))
+                }
+                None => format!("{:>15}", ""),
+            };
             writeln!(
                 f,
-                "training step profile (the 20 slowest kernels of {}):",
-                self.profile.len()
+                "  {share:5.1}%  {:8.2} ms  {rates}  {}  ({})",
+                seconds * 1e3,
+                k.name,
+                k.method
             )?;
-            for (name, d) in kernels.iter().take(20) {
-                let share = d.as_secs_f64() / total.as_secs_f64().max(1e-12) * 100.0;
-                writeln!(
-                    f,
-                    "  {share:5.1}%  {:8.2} ms  {name}",
-                    d.as_secs_f64() * 1e3 / self.config.steps.max(1) as f64
-                )?;
-            }
         }
         Ok(())
     }

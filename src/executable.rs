@@ -2,12 +2,16 @@
 //! code ([`crate::codegen`]), its arguments bound to the slots the memory
 //! layout gives them, in one program with a JIT of its own ([`build`]).
 
-use crate::codegen::contraction::step::{BackwardDataStep, BackwardFilterStep, ForwardStep};
+use crate::codegen::contraction::step::{
+    BackwardDataStep, BackwardFilterStep, ForwardStep, WinogradFilterStep, WinogradStep,
+};
+use crate::codegen::contraction::winograd::{Direction, WinogradConv, WinogradFilter};
 use crate::codegen::contraction::{ConvBackwardData, ConvBackwardFilter, ConvForward};
+use crate::codegen::elementwise::Elementwise;
 use crate::codegen::program::{Kernel, Program, RowKernel, Step};
-use crate::codegen::{CodegenError, Jit};
+use crate::codegen::{CodegenError, CompiledKernel, Jit};
 use crate::memory::Layout;
-use crate::plan::{ContractionPass, Geometry, KernelDesc, KernelPlan};
+use crate::plan::{Algorithm, ContractionPass, Geometry, KernelDesc, KernelPlan};
 
 /// Element counts below which a kernel runs on one thread: below this,
 /// waking a second thread costs more than it saves.
@@ -80,7 +84,48 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             name,
             geometry,
             pass,
+            algorithm: Algorithm::Gemm,
         } => contraction(jit, name, geometry, pass)?,
+        KernelDesc::Contraction {
+            name,
+            geometry,
+            pass,
+            algorithm: Algorithm::Winograd(tile),
+        } => {
+            let (Geometry::Conv(shape), Some(direction)) = (geometry, direction(pass)) else {
+                return Err(CodegenError::Malformed {
+                    kernel: name.clone(),
+                    message: format!("no Winograd algorithm computes {pass:?} of {geometry:?}"),
+                });
+            };
+            let kernel = WinogradConv::new(name, shape, *tile, direction)?;
+            let epilogue = match pass {
+                ContractionPass::Forward { epilogue: Some(e) } => Some(compile_epilogue(jit, e)?),
+                _ => None,
+            };
+            let work =
+                shape.batch * shape.height * shape.width * shape.in_channels * shape.out_channels;
+            let step = WinogradStep {
+                kernel,
+                name: name.clone(),
+                epilogue,
+            };
+            (Box::new(step), work)
+        }
+        KernelDesc::WinogradFilter {
+            name,
+            shape,
+            tile,
+            direction,
+        } => {
+            let kernel = WinogradFilter::new(name, shape, *tile, *direction)?;
+            let work = kernel.transformed_len();
+            let step = WinogradFilterStep {
+                kernel,
+                name: name.clone(),
+            };
+            (Box::new(step), work)
+        }
         KernelDesc::Copy(c) => (Box::new(c.clone()), c.rows * c.len),
         KernelDesc::Mask(m) => (Box::new(m.clone()), m.len),
     })
@@ -108,11 +153,7 @@ fn contraction(
                 Geometry::Dense(s) => ConvForward::dense(name, s)?,
             };
             let epilogue = match epilogue {
-                Some(e) => Some((
-                    jit.compile_elementwise(e)?,
-                    e.inputs.len() - 1,
-                    e.outputs.len() - 1,
-                )),
+                Some(e) => Some(compile_epilogue(jit, e)?),
                 None => None,
             };
             Box::new(ForwardStep {
@@ -145,4 +186,26 @@ fn contraction(
         }
     };
     Ok((kernel, work))
+}
+
+/// Which convolution of its layer a Winograd kernel computes for `pass`.
+fn direction(pass: &ContractionPass) -> Option<Direction> {
+    match pass {
+        ContractionPass::Forward { .. } => Some(Direction::Forward),
+        ContractionPass::BackwardData => Some(Direction::BackwardData),
+        ContractionPass::BackwardFilter => None,
+    }
+}
+
+/// An epilogue compiled, with its numbers of extra inputs and outputs (its
+/// input 0 and output 0 are the contraction's output).
+fn compile_epilogue(
+    jit: &mut Jit,
+    epilogue: &Elementwise,
+) -> Result<(CompiledKernel, usize, usize), CodegenError> {
+    Ok((
+        jit.compile_elementwise(epilogue)?,
+        epilogue.inputs.len() - 1,
+        epilogue.outputs.len() - 1,
+    ))
 }

@@ -5,6 +5,7 @@
 //! ```text
 //! .cnn source ──load (parse, imports)──▶ Program ──elaborate──▶ Graph ──infer──▶ TypedGraph
 //!   ──autodiff──▶ TrainingGraph / GradientGraph ──lower──▶ KernelPlan ──fuse──▶ KernelPlan
+//!   ──algorithm──▶ KernelPlan
 //!   ──memory::plan──▶ Layout ──executable::build──▶ Compiled
 //!   ──runtime──▶ Inference / Trainer / Gradients
 //! ```
@@ -254,6 +255,9 @@ fn rewrite(mut plan: KernelPlan) -> Result<KernelPlan, CompileError> {
     plan.verify()?;
     // Element-wise chains into one kernel; activations into epilogues.
     passes::fuse::run(&mut plan)?;
+    // Winograd where the cost model says it wins, its kernel transform a
+    // step of its own.
+    passes::algorithm::run(&mut plan)?;
     Ok(plan)
 }
 

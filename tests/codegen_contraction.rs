@@ -12,6 +12,9 @@ mod reference;
 
 use std::ops::Range;
 
+use cnnc::codegen::contraction::winograd::{
+    self, Direction, Tile, WinogradBuffers, WinogradConv, WinogradFilter,
+};
 use cnnc::codegen::contraction::{
     BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData, ConvBackwardFilter, ConvForward,
     ConvShape, DenseShape, Epilogue, ForwardBuffers,
@@ -25,6 +28,13 @@ use ndarray::{ArrayD, IxDyn};
 /// The tolerance: relative to the element, or to the root mean square of
 /// the expected values where the element is small (cancellation).
 const RELATIVE: f64 = 1e-4;
+
+/// The tolerance of the Winograd kernels, in the same terms. Their
+/// transforms scale values by up to 8 (F(4x4, 3x3)) or 2 and cancel them
+/// again, so their rounding error is larger than a direct sum's: the
+/// largest measured over these cases is 2.1e-5 for F(4x4, 3x3) and 1.1e-6
+/// for F(2x2, 3x3), against 9.5e-7 for the im2col kernels.
+const WINOGRAD_RELATIVE: f64 = 1e-4;
 
 /// A small deterministic generator of test data in [lo, hi).
 fn data(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
@@ -43,10 +53,14 @@ fn data(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
 }
 
 fn assert_close(actual: &[f32], expected: &[f64], what: &str) {
+    assert_within(actual, expected, RELATIVE, what);
+}
+
+fn assert_within(actual: &[f32], expected: &[f64], relative: f64, what: &str) {
     assert_eq!(actual.len(), expected.len(), "{what}: length");
     let rms = (expected.iter().map(|e| e * e).sum::<f64>() / expected.len().max(1) as f64).sqrt();
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
-        let bound = RELATIVE * e.abs().max(rms) + 1e-30;
+        let bound = relative * e.abs().max(rms) + 1e-30;
         assert!(
             (f64::from(a) - e).abs() <= bound,
             "{what}: element {i} is {a}, expected {e} (bound {bound})"
@@ -254,6 +268,45 @@ impl Case {
         dx
     }
 
+    /// `direction` of the layer as a Winograd convolution with `tile`: the
+    /// kernel's transform, then the convolution, each split by `split`.
+    fn winograd(
+        &self,
+        tile: Tile,
+        direction: Direction,
+        epilogue: Option<&Epilogue>,
+        split: Split,
+    ) -> Vec<f32> {
+        let filter = WinogradFilter::new("filter", &self.shape, tile, direction).expect("3x3");
+        let conv = WinogradConv::new("winograd", &self.shape, tile, direction).expect("3x3");
+        let mut u = vec![f32::NAN; filter.transformed_len()];
+        for part in split.parts(filter.domain()) {
+            // SAFETY: the buffers have the lengths the kernel reports.
+            unsafe { filter.run(self.w.as_ptr(), u.as_mut_ptr(), part) }.expect("runs");
+        }
+        let source = match direction {
+            Direction::Forward => &self.x,
+            Direction::BackwardData => &self.dy,
+        };
+        let mut out = vec![f32::NAN; conv.lengths().2];
+        let buffers = WinogradBuffers {
+            input: source.as_ptr(),
+            kernel: u.as_ptr(),
+            bias: self
+                .b
+                .as_ref()
+                .filter(|_| conv.has_bias())
+                .map(|b| b.as_ptr()),
+            output: out.as_mut_ptr(),
+        };
+        let mut scratch = vec![0.0; conv.scratch_len()];
+        for part in split.parts(conv.domain()) {
+            // SAFETY: the buffers have the lengths the kernel reports.
+            unsafe { conv.run(&buffers, epilogue, &mut scratch, part) }.expect("runs");
+        }
+        out
+    }
+
     fn backward_filter(&self, split: Split) -> (Vec<f32>, Vec<f32>) {
         let kernel = ConvBackwardFilter::new("conv_dw", &self.shape).expect("a valid shape");
         let mut dw = vec![f32::NAN; kernel.lengths().kernel];
@@ -320,6 +373,23 @@ fn conv_cases() -> Vec<Case> {
         // Enough rows that the weight gradient sums several blocks of them.
         Case::new([7, 48, 48, 1, 3], [3, 3], one, one, Same, true),
     ]
+}
+
+/// The 3x3 stride-1 cases, and more channels than one block of lanes
+/// (16) holds, with both paddings.
+fn winograd_cases() -> Vec<Case> {
+    use Padding::{Same, Valid};
+    let one = [1, 1];
+    let mut cases: Vec<Case> = conv_cases()
+        .into_iter()
+        .filter(|case| winograd::unsupported(&case.shape).is_none())
+        .collect();
+    cases.extend([
+        Case::new([7, 9, 8, 17, 33], [3, 3], one, one, Valid, true),
+        Case::new([1, 6, 6, 33, 16], [3, 3], one, one, Same, false),
+        Case::new([2, 3, 3, 40, 7], [3, 3], one, one, Valid, true),
+    ]);
+    cases
 }
 
 fn dense_cases() -> Vec<Case> {
@@ -398,6 +468,26 @@ fn backward_filter_matches_the_vjp() {
         assert_close(&dw, &dw_expected, &format!("dw of {}", case.name()));
         if case.shape.bias {
             assert_close(&db, &db_expected, &format!("dbias of {}", case.name()));
+        }
+    }
+}
+
+/// The Winograd kernels, with both tiles: the forward pass against the
+/// reference, the input gradient against the explicit vector-Jacobian
+/// product.
+#[test]
+fn winograd_matches_the_reference_and_the_vjp() {
+    let cases = winograd_cases();
+    assert!(cases.len() >= 8, "only {} Winograd cases", cases.len());
+    for case in &cases {
+        let y = case.reference(&case.x, &case.w, case.b.as_deref());
+        let (dx, _, _) = case.vjp();
+        for tile in Tile::ALL {
+            let what = |pass: &str| format!("{pass} {tile:?} of {}", case.name());
+            let forward = case.winograd(tile, Direction::Forward, None, Split::Uneven);
+            assert_within(&forward, &y, WINOGRAD_RELATIVE, &what("forward"));
+            let data = case.winograd(tile, Direction::BackwardData, None, Split::Uneven);
+            assert_within(&data, &dx, WINOGRAD_RELATIVE, &what("dx"));
         }
     }
 }
@@ -521,6 +611,8 @@ fn epilogue_fuses_bias_residual_and_relu() {
     // of 17 channels, the residual the whole output.
     let epilogue = unsafe { Epilogue::new(&compiled, &[bias.as_ptr(), residual.as_ptr()], &[]) };
     let fused = case.forward(Some(&epilogue), Split::Uneven);
+    let winograd = Tile::ALL
+        .map(|tile| case.winograd(tile, Direction::Forward, Some(&epilogue), Split::Uneven));
     case.b = None;
     let plain = case.reference(&case.x, &case.w, Some(&bias));
     let expected: Vec<f64> = plain
@@ -529,6 +621,10 @@ fn epilogue_fuses_bias_residual_and_relu() {
         .map(|(&y, &r)| (y + f64::from(r)).max(0.0))
         .collect();
     assert_close(&fused, &expected, "fused epilogue");
+    for (tile, fused) in Tile::ALL.iter().zip(&winograd) {
+        let what = format!("fused epilogue of {tile:?}");
+        assert_within(fused, &expected, WINOGRAD_RELATIVE, &what);
+    }
 }
 
 /// Runs `run` on every part of `parts` at once, one thread each.
@@ -651,6 +747,59 @@ fn any_split_is_bitwise_identical() {
     }
 }
 
+/// Any split of a Winograd kernel's domain, run on several threads at
+/// once, gives bitwise the result of the whole domain run on one.
+#[test]
+fn winograd_any_split_is_bitwise_identical() {
+    let case = Case::new(
+        [3, 14, 14, 13, 19],
+        [3, 3],
+        [1, 1],
+        [1, 1],
+        Padding::Same,
+        true,
+    );
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for tile in Tile::ALL {
+        for direction in [Direction::Forward, Direction::BackwardData] {
+            let whole = case.winograd(tile, direction, None, Split::Whole);
+            let filter = WinogradFilter::new("u", &case.shape, tile, direction).expect("3x3");
+            let conv = WinogradConv::new("v", &case.shape, tile, direction).expect("3x3");
+            assert!(conv.domain() >= 3, "{tile:?}: domain {}", conv.domain());
+            let mut u = vec![f32::NAN; filter.transformed_len()];
+            let u_ptr = u.as_mut_ptr() as usize;
+            // SAFETY: the parts are disjoint, and the buffers have the
+            // lengths the kernels report.
+            in_threads(&uneven(filter.domain()), 0, |items, _| unsafe {
+                filter
+                    .run(case.w.as_ptr(), u_ptr as *mut f32, items)
+                    .expect("runs")
+            });
+            let source = match direction {
+                Direction::Forward => &case.x,
+                Direction::BackwardData => &case.dy,
+            };
+            let mut out = vec![f32::NAN; whole.len()];
+            let buffers = WinogradBuffers {
+                input: source.as_ptr(),
+                kernel: u.as_ptr(),
+                bias: case
+                    .b
+                    .as_ref()
+                    .filter(|_| conv.has_bias())
+                    .map(|b| b.as_ptr()),
+                output: out.as_mut_ptr(),
+            };
+            in_threads(
+                &uneven(conv.domain()),
+                conv.scratch_len(),
+                |items, scratch| unsafe { conv.run(&buffers, None, scratch, items).expect("runs") },
+            );
+            assert_eq!(bits(&out), bits(&whole), "{tile:?} {direction:?}");
+        }
+    }
+}
+
 fn expect_malformed<T: std::fmt::Debug>(result: Result<T, CodegenError>, mentions: &str) {
     match result {
         Err(CodegenError::Malformed { message, .. }) => assert!(
@@ -714,6 +863,34 @@ fn malformed_descriptions_are_errors() {
         expect_malformed(ConvForward::new("f", &shape), mentions);
         expect_malformed(ConvBackwardData::new("d", &shape), mentions);
         expect_malformed(ConvBackwardFilter::new("w", &shape), mentions);
+        for direction in [Direction::Forward, Direction::BackwardData] {
+            let filter = WinogradFilter::new("u", &shape, Tile::F4, direction);
+            expect_malformed(filter, mentions);
+            expect_malformed(
+                WinogradConv::new("v", &shape, Tile::F2, direction),
+                mentions,
+            );
+        }
+    }
+    let not_winograd = [
+        ConvShape {
+            kernel: [5, 5],
+            ..good
+        },
+        ConvShape {
+            stride: [1, 2],
+            ..good
+        },
+        ConvShape {
+            dilation: [2, 2],
+            ..good
+        },
+    ];
+    for shape in not_winograd {
+        let filter = WinogradFilter::new("u", &shape, Tile::F4, Direction::Forward);
+        expect_malformed(filter, "3x3 kernel, stride 1 and dilation 1");
+        let conv = WinogradConv::new("v", &shape, Tile::F4, Direction::BackwardData);
+        expect_malformed(conv, "3x3 kernel, stride 1 and dilation 1");
     }
     let huge = ConvShape {
         batch: 1 << 30,
@@ -756,5 +933,41 @@ fn bad_calls_are_errors() {
         };
         expect_malformed(kernel.run(&no_bias, None, &mut scratch, 0..domain), "bias");
         expect_malformed(kernel.run(&buffers, None, &mut [], 0..domain), "scratch");
+    }
+}
+
+#[test]
+fn bad_winograd_calls_are_errors() {
+    let case = Case::new([1, 5, 5, 3, 4], [3, 3], [1, 1], [1, 1], Padding::Same, true);
+    let filter = WinogradFilter::new("u", &case.shape, Tile::F2, Direction::Forward).expect("3x3");
+    let conv = WinogradConv::new("v", &case.shape, Tile::F2, Direction::Forward).expect("3x3");
+    let mut u = vec![0.0; filter.transformed_len()];
+    let mut y = vec![0.0; conv.lengths().2];
+    let buffers = WinogradBuffers {
+        input: case.x.as_ptr(),
+        kernel: u.as_ptr(),
+        bias: case.b.as_ref().map(|b| b.as_ptr()),
+        output: y.as_mut_ptr(),
+    };
+    let mut scratch = vec![0.0; conv.scratch_len()];
+    let domain = conv.domain();
+    // SAFETY: the buffers have the lengths the kernels report; every call
+    // is rejected before it touches them.
+    unsafe {
+        let beyond = filter.domain() + 1;
+        expect_malformed(
+            filter.run(case.w.as_ptr(), u.as_mut_ptr(), 0..beyond),
+            "domain",
+        );
+        expect_malformed(
+            conv.run(&buffers, None, &mut scratch, 0..domain + 1),
+            "domain",
+        );
+        let no_bias = WinogradBuffers {
+            bias: None,
+            ..buffers
+        };
+        expect_malformed(conv.run(&no_bias, None, &mut scratch, 0..domain), "bias");
+        expect_malformed(conv.run(&buffers, None, &mut [], 0..domain), "scratch");
     }
 }

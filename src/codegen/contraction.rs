@@ -33,6 +33,7 @@
 mod geometry;
 mod matmul;
 pub mod step;
+pub mod winograd;
 
 use std::ops::Range;
 

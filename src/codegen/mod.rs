@@ -9,7 +9,7 @@
 //! layers run on a tuned GEMM ([`contraction`]) with a generated epilogue;
 //! pure data movement and dropout masks are Rust ([`native`]).
 
-mod axis;
+pub(crate) mod axis;
 pub mod contraction;
 pub mod elementwise;
 mod loops;

@@ -220,7 +220,12 @@ fn fuse(plan: &mut KernelPlan, producer: usize, consumer: usize) {
             };
             plan.steps.remove(producer);
         }
-        KernelDesc::Contraction { name, geometry, .. } => {
+        KernelDesc::Contraction {
+            name,
+            geometry,
+            algorithm,
+            ..
+        } => {
             // The epilogue reads and writes the contraction's output in
             // place: its input 0 and output 0 are that buffer, and the
             // consumer's output becomes it for every later step.
@@ -246,6 +251,7 @@ fn fuse(plan: &mut KernelPlan, producer: usize, consumer: usize) {
                     pass: ContractionPass::Forward {
                         epilogue: Some(epilogue),
                     },
+                    algorithm,
                 },
                 args,
                 nodes,

@@ -1,5 +1,6 @@
 //! Passes over the IR after shape inference: lowering to a kernel plan, and
 //! the rewrites of that plan.
 
+pub mod algorithm;
 pub mod fuse;
 pub mod lower;

@@ -6,6 +6,8 @@ mod verify;
 
 use std::fmt::{self, Write};
 
+use crate::codegen::axis::Axis;
+use crate::codegen::contraction::winograd::{Direction, Tile};
 use crate::codegen::contraction::{ConvShape, DenseShape};
 use crate::codegen::elementwise::Elementwise;
 use crate::codegen::native::{CopyRows, DropoutMask};
@@ -83,6 +85,20 @@ pub enum ContractionPass {
     BackwardFilter,
 }
 
+/// How a contraction computes its product, chosen for each layer by
+/// [`crate::passes::algorithm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// im2col and the GEMM (the GEMM alone for a 1x1 stride-1 convolution
+    /// or a dense layer).
+    Gemm,
+    /// Winograd's minimal filtering with this tile, for the forward pass or
+    /// the input gradient of a 3x3 stride-1 convolution: the step's kernel
+    /// buffer is then the transformed kernel, which a
+    /// [`KernelDesc::WinogradFilter`] step writes.
+    Winograd(Tile),
+}
+
 /// The description of one kernel call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KernelDesc {
@@ -107,6 +123,21 @@ pub enum KernelDesc {
         geometry: Geometry,
         /// Which pass.
         pass: ContractionPass,
+        /// How the product is computed.
+        algorithm: Algorithm,
+    },
+    /// The Winograd transform of a 3x3 stride-1 convolution's kernel, for
+    /// its forward pass or its input gradient. Buffers: `W`, the
+    /// transformed kernel.
+    WinogradFilter {
+        /// A name for errors and profiles.
+        name: String,
+        /// The layer's sizes.
+        shape: ConvShape,
+        /// The tile of the convolution that uses the transform.
+        tile: Tile,
+        /// Which of the layer's convolutions uses it.
+        direction: Direction,
     },
     /// Strided row copies (concatenation).
     Copy(CopyRows),
@@ -159,7 +190,77 @@ impl KernelPlan {
     }
 }
 
+/// The arithmetic of a contraction, for profiles: 2 FLOPs per
+/// multiply-add of the direct convolution, whatever algorithm computes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flops {
+    /// Every tap of every output position, as a dense im2col product
+    /// computes them.
+    pub nominal: u64,
+    /// Only the taps that read the image, not its padding.
+    pub useful: u64,
+}
+
 impl KernelDesc {
+    /// The arithmetic of a contraction step (any pass: the gradients do
+    /// as many multiply-adds as the forward pass), `None` for other kernels.
+    pub fn flops(&self) -> Option<Flops> {
+        let KernelDesc::Contraction { geometry, .. } = self else {
+            return None;
+        };
+        match geometry {
+            Geometry::Dense(s) => {
+                let flops = 2 * (s.rows * s.inputs * s.units) as u64;
+                Some(Flops {
+                    nominal: flops,
+                    useful: flops,
+                })
+            }
+            Geometry::Conv(s) => {
+                let axis = |i: usize| {
+                    let input = [s.height, s.width][i];
+                    Axis::new(input, s.kernel[i], s.stride[i], s.dilation[i], s.padding)
+                };
+                let (y, x) = (axis(0)?, axis(1)?);
+                let read = |a: &Axis| (0..a.output).map(|o| a.taps(o).len() as u64).sum::<u64>();
+                let pairs = 2 * (s.batch * s.in_channels * s.out_channels) as u64;
+                let taps = (s.kernel[0] * s.kernel[1]) as u64;
+                Some(Flops {
+                    nominal: pairs * (y.output * x.output) as u64 * taps,
+                    useful: pairs * read(&y) * read(&x),
+                })
+            }
+        }
+    }
+
+    /// How the kernel computes, in a few words for profiles:
+    /// `forward, winograd F(4x4,3x3)`, `backward-filter, gemm`, `window`.
+    pub fn method(&self) -> String {
+        match self {
+            KernelDesc::Contraction {
+                pass, algorithm, ..
+            } => {
+                let pass = match pass {
+                    ContractionPass::Forward { .. } => "forward",
+                    ContractionPass::BackwardData => "backward-data",
+                    ContractionPass::BackwardFilter => "backward-filter",
+                };
+                match algorithm {
+                    Algorithm::Gemm => format!("{pass}, gemm"),
+                    Algorithm::Winograd(tile) => format!("{pass}, winograd {}", tile.label()),
+                }
+            }
+            KernelDesc::WinogradFilter { tile, .. } => {
+                format!("kernel transform, winograd {}", tile.label())
+            }
+            KernelDesc::Elementwise { .. } => "element-wise".to_string(),
+            KernelDesc::Reduce(_) => "reduction".to_string(),
+            KernelDesc::Window(_) => "window".to_string(),
+            KernelDesc::Copy(_) => "copy".to_string(),
+            KernelDesc::Mask(_) => "dropout mask".to_string(),
+        }
+    }
+
     /// A short description for dumps: the kernel kind and its sizes.
     pub fn summary(&self) -> String {
         match self {
@@ -178,7 +279,12 @@ impl KernelDesc {
             KernelDesc::Window(w) => {
                 format!("window {:?} {:?} input {:?}", w.kind, w.pass, w.input)
             }
-            KernelDesc::Contraction { geometry, pass, .. } => {
+            KernelDesc::Contraction {
+                geometry,
+                pass,
+                algorithm,
+                ..
+            } => {
                 let pass = match pass {
                     ContractionPass::Forward { epilogue: Some(e) } => {
                         format!("forward + epilogue {} ({} steps)", e.name, e.exprs.len())
@@ -187,8 +293,19 @@ impl KernelDesc {
                     ContractionPass::BackwardData => "backward-data".to_string(),
                     ContractionPass::BackwardFilter => "backward-filter".to_string(),
                 };
-                format!("contraction {pass} {geometry:?}")
+                match algorithm {
+                    Algorithm::Gemm => format!("contraction {pass} {geometry:?}"),
+                    Algorithm::Winograd(tile) => {
+                        format!("contraction {pass} winograd {} {geometry:?}", tile.label())
+                    }
+                }
             }
+            KernelDesc::WinogradFilter {
+                shape,
+                tile,
+                direction,
+                ..
+            } => format!("winograd filter {} {direction:?} {shape:?}", tile.label()),
             KernelDesc::Copy(c) => format!(
                 "copy [{} x {}] from {:?} to {:?}",
                 c.rows, c.len, c.from, c.to

@@ -8,7 +8,9 @@
 
 use thiserror::Error;
 
-use super::{BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role};
+use super::{Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role};
+use crate::codegen::contraction::winograd::{self, Tile};
+use crate::codegen::contraction::ConvShape;
 use crate::codegen::elementwise::{Elementwise, Expr, Operand};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::Window;
@@ -177,7 +179,7 @@ impl KernelDesc {
             KernelDesc::Elementwise { kernel, .. } => &kernel.name,
             KernelDesc::Reduce(r) => &r.name,
             KernelDesc::Window(w) => &w.name,
-            KernelDesc::Contraction { name, .. } => name,
+            KernelDesc::Contraction { name, .. } | KernelDesc::WinogradFilter { name, .. } => name,
             KernelDesc::Copy(c) => &c.name,
             KernelDesc::Mask(m) => &m.name,
         }
@@ -194,7 +196,16 @@ impl KernelDesc {
             } => Ok(elementwise(kernel, *rows, *channels, 0)),
             KernelDesc::Reduce(r) => Ok(reduce(r)),
             KernelDesc::Window(w) => window(w),
-            KernelDesc::Contraction { geometry, pass, .. } => contraction(geometry, pass),
+            KernelDesc::Contraction {
+                geometry,
+                pass,
+                algorithm,
+                ..
+            } => contraction(geometry, pass, *algorithm),
+            KernelDesc::WinogradFilter { shape, tile, .. } => {
+                let transformed = winograd_kernel_len(shape, *tile)?;
+                Ok(vec![read(kernel_len(shape)), write(transformed)])
+            }
             KernelDesc::Copy(c) => Ok(vec![read(c.rows * c.from.0), write(c.rows * c.to.0)]),
             KernelDesc::Mask(m) => Ok(vec![read(2), write(m.len)]),
         }
@@ -303,15 +314,26 @@ fn window(w: &Window) -> Result<Vec<Param>, String> {
         .collect())
 }
 
-/// The buffers [`ContractionPass`] documents for each pass.
-fn contraction(geometry: &Geometry, pass: &ContractionPass) -> Result<Vec<Param>, String> {
+/// The buffers [`ContractionPass`] documents for each pass, the kernel
+/// transformed when the algorithm is Winograd's.
+fn contraction(
+    geometry: &Geometry,
+    pass: &ContractionPass,
+    algorithm: Algorithm,
+) -> Result<Vec<Param>, String> {
     let (x, w, bias, (rows, channels)) = match geometry {
         Geometry::Conv(s) => (
             s.batch * s.height * s.width * s.in_channels,
-            s.kernel[0] * s.kernel[1] * s.in_channels * s.out_channels,
+            match algorithm {
+                Algorithm::Gemm => kernel_len(s),
+                Algorithm::Winograd(tile) => winograd_kernel_len(s, tile)?,
+            },
             s.bias.then_some(s.out_channels),
             conv_output(s)?,
         ),
+        Geometry::Dense(_) if algorithm != Algorithm::Gemm => {
+            return Err("a dense layer has no Winograd algorithm".to_string())
+        }
         Geometry::Dense(s) => (
             s.rows * s.inputs,
             s.inputs * s.units,
@@ -331,12 +353,33 @@ fn contraction(geometry: &Geometry, pass: &ContractionPass) -> Result<Vec<Param>
             params
         }
         ContractionPass::BackwardData => vec![read(y), read(w), write(x)],
+        ContractionPass::BackwardFilter if algorithm != Algorithm::Gemm => {
+            return Err("the kernel gradient has no Winograd algorithm".to_string())
+        }
         ContractionPass::BackwardFilter => {
             let mut params = vec![read(x), read(y), write(w)];
             params.extend(bias.map(write));
             params
         }
     })
+}
+
+/// The length of a convolution's kernel.
+fn kernel_len(s: &ConvShape) -> usize {
+    s.kernel[0] * s.kernel[1] * s.in_channels * s.out_channels
+}
+
+/// The length of a convolution's kernel transformed for `tile`, or why the
+/// convolution has no Winograd algorithm. Both directions have the same
+/// length (`a²` times both channel counts).
+fn winograd_kernel_len(s: &ConvShape, tile: Tile) -> Result<usize, String> {
+    if let Some(message) = winograd::unsupported(s) {
+        return Err(message);
+    }
+    tile.points()
+        .checked_mul(s.in_channels)
+        .and_then(|n| n.checked_mul(s.out_channels))
+        .ok_or_else(|| format!("the Winograd transform of {s:?} overflows"))
 }
 
 /// The rows and channels of a convolution's output.

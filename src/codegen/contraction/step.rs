@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
+use super::winograd::{WinogradBuffers, WinogradConv, WinogradFilter};
 use super::{
     BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData, ConvBackwardFilter, ConvForward,
     Epilogue, ForwardBuffers,
@@ -61,19 +62,96 @@ impl Kernel for ForwardStep {
             bias: self.bias.then(|| args[2].cast_const()),
             output: args[output],
         };
-        let epilogue = self.epilogue.as_ref().map(|(kernel, inputs, outputs)| {
-            let extra = &args[output + 1..];
-            let inputs: Vec<*const f32> = extra[..*inputs].iter().map(|p| p.cast_const()).collect();
-            // SAFETY: the lowering compiled the epilogue for exactly these
-            // extra buffers, each as long as the output's rows need.
-            unsafe {
-                Epilogue::new(
-                    kernel,
-                    &inputs,
-                    &extra[inputs.len()..inputs.len() + outputs],
-                )
-            }
-        });
+        // SAFETY: the executor bound the buffers the plan lists.
+        let epilogue = unsafe { epilogue(self.epilogue.as_ref(), &args[output + 1..]) };
+        with_scratch(self.kernel.scratch_len(), |scratch| {
+            // SAFETY: the executor bound buffers of the planned sizes.
+            unsafe { self.kernel.run(&buffers, epilogue.as_ref(), scratch, items) }
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// The epilogue of a step whose extra arguments (after its output) are
+/// `extra`.
+///
+/// # Safety
+/// `extra` holds the buffers the epilogue was compiled for, in the order
+/// the plan lists them (its extra inputs, then its extra outputs), each as
+/// long as the output's rows need.
+unsafe fn epilogue<'a>(
+    compiled: Option<&'a (CompiledKernel, usize, usize)>,
+    extra: &[*mut f32],
+) -> Option<Epilogue<'a>> {
+    compiled.map(|(kernel, inputs, outputs)| {
+        let inputs: Vec<*const f32> = extra[..*inputs].iter().map(|p| p.cast_const()).collect();
+        // SAFETY: the caller's contract.
+        unsafe {
+            Epilogue::new(
+                kernel,
+                &inputs,
+                &extra[inputs.len()..inputs.len() + outputs],
+            )
+        }
+    })
+}
+
+/// The Winograd transform of a layer's kernel. Arguments: `W`, `U`.
+pub struct WinogradFilterStep {
+    /// The kernel.
+    pub kernel: WinogradFilter,
+    /// A name for errors.
+    pub name: String,
+}
+
+impl Kernel for WinogradFilterStep {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn domain(&self) -> usize {
+        self.kernel.domain()
+    }
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
+        // SAFETY: the executor bound buffers of the planned sizes.
+        unsafe { self.kernel.run(args[0], args[1], items) }.map_err(|e| e.to_string())
+    }
+}
+
+/// A Winograd convolution with an optional epilogue. Arguments: the
+/// source, `U`, the bias (when the kernel adds one), the destination, the
+/// epilogue's extra inputs, its extra outputs.
+pub struct WinogradStep {
+    /// The kernel.
+    pub kernel: WinogradConv,
+    /// A name for errors.
+    pub name: String,
+    /// The compiled epilogue and its numbers of extra inputs and outputs.
+    pub epilogue: Option<(CompiledKernel, usize, usize)>,
+}
+
+impl Kernel for WinogradStep {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn clif(&self) -> Option<&str> {
+        self.epilogue
+            .as_ref()
+            .map(|(kernel, _, _)| kernel.clif.as_str())
+    }
+    fn domain(&self) -> usize {
+        self.kernel.domain()
+    }
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
+        let bias = self.kernel.has_bias();
+        let output = if bias { 3 } else { 2 };
+        let buffers = WinogradBuffers {
+            input: args[0],
+            kernel: args[1],
+            bias: bias.then(|| args[2].cast_const()),
+            output: args[output],
+        };
+        // SAFETY: the executor bound the buffers the plan lists.
+        let epilogue = unsafe { epilogue(self.epilogue.as_ref(), &args[output + 1..]) };
         with_scratch(self.kernel.scratch_len(), |scratch| {
             // SAFETY: the executor bound buffers of the planned sizes.
             unsafe { self.kernel.run(&buffers, epilogue.as_ref(), scratch, items) }

@@ -32,7 +32,7 @@ use crate::codegen::native::CopyRows;
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
 use crate::config::Optimizer;
-use crate::plan::{BufferId, ContractionPass, KernelDesc, KernelPlan, Role, Step};
+use crate::plan::{Algorithm, BufferId, ContractionPass, KernelDesc, KernelPlan, Role, Step};
 use crate::shapes::TypedGraph;
 
 /// Why a graph could not be lowered.
@@ -535,6 +535,7 @@ impl<'m> Lowering<'m> {
                 name,
                 geometry,
                 pass: ContractionPass::Forward { epilogue: None },
+                algorithm: Algorithm::Gemm,
             },
             args,
         );

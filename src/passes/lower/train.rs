@@ -15,7 +15,7 @@ use crate::codegen::window::{Pass, Role as WindowRole, WindowKind};
 use crate::config::Optimizer;
 use crate::ops::{self, GradInputs, Need};
 use crate::optimizer::state_count;
-use crate::plan::{BufferId, ContractionPass, Geometry, KernelDesc, Role};
+use crate::plan::{Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, Role};
 
 /// Values the optimizer's coefficient buffer holds (the most any optimizer reads).
 pub const COEFFICIENTS: usize = crate::optimizer::MAX_COEFFICIENTS;
@@ -433,6 +433,7 @@ impl Lowering<'_> {
             name,
             geometry,
             pass,
+            algorithm: Algorithm::Gemm,
         };
         self.step(id, desc, vec![dy, kernel, dx]);
         dx
@@ -890,6 +891,7 @@ impl Lowering<'_> {
             name,
             geometry,
             pass,
+            algorithm: Algorithm::Gemm,
         };
         self.step(id, desc, args);
         grads

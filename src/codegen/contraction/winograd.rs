@@ -1,0 +1,850 @@
+//! Winograd's minimal filtering for 3x3 stride-1 convolutions (Lavin and
+//! Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+//!
+//! F(m x m, 3 x 3) computes an `m x m` tile of outputs from an `a x a` tile
+//! of inputs (`a = m + 2`) with `a²` multiplications per pair of channels
+//! instead of `9 m²`: the input tile is transformed (`V = Bᵀ d B`), the
+//! kernel too (`U = G g Gᵀ`), they are multiplied element by element and
+//! summed over the input channels, and the sum is transformed back
+//! (`Y = Aᵀ M A`). Summing over channels for each of the `a²` positions is
+//! a matrix product, `M[ξ] = V[ξ] · U[ξ]` (tiles by input channels, times
+//! input channels by output channels), so the multiplications run on the
+//! same GEMM as the im2col kernels, and the transforms are the packing and
+//! the epilogue around it. F(2x2, 3x3) saves 2.25x the multiplications,
+//! F(4x4, 3x3) 4x; its larger transform constants cost accuracy (the
+//! tolerance and why it is safe for training are in `docs/performance.md`).
+//!
+//! The same kernel computes a layer's input gradient: for a stride-1 3x3
+//! convolution it is a convolution of the output gradient with the kernel
+//! rotated by 180 degrees and its channels swapped, padded by `2 - p`
+//! where the forward pass was padded by `p` ([`Direction::BackwardData`]).
+//!
+//! Two kernels: [`WinogradFilter`] transforms a layer's kernel into `U`
+//! (its own plan step, so that the memory planner places `U`), and
+//! [`WinogradConv`] runs the rest. Like the im2col kernels, each works over
+//! a domain of items whose computation does not depend on how the domain
+//! is split, so the results are bitwise the same on any number of threads.
+
+use std::ops::Range;
+
+mod lanes;
+
+#[cfg(target_arch = "x86_64")]
+use self::lanes::Avx;
+use self::lanes::{
+    transform_2d, FilterF2, FilterF4, InputF2, InputF4, Lanes, One, OutputF2, OutputF4, Transform,
+};
+use super::geometry::Geometry;
+use super::matmul::{matmul, Operand};
+use super::{scratch_for, ConvShape, Epilogue, ForwardBuffers, ALIGN_FLOATS};
+use crate::codegen::CodegenError;
+
+/// Which Winograd algorithm: the size of the output tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tile {
+    /// F(2x2, 3x3): 4x4 input tiles, 16 products per pair of channels for
+    /// 4 outputs (36 directly).
+    F2,
+    /// F(4x4, 3x3): 6x6 input tiles, 36 products for 16 outputs (144
+    /// directly).
+    F4,
+}
+
+impl Tile {
+    /// Every tile, smallest first.
+    pub const ALL: [Tile; 2] = [Tile::F2, Tile::F4];
+
+    /// The side of the output tile, `m`.
+    pub fn output(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+
+    /// The side of the input tile, `a = m + 2`.
+    pub fn input(self) -> usize {
+        self.output() + 2
+    }
+
+    /// The transformed positions per tile, `a²`: the number of products.
+    pub fn points(self) -> usize {
+        self.input() * self.input()
+    }
+
+    /// `F(4x4,3x3)`, as dumps show it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Tile::F2 => "F(2x2,3x3)",
+            Tile::F4 => "F(4x4,3x3)",
+        }
+    }
+}
+
+/// Which convolution of the layer a Winograd kernel computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The forward pass: the input convolved with the kernel.
+    Forward,
+    /// The input gradient: the output gradient convolved with the kernel
+    /// rotated by 180 degrees, input and output channels swapped.
+    BackwardData,
+}
+
+/// Why a convolution cannot run as a Winograd convolution, or `None` when
+/// it can: a 3x3 kernel, stride 1 and dilation 1.
+pub fn unsupported(shape: &ConvShape) -> Option<String> {
+    if shape.kernel != [3, 3] || shape.stride != [1, 1] || shape.dilation != [1, 1] {
+        Some(format!(
+            "Winograd convolutions need a 3x3 kernel, stride 1 and dilation 1, not a {:?} kernel, stride {:?} and dilation {:?}",
+            shape.kernel, shape.stride, shape.dilation
+        ))
+    } else {
+        None
+    }
+}
+
+/// Target size in f32s of one item's scratch (the transformed input and
+/// the products, 1 MiB): with a slice of `U` it stays in a core's L2.
+const SCRATCH_TARGET: usize = 256 * 1024;
+
+/// How many items a domain aims for, so that threads balance.
+const TARGET_ITEMS: usize = 4;
+
+/// The fewest tiles an item aims for, whatever the scratch: every item
+/// reads the whole transformed kernel, and each of its GEMMs has one row
+/// per tile, so fewer tiles make both the reads and the GEMM's edges cost
+/// more than the cache misses of a larger scratch.
+const MIN_TILES: usize = 32;
+
+/// The convolution a Winograd kernel computes, in the terms of its own
+/// source (what it reads) and destination (what it writes): a 3x3 stride-1
+/// correlation of the source, padded by `pad` at the top and left (and by
+/// whatever the destination's size implies at the bottom and right).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plane {
+    batch: usize,
+    source: [usize; 2],
+    destination: [usize; 2],
+    pad: [usize; 2],
+    source_channels: usize,
+    destination_channels: usize,
+}
+
+impl Plane {
+    /// The plane of `direction` of the layer whose geometry is `g`.
+    fn new(g: &Geometry, direction: Direction) -> Plane {
+        let s = &g.shape;
+        let input = [s.height, s.width];
+        let output = [g.y.output, g.x.output];
+        let before = [g.y.before, g.x.before];
+        match direction {
+            Direction::Forward => Plane {
+                batch: s.batch,
+                source: input,
+                destination: output,
+                pad: before,
+                source_channels: s.in_channels,
+                destination_channels: s.out_channels,
+            },
+            // A 3x3 kernel is padded by at most 2 on each side.
+            Direction::BackwardData => Plane {
+                batch: s.batch,
+                source: output,
+                destination: input,
+                pad: before.map(|p| 2 - p),
+                source_channels: s.out_channels,
+                destination_channels: s.in_channels,
+            },
+        }
+    }
+
+    /// Tiles down and across one image.
+    fn tiles(&self, tile: Tile) -> [usize; 2] {
+        self.destination.map(|d| d.div_ceil(tile.output()))
+    }
+
+    fn source_len(&self) -> usize {
+        self.batch * self.source[0] * self.source[1] * self.source_channels
+    }
+
+    fn destination_len(&self) -> usize {
+        self.batch * self.destination[0] * self.destination[1] * self.destination_channels
+    }
+}
+
+/// Checks `shape`, and the plane of `direction`; `name` names the kernel.
+fn plane(name: &str, shape: &ConvShape, direction: Direction) -> Result<Plane, CodegenError> {
+    let geometry = Geometry::new(name, shape)?;
+    if let Some(message) = unsupported(shape) {
+        return Err(CodegenError::Malformed {
+            kernel: name.to_string(),
+            message,
+        });
+    }
+    Ok(Plane::new(&geometry, direction))
+}
+
+/// The transformed kernel's length in f32s, checked: `a²` times the
+/// channels of both sides.
+fn transformed_len(name: &str, plane: &Plane, tile: Tile) -> Result<usize, CodegenError> {
+    tile.points()
+        .checked_mul(plane.source_channels)
+        .and_then(|n| n.checked_mul(plane.destination_channels))
+        .filter(|&n| n <= isize::MAX as usize / 4)
+        .ok_or_else(|| CodegenError::Malformed {
+            kernel: name.to_string(),
+            message: format!("the transformed kernel of {plane:?} overflows"),
+        })
+}
+
+/// The kernel transform: `U[ξ][r][c] = (G g G^T)[ξ]`, where `r` is a
+/// source channel, `c` a destination channel, and `g` the 3x3 kernel of
+/// that pair (the layer's kernel `[3, 3, in, out]`, rotated and transposed
+/// for [`Direction::BackwardData`]).
+///
+/// Domain: the source channels; item `r` writes `U[ξ][r][..]` for every
+/// position `ξ`.
+#[derive(Debug, Clone)]
+pub struct WinogradFilter {
+    name: String,
+    plane: Plane,
+    tile: Tile,
+    direction: Direction,
+    transformed_len: usize,
+    /// Whether the CPU has AVX2.
+    avx2: bool,
+}
+
+impl WinogradFilter {
+    /// The transform of the kernel of convolution `shape` for `direction`,
+    /// with tile `tile`; `name` names it in errors.
+    pub fn new(
+        name: &str,
+        shape: &ConvShape,
+        tile: Tile,
+        direction: Direction,
+    ) -> Result<WinogradFilter, CodegenError> {
+        let plane = plane(name, shape, direction)?;
+        let transformed_len = transformed_len(name, &plane, tile)?;
+        Ok(WinogradFilter {
+            name: name.to_string(),
+            plane,
+            tile,
+            direction,
+            transformed_len,
+            avx2: has_avx2(),
+        })
+    }
+
+    /// The number of items.
+    pub fn domain(&self) -> usize {
+        self.plane.source_channels
+    }
+
+    /// The length in f32s of the layer's kernel.
+    pub fn kernel_len(&self) -> usize {
+        9 * self.plane.source_channels * self.plane.destination_channels
+    }
+
+    /// The length in f32s of the transformed kernel.
+    pub fn transformed_len(&self) -> usize {
+        self.transformed_len
+    }
+
+    /// Transforms the rows `items` of `kernel` (`kernel_len()` f32s) into
+    /// `transformed` (`transformed_len()` f32s).
+    ///
+    /// # Safety
+    /// The buffers hold the f32s given above and do not overlap; calls
+    /// running at the same time on the same output must be given disjoint
+    /// item ranges.
+    pub unsafe fn run(
+        &self,
+        kernel: *const f32,
+        transformed: *mut f32,
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        if items.start > items.end || items.end > self.domain() {
+            return Err(CodegenError::Malformed {
+                kernel: self.name.clone(),
+                message: format!("items {items:?} are not in the domain 0..{}", self.domain()),
+            });
+        }
+        // SAFETY: the caller's contract: the kernel is only read.
+        let kernel = unsafe { std::slice::from_raw_parts(kernel, self.kernel_len()) };
+        for r in items {
+            #[allow(unused_mut)]
+            let mut first = 0;
+            #[cfg(target_arch = "x86_64")]
+            if self.avx2 {
+                // SAFETY: the CPU has AVX2 (checked when the kernel was
+                // built); the rest is the caller's contract.
+                first = unsafe { self.row_avx2(kernel, transformed, r) };
+            }
+            for c in first..self.plane.destination_channels {
+                // SAFETY: the caller's contract.
+                unsafe { self.channels::<One>(kernel, transformed, r, c) };
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole blocks of eight destination channels of source channel
+    /// `r`, with AVX; returns the first channel left.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, and the contract of [`Self::run`] holds.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn row_avx2(&self, kernel: &[f32], transformed: *mut f32, r: usize) -> usize {
+        let mut c = 0;
+        while c + Avx::WIDTH <= self.plane.destination_channels {
+            // SAFETY: the caller's contract.
+            unsafe { self.channels::<Avx>(kernel, transformed, r, c) };
+            c += Avx::WIDTH;
+        }
+        c
+    }
+
+    /// `U[ξ][r][c..c + V::WIDTH]` for every position `ξ`.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`], with `r` in its items, and `c +
+    /// V::WIDTH` at most the destination channels.
+    #[inline(always)]
+    unsafe fn channels<V: Lanes>(&self, kernel: &[f32], transformed: *mut f32, r: usize, c: usize) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match self.tile {
+                Tile::F2 => self.block::<V, FilterF2, 4>(kernel, transformed, r, c),
+                Tile::F4 => self.block::<V, FilterF4, 6>(kernel, transformed, r, c),
+            }
+        }
+    }
+
+    /// [`Self::channels`] with the transform `F` to `K x K` positions.
+    ///
+    /// # Safety
+    /// As for [`Self::channels`].
+    #[inline(always)]
+    unsafe fn block<V: Lanes, F: Transform<3, K>, const K: usize>(
+        &self,
+        kernel: &[f32],
+        transformed: *mut f32,
+        r: usize,
+        c: usize,
+    ) {
+        let (rows, cols) = (self.plane.source_channels, self.plane.destination_channels);
+        let mut g = [[V::zero(); 3]; 3];
+        for (ky, row) in g.iter_mut().enumerate() {
+            for (kx, lanes) in row.iter_mut().enumerate() {
+                *lanes = match self.direction {
+                    // The layer's kernel is [ky][kx][r][c].
+                    Direction::Forward => V::load(&kernel[((ky * 3 + kx) * rows + r) * cols + c..]),
+                    // The layer's kernel is [2 - ky][2 - kx][c][r]: its input
+                    // channel is this transform's destination.
+                    Direction::BackwardData => {
+                        let tap = (2 - ky) * 3 + (2 - kx);
+                        let mut values = [0.0; 8];
+                        for (lane, value) in values[..V::WIDTH].iter_mut().enumerate() {
+                            *value = kernel[(tap * cols + c + lane) * rows + r];
+                        }
+                        V::load(&values)
+                    }
+                };
+            }
+        }
+        let columns = transform_2d::<V, F, 3, K>(g);
+        for i in 0..K {
+            for (j, column) in columns.iter().enumerate() {
+                let at = ((i * K + j) * rows + r) * cols + c;
+                // SAFETY: row `r` of every position belongs to this item
+                // alone, and `at + V::WIDTH <= transformed_len`.
+                let out = unsafe { std::slice::from_raw_parts_mut(transformed.add(at), V::WIDTH) };
+                column[i].store(out);
+            }
+        }
+    }
+}
+
+/// The buffers of a [`WinogradConv`]: its source, the transformed kernel
+/// ([`WinogradFilter`]), the bias (forward only) and the destination; in
+/// the terms of [`ForwardBuffers`] with `kernel` the transformed kernel.
+pub type WinogradBuffers = ForwardBuffers;
+
+/// A Winograd convolution: the forward pass or the input gradient of a 3x3
+/// stride-1 convolution, from its transformed kernel, then the epilogue.
+///
+/// Domain: bands of tile rows counted over the batch. A tile row is `m`
+/// rows of one image's destination, so a band's output rows are one
+/// contiguous run of NHWC rows, on which the epilogue runs while they are
+/// in cache. An item transforms its tiles of the source into the scratch,
+/// makes one GEMM per transformed position, and transforms the products
+/// back into the destination.
+#[derive(Debug, Clone)]
+pub struct WinogradConv {
+    name: String,
+    plane: Plane,
+    tile: Tile,
+    bias: bool,
+    transformed_len: usize,
+    tile_rows_per_item: usize,
+    /// Whether the CPU has AVX2, for the transforms.
+    avx2: bool,
+}
+
+impl WinogradConv {
+    /// The Winograd kernel of `direction` of convolution `shape`, with
+    /// tile `tile`; `name` names it in errors. The input gradient has no
+    /// bias, whatever the layer's.
+    pub fn new(
+        name: &str,
+        shape: &ConvShape,
+        tile: Tile,
+        direction: Direction,
+    ) -> Result<WinogradConv, CodegenError> {
+        let plane = plane(name, shape, direction)?;
+        let transformed_len = transformed_len(name, &plane, tile)?;
+        let tiles = plane.tiles(tile);
+        let per_tile_row =
+            tiles[1] * tile.points() * (plane.source_channels + plane.destination_channels);
+        let tile_rows = plane.batch * tiles[0];
+        let cached = (SCRATCH_TARGET / per_tile_row.max(1)).max(MIN_TILES.div_ceil(tiles[1]));
+        let balanced = tile_rows.div_ceil(TARGET_ITEMS).max(1);
+        Ok(WinogradConv {
+            name: name.to_string(),
+            plane,
+            tile,
+            bias: shape.bias && direction == Direction::Forward,
+            transformed_len,
+            tile_rows_per_item: cached.min(balanced),
+            avx2: has_avx2(),
+        })
+    }
+
+    /// The number of items.
+    pub fn domain(&self) -> usize {
+        let tile_rows = self.plane.batch * self.plane.tiles(self.tile)[0];
+        tile_rows.div_ceil(self.tile_rows_per_item)
+    }
+
+    /// The tile used.
+    pub fn tile(&self) -> Tile {
+        self.tile
+    }
+
+    /// Whether the kernel adds a bias (and so takes a bias buffer).
+    pub fn has_bias(&self) -> bool {
+        self.bias
+    }
+
+    /// The lengths in f32s of the source, the transformed kernel and the
+    /// destination.
+    pub fn lengths(&self) -> (usize, usize, usize) {
+        (
+            self.plane.source_len(),
+            self.transformed_len,
+            self.plane.destination_len(),
+        )
+    }
+
+    /// The f32s of scratch one thread needs to run any range of items.
+    pub fn scratch_len(&self) -> usize {
+        let (v, m) = self.scratch_parts(self.max_tiles());
+        scratch_for(v + m)
+    }
+
+    /// [`Self::scratch_len`] in bytes.
+    pub fn scratch_bytes(&self) -> usize {
+        self.scratch_len() * 4
+    }
+
+    /// Runs items `items`.
+    ///
+    /// # Safety
+    /// Each buffer must hold the f32s [`Self::lengths`] gives (the bias
+    /// the destination's channels); the destination must not overlap the
+    /// other buffers. Calls running at the same time on the same
+    /// destination must be given disjoint item ranges. The contract of the
+    /// epilogue ([`Epilogue::new`]) must hold, with its channels the
+    /// destination's.
+    pub unsafe fn run(
+        &self,
+        buffers: &WinogradBuffers,
+        epilogue: Option<&Epilogue>,
+        scratch: &mut [f32],
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        let malformed = |message: String| CodegenError::Malformed {
+            kernel: self.name.clone(),
+            message,
+        };
+        if items.start > items.end || items.end > self.domain() {
+            return Err(malformed(format!(
+                "items {items:?} are not in the domain 0..{}",
+                self.domain()
+            )));
+        }
+        if buffers.bias.is_some() != self.bias {
+            return Err(malformed(format!(
+                "the kernel {} a bias, but the call {} one",
+                if self.bias { "adds" } else { "adds no" },
+                if buffers.bias.is_some() {
+                    "passes"
+                } else {
+                    "passes no"
+                },
+            )));
+        }
+        if scratch.len() < self.scratch_len() {
+            return Err(malformed(format!(
+                "the scratch buffer holds {} f32s; the kernel needs {}",
+                scratch.len(),
+                self.scratch_len()
+            )));
+        }
+        let skip = scratch.as_ptr().align_offset(ALIGN_FLOATS * 4);
+        let scratch = &mut scratch[skip.min(ALIGN_FLOATS)..][..self.scratch_len() - ALIGN_FLOATS];
+        for item in items {
+            // SAFETY: the caller's contract, passed on.
+            unsafe { self.item(buffers, epilogue, scratch, item) };
+        }
+        Ok(())
+    }
+
+    /// The most tiles an item holds.
+    fn max_tiles(&self) -> usize {
+        self.tile_rows_per_item * self.plane.tiles(self.tile)[1]
+    }
+
+    /// The f32s of the transformed source and of the products for `tiles`
+    /// tiles, each rounded up to whole 64-byte lines.
+    fn scratch_parts(&self, tiles: usize) -> (usize, usize) {
+        let points = self.tile.points();
+        let v = (points * tiles * self.plane.source_channels).next_multiple_of(ALIGN_FLOATS);
+        let m = (points * tiles * self.plane.destination_channels).next_multiple_of(ALIGN_FLOATS);
+        (v, m)
+    }
+
+    /// The tile rows of item `item`, counted over the batch.
+    fn tile_rows(&self, item: usize) -> Range<usize> {
+        let total = self.plane.batch * self.plane.tiles(self.tile)[0];
+        (item * self.tile_rows_per_item).min(total)
+            ..((item + 1) * self.tile_rows_per_item).min(total)
+    }
+
+    /// The destination rows (NHWC positions) of tile row `tile_row`.
+    fn destination_rows(&self, tile_row: usize) -> Range<usize> {
+        let p = &self.plane;
+        let m = self.tile.output();
+        let tiles_down = p.tiles(self.tile)[0];
+        let (image, ty) = (tile_row / tiles_down, tile_row % tiles_down);
+        let first = image * p.destination[0] + ty * m;
+        let last = image * p.destination[0] + (ty * m + m).min(p.destination[0]);
+        first * p.destination[1]..last * p.destination[1]
+    }
+
+    /// One item: transform its tiles, multiply, transform back, epilogue.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`]; `scratch` holds `scratch_len() -
+    /// ALIGN_FLOATS` f32s.
+    unsafe fn item(
+        &self,
+        buffers: &WinogradBuffers,
+        epilogue: Option<&Epilogue>,
+        scratch: &mut [f32],
+        item: usize,
+    ) {
+        let p = &self.plane;
+        let tile_rows = self.tile_rows(item);
+        let tiles = tile_rows.len() * p.tiles(self.tile)[1];
+        let (v_len, _) = self.scratch_parts(tiles);
+        let (v, m) = scratch.split_at_mut(v_len);
+        // SAFETY: the source holds `source_len` f32s and is only read.
+        let source = unsafe { std::slice::from_raw_parts(buffers.input, p.source_len()) };
+        self.transform_input(source, tile_rows.clone(), v);
+        let (cin, cout) = (p.source_channels, p.destination_channels);
+        for point in 0..self.tile.points() {
+            let lhs = Operand::rows(v[point * tiles * cin..].as_ptr(), cin);
+            let rhs = Operand::rows(buffers.kernel.wrapping_add(point * cin * cout), cout);
+            // SAFETY: the operands address this position's block of the
+            // transformed source and of the transformed kernel; the
+            // products' block is this item's scratch.
+            unsafe {
+                matmul(
+                    (tiles, cout, cin),
+                    m[point * tiles * cout..].as_mut_ptr(),
+                    cout,
+                    lhs,
+                    rhs,
+                    false,
+                )
+            };
+        }
+        let rows = self.destination_rows(tile_rows.start).start
+            ..self.destination_rows(tile_rows.end - 1).end;
+        // SAFETY: these destination rows belong to this item alone; the
+        // bias holds `cout` f32s.
+        let (destination, bias) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(
+                    buffers.output.add(rows.start * cout),
+                    rows.len() * cout,
+                ),
+                buffers.bias.map(|b| std::slice::from_raw_parts(b, cout)),
+            )
+        };
+        self.transform_output(m, tile_rows, tiles, bias, destination);
+        if let Some(epilogue) = epilogue {
+            // SAFETY: the destination holds `rows.end * cout` f32s; the rest
+            // is the caller's contract.
+            unsafe { epilogue.apply(buffers.output, rows, cout) };
+        }
+    }
+
+    /// `V[ξ][t][c]` for the tiles of `tile_rows`, in order (`t` counts
+    /// them from 0).
+    fn transform_input(&self, source: &[f32], tile_rows: Range<usize>, v: &mut [f32]) {
+        let p = &self.plane;
+        let [tiles_down, tiles_across] = p.tiles(self.tile);
+        let (m, cin) = (self.tile.output(), p.source_channels);
+        let tiles = tile_rows.len() * tiles_across;
+        for (t, (tile_row, tx)) in tile_rows
+            .flat_map(|r| (0..tiles_across).map(move |tx| (r, tx)))
+            .enumerate()
+        {
+            let (image, ty) = (tile_row / tiles_down, tile_row % tiles_down);
+            let y0 = (ty * m) as i64 - p.pad[0] as i64;
+            let x0 = (tx * m) as i64 - p.pad[1] as i64;
+            // Where each position of the input tile starts in the source;
+            // `None` in the padding.
+            let mut pixels = [[None; 6]; 6];
+            for (i, row) in pixels.iter_mut().enumerate() {
+                for (j, pixel) in row.iter_mut().enumerate() {
+                    let (y, x) = (y0 + i as i64, x0 + j as i64);
+                    let inside = (0..p.source[0] as i64).contains(&y)
+                        && (0..p.source[1] as i64).contains(&x);
+                    *pixel = inside.then(|| {
+                        ((image * p.source[0] + y as usize) * p.source[1] + x as usize) * cin
+                    });
+                }
+            }
+            let tile = InputTile {
+                pixels: &pixels,
+                t,
+                tiles,
+            };
+            #[allow(unused_mut)]
+            let mut first = 0;
+            #[cfg(target_arch = "x86_64")]
+            if self.avx2 {
+                // SAFETY: the CPU has AVX2 (checked when the kernel was built).
+                first = unsafe { self.input_avx2(source, &tile, v) };
+            }
+            for c in first..cin {
+                self.input_channels::<One>(source, &tile, c, v);
+            }
+        }
+    }
+
+    /// The whole blocks of eight channels of one input tile, with AVX;
+    /// returns the first channel left.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn input_avx2(&self, source: &[f32], tile: &InputTile, v: &mut [f32]) -> usize {
+        let mut c = 0;
+        while c + Avx::WIDTH <= self.plane.source_channels {
+            self.input_channels::<Avx>(source, tile, c, v);
+            c += Avx::WIDTH;
+        }
+        c
+    }
+
+    /// `V[ξ][t][c..c + V::WIDTH]` of one input tile.
+    #[inline(always)]
+    fn input_channels<V: Lanes>(&self, source: &[f32], tile: &InputTile, c: usize, v: &mut [f32]) {
+        match self.tile {
+            Tile::F2 => self.input_block::<V, InputF2, 4>(source, tile, c, v),
+            Tile::F4 => self.input_block::<V, InputF4, 6>(source, tile, c, v),
+        }
+    }
+
+    /// [`Self::input_channels`] with the transform `F` of `A x A` tiles.
+    #[inline(always)]
+    fn input_block<V: Lanes, F: Transform<A, A>, const A: usize>(
+        &self,
+        source: &[f32],
+        tile: &InputTile,
+        c: usize,
+        v: &mut [f32],
+    ) {
+        let cin = self.plane.source_channels;
+        let mut d = [[V::zero(); A]; A];
+        for (row, pixels) in d.iter_mut().zip(tile.pixels) {
+            for (lanes, pixel) in row.iter_mut().zip(pixels) {
+                if let Some(at) = pixel {
+                    *lanes = V::load(&source[at + c..]);
+                }
+            }
+        }
+        let columns = transform_2d::<V, F, A, A>(d);
+        for i in 0..A {
+            for (j, column) in columns.iter().enumerate() {
+                column[i].store(&mut v[((i * A + j) * tile.tiles + tile.t) * cin + c..]);
+            }
+        }
+    }
+
+    /// `Y = Aᵀ M A` (plus the bias) for the tiles of `tile_rows`, into the
+    /// destination rows of those tile rows (`destination` starts at the
+    /// first of them); the tile's outputs past the image's edge are
+    /// dropped.
+    fn transform_output(
+        &self,
+        products: &[f32],
+        tile_rows: Range<usize>,
+        tiles: usize,
+        bias: Option<&[f32]>,
+        destination: &mut [f32],
+    ) {
+        let p = &self.plane;
+        let [tiles_down, tiles_across] = p.tiles(self.tile);
+        let (m, cout) = (self.tile.output(), p.destination_channels);
+        let first_row = self.destination_rows(tile_rows.start).start;
+        for (t, (tile_row, tx)) in tile_rows
+            .flat_map(|r| (0..tiles_across).map(move |tx| (r, tx)))
+            .enumerate()
+        {
+            let (image, ty) = (tile_row / tiles_down, tile_row % tiles_down);
+            // Where each output of the tile goes in `destination`; `None`
+            // past the image's edge.
+            let mut pixels = [[None; 4]; 4];
+            for (i, row) in pixels.iter_mut().enumerate().take(m) {
+                for (j, pixel) in row.iter_mut().enumerate().take(m) {
+                    let (y, x) = (ty * m + i, tx * m + j);
+                    *pixel = (y < p.destination[0] && x < p.destination[1]).then(|| {
+                        let row = (image * p.destination[0] + y) * p.destination[1] + x;
+                        (row - first_row) * cout
+                    });
+                }
+            }
+            let tile = OutputTile {
+                pixels: &pixels,
+                t,
+                tiles,
+                bias,
+            };
+            #[allow(unused_mut)]
+            let mut first = 0;
+            #[cfg(target_arch = "x86_64")]
+            if self.avx2 {
+                // SAFETY: the CPU has AVX2 (checked when the kernel was built).
+                first = unsafe { self.output_avx2(products, &tile, destination) };
+            }
+            for c in first..cout {
+                self.output_channels::<One>(products, &tile, c, destination);
+            }
+        }
+    }
+
+    /// The whole blocks of eight channels of one output tile, with AVX;
+    /// returns the first channel left.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn output_avx2(&self, products: &[f32], tile: &OutputTile, out: &mut [f32]) -> usize {
+        let mut c = 0;
+        while c + Avx::WIDTH <= self.plane.destination_channels {
+            self.output_channels::<Avx>(products, tile, c, out);
+            c += Avx::WIDTH;
+        }
+        c
+    }
+
+    /// The outputs of one tile in channels `c..c + V::WIDTH`.
+    #[inline(always)]
+    fn output_channels<V: Lanes>(
+        &self,
+        products: &[f32],
+        tile: &OutputTile,
+        c: usize,
+        destination: &mut [f32],
+    ) {
+        match self.tile {
+            Tile::F2 => self.output_block::<V, OutputF2, 4, 2>(products, tile, c, destination),
+            Tile::F4 => self.output_block::<V, OutputF4, 6, 4>(products, tile, c, destination),
+        }
+    }
+
+    /// [`Self::output_channels`] with the transform `F` from `A x A`
+    /// products to `M x M` outputs.
+    #[inline(always)]
+    fn output_block<V: Lanes, F: Transform<A, M>, const A: usize, const M: usize>(
+        &self,
+        products: &[f32],
+        tile: &OutputTile,
+        c: usize,
+        destination: &mut [f32],
+    ) {
+        let cout = self.plane.destination_channels;
+        let bias = tile.bias.map_or(V::zero(), |b| V::load(&b[c..]));
+        let mut m = [[V::zero(); A]; A];
+        for (i, row) in m.iter_mut().enumerate() {
+            for (j, lanes) in row.iter_mut().enumerate() {
+                *lanes = V::load(&products[((i * A + j) * tile.tiles + tile.t) * cout + c..]);
+            }
+        }
+        let columns = transform_2d::<V, F, A, M>(m);
+        for (i, pixels) in tile.pixels.iter().enumerate().take(M) {
+            for (column, pixel) in columns.iter().zip(pixels) {
+                if let Some(at) = pixel {
+                    column[i].add(bias).store(&mut destination[at + c..]);
+                }
+            }
+        }
+    }
+}
+
+/// One tile of the source as [`WinogradConv::transform_input`] reads it.
+struct InputTile<'a> {
+    /// Where each position of the (at most 6x6) input tile starts in the
+    /// source, `None` in the padding.
+    pixels: &'a [[Option<usize>; 6]; 6],
+    /// The tile's number in its item.
+    t: usize,
+    /// The item's tiles.
+    tiles: usize,
+}
+
+/// One tile of the destination as [`WinogradConv::transform_output`]
+/// writes it.
+struct OutputTile<'a> {
+    /// Where each output of the (at most 4x4) tile goes, `None` past the
+    /// image's edge.
+    pixels: &'a [[Option<usize>; 4]; 4],
+    /// The tile's number in its item.
+    t: usize,
+    /// The item's tiles.
+    tiles: usize,
+    /// The bias, if the kernel adds one.
+    bias: Option<&'a [f32]>,
+}
+
+/// Whether the CPU has AVX2.
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

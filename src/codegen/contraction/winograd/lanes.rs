@@ -1,0 +1,326 @@
+//! The arithmetic of the Winograd transforms, written once over [`Lanes`]:
+//! a few channels at a time, with AVX ([`Avx`], eight channels) or one by
+//! one ([`One`], the channels left over, and CPUs without AVX2). Both do
+//! the same IEEE operations in the same order on each channel (no fused
+//! multiply-adds), so their results are bitwise the same.
+
+/// Values of consecutive channels, operated on together.
+pub(super) trait Lanes: Copy {
+    /// How many channels.
+    const WIDTH: usize;
+    /// Zeros.
+    fn zero() -> Self;
+    /// The first `WIDTH` values of `values`.
+    fn load(values: &[f32]) -> Self;
+    /// Writes the lanes to the first `WIDTH` places of `out`.
+    fn store(self, out: &mut [f32]);
+    /// Lane-wise `self + other`.
+    fn add(self, other: Self) -> Self;
+    /// Lane-wise `self - other`.
+    fn sub(self, other: Self) -> Self;
+    /// Lane-wise `self * factor`.
+    fn scale(self, factor: f32) -> Self;
+}
+
+/// One channel.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct One(f32);
+
+impl Lanes for One {
+    const WIDTH: usize = 1;
+    #[inline(always)]
+    fn zero() -> One {
+        One(0.0)
+    }
+    #[inline(always)]
+    fn load(values: &[f32]) -> One {
+        One(values[0])
+    }
+    #[inline(always)]
+    fn store(self, out: &mut [f32]) {
+        out[0] = self.0;
+    }
+    #[inline(always)]
+    fn add(self, other: One) -> One {
+        One(self.0 + other.0)
+    }
+    #[inline(always)]
+    fn sub(self, other: One) -> One {
+        One(self.0 - other.0)
+    }
+    #[inline(always)]
+    fn scale(self, factor: f32) -> One {
+        One(self.0 * factor)
+    }
+}
+
+/// Eight channels in an AVX register. Only code compiled for AVX2 (the
+/// kernels' `*_avx2` functions, which run after the CPU was checked)
+/// makes one, which is what makes the intrinsics below sound.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Avx(std::arch::x86_64::__m256);
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx {
+    const WIDTH: usize = 8;
+    #[inline(always)]
+    fn zero() -> Avx {
+        // SAFETY: the CPU has AVX (see the type's comment).
+        Avx(unsafe { std::arch::x86_64::_mm256_setzero_ps() })
+    }
+    #[inline(always)]
+    fn load(values: &[f32]) -> Avx {
+        let values = &values[..8];
+        // SAFETY: eight readable values; the CPU has AVX.
+        Avx(unsafe { std::arch::x86_64::_mm256_loadu_ps(values.as_ptr()) })
+    }
+    #[inline(always)]
+    fn store(self, out: &mut [f32]) {
+        let out = &mut out[..8];
+        // SAFETY: eight writable places; the CPU has AVX.
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(out.as_mut_ptr(), self.0) }
+    }
+    #[inline(always)]
+    fn add(self, other: Avx) -> Avx {
+        // SAFETY: the CPU has AVX.
+        Avx(unsafe { std::arch::x86_64::_mm256_add_ps(self.0, other.0) })
+    }
+    #[inline(always)]
+    fn sub(self, other: Avx) -> Avx {
+        // SAFETY: the CPU has AVX.
+        Avx(unsafe { std::arch::x86_64::_mm256_sub_ps(self.0, other.0) })
+    }
+    #[inline(always)]
+    fn scale(self, factor: f32) -> Avx {
+        // SAFETY: the CPU has AVX.
+        unsafe {
+            let factor = std::arch::x86_64::_mm256_set1_ps(factor);
+            Avx(std::arch::x86_64::_mm256_mul_ps(self.0, factor))
+        }
+    }
+}
+
+/// A 1-D transform: multiplication by an `K x N` matrix, lane by lane.
+/// Each is a type of its own, so that the calls resolve statically and
+/// inline into the code compiled for AVX2.
+pub(super) trait Transform<const N: usize, const K: usize> {
+    /// The matrix times `x`.
+    fn apply<V: Lanes>(x: [V; N]) -> [V; K];
+}
+
+/// `T d Tᵀ` for the matrix `T` of `F`, column by column (element `[j][i]`
+/// is row `i`, column `j`).
+#[inline(always)]
+pub(super) fn transform_2d<V: Lanes, F: Transform<N, K>, const N: usize, const K: usize>(
+    d: [[V; N]; N],
+) -> [[V; K]; K] {
+    // Along each row, then along each column of the result.
+    let mut rows = [[V::zero(); K]; N];
+    for (row, block) in rows.iter_mut().zip(d) {
+        *row = F::apply(block);
+    }
+    let mut columns = [[V::zero(); K]; K];
+    for (j, column) in columns.iter_mut().enumerate() {
+        let mut values = [V::zero(); N];
+        for (value, row) in values.iter_mut().zip(&rows) {
+            *value = row[j];
+        }
+        *column = F::apply(values);
+    }
+    columns
+}
+
+// The transforms of F(2x2, 3x3), interpolating at 0, 1, -1 and infinity:
+// Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; 1/2 1/2 1/2;
+// 1/2 -1/2 1/2; 0 0 1], Aᵀ = [1 1 1 0; 0 1 -1 -1].
+
+/// `Bᵀ d` of F(2x2, 3x3).
+pub(super) struct InputF2;
+
+impl Transform<4, 4> for InputF2 {
+    #[inline(always)]
+    fn apply<V: Lanes>([d0, d1, d2, d3]: [V; 4]) -> [V; 4] {
+        [d0.sub(d2), d1.add(d2), d2.sub(d1), d1.sub(d3)]
+    }
+}
+
+/// `G g` of F(2x2, 3x3).
+pub(super) struct FilterF2;
+
+impl Transform<3, 4> for FilterF2 {
+    #[inline(always)]
+    fn apply<V: Lanes>([g0, g1, g2]: [V; 3]) -> [V; 4] {
+        let (even, odd) = (g0.add(g2).scale(0.5), g1.scale(0.5));
+        [g0, even.add(odd), even.sub(odd), g2]
+    }
+}
+
+/// `Aᵀ m` of F(2x2, 3x3).
+pub(super) struct OutputF2;
+
+impl Transform<4, 2> for OutputF2 {
+    #[inline(always)]
+    fn apply<V: Lanes>([m0, m1, m2, m3]: [V; 4]) -> [V; 2] {
+        [m0.add(m1).add(m2), m1.sub(m2).sub(m3)]
+    }
+}
+
+// The transforms of F(4x4, 3x3), interpolating at 0, ±1, ±2 and infinity:
+// Bᵀ = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0;
+// 0 2 -1 -2 1 0; 0 4 0 -5 0 1], G = [1/4 0 0; -1/6 -1/6 -1/6;
+// -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
+// Aᵀ = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+
+/// `Bᵀ d` of F(4x4, 3x3), sharing the common terms.
+pub(super) struct InputF4;
+
+impl Transform<6, 6> for InputF4 {
+    #[inline(always)]
+    fn apply<V: Lanes>([d0, d1, d2, d3, d4, d5]: [V; 6]) -> [V; 6] {
+        let (a, b) = (d4.sub(d2.scale(4.0)), d3.sub(d1.scale(4.0)));
+        let (c, e) = (d4.sub(d2), d3.sub(d1).scale(2.0));
+        [
+            d0.scale(4.0).sub(d2.scale(5.0)).add(d4),
+            a.add(b),
+            a.sub(b),
+            c.add(e),
+            c.sub(e),
+            d1.scale(4.0).sub(d3.scale(5.0)).add(d5),
+        ]
+    }
+}
+
+/// `G g` of F(4x4, 3x3).
+pub(super) struct FilterF4;
+
+impl Transform<3, 6> for FilterF4 {
+    #[inline(always)]
+    fn apply<V: Lanes>([g0, g1, g2]: [V; 3]) -> [V; 6] {
+        let even = g0.add(g2);
+        let (quarter, half) = (
+            g0.scale(1.0 / 24.0).add(g2.scale(1.0 / 6.0)),
+            g1.scale(1.0 / 12.0),
+        );
+        [
+            g0.scale(0.25),
+            even.add(g1).scale(-1.0 / 6.0),
+            even.sub(g1).scale(-1.0 / 6.0),
+            quarter.add(half),
+            quarter.sub(half),
+            g2,
+        ]
+    }
+}
+
+/// `Aᵀ m` of F(4x4, 3x3), sharing the common terms.
+pub(super) struct OutputF4;
+
+impl Transform<6, 4> for OutputF4 {
+    #[inline(always)]
+    fn apply<V: Lanes>([m0, m1, m2, m3, m4, m5]: [V; 6]) -> [V; 4] {
+        let (s1, d1) = (m1.add(m2), m1.sub(m2));
+        let (s2, d2) = (m3.add(m4), m3.sub(m4));
+        [
+            m0.add(s1).add(s2),
+            d1.add(d2.scale(2.0)),
+            s1.add(s2.scale(4.0)),
+            d1.add(d2.scale(8.0)).add(m5),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small integers, so that the transforms' sums are exact in f32 up to
+    /// the fractions of `G`.
+    fn values(n: usize, seed: usize) -> Vec<One> {
+        (0..n)
+            .map(|i| One(((i * 7 + seed * 13) % 11) as f32 - 5.0))
+            .collect()
+    }
+
+    /// `Aᵀ (G g ⊙ Bᵀ d)` is the correlation of `d` with `g`, in 1-D: the
+    /// identity both tiles rest on.
+    #[test]
+    fn one_dimensional_transforms_compute_the_correlation() {
+        for seed in 0..20 {
+            let g: [One; 3] = values(3, seed).try_into().expect("3 values");
+            let d = values(6, seed + 1);
+            let correlation = |outputs: usize| -> Vec<f32> {
+                (0..outputs)
+                    .map(|i| (0..3).map(|k| d[i + k].0 * g[k].0).sum())
+                    .collect()
+            };
+            let multiply = |u: &[One], v: &[One]| -> Vec<One> {
+                u.iter().zip(v).map(|(u, v)| One(u.0 * v.0)).collect()
+            };
+            let f2 = {
+                let d: [One; 4] = d[..4].try_into().expect("4 values");
+                let product = multiply(&FilterF2::apply(g), &InputF2::apply(d));
+                OutputF2::apply(product.try_into().expect("4 values")).map(|y| y.0)
+            };
+            let f4 = {
+                let d: [One; 6] = d[..6].try_into().expect("6 values");
+                let product = multiply(&FilterF4::apply(g), &InputF4::apply(d));
+                OutputF4::apply(product.try_into().expect("6 values")).map(|y| y.0)
+            };
+            for (actual, expected) in [(f2.to_vec(), correlation(2)), (f4.to_vec(), correlation(4))]
+            {
+                for (a, e) in actual.iter().zip(&expected) {
+                    assert!(
+                        (a - e).abs() <= 1e-4 * e.abs().max(1.0),
+                        "{actual:?} vs {expected:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The AVX lanes compute bitwise what one channel at a time does.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx_lanes_match_one_channel_at_a_time() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let x: Vec<f32> = (0..48).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        // SAFETY: the CPU has AVX2 (checked above).
+        let wide = unsafe { avx_transforms(&x) };
+        for lane in 0..8 {
+            let one: [One; 6] = std::array::from_fn(|i| One(x[i * 8 + lane]));
+            let expected = [
+                InputF4::apply(one),
+                FilterF4::apply([one[0], one[1], one[2]]),
+            ];
+            for (block, values) in expected.iter().enumerate() {
+                for (k, value) in values.iter().enumerate() {
+                    assert_eq!(wide[block][k][lane].to_bits(), value.0.to_bits());
+                }
+            }
+        }
+    }
+
+    /// `input_f4` and `filter_f4` of six rows of eight lanes, with AVX.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx_transforms(x: &[f32]) -> [[[f32; 8]; 6]; 2] {
+        let rows: [Avx; 6] = std::array::from_fn(|i| Avx::load(&x[i * 8..]));
+        let mut out = [[[0.0; 8]; 6]; 2];
+        for (k, value) in InputF4::apply(rows).into_iter().enumerate() {
+            value.store(&mut out[0][k]);
+        }
+        for (k, value) in FilterF4::apply([rows[0], rows[1], rows[2]])
+            .into_iter()
+            .enumerate()
+        {
+            value.store(&mut out[1][k]);
+        }
+        out
+    }
+}

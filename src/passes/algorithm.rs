@@ -1,0 +1,246 @@
+//! Chooses how each convolution computes its product ([`Algorithm`]), by a
+//! cost model over the sizes known at compile time: the forward pass and
+//! the input gradient of a 3x3 stride-1 convolution run as Winograd
+//! convolutions where they cost less than im2col and the GEMM, and the
+//! kernel's transform becomes a step of its own, before the step that
+//! uses it, into a temporary the memory planner places.
+//!
+//! The model counts multiply-adds. The GEMM path does one per tap that
+//! reads the image (taps that only read padding are skipped), per output
+//! position and pair of channels. A Winograd tile does `a²` per pair of
+//! channels for `m²` outputs (whole tiles, so a 7x7 image pays for 8x8);
+//! its transforms of the input and of the products cost
+//! [`TRANSFORM_COST`] multiply-adds per value, which also accounts for
+//! their running at a fraction of the GEMM's speed; and the transformed
+//! kernel costs as much per value each time it is made or read, once by
+//! its own step and once by every work item of the convolution (which is
+//! what makes small images, with few tiles to share it, lose). The
+//! constants, and the speed of each algorithm on the layers of the example
+//! models, are in `docs/performance.md`.
+
+use crate::codegen::axis::Axis;
+use crate::codegen::contraction::winograd::{self, Direction, Tile, WinogradConv};
+use crate::codegen::contraction::ConvShape;
+use crate::plan::{
+    Algorithm, ContractionPass, Geometry, KernelDesc, KernelPlan, PlanError, Role, Step,
+};
+
+/// The cost of transforming one value (of the input, the products or the
+/// kernel), in GEMM multiply-adds.
+const TRANSFORM_COST: f64 = 8.0;
+
+/// Winograd is chosen only when the model puts it at most at this fraction
+/// of the GEMM's cost, so that an error of the model does not choose it
+/// where it barely wins.
+const MARGIN: f64 = 0.8;
+
+/// Gives each convolution whose forward pass or input gradient costs less
+/// as a Winograd convolution that algorithm, with the step that transforms
+/// its kernel just before it; returns how many were chosen, after checking
+/// that the plan still holds every invariant.
+pub fn run(plan: &mut KernelPlan) -> Result<usize, PlanError> {
+    let mut chosen = 0;
+    let mut steps = Vec::with_capacity(plan.steps.len());
+    for mut step in std::mem::take(&mut plan.steps) {
+        if let Some((shape, direction, tile)) = choice(&step.kernel) {
+            let name = format!("{}.winograd", step.kernel.name());
+            let len = tile.points() * shape.in_channels * shape.out_channels;
+            let transformed = plan.buffer(name.clone(), len, Role::Temporary);
+            // Both passes take the layer's kernel as their second argument.
+            steps.push(Step {
+                kernel: KernelDesc::WinogradFilter {
+                    name,
+                    shape,
+                    tile,
+                    direction,
+                },
+                args: vec![step.args[1], transformed],
+                nodes: step.nodes.clone(),
+            });
+            step.args[1] = transformed;
+            if let KernelDesc::Contraction { algorithm, .. } = &mut step.kernel {
+                *algorithm = Algorithm::Winograd(tile);
+            }
+            chosen += 1;
+        }
+        steps.push(step);
+    }
+    plan.steps = steps;
+    plan.verify()?;
+    Ok(chosen)
+}
+
+/// The layer, direction and tile of a convolution step that should run as
+/// a Winograd convolution.
+fn choice(kernel: &KernelDesc) -> Option<(ConvShape, Direction, Tile)> {
+    let KernelDesc::Contraction {
+        geometry: Geometry::Conv(shape),
+        pass,
+        algorithm: Algorithm::Gemm,
+        ..
+    } = kernel
+    else {
+        return None;
+    };
+    let direction = match pass {
+        ContractionPass::Forward { .. } => Direction::Forward,
+        ContractionPass::BackwardData => Direction::BackwardData,
+        ContractionPass::BackwardFilter => return None,
+    };
+    let tile = cheaper(shape, direction)?;
+    Some((*shape, direction, tile))
+}
+
+/// The Winograd tile that costs at most [`MARGIN`] of the GEMM for
+/// `direction` of `shape`, the cheapest if several do.
+pub fn cheaper(shape: &ConvShape, direction: Direction) -> Option<Tile> {
+    if winograd::unsupported(shape).is_some() {
+        return None;
+    }
+    let sizes = Sizes::new(shape, direction)?;
+    let gemm = sizes.gemm();
+    Tile::ALL
+        .into_iter()
+        .filter_map(|tile| {
+            // The items the kernel would be split into, each reading the
+            // whole transformed kernel.
+            let items = WinogradConv::new("cost", shape, tile, direction)
+                .ok()?
+                .domain();
+            Some((tile, sizes.winograd(tile, items)))
+        })
+        .filter(|&(_, cost)| cost <= MARGIN * gemm)
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(tile, _)| tile)
+}
+
+/// What the costs depend on: the convolution as its kernel sees it.
+struct Sizes {
+    batch: f64,
+    /// The layer's output positions per image.
+    positions: usize,
+    /// The destination's height and width.
+    destination: [usize; 2],
+    /// The taps that read the image along each axis.
+    taps: [usize; 2],
+    source_channels: f64,
+    destination_channels: f64,
+}
+
+impl Sizes {
+    fn new(s: &ConvShape, direction: Direction) -> Option<Sizes> {
+        let axis = |i: usize| {
+            let input = [s.height, s.width][i];
+            Axis::new(input, s.kernel[i], s.stride[i], s.dilation[i], s.padding)
+        };
+        let (y, x) = (axis(0)?, axis(1)?);
+        let input = [s.height, s.width];
+        let output = [y.output, x.output];
+        let taps = [y.active_taps().len(), x.active_taps().len()];
+        let (destination, source_channels, destination_channels) = match direction {
+            Direction::Forward => (output, s.in_channels, s.out_channels),
+            Direction::BackwardData => (input, s.out_channels, s.in_channels),
+        };
+        Some(Sizes {
+            batch: s.batch as f64,
+            positions: output[0] * output[1],
+            destination,
+            taps,
+            source_channels: source_channels as f64,
+            destination_channels: destination_channels as f64,
+        })
+    }
+
+    /// The multiply-adds of im2col and the GEMM: every active tap of every
+    /// output position, in both directions (the input gradient's GEMM
+    /// makes the im2col matrix's gradient).
+    fn gemm(&self) -> f64 {
+        let taps = (self.taps[0] * self.taps[1]) as f64;
+        self.batch * self.positions as f64 * taps * self.source_channels * self.destination_channels
+    }
+
+    /// The multiply-adds of a Winograd convolution with `tile` split into
+    /// `items` work items, its transforms included.
+    fn winograd(&self, tile: Tile, items: usize) -> f64 {
+        let m = tile.output();
+        let tiles =
+            self.batch * (self.destination[0].div_ceil(m) * self.destination[1].div_ceil(m)) as f64;
+        let points = tile.points() as f64;
+        let (cin, cout) = (self.source_channels, self.destination_channels);
+        let products = tiles * points * cin * cout;
+        let transforms = tiles * points * (cin + cout);
+        let kernel = points * cin * cout * (1 + items) as f64;
+        products + TRANSFORM_COST * (transforms + kernel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Padding;
+
+    fn conv(size: usize, cin: usize, cout: usize, kernel: usize, stride: usize) -> ConvShape {
+        ConvShape {
+            batch: 32,
+            height: size,
+            width: size,
+            in_channels: cin,
+            out_channels: cout,
+            kernel: [kernel, kernel],
+            stride: [stride, stride],
+            dilation: [1, 1],
+            padding: Padding::Same,
+            bias: true,
+        }
+    }
+
+    #[test]
+    fn large_images_take_the_larger_tile() {
+        for direction in [Direction::Forward, Direction::BackwardData] {
+            assert_eq!(
+                cheaper(&conv(14, 128, 128, 3, 1), direction),
+                Some(Tile::F4)
+            );
+            assert_eq!(cheaper(&conv(56, 64, 64, 3, 1), direction), Some(Tile::F4));
+        }
+    }
+
+    #[test]
+    fn other_kernels_strides_and_one_pixel_images_keep_the_gemm() {
+        assert_eq!(cheaper(&conv(14, 128, 128, 5, 1), Direction::Forward), None);
+        assert_eq!(cheaper(&conv(14, 128, 128, 3, 2), Direction::Forward), None);
+        assert_eq!(cheaper(&conv(14, 128, 128, 1, 1), Direction::Forward), None);
+        // A 1x1 image keeps one tap of nine: the GEMM does a ninth of the work.
+        assert_eq!(cheaper(&conv(1, 512, 512, 3, 1), Direction::Forward), None);
+        let mut dilated = conv(14, 64, 64, 3, 1);
+        dilated.dilation = [2, 2];
+        assert_eq!(cheaper(&dilated, Direction::Forward), None);
+    }
+
+    #[test]
+    fn few_channels_do_not_pay_for_the_transforms() {
+        assert_eq!(cheaper(&conv(28, 1, 64, 3, 1), Direction::Forward), None);
+    }
+
+    /// ResNet-34's fourth stage at 28x28 inputs has 2x2 images: one tile
+    /// each, too few to share the transformed kernel (measured: the GEMM
+    /// runs it 1.4x faster than F(2x2,3x3), `docs/performance.md`).
+    #[test]
+    fn small_images_keep_the_gemm() {
+        for direction in [Direction::Forward, Direction::BackwardData] {
+            assert_eq!(cheaper(&conv(2, 256, 256, 3, 1), direction), None);
+        }
+    }
+
+    #[test]
+    fn active_taps_are_counted() {
+        let sizes = Sizes::new(&conv(1, 8, 8, 3, 1), Direction::Forward).expect("fits");
+        assert_eq!(sizes.taps, [1, 1]);
+        let sizes = Sizes::new(&conv(2, 8, 8, 3, 1), Direction::Forward).expect("fits");
+        assert_eq!(sizes.taps, [3, 3]);
+        let mut valid = conv(5, 8, 8, 3, 1);
+        valid.padding = Padding::Valid;
+        let sizes = Sizes::new(&valid, Direction::BackwardData).expect("fits");
+        assert_eq!((sizes.taps, sizes.destination), ([3, 3], [5, 5]));
+    }
+}
