@@ -3,7 +3,7 @@
 //! layout gives them, in one program with a JIT of its own ([`build`]).
 
 use crate::codegen::contraction::step::{
-    BackwardDataStep, BackwardFilterStep, ForwardStep, WinogradFilterStep, WinogradStep,
+    BackwardDataStep, BackwardFilterStep, ProductStep, WinogradFilterStep,
 };
 use crate::codegen::contraction::winograd::{Direction, WinogradConv, WinogradFilter};
 use crate::codegen::contraction::{ConvBackwardData, ConvBackwardFilter, ConvForward};
@@ -105,7 +105,7 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             };
             let work =
                 shape.batch * shape.height * shape.width * shape.in_channels * shape.out_channels;
-            let step = WinogradStep {
+            let step = ProductStep {
                 kernel,
                 name: name.clone(),
                 epilogue,
@@ -156,10 +156,9 @@ fn contraction(
                 Some(e) => Some(compile_epilogue(jit, e)?),
                 None => None,
             };
-            Box::new(ForwardStep {
+            Box::new(ProductStep {
                 kernel,
                 name: name.to_string(),
-                bias,
                 epilogue,
             })
         }

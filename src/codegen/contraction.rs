@@ -362,6 +362,11 @@ impl ConvForward {
         ConvForward::new(name, &shape.as_conv())
     }
 
+    /// Whether the layer adds a bias (and so the kernel takes a bias buffer).
+    pub fn has_bias(&self) -> bool {
+        self.common.geometry.shape.bias
+    }
+
     /// The number of items.
     pub fn domain(&self) -> usize {
         self.common.geometry.rows.div_ceil(self.rows_per_item)

@@ -5,13 +5,13 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::winograd::{WinogradBuffers, WinogradConv, WinogradFilter};
+use super::winograd::{WinogradConv, WinogradFilter};
 use super::{
     BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData, ConvBackwardFilter, ConvForward,
     Epilogue, ForwardBuffers,
 };
 use crate::codegen::program::Kernel;
-use crate::codegen::CompiledKernel;
+use crate::codegen::{CodegenError, CompiledKernel};
 
 thread_local! {
     /// Each worker's scratch for im2col blocks.
@@ -29,20 +29,88 @@ fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
     })
 }
 
-/// A forward contraction with an optional epilogue. Arguments: `x`, `W`,
-/// `b` (when `bias`), `y`, the epilogue's extra inputs, its extra outputs.
-pub struct ForwardStep {
+/// A kernel that computes a product into output rows from a source, a
+/// kernel buffer and an optional bias, and runs an epilogue on each block
+/// of rows it finishes: the im2col forward pass ([`ConvForward`], dense
+/// layers too) and the Winograd convolutions ([`WinogradConv`]).
+pub trait ProductKernel: Send + Sync {
+    /// The number of work items.
+    fn domain(&self) -> usize;
+    /// The f32s of scratch one thread needs.
+    fn scratch_len(&self) -> usize;
+    /// Whether it takes a bias buffer.
+    fn has_bias(&self) -> bool;
+    /// Runs items `items`.
+    ///
+    /// # Safety
+    /// The contract of the kernel's own `run`.
+    unsafe fn run(
+        &self,
+        buffers: &ForwardBuffers,
+        epilogue: Option<&Epilogue>,
+        scratch: &mut [f32],
+        items: Range<usize>,
+    ) -> Result<(), CodegenError>;
+}
+
+impl ProductKernel for ConvForward {
+    fn domain(&self) -> usize {
+        ConvForward::domain(self)
+    }
+    fn scratch_len(&self) -> usize {
+        ConvForward::scratch_len(self)
+    }
+    fn has_bias(&self) -> bool {
+        ConvForward::has_bias(self)
+    }
+    unsafe fn run(
+        &self,
+        buffers: &ForwardBuffers,
+        epilogue: Option<&Epilogue>,
+        scratch: &mut [f32],
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        // SAFETY: the caller's contract.
+        unsafe { ConvForward::run(self, buffers, epilogue, scratch, items) }
+    }
+}
+
+impl ProductKernel for WinogradConv {
+    fn domain(&self) -> usize {
+        WinogradConv::domain(self)
+    }
+    fn scratch_len(&self) -> usize {
+        WinogradConv::scratch_len(self)
+    }
+    fn has_bias(&self) -> bool {
+        WinogradConv::has_bias(self)
+    }
+    unsafe fn run(
+        &self,
+        buffers: &ForwardBuffers,
+        epilogue: Option<&Epilogue>,
+        scratch: &mut [f32],
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        // SAFETY: the caller's contract.
+        unsafe { WinogradConv::run(self, buffers, epilogue, scratch, items) }
+    }
+}
+
+/// A product with an optional epilogue. Arguments: the source (`x`, or
+/// `dy` for a Winograd input gradient), the kernel (`W`, or the transformed
+/// kernel for Winograd), `b` (when the kernel takes one), the output, the
+/// epilogue's extra inputs, its extra outputs.
+pub struct ProductStep<K> {
     /// The kernel.
-    pub kernel: ConvForward,
+    pub kernel: K,
     /// A name for errors.
     pub name: String,
-    /// Whether the layer has a bias.
-    pub bias: bool,
     /// The compiled epilogue and its numbers of extra inputs and outputs.
     pub epilogue: Option<(CompiledKernel, usize, usize)>,
 }
 
-impl Kernel for ForwardStep {
+impl<K: ProductKernel> Kernel for ProductStep<K> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -55,45 +123,33 @@ impl Kernel for ForwardStep {
         self.kernel.domain()
     }
     unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
-        let output = if self.bias { 3 } else { 2 };
+        let bias = self.kernel.has_bias();
+        let output = if bias { 3 } else { 2 };
         let buffers = ForwardBuffers {
             input: args[0],
             kernel: args[1],
-            bias: self.bias.then(|| args[2].cast_const()),
+            bias: bias.then(|| args[2].cast_const()),
             output: args[output],
         };
-        // SAFETY: the executor bound the buffers the plan lists.
-        let epilogue = unsafe { epilogue(self.epilogue.as_ref(), &args[output + 1..]) };
+        let extra = &args[output + 1..];
+        let epilogue = self.epilogue.as_ref().map(|(kernel, inputs, outputs)| {
+            let inputs: Vec<*const f32> = extra[..*inputs].iter().map(|p| p.cast_const()).collect();
+            // SAFETY: the lowering compiled the epilogue for exactly these
+            // extra buffers, each as long as the output's rows need.
+            unsafe {
+                Epilogue::new(
+                    kernel,
+                    &inputs,
+                    &extra[inputs.len()..inputs.len() + outputs],
+                )
+            }
+        });
         with_scratch(self.kernel.scratch_len(), |scratch| {
             // SAFETY: the executor bound buffers of the planned sizes.
             unsafe { self.kernel.run(&buffers, epilogue.as_ref(), scratch, items) }
         })
         .map_err(|e| e.to_string())
     }
-}
-
-/// The epilogue of a step whose extra arguments (after its output) are
-/// `extra`.
-///
-/// # Safety
-/// `extra` holds the buffers the epilogue was compiled for, in the order
-/// the plan lists them (its extra inputs, then its extra outputs), each as
-/// long as the output's rows need.
-unsafe fn epilogue<'a>(
-    compiled: Option<&'a (CompiledKernel, usize, usize)>,
-    extra: &[*mut f32],
-) -> Option<Epilogue<'a>> {
-    compiled.map(|(kernel, inputs, outputs)| {
-        let inputs: Vec<*const f32> = extra[..*inputs].iter().map(|p| p.cast_const()).collect();
-        // SAFETY: the caller's contract.
-        unsafe {
-            Epilogue::new(
-                kernel,
-                &inputs,
-                &extra[inputs.len()..inputs.len() + outputs],
-            )
-        }
-    })
 }
 
 /// The Winograd transform of a layer's kernel. Arguments: `W`, `U`.
@@ -114,49 +170,6 @@ impl Kernel for WinogradFilterStep {
     unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
         // SAFETY: the executor bound buffers of the planned sizes.
         unsafe { self.kernel.run(args[0], args[1], items) }.map_err(|e| e.to_string())
-    }
-}
-
-/// A Winograd convolution with an optional epilogue. Arguments: the
-/// source, `U`, the bias (when the kernel adds one), the destination, the
-/// epilogue's extra inputs, its extra outputs.
-pub struct WinogradStep {
-    /// The kernel.
-    pub kernel: WinogradConv,
-    /// A name for errors.
-    pub name: String,
-    /// The compiled epilogue and its numbers of extra inputs and outputs.
-    pub epilogue: Option<(CompiledKernel, usize, usize)>,
-}
-
-impl Kernel for WinogradStep {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn clif(&self) -> Option<&str> {
-        self.epilogue
-            .as_ref()
-            .map(|(kernel, _, _)| kernel.clif.as_str())
-    }
-    fn domain(&self) -> usize {
-        self.kernel.domain()
-    }
-    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
-        let bias = self.kernel.has_bias();
-        let output = if bias { 3 } else { 2 };
-        let buffers = WinogradBuffers {
-            input: args[0],
-            kernel: args[1],
-            bias: bias.then(|| args[2].cast_const()),
-            output: args[output],
-        };
-        // SAFETY: the executor bound the buffers the plan lists.
-        let epilogue = unsafe { epilogue(self.epilogue.as_ref(), &args[output + 1..]) };
-        with_scratch(self.kernel.scratch_len(), |scratch| {
-            // SAFETY: the executor bound buffers of the planned sizes.
-            unsafe { self.kernel.run(&buffers, epilogue.as_ref(), scratch, items) }
-        })
-        .map_err(|e| e.to_string())
     }
 }
 
