@@ -429,11 +429,6 @@ impl WinogradConv {
         tile_rows.div_ceil(self.tile_rows_per_item)
     }
 
-    /// The tile used.
-    pub fn tile(&self) -> Tile {
-        self.tile
-    }
-
     /// Whether the kernel adds a bias (and so takes a bias buffer).
     pub fn has_bias(&self) -> bool {
         self.bias
@@ -453,11 +448,6 @@ impl WinogradConv {
     pub fn scratch_len(&self) -> usize {
         let (v, m) = self.scratch_parts(self.max_tiles());
         scratch_for(v + m)
-    }
-
-    /// [`Self::scratch_len`] in bytes.
-    pub fn scratch_bytes(&self) -> usize {
-        self.scratch_len() * 4
     }
 
     /// Runs items `items`.
