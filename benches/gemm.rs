@@ -6,10 +6,11 @@
 //!
 //! Each kernel runs its whole domain on one thread (`1t`), and split in two
 //! halves on a long-lived pool of two threads (`2t`), as the executor will
-//! run it. The 3x3 stride-1 layers also run as Winograd convolutions with
-//! each tile (`forward_f2`, `backward_data_f4`, ...), the kernel's transform
-//! included, at the same nominal FLOPs: the algorithm pass's cost model
-//! (`src/passes/algorithm.rs`) is checked against these.
+//! run it. The 3x3 stride-1 layers also run on Winograd's transforms with
+//! each tile (`forward_f2`, `backward_data_f4`, `backward_filter_f4`, ...),
+//! the kernel's transform included, at the same nominal FLOPs: the
+//! algorithm pass's cost model (`src/passes/algorithm.rs`) is checked
+//! against these.
 //!
 //! ```text
 //! cargo bench --bench gemm                    # everything (several minutes)
@@ -20,7 +21,8 @@ use std::ops::Range;
 use std::time::Duration;
 
 use cnnc::codegen::contraction::winograd::{
-    self, Direction, Tile, WinogradBuffers, WinogradConv, WinogradFilter,
+    self, Direction, Tile, WinogradBackwardFilter, WinogradBuffers, WinogradConv, WinogradFilter,
+    WinogradFilterGradient,
 };
 use cnnc::codegen::contraction::{
     BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData, ConvBackwardFilter, ConvForward,
@@ -184,17 +186,21 @@ fn bench_layer(group: &mut BenchmarkGroup<criterion::measurement::WallTime>, lay
         let name = |pass: &str| format!("{}/{pass}/{threads}t", layer.name);
         if winograd::unsupported(s).is_none() {
             for tile in Tile::ALL {
-                for direction in [Direction::Forward, Direction::BackwardData] {
-                    let (source, output) = match direction {
-                        Direction::Forward => (&x, y.as_mut_ptr()),
-                        Direction::BackwardData => (&dy, dx.as_mut_ptr()),
-                    };
+                let convolutions = [
+                    (Direction::Forward, &x, y.as_mut_ptr()),
+                    (Direction::BackwardData, &dy, dx.as_mut_ptr()),
+                ];
+                for (direction, source, output) in convolutions {
                     let id = format!("{}/{threads}t", winograd_name(direction, tile));
                     group.bench_function(format!("{}/{id}", layer.name), |bench| {
                         let operands = (source.as_slice(), w.as_slice(), b.as_slice());
                         bench_winograd(bench, s, (tile, direction), operands, output, pool)
                     });
                 }
+                let id = winograd_name(Direction::BackwardFilter, tile);
+                group.bench_function(format!("{}/{id}/{threads}t", layer.name), |bench| {
+                    bench_winograd_gradient(bench, s, tile, filter_buffers, pool)
+                });
             }
         }
         group.bench_function(name("forward"), |bench| {
@@ -248,6 +254,7 @@ fn winograd_name(direction: Direction, tile: Tile) -> String {
     let pass = match direction {
         Direction::Forward => "forward",
         Direction::BackwardData => "backward_data",
+        Direction::BackwardFilter => "backward_filter",
     };
     format!("{pass}_f{}", tile.output())
 }
@@ -286,6 +293,45 @@ fn bench_winograd(
             &mut scratch,
             &|items, scratch| unsafe { conv.run(&buffers, None, scratch, items).expect("runs") },
         );
+    });
+}
+
+/// The kernel gradient of `shape` on Winograd's transforms: the
+/// transformed kernel's gradient, then its transform into `dW` (into
+/// `buffers.kernel_grad`), each over its whole domain or in two halves on
+/// `pool`.
+fn bench_winograd_gradient(
+    bench: &mut criterion::Bencher,
+    shape: &ConvShape,
+    tile: Tile,
+    buffers: BackwardFilterBuffers,
+    pool: Option<&rayon::ThreadPool>,
+) {
+    let product = WinogradBackwardFilter::new("du", shape, tile).expect("3x3");
+    let transform = WinogradFilterGradient::new("dw", shape, tile).expect("3x3");
+    let mut du = vec![0.0; transform.transformed_len()];
+    let (du_ptr, dw_ptr) = (du.as_mut_ptr() as usize, buffers.kernel_grad as usize);
+    let buffers = BackwardFilterBuffers {
+        kernel_grad: du.as_mut_ptr(),
+        ..buffers
+    };
+    let mut scratch = [
+        vec![0.0; product.scratch_len()],
+        vec![0.0; product.scratch_len()],
+    ];
+    // SAFETY: the halves are disjoint; the buffers have the kernels' lengths.
+    bench.iter(|| {
+        split(
+            pool,
+            product.domain(),
+            &mut scratch,
+            &|items, scratch| unsafe { product.run(&buffers, scratch, items).expect("runs") },
+        );
+        split(pool, transform.domain(), &mut scratch, &|items, _| unsafe {
+            transform
+                .run(du_ptr as *const f32, dw_ptr as *mut f32, items)
+                .expect("runs")
+        });
     });
 }
 

@@ -24,7 +24,8 @@ pub struct BenchConfig {
     pub threads: usize,
     /// Timed training steps (after one warm-up step).
     pub steps: usize,
-    /// Whether to record the time of every kernel of the training step.
+    /// Whether to record the time of every kernel of the training step and
+    /// of the batch-1 inference.
     pub profile: bool,
 }
 
@@ -53,6 +54,9 @@ pub struct BenchReport {
     pub flops: u64,
     /// When profiling: the training step's kernels and their total time.
     pub profile: Vec<KernelTime>,
+    /// When profiling: the batch-1 inference program's kernels and their
+    /// total time over the latency runs.
+    pub latency_profile: Vec<KernelTime>,
 }
 
 /// One kernel of the training step, as the profile saw it.
@@ -110,10 +114,15 @@ pub fn run(
     let mut single = Inference::new(crate::compile_inference(model, 1)?, store, config.threads)?;
     let one = noise(example);
     single.run(&one)?;
-    let latency = median((0..21).map(|_| {
+    if config.profile {
+        single.executor().enable_profile();
+    }
+    let latency = median((0..LATENCY_RUNS).map(|_| {
         let t = Instant::now();
         single.run(&one).map(|_| t.elapsed())
     }))?;
+    let profile = single.executor().profile().to_vec();
+    let latency_profile = kernel_times(single.plan(), &profile);
 
     Ok(BenchReport {
         model: model.graph.name.clone(),
@@ -127,8 +136,12 @@ pub fn run(
         arena_bytes: (training.arena_bytes, inference.arena_bytes()),
         flops: model.flops(),
         profile: training.profile,
+        latency_profile,
     })
 }
+
+/// How many batch-1 runs the latency is the median of.
+const LATENCY_RUNS: usize = 21;
 
 /// What [`measure_training`] finds.
 struct TrainingFigures {
@@ -265,47 +278,56 @@ impl fmt::Display for BenchReport {
             crate::emit::bytes(self.arena_bytes.1)
         )?;
         if !self.profile.is_empty() {
-            self.write_profile(f)?;
+            let steps = self.config.steps.max(1);
+            write_profile(f, "training step", &self.profile, steps)?;
+        }
+        if !self.latency_profile.is_empty() {
+            write_profile(f, "batch-1 inference", &self.latency_profile, LATENCY_RUNS)?;
         }
         Ok(())
     }
 }
 
-impl BenchReport {
-    /// The 20 slowest kernels of the training step: share, time per step,
-    /// and for a contraction its GFLOP/s, nominal (every tap) and useful
-    /// (padding taps excluded), as if computed directly whatever the
-    /// algorithm (a Winograd kernel's figures can pass the machine's peak).
-    fn write_profile(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let total: Duration = self.profile.iter().map(|k| k.time).sum();
-        let steps = self.config.steps.max(1) as f64;
-        let mut kernels: Vec<&KernelTime> = self.profile.iter().collect();
-        kernels.sort_by_key(|k| std::cmp::Reverse(k.time));
+/// The 20 slowest kernels of a profiled program (`kernels`, their totals
+/// over `runs` runs): share, time per run, and for a contraction its
+/// GFLOP/s, nominal (every tap) and useful (padding taps excluded), as if
+/// computed directly whatever the algorithm (a Winograd kernel's figures
+/// can pass the machine's peak).
+fn write_profile(
+    f: &mut fmt::Formatter<'_>,
+    program: &str,
+    kernels: &[KernelTime],
+    runs: usize,
+) -> fmt::Result {
+    let total: Duration = kernels.iter().map(|k| k.time).sum();
+    let runs = runs as f64;
+    let mut slowest: Vec<&KernelTime> = kernels.iter().collect();
+    slowest.sort_by_key(|k| std::cmp::Reverse(k.time));
+    writeln!(
+        f,
+        "{program} profile (the 20 slowest kernels of {}, {:.3} ms per run in all; GFLOP/s nominal / useful):",
+        kernels.len(),
+        total.as_secs_f64() / runs * 1e3
+    )?;
+    for k in slowest.iter().take(20) {
+        let seconds = k.time.as_secs_f64() / runs;
+        let share = k.time.as_secs_f64() / total.as_secs_f64().max(1e-12) * 100.0;
+        let rates = match k.flops {
+            Some(flops) => {
+                let rate = |n: u64| n as f64 / seconds.max(1e-12) / 1e9;
+                format!("{:6.1} / {:6.1}", rate(flops.nominal), rate(flops.useful))
+            }
+            None => format!("{:>15}", ""),
+        };
         writeln!(
             f,
-            "training step profile (the 20 slowest kernels of {}; GFLOP/s nominal / useful):",
-            self.profile.len()
+            "  {share:5.1}%  {:8.3} ms  {rates}  {}  ({})",
+            seconds * 1e3,
+            k.name,
+            k.method
         )?;
-        for k in kernels.iter().take(20) {
-            let seconds = k.time.as_secs_f64() / steps;
-            let share = k.time.as_secs_f64() / total.as_secs_f64().max(1e-12) * 100.0;
-            let rates = match k.flops {
-                Some(flops) => {
-                    let rate = |n: u64| n as f64 / seconds.max(1e-12) / 1e9;
-                    format!("{:6.1} / {:6.1}", rate(flops.nominal), rate(flops.useful))
-                }
-                None => format!("{:>15}", ""),
-            };
-            writeln!(
-                f,
-                "  {share:5.1}%  {:8.2} ms  {rates}  {}  ({})",
-                seconds * 1e3,
-                k.name,
-                k.method
-            )?;
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 /// The memory a model needs at batch `batch`: weights, and the arena of the

@@ -3,9 +3,12 @@
 //! layout gives them, in one program with a JIT of its own ([`build`]).
 
 use crate::codegen::contraction::step::{
-    BackwardDataStep, BackwardFilterStep, ProductStep, WinogradFilterStep,
+    BackwardDataStep, BackwardFilterStep, ProductStep, WinogradBackwardFilterStep,
+    WinogradFilterGradientStep, WinogradFilterStep,
 };
-use crate::codegen::contraction::winograd::{Direction, WinogradConv, WinogradFilter};
+use crate::codegen::contraction::winograd::{
+    Direction, WinogradBackwardFilter, WinogradConv, WinogradFilter, WinogradFilterGradient,
+};
 use crate::codegen::contraction::{ConvBackwardData, ConvBackwardFilter, ConvForward};
 use crate::codegen::elementwise::Elementwise;
 use crate::codegen::program::{Kernel, Program, RowKernel, Step};
@@ -92,23 +95,48 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             pass,
             algorithm: Algorithm::Winograd(tile),
         } => {
-            let (Geometry::Conv(shape), Some(direction)) = (geometry, direction(pass)) else {
+            let Geometry::Conv(shape) = geometry else {
                 return Err(CodegenError::Malformed {
                     kernel: name.clone(),
                     message: format!("no Winograd algorithm computes {pass:?} of {geometry:?}"),
                 });
+            };
+            let work =
+                shape.batch * shape.height * shape.width * shape.in_channels * shape.out_channels;
+            let direction = match pass {
+                ContractionPass::Forward { .. } => Direction::Forward,
+                ContractionPass::BackwardData => Direction::BackwardData,
+                ContractionPass::BackwardFilter => {
+                    let step = WinogradBackwardFilterStep {
+                        kernel: WinogradBackwardFilter::new(name, shape, *tile)?,
+                        name: name.clone(),
+                    };
+                    return Ok((Box::new(step), work));
+                }
             };
             let kernel = WinogradConv::new(name, shape, *tile, direction)?;
             let epilogue = match pass {
                 ContractionPass::Forward { epilogue: Some(e) } => Some(compile_epilogue(jit, e)?),
                 _ => None,
             };
-            let work =
-                shape.batch * shape.height * shape.width * shape.in_channels * shape.out_channels;
             let step = ProductStep {
                 kernel,
                 name: name.clone(),
                 epilogue,
+            };
+            (Box::new(step), work)
+        }
+        KernelDesc::WinogradFilter {
+            name,
+            shape,
+            tile,
+            direction,
+        } if *direction == Direction::BackwardFilter => {
+            let kernel = WinogradFilterGradient::new(name, shape, *tile)?;
+            let work = kernel.transformed_len();
+            let step = WinogradFilterGradientStep {
+                kernel,
+                name: name.clone(),
             };
             (Box::new(step), work)
         }
@@ -185,15 +213,6 @@ fn contraction(
         }
     };
     Ok((kernel, work))
-}
-
-/// Which convolution of its layer a Winograd kernel computes for `pass`.
-fn direction(pass: &ContractionPass) -> Option<Direction> {
-    match pass {
-        ContractionPass::Forward { .. } => Some(Direction::Forward),
-        ContractionPass::BackwardData => Some(Direction::BackwardData),
-        ContractionPass::BackwardFilter => None,
-    }
 }
 
 /// An epilogue compiled, with its numbers of extra inputs and outputs (its

@@ -13,7 +13,8 @@ mod reference;
 use std::ops::Range;
 
 use cnnc::codegen::contraction::winograd::{
-    self, Direction, Tile, WinogradBuffers, WinogradConv, WinogradFilter,
+    self, Direction, Tile, WinogradBackwardFilter, WinogradBuffers, WinogradConv, WinogradFilter,
+    WinogradFilterGradient,
 };
 use cnnc::codegen::contraction::{
     BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData, ConvBackwardFilter, ConvForward,
@@ -286,7 +287,7 @@ impl Case {
         }
         let source = match direction {
             Direction::Forward => &self.x,
-            Direction::BackwardData => &self.dy,
+            Direction::BackwardData | Direction::BackwardFilter => &self.dy,
         };
         let mut out = vec![f32::NAN; conv.lengths().2];
         let buffers = WinogradBuffers {
@@ -305,6 +306,42 @@ impl Case {
             unsafe { conv.run(&buffers, epilogue, &mut scratch, part) }.expect("runs");
         }
         out
+    }
+
+    /// The kernel and bias gradients on Winograd's transforms with `tile`,
+    /// summing `chunk` tiles at a time (or the kernel's own choice): the
+    /// transformed kernel's gradient, then its transform, each split by
+    /// `split`.
+    fn winograd_backward_filter(
+        &self,
+        tile: Tile,
+        chunk: Option<usize>,
+        split: Split,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let mut product = WinogradBackwardFilter::new("dw", &self.shape, tile).expect("3x3");
+        if let Some(tiles) = chunk {
+            product = product.with_chunk(tiles);
+        }
+        let transform = WinogradFilterGradient::new("dw.g", &self.shape, tile).expect("3x3");
+        let mut du = vec![f32::NAN; product.lengths().2];
+        let mut db = vec![f32::NAN; self.shape.out_channels];
+        let buffers = BackwardFilterBuffers {
+            input: self.x.as_ptr(),
+            output_grad: self.dy.as_ptr(),
+            kernel_grad: du.as_mut_ptr(),
+            bias_grad: self.shape.bias.then_some(db.as_mut_ptr()),
+        };
+        let mut scratch = vec![0.0; product.scratch_len()];
+        for part in split.parts(product.domain()) {
+            // SAFETY: the buffers have the lengths the kernel reports.
+            unsafe { product.run(&buffers, &mut scratch, part) }.expect("runs");
+        }
+        let mut dw = vec![f32::NAN; transform.kernel_len()];
+        for part in split.parts(transform.domain()) {
+            // SAFETY: the buffers have the lengths the kernel reports.
+            unsafe { transform.run(du.as_ptr(), dw.as_mut_ptr(), part) }.expect("runs");
+        }
+        (dw, db)
     }
 
     fn backward_filter(&self, split: Split) -> (Vec<f32>, Vec<f32>) {
@@ -473,21 +510,30 @@ fn backward_filter_matches_the_vjp() {
 }
 
 /// The Winograd kernels, with both tiles: the forward pass against the
-/// reference, the input gradient against the explicit vector-Jacobian
-/// product.
+/// reference, the input and kernel gradients against the explicit
+/// vector-Jacobian product (the kernel gradient summed in one chunk of
+/// tiles and in chunks of 5).
 #[test]
 fn winograd_matches_the_reference_and_the_vjp() {
     let cases = winograd_cases();
     assert!(cases.len() >= 8, "only {} Winograd cases", cases.len());
     for case in &cases {
         let y = case.reference(&case.x, &case.w, case.b.as_deref());
-        let (dx, _, _) = case.vjp();
+        let (dx, dw, db) = case.vjp();
         for tile in Tile::ALL {
             let what = |pass: &str| format!("{pass} {tile:?} of {}", case.name());
             let forward = case.winograd(tile, Direction::Forward, None, Split::Uneven);
             assert_within(&forward, &y, WINOGRAD_RELATIVE, &what("forward"));
             let data = case.winograd(tile, Direction::BackwardData, None, Split::Uneven);
             assert_within(&data, &dx, WINOGRAD_RELATIVE, &what("dx"));
+            for chunk in [None, Some(5)] {
+                let (kernel, bias) = case.winograd_backward_filter(tile, chunk, Split::Uneven);
+                let what = |pass: &str| what(&format!("{pass} in chunks of {chunk:?}"));
+                assert_within(&kernel, &dw, WINOGRAD_RELATIVE, &what("dw"));
+                if case.shape.bias {
+                    assert_within(&bias, &db, RELATIVE, &what("dbias"));
+                }
+            }
         }
     }
 }
@@ -777,7 +823,7 @@ fn winograd_any_split_is_bitwise_identical() {
             });
             let source = match direction {
                 Direction::Forward => &case.x,
-                Direction::BackwardData => &case.dy,
+                Direction::BackwardData | Direction::BackwardFilter => &case.dy,
             };
             let mut out = vec![f32::NAN; whole.len()];
             let buffers = WinogradBuffers {
@@ -797,6 +843,36 @@ fn winograd_any_split_is_bitwise_identical() {
             );
             assert_eq!(bits(&out), bits(&whole), "{tile:?} {direction:?}");
         }
+        let (whole_dw, whole_db) = case.winograd_backward_filter(tile, Some(7), Split::Whole);
+        let product = WinogradBackwardFilter::new("dw", &case.shape, tile)
+            .expect("3x3")
+            .with_chunk(7);
+        let transform = WinogradFilterGradient::new("dw.g", &case.shape, tile).expect("3x3");
+        let mut du = vec![f32::NAN; product.lengths().2];
+        let mut db = vec![f32::NAN; case.shape.out_channels];
+        let buffers = BackwardFilterBuffers {
+            input: case.x.as_ptr(),
+            output_grad: case.dy.as_ptr(),
+            kernel_grad: du.as_mut_ptr(),
+            bias_grad: Some(db.as_mut_ptr()),
+        };
+        in_threads(
+            &uneven(product.domain()),
+            product.scratch_len(),
+            // SAFETY: the parts are disjoint, and the buffers have the
+            // lengths the kernel reports.
+            |items, scratch| unsafe { product.run(&buffers, scratch, items).expect("runs") },
+        );
+        let mut dw = vec![f32::NAN; transform.kernel_len()];
+        let (du_ptr, dw_ptr) = (du.as_ptr() as usize, dw.as_mut_ptr() as usize);
+        // SAFETY: as above.
+        in_threads(&uneven(transform.domain()), 0, |items, _| unsafe {
+            transform
+                .run(du_ptr as *const f32, dw_ptr as *mut f32, items)
+                .expect("runs")
+        });
+        assert_eq!(bits(&dw), bits(&whole_dw), "{tile:?} dw");
+        assert_eq!(bits(&db), bits(&whole_db), "{tile:?} db");
     }
 }
 
@@ -871,7 +947,13 @@ fn malformed_descriptions_are_errors() {
                 mentions,
             );
         }
+        expect_malformed(WinogradBackwardFilter::new("w", &shape, Tile::F2), mentions);
+        expect_malformed(WinogradFilterGradient::new("g", &shape, Tile::F4), mentions);
     }
+    let filter = WinogradFilter::new("u", &good, Tile::F2, Direction::BackwardFilter);
+    expect_malformed(filter, "not a convolution of the layer");
+    let conv = WinogradConv::new("v", &good, Tile::F2, Direction::BackwardFilter);
+    expect_malformed(conv, "not a convolution of the layer");
     let not_winograd = [
         ConvShape {
             kernel: [5, 5],
@@ -891,6 +973,8 @@ fn malformed_descriptions_are_errors() {
         expect_malformed(filter, "3x3 kernel, stride 1 and dilation 1");
         let conv = WinogradConv::new("v", &shape, Tile::F4, Direction::BackwardData);
         expect_malformed(conv, "3x3 kernel, stride 1 and dilation 1");
+        let product = WinogradBackwardFilter::new("w", &shape, Tile::F2);
+        expect_malformed(product, "3x3 kernel, stride 1 and dilation 1");
     }
     let huge = ConvShape {
         batch: 1 << 30,
@@ -969,5 +1053,39 @@ fn bad_winograd_calls_are_errors() {
         };
         expect_malformed(conv.run(&no_bias, None, &mut scratch, 0..domain), "bias");
         expect_malformed(conv.run(&buffers, None, &mut [], 0..domain), "scratch");
+    }
+}
+
+#[test]
+fn bad_winograd_gradient_calls_are_errors() {
+    let case = Case::new([1, 5, 5, 3, 4], [3, 3], [1, 1], [1, 1], Padding::Same, true);
+    let product = WinogradBackwardFilter::new("w", &case.shape, Tile::F4).expect("3x3");
+    let transform = WinogradFilterGradient::new("g", &case.shape, Tile::F4).expect("3x3");
+    let mut du = vec![0.0; product.lengths().2];
+    let mut dw = vec![0.0; transform.kernel_len()];
+    let mut db = vec![0.0; case.shape.out_channels];
+    let buffers = BackwardFilterBuffers {
+        input: case.x.as_ptr(),
+        output_grad: case.dy.as_ptr(),
+        kernel_grad: du.as_mut_ptr(),
+        bias_grad: Some(db.as_mut_ptr()),
+    };
+    let mut scratch = vec![0.0; product.scratch_len()];
+    let domain = product.domain();
+    // SAFETY: the buffers have the lengths the kernels report; every call
+    // is rejected before it touches them.
+    unsafe {
+        expect_malformed(product.run(&buffers, &mut scratch, 0..domain + 1), "domain");
+        let no_bias = BackwardFilterBuffers {
+            bias_grad: None,
+            ..buffers
+        };
+        expect_malformed(product.run(&no_bias, &mut scratch, 0..domain), "bias");
+        expect_malformed(product.run(&buffers, &mut [], 0..domain), "scratch");
+        let beyond = transform.domain() + 1;
+        expect_malformed(
+            transform.run(du.as_ptr(), dw.as_mut_ptr(), 0..beyond),
+            "domain",
+        );
     }
 }

@@ -207,9 +207,12 @@ fn check_outputs(
             .1;
         let expected: Vec<f32> = values[id].iter().copied().collect();
         assert_eq!(ours.len(), expected.len(), "output `{name}`");
+        // Relative to the element, or where it is small (cancellation) to
+        // the outputs' root mean square, as in the kernels' own tests.
+        let rms = (expected.iter().map(|&v| v * v).sum::<f32>() / expected.len() as f32).sqrt();
         for (i, (&a, &b)) in ours.iter().zip(&expected).enumerate() {
             assert!(
-                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                (a - b).abs() <= 1e-4 * b.abs().max(rms).max(1.0),
                 "output `{name}`[{i}]: {a}, reference {b}"
             );
         }
@@ -248,6 +251,34 @@ fn convolutions() {
             conv(3, 3, stride: 2, padding: same)
             conv(2, 2, dilation: 2, use_bias: false)
         }";
+    for mode in BOTH {
+        check(Case::new(source, mode));
+    }
+}
+
+/// A 3x3 layer wide enough that the algorithm pass runs its forward pass,
+/// input gradient and kernel gradient on Winograd's transforms.
+#[test]
+fn winograd_convolutions() {
+    let source = "
+        model m : [16, 16, 32] {
+            conv(32, 3, padding: same)
+            conv(4, 3)
+        }";
+    let program = cnnc::compile_gradients(&compile(source), TRAINING, 3).expect("compiles");
+    let methods: Vec<String> = program
+        .compiled
+        .plan
+        .steps
+        .iter()
+        .map(|s| s.kernel.method())
+        .collect();
+    for pass in ["forward", "backward-data", "backward-filter"] {
+        assert!(
+            methods.contains(&format!("{pass}, winograd F(4x4,3x3)")),
+            "{pass} is not on Winograd's transforms: {methods:?}"
+        );
+    }
     for mode in BOTH {
         check(Case::new(source, mode));
     }

@@ -930,14 +930,20 @@ impl ConvBackwardFilter {
                 std::slice::from_raw_parts_mut(bias_grad, cout),
             )
         };
-        bias_grad.fill(0.0);
-        let mut partial = vec![0.0; cout];
-        for block in output_grad.chunks(BIAS_BLOCK_ROWS * cout) {
-            partial.fill(0.0);
-            block
-                .chunks_exact(cout)
-                .for_each(|row| add_assign(&mut partial, row));
-            add_assign(bias_grad, &partial);
-        }
+        bias_gradient(output_grad, cout, bias_grad);
+    }
+}
+
+/// The bias gradient of an NHWC output gradient with `cout` channels: its
+/// column sums, in blocks of [`BIAS_BLOCK_ROWS`] rows summed in order.
+fn bias_gradient(output_grad: &[f32], cout: usize, bias_grad: &mut [f32]) {
+    bias_grad.fill(0.0);
+    let mut partial = vec![0.0; cout];
+    for block in output_grad.chunks(BIAS_BLOCK_ROWS * cout) {
+        partial.fill(0.0);
+        block
+            .chunks_exact(cout)
+            .for_each(|row| add_assign(&mut partial, row));
+        add_assign(bias_grad, &partial);
     }
 }

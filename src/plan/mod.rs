@@ -92,10 +92,13 @@ pub enum Algorithm {
     /// im2col and the GEMM (the GEMM alone for a 1x1 stride-1 convolution
     /// or a dense layer).
     Gemm,
-    /// Winograd's minimal filtering with this tile, for the forward pass or
-    /// the input gradient of a 3x3 stride-1 convolution: the step's kernel
-    /// buffer is then the transformed kernel, which a
-    /// [`KernelDesc::WinogradFilter`] step writes.
+    /// Winograd's minimal filtering with this tile, for a 3x3 stride-1
+    /// convolution. For the forward pass and the input gradient, the
+    /// step's kernel buffer is then the transformed kernel, which a
+    /// [`KernelDesc::WinogradFilter`] step writes before it; for the kernel
+    /// gradient, the step writes the transformed kernel's gradient instead
+    /// of `dW`, which a [`KernelDesc::WinogradFilter`] step after it
+    /// transforms into `dW`.
     Winograd(Tile),
 }
 
@@ -127,8 +130,10 @@ pub enum KernelDesc {
         algorithm: Algorithm,
     },
     /// The Winograd transform of a 3x3 stride-1 convolution's kernel, for
-    /// its forward pass or its input gradient. Buffers: `W`, the
-    /// transformed kernel.
+    /// its forward pass or its input gradient (buffers: `W`, the
+    /// transformed kernel), or of its kernel gradient (`direction`
+    /// `BackwardFilter`; buffers: the transformed kernel's gradient,
+    /// `dW`).
     WinogradFilter {
         /// A name for errors and profiles.
         name: String,

@@ -9,7 +9,7 @@
 use thiserror::Error;
 
 use super::{Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role};
-use crate::codegen::contraction::winograd::{self, Tile};
+use crate::codegen::contraction::winograd::{self, Direction, Tile};
 use crate::codegen::contraction::ConvShape;
 use crate::codegen::elementwise::{Elementwise, Expr, Operand};
 use crate::codegen::reduce::{Reduce, ReduceKind};
@@ -202,9 +202,17 @@ impl KernelDesc {
                 algorithm,
                 ..
             } => contraction(geometry, pass, *algorithm),
-            KernelDesc::WinogradFilter { shape, tile, .. } => {
+            KernelDesc::WinogradFilter {
+                shape,
+                tile,
+                direction,
+                ..
+            } => {
                 let transformed = winograd_kernel_len(shape, *tile)?;
-                Ok(vec![read(kernel_len(shape)), write(transformed)])
+                Ok(match direction {
+                    Direction::BackwardFilter => vec![read(transformed), write(kernel_len(shape))],
+                    _ => vec![read(kernel_len(shape)), write(transformed)],
+                })
             }
             KernelDesc::Copy(c) => Ok(vec![read(c.rows * c.from.0), write(c.rows * c.to.0)]),
             KernelDesc::Mask(m) => Ok(vec![read(2), write(m.len)]),
@@ -353,9 +361,6 @@ fn contraction(
             params
         }
         ContractionPass::BackwardData => vec![read(y), read(w), write(x)],
-        ContractionPass::BackwardFilter if algorithm != Algorithm::Gemm => {
-            return Err("the kernel gradient has no Winograd algorithm".to_string())
-        }
         ContractionPass::BackwardFilter => {
             let mut params = vec![read(x), read(y), write(w)];
             params.extend(bias.map(write));

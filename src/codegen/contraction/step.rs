@@ -5,7 +5,9 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::winograd::{WinogradConv, WinogradFilter};
+use super::winograd::{
+    WinogradBackwardFilter, WinogradConv, WinogradFilter, WinogradFilterGradient,
+};
 use super::{
     BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData, ConvBackwardFilter, ConvForward,
     Epilogue, ForwardBuffers,
@@ -173,6 +175,28 @@ impl Kernel for WinogradFilterStep {
     }
 }
 
+/// The kernel gradient from the transformed kernel's gradient. Arguments:
+/// `dU`, `dW`.
+pub struct WinogradFilterGradientStep {
+    /// The kernel.
+    pub kernel: WinogradFilterGradient,
+    /// A name for errors.
+    pub name: String,
+}
+
+impl Kernel for WinogradFilterGradientStep {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn domain(&self) -> usize {
+        self.kernel.domain()
+    }
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
+        // SAFETY: the executor bound buffers of the planned sizes.
+        unsafe { self.kernel.run(args[0], args[1], items) }.map_err(|e| e.to_string())
+    }
+}
+
 /// `dx = dy . W^T`. Arguments: `dy`, `W`, `dx`.
 pub struct BackwardDataStep {
     /// The kernel.
@@ -225,6 +249,38 @@ impl Kernel for BackwardFilterStep {
             output_grad: args[1],
             kernel_grad: args[2],
             bias_grad: self.bias.then(|| args[3]),
+        };
+        with_scratch(self.kernel.scratch_len(), |scratch| {
+            // SAFETY: the executor bound buffers of the planned sizes.
+            unsafe { self.kernel.run(&buffers, scratch, items) }
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// The transformed kernel's gradient `dU` and `db`, on Winograd's
+/// transforms. Arguments: `x`, `dy`, `dU`, `db` (when the layer has a
+/// bias).
+pub struct WinogradBackwardFilterStep {
+    /// The kernel.
+    pub kernel: WinogradBackwardFilter,
+    /// A name for errors.
+    pub name: String,
+}
+
+impl Kernel for WinogradBackwardFilterStep {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn domain(&self) -> usize {
+        self.kernel.domain()
+    }
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
+        let buffers = BackwardFilterBuffers {
+            input: args[0],
+            output_grad: args[1],
+            kernel_grad: args[2],
+            bias_grad: self.kernel.has_bias().then(|| args[3]),
         };
         with_scratch(self.kernel.scratch_len(), |scratch| {
             // SAFETY: the executor bound buffers of the planned sizes.

@@ -19,15 +19,24 @@
 //! rotated by 180 degrees and its channels swapped, padded by `2 - p`
 //! where the forward pass was padded by `p` ([`Direction::BackwardData`]).
 //!
-//! Two kernels: [`WinogradFilter`] transforms a layer's kernel into `U`
-//! (its own plan step, so that the memory planner places `U`), and
-//! [`WinogradConv`] runs the rest. Like the im2col kernels, each works over
+//! The kernel gradient is the transpose of the forward computation: for
+//! each pair of channels and each transformed position, `dU = Σ V ⊙ (A dY
+//! Aᵀ)` over the tiles of the batch (one GEMM per position, summing over
+//! the tiles), then `dg = Gᵀ dU G` ([`Direction::BackwardFilter`], in
+//! `gradient.rs`).
+//!
+//! Two kernels for the convolutions: [`WinogradFilter`] transforms a
+//! layer's kernel into `U` (its own plan step, so that the memory planner
+//! places `U`), and [`WinogradConv`] runs the rest. Like the im2col kernels, each works over
 //! a domain of items whose computation does not depend on how the domain
 //! is split, so the results are bitwise the same on any number of threads.
 
 use std::ops::Range;
 
+mod gradient;
 mod lanes;
+
+pub use self::gradient::{WinogradBackwardFilter, WinogradFilterGradient};
 
 #[cfg(target_arch = "x86_64")]
 use self::lanes::Avx;
@@ -89,6 +98,11 @@ pub enum Direction {
     /// The input gradient: the output gradient convolved with the kernel
     /// rotated by 180 degrees, input and output channels swapped.
     BackwardData,
+    /// The kernel gradient: the gradient of the transformed kernel, summed
+    /// over the tiles of the input and of the output gradient
+    /// ([`WinogradBackwardFilter`]), then transformed back into the
+    /// layer's kernel gradient ([`WinogradFilterGradient`]).
+    BackwardFilter,
 }
 
 /// Why a convolution cannot run as a Winograd convolution, or `None` when
@@ -107,6 +121,10 @@ pub fn unsupported(shape: &ConvShape) -> Option<String> {
 /// Target size in f32s of one item's scratch (the transformed input and
 /// the products, 1 MiB): with a slice of `U` it stays in a core's L2.
 const SCRATCH_TARGET: usize = 256 * 1024;
+
+/// The source channels [`WinogradFilter`] transforms together: one cache
+/// line of them.
+const ROWS_PER_BLOCK: usize = 16;
 
 /// How many items a domain aims for, so that threads balance.
 const TARGET_ITEMS: usize = 4;
@@ -139,7 +157,7 @@ impl Plane {
         let output = [g.y.output, g.x.output];
         let before = [g.y.before, g.x.before];
         match direction {
-            Direction::Forward => Plane {
+            Direction::Forward | Direction::BackwardFilter => Plane {
                 batch: s.batch,
                 source: input,
                 destination: output,
@@ -164,6 +182,12 @@ impl Plane {
         self.destination.map(|d| d.div_ceil(tile.output()))
     }
 
+    /// Tiles in the whole batch.
+    fn tile_count(&self, tile: Tile) -> usize {
+        let [down, across] = self.tiles(tile);
+        self.batch * down * across
+    }
+
     fn source_len(&self) -> usize {
         self.batch * self.source[0] * self.source[1] * self.source_channels
     }
@@ -171,6 +195,74 @@ impl Plane {
     fn destination_len(&self) -> usize {
         self.batch * self.destination[0] * self.destination[1] * self.destination_channels
     }
+
+    /// The image and the tile's row in it of tile row `tile_row`, counted
+    /// over the batch.
+    fn image_row(&self, tile: Tile, tile_row: usize) -> (usize, usize) {
+        let tiles_down = self.tiles(tile)[0];
+        (tile_row / tiles_down, tile_row % tiles_down)
+    }
+
+    /// Where each position of the input tile in tile row `tile_row` and
+    /// column `tx` starts in the source, `None` in the padding.
+    fn input_pixels(&self, tile: Tile, tile_row: usize, tx: usize) -> [[Option<usize>; 6]; 6] {
+        let m = tile.output();
+        let (image, ty) = self.image_row(tile, tile_row);
+        let y0 = (ty * m) as i64 - self.pad[0] as i64;
+        let x0 = (tx * m) as i64 - self.pad[1] as i64;
+        let mut pixels = [[None; 6]; 6];
+        for (i, row) in pixels.iter_mut().enumerate() {
+            for (j, pixel) in row.iter_mut().enumerate() {
+                let (y, x) = (y0 + i as i64, x0 + j as i64);
+                let inside = (0..self.source[0] as i64).contains(&y)
+                    && (0..self.source[1] as i64).contains(&x);
+                *pixel = inside.then(|| {
+                    ((image * self.source[0] + y as usize) * self.source[1] + x as usize)
+                        * self.source_channels
+                });
+            }
+        }
+        pixels
+    }
+
+    /// Where each output of the tile in tile row `tile_row` and column
+    /// `tx` lies in the destination, counted from destination row (NHWC
+    /// position) `first_row`; `None` past the image's edge.
+    fn output_pixels(
+        &self,
+        tile: Tile,
+        tile_row: usize,
+        tx: usize,
+        first_row: usize,
+    ) -> [[Option<usize>; 4]; 4] {
+        let m = tile.output();
+        let (image, ty) = self.image_row(tile, tile_row);
+        let mut pixels = [[None; 4]; 4];
+        for (i, row) in pixels.iter_mut().enumerate().take(m) {
+            for (j, pixel) in row.iter_mut().enumerate().take(m) {
+                let (y, x) = (ty * m + i, tx * m + j);
+                *pixel = (y < self.destination[0] && x < self.destination[1]).then(|| {
+                    let row = (image * self.destination[0] + y) * self.destination[1] + x;
+                    (row - first_row) * self.destination_channels
+                });
+            }
+        }
+        pixels
+    }
+}
+
+/// Checks that `direction` is a convolution of the layer (the forward pass
+/// or the input gradient), for the kernels that compute one.
+fn convolution(name: &str, direction: Direction) -> Result<(), CodegenError> {
+    if direction == Direction::BackwardFilter {
+        return Err(CodegenError::Malformed {
+            kernel: name.to_string(),
+            message: "the kernel gradient is not a convolution of the layer: \
+                      WinogradBackwardFilter and WinogradFilterGradient compute it"
+                .to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks `shape`, and the plane of `direction`; `name` names the kernel.
@@ -225,6 +317,7 @@ impl WinogradFilter {
         tile: Tile,
         direction: Direction,
     ) -> Result<WinogradFilter, CodegenError> {
+        convolution(name, direction)?;
         let plane = plane(name, shape, direction)?;
         let transformed_len = transformed_len(name, &plane, tile)?;
         Ok(WinogradFilter {
@@ -273,35 +366,43 @@ impl WinogradFilter {
         }
         // SAFETY: the caller's contract: the kernel is only read.
         let kernel = unsafe { std::slice::from_raw_parts(kernel, self.kernel_len()) };
-        for r in items {
+        // Blocks of rows, each swept a block of channels at a time, so that
+        // the cache lines a block of channels reads (the input gradient's
+        // kernel holds the rows side by side) serve every row of the block.
+        for first_row in items.clone().step_by(ROWS_PER_BLOCK) {
+            let rows = first_row..(first_row + ROWS_PER_BLOCK).min(items.end);
             #[allow(unused_mut)]
             let mut first = 0;
             #[cfg(target_arch = "x86_64")]
             if self.avx2 {
                 // SAFETY: the CPU has AVX2 (checked when the kernel was
                 // built); the rest is the caller's contract.
-                first = unsafe { self.row_avx2(kernel, transformed, r) };
+                first = unsafe { self.rows_avx2(kernel, transformed, rows.clone()) };
             }
             for c in first..self.plane.destination_channels {
-                // SAFETY: the caller's contract.
-                unsafe { self.channels::<One>(kernel, transformed, r, c) };
+                for r in rows.clone() {
+                    // SAFETY: the caller's contract.
+                    unsafe { self.channels::<One>(kernel, transformed, r, c) };
+                }
             }
         }
         Ok(())
     }
 
-    /// The whole blocks of eight destination channels of source channel
-    /// `r`, with AVX; returns the first channel left.
+    /// The whole blocks of eight destination channels of source channels
+    /// `rows`, with AVX; returns the first channel left.
     ///
     /// # Safety
     /// The CPU has AVX2, and the contract of [`Self::run`] holds.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn row_avx2(&self, kernel: &[f32], transformed: *mut f32, r: usize) -> usize {
+    unsafe fn rows_avx2(&self, kernel: &[f32], transformed: *mut f32, rows: Range<usize>) -> usize {
         let mut c = 0;
         while c + Avx::WIDTH <= self.plane.destination_channels {
-            // SAFETY: the caller's contract.
-            unsafe { self.channels::<Avx>(kernel, transformed, r, c) };
+            for r in rows.clone() {
+                // SAFETY: the caller's contract.
+                unsafe { self.channels::<Avx>(kernel, transformed, r, c) };
+            }
             c += Avx::WIDTH;
         }
         c
@@ -340,8 +441,11 @@ impl WinogradFilter {
         for (ky, row) in g.iter_mut().enumerate() {
             for (kx, lanes) in row.iter_mut().enumerate() {
                 *lanes = match self.direction {
-                    // The layer's kernel is [ky][kx][r][c].
-                    Direction::Forward => V::load(&kernel[((ky * 3 + kx) * rows + r) * cols + c..]),
+                    // The layer's kernel is [ky][kx][r][c] (`new` takes
+                    // no BackwardFilter).
+                    Direction::Forward | Direction::BackwardFilter => {
+                        V::load(&kernel[((ky * 3 + kx) * rows + r) * cols + c..])
+                    }
                     // The layer's kernel is [2 - ky][2 - kx][c][r]: its input
                     // channel is this transform's destination.
                     Direction::BackwardData => {
@@ -404,6 +508,7 @@ impl WinogradConv {
         tile: Tile,
         direction: Direction,
     ) -> Result<WinogradConv, CodegenError> {
+        convolution(name, direction)?;
         let plane = plane(name, shape, direction)?;
         let transformed_len = transformed_len(name, &plane, tile)?;
         let tiles = plane.tiles(tile);
@@ -528,8 +633,7 @@ impl WinogradConv {
     fn destination_rows(&self, tile_row: usize) -> Range<usize> {
         let p = &self.plane;
         let m = self.tile.output();
-        let tiles_down = p.tiles(self.tile)[0];
-        let (image, ty) = (tile_row / tiles_down, tile_row % tiles_down);
+        let (image, ty) = p.image_row(self.tile, tile_row);
         let first = image * p.destination[0] + ty * m;
         let last = image * p.destination[0] + (ty * m + m).min(p.destination[0]);
         first * p.destination[1]..last * p.destination[1]
@@ -598,29 +702,14 @@ impl WinogradConv {
     /// them from 0).
     fn transform_input(&self, source: &[f32], tile_rows: Range<usize>, v: &mut [f32]) {
         let p = &self.plane;
-        let [tiles_down, tiles_across] = p.tiles(self.tile);
-        let (m, cin) = (self.tile.output(), p.source_channels);
+        let tiles_across = p.tiles(self.tile)[1];
+        let cin = p.source_channels;
         let tiles = tile_rows.len() * tiles_across;
         for (t, (tile_row, tx)) in tile_rows
             .flat_map(|r| (0..tiles_across).map(move |tx| (r, tx)))
             .enumerate()
         {
-            let (image, ty) = (tile_row / tiles_down, tile_row % tiles_down);
-            let y0 = (ty * m) as i64 - p.pad[0] as i64;
-            let x0 = (tx * m) as i64 - p.pad[1] as i64;
-            // Where each position of the input tile starts in the source;
-            // `None` in the padding.
-            let mut pixels = [[None; 6]; 6];
-            for (i, row) in pixels.iter_mut().enumerate() {
-                for (j, pixel) in row.iter_mut().enumerate() {
-                    let (y, x) = (y0 + i as i64, x0 + j as i64);
-                    let inside = (0..p.source[0] as i64).contains(&y)
-                        && (0..p.source[1] as i64).contains(&x);
-                    *pixel = inside.then(|| {
-                        ((image * p.source[0] + y as usize) * p.source[1] + x as usize) * cin
-                    });
-                }
-            }
+            let pixels = p.input_pixels(self.tile, tile_row, tx);
             let tile = InputTile {
                 pixels: &pixels,
                 t,
@@ -703,26 +792,14 @@ impl WinogradConv {
         destination: &mut [f32],
     ) {
         let p = &self.plane;
-        let [tiles_down, tiles_across] = p.tiles(self.tile);
-        let (m, cout) = (self.tile.output(), p.destination_channels);
+        let tiles_across = p.tiles(self.tile)[1];
+        let cout = p.destination_channels;
         let first_row = self.destination_rows(tile_rows.start).start;
         for (t, (tile_row, tx)) in tile_rows
             .flat_map(|r| (0..tiles_across).map(move |tx| (r, tx)))
             .enumerate()
         {
-            let (image, ty) = (tile_row / tiles_down, tile_row % tiles_down);
-            // Where each output of the tile goes in `destination`; `None`
-            // past the image's edge.
-            let mut pixels = [[None; 4]; 4];
-            for (i, row) in pixels.iter_mut().enumerate().take(m) {
-                for (j, pixel) in row.iter_mut().enumerate().take(m) {
-                    let (y, x) = (ty * m + i, tx * m + j);
-                    *pixel = (y < p.destination[0] && x < p.destination[1]).then(|| {
-                        let row = (image * p.destination[0] + y) * p.destination[1] + x;
-                        (row - first_row) * cout
-                    });
-                }
-            }
+            let pixels = p.output_pixels(self.tile, tile_row, tx, first_row);
             let tile = OutputTile {
                 pixels: &pixels,
                 t,

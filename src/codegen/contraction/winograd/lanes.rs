@@ -101,6 +101,48 @@ impl Lanes for Avx {
     }
 }
 
+/// A computation on the channels `c..c + V::WIDTH` of something, written
+/// once for any [`Lanes`]; [`over_channels`] runs it over all of them.
+/// Its `run` must be `#[inline(always)]`, so that it compiles for AVX2
+/// inside [`over_channels`]'s AVX2 loop.
+pub(super) trait ChannelBlock {
+    /// Computes channels `c..c + V::WIDTH`.
+    fn run<V: Lanes>(&mut self, c: usize);
+}
+
+/// Runs `block` on channels `0..channels`: eight at a time with AVX when
+/// `avx2` says the CPU has it, the rest one by one.
+pub(super) fn over_channels<B: ChannelBlock>(block: &mut B, channels: usize, avx2: bool) {
+    #[allow(unused_mut)]
+    let mut first = 0;
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: the caller checked that the CPU has AVX2.
+        first = unsafe { avx2_blocks(block, channels) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = avx2;
+    for c in first..channels {
+        block.run::<One>(c);
+    }
+}
+
+/// The whole blocks of eight channels of [`over_channels`]; returns the
+/// first channel left.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_blocks<B: ChannelBlock>(block: &mut B, channels: usize) -> usize {
+    let mut c = 0;
+    while c + Avx::WIDTH <= channels {
+        block.run::<Avx>(c);
+        c += Avx::WIDTH;
+    }
+    c
+}
+
 /// A 1-D transform: multiplication by an `K x N` matrix, lane by lane.
 /// Each is a type of its own, so that the calls resolve statically and
 /// inline into the code compiled for AVX2.
@@ -129,6 +171,40 @@ pub(super) fn transform_2d<V: Lanes, F: Transform<N, K>, const N: usize, const K
         *column = F::apply(values);
     }
     columns
+}
+
+/// Row `i` of `T d Tᵀ` for the matrix `T` of `F` (`K x N`): what one work
+/// item of the kernel gradient needs, each item owning one row of the
+/// transformed positions. The row index becomes a constant, so that the
+/// first pass computes only the one output of each column it keeps.
+#[inline(always)]
+pub(super) fn transform_row<V: Lanes, F: Transform<N, K>, const N: usize, const K: usize>(
+    i: usize,
+    d: &[[V; N]; N],
+) -> [V; K] {
+    match i {
+        0 => row_at::<V, F, N, K, 0>(d),
+        1 => row_at::<V, F, N, K, 1>(d),
+        2 => row_at::<V, F, N, K, 2>(d),
+        3 => row_at::<V, F, N, K, 3>(d),
+        4 => row_at::<V, F, N, K, 4>(d),
+        5 => row_at::<V, F, N, K, 5>(d),
+        _ => panic!("a transform has at most 6 rows, not {}", i + 1),
+    }
+}
+
+/// [`transform_row`] for row `I`: down each column (keeping output `I`),
+/// then along the row.
+#[inline(always)]
+fn row_at<V: Lanes, F: Transform<N, K>, const N: usize, const K: usize, const I: usize>(
+    d: &[[V; N]; N],
+) -> [V; K] {
+    let mut row = [V::zero(); N];
+    for (l, value) in row.iter_mut().enumerate() {
+        let column: [V; N] = std::array::from_fn(|k| d[k][l]);
+        *value = F::apply(column)[I];
+    }
+    F::apply(row)
 }
 
 // The transforms of F(2x2, 3x3), interpolating at 0, 1, -1 and infinity:
@@ -163,6 +239,29 @@ impl Transform<4, 2> for OutputF2 {
     #[inline(always)]
     fn apply<V: Lanes>([m0, m1, m2, m3]: [V; 4]) -> [V; 2] {
         [m0.add(m1).add(m2), m1.sub(m2).sub(m3)]
+    }
+}
+
+/// `Gᵀ u` of F(2x2, 3x3): the kernel gradient from the gradient of its
+/// transform.
+pub(super) struct FilterGradF2;
+
+impl Transform<4, 3> for FilterGradF2 {
+    #[inline(always)]
+    fn apply<V: Lanes>([u0, u1, u2, u3]: [V; 4]) -> [V; 3] {
+        let (even, odd) = (u1.add(u2).scale(0.5), u1.sub(u2).scale(0.5));
+        [u0.add(even), odd, even.add(u3)]
+    }
+}
+
+/// `A v` of F(2x2, 3x3): the gradient of the products from that of a
+/// tile's outputs.
+pub(super) struct OutputGradF2;
+
+impl Transform<2, 4> for OutputGradF2 {
+    #[inline(always)]
+    fn apply<V: Lanes>([v0, v1]: [V; 2]) -> [V; 4] {
+        [v0, v0.add(v1), v0.sub(v1), V::zero().sub(v1)]
     }
 }
 
@@ -230,6 +329,36 @@ impl Transform<6, 4> for OutputF4 {
     }
 }
 
+/// `Gᵀ u` of F(4x4, 3x3), sharing the common terms.
+pub(super) struct FilterGradF4;
+
+impl Transform<6, 3> for FilterGradF4 {
+    #[inline(always)]
+    fn apply<V: Lanes>([u0, u1, u2, u3, u4, u5]: [V; 6]) -> [V; 3] {
+        let (s1, d1) = (u1.add(u2), u2.sub(u1));
+        let (s2, d2) = (u3.add(u4), u3.sub(u4));
+        [
+            u0.scale(0.25)
+                .sub(s1.scale(1.0 / 6.0))
+                .add(s2.scale(1.0 / 24.0)),
+            d1.scale(1.0 / 6.0).add(d2.scale(1.0 / 12.0)),
+            s2.sub(s1).scale(1.0 / 6.0).add(u5),
+        ]
+    }
+}
+
+/// `A v` of F(4x4, 3x3), sharing the common terms.
+pub(super) struct OutputGradF4;
+
+impl Transform<4, 6> for OutputGradF4 {
+    #[inline(always)]
+    fn apply<V: Lanes>([v0, v1, v2, v3]: [V; 4]) -> [V; 6] {
+        let (s, d) = (v0.add(v2), v1.add(v3));
+        let (s4, d8) = (v0.add(v2.scale(4.0)), v1.scale(2.0).add(v3.scale(8.0)));
+        [v0, s.add(d), s.sub(d), s4.add(d8), s4.sub(d8), v3]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +404,46 @@ mod tests {
                         "{actual:?} vs {expected:?}"
                     );
                 }
+            }
+        }
+    }
+
+    /// `<T x, y> = <x, Tᵀ y>`: the gradient transforms are the transposes
+    /// of the forward ones.
+    #[test]
+    fn gradient_transforms_are_the_transposes() {
+        fn check<const N: usize, const K: usize>(
+            forward: fn([One; N]) -> [One; K],
+            transposed: fn([One; K]) -> [One; N],
+        ) {
+            for seed in 0..20 {
+                let x: [One; N] = values(N, seed).try_into().expect("N values");
+                let y: [One; K] = values(K, seed + 3).try_into().expect("K values");
+                let dot =
+                    |a: &[One], b: &[One]| -> f32 { a.iter().zip(b).map(|(a, b)| a.0 * b.0).sum() };
+                let (lhs, rhs) = (dot(&forward(x), &y), dot(&x, &transposed(y)));
+                assert!(
+                    (lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0),
+                    "{lhs} vs {rhs}"
+                );
+            }
+        }
+        check::<3, 4>(FilterF2::apply, FilterGradF2::apply);
+        check::<3, 6>(FilterF4::apply, FilterGradF4::apply);
+        check::<4, 2>(OutputF2::apply, OutputGradF2::apply);
+        check::<6, 4>(OutputF4::apply, OutputGradF4::apply);
+    }
+
+    /// One row of the 2-D transform is that row of the whole.
+    #[test]
+    fn a_row_is_the_row_of_the_whole() {
+        let d: [[One; 6]; 6] = std::array::from_fn(|i| values(6, i).try_into().expect("6 values"));
+        let whole = transform_2d::<One, InputF4, 6, 6>(d);
+        // `whole[j][i]` is row `i`, column `j`.
+        for (j, column) in whole.iter().enumerate() {
+            for (i, expected) in column.iter().enumerate() {
+                let value = transform_row::<One, InputF4, 6, 6>(i, &d)[j];
+                assert!((value.0 - expected.0).abs() <= 1e-4 * value.0.abs().max(1.0));
             }
         }
     }

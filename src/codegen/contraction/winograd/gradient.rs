@@ -1,0 +1,494 @@
+//! The kernel gradient of a 3x3 stride-1 convolution by Winograd's
+//! transforms ([`Direction::BackwardFilter`]).
+//!
+//! The forward pass computes `Y = Aᵀ [Σ_r U_r ⊙ V_r] A` for each tile, with
+//! `U = G g Gᵀ` and `V = Bᵀ d B`; it is linear in `U`, and `U` in `g`, so
+//! the kernel gradient is the transpose of each step: the output
+//! gradient's tiles transformed by `A` (`A dY Aᵀ`), multiplied by the
+//! transformed input and summed over every tile of the batch (one GEMM per
+//! transformed position, over the tiles: `dU[ξ] = V[ξ]ᵀ · (A dY Aᵀ)[ξ]`),
+//! then `dg = Gᵀ dU G`. [`WinogradBackwardFilter`] computes `dU` (and the
+//! bias gradient), [`WinogradFilterGradient`] transforms it into the
+//! layer's kernel gradient (its own plan step, so that the memory planner
+//! places `dU`).
+
+use std::ops::Range;
+
+use super::lanes::{
+    over_channels, transform_2d, transform_row, ChannelBlock, FilterGradF2, FilterGradF4, InputF2,
+    InputF4, Lanes, OutputGradF2, OutputGradF4, Transform,
+};
+use super::{has_avx2, plane, transformed_len, Direction, Plane, Tile, SCRATCH_TARGET};
+use crate::codegen::contraction::matmul::{matmul, Operand};
+use crate::codegen::contraction::{
+    bias_gradient, scratch_for, BackwardFilterBuffers, ConvShape, ALIGN_FLOATS,
+};
+use crate::codegen::CodegenError;
+
+/// The buffers of a [`WinogradBackwardFilter`], in the terms of
+/// [`BackwardFilterBuffers`] with `kernel_grad` the gradient of the
+/// transformed kernel (`a²` times both channel counts).
+pub type WinogradGradientBuffers = BackwardFilterBuffers;
+
+/// The fewest tiles a chunk sums at once: the inner dimension of its GEMMs.
+const MIN_CHUNK_TILES: usize = 64;
+
+/// The gradient of the transformed kernel, `dU[ξ][r][c] = Σ_t V[ξ][t][r] ·
+/// (A dY Aᵀ)[ξ][t][c]` over every tile `t` of the batch, and the bias
+/// gradient.
+///
+/// Domain: the rows of the `a x a` transformed positions, then the bias
+/// gradient (when the layer has a bias). Item `i` writes `dU[ξ]` for the
+/// positions of row `i`: it transforms row `i` of every tile's input and
+/// output gradient, a chunk of tiles at a time, and adds each chunk's
+/// products to its rows in order, so the sums do not depend on how the
+/// domain is split.
+#[derive(Debug, Clone)]
+pub struct WinogradBackwardFilter {
+    name: String,
+    plane: Plane,
+    tile: Tile,
+    bias: bool,
+    transformed_len: usize,
+    /// Tiles per chunk.
+    chunk: usize,
+    /// Whether the CPU has AVX2, for the transforms.
+    avx2: bool,
+}
+
+impl WinogradBackwardFilter {
+    /// The kernel-gradient product of convolution `shape` with tile `tile`;
+    /// `name` names it in errors.
+    pub fn new(
+        name: &str,
+        shape: &ConvShape,
+        tile: Tile,
+    ) -> Result<WinogradBackwardFilter, CodegenError> {
+        let plane = plane(name, shape, Direction::BackwardFilter)?;
+        let transformed_len = transformed_len(name, &plane, tile)?;
+        let per_tile = tile.input() * (plane.source_channels + plane.destination_channels);
+        let chunk = (SCRATCH_TARGET / per_tile.max(1))
+            .max(MIN_CHUNK_TILES)
+            .min(plane.tile_count(tile))
+            .max(1);
+        Ok(WinogradBackwardFilter {
+            name: name.to_string(),
+            plane,
+            tile,
+            bias: shape.bias,
+            transformed_len,
+            chunk,
+            avx2: has_avx2(),
+        })
+    }
+
+    /// The same kernel summing `tiles` tiles per chunk (at least 1): the
+    /// sums run in a different order, so the results differ by rounding.
+    /// For tests of the sums over several chunks.
+    pub fn with_chunk(mut self, tiles: usize) -> WinogradBackwardFilter {
+        self.chunk = tiles.clamp(1, self.plane.tile_count(self.tile).max(1));
+        self
+    }
+
+    /// The number of items.
+    pub fn domain(&self) -> usize {
+        self.tile.input() + usize::from(self.bias)
+    }
+
+    /// How many chunks of tiles each row's sums run over.
+    pub fn chunks(&self) -> usize {
+        self.plane.tile_count(self.tile).div_ceil(self.chunk)
+    }
+
+    /// Whether the kernel computes a bias gradient (and so takes a buffer
+    /// for it).
+    pub fn has_bias(&self) -> bool {
+        self.bias
+    }
+
+    /// The lengths in f32s of the input, the output gradient and the
+    /// transformed kernel's gradient.
+    pub fn lengths(&self) -> (usize, usize, usize) {
+        (
+            self.plane.source_len(),
+            self.plane.destination_len(),
+            self.transformed_len,
+        )
+    }
+
+    /// The f32s of scratch one thread needs to run any range of items.
+    pub fn scratch_len(&self) -> usize {
+        let (v, m) = self.scratch_parts(self.chunk);
+        scratch_for(v + m)
+    }
+
+    /// Runs items `items`.
+    ///
+    /// # Safety
+    /// Each buffer must hold the f32s [`Self::lengths`] gives (the bias
+    /// gradient the output channels); the gradients must not overlap the
+    /// other buffers or each other. Calls running at the same time on the
+    /// same gradients must be given disjoint item ranges.
+    pub unsafe fn run(
+        &self,
+        buffers: &WinogradGradientBuffers,
+        scratch: &mut [f32],
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        let malformed = |message: String| CodegenError::Malformed {
+            kernel: self.name.clone(),
+            message,
+        };
+        if items.start > items.end || items.end > self.domain() {
+            return Err(malformed(format!(
+                "items {items:?} are not in the domain 0..{}",
+                self.domain()
+            )));
+        }
+        if buffers.bias_grad.is_some() != self.bias {
+            return Err(malformed(format!(
+                "the layer {} a bias, but the call {} a buffer for its gradient",
+                if self.bias { "has" } else { "has no" },
+                if buffers.bias_grad.is_some() {
+                    "passes"
+                } else {
+                    "passes no"
+                },
+            )));
+        }
+        if scratch.len() < self.scratch_len() {
+            return Err(malformed(format!(
+                "the scratch buffer holds {} f32s; the kernel needs {}",
+                scratch.len(),
+                self.scratch_len()
+            )));
+        }
+        let skip = scratch.as_ptr().align_offset(ALIGN_FLOATS * 4);
+        let scratch = &mut scratch[skip.min(ALIGN_FLOATS)..][..self.scratch_len() - ALIGN_FLOATS];
+        let p = &self.plane;
+        // SAFETY: the caller's contract: both are only read.
+        let (input, output_grad) = unsafe {
+            (
+                std::slice::from_raw_parts(buffers.input, p.source_len()),
+                std::slice::from_raw_parts(buffers.output_grad, p.destination_len()),
+            )
+        };
+        for item in items {
+            match buffers.bias_grad {
+                Some(bias_grad) if item == self.tile.input() => {
+                    let cout = p.destination_channels;
+                    // SAFETY: the bias gradient holds `cout` f32s and
+                    // belongs to this item alone.
+                    let bias_grad = unsafe { std::slice::from_raw_parts_mut(bias_grad, cout) };
+                    bias_gradient(output_grad, cout, bias_grad);
+                }
+                // SAFETY: the caller's contract, passed on.
+                _ => unsafe { self.row(input, output_grad, buffers.kernel_grad, scratch, item) },
+            }
+        }
+        Ok(())
+    }
+
+    /// The f32s of the transformed input's and output gradient's rows for
+    /// `tiles` tiles, each rounded up to whole 64-byte lines.
+    fn scratch_parts(&self, tiles: usize) -> (usize, usize) {
+        let a = self.tile.input();
+        let v = (a * tiles * self.plane.source_channels).next_multiple_of(ALIGN_FLOATS);
+        let m = (a * tiles * self.plane.destination_channels).next_multiple_of(ALIGN_FLOATS);
+        (v, m)
+    }
+
+    /// Row `i` of `dU`: chunk by chunk, the rows of the transforms, then
+    /// one product per position of the row, added to the earlier chunks'.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`], with `i < a`; `scratch` holds
+    /// `scratch_len() - ALIGN_FLOATS` f32s.
+    unsafe fn row(
+        &self,
+        input: &[f32],
+        output_grad: &[f32],
+        transformed_grad: *mut f32,
+        scratch: &mut [f32],
+        i: usize,
+    ) {
+        let p = &self.plane;
+        let a = self.tile.input();
+        let (cin, cout) = (p.source_channels, p.destination_channels);
+        let total = p.tile_count(self.tile);
+        for (n, first) in (0..total).step_by(self.chunk).enumerate() {
+            let tiles = first..(first + self.chunk).min(total);
+            let count = tiles.len();
+            let (v_len, _) = self.scratch_parts(count);
+            let (v, m) = scratch.split_at_mut(v_len);
+            self.transform(input, &tiles, i, v, Side::Input);
+            self.transform(output_grad, &tiles, i, m, Side::OutputGrad);
+            for j in 0..a {
+                let lhs = Operand::transposed(v[j * count * cin..].as_ptr(), cin);
+                let rhs = Operand::rows(m[j * count * cout..].as_ptr(), cout);
+                // SAFETY: position `(i, j)` of `dU` belongs to this item
+                // alone and holds `cin * cout` f32s; the operands are this
+                // position's blocks of the scratch.
+                unsafe {
+                    matmul(
+                        (cin, cout, count),
+                        transformed_grad.add((i * a + j) * cin * cout),
+                        cout,
+                        lhs,
+                        rhs,
+                        n > 0,
+                    )
+                };
+            }
+        }
+    }
+
+    /// Row `i` of the transform of `side` for the tiles `tiles` (counted
+    /// over the batch), into `out[j][t][c]` (`t` counts the tiles from 0).
+    fn transform(
+        &self,
+        values: &[f32],
+        tiles: &Range<usize>,
+        i: usize,
+        out: &mut [f32],
+        side: Side,
+    ) {
+        let p = &self.plane;
+        let across = p.tiles(self.tile)[1];
+        let channels = match side {
+            Side::Input => p.source_channels,
+            Side::OutputGrad => p.destination_channels,
+        };
+        for (t, tile) in tiles.clone().enumerate() {
+            let (tile_row, tx) = (tile / across, tile % across);
+            let mut block = RowBlock {
+                values,
+                out: &mut *out,
+                input: p.input_pixels(self.tile, tile_row, tx),
+                output: p.output_pixels(self.tile, tile_row, tx, 0),
+                tile: self.tile,
+                side,
+                row: i,
+                t,
+                tiles: tiles.len(),
+                channels,
+            };
+            over_channels(&mut block, channels, self.avx2);
+        }
+    }
+}
+
+/// Which tensor [`WinogradBackwardFilter::transform`] transforms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The layer's input: `Bᵀ d B` of the `a x a` input tile.
+    Input,
+    /// The output gradient: `A dY Aᵀ` of the `m x m` output tile.
+    OutputGrad,
+}
+
+/// One tile's row of a transform, a block of channels at a time.
+struct RowBlock<'a> {
+    values: &'a [f32],
+    out: &'a mut [f32],
+    /// Where the input tile's positions are, for [`Side::Input`].
+    input: [[Option<usize>; 6]; 6],
+    /// Where the output tile's positions are, for [`Side::OutputGrad`].
+    output: [[Option<usize>; 4]; 4],
+    tile: Tile,
+    side: Side,
+    row: usize,
+    t: usize,
+    tiles: usize,
+    channels: usize,
+}
+
+impl ChannelBlock for RowBlock<'_> {
+    #[inline(always)]
+    fn run<V: Lanes>(&mut self, c: usize) {
+        match (self.side, self.tile) {
+            (Side::Input, Tile::F2) => self.input::<V, InputF2, 4>(c),
+            (Side::Input, Tile::F4) => self.input::<V, InputF4, 6>(c),
+            (Side::OutputGrad, Tile::F2) => self.output_grad::<V, OutputGradF2, 2, 4>(c),
+            (Side::OutputGrad, Tile::F4) => self.output_grad::<V, OutputGradF4, 4, 6>(c),
+        }
+    }
+}
+
+impl RowBlock<'_> {
+    /// Row `row` of `Bᵀ d B` for channels `c..c + V::WIDTH`.
+    #[inline(always)]
+    fn input<V: Lanes, F: Transform<A, A>, const A: usize>(&mut self, c: usize) {
+        let mut d = [[V::zero(); A]; A];
+        for (row, pixels) in d.iter_mut().zip(&self.input) {
+            for (lanes, pixel) in row.iter_mut().zip(pixels) {
+                if let Some(at) = pixel {
+                    *lanes = V::load(&self.values[at + c..]);
+                }
+            }
+        }
+        let row = transform_row::<V, F, A, A>(self.row, &d);
+        self.store(&row, c);
+    }
+
+    /// Row `row` of `A dY Aᵀ` for channels `c..c + V::WIDTH`.
+    #[inline(always)]
+    fn output_grad<V: Lanes, F: Transform<M, A>, const M: usize, const A: usize>(
+        &mut self,
+        c: usize,
+    ) {
+        let mut dy = [[V::zero(); M]; M];
+        for (row, pixels) in dy.iter_mut().zip(&self.output) {
+            for (lanes, pixel) in row.iter_mut().zip(pixels) {
+                if let Some(at) = pixel {
+                    *lanes = V::load(&self.values[at + c..]);
+                }
+            }
+        }
+        let row = transform_row::<V, F, M, A>(self.row, &dy);
+        self.store(&row, c);
+    }
+
+    /// Stores position `(row, j)` of the tile at `out[j][t][c..]`.
+    #[inline(always)]
+    fn store<V: Lanes, const A: usize>(&mut self, row: &[V; A], c: usize) {
+        for (j, value) in row.iter().enumerate() {
+            value.store(&mut self.out[(j * self.tiles + self.t) * self.channels + c..]);
+        }
+    }
+}
+
+/// The kernel gradient from the transformed kernel's gradient: `dg[r][c] =
+/// Gᵀ dU[·][r][c] G` for every pair of channels, into the layer's kernel
+/// gradient `[3, 3, in, out]`.
+///
+/// Domain: the input channels; item `r` writes `dg[·][r][·]`.
+#[derive(Debug, Clone)]
+pub struct WinogradFilterGradient {
+    name: String,
+    plane: Plane,
+    tile: Tile,
+    transformed_len: usize,
+    /// Whether the CPU has AVX2.
+    avx2: bool,
+}
+
+impl WinogradFilterGradient {
+    /// The transform of the kernel gradient of convolution `shape` with
+    /// tile `tile`; `name` names it in errors.
+    pub fn new(
+        name: &str,
+        shape: &ConvShape,
+        tile: Tile,
+    ) -> Result<WinogradFilterGradient, CodegenError> {
+        let plane = plane(name, shape, Direction::BackwardFilter)?;
+        let transformed_len = transformed_len(name, &plane, tile)?;
+        Ok(WinogradFilterGradient {
+            name: name.to_string(),
+            plane,
+            tile,
+            transformed_len,
+            avx2: has_avx2(),
+        })
+    }
+
+    /// The number of items.
+    pub fn domain(&self) -> usize {
+        self.plane.source_channels
+    }
+
+    /// The length in f32s of the layer's kernel gradient.
+    pub fn kernel_len(&self) -> usize {
+        9 * self.plane.source_channels * self.plane.destination_channels
+    }
+
+    /// The length in f32s of the transformed kernel's gradient.
+    pub fn transformed_len(&self) -> usize {
+        self.transformed_len
+    }
+
+    /// Transforms the rows `items` of `transformed_grad`
+    /// (`transformed_len()` f32s) into `kernel_grad` (`kernel_len()`
+    /// f32s).
+    ///
+    /// # Safety
+    /// The buffers hold the f32s given above and do not overlap; calls
+    /// running at the same time on the same output must be given disjoint
+    /// item ranges.
+    pub unsafe fn run(
+        &self,
+        transformed_grad: *const f32,
+        kernel_grad: *mut f32,
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        if items.start > items.end || items.end > self.domain() {
+            return Err(CodegenError::Malformed {
+                kernel: self.name.clone(),
+                message: format!("items {items:?} are not in the domain 0..{}", self.domain()),
+            });
+        }
+        // SAFETY: the caller's contract: the transformed gradient is only
+        // read.
+        let transformed =
+            unsafe { std::slice::from_raw_parts(transformed_grad, self.transformed_len) };
+        for r in items {
+            let mut block = GradientBlock {
+                transformed,
+                kernel_grad,
+                tile: self.tile,
+                rows: self.plane.source_channels,
+                cols: self.plane.destination_channels,
+                r,
+            };
+            over_channels(&mut block, self.plane.destination_channels, self.avx2);
+        }
+        Ok(())
+    }
+}
+
+/// One input channel's row of [`WinogradFilterGradient`], a block of
+/// output channels at a time.
+struct GradientBlock<'a> {
+    transformed: &'a [f32],
+    kernel_grad: *mut f32,
+    tile: Tile,
+    rows: usize,
+    cols: usize,
+    r: usize,
+}
+
+impl ChannelBlock for GradientBlock<'_> {
+    #[inline(always)]
+    fn run<V: Lanes>(&mut self, c: usize) {
+        match self.tile {
+            Tile::F2 => self.block::<V, FilterGradF2, 4>(c),
+            Tile::F4 => self.block::<V, FilterGradF4, 6>(c),
+        }
+    }
+}
+
+impl GradientBlock<'_> {
+    /// `Gᵀ dU G` for output channels `c..c + V::WIDTH`.
+    #[inline(always)]
+    fn block<V: Lanes, F: Transform<A, 3>, const A: usize>(&mut self, c: usize) {
+        let (rows, cols, r) = (self.rows, self.cols, self.r);
+        let mut du = [[V::zero(); A]; A];
+        for (k, row) in du.iter_mut().enumerate() {
+            for (l, lanes) in row.iter_mut().enumerate() {
+                *lanes = V::load(&self.transformed[((k * A + l) * rows + r) * cols + c..]);
+            }
+        }
+        let columns = transform_2d::<V, F, A, 3>(du);
+        for ky in 0..3 {
+            for (kx, column) in columns.iter().enumerate() {
+                let at = ((ky * 3 + kx) * rows + r) * cols + c;
+                // SAFETY: row `r` of every tap belongs to this item alone
+                // (the contract of `run`), and `at + V::WIDTH` is at most
+                // the kernel gradient's length.
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(self.kernel_grad.add(at), V::WIDTH) };
+                column[ky].store(out);
+            }
+        }
+    }
+}
