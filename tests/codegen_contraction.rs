@@ -37,6 +37,15 @@ const RELATIVE: f64 = 1e-4;
 /// for F(2x2, 3x3), against 9.5e-7 for the im2col kernels.
 const WINOGRAD_RELATIVE: f64 = 1e-4;
 
+/// The tolerance of the Winograd kernel gradients. Theirs sums over every
+/// tile of the batch the products of the output gradient transformed by
+/// `A` (whose 2-D entries reach 64 for F(4x4, 3x3)) and the transformed
+/// input, then transforms back by `Gᵀ`: the largest error measured over
+/// these cases is 7.4e-5 for F(4x4, 3x3) (one input channel, 48x48
+/// images) and 5.5e-6 for F(2x2, 3x3). Other CPUs run the GEMM's other
+/// micro-kernels, hence the margin.
+const WINOGRAD_GRADIENT_RELATIVE: f64 = 3e-4;
+
 /// A small deterministic generator of test data in [lo, hi).
 fn data(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
     let mut state = seed
@@ -529,7 +538,7 @@ fn winograd_matches_the_reference_and_the_vjp() {
             for chunk in [None, Some(5)] {
                 let (kernel, bias) = case.winograd_backward_filter(tile, chunk, Split::Uneven);
                 let what = |pass: &str| what(&format!("{pass} in chunks of {chunk:?}"));
-                assert_within(&kernel, &dw, WINOGRAD_RELATIVE, &what("dw"));
+                assert_within(&kernel, &dw, WINOGRAD_GRADIENT_RELATIVE, &what("dw"));
                 if case.shape.bias {
                     assert_within(&bias, &db, RELATIVE, &what("dbias"));
                 }
