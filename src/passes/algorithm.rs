@@ -271,6 +271,11 @@ mod tests {
             cheaper(&conv(7, 256, 256, 3, 1), Direction::BackwardFilter),
             Some(Tile::F4)
         );
+        // ResNet's 2x2 stage: F(2x2) measured 1.18x the GEMM, F(4x4) 0.31x.
+        assert_eq!(
+            cheaper(&conv(2, 256, 256, 3, 1), Direction::BackwardFilter),
+            Some(Tile::F2)
+        );
         assert_eq!(
             cheaper(&conv(1, 512, 512, 3, 1), Direction::BackwardFilter),
             None
