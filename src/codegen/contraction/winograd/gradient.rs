@@ -33,9 +33,11 @@ pub type WinogradGradientBuffers = BackwardFilterBuffers;
 /// The fewest tiles a chunk sums at once: the inner dimension of its GEMMs.
 const MIN_CHUNK_TILES: usize = 64;
 
-/// The gradient of the transformed kernel, `dU[ξ][r][c] = Σ_t V[ξ][t][r] ·
+/// The gradient of the transformed kernel, `dU[r][ξ][c] = Σ_t V[ξ][t][r] ·
 /// (A dY Aᵀ)[ξ][t][c]` over every tile `t` of the batch, and the bias
-/// gradient.
+/// gradient. `dU` keeps the positions of one input channel together (unlike
+/// the forward pass's `U[ξ][r][c]`), so that [`WinogradFilterGradient`]
+/// reads each input channel's `a² x out` block in one sequential sweep.
 ///
 /// Domain: the rows of the `a x a` transformed positions, then the bias
 /// gradient (when the layer has a bias). Item `i` writes `dU[ξ]` for the
@@ -226,14 +228,14 @@ impl WinogradBackwardFilter {
             for j in 0..a {
                 let lhs = Operand::transposed(v[j * count * cin..].as_ptr(), cin);
                 let rhs = Operand::rows(m[j * count * cout..].as_ptr(), cout);
-                // SAFETY: position `(i, j)` of `dU` belongs to this item
-                // alone and holds `cin * cout` f32s; the operands are this
-                // position's blocks of the scratch.
+                // SAFETY: position `(i, j)` of `dU` (its `cin` rows of `cout`
+                // f32s, `a² * cout` apart) belongs to this item alone; the
+                // operands are this position's blocks of the scratch.
                 unsafe {
                     matmul(
                         (cin, cout, count),
-                        transformed_grad.add((i * a + j) * cin * cout),
-                        cout,
+                        transformed_grad.add((i * a + j) * cout),
+                        a * a * cout,
                         lhs,
                         rhs,
                         n > 0,
@@ -359,7 +361,7 @@ impl RowBlock<'_> {
 }
 
 /// The kernel gradient from the transformed kernel's gradient: `dg[r][c] =
-/// Gᵀ dU[·][r][c] G` for every pair of channels, into the layer's kernel
+/// Gᵀ dU[r][·][c] G` for every pair of channels, into the layer's kernel
 /// gradient `[3, 3, in, out]`.
 ///
 /// Domain: the input channels; item `r` writes `dg[·][r][·]`.
@@ -475,7 +477,7 @@ impl GradientBlock<'_> {
         let mut du = [[V::zero(); A]; A];
         for (k, row) in du.iter_mut().enumerate() {
             for (l, lanes) in row.iter_mut().enumerate() {
-                *lanes = V::load(&self.transformed[((k * A + l) * rows + r) * cols + c..]);
+                *lanes = V::load(&self.transformed[((r * A + k) * A + l) * cols + c..]);
             }
         }
         let columns = transform_2d::<V, F, A, 3>(du);
