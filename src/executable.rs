@@ -3,8 +3,8 @@
 //! layout gives them, in one program with a JIT of its own ([`build`]).
 
 use crate::codegen::contraction::step::{
-    BackwardDataStep, BackwardFilterStep, ProductStep, WinogradBackwardFilterStep,
-    WinogradFilterGradientStep, WinogradFilterStep,
+    BackwardDataStep, BackwardFilterStep, ProductStep, WinogradFilterGradientStep,
+    WinogradFilterStep,
 };
 use crate::codegen::contraction::winograd::{
     Direction, WinogradBackwardFilter, WinogradConv, WinogradFilter, WinogradFilterGradient,
@@ -107,7 +107,7 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
                 ContractionPass::Forward { .. } => Direction::Forward,
                 ContractionPass::BackwardData => Direction::BackwardData,
                 ContractionPass::BackwardFilter => {
-                    let step = WinogradBackwardFilterStep {
+                    let step = BackwardFilterStep {
                         kernel: WinogradBackwardFilter::new(name, shape, *tile)?,
                         name: name.clone(),
                     };
@@ -167,12 +167,9 @@ fn contraction(
     geometry: &Geometry,
     pass: &ContractionPass,
 ) -> Result<(Box<dyn Kernel>, usize), CodegenError> {
-    let (bias, work) = match geometry {
-        Geometry::Conv(s) => (
-            s.bias,
-            s.batch * s.height * s.width * s.in_channels * s.out_channels,
-        ),
-        Geometry::Dense(s) => (s.bias, s.rows * s.inputs * s.units),
+    let work = match geometry {
+        Geometry::Conv(s) => s.batch * s.height * s.width * s.in_channels * s.out_channels,
+        Geometry::Dense(s) => s.rows * s.inputs * s.units,
     };
     let kernel: Box<dyn Kernel> = match pass {
         ContractionPass::Forward { epilogue } => {
@@ -208,7 +205,6 @@ fn contraction(
             Box::new(BackwardFilterStep {
                 kernel,
                 name: name.to_string(),
-                bias,
             })
         }
     };

@@ -258,13 +258,6 @@ impl Common {
         })
     }
 
-    fn malformed(&self, message: String) -> CodegenError {
-        CodegenError::Malformed {
-            kernel: self.name.clone(),
-            message,
-        }
-    }
-
     /// Checks a call's items, bias buffer (`None` for a kernel that takes
     /// none) and scratch; returns the scratch from its first 64-byte
     /// boundary on.
@@ -276,24 +269,56 @@ impl Common {
         scratch: &'s mut [f32],
         scratch_len: usize,
     ) -> Result<&'s mut [f32], CodegenError> {
+        let call = Call {
+            name: &self.name,
+            domain,
+            bias: bias_given.map(|given| (self.geometry.shape.bias, given)),
+            scratch_len,
+        };
+        call.check(items, scratch)
+    }
+}
+
+/// What a kernel's `run` checks of a call, and against what.
+struct Call<'a> {
+    /// The kernel's name, for the error.
+    name: &'a str,
+    /// The kernel's domain.
+    domain: usize,
+    /// Whether the kernel takes a bias buffer and whether the call passes
+    /// one; `None` for a kernel that never takes one.
+    bias: Option<(bool, bool)>,
+    /// The scratch the kernel needs, with room to align it.
+    scratch_len: usize,
+}
+
+impl Call<'_> {
+    /// Checks the call's items, bias buffer and scratch; returns the
+    /// scratch from its first 64-byte boundary on.
+    fn check<'s>(
+        &self,
+        items: &Range<usize>,
+        scratch: &'s mut [f32],
+    ) -> Result<&'s mut [f32], CodegenError> {
+        let malformed = |message: String| CodegenError::Malformed {
+            kernel: self.name.to_string(),
+            message,
+        };
+        let (domain, scratch_len) = (self.domain, self.scratch_len);
         if items.start > items.end || items.end > domain {
-            return Err(
-                self.malformed(format!("items {items:?} are not in the domain 0..{domain}"))
-            );
+            return Err(malformed(format!(
+                "items {items:?} are not in the domain 0..{domain}"
+            )));
         }
-        if let Some(bias_given) = bias_given.filter(|&given| given != self.geometry.shape.bias) {
-            return Err(self.malformed(format!(
-                "the layer {} a bias, but the call {} one",
-                if self.geometry.shape.bias {
-                    "has"
-                } else {
-                    "has no"
-                },
-                if bias_given { "passes" } else { "passes no" },
+        if let Some((takes, given)) = self.bias.filter(|(takes, given)| takes != given) {
+            return Err(malformed(format!(
+                "the kernel {} a bias buffer, but the call {} one",
+                if takes { "takes" } else { "takes no" },
+                if given { "passes" } else { "passes no" },
             )));
         }
         if scratch.len() < scratch_len {
-            return Err(self.malformed(format!(
+            return Err(malformed(format!(
                 "the scratch buffer holds {} f32s; the kernel needs {scratch_len}",
                 scratch.len()
             )));
@@ -806,6 +831,12 @@ impl ConvBackwardFilter {
     pub fn domain(&self) -> usize {
         let g = &self.common.geometry;
         g.cols.div_ceil(self.cols_per_item) + usize::from(g.shape.bias)
+    }
+
+    /// Whether the layer has a bias (and so the kernel computes its
+    /// gradient, into a buffer it takes).
+    pub fn has_bias(&self) -> bool {
+        self.common.geometry.shape.bias
     }
 
     /// The f32s of scratch one thread needs to run any range of items.

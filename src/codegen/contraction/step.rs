@@ -226,49 +226,82 @@ impl Kernel for BackwardDataStep {
     }
 }
 
-/// `dW = x^T . dy`, `db = sum dy`. Arguments: `x`, `dy`, `dW`, `db` (when `bias`).
-pub struct BackwardFilterStep {
-    /// The kernel.
-    pub kernel: ConvBackwardFilter,
-    /// A name for errors.
-    pub name: String,
-    /// Whether the layer has a bias.
-    pub bias: bool,
+/// A kernel that computes a layer's kernel gradient (or, on Winograd's
+/// transforms, the transformed kernel's) and its bias gradient from the
+/// input and the output gradient: [`ConvBackwardFilter`] (dense layers too)
+/// and [`WinogradBackwardFilter`].
+pub trait FilterGradientKernel: Send + Sync {
+    /// The number of work items.
+    fn domain(&self) -> usize;
+    /// The f32s of scratch one thread needs.
+    fn scratch_len(&self) -> usize;
+    /// Whether it computes a bias gradient.
+    fn has_bias(&self) -> bool;
+    /// Runs items `items`.
+    ///
+    /// # Safety
+    /// The contract of the kernel's own `run`.
+    unsafe fn run(
+        &self,
+        buffers: &BackwardFilterBuffers,
+        scratch: &mut [f32],
+        items: Range<usize>,
+    ) -> Result<(), CodegenError>;
 }
 
-impl Kernel for BackwardFilterStep {
-    fn name(&self) -> &str {
-        &self.name
-    }
+impl FilterGradientKernel for ConvBackwardFilter {
     fn domain(&self) -> usize {
-        self.kernel.domain()
+        ConvBackwardFilter::domain(self)
     }
-    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
-        let buffers = BackwardFilterBuffers {
-            input: args[0],
-            output_grad: args[1],
-            kernel_grad: args[2],
-            bias_grad: self.bias.then(|| args[3]),
-        };
-        with_scratch(self.kernel.scratch_len(), |scratch| {
-            // SAFETY: the executor bound buffers of the planned sizes.
-            unsafe { self.kernel.run(&buffers, scratch, items) }
-        })
-        .map_err(|e| e.to_string())
+    fn scratch_len(&self) -> usize {
+        ConvBackwardFilter::scratch_len(self)
+    }
+    fn has_bias(&self) -> bool {
+        ConvBackwardFilter::has_bias(self)
+    }
+    unsafe fn run(
+        &self,
+        buffers: &BackwardFilterBuffers,
+        scratch: &mut [f32],
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        // SAFETY: the caller's contract.
+        unsafe { ConvBackwardFilter::run(self, buffers, scratch, items) }
     }
 }
 
-/// The transformed kernel's gradient `dU` and `db`, on Winograd's
-/// transforms. Arguments: `x`, `dy`, `dU`, `db` (when the layer has a
+impl FilterGradientKernel for WinogradBackwardFilter {
+    fn domain(&self) -> usize {
+        WinogradBackwardFilter::domain(self)
+    }
+    fn scratch_len(&self) -> usize {
+        WinogradBackwardFilter::scratch_len(self)
+    }
+    fn has_bias(&self) -> bool {
+        WinogradBackwardFilter::has_bias(self)
+    }
+    unsafe fn run(
+        &self,
+        buffers: &BackwardFilterBuffers,
+        scratch: &mut [f32],
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        // SAFETY: the caller's contract.
+        unsafe { WinogradBackwardFilter::run(self, buffers, scratch, items) }
+    }
+}
+
+/// `dW = x^T . dy` (or the transformed kernel's gradient `dU`), `db = sum
+/// dy`. Arguments: `x`, `dy`, `dW` (or `dU`), `db` (when the kernel has a
 /// bias).
-pub struct WinogradBackwardFilterStep {
+pub struct BackwardFilterStep<K> {
     /// The kernel.
-    pub kernel: WinogradBackwardFilter,
+    pub kernel: K,
     /// A name for errors.
     pub name: String,
 }
 
-impl Kernel for WinogradBackwardFilterStep {
+impl<K: FilterGradientKernel> Kernel for BackwardFilterStep<K> {
     fn name(&self) -> &str {
         &self.name
     }

@@ -45,7 +45,7 @@ use self::lanes::{
 };
 use super::geometry::Geometry;
 use super::matmul::{matmul, Operand};
-use super::{scratch_for, ConvShape, Epilogue, ForwardBuffers, ALIGN_FLOATS};
+use super::{scratch_for, Call, ConvShape, Epilogue, ForwardBuffers, ALIGN_FLOATS};
 use crate::codegen::CodegenError;
 
 /// Which Winograd algorithm: the size of the output tile.
@@ -299,13 +299,63 @@ fn transformed_len(name: &str, plane: &Plane, tile: Tile) -> Result<usize, Codeg
 /// position `ξ`.
 #[derive(Debug, Clone)]
 pub struct WinogradFilter {
+    sizes: TransformSizes,
+    direction: Direction,
+}
+
+/// What both transforms of a layer's kernel ([`WinogradFilter`] and
+/// [`WinogradFilterGradient`]) work over: the layer's plane and the tile;
+/// their domain is the source channels.
+#[derive(Debug, Clone)]
+struct TransformSizes {
     name: String,
     plane: Plane,
     tile: Tile,
-    direction: Direction,
     transformed_len: usize,
     /// Whether the CPU has AVX2.
     avx2: bool,
+}
+
+impl TransformSizes {
+    /// The sizes of the kernel of convolution `shape` (`direction`'s plane)
+    /// transformed for tile `tile`; `name` names the kernel in errors.
+    fn new(
+        name: &str,
+        shape: &ConvShape,
+        tile: Tile,
+        direction: Direction,
+    ) -> Result<TransformSizes, CodegenError> {
+        let plane = plane(name, shape, direction)?;
+        let transformed_len = transformed_len(name, &plane, tile)?;
+        Ok(TransformSizes {
+            name: name.to_string(),
+            plane,
+            tile,
+            transformed_len,
+            avx2: has_avx2(),
+        })
+    }
+
+    /// The number of items: the source channels.
+    fn domain(&self) -> usize {
+        self.plane.source_channels
+    }
+
+    /// The length in f32s of the layer's kernel.
+    fn kernel_len(&self) -> usize {
+        9 * self.plane.source_channels * self.plane.destination_channels
+    }
+
+    /// Checks that `items` lie in the domain.
+    fn check(&self, items: &Range<usize>) -> Result<(), CodegenError> {
+        if items.start > items.end || items.end > self.domain() {
+            return Err(CodegenError::Malformed {
+                kernel: self.name.clone(),
+                message: format!("items {items:?} are not in the domain 0..{}", self.domain()),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl WinogradFilter {
@@ -318,31 +368,25 @@ impl WinogradFilter {
         direction: Direction,
     ) -> Result<WinogradFilter, CodegenError> {
         convolution(name, direction)?;
-        let plane = plane(name, shape, direction)?;
-        let transformed_len = transformed_len(name, &plane, tile)?;
         Ok(WinogradFilter {
-            name: name.to_string(),
-            plane,
-            tile,
+            sizes: TransformSizes::new(name, shape, tile, direction)?,
             direction,
-            transformed_len,
-            avx2: has_avx2(),
         })
     }
 
     /// The number of items.
     pub fn domain(&self) -> usize {
-        self.plane.source_channels
+        self.sizes.domain()
     }
 
     /// The length in f32s of the layer's kernel.
     pub fn kernel_len(&self) -> usize {
-        9 * self.plane.source_channels * self.plane.destination_channels
+        self.sizes.kernel_len()
     }
 
     /// The length in f32s of the transformed kernel.
     pub fn transformed_len(&self) -> usize {
-        self.transformed_len
+        self.sizes.transformed_len
     }
 
     /// Transforms the rows `items` of `kernel` (`kernel_len()` f32s) into
@@ -358,12 +402,7 @@ impl WinogradFilter {
         transformed: *mut f32,
         items: Range<usize>,
     ) -> Result<(), CodegenError> {
-        if items.start > items.end || items.end > self.domain() {
-            return Err(CodegenError::Malformed {
-                kernel: self.name.clone(),
-                message: format!("items {items:?} are not in the domain 0..{}", self.domain()),
-            });
-        }
+        self.sizes.check(&items)?;
         // SAFETY: the caller's contract: the kernel is only read.
         let kernel = unsafe { std::slice::from_raw_parts(kernel, self.kernel_len()) };
         // Blocks of rows, each swept a block of channels at a time, so that
@@ -374,12 +413,12 @@ impl WinogradFilter {
             #[allow(unused_mut)]
             let mut first = 0;
             #[cfg(target_arch = "x86_64")]
-            if self.avx2 {
+            if self.sizes.avx2 {
                 // SAFETY: the CPU has AVX2 (checked when the kernel was
                 // built); the rest is the caller's contract.
                 first = unsafe { self.rows_avx2(kernel, transformed, rows.clone()) };
             }
-            for c in first..self.plane.destination_channels {
+            for c in first..self.sizes.plane.destination_channels {
                 for r in rows.clone() {
                     // SAFETY: the caller's contract.
                     unsafe { self.channels::<One>(kernel, transformed, r, c) };
@@ -398,7 +437,7 @@ impl WinogradFilter {
     #[target_feature(enable = "avx2")]
     unsafe fn rows_avx2(&self, kernel: &[f32], transformed: *mut f32, rows: Range<usize>) -> usize {
         let mut c = 0;
-        while c + Avx::WIDTH <= self.plane.destination_channels {
+        while c + Avx::WIDTH <= self.sizes.plane.destination_channels {
             for r in rows.clone() {
                 // SAFETY: the caller's contract.
                 unsafe { self.channels::<Avx>(kernel, transformed, r, c) };
@@ -417,7 +456,7 @@ impl WinogradFilter {
     unsafe fn channels<V: Lanes>(&self, kernel: &[f32], transformed: *mut f32, r: usize, c: usize) {
         // SAFETY: the caller's contract.
         unsafe {
-            match self.tile {
+            match self.sizes.tile {
                 Tile::F2 => self.block::<V, FilterF2, 4>(kernel, transformed, r, c),
                 Tile::F4 => self.block::<V, FilterF4, 6>(kernel, transformed, r, c),
             }
@@ -436,7 +475,10 @@ impl WinogradFilter {
         r: usize,
         c: usize,
     ) {
-        let (rows, cols) = (self.plane.source_channels, self.plane.destination_channels);
+        let (rows, cols) = (
+            self.sizes.plane.source_channels,
+            self.sizes.plane.destination_channels,
+        );
         let mut g = [[V::zero(); 3]; 3];
         for (ky, row) in g.iter_mut().enumerate() {
             for (kx, lanes) in row.iter_mut().enumerate() {
@@ -571,36 +613,13 @@ impl WinogradConv {
         scratch: &mut [f32],
         items: Range<usize>,
     ) -> Result<(), CodegenError> {
-        let malformed = |message: String| CodegenError::Malformed {
-            kernel: self.name.clone(),
-            message,
+        let call = Call {
+            name: &self.name,
+            domain: self.domain(),
+            bias: Some((self.bias, buffers.bias.is_some())),
+            scratch_len: self.scratch_len(),
         };
-        if items.start > items.end || items.end > self.domain() {
-            return Err(malformed(format!(
-                "items {items:?} are not in the domain 0..{}",
-                self.domain()
-            )));
-        }
-        if buffers.bias.is_some() != self.bias {
-            return Err(malformed(format!(
-                "the kernel {} a bias, but the call {} one",
-                if self.bias { "adds" } else { "adds no" },
-                if buffers.bias.is_some() {
-                    "passes"
-                } else {
-                    "passes no"
-                },
-            )));
-        }
-        if scratch.len() < self.scratch_len() {
-            return Err(malformed(format!(
-                "the scratch buffer holds {} f32s; the kernel needs {}",
-                scratch.len(),
-                self.scratch_len()
-            )));
-        }
-        let skip = scratch.as_ptr().align_offset(ALIGN_FLOATS * 4);
-        let scratch = &mut scratch[skip.min(ALIGN_FLOATS)..][..self.scratch_len() - ALIGN_FLOATS];
+        let scratch = call.check(&items, scratch)?;
         for item in items {
             // SAFETY: the caller's contract, passed on.
             unsafe { self.item(buffers, epilogue, scratch, item) };

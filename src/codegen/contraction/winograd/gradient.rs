@@ -18,10 +18,12 @@ use super::lanes::{
     over_channels, transform_2d, transform_row, ChannelBlock, FilterGradF2, FilterGradF4, InputF2,
     InputF4, Lanes, OutputGradF2, OutputGradF4, Transform,
 };
-use super::{has_avx2, plane, transformed_len, Direction, Plane, Tile, SCRATCH_TARGET};
+use super::{
+    has_avx2, plane, transformed_len, Direction, Plane, Tile, TransformSizes, SCRATCH_TARGET,
+};
 use crate::codegen::contraction::matmul::{matmul, Operand};
 use crate::codegen::contraction::{
-    bias_gradient, scratch_for, BackwardFilterBuffers, ConvShape, ALIGN_FLOATS,
+    bias_gradient, scratch_for, BackwardFilterBuffers, Call, ConvShape, ALIGN_FLOATS,
 };
 use crate::codegen::CodegenError;
 
@@ -137,36 +139,13 @@ impl WinogradBackwardFilter {
         scratch: &mut [f32],
         items: Range<usize>,
     ) -> Result<(), CodegenError> {
-        let malformed = |message: String| CodegenError::Malformed {
-            kernel: self.name.clone(),
-            message,
+        let call = Call {
+            name: &self.name,
+            domain: self.domain(),
+            bias: Some((self.bias, buffers.bias_grad.is_some())),
+            scratch_len: self.scratch_len(),
         };
-        if items.start > items.end || items.end > self.domain() {
-            return Err(malformed(format!(
-                "items {items:?} are not in the domain 0..{}",
-                self.domain()
-            )));
-        }
-        if buffers.bias_grad.is_some() != self.bias {
-            return Err(malformed(format!(
-                "the layer {} a bias, but the call {} a buffer for its gradient",
-                if self.bias { "has" } else { "has no" },
-                if buffers.bias_grad.is_some() {
-                    "passes"
-                } else {
-                    "passes no"
-                },
-            )));
-        }
-        if scratch.len() < self.scratch_len() {
-            return Err(malformed(format!(
-                "the scratch buffer holds {} f32s; the kernel needs {}",
-                scratch.len(),
-                self.scratch_len()
-            )));
-        }
-        let skip = scratch.as_ptr().align_offset(ALIGN_FLOATS * 4);
-        let scratch = &mut scratch[skip.min(ALIGN_FLOATS)..][..self.scratch_len() - ALIGN_FLOATS];
+        let scratch = call.check(&items, scratch)?;
         let p = &self.plane;
         // SAFETY: the caller's contract: both are only read.
         let (input, output_grad) = unsafe {
@@ -367,12 +346,7 @@ impl RowBlock<'_> {
 /// Domain: the input channels; item `r` writes `dg[·][r][·]`.
 #[derive(Debug, Clone)]
 pub struct WinogradFilterGradient {
-    name: String,
-    plane: Plane,
-    tile: Tile,
-    transformed_len: usize,
-    /// Whether the CPU has AVX2.
-    avx2: bool,
+    sizes: TransformSizes,
 }
 
 impl WinogradFilterGradient {
@@ -383,30 +357,24 @@ impl WinogradFilterGradient {
         shape: &ConvShape,
         tile: Tile,
     ) -> Result<WinogradFilterGradient, CodegenError> {
-        let plane = plane(name, shape, Direction::BackwardFilter)?;
-        let transformed_len = transformed_len(name, &plane, tile)?;
         Ok(WinogradFilterGradient {
-            name: name.to_string(),
-            plane,
-            tile,
-            transformed_len,
-            avx2: has_avx2(),
+            sizes: TransformSizes::new(name, shape, tile, Direction::BackwardFilter)?,
         })
     }
 
     /// The number of items.
     pub fn domain(&self) -> usize {
-        self.plane.source_channels
+        self.sizes.domain()
     }
 
     /// The length in f32s of the layer's kernel gradient.
     pub fn kernel_len(&self) -> usize {
-        9 * self.plane.source_channels * self.plane.destination_channels
+        self.sizes.kernel_len()
     }
 
     /// The length in f32s of the transformed kernel's gradient.
     pub fn transformed_len(&self) -> usize {
-        self.transformed_len
+        self.sizes.transformed_len
     }
 
     /// Transforms the rows `items` of `transformed_grad`
@@ -423,26 +391,25 @@ impl WinogradFilterGradient {
         kernel_grad: *mut f32,
         items: Range<usize>,
     ) -> Result<(), CodegenError> {
-        if items.start > items.end || items.end > self.domain() {
-            return Err(CodegenError::Malformed {
-                kernel: self.name.clone(),
-                message: format!("items {items:?} are not in the domain 0..{}", self.domain()),
-            });
-        }
+        self.sizes.check(&items)?;
         // SAFETY: the caller's contract: the transformed gradient is only
         // read.
         let transformed =
-            unsafe { std::slice::from_raw_parts(transformed_grad, self.transformed_len) };
+            unsafe { std::slice::from_raw_parts(transformed_grad, self.sizes.transformed_len) };
         for r in items {
             let mut block = GradientBlock {
                 transformed,
                 kernel_grad,
-                tile: self.tile,
-                rows: self.plane.source_channels,
-                cols: self.plane.destination_channels,
+                tile: self.sizes.tile,
+                rows: self.sizes.plane.source_channels,
+                cols: self.sizes.plane.destination_channels,
                 r,
             };
-            over_channels(&mut block, self.plane.destination_channels, self.avx2);
+            over_channels(
+                &mut block,
+                self.sizes.plane.destination_channels,
+                self.sizes.avx2,
+            );
         }
         Ok(())
     }
