@@ -38,10 +38,9 @@ mod lanes;
 
 pub use self::gradient::{WinogradBackwardFilter, WinogradFilterGradient};
 
-#[cfg(target_arch = "x86_64")]
-use self::lanes::Avx;
 use self::lanes::{
-    transform_2d, FilterF2, FilterF4, InputF2, InputF4, Lanes, One, OutputF2, OutputF4, Transform,
+    over_channels, transform_2d, ChannelBlock, FilterF2, FilterF4, InputF2, InputF4, Lanes,
+    OutputF2, OutputF4, Transform,
 };
 use super::geometry::Geometry;
 use super::matmul::{matmul, Operand};
@@ -409,42 +408,16 @@ impl WinogradFilter {
         // the cache lines a block of channels reads (the input gradient's
         // kernel holds the rows side by side) serve every row of the block.
         for first_row in items.clone().step_by(ROWS_PER_BLOCK) {
-            let rows = first_row..(first_row + ROWS_PER_BLOCK).min(items.end);
-            #[allow(unused_mut)]
-            let mut first = 0;
-            #[cfg(target_arch = "x86_64")]
-            if self.sizes.avx2 {
-                // SAFETY: the CPU has AVX2 (checked when the kernel was
-                // built); the rest is the caller's contract.
-                first = unsafe { self.rows_avx2(kernel, transformed, rows.clone()) };
-            }
-            for c in first..self.sizes.plane.destination_channels {
-                for r in rows.clone() {
-                    // SAFETY: the caller's contract.
-                    unsafe { self.channels::<One>(kernel, transformed, r, c) };
-                }
-            }
+            let mut block = FilterRows {
+                filter: self,
+                kernel,
+                transformed,
+                rows: first_row..(first_row + ROWS_PER_BLOCK).min(items.end),
+            };
+            let channels = self.sizes.plane.destination_channels;
+            over_channels(&mut block, channels, self.sizes.avx2);
         }
         Ok(())
-    }
-
-    /// The whole blocks of eight destination channels of source channels
-    /// `rows`, with AVX; returns the first channel left.
-    ///
-    /// # Safety
-    /// The CPU has AVX2, and the contract of [`Self::run`] holds.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn rows_avx2(&self, kernel: &[f32], transformed: *mut f32, rows: Range<usize>) -> usize {
-        let mut c = 0;
-        while c + Avx::WIDTH <= self.sizes.plane.destination_channels {
-            for r in rows.clone() {
-                // SAFETY: the caller's contract.
-                unsafe { self.channels::<Avx>(kernel, transformed, r, c) };
-            }
-            c += Avx::WIDTH;
-        }
-        c
     }
 
     /// `U[ξ][r][c..c + V::WIDTH]` for every position `ξ`.
@@ -510,6 +483,29 @@ impl WinogradFilter {
                 let out = unsafe { std::slice::from_raw_parts_mut(transformed.add(at), V::WIDTH) };
                 column[i].store(out);
             }
+        }
+    }
+}
+
+/// A block of source channels of [`WinogradFilter::run`], swept a block of
+/// destination channels at a time. Made only by `run`, whose contract
+/// gives its rows of the transformed kernel to it alone.
+struct FilterRows<'a> {
+    filter: &'a WinogradFilter,
+    kernel: &'a [f32],
+    transformed: *mut f32,
+    rows: Range<usize>,
+}
+
+impl ChannelBlock for FilterRows<'_> {
+    #[inline(always)]
+    fn run<V: Lanes>(&mut self, c: usize) {
+        for r in self.rows.clone() {
+            // SAFETY: `run`'s contract, under which this block was made.
+            unsafe {
+                self.filter
+                    .channels::<V>(self.kernel, self.transformed, r, c)
+            };
         }
     }
 }
@@ -729,72 +725,15 @@ impl WinogradConv {
             .enumerate()
         {
             let pixels = p.input_pixels(self.tile, tile_row, tx);
-            let tile = InputTile {
+            let mut block = InputTile {
+                conv: self,
+                source,
                 pixels: &pixels,
                 t,
                 tiles,
+                v: &mut *v,
             };
-            #[allow(unused_mut)]
-            let mut first = 0;
-            #[cfg(target_arch = "x86_64")]
-            if self.avx2 {
-                // SAFETY: the CPU has AVX2 (checked when the kernel was built).
-                first = unsafe { self.input_avx2(source, &tile, v) };
-            }
-            for c in first..cin {
-                self.input_channels::<One>(source, &tile, c, v);
-            }
-        }
-    }
-
-    /// The whole blocks of eight channels of one input tile, with AVX;
-    /// returns the first channel left.
-    ///
-    /// # Safety
-    /// The CPU has AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn input_avx2(&self, source: &[f32], tile: &InputTile, v: &mut [f32]) -> usize {
-        let mut c = 0;
-        while c + Avx::WIDTH <= self.plane.source_channels {
-            self.input_channels::<Avx>(source, tile, c, v);
-            c += Avx::WIDTH;
-        }
-        c
-    }
-
-    /// `V[ξ][t][c..c + V::WIDTH]` of one input tile.
-    #[inline(always)]
-    fn input_channels<V: Lanes>(&self, source: &[f32], tile: &InputTile, c: usize, v: &mut [f32]) {
-        match self.tile {
-            Tile::F2 => self.input_block::<V, InputF2, 4>(source, tile, c, v),
-            Tile::F4 => self.input_block::<V, InputF4, 6>(source, tile, c, v),
-        }
-    }
-
-    /// [`Self::input_channels`] with the transform `F` of `A x A` tiles.
-    #[inline(always)]
-    fn input_block<V: Lanes, F: Transform<A, A>, const A: usize>(
-        &self,
-        source: &[f32],
-        tile: &InputTile,
-        c: usize,
-        v: &mut [f32],
-    ) {
-        let cin = self.plane.source_channels;
-        let mut d = [[V::zero(); A]; A];
-        for (row, pixels) in d.iter_mut().zip(tile.pixels) {
-            for (lanes, pixel) in row.iter_mut().zip(pixels) {
-                if let Some(at) = pixel {
-                    *lanes = V::load(&source[at + c..]);
-                }
-            }
-        }
-        let columns = transform_2d::<V, F, A, A>(d);
-        for i in 0..A {
-            for (j, column) in columns.iter().enumerate() {
-                column[i].store(&mut v[((i * A + j) * tile.tiles + tile.t) * cin + c..]);
-            }
+            over_channels(&mut block, cin, self.avx2);
         }
     }
 
@@ -819,87 +758,25 @@ impl WinogradConv {
             .enumerate()
         {
             let pixels = p.output_pixels(self.tile, tile_row, tx, first_row);
-            let tile = OutputTile {
+            let mut block = OutputTile {
+                conv: self,
+                products,
                 pixels: &pixels,
                 t,
                 tiles,
                 bias,
+                destination: &mut *destination,
             };
-            #[allow(unused_mut)]
-            let mut first = 0;
-            #[cfg(target_arch = "x86_64")]
-            if self.avx2 {
-                // SAFETY: the CPU has AVX2 (checked when the kernel was built).
-                first = unsafe { self.output_avx2(products, &tile, destination) };
-            }
-            for c in first..cout {
-                self.output_channels::<One>(products, &tile, c, destination);
-            }
-        }
-    }
-
-    /// The whole blocks of eight channels of one output tile, with AVX;
-    /// returns the first channel left.
-    ///
-    /// # Safety
-    /// The CPU has AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn output_avx2(&self, products: &[f32], tile: &OutputTile, out: &mut [f32]) -> usize {
-        let mut c = 0;
-        while c + Avx::WIDTH <= self.plane.destination_channels {
-            self.output_channels::<Avx>(products, tile, c, out);
-            c += Avx::WIDTH;
-        }
-        c
-    }
-
-    /// The outputs of one tile in channels `c..c + V::WIDTH`.
-    #[inline(always)]
-    fn output_channels<V: Lanes>(
-        &self,
-        products: &[f32],
-        tile: &OutputTile,
-        c: usize,
-        destination: &mut [f32],
-    ) {
-        match self.tile {
-            Tile::F2 => self.output_block::<V, OutputF2, 4, 2>(products, tile, c, destination),
-            Tile::F4 => self.output_block::<V, OutputF4, 6, 4>(products, tile, c, destination),
-        }
-    }
-
-    /// [`Self::output_channels`] with the transform `F` from `A x A`
-    /// products to `M x M` outputs.
-    #[inline(always)]
-    fn output_block<V: Lanes, F: Transform<A, M>, const A: usize, const M: usize>(
-        &self,
-        products: &[f32],
-        tile: &OutputTile,
-        c: usize,
-        destination: &mut [f32],
-    ) {
-        let cout = self.plane.destination_channels;
-        let bias = tile.bias.map_or(V::zero(), |b| V::load(&b[c..]));
-        let mut m = [[V::zero(); A]; A];
-        for (i, row) in m.iter_mut().enumerate() {
-            for (j, lanes) in row.iter_mut().enumerate() {
-                *lanes = V::load(&products[((i * A + j) * tile.tiles + tile.t) * cout + c..]);
-            }
-        }
-        let columns = transform_2d::<V, F, A, M>(m);
-        for (i, pixels) in tile.pixels.iter().enumerate().take(M) {
-            for (column, pixel) in columns.iter().zip(pixels) {
-                if let Some(at) = pixel {
-                    column[i].add(bias).store(&mut destination[at + c..]);
-                }
-            }
+            over_channels(&mut block, cout, self.avx2);
         }
     }
 }
 
-/// One tile of the source as [`WinogradConv::transform_input`] reads it.
+/// One tile of the source as [`WinogradConv::transform_input`] reads it,
+/// transformed into `V[ξ][t][c]`.
 struct InputTile<'a> {
+    conv: &'a WinogradConv,
+    source: &'a [f32],
     /// Where each position of the (at most 6x6) input tile starts in the
     /// source, `None` in the padding.
     pixels: &'a [[Option<usize>; 6]; 6],
@@ -907,11 +784,47 @@ struct InputTile<'a> {
     t: usize,
     /// The item's tiles.
     tiles: usize,
+    /// The item's transformed source.
+    v: &'a mut [f32],
+}
+
+impl ChannelBlock for InputTile<'_> {
+    #[inline(always)]
+    fn run<V: Lanes>(&mut self, c: usize) {
+        match self.conv.tile {
+            Tile::F2 => self.block::<V, InputF2, 4>(c),
+            Tile::F4 => self.block::<V, InputF4, 6>(c),
+        }
+    }
+}
+
+impl InputTile<'_> {
+    /// `V[ξ][t][c..c + V::WIDTH]` with the transform `F` of `A x A` tiles.
+    #[inline(always)]
+    fn block<V: Lanes, F: Transform<A, A>, const A: usize>(&mut self, c: usize) {
+        let cin = self.conv.plane.source_channels;
+        let mut d = [[V::zero(); A]; A];
+        for (row, pixels) in d.iter_mut().zip(self.pixels) {
+            for (lanes, pixel) in row.iter_mut().zip(pixels) {
+                if let Some(at) = pixel {
+                    *lanes = V::load(&self.source[at + c..]);
+                }
+            }
+        }
+        let columns = transform_2d::<V, F, A, A>(d);
+        for i in 0..A {
+            for (j, column) in columns.iter().enumerate() {
+                column[i].store(&mut self.v[((i * A + j) * self.tiles + self.t) * cin + c..]);
+            }
+        }
+    }
 }
 
 /// One tile of the destination as [`WinogradConv::transform_output`]
-/// writes it.
+/// writes it, from the products `M[ξ][t][c]`.
 struct OutputTile<'a> {
+    conv: &'a WinogradConv,
+    products: &'a [f32],
     /// Where each output of the (at most 4x4) tile goes, `None` past the
     /// image's edge.
     pixels: &'a [[Option<usize>; 4]; 4],
@@ -921,6 +834,42 @@ struct OutputTile<'a> {
     tiles: usize,
     /// The bias, if the kernel adds one.
     bias: Option<&'a [f32]>,
+    /// The item's destination rows.
+    destination: &'a mut [f32],
+}
+
+impl ChannelBlock for OutputTile<'_> {
+    #[inline(always)]
+    fn run<V: Lanes>(&mut self, c: usize) {
+        match self.conv.tile {
+            Tile::F2 => self.block::<V, OutputF2, 4, 2>(c),
+            Tile::F4 => self.block::<V, OutputF4, 6, 4>(c),
+        }
+    }
+}
+
+impl OutputTile<'_> {
+    /// The tile's outputs in channels `c..c + V::WIDTH` with the transform
+    /// `F` from `A x A` products to `M x M` outputs.
+    #[inline(always)]
+    fn block<V: Lanes, F: Transform<A, M>, const A: usize, const M: usize>(&mut self, c: usize) {
+        let cout = self.conv.plane.destination_channels;
+        let bias = self.bias.map_or(V::zero(), |b| V::load(&b[c..]));
+        let mut m = [[V::zero(); A]; A];
+        for (i, row) in m.iter_mut().enumerate() {
+            for (j, lanes) in row.iter_mut().enumerate() {
+                *lanes = V::load(&self.products[((i * A + j) * self.tiles + self.t) * cout + c..]);
+            }
+        }
+        let columns = transform_2d::<V, F, A, M>(m);
+        for (i, pixels) in self.pixels.iter().enumerate().take(M) {
+            for (column, pixel) in columns.iter().zip(pixels) {
+                if let Some(at) = pixel {
+                    column[i].add(bias).store(&mut self.destination[at + c..]);
+                }
+            }
+        }
+    }
 }
 
 /// Whether the CPU has AVX2.

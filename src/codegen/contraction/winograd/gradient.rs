@@ -18,9 +18,7 @@ use super::lanes::{
     over_channels, transform_2d, transform_row, ChannelBlock, FilterGradF2, FilterGradF4, InputF2,
     InputF4, Lanes, OutputGradF2, OutputGradF4, Transform,
 };
-use super::{
-    has_avx2, plane, transformed_len, Direction, Plane, Tile, TransformSizes, SCRATCH_TARGET,
-};
+use super::{Direction, Tile, TransformSizes, SCRATCH_TARGET};
 use crate::codegen::contraction::matmul::{matmul, Operand};
 use crate::codegen::contraction::{
     bias_gradient, scratch_for, BackwardFilterBuffers, Call, ConvShape, ALIGN_FLOATS,
@@ -49,15 +47,11 @@ const MIN_CHUNK_TILES: usize = 64;
 /// domain is split.
 #[derive(Debug, Clone)]
 pub struct WinogradBackwardFilter {
-    name: String,
-    plane: Plane,
-    tile: Tile,
+    /// The layer's plane, the tile and the length of `dU`.
+    sizes: TransformSizes,
     bias: bool,
-    transformed_len: usize,
     /// Tiles per chunk.
     chunk: usize,
-    /// Whether the CPU has AVX2, for the transforms.
-    avx2: bool,
 }
 
 impl WinogradBackwardFilter {
@@ -68,21 +62,17 @@ impl WinogradBackwardFilter {
         shape: &ConvShape,
         tile: Tile,
     ) -> Result<WinogradBackwardFilter, CodegenError> {
-        let plane = plane(name, shape, Direction::BackwardFilter)?;
-        let transformed_len = transformed_len(name, &plane, tile)?;
+        let sizes = TransformSizes::new(name, shape, tile, Direction::BackwardFilter)?;
+        let plane = &sizes.plane;
         let per_tile = tile.input() * (plane.source_channels + plane.destination_channels);
         let chunk = (SCRATCH_TARGET / per_tile.max(1))
             .max(MIN_CHUNK_TILES)
             .min(plane.tile_count(tile))
             .max(1);
         Ok(WinogradBackwardFilter {
-            name: name.to_string(),
-            plane,
-            tile,
+            sizes,
             bias: shape.bias,
-            transformed_len,
             chunk,
-            avx2: has_avx2(),
         })
     }
 
@@ -90,18 +80,21 @@ impl WinogradBackwardFilter {
     /// sums run in a different order, so the results differ by rounding.
     /// For tests of the sums over several chunks.
     pub fn with_chunk(mut self, tiles: usize) -> WinogradBackwardFilter {
-        self.chunk = tiles.clamp(1, self.plane.tile_count(self.tile).max(1));
+        self.chunk = tiles.clamp(1, self.sizes.plane.tile_count(self.sizes.tile).max(1));
         self
     }
 
     /// The number of items.
     pub fn domain(&self) -> usize {
-        self.tile.input() + usize::from(self.bias)
+        self.sizes.tile.input() + usize::from(self.bias)
     }
 
     /// How many chunks of tiles each row's sums run over.
     pub fn chunks(&self) -> usize {
-        self.plane.tile_count(self.tile).div_ceil(self.chunk)
+        self.sizes
+            .plane
+            .tile_count(self.sizes.tile)
+            .div_ceil(self.chunk)
     }
 
     /// Whether the kernel computes a bias gradient (and so takes a buffer
@@ -114,9 +107,9 @@ impl WinogradBackwardFilter {
     /// transformed kernel's gradient.
     pub fn lengths(&self) -> (usize, usize, usize) {
         (
-            self.plane.source_len(),
-            self.plane.destination_len(),
-            self.transformed_len,
+            self.sizes.plane.source_len(),
+            self.sizes.plane.destination_len(),
+            self.sizes.transformed_len,
         )
     }
 
@@ -140,13 +133,13 @@ impl WinogradBackwardFilter {
         items: Range<usize>,
     ) -> Result<(), CodegenError> {
         let call = Call {
-            name: &self.name,
+            name: &self.sizes.name,
             domain: self.domain(),
             bias: Some((self.bias, buffers.bias_grad.is_some())),
             scratch_len: self.scratch_len(),
         };
         let scratch = call.check(&items, scratch)?;
-        let p = &self.plane;
+        let p = &self.sizes.plane;
         // SAFETY: the caller's contract: both are only read.
         let (input, output_grad) = unsafe {
             (
@@ -156,7 +149,7 @@ impl WinogradBackwardFilter {
         };
         for item in items {
             match buffers.bias_grad {
-                Some(bias_grad) if item == self.tile.input() => {
+                Some(bias_grad) if item == self.sizes.tile.input() => {
                     let cout = p.destination_channels;
                     // SAFETY: the bias gradient holds `cout` f32s and
                     // belongs to this item alone.
@@ -173,9 +166,9 @@ impl WinogradBackwardFilter {
     /// The f32s of the transformed input's and output gradient's rows for
     /// `tiles` tiles, each rounded up to whole 64-byte lines.
     fn scratch_parts(&self, tiles: usize) -> (usize, usize) {
-        let a = self.tile.input();
-        let v = (a * tiles * self.plane.source_channels).next_multiple_of(ALIGN_FLOATS);
-        let m = (a * tiles * self.plane.destination_channels).next_multiple_of(ALIGN_FLOATS);
+        let a = self.sizes.tile.input();
+        let v = (a * tiles * self.sizes.plane.source_channels).next_multiple_of(ALIGN_FLOATS);
+        let m = (a * tiles * self.sizes.plane.destination_channels).next_multiple_of(ALIGN_FLOATS);
         (v, m)
     }
 
@@ -193,10 +186,10 @@ impl WinogradBackwardFilter {
         scratch: &mut [f32],
         i: usize,
     ) {
-        let p = &self.plane;
-        let a = self.tile.input();
+        let p = &self.sizes.plane;
+        let a = self.sizes.tile.input();
         let (cin, cout) = (p.source_channels, p.destination_channels);
-        let total = p.tile_count(self.tile);
+        let total = p.tile_count(self.sizes.tile);
         for (n, first) in (0..total).step_by(self.chunk).enumerate() {
             let tiles = first..(first + self.chunk).min(total);
             let count = tiles.len();
@@ -234,8 +227,8 @@ impl WinogradBackwardFilter {
         out: &mut [f32],
         side: Side,
     ) {
-        let p = &self.plane;
-        let across = p.tiles(self.tile)[1];
+        let p = &self.sizes.plane;
+        let across = p.tiles(self.sizes.tile)[1];
         let channels = match side {
             Side::Input => p.source_channels,
             Side::OutputGrad => p.destination_channels,
@@ -245,16 +238,16 @@ impl WinogradBackwardFilter {
             let mut block = RowBlock {
                 values,
                 out: &mut *out,
-                input: p.input_pixels(self.tile, tile_row, tx),
-                output: p.output_pixels(self.tile, tile_row, tx, 0),
-                tile: self.tile,
+                input: p.input_pixels(self.sizes.tile, tile_row, tx),
+                output: p.output_pixels(self.sizes.tile, tile_row, tx, 0),
+                tile: self.sizes.tile,
                 side,
                 row: i,
                 t,
                 tiles: tiles.len(),
                 channels,
             };
-            over_channels(&mut block, channels, self.avx2);
+            over_channels(&mut block, channels, self.sizes.avx2);
         }
     }
 }
