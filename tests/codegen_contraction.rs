@@ -278,8 +278,9 @@ impl Case {
         dx
     }
 
-    /// `direction` of the layer as a Winograd convolution with `tile`: the
-    /// kernel's transform, then the convolution, each split by `split`.
+    /// `direction` (the forward pass or the input gradient) of the layer as
+    /// a Winograd convolution with `tile`: the kernel's transform, then the
+    /// convolution, each split by `split`.
     fn winograd(
         &self,
         tile: Tile,
@@ -294,9 +295,11 @@ impl Case {
             // SAFETY: the buffers have the lengths the kernel reports.
             unsafe { filter.run(self.w.as_ptr(), u.as_mut_ptr(), part) }.expect("runs");
         }
-        let source = match direction {
-            Direction::Forward => &self.x,
-            Direction::BackwardData | Direction::BackwardFilter => &self.dy,
+        // `WinogradConv::new` has refused the kernel gradient above.
+        let source = if direction == Direction::Forward {
+            &self.x
+        } else {
+            &self.dy
         };
         let mut out = vec![f32::NAN; conv.lengths().2];
         let buffers = WinogradBuffers {
@@ -418,6 +421,10 @@ fn conv_cases() -> Vec<Case> {
         Case::new([1, 27, 27, 3, 4], [3, 3], one, one, Same, false),
         // Enough rows that the weight gradient sums several blocks of them.
         Case::new([7, 48, 48, 1, 3], [3, 3], one, one, Same, true),
+        // Few rows and many channels: the forward product is split over
+        // the channels, in blocks of 64 and a last one of 8 (or 2).
+        Case::new([1, 7, 7, 9, 136], [3, 3], one, one, Same, true),
+        Case::new([1, 3, 4, 5, 130], [3, 3], one, one, Same, false),
     ]
 }
 
@@ -443,6 +450,7 @@ fn dense_cases() -> Vec<Case> {
         Case::dense(7, 13, 10, true),
         Case::dense(1, 37, 5, false),
         Case::dense(33, 70, 3, true),
+        Case::dense(10, 20, 129, true),
     ]
 }
 
@@ -680,6 +688,90 @@ fn epilogue_fuses_bias_residual_and_relu() {
         let what = format!("fused epilogue of {tile:?}");
         assert_within(fused, &expected, WINOGRAD_RELATIVE, &what);
     }
+}
+
+/// A product of few rows (9 to 64) is split over its output channels: each
+/// block of channels is computed by one item, any split of the items on threads
+/// gives bitwise the whole domain's result, and an epilogue is refused.
+#[test]
+fn few_rows_split_over_channels() {
+    let cases = [
+        Case::new(
+            [1, 7, 7, 9, 136],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            Padding::Same,
+            true,
+        ),
+        // Twelve rows, no bias.
+        Case::new(
+            [1, 3, 4, 5, 130],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            Padding::Same,
+            false,
+        ),
+        Case::dense(10, 20, 129, true),
+    ];
+    for case in &cases {
+        let kernel = ConvForward::new("f", &case.shape).expect("valid");
+        assert!(kernel.splits_columns(), "{}", case.name());
+        assert_eq!(kernel.domain(), 3, "{}", case.name());
+        let expected = case.reference(&case.x, &case.w, case.b.as_deref());
+        let whole = case.forward(None, Split::Whole);
+        assert_close(&whole, &expected, &case.name());
+        let mut y = vec![f32::NAN; whole.len()];
+        let buffers = ForwardBuffers {
+            input: case.x.as_ptr(),
+            kernel: case.w.as_ptr(),
+            bias: case.b.as_ref().map(|b| b.as_ptr()),
+            output: y.as_mut_ptr(),
+        };
+        in_threads(&[0..1, 1..3], kernel.scratch_len(), |part, scratch| {
+            // SAFETY: the buffers have the lengths the kernel reports; the
+            // threads run disjoint items.
+            unsafe { kernel.run(&buffers, None, scratch, part) }.expect("runs");
+        });
+        assert!(
+            y.iter()
+                .zip(&whole)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{}: a split differs",
+            case.name()
+        );
+        let relu = Elementwise {
+            name: "relu".into(),
+            inputs: vec![Operand::Tensor],
+            exprs: vec![
+                Expr::Load(0),
+                Expr::Const(0.0),
+                Expr::Binary(Binary::Max, 0, 1),
+            ],
+            outputs: vec![2],
+        };
+        let mut jit = Jit::new().expect("jit");
+        let compiled = jit.compile_elementwise(&relu).expect("compiles");
+        // SAFETY: the kernel has one input and one output, the product's.
+        let epilogue = unsafe { Epilogue::new(&compiled, &[], &[]) };
+        let mut scratch = vec![0.0; kernel.scratch_len()];
+        // SAFETY: rejected before it touches the buffers.
+        let refused = unsafe { kernel.run(&buffers, Some(&epilogue), &mut scratch, 0..3) };
+        expect_malformed(refused, "epilogue");
+    }
+    // Four rows run on the few-row product, which reads the weights in
+    // order: not split.
+    let four = Case::new(
+        [1, 2, 2, 5, 130],
+        [3, 3],
+        [1, 1],
+        [1, 1],
+        Padding::Same,
+        true,
+    );
+    let kernel = ConvForward::new("f", &four.shape).expect("valid");
+    assert!(!kernel.splits_columns());
 }
 
 /// Runs `run` on every part of `parts` at once, one thread each.

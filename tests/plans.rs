@@ -94,3 +94,33 @@ fn every_example_has_a_training_plan() {
         }
     }
 }
+
+/// A convolution's activation becomes its epilogue, except on a product of
+/// a few rows, which its kernel splits over the output channels (no item
+/// finishes a whole row): there it stays a step of its own.
+#[test]
+fn few_row_products_keep_their_activation_apart() {
+    use cnnc::plan::{ContractionPass, KernelDesc};
+    let source =
+        "model m : [7, 7, 8] { conv(128, 3, padding: same, activation: relu) -> flatten -> dense(10) }";
+    let model = cnnc::compile_source("m.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    // 49 rows at batch 1, 98 at batch 2.
+    for (batch, fused) in [(1, false), (2, true)] {
+        let plan = cnnc::plan_inference(&model, batch).expect("plans");
+        let epilogue = plan.steps.iter().find_map(|step| match &step.kernel {
+            KernelDesc::Contraction {
+                pass: ContractionPass::Forward { epilogue },
+                name,
+                ..
+            } if name.starts_with("conv") => Some(epilogue.is_some()),
+            _ => None,
+        });
+        assert_eq!(epilogue, Some(fused), "batch {batch}: {:#?}", plan.steps);
+        let elementwise = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s.kernel, KernelDesc::Elementwise { .. }))
+            .count();
+        assert_eq!(elementwise > 0, !fused, "batch {batch}: {:#?}", plan.steps);
+    }
+}

@@ -38,7 +38,7 @@ pub mod winograd;
 use std::ops::Range;
 
 use self::geometry::{add_assign, Geometry};
-use self::matmul::{matmul, matmul_small_rows, Operand, SMALL_ROWS};
+use self::matmul::{matmul, matmul_small_rows, Operand, FEW_ROWS, SMALL_ROWS};
 use super::{CodegenError, CompiledKernel};
 use crate::graph::Padding;
 
@@ -58,6 +58,18 @@ const MIN_COLS_PER_ITEM: usize = 16;
 const MAX_COLS_PER_ITEM: usize = 256;
 /// How many items a domain aims for, so that threads balance.
 const TARGET_ITEMS: usize = 8;
+/// Forward products of at most this many rows (a small image at batch 1),
+/// but more than the few-row product takes, are split over their output
+/// channels rather than their rows, in items of [`COLUMNS_PER_ITEM`]
+/// channels: split over rows, every item read (and the GEMM packed) all of
+/// the weights. The few-row product streams the weights in order, and
+/// runs slower on blocks of their columns than on all of them on one
+/// thread (`docs/performance.md`).
+const COLUMN_SPLIT_ROWS: usize = 64;
+/// The fewest output channels of one item of a product split over its
+/// channels; wider layers are split in four (each item builds the whole
+/// im2col block).
+const COLUMNS_PER_ITEM: usize = 64;
 /// Rows summed in f32 before a partial sum joins the bias gradient.
 const BIAS_BLOCK_ROWS: usize = 256;
 /// Scratch buffers are used from their first 64-byte boundary on.
@@ -354,19 +366,37 @@ fn rows_per_item(rows: usize, scratch_cols: usize) -> usize {
         .min(rows)
 }
 
+/// Whether the forward product of `rows` output rows of `out_channels`
+/// values is split over its channels ([`ConvForward`]'s column items),
+/// which take no epilogue: the fusion pass asks before it fuses one.
+pub fn forward_splits_columns(rows: usize, out_channels: usize) -> bool {
+    (FEW_ROWS + 1..=COLUMN_SPLIT_ROWS).contains(&rows) && out_channels >= 2 * COLUMNS_PER_ITEM
+}
+
 /// Forward convolution or dense layer: `output = im2col(input) · kernel
 /// (+ bias)`, then the epilogue.
 ///
 /// Domain: blocks of `rows_per_item` output rows (`batch * oh * ow` rows in
-/// all). Each item builds the im2col block of its rows in the scratch (a
-/// 1x1 stride-1 convolution reads the input in place), multiplies it by the
-/// kernel in one single-threaded GEMM per run of contiguous weight rows
-/// (one, unless taps that only ever read padding were skipped), and runs
-/// the epilogue on its rows.
+/// all), or, for a product of few rows ([`forward_splits_columns`]), blocks
+/// of a quarter of the output channels, at least [`COLUMNS_PER_ITEM`]. Each item builds the im2col
+/// block of its rows in the scratch (a 1x1 stride-1 convolution reads the
+/// input in place), multiplies it by its columns of the kernel in one
+/// single-threaded GEMM per run of contiguous weight rows (one, unless taps
+/// that only ever read padding were skipped), and runs the epilogue on its
+/// rows (row items only: a column item finishes no whole row).
 #[derive(Debug, Clone)]
 pub struct ConvForward {
     common: Common,
-    rows_per_item: usize,
+    items: ForwardItems,
+}
+
+/// How a [`ConvForward`] splits its product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForwardItems {
+    /// Blocks of this many output rows, all channels.
+    Rows(usize),
+    /// Blocks of this many output channels, all rows.
+    Columns(usize),
 }
 
 impl ConvForward {
@@ -374,12 +404,14 @@ impl ConvForward {
     pub fn new(name: &str, shape: &ConvShape) -> Result<ConvForward, CodegenError> {
         let common = Common::new(name, shape)?;
         let g = &common.geometry;
-        let scratch_cols = if g.pointwise { 0 } else { g.cols };
-        let rows_per_item = rows_per_item(g.rows, scratch_cols);
-        Ok(ConvForward {
-            common,
-            rows_per_item,
-        })
+        let items = if forward_splits_columns(g.rows, shape.out_channels) {
+            let quarter = (shape.out_channels / 4).next_multiple_of(16);
+            ForwardItems::Columns(quarter.max(COLUMNS_PER_ITEM))
+        } else {
+            let scratch_cols = if g.pointwise { 0 } else { g.cols };
+            ForwardItems::Rows(rows_per_item(g.rows, scratch_cols))
+        };
+        Ok(ConvForward { common, items })
     }
 
     /// The forward kernel of dense layer `shape`.
@@ -392,25 +424,39 @@ impl ConvForward {
         self.common.geometry.shape.bias
     }
 
-    /// The number of items.
-    pub fn domain(&self) -> usize {
-        self.common.geometry.rows.div_ceil(self.rows_per_item)
+    /// Whether the items are blocks of output channels, which take no
+    /// epilogue ([`forward_splits_columns`]).
+    pub fn splits_columns(&self) -> bool {
+        matches!(self.items, ForwardItems::Columns(_))
     }
 
-    /// The output rows of item `item`.
-    pub fn item_rows(&self, item: usize) -> Range<usize> {
-        let rows = self.common.geometry.rows;
-        (item * self.rows_per_item).min(rows)..((item + 1) * self.rows_per_item).min(rows)
+    /// The number of items.
+    pub fn domain(&self) -> usize {
+        let g = &self.common.geometry;
+        match self.items {
+            ForwardItems::Rows(rows) => g.rows.div_ceil(rows),
+            ForwardItems::Columns(columns) => g.shape.out_channels.div_ceil(columns),
+        }
+    }
+
+    /// The output rows and channels of item `item`.
+    pub fn item_block(&self, item: usize) -> (Range<usize>, Range<usize>) {
+        let g = &self.common.geometry;
+        let block = |size: usize, all: usize| (item * size).min(all)..((item + 1) * size).min(all);
+        match self.items {
+            ForwardItems::Rows(rows) => (block(rows, g.rows), 0..g.shape.out_channels),
+            ForwardItems::Columns(columns) => (0..g.rows, block(columns, g.shape.out_channels)),
+        }
     }
 
     /// The f32s of scratch one thread needs to run any range of items.
     pub fn scratch_len(&self) -> usize {
         let g = &self.common.geometry;
-        scratch_for(if g.pointwise {
-            0
-        } else {
-            self.rows_per_item * g.cols
-        })
+        let rows = match self.items {
+            ForwardItems::Rows(rows) => rows,
+            ForwardItems::Columns(_) => g.rows,
+        };
+        scratch_for(if g.pointwise { 0 } else { rows * g.cols })
     }
 
     /// [`Self::scratch_len`] in bytes.
@@ -429,7 +475,8 @@ impl ConvForward {
     /// Each buffer must hold the f32s [`ForwardBuffers`] says; the output
     /// must not overlap the other buffers. Calls running at the same time on
     /// the same output must be given disjoint item ranges. The contract of
-    /// the epilogue ([`Epilogue::new`]) must hold.
+    /// the epilogue ([`Epilogue::new`]) must hold; a kernel whose items are
+    /// blocks of channels takes none.
     pub unsafe fn run(
         &self,
         buffers: &ForwardBuffers,
@@ -440,60 +487,83 @@ impl ConvForward {
         let c = &self.common;
         let given = Some(buffers.bias.is_some());
         let scratch = c.check(&items, self.domain(), given, scratch, self.scratch_len())?;
+        if epilogue.is_some() && self.splits_columns() {
+            return Err(CodegenError::Malformed {
+                kernel: c.name.clone(),
+                message: "its items are blocks of output channels, which take no epilogue".into(),
+            });
+        }
         for item in items {
-            let rows = self.item_rows(item);
+            let (rows, columns) = self.item_block(item);
             // SAFETY: the caller's contract, passed on.
-            unsafe { self.item(buffers, scratch, rows.clone()) };
+            unsafe { self.item(buffers, scratch, rows.clone(), columns) };
             if let Some(epilogue) = epilogue {
-                // SAFETY: the output holds `rows.end * cout` f32s; the rest
-                // is the caller's contract.
+                // SAFETY: the output holds `rows.end * cout` f32s (the item
+                // wrote every channel of them); the rest is the caller's
+                // contract.
                 unsafe { epilogue.apply(buffers.output, rows, c.geometry.shape.out_channels) };
             }
         }
         Ok(())
     }
 
-    /// The output rows `rows`: bias, then one GEMM per group of taps.
+    /// Channels `columns` of the output rows `rows`: bias, then one GEMM
+    /// per group of taps.
     ///
     /// # Safety
     /// The contract of [`Self::run`].
-    unsafe fn item(&self, buffers: &ForwardBuffers, scratch: &mut [f32], rows: Range<usize>) {
+    unsafe fn item(
+        &self,
+        buffers: &ForwardBuffers,
+        scratch: &mut [f32],
+        rows: Range<usize>,
+        columns: Range<usize>,
+    ) {
         let g = &self.common.geometry;
         let (cin, cout) = (g.shape.in_channels, g.shape.out_channels);
-        // SAFETY: the input holds `input_len` f32s and is only read; these
-        // rows of the output belong to this item alone.
-        let (input, out) = unsafe {
-            (
-                std::slice::from_raw_parts(buffers.input, g.input_len),
-                std::slice::from_raw_parts_mut(
-                    buffers.output.add(rows.start * cout),
-                    rows.len() * cout,
-                ),
-            )
-        };
+        // SAFETY: the input holds `input_len` f32s and is only read.
+        let input = unsafe { std::slice::from_raw_parts(buffers.input, g.input_len) };
+        // This item's block of the output: `rows.len()` rows of
+        // `columns.len()` f32s, `cout` apart.
+        let out = buffers
+            .output
+            .wrapping_add(rows.start * cout + columns.start);
         let lhs = if g.pointwise {
             Operand::rows(input[rows.start * cin..].as_ptr(), cin)
         } else {
             g.im2col(input, rows.clone(), 0..g.cols, scratch);
             Operand::rows(scratch.as_ptr(), g.cols)
         };
-        if let Some(bias) = buffers.bias {
-            // SAFETY: the bias holds `cout` f32s.
-            let bias = unsafe { std::slice::from_raw_parts(bias, cout) };
-            out.chunks_exact_mut(cout)
-                .for_each(|r| r.copy_from_slice(bias));
-        } else if g.groups.is_empty() {
-            out.fill(0.0);
+        // SAFETY: the bias holds `cout` f32s.
+        let bias = buffers
+            .bias
+            .map(|b| unsafe { std::slice::from_raw_parts(b, cout) });
+        if bias.is_some() || g.groups.is_empty() {
+            for r in 0..rows.len() {
+                // SAFETY: row `r` of the block is this item's alone.
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(out.add(r * cout), columns.len()) };
+                match bias {
+                    Some(bias) => row.copy_from_slice(&bias[columns.clone()]),
+                    None => row.fill(0.0),
+                }
+            }
         }
         for (i, group) in g.groups.iter().enumerate() {
-            let rhs = Operand::rows(buffers.kernel.wrapping_add(group.weight_row * cout), cout);
+            let rhs = Operand::rows(
+                buffers
+                    .kernel
+                    .wrapping_add(group.weight_row * cout + columns.start),
+                cout,
+            );
             let accumulate = buffers.bias.is_some() || i > 0;
             // SAFETY: the operands address the im2col block (or the input's
-            // rows) and the group's weight rows; `out` is this item's.
+            // rows) and the group's weight rows; the block of `out` is this
+            // item's.
             unsafe {
                 matmul(
-                    (rows.len(), cout, group.len),
-                    out.as_mut_ptr(),
+                    (rows.len(), columns.len(), group.len),
+                    out,
                     cout,
                     lhs.at(0, group.col),
                     rhs,

@@ -2,8 +2,12 @@
 //! kernel, and an element-wise kernel that only finishes a convolution's or
 //! dense layer's output (bias already in, activation, batchnorm in
 //! inference, a residual add) becomes that contraction's epilogue, run on
-//! each block of rows while it is in cache.
+//! each block of rows while it is in cache. A forward product of a few
+//! rows, which its kernel splits over the output channels
+//! ([`forward_splits_columns`]), finishes no block of whole rows and keeps
+//! its element-wise consumer as a step of its own.
 
+use crate::codegen::contraction::forward_splits_columns;
 use crate::codegen::elementwise::{Elementwise, Expr, Operand};
 use crate::plan::{
     Access, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, PlanError, Role,
@@ -71,6 +75,10 @@ fn candidate(plan: &KernelPlan, epilogues: bool) -> Option<(usize, usize)> {
                 ..
             } if epilogues => {
                 let (rows, channels) = matrix(geometry);
+                if forward_splits_columns(rows, channels) {
+                    // Its items finish no whole row to run an epilogue on.
+                    continue;
+                }
                 let output = if has_bias(geometry) {
                     step.args[3]
                 } else {

@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use super::{Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role};
 use crate::codegen::contraction::winograd::{self, Direction, Tile};
-use crate::codegen::contraction::ConvShape;
+use crate::codegen::contraction::{forward_splits_columns, ConvShape};
 use crate::codegen::elementwise::{Elementwise, Expr, Operand};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::Window;
@@ -356,6 +356,12 @@ fn contraction(
             params.extend(bias.map(read));
             params.push(write(y));
             if let Some(e) = epilogue {
+                if algorithm == Algorithm::Gemm && forward_splits_columns(rows, channels) {
+                    return Err(format!(
+                        "an epilogue on a product of {rows} rows, which is split over its \
+                         channels and finishes no whole row"
+                    ));
+                }
                 params.extend(elementwise(e, rows, channels, 1));
             }
             params

@@ -138,7 +138,7 @@ fn transpose_rows(source: &[f32], m: usize, first: usize, mut rows: Vec<&mut [f3
 /// read of the weights, which the gemm crate makes three (it packs them
 /// first): it ran ResNet-34's 2x2 layers at 7.5 GFLOP/s there
 /// (`docs/performance.md`).
-const FEW_ROWS: usize = 8;
+pub(super) const FEW_ROWS: usize = 8;
 
 /// The destination's columns [`few_rows`] sums at once: `FEW_ROWS` rows of
 /// them (16 KiB) stay in L1 while the right operand streams past.
