@@ -90,20 +90,22 @@ pub enum BenchError {
 ///
 /// Each program is compiled, and so checked against the memory cap
 /// ([`crate::limits`]), before its weights and data are drawn; the training
-/// step is dropped before inference is compiled, so that the two never
-/// hold memory at once.
+/// step is dropped before inference is compiled, and each program holds
+/// the only copy of the weights (as `cnnc run` does), so that the peak
+/// memory is one program's.
 pub fn run(
     model: &TypedGraph,
     train: &TrainConfig,
     config: BenchConfig,
 ) -> Result<BenchReport, BenchError> {
-    let (training, store) = measure_training(model, train, config)?;
+    let training = measure_training(model, train, config)?;
     let example = model.input_shape().map_or(0, |s| s.elements() as usize);
 
     let started = Instant::now();
     let compiled = crate::compile_inference(model, config.inference_batch)?;
-    let mut inference = Inference::new(compiled, store.clone(), config.threads)?;
     let compile_inference = started.elapsed();
+    // The weights the training step started from, drawn again.
+    let mut inference = Inference::new(compiled, weights::init(model, 1), config.threads)?;
     let batch_input = noise(config.inference_batch * example);
     inference.run(&batch_input)?;
     let inference_batch = median((0..3).map(|_| {
@@ -111,6 +113,8 @@ pub fn run(
         inference.run(&batch_input).map(|_| t.elapsed())
     }))?;
 
+    let inference_arena = inference.arena_bytes();
+    let store = inference.into_weights();
     let mut single = Inference::new(crate::compile_inference(model, 1)?, store, config.threads)?;
     let one = noise(example);
     single.run(&one)?;
@@ -133,7 +137,7 @@ pub fn run(
         train_step: training.step,
         inference_batch,
         latency,
-        arena_bytes: (training.arena_bytes, inference.arena_bytes()),
+        arena_bytes: (training.arena_bytes, inference_arena),
         flops: model.flops(),
         profile: training.profile,
         latency_profile,
@@ -152,13 +156,13 @@ struct TrainingFigures {
     profile: Vec<KernelTime>,
 }
 
-/// Compiles and times the training step; returns its figures and the
-/// weights it started from.
+/// Compiles and times the training step from the weights `weights::init`
+/// draws with seed 1.
 fn measure_training(
     model: &TypedGraph,
     train: &TrainConfig,
     config: BenchConfig,
-) -> Result<(TrainingFigures, weights::TensorStore), BenchError> {
+) -> Result<TrainingFigures, BenchError> {
     let example = model.input_shape().map_or(0, |s| s.elements() as usize);
     // Every output is scored against the same labels, so they must be
     // below the smallest output's number of scores.
@@ -180,7 +184,7 @@ fn measure_training(
     let drawing = Instant::now();
     let store = weights::init(model, 1);
     let drawn = drawing.elapsed();
-    let mut trainer = Trainer::new(step, store.clone(), config.threads)?;
+    let mut trainer = Trainer::new(step, store, config.threads)?;
     let compile = started.elapsed() - drawn;
     let images = noise(config.batch * example);
     let labels: Vec<u32> = (0..config.batch).map(|i| (i % classes) as u32).collect();
@@ -205,7 +209,7 @@ fn measure_training(
             kernel_times(trainer.plan(), &profile)
         },
     };
-    Ok((figures, store))
+    Ok(figures)
 }
 
 /// The executor's profile of `plan` (one entry per step), with what each

@@ -68,6 +68,11 @@ impl Inference {
         })
     }
 
+    /// The weights, given back.
+    pub fn into_weights(self) -> TensorStore {
+        self.weights
+    }
+
     /// The kernel plan it runs.
     pub fn plan(&self) -> &KernelPlan {
         &self.compiled.plan
