@@ -695,24 +695,11 @@ fn epilogue_fuses_bias_residual_and_relu() {
 /// gives bitwise the whole domain's result, and an epilogue is refused.
 #[test]
 fn few_rows_split_over_channels() {
+    let same_3x3 = |sizes, bias| Case::new(sizes, [3, 3], [1, 1], [1, 1], Padding::Same, bias);
     let cases = [
-        Case::new(
-            [1, 7, 7, 9, 136],
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            Padding::Same,
-            true,
-        ),
+        same_3x3([1, 7, 7, 9, 136], true),
         // Twelve rows, no bias.
-        Case::new(
-            [1, 3, 4, 5, 130],
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            Padding::Same,
-            false,
-        ),
+        same_3x3([1, 3, 4, 5, 130], false),
         Case::dense(10, 20, 129, true),
     ];
     for case in &cases {
@@ -762,14 +749,7 @@ fn few_rows_split_over_channels() {
     }
     // Four rows run on the few-row product, which reads the weights in
     // order: not split.
-    let four = Case::new(
-        [1, 2, 2, 5, 130],
-        [3, 3],
-        [1, 1],
-        [1, 1],
-        Padding::Same,
-        true,
-    );
+    let four = same_3x3([1, 2, 2, 5, 130], true);
     let kernel = ConvForward::new("f", &four.shape).expect("valid");
     assert!(!kernel.splits_columns());
 }

@@ -60,11 +60,10 @@ const MAX_COLS_PER_ITEM: usize = 256;
 const TARGET_ITEMS: usize = 8;
 /// Forward products of at most this many rows (a small image at batch 1),
 /// but more than the few-row product takes, are split over their output
-/// channels rather than their rows, in items of [`COLUMNS_PER_ITEM`]
-/// channels: split over rows, every item read (and the GEMM packed) all of
-/// the weights. The few-row product streams the weights in order, and
-/// runs slower on blocks of their columns than on all of them on one
-/// thread (`docs/performance.md`).
+/// channels rather than their rows: split over rows, every item read (and
+/// the GEMM packed) all of the weights. The few-row product streams the
+/// weights in order, and runs slower on blocks of their columns than on
+/// all of them on one thread (`docs/performance.md`).
 const COLUMN_SPLIT_ROWS: usize = 64;
 /// The fewest output channels of one item of a product split over its
 /// channels; wider layers are split in four (each item builds the whole
@@ -378,12 +377,13 @@ pub fn forward_splits_columns(rows: usize, out_channels: usize) -> bool {
 ///
 /// Domain: blocks of `rows_per_item` output rows (`batch * oh * ow` rows in
 /// all), or, for a product of few rows ([`forward_splits_columns`]), blocks
-/// of a quarter of the output channels, at least [`COLUMNS_PER_ITEM`]. Each item builds the im2col
-/// block of its rows in the scratch (a 1x1 stride-1 convolution reads the
-/// input in place), multiplies it by its columns of the kernel in one
-/// single-threaded GEMM per run of contiguous weight rows (one, unless taps
-/// that only ever read padding were skipped), and runs the epilogue on its
-/// rows (row items only: a column item finishes no whole row).
+/// of a quarter of the output channels, at least [`COLUMNS_PER_ITEM`].
+/// Each item builds the im2col block of its rows in the scratch (a 1x1
+/// stride-1 convolution reads the input in place), multiplies it by its
+/// columns of the kernel in one single-threaded GEMM per run of contiguous
+/// weight rows (one, unless taps that only ever read padding were
+/// skipped), and runs the epilogue on its rows (row items only: a column
+/// item finishes no whole row).
 #[derive(Debug, Clone)]
 pub struct ConvForward {
     common: Common,

@@ -417,18 +417,22 @@ mod tests {
     use super::*;
     use crate::codegen::elementwise::Binary;
 
+    fn relu_kernel() -> Elementwise {
+        Elementwise {
+            name: "relu".into(),
+            inputs: vec![Operand::Tensor],
+            exprs: vec![
+                Expr::Load(0),
+                Expr::Const(0.0),
+                Expr::Binary(Binary::Max, 0, 1),
+            ],
+            outputs: vec![2],
+        }
+    }
+
     fn relu(rows: usize, channels: usize) -> KernelDesc {
         KernelDesc::Elementwise {
-            kernel: Elementwise {
-                name: "relu".into(),
-                inputs: vec![Operand::Tensor],
-                exprs: vec![
-                    Expr::Load(0),
-                    Expr::Const(0.0),
-                    Expr::Binary(Binary::Max, 0, 1),
-                ],
-                outputs: vec![2],
-            },
+            kernel: relu_kernel(),
             rows,
             channels,
         }
@@ -506,5 +510,43 @@ mod tests {
             to: (3, 0),
         });
         assert!(message(&ok).ends_with("reads and writes `t` at once"));
+    }
+
+    /// A forward product of a few rows is split over its channels: no
+    /// item finishes a whole row, so an epilogue on it is a defect.
+    #[test]
+    fn an_epilogue_needs_whole_rows() {
+        use crate::codegen::contraction::DenseShape;
+        for (rows, refused) in [(16, true), (128, false)] {
+            let mut plan = KernelPlan {
+                name: "p".into(),
+                batch: rows,
+                ..KernelPlan::default()
+            };
+            let x = plan.buffer("x", rows * 4, Role::Input);
+            let w = plan.buffer("w", 4 * 128, Role::Weight("w".into()));
+            let y = plan.buffer("y", rows * 128, Role::Output("y".into()));
+            plan.steps.push(super::super::Step {
+                kernel: KernelDesc::Contraction {
+                    name: "dense".into(),
+                    geometry: Geometry::Dense(DenseShape {
+                        rows,
+                        inputs: 4,
+                        units: 128,
+                        bias: false,
+                    }),
+                    pass: ContractionPass::Forward {
+                        epilogue: Some(relu_kernel()),
+                    },
+                    algorithm: Algorithm::Gemm,
+                },
+                args: vec![x, w, y],
+                nodes: vec![],
+            });
+            match refused {
+                true => assert!(message(&plan).contains("split over its channels")),
+                false => assert_eq!(plan.verify(), Ok(())),
+            }
+        }
     }
 }
