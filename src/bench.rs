@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::autodiff::LossSpec;
 use crate::config::TrainConfig;
 use crate::plan::Flops;
+use crate::runtime::executor::StepTime;
 use crate::runtime::inference::{Inference, InferenceError};
 use crate::runtime::training::{Trainer, TrainingError};
 use crate::runtime::weights;
@@ -54,6 +55,9 @@ pub struct BenchReport {
     pub flops: u64,
     /// When profiling: the training step's kernels and their total time.
     pub profile: Vec<KernelTime>,
+    /// When profiling: the batch inference program's kernels and their
+    /// total time over the timed batches.
+    pub inference_profile: Vec<KernelTime>,
     /// When profiling: the batch-1 inference program's kernels and their
     /// total time over the latency runs.
     pub latency_profile: Vec<KernelTime>,
@@ -108,10 +112,15 @@ pub fn run(
     let mut inference = Inference::new(compiled, weights::init(model, 1), config.threads)?;
     let batch_input = noise(config.inference_batch * example);
     inference.run(&batch_input)?;
-    let inference_batch = median((0..3).map(|_| {
+    if config.profile {
+        inference.executor().enable_profile();
+    }
+    let inference_batch = median((0..INFERENCE_RUNS).map(|_| {
         let t = Instant::now();
         inference.run(&batch_input).map(|_| t.elapsed())
     }))?;
+    let profile = inference.executor().profile().to_vec();
+    let inference_profile = kernel_times(inference.plan(), &profile);
 
     let inference_arena = inference.arena_bytes();
     let store = inference.into_weights();
@@ -140,12 +149,18 @@ pub fn run(
         arena_bytes: (training.arena_bytes, inference_arena),
         flops: model.flops(),
         profile: training.profile,
+        inference_profile,
         latency_profile,
     })
 }
 
-/// How many batch-1 runs the latency is the median of.
-const LATENCY_RUNS: usize = 21;
+/// How many batches the inference figure is the median of.
+const INFERENCE_RUNS: usize = 5;
+
+/// How many batch-1 runs the latency is the median of (as many as the
+/// peers' scripts time: a batch-1 run is short enough for the other
+/// processes on a shared machine to move a median of few).
+const LATENCY_RUNS: usize = 200;
 
 /// What [`measure_training`] finds.
 struct TrainingFigures {
@@ -214,15 +229,17 @@ fn measure_training(
 
 /// The executor's profile of `plan` (one entry per step), with what each
 /// step's kernel is.
-fn kernel_times(plan: &KernelPlan, profile: &[(String, Duration)]) -> Vec<KernelTime> {
+fn kernel_times(plan: &KernelPlan, profile: &[StepTime]) -> Vec<KernelTime> {
     plan.steps
         .iter()
         .zip(profile)
-        .map(|(step, (name, time))| KernelTime {
-            name: name.clone(),
-            method: step.kernel.method(),
+        .map(|(step, time)| KernelTime {
+            name: time.name.clone(),
+            method: time
+                .method
+                .map_or_else(|| step.kernel.method(), str::to_string),
             flops: step.kernel.flops(),
-            time: *time,
+            time: time.time,
         })
         .collect()
 }
@@ -284,6 +301,10 @@ impl fmt::Display for BenchReport {
         if !self.profile.is_empty() {
             let steps = self.config.steps.max(1);
             write_profile(f, "training step", &self.profile, steps)?;
+        }
+        if !self.inference_profile.is_empty() {
+            let program = format!("batch-{} inference", self.config.inference_batch);
+            write_profile(f, &program, &self.inference_profile, INFERENCE_RUNS)?;
         }
         if !self.latency_profile.is_empty() {
             write_profile(f, "batch-1 inference", &self.latency_profile, LATENCY_RUNS)?;

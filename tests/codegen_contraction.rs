@@ -425,6 +425,13 @@ fn conv_cases() -> Vec<Case> {
         // the channels, in blocks of 64 and a last one of 8 (or 2).
         Case::new([1, 7, 7, 9, 136], [3, 3], one, one, Same, true),
         Case::new([1, 3, 4, 5, 130], [3, 3], one, one, Same, false),
+        // Few taps and input channels: computed without im2col where the
+        // CPU has AVX-512 (`first_layers_compute_directly`), the output
+        // channels in blocks of 64, 16 and a masked rest.
+        Case::new([3, 28, 28, 1, 100], [7, 7], one, one, Same, true),
+        Case::new([2, 28, 27, 1, 64], [7, 7], two, one, Same, false),
+        Case::new([7, 10, 9, 2, 33], [5, 5], [3, 2], one, Valid, true),
+        Case::new([7, 8, 6, 7, 9], [3, 3], one, one, Valid, false),
     ]
 }
 
@@ -752,6 +759,62 @@ fn few_rows_split_over_channels() {
     let four = same_3x3([1, 2, 2, 5, 130], true);
     let kernel = ConvForward::new("f", &four.shape).expect("valid");
     assert!(!kernel.splits_columns());
+}
+
+/// A convolution with few taps and input channels (a first layer) is
+/// computed without im2col where the CPU has AVX-512, and any split of its
+/// rows on threads gives bitwise the whole domain's result; more taps, a
+/// dilation, or a tap that never reads the image keep im2col.
+#[test]
+fn first_layers_compute_directly() {
+    use Padding::{Same, Valid};
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    let (one, two) = ([1, 1], [2, 2]);
+    let direct = [
+        Case::new([3, 28, 28, 1, 100], [7, 7], one, one, Same, true),
+        Case::new([2, 28, 27, 1, 64], [7, 7], two, one, Same, false),
+        Case::new([7, 10, 9, 2, 33], [5, 5], [3, 2], one, Valid, true),
+        Case::new([7, 8, 6, 7, 9], [3, 3], one, one, Valid, false),
+    ];
+    for case in &direct {
+        let kernel = ConvForward::new("f", &case.shape).expect("valid");
+        assert_eq!(kernel.is_direct(), avx512, "{}", case.name());
+        assert!(kernel.domain() >= 2, "{}", case.name());
+        let expected = case.reference(&case.x, &case.w, case.b.as_deref());
+        let whole = case.forward(None, Split::Whole);
+        assert_close(&whole, &expected, &case.name());
+        let mut y = vec![f32::NAN; whole.len()];
+        let buffers = ForwardBuffers {
+            input: case.x.as_ptr(),
+            kernel: case.w.as_ptr(),
+            bias: case.b.as_ref().map(|b| b.as_ptr()),
+            output: y.as_mut_ptr(),
+        };
+        let domain = kernel.domain();
+        in_threads(&[0..1, 1..domain], kernel.scratch_len(), |part, scratch| {
+            // SAFETY: the buffers have the lengths the kernel reports; the
+            // threads run disjoint items.
+            unsafe { kernel.run(&buffers, None, scratch, part) }.expect("runs");
+        });
+        assert!(
+            y.iter()
+                .zip(&whole)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{}: a split differs",
+            case.name()
+        );
+    }
+    let im2col = [
+        // 3 x 3 x 8 = 72 taps and channels.
+        Case::new([1, 9, 9, 8, 16], [3, 3], one, one, Same, true),
+        Case::new([1, 9, 9, 1, 16], [3, 3], one, two, Same, true),
+        // The 3x3 kernel's outer taps only read the 1x1 image's padding.
+        Case::new([4, 1, 1, 2, 16], [3, 3], one, one, Same, true),
+    ];
+    for case in &im2col {
+        let kernel = ConvForward::new("f", &case.shape).expect("valid");
+        assert!(!kernel.is_direct(), "{}", case.name());
+    }
 }
 
 /// Runs `run` on every part of `parts` at once, one thread each.

@@ -30,6 +30,7 @@
 //! executor holds them (places in one arena); their lengths are the
 //! kernel's [`Lengths`].
 
+mod direct;
 mod geometry;
 mod matmul;
 pub mod step;
@@ -388,6 +389,9 @@ pub fn forward_splits_columns(rows: usize, out_channels: usize) -> bool {
 pub struct ConvForward {
     common: Common,
     items: ForwardItems,
+    /// Whether items compute without im2col ([`direct`]): a layer with few
+    /// taps and input channels, on a CPU with AVX-512.
+    direct: bool,
 }
 
 /// How a [`ConvForward`] splits its product.
@@ -411,7 +415,17 @@ impl ConvForward {
             let scratch_cols = if g.pointwise { 0 } else { g.cols };
             ForwardItems::Rows(rows_per_item(g.rows, scratch_cols))
         };
-        Ok(ConvForward { common, items })
+        let direct = matches!(items, ForwardItems::Rows(_))
+            && !g.pointwise
+            && g.dense_taps()
+            && g.cols <= direct::DIRECT_TAPS
+            && shape.kernel[0] <= direct::MAX_LINES
+            && direct::available();
+        Ok(ConvForward {
+            common,
+            items,
+            direct,
+        })
     }
 
     /// The forward kernel of dense layer `shape`.
@@ -449,9 +463,19 @@ impl ConvForward {
         }
     }
 
+    /// Whether its items compute without im2col.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
     /// The f32s of scratch one thread needs to run any range of items.
     pub fn scratch_len(&self) -> usize {
         let g = &self.common.geometry;
+        if self.direct {
+            // One padded input row per kernel row.
+            let padded = g.padded_width() * g.shape.in_channels;
+            return scratch_for(g.shape.kernel[0] * padded);
+        }
         let rows = match self.items {
             ForwardItems::Rows(rows) => rows,
             ForwardItems::Columns(_) => g.rows,
@@ -496,7 +520,13 @@ impl ConvForward {
         for item in items {
             let (rows, columns) = self.item_block(item);
             // SAFETY: the caller's contract, passed on.
-            unsafe { self.item(buffers, scratch, rows.clone(), columns) };
+            unsafe {
+                if self.direct {
+                    self.direct_item(buffers, scratch, rows.clone());
+                } else {
+                    self.item(buffers, scratch, rows.clone(), columns);
+                }
+            }
             if let Some(epilogue) = epilogue {
                 // SAFETY: the output holds `rows.end * cout` f32s (the item
                 // wrote every channel of them); the rest is the caller's
@@ -505,6 +535,75 @@ impl ConvForward {
             }
         }
         Ok(())
+    }
+
+    /// Every channel of the output rows `rows`, without im2col: one direct
+    /// product per stretch of them along an image row, reading the input
+    /// rows its kernel rows tap, each copied once into `scratch` with its
+    /// padding.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`], with [`direct::available`] true.
+    unsafe fn direct_item(
+        &self,
+        buffers: &ForwardBuffers,
+        scratch: &mut [f32],
+        rows: Range<usize>,
+    ) {
+        let g = &self.common.geometry;
+        let s = &g.shape;
+        let (cin, cout) = (s.in_channels, s.out_channels);
+        // SAFETY: the input holds `input_len` f32s and is only read.
+        let input = unsafe { std::slice::from_raw_parts(buffers.input, g.input_len) };
+        let line_len = s.width * cin;
+        let padded = g.padded_width() * cin;
+        let before = (g.x.before * cin).min(padded);
+        let run = s.kernel[1] * cin;
+        let start = match buffers.bias {
+            Some(bias) => direct::Start::Row(bias),
+            None => direct::Start::Zero,
+        };
+        let mut starts = [(std::ptr::null::<f32>(), 0); direct::MAX_LINES];
+        let mut row = rows.start;
+        while row < rows.end {
+            let (image, oy, ox) = g.position(row);
+            let len = (g.x.output - ox).min(rows.end - row);
+            let mut lines = 0;
+            for ky in 0..s.kernel[0] {
+                let Some(iy) = g.y.source(oy, ky) else {
+                    continue;
+                };
+                let source = &input[(image * s.height + iy) * line_len..][..line_len];
+                let line = &mut scratch[ky * padded..][..padded];
+                let end = (before + line_len).min(padded);
+                line[..before].fill(0.0);
+                line[before..end].copy_from_slice(&source[..end - before]);
+                line[end..].fill(0.0);
+                starts[lines] = (line[ox * g.x.stride * cin..].as_ptr(), ky * run);
+                lines += 1;
+            }
+            let lhs = direct::Lines {
+                starts: &starts[..lines],
+                run,
+                row_stride: g.x.stride * cin,
+            };
+            // SAFETY: the padded rows hold `run` f32s past each of the
+            // stretch's positions (`padded_width`); the kernel's rows
+            // `ky * run..` and the bias hold `cout` f32s each; these output
+            // rows are this item's alone.
+            unsafe {
+                direct::product(
+                    len,
+                    0..cout,
+                    buffers.output.add(row * cout),
+                    cout,
+                    lhs,
+                    buffers.kernel,
+                    start,
+                )
+            };
+            row += len;
+        }
     }
 
     /// Channels `columns` of the output rows `rows`: bias, then one GEMM

@@ -35,6 +35,12 @@ pub trait Kernel: Send + Sync {
     fn clif(&self) -> Option<&str> {
         None
     }
+    /// How it computes, where the kernel chose that by the CPU when it was
+    /// built, in the terms of [`crate::plan::KernelDesc::method`]; `None`
+    /// where the plan's method says it.
+    fn method(&self) -> Option<&'static str> {
+        None
+    }
     /// Runs work items `items`; an error is a message naming what failed.
     ///
     /// # Safety

@@ -15,6 +15,18 @@ use super::team::Team;
 use crate::codegen::program::Slot;
 use crate::codegen::program::{Program, Step};
 
+/// One step's total time, as the profile records it.
+#[derive(Debug, Clone, Default)]
+pub struct StepTime {
+    /// The kernel's name.
+    pub name: String,
+    /// How the kernel computes, where it chose that by the CPU
+    /// ([`crate::codegen::program::Kernel::method`]).
+    pub method: Option<&'static str>,
+    /// The total time.
+    pub time: std::time::Duration,
+}
+
 /// Why a program could not run.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RuntimeError {
@@ -66,7 +78,7 @@ pub struct Executor {
     threads: usize,
     arena: Vec<f32>,
     /// When profiling: each step's name and accumulated time.
-    profile: Option<Vec<(String, std::time::Duration)>>,
+    profile: Option<Vec<StepTime>>,
 }
 
 /// Pointers handed to worker threads. The kernels' domain contract (no two
@@ -137,14 +149,12 @@ impl Executor {
                 })?;
             if let Some(profile) = &mut self.profile {
                 if profile.len() < program.steps.len() {
-                    profile.resize(
-                        program.steps.len(),
-                        (String::new(), std::time::Duration::ZERO),
-                    );
+                    profile.resize(program.steps.len(), StepTime::default());
                 }
                 let entry = &mut profile[first + i];
-                entry.0 = step.kernel.name().to_string();
-                entry.1 += started.elapsed();
+                entry.name = step.kernel.name().to_string();
+                entry.method = step.kernel.method();
+                entry.time += started.elapsed();
             }
         }
         Ok(())
@@ -155,8 +165,8 @@ impl Executor {
         self.profile = Some(Vec::new());
     }
 
-    /// Each step's name and total time so far, when profiling.
-    pub fn profile(&self) -> &[(String, std::time::Duration)] {
+    /// Each step's time so far, when profiling.
+    pub fn profile(&self) -> &[StepTime] {
         self.profile.as_deref().unwrap_or(&[])
     }
 

@@ -130,7 +130,7 @@ impl Geometry {
     }
 
     /// `(image, oy, ox)` of im2col row (output position) `row`.
-    fn position(&self, row: usize) -> (usize, usize, usize) {
+    pub fn position(&self, row: usize) -> (usize, usize, usize) {
         let per_image = self.y.output * self.x.output;
         let within = row % per_image;
         (
@@ -161,6 +161,22 @@ impl Geometry {
                 }
             }
         }
+    }
+
+    /// Whether every tap of the kernel is active and the horizontal taps
+    /// read consecutive input positions: then the taps of one kernel row
+    /// for consecutive output positions read one input row at a fixed
+    /// stride, once that row is padded ([`Self::padded_width`]).
+    pub fn dense_taps(&self) -> bool {
+        self.x_contiguous
+            && self.y_taps.len() == self.shape.kernel[0]
+            && self.x_taps.len() == self.shape.kernel[1]
+    }
+
+    /// The positions of an input row padded for every output position's
+    /// taps: position `p` is input column `p - x.before`.
+    pub fn padded_width(&self) -> usize {
+        (self.x.output - 1) * self.x.stride + (self.shape.kernel[1] - 1) * self.x.dilation + 1
     }
 
     /// The im2col row of output position `(image, oy, ox)` from column

@@ -42,6 +42,10 @@ pub trait ProductKernel: Send + Sync {
     fn scratch_len(&self) -> usize;
     /// Whether it takes a bias buffer.
     fn has_bias(&self) -> bool;
+    /// How it computes, where it chose that by the CPU ([`Kernel::method`]).
+    fn method(&self) -> Option<&'static str> {
+        None
+    }
     /// Runs items `items`.
     ///
     /// # Safety
@@ -64,6 +68,9 @@ impl ProductKernel for ConvForward {
     }
     fn has_bias(&self) -> bool {
         ConvForward::has_bias(self)
+    }
+    fn method(&self) -> Option<&'static str> {
+        self.is_direct().then_some("forward, direct")
     }
     unsafe fn run(
         &self,
@@ -123,6 +130,9 @@ impl<K: ProductKernel> Kernel for ProductStep<K> {
     }
     fn domain(&self) -> usize {
         self.kernel.domain()
+    }
+    fn method(&self) -> Option<&'static str> {
+        self.kernel.method()
     }
     unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
         let bias = self.kernel.has_bias();

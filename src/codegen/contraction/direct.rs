@@ -1,0 +1,235 @@
+//! The forward product of a convolution with few taps and input channels
+//! (a first layer: 7x7 taps of one channel), without im2col: its im2col
+//! rows are a handful of floats each, and copying them cost more than
+//! the product (the seed CNN's conv1 ran at about 40% of the machine's
+//! peak behind im2col, `docs/performance.md`). For a stretch of output
+//! positions along one image row, the taps of each kernel row read one
+//! zero-padded input row at a fixed stride, so the im2col block is a view
+//! of a few padded rows ([`Lines`]) that the AVX-512 kernel ([`product`])
+//! reads in place.
+
+use std::ops::Range;
+
+/// The inner size up to which [`super::ConvForward`] computes directly:
+/// taps times input channels of a layer's kernel.
+pub(super) const DIRECT_TAPS: usize = 64;
+
+/// The largest kernel height computed directly (one padded row each).
+pub(super) const MAX_LINES: usize = 16;
+
+/// The left operand of a direct product: row `i` (an output position) of
+/// its im2col block, columns `l * run .. (l + 1) * run` (one kernel row's
+/// taps and channels) are the `run` f32s from `starts[l].0 + i *
+/// row_stride`, and multiply the right operand's rows from `starts[l].1`
+/// on. Kernel rows that only read padding are left out.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lines<'a> {
+    pub starts: &'a [(*const f32, usize)],
+    pub run: usize,
+    pub row_stride: usize,
+}
+
+/// Whether this CPU runs [`product`].
+pub(super) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// What a direct product adds its sums to.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Start {
+    /// Nothing: the destination is overwritten with the sums.
+    Zero,
+    /// A row of `n` f32s (the bias), added to every row.
+    Row(*const f32),
+}
+
+/// `dst[i][j] = start[j] + Σ lhs[i][p] · rhs[p][j]` for `i` in `0..m`, `j`
+/// in `columns`: `dst` and `rhs` row-major with rows `stride` apart.
+///
+/// Blocks of up to [`ROWS`] rows by up to [`VECTORS`] vectors of 16
+/// columns are summed in registers; each element sums its products in
+/// order from zero with fused multiply-adds, then adds its start, whatever
+/// the blocks: the result does not depend on how the caller splits rows
+/// or columns.
+///
+/// # Safety
+/// [`available`] is true. Every element the shapes address lies in a live
+/// allocation: `lhs`'s runs for rows `0..m`, `rhs`'s rows `starts[l].1 ..
+/// starts[l].1 + run` and `start`'s row at `columns`, `dst`'s `m` rows at
+/// `columns`; `dst` overlaps none of them, and no other thread accesses
+/// that part of `dst` during the call.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn product(
+    m: usize,
+    columns: Range<usize>,
+    dst: *mut f32,
+    stride: usize,
+    lhs: Lines,
+    rhs: *const f32,
+    start: Start,
+) {
+    let operands = Operands {
+        dst,
+        stride,
+        lhs,
+        rhs,
+        start,
+    };
+    // SAFETY: the caller's contract.
+    unsafe { avx512::product(m, columns, &operands) }
+}
+
+/// [`product`] where there is no AVX-512: never called, since
+/// [`available`] is false.
+///
+/// # Safety
+/// As above.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn product(
+    _m: usize,
+    _columns: Range<usize>,
+    _dst: *mut f32,
+    _stride: usize,
+    _lhs: Lines,
+    _rhs: *const f32,
+    _start: Start,
+) {
+    unreachable!("the direct product needs AVX-512")
+}
+
+/// Rows summed at once: `ROWS * VECTORS` accumulators, the right operand's
+/// vectors and a broadcast fit the 32 vector registers.
+const ROWS: usize = 6;
+/// Vectors of 16 columns summed at once.
+const VECTORS: usize = 4;
+/// Columns per vector.
+const LANES: usize = 16;
+
+/// A product's operands.
+struct Operands<'a> {
+    dst: *mut f32,
+    stride: usize,
+    lhs: Lines<'a>,
+    rhs: *const f32,
+    start: Start,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::{
+        __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
+        _mm512_set1_ps, _mm512_setzero_ps,
+    };
+    use std::ops::Range;
+
+    use super::{Operands, Start, LANES, ROWS, VECTORS};
+
+    /// [`super::product`].
+    ///
+    /// # Safety
+    /// Its contract.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn product(m: usize, columns: Range<usize>, o: &Operands) {
+        let whole = m / ROWS * ROWS;
+        for col in columns.clone().step_by(VECTORS * LANES) {
+            let cols = (columns.end - col).min(VECTORS * LANES);
+            // Whole blocks of ROWS rows, then the rows left over one by one.
+            // SAFETY: the blocks lie in the product's shape.
+            unsafe {
+                blocks::<ROWS>(o, (0..whole).step_by(ROWS), col, cols);
+                blocks::<1>(o, whole..m, col, cols);
+            }
+        }
+    }
+
+    /// Blocks of `R` rows starting at each of `rows`, by columns `col..col
+    /// + cols`, on as many vectors as the columns need.
+    ///
+    /// # Safety
+    /// As for [`product`], with the blocks inside its shape.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn blocks<const R: usize>(
+        o: &Operands,
+        rows: impl Iterator<Item = usize>,
+        col: usize,
+        cols: usize,
+    ) {
+        for row in rows {
+            // SAFETY: the caller's contract.
+            unsafe {
+                match cols.div_ceil(LANES) {
+                    4 => block::<R, 4>(o, row, col, cols),
+                    3 => block::<R, 3>(o, row, col, cols),
+                    2 => block::<R, 2>(o, row, col, cols),
+                    _ => block::<R, 1>(o, row, col, cols),
+                }
+            }
+        }
+    }
+
+    /// Rows `row..row + R` by columns `col..col + cols` (`V` vectors, the
+    /// last masked to the columns).
+    ///
+    /// # Safety
+    /// As for [`product`], with the block inside its shape.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn block<const R: usize, const V: usize>(
+        o: &Operands,
+        row: usize,
+        col: usize,
+        cols: usize,
+    ) {
+        let mut masks: [__mmask16; V] = [0; V];
+        for (v, mask) in masks.iter_mut().enumerate() {
+            let lanes = cols.saturating_sub(v * LANES).min(LANES);
+            *mask = ((1u32 << lanes) - 1) as __mmask16;
+        }
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        let lhs = o.lhs;
+        for &(start, rhs_row) in lhs.starts {
+            let first = start.wrapping_add(row * lhs.row_stride);
+            for j in 0..lhs.run {
+                let w_row = o.rhs.wrapping_add((rhs_row + j) * o.stride + col);
+                let mut w = [_mm512_setzero_ps(); V];
+                for (v, w) in w.iter_mut().enumerate() {
+                    // SAFETY: the mask keeps the lanes inside the row's
+                    // columns of the block.
+                    *w = unsafe { _mm512_maskz_loadu_ps(masks[v], w_row.wrapping_add(v * LANES)) };
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: element (row + r, j) of this kernel row's run.
+                    let a = _mm512_set1_ps(unsafe { *first.wrapping_add(r * lhs.row_stride + j) });
+                    for v in 0..V {
+                        acc[v] = _mm512_fmadd_ps(a, w[v], acc[v]);
+                    }
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let out = o.dst.wrapping_add((row + r) * o.stride + col);
+            for v in 0..V {
+                // SAFETY: the mask keeps the lanes inside the block, which
+                // the caller gives this call alone, and inside the start row.
+                unsafe {
+                    let sum = match o.start {
+                        Start::Zero => acc[v],
+                        Start::Row(first) => _mm512_add_ps(
+                            _mm512_maskz_loadu_ps(masks[v], first.wrapping_add(col + v * LANES)),
+                            acc[v],
+                        ),
+                    };
+                    _mm512_mask_storeu_ps(out.wrapping_add(v * LANES), masks[v], sum);
+                }
+            }
+        }
+    }
+}
