@@ -352,6 +352,27 @@ fn write_profile(
             k.method
         )?;
     }
+    // Every kernel, by how it computes: where the time goes by kind.
+    let mut methods: Vec<(&str, Duration, usize)> = Vec::new();
+    for k in kernels {
+        match methods.iter_mut().find(|(m, _, _)| *m == k.method) {
+            Some((_, time, count)) => {
+                *time += k.time;
+                *count += 1;
+            }
+            None => methods.push((&k.method, k.time, 1)),
+        }
+    }
+    methods.sort_by_key(|&(_, time, _)| std::cmp::Reverse(time));
+    writeln!(f, "  by method:")?;
+    for (method, time, count) in methods {
+        let share = time.as_secs_f64() / total.as_secs_f64().max(1e-12) * 100.0;
+        writeln!(
+            f,
+            "  {share:5.1}%  {:8.3} ms  {count:4} kernels  {method}",
+            time.as_secs_f64() / runs * 1e3
+        )?;
+    }
     Ok(())
 }
 

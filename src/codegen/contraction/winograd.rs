@@ -40,7 +40,7 @@ pub use self::gradient::{WinogradBackwardFilter, WinogradFilterGradient};
 
 use self::lanes::{
     over_channels, transform_2d, ChannelBlock, FilterF2, FilterF4, InputF2, InputF4, Lanes,
-    OutputF2, OutputF4, Transform,
+    OutputF2, OutputF4, Transform, Vectors,
 };
 use super::geometry::Geometry;
 use super::matmul::{matmul, Operand};
@@ -311,8 +311,8 @@ struct TransformSizes {
     plane: Plane,
     tile: Tile,
     transformed_len: usize,
-    /// Whether the CPU has AVX2.
-    avx2: bool,
+    /// The CPU's widest lanes.
+    vectors: Vectors,
 }
 
 impl TransformSizes {
@@ -331,7 +331,7 @@ impl TransformSizes {
             plane,
             tile,
             transformed_len,
-            avx2: has_avx2(),
+            vectors: Vectors::detect(),
         })
     }
 
@@ -415,7 +415,7 @@ impl WinogradFilter {
                 rows: first_row..(first_row + ROWS_PER_BLOCK).min(items.end),
             };
             let channels = self.sizes.plane.destination_channels;
-            over_channels(&mut block, channels, self.sizes.avx2);
+            over_channels(&mut block, channels, self.sizes.vectors);
         }
         Ok(())
     }
@@ -465,7 +465,7 @@ impl WinogradFilter {
                     // channel is this transform's destination.
                     Direction::BackwardData => {
                         let tap = (2 - ky) * 3 + (2 - kx);
-                        let mut values = [0.0; 8];
+                        let mut values = [0.0; 16];
                         for (lane, value) in values[..V::WIDTH].iter_mut().enumerate() {
                             *value = kernel[(tap * cols + c + lane) * rows + r];
                         }
@@ -532,8 +532,8 @@ pub struct WinogradConv {
     bias: bool,
     transformed_len: usize,
     tile_rows_per_item: usize,
-    /// Whether the CPU has AVX2, for the transforms.
-    avx2: bool,
+    /// The CPU's widest lanes, for the transforms.
+    vectors: Vectors,
 }
 
 impl WinogradConv {
@@ -562,7 +562,7 @@ impl WinogradConv {
             bias: shape.bias && direction == Direction::Forward,
             transformed_len,
             tile_rows_per_item: cached.min(balanced),
-            avx2: has_avx2(),
+            vectors: Vectors::detect(),
         })
     }
 
@@ -733,7 +733,7 @@ impl WinogradConv {
                 tiles,
                 v: &mut *v,
             };
-            over_channels(&mut block, cin, self.avx2);
+            over_channels(&mut block, cin, self.vectors);
         }
     }
 
@@ -767,7 +767,7 @@ impl WinogradConv {
                 bias,
                 destination: &mut *destination,
             };
-            over_channels(&mut block, cout, self.avx2);
+            over_channels(&mut block, cout, self.vectors);
         }
     }
 }
@@ -869,17 +869,5 @@ impl OutputTile<'_> {
                 }
             }
         }
-    }
-}
-
-/// Whether the CPU has AVX2.
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }

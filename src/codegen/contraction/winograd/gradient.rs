@@ -247,7 +247,7 @@ impl WinogradBackwardFilter {
                 tiles: tiles.len(),
                 channels,
             };
-            over_channels(&mut block, channels, self.sizes.avx2);
+            over_channels(&mut block, channels, self.sizes.vectors);
         }
     }
 }
@@ -401,7 +401,7 @@ impl WinogradFilterGradient {
             over_channels(
                 &mut block,
                 self.sizes.plane.destination_channels,
-                self.sizes.avx2,
+                self.sizes.vectors,
             );
         }
         Ok(())

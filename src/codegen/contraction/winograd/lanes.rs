@@ -1,6 +1,7 @@
 //! The arithmetic of the Winograd transforms, written once over [`Lanes`]:
-//! a few channels at a time, with AVX ([`Avx`], eight channels) or one by
-//! one ([`One`], the channels left over, and CPUs without AVX2). Both do
+//! a few channels at a time, with AVX-512 ([`Avx512`], sixteen channels),
+//! AVX ([`Avx`], eight) or one by one ([`One`], the channels left over, and
+//! CPUs without AVX2). Both do
 //! the same IEEE operations in the same order on each channel (no fused
 //! multiply-adds), so their results are bitwise the same.
 
@@ -101,41 +102,139 @@ impl Lanes for Avx {
     }
 }
 
+/// Sixteen channels in an AVX-512 register. Only code compiled for
+/// AVX-512F (the `*_avx512` functions, which run after the CPU was
+/// checked) makes one, which is what makes the intrinsics below sound.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Avx512(std::arch::x86_64::__m512);
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx512 {
+    const WIDTH: usize = 16;
+    #[inline(always)]
+    fn zero() -> Avx512 {
+        // SAFETY: the CPU has AVX-512F (see the type's comment).
+        Avx512(unsafe { std::arch::x86_64::_mm512_setzero_ps() })
+    }
+    #[inline(always)]
+    fn load(values: &[f32]) -> Avx512 {
+        let values = &values[..16];
+        // SAFETY: sixteen readable values; the CPU has AVX-512F.
+        Avx512(unsafe { std::arch::x86_64::_mm512_loadu_ps(values.as_ptr()) })
+    }
+    #[inline(always)]
+    fn store(self, out: &mut [f32]) {
+        let out = &mut out[..16];
+        // SAFETY: sixteen writable places; the CPU has AVX-512F.
+        unsafe { std::arch::x86_64::_mm512_storeu_ps(out.as_mut_ptr(), self.0) }
+    }
+    #[inline(always)]
+    fn add(self, other: Avx512) -> Avx512 {
+        // SAFETY: the CPU has AVX-512F.
+        Avx512(unsafe { std::arch::x86_64::_mm512_add_ps(self.0, other.0) })
+    }
+    #[inline(always)]
+    fn sub(self, other: Avx512) -> Avx512 {
+        // SAFETY: the CPU has AVX-512F.
+        Avx512(unsafe { std::arch::x86_64::_mm512_sub_ps(self.0, other.0) })
+    }
+    #[inline(always)]
+    fn scale(self, factor: f32) -> Avx512 {
+        // SAFETY: the CPU has AVX-512F.
+        unsafe {
+            let factor = std::arch::x86_64::_mm512_set1_ps(factor);
+            Avx512(std::arch::x86_64::_mm512_mul_ps(self.0, factor))
+        }
+    }
+}
+
+/// The widest lanes the CPU has, checked once when a kernel is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Vectors {
+    /// One channel at a time.
+    Scalar,
+    /// Eight channels at a time ([`Avx`]).
+    Avx2,
+    /// Sixteen channels at a time ([`Avx512`]), then eight.
+    Avx512,
+}
+
+impl Vectors {
+    /// The widest lanes this CPU has.
+    pub(super) fn detect() -> Vectors {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Vectors::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Vectors::Avx2;
+            }
+        }
+        Vectors::Scalar
+    }
+}
+
 /// A computation on the channels `c..c + V::WIDTH` of something, written
 /// once for any [`Lanes`]; [`over_channels`] runs it over all of them.
-/// Its `run` must be `#[inline(always)]`, so that it compiles for AVX2
-/// inside [`over_channels`]'s AVX2 loop.
+/// Its `run` must be `#[inline(always)]`, so that it compiles for the
+/// vector extension inside [`over_channels`]'s loops.
 pub(super) trait ChannelBlock {
     /// Computes channels `c..c + V::WIDTH`.
     fn run<V: Lanes>(&mut self, c: usize);
 }
 
-/// Runs `block` on channels `0..channels`: eight at a time with AVX when
-/// `avx2` says the CPU has it, the rest one by one.
-pub(super) fn over_channels<B: ChannelBlock>(block: &mut B, channels: usize, avx2: bool) {
-    #[allow(unused_mut)]
-    let mut first = 0;
+/// Runs `block` on channels `0..channels`: sixteen at a time with AVX-512
+/// and eight with AVX2 where `vectors` says the CPU has them, the rest one
+/// by one. Every width does the same operations on each channel, so the
+/// results are bitwise those of one channel at a time.
+pub(super) fn over_channels<B: ChannelBlock>(block: &mut B, channels: usize, vectors: Vectors) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: the caller checked that the CPU has AVX2.
-        first = unsafe { avx2_blocks(block, channels) };
-    }
+    // SAFETY: `vectors` says what the CPU has.
+    let first = unsafe {
+        match vectors {
+            Vectors::Avx512 => avx512_blocks(block, channels),
+            Vectors::Avx2 => avx2_blocks(block, channels, 0),
+            Vectors::Scalar => 0,
+        }
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = avx2;
+    let first = {
+        let _ = vectors;
+        0
+    };
     for c in first..channels {
         block.run::<One>(c);
     }
 }
 
-/// The whole blocks of eight channels of [`over_channels`]; returns the
-/// first channel left.
+/// The whole blocks of sixteen channels of [`over_channels`], then those
+/// of eight; returns the first channel left.
+///
+/// # Safety
+/// The CPU has AVX-512F (and so AVX2).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn avx512_blocks<B: ChannelBlock>(block: &mut B, channels: usize) -> usize {
+    let mut c = 0;
+    while c + Avx512::WIDTH <= channels {
+        block.run::<Avx512>(c);
+        c += Avx512::WIDTH;
+    }
+    // SAFETY: the CPU has AVX2.
+    unsafe { avx2_blocks(block, channels, c) }
+}
+
+/// The whole blocks of eight channels of [`over_channels`] from channel
+/// `first` on; returns the first channel left.
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn avx2_blocks<B: ChannelBlock>(block: &mut B, channels: usize) -> usize {
-    let mut c = 0;
+unsafe fn avx2_blocks<B: ChannelBlock>(block: &mut B, channels: usize, first: usize) -> usize {
+    let mut c = first;
     while c + Avx::WIDTH <= channels {
         block.run::<Avx>(c);
         c += Avx::WIDTH;
@@ -448,39 +547,57 @@ mod tests {
         }
     }
 
-    /// The AVX lanes compute bitwise what one channel at a time does.
+    /// The AVX and AVX-512 lanes compute bitwise what one channel at a
+    /// time does.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx_lanes_match_one_channel_at_a_time() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
-            return;
+    fn vector_lanes_match_one_channel_at_a_time() {
+        let x: Vec<f32> = (0..96).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let mut checked = 0;
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked above).
+            let wide = unsafe { avx_transforms(&x) };
+            check_lanes(&x, &wide, 8);
+            checked += 1;
         }
-        let x: Vec<f32> = (0..48).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        // SAFETY: the CPU has AVX2 (checked above).
-        let wide = unsafe { avx_transforms(&x) };
-        for lane in 0..8 {
-            let one: [One; 6] = std::array::from_fn(|i| One(x[i * 8 + lane]));
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            let wide = unsafe { avx512_transforms(&x) };
+            check_lanes(&x, &wide, 16);
+            checked += 1;
+        }
+        eprintln!("{checked} vector widths checked");
+    }
+
+    /// `wide[block][k][lane]` against the transforms of lane `lane` of the
+    /// six rows of `width` values of `x`.
+    fn check_lanes(x: &[f32], wide: &[[[f32; 16]; 6]; 2], width: usize) {
+        for lane in 0..width {
+            let one: [One; 6] = std::array::from_fn(|i| One(x[i * width + lane]));
             let expected = [
                 InputF4::apply(one),
                 FilterF4::apply([one[0], one[1], one[2]]),
             ];
             for (block, values) in expected.iter().enumerate() {
                 for (k, value) in values.iter().enumerate() {
-                    assert_eq!(wide[block][k][lane].to_bits(), value.0.to_bits());
+                    assert_eq!(
+                        wide[block][k][lane].to_bits(),
+                        value.0.to_bits(),
+                        "width {width}, lane {lane}"
+                    );
                 }
             }
         }
     }
 
-    /// `input_f4` and `filter_f4` of six rows of eight lanes, with AVX.
-    ///
-    /// # Safety
-    /// The CPU has AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn avx_transforms(x: &[f32]) -> [[[f32; 8]; 6]; 2] {
-        let rows: [Avx; 6] = std::array::from_fn(|i| Avx::load(&x[i * 8..]));
-        let mut out = [[[0.0; 8]; 6]; 2];
+    /// `input_f4` and `filter_f4` of six rows of `V::WIDTH` lanes of `x`.
+    #[inline(always)]
+    fn transforms<V: Lanes>(x: &[f32]) -> [[[f32; 16]; 6]; 2] {
+        let mut rows = [V::zero(); 6];
+        for (i, row) in rows.iter_mut().enumerate() {
+            *row = V::load(&x[i * V::WIDTH..]);
+        }
+        let mut out = [[[0.0; 16]; 6]; 2];
         for (k, value) in InputF4::apply(rows).into_iter().enumerate() {
             value.store(&mut out[0][k]);
         }
@@ -491,5 +608,25 @@ mod tests {
             value.store(&mut out[1][k]);
         }
         out
+    }
+
+    /// [`transforms`] with AVX.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx_transforms(x: &[f32]) -> [[[f32; 16]; 6]; 2] {
+        transforms::<Avx>(x)
+    }
+
+    /// [`transforms`] with AVX-512.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512_transforms(x: &[f32]) -> [[[f32; 16]; 6]; 2] {
+        transforms::<Avx512>(x)
     }
 }
