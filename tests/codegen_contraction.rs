@@ -432,6 +432,11 @@ fn conv_cases() -> Vec<Case> {
         Case::new([2, 28, 27, 1, 64], [7, 7], two, one, Same, false),
         Case::new([7, 10, 9, 2, 33], [5, 5], [3, 2], one, Valid, true),
         Case::new([7, 8, 6, 7, 9], [3, 3], one, one, Valid, false),
+        // Tiny images in batches of 16 and more: computed by position
+        // (`tiny_images_are_computed_by_position`).
+        Case::new([16, 2, 2, 8, 7], [3, 3], one, one, Same, true),
+        Case::new([19, 2, 3, 8, 6], [3, 3], one, one, Same, false),
+        Case::new([16, 3, 3, 3, 5], [5, 5], one, one, Same, true),
     ]
 }
 
@@ -814,6 +819,69 @@ fn first_layers_compute_directly() {
     for case in &im2col {
         let kernel = ConvForward::new("f", &case.shape).expect("valid");
         assert!(!kernel.is_direct(), "{}", case.name());
+    }
+}
+
+/// Tiny images, where most of im2col's taps would read padding, are
+/// computed by position in blocks of images, forward and input gradient
+/// (the reference checks are `conv_forward_matches_the_reference` and
+/// `backward_data_matches_the_vjp`, whose cases include these), and any
+/// split of the blocks gives bitwise the whole domain's result; 1x1 images
+/// (one tap, no padding multiplied), larger images and small batches keep
+/// im2col.
+#[test]
+fn tiny_images_are_computed_by_position() {
+    let same = |sizes, kernel| Case::new(sizes, kernel, [1, 1], [1, 1], Padding::Same, true);
+    let tiny = [
+        same([16, 2, 2, 8, 7], [3, 3]),
+        same([19, 2, 3, 8, 6], [3, 3]),
+        same([16, 3, 3, 3, 5], [5, 5]),
+    ];
+    for case in &tiny {
+        let forward = ConvForward::new("f", &case.shape).expect("valid");
+        let data = ConvBackwardData::new("d", &case.shape).expect("valid");
+        assert!(
+            forward.by_positions() && data.by_positions(),
+            "{}",
+            case.name()
+        );
+        assert!(forward.domain() >= 1 && data.domain() >= 1);
+        let bitwise =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            bitwise(
+                &case.forward(None, Split::Whole),
+                &case.forward(None, Split::Uneven)
+            ),
+            "{}: a split of the forward pass differs",
+            case.name()
+        );
+        assert!(
+            bitwise(
+                &case.backward_data(Split::Whole),
+                &case.backward_data(Split::Uneven)
+            ),
+            "{}: a split of the input gradient differs",
+            case.name()
+        );
+    }
+    // 19 images: a block of 16 and one of 3.
+    let uneven = ConvForward::new("f", &tiny[1].shape).expect("valid");
+    assert_eq!(uneven.domain(), 2);
+    assert_eq!(uneven.item_block(1).0, 16 * 6..19 * 6);
+    let kept = [
+        same([16, 1, 1, 8, 5], [3, 3]),
+        same([8, 2, 2, 8, 7], [3, 3]),
+        same([16, 5, 5, 8, 4], [3, 3]),
+    ];
+    for case in &kept {
+        let forward = ConvForward::new("f", &case.shape).expect("valid");
+        let data = ConvBackwardData::new("d", &case.shape).expect("valid");
+        assert!(
+            !forward.by_positions() && !data.by_positions(),
+            "{}",
+            case.name()
+        );
     }
 }
 

@@ -33,6 +33,7 @@
 mod direct;
 mod geometry;
 mod matmul;
+mod positions;
 pub mod step;
 pub mod winograd;
 
@@ -40,6 +41,7 @@ use std::ops::Range;
 
 use self::geometry::{add_assign, Geometry};
 use self::matmul::{matmul, matmul_small_rows, Operand, FEW_ROWS, SMALL_ROWS};
+use self::positions::{Positions, Side};
 use super::{CodegenError, CompiledKernel};
 use crate::graph::Padding;
 
@@ -373,6 +375,19 @@ pub fn forward_splits_columns(rows: usize, out_channels: usize) -> bool {
     (FEW_ROWS + 1..=COLUMN_SPLIT_ROWS).contains(&rows) && out_channels >= 2 * COLUMNS_PER_ITEM
 }
 
+/// The pairs of connected positions per image when the forward pass
+/// (`forward`) or the input gradient of convolution `shape` is computed by
+/// position ([`positions`]), for the cost model; `None` when it is not.
+pub fn position_pairs(shape: &ConvShape, forward: bool) -> Option<usize> {
+    let g = Geometry::new("cost", shape).ok()?;
+    let side = if forward {
+        Side::Forward
+    } else {
+        Side::BackwardData
+    };
+    Positions::new(&g, side).map(|p| p.pairs())
+}
+
 /// Forward convolution or dense layer: `output = im2col(input) · kernel
 /// (+ bias)`, then the epilogue.
 ///
@@ -392,6 +407,9 @@ pub struct ConvForward {
     /// Whether items compute without im2col ([`direct`]): a layer with few
     /// taps and input channels, on a CPU with AVX-512.
     direct: bool,
+    /// Items of images computed by position ([`positions`]): tiny images
+    /// whose im2col would be mostly padding.
+    positions: Option<Positions>,
 }
 
 /// How a [`ConvForward`] splits its product.
@@ -421,10 +439,15 @@ impl ConvForward {
             && g.cols <= direct::DIRECT_TAPS
             && shape.kernel[0] <= direct::MAX_LINES
             && direct::available();
+        let positions = match items {
+            ForwardItems::Rows(_) if !direct => Positions::new(g, Side::Forward),
+            _ => None,
+        };
         Ok(ConvForward {
             common,
             items,
             direct,
+            positions,
         })
     }
 
@@ -447,6 +470,9 @@ impl ConvForward {
     /// The number of items.
     pub fn domain(&self) -> usize {
         let g = &self.common.geometry;
+        if let Some(p) = &self.positions {
+            return p.domain(g.shape.batch);
+        }
         match self.items {
             ForwardItems::Rows(rows) => g.rows.div_ceil(rows),
             ForwardItems::Columns(columns) => g.shape.out_channels.div_ceil(columns),
@@ -456,6 +482,12 @@ impl ConvForward {
     /// The output rows and channels of item `item`.
     pub fn item_block(&self, item: usize) -> (Range<usize>, Range<usize>) {
         let g = &self.common.geometry;
+        if let Some(p) = &self.positions {
+            let images = p.images(item, g.shape.batch);
+            let per_image = g.y.output * g.x.output;
+            let rows = images.start * per_image..images.end * per_image;
+            return (rows, 0..g.shape.out_channels);
+        }
         let block = |size: usize, all: usize| (item * size).min(all)..((item + 1) * size).min(all);
         match self.items {
             ForwardItems::Rows(rows) => (block(rows, g.rows), 0..g.shape.out_channels),
@@ -468,9 +500,17 @@ impl ConvForward {
         self.direct
     }
 
+    /// Whether its items are blocks of images computed by position.
+    pub fn by_positions(&self) -> bool {
+        self.positions.is_some()
+    }
+
     /// The f32s of scratch one thread needs to run any range of items.
     pub fn scratch_len(&self) -> usize {
         let g = &self.common.geometry;
+        if self.positions.is_some() {
+            return 0;
+        }
         if self.direct {
             // One padded input row per kernel row.
             let padded = g.padded_width() * g.shape.in_channels;
@@ -521,7 +561,21 @@ impl ConvForward {
             let (rows, columns) = self.item_block(item);
             // SAFETY: the caller's contract, passed on.
             unsafe {
-                if self.direct {
+                if let Some(p) = &self.positions {
+                    let g = &c.geometry;
+                    let bias = buffers
+                        .bias
+                        .map(|b| std::slice::from_raw_parts(b, g.shape.out_channels));
+                    let images = p.images(item, g.shape.batch);
+                    p.forward(
+                        g,
+                        images,
+                        buffers.input,
+                        buffers.kernel,
+                        bias,
+                        buffers.output,
+                    );
+                } else if self.direct {
                     self.direct_item(buffers, scratch, rows.clone());
                 } else {
                     self.item(buffers, scratch, rows.clone(), columns);
@@ -726,6 +780,9 @@ enum DataItems {
 pub struct ConvBackwardData {
     common: Common,
     items: DataItems,
+    /// Items of images computed by position ([`positions`]): tiny images
+    /// whose im2col gradient would be mostly padding.
+    positions: Option<Positions>,
 }
 
 impl ConvBackwardData {
@@ -741,7 +798,12 @@ impl ConvBackwardData {
         } else {
             bands(g)
         };
-        Ok(ConvBackwardData { common, items })
+        let positions = Positions::new(g, Side::BackwardData);
+        Ok(ConvBackwardData {
+            common,
+            items,
+            positions,
+        })
     }
 
     /// The backward-data kernel of dense layer `shape`.
@@ -749,9 +811,17 @@ impl ConvBackwardData {
         ConvBackwardData::new(name, &shape.as_conv())
     }
 
+    /// Whether its items are blocks of images computed by position.
+    pub fn by_positions(&self) -> bool {
+        self.positions.is_some()
+    }
+
     /// The number of items.
     pub fn domain(&self) -> usize {
         let g = &self.common.geometry;
+        if let Some(p) = &self.positions {
+            return p.domain(g.shape.batch);
+        }
         match self.items {
             DataItems::Rows { rows_per_item } => g.rows.div_ceil(rows_per_item),
             DataItems::Bands { height, .. } => (g.shape.batch * g.shape.height).div_ceil(height),
@@ -773,6 +843,9 @@ impl ConvBackwardData {
     /// ([`matmul_small_rows`]).
     fn scratch_parts(&self) -> (usize, usize) {
         let g = &self.common.geometry;
+        if let Some(p) = &self.positions {
+            return (0, p.scratch_floats(g));
+        }
         let (rows, dcol_len, widest) = match self.items {
             DataItems::Rows { rows_per_item } => (rows_per_item, 0, g.shape.in_channels),
             DataItems::Bands { dcol_rows, .. } => {
@@ -810,6 +883,10 @@ impl ConvBackwardData {
         for item in items {
             let rows = match self.items {
                 // SAFETY: the caller's contract, passed on.
+                _ if self.positions.is_some() => unsafe {
+                    self.positions_item(buffers, transposed, item)
+                },
+                // SAFETY: the caller's contract, passed on.
                 DataItems::Rows { rows_per_item } => unsafe {
                     self.rows_item(buffers, transposed, item, rows_per_item)
                 },
@@ -825,6 +902,38 @@ impl ConvBackwardData {
             }
         }
         Ok(())
+    }
+
+    /// One block of images computed by position. Returns the rows written.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`], with `positions` set.
+    unsafe fn positions_item(
+        &self,
+        buffers: &BackwardDataBuffers,
+        scratch: &mut [f32],
+        item: usize,
+    ) -> Range<usize> {
+        let g = &self.common.geometry;
+        let Some(p) = &self.positions else {
+            return 0..0;
+        };
+        let images = p.images(item, g.shape.batch);
+        let per_image = g.shape.height * g.shape.width;
+        let rows = images.start * per_image..images.end * per_image;
+        // SAFETY: the caller's contract; the scratch holds what the
+        // positions need (`scratch_parts`).
+        unsafe {
+            p.backward_data(
+                g,
+                images,
+                buffers.output_grad,
+                buffers.kernel,
+                buffers.input_grad,
+                scratch,
+            )
+        };
+        rows
     }
 
     /// One block of rows of a 1x1 stride-1 convolution: `dx = dy · wᵀ`.

@@ -95,12 +95,54 @@ pub(super) unsafe fn matmul_small_rows(
     // SAFETY: the scratch holds the m x n column-major product; the rest
     // is the caller's contract.
     unsafe { product((m, n, k), transposed, lhs, rhs, false) };
+    // SAFETY: the caller's contract.
+    unsafe { transpose_into(&scratch[..m * n], m, n, dst, dst_stride) };
+}
+
+/// `dst = Σ lhs · rhs` over `terms` (each an `m x k` by `k x n` product;
+/// zero when there are none), summed term by term in a column-major
+/// `scratch` of `m * n` f32s and transposed into `dst` once: the product
+/// of few rows by a transposed right operand runs fastest that way
+/// ([`SMALL_ROWS`]).
+///
+/// # Safety
+/// As for [`matmul`] for every term; `scratch` holds `m * n` f32s and
+/// overlaps no operand.
+pub(super) unsafe fn sum_small_rows(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_stride: usize,
+    terms: &[(Operand, Operand)],
+    scratch: &mut [f32],
+) {
+    let scratch = &mut scratch[..m * n];
+    if terms.is_empty() {
+        scratch.fill(0.0);
+    }
+    let columns = Operand::transposed(scratch.as_ptr(), m);
+    for (i, &(lhs, rhs)) in terms.iter().enumerate() {
+        // SAFETY: the scratch holds the m x n column-major sum; the rest is
+        // the caller's contract.
+        unsafe { product((m, n, k), columns, lhs, rhs, i > 0) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { transpose_into(scratch, m, n, dst, dst_stride) };
+}
+
+/// Rows `0..m` of `dst` (rows `dst_stride` apart, `n` f32s each) from the
+/// column-major `m x n` matrix `source`.
+///
+/// # Safety
+/// Those rows of `dst` lie in a live allocation, overlap `source`
+/// nowhere, and no other thread accesses them during the call.
+unsafe fn transpose_into(source: &[f32], m: usize, n: usize, dst: *mut f32, dst_stride: usize) {
     for i in (0..m).step_by(TILE) {
-        // SAFETY: rows `i..` of `dst` hold `n` elements each.
+        // SAFETY: rows `i..` of `dst` hold `n` elements each (the callers'
+        // contracts).
         let rows: Vec<&mut [f32]> = (i..(i + TILE).min(m))
             .map(|r| unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_stride), n) })
             .collect();
-        transpose_rows(&scratch[..m * n], m, i, rows);
+        transpose_rows(source, m, i, rows);
     }
 }
 

@@ -70,7 +70,13 @@ impl ProductKernel for ConvForward {
         ConvForward::has_bias(self)
     }
     fn method(&self) -> Option<&'static str> {
-        self.is_direct().then_some("forward, direct")
+        if self.is_direct() {
+            Some("forward, direct")
+        } else if self.by_positions() {
+            Some("forward, by position")
+        } else {
+            None
+        }
     }
     unsafe fn run(
         &self,
@@ -221,6 +227,11 @@ impl Kernel for BackwardDataStep {
     }
     fn domain(&self) -> usize {
         self.kernel.domain()
+    }
+    fn method(&self) -> Option<&'static str> {
+        self.kernel
+            .by_positions()
+            .then_some("backward-data, by position")
     }
     unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
         let buffers = BackwardDataBuffers {
