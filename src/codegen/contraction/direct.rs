@@ -105,7 +105,8 @@ pub(super) unsafe fn product(
 }
 
 /// Rows summed at once: `ROWS * VECTORS` accumulators, the right operand's
-/// vectors and a broadcast fit the 32 vector registers.
+/// vectors and a broadcast fit the 32 vector registers (the rows left over
+/// below it make one block of their own).
 const ROWS: usize = 6;
 /// Vectors of 16 columns summed at once.
 const VECTORS: usize = 4;
@@ -140,11 +141,19 @@ mod avx512 {
         let whole = m / ROWS * ROWS;
         for col in columns.clone().step_by(VECTORS * LANES) {
             let cols = (columns.end - col).min(VECTORS * LANES);
-            // Whole blocks of ROWS rows, then the rows left over one by one.
+            // Whole blocks of ROWS rows, then one block of the rows left.
             // SAFETY: the blocks lie in the product's shape.
             unsafe {
                 blocks::<ROWS>(o, (0..whole).step_by(ROWS), col, cols);
-                blocks::<1>(o, whole..m, col, cols);
+                let rest = std::iter::once(whole);
+                match m - whole {
+                    0 => {}
+                    1 => blocks::<1>(o, rest, col, cols),
+                    2 => blocks::<2>(o, rest, col, cols),
+                    3 => blocks::<3>(o, rest, col, cols),
+                    4 => blocks::<4>(o, rest, col, cols),
+                    _ => blocks::<5>(o, rest, col, cols),
+                }
             }
         }
     }
