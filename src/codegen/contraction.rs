@@ -17,8 +17,8 @@
 //!
 //! | kernel | item | reduction order |
 //! |---|---|---|
-//! | [`ConvForward`] | a block of output rows: im2col, GEMM, epilogue | over taps and channels, inside the GEMM |
-//! | [`ConvBackwardData`] | a block of input-gradient rows (1x1 stride 1 and dense), or a band of input rows counted over the batch (whole images when they fit): GEMM into the im2col gradient, then col2im | taps in a fixed order per pixel |
+//! | [`ConvForward`] | a block of output rows: im2col, GEMM, epilogue; with few taps and input channels on AVX-512, the direct product instead of im2col ([`direct`]); for tiny images, a block of images by position ([`positions`]); for a few rows, a block of output channels | over taps and channels, inside the GEMM (the direct product: in order, with fused multiply-adds; by position: taps in order, channels inside each GEMM) |
+//! | [`ConvBackwardData`] | a block of input-gradient rows (1x1 stride 1 and dense), a band of input rows counted over the batch (whole images when they fit): GEMM into the im2col gradient, then col2im; or for tiny images a block of images by position | taps in a fixed order per pixel |
 //! | [`ConvBackwardFilter`] | a block of weight-gradient rows, reduced over all output rows in fixed blocks; the last item is the bias gradient | blocks of output rows in order |
 //!
 //! Dense layers are 1x1 convolutions over rows ([`DenseShape`]); their
