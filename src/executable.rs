@@ -38,7 +38,7 @@ pub struct Compiled {
 pub fn build(plan: KernelPlan, layout: Layout) -> Result<Compiled, CodegenError> {
     let mut jit = Jit::new()?;
     let mut steps = Vec::with_capacity(plan.steps.len());
-    for step in &plan.steps {
+    for (step, prepared) in plan.steps.iter().zip(plan.prepared()) {
         let (kernel, elements) = kernel(&mut jit, &step.kernel)?;
         // Small kernels run on one thread.
         let serial_below = if elements < SERIAL_ELEMENTS {
@@ -50,6 +50,7 @@ pub fn build(plan: KernelPlan, layout: Layout) -> Result<Compiled, CodegenError>
             kernel,
             args: step.args.iter().map(|&b| layout.slots[b]).collect(),
             serial_below,
+            prepared,
         });
     }
     let arena_len = (layout.arena_bytes / 4) as usize;
@@ -131,6 +132,7 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             shape,
             tile,
             direction,
+            ..
         } if *direction == Direction::BackwardFilter => {
             let kernel = WinogradFilterGradient::new(name, shape, *tile)?;
             let work = kernel.transformed_len();
@@ -145,6 +147,7 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             shape,
             tile,
             direction,
+            ..
         } => {
             let kernel = WinogradFilter::new(name, shape, *tile, *direction)?;
             let work = kernel.transformed_len();

@@ -188,7 +188,9 @@ pub fn plan_forward(
     batch: usize,
 ) -> Result<KernelPlan, CompileError> {
     // One kernel call per node; batch statistics and masks by the mode.
-    let plan = passes::lower::forward(model, batch, mode)?;
+    let mut plan = passes::lower::forward(model, batch, mode)?;
+    // Inference runs with weights that never change (`Inference` owns them).
+    plan.frozen_weights = mode == Mode::Inference;
     rewrite(plan)
 }
 

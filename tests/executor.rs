@@ -54,11 +54,13 @@ fn program(jit: &mut Jit) -> Program {
                     hidden,
                 ],
                 serial_below: 0,
+                prepared: false,
             },
             Step {
                 kernel: Box::new(jit.compile_reduce(&softmax).expect("compiles")),
                 args: vec![hidden, Slot::External { index: 2, len: n }],
                 serial_below: 0,
+                prepared: false,
             },
         ],
         arena_len: 16 + n,

@@ -8,7 +8,7 @@ mod reference;
 mod interpret;
 
 use cnnc::graph::{Activation, Op};
-use cnnc::plan::Role;
+use cnnc::plan::{KernelDesc, Role};
 use cnnc::runtime::inference::Inference;
 use cnnc::runtime::weights;
 use cnnc::TypedGraph;
@@ -63,6 +63,11 @@ fn run_and_compare(model: &TypedGraph, batch: usize, threads: usize) {
         .collect();
     let compiled = cnnc::compile_inference(&model, batch).unwrap_or_else(|e| panic!("{e}"));
     let mut inference = Inference::new(compiled, store, threads).unwrap_or_else(|e| panic!("{e}"));
+    // A first run on other data fills what the program prepares from the
+    // weights; the checked run reuses it.
+    inference
+        .run(&data(input_len, 98))
+        .unwrap_or_else(|e| panic!("{e}"));
     let outputs = inference.run(&input).unwrap_or_else(|e| panic!("{e}"));
     for (name, values) in outputs {
         let reference = &expected[&name];
@@ -152,6 +157,61 @@ fn the_examples_run_and_match_the_reference() {
         "examples/lenet5.cnn",
     ] {
         check_file(file, 2);
+    }
+}
+
+/// An inference program transforms its frozen kernels once where that is
+/// worth their memory: at batch 1 the seed CNN's plan has prepared steps,
+/// all of them Winograd kernel transforms; at batch 256, and in a training
+/// step (whose weights change), none. Runs
+/// after the first skip them and give bitwise what a fresh program gives
+/// on the same input, so nothing else wrote over the prepared buffers.
+#[test]
+fn frozen_kernels_are_transformed_once() {
+    let file = "examples/fashion_cnn.cnn";
+    let source = std::fs::read_to_string(file).expect("example");
+    let model = cnnc::compile_source(file, &source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let compiled = cnnc::compile_inference(&model, 1).unwrap_or_else(|e| panic!("{e}"));
+    let plan = &compiled.plan;
+    let prepared: Vec<usize> = (0..plan.steps.len())
+        .filter(|&i| plan.prepared()[i])
+        .collect();
+    assert!(!prepared.is_empty(), "nothing prepared at batch 1:\n{plan}");
+    for &i in &prepared {
+        assert!(
+            matches!(plan.steps[i].kernel, KernelDesc::WinogradFilter { .. }),
+            "step {i} is prepared:\n{plan}"
+        );
+    }
+    // At batch 256 making them costs a fraction of a percent of the
+    // convolutions: none is kept, and the arena holds none of them.
+    let large = cnnc::plan_inference(&model, 256).unwrap_or_else(|e| panic!("{e}"));
+    assert!(large.prepared().iter().all(|&p| !p), "{large}");
+    let train = model.graph.train.clone().unwrap_or_default();
+    let loss = cnnc::autodiff::LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    let training =
+        cnnc::plan_training(&model, &loss, &train.optimizer, 1).unwrap_or_else(|e| panic!("{e}"));
+    assert!(training.prepared().iter().all(|&p| !p));
+
+    let example = model.input_shape().expect("input").elements() as usize;
+    let inputs: Vec<Vec<f32>> = (0..3).map(|seed| data(example, seed)).collect();
+    let mut kept =
+        Inference::new(compiled, weights::init(&model, 3), 2).unwrap_or_else(|e| panic!("{e}"));
+    for input in &inputs {
+        let reused = kept.run(input).unwrap_or_else(|e| panic!("{e}"));
+        let fresh_program = cnnc::compile_inference(&model, 1).unwrap_or_else(|e| panic!("{e}"));
+        let mut fresh = Inference::new(fresh_program, weights::init(&model, 3), 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let expected = fresh.run(input).unwrap_or_else(|e| panic!("{e}"));
+        for ((name, a), (_, b)) in reused.iter().zip(&expected) {
+            assert!(
+                a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}: a later run differs from a fresh program's"
+            );
+        }
     }
 }
 

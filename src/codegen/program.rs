@@ -100,6 +100,10 @@ pub struct Step {
     pub args: Vec<Slot>,
     /// Work items below which threading costs more than it saves.
     pub serial_below: usize,
+    /// Whether it prepares a buffer from frozen weights
+    /// ([`crate::plan::KernelPlan::prepared`]): a caller that keeps the
+    /// arena and the weights may skip it after the first run.
+    pub prepared: bool,
 }
 
 /// A program of native kernels: steps over an arena of `arena_len` f32s.

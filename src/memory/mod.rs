@@ -165,7 +165,19 @@ pub fn check_cap(plan: &KernelPlan, layout: &Layout, cap: &MemoryCap) -> Result<
 /// element-wise kernel's output over an input that dies there, see
 /// [`in_place`]), the rest in external slots in buffer order.
 pub fn plan(plan: &KernelPlan) -> Result<Layout, MemoryError> {
-    let (first, mut last) = lifetimes(plan);
+    let (mut first, mut last) = lifetimes(plan);
+    // What a prepared step writes is computed once and read by every run:
+    // it keeps its place for the whole program, shared with nothing, and
+    // never hosts another buffer in place.
+    for (step, prepared) in plan.steps.iter().zip(plan.prepared()) {
+        if prepared {
+            for &b in &step.args {
+                if plan.buffers[b].role == Role::Temporary {
+                    (first[b], last[b]) = (0, plan.steps.len());
+                }
+            }
+        }
+    }
     let host = in_place(plan, &first, &mut last);
     let temporaries: Vec<BufferId> = (0..plan.buffers.len())
         .filter(|&b| {

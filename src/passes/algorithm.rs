@@ -34,6 +34,10 @@ use crate::plan::{
 /// kernel), in GEMM multiply-adds.
 const TRANSFORM_COST: f64 = 8.0;
 
+/// The share of a Winograd convolution's cost its kernel's transform must
+/// reach for a frozen kernel's transform to be kept from run to run.
+const KEEP_SHARE: f64 = 0.05;
+
 /// Winograd is chosen only when the model puts it at most at this fraction
 /// of the GEMM's cost, so that an error of the model does not choose it
 /// where it barely wins.
@@ -47,7 +51,14 @@ pub fn run(plan: &mut KernelPlan) -> Result<usize, PlanError> {
     let mut chosen = 0;
     let mut steps = Vec::with_capacity(plan.steps.len());
     for mut step in std::mem::take(&mut plan.steps) {
-        let Some((shape, direction, tile)) = choice(&step.kernel) else {
+        // A forward pass whose kernel is a frozen weight transforms it once
+        // (`KernelPlan::prepared`), not on every run.
+        let once = plan.frozen_weights
+            && step
+                .args
+                .get(1)
+                .is_some_and(|&b| matches!(plan.buffers[b].role, Role::Weight(_)));
+        let Some((shape, direction, tile, keep)) = choice(&step.kernel, once) else {
             steps.push(step);
             continue;
         };
@@ -60,6 +71,7 @@ pub fn run(plan: &mut KernelPlan) -> Result<usize, PlanError> {
                 shape,
                 tile,
                 direction,
+                keep,
             },
             args: Vec::new(),
             nodes: step.nodes.clone(),
@@ -89,8 +101,10 @@ pub fn run(plan: &mut KernelPlan) -> Result<usize, PlanError> {
 }
 
 /// The layer, direction and tile of a convolution step that should run as
-/// a Winograd convolution.
-fn choice(kernel: &KernelDesc) -> Option<(ConvShape, Direction, Tile)> {
+/// a Winograd convolution, and whether its transformed kernel is worth
+/// keeping from run to run; `once`: a forward pass could transform its
+/// kernel once (frozen weights), not on every run.
+fn choice(kernel: &KernelDesc, once: bool) -> Option<(ConvShape, Direction, Tile, bool)> {
     let KernelDesc::Contraction {
         geometry: Geometry::Conv(shape),
         pass,
@@ -105,13 +119,40 @@ fn choice(kernel: &KernelDesc) -> Option<(ConvShape, Direction, Tile)> {
         ContractionPass::BackwardData => Direction::BackwardData,
         ContractionPass::BackwardFilter => Direction::BackwardFilter,
     };
-    let tile = cheaper(shape, direction)?;
-    Some((*shape, direction, tile))
+    let once = once && direction == Direction::Forward;
+    let tile = cheapest(shape, direction, once)?;
+    let keep = once && kept(shape, direction, tile);
+    Some((*shape, direction, tile, keep))
+}
+
+/// Whether the transform of a frozen kernel for `tile` is worth its memory
+/// for the whole program: when making it costs at least [`KEEP_SHARE`] of
+/// its convolution (at batch 1, as much as half of the seed CNN's conv3;
+/// at batch 256 a fraction of a percent, where keeping every layer's
+/// would add 17 MiB to the seed CNN's arena, `docs/performance.md`).
+fn kept(shape: &ConvShape, direction: Direction, tile: Tile) -> bool {
+    let Some(sizes) = Sizes::new(shape, direction) else {
+        return false;
+    };
+    let Ok(conv) = WinogradConv::new("cost", shape, tile, direction) else {
+        return false;
+    };
+    let items = conv.domain();
+    let per_run = sizes.winograd(tile, items, false);
+    let kept = sizes.winograd(tile, items, true);
+    per_run - kept >= KEEP_SHARE * per_run
 }
 
 /// The Winograd tile that costs at most [`MARGIN`] of the GEMM for
-/// `direction` of `shape`, the cheapest if several do.
+/// `direction` of `shape`, the cheapest if several do, when the kernel is
+/// transformed on every run.
 pub fn cheaper(shape: &ConvShape, direction: Direction) -> Option<Tile> {
+    cheapest(shape, direction, false)
+}
+
+/// [`cheaper`], with the kernel transformed once (frozen weights) when
+/// `once`.
+fn cheapest(shape: &ConvShape, direction: Direction, once: bool) -> Option<Tile> {
     if winograd::unsupported(shape).is_some() {
         return None;
     }
@@ -131,7 +172,7 @@ pub fn cheaper(shape: &ConvShape, direction: Direction) -> Option<Tile> {
                     .ok()?
                     .domain(),
             };
-            Some((tile, sizes.winograd(tile, items)))
+            Some((tile, sizes.winograd(tile, items, once)))
         })
         .filter(|&(_, cost)| cost <= MARGIN * gemm)
         .min_by(|a, b| a.1.total_cmp(&b.1))
@@ -199,8 +240,9 @@ impl Sizes {
     }
 
     /// The multiply-adds of a Winograd convolution with `tile` split into
-    /// `items` work items, its transforms included.
-    fn winograd(&self, tile: Tile, items: usize) -> f64 {
+    /// `items` work items, its transforms included (the kernel's own only
+    /// when it is not transformed `once`).
+    fn winograd(&self, tile: Tile, items: usize, once: bool) -> f64 {
         let m = tile.output();
         let tiles =
             self.batch * (self.destination[0].div_ceil(m) * self.destination[1].div_ceil(m)) as f64;
@@ -208,7 +250,8 @@ impl Sizes {
         let (cin, cout) = (self.source_channels, self.destination_channels);
         let products = tiles * points * cin * cout;
         let transforms = tiles * points * (cin + cout);
-        let kernel = points * cin * cout * (1 + items) as f64;
+        let own = if once { 0 } else { 1 };
+        let kernel = points * cin * cout * (own + items) as f64;
         products + TRANSFORM_COST * (transforms + kernel)
     }
 }

@@ -143,6 +143,10 @@ pub enum KernelDesc {
         tile: Tile,
         /// Which of the layer's convolutions uses it.
         direction: Direction,
+        /// Whether the transform of frozen weights is worth keeping from
+        /// run to run ([`KernelPlan::prepared`]): its cost against its
+        /// convolution's, weighed by the algorithm pass.
+        keep: bool,
     },
     /// Strided row copies (concatenation).
     Copy(CopyRows),
@@ -174,9 +178,45 @@ pub struct KernelPlan {
     pub buffers: Vec<Buffer>,
     /// The steps, in execution order.
     pub steps: Vec<Step>,
+    /// Whether the weights stay the same from run to run (an inference
+    /// program): then a step that reads nothing but weights computes the
+    /// same every time, and runs only once ([`KernelPlan::prepared`]).
+    pub frozen_weights: bool,
 }
 
 impl KernelPlan {
+    /// For each step, whether it prepares a buffer from the weights alone in
+    /// a plan whose weights are frozen: it reads only weights and writes
+    /// only temporaries (a Winograd kernel transform at inference, where
+    /// the algorithm pass found it worth keeping). Its outputs keep their
+    /// memory for the whole program, and the runtime runs it once, not on
+    /// every run.
+    pub fn prepared(&self) -> Vec<bool> {
+        self.steps
+            .iter()
+            .map(|step| {
+                let Ok(signature) = step.kernel.signature() else {
+                    return false;
+                };
+                let roles = || {
+                    step.args
+                        .iter()
+                        .zip(&signature)
+                        .map(|(&b, param)| (param.access, &self.buffers[b].role))
+                };
+                let kept = !matches!(step.kernel, KernelDesc::WinogradFilter { keep: false, .. });
+                self.frozen_weights
+                    && kept
+                    && step.args.len() == signature.len()
+                    && roles().any(|(access, _)| access == Access::Read)
+                    && roles().all(|(access, role)| match access {
+                        Access::Read => matches!(role, Role::Weight(_)),
+                        Access::Write => *role == Role::Temporary,
+                    })
+            })
+            .collect()
+    }
+
     /// Adds a buffer and returns its id.
     pub fn buffer(&mut self, name: impl Into<String>, len: usize, role: Role) -> BufferId {
         self.buffers.push(Buffer {
@@ -339,6 +379,7 @@ impl fmt::Display for KernelPlan {
             };
             writeln!(f, "buffer %{i} {} [{}] {role}", b.name, b.len)?;
         }
+        let prepared = self.prepared();
         for (i, step) in self.steps.iter().enumerate() {
             let mut args = String::new();
             for (k, a) in step.args.iter().enumerate() {
@@ -346,9 +387,14 @@ impl fmt::Display for KernelPlan {
             }
             writeln!(
                 f,
-                "step {i}: {} ({args}) computes {}",
+                "step {i}: {} ({args}) computes {}{}",
                 step.kernel.summary(),
-                step.nodes.join(", ")
+                step.nodes.join(", "),
+                if prepared[i] {
+                    ", once (frozen weights)"
+                } else {
+                    ""
+                }
             )?;
         }
         Ok(())

@@ -79,6 +79,9 @@ pub struct Executor {
     arena: Vec<f32>,
     /// When profiling: each step's name and accumulated time.
     profile: Option<Vec<StepTime>>,
+    /// Whether the run in progress skips prepared steps
+    /// ([`Executor::run_prepared`]).
+    skip_prepared: bool,
 }
 
 /// Pointers handed to worker threads. The kernels' domain contract (no two
@@ -104,6 +107,7 @@ impl Executor {
             threads,
             arena: Vec::new(),
             profile: None,
+            skip_prepared: false,
         })
     }
 
@@ -127,6 +131,22 @@ impl Executor {
         self.run_steps(program, 0..program.steps.len(), external)
     }
 
+    /// Runs `program` like [`Self::run`], but, when `prepared`, without
+    /// its prepared steps: the caller ran the program on this executor
+    /// before, with the same weights, so that what those steps write is
+    /// still in the arena (their places are theirs alone).
+    pub fn run_prepared(
+        &mut self,
+        program: &Program,
+        external: &mut [&mut [f32]],
+        prepared: bool,
+    ) -> Result<(), RuntimeError> {
+        self.skip_prepared = prepared;
+        let result = self.run_steps(program, 0..program.steps.len(), external);
+        self.skip_prepared = false;
+        result
+    }
+
     /// Runs steps `steps` of `program` in order (a training step checks its
     /// loss between the backward pass and the weight updates).
     pub fn run_steps(
@@ -140,6 +160,15 @@ impl Executor {
         }
         let first = steps.start;
         for (i, step) in program.steps[steps].iter().enumerate() {
+            if self.skip_prepared && step.prepared {
+                if let Some(profile) = &mut self.profile {
+                    if profile.len() < program.steps.len() {
+                        profile.resize(program.steps.len(), StepTime::default());
+                    }
+                    profile[first + i].name = step.kernel.name().to_string();
+                }
+                continue;
+            }
             let args = self.bind(step, external)?;
             let started = std::time::Instant::now();
             self.execute(step, &args)

@@ -43,6 +43,10 @@ pub struct Inference {
     /// Mixed into dropout's masks when the program draws them (a
     /// training-mode forward with dropout on).
     pub seed: u64,
+    /// Whether a run has filled the arena's prepared buffers (Winograd's
+    /// transformed kernels: the weights never change here), so that later
+    /// runs skip the steps that compute them.
+    prepared: bool,
 }
 
 impl Inference {
@@ -65,6 +69,7 @@ impl Inference {
             executor: Executor::new(threads)?,
             weights,
             seed: 0,
+            prepared: false,
         })
     }
 
@@ -118,7 +123,9 @@ impl Inference {
         };
         let mut external =
             binding::bind(&self.compiled, lent).map_err(InferenceError::MissingWeight)?;
-        self.executor.run(&self.compiled.program, &mut external)?;
+        self.executor
+            .run_prepared(&self.compiled.program, &mut external, self.prepared)?;
+        self.prepared = true;
         Ok(outputs)
     }
 }
