@@ -425,18 +425,36 @@ fn conv_cases() -> Vec<Case> {
         // the channels, in blocks of 64 and a last one of 8 (or 2).
         Case::new([1, 7, 7, 9, 136], [3, 3], one, one, Same, true),
         Case::new([1, 3, 4, 5, 130], [3, 3], one, one, Same, false),
-        // Few taps and input channels: computed without im2col where the
-        // CPU has AVX-512 (`first_layers_compute_directly`), the output
-        // channels in blocks of 64, 16 and a masked rest.
+    ]
+    .into_iter()
+    .chain(direct_cases())
+    .chain(tiny_cases())
+    .collect()
+}
+
+/// Few taps and input channels: computed without im2col where the CPU has
+/// AVX-512 (`first_layers_compute_directly`), the output channels in blocks
+/// of 64, 16 and a masked rest.
+fn direct_cases() -> Vec<Case> {
+    use Padding::{Same, Valid};
+    let (one, two) = ([1, 1], [2, 2]);
+    vec![
         Case::new([3, 28, 28, 1, 100], [7, 7], one, one, Same, true),
         Case::new([2, 28, 27, 1, 64], [7, 7], two, one, Same, false),
         Case::new([7, 10, 9, 2, 33], [5, 5], [3, 2], one, Valid, true),
         Case::new([7, 8, 6, 7, 9], [3, 3], one, one, Valid, false),
-        // Tiny images in batches of 16 and more: computed by position
-        // (`tiny_images_are_computed_by_position`).
-        Case::new([16, 2, 2, 8, 7], [3, 3], one, one, Same, true),
-        Case::new([19, 2, 3, 8, 6], [3, 3], one, one, Same, false),
-        Case::new([16, 3, 3, 3, 5], [5, 5], one, one, Same, true),
+    ]
+}
+
+/// Tiny images in batches of 16 and more: computed by position
+/// (`tiny_images_are_computed_by_position`); the second is 19 images, a
+/// block of 16 and one of 3.
+fn tiny_cases() -> Vec<Case> {
+    let same = |sizes, kernel, bias| Case::new(sizes, kernel, [1, 1], [1, 1], Padding::Same, bias);
+    vec![
+        same([16, 2, 2, 8, 7], [3, 3], true),
+        same([19, 2, 3, 8, 6], [3, 3], false),
+        same([16, 3, 3, 3, 5], [5, 5], true),
     ]
 }
 
@@ -718,28 +736,7 @@ fn few_rows_split_over_channels() {
         let kernel = ConvForward::new("f", &case.shape).expect("valid");
         assert!(kernel.splits_columns(), "{}", case.name());
         assert_eq!(kernel.domain(), 3, "{}", case.name());
-        let expected = case.reference(&case.x, &case.w, case.b.as_deref());
-        let whole = case.forward(None, Split::Whole);
-        assert_close(&whole, &expected, &case.name());
-        let mut y = vec![f32::NAN; whole.len()];
-        let buffers = ForwardBuffers {
-            input: case.x.as_ptr(),
-            kernel: case.w.as_ptr(),
-            bias: case.b.as_ref().map(|b| b.as_ptr()),
-            output: y.as_mut_ptr(),
-        };
-        in_threads(&[0..1, 1..3], kernel.scratch_len(), |part, scratch| {
-            // SAFETY: the buffers have the lengths the kernel reports; the
-            // threads run disjoint items.
-            unsafe { kernel.run(&buffers, None, scratch, part) }.expect("runs");
-        });
-        assert!(
-            y.iter()
-                .zip(&whole)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{}: a split differs",
-            case.name()
-        );
+        forward_splits_are_bitwise_whole(case, &kernel, &[0..1, 1..3]);
         let relu = Elementwise {
             name: "relu".into(),
             inputs: vec![Operand::Tensor],
@@ -755,6 +752,13 @@ fn few_rows_split_over_channels() {
         // SAFETY: the kernel has one input and one output, the product's.
         let epilogue = unsafe { Epilogue::new(&compiled, &[], &[]) };
         let mut scratch = vec![0.0; kernel.scratch_len()];
+        let mut y = vec![f32::NAN; kernel.lengths().output];
+        let buffers = ForwardBuffers {
+            input: case.x.as_ptr(),
+            kernel: case.w.as_ptr(),
+            bias: case.b.as_ref().map(|b| b.as_ptr()),
+            output: y.as_mut_ptr(),
+        };
         // SAFETY: rejected before it touches the buffers.
         let refused = unsafe { kernel.run(&buffers, Some(&epilogue), &mut scratch, 0..3) };
         expect_malformed(refused, "epilogue");
@@ -772,42 +776,14 @@ fn few_rows_split_over_channels() {
 /// dilation, or a tap that never reads the image keep im2col.
 #[test]
 fn first_layers_compute_directly() {
-    use Padding::{Same, Valid};
+    use Padding::Same;
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
     let (one, two) = ([1, 1], [2, 2]);
-    let direct = [
-        Case::new([3, 28, 28, 1, 100], [7, 7], one, one, Same, true),
-        Case::new([2, 28, 27, 1, 64], [7, 7], two, one, Same, false),
-        Case::new([7, 10, 9, 2, 33], [5, 5], [3, 2], one, Valid, true),
-        Case::new([7, 8, 6, 7, 9], [3, 3], one, one, Valid, false),
-    ];
-    for case in &direct {
+    for case in &direct_cases() {
         let kernel = ConvForward::new("f", &case.shape).expect("valid");
         assert_eq!(kernel.is_direct(), avx512, "{}", case.name());
         assert!(kernel.domain() >= 2, "{}", case.name());
-        let expected = case.reference(&case.x, &case.w, case.b.as_deref());
-        let whole = case.forward(None, Split::Whole);
-        assert_close(&whole, &expected, &case.name());
-        let mut y = vec![f32::NAN; whole.len()];
-        let buffers = ForwardBuffers {
-            input: case.x.as_ptr(),
-            kernel: case.w.as_ptr(),
-            bias: case.b.as_ref().map(|b| b.as_ptr()),
-            output: y.as_mut_ptr(),
-        };
-        let domain = kernel.domain();
-        in_threads(&[0..1, 1..domain], kernel.scratch_len(), |part, scratch| {
-            // SAFETY: the buffers have the lengths the kernel reports; the
-            // threads run disjoint items.
-            unsafe { kernel.run(&buffers, None, scratch, part) }.expect("runs");
-        });
-        assert!(
-            y.iter()
-                .zip(&whole)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{}: a split differs",
-            case.name()
-        );
+        forward_splits_are_bitwise_whole(case, &kernel, &[0..1, 1..kernel.domain()]);
     }
     let im2col = [
         // 3 x 3 x 8 = 72 taps and channels.
@@ -832,11 +808,7 @@ fn first_layers_compute_directly() {
 #[test]
 fn tiny_images_are_computed_by_position() {
     let same = |sizes, kernel| Case::new(sizes, kernel, [1, 1], [1, 1], Padding::Same, true);
-    let tiny = [
-        same([16, 2, 2, 8, 7], [3, 3]),
-        same([19, 2, 3, 8, 6], [3, 3]),
-        same([16, 3, 3, 3, 5], [5, 5]),
-    ];
+    let tiny = tiny_cases();
     for case in &tiny {
         let forward = ConvForward::new("f", &case.shape).expect("valid");
         let data = ConvBackwardData::new("d", &case.shape).expect("valid");
@@ -883,6 +855,34 @@ fn tiny_images_are_computed_by_position() {
             case.name()
         );
     }
+}
+
+/// `kernel`, the forward kernel of `case`, matches the reference on its
+/// whole domain, and its items split into `parts`, run on a thread each at
+/// once, give bitwise the same output.
+fn forward_splits_are_bitwise_whole(case: &Case, kernel: &ConvForward, parts: &[Range<usize>]) {
+    let expected = case.reference(&case.x, &case.w, case.b.as_deref());
+    let whole = case.forward(None, Split::Whole);
+    assert_close(&whole, &expected, &case.name());
+    let mut y = vec![f32::NAN; whole.len()];
+    let buffers = ForwardBuffers {
+        input: case.x.as_ptr(),
+        kernel: case.w.as_ptr(),
+        bias: case.b.as_ref().map(|b| b.as_ptr()),
+        output: y.as_mut_ptr(),
+    };
+    in_threads(parts, kernel.scratch_len(), |part, scratch| {
+        // SAFETY: the buffers have the lengths the kernel reports; the
+        // threads run disjoint items.
+        unsafe { kernel.run(&buffers, None, scratch, part) }.expect("runs");
+    });
+    assert!(
+        y.iter()
+            .zip(&whole)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{}: a split differs",
+        case.name()
+    );
 }
 
 /// Runs `run` on every part of `parts` at once, one thread each.
