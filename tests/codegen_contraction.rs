@@ -245,15 +245,21 @@ impl Case {
         (dx, dw, db)
     }
 
-    fn forward(&self, epilogue: Option<&Epilogue>, split: Split) -> Vec<f32> {
-        let kernel = ConvForward::new("conv", &self.shape).expect("a valid shape");
-        let mut y = vec![f32::NAN; kernel.lengths().output];
-        let buffers = ForwardBuffers {
+    /// The forward kernel's buffers: this case's input, kernel and bias,
+    /// and `y` for the output.
+    fn forward_buffers(&self, y: &mut [f32]) -> ForwardBuffers {
+        ForwardBuffers {
             input: self.x.as_ptr(),
             kernel: self.w.as_ptr(),
             bias: self.b.as_ref().map(|b| b.as_ptr()),
             output: y.as_mut_ptr(),
-        };
+        }
+    }
+
+    fn forward(&self, epilogue: Option<&Epilogue>, split: Split) -> Vec<f32> {
+        let kernel = ConvForward::new("conv", &self.shape).expect("a valid shape");
+        let mut y = vec![f32::NAN; kernel.lengths().output];
+        let buffers = self.forward_buffers(&mut y);
         let mut scratch = vec![0.0; kernel.scratch_len()];
         for part in split.parts(kernel.domain()) {
             // SAFETY: the buffers have the lengths the kernel reports.
@@ -507,12 +513,7 @@ fn dense_forward_matches_the_reference() {
         )
         .expect("a valid shape");
         let mut y = vec![f32::NAN; s.batch * s.out_channels];
-        let buffers = ForwardBuffers {
-            input: case.x.as_ptr(),
-            kernel: case.w.as_ptr(),
-            bias: case.b.as_ref().map(|b| b.as_ptr()),
-            output: y.as_mut_ptr(),
-        };
+        let buffers = case.forward_buffers(&mut y);
         let mut scratch = vec![0.0; kernel.scratch_len()];
         // SAFETY: the buffers have the lengths the kernel reports.
         unsafe { kernel.run(&buffers, None, &mut scratch, 0..kernel.domain()) }.expect("runs");
@@ -753,12 +754,7 @@ fn few_rows_split_over_channels() {
         let epilogue = unsafe { Epilogue::new(&compiled, &[], &[]) };
         let mut scratch = vec![0.0; kernel.scratch_len()];
         let mut y = vec![f32::NAN; kernel.lengths().output];
-        let buffers = ForwardBuffers {
-            input: case.x.as_ptr(),
-            kernel: case.w.as_ptr(),
-            bias: case.b.as_ref().map(|b| b.as_ptr()),
-            output: y.as_mut_ptr(),
-        };
+        let buffers = case.forward_buffers(&mut y);
         // SAFETY: rejected before it touches the buffers.
         let refused = unsafe { kernel.run(&buffers, Some(&epilogue), &mut scratch, 0..3) };
         expect_malformed(refused, "epilogue");
@@ -865,12 +861,7 @@ fn forward_splits_are_bitwise_whole(case: &Case, kernel: &ConvForward, parts: &[
     let whole = case.forward(None, Split::Whole);
     assert_close(&whole, &expected, &case.name());
     let mut y = vec![f32::NAN; whole.len()];
-    let buffers = ForwardBuffers {
-        input: case.x.as_ptr(),
-        kernel: case.w.as_ptr(),
-        bias: case.b.as_ref().map(|b| b.as_ptr()),
-        output: y.as_mut_ptr(),
-    };
+    let buffers = case.forward_buffers(&mut y);
     in_threads(parts, kernel.scratch_len(), |part, scratch| {
         // SAFETY: the buffers have the lengths the kernel reports; the
         // threads run disjoint items.
@@ -1208,12 +1199,7 @@ fn bad_calls_are_errors() {
     let case = Case::new([1, 5, 5, 3, 4], [3, 3], [1, 1], [1, 1], Padding::Same, true);
     let kernel = ConvForward::new("f", &case.shape).expect("valid");
     let mut y = vec![0.0; kernel.lengths().output];
-    let buffers = ForwardBuffers {
-        input: case.x.as_ptr(),
-        kernel: case.w.as_ptr(),
-        bias: case.b.as_ref().map(|b| b.as_ptr()),
-        output: y.as_mut_ptr(),
-    };
+    let buffers = case.forward_buffers(&mut y);
     let mut scratch = vec![0.0; kernel.scratch_len()];
     let domain = kernel.domain();
     // SAFETY: the buffers have the lengths the kernel reports; every call

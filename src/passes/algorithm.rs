@@ -120,39 +120,24 @@ fn choice(kernel: &KernelDesc, once: bool) -> Option<(ConvShape, Direction, Tile
         ContractionPass::BackwardFilter => Direction::BackwardFilter,
     };
     let once = once && direction == Direction::Forward;
-    let tile = cheapest(shape, direction, once)?;
-    let keep = once && kept(shape, direction, tile);
+    let (tile, keep) = cheapest(shape, direction, once)?;
     Some((*shape, direction, tile, keep))
-}
-
-/// Whether the transform of a frozen kernel for `tile` is worth its memory
-/// for the whole program: when making it costs at least [`KEEP_SHARE`] of
-/// its convolution (at batch 1, as much as half of the seed CNN's conv3;
-/// at batch 256 a fraction of a percent, where keeping every layer's
-/// would add 17 MiB to the seed CNN's arena, `docs/performance.md`).
-fn kept(shape: &ConvShape, direction: Direction, tile: Tile) -> bool {
-    let Some(sizes) = Sizes::new(shape, direction) else {
-        return false;
-    };
-    let Ok(conv) = WinogradConv::new("cost", shape, tile, direction) else {
-        return false;
-    };
-    let items = conv.domain();
-    let per_run = sizes.winograd(tile, items, false);
-    let kept = sizes.winograd(tile, items, true);
-    per_run - kept >= KEEP_SHARE * per_run
 }
 
 /// The Winograd tile that costs at most [`MARGIN`] of the GEMM for
 /// `direction` of `shape`, the cheapest if several do, when the kernel is
 /// transformed on every run.
 pub fn cheaper(shape: &ConvShape, direction: Direction) -> Option<Tile> {
-    cheapest(shape, direction, false)
+    cheapest(shape, direction, false).map(|(tile, _)| tile)
 }
 
 /// [`cheaper`], with the kernel transformed once (frozen weights) when
-/// `once`.
-fn cheapest(shape: &ConvShape, direction: Direction, once: bool) -> Option<Tile> {
+/// `once`; and whether that transform is worth its memory for the whole
+/// program: when making it costs at least [`KEEP_SHARE`] of its
+/// convolution (at batch 1, as much as half of the seed CNN's conv3; at
+/// batch 256 a fraction of a percent, where keeping every layer's would add
+/// 17 MiB to the seed CNN's arena, `docs/performance.md`).
+fn cheapest(shape: &ConvShape, direction: Direction, once: bool) -> Option<(Tile, bool)> {
     if winograd::unsupported(shape).is_some() {
         return None;
     }
@@ -172,11 +157,14 @@ fn cheapest(shape: &ConvShape, direction: Direction, once: bool) -> Option<Tile>
                     .ok()?
                     .domain(),
             };
-            Some((tile, sizes.winograd(tile, items, once)))
+            let per_run = sizes.winograd(tile, items, false);
+            let kept = sizes.winograd(tile, items, true);
+            let keep = once && per_run - kept >= KEEP_SHARE * per_run;
+            Some((tile, if once { kept } else { per_run }, keep))
         })
-        .filter(|&(_, cost)| cost <= MARGIN * gemm)
+        .filter(|&(_, cost, _)| cost <= MARGIN * gemm)
         .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(tile, _)| tile)
+        .map(|(tile, _, keep)| (tile, keep))
 }
 
 /// What the costs depend on: the convolution as its kernel sees it.

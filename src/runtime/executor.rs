@@ -79,9 +79,6 @@ pub struct Executor {
     arena: Vec<f32>,
     /// When profiling: each step's name and accumulated time.
     profile: Option<Vec<StepTime>>,
-    /// Whether the run in progress skips prepared steps
-    /// ([`Executor::run_prepared`]).
-    skip_prepared: bool,
 }
 
 /// Pointers handed to worker threads. The kernels' domain contract (no two
@@ -107,7 +104,6 @@ impl Executor {
             threads,
             arena: Vec::new(),
             profile: None,
-            skip_prepared: false,
         })
     }
 
@@ -141,10 +137,7 @@ impl Executor {
         external: &mut [&mut [f32]],
         prepared: bool,
     ) -> Result<(), RuntimeError> {
-        self.skip_prepared = prepared;
-        let result = self.run_steps(program, 0..program.steps.len(), external);
-        self.skip_prepared = false;
-        result
+        self.run_range(program, 0..program.steps.len(), external, prepared)
     }
 
     /// Runs steps `steps` of `program` in order (a training step checks its
@@ -155,18 +148,25 @@ impl Executor {
         steps: Range<usize>,
         external: &mut [&mut [f32]],
     ) -> Result<(), RuntimeError> {
+        self.run_range(program, steps, external, false)
+    }
+
+    /// Runs steps `steps` of `program` in order, without its prepared steps
+    /// when `skip_prepared`.
+    fn run_range(
+        &mut self,
+        program: &Program,
+        steps: Range<usize>,
+        external: &mut [&mut [f32]],
+        skip_prepared: bool,
+    ) -> Result<(), RuntimeError> {
         if self.arena.len() < program.arena_len {
             self.arena.resize(program.arena_len, 0.0);
         }
         let first = steps.start;
         for (i, step) in program.steps[steps].iter().enumerate() {
-            if self.skip_prepared && step.prepared {
-                if let Some(profile) = &mut self.profile {
-                    if profile.len() < program.steps.len() {
-                        profile.resize(program.steps.len(), StepTime::default());
-                    }
-                    profile[first + i].name = step.kernel.name().to_string();
-                }
+            if skip_prepared && step.prepared {
+                self.record(program, first + i, std::time::Duration::ZERO);
                 continue;
             }
             let args = self.bind(step, external)?;
@@ -176,17 +176,24 @@ impl Executor {
                     step: step.kernel.name().to_string(),
                     message,
                 })?;
-            if let Some(profile) = &mut self.profile {
-                if profile.len() < program.steps.len() {
-                    profile.resize(program.steps.len(), StepTime::default());
-                }
-                let entry = &mut profile[first + i];
-                entry.name = step.kernel.name().to_string();
-                entry.method = step.kernel.method();
-                entry.time += started.elapsed();
-            }
+            self.record(program, first + i, started.elapsed());
         }
         Ok(())
+    }
+
+    /// Adds `elapsed` to step `index`'s entry of the profile, when
+    /// profiling.
+    fn record(&mut self, program: &Program, index: usize, elapsed: std::time::Duration) {
+        if let Some(profile) = &mut self.profile {
+            if profile.len() < program.steps.len() {
+                profile.resize(program.steps.len(), StepTime::default());
+            }
+            let kernel = &program.steps[index].kernel;
+            let entry = &mut profile[index];
+            entry.name = kernel.name().to_string();
+            entry.method = kernel.method();
+            entry.time += elapsed;
+        }
     }
 
     /// Starts recording the time of every step (from now on).
