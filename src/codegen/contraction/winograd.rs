@@ -39,8 +39,8 @@ mod lanes;
 pub use self::gradient::{WinogradBackwardFilter, WinogradFilterGradient};
 
 use self::lanes::{
-    over_channels, transform_2d, ChannelBlock, FilterF2, FilterF4, InputF2, InputF4, Lanes,
-    OutputF2, OutputF4, Transform, Vectors,
+    load_grid, load_tile, over_channels, transform_2d, ChannelBlock, FilterF2, FilterF4, InputF2,
+    InputF4, Lanes, OutputF2, OutputF4, Transform, Vectors,
 };
 use super::geometry::Geometry;
 use super::matmul::{matmul, Operand};
@@ -803,14 +803,7 @@ impl InputTile<'_> {
     #[inline(always)]
     fn block<V: Lanes, F: Transform<A, A>, const A: usize>(&mut self, c: usize) {
         let cin = self.conv.plane.source_channels;
-        let mut d = [[V::zero(); A]; A];
-        for (row, pixels) in d.iter_mut().zip(self.pixels) {
-            for (lanes, pixel) in row.iter_mut().zip(pixels) {
-                if let Some(at) = pixel {
-                    *lanes = V::load(&self.source[at + c..]);
-                }
-            }
-        }
+        let d = load_tile::<V, A, 6>(self.source, self.pixels, c);
         let columns = transform_2d::<V, F, A, A>(d);
         for i in 0..A {
             for (j, column) in columns.iter().enumerate() {
@@ -855,12 +848,8 @@ impl OutputTile<'_> {
     fn block<V: Lanes, F: Transform<A, M>, const A: usize, const M: usize>(&mut self, c: usize) {
         let cout = self.conv.plane.destination_channels;
         let bias = self.bias.map_or(V::zero(), |b| V::load(&b[c..]));
-        let mut m = [[V::zero(); A]; A];
-        for (i, row) in m.iter_mut().enumerate() {
-            for (j, lanes) in row.iter_mut().enumerate() {
-                *lanes = V::load(&self.products[((i * A + j) * self.tiles + self.t) * cout + c..]);
-            }
-        }
+        // Position `(i, j)` of the tile is at `M[i * A + j][t][c]`.
+        let m = load_grid::<V, A>(self.products, self.t * cout + c, self.tiles * cout);
         let columns = transform_2d::<V, F, A, M>(m);
         for (i, pixels) in self.pixels.iter().enumerate().take(M) {
             for (column, pixel) in columns.iter().zip(pixels) {

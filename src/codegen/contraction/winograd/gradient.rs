@@ -15,8 +15,8 @@
 use std::ops::Range;
 
 use super::lanes::{
-    over_channels, transform_2d, transform_row, ChannelBlock, FilterGradF2, FilterGradF4, InputF2,
-    InputF4, Lanes, OutputGradF2, OutputGradF4, Transform,
+    load_grid, load_tile, over_channels, transform_2d, transform_row, ChannelBlock, FilterGradF2,
+    FilterGradF4, InputF2, InputF4, Lanes, OutputGradF2, OutputGradF4, Transform,
 };
 use super::{Direction, Tile, TransformSizes, SCRATCH_TARGET};
 use crate::codegen::contraction::matmul::{matmul, Operand};
@@ -293,14 +293,7 @@ impl RowBlock<'_> {
     /// Row `row` of `Bᵀ d B` for channels `c..c + V::WIDTH`.
     #[inline(always)]
     fn input<V: Lanes, F: Transform<A, A>, const A: usize>(&mut self, c: usize) {
-        let mut d = [[V::zero(); A]; A];
-        for (row, pixels) in d.iter_mut().zip(&self.input) {
-            for (lanes, pixel) in row.iter_mut().zip(pixels) {
-                if let Some(at) = pixel {
-                    *lanes = V::load(&self.values[at + c..]);
-                }
-            }
-        }
+        let d = load_tile::<V, A, 6>(self.values, &self.input, c);
         let row = transform_row::<V, F, A, A>(self.row, &d);
         self.store(&row, c);
     }
@@ -311,14 +304,7 @@ impl RowBlock<'_> {
         &mut self,
         c: usize,
     ) {
-        let mut dy = [[V::zero(); M]; M];
-        for (row, pixels) in dy.iter_mut().zip(&self.output) {
-            for (lanes, pixel) in row.iter_mut().zip(pixels) {
-                if let Some(at) = pixel {
-                    *lanes = V::load(&self.values[at + c..]);
-                }
-            }
-        }
+        let dy = load_tile::<V, M, 4>(self.values, &self.output, c);
         let row = transform_row::<V, F, M, A>(self.row, &dy);
         self.store(&row, c);
     }
@@ -434,12 +420,8 @@ impl GradientBlock<'_> {
     #[inline(always)]
     fn block<V: Lanes, F: Transform<A, 3>, const A: usize>(&mut self, c: usize) {
         let (rows, cols, r) = (self.rows, self.cols, self.r);
-        let mut du = [[V::zero(); A]; A];
-        for (k, row) in du.iter_mut().enumerate() {
-            for (l, lanes) in row.iter_mut().enumerate() {
-                *lanes = V::load(&self.transformed[((r * A + k) * A + l) * cols + c..]);
-            }
-        }
+        // Position `(k, l)` of row `r` is at `dU[r][k][l][c]`.
+        let du = load_grid::<V, A>(self.transformed, r * A * A * cols + c, cols);
         let columns = transform_2d::<V, F, A, 3>(du);
         for ky in 0..3 {
             for (kx, column) in columns.iter().enumerate() {

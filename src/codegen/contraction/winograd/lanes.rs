@@ -5,6 +5,8 @@
 //! the same IEEE operations in the same order on each channel (no fused
 //! multiply-adds), so their results are bitwise the same.
 
+use std::mem::MaybeUninit;
+
 /// Values of consecutive channels, operated on together.
 pub(super) trait Lanes: Copy {
     /// How many channels.
@@ -270,6 +272,54 @@ pub(super) fn transform_2d<V: Lanes, F: Transform<N, K>, const N: usize, const K
         *column = F::apply(values);
     }
     columns
+}
+
+/// The `A x A` tile of `values` at `pixels` (`A <= P`), channels `c..c +
+/// V::WIDTH`: zeros where a pixel is `None` (the padding, or past the
+/// image's edge). Every element is written once, into an uninitialised
+/// tile: a tile zeroed first costs a call to memset per block of channels
+/// (it lives on the stack, and the loop that fills it is not unrolled).
+/// No closures either: they would not inherit the caller's target
+/// features, and each load would become a call.
+#[inline(always)]
+pub(super) fn load_tile<V: Lanes, const A: usize, const P: usize>(
+    values: &[f32],
+    pixels: &[[Option<usize>; P]; P],
+    c: usize,
+) -> [[V; A]; A] {
+    assert!(A <= P, "a {A}x{A} tile of {P}x{P} pixels");
+    let mut tile = [[MaybeUninit::<V>::uninit(); A]; A];
+    for (row, pixels) in tile.iter_mut().zip(pixels) {
+        for (lanes, pixel) in row.iter_mut().zip(pixels) {
+            lanes.write(match pixel {
+                Some(at) => V::load(&values[at + c..]),
+                None => V::zero(),
+            });
+        }
+    }
+    // SAFETY: the loops above wrote all `A x A` elements (`pixels` has at
+    // least `A` rows of at least `A`), and `MaybeUninit<V>` has `V`'s
+    // layout.
+    unsafe { tile.as_ptr().cast::<[[V; A]; A]>().read() }
+}
+
+/// The `A x A` grid of `values` whose element `(i, j)` starts at `first +
+/// (i * A + j) * stride`, written once each like [`load_tile`]'s.
+#[inline(always)]
+pub(super) fn load_grid<V: Lanes, const A: usize>(
+    values: &[f32],
+    first: usize,
+    stride: usize,
+) -> [[V; A]; A] {
+    let mut grid = [[MaybeUninit::<V>::uninit(); A]; A];
+    for (i, row) in grid.iter_mut().enumerate() {
+        for (j, lanes) in row.iter_mut().enumerate() {
+            lanes.write(V::load(&values[first + (i * A + j) * stride..]));
+        }
+    }
+    // SAFETY: the loops above wrote all `A x A` elements, and
+    // `MaybeUninit<V>` has `V`'s layout.
+    unsafe { grid.as_ptr().cast::<[[V; A]; A]>().read() }
 }
 
 /// Row `i` of `T d Tᵀ` for the matrix `T` of `F` (`K x N`): what one work
