@@ -565,6 +565,22 @@ fn backward_filter_matches_the_vjp() {
 fn winograd_matches_the_reference_and_the_vjp() {
     let cases = winograd_cases();
     assert!(cases.len() >= 8, "only {} Winograd cases", cases.len());
+    // Both ways of running the products: in registers for items of few
+    // tiles, through the `gemm` crate for the others.
+    let direct = |case: &Case, tile| {
+        WinogradConv::new("v", &case.shape, tile, Direction::Forward)
+            .expect("3x3")
+            .runs_direct()
+    };
+    let paths: Vec<bool> = cases
+        .iter()
+        .flat_map(|case| Tile::ALL.map(|tile| direct(case, tile)))
+        .collect();
+    assert!(paths.contains(&false), "no case runs its products on gemm");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        assert!(paths.contains(&true), "no case runs its products direct");
+    }
     for case in &cases {
         let y = case.reference(&case.x, &case.w, case.b.as_deref());
         let (dx, dw, db) = case.vjp();

@@ -100,6 +100,9 @@ impl ProductKernel for WinogradConv {
     fn has_bias(&self) -> bool {
         WinogradConv::has_bias(self)
     }
+    fn method(&self) -> Option<&'static str> {
+        WinogradConv::method(self)
+    }
     unsafe fn run(
         &self,
         buffers: &ForwardBuffers,

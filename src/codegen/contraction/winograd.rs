@@ -42,6 +42,7 @@ use self::lanes::{
     load_grid, load_tile, over_channels, transform_2d, ChannelBlock, FilterF2, FilterF4, InputF2,
     InputF4, Lanes, OutputF2, OutputF4, Transform, Vectors,
 };
+use super::direct::{self, Start};
 use super::geometry::Geometry;
 use super::matmul::{matmul, Operand};
 use super::{scratch_for, Call, ConvShape, Epilogue, ForwardBuffers, ALIGN_FLOATS};
@@ -529,9 +530,16 @@ pub struct WinogradConv {
     name: String,
     plane: Plane,
     tile: Tile,
+    direction: Direction,
     bias: bool,
     transformed_len: usize,
     tile_rows_per_item: usize,
+    /// Whether the products run on [`direct::product`]'s registers, not
+    /// the `gemm` crate: an item has fewer than [`MIN_TILES`] tiles (a
+    /// batch-1 layer), and the crate's packing of the transformed kernel,
+    /// once per item and position, cost more than the product (the seed
+    /// CNN's batch-1 conv3 took 0.136 ms that way, 0.09 ms direct).
+    direct: bool,
     /// The CPU's widest lanes, for the transforms.
     vectors: Vectors,
 }
@@ -555,13 +563,16 @@ impl WinogradConv {
         let tile_rows = plane.batch * tiles[0];
         let cached = (SCRATCH_TARGET / per_tile_row.max(1)).max(MIN_TILES.div_ceil(tiles[1]));
         let balanced = tile_rows.div_ceil(TARGET_ITEMS).max(1);
+        let tile_rows_per_item = cached.min(balanced);
         Ok(WinogradConv {
             name: name.to_string(),
             plane,
             tile,
+            direction,
             bias: shape.bias && direction == Direction::Forward,
             transformed_len,
-            tile_rows_per_item: cached.min(balanced),
+            tile_rows_per_item,
+            direct: tile_rows_per_item * tiles[1] < MIN_TILES && direct::available(),
             vectors: Vectors::detect(),
         })
     }
@@ -570,6 +581,27 @@ impl WinogradConv {
     pub fn domain(&self) -> usize {
         let tile_rows = self.plane.batch * self.plane.tiles(self.tile)[0];
         tile_rows.div_ceil(self.tile_rows_per_item)
+    }
+
+    /// How the kernel computes, for profiles, where its products run
+    /// direct ([`Self::runs_direct`]); otherwise the plan's word holds.
+    pub fn method(&self) -> Option<&'static str> {
+        if !self.direct {
+            return None;
+        }
+        Some(match (self.direction, self.tile) {
+            (Direction::BackwardData, Tile::F2) => "backward-data, winograd F(2x2,3x3), direct",
+            (Direction::BackwardData, Tile::F4) => "backward-data, winograd F(4x4,3x3), direct",
+            (_, Tile::F2) => "forward, winograd F(2x2,3x3), direct",
+            (_, Tile::F4) => "forward, winograd F(4x4,3x3), direct",
+        })
+    }
+
+    /// Whether the products run in registers ([`direct::product`]) rather
+    /// than through the `gemm` crate: items of fewer than [`MIN_TILES`]
+    /// tiles, on a CPU with AVX-512.
+    pub fn runs_direct(&self) -> bool {
+        self.direct
     }
 
     /// Whether the kernel adds a bias (and so takes a bias buffer).
@@ -676,18 +708,31 @@ impl WinogradConv {
         self.transform_input(source, tile_rows.clone(), v);
         let (cin, cout) = (p.source_channels, p.destination_channels);
         for point in 0..self.tile.points() {
-            let lhs = Operand::rows(v[point * tiles * cin..].as_ptr(), cin);
-            let rhs = Operand::rows(buffers.kernel.wrapping_add(point * cin * cout), cout);
+            let lhs = v[point * tiles * cin..].as_ptr();
+            let rhs = buffers.kernel.wrapping_add(point * cin * cout);
+            let dst = m[point * tiles * cout..].as_mut_ptr();
+            if self.direct {
+                let starts = [(lhs, 0)];
+                let lines = direct::Lines {
+                    starts: &starts,
+                    run: cin,
+                    row_stride: cin,
+                };
+                // SAFETY: `direct` is set only where the product is
+                // available; the operands are as below.
+                unsafe { direct::product(tiles, 0..cout, dst, cout, lines, rhs, Start::Zero) };
+                continue;
+            }
             // SAFETY: the operands address this position's block of the
             // transformed source and of the transformed kernel; the
             // products' block is this item's scratch.
             unsafe {
                 matmul(
                     (tiles, cout, cin),
-                    m[point * tiles * cout..].as_mut_ptr(),
+                    dst,
                     cout,
-                    lhs,
-                    rhs,
+                    Operand::rows(lhs, cin),
+                    Operand::rows(rhs, cout),
                     false,
                 )
             };
