@@ -112,15 +112,15 @@ pub(super) unsafe fn sum_small_rows(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_stride: usize,
-    terms: &[(Operand, Operand)],
+    terms: impl ExactSizeIterator<Item = (Operand, Operand)>,
     scratch: &mut [f32],
 ) {
     let scratch = &mut scratch[..m * n];
-    if terms.is_empty() {
+    if terms.len() == 0 {
         scratch.fill(0.0);
     }
     let columns = Operand::transposed(scratch.as_ptr(), m);
-    for (i, &(lhs, rhs)) in terms.iter().enumerate() {
+    for (i, (lhs, rhs)) in terms.enumerate() {
         // SAFETY: the scratch holds the m x n column-major sum; the rest is
         // the caller's contract.
         unsafe { product((m, n, k), columns, lhs, rhs, i > 0) };

@@ -204,23 +204,20 @@ impl Positions {
         let (inputs, outputs) = (s.height * s.width, g.y.output * g.x.output);
         let m = images.len();
         for (d, pairs) in self.pairs.iter().enumerate() {
-            let terms: Vec<(Operand, Operand)> = pairs
-                .iter()
-                .map(|&(source, tap)| {
-                    (
-                        Operand::rows(
-                            output_grad.wrapping_add((images.start * outputs + source) * cout),
-                            outputs * cout,
-                        ),
-                        Operand::transposed(kernel.wrapping_add(tap * cin * cout), cout),
-                    )
-                })
-                .collect();
+            let terms = pairs.iter().map(|&(source, tap)| {
+                (
+                    Operand::rows(
+                        output_grad.wrapping_add((images.start * outputs + source) * cout),
+                        outputs * cout,
+                    ),
+                    Operand::transposed(kernel.wrapping_add(tap * cin * cout), cout),
+                )
+            });
             let dst = input_grad.wrapping_add((images.start * inputs + d) * cin);
             // SAFETY: the operands address these images' rows of the
             // output gradient and the taps' weights, read transposed; the
             // destination rows are the caller's; the scratch holds m x cin.
-            unsafe { sum_small_rows((m, cin, cout), dst, inputs * cin, &terms, scratch) };
+            unsafe { sum_small_rows((m, cin, cout), dst, inputs * cin, terms, scratch) };
         }
     }
 }
