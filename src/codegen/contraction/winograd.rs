@@ -129,6 +129,13 @@ const ROWS_PER_BLOCK: usize = 16;
 /// How many items a domain aims for, so that threads balance.
 const TARGET_ITEMS: usize = 4;
 
+/// How many items a domain of few tiles aims for (one whose items would
+/// have fewer than [`MIN_TILES`] tiles at [`TARGET_ITEMS`]: a batch-1
+/// layer). Each item reads the whole transformed kernel for little work,
+/// and those reads are what such a layer costs, so it is split no more
+/// than two cores need.
+const FEW_TILE_ITEMS: usize = 2;
+
 /// The fewest tiles an item aims for, whatever the scratch: every item
 /// reads the whole transformed kernel, and each of its GEMMs has one row
 /// per tile, so fewer tiles make both the reads and the GEMM's edges cost
@@ -562,8 +569,11 @@ impl WinogradConv {
             tiles[1] * tile.points() * (plane.source_channels + plane.destination_channels);
         let tile_rows = plane.batch * tiles[0];
         let cached = (SCRATCH_TARGET / per_tile_row.max(1)).max(MIN_TILES.div_ceil(tiles[1]));
-        let balanced = tile_rows.div_ceil(TARGET_ITEMS).max(1);
-        let tile_rows_per_item = cached.min(balanced);
+        let balanced = |items: usize| tile_rows.div_ceil(items).max(1);
+        let mut tile_rows_per_item = cached.min(balanced(TARGET_ITEMS));
+        if tile_rows_per_item * tiles[1] < MIN_TILES {
+            tile_rows_per_item = cached.min(balanced(FEW_TILE_ITEMS));
+        }
         Ok(WinogradConv {
             name: name.to_string(),
             plane,
