@@ -729,7 +729,9 @@ impl WinogradConv {
                     row_stride: cin,
                 };
                 // SAFETY: `direct` is set only where the product is
-                // available; the operands are as below.
+                // available; `lhs` holds `tiles` rows of `cin` f32s, `rhs`
+                // `cin` rows of `cout`, and `dst`, this item's scratch,
+                // `tiles` rows of `cout`.
                 unsafe { direct::product(tiles, 0..cout, dst, cout, lines, rhs, Start::Zero) };
                 continue;
             }
