@@ -30,7 +30,9 @@ use crate::codegen::CodegenError;
 /// transformed kernel (`a²` times both channel counts).
 pub type WinogradGradientBuffers = BackwardFilterBuffers;
 
-/// The fewest tiles a chunk sums at once: the inner dimension of its GEMMs.
+/// The fewest tiles a chunk aims for, whatever the scratch: the inner
+/// dimension of its GEMMs. Chunks are then evened out, so one may sum
+/// fewer (two chunks of 33 rather than 64 and 1).
 const MIN_CHUNK_TILES: usize = 64;
 
 /// The gradient of the transformed kernel, `dU[r][ξ][c] = Σ_t V[ξ][t][r] ·
@@ -65,10 +67,12 @@ impl WinogradBackwardFilter {
         let sizes = TransformSizes::new(name, shape, tile, Direction::BackwardFilter)?;
         let plane = &sizes.plane;
         let per_tile = tile.input() * (plane.source_channels + plane.destination_channels);
-        let chunk = (SCRATCH_TARGET / per_tile.max(1))
-            .max(MIN_CHUNK_TILES)
-            .min(plane.tile_count(tile))
-            .max(1);
+        // As few chunks as fit the scratch, all of one size: a last chunk
+        // of a few tiles would cost a whole pass over `dU` for little work
+        // (the seed CNN's conv3 at batch 32 summed 170 + 170 + 170 + 2).
+        let most = (SCRATCH_TARGET / per_tile.max(1)).max(MIN_CHUNK_TILES);
+        let total = plane.tile_count(tile).max(1);
+        let chunk = total.div_ceil(total.div_ceil(most));
         Ok(WinogradBackwardFilter {
             sizes,
             bias: shape.bias,
