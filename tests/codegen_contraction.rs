@@ -381,6 +381,11 @@ impl Case {
     }
 }
 
+/// The bit patterns of `values`, for comparisons that must be exact.
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|x| x.to_bits()).collect()
+}
+
 /// How a test runs a kernel's domain.
 #[derive(Clone, Copy)]
 enum Split {
@@ -783,8 +788,9 @@ fn few_rows_split_over_channels() {
 }
 
 /// A convolution with few taps and input channels (a first layer) is
-/// computed without im2col where the CPU has AVX-512, and any split of its
-/// rows on threads gives bitwise the whole domain's result; more taps, a
+/// computed without im2col where the CPU has AVX-512, forward and kernel
+/// gradient, and any split of its domain on threads gives bitwise the
+/// whole domain's result; more taps, a
 /// dilation, or a tap that never reads the image keep im2col.
 #[test]
 fn first_layers_compute_directly() {
@@ -796,6 +802,15 @@ fn first_layers_compute_directly() {
         assert_eq!(kernel.is_direct(), avx512, "{}", case.name());
         assert!(kernel.domain() >= 2, "{}", case.name());
         forward_splits_are_bitwise_whole(case, &kernel, &[0..1, 1..kernel.domain()]);
+        // The kernel gradient too, by blocks of output channels.
+        let gradient = ConvBackwardFilter::new("dw", &case.shape).expect("valid");
+        assert_eq!(gradient.is_direct(), avx512, "{}", case.name());
+        let (whole, uneven) = (
+            case.backward_filter(Split::Whole),
+            case.backward_filter(Split::Uneven),
+        );
+        assert_eq!(bits(&whole.0), bits(&uneven.0), "{}", case.name());
+        assert_eq!(bits(&whole.1), bits(&uneven.1), "{}", case.name());
     }
     let im2col = [
         // 3 x 3 x 8 = 72 taps and channels.
@@ -807,6 +822,8 @@ fn first_layers_compute_directly() {
     for case in &im2col {
         let kernel = ConvForward::new("f", &case.shape).expect("valid");
         assert!(!kernel.is_direct(), "{}", case.name());
+        let gradient = ConvBackwardFilter::new("dw", &case.shape).expect("valid");
+        assert!(!gradient.is_direct(), "{}", case.name());
     }
 }
 
@@ -989,7 +1006,6 @@ fn any_split_is_bitwise_identical() {
             filter.scratch_len(),
             |items, scratch| unsafe { filter.run(&filter_buffers, scratch, items).expect("runs") },
         );
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&y), bits(&whole.0), "forward of {}", case.name());
         assert_eq!(
             bits(&dx),
@@ -1029,7 +1045,6 @@ fn winograd_any_split_is_bitwise_identical() {
             true,
         )
     };
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for (case, tile) in [case(3), case(12)]
         .iter()
         .flat_map(|case| Tile::ALL.map(|tile| (case, tile)))

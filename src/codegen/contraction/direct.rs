@@ -7,8 +7,14 @@
 //! zero-padded input row at a fixed stride, so the im2col block is a view
 //! of a few padded rows ([`Lines`]) that the AVX-512 kernel ([`product`])
 //! reads in place.
+//!
+//! The same view serves the layer's kernel gradient ([`gradient`]): each
+//! kernel row's block of it is the transposed product of that row's runs
+//! with the output gradient, summed over every output position.
 
 use std::ops::Range;
+
+use super::geometry::Geometry;
 
 /// The inner size up to which [`super::ConvForward`] computes directly:
 /// taps times input channels of a layer's kernel.
@@ -27,6 +33,18 @@ pub(super) struct Lines<'a> {
     pub starts: &'a [(*const f32, usize)],
     pub run: usize,
     pub row_stride: usize,
+}
+
+/// Whether the convolution of geometry `g` computes directly (its
+/// forward items of rows, its kernel gradient): few taps and input
+/// channels, whole rows of taps, a kernel of at most [`MAX_LINES`] rows,
+/// and a CPU that runs [`product`].
+pub(super) fn fits(g: &Geometry) -> bool {
+    !g.pointwise
+        && g.dense_taps()
+        && g.cols <= DIRECT_TAPS
+        && g.shape.kernel[0] <= MAX_LINES
+        && available()
 }
 
 /// Whether this CPU runs [`product`].
@@ -104,6 +122,67 @@ pub(super) unsafe fn product(
     unreachable!("the direct product needs AVX-512")
 }
 
+/// One output row's stretch of positions for [`gradient`]: `len`
+/// positions whose im2col runs start at `line + i * row_stride`, and whose
+/// output-gradient rows start at `output_grad + i * stride`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stretch {
+    pub line: *const f32,
+    pub output_grad: *const f32,
+    pub len: usize,
+}
+
+/// `dst[j][c] (+)= Σ_s Σ_i s.line[i * row_stride + j] · s.output_grad[i *
+/// stride + c]` for `j` in `0..run`, `c` in `0..n`: one kernel row's block
+/// of a kernel gradient, summed over `stretches` in order. Blocks of up to
+/// [`GRADIENT_RUN`] entries of the run by up to [`VECTORS`] vectors of 16
+/// columns are summed in registers from zero, every product in order, and
+/// then stored (`accumulate` false) or added to `dst`: the result does
+/// not depend on the blocks. `dst` is row-major with rows `stride` apart.
+///
+/// # Safety
+/// [`available`] is true. Every element the shapes address lies in a live
+/// allocation: each stretch's `len` runs of `run` f32s and rows of `n`
+/// f32s, `dst`'s `run` rows of `n`; `dst` overlaps none of them, and no
+/// other thread accesses that part of `dst` during the call.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn gradient(
+    stretches: &[Stretch],
+    (run, row_stride): (usize, usize),
+    (n, stride): (usize, usize),
+    dst: *mut f32,
+    accumulate: bool,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { avx512::gradient(stretches, (run, row_stride), (n, stride), dst, accumulate) }
+}
+
+/// [`gradient`] where there is no AVX-512: never called, since
+/// [`available`] is false.
+///
+/// # Safety
+/// As above.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn gradient(
+    _stretches: &[Stretch],
+    _run: (usize, usize),
+    _columns: (usize, usize),
+    _dst: *mut f32,
+    _accumulate: bool,
+) {
+    unreachable!("the direct product needs AVX-512")
+}
+
+/// The output channels of a kernel gradient's direct item: two vectors,
+/// so that each broadcast of an input value feeds two multiply-adds (the
+/// seed CNN's conv1 took 0.70 ms a step with one vector, 0.58 with two).
+pub(super) const GRADIENT_COLUMNS: usize = 2 * LANES;
+
+/// Entries of a run summed at once by [`gradient`]: with [`VECTORS`]
+/// vectors of the output gradient that is 28 accumulators, and a 7-tap
+/// first layer's run in one block.
+const GRADIENT_RUN: usize = 7;
+
 /// Rows summed at once: `ROWS * VECTORS` accumulators, the right operand's
 /// vectors and a broadcast fit the 32 vector registers (the rows left over
 /// below it make one block of their own).
@@ -130,7 +209,7 @@ mod avx512 {
     };
     use std::ops::Range;
 
-    use super::{Operands, Start, LANES, ROWS, VECTORS};
+    use super::{Operands, Start, Stretch, GRADIENT_RUN, LANES, ROWS, VECTORS};
 
     /// [`super::product`].
     ///
@@ -237,6 +316,133 @@ mod avx512 {
                         ),
                     };
                     _mm512_mask_storeu_ps(out.wrapping_add(v * LANES), masks[v], sum);
+                }
+            }
+        }
+    }
+
+    /// [`super::gradient`].
+    ///
+    /// # Safety
+    /// Its contract.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gradient(
+        stretches: &[Stretch],
+        (run, row_stride): (usize, usize),
+        (n, stride): (usize, usize),
+        dst: *mut f32,
+        accumulate: bool,
+    ) {
+        let shape = GradientShape {
+            stretches,
+            row_stride,
+            stride,
+            dst,
+            accumulate,
+        };
+        for col in (0..n).step_by(VECTORS * LANES) {
+            let cols = (n - col).min(VECTORS * LANES);
+            for first in (0..run).step_by(GRADIENT_RUN) {
+                // SAFETY: the block lies in the gradient's shape.
+                unsafe {
+                    match (run - first).min(GRADIENT_RUN) {
+                        7 => gradient_vectors::<7>(&shape, first, col, cols),
+                        6 => gradient_vectors::<6>(&shape, first, col, cols),
+                        5 => gradient_vectors::<5>(&shape, first, col, cols),
+                        4 => gradient_vectors::<4>(&shape, first, col, cols),
+                        3 => gradient_vectors::<3>(&shape, first, col, cols),
+                        2 => gradient_vectors::<2>(&shape, first, col, cols),
+                        _ => gradient_vectors::<1>(&shape, first, col, cols),
+                    }
+                }
+            }
+        }
+    }
+
+    /// What every block of a [`gradient`] shares.
+    struct GradientShape<'a> {
+        stretches: &'a [Stretch],
+        row_stride: usize,
+        stride: usize,
+        dst: *mut f32,
+        accumulate: bool,
+    }
+
+    /// [`gradient_block`] on as many vectors as the columns need.
+    ///
+    /// # Safety
+    /// As for [`gradient`], with the block inside its shape.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn gradient_vectors<const R: usize>(
+        o: &GradientShape,
+        first: usize,
+        col: usize,
+        cols: usize,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match cols.div_ceil(LANES) {
+                4 => gradient_block::<R, 4>(o, first, col, cols),
+                3 => gradient_block::<R, 3>(o, first, col, cols),
+                2 => gradient_block::<R, 2>(o, first, col, cols),
+                _ => gradient_block::<R, 1>(o, first, col, cols),
+            }
+        }
+    }
+
+    /// Entries `first..first + R` of the run by columns `col..col + cols`
+    /// (`V` vectors, the last masked to the columns).
+    ///
+    /// # Safety
+    /// As for [`gradient`], with the block inside its shape.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn gradient_block<const R: usize, const V: usize>(
+        o: &GradientShape,
+        first: usize,
+        col: usize,
+        cols: usize,
+    ) {
+        let mut masks: [__mmask16; V] = [0; V];
+        for (v, mask) in masks.iter_mut().enumerate() {
+            let lanes = cols.saturating_sub(v * LANES).min(LANES);
+            *mask = ((1u32 << lanes) - 1) as __mmask16;
+        }
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for s in o.stretches {
+            for i in 0..s.len {
+                let dy_row = s.output_grad.wrapping_add(i * o.stride + col);
+                let mut dy = [_mm512_setzero_ps(); V];
+                for (v, dy) in dy.iter_mut().enumerate() {
+                    // SAFETY: the mask keeps the lanes inside the row's
+                    // columns of the block.
+                    *dy =
+                        unsafe { _mm512_maskz_loadu_ps(masks[v], dy_row.wrapping_add(v * LANES)) };
+                }
+                let line = s.line.wrapping_add(i * o.row_stride + first);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: entry `first + r` of position `i`'s run.
+                    let x = _mm512_set1_ps(unsafe { *line.wrapping_add(r) });
+                    for v in 0..V {
+                        acc[v] = _mm512_fmadd_ps(x, dy[v], acc[v]);
+                    }
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let out = o.dst.wrapping_add((first + r) * o.stride + col);
+            for v in 0..V {
+                // SAFETY: the mask keeps the lanes inside the block, which
+                // the caller gives this call alone.
+                unsafe {
+                    let at = out.wrapping_add(v * LANES);
+                    let sum = if o.accumulate {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(masks[v], at), acc[v])
+                    } else {
+                        acc[v]
+                    };
+                    _mm512_mask_storeu_ps(at, masks[v], sum);
                 }
             }
         }

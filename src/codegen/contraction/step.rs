@@ -261,6 +261,11 @@ pub trait FilterGradientKernel: Send + Sync {
     fn scratch_len(&self) -> usize;
     /// Whether it computes a bias gradient.
     fn has_bias(&self) -> bool;
+    /// How it computes, where it chose that by the shape and the CPU
+    /// ([`Kernel::method`]).
+    fn method(&self) -> Option<&'static str> {
+        None
+    }
     /// Runs items `items`.
     ///
     /// # Safety
@@ -282,6 +287,9 @@ impl FilterGradientKernel for ConvBackwardFilter {
     }
     fn has_bias(&self) -> bool {
         ConvBackwardFilter::has_bias(self)
+    }
+    fn method(&self) -> Option<&'static str> {
+        self.is_direct().then_some("backward-filter, direct")
     }
     unsafe fn run(
         &self,
@@ -331,6 +339,9 @@ impl<K: FilterGradientKernel> Kernel for BackwardFilterStep<K> {
     }
     fn domain(&self) -> usize {
         self.kernel.domain()
+    }
+    fn method(&self) -> Option<&'static str> {
+        self.kernel.method()
     }
     unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
         let buffers = BackwardFilterBuffers {
