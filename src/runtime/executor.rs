@@ -8,6 +8,7 @@
 //! (inputs, labels, weights, outputs), whose lengths are checked.
 
 use std::ops::Range;
+use std::sync::Mutex;
 
 use thiserror::Error;
 
@@ -252,17 +253,17 @@ impl Executor {
             // SAFETY: the arguments were bound and bounds-checked for this step.
             return unsafe { kernel.run(shared.0, 0..domain) };
         }
-        let parts = split(domain, self.threads);
+        let shares = Shares::new(domain, self.threads);
         let failure = std::sync::Mutex::new(None);
         let finished = self.team.run(&|member| {
             let args = shared;
-            let Some(part) = parts.get(member) else {
-                return;
-            };
-            // SAFETY: as above; the parts are disjoint ranges of work items.
-            if let Err(e) = unsafe { kernel.run(args.0, part.clone()) } {
-                let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());
-                first.get_or_insert(e);
+            while let Some(part) = shares.next(member) {
+                // SAFETY: as above; `Shares` hands out each work item once.
+                if let Err(e) = unsafe { kernel.run(args.0, part) } {
+                    let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());
+                    first.get_or_insert(e);
+                    return;
+                }
             }
         });
         if !finished {
@@ -272,6 +273,69 @@ impl Executor {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// A step's work items as the team takes them: each member owns one
+/// contiguous share of the domain ([`split`]) and takes it from the front,
+/// a few items at a time, so that on a quiet machine every member works on
+/// the rows it worked on in the kernel before (still in its cache); a
+/// member done with its share then takes items from the back of the
+/// others', so that a core slowed by another process does not hold the
+/// step up. Every item is handed out exactly once; the kernels' results do
+/// not depend on which member runs an item, nor on how items are grouped
+/// into calls.
+struct Shares {
+    /// Per member, what is left of its share.
+    shares: Vec<Mutex<Range<usize>>>,
+    /// Items taken at once: a quarter of a share.
+    chunk: usize,
+}
+
+impl Shares {
+    /// The shares of `domain` items for `members` members.
+    fn new(domain: usize, members: usize) -> Shares {
+        let parts = split(domain, members);
+        let chunk = parts[0].len().div_ceil(4).max(1);
+        Shares {
+            shares: parts.into_iter().map(Mutex::new).collect(),
+            chunk,
+        }
+    }
+
+    /// The next items for `member`: from the front of its own share, else
+    /// from the back of another's; `None` when every item is taken.
+    fn next(&self, member: usize) -> Option<Range<usize>> {
+        let n = self.shares.len();
+        self.shares
+            .get(member)
+            .and_then(|own| self.take(own, true))
+            .or_else(|| {
+                (1..=n)
+                    .map(|k| &self.shares[(member + k) % n])
+                    .find_map(|other| self.take(other, false))
+            })
+    }
+
+    /// Up to `chunk` items from the front (`front`) or the back of `share`.
+    fn take(&self, share: &Mutex<Range<usize>>, front: bool) -> Option<Range<usize>> {
+        // A poisoned share is still a valid range: taking from it is
+        // safe, and the panic is reported by the team.
+        let mut left = share.lock().unwrap_or_else(|p| p.into_inner());
+        if left.is_empty() {
+            return None;
+        }
+        Some(if front {
+            let cut = (left.start + self.chunk).min(left.end);
+            let taken = left.start..cut;
+            left.start = cut;
+            taken
+        } else {
+            let cut = left.end.saturating_sub(self.chunk).max(left.start);
+            let taken = cut..left.end;
+            left.end = cut;
+            taken
+        })
     }
 }
 
@@ -286,6 +350,49 @@ pub fn split(domain: usize, parts: usize) -> Vec<Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_hand_out_every_item_once() {
+        for (domain, members) in [(1, 2), (4, 2), (7, 2), (257, 2), (10, 3), (5, 8)] {
+            let shares = Shares::new(domain, members);
+            let mut seen = vec![0; domain];
+            // Member 0 takes one chunk, then the last member empties every
+            // share, its own first, then the others' from their backs.
+            let first = shares.next(0).expect("items left");
+            assert!(first.start == 0 && !first.is_empty(), "{first:?}");
+            let mut taken = vec![first];
+            while let Some(part) = shares.next(members.min(domain) - 1) {
+                taken.push(part);
+            }
+            assert_eq!(shares.next(0), None);
+            for part in taken {
+                for item in part {
+                    seen[item] += 1;
+                }
+            }
+            assert!(seen.iter().all(|&n| n == 1), "{domain} {members}: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn shares_are_safe_to_take_at_once() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let shares = Shares::new(100_000, 2);
+        let counts: Vec<AtomicU64> = (0..100_000).map(|_| AtomicU64::new(0)).collect();
+        std::thread::scope(|scope| {
+            for member in 0..2 {
+                let (shares, counts) = (&shares, &counts);
+                scope.spawn(move || {
+                    while let Some(part) = shares.next(member) {
+                        for item in part {
+                            counts[item].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+    }
 
     #[test]
     fn splits_cover_the_domain_in_order() {
