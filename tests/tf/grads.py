@@ -14,10 +14,12 @@ For each case below it writes, into tests/tf/grads/:
 
 Run with TensorFlow 2.21 / Keras 3.15 from the repository's root:
     python tests/tf/grads.py > tests/tf/grads.out
-It prints the versions it used, then one line per file written.
+It prints the versions it used, then one line per file written; names of
+cases as arguments record only those (`python tests/tf/grads.py winograd`).
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -122,6 +124,29 @@ def dense_softmax():
     return source, keras.Model(x, y), names
 
 
+def winograd():
+    # Two 3x3 stride-1 convolutions of a size where cnnc's cost model puts
+    # the forward pass, the input gradient and the kernel gradient of both
+    # on F(4x4, 3x3) at this batch (tests/tf_gradients.rs checks the plan),
+    # one padded `same` and one `valid`.
+    source = """model winograd : [16, 16, 8] {
+    conv(16, 3, padding: same, activation: relu)
+    conv(16, 3, padding: valid)
+}
+"""
+    x = keras.Input((16, 16, 8))
+    conv1 = layers.Conv2D(16, 3, padding="same", activation="relu")
+    conv2 = layers.Conv2D(16, 3, padding="valid")
+    y = conv2(conv1(x))
+    names = {
+        "conv1.kernel": conv1.kernel,
+        "conv1.bias": conv1.bias,
+        "conv2.kernel": conv2.kernel,
+        "conv2.bias": conv2.bias,
+    }
+    return source, keras.Model(x, y), names
+
+
 def batchnorm(prefix, bn):
     return {
         f"{prefix}.gamma": bn.gamma,
@@ -178,11 +203,17 @@ def record(name, build, seed):
 
 
 def main():
+    """Records every case, or those named on the command line."""
     print(f"# tensorflow {tf.__version__}, keras {keras.__version__}, numpy {np.__version__}")
     os.makedirs(OUT, exist_ok=True)
-    cases = [conv_bn_relu, residual, separable, se, dense_softmax]
+    cases = [conv_bn_relu, residual, separable, se, dense_softmax, winograd]
+    wanted = set(sys.argv[1:])
+    unknown = wanted - {build.__name__ for build in cases}
+    if unknown:
+        sys.exit(f"no such case: {', '.join(sorted(unknown))}")
     for seed, build in enumerate(cases):
-        record(build.__name__, build, seed)
+        if not wanted or build.__name__ in wanted:
+            record(build.__name__, build, seed)
 
 
 if __name__ == "__main__":
