@@ -136,6 +136,14 @@ const TARGET_ITEMS: usize = 4;
 /// than two cores need.
 const FEW_TILE_ITEMS: usize = 2;
 
+/// The rows of the `gemm` crate's AVX-512 micro-kernel (16 x 4 output
+/// channels by 6 tiles): an item whose tile count is not a multiple of
+/// it ends each product with a narrow panel (32 tiles: five of 6 and one
+/// of 2), which runs at about a third of the speed per tile (`perf` of the
+/// seed CNN's evaluation: 5% of the samples in the 2-tile kernel for 6% of
+/// the products).
+const GEMM_PANEL: usize = 6;
+
 /// The fewest tiles an item aims for, whatever the scratch: every item
 /// reads the whole transformed kernel, and each of its GEMMs has one row
 /// per tile, so fewer tiles make both the reads and the GEMM's edges cost
@@ -573,6 +581,14 @@ impl WinogradConv {
         let mut tile_rows_per_item = cached.min(balanced(TARGET_ITEMS));
         if tile_rows_per_item * tiles[1] < MIN_TILES {
             tile_rows_per_item = cached.min(balanced(FEW_TILE_ITEMS));
+        }
+        // Whole panels of the GEMM's micro-kernel where there are items
+        // enough that a few more tiles each do not unbalance the threads.
+        let whole = (tile_rows_per_item..tile_rows_per_item + GEMM_PANEL)
+            .find(|rows| rows * tiles[1] % GEMM_PANEL == 0)
+            .unwrap_or(tile_rows_per_item);
+        if tile_rows.div_ceil(whole) >= 2 * TARGET_ITEMS {
+            tile_rows_per_item = whole;
         }
         Ok(WinogradConv {
             name: name.to_string(),
