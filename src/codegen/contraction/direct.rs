@@ -178,9 +178,9 @@ pub(super) unsafe fn gradient(
 /// seed CNN's conv1 took 0.70 ms a step with one vector, 0.58 with two).
 pub(super) const GRADIENT_COLUMNS: usize = 2 * LANES;
 
-/// Entries of a run summed at once by [`gradient`]: with [`VECTORS`]
-/// vectors of the output gradient that is 28 accumulators, and a 7-tap
-/// first layer's run in one block.
+/// Entries of a run summed at once by [`gradient`]: a 7-tap first layer's
+/// run in one block, with at most [`VECTORS`] vectors of the output
+/// gradient 28 accumulators (14 for the kernel-gradient items' two).
 const GRADIENT_RUN: usize = 7;
 
 /// Rows summed at once: `ROWS * VECTORS` accumulators, the right operand's

@@ -137,9 +137,9 @@ const TARGET_ITEMS: usize = 4;
 /// than two cores need.
 const FEW_TILE_ITEMS: usize = 2;
 
-/// The rows of the `gemm` crate's AVX-512 micro-kernel (16 x 4 output
-/// channels by 6 tiles): an item whose tile count is not a multiple of
-/// it ends each product with a narrow panel (32 tiles: five of 6 and one
+/// The tiles of one panel of the `gemm` crate's AVX-512 micro-kernel (64
+/// output channels by 6 tiles): an item whose tile count is not a
+/// multiple of it ends each product with a narrow panel (32 tiles: five of 6 and one
 /// of 2), which runs at about a third of the speed per tile (`perf` of the
 /// seed CNN's evaluation: 5% of the samples in the 2-tile kernel for 6% of
 /// the products).
