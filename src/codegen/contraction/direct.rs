@@ -204,8 +204,8 @@ struct Operands<'a> {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::{
-        __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
-        _mm512_set1_ps, _mm512_setzero_ps,
+        __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_mask_storeu_ps,
+        _mm512_maskz_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
     };
     use std::ops::Range;
 
@@ -276,23 +276,15 @@ mod avx512 {
         col: usize,
         cols: usize,
     ) {
-        let mut masks: [__mmask16; V] = [0; V];
-        for (v, mask) in masks.iter_mut().enumerate() {
-            let lanes = cols.saturating_sub(v * LANES).min(LANES);
-            *mask = ((1u32 << lanes) - 1) as __mmask16;
-        }
+        let masks = masks::<V>(cols);
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         let lhs = o.lhs;
         for &(start, rhs_row) in lhs.starts {
             let first = start.wrapping_add(row * lhs.row_stride);
             for j in 0..lhs.run {
                 let w_row = o.rhs.wrapping_add((rhs_row + j) * o.stride + col);
-                let mut w = [_mm512_setzero_ps(); V];
-                for (v, w) in w.iter_mut().enumerate() {
-                    // SAFETY: the mask keeps the lanes inside the row's
-                    // columns of the block.
-                    *w = unsafe { _mm512_maskz_loadu_ps(masks[v], w_row.wrapping_add(v * LANES)) };
-                }
+                // SAFETY: the row's columns of the block.
+                let w = unsafe { load_row(&masks, w_row) };
                 for (r, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: element (row + r, j) of this kernel row's run.
                     let a = _mm512_set1_ps(unsafe { *first.wrapping_add(r * lhs.row_stride + j) });
@@ -304,20 +296,13 @@ mod avx512 {
         }
         for (r, acc) in acc.iter().enumerate() {
             let out = o.dst.wrapping_add((row + r) * o.stride + col);
-            for v in 0..V {
-                // SAFETY: the mask keeps the lanes inside the block, which
-                // the caller gives this call alone, and inside the start row.
-                unsafe {
-                    let sum = match o.start {
-                        Start::Zero => acc[v],
-                        Start::Row(first) => _mm512_add_ps(
-                            _mm512_maskz_loadu_ps(masks[v], first.wrapping_add(col + v * LANES)),
-                            acc[v],
-                        ),
-                    };
-                    _mm512_mask_storeu_ps(out.wrapping_add(v * LANES), masks[v], sum);
-                }
-            }
+            let start = match o.start {
+                Start::Zero => None,
+                Start::Row(first) => Some(first.wrapping_add(col)),
+            };
+            // SAFETY: the block's row, which the caller gives this call
+            // alone, and the start row's columns of the block.
+            unsafe { store_row(&masks, acc, out, start) };
         }
     }
 
@@ -404,22 +389,13 @@ mod avx512 {
         col: usize,
         cols: usize,
     ) {
-        let mut masks: [__mmask16; V] = [0; V];
-        for (v, mask) in masks.iter_mut().enumerate() {
-            let lanes = cols.saturating_sub(v * LANES).min(LANES);
-            *mask = ((1u32 << lanes) - 1) as __mmask16;
-        }
+        let masks = masks::<V>(cols);
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         for s in o.stretches {
             for i in 0..s.len {
                 let dy_row = s.output_grad.wrapping_add(i * o.stride + col);
-                let mut dy = [_mm512_setzero_ps(); V];
-                for (v, dy) in dy.iter_mut().enumerate() {
-                    // SAFETY: the mask keeps the lanes inside the row's
-                    // columns of the block.
-                    *dy =
-                        unsafe { _mm512_maskz_loadu_ps(masks[v], dy_row.wrapping_add(v * LANES)) };
-                }
+                // SAFETY: the row's columns of the block.
+                let dy = unsafe { load_row(&masks, dy_row) };
                 let line = s.line.wrapping_add(i * o.row_stride + first);
                 for (r, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: entry `first + r` of position `i`'s run.
@@ -432,19 +408,65 @@ mod avx512 {
         }
         for (r, acc) in acc.iter().enumerate() {
             let out = o.dst.wrapping_add((first + r) * o.stride + col);
-            for v in 0..V {
-                // SAFETY: the mask keeps the lanes inside the block, which
-                // the caller gives this call alone.
-                unsafe {
-                    let at = out.wrapping_add(v * LANES);
-                    let sum = if o.accumulate {
-                        _mm512_add_ps(_mm512_maskz_loadu_ps(masks[v], at), acc[v])
-                    } else {
-                        acc[v]
-                    };
-                    _mm512_mask_storeu_ps(at, masks[v], sum);
-                }
+            // SAFETY: the block's row, which the caller gives this call
+            // alone.
+            unsafe { store_row(&masks, acc, out, o.accumulate.then_some(out.cast_const())) };
+        }
+    }
+
+    /// The masks of `V` vectors over `cols` columns (the last vector's
+    /// lanes past them off).
+    #[inline(always)]
+    fn masks<const V: usize>(cols: usize) -> [__mmask16; V] {
+        let mut masks: [__mmask16; V] = [0; V];
+        for (v, mask) in masks.iter_mut().enumerate() {
+            let lanes = cols.saturating_sub(v * LANES).min(LANES);
+            *mask = ((1u32 << lanes) - 1) as __mmask16;
+        }
+        masks
+    }
+
+    /// The `V` vectors of the row at `at`, zero past the masks.
+    ///
+    /// # Safety
+    /// The masks' lanes from `at` lie in a live allocation.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_row<const V: usize>(masks: &[__mmask16; V], at: *const f32) -> [__m512; V] {
+        let mut row = [_mm512_setzero_ps(); V];
+        for (v, lanes) in row.iter_mut().enumerate() {
+            // SAFETY: the caller's contract.
+            *lanes = unsafe { _mm512_maskz_loadu_ps(masks[v], at.wrapping_add(v * LANES)) };
+        }
+        row
+    }
+
+    /// Stores `acc`, plus the row at `add` if there is one, into the row at
+    /// `out`, in the masks' lanes.
+    ///
+    /// # Safety
+    /// The masks' lanes from `out` (and `add`) lie in a live allocation,
+    /// and no other thread accesses those from `out`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store_row<const V: usize>(
+        masks: &[__mmask16; V],
+        acc: &[__m512; V],
+        out: *mut f32,
+        add: Option<*const f32>,
+    ) {
+        let mut sums = *acc;
+        if let Some(add) = add {
+            // SAFETY: the caller's contract. (A loop, not a closure: a
+            // closure would not inherit the target feature.)
+            let row = unsafe { load_row(masks, add) };
+            for (sum, value) in sums.iter_mut().zip(row) {
+                *sum = _mm512_add_ps(value, *sum);
             }
+        }
+        for (v, sum) in sums.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { _mm512_mask_storeu_ps(out.wrapping_add(v * LANES), masks[v], *sum) };
         }
     }
 }
