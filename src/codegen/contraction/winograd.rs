@@ -148,7 +148,11 @@ const GEMM_PANEL: usize = 6;
 /// The fewest tiles an item aims for, whatever the scratch: every item
 /// reads the whole transformed kernel, and each of its GEMMs has one row
 /// per tile, so fewer tiles make both the reads and the GEMM's edges cost
-/// more than the cache misses of a larger scratch.
+/// more than the cache misses of a larger scratch. A convolution without
+/// that many tiles for [`TARGET_ITEMS`] items (a batch-1 layer) makes
+/// [`FEW_TILE_ITEMS`] items instead, and items still below it multiply in
+/// registers ([`WinogradConv::runs_direct`]). Measured on the seed CNN at
+/// batch 256 against 64 and 128 (`docs/performance.md`).
 const MIN_TILES: usize = 32;
 
 /// The convolution a Winograd kernel computes, in the terms of its own
