@@ -85,7 +85,7 @@ type Case = (Unary, fn(f64) -> f64, f32, f32);
 
 #[test]
 fn transcendentals_match_f64() {
-    let cases: [Case; 9] = [
+    let cases: [Case; 11] = [
         (Unary::Log, f64::ln, 1e-30, 1e30),
         (Unary::Log, f64::ln, 0.5, 2.0),
         (Unary::Exp, f64::exp, -80.0, 80.0),
@@ -95,6 +95,8 @@ fn transcendentals_match_f64() {
         (Unary::Sqrt, f64::sqrt, 0.0, 100.0),
         (Unary::Recip, |x| 1.0 / x, 0.5, 100.0),
         (Unary::Abs, f64::abs, -5.0, 5.0),
+        (Unary::Erf, libm::erf, -5.0, 5.0),
+        (Unary::Erf, libm::erf, -0.7, 0.7),
     ];
     let mut jit = Jit::new().expect("jit");
     for (i, (op, reference, lo, hi)) in cases.into_iter().enumerate() {

@@ -77,6 +77,8 @@ cases! {
     // Ill-typed arguments and values.
     bad_padding,
     bad_activation,
+    gelu_approximate_not_a_bool,
+    misspelt_hard_swish,
     unknown_initializer,
     fractional_filters,
     negative_filters,

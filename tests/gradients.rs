@@ -393,6 +393,33 @@ fn activations() {
 }
 
 #[test]
+fn self_gated_and_clipped_activations() {
+    // Inputs spread over (-8, 8), at least 1/6 away from the kinks at
+    // -3, 0, 3 and 6, so that every piece of relu6 and the hard ones is hit.
+    let source = "
+        model m : [16] {
+            let a = relu6
+            let b = swish
+            let c = gelu
+            let d = gelu(approximate: true)
+            let e = hard_sigmoid
+            let f = hard_swish
+            let g = mish
+            let h = silu
+            concat(a, b, c, d, e, f, g, h)
+            softmax
+        }";
+    let input: Vec<f32> = separated(3 * 16, 5).iter().map(|v| v * 8.0).collect();
+    for mode in [Mode::Inference, TRAINING] {
+        check(Case {
+            input: Some(input.clone()),
+            step: 1e-3,
+            ..Case::new(source, mode)
+        });
+    }
+}
+
+#[test]
 fn sums_products_and_concatenations() {
     let source = "
         model m : [4, 4, 2] {

@@ -132,6 +132,22 @@ fn pooling_normalisation_and_activations() {
 }
 
 #[test]
+fn modern_activations_as_convolution_epilogues() {
+    let source = "
+        model m : [7, 7, 3] {
+            conv(8, 3, padding: same, activation: swish)
+            conv(8, 3, padding: same, activation: gelu)
+            conv(8, 3, padding: same) -> gelu(approximate: true)
+            conv(8, 1, activation: relu6)
+            conv(8, 1) -> hard_swish -> mish
+            global_avg_pool
+            dense(4, activation: hard_sigmoid)
+        }";
+    check(source, 1, 1);
+    check(source, 5, 2);
+}
+
+#[test]
 fn convolutions_dense_layers_and_residual_units() {
     let source = "
         use resnet

@@ -814,6 +814,96 @@ fn squashing_activations() {
     assert_close(&out, &[1, 2], &[0., 1.]);
 }
 
+/// The activations after the chapter at points on every piece of the
+/// clipped ones (the kinks of relu6 at 0 and 6, of the hard ones at -3 and
+/// 3); the values are TensorFlow 2.21's (`keras.activations.relu6`,
+/// `silu`, `gelu` with `approximate` false and true, `hard_sigmoid`,
+/// `hard_silu`, `mish`), printed to 8 digits. They agree with the formulas
+/// in f64 to 1e-7, except gelu's tanh form at -4, where TensorFlow's f32
+/// `1 + tanh` cancels (-7.0214e-5 against -7.0246e-5).
+#[test]
+fn activations_after_the_chapter() {
+    let x = t(&[1, 8], &[-4., -2., -0.5, 0., 0.5, 2., 4., 7.]);
+    let cases: [(Activation, [f64; 8]); 7] = [
+        (Activation::Relu6, [0., 0., 0., 0., 0.5, 2., 4., 6.]),
+        (
+            Activation::Swish,
+            [
+                -0.07194484,
+                -0.23840588,
+                -0.18877034,
+                0.,
+                0.31122968,
+                1.7615942,
+                3.928055,
+                6.9936228,
+            ],
+        ),
+        (
+            Activation::Gelu { approximate: false },
+            [
+                -0.00012668502,
+                -0.045500264,
+                -0.15426877,
+                0.,
+                0.34573123,
+                1.9544997,
+                3.9998734,
+                7.,
+            ],
+        ),
+        (
+            Activation::Gelu { approximate: true },
+            [
+                -7.0214272e-05,
+                -0.045402229,
+                -0.154286,
+                0.,
+                0.345714,
+                1.9545977,
+                3.9999299,
+                7.,
+            ],
+        ),
+        (
+            Activation::HardSigmoid,
+            [
+                0., 0.16666667, 0.41666666, 0.5, 0.58333331, 0.83333331, 1., 1.,
+            ],
+        ),
+        (
+            Activation::HardSwish,
+            [
+                0.,
+                -0.33333334,
+                -0.20833333,
+                0.,
+                0.29166666,
+                1.6666666,
+                4.,
+                7.,
+            ],
+        ),
+        (
+            Activation::Mish,
+            [
+                -0.072591737,
+                -0.25250146,
+                -0.22074378,
+                0.,
+                0.37524518,
+                1.943959,
+                3.9974124,
+                6.999989,
+            ],
+        ),
+    ];
+    for (activation, expected) in cases {
+        let out = forward(&Op::Activation(activation), &[&x], &[], false);
+        assert_close(&out, &[1, 8], &expected);
+    }
+}
+
 #[test]
 fn softmax_normalises_the_last_axis_stably() {
     // softmax(1, 2, 3) = e^(x - 3) / (e^-2 + e^-1 + 1) = 0.09003057, 0.24472847, 0.66524096;

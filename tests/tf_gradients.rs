@@ -1,7 +1,8 @@
 //! The gradient program against TensorFlow: for each model of
 //! `tests/tf/grads/` (a convolution with batchnorm and ReLU, stdlib's
 //! residual unit, a separable convolution, stdlib's SE-block, a dense
-//! softmax layer, two convolutions on Winograd's transforms), the outputs,
+//! softmax layer, two convolutions on Winograd's transforms, the
+//! activations after the chapter on one convolution's output), the outputs,
 //! the input's gradient and every trainable weight's gradient of `sum(dy *
 //! output)`, in inference and in training mode, against what
 //! `tf.GradientTape` recorded with the same weights (`tests/tf/grads.py`,
@@ -207,6 +208,14 @@ fn an_se_block_matches_tensorflow() {
 #[test]
 fn dense_softmax_matches_tensorflow() {
     check("dense_softmax", TOLERANCE);
+}
+
+/// relu6, swish, gelu (exact and tanh), hard_sigmoid, hard_swish and mish
+/// as Keras 3 defines them, values and gradients, their inputs spread over
+/// about (-6, 6) so that every piece of the clipped ones is reached.
+#[test]
+fn the_activations_after_the_chapter_match_tensorflow() {
+    check("activations", TOLERANCE);
 }
 
 /// Two 3x3 stride-1 convolutions whose forward passes, input gradients

@@ -163,6 +163,25 @@ fn gradients_of_convolutions_dense_layers_and_blocks() {
 }
 
 #[test]
+fn gradients_through_self_gated_activations_after_convolutions() {
+    // Their gradients read the convolution's output, which so stays a
+    // buffer of its own instead of becoming an epilogue's input. The smooth
+    // ones only: relu6's and hard_swish's kinks fall among these values,
+    // where a finite difference straddles them; tests/gradients.rs checks
+    // those on inputs kept away from their kinks.
+    let source = "
+        model m : [6, 6, 3] {
+            conv(4, 3, padding: same, activation: swish)
+            conv(4, 3, padding: same, activation: gelu)
+            conv(4, 3, padding: same) -> mish
+            depthwise_conv(3, padding: same) -> gelu(approximate: true)
+            global_avg_pool
+            dense(5, activation: softmax)
+        }";
+    check_gradients(source, 3, 5);
+}
+
+#[test]
 fn gradients_of_lenets_subsampling_and_rbf_units() {
     let source = "
         model m : [8, 8, 1] {

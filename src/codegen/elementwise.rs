@@ -53,6 +53,8 @@ pub enum Unary {
     Tanh,
     /// `1 / (1 + e^-x)`
     Sigmoid,
+    /// `erf(x)`, to an absolute error below 2e-7 (GELU)
+    Erf,
 }
 
 /// Functions of two values.
@@ -362,5 +364,6 @@ fn unary(b: &mut FunctionBuilder, ty: Type, op: Unary, x: Value) -> Value {
         Unary::Log => math::log(b, ty, x),
         Unary::Tanh => math::tanh(b, ty, x),
         Unary::Sigmoid => math::sigmoid(b, ty, x),
+        Unary::Erf => math::erf(b, ty, x),
     }
 }

@@ -47,7 +47,8 @@ impl Kind {
             Kind::Bool => "`true` or `false`",
             Kind::Padding => "`same` or `valid`",
             Kind::Activation => {
-                "an activation (relu, leaky_relu, elu, selu, tanh, sigmoid, softmax or none)"
+                "an activation (relu, leaky_relu, elu, selu, tanh, sigmoid, relu6, swish, silu, \
+                 gelu, hard_sigmoid, hard_swish, hard_silu, mish, softmax or none)"
             }
             Kind::Init => {
                 "an initializer (glorot_uniform, he_normal, he_uniform, lecun_normal, zeros, ones)"
@@ -168,6 +169,7 @@ const RBF: &[ArgSpec] = &[
 ];
 const LEAKY: &[ArgSpec] = &[a("alpha", Number, Float(0.3))];
 const ELU: &[ArgSpec] = &[a("alpha", Number, Float(1.0))];
+const GELU: &[ArgSpec] = &[a("approximate", Kind::Bool, DefaultValue::Bool(false))];
 const CONCAT: &[ArgSpec] = &[a("axis", Axis, Int(-1))];
 const NONE: &[ArgSpec] = &[];
 
@@ -193,6 +195,14 @@ pub const LAYERS: &[(&str, &[ArgSpec])] = &[
     ("selu", NONE),
     ("tanh", NONE),
     ("sigmoid", NONE),
+    ("relu6", NONE),
+    ("swish", NONE),
+    ("silu", NONE),
+    ("gelu", GELU),
+    ("hard_sigmoid", NONE),
+    ("hard_swish", NONE),
+    ("hard_silu", NONE),
+    ("mish", NONE),
     ("softmax", NONE),
     ("concat", CONCAT),
 ];
@@ -375,6 +385,18 @@ pub enum Layer {
     Tanh,
     /// `sigmoid`
     Sigmoid,
+    /// `relu6`
+    Relu6,
+    /// `swish`, or `silu`
+    Swish,
+    /// `gelu`
+    Gelu,
+    /// `hard_sigmoid`
+    HardSigmoid,
+    /// `hard_swish`, or `hard_silu`
+    HardSwish,
+    /// `mish`
+    Mish,
     /// `softmax`
     Softmax,
 }
@@ -404,6 +426,12 @@ impl Layer {
             "selu" => Layer::Selu,
             "tanh" => Layer::Tanh,
             "sigmoid" => Layer::Sigmoid,
+            "relu6" => Layer::Relu6,
+            "swish" | "silu" => Layer::Swish,
+            "gelu" => Layer::Gelu,
+            "hard_sigmoid" => Layer::HardSigmoid,
+            "hard_swish" | "hard_silu" => Layer::HardSwish,
+            "mish" => Layer::Mish,
             "softmax" => Layer::Softmax,
             _ => return None,
         })
@@ -535,6 +563,14 @@ impl Layer {
             Layer::Selu => activation(Activation::Selu),
             Layer::Tanh => activation(Activation::Tanh),
             Layer::Sigmoid => activation(Activation::Sigmoid),
+            Layer::Relu6 => activation(Activation::Relu6),
+            Layer::Swish => activation(Activation::Swish),
+            Layer::Gelu => activation(Activation::Gelu {
+                approximate: args.bool("approximate"),
+            }),
+            Layer::HardSigmoid => activation(Activation::HardSigmoid),
+            Layer::HardSwish => activation(Activation::HardSwish),
+            Layer::Mish => activation(Activation::Mish),
             Layer::Softmax => activation(Activation::Softmax),
         }
     }
@@ -607,6 +643,12 @@ fn activation_layer(activation: Activation) -> Layer {
         Activation::Selu => Layer::Selu,
         Activation::Tanh => Layer::Tanh,
         Activation::Sigmoid => Layer::Sigmoid,
+        Activation::Relu6 => Layer::Relu6,
+        Activation::Swish => Layer::Swish,
+        Activation::Gelu { .. } => Layer::Gelu,
+        Activation::HardSigmoid => Layer::HardSigmoid,
+        Activation::HardSwish => Layer::HardSwish,
+        Activation::Mish => Layer::Mish,
         Activation::Softmax => Layer::Softmax,
     }
 }
@@ -633,6 +675,12 @@ pub fn activation_symbol(name: &str) -> Option<Option<Activation>> {
         "selu" => Activation::Selu,
         "tanh" => Activation::Tanh,
         "sigmoid" => Activation::Sigmoid,
+        "relu6" => Activation::Relu6,
+        "swish" | "silu" => Activation::Swish,
+        "gelu" => Activation::Gelu { approximate: false },
+        "hard_sigmoid" => Activation::HardSigmoid,
+        "hard_swish" | "hard_silu" => Activation::HardSwish,
+        "mish" => Activation::Mish,
         "softmax" => Activation::Softmax,
         _ => return None,
     }))
@@ -648,6 +696,14 @@ pub const ACTIVATIONS: &[&str] = &[
     "selu",
     "tanh",
     "sigmoid",
+    "relu6",
+    "swish",
+    "silu",
+    "gelu",
+    "hard_sigmoid",
+    "hard_swish",
+    "hard_silu",
+    "mish",
     "softmax",
 ];
 

@@ -56,6 +56,23 @@ pub enum Activation {
     Tanh,
     /// Logistic sigmoid.
     Sigmoid,
+    /// `min(max(x, 0), 6)` (MobileNet).
+    Relu6,
+    /// `x * sigmoid(x)`, also called SiLU (EfficientNet).
+    Swish,
+    /// `x * P(X <= x)` for a standard normal `X`: `0.5 x (1 + erf(x / sqrt 2))`,
+    /// or with `approximate` the tanh form
+    /// `0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))`.
+    Gelu {
+        /// Whether the tanh approximation is used.
+        approximate: bool,
+    },
+    /// `relu6(x + 3) / 6`, as Keras 3 defines it (Keras 2's was `0.2 x + 0.5`).
+    HardSigmoid,
+    /// `x * relu6(x + 3) / 6`, also called hard SiLU (MobileNetV3).
+    HardSwish,
+    /// `x * tanh(softplus(x))`.
+    Mish,
     /// Softmax over the last axis.
     Softmax,
 }
@@ -70,6 +87,12 @@ impl Activation {
             Activation::Selu => "selu",
             Activation::Tanh => "tanh",
             Activation::Sigmoid => "sigmoid",
+            Activation::Relu6 => "relu6",
+            Activation::Swish => "swish",
+            Activation::Gelu { .. } => "gelu",
+            Activation::HardSigmoid => "hard_sigmoid",
+            Activation::HardSwish => "hard_swish",
+            Activation::Mish => "mish",
             Activation::Softmax => "softmax",
         }
     }
@@ -419,6 +442,7 @@ impl fmt::Display for Op {
             Op::Rbf { units } => write!(f, "rbf(units={units})"),
             Op::Activation(Activation::LeakyRelu { alpha }) => write!(f, "leaky_relu(alpha={alpha})"),
             Op::Activation(Activation::Elu { alpha }) => write!(f, "elu(alpha={alpha})"),
+            Op::Activation(Activation::Gelu { approximate: true }) => write!(f, "gelu(approximate=true)"),
             Op::Activation(a) => write!(f, "{}", a.name()),
             Op::Concat { axis } => write!(f, "concat(axis={axis})"),
         }

@@ -154,8 +154,9 @@ pub fn weight_needs(op: &Op, index: usize) -> Option<Vec<Need>> {
     gradient(op, 1).weights.into_iter().nth(index).flatten()
 }
 
-/// What an activation's gradient is computed from; all are functions of
-/// the output, which saves keeping the input alive.
+/// What an activation's gradient is computed from: the output where the
+/// slope is a function of it, which saves keeping the input alive; the
+/// input for the self-gated ones, whose slope is not.
 fn activation_needs(activation: Activation) -> Vec<Need> {
     match activation {
         // relu: dy * 1[y > 0]; leaky_relu (alpha > 0): dy * (y > 0 ? 1 : alpha)
@@ -164,6 +165,16 @@ fn activation_needs(activation: Activation) -> Vec<Need> {
         Activation::Elu { .. } | Activation::Selu => vec![Dy, Output],
         // tanh: dy * (1 - y^2); sigmoid: dy * y (1 - y)
         Activation::Tanh | Activation::Sigmoid => vec![Dy, Output],
+        // relu6: dy * 1[0 < y < 6]; hard_sigmoid: dy / 6 * 1[0 < y < 1]
+        Activation::Relu6 | Activation::HardSigmoid => vec![Dy, Output],
+        // swish: dy * s (1 + x (1 - s)), s = sigmoid(x)
+        // gelu: dy * (Phi(x) + x phi(x)); its tanh form: dy * (0.5 (1 + t)
+        //   + 0.5 x (1 - t^2) sqrt(2 / pi) (1 + 3 * 0.044715 x^2))
+        // hard_swish: dy * (x < -3 ? 0 : x > 3 ? 1 : (2 x + 3) / 6)
+        // mish: dy * (t + x sech^2(softplus(x)) sigmoid(x)), t = tanh(softplus(x))
+        Activation::Swish | Activation::Gelu { .. } | Activation::HardSwish | Activation::Mish => {
+            vec![Dy, Input(0)]
+        }
         // softmax: y * (dy - sum(dy * y))
         Activation::Softmax => vec![Dy, Output],
     }

@@ -842,9 +842,28 @@ pub fn activation(x: &ArrayD<f32>, a: Activation) -> ArrayD<f32> {
                 }
         }),
         Activation::Tanh => map(x, f64::tanh),
-        Activation::Sigmoid => map(x, |v| 1.0 / (1.0 + (-v).exp())),
+        Activation::Sigmoid => map(x, sigmoid),
+        Activation::Relu6 => map(x, |v| v.clamp(0.0, 6.0)),
+        Activation::Swish => map(x, |v| v * sigmoid(v)),
+        // x * P(X <= x), X standard normal.
+        Activation::Gelu { approximate: false } => map(x, |v| {
+            0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2))
+        }),
+        Activation::Gelu { approximate: true } => map(x, |v| {
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * v * (1.0 + (c * (v + 0.044715 * v.powi(3))).tanh())
+        }),
+        // Keras 3: relu6(x + 3) / 6.
+        Activation::HardSigmoid => map(x, |v| (v + 3.0).clamp(0.0, 6.0) / 6.0),
+        Activation::HardSwish => map(x, |v| v * (v + 3.0).clamp(0.0, 6.0) / 6.0),
+        // x * tanh(softplus(x)), softplus(x) = ln(1 + e^x).
+        Activation::Mish => map(x, |v| v * v.exp().ln_1p().tanh()),
         Activation::Softmax => softmax(x),
     }
+}
+
+fn sigmoid(v: f64) -> f64 {
+    1.0 / (1.0 + (-v).exp())
 }
 
 /// Softmax over the last axis, with the row's max subtracted first.

@@ -147,6 +147,40 @@ def winograd():
     return source, keras.Model(x, y), names
 
 
+def activations():
+    # The activations added after the chapter, each on the same
+    # convolution's output. 72 inputs to a unit spread its values over
+    # about (-6, 6), so that the clipped pieces of relu6, hard_sigmoid and
+    # hard_swish are reached.
+    source = """model activations : [4, 4, 8] {
+    let z = conv(8, 3, padding: same)
+    let a = z -> relu6
+    let b = z -> swish
+    let c = z -> gelu
+    let d = z -> gelu(approximate: true)
+    let e = z -> hard_sigmoid
+    let f = z -> hard_swish
+    let g = z -> mish
+    concat(a, b, c, d, e, f, g)
+}
+"""
+    x = keras.Input((4, 4, 8))
+    conv = layers.Conv2D(8, 3, padding="same")
+    z = conv(x)
+    branches = [
+        keras.activations.relu6,
+        keras.activations.silu,
+        lambda t: keras.activations.gelu(t, approximate=False),
+        lambda t: keras.activations.gelu(t, approximate=True),
+        keras.activations.hard_sigmoid,
+        keras.activations.hard_silu,
+        keras.activations.mish,
+    ]
+    y = layers.Concatenate()([layers.Activation(f)(z) for f in branches])
+    names = {"conv1.kernel": conv.kernel, "conv1.bias": conv.bias}
+    return source, keras.Model(x, y), names
+
+
 def batchnorm(prefix, bn):
     return {
         f"{prefix}.gamma": bn.gamma,
@@ -206,7 +240,7 @@ def main():
     """Records every case, or those named on the command line."""
     print(f"# tensorflow {tf.__version__}, keras {keras.__version__}, numpy {np.__version__}")
     os.makedirs(OUT, exist_ok=True)
-    cases = [conv_bn_relu, residual, separable, se, dense_softmax, winograd]
+    cases = [conv_bn_relu, residual, separable, se, dense_softmax, winograd, activations]
     wanted = set(sys.argv[1:])
     unknown = wanted - {build.__name__ for build in cases}
     if unknown:

@@ -118,6 +118,43 @@ pub(super) enum PointwiseActivation {
     Tanh,
     /// Logistic sigmoid.
     Sigmoid,
+    /// `min(max(x, 0), 6)`
+    Relu6,
+    /// `x * sigmoid(x)`
+    Swish,
+    /// `x * Phi(x)`, exact or in its tanh form.
+    Gelu {
+        /// Whether the tanh form is used.
+        approximate: bool,
+    },
+    /// `relu6(x + 3) / 6`
+    HardSigmoid,
+    /// `x * relu6(x + 3) / 6`
+    HardSwish,
+    /// `x * tanh(softplus(x))`
+    Mish,
+}
+
+impl PointwiseActivation {
+    /// Whether the gradient's slope is computed from the activation's input
+    /// (the self-gated ones: `x` times a function of `x`) rather than from
+    /// its output; `ops::grad` wires the same value.
+    pub(super) fn slope_reads_input(self) -> bool {
+        match self {
+            PointwiseActivation::Swish
+            | PointwiseActivation::Gelu { .. }
+            | PointwiseActivation::HardSwish
+            | PointwiseActivation::Mish => true,
+            PointwiseActivation::Relu
+            | PointwiseActivation::LeakyRelu { .. }
+            | PointwiseActivation::Elu { .. }
+            | PointwiseActivation::Selu
+            | PointwiseActivation::Tanh
+            | PointwiseActivation::Sigmoid
+            | PointwiseActivation::Relu6
+            | PointwiseActivation::HardSigmoid => false,
+        }
+    }
 }
 
 /// The ops computed on the GEMM, with the attributes of their geometry.
@@ -293,6 +330,12 @@ fn activation_family(activation: Activation) -> Family<'static> {
         Activation::Selu => pointwise(PointwiseActivation::Selu),
         Activation::Tanh => pointwise(PointwiseActivation::Tanh),
         Activation::Sigmoid => pointwise(PointwiseActivation::Sigmoid),
+        Activation::Relu6 => pointwise(PointwiseActivation::Relu6),
+        Activation::Swish => pointwise(PointwiseActivation::Swish),
+        Activation::Gelu { approximate } => pointwise(PointwiseActivation::Gelu { approximate }),
+        Activation::HardSigmoid => pointwise(PointwiseActivation::HardSigmoid),
+        Activation::HardSwish => pointwise(PointwiseActivation::HardSwish),
+        Activation::Mish => pointwise(PointwiseActivation::Mish),
     }
 }
 

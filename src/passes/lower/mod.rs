@@ -596,6 +596,21 @@ impl<'m> Lowering<'m> {
     }
 }
 
+/// GELU's tanh form: `sqrt(2 / pi)`.
+const GELU_TANH_SCALE: f32 = 0.797_884_6;
+/// GELU's tanh form: the cubic term's coefficient.
+const GELU_CUBIC: f32 = 0.044_715;
+
+/// The steps of Mish's gate that its gradient reuses.
+struct MishGate {
+    /// `exp(min(x, 20))`
+    e: usize,
+    /// `n + 2`
+    denominator: usize,
+    /// `n / (n + 2)`, which is `tanh(softplus(x))`.
+    gate: usize,
+}
+
 /// Builds an element-wise kernel's SSA steps, loading inputs in order.
 #[derive(Default)]
 struct Builder {
@@ -641,6 +656,86 @@ impl Builder {
             }
             PointwiseActivation::Tanh => self.push(Expr::Unary(Unary::Tanh, x)),
             PointwiseActivation::Sigmoid => self.push(Expr::Unary(Unary::Sigmoid, x)),
+            PointwiseActivation::Relu6 => {
+                let six = self.push(Expr::Const(6.0));
+                let positive = self.binary(Binary::Max, x, zero);
+                self.binary(Binary::Min, positive, six)
+            }
+            PointwiseActivation::Swish => {
+                let gate = self.push(Expr::Unary(Unary::Sigmoid, x));
+                self.binary(Binary::Mul, x, gate)
+            }
+            PointwiseActivation::Gelu { approximate } => {
+                // 0.5 x (1 + erf(x / sqrt 2)), or with tanh(sqrt(2 / pi)
+                // (x + 0.044715 x^3)) in place of the erf.
+                let half = self.push(Expr::Const(0.5));
+                let half_x = self.binary(Binary::Mul, half, x);
+                let odd = if approximate {
+                    self.gelu_tanh(x)
+                } else {
+                    let scale = self.push(Expr::Const(std::f32::consts::FRAC_1_SQRT_2));
+                    let z = self.binary(Binary::Mul, x, scale);
+                    self.push(Expr::Unary(Unary::Erf, z))
+                };
+                self.push(Expr::Fma(half_x, odd, half_x))
+            }
+            PointwiseActivation::HardSigmoid => self.hard_sigmoid(x),
+            PointwiseActivation::HardSwish => {
+                let gate = self.hard_sigmoid(x);
+                self.binary(Binary::Mul, x, gate)
+            }
+            PointwiseActivation::Mish => {
+                let t = self.mish_gate(x).gate;
+                self.binary(Binary::Mul, x, t)
+            }
+        }
+    }
+
+    /// `tanh(sqrt(2 / pi) (x + 0.044715 x^3))`, GELU's tanh form.
+    fn gelu_tanh(&mut self, x: usize) -> usize {
+        let u = self.gelu_tanh_argument(x);
+        self.push(Expr::Unary(Unary::Tanh, u))
+    }
+
+    /// `sqrt(2 / pi) x (1 + 0.044715 x^2)`.
+    fn gelu_tanh_argument(&mut self, x: usize) -> usize {
+        let x2 = self.binary(Binary::Mul, x, x);
+        let a = self.push(Expr::Const(GELU_CUBIC));
+        let one = self.push(Expr::Const(1.0));
+        let poly = self.push(Expr::Fma(a, x2, one));
+        let c = self.push(Expr::Const(GELU_TANH_SCALE));
+        let cx = self.binary(Binary::Mul, c, x);
+        self.binary(Binary::Mul, cx, poly)
+    }
+
+    /// `min(max(x / 6 + 1 / 2, 0), 1)`, which is `relu6(x + 3) / 6`.
+    fn hard_sigmoid(&mut self, x: usize) -> usize {
+        let sixth = self.push(Expr::Const(1.0 / 6.0));
+        let half = self.push(Expr::Const(0.5));
+        let line = self.push(Expr::Fma(x, sixth, half));
+        let zero = self.push(Expr::Const(0.0));
+        let one = self.push(Expr::Const(1.0));
+        let positive = self.binary(Binary::Max, line, zero);
+        self.binary(Binary::Min, positive, one)
+    }
+
+    /// Mish's gate `tanh(softplus(x))` written as `n / (n + 2)` with
+    /// `n = e (e + 2)`, `e = exp(x)`: no logarithm, no cancellation for
+    /// negative `x`. `e` is taken at `min(x, 20)`, where the gate is 1 to
+    /// f32 precision and `n` still fits.
+    fn mish_gate(&mut self, x: usize) -> MishGate {
+        let limit = self.push(Expr::Const(20.0));
+        let clamped = self.binary(Binary::Min, x, limit);
+        let e = self.push(Expr::Unary(Unary::Exp, clamped));
+        let two = self.push(Expr::Const(2.0));
+        let e_plus_2 = self.binary(Binary::Add, e, two);
+        let n = self.binary(Binary::Mul, e, e_plus_2);
+        let denominator = self.binary(Binary::Add, n, two);
+        let gate = self.binary(Binary::Div, n, denominator);
+        MishGate {
+            e,
+            denominator,
+            gate,
         }
     }
 

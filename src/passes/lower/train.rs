@@ -6,7 +6,7 @@ use petgraph::stable_graph::NodeIndex;
 use super::family::{
     family, Contraction, Family, InputGradient, Pointwise, PointwiseActivation, WeightGradient,
 };
-use super::{Builder, LowerError, Lowering};
+use super::{Builder, LowerError, Lowering, GELU_CUBIC, GELU_TANH_SCALE};
 use crate::autodiff::TrainingGraph;
 use crate::codegen::elementwise::{Binary, Expr, Operand, Unary};
 use crate::codegen::native::{CopyRows, DropoutMask};
@@ -229,8 +229,12 @@ impl Lowering<'_> {
                 self.softmax_grad(id, dy, y)
             }
             Family::Pointwise(Pointwise::Activation(activation)) => {
-                let y = self.promised(id, read.output, "output")?;
-                self.activation_input_grad(id, activation, dy, y)
+                let value = if activation.slope_reads_input() {
+                    self.promised(id, read.input, "input")?
+                } else {
+                    self.promised(id, read.output, "output")?
+                };
+                self.activation_input_grad(id, activation, dy, value)
             }
             // dY times the forward pass's mask; without one (dropout off),
             // dropout is the identity and so is its gradient.
@@ -331,19 +335,20 @@ impl Lowering<'_> {
         dx
     }
 
-    /// An element-wise activation's input gradient, from its output `y`.
+    /// An element-wise activation's input gradient, from its output, or
+    /// its input where [`PointwiseActivation::slope_reads_input`] (`value`).
     fn activation_input_grad(
         &mut self,
         id: NodeIndex,
         activation: PointwiseActivation,
         dy: BufferId,
-        y: NodeIndex,
+        value: NodeIndex,
     ) -> BufferId {
         let (rows, channels) = self.matrix(id);
         let mut k = Builder::default();
         let g = k.load(Operand::Tensor);
-        let y_value = k.load(Operand::Tensor);
-        let result = activation_grad(&mut k, activation, g, y_value);
+        let v = k.load(Operand::Tensor);
+        let result = activation_grad(&mut k, activation, g, v);
         let dx = self.temporary(id);
         let name = self.model.graph.nodes[id].name.clone();
         self.step(
@@ -353,7 +358,7 @@ impl Lowering<'_> {
                 rows,
                 channels,
             },
-            vec![dy, self.values[&y], dx],
+            vec![dy, self.values[&value], dx],
         );
         dx
     }
@@ -947,8 +952,16 @@ fn inverse_deviation(k: &mut Builder, variance: usize, epsilon: f64) -> usize {
     k.push(Expr::Unary(Unary::Recip, root))
 }
 
-/// The gradient of an element-wise activation from `dy` and the output `y`.
-fn activation_grad(k: &mut Builder, activation: PointwiseActivation, dy: usize, y: usize) -> usize {
+/// The gradient of an element-wise activation from `dy` and `value`: the
+/// output `y`, or the input `x` where
+/// [`PointwiseActivation::slope_reads_input`].
+fn activation_grad(
+    k: &mut Builder,
+    activation: PointwiseActivation,
+    dy: usize,
+    value: usize,
+) -> usize {
+    let (y, x) = (value, value);
     let zero = k.push(Expr::Const(0.0));
     match activation {
         // dy * 1[y > 0]
@@ -1005,7 +1018,114 @@ fn activation_grad(k: &mut Builder, activation: PointwiseActivation, dy: usize, 
             let slope = k.binary(Binary::Mul, y, rest);
             k.binary(Binary::Mul, dy, slope)
         }
+        // dy * 1[0 < y < 6]
+        PointwiseActivation::Relu6 => {
+            let six = k.push(Expr::Const(6.0));
+            between(k, y, six, dy)
+        }
+        // dy / 6 * 1[0 < y < 1]
+        PointwiseActivation::HardSigmoid => {
+            let one = k.push(Expr::Const(1.0));
+            let sixth = k.push(Expr::Const(1.0 / 6.0));
+            let scaled = k.binary(Binary::Mul, sixth, dy);
+            between(k, y, one, scaled)
+        }
+        // dy * s (1 + x (1 - s)), s = sigmoid(x)
+        PointwiseActivation::Swish => {
+            let s = k.push(Expr::Unary(Unary::Sigmoid, x));
+            let one = k.push(Expr::Const(1.0));
+            let rest = k.binary(Binary::Sub, one, s);
+            let inner = k.push(Expr::Fma(x, rest, one));
+            let slope = k.binary(Binary::Mul, s, inner);
+            k.binary(Binary::Mul, dy, slope)
+        }
+        // dy * (Phi(x) + x phi(x)), Phi(x) = (1 + erf(x / sqrt 2)) / 2,
+        // phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+        PointwiseActivation::Gelu { approximate: false } => {
+            let half = k.push(Expr::Const(0.5));
+            let scale = k.push(Expr::Const(std::f32::consts::FRAC_1_SQRT_2));
+            let z = k.binary(Binary::Mul, x, scale);
+            let erf = k.push(Expr::Unary(Unary::Erf, z));
+            let cdf = k.push(Expr::Fma(half, erf, half));
+            let minus_half = k.push(Expr::Const(-0.5));
+            let x2 = k.binary(Binary::Mul, x, x);
+            let exponent = k.binary(Binary::Mul, minus_half, x2);
+            let gauss = k.push(Expr::Unary(Unary::Exp, exponent));
+            let norm = k.push(Expr::Const(0.398_942_3));
+            let pdf = k.binary(Binary::Mul, norm, gauss);
+            let slope = k.push(Expr::Fma(x, pdf, cdf));
+            k.binary(Binary::Mul, dy, slope)
+        }
+        // dy * ((1 + t) / 2 + x (1 - t^2) / 2 * sqrt(2 / pi) (1 + 3 * 0.044715 x^2)),
+        // t = tanh(sqrt(2 / pi) (x + 0.044715 x^3))
+        PointwiseActivation::Gelu { approximate: true } => {
+            let t = k.gelu_tanh(x);
+            let half = k.push(Expr::Const(0.5));
+            let left = k.push(Expr::Fma(half, t, half));
+            let one = k.push(Expr::Const(1.0));
+            let t2 = k.binary(Binary::Mul, t, t);
+            let sech2 = k.binary(Binary::Sub, one, t2);
+            let x2 = k.binary(Binary::Mul, x, x);
+            let a3 = k.push(Expr::Const(3.0 * GELU_CUBIC));
+            let poly = k.push(Expr::Fma(a3, x2, one));
+            let c = k.push(Expr::Const(0.5 * GELU_TANH_SCALE));
+            let du = k.binary(Binary::Mul, c, poly);
+            let x_sech2 = k.binary(Binary::Mul, x, sech2);
+            let slope = k.push(Expr::Fma(x_sech2, du, left));
+            k.binary(Binary::Mul, dy, slope)
+        }
+        // dy * (x < -3 ? 0 : x > 3 ? 1 : (2 x + 3) / 6)
+        PointwiseActivation::HardSwish => {
+            let three = k.push(Expr::Const(3.0));
+            let one = k.push(Expr::Const(1.0));
+            let third = k.push(Expr::Const(1.0 / 3.0));
+            let half = k.push(Expr::Const(0.5));
+            let middle = k.push(Expr::Fma(x, third, half));
+            let above = k.binary(Binary::Sub, x, three);
+            let upper = k.push(Expr::IfPositive {
+                cond: above,
+                then: one,
+                otherwise: middle,
+            });
+            let within = k.binary(Binary::Add, x, three);
+            let slope = k.push(Expr::IfPositive {
+                cond: within,
+                then: upper,
+                otherwise: zero,
+            });
+            k.binary(Binary::Mul, dy, slope)
+        }
+        // dy * (g + x g'), g = n / (n + 2), n = e (e + 2), e = exp(x):
+        // g' = 2 n' / (n + 2)^2 with n' = 2 e (e + 1)
+        PointwiseActivation::Mish => {
+            let gate = k.mish_gate(x);
+            let one = k.push(Expr::Const(1.0));
+            let four = k.push(Expr::Const(4.0));
+            let e_plus_1 = k.binary(Binary::Add, gate.e, one);
+            let four_e = k.binary(Binary::Mul, four, gate.e);
+            let numerator = k.binary(Binary::Mul, four_e, e_plus_1);
+            let squared = k.binary(Binary::Mul, gate.denominator, gate.denominator);
+            let derivative = k.binary(Binary::Div, numerator, squared);
+            let slope = k.push(Expr::Fma(x, derivative, gate.gate));
+            k.binary(Binary::Mul, dy, slope)
+        }
     }
+}
+
+/// `value` where `0 < y < top`, else 0 (a clipped activation's gradient).
+fn between(k: &mut Builder, y: usize, top: usize, value: usize) -> usize {
+    let zero = k.push(Expr::Const(0.0));
+    let room = k.binary(Binary::Sub, top, y);
+    let below = k.push(Expr::IfPositive {
+        cond: room,
+        then: value,
+        otherwise: zero,
+    });
+    k.push(Expr::IfPositive {
+        cond: y,
+        then: below,
+        otherwise: zero,
+    })
 }
 
 /// FNV-1a: a stable hash of a layer's name, to give each dropout layer its
