@@ -54,6 +54,8 @@ cases! {
     syntax_equals_in_argument,
     syntax_unterminated_string,
     syntax_missing_brace_at_eof,
+    unclosed_block_before_model,
+    unclosed_loop_before_use,
     name_starting_with_as,
     nested_too_deeply,
     nested_ifs,

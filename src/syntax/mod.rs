@@ -400,6 +400,9 @@ fn syntax_error(
     }
     let found_char = source[start.min(source.len())..].chars().next();
     let innermost = open.last().copied();
+    if let Some(unclosed) = definition_after_unclosed_body(source, start, &open) {
+        return unclosed.diagnostic(source, file);
+    }
     if let Some((quote, line_end)) = unclosed_string(source, start) {
         // The parse failed inside a string that runs to the end of its line.
         diagnostic.primary.span = Span::new(file, quote, line_end);
@@ -435,6 +438,133 @@ fn syntax_error(
         _ => {}
     }
     diagnostic
+}
+
+/// A definition (`model`, `block`, `train`, `use`) that starts a line
+/// while a body is still open: the body lost its `}`, and the error the
+/// parse met on the new definition's line is only a consequence.
+struct UnclosedBody<'s> {
+    /// The body's `{` (the outermost one still open).
+    brace: usize,
+    /// What the body belongs to, as its line starts (`block unit`), if it
+    /// starts with a definition.
+    owner: Option<(&'s str, &'s str)>,
+    /// A `{` inside it whose `}` is indented less than the `{`'s own line
+    /// (and where): that `}` is likely the body's, and this `{` the one
+    /// that lost its own.
+    misindented: Option<(usize, usize)>,
+    /// The keyword that starts the next definition, and where.
+    keyword: &'s str,
+    at: usize,
+}
+
+const DEFINITION_KEYWORDS: [&str; 4] = ["model", "block", "train", "use"];
+
+/// The [`UnclosedBody`] when the line of `offset` starts with a definition
+/// keyword and a name (or, for `use`, a module) while a `{` is open.
+fn definition_after_unclosed_body<'s>(
+    source: &'s str,
+    offset: usize,
+    open: &[(char, usize)],
+) -> Option<UnclosedBody<'s>> {
+    let &(_, brace) = open.iter().find(|&&(o, _)| o == '{')?;
+    let offset = offset.min(source.len());
+    let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
+    if line_start <= brace {
+        // The error is on the body's own line: no definition follows it.
+        return None;
+    }
+    let line = &source[line_start..];
+    let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+    let (keyword, next) = definition_start(&line[indent..])?;
+    // `model m` or `use resnet`, not a name `model` used on its own.
+    next.chars()
+        .next()
+        .filter(|c| c.is_alphabetic() || *c == '_' || *c == '"')?;
+    let brace_line = &source[source[..brace].rfind('\n').map_or(0, |i| i + 1)..brace];
+    Some(UnclosedBody {
+        brace,
+        owner: definition_start(brace_line.trim_start()).and_then(|(kind, rest)| {
+            let name_len = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            (name_len > 0).then(|| (kind, &rest[..name_len]))
+        }),
+        misindented: misindented_brace(source, brace + 1, line_start),
+        keyword,
+        at: line_start + indent,
+    })
+}
+
+/// The first `{` between `from` and `to` closed by a `}` that starts its
+/// line with less indentation than the `{`'s line has, with that `}`.
+fn misindented_brace(source: &str, from: usize, to: usize) -> Option<(usize, usize)> {
+    let line_indent = |at: usize| {
+        let line = &source[source[..at].rfind('\n').map_or(0, |i| i + 1)..];
+        let blank = line.len() - line.trim_start_matches([' ', '\t']).len();
+        (
+            blank,
+            line.as_ptr() as usize - source.as_ptr() as usize + blank,
+        )
+    };
+    let mut open = Vec::new();
+    for (i, c) in brackets(&source[from..to]) {
+        let at = from + i;
+        match c {
+            '{' => open.push(at),
+            '}' => {
+                let opened = open.pop()?;
+                let (close_indent, first) = line_indent(at);
+                if first == at && close_indent < line_indent(opened).0 {
+                    return Some((opened, at));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The definition keyword `text` starts with, followed by blanks, and what
+/// follows the blanks.
+fn definition_start(text: &str) -> Option<(&str, &str)> {
+    DEFINITION_KEYWORDS.into_iter().find_map(|keyword| {
+        let rest = text.strip_prefix(keyword)?;
+        let after = rest.trim_start_matches([' ', '\t']);
+        (after.len() < rest.len()).then_some((keyword, after))
+    })
+}
+
+impl UnclosedBody<'_> {
+    fn diagnostic(&self, source: &str, file: FileId) -> Diagnostic {
+        let title = match self.owner {
+            Some((kind, name)) => format!("{kind} `{name}` is not closed"),
+            None => "a `{` is not closed".to_string(),
+        };
+        let line = source[..self.at].matches('\n').count() + 1;
+        let mut diagnostic = Diagnostic::error(
+            Span::new(file, self.brace, self.brace + 1),
+            title,
+            "this `{` is never closed",
+        );
+        if let Some((opened, closed)) = self.misindented {
+            let line = source[..closed].matches('\n').count() + 1;
+            diagnostic = diagnostic.with_context(
+                Span::new(file, opened, opened + 1),
+                format!(
+                    "perhaps this one's: the `}}` on line {line} that closes it is indented less than its line"
+                ),
+            );
+        }
+        diagnostic
+            .with_context(
+                Span::new(file, self.at, self.at + self.keyword.len()),
+                format!("`{}` starts the next definition here", self.keyword),
+            )
+            .with_note(format!(
+                "help: a `}}` is missing somewhere before line {line}"
+            ))
+    }
 }
 
 /// The opening quote and the line's end, when the line of `offset` has a
