@@ -272,7 +272,7 @@ fn samples() -> Vec<(Op, Wiring)> {
         Op::DepthMaxPool { .. } => (Op::DepthMaxPool { size: 2 }, Image),
         Op::Flatten => (Op::Flatten, Image),
         Op::Dropout { .. } => (Op::Dropout { rate: 0.25 }, Image),
-        Op::BatchNorm { .. } => (Op::BatchNorm { momentum: 0.9, epsilon: 1e-3 }, Image),
+        Op::BatchNorm { .. } => (Op::BatchNorm { momentum: 0.9, epsilon: 1e-3, center: true, scale: true }, Image),
         Op::Lrn { .. } => (Op::Lrn { depth_radius: 1, bias: 1.0, alpha: 0.5, beta: 0.75 }, Image),
         Op::ScaleBias => (Op::ScaleBias, Image),
         Op::Rbf { .. } => (Op::Rbf { units: 3 }, Vector),

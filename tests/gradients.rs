@@ -372,6 +372,25 @@ fn batchnorm_in_training_and_inference_mode() {
 }
 
 #[test]
+fn batchnorm_without_gamma_or_beta() {
+    // Keras's scale=False and center=False: the factor 1 and the offset 0
+    // are constants, and the layer has no gradient for them.
+    let source = "
+        model m : [3, 3, 4] {
+            conv(4, 1) -> batchnorm(scale: false) -> tanh
+            conv(4, 1) -> batchnorm(center: false)
+            global_avg_pool
+            batchnorm(center: false, scale: false)
+        }";
+    for mode in BOTH {
+        check(Case {
+            batch: 4,
+            ..Case::new(source, mode)
+        });
+    }
+}
+
+#[test]
 fn activations() {
     // Inputs away from 0, where ReLU and its kin have their kink.
     let source = "

@@ -274,6 +274,26 @@ fn example_fashion_cnn_matches_keras() {
 }
 
 #[test]
+fn batchnorm_without_scale_or_centre_matches_keras() {
+    // Keras: Conv2D(32, 3, use_bias=False) -> BatchNormalization(scale=False)
+    // -> relu -> Conv2D(16, 1, use_bias=False) ->
+    // BatchNormalization(center=False) on 32x32x3 counts 1,520 parameters,
+    // 96 of them moving statistics (keras.Model.count_params, Keras 3.15):
+    // 864 + (beta 32 + 64) + 512 + (gamma 16 + 32). Inception-v3's
+    // conv2d_bn is the first pair.
+    check_fixture(
+        "batchnorm_flags.cnn",
+        "model m : [32, 32, 3] {
+            conv(32, 3, use_bias: false) -> batchnorm(scale: false) -> relu
+            conv(16, 1, use_bias: false) -> batchnorm(center: false)
+        }",
+        "m",
+        Counts::with_frozen(1_520, 96),
+        &[("output", &[30, 30, 16])],
+    );
+}
+
+#[test]
 fn example_lenet5_on_28x28() {
     // Padding C1 `same` on 28x28 keeps every layer of the 32x32 network, so
     // Keras' LeNet-5 at 28x28 with C1 `same` has 61,706 parameters, as

@@ -649,12 +649,34 @@ fn batchnorm_inference_uses_the_moving_statistics() {
     let op = Op::BatchNorm {
         momentum: 0.99,
         epsilon: 0.001,
+        center: true,
+        scale: true,
     };
     let x = t(&[2, 2], &[1., 2., 3., 6.]);
     let (gamma, beta) = (t(&[2], &[2., 0.5]), t(&[2], &[1., -1.]));
     let (mean, var) = (t(&[2], &[1., 2.]), t(&[2], &[3.999, 0.249]));
     let out = forward(&op, &[&x], &[&gamma, &beta, &mean, &var], false);
     assert_close(&out, &[2, 2], &[1., -1., 3., 3.]);
+    // Keras's `scale=False` drops gamma (a factor of 1), `center=False`
+    // beta (an offset of 0):
+    // channel 0: (x - 1) / 2 + 1 -> 1, 2;  channel 1: (x - 2) / 0.5 - 1 -> -1, 7
+    let unscaled = Op::BatchNorm {
+        momentum: 0.99,
+        epsilon: 0.001,
+        center: true,
+        scale: false,
+    };
+    let out = forward(&unscaled, &[&x], &[&beta, &mean, &var], false);
+    assert_close(&out, &[2, 2], &[1., -1., 2., 7.]);
+    // channel 0: 2 (x - 1) / 2 -> 0, 2;  channel 1: 0.5 (x - 2) / 0.5 -> 0, 4
+    let uncentred = Op::BatchNorm {
+        momentum: 0.99,
+        epsilon: 0.001,
+        center: false,
+        scale: true,
+    };
+    let out = forward(&uncentred, &[&x], &[&gamma, &mean, &var], false);
+    assert_close(&out, &[2, 2], &[0., 0., 2., 4.]);
 }
 
 /// The training-mode batch: [2, 1, 2, 2], channel 0 = 1, 4, 5, 6 (mean 4,
@@ -675,6 +697,8 @@ fn batchnorm_training_uses_the_batch_statistics() {
     let op = Op::BatchNorm {
         momentum: 0.9,
         epsilon: 0.5,
+        center: true,
+        scale: true,
     };
     let x = batchnorm_batch();
     let (gamma, beta) = (t(&[2], &[1., 3.]), t(&[2], &[0., 1.]));

@@ -2,7 +2,8 @@
 //! `tests/tf/grads/` (a convolution with batchnorm and ReLU, stdlib's
 //! residual unit, a separable convolution, stdlib's SE-block, a dense
 //! softmax layer, two convolutions on Winograd's transforms, the
-//! activations after the chapter on one convolution's output), the outputs,
+//! activations after the chapter on one convolution's output, batchnorm
+//! without gamma or without beta), the outputs,
 //! the input's gradient and every trainable weight's gradient of `sum(dy *
 //! output)`, in inference and in training mode, against what
 //! `tf.GradientTape` recorded with the same weights (`tests/tf/grads.py`,
@@ -216,6 +217,13 @@ fn dense_softmax_matches_tensorflow() {
 #[test]
 fn the_activations_after_the_chapter_match_tensorflow() {
     check("activations", TOLERANCE);
+}
+
+/// Keras's `BatchNormalization(scale=False)` (Inception-v3's) and
+/// `center=False`, in both modes.
+#[test]
+fn batchnorm_without_gamma_or_beta_matches_tensorflow() {
+    check("batchnorm_flags", TOLERANCE);
 }
 
 /// Two 3x3 stride-1 convolutions whose forward passes, input gradients

@@ -156,6 +156,8 @@ const BATCHNORM: &[ArgSpec] = &[
     a("momentum", Rate, Float(0.99)),
     a("epsilon", Number, Float(0.001)),
     a("trainable", Kind::Bool, DefaultValue::Bool(true)),
+    a("center", Kind::Bool, DefaultValue::Bool(true)),
+    a("scale", Kind::Bool, DefaultValue::Bool(true)),
 ];
 const LRN: &[ArgSpec] = &[
     a("depth_radius", Positive, Int(2)),
@@ -536,6 +538,8 @@ impl Layer {
                 Op::BatchNorm {
                     momentum: args.float("momentum"),
                     epsilon: args.float("epsilon"),
+                    center: args.bool("center"),
+                    scale: args.bool("scale"),
                 },
             )],
             Layer::Lrn => vec![part(

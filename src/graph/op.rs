@@ -177,6 +177,10 @@ pub enum Op {
         momentum: f64,
         /// Added to the variance.
         epsilon: f64,
+        /// Whether a learned offset `beta` is added (Keras's `center`).
+        center: bool,
+        /// Whether a learned factor `gamma` multiplies (Keras's `scale`).
+        scale: bool,
     },
     /// AlexNet's local response normalization across channels.
     Lrn {
@@ -435,7 +439,18 @@ impl fmt::Display for Op {
             Op::GlobalPool { .. } => write!(f, "{}", self.name()),
             Op::DepthMaxPool { size } => write!(f, "depth_maxpool(size={size})"),
             Op::Dropout { rate } => write!(f, "dropout(rate={rate})"),
-            Op::BatchNorm { momentum, epsilon } => write!(f, "batchnorm(momentum={momentum}, epsilon={epsilon})"),
+            Op::BatchNorm { momentum, epsilon, center, scale } => {
+                write!(f, "batchnorm(momentum={momentum}, epsilon={epsilon}")?;
+                // Only what differs from Keras's defaults, so that the text
+                // of every model written before them stays the same.
+                if !center {
+                    write!(f, ", center=false")?;
+                }
+                if !scale {
+                    write!(f, ", scale=false")?;
+                }
+                write!(f, ")")
+            }
             Op::Lrn { depth_radius, bias, alpha, beta } => {
                 write!(f, "lrn(depth_radius={depth_radius}, bias={bias}, alpha={alpha}, beta={beta})")
             }

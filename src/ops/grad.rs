@@ -118,10 +118,16 @@ pub fn gradient(op: &Op, arity: usize) -> Rule {
         // x̂ = (x - mean) / sqrt(var + eps) with batch statistics:
         // dX = gamma / sqrt(var + eps) * (dY - mean(dY) - x̂ mean(dY x̂));
         // dgamma = sum dY x̂; dbeta = sum dY; the moving statistics are updated, not learned
-        Op::BatchNorm { .. } => rule(
-            vec![vec![Dy, Input(0)]],
-            vec![Some(vec![Dy, Input(0)]), Some(vec![Dy]), None, None],
-        ),
+        // (without gamma or beta, as `ops::params` lists them)
+        Op::BatchNorm { center, scale, .. } => {
+            let gamma = scale.then(|| Some(vec![Dy, Input(0)]));
+            // The layer's weight gradients share one kernel, run for the
+            // first of them, which reads the input: beta's, without gamma.
+            let beta_needs = if *scale { vec![Dy] } else { vec![Dy, Input(0)] };
+            let beta = center.then(|| Some(beta_needs));
+            let weights = gamma.into_iter().chain(beta).chain([None, None]).collect();
+            rule(vec![vec![Dy, Input(0)]], weights)
+        }
         // d_i = bias + alpha sum_{|j-i|<=r} x_j^2, y_i = x_i d_i^-beta:
         // dx_i = dy_i d_i^-beta - 2 alpha beta x_i sum_{|i-j|<=r} dy_j x_j d_j^(-beta-1)
         Op::Lrn { .. } => rule(vec![vec![Dy, Input(0)]], vec![]),
@@ -204,6 +210,14 @@ mod tests {
             Op::BatchNorm {
                 momentum: 0.99,
                 epsilon: 1e-3,
+                center: true,
+                scale: true,
+            },
+            Op::BatchNorm {
+                momentum: 0.99,
+                epsilon: 1e-3,
+                center: true,
+                scale: false,
             },
             Op::ScaleBias,
         ];
@@ -260,8 +274,19 @@ mod tests {
         let batchnorm = Op::BatchNorm {
             momentum: 0.99,
             epsilon: 1e-3,
+            center: true,
+            scale: true,
         };
         assert_eq!(weight_needs(&batchnorm, 2), None, "moving mean");
+        // Without gamma, beta comes first and the moving mean second.
+        let unscaled = Op::BatchNorm {
+            momentum: 0.99,
+            epsilon: 1e-3,
+            center: true,
+            scale: false,
+        };
+        assert_eq!(weight_needs(&unscaled, 0), Some(vec![Dy, Input(0)]), "beta");
+        assert_eq!(weight_needs(&unscaled, 1), None, "moving mean");
     }
 
     #[test]

@@ -344,12 +344,18 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
             p
         }
         Op::Rbf { units } => vec![("centers", vec![channels, *units], true)],
-        Op::BatchNorm { .. } => vec![
-            ("gamma", vec![channels], true),
-            ("beta", vec![channels], true),
-            ("moving_mean", vec![channels], false),
-            ("moving_variance", vec![channels], false),
-        ],
+        Op::BatchNorm { center, scale, .. } => {
+            let mut p = Vec::new();
+            if *scale {
+                p.push(("gamma", vec![channels], true));
+            }
+            if *center {
+                p.push(("beta", vec![channels], true));
+            }
+            p.push(("moving_mean", vec![channels], false));
+            p.push(("moving_variance", vec![channels], false));
+            p
+        }
         Op::ScaleBias => vec![
             ("coefficient", vec![channels], true),
             ("bias", vec![channels], true),

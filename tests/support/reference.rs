@@ -141,14 +141,33 @@ pub fn forward(
             );
             one().clone()
         }
-        Op::BatchNorm { epsilon, .. } => {
-            expect_params(op, params, 4);
-            let (gamma, beta) = (params[0], params[1]);
+        Op::BatchNorm {
+            epsilon,
+            center,
+            scale,
+            ..
+        } => {
+            // gamma (without `scale: false`), beta (without `center:
+            // false`), the moving mean and variance.
+            let learned = usize::from(*scale) + usize::from(*center);
+            expect_params(op, params, learned + 2);
+            let channels = one().shape()[one().ndim() - 1];
+            let ones = ArrayD::from_elem(IxDyn(&[channels]), 1.0f32);
+            let zeros = ArrayD::from_elem(IxDyn(&[channels]), 0.0f32);
+            let gamma = if *scale { params[0] } else { &ones };
+            let beta = if *center { params[learned - 1] } else { &zeros };
             if training {
                 let (mean, variance) = batchnorm_moments(one());
                 batchnorm(one(), gamma, beta, &mean, &variance, *epsilon)
             } else {
-                batchnorm(one(), gamma, beta, params[2], params[3], *epsilon)
+                batchnorm(
+                    one(),
+                    gamma,
+                    beta,
+                    params[learned],
+                    params[learned + 1],
+                    *epsilon,
+                )
             }
         }
         Op::Lrn {

@@ -181,6 +181,33 @@ def activations():
     return source, keras.Model(x, y), names
 
 
+def batchnorm_flags():
+    # Inception-v3's conv2d_bn (BatchNormalization(scale=False)) and its
+    # mirror (center=False).
+    source = """model batchnorm_flags : [5, 5, 3] {
+    conv(4, 3, padding: same, use_bias: false) -> batchnorm(scale: false) -> relu
+    conv(4, 1, use_bias: false) -> batchnorm(center: false)
+}
+"""
+    x = keras.Input((5, 5, 3))
+    conv1 = layers.Conv2D(4, 3, padding="same", use_bias=False)
+    bn1 = layers.BatchNormalization(scale=False)
+    conv2 = layers.Conv2D(4, 1, use_bias=False)
+    bn2 = layers.BatchNormalization(center=False)
+    y = bn2(conv2(layers.ReLU()(bn1(conv1(x)))))
+    names = {
+        "conv1.kernel": conv1.kernel,
+        "batchnorm1.beta": bn1.beta,
+        "batchnorm1.moving_mean": bn1.moving_mean,
+        "batchnorm1.moving_variance": bn1.moving_variance,
+        "conv2.kernel": conv2.kernel,
+        "batchnorm2.gamma": bn2.gamma,
+        "batchnorm2.moving_mean": bn2.moving_mean,
+        "batchnorm2.moving_variance": bn2.moving_variance,
+    }
+    return source, keras.Model(x, y), names
+
+
 def batchnorm(prefix, bn):
     return {
         f"{prefix}.gamma": bn.gamma,
@@ -240,7 +267,16 @@ def main():
     """Records every case, or those named on the command line."""
     print(f"# tensorflow {tf.__version__}, keras {keras.__version__}, numpy {np.__version__}")
     os.makedirs(OUT, exist_ok=True)
-    cases = [conv_bn_relu, residual, separable, se, dense_softmax, winograd, activations]
+    cases = [
+        conv_bn_relu,
+        residual,
+        separable,
+        se,
+        dense_softmax,
+        winograd,
+        activations,
+        batchnorm_flags,
+    ]
     wanted = set(sys.argv[1:])
     unknown = wanted - {build.__name__ for build in cases}
     if unknown:

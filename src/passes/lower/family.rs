@@ -87,6 +87,8 @@ pub(super) enum Pointwise {
         momentum: f64,
         /// Added to the variance.
         epsilon: f64,
+        /// Whether it has a learned factor `gamma`.
+        scale: bool,
     },
     /// `x * coefficient[c] + bias[c]`.
     ScaleBias,
@@ -218,9 +220,15 @@ pub(super) fn family(op: &Op) -> Family<'_> {
         Op::Flatten => Family::Reshape,
         Op::Dropout { rate } => Family::Dropout { rate: *rate },
         Op::Activation(activation) => activation_family(*activation),
-        Op::BatchNorm { momentum, epsilon } => Family::Pointwise(Pointwise::BatchNorm {
+        Op::BatchNorm {
+            momentum,
+            epsilon,
+            scale,
+            ..
+        } => Family::Pointwise(Pointwise::BatchNorm {
             momentum: *momentum,
             epsilon: *epsilon,
+            scale: *scale,
         }),
         Op::ScaleBias => Family::Pointwise(Pointwise::ScaleBias),
         Op::Add => Family::Pointwise(Pointwise::Add),

@@ -295,6 +295,25 @@ impl<'m> Lowering<'m> {
         self.plan.buffer(name, len, Role::Temporary)
     }
 
+    /// A batchnorm's weights by name: `gamma` and `beta` only where the
+    /// layer has them (`scale`, `center`).
+    fn norm_weights(&mut self, id: NodeIndex) -> NormWeights {
+        let names: Vec<String> = self.model.graph.nodes[id]
+            .params
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        let buffers = self.weights(id);
+        let find = |name: &str| names.iter().position(|n| n == name).map(|i| buffers[i]);
+        NormWeights {
+            gamma: find("gamma"),
+            beta: find("beta"),
+            // `ops::params` lists both moving statistics for every batchnorm.
+            mean: find("moving_mean").expect("a batchnorm has a moving mean"),
+            variance: find("moving_variance").expect("a batchnorm has a moving variance"),
+        }
+    }
+
     fn weights(&mut self, id: NodeIndex) -> Vec<BufferId> {
         let node = &self.model.graph.nodes[id];
         let weights: Vec<(String, usize)> = node
@@ -341,9 +360,9 @@ impl<'m> Lowering<'m> {
             Family::Reshape => inputs[0],
             Family::Dropout { rate } if self.setup.dropout => self.dropout(id, rate, inputs[0]),
             Family::Dropout { .. } => inputs[0],
-            Family::Pointwise(Pointwise::BatchNorm { momentum, epsilon })
-                if self.setup.batch_statistics =>
-            {
+            Family::Pointwise(Pointwise::BatchNorm {
+                momentum, epsilon, ..
+            }) if self.setup.batch_statistics => {
                 self.batchnorm_training(id, momentum, epsilon, inputs[0])
             }
             Family::Softmax => {
@@ -414,16 +433,17 @@ impl<'m> Lowering<'m> {
             }
             // gamma (x - mean) / sqrt(var + eps) + beta
             Pointwise::BatchNorm { epsilon, .. } => {
-                let weights = self.weights(id);
+                let weights = self.norm_weights(id);
                 // Its gradients (in inference mode) normalise with the
                 // same, moving, statistics.
-                let statistics = vec![weights[2], weights[3]];
+                let statistics = vec![weights.mean, weights.variance];
                 self.shared.insert(format!("bn:{}", node.name), statistics);
                 args.push(inputs[0]);
-                args.extend(&weights);
                 let x = k.load(Operand::Tensor);
-                let [gamma, beta, mean, variance] =
-                    [0, 1, 2, 3].map(|_| k.load(Operand::PerChannel));
+                let gamma = k.per_channel_or(weights.gamma, 1.0, &mut args);
+                let beta = k.per_channel_or(weights.beta, 0.0, &mut args);
+                let mean = k.per_channel_or(Some(weights.mean), 0.0, &mut args);
+                let variance = k.per_channel_or(Some(weights.variance), 1.0, &mut args);
                 let eps = k.push(Expr::Const(epsilon as f32));
                 let shifted = k.binary(Binary::Sub, x, mean);
                 let v = k.binary(Binary::Add, variance, eps);
@@ -611,6 +631,16 @@ struct MishGate {
     gate: usize,
 }
 
+/// A batchnorm's weight buffers.
+struct NormWeights {
+    /// The learned factor, without `scale: false`.
+    gamma: Option<BufferId>,
+    /// The learned offset, without `center: false`.
+    beta: Option<BufferId>,
+    mean: BufferId,
+    variance: BufferId,
+}
+
 /// Builds an element-wise kernel's SSA steps, loading inputs in order.
 #[derive(Default)]
 struct Builder {
@@ -627,6 +657,23 @@ impl Builder {
     fn load(&mut self, operand: Operand) -> usize {
         self.inputs.push(operand);
         self.push(Expr::Load(self.inputs.len() - 1))
+    }
+
+    /// Loads the per-channel buffer `weight`, appending it to `args`, or
+    /// is the constant `absent` where the layer has no such weight.
+    fn per_channel_or(
+        &mut self,
+        weight: Option<BufferId>,
+        absent: f32,
+        args: &mut Vec<BufferId>,
+    ) -> usize {
+        match weight {
+            Some(buffer) => {
+                args.push(buffer);
+                self.load(Operand::PerChannel)
+            }
+            None => self.push(Expr::Const(absent)),
+        }
     }
 
     fn binary(&mut self, op: Binary, a: usize, b: usize) -> usize {

@@ -91,7 +91,7 @@ impl Lowering<'_> {
     ) -> BufferId {
         let name = self.model.graph.nodes[id].name.clone();
         let (rows, c) = self.matrix(id);
-        let weights = self.weights(id);
+        let weights = self.norm_weights(id);
         let (mean, variance) = (
             self.scratch(format!("{name}.mean"), c),
             self.scratch(format!("{name}.variance"), c),
@@ -105,14 +105,18 @@ impl Lowering<'_> {
         self.step(id, KernelDesc::Reduce(moments), vec![x, mean, variance]);
         // y = gamma (x - mean) / sqrt(variance + eps) + beta
         let mut k = Builder::default();
+        let mut args = vec![x];
         let xv = k.load(Operand::Tensor);
-        let [gamma, beta, m, v] = [0; 4].map(|_| k.load(Operand::PerChannel));
+        let gamma = k.per_channel_or(weights.gamma, 1.0, &mut args);
+        let beta = k.per_channel_or(weights.beta, 0.0, &mut args);
+        let m = k.per_channel_or(Some(mean), 0.0, &mut args);
+        let v = k.per_channel_or(Some(variance), 1.0, &mut args);
         let scale = inverse_deviation(&mut k, v, epsilon);
         let scale = k.binary(Binary::Mul, gamma, scale);
         let shifted = k.binary(Binary::Sub, xv, m);
         let result = k.push(Expr::Fma(shifted, scale, beta));
         let y = self.temporary(id);
-        let args = vec![x, weights[0], weights[1], mean, variance, y];
+        args.push(y);
         self.step(
             id,
             KernelDesc::Elementwise {
@@ -125,18 +129,24 @@ impl Lowering<'_> {
         self.shared
             .insert(format!("bn:{name}"), vec![mean, variance]);
         if self.setup.move_statistics {
-            self.move_statistics(id, momentum, &weights, [mean, variance]);
+            self.move_statistics(
+                id,
+                momentum,
+                [weights.mean, weights.variance],
+                [mean, variance],
+            );
         }
         y
     }
 
     /// moving = batch + (moving - batch) * momentum, in place, for the
-    /// moving statistics `weights[2..4]` and the batch's `[mean, variance]`.
+    /// moving statistics `[moving_mean, moving_variance]` and the batch's
+    /// `[mean, variance]`.
     fn move_statistics(
         &mut self,
         id: NodeIndex,
         momentum: f64,
-        weights: &[BufferId],
+        [moving_mean_buffer, moving_variance_buffer]: [BufferId; 2],
         [mean, variance]: [BufferId; 2],
     ) {
         let name = self.model.graph.nodes[id].name.clone();
@@ -151,7 +161,12 @@ impl Lowering<'_> {
         let mut update = k.finish(&format!("{name}.moving"), new_mean);
         update.outputs.push(new_variance);
         let args = vec![
-            weights[2], weights[3], mean, variance, weights[2], weights[3],
+            moving_mean_buffer,
+            moving_variance_buffer,
+            mean,
+            variance,
+            moving_mean_buffer,
+            moving_variance_buffer,
         ];
         self.step(
             id,
@@ -258,10 +273,10 @@ impl Lowering<'_> {
                 let operand = (coefficient, Operand::PerChannel);
                 self.product(id, &name, (rows, channels), dy, operand)
             }
-            Family::Pointwise(Pointwise::BatchNorm { epsilon, .. }) => {
+            Family::Pointwise(Pointwise::BatchNorm { epsilon, scale, .. }) => {
                 let x = self.promised(id, read.input, "input")?;
                 let x = self.values[&x];
-                self.batchnorm_grad(id, layer, epsilon, dy, x)
+                self.batchnorm_grad(id, layer, (epsilon, scale), dy, x)
             }
             Family::Rbf { units } => {
                 let x = self.promised(id, read.input, "input")?;
@@ -588,30 +603,35 @@ impl Lowering<'_> {
         &mut self,
         id: NodeIndex,
         layer: &str,
-        epsilon: f64,
+        (epsilon, scale): (f64, bool),
         dy: BufferId,
         x: BufferId,
     ) -> BufferId {
         if !self.setup.batch_statistics {
-            return self.batchnorm_grad_inference(id, layer, epsilon, dy);
+            return self.batchnorm_grad_inference(id, layer, (epsilon, scale), dy);
         }
         let [sum, dot, x_hat] = self.batchnorm_sums(id, layer, epsilon, dy, x);
         let stats = self.shared[&format!("bn:{layer}")].clone();
         let c = self.plan.buffers[stats[0]].len;
         let rows = self.plan.buffers[x].len / c;
-        let gamma = self.weight(&format!("{layer}.gamma"), c);
+        let gamma = scale.then(|| self.weight(&format!("{layer}.gamma"), c));
         let mut k = Builder::default();
+        let mut args = vec![dy, x_hat];
         let g = k.load(Operand::Tensor);
         let xh = k.load(Operand::Tensor);
-        let [s, d, gm, v] = [0; 4].map(|_| k.load(Operand::PerChannel));
+        let s = k.per_channel_or(Some(sum), 0.0, &mut args);
+        let d = k.per_channel_or(Some(dot), 0.0, &mut args);
+        let gm = k.per_channel_or(gamma, 1.0, &mut args);
+        let v = k.per_channel_or(Some(stats[1]), 1.0, &mut args);
         let inverse = inverse_deviation(&mut k, v, epsilon);
-        let scale = k.binary(Binary::Mul, gm, inverse);
+        let factor = k.binary(Binary::Mul, gm, inverse);
         let correction = k.push(Expr::Fma(xh, d, s));
         let per_example = k.push(Expr::Const(1.0 / rows as f32));
         let mean_correction = k.binary(Binary::Mul, correction, per_example);
         let centred = k.binary(Binary::Sub, g, mean_correction);
-        let result = k.binary(Binary::Mul, scale, centred);
+        let result = k.binary(Binary::Mul, factor, centred);
         let dx = self.temporary(id);
+        args.push(dx);
         let name = self.model.graph.nodes[id].name.clone();
         self.step(
             id,
@@ -620,7 +640,7 @@ impl Lowering<'_> {
                 rows,
                 channels: c,
             },
-            vec![dy, x_hat, sum, dot, gamma, stats[1], dx],
+            args,
         );
         dx
     }
@@ -630,20 +650,23 @@ impl Lowering<'_> {
         &mut self,
         id: NodeIndex,
         layer: &str,
-        epsilon: f64,
+        (epsilon, scale): (f64, bool),
         dy: BufferId,
     ) -> BufferId {
         let variance = self.shared[&format!("bn:{layer}")][1];
         let c = self.plan.buffers[variance].len;
         let rows = self.plan.buffers[dy].len / c;
-        let gamma = self.weight(&format!("{layer}.gamma"), c);
+        let gamma = scale.then(|| self.weight(&format!("{layer}.gamma"), c));
         let mut k = Builder::default();
+        let mut args = vec![dy];
         let g = k.load(Operand::Tensor);
-        let [gm, v] = [0; 2].map(|_| k.load(Operand::PerChannel));
+        let gm = k.per_channel_or(gamma, 1.0, &mut args);
+        let v = k.per_channel_or(Some(variance), 1.0, &mut args);
         let inverse = inverse_deviation(&mut k, v, epsilon);
-        let scale = k.binary(Binary::Mul, gm, inverse);
-        let result = k.binary(Binary::Mul, scale, g);
+        let factor = k.binary(Binary::Mul, gm, inverse);
+        let result = k.binary(Binary::Mul, factor, g);
         let dx = self.temporary(id);
+        args.push(dx);
         let name = self.model.graph.nodes[id].name.clone();
         self.step(
             id,
@@ -652,7 +675,7 @@ impl Lowering<'_> {
                 rows,
                 channels: c,
             },
-            vec![dy, gamma, variance, dx],
+            args,
         );
         dx
     }
@@ -691,8 +714,9 @@ impl Lowering<'_> {
                         [shared[0], shared[1], shared[2]]
                     }
                 };
-                // gamma: sum dY x̂; beta: sum dY
-                if index == 0 {
+                // gamma: sum dY x̂; beta: sum dY (by name: a layer
+                // without gamma has beta first)
+                if weight.ends_with(".gamma") {
                     sums[1]
                 } else {
                     sums[0]
