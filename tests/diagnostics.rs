@@ -80,6 +80,7 @@ cases! {
     bad_padding,
     bad_activation,
     gelu_approximate_not_a_bool,
+    reshape_two_inferred,
     misspelt_hard_swish,
     unknown_initializer,
     fractional_filters,
@@ -101,6 +102,7 @@ cases! {
     dense_without_flatten,
     conv_after_flatten,
     depth_maxpool_indivisible,
+    reshape_wrong_size,
     init_entry_outside_kernel,
     error_in_nested_block,
     // Blocks calling themselves.

@@ -316,6 +316,23 @@ fn average_pooling_and_flatten() {
 }
 
 #[test]
+fn reshapes_between_convolutions() {
+    // A reshape moves no value: its gradient is dY in the input's shape,
+    // through a convolution on the reshaped image and a dense layer.
+    let source = "
+        model m : [4, 6, 2] {
+            conv(3, 1)
+            reshape([6, -1, 2])
+            conv(2, 3, padding: same)
+            reshape([-1])
+            dense(3)
+        }";
+    for mode in BOTH {
+        check(Case::new(source, mode));
+    }
+}
+
+#[test]
 fn max_pooling_away_from_ties() {
     // Distinct inputs at least 1/150 apart, so that a step of 1e-3 never
     // changes which element is a window's maximum.

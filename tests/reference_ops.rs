@@ -929,6 +929,17 @@ fn activations_after_the_chapter() {
 }
 
 #[test]
+fn reshape_keeps_the_row_major_order() {
+    // As Keras's Reshape((3, -1)) and Reshape((2, 3)): one example of shape
+    // [3, 1, 2] holding 1..6 keeps them in row-major order.
+    let x = t(&[1, 3, 1, 2], &[1., 2., 3., 4., 5., 6.]);
+    let out = forward(&Op::Reshape { shape: vec![3, -1] }, &[&x], &[], false);
+    assert_close(&out, &[1, 3, 2], &[1., 2., 3., 4., 5., 6.]);
+    let out = forward(&Op::Reshape { shape: vec![2, 3] }, &[&x], &[], false);
+    assert_close(&out, &[1, 2, 3], &[1., 2., 3., 4., 5., 6.]);
+}
+
+#[test]
 fn softmax_normalises_the_last_axis_stably() {
     // softmax(1, 2, 3) = e^(x - 3) / (e^-2 + e^-1 + 1) = 0.09003057, 0.24472847, 0.66524096;
     // shifting by 1000 must change nothing (and not overflow).

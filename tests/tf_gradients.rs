@@ -3,7 +3,7 @@
 //! residual unit, a separable convolution, stdlib's SE-block, a dense
 //! softmax layer, two convolutions on Winograd's transforms, the
 //! activations after the chapter on one convolution's output, batchnorm
-//! without gamma or without beta), the outputs,
+//! without gamma or without beta, a reshape), the outputs,
 //! the input's gradient and every trainable weight's gradient of `sum(dy *
 //! output)`, in inference and in training mode, against what
 //! `tf.GradientTape` recorded with the same weights (`tests/tf/grads.py`,
@@ -224,6 +224,13 @@ fn the_activations_after_the_chapter_match_tensorflow() {
 #[test]
 fn batchnorm_without_gamma_or_beta_matches_tensorflow() {
     check("batchnorm_flags", TOLERANCE);
+}
+
+/// Keras's `Reshape` with an inferred dimension, between convolutions and
+/// into a dense layer.
+#[test]
+fn a_reshape_matches_tensorflow() {
+    check("reshape", TOLERANCE);
 }
 
 /// Two 3x3 stride-1 convolutions whose forward passes, input gradients

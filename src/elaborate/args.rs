@@ -194,8 +194,29 @@ fn convert(kind: Kind, value: &Value) -> Result<Arg, Option<String>> {
         },
         (Kind::Init, Value::Init(init)) => Ok(Arg::Init(init.clone())),
         (Kind::Axis, Value::Int(i)) => Ok(Arg::Int(*i)),
+        (Kind::Shape, Value::List(items)) => shape(items),
         _ => Err(None),
     }
+}
+
+/// A shape argument: positive integers, at most one -1.
+fn shape(items: &[Value]) -> Result<Arg, Option<String>> {
+    let dims: Vec<i64> = items
+        .iter()
+        .map(|v| match v {
+            Value::Int(i) if *i > 0 || *i == -1 => Ok(*i),
+            other => Err(integer_hint(other)),
+        })
+        .collect::<Result<_, _>>()?;
+    if dims.is_empty() {
+        return Err(Some("help: a shape has at least one dimension".into()));
+    }
+    if dims.iter().filter(|&&d| d == -1).count() > 1 {
+        return Err(Some(
+            "help: only one dimension can be -1, inferred from the others".into(),
+        ));
+    }
+    Ok(Arg::Shape(dims))
 }
 
 fn integer_hint(v: &Value) -> Option<String> {

@@ -34,6 +34,9 @@ pub enum Kind {
     Init,
     /// An axis: an integer, negative counting from the end.
     Axis,
+    /// A per-example shape: a list of positive integers, one of which may
+    /// be -1.
+    Shape,
 }
 
 impl Kind {
@@ -54,6 +57,7 @@ impl Kind {
                 "an initializer (glorot_uniform, he_normal, he_uniform, lecun_normal, zeros, ones)"
             }
             Kind::Axis => "an integer axis",
+            Kind::Shape => "a shape: a list of positive integers, one of which may be -1",
         }
     }
 }
@@ -173,6 +177,7 @@ const LEAKY: &[ArgSpec] = &[a("alpha", Number, Float(0.3))];
 const ELU: &[ArgSpec] = &[a("alpha", Number, Float(1.0))];
 const GELU: &[ArgSpec] = &[a("approximate", Kind::Bool, DefaultValue::Bool(false))];
 const CONCAT: &[ArgSpec] = &[a("axis", Axis, Int(-1))];
+const RESHAPE: &[ArgSpec] = &[a("shape", Kind::Shape, Required)];
 const NONE: &[ArgSpec] = &[];
 
 /// Every primitive layer, by name, with its signature.
@@ -187,6 +192,7 @@ pub const LAYERS: &[(&str, &[ArgSpec])] = &[
     ("global_max_pool", NONE),
     ("depth_maxpool", DEPTH_MAXPOOL),
     ("flatten", NONE),
+    ("reshape", RESHAPE),
     ("dropout", DROPOUT),
     ("batchnorm", BATCHNORM),
     ("lrn", LRN),
@@ -231,6 +237,8 @@ pub enum Arg {
     Activation(Option<Activation>),
     /// An initializer.
     Init(Init),
+    /// A shape, -1 where it is inferred.
+    Shape(Vec<i64>),
 }
 
 /// The checked arguments of one call, in signature order.
@@ -280,6 +288,13 @@ impl Args {
             Arg::Float(x) => *x,
             Arg::Int(i) => *i as f64,
             _ => 0.0,
+        }
+    }
+    /// A shape argument.
+    pub fn shape(&self, name: &str) -> Vec<i64> {
+        match self.get(name) {
+            Arg::Shape(s) => s.clone(),
+            _ => Vec::new(),
         }
     }
     /// A boolean argument.
@@ -367,6 +382,8 @@ pub enum Layer {
     DepthMaxPool,
     /// `flatten`
     Flatten,
+    /// `reshape`
+    Reshape,
     /// `dropout`
     Dropout,
     /// `batchnorm`
@@ -418,6 +435,7 @@ impl Layer {
             "global_max_pool" => Layer::GlobalMaxPool,
             "depth_maxpool" => Layer::DepthMaxPool,
             "flatten" => Layer::Flatten,
+            "reshape" => Layer::Reshape,
             "dropout" => Layer::Dropout,
             "batchnorm" => Layer::BatchNorm,
             "lrn" => Layer::Lrn,
@@ -527,6 +545,12 @@ impl Layer {
                 },
             )],
             Layer::Flatten => vec![part("", Op::Flatten)],
+            Layer::Reshape => vec![part(
+                "",
+                Op::Reshape {
+                    shape: args.shape("shape"),
+                },
+            )],
             Layer::Dropout => vec![part(
                 "",
                 Op::Dropout {
@@ -621,6 +645,7 @@ pub fn written_as(op: &Op) -> Written {
         } => Written::Layer(Layer::GlobalAvgPool),
         Op::DepthMaxPool { .. } => Written::Layer(Layer::DepthMaxPool),
         Op::Flatten => Written::Layer(Layer::Flatten),
+        Op::Reshape { .. } => Written::Layer(Layer::Reshape),
         Op::Dropout { .. } => Written::Layer(Layer::Dropout),
         Op::BatchNorm { .. } => Written::Layer(Layer::BatchNorm),
         Op::Lrn { .. } => Written::Layer(Layer::Lrn),

@@ -166,6 +166,12 @@ pub enum Op {
     },
     /// `[h, w, c] -> [h * w * c]`.
     Flatten,
+    /// The same values in another per-example shape (Keras's `Reshape`);
+    /// one entry may be -1, for what the others leave.
+    Reshape {
+        /// The target shape.
+        shape: Vec<i64>,
+    },
     /// Zeroes a fraction `rate` of the values while training.
     Dropout {
         /// The fraction dropped.
@@ -312,6 +318,7 @@ impl Op {
             } => "global_avg_pool",
             Op::DepthMaxPool { .. } => "depth_maxpool",
             Op::Flatten => "flatten",
+            Op::Reshape { .. } => "reshape",
             Op::Dropout { .. } => "dropout",
             Op::BatchNorm { .. } => "batchnorm",
             Op::Lrn { .. } => "lrn",
@@ -343,6 +350,7 @@ impl Op {
             | Op::GlobalPool { .. }
             | Op::DepthMaxPool { .. }
             | Op::Flatten
+            | Op::Reshape { .. }
             | Op::Dropout { .. }
             | Op::BatchNorm { .. }
             | Op::Lrn { .. }
@@ -371,6 +379,7 @@ impl Op {
             | Op::GlobalPool { .. }
             | Op::DepthMaxPool { .. }
             | Op::Flatten
+            | Op::Reshape { .. }
             | Op::Dropout { .. }
             | Op::BatchNorm { .. }
             | Op::Lrn { .. }
@@ -438,6 +447,10 @@ impl fmt::Display for Op {
             }
             Op::GlobalPool { .. } => write!(f, "{}", self.name()),
             Op::DepthMaxPool { size } => write!(f, "depth_maxpool(size={size})"),
+            Op::Reshape { shape } => {
+                let dims: Vec<String> = shape.iter().map(i64::to_string).collect();
+                write!(f, "reshape(shape=[{}])", dims.join(", "))
+            }
             Op::Dropout { rate } => write!(f, "dropout(rate={rate})"),
             Op::BatchNorm { momentum, epsilon, center, scale } => {
                 write!(f, "batchnorm(momentum={momentum}, epsilon={epsilon}")?;

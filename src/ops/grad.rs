@@ -112,7 +112,7 @@ pub fn gradient(op: &Op, arity: usize) -> Rule {
             kind: PoolKind::Avg,
         } => rule(vec![vec![Dy]], vec![]),
         // a reshape: dX = dY, reshaped
-        Op::Flatten => rule(vec![vec![Dy]], vec![]),
+        Op::Flatten | Op::Reshape { .. } => rule(vec![vec![Dy]], vec![]),
         // dX = dY * mask / (1 - rate), with the forward pass's mask
         Op::Dropout { .. } => rule(vec![vec![Dy, Output]], vec![]),
         // x̂ = (x - mean) / sqrt(var + eps) with batch statistics:

@@ -96,6 +96,18 @@ pub enum ShapeError {
         /// The attribute.
         what: &'static str,
     },
+    /// A reshape's target does not hold the input's values.
+    #[error("cannot reshape {input} ({elements} values) to [{target}]: {reason}")]
+    Reshape {
+        /// The input's shape.
+        input: Shape,
+        /// Its number of values.
+        elements: u64,
+        /// The target as written.
+        target: String,
+        /// Why not, in words.
+        reason: String,
+    },
     /// A tensor too large to address.
     #[error("this tensor would have shape {shape}: too large to address (more than {max} elements per example)", max = MAX_ELEMENTS)]
     TooLarge {
@@ -172,6 +184,10 @@ impl ShapeError {
             ShapeError::Rank { expected, .. } if expected.contains("[features]") => {
                 Some("help: insert `flatten` or a global pooling layer before it".into())
             }
+            ShapeError::Reshape { input, .. } => Some(format!(
+                "help: the target must hold {} values (the input's shape is {input}); one dimension may be -1, inferred from the others",
+                input.elements()
+            )),
             ShapeError::Rank { .. }
             | ShapeError::Mismatch { .. }
             | ShapeError::BadAxis { .. }
@@ -256,6 +272,7 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
             Shape(vec![h, w, c / size])
         }
         Op::Flatten => Shape(vec![inputs[0].elements()]),
+        Op::Reshape { shape } => reshaped(inputs[0], shape)?,
         Op::Lrn { .. } => {
             image(op, inputs[0])?;
             inputs[0].clone()
@@ -365,6 +382,7 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
         | Op::GlobalPool { .. }
         | Op::DepthMaxPool { .. }
         | Op::Flatten
+        | Op::Reshape { .. }
         | Op::Dropout { .. }
         | Op::Lrn { .. }
         | Op::Activation(_)
@@ -410,6 +428,7 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
         | Op::GlobalPool { .. }
         | Op::DepthMaxPool { .. }
         | Op::Flatten
+        | Op::Reshape { .. }
         | Op::Dropout { .. }
         | Op::BatchNorm { .. }
         | Op::Lrn { .. }
@@ -553,6 +572,53 @@ fn multiply(x: &Shape, s: &Shape) -> Result<Shape, ShapeError> {
             lhs: x.clone(),
             rhs: s.clone(),
         })
+    }
+}
+
+/// The shape `target` gives `input`'s values, its -1 (at most one, as the
+/// layer's argument checked) filled with what the other entries leave.
+fn reshaped(input: &Shape, target: &[i64]) -> Result<Shape, ShapeError> {
+    let elements = input.elements();
+    let fail = |reason: String| ShapeError::Reshape {
+        input: input.clone(),
+        elements,
+        target: target
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason,
+    };
+    // The layer's argument checks these; a graph built otherwise gets an
+    // error, not a division by zero.
+    if target.iter().any(|&d| d == 0 || d < -1) || target.iter().filter(|&&d| d < 0).count() > 1 {
+        return Err(fail(
+            "its dimensions must be positive, and at most one -1".into(),
+        ));
+    }
+    let known = target
+        .iter()
+        .filter(|&&d| d > 0)
+        .try_fold(1u64, |p, &d| p.checked_mul(d as u64))
+        .ok_or_else(|| fail("the target is too large".into()))?;
+    let inferred = target.iter().any(|&d| d < 0);
+    if inferred {
+        if !elements.is_multiple_of(known) {
+            return Err(fail(format!(
+                "the other dimensions hold {known} values, which do not divide {elements}"
+            )));
+        }
+        let rest = elements / known;
+        Ok(Shape(
+            target
+                .iter()
+                .map(|&d| if d < 0 { rest } else { d as u64 })
+                .collect(),
+        ))
+    } else if known != elements {
+        Err(fail(format!("it holds {known} values")))
+    } else {
+        Ok(Shape(target.iter().map(|&d| d as u64).collect()))
     }
 }
 

@@ -132,6 +132,10 @@ pub fn forward(
             expect_params(op, params, 0);
             flatten(one())
         }
+        Op::Reshape { shape } => {
+            expect_params(op, params, 0);
+            reshape(one(), shape)
+        }
         Op::Dropout { .. } => {
             expect_params(op, params, 0);
             assert!(
@@ -695,6 +699,27 @@ pub fn flatten(x: &ArrayD<f32>) -> ArrayD<f32> {
     let batch = x.shape()[0];
     let rest: usize = x.shape()[1..].iter().product();
     array(&[batch, rest], flat(x))
+}
+
+/// Keras `Reshape(target)`: the same values in row-major order, each
+/// example in `target`'s shape, its -1 filled with what the others leave.
+pub fn reshape(x: &ArrayD<f32>, target: &[i64]) -> ArrayD<f32> {
+    let batch = x.shape()[0];
+    let per_example: usize = x.shape()[1..].iter().product();
+    let known: usize = target
+        .iter()
+        .filter(|&&d| d > 0)
+        .map(|&d| d as usize)
+        .product();
+    let mut shape = vec![batch];
+    shape.extend(target.iter().map(|&d| {
+        if d < 0 {
+            per_example / known
+        } else {
+            d as usize
+        }
+    }));
+    array(&shape, flat(x))
 }
 
 // ---------------------------------------------------------------------------

@@ -208,6 +208,32 @@ def batchnorm_flags():
     return source, keras.Model(x, y), names
 
 
+def reshape():
+    # Keras's Reshape with an inferred dimension: a convolution on the
+    # reshaped image, then a flat reshape into a dense layer.
+    source = """model reshaped : [3, 4, 2] {
+    conv(4, 1) -> reshape([4, -1, 2])
+    conv(3, 1) -> reshape([-1])
+    dense(3)
+}
+"""
+    x = keras.Input((3, 4, 2))
+    conv1 = layers.Conv2D(4, 1)
+    conv2 = layers.Conv2D(3, 1)
+    dense = layers.Dense(3)
+    y = layers.Reshape((4, -1, 2))(conv1(x))
+    y = dense(layers.Reshape((-1,))(conv2(y)))
+    names = {
+        "conv1.kernel": conv1.kernel,
+        "conv1.bias": conv1.bias,
+        "conv2.kernel": conv2.kernel,
+        "conv2.bias": conv2.bias,
+        "dense1.kernel": dense.kernel,
+        "dense1.bias": dense.bias,
+    }
+    return source, keras.Model(x, y), names
+
+
 def batchnorm(prefix, bn):
     return {
         f"{prefix}.gamma": bn.gamma,
@@ -276,6 +302,7 @@ def main():
         winograd,
         activations,
         batchnorm_flags,
+        reshape,
     ]
     wanted = set(sys.argv[1:])
     unknown = wanted - {build.__name__ for build in cases}

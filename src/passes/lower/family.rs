@@ -217,7 +217,7 @@ pub(super) fn family(op: &Op) -> Family<'_> {
         Op::Input { .. } => Family::Input,
         Op::Labels => Family::Labels,
         Op::Upstream { output, .. } => Family::Upstream { output },
-        Op::Flatten => Family::Reshape,
+        Op::Flatten | Op::Reshape { .. } => Family::Reshape,
         Op::Dropout { rate } => Family::Dropout { rate: *rate },
         Op::Activation(activation) => activation_family(*activation),
         Op::BatchNorm {
