@@ -347,3 +347,110 @@ fn bench_draws_labels_that_every_output_scores() {
     );
     std::fs::remove_dir_all(&dir).expect("removed");
 }
+
+/// A folder of four classes of ten 8x8 grey images each.
+fn four_class_folder(dir: &std::path::Path) -> std::path::PathBuf {
+    let data = dir.join("data");
+    for (c, class) in ["a", "b", "c", "d"].iter().enumerate() {
+        std::fs::create_dir_all(data.join(class)).expect("class dir");
+        for i in 0..10u8 {
+            let value = (c as u8) * 60 + i * 3;
+            let image = image::GrayImage::from_pixel(8, 8, image::Luma([value]));
+            image
+                .save(data.join(class).join(format!("{i}.png")))
+                .expect("png");
+        }
+    }
+    data
+}
+
+#[test]
+fn init_weights_start_training_from_a_file_and_keep_new_layers_initializers() {
+    // Train a model, then a second one that shares its convolution and has
+    // a new head (another name): the convolution starts from the file (with
+    // a learning rate of 0 it ends as it started), the head from its
+    // initializers, the file's old head is left out.
+    let dir = scratch("init-weights");
+    let data = four_class_folder(&dir);
+    let write = |name: &str, head: &str| {
+        let file = dir.join(format!("{name}.cnn"));
+        let source = format!(
+            "model {name} : [8, 8, 1] {{\n    conv(4, 3) -> relu\n    flatten\n    {head}\n}}\n"
+        );
+        std::fs::write(&file, source).expect("write");
+        file
+    };
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    let base = write("base", "dense(4, activation: softmax)");
+    let train = |file: &std::path::Path, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run".to_string(),
+            path(file),
+            "--train".into(),
+            path(&data),
+            "--epochs".into(),
+            "1".into(),
+            "--batch".into(),
+            "4".into(),
+            "--out".into(),
+            path(&dir.join(out)),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cnnc(&args)
+    };
+    let out = train(&base, "base-out", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trained = dir.join("base-out").join("base.safetensors");
+
+    let tuned = write("tuned", "dense(4, activation: softmax) as head");
+    let out = train(
+        &tuned,
+        "tuned-out",
+        &["--lr", "0", "--init-weights", &path(&trained)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("(2 of the model's 4 weights)"),
+        "{}",
+        stdout(&out)
+    );
+    let report = stderr(&out);
+    assert!(
+        report.contains("2 weights loaded; 2 keep their initializers (not in the file): `head.kernel`, `head.bias`"),
+        "{report}"
+    );
+    assert!(
+        report.contains("`dense1.bias`, `dense1.kernel`"),
+        "{report}"
+    );
+    let load = |p: std::path::PathBuf| cnnc::runtime::weights::load_file(&p).expect("weights");
+    let (before, after) = (
+        load(trained.clone()),
+        load(dir.join("tuned-out").join("tuned.safetensors")),
+    );
+    for weight in ["conv1.kernel", "conv1.bias"] {
+        assert_eq!(
+            before.get(weight).expect("in the file").data,
+            after.get(weight).expect("trained").data,
+            "{weight} must start from the file"
+        );
+    }
+
+    // A head of another size under the old name: an error that lists it
+    // and says how to start it afresh; nothing is written.
+    let changed = write("changed", "dense(3, activation: softmax)");
+    let out = train(
+        &changed,
+        "changed-out",
+        &["--init-weights", &path(&trained)],
+    );
+    let text = failure_text(&out, &dir);
+    assert!(
+        text.contains("`dense1.kernel` has shape [144, 4] but the model needs [144, 3]"),
+        "{text}"
+    );
+    assert!(text.contains("starts afresh under another name"), "{text}");
+    assert!(!dir.join("changed-out").join("changed.safetensors").exists());
+    std::fs::remove_dir_all(&dir).expect("removed");
+}

@@ -512,3 +512,58 @@ fn weights_holding_nan_or_infinity_are_refused_naming_the_first() {
     assert!(raw.get("conv2.kernel").expect("there").data[128 * 64 + 5].is_nan());
     let _ = fs::remove_dir_all(dir);
 }
+
+#[test]
+fn initial_weights_take_what_the_file_holds_and_refuse_another_models() {
+    // LeNet-5's weights as the start of the Fashion CNN: no name in common,
+    // another model's file, an error; the Fashion CNN's own file with one
+    // weight removed and one added: that weight keeps its initializer, the
+    // extra tensor is left out; a NaN is refused by name.
+    let dir = scratch("initial");
+    let (fashion, lenet) = (example("fashion_cnn.cnn"), example("lenet5.cnn"));
+    let lenet_file = dir.join("lenet.safetensors");
+    weights::save(&weights::init(&lenet, 1), &lenet_file).expect("saved");
+    let err = weights::load_initial(&fashion, &lenet_file, weights::init(&fashion, 2))
+        .expect_err("another model's weights");
+    assert!(err.to_string().contains("is it another model's?"), "{err}");
+
+    let trained = weights::init(&fashion, 3);
+    let mut partial: TensorStore = trained
+        .iter()
+        .filter(|(name, _)| *name != "dense3.bias")
+        .map(|(name, t)| (name.to_string(), t.clone()))
+        .collect();
+    partial.insert(
+        "old_head.kernel",
+        Tensor {
+            shape: vec![2],
+            data: vec![1.0, 2.0],
+        },
+    );
+    let file = dir.join("partial.safetensors");
+    weights::save(&partial, &file).expect("saved");
+    let initial = weights::init(&fashion, 2);
+    let (store, report) =
+        weights::load_initial(&fashion, &file, initial.clone()).expect("fits but for one");
+    assert_eq!(report.kept, ["dense3.bias"]);
+    assert_eq!(report.unused, ["old_head.kernel"]);
+    assert_eq!(report.loaded.len(), trained.len() - 1);
+    assert_eq!(
+        store.get("conv1.kernel").expect("weight").data,
+        trained.get("conv1.kernel").expect("weight").data
+    );
+    assert_eq!(
+        store.get("dense3.bias").expect("weight").data,
+        initial.get("dense3.bias").expect("weight").data
+    );
+    assert!(store.get("old_head.kernel").is_none());
+
+    partial.get_mut("conv2.bias").expect("weight").data[3] = f32::NAN;
+    weights::save(&partial, &file).expect("saved");
+    let err = weights::load_initial(&fashion, &file, initial).expect_err("NaN");
+    assert!(
+        matches!(err, WeightsError::NonFinite { ref tensor, .. } if tensor == "conv2.bias"),
+        "{err}"
+    );
+    fs::remove_dir_all(&dir).expect("removed");
+}

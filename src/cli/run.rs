@@ -64,6 +64,17 @@ pub struct Args {
     /// `500steps`, `90s`, `5m`, `1h`, or `epoch` for only at its end.
     #[arg(long, default_value_t = CheckpointEvery::DEFAULT, value_name = "INTERVAL")]
     checkpoint_every: CheckpointEvery,
+    /// With --train: start from these weights instead of the initializers (fine-tuning,
+    /// transfer learning): every weight the file holds under the model's name for it; the
+    /// others keep their initializers. A weight of another shape is an error: rename the
+    /// layer that changed (`dense(10) as head`) to start it afresh.
+    #[arg(
+        long,
+        value_name = "WEIGHTS",
+        requires = "train",
+        conflicts_with = "resume"
+    )]
+    init_weights: Option<PathBuf>,
     /// Without --train: the weights to run with (default: OUT/MODEL.safetensors, the file
     /// training writes, when it exists; otherwise the model's initializers).
     #[arg(long)]
@@ -119,6 +130,16 @@ fn train(
         resize: args.resize,
     };
     let splits = load_splits(model, data, config.validation, config.seed).map_err(fail)?;
+    let initial = cnnc::runtime::weights::init(model, config.seed);
+    let (initial, started_from) = match &args.init_weights {
+        Some(path) => {
+            let (store, report) = cnnc::runtime::weights::load_initial(model, path, initial)
+                .map_err(|e| fail(with_rename_hint(&e)))?;
+            eprintln!("{}", initial_report(path, &report));
+            (store, Some(report))
+        }
+        None => (initial, None),
+    };
     let out = &args.out;
     std::fs::create_dir_all(out)
         .map_err(|e| fail(format!("cannot create `{}`: {e}", out.display())))?;
@@ -139,21 +160,86 @@ fn train(
         },
     };
     let sets = (&splits.train, &splits.validation, &splits.test);
-    let fitted = fit::fit(model, config, sets, options).map_err(|e| failure(&args.file, e))?;
+    let fitted =
+        fit::fit_from(model, config, sets, options, initial).map_err(|e| failure(&args.file, e))?;
     let name = &model.graph.name;
     let weights = out.join(format!("{name}.safetensors"));
     let curves = draw_curves(
         &fitted.history,
         &out.join(format!("{name}.learning_curves.png")),
     );
+    let started_from = match (&args.init_weights, started_from) {
+        (Some(path), Some(report)) => format!(
+            "started from: {} ({} of the model's {} weights)\n",
+            path.display(),
+            report.loaded.len(),
+            report.loaded.len() + report.kept.len()
+        ),
+        _ => String::new(),
+    };
     Ok(format!(
-        "test: loss {:.4} accuracy {:.4} ({} images)\nweights: {}\nhistory: {}\n{curves}",
+        "{started_from}test: loss {:.4} accuracy {:.4} ({} images)\nweights: {}\nhistory: {}\n{curves}",
         fitted.test.0,
         fitted.test.1,
         splits.test.len(),
         weights.display(),
         out.join(format!("{name}.history.csv")).display()
     ))
+}
+
+/// The error of `--init-weights`, with how to start a changed layer
+/// afresh where a weight's shape differs.
+fn with_rename_hint(error: &cnnc::runtime::weights::WeightsError) -> String {
+    use cnnc::runtime::weights::{Problem, WeightsError};
+    match error {
+        WeightsError::Mismatch { problems, .. }
+            if problems
+                .iter()
+                .any(|p| matches!(p, Problem::WrongShape { .. })) =>
+        {
+            format!(
+                "{error}\nhelp: a layer that changed starts afresh under another name: \
+                 `dense(3, activation: softmax) as head` keeps its initializers"
+            )
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// What `--init-weights` took from `path`: how many weights, and by name
+/// (the first few) those that kept their initializers and the file's
+/// tensors the model does not use.
+fn initial_report(path: &Path, report: &cnnc::runtime::weights::Initial) -> String {
+    let names = |list: &[String]| {
+        let shown: Vec<String> = list.iter().take(6).map(|n| format!("`{n}`")).collect();
+        let more = list.len().saturating_sub(shown.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        format!("{}{more}", shown.join(", "))
+    };
+    let mut text = format!(
+        "starting from `{}`: {} weights loaded",
+        path.display(),
+        report.loaded.len()
+    );
+    if !report.kept.is_empty() {
+        text += &format!(
+            "; {} keep their initializers (not in the file): {}",
+            report.kept.len(),
+            names(&report.kept)
+        );
+    }
+    if !report.unused.is_empty() {
+        text += &format!(
+            "; {} of the file's tensors are not the model's and are left out: {}",
+            report.unused.len(),
+            names(&report.unused)
+        );
+    }
+    text
 }
 
 /// Set by a first Ctrl-C: training stops at its next step (or after the

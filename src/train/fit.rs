@@ -260,8 +260,28 @@ pub struct FitOptions<'p> {
 pub fn fit(
     model: &TypedGraph,
     config: &TrainConfig,
+    sets: (&Dataset, &Dataset, &Dataset),
+    options: FitOptions,
+) -> Result<Fitted, FitError> {
+    fit_from(
+        model,
+        config,
+        sets,
+        options,
+        weights::init(model, config.seed),
+    )
+}
+
+/// [`fit`], starting from the weights `initial` instead of the model's
+/// initializers (`cnnc run --init-weights`: fine-tuning, transfer
+/// learning; [`weights::load_initial`] makes them). With
+/// [`FitOptions::resume`] the checkpoint's weights replace them.
+pub fn fit_from(
+    model: &TypedGraph,
+    config: &TrainConfig,
     (train, validation, test): (&Dataset, &Dataset, &Dataset),
     options: FitOptions,
+    initial: TensorStore,
 ) -> Result<Fitted, FitError> {
     let first_output = check_sets(model, config, (train, validation, test))?;
     let files = RunFiles::new(&options.out, &model.graph.name);
@@ -272,7 +292,7 @@ pub fn fit(
         weights: config.loss_weights.clone(),
     };
     let step = crate::compile_training(model, &loss, &config.optimizer, config.batch as usize)?;
-    let mut trainer = Trainer::new(step, weights::init(model, config.seed), options.threads)?;
+    let mut trainer = Trainer::new(step, initial, options.threads)?;
     trainer.seed = config.seed;
     let total_steps = (train.len() / config.batch as usize) as u64 * config.epochs;
     let mut run = Run::new((model, config, &files), trainer, first_output, options);

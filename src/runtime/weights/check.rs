@@ -65,6 +65,76 @@ pub fn load_for(model: &TypedGraph, path: &Path) -> Result<TensorStore, WeightsE
     Ok(store)
 }
 
+/// What [`load_initial`] took from a file, and what it left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Initial {
+    /// The model's weights read from the file.
+    pub loaded: Vec<String>,
+    /// The model's weights the file lacks: they keep their initializers
+    /// (a new head, say).
+    pub kept: Vec<String>,
+    /// The file's tensors the model has no weight for (an old head).
+    pub unused: Vec<String>,
+}
+
+/// The weights to start training from: `initial` (the model's
+/// initializers) with every weight that `path` holds under the same name
+/// replaced by the file's (fine-tuning, transfer learning). A weight the
+/// file lacks keeps its initializer and a tensor the model lacks is left
+/// out; both are listed in the returned [`Initial`]. A weight of another
+/// shape is an error ([`WeightsError::Mismatch`], listing every problem):
+/// a layer that changed (a head of other classes) must take another name
+/// (`dense(10) as head`) to start afresh. So is a file of which no tensor
+/// is a weight of the model (another model's), and a non-finite value.
+pub fn load_initial(
+    model: &TypedGraph,
+    path: &Path,
+    mut initial: TensorStore,
+) -> Result<(TensorStore, Initial), WeightsError> {
+    let file = load_file(path)?;
+    let checkpoint = is_checkpoint(&file);
+    let loaded = checkpoint_weights(file);
+    let problems = mismatches(model, &loaded);
+    let misshapen = problems
+        .iter()
+        .any(|p| matches!(p, Problem::WrongShape { .. }));
+    let unused: Vec<String> = problems
+        .iter()
+        .filter_map(|p| match p {
+            Problem::Unexpected { name, .. } => Some(name.clone()),
+            Problem::Missing { .. } | Problem::WrongShape { .. } => None,
+        })
+        .collect();
+    let none_match = unused.len() == loaded.len();
+    if misshapen || none_match {
+        return Err(WeightsError::Mismatch {
+            path: path.to_path_buf(),
+            model: model.graph.name.clone(),
+            problems,
+            tensors: loaded.len(),
+            checkpoint,
+        });
+    }
+    check_finite(&loaded, path)?;
+    let TensorStore { tensors, .. } = loaded;
+    let mut by_name: HashMap<String, Tensor> = tensors.into_iter().collect();
+    let mut report = Initial {
+        loaded: Vec::new(),
+        kept: Vec::new(),
+        unused,
+    };
+    for spec in specs(model) {
+        match (by_name.remove(&spec.name), initial.get_mut(&spec.name)) {
+            (Some(tensor), Some(slot)) => {
+                *slot = tensor;
+                report.loaded.push(spec.name);
+            }
+            _ => report.kept.push(spec.name),
+        }
+    }
+    Ok((initial, report))
+}
+
 /// Whether `store` is a training checkpoint: it holds its weights under
 /// [`CHECKPOINT_WEIGHTS`].
 pub fn is_checkpoint(store: &TensorStore) -> bool {

@@ -32,8 +32,8 @@ mod initializers;
 mod store;
 
 pub use check::{
-    checkpoint_weights, is_checkpoint, load_for, mismatches, Problem, CHECKPOINT_WEIGHTS,
-    LISTED_PROBLEMS,
+    checkpoint_weights, is_checkpoint, load_for, load_initial, mismatches, Initial, Problem,
+    CHECKPOINT_WEIGHTS, LISTED_PROBLEMS,
 };
 pub use classes::{class_names, set_class_names, CLASS_NAMES_KEY};
 pub use error::WeightsError;
