@@ -149,14 +149,20 @@ pub fn tanh(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let denominator = b.ins().fadd(e, one);
     let fraction = b.ins().fdiv(two, denominator);
     let large = b.ins().fsub(one, fraction);
-    // x64 has no vector `fcopysign`: negate where x is negative.
-    let zero = constant(b, ty, 0.0);
-    let negative = b.ins().fcmp(FloatCC::LessThan, x, zero);
-    let flipped = b.ins().fneg(large);
-    let large = select(b, ty, negative, flipped, large);
+    let large = with_sign_of(b, ty, large, x);
     let limit = constant(b, ty, 0.35);
     let is_small = b.ins().fcmp(FloatCC::LessThan, magnitude, limit);
     select(b, ty, is_small, small, large)
+}
+
+/// The non-negative `magnitude` with the sign of `x` (an odd function's
+/// value from its value at `|x|`).
+fn with_sign_of(b: &mut FunctionBuilder, ty: Type, magnitude: Value, x: Value) -> Value {
+    // x64 has no vector `fcopysign`: negate where x is negative.
+    let zero = constant(b, ty, 0.0);
+    let negative = b.ins().fcmp(FloatCC::LessThan, x, zero);
+    let flipped = b.ins().fneg(magnitude);
+    select(b, ty, negative, flipped, magnitude)
 }
 
 /// `erf(x)`, to an absolute error below 2e-7 (GELU).
@@ -205,11 +211,7 @@ pub fn erf(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
     let gauss = exp(b, ty, minus_x2);
     let tail = b.ins().fmul(poly, gauss);
     let large = b.ins().fsub(one, tail);
-    // x64 has no vector `fcopysign`: negate where x is negative.
-    let zero = constant(b, ty, 0.0);
-    let negative = b.ins().fcmp(FloatCC::LessThan, x, zero);
-    let flipped = b.ins().fneg(large);
-    let large = select(b, ty, negative, flipped, large);
+    let large = with_sign_of(b, ty, large, x);
     let half = constant(b, ty, 0.5);
     let is_small = b.ins().fcmp(FloatCC::LessThan, magnitude, half);
     select(b, ty, is_small, small, large)

@@ -39,22 +39,13 @@ pub const LISTED_PROBLEMS: usize = 10;
 /// store follows the model's order (see [`specs`]) and keeps the file's
 /// metadata.
 pub fn load_for(model: &TypedGraph, path: &Path) -> Result<TensorStore, WeightsError> {
-    let file = load_file(path)?;
-    let checkpoint = is_checkpoint(&file);
-    let loaded = checkpoint_weights(file);
-    let problems = mismatches(model, &loaded);
-    if !problems.is_empty() {
-        return Err(WeightsError::Mismatch {
-            path: path.to_path_buf(),
-            model: model.graph.name.clone(),
-            problems,
-            tensors: loaded.len(),
-            checkpoint,
-        });
+    let read = Read::new(model, path)?;
+    if !read.problems.is_empty() {
+        return Err(read.refused(model, path));
     }
     let TensorStore {
         tensors, metadata, ..
-    } = loaded;
+    } = read.loaded;
     let mut by_name: HashMap<String, Tensor> = tensors.into_iter().collect();
     let mut store: TensorStore = specs(model)
         .into_iter()
@@ -91,32 +82,24 @@ pub fn load_initial(
     path: &Path,
     mut initial: TensorStore,
 ) -> Result<(TensorStore, Initial), WeightsError> {
-    let file = load_file(path)?;
-    let checkpoint = is_checkpoint(&file);
-    let loaded = checkpoint_weights(file);
-    let problems = mismatches(model, &loaded);
-    let misshapen = problems
+    let read = Read::new(model, path)?;
+    let misshapen = read
+        .problems
         .iter()
         .any(|p| matches!(p, Problem::WrongShape { .. }));
-    let unused: Vec<String> = problems
+    let unused: Vec<String> = read
+        .problems
         .iter()
         .filter_map(|p| match p {
             Problem::Unexpected { name, .. } => Some(name.clone()),
             Problem::Missing { .. } | Problem::WrongShape { .. } => None,
         })
         .collect();
-    let none_match = unused.len() == loaded.len();
-    if misshapen || none_match {
-        return Err(WeightsError::Mismatch {
-            path: path.to_path_buf(),
-            model: model.graph.name.clone(),
-            problems,
-            tensors: loaded.len(),
-            checkpoint,
-        });
+    if misshapen || unused.len() == read.loaded.len() {
+        return Err(read.refused(model, path));
     }
-    check_finite(&loaded, path)?;
-    let TensorStore { tensors, .. } = loaded;
+    check_finite(&read.loaded, path)?;
+    let TensorStore { tensors, .. } = read.loaded;
     let mut by_name: HashMap<String, Tensor> = tensors.into_iter().collect();
     let mut report = Initial {
         loaded: Vec::new(),
@@ -133,6 +116,39 @@ pub fn load_initial(
         }
     }
     Ok((initial, report))
+}
+
+/// A weights file read for a model: its weights (a checkpoint's), and
+/// how they differ from the model's.
+struct Read {
+    loaded: TensorStore,
+    problems: Vec<Problem>,
+    checkpoint: bool,
+}
+
+impl Read {
+    fn new(model: &TypedGraph, path: &Path) -> Result<Read, WeightsError> {
+        let file = load_file(path)?;
+        let checkpoint = is_checkpoint(&file);
+        let loaded = checkpoint_weights(file);
+        let problems = mismatches(model, &loaded);
+        Ok(Read {
+            loaded,
+            problems,
+            checkpoint,
+        })
+    }
+
+    /// The file refused for its problems.
+    fn refused(self, model: &TypedGraph, path: &Path) -> WeightsError {
+        WeightsError::Mismatch {
+            path: path.to_path_buf(),
+            model: model.graph.name.clone(),
+            tensors: self.loaded.len(),
+            problems: self.problems,
+            checkpoint: self.checkpoint,
+        }
+    }
 }
 
 /// Whether `store` is a training checkpoint: it holds its weights under
