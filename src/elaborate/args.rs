@@ -5,7 +5,7 @@ use crate::graph::{Padding, Slice};
 use crate::syntax::ast::{Expr, ExprKind, Ident};
 
 use super::layers::{self, Arg, ArgSpec, Args, DefaultValue, Kind};
-use super::value::{Spanned, Value};
+use super::value::{self, Spanned, Value};
 
 /// Binds the evaluated arguments of a call of layer `layer` to its
 /// signature, checking each value's kind; reports every problem found.
@@ -125,7 +125,7 @@ fn render_signature(layer: &str, signature: &[ArgSpec]) -> String {
         .map(|s| match s.default {
             DefaultValue::Required => s.name.to_string(),
             DefaultValue::Int(i) => format!("{} = {i}", s.name),
-            DefaultValue::Float(x) => format!("{} = {x}", s.name),
+            DefaultValue::Float(x) => format!("{} = {}", s.name, value::float(x)),
             DefaultValue::Bool(b) => format!("{} = {b}", s.name),
             DefaultValue::Symbol(sym) => format!("{} = {sym}", s.name),
             DefaultValue::SameAs(other) => format!("{} = {other}", s.name),
