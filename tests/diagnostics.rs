@@ -123,6 +123,13 @@ cases! {
     too_many_loop_iterations,
     exponential_block_calls,
     fault_in_nested_loops,
+    // Built-in functions.
+    int_of_a_string,
+    min_without_arguments,
+    len_of_a_number,
+    unknown_function,
+    block_named_like_a_function,
+    function_as_a_layer,
     // Models and outputs.
     model_parameter_without_default,
     several_models,

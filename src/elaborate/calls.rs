@@ -10,7 +10,7 @@ use crate::syntax::ast::{self, Expr, Ident, Stmt};
 use super::definitions::{list_or_none, DefRef, Scope};
 use super::expr::Ctx;
 use super::value::{Spanned, Value};
-use super::{layers, Elaborator};
+use super::{functions, layers, Elaborator};
 
 /// The most steps of work elaborating one model may take: each `for`
 /// iteration and each block call is a step, and each element of a list an
@@ -41,16 +41,34 @@ pub(super) struct CallSite<'a> {
     pub(super) args: &'a [ast::Arg],
     pub(super) alias: Option<&'a Ident>,
     pub(super) span: Span,
+    /// What can be called where it stands, should the callee be unknown.
+    pub(super) expected: Expected,
+}
+
+/// What can be called at a call site, among which an unknown name's
+/// suggestion is sought: `len(xs)` in an expression is not a misspelt `lrn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Expected {
+    /// A layer or block applied to a tensor: a statement, a pipeline stage,
+    /// a bare name.
+    LayerOrBlock,
+    /// A built-in function: where only a value makes sense (an operand of
+    /// `-`, an argument of a layer or of a function).
+    Function,
+    /// Either: the value of a `let`, an argument of a block, an element of
+    /// a list.
+    Any,
 }
 
 impl<'a> CallSite<'a> {
-    /// The call `call`, written at `span`.
+    /// The call `call`, written at `span` where a layer or block is expected.
     pub(super) fn of(call: &'a ast::Call, span: Span) -> CallSite<'a> {
         CallSite {
             callee: &call.callee,
             args: &call.args,
             alias: call.alias.as_ref(),
             span,
+            expected: Expected::LayerOrBlock,
         }
     }
 
@@ -61,7 +79,13 @@ impl<'a> CallSite<'a> {
             args: &[],
             alias,
             span,
+            expected: Expected::LayerOrBlock,
         }
+    }
+
+    /// The same call, where `expected` can be called.
+    pub(super) fn expecting(self, expected: Expected) -> CallSite<'a> {
+        CallSite { expected, ..self }
     }
 }
 
@@ -82,7 +106,7 @@ impl<'p> Elaborator<'p> {
             last = None;
             match stmt {
                 Stmt::Let(name, expr) => {
-                    let value = self.eval(scope, expr, Ctx::Statement);
+                    let value = self.eval(scope, expr, Ctx::Let);
                     scope.bind(&name.name, value);
                 }
                 Stmt::Output(name, expr) => self.output(scope, name, expr),
@@ -110,16 +134,35 @@ impl<'p> Elaborator<'p> {
         if layers::signature(name).is_some() {
             return self.layer(scope, site, input);
         }
-        match self.find_definition(scope, site.callee) {
+        if functions::is_function(name) {
+            // A bare `max`, or a pipeline stage `-> len`: a function
+            // called with arguments never gets here.
+            self.error(
+                Diagnostic::error(
+                    site.callee.span,
+                    format!("`{name}` is a built-in function, not a layer or block"),
+                    "applied to a tensor here",
+                )
+                .with_note(functions::usage(name)),
+            );
+            return Value::Poison;
+        }
+        match self.find_definition(scope, site.callee, site.expected) {
             Some(def) => self.block(scope, def, site, input),
             None => Value::Poison,
         }
     }
 
-    /// Evaluates a call's arguments, as arguments (bare names are symbols).
-    pub(super) fn eval_args(&mut self, scope: &mut Scope, args: &[ast::Arg]) -> EvaluatedArgs {
+    /// Evaluates a call's arguments in `ctx` (an argument: bare names are
+    /// symbols).
+    pub(super) fn eval_args(
+        &mut self,
+        scope: &mut Scope,
+        args: &[ast::Arg],
+        ctx: Ctx,
+    ) -> EvaluatedArgs {
         args.iter()
-            .map(|a| (a.name.clone(), self.spanned(scope, &a.value, Ctx::Argument)))
+            .map(|a| (a.name.clone(), self.spanned(scope, &a.value, ctx)))
             .collect()
     }
 
@@ -133,7 +176,7 @@ impl<'p> Elaborator<'p> {
         then: &[Stmt],
         otherwise: Option<&[Stmt]>,
     ) -> Value {
-        let branch = match self.eval(scope, cond, Ctx::Argument) {
+        let branch = match self.eval(scope, cond, Ctx::Value) {
             Value::Bool(true) => Some(then),
             Value::Bool(false) => otherwise,
             Value::Poison => return Value::Poison,
@@ -355,7 +398,7 @@ impl<'p> Elaborator<'p> {
         if !self.spend(1, site.span, "while expanding this call") {
             return Value::Poison;
         }
-        let values = self.eval_args(scope, site.args);
+        let values = self.eval_args(scope, site.args, Ctx::Argument);
         let path = self.instance_name(scope, &def.name.name, site.alias);
         let full = scope.qualified(&path);
         let mut inner = Scope::new(target.file, full, input.clone(), target.is_model);

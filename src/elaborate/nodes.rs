@@ -13,11 +13,11 @@ use petgraph::stable_graph::NodeIndex;
 use crate::diagnostics::{Diagnostic, Span};
 use crate::graph::{Init, Node, Op, Param, Shape};
 use crate::ops;
-use crate::syntax::ast::{self, BinOp, ExprKind, Ident};
+use crate::syntax::ast::{self, BinOp, Ident};
 
 use super::calls::CallSite;
 use super::definitions::Scope;
-use super::expr::Ctx;
+use super::expr::{self, Ctx};
 use super::value::{Spanned, Value};
 use super::{args, layers, Elaborator};
 
@@ -52,7 +52,8 @@ impl<'p> Elaborator<'p> {
         let name = site.callee.name.as_str();
         // Only called for names in the layer table.
         let signature = layers::signature(name).unwrap_or(&[]);
-        let values = self.eval_args(scope, site.args);
+        // No layer takes a tensor as an argument: only values make sense.
+        let values = self.eval_args(scope, site.args, Ctx::Value);
         let args = match args::bind_layer(name, signature, &values, site.span) {
             Ok(args) => args,
             Err(errors) => {
@@ -87,7 +88,7 @@ impl<'p> Elaborator<'p> {
 
     /// `concat(a, b, ..., axis: -1)`: one node joining the tensors.
     pub(super) fn concat(&mut self, scope: &mut Scope, site: CallSite) -> Value {
-        let values = self.eval_args(scope, site.args);
+        let values = self.eval_args(scope, site.args, Ctx::Argument);
         let (positional, named): (Vec<_>, Vec<_>) =
             values.into_iter().partition(|(name, _)| name.is_none());
         let signature = layers::signature("concat").unwrap_or(&[]);
@@ -281,10 +282,7 @@ impl<'p> Elaborator<'p> {
                 Value::Int(d) if *d > 0 => dims.push(*d as u64),
                 other => {
                     // The grammar makes the shape a list literal: point at the element.
-                    let span = match &shape_expr.kind {
-                        ExprKind::List(exprs) => exprs.get(i).map_or(shape_expr.span, |e| e.span),
-                        _ => shape_expr.span,
-                    };
+                    let span = expr::element_span(shape_expr, i);
                     self.errors.push(input_shape_error(span, other));
                     return None;
                 }

@@ -171,4 +171,23 @@ train {
         assert_eq!(error.message, "`batch` must be a positive integer");
         assert_eq!((error.at.as_str(), error.line), ("0", 3));
     }
+
+    #[test]
+    fn built_in_functions_compute_in_the_section() {
+        let config = config_of(
+            r#"
+model m(width = 8) : [4, 4, 1] {
+    flatten
+    dense(width, activation: softmax)
+}
+train {
+    batch: int(width * 1.5)
+    epochs: max(2, len([1, 2, 3]))
+}
+"#,
+            None,
+        )
+        .expect("a train section");
+        assert_eq!((config.batch, config.epochs), (12, 3));
+    }
 }

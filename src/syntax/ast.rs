@@ -249,7 +249,7 @@ pub enum ExprKind {
     Where(Box<Expr>, Vec<(Expr, Expr)>),
 }
 
-/// A call of a layer or a block.
+/// A call of a layer, a block or a built-in function.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
     /// What is called.
