@@ -127,6 +127,7 @@ cases! {
     int_of_a_string,
     min_without_arguments,
     len_of_a_number,
+    whole_float_filters,
     unknown_function,
     block_named_like_a_function,
     function_as_a_layer,

@@ -402,13 +402,17 @@ impl<'p> Elaborator<'p> {
                 }
             }
             _ => {
+                let help = match (&list, value::integer_help(&index)) {
+                    (Value::List(_), Some(help)) => help,
+                    _ => "help: lists are indexed with integers: `sizes[0]`, `sizes[-1]`".into(),
+                };
                 self.error(
                     Diagnostic::error(
                         span,
                         format!("cannot index {} with {}", list.describe(), index.describe()),
                         "here",
                     )
-                    .with_note("help: lists are indexed with integers: `sizes[0]`, `sizes[-1]`"),
+                    .with_note(help),
                 );
                 Value::Poison
             }
@@ -828,6 +832,29 @@ mod tests {
             (alias.at.as_str(), alias.label.as_str()),
             ("n", "`len` is a built-in function")
         );
+    }
+
+    #[test]
+    fn a_float_that_holds_a_whole_number_shows_its_fraction_and_the_way_out() {
+        let index = error("", "[1, 2, 3][in.channels / 1.5]");
+        assert_eq!(
+            index.message,
+            "cannot index a list of 3 elements with the number 2.0"
+        );
+        assert_eq!(
+            index.notes,
+            ["help: 2.0 is a float, not an integer; `int(...)` makes it one"]
+        );
+        let errors = fixture::errors("model m : [8, 8, 4] {\n    conv(in.channels * 0.5, 1)\n}\n");
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].label, "this is the number 2.0");
+        assert_eq!(
+            errors[0].notes,
+            ["help: 2.0 is a float, not an integer; `int(...)` makes it one"]
+        );
+        let graph =
+            fixture::graph("model m : [8, 8, 4] {\n    conv(int(in.channels * 0.5), 1)\n}\n");
+        assert_eq!(fixture::node(&graph, "conv1").params[0].shape, [1, 1, 4, 2]);
     }
 
     #[test]

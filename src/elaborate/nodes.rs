@@ -18,7 +18,7 @@ use crate::syntax::ast::{self, BinOp, Ident};
 use super::calls::CallSite;
 use super::definitions::Scope;
 use super::expr::{self, Ctx};
-use super::value::{Spanned, Value};
+use super::value::{self, Spanned, Value};
 use super::{args, layers, Elaborator};
 
 /// The most nodes a model may have; more means a runaway loop. The largest
@@ -413,12 +413,17 @@ fn shape_label(layer: &str, shapes: &[&Shape]) -> String {
 }
 
 fn input_shape_error(span: Span, what: &Value) -> Diagnostic {
-    Diagnostic::error(
+    let error = Diagnostic::error(
         span,
         "a model's input shape must be a list of positive integers",
         format!("this is {}", what.describe()),
-    )
-    .with_note("help: write the shape as [height, width, channels], e.g. [28, 28, 1]")
+    );
+    match value::integer_help(what) {
+        Some(help) => error.with_note(help),
+        None => {
+            error.with_note("help: write the shape as [height, width, channels], e.g. [28, 28, 1]")
+        }
+    }
 }
 
 #[cfg(test)]

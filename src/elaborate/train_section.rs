@@ -189,5 +189,12 @@ train {
         )
         .expect("a train section");
         assert_eq!((config.batch, config.epochs), (12, 3));
+        let error =
+            fixture::error("model m : [4, 4, 1] { relu }\ntrain {\n    batch: 64 * 0.5\n}\n");
+        assert_eq!(error.label, "this is the number 32.0");
+        assert_eq!(
+            error.notes,
+            ["help: 32.0 is a float, not an integer; `int(...)` makes it one"]
+        );
     }
 }

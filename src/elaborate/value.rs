@@ -89,6 +89,22 @@ pub fn float(x: f64) -> String {
     }
 }
 
+/// A hint for `value`, given where an integer is needed, when it is a
+/// float: one that holds a whole number (`in.channels * 0.5` is `64.0`)
+/// still needs `int(...)`; a fraction needs rounding one way or another.
+pub fn integer_help(value: &Value) -> Option<String> {
+    match value {
+        Value::Float(x) if x.is_finite() && x.fract() == 0.0 => Some(format!(
+            "help: {} is a float, not an integer; `int(...)` makes it one",
+            float(*x)
+        )),
+        Value::Float(_) => {
+            Some("help: `int(...)` truncates a number to an integer, `round(...)` rounds it".into())
+        }
+        _ => None,
+    }
+}
+
 /// Arithmetic, comparison and list operations on non-tensor values; the
 /// error is a one-line message.
 pub fn binary(op: BinOp, lhs: &Value, rhs: &Value) -> Result<Value, String> {
@@ -237,5 +253,19 @@ mod tests {
         assert_eq!(Value::Int(128).describe(), "the integer 128");
         assert_eq!(float(1e20), "100000000000000000000.0");
         assert_eq!(float(f64::INFINITY), "inf");
+    }
+
+    #[test]
+    fn a_float_where_an_integer_is_needed_gets_a_hint() {
+        assert_eq!(
+            integer_help(&Value::Float(64.0)).as_deref(),
+            Some("help: 64.0 is a float, not an integer; `int(...)` makes it one")
+        );
+        assert_eq!(
+            integer_help(&Value::Float(2.5)).as_deref(),
+            Some("help: `int(...)` truncates a number to an integer, `round(...)` rounds it")
+        );
+        assert_eq!(integer_help(&Value::Int(3)), None);
+        assert_eq!(integer_help(&Value::Symbol("same".into())), None);
     }
 }
