@@ -123,7 +123,7 @@ cases! {
     too_many_loop_iterations,
     exponential_block_calls,
     fault_in_nested_loops,
-    // Built-in functions.
+    // Built-in functions, inclusive ranges.
     int_of_a_string,
     min_without_arguments,
     len_of_a_number,
@@ -131,6 +131,7 @@ cases! {
     unknown_function,
     block_named_like_a_function,
     function_as_a_layer,
+    inclusive_range_of_a_float,
     // Models and outputs.
     model_parameter_without_default,
     several_models,

@@ -9,7 +9,7 @@
 
 use crate::diagnostics::{suggest, Diagnostic, Span};
 use crate::graph::{Init, Shape};
-use crate::syntax::ast::{self, BinOp, Expr, ExprKind, Ident, UnOp};
+use crate::syntax::ast::{self, BinOp, Expr, ExprKind, Ident, RangeEnd, UnOp};
 
 use super::calls::{CallSite, Expected};
 use super::definitions::Scope;
@@ -128,10 +128,10 @@ impl<'p> Elaborator<'p> {
                 let index_value = self.eval(scope, index, inner.for_value());
                 self.index(list, index_value, index.span)
             }
-            ExprKind::Range(start, end) => {
+            ExprKind::Range(start, end, included) => {
                 let start = self.eval(scope, start, inner.for_value());
                 let end = self.eval(scope, end, inner.for_value());
-                self.range(start, end, span)
+                self.range(start, end, *included, span)
             }
             ExprKind::If(cond, then, otherwise) => {
                 self.if_expr(scope, cond, then, otherwise.as_deref())
@@ -419,13 +419,16 @@ impl<'p> Elaborator<'p> {
         }
     }
 
-    /// `start..end`: the list of integers from `start` up to `end`, excluded.
-    fn range(&mut self, start: Value, end: Value, span: Span) -> Value {
+    /// `start..end`: the list of integers from `start` up to `end`,
+    /// excluded; `start..=end`: up to `end`, included.
+    fn range(&mut self, start: Value, end: Value, included: RangeEnd, span: Span) -> Value {
         match (&start, &end) {
             (Value::Poison, _) | (_, Value::Poison) => Value::Poison,
             (Value::Int(a), Value::Int(b)) => {
-                let len = b.saturating_sub(*a).max(0);
-                if len as u64 > value::MAX_LIST as u64 {
+                // In i128, so that `0..=9223372036854775807` cannot overflow.
+                let last = i128::from(*b) - i128::from(included == RangeEnd::Excluded);
+                let len = (last - i128::from(*a) + 1).max(0);
+                if len > value::MAX_LIST as i128 {
                     self.error(Diagnostic::error(
                         span,
                         format!(
@@ -436,14 +439,26 @@ impl<'p> Elaborator<'p> {
                     ));
                     return Value::Poison;
                 }
-                Value::List((*a..*b).map(Value::Int).collect())
+                // At most MAX_LIST elements from `a`, so `a + len - 1` is `last`.
+                Value::List((0..len as i64).map(|i| Value::Int(a + i)).collect())
             }
             _ => {
-                self.error(Diagnostic::error(
+                let mut error = Diagnostic::error(
                     span,
                     "a range needs integer bounds",
-                    format!("{}..{}", start.describe(), end.describe()),
-                ));
+                    format!(
+                        "{}{}{}",
+                        start.describe(),
+                        included.symbol(),
+                        end.describe()
+                    ),
+                );
+                if let Some(help) =
+                    value::integer_help(&start).or_else(|| value::integer_help(&end))
+                {
+                    error = error.with_note(help);
+                }
+                self.error(error);
                 Value::Poison
             }
         }
@@ -855,6 +870,35 @@ mod tests {
         let graph =
             fixture::graph("model m : [8, 8, 4] {\n    conv(int(in.channels * 0.5), 1)\n}\n");
         assert_eq!(fixture::node(&graph, "conv1").params[0].shape, [1, 1, 4, 2]);
+    }
+
+    #[test]
+    fn an_inclusive_range_runs_to_its_end() {
+        assert_eq!(value("2..=5"), ints(&[2, 3, 4, 5]));
+        assert_eq!(value("3..=3"), ints(&[3]));
+        assert_eq!(value("5..=4"), ints(&[]));
+        assert_eq!(value("0..=len(in.shape) - 1"), ints(&[0, 1, 2]));
+        assert_eq!(
+            value("9223372036854775807..=9223372036854775807"),
+            ints(&[i64::MAX])
+        );
+        let real = error("", "0..=in.channels / 1.5");
+        assert_eq!(real.message, "a range needs integer bounds");
+        assert_eq!(real.label, "the integer 0..=the number 2.0");
+        assert_eq!(
+            real.notes,
+            ["help: 2.0 is a float, not an integer; `int(...)` makes it one"]
+        );
+        let long = error("", "0..=100000");
+        assert_eq!(
+            long.message,
+            "the range has 100001 elements, more than 100000"
+        );
+        let longest = error("", "-9223372036854775807 - 1..=9223372036854775807");
+        assert_eq!(
+            longest.message,
+            "the range has 18446744073709551616 elements, more than 100000"
+        );
     }
 
     #[test]

@@ -18,9 +18,9 @@
 //!   its imports'), the model to compile, and the `Scope` of one block
 //!   instance, where names are bound and looked up.
 //! - `expr.rs`: evaluating an expression to a [`Value`] (numbers, lists,
-//!   fields of tensors, pipelines, calls of built-in functions); how unbound
-//!   names read depends on the `Ctx` (statement, `let`, argument, value or
-//!   train section).
+//!   ranges, fields of tensors, pipelines, calls of built-in functions); how
+//!   unbound names read depends on the `Ctx` (statement, `let`, argument,
+//!   value or train section).
 //! - `calls.rs`: running bodies (statements, `for`, `if`, `output`) and
 //!   block calls: binding arguments to parameters, recursion checks.
 //! - `nodes.rs`: turning a layer call (or `+`, `*`, `concat`, the model's

@@ -159,7 +159,7 @@ fn take_children(kind: &mut ExprKind, below: &mut Vec<Expr>) {
             take(head);
             stages.iter_mut().for_each(take);
         }
-        ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) | ExprKind::Range(a, b) => {
+        ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) | ExprKind::Range(a, b, _) => {
             take(a);
             take(b);
         }
@@ -241,12 +241,31 @@ pub enum ExprKind {
     Field(Box<Expr>, Ident),
     /// `x[index]`.
     Index(Box<Expr>, Box<Expr>),
-    /// `start..end`.
-    Range(Box<Expr>, Box<Expr>),
+    /// `start..end`, or `start..=end` when the flag is [`RangeEnd::Included`].
+    Range(Box<Expr>, Box<Expr>, RangeEnd),
     /// `if cond { then } else { otherwise }`.
     If(Box<Expr>, Vec<Stmt>, Option<Vec<Stmt>>),
     /// `init where [i, j] = v, ...`: an initializer with entries set.
     Where(Box<Expr>, Vec<(Expr, Expr)>),
+}
+
+/// Whether a range includes its end: `0..n` or `0..=n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeEnd {
+    /// `a..b`: up to `b`, excluded.
+    Excluded,
+    /// `a..=b`: up to `b`, included.
+    Included,
+}
+
+impl RangeEnd {
+    /// The operator as written.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            RangeEnd::Excluded => "..",
+            RangeEnd::Included => "..=",
+        }
+    }
 }
 
 /// A call of a layer, a block or a built-in function.

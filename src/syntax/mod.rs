@@ -329,7 +329,7 @@ fn expr_too_deep(e: &Expr, depth: usize) -> Option<Span> {
         ExprKind::Record(fields) => any_too_deep(fields.iter().map(|(_, e)| e), d),
         ExprKind::Call(call) => any_too_deep(call.args.iter().map(|a| &a.value), d),
         ExprKind::Pipe(head, stages) => any_too_deep(std::iter::once(&**head).chain(stages), d),
-        ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) | ExprKind::Range(a, b) => {
+        ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) | ExprKind::Range(a, b, _) => {
             any_too_deep([&**a, &**b], d)
         }
         ExprKind::Unary(_, a) | ExprKind::Field(a, _) => expr_too_deep(a, d),
@@ -1012,10 +1012,18 @@ impl Builder {
                 let mut parts = pair.into_inner();
                 let start = self.expr(parts.next().expect("range start"));
                 match (parts.next(), parts.next()) {
-                    (Some(_op), Some(end)) => Expr {
-                        kind: ExprKind::Range(Box::new(start), Box::new(self.expr(end))),
-                        span,
-                    },
+                    (Some(op), Some(end)) => {
+                        let included = if op.as_str() == "..=" {
+                            RangeEnd::Included
+                        } else {
+                            RangeEnd::Excluded
+                        };
+                        let end = Box::new(self.expr(end));
+                        Expr {
+                            kind: ExprKind::Range(Box::new(start), end, included),
+                            span,
+                        }
+                    }
                     _ => start,
                 }
             }
@@ -1692,5 +1700,22 @@ mod tests {
         };
         assert_eq!(call.args.len(), 3);
         assert!(matches!(&call.args[2].value.kind, ExprKind::Where(_, a) if a.len() == 2));
+    }
+
+    #[test]
+    fn a_range_may_include_its_end() {
+        let end = |src: &str| match &bound(&parse_ok(src)).kind {
+            ExprKind::Range(_, _, end) => *end,
+            other => panic!("not a range: {other:?}"),
+        };
+        assert_eq!(end("block b { let r = 0..n }"), RangeEnd::Excluded);
+        assert_eq!(end("block b { let r = 0..=n - 1 }"), RangeEnd::Included);
+        // `..=` binds looser than arithmetic, as `..` does.
+        let file = parse_ok("block b { let r = 1 + 1..=2 * 3 }");
+        let ExprKind::Range(start, end, _) = &bound(&file).kind else {
+            panic!("not a range")
+        };
+        assert!(matches!(start.kind, ExprKind::Binary(BinOp::Add, ..)));
+        assert!(matches!(end.kind, ExprKind::Binary(BinOp::Mul, ..)));
     }
 }
