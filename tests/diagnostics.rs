@@ -123,7 +123,7 @@ cases! {
     too_many_loop_iterations,
     exponential_block_calls,
     fault_in_nested_loops,
-    // Built-in functions, inclusive ranges.
+    // Built-in functions, inclusive ranges, unpacking.
     int_of_a_string,
     min_without_arguments,
     len_of_a_number,
@@ -132,6 +132,8 @@ cases! {
     block_named_like_a_function,
     function_as_a_layer,
     inclusive_range_of_a_float,
+    unpacking_wrong_length,
+    unpacking_not_a_list,
     // Models and outputs.
     model_parameter_without_default,
     several_models,

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 
 use crate::diagnostics::{suggest, Diagnostic, Span};
-use crate::syntax::ast::{self, Expr, Ident, Stmt};
+use crate::syntax::ast::{self, Expr, ForVar, Ident, Stmt};
 
 use super::definitions::{list_or_none, DefRef, Scope};
-use super::expr::Ctx;
+use super::expr::{self, Ctx};
 use super::value::{Spanned, Value};
 use super::{functions, layers, Elaborator};
 
@@ -291,15 +291,19 @@ impl<'p> Elaborator<'p> {
     }
 
     /// `for [index,] var in iter { body }`: runs the body once per element,
-    /// each time in a frame of its own.
+    /// each time in a frame of its own; `var` may unpack each element.
     fn for_loop(
         &mut self,
         scope: &mut Scope,
         index: Option<&Ident>,
-        var: &Ident,
+        var: &ForVar,
         iter: &Expr,
         body: &[Stmt],
     ) {
+        if !self.distinct_loop_names(index, var) {
+            scope.current = Value::Poison;
+            return;
+        }
         let Some(items) = self.loop_items(scope, iter) else {
             scope.current = Value::Poison;
             return;
@@ -313,13 +317,90 @@ impl<'p> Elaborator<'p> {
             if let Some(index) = index {
                 scope.bind(&index.name, Value::Int(i as i64));
             }
-            scope.bind(&var.name, item);
             let errors = self.errors.len();
-            self.body(scope, body, false);
+            if self.bind_element(scope, var, item, i, iter) {
+                self.body(scope, body, false);
+            } else {
+                scope.current = Value::Poison;
+            }
             scope.frames.pop();
             // The next iterations would mostly report the same errors again.
             if self.errors.len() > errors {
                 return;
+            }
+        }
+    }
+
+    /// Whether the names a `for` binds are all different; reports the
+    /// first repeated one (`for (a, a) in ...`).
+    fn distinct_loop_names(&mut self, index: Option<&Ident>, var: &ForVar) -> bool {
+        let names: Vec<&Ident> = index.into_iter().chain(var.names()).collect();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(first) = names[..i].iter().find(|n| n.name == name.name) {
+                self.error(
+                    Diagnostic::error(
+                        name.span,
+                        format!("`{}` is bound twice by this `for`", name.name),
+                        "second binding",
+                    )
+                    .with_context(first.span, "first binding"),
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Binds element `i` of the loop over `iter` to `var`: the element, or
+    /// its items one per name. False, with the error reported, for an
+    /// element that does not unpack into the names.
+    fn bind_element(
+        &mut self,
+        scope: &mut Scope,
+        var: &ForVar,
+        item: Value,
+        i: usize,
+        iter: &Expr,
+    ) -> bool {
+        let (names, pattern) = match var {
+            ForVar::Name(name) => {
+                scope.bind(&name.name, item);
+                return true;
+            }
+            ForVar::Unpack(names, pattern) => (names, *pattern),
+        };
+        match item {
+            Value::List(items) if items.len() == names.len() => {
+                for (name, value) in names.iter().zip(items) {
+                    scope.bind(&name.name, value);
+                }
+                true
+            }
+            // An element with an error of its own, reported already.
+            Value::Poison => {
+                for name in names {
+                    scope.bind(&name.name, Value::Poison);
+                }
+                true
+            }
+            other => {
+                let written: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
+                self.error(
+                    Diagnostic::error(
+                        expr::element_span(iter, i),
+                        format!(
+                            "cannot unpack the element at index {i} into `({})`",
+                            written.join(", ")
+                        ),
+                        format!("the element at index {i} is {}", other.describe()),
+                    )
+                    .with_context(pattern, format!("{} names", names.len()))
+                    .with_note(format!(
+                        "help: each element must be a list of {} elements, one per name",
+                        names.len()
+                    )),
+                );
+                false
             }
         }
     }
@@ -745,6 +826,82 @@ model m : [8, 8, 1] {
         assert_eq!(fixture::node_names(&graph), ["input", "conv1", "conv2"]);
         assert_eq!(kernel(&graph, "conv1"), [1, 1, 1, 2]);
         assert_eq!(kernel(&graph, "conv2"), [1, 1, 2, 5]);
+    }
+
+    #[test]
+    fn a_for_loop_unpacks_each_element_with_or_without_the_index() {
+        let graph = fixture::graph(
+            r#"
+model m : [8, 8, 1] {
+    for (k, f) in [[1, 2], [3, 4]] {
+        conv(f, k, padding: same)
+    }
+    let specs = [[1, 2], [3, 4]]
+    for i, (k, f) in specs {
+        conv(f + i, k, padding: same)
+    }
+    for i in 1..=2 {
+        conv(i, 1)
+    }
+}
+"#,
+        );
+        let kernels: Vec<Vec<u64>> = ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6"]
+            .iter()
+            .map(|name| kernel(&graph, name))
+            .collect();
+        assert_eq!(
+            kernels,
+            [
+                [1, 1, 1, 2],
+                [3, 3, 2, 4],
+                [1, 1, 4, 2],
+                [3, 3, 2, 5],
+                [1, 1, 5, 1],
+                [1, 1, 1, 2]
+            ]
+        );
+    }
+
+    #[test]
+    fn an_element_that_does_not_unpack_is_named_with_its_index() {
+        // In a list written out, the element itself is pointed at.
+        let long = fixture::error(
+            "model m : [8, 8, 1] {\n    for (k, f) in [[1, 2], [3, 4, 5]] { conv(f, k) }\n}\n",
+        );
+        assert_eq!(
+            long.message,
+            "cannot unpack the element at index 1 into `(k, f)`"
+        );
+        assert_eq!(
+            (long.at.as_str(), long.label.as_str()),
+            (
+                "[3, 4, 5]",
+                "the element at index 1 is a list of 3 elements"
+            )
+        );
+        assert_eq!(long.context, [pair("(k, f)", "2 names")]);
+        assert_eq!(
+            long.notes,
+            ["help: each element must be a list of 2 elements, one per name"]
+        );
+        // Through a name, the name.
+        let number = fixture::error(
+            "model m : [8, 8, 1] {\n    let pairs = [[1, 2], 3]\n    for i, (k, f) in pairs { conv(f, k) }\n}\n",
+        );
+        assert_eq!(
+            (number.at.as_str(), number.label.as_str()),
+            ("pairs", "the element at index 1 is the integer 3")
+        );
+    }
+
+    #[test]
+    fn a_for_loop_binds_each_name_once() {
+        let error =
+            fixture::error("model m : [8, 8, 1] {\n    for i, (a, i) in [[1, 2]] { relu }\n}\n");
+        assert_eq!(error.message, "`i` is bound twice by this `for`");
+        assert_eq!((error.at.as_str(), error.line), ("i", 2));
+        assert_eq!(error.context, [pair("i", "first binding")]);
     }
 
     #[test]

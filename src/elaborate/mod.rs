@@ -21,8 +21,9 @@
 //!   ranges, fields of tensors, pipelines, calls of built-in functions); how
 //!   unbound names read depends on the `Ctx` (statement, `let`, argument,
 //!   value or train section).
-//! - `calls.rs`: running bodies (statements, `for`, `if`, `output`) and
-//!   block calls: binding arguments to parameters, recursion checks.
+//! - `calls.rs`: running bodies (statements, `for` with its unpacking,
+//!   `if`, `output`) and block calls: binding arguments to parameters,
+//!   recursion checks.
 //! - `nodes.rs`: turning a layer call (or `+`, `*`, `concat`, the model's
 //!   input) into graph nodes, with their instance names, block paths, spans
 //!   and weights.

@@ -94,12 +94,12 @@ pub enum Stmt {
     Let(Ident, Expr),
     /// `output name = value`.
     Output(Ident, Expr),
-    /// `for [index,] var in iter { body }`.
+    /// `for [index,] var in iter { body }`, where `var` may unpack: `(a, b)`.
     For {
         /// The optional index variable.
         index: Option<Ident>,
-        /// The element variable.
-        var: Ident,
+        /// What each element is bound to.
+        var: ForVar,
         /// A list or a range.
         iter: Expr,
         /// The repeated statements.
@@ -107,6 +107,26 @@ pub enum Stmt {
     },
     /// An expression whose value becomes the current tensor.
     Expr(Expr),
+}
+
+/// What a `for` loop binds each element to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForVar {
+    /// `for x in ...`: the element itself.
+    Name(Ident),
+    /// `for (a, b) in ...`: the element, a list, unpacked into one name per
+    /// item (at least two names); the span covers the parentheses.
+    Unpack(Vec<Ident>, Span),
+}
+
+impl ForVar {
+    /// The names it binds, in order.
+    pub fn names(&self) -> &[Ident] {
+        match self {
+            ForVar::Name(name) => std::slice::from_ref(name),
+            ForVar::Unpack(names, _) => names,
+        }
+    }
 }
 
 /// An expression with its span.
@@ -402,7 +422,7 @@ mod tests {
         // expressions below the call have expressions below them in turn.
         let body = vec![Stmt::For {
             index: None,
-            var: name("x"),
+            var: ForVar::Name(name("x")),
             iter: negations(1),
             body: vec![Stmt::Expr(negations(1))],
         }];
