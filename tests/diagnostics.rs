@@ -123,7 +123,7 @@ cases! {
     too_many_loop_iterations,
     exponential_block_calls,
     fault_in_nested_loops,
-    // Built-in functions, inclusive ranges, unpacking.
+    // Built-in functions, inclusive ranges, unpacking, `concat` of a list.
     int_of_a_string,
     min_without_arguments,
     len_of_a_number,
@@ -134,6 +134,7 @@ cases! {
     inclusive_range_of_a_float,
     unpacking_wrong_length,
     unpacking_not_a_list,
+    concat_list_with_a_number,
     // Models and outputs.
     model_parameter_without_default,
     several_models,
