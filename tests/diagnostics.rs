@@ -123,6 +123,18 @@ cases! {
     too_many_loop_iterations,
     exponential_block_calls,
     fault_in_nested_loops,
+    // Built-in functions, inclusive ranges, unpacking, `concat` of a list.
+    int_of_a_string,
+    min_without_arguments,
+    len_of_a_number,
+    whole_float_filters,
+    unknown_function,
+    block_named_like_a_function,
+    function_as_a_layer,
+    inclusive_range_of_a_float,
+    unpacking_wrong_length,
+    unpacking_not_a_list,
+    concat_list_with_a_number,
     // Models and outputs.
     model_parameter_without_default,
     several_models,

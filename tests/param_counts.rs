@@ -474,3 +474,112 @@ model sep : [28, 28, 32] {
         &[("output", &[26, 26, 64])],
     );
 }
+
+// ---- Expressions: built-in functions, ranges, unpacking --------------------
+
+#[test]
+fn mobilenet_width_multiplier_truncates_filters_with_int() {
+    // keras.applications.MobileNet's blocks with alpha = 0.75: every
+    // filter count is `int(filters * alpha)`: 32 -> 24, 64 -> 48, 128 -> 96.
+    // conv1 3*3*3*24 = 648 and its batch norm 4*24 = 96; block 1: depthwise
+    // 3*3*24 = 216, batch norm 96, pointwise 24*48 = 1,152, batch norm
+    // 4*48 = 192; block 2: depthwise 3*3*48 = 432, batch norm 192, pointwise
+    // 48*96 = 4,608, batch norm 4*96 = 384; dense 96*10 + 10 = 970. Total
+    // 8,986, of which the moving statistics 48 + 48 + 96 + 96 + 192 = 480.
+    let source = r#"
+block depthwise_separable(filters, alpha, stride = 1) {
+    depthwise_conv(3, stride: stride, padding: same, use_bias: false)
+    batchnorm
+    relu
+    conv(int(filters * alpha), 1, use_bias: false)
+    batchnorm
+    relu
+}
+model mobilenet_slim(alpha = 0.75) : [32, 32, 3] {
+    conv(int(32 * alpha), 3, stride: 2, padding: same, use_bias: false)
+    batchnorm
+    relu
+    depthwise_separable(64, alpha)
+    depthwise_separable(128, alpha, stride: 2)
+    global_avg_pool
+    dense(10, activation: softmax)
+}
+"#;
+    check_fixture(
+        "mobilenet_slim.cnn",
+        source,
+        "mobilenet_slim",
+        Counts::with_frozen(8_986, 480),
+        &[("output", &[10])],
+    );
+}
+
+#[test]
+fn densenet_block_concatenates_a_list_and_its_transition_compresses_with_int() {
+    // Three dense layers of growth 12 on 24 channels (0..=2): each a batch
+    // norm of c channels (4c) and a 3x3 conv of c*12*9 = 108c, for
+    // c = 24, 36, 48: 96 + 2,592, 144 + 3,888, 192 + 5,184; the stem
+    // 3*3*3*24 = 648; the transition's batch norm of 60 channels (240) and
+    // conv to int(60 * 0.5) = 30 channels, 60*30 = 1,800; dense 30*10 + 10
+    // = 310. Total 15,094; moving statistics 48 + 72 + 96 + 120 = 336.
+    let source = r#"
+block dense_layer(growth) {
+    let new = in -> batchnorm -> relu -> conv(growth, 3, padding: same, use_bias: false)
+    concat([in, new])
+}
+block transition(compression = 0.5) {
+    batchnorm
+    relu
+    conv(int(in.channels * compression), 1, use_bias: false)
+    avgpool(2)
+}
+model densenet_mini(growth = 12) : [16, 16, 3] {
+    conv(2 * growth, 3, padding: same, use_bias: false)
+    for i in 0..=2 {
+        dense_layer(growth)
+    }
+    transition
+    global_avg_pool
+    dense(10, activation: softmax)
+}
+"#;
+    check_fixture(
+        "densenet_mini.cnn",
+        source,
+        "densenet_mini",
+        Counts::with_frozen(15_094, 336),
+        &[("output", &[10])],
+    );
+}
+
+#[test]
+fn built_in_functions_unpacking_and_concat_of_a_list_size_layers() {
+    // On 8x8x16, convolutions with bias: max([1, 3, 5]) * 2 = 10 filters of
+    // min(...) = 1: 16*10 + 10 = 170; len + sum = 3 + 9 = 12: 10*12 + 12 =
+    // 132; round(16 * 0.15625) = round(2.5) = 2 (half to even): 12*2 + 2 =
+    // 26; ceil(16 / 3) = 6: 2*6 + 6 = 18; floor(16 / 3) = 5: 6*5 + 5 = 35;
+    // the unpacking loop: index 0, 4 filters of 1x1: 5*4 + 4 = 24, index 1,
+    // 8 + 1 = 9 filters of 3x3: 3*3*4*9 + 9 = 333; concat of a list of
+    // 2 + 3 channels: 9*2 + 2 = 20 and 3*3*9*3 + 3 = 246. Total 1,004.
+    let source = r#"
+model builtins : [8, 8, 16] {
+    let kernels = [1, 3, 5]
+    conv(max(kernels) * 2, min(kernels))
+    conv(len(kernels) + sum(kernels), 1)
+    conv(round(in.channels * 0.15625), 1)
+    conv(ceil(in.channels / 3), 1)
+    conv(floor(in.channels / 3), 1)
+    for i, (kernel, filters) in [[1, 4], [3, 8]] {
+        conv(filters + i, kernel, padding: same)
+    }
+    concat([conv(2, 1), conv(3, 3, padding: same)])
+}
+"#;
+    check_fixture(
+        "builtins.cnn",
+        source,
+        "builtins",
+        Counts::trainable(1_004),
+        &[("output", &[8, 8, 5])],
+    );
+}

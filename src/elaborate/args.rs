@@ -5,7 +5,7 @@ use crate::graph::{Padding, Slice};
 use crate::syntax::ast::{Expr, ExprKind, Ident};
 
 use super::layers::{self, Arg, ArgSpec, Args, DefaultValue, Kind};
-use super::value::{Spanned, Value};
+use super::value::{self, Spanned, Value};
 
 /// Binds the evaluated arguments of a call of layer `layer` to its
 /// signature, checking each value's kind; reports every problem found.
@@ -125,7 +125,7 @@ fn render_signature(layer: &str, signature: &[ArgSpec]) -> String {
         .map(|s| match s.default {
             DefaultValue::Required => s.name.to_string(),
             DefaultValue::Int(i) => format!("{} = {i}", s.name),
-            DefaultValue::Float(x) => format!("{} = {x}", s.name),
+            DefaultValue::Float(x) => format!("{} = {}", s.name, value::float(x)),
             DefaultValue::Bool(b) => format!("{} = {b}", s.name),
             DefaultValue::Symbol(sym) => format!("{} = {sym}", s.name),
             DefaultValue::SameAs(other) => format!("{} = {other}", s.name),
@@ -159,7 +159,7 @@ fn convert(kind: Kind, value: &Value) -> Result<Arg, Option<String>> {
         (Kind::Pair, Value::List(items)) if items.len() == 2 => {
             match (positive(&items[0]), positive(&items[1])) {
                 (Some(h), Some(w)) => Ok(Arg::Pair([h, w])),
-                _ => Err(None),
+                _ => Err(items.iter().find_map(value::integer_help)),
             }
         }
         (Kind::Pair, v) => positive(v)
@@ -194,6 +194,7 @@ fn convert(kind: Kind, value: &Value) -> Result<Arg, Option<String>> {
         },
         (Kind::Init, Value::Init(init)) => Ok(Arg::Init(init.clone())),
         (Kind::Axis, Value::Int(i)) => Ok(Arg::Int(*i)),
+        (Kind::Axis, v) => Err(value::integer_help(v)),
         (Kind::Shape, Value::List(items)) => shape(items),
         _ => Err(None),
     }
@@ -219,13 +220,16 @@ fn shape(items: &[Value]) -> Result<Arg, Option<String>> {
     Ok(Arg::Shape(dims))
 }
 
+/// A hint for `v`, given where a positive integer is needed.
 fn integer_hint(v: &Value) -> Option<String> {
     match v {
         Value::Float(x) if x.fract() != 0.0 => Some(
-            "help: `/` gives a fraction when the division is not exact; `//` rounds down".into(),
+            "help: `/` gives a fraction when the division is not exact; `//` rounds down, \
+             and `int(...)` truncates any number, `round(...)` rounds it"
+                .into(),
         ),
         Value::Int(_) => Some("help: sizes and counts must be at least 1".into()),
-        _ => None,
+        other => value::integer_help(other),
     }
 }
 

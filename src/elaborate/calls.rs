@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 
 use crate::diagnostics::{suggest, Diagnostic, Span};
-use crate::syntax::ast::{self, Expr, Ident, Stmt};
+use crate::syntax::ast::{self, Expr, ForVar, Ident, Stmt};
 
 use super::definitions::{list_or_none, DefRef, Scope};
-use super::expr::Ctx;
+use super::expr::{self, Ctx};
 use super::value::{Spanned, Value};
-use super::{layers, Elaborator};
+use super::{functions, layers, Elaborator};
 
 /// The most steps of work elaborating one model may take: each `for`
 /// iteration and each block call is a step, and each element of a list an
@@ -41,16 +41,34 @@ pub(super) struct CallSite<'a> {
     pub(super) args: &'a [ast::Arg],
     pub(super) alias: Option<&'a Ident>,
     pub(super) span: Span,
+    /// What can be called where it stands, should the callee be unknown.
+    pub(super) expected: Expected,
+}
+
+/// What can be called at a call site, among which an unknown name's
+/// suggestion is sought: `len(xs)` in an expression is not a misspelt `lrn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Expected {
+    /// A layer or block applied to a tensor: a statement, a pipeline stage,
+    /// a bare name.
+    LayerOrBlock,
+    /// A built-in function: where only a value makes sense (an operand of
+    /// `-`, an argument of a layer or of a function).
+    Function,
+    /// Either: the value of a `let`, an argument of a block, an element of
+    /// a list.
+    Any,
 }
 
 impl<'a> CallSite<'a> {
-    /// The call `call`, written at `span`.
+    /// The call `call`, written at `span` where a layer or block is expected.
     pub(super) fn of(call: &'a ast::Call, span: Span) -> CallSite<'a> {
         CallSite {
             callee: &call.callee,
             args: &call.args,
             alias: call.alias.as_ref(),
             span,
+            expected: Expected::LayerOrBlock,
         }
     }
 
@@ -61,7 +79,13 @@ impl<'a> CallSite<'a> {
             args: &[],
             alias,
             span,
+            expected: Expected::LayerOrBlock,
         }
+    }
+
+    /// The same call, where `expected` can be called.
+    pub(super) fn expecting(self, expected: Expected) -> CallSite<'a> {
+        CallSite { expected, ..self }
     }
 }
 
@@ -82,7 +106,7 @@ impl<'p> Elaborator<'p> {
             last = None;
             match stmt {
                 Stmt::Let(name, expr) => {
-                    let value = self.eval(scope, expr, Ctx::Statement);
+                    let value = self.eval(scope, expr, Ctx::Let);
                     scope.bind(&name.name, value);
                 }
                 Stmt::Output(name, expr) => self.output(scope, name, expr),
@@ -110,16 +134,35 @@ impl<'p> Elaborator<'p> {
         if layers::signature(name).is_some() {
             return self.layer(scope, site, input);
         }
-        match self.find_definition(scope, site.callee) {
+        if functions::is_function(name) {
+            // A bare `max`, or a pipeline stage `-> len`: a function
+            // called with arguments never gets here.
+            self.error(
+                Diagnostic::error(
+                    site.callee.span,
+                    format!("`{name}` is a built-in function, not a layer or block"),
+                    "applied to a tensor here",
+                )
+                .with_note(functions::usage(name)),
+            );
+            return Value::Poison;
+        }
+        match self.find_definition(scope, site.callee, site.expected) {
             Some(def) => self.block(scope, def, site, input),
             None => Value::Poison,
         }
     }
 
-    /// Evaluates a call's arguments, as arguments (bare names are symbols).
-    pub(super) fn eval_args(&mut self, scope: &mut Scope, args: &[ast::Arg]) -> EvaluatedArgs {
+    /// Evaluates a call's arguments in `ctx` (an argument: bare names are
+    /// symbols).
+    pub(super) fn eval_args(
+        &mut self,
+        scope: &mut Scope,
+        args: &[ast::Arg],
+        ctx: Ctx,
+    ) -> EvaluatedArgs {
         args.iter()
-            .map(|a| (a.name.clone(), self.spanned(scope, &a.value, Ctx::Argument)))
+            .map(|a| (a.name.clone(), self.spanned(scope, &a.value, ctx)))
             .collect()
     }
 
@@ -133,7 +176,7 @@ impl<'p> Elaborator<'p> {
         then: &[Stmt],
         otherwise: Option<&[Stmt]>,
     ) -> Value {
-        let branch = match self.eval(scope, cond, Ctx::Argument) {
+        let branch = match self.eval(scope, cond, Ctx::Value) {
             Value::Bool(true) => Some(then),
             Value::Bool(false) => otherwise,
             Value::Poison => return Value::Poison,
@@ -248,15 +291,19 @@ impl<'p> Elaborator<'p> {
     }
 
     /// `for [index,] var in iter { body }`: runs the body once per element,
-    /// each time in a frame of its own.
+    /// each time in a frame of its own; `var` may unpack each element.
     fn for_loop(
         &mut self,
         scope: &mut Scope,
         index: Option<&Ident>,
-        var: &Ident,
+        var: &ForVar,
         iter: &Expr,
         body: &[Stmt],
     ) {
+        if !self.distinct_loop_names(index, var) {
+            scope.current = Value::Poison;
+            return;
+        }
         let Some(items) = self.loop_items(scope, iter) else {
             scope.current = Value::Poison;
             return;
@@ -270,13 +317,90 @@ impl<'p> Elaborator<'p> {
             if let Some(index) = index {
                 scope.bind(&index.name, Value::Int(i as i64));
             }
-            scope.bind(&var.name, item);
             let errors = self.errors.len();
-            self.body(scope, body, false);
+            if self.bind_element(scope, var, item, i, iter) {
+                self.body(scope, body, false);
+            } else {
+                scope.current = Value::Poison;
+            }
             scope.frames.pop();
             // The next iterations would mostly report the same errors again.
             if self.errors.len() > errors {
                 return;
+            }
+        }
+    }
+
+    /// Whether the names a `for` binds are all different; reports the
+    /// first repeated one (`for (a, a) in ...`).
+    fn distinct_loop_names(&mut self, index: Option<&Ident>, var: &ForVar) -> bool {
+        let names: Vec<&Ident> = index.into_iter().chain(var.names()).collect();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(first) = names[..i].iter().find(|n| n.name == name.name) {
+                self.error(
+                    Diagnostic::error(
+                        name.span,
+                        format!("`{}` is bound twice by this `for`", name.name),
+                        "second binding",
+                    )
+                    .with_context(first.span, "first binding"),
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Binds element `i` of the loop over `iter` to `var`: the element, or
+    /// its items one per name. False, with the error reported, for an
+    /// element that does not unpack into the names.
+    fn bind_element(
+        &mut self,
+        scope: &mut Scope,
+        var: &ForVar,
+        item: Value,
+        i: usize,
+        iter: &Expr,
+    ) -> bool {
+        let (names, pattern) = match var {
+            ForVar::Name(name) => {
+                scope.bind(&name.name, item);
+                return true;
+            }
+            ForVar::Unpack(names, pattern) => (names, *pattern),
+        };
+        match item {
+            Value::List(items) if items.len() == names.len() => {
+                for (name, value) in names.iter().zip(items) {
+                    scope.bind(&name.name, value);
+                }
+                true
+            }
+            // An element with an error of its own, reported already.
+            Value::Poison => {
+                for name in names {
+                    scope.bind(&name.name, Value::Poison);
+                }
+                true
+            }
+            other => {
+                let written: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
+                self.error(
+                    Diagnostic::error(
+                        expr::element_span(iter, i),
+                        format!(
+                            "cannot unpack the element at index {i} into `({})`",
+                            written.join(", ")
+                        ),
+                        format!("the element at index {i} is {}", other.describe()),
+                    )
+                    .with_context(pattern, format!("{} names", names.len()))
+                    .with_note(format!(
+                        "help: each element must be a list of {} elements, one per name",
+                        names.len()
+                    )),
+                );
+                false
             }
         }
     }
@@ -355,7 +479,7 @@ impl<'p> Elaborator<'p> {
         if !self.spend(1, site.span, "while expanding this call") {
             return Value::Poison;
         }
-        let values = self.eval_args(scope, site.args);
+        let values = self.eval_args(scope, site.args, Ctx::Argument);
         let path = self.instance_name(scope, &def.name.name, site.alias);
         let full = scope.qualified(&path);
         let mut inner = Scope::new(target.file, full, input.clone(), target.is_model);
@@ -702,6 +826,82 @@ model m : [8, 8, 1] {
         assert_eq!(fixture::node_names(&graph), ["input", "conv1", "conv2"]);
         assert_eq!(kernel(&graph, "conv1"), [1, 1, 1, 2]);
         assert_eq!(kernel(&graph, "conv2"), [1, 1, 2, 5]);
+    }
+
+    #[test]
+    fn a_for_loop_unpacks_each_element_with_or_without_the_index() {
+        let graph = fixture::graph(
+            r#"
+model m : [8, 8, 1] {
+    for (k, f) in [[1, 2], [3, 4]] {
+        conv(f, k, padding: same)
+    }
+    let specs = [[1, 2], [3, 4]]
+    for i, (k, f) in specs {
+        conv(f + i, k, padding: same)
+    }
+    for i in 1..=2 {
+        conv(i, 1)
+    }
+}
+"#,
+        );
+        let kernels: Vec<Vec<u64>> = ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6"]
+            .iter()
+            .map(|name| kernel(&graph, name))
+            .collect();
+        assert_eq!(
+            kernels,
+            [
+                [1, 1, 1, 2],
+                [3, 3, 2, 4],
+                [1, 1, 4, 2],
+                [3, 3, 2, 5],
+                [1, 1, 5, 1],
+                [1, 1, 1, 2]
+            ]
+        );
+    }
+
+    #[test]
+    fn an_element_that_does_not_unpack_is_named_with_its_index() {
+        // In a list written out, the element itself is pointed at.
+        let long = fixture::error(
+            "model m : [8, 8, 1] {\n    for (k, f) in [[1, 2], [3, 4, 5]] { conv(f, k) }\n}\n",
+        );
+        assert_eq!(
+            long.message,
+            "cannot unpack the element at index 1 into `(k, f)`"
+        );
+        assert_eq!(
+            (long.at.as_str(), long.label.as_str()),
+            (
+                "[3, 4, 5]",
+                "the element at index 1 is a list of 3 elements"
+            )
+        );
+        assert_eq!(long.context, [pair("(k, f)", "2 names")]);
+        assert_eq!(
+            long.notes,
+            ["help: each element must be a list of 2 elements, one per name"]
+        );
+        // Through a name, the name.
+        let number = fixture::error(
+            "model m : [8, 8, 1] {\n    let pairs = [[1, 2], 3]\n    for i, (k, f) in pairs { conv(f, k) }\n}\n",
+        );
+        assert_eq!(
+            (number.at.as_str(), number.label.as_str()),
+            ("pairs", "the element at index 1 is the integer 3")
+        );
+    }
+
+    #[test]
+    fn a_for_loop_binds_each_name_once() {
+        let error =
+            fixture::error("model m : [8, 8, 1] {\n    for i, (a, i) in [[1, 2]] { relu }\n}\n");
+        assert_eq!(error.message, "`i` is bound twice by this `for`");
+        assert_eq!((error.at.as_str(), error.line), ("i", 2));
+        assert_eq!(error.context, [pair("i", "first binding")]);
     }
 
     #[test]

@@ -13,9 +13,10 @@ use crate::diagnostics::{suggest, Diagnostic, FileId, Span};
 use crate::syntax::ast::{self, Ident};
 use crate::syntax::Program;
 
-use super::layers;
+use super::calls::Expected;
 use super::value::Value;
 use super::Elaborator;
+use super::{functions, layers};
 
 /// The names of the models defined in the program's root file, in order.
 pub fn models(program: &Program) -> Vec<String> {
@@ -169,14 +170,20 @@ impl Scope {
 }
 
 impl<'p> Elaborator<'p> {
-    /// The block or model that `callee`, called in `scope`, names; reports
-    /// names that are unknown or ambiguous there.
-    pub(super) fn find_definition(&mut self, scope: &Scope, callee: &Ident) -> Option<DefRef<'p>> {
+    /// The block or model that `callee`, called in `scope` where
+    /// `expected` can be called, names; reports names that are unknown or
+    /// ambiguous there.
+    pub(super) fn find_definition(
+        &mut self,
+        scope: &Scope,
+        callee: &Ident,
+        expected: Expected,
+    ) -> Option<DefRef<'p>> {
         let candidates = self.visible[scope.file].get(callee.name.as_str());
         match candidates.map(Vec::as_slice).unwrap_or_default() {
             [def] => Some(*def),
             [] => {
-                let error = self.unknown_callee(scope, callee);
+                let error = self.unknown_callee(scope, callee, expected);
                 self.error(error);
                 None
             }
@@ -189,17 +196,34 @@ impl<'p> Elaborator<'p> {
     }
 
     /// The error for a call of a name that is neither a layer, a visible
-    /// definition nor a bound value, suggesting the closest of those.
-    fn unknown_callee(&self, scope: &Scope, callee: &Ident) -> Diagnostic {
+    /// definition, a built-in function nor a bound value, suggesting the
+    /// closest of those that can be called where it is (`expected`).
+    fn unknown_callee(&self, scope: &Scope, callee: &Ident, expected: Expected) -> Diagnostic {
         let name = callee.name.as_str();
-        let mut known: Vec<String> = layers::LAYERS.iter().map(|(n, _)| n.to_string()).collect();
-        known.extend(self.visible[scope.file].keys().map(|k| k.to_string()));
-        known.extend(scope.bound_names());
-        let error = Diagnostic::error(
-            callee.span,
-            format!("unknown layer or block `{name}`"),
-            "not a layer, block or value",
-        );
+        let mut known: Vec<String> = Vec::new();
+        if expected != Expected::Function {
+            known.extend(layers::LAYERS.iter().map(|(n, _)| n.to_string()));
+            known.extend(self.visible[scope.file].keys().map(|k| k.to_string()));
+            known.extend(scope.bound_names());
+        }
+        if expected != Expected::LayerOrBlock {
+            known.extend(functions::FUNCTIONS.iter().map(|f| f.to_string()));
+        }
+        let (what, label) = match expected {
+            Expected::LayerOrBlock => ("layer or block", "not a layer, block or value"),
+            Expected::Function => ("function", "not a built-in function"),
+            Expected::Any => (
+                "layer, block or function",
+                "not a layer, block, function or value",
+            ),
+        };
+        let mut error = Diagnostic::error(callee.span, format!("unknown {what} `{name}`"), label);
+        if expected == Expected::Function {
+            error = error.with_note(format!(
+                "built-in functions: {}",
+                functions::FUNCTIONS.join(", ")
+            ));
+        }
         suggest(error, name, known.iter().map(String::as_str))
     }
 }
@@ -234,15 +258,24 @@ fn local_table<'p>(
     let mut table: HashMap<&'p str, Vec<DefRef<'p>>> = HashMap::new();
     for d in defs {
         let name = d.def.name.name.as_str();
-        if layers::signature(name).is_some() {
-            errors.push(
-                Diagnostic::error(
-                    d.def.name.span,
-                    format!("`{name}` is a built-in layer and cannot be redefined"),
-                    "this definition",
-                )
-                .with_note("help: choose another name for the block"),
+        let built_in = if layers::signature(name).is_some() {
+            Some("layer")
+        } else if functions::is_function(name) {
+            // `max(a, b)` in an expression always calls the function.
+            Some("function")
+        } else {
+            None
+        };
+        if let Some(kind) = built_in {
+            let mut error = Diagnostic::error(
+                d.def.name.span,
+                format!("`{name}` is a built-in {kind} and cannot be redefined"),
+                "this definition",
             );
+            if kind == "function" {
+                error = error.with_note(format!("`{name}(...)` calls the built-in function"));
+            }
+            errors.push(error.with_note("help: choose another name for the block"));
         } else if let Some(first) = table.get(name).and_then(|v| v.first()) {
             errors.push(
                 Diagnostic::error(
@@ -348,6 +381,79 @@ model m : [4, 4, 1] { twice }
         );
         assert_eq!(error.at, "conv");
         assert_eq!(error.notes, ["help: choose another name for the block"]);
+    }
+
+    #[test]
+    fn a_block_cannot_take_a_built_in_functions_name() {
+        let error = fixture::error("block max { relu }\nmodel m : [4, 4, 1] { relu }\n");
+        assert_eq!(
+            error.message,
+            "`max` is a built-in function and cannot be redefined"
+        );
+        assert_eq!((error.at.as_str(), error.line), ("max", 1));
+        assert_eq!(
+            error.notes,
+            [
+                "`max(...)` calls the built-in function",
+                "help: choose another name for the block"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_built_in_function_is_not_a_layer() {
+        let errors = fixture::errors("model m : [4, 4, 1] {\n    max\n    in -> len(2)\n}\n");
+        let found: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.message.as_str(), e.at.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("`max` is a built-in function, not a layer or block", "max"),
+                ("`len` is a built-in function, not a layer or block", "len")
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_call_is_suggested_among_what_can_be_called_there() {
+        // `lan` is one edit from the function `len` and from the layer `lrn`;
+        // `lenn` is one from `len` and two from `lrn`.
+        let text = r#"
+model m : [4, 4, 1] {
+    lan
+    in -> lan(1)
+    lan(1)
+    conv(lan(in.shape), 1)
+    let n = lenn(in.shape)
+}
+"#;
+        let errors = fixture::errors(text);
+        let found: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| {
+                (
+                    e.message.as_str(),
+                    e.notes.last().map_or("", String::as_str),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("unknown layer or block `lan`", "help: did you mean `lrn`?"),
+                ("unknown layer or block `lan`", "help: did you mean `lrn`?"),
+                ("unknown layer or block `lan`", "help: did you mean `lrn`?"),
+                ("unknown function `lan`", "help: did you mean `len`?"),
+                (
+                    "unknown layer, block or function `lenn`",
+                    "help: did you mean `len`?"
+                ),
+            ]
+        );
+        assert_eq!(errors[3].label, "not a built-in function");
+        assert_eq!(errors[4].label, "not a layer, block, function or value");
     }
 
     #[test]

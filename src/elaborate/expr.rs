@@ -4,14 +4,16 @@
 //! [`Ctx`] says: a bare unbound name is a layer applied to the current
 //! tensor in a statement (`relu`), a symbol in an argument
 //! (`padding: same`), and in the train section calls are configuration
-//! (`nadam(lr: 0.1)`) rather than layers.
+//! (`nadam(lr: 0.1)`) rather than layers. A call of a built-in function
+//! (`int(x)`, `max(a, b)`; see `functions.rs`) means the same everywhere.
 
 use crate::diagnostics::{suggest, Diagnostic, Span};
 use crate::graph::{Init, Shape};
-use crate::syntax::ast::{self, BinOp, Expr, ExprKind, Ident, UnOp};
+use crate::syntax::ast::{self, BinOp, Expr, ExprKind, Ident, RangeEnd, UnOp};
 
-use super::calls::CallSite;
+use super::calls::{CallSite, Expected};
 use super::definitions::Scope;
+use super::functions::{self, FunctionError, Place};
 use super::value::{self, Spanned, Value};
 use super::{args, layers, Elaborator};
 
@@ -20,10 +22,45 @@ use super::{args, layers, Elaborator};
 pub(super) enum Ctx {
     /// A statement: unbound names and calls apply layers to the current tensor.
     Statement,
+    /// The value of a `let`: read as a statement, but it may be any value
+    /// (`let t = conv(8, 1)`, `let n = len(sizes)`), which an unknown
+    /// call's suggestion takes into account.
+    Let,
     /// An argument: unbound names are symbols (`same`, `relu`); calls still apply layers.
     Argument,
+    /// Where only a value makes sense (an operand of `-` or `<`, an index,
+    /// an argument of a layer or of a built-in function): read as an
+    /// argument, but an unknown call is taken for a misspelt function.
+    Value,
     /// The train section: unbound names are symbols and calls are configuration (`nadam(lr: 0.1)`).
     Train,
+}
+
+impl Ctx {
+    /// Whether an unbound bare name applies a layer or block.
+    fn applies_layers(self) -> bool {
+        matches!(self, Ctx::Statement | Ctx::Let)
+    }
+
+    /// The context of a part that must be a value (a number, a list...),
+    /// within an expression in this context. Statements keep theirs, so
+    /// that a bare name there still applies a layer (`relu - 1` says that
+    /// a tensor cannot be subtracted from).
+    pub(super) fn for_value(self) -> Ctx {
+        match self {
+            Ctx::Argument | Ctx::Value => Ctx::Value,
+            Ctx::Statement | Ctx::Let | Ctx::Train => self,
+        }
+    }
+
+    /// What an unknown name called with arguments here may have been meant as.
+    fn expected(self) -> Expected {
+        match self {
+            Ctx::Statement => Expected::LayerOrBlock,
+            Ctx::Value => Expected::Function,
+            Ctx::Let | Ctx::Argument | Ctx::Train => Expected::Any,
+        }
+    }
 }
 
 /// The fields of a tensor, for `in.channels` and its messages.
@@ -67,15 +104,19 @@ impl<'p> Elaborator<'p> {
             ExprKind::Record(fields) => self.record(scope, fields, inner),
             ExprKind::Input => scope.input.clone(),
             ExprKind::Name(name, alias) => self.name(scope, name, alias.as_ref(), ctx),
+            ExprKind::Call(call) if functions::is_function(&call.callee.name) => {
+                self.function(scope, call, span, ctx)
+            }
             ExprKind::Call(call) if ctx == Ctx::Train => self.config_call(scope, call),
             ExprKind::Call(call) => {
                 let input = scope.current.clone();
-                self.call(scope, CallSite::of(call, span), input)
+                let site = CallSite::of(call, span).expecting(ctx.expected());
+                self.call(scope, site, input)
             }
             ExprKind::Pipe(head, stages) => self.pipe(scope, head, stages, ctx),
             ExprKind::Binary(op, lhs, rhs) => self.binary(scope, *op, lhs, rhs, ctx, span),
             ExprKind::Unary(op, operand) => {
-                let value = self.eval(scope, operand, inner);
+                let value = self.eval(scope, operand, inner.for_value());
                 self.unary(*op, value, span)
             }
             ExprKind::Field(base, field) => {
@@ -84,13 +125,13 @@ impl<'p> Elaborator<'p> {
             }
             ExprKind::Index(base, index) => {
                 let list = self.eval(scope, base, ctx);
-                let index_value = self.eval(scope, index, inner);
+                let index_value = self.eval(scope, index, inner.for_value());
                 self.index(list, index_value, index.span)
             }
-            ExprKind::Range(start, end) => {
-                let start = self.eval(scope, start, inner);
-                let end = self.eval(scope, end, inner);
-                self.range(start, end, span)
+            ExprKind::Range(start, end, included) => {
+                let start = self.eval(scope, start, inner.for_value());
+                let end = self.eval(scope, end, inner.for_value());
+                self.range(start, end, *included, span)
             }
             ExprKind::If(cond, then, otherwise) => {
                 self.if_expr(scope, cond, then, otherwise.as_deref())
@@ -106,6 +147,49 @@ impl<'p> Elaborator<'p> {
             .map(|(key, value)| (key.name.clone(), self.spanned(scope, value, ctx)))
             .collect();
         Value::Record(fields)
+    }
+
+    /// A call of built-in function `call.callee` (`int(x)`, `max(a, b)`):
+    /// its arguments are values, given by position.
+    fn function(&mut self, scope: &mut Scope, call: &ast::Call, span: Span, ctx: Ctx) -> Value {
+        let name = call.callee.name.as_str();
+        // Bare names in the arguments are symbols, even in a statement.
+        let arg_ctx = if ctx == Ctx::Train {
+            Ctx::Train
+        } else {
+            Ctx::Value
+        };
+        let args: Vec<Value> = call
+            .args
+            .iter()
+            .map(|a| self.eval(scope, &a.value, arg_ctx))
+            .collect();
+        if let Some(alias) = &call.alias {
+            self.error(Diagnostic::error(
+                alias.span,
+                "`as` names a layer or block call",
+                format!("`{name}` is a built-in function"),
+            ));
+            return Value::Poison;
+        }
+        if let Some(named) = call.args.iter().find_map(|a| a.name.as_ref()) {
+            self.error(
+                Diagnostic::error(
+                    named.span,
+                    format!("`{name}` takes no named arguments"),
+                    "named argument",
+                )
+                .with_note(functions::usage(name)),
+            );
+            return Value::Poison;
+        }
+        match functions::call(name, &args) {
+            Ok(value) => value,
+            Err(fault) => {
+                self.error(function_error(call, span, fault));
+                Value::Poison
+            }
+        }
     }
 
     /// A call in the train section: `nadam(lr: 0.1)`, kept as a
@@ -144,7 +228,7 @@ impl<'p> Elaborator<'p> {
             }
             return value;
         }
-        if ctx == Ctx::Statement || alias.is_some() {
+        if ctx.applies_layers() || alias.is_some() {
             let input = scope.current.clone();
             self.call(scope, CallSite::bare(name, alias, name.span), input)
         } else {
@@ -194,14 +278,22 @@ impl<'p> Elaborator<'p> {
         ctx: Ctx,
         span: Span,
     ) -> Value {
-        let left = self.eval(scope, lhs, ctx);
+        // Only `+` and `*` apply to tensors; after a number, they too
+        // compute with numbers.
+        let tensors = matches!(op, BinOp::Add | BinOp::Mul);
+        let left_ctx = if tensors { ctx } else { ctx.for_value() };
+        let left = self.eval(scope, lhs, left_ctx);
         if let (BinOp::And | BinOp::Or, Value::Bool(b)) = (op, &left) {
             // Short-circuit, so that `i > 0 and sizes[i - 1] > 1` is safe.
             if (op == BinOp::And && !b) || (op == BinOp::Or && *b) {
                 return Value::Bool(*b);
             }
         }
-        let right = self.eval(scope, rhs, ctx);
+        let right_ctx = match left {
+            Value::Int(_) | Value::Float(_) => ctx.for_value(),
+            _ => left_ctx,
+        };
+        let right = self.eval(scope, rhs, right_ctx);
         match (&left, &right) {
             (Value::Poison, _) | (_, Value::Poison) => Value::Poison,
             (Value::Tensor(a, sa), Value::Tensor(b, sb))
@@ -310,26 +402,33 @@ impl<'p> Elaborator<'p> {
                 }
             }
             _ => {
+                let help = match (&list, value::integer_help(&index)) {
+                    (Value::List(_), Some(help)) => help,
+                    _ => "help: lists are indexed with integers: `sizes[0]`, `sizes[-1]`".into(),
+                };
                 self.error(
                     Diagnostic::error(
                         span,
                         format!("cannot index {} with {}", list.describe(), index.describe()),
                         "here",
                     )
-                    .with_note("help: lists are indexed with integers: `sizes[0]`, `sizes[-1]`"),
+                    .with_note(help),
                 );
                 Value::Poison
             }
         }
     }
 
-    /// `start..end`: the list of integers from `start` up to `end`, excluded.
-    fn range(&mut self, start: Value, end: Value, span: Span) -> Value {
+    /// `start..end`: the list of integers from `start` up to `end`,
+    /// excluded; `start..=end`: up to `end`, included.
+    fn range(&mut self, start: Value, end: Value, included: RangeEnd, span: Span) -> Value {
         match (&start, &end) {
             (Value::Poison, _) | (_, Value::Poison) => Value::Poison,
             (Value::Int(a), Value::Int(b)) => {
-                let len = b.saturating_sub(*a).max(0);
-                if len as u64 > value::MAX_LIST as u64 {
+                // In i128, so that `0..=9223372036854775807` cannot overflow.
+                let last = i128::from(*b) - i128::from(included == RangeEnd::Excluded);
+                let len = (last - i128::from(*a) + 1).max(0);
+                if len > value::MAX_LIST as i128 {
                     self.error(Diagnostic::error(
                         span,
                         format!(
@@ -340,14 +439,26 @@ impl<'p> Elaborator<'p> {
                     ));
                     return Value::Poison;
                 }
-                Value::List((*a..*b).map(Value::Int).collect())
+                // At most MAX_LIST elements from `a`, so `a + len - 1` is `last`.
+                Value::List((0..len as i64).map(|i| Value::Int(a + i)).collect())
             }
             _ => {
-                self.error(Diagnostic::error(
+                let mut error = Diagnostic::error(
                     span,
                     "a range needs integer bounds",
-                    format!("{}..{}", start.describe(), end.describe()),
-                ));
+                    format!(
+                        "{}{}{}",
+                        start.describe(),
+                        included.symbol(),
+                        end.describe()
+                    ),
+                );
+                if let Some(help) =
+                    value::integer_help(&start).or_else(|| value::integer_help(&end))
+                {
+                    error = error.with_note(help);
+                }
+                self.error(error);
                 Value::Poison
             }
         }
@@ -361,7 +472,7 @@ impl<'p> Elaborator<'p> {
         let mut entries = Vec::new();
         for (pattern, value) in assigns {
             let value_span = value.span;
-            let number = self.eval(scope, value, Ctx::Argument);
+            let number = self.eval(scope, value, Ctx::Value);
             // The grammar makes every pattern a list of axes.
             let ExprKind::List(axes) = &pattern.kind else {
                 continue;
@@ -405,6 +516,31 @@ impl<'p> Elaborator<'p> {
                 None
             }
         }
+    }
+}
+
+/// The diagnostic for `fault` in `call` (written at `span`), at the place
+/// the fault names.
+fn function_error(call: &ast::Call, span: Span, fault: FunctionError) -> Diagnostic {
+    let arg = |i: usize| call.args.get(i).map(|a| &a.value);
+    let at = match fault.place {
+        Place::Call => span,
+        Place::Arg(i) => arg(i).map_or(span, |e| e.span),
+        Place::Element(i, j) => arg(i).map_or(span, |e| element_span(e, j)),
+    };
+    let mut error = Diagnostic::error(at, fault.message, fault.label);
+    for note in fault.notes {
+        error = error.with_note(note);
+    }
+    error
+}
+
+/// The span of element `index` of `list` where the list is written out
+/// (`[a, b]`), else of the whole expression (a name bound to a list).
+pub(super) fn element_span(list: &Expr, index: usize) -> Span {
+    match &list.kind {
+        ExprKind::List(items) => items.get(index).map_or(list.span, |e| e.span),
+        _ => list.span,
     }
 }
 
@@ -476,7 +612,7 @@ mod tests {
             [(Some("lr"), &Value::Float(0.5)), (None, &Value::Int(2))]
         );
         let outside = error("", "nadam(lr: 0.5)");
-        assert_eq!(outside.message, "unknown layer or block `nadam`");
+        assert_eq!(outside.message, "unknown layer, block or function `nadam`");
     }
 
     #[test]
@@ -632,5 +768,161 @@ mod tests {
         let (_, errors) = fixture::eval("", "zeros where [0] = true", Ctx::Argument);
         assert_eq!(errors[0].message, "an entry's value must be a number");
         assert_eq!(errors[0].at, "true");
+    }
+
+    #[test]
+    fn built_in_functions_make_integers_of_numbers() {
+        // The input is [8, 6, 3].
+        assert_eq!(value("int(in.channels * 0.5)"), Value::Int(1));
+        assert_eq!(value("int(-2.7)"), Value::Int(-2));
+        assert_eq!(value("round(2.5)"), Value::Int(2));
+        assert_eq!(value("round(in.height * 0.3125)"), Value::Int(2));
+        assert_eq!(value("floor(in.width / 4)"), Value::Int(1));
+        assert_eq!(value("ceil(in.width / 4)"), Value::Int(2));
+        assert_eq!(value("int(16)"), Value::Int(16));
+    }
+
+    #[test]
+    fn min_max_len_and_sum_read_numbers_and_lists() {
+        assert_eq!(value("min(in.height, in.width)"), Value::Int(6));
+        assert_eq!(value("max(in.shape)"), Value::Int(8));
+        assert_eq!(value("max(1, 2.5, 2)"), Value::Float(2.5));
+        assert_eq!(value("len(in.shape)"), Value::Int(3));
+        assert_eq!(value("sum(in.shape)"), Value::Int(17));
+        assert_eq!(value("sum([0.5, 1])"), Value::Float(1.5));
+        // They nest, and compute with the operators.
+        assert_eq!(
+            value("max(1, min(len([1, 2, 3]) * 2, sum([4, 4])))"),
+            Value::Int(6)
+        );
+    }
+
+    #[test]
+    fn a_built_in_function_reports_its_argument_where_it_is() {
+        let string = error("", "int(\"a\")");
+        assert_eq!(string.message, "`int` needs a number");
+        assert_eq!(
+            (string.at.as_str(), string.label.as_str()),
+            ("\"a\"", "this is the string \"a\"")
+        );
+        let none = error("", "min()");
+        assert_eq!(none.message, "`min` needs at least one argument");
+        assert_eq!(
+            (none.at.as_str(), none.label.as_str()),
+            ("min()", "no argument given")
+        );
+        let number = error("", "len(3)");
+        assert_eq!(
+            (number.message.as_str(), number.at.as_str()),
+            ("`len` needs a list", "3")
+        );
+        // In a list written out, the element itself; else the whole list.
+        let element = error("", "max([1, same])");
+        assert_eq!(
+            (element.at.as_str(), element.label.as_str()),
+            ("same", "element 1 of the list is the name `same`")
+        );
+        let named = error("let xs = [1, true]", "sum(xs)");
+        assert_eq!(
+            (named.at.as_str(), named.label.as_str()),
+            ("xs", "element 1 of the list is the boolean true")
+        );
+    }
+
+    #[test]
+    fn a_name_bound_like_a_function_is_a_value_and_a_call_is_still_the_function() {
+        let (value, errors) = fixture::eval("let sum = 3", "sum + sum([1, 2])", Ctx::Argument);
+        assert_eq!(errors, []);
+        assert_eq!(value, Value::Int(6));
+    }
+
+    #[test]
+    fn a_built_in_function_takes_no_names_and_no_as() {
+        let named = error("", "int(x: 1.5)");
+        assert_eq!(named.message, "`int` takes no named arguments");
+        assert_eq!(named.at, "x");
+        let alias = error("", "len([1]) as n");
+        assert_eq!(alias.message, "`as` names a layer or block call");
+        assert_eq!(
+            (alias.at.as_str(), alias.label.as_str()),
+            ("n", "`len` is a built-in function")
+        );
+    }
+
+    #[test]
+    fn a_float_that_holds_a_whole_number_shows_its_fraction_and_the_way_out() {
+        let index = error("", "[1, 2, 3][in.channels / 1.5]");
+        assert_eq!(
+            index.message,
+            "cannot index a list of 3 elements with the number 2.0"
+        );
+        assert_eq!(
+            index.notes,
+            ["help: 2.0 is a float, not an integer; `int(...)` makes it one"]
+        );
+        let errors = fixture::errors("model m : [8, 8, 4] {\n    conv(in.channels * 0.5, 1)\n}\n");
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].label, "this is the number 2.0");
+        assert_eq!(
+            errors[0].notes,
+            ["help: 2.0 is a float, not an integer; `int(...)` makes it one"]
+        );
+        let graph =
+            fixture::graph("model m : [8, 8, 4] {\n    conv(int(in.channels * 0.5), 1)\n}\n");
+        assert_eq!(fixture::node(&graph, "conv1").params[0].shape, [1, 1, 4, 2]);
+    }
+
+    #[test]
+    fn an_inclusive_range_runs_to_its_end() {
+        assert_eq!(value("2..=5"), ints(&[2, 3, 4, 5]));
+        assert_eq!(value("3..=3"), ints(&[3]));
+        assert_eq!(value("5..=4"), ints(&[]));
+        assert_eq!(value("0..=len(in.shape) - 1"), ints(&[0, 1, 2]));
+        assert_eq!(
+            value("9223372036854775807..=9223372036854775807"),
+            ints(&[i64::MAX])
+        );
+        let real = error("", "0..=in.channels / 1.5");
+        assert_eq!(real.message, "a range needs integer bounds");
+        assert_eq!(real.label, "the integer 0..=the number 2.0");
+        assert_eq!(
+            real.notes,
+            ["help: 2.0 is a float, not an integer; `int(...)` makes it one"]
+        );
+        let long = error("", "0..=100000");
+        assert_eq!(
+            long.message,
+            "the range has 100001 elements, more than 100000"
+        );
+        let longest = error("", "-9223372036854775807 - 1..=9223372036854775807");
+        assert_eq!(
+            longest.message,
+            "the range has 18446744073709551616 elements, more than 100000"
+        );
+    }
+
+    #[test]
+    fn an_unknown_call_where_a_value_is_needed_is_taken_for_a_function() {
+        // `lan` is one edit from `len` and from the layer `lrn`.
+        for expr in [
+            "in.channels - lan(in.shape)",
+            "max(1, lan(in.shape))",
+            "[1][lan(in.shape)]",
+        ] {
+            let unknown = error("", expr);
+            assert_eq!(unknown.message, "unknown function `lan`", "{expr}");
+            assert_eq!(unknown.label, "not a built-in function");
+            assert_eq!(
+                unknown.notes,
+                [
+                    "built-in functions: int, round, floor, ceil, min, max, len, sum",
+                    "help: did you mean `len`?"
+                ]
+            );
+        }
+        // After a number, `*` multiplies numbers.
+        let after_number = error("", "in.channels * flor(0.5)");
+        assert_eq!(after_number.message, "unknown function `flor`");
+        assert_eq!(after_number.notes[1], "help: did you mean `floor`?");
     }
 }

@@ -18,10 +18,12 @@
 //!   its imports'), the model to compile, and the `Scope` of one block
 //!   instance, where names are bound and looked up.
 //! - `expr.rs`: evaluating an expression to a [`Value`] (numbers, lists,
-//!   fields of tensors, pipelines); how unbound names read depends on the
-//!   `Ctx` (statement, argument or train section).
-//! - `calls.rs`: running bodies (statements, `for`, `if`, `output`) and
-//!   block calls: binding arguments to parameters, recursion checks.
+//!   ranges, fields of tensors, pipelines, calls of built-in functions); how
+//!   unbound names read depends on the `Ctx` (statement, `let`, argument,
+//!   value or train section).
+//! - `calls.rs`: running bodies (statements, `for` with its unpacking,
+//!   `if`, `output`) and block calls: binding arguments to parameters,
+//!   recursion checks.
 //! - `nodes.rs`: turning a layer call (or `+`, `*`, `concat`, the model's
 //!   input) into graph nodes, with their instance names, block paths, spans
 //!   and weights.
@@ -29,7 +31,8 @@
 //!   model, evaluated in its scope; `train_config.rs` checks its entries
 //!   into the training configuration ([`crate::config::TrainConfig`]).
 //! - `layers.rs` (the table of primitive layers and their expansion into
-//!   ops), `args.rs` (checking a layer call's arguments against it) and
+//!   ops), `args.rs` (checking a layer call's arguments against it),
+//!   `functions.rs` (the built-in functions: `int`, `min`, `len`...) and
 //!   `value.rs` (values and their arithmetic) hold no elaborator state.
 //! - `fixture.rs` (tests only): inline `.cnn` fixtures and errors reduced
 //!   to comparable values, for the unit tests of every file above.
@@ -40,6 +43,7 @@ mod definitions;
 mod expr;
 #[cfg(test)]
 mod fixture;
+mod functions;
 pub mod layers;
 mod nodes;
 mod train_config;

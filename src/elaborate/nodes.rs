@@ -13,12 +13,12 @@ use petgraph::stable_graph::NodeIndex;
 use crate::diagnostics::{Diagnostic, Span};
 use crate::graph::{Init, Node, Op, Param, Shape};
 use crate::ops;
-use crate::syntax::ast::{self, BinOp, ExprKind, Ident};
+use crate::syntax::ast::{self, BinOp, Ident};
 
 use super::calls::CallSite;
 use super::definitions::Scope;
-use super::expr::Ctx;
-use super::value::{Spanned, Value};
+use super::expr::{self, Ctx};
+use super::value::{self, Spanned, Value};
 use super::{args, layers, Elaborator};
 
 /// The most nodes a model may have; more means a runaway loop. The largest
@@ -52,7 +52,8 @@ impl<'p> Elaborator<'p> {
         let name = site.callee.name.as_str();
         // Only called for names in the layer table.
         let signature = layers::signature(name).unwrap_or(&[]);
-        let values = self.eval_args(scope, site.args);
+        // No layer takes a tensor as an argument: only values make sense.
+        let values = self.eval_args(scope, site.args, Ctx::Value);
         let args = match args::bind_layer(name, signature, &values, site.span) {
             Ok(args) => args,
             Err(errors) => {
@@ -85,9 +86,10 @@ impl<'p> Elaborator<'p> {
         Value::Tensor(current.0, current.1)
     }
 
-    /// `concat(a, b, ..., axis: -1)`: one node joining the tensors.
+    /// `concat(a, b, ..., axis: -1)` or `concat(list, axis: -1)`: one node
+    /// joining the tensors.
     pub(super) fn concat(&mut self, scope: &mut Scope, site: CallSite) -> Value {
-        let values = self.eval_args(scope, site.args);
+        let values = self.eval_args(scope, site.args, Ctx::Argument);
         let (positional, named): (Vec<_>, Vec<_>) =
             values.into_iter().partition(|(name, _)| name.is_none());
         let signature = layers::signature("concat").unwrap_or(&[]);
@@ -98,7 +100,7 @@ impl<'p> Elaborator<'p> {
                 return Value::Poison;
             }
         };
-        let Some(inputs) = self.concat_inputs(&positional, site.span) else {
+        let Some(inputs) = self.concat_inputs(&positional, site) else {
             return Value::Poison;
         };
         let rank = inputs[0].1.rank() as i64;
@@ -222,37 +224,56 @@ impl<'p> Elaborator<'p> {
         }
     }
 
-    /// The tensors that `concat` joins, from its positional arguments;
-    /// `None` after an error.
+    /// The tensors that `concat` joins: its positional arguments, or the
+    /// elements of its only one when that is a list; `None` after an error.
     fn concat_inputs(
         &mut self,
         positional: &[(Option<Ident>, Spanned)],
-        span: Span,
+        site: CallSite,
     ) -> Option<Vec<(NodeIndex, Shape)>> {
+        let operands = concat_operands(positional, site);
         let mut inputs = Vec::new();
         let mut poisoned = false;
-        for (_, v) in positional {
-            match &v.value {
+        for operand in &operands {
+            match &operand.value {
                 Value::Tensor(id, shape) => inputs.push((*id, shape.clone())),
                 Value::Poison => poisoned = true,
                 other => {
-                    self.error(Diagnostic::error(
-                        v.span,
-                        "`concat` joins tensors",
-                        format!("this is {}", other.describe()),
-                    ));
+                    let label = match operand.element {
+                        Some(i) => format!("the element at index {i} is {}", other.describe()),
+                        None => format!("this is {}", other.describe()),
+                    };
+                    let mut error =
+                        Diagnostic::error(operand.span, "`concat` joins tensors", label);
+                    if matches!(other, Value::List(_)) {
+                        error = error.with_note(
+                            "help: `concat(list)` joins the tensors of one list, \
+                             `concat(a, b, ...)` its arguments",
+                        );
+                    }
+                    self.error(error);
                     poisoned = true;
                 }
             }
         }
-        if positional.len() < 2 {
+        if operands.len() < 2 {
+            let given = match positional {
+                [(
+                    _,
+                    Spanned {
+                        value: Value::List(items),
+                        ..
+                    },
+                )] => {
+                    format!("the list has {} elements", items.len())
+                }
+                _ => format!("{} given", positional.len()),
+            };
             self.error(
-                Diagnostic::error(
-                    span,
-                    "`concat` needs at least two tensors",
-                    format!("{} given", positional.len()),
-                )
-                .with_note("help: `concat(a, b, ...)` joins tensors along the channels"),
+                Diagnostic::error(site.span, "`concat` needs at least two tensors", given)
+                    .with_note(
+                        "help: `concat(a, b, ...)` and `concat([a, b, ...])` join tensors along the channels",
+                    ),
             );
             return None;
         }
@@ -281,10 +302,7 @@ impl<'p> Elaborator<'p> {
                 Value::Int(d) if *d > 0 => dims.push(*d as u64),
                 other => {
                     // The grammar makes the shape a list literal: point at the element.
-                    let span = match &shape_expr.kind {
-                        ExprKind::List(exprs) => exprs.get(i).map_or(shape_expr.span, |e| e.span),
-                        _ => shape_expr.span,
-                    };
+                    let span = expr::element_span(shape_expr, i);
                     self.errors.push(input_shape_error(span, other));
                     return None;
                 }
@@ -376,6 +394,48 @@ impl<'a> NodeSpec<'a> {
     }
 }
 
+/// One tensor `concat` joins, as given: its value, where it is written and,
+/// for an element of a list, its index there.
+struct ConcatOperand {
+    value: Value,
+    span: Span,
+    element: Option<usize>,
+}
+
+/// The operands of `concat`: the elements of its only positional
+/// argument when that is a list (`concat(branches)`), else the positional
+/// arguments themselves.
+fn concat_operands(positional: &[(Option<Ident>, Spanned)], site: CallSite) -> Vec<ConcatOperand> {
+    match positional {
+        [(
+            _,
+            Spanned {
+                value: Value::List(items),
+                span,
+            },
+        )] => {
+            let written = site.args.iter().find(|a| a.name.is_none());
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, value)| ConcatOperand {
+                    value: value.clone(),
+                    span: written.map_or(*span, |a| expr::element_span(&a.value, i)),
+                    element: Some(i),
+                })
+                .collect()
+        }
+        _ => positional
+            .iter()
+            .map(|(_, v)| ConcatOperand {
+                value: v.value.clone(),
+                span: v.span,
+                element: None,
+            })
+            .collect(),
+    }
+}
+
 /// The weights of the node `spec` on inputs of `shapes`, with their initializers.
 fn node_params(spec: &NodeSpec, shapes: &[&Shape]) -> Vec<Param> {
     ops::params(&spec.op, shapes)
@@ -415,12 +475,17 @@ fn shape_label(layer: &str, shapes: &[&Shape]) -> String {
 }
 
 fn input_shape_error(span: Span, what: &Value) -> Diagnostic {
-    Diagnostic::error(
+    let error = Diagnostic::error(
         span,
         "a model's input shape must be a list of positive integers",
         format!("this is {}", what.describe()),
-    )
-    .with_note("help: write the shape as [height, width, channels], e.g. [28, 28, 1]")
+    );
+    match value::integer_help(what) {
+        Some(help) => error.with_note(help),
+        None => {
+            error.with_note("help: write the shape as [height, width, channels], e.g. [28, 28, 1]")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -598,6 +663,65 @@ model m : [8, 8, 1] {
         );
         let axis = found("concat(in, in, axis: 3)");
         assert_eq!(axis.0, "`concat` along axis 3, but its inputs have rank 3");
+    }
+
+    #[test]
+    fn concat_joins_the_tensors_of_one_list() {
+        let graph = fixture::graph(
+            r#"
+model m : [8, 8, 1] {
+    concat([conv(2, 1), conv(3, 1)])
+    let branches = [conv(1, 1), in, in]
+    concat(branches, axis: -1)
+}
+"#,
+        );
+        let inputs_of = |name: &str| -> Vec<String> {
+            let id = graph
+                .nodes
+                .node_indices()
+                .find(|&id| graph.nodes[id].name == name)
+                .unwrap_or_else(|| panic!("no node `{name}`"));
+            assert_eq!(graph.nodes[id].op, Op::Concat { axis: 2 });
+            let inputs = graph.inputs_of(id);
+            inputs
+                .iter()
+                .map(|&i| graph.nodes[i].name.clone())
+                .collect()
+        };
+        assert_eq!(inputs_of("concat1"), ["conv1", "conv2"]);
+        assert_eq!(inputs_of("concat2"), ["conv3", "input", "input"]);
+        let typed = crate::shapes::infer(graph.clone()).expect("shapes");
+        assert_eq!(typed.outputs(), [("output".to_string(), vec![8, 8, 3])]);
+    }
+
+    #[test]
+    fn concat_of_a_list_names_the_element_that_is_not_a_tensor() {
+        let found = |call: &str| {
+            let error = fixture::error(&format!("model m : [8, 8, 1] {{\n    {call}\n}}\n"));
+            (error.message, error.at, error.label, error.notes)
+        };
+        let (message, at, label, _) = found("concat([in, 3])");
+        assert_eq!(message, "`concat` joins tensors");
+        assert_eq!(
+            (at.as_str(), label.as_str()),
+            ("3", "the element at index 1 is the integer 3")
+        );
+        let (message, at, label, _) = found("concat([in])");
+        assert_eq!(message, "`concat` needs at least two tensors");
+        assert_eq!(
+            (at.as_str(), label.as_str()),
+            ("concat([in])", "the list has 1 elements")
+        );
+        let (_, at, label, notes) = found("concat([in, in], in)");
+        assert_eq!(
+            (at.as_str(), label.as_str()),
+            ("[in, in]", "this is a list of 2 elements")
+        );
+        assert_eq!(
+            notes,
+            ["help: `concat(list)` joins the tensors of one list, `concat(a, b, ...)` its arguments"]
+        );
     }
 
     #[test]

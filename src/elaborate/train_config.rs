@@ -2,7 +2,7 @@
 //! [`TrainConfig`]: every key, call and value against what Keras accepts,
 //! with every problem reported at its place.
 
-use super::value::{NamedArg, Spanned, Value};
+use super::value::{integer_help, NamedArg, Spanned, Value};
 use crate::config::*;
 use crate::diagnostics::{suggest, Diagnostic};
 use crate::syntax::ast::Ident;
@@ -105,15 +105,29 @@ impl Checker {
     fn positive(&mut self, value: &Spanned, what: &str) -> Option<u64> {
         match value.value {
             Value::Int(i) if i > 0 => Some(i as u64),
-            _ => self.fail(value, format!("`{what}` must be a positive integer")),
+            _ => self.fail_integer(value, format!("`{what}` must be a positive integer")),
         }
     }
 
     fn natural(&mut self, value: &Spanned, what: &str) -> Option<u64> {
         match value.value {
             Value::Int(i) if i >= 0 => Some(i as u64),
-            _ => self.fail(value, format!("`{what}` must be a non-negative integer")),
+            _ => self.fail_integer(value, format!("`{what}` must be a non-negative integer")),
         }
+    }
+
+    /// [`Checker::fail`] where an integer is needed, with a hint for a float.
+    fn fail_integer<T>(&mut self, value: &Spanned, message: impl Into<String>) -> Option<T> {
+        let mut error = Diagnostic::error(
+            value.span,
+            message,
+            format!("this is {}", value.value.describe()),
+        );
+        if let Some(help) = integer_help(&value.value) {
+            error = error.with_note(help);
+        }
+        self.errors.push(error);
+        None
     }
 
     fn number(&mut self, value: &Spanned, what: &str, positive: bool) -> Option<f64> {

@@ -171,4 +171,30 @@ train {
         assert_eq!(error.message, "`batch` must be a positive integer");
         assert_eq!((error.at.as_str(), error.line), ("0", 3));
     }
+
+    #[test]
+    fn built_in_functions_compute_in_the_section() {
+        let config = config_of(
+            r#"
+model m(width = 8) : [4, 4, 1] {
+    flatten
+    dense(width, activation: softmax)
+}
+train {
+    batch: int(width * 1.5)
+    epochs: max(2, len([1, 2, 3]))
+}
+"#,
+            None,
+        )
+        .expect("a train section");
+        assert_eq!((config.batch, config.epochs), (12, 3));
+        let error =
+            fixture::error("model m : [4, 4, 1] { relu }\ntrain {\n    batch: 64 * 0.5\n}\n");
+        assert_eq!(error.label, "this is the number 32.0");
+        assert_eq!(
+            error.notes,
+            ["help: 32.0 is a float, not an integer; `int(...)` makes it one"]
+        );
+    }
 }

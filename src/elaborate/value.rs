@@ -56,7 +56,7 @@ impl Value {
     pub fn describe(&self) -> String {
         match self {
             Value::Int(i) => format!("the integer {i}"),
-            Value::Float(x) => format!("the number {x}"),
+            Value::Float(x) => format!("the number {}", float(*x)),
             Value::Bool(b) => format!("the boolean {b}"),
             Value::Str(s) => format!("the string \"{s}\""),
             Value::Symbol(s) => format!("the name `{s}`"),
@@ -76,6 +76,32 @@ impl Value {
             Value::Float(x) => Some(*x),
             _ => None,
         }
+    }
+}
+
+/// A float as messages write it: with a fraction always, so that a float
+/// that holds a whole number (`128.0`) is not taken for an integer (`128`).
+pub fn float(x: f64) -> String {
+    if x.is_finite() && x.fract() == 0.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x}")
+    }
+}
+
+/// A hint for `value`, given where an integer is needed, when it is a
+/// float: one that holds a whole number (`in.channels * 0.5` is `64.0`)
+/// still needs `int(...)`; a fraction needs rounding one way or another.
+pub fn integer_help(value: &Value) -> Option<String> {
+    match value {
+        Value::Float(x) if x.is_finite() && x.fract() == 0.0 => Some(format!(
+            "help: {} is a float, not an integer; `int(...)` makes it one",
+            float(*x)
+        )),
+        Value::Float(_) => {
+            Some("help: `int(...)` truncates a number to an integer, `round(...)` rounds it".into())
+        }
+        _ => None,
     }
 }
 
@@ -212,5 +238,34 @@ trait OkOrDefault<T> {
 impl<T> OkOrDefault<T> for Option<T> {
     fn ok_or_default(self) -> Result<T, String> {
         self.ok_or_else(String::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_float_always_shows_a_fraction() {
+        assert_eq!(Value::Float(128.0).describe(), "the number 128.0");
+        assert_eq!(Value::Float(-3.0).describe(), "the number -3.0");
+        assert_eq!(Value::Float(0.25).describe(), "the number 0.25");
+        assert_eq!(Value::Int(128).describe(), "the integer 128");
+        assert_eq!(float(1e20), "100000000000000000000.0");
+        assert_eq!(float(f64::INFINITY), "inf");
+    }
+
+    #[test]
+    fn a_float_where_an_integer_is_needed_gets_a_hint() {
+        assert_eq!(
+            integer_help(&Value::Float(64.0)).as_deref(),
+            Some("help: 64.0 is a float, not an integer; `int(...)` makes it one")
+        );
+        assert_eq!(
+            integer_help(&Value::Float(2.5)).as_deref(),
+            Some("help: `int(...)` truncates a number to an integer, `round(...)` rounds it")
+        );
+        assert_eq!(integer_help(&Value::Int(3)), None);
+        assert_eq!(integer_help(&Value::Symbol("same".into())), None);
     }
 }

@@ -94,12 +94,12 @@ pub enum Stmt {
     Let(Ident, Expr),
     /// `output name = value`.
     Output(Ident, Expr),
-    /// `for [index,] var in iter { body }`.
+    /// `for [index,] var in iter { body }`, where `var` may unpack: `(a, b)`.
     For {
         /// The optional index variable.
         index: Option<Ident>,
-        /// The element variable.
-        var: Ident,
+        /// What each element is bound to.
+        var: ForVar,
         /// A list or a range.
         iter: Expr,
         /// The repeated statements.
@@ -107,6 +107,26 @@ pub enum Stmt {
     },
     /// An expression whose value becomes the current tensor.
     Expr(Expr),
+}
+
+/// What a `for` loop binds each element to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForVar {
+    /// `for x in ...`: the element itself.
+    Name(Ident),
+    /// `for (a, b) in ...`: the element, a list, unpacked into one name per
+    /// item (at least two names); the span covers the parentheses.
+    Unpack(Vec<Ident>, Span),
+}
+
+impl ForVar {
+    /// The names it binds, in order.
+    pub fn names(&self) -> &[Ident] {
+        match self {
+            ForVar::Name(name) => std::slice::from_ref(name),
+            ForVar::Unpack(names, _) => names,
+        }
+    }
 }
 
 /// An expression with its span.
@@ -159,7 +179,7 @@ fn take_children(kind: &mut ExprKind, below: &mut Vec<Expr>) {
             take(head);
             stages.iter_mut().for_each(take);
         }
-        ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) | ExprKind::Range(a, b) => {
+        ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) | ExprKind::Range(a, b, _) => {
             take(a);
             take(b);
         }
@@ -241,15 +261,34 @@ pub enum ExprKind {
     Field(Box<Expr>, Ident),
     /// `x[index]`.
     Index(Box<Expr>, Box<Expr>),
-    /// `start..end`.
-    Range(Box<Expr>, Box<Expr>),
+    /// `start..end`, or `start..=end` when the flag is [`RangeEnd::Included`].
+    Range(Box<Expr>, Box<Expr>, RangeEnd),
     /// `if cond { then } else { otherwise }`.
     If(Box<Expr>, Vec<Stmt>, Option<Vec<Stmt>>),
     /// `init where [i, j] = v, ...`: an initializer with entries set.
     Where(Box<Expr>, Vec<(Expr, Expr)>),
 }
 
-/// A call of a layer or a block.
+/// Whether a range includes its end: `0..n` or `0..=n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeEnd {
+    /// `a..b`: up to `b`, excluded.
+    Excluded,
+    /// `a..=b`: up to `b`, included.
+    Included,
+}
+
+impl RangeEnd {
+    /// The operator as written.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            RangeEnd::Excluded => "..",
+            RangeEnd::Included => "..=",
+        }
+    }
+}
+
+/// A call of a layer, a block or a built-in function.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
     /// What is called.
@@ -383,7 +422,7 @@ mod tests {
         // expressions below the call have expressions below them in turn.
         let body = vec![Stmt::For {
             index: None,
-            var: name("x"),
+            var: ForVar::Name(name("x")),
             iter: negations(1),
             body: vec![Stmt::Expr(negations(1))],
         }];

@@ -329,7 +329,7 @@ fn expr_too_deep(e: &Expr, depth: usize) -> Option<Span> {
         ExprKind::Record(fields) => any_too_deep(fields.iter().map(|(_, e)| e), d),
         ExprKind::Call(call) => any_too_deep(call.args.iter().map(|a| &a.value), d),
         ExprKind::Pipe(head, stages) => any_too_deep(std::iter::once(&**head).chain(stages), d),
-        ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) | ExprKind::Range(a, b) => {
+        ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) | ExprKind::Range(a, b, _) => {
             any_too_deep([&**a, &**b], d)
         }
         ExprKind::Unary(_, a) | ExprKind::Field(a, _) => expr_too_deep(a, d),
@@ -666,7 +666,7 @@ fn opener(close: char) -> char {
 }
 
 /// Whether the `(` at `at` follows a name after a space, as in `conv (64)`
-/// (keywords such as `if (a) { ... }` excepted).
+/// (keywords such as `if (a) { ... }` and `for (a, b) in` excepted).
 fn called_with_space(source: &str, at: usize) -> bool {
     let before = &source[..at];
     let name_end = before.trim_end_matches([' ', '\t']);
@@ -681,7 +681,10 @@ fn called_with_space(source: &str, at: usize) -> bool {
     let word: String = word.chars().rev().collect();
     !word.is_empty()
         && !word.starts_with(|c: char| c.is_ascii_digit())
-        && !matches!(word.as_str(), "if" | "in" | "and" | "or" | "not" | "where")
+        && !matches!(
+            word.as_str(),
+            "if" | "in" | "and" | "or" | "not" | "where" | "for"
+        )
 }
 
 /// What stands at `offset`, for "found ..." (and its length in bytes).
@@ -941,19 +944,30 @@ impl Builder {
                 }
             }
             Rule::for_stmt => {
-                let mut idents = Vec::new();
+                // for_head = "for" ~ (ident ~ ",")? ~ (ident | unpack) ~ "in" ~ expr
+                let mut vars = Vec::new();
                 let mut iter = None;
                 let mut body = Vec::new();
                 for part in pair.into_inner() {
                     match part.as_rule() {
-                        Rule::ident => idents.push(self.ident(part)),
+                        Rule::ident => vars.push(ForVar::Name(self.ident(part))),
+                        Rule::unpack => {
+                            let span = self.span(&part);
+                            let names = part.into_inner().map(|p| self.ident(p)).collect();
+                            vars.push(ForVar::Unpack(names, span));
+                        }
                         Rule::expr => iter = Some(self.expr(part)),
                         _ => body = self.body(part),
                     }
                 }
-                let var = idents.pop().expect("for variable");
+                let var = vars.pop().expect("for variable");
+                let index = match vars.pop() {
+                    Some(ForVar::Name(index)) => Some(index),
+                    // The grammar makes the index a plain name.
+                    Some(ForVar::Unpack(..)) | None => None,
+                };
                 Stmt::For {
-                    index: idents.pop(),
+                    index,
                     var,
                     iter: iter.expect("for iterable"),
                     body,
@@ -1012,10 +1026,18 @@ impl Builder {
                 let mut parts = pair.into_inner();
                 let start = self.expr(parts.next().expect("range start"));
                 match (parts.next(), parts.next()) {
-                    (Some(_op), Some(end)) => Expr {
-                        kind: ExprKind::Range(Box::new(start), Box::new(self.expr(end))),
-                        span,
-                    },
+                    (Some(op), Some(end)) => {
+                        let included = if op.as_str() == "..=" {
+                            RangeEnd::Included
+                        } else {
+                            RangeEnd::Excluded
+                        };
+                        let end = Box::new(self.expr(end));
+                        Expr {
+                            kind: ExprKind::Range(Box::new(start), end, included),
+                            span,
+                        }
+                    }
                     _ => start,
                 }
             }
@@ -1692,5 +1714,81 @@ mod tests {
         };
         assert_eq!(call.args.len(), 3);
         assert!(matches!(&call.args[2].value.kind, ExprKind::Where(_, a) if a.len() == 2));
+    }
+
+    #[test]
+    fn a_range_may_include_its_end() {
+        let end = |src: &str| match &bound(&parse_ok(src)).kind {
+            ExprKind::Range(_, _, end) => *end,
+            other => panic!("not a range: {other:?}"),
+        };
+        assert_eq!(end("block b { let r = 0..n }"), RangeEnd::Excluded);
+        assert_eq!(end("block b { let r = 0..=n - 1 }"), RangeEnd::Included);
+        // `..=` binds looser than arithmetic, as `..` does.
+        let file = parse_ok("block b { let r = 1 + 1..=2 * 3 }");
+        let ExprKind::Range(start, end, _) = &bound(&file).kind else {
+            panic!("not a range")
+        };
+        assert!(matches!(start.kind, ExprKind::Binary(BinOp::Add, ..)));
+        assert!(matches!(end.kind, ExprKind::Binary(BinOp::Mul, ..)));
+    }
+
+    /// The index and the variable of the first statement, a `for`.
+    fn loop_vars(src: &str) -> (Option<String>, Vec<String>, bool) {
+        let file = parse_ok(src);
+        let Item::Block(def) = &file.items[0] else {
+            panic!("not a block")
+        };
+        let Stmt::For { index, var, .. } = &def.body[0] else {
+            panic!("not a for")
+        };
+        let names = var.names().iter().map(|n| n.name.clone()).collect();
+        let unpacks = matches!(var, ForVar::Unpack(..));
+        (index.as_ref().map(|i| i.name.clone()), names, unpacks)
+    }
+
+    #[test]
+    fn a_for_loop_binds_a_name_an_index_or_an_unpacking() {
+        let strings = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            loop_vars("block b { for x in xs { } }"),
+            (None, strings(&["x"]), false)
+        );
+        assert_eq!(
+            loop_vars("block b { for i, x in xs { } }"),
+            (Some("i".into()), strings(&["x"]), false)
+        );
+        assert_eq!(
+            loop_vars("block b { for (k, f) in pairs { } }"),
+            (None, strings(&["k", "f"]), true)
+        );
+        assert_eq!(
+            loop_vars("block b { for i, (k, f, s,) in triples { } }"),
+            (Some("i".into()), strings(&["k", "f", "s"]), true)
+        );
+        let src = "block b { for i, (k, f) in pairs { } }";
+        let file = parse_ok(src);
+        let Item::Block(def) = &file.items[0] else {
+            panic!("not a block")
+        };
+        let Stmt::For {
+            var: ForVar::Unpack(_, span),
+            ..
+        } = &def.body[0]
+        else {
+            panic!("not an unpacking")
+        };
+        assert_eq!(&src[span.start..span.end], "(k, f)");
+    }
+
+    #[test]
+    fn an_unpacking_needs_two_names_and_the_index_comes_first() {
+        // `(x)` would be `x` in Python: rather an error than a surprise.
+        let one = parse("block b { for (x) in xs { } }", 0).unwrap_err();
+        assert_eq!(one.message, "syntax error");
+        assert!(one.notes.is_empty(), "{:?}", one.notes);
+        assert_eq!(one.primary.span.start, 16);
+        let unpacked_index = parse("block b { for (a, b), x in xs { } }", 0).unwrap_err();
+        assert_eq!(unpacked_index.message, "syntax error");
     }
 }
