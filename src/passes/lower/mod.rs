@@ -738,21 +738,16 @@ impl Builder {
         }
     }
 
-    /// `tanh(sqrt(2 / pi) (x + 0.044715 x^3))`, GELU's tanh form.
+    /// `tanh(sqrt(2 / pi) x (1 + 0.044715 x^2))`, GELU's tanh form.
     fn gelu_tanh(&mut self, x: usize) -> usize {
-        let u = self.gelu_tanh_argument(x);
-        self.push(Expr::Unary(Unary::Tanh, u))
-    }
-
-    /// `sqrt(2 / pi) x (1 + 0.044715 x^2)`.
-    fn gelu_tanh_argument(&mut self, x: usize) -> usize {
         let x2 = self.binary(Binary::Mul, x, x);
         let a = self.push(Expr::Const(GELU_CUBIC));
         let one = self.push(Expr::Const(1.0));
         let poly = self.push(Expr::Fma(a, x2, one));
         let c = self.push(Expr::Const(GELU_TANH_SCALE));
         let cx = self.binary(Binary::Mul, c, x);
-        self.binary(Binary::Mul, cx, poly)
+        let u = self.binary(Binary::Mul, cx, poly);
+        self.push(Expr::Unary(Unary::Tanh, u))
     }
 
     /// `min(max(x / 6 + 1 / 2, 0), 1)`, which is `relu6(x + 3) / 6`.
