@@ -202,6 +202,9 @@ impl Builder {
             layer: like.map_or_else(|| name.to_string(), |n| n.layer.clone()),
             layer_kind: "gradient".into(),
             params: Vec::new(),
+            // A gradient node belongs to its forward node's layer, frozen
+            // or not (a frozen batchnorm's gradient is inference mode's).
+            trainable: like.is_none_or(|n| n.trainable),
             span: like.map(|n| n.span).unwrap_or_default(),
             trace: like.map(|n| n.trace.clone()).unwrap_or_default(),
         };

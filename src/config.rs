@@ -31,6 +31,10 @@ pub struct TrainConfig {
     pub early_stopping: Option<EarlyStopping>,
     /// Data augmentation.
     pub augment: Option<Augment>,
+    /// The patterns of the layers and blocks that do not train (`freeze:
+    /// ["stage1", "conv1"]`); elaboration has already frozen the layers
+    /// they match ([`crate::graph::Node::trainable`]).
+    pub freeze: Vec<String>,
 }
 
 impl Default for TrainConfig {
@@ -56,6 +60,7 @@ impl Default for TrainConfig {
             schedule: None,
             early_stopping: None,
             augment: None,
+            freeze: Vec::new(),
         }
     }
 }

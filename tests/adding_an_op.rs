@@ -557,6 +557,7 @@ impl Model {
             name: name.to_string(),
             layer: name.to_string(),
             params,
+            trainable: true,
             span: Span::default(),
             trace: Vec::new(),
         };

@@ -143,6 +143,8 @@ cases! {
     output_declared_twice,
     // The train section.
     train_unknown_key,
+    train_freeze_unmatched,
+    train_freeze_not_strings,
     train_unknown_optimizer,
     train_zero_batch,
     train_loss_weights_unknown_output,

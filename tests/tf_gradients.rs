@@ -226,6 +226,14 @@ fn batchnorm_without_gamma_or_beta_matches_tensorflow() {
     check("batchnorm_flags", TOLERANCE);
 }
 
+/// The train section's `freeze` as Keras's `layer.trainable = False`: the
+/// frozen layers get no gradients, and the frozen batchnorm runs on its
+/// moving statistics in training mode too, beside one that does not.
+#[test]
+fn frozen_layers_match_tensorflow() {
+    check("frozen", TOLERANCE);
+}
+
 /// Keras's `Reshape` with an inferred dimension, between convolutions and
 /// into a dense layer.
 #[test]

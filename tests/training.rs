@@ -194,6 +194,69 @@ fn gradients_of_lenets_subsampling_and_rbf_units() {
     check_gradients(source, 3, 4);
 }
 
+/// `freeze` in the train section: the frozen batchnorm normalises with its
+/// moving statistics, so its input gradient is inference mode's, and the
+/// layers before it still learn through it.
+#[test]
+fn gradients_through_frozen_layers() {
+    check_gradients(
+        "
+        model m : [6, 6, 2] {
+            conv(3, 3, padding: same) as stem
+            batchnorm as stem_bn
+            conv(4, 3, stride: 2, padding: same) -> batchnorm -> relu
+            global_avg_pool
+            dense(3)
+        }
+        train { freeze: [\"stem_bn\", \"dense*\"] }",
+        4,
+        3,
+    );
+}
+
+/// A frozen layer's weights, and a frozen batchnorm's moving statistics,
+/// are the same after training steps as before; the rest move.
+#[test]
+fn training_leaves_frozen_layers_as_they_were() {
+    let source = "
+        block unit(f) { conv(f, 3, padding: same) -> batchnorm -> relu }
+        model m : [6, 6, 2] {
+            unit(4) as base
+            unit(4) as top
+            global_avg_pool
+            dense(3) as head
+        }
+        train { freeze: [\"base\"] }";
+    let model =
+        cnnc::compile_source("model.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let store = random_weights(&model);
+    let batch = 4;
+    let input = data(batch * 72, 5);
+    let labels = [0, 1, 2, 1];
+    let loss = LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    let adam = Optimizer {
+        kind: OptimizerKind::Adam,
+        lr: 0.05,
+        ..TrainConfig::default().optimizer
+    };
+    let mut trainer =
+        trainer(&model, store.clone(), &loss, adam, batch, 2).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..3 {
+        trainer.train_step(&input, &labels, 0.05).expect("step");
+    }
+    for (name, before) in store.iter() {
+        let after = &trainer.weights.get(name).expect("weight").data;
+        if name.starts_with("base.") {
+            assert_eq!(after, &before.data, "{name} changed");
+        } else {
+            assert_ne!(after, &before.data, "{name} did not change");
+        }
+    }
+}
+
 #[test]
 fn training_reduces_the_loss_and_moves_the_batchnorm_statistics() {
     let source = "

@@ -29,7 +29,8 @@
 //!   and weights.
 //! - `train_section.rs`: the `train { ... }` section that applies to the
 //!   model, evaluated in its scope; `train_config.rs` checks its entries
-//!   into the training configuration ([`crate::config::TrainConfig`]).
+//!   into the training configuration ([`crate::config::TrainConfig`]);
+//!   `freeze.rs` freezes the layers its `freeze` patterns match.
 //! - `layers.rs` (the table of primitive layers and their expansion into
 //!   ops), `args.rs` (checking a layer call's arguments against it),
 //!   `functions.rs` (the built-in functions: `int`, `min`, `len`...) and
@@ -43,6 +44,7 @@ mod definitions;
 mod expr;
 #[cfg(test)]
 mod fixture;
+mod freeze;
 mod functions;
 pub mod layers;
 mod nodes;

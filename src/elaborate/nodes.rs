@@ -67,7 +67,11 @@ impl<'p> Elaborator<'p> {
         let Some(mut current) = self.tensor_input(name, input, site.span) else {
             return Value::Poison;
         };
-        let trainable = signature.iter().all(|s| s.name != "trainable") || args.bool("trainable");
+        // `avgpool`'s `trainable` asks for LeNet-5's trainable scale (off
+        // by default) rather than freezing the layer.
+        let trainable = signature.iter().all(|s| s.name != "trainable")
+            || args.bool("trainable")
+            || name == "avgpool";
         for part in layers::expand(name, &args) {
             let spec = NodeSpec {
                 layer: &path,
@@ -334,6 +338,7 @@ impl<'p> Elaborator<'p> {
             layer: layer_path,
             layer_kind: spec.kind.to_string(),
             params,
+            trainable: spec.trainable,
             span: spec.span,
             trace: self.stack.iter().map(|(_, s)| *s).collect(),
         };

@@ -20,6 +20,7 @@ pub const TRAIN_KEYS: &[&str] = &[
     "schedule",
     "early_stopping",
     "augment",
+    "freeze",
 ];
 
 /// Checks the evaluated entries of a train section; `outputs` are the
@@ -65,6 +66,7 @@ pub fn check(
                 .early_stopping(value)
                 .map(|e| config.early_stopping = Some(e)),
             "augment" => c.augment(value).map(|a| config.augment = Some(a)),
+            "freeze" => c.freeze(value).map(|f| config.freeze = f),
             other => {
                 let error = Diagnostic::error(
                     key.span,
@@ -309,6 +311,45 @@ impl Checker {
             weights.push((name.clone(), self.number(v, name, false)?));
         }
         Some(weights)
+    }
+
+    /// `freeze`: a list of layer patterns, checked against the model by
+    /// the train section (`super::freeze`).
+    fn freeze(&mut self, value: &Spanned) -> Option<Vec<String>> {
+        let example = "e.g. [\"stage1\", \"conv1\"]";
+        let Value::List(items) = &value.value else {
+            return self.fail(
+                value,
+                format!("`freeze` must be a list of layer patterns, {example}"),
+            );
+        };
+        let mut patterns = Vec::new();
+        for item in items {
+            match item {
+                Value::Str(pattern) if !pattern.is_empty() => patterns.push(pattern.clone()),
+                Value::Symbol(name) => {
+                    let error = Diagnostic::error(
+                        value.span,
+                        format!("each entry of `freeze` is a layer pattern in quotes, {example}"),
+                        format!("`{name}` is a bare name"),
+                    )
+                    .with_note(format!("help: write \"{name}\""));
+                    self.errors.push(error);
+                    return None;
+                }
+                other => {
+                    let spanned = Spanned {
+                        value: other.clone(),
+                        span: value.span,
+                    };
+                    return self.fail(
+                        &spanned,
+                        format!("each entry of `freeze` is a layer pattern in quotes, {example}"),
+                    );
+                }
+            }
+        }
+        Some(patterns)
     }
 
     fn metrics(&mut self, value: &Spanned) -> Option<Vec<Metric>> {

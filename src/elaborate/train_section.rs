@@ -4,11 +4,12 @@
 //! into the training configuration by [`train_config::check`].
 
 use crate::config::TrainConfig;
-use crate::diagnostics::Diagnostic;
+use crate::diagnostics::{Diagnostic, Span};
 use crate::syntax::ast::{self, Ident};
 
 use super::definitions::{DefRef, Scope};
-use super::expr::Ctx;
+use super::expr::{self, Ctx};
+use super::freeze;
 use super::train_config;
 use super::value::Spanned;
 use super::Elaborator;
@@ -29,12 +30,30 @@ impl<'p> Elaborator<'p> {
             .collect();
         let outputs: Vec<&str> = self.graph.outputs.iter().map(|(n, _)| n.as_str()).collect();
         match train_config::check(&entries, &outputs) {
-            Ok(config) => Some(config),
+            Ok(config) => {
+                self.freeze(section, &config.freeze);
+                Some(config)
+            }
             Err(errors) => {
                 self.errors.extend(errors);
                 None
             }
         }
+    }
+
+    /// Freezes the layers that `patterns`, the section's checked `freeze`
+    /// entry, match; reports each pattern that matches nothing, at its place.
+    fn freeze(&mut self, section: &ast::Train, patterns: &[String]) {
+        let Some((_, list)) = section.entries.iter().find(|(k, _)| k.name == "freeze") else {
+            return;
+        };
+        let spanned: Vec<(String, Span)> = patterns
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clone(), expr::element_span(list, i)))
+            .collect();
+        let errors = freeze::apply(&mut self.graph, &spanned);
+        self.errors.extend(errors);
     }
 
     /// The train section for `model` in its file: `train MODEL { ... }`, or
@@ -151,6 +170,75 @@ train {
             errors[0].notes,
             ["help: the file has several models: write `train MODEL { ... }`"]
         );
+    }
+
+    /// Each layer of `text`'s model that trains, and whether each of its
+    /// weights does, by path.
+    fn trainable_of(text: &str) -> Vec<(String, bool, Vec<bool>)> {
+        let program = fixture::program(text);
+        let graph = super::super::elaborate(&program, None).expect("elaborates");
+        let mut layers: Vec<(String, bool, Vec<bool>)> = graph
+            .nodes
+            .node_weights()
+            .filter(|n| !n.params.is_empty())
+            .map(|n| {
+                let weights = n.params.iter().map(|p| p.trainable).collect();
+                (n.name.clone(), n.trainable, weights)
+            })
+            .collect();
+        layers.sort();
+        layers
+    }
+
+    #[test]
+    fn freeze_stops_the_layers_and_blocks_it_matches_from_training() {
+        let text = r#"
+block unit(f) {
+    conv(f, 3, padding: same) -> batchnorm -> relu
+}
+model m : [8, 8, 1] {
+    unit(4) as stem
+    unit(4)
+    unit(4)
+    flatten
+    dense(2) as head
+}
+train { freeze: ["stem", "unit*.batchnorm1"] }
+"#;
+        let moving = [true, true, false, false];
+        let frozen_bn = vec![false; 4];
+        let expect =
+            |name: &str, trains: bool, weights: Vec<bool>| (name.to_string(), trains, weights);
+        assert_eq!(
+            trainable_of(text),
+            [
+                expect("head", true, vec![true, true]),
+                expect("stem.batchnorm1", false, frozen_bn.clone()),
+                expect("stem.conv1", false, vec![false, false]),
+                expect("unit1.batchnorm1", false, frozen_bn.clone()),
+                expect("unit1.conv1", true, vec![true, true]),
+                expect("unit2.batchnorm1", false, frozen_bn),
+                expect("unit2.conv1", true, vec![true, true]),
+            ]
+        );
+        // Without the section every layer trains.
+        let plain = text.replace(r#"freeze: ["stem", "unit*.batchnorm1"]"#, "");
+        assert!(trainable_of(&plain)
+            .iter()
+            .all(|(name, trains, weights)| *trains
+                && (weights == &moving || !name.contains("batchnorm"))));
+    }
+
+    #[test]
+    fn a_freeze_pattern_that_matches_nothing_is_an_error_at_its_place() {
+        let error = fixture::error(
+            "model m : [4, 4, 1] {\n    conv(2, 3) as backbone\n    flatten\n    dense(2)\n}\ntrain {\n    freeze: [\"backbone\", \"bakbone.*\"]\n}\n",
+        );
+        assert_eq!(
+            error.message,
+            "`freeze` pattern \"bakbone.*\" matches no layer or block of the model"
+        );
+        assert_eq!((error.at.as_str(), error.line), ("\"bakbone.*\"", 7));
     }
 
     #[test]

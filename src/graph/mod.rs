@@ -122,6 +122,12 @@ pub struct Node {
     pub layer_kind: String,
     /// Its weights.
     pub params: Vec<Param>,
+    /// Whether its layer trains, as Keras's `layer.trainable`: false for a
+    /// layer written with `trainable: false` or matched by the train
+    /// section's `freeze`. A frozen layer's weights are not trainable, and a
+    /// frozen batchnorm normalises with its moving statistics, and leaves
+    /// them as they are, even while training (as Keras 3's does).
+    pub trainable: bool,
     /// The source of the call that made it.
     pub span: Span,
     /// The block calls that led to it, outermost first.

@@ -14,7 +14,8 @@ use petgraph::stable_graph::NodeIndex;
 use crate::reference;
 
 /// Every forward node's value for `input` (a batch of `batch` examples),
-/// batchnorm using batch statistics when `training`.
+/// batchnorm using batch statistics when `training` (and its layer is
+/// not frozen).
 pub fn run(
     model: &TypedGraph,
     store: &TensorStore,
@@ -50,7 +51,8 @@ pub fn run(
                     })
                     .collect();
                 let params: Vec<&ArrayD<f32>> = params.iter().collect();
-                reference::forward(op, &inputs, &params, training)
+                // A frozen layer runs as in inference (Keras 3's frozen batchnorm).
+                reference::forward(op, &inputs, &params, training && node.trainable)
             }
         };
         values.insert(id, value);

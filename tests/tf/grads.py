@@ -234,6 +234,38 @@ def reshape():
     return source, keras.Model(x, y), names
 
 
+def frozen():
+    # The train section's `freeze` is Keras's `layer.trainable = False`:
+    # the frozen layers' weights get no gradient, and the frozen batchnorm
+    # normalises with its moving statistics even when training=True, while
+    # the other batchnorm uses the batch's.
+    source = """model frozen : [6, 6, 3] {
+    conv(4, 3, padding: same, use_bias: false) as stem
+    batchnorm as stem_bn
+    relu
+    conv(4, 3, padding: same) -> batchnorm -> relu
+}
+train { freeze: ["stem*"] }
+"""
+    x = keras.Input((6, 6, 3))
+    stem = layers.Conv2D(4, 3, padding="same", use_bias=False)
+    stem_bn = layers.BatchNormalization()
+    conv = layers.Conv2D(4, 3, padding="same")
+    bn = layers.BatchNormalization()
+    stem.trainable = False
+    stem_bn.trainable = False
+    y = layers.ReLU()(stem_bn(stem(x)))
+    y = layers.ReLU()(bn(conv(y)))
+    names = {
+        "stem.kernel": stem.kernel,
+        **batchnorm("stem_bn", stem_bn),
+        "conv1.kernel": conv.kernel,
+        "conv1.bias": conv.bias,
+        **batchnorm("batchnorm1", bn),
+    }
+    return source, keras.Model(x, y), names
+
+
 def batchnorm(prefix, bn):
     return {
         f"{prefix}.gamma": bn.gamma,
@@ -261,7 +293,9 @@ def record(name, build, seed):
         value = random_value(rng, weight, tuple(variable.shape)).astype(np.float32)
         variable.assign(value)
         arrays[f"w.{weight}"] = value
-    trainable = {id(v): w for w, v in names.items() if v.trainable}
+    # A frozen layer's variables are not among the model's trainable weights.
+    trainable_ids = {id(v) for v in model.trainable_weights}
+    trainable = {id(v): w for w, v in names.items() if id(v) in trainable_ids}
     assert len(trainable) == len(model.trainable_weights), name
     x = rng.uniform(-1.0, 1.0, (BATCH,) + tuple(model.input.shape[1:])).astype(np.float32)
     dy = rng.normal(0.0, 1.0, (BATCH,) + tuple(model.output.shape[1:])).astype(np.float32)
@@ -303,6 +337,7 @@ def main():
         activations,
         batchnorm_flags,
         reshape,
+        frozen,
     ]
     wanted = set(sys.argv[1:])
     unknown = wanted - {build.__name__ for build in cases}

@@ -341,6 +341,13 @@ impl<'m> Lowering<'m> {
         });
     }
 
+    /// Whether batchnorm node `id` normalises with the batch's statistics:
+    /// in a training pass, unless its layer is frozen (Keras 3 runs a
+    /// batchnorm with `trainable = False` in inference mode).
+    fn batch_statistics(&self, id: NodeIndex) -> bool {
+        self.setup.batch_statistics && self.model.graph.nodes[id].trainable
+    }
+
     fn node(&mut self, id: NodeIndex) -> Result<(), LowerError> {
         let node = &self.model.graph.nodes[id];
         let inputs: Vec<BufferId> = self
@@ -362,7 +369,7 @@ impl<'m> Lowering<'m> {
             Family::Dropout { .. } => inputs[0],
             Family::Pointwise(Pointwise::BatchNorm {
                 momentum, epsilon, ..
-            }) if self.setup.batch_statistics => {
+            }) if self.batch_statistics(id) => {
                 self.batchnorm_training(id, momentum, epsilon, inputs[0])
             }
             Family::Softmax => {

@@ -607,7 +607,7 @@ impl Lowering<'_> {
         dy: BufferId,
         x: BufferId,
     ) -> BufferId {
-        if !self.setup.batch_statistics {
+        if !self.batch_statistics(id) {
             return self.batchnorm_grad_inference(id, layer, (epsilon, scale), dy);
         }
         let [sum, dot, x_hat] = self.batchnorm_sums(id, layer, epsilon, dy, x);
