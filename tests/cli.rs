@@ -454,3 +454,81 @@ fn init_weights_start_training_from_a_file_and_keep_new_layers_initializers() {
     assert!(!dir.join("changed-out").join("changed.safetensors").exists());
     std::fs::remove_dir_all(&dir).expect("removed");
 }
+
+#[test]
+fn the_fine_tuning_recipe_freezes_the_base_then_trains_everything() {
+    // examples/fine_tune.cnn's three runs on a small model: a base trained
+    // with one head; a new head on the frozen base (its weights, batchnorm's
+    // moving statistics included, end as the first run left them); then
+    // everything, the base moving again.
+    let dir = scratch("fine-tune");
+    let data = four_class_folder(&dir);
+    let file = dir.join("recipe.cnn");
+    let models: String = [("pretrain", "old_head", ""), ("new_head", "head", "freeze: [\"base\"]"), ("fine_tune", "head", "")]
+        .iter()
+        .map(|(model, head, freeze)| {
+            format!("model {model} : [8, 8, 1] {{\n    base_cnn as base\n    dense(4, activation: softmax) as {head}\n}}\ntrain {model} {{\n    optimizer: adam(lr: 0.01)\n    {freeze}\n}}\n")
+        })
+        .collect();
+    let source = format!(
+        "block base_cnn {{\n    conv(4, 3) -> batchnorm -> relu\n    flatten\n}}\n{models}"
+    );
+    std::fs::write(&file, source).expect("write");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    let run = |model: &str, init: Option<&str>| {
+        let mut args = vec![
+            "run".to_string(),
+            path(&file),
+            "--model".into(),
+            model.into(),
+            "--train".into(),
+            path(&data),
+            "--epochs".into(),
+            "2".into(),
+            "--batch".into(),
+            "4".into(),
+            "--out".into(),
+            path(&dir.join("runs")),
+        ];
+        if let Some(init) = init {
+            args.extend([
+                "--init-weights".to_string(),
+                path(&dir.join("runs").join(init)),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = cnnc(&args);
+        assert!(out.status.success(), "{model}: {}", stderr(&out));
+        cnnc::runtime::weights::load_file(&dir.join("runs").join(format!("{model}.safetensors")))
+            .expect("weights")
+    };
+    let pretrained = run("pretrain", None);
+    let head = run("new_head", Some("pretrain.safetensors"));
+    let tuned = run("fine_tune", Some("new_head.safetensors"));
+    let base = [
+        "base.conv1.kernel",
+        "base.conv1.bias",
+        "base.batchnorm1.gamma",
+        "base.batchnorm1.beta",
+        "base.batchnorm1.moving_mean",
+        "base.batchnorm1.moving_variance",
+    ];
+    let get = |store: &cnnc::runtime::weights::TensorStore, w: &str| {
+        store.get(w).unwrap_or_else(|| panic!("{w}")).data.clone()
+    };
+    for weight in base {
+        assert_eq!(
+            get(&pretrained, weight),
+            get(&head, weight),
+            "{weight} trained while frozen"
+        );
+        assert_ne!(
+            get(&head, weight),
+            get(&tuned, weight),
+            "{weight} did not train"
+        );
+    }
+    assert_ne!(get(&head, "head.kernel"), get(&tuned, "head.kernel"));
+    assert!(head.get("old_head.kernel").is_none());
+    std::fs::remove_dir_all(&dir).expect("removed");
+}

@@ -274,6 +274,24 @@ fn example_fashion_cnn_matches_keras() {
 }
 
 #[test]
+fn example_fine_tune_freezes_the_base_of_the_fashion_cnn() {
+    // The fashion CNN's base under a new head: 1,413,834 in all, of which
+    // the frozen base holds all but the head's 64*10 + 10 = 650 (Keras's
+    // counts after `base.trainable = False`).
+    for model in ["pretrain", "fine_tune"] {
+        let all = Counts::trainable(1_413_834);
+        check("examples/fine_tune.cnn", model, all, &[("output", &[10])]);
+    }
+    let frozen = Counts::with_frozen(1_413_834, 1_413_834 - 650);
+    check(
+        "examples/fine_tune.cnn",
+        "new_head",
+        frozen,
+        &[("output", &[10])],
+    );
+}
+
+#[test]
 fn batchnorm_without_scale_or_centre_matches_keras() {
     // Keras: Conv2D(32, 3, use_bias=False) -> BatchNormalization(scale=False)
     // -> relu -> Conv2D(16, 1, use_bias=False) ->
