@@ -145,6 +145,8 @@ cases! {
     train_unknown_key,
     train_freeze_unmatched,
     train_freeze_not_strings,
+    input_after_statements_in_a_model,
+    model_named_current,
     train_unknown_optimizer,
     train_zero_batch,
     train_loss_weights_unknown_output,

@@ -581,12 +581,13 @@ fn built_in_functions_unpacking_and_concat_of_a_list_size_layers() {
     // 2 + 3 channels: 9*2 + 2 = 20 and 3*3*9*3 + 3 = 246. Total 1,004.
     let source = r#"
 model builtins : [8, 8, 16] {
+    let image = in
     let kernels = [1, 3, 5]
     conv(max(kernels) * 2, min(kernels))
     conv(len(kernels) + sum(kernels), 1)
-    conv(round(in.channels * 0.15625), 1)
-    conv(ceil(in.channels / 3), 1)
-    conv(floor(in.channels / 3), 1)
+    conv(round(image.channels * 0.15625), 1)
+    conv(ceil(image.channels / 3), 1)
+    conv(floor(image.channels / 3), 1)
     for i, (kernel, filters) in [[1, 4], [3, 8]] {
         conv(filters + i, kernel, padding: same)
     }

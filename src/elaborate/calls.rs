@@ -920,7 +920,7 @@ model m : [8, 8, 1] {
             r#"
 model m : [8, 8, 1] {
     if in.channels > 1 { conv(1, 1) } else { relu }
-    let size = if in.height > 4 { 3 } else { 1 }
+    let size = if current.height > 4 { 3 } else { 1 }
     conv(2, size)
     if false { tanh }
 }

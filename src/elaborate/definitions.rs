@@ -16,7 +16,7 @@ use crate::syntax::Program;
 use super::calls::Expected;
 use super::value::Value;
 use super::Elaborator;
-use super::{functions, layers};
+use super::{expr, functions, layers};
 
 /// The names of the models defined in the program's root file, in order.
 pub fn models(program: &Program) -> Vec<String> {
@@ -263,6 +263,9 @@ fn local_table<'p>(
         } else if functions::is_function(name) {
             // `max(a, b)` in an expression always calls the function.
             Some("function")
+        } else if name == expr::CURRENT {
+            // A bare `current` always names the current tensor.
+            Some("name")
         } else {
             None
         };
@@ -275,7 +278,11 @@ fn local_table<'p>(
             if kind == "function" {
                 error = error.with_note(format!("`{name}(...)` calls the built-in function"));
             }
-            errors.push(error.with_note("help: choose another name for the block"));
+            if kind == "name" {
+                error = error.with_note("`current` names the current tensor");
+            }
+            let what = if d.is_model { "model" } else { "block" };
+            errors.push(error.with_note(format!("help: choose another name for the {what}")));
         } else if let Some(first) = table.get(name).and_then(|v| v.first()) {
             errors.push(
                 Diagnostic::error(

@@ -102,7 +102,7 @@ impl<'p> Elaborator<'p> {
                 Value::List(items.iter().map(|e| self.eval(scope, e, inner)).collect())
             }
             ExprKind::Record(fields) => self.record(scope, fields, inner),
-            ExprKind::Input => scope.input.clone(),
+            ExprKind::Input => self.input_of(scope, span),
             ExprKind::Name(name, alias) => self.name(scope, name, alias.as_ref(), ctx),
             ExprKind::Call(call) if functions::is_function(&call.callee.name) => {
                 self.function(scope, call, span, ctx)
@@ -228,12 +228,45 @@ impl<'p> Elaborator<'p> {
             }
             return value;
         }
+        if name.name == CURRENT && alias.is_none() && ctx != Ctx::Train {
+            return scope.current.clone();
+        }
         if ctx.applies_layers() || alias.is_some() {
             let input = scope.current.clone();
             self.call(scope, CallSite::bare(name, alias, name.span), input)
         } else {
             Value::Symbol(name.name.clone())
         }
+    }
+
+    /// `in` at `span`: the block's input. In a model's body, once a
+    /// statement has moved the current tensor on, `in` is an error: it
+    /// would wire the model's input where the current tensor was meant
+    /// (`current`), and the input can be named at the start instead.
+    fn input_of(&mut self, scope: &Scope, span: Span) -> Value {
+        let (Value::Tensor(input, shape), Value::Tensor(current, current_shape)) =
+            (&scope.input, &scope.current)
+        else {
+            return scope.input.clone();
+        };
+        if !scope.is_model || input == current {
+            return scope.input.clone();
+        }
+        let node = &self.graph.nodes[*current].layer;
+        self.error(
+            Diagnostic::error(
+                span,
+                "`in` in a model's body is the model's input, not the current tensor",
+                format!("the model's input, {shape}"),
+            )
+            .with_note(format!(
+                "the current tensor here is `{node}`'s output, {current_shape}"
+            ))
+            .with_note(format!(
+                "help: write `{CURRENT}` for the current tensor; to use the model's input after its first statement, name it before: `let image = in`"
+            )),
+        );
+        Value::Poison
     }
 
     /// `head -> f -> g(...)`: applies each stage to the previous result.
@@ -544,6 +577,10 @@ pub(super) fn element_span(list: &Expr, index: usize) -> Span {
     }
 }
 
+/// The name of the current tensor in a block or model body, unless a
+/// parameter or `let` binds it.
+pub(super) const CURRENT: &str = "current";
+
 /// Field `name` (one of [`TENSOR_FIELDS`]) of a tensor of `shape`; `None`
 /// for a dimension of an image when the tensor is not an image.
 fn tensor_field(shape: &Shape, name: &str) -> Option<Value> {
@@ -595,6 +632,38 @@ mod tests {
             matches!(&applied, Value::Tensor(_, shape) if shape.0 == [8, 6, 3]),
             "{applied:?}"
         );
+    }
+
+    #[test]
+    fn current_names_the_current_tensor_and_in_the_input() {
+        // The SE-style recalibration of the current tensor, in a model.
+        let graph = fixture::graph(
+            "model m : [8, 8, 3] {\n    let image = in\n    conv(4, 3, padding: same)\n    let w = global_avg_pool -> dense(4, activation: sigmoid)\n    current * w\n    let skip = current\n    conv(4, 1) + skip\n    concat(current, image)\n}\n",
+        );
+        let multiply = fixture::node(&graph, "multiply1");
+        let inputs: Vec<&str> = graph
+            .inputs_of(
+                graph
+                    .nodes
+                    .node_indices()
+                    .find(|&i| std::ptr::eq(&graph.nodes[i], multiply))
+                    .expect("node"),
+            )
+            .iter()
+            .map(|&i| graph.nodes[i].name.as_str())
+            .collect();
+        assert_eq!(inputs, ["conv1", "dense1.sigmoid"]);
+        let concat = graph
+            .nodes
+            .node_indices()
+            .find(|&i| graph.nodes[i].name == "concat1")
+            .expect("concat");
+        let joined: Vec<&str> = graph
+            .inputs_of(concat)
+            .iter()
+            .map(|&i| graph.nodes[i].name.as_str())
+            .collect();
+        assert_eq!(joined, ["add1", "input"]);
     }
 
     #[test]

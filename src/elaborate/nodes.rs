@@ -604,12 +604,13 @@ model m : [8, 8, 1] {
         let graph = fixture::graph(
             r#"
 model m : [8, 8, 1] {
+    let x = in
     conv(2, 1) as conv2
     conv(2, 1)
     conv(2, 1)
-    in + in
-    in * in
-    in + in
+    x + x
+    x * x
+    x + x
 }
 "#,
         );
@@ -638,7 +639,7 @@ model m : [8, 8, 1] {
     #[test]
     fn concat_joins_two_or_more_tensors_along_an_axis() {
         let graph = fixture::graph(
-            "model m : [8, 8, 1] {\n    concat(in, in)\n    concat(in, in, axis: 0)\n}\n",
+            "model m : [8, 8, 1] {\n    let x = in\n    concat(x, x)\n    concat(x, x, axis: 0)\n}\n",
         );
         let axes: Vec<&Op> = ["concat1", "concat2"]
             .map(|n| &fixture::node(&graph, n).op)
@@ -675,8 +676,9 @@ model m : [8, 8, 1] {
         let graph = fixture::graph(
             r#"
 model m : [8, 8, 1] {
+    let image = in
     concat([conv(2, 1), conv(3, 1)])
-    let branches = [conv(1, 1), in, in]
+    let branches = [conv(1, 1), image, image]
     concat(branches, axis: -1)
 }
 "#,
