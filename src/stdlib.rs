@@ -5,11 +5,16 @@
 /// Every stdlib module: its name (as in `use NAME`) and its source text.
 pub const MODULES: &[(&str, &str)] = &[
     ("alexnet", include_str!("../stdlib/alexnet.cnn")),
+    ("densenet", include_str!("../stdlib/densenet.cnn")),
+    ("efficientnet", include_str!("../stdlib/efficientnet.cnn")),
     ("fashion", include_str!("../stdlib/fashion.cnn")),
     ("inception", include_str!("../stdlib/inception.cnn")),
+    ("inception_v3", include_str!("../stdlib/inception_v3.cnn")),
     ("lenet", include_str!("../stdlib/lenet.cnn")),
+    ("mobilenet", include_str!("../stdlib/mobilenet.cnn")),
     ("resnet", include_str!("../stdlib/resnet.cnn")),
     ("se", include_str!("../stdlib/se.cnn")),
+    ("squeezenet", include_str!("../stdlib/squeezenet.cnn")),
     ("vgg", include_str!("../stdlib/vgg.cnn")),
     ("xception", include_str!("../stdlib/xception.cnn")),
 ];

@@ -493,6 +493,95 @@ model sep : [28, 28, 32] {
     );
 }
 
+// ---- The architectures after the chapter (issue 14) -------------------------
+//
+// Each against `keras.applications.NAME(weights=None)`'s `count_params()`
+// and its trainable weights, printed by `tests/tf/counts.py` (Keras 3.15,
+// TensorFlow 2.21; the counts do not depend on the version), or
+// torchvision's figure where Keras has no such model.
+
+#[test]
+fn mobilenet_matches_keras_applications() {
+    // MobileNet(): 4,253,864, trainable 4,231,976, non-trainable 21,888.
+    check(
+        "stdlib/mobilenet.cnn",
+        "mobilenet",
+        Counts::with_frozen(4_253_864, 21_888),
+        &[("output", &[1000])],
+    );
+    // MobileNet(alpha=0.75): 2,601,976, trainable 2,585,560.
+    let source = "use mobilenet\nmodel slim : [224, 224, 3] {\n    mobilenet(alpha: 0.75)\n}\n";
+    let counts = Counts::with_frozen(2_601_976, 16_416);
+    check_fixture(
+        "mobilenet_075.cnn",
+        source,
+        "slim",
+        counts,
+        &[("output", &[1000])],
+    );
+}
+
+#[test]
+fn mobilenet_v2_matches_keras_applications() {
+    // MobileNetV2(): 3,538,984, trainable 3,504,872, non-trainable 34,112.
+    check(
+        "stdlib/mobilenet.cnn",
+        "mobilenet_v2",
+        Counts::with_frozen(3_538_984, 34_112),
+        &[("output", &[1000])],
+    );
+}
+
+#[test]
+fn densenet121_matches_keras_applications() {
+    // DenseNet121(): 8,062,504, trainable 7,978,856, non-trainable 83,648.
+    check(
+        "stdlib/densenet.cnn",
+        "densenet",
+        Counts::with_frozen(8_062_504, 83_648),
+        &[("output", &[1000])],
+    );
+}
+
+#[test]
+fn efficientnet_b0_matches_keras_applications_and_torchvision() {
+    // EfficientNetB0(): 5,330,571, trainable 5,288,548 (torchvision's
+    // efficientnet_b0 has the same 5,288,548), non-trainable 42,023: the
+    // batch norms' 42,016 moving statistics and the 7 of Keras's input
+    // Normalization layer (mean, variance, count), which cnnc leaves to
+    // the data.
+    check(
+        "stdlib/efficientnet.cnn",
+        "efficientnet_b0",
+        Counts::with_frozen(5_330_571 - 7, 42_016),
+        &[("output", &[1000])],
+    );
+}
+
+#[test]
+fn inception_v3_matches_keras_applications() {
+    // InceptionV3(): 23,851,784, trainable 23,817,352, non-trainable
+    // 34,432 (its batch norms have no gamma).
+    check(
+        "stdlib/inception_v3.cnn",
+        "inception_v3",
+        Counts::with_frozen(23_851_784, 34_432),
+        &[("output", &[1000])],
+    );
+}
+
+#[test]
+fn squeezenet_1_1_matches_torchvision() {
+    // torchvision.models.squeezenet1_1(): 1,235,496, all trainable (Keras
+    // has no SqueezeNet).
+    check(
+        "stdlib/squeezenet.cnn",
+        "squeezenet",
+        Counts::trainable(1_235_496),
+        &[("output", &[1000])],
+    );
+}
+
 // ---- Expressions: built-in functions, ranges, unpacking --------------------
 
 #[test]
