@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 pub mod augment;
 pub mod fashion;
 pub mod folder;
+pub mod shapes;
 
 /// A set of labelled images, pixels scaled to [0, 1].
 #[derive(Debug, Clone, PartialEq)]
