@@ -226,6 +226,9 @@ impl Kernel for ResampleKernel {
         let [source_h, source_w] = self.source;
         let target_w = self.target[1];
         let items = items.start..items.end.min(self.domain());
+        if items.is_empty() {
+            return Ok(());
+        }
         // SAFETY: the caller guarantees `args[0]` holds the whole batch of
         // source images and `args[1]` of target images; the items of one
         // call are whole rows of the target, written by this call alone.
