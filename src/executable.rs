@@ -159,6 +159,14 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
         }
         KernelDesc::Copy(c) => (Box::new(c.clone()), c.rows * c.len),
         KernelDesc::Mask(m) => (Box::new(m.clone()), m.len),
+        KernelDesc::Resample(r) => {
+            let kernel = r.kernel().map_err(|message| CodegenError::Malformed {
+                kernel: r.name.clone(),
+                message,
+            })?;
+            let (_, written) = r.lengths().unwrap_or_default();
+            (Box::new(kernel), written)
+        }
     })
 }
 

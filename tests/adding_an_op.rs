@@ -12,7 +12,9 @@ use cnnc::diagnostics::Span;
 use cnnc::elaborate::layers::{
     self, Arg, ArgSpec, Args, DefaultValue, Kind, Layer, Written, LAYERS,
 };
-use cnnc::graph::{Activation, Graph, Init, Node, Op, Padding, Param, PoolKind, Shape};
+use cnnc::graph::{
+    Activation, Graph, Init, Interpolation, Node, Op, Padding, Param, PoolKind, Shape,
+};
 use cnnc::ops::{self, GradInputs};
 use cnnc::passes::lower::{self, Mode};
 use petgraph::stable_graph::NodeIndex;
@@ -247,6 +249,22 @@ fn samples() -> Vec<(Op, Wiring)> {
     every_op! {
         Op::Input { .. } => (Op::Input { shape: vec![6, 6, 4] }, Built),
         Op::Conv2d { .. } => (conv(), Image),
+        Op::ConvTranspose2d { .. } => (
+            Op::ConvTranspose2d {
+                filters: 3,
+                kernel: [3, 3],
+                stride: [2, 2],
+                padding: Padding::Same,
+                output_padding: Some([1, 1]),
+                dilation: [1, 1],
+                bias: true,
+            },
+            Image,
+        ),
+        Op::Upsample { .. } => (
+            Op::Upsample { factor: [2, 3], mode: Interpolation::Bilinear },
+            Image,
+        ),
         Op::DepthwiseConv2d { .. } => (
             Op::DepthwiseConv2d {
                 multiplier: 2,
@@ -435,6 +453,10 @@ fn default_args(signature: &[ArgSpec]) -> Args {
             (DefaultValue::Symbol("same"), _) => Arg::Padding(Padding::Same),
             (DefaultValue::Symbol(_), Kind::Padding) => Arg::Padding(Padding::Valid),
             (DefaultValue::Symbol(_), Kind::Activation) => Arg::Activation(None),
+            (DefaultValue::Symbol(_), Kind::Interpolation) => {
+                Arg::Interpolation(Interpolation::Nearest)
+            }
+            (DefaultValue::Symbol(_), Kind::OutputPadding) => Arg::OutputPadding(None),
             (DefaultValue::Symbol(_), _) => Arg::Init(Init::GlorotUniform),
             (DefaultValue::SameAs(other), _) => {
                 let (_, value) = bound.iter().find(|(n, _)| *n == other).expect("bound");

@@ -135,6 +135,14 @@ cases! {
     unpacking_wrong_length,
     unpacking_not_a_list,
     concat_list_with_a_number,
+    // Upsampling and transposed convolutions.
+    upsample_zero_factor,
+    upsample_unknown_mode,
+    upsample_a_vector,
+    output_padding_not_below_stride,
+    conv_transpose_negative_output_padding,
+    conv_transpose_even_kernel_same,
+    conv_transpose_dilated_stride,
     // Models and outputs.
     model_parameter_without_default,
     several_models,

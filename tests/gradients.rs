@@ -285,6 +285,64 @@ fn winograd_convolutions() {
 }
 
 #[test]
+fn transposed_convolutions() {
+    // Strided with `same` and with `valid` and an output padding, at
+    // stride 1 with a dilation, without a bias, and with an activation.
+    let source = "
+        model m : [4, 5, 2] {
+            conv_transpose(3, 3, stride: 2, padding: same)
+            conv_transpose(2, [2, 3], stride: [2, 1], output_padding: [1, 0], activation: tanh)
+            conv_transpose(2, 3, dilation: 2, padding: same, use_bias: false)
+        }";
+    for mode in BOTH {
+        check(Case::new(source, mode));
+    }
+}
+
+/// A 3x3 stride-1 transposed convolution wide enough that the algorithm
+/// pass runs the passes it borrows from the convolution it transposes on
+/// Winograd's transforms: its forward pass (that convolution's
+/// backward-data pass), its input gradient (the forward pass) and its
+/// kernel gradient.
+#[test]
+fn winograd_transposed_convolutions() {
+    let source = "
+        model m : [16, 16, 32] {
+            conv_transpose(32, 3, padding: same)
+            conv(4, 3, stride: 4)
+        }";
+    let program = cnnc::compile_gradients(&compile(source), TRAINING, 3).expect("compiles");
+    let methods: Vec<String> = program
+        .compiled
+        .plan
+        .steps
+        .iter()
+        .map(|s| s.kernel.method())
+        .collect();
+    for pass in ["forward", "backward-data", "backward-filter"] {
+        assert!(
+            methods.contains(&format!("{pass}, winograd F(4x4,3x3)")),
+            "{pass} is not on Winograd's transforms: {methods:?}"
+        );
+    }
+    check(Case::new(source, TRAINING));
+}
+
+#[test]
+fn upsampling() {
+    let source = "
+        model m : [3, 4, 2] {
+            upsample(2)
+            conv(2, 3, padding: same)
+            upsample([2, 3], mode: bilinear)
+            upsample([3, 1], mode: bilinear)
+        }";
+    for mode in BOTH {
+        check(Case::new(source, mode));
+    }
+}
+
+#[test]
 fn depthwise_and_separable_convolutions() {
     let source = "
         model m : [6, 6, 3] {

@@ -17,7 +17,7 @@ mod reference;
 #[path = "tf/ties.rs"]
 mod tf_ties;
 
-use cnnc::graph::{Activation, Op, Padding, PoolKind};
+use cnnc::graph::{Activation, Interpolation, Op, Padding, PoolKind};
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 use reference::forward;
 
@@ -1095,4 +1095,195 @@ fn crossentropy_from_logits() {
     let p = forward(&Op::Activation(Activation::Softmax), &[&z], &[], false);
     let loss = reference::sparse_categorical_crossentropy(&p, &[0, 1], false, 0.0);
     assert_close_scalar(loss, 2.251_640_1);
+}
+
+fn conv_transpose(padding: Padding, output_padding: Option<[u64; 2]>) -> Op {
+    Op::ConvTranspose2d {
+        filters: 1,
+        kernel: [3, 3],
+        stride: [2, 2],
+        padding,
+        output_padding,
+        dilation: [1, 1],
+        bias: false,
+    }
+}
+
+#[test]
+fn conv_transpose_scatters_each_input_over_the_kernel_as_tensorflow_does() {
+    // From TensorFlow: keras.layers.Conv2DTranspose(1, 3, strides=2,
+    // use_bias=False) on [[1, 2], [3, 4]] with the kernel 1..9. By hand,
+    // valid: each input value scatters its 3x3 copy of the kernel at twice
+    // its position, overlapping copies add: out[0, 2] = 3 * 1 + 1 * 2 = 5,
+    // out[2, 2] = 9 + 2 * 7 + 3 * 3 + 4 * 1 = 36.
+    let x = t(&[1, 2, 2, 1], &[1., 2., 3., 4.]);
+    let kernel = t(&[3, 3, 1, 1], &[1., 2., 3., 4., 5., 6., 7., 8., 9.]);
+    let valid = [
+        1., 2., 5., 4., 6., //
+        4., 5., 14., 10., 12., //
+        10., 14., 36., 24., 30., //
+        12., 15., 34., 20., 24., //
+        21., 24., 55., 32., 36.,
+    ];
+    let out = forward(
+        &conv_transpose(Padding::Valid, None),
+        &[&x],
+        &[&kernel],
+        false,
+    );
+    assert_close(&out, &[1, 5, 5, 1], &valid);
+    // `output_padding: 1` adds a row and a column of zeros at the end.
+    let out = forward(
+        &conv_transpose(Padding::Valid, Some([1, 1])),
+        &[&x],
+        &[&kernel],
+        false,
+    );
+    let mut padded = Vec::new();
+    for row in valid.chunks(5) {
+        padded.extend_from_slice(row);
+        padded.push(0.);
+    }
+    padded.extend([0.; 6]);
+    assert_close(&out, &[1, 6, 6, 1], &padded);
+    // `same`: 4x4, the convolution back pads the 4x4 output by 0 before
+    // and 1 after, so it is the top-left of the valid output; with
+    // `output_padding: 1` the same size and values.
+    let top_left: Vec<f64> = valid
+        .chunks(5)
+        .take(4)
+        .flat_map(|r| r[..4].to_vec())
+        .collect();
+    for extra in [None, Some([1, 1])] {
+        let out = forward(
+            &conv_transpose(Padding::Same, extra),
+            &[&x],
+            &[&kernel],
+            false,
+        );
+        assert_close(&out, &[1, 4, 4, 1], &top_left);
+    }
+}
+
+#[test]
+fn conv_transpose_kernels_hold_the_filters_before_the_input_channels() {
+    // From TensorFlow: Conv2DTranspose(3, 1) on one pixel [1, 10] with the
+    // kernel [1, 1, 3, 2] = 0..6: filter f is k[f, 0] + 10 k[f, 1].
+    let op = Op::ConvTranspose2d {
+        filters: 3,
+        kernel: [1, 1],
+        stride: [1, 1],
+        padding: Padding::Valid,
+        output_padding: None,
+        dilation: [1, 1],
+        bias: true,
+    };
+    let x = t(&[1, 1, 1, 2], &[1., 10.]);
+    let kernel = t(&[1, 1, 3, 2], &[0., 1., 2., 3., 4., 5.]);
+    let bias = t(&[3], &[0.5, 0., -1.]);
+    let out = forward(&op, &[&x], &[&kernel, &bias], false);
+    assert_close(&out, &[1, 1, 1, 3], &[10.5, 32., 53.]);
+}
+
+#[test]
+fn nearest_upsampling_repeats_each_pixel_over_its_block() {
+    let op = Op::Upsample {
+        factor: [2, 3],
+        mode: Interpolation::Nearest,
+    };
+    let x = t(&[1, 2, 2, 1], &[1., 2., 3., 4.]);
+    let out = forward(&op, &[&x], &[], false);
+    let row = |a, b| [a, a, a, b, b, b];
+    let expected: Vec<f64> = [row(1., 2.), row(1., 2.), row(3., 4.), row(3., 4.)].concat();
+    assert_close(&out, &[1, 4, 6, 1], &expected);
+    // Its gradient sums each block.
+    let dy = t(
+        &[1, 4, 6, 1],
+        &(0..24).map(|v| v as f32).collect::<Vec<_>>(),
+    );
+    let dx = reference::upsample_grad(&[1, 2, 2, 1], &dy, [2, 3], Interpolation::Nearest);
+    let block = |r: usize, c: usize| -> f64 {
+        (0..2)
+            .flat_map(|i| (0..3).map(move |j| ((2 * r + i) * 6 + 3 * c + j) as f64))
+            .sum()
+    };
+    assert_close(
+        &dx,
+        &[1, 2, 2, 1],
+        &[block(0, 0), block(0, 1), block(1, 0), block(1, 1)],
+    );
+}
+
+#[test]
+fn bilinear_upsampling_matches_tensorflow() {
+    // From TensorFlow: keras.layers.UpSampling2D(2, interpolation="bilinear")
+    // on [[0, 1, 2], [3, 4, 5]]. By hand, with half-pixel centres output
+    // column 1 samples 0.25 of the way from pixel 0 to pixel 1, output row
+    // 0 samples -0.25, clamped to row 0: 0.25.
+    let op = Op::Upsample {
+        factor: [2, 2],
+        mode: Interpolation::Bilinear,
+    };
+    let x = t(&[1, 2, 3, 1], &[0., 1., 2., 3., 4., 5.]);
+    let out = forward(&op, &[&x], &[], false);
+    assert_close(
+        &out,
+        &[1, 4, 6, 1],
+        &[
+            0., 0.25, 0.75, 1.25, 1.75, 2., //
+            0.75, 1., 1.5, 2., 2.5, 2.75, //
+            2.25, 2.5, 3., 3.5, 4., 4.25, //
+            3., 3.25, 3.75, 4.25, 4.75, 5.,
+        ],
+    );
+    // From TensorFlow: a factor of 3 across (1/3 steps) and 1 down.
+    let op = Op::Upsample {
+        factor: [1, 3],
+        mode: Interpolation::Bilinear,
+    };
+    let out = forward(&op, &[&x], &[], false);
+    let third = 1. / 3.;
+    assert_close(
+        &out,
+        &[1, 2, 9, 1],
+        &[
+            0.,
+            0.,
+            third,
+            2. * third,
+            1.,
+            1. + third,
+            1. + 2. * third,
+            2.,
+            2., //
+            3.,
+            3.,
+            3. + third,
+            3. + 2. * third,
+            4.,
+            4. + third,
+            4. + 2. * third,
+            5.,
+            5.,
+        ],
+    );
+}
+
+#[test]
+fn the_bilinear_gradient_is_the_transpose_of_the_interpolation() {
+    // <upsample(x), dy> = <x, upsample_grad(dy)> for any x and dy.
+    let x = ramp(&[2, 3, 2, 2], 1);
+    let dy = ramp(&[2, 6, 6, 2], 2);
+    for mode in [Interpolation::Nearest, Interpolation::Bilinear] {
+        let y = reference::upsample(&x, [2, 3], mode);
+        let dx = reference::upsample_grad(&[2, 3, 2, 2], &dy, [2, 3], mode);
+        let dot = |a: &ArrayD<f32>, b: &ArrayD<f32>| -> f64 {
+            a.iter()
+                .zip(b)
+                .map(|(&p, &q)| f64::from(p) * f64::from(q))
+                .sum()
+        };
+        let (left, right) = (dot(&y, &dy), dot(&x, &dx));
+        assert!((left - right).abs() < 1e-5, "{mode:?}: {left} vs {right}");
+    }
 }

@@ -3,7 +3,8 @@
 //! residual unit, a separable convolution, stdlib's SE-block, a dense
 //! softmax layer, two convolutions on Winograd's transforms, the
 //! activations after the chapter on one convolution's output, batchnorm
-//! without gamma or without beta, a reshape), the outputs,
+//! without gamma or without beta, a reshape, nearest and bilinear
+//! upsampling, transposed convolutions), the outputs,
 //! the input's gradient and every trainable weight's gradient of `sum(dy *
 //! output)`, in inference and in training mode, against what
 //! `tf.GradientTape` recorded with the same weights (`tests/tf/grads.py`,
@@ -13,11 +14,13 @@
 //! Tolerance: `|ours - tf| <= 2e-5 * max(|tf|, 1)` element by element
 //! (Winograd's convolutions: [`WINOGRAD_TOLERANCE`]). Both sides compute in
 //! f32 and sum in different orders (TensorFlow's oneDNN kernels, cnnc's
-//! GEMM and reductions), and a gradient is a sum of up to a few hundred
+//! GEMM and reductions), and a gradient is a sum of up to about a thousand
 //! products of values near 1, so their rounding differs by a few units in
 //! the last place of those terms: the largest difference measured is
-//! 2.3e-6 (a training-mode 1x1 convolution's kernel gradient in the
-//! residual unit), most are below 1e-6. Ten times that still fails any
+//! 6.5e-6 (the kernel gradient of the last transposed convolution, each
+//! entry a sum of 896 products), then 2.4e-6 (the input gradient of
+//! bilinear upsampling, and a convolution's kernel gradient after nearest
+//! upsampling), most are below 1e-6. Ten times that still fails any
 //! wrong term: a missing batch-statistics term, a transposed kernel or a
 //! wrong slice changes gradients by more than 1e-2.
 
@@ -261,4 +264,28 @@ fn winograd_convolutions_match_tensorflow() {
         assert_eq!(steps, 2, "{pass} on Winograd's transforms:\n{plan}");
     }
     check("winograd", WINOGRAD_TOLERANCE);
+}
+
+/// Keras's `UpSampling2D` repeating pixels (`ops.repeat`), between two
+/// convolutions.
+#[test]
+fn nearest_upsampling_matches_tensorflow() {
+    check("upsample_nearest", TOLERANCE);
+}
+
+/// `UpSampling2D(interpolation="bilinear")`, which is `tf.image.resize`:
+/// half-pixel centres, the edges clamped, no antialiasing; factors of
+/// `[2, 3]` and `[3, 1]`.
+#[test]
+fn bilinear_upsampling_matches_tensorflow() {
+    check("upsample_bilinear", TOLERANCE);
+}
+
+/// `Conv2DTranspose` with stride 2: `same`; `valid` with an output padding
+/// of `[1, 0]` and a `[3, 2]` kernel; an even kernel with `same`, an output
+/// padding of 1 and no bias. The kernels in Keras's layout, `[kh, kw,
+/// filters, in]`.
+#[test]
+fn transposed_convolutions_match_tensorflow() {
+    check("conv_transpose", TOLERANCE);
 }

@@ -182,6 +182,26 @@ fn gradients_through_self_gated_activations_after_convolutions() {
 }
 
 #[test]
+fn gradients_of_a_small_unet() {
+    // A strided convolution down, a transposed convolution and both
+    // upsamplings back up, joined with the skip path: every weight of the
+    // decoder gets its gradient through a training step.
+    let source = "
+        model m : [6, 6, 2] {
+            let skip = conv(3, 3, padding: same, activation: tanh)
+            let deep = skip -> conv(4, 3, stride: 2, padding: same, activation: tanh)
+            let up = deep -> conv_transpose(3, 3, stride: 2, padding: same, activation: tanh)
+            let near = deep -> upsample(2) -> conv(2, 1)
+            let smooth = deep -> upsample(2, mode: bilinear)
+                -> conv_transpose(2, [1, 3], padding: same, output_padding: none, use_bias: false)
+            concat(skip, up, near, smooth)
+            global_avg_pool
+            dense(4, activation: softmax)
+        }";
+    check_gradients(source, 3, 4);
+}
+
+#[test]
 fn gradients_of_lenets_subsampling_and_rbf_units() {
     let source = "
         model m : [8, 8, 1] {

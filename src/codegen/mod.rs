@@ -7,7 +7,8 @@
 //! [`reduce`], [`window`]). Cranelift emits 128-bit vectors on x86-64, so the
 //! loops are written by hand over `f32x4` with `fma`. Convolutions and dense
 //! layers run on a tuned GEMM ([`contraction`]) with a generated epilogue;
-//! pure data movement and dropout masks are Rust ([`native`]).
+//! pure data movement and dropout masks are Rust ([`native`]), and so are
+//! upsampling and its gradient ([`resample`]).
 
 pub(crate) mod axis;
 pub mod contraction;
@@ -17,6 +18,7 @@ mod math;
 pub mod native;
 pub mod program;
 pub mod reduce;
+pub mod resample;
 pub mod window;
 
 use cranelift_codegen::ir::{self, AbiParam, UserFuncName};

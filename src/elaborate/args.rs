@@ -159,7 +159,10 @@ fn convert(kind: Kind, value: &Value) -> Result<Arg, Option<String>> {
         (Kind::Pair, Value::List(items)) if items.len() == 2 => {
             match (positive(&items[0]), positive(&items[1])) {
                 (Some(h), Some(w)) => Ok(Arg::Pair([h, w])),
-                _ => Err(items.iter().find_map(value::integer_help)),
+                _ => Err(items
+                    .iter()
+                    .find(|v| positive(v).is_none())
+                    .and_then(integer_hint)),
             }
         }
         (Kind::Pair, v) => positive(v)
@@ -196,6 +199,39 @@ fn convert(kind: Kind, value: &Value) -> Result<Arg, Option<String>> {
         (Kind::Axis, Value::Int(i)) => Ok(Arg::Int(*i)),
         (Kind::Axis, v) => Err(value::integer_help(v)),
         (Kind::Shape, Value::List(items)) => shape(items),
+        (Kind::Interpolation, Value::Symbol(s)) => match layers::interpolation_symbol(s) {
+            Some(mode) => Ok(Arg::Interpolation(mode)),
+            None => Err(crate::diagnostics::did_you_mean(
+                s,
+                layers::INTERPOLATIONS.iter().copied(),
+            )
+            .map(|b| format!("help: did you mean `{b}`?"))),
+        },
+        (Kind::OutputPadding, v) => output_padding(v),
+        _ => Err(None),
+    }
+}
+
+/// A transposed convolution's output padding: `none`, or a non-negative
+/// integer or pair of them (whether each is below the stride is the shape
+/// rule's to check, where the stride is known).
+fn output_padding(value: &Value) -> Result<Arg, Option<String>> {
+    let extra = |v: &Value| match v {
+        Value::Int(i) if *i >= 0 => Ok(*i as u64),
+        Value::Int(_) => Err(Some(
+            "help: output padding adds rows and columns, at least 0".to_string(),
+        )),
+        other => Err(value::integer_help(other)),
+    };
+    match value {
+        Value::Symbol(s) if s == "none" => Ok(Arg::OutputPadding(None)),
+        Value::List(items) if items.len() == 2 => Ok(Arg::OutputPadding(Some([
+            extra(&items[0])?,
+            extra(&items[1])?,
+        ]))),
+        Value::Int(_) => extra(value).map(|p| Arg::OutputPadding(Some([p, p]))),
+        Value::Symbol(s) => Err(crate::diagnostics::did_you_mean(s, ["none"])
+            .map(|b| format!("help: did you mean `{b}`?"))),
         _ => Err(None),
     }
 }

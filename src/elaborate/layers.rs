@@ -11,7 +11,7 @@
     clippy::match_wildcard_for_single_variants
 )]
 
-use crate::graph::{Activation, Init, Op, Padding, PoolKind};
+use crate::graph::{Activation, Init, Interpolation, Op, Padding, PoolKind};
 
 /// What an argument accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,10 @@ pub enum Kind {
     /// A per-example shape: a list of positive integers, one of which may
     /// be -1.
     Shape,
+    /// `nearest` or `bilinear`.
+    Interpolation,
+    /// `none`, or an integer >= 0, or a pair `[h, w]` of them.
+    OutputPadding,
 }
 
 impl Kind {
@@ -58,6 +62,10 @@ impl Kind {
             }
             Kind::Axis => "an integer axis",
             Kind::Shape => "a shape: a list of positive integers, one of which may be -1",
+            Kind::Interpolation => "`nearest` or `bilinear`",
+            Kind::OutputPadding => {
+                "`none`, a non-negative integer or a pair [height, width] of them"
+            }
         }
     }
 }
@@ -112,6 +120,18 @@ const CONV: &[ArgSpec] = &[
     a("init", Kind::Init, Symbol("glorot_uniform")),
     a("trainable", Kind::Bool, DefaultValue::Bool(true)),
 ];
+const CONV_TRANSPOSE: &[ArgSpec] = &[
+    a("filters", Positive, Required),
+    a("kernel", Pair, Required),
+    a("stride", Pair, Int(1)),
+    a("padding", Kind::Padding, Symbol("valid")),
+    a("output_padding", Kind::OutputPadding, Symbol("none")),
+    a("dilation", Pair, Int(1)),
+    a("use_bias", Kind::Bool, DefaultValue::Bool(true)),
+    a("activation", Kind::Activation, Symbol("none")),
+    a("init", Kind::Init, Symbol("glorot_uniform")),
+    a("trainable", Kind::Bool, DefaultValue::Bool(true)),
+];
 const DEPTHWISE: &[ArgSpec] = &[
     a("kernel", Pair, Required),
     a("stride", Pair, Int(1)),
@@ -154,6 +174,10 @@ const AVGPOOL: &[ArgSpec] = &[
     a("trainable", Kind::Bool, DefaultValue::Bool(false)),
     a("activation", Kind::Activation, Symbol("none")),
 ];
+const UPSAMPLE: &[ArgSpec] = &[
+    a("factor", Pair, Int(2)),
+    a("mode", Kind::Interpolation, Symbol("nearest")),
+];
 const DEPTH_MAXPOOL: &[ArgSpec] = &[a("size", Positive, Required)];
 const DROPOUT: &[ArgSpec] = &[a("rate", Rate, Required)];
 const BATCHNORM: &[ArgSpec] = &[
@@ -183,11 +207,13 @@ const NONE: &[ArgSpec] = &[];
 /// Every primitive layer, by name, with its signature.
 pub const LAYERS: &[(&str, &[ArgSpec])] = &[
     ("conv", CONV),
+    ("conv_transpose", CONV_TRANSPOSE),
     ("depthwise_conv", DEPTHWISE),
     ("separable_conv", SEPARABLE),
     ("dense", DENSE),
     ("maxpool", MAXPOOL),
     ("avgpool", AVGPOOL),
+    ("upsample", UPSAMPLE),
     ("global_avg_pool", NONE),
     ("global_max_pool", NONE),
     ("depth_maxpool", DEPTH_MAXPOOL),
@@ -239,6 +265,10 @@ pub enum Arg {
     Init(Init),
     /// A shape, -1 where it is inferred.
     Shape(Vec<i64>),
+    /// An interpolation.
+    Interpolation(Interpolation),
+    /// A transposed convolution's output padding, or `none`.
+    OutputPadding(Option<[u64; 2]>),
 }
 
 /// The checked arguments of one call, in signature order.
@@ -315,6 +345,20 @@ impl Args {
             _ => None,
         }
     }
+    /// The interpolation argument.
+    pub fn interpolation(&self) -> Interpolation {
+        match self.get("mode") {
+            Arg::Interpolation(i) => *i,
+            _ => Interpolation::Nearest,
+        }
+    }
+    /// The output-padding argument.
+    pub fn output_padding(&self) -> Option<[u64; 2]> {
+        match self.get("output_padding") {
+            Arg::OutputPadding(p) => *p,
+            _ => None,
+        }
+    }
     /// The initializer argument.
     pub fn init(&self) -> Init {
         match self.get("init") {
@@ -364,6 +408,8 @@ pub fn expand(name: &str, args: &Args) -> Vec<Part> {
 pub enum Layer {
     /// `conv`
     Conv,
+    /// `conv_transpose`
+    ConvTranspose,
     /// `depthwise_conv`
     DepthwiseConv,
     /// `separable_conv`: a depthwise then a pointwise convolution.
@@ -374,6 +420,8 @@ pub enum Layer {
     MaxPool,
     /// `avgpool`, with a trainable scale and bias if asked (LeNet-5).
     AvgPool,
+    /// `upsample`
+    Upsample,
     /// `global_avg_pool`
     GlobalAvgPool,
     /// `global_max_pool`
@@ -426,11 +474,13 @@ impl Layer {
     pub fn named(name: &str) -> Option<Layer> {
         Some(match name {
             "conv" => Layer::Conv,
+            "conv_transpose" => Layer::ConvTranspose,
             "depthwise_conv" => Layer::DepthwiseConv,
             "separable_conv" => Layer::SeparableConv,
             "dense" => Layer::Dense,
             "maxpool" => Layer::MaxPool,
             "avgpool" => Layer::AvgPool,
+            "upsample" => Layer::Upsample,
             "global_avg_pool" => Layer::GlobalAvgPool,
             "global_max_pool" => Layer::GlobalMaxPool,
             "depth_maxpool" => Layer::DepthMaxPool,
@@ -486,6 +536,19 @@ impl Layer {
                 },
                 init: args.init(),
             }],
+            Layer::ConvTranspose => vec![Part {
+                suffix: "",
+                op: Op::ConvTranspose2d {
+                    filters: args.int("filters"),
+                    kernel: args.pair("kernel"),
+                    stride: args.pair("stride"),
+                    padding: args.padding(),
+                    output_padding: args.output_padding(),
+                    dilation: args.pair("dilation"),
+                    bias: args.bool("use_bias"),
+                },
+                init: args.init(),
+            }],
             Layer::DepthwiseConv => vec![Part {
                 suffix: "",
                 op: depthwise(args, args.bool("use_bias")),
@@ -526,6 +589,13 @@ impl Layer {
                 }
                 parts
             }
+            Layer::Upsample => vec![part(
+                "",
+                Op::Upsample {
+                    factor: args.pair("factor"),
+                    mode: args.interpolation(),
+                },
+            )],
             Layer::GlobalAvgPool => vec![part(
                 "",
                 Op::GlobalPool {
@@ -626,6 +696,7 @@ pub fn written_as(op: &Op) -> Written {
     match op {
         Op::Input { .. } => Written::ModelInput,
         Op::Conv2d { .. } => Written::Layer(Layer::Conv),
+        Op::ConvTranspose2d { .. } => Written::Layer(Layer::ConvTranspose),
         Op::DepthwiseConv2d { .. } => Written::Layer(Layer::DepthwiseConv),
         Op::Dense { .. } => Written::Layer(Layer::Dense),
         Op::Pool2d {
@@ -637,6 +708,7 @@ pub fn written_as(op: &Op) -> Written {
             ..
         }
         | Op::ScaleBias => Written::Layer(Layer::AvgPool),
+        Op::Upsample { .. } => Written::Layer(Layer::Upsample),
         Op::GlobalPool {
             kind: PoolKind::Max,
         } => Written::Layer(Layer::GlobalMaxPool),
@@ -748,6 +820,18 @@ pub fn init_symbol(name: &str) -> Option<Init> {
         _ => return None,
     })
 }
+
+/// The interpolation named by a symbol (`mode: bilinear`).
+pub fn interpolation_symbol(name: &str) -> Option<Interpolation> {
+    match name {
+        "nearest" => Some(Interpolation::Nearest),
+        "bilinear" => Some(Interpolation::Bilinear),
+        _ => None,
+    }
+}
+
+/// The interpolation names.
+pub const INTERPOLATIONS: &[&str] = &["nearest", "bilinear"];
 
 /// The initializer names.
 pub const INITS: &[&str] = &[

@@ -35,6 +35,28 @@ pub enum PoolKind {
     Avg,
 }
 
+/// How upsampling fills the pixels between the input's (Keras's
+/// `UpSampling2D(interpolation=...)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Interpolation {
+    /// Each input pixel repeated over its block of `factor` pixels.
+    Nearest,
+    /// Linear in each axis between the two nearest input pixels, with
+    /// half-pixel centres and the edges clamped, as `tf.image.resize`
+    /// (`method="bilinear"`, no antialiasing).
+    Bilinear,
+}
+
+impl Interpolation {
+    /// The name as written in `.cnn`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Interpolation::Nearest => "nearest",
+            Interpolation::Bilinear => "bilinear",
+        }
+    }
+}
+
 /// Element-wise (and softmax: last-axis) activation functions.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
@@ -121,6 +143,28 @@ pub enum Op {
         /// Whether a bias is added.
         bias: bool,
     },
+    /// Transposed 2-D convolution (Keras's `Conv2DTranspose`): the gradient
+    /// of a convolution with respect to its input, of `[h, w, c]` with a
+    /// `[kh, kw, filters, c]` kernel (Keras's layout: the filters before the
+    /// input channels).
+    ConvTranspose2d {
+        /// Output channels.
+        filters: u64,
+        /// Kernel height and width.
+        kernel: [u64; 2],
+        /// Vertical and horizontal stride (the upsampling factor).
+        stride: [u64; 2],
+        /// Padding of the convolution it transposes.
+        padding: Padding,
+        /// Extra rows and columns at the bottom and right of the output
+        /// (each smaller than the stride), or `None` for Keras's default
+        /// output size.
+        output_padding: Option<[u64; 2]>,
+        /// Dilation rate.
+        dilation: [u64; 2],
+        /// Whether a bias is added.
+        bias: bool,
+    },
     /// Depthwise convolution: each channel with its own `multiplier` filters.
     DepthwiseConv2d {
         /// Filters per input channel.
@@ -153,6 +197,14 @@ pub enum Op {
         stride: [u64; 2],
         /// Padding.
         padding: Padding,
+    },
+    /// Upsampling of `[h, w, c]` to `[h * factor[0], w * factor[1], c]`
+    /// (Keras's `UpSampling2D`).
+    Upsample {
+        /// Vertical and horizontal factor.
+        factor: [u64; 2],
+        /// How the new pixels are filled.
+        mode: Interpolation,
     },
     /// Pooling of each whole feature map to one value: `[h, w, c] -> [c]`.
     GlobalPool {
@@ -300,6 +352,7 @@ impl Op {
         match self {
             Op::Input { .. } => "input",
             Op::Conv2d { .. } => "conv2d",
+            Op::ConvTranspose2d { .. } => "conv_transpose2d",
             Op::DepthwiseConv2d { .. } => "depthwise_conv2d",
             Op::Dense { .. } => "dense",
             Op::Pool2d {
@@ -310,6 +363,7 @@ impl Op {
                 kind: PoolKind::Avg,
                 ..
             } => "avgpool",
+            Op::Upsample { .. } => "upsample",
             Op::GlobalPool {
                 kind: PoolKind::Max,
             } => "global_max_pool",
@@ -344,9 +398,11 @@ impl Op {
             Op::WeightGrad { .. } => false,
             Op::Input { .. }
             | Op::Conv2d { .. }
+            | Op::ConvTranspose2d { .. }
             | Op::DepthwiseConv2d { .. }
             | Op::Dense { .. }
             | Op::Pool2d { .. }
+            | Op::Upsample { .. }
             | Op::GlobalPool { .. }
             | Op::DepthMaxPool { .. }
             | Op::Flatten
@@ -373,9 +429,11 @@ impl Op {
         match self {
             Op::Input { .. } | Op::Labels | Op::Upstream { .. } => Arity::Exactly(0),
             Op::Conv2d { .. }
+            | Op::ConvTranspose2d { .. }
             | Op::DepthwiseConv2d { .. }
             | Op::Dense { .. }
             | Op::Pool2d { .. }
+            | Op::Upsample { .. }
             | Op::GlobalPool { .. }
             | Op::DepthMaxPool { .. }
             | Op::Flatten
@@ -433,6 +491,21 @@ impl fmt::Display for Op {
                 padding(*p),
                 pair(*dilation)
             ),
+            Op::ConvTranspose2d { filters, kernel, stride, padding: p, output_padding, dilation, bias } => {
+                write!(
+                    f,
+                    "conv_transpose2d(filters={filters}, kernel={}, stride={}, padding={}, ",
+                    pair(*kernel),
+                    pair(*stride),
+                    padding(*p)
+                )?;
+                match output_padding {
+                    Some(extra) => write!(f, "output_padding={}, ", pair(*extra))?,
+                    None => write!(f, "output_padding=none, ")?,
+                }
+                write!(f, "dilation={}, bias={bias})", pair(*dilation))
+            }
+            Op::Upsample { factor, mode } => write!(f, "upsample(factor={}, mode={})", pair(*factor), mode.name()),
             Op::DepthwiseConv2d { multiplier, kernel, stride, padding: p, dilation, bias } => write!(
                 f,
                 "depthwise_conv2d(multiplier={multiplier}, kernel={}, stride={}, padding={}, dilation={}, bias={bias})",

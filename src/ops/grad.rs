@@ -79,7 +79,12 @@ pub fn gradient(op: &Op, arity: usize) -> Rule {
     let rule = |inputs: Vec<Vec<Need>>, weights: Vec<Option<Vec<Need>>>| Rule { inputs, weights };
     match op {
         // dX = col2im(dY . W^T); dW = im2col(X)^T . dY; db = sum dY
-        Op::Conv2d { bias, .. } | Op::DepthwiseConv2d { bias, .. } | Op::Dense { bias, .. } => {
+        // conv_transpose (Y = conv_W^T(X), the transpose of the linear map
+        // conv_W): dX = conv_W(dY); dW = im2col(dY)^T . X; db = sum dY
+        Op::Conv2d { bias, .. }
+        | Op::ConvTranspose2d { bias, .. }
+        | Op::DepthwiseConv2d { bias, .. }
+        | Op::Dense { bias, .. } => {
             let mut weights = vec![Some(vec![Dy, Input(0)])];
             if *bias {
                 weights.push(Some(vec![Dy]));
@@ -111,6 +116,10 @@ pub fn gradient(op: &Op, arity: usize) -> Rule {
         | Op::GlobalPool {
             kind: PoolKind::Avg,
         } => rule(vec![vec![Dy]], vec![]),
+        // Y = A_h X A_w^T per channel, A the interpolation matrix of each axis
+        // (nearest: each output row reads one input row; bilinear: two):
+        // dX = A_h^T dY A_w, which for nearest sums each block of dY
+        Op::Upsample { .. } => rule(vec![vec![Dy]], vec![]),
         // a reshape: dX = dY, reshaped
         Op::Flatten | Op::Reshape { .. } => rule(vec![vec![Dy]], vec![]),
         // dX = dY * mask / (1 - rate), with the forward pass's mask

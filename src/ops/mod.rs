@@ -31,7 +31,7 @@ use thiserror::Error;
 use crate::diagnostics::{Diagnostic, Span};
 use crate::graph::{Op, Shape};
 pub use grad::{gradient, weight_needs, GradInputs, Need, Rule};
-pub use window::{output_size, same_padding};
+pub use window::{output_size, same_padding, transposed_output_size};
 
 /// The largest tensor, in elements per example, that cnnc will address
 /// (16 GiB of f32).
@@ -95,6 +95,36 @@ pub enum ShapeError {
         op: String,
         /// The attribute.
         what: &'static str,
+    },
+    /// A transposed convolution's output padding is not below its stride.
+    #[error("`conv_transpose` needs an output_padding smaller than its stride in each dimension, but output_padding is {} and stride is {}", pair(*.output_padding), pair(*.stride))]
+    OutputPadding {
+        /// The output padding.
+        output_padding: [u64; 2],
+        /// The stride.
+        stride: [u64; 2],
+    },
+    /// A transposed convolution with both a stride and a dilation, which
+    /// Keras refuses.
+    #[error("`conv_transpose` cannot combine a stride of {} with a dilation of {}: one of them must be 1, as in Keras", pair(*.stride), pair(*.dilation))]
+    DilatedStride {
+        /// The stride.
+        stride: [u64; 2],
+        /// The dilation.
+        dilation: [u64; 2],
+    },
+    /// A transposed convolution whose output size (by Keras's rule) the
+    /// convolution it transposes does not map back to its input's size.
+    #[error("`conv_transpose` would make the input's {axis} of {input} an output {axis} of {output} (Keras's rule), but the convolution it transposes maps {output} back to {back}, not {input}")]
+    TransposedSize {
+        /// `height` or `width`.
+        axis: &'static str,
+        /// The input's size along it.
+        input: u64,
+        /// The output's size by Keras's rule.
+        output: u64,
+        /// What the convolution it transposes makes of that output size.
+        back: u64,
     },
     /// A reshape's target does not hold the input's values.
     #[error("cannot reshape {input} ({elements} values) to [{target}]: {reason}")]
@@ -188,7 +218,13 @@ impl ShapeError {
                 "help: the target must hold {} values (the input's shape is {input}); one dimension may be -1, inferred from the others",
                 input.elements()
             )),
+            ShapeError::TransposedSize { .. } => Some(
+                "help: TensorFlow refuses it too; with `padding: same`, an even kernel needs `output_padding` of at least 1, or `none`"
+                    .into(),
+            ),
             ShapeError::Rank { .. }
+            | ShapeError::OutputPadding { .. }
+            | ShapeError::DilatedStride { .. }
             | ShapeError::Mismatch { .. }
             | ShapeError::BadAxis { .. }
             | ShapeError::Indivisible { .. }
@@ -226,6 +262,34 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
             let (oh, ow) =
                 window::apply(op, "kernel", [h, w], *kernel, *stride, *dilation, *padding)?;
             Shape(vec![oh, ow, *filters])
+        }
+        Op::ConvTranspose2d {
+            filters,
+            kernel,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            ..
+        } => {
+            nonzero(op, *filters, "number of filters")?;
+            let (h, w, _) = image(op, inputs[0])?;
+            let (oh, ow) = window::apply_transposed(
+                op,
+                [h, w],
+                *kernel,
+                *stride,
+                *dilation,
+                (*padding, *output_padding),
+            )?;
+            Shape(vec![oh, ow, *filters])
+        }
+        Op::Upsample { factor, .. } => {
+            nonzero(op, factor[0].min(factor[1]), "factor")?;
+            let (h, w, c) = image(op, inputs[0])?;
+            let oh = checked_mul(h, factor[0], &[])?;
+            let ow = checked_mul(w, factor[1], &[oh])?;
+            Shape(vec![oh, ow, c])
         }
         Op::DepthwiseConv2d {
             multiplier,
@@ -341,6 +405,22 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
             p.extend(bias(*b, *filters));
             p
         }
+        // Keras's layout: the filters (the output channels) before the
+        // input channels, as the kernel of the convolution it transposes.
+        Op::ConvTranspose2d {
+            filters,
+            kernel,
+            bias: b,
+            ..
+        } => {
+            let mut p = vec![(
+                "kernel",
+                vec![kernel[0], kernel[1], *filters, channels],
+                true,
+            )];
+            p.extend(bias(*b, *filters));
+            p
+        }
         Op::DepthwiseConv2d {
             multiplier,
             kernel,
@@ -379,6 +459,7 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
         ],
         Op::Input { .. }
         | Op::Pool2d { .. }
+        | Op::Upsample { .. }
         | Op::GlobalPool { .. }
         | Op::DepthMaxPool { .. }
         | Op::Flatten
@@ -409,6 +490,13 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
         Op::Conv2d { kernel, .. } => output
             .elements()
             .saturating_mul(kernel[0] * kernel[1] * channels),
+        // Each input value times each tap and filter: the convolution it
+        // transposes, from the output back to the input.
+        Op::ConvTranspose2d {
+            filters, kernel, ..
+        } => inputs[0]
+            .elements()
+            .saturating_mul(kernel[0] * kernel[1] * filters),
         Op::DepthwiseConv2d { kernel, .. } => {
             output.elements().saturating_mul(kernel[0] * kernel[1])
         }
@@ -425,6 +513,7 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
         Op::WeightGrad { forward, index, .. } => return weight_grad_flops(forward, *index, inputs),
         Op::Input { .. }
         | Op::Pool2d { .. }
+        | Op::Upsample { .. }
         | Op::GlobalPool { .. }
         | Op::DepthMaxPool { .. }
         | Op::Flatten
@@ -464,6 +553,15 @@ fn weight_grad_flops(forward: &Op, index: usize, inputs: &[&Shape]) -> u64 {
             dy, input: Some(x), ..
         }) if index == 0 => flops(forward, &[x], dy),
         Some(_) | None => 0,
+    }
+}
+
+/// `2` or `[2, 3]`, as the language writes a pair.
+fn pair(p: [u64; 2]) -> String {
+    if p[0] == p[1] {
+        p[0].to_string()
+    } else {
+        format!("[{}, {}]", p[0], p[1])
     }
 }
 
@@ -677,6 +775,81 @@ mod tests {
         let p = params(&conv(64, 7, 1, Padding::Same), &[&Shape(vec![28, 28, 1])]);
         assert_eq!(p[0].1, vec![7, 7, 1, 64]);
         assert_eq!(p[1].1, vec![64]);
+    }
+
+    fn conv_transpose(stride: u64, padding: Padding, output_padding: Option<[u64; 2]>) -> Op {
+        Op::ConvTranspose2d {
+            filters: 8,
+            kernel: [3, 3],
+            stride: [stride, stride],
+            padding,
+            output_padding,
+            dilation: [1, 1],
+            bias: true,
+        }
+    }
+
+    #[test]
+    fn conv_transpose_shapes_and_weights_follow_keras() {
+        let x = Shape(vec![7, 5, 16]);
+        let same = conv_transpose(2, Padding::Same, None);
+        assert_eq!(infer(&same, &[&x]).unwrap(), Shape(vec![14, 10, 8]));
+        let valid = conv_transpose(2, Padding::Valid, Some([1, 1]));
+        assert_eq!(infer(&valid, &[&x]).unwrap(), Shape(vec![16, 12, 8]));
+        let p = params(&same, &[&x]);
+        assert_eq!(p[0].1, vec![3, 3, 8, 16], "filters before input channels");
+        assert_eq!(p[1].1, vec![8]);
+        // Each input value meets every tap of every filter.
+        let y = infer(&same, &[&x]).unwrap();
+        assert_eq!(flops(&same, &[&x], &y), 2 * 7 * 5 * 16 * 9 * 8);
+    }
+
+    #[test]
+    fn conv_transpose_refuses_what_keras_refuses() {
+        let x = Shape(vec![7, 7, 16]);
+        assert_eq!(
+            infer(&conv_transpose(2, Padding::Same, Some([2, 0])), &[&x]),
+            Err(ShapeError::OutputPadding {
+                output_padding: [2, 0],
+                stride: [2, 2],
+            })
+        );
+        let dilated = Op::ConvTranspose2d {
+            filters: 8,
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: Padding::Same,
+            output_padding: None,
+            dilation: [1, 2],
+            bias: false,
+        };
+        assert!(matches!(
+            infer(&dilated, &[&x]),
+            Err(ShapeError::DilatedStride { .. })
+        ));
+        assert!(matches!(
+            infer(&conv_transpose(2, Padding::Same, None), &[&Shape(vec![49])]),
+            Err(ShapeError::Rank { .. })
+        ));
+    }
+
+    #[test]
+    fn upsampling_multiplies_height_and_width() {
+        let up = Op::Upsample {
+            factor: [2, 3],
+            mode: crate::graph::Interpolation::Bilinear,
+        };
+        let x = Shape(vec![7, 5, 4]);
+        assert_eq!(infer(&up, &[&x]).unwrap(), Shape(vec![14, 15, 4]));
+        assert!(params(&up, &[&x]).is_empty());
+        let zero = Op::Upsample {
+            factor: [0, 3],
+            mode: crate::graph::Interpolation::Nearest,
+        };
+        assert!(matches!(
+            infer(&zero, &[&x]),
+            Err(ShapeError::Zero { what: "factor", .. })
+        ));
     }
 
     #[test]

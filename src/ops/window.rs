@@ -27,6 +27,44 @@ pub fn output_size(
     }
 }
 
+/// The output length of a transposed convolution (Keras's
+/// `compute_conv_transpose_output_length`): `input * stride`, plus with
+/// `valid` padding what the (dilated) kernel reaches beyond the last
+/// stride; with an `output_padding`, `(input - 1) * stride + kernel - 2 *
+/// pad + output_padding`, `pad` being half the kernel (rounded down) with
+/// `same` padding and 0 with `valid`. `None` on overflow or a zero size.
+pub fn transposed_output_size(
+    input: u64,
+    kernel: u64,
+    stride: u64,
+    dilation: u64,
+    padding: Padding,
+    output_padding: Option<u64>,
+) -> Option<u64> {
+    let effective = kernel
+        .checked_sub(1)?
+        .checked_mul(dilation)?
+        .checked_add(1)?;
+    let length = match (output_padding, padding) {
+        (None, Padding::Valid) => input
+            .checked_mul(stride)?
+            .checked_add(effective.saturating_sub(stride))?,
+        (None, Padding::Same) => input.checked_mul(stride)?,
+        (Some(extra), padding) => {
+            let pad = match padding {
+                Padding::Same => effective / 2,
+                Padding::Valid => 0,
+            };
+            input
+                .checked_sub(1)?
+                .checked_mul(stride)?
+                .checked_add(effective - 2 * pad)?
+                .checked_add(extra)?
+        }
+    };
+    (length > 0).then_some(length)
+}
+
 /// The zero padding `same` adds before and after an axis (the odd pixel
 /// goes after, as in TensorFlow).
 pub fn same_padding(input: u64, kernel: u64, stride: u64, dilation: u64) -> (u64, u64) {
@@ -73,6 +111,60 @@ pub(super) fn apply(
     }
 }
 
+/// The output height and width of a transposed convolution, checked as
+/// Keras and TensorFlow check them: an output padding smaller than the
+/// stride, no dilation with a stride, and an output size that the
+/// convolution it transposes maps back to the input's (TensorFlow's
+/// `Conv2DBackpropInput` refuses any other).
+pub(super) fn apply_transposed(
+    op: &Op,
+    input: [u64; 2],
+    kernel: [u64; 2],
+    stride: [u64; 2],
+    dilation: [u64; 2],
+    (padding, output_padding): (Padding, Option<[u64; 2]>),
+) -> Result<(u64, u64), ShapeError> {
+    for (value, name) in [
+        (kernel, "kernel"),
+        (stride, "stride"),
+        (dilation, "dilation"),
+    ] {
+        if value.contains(&0) {
+            return Err(ShapeError::Zero {
+                op: op.name().to_string(),
+                what: name,
+            });
+        }
+    }
+    if let Some(extra) = output_padding {
+        if extra[0] >= stride[0] || extra[1] >= stride[1] {
+            return Err(ShapeError::OutputPadding {
+                output_padding: extra,
+                stride,
+            });
+        }
+    }
+    if stride.iter().any(|&s| s > 1) && dilation.iter().any(|&d| d > 1) {
+        return Err(ShapeError::DilatedStride { stride, dilation });
+    }
+    let axis = |i: usize| -> Result<u64, ShapeError> {
+        let extra = output_padding.map(|p| p[i]);
+        let output =
+            transposed_output_size(input[i], kernel[i], stride[i], dilation[i], padding, extra);
+        let back = output.and_then(|o| output_size(o, kernel[i], stride[i], dilation[i], padding));
+        match (output, back) {
+            (Some(o), Some(b)) if b == input[i] => Ok(o),
+            _ => Err(ShapeError::TransposedSize {
+                axis: ["height", "width"][i],
+                input: input[i],
+                output: output.unwrap_or(0),
+                back: back.unwrap_or(0),
+            }),
+        }
+    };
+    Ok((axis(0)?, axis(1)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +182,26 @@ mod tests {
         assert_eq!(output_size(299, 3, 2, 1, Padding::Valid), Some(149));
         assert_eq!(output_size(28, 3, 1, 2, Padding::Valid), Some(24));
         assert_eq!(output_size(4, 5, 1, 1, Padding::Valid), None);
+    }
+
+    #[test]
+    fn transposed_sizes_follow_keras() {
+        // Keras 3.15's Conv2DTranspose on a 4x4 input, as printed by it.
+        let size = |k, s, p, extra| transposed_output_size(4, k, s, 1, p, extra);
+        assert_eq!(size(3, 2, Padding::Same, None), Some(8));
+        assert_eq!(size(3, 2, Padding::Valid, None), Some(9));
+        assert_eq!(size(2, 2, Padding::Same, None), Some(8));
+        assert_eq!(size(3, 2, Padding::Same, Some(1)), Some(8));
+        assert_eq!(size(3, 2, Padding::Valid, Some(1)), Some(10));
+        assert_eq!(size(1, 3, Padding::Valid, None), Some(12));
+        // An even kernel with `same` and no extra row: (4 - 1) * 2, which
+        // a strided convolution maps to 3, not 4 (TensorFlow refuses it).
+        assert_eq!(size(4, 2, Padding::Same, Some(0)), Some(6));
+        assert_eq!(output_size(6, 4, 2, 1, Padding::Same), Some(3));
+        assert_eq!(
+            transposed_output_size(1, 2, 2, 1, Padding::Same, Some(0)),
+            None
+        );
     }
 
     #[test]

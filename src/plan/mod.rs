@@ -12,6 +12,7 @@ use crate::codegen::contraction::{ConvShape, DenseShape};
 use crate::codegen::elementwise::Elementwise;
 use crate::codegen::native::{CopyRows, DropoutMask};
 use crate::codegen::reduce::Reduce;
+use crate::codegen::resample::Resample;
 use crate::codegen::window::Window;
 
 pub use verify::{Access, Len, Param, PlanError};
@@ -150,6 +151,8 @@ pub enum KernelDesc {
     },
     /// Strided row copies (concatenation).
     Copy(CopyRows),
+    /// Upsampling or its gradient.
+    Resample(Resample),
     /// Dropout's random mask.
     Mask(DropoutMask),
 }
@@ -302,6 +305,7 @@ impl KernelDesc {
             KernelDesc::Reduce(_) => "reduction".to_string(),
             KernelDesc::Window(_) => "window".to_string(),
             KernelDesc::Copy(_) => "copy".to_string(),
+            KernelDesc::Resample(_) => "resample".to_string(),
             KernelDesc::Mask(_) => "dropout mask".to_string(),
         }
     }
@@ -356,6 +360,13 @@ impl KernelDesc {
                 c.rows, c.len, c.from, c.to
             ),
             KernelDesc::Mask(m) => format!("dropout mask [{}] rate {}", m.len, m.rate),
+            KernelDesc::Resample(r) => format!(
+                "resample {} {:?} x{:?} input {:?}",
+                r.mode.name(),
+                r.pass,
+                r.factor,
+                r.input
+            ),
         }
     }
 }

@@ -182,6 +182,7 @@ impl KernelDesc {
             KernelDesc::Contraction { name, .. } | KernelDesc::WinogradFilter { name, .. } => name,
             KernelDesc::Copy(c) => &c.name,
             KernelDesc::Mask(m) => &m.name,
+            KernelDesc::Resample(r) => &r.name,
         }
     }
 
@@ -216,6 +217,10 @@ impl KernelDesc {
             }
             KernelDesc::Copy(c) => Ok(vec![read(c.rows * c.from.0), write(c.rows * c.to.0)]),
             KernelDesc::Mask(m) => Ok(vec![read(2), write(m.len)]),
+            KernelDesc::Resample(r) => {
+                let (source, target) = r.lengths()?;
+                Ok(vec![read(source), write(target)])
+            }
         }
     }
 }

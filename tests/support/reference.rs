@@ -20,8 +20,8 @@
 
 #![allow(dead_code)]
 
-use cnnc::graph::{Activation, Op, Padding, PoolKind};
-use cnnc::ops::{output_size, same_padding};
+use cnnc::graph::{Activation, Interpolation, Op, Padding, PoolKind};
+use cnnc::ops::{output_size, same_padding, transposed_output_size};
 use ndarray::{ArrayD, Axis, IxDyn};
 
 /// Keras' `backend.epsilon()`: the clipping bound of probabilities in the
@@ -80,6 +80,35 @@ pub fn forward(
                 *dilation,
                 *padding,
             )
+        }
+        Op::ConvTranspose2d {
+            filters,
+            kernel,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            bias,
+        } => {
+            expect_params(op, params, 1 + usize::from(*bias));
+            let k = params[0];
+            assert_eq!(
+                k.shape()[..3],
+                [n(kernel[0]), n(kernel[1]), n(*filters)],
+                "transposed conv kernel size and filters"
+            );
+            conv_transpose2d(
+                one(),
+                k,
+                bias.then(|| params[1]),
+                *stride,
+                *dilation,
+                (*padding, *output_padding),
+            )
+        }
+        Op::Upsample { factor, mode } => {
+            expect_params(op, params, 0);
+            upsample(one(), *factor, *mode)
         }
         Op::DepthwiseConv2d {
             multiplier,
@@ -369,6 +398,204 @@ pub fn conv2d(
         }
     }
     array(&[batch, oh, ow, filters], out)
+}
+
+/// Keras 3's `Conv2DTranspose`, which calls `tf.nn.conv2d_transpose`: the
+/// gradient of `tf.nn.conv2d` with respect to its input, of `x` `[b, h, w,
+/// c]` with `kernel` `[kh, kw, filters, c]` (Keras's layout), plus `bias`
+/// `[filters]`. The output's size is Keras's
+/// ([`cnnc::ops::transposed_output_size`]), and `padding` is that of the
+/// convolution from the output back to `x`: `same` pads the output-sized
+/// image as [`cnnc::ops::same_padding`] says (`top`, `left`).
+///
+/// Every input value is scattered over the output:
+/// `out[b, iy * sh + ky * dh - top, ix * sw + kx * dw - left, f] +=
+/// x[b, iy, ix, c] * kernel[ky, kx, f, c]`, positions outside the output
+/// dropped.
+pub fn conv_transpose2d(
+    x: &ArrayD<f32>,
+    kernel: &ArrayD<f32>,
+    bias: Option<&ArrayD<f32>>,
+    stride: [u64; 2],
+    dilation: [u64; 2],
+    (padding, output_padding): (Padding, Option<[u64; 2]>),
+) -> ArrayD<f32> {
+    let [batch, h, w, c] = image(x);
+    let &[kh, kw, filters, kc] = kernel.shape() else {
+        panic!(
+            "transposed conv kernel must be [kh, kw, filters, in], got {:?}",
+            kernel.shape()
+        )
+    };
+    assert_eq!(kc, c, "transposed conv kernel input channels");
+    let axis = |i: usize, input: usize, k: usize| {
+        let extra = output_padding.map(|p| p[i]);
+        let out = transposed_output_size(
+            input as u64,
+            k as u64,
+            stride[i],
+            dilation[i],
+            padding,
+            extra,
+        )
+        .expect("a transposed convolution of this size");
+        let before = match padding {
+            Padding::Same => same_padding(out, k as u64, stride[i], dilation[i]).0,
+            Padding::Valid => 0,
+        };
+        (n(out), n(before) as isize)
+    };
+    let (oh, top) = axis(0, h, kh);
+    let (ow, left) = axis(1, w, kw);
+    let (xs, ks) = (flat(x), flat(kernel));
+    let mut out = vec![0f64; batch * oh * ow * filters];
+    let place = |i: usize, k: usize, s: u64, d: u64, before: isize, size: usize| {
+        let pos = (i * n(s) + k * n(d)) as isize - before;
+        (pos >= 0 && (pos as usize) < size).then_some(pos as usize)
+    };
+    for b in 0..batch {
+        for iy in 0..h {
+            for ix in 0..w {
+                for ky in 0..kh {
+                    let Some(oy) = place(iy, ky, stride[0], dilation[0], top, oh) else {
+                        continue;
+                    };
+                    for kx in 0..kw {
+                        let Some(ox) = place(ix, kx, stride[1], dilation[1], left, ow) else {
+                            continue;
+                        };
+                        for f in 0..filters {
+                            let mut acc = 0.0;
+                            for ci in 0..c {
+                                let xv = xs[((b * h + iy) * w + ix) * c + ci];
+                                let kv = ks[((ky * kw + kx) * filters + f) * c + ci];
+                                acc += f64::from(xv) * f64::from(kv);
+                            }
+                            out[((b * oh + oy) * ow + ox) * filters + f] += acc;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(bias) = bias {
+        let bs = flat(bias);
+        assert_eq!(bs.len(), filters, "transposed conv bias size");
+        for (i, v) in out.iter_mut().enumerate() {
+            *v += f64::from(bs[i % filters]);
+        }
+    }
+    array(
+        &[batch, oh, ow, filters],
+        out.into_iter().map(|v| v as f32).collect(),
+    )
+}
+
+/// Keras 3's `UpSampling2D(size, interpolation)` of `x` `[b, h, w, c]` to
+/// `[b, h * fh, w * fw, c]`. `nearest` repeats every pixel over an `fh x
+/// fw` block (Keras's `ops.repeat` along each axis). `bilinear` is what
+/// Keras calls, `tf.image.resize(method="bilinear")` without
+/// antialiasing: TensorFlow's `resize_bilinear` with half-pixel centres,
+/// written as TensorFlow writes it. Along each axis of `n` pixels, output
+/// pixel `o` sits at `s = (o + 0.5) * (n / (n * f)) - 0.5` of the input; it
+/// reads `lower = max(floor(s), 0)` and `upper = min(ceil(s), n - 1)` with
+/// `t = s - floor(s)`; then `top = x[lower_y, lower_x] + (x[lower_y,
+/// upper_x] - x[lower_y, lower_x]) t_x`, `bottom` the same on row
+/// `upper_y`, and `out = top + (bottom - top) t_y`.
+pub fn upsample(x: &ArrayD<f32>, factor: [u64; 2], mode: Interpolation) -> ArrayD<f32> {
+    let [batch, h, w, c] = image(x);
+    let (fh, fw) = (n(factor[0]), n(factor[1]));
+    let (oh, ow) = (h * fh, w * fw);
+    let xs = flat(x);
+    let at =
+        |b: usize, y: usize, x: usize, ch: usize| f64::from(xs[((b * h + y) * w + x) * c + ch]);
+    let (rows, columns) = (bilinear_axis(h, fh), bilinear_axis(w, fw));
+    let mut out = vec![0f32; batch * oh * ow * c];
+    for b in 0..batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ch in 0..c {
+                    let value = match mode {
+                        Interpolation::Nearest => at(b, oy / fh, ox / fw, ch),
+                        Interpolation::Bilinear => {
+                            let (y0, y1, ty) = rows[oy];
+                            let (x0, x1, tx) = columns[ox];
+                            let top =
+                                at(b, y0, x0, ch) + (at(b, y0, x1, ch) - at(b, y0, x0, ch)) * tx;
+                            let bottom =
+                                at(b, y1, x0, ch) + (at(b, y1, x1, ch) - at(b, y1, x0, ch)) * tx;
+                            top + (bottom - top) * ty
+                        }
+                    };
+                    out[((b * oh + oy) * ow + ox) * c + ch] = value as f32;
+                }
+            }
+        }
+    }
+    array(&[batch, oh, ow, c], out)
+}
+
+/// The gradient of [`upsample`] with respect to `x` for the upstream
+/// gradient `dy`, as TensorFlow computes it: `nearest` sums each `fh x
+/// fw` block of `dy` (the gradient of `repeat`); `bilinear` is
+/// `ResizeBilinearGrad`, which scatters each `dy` value onto the four
+/// pixels it was interpolated from with the weights `(1 - t_y)(1 - t_x)`,
+/// `(1 - t_y) t_x`, `t_y (1 - t_x)` and `t_y t_x` (adding where two of them
+/// are the same pixel, at the edges).
+pub fn upsample_grad(
+    x_shape: &[usize],
+    dy: &ArrayD<f32>,
+    factor: [u64; 2],
+    mode: Interpolation,
+) -> ArrayD<f32> {
+    let &[batch, h, w, c] = x_shape else {
+        panic!("expected an image shape, got {x_shape:?}")
+    };
+    let (fh, fw) = (n(factor[0]), n(factor[1]));
+    let (oh, ow) = (h * fh, w * fw);
+    assert_eq!(dy.shape(), [batch, oh, ow, c], "dy has the output's shape");
+    let gs = flat(dy);
+    let (rows, columns) = (bilinear_axis(h, fh), bilinear_axis(w, fw));
+    let mut dx = vec![0f64; batch * h * w * c];
+    for b in 0..batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ch in 0..c {
+                    let g = f64::from(gs[((b * oh + oy) * ow + ox) * c + ch]);
+                    let mut add = |y: usize, x: usize, weight: f64| {
+                        dx[((b * h + y) * w + x) * c + ch] += weight * g;
+                    };
+                    match mode {
+                        Interpolation::Nearest => add(oy / fh, ox / fw, 1.0),
+                        Interpolation::Bilinear => {
+                            let (y0, y1, ty) = rows[oy];
+                            let (x0, x1, tx) = columns[ox];
+                            add(y0, x0, (1.0 - ty) * (1.0 - tx));
+                            add(y0, x1, (1.0 - ty) * tx);
+                            add(y1, x0, ty * (1.0 - tx));
+                            add(y1, x1, ty * tx);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    array(x_shape, dx.into_iter().map(|v| v as f32).collect())
+}
+
+/// TensorFlow's half-pixel interpolation of an axis of `n` pixels scaled
+/// by `factor`: for each output pixel, `(lower, upper, t)`.
+fn bilinear_axis(n: usize, factor: usize) -> Vec<(usize, usize, f64)> {
+    let scale = n as f64 / (n * factor) as f64;
+    (0..n * factor)
+        .map(|o| {
+            let s = (o as f64 + 0.5) * scale - 0.5;
+            let floor = s.floor();
+            let lower = (floor.max(0.0)) as usize;
+            let upper = (s.ceil() as usize).min(n - 1);
+            (lower, upper, s - floor)
+        })
+        .collect()
 }
 
 /// `tf.nn.depthwise_conv2d` of `x` `[b, h, w, c]` with `kernel`

@@ -234,6 +234,74 @@ def reshape():
     return source, keras.Model(x, y), names
 
 
+def upsample_nearest():
+    # Keras's UpSampling2D repeats each pixel (ops.repeat); a convolution
+    # on each side, so that the gradient through it reaches a kernel.
+    source = """model upsample_nearest : [3, 4, 2] {
+    conv(3, 1) -> upsample([2, 3])
+    conv(2, 3, padding: same)
+}
+"""
+    x = keras.Input((3, 4, 2))
+    conv1 = layers.Conv2D(3, 1)
+    conv2 = layers.Conv2D(2, 3, padding="same")
+    y = conv2(layers.UpSampling2D((2, 3))(conv1(x)))
+    names = {
+        "conv1.kernel": conv1.kernel,
+        "conv1.bias": conv1.bias,
+        "conv2.kernel": conv2.kernel,
+        "conv2.bias": conv2.bias,
+    }
+    return source, keras.Model(x, y), names
+
+
+def upsample_bilinear():
+    # UpSampling2D(interpolation="bilinear") is tf.image.resize: half-pixel
+    # centres, no antialiasing; factors of 2 and 3, and of 3 and 1.
+    source = """model upsample_bilinear : [3, 4, 2] {
+    conv(3, 1) -> upsample([2, 3], mode: bilinear)
+    conv(2, 3, padding: same) -> upsample([3, 1], mode: bilinear)
+}
+"""
+    x = keras.Input((3, 4, 2))
+    conv1 = layers.Conv2D(3, 1)
+    conv2 = layers.Conv2D(2, 3, padding="same")
+    y = layers.UpSampling2D((2, 3), interpolation="bilinear")(conv1(x))
+    y = layers.UpSampling2D((3, 1), interpolation="bilinear")(conv2(y))
+    names = {
+        "conv1.kernel": conv1.kernel,
+        "conv1.bias": conv1.bias,
+        "conv2.kernel": conv2.kernel,
+        "conv2.bias": conv2.bias,
+    }
+    return source, keras.Model(x, y), names
+
+
+def conv_transpose():
+    # Conv2DTranspose, stride 2: `same`; `valid` with an output padding of
+    # one row and a non-square kernel; an even kernel with `same` and an
+    # output padding, without a bias.
+    source = """model transposed : [3, 4, 3] {
+    conv_transpose(4, 3, stride: 2, padding: same, activation: tanh)
+    conv_transpose(3, [3, 2], stride: 2, output_padding: [1, 0])
+    conv_transpose(2, 2, stride: 2, padding: same, output_padding: 1, use_bias: false)
+}
+"""
+    x = keras.Input((3, 4, 3))
+    t1 = layers.Conv2DTranspose(4, 3, strides=2, padding="same", activation="tanh")
+    t2 = layers.Conv2DTranspose(3, (3, 2), strides=2, output_padding=(1, 0))
+    t3 = layers.Conv2DTranspose(2, 2, strides=2, padding="same", output_padding=1, use_bias=False)
+    y = t3(t2(t1(x)))
+    names = {
+        "conv_transpose1.kernel": t1.kernel,
+        "conv_transpose1.bias": t1.bias,
+        "conv_transpose2.kernel": t2.kernel,
+        "conv_transpose2.bias": t2.bias,
+        "conv_transpose3.kernel": t3.kernel,
+    }
+    return source, keras.Model(x, y), names
+
+
 def frozen():
     # The train section's `freeze` is Keras's `layer.trainable = False`:
     # the frozen layers' weights get no gradient, and the frozen batchnorm
@@ -337,6 +405,9 @@ def main():
         activations,
         batchnorm_flags,
         reshape,
+        upsample_nearest,
+        upsample_bilinear,
+        conv_transpose,
         frozen,
     ]
     wanted = set(sys.argv[1:])

@@ -13,7 +13,7 @@
 
 use crate::codegen::contraction::{ConvShape, DenseShape};
 use crate::codegen::window::WindowKind;
-use crate::graph::{Activation, Op, Padding};
+use crate::graph::{Activation, Interpolation, Op, Padding};
 use crate::plan::Geometry;
 
 /// How the back end computes an op.
@@ -54,6 +54,19 @@ pub(super) enum Family<'op> {
     Window(WindowKind),
     /// A GEMM: `y = x . W (+ b)`, `dX = dY . W^T`, `dW = x^T . dY`.
     Contraction(Contraction),
+    /// A transposed convolution: the kernels of the convolution it
+    /// transposes with their roles swapped (its forward pass is that
+    /// convolution's backward-data pass, its input gradient that
+    /// convolution's forward pass), and a bias added by an element-wise
+    /// kernel.
+    ConvTranspose(ConvTranspose),
+    /// Upsampling: a resampling kernel, forward and backward.
+    Resample {
+        /// Vertical and horizontal factor.
+        factor: [usize; 2],
+        /// How the new pixels are filled.
+        mode: Interpolation,
+    },
     /// LeNet-5's RBF units: row reductions, forward and backward.
     Rbf {
         /// Output units.
@@ -186,6 +199,44 @@ pub(super) enum Contraction {
     },
 }
 
+/// A transposed convolution's attributes: those of the convolution it
+/// transposes, whose kernel `[kh, kw, filters, in]` it shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ConvTranspose {
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Vertical and horizontal stride.
+    pub stride: [usize; 2],
+    /// Padding.
+    pub padding: Padding,
+    /// Dilation rate.
+    pub dilation: [usize; 2],
+    /// Whether a bias is added.
+    pub bias: bool,
+}
+
+impl ConvTranspose {
+    /// The convolution it transposes, on `batch` examples: from the
+    /// transposed convolution's output (per-example shape `output`, whose
+    /// size already holds any output padding) to its input of
+    /// `in_channels` channels. Without a bias: the transposed
+    /// convolution's bias belongs to its output, not to that convolution's.
+    pub(super) fn geometry(self, batch: usize, output: &[usize], in_channels: usize) -> ConvShape {
+        ConvShape {
+            batch,
+            height: output[0],
+            width: output[1],
+            in_channels: output[2],
+            out_channels: in_channels,
+            kernel: self.kernel,
+            stride: self.stride,
+            dilation: self.dilation,
+            padding: self.padding,
+            bias: false,
+        }
+    }
+}
+
 /// An `InputGrad` node's attributes: the gradient of input `slot` of `forward`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct InputGradient<'op> {
@@ -290,6 +341,24 @@ pub(super) fn family(op: &Op) -> Family<'_> {
             dilation: pair(*dilation),
             bias: *bias,
         }),
+        Op::ConvTranspose2d {
+            kernel,
+            stride,
+            padding,
+            dilation,
+            bias,
+            ..
+        } => Family::ConvTranspose(ConvTranspose {
+            kernel: pair(*kernel),
+            stride: pair(*stride),
+            padding: *padding,
+            dilation: pair(*dilation),
+            bias: *bias,
+        }),
+        Op::Upsample { factor, mode } => Family::Resample {
+            factor: pair(*factor),
+            mode: *mode,
+        },
         Op::Dense { units, bias } => Family::Contraction(Contraction::Dense {
             units: *units as usize,
             bias: *bias,

@@ -25,14 +25,18 @@ use std::collections::HashMap;
 use petgraph::stable_graph::NodeIndex;
 use thiserror::Error;
 
-use self::family::{family, Contraction, Family, Pointwise, PointwiseActivation};
+use self::family::{family, Contraction, ConvTranspose, Family, Pointwise, PointwiseActivation};
 use crate::autodiff::{GradientGraph, TrainingGraph};
 use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
 use crate::codegen::native::CopyRows;
 use crate::codegen::reduce::{Reduce, ReduceKind};
+use crate::codegen::resample::{Resample, ResamplePass};
 use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
 use crate::config::Optimizer;
-use crate::plan::{Algorithm, BufferId, ContractionPass, KernelDesc, KernelPlan, Role, Step};
+use crate::graph::Interpolation;
+use crate::plan::{
+    Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role, Step,
+};
 use crate::shapes::TypedGraph;
 
 /// Why a graph could not be lowered.
@@ -390,6 +394,13 @@ impl<'m> Lowering<'m> {
             Family::Contraction(contraction) => {
                 self.contraction_forward(id, contraction, inputs[0], input_ids[0])
             }
+            Family::ConvTranspose(transpose) => {
+                self.conv_transpose_forward(id, transpose, inputs[0], input_ids[0])
+            }
+            Family::Resample { factor, mode } => {
+                let small = self.shape(input_ids[0]);
+                self.resample(id, ResamplePass::Forward, (factor, mode), inputs[0], &small)
+            }
             Family::Rbf { units } => {
                 let (rows, n) = self.matrix(input_ids[0]);
                 let centers = self.weights(id)[0];
@@ -567,6 +578,73 @@ impl<'m> Lowering<'m> {
             args,
         );
         y
+    }
+
+    /// `y = conv_W^T(x) (+ b)`: the backward-data pass of the convolution
+    /// the transposed convolution transposes, then the bias, per channel,
+    /// in an element-wise kernel (which fusion joins to an activation
+    /// after it).
+    fn conv_transpose_forward(
+        &mut self,
+        id: NodeIndex,
+        transpose: ConvTranspose,
+        x: BufferId,
+        x_id: NodeIndex,
+    ) -> BufferId {
+        let name = self.model.graph.nodes[id].name.clone();
+        let geometry = transpose.geometry(self.batch, &self.shape(id), self.shape(x_id)[2]);
+        let weights = self.weights(id);
+        let (rows, channels) = self.matrix(id);
+        let product = if transpose.bias {
+            self.scratch(format!("{name}.product"), rows * channels)
+        } else {
+            self.temporary(id)
+        };
+        let desc = KernelDesc::Contraction {
+            name: name.clone(),
+            geometry: Geometry::Conv(geometry),
+            pass: ContractionPass::BackwardData,
+            algorithm: Algorithm::Gemm,
+        };
+        self.step(id, desc, vec![x, weights[0], product]);
+        if !transpose.bias {
+            return product;
+        }
+        let mut k = Builder::default();
+        let value = k.load(Operand::Tensor);
+        let bias = k.load(Operand::PerChannel);
+        let sum = k.binary(Binary::Add, value, bias);
+        let y = self.temporary(id);
+        let kernel = KernelDesc::Elementwise {
+            kernel: k.finish(&name, sum),
+            rows,
+            channels,
+        };
+        self.step(id, kernel, vec![product, weights[1], y]);
+        y
+    }
+
+    /// An upsampling (`pass` forward) or its gradient (backward) by
+    /// `factor` in `mode`, from `source` to node `id`'s buffer; `small` is
+    /// the per-example shape of the upsampling's input.
+    fn resample(
+        &mut self,
+        id: NodeIndex,
+        pass: ResamplePass,
+        (factor, mode): ([usize; 2], Interpolation),
+        source: BufferId,
+        small: &[usize],
+    ) -> BufferId {
+        let resample = Resample {
+            name: self.model.graph.nodes[id].name.clone(),
+            mode,
+            factor,
+            input: [self.batch, small[0], small[1], small[2]],
+            pass,
+        };
+        let target = self.temporary(id);
+        self.step(id, KernelDesc::Resample(resample), vec![source, target]);
+        target
     }
 
     /// A forward window kernel, its buffers bound by role.

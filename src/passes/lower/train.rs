@@ -4,13 +4,15 @@
 use petgraph::stable_graph::NodeIndex;
 
 use super::family::{
-    family, Contraction, Family, InputGradient, Pointwise, PointwiseActivation, WeightGradient,
+    family, Contraction, ConvTranspose, Family, InputGradient, Pointwise, PointwiseActivation,
+    WeightGradient,
 };
 use super::{Builder, LowerError, Lowering, GELU_CUBIC, GELU_TANH_SCALE};
 use crate::autodiff::TrainingGraph;
 use crate::codegen::elementwise::{Binary, Expr, Operand, Unary};
 use crate::codegen::native::{CopyRows, DropoutMask};
 use crate::codegen::reduce::{Reduce, ReduceKind};
+use crate::codegen::resample::ResamplePass;
 use crate::codegen::window::{Pass, Role as WindowRole, WindowKind};
 use crate::config::Optimizer;
 use crate::ops::{self, GradInputs, Need};
@@ -285,6 +287,13 @@ impl Lowering<'_> {
             Family::Contraction(contraction) => {
                 self.contraction_grad(id, contraction, gradient, dy)
             }
+            Family::ConvTranspose(transpose) => {
+                self.conv_transpose_grad(id, transpose, gradient, (dy, read.dy))
+            }
+            Family::Resample { factor, mode } => {
+                let small: Vec<usize> = gradient.inputs[0].iter().map(|&d| d as usize).collect();
+                self.resample(id, ResamplePass::Backward, (factor, mode), dy, &small)
+            }
             Family::Window(kind) => {
                 let x = read.input.map(|x| self.values[&x]);
                 self.window_grad(id, kind, gradient, dy, x)?
@@ -457,6 +466,78 @@ impl Lowering<'_> {
         };
         self.step(id, desc, vec![dy, kernel, dx]);
         dx
+    }
+
+    /// A transposed convolution's input gradient, `dX = conv_W(dY)`: the
+    /// forward pass of the convolution it transposes, without a bias.
+    fn conv_transpose_grad(
+        &mut self,
+        id: NodeIndex,
+        transpose: ConvTranspose,
+        gradient: InputGradient<'_>,
+        (dy, dy_id): (BufferId, NodeIndex),
+    ) -> BufferId {
+        let in_channels = gradient.inputs[0][2] as usize;
+        let geometry = transpose.geometry(self.batch, &self.shape(dy_id), in_channels);
+        let kernel_len =
+            geometry.kernel[0] * geometry.kernel[1] * geometry.in_channels * in_channels;
+        let kernel = self.weight(&format!("{}.kernel", gradient.layer), kernel_len);
+        let dx = self.temporary(id);
+        let desc = KernelDesc::Contraction {
+            name: self.model.graph.nodes[id].name.clone(),
+            geometry: Geometry::Conv(geometry),
+            pass: ContractionPass::Forward { epilogue: None },
+            algorithm: Algorithm::Gemm,
+        };
+        self.step(id, desc, vec![dy, kernel, dx]);
+        dx
+    }
+
+    /// A transposed convolution's kernel and bias gradients. `Y =
+    /// conv_W^T(X)`, so `<dY, Y> = <conv_W(dY), X>`: the kernel gradient is
+    /// the kernel gradient of the convolution it transposes with dY as that
+    /// convolution's input and X as its output's gradient; the bias
+    /// gradient is the sum of dY over its rows (a column-sums reduction,
+    /// whose sums of squares go unused).
+    fn conv_transpose_filter_grad(
+        &mut self,
+        id: NodeIndex,
+        layer: &str,
+        transpose: ConvTranspose,
+        (dy, dy_id): (BufferId, NodeIndex),
+        x: NodeIndex,
+    ) -> Vec<BufferId> {
+        let geometry = transpose.geometry(self.batch, &self.shape(dy_id), self.shape(x)[2]);
+        let kernel_len =
+            geometry.kernel[0] * geometry.kernel[1] * geometry.in_channels * geometry.out_channels;
+        let kernel_grad = self.scratch(format!("grad:{layer}.kernel"), kernel_len);
+        let name = self.model.graph.nodes[id].name.clone();
+        let desc = KernelDesc::Contraction {
+            name: name.clone(),
+            geometry: Geometry::Conv(geometry),
+            pass: ContractionPass::BackwardFilter,
+            algorithm: Algorithm::Gemm,
+        };
+        self.step(id, desc, vec![dy, self.values[&x], kernel_grad]);
+        let mut grads = vec![kernel_grad];
+        if transpose.bias {
+            let (rows, filters) = self.matrix(dy_id);
+            let bias_grad = self.scratch(format!("grad:{layer}.bias"), filters);
+            let squares = self.scratch(format!("{layer}.dy_squares"), filters);
+            let reduce = Reduce {
+                name,
+                kind: ReduceKind::ColumnSums,
+                rows,
+                n: filters,
+            };
+            self.step(
+                id,
+                KernelDesc::Reduce(reduce),
+                vec![dy, dy, bias_grad, squares],
+            );
+            grads.push(bias_grad);
+        }
+        grads
     }
 
     /// A window op's input gradient: its backward-data pass, reading the
@@ -770,6 +851,16 @@ impl Lowering<'_> {
                 }
                 self.shared[&key][index]
             }
+            Family::ConvTranspose(transpose) => {
+                let key = format!("contraction:{layer}");
+                if !self.shared.contains_key(&key) {
+                    let x = self.promised(id, read.input, "input")?;
+                    let grads =
+                        self.conv_transpose_filter_grad(id, &layer, transpose, (dy, read.dy), x);
+                    self.shared.insert(key.clone(), grads);
+                }
+                self.shared[&key][index]
+            }
             // Ops without weights have no weight gradients.
             Family::Input
             | Family::Labels
@@ -779,6 +870,7 @@ impl Lowering<'_> {
             | Family::Pointwise(Pointwise::Activation(_) | Pointwise::Add | Pointwise::Multiply)
             | Family::Softmax
             | Family::Concat { .. }
+            | Family::Resample { .. }
             | Family::Window(
                 WindowKind::Pool { .. }
                 | WindowKind::GlobalPool { .. }

@@ -302,6 +302,9 @@ mod tests {
     fn fans_follow_keras_compute_fans() {
         assert_eq!(fans(&[7, 7, 1, 64]), (49, 49 * 64));
         assert_eq!(fans(&[3, 3, 32, 2]), (288, 18));
+        // A transposed convolution's kernel [kh, kw, filters, in], taken
+        // as Keras takes it, as any kernel: 3*3*16 in, 3*3*8 out.
+        assert_eq!(fans(&[3, 3, 16, 8]), (144, 72));
         assert_eq!(fans(&[2304, 128]), (2304, 128));
         assert_eq!(fans(&[10]), (10, 10));
         assert_eq!(fans(&[]), (1, 1));
