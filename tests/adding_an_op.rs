@@ -267,6 +267,7 @@ fn samples() -> Vec<(Op, Wiring)> {
             Op::Pool2d { kind: PoolKind::Avg, size: [3, 3], stride: [1, 1], padding: Padding::Same },
             Image,
         ),
+        Op::Pad { .. } => (Op::Pad { top: 1, bottom: 0, left: -1, right: 2 }, Image),
         Op::GlobalPool { kind: PoolKind::Max } => (Op::GlobalPool { kind: PoolKind::Max }, Image),
         Op::GlobalPool { kind: PoolKind::Avg } => (Op::GlobalPool { kind: PoolKind::Avg }, Image),
         Op::DepthMaxPool { .. } => (Op::DepthMaxPool { size: 2 }, Image),

@@ -187,7 +187,13 @@ impl Sizes {
     fn new(s: &ConvShape, direction: Direction) -> Option<Sizes> {
         let axis = |i: usize| {
             let input = [s.height, s.width][i];
-            Axis::new(input, s.kernel[i], s.stride[i], s.dilation[i], s.padding)
+            Axis::new(
+                input,
+                s.kernel[i],
+                s.stride[i],
+                s.dilation[i],
+                s.padding.axis(i),
+            )
         };
         let (y, x) = (axis(0)?, axis(1)?);
         let input = [s.height, s.width];
