@@ -293,6 +293,27 @@ mod tests {
         assert_eq!(cheaper(&dilated, Direction::Forward), None);
     }
 
+    /// Winograd's input gradient pads dY by `2 - before`: explicit padding
+    /// of at most 2 before the image may take it, more stays on the GEMM,
+    /// in every direction (whatever the padding after).
+    #[test]
+    fn explicit_padding_of_more_than_two_before_keeps_the_gemm() {
+        let padded = |pads| ConvShape {
+            padding: Padding::explicit(pads, false),
+            ..conv(14, 128, 128, 3, 1)
+        };
+        for direction in [
+            Direction::Forward,
+            Direction::BackwardData,
+            Direction::BackwardFilter,
+        ] {
+            assert!(cheaper(&padded([[2, 5], [0, 2]]), direction).is_some());
+            assert_eq!(cheaper(&padded([[3, 0], [1, 1]]), direction), None);
+            assert!(cheaper(&padded([[1, 1], [0, 3]]), direction).is_some());
+            assert_eq!(cheaper(&padded([[1, 1], [4, 1]]), direction), None);
+        }
+    }
+
     #[test]
     fn few_channels_do_not_pay_for_the_transforms() {
         assert_eq!(cheaper(&conv(28, 1, 64, 3, 1), Direction::Forward), None);
