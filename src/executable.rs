@@ -158,6 +158,7 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             (Box::new(step), work)
         }
         KernelDesc::Copy(c) => (Box::new(c.clone()), c.rows * c.len),
+        KernelDesc::Pad(p) => (Box::new(p.clone()), p.to_len()),
         KernelDesc::Mask(m) => (Box::new(m.clone()), m.len),
         KernelDesc::Resample(r) => {
             let kernel = r.kernel().map_err(|message| CodegenError::Malformed {

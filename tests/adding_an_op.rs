@@ -285,6 +285,7 @@ fn samples() -> Vec<(Op, Wiring)> {
             Op::Pool2d { kind: PoolKind::Avg, size: [3, 3], stride: [1, 1], padding: Padding::Same },
             Image,
         ),
+        Op::Pad { .. } => (Op::Pad { top: 1, bottom: 0, left: -1, right: 2 }, Image),
         Op::GlobalPool { kind: PoolKind::Max } => (Op::GlobalPool { kind: PoolKind::Max }, Image),
         Op::GlobalPool { kind: PoolKind::Avg } => (Op::GlobalPool { kind: PoolKind::Avg }, Image),
         Op::DepthMaxPool { .. } => (Op::DepthMaxPool { size: 2 }, Image),
@@ -451,7 +452,9 @@ fn default_args(signature: &[ArgSpec]) -> Args {
             (DefaultValue::Float(x), _) => Arg::Float(x),
             (DefaultValue::Bool(_), _) => Arg::Bool(true),
             (DefaultValue::Symbol("same"), _) => Arg::Padding(Padding::Same),
-            (DefaultValue::Symbol(_), Kind::Padding) => Arg::Padding(Padding::Valid),
+            (DefaultValue::Symbol(_), Kind::Padding | Kind::SameOrValid) => {
+                Arg::Padding(Padding::Valid)
+            }
             (DefaultValue::Symbol(_), Kind::Activation) => Arg::Activation(None),
             (DefaultValue::Symbol(_), Kind::Interpolation) => {
                 Arg::Interpolation(Interpolation::Nearest)

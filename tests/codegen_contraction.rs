@@ -22,7 +22,7 @@ use cnnc::codegen::contraction::{
 };
 use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand};
 use cnnc::codegen::{CodegenError, Jit};
-use cnnc::graph::Padding;
+use cnnc::graph::{AxisPadding, Padding};
 use cnnc::ops::{output_size, same_padding};
 use ndarray::{ArrayD, IxDyn};
 
@@ -132,7 +132,7 @@ impl Case {
                 kernel[i] as u64,
                 stride[i] as u64,
                 dilation[i] as u64,
-                padding,
+                padding.axis(i),
             )
             .expect("the window fits") as usize
         });
@@ -197,13 +197,13 @@ impl Case {
     /// The explicit vector-Jacobian product of `dy`: `(dx, dw, dbias)`.
     fn vjp(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let s = &self.shape;
-        let before = |i: usize| match s.padding {
-            Padding::Same => {
+        let before = |i: usize| match s.padding.axis(i) {
+            AxisPadding::Same => {
                 let input = [s.height, s.width][i] as u64;
                 let k = [s.kernel[i], s.stride[i], s.dilation[i]].map(|v| v as u64);
                 same_padding(input, k[0], k[1], k[2]).0 as isize
             }
-            Padding::Valid => 0,
+            AxisPadding::Explicit { before, .. } => before as isize,
         };
         let (top, left) = (before(0), before(1));
         let [oh, ow] = self.output_size;
@@ -404,9 +404,15 @@ impl Split {
     }
 }
 
+/// Explicit padding `[top, bottom, left, right]`.
+fn explicit([top, bottom, left, right]: [u64; 4]) -> Padding {
+    Padding::explicit([[top, bottom], [left, right]], false)
+}
+
 /// Batch 1 and 7, odd sizes, channels that are not multiples of 4 or 16,
-/// strides 1 and 2, both paddings, dilation 2, 1x1, 3x3 and 7x7 kernels,
-/// and the taps that only ever read padding (3x3 on 1x1 and 2x2 images).
+/// strides 1 and 2, `same`, `valid` and explicit padding, dilation 2, 1x1,
+/// 3x3 and 7x7 kernels, and the taps that only ever read padding (3x3 on
+/// 1x1 and 2x2 images, explicit padding wider than the kernel).
 fn conv_cases() -> Vec<Case> {
     use Padding::{Same, Valid};
     let (one, two) = ([1, 1], [2, 2]);
@@ -436,6 +442,50 @@ fn conv_cases() -> Vec<Case> {
         // the channels, in blocks of 64 and a last one of 8 (or 2).
         Case::new([1, 7, 7, 9, 136], [3, 3], one, one, Same, true),
         Case::new([1, 3, 4, 5, 130], [3, 3], one, one, Same, false),
+        // Explicit padding: a padded 1x1 convolution (not the plain GEMM
+        // on its input), one that Winograd takes (at most 2 before), ones
+        // padded more than the kernel (rows and columns of output that read
+        // padding only), strided and dilated.
+        Case::new(
+            [7, 5, 7, 3, 5],
+            [1, 1],
+            one,
+            one,
+            explicit([1, 2, 0, 3]),
+            true,
+        ),
+        Case::new(
+            [1, 9, 8, 5, 6],
+            [3, 3],
+            one,
+            one,
+            explicit([2, 0, 1, 2]),
+            true,
+        ),
+        Case::new(
+            [7, 6, 7, 4, 5],
+            [3, 3],
+            one,
+            one,
+            explicit([4, 1, 3, 5]),
+            false,
+        ),
+        Case::new(
+            [1, 10, 9, 3, 7],
+            [3, 3],
+            two,
+            one,
+            explicit([1, 2, 2, 0]),
+            true,
+        ),
+        Case::new(
+            [7, 9, 9, 2, 5],
+            [3, 3],
+            one,
+            two,
+            explicit([3, 0, 0, 3]),
+            true,
+        ),
     ]
     .into_iter()
     .chain(direct_cases())
@@ -454,6 +504,14 @@ fn direct_cases() -> Vec<Case> {
         Case::new([2, 28, 27, 1, 64], [7, 7], two, one, Same, false),
         Case::new([7, 10, 9, 2, 33], [5, 5], [3, 2], one, Valid, true),
         Case::new([7, 8, 6, 7, 9], [3, 3], one, one, Valid, false),
+        Case::new(
+            [3, 12, 12, 1, 40],
+            [5, 5],
+            one,
+            one,
+            explicit([2, 3, 1, 0]),
+            true,
+        ),
     ]
 }
 
@@ -466,6 +524,14 @@ fn tiny_cases() -> Vec<Case> {
         same([16, 2, 2, 8, 7], [3, 3], true),
         same([19, 2, 3, 8, 6], [3, 3], false),
         same([16, 3, 3, 3, 5], [5, 5], true),
+        Case::new(
+            [16, 2, 2, 8, 7],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            explicit([2, 1, 0, 2]),
+            true,
+        ),
     ]
 }
 
@@ -482,6 +548,15 @@ fn winograd_cases() -> Vec<Case> {
         Case::new([7, 9, 8, 17, 33], [3, 3], one, one, Valid, true),
         Case::new([1, 6, 6, 33, 16], [3, 3], one, one, Same, false),
         Case::new([2, 3, 3, 40, 7], [3, 3], one, one, Valid, true),
+        // More padding after the image than `same` gives: more tiles.
+        Case::new(
+            [2, 6, 7, 17, 9],
+            [3, 3],
+            one,
+            one,
+            explicit([2, 4, 0, 3]),
+            true,
+        ),
     ]);
     cases
 }

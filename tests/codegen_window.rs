@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use cnnc::codegen::window::{Buffer, Pass, Role, Window, WindowKind};
 use cnnc::codegen::{CodegenError, Jit};
-use cnnc::graph::{Padding, PoolKind};
+use cnnc::graph::{AxisPadding, Padding, PoolKind};
 use cnnc::ops::{output_size, same_padding};
 use ndarray::{ArrayD, IxDyn};
 
@@ -138,21 +138,27 @@ fn widen(values: &[f32]) -> Vec<f64> {
     values.iter().map(|&v| f64::from(v)).collect()
 }
 
-/// `(output length, padding before)` of one spatial axis, as TensorFlow.
+/// `(output length, padding before)` of one spatial axis, as TensorFlow
+/// (and PyTorch's `ceil_mode`).
 fn axis(
     input: usize,
     kernel: usize,
     stride: usize,
     dilation: usize,
-    padding: Padding,
+    padding: AxisPadding,
 ) -> Option<(usize, usize)> {
     let [i, k, s, d] = [input, kernel, stride, dilation].map(|v| v as u64);
     let out = output_size(i, k, s, d, padding)? as usize;
     let before = match padding {
-        Padding::Same => same_padding(i, k, s, d).0 as usize,
-        Padding::Valid => 0,
+        AxisPadding::Same => same_padding(i, k, s, d).0 as usize,
+        AxisPadding::Explicit { before, .. } => before as usize,
     };
     Some((out, before))
+}
+
+/// Explicit padding `[top, bottom, left, right]`, rounded up with `ceil`.
+fn explicit([top, bottom, left, right]: [u64; 4], ceil: bool) -> Padding {
+    Padding::explicit([[top, bottom], [left, right]], ceil)
 }
 
 /// The input position of tap `t` of output `o`, if inside the input.
@@ -250,13 +256,22 @@ struct PoolCase {
 }
 
 /// Every pooling configuration: sizes 2 and 3 (and 3x2), strides 1, 2, 3
-/// (windows overlapping, tiling and leaving gaps), both paddings.
+/// (windows overlapping, tiling and leaving gaps), `same`, `valid`, and
+/// explicit padding (each side less than the window), rounded down or
+/// with `ceil_mode` (windows hanging over the end).
 fn pool_configs() -> Vec<PoolCase> {
     let mut configs = Vec::new();
+    let paddings = [
+        Padding::Same,
+        Padding::Valid,
+        explicit([1, 0, 0, 1], false),
+        explicit([0, 0, 0, 0], true),
+        explicit([1, 1, 1, 0], true),
+    ];
     for kind in [PoolKind::Max, PoolKind::Avg] {
         for size in [[2, 2], [3, 3], [3, 2]] {
             for stride in [[1, 1], [2, 2], [2, 1], [3, 3]] {
-                for padding in [Padding::Same, Padding::Valid] {
+                for padding in paddings {
                     for shape in SHAPES {
                         configs.push(PoolCase {
                             kind,
@@ -280,8 +295,8 @@ fn fits(
     dilation: [usize; 2],
     padding: Padding,
 ) -> bool {
-    axis(shape[1], kernel[0], stride[0], dilation[0], padding).is_some()
-        && axis(shape[2], kernel[1], stride[1], dilation[1], padding).is_some()
+    axis(shape[1], kernel[0], stride[0], dilation[0], padding.axis(0)).is_some()
+        && axis(shape[2], kernel[1], stride[1], dilation[1], padding.axis(1)).is_some()
 }
 
 // ---------------------------------------------------------------------------
@@ -301,8 +316,8 @@ fn pool_vjp(
     padding: Padding,
 ) -> Vec<f64> {
     let [n, h, w, c] = shape;
-    let (oh, _) = axis(h, size[0], stride[0], 1, padding).expect("fits");
-    let (ow, _) = axis(w, size[1], stride[1], 1, padding).expect("fits");
+    let (oh, _) = axis(h, size[0], stride[0], 1, padding.axis(0)).expect("fits");
+    let (ow, _) = axis(w, size[1], stride[1], 1, padding.axis(1)).expect("fits");
     widen(&flat(&reference::pool2d_grad(
         &array(&shape, x),
         &array(&[n, oh, ow, c], dy),
@@ -428,7 +443,7 @@ impl Conv {
             self.kernel[0],
             self.stride[0],
             self.dilation[0],
-            self.padding,
+            self.padding.axis(0),
         )
         .expect("fits");
         let (ow, left) = axis(
@@ -436,7 +451,7 @@ impl Conv {
             self.kernel[1],
             self.stride[1],
             self.dilation[1],
-            self.padding,
+            self.padding.axis(1),
         )
         .expect("fits");
         for b in 0..n {
@@ -510,7 +525,7 @@ impl Conv {
             self.kernel[0],
             self.stride[0],
             self.dilation[0],
-            self.padding,
+            self.padding.axis(0),
         )
         .expect("fits")
         .0;
@@ -519,7 +534,7 @@ impl Conv {
             self.kernel[1],
             self.stride[1],
             self.dilation[1],
-            self.padding,
+            self.padding.axis(1),
         )
         .expect("fits")
         .0;
@@ -529,14 +544,17 @@ impl Conv {
 
 /// Depthwise configurations: multipliers 1, 2, 3 and 4 (vector lanes
 /// holding one, two, or parts of input channels), strides, dilation 2,
-/// both paddings, with and without bias, 3x3, 2x3 and 1x1 filters.
+/// `same`, `valid` and explicit padding, with and without bias, 3x3, 2x3 and 1x1 filters.
 fn conv_configs() -> Vec<(Conv, [usize; 4])> {
     let mut configs = Vec::new();
     let mut k = 0;
+    // Explicit padding beyond the kernel too: whole rows and columns of
+    // output on padding only, which are the bias.
+    let paddings = [Padding::Same, Padding::Valid, explicit([2, 0, 1, 4], false)];
     for multiplier in [1, 2, 3, 4] {
         for stride in [[1, 1], [2, 2], [1, 2]] {
             for dilation in [[1, 1], [2, 2]] {
-                for padding in [Padding::Same, Padding::Valid] {
+                for padding in paddings {
                     for kernel in [[3, 3], [2, 3], [1, 1]] {
                         k += 1;
                         let conv = Conv {
@@ -651,6 +669,7 @@ fn pooling_gradients_match_finite_differences() {
             ([3, 3], [2, 2], Padding::Same),
             ([2, 3], [1, 2], Padding::Valid),
             ([3, 2], [1, 1], Padding::Same),
+            ([3, 3], [2, 2], explicit([1, 2, 0, 1], true)),
         ] {
             let window = pool(kind, size, stride, padding, Pass::BackwardData, shape);
             let x = distinct(shape.iter().product(), 7, 0.01);
@@ -1166,6 +1185,8 @@ fn every_kernel() -> Vec<Window> {
     for pass in [Pass::Forward, Pass::BackwardData] {
         for kind in [PoolKind::Max, PoolKind::Avg] {
             kernels.push(pool(kind, [3, 3], [2, 1], Padding::Same, pass, shape));
+            let ceil = explicit([2, 1, 0, 2], true);
+            kernels.push(pool(kind, [3, 3], [2, 2], ceil, pass, shape));
             kernels.push(simple(WindowKind::GlobalPool { kind }, pass));
         }
         kernels.push(simple(WindowKind::DepthMaxPool { size: 13 }, pass));

@@ -92,6 +92,9 @@ cases! {
     index_out_of_range,
     unknown_field,
     pipeline_stage_not_a_layer,
+    padding_list_of_three,
+    negative_padding,
+    ceil_mode_with_same,
     // Shapes.
     residual_shape_mismatch,
     concat_spatial_mismatch,
@@ -105,6 +108,8 @@ cases! {
     reshape_wrong_size,
     init_entry_outside_kernel,
     error_in_nested_block,
+    cropping_too_much,
+    pool_padding_as_large_as_the_window,
     // Blocks calling themselves.
     recursive_block,
     mutually_recursive_blocks,

@@ -164,7 +164,21 @@ fn number() -> impl Strategy<Value = &'static str> {
 
 /// One statement of a model body.
 fn statement() -> impl Strategy<Value = String> {
-    let padding = select(&["same", "valid", "smae"][..]);
+    let padding = select(
+        &[
+            "same",
+            "valid",
+            "smae",
+            "1",
+            "[1, 2]",
+            "[[0, 1], [2, 0]]",
+            "[1, 0, 2, 3]",
+            "[1, -1]",
+            "[1, 1, 1]",
+            "[2147483648, 0]",
+            "[1.5, 1]",
+        ][..],
+    );
     prop_oneof![
         (number(), number(), number(), padding.clone())
             .prop_map(|(f, k, s, p)| format!("conv({f}, {k}, stride: {s}, padding: {p})")),
@@ -172,9 +186,15 @@ fn statement() -> impl Strategy<Value = String> {
             .prop_map(|(k, d)| format!("conv(8, {k}, dilation: {d}, padding: same)")),
         (number(), number()).prop_map(|(k, m)| format!("depthwise_conv({k}, multiplier: {m})")),
         (number(), number()).prop_map(|(f, k)| format!("separable_conv({f}, {k})")),
-        (number(), number(), padding)
+        (number(), number(), padding.clone())
             .prop_map(|(n, s, p)| format!("maxpool({n}, stride: {s}, padding: {p})")),
         number().prop_map(|n| format!("avgpool({n}, trainable: true, activation: tanh)")),
+        (number(), number(), padding).prop_map(|(n, s, p)| format!(
+            "avgpool({n}, stride: {s}, padding: {p}, ceil_mode: true)"
+        )),
+        (number(), number(), number(), number())
+            .prop_map(|(t, b, l, r)| format!("zero_padding([{t}, {b}, {l}, {r}])")),
+        (number(), number()).prop_map(|(h, w)| format!("cropping([{h}, {w}])")),
         number().prop_map(|n| format!("depth_maxpool({n})")),
         number().prop_map(|n| format!("dense({n}, activation: relu)")),
         number().prop_map(|n| format!("rbf({n})")),

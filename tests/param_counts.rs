@@ -493,6 +493,58 @@ model sep : [28, 28, 32] {
     );
 }
 
+#[test]
+fn a_small_unet_with_a_transposed_convolution_matches_keras() {
+    // The same model built in Keras 3.15 (Conv2D, MaxPooling2D,
+    // Conv2DTranspose(16, 3, strides=2, padding="same"), Concatenate,
+    // Conv2D(2, 1)), count_params() = 9,778: convs 3*3*3*16 + 16 = 448 and
+    // 3*3*16*32 + 32 = 4,640; the transposed conv's kernel [3, 3, 16, 32]
+    // and bias [16], 4,608 + 16 = 4,624; the 1x1 conv on the 32 joined
+    // channels 32*2 + 2 = 66.
+    let source = r#"
+model tiny_unet : [32, 32, 3] {
+    let skip = conv(16, 3, padding: same, activation: relu)
+    let deep = skip -> maxpool(2) -> conv(32, 3, padding: same, activation: relu)
+    let up = deep -> conv_transpose(16, 3, stride: 2, padding: same, activation: relu)
+    concat(skip, up)
+    conv(2, 1)
+}
+"#;
+    check_fixture(
+        "tiny_unet.cnn",
+        source,
+        "tiny_unet",
+        Counts::trainable(9_778),
+        &[("output", &[32, 32, 2])],
+    );
+}
+
+#[test]
+fn a_decoder_of_upsampling_layers_matches_keras() {
+    // The same model built in Keras 3.15, count_params() = 24,713, output
+    // 59x30x1: Conv2DTranspose(64, 3, strides=2, padding="same") on
+    // 7x7x32, 3*3*64*32 + 64 = 18,496, to 14x14; UpSampling2D(2,
+    // interpolation="bilinear"), no weights, to 28x28;
+    // Conv2DTranspose(8, (4, 3), strides=(2, 1), output_padding=(1, 0),
+    // use_bias=False), 4*3*8*64 = 6,144, to (28 - 1) * 2 + 4 + 1 = 59 by
+    // (28 - 1) + 3 = 30; a 3x3 conv to 1 channel, 3*3*8 + 1 = 73.
+    let source = r#"
+model decoder : [7, 7, 32] {
+    conv_transpose(64, 3, stride: 2, padding: same, activation: relu)
+    upsample(2, mode: bilinear)
+    conv_transpose(8, [4, 3], stride: [2, 1], output_padding: [1, 0], use_bias: false)
+    conv(1, 3, padding: same, activation: sigmoid)
+}
+"#;
+    check_fixture(
+        "decoder.cnn",
+        source,
+        "decoder",
+        Counts::trainable(24_713),
+        &[("output", &[59, 30, 1])],
+    );
+}
+
 // ---- The architectures after the chapter (issue 14) -------------------------
 //
 // Each against `keras.applications.NAME(weights=None)`'s `count_params()`
@@ -518,29 +570,6 @@ fn mobilenet_matches_keras_applications() {
         "slim",
         counts,
         &[("output", &[1000])],
-#[test]
-fn a_small_unet_with_a_transposed_convolution_matches_keras() {
-    // The same model built in Keras 3.15 (Conv2D, MaxPooling2D,
-    // Conv2DTranspose(16, 3, strides=2, padding="same"), Concatenate,
-    // Conv2D(2, 1)), count_params() = 9,778: convs 3*3*3*16 + 16 = 448 and
-    // 3*3*16*32 + 32 = 4,640; the transposed conv's kernel [3, 3, 16, 32]
-    // and bias [16], 4,608 + 16 = 4,624; the 1x1 conv on the 32 joined
-    // channels 32*2 + 2 = 66.
-    let source = r#"
-model tiny_unet : [32, 32, 3] {
-    let skip = conv(16, 3, padding: same, activation: relu)
-    let deep = skip -> maxpool(2) -> conv(32, 3, padding: same, activation: relu)
-    let up = deep -> conv_transpose(16, 3, stride: 2, padding: same, activation: relu)
-    concat(skip, up)
-    conv(2, 1)
-}
-"#;
-    check_fixture(
-        "tiny_unet.cnn",
-        source,
-        "tiny_unet",
-        Counts::trainable(9_778),
-        &[("output", &[32, 32, 2])],
     );
 }
 
@@ -602,28 +631,6 @@ fn squeezenet_1_1_matches_torchvision() {
         "squeezenet",
         Counts::trainable(1_235_496),
         &[("output", &[1000])],
-fn a_decoder_of_upsampling_layers_matches_keras() {
-    // The same model built in Keras 3.15, count_params() = 24,713, output
-    // 59x30x1: Conv2DTranspose(64, 3, strides=2, padding="same") on
-    // 7x7x32, 3*3*64*32 + 64 = 18,496, to 14x14; UpSampling2D(2,
-    // interpolation="bilinear"), no weights, to 28x28;
-    // Conv2DTranspose(8, (4, 3), strides=(2, 1), output_padding=(1, 0),
-    // use_bias=False), 4*3*8*64 = 6,144, to (28 - 1) * 2 + 4 + 1 = 59 by
-    // (28 - 1) + 3 = 30; a 3x3 conv to 1 channel, 3*3*8 + 1 = 73.
-    let source = r#"
-model decoder : [7, 7, 32] {
-    conv_transpose(64, 3, stride: 2, padding: same, activation: relu)
-    upsample(2, mode: bilinear)
-    conv_transpose(8, [4, 3], stride: [2, 1], output_padding: [1, 0], use_bias: false)
-    conv(1, 3, padding: same, activation: sigmoid)
-}
-"#;
-    check_fixture(
-        "decoder.cnn",
-        source,
-        "decoder",
-        Counts::trainable(24_713),
-        &[("output", &[59, 30, 1])],
     );
 }
 

@@ -411,6 +411,176 @@ fn max_pool_takes_the_window_max_and_ignores_padding() {
     assert_close(&out, &[1, 2, 2, 1], &[-1., -3., -7., -9.]);
 }
 
+/// Explicit padding `[top, bottom, left, right]`, rounded up with `ceil`.
+fn explicit([top, bottom, left, right]: [u64; 4], ceil: bool) -> Padding {
+    Padding::explicit([[top, bottom], [left, right]], ceil)
+}
+
+/// The 5x5 image 1..25, row-major.
+fn image_1_to_25() -> ArrayD<f32> {
+    let values: Vec<f32> = (1..=25).map(|v| v as f32).collect();
+    t(&[1, 5, 5, 1], &values)
+}
+
+#[test]
+fn explicit_padding_in_max_pooling_never_wins() {
+    // -1..-16 padded by one on every side, 2x2 windows, stride 2: 6 padded
+    // positions, (6 - 2) / 2 + 1 = 3 windows per axis, over rows (and
+    // columns) {-1, 0}, {1, 2}, {3, 4}. A padded zero would win every one:
+    // (0,0) -1; (0,1) max(-2, -3) = -2; (0,2) -4; (1,0) max(-5, -9) = -5;
+    // (1,1) max(-6, -7, -10, -11) = -6; (1,2) -8; (2,0) -13; (2,1) -14; (2,2) -16.
+    let x = image_1_to_16().mapv(|v| -v);
+    let out = forward(
+        &pool(PoolKind::Max, 2, 2, explicit([1, 1, 1, 1], false)),
+        &[&x],
+        &[],
+        false,
+    );
+    assert_close(
+        &out,
+        &[1, 3, 3, 1],
+        &[-1., -2., -4., -5., -6., -8., -13., -14., -16.],
+    );
+}
+
+#[test]
+fn explicit_padding_in_average_pooling_is_left_out_of_the_mean() {
+    // The windows above on 1..16: each the mean of its cells in the image,
+    // as `same` does (PyTorch's default, count_include_pad, would divide
+    // (0,0) by 4 and give 0.25, not 1).
+    // (0,0) 1; (0,1) (2+3)/2; (0,2) 4; (1,0) (5+9)/2; (1,1) (6+7+10+11)/4;
+    // (1,2) (8+12)/2; (2,0) 13; (2,1) (14+15)/2; (2,2) 16.
+    let out = forward(
+        &pool(PoolKind::Avg, 2, 2, explicit([1, 1, 1, 1], false)),
+        &[&image_1_to_16()],
+        &[],
+        false,
+    );
+    assert_close(
+        &out,
+        &[1, 3, 3, 1],
+        &[1., 2.5, 4., 7., 8.5, 10., 13., 14.5, 16.],
+    );
+}
+
+#[test]
+fn ceil_mode_follows_pytorchs_formula() {
+    // PyTorch: out = ceil((in + pads - size) / stride) + 1, less one if the
+    // last window would start at or past in + pad_before.
+    // 5x5, 2x2 windows, stride 2, no padding: ceil(3 / 2) + 1 = 3 (the floor
+    // gives 2); the last window starts at 4 < 5, over row (column) 4 only.
+    // Max: (0,0) 7, (0,1) 9, (0,2) 10, (1,0) 17, (1,1) 19, (1,2) 20,
+    // (2,0) 22, (2,1) 24, (2,2) 25.
+    let ceil = explicit([0, 0, 0, 0], true);
+    let out = forward(
+        &pool(PoolKind::Max, 2, 2, ceil),
+        &[&image_1_to_25()],
+        &[],
+        false,
+    );
+    assert_close(
+        &out,
+        &[1, 3, 3, 1],
+        &[7., 9., 10., 17., 19., 20., 22., 24., 25.],
+    );
+    // The average of the cells that exist (PyTorch too divides a window
+    // hanging over the end by its cells inside): (0,0) (1+2+6+7)/4 = 4,
+    // (0,1) (3+4+8+9)/4 = 6, (0,2) (5+10)/2 = 7.5, (1,0) (11+12+16+17)/4 = 14,
+    // (1,1) 16, (1,2) (15+20)/2 = 17.5, (2,0) (21+22)/2 = 21.5,
+    // (2,1) 23.5, (2,2) 25.
+    let out = forward(
+        &pool(PoolKind::Avg, 2, 2, ceil),
+        &[&image_1_to_25()],
+        &[],
+        false,
+    );
+    assert_close(
+        &out,
+        &[1, 3, 3, 1],
+        &[4., 6., 7.5, 14., 16., 17.5, 21.5, 23.5, 25.],
+    );
+    // 3x3 padded by one on every side, 2x2 windows, stride 2:
+    // ceil((3 + 2 - 2) / 2) + 1 = 3, but (3 - 1) * 2 = 4 >= 3 + 1, so that
+    // window would see only padding: 2, as without ceil_mode.
+    // Windows over {-1, 0}, {1, 2}: max (0,0) 1, (0,1) 3, (1,0) 7, (1,1) 9.
+    let values: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    let x = t(&[1, 3, 3, 1], &values);
+    let out = forward(
+        &pool(PoolKind::Max, 2, 2, explicit([1, 1, 1, 1], true)),
+        &[&x],
+        &[],
+        false,
+    );
+    assert_close(&out, &[1, 2, 2, 1], &[1., 3., 7., 9.]);
+}
+
+#[test]
+fn zero_padding_and_cropping_move_the_image() {
+    // [[1, 2], [3, 4]] padded by one row on top and two columns on the right.
+    let pad = |top, bottom, left, right| Op::Pad {
+        top,
+        bottom,
+        left,
+        right,
+    };
+    let x = t(&[1, 2, 2, 1], &[1., 2., 3., 4.]);
+    let out = forward(&pad(1, 0, 0, 2), &[&x], &[], false);
+    #[rustfmt::skip]
+    let padded = [
+        0., 0., 0., 0.,
+        1., 2., 0., 0.,
+        3., 4., 0., 0.,
+    ];
+    assert_close(&out, &[1, 3, 4, 1], &padded);
+    // 1..16 cropped by one row on top, one column on the left and two on
+    // the right: rows 1..3 of column 1.
+    let out = forward(&pad(-1, 0, -1, -2), &[&image_1_to_16()], &[], false);
+    assert_close(&out, &[1, 3, 1, 1], &[6., 10., 14.]);
+}
+
+#[test]
+fn conv_explicit_padding_pads_each_side_as_given() {
+    // tf.nn.conv2d(padding=[[0, 0], [1, 0], [0, 0], [0, 0]]): one zero row
+    // on top only, so out[y][x] = img[y - 1][x + 1] + 10 img[y][x + 2] on
+    // (4 + 1 - 3) + 1 = 3 rows and 4 - 3 + 1 = 2 columns:
+    // (0,0) 0 + 10*3 = 30, (0,1) 10*4 = 40, (1,0) 2 + 70 = 72, (1,1) 3 + 80 = 83,
+    // (2,0) 6 + 110 = 116, (2,1) 7 + 120 = 127.
+    let out = forward(
+        &conv(1, 3, 1, explicit([1, 0, 0, 0], false), 1, false),
+        &[&image_1_to_16()],
+        &[&asymmetric_kernel()],
+        false,
+    );
+    assert_close(&out, &[1, 3, 2, 1], &[30., 40., 72., 83., 116., 127.]);
+    // In general, the valid convolution of the zero-padded image, strided
+    // and dilated too.
+    let x = ramp(&[2, 5, 6, 3], 1);
+    let kernel = ramp(&[3, 3, 3, 2], 2);
+    let pads = [2, 1, 0, 3];
+    let padded = reference::pad(&x, pads.map(|p| p as i64));
+    for (stride, dilation) in [(1, 1), (2, 1), (1, 2)] {
+        let op = conv(2, 3, stride, explicit(pads, false), dilation, false);
+        let out = forward(&op, &[&x], &[&kernel], false);
+        let valid = conv(2, 3, stride, Padding::Valid, dilation, false);
+        let expected = forward(&valid, &[&padded], &[&kernel], false);
+        let values: Vec<f64> = expected.iter().map(|&v| f64::from(v)).collect();
+        assert_close(&out, expected.shape(), &values);
+        // The depthwise convolution too.
+        let depthwise = |padding| Op::DepthwiseConv2d {
+            multiplier: 2,
+            kernel: [3, 3],
+            stride: [stride, stride],
+            padding,
+            dilation: [dilation, dilation],
+            bias: false,
+        };
+        let out = forward(&depthwise(explicit(pads, false)), &[&x], &[&kernel], false);
+        let expected = forward(&depthwise(Padding::Valid), &[&padded], &[&kernel], false);
+        let values: Vec<f64> = expected.iter().map(|&v| f64::from(v)).collect();
+        assert_close(&out, expected.shape(), &values);
+    }
+}
+
 #[test]
 fn pooling_keeps_channels_and_examples_apart() {
     // Two examples of 2x2x2, a 2x2 valid window: one output pixel per example.
@@ -584,12 +754,13 @@ fn max_pool_gradient_goes_to_the_first_tied_maximum_as_tensorflow() {
     for (size, stride, padding, case) in tf_ties::MAX_POOL {
         let x = t(&case.shape, case.x);
         let [n, h, w, c] = case.shape;
-        let out = |len: usize| {
-            cnnc::ops::output_size(len as u64, *size as u64, *stride as u64, 1, *padding)
+        let out = |len: usize, axis: usize| {
+            let padding = padding.axis(axis);
+            cnnc::ops::output_size(len as u64, *size as u64, *stride as u64, 1, padding)
         };
         let (oh, ow) = (
-            out(h).expect("fits") as usize,
-            out(w).expect("fits") as usize,
+            out(h, 0).expect("fits") as usize,
+            out(w, 1).expect("fits") as usize,
         );
         let dy = t(&[n, oh, ow, c], case.dy);
         let (size, stride) = ([*size as u64; 2], [*stride as u64; 2]);

@@ -4,7 +4,8 @@
 //! softmax layer, two convolutions on Winograd's transforms, the
 //! activations after the chapter on one convolution's output, batchnorm
 //! without gamma or without beta, a reshape, nearest and bilinear
-//! upsampling, transposed convolutions), the outputs,
+//! upsampling, transposed convolutions, explicit padding and cropping),
+//! the outputs,
 //! the input's gradient and every trainable weight's gradient of `sum(dy *
 //! output)`, in inference and in training mode, against what
 //! `tf.GradientTape` recorded with the same weights (`tests/tf/grads.py`,
@@ -242,6 +243,17 @@ fn frozen_layers_match_tensorflow() {
 #[test]
 fn a_reshape_matches_tensorflow() {
     check("reshape", TOLERANCE);
+}
+
+/// Keras's `ZeroPadding2D` and `Cropping2D`, a convolution padded
+/// explicitly (`tf.nn.conv2d` with a list of paddings), max pooling padded
+/// explicitly (`tf.nn.max_pool2d` likewise), average pooling padded
+/// explicitly with the padded cells left out of each mean, a separable
+/// convolution padded explicitly, and PyTorch's `ceil_mode` (recorded as
+/// the mean over the cells of windows padded one more cell at the end).
+#[test]
+fn explicit_padding_and_cropping_match_tensorflow() {
+    check("padding", TOLERANCE);
 }
 
 /// Two 3x3 stride-1 convolutions whose forward passes, input gradients

@@ -202,6 +202,27 @@ fn gradients_of_a_small_unet() {
 }
 
 #[test]
+fn gradients_through_explicit_padding_cropping_and_ceil_mode() {
+    // Every gradient of the first convolution's weights flows back through
+    // zero padding, a depthwise convolution and pools padded explicitly
+    // (the pools rounding up with ceil_mode), a cropping and a convolution
+    // padded by 2 on every side.
+    let source = "
+        model m : [7, 6, 3] {
+            conv(4, 3, padding: [1, 2, 0, 1], activation: tanh)
+            zero_padding([1, 0, 2, 1])
+            let t = depthwise_conv(3, padding: [2, 0, 1, 3], multiplier: 2) -> elu
+            let a = t -> maxpool(3, stride: 2, padding: [1, 1, 2, 0], ceil_mode: true)
+            let b = t -> avgpool(2, padding: 1, ceil_mode: true)
+            concat(a, b) -> cropping([1, 0, 1, 2])
+            conv(3, 3, padding: 2, activation: tanh)
+            global_avg_pool
+            dense(5, activation: softmax)
+        }";
+    check_gradients(source, 3, 5);
+}
+
+#[test]
 fn gradients_of_lenets_subsampling_and_rbf_units() {
     let source = "
         model m : [8, 8, 1] {

@@ -5,8 +5,8 @@
 
 use std::ops::Range;
 
-use crate::graph::Padding;
-use crate::ops::{output_size, same_padding};
+use crate::graph::AxisPadding;
+use crate::ops::{output_size, same_padding, MAX_PAD};
 
 /// One spatial axis of a sliding window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +22,8 @@ pub(crate) struct Axis {
     /// Input positions between consecutive taps.
     pub dilation: usize,
     /// Padding before the first input position (`same`: TensorFlow's, the
-    /// odd pixel after).
+    /// odd pixel after; or as given). The padding after is implied by
+    /// `output`: whatever the last window reaches past the input.
     pub before: usize,
 }
 
@@ -37,20 +38,24 @@ pub(crate) struct Segment {
 }
 
 impl Axis {
-    /// The axis, or `None` if the window does not fit (or sizes overflow).
+    /// The axis, or `None` if the window does not fit (or sizes overflow,
+    /// or the padding before exceeds [`MAX_PAD`]).
     pub fn new(
         input: usize,
         kernel: usize,
         stride: usize,
         dilation: usize,
-        padding: Padding,
+        padding: AxisPadding,
     ) -> Option<Axis> {
         let [i, k, s, d] = [input, kernel, stride, dilation].map(|v| v as u64);
         let output = output_size(i, k, s, d, padding).filter(|&o| o > 0)?;
         let before = match padding {
-            Padding::Same => same_padding(i, k, s, d).0,
-            Padding::Valid => 0,
+            AxisPadding::Same => same_padding(i, k, s, d).0,
+            AxisPadding::Explicit { before, .. } => before,
         };
+        if before > MAX_PAD {
+            return None;
+        }
         Some(Axis {
             input,
             output: usize::try_from(output).ok()?,
@@ -146,11 +151,54 @@ impl Axis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::Padding;
+
+    fn explicit(before: u64, after: u64, ceil: bool) -> AxisPadding {
+        AxisPadding::Explicit {
+            before,
+            after,
+            ceil,
+        }
+    }
+
+    #[test]
+    fn explicit_padding_places_the_windows() {
+        // 4 inputs padded by 3 before and 2 after, a 1-tap window: 9 outputs,
+        // the first three and the last two on padding only.
+        let axis = Axis::new(4, 1, 1, 1, explicit(3, 2, false)).expect("fits");
+        assert_eq!((axis.output, axis.before), (9, 3));
+        let inside: Vec<bool> = (0..9).map(|o| !axis.taps(o).is_empty()).collect();
+        assert_eq!(
+            inside,
+            [false, false, false, true, true, true, true, false, false]
+        );
+        // PyTorch's ceil_mode: 7 inputs padded by 1, window 3, stride 2:
+        // floor(6 / 2) + 1 = 4 windows, ceil too; 8 inputs padded by 1 and 1,
+        // window 2, stride 3: floor(8 / 3) + 1 = 3, ceil(8 / 3) + 1 = 4, whose
+        // last window starts at 9 - 1 = 8, past the input: 3.
+        assert_eq!(
+            Axis::new(7, 3, 2, 1, explicit(1, 0, true)).map(|a| a.output),
+            Some(4)
+        );
+        assert_eq!(
+            Axis::new(8, 2, 3, 1, explicit(1, 1, false)).map(|a| a.output),
+            Some(3)
+        );
+        assert_eq!(
+            Axis::new(8, 2, 3, 1, explicit(1, 1, true)).map(|a| a.output),
+            Some(3)
+        );
+        // 6 inputs, window 3, stride 2: floor(3 / 2) + 1 = 2 windows, ceil
+        // gives 3, the last starting at 4 and hanging one cell over the end.
+        let ceil = Axis::new(6, 3, 2, 1, explicit(0, 0, true)).expect("fits");
+        assert_eq!(ceil.output, 3);
+        assert_eq!(ceil.taps(2), 0..2);
+    }
 
     #[test]
     fn taps_skip_the_padding() {
         // 5 inputs, window 3, stride 2, same: output 3, padding (1, 1).
-        let axis = Axis::new(5, 3, 2, 1, Padding::Same).expect("fits");
+        let axis = Axis::new(5, 3, 2, 1, Padding::Same.axis(0)).expect("fits");
         assert_eq!((axis.output, axis.before), (3, 1));
         assert_eq!(axis.taps(0), 1..3);
         assert_eq!(axis.taps(1), 0..3);
@@ -177,11 +225,16 @@ mod tests {
     #[test]
     fn taps_agree_with_covering_positions() {
         for (input, kernel, stride, dilation, padding) in [
-            (7, 3, 1, 1, Padding::Same),
-            (7, 3, 2, 2, Padding::Same),
-            (2, 2, 2, 3, Padding::Same),
-            (9, 2, 3, 1, Padding::Valid),
-            (6, 5, 1, 2, Padding::Same),
+            (7, 3, 1, 1, Padding::Same.axis(0)),
+            (7, 3, 2, 2, Padding::Same.axis(0)),
+            (2, 2, 2, 3, Padding::Same.axis(0)),
+            (9, 2, 3, 1, Padding::Valid.axis(0)),
+            (6, 5, 1, 2, Padding::Same.axis(0)),
+            (5, 3, 2, 1, explicit(2, 1, false)),
+            (4, 1, 1, 1, explicit(3, 2, false)),
+            (6, 3, 2, 2, explicit(4, 5, false)),
+            (7, 3, 2, 1, explicit(1, 0, true)),
+            (8, 2, 3, 1, explicit(1, 1, true)),
         ] {
             let axis = Axis::new(input, kernel, stride, dilation, padding).expect("fits");
             for o in 0..axis.output {
@@ -205,7 +258,7 @@ mod tests {
     #[test]
     fn a_dilated_window_can_lie_on_padding() {
         // Input 2, kernel 2 dilated by 3 (span 4), stride 2, same: taps at -1, 2.
-        let axis = Axis::new(2, 2, 2, 3, Padding::Same).expect("fits");
+        let axis = Axis::new(2, 2, 2, 3, Padding::Same.axis(0)).expect("fits");
         assert!(axis.taps(0).is_empty(), "{:?}", axis.taps(0));
         let segments = axis.segments();
         assert_eq!(segments.len(), 1);
@@ -216,10 +269,13 @@ mod tests {
     #[test]
     fn sources_readers_and_active_taps_agree() {
         for (input, kernel, stride, dilation, padding) in [
-            (7, 3, 1, 1, Padding::Same),
-            (1, 3, 1, 1, Padding::Same),
-            (7, 3, 2, 2, Padding::Same),
-            (9, 2, 3, 1, Padding::Valid),
+            (7, 3, 1, 1, Padding::Same.axis(0)),
+            (1, 3, 1, 1, Padding::Same.axis(0)),
+            (7, 3, 2, 2, Padding::Same.axis(0)),
+            (9, 2, 3, 1, Padding::Valid.axis(0)),
+            (4, 1, 1, 1, explicit(3, 2, false)),
+            (6, 3, 2, 2, explicit(4, 5, false)),
+            (8, 2, 3, 1, explicit(1, 1, true)),
         ] {
             let axis = Axis::new(input, kernel, stride, dilation, padding).expect("fits");
             for o in 0..axis.output {
@@ -238,7 +294,7 @@ mod tests {
             assert_eq!(axis.active_taps(), active, "{axis:?}");
         }
         // A 3x3 kernel on a 1x1 image keeps only its centre.
-        let point = Axis::new(1, 3, 1, 1, Padding::Same).expect("fits");
+        let point = Axis::new(1, 3, 1, 1, Padding::Same.axis(0)).expect("fits");
         assert_eq!(point.active_taps(), vec![1]);
     }
 }

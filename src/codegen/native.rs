@@ -1,6 +1,7 @@
 //! Kernels written in Rust rather than generated: pure data movement (row
-//! copies for concatenation and its gradient, which `memcpy` does as well as
-//! anything) and dropout's random masks.
+//! copies for concatenation and its gradient, and images copied at an
+//! offset for zero padding, cropping and their gradients, which `memcpy`
+//! does as well as anything) and dropout's random masks.
 
 use std::ops::Range;
 
@@ -22,6 +23,51 @@ pub struct CopyRows {
     pub from: (usize, usize),
     /// The destination's row stride and offset, in values.
     pub to: (usize, usize),
+}
+
+/// Copies each `[H, W, C]` image of the source into an `[OH, OW, C]` image
+/// of the destination, moved down by `offset[0]` rows and right by
+/// `offset[1]` columns (negative: up, left), zeros where no source value
+/// lands: `to[n, y, x, c] = from[n, y - offset[0], x - offset[1], c]`.
+/// Zero padding by `(top, left)` is the offset `(top, left)`; cropping is
+/// a negative offset; each one's gradient is the other's copy with the
+/// offset negated. Buffers: `from [N, H, W, C]`, `to [N, OH, OW, C]`.
+/// Domain: the destination's rows, `N * OH`. Every destination value is
+/// written, and only source positions inside the image are read, whatever
+/// the offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PadCopy {
+    /// A name for errors and profiles.
+    pub name: String,
+    /// Images.
+    pub batch: usize,
+    /// The source's height, width and channels.
+    pub from: [usize; 3],
+    /// The destination's height and width (the channels are the source's).
+    pub to: [usize; 2],
+    /// Rows down and columns right the image moves.
+    pub offset: [i64; 2],
+}
+
+impl PadCopy {
+    /// The source's length in values.
+    pub fn from_len(&self) -> usize {
+        self.batch * self.from.iter().product::<usize>()
+    }
+
+    /// The destination's length in values.
+    pub fn to_len(&self) -> usize {
+        self.batch * self.to[0] * self.to[1] * self.from[2]
+    }
+
+    /// The destination positions `0..to_len` along an axis that receive a
+    /// source position, for a source of `len` positions moved by
+    /// `offset`: `lo..hi` with `lo - offset` the first source position.
+    fn landing(len: usize, to_len: usize, offset: i64) -> std::ops::Range<usize> {
+        let clamp = |v: i128| v.clamp(0, to_len as i128) as usize;
+        let offset = i128::from(offset);
+        clamp(offset)..clamp(offset + len as i128)
+    }
 }
 
 /// Values per work item of [`DropoutMask`]: a fixed block, so that the
@@ -71,6 +117,48 @@ impl Kernel for CopyRows {
                 let target = args[1].add(r * self.to.0 + self.to.1);
                 std::ptr::copy_nonoverlapping(source, target, self.len);
             }
+        }
+        Ok(())
+    }
+}
+
+impl Kernel for PadCopy {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn domain(&self) -> usize {
+        self.batch * self.to[0]
+    }
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
+        let [height, width, channels] = self.from;
+        let [to_height, to_width] = self.to;
+        let rows = Self::landing(height, to_height, self.offset[0]);
+        let columns = Self::landing(width, to_width, self.offset[1]);
+        // The first source column of the landing columns (0 unless the
+        // image moves left).
+        let first_column = (columns.start as i128 - i128::from(self.offset[1])).max(0) as usize;
+        let (source_row, row) = (width * channels, to_width * channels);
+        for item in items {
+            let (image, y) = (item / to_height, item % to_height);
+            // SAFETY: the caller guarantees the destination holds `to_len`
+            // values, of which row `item` is `row` values at `item * row`.
+            let target = unsafe { std::slice::from_raw_parts_mut(args[1].add(item * row), row) };
+            if !rows.contains(&y) || columns.is_empty() {
+                target.fill(0.0);
+                continue;
+            }
+            let source_y = (y as i128 - i128::from(self.offset[0])) as usize;
+            let len = columns.len() * channels;
+            let at = (image * height + source_y) * source_row + first_column * channels;
+            // SAFETY: `source_y < height` (y lands), and the landing
+            // columns come from columns `first_column..first_column +
+            // columns.len()` of that row, all below `width`; the source
+            // holds `from_len` values and is only read.
+            let source = unsafe { std::slice::from_raw_parts(args[0].add(at), len) };
+            let (before, rest) = target.split_at_mut(columns.start * channels);
+            before.fill(0.0);
+            rest[..len].copy_from_slice(source);
+            rest[len..].fill(0.0);
         }
         Ok(())
     }
@@ -147,6 +235,56 @@ mod tests {
         let mut buffers = vec![buffers[1].clone(), vec![0.0; 6]];
         run(&back, &mut buffers, 0..2);
         assert_eq!(buffers[1], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    }
+
+    #[test]
+    fn a_pad_copy_moves_the_image_and_fills_with_zeros() {
+        // One 2x3 image of one channel padded by 1 row above and 2 columns
+        // on the left, 1 on the right: a 3x6 image.
+        let pad = PadCopy {
+            name: "zero_padding".into(),
+            batch: 1,
+            from: [2, 3, 1],
+            to: [3, 6],
+            offset: [1, 2],
+        };
+        let image = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut buffers = vec![image.clone(), vec![f32::NAN; 18]];
+        run(&pad, &mut buffers, 0..pad.domain());
+        #[rustfmt::skip]
+        let padded = vec![
+            0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 1.0, 2.0, 3.0, 0.0,
+            0.0, 0.0, 4.0, 5.0, 6.0, 0.0,
+        ];
+        assert_eq!(buffers[1], padded);
+        // Cropping it back is the opposite offset, and gives the image.
+        let crop = PadCopy {
+            name: "cropping".into(),
+            batch: 1,
+            from: [3, 6, 1],
+            to: [2, 3],
+            offset: [-1, -2],
+        };
+        let mut buffers = vec![padded, vec![f32::NAN; 6]];
+        run(&crop, &mut buffers, 0..1);
+        run(&crop, &mut buffers, 1..2);
+        assert_eq!(buffers[1], image);
+    }
+
+    #[test]
+    fn a_pad_copy_past_the_destination_writes_only_zeros() {
+        // Moved 5 columns right into a 2-column destination: nothing lands.
+        let pad = PadCopy {
+            name: "far".into(),
+            batch: 2,
+            from: [1, 2, 2],
+            to: [1, 2],
+            offset: [0, 5],
+        };
+        let mut buffers = vec![vec![1.0; 8], vec![f32::NAN; 8]];
+        run(&pad, &mut buffers, 0..pad.domain());
+        assert_eq!(buffers[1], vec![0.0; 8]);
     }
 
     #[test]

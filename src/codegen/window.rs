@@ -681,8 +681,9 @@ fn window_axes(
         check_size(what, value[0])?;
         check_size(what, value[1])?;
     }
-    let axis =
-        |i: usize, input: usize| Axis::new(input, kernel[i], stride[i], dilation[i], padding);
+    let axis = |i: usize, input: usize| {
+        Axis::new(input, kernel[i], stride[i], dilation[i], padding.axis(i))
+    };
     match (axis(0, image.h), axis(1, image.w)) {
         (Some(rows), Some(cols)) => Ok([rows, cols]),
         _ => Err(format!(

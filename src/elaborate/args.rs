@@ -2,6 +2,7 @@
 
 use crate::diagnostics::{suggest, Diagnostic, Span};
 use crate::graph::{Padding, Slice};
+use crate::ops::MAX_PAD;
 use crate::syntax::ast::{Expr, ExprKind, Ident};
 
 use super::layers::{self, Arg, ArgSpec, Args, DefaultValue, Kind};
@@ -111,10 +112,21 @@ pub fn bind_layer(
         };
         bound.push((spec.name, arg));
     }
-    if errors.is_empty() && !poisoned && bound.len() == signature.len() {
-        Ok(Args(bound))
-    } else {
-        Err(errors)
+    if !errors.is_empty() || poisoned || bound.len() != signature.len() {
+        return Err(errors);
+    }
+    let args = Args(bound);
+    match layers::conflict(&args) {
+        None => Ok(args),
+        Some(conflict) => {
+            // The argument at fault was given (a default never conflicts).
+            let at = signature.iter().position(|s| s.name == conflict.argument);
+            let span = at.and_then(|i| given[i]).map_or(call, |v| v.span);
+            let label = format!("in this call of `{layer}`");
+            Err(vec![
+                Diagnostic::error(span, conflict.message, label).with_note(conflict.help)
+            ])
+        }
     }
 }
 
@@ -175,12 +187,20 @@ fn convert(kind: Kind, value: &Value) -> Result<Arg, Option<String>> {
             .map(Arg::Float)
             .ok_or(None),
         (Kind::Bool, Value::Bool(b)) => Ok(Arg::Bool(*b)),
-        (Kind::Padding, Value::Symbol(s)) => match s.as_str() {
+        (Kind::Padding | Kind::SameOrValid, Value::Symbol(s)) => match s.as_str() {
             "same" => Ok(Arg::Padding(Padding::Same)),
             "valid" => Ok(Arg::Padding(Padding::Valid)),
             other => Err(crate::diagnostics::did_you_mean(other, ["same", "valid"])
                 .map(|b| format!("help: did you mean `{b}`?"))),
         },
+        (Kind::Padding, v) => {
+            let [top, bottom, left, right] = sides(v)?;
+            Ok(Arg::Padding(Padding::explicit(
+                [[top, bottom], [left, right]],
+                false,
+            )))
+        }
+        (Kind::Sides, v) => sides(v).map(Arg::Sides),
         (Kind::Activation, Value::Symbol(s)) => match layers::activation_symbol(s) {
             Some(act) => Ok(Arg::Activation(act)),
             None => Err(
@@ -233,6 +253,50 @@ fn output_padding(value: &Value) -> Result<Arg, Option<String>> {
         Value::Symbol(s) => Err(crate::diagnostics::did_you_mean(s, ["none"])
             .map(|b| format!("help: did you mean `{b}`?"))),
         _ => Err(None),
+    }
+}
+
+/// Amounts for `[top, bottom, left, right]`, as Keras's `ZeroPadding2D`
+/// takes them: one integer for all four sides, `[h, w]` for top and bottom
+/// and for left and right, `[[top, bottom], [left, right]]`, or the four.
+fn sides(value: &Value) -> Result<[u64; 4], Option<String>> {
+    let amount = |v: &Value| match v {
+        Value::Int(i) if (0..=MAX_PAD as i64).contains(i) => Ok(*i as u64),
+        Value::Int(i) if *i < 0 => Err(Some(format!(
+            "help: amounts cannot be negative ({i} is); `cropping` removes rows and columns"
+        ))),
+        Value::Int(i) => Err(Some(format!(
+            "help: at most {MAX_PAD} on one side, not {i}"
+        ))),
+        other => Err(integer_hint(other)),
+    };
+    let pair = |v: &Value| match v {
+        Value::List(items) if items.len() == 2 => Ok([amount(&items[0])?, amount(&items[1])?]),
+        _ => Err(None),
+    };
+    let Value::List(items) = value else {
+        return amount(value).map(|a| [a; 4]);
+    };
+    match items.len() {
+        2 if items.iter().all(|v| matches!(v, Value::List(_))) => {
+            let ([top, bottom], [left, right]) = (pair(&items[0])?, pair(&items[1])?);
+            Ok([top, bottom, left, right])
+        }
+        2 => {
+            let [h, w] = [amount(&items[0])?, amount(&items[1])?];
+            Ok([h, h, w, w])
+        }
+        4 => {
+            let mut sides = [0; 4];
+            for (side, item) in sides.iter_mut().zip(items) {
+                *side = amount(item)?;
+            }
+            Ok(sides)
+        }
+        n => Err(Some(format!(
+            "help: give one integer, a pair [height, width] or four [top, bottom, left, right], \
+             not a list of {n}"
+        ))),
     }
 }
 

@@ -26,8 +26,13 @@ pub enum Kind {
     Rate,
     /// `true` or `false`.
     Bool,
-    /// `same` or `valid`.
+    /// `same`, `valid`, or explicit amounts as [`Kind::Sides`] takes them.
     Padding,
+    /// Amounts for the four sides of an image: a non-negative integer (all
+    /// four), a pair `[h, w]` (top and bottom, left and right), a pair of
+    /// pairs `[[top, bottom], [left, right]]` or four `[top, bottom, left,
+    /// right]`.
+    Sides,
     /// An activation name or `none`.
     Activation,
     /// An initializer name, possibly with `where` entries.
@@ -41,6 +46,9 @@ pub enum Kind {
     Interpolation,
     /// `none`, or an integer >= 0, or a pair `[h, w]` of them.
     OutputPadding,
+    /// `same` or `valid` only: Keras's `Conv2DTranspose` takes no explicit
+    /// amounts.
+    SameOrValid,
 }
 
 impl Kind {
@@ -52,7 +60,13 @@ impl Kind {
             Kind::Number => "a number",
             Kind::Rate => "a number from 0 up to (not including) 1",
             Kind::Bool => "`true` or `false`",
-            Kind::Padding => "`same` or `valid`",
+            Kind::Padding => {
+                "`same`, `valid`, or explicit amounts: one integer, [height, width] or \
+                 [top, bottom, left, right]"
+            }
+            Kind::Sides => {
+                "a non-negative integer, a pair [height, width] or four [top, bottom, left, right]"
+            }
             Kind::Activation => {
                 "an activation (relu, leaky_relu, elu, selu, tanh, sigmoid, relu6, swish, silu, \
                  gelu, hard_sigmoid, hard_swish, hard_silu, mish, softmax or none)"
@@ -66,6 +80,7 @@ impl Kind {
             Kind::OutputPadding => {
                 "`none`, a non-negative integer or a pair [height, width] of them"
             }
+            Kind::SameOrValid => "`same` or `valid`",
         }
     }
 }
@@ -124,7 +139,7 @@ const CONV_TRANSPOSE: &[ArgSpec] = &[
     a("filters", Positive, Required),
     a("kernel", Pair, Required),
     a("stride", Pair, Int(1)),
-    a("padding", Kind::Padding, Symbol("valid")),
+    a("padding", Kind::SameOrValid, Symbol("valid")),
     a("output_padding", Kind::OutputPadding, Symbol("none")),
     a("dilation", Pair, Int(1)),
     a("use_bias", Kind::Bool, DefaultValue::Bool(true)),
@@ -166,11 +181,13 @@ const MAXPOOL: &[ArgSpec] = &[
     a("size", Pair, Required),
     a("stride", Pair, SameAs("size")),
     a("padding", Kind::Padding, Symbol("valid")),
+    a("ceil_mode", Kind::Bool, DefaultValue::Bool(false)),
 ];
 const AVGPOOL: &[ArgSpec] = &[
     a("size", Pair, Required),
     a("stride", Pair, SameAs("size")),
     a("padding", Kind::Padding, Symbol("valid")),
+    a("ceil_mode", Kind::Bool, DefaultValue::Bool(false)),
     a("trainable", Kind::Bool, DefaultValue::Bool(false)),
     a("activation", Kind::Activation, Symbol("none")),
 ];
@@ -178,6 +195,9 @@ const UPSAMPLE: &[ArgSpec] = &[
     a("factor", Pair, Int(2)),
     a("mode", Kind::Interpolation, Symbol("nearest")),
 ];
+// Keras's defaults: `ZeroPadding2D(padding=(1, 1))`, `Cropping2D(cropping=((0, 0), (0, 0)))`.
+const ZERO_PADDING: &[ArgSpec] = &[a("padding", Sides, Int(1))];
+const CROPPING: &[ArgSpec] = &[a("cropping", Sides, Int(0))];
 const DEPTH_MAXPOOL: &[ArgSpec] = &[a("size", Positive, Required)];
 const DROPOUT: &[ArgSpec] = &[a("rate", Rate, Required)];
 const BATCHNORM: &[ArgSpec] = &[
@@ -214,6 +234,8 @@ pub const LAYERS: &[(&str, &[ArgSpec])] = &[
     ("maxpool", MAXPOOL),
     ("avgpool", AVGPOOL),
     ("upsample", UPSAMPLE),
+    ("zero_padding", ZERO_PADDING),
+    ("cropping", CROPPING),
     ("global_avg_pool", NONE),
     ("global_max_pool", NONE),
     ("depth_maxpool", DEPTH_MAXPOOL),
@@ -259,6 +281,8 @@ pub enum Arg {
     Bool(bool),
     /// A padding.
     Padding(Padding),
+    /// Amounts for `[top, bottom, left, right]`.
+    Sides([u64; 4]),
     /// An activation, or none.
     Activation(Option<Activation>),
     /// An initializer.
@@ -331,11 +355,29 @@ impl Args {
     pub fn bool(&self, name: &str) -> bool {
         matches!(self.get(name), Arg::Bool(true))
     }
-    /// The padding argument.
+    /// The padding argument, with pooling's `ceil_mode` where the layer
+    /// has one (which [`conflict`] checked is not given with `same`).
     pub fn padding(&self) -> Padding {
-        match self.get("padding") {
+        let padding = match self.get("padding") {
             Arg::Padding(p) => *p,
             _ => Padding::Valid,
+        };
+        let ceil = self
+            .0
+            .iter()
+            .any(|(n, a)| *n == "ceil_mode" && *a == Arg::Bool(true));
+        match padding {
+            Padding::Same => Padding::Same,
+            Padding::Valid => Padding::explicit([[0, 0], [0, 0]], ceil),
+            Padding::Explicit { pads, .. } => Padding::explicit(pads, ceil),
+        }
+    }
+    /// A sides argument: `[top, bottom, left, right]`.
+    pub fn sides(&self, name: &str) -> [u64; 4] {
+        match self.get(name) {
+            Arg::Sides(s) => *s,
+            Arg::Int(i) => [*i as u64; 4],
+            _ => [0; 4],
         }
     }
     /// The activation argument.
@@ -422,6 +464,10 @@ pub enum Layer {
     AvgPool,
     /// `upsample`
     Upsample,
+    /// `zero_padding`
+    ZeroPadding,
+    /// `cropping`
+    Cropping,
     /// `global_avg_pool`
     GlobalAvgPool,
     /// `global_max_pool`
@@ -481,6 +527,8 @@ impl Layer {
             "maxpool" => Layer::MaxPool,
             "avgpool" => Layer::AvgPool,
             "upsample" => Layer::Upsample,
+            "zero_padding" => Layer::ZeroPadding,
+            "cropping" => Layer::Cropping,
             "global_avg_pool" => Layer::GlobalAvgPool,
             "global_max_pool" => Layer::GlobalMaxPool,
             "depth_maxpool" => Layer::DepthMaxPool,
@@ -596,6 +644,8 @@ impl Layer {
                     mode: args.interpolation(),
                 },
             )],
+            Layer::ZeroPadding => vec![part("", pad(args.sides("padding"), 1))],
+            Layer::Cropping => vec![part("", pad(args.sides("cropping"), -1))],
             Layer::GlobalAvgPool => vec![part(
                 "",
                 Op::GlobalPool {
@@ -709,6 +759,12 @@ pub fn written_as(op: &Op) -> Written {
         }
         | Op::ScaleBias => Written::Layer(Layer::AvgPool),
         Op::Upsample { .. } => Written::Layer(Layer::Upsample),
+        // By the sign of the amounts: a mixed op (never written) is a
+        // cropping's, as its name says.
+        Op::Pad { .. } if op.pad_amounts().iter().all(|&a| a >= 0) => {
+            Written::Layer(Layer::ZeroPadding)
+        }
+        Op::Pad { .. } => Written::Layer(Layer::Cropping),
         Op::GlobalPool {
             kind: PoolKind::Max,
         } => Written::Layer(Layer::GlobalMaxPool),
@@ -751,6 +807,46 @@ fn activation_layer(activation: Activation) -> Layer {
         Activation::HardSwish => Layer::HardSwish,
         Activation::Mish => Layer::Mish,
         Activation::Softmax => Layer::Softmax,
+    }
+}
+
+/// A zero padding (`sign` 1) or cropping (`sign` -1) by `sides`, which
+/// the argument's check bounds by [`crate::ops::MAX_PAD`].
+fn pad(sides: [u64; 4], sign: i64) -> Op {
+    let [top, bottom, left, right] = sides.map(|s| sign * s as i64);
+    Op::Pad {
+        top,
+        bottom,
+        left,
+        right,
+    }
+}
+
+/// Arguments of a call, each valid on its own, that do not go together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The argument at fault.
+    pub argument: &'static str,
+    /// What is wrong.
+    pub message: &'static str,
+    /// How to fix it.
+    pub help: &'static str,
+}
+
+/// Whether the arguments of a call conflict: pooling's `ceil_mode` with
+/// `same` padding, which has no explicit amounts to round (PyTorch's
+/// `ceil_mode` comes with explicit padding; TensorFlow's `same` already
+/// rounds up).
+pub fn conflict(args: &Args) -> Option<Conflict> {
+    let given = |name: &str| args.0.iter().find(|(n, _)| *n == name).map(|(_, a)| a);
+    match (given("padding"), given("ceil_mode")) {
+        (Some(Arg::Padding(Padding::Same)), Some(Arg::Bool(true))) => Some(Conflict {
+            argument: "ceil_mode",
+            message: "`ceil_mode: true` does not go with `padding: same`",
+            help: "help: `same` padding already gives ceil(input / stride) outputs; \
+                   `ceil_mode` rounds up the output of `valid` or explicit padding",
+        }),
+        _ => None,
     }
 }
 

@@ -16,7 +16,7 @@ use petgraph::Direction;
 use crate::config::TrainConfig;
 use crate::diagnostics::{Diagnostic, Diagnostics, SourceMap, Span};
 
-pub use op::{Activation, Interpolation, Op, Padding, PoolKind};
+pub use op::{Activation, AxisPadding, Interpolation, Op, Padding, PoolKind};
 
 /// A per-example tensor shape (NHWC without the batch dimension, which is
 /// implicit and symbolic): `[28, 28, 1]` for an image, `[10]` for logits.

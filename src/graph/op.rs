@@ -24,6 +24,67 @@ pub enum Padding {
     Same,
     /// No padding.
     Valid,
+    /// Padding given explicitly, as TensorFlow's
+    /// `tf.nn.conv2d(padding=[[0, 0], [top, bottom], [left, right], [0, 0]])`
+    /// (PyTorch's `padding=` with `ceil_mode` for pooling). The elaborator
+    /// writes zero amounts without `ceil` as [`Padding::Valid`], so that
+    /// one padding has one form.
+    Explicit {
+        /// `[[top, bottom], [left, right]]`.
+        pads: [[u64; 2]; 2],
+        /// PyTorch's `ceil_mode` (pooling only): the output length is
+        /// `ceil((input + pads - window) / stride) + 1` rather than the floor,
+        /// less one if the last window would start past the input; a
+        /// window hanging over the end sees only the cells that exist.
+        ceil: bool,
+    },
+}
+
+/// How one spatial axis is padded: [`Padding`] along height or width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AxisPadding {
+    /// TensorFlow's `same`: the output is `ceil(input / stride)`.
+    Same,
+    /// Zeros `before` and `after` the input (`valid`: none), and whether
+    /// the output length rounds up ([`Padding::Explicit`]'s `ceil`).
+    Explicit {
+        /// Zeros before the first position.
+        before: u64,
+        /// Zeros after the last position.
+        after: u64,
+        /// PyTorch's `ceil_mode`.
+        ceil: bool,
+    },
+}
+
+impl Padding {
+    /// The padding along axis `axis`: 0 is the height, 1 the width.
+    pub fn axis(self, axis: usize) -> AxisPadding {
+        match self {
+            Padding::Same => AxisPadding::Same,
+            Padding::Valid => AxisPadding::Explicit {
+                before: 0,
+                after: 0,
+                ceil: false,
+            },
+            Padding::Explicit { pads, ceil } => AxisPadding::Explicit {
+                before: pads[axis][0],
+                after: pads[axis][1],
+                ceil,
+            },
+        }
+    }
+
+    /// The padding `pads` (`[[top, bottom], [left, right]]`), rounding the
+    /// output down or up (`ceil`), in its one form: `valid` for no zeros
+    /// rounded down.
+    pub fn explicit(pads: [[u64; 2]; 2], ceil: bool) -> Padding {
+        if pads == [[0, 0], [0, 0]] && !ceil {
+            Padding::Valid
+        } else {
+            Padding::Explicit { pads, ceil }
+        }
+    }
 }
 
 /// Max or average.
@@ -206,6 +267,20 @@ pub enum Op {
         /// How the new pixels are filled.
         mode: Interpolation,
     },
+    /// Zero padding (positive amounts, Keras's `ZeroPadding2D`) or cropping
+    /// (negative amounts, Keras's `Cropping2D`) of the spatial axes:
+    /// `y[i, j, c] = x[i - top, j - left, c]`, zero where that is outside
+    /// `x`. Its gradient is the same op with the amounts negated.
+    Pad {
+        /// Rows added above (removed, if negative).
+        top: i64,
+        /// Rows added below.
+        bottom: i64,
+        /// Columns added on the left.
+        left: i64,
+        /// Columns added on the right.
+        right: i64,
+    },
     /// Pooling of each whole feature map to one value: `[h, w, c] -> [c]`.
     GlobalPool {
         /// Max or average.
@@ -364,6 +439,8 @@ impl Op {
                 ..
             } => "avgpool",
             Op::Upsample { .. } => "upsample",
+            Op::Pad { .. } if self.pad_amounts().iter().all(|&a| a >= 0) => "zero_padding",
+            Op::Pad { .. } => "cropping",
             Op::GlobalPool {
                 kind: PoolKind::Max,
             } => "global_max_pool",
@@ -403,6 +480,7 @@ impl Op {
             | Op::Dense { .. }
             | Op::Pool2d { .. }
             | Op::Upsample { .. }
+            | Op::Pad { .. }
             | Op::GlobalPool { .. }
             | Op::DepthMaxPool { .. }
             | Op::Flatten
@@ -434,6 +512,7 @@ impl Op {
             | Op::Dense { .. }
             | Op::Pool2d { .. }
             | Op::Upsample { .. }
+            | Op::Pad { .. }
             | Op::GlobalPool { .. }
             | Op::DepthMaxPool { .. }
             | Op::Flatten
@@ -452,6 +531,45 @@ impl Op {
             Op::InputGrad { .. } | Op::WeightGrad { .. } => Arity::AtLeast(1),
         }
     }
+
+    /// A zero padding's or cropping's signed amounts, `[top, bottom, left,
+    /// right]` (positive: zeros added); all zero for the other ops.
+    pub fn pad_amounts(&self) -> [i64; 4] {
+        match self {
+            Op::Pad {
+                top,
+                bottom,
+                left,
+                right,
+            } => [*top, *bottom, *left, *right],
+            Op::Input { .. }
+            | Op::Conv2d { .. }
+            | Op::ConvTranspose2d { .. }
+            | Op::Upsample { .. }
+            | Op::DepthwiseConv2d { .. }
+            | Op::Dense { .. }
+            | Op::Pool2d { .. }
+            | Op::GlobalPool { .. }
+            | Op::DepthMaxPool { .. }
+            | Op::Flatten
+            | Op::Reshape { .. }
+            | Op::Dropout { .. }
+            | Op::BatchNorm { .. }
+            | Op::Lrn { .. }
+            | Op::ScaleBias
+            | Op::Rbf { .. }
+            | Op::Activation(_)
+            | Op::Add
+            | Op::Concat { .. }
+            | Op::Multiply
+            | Op::Labels
+            | Op::Upstream { .. }
+            | Op::CrossEntropy { .. }
+            | Op::CrossEntropyGrad { .. }
+            | Op::InputGrad { .. }
+            | Op::WeightGrad { .. } => [0; 4],
+        }
+    }
 }
 
 fn pair(p: [u64; 2]) -> String {
@@ -462,10 +580,17 @@ fn pair(p: [u64; 2]) -> String {
     }
 }
 
-fn padding(p: Padding) -> &'static str {
+fn padding(p: Padding) -> String {
     match p {
-        Padding::Same => "same",
-        Padding::Valid => "valid",
+        Padding::Same => "same".into(),
+        Padding::Valid => "valid".into(),
+        Padding::Explicit {
+            pads: [[top, bottom], [left, right]],
+            ceil,
+        } => {
+            let ceil = if ceil { ", ceil_mode=true" } else { "" };
+            format!("[{top}, {bottom}, {left}, {right}]{ceil}")
+        }
     }
 }
 
@@ -517,6 +642,13 @@ impl fmt::Display for Op {
             Op::Dense { units, bias } => write!(f, "dense(units={units}, bias={bias})"),
             Op::Pool2d { size, stride, padding: p, .. } => {
                 write!(f, "{}(size={}, stride={}, padding={})", self.name(), pair(*size), pair(*stride), padding(*p))
+            }
+            Op::Pad { .. } => {
+                // In the sense of the name: the zeros added, or the rows
+                // and columns removed.
+                let sign = if self.name() == "cropping" { -1 } else { 1 };
+                let [top, bottom, left, right] = self.pad_amounts().map(|a| sign * a);
+                write!(f, "{}(top={top}, bottom={bottom}, left={left}, right={right})", self.name())
             }
             Op::GlobalPool { .. } => write!(f, "{}", self.name()),
             Op::DepthMaxPool { size } => write!(f, "depth_maxpool(size={size})"),

@@ -122,6 +122,9 @@ pub fn gradient(op: &Op, arity: usize) -> Rule {
         Op::Upsample { .. } => rule(vec![vec![Dy]], vec![]),
         // a reshape: dX = dY, reshaped
         Op::Flatten | Op::Reshape { .. } => rule(vec![vec![Dy]], vec![]),
+        // y[i, j] = x[i - top, j - left]: dX[i, j] = dY[i + top, j + left], the same
+        // copy with the amounts negated (padding's gradient crops, cropping's pads)
+        Op::Pad { .. } => rule(vec![vec![Dy]], vec![]),
         // dX = dY * mask / (1 - rate), with the forward pass's mask
         Op::Dropout { .. } => rule(vec![vec![Dy, Output]], vec![]),
         // x̂ = (x - mean) / sqrt(var + eps) with batch statistics:

@@ -31,7 +31,7 @@ use thiserror::Error;
 use crate::diagnostics::{Diagnostic, Span};
 use crate::graph::{Op, Shape};
 pub use grad::{gradient, weight_needs, GradInputs, Need, Rule};
-pub use window::{output_size, same_padding, transposed_output_size};
+pub use window::{output_size, same_padding, transposed_output_size, MAX_PAD};
 
 /// The largest tensor, in elements per example, that cnnc will address
 /// (16 GiB of f32).
@@ -50,13 +50,36 @@ pub enum ShapeError {
         /// What it got.
         got: Shape,
     },
-    /// A window does not fit into its input with `valid` padding.
-    #[error("the {what} {window} does not fit into the {input_h}x{input_w} input with padding valid: the output would be empty")]
+    /// A window does not fit into its input with `valid` (or too little
+    /// explicit) padding.
+    #[error("the {what} {window} does not fit into the {input_h}x{input_w} input with padding {padding}: the output would be empty")]
     WindowTooLarge {
         /// `kernel` or `pool size`.
         what: &'static str,
         /// The (dilated) window, e.g. `7x7`.
         window: String,
+        /// Input height.
+        input_h: u64,
+        /// Input width.
+        input_w: u64,
+        /// The padding, as written: `valid`, `[1, 1, 0, 0]`.
+        padding: String,
+    },
+    /// Explicit padding the op cannot take.
+    #[error("`{op}` cannot pad by [{top}, {bottom}, {left}, {right}] (top, bottom, left, right): {reason}", top = .pads[0], bottom = .pads[1], left = .pads[2], right = .pads[3])]
+    BadPadding {
+        /// The op (or the layer it implements).
+        op: String,
+        /// `[top, bottom, left, right]`.
+        pads: [u64; 4],
+        /// Why not, in words.
+        reason: String,
+    },
+    /// Cropping that removes every row or every column.
+    #[error("cannot crop [{top}, {bottom}, {left}, {right}] (top, bottom, left, right) from the {input_h}x{input_w} input: that removes {rows} of its {input_h} rows and {columns} of its {input_w} columns", top = .crop[0], bottom = .crop[1], left = .crop[2], right = .crop[3], rows = .crop[0].saturating_add(.crop[1]), columns = .crop[2].saturating_add(.crop[3]))]
+    CropTooLarge {
+        /// The rows and columns removed: `[top, bottom, left, right]`.
+        crop: [i64; 4],
         /// Input height.
         input_h: u64,
         /// Input width.
@@ -195,7 +218,10 @@ impl ShapeError {
     /// The error as reported for a call of layer `layer`, which the user
     /// wrote and which may differ from the op's name (`conv` is `conv2d`).
     pub fn for_layer(mut self, layer: &str) -> ShapeError {
-        if let ShapeError::Rank { op, .. } | ShapeError::Zero { op, .. } = &mut self {
+        if let ShapeError::Rank { op, .. }
+        | ShapeError::Zero { op, .. }
+        | ShapeError::BadPadding { op, .. } = &mut self
+        {
             *op = layer.to_string();
         }
         self
@@ -222,9 +248,13 @@ impl ShapeError {
                 "help: TensorFlow refuses it too; with `padding: same`, an even kernel needs `output_padding` of at least 1, or `none`"
                     .into(),
             ),
+            ShapeError::CropTooLarge { .. } => Some(
+                "help: cropping must leave at least one row and one column".into(),
+            ),
             ShapeError::Rank { .. }
             | ShapeError::OutputPadding { .. }
             | ShapeError::DilatedStride { .. }
+            | ShapeError::BadPadding { .. }
             | ShapeError::Mismatch { .. }
             | ShapeError::BadAxis { .. }
             | ShapeError::Indivisible { .. }
@@ -312,6 +342,7 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
             ..
         } => {
             let (h, w, c) = image(op, inputs[0])?;
+            window::check_pool_padding(op, *size, *padding)?;
             let (oh, ow) =
                 window::apply(op, "pool size", [h, w], *size, *stride, [1, 1], *padding)?;
             Shape(vec![oh, ow, c])
@@ -322,6 +353,11 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
             let mut dims = inputs[0].0.clone();
             *dims.last_mut().expect("rank checked") = *units;
             Shape(dims)
+        }
+        Op::Pad { .. } => {
+            let (h, w, c) = image(op, inputs[0])?;
+            let [oh, ow] = padded(op.pad_amounts(), [h, w])?;
+            Shape(vec![oh, ow, c])
         }
         Op::GlobalPool { .. } => Shape(vec![image(op, inputs[0])?.2]),
         Op::DepthMaxPool { size } => {
@@ -460,6 +496,7 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
         Op::Input { .. }
         | Op::Pool2d { .. }
         | Op::Upsample { .. }
+        | Op::Pad { .. }
         | Op::GlobalPool { .. }
         | Op::DepthMaxPool { .. }
         | Op::Flatten
@@ -514,6 +551,7 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
         Op::Input { .. }
         | Op::Pool2d { .. }
         | Op::Upsample { .. }
+        | Op::Pad { .. }
         | Op::GlobalPool { .. }
         | Op::DepthMaxPool { .. }
         | Op::Flatten
@@ -657,6 +695,26 @@ fn concat(inputs: &[&Shape], axis: usize) -> Result<Shape, ShapeError> {
     Ok(out)
 }
 
+/// The height and width of an `[h, w]` image padded by `amounts` (`[top,
+/// bottom, left, right]`, negative: cropped); an error when cropping leaves
+/// no row or no column.
+fn padded(amounts: [i64; 4], [h, w]: [u64; 2]) -> Result<[u64; 2], ShapeError> {
+    let [top, bottom, left, right] = amounts.map(i128::from);
+    let rows = i128::from(h) + top + bottom;
+    let columns = i128::from(w) + left + right;
+    if rows > 0 && columns > 0 {
+        // Anything beyond 64 bits is far beyond the element limit checked
+        // after this rule.
+        let clamp = |v: i128| u64::try_from(v).unwrap_or(u64::MAX);
+        return Ok([clamp(rows), clamp(columns)]);
+    }
+    Err(ShapeError::CropTooLarge {
+        crop: amounts.map(i64::saturating_neg),
+        input_h: h,
+        input_w: w,
+    })
+}
+
 /// `x * s`: `s` is `[c]`, `[1, 1, c]` or the shape of `x`.
 fn multiply(x: &Shape, s: &Shape) -> Result<Shape, ShapeError> {
     let broadcastable = s == x
@@ -758,6 +816,71 @@ mod tests {
             )
             .unwrap(),
             Shape(vec![55, 55, 96])
+        );
+    }
+
+    #[test]
+    fn explicit_padding_sizes_convolutions_and_pools_per_side() {
+        let x = Shape(vec![5, 6, 3]);
+        let pads = Padding::explicit([[2, 1], [0, 3]], false);
+        // (5 + 3 - 3) + 1 = 6 rows, (6 + 3 - 3) + 1 = 7 columns.
+        assert_eq!(
+            infer(&conv(4, 3, 1, pads), &[&x]).unwrap(),
+            Shape(vec![6, 7, 4])
+        );
+        let pool = |size: u64, padding| Op::Pool2d {
+            kind: crate::graph::PoolKind::Max,
+            size: [size, size],
+            stride: [2, 2],
+            padding,
+        };
+        // Rows: (5 + 3 - 4) / 2 + 1 = 3; columns: (6 + 3 - 4) / 2 + 1 = 3.
+        assert_eq!(infer(&pool(4, pads), &[&x]).unwrap(), Shape(vec![3, 3, 3]));
+        // A side padded as much as the window: a window of padding only.
+        let err = infer(&pool(3, pads), &[&x]).unwrap_err();
+        assert!(matches!(err, ShapeError::BadPadding { .. }), "{err}");
+        assert!(err.to_string().contains("[2, 1, 0, 3]"), "{err}");
+        // Too little padding for the kernel names the padding.
+        let err = infer(
+            &conv(4, 9, 1, Padding::explicit([[1, 1], [0, 0]], false)),
+            &[&x],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the kernel 9x9 does not fit into the 5x6 input with padding [1, 1, 0, 0]: the output would be empty"
+        );
+    }
+
+    #[test]
+    fn padding_adds_rows_and_columns_and_cropping_removes_them() {
+        let x = Shape(vec![4, 5, 2]);
+        let pad = |top, bottom, left, right| Op::Pad {
+            top,
+            bottom,
+            left,
+            right,
+        };
+        assert_eq!(
+            infer(&pad(1, 2, 0, 3), &[&x]).unwrap(),
+            Shape(vec![7, 8, 2])
+        );
+        assert_eq!(
+            infer(&pad(-1, -2, 0, -4), &[&x]).unwrap(),
+            Shape(vec![1, 1, 2])
+        );
+        let err = infer(&pad(-2, -2, -1, 0), &[&x]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot crop [2, 2, 1, 0] (top, bottom, left, right) from the 4x5 input: \
+             that removes 4 of its 4 rows and 1 of its 5 columns"
+        );
+        assert!(err.hint().is_some());
+        assert_eq!(pad(0, 1, 2, 0).name(), "zero_padding");
+        assert_eq!(pad(-1, 0, 0, 0).name(), "cropping");
+        assert_eq!(
+            pad(-1, 0, -2, 0).to_string(),
+            "cropping(top=1, bottom=0, left=2, right=0)"
         );
     }
 

@@ -187,7 +187,13 @@ impl Sizes {
     fn new(s: &ConvShape, direction: Direction) -> Option<Sizes> {
         let axis = |i: usize| {
             let input = [s.height, s.width][i];
-            Axis::new(input, s.kernel[i], s.stride[i], s.dilation[i], s.padding)
+            Axis::new(
+                input,
+                s.kernel[i],
+                s.stride[i],
+                s.dilation[i],
+                s.padding.axis(i),
+            )
         };
         let (y, x) = (axis(0)?, axis(1)?);
         let input = [s.height, s.width];
@@ -285,6 +291,27 @@ mod tests {
         let mut dilated = conv(14, 64, 64, 3, 1);
         dilated.dilation = [2, 2];
         assert_eq!(cheaper(&dilated, Direction::Forward), None);
+    }
+
+    /// Winograd's input gradient pads dY by `2 - before`: explicit padding
+    /// of at most 2 before the image may take it, more stays on the GEMM,
+    /// in every direction (whatever the padding after).
+    #[test]
+    fn explicit_padding_of_more_than_two_before_keeps_the_gemm() {
+        let padded = |pads| ConvShape {
+            padding: Padding::explicit(pads, false),
+            ..conv(14, 128, 128, 3, 1)
+        };
+        for direction in [
+            Direction::Forward,
+            Direction::BackwardData,
+            Direction::BackwardFilter,
+        ] {
+            assert!(cheaper(&padded([[2, 5], [0, 2]]), direction).is_some());
+            assert_eq!(cheaper(&padded([[3, 0], [1, 1]]), direction), None);
+            assert!(cheaper(&padded([[1, 1], [0, 3]]), direction).is_some());
+            assert_eq!(cheaper(&padded([[1, 1], [4, 1]]), direction), None);
+        }
     }
 
     #[test]

@@ -169,14 +169,13 @@ fn has_bias(geometry: &Geometry) -> bool {
 fn matrix(geometry: &Geometry) -> (usize, usize) {
     match geometry {
         Geometry::Conv(s) => {
-            let out = |i: usize, k: usize, st: usize, d: usize| {
-                crate::ops::output_size(i as u64, k as u64, st as u64, d as u64, s.padding)
+            let out = |axis: usize, i: usize| {
+                let [k, st, d] = [s.kernel[axis], s.stride[axis], s.dilation[axis]];
+                let padding = s.padding.axis(axis);
+                crate::ops::output_size(i as u64, k as u64, st as u64, d as u64, padding)
                     .unwrap_or(0) as usize
             };
-            let (oh, ow) = (
-                out(s.height, s.kernel[0], s.stride[0], s.dilation[0]),
-                out(s.width, s.kernel[1], s.stride[1], s.dilation[1]),
-            );
+            let (oh, ow) = (out(0, s.height), out(1, s.width));
             (s.batch * oh * ow, s.out_channels)
         }
         Geometry::Dense(s) => (s.rows, s.units),

@@ -10,7 +10,7 @@ use crate::codegen::axis::Axis;
 use crate::codegen::contraction::winograd::{Direction, Tile};
 use crate::codegen::contraction::{ConvShape, DenseShape};
 use crate::codegen::elementwise::Elementwise;
-use crate::codegen::native::{CopyRows, DropoutMask};
+use crate::codegen::native::{CopyRows, DropoutMask, PadCopy};
 use crate::codegen::reduce::Reduce;
 use crate::codegen::resample::Resample;
 use crate::codegen::window::Window;
@@ -153,6 +153,8 @@ pub enum KernelDesc {
     Copy(CopyRows),
     /// Upsampling or its gradient.
     Resample(Resample),
+    /// Images copied at an offset, zeros around (zero padding, cropping).
+    Pad(PadCopy),
     /// Dropout's random mask.
     Mask(DropoutMask),
 }
@@ -267,7 +269,13 @@ impl KernelDesc {
             Geometry::Conv(s) => {
                 let axis = |i: usize| {
                     let input = [s.height, s.width][i];
-                    Axis::new(input, s.kernel[i], s.stride[i], s.dilation[i], s.padding)
+                    Axis::new(
+                        input,
+                        s.kernel[i],
+                        s.stride[i],
+                        s.dilation[i],
+                        s.padding.axis(i),
+                    )
                 };
                 let (y, x) = (axis(0)?, axis(1)?);
                 let read = |a: &Axis| (0..a.output).map(|o| a.taps(o).len() as u64).sum::<u64>();
@@ -304,7 +312,7 @@ impl KernelDesc {
             KernelDesc::Elementwise { .. } => "element-wise".to_string(),
             KernelDesc::Reduce(_) => "reduction".to_string(),
             KernelDesc::Window(_) => "window".to_string(),
-            KernelDesc::Copy(_) => "copy".to_string(),
+            KernelDesc::Copy(_) | KernelDesc::Pad(_) => "copy".to_string(),
             KernelDesc::Resample(_) => "resample".to_string(),
             KernelDesc::Mask(_) => "dropout mask".to_string(),
         }
@@ -358,6 +366,10 @@ impl KernelDesc {
             KernelDesc::Copy(c) => format!(
                 "copy [{} x {}] from {:?} to {:?}",
                 c.rows, c.len, c.from, c.to
+            ),
+            KernelDesc::Pad(p) => format!(
+                "pad [{} x {:?}] to [{} x {:?}] moved by {:?}",
+                p.batch, p.from, p.batch, p.to, p.offset
             ),
             KernelDesc::Mask(m) => format!("dropout mask [{}] rate {}", m.len, m.rate),
             KernelDesc::Resample(r) => format!(

@@ -12,6 +12,7 @@ use super::{Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, KernelPl
 use crate::codegen::contraction::winograd::{self, Direction, Tile};
 use crate::codegen::contraction::{forward_splits_columns, ConvShape};
 use crate::codegen::elementwise::{Elementwise, Expr, Operand};
+use crate::codegen::native::PadCopy;
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::Window;
 
@@ -181,6 +182,7 @@ impl KernelDesc {
             KernelDesc::Window(w) => &w.name,
             KernelDesc::Contraction { name, .. } | KernelDesc::WinogradFilter { name, .. } => name,
             KernelDesc::Copy(c) => &c.name,
+            KernelDesc::Pad(p) => &p.name,
             KernelDesc::Mask(m) => &m.name,
             KernelDesc::Resample(r) => &r.name,
         }
@@ -216,12 +218,33 @@ impl KernelDesc {
                 })
             }
             KernelDesc::Copy(c) => Ok(vec![read(c.rows * c.from.0), write(c.rows * c.to.0)]),
+            KernelDesc::Pad(p) => pad(p),
             KernelDesc::Mask(m) => Ok(vec![read(2), write(m.len)]),
             KernelDesc::Resample(r) => {
                 let (source, target) = r.lengths()?;
                 Ok(vec![read(source), write(target)])
             }
         }
+    }
+}
+
+/// A pad copy's source and destination; an error for a size of zero or
+/// lengths that overflow.
+fn pad(p: &PadCopy) -> Result<Vec<Param>, String> {
+    let sizes = [p.batch, p.from[0], p.from[1], p.from[2], p.to[0], p.to[1]];
+    let len = |dims: &[usize]| dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    match (
+        len(&sizes[..4]),
+        len(&[p.batch, p.to[0], p.to[1], p.from[2]]),
+    ) {
+        (Some(from), Some(to))
+            if !sizes.contains(&0) && from.max(to) <= isize::MAX as usize / 4 =>
+        {
+            Ok(vec![read(from), write(to)])
+        }
+        _ => Err(format!(
+            "the pad copy {sizes:?} has a zero or too large size"
+        )),
     }
 }
 
@@ -406,7 +429,7 @@ fn conv_output(s: &crate::codegen::contraction::ConvShape) -> Result<(usize, usi
             s.kernel[k] as u64,
             s.stride[k] as u64,
             s.dilation[k] as u64,
-            s.padding,
+            s.padding.axis(k),
         )
         .map(|n| n as usize)
         .ok_or_else(|| format!("the convolution's window does not fit its {input}-pixel input"))

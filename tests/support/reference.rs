@@ -149,6 +149,10 @@ pub fn forward(
             expect_params(op, params, 0);
             pool2d(one(), *kind, *size, *stride, *padding)
         }
+        Op::Pad { .. } => {
+            expect_params(op, params, 0);
+            pad(one(), op.pad_amounts())
+        }
         Op::GlobalPool { kind } => {
             expect_params(op, params, 0);
             global_pool(one(), *kind)
@@ -295,23 +299,46 @@ fn rows_and_last(x: &ArrayD<f32>) -> (usize, usize) {
     (rows, last)
 }
 
-/// One spatial axis of a sliding window: the output length and the padding
-/// before the first input position (`same` pads per
-/// [`cnnc::ops::same_padding`], the odd pixel after; `valid` pads nothing).
+/// Spatial axis `axis` (0: height, 1: width) of a sliding window: the
+/// output length and the padding before the first input position (`same`
+/// pads per [`cnnc::ops::same_padding`], the odd pixel after; `valid` pads
+/// nothing; explicit padding pads as given). Explicit padding's length is
+/// worked out here, not by `cnnc::ops::output_size`, so that the tests
+/// check it: TensorFlow's `(padded - effective) / stride + 1` rounded down,
+/// or with `ceil` PyTorch's `ceil_mode`: rounded up, less one when the last
+/// window would start at or past `before + input` (in the padding after).
 fn window_axis(
     input: usize,
     kernel: u64,
     stride: u64,
     dilation: u64,
     padding: Padding,
+    axis: usize,
 ) -> (usize, usize) {
-    let out = output_size(input as u64, kernel, stride, dilation, padding)
-        .expect("the window fits into the input");
-    let before = match padding {
-        Padding::Same => same_padding(input as u64, kernel, stride, dilation).0,
-        Padding::Valid => 0,
+    let Padding::Explicit { pads, ceil } = padding else {
+        let out = output_size(input as u64, kernel, stride, dilation, padding.axis(axis))
+            .expect("the window fits into the input");
+        let before = match padding {
+            Padding::Same => same_padding(input as u64, kernel, stride, dilation).0,
+            _ => 0,
+        };
+        return (n(out), n(before));
     };
-    (n(out), n(before))
+    let [before, after] = pads[axis].map(n);
+    let effective = (n(kernel) - 1) * n(dilation) + 1;
+    let padded = before + input + after;
+    assert!(padded >= effective, "the window fits into the padded input");
+    let quotient = (padded - effective) as f64 / stride as f64;
+    let mut out = if ceil {
+        quotient.ceil()
+    } else {
+        quotient.floor()
+    } as usize
+        + 1;
+    if ceil && (out - 1) * n(stride) >= before + input {
+        out -= 1;
+    }
+    (out, before)
 }
 
 /// The input position that tap `tap` of output position `out` reads, or
@@ -362,8 +389,8 @@ pub fn conv2d(
         )
     };
     assert_eq!(kc, c, "conv kernel input channels");
-    let (oh, top) = window_axis(h, kh as u64, stride[0], dilation[0], padding);
-    let (ow, left) = window_axis(w, kw as u64, stride[1], dilation[1], padding);
+    let (oh, top) = window_axis(h, kh as u64, stride[0], dilation[0], padding, 0);
+    let (ow, left) = window_axis(w, kw as u64, stride[1], dilation[1], padding, 1);
     let xs = flat(x);
     let ks = flat(kernel);
     let bs = bias.map(flat);
@@ -442,6 +469,7 @@ pub fn conv_transpose2d(
         let before = match padding {
             Padding::Same => same_padding(out, k as u64, stride[i], dilation[i]).0,
             Padding::Valid => 0,
+            Padding::Explicit { .. } => panic!("a transposed convolution takes same or valid"),
         };
         (n(out), n(before) as isize)
     };
@@ -617,8 +645,8 @@ pub fn depthwise_conv2d(
         )
     };
     assert_eq!(kc, c, "depthwise kernel input channels");
-    let (oh, top) = window_axis(h, kh as u64, stride[0], dilation[0], padding);
-    let (ow, left) = window_axis(w, kw as u64, stride[1], dilation[1], padding);
+    let (oh, top) = window_axis(h, kh as u64, stride[0], dilation[0], padding, 0);
+    let (ow, left) = window_axis(w, kw as u64, stride[1], dilation[1], padding, 1);
     let xs = flat(x);
     let ks = flat(kernel);
     let bs = bias.map(flat);
@@ -723,8 +751,8 @@ pub fn pool2d(
     padding: Padding,
 ) -> ArrayD<f32> {
     let [batch, h, w, c] = image(x);
-    let (oh, top) = window_axis(h, size[0], stride[0], 1, padding);
-    let (ow, left) = window_axis(w, size[1], stride[1], 1, padding);
+    let (oh, top) = window_axis(h, size[0], stride[0], 1, padding, 0);
+    let (ow, left) = window_axis(w, size[1], stride[1], 1, padding, 1);
     let xs = flat(x);
     let mut out = vec![0f32; batch * oh * ow * c];
     for b in 0..batch {
@@ -753,6 +781,33 @@ pub fn pool2d(
                         PoolKind::Max => max,
                         PoolKind::Avg => (sum / count as f64) as f32,
                     };
+                }
+            }
+        }
+    }
+    array(&[batch, oh, ow, c], out)
+}
+
+/// Keras's `ZeroPadding2D` (positive `amounts`, `[top, bottom, left,
+/// right]`) and `Cropping2D` (negative): `out[b, y, x, c] = x[b, y - top,
+/// x - left, c]`, zero where that falls outside `x`.
+pub fn pad(x: &ArrayD<f32>, amounts: [i64; 4]) -> ArrayD<f32> {
+    let [batch, h, w, c] = image(x);
+    let [top, bottom, left, right] = amounts;
+    let oh = usize::try_from(h as i64 + top + bottom).expect("rows are left");
+    let ow = usize::try_from(w as i64 + left + right).expect("columns are left");
+    let xs = flat(x);
+    let mut out = vec![0f32; batch * oh * ow * c];
+    for b in 0..batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (iy, ix) = (oy as i64 - top, ox as i64 - left);
+                if !(0..h as i64).contains(&iy) || !(0..w as i64).contains(&ix) {
+                    continue;
+                }
+                let (iy, ix) = (iy as usize, ix as usize);
+                for ch in 0..c {
+                    out[((b * oh + oy) * ow + ox) * c + ch] = xs[((b * h + iy) * w + ix) * c + ch];
                 }
             }
         }
@@ -825,8 +880,8 @@ pub fn pool2d_grad(
     padding: Padding,
 ) -> ArrayD<f32> {
     let [batch, h, w, c] = image(x);
-    let (oh, top) = window_axis(h, size[0], stride[0], 1, padding);
-    let (ow, left) = window_axis(w, size[1], stride[1], 1, padding);
+    let (oh, top) = window_axis(h, size[0], stride[0], 1, padding, 0);
+    let (ow, left) = window_axis(w, size[1], stride[1], 1, padding, 1);
     assert_eq!(dy.shape(), [batch, oh, ow, c], "dy has the output's shape");
     let (xs, gs) = (flat(x), flat(dy));
     let mut dx = vec![0f64; xs.len()];

@@ -334,6 +334,90 @@ train { freeze: ["stem*"] }
     return source, keras.Model(x, y), names
 
 
+class ExplicitConv(layers.Layer):
+    """A convolution with a bias and ReLU, padded explicitly as
+    tf.nn.conv2d(padding=[[0, 0], [top, bottom], [left, right], [0, 0]])
+    pads (Keras's Conv2D takes only "same" and "valid")."""
+
+    def __init__(self, filters, size, pads, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.size, self.pads = filters, size, pads
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(self.size, self.size, shape[-1], self.filters), name="kernel")
+        self.bias = self.add_weight(shape=(self.filters,), name="bias")
+
+    def call(self, x):
+        y = tf.nn.conv2d(x, self.kernel, 1, [[0, 0], *self.pads, [0, 0]])
+        return tf.nn.relu(y + self.bias)
+
+
+class ExplicitSeparable(layers.Layer):
+    """SeparableConv2D (depth multiplier 1, a bias) on the input padded by
+    tf.pad: a depthwise convolution with explicit padding, then a 1x1 one."""
+
+    def __init__(self, filters, size, pads, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.size, self.pads = filters, size, pads
+
+    def build(self, shape):
+        channels = shape[-1]
+        self.depthwise = self.add_weight(shape=(self.size, self.size, channels, 1), name="depthwise")
+        self.pointwise = self.add_weight(shape=(1, 1, channels, self.filters), name="pointwise")
+        self.bias = self.add_weight(shape=(self.filters,), name="bias")
+
+    def call(self, x):
+        padded = tf.pad(x, [[0, 0], *self.pads, [0, 0]])
+        y = tf.nn.depthwise_conv2d(padded, self.depthwise, [1, 1, 1, 1], "VALID")
+        return tf.nn.conv2d(y, self.pointwise, 1, "VALID") + self.bias
+
+
+def mean_of_cells(x, size, stride, pads):
+    """Average pooling with explicit padding, each window's mean taken over
+    its cells of the image, padded cells left out (as tf.nn.avg_pool2d does
+    with "same"; it takes no explicit padding): the sums of the zero-padded
+    image over the counts of image cells."""
+    paddings = [[0, 0], *pads, [0, 0]]
+    ones = tf.ones_like(x[..., :1])
+    sums = tf.nn.avg_pool2d(tf.pad(x, paddings), size, stride, "VALID")
+    counts = tf.nn.avg_pool2d(tf.pad(ones, paddings), size, stride, "VALID")
+    return sums / counts
+
+
+def padding():
+    # Keras's ZeroPadding2D and Cropping2D; tf.nn.conv2d and tf.nn.max_pool2d
+    # with explicit padding; the average over the image's cells of explicitly
+    # padded windows; a separable convolution padded explicitly. The last
+    # pooling is PyTorch's ceil_mode (Keras has none): ceil((4 - 3) / 2) + 1
+    # = 2 windows per axis, the second hanging one cell past the image,
+    # which is the mean of cells with one more row and column of padding.
+    source = """model padding : [7, 6, 3] {
+    zero_padding([1, 0, 2, 1])
+    let t = conv(4, 3, padding: [2, 1, 0, 3], activation: relu) -> cropping([[1, 0], [0, 2]])
+    let a = t -> maxpool(3, stride: 2, padding: [1, 1, 0, 2])
+    let b = t -> avgpool(3, stride: 2, padding: 1)
+    concat(a, b) -> separable_conv(3, 2, padding: [1, 0, 0, 1])
+    avgpool(3, stride: 2, ceil_mode: true)
+}
+"""
+    x = keras.Input((7, 6, 3))
+    conv = ExplicitConv(4, 3, [[2, 1], [0, 3]])
+    t = layers.Cropping2D(((1, 0), (0, 2)))(conv(layers.ZeroPadding2D(((1, 0), (2, 1)))(x)))
+    a = layers.Lambda(lambda v: tf.nn.max_pool2d(v, 3, 2, [[0, 0], [1, 1], [0, 2], [0, 0]]))(t)
+    b = layers.Lambda(lambda v: mean_of_cells(v, 3, 2, [[1, 1], [1, 1]]))(t)
+    separable = ExplicitSeparable(3, 2, [[1, 0], [0, 1]])
+    y = separable(layers.Concatenate()([a, b]))
+    y = layers.Lambda(lambda v: mean_of_cells(v, 3, 2, [[0, 1], [0, 1]]))(y)
+    names = {
+        "conv1.kernel": conv.kernel,
+        "conv1.bias": conv.bias,
+        "separable_conv1.depthwise.kernel": separable.depthwise,
+        "separable_conv1.pointwise.kernel": separable.pointwise,
+        "separable_conv1.pointwise.bias": separable.bias,
+    }
+    return source, keras.Model(x, y), names
+
+
 def batchnorm(prefix, bn):
     return {
         f"{prefix}.gamma": bn.gamma,
@@ -409,6 +493,7 @@ def main():
         upsample_bilinear,
         conv_transpose,
         frozen,
+        padding,
     ]
     wanted = set(sys.argv[1:])
     unknown = wanted - {build.__name__ for build in cases}

@@ -47,7 +47,8 @@ pub(super) struct Geometry {
     pub rows: usize,
     /// Columns of the im2col matrix: active taps times input channels.
     pub cols: usize,
-    /// A 1x1 stride-1 convolution: the input itself is the im2col matrix.
+    /// A 1x1 stride-1 convolution without padding: the input itself is
+    /// the im2col matrix.
     pub pointwise: bool,
     /// The im2col columns in runs of contiguous weight rows.
     pub groups: Vec<Group>,
@@ -80,7 +81,7 @@ impl Geometry {
                 s.kernel[i],
                 s.stride[i],
                 s.dilation[i],
-                s.padding,
+                s.padding.axis(i),
             )
         };
         let (Some(y), Some(x)) = (axis(0), axis(1)) else {
@@ -103,7 +104,12 @@ impl Geometry {
         let (y_taps, x_taps) = (y.active_taps(), x.active_taps());
         let x_contiguous = x.dilation == 1 && x_taps.windows(2).all(|w| w[1] == w[0] + 1);
         let cols = y_taps.len() * x_taps.len() * s.in_channels;
-        let pointwise = s.kernel == [1, 1] && s.stride == [1, 1];
+        // Explicit padding can pad even a 1x1 convolution, whose output is
+        // then not its input's rows.
+        let pointwise = s.kernel == [1, 1]
+            && s.stride == [1, 1]
+            && [y.before, x.before] == [0, 0]
+            && [y.output, x.output] == [s.height, s.width];
         let (groups, dead_rows) = weight_groups(
             &y_taps,
             &x_taps,

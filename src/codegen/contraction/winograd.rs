@@ -47,6 +47,7 @@ use super::geometry::Geometry;
 use super::matmul::{matmul, Operand};
 use super::{scratch_for, Call, ConvShape, Epilogue, ForwardBuffers, ALIGN_FLOATS};
 use crate::codegen::CodegenError;
+use crate::graph::AxisPadding;
 
 /// Which Winograd algorithm: the size of the output tile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,13 +110,26 @@ pub enum Direction {
 /// it can: a 3x3 kernel, stride 1 and dilation 1.
 pub fn unsupported(shape: &ConvShape) -> Option<String> {
     if shape.kernel != [3, 3] || shape.stride != [1, 1] || shape.dilation != [1, 1] {
-        Some(format!(
+        return Some(format!(
             "Winograd convolutions need a 3x3 kernel, stride 1 and dilation 1, not a {:?} kernel, stride {:?} and dilation {:?}",
             shape.kernel, shape.stride, shape.dilation
-        ))
-    } else {
-        None
+        ));
     }
+    // The input gradient correlates dY padded by `2 - before` (`Plane`):
+    // explicit padding of more than 2 before the image would need dY
+    // cropped instead, which the transforms do not do, so such a layer
+    // stays on the GEMM, which takes any padding. Any padding after the
+    // image is only more zeros (or, with more outputs, more tiles).
+    let before = [0, 1].map(|axis| match shape.padding.axis(axis) {
+        AxisPadding::Same => 1,
+        AxisPadding::Explicit { before, .. } => before,
+    });
+    if before.iter().any(|&b| b > 2) {
+        return Some(format!(
+            "Winograd convolutions pad at most 2 before the image, not {before:?}"
+        ));
+    }
+    None
 }
 
 /// Target size in f32s of one item's scratch (the transformed input and

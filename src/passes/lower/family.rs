@@ -49,6 +49,12 @@ pub(super) enum Family<'op> {
         /// The axis joined.
         axis: usize,
     },
+    /// Zero padding or cropping: the image copied at an offset, zeros
+    /// around; its gradient is the copy back, at the opposite offset.
+    Pad {
+        /// `[top, bottom, left, right]`: positive pads, negative crops.
+        amounts: [i64; 4],
+    },
     /// A sliding-window kernel: forward, backward-data and (depthwise
     /// convolution) backward-filter passes.
     Window(WindowKind),
@@ -296,6 +302,9 @@ pub(super) fn family(op: &Op) -> Family<'_> {
             stride: pair(*stride),
             padding: *padding,
         }),
+        Op::Pad { .. } => Family::Pad {
+            amounts: op.pad_amounts(),
+        },
         Op::GlobalPool { kind } => Family::Window(WindowKind::GlobalPool { kind: *kind }),
         Op::DepthMaxPool { size } => Family::Window(WindowKind::DepthMaxPool {
             size: *size as usize,

@@ -28,7 +28,7 @@ use thiserror::Error;
 use self::family::{family, Contraction, ConvTranspose, Family, Pointwise, PointwiseActivation};
 use crate::autodiff::{GradientGraph, TrainingGraph};
 use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
-use crate::codegen::native::CopyRows;
+use crate::codegen::native::{CopyRows, PadCopy};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::resample::{Resample, ResamplePass};
 use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
@@ -390,6 +390,12 @@ impl<'m> Lowering<'m> {
             }
             Family::Pointwise(pointwise) => self.elementwise(id, pointwise, &inputs, &input_ids)?,
             Family::Concat { axis } => self.concat(id, axis, &inputs, &input_ids)?,
+            Family::Pad { amounts } => {
+                let out = self.temporary(id);
+                let offset = [amounts[0], amounts[2]];
+                self.pad_copy(id, (inputs[0], input_ids[0]), (out, id), offset);
+                out
+            }
             Family::Window(kind) => self.window(id, kind, inputs[0], input_ids[0])?,
             Family::Contraction(contraction) => {
                 self.contraction_forward(id, contraction, inputs[0], input_ids[0])
@@ -551,6 +557,28 @@ impl<'m> Lowering<'m> {
             offset += len;
         }
         Ok(out)
+    }
+
+    /// A step of node `id` copying `from`, the value of node `from_node`,
+    /// into `to`, of the shape of node `to_node`'s value, moved by `offset`
+    /// (rows down, columns right), zeros around: zero padding, cropping
+    /// and their gradients.
+    fn pad_copy(
+        &mut self,
+        id: NodeIndex,
+        (from, from_node): (BufferId, NodeIndex),
+        (to, to_node): (BufferId, NodeIndex),
+        offset: [i64; 2],
+    ) {
+        let (source, target) = (self.shape(from_node), self.shape(to_node));
+        let copy = PadCopy {
+            name: self.model.graph.nodes[id].name.clone(),
+            batch: self.batch,
+            from: [source[0], source[1], source[2]],
+            to: [target[0], target[1]],
+            offset,
+        };
+        self.step(id, KernelDesc::Pad(copy), vec![from, to]);
     }
 
     /// `y = x . W (+ b)` on the GEMM.

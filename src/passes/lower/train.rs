@@ -265,6 +265,14 @@ impl Lowering<'_> {
                 }
             }
             Family::Concat { axis } => self.concat_grad(id, axis, gradient, dy),
+            // dY copied back at the opposite offset: the cells the forward
+            // pass moved, and only those.
+            Family::Pad { amounts } => {
+                let dx = self.temporary(id);
+                let offset = [-amounts[0], -amounts[2]];
+                self.pad_copy(id, (dy, read.dy), (dx, id), offset);
+                dx
+            }
             Family::Pointwise(Pointwise::Multiply) => {
                 let other = self.promised(id, read.input, "other operand")?;
                 let other = self.values[&other];
@@ -871,6 +879,7 @@ impl Lowering<'_> {
             | Family::Softmax
             | Family::Concat { .. }
             | Family::Resample { .. }
+            | Family::Pad { .. }
             | Family::Window(
                 WindowKind::Pool { .. }
                 | WindowKind::GlobalPool { .. }
