@@ -15,6 +15,7 @@ pub const MODULES: &[(&str, &str)] = &[
     ("resnet", include_str!("../stdlib/resnet.cnn")),
     ("se", include_str!("../stdlib/se.cnn")),
     ("squeezenet", include_str!("../stdlib/squeezenet.cnn")),
+    ("unet", include_str!("../stdlib/unet.cnn")),
     ("vgg", include_str!("../stdlib/vgg.cnn")),
     ("xception", include_str!("../stdlib/xception.cnn")),
 ];

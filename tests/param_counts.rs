@@ -623,6 +623,21 @@ fn inception_v3_matches_keras_applications() {
 }
 
 #[test]
+fn unet_matches_its_keras_build() {
+    // tests/tf/counts.py's Keras build of the same U-Net (Keras has none in
+    // keras.applications): 31,030,658, all trainable. By hand: encoder
+    // 37,568 + 221,440 + 885,248 + 3,539,968 + 14,157,824; decoder (a 2x2
+    // transposed conv and two 3x3 convs on the joined channels per step)
+    // 9,176,576 + 2,294,528 + 573,824 + 143,552; the 1x1 head 64*2 + 2 = 130.
+    check(
+        "stdlib/unet.cnn",
+        "unet",
+        Counts::trainable(31_030_658),
+        &[("output", &[256, 256, 2])],
+    );
+}
+
+#[test]
 fn squeezenet_1_1_matches_torchvision() {
     // torchvision.models.squeezenet1_1(): 1,235,496, all trainable (Keras
     // has no SqueezeNet).

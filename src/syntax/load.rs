@@ -420,7 +420,7 @@ mod tests {
         let notes = notes(result());
         assert_eq!(notes[0], "looked for the standard library module `resnt`");
         assert_eq!(notes[1], "help: did you mean `resnet`?");
-        assert!(notes[2].starts_with("the standard library has: alexnet, fashion,"));
+        assert!(notes[2].starts_with("the standard library has: alexnet, densenet, efficientnet,"));
     }
 
     #[test]
