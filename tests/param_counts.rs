@@ -623,6 +623,31 @@ fn inception_v3_matches_keras_applications() {
 }
 
 #[test]
+fn cifar_vgg11_matches_the_pytorch_count() {
+    // The CIFAR-10 VGG-11 with batch norm that PyTorch training scripts
+    // build (cfg [64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M],
+    // then Linear(512, 10)): 9,231,114 parameters as PyTorch counts them,
+    // i.e. without batch norm's running statistics, which are buffers
+    // there. Convolutions 9,220,480; batch norm gamma and beta
+    // 2 * (64 + 128 + 2*256 + 4*512) = 5,504; dense 5,130. cnnc counts the
+    // 5,504 moving statistics too, as Keras does, as non-trainable.
+    let source = r#"
+model vgg11 : [32, 32, 3] {
+    for stage in [[64], [128], [256, 256], [512, 512], [512, 512]] {
+        for filters in stage {
+            conv(filters, 3, padding: same) -> batchnorm -> relu
+        }
+        maxpool(2)
+    }
+    flatten
+    dense(10)
+}
+"#;
+    let counts = Counts::with_frozen(9_231_114 + 5_504, 5_504);
+    check_fixture("vgg11.cnn", source, "vgg11", counts, &[("output", &[10])]);
+}
+
+#[test]
 fn unet_matches_its_keras_build() {
     // tests/tf/counts.py's Keras build of the same U-Net (Keras has none in
     // keras.applications): 31,030,658, all trainable. By hand: encoder
