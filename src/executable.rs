@@ -157,6 +157,7 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             };
             (Box::new(step), work)
         }
+        KernelDesc::Grouped(g) => (Box::new(g.build()?), g.work()),
         KernelDesc::Copy(c) => (Box::new(c.clone()), c.rows * c.len),
         KernelDesc::Mask(m) => (Box::new(m.clone()), m.len),
     })

@@ -238,6 +238,7 @@ fn conv() -> Op {
         padding: Padding::Same,
         dilation: [1, 1],
         bias: true,
+        groups: 1,
     }
 }
 
@@ -528,6 +529,7 @@ fn pointwise_conv(filters: u64) -> Op {
         padding: Padding::Valid,
         dilation: [1, 1],
         bias: true,
+        groups: 1,
     }
 }
 

@@ -102,6 +102,7 @@ cases! {
     dense_without_flatten,
     conv_after_flatten,
     depth_maxpool_indivisible,
+    grouped_conv_indivisible,
     reshape_wrong_size,
     init_entry_outside_kernel,
     error_in_nested_block,

@@ -3,7 +3,7 @@
 //! residual unit, a separable convolution, stdlib's SE-block, a dense
 //! softmax layer, two convolutions on Winograd's transforms, the
 //! activations after the chapter on one convolution's output, batchnorm
-//! without gamma or without beta, a reshape), the outputs,
+//! without gamma or without beta, a reshape, grouped convolutions), the outputs,
 //! the input's gradient and every trainable weight's gradient of `sum(dy *
 //! output)`, in inference and in training mode, against what
 //! `tf.GradientTape` recorded with the same weights (`tests/tf/grads.py`,
@@ -231,6 +231,28 @@ fn batchnorm_without_gamma_or_beta_matches_tensorflow() {
 #[test]
 fn a_reshape_matches_tensorflow() {
     check("reshape", TOLERANCE);
+}
+
+/// Keras's `Conv2D(groups=g)`: two groups, then four with stride 2 and
+/// `same` padding before a batch norm, each pass on the grouped kernels
+/// (checked in the plan), never the GEMM's.
+#[test]
+fn grouped_convolutions_match_tensorflow() {
+    let model = cnnc::load_model(Path::new("tests/tf/grads/grouped.cnn"), None)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let plan = cnnc::plan_gradients(&model, Mode::Inference, 4)
+        .expect("plans")
+        .to_string();
+    for pass in ["forward", "backward-data", "backward-filter"] {
+        let steps = plan
+            .lines()
+            .filter(|l| l.contains(&format!("grouped {pass} ")))
+            .count();
+        // The first layer's input gradient is the model's input gradient.
+        assert_eq!(steps, 2, "{pass} on the grouped kernels:\n{plan}");
+    }
+    assert!(!plan.contains("contraction"), "{plan}");
+    check("grouped", TOLERANCE);
 }
 
 /// Two 3x3 stride-1 convolutions whose forward passes, input gradients

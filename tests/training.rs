@@ -182,6 +182,21 @@ fn gradients_through_self_gated_activations_after_convolutions() {
 }
 
 #[test]
+fn gradients_of_grouped_convolutions() {
+    // ResNeXt's grouped 3x3 between 1x1 convolutions, and a strided grouped
+    // convolution without a bias before a batch norm.
+    let source = "
+        model m : [7, 7, 4] {
+            conv(6, 3, padding: same, groups: 2) -> tanh
+            conv(8, 1) -> elu
+            conv(12, 3, stride: 2, padding: same, groups: 4, use_bias: false) -> batchnorm -> tanh
+            global_avg_pool
+            dense(5, activation: softmax)
+        }";
+    check_gradients(source, 3, 5);
+}
+
+#[test]
 fn gradients_of_lenets_subsampling_and_rbf_units() {
     let source = "
         model m : [8, 8, 1] {

@@ -111,6 +111,7 @@ const CONV: &[ArgSpec] = &[
     a("activation", Kind::Activation, Symbol("none")),
     a("init", Kind::Init, Symbol("glorot_uniform")),
     a("trainable", Kind::Bool, DefaultValue::Bool(true)),
+    a("groups", Positive, Int(1)),
 ];
 const DEPTHWISE: &[ArgSpec] = &[
     a("kernel", Pair, Required),
@@ -483,6 +484,7 @@ impl Layer {
                     padding: args.padding(),
                     dilation: args.pair("dilation"),
                     bias: args.bool("use_bias"),
+                    groups: args.int("groups"),
                 },
                 init: args.init(),
             }],
@@ -506,6 +508,7 @@ impl Layer {
                         padding: Padding::Valid,
                         dilation: [1, 1],
                         bias: args.bool("use_bias"),
+                        groups: 1,
                     },
                     init: args.init(),
                 },

@@ -106,7 +106,9 @@ pub enum Op {
         /// Its per-example shape.
         shape: Vec<u64>,
     },
-    /// 2-D convolution of `[h, w, c]` with a `[kh, kw, c, filters]` kernel.
+    /// 2-D convolution of `[h, w, c]` with a `[kh, kw, c / groups, filters]`
+    /// kernel: output channel block `j` (of `filters / groups`) reads input
+    /// channel block `j` (of `c / groups`), as Keras's `Conv2D(groups=g)`.
     Conv2d {
         /// Output channels.
         filters: u64,
@@ -120,6 +122,8 @@ pub enum Op {
         dilation: [u64; 2],
         /// Whether a bias is added.
         bias: bool,
+        /// Channel groups (1: an ordinary convolution).
+        groups: u64,
     },
     /// Depthwise convolution: each channel with its own `multiplier` filters.
     DepthwiseConv2d {
@@ -425,14 +429,22 @@ impl fmt::Display for Op {
             Op::Upstream { output, .. } => write!(f, "upstream(output={output})"),
             Op::InputGrad { forward, slot, .. } => write!(f, "input_grad[{slot}]({forward})"),
             Op::WeightGrad { forward, weight, .. } => write!(f, "weight_grad[{weight}]({forward})"),
-            Op::Conv2d { filters, kernel, stride, padding: p, dilation, bias } => write!(
-                f,
-                "conv2d(filters={filters}, kernel={}, stride={}, padding={}, dilation={}, bias={bias})",
-                pair(*kernel),
-                pair(*stride),
-                padding(*p),
-                pair(*dilation)
-            ),
+            Op::Conv2d { filters, kernel, stride, padding: p, dilation, bias, groups } => {
+                write!(
+                    f,
+                    "conv2d(filters={filters}, kernel={}, stride={}, padding={}, dilation={}, bias={bias}",
+                    pair(*kernel),
+                    pair(*stride),
+                    padding(*p),
+                    pair(*dilation)
+                )?;
+                // Only a grouped convolution says so, so that the text of
+                // every model written before groups stays the same.
+                if *groups != 1 {
+                    write!(f, ", groups={groups}")?;
+                }
+                write!(f, ")")
+            }
             Op::DepthwiseConv2d { multiplier, kernel, stride, padding: p, dilation, bias } => write!(
                 f,
                 "depthwise_conv2d(multiplier={multiplier}, kernel={}, stride={}, padding={}, dilation={}, bias={bias})",

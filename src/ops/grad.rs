@@ -78,7 +78,8 @@ impl<T: Copy> GradInputs<T> {
 pub fn gradient(op: &Op, arity: usize) -> Rule {
     let rule = |inputs: Vec<Vec<Need>>, weights: Vec<Option<Vec<Need>>>| Rule { inputs, weights };
     match op {
-        // dX = col2im(dY . W^T); dW = im2col(X)^T . dY; db = sum dY
+        // dX = col2im(dY . W^T); dW = im2col(X)^T . dY; db = sum dY (a grouped
+        // convolution: the same within each group)
         Op::Conv2d { bias, .. } | Op::DepthwiseConv2d { bias, .. } | Op::Dense { bias, .. } => {
             let mut weights = vec![Some(vec![Dy, Input(0)])];
             if *bias {
@@ -202,6 +203,7 @@ mod tests {
                 padding: Padding::Same,
                 dilation: [1, 1],
                 bias: true,
+                groups: 2,
             },
             Op::Dense {
                 units: 5,

@@ -88,6 +88,16 @@ pub enum ShapeError {
         /// Input channels.
         channels: u64,
     },
+    /// A grouped convolution's channels or filters do not split into its groups.
+    #[error("`conv` with groups: {groups} needs input channels and filters that both divide into {groups} groups, but it has {channels} input channels and {filters} filters")]
+    Groups {
+        /// The groups asked for.
+        groups: u64,
+        /// Input channels.
+        channels: u64,
+        /// Output channels.
+        filters: u64,
+    },
     /// An attribute is zero where it must be positive.
     #[error("`{op}` needs a positive {what}, got 0")]
     Zero {
@@ -192,6 +202,7 @@ impl ShapeError {
             | ShapeError::Mismatch { .. }
             | ShapeError::BadAxis { .. }
             | ShapeError::Indivisible { .. }
+            | ShapeError::Groups { .. }
             | ShapeError::Zero { .. }
             | ShapeError::TooLarge { .. }
             | ShapeError::WeightTooLarge { .. } => None,
@@ -219,10 +230,19 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
             stride,
             padding,
             dilation,
+            groups,
             ..
         } => {
             nonzero(op, *filters, "number of filters")?;
-            let (h, w, _) = image(op, inputs[0])?;
+            nonzero(op, *groups, "number of groups")?;
+            let (h, w, c) = image(op, inputs[0])?;
+            if !c.is_multiple_of(*groups) || !filters.is_multiple_of(*groups) {
+                return Err(ShapeError::Groups {
+                    groups: *groups,
+                    channels: c,
+                    filters: *filters,
+                });
+            }
             let (oh, ow) =
                 window::apply(op, "kernel", [h, w], *kernel, *stride, *dilation, *padding)?;
             Shape(vec![oh, ow, *filters])
@@ -331,11 +351,15 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
             filters,
             kernel,
             bias: b,
+            groups,
             ..
         } => {
+            // Each filter sees its group's `channels / groups` channels
+            // (Keras's kernel shape; `infer` checks the division first).
+            let per_group = channels / (*groups).max(1);
             let mut p = vec![(
                 "kernel",
-                vec![kernel[0], kernel[1], channels, *filters],
+                vec![kernel[0], kernel[1], per_group, *filters],
                 true,
             )];
             p.extend(bias(*b, *filters));
@@ -406,9 +430,9 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
     let channels = inputs.first().map_or(0, |s| s.channels());
     let spatial = |s: &Shape| s.0.iter().take(s.rank().saturating_sub(1)).product::<u64>();
     let macs = match op {
-        Op::Conv2d { kernel, .. } => output
+        Op::Conv2d { kernel, groups, .. } => output
             .elements()
-            .saturating_mul(kernel[0] * kernel[1] * channels),
+            .saturating_mul(kernel[0] * kernel[1] * (channels / (*groups).max(1))),
         Op::DepthwiseConv2d { kernel, .. } => {
             output.elements().saturating_mul(kernel[0] * kernel[1])
         }
@@ -635,6 +659,7 @@ mod tests {
             padding,
             dilation: [1, 1],
             bias: true,
+            groups: 1,
         }
     }
 
@@ -677,6 +702,41 @@ mod tests {
         let p = params(&conv(64, 7, 1, Padding::Same), &[&Shape(vec![28, 28, 1])]);
         assert_eq!(p[0].1, vec![7, 7, 1, 64]);
         assert_eq!(p[1].1, vec![64]);
+    }
+
+    #[test]
+    fn a_grouped_conv_has_keras_kernel_and_needs_divisible_channels() {
+        let grouped = |filters, groups| Op::Conv2d {
+            filters,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: Padding::Same,
+            dilation: [1, 1],
+            bias: true,
+            groups,
+        };
+        let x = Shape(vec![8, 8, 128]);
+        let op = grouped(128, 32);
+        assert_eq!(infer(&op, &[&x]).unwrap(), Shape(vec![8, 8, 128]));
+        // Keras's Conv2D(128, 3, groups=32): kernel (3, 3, 4, 128), 4736 weights.
+        let p = params(&op, &[&x]);
+        assert_eq!(
+            (p[0].1.clone(), p[1].1.clone()),
+            (vec![3, 3, 4, 128], vec![128])
+        );
+        let y = Shape(vec![8, 8, 128]);
+        assert_eq!(flops(&op, &[&x], &y), 2 * 64 * 128 * 9 * 4);
+        for (channels, filters) in [(6, 8), (8, 6)] {
+            let err = infer(&grouped(filters, 4), &[&Shape(vec![8, 8, channels])]).unwrap_err();
+            assert_eq!(
+                err,
+                ShapeError::Groups {
+                    groups: 4,
+                    channels,
+                    filters
+                }
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::codegen::axis::Axis;
 use crate::codegen::contraction::winograd::{Direction, Tile};
 use crate::codegen::contraction::{ConvShape, DenseShape};
 use crate::codegen::elementwise::Elementwise;
+use crate::codegen::grouped::{GroupedConv, GroupedPass};
 use crate::codegen::native::{CopyRows, DropoutMask};
 use crate::codegen::reduce::Reduce;
 use crate::codegen::window::Window;
@@ -148,6 +149,8 @@ pub enum KernelDesc {
         /// convolution's, weighed by the algorithm pass.
         keep: bool,
     },
+    /// A grouped convolution's pass (`conv(groups: g)`, `g > 1`).
+    Grouped(GroupedConv),
     /// Strided row copies (concatenation).
     Copy(CopyRows),
     /// Dropout's random mask.
@@ -301,6 +304,7 @@ impl KernelDesc {
             KernelDesc::Elementwise { .. } => "element-wise".to_string(),
             KernelDesc::Reduce(_) => "reduction".to_string(),
             KernelDesc::Window(_) => "window".to_string(),
+            KernelDesc::Grouped(g) => format!("{}, grouped", grouped_pass(g.pass)),
             KernelDesc::Copy(_) => "copy".to_string(),
             KernelDesc::Mask(_) => "dropout mask".to_string(),
         }
@@ -351,12 +355,27 @@ impl KernelDesc {
                 direction,
                 ..
             } => format!("winograd filter {} {direction:?} {shape:?}", tile.label()),
+            KernelDesc::Grouped(g) => format!(
+                "grouped {} groups {} {:?}",
+                grouped_pass(g.pass),
+                g.groups,
+                g.shape
+            ),
             KernelDesc::Copy(c) => format!(
                 "copy [{} x {}] from {:?} to {:?}",
                 c.rows, c.len, c.from, c.to
             ),
             KernelDesc::Mask(m) => format!("dropout mask [{}] rate {}", m.len, m.rate),
         }
+    }
+}
+
+/// A grouped convolution's pass, as the other convolutions name theirs.
+fn grouped_pass(pass: GroupedPass) -> &'static str {
+    match pass {
+        GroupedPass::Forward => "forward",
+        GroupedPass::BackwardData => "backward-data",
+        GroupedPass::BackwardFilter => "backward-filter",
     }
 }
 

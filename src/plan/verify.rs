@@ -180,6 +180,7 @@ impl KernelDesc {
             KernelDesc::Reduce(r) => &r.name,
             KernelDesc::Window(w) => &w.name,
             KernelDesc::Contraction { name, .. } | KernelDesc::WinogradFilter { name, .. } => name,
+            KernelDesc::Grouped(g) => &g.name,
             KernelDesc::Copy(c) => &c.name,
             KernelDesc::Mask(m) => &m.name,
         }
@@ -214,6 +215,14 @@ impl KernelDesc {
                     _ => vec![read(kernel_len(shape)), write(transformed)],
                 })
             }
+            KernelDesc::Grouped(g) => g
+                .buffers()
+                .map(|args| {
+                    args.into_iter()
+                        .map(|(len, written)| if written { write(len) } else { read(len) })
+                        .collect()
+                })
+                .map_err(|e| e.to_string()),
             KernelDesc::Copy(c) => Ok(vec![read(c.rows * c.from.0), write(c.rows * c.to.0)]),
             KernelDesc::Mask(m) => Ok(vec![read(2), write(m.len)]),
         }

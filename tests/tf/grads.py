@@ -234,6 +234,28 @@ def reshape():
     return source, keras.Model(x, y), names
 
 
+def grouped():
+    # Keras's Conv2D(groups=g): filter block j reads input channel block j;
+    # two groups, then four with stride 2 and TensorFlow's same padding.
+    source = """model grouped : [7, 7, 8] {
+    conv(8, 3, padding: same, groups: 2) -> relu
+    conv(12, 3, stride: 2, padding: same, groups: 4, use_bias: false) -> batchnorm
+}
+"""
+    x = keras.Input((7, 7, 8))
+    conv1 = layers.Conv2D(8, 3, padding="same", groups=2)
+    conv2 = layers.Conv2D(12, 3, strides=2, padding="same", groups=4, use_bias=False)
+    bn = layers.BatchNormalization()
+    y = bn(conv2(layers.ReLU()(conv1(x))))
+    names = {
+        "conv1.kernel": conv1.kernel,
+        "conv1.bias": conv1.bias,
+        "conv2.kernel": conv2.kernel,
+        **batchnorm("batchnorm1", bn),
+    }
+    return source, keras.Model(x, y), names
+
+
 def batchnorm(prefix, bn):
     return {
         f"{prefix}.gamma": bn.gamma,
@@ -303,6 +325,7 @@ def main():
         activations,
         batchnorm_flags,
         reshape,
+        grouped,
     ]
     wanted = set(sys.argv[1:])
     unknown = wanted - {build.__name__ for build in cases}

@@ -25,9 +25,10 @@ use std::collections::HashMap;
 use petgraph::stable_graph::NodeIndex;
 use thiserror::Error;
 
-use self::family::{family, Contraction, Family, Pointwise, PointwiseActivation};
+use self::family::{family, Contraction, Family, Grouped, Pointwise, PointwiseActivation};
 use crate::autodiff::{GradientGraph, TrainingGraph};
 use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
+use crate::codegen::grouped::{GroupedConv, GroupedPass};
 use crate::codegen::native::CopyRows;
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
@@ -383,6 +384,7 @@ impl<'m> Lowering<'m> {
             Family::Contraction(contraction) => {
                 self.contraction_forward(id, contraction, inputs[0], input_ids[0])
             }
+            Family::Grouped(conv) => self.grouped_forward(id, conv, inputs[0], input_ids[0]),
             Family::Rbf { units } => {
                 let (rows, n) = self.matrix(input_ids[0]);
                 let centers = self.weights(id)[0];
@@ -559,6 +561,28 @@ impl<'m> Lowering<'m> {
             },
             args,
         );
+        y
+    }
+
+    /// A grouped convolution's forward pass: `x, kernel, [bias,] y`.
+    fn grouped_forward(
+        &mut self,
+        id: NodeIndex,
+        conv: Grouped,
+        x: BufferId,
+        x_id: NodeIndex,
+    ) -> BufferId {
+        let desc = GroupedConv {
+            name: self.model.graph.nodes[id].name.clone(),
+            shape: conv.shape(self.batch, &self.shape(x_id)),
+            groups: conv.groups,
+            pass: GroupedPass::Forward,
+        };
+        let mut args = vec![x];
+        args.extend(self.weights(id));
+        let y = self.temporary(id);
+        args.push(y);
+        self.step(id, KernelDesc::Grouped(desc), args);
         y
     }
 

@@ -4,11 +4,13 @@
 use petgraph::stable_graph::NodeIndex;
 
 use super::family::{
-    family, Contraction, Family, InputGradient, Pointwise, PointwiseActivation, WeightGradient,
+    family, Contraction, Family, Grouped, InputGradient, Pointwise, PointwiseActivation,
+    WeightGradient,
 };
 use super::{Builder, LowerError, Lowering, GELU_CUBIC, GELU_TANH_SCALE};
 use crate::autodiff::TrainingGraph;
 use crate::codegen::elementwise::{Binary, Expr, Operand, Unary};
+use crate::codegen::grouped::{GroupedConv, GroupedPass};
 use crate::codegen::native::{CopyRows, DropoutMask};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole, WindowKind};
@@ -285,6 +287,7 @@ impl Lowering<'_> {
             Family::Contraction(contraction) => {
                 self.contraction_grad(id, contraction, gradient, dy)
             }
+            Family::Grouped(conv) => self.grouped_grad(id, conv, gradient, dy),
             Family::Window(kind) => {
                 let x = read.input.map(|x| self.values[&x]);
                 self.window_grad(id, kind, gradient, dy, x)?
@@ -456,6 +459,28 @@ impl Lowering<'_> {
             algorithm: Algorithm::Gemm,
         };
         self.step(id, desc, vec![dy, kernel, dx]);
+        dx
+    }
+
+    /// A grouped convolution's input gradient: `dy, kernel, dx`.
+    fn grouped_grad(
+        &mut self,
+        id: NodeIndex,
+        conv: Grouped,
+        gradient: InputGradient<'_>,
+        dy: BufferId,
+    ) -> BufferId {
+        let input: Vec<usize> = gradient.inputs[0].iter().map(|&d| d as usize).collect();
+        let kernel_len = conv.kernel_len(input[2]);
+        let kernel = self.weight(&format!("{}.kernel", gradient.layer), kernel_len);
+        let dx = self.temporary(id);
+        let desc = GroupedConv {
+            name: self.model.graph.nodes[id].name.clone(),
+            shape: conv.shape(self.batch, &input),
+            groups: conv.groups,
+            pass: GroupedPass::BackwardData,
+        };
+        self.step(id, KernelDesc::Grouped(desc), vec![dy, kernel, dx]);
         dx
     }
 
@@ -761,6 +786,15 @@ impl Lowering<'_> {
                 let x = self.promised(id, read.input, "input")?;
                 self.rbf_centers_grad(id, weight, units, dy, x)
             }
+            Family::Grouped(conv) => {
+                let key = format!("grouped:{layer}");
+                if !self.shared.contains_key(&key) {
+                    let x = self.promised(id, read.input, "input")?;
+                    let grads = self.grouped_filter_grad(id, &layer, conv, dy, x);
+                    self.shared.insert(key.clone(), grads);
+                }
+                self.shared[&key][index]
+            }
             Family::Contraction(contraction) => {
                 let key = format!("contraction:{layer}");
                 if !self.shared.contains_key(&key) {
@@ -923,6 +957,35 @@ impl Lowering<'_> {
             algorithm: Algorithm::Gemm,
         };
         self.step(id, desc, args);
+        grads
+    }
+
+    /// A grouped convolution's kernel and bias gradients, in one kernel:
+    /// `x, dy, dkernel, [dbias]`.
+    fn grouped_filter_grad(
+        &mut self,
+        id: NodeIndex,
+        layer: &str,
+        conv: Grouped,
+        dy: BufferId,
+        x: NodeIndex,
+    ) -> Vec<BufferId> {
+        let input = self.shape(x);
+        let kernel_grad = self.scratch(format!("grad:{layer}.kernel"), conv.kernel_len(input[2]));
+        let mut args = vec![self.values[&x], dy, kernel_grad];
+        let mut grads = vec![kernel_grad];
+        if conv.bias {
+            let bias_grad = self.scratch(format!("grad:{layer}.bias"), conv.filters);
+            args.push(bias_grad);
+            grads.push(bias_grad);
+        }
+        let desc = GroupedConv {
+            name: self.model.graph.nodes[id].name.clone(),
+            shape: conv.shape(self.batch, &input),
+            groups: conv.groups,
+            pass: GroupedPass::BackwardFilter,
+        };
+        self.step(id, KernelDesc::Grouped(desc), args);
         grads
     }
 
