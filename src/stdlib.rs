@@ -9,6 +9,7 @@ pub const MODULES: &[(&str, &str)] = &[
     ("inception", include_str!("../stdlib/inception.cnn")),
     ("lenet", include_str!("../stdlib/lenet.cnn")),
     ("resnet", include_str!("../stdlib/resnet.cnn")),
+    ("resnext", include_str!("../stdlib/resnext.cnn")),
     ("se", include_str!("../stdlib/se.cnn")),
     ("vgg", include_str!("../stdlib/vgg.cnn")),
     ("xception", include_str!("../stdlib/xception.cnn")),
