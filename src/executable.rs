@@ -159,6 +159,7 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
         }
         KernelDesc::Grouped(g) => (Box::new(g.build()?), g.work()),
         KernelDesc::Copy(c) => (Box::new(c.clone()), c.rows * c.len),
+        KernelDesc::Embed(e) => (Box::new(e.clone()), e.rows * e.width),
         KernelDesc::Mask(m) => (Box::new(m.clone()), m.len),
     })
 }

@@ -972,6 +972,19 @@ fn reshape_keeps_the_row_major_order() {
 }
 
 #[test]
+fn channel_slices_keep_a_range_of_the_last_axis() {
+    // As x[..., 1:3] and x[..., -2:] in TensorFlow: two pixels of 4 channels.
+    let x = t(&[1, 1, 2, 4], &[1., 2., 3., 4., 5., 6., 7., 8.]);
+    let slice = |start, end| Op::ChannelSlice { start, end };
+    let out = forward(&slice(1, 3), &[&x], &[], false);
+    assert_close(&out, &[1, 1, 2, 2], &[2., 3., 6., 7.]);
+    let out = forward(&slice(-2, 4), &[&x], &[], false);
+    assert_close(&out, &[1, 1, 2, 2], &[3., 4., 7., 8.]);
+    let out = forward(&slice(0, -3), &[&x], &[], false);
+    assert_close(&out, &[1, 1, 2, 1], &[1., 5.]);
+}
+
+#[test]
 fn softmax_normalises_the_last_axis_stably() {
     // softmax(1, 2, 3) = e^(x - 3) / (e^-2 + e^-1 + 1) = 0.09003057, 0.24472847, 0.66524096;
     // shifting by 1000 must change nothing (and not overflow).

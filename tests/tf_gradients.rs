@@ -3,7 +3,8 @@
 //! residual unit, a separable convolution, stdlib's SE-block, a dense
 //! softmax layer, two convolutions on Winograd's transforms, the
 //! activations after the chapter on one convolution's output, batchnorm
-//! without gamma or without beta, a reshape, grouped convolutions), the outputs,
+//! without gamma or without beta, a reshape, grouped convolutions, channel
+//! slices), the outputs,
 //! the input's gradient and every trainable weight's gradient of `sum(dy *
 //! output)`, in inference and in training mode, against what
 //! `tf.GradientTape` recorded with the same weights (`tests/tf/grads.py`,
@@ -253,6 +254,14 @@ fn grouped_convolutions_match_tensorflow() {
     }
     assert!(!plan.contains("contraction"), "{plan}");
     check("grouped", TOLERANCE);
+}
+
+/// Channel slices (Keras `Lambda`s of `x[..., a:b]`): ShuffleNet's split
+/// of a tensor into a branch and a part passed on, concatenated back, and
+/// a slice with negative indices.
+#[test]
+fn channel_slices_match_tensorflow() {
+    check("slicing", TOLERANCE);
 }
 
 /// Two 3x3 stride-1 convolutions whose forward passes, input gradients

@@ -197,6 +197,27 @@ fn gradients_of_grouped_convolutions() {
 }
 
 #[test]
+fn gradients_of_channel_slices() {
+    // ShuffleNet's channel split: half the channels pass, the other half
+    // goes through a branch; the two slices' gradients add into one, and
+    // a slice of a dense layer's features.
+    let source = "
+        model m : [5, 5, 3] {
+            let t = conv(8, 3, padding: same) -> tanh
+            let kept = t -> channels(0, 4)
+            let branch = t -> channels(4, 8) -> conv(4, 3, padding: same) -> tanh
+            let u = concat(branch, kept) -> conv(6, 1) -> elu
+            let whole = u -> channels(0, 6)
+            whole + (u -> channels(-6, 6))
+            global_avg_pool
+            dense(7, activation: tanh)
+            channels(2, -1)
+            dense(5, activation: softmax)
+        }";
+    check_gradients(source, 3, 5);
+}
+
+#[test]
 fn gradients_of_lenets_subsampling_and_rbf_units() {
     let source = "
         model m : [8, 8, 1] {

@@ -193,8 +193,8 @@ fn convert(kind: Kind, value: &Value) -> Result<Arg, Option<String>> {
             ),
         },
         (Kind::Init, Value::Init(init)) => Ok(Arg::Init(init.clone())),
-        (Kind::Axis, Value::Int(i)) => Ok(Arg::Int(*i)),
-        (Kind::Axis, v) => Err(value::integer_help(v)),
+        (Kind::Axis | Kind::Index, Value::Int(i)) => Ok(Arg::Int(*i)),
+        (Kind::Axis | Kind::Index, v) => Err(value::integer_help(v)),
         (Kind::Shape, Value::List(items)) => shape(items),
         _ => Err(None),
     }

@@ -176,6 +176,14 @@ pub enum Op {
         /// The target shape.
         shape: Vec<i64>,
     },
+    /// Channels `start..end` of the last axis (Keras: a `Lambda` of
+    /// `x[..., start:end]`); a negative index counts from the end.
+    ChannelSlice {
+        /// The first channel kept.
+        start: i64,
+        /// One past the last channel kept.
+        end: i64,
+    },
     /// Zeroes a fraction `rate` of the values while training.
     Dropout {
         /// The fraction dropped.
@@ -323,6 +331,7 @@ impl Op {
             Op::DepthMaxPool { .. } => "depth_maxpool",
             Op::Flatten => "flatten",
             Op::Reshape { .. } => "reshape",
+            Op::ChannelSlice { .. } => "channels",
             Op::Dropout { .. } => "dropout",
             Op::BatchNorm { .. } => "batchnorm",
             Op::Lrn { .. } => "lrn",
@@ -355,6 +364,7 @@ impl Op {
             | Op::DepthMaxPool { .. }
             | Op::Flatten
             | Op::Reshape { .. }
+            | Op::ChannelSlice { .. }
             | Op::Dropout { .. }
             | Op::BatchNorm { .. }
             | Op::Lrn { .. }
@@ -384,6 +394,7 @@ impl Op {
             | Op::DepthMaxPool { .. }
             | Op::Flatten
             | Op::Reshape { .. }
+            | Op::ChannelSlice { .. }
             | Op::Dropout { .. }
             | Op::BatchNorm { .. }
             | Op::Lrn { .. }
@@ -463,6 +474,7 @@ impl fmt::Display for Op {
                 let dims: Vec<String> = shape.iter().map(i64::to_string).collect();
                 write!(f, "reshape(shape=[{}])", dims.join(", "))
             }
+            Op::ChannelSlice { start, end } => write!(f, "channels(start={start}, end={end})"),
             Op::Dropout { rate } => write!(f, "dropout(rate={rate})"),
             Op::BatchNorm { momentum, epsilon, center, scale } => {
                 write!(f, "batchnorm(momentum={momentum}, epsilon={epsilon}")?;

@@ -114,6 +114,8 @@ pub fn gradient(op: &Op, arity: usize) -> Rule {
         } => rule(vec![vec![Dy]], vec![]),
         // a reshape: dX = dY, reshaped
         Op::Flatten | Op::Reshape { .. } => rule(vec![vec![Dy]], vec![]),
+        // y = x[..., a:b]: dX[..., a:b] = dY, zero elsewhere
+        Op::ChannelSlice { .. } => rule(vec![vec![Dy]], vec![]),
         // dX = dY * mask / (1 - rate), with the forward pass's mask
         Op::Dropout { .. } => rule(vec![vec![Dy, Output]], vec![]),
         // x̂ = (x - mean) / sqrt(var + eps) with batch statistics:

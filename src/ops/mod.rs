@@ -98,6 +98,18 @@ pub enum ShapeError {
         /// Output channels.
         filters: u64,
     },
+    /// A channel slice outside its input's channels, or empty.
+    #[error("`channels({start}, {end})` needs 0 <= start < end <= {channels} (negative indices count from the end), but the input has shape {input}")]
+    Slice {
+        /// The first channel, as written.
+        start: i64,
+        /// One past the last, as written.
+        end: i64,
+        /// The input's channels.
+        channels: u64,
+        /// The input's shape.
+        input: Shape,
+    },
     /// An attribute is zero where it must be positive.
     #[error("`{op}` needs a positive {what}, got 0")]
     Zero {
@@ -203,6 +215,7 @@ impl ShapeError {
             | ShapeError::BadAxis { .. }
             | ShapeError::Indivisible { .. }
             | ShapeError::Groups { .. }
+            | ShapeError::Slice { .. }
             | ShapeError::Zero { .. }
             | ShapeError::TooLarge { .. }
             | ShapeError::WeightTooLarge { .. } => None,
@@ -293,6 +306,12 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
         }
         Op::Flatten => Shape(vec![inputs[0].elements()]),
         Op::Reshape { shape } => reshaped(inputs[0], shape)?,
+        Op::ChannelSlice { start, end } => {
+            let (first, last) = channel_range(*start, *end, inputs[0])?;
+            let mut dims = inputs[0].0.clone();
+            *dims.last_mut().expect("channel_range checks the rank") = last - first;
+            Shape(dims)
+        }
         Op::Lrn { .. } => {
             image(op, inputs[0])?;
             inputs[0].clone()
@@ -407,6 +426,7 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
         | Op::DepthMaxPool { .. }
         | Op::Flatten
         | Op::Reshape { .. }
+        | Op::ChannelSlice { .. }
         | Op::Dropout { .. }
         | Op::Lrn { .. }
         | Op::Activation(_)
@@ -453,6 +473,7 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
         | Op::DepthMaxPool { .. }
         | Op::Flatten
         | Op::Reshape { .. }
+        | Op::ChannelSlice { .. }
         | Op::Dropout { .. }
         | Op::BatchNorm { .. }
         | Op::Lrn { .. }
@@ -488,6 +509,29 @@ fn weight_grad_flops(forward: &Op, index: usize, inputs: &[&Shape]) -> u64 {
             dy, input: Some(x), ..
         }) if index == 0 => flops(forward, &[x], dy),
         Some(_) | None => 0,
+    }
+}
+
+/// The channels `first..last` of the last axis of `input` that
+/// `channels(start, end)` keeps: a negative index counts from the end, as
+/// Python's; unlike Python's, an index out of range, or an empty slice, is
+/// an error rather than clipped.
+pub fn channel_range(start: i64, end: i64, input: &Shape) -> Result<(u64, u64), ShapeError> {
+    let channels = input.0.last().copied().unwrap_or(0);
+    let error = || ShapeError::Slice {
+        start,
+        end,
+        channels,
+        input: input.clone(),
+    };
+    let resolve = |i: i64| {
+        let c = i64::try_from(channels).ok()?;
+        let i = if i < 0 { i.checked_add(c)? } else { i };
+        u64::try_from(i).ok().filter(|&i| i <= channels)
+    };
+    match (input.rank(), resolve(start), resolve(end)) {
+        (1.., Some(first), Some(last)) if first < last => Ok((first, last)),
+        _ => Err(error()),
     }
 }
 
@@ -702,6 +746,24 @@ mod tests {
         let p = params(&conv(64, 7, 1, Padding::Same), &[&Shape(vec![28, 28, 1])]);
         assert_eq!(p[0].1, vec![7, 7, 1, 64]);
         assert_eq!(p[1].1, vec![64]);
+    }
+
+    #[test]
+    fn a_channel_slice_keeps_its_range_of_the_last_axis() {
+        let x = Shape(vec![4, 4, 10]);
+        let slice = |start, end| infer(&Op::ChannelSlice { start, end }, &[&x]);
+        assert_eq!(slice(2, 6).unwrap(), Shape(vec![4, 4, 4]));
+        assert_eq!(slice(-4, 10).unwrap(), Shape(vec![4, 4, 4]));
+        assert_eq!(slice(0, -1).unwrap(), Shape(vec![4, 4, 9]));
+        assert_eq!(channel_range(-3, -1, &x).unwrap(), (7, 9));
+        for (start, end) in [(6, 2), (3, 3), (0, 11), (-11, 2), (i64::MIN, 1)] {
+            let err = slice(start, end).unwrap_err();
+            assert!(
+                matches!(err, ShapeError::Slice { channels: 10, .. }),
+                "{err}"
+            );
+        }
+        assert!(channel_range(0, 1, &Shape(vec![])).is_err());
     }
 
     #[test]

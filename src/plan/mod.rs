@@ -11,7 +11,7 @@ use crate::codegen::contraction::winograd::{Direction, Tile};
 use crate::codegen::contraction::{ConvShape, DenseShape};
 use crate::codegen::elementwise::Elementwise;
 use crate::codegen::grouped::{GroupedConv, GroupedPass};
-use crate::codegen::native::{CopyRows, DropoutMask};
+use crate::codegen::native::{CopyRows, DropoutMask, EmbedRows};
 use crate::codegen::reduce::Reduce;
 use crate::codegen::window::Window;
 
@@ -151,8 +151,10 @@ pub enum KernelDesc {
     },
     /// A grouped convolution's pass (`conv(groups: g)`, `g > 1`).
     Grouped(GroupedConv),
-    /// Strided row copies (concatenation).
+    /// Strided row copies (concatenation, a channel slice).
     Copy(CopyRows),
+    /// A slice embedded in rows of zeros (a channel slice's gradient).
+    Embed(EmbedRows),
     /// Dropout's random mask.
     Mask(DropoutMask),
 }
@@ -306,6 +308,7 @@ impl KernelDesc {
             KernelDesc::Window(_) => "window".to_string(),
             KernelDesc::Grouped(g) => format!("{}, grouped", grouped_pass(g.pass)),
             KernelDesc::Copy(_) => "copy".to_string(),
+            KernelDesc::Embed(_) => "embed".to_string(),
             KernelDesc::Mask(_) => "dropout mask".to_string(),
         }
     }
@@ -364,6 +367,10 @@ impl KernelDesc {
             KernelDesc::Copy(c) => format!(
                 "copy [{} x {}] from {:?} to {:?}",
                 c.rows, c.len, c.from, c.to
+            ),
+            KernelDesc::Embed(e) => format!(
+                "embed [{} x {}] in zeros [{} x {}] at {}",
+                e.rows, e.len, e.rows, e.width, e.offset
             ),
             KernelDesc::Mask(m) => format!("dropout mask [{}] rate {}", m.len, m.rate),
         }

@@ -182,6 +182,7 @@ impl KernelDesc {
             KernelDesc::Contraction { name, .. } | KernelDesc::WinogradFilter { name, .. } => name,
             KernelDesc::Grouped(g) => &g.name,
             KernelDesc::Copy(c) => &c.name,
+            KernelDesc::Embed(e) => &e.name,
             KernelDesc::Mask(m) => &m.name,
         }
     }
@@ -224,6 +225,9 @@ impl KernelDesc {
                 })
                 .map_err(|e| e.to_string()),
             KernelDesc::Copy(c) => Ok(vec![read(c.rows * c.from.0), write(c.rows * c.to.0)]),
+            KernelDesc::Embed(e) => e
+                .validate()
+                .map(|()| vec![read(e.rows * e.len), write(e.rows * e.width)]),
             KernelDesc::Mask(m) => Ok(vec![read(2), write(m.len)]),
         }
     }

@@ -140,6 +140,10 @@ pub fn forward(
             expect_params(op, params, 0);
             reshape(one(), shape)
         }
+        Op::ChannelSlice { start, end } => {
+            expect_params(op, params, 0);
+            channel_slice(one(), *start, *end)
+        }
         Op::Dropout { .. } => {
             expect_params(op, params, 0);
             assert!(
@@ -745,6 +749,23 @@ pub fn flatten(x: &ArrayD<f32>) -> ArrayD<f32> {
     let batch = x.shape()[0];
     let rest: usize = x.shape()[1..].iter().product();
     array(&[batch, rest], flat(x))
+}
+
+/// `x[..., start:end]` (a Keras `Lambda`) for `start < end` within the
+/// last axis, a negative index counting from its end as in Python.
+pub fn channel_slice(x: &ArrayD<f32>, start: i64, end: i64) -> ArrayD<f32> {
+    let (rows, c) = rows_and_last(x);
+    let resolve = |i: i64| if i < 0 { i + c as i64 } else { i } as usize;
+    let (first, last) = (resolve(start), resolve(end));
+    assert!(first < last && last <= c, "channels({start}, {end}) of {c}");
+    let xs = flat(x);
+    let mut out = Vec::with_capacity(rows * (last - first));
+    for r in 0..rows {
+        out.extend_from_slice(&xs[r * c + first..r * c + last]);
+    }
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("a tensor has a last axis") = last - first;
+    array(&shape, out)
 }
 
 /// Keras `Reshape(target)`: the same values in row-major order, each

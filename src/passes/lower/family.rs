@@ -32,6 +32,15 @@ pub(super) enum Family<'op> {
     /// A reshape (`flatten`): a view of its input's buffer; its gradient
     /// is a view of dY.
     Reshape,
+    /// Channels `start..end` of the last axis (negative indices count from
+    /// the end): a strided copy, or a view of the input when it keeps every
+    /// channel; its gradient embeds dY in zeros.
+    ChannelSlice {
+        /// The first channel, as written.
+        start: i64,
+        /// One past the last, as written.
+        end: i64,
+    },
     /// Dropout: a random mask and a product while training, a view of its
     /// input at inference; its gradient is dY times the same mask.
     Dropout {
@@ -264,6 +273,10 @@ pub(super) fn family(op: &Op) -> Family<'_> {
         Op::Labels => Family::Labels,
         Op::Upstream { output, .. } => Family::Upstream { output },
         Op::Flatten | Op::Reshape { .. } => Family::Reshape,
+        Op::ChannelSlice { start, end } => Family::ChannelSlice {
+            start: *start,
+            end: *end,
+        },
         Op::Dropout { rate } => Family::Dropout { rate: *rate },
         Op::Activation(activation) => activation_family(*activation),
         Op::BatchNorm {

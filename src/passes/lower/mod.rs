@@ -33,6 +33,7 @@ use crate::codegen::native::CopyRows;
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
 use crate::config::Optimizer;
+use crate::graph::Shape;
 use crate::plan::{Algorithm, BufferId, ContractionPass, KernelDesc, KernelPlan, Role, Step};
 use crate::shapes::TypedGraph;
 
@@ -359,6 +360,9 @@ impl<'m> Lowering<'m> {
             }
             // A reshape, and dropout at inference, change nothing in memory.
             Family::Reshape => inputs[0],
+            Family::ChannelSlice { start, end } => {
+                self.channel_slice(id, [start, end], inputs[0], input_ids[0])?
+            }
             Family::Dropout { rate } if self.setup.dropout => self.dropout(id, rate, inputs[0]),
             Family::Dropout { .. } => inputs[0],
             Family::Pointwise(Pointwise::BatchNorm {
@@ -535,6 +539,51 @@ impl<'m> Lowering<'m> {
             offset += len;
         }
         Ok(out)
+    }
+
+    /// Channels `start..end` of the last axis of `x`: one strided copy, or
+    /// `x` itself when the slice keeps every channel.
+    fn channel_slice(
+        &mut self,
+        id: NodeIndex,
+        [start, end]: [i64; 2],
+        x: BufferId,
+        x_id: NodeIndex,
+    ) -> Result<BufferId, LowerError> {
+        let shape = self.model.info(x_id).shape.clone();
+        let (first, len, channels, rows) = self.slice_geometry(id, [start, end], &shape)?;
+        if len == channels {
+            return Ok(x);
+        }
+        let out = self.temporary(id);
+        let copy = CopyRows {
+            name: self.model.graph.nodes[id].name.clone(),
+            rows,
+            len,
+            from: (channels, first),
+            to: (len, 0),
+        };
+        self.step(id, KernelDesc::Copy(copy), vec![x, out]);
+        Ok(out)
+    }
+
+    /// A channel slice, for node `id`, of an input of per-example shape
+    /// `shape`: its first channel, its length, the input's channels and its
+    /// rows over the batch.
+    fn slice_geometry(
+        &self,
+        id: NodeIndex,
+        [start, end]: [i64; 2],
+        shape: &Shape,
+    ) -> Result<(usize, usize, usize, usize), LowerError> {
+        let (first, last) =
+            crate::ops::channel_range(start, end, shape).map_err(|e| LowerError::Kernel {
+                node: self.model.graph.nodes[id].name.clone(),
+                message: e.to_string(),
+            })?;
+        let channels = shape.channels() as usize;
+        let rows = self.batch * (shape.elements() as usize / channels.max(1));
+        Ok((first as usize, (last - first) as usize, channels, rows))
     }
 
     /// `y = x . W (+ b)` on the GEMM.

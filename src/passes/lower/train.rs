@@ -11,10 +11,11 @@ use super::{Builder, LowerError, Lowering, GELU_CUBIC, GELU_TANH_SCALE};
 use crate::autodiff::TrainingGraph;
 use crate::codegen::elementwise::{Binary, Expr, Operand, Unary};
 use crate::codegen::grouped::{GroupedConv, GroupedPass};
-use crate::codegen::native::{CopyRows, DropoutMask};
+use crate::codegen::native::{CopyRows, DropoutMask, EmbedRows};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::window::{Pass, Role as WindowRole, WindowKind};
 use crate::config::Optimizer;
+use crate::graph::Shape;
 use crate::ops::{self, GradInputs, Need};
 use crate::optimizer::state_count;
 use crate::plan::{Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, Role};
@@ -241,6 +242,9 @@ impl Lowering<'_> {
         Ok(match family(gradient.forward) {
             // A sum passes dY through; a reshape's gradient is dY reshaped.
             Family::Pointwise(Pointwise::Add) | Family::Reshape => dy,
+            Family::ChannelSlice { start, end } => {
+                self.channel_slice_grad(id, [start, end], gradient, dy)?
+            }
             Family::Softmax => {
                 let y = self.promised(id, read.output, "output")?;
                 self.softmax_grad(id, dy, y)
@@ -409,6 +413,32 @@ impl Lowering<'_> {
         };
         self.step(id, KernelDesc::Copy(copy), vec![dy, dx]);
         dx
+    }
+
+    /// A channel slice's input gradient: dY embedded in zeros at the
+    /// slice, or dY itself when the slice keeps every channel.
+    fn channel_slice_grad(
+        &mut self,
+        id: NodeIndex,
+        range: [i64; 2],
+        gradient: InputGradient<'_>,
+        dy: BufferId,
+    ) -> Result<BufferId, LowerError> {
+        let shape = Shape(gradient.inputs[0].clone());
+        let (offset, len, width, rows) = self.slice_geometry(id, range, &shape)?;
+        if len == width {
+            return Ok(dy);
+        }
+        let dx = self.temporary(id);
+        let embed = EmbedRows {
+            name: self.model.graph.nodes[id].name.clone(),
+            rows,
+            len,
+            width,
+            offset,
+        };
+        self.step(id, KernelDesc::Embed(embed), vec![dy, dx]);
+        Ok(dx)
     }
 
     /// dx_i = 2 sum_j dy_j (x_i - c_ij)
@@ -809,6 +839,7 @@ impl Lowering<'_> {
             | Family::Labels
             | Family::Upstream { .. }
             | Family::Reshape
+            | Family::ChannelSlice { .. }
             | Family::Dropout { .. }
             | Family::Pointwise(Pointwise::Activation(_) | Pointwise::Add | Pointwise::Multiply)
             | Family::Softmax
