@@ -302,6 +302,9 @@ mod tests {
     fn fans_follow_keras_compute_fans() {
         assert_eq!(fans(&[7, 7, 1, 64]), (49, 49 * 64));
         assert_eq!(fans(&[3, 3, 32, 2]), (288, 18));
+        // A grouped kernel (Keras's Conv2D(128, 3, groups=32)): Keras
+        // computes the fans from its shape [3, 3, 128 / 32, 128].
+        assert_eq!(fans(&[3, 3, 4, 128]), (36, 1152));
         assert_eq!(fans(&[2304, 128]), (2304, 128));
         assert_eq!(fans(&[10]), (10, 10));
         assert_eq!(fans(&[]), (1, 1));
