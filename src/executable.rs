@@ -157,7 +157,9 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             };
             (Box::new(step), work)
         }
+        KernelDesc::Grouped(g) => (Box::new(g.build()?), g.work()),
         KernelDesc::Copy(c) => (Box::new(c.clone()), c.rows * c.len),
+        KernelDesc::Embed(e) => (Box::new(e.clone()), e.rows * e.width),
         KernelDesc::Pad(p) => (Box::new(p.clone()), p.to_len()),
         KernelDesc::Mask(m) => (Box::new(m.clone()), m.len),
         KernelDesc::Resample(r) => {

@@ -13,6 +13,7 @@ pub const MODULES: &[(&str, &str)] = &[
     ("lenet", include_str!("../stdlib/lenet.cnn")),
     ("mobilenet", include_str!("../stdlib/mobilenet.cnn")),
     ("resnet", include_str!("../stdlib/resnet.cnn")),
+    ("resnext", include_str!("../stdlib/resnext.cnn")),
     ("se", include_str!("../stdlib/se.cnn")),
     ("squeezenet", include_str!("../stdlib/squeezenet.cnn")),
     ("unet", include_str!("../stdlib/unet.cnn")),

@@ -240,6 +240,7 @@ fn conv() -> Op {
         padding: Padding::Same,
         dilation: [1, 1],
         bias: true,
+        groups: 1,
     }
 }
 
@@ -291,6 +292,7 @@ fn samples() -> Vec<(Op, Wiring)> {
         Op::DepthMaxPool { .. } => (Op::DepthMaxPool { size: 2 }, Image),
         Op::Flatten => (Op::Flatten, Image),
         Op::Reshape { .. } => (Op::Reshape { shape: vec![-1, 4] }, Image),
+        Op::ChannelSlice { .. } => (Op::ChannelSlice { start: 1, end: -1 }, Image),
         Op::Dropout { .. } => (Op::Dropout { rate: 0.25 }, Image),
         Op::BatchNorm { .. } => (Op::BatchNorm { momentum: 0.9, epsilon: 1e-3, center: true, scale: true }, Image),
         Op::Lrn { .. } => (Op::Lrn { depth_radius: 1, bias: 1.0, alpha: 0.5, beta: 0.75 }, Image),
@@ -553,6 +555,7 @@ fn pointwise_conv(filters: u64) -> Op {
         padding: Padding::Valid,
         dilation: [1, 1],
         bias: true,
+        groups: 1,
     }
 }
 

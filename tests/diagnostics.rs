@@ -105,6 +105,8 @@ cases! {
     dense_without_flatten,
     conv_after_flatten,
     depth_maxpool_indivisible,
+    grouped_conv_indivisible,
+    channel_slice_out_of_range,
     reshape_wrong_size,
     init_entry_outside_kernel,
     error_in_nested_block,

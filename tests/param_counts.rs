@@ -136,6 +136,24 @@ fn resnet50_matches_keras_applications() {
 }
 
 #[test]
+fn resnext50_matches_torchvision() {
+    // torchvision.models.resnext50_32x4d(): 25,028,904 parameters, which
+    // are our trainable ones (PyTorch keeps batch norm's moving statistics
+    // as buffers). By hand: 9,536 (stem, with its batch norm) + 205,824 +
+    // 1,197,056 + 7,022,592 + 14,544,896 (the stages) + 2,049,000 (fc);
+    // e.g. stage2's first unit is 64*128 + 3*3*4*128 + 128*256 + 64*256
+    // weights and 2*(128 + 128 + 256 + 256) for its batch norms = 63,488.
+    // Non-trainable: two moving statistics per batch-norm channel, 2 * (64
+    // + 1,792 + 4,608 + 13,312 + 14,336) = 68,224.
+    check(
+        "stdlib/resnext.cnn",
+        "resnext50",
+        Counts::with_frozen(25_028_904 + 68_224, 68_224),
+        &[("output", &[1000])],
+    );
+}
+
+#[test]
 fn se_resnet34_matches_keras() {
     // reference_models.py build_resnet34_functional((224, 224, 3), 1000, se=True)
     // built with Keras: 21,975,892 total, 21,958,868 trainable, 17,024
@@ -242,6 +260,20 @@ fn example_resnet34_matches_keras() {
         "examples/resnet34.cnn",
         "resnet34_fashion",
         Counts::with_frozen(21_300_554, 17_024),
+        &[("output", &[10])],
+    );
+}
+
+#[test]
+fn example_resnext50_is_torchvisions_on_fashion_mnist() {
+    // The stdlib model's 25,028,904 trainable parameters with conv1 on one
+    // channel (7*7*64 = 3,136 instead of 9,408) and a 10-class head
+    // (2048*10 + 10 = 20,490 instead of 2,049,000): 22,994,122, plus the
+    // same 68,224 moving statistics.
+    check(
+        "examples/resnext50.cnn",
+        "resnext50_fashion",
+        Counts::with_frozen(22_994_122 + 68_224, 68_224),
         &[("output", &[10])],
     );
 }

@@ -69,6 +69,7 @@ fn conv(filters: u64, kernel: u64, stride: u64, padding: Padding, dilation: u64,
         padding,
         dilation: [dilation, dilation],
         bias,
+        groups: 1,
     }
 }
 
@@ -218,6 +219,37 @@ fn conv_stride_2_same_matches_tensorflow() {
         0.234375, -0.953125, -0.8125, 0.953125, -0.765625, -0.625,
     ];
     assert_close(&out, &[1, 3, 2, 3], &expected);
+}
+
+#[test]
+fn grouped_conv_matches_tensorflow() {
+    // From TensorFlow: tf.nn.conv2d(ramp([1,5,4,4], 7), ramp([3,3,2,6], 8),
+    // strides 2, SAME) + ramp([6], 9): a kernel of half the input's channels
+    // is TensorFlow's (and Keras's `groups=2`) grouped convolution, filters
+    // 0..3 reading channels 0..2 and filters 3..6 channels 2..4.
+    let x = ramp(&[1, 5, 4, 4], 7);
+    let k = ramp(&[3, 3, 2, 6], 8);
+    let b = ramp(&[6], 9);
+    let op = Op::Conv2d {
+        filters: 6,
+        kernel: [3, 3],
+        stride: [2, 2],
+        padding: Padding::Same,
+        dilation: [1, 1],
+        bias: true,
+        groups: 2,
+    };
+    let out = forward(&op, &[&x], &[&k, &b], false);
+    #[rustfmt::skip]
+    let expected = [
+        0.828125, 1.078125, 0.796875, -1.171875, -0.46875, 2.625,
+        2.421875, -1.515625, -2.265625, 0.953125, 0.0625, -0.828125,
+        -1.234375, -0.859375, -1.015625, 0.53125, 2.515625, -3.203125,
+        1.03125, -0.421875, 1.3125, -2.078125, -0.421875, 3.09375,
+        1.03125, -0.59375, -0.625, -1.390625, 0.625, 1.3125,
+        0.984375, -1.28125, -1.953125, 0.5625, 1.078125, -1.0625,
+    ];
+    assert_close(&out, &[1, 3, 2, 6], &expected);
 }
 
 #[test]
@@ -1108,6 +1140,19 @@ fn reshape_keeps_the_row_major_order() {
     assert_close(&out, &[1, 3, 2], &[1., 2., 3., 4., 5., 6.]);
     let out = forward(&Op::Reshape { shape: vec![2, 3] }, &[&x], &[], false);
     assert_close(&out, &[1, 2, 3], &[1., 2., 3., 4., 5., 6.]);
+}
+
+#[test]
+fn channel_slices_keep_a_range_of_the_last_axis() {
+    // As x[..., 1:3] and x[..., -2:] in TensorFlow: two pixels of 4 channels.
+    let x = t(&[1, 1, 2, 4], &[1., 2., 3., 4., 5., 6., 7., 8.]);
+    let slice = |start, end| Op::ChannelSlice { start, end };
+    let out = forward(&slice(1, 3), &[&x], &[], false);
+    assert_close(&out, &[1, 1, 2, 2], &[2., 3., 6., 7.]);
+    let out = forward(&slice(-2, 4), &[&x], &[], false);
+    assert_close(&out, &[1, 1, 2, 2], &[3., 4., 7., 8.]);
+    let out = forward(&slice(0, -3), &[&x], &[], false);
+    assert_close(&out, &[1, 1, 2, 1], &[1., 5.]);
 }
 
 #[test]

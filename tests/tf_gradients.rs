@@ -4,8 +4,8 @@
 //! softmax layer, two convolutions on Winograd's transforms, the
 //! activations after the chapter on one convolution's output, batchnorm
 //! without gamma or without beta, a reshape, nearest and bilinear
-//! upsampling, transposed convolutions, explicit padding and cropping),
-//! the outputs,
+//! upsampling, transposed convolutions, explicit padding and cropping,
+//! grouped convolutions, channel slices), the outputs,
 //! the input's gradient and every trainable weight's gradient of `sum(dy *
 //! output)`, in inference and in training mode, against what
 //! `tf.GradientTape` recorded with the same weights (`tests/tf/grads.py`,
@@ -254,6 +254,36 @@ fn a_reshape_matches_tensorflow() {
 #[test]
 fn explicit_padding_and_cropping_match_tensorflow() {
     check("padding", TOLERANCE);
+}
+
+/// Keras's `Conv2D(groups=g)`: two groups, then four with stride 2 and
+/// `same` padding before a batch norm, each pass on the grouped kernels
+/// (checked in the plan), never the GEMM's.
+#[test]
+fn grouped_convolutions_match_tensorflow() {
+    let model = cnnc::load_model(Path::new("tests/tf/grads/grouped.cnn"), None)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let plan = cnnc::plan_gradients(&model, Mode::Inference, 4)
+        .expect("plans")
+        .to_string();
+    for pass in ["forward", "backward-data", "backward-filter"] {
+        let steps = plan
+            .lines()
+            .filter(|l| l.contains(&format!("grouped {pass} ")))
+            .count();
+        // The first layer's input gradient is the model's input gradient.
+        assert_eq!(steps, 2, "{pass} on the grouped kernels:\n{plan}");
+    }
+    assert!(!plan.contains("contraction"), "{plan}");
+    check("grouped", TOLERANCE);
+}
+
+/// Channel slices (Keras `Lambda`s of `x[..., a:b]`): ShuffleNet's split
+/// of a tensor into a branch and a part passed on, concatenated back, and
+/// a slice with negative indices.
+#[test]
+fn channel_slices_match_tensorflow() {
+    check("slicing", TOLERANCE);
 }
 
 /// Two 3x3 stride-1 convolutions whose forward passes, input gradients

@@ -223,6 +223,42 @@ fn gradients_through_explicit_padding_cropping_and_ceil_mode() {
 }
 
 #[test]
+fn gradients_of_grouped_convolutions() {
+    // ResNeXt's grouped 3x3 between 1x1 convolutions, and a strided grouped
+    // convolution without a bias before a batch norm.
+    let source = "
+        model m : [7, 7, 4] {
+            conv(6, 3, padding: same, groups: 2) -> tanh
+            conv(8, 1) -> elu
+            conv(12, 3, stride: 2, padding: same, groups: 4, use_bias: false) -> batchnorm -> tanh
+            global_avg_pool
+            dense(5, activation: softmax)
+        }";
+    check_gradients(source, 3, 5);
+}
+
+#[test]
+fn gradients_of_channel_slices() {
+    // ShuffleNet's channel split: half the channels pass, the other half
+    // goes through a branch; the two slices' gradients add into one, and
+    // a slice of a dense layer's features.
+    let source = "
+        model m : [5, 5, 3] {
+            let t = conv(8, 3, padding: same) -> tanh
+            let kept = t -> channels(0, 4)
+            let branch = t -> channels(4, 8) -> conv(4, 3, padding: same) -> tanh
+            let u = concat(branch, kept) -> conv(6, 1) -> elu
+            let whole = u -> channels(0, 6)
+            whole + (u -> channels(-6, 6))
+            global_avg_pool
+            dense(7, activation: tanh)
+            channels(2, -1)
+            dense(5, activation: softmax)
+        }";
+    check_gradients(source, 3, 5);
+}
+
+#[test]
 fn gradients_of_lenets_subsampling_and_rbf_units() {
     let source = "
         model m : [8, 8, 1] {

@@ -13,6 +13,7 @@
 pub(crate) mod axis;
 pub mod contraction;
 pub mod elementwise;
+pub mod grouped;
 mod loops;
 mod math;
 pub mod native;

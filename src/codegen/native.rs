@@ -1,7 +1,8 @@
 //! Kernels written in Rust rather than generated: pure data movement (row
-//! copies for concatenation and its gradient, and images copied at an
-//! offset for zero padding, cropping and their gradients, which `memcpy`
-//! does as well as anything) and dropout's random masks.
+//! copies for concatenation, channel slices and their gradients, and
+//! images copied at an offset for zero padding, cropping and their
+//! gradients, which `memcpy` does as well as anything) and dropout's random
+//! masks.
 
 use std::ops::Range;
 
@@ -67,6 +68,64 @@ impl PadCopy {
         let clamp = |v: i128| v.clamp(0, to_len as i128) as usize;
         let offset = i128::from(offset);
         clamp(offset)..clamp(offset + len as i128)
+    }
+}
+
+/// Writes every row of `to` (`width` values) as zeros with one slice of
+/// `from` embedded: `to[r * width ..][..width] = 0`, then
+/// `to[r * width + offset ..][..len] = from[r * len ..][..len]`. The gradient
+/// of a channel slice (`channels(start, end)`) scatters dY into zeros so.
+/// Buffers: `from [rows * len]`, `to [rows * width]`. Domain: rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedRows {
+    /// A name for errors and profiles.
+    pub name: String,
+    /// Rows.
+    pub rows: usize,
+    /// Values per row of `from`.
+    pub len: usize,
+    /// Values per row of `to`.
+    pub width: usize,
+    /// Where `from`'s row starts in `to`'s.
+    pub offset: usize,
+}
+
+impl EmbedRows {
+    /// Checks that the slice lies inside the row.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.offset.checked_add(self.len) {
+            Some(end) if end <= self.width => Ok(()),
+            _ => Err(format!(
+                "{}: a slice of {} values at {} does not fit rows of {}",
+                self.name, self.len, self.offset, self.width
+            )),
+        }
+    }
+}
+
+impl Kernel for EmbedRows {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn domain(&self) -> usize {
+        self.rows
+    }
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
+        self.validate()?;
+        if items.end > self.rows {
+            return Err(format!("{}: rows {items:?} of {}", self.name, self.rows));
+        }
+        for r in items {
+            // SAFETY: the caller guarantees `from` holds `rows * len` values
+            // and `to` `rows * width`; `validate` keeps the slice in its row.
+            unsafe {
+                let target = args[1].add(r * self.width);
+                std::ptr::write_bytes(target, 0, self.width);
+                let source = args[0].add(r * self.len);
+                std::ptr::copy_nonoverlapping(source, target.add(self.offset), self.len);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -207,6 +266,25 @@ mod tests {
         let args: Vec<*mut f32> = buffers.iter_mut().map(|b| b.as_mut_ptr()).collect();
         // SAFETY: the buffers are sized for the kernels below.
         unsafe { kernel.run(&args, items) }.expect("runs");
+    }
+
+    #[test]
+    fn embeds_rows_into_zeros() {
+        let embed = EmbedRows {
+            name: "slice_grad".into(),
+            rows: 2,
+            len: 2,
+            width: 5,
+            offset: 1,
+        };
+        let mut buffers = vec![vec![1.0, 2.0, 3.0, 4.0], vec![9.0; 10]];
+        run(&embed, &mut buffers, 0..2);
+        assert_eq!(
+            buffers[1],
+            vec![0.0, 1.0, 2.0, 0.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0]
+        );
+        let outside = EmbedRows { offset: 4, ..embed };
+        assert!(outside.validate().is_err());
     }
 
     #[test]

@@ -216,8 +216,8 @@ fn convert(kind: Kind, value: &Value) -> Result<Arg, Option<String>> {
             ),
         },
         (Kind::Init, Value::Init(init)) => Ok(Arg::Init(init.clone())),
-        (Kind::Axis, Value::Int(i)) => Ok(Arg::Int(*i)),
-        (Kind::Axis, v) => Err(value::integer_help(v)),
+        (Kind::Axis | Kind::Index, Value::Int(i)) => Ok(Arg::Int(*i)),
+        (Kind::Axis | Kind::Index, v) => Err(value::integer_help(v)),
         (Kind::Shape, Value::List(items)) => shape(items),
         (Kind::Interpolation, Value::Symbol(s)) => match layers::interpolation_symbol(s) {
             Some(mode) => Ok(Arg::Interpolation(mode)),

@@ -39,6 +39,8 @@ pub enum Kind {
     Init,
     /// An axis: an integer, negative counting from the end.
     Axis,
+    /// A position along an axis: an integer, negative counting from the end.
+    Index,
     /// A per-example shape: a list of positive integers, one of which may
     /// be -1.
     Shape,
@@ -75,6 +77,7 @@ impl Kind {
                 "an initializer (glorot_uniform, he_normal, he_uniform, lecun_normal, zeros, ones)"
             }
             Kind::Axis => "an integer axis",
+            Kind::Index => "an integer index (negative counts from the end)",
             Kind::Shape => "a shape: a list of positive integers, one of which may be -1",
             Kind::Interpolation => "`nearest` or `bilinear`",
             Kind::OutputPadding => {
@@ -134,6 +137,7 @@ const CONV: &[ArgSpec] = &[
     a("activation", Kind::Activation, Symbol("none")),
     a("init", Kind::Init, Symbol("glorot_uniform")),
     a("trainable", Kind::Bool, DefaultValue::Bool(true)),
+    a("groups", Positive, Int(1)),
 ];
 const CONV_TRANSPOSE: &[ArgSpec] = &[
     a("filters", Positive, Required),
@@ -222,6 +226,7 @@ const ELU: &[ArgSpec] = &[a("alpha", Number, Float(1.0))];
 const GELU: &[ArgSpec] = &[a("approximate", Kind::Bool, DefaultValue::Bool(false))];
 const CONCAT: &[ArgSpec] = &[a("axis", Axis, Int(-1))];
 const RESHAPE: &[ArgSpec] = &[a("shape", Kind::Shape, Required)];
+const CHANNELS: &[ArgSpec] = &[a("start", Index, Required), a("end", Index, Required)];
 const NONE: &[ArgSpec] = &[];
 
 /// Every primitive layer, by name, with its signature.
@@ -241,6 +246,7 @@ pub const LAYERS: &[(&str, &[ArgSpec])] = &[
     ("depth_maxpool", DEPTH_MAXPOOL),
     ("flatten", NONE),
     ("reshape", RESHAPE),
+    ("channels", CHANNELS),
     ("dropout", DROPOUT),
     ("batchnorm", BATCHNORM),
     ("lrn", LRN),
@@ -478,6 +484,8 @@ pub enum Layer {
     Flatten,
     /// `reshape`
     Reshape,
+    /// `channels`: a slice of the last axis.
+    Channels,
     /// `dropout`
     Dropout,
     /// `batchnorm`
@@ -534,6 +542,7 @@ impl Layer {
             "depth_maxpool" => Layer::DepthMaxPool,
             "flatten" => Layer::Flatten,
             "reshape" => Layer::Reshape,
+            "channels" => Layer::Channels,
             "dropout" => Layer::Dropout,
             "batchnorm" => Layer::BatchNorm,
             "lrn" => Layer::Lrn,
@@ -581,6 +590,7 @@ impl Layer {
                     padding: args.padding(),
                     dilation: args.pair("dilation"),
                     bias: args.bool("use_bias"),
+                    groups: args.int("groups"),
                 },
                 init: args.init(),
             }],
@@ -617,6 +627,7 @@ impl Layer {
                         padding: Padding::Valid,
                         dilation: [1, 1],
                         bias: args.bool("use_bias"),
+                        groups: 1,
                     },
                     init: args.init(),
                 },
@@ -669,6 +680,13 @@ impl Layer {
                 "",
                 Op::Reshape {
                     shape: args.shape("shape"),
+                },
+            )],
+            Layer::Channels => vec![part(
+                "",
+                Op::ChannelSlice {
+                    start: args.signed("start"),
+                    end: args.signed("end"),
                 },
             )],
             Layer::Dropout => vec![part(
@@ -774,6 +792,7 @@ pub fn written_as(op: &Op) -> Written {
         Op::DepthMaxPool { .. } => Written::Layer(Layer::DepthMaxPool),
         Op::Flatten => Written::Layer(Layer::Flatten),
         Op::Reshape { .. } => Written::Layer(Layer::Reshape),
+        Op::ChannelSlice { .. } => Written::Layer(Layer::Channels),
         Op::Dropout { .. } => Written::Layer(Layer::Dropout),
         Op::BatchNorm { .. } => Written::Layer(Layer::BatchNorm),
         Op::Lrn { .. } => Written::Layer(Layer::Lrn),

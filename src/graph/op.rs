@@ -189,7 +189,9 @@ pub enum Op {
         /// Its per-example shape.
         shape: Vec<u64>,
     },
-    /// 2-D convolution of `[h, w, c]` with a `[kh, kw, c, filters]` kernel.
+    /// 2-D convolution of `[h, w, c]` with a `[kh, kw, c / groups, filters]`
+    /// kernel: output channel block `j` (of `filters / groups`) reads input
+    /// channel block `j` (of `c / groups`), as Keras's `Conv2D(groups=g)`.
     Conv2d {
         /// Output channels.
         filters: u64,
@@ -203,6 +205,8 @@ pub enum Op {
         dilation: [u64; 2],
         /// Whether a bias is added.
         bias: bool,
+        /// Channel groups (1: an ordinary convolution).
+        groups: u64,
     },
     /// Transposed 2-D convolution (Keras's `Conv2DTranspose`): the gradient
     /// of a convolution with respect to its input, of `[h, w, c]` with a
@@ -298,6 +302,14 @@ pub enum Op {
     Reshape {
         /// The target shape.
         shape: Vec<i64>,
+    },
+    /// Channels `start..end` of the last axis (Keras: a `Lambda` of
+    /// `x[..., start:end]`); a negative index counts from the end.
+    ChannelSlice {
+        /// The first channel kept.
+        start: i64,
+        /// One past the last channel kept.
+        end: i64,
     },
     /// Zeroes a fraction `rate` of the values while training.
     Dropout {
@@ -450,6 +462,7 @@ impl Op {
             Op::DepthMaxPool { .. } => "depth_maxpool",
             Op::Flatten => "flatten",
             Op::Reshape { .. } => "reshape",
+            Op::ChannelSlice { .. } => "channels",
             Op::Dropout { .. } => "dropout",
             Op::BatchNorm { .. } => "batchnorm",
             Op::Lrn { .. } => "lrn",
@@ -485,6 +498,7 @@ impl Op {
             | Op::DepthMaxPool { .. }
             | Op::Flatten
             | Op::Reshape { .. }
+            | Op::ChannelSlice { .. }
             | Op::Dropout { .. }
             | Op::BatchNorm { .. }
             | Op::Lrn { .. }
@@ -517,6 +531,7 @@ impl Op {
             | Op::DepthMaxPool { .. }
             | Op::Flatten
             | Op::Reshape { .. }
+            | Op::ChannelSlice { .. }
             | Op::Dropout { .. }
             | Op::BatchNorm { .. }
             | Op::Lrn { .. }
@@ -546,6 +561,7 @@ impl Op {
             | Op::Conv2d { .. }
             | Op::ConvTranspose2d { .. }
             | Op::Upsample { .. }
+            | Op::ChannelSlice { .. }
             | Op::DepthwiseConv2d { .. }
             | Op::Dense { .. }
             | Op::Pool2d { .. }
@@ -608,14 +624,22 @@ impl fmt::Display for Op {
             Op::Upstream { output, .. } => write!(f, "upstream(output={output})"),
             Op::InputGrad { forward, slot, .. } => write!(f, "input_grad[{slot}]({forward})"),
             Op::WeightGrad { forward, weight, .. } => write!(f, "weight_grad[{weight}]({forward})"),
-            Op::Conv2d { filters, kernel, stride, padding: p, dilation, bias } => write!(
-                f,
-                "conv2d(filters={filters}, kernel={}, stride={}, padding={}, dilation={}, bias={bias})",
-                pair(*kernel),
-                pair(*stride),
-                padding(*p),
-                pair(*dilation)
-            ),
+            Op::Conv2d { filters, kernel, stride, padding: p, dilation, bias, groups } => {
+                write!(
+                    f,
+                    "conv2d(filters={filters}, kernel={}, stride={}, padding={}, dilation={}, bias={bias}",
+                    pair(*kernel),
+                    pair(*stride),
+                    padding(*p),
+                    pair(*dilation)
+                )?;
+                // Only a grouped convolution says so, so that the text of
+                // every model written before groups stays the same.
+                if *groups != 1 {
+                    write!(f, ", groups={groups}")?;
+                }
+                write!(f, ")")
+            }
             Op::ConvTranspose2d { filters, kernel, stride, padding: p, output_padding, dilation, bias } => {
                 write!(
                     f,
@@ -656,6 +680,7 @@ impl fmt::Display for Op {
                 let dims: Vec<String> = shape.iter().map(i64::to_string).collect();
                 write!(f, "reshape(shape=[{}])", dims.join(", "))
             }
+            Op::ChannelSlice { start, end } => write!(f, "channels(start={start}, end={end})"),
             Op::Dropout { rate } => write!(f, "dropout(rate={rate})"),
             Op::BatchNorm { momentum, epsilon, center, scale } => {
                 write!(f, "batchnorm(momentum={momentum}, epsilon={epsilon}")?;

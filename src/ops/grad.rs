@@ -78,7 +78,8 @@ impl<T: Copy> GradInputs<T> {
 pub fn gradient(op: &Op, arity: usize) -> Rule {
     let rule = |inputs: Vec<Vec<Need>>, weights: Vec<Option<Vec<Need>>>| Rule { inputs, weights };
     match op {
-        // dX = col2im(dY . W^T); dW = im2col(X)^T . dY; db = sum dY
+        // dX = col2im(dY . W^T); dW = im2col(X)^T . dY; db = sum dY (a grouped
+        // convolution: the same within each group)
         // conv_transpose (Y = conv_W^T(X), the transpose of the linear map
         // conv_W): dX = conv_W(dY); dW = im2col(dY)^T . X; db = sum dY
         Op::Conv2d { bias, .. }
@@ -122,6 +123,8 @@ pub fn gradient(op: &Op, arity: usize) -> Rule {
         Op::Upsample { .. } => rule(vec![vec![Dy]], vec![]),
         // a reshape: dX = dY, reshaped
         Op::Flatten | Op::Reshape { .. } => rule(vec![vec![Dy]], vec![]),
+        // y = x[..., a:b]: dX[..., a:b] = dY, zero elsewhere
+        Op::ChannelSlice { .. } => rule(vec![vec![Dy]], vec![]),
         // y[i, j] = x[i - top, j - left]: dX[i, j] = dY[i + top, j + left], the same
         // copy with the amounts negated (padding's gradient crops, cropping's pads)
         Op::Pad { .. } => rule(vec![vec![Dy]], vec![]),
@@ -214,6 +217,7 @@ mod tests {
                 padding: Padding::Same,
                 dilation: [1, 1],
                 bias: true,
+                groups: 2,
             },
             Op::Dense {
                 units: 5,

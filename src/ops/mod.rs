@@ -111,6 +111,28 @@ pub enum ShapeError {
         /// Input channels.
         channels: u64,
     },
+    /// A grouped convolution's channels or filters do not split into its groups.
+    #[error("`conv` with groups: {groups} needs input channels and filters that both divide into {groups} groups, but it has {channels} input channels and {filters} filters")]
+    Groups {
+        /// The groups asked for.
+        groups: u64,
+        /// Input channels.
+        channels: u64,
+        /// Output channels.
+        filters: u64,
+    },
+    /// A channel slice outside its input's channels, or empty.
+    #[error("`channels({start}, {end})` needs 0 <= start < end <= {channels} (negative indices count from the end), but the input has shape {input}")]
+    Slice {
+        /// The first channel, as written.
+        start: i64,
+        /// One past the last, as written.
+        end: i64,
+        /// The input's channels.
+        channels: u64,
+        /// The input's shape.
+        input: Shape,
+    },
     /// An attribute is zero where it must be positive.
     #[error("`{op}` needs a positive {what}, got 0")]
     Zero {
@@ -258,6 +280,8 @@ impl ShapeError {
             | ShapeError::Mismatch { .. }
             | ShapeError::BadAxis { .. }
             | ShapeError::Indivisible { .. }
+            | ShapeError::Groups { .. }
+            | ShapeError::Slice { .. }
             | ShapeError::Zero { .. }
             | ShapeError::TooLarge { .. }
             | ShapeError::WeightTooLarge { .. } => None,
@@ -285,10 +309,19 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
             stride,
             padding,
             dilation,
+            groups,
             ..
         } => {
             nonzero(op, *filters, "number of filters")?;
-            let (h, w, _) = image(op, inputs[0])?;
+            nonzero(op, *groups, "number of groups")?;
+            let (h, w, c) = image(op, inputs[0])?;
+            if !c.is_multiple_of(*groups) || !filters.is_multiple_of(*groups) {
+                return Err(ShapeError::Groups {
+                    groups: *groups,
+                    channels: c,
+                    filters: *filters,
+                });
+            }
             let (oh, ow) =
                 window::apply(op, "kernel", [h, w], *kernel, *stride, *dilation, *padding)?;
             Shape(vec![oh, ow, *filters])
@@ -373,6 +406,12 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
         }
         Op::Flatten => Shape(vec![inputs[0].elements()]),
         Op::Reshape { shape } => reshaped(inputs[0], shape)?,
+        Op::ChannelSlice { start, end } => {
+            let (first, last) = channel_range(*start, *end, inputs[0])?;
+            let mut dims = inputs[0].0.clone();
+            *dims.last_mut().expect("channel_range checks the rank") = last - first;
+            Shape(dims)
+        }
         Op::Lrn { .. } => {
             image(op, inputs[0])?;
             inputs[0].clone()
@@ -431,11 +470,15 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
             filters,
             kernel,
             bias: b,
+            groups,
             ..
         } => {
+            // Each filter sees its group's `channels / groups` channels
+            // (Keras's kernel shape; `infer` checks the division first).
+            let per_group = channels / (*groups).max(1);
             let mut p = vec![(
                 "kernel",
-                vec![kernel[0], kernel[1], channels, *filters],
+                vec![kernel[0], kernel[1], per_group, *filters],
                 true,
             )];
             p.extend(bias(*b, *filters));
@@ -501,6 +544,7 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
         | Op::DepthMaxPool { .. }
         | Op::Flatten
         | Op::Reshape { .. }
+        | Op::ChannelSlice { .. }
         | Op::Dropout { .. }
         | Op::Lrn { .. }
         | Op::Activation(_)
@@ -524,9 +568,9 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
     let channels = inputs.first().map_or(0, |s| s.channels());
     let spatial = |s: &Shape| s.0.iter().take(s.rank().saturating_sub(1)).product::<u64>();
     let macs = match op {
-        Op::Conv2d { kernel, .. } => output
+        Op::Conv2d { kernel, groups, .. } => output
             .elements()
-            .saturating_mul(kernel[0] * kernel[1] * channels),
+            .saturating_mul(kernel[0] * kernel[1] * (channels / (*groups).max(1))),
         // Each input value times each tap and filter: the convolution it
         // transposes, from the output back to the input.
         Op::ConvTranspose2d {
@@ -556,6 +600,7 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
         | Op::DepthMaxPool { .. }
         | Op::Flatten
         | Op::Reshape { .. }
+        | Op::ChannelSlice { .. }
         | Op::Dropout { .. }
         | Op::BatchNorm { .. }
         | Op::Lrn { .. }
@@ -600,6 +645,29 @@ fn pair(p: [u64; 2]) -> String {
         p[0].to_string()
     } else {
         format!("[{}, {}]", p[0], p[1])
+    }
+}
+
+/// The channels `first..last` of the last axis of `input` that
+/// `channels(start, end)` keeps: a negative index counts from the end, as
+/// Python's; unlike Python's, an index out of range, or an empty slice, is
+/// an error rather than clipped.
+pub fn channel_range(start: i64, end: i64, input: &Shape) -> Result<(u64, u64), ShapeError> {
+    let channels = input.0.last().copied().unwrap_or(0);
+    let error = || ShapeError::Slice {
+        start,
+        end,
+        channels,
+        input: input.clone(),
+    };
+    let resolve = |i: i64| {
+        let c = i64::try_from(channels).ok()?;
+        let i = if i < 0 { i.checked_add(c)? } else { i };
+        u64::try_from(i).ok().filter(|&i| i <= channels)
+    };
+    match (input.rank(), resolve(start), resolve(end)) {
+        (1.., Some(first), Some(last)) if first < last => Ok((first, last)),
+        _ => Err(error()),
     }
 }
 
@@ -791,6 +859,7 @@ mod tests {
             padding,
             dilation: [1, 1],
             bias: true,
+            groups: 1,
         }
     }
 
@@ -973,6 +1042,59 @@ mod tests {
             infer(&zero, &[&x]),
             Err(ShapeError::Zero { what: "factor", .. })
         ));
+    }
+
+    #[test]
+    fn a_channel_slice_keeps_its_range_of_the_last_axis() {
+        let x = Shape(vec![4, 4, 10]);
+        let slice = |start, end| infer(&Op::ChannelSlice { start, end }, &[&x]);
+        assert_eq!(slice(2, 6).unwrap(), Shape(vec![4, 4, 4]));
+        assert_eq!(slice(-4, 10).unwrap(), Shape(vec![4, 4, 4]));
+        assert_eq!(slice(0, -1).unwrap(), Shape(vec![4, 4, 9]));
+        assert_eq!(channel_range(-3, -1, &x).unwrap(), (7, 9));
+        for (start, end) in [(6, 2), (3, 3), (0, 11), (-11, 2), (i64::MIN, 1)] {
+            let err = slice(start, end).unwrap_err();
+            assert!(
+                matches!(err, ShapeError::Slice { channels: 10, .. }),
+                "{err}"
+            );
+        }
+        assert!(channel_range(0, 1, &Shape(vec![])).is_err());
+    }
+
+    #[test]
+    fn a_grouped_conv_has_keras_kernel_and_needs_divisible_channels() {
+        let grouped = |filters, groups| Op::Conv2d {
+            filters,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: Padding::Same,
+            dilation: [1, 1],
+            bias: true,
+            groups,
+        };
+        let x = Shape(vec![8, 8, 128]);
+        let op = grouped(128, 32);
+        assert_eq!(infer(&op, &[&x]).unwrap(), Shape(vec![8, 8, 128]));
+        // Keras's Conv2D(128, 3, groups=32): kernel (3, 3, 4, 128), 4736 weights.
+        let p = params(&op, &[&x]);
+        assert_eq!(
+            (p[0].1.clone(), p[1].1.clone()),
+            (vec![3, 3, 4, 128], vec![128])
+        );
+        let y = Shape(vec![8, 8, 128]);
+        assert_eq!(flops(&op, &[&x], &y), 2 * 64 * 128 * 9 * 4);
+        for (channels, filters) in [(6, 8), (8, 6)] {
+            let err = infer(&grouped(filters, 4), &[&Shape(vec![8, 8, channels])]).unwrap_err();
+            assert_eq!(
+                err,
+                ShapeError::Groups {
+                    groups: 4,
+                    channels,
+                    filters
+                }
+            );
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::codegen::axis::Axis;
 use crate::codegen::contraction::winograd::{Direction, Tile};
 use crate::codegen::contraction::{ConvShape, DenseShape};
 use crate::codegen::elementwise::Elementwise;
-use crate::codegen::native::{CopyRows, DropoutMask, PadCopy};
+use crate::codegen::grouped::{GroupedConv, GroupedPass};
+use crate::codegen::native::{CopyRows, DropoutMask, EmbedRows, PadCopy};
 use crate::codegen::reduce::Reduce;
 use crate::codegen::resample::Resample;
 use crate::codegen::window::Window;
@@ -149,8 +150,12 @@ pub enum KernelDesc {
         /// convolution's, weighed by the algorithm pass.
         keep: bool,
     },
-    /// Strided row copies (concatenation).
+    /// A grouped convolution's pass (`conv(groups: g)`, `g > 1`).
+    Grouped(GroupedConv),
+    /// Strided row copies (concatenation, a channel slice).
     Copy(CopyRows),
+    /// A slice embedded in rows of zeros (a channel slice's gradient).
+    Embed(EmbedRows),
     /// Upsampling or its gradient.
     Resample(Resample),
     /// Images copied at an offset, zeros around (zero padding, cropping).
@@ -312,7 +317,9 @@ impl KernelDesc {
             KernelDesc::Elementwise { .. } => "element-wise".to_string(),
             KernelDesc::Reduce(_) => "reduction".to_string(),
             KernelDesc::Window(_) => "window".to_string(),
+            KernelDesc::Grouped(g) => format!("{}, grouped", grouped_pass(g.pass)),
             KernelDesc::Copy(_) | KernelDesc::Pad(_) => "copy".to_string(),
+            KernelDesc::Embed(_) => "embed".to_string(),
             KernelDesc::Resample(_) => "resample".to_string(),
             KernelDesc::Mask(_) => "dropout mask".to_string(),
         }
@@ -363,6 +370,12 @@ impl KernelDesc {
                 direction,
                 ..
             } => format!("winograd filter {} {direction:?} {shape:?}", tile.label()),
+            KernelDesc::Grouped(g) => format!(
+                "grouped {} groups {} {:?}",
+                grouped_pass(g.pass),
+                g.groups,
+                g.shape
+            ),
             KernelDesc::Copy(c) => format!(
                 "copy [{} x {}] from {:?} to {:?}",
                 c.rows, c.len, c.from, c.to
@@ -370,6 +383,10 @@ impl KernelDesc {
             KernelDesc::Pad(p) => format!(
                 "pad [{} x {:?}] to [{} x {:?}] moved by {:?}",
                 p.batch, p.from, p.batch, p.to, p.offset
+            ),
+            KernelDesc::Embed(e) => format!(
+                "embed [{} x {}] in zeros [{} x {}] at {}",
+                e.rows, e.len, e.rows, e.width, e.offset
             ),
             KernelDesc::Mask(m) => format!("dropout mask [{}] rate {}", m.len, m.rate),
             KernelDesc::Resample(r) => format!(
@@ -380,6 +397,15 @@ impl KernelDesc {
                 r.input
             ),
         }
+    }
+}
+
+/// A grouped convolution's pass, as the other convolutions name theirs.
+fn grouped_pass(pass: GroupedPass) -> &'static str {
+    match pass {
+        GroupedPass::Forward => "forward",
+        GroupedPass::BackwardData => "backward-data",
+        GroupedPass::BackwardFilter => "backward-filter",
     }
 }
 

@@ -181,7 +181,9 @@ impl KernelDesc {
             KernelDesc::Reduce(r) => &r.name,
             KernelDesc::Window(w) => &w.name,
             KernelDesc::Contraction { name, .. } | KernelDesc::WinogradFilter { name, .. } => name,
+            KernelDesc::Grouped(g) => &g.name,
             KernelDesc::Copy(c) => &c.name,
+            KernelDesc::Embed(e) => &e.name,
             KernelDesc::Pad(p) => &p.name,
             KernelDesc::Mask(m) => &m.name,
             KernelDesc::Resample(r) => &r.name,
@@ -217,7 +219,18 @@ impl KernelDesc {
                     _ => vec![read(kernel_len(shape)), write(transformed)],
                 })
             }
+            KernelDesc::Grouped(g) => g
+                .buffers()
+                .map(|args| {
+                    args.into_iter()
+                        .map(|(len, written)| if written { write(len) } else { read(len) })
+                        .collect()
+                })
+                .map_err(|e| e.to_string()),
             KernelDesc::Copy(c) => Ok(vec![read(c.rows * c.from.0), write(c.rows * c.to.0)]),
+            KernelDesc::Embed(e) => e
+                .validate()
+                .map(|()| vec![read(e.rows * e.len), write(e.rows * e.width)]),
             KernelDesc::Pad(p) => pad(p),
             KernelDesc::Mask(m) => Ok(vec![read(2), write(m.len)]),
             KernelDesc::Resample(r) => {

@@ -63,6 +63,7 @@ pub fn forward(
             padding,
             dilation,
             bias,
+            groups,
         } => {
             expect_params(op, params, 1 + usize::from(*bias));
             let k = params[0];
@@ -72,13 +73,16 @@ pub fn forward(
                 "conv kernel size"
             );
             assert_eq!(k.shape()[3], n(*filters), "conv kernel filters");
-            conv2d(
+            grouped_conv2d(
                 one(),
                 k,
                 bias.then(|| params[1]),
-                *stride,
-                *dilation,
-                *padding,
+                Window {
+                    stride: *stride,
+                    dilation: *dilation,
+                    padding: *padding,
+                },
+                n(*groups),
             )
         }
         Op::ConvTranspose2d {
@@ -168,6 +172,10 @@ pub fn forward(
         Op::Reshape { shape } => {
             expect_params(op, params, 0);
             reshape(one(), shape)
+        }
+        Op::ChannelSlice { start, end } => {
+            expect_params(op, params, 0);
+            channel_slice(one(), *start, *end)
         }
         Op::Dropout { .. } => {
             expect_params(op, params, 0);
@@ -367,7 +375,7 @@ fn map(x: &ArrayD<f32>, f: impl Fn(f64) -> f64) -> ArrayD<f32> {
 // ---------------------------------------------------------------------------
 // Convolutions and dense layers.
 
-/// `tf.nn.conv2d` (cross-correlation, no kernel flip) of `x` `[b, h, w, c]`
+/// `tf.nn.conv2d` (Keras's `Conv2D`) of `x` `[b, h, w, c]`
 /// with `kernel` `[kh, kw, c, filters]`, plus `bias` `[filters]`.
 ///
 /// `out[b, oy, ox, f] = bias[f] + sum over ky, kx, c of
@@ -381,14 +389,55 @@ pub fn conv2d(
     dilation: [u64; 2],
     padding: Padding,
 ) -> ArrayD<f32> {
+    let window = Window {
+        stride,
+        dilation,
+        padding,
+    };
+    grouped_conv2d(x, kernel, bias, window, 1)
+}
+
+/// A convolution's stride, dilation and padding.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Vertical and horizontal stride.
+    pub stride: [u64; 2],
+    /// Vertical and horizontal dilation.
+    pub dilation: [u64; 2],
+    /// Padding.
+    pub padding: Padding,
+}
+
+/// Keras's `Conv2D(groups=g)` (TensorFlow's `conv2d` with an input of
+/// `g` times the kernel's channels) of `x` `[b, h, w, c]` with `kernel`
+/// `[kh, kw, c / g, filters]`, plus `bias` `[filters]`: the filters split
+/// into `g` consecutive blocks of `filters / g`, and block `j` reads input
+/// channels `j * c / g .. (j + 1) * c / g`.
+///
+/// `out[b, oy, ox, f] = bias[f] + sum over ky, kx, i < c / g of
+/// x[b, iy, ix, j * c / g + i] * kernel[ky, kx, i, f]` with `j = f / (filters / g)`.
+pub fn grouped_conv2d(
+    x: &ArrayD<f32>,
+    kernel: &ArrayD<f32>,
+    bias: Option<&ArrayD<f32>>,
+    window: Window,
+    groups: usize,
+) -> ArrayD<f32> {
+    let Window {
+        stride,
+        dilation,
+        padding,
+    } = window;
     let [batch, h, w, c] = image(x);
     let &[kh, kw, kc, filters] = kernel.shape() else {
         panic!(
-            "conv kernel must be [kh, kw, in, out], got {:?}",
+            "conv kernel must be [kh, kw, in / groups, out], got {:?}",
             kernel.shape()
         )
     };
-    assert_eq!(kc, c, "conv kernel input channels");
+    assert_eq!(kc * groups, c, "conv kernel input channels times groups");
+    assert_eq!(filters % groups, 0, "filters split into the groups");
+    let per_group = filters / groups;
     let (oh, top) = window_axis(h, kh as u64, stride[0], dilation[0], padding, 0);
     let (ow, left) = window_axis(w, kw as u64, stride[1], dilation[1], padding, 1);
     let xs = flat(x);
@@ -402,6 +451,7 @@ pub fn conv2d(
         for oy in 0..oh {
             for ox in 0..ow {
                 for f in 0..filters {
+                    let first = (f / per_group) * kc;
                     let mut acc = bs.as_ref().map_or(0.0, |bs| f64::from(bs[f]));
                     for ky in 0..kh {
                         let Some(iy) = source(oy, ky, stride[0], dilation[0], top, h) else {
@@ -411,11 +461,11 @@ pub fn conv2d(
                             let Some(ix) = source(ox, kx, stride[1], dilation[1], left, w) else {
                                 continue;
                             };
-                            // x[b, iy, ix, ci] and kernel[ky, kx, ci, f] for all ci.
-                            let xp = &xs[((b * h + iy) * w + ix) * c..][..c];
-                            let kp = &ks[(ky * kw + kx) * c * filters + f..];
-                            for ci in 0..c {
-                                acc += f64::from(xp[ci]) * f64::from(kp[ci * filters]);
+                            // x[b, iy, ix, first + i] and kernel[ky, kx, i, f] for all i.
+                            let xp = &xs[((b * h + iy) * w + ix) * c + first..][..kc];
+                            let kp = &ks[(ky * kw + kx) * kc * filters + f..];
+                            for i in 0..kc {
+                                acc += f64::from(xp[i]) * f64::from(kp[i * filters]);
                             }
                         }
                     }
@@ -981,6 +1031,23 @@ pub fn flatten(x: &ArrayD<f32>) -> ArrayD<f32> {
     let batch = x.shape()[0];
     let rest: usize = x.shape()[1..].iter().product();
     array(&[batch, rest], flat(x))
+}
+
+/// `x[..., start:end]` (a Keras `Lambda`) for `start < end` within the
+/// last axis, a negative index counting from its end as in Python.
+pub fn channel_slice(x: &ArrayD<f32>, start: i64, end: i64) -> ArrayD<f32> {
+    let (rows, c) = rows_and_last(x);
+    let resolve = |i: i64| if i < 0 { i + c as i64 } else { i } as usize;
+    let (first, last) = (resolve(start), resolve(end));
+    assert!(first < last && last <= c, "channels({start}, {end}) of {c}");
+    let xs = flat(x);
+    let mut out = Vec::with_capacity(rows * (last - first));
+    for r in 0..rows {
+        out.extend_from_slice(&xs[r * c + first..r * c + last]);
+    }
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("a tensor has a last axis") = last - first;
+    array(&shape, out)
 }
 
 /// Keras `Reshape(target)`: the same values in row-major order, each

@@ -418,6 +418,56 @@ def padding():
     return source, keras.Model(x, y), names
 
 
+def grouped():
+    # Keras's Conv2D(groups=g): filter block j reads input channel block j;
+    # two groups, then four with stride 2 and TensorFlow's same padding.
+    source = """model grouped : [7, 7, 8] {
+    conv(8, 3, padding: same, groups: 2) -> relu
+    conv(12, 3, stride: 2, padding: same, groups: 4, use_bias: false) -> batchnorm
+}
+"""
+    x = keras.Input((7, 7, 8))
+    conv1 = layers.Conv2D(8, 3, padding="same", groups=2)
+    conv2 = layers.Conv2D(12, 3, strides=2, padding="same", groups=4, use_bias=False)
+    bn = layers.BatchNormalization()
+    y = bn(conv2(layers.ReLU()(conv1(x))))
+    names = {
+        "conv1.kernel": conv1.kernel,
+        "conv1.bias": conv1.bias,
+        "conv2.kernel": conv2.kernel,
+        **batchnorm("batchnorm1", bn),
+    }
+    return source, keras.Model(x, y), names
+
+
+def slicing():
+    # Channel slices as Keras Lambdas of x[..., a:b]: ShuffleNet's split
+    # (one half through a convolution, the other passed on, concatenated
+    # back), and a negative index.
+    source = """model slicing : [5, 5, 3] {
+    let t = conv(8, 3, padding: same) -> relu
+    let kept = t -> channels(0, 3)
+    let branch = t -> channels(3, 8) -> conv(4, 3, padding: same)
+    concat(branch, kept) -> channels(-5, -1)
+}
+"""
+    x = keras.Input((5, 5, 3))
+    conv1 = layers.Conv2D(8, 3, padding="same")
+    conv2 = layers.Conv2D(4, 3, padding="same")
+    t = layers.ReLU()(conv1(x))
+    kept = layers.Lambda(lambda v: v[..., 0:3])(t)
+    branch = conv2(layers.Lambda(lambda v: v[..., 3:8])(t))
+    joined = layers.Concatenate()([branch, kept])
+    y = layers.Lambda(lambda v: v[..., -5:-1])(joined)
+    names = {
+        "conv1.kernel": conv1.kernel,
+        "conv1.bias": conv1.bias,
+        "conv2.kernel": conv2.kernel,
+        "conv2.bias": conv2.bias,
+    }
+    return source, keras.Model(x, y), names
+
+
 def batchnorm(prefix, bn):
     return {
         f"{prefix}.gamma": bn.gamma,
@@ -494,6 +544,8 @@ def main():
         conv_transpose,
         frozen,
         padding,
+        grouped,
+        slicing,
     ]
     wanted = set(sys.argv[1:])
     unknown = wanted - {build.__name__ for build in cases}

@@ -32,6 +32,15 @@ pub(super) enum Family<'op> {
     /// A reshape (`flatten`): a view of its input's buffer; its gradient
     /// is a view of dY.
     Reshape,
+    /// Channels `start..end` of the last axis (negative indices count from
+    /// the end): a strided copy, or a view of the input when it keeps every
+    /// channel; its gradient embeds dY in zeros.
+    ChannelSlice {
+        /// The first channel, as written.
+        start: i64,
+        /// One past the last, as written.
+        end: i64,
+    },
     /// Dropout: a random mask and a product while training, a view of its
     /// input at inference; its gradient is dY times the same mask.
     Dropout {
@@ -60,6 +69,9 @@ pub(super) enum Family<'op> {
     Window(WindowKind),
     /// A GEMM: `y = x . W (+ b)`, `dX = dY . W^T`, `dW = x^T . dY`.
     Contraction(Contraction),
+    /// A grouped convolution (`groups > 1`): its own kernels for the three
+    /// passes (`codegen::grouped` says why not the GEMM's).
+    Grouped(Grouped),
     /// A transposed convolution: the kernels of the convolution it
     /// transposes with their roles swapped (its forward pass is that
     /// convolution's backward-data pass, its input gradient that
@@ -243,6 +255,49 @@ impl ConvTranspose {
     }
 }
 
+/// A grouped convolution's attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Grouped {
+    /// Output channels, all groups together.
+    pub filters: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Vertical and horizontal stride.
+    pub stride: [usize; 2],
+    /// Padding.
+    pub padding: Padding,
+    /// Dilation rate.
+    pub dilation: [usize; 2],
+    /// Whether a bias is added.
+    pub bias: bool,
+    /// Channel groups, at least 2.
+    pub groups: usize,
+}
+
+impl Grouped {
+    /// The layer's sizes on `batch` inputs of per-example shape `input`
+    /// (all its input channels).
+    pub(super) fn shape(self, batch: usize, input: &[usize]) -> ConvShape {
+        ConvShape {
+            batch,
+            height: input[0],
+            width: input[1],
+            in_channels: input[2],
+            out_channels: self.filters,
+            kernel: self.kernel,
+            stride: self.stride,
+            dilation: self.dilation,
+            padding: self.padding,
+            bias: self.bias,
+        }
+    }
+
+    /// The kernel's length: `[kh, kw, in_channels / groups, filters]`.
+    pub(super) fn kernel_len(self, in_channels: usize) -> usize {
+        self.kernel[0] * self.kernel[1] * (in_channels / self.groups) * self.filters
+    }
+}
+
 /// An `InputGrad` node's attributes: the gradient of input `slot` of `forward`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct InputGradient<'op> {
@@ -275,6 +330,10 @@ pub(super) fn family(op: &Op) -> Family<'_> {
         Op::Labels => Family::Labels,
         Op::Upstream { output, .. } => Family::Upstream { output },
         Op::Flatten | Op::Reshape { .. } => Family::Reshape,
+        Op::ChannelSlice { start, end } => Family::ChannelSlice {
+            start: *start,
+            end: *end,
+        },
         Op::Dropout { rate } => Family::Dropout { rate: *rate },
         Op::Activation(activation) => activation_family(*activation),
         Op::BatchNorm {
@@ -342,6 +401,25 @@ pub(super) fn family(op: &Op) -> Family<'_> {
             padding,
             dilation,
             bias,
+            groups,
+        } if *groups > 1 => Family::Grouped(Grouped {
+            filters: *filters as usize,
+            kernel: pair(*kernel),
+            stride: pair(*stride),
+            padding: *padding,
+            dilation: pair(*dilation),
+            bias: *bias,
+            groups: *groups as usize,
+        }),
+        // One group is the GEMM's convolution, exactly as before groups.
+        Op::Conv2d {
+            filters,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            bias,
+            ..
         } => Family::Contraction(Contraction::Conv {
             filters: *filters as usize,
             kernel: pair(*kernel),

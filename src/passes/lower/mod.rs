@@ -25,15 +25,18 @@ use std::collections::HashMap;
 use petgraph::stable_graph::NodeIndex;
 use thiserror::Error;
 
-use self::family::{family, Contraction, ConvTranspose, Family, Pointwise, PointwiseActivation};
+use self::family::{
+    family, Contraction, ConvTranspose, Family, Grouped, Pointwise, PointwiseActivation,
+};
 use crate::autodiff::{GradientGraph, TrainingGraph};
 use crate::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
+use crate::codegen::grouped::{GroupedConv, GroupedPass};
 use crate::codegen::native::{CopyRows, PadCopy};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::resample::{Resample, ResamplePass};
 use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
 use crate::config::Optimizer;
-use crate::graph::Interpolation;
+use crate::graph::{Interpolation, Shape};
 use crate::plan::{
     Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role, Step,
 };
@@ -369,6 +372,9 @@ impl<'m> Lowering<'m> {
             }
             // A reshape, and dropout at inference, change nothing in memory.
             Family::Reshape => inputs[0],
+            Family::ChannelSlice { start, end } => {
+                self.channel_slice(id, [start, end], inputs[0], input_ids[0])?
+            }
             Family::Dropout { rate } if self.setup.dropout => self.dropout(id, rate, inputs[0]),
             Family::Dropout { .. } => inputs[0],
             Family::Pointwise(Pointwise::BatchNorm {
@@ -407,6 +413,7 @@ impl<'m> Lowering<'m> {
                 let small = self.shape(input_ids[0]);
                 self.resample(id, ResamplePass::Forward, (factor, mode), inputs[0], &small)
             }
+            Family::Grouped(conv) => self.grouped_forward(id, conv, inputs[0], input_ids[0]),
             Family::Rbf { units } => {
                 let (rows, n) = self.matrix(input_ids[0]);
                 let centers = self.weights(id)[0];
@@ -581,6 +588,51 @@ impl<'m> Lowering<'m> {
         self.step(id, KernelDesc::Pad(copy), vec![from, to]);
     }
 
+    /// Channels `start..end` of the last axis of `x`: one strided copy, or
+    /// `x` itself when the slice keeps every channel.
+    fn channel_slice(
+        &mut self,
+        id: NodeIndex,
+        [start, end]: [i64; 2],
+        x: BufferId,
+        x_id: NodeIndex,
+    ) -> Result<BufferId, LowerError> {
+        let shape = self.model.info(x_id).shape.clone();
+        let (first, len, channels, rows) = self.slice_geometry(id, [start, end], &shape)?;
+        if len == channels {
+            return Ok(x);
+        }
+        let out = self.temporary(id);
+        let copy = CopyRows {
+            name: self.model.graph.nodes[id].name.clone(),
+            rows,
+            len,
+            from: (channels, first),
+            to: (len, 0),
+        };
+        self.step(id, KernelDesc::Copy(copy), vec![x, out]);
+        Ok(out)
+    }
+
+    /// A channel slice, for node `id`, of an input of per-example shape
+    /// `shape`: its first channel, its length, the input's channels and its
+    /// rows over the batch.
+    fn slice_geometry(
+        &self,
+        id: NodeIndex,
+        [start, end]: [i64; 2],
+        shape: &Shape,
+    ) -> Result<(usize, usize, usize, usize), LowerError> {
+        let (first, last) =
+            crate::ops::channel_range(start, end, shape).map_err(|e| LowerError::Kernel {
+                node: self.model.graph.nodes[id].name.clone(),
+                message: e.to_string(),
+            })?;
+        let channels = shape.channels() as usize;
+        let rows = self.batch * (shape.elements() as usize / channels.max(1));
+        Ok((first as usize, (last - first) as usize, channels, rows))
+    }
+
     /// `y = x . W (+ b)` on the GEMM.
     fn contraction_forward(
         &mut self,
@@ -673,6 +725,28 @@ impl<'m> Lowering<'m> {
         let target = self.temporary(id);
         self.step(id, KernelDesc::Resample(resample), vec![source, target]);
         target
+    }
+
+    /// A grouped convolution's forward pass: `x, kernel, [bias,] y`.
+    fn grouped_forward(
+        &mut self,
+        id: NodeIndex,
+        conv: Grouped,
+        x: BufferId,
+        x_id: NodeIndex,
+    ) -> BufferId {
+        let desc = GroupedConv {
+            name: self.model.graph.nodes[id].name.clone(),
+            shape: conv.shape(self.batch, &self.shape(x_id)),
+            groups: conv.groups,
+            pass: GroupedPass::Forward,
+        };
+        let mut args = vec![x];
+        args.extend(self.weights(id));
+        let y = self.temporary(id);
+        args.push(y);
+        self.step(id, KernelDesc::Grouped(desc), args);
+        y
     }
 
     /// A forward window kernel, its buffers bound by role.

@@ -4,17 +4,19 @@
 use petgraph::stable_graph::NodeIndex;
 
 use super::family::{
-    family, Contraction, ConvTranspose, Family, InputGradient, Pointwise, PointwiseActivation,
-    WeightGradient,
+    family, Contraction, ConvTranspose, Family, Grouped, InputGradient, Pointwise,
+    PointwiseActivation, WeightGradient,
 };
 use super::{Builder, LowerError, Lowering, GELU_CUBIC, GELU_TANH_SCALE};
 use crate::autodiff::TrainingGraph;
 use crate::codegen::elementwise::{Binary, Expr, Operand, Unary};
-use crate::codegen::native::{CopyRows, DropoutMask};
+use crate::codegen::grouped::{GroupedConv, GroupedPass};
+use crate::codegen::native::{CopyRows, DropoutMask, EmbedRows};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::resample::ResamplePass;
 use crate::codegen::window::{Pass, Role as WindowRole, WindowKind};
 use crate::config::Optimizer;
+use crate::graph::Shape;
 use crate::ops::{self, GradInputs, Need};
 use crate::optimizer::state_count;
 use crate::plan::{Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, Role};
@@ -241,6 +243,9 @@ impl Lowering<'_> {
         Ok(match family(gradient.forward) {
             // A sum passes dY through; a reshape's gradient is dY reshaped.
             Family::Pointwise(Pointwise::Add) | Family::Reshape => dy,
+            Family::ChannelSlice { start, end } => {
+                self.channel_slice_grad(id, [start, end], gradient, dy)?
+            }
             Family::Softmax => {
                 let y = self.promised(id, read.output, "output")?;
                 self.softmax_grad(id, dy, y)
@@ -302,6 +307,7 @@ impl Lowering<'_> {
                 let small: Vec<usize> = gradient.inputs[0].iter().map(|&d| d as usize).collect();
                 self.resample(id, ResamplePass::Backward, (factor, mode), dy, &small)
             }
+            Family::Grouped(conv) => self.grouped_grad(id, conv, gradient, dy),
             Family::Window(kind) => {
                 let x = read.input.map(|x| self.values[&x]);
                 self.window_grad(id, kind, gradient, dy, x)?
@@ -425,6 +431,32 @@ impl Lowering<'_> {
         dx
     }
 
+    /// A channel slice's input gradient: dY embedded in zeros at the
+    /// slice, or dY itself when the slice keeps every channel.
+    fn channel_slice_grad(
+        &mut self,
+        id: NodeIndex,
+        range: [i64; 2],
+        gradient: InputGradient<'_>,
+        dy: BufferId,
+    ) -> Result<BufferId, LowerError> {
+        let shape = Shape(gradient.inputs[0].clone());
+        let (offset, len, width, rows) = self.slice_geometry(id, range, &shape)?;
+        if len == width {
+            return Ok(dy);
+        }
+        let dx = self.temporary(id);
+        let embed = EmbedRows {
+            name: self.model.graph.nodes[id].name.clone(),
+            rows,
+            len,
+            width,
+            offset,
+        };
+        self.step(id, KernelDesc::Embed(embed), vec![dy, dx]);
+        Ok(dx)
+    }
+
     /// dx_i = 2 sum_j dy_j (x_i - c_ij)
     fn rbf_grad(
         &mut self,
@@ -546,6 +578,28 @@ impl Lowering<'_> {
             grads.push(bias_grad);
         }
         grads
+    }
+
+    /// A grouped convolution's input gradient: `dy, kernel, dx`.
+    fn grouped_grad(
+        &mut self,
+        id: NodeIndex,
+        conv: Grouped,
+        gradient: InputGradient<'_>,
+        dy: BufferId,
+    ) -> BufferId {
+        let input: Vec<usize> = gradient.inputs[0].iter().map(|&d| d as usize).collect();
+        let kernel_len = conv.kernel_len(input[2]);
+        let kernel = self.weight(&format!("{}.kernel", gradient.layer), kernel_len);
+        let dx = self.temporary(id);
+        let desc = GroupedConv {
+            name: self.model.graph.nodes[id].name.clone(),
+            shape: conv.shape(self.batch, &input),
+            groups: conv.groups,
+            pass: GroupedPass::BackwardData,
+        };
+        self.step(id, KernelDesc::Grouped(desc), vec![dy, kernel, dx]);
+        dx
     }
 
     /// A window op's input gradient: its backward-data pass, reading the
@@ -850,6 +904,15 @@ impl Lowering<'_> {
                 let x = self.promised(id, read.input, "input")?;
                 self.rbf_centers_grad(id, weight, units, dy, x)
             }
+            Family::Grouped(conv) => {
+                let key = format!("grouped:{layer}");
+                if !self.shared.contains_key(&key) {
+                    let x = self.promised(id, read.input, "input")?;
+                    let grads = self.grouped_filter_grad(id, &layer, conv, dy, x);
+                    self.shared.insert(key.clone(), grads);
+                }
+                self.shared[&key][index]
+            }
             Family::Contraction(contraction) => {
                 let key = format!("contraction:{layer}");
                 if !self.shared.contains_key(&key) {
@@ -874,6 +937,7 @@ impl Lowering<'_> {
             | Family::Labels
             | Family::Upstream { .. }
             | Family::Reshape
+            | Family::ChannelSlice { .. }
             | Family::Dropout { .. }
             | Family::Pointwise(Pointwise::Activation(_) | Pointwise::Add | Pointwise::Multiply)
             | Family::Softmax
@@ -1024,6 +1088,35 @@ impl Lowering<'_> {
             algorithm: Algorithm::Gemm,
         };
         self.step(id, desc, args);
+        grads
+    }
+
+    /// A grouped convolution's kernel and bias gradients, in one kernel:
+    /// `x, dy, dkernel, [dbias]`.
+    fn grouped_filter_grad(
+        &mut self,
+        id: NodeIndex,
+        layer: &str,
+        conv: Grouped,
+        dy: BufferId,
+        x: NodeIndex,
+    ) -> Vec<BufferId> {
+        let input = self.shape(x);
+        let kernel_grad = self.scratch(format!("grad:{layer}.kernel"), conv.kernel_len(input[2]));
+        let mut args = vec![self.values[&x], dy, kernel_grad];
+        let mut grads = vec![kernel_grad];
+        if conv.bias {
+            let bias_grad = self.scratch(format!("grad:{layer}.bias"), conv.filters);
+            args.push(bias_grad);
+            grads.push(bias_grad);
+        }
+        let desc = GroupedConv {
+            name: self.model.graph.nodes[id].name.clone(),
+            shape: conv.shape(self.batch, &input),
+            groups: conv.groups,
+            pass: GroupedPass::BackwardFilter,
+        };
+        self.step(id, KernelDesc::Grouped(desc), args);
         grads
     }
 

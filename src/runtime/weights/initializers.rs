@@ -305,6 +305,9 @@ mod tests {
         // A transposed convolution's kernel [kh, kw, filters, in], taken
         // as Keras takes it, as any kernel: 3*3*16 in, 3*3*8 out.
         assert_eq!(fans(&[3, 3, 16, 8]), (144, 72));
+        // A grouped kernel (Keras's Conv2D(128, 3, groups=32)): Keras
+        // computes the fans from its shape [3, 3, 128 / 32, 128].
+        assert_eq!(fans(&[3, 3, 4, 128]), (36, 1152));
         assert_eq!(fans(&[2304, 128]), (2304, 128));
         assert_eq!(fans(&[10]), (10, 10));
         assert_eq!(fans(&[]), (1, 1));
