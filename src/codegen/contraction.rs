@@ -42,6 +42,7 @@ use std::ops::Range;
 use self::geometry::{add_assign, Geometry};
 use self::matmul::{matmul, matmul_small_rows, Operand, FEW_ROWS, SMALL_ROWS};
 use self::positions::{Positions, Side};
+use super::axis::Axis;
 use super::{CodegenError, CompiledKernel};
 use crate::graph::Padding;
 
@@ -108,6 +109,18 @@ pub struct ConvShape {
 impl ConvShape {
     fn input(&self) -> [usize; 2] {
         [self.height, self.width]
+    }
+
+    /// The window's slide along height (`axis` 0) or width (1), with that
+    /// axis's padding; `None` where the kernel does not fit.
+    pub(crate) fn axis(&self, axis: usize) -> Option<Axis> {
+        Axis::new(
+            self.input()[axis],
+            self.kernel[axis],
+            self.stride[axis],
+            self.dilation[axis],
+            self.padding.axis(axis),
+        )
     }
 }
 

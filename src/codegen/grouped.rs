@@ -175,17 +175,7 @@ impl Checked {
                 s.in_channels, s.out_channels
             )));
         }
-        let axis = |i: usize| {
-            let input = [s.height, s.width][i];
-            Axis::new(
-                input,
-                s.kernel[i],
-                s.stride[i],
-                s.dilation[i],
-                s.padding.axis(i),
-            )
-        };
-        let (Some(rows), Some(cols)) = (axis(0), axis(1)) else {
+        let (Some(rows), Some(cols)) = (s.axis(0), s.axis(1)) else {
             return Err(malformed(format!(
                 "a {}x{} kernel does not fit a {}x{} input",
                 s.kernel[0], s.kernel[1], s.height, s.width

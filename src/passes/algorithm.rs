@@ -21,7 +21,6 @@
 //! constants, and the speed of each algorithm on the layers of the example
 //! models, are in `docs/performance.md`.
 
-use crate::codegen::axis::Axis;
 use crate::codegen::contraction::winograd::{
     self, Direction, Tile, WinogradBackwardFilter, WinogradConv,
 };
@@ -185,17 +184,7 @@ struct Sizes {
 
 impl Sizes {
     fn new(s: &ConvShape, direction: Direction) -> Option<Sizes> {
-        let axis = |i: usize| {
-            let input = [s.height, s.width][i];
-            Axis::new(
-                input,
-                s.kernel[i],
-                s.stride[i],
-                s.dilation[i],
-                s.padding.axis(i),
-            )
-        };
-        let (y, x) = (axis(0)?, axis(1)?);
+        let (y, x) = (s.axis(0)?, s.axis(1)?);
         let input = [s.height, s.width];
         let output = [y.output, x.output];
         let taps = [y.active_taps().len(), x.active_taps().len()];

@@ -272,17 +272,7 @@ impl KernelDesc {
                 })
             }
             Geometry::Conv(s) => {
-                let axis = |i: usize| {
-                    let input = [s.height, s.width][i];
-                    Axis::new(
-                        input,
-                        s.kernel[i],
-                        s.stride[i],
-                        s.dilation[i],
-                        s.padding.axis(i),
-                    )
-                };
-                let (y, x) = (axis(0)?, axis(1)?);
+                let (y, x) = (s.axis(0)?, s.axis(1)?);
                 let read = |a: &Axis| (0..a.output).map(|o| a.taps(o).len() as u64).sum::<u64>();
                 let pairs = 2 * (s.batch * s.in_channels * s.out_channels) as u64;
                 let taps = (s.kernel[0] * s.kernel[1]) as u64;

@@ -75,16 +75,7 @@ impl Geometry {
                 "the {what} is {value}; it must be between 1 and {MAX_DIMENSION}"
             )));
         }
-        let axis = |i: usize| {
-            Axis::new(
-                s.input()[i],
-                s.kernel[i],
-                s.stride[i],
-                s.dilation[i],
-                s.padding.axis(i),
-            )
-        };
-        let (Some(y), Some(x)) = (axis(0), axis(1)) else {
+        let (Some(y), Some(x)) = (s.axis(0), s.axis(1)) else {
             return Err(malformed(format!(
                 "a {}x{} kernel dilated by {:?} does not fit a {}x{} input with `valid` padding",
                 s.kernel[0], s.kernel[1], s.dilation, s.height, s.width
