@@ -640,30 +640,21 @@ mod tests {
         let graph = fixture::graph(
             "model m : [8, 8, 3] {\n    let image = in\n    conv(4, 3, padding: same)\n    let w = global_avg_pool -> dense(4, activation: sigmoid)\n    current * w\n    let skip = current\n    conv(4, 1) + skip\n    concat(current, image)\n}\n",
         );
-        let multiply = fixture::node(&graph, "multiply1");
-        let inputs: Vec<&str> = graph
-            .inputs_of(
-                graph
-                    .nodes
-                    .node_indices()
-                    .find(|&i| std::ptr::eq(&graph.nodes[i], multiply))
-                    .expect("node"),
-            )
-            .iter()
-            .map(|&i| graph.nodes[i].name.as_str())
-            .collect();
-        assert_eq!(inputs, ["conv1", "dense1.sigmoid"]);
-        let concat = graph
-            .nodes
-            .node_indices()
-            .find(|&i| graph.nodes[i].name == "concat1")
-            .expect("concat");
-        let joined: Vec<&str> = graph
-            .inputs_of(concat)
-            .iter()
-            .map(|&i| graph.nodes[i].name.as_str())
-            .collect();
-        assert_eq!(joined, ["add1", "input"]);
+        let inputs_of = |name: &str| -> Vec<&str> {
+            let id = graph
+                .nodes
+                .node_indices()
+                .find(|&i| graph.nodes[i].name == name)
+                .expect("node");
+            let inputs = graph.inputs_of(id);
+            inputs
+                .iter()
+                .map(|&i| graph.nodes[i].name.as_str())
+                .collect()
+        };
+        assert_eq!(inputs_of("multiply1"), ["conv1", "dense1.sigmoid"]);
+        assert_eq!(inputs_of("add1"), ["conv2", "multiply1"]);
+        assert_eq!(inputs_of("concat1"), ["add1", "input"]);
     }
 
     #[test]
