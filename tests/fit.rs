@@ -600,6 +600,44 @@ fn resuming_without_a_checkpoint_says_there_is_none_yet() {
 }
 
 #[test]
+fn resuming_after_freezing_other_layers_says_what_changed() {
+    // A run's checkpoint holds optimizer state for each trainable weight;
+    // the same model with its convolution frozen has other trainable
+    // weights, so it cannot continue that run.
+    let tiny = TinyRun::new();
+    let config = TrainConfig {
+        epochs: 1,
+        ..resumable()
+    };
+    let out = scratch("freeze-resume");
+    tiny.fit(&config, &out, (false, CheckpointEvery::Epoch), &mut |_| {})
+        .expect("trains");
+    let source = "
+        model tiny : [28, 28, 1] {
+            conv(4, 3, stride: 2, padding: same) -> batchnorm -> relu
+            maxpool(2)
+            flatten
+            dropout(0.3)
+            dense(10, activation: softmax)
+        }
+        train { freeze: [\"conv1\"] }";
+    let frozen = TinyRun {
+        model: cnnc::compile_source("tiny.cnn", source, None, None)
+            .unwrap_or_else(|d| panic!("{d}")),
+        ..tiny
+    };
+    let config = TrainConfig {
+        epochs: 2,
+        ..resumable()
+    };
+    let resume = (true, CheckpointEvery::Epoch);
+    let error = frozen.fit(&config, &out, resume, &mut |_| {}).unwrap_err();
+    assert!(matches!(error, fit::FitError::Resume { .. }), "{error:?}");
+    assert!(error.to_string().contains("`freeze`"), "{error}");
+    std::fs::remove_dir_all(&out).expect("removed");
+}
+
+#[test]
 fn resuming_a_finished_run_keeps_the_class_names() {
     // The best epoch's weights, restored at the end, come back from the
     // checkpoint without metadata: the class names must still be saved.

@@ -279,7 +279,10 @@ impl Checkpoint {
         let states = part(&store, "state:", &trainer.states);
         if sorted_names(&states) != sorted_names(&trainer.states) {
             return Err(fail(
-                "its optimizer state does not match this run's optimizer".into(),
+                "its optimizer state is for other trainable weights or another optimizer: \
+                 the optimizer, `freeze` or a layer's `trainable` changed since it was saved; \
+                 put them back to resume, or start afresh with --overwrite"
+                    .into(),
             ));
         }
         let best_tensors = part(&store, "best:", &trainer.weights);
