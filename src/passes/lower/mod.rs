@@ -808,6 +808,12 @@ const GELU_TANH_SCALE: f32 = 0.797_884_6;
 /// GELU's tanh form: the cubic term's coefficient.
 const GELU_CUBIC: f32 = 0.044_715;
 
+/// GELU's tanh term and the square of its input, as expression indices.
+struct GeluTanh {
+    tanh: usize,
+    x2: usize,
+}
+
 /// The steps of Mish's gate that its gradient reuses.
 struct MishGate {
     /// `exp(min(x, 20))`
@@ -905,7 +911,7 @@ impl Builder {
                 let half = self.push(Expr::Const(0.5));
                 let half_x = self.binary(Binary::Mul, half, x);
                 let odd = if approximate {
-                    self.gelu_tanh(x)
+                    self.gelu_tanh(x).tanh
                 } else {
                     let scale = self.push(Expr::Const(std::f32::consts::FRAC_1_SQRT_2));
                     let z = self.binary(Binary::Mul, x, scale);
@@ -925,8 +931,9 @@ impl Builder {
         }
     }
 
-    /// `tanh(sqrt(2 / pi) x (1 + 0.044715 x^2))`, GELU's tanh form.
-    fn gelu_tanh(&mut self, x: usize) -> usize {
+    /// `tanh(sqrt(2 / pi) x (1 + 0.044715 x^2))`, GELU's tanh form, with
+    /// the `x^2` it computes on the way, which its gradient needs again.
+    fn gelu_tanh(&mut self, x: usize) -> GeluTanh {
         let x2 = self.binary(Binary::Mul, x, x);
         let a = self.push(Expr::Const(GELU_CUBIC));
         let one = self.push(Expr::Const(1.0));
@@ -934,7 +941,8 @@ impl Builder {
         let c = self.push(Expr::Const(GELU_TANH_SCALE));
         let cx = self.binary(Binary::Mul, c, x);
         let u = self.binary(Binary::Mul, cx, poly);
-        self.push(Expr::Unary(Unary::Tanh, u))
+        let tanh = self.push(Expr::Unary(Unary::Tanh, u));
+        GeluTanh { tanh, x2 }
     }
 
     /// `min(max(x / 6 + 1 / 2, 0), 1)`, which is `relu6(x + 3) / 6`.

@@ -7,7 +7,7 @@ use super::family::{
     family, Contraction, ConvTranspose, Family, Grouped, InputGradient, Pointwise,
     PointwiseActivation, WeightGradient,
 };
-use super::{Builder, LowerError, Lowering, GELU_CUBIC, GELU_TANH_SCALE};
+use super::{Builder, GeluTanh, LowerError, Lowering, GELU_CUBIC, GELU_TANH_SCALE};
 use crate::autodiff::TrainingGraph;
 use crate::codegen::elementwise::{Binary, Expr, Operand, Unary};
 use crate::codegen::grouped::{GroupedConv, GroupedPass};
@@ -1277,13 +1277,12 @@ fn activation_grad(
         // dy * ((1 + t) / 2 + x (1 - t^2) / 2 * sqrt(2 / pi) (1 + 3 * 0.044715 x^2)),
         // t = tanh(sqrt(2 / pi) (x + 0.044715 x^3))
         PointwiseActivation::Gelu { approximate: true } => {
-            let t = k.gelu_tanh(x);
+            let GeluTanh { tanh: t, x2 } = k.gelu_tanh(x);
             let half = k.push(Expr::Const(0.5));
             let left = k.push(Expr::Fma(half, t, half));
             let one = k.push(Expr::Const(1.0));
             let t2 = k.binary(Binary::Mul, t, t);
             let sech2 = k.binary(Binary::Sub, one, t2);
-            let x2 = k.binary(Binary::Mul, x, x);
             let a3 = k.push(Expr::Const(3.0 * GELU_CUBIC));
             let poly = k.push(Expr::Fma(a3, x2, one));
             let c = k.push(Expr::Const(0.5 * GELU_TANH_SCALE));
