@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use petgraph::stable_graph::NodeIndex;
 
 use crate::diagnostics::{Diagnostic, Diagnostics};
-use crate::graph::{Activation, Graph, Node, Op};
+use crate::graph::{Activation, Graph, Node, Op, Shape};
 use crate::ops::{self, Need};
 use crate::shapes::{self, TypedGraph};
 
@@ -71,10 +71,10 @@ pub struct GradientGraph {
 /// Builds the training graph of `model` for the loss `loss`; errors point
 /// into the model's source.
 pub fn differentiate(model: &TypedGraph, loss: &LossSpec) -> Result<TrainingGraph, Diagnostics> {
-    check_outputs(model).map_err(|errors| model.graph.diagnostics(errors))?;
+    let shape = check_outputs(model).map_err(|errors| model.graph.diagnostics(errors))?;
     let mut builder = Builder::new(model);
     let anchor = model.graph.input.map(|i| model.graph.nodes[i].clone());
-    let labels = builder.add(Op::Labels, "labels", anchor.as_ref(), &[]);
+    let labels = builder.add(Op::Labels { shape }, "labels", anchor.as_ref(), &[]);
     let losses = builder.losses(model, loss, labels);
     let (gradients, _) = builder.walk(model, &requires_grad(model, false));
     let typed = shapes::infer(builder.graph).map_err(|errors| model.graph.diagnostics(errors))?;
@@ -104,24 +104,50 @@ pub fn vector_jacobian(model: &TypedGraph) -> Result<GradientGraph, Diagnostics>
     })
 }
 
-/// Training scores every output with a softmax cross-entropy, so each must
-/// be a vector of class scores.
-fn check_outputs(model: &TypedGraph) -> Result<(), Vec<Diagnostic>> {
-    let errors: Vec<Diagnostic> = model
-        .graph
-        .outputs
-        .iter()
-        .filter(|(_, id)| model.info(*id).shape.rank() != 1)
-        .map(|(name, id)| {
-            let shape = &model.info(*id).shape;
-            Diagnostic::error(model.graph.nodes[*id].span, format!("training needs class scores, but output `{name}` has shape {shape}"), "this output")
-                .with_note("help: end the model with a vector of scores, e.g. `global_avg_pool` or `flatten`, then `dense(classes, activation: softmax)`")
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
+/// Training scores every output with a softmax cross-entropy against one
+/// set of labels, so each must be a vector of class scores (`[classes]`, a
+/// label per example) or a map of them (`[h, w, classes]`, a label per
+/// pixel: segmentation), and all must take labels of the same shape.
+/// Returns the labels' per-example shape: the outputs' with one label in
+/// place of the scores.
+fn check_outputs(model: &TypedGraph) -> Result<Vec<u64>, Vec<Diagnostic>> {
+    let label_shape = |shape: &Shape| {
+        let mut dims = shape.0.clone();
+        if let Some(last) = dims.last_mut() {
+            *last = 1;
+        }
+        dims
+    };
+    let mut errors = Vec::new();
+    let mut first: Option<(&String, Vec<u64>)> = None;
+    for (name, id) in &model.graph.outputs {
+        let shape = &model.info(*id).shape;
+        let span = model.graph.nodes[*id].span;
+        if !matches!(shape.rank(), 1 | 3) {
+            errors.push(
+                Diagnostic::error(span, format!("training needs class scores, but output `{name}` has shape {shape}"), "this output")
+                    .with_note("help: end a classifier with a vector of scores, e.g. `global_avg_pool` or `flatten`, then `dense(classes, activation: softmax)`; a segmentation model ends with per-pixel scores [h, w, classes], e.g. `conv(classes, 1, activation: softmax)`"),
+            );
+            continue;
+        }
+        let labels = label_shape(shape);
+        match &first {
+            None => first = Some((name, labels)),
+            Some((other, expected)) if *expected != labels => errors.push(
+                Diagnostic::error(
+                    span,
+                    format!("output `{name}` has shape {shape}, which takes labels of shape {}, but output `{other}` takes labels of shape {}", Shape(labels), Shape(expected.clone())),
+                    "this output",
+                )
+                .with_note("every output is scored against the same labels: make all outputs class vectors, or all per-pixel maps of the same size"),
+            ),
+            Some(_) => {}
+        }
+    }
+    match (errors.is_empty(), first) {
+        (true, Some((_, labels))) => Ok(labels),
+        (true, None) => Ok(vec![1]),
+        (false, _) => Err(errors),
     }
 }
 
@@ -458,7 +484,7 @@ mod tests {
         // No labels and no loss; the softmax output is differentiated itself.
         assert!(!g.nodes.node_weights().any(|n| matches!(
             n.op,
-            Op::Labels | Op::CrossEntropy { .. } | Op::CrossEntropyGrad { .. }
+            Op::Labels { .. } | Op::CrossEntropy { .. } | Op::CrossEntropyGrad { .. }
         )));
         let input = graph.input_gradient.expect("the input's gradient");
         assert_eq!(graph.typed.info(input).shape.0, vec![4, 4, 2]);

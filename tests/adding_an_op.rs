@@ -314,7 +314,7 @@ fn samples() -> Vec<(Op, Wiring)> {
         Op::Add => (Op::Add, TwoImages),
         Op::Concat { .. } => (Op::Concat { axis: 2 }, TwoImages),
         Op::Multiply => (Op::Multiply, ImageAndScales),
-        Op::Labels => (Op::Labels, Built),
+        Op::Labels { .. } => (Op::Labels { shape: vec![1] }, Built),
         Op::Upstream { .. } => (Op::Upstream { output: "output".into(), shape: vec![3] }, Built),
         Op::CrossEntropy { .. } => (Op::CrossEntropy { smoothing: 0.0, weight: 1.0 }, Built),
         Op::CrossEntropyGrad { .. } => (Op::CrossEntropyGrad { smoothing: 0.0, weight: 1.0 }, Built),

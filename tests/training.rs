@@ -76,7 +76,10 @@ fn check_gradients(source: &str, batch: usize, classes: usize) {
         batch * model.input_shape().expect("input").elements() as usize,
         7,
     );
-    let labels: Vec<usize> = (0..batch).map(|i| (i * 5 + 1) % classes).collect();
+    // A label per row of scores: per example, or per pixel.
+    let (_, output) = &model.outputs()[0];
+    let rows = batch * (output.iter().product::<u64>() / output.last().expect("scores")) as usize;
+    let labels: Vec<usize> = (0..rows).map(|i| (i * 5 + 1) % classes).collect();
     let loss = LossSpec {
         smoothing: 0.0,
         weights: Vec::new(),
@@ -199,6 +202,27 @@ fn gradients_of_a_small_unet() {
             dense(4, activation: softmax)
         }";
     check_gradients(source, 3, 4);
+}
+
+#[test]
+fn gradients_of_a_per_pixel_loss() {
+    // Segmentation: per-pixel scores `[h, w, classes]`, a label per pixel,
+    // the loss the mean over every pixel of the batch (as Keras averages
+    // a sparse cross-entropy of such scores). With a softmax and without.
+    let source = "
+        model m : [6, 6, 2] {
+            let skip = conv(3, 3, padding: same, activation: tanh)
+            let deep = skip -> maxpool(2) -> conv(4, 3, padding: same, activation: tanh)
+            concat(skip, deep -> upsample(2))
+            conv(3, 1, activation: softmax)
+        }";
+    check_gradients(source, 3, 3);
+    let logits = "
+        model m : [5, 4, 1] {
+            conv(4, 3, padding: same, activation: tanh)
+            conv(5, 1)
+        }";
+    check_gradients(logits, 2, 5);
 }
 
 #[test]

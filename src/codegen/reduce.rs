@@ -39,7 +39,8 @@ pub enum ReduceKind {
     CrossEntropy {
         /// Label smoothing in [0, 1).
         smoothing: f32,
-        /// The factor of the gradient (the loss weight over the batch size).
+        /// The factor of the gradient (the loss weight over the rows: the
+        /// batch size, or all its pixels for a per-pixel loss).
         scale: f32,
     },
     /// The mean and biased variance of each column (two passes, as

@@ -801,7 +801,7 @@ pub fn written_as(op: &Op) -> Written {
         Op::Add => Written::Combination("+"),
         Op::Multiply => Written::Combination("*"),
         Op::Concat { .. } => Written::Combination("concat"),
-        Op::Labels
+        Op::Labels { .. }
         | Op::Upstream { .. }
         | Op::CrossEntropy { .. }
         | Op::CrossEntropyGrad { .. }
@@ -1004,6 +1004,9 @@ mod tests {
         assert_eq!(written_as(&elu), Written::Layer(Layer::Elu));
         assert_eq!(written_as(&Op::ScaleBias), Written::Layer(Layer::AvgPool));
         assert_eq!(written_as(&Op::Multiply), Written::Combination("*"));
-        assert_eq!(written_as(&Op::Labels), Written::Training);
+        assert_eq!(
+            written_as(&Op::Labels { shape: vec![1] }),
+            Written::Training
+        );
     }
 }

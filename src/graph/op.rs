@@ -358,8 +358,14 @@ pub enum Op {
     Multiply,
 
     // The ops below appear only in training graphs, built by autodiff.
-    /// The class labels of a training batch: one class index per example.
-    Labels,
+    /// The class labels of a training batch: one class index per row of
+    /// scores, so per example for a classifier's `[classes]` output and per
+    /// pixel for a segmentation's `[h, w, classes]`.
+    Labels {
+        /// The per-example shape: the scored output's, with one label in
+        /// place of its last axis (`[1]`, or `[h, w, 1]`).
+        shape: Vec<u64>,
+    },
     /// The gradient of some function of the outputs with respect to output
     /// `output`, given by the caller of a gradient program: it seeds the
     /// backward pass where a training graph has a loss (a vector-Jacobian
@@ -371,7 +377,7 @@ pub enum Op {
         shape: Vec<u64>,
     },
     /// Sparse categorical cross-entropy of logits against labels, fused with
-    /// softmax: each example's loss, times `weight` (the output's loss weight).
+    /// softmax: each row's loss (an example's, or a pixel's), times `weight` (the output's loss weight).
     CrossEntropy {
         /// Label smoothing in [0, 1).
         smoothing: f64,
@@ -379,7 +385,8 @@ pub enum Op {
         weight: f64,
     },
     /// The gradient of the mean weighted cross-entropy with respect to the
-    /// logits: `(softmax(z) - target) * weight / batch`.
+    /// logits: `(softmax(z) - target) * weight / rows`, rows being the examples, or
+    /// all their pixels for per-pixel scores.
     CrossEntropyGrad {
         /// Label smoothing in [0, 1).
         smoothing: f64,
@@ -472,7 +479,7 @@ impl Op {
             Op::Add => "add",
             Op::Concat { .. } => "concat",
             Op::Multiply => "multiply",
-            Op::Labels => "labels",
+            Op::Labels { .. } => "labels",
             Op::Upstream { .. } => "upstream",
             Op::CrossEntropy { .. } => "cross_entropy",
             Op::CrossEntropyGrad { .. } => "cross_entropy_grad",
@@ -508,7 +515,7 @@ impl Op {
             | Op::Add
             | Op::Concat { .. }
             | Op::Multiply
-            | Op::Labels
+            | Op::Labels { .. }
             | Op::Upstream { .. }
             | Op::CrossEntropy { .. }
             | Op::CrossEntropyGrad { .. }
@@ -519,7 +526,7 @@ impl Op {
     /// The number of inputs the op takes.
     pub fn arity(&self) -> Arity {
         match self {
-            Op::Input { .. } | Op::Labels | Op::Upstream { .. } => Arity::Exactly(0),
+            Op::Input { .. } | Op::Labels { .. } | Op::Upstream { .. } => Arity::Exactly(0),
             Op::Conv2d { .. }
             | Op::ConvTranspose2d { .. }
             | Op::DepthwiseConv2d { .. }
@@ -578,7 +585,7 @@ impl Op {
             | Op::Add
             | Op::Concat { .. }
             | Op::Multiply
-            | Op::Labels
+            | Op::Labels { .. }
             | Op::Upstream { .. }
             | Op::CrossEntropy { .. }
             | Op::CrossEntropyGrad { .. }
@@ -615,7 +622,12 @@ fn padding(p: Padding) -> String {
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::Input { .. } | Op::Flatten | Op::ScaleBias | Op::Add | Op::Multiply | Op::Labels => {
+            Op::Input { .. }
+            | Op::Flatten
+            | Op::ScaleBias
+            | Op::Add
+            | Op::Multiply
+            | Op::Labels { .. } => {
                 write!(f, "{}", self.name())
             }
             Op::CrossEntropy { smoothing, weight } | Op::CrossEntropyGrad { smoothing, weight } => {

@@ -158,7 +158,7 @@ pub fn gradient(op: &Op, arity: usize) -> Rule {
         Op::Multiply => rule(vec![vec![Dy, Input(1)], vec![Dy, Input(0)]], vec![]),
         // Inputs, labels, losses and gradients are not differentiated again.
         Op::Input { .. }
-        | Op::Labels
+        | Op::Labels { .. }
         | Op::Upstream { .. }
         | Op::CrossEntropy { .. }
         | Op::CrossEntropyGrad { .. }

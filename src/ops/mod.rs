@@ -211,6 +211,9 @@ pub enum Combine {
     },
     /// `x * s`: `s` has the shape of `x` or is one value per channel.
     Multiply,
+    /// A loss: the labels have the scores' shape with one label in place
+    /// of the last axis.
+    Score,
 }
 
 impl Combine {
@@ -220,6 +223,7 @@ impl Combine {
             Combine::Add => "add",
             Combine::Concat { .. } => "concatenate",
             Combine::Multiply => "multiply",
+            Combine::Score => "score",
         }
     }
 
@@ -232,6 +236,9 @@ impl Combine {
                 "the right side must have the left side's shape or be a per-channel vector [{}]",
                 lhs.channels()
             ),
+            Combine::Score => {
+                "the labels need the scores' shape with one label in place of the last axis".into()
+            }
         }
     }
 }
@@ -422,14 +429,11 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Shape, ShapeError> {
         Op::Add => add(inputs)?,
         Op::Concat { axis } => concat(inputs, *axis)?,
         Op::Multiply => multiply(inputs[0], inputs[1])?,
-        Op::Labels => Shape(vec![1]),
+        Op::Labels { shape } => Shape(shape.clone()),
         Op::Upstream { shape, .. } => Shape(shape.clone()),
-        Op::CrossEntropy { .. } => {
-            vector(op, inputs[0])?;
-            Shape(vec![1])
-        }
+        Op::CrossEntropy { .. } => scored(op, inputs[0], inputs[1])?,
         Op::CrossEntropyGrad { .. } => {
-            vector(op, inputs[0])?;
+            scored(op, inputs[0], inputs[1])?;
             inputs[0].clone()
         }
         Op::InputGrad {
@@ -551,7 +555,7 @@ pub fn params(op: &Op, inputs: &[&Shape]) -> Vec<(&'static str, Vec<u64>, bool)>
         | Op::Add
         | Op::Concat { .. }
         | Op::Multiply
-        | Op::Labels
+        | Op::Labels { .. }
         | Op::Upstream { .. }
         | Op::CrossEntropy { .. }
         | Op::CrossEntropyGrad { .. }
@@ -609,7 +613,7 @@ pub fn flops(op: &Op, inputs: &[&Shape], output: &Shape) -> u64 {
         | Op::Add
         | Op::Concat { .. }
         | Op::Multiply
-        | Op::Labels
+        | Op::Labels { .. }
         | Op::Upstream { .. }
         | Op::CrossEntropy { .. }
         | Op::CrossEntropyGrad { .. } => 0,
@@ -691,6 +695,28 @@ fn image(op: &Op, s: &Shape) -> Result<(u64, u64, u64), ShapeError> {
             got: s.clone(),
         }),
     }
+}
+
+/// The shape of a loss on `scores` (`[classes]`, or `[h, w, classes]` scored
+/// per pixel) against `labels`, one per row of scores: the labels' shape.
+fn scored(op: &Op, scores: &Shape, labels: &Shape) -> Result<Shape, ShapeError> {
+    if !matches!(scores.rank(), 1 | 3) {
+        return Err(ShapeError::Rank {
+            op: op.name().to_string(),
+            expected: "class scores [classes] or per-pixel scores [h, w, classes]",
+            got: scores.clone(),
+        });
+    }
+    let mut expected = scores.0.clone();
+    *expected.last_mut().expect("rank 1 or 3") = 1;
+    if labels.0 != expected {
+        return Err(ShapeError::Mismatch {
+            op: Combine::Score,
+            lhs: scores.clone(),
+            rhs: labels.clone(),
+        });
+    }
+    Ok(labels.clone())
 }
 
 fn vector(op: &Op, s: &Shape) -> Result<(), ShapeError> {

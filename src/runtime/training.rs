@@ -328,13 +328,19 @@ impl Trainer {
     }
 }
 
-/// Each output's name and number of class scores (training checks that
-/// every output is a vector, so that is its length per example).
+/// Each output's name and number of class scores per label (training
+/// checks that every output takes labels of one shape, a label per row of
+/// scores, so that is its length over the labels').
 fn class_scores(plan: &KernelPlan) -> Vec<(String, usize)> {
+    let labels = plan
+        .buffers
+        .iter()
+        .find(|b| b.role == Role::Labels)
+        .map_or(plan.batch, |b| b.len);
     plan.buffers
         .iter()
         .filter_map(|buffer| match &buffer.role {
-            Role::Output(name) => Some((name.clone(), buffer.len / plan.batch.max(1))),
+            Role::Output(name) => Some((name.clone(), buffer.len / labels.max(1))),
             _ => None,
         })
         .collect()

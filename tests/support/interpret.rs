@@ -61,9 +61,11 @@ pub fn run(
 }
 
 /// The mean cross-entropy of output 0, on its logits (the input of a final
-/// softmax), with batch statistics in batchnorm.
+/// softmax), with batch statistics in batchnorm: over the examples, or over
+/// all their pixels for per-pixel scores (a label per row of scores).
 pub fn loss(model: &TypedGraph, store: &TensorStore, input: &[f32], labels: &[usize]) -> f64 {
-    let values = run(model, store, input, labels.len(), true);
+    let image = model.input_shape().expect("input").elements() as usize;
+    let values = run(model, store, input, input.len() / image, true);
     let output = model.graph.outputs[0].1;
     let logits = match model.graph.nodes[output].op {
         Op::Activation(cnnc::graph::Activation::Softmax) => model.graph.inputs_of(output)[0],

@@ -251,7 +251,7 @@ pub fn forward(
         }
         // Training-graph ops: their reference is the loss function below and
         // finite differences of the forward ops, not a forward computation.
-        Op::Labels
+        Op::Labels { .. }
         | Op::Upstream { .. }
         | Op::CrossEntropy { .. }
         | Op::CrossEntropyGrad { .. }

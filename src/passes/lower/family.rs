@@ -327,7 +327,7 @@ pub(super) fn family(op: &Op) -> Family<'_> {
     let pair = |p: [u64; 2]| p.map(|d| d as usize);
     match op {
         Op::Input { .. } => Family::Input,
-        Op::Labels => Family::Labels,
+        Op::Labels { .. } => Family::Labels,
         Op::Upstream { output, .. } => Family::Upstream { output },
         Op::Flatten | Op::Reshape { .. } => Family::Reshape,
         Op::ChannelSlice { start, end } => Family::ChannelSlice {

@@ -427,7 +427,10 @@ impl<'m> Lowering<'m> {
                 self.step(id, KernelDesc::Reduce(reduce), vec![inputs[0], centers, y]);
                 y
             }
-            Family::Labels => self.plan.buffer("labels", self.batch, Role::Labels),
+            Family::Labels => {
+                let len = self.batch * self.shape(id).iter().product::<usize>();
+                self.plan.buffer("labels", len, Role::Labels)
+            }
             Family::Upstream { output } => {
                 let len = self.batch * self.shape(id).iter().product::<usize>();
                 let role = Role::Upstream(output.to_string());

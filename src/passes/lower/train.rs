@@ -183,8 +183,10 @@ impl Lowering<'_> {
         );
     }
 
-    /// Softmax cross-entropy of the logits: each example's loss, and the
-    /// gradient of the batch's mean weighted loss in the same pass.
+    /// Softmax cross-entropy of the logits: each row's loss (an example's,
+    /// or a pixel's), and the gradient of the mean weighted loss over all
+    /// rows of the batch (as Keras averages a per-pixel loss) in the same
+    /// pass.
     pub(super) fn cross_entropy(
         &mut self,
         id: NodeIndex,
@@ -199,7 +201,7 @@ impl Lowering<'_> {
         let dz = self.scratch(format!("grad:{logits_name}"), rows * n);
         let kind = ReduceKind::CrossEntropy {
             smoothing: smoothing as f32,
-            scale: (weight / self.batch as f64) as f32,
+            scale: (weight / rows as f64) as f32,
         };
         let name = self.model.graph.nodes[id].name.clone();
         self.step(
