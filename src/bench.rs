@@ -179,15 +179,18 @@ fn measure_training(
     config: BenchConfig,
 ) -> Result<TrainingFigures, BenchError> {
     let example = model.input_shape().map_or(0, |s| s.elements() as usize);
-    // Every output is scored against the same labels, so they must be
-    // below the smallest output's number of scores.
+    // Every output is scored against the same labels (one per example, or
+    // per pixel), so they must be below the smallest number of scores.
     let classes = model
         .outputs()
         .iter()
-        .map(|(_, s)| s.iter().product::<u64>() as usize)
+        .map(|(_, s)| s.last().copied().unwrap_or(1) as usize)
         .min()
         .unwrap_or(1)
         .max(1);
+    let rows = model.outputs().first().map_or(1, |(_, s)| {
+        (s.iter().product::<u64>() / s.last().copied().unwrap_or(1).max(1)) as usize
+    });
     let loss = LossSpec {
         smoothing: train.label_smoothing,
         weights: train.loss_weights.clone(),
@@ -202,7 +205,9 @@ fn measure_training(
     let mut trainer = Trainer::new(step, store, config.threads)?;
     let compile = started.elapsed() - drawn;
     let images = noise(config.batch * example);
-    let labels: Vec<u32> = (0..config.batch).map(|i| (i % classes) as u32).collect();
+    let labels: Vec<u32> = (0..config.batch * rows)
+        .map(|i| (i % classes) as u32)
+        .collect();
     trainer.train_step(&images, &labels, train.optimizer.lr)?;
     let first_step = started.elapsed() - drawn;
     if config.profile {

@@ -271,6 +271,7 @@ fn tiny_set(labels: &[u32], classes: usize) -> fashion::Dataset {
             .collect(),
         labels: labels.to_vec(),
         shape: [2, 2, 3],
+        label_shape: Vec::new(),
         class_names: (0..classes).map(|c| format!("c{c}")).collect(),
     }
 }
@@ -444,6 +445,7 @@ impl TinyRun {
             images: d.images[..n * d.image_len()].to_vec(),
             labels: d.labels[..n].to_vec(),
             shape: d.shape,
+            label_shape: Vec::new(),
             class_names: d.class_names.clone(),
         };
         TinyRun {

@@ -763,6 +763,7 @@ fn evaluation_takes_any_data_set_without_panicking() {
             images: vec![0.5; values],
             labels: labels.clone(),
             shape: [2, 2, 1],
+            label_shape: Vec::new(),
             class_names: (0..classes).map(|c| c.to_string()).collect(),
         };
         let result = fit::evaluate_in_detail(&model, &store, &data, (&[1, 2], 1));

@@ -61,6 +61,7 @@ fn history(epochs: u64) -> Vec<Epoch> {
                 lr: 0.001,
                 seconds: 10.0,
                 top_k: vec![(3, 1.0 - 0.1 / t, 0.99 - 0.1 / t)],
+                mean_iou: None,
             }
         })
         .collect()

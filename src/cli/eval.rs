@@ -98,11 +98,20 @@ fn check_data_folder(args: &Args) -> Result<(), String> {
 
 /// The figures, then accuracy per class, then the confusion matrix.
 fn report_text(report: &Evaluation, names: &[String], images: usize) -> String {
+    let mean_iou = report.mean_iou();
     let mut out = format!(
-        "test: loss {:.4} accuracy {:.4}{} ({images} images)\n\nper class:\n",
+        "test: loss {:.4} accuracy {:.4}{}{} ({images} images)\n\nper class:{}\n",
         report.loss,
         report.accuracy,
         top_k_text(report.top_k.iter().map(|&(k, a)| (k, a))),
+        mean_iou
+            .map(|m| format!(" mean IoU {m:.4}"))
+            .unwrap_or_default(),
+        if mean_iou.is_some() {
+            " (accuracy, intersection over union)"
+        } else {
+            ""
+        },
     );
     let width = names
         .iter()
@@ -111,12 +120,29 @@ fn report_text(report: &Evaluation, names: &[String], images: usize) -> String {
         .unwrap_or(0)
         .max(11)
         + 1;
-    for (name, accuracy) in names.iter().zip(report.per_class()) {
-        out += &format!("  {name:<width$} {accuracy:.4}\n");
+    let ious = fit::class_ious(&report.confusion);
+    for ((name, accuracy), iou) in names.iter().zip(report.per_class()).zip(ious) {
+        let iou = match (mean_iou, iou) {
+            (Some(_), Some(iou)) => format!(" {iou:.4}"),
+            (Some(_), None) => " -".to_string(),
+            (None, _) => String::new(),
+        };
+        out += &format!("  {name:<width$} {accuracy:.4}{iou}\n");
     }
-    out += "\nconfusion (rows: true class, columns: predicted):\n";
+    out += &format!(
+        "\nconfusion (rows: true class, columns: predicted{}):\n",
+        if mean_iou.is_some() { "; pixels" } else { "" }
+    );
+    // Wide enough for the largest count (a segmentation set counts pixels).
+    let digits = report
+        .confusion
+        .iter()
+        .flatten()
+        .max()
+        .map_or(1, |m| m.to_string().len());
+    let cell = digits.max(4) + 1;
     for (name, row) in names.iter().zip(&report.confusion) {
-        let cells: Vec<String> = row.iter().map(|c| format!("{c:5}")).collect();
+        let cells: Vec<String> = row.iter().map(|c| format!("{c:>cell$}")).collect();
         out += &format!("  {name:<width$}{}\n", cells.join(""));
     }
     out

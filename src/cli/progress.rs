@@ -62,15 +62,22 @@ impl ProgressPrinter {
 
     /// The epoch's training and validation figures, on one line.
     fn epoch(&self, e: &Epoch) {
+        let iou = |pick: fn((f64, f64)) -> f64| {
+            e.mean_iou
+                .map(|m| format!(" mean IoU {:.4}", pick(m)))
+                .unwrap_or_default()
+        };
         println!(
-            "epoch {}: loss {:.4} accuracy {:.4}{} | validation loss {:.4} accuracy {:.4}{} | {:.1} s",
+            "epoch {}: loss {:.4} accuracy {:.4}{}{} | validation loss {:.4} accuracy {:.4}{}{} | {:.1} s",
             e.epoch,
             e.loss,
             e.accuracy,
             top_k_text(e.top_k.iter().map(|&(k, a, _)| (k, a))),
+            iou(|m| m.0),
             e.val_loss,
             e.val_accuracy,
             top_k_text(e.top_k.iter().map(|&(k, _, v)| (k, v))),
+            iou(|m| m.1),
             e.seconds
         );
     }

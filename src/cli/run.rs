@@ -23,7 +23,7 @@ pub struct Args {
     /// The model, when the file defines several.
     #[arg(long)]
     model: Option<String>,
-    /// The data set to train on: `fashion` (Fashion-MNIST), or a folder of PNG/JPEG images
+    /// The data set to train on: `fashion` (Fashion-MNIST), `shapes` (generated segmentation masks), or a folder of PNG/JPEG images
     /// with one sub-folder per class. Without it, the model runs forward on INPUTS.
     #[arg(long)]
     train: Option<String>,
@@ -178,9 +178,13 @@ fn train(
         _ => String::new(),
     };
     Ok(format!(
-        "{started_from}test: loss {:.4} accuracy {:.4} ({} images)\nweights: {}\nhistory: {}\n{curves}",
+        "{started_from}test: loss {:.4} accuracy {:.4}{} ({} images)\nweights: {}\nhistory: {}\n{curves}",
         fitted.test.0,
         fitted.test.1,
+        fitted
+            .test_mean_iou
+            .map(|m| format!(" mean IoU {m:.4}"))
+            .unwrap_or_default(),
         splits.test.len(),
         weights.display(),
         out.join(format!("{name}.history.csv")).display()

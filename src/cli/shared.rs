@@ -13,7 +13,7 @@
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
-use cnnc::data::{fashion, folder, Splits};
+use cnnc::data::{fashion, folder, masks, shapes, Splits};
 use cnnc::predict::{self, ClassifyOptions};
 use cnnc::runtime::weights::{self, Problem, TensorStore, WeightsError};
 use cnnc::{Diagnostics, TypedGraph};
@@ -52,8 +52,9 @@ pub fn threads_or_cores(threads: Option<usize>) -> usize {
 /// A data set as the command line names it, and how to read it.
 #[derive(Clone, Copy)]
 pub struct DataArgs<'a> {
-    /// `fashion` (Fashion-MNIST), or a folder of images with one
-    /// sub-folder per class.
+    /// `fashion` (Fashion-MNIST), `shapes` (the generated segmentation
+    /// set), a folder of images with one sub-folder per class, or a
+    /// segmentation folder of `images/` and `masks/`.
     pub name: &'a str,
     /// Where Fashion-MNIST's files are (`--data`).
     pub fashion_dir: Option<&'a Path>,
@@ -74,14 +75,23 @@ pub fn load_splits(
     let splits = if data.name == "fashion" {
         let validation = validation.map_or(fashion::DEFAULT_VALIDATION, |v| v as usize);
         fashion::load(data.fashion_dir, validation, seed).map_err(|e| e.to_string())?
+    } else if data.name == "shapes" {
+        let input = model.input_shape().map(|s| s.0.clone()).unwrap_or_default();
+        let validation = validation.map(|v| v as usize);
+        shapes::load(&input, validation, seed).map_err(|e| e.to_string())?
+    } else if folder.is_dir() && masks::is_mask_folder(folder) {
+        let conversion = conversion(model, data.resize)?;
+        let validation = validation.map(|v| v as usize);
+        masks::load(folder, conversion, validation, seed).map_err(|e| e.to_string())?
     } else if folder.is_dir() {
         let conversion = conversion(model, data.resize)?;
         let validation = validation.map(|v| v as usize);
         folder::load(folder, conversion, validation, seed).map_err(|e| e.to_string())?
     } else {
         return Err(format!(
-            "unknown data set `{}`: give `fashion` (Fashion-MNIST) or a folder of images \
-             with one sub-folder per class",
+            "unknown data set `{}`: give `fashion` (Fashion-MNIST), `shapes` (a segmentation \
+             set cnnc generates), a folder of images with one sub-folder per class, or a \
+             folder of `images/` and their `masks/`",
             data.name
         ));
     };

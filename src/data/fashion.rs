@@ -56,7 +56,7 @@ impl Source {
     /// and how to get the full set; `None` for the full set.
     pub fn note(&self) -> Option<&'static str> {
         match self {
-            Source::Full(_) | Source::Folder(_) => None,
+            Source::Full(_) | Source::Folder(_) | Source::Masks(_) | Source::Shapes => None,
             Source::Bundled => Some(
                 "using the bundled subset of Fashion-MNIST (10,000 images: 8,000 train, 2,000 test); \
                  install the full set with `apt-get install dataset-fashion-mnist` or pass --data DIR",
@@ -99,13 +99,15 @@ pub fn load(data_dir: Option<&Path>, validation: usize, seed: u64) -> Result<Spl
 pub fn load_from(source: Source, validation: usize, seed: u64) -> Result<Splits, DataError> {
     let (train, validation, test) = match &source {
         // A folder named as an image folder is read for IDX files all the same.
-        Source::Full(dir) | Source::Folder(dir) => {
+        Source::Full(dir) | Source::Folder(dir) | Source::Masks(dir) => {
             let train = read_pair(dir, TRAIN_IMAGES, TRAIN_LABELS)?;
             let test = read_pair(dir, TEST_IMAGES, TEST_LABELS)?;
             let (train, validation) = hold_out(&train, validation, seed)?;
             (train, validation, test)
         }
-        Source::Bundled => {
+        // Only `locate`'s sources are Fashion-MNIST's; the generated
+        // segmentation set is not, and reads as the bundled subset.
+        Source::Bundled | Source::Shapes => {
             let all = read_bundled()?;
             let (train, test) = split_bundled(&all);
             let scaled = scale_validation(validation, train.len())?;
@@ -417,6 +419,7 @@ fn to_dataset(
         images: pixels.iter().map(|&p| f32::from(p) / 255.0).collect(),
         labels: labels.into_iter().map(u32::from).collect(),
         shape: [IMAGE_SIZE, IMAGE_SIZE, 1],
+        label_shape: Vec::new(),
         class_names: CLASS_NAMES.iter().map(|name| name.to_string()).collect(),
     })
 }

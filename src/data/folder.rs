@@ -144,6 +144,64 @@ pub enum FolderError {
         /// Its classes.
         test: Vec<String>,
     },
+    /// A segmentation set's image has no mask of the same name.
+    #[error("`{}` has no mask: expected `{}` (a greyscale PNG of class indices, the image's size)", image.display(), expected.display())]
+    NoMask {
+        /// The image.
+        image: PathBuf,
+        /// The mask looked for.
+        expected: PathBuf,
+    },
+    /// A mask is not a greyscale image.
+    #[error("mask `{}` is {found}; a mask must be a greyscale PNG whose pixel values are class indices (8 or 16 bits)", path.display())]
+    MaskColour {
+        /// The mask.
+        path: PathBuf,
+        /// Its colour type, e.g. `Rgb8`.
+        found: String,
+    },
+    /// A mask's size differs from its image's.
+    #[error("mask `{}` is {found}, but its image `{}` is {expected}: a mask has its image's size", mask.display(), image.display())]
+    MaskSize {
+        /// The mask.
+        mask: PathBuf,
+        /// The image.
+        image: PathBuf,
+        /// The mask's `WIDTHxHEIGHT`.
+        found: String,
+        /// The image's.
+        expected: String,
+    },
+    /// A mask's pixel is not one of the classes.
+    #[error("mask `{}` has the value {value} at x {x}, y {y}, but `{}` names {classes} classes: every value must be a class index below {classes}", path.display(), names.display())]
+    MaskClass {
+        /// The mask.
+        path: PathBuf,
+        /// The value.
+        value: u32,
+        /// Its column.
+        x: usize,
+        /// Its row.
+        y: usize,
+        /// The classes.
+        classes: usize,
+        /// The file naming the classes.
+        names: PathBuf,
+    },
+    /// A segmentation folder's `images/` holds no image.
+    #[error("`{}` holds no PNG or JPEG image", dir.display())]
+    NoImages {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// A segmentation set's `classes.txt` names no class, or more than masks can index.
+    #[error("`{}` {problem}: give one class name per line, the name of class 0 first", path.display())]
+    ClassNames {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// The validation set asked for would leave no training image.
     #[error("cannot hold out {requested} validation images from a training set of {available}")]
     ValidationTooLarge {
@@ -164,7 +222,7 @@ pub const VALIDATION_EVERY: usize = 5;
 
 /// The seed of the test split, fixed so that changing the training seed
 /// never moves images between the training and the test set.
-const TEST_SPLIT_SEED: u64 = 0x7e57;
+pub(super) const TEST_SPLIT_SEED: u64 = 0x7e57;
 
 /// Reads the folder `dir` (see the module's documentation) into training,
 /// validation and test sets, each image converted by `conversion`.
@@ -228,7 +286,7 @@ pub fn first_shape(dir: &Path) -> Result<[usize; 3], FolderError> {
 }
 
 /// `dir/train` and `dir/test`, when the folder is split in both.
-fn split_dirs(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+pub(super) fn split_dirs(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let (train, test) = (dir.join("train"), dir.join("test"));
     (train.is_dir() && test.is_dir()).then_some((train, test))
 }
@@ -256,7 +314,7 @@ pub fn read_image_bytes(
 
 /// `image` (read from `path`) as a model input, resized and converted to
 /// grey or RGB when `conversion` allows it.
-fn convert(
+pub(super) fn convert(
     image: DynamicImage,
     path: &Path,
     conversion: Conversion,
@@ -307,7 +365,7 @@ fn resize(image: &DynamicImage, width: u32, height: u32) -> DynamicImage {
     }
 }
 
-fn check_channels(conversion: Conversion) -> Result<(), FolderError> {
+pub(super) fn check_channels(conversion: Conversion) -> Result<(), FolderError> {
     match conversion.shape[2] {
         1 | 3 => Ok(()),
         channels => Err(FolderError::Channels { channels }),
@@ -333,7 +391,7 @@ pub fn decode_limit() -> Result<u64, FolderError> {
 }
 
 /// Decodes the image in `path`, as [`decode_from`] does.
-fn decode(path: &Path) -> Result<DynamicImage, FolderError> {
+pub(super) fn decode(path: &Path) -> Result<DynamicImage, FolderError> {
     let reader = ImageReader::open(path).map_err(|e| FolderError::Read {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -422,6 +480,7 @@ fn read_classes(dir: &Path, conversion: Conversion) -> Result<Dataset, FolderErr
         images,
         labels: files.iter().map(|&(_, label)| label).collect(),
         shape: conversion.shape,
+        label_shape: Vec::new(),
         class_names: classes
             .iter()
             .map(|c| {
@@ -437,7 +496,7 @@ fn read_classes(dir: &Path, conversion: Conversion) -> Result<Dataset, FolderErr
 /// Refuses `images` images of `shape` from `dir` when they need more than
 /// `cap` as float32: counted twice, since splitting a set into training,
 /// validation and test sets copies it.
-fn check_cap(
+pub(super) fn check_cap(
     dir: &Path,
     images: usize,
     shape: [usize; 3],
@@ -458,7 +517,7 @@ fn check_cap(
 }
 
 /// The entries of `dir`, sorted by name, hidden ones (`.name`) left out.
-fn entries(dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
+pub(super) fn entries(dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
     let read_error = |e: std::io::Error| FolderError::Read {
         path: dir.to_path_buf(),
         message: e.to_string(),
@@ -477,7 +536,7 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
     Ok(paths)
 }
 
-fn is_image(path: &Path) -> bool {
+pub(super) fn is_image(path: &Path) -> bool {
     let extension = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());

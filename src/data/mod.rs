@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 pub mod augment;
 pub mod fashion;
 pub mod folder;
+pub mod masks;
 pub mod shapes;
 
 /// A set of labelled images, pixels scaled to [0, 1].
@@ -23,10 +24,14 @@ pub struct Dataset {
     /// The pixels, `[n, height, width, channels]` row-major (NHWC), each
     /// in [0, 1] (a file's byte divided by 255).
     pub images: Vec<f32>,
-    /// One label per image, each below `class_names.len()`.
+    /// The labels, each below `class_names.len()`: one per image, or for a
+    /// segmentation set one per pixel (`label_shape` per image, row-major).
     pub labels: Vec<u32>,
     /// The shape of one image: `[height, width, channels]`.
     pub shape: [usize; 3],
+    /// The shape of one image's labels: empty for one label per image,
+    /// `[height, width]` for a mask of a class per pixel.
+    pub label_shape: Vec<usize>,
     /// The class names, indexed by label.
     pub class_names: Vec<String>,
 }
@@ -34,7 +39,25 @@ pub struct Dataset {
 impl Dataset {
     /// The number of images.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.labels.len() / self.label_len()
+    }
+
+    /// The number of labels of one image: 1, or its mask's pixels.
+    pub fn label_len(&self) -> usize {
+        self.label_shape.iter().product::<usize>().max(1)
+    }
+
+    /// Whether the labels are masks, a class per pixel.
+    pub fn is_segmentation(&self) -> bool {
+        !self.label_shape.is_empty()
+    }
+
+    /// The labels of image `index`: one, or its mask's.
+    ///
+    /// Panics when `index >= self.len()`, like slice indexing.
+    pub fn labels_of(&self, index: usize) -> &[u32] {
+        let len = self.label_len();
+        &self.labels[index * len..(index + 1) * len]
     }
 
     /// Whether the set holds no image.
@@ -68,16 +91,22 @@ impl Dataset {
         (self.select(rest), self.select(held))
     }
 
-    pub(crate) fn select(&self, indices: &[usize]) -> Dataset {
+    /// The images at `indices` with their labels, in that order.
+    ///
+    /// Panics when an index is not below [`Dataset::len`].
+    pub fn select(&self, indices: &[usize]) -> Dataset {
         let len = self.image_len();
         let mut images = Vec::with_capacity(indices.len() * len);
+        let mut labels = Vec::with_capacity(indices.len() * self.label_len());
         for &i in indices {
             images.extend_from_slice(self.image(i));
+            labels.extend_from_slice(self.labels_of(i));
         }
         Dataset {
             images,
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            labels,
             shape: self.shape,
+            label_shape: self.label_shape.clone(),
             class_names: self.class_names.clone(),
         }
     }
@@ -92,6 +121,10 @@ pub enum Source {
     Bundled,
     /// A folder of images with one sub-folder per class (see [`folder`]).
     Folder(PathBuf),
+    /// A folder of images and their masks (see [`masks`]).
+    Masks(PathBuf),
+    /// The synthetic segmentation set cnnc generates (see [`shapes`]).
+    Shapes,
 }
 
 /// The training, validation and test sets, and where they came from.

@@ -10,9 +10,17 @@
 //! run off the edges, and noise covers everything, so a model must tell
 //! the kinds apart by their outlines rather than by their brightness.
 
+use std::path::Path;
+
+use image::GrayImage;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
+use thiserror::Error;
+
+use super::folder::VALIDATION_EVERY;
+use super::masks::CLASS_NAMES_FILE;
+use super::{Dataset, Source, Splits};
 
 /// The classes of a mask, by index: 0 is the background.
 pub const CLASS_NAMES: [&str; 4] = ["background", "disc", "square", "triangle"];
@@ -57,6 +65,119 @@ pub fn generate(config: &ShapesConfig) -> Shapes {
         masks,
         size: config.size,
     }
+}
+
+/// Images of the training and validation sets of [`load`].
+pub const TRAIN_IMAGES: usize = 2000;
+/// Images of its test set.
+pub const TEST_IMAGES: usize = 400;
+/// The seeds of its training and test images: fixed, so that every run
+/// sees the same images (the training seed only chooses the validation
+/// set among them), and the test images are none of the training ones.
+const TRAIN_SEED: u64 = 0x5ea9_0001;
+const TEST_SEED: u64 = 0x5ea9_7e57;
+
+/// Why the set cannot be made as asked.
+#[derive(Debug, Error)]
+pub enum ShapesError {
+    /// The model does not take square grey images large enough to draw on.
+    #[error("the shapes set is of square grey images, at least 8x8, but the model's input is {shape:?}: give it an input [size, size, 1]")]
+    Input {
+        /// The model's input.
+        shape: Vec<u64>,
+    },
+    /// The validation set asked for would leave no training image.
+    #[error("cannot hold out {requested} validation images from the shapes set's {TRAIN_IMAGES} training images")]
+    ValidationTooLarge {
+        /// The validation images asked for.
+        requested: usize,
+    },
+    /// A file of [`write_folder`] could not be written.
+    #[error("cannot write `{path}`: {message}")]
+    Write {
+        /// The file.
+        path: String,
+        /// What the system said.
+        message: String,
+    },
+}
+
+impl Shapes {
+    /// The images and masks as a segmentation [`Dataset`].
+    pub fn into_dataset(self) -> Dataset {
+        Dataset {
+            images: self.images,
+            labels: self.masks.into_iter().map(u32::from).collect(),
+            shape: [self.size, self.size, 1],
+            label_shape: vec![self.size, self.size],
+            class_names: CLASS_NAMES.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+}
+
+/// The shapes set for a model with input `input` (`[size, size, 1]`):
+/// [`TRAIN_IMAGES`] training images, of which `validation` (by default a
+/// fifth), chosen by a shuffle seeded with `seed`, are held out to
+/// validate on, and [`TEST_IMAGES`] test images.
+pub fn load(input: &[u64], validation: Option<usize>, seed: u64) -> Result<Splits, ShapesError> {
+    let size = match *input {
+        [h, w, 1] if h == w && h >= 8 => h as usize,
+        _ => {
+            return Err(ShapesError::Input {
+                shape: input.to_vec(),
+            })
+        }
+    };
+    let held = validation.unwrap_or(TRAIN_IMAGES / VALIDATION_EVERY);
+    if held >= TRAIN_IMAGES {
+        return Err(ShapesError::ValidationTooLarge { requested: held });
+    }
+    let set = |count, seed| generate(&ShapesConfig { count, size, seed }).into_dataset();
+    let (train, validation) = set(TRAIN_IMAGES, TRAIN_SEED).hold_out(held, seed);
+    Ok(Splits {
+        train,
+        validation,
+        test: set(TEST_IMAGES, TEST_SEED),
+        source: Source::Shapes,
+    })
+}
+
+/// Writes `shapes` as a segmentation folder (`super::masks`'s layout):
+/// `images/NNNNN.png` (8-bit grey, each value rounded to the nearest of
+/// 256 levels), `masks/NNNNN.png` (class indices) and `classes.txt`.
+/// Returns the number of images written.
+pub fn write_folder(shapes: &Shapes, dir: &Path) -> Result<usize, ShapesError> {
+    let fail = |path: &Path, e: &dyn std::fmt::Display| ShapesError::Write {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let (images_dir, masks_dir) = (dir.join("images"), dir.join("masks"));
+    for d in [&images_dir, &masks_dir] {
+        std::fs::create_dir_all(d).map_err(|e| fail(d, &e))?;
+    }
+    let names = dir.join(CLASS_NAMES_FILE);
+    std::fs::write(&names, CLASS_NAMES.join("\n") + "\n").map_err(|e| fail(&names, &e))?;
+    let pixels = shapes.size * shapes.size;
+    let side = shapes.size as u32;
+    let pairs = shapes
+        .images
+        .chunks_exact(pixels.max(1))
+        .zip(shapes.masks.chunks_exact(pixels.max(1)));
+    let mut written = 0;
+    for (index, (image, mask)) in pairs.enumerate() {
+        let name = format!("{index:05}.png");
+        let bytes = image.iter().map(|&p| (p * 255.0).round() as u8).collect();
+        for (path, raw) in [
+            (images_dir.join(&name), bytes),
+            (masks_dir.join(&name), mask.to_vec()),
+        ] {
+            let picture = GrayImage::from_raw(side, side, raw)
+                .ok_or_else(|| fail(&path, &"the image's size"))?;
+            picture.save(&path).map_err(|e| fail(&path, &e))?;
+        }
+        written += 1;
+    }
+    Ok(written)
 }
 
 /// One filled shape: its kind (a class index), where it is and how it is

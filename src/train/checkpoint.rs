@@ -234,6 +234,15 @@ impl Checkpoint {
             meta.insert("partial_seen".into(), t.seen.to_string());
             let top_k: Vec<String> = t.top_k_correct.iter().map(|c| c.to_string()).collect();
             meta.insert("partial_top_k_correct".into(), top_k.join(","));
+            // A segmentation run's confusion matrix, for the epoch's mean IoU.
+            if !t.confusion.is_empty() {
+                let rows: Vec<String> = t
+                    .confusion
+                    .iter()
+                    .map(|row| row.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
+                    .collect();
+                meta.insert("partial_confusion".into(), rows.join(";"));
+            }
         }
         weights::save(&store, path)
     }
@@ -313,7 +322,12 @@ impl Checkpoint {
                         .map(|list| list.split(',').filter_map(|c| c.parse().ok()).collect())
                         .unwrap_or_default(),
                     seen: number("partial_seen")? as usize,
-                    confusion: Vec::new(),
+                    confusion: match store.metadata.get("partial_confusion") {
+                        Some(text) => parse_confusion(text).ok_or_else(|| {
+                            fail("its partial confusion matrix is not square rows of counts".into())
+                        })?,
+                        None => Vec::new(),
+                    },
                 },
             }),
             Err(_) => None,
@@ -363,6 +377,20 @@ fn sorted_names(store: &TensorStore) -> Vec<String> {
     let mut names: Vec<String> = store.names().map(|n| n.to_string()).collect();
     names.sort();
     names
+}
+
+/// A confusion matrix as a checkpoint saves it: rows separated by `;`,
+/// counts by `,`. `None` unless it is square.
+fn parse_confusion(text: &str) -> Option<Vec<Vec<u64>>> {
+    let rows: Vec<Vec<u64>> = text
+        .split(';')
+        .map(|row| {
+            row.split(',')
+                .map(|c| c.parse().ok())
+                .collect::<Option<_>>()
+        })
+        .collect::<Option<_>>()?;
+    rows.iter().all(|r| r.len() == rows.len()).then_some(rows)
 }
 
 #[cfg(test)]

@@ -119,6 +119,18 @@ pub enum FitError {
         /// The data set's classes.
         classes: usize,
     },
+    /// The model's outputs take labels of another shape than the data
+    /// set's: a classifier on masks, or a segmentation model on one label
+    /// per image, or masks of another size.
+    #[error("{}", label_shape_text(output, output_shape, label_shape))]
+    LabelShape {
+        /// The model's first output.
+        output: String,
+        /// Its per-example shape.
+        output_shape: Vec<u64>,
+        /// The data set's labels per image (empty: one label).
+        label_shape: Vec<usize>,
+    },
     /// A data set's label is not one of its classes (its `class_names`).
     #[error("received a label value of {label} (image {index} of the {set} set), which is outside the valid range of [0, {classes}) of the data set's class indices")]
     Label {
@@ -170,6 +182,17 @@ pub enum FitError {
     },
 }
 
+/// The text of [`FitError::LabelShape`].
+fn label_shape_text(output: &str, output_shape: &[u64], label_shape: &[usize]) -> String {
+    let shape = crate::graph::Shape(output_shape.to_vec());
+    match (output_shape.len(), label_shape) {
+        (3, []) => format!("output `{output}` gives per-pixel scores {shape}, but the data set has one label per image: train a segmentation model on a folder of images and masks (`images/` and `masks/`) or `--train shapes`"),
+        (_, [h, w]) if output_shape.len() != 3 => format!("the data set's labels are {h}x{w} masks, a class per pixel, but output `{output}` gives {shape}: a segmentation model ends with per-pixel scores [{h}, {w}, classes], e.g. `conv(classes, 1, activation: softmax)`"),
+        (_, [h, w]) => format!("the data set's masks are {h}x{w}, but output `{output}` gives per-pixel scores {shape}: the scores must have the masks' height and width"),
+        _ => format!("output `{output}` gives {shape}, which does not fit the data set's labels {label_shape:?}"),
+    }
+}
+
 /// One epoch's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Epoch {
@@ -189,6 +212,9 @@ pub struct Epoch {
     pub seconds: f64,
     /// Each `top_k` metric: (k, training, validation) top-k accuracy.
     pub top_k: Vec<(u64, f64, f64)>,
+    /// A segmentation set's mean intersection over union of the classes
+    /// (training, validation); `None` for one label per image.
+    pub mean_iou: Option<(f64, f64)>,
 }
 
 /// What training produced.
@@ -200,6 +226,8 @@ pub struct Fitted {
     pub history: Vec<Epoch>,
     /// Loss and accuracy on the test set.
     pub test: (f64, f64),
+    /// The test set's mean intersection over union, for a segmentation set.
+    pub test_mean_iou: Option<f64>,
 }
 
 /// Progress reports, for the command line.
@@ -456,6 +484,11 @@ impl<'r, 'p> Run<'r, 'p> {
         ));
         let (skip, mut tally) = match self.partial.take() {
             Some(p) => (p.steps, p.tally),
+            // A segmentation set's mean IoU comes from the confusion matrix.
+            None if train.is_segmentation() => (
+                0,
+                Tally::with_confusion(self.top_ks.len(), train.class_names.len()),
+            ),
             None => (0, Tally::new(self.top_ks.len())),
         };
         for (step, indices) in order.chunks_exact(batch).enumerate().skip(skip) {
@@ -514,8 +547,9 @@ impl<'r, 'p> Run<'r, 'p> {
             .trainer
             .train_step(&images, &labels, lr)
             .map_err(|source| FitError::Step { epoch, source })?;
+        // Weighted by the labels (the rows of scores), which `seen` counts.
         tally.loss_sum +=
-            total_loss(&result.losses, &self.config.loss_weights) * indices.len() as f64;
+            total_loss(&result.losses, &self.config.loss_weights) * labels.len() as f64;
         tally.count(
             output_values(&result.outputs, &self.first_output),
             &labels,
@@ -580,6 +614,9 @@ impl<'r, 'p> Run<'r, 'p> {
                 .zip(&checked.top_k)
                 .map(|((&k, &c), &(_, v))| (k, c as f64 / seen, v))
                 .collect(),
+            mean_iou: checked
+                .mean_iou()
+                .map(|validation| (mean_iou(&tally.confusion).unwrap_or(0.0), validation)),
         }
     }
 
@@ -597,11 +634,12 @@ impl<'r, 'p> Run<'r, 'p> {
         self.save_weights(&weights)?;
         self.save_history()?;
         (self.options.progress)(Progress::Testing(test.len()));
-        let test = evaluate(self.model, &weights, test, self.options.threads)?;
+        let test = evaluate_in_detail(self.model, &weights, test, (&[], self.options.threads))?;
         Ok(Fitted {
             weights,
             history: self.history,
-            test,
+            test: (test.loss, test.accuracy),
+            test_mean_iou: test.mean_iou(),
         })
     }
 
@@ -778,10 +816,10 @@ fn learning_rate(config: &TrainConfig, step: u64, total: u64) -> f64 {
 
 fn gather(data: &Dataset, indices: &[usize]) -> (Vec<f32>, Vec<u32>) {
     let mut images = Vec::with_capacity(indices.len() * data.image_len());
-    let mut labels = Vec::with_capacity(indices.len());
+    let mut labels = Vec::with_capacity(indices.len() * data.label_len());
     for &i in indices {
         images.extend_from_slice(data.image(i));
-        labels.push(data.labels[i]);
+        labels.extend_from_slice(data.labels_of(i));
     }
     (images, labels)
 }
@@ -837,9 +875,16 @@ pub struct Evaluation {
     pub top_k: Vec<(u64, f64)>,
     /// `confusion[true class][predicted class]` counts.
     pub confusion: Vec<Vec<u64>>,
+    /// Whether the set was scored per pixel (a segmentation set).
+    pub per_pixel: bool,
 }
 
 impl Evaluation {
+    /// A segmentation set's mean intersection over union ([`mean_iou`]).
+    pub fn mean_iou(&self) -> Option<f64> {
+        self.per_pixel.then(|| mean_iou(&self.confusion)).flatten()
+    }
+
     /// Each class's accuracy (the diagonal over the row sums).
     pub fn per_class(&self) -> Vec<f64> {
         self.confusion
@@ -850,8 +895,33 @@ impl Evaluation {
     }
 }
 
+/// The mean over the classes of the intersection over union of each,
+/// `TP / (TP + FP + FN)` from the confusion matrix `[true][predicted]`,
+/// as Keras's `MeanIoU` computes it: a class that is neither in the labels
+/// nor predicted (a zero denominator) is left out of the mean. `None` when
+/// no class counts.
+pub fn mean_iou(confusion: &[Vec<u64>]) -> Option<f64> {
+    let ious: Vec<f64> = class_ious(confusion).into_iter().flatten().collect();
+    (!ious.is_empty()).then(|| ious.iter().sum::<f64>() / ious.len() as f64)
+}
+
+/// Each class's intersection over union, `None` for a class neither
+/// labelled nor predicted.
+pub fn class_ious(confusion: &[Vec<u64>]) -> Vec<Option<f64>> {
+    (0..confusion.len())
+        .map(|c| {
+            let true_positives = confusion[c][c];
+            let labelled: u64 = confusion[c].iter().sum();
+            let predicted: u64 = confusion.iter().map(|row| row[c]).sum();
+            let union = labelled + predicted - true_positives;
+            (union > 0).then(|| true_positives as f64 / union as f64)
+        })
+        .collect()
+}
+
 /// Loss, accuracy, the top-k accuracy for each of `top_ks` and the
-/// confusion matrix of `model` with `weights` on `data`.
+/// confusion matrix of `model` with `weights` on `data`. For a
+/// segmentation set, each pixel counts as one example.
 ///
 /// The confusion matrix is square, one row and one column per score of the
 /// first output: that is the data set's classes, plus any scores beyond
@@ -881,10 +951,11 @@ pub fn evaluate_in_detail(
         },
         examples,
         |start, outputs| {
-            let rows = EVALUATION_BATCH.min(data.len() - start);
-            // The program returns every output, `rows` examples of each.
+            let examples = EVALUATION_BATCH.min(data.len() - start);
+            let rows = examples * data.label_len();
+            // The program returns every output, `examples` of each.
             let scores = &output_values(&outputs, &first_output)[..rows * classes];
-            let labels = &data.labels[start..start + rows];
+            let labels = &data.labels[start * data.label_len()..][..rows];
             tally.count(scores, labels, top_ks);
             for (row, &label) in scores.chunks_exact(classes).zip(labels) {
                 let p = f64::from(row[label as usize]).clamp(1e-7, 1.0 - 1e-7);
@@ -892,7 +963,7 @@ pub fn evaluate_in_detail(
             }
         },
     )?;
-    let n = data.len().max(1) as f64;
+    let n = data.labels.len().max(1) as f64;
     Ok(Evaluation {
         loss: loss / n,
         accuracy: tally.correct as f64 / n,
@@ -902,18 +973,34 @@ pub fn evaluate_in_detail(
             .map(|(&k, &c)| (k, c as f64 / n))
             .collect(),
         confusion: tally.confusion,
+        per_pixel: data.is_segmentation(),
     })
 }
 
-/// The name and number of scores of the model's first output, after
-/// checking that every output has at least as many scores as `data` has
-/// classes (labels are checked against the classes by [`check_data`]).
+/// The name and number of scores (per label) of the model's first output,
+/// after checking that every output takes labels of `data`'s shape and
+/// has at least as many scores as `data` has classes (labels are checked
+/// against the classes by [`check_data`]).
 fn check_classes(model: &TypedGraph, data: &Dataset) -> Result<(String, usize), FitError> {
     let classes = data.class_names.len();
+    for (output, shape) in model.outputs() {
+        let fits = match (shape.as_slice(), data.label_shape.as_slice()) {
+            ([_], []) => true,
+            ([h, w, _], [mh, mw]) => (*h as usize, *w as usize) == (*mh, *mw),
+            _ => false,
+        };
+        if !fits {
+            return Err(FitError::LabelShape {
+                output,
+                output_shape: shape,
+                label_shape: data.label_shape.clone(),
+            });
+        }
+    }
     let outputs: Vec<(String, usize)> = model
         .outputs()
         .into_iter()
-        .map(|(name, shape)| (name, shape.iter().product::<u64>() as usize))
+        .map(|(name, shape)| (name, shape.last().copied().unwrap_or(1) as usize))
         .collect();
     if let Some((output, scores)) = outputs.iter().find(|(_, scores)| *scores < classes) {
         return Err(FitError::Classes {
@@ -957,9 +1044,9 @@ fn check_data(data: &Dataset, set: &'static str) -> Result<(), FitError> {
         .enumerate()
         .find(|(_, &label)| label as usize >= classes)
     {
-        Some((index, &label)) => Err(FitError::Label {
+        Some((position, &label)) => Err(FitError::Label {
             set,
-            index,
+            index: position / data.label_len(),
             label,
             classes,
         }),
@@ -973,6 +1060,10 @@ pub(super) fn history_csv(history: &[Epoch]) -> String {
     for (k, _, _) in history.first().map_or(&[][..], |e| &e.top_k[..]) {
         text += &format!(",top{k}_accuracy,val_top{k}_accuracy");
     }
+    let segmentation = history.first().is_some_and(|e| e.mean_iou.is_some());
+    if segmentation {
+        text += ",mean_iou,val_mean_iou";
+    }
     text.push('\n');
     for e in history {
         text += &format!(
@@ -980,6 +1071,10 @@ pub(super) fn history_csv(history: &[Epoch]) -> String {
             e.epoch, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.lr, e.seconds
         );
         for (_, train, validation) in &e.top_k {
+            text += &format!(",{train},{validation}");
+        }
+        if segmentation {
+            let (train, validation) = e.mean_iou.unwrap_or_default();
             text += &format!(",{train},{validation}");
         }
         text.push('\n');
@@ -991,7 +1086,8 @@ pub(super) fn history_csv(history: &[Epoch]) -> String {
 /// a header naming the columns, then one row per epoch. The columns
 /// `epoch`, `loss`, `accuracy`, `val_loss` and `val_accuracy` are needed,
 /// in any order; `lr` and `seconds` are read when present (0 otherwise),
-/// and so is every pair `topK_accuracy`, `val_topK_accuracy`. Fails with a
+/// and so is every pair `topK_accuracy`, `val_topK_accuracy`, and the pair
+/// `mean_iou`, `val_mean_iou`. Fails with a
 /// message naming the line (1-based) or the column at fault.
 pub fn parse_history(text: &str) -> Result<Vec<Epoch>, String> {
     let mut lines = text
@@ -1026,6 +1122,7 @@ pub fn parse_history(text: &str) -> Result<Vec<Epoch>, String> {
                 Some((k, i, find(&format!("val_top{k}_accuracy"))?))
             })
             .collect(),
+        mean_iou: find("mean_iou").zip(find("val_mean_iou")),
     };
     lines
         .map(|(i, line)| {
@@ -1046,6 +1143,7 @@ struct HistoryColumns {
     lr: Option<usize>,
     seconds: Option<usize>,
     top_k: Vec<(u64, usize, usize)>,
+    mean_iou: Option<(usize, usize)>,
 }
 
 impl HistoryColumns {
@@ -1076,6 +1174,10 @@ impl HistoryColumns {
                 .iter()
                 .map(|&(k, train, val)| Ok((k, number(train)?, number(val)?)))
                 .collect::<Result<_, String>>()?,
+            mean_iou: self
+                .mean_iou
+                .map(|(train, val)| Ok::<_, String>((number(train)?, number(val)?)))
+                .transpose()?,
         })
     }
 }

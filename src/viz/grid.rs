@@ -96,8 +96,21 @@ fn choose(data: &Dataset, config: &GridConfig) -> Vec<usize> {
     indices
 }
 
+/// The class of image `index`: its label's name, or for a mask the name
+/// of its commonest class other than the background (class 0).
 fn class_name(data: &Dataset, index: usize) -> String {
-    let label = data.labels[index] as usize;
+    let labels = data.labels_of(index);
+    let label = if data.is_segmentation() {
+        let classes = data.class_names.len().max(1);
+        let mut counts = vec![0usize; classes];
+        labels
+            .iter()
+            .filter(|&&l| l > 0)
+            .for_each(|&l| counts[(l as usize).min(classes - 1)] += 1);
+        crate::train::fit::arg_max(&counts.iter().map(|&c| c as f32).collect::<Vec<_>>())
+    } else {
+        labels[0] as usize
+    };
     data.class_names
         .get(label)
         .cloned()
