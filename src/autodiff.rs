@@ -237,9 +237,11 @@ impl Builder {
         self.graph.add(node, inputs)
     }
 
-    /// One fused softmax cross-entropy per output, on the logits: an output
-    /// that is a softmax is scored on its input, any other output is taken
-    /// as logits. Seeds the backward pass with the losses' gradients.
+    /// One fused cross-entropy per output, on the logits: an output that is
+    /// a softmax is scored on its input, and so is a sigmoid of one score
+    /// (the binary cross-entropy, which the loss kernel computes for rows of
+    /// one score); any other output is taken as logits. Seeds the backward
+    /// pass with the losses' gradients.
     fn losses(
         &mut self,
         model: &TypedGraph,
@@ -249,7 +251,10 @@ impl Builder {
         let mut losses = Vec::new();
         for (output, id) in &model.graph.outputs {
             let node = &model.graph.nodes[*id];
-            let logits = if node.op == Op::Activation(Activation::Softmax) {
+            let one_score = model.info(*id).shape.0.last() == Some(&1);
+            let on_input = node.op == Op::Activation(Activation::Softmax)
+                || one_score && node.op == Op::Activation(Activation::Sigmoid);
+            let logits = if on_input {
                 model.graph.inputs_of(*id)[0]
             } else {
                 *id

@@ -158,6 +158,78 @@ fn cross_entropy_loss_and_gradient() {
 }
 
 #[test]
+fn one_score_rows_get_the_binary_cross_entropy_of_their_logit() {
+    // Rows of one score are a sigmoid's logits: loss and gradient against
+    // the reference (without smoothing), in f64, on logits up to +-40 where
+    // a naive log(sigmoid) overflows; with smoothing, labels move to
+    // (1 - s) t + s / 2 as Keras's BinaryCrossentropy smooths them.
+    let rows = 9;
+    let z: Vec<f32> = vec![-40.0, -3.0, -0.5, 0.0, 0.25, 2.0, 7.5, 40.0, 1.0];
+    let labels: Vec<usize> = vec![1, 0, 1, 0, 1, 1, 0, 0, 1];
+    for smoothing in [0.0f32, 0.2] {
+        let scale = 0.5;
+        let (_jit, kernel) = compile(ReduceKind::CrossEntropy { smoothing, scale }, rows, 1);
+        let mut buffers = vec![
+            z.clone(),
+            labels.iter().map(|&l| l as f32).collect(),
+            vec![0.0; rows],
+            vec![0.0; rows],
+        ];
+        run(&kernel, &mut buffers, true);
+        for r in 0..rows {
+            let (zf, t) = (
+                f64::from(z[r]),
+                (labels[r] as f64) * (1.0 - f64::from(smoothing)) + f64::from(smoothing) / 2.0,
+            );
+            let p = 1.0 / (1.0 + (-zf).exp());
+            // -t log p - (1 - t) log(1 - p), written stably.
+            let loss = zf.max(0.0) - zf * t + (-zf.abs()).exp().ln_1p();
+            let dz = (p - t) * f64::from(scale);
+            assert!(
+                (f64::from(buffers[2][r]) - loss).abs() < 1e-5 * loss.max(1.0),
+                "row {r}: loss {} vs {loss}",
+                buffers[2][r]
+            );
+            assert!(
+                (f64::from(buffers[3][r]) - dz).abs() < 1e-6,
+                "row {r}: dz {} vs {dz}",
+                buffers[3][r]
+            );
+        }
+        if smoothing == 0.0 {
+            let logits = ArrayD::from_shape_vec(vec![rows, 1], z.clone()).expect("shape");
+            let mean = buffers[2].iter().map(|&l| f64::from(l)).sum::<f64>() / rows as f64;
+            let expected = f64::from(reference::binary_crossentropy_from_logits(&logits, &labels));
+            assert!(
+                (mean - expected).abs() < 1e-5 * expected,
+                "{mean} vs {expected}"
+            );
+        }
+    }
+    // A label that is not 0 or 1 makes its row's loss NaN.
+    let (_jit, kernel) = compile(
+        ReduceKind::CrossEntropy {
+            smoothing: 0.0,
+            scale: 1.0,
+        },
+        4,
+        1,
+    );
+    let mut buffers = vec![
+        vec![0.5; 4],
+        vec![2.0, -1.0, f32::NAN, 1.0],
+        vec![0.0; 4],
+        vec![0.0; 4],
+    ];
+    run(&kernel, &mut buffers, false);
+    assert!(
+        buffers[2][..3].iter().all(|l| l.is_nan()) && buffers[2][3].is_finite(),
+        "{:?}",
+        buffers[2]
+    );
+}
+
+#[test]
 fn cross_entropy_keeps_any_label_inside_its_row_and_flags_it() {
     // The executor runs whatever buffers it is given, so the kernel itself
     // must stay inside each row whatever the label: NaN, -1, 4e9, 2.5 and n

@@ -251,7 +251,7 @@ fn a_small_unet_learns_the_shapes_and_resumes_within_an_epoch_bit_for_bit() {
         epochs: 2,
         optimizer: cnnc::config::Optimizer {
             lr: 0.01,
-            ..defaults.optimizer.clone()
+            ..defaults.optimizer
         },
         ..defaults
     };
@@ -479,4 +479,81 @@ fn cnnc_trains_on_shapes_and_on_a_mask_folder_and_eval_reports_the_iou() {
         "--overwrite",
     ]);
     assert!(!ok && text.contains("one label per image"), "{text}");
+}
+
+#[test]
+fn a_sigmoid_mask_of_one_channel_trains_with_the_binary_cross_entropy() {
+    // Foreground or not: the shapes' masks folded to two classes, scored by
+    // one sigmoid channel (class 1 where it is above one half).
+    let (train, validation, test) = small_shapes(64);
+    let binary = |d: &Dataset| Dataset {
+        labels: d.labels.iter().map(|&l| u32::from(l > 0)).collect(),
+        class_names: vec!["background".into(), "shape".into()],
+        ..d.clone()
+    };
+    let (train, validation, test) = (binary(&train), binary(&validation), binary(&test));
+    let source = "
+        model fg : [16, 16, 1] {
+            conv(8, 3, padding: same, activation: relu)
+            conv(1, 1, activation: sigmoid)
+        }";
+    let model =
+        cnnc::compile_source("fg.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let out = scratch("binary");
+    let config = TrainConfig {
+        batch: 16,
+        epochs: 2,
+        ..TrainConfig::default()
+    };
+    let options = FitOptions {
+        threads: 2,
+        out: out.clone(),
+        resume: false,
+        overwrite: false,
+        stop: None,
+        checkpoint_every: CheckpointEvery::Epoch,
+        progress: &mut |_| {},
+    };
+    let fitted = fit::fit(&model, &config, (&train, &validation, &test), options).expect("trains");
+    assert!(
+        fitted.history[1].loss < fitted.history[0].loss,
+        "{:?}",
+        fitted.history
+    );
+    let checked =
+        fit::evaluate_in_detail(&model, &fitted.weights, &test, (&[], 2)).expect("evaluates");
+    assert_eq!(checked.confusion.len(), 2);
+    let pixels: u64 = checked.confusion.iter().flatten().sum();
+    assert_eq!(pixels as usize, test.labels.len());
+    let diagonal = checked.confusion[0][0] + checked.confusion[1][1];
+    assert_eq!(diagonal as f64 / pixels as f64, checked.accuracy);
+    // The loss is the mean binary cross-entropy of the probabilities.
+    let mut probabilities = Vec::new();
+    let batches = cnnc::predict::Batches {
+        count: test.len(),
+        batch: 64,
+        threads: 2,
+    };
+    cnnc::predict::run_in_batches::<FitError>(
+        &model,
+        &fitted.weights,
+        batches,
+        |start, size| test.images[start * 256..(start + size) * 256].to_vec(),
+        |_, outputs| probabilities.extend_from_slice(&outputs[0].1),
+    )
+    .expect("predicts");
+    let expected: f64 = probabilities
+        .iter()
+        .zip(&test.labels)
+        .map(|(&p, &l)| {
+            let p = f64::from(p).clamp(1e-7, 1.0 - 1e-7);
+            -if l == 1 { p.ln() } else { (1.0 - p).ln() }
+        })
+        .sum::<f64>()
+        / pixels as f64;
+    assert!(
+        (checked.loss - expected).abs() < 1e-9,
+        "{} vs {expected}",
+        checked.loss
+    );
 }

@@ -226,6 +226,25 @@ fn gradients_of_a_per_pixel_loss() {
 }
 
 #[test]
+fn gradients_of_the_binary_cross_entropy_of_a_sigmoid() {
+    // One score behind a sigmoid: a binary classifier, and a mask of one
+    // channel (foreground or not), each scored on the sigmoid's logit.
+    let classifier = "
+        model m : [4, 4, 2] {
+            conv(3, 3, padding: same, activation: tanh)
+            flatten
+            dense(1, activation: sigmoid)
+        }";
+    check_gradients(classifier, 4, 2);
+    let mask = "
+        model m : [5, 4, 1] {
+            conv(4, 3, padding: same, activation: tanh)
+            conv(1, 1, activation: sigmoid)
+        }";
+    check_gradients(mask, 2, 2);
+}
+
+#[test]
 fn gradients_through_explicit_padding_cropping_and_ceil_mode() {
     // Every gradient of the first convolution's weights flows back through
     // zero padding, a depthwise convolution and pools padded explicitly

@@ -35,7 +35,12 @@ pub enum ReduceKind {
     /// (class indices stored as f32), `loss [rows]`, `dz [rows, n]`. A label
     /// that is not a whole number in [0, n) is clamped into the row and its
     /// row's loss is NaN: the kernel never reads or writes outside a row.
-    /// Domain: rows.
+    /// A row of one score (`n == 1`) is a sigmoid's logit, scored with the
+    /// binary cross-entropy as `tf.nn.sigmoid_cross_entropy_with_logits`:
+    /// `loss = max(z, 0) - z t + log(1 + exp(-|z|))`, the gradient
+    /// `dz = (sigmoid(z) - t) scale`, with `t = (1 - smoothing) label +
+    /// smoothing / 2` (Keras's `BinaryCrossentropy` smoothing) and a label
+    /// of 0 or 1 (any other: NaN loss). Domain: rows.
     CrossEntropy {
         /// Label smoothing in [0, 1).
         smoothing: f32,
@@ -205,7 +210,11 @@ pub(super) fn translate(
         }
         ReduceKind::CrossEntropy { smoothing, scale } => {
             loops::counted(&mut b, start, end, 1, &[], |b, row, _| {
-                k.cross_entropy_row(b, &bases, row, smoothing, scale);
+                if kernel.n == 1 {
+                    k.binary_cross_entropy_row(b, &bases, row, smoothing, scale);
+                } else {
+                    k.cross_entropy_row(b, &bases, row, smoothing, scale);
+                }
                 vec![]
             });
         }
@@ -446,6 +455,47 @@ impl Kernel {
         let on_scaled = b.ins().f32const((1.0 - smoothing) * scale);
         let fixed = b.ins().fsub(current, on_scaled);
         self.store(b, fixed, dz, label);
+    }
+
+    /// The binary cross-entropy of one logit (a row of one score) and its
+    /// gradient; see [`ReduceKind::CrossEntropy`].
+    fn binary_cross_entropy_row(
+        &self,
+        b: &mut FunctionBuilder,
+        bases: &[Value],
+        row: Value,
+        smoothing: f32,
+        scale: f32,
+    ) {
+        let f = types::F32;
+        let z = self.load(b, f, bases[0], row);
+        let label = self.load(b, f, bases[1], row);
+        let (zero, one) = (b.ins().f32const(0.0), b.ins().f32const(1.0));
+        let is_zero = b.ins().fcmp(FloatCC::Equal, label, zero);
+        let is_one = b.ins().fcmp(FloatCC::Equal, label, one);
+        let valid = b.ins().bor(is_zero, is_one);
+        let on = b.ins().select(is_one, one, zero);
+        let keep = b.ins().f32const(1.0 - smoothing);
+        let half = b.ins().f32const(smoothing / 2.0);
+        let target = b.ins().fma(on, keep, half);
+        // max(z, 0) - z t + log(1 + exp(-|z|)): no overflow for any z.
+        let positive = b.ins().fmax(z, zero);
+        let magnitude = b.ins().fabs(z);
+        let minus = b.ins().fneg(magnitude);
+        let e = math::exp(b, f, minus);
+        let one_plus = b.ins().fadd(one, e);
+        let softplus = math::log(b, f, one_plus);
+        let zt = b.ins().fmul(z, target);
+        let loss = b.ins().fsub(positive, zt);
+        let loss = b.ins().fadd(loss, softplus);
+        let nan = b.ins().f32const(f32::NAN);
+        let loss = b.ins().select(valid, loss, nan);
+        self.store(b, loss, bases[2], row);
+        let p = math::sigmoid(b, f, z);
+        let difference = b.ins().fsub(p, target);
+        let scale_value = b.ins().f32const(scale);
+        let gradient = b.ins().fmul(difference, scale_value);
+        self.store(b, gradient, bases[3], row);
     }
 
     /// The column a row's label names, clamped into the row, and whether

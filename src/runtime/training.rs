@@ -328,9 +328,11 @@ impl Trainer {
     }
 }
 
-/// Each output's name and number of class scores per label (training
-/// checks that every output takes labels of one shape, a label per row of
-/// scores, so that is its length over the labels').
+/// Each output's name and the number of classes its labels may name: its
+/// class scores per label (training checks that every output takes labels
+/// of one shape, a label per row of scores, so that is its length over the
+/// labels'), or 2 for one score, which the binary cross-entropy scores
+/// against labels 0 and 1.
 fn class_scores(plan: &KernelPlan) -> Vec<(String, usize)> {
     let labels = plan
         .buffers
@@ -340,7 +342,7 @@ fn class_scores(plan: &KernelPlan) -> Vec<(String, usize)> {
     plan.buffers
         .iter()
         .filter_map(|buffer| match &buffer.role {
-            Role::Output(name) => Some((name.clone(), buffer.len / labels.max(1))),
+            Role::Output(name) => Some((name.clone(), (buffer.len / labels.max(1)).max(2))),
             _ => None,
         })
         .collect()

@@ -757,10 +757,14 @@ impl Tally {
         let classes = scores.len() / labels.len().max(1);
         for (r, &label) in labels.iter().enumerate() {
             let row = &scores[r * classes..(r + 1) * classes];
-            let predicted = arg_max(row);
+            let predicted = predicted_class(row);
             self.correct += usize::from(predicted == label as usize);
-            if let Some(counts) = self.confusion.get_mut(label as usize) {
-                counts[predicted] += 1;
+            if let Some(cell) = self
+                .confusion
+                .get_mut(label as usize)
+                .and_then(|counts| counts.get_mut(predicted))
+            {
+                *cell += 1;
             }
             let rank = rank_of(row, label as usize);
             for (hits, &k) in self.top_k_correct.iter_mut().zip(top_ks) {
@@ -836,6 +840,27 @@ fn total_loss(losses: &[(String, f64)], weights: &[(String, f64)]) -> f64 {
         .sum()
 }
 
+/// The probability a row of class probabilities gives class `label`: its
+/// entry, or for a row of one (a sigmoid's probability of class 1) that
+/// entry for class 1 and its complement for class 0.
+fn probability(row: &[f32], label: usize) -> f64 {
+    match row {
+        [p] if label == 0 => 1.0 - f64::from(*p),
+        [p] => f64::from(*p),
+        _ => f64::from(row[label]),
+    }
+}
+
+/// The class a row of scores predicts: the index of the largest, or for a
+/// row of one (a sigmoid's probability of class 1) class 1 when it is
+/// above one half, as Keras's `binary_accuracy` thresholds it.
+pub fn predicted_class(row: &[f32]) -> usize {
+    match row {
+        [p] => usize::from(*p > 0.5),
+        _ => arg_max(row),
+    }
+}
+
 /// The index of the largest score (the first, on ties).
 pub fn arg_max(row: &[f32]) -> usize {
     row.iter()
@@ -844,8 +869,12 @@ pub fn arg_max(row: &[f32]) -> usize {
 }
 
 /// How many scores are larger than the label's: 0 when the label has the
-/// top score; the label is among the top k when this is below k.
+/// top score; the label is among the top k when this is below k. For a
+/// row of one score (two classes), 0 when it predicts the label, else 1.
 fn rank_of(row: &[f32], label: usize) -> usize {
+    if let [_] = row {
+        return usize::from(predicted_class(row) != label);
+    }
     row.get(label)
         .map_or(row.len(), |&own| row.iter().filter(|&&v| v > own).count())
 }
@@ -924,8 +953,9 @@ pub fn class_ious(confusion: &[Vec<u64>]) -> Vec<Option<f64>> {
 /// segmentation set, each pixel counts as one example.
 ///
 /// The confusion matrix is square, one row and one column per score of the
-/// first output: that is the data set's classes, plus any scores beyond
-/// them (which no label names, so their rows are zero). Fails with
+/// first output (two for one score, a sigmoid's): that is the data set's
+/// classes, plus any scores beyond them (which no label names, so their
+/// rows are zero). Fails with
 /// [`FitError::Label`] or [`FitError::Images`] when `data` does not hold
 /// what its type promises, and [`FitError::Classes`] when an output has
 /// fewer scores than `data` has classes.
@@ -938,7 +968,8 @@ pub fn evaluate_in_detail(
     check_data(data, "evaluated")?;
     let (first_output, classes) = check_classes(model, data)?;
     let mut loss = 0.0;
-    let mut tally = Tally::with_confusion(top_ks.len(), classes);
+    // One score (a sigmoid's) predicts one of two classes.
+    let mut tally = Tally::with_confusion(top_ks.len(), classes.max(2));
     let examples =
         |start: usize, size: usize| gather(data, &(start..start + size).collect::<Vec<_>>()).0;
     run_in_batches::<FitError>(
@@ -958,8 +989,9 @@ pub fn evaluate_in_detail(
             let labels = &data.labels[start * data.label_len()..][..rows];
             tally.count(scores, labels, top_ks);
             for (row, &label) in scores.chunks_exact(classes).zip(labels) {
-                let p = f64::from(row[label as usize]).clamp(1e-7, 1.0 - 1e-7);
-                loss -= p.ln();
+                loss -= probability(row, label as usize)
+                    .clamp(1e-7, 1.0 - 1e-7)
+                    .ln();
             }
         },
     )?;
@@ -1002,7 +1034,9 @@ fn check_classes(model: &TypedGraph, data: &Dataset) -> Result<(String, usize), 
         .into_iter()
         .map(|(name, shape)| (name, shape.last().copied().unwrap_or(1) as usize))
         .collect();
-    if let Some((output, scores)) = outputs.iter().find(|(_, scores)| *scores < classes) {
+    // One score is a sigmoid's probability of class 1 of two.
+    let bound = |scores: usize| if scores == 1 { 2 } else { scores };
+    if let Some((output, scores)) = outputs.iter().find(|(_, s)| bound(*s) < classes) {
         return Err(FitError::Classes {
             output: output.clone(),
             scores: *scores,

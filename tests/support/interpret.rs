@@ -67,10 +67,21 @@ pub fn loss(model: &TypedGraph, store: &TensorStore, input: &[f32], labels: &[us
     let image = model.input_shape().expect("input").elements() as usize;
     let values = run(model, store, input, input.len() / image, true);
     let output = model.graph.outputs[0].1;
+    let one_score = model.info(output).shape.0.last() == Some(&1);
     let logits = match model.graph.nodes[output].op {
         Op::Activation(cnnc::graph::Activation::Softmax) => model.graph.inputs_of(output)[0],
+        Op::Activation(cnnc::graph::Activation::Sigmoid) if one_score => {
+            model.graph.inputs_of(output)[0]
+        }
         _ => output,
     };
+    // One score: a sigmoid's logit, scored with the binary cross-entropy.
+    if model.info(logits).shape.0.last() == Some(&1) {
+        return f64::from(reference::binary_crossentropy_from_logits(
+            &values[&logits],
+            labels,
+        ));
+    }
     f64::from(reference::sparse_categorical_crossentropy(
         &values[&logits],
         labels,

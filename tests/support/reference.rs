@@ -1341,6 +1341,33 @@ pub fn multiply(x: &ArrayD<f32>, s: &ArrayD<f32>) -> ArrayD<f32> {
 // ---------------------------------------------------------------------------
 // Loss.
 
+/// The mean over the rows of the binary cross-entropy of `[rows, 1]`
+/// logits against labels 0 and 1, as
+/// `tf.nn.sigmoid_cross_entropy_with_logits`: `-t log sigmoid(z) - (1 - t)
+/// log(1 - sigmoid(z))`, in f64 (as softplus, so that a logit of 40 costs
+/// 40 rather than the infinity of `log(1 - 1.0)`).
+pub fn binary_crossentropy_from_logits(logits: &ArrayD<f32>, labels: &[usize]) -> f32 {
+    let z = flat(logits);
+    assert_eq!(z.len(), labels.len(), "one label per logit");
+    let total: f64 = z
+        .iter()
+        .zip(labels)
+        .map(|(&z, &label)| {
+            assert!(label < 2, "label {label} is not 0 or 1");
+            // -log sigmoid(z) = softplus(-z), -log(1 - sigmoid(z)) =
+            // softplus(z), which f64 keeps finite for any logit.
+            let softplus = |x: f64| x.max(0.0) + (-x.abs()).exp().ln_1p();
+            let z = f64::from(z);
+            if label == 1 {
+                softplus(-z)
+            } else {
+                softplus(z)
+            }
+        })
+        .sum();
+    (total / labels.len() as f64) as f32
+}
+
 /// The mean over the batch of the sparse categorical cross-entropy of
 /// `[batch, classes]` probabilities (or logits) against integer labels.
 ///
