@@ -1,5 +1,6 @@
-//! cnnc's training loss, the sparse categorical cross-entropy, checked
-//! against Keras's `SparseCategoricalCrossentropy` and the gradients
+//! cnnc's training losses, the sparse categorical cross-entropy and the
+//! binary cross-entropy of one sigmoid score, checked against Keras's
+//! `SparseCategoricalCrossentropy` and `BinaryCrossentropy` and the gradients
 //! TensorFlow takes of it (`tests/tf/losses.py`, TensorFlow 2.21 / Keras
 //! 3.15; its output, with the versions, is `tests/tf/losses.out`): per
 //! pixel for segmentation models (a label per pixel, the loss the mean over
@@ -213,4 +214,11 @@ fn a_per_pixel_loss_of_logits_matches_keras() {
 #[test]
 fn a_classifiers_loss_matches_keras() {
     check("dense_softmax_loss");
+}
+
+/// One sigmoid channel per pixel (foreground or not) against
+/// `BinaryCrossentropy`, which Keras takes from the sigmoid's logits.
+#[test]
+fn a_per_pixel_binary_loss_of_a_sigmoid_matches_keras() {
+    check("segmentation_sigmoid");
 }

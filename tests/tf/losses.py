@@ -1,5 +1,6 @@
 """Records TensorFlow's sparse categorical cross-entropy and its gradients,
-per pixel and per example, for cnnc's training step (tests/tf_losses.rs).
+per pixel and per example, and the binary cross-entropy of a one-channel
+sigmoid mask, for cnnc's training step (tests/tf_losses.rs).
 
 For each case below it writes, into tests/tf/losses/:
   NAME.cnn  the model in cnnc's language;
@@ -9,7 +10,9 @@ For each case below it writes, into tests/tf/losses/:
             output is [h, w, classes]; one per example, [batch], for a
             classifier), the model's `output`, the `loss` that
             keras.losses.SparseCategoricalCrossentropy (its default
-            reduction, the mean over every label) gives, and
+            reduction, the mean over every label) gives, or for a sigmoid
+            output of one channel keras.losses.BinaryCrossentropy (labels
+            0 and 1, given to Keras as [batch, h, w, 1]), and
             `grad.NAME`, its gradient with respect to each trainable
             weight (tf.GradientTape, training=True).
 
@@ -101,6 +104,27 @@ def dense_softmax_loss():
     return source, keras.Model(x, y), names, loss
 
 
+def segmentation_sigmoid():
+    # Foreground or not: one sigmoid channel per pixel, scored with the
+    # binary cross-entropy (Keras takes it from the sigmoid's logits).
+    source = """model segmentation_sigmoid : [5, 4, 1] {
+    conv(4, 3, padding: same, activation: tanh)
+    conv(1, 1, activation: sigmoid)
+}
+"""
+    x = keras.Input((5, 4, 1))
+    conv1 = layers.Conv2D(4, 3, padding="same", activation="tanh")
+    conv2 = layers.Conv2D(1, 1, activation="sigmoid")
+    y = conv2(conv1(x))
+    names = {
+        "conv1.kernel": conv1.kernel,
+        "conv1.bias": conv1.bias,
+        "conv2.kernel": conv2.kernel,
+        "conv2.bias": conv2.bias,
+    }
+    return source, keras.Model(x, y), names, keras.losses.BinaryCrossentropy()
+
+
 def random_value(rng, name, shape):
     """Weights away from Keras's initial values (zero biases, Glorot
     kernels), so that every term of a gradient counts."""
@@ -111,11 +135,11 @@ def random_value(rng, name, shape):
 
 def from_logits(loss, output):
     """Whether Keras takes this loss from logits (traced): asked to, or
-    given a softmax's output, whose input it takes instead
+    given a softmax's or a sigmoid's output, whose input it takes instead
     (keras/src/backend/tensorflow/nn.py, `_get_logits`)."""
     if loss.get_config()["from_logits"] or hasattr(output, "_keras_logits"):
         return True
-    return output.op.type == "Softmax"
+    return output.op.type in ("Softmax", "Sigmoid")
 
 
 def record(name, build, seed, batch):
@@ -129,8 +153,11 @@ def record(name, build, seed, batch):
     assert len(names) == len(model.trainable_weights), name
     by_id = {id(v): w for w, v in names.items()}
     x = rng.uniform(-1.0, 1.0, (batch,) + tuple(model.input.shape[1:])).astype(np.float32)
-    classes = model.output.shape[-1]
+    binary = isinstance(loss, keras.losses.BinaryCrossentropy)
+    classes = 2 if binary else model.output.shape[-1]
     labels = rng.integers(0, classes, (batch,) + tuple(model.output.shape[1:-1]))
+    # The binary cross-entropy takes targets of the output's shape.
+    target = labels[..., None].astype(np.float32) if binary else labels
     arrays["x"], arrays["labels"] = x, labels.astype(np.int64)
     traced = {}
 
@@ -144,14 +171,14 @@ def record(name, build, seed, batch):
         traced["from_logits"] = from_logits(loss, y)
         return y, value, tape.gradient(value, model.trainable_weights)
 
-    y, value, grads = step(tf.constant(x), tf.constant(labels))
+    y, value, grads = step(tf.constant(x), tf.constant(target))
     arrays["output"], arrays["loss"] = y.numpy(), value.numpy()
     # The default reduction is the mean over every label: every pixel of
     # every example (here from the probabilities, eagerly, which is the
     # same to rounding).
-    each = keras.losses.SparseCategoricalCrossentropy(
+    each = type(loss)(
         from_logits=loss.get_config()["from_logits"], reduction=None
-    )(labels, y)
+    )(target, y)
     assert each.shape == labels.shape, name
     assert np.isclose(each.numpy().mean(), value.numpy(), rtol=1e-5), name
     for variable, grad in zip(model.trainable_weights, grads):
@@ -172,6 +199,7 @@ def main():
         (segmentation_softmax, 4),
         (segmentation_logits, 3),
         (dense_softmax_loss, 4),
+        (segmentation_sigmoid, 3),
     ]
     wanted = set(sys.argv[1:])
     unknown = wanted - {build.__name__ for build, _ in cases}
