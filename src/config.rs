@@ -5,12 +5,29 @@
 //! fills it (`elaborate`), and the data, the optimizer, the lowering and the
 //! training loop read it.
 
+/// The loss a train section names. Which cross-entropy scores an output
+/// follows from its shape: the softmax cross-entropy for two or more scores
+/// per label, the binary cross-entropy for one (a sigmoid's), whose softmax
+/// cross-entropy would always be 0. Naming the binary loss also asks that
+/// every output give one score per label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// `sparse_categorical_crossentropy`: a class index per example, or per
+    /// pixel for per-pixel scores.
+    SparseCategorical,
+    /// `binary_crossentropy`: labels 0 and 1, each output one score (per
+    /// example or per pixel).
+    Binary,
+}
+
 /// Everything the `train` section says, with defaults for what it leaves out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
     /// The optimizer and its hyperparameters.
     pub optimizer: Optimizer,
-    /// Label smoothing of the sparse categorical cross-entropy.
+    /// The loss the train section names.
+    pub loss: Loss,
+    /// Label smoothing of the cross-entropy.
     pub label_smoothing: f64,
     /// The weight of each output's loss (outputs not named weigh 1).
     pub loss_weights: Vec<(String, f64)>,
@@ -50,6 +67,7 @@ impl Default for TrainConfig {
                 rho: 0.9,
                 weight_decay: 0.0,
             },
+            loss: Loss::SparseCategorical,
             label_smoothing: 0.0,
             loss_weights: Vec::new(),
             metrics: vec![Metric::Accuracy],

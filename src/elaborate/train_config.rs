@@ -50,7 +50,10 @@ pub fn check(
         }
         match key.name.as_str() {
             "optimizer" => c.optimizer(value).map(|o| config.optimizer = o),
-            "loss" => c.loss(value).map(|s| config.label_smoothing = s),
+            "loss" => c.loss(value).map(|(loss, smoothing)| {
+                config.loss = loss;
+                config.label_smoothing = smoothing;
+            }),
             "loss_weights" => c
                 .loss_weights(value, outputs)
                 .map(|w| config.loss_weights = w),
@@ -264,20 +267,24 @@ impl Checker {
         Some(o)
     }
 
-    fn loss(&mut self, value: &Spanned) -> Option<f64> {
+    fn loss(&mut self, value: &Spanned) -> Option<(Loss, f64)> {
         let Some((name, args)) = call_parts(&value.value) else {
             return self.fail(
                 value,
                 "`loss` must name a loss, e.g. sparse_categorical_crossentropy",
             );
         };
-        if name != "sparse_categorical_crossentropy" {
-            let error = Diagnostic::error(value.span, format!("unknown loss `{name}`"), "here")
-                .with_note("cnnc trains classifiers with `sparse_categorical_crossentropy`");
-            self.errors
-                .push(suggest(error, name, ["sparse_categorical_crossentropy"]));
-            return None;
-        }
+        const NAMES: [&str; 2] = ["sparse_categorical_crossentropy", "binary_crossentropy"];
+        let loss = match name {
+            "sparse_categorical_crossentropy" => Loss::SparseCategorical,
+            "binary_crossentropy" => Loss::Binary,
+            _ => {
+                let error = Diagnostic::error(value.span, format!("unknown loss `{name}`"), "here")
+                    .with_note("cnnc trains with `sparse_categorical_crossentropy` (a class index per example, or per pixel) or `binary_crossentropy` (labels 0 and 1, one sigmoid score per example or per pixel)");
+                self.errors.push(suggest(error, name, NAMES));
+                return None;
+            }
+        };
         let mut smoothing = 0.0;
         for (_, v) in self.fields(name, args, &["label_smoothing"]) {
             smoothing = self.number(v, "label_smoothing", false)?;
@@ -285,7 +292,7 @@ impl Checker {
                 return self.fail(v, "`label_smoothing` must be below 1");
             }
         }
-        Some(smoothing)
+        Some((loss, smoothing))
     }
 
     fn loss_weights(&mut self, value: &Spanned, outputs: &[&str]) -> Option<Vec<(String, f64)>> {

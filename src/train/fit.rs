@@ -13,7 +13,7 @@ use thiserror::Error;
 use super::checkpoint::{Cadence, Checkpoint, CheckpointEvery, Position, RunState};
 use super::folder::RunFiles;
 use crate::autodiff::LossSpec;
-use crate::config::{Schedule, TrainConfig};
+use crate::config::{Loss, Schedule, TrainConfig};
 use crate::data::augment::augment_batch;
 use crate::data::Dataset;
 use crate::predict::{run_in_batches, Batches};
@@ -130,6 +130,15 @@ pub enum FitError {
         output_shape: Vec<u64>,
         /// The data set's labels per image (empty: one label).
         label_shape: Vec<usize>,
+    },
+    /// The train section names the binary cross-entropy, but an output
+    /// gives more than one score per label.
+    #[error("the train section names `binary_crossentropy`, which scores one sigmoid score per example or per pixel, but output `{output}` gives {shape}: end it with one unit, e.g. `dense(1, activation: sigmoid)` or `conv(1, 1, activation: sigmoid)`, or use `sparse_categorical_crossentropy` with a softmax over the classes")]
+    NotBinary {
+        /// The first output with more than one score.
+        output: String,
+        /// Its per-example shape.
+        shape: crate::graph::Shape,
     },
     /// A data set's label is not one of its classes (its `class_names`).
     #[error("received a label value of {label} (image {index} of the {set} set), which is outside the valid range of [0, {classes}) of the data set's class indices")]
@@ -359,6 +368,18 @@ fn check_sets(
         ("test", test),
     ] {
         check_data(data, set)?;
+    }
+    if config.loss == Loss::Binary {
+        if let Some((output, shape)) = model
+            .outputs()
+            .into_iter()
+            .find(|(_, shape)| shape.last() != Some(&1))
+        {
+            return Err(FitError::NotBinary {
+                output,
+                shape: crate::graph::Shape(shape),
+            });
+        }
     }
     let (first_output, _) = check_classes(model, train)?;
     let batch = config.batch as usize;
