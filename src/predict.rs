@@ -2,8 +2,12 @@
 //! --output Y.npy` on NumPy arrays, so that outputs can be compared with
 //! other frameworks', in inference or training mode, and `cnnc predict
 //! img.png …` on image files, giving each image's most likely classes by
-//! name. `cnnc grad` ([`gradients_npy`]) runs the gradient program on
-//! NumPy arrays, so that gradients can be compared too.
+//! name, or, for a segmentation model, each pixel's class ([`masks`]:
+//! `cnnc predict img.png … --masks DIR`). `cnnc grad` ([`gradients_npy`])
+//! runs the gradient program on NumPy arrays, so that gradients can be
+//! compared too.
+
+pub mod masks;
 
 use std::path::{Path, PathBuf};
 
@@ -72,12 +76,50 @@ pub enum PredictError {
     #[error(transparent)]
     Image(#[from] FolderError),
     /// The model's output is not a vector of class scores.
-    #[error("output `{output}` has shape [{}], not one score per class: images can only be classified by a model whose output is a vector (`cnnc maps` draws feature maps)", join(.shape))]
+    #[error("output `{output}` has shape [{}], not one score per class: images can only be classified by a model whose output is a vector (`cnnc maps` draws feature maps{})", join(.shape), if .shape.len() == 3 { "; `cnnc predict --masks DIR` segments images with per-pixel scores [height, width, classes]" } else { "" })]
     NotScores {
         /// The output.
         output: String,
         /// Its per-example shape.
         shape: Vec<usize>,
+    },
+    /// Masks were asked of a model whose output is not per-pixel scores.
+    #[error("output `{output}` has shape [{}], not per-pixel scores [height, width, classes]: --masks needs a segmentation model (without --masks, images are classified)", join(.shape))]
+    NotPerPixel {
+        /// The model's first output.
+        output: String,
+        /// Its per-example shape.
+        shape: Vec<usize>,
+    },
+    /// A per-pixel output has more classes than a PNG mask can hold.
+    #[error("output `{output}` scores {classes} classes per pixel, more than the {} class indices a 16-bit greyscale PNG mask can hold", masks::MAX_MASK_CLASSES)]
+    TooManyClasses {
+        /// The output.
+        output: String,
+        /// Its classes.
+        classes: usize,
+    },
+    /// Two images would write their masks to the same file.
+    #[error("`{}` and `{}` would both write their mask to `{}`: rename one of them, or segment them in separate runs with different --masks folders", first.display(), second.display(), mask.display())]
+    SameMask {
+        /// The first image of that name.
+        first: PathBuf,
+        /// The second.
+        second: PathBuf,
+        /// The mask file.
+        mask: PathBuf,
+    },
+    /// A mask file would replace a file that exists.
+    #[error("`{}` already exists: replace it with --overwrite, or write the masks into another folder with --masks DIR", path.display())]
+    MaskExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A mask file would replace the image it is made from.
+    #[error("the mask of `{}` would replace the image itself: write the masks into another folder with --masks DIR", image.display())]
+    MaskIsImage {
+        /// The image.
+        image: PathBuf,
     },
     /// The model could not be compiled.
     #[error(transparent)]
