@@ -680,6 +680,23 @@ fn with_suffix(path: &Path, name: &str) -> PathBuf {
     path.with_file_name(format!("{stem}.{name}{extension}"))
 }
 
+/// The class a row of scores predicts: the index of the largest, or for a
+/// row of one (a sigmoid's probability of class 1) class 1 when it is
+/// above one half, as Keras's `binary_accuracy` thresholds it.
+pub fn predicted_class(row: &[f32]) -> usize {
+    match row {
+        [p] => usize::from(*p > 0.5),
+        _ => arg_max(row),
+    }
+}
+
+/// The index of the largest score (the first, on ties).
+pub fn arg_max(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(0, |b, (j, &v)| if v > row[b] { j } else { b })
+}
+
 /// How [`run_in_batches`] splits its examples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batches {

@@ -168,14 +168,15 @@ fn bench_reports_every_figure() {
 
 #[test]
 fn a_model_that_cannot_be_trained_is_reported_at_its_output() {
-    // Training scores outputs with a cross-entropy: a feature-map output is
-    // an error that points at the layer making it, like a front-end error.
+    // Training scores outputs with a cross-entropy, of class scores or of
+    // per-pixel scores: an output of rank 2 is neither, an error that
+    // points at the layer making it, like a front-end error.
     let dir = std::env::temp_dir().join(format!("cnnc-cli-train-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("maps.cnn");
     std::fs::write(
         &file,
-        "model maps : [8, 8, 1] {\n    conv(2, 3, padding: same)\n}\n",
+        "model maps : [8, 8, 1] {\n    conv(2, 3, padding: same)\n    reshape([16, 8])\n}\n",
     )
     .expect("write");
     let path = file.to_str().expect("utf-8");
@@ -190,11 +191,11 @@ fn a_model_that_cannot_be_trained_is_reported_at_its_output() {
         assert_eq!(out.status.code(), Some(1), "{emit}");
         let err = stderr(&out);
         assert!(
-            err.contains("training needs class scores, but output `output` has shape [8, 8, 2]"),
+            err.contains("training needs class scores, but output `output` has shape [16, 8]"),
             "{emit}: {err}"
         );
-        assert!(err.contains("maps.cnn:2:5"), "{emit}: {err}");
-        assert!(err.contains("conv(2, 3, padding: same)"), "{emit}: {err}");
+        assert!(err.contains("maps.cnn:3:5"), "{emit}: {err}");
+        assert!(err.contains("reshape([16, 8])"), "{emit}: {err}");
     }
 }
 

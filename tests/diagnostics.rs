@@ -163,6 +163,7 @@ cases! {
     input_after_statements_in_a_model,
     model_named_current,
     train_unknown_optimizer,
+    train_unknown_loss,
     train_zero_batch,
     train_loss_weights_unknown_output,
     train_key_twice,

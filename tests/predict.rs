@@ -540,6 +540,7 @@ fn more_classes_than_a_16_bit_mask_holds_are_refused() {
             name: "output".into(),
             height: 2,
             width: 2,
+            scores: 65537,
             classes: 65537
         }
     );
@@ -624,4 +625,54 @@ fn images_beyond_one_batch_keep_their_order() {
             image.display()
         );
     }
+}
+
+#[test]
+fn a_one_channel_sigmoid_mask_is_class_one_above_one_half() {
+    // Foreground or not: one sigmoid score per pixel, class 1 where it is
+    // above one half, as training's accuracy thresholds it.
+    let dir = fresh("masks-binary");
+    let source = "model fg : [16, 12, 1] {\n    conv(4, 3, padding: same, activation: tanh)\n    conv(1, 1, activation: sigmoid)\n}\n";
+    let names = ["background", "shape"];
+    let (file, model, store, weights_path) = model_with_weights(&dir, source, 5, &names);
+    let png = dir.join("scene.png");
+    grey_image(12, 16, 3).save(&png).expect("png");
+    let masks = dir.join("masks");
+    let out = predict(&[
+        file.to_str().unwrap(),
+        "--weights",
+        weights_path.to_str().unwrap(),
+        png.to_str().unwrap(),
+        "--masks",
+        masks.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let conversion = cnnc::data::folder::Conversion {
+        shape: [16, 12, 1],
+        convert: false,
+    };
+    let values = cnnc::data::folder::read_image(&png, conversion).expect("readable");
+    let compiled = cnnc::compile_inference(&model, 1).expect("compiles");
+    let mut inference = Inference::new(compiled, store, 1).expect("starts");
+    let (_, probabilities) = inference.run(&values).expect("runs").remove(0);
+    let expected: Vec<usize> = probabilities
+        .iter()
+        .map(|&p| usize::from(p > 0.5))
+        .collect();
+    let (width, height, mask) = read_mask(&masks.join("scene.png"));
+    assert_eq!((width, height), (12, 16));
+    assert_eq!(mask, expected);
+    assert!(
+        expected.contains(&0) && expected.contains(&1),
+        "both classes appear"
+    );
+    let path = masks.join("scene.png");
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "wrote {}: {}\n",
+            path.display(),
+            shares_text(&expected, &names)
+        )
+    );
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma};
 
-use super::{run_in_batches, Batches, PredictError};
+use super::{predicted_class, run_in_batches, Batches, PredictError};
 use crate::data::folder::{self, Conversion, FolderError};
 use crate::runtime::weights::{self, TensorStore};
 use crate::shapes::TypedGraph;
@@ -37,6 +37,9 @@ pub struct PixelOutput {
     /// The mask's width.
     pub width: usize,
     /// Scores per pixel.
+    pub scores: usize,
+    /// The classes a pixel can be: one per score, or two for a single
+    /// score (a sigmoid's probability of class 1).
     pub classes: usize,
 }
 
@@ -46,11 +49,12 @@ pub struct PixelOutput {
 pub fn pixel_output(model: &TypedGraph) -> Result<PixelOutput, PredictError> {
     let (name, shape) = model.outputs().into_iter().next().unwrap_or_default();
     match shape[..] {
-        [height, width, classes] => Ok(PixelOutput {
+        [height, width, scores] => Ok(PixelOutput {
             name,
             height: height as usize,
             width: width as usize,
-            classes: classes as usize,
+            scores: scores as usize,
+            classes: if scores == 1 { 2 } else { scores as usize },
         }),
         _ => Err(PredictError::NotPerPixel {
             output: name,
@@ -65,7 +69,9 @@ pub struct Segmentation {
     /// The image file.
     pub image: PathBuf,
     /// The class index of each pixel of the model's output, row by row: the
-    /// arg max of its scores, the first on ties.
+    /// arg max of its scores, the first on ties (for a single score, class 1
+    /// where it is above one half), as training's accuracy counts it
+    /// ([`super::predicted_class`]).
     pub labels: Vec<u32>,
 }
 
@@ -136,13 +142,13 @@ pub fn segment_images(
             .find(|(name, _)| *name == output.name)
             .map(|(_, scores)| scores)
             .unwrap_or_default();
-        let per_mask = (output.height * output.width * output.classes).max(1);
+        let per_mask = (output.height * output.width * output.scores).max(1);
         for (path, image) in paths[start..].iter().zip(scores.chunks_exact(per_mask)) {
             images.push(Segmentation {
                 image: path.clone(),
                 labels: image
-                    .chunks_exact(output.classes.max(1))
-                    .map(|pixel| arg_max(pixel) as u32)
+                    .chunks_exact(output.scores.max(1))
+                    .map(|pixel| predicted_class(pixel) as u32)
                     .collect(),
             });
         }
@@ -289,16 +295,6 @@ fn png(output: &PixelOutput, segmentation: &Segmentation) -> Result<Vec<u8>, Str
     Ok(bytes.into_inner())
 }
 
-/// The index of the largest score, the first on ties, as training's
-/// accuracy counts it (`train::fit::arg_max`, which this
-/// module, below training, cannot call).
-fn arg_max(scores: &[f32]) -> usize {
-    scores
-        .iter()
-        .enumerate()
-        .fold(0, |best, (j, &v)| if v > scores[best] { j } else { best })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +304,7 @@ mod tests {
             name: "output".into(),
             height: 2,
             width: 3,
+            scores: classes,
             classes,
         }
     }
@@ -335,10 +332,12 @@ mod tests {
     }
 
     #[test]
-    fn the_first_of_equal_scores_wins() {
-        assert_eq!(arg_max(&[0.25, 0.5, 0.5, 0.1]), 1);
-        assert_eq!(arg_max(&[0.0, 0.0]), 0);
-        assert_eq!(arg_max(&[-1.0, -2.0, -0.5]), 2);
+    fn the_first_of_equal_scores_wins_and_one_score_is_thresholded_at_a_half() {
+        assert_eq!(predicted_class(&[0.25, 0.5, 0.5, 0.1]), 1);
+        assert_eq!(predicted_class(&[0.0, 0.0]), 0);
+        assert_eq!(predicted_class(&[-1.0, -2.0, -0.5]), 2);
+        assert_eq!(predicted_class(&[0.5]), 0);
+        assert_eq!(predicted_class(&[0.51]), 1);
     }
 
     #[test]

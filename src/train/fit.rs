@@ -16,6 +16,7 @@ use crate::autodiff::LossSpec;
 use crate::config::{Loss, Schedule, TrainConfig};
 use crate::data::augment::augment_batch;
 use crate::data::Dataset;
+pub use crate::predict::{arg_max, predicted_class};
 use crate::predict::{run_in_batches, Batches};
 use crate::runtime::inference::InferenceError;
 use crate::runtime::training::{Trainer, TrainingError};
@@ -870,23 +871,6 @@ fn probability(row: &[f32], label: usize) -> f64 {
         [p] => f64::from(*p),
         _ => f64::from(row[label]),
     }
-}
-
-/// The class a row of scores predicts: the index of the largest, or for a
-/// row of one (a sigmoid's probability of class 1) class 1 when it is
-/// above one half, as Keras's `binary_accuracy` thresholds it.
-pub fn predicted_class(row: &[f32]) -> usize {
-    match row {
-        [p] => usize::from(*p > 0.5),
-        _ => arg_max(row),
-    }
-}
-
-/// The index of the largest score (the first, on ties).
-pub fn arg_max(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold(0, |b, (j, &v)| if v > row[b] { j } else { b })
 }
 
 /// How many scores are larger than the label's: 0 when the label has the
