@@ -468,6 +468,19 @@ fn cnnc_trains_on_shapes_and_on_a_mask_folder_and_eval_reports_the_iou() {
         text.contains("mean IoU") && text.contains("(20 images)"),
         "{text}"
     );
+    // `cnnc show` draws the images with their masks in colour, and names
+    // the shapes each holds.
+    let picture = dir.join("grid.png");
+    let picture = picture.to_str().expect("utf-8");
+    let (ok, text) = cnnc(&["show", folder, "-o", picture, "--rows", "2", "--cols", "3"]);
+    assert!(ok && text.contains("6 training images"), "{text}");
+    let drawn = image::open(picture).expect("a PNG").into_rgb8();
+    let tinted = drawn
+        .pixels()
+        .filter(|p| p.0[0] != p.0[1] || p.0[1] != p.0[2])
+        .count();
+    let text_pixels = drawn.pixels().filter(|p| p.0 == [0, 0, 0]).count();
+    assert!(tinted > 100 && text_pixels > 0, "{tinted} coloured pixels");
     // A classifier's data set for a segmentation model is refused.
     let (ok, text) = cnnc(&[
         "run",

@@ -2,14 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
-use cnnc::data::{fashion, folder, Splits};
+use cnnc::data::{fashion, folder, masks, shapes, Splits};
 use cnnc::viz::grid::{self, GridConfig};
 use cnnc::Diagnostics;
 
 /// Draw a grid of a data set's training images with their class names (PNG).
 #[derive(clap::Args)]
 pub struct Args {
-    /// The data set: `fashion` (Fashion-MNIST) or a folder of images with a sub-folder per class (shown at the size of its first image).
+    /// The data set: `fashion` (Fashion-MNIST), `shapes` (the generated segmentation set, at 128x128), a folder of images with a sub-folder per class, or of `images/` and `masks/` (shown at the size of its first image, masks in colour).
     dataset: String,
     /// The picture to write (.png).
     #[arg(short, long)]
@@ -63,6 +63,15 @@ fn training_images(data_set: &str, data: Option<&Path>) -> Result<Splits, String
             eprintln!("{note}");
         }
         Ok(splits)
+    } else if data_set == "shapes" {
+        shapes::load(&[128, 128, 1], Some(0), 0).map_err(|e| e.to_string())
+    } else if dir.is_dir() && masks::is_mask_folder(dir) {
+        let shape = masks::first_shape(dir).map_err(|e| e.to_string())?;
+        let conversion = folder::Conversion {
+            shape,
+            convert: true,
+        };
+        masks::load(dir, conversion, Some(0), 0).map_err(|e| e.to_string())
     } else if dir.is_dir() {
         let shape = folder::first_shape(dir).map_err(|e| e.to_string())?;
         let conversion = folder::Conversion {
@@ -72,7 +81,7 @@ fn training_images(data_set: &str, data: Option<&Path>) -> Result<Splits, String
         folder::load(dir, conversion, Some(0), 0).map_err(|e| e.to_string())
     } else {
         Err(format!(
-            "unknown data set `{data_set}`: give `fashion` (Fashion-MNIST) or a folder of images with a sub-folder per class"
+            "unknown data set `{data_set}`: give `fashion` (Fashion-MNIST), `shapes`, a folder of images with a sub-folder per class, or a folder of `images/` and `masks/`"
         ))
     }
 }

@@ -42,6 +42,20 @@ pub fn is_mask_folder(dir: &Path) -> bool {
     laid_out(dir) || laid_out(&dir.join("train"))
 }
 
+/// The `[height, width, channels]` of the first image [`load`] would read
+/// from `dir` (channels 3 when it has colour, else 1): the size to show a
+/// set's images at when no model says it.
+pub fn first_shape(dir: &Path) -> Result<[usize; 3], FolderError> {
+    let images =
+        split_dirs(dir).map_or_else(|| dir.join("images"), |(train, _)| train.join("images"));
+    let Some(first) = entries(&images)?.into_iter().find(|p| is_image(p)) else {
+        return Err(FolderError::NoImages { dir: images });
+    };
+    let image = decode(&first)?;
+    let channels = if image.color().has_color() { 3 } else { 1 };
+    Ok([image.height() as usize, image.width() as usize, channels])
+}
+
 /// Reads the segmentation set in `dir` (see the module's documentation)
 /// into training, validation and test sets, each image converted by
 /// `conversion` and each mask brought to its size.

@@ -96,43 +96,82 @@ fn choose(data: &Dataset, config: &GridConfig) -> Vec<usize> {
     indices
 }
 
-/// The class of image `index`: its label's name, or for a mask the name
-/// of its commonest class other than the background (class 0).
+/// The class of image `index`: its label's name, or for a mask the names
+/// of the classes it holds other than the background (class 0), the
+/// largest first.
 fn class_name(data: &Dataset, index: usize) -> String {
     let labels = data.labels_of(index);
-    let label = if data.is_segmentation() {
-        let classes = data.class_names.len().max(1);
-        let mut counts = vec![0usize; classes];
-        labels
-            .iter()
-            .filter(|&&l| l > 0)
-            .for_each(|&l| counts[(l as usize).min(classes - 1)] += 1);
-        crate::train::fit::arg_max(&counts.iter().map(|&c| c as f32).collect::<Vec<_>>())
-    } else {
-        labels[0] as usize
+    let name = |label: usize| {
+        data.class_names
+            .get(label)
+            .cloned()
+            .unwrap_or_else(|| format!("class {label}"))
     };
-    data.class_names
-        .get(label)
-        .cloned()
-        .unwrap_or_else(|| format!("class {label}"))
+    if !data.is_segmentation() {
+        return name(labels[0] as usize);
+    }
+    let mut counts = vec![0usize; data.class_names.len()];
+    for &l in labels {
+        if let Some(count) = counts.get_mut(l as usize) {
+            *count += 1;
+        }
+    }
+    let mut present: Vec<(usize, usize)> = counts
+        .into_iter()
+        .enumerate()
+        .skip(1)
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    present.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let names: Vec<String> = present.iter().map(|&(c, _)| name(c)).collect();
+    if names.is_empty() {
+        name(0)
+    } else {
+        names.join(", ")
+    }
 }
+
+/// The tint of each mask class after the background: distinct hues.
+const MASK_COLOURS: [[u8; 3]; 8] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+    [128, 128, 0],
+];
 
 /// Paints image `index` of `data` with its top-left corner at `at`, each
 /// pixel a `scale × scale` square: grey images dark on light, colour images
-/// as they are.
+/// as they are, and where a segmentation set's mask has a class other
+/// than the background, that class's colour over the pixel.
 fn paint(picture: &mut RgbImage, data: &Dataset, index: usize, at: (u32, u32), scale: u32) {
     let [height, width, channels] = data.shape;
     let pixels = data.image(index);
+    let labels = if data.is_segmentation() {
+        data.labels_of(index)
+    } else {
+        &[]
+    };
     for row in 0..height {
         for col in 0..width {
             let base = (row * width + col) * channels;
             let byte = |c: usize| (pixels[base + c].clamp(0.0, 1.0) * 255.0).round() as u8;
-            let color = if channels >= 3 {
+            let mut color = if channels >= 3 {
                 Rgb([byte(0), byte(1), byte(2)])
             } else {
                 let ink = 255 - byte(0);
                 Rgb([ink, ink, ink])
             };
+            let class = labels.get(row * width + col).copied().unwrap_or(0) as usize;
+            if class > 0 {
+                let tint = MASK_COLOURS[(class - 1) % MASK_COLOURS.len()];
+                for (c, t) in color.0.iter_mut().zip(tint) {
+                    *c = ((u16::from(*c) * 2 + u16::from(t) * 3) / 5) as u8;
+                }
+            }
             for dy in 0..scale {
                 for dx in 0..scale {
                     let x = at.0 + col as u32 * scale + dx;
