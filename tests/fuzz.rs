@@ -217,6 +217,33 @@ fn statement() -> impl Strategy<Value = String> {
         )),
         number().prop_map(|n| format!("se_block({n})")),
         number().prop_map(|n| format!("residual_unit({n}, stride: 2)")),
+        // The forms after the chapter: grouped and transposed convolutions,
+        // resampling, slices, the newer activations and expressions.
+        (number(), number()).prop_map(|(f, g)| format!("conv({f}, 3, padding: same, groups: {g})")),
+        (number(), number(), number()).prop_map(|(f, s, o)| format!(
+            "conv_transpose({f}, 3, stride: {s}, padding: same, output_padding: {o})"
+        )),
+        (number(), select(&["nearest", "bilinear", "cubic"][..]))
+            .prop_map(|(n, m)| format!("upsample({n}, mode: {m})")),
+        (number(), number()).prop_map(|(a, b)| format!("channels({a}, {b})")),
+        number().prop_map(|n| format!("reshape([{n}, -1])")),
+        Just("current + (current -> relu6)".to_string()),
+        select(
+            &[
+                "swish",
+                "gelu(approximate: true)",
+                "hard_swish",
+                "hard_sigmoid",
+                "mish"
+            ][..]
+        )
+        .prop_map(|a| a.to_string()),
+        Just("batchnorm(center: false, scale: false)".to_string()),
+        number().prop_map(|n| format!("conv(int(in.channels * {n}), 1)")),
+        number().prop_map(|n| format!("conv(max(min({n}, 8), len([1, 2])), 1)")),
+        number().prop_map(|n| format!("for (a, b) in [[{n}, 1]] {{ conv(a, b) }}")),
+        number().prop_map(|n| format!("for i in 0..={n} {{ relu }}")),
+        number().prop_map(|n| format!("concat([current, current -> conv({n}, 1)])")),
     ]
 }
 
