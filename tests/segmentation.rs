@@ -396,6 +396,13 @@ fn labels_that_do_not_fit_the_outputs_are_refused_before_training() {
         text.contains("masks are 16x16") && text.contains("[14, 14, 4]"),
         "{text}"
     );
+    let two = "model m : [16, 16, 1] { conv(2, 3, padding: same, activation: softmax) }";
+    let text = refused(two, &train, &out).to_string();
+    assert!(
+        text.contains("2 scores per pixel, but the data set has 4 classes")
+            && text.contains("`conv(4, 1, activation: softmax)`"),
+        "{text}"
+    );
     let per_image = Dataset {
         label_shape: Vec::new(),
         labels: (0..train.len() as u32).map(|i| i % 4).collect(),

@@ -111,7 +111,7 @@ pub enum FitError {
     /// output is scored against the same labels, and a label must be below
     /// each output's number of scores; more scores than classes are
     /// allowed, as Keras's sparse categorical cross-entropy allows them.
-    #[error("output `{output}` gives {scores} scores per image, but the data set has {classes} classes: every output is scored against the same labels, so each needs at least {classes} scores (more are allowed, as in Keras); make its last layer `dense({classes}, activation: softmax)`")]
+    #[error("output `{output}` gives {scores} scores per {}, but the data set has {classes} classes: every output is scored against the same labels, so each needs at least {classes} scores (more are allowed, as in Keras); make its last layer `{}`", if *per_pixel { "pixel" } else { "image" }, if *per_pixel { format!("conv({classes}, 1, activation: softmax)") } else { format!("dense({classes}, activation: softmax)") })]
     Classes {
         /// The first output (in the model's order) with too few scores.
         output: String,
@@ -119,6 +119,8 @@ pub enum FitError {
         scores: usize,
         /// The data set's classes.
         classes: usize,
+        /// Whether the output's scores are per pixel.
+        per_pixel: bool,
     },
     /// The model's outputs take labels of another shape than the data
     /// set's: a classifier on masks, or a segmentation model on one label
@@ -1043,6 +1045,7 @@ fn check_classes(model: &TypedGraph, data: &Dataset) -> Result<(String, usize), 
     let bound = |scores: usize| if scores == 1 { 2 } else { scores };
     if let Some((output, scores)) = outputs.iter().find(|(_, s)| bound(*s) < classes) {
         return Err(FitError::Classes {
+            per_pixel: data.is_segmentation(),
             output: output.clone(),
             scores: *scores,
             classes,
