@@ -326,7 +326,7 @@ fn a_second_output_with_fewer_scores_than_classes_is_refused_before_training() {
     assert!(
         matches!(
             &error,
-            fit::FitError::Classes { output, scores: 2, classes: 4 } if output == "aux"
+            fit::FitError::Classes { output, scores: 2, classes: 4, per_pixel: false } if output == "aux"
         ),
         "{error:?}"
     );

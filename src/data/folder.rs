@@ -222,7 +222,7 @@ pub const VALIDATION_EVERY: usize = 5;
 
 /// The seed of the test split, fixed so that changing the training seed
 /// never moves images between the training and the test set.
-pub(super) const TEST_SPLIT_SEED: u64 = 0x7e57;
+const TEST_SPLIT_SEED: u64 = 0x7e57;
 
 /// Reads the folder `dir` (see the module's documentation) into training,
 /// validation and test sets, each image converted by `conversion`.
@@ -236,9 +236,8 @@ pub fn load(
     seed: u64,
 ) -> Result<Splits, FolderError> {
     check_channels(conversion)?;
-    let (train, test) = if let Some((train_dir, test_dir)) = split_dirs(dir) {
-        let train = read_classes(&train_dir, conversion)?;
-        let test = read_classes(&test_dir, conversion)?;
+    let read = |folder: &Path| read_classes(folder, conversion);
+    let join = |(train_dir, train): (PathBuf, Dataset), (test_dir, test): (PathBuf, Dataset)| {
         if train.class_names != test.class_names {
             return Err(FolderError::TestClasses {
                 train_dir,
@@ -247,9 +246,34 @@ pub fn load(
                 test: test.class_names,
             });
         }
-        (train, test)
+        Ok((train, test))
+    };
+    let (train, validation, test) = split(dir, read, join, (validation, seed))?;
+    Ok(Splits {
+        train,
+        validation,
+        test,
+        source: Source::Folder(dir.to_path_buf()),
+    })
+}
+
+/// The training, validation and test sets of the data set in `dir`, each
+/// folder of it read by `read`: `dir/train` and `dir/test` when `dir` has
+/// both (`join` checks that they agree), else a fixed fifth of `dir` as
+/// the test set, the same whatever the training seed. `validation`
+/// training images (by default a fifth of them), chosen by a shuffle
+/// seeded with `seed`, are held out as the validation set.
+pub(super) fn split(
+    dir: &Path,
+    read: impl Fn(&Path) -> Result<Dataset, FolderError>,
+    join: impl FnOnce((PathBuf, Dataset), (PathBuf, Dataset)) -> Result<(Dataset, Dataset), FolderError>,
+    (validation, seed): (Option<usize>, u64),
+) -> Result<(Dataset, Dataset, Dataset), FolderError> {
+    let (train, test) = if let Some((train_dir, test_dir)) = split_dirs(dir) {
+        let (train, test) = (read(&train_dir)?, read(&test_dir)?);
+        join((train_dir, train), (test_dir, test))?
     } else {
-        let all = read_classes(dir, conversion)?;
+        let all = read(dir)?;
         all.hold_out(all.len() / TEST_EVERY, TEST_SPLIT_SEED)
     };
     let held = validation.unwrap_or(train.len() / VALIDATION_EVERY);
@@ -260,12 +284,7 @@ pub fn load(
         });
     }
     let (train, validation) = train.hold_out(held, seed);
-    Ok(Splits {
-        train,
-        validation,
-        test,
-        source: Source::Folder(dir.to_path_buf()),
-    })
+    Ok((train, validation, test))
 }
 
 /// The `[height, width, channels]` of the first image [`load`] would read

@@ -23,8 +23,8 @@ use image::DynamicImage;
 use rayon::prelude::*;
 
 use super::folder::{
-    check_cap, check_channels, convert, decode, entries, is_image, split_dirs, Conversion,
-    FolderError, TEST_EVERY, TEST_SPLIT_SEED, VALIDATION_EVERY,
+    check_cap, check_channels, convert, decode, entries, is_image, split, split_dirs, Conversion,
+    FolderError,
 };
 use super::{Dataset, Source, Splits};
 use crate::limits::MemoryCap;
@@ -72,23 +72,13 @@ pub fn load(
     let names_file = dir.join(CLASS_NAMES_FILE);
     let names = class_names(&names_file)?;
     let names = (names.as_deref(), names_file.as_path());
-    let (train, test) = if let Some((train_dir, test_dir)) = split_dirs(dir) {
-        let train = read_pairs(&train_dir, conversion, names)?;
-        let test = read_pairs(&test_dir, conversion, names)?;
+    let read = |folder: &Path| read_pairs(folder, conversion, names);
+    // Numbered classes, when no file names them, cover both sets' masks.
+    let join = |(_, train): (PathBuf, Dataset), (_, test): (PathBuf, Dataset)| {
         let classes = train.class_names.len().max(test.class_names.len());
-        (with_classes(train, classes), with_classes(test, classes))
-    } else {
-        let all = read_pairs(dir, conversion, names)?;
-        all.hold_out(all.len() / TEST_EVERY, TEST_SPLIT_SEED)
+        Ok((with_classes(train, classes), with_classes(test, classes)))
     };
-    let held = validation.unwrap_or(train.len() / VALIDATION_EVERY);
-    if held >= train.len() {
-        return Err(FolderError::ValidationTooLarge {
-            requested: held,
-            available: train.len(),
-        });
-    }
-    let (train, validation) = train.hold_out(held, seed);
+    let (train, validation, test) = split(dir, read, join, (validation, seed))?;
     Ok(Splits {
         train,
         validation,
@@ -129,7 +119,7 @@ fn class_names(path: &Path) -> Result<Option<Vec<String>>, FolderError> {
     }
 }
 
-/// Numbered classes, when no file names them, cover both sets' masks.
+/// `set` with numbered classes up to `classes`.
 fn with_classes(mut set: Dataset, classes: usize) -> Dataset {
     for c in set.class_names.len()..classes {
         set.class_names.push(c.to_string());
