@@ -248,13 +248,8 @@ pub fn load(
         }
         Ok((train, test))
     };
-    let (train, validation, test) = split(dir, read, join, (validation, seed))?;
-    Ok(Splits {
-        train,
-        validation,
-        test,
-        source: Source::Folder(dir.to_path_buf()),
-    })
+    let source = Source::Folder(dir.to_path_buf());
+    split(dir, read, join, (validation, seed), source)
 }
 
 /// The training, validation and test sets of the data set in `dir`, each
@@ -262,13 +257,15 @@ pub fn load(
 /// both (`join` checks that they agree), else a fixed fifth of `dir` as
 /// the test set, the same whatever the training seed. `validation`
 /// training images (by default a fifth of them), chosen by a shuffle
-/// seeded with `seed`, are held out as the validation set.
+/// seeded with `seed`, are held out as the validation set. `source` says
+/// where they came from.
 pub(super) fn split(
     dir: &Path,
     read: impl Fn(&Path) -> Result<Dataset, FolderError>,
     join: impl FnOnce((PathBuf, Dataset), (PathBuf, Dataset)) -> Result<(Dataset, Dataset), FolderError>,
     (validation, seed): (Option<usize>, u64),
-) -> Result<(Dataset, Dataset, Dataset), FolderError> {
+    source: Source,
+) -> Result<Splits, FolderError> {
     let (train, test) = if let Some((train_dir, test_dir)) = split_dirs(dir) {
         let (train, test) = (read(&train_dir)?, read(&test_dir)?);
         join((train_dir, train), (test_dir, test))?
@@ -284,7 +281,12 @@ pub(super) fn split(
         });
     }
     let (train, validation) = train.hold_out(held, seed);
-    Ok((train, validation, test))
+    Ok(Splits {
+        train,
+        validation,
+        test,
+        source,
+    })
 }
 
 /// The `[height, width, channels]` of the first image [`load`] would read

@@ -78,13 +78,8 @@ pub fn load(
         let classes = train.class_names.len().max(test.class_names.len());
         Ok((with_classes(train, classes), with_classes(test, classes)))
     };
-    let (train, validation, test) = split(dir, read, join, (validation, seed))?;
-    Ok(Splits {
-        train,
-        validation,
-        test,
-        source: Source::Masks(dir.to_path_buf()),
-    })
+    let source = Source::Masks(dir.to_path_buf());
+    split(dir, read, join, (validation, seed), source)
 }
 
 /// The class names in `path` (`classes.txt`), when it exists.
