@@ -511,19 +511,47 @@ mod tests {
 
     #[test]
     fn outputs_must_be_class_scores() {
-        let model = compile("model m : [8, 8, 3] { conv(2, 7, padding: same) }");
+        let model = compile("model m : [8, 8, 3] { conv(2, 7, padding: same)\n reshape([16, 8]) }");
         let errors = differentiate(&model, &plain()).unwrap_err();
         assert!(
             errors.errors[0]
                 .message
-                .contains("output `output` has shape [8, 8, 2]"),
+                .contains("output `output` has shape [16, 8]"),
             "{}",
             errors.errors[0].message
         );
         // The error keeps its place: it renders with the model's line.
         let rendered = errors.render(false);
-        assert!(rendered.contains("test.cnn:1:"), "{rendered}");
-        assert!(rendered.contains("conv(2, 7, padding: same)"), "{rendered}");
+        assert!(rendered.contains("test.cnn:2:"), "{rendered}");
+        assert!(rendered.contains("reshape([16, 8])"), "{rendered}");
+    }
+
+    #[test]
+    fn per_pixel_scores_take_a_label_per_pixel_and_all_outputs_one_shape() {
+        let model = compile("model m : [8, 6, 3] { conv(4, 3, padding: same) }");
+        let training = differentiate(&model, &plain()).expect("differentiates");
+        let labels = &training.typed.graph.nodes[training.labels].op;
+        assert_eq!(
+            *labels,
+            Op::Labels {
+                shape: vec![8, 6, 1]
+            }
+        );
+        assert_eq!(
+            training.typed.info(training.losses[0].1).shape.0,
+            vec![8, 6, 1]
+        );
+        // A map and a vector cannot be scored against the same labels.
+        let mixed = compile(
+            "model m : [8, 6, 3] {\n let f = conv(4, 3, padding: same)\n output v = f -> global_avg_pool\n output p = f\n }",
+        );
+        let errors = differentiate(&mixed, &plain()).unwrap_err();
+        let message = &errors.errors[0].message;
+        assert!(
+            message.contains("takes labels of shape [8, 6, 1]")
+                && message.contains("takes labels of shape [1]"),
+            "{message}"
+        );
     }
 
     #[test]

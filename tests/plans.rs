@@ -42,8 +42,13 @@ fn plans_verify(dir: &str) {
                 .unwrap_or_else(|e| panic!("{}: {e}", at("inference")));
             plans.push(plan);
         }
-        // Models whose outputs are not class scores cannot be trained.
-        if model.outputs().iter().all(|(_, shape)| shape.len() == 1) {
+        // Models whose outputs are neither class scores nor per-pixel
+        // scores cannot be trained.
+        if model
+            .outputs()
+            .iter()
+            .all(|(_, shape)| matches!(shape.len(), 1 | 3))
+        {
             let train = model.graph.train.clone().unwrap_or_default();
             let plan = cnnc::plan_training(&model, &loss, &train.optimizer, 2)
                 .unwrap_or_else(|e| panic!("{}: {e}", at("training")));
@@ -69,8 +74,8 @@ fn example_plans_verify() {
 
 #[test]
 fn every_example_has_a_training_plan() {
-    // Guards the filter above: the examples are all trainable classifiers,
-    // so none may be skipped silently.
+    // Guards the filter above: the examples are all trainable classifiers
+    // or segmentation models, so none may be skipped silently.
     for (file, model) in models("examples") {
         let train = model
             .graph
@@ -81,7 +86,11 @@ fn every_example_has_a_training_plan() {
             smoothing: 0.0,
             weights: Vec::new(),
         };
-        let trainable = model.outputs().iter().all(|(_, shape)| shape.len() == 1);
+        // Class scores, or per-pixel scores (segmentation).
+        let trainable = model
+            .outputs()
+            .iter()
+            .all(|(_, shape)| matches!(shape.len(), 1 | 3));
         assert!(
             trainable || file.ends_with("line_filters.cnn"),
             "{} `{}` has an output that is not class scores",

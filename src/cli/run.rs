@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long)]
     model: Option<String>,
     /// The data set to train on: `fashion` (Fashion-MNIST), `shapes` (generated segmentation masks), or a folder of PNG/JPEG images
-    /// with one sub-folder per class. Without it, the model runs forward on INPUTS.
+    /// with one sub-folder per class, or of `images/` and their `masks/`. Without it, the model runs forward on INPUTS.
     #[arg(long)]
     train: Option<String>,
     /// A folder holding Fashion-MNIST's files (otherwise $CNNC_DATA, the system's, or the bundled subset).
