@@ -204,8 +204,8 @@ fn every_help_text_is_pinned() {
     // The help is the doc comments of each command's flags: a change to one
     // shows up here as a snapshot to review.
     let commands = [
-        "check", "summary", "graph", "compile", "run", "eval", "predict", "grad", "show", "maps",
-        "plot", "bench",
+        "check", "summary", "graph", "compile", "run", "eval", "predict", "grad", "show", "shapes",
+        "maps", "plot", "bench",
     ];
     let top = cnnc(&["--help"]);
     assert!(top.status.success());

@@ -460,15 +460,36 @@ fn cnnc_trains_on_shapes_and_on_a_mask_folder_and_eval_reports_the_iou() {
     ] {
         assert!(text.contains(needle), "{needle}: {text}");
     }
-    // A folder of images and masks trains the same way.
+    // A folder of images and masks (`cnnc shapes` writes one) trains the
+    // same way; writing into it again is refused.
     let folder = dir.join("folder");
+    let folder = folder.to_str().expect("utf-8");
+    let write = [
+        "shapes", folder, "--count", "100", "--size", "16", "--seed", "9",
+    ];
+    let (ok, text) = cnnc(&write);
+    assert!(ok && text.contains("wrote 100 images of 16x16"), "{text}");
+    let (ok, text) = cnnc(&write);
+    assert!(!ok && text.contains("already holds files"), "{text}");
+    let tiny = dir.join("tiny");
+    let (ok, text) = cnnc(&["shapes", tiny.to_str().expect("utf-8"), "--size", "4"]);
+    assert!(
+        !ok && text.contains("--size 8 or more") && !tiny.exists(),
+        "{text}"
+    );
     let set = shapes::generate(&ShapesConfig {
         count: 100,
         size: 16,
         seed: 9,
     });
-    shapes::write_folder(&set, &folder).expect("writes");
-    let folder = folder.to_str().expect("utf-8");
+    let written = masks::load(Path::new(folder), grey(16), Some(0), 1).expect("loads");
+    let mask_of = |d: &Dataset, i: usize| d.labels_of(i).to_vec();
+    let generated = set.into_dataset();
+    assert!(
+        (0..written.train.len())
+            .all(|i| (0..generated.len())
+                .any(|j| mask_of(&written.train, i) == mask_of(&generated, j)))
+    );
     let (ok, text) = cnnc(&["run", file, "--train", folder, "--out", runs, "--overwrite"]);
     assert!(ok, "{text}");
     assert!(

@@ -25,6 +25,7 @@ mod plot;
 mod predict;
 mod progress;
 mod run;
+mod shapes;
 mod shared;
 mod show;
 mod summary;
@@ -55,6 +56,7 @@ pub enum Command {
     Predict(predict::Args),
     Grad(grad::Args),
     Show(show::Args),
+    Shapes(shapes::Args),
     Maps(maps::Args),
     Plot(plot::Args),
     Bench(bench::Args),
@@ -74,6 +76,7 @@ impl Command {
             Command::Predict(args) => predict::run(args),
             Command::Grad(args) => grad::run(args),
             Command::Show(args) => show::run(args),
+            Command::Shapes(args) => shapes::run(args),
             Command::Maps(args) => maps::run(args),
             Command::Plot(args) => plot::run(args),
             Command::Bench(args) => bench::run(args),
