@@ -13,13 +13,15 @@
 //! channels for `m²` outputs (whole tiles, so a 7x7 image pays for 8x8);
 //! its transforms of the input and of the products cost
 //! [`TRANSFORM_COST`] multiply-adds per value, which also accounts for
-//! their running at a fraction of the GEMM's speed; and the transformed
-//! kernel costs as much per value each time it is made or read, once by
-//! its own step and once by every work item of the convolution (which is
-//! what makes small images, with few tiles to share it, lose), or for the
-//! kernel gradient once by every chunk of tiles that adds to it. The
-//! constants, and the speed of each algorithm on the layers of the example
-//! models, are in `docs/performance.md`.
+//! their running at a fraction of the GEMM's speed; the transformed
+//! kernel costs as much per value when its own step makes it, and
+//! [`KERNEL_READ_COST`] each time a work item of the convolution reads it
+//! (which is what makes small images, with few tiles to share it, lose),
+//! or for the kernel gradient each time a chunk of tiles adds to it. Items
+//! of few tiles multiply in registers, loading the transformed kernel as
+//! they go: for them the reads and the products overlap, and the larger of
+//! the two counts. The constants, and the speed of each algorithm on the
+//! layers of the example models, are in `docs/performance.md`.
 
 use crate::codegen::contraction::winograd::{
     self, Direction, Tile, WinogradBackwardFilter, WinogradConv,
@@ -32,6 +34,11 @@ use crate::plan::{
 /// The cost of transforming one value (of the input, the products or the
 /// kernel), in GEMM multiply-adds.
 const TRANSFORM_COST: f64 = 8.0;
+
+/// The cost of one value of the transformed kernel read by a work item,
+/// in GEMM multiply-adds: a transformed kernel is several times the size
+/// of a core's L2, so that each item streams it from L3 or memory.
+const KERNEL_READ_COST: f64 = 8.0;
 
 /// The share of a Winograd convolution's cost its kernel's transform must
 /// reach for a frozen kernel's transform to be kept from run to run.
@@ -149,12 +156,19 @@ fn cheapest(shape: &ConvShape, direction: Direction, once: bool) -> Option<(Tile
             // the whole transformed kernel; or the chunks of tiles that each
             // add to the whole of its gradient.
             let items = match direction {
-                Direction::BackwardFilter => WinogradBackwardFilter::new("cost", shape, tile)
-                    .ok()?
-                    .chunks(),
-                _ => WinogradConv::new("cost", shape, tile, direction)
-                    .ok()?
-                    .domain(),
+                Direction::BackwardFilter => Items {
+                    count: WinogradBackwardFilter::new("cost", shape, tile)
+                        .ok()?
+                        .chunks(),
+                    small: false,
+                },
+                _ => {
+                    let conv = WinogradConv::new("cost", shape, tile, direction).ok()?;
+                    Items {
+                        count: conv.domain(),
+                        small: conv.has_small_items(),
+                    }
+                }
             };
             let per_run = sizes.winograd(tile, items, false);
             let kept = sizes.winograd(tile, items, true);
@@ -164,6 +178,17 @@ fn cheapest(shape: &ConvShape, direction: Direction, once: bool) -> Option<(Tile
         .filter(|&(_, cost, _)| cost <= MARGIN * gemm)
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(tile, _, keep)| (tile, keep))
+}
+
+/// The work items of a Winograd convolution (or the chunks of a kernel
+/// gradient), as far as the cost model is concerned.
+#[derive(Debug, Clone, Copy)]
+struct Items {
+    /// How many there are, each reading the whole transformed kernel.
+    count: usize,
+    /// Whether they multiply in registers
+    /// ([`WinogradConv::has_small_items`]).
+    small: bool,
 }
 
 /// What the costs depend on: the convolution as its kernel sees it.
@@ -223,19 +248,24 @@ impl Sizes {
     }
 
     /// The multiply-adds of a Winograd convolution with `tile` split into
-    /// `items` work items, its transforms included (the kernel's own only
-    /// when it is not transformed `once`).
-    fn winograd(&self, tile: Tile, items: usize, once: bool) -> f64 {
+    /// `items`, its transforms included (the kernel's own only when it is
+    /// not transformed `once`).
+    fn winograd(&self, tile: Tile, items: Items, once: bool) -> f64 {
         let m = tile.output();
         let tiles =
             self.batch * (self.destination[0].div_ceil(m) * self.destination[1].div_ceil(m)) as f64;
         let points = tile.points() as f64;
         let (cin, cout) = (self.source_channels, self.destination_channels);
         let products = tiles * points * cin * cout;
+        let reads = KERNEL_READ_COST * points * cin * cout * items.count as f64;
+        let multiplied = if items.small {
+            products.max(reads)
+        } else {
+            products + reads
+        };
         let transforms = tiles * points * (cin + cout);
-        let own = if once { 0 } else { 1 };
-        let kernel = points * cin * cout * (own + items) as f64;
-        products + TRANSFORM_COST * (transforms + kernel)
+        let own = if once { 0.0 } else { points * cin * cout };
+        multiplied + TRANSFORM_COST * (transforms + own)
     }
 }
 
@@ -348,6 +378,35 @@ mod tests {
         );
         assert_eq!(
             cheaper(&conv(28, 1, 64, 3, 1), Direction::BackwardFilter),
+            None
+        );
+    }
+
+    /// At batch 1 with frozen weights, the seed CNN's 7x7 layers take
+    /// F(2x2), whose items of eight tiles multiply in registers while they
+    /// load the kept kernel (measured on a Zen 4: conv4 0.098 ms against
+    /// 0.229 on the GEMM, conv5 0.186 against 0.448), and not F(4x4),
+    /// whose items of two tiles wait on loading a kernel four times the
+    /// layer's (the whole run 1.67-1.90 ms against 0.67-0.75 with F(2x2));
+    /// ResNet-34's 2x2 images still keep the GEMM.
+    #[test]
+    fn batch_one_layers_with_kept_kernels_take_the_smaller_tile_where_it_pays() {
+        let batch_one = |size, cin, cout| ConvShape {
+            batch: 1,
+            ..conv(size, cin, cout, 3, 1)
+        };
+        for (cin, cout) in [(128, 256), (256, 256)] {
+            assert_eq!(
+                cheapest(&batch_one(7, cin, cout), Direction::Forward, true),
+                Some((Tile::F2, true))
+            );
+        }
+        assert_eq!(
+            cheapest(&batch_one(2, 256, 256), Direction::Forward, true),
+            None
+        );
+        assert_eq!(
+            cheapest(&batch_one(1, 512, 512), Direction::Forward, true),
             None
         );
     }

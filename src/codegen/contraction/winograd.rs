@@ -657,6 +657,15 @@ impl WinogradConv {
         self.direct
     }
 
+    /// Whether the items are small enough (fewer than [`MIN_TILES`] tiles)
+    /// to multiply in registers on a CPU with AVX-512: then each value of
+    /// the transformed kernel an item loads feeds one multiply-add per
+    /// tile as it arrives, rather than being packed first. The same on
+    /// every CPU, for the cost model (`passes::algorithm`).
+    pub fn has_small_items(&self) -> bool {
+        self.max_tiles() < MIN_TILES
+    }
+
     /// Whether the kernel adds a bias (and so takes a bias buffer).
     pub fn has_bias(&self) -> bool {
         self.bias
