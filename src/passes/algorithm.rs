@@ -36,8 +36,9 @@ use crate::plan::{
 const TRANSFORM_COST: f64 = 8.0;
 
 /// The cost of one value of the transformed kernel read by a work item,
-/// in GEMM multiply-adds: a transformed kernel is several times the size
-/// of a core's L2, so that each item streams it from L3 or memory.
+/// in GEMM multiply-adds: a transformed kernel is larger than its layer's
+/// (16/9 or 4 times), and where the choice matters larger than a core's
+/// L2, so that each item streams it from L3 or memory.
 const KERNEL_READ_COST: f64 = 8.0;
 
 /// The share of a Winograd convolution's cost its kernel's transform must
@@ -387,7 +388,7 @@ mod tests {
     /// load the kept kernel (measured on a Zen 4: conv4 0.098 ms against
     /// 0.229 on the GEMM, conv5 0.186 against 0.448), and not F(4x4),
     /// whose items of two tiles wait on loading a kernel four times the
-    /// layer's (the whole run 1.67-1.90 ms against 0.67-0.75 with F(2x2));
+    /// layer's (the whole run 1.67-1.90 ms against 0.67-1.40 with F(2x2));
     /// ResNet-34's 2x2 images still keep the GEMM.
     #[test]
     fn batch_one_layers_with_kept_kernels_take_the_smaller_tile_where_it_pays() {
