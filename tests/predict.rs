@@ -236,6 +236,22 @@ fn shares_text(labels: &[usize], names: &[&str]) -> String {
         .join(", ")
 }
 
+/// `cnnc predict MODEL --weights WEIGHTS IMAGES... --masks MASKS EXTRA...`.
+fn predict_masks(
+    model: &Path,
+    weights: &Path,
+    images: &[&Path],
+    masks: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let text = |path: &Path| path.to_str().expect("a UTF-8 path").to_string();
+    let mut args = vec![text(model), "--weights".into(), text(weights)];
+    args.extend(images.iter().map(|image| text(image)));
+    args.extend(["--masks".into(), text(masks)]);
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    predict(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -256,15 +272,7 @@ fn masks_hold_each_pixels_arg_max_at_the_outputs_size() {
     let jpeg = dir.join("field.jpg");
     grey_image(12, 16, 2).save(&jpeg).expect("jpeg");
     let masks = dir.join("out").join("masks");
-    let out = predict(&[
-        file.to_str().unwrap(),
-        "--weights",
-        weights_path.to_str().unwrap(),
-        png.to_str().unwrap(),
-        jpeg.to_str().unwrap(),
-        "--masks",
-        masks.to_str().unwrap(),
-    ]);
+    let out = predict_masks(&file, &weights_path, &[&png, &jpeg], &masks, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut lines = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -299,22 +307,14 @@ fn resized_colour_images_give_masks_of_the_outputs_size() {
     .save(&photo)
     .expect("png");
     let masks = dir.join("masks");
-    let args = [
-        file.to_str().unwrap(),
-        "--weights",
-        weights_path.to_str().unwrap(),
-        photo.to_str().unwrap(),
-        "--masks",
-        masks.to_str().unwrap(),
-    ];
-    let out = predict(&args);
+    let out = predict_masks(&file, &weights_path, &[&photo], &masks, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("photo.png"), "{}", stderr(&out));
     assert!(
         !masks.exists(),
         "nothing written when an image does not fit"
     );
-    let out = predict(&[&args[..], &["--resize"]].concat());
+    let out = predict_masks(&file, &weights_path, &[&photo], &masks, &["--resize"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let expected = expected_labels(&model, &store, &photo, true);
     let (width, height, values) = read_mask(&masks.join("photo.png"));
@@ -343,14 +343,7 @@ fn more_than_256_classes_make_16_bit_masks() {
     let image = dir.join("tile.png");
     grey_image(5, 4, 3).save(&image).expect("png");
     let masks = dir.join("masks");
-    let out = predict(&[
-        file.to_str().unwrap(),
-        "--weights",
-        weights_path.to_str().unwrap(),
-        image.to_str().unwrap(),
-        "--masks",
-        masks.to_str().unwrap(),
-    ]);
+    let out = predict_masks(&file, &weights_path, &[&image], &masks, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mask = image::open(masks.join("tile.png")).expect("a PNG");
     assert_eq!(mask.color(), image::ColorType::L16);
@@ -405,14 +398,13 @@ fn masks_of_a_classifier_are_an_error() {
     let image = dir.join("shoe.png");
     grey_image(28, 28, 0).save(&image).expect("png");
     let masks = dir.join("masks");
-    let out = predict(&[
-        "examples/lenet5.cnn",
-        "--weights",
-        weights_path.to_str().unwrap(),
-        image.to_str().unwrap(),
-        "--masks",
-        masks.to_str().unwrap(),
-    ]);
+    let out = predict_masks(
+        Path::new("examples/lenet5.cnn"),
+        &weights_path,
+        &[&image],
+        &masks,
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(
@@ -436,16 +428,7 @@ fn an_existing_mask_is_kept_unless_overwrite_is_given() {
     std::fs::create_dir_all(&masks).expect("created");
     let users = masks.join("two.png");
     std::fs::write(&users, b"the user's file").expect("written");
-    let args = [
-        file.to_str().unwrap(),
-        "--weights",
-        weights_path.to_str().unwrap(),
-        first.to_str().unwrap(),
-        second.to_str().unwrap(),
-        "--masks",
-        masks.to_str().unwrap(),
-    ];
-    let out = predict(&args);
+    let out = predict_masks(&file, &weights_path, &[&first, &second], &masks, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!(
@@ -458,7 +441,13 @@ fn an_existing_mask_is_kept_unless_overwrite_is_given() {
     assert_eq!(std::fs::read(&users).expect("kept"), b"the user's file");
     assert!(!masks.join("one.png").exists(), "nothing written on error");
 
-    let out = predict(&[&args[..], &["--overwrite"]].concat());
+    let out = predict_masks(
+        &file,
+        &weights_path,
+        &[&first, &second],
+        &masks,
+        &["--overwrite"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     for image in [&first, &second] {
         let name = image.file_name().expect("a name");
@@ -474,15 +463,7 @@ fn a_mask_never_replaces_its_own_image() {
     let image = dir.join("scan.png");
     grey_image(12, 16, 1).save(&image).expect("png");
     let before = std::fs::read(&image).expect("read");
-    let out = predict(&[
-        file.to_str().unwrap(),
-        "--weights",
-        weights_path.to_str().unwrap(),
-        image.to_str().unwrap(),
-        "--masks",
-        dir.to_str().unwrap(),
-        "--overwrite",
-    ]);
+    let out = predict_masks(&file, &weights_path, &[&image], &dir, &["--overwrite"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!(
@@ -505,15 +486,7 @@ fn two_images_of_one_name_are_refused_before_anything_is_written() {
     grey_image(12, 16, 1).save(&png).expect("png");
     grey_image(12, 16, 2).save(&jpeg).expect("jpeg");
     let masks = dir.join("masks");
-    let out = predict(&[
-        file.to_str().unwrap(),
-        "--weights",
-        weights_path.to_str().unwrap(),
-        png.to_str().unwrap(),
-        jpeg.to_str().unwrap(),
-        "--masks",
-        masks.to_str().unwrap(),
-    ]);
+    let out = predict_masks(&file, &weights_path, &[&png, &jpeg], &masks, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!(
@@ -566,16 +539,13 @@ fn images_are_segmented_in_inference_mode_only() {
     let (file, _, _, weights_path) = model_with_weights(&dir, SEGMENTER, 2, &[]);
     let image = dir.join("x.png");
     grey_image(12, 16, 1).save(&image).expect("png");
-    let out = predict(&[
-        file.to_str().unwrap(),
-        "--weights",
-        weights_path.to_str().unwrap(),
-        image.to_str().unwrap(),
-        "--masks",
-        dir.join("masks").to_str().unwrap(),
-        "--mode",
-        "training",
-    ]);
+    let out = predict_masks(
+        &file,
+        &weights_path,
+        &[&image],
+        &dir.join("masks"),
+        &["--mode", "training"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("images are segmented in inference mode"),
@@ -638,14 +608,7 @@ fn a_one_channel_sigmoid_mask_is_class_one_above_one_half() {
     let png = dir.join("scene.png");
     grey_image(12, 16, 3).save(&png).expect("png");
     let masks = dir.join("masks");
-    let out = predict(&[
-        file.to_str().unwrap(),
-        "--weights",
-        weights_path.to_str().unwrap(),
-        png.to_str().unwrap(),
-        "--masks",
-        masks.to_str().unwrap(),
-    ]);
+    let out = predict_masks(&file, &weights_path, &[&png], &masks, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let conversion = cnnc::data::folder::Conversion {
         shape: [16, 12, 1],
