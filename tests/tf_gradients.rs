@@ -25,14 +25,13 @@
 //! wrong term: a missing batch-statistics term, a transposed kernel or a
 //! wrong slice changes gradients by more than 1e-2.
 
-use std::fs::File;
 use std::path::Path;
 
 use cnnc::runtime::gradients::Gradients;
-use cnnc::runtime::weights::{self, Tensor, TensorStore};
 use cnnc::Mode;
-use ndarray::ArrayD;
-use ndarray_npy::NpzReader;
+
+mod recorded;
+use recorded::{flat, Recorded};
 
 /// How close cnnc's values must be to TensorFlow's: `|ours - tf| <=
 /// relative * max(|tf|, floor)`, element by element.
@@ -65,40 +64,6 @@ const WINOGRAD_TOLERANCE: Tolerance = Tolerance {
     rms_floor: true,
 };
 
-/// What `grads.py` recorded for one model.
-struct Recorded {
-    npz: NpzReader<File>,
-    names: Vec<String>,
-}
-
-impl Recorded {
-    fn open(case: &str) -> Recorded {
-        let path = format!("tests/tf/grads/{case}.npz");
-        let mut npz = NpzReader::new(File::open(&path).expect(&path)).expect(&path);
-        let names = npz.names().expect("names");
-        Recorded { npz, names }
-    }
-
-    fn array(&mut self, name: &str) -> ArrayD<f32> {
-        self.npz
-            .by_name(name)
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-    }
-
-    /// The entries whose names start with `prefix`, without it.
-    fn with_prefix(&self, prefix: &str) -> Vec<String> {
-        self.names
-            .iter()
-            .filter_map(|n| n.trim_end_matches(".npy").strip_prefix(prefix))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-fn flat(array: &ArrayD<f32>) -> Vec<f32> {
-    array.iter().copied().collect()
-}
-
 fn close(ours: &[f32], tf: &[f32], what: &str, tolerance: Tolerance) {
     assert_eq!(ours.len(), tf.len(), "{what}: length");
     let floor = if tolerance.rms_floor {
@@ -125,25 +90,8 @@ fn close(ours: &[f32], tf: &[f32], what: &str, tolerance: Tolerance) {
 fn check(case: &str, tolerance: Tolerance) {
     let model = cnnc::load_model(Path::new(&format!("tests/tf/grads/{case}.cnn")), None)
         .unwrap_or_else(|d| panic!("{d}"));
-    let mut recorded = Recorded::open(case);
-    let mut store = TensorStore::new();
-    for name in recorded.with_prefix("w.") {
-        let array = recorded.array(&format!("w.{name}"));
-        let tensor = Tensor {
-            shape: array.shape().to_vec(),
-            data: flat(&array),
-        };
-        store.insert(name, tensor);
-    }
-    // The file holds every weight of the model, in the model's shapes.
-    let specs = weights::specs(&model);
-    assert_eq!(store.len(), specs.len(), "{case}: weights");
-    for spec in &specs {
-        let tensor = store
-            .get(&spec.name)
-            .unwrap_or_else(|| panic!("{}", spec.name));
-        assert_eq!(tensor.shape, spec.shape, "{}", spec.name);
-    }
+    let mut recorded = Recorded::open("grads", case);
+    let store = recorded.weights(&model, case);
     let x = recorded.array("x");
     let dy = recorded.array("dy");
     let batch = x.shape()[0];

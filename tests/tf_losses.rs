@@ -26,58 +26,18 @@
 //! wrong pixel (the image transposed, shifted by one pixel, or another
 //! example's labels) moves the loss by 7e-3 to 1.5e-1: each far outside it.
 
-use std::fs::File;
 use std::path::Path;
 
 use cnnc::autodiff::LossSpec;
 use cnnc::config::{Optimizer, OptimizerKind, TrainConfig};
 use cnnc::runtime::training::Trainer;
-use cnnc::runtime::weights::{self, Tensor, TensorStore};
-use ndarray::ArrayD;
-use ndarray_npy::NpzReader;
+use cnnc::runtime::weights;
+
+mod recorded;
+use recorded::{flat, Recorded};
 
 /// `|ours - tf| <= RELATIVE * max(|tf|, 1)`, element by element.
 const RELATIVE: f64 = 2e-5;
-
-/// What `losses.py` recorded for one model.
-struct Recorded {
-    npz: NpzReader<File>,
-    names: Vec<String>,
-}
-
-impl Recorded {
-    fn open(case: &str) -> Recorded {
-        let path = format!("tests/tf/losses/{case}.npz");
-        let mut npz = NpzReader::new(File::open(&path).expect(&path)).expect(&path);
-        let names = npz.names().expect("names");
-        Recorded { npz, names }
-    }
-
-    fn array(&mut self, name: &str) -> ArrayD<f32> {
-        self.npz
-            .by_name(name)
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-    }
-
-    fn labels(&mut self) -> ArrayD<i64> {
-        self.npz
-            .by_name("labels")
-            .unwrap_or_else(|e| panic!("labels: {e}"))
-    }
-
-    /// The entries whose names start with `prefix`, without it.
-    fn with_prefix(&self, prefix: &str) -> Vec<String> {
-        self.names
-            .iter()
-            .filter_map(|n| n.trim_end_matches(".npy").strip_prefix(prefix))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-fn flat(array: &ArrayD<f32>) -> Vec<f32> {
-    array.iter().copied().collect()
-}
 
 /// Plain SGD (no momentum, no weight decay): a step with learning rate 1
 /// subtracts the gradient.
@@ -105,39 +65,16 @@ fn close(ours: &[f64], tf: &[f64], what: &str) -> f64 {
     worst
 }
 
-/// The model's weights as `losses.py` set them, checked to be every weight
-/// of the model, in its shapes.
-fn recorded_weights(model: &cnnc::TypedGraph, recorded: &mut Recorded, case: &str) -> TensorStore {
-    let mut store = TensorStore::new();
-    for name in recorded.with_prefix("w.") {
-        let array = recorded.array(&format!("w.{name}"));
-        let tensor = Tensor {
-            shape: array.shape().to_vec(),
-            data: flat(&array),
-        };
-        store.insert(name, tensor);
-    }
-    let specs = weights::specs(model);
-    assert_eq!(store.len(), specs.len(), "{case}: weights");
-    for spec in &specs {
-        let tensor = store
-            .get(&spec.name)
-            .unwrap_or_else(|| panic!("{case}: {} not recorded", spec.name));
-        assert_eq!(tensor.shape, spec.shape, "{}", spec.name);
-    }
-    store
-}
-
 /// Takes one training step of `tests/tf/losses/{case}.cnn` on the recorded
 /// weights, input and labels, and compares its loss and each trainable
 /// weight's gradient with TensorFlow's.
 fn check(case: &str) {
     let path = format!("tests/tf/losses/{case}.cnn");
     let model = cnnc::load_model(Path::new(&path), None).unwrap_or_else(|d| panic!("{d}"));
-    let mut recorded = Recorded::open(case);
-    let store = recorded_weights(&model, &mut recorded, case);
+    let mut recorded = Recorded::open("losses", case);
+    let store = recorded.weights(&model, case);
     let x = recorded.array("x");
-    let labels = recorded.labels();
+    let labels = recorded.array_of::<i64>("labels");
     let batch = x.shape()[0];
     // A label per row of scores: [batch] for a classifier, [batch, h, w]
     // for per-pixel scores [h, w, classes].
