@@ -30,6 +30,7 @@ pub mod executable;
 pub mod graph;
 pub mod limits;
 pub mod memory;
+pub mod onnx;
 pub mod ops;
 pub mod optimizer;
 pub mod passes;

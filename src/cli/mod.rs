@@ -17,8 +17,10 @@ mod bench;
 mod check;
 mod compile;
 mod eval;
+mod export;
 mod grad;
 mod graph;
+mod init;
 mod maps;
 mod overrides;
 mod plot;
@@ -55,6 +57,8 @@ pub enum Command {
     Eval(eval::Args),
     Predict(predict::Args),
     Grad(grad::Args),
+    Init(init::Args),
+    Export(export::Args),
     Show(show::Args),
     Shapes(shapes::Args),
     Maps(maps::Args),
@@ -75,6 +79,8 @@ impl Command {
             Command::Eval(args) => eval::run(args),
             Command::Predict(args) => predict::run(args),
             Command::Grad(args) => grad::run(args),
+            Command::Init(args) => init::run(args),
+            Command::Export(args) => export::run(args),
             Command::Show(args) => show::run(args),
             Command::Shapes(args) => shapes::run(args),
             Command::Maps(args) => maps::run(args),
