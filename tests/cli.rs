@@ -90,7 +90,7 @@ fn several_models_need_a_choice() {
 #[test]
 fn every_command_has_help() {
     for command in [
-        "check", "summary", "graph", "compile", "bench", "predict", "grad", "run",
+        "check", "summary", "graph", "compile", "bench", "predict", "grad", "run", "init", "export",
     ] {
         let out = cnnc(&[command, "--help"]);
         assert!(out.status.success());
@@ -204,8 +204,8 @@ fn every_help_text_is_pinned() {
     // The help is the doc comments of each command's flags: a change to one
     // shows up here as a snapshot to review.
     let commands = [
-        "check", "summary", "graph", "compile", "run", "eval", "predict", "grad", "show", "shapes",
-        "maps", "plot", "bench",
+        "check", "summary", "graph", "compile", "run", "eval", "predict", "grad", "init", "export",
+        "show", "shapes", "maps", "plot", "bench",
     ];
     let top = cnnc(&["--help"]);
     assert!(top.status.success());
