@@ -90,7 +90,8 @@ fn several_models_need_a_choice() {
 #[test]
 fn every_command_has_help() {
     for command in [
-        "check", "summary", "graph", "compile", "bench", "predict", "grad", "run", "init", "export",
+        "check", "summary", "graph", "compile", "bench", "predict", "grad", "run", "init",
+        "import", "export",
     ] {
         let out = cnnc(&[command, "--help"]);
         assert!(out.status.success());
@@ -205,7 +206,7 @@ fn every_help_text_is_pinned() {
     // shows up here as a snapshot to review.
     let commands = [
         "check", "summary", "graph", "compile", "run", "eval", "predict", "grad", "init", "export",
-        "show", "shapes", "maps", "plot", "bench",
+        "import", "show", "shapes", "maps", "plot", "bench",
     ];
     let top = cnnc(&["--help"]);
     assert!(top.status.success());

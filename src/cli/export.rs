@@ -45,15 +45,21 @@ pub fn run(args: &Args) -> Result<String, Diagnostics> {
     })?;
     let input = model
         .input_shape()
-        .map(|s| format!("{:?}", s.0))
+        .map(|s| {
+            let dims: String = s.0.iter().map(|d| format!(", {d}")).collect();
+            format!("[batch{dims}]")
+        })
         .unwrap_or_default();
     let outputs: Vec<String> = model
         .outputs()
         .into_iter()
-        .map(|(name, shape)| format!("`{name}` {shape:?}"))
+        .map(|(name, shape)| {
+            let dims: String = shape.iter().map(|d| format!(", {d}")).collect();
+            format!("`{name}` [batch{dims}]")
+        })
         .collect();
     Ok(format!(
-        "wrote {} (ONNX opset {}, {} bytes): input [batch] + {input}, output {}\n",
+        "wrote {} (ONNX opset {}, {} bytes): input {input}, output {}\n",
         args.output.display(),
         onnx::OPSET,
         bytes.len(),

@@ -20,6 +20,7 @@ mod eval;
 mod export;
 mod grad;
 mod graph;
+mod import;
 mod init;
 mod maps;
 mod overrides;
@@ -59,6 +60,7 @@ pub enum Command {
     Grad(grad::Args),
     Init(init::Args),
     Export(export::Args),
+    Import(import::Args),
     Show(show::Args),
     Shapes(shapes::Args),
     Maps(maps::Args),
@@ -81,6 +83,7 @@ impl Command {
             Command::Grad(args) => grad::run(args),
             Command::Init(args) => init::run(args),
             Command::Export(args) => export::run(args),
+            Command::Import(args) => import::run(args),
             Command::Show(args) => show::run(args),
             Command::Shapes(args) => shapes::run(args),
             Command::Maps(args) => maps::run(args),

@@ -17,6 +17,7 @@ use onnx_protobuf::{GraphProto, Message, ModelProto, OperatorSetIdProto};
 use petgraph::stable_graph::NodeIndex;
 use thiserror::Error;
 
+use super::permute;
 use super::proto::{self, Attr};
 use crate::graph::{Activation, AxisPadding, Interpolation, Node, Op, Padding, PoolKind, Shape};
 use crate::ops::same_padding;
@@ -297,11 +298,11 @@ impl<'a> Writer<'a> {
             Op::ChannelSlice { start, end } => Ok(self.channel_slice(at, *start, *end)),
             Op::Dropout { .. } => Ok(self.last(at, "Identity", &[at.x()], &[])),
             Op::BatchNorm {
+                momentum,
                 epsilon,
                 center,
                 scale,
-                ..
-            } => self.batchnorm(at, *epsilon, *center, *scale),
+            } => self.batchnorm(at, [*momentum, *epsilon], *center, *scale),
             Op::Lrn {
                 depth_radius,
                 bias,
@@ -532,10 +533,13 @@ impl<'a> Writer<'a> {
         self.last(at, "Slice", &[at.x(), &starts, &ends, &axes], &[])
     }
 
+    /// Inference-mode batchnorm; the momentum and epsilon go into the node's
+    /// attributes (the momentum matters to a runtime that trains, and to
+    /// `cnnc import`).
     fn batchnorm(
         &mut self,
         at: &At,
-        epsilon: f64,
+        [momentum, epsilon]: [f64; 2],
         center: bool,
         scale: bool,
     ) -> Result<String, ExportError> {
@@ -556,7 +560,10 @@ impl<'a> Writer<'a> {
         };
         let mean = self.weight(at, "moving_mean", same)?;
         let variance = self.weight(at, "moving_variance", same)?;
-        let attrs = [("epsilon", Attr::Float(epsilon as f32))];
+        let attrs = [
+            ("epsilon", Attr::Float(epsilon as f32)),
+            ("momentum", Attr::Float(momentum as f32)),
+        ];
         let inputs = [at.x(), &gamma, &beta, &mean, &variance];
         Ok(self.last(at, "BatchNormalization", &inputs, &attrs))
     }
@@ -876,32 +883,6 @@ fn ints_u(values: &[u64]) -> Attr {
 /// A feature map's `[h, w, c]` as ONNX integers.
 fn dims3(shape: &Shape) -> [i64; 3] {
     [shape.0[0] as i64, shape.0[1] as i64, shape.0[2] as i64]
-}
-
-/// `data` of `shape` with its axes permuted by `perm` (output axis `k` is
-/// input axis `perm[k]`), and the permuted shape.
-fn permute(data: &[f32], shape: &[usize], perm: &[usize]) -> (Vec<f32>, Vec<i64>) {
-    let rank = shape.len();
-    let mut strides = vec![1usize; rank];
-    for k in (0..rank.saturating_sub(1)).rev() {
-        strides[k] = strides[k + 1] * shape[k + 1];
-    }
-    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
-    let mut out = Vec::with_capacity(data.len());
-    let mut index = vec![0usize; rank];
-    for _ in 0..data.len() {
-        let offset: usize = (0..rank).map(|k| index[k] * strides[perm[k]]).sum();
-        out.push(data[offset]);
-        // The next output index, last axis fastest.
-        for k in (0..rank).rev() {
-            index[k] += 1;
-            if index[k] < out_shape[k] {
-                break;
-            }
-            index[k] = 0;
-        }
-    }
-    (out, out_shape.iter().map(|&d| d as i64).collect())
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ saturate their softmax) and a random input:
   cnnc predict -> cnnc's outputs
 
 and the largest difference relative to the largest output value must be at
-most 1e-4. Prints one table row per model and exits 1 if any fails.
+most 1e-4. Then `cnnc import` reads the exported file back: the imported
+model's outputs must equal the original's within the same bound, and its
+parameter count be the same. Prints one table row per model and exits 1 if any fails.
 
 Usage: python tests/onnx/check.py CNNC_BINARY [FILE.cnn ...] [--table]
 (needs numpy, onnx and onnxruntime; .ci/run makes a venv with them).
@@ -160,7 +162,32 @@ def check(cnnc, path, model, work):
         scale = max(float(np.abs(reference).max()), 1e-30)
         worst = max(worst, float(np.abs(ours - reference).max()) / scale)
     nodes = len(onnx.load(str(exported)).graph.node)
-    return worst, nodes
+    return worst, nodes, round_trip(cnnc, path, model, work, exported, names)
+
+
+def total_params(cnnc, path, model=None):
+    text = run([cnnc, "summary", path] + (["--model", model] if model else []))
+    return int(re.search(r"^Total params: ([\d,]+)", text, flags=re.M).group(1).replace(",", ""))
+
+
+def round_trip(cnnc, path, model, work, exported, names):
+    """`cnnc import` of the export: the largest difference of its outputs
+    from the original's (same weights, same input), relative to the
+    largest output value; the parameter counts must be equal."""
+    imported = work / f"{model}.imported.cnn"
+    run([cnnc, "import", exported, "-o", imported, "--overwrite"])
+    out = work / f"{model}.z.npy"
+    run([cnnc, "predict", imported, "--weights", imported.with_suffix(".safetensors"),
+         "--input", work / f"{model}.x.npy", "--output", out])
+    if total_params(cnnc, imported) != total_params(cnnc, path, model):
+        raise RuntimeError("the import's parameter count differs")
+    worst = 0.0
+    for name in names:
+        original = work / (f"{model}.y.npy" if len(names) == 1 else f"{model}.y.{name}.npy")
+        again = out if len(names) == 1 else out.with_name(f"{model}.z.{name}.npy")
+        a, b = np.load(again), np.load(original)
+        worst = max(worst, float(np.abs(a - b).max()) / max(float(np.abs(b).max()), 1e-30))
+    return worst
 
 
 def main():
@@ -171,22 +198,24 @@ def main():
         files.append(ROOT / "tests" / "onnx" / "ops.cnn")
     failures = 0
     print(f"onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}")
-    print("| model | file | ONNX nodes | onnxruntime max relative error |")
-    print("|---|---|---|---|")
+    print("| model | file | ONNX nodes | onnxruntime max relative error | import: round-trip error |")
+    print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         work = pathlib.Path(folder)
         for path in files:
             for model in models_of(cnnc, path):
                 shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
                 try:
-                    worst, nodes = check(cnnc, path, model, work)
+                    worst, nodes, trip = check(cnnc, path, model, work)
                 except Exception as e:  # noqa: BLE001 - reported per model
                     failures += 1
                     print(f"| {model} | {shown} | | FAILED: {e} |", flush=True)
                     continue
                 verdict = "" if worst <= TOLERANCE else " FAILED"
-                failures += worst > TOLERANCE
-                print(f"| {model} | {shown} | {nodes} | {worst:.1e}{verdict} |", flush=True)
+                trip_verdict = "" if trip <= TOLERANCE else " FAILED"
+                failures += worst > TOLERANCE or trip > TOLERANCE
+                print(f"| {model} | {shown} | {nodes} | {worst:.1e}{verdict} | {trip:.1e}{trip_verdict} |",
+                      flush=True)
     print(f"{failures} failed")
     sys.exit(1 if failures else 0)
 
