@@ -25,8 +25,12 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use cnnc::data::fashion;
+
+#[path = "support/idx.rs"]
+mod idx;
 use cnnc::runtime::weights::{self, TensorStore};
 use cnnc::train::fit::parse_history;
+use idx::write_idx;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -353,27 +357,6 @@ impl Drop for Fixture {
 
 /// Writes images `range` of `pixels` and `labels` as the IDX files
 /// `{prefix}-images-idx3-ubyte` and `{prefix}-labels-idx1-ubyte` in `dir`.
-fn write_idx(
-    dir: &Path,
-    prefix: &str,
-    (pixels, labels): (&[u8], &[u8]),
-    range: std::ops::Range<usize>,
-) {
-    let size = fashion::IMAGE_SIZE;
-    let count = (range.len() as u32).to_be_bytes();
-    let mut images = [
-        0x0803u32.to_be_bytes(),
-        count,
-        (size as u32).to_be_bytes(),
-        (size as u32).to_be_bytes(),
-    ]
-    .concat();
-    images.extend(&pixels[range.start * size * size..range.end * size * size]);
-    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).expect("images");
-    let mut tags = [0x0801u32.to_be_bytes(), count].concat();
-    tags.extend(&labels[range]);
-    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), tags).expect("labels");
-}
 
 /// What an uninterrupted run of the kill trials' fixture wrote.
 struct Reference {

@@ -244,3 +244,63 @@ fn the_command_writes_both_files_and_never_replaces_a_file_unasked() {
         .unwrap()
         .starts_with("# Imported from lenet.onnx"));
 }
+
+#[path = "support/idx.rs"]
+mod idx;
+
+#[test]
+fn an_imported_model_fine_tunes_from_its_weights() {
+    let dir = scratch("fine-tune");
+    let data = dir.join("data");
+    idx::small_fashion(&data, 256, 64);
+    let model = dir.join("lenet.cnn");
+    let cnnc = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let model_path = model.to_str().unwrap();
+    cnnc(&[
+        "import",
+        &format!("{FIXTURES}/lenet.onnx"),
+        "-o",
+        model_path,
+    ]);
+    // What a user adds to fine-tune: a train section (here for a small set).
+    let mut text = std::fs::read_to_string(&model).unwrap();
+    text += "\ntrain {\n    validation: 64\n}\n";
+    std::fs::write(&model, text).unwrap();
+    let start = dir.join("lenet.safetensors");
+    let out = dir.join("run");
+    cnnc(&[
+        "run",
+        model_path,
+        "--train",
+        "fashion",
+        "--data",
+        data.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--init-weights",
+        start.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let before = weights::load_file(&start).unwrap();
+    let after = weights::load_file(&out.join("lenet.safetensors")).unwrap();
+    assert_eq!(before.len(), after.len());
+    for (name, tensor) in before.iter() {
+        let trained = after.get(name).unwrap_or_else(|| panic!("{name} kept"));
+        assert_ne!(trained, tensor, "{name} trained from PyTorch's values");
+    }
+}
