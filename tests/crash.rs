@@ -356,8 +356,6 @@ impl Drop for Fixture {
 }
 
 /// Writes images `range` of `pixels` and `labels` as the IDX files
-/// `{prefix}-images-idx3-ubyte` and `{prefix}-labels-idx1-ubyte` in `dir`.
-
 /// What an uninterrupted run of the kill trials' fixture wrote.
 struct Reference {
     /// The weights after each epoch, by their bits.
