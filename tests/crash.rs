@@ -355,7 +355,6 @@ impl Drop for Fixture {
     }
 }
 
-/// Writes images `range` of `pixels` and `labels` as the IDX files
 /// What an uninterrupted run of the kill trials' fixture wrote.
 struct Reference {
     /// The weights after each epoch, by their bits.
