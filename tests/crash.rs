@@ -25,14 +25,13 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use cnnc::data::fashion;
+use cnnc::runtime::weights::{self, TensorStore};
+use cnnc::train::fit::parse_history;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 #[path = "support/idx.rs"]
 mod idx;
-use cnnc::runtime::weights::{self, TensorStore};
-use cnnc::train::fit::parse_history;
-use idx::write_idx;
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 /// Milliseconds each write of a killed run takes: with a checkpoint every
 /// 2 steps, writes fill most of the run's time.
@@ -297,15 +296,7 @@ impl Fixture {
         let dir = std::env::temp_dir().join(format!("cnnc-crash-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let data = dir.join("data");
-        std::fs::create_dir_all(&data).expect("dir");
-        let bundled = Path::new("data/fashion-mnist-subset");
-        let (pixels, count, ..) =
-            fashion::read_idx_images(&bundled.join("t10k-images-idx3-ubyte.gz")).expect("images");
-        let labels =
-            fashion::read_idx_labels(&bundled.join("t10k-labels-idx1-ubyte.gz")).expect("labels");
-        assert!(train + test <= count);
-        write_idx(&data, "train", (&pixels, &labels), 0..train);
-        write_idx(&data, "t10k", (&pixels, &labels), train..train + test);
+        idx::small_fashion(&data, train, test);
         let model = dir.join("tiny.cnn");
         let source = format!(
             "model tiny : [28, 28, 1] {{

@@ -31,7 +31,6 @@ pub fn write_idx(
 
 /// A folder `dir` of Fashion-MNIST's four files, `train` training and
 /// `test` test images from the bundled subset.
-#[allow(dead_code)]
 pub fn small_fashion(dir: &Path, train: usize, test: usize) {
     let bundled = Path::new("data/fashion-mnist-subset");
     let (pixels, count, ..) =
