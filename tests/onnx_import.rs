@@ -249,7 +249,7 @@ fn the_command_writes_both_files_and_never_replaces_a_file_unasked() {
 mod idx;
 
 #[test]
-fn an_imported_model_fine_tunes_from_its_weights() {
+fn an_imported_model_fine_tunes_from_its_weights_and_exports_from_its_checkpoint() {
     let dir = scratch("fine-tune");
     let data = dir.join("data");
     idx::small_fashion(&data, 256, 64);
@@ -296,6 +296,21 @@ fn an_imported_model_fine_tunes_from_its_weights() {
         "--out",
         out.to_str().unwrap(),
     ]);
+    // The run's checkpoint is accepted as weights to export.
+    let checkpoint = out.join("lenet.checkpoint.safetensors");
+    let exported = dir.join("tuned.onnx");
+    let said = cnnc(&[
+        "export",
+        model_path,
+        "--weights",
+        checkpoint.to_str().unwrap(),
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(
+        said.contains("[batch, 28, 28, 1]") && exported.exists(),
+        "{said}"
+    );
     let before = weights::load_file(&start).unwrap();
     let after = weights::load_file(&out.join("lenet.safetensors")).unwrap();
     assert_eq!(before.len(), after.len());
