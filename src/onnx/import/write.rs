@@ -462,6 +462,20 @@ fn padding(p: Padding) -> Option<String> {
     }
 }
 
+/// A sliding window's arguments that differ from the defaults: stride,
+/// padding, dilation.
+fn window_args(stride: [u64; 2], p: Padding, dilation: [u64; 2]) -> Vec<String> {
+    let mut args = Vec::new();
+    if stride != [1, 1] {
+        args.push(format!("stride: {}", pair(stride)));
+    }
+    args.extend(padding(p));
+    if dilation != [1, 1] {
+        args.push(format!("dilation: {}", pair(dilation)));
+    }
+    args
+}
+
 /// The layer call of `op`, with its activation folded in (and, for an
 /// average pooling, LeNet's trainable scale and bias).
 fn call(op: &Op, activation: Option<&Op>, trainable: bool) -> String {
@@ -483,12 +497,9 @@ fn call(op: &Op, activation: Option<&Op>, trainable: bool) -> String {
         } => {
             push(true, filters.to_string());
             push(true, pair(*kernel));
-            push(*stride != [1, 1], format!("stride: {}", pair(*stride)));
-            push(padding(*p).is_some(), padding(*p).unwrap_or_default());
-            push(
-                *dilation != [1, 1],
-                format!("dilation: {}", pair(*dilation)),
-            );
+            window_args(*stride, *p, *dilation)
+                .into_iter()
+                .for_each(|a| push(true, a));
             push(*groups != 1, format!("groups: {groups}"));
             push(!bias, "use_bias: false".into());
             "conv"
@@ -502,12 +513,9 @@ fn call(op: &Op, activation: Option<&Op>, trainable: bool) -> String {
             bias,
         } => {
             push(true, pair(*kernel));
-            push(*stride != [1, 1], format!("stride: {}", pair(*stride)));
-            push(padding(*p).is_some(), padding(*p).unwrap_or_default());
-            push(
-                *dilation != [1, 1],
-                format!("dilation: {}", pair(*dilation)),
-            );
+            window_args(*stride, *p, *dilation)
+                .into_iter()
+                .for_each(|a| push(true, a));
             push(*multiplier != 1, format!("multiplier: {multiplier}"));
             push(!bias, "use_bias: false".into());
             "depthwise_conv"
@@ -523,15 +531,12 @@ fn call(op: &Op, activation: Option<&Op>, trainable: bool) -> String {
         } => {
             push(true, filters.to_string());
             push(true, pair(*kernel));
-            push(*stride != [1, 1], format!("stride: {}", pair(*stride)));
-            push(padding(*p).is_some(), padding(*p).unwrap_or_default());
+            window_args(*stride, *p, *dilation)
+                .into_iter()
+                .for_each(|a| push(true, a));
             if let Some(extra) = output_padding {
                 push(true, format!("output_padding: {}", pair(*extra)));
             }
-            push(
-                *dilation != [1, 1],
-                format!("dilation: {}", pair(*dilation)),
-            );
             push(!bias, "use_bias: false".into());
             "conv_transpose"
         }
@@ -548,7 +553,7 @@ fn call(op: &Op, activation: Option<&Op>, trainable: bool) -> String {
         } => {
             push(true, pair(*size));
             push(stride != size, format!("stride: {}", pair(*stride)));
-            push(padding(*p).is_some(), padding(*p).unwrap_or_default());
+            padding(*p).into_iter().for_each(|a| push(true, a));
             match kind {
                 PoolKind::Max => "maxpool",
                 PoolKind::Avg => "avgpool",
