@@ -319,3 +319,42 @@ fn an_imported_model_fine_tunes_from_its_weights_and_exports_from_its_checkpoint
         assert_ne!(trained, tensor, "{name} trained from PyTorch's values");
     }
 }
+
+#[test]
+fn a_weight_whose_data_does_not_fill_its_shape_is_named_with_its_node() {
+    let original = cnnc::load_model(Path::new("examples/fashion_cnn.cnn"), None).unwrap();
+    let store = weights::init(&original, 1);
+    let bytes = onnx::export(&original, &store, ExportOptions { source: "f" }).unwrap();
+    let mut model = ModelProto::parse_from_bytes(&bytes).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let kernel = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == "conv2.kernel")
+        .unwrap();
+    kernel.raw_data.truncate(kernel.raw_data.len() - 4);
+    kernel.dims[0] = i64::MAX;
+    let text = import(&model.write_to_bytes().unwrap(), "m")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("node `conv2` (Conv): its constant `conv2.kernel` cannot be read: more than 2^30 elements"),
+        "{text}"
+    );
+    kernel_with_short_data(&mut model);
+    let text = import(&model.write_to_bytes().unwrap(), "m")
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("bytes of data for"), "{text}");
+}
+
+/// `conv2.kernel` of its real shape with four bytes of data missing.
+fn kernel_with_short_data(model: &mut ModelProto) {
+    let graph = model.graph.as_mut().unwrap();
+    let kernel = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == "conv2.kernel")
+        .unwrap();
+    kernel.dims = vec![128, 64, 3, 3];
+}

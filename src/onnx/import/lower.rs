@@ -913,8 +913,8 @@ fn onnx_dims(x: &Value) -> Result<Vec<u64>, String> {
     Ok(match x.layout {
         Layout::Nchw => vec![1, s[2], s[0], s[1]],
         Layout::Nhwc => vec![1, s[0], s[1], s[2]],
-        Layout::Vector { .. } => vec![1, s[0]],
-        Layout::Pooled => vec![1, s[0], 1, 1],
+        Layout::Vector { .. } => std::iter::once(1).chain(s.iter().copied()).collect(),
+        Layout::Pooled => vec![1, s.first().copied().unwrap_or(1), 1, 1],
     })
 }
 

@@ -132,10 +132,8 @@ pub fn import(bytes: &[u8], options: ImportOptions) -> Result<Imported, ImportEr
         .ok_or_else(|| ImportError::Decode("the model has no graph".into()))?;
     let (constants, unreadable) = read::constants(graph);
     let mut readers: HashMap<String, usize> = HashMap::new();
-    for node in &graph.node {
-        for input in &node.input {
-            *readers.entry(input.clone()).or_default() += 1;
-        }
+    for input in graph.node.iter().flat_map(|n| &n.input) {
+        *readers.entry(input.clone()).or_default() += 1;
     }
     let mut lowering = Lowering {
         constants: &constants,
@@ -143,27 +141,47 @@ pub fn import(bytes: &[u8], options: ImportOptions) -> Result<Imported, ImportEr
         layers: Vec::new(),
         values: HashMap::new(),
     };
-    let input = model_input(graph, &constants)?;
-    lowering.values.insert(input.0.clone(), input.1.clone());
-    let mut refused: Vec<Unsupported> = unreadable
-        .into_iter()
-        .map(|(name, reason)| Unsupported {
-            node: name,
-            op_type: "tensor".into(),
-            reason,
-        })
-        .collect();
-    // A node that reads what a refused node wrote is not reported itself:
-    // the list names the causes, and how many nodes they leave unread.
-    let mut unread: HashSet<&str> = HashSet::new();
-    let mut after = 0;
+    let (input_name, input) = model_input(graph, &constants)?;
+    let input_shape = input.shape.0.clone();
+    lowering.values.insert(input_name, input);
+    // cnnc's own exports write some ops as chains of nodes; read them whole.
     let chains = if model.producer_name == "cnnc" {
         chains(&graph.node)
     } else {
         graph.node.iter().map(|n| vec![n]).collect()
     };
+    lower_all(&mut lowering, chains, &unreadable)?;
+    let outputs = graph
+        .output
+        .iter()
+        .map(|o| match lowering.values.get(&o.name) {
+            Some(value) => Ok((o.name.clone(), value.source)),
+            None => Err(ImportError::Interface(format!(
+                "output `{}` is not computed by the graph",
+                o.name
+            ))),
+        })
+        .collect::<Result<Vec<_>, ImportError>>()?;
+    let written = write::write(&lowering.layers, &outputs, &input_shape, &options);
+    check(&written)?;
+    Ok(written)
+}
+
+/// Lowers every chain of nodes; fails with every node that cannot be
+/// written. A node that reads what a refused node wrote is not reported
+/// itself: the list names the causes, and counts the nodes they leave
+/// unread. A node that reads a constant that cannot be read is refused
+/// with the constant's fault.
+fn lower_all(
+    lowering: &mut Lowering,
+    chains: Vec<Vec<&onnx_protobuf::NodeProto>>,
+    unreadable: &HashMap<String, String>,
+) -> Result<(), ImportError> {
+    let mut refused = Vec::new();
+    let mut unread: HashSet<&str> = HashSet::new();
+    let mut after = 0;
     for chain in chains {
-        let inputs = chain.iter().flat_map(|n| &n.input);
+        let mut inputs = chain.iter().flat_map(|n| &n.input);
         let outputs = chain
             .iter()
             .flat_map(|n| n.output.iter().map(String::as_str));
@@ -172,34 +190,30 @@ pub fn import(bytes: &[u8], options: ImportOptions) -> Result<Imported, ImportEr
             unread.extend(outputs);
             continue;
         }
-        let result = match lowering.composite(&chain) {
-            Some(result) => result,
-            None => chain.iter().try_for_each(|node| lowering.node(node)),
+        let result = match inputs.find_map(|i| unreadable.get(i).map(|why| (i, why))) {
+            Some((name, why)) => Err(Unsupported {
+                node: chain[0].name.clone(),
+                op_type: chain[0].op_type.clone(),
+                reason: format!("its constant `{name}` cannot be read: {why}"),
+            }),
+            None => match lowering.composite(&chain) {
+                Some(result) => result,
+                None => chain.iter().try_for_each(|node| lowering.node(node)),
+            },
         };
         if let Err(e) = result {
             refused.push(e);
             unread.extend(outputs);
         }
     }
-    if !refused.is_empty() {
-        return Err(ImportError::Unsupported {
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(ImportError::Unsupported {
             nodes: refused,
             after,
-        });
-    }
-    let outputs = graph
-        .output
-        .iter()
-        .map(|o| {
-            let value = lowering.values.get(&o.name).ok_or_else(|| {
-                ImportError::Interface(format!("output `{}` is not computed by the graph", o.name))
-            })?;
-            Ok((o.name.clone(), value.source))
         })
-        .collect::<Result<Vec<_>, ImportError>>()?;
-    let written = write::write(&lowering.layers, &outputs, &input.1.shape.0, &options);
-    check(&written)?;
-    Ok(written)
+    }
 }
 
 /// The nodes in groups: each run of nodes named `P/...` followed by the
