@@ -109,6 +109,10 @@ fn the_file_keeps_the_models_interface_names_and_metadata() {
         meta.contains(&("source", "examples/fashion_cnn.cnn")),
         "{meta:?}"
     );
+    assert!(
+        meta.contains(&("cnnc_version", env!("CARGO_PKG_VERSION"))),
+        "{meta:?}"
+    );
     let graph = &model.graph;
     assert_eq!(graph.input.len(), 1);
     assert_eq!(graph.input[0].name, "input");

@@ -89,6 +89,7 @@ pub fn export(
     onnx.metadata_props = vec![
         proto::entry("source", options.source),
         proto::entry("model", &model.graph.name),
+        proto::entry("cnnc_version", env!("CARGO_PKG_VERSION")),
     ];
     onnx.graph = Some(writer.graph).into();
     // Writing a message into memory fails only on sizes protobuf cannot

@@ -190,6 +190,33 @@ def round_trip(cnnc, path, model, work, exported, names):
     return worst
 
 
+def check_fixtures(cnnc):
+    """PyTorch's ONNX files (tests/fixtures/onnx): onnxruntime on the
+    original (NCHW input) against `cnnc predict` on its import (the same
+    input as NHWC). Prints a table; returns the number of failures."""
+    print()
+    print("| PyTorch fixture | onnxruntime vs cnnc import, max relative error |")
+    print("|---|---|")
+    failures = 0
+    with tempfile.TemporaryDirectory() as folder:
+        work = pathlib.Path(folder)
+        for path in sorted((ROOT / "tests" / "fixtures" / "onnx").glob("*.onnx")):
+            x = np.load(path.with_suffix(".input.npy"))
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            (reference,) = session.run(None, {session.get_inputs()[0].name: x})
+            imported = work / f"{path.stem}.cnn"
+            run([cnnc, "import", path, "-o", imported])
+            np.save(work / "x.npy", np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+            run([cnnc, "predict", imported, "--weights", imported.with_suffix(".safetensors"),
+                 "--input", work / "x.npy", "--output", work / "y.npy"])
+            ours = np.load(work / "y.npy")
+            error = float(np.abs(ours - reference).max()) / max(float(np.abs(reference).max()), 1e-30)
+            verdict = "" if error <= TOLERANCE else " FAILED"
+            failures += error > TOLERANCE
+            print(f"| {path.name} | {error:.1e}{verdict} |", flush=True)
+    return failures
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     cnnc, files = pathlib.Path(args[0]).resolve(), [pathlib.Path(f) for f in args[1:]]
@@ -216,6 +243,7 @@ def main():
                 failures += worst > TOLERANCE or trip > TOLERANCE
                 print(f"| {model} | {shown} | {nodes} | {worst:.1e}{verdict} | {trip:.1e}{trip_verdict} |",
                       flush=True)
+    failures += check_fixtures(cnnc)
     print(f"{failures} failed")
     sys.exit(1 if failures else 0)
 
