@@ -61,6 +61,9 @@ pub enum ExportError {
     /// The model has no input.
     #[error("the model has no input")]
     NoInput,
+    /// Protobuf could not encode the model (over 2 GiB).
+    #[error("the ONNX model cannot be encoded: {0}")]
+    Encode(String),
 }
 
 /// The ONNX model (serialized protobuf) of `model` with `weights`, which
@@ -94,12 +97,8 @@ pub fn export(
     onnx.graph = Some(writer.graph).into();
     // Writing a message into memory fails only on sizes protobuf cannot
     // encode (over 2 GiB), which `write_to_bytes` reports.
-    onnx.write_to_bytes().map_err(|e| ExportError::Unsupported {
-        node: model.graph.name.clone(),
-        op: "model".into(),
-        shape: String::new(),
-        reason: e.to_string(),
-    })
+    onnx.write_to_bytes()
+        .map_err(|e| ExportError::Encode(e.to_string()))
 }
 
 /// The graph being written, and where each cnnc node's output lives.
