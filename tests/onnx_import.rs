@@ -358,3 +358,14 @@ fn kernel_with_short_data(model: &mut ModelProto) {
         .unwrap();
     kernel.dims = vec![128, 64, 3, 3];
 }
+
+#[test]
+fn files_the_fuzzer_found_are_refused_as_unsupported() {
+    // A separable convolution whose `group` lost a bit: its kernel no
+    // longer fits its input, which the reader must say (the compile check
+    // after it would call it a fault of cnnc's).
+    let bytes = std::fs::read("tests/fuzzed/onnx_import-group-changed.onnx").unwrap();
+    let err = import(&bytes, "m").unwrap_err();
+    assert!(matches!(err, ImportError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("groups"), "{err}");
+}

@@ -191,6 +191,11 @@ impl Lowering<'_> {
         let (m, per_group, kh, kw) = kernel4(w)?;
         let [_, _, c] = hwc(&x.shape);
         let groups = positive(read::int(node, "group", 1), "group")?;
+        if per_group * groups != c || m % groups != 0 {
+            return Err(format!(
+                "a kernel of {per_group} input channels per group in {groups} groups for {c} channels, {m} filters"
+            ));
+        }
         let window = Window::read(node, &x.shape, [kh, kw])?;
         let kernel_data = w.floats().ok_or("its kernel is not float")?;
         let bias = self.bias(node, 2, m)?;
@@ -237,6 +242,12 @@ impl Lowering<'_> {
         let (c, m, kh, kw) = kernel4(w)?;
         if read::int(node, "group", 1) != 1 {
             return Err("a grouped transposed convolution".into());
+        }
+        if c != x.shape.channels() {
+            return Err(format!(
+                "a kernel for {c} input channels on {}",
+                x.shape.channels()
+            ));
         }
         let stride = pair(node, "strides", 1)?;
         let dilation = pair(node, "dilations", 1)?;
@@ -713,6 +724,11 @@ impl Lowering<'_> {
             "Clip" => self.clip(node)?,
             _ => self.softmax(node, &x)?,
         };
+        if let Activation::LeakyRelu { alpha } | Activation::Elu { alpha } = activation {
+            if !alpha.is_finite() {
+                return Err(format!("alpha {alpha}"));
+            }
+        }
         let layout = x.layout;
         self.push(node, Op::Activation(activation), vec![x], vec![], layout)
     }
@@ -1172,6 +1188,9 @@ impl Lowering<'_> {
                 let [inputs, units] = centers.dims[..] else {
                     return Err("its centres are not a matrix".into());
                 };
+                if x.shape.0 != [inputs] {
+                    return Err(format!("centres of {inputs} features for {:?}", x.shape.0));
+                }
                 let data = centers
                     .floats()
                     .ok_or("its centres are not float")?
