@@ -262,14 +262,17 @@ impl Lowering<'_> {
         // same placement (the padding before).
         let mut out = [0u64; 2];
         for a in 0..2 {
-            let effective = ([kh, kw][a] - 1) as i64 * dilation[a] as i64 + 1;
-            let size = stride[a] as i64 * ([h, w_][a] as i64 - 1) + extra[a] + effective
-                - pads[a]
-                - pads[a + 2];
+            // In i128: a hostile input size times the stride fits.
+            let effective = i128::from([kh, kw][a] - 1) * i128::from(dilation[a]) + 1;
+            let size = i128::from(stride[a]) * (i128::from([h, w_][a]) - 1)
+                + i128::from(extra[a])
+                + effective
+                - i128::from(pads[a])
+                - i128::from(pads[a + 2]);
             out[a] = u64::try_from(size)
                 .ok()
                 .filter(|&s| s > 0)
-                .ok_or("an empty output")?;
+                .ok_or("an empty output, or one too large")?;
         }
         let (padding, output_padding) =
             transposed_padding([h, w_], out, [kh, kw], stride, dilation, [pads[0], pads[1]])
