@@ -271,7 +271,7 @@ impl Lowering<'_> {
                 - i128::from(pads[a + 2]);
             out[a] = u64::try_from(size)
                 .ok()
-                .filter(|&s| s > 0)
+                .filter(|&s| s > 0 && s <= 1 << 40)
                 .ok_or("an empty output, or one too large")?;
         }
         let (padding, output_padding) =
