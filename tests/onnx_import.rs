@@ -369,3 +369,18 @@ fn files_the_fuzzer_found_are_refused_as_unsupported() {
     assert!(matches!(err, ImportError::Unsupported { .. }), "{err}");
     assert!(err.to_string().contains("groups"), "{err}");
 }
+
+#[test]
+fn a_model_named_like_a_layer_and_a_file_name_with_a_newline_still_compile() {
+    let bytes = std::fs::read(format!("{FIXTURES}/lenet.onnx")).unwrap();
+    let options = ImportOptions {
+        model: "conv",
+        source: "odd\nname.onnx",
+    };
+    let imported = onnx::import(&bytes, options).expect("imports");
+    assert_eq!(imported.model, "conv_");
+    assert!(imported
+        .text
+        .starts_with("# Imported from odd?name.onnx by cnnc import.\n"));
+    compile(&imported.text);
+}

@@ -51,10 +51,20 @@ pub fn write(
     input: &[u64],
     options: &ImportOptions,
 ) -> Imported {
-    let model = identifier(options.model, &HashSet::new()).unwrap_or_else(|| "imported".into());
+    let mut model = identifier(options.model, &HashSet::new()).unwrap_or_else(|| "imported".into());
+    // A model may not take a layer's, function's or keyword's name.
+    while reserved(&model) {
+        model += "_";
+    }
     let names = layer_names(layers);
     let folded = folded(layers, outputs);
-    let mut text = format!("# Imported from {} by cnnc import.\n\n", options.source);
+    // The file's name on one line, whatever characters it holds.
+    let source: String = options
+        .source
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    let mut text = format!("# Imported from {source} by cnnc import.\n\n");
     let dims: Vec<String> = input.iter().map(u64::to_string).collect();
     writeln!(text, "model {model} : [{}] {{", dims.join(", ")).expect("a String takes writes");
     let mut body = Body::new(layers, outputs, &folded, &names);
