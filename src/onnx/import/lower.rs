@@ -52,7 +52,7 @@ pub struct Value {
 pub struct Lowering<'a> {
     /// Every constant of the graph by name.
     pub constants: &'a HashMap<String, Constant>,
-    /// How many nodes read each value.
+    /// How many nodes (and graph outputs) read each value.
     pub readers: HashMap<String, usize>,
     /// The cnnc layers, in order.
     pub layers: Vec<Layer>,

@@ -132,7 +132,10 @@ pub fn import(bytes: &[u8], options: ImportOptions) -> Result<Imported, ImportEr
         .ok_or_else(|| ImportError::Decode("the model has no graph".into()))?;
     let (constants, unreadable) = read::constants(graph);
     let mut readers: HashMap<String, usize> = HashMap::new();
-    for input in graph.node.iter().flat_map(|n| &n.input) {
+    // A graph output counts as a reader: a layer whose output is one keeps
+    // its meaning (no bias added to it, no sigmoid made a swish).
+    let outputs = graph.output.iter().map(|o| &o.name);
+    for input in graph.node.iter().flat_map(|n| &n.input).chain(outputs) {
         *readers.entry(input.clone()).or_default() += 1;
     }
     let mut lowering = Lowering {
