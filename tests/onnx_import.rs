@@ -384,3 +384,48 @@ fn a_model_named_like_a_layer_and_a_file_name_with_a_newline_still_compile() {
         .starts_with("# Imported from odd?name.onnx by cnnc import.\n"));
     compile(&imported.text);
 }
+
+#[test]
+fn a_matmul_then_an_add_is_one_dense_layer_with_its_bias() {
+    // PyTorch writes some linear layers as `MatMul` then `Add`: rewrite the
+    // export's `Gemm`s that way and import it.
+    let (original, store, _) = round_trip("examples/fashion_cnn.cnn", None, 5);
+    let bytes = onnx::export(&original, &store, ExportOptions { source: "f" }).unwrap();
+    let mut model = ModelProto::parse_from_bytes(&bytes).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let mut nodes = Vec::new();
+    for mut node in std::mem::take(&mut graph.node) {
+        if node.op_type != "Gemm" {
+            nodes.push(node);
+            continue;
+        }
+        let bias = node.input.pop().expect("a bias");
+        let output = std::mem::replace(&mut node.output[0], format!("{}/product", node.name));
+        node.op_type = "MatMul".into();
+        let mut add = node.clone();
+        add.op_type = "Add".into();
+        add.name = format!("{}/bias", node.name);
+        add.input = vec![node.output[0].clone(), bias];
+        add.output = vec![output];
+        nodes.extend([node, add]);
+    }
+    graph.node = nodes;
+    let imported = import(&model.write_to_bytes().unwrap(), "m").expect("imports");
+    assert_eq!(
+        imported.text.matches("dense(").count(),
+        3,
+        "{}",
+        imported.text
+    );
+    assert!(
+        !imported.text.contains("use_bias: false"),
+        "{}",
+        imported.text
+    );
+    let again = compile(&imported.text);
+    assert_eq!(again.param_counts(), original.param_counts());
+    let input: Vec<f32> = (0..2 * 28 * 28).map(|i| (i % 13) as f32 / 13.0).collect();
+    let ours = run(&again, imported.weights, &input, 2);
+    let theirs = run(&original, store, &input, 2);
+    assert_eq!(ours, theirs);
+}

@@ -635,7 +635,7 @@ impl Lowering<'_> {
         let layer = &mut self.layers[index];
         let sole = self.readers.get(&node.input[tensor_input]).copied() == Some(1);
         let fits = data.len() as u64 == units && c.dims.iter().filter(|&&d| d != 1).count() <= 1;
-        let (Op::Dense { bias, .. } | Op::Conv2d { bias, .. }) = &mut layer.op else {
+        let Some(bias) = bias_flag(&mut layer.op) else {
             return Err(
                 "a constant added to a tensor that is not a dense layer or convolution".into(),
             );
@@ -923,6 +923,40 @@ impl Lowering<'_> {
             }
             _ => Err("a slice of channels and of positions at once".into()),
         }
+    }
+}
+
+/// The flag saying whether `op` adds a bias, for the layers whose bias
+/// ONNX may write as a separate `Add` (PyTorch's `MatMul` then `Add`).
+fn bias_flag(op: &mut Op) -> Option<&mut bool> {
+    match op {
+        Op::Dense { bias, .. } | Op::Conv2d { bias, .. } => Some(bias),
+        Op::Input { .. }
+        | Op::ConvTranspose2d { .. }
+        | Op::DepthwiseConv2d { .. }
+        | Op::Pool2d { .. }
+        | Op::Upsample { .. }
+        | Op::Pad { .. }
+        | Op::GlobalPool { .. }
+        | Op::DepthMaxPool { .. }
+        | Op::Flatten
+        | Op::Reshape { .. }
+        | Op::ChannelSlice { .. }
+        | Op::Dropout { .. }
+        | Op::BatchNorm { .. }
+        | Op::Lrn { .. }
+        | Op::ScaleBias
+        | Op::Rbf { .. }
+        | Op::Activation(_)
+        | Op::Add
+        | Op::Concat { .. }
+        | Op::Multiply
+        | Op::Labels { .. }
+        | Op::Upstream { .. }
+        | Op::CrossEntropy { .. }
+        | Op::CrossEntropyGrad { .. }
+        | Op::InputGrad { .. }
+        | Op::WeightGrad { .. } => None,
     }
 }
 

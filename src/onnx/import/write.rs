@@ -217,22 +217,21 @@ impl<'a> Body<'a> {
             .map(|s| self.expression(resolve(*s, self.folded)))
             .collect();
         // Joins are expressions; every other op is a layer call.
-        if layer.op == Op::Add {
-            return inputs.join(" + ");
+        match role(&layer.op) {
+            Role::Join(operator) => inputs.join(operator),
+            Role::Concat(axis) => {
+                // cnnc joins on the last axis unless told otherwise.
+                let axis = if axis + 1 == layer.rank {
+                    String::new()
+                } else {
+                    format!(", axis: {axis}")
+                };
+                format!("concat({}{axis})", inputs.join(", "))
+            }
+            Role::Activation { .. } | Role::Scale | Role::Host { .. } | Role::Call => {
+                self.layer_call(i, inputs.first())
+            }
         }
-        if layer.op == Op::Multiply {
-            return inputs.join(" * ");
-        }
-        if let Op::Concat { axis } = layer.op {
-            // cnnc joins on the last axis unless told otherwise.
-            let axis = if axis + 1 == layer.rank {
-                String::new()
-            } else {
-                format!(", axis: {axis}")
-            };
-            return format!("concat({}{axis})", inputs.join(", "));
-        }
-        self.layer_call(i, inputs.first())
     }
 
     /// Layer `i` as a call: its folded activation and scale in its
@@ -249,7 +248,7 @@ impl<'a> Body<'a> {
         let activation = members
             .iter()
             .copied()
-            .find(|op| matches!(op, Op::Activation(_)));
+            .find(|op| matches!(role(op), Role::Activation { .. }));
         let trainable = members.contains(&&Op::ScaleBias);
         let mut call = call(&layer.op, activation, trainable);
         if !layer.weights.is_empty() || trainable {
@@ -265,6 +264,73 @@ impl<'a> Body<'a> {
         self.text += "    ";
         self.text += line;
         self.text += "\n";
+    }
+}
+
+/// How the writer treats an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// An operator between tensors (`+`, `*`).
+    Join(&'static str),
+    /// `concat(...)` along this axis.
+    Concat(usize),
+    /// An activation, folded into the layer before it where that takes
+    /// one and it has no arguments (`plain`).
+    Activation {
+        /// Whether it is written by its name alone.
+        plain: bool,
+    },
+    /// LeNet's scale and bias, folded into the average pooling before it.
+    Scale,
+    /// A layer that takes an `activation:` argument (an average pooling
+    /// only with its scale: `pooling`).
+    Host {
+        /// Whether it is an average pooling.
+        pooling: bool,
+    },
+    /// Any other layer call.
+    Call,
+}
+
+fn role(op: &Op) -> Role {
+    match op {
+        Op::Add => Role::Join(" + "),
+        Op::Multiply => Role::Join(" * "),
+        Op::Concat { axis } => Role::Concat(*axis),
+        Op::Activation(a) => Role::Activation {
+            plain: activation_arguments(a).is_empty(),
+        },
+        Op::ScaleBias => Role::Scale,
+        Op::Conv2d { .. }
+        | Op::DepthwiseConv2d { .. }
+        | Op::ConvTranspose2d { .. }
+        | Op::Dense { .. } => Role::Host { pooling: false },
+        Op::Pool2d {
+            kind: PoolKind::Avg,
+            ..
+        } => Role::Host { pooling: true },
+        Op::Pool2d {
+            kind: PoolKind::Max,
+            ..
+        }
+        | Op::Input { .. }
+        | Op::Upsample { .. }
+        | Op::Pad { .. }
+        | Op::GlobalPool { .. }
+        | Op::DepthMaxPool { .. }
+        | Op::Flatten
+        | Op::Reshape { .. }
+        | Op::ChannelSlice { .. }
+        | Op::Dropout { .. }
+        | Op::BatchNorm { .. }
+        | Op::Lrn { .. }
+        | Op::Rbf { .. }
+        | Op::Labels { .. }
+        | Op::Upstream { .. }
+        | Op::CrossEntropy { .. }
+        | Op::CrossEntropyGrad { .. }
+        | Op::InputGrad { .. }
+        | Op::WeightGrad { .. } => Role::Call,
     }
 }
 
@@ -290,32 +356,13 @@ fn folded(layers: &[Layer], outputs: &[(String, Source)]) -> HashMap<usize, usiz
         }
         // Where `on` is itself folded (a scale after a pooling), its host.
         let host = folded.get(on).copied().unwrap_or(*on);
-        let fits = match (&layer.op, &layers[host].op) {
-            (Op::Activation(activation), host_op) => {
-                let plain = activation_arguments(activation).is_empty();
-                let takes = matches!(
-                    host_op,
-                    Op::Conv2d { .. }
-                        | Op::DepthwiseConv2d { .. }
-                        | Op::ConvTranspose2d { .. }
-                        | Op::Dense { .. }
-                ) || (folded.contains_key(on)
-                    && matches!(
-                        host_op,
-                        Op::Pool2d {
-                            kind: PoolKind::Avg,
-                            ..
-                        }
-                    ));
-                plain && takes
+        let fits = match (role(&layer.op), role(&layers[host].op)) {
+            // An activation with arguments is not an `activation:`; a
+            // pooling takes one only after its scale.
+            (Role::Activation { plain }, Role::Host { pooling }) => {
+                plain && (!pooling || folded.contains_key(on))
             }
-            (
-                Op::ScaleBias,
-                Op::Pool2d {
-                    kind: PoolKind::Avg,
-                    ..
-                },
-            ) => host == *on,
+            (Role::Scale, Role::Host { pooling: true }) => host == *on,
             _ => false,
         };
         if fits {
