@@ -132,14 +132,20 @@ fn cnnc_exports_come_back_as_the_same_model() {
     }
 }
 
+/// The ONNX model `cnnc export` writes for the model of `file` with weights
+/// drawn with `seed`, parsed.
+fn exported(file: &str, seed: u64) -> ModelProto {
+    let original = cnnc::load_model(Path::new(file), None).unwrap();
+    let store = weights::init(&original, seed);
+    let bytes = onnx::export(&original, &store, ExportOptions { source: file }).unwrap();
+    ModelProto::parse_from_bytes(&bytes).unwrap()
+}
+
 #[test]
 fn what_the_language_cannot_express_is_listed_node_by_node() {
     // Two sibling convolutions of an inception module (both read the same
     // tensor), so that neither is downstream of the other.
-    let original = cnnc::load_model(Path::new("examples/inception.cnn"), None).unwrap();
-    let store = weights::init(&original, 1);
-    let bytes = onnx::export(&original, &store, ExportOptions { source: "f" }).unwrap();
-    let mut model = ModelProto::parse_from_bytes(&bytes).unwrap();
+    let mut model = exported("examples/inception.cnn", 1);
     let graph = model.graph.as_mut().unwrap();
     let first = graph
         .node
@@ -322,10 +328,7 @@ fn an_imported_model_fine_tunes_from_its_weights_and_exports_from_its_checkpoint
 
 #[test]
 fn a_weight_whose_data_does_not_fill_its_shape_is_named_with_its_node() {
-    let original = cnnc::load_model(Path::new("examples/fashion_cnn.cnn"), None).unwrap();
-    let store = weights::init(&original, 1);
-    let bytes = onnx::export(&original, &store, ExportOptions { source: "f" }).unwrap();
-    let mut model = ModelProto::parse_from_bytes(&bytes).unwrap();
+    let mut model = exported("examples/fashion_cnn.cnn", 1);
     let graph = model.graph.as_mut().unwrap();
     let kernel = graph
         .initializer
