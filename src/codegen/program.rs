@@ -41,6 +41,15 @@ pub trait Kernel: Send + Sync {
     fn method(&self) -> Option<&'static str> {
         None
     }
+    /// The work items that compute batch items `examples` of the kernel's
+    /// `batch`: a range holding every item that writes a row of theirs,
+    /// where the kernel's work items follow the batch in order. `None`
+    /// where they do not, or the kernel cannot say: a caller that needs
+    /// only those rows then runs every item.
+    fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+        let _ = (batch, examples);
+        None
+    }
     /// Runs work items `items`; an error is a message naming what failed.
     ///
     /// # Safety
@@ -68,6 +77,9 @@ impl Kernel for RowKernel {
     fn domain(&self) -> usize {
         self.rows
     }
+    fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+        rows_of(self.rows, batch, examples)
+    }
     unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
         // SAFETY: forwarded from the caller.
         unsafe { self.kernel.run(args, items, self.channels) };
@@ -90,6 +102,17 @@ impl Kernel for DomainKernel {
         unsafe { DomainKernel::run(self, args, items) };
         Ok(())
     }
+}
+
+/// The rows of batch items `examples` where `rows` rows hold a batch of
+/// `batch` items in order, the same number each; `None` when `rows` is not
+/// a multiple of `batch`.
+pub fn rows_of(rows: usize, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+    if batch == 0 || !rows.is_multiple_of(batch) || examples.end > batch {
+        return None;
+    }
+    let per = rows / batch;
+    Some(examples.start * per..examples.end * per)
 }
 
 /// One kernel call: the kernel and where its arguments live.

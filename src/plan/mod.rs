@@ -284,6 +284,52 @@ impl KernelDesc {
         }
     }
 
+    /// Whether each batch item's rows of every buffer the kernel writes
+    /// depend only on the same item's rows of the batch buffers it reads
+    /// (and on buffers without a batch: weights, statistics, scalars). Such
+    /// a kernel may run on some items' rows while the other items' rows
+    /// hold anything ([`crate::runtime::parallel`]); the others (a weight
+    /// gradient, batchnorm's moments) sum over the batch and need all of
+    /// it. Such a kernel also never addresses memory by a value it reads
+    /// (a label is clamped into its row), so whatever the other rows hold,
+    /// it stays inside its buffers.
+    pub fn per_example(&self) -> bool {
+        use crate::codegen::reduce::ReduceKind;
+        use crate::codegen::window::Pass;
+        match self {
+            // Rows are batch items' positions; a broadcast operand has no batch.
+            KernelDesc::Elementwise { .. } => true,
+            KernelDesc::Reduce(r) => match r.kind {
+                ReduceKind::Softmax
+                | ReduceKind::SoftmaxBackward
+                | ReduceKind::CrossEntropy { .. }
+                | ReduceKind::ItemSums { .. }
+                | ReduceKind::Rbf { .. }
+                | ReduceKind::RbfBackwardData { .. } => true,
+                ReduceKind::ColumnMoments
+                | ReduceKind::ColumnSums
+                | ReduceKind::RbfBackwardCenters { .. } => false,
+            },
+            KernelDesc::Window(w) => match w.pass {
+                Pass::Forward | Pass::BackwardData => true,
+                Pass::BackwardFilter => false,
+            },
+            KernelDesc::Contraction { pass, .. } => match pass {
+                ContractionPass::Forward { .. } | ContractionPass::BackwardData => true,
+                ContractionPass::BackwardFilter => false,
+            },
+            KernelDesc::Grouped(g) => match g.pass {
+                GroupedPass::Forward | GroupedPass::BackwardData => true,
+                GroupedPass::BackwardFilter => false,
+            },
+            KernelDesc::Copy(_) | KernelDesc::Embed(_) | KernelDesc::Pad(_) => true,
+            KernelDesc::Resample(_) => true,
+            // Weights in, weights out; a mask drawn for the whole batch
+            // from the step's seed, the same on every rank.
+            KernelDesc::WinogradFilter { .. } | KernelDesc::Mask(_) => false,
+        }
+    }
+
     /// How the kernel computes, in a few words for profiles:
     /// `forward, winograd F(4x4,3x3)`, `backward-filter, gemm`, `window`.
     pub fn method(&self) -> String {

@@ -63,6 +63,9 @@ pub enum RuntimeError {
         /// What went wrong.
         message: String,
     },
+    /// Data-parallel ranks could not exchange rows.
+    #[error("exchanging rows with the other ranks: {0}")]
+    Exchange(String),
     /// The thread pool could not be created.
     #[error("cannot start {threads} worker threads: {message}")]
     Threads {
@@ -161,9 +164,7 @@ impl Executor {
         external: &mut [&mut [f32]],
         skip_prepared: bool,
     ) -> Result<(), RuntimeError> {
-        if self.arena.len() < program.arena_len {
-            self.arena.resize(program.arena_len, 0.0);
-        }
+        self.reserve(program);
         let first = steps.start;
         for (i, step) in program.steps[steps].iter().enumerate() {
             if skip_prepared && step.prepared {
@@ -182,9 +183,16 @@ impl Executor {
         Ok(())
     }
 
+    /// Grows the arena to what `program` needs.
+    pub(super) fn reserve(&mut self, program: &Program) {
+        if self.arena.len() < program.arena_len {
+            self.arena.resize(program.arena_len, 0.0);
+        }
+    }
+
     /// Adds `elapsed` to step `index`'s entry of the profile, when
     /// profiling.
-    fn record(&mut self, program: &Program, index: usize, elapsed: std::time::Duration) {
+    pub(super) fn record(&mut self, program: &Program, index: usize, elapsed: std::time::Duration) {
         if let Some(profile) = &mut self.profile {
             if profile.len() < program.steps.len() {
                 profile.resize(program.steps.len(), StepTime::default());
@@ -208,7 +216,7 @@ impl Executor {
     }
 
     /// The raw pointers of a step's arguments, after checking their bounds.
-    fn bind(
+    pub(super) fn bind(
         &mut self,
         step: &Step,
         external: &mut [&mut [f32]],
@@ -246,18 +254,39 @@ impl Executor {
     /// Runs one step, its domain split into one contiguous part per thread;
     /// returns the first failure any part reported.
     fn execute(&mut self, step: &Step, args: &[*mut f32]) -> Result<(), String> {
-        let domain = step.kernel.domain();
+        self.execute_items(step, args, 0..step.kernel.domain())
+    }
+
+    /// Runs work items `items` of one step (a range within its domain),
+    /// split into one contiguous part per thread; returns the first failure
+    /// any part reported.
+    pub(super) fn execute_items(
+        &mut self,
+        step: &Step,
+        args: &[*mut f32],
+        items: Range<usize>,
+    ) -> Result<(), String> {
+        if items.end > step.kernel.domain() {
+            return Err(format!(
+                "work items {items:?} lie beyond the kernel's {}",
+                step.kernel.domain()
+            ));
+        }
+        let domain = items.len();
+        let first = items.start;
         let kernel = step.kernel.as_ref();
         let shared = SharedArgs(args);
         if self.threads == 1 || domain < step.serial_below.max(2) {
-            // SAFETY: the arguments were bound and bounds-checked for this step.
-            return unsafe { kernel.run(shared.0, 0..domain) };
+            // SAFETY: the arguments were bound and bounds-checked for this
+            // step, and `items` lies within its domain (the caller's word).
+            return unsafe { kernel.run(shared.0, items) };
         }
         let shares = Shares::new(domain, self.threads);
         let failure = std::sync::Mutex::new(None);
         let finished = self.team.run(&|member| {
             let args = shared;
             while let Some(part) = shares.next(member) {
+                let part = first + part.start..first + part.end;
                 // SAFETY: as above; `Shares` hands out each work item once.
                 if let Err(e) = unsafe { kernel.run(args.0, part) } {
                     let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());

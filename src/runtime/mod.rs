@@ -16,6 +16,7 @@ pub mod binding;
 pub mod executor;
 pub mod gradients;
 pub mod inference;
+pub mod parallel;
 pub mod team;
 pub mod training;
 pub mod weights;

@@ -2,6 +2,8 @@
 //! forward pass, the loss, the backward pass and the optimizer's update,
 //! with the weights and optimizer state it keeps between steps.
 
+use std::ops::Range;
+
 use thiserror::Error;
 
 use crate::codegen::native::DropoutMask;
@@ -13,6 +15,7 @@ use crate::CompiledStep;
 
 use super::binding::{self, Lent};
 use super::executor::{Executor, RuntimeError};
+use super::parallel::{shares, Collective, Sharding};
 use super::weights::{Tensor, TensorStore};
 
 /// Why training could not be set up or a step could not run.
@@ -200,7 +203,59 @@ impl Trainer {
         labels: &[u32],
         lr: f64,
     ) -> Result<StepResult, TrainingError> {
-        let (mut images, mut labels) = self.check_batch(images, labels)?;
+        self.check_images(images.len(), 0..self.compiled.plan.batch)?;
+        self.run_step(images.to_vec(), labels, lr, None)
+    }
+
+    /// Runs one step as one rank of a data-parallel run over `world`
+    /// ([`super::parallel`]): `images` holds this rank's share of the batch
+    /// (its items of [`super::parallel::shares`]), `labels` the whole
+    /// batch's labels. Every rank of `world` makes this call with the same
+    /// weights, state and labels, and gets bitwise the same result, weights
+    /// and state as [`Self::train_step`] on the whole batch.
+    pub fn train_step_shared(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        lr: f64,
+        world: &dyn Collective,
+    ) -> Result<StepResult, TrainingError> {
+        let plan = &self.compiled.plan;
+        let own = shares(plan.batch, world.size())[world.rank().min(world.size() - 1)].clone();
+        let per_item = expected_len(plan, &Role::Input) / plan.batch.max(1);
+        self.check_images(images.len(), own.clone())?;
+        // The other ranks' items are NaN: a kernel that read them before
+        // they were gathered would spoil the loss visibly, not silently.
+        let mut whole = vec![f32::NAN; per_item * plan.batch];
+        whole[own.start * per_item..own.end * per_item].copy_from_slice(images);
+        self.run_step(whole, labels, lr, Some(world))
+    }
+
+    /// Checks that `len` image values are batch items `items`.
+    fn check_images(&self, len: usize, items: Range<usize>) -> Result<(), TrainingError> {
+        let plan = &self.compiled.plan;
+        let whole = expected_len(plan, &Role::Input);
+        let expected = whole / plan.batch.max(1) * items.len();
+        if len != expected {
+            return Err(TrainingError::BatchSize {
+                what: "images",
+                actual: len,
+                expected,
+            });
+        }
+        Ok(())
+    }
+
+    /// One step on the whole batch's `images` (only this rank's items when
+    /// `world` is given) and `labels`.
+    fn run_step(
+        &mut self,
+        mut images: Vec<f32>,
+        labels: &[u32],
+        lr: f64,
+        world: Option<&dyn Collective>,
+    ) -> Result<StepResult, TrainingError> {
+        let mut labels = self.check_labels_len(labels)?;
         let (mut coefficients, next) = self.optimizer.coefficients(self.step, lr);
         coefficients.resize(MAX_COEFFICIENTS, 0.0);
         let mut step_buffer =
@@ -236,8 +291,23 @@ impl Trainer {
                 .position(|s| s.nodes.iter().any(|n| n.starts_with("update:")))
                 .unwrap_or(plan.steps.len());
             let saved: Vec<Vec<f32>> = self.moving.iter().map(|&i| external[i].to_vec()).collect();
-            self.executor
-                .run_steps(&self.compiled.program, 0..updates, &mut external)?;
+            let mut sharding = world.map(|w| Sharding::new(plan, w)).transpose()?;
+            let program = &self.compiled.program;
+            match &mut sharding {
+                None => self
+                    .executor
+                    .run_steps(program, 0..updates, &mut external)?,
+                Some(sharding) => {
+                    let executor = &mut self.executor;
+                    executor.run_sharded((program, plan), 0..updates, &mut external, sharding)?;
+                    // The outputs and losses, whole on every rank.
+                    for (values, &b) in external.iter_mut().zip(&self.compiled.layout.externals) {
+                        if matches!(plan.buffers[b].role, Role::Output(_) | Role::Loss(_)) {
+                            sharding.complete(b, values)?;
+                        }
+                    }
+                }
+            }
             if let Some((output, value)) =
                 first_non_finite(plan, &self.compiled.layout.externals, &external)
             {
@@ -250,11 +320,14 @@ impl Trainer {
                     step: self.step.iterations + 1,
                 });
             }
-            self.executor.run_steps(
-                &self.compiled.program,
-                updates..plan.steps.len(),
-                &mut external,
-            )?;
+            let rest = updates..plan.steps.len();
+            match &mut sharding {
+                None => self.executor.run_steps(program, rest, &mut external)?,
+                Some(sharding) => {
+                    self.executor
+                        .run_sharded((program, plan), rest, &mut external, sharding)?
+                }
+            }
         }
         self.step = next;
         let mut losses = Vec::new();
@@ -272,27 +345,10 @@ impl Trainer {
         Ok(StepResult { losses, outputs })
     }
 
-    fn check_batch(
-        &self,
-        images: &[f32],
-        labels: &[u32],
-    ) -> Result<(Vec<f32>, Vec<f32>), TrainingError> {
-        let expected = |role: &Role| {
-            self.compiled
-                .plan
-                .buffers
-                .iter()
-                .find(|b| b.role == *role)
-                .map_or(0, |b| b.len)
-        };
-        let (image_len, label_len) = (expected(&Role::Input), expected(&Role::Labels));
-        if images.len() != image_len {
-            return Err(TrainingError::BatchSize {
-                what: "images",
-                actual: images.len(),
-                expected: image_len,
-            });
-        }
+    /// Checks the labels' number and values; returns them as the kernels
+    /// take them.
+    fn check_labels_len(&self, labels: &[u32]) -> Result<Vec<f32>, TrainingError> {
+        let label_len = expected_len(&self.compiled.plan, &Role::Labels);
         if labels.len() != label_len {
             return Err(TrainingError::BatchSize {
                 what: "labels",
@@ -303,7 +359,7 @@ impl Trainer {
         self.check_labels(labels)?;
         // Exact: every label is below an output's number of scores, which
         // `new` has checked to be at most MAX_EXACT_LABEL + 1.
-        Ok((images.to_vec(), labels.iter().map(|&l| l as f32).collect()))
+        Ok(labels.iter().map(|&l| l as f32).collect())
     }
 
     /// The first label (by position) that some output has no score for.
@@ -326,6 +382,14 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// The length of `plan`'s buffer with role `role` (0 when it has none).
+fn expected_len(plan: &KernelPlan, role: &Role) -> usize {
+    plan.buffers
+        .iter()
+        .find(|b| b.role == *role)
+        .map_or(0, |b| b.len)
 }
 
 /// Each output's name and the number of classes its labels may name: its

@@ -1,0 +1,441 @@
+//! Data-parallel steps: one batch split across ranks (processes under MPI,
+//! or threads in one process), with bitwise the same result as one process
+//! running the whole batch, whatever the number of ranks.
+//!
+//! Every rank runs the same program, compiled for the whole batch, over an
+//! arena of its own. The input holds only the rank's share of the batch
+//! items ([`shares`]); the other items' rows are *partial*: they hold
+//! whatever was there. A kernel whose rows of each item depend only on the
+//! same item's rows ([`crate::plan::KernelDesc::per_example`]: convolutions,
+//! element-wise kernels, pooling, the loss) runs only the work items of the
+//! rank's share where it can say which they are
+//! ([`crate::codegen::program::Kernel::example_items`]), all of them
+//! otherwise; what it writes is then partial too. A kernel that sums over
+//! the batch (a weight gradient, batchnorm's moments) first gathers every
+//! partial buffer it takes from all ranks ([`Collective::all_gather`]), then
+//! runs whole, on every rank, and computes exactly what one process would:
+//! its inputs are the same bits, and each work item's result does not
+//! depend on who runs it (the executor's contract, which already makes the
+//! result independent of the number of threads).
+//!
+//! So nothing is ever summed across ranks: no reduction order changes with
+//! the number of ranks, and the weights, the optimizer's state and
+//! batchnorm's statistics stay the same bits on every rank, step after
+//! step. What crosses between ranks are the rows of the buffers that
+//! batch-wide kernels read: activations and their gradients, not weight
+//! gradients. `docs/scale-out.md` weighs that against the gradient
+//! all-reduce of PyTorch's DistributedDataParallel.
+
+use std::ops::Range;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use thiserror::Error;
+
+use super::executor::{Executor, RuntimeError};
+use crate::codegen::program::{Program, Slot};
+use crate::plan::{Access, KernelPlan, Role};
+
+/// Why ranks could not exchange rows.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("{0}")]
+pub struct CollectiveError(pub String);
+
+/// The ranks of a data-parallel run, and how they exchange values.
+///
+/// Every rank calls the same methods in the same order (each call is a
+/// collective operation).
+pub trait Collective {
+    /// This rank, from 0.
+    fn rank(&self) -> usize;
+    /// The number of ranks.
+    fn size(&self) -> usize;
+    /// Every rank passes a buffer of the same length whose part
+    /// `parts[rank]` it computed; afterwards every rank's buffer holds
+    /// every rank's part. The parts are disjoint and in rank order.
+    fn all_gather(&self, values: &mut [f32], parts: &[Range<usize>])
+        -> Result<(), CollectiveError>;
+    /// Whether any rank passed `true` (stopping together on Ctrl-C).
+    fn any(&self, flag: bool) -> Result<bool, CollectiveError>;
+}
+
+/// The batch items of each of `ranks` ranks: `batch` split into contiguous
+/// shares in rank order, the later ones an item larger where it does not
+/// divide (a rank may have none).
+pub fn shares(batch: usize, ranks: usize) -> Vec<Range<usize>> {
+    let ranks = ranks.max(1);
+    (0..ranks)
+        .map(|r| batch * r / ranks..batch * (r + 1) / ranks)
+        .collect()
+}
+
+/// A data-parallel run of a program: which buffers hold only this rank's
+/// rows, and how to complete them.
+pub struct Sharding<'w> {
+    world: &'w dyn Collective,
+    /// The batch the program was compiled for.
+    batch: usize,
+    /// Each rank's batch items.
+    shares: Vec<Range<usize>>,
+    /// Per step: whether it is per example, and how it uses each argument.
+    steps: Vec<(bool, Vec<Access>)>,
+    /// Per buffer: whether only this rank's rows are valid.
+    partial: Vec<bool>,
+    /// Values exchanged in this run (all ranks' parts), for the profile.
+    exchanged: u64,
+}
+
+impl<'w> Sharding<'w> {
+    /// The sharding of `plan` across `world`, for one run whose input
+    /// holds only this rank's batch items.
+    pub fn new(plan: &KernelPlan, world: &'w dyn Collective) -> Result<Sharding<'w>, RuntimeError> {
+        let steps = plan
+            .steps
+            .iter()
+            .map(|s| {
+                let signature = s
+                    .kernel
+                    .signature()
+                    .map_err(|message| RuntimeError::Kernel {
+                        step: s.kernel.name().to_string(),
+                        message,
+                    })?;
+                Ok((
+                    s.kernel.per_example(),
+                    signature.iter().map(|p| p.access).collect(),
+                ))
+            })
+            .collect::<Result<_, RuntimeError>>()?;
+        let mut sharding = Sharding {
+            world,
+            batch: plan.batch,
+            shares: shares(plan.batch, world.size()),
+            steps,
+            partial: vec![false; plan.buffers.len()],
+            exchanged: 0,
+        };
+        sharding.start(plan);
+        Ok(sharding)
+    }
+
+    /// Starts a new run: only the input is partial.
+    pub fn start(&mut self, plan: &KernelPlan) {
+        self.exchanged = 0;
+        for (partial, buffer) in self.partial.iter_mut().zip(&plan.buffers) {
+            *partial = buffer.role == Role::Input;
+        }
+    }
+
+    /// This rank's batch items.
+    pub fn own(&self) -> Range<usize> {
+        self.shares[self.world.rank().min(self.shares.len() - 1)].clone()
+    }
+
+    /// The values exchanged so far in this run, over all ranks.
+    pub fn exchanged(&self) -> u64 {
+        self.exchanged
+    }
+
+    /// Makes buffer `buffer`, held in `values`, whole on every rank if it
+    /// is partial.
+    pub fn complete(&mut self, buffer: usize, values: &mut [f32]) -> Result<(), RuntimeError> {
+        if !self.partial.get(buffer).copied().unwrap_or(false) {
+            return Ok(());
+        }
+        let len = values.len();
+        if self.batch == 0 || !len.is_multiple_of(self.batch) {
+            return Err(RuntimeError::Exchange(format!(
+                "buffer {buffer} of {len} values does not hold {} batch items of the same size",
+                self.batch
+            )));
+        }
+        let per = len / self.batch;
+        let parts: Vec<Range<usize>> = self
+            .shares
+            .iter()
+            .map(|s| s.start * per..s.end * per)
+            .collect();
+        self.world
+            .all_gather(values, &parts)
+            .map_err(|e| RuntimeError::Exchange(e.0))?;
+        self.exchanged += len as u64;
+        self.partial[buffer] = false;
+        Ok(())
+    }
+}
+
+impl Executor {
+    /// Runs steps `steps` of `program` (compiled from `plan`) as one rank of
+    /// `sharding`: like [`Executor::run_steps`], but each per-example step
+    /// computes only this rank's batch items where a buffer it takes is
+    /// partial, and every other step first completes the partial buffers
+    /// it takes.
+    pub fn run_sharded(
+        &mut self,
+        (program, plan): (&Program, &KernelPlan),
+        steps: Range<usize>,
+        external: &mut [&mut [f32]],
+        sharding: &mut Sharding,
+    ) -> Result<(), RuntimeError> {
+        self.reserve(program);
+        for index in steps {
+            let (step, planned) = (&program.steps[index], &plan.steps[index]);
+            let per_example = sharding.steps[index].0;
+            let args = self.bind(step, external)?;
+            let started = std::time::Instant::now();
+            let partial = planned.args.iter().any(|&b| sharding.partial[b]);
+            let domain = step.kernel.domain();
+            let items = if partial && per_example {
+                let own = sharding.own();
+                step.kernel
+                    .example_items(sharding.batch, own)
+                    .filter(|items| items.end <= domain)
+                    .unwrap_or(0..domain)
+            } else {
+                for (k, &b) in planned.args.iter().enumerate() {
+                    if sharding.partial[b] {
+                        let len = slot_len(step.args[k]);
+                        // SAFETY: `bind` checked that the slot's `len`
+                        // values from this pointer lie in its buffer, and
+                        // no other reference to them is alive here.
+                        let values = unsafe { std::slice::from_raw_parts_mut(args[k], len) };
+                        sharding.complete(b, values)?;
+                    }
+                }
+                0..domain
+            };
+            self.execute_items(step, &args, items)
+                .map_err(|message| RuntimeError::Kernel {
+                    step: step.kernel.name().to_string(),
+                    message,
+                })?;
+            if partial && per_example {
+                let access = &sharding.steps[index].1;
+                for (&b, a) in planned.args.iter().zip(access) {
+                    if *a == Access::Write {
+                        sharding.partial[b] = true;
+                    }
+                }
+            }
+            self.record(program, index, started.elapsed());
+        }
+        Ok(())
+    }
+}
+
+/// The number of values a slot holds.
+fn slot_len(slot: Slot) -> usize {
+    match slot {
+        Slot::Arena { len, .. } | Slot::External { len, .. } => len,
+    }
+}
+
+/// Ranks that are threads of one process: for tests, and to check a
+/// data-parallel run against one process without MPI. A rank whose
+/// `LocalWorld` is dropped (its thread ended, or panicked) has left: the
+/// others' collective calls then fail instead of waiting for it.
+pub struct LocalWorld {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    size: usize,
+    meeting: Mutex<Meeting>,
+    arrived: Condvar,
+}
+
+/// The ranks' meeting point: a barrier that knows who left.
+struct Meeting {
+    /// Ranks waiting at the current barrier.
+    waiting: usize,
+    /// Barriers passed so far.
+    generation: u64,
+    /// The first rank that left, if one did.
+    left: Option<usize>,
+    /// Where each rank leaves its part for the others.
+    staging: Vec<f32>,
+    flags: Vec<bool>,
+}
+
+impl LocalWorld {
+    /// `size` ranks, one for each thread that will run a share.
+    pub fn new(size: usize) -> Vec<LocalWorld> {
+        let size = size.max(1);
+        let shared = Arc::new(Shared {
+            size,
+            meeting: Mutex::new(Meeting {
+                waiting: 0,
+                generation: 0,
+                left: None,
+                staging: Vec::new(),
+                flags: vec![false; size],
+            }),
+            arrived: Condvar::new(),
+        });
+        (0..size)
+            .map(|rank| LocalWorld {
+                rank,
+                shared: Arc::clone(&shared),
+            })
+            .collect()
+    }
+
+    fn meeting(&self) -> MutexGuard<'_, Meeting> {
+        // A rank that panicked holding the lock left the data whole: every
+        // change under it is a plain store.
+        self.shared
+            .meeting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Does `work` under the lock, then waits until every rank has got
+    /// here; fails when a rank has left.
+    fn meet(&self, work: impl FnOnce(&mut Meeting)) -> Result<(), CollectiveError> {
+        let mut meeting = self.meeting();
+        let gone = |m: &Meeting| {
+            m.left
+                .map(|r| CollectiveError(format!("rank {r} has left")))
+        };
+        if let Some(e) = gone(&meeting) {
+            return Err(e);
+        }
+        work(&mut meeting);
+        meeting.waiting += 1;
+        let generation = meeting.generation;
+        if meeting.waiting == self.shared.size {
+            meeting.waiting = 0;
+            meeting.generation += 1;
+            self.shared.arrived.notify_all();
+            return Ok(());
+        }
+        while meeting.generation == generation {
+            if let Some(e) = gone(&meeting) {
+                return Err(e);
+            }
+            meeting = self
+                .shared
+                .arrived
+                .wait(meeting)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalWorld {
+    fn drop(&mut self) {
+        let mut meeting = self.meeting();
+        meeting.left.get_or_insert(self.rank);
+        self.shared.arrived.notify_all();
+    }
+}
+
+impl Collective for LocalWorld {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.shared.size
+    }
+
+    fn all_gather(
+        &self,
+        values: &mut [f32],
+        parts: &[Range<usize>],
+    ) -> Result<(), CollectiveError> {
+        let fits = |p: &Range<usize>| p.start <= p.end && p.end <= values.len();
+        if parts.len() != self.shared.size || !parts.iter().all(fits) {
+            return Err(CollectiveError(format!(
+                "parts {parts:?} do not split {} values among {} ranks",
+                values.len(),
+                self.shared.size
+            )));
+        }
+        let own = parts[self.rank].clone();
+        self.meet(|m| {
+            if m.staging.len() < values.len() {
+                m.staging.resize(values.len(), 0.0);
+            }
+            m.staging[own.clone()].copy_from_slice(&values[own.clone()]);
+        })?;
+        {
+            let meeting = self.meeting();
+            for (r, part) in parts.iter().enumerate() {
+                if r != self.rank {
+                    values[part.clone()].copy_from_slice(&meeting.staging[part.clone()]);
+                }
+            }
+        }
+        // Nobody writes the staging area again before everyone has read it.
+        self.meet(|_| {})
+    }
+
+    fn any(&self, flag: bool) -> Result<bool, CollectiveError> {
+        self.meet(|m| m.flags[self.rank] = flag)?;
+        let any = self.meeting().flags.iter().any(|&f| f);
+        self.meet(|_| {})?;
+        Ok(any)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_the_batch_in_rank_order() {
+        assert_eq!(shares(32, 3), vec![0..10, 10..21, 21..32]);
+        assert_eq!(shares(2, 3), vec![0..0, 0..1, 1..2]);
+        assert_eq!(shares(7, 1), vec![0..7]);
+    }
+
+    #[test]
+    fn local_ranks_gather_every_part() {
+        let worlds = LocalWorld::new(3);
+        let parts = vec![0..2, 2..5, 5..6];
+        let results: Vec<Vec<f32>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = worlds
+                .iter()
+                .map(|w| {
+                    let parts = parts.clone();
+                    scope.spawn(move || {
+                        let mut values = vec![-1.0; 6];
+                        for i in parts[w.rank()].clone() {
+                            values[i] = (10 * w.rank() + i) as f32;
+                        }
+                        w.all_gather(&mut values, &parts).unwrap();
+                        assert!(w.any(w.rank() == 2).unwrap());
+                        assert!(!w.any(false).unwrap());
+                        values
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for values in results {
+            assert_eq!(values, vec![0.0, 1.0, 12.0, 13.0, 14.0, 25.0]);
+        }
+    }
+
+    #[test]
+    fn a_rank_that_leaves_makes_the_others_fail_not_wait() {
+        let mut worlds = LocalWorld::new(3);
+        let last = worlds.pop().expect("three");
+        let error = std::thread::scope(|scope| {
+            let waiting: Vec<_> = worlds
+                .iter()
+                .map(|w| scope.spawn(move || w.any(true)))
+                .collect();
+            drop(last);
+            waiting
+                .into_iter()
+                .map(|h| h.join().expect("no panic"))
+                .collect::<Vec<_>>()
+        });
+        for result in error {
+            assert_eq!(result, Err(CollectiveError("rank 2 has left".into())));
+        }
+    }
+}
