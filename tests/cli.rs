@@ -534,3 +534,24 @@ fn the_fine_tuning_recipe_freezes_the_base_then_trains_everything() {
     assert!(head.get("old_head.kernel").is_none());
     std::fs::remove_dir_all(&dir).expect("removed");
 }
+
+/// A cnnc built without MPI that an MPI launcher starts as one of several
+/// ranks says how to build it with MPI instead of training copies.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn run_under_mpirun_without_mpi_says_how_to_build_it() {
+    let dir = scratch("no-mpi");
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(["run", "examples/lenet5.cnn", "--train", "fashion", "--out"])
+        .arg(dir.join("out"))
+        .env("NO_COLOR", "1")
+        // What OpenMPI's mpirun sets for the second of three ranks.
+        .env("OMPI_COMM_WORLD_RANK", "1")
+        .env("OMPI_COMM_WORLD_SIZE", "3")
+        .output()
+        .expect("cnnc runs");
+    let text = failure_text(&out, &dir);
+    assert!(!dir.join("out").exists(), "nothing is written");
+    insta::assert_snapshot!("run_under_mpirun_without_mpi", text);
+    std::fs::remove_dir_all(&dir).expect("removed");
+}

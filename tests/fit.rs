@@ -37,6 +37,7 @@ fn a_small_cnn_learns_the_bundled_fashion_subset() {
         }
     };
     let options = FitOptions {
+        world: None,
         threads: 2,
         out: out.clone(),
         resume: false,
@@ -113,6 +114,7 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
         };
         let mut progress = |_: Progress| {};
         let options = FitOptions {
+            world: None,
             threads: 2,
             out: out.to_path_buf(),
             resume,
@@ -143,6 +145,7 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
             }
         };
         let options = FitOptions {
+            world: None,
             threads: 2,
             out: stopped.clone(),
             resume: true,
@@ -296,6 +299,7 @@ fn fit_tiny(
     };
     let mut progress = |_: Progress| {};
     let options = FitOptions {
+        world: None,
         threads: 1,
         out: out.clone(),
         resume: false,
@@ -470,6 +474,7 @@ impl TinyRun {
             std::fs::create_dir_all(out).expect("dir");
         }
         let options = FitOptions {
+            world: None,
             threads: 2,
             out: out.to_path_buf(),
             resume,
@@ -684,6 +689,7 @@ fn a_weights_file_that_cannot_be_written_stops_training_and_names_the_checkpoint
     // A folder where the weights file should be: no file can be renamed over it.
     std::fs::create_dir_all(out.join("tiny.safetensors").join("in-the-way")).expect("dir");
     let options = FitOptions {
+        world: None,
         threads: 2,
         out: out.clone(),
         resume: false,

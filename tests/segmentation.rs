@@ -231,6 +231,7 @@ fn fit_small(
     let model =
         cnnc::compile_source("seg.cnn", SMALL_UNET, None, None).unwrap_or_else(|d| panic!("{d}"));
     let options = FitOptions {
+        world: None,
         threads: 2,
         out: out.to_path_buf(),
         resume,
@@ -367,6 +368,7 @@ fn refused(source: &str, data: &Dataset, out: &Path) -> FitError {
     };
     let model = cnnc::compile_source("m.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
     let options = FitOptions {
+        world: None,
         threads: 1,
         out: out.to_path_buf(),
         resume: false,
@@ -547,6 +549,7 @@ fn a_sigmoid_mask_of_one_channel_trains_with_the_binary_cross_entropy() {
         ..TrainConfig::default()
     };
     let options = FitOptions {
+        world: None,
         threads: 2,
         out: out.clone(),
         resume: false,

@@ -27,6 +27,7 @@ mod overrides;
 mod plot;
 mod predict;
 mod progress;
+mod ranks;
 mod run;
 mod shapes;
 mod shared;

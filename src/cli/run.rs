@@ -1,6 +1,7 @@
 //! `cnnc run`: trains a model with its file's train section (`--train`),
 //! or classifies image files with the weights training wrote.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,6 +12,7 @@ use cnnc::{Diagnostics, TypedGraph};
 
 use super::overrides::{OptimizerArg, TrainOverrides};
 use super::progress::ProgressPrinter;
+use super::ranks::Ranks;
 use super::shared::{
     classify, failure, initializers, load, load_splits, threads_or_cores, ClassifyArgs, DataArgs,
 };
@@ -115,13 +117,33 @@ pub fn run(args: &Args) -> Result<String, Diagnostics> {
     result.map_err(|e| failure(&args.file, e))
 }
 
-/// Loads the data, trains, reports, and saves the weights and the
-/// learning curves into `--out`.
+/// Trains alone, or as one rank of the MPI job that started this process;
+/// a rank that fails ends the whole job, once it has said why.
 fn train(
     model: &TypedGraph,
     config: &TrainConfig,
     data_set: &str,
     args: &Args,
+) -> Result<String, Diagnostics> {
+    let ranks = Ranks::join().map_err(|e| failure(&args.file, e))?;
+    let result = train_as(model, config, (data_set, args), &ranks);
+    if let Err(diagnostics) = &result {
+        if ranks.world().is_some_and(|w| w.size() > 1) {
+            let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            eprint!("{}", diagnostics.render(color));
+            ranks.abort_job();
+        }
+    }
+    result
+}
+
+/// Loads the data, trains, reports, and saves the weights and the
+/// learning curves into `--out`: the output is rank 0's alone.
+fn train_as(
+    model: &TypedGraph,
+    config: &TrainConfig,
+    (data_set, args): (&str, &Args),
+    ranks: &Ranks,
 ) -> Result<String, Diagnostics> {
     let fail = |message: String| failure(&args.file, message);
     let data = DataArgs {
@@ -135,7 +157,9 @@ fn train(
         Some(path) => {
             let (store, report) = cnnc::runtime::weights::load_initial(model, path, initial)
                 .map_err(|e| fail(with_rename_hint(&e)))?;
-            eprintln!("{}", initial_report(path, &report));
+            if ranks.leads() {
+                eprintln!("{}", initial_report(path, &report));
+            }
             (store, Some(report))
         }
         None => (initial, None),
@@ -146,6 +170,7 @@ fn train(
     let printer = ProgressPrinter::new(config);
     report_write_errors_instead_of_dying();
     let options = FitOptions {
+        world: ranks.world(),
         threads: threads_or_cores(args.threads),
         out: out.clone(),
         resume: args.resume,
@@ -156,12 +181,17 @@ fn train(
             if let Progress::Testing(_) = progress {
                 SAVED.store(true, Ordering::SeqCst);
             }
-            printer.report(progress)
+            if ranks.leads() {
+                printer.report(progress)
+            }
         },
     };
     let sets = (&splits.train, &splits.validation, &splits.test);
     let fitted =
         fit::fit_from(model, config, sets, options, initial).map_err(|e| failure(&args.file, e))?;
+    if !ranks.leads() {
+        return Ok(String::new());
+    }
     let name = &model.graph.name;
     let weights = out.join(format!("{name}.safetensors"));
     let curves = draw_curves(

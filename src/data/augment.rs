@@ -26,7 +26,21 @@ pub fn augment_batch(
     images: &mut [f32],
     shape: [usize; 3],
     augment: &Augment,
+    key: (u64, u64, usize),
+) {
+    augment_items(images, shape, augment, key, 0);
+}
+
+/// [`augment_batch`] on the part of a batch from item `first` on, which
+/// `images` holds (one rank's share of a data-parallel batch): the draws
+/// of the items before `first` are made and dropped, so that every image
+/// changes exactly as it does in the whole batch.
+pub fn augment_items(
+    images: &mut [f32],
+    shape: [usize; 3],
+    augment: &Augment,
     (seed, epoch, step): (u64, u64, usize),
+    first: usize,
 ) {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, epoch, step as u64));
     // Erasing draws from a stream of its own, so that turning it on leaves
@@ -37,6 +51,12 @@ pub fn augment_batch(
         return;
     }
     let mut scratch = vec![0.0f32; len];
+    for _ in 0..first {
+        Draw::new(&mut rng, augment);
+        if augment.erase > 0.0 {
+            erase(None, shape, augment.erase, &mut erase_rng);
+        }
+    }
     for image in images.chunks_exact_mut(len) {
         let draw = Draw::new(&mut rng, augment);
         if draw.moves() {
@@ -47,7 +67,7 @@ pub fn augment_batch(
             adjust(image, shape[2], &draw);
         }
         if augment.erase > 0.0 {
-            erase(image, shape, augment.erase, &mut erase_rng);
+            erase(Some(image), shape, augment.erase, &mut erase_rng);
         }
     }
 }
@@ -59,8 +79,13 @@ const ERASE_STREAM: u64 = 0xe4a5_e5ee_d000_0001;
 /// a rectangle covering 2% to 40% of the image, its height over width
 /// between 0.3 and 1/0.3, at a random place, is filled with uniform noise
 /// in [0, 1]. A draw that does not fit the image is drawn again, up to
-/// 100 times.
-fn erase(image: &mut [f32], [height, width, channels]: [usize; 3], p: f64, rng: &mut ChaCha8Rng) {
+/// 100 times. Without an image, the draws are made all the same.
+fn erase(
+    mut image: Option<&mut [f32]>,
+    [height, width, channels]: [usize; 3],
+    p: f64,
+    rng: &mut ChaCha8Rng,
+) {
     if !rng.random_bool(p.clamp(0.0, 1.0)) {
         return;
     }
@@ -81,8 +106,11 @@ fn erase(image: &mut [f32], [height, width, channels]: [usize; 3], p: f64, rng: 
         );
         for y in top..top + h {
             let row = (y * width + left) * channels;
-            for v in &mut image[row..row + w * channels] {
-                *v = rng.random::<f32>();
+            for x in row..row + w * channels {
+                let noise = rng.random::<f32>();
+                if let Some(image) = image.as_deref_mut() {
+                    image[x] = noise;
+                }
             }
         }
         return;
@@ -185,6 +213,29 @@ mod tests {
     fn ramp(shape: [usize; 3]) -> Vec<f32> {
         let n = shape.iter().product::<usize>();
         (0..n).map(|i| i as f32 / n as f32).collect()
+    }
+
+    #[test]
+    fn a_share_of_a_batch_changes_as_in_the_whole_batch() {
+        let shape = [6, 5, 2];
+        let augment = Augment {
+            shift: 2,
+            flip: true,
+            rotation: 15.0,
+            brightness: 0.1,
+            contrast: 0.2,
+            erase: 0.6,
+        };
+        let len = shape.iter().product::<usize>();
+        let batch: Vec<f32> = (0..7).flat_map(|_| ramp(shape)).collect();
+        let mut whole = batch.clone();
+        augment_batch(&mut whole, shape, &augment, (5, 2, 9));
+        for first in [0, 3, 6] {
+            let mut share = batch[first * len..].to_vec();
+            augment_items(&mut share, shape, &augment, (5, 2, 9), first);
+            assert_eq!(share, whole[first * len..], "from item {first}");
+        }
+        assert_ne!(whole, batch);
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub mod binding;
 pub mod executor;
 pub mod gradients;
 pub mod inference;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod parallel;
 pub mod team;
 pub mod training;

@@ -14,11 +14,12 @@ use super::checkpoint::{Cadence, Checkpoint, CheckpointEvery, Position, RunState
 use super::folder::RunFiles;
 use crate::autodiff::LossSpec;
 use crate::config::{Loss, Schedule, TrainConfig};
-use crate::data::augment::augment_batch;
+use crate::data::augment::augment_items;
 use crate::data::Dataset;
 pub use crate::predict::{arg_max, predicted_class};
 use crate::predict::{run_in_batches, Batches};
 use crate::runtime::inference::InferenceError;
+use crate::runtime::parallel::{shares, Collective};
 use crate::runtime::training::{Trainer, TrainingError};
 use crate::runtime::weights::{self, TensorStore, WeightsError};
 use crate::shapes::TypedGraph;
@@ -27,6 +28,10 @@ use crate::CompileError;
 /// Why training stopped with an error.
 #[derive(Debug, Error)]
 pub enum FitError {
+    /// The ranks of a data-parallel run could not agree (another rank
+    /// stopped, or MPI failed).
+    #[error("the ranks of this data-parallel run could not agree whether to stop: {0}")]
+    Ranks(String),
     /// A training step failed (a non-finite loss names its epoch and step).
     #[error("epoch {epoch}: {source}")]
     Step {
@@ -262,6 +267,12 @@ pub enum Progress<'a> {
 pub struct FitOptions<'p> {
     /// Worker threads.
     pub threads: usize,
+    /// The ranks of a data-parallel run, when this process is one of them:
+    /// every rank trains on its share of each batch and ends with the same
+    /// weights as one process would ([`crate::runtime::parallel`]); only
+    /// rank 0 writes files. Every rank must be given the same model,
+    /// configuration, data and options.
+    pub world: Option<&'p dyn Collective>,
     /// Folder for `{model}.safetensors` (the weights after every epoch, and
     /// the final weights at the end), `{model}.checkpoint.safetensors`
     /// (weights, optimizer state, epoch and step: what `resume` continues
@@ -325,7 +336,9 @@ pub fn fit_from(
 ) -> Result<Fitted, FitError> {
     let first_output = check_sets(model, config, (train, validation, test))?;
     let files = RunFiles::new(&options.out, &model.graph.name);
-    let _lock = files.lock()?;
+    // Only rank 0 writes, so only it holds the folder.
+    let writes = options.world.is_none_or(|w| w.rank() == 0);
+    let _lock = writes.then(|| files.lock()).transpose()?;
     check_start(&files, &options)?;
     let loss = LossSpec {
         smoothing: config.label_smoothing,
@@ -347,7 +360,7 @@ pub fn fit_from(
         if run.end_epoch(epoch, (tally, started), validation)? {
             break;
         }
-        if epoch < config.epochs && run.stop_requested() {
+        if epoch < config.epochs && run.stop_requested()? {
             return Err(FitError::InterruptedAfterEpoch {
                 epoch,
                 checkpoint: files.checkpoint.clone(),
@@ -487,11 +500,23 @@ impl<'r, 'p> Run<'r, 'p> {
         Ok(())
     }
 
-    /// Whether the Ctrl-C handler asked training to stop.
-    fn stop_requested(&self) -> bool {
-        self.options
+    /// Whether the Ctrl-C handler asked training to stop (on any rank: all
+    /// of them stop at the same step).
+    fn stop_requested(&self) -> Result<bool, FitError> {
+        let asked = self
+            .options
             .stop
-            .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::SeqCst))
+            .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::SeqCst));
+        match self.options.world {
+            None => Ok(asked),
+            Some(world) => world.any(asked).map_err(|e| FitError::Ranks(e.0)),
+        }
+    }
+
+    /// Whether this process writes the run's files: rank 0 of a
+    /// data-parallel run, or a run of one process.
+    fn writes(&self) -> bool {
+        self.options.world.is_none_or(|w| w.rank() == 0)
     }
 
     /// Trains epoch `epoch` (from where a resumed run stopped in it),
@@ -527,7 +552,7 @@ impl<'r, 'p> Run<'r, 'p> {
                 tally.correct as f64 / tally.seen as f64,
                 rate,
             ));
-            let stop = self.stop_requested();
+            let stop = self.stop_requested()?;
             // The last step's checkpoint comes after validation, with the epoch's figures.
             let due = self.cadence.step() && done < steps;
             if stop || due {
@@ -558,19 +583,22 @@ impl<'r, 'p> Run<'r, 'p> {
         tally: &mut Tally,
     ) -> Result<(), FitError> {
         let lr = learning_rate(self.config, self.trainer.step.iterations, self.total_steps);
-        let (mut images, labels) = gather(train, indices);
+        // A rank reads its share of the images, and every label.
+        let own = match self.options.world {
+            Some(world) => shares(indices.len(), world.size())[world.rank()].clone(),
+            None => 0..indices.len(),
+        };
+        let labels = gather_labels(train, indices);
+        let mut images = gather_images(train, &indices[own.clone()]);
         if let Some(augment) = &self.config.augment {
-            augment_batch(
-                &mut images,
-                train.shape,
-                augment,
-                (self.config.seed, epoch, step),
-            );
+            let key = (self.config.seed, epoch, step);
+            augment_items(&mut images, train.shape, augment, key, own.start);
         }
-        let result = self
-            .trainer
-            .train_step(&images, &labels, lr)
-            .map_err(|source| FitError::Step { epoch, source })?;
+        let result = match self.options.world {
+            Some(world) => self.trainer.train_step_shared(&images, &labels, lr, world),
+            None => self.trainer.train_step(&images, &labels, lr),
+        }
+        .map_err(|source| FitError::Step { epoch, source })?;
         // Weighted by the labels (the rows of scores), which `seen` counts.
         tally.loss_sum +=
             total_loss(&result.losses, &self.config.loss_weights) * labels.len() as f64;
@@ -670,6 +698,9 @@ impl<'r, 'p> Run<'r, 'p> {
     /// Saves the checkpoint: after `epoch` whole epochs, and `partial` into
     /// the next when within it.
     fn save_checkpoint(&mut self, epoch: u64, partial: Option<&Partial>) -> Result<(), FitError> {
+        if !self.writes() {
+            return Ok(());
+        }
         let state = RunState {
             epoch,
             partial,
@@ -687,11 +718,17 @@ impl<'r, 'p> Run<'r, 'p> {
     }
 
     fn save_weights(&self, store: &TensorStore) -> Result<(), FitError> {
+        if !self.writes() {
+            return Ok(());
+        }
         weights::save(store, &self.files.weights)
             .map_err(|e| self.save_error("weights", &self.files.weights, e))
     }
 
     fn save_history(&self) -> Result<(), FitError> {
+        if !self.writes() {
+            return Ok(());
+        }
         let path = &self.files.history;
         weights::write_atomically(path, history_csv(&self.history).as_bytes()).map_err(|source| {
             self.save_error(
@@ -842,14 +879,20 @@ fn learning_rate(config: &TrainConfig, step: u64, total: u64) -> f64 {
     }
 }
 
-fn gather(data: &Dataset, indices: &[usize]) -> (Vec<f32>, Vec<u32>) {
+fn gather_images(data: &Dataset, indices: &[usize]) -> Vec<f32> {
     let mut images = Vec::with_capacity(indices.len() * data.image_len());
-    let mut labels = Vec::with_capacity(indices.len() * data.label_len());
     for &i in indices {
         images.extend_from_slice(data.image(i));
+    }
+    images
+}
+
+fn gather_labels(data: &Dataset, indices: &[usize]) -> Vec<u32> {
+    let mut labels = Vec::with_capacity(indices.len() * data.label_len());
+    for &i in indices {
         labels.extend_from_slice(data.labels_of(i));
     }
-    (images, labels)
+    labels
 }
 
 /// The weighted sum of the outputs' losses (an output not named in
@@ -978,7 +1021,7 @@ pub fn evaluate_in_detail(
     // One score (a sigmoid's) predicts one of two classes.
     let mut tally = Tally::with_confusion(top_ks.len(), classes.max(2));
     let examples =
-        |start: usize, size: usize| gather(data, &(start..start + size).collect::<Vec<_>>()).0;
+        |start: usize, size: usize| gather_images(data, &(start..start + size).collect::<Vec<_>>());
     run_in_batches::<FitError>(
         model,
         weights,

@@ -1,0 +1,86 @@
+//! The MPI job `cnnc run --train` may be one rank of (`mpirun -np N cnnc
+//! run …`): found from the variables MPI launchers set, joined through MPI
+//! when cnnc was built with `--features mpi`, refused with the way to build
+//! it otherwise.
+
+use cnnc::runtime::parallel::Collective;
+
+/// This process's rank and the job's size, from the variables MPI
+/// launchers set (OpenMPI's `mpirun`; MPICH's and Intel MPI's Hydra);
+/// `None` when no launcher started it.
+pub fn launched() -> Option<(usize, usize)> {
+    let var = |name: &str| std::env::var(name).ok()?.trim().parse::<usize>().ok();
+    [
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+        ("PMI_RANK", "PMI_SIZE"),
+    ]
+    .into_iter()
+    .find_map(|(rank, size)| Some((var(rank)?, var(size)?)))
+}
+
+/// The ranks this process trains with.
+pub enum Ranks {
+    /// Not started by an MPI launcher (or as its only rank, without MPI
+    /// support): one process trains on whole batches.
+    Alone,
+    /// One rank of an MPI job.
+    #[cfg(feature = "mpi")]
+    Mpi(cnnc::runtime::mpi::MpiWorld),
+}
+
+impl Ranks {
+    /// Joins the MPI job that started this process, if one did.
+    pub fn join() -> Result<Ranks, String> {
+        match launched() {
+            None => Ok(Ranks::Alone),
+            Some((rank, size)) => Ranks::mpi(rank, size),
+        }
+    }
+
+    #[cfg(feature = "mpi")]
+    fn mpi(_rank: usize, _size: usize) -> Result<Ranks, String> {
+        cnnc::runtime::mpi::MpiWorld::init()
+            .map(Ranks::Mpi)
+            .map_err(|e| format!("cannot join the MPI job: {e}"))
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn mpi(rank: usize, size: usize) -> Result<Ranks, String> {
+        if size <= 1 {
+            return Ok(Ranks::Alone);
+        }
+        Err(format!(
+            "this cnnc was built without MPI support, but an MPI launcher started it as \
+             rank {rank} of {size}: the {size} processes would each train the whole model \
+             alone, so it stops here\nhelp: build cnnc with MPI support (Debian: `apt-get install \
+             openmpi-bin libopenmpi-dev libclang-dev`), then `cargo build --release \
+             --features mpi`, and start that binary with mpirun; or run cnnc without mpirun"
+        ))
+    }
+
+    /// The ranks to train with; `None` for one process alone.
+    pub fn world(&self) -> Option<&dyn Collective> {
+        match self {
+            Ranks::Alone => None,
+            #[cfg(feature = "mpi")]
+            Ranks::Mpi(world) => Some(world),
+        }
+    }
+
+    /// Whether this process is the one that prints and writes: rank 0.
+    pub fn leads(&self) -> bool {
+        self.world().is_none_or(|w| w.rank() == 0)
+    }
+
+    /// Ends the whole job after a failure on this rank that the others
+    /// cannot know of (they would wait for it forever), once the failure is
+    /// printed; returns when this process trains alone.
+    pub fn abort_job(&self) {
+        #[cfg(feature = "mpi")]
+        if let Ranks::Mpi(world) = self {
+            if world.size() > 1 {
+                world.abort(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Data-parallel training under OpenMPI (`cargo test --features mpi --test
+//! mpi`; `.ci/run` installs OpenMPI and runs it): `mpirun -np N cnnc run
+//! … --train fashion` for N = 1, 2, 3 writes bitwise the weights one
+//! process writes, with batchnorm, dropout and augmentation; a checkpoint
+//! of 2 ranks resumes on 3; a killed rank ends the job within seconds with
+//! its rank named, and the last checkpoint resumes.
+#![cfg(feature = "mpi")]
+
+#[path = "support/idx.rs"]
+mod idx;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A small model with batchnorm, dropout and augmentation: 300 training
+/// images, 60 of them held out, batches of 30 (8 steps an epoch; 3
+/// ranks get 10 images each, 4 would get 7 and 8).
+const MODEL: &str = "model small : [28, 28, 1] {
+    conv(8, 3, padding: same) -> batchnorm -> relu
+    maxpool(2)
+    conv(12, 3, padding: same, activation: relu)
+    dropout(0.25)
+    global_avg_pool
+    dense(10, activation: softmax)
+}
+train small {
+    optimizer: adam(lr: 0.01)
+    batch: 30
+    seed: 3
+    validation: 60
+    augment: (shift: 2, flip: true, rotation: 10, erase: 0.3)
+}
+";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cnnc-mpi-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    idx::small_fashion(&dir.join("data"), 300, 60);
+    std::fs::write(dir.join("small.cnn"), MODEL).expect("model");
+    dir
+}
+
+/// `cnnc run small.cnn --train fashion` in `dir`, alone (`ranks` 0) or
+/// under `mpirun -np ranks`, into `dir/out`.
+fn train(dir: &Path, ranks: usize, out: &str, extra: &[&str]) -> Command {
+    let cnnc = env!("CARGO_BIN_EXE_cnnc");
+    let mut command = if ranks == 0 {
+        Command::new(cnnc)
+    } else {
+        let mut mpirun = Command::new("mpirun");
+        mpirun.args(["--allow-run-as-root", "--oversubscribe", "-np"]);
+        mpirun.arg(ranks.to_string()).arg(cnnc);
+        mpirun
+    };
+    command
+        .current_dir(dir)
+        .args(["run", "small.cnn", "--train", "fashion", "--data", "data"])
+        .args(["--out", out])
+        .args(extra);
+    if !extra.contains(&"--threads") {
+        command.args(["--threads", "1"]);
+    }
+    command
+}
+
+fn finished(mut command: Command) -> Output {
+    let out = command
+        .output()
+        .expect("mpirun (apt-get install openmpi-bin)");
+    assert!(
+        out.status.success(),
+        "{command:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn weights(dir: &Path, out: &str) -> Vec<u8> {
+    std::fs::read(dir.join(out).join("small.safetensors")).expect("weights")
+}
+
+/// The history without its column of seconds.
+fn history(dir: &Path, out: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join(out).join("small.history.csv"))
+        .expect("history")
+        .lines()
+        .map(|line| line.rsplit_once(',').expect("columns").0.to_string())
+        .collect()
+}
+
+#[test]
+fn one_two_and_three_ranks_train_the_weights_of_one_process() {
+    let dir = scratch("ranks");
+    let epochs = ["--epochs", "3"];
+    finished(train(&dir, 0, "alone", &epochs));
+    let alone = weights(&dir, "alone");
+    for ranks in [1, 2, 3] {
+        let out = format!("ranks{ranks}");
+        let run = finished(train(&dir, ranks, &out, &epochs));
+        assert!(weights(&dir, &out) == alone, "{ranks} ranks: other weights");
+        assert_eq!(history(&dir, &out), history(&dir, "alone"), "{ranks} ranks");
+        // Rank 0 alone reports.
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert_eq!(stdout.matches("test: loss").count(), 1, "{stdout}");
+    }
+    // Two threads a rank compute the same bits.
+    finished(train(
+        &dir,
+        2,
+        "threads",
+        &["--epochs", "3", "--threads", "2"],
+    ));
+    assert!(weights(&dir, "threads") == alone, "2 ranks of 2 threads");
+    std::fs::remove_dir_all(&dir).expect("removed");
+}
+
+#[test]
+fn a_checkpoint_of_two_ranks_resumes_on_three() {
+    let dir = scratch("resume");
+    finished(train(&dir, 0, "alone", &["--epochs", "3"]));
+    finished(train(&dir, 2, "moved", &["--epochs", "2"]));
+    finished(train(&dir, 3, "moved", &["--epochs", "3", "--resume"]));
+    assert!(weights(&dir, "moved") == weights(&dir, "alone"));
+    assert_eq!(history(&dir, "moved"), history(&dir, "alone"));
+    std::fs::remove_dir_all(&dir).expect("removed");
+}
+
+/// The processes whose parent is `parent` and whose MPI rank is `rank`.
+fn rank_process(parent: u32, rank: usize) -> Option<u32> {
+    let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The parent's pid is the second field after the command's ")".
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let has_rank = environ
+                .split(|&b| b == 0)
+                .any(|var| var == wanted.as_bytes());
+            (ppid == parent && has_rank).then_some(pid)
+        })
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_within_seconds_and_the_checkpoint_resumes() {
+    let dir = scratch("killed");
+    let mut command = train(
+        &dir,
+        2,
+        "out",
+        &["--epochs", "1000", "--checkpoint-every", "2steps"],
+    );
+    let mut job = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    let checkpoint = dir.join("out").join("small.checkpoint.safetensors");
+    let waited = Instant::now();
+    while !checkpoint.exists() {
+        assert!(waited.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let victim = rank_process(job.id(), 1).expect("rank 1's process");
+    let killed = Instant::now();
+    let status = Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let end = loop {
+        if let Some(status) = job.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "mpirun still runs 10 s after rank 1 was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!end.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut job.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(stderr.contains("rank 1"), "{stderr}");
+    // The last checkpoint is whole: one process continues from it, to the
+    // end of the epoch it was saved in (the history, if any yet, lists
+    // those before it, after its header).
+    let done = dir.join("out").join("small.history.csv");
+    let epochs = std::fs::read_to_string(done).map_or(1, |h| h.lines().count());
+    let epochs = epochs.to_string();
+    finished(train(&dir, 0, "out", &["--epochs", &epochs, "--resume"]));
+    std::fs::remove_dir_all(&dir).expect("removed");
+}
