@@ -207,6 +207,25 @@ fn ranks_train_every_kind_of_kernel_as_one_process() {
 }
 
 #[test]
+fn ranks_train_winograd_convolutions_as_one_process() {
+    // At 20x20 the 3x3 layers' three passes take Winograd's F(4x4,3x3).
+    check(
+        "
+        model m : [20, 20, 1] {
+            conv(16, 3, padding: same, activation: relu)
+            conv(32, 3, padding: same) -> batchnorm -> relu
+            maxpool(2)
+            conv(32, 3, padding: same, activation: relu)
+            conv(16, 1, activation: relu)
+            flatten
+            dense(10, activation: softmax)
+        }",
+        9,
+        10,
+    );
+}
+
+#[test]
 fn ranks_without_items_still_agree() {
     // Four ranks on a batch of two: two ranks have no items of their own.
     check(

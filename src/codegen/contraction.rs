@@ -368,6 +368,21 @@ fn scratch_for(floats: usize) -> usize {
     }
 }
 
+/// The work items that write batch items `examples`, where each batch
+/// item is `per_example` consecutive units (output rows, bands, tile rows)
+/// and each work item writes the next `per_item` units; none for no
+/// examples.
+pub(crate) fn items_of(
+    examples: Range<usize>,
+    per_example: usize,
+    per_item: usize,
+) -> Range<usize> {
+    if examples.is_empty() || per_item == 0 {
+        return 0..0;
+    }
+    examples.start * per_example / per_item..(examples.end * per_example).div_ceil(per_item)
+}
+
 /// Rows per item for `rows` rows whose scratch takes `scratch_cols` f32s a
 /// row: enough items to balance, few enough rows to stay in cache.
 fn rows_per_item(rows: usize, scratch_cols: usize) -> usize {
@@ -511,6 +526,23 @@ impl ConvForward {
     /// Whether its items are blocks of images computed by position.
     pub fn by_positions(&self) -> bool {
         self.positions.is_some()
+    }
+
+    /// The items that write the output rows of images `examples` of a
+    /// batch of `batch` ([`crate::codegen::program::Kernel::example_items`]);
+    /// `None` for items of output channels, which each write every image.
+    pub fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+        let g = &self.common.geometry;
+        if batch != g.shape.batch || examples.end > batch {
+            return None;
+        }
+        if let Some(p) = &self.positions {
+            return Some(items_of(examples, 1, p.images_per_item()));
+        }
+        match self.items {
+            ForwardItems::Rows(rows) => Some(items_of(examples, g.y.output * g.x.output, rows)),
+            ForwardItems::Columns(_) => None,
+        }
     }
 
     /// The f32s of scratch one thread needs to run any range of items.
@@ -834,6 +866,27 @@ impl ConvBackwardData {
             DataItems::Rows { rows_per_item } => g.rows.div_ceil(rows_per_item),
             DataItems::Bands { height, .. } => (g.shape.batch * g.shape.height).div_ceil(height),
         }
+    }
+
+    /// The items that write the input-gradient rows of images `examples`
+    /// of a batch of `batch` ([`crate::codegen::program::Kernel::example_items`]).
+    /// A band that spans two images computes the other image's rows too,
+    /// from that image's output gradient alone.
+    pub fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+        let g = &self.common.geometry;
+        if batch != g.shape.batch || examples.end > batch {
+            return None;
+        }
+        if let Some(p) = &self.positions {
+            return Some(items_of(examples, 1, p.images_per_item()));
+        }
+        Some(match self.items {
+            // 1x1 stride 1: an image's input rows are its output rows.
+            DataItems::Rows { rows_per_item } => {
+                items_of(examples, g.y.output * g.x.output, rows_per_item)
+            }
+            DataItems::Bands { height, .. } => items_of(examples, g.shape.height, height),
+        })
     }
 
     /// The f32s of scratch one thread needs to run any range of items.

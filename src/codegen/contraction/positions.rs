@@ -113,6 +113,11 @@ impl Positions {
         batch.div_ceil(self.images)
     }
 
+    /// The images of each item (the last may have fewer).
+    pub(super) fn images_per_item(&self) -> usize {
+        self.images
+    }
+
     /// The images of item `item`.
     pub(super) fn images(&self, item: usize, batch: usize) -> Range<usize> {
         (item * self.images).min(batch)..((item + 1) * self.images).min(batch)

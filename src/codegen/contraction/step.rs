@@ -46,6 +46,8 @@ pub trait ProductKernel: Send + Sync {
     fn method(&self) -> Option<&'static str> {
         None
     }
+    /// The items that write batch items `examples` ([`Kernel::example_items`]).
+    fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>>;
     /// Runs items `items`.
     ///
     /// # Safety
@@ -62,6 +64,9 @@ pub trait ProductKernel: Send + Sync {
 impl ProductKernel for ConvForward {
     fn domain(&self) -> usize {
         ConvForward::domain(self)
+    }
+    fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+        ConvForward::example_items(self, batch, examples)
     }
     fn scratch_len(&self) -> usize {
         ConvForward::scratch_len(self)
@@ -93,6 +98,9 @@ impl ProductKernel for ConvForward {
 impl ProductKernel for WinogradConv {
     fn domain(&self) -> usize {
         WinogradConv::domain(self)
+    }
+    fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+        WinogradConv::example_items(self, batch, examples)
     }
     fn scratch_len(&self) -> usize {
         WinogradConv::scratch_len(self)
@@ -142,6 +150,9 @@ impl<K: ProductKernel> Kernel for ProductStep<K> {
     }
     fn method(&self) -> Option<&'static str> {
         self.kernel.method()
+    }
+    fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+        self.kernel.example_items(batch, examples)
     }
     unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
         let bias = self.kernel.has_bias();
@@ -235,6 +246,9 @@ impl Kernel for BackwardDataStep {
         self.kernel
             .by_positions()
             .then_some("backward-data, by position")
+    }
+    fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+        self.kernel.example_items(batch, examples)
     }
     unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
         let buffers = BackwardDataBuffers {

@@ -636,6 +636,20 @@ impl WinogradConv {
         tile_rows.div_ceil(self.tile_rows_per_item)
     }
 
+    /// The items that write the destination rows of images `examples` of
+    /// a batch of `batch` ([`crate::codegen::program::Kernel::example_items`]).
+    pub fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+        if batch != self.plane.batch || examples.end > batch {
+            return None;
+        }
+        let per_example = self.plane.tiles(self.tile)[0];
+        Some(super::items_of(
+            examples,
+            per_example,
+            self.tile_rows_per_item,
+        ))
+    }
+
     /// How the kernel computes, for profiles, where its products run
     /// direct ([`Self::runs_direct`]); otherwise the plan's word holds.
     pub fn method(&self) -> Option<&'static str> {
