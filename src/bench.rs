@@ -9,6 +9,7 @@ use crate::config::TrainConfig;
 use crate::plan::Flops;
 use crate::runtime::executor::StepTime;
 use crate::runtime::inference::{Inference, InferenceError};
+use crate::runtime::parallel::{shares, Collective, Exchanged};
 use crate::runtime::training::{Trainer, TrainingError};
 use crate::runtime::weights;
 use crate::shapes::TypedGraph;
@@ -102,7 +103,7 @@ pub fn run(
     train: &TrainConfig,
     config: BenchConfig,
 ) -> Result<BenchReport, BenchError> {
-    let training = measure_training(model, train, config)?;
+    let training = measure_training(model, train, config, None)?;
     let example = model.input_shape().map_or(0, |s| s.elements() as usize);
 
     let started = Instant::now();
@@ -154,6 +155,80 @@ pub fn run(
     })
 }
 
+/// A data-parallel training step as one rank measured it
+/// ([`run_shared`]).
+#[derive(Debug, Clone)]
+pub struct SharedReport {
+    /// The model's name.
+    pub model: String,
+    /// The configuration: the batch is the whole batch, over all ranks;
+    /// the threads are each rank's.
+    pub config: BenchConfig,
+    /// The number of ranks.
+    pub ranks: usize,
+    /// Median training step time.
+    pub train_step: Duration,
+    /// Median time this rank spent exchanging rows in a step.
+    pub exchange: Duration,
+    /// What a step exchanges (the same every step).
+    pub exchanged: Exchanged,
+    /// When profiling: this rank's kernels and their total time.
+    pub profile: Vec<KernelTime>,
+}
+
+/// Measures `model`'s training step as one rank of `world`, every rank
+/// running this with the same arguments: batches of `config.batch` split
+/// across the ranks ([`crate::runtime::parallel`]).
+pub fn run_shared(
+    model: &TypedGraph,
+    train: &TrainConfig,
+    config: BenchConfig,
+    world: &dyn Collective,
+) -> Result<SharedReport, BenchError> {
+    let figures = measure_training(model, train, config, Some(world))?;
+    let (exchange, exchanged) = figures.exchange.unwrap_or_default();
+    Ok(SharedReport {
+        model: model.graph.name.clone(),
+        config,
+        ranks: world.size(),
+        train_step: figures.step,
+        exchange,
+        exchanged,
+        profile: figures.profile,
+    })
+}
+
+impl fmt::Display for SharedReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let step = self.train_step.as_secs_f64();
+        writeln!(
+            f,
+            "model {} ({} ranks of {} threads, medians)",
+            self.model, self.ranks, self.config.threads
+        )?;
+        writeln!(
+            f,
+            "data-parallel training, batch {}: {:.1} images/s ({:.1} ms/step)",
+            self.config.batch,
+            self.config.batch as f64 / step,
+            step * 1e3
+        )?;
+        writeln!(
+            f,
+            "exchanging rows: {:.1} ms/step ({:.0}% of the step, waiting included), {} gathers of {} in all",
+            self.exchange.as_secs_f64() * 1e3,
+            100.0 * self.exchange.as_secs_f64() / step.max(1e-12),
+            self.exchanged.calls,
+            crate::emit::bytes(self.exchanged.values * 4)
+        )?;
+        if !self.profile.is_empty() {
+            let steps = self.config.steps.max(1);
+            write_profile(f, "rank 0's training step", &self.profile, steps)?;
+        }
+        Ok(())
+    }
+}
+
 /// How many batches the inference figure is the median of.
 const INFERENCE_RUNS: usize = 5;
 
@@ -169,14 +244,18 @@ struct TrainingFigures {
     step: Duration,
     arena_bytes: u64,
     profile: Vec<KernelTime>,
+    /// In a data-parallel run: the median time a step spent exchanging
+    /// rows, and what a step exchanges.
+    exchange: Option<(Duration, Exchanged)>,
 }
 
 /// Compiles and times the training step from the weights `weights::init`
-/// draws with seed 1.
+/// draws with seed 1; as one rank of `world`, when given.
 fn measure_training(
     model: &TypedGraph,
     train: &TrainConfig,
     config: BenchConfig,
+    world: Option<&dyn Collective>,
 ) -> Result<TrainingFigures, BenchError> {
     let example = model.input_shape().map_or(0, |s| s.elements() as usize);
     // Every output is scored against the same labels (one per example, or
@@ -208,18 +287,34 @@ fn measure_training(
     let labels: Vec<u32> = (0..config.batch * rows)
         .map(|i| (i % classes) as u32)
         .collect();
-    trainer.train_step(&images, &labels, train.optimizer.lr)?;
+    let own = match world {
+        Some(w) => shares(config.batch, w.size())[w.rank()].clone(),
+        None => 0..config.batch,
+    };
+    let mine = &images[own.start * example..own.end * example];
+    let step = |trainer: &mut Trainer| match world {
+        Some(w) => trainer.train_step_shared(mine, &labels, train.optimizer.lr, w),
+        None => trainer.train_step(&images, &labels, train.optimizer.lr),
+    };
+    step(&mut trainer)?;
     let first_step = started.elapsed() - drawn;
     if config.profile {
         trainer.executor().enable_profile();
     }
+    let mut exchanges = Vec::new();
     let step = median((0..config.steps.max(1)).map(|_| {
         let t = Instant::now();
-        trainer
-            .train_step(&images, &labels, train.optimizer.lr)
-            .map(|_| t.elapsed())
+        let done = step(&mut trainer).map(|_| t.elapsed());
+        exchanges.push(trainer.exchanged());
+        done
     }))?;
+    exchanges.sort_by_key(|e| e.time);
+    let exchange = world.map(|_| {
+        let median = exchanges[exchanges.len() / 2];
+        (median.time, median)
+    });
     let figures = TrainingFigures {
+        exchange,
         compile,
         first_step,
         step,

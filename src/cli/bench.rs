@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use cnnc::bench::BenchConfig;
 use cnnc::Diagnostics;
 
+use super::ranks::Ranks;
 use super::shared::{failure, load, threads_or_cores};
 
 /// Measure compile time, training and inference speed, latency and memory on random data.
@@ -43,7 +44,20 @@ pub fn run(args: &Args) -> Result<String, Diagnostics> {
         steps: args.steps,
     };
     let train = model.graph.train.clone().unwrap_or_default();
-    cnnc::bench::run(&model, &train, config)
-        .map(|report| report.to_string())
-        .map_err(|e| failure(&args.file, e))
+    // Under mpirun: the training step alone, its batch split across the ranks.
+    let ranks = Ranks::join().map_err(|e| failure(&args.file, e))?;
+    match ranks.world() {
+        Some(world) => {
+            let report = cnnc::bench::run_shared(&model, &train, config, world);
+            let report = ranks.or_end_job(report.map_err(|e| failure(&args.file, e)))?;
+            Ok(if ranks.leads() {
+                report.to_string()
+            } else {
+                String::new()
+            })
+        }
+        None => cnnc::bench::run(&model, &train, config)
+            .map(|report| report.to_string())
+            .map_err(|e| failure(&args.file, e)),
+    }
 }

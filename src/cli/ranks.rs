@@ -3,7 +3,11 @@
 //! when cnnc was built with `--features mpi`, refused with the way to build
 //! it otherwise.
 
+#[cfg(feature = "mpi")]
+use std::io::IsTerminal;
+
 use cnnc::runtime::parallel::Collective;
+use cnnc::Diagnostics;
 
 /// This process's rank and the job's size, from the variables MPI
 /// launchers set (OpenMPI's `mpirun`; MPICH's and Intel MPI's Hydra);
@@ -72,15 +76,19 @@ impl Ranks {
         self.world().is_none_or(|w| w.rank() == 0)
     }
 
-    /// Ends the whole job after a failure on this rank that the others
-    /// cannot know of (they would wait for it forever), once the failure is
-    /// printed; returns when this process trains alone.
-    pub fn abort_job(&self) {
+    /// Passes `result` on; but when it failed on one of several ranks, the
+    /// others would wait for this one forever: then it prints the failure
+    /// and ends the whole job.
+    pub fn or_end_job<T>(&self, result: Result<T, Diagnostics>) -> Result<T, Diagnostics> {
         #[cfg(feature = "mpi")]
-        if let Ranks::Mpi(world) = self {
+        if let (Ranks::Mpi(world), Err(diagnostics)) = (self, &result) {
             if world.size() > 1 {
+                let color =
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+                eprint!("{}", diagnostics.render(color));
                 world.abort(1);
             }
         }
+        result
     }
 }

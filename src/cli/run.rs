@@ -1,7 +1,6 @@
 //! `cnnc run`: trains a model with its file's train section (`--train`),
 //! or classifies image files with the weights training wrote.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -126,15 +125,7 @@ fn train(
     args: &Args,
 ) -> Result<String, Diagnostics> {
     let ranks = Ranks::join().map_err(|e| failure(&args.file, e))?;
-    let result = train_as(model, config, (data_set, args), &ranks);
-    if let Err(diagnostics) = &result {
-        if ranks.world().is_some_and(|w| w.size() > 1) {
-            let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            eprint!("{}", diagnostics.render(color));
-            ranks.abort_job();
-        }
-    }
-    result
+    ranks.or_end_job(train_as(model, config, (data_set, args), &ranks))
 }
 
 /// Loads the data, trains, reports, and saves the weights and the

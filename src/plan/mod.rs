@@ -330,6 +330,22 @@ impl KernelDesc {
         }
     }
 
+    /// Whether the kernel, which sums over the batch, may run split across
+    /// the ranks of a data-parallel run ([`crate::runtime::parallel`]):
+    /// each rank runs a share of its work items on the whole batch, and the
+    /// ranks then merge what they wrote. Its items write disjoint values
+    /// (every kernel's contract) and, together, every value of the buffers
+    /// it writes, none of which it reads first: a kernel gradient.
+    pub fn splits_across_ranks(&self) -> bool {
+        match self {
+            KernelDesc::Contraction { pass, .. } => match pass {
+                ContractionPass::BackwardFilter => true,
+                ContractionPass::Forward { .. } | ContractionPass::BackwardData => false,
+            },
+            _ => false,
+        }
+    }
+
     /// How the kernel computes, in a few words for profiles:
     /// `forward, winograd F(4x4,3x3)`, `backward-filter, gemm`, `window`.
     pub fn method(&self) -> String {

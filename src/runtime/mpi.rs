@@ -6,6 +6,7 @@
 //! error handler stays: a failed call ends the job, and when a rank dies,
 //! `mpirun` stops the others and names the rank that died.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use mpi::datatype::PartitionMut;
@@ -20,6 +21,10 @@ use super::parallel::{Collective, CollectiveError};
 /// finalises MPI.
 pub struct MpiWorld {
     world: SimpleCommunicator,
+    /// Kept from call to call, so that a step's exchanges do not fault in
+    /// fresh pages: the part this rank sends, and every rank's buffer of a
+    /// merge.
+    scratch: RefCell<(Vec<f32>, Vec<f32>)>,
     rank: usize,
     size: usize,
     // Declared last: dropped (MPI_Finalize) after the communicator.
@@ -43,6 +48,7 @@ impl MpiWorld {
         let size = usize::try_from(world.size()).unwrap_or(1).max(1);
         Ok(MpiWorld {
             world,
+            scratch: RefCell::new((Vec::new(), Vec::new())),
             rank,
             size,
             _universe: universe,
@@ -101,9 +107,31 @@ impl Collective for MpiWorld {
             .collect::<Result<Vec<i32>, _>>()?;
         // MPI may not read and write the same memory: the own part goes
         // out from a copy, and comes back into place unchanged.
-        let own = values[parts[self.rank].clone()].to_vec();
+        let mut scratch = self.scratch.borrow_mut();
+        let own = &mut scratch.0;
+        own.clear();
+        own.extend_from_slice(&values[parts[self.rank].clone()]);
         let mut whole = PartitionMut::new(values, counts, displs);
         self.world.all_gather_varcount_into(&own[..], &mut whole);
+        Ok(())
+    }
+
+    fn merge(&self, values: &mut [f32]) -> Result<(), CollectiveError> {
+        // Every rank's whole buffer to every rank, OR-ed here: OpenMPI's
+        // reductions over shared memory run at a tenth of its gathers'
+        // speed (2-3 GB/s against 24, `MPI_Allreduce` with `MPI_BOR`
+        // against `MPI_Allgatherv` on this project's 2-core machines).
+        count(values.len() * self.size, "the ranks' buffers")?;
+        let mut scratch = self.scratch.borrow_mut();
+        let all = &mut scratch.1;
+        all.resize(values.len() * self.size, 0.0);
+        let all = &mut all[..values.len() * self.size];
+        self.world.all_gather_into(&values[..], all);
+        for rank in all.chunks_exact(values.len().max(1)) {
+            for (v, theirs) in values.iter_mut().zip(rank) {
+                *v = f32::from_bits(v.to_bits() | theirs.to_bits());
+            }
+        }
         Ok(())
     }
 

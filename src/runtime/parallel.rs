@@ -33,7 +33,7 @@ use thiserror::Error;
 
 use super::executor::{Executor, RuntimeError};
 use crate::codegen::program::{Program, Slot};
-use crate::plan::{Access, KernelPlan, Role};
+use crate::plan::{Access, KernelPlan, Len, Role};
 
 /// Why ranks could not exchange rows.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -54,6 +54,12 @@ pub trait Collective {
     /// every rank's part. The parts are disjoint and in rank order.
     fn all_gather(&self, values: &mut [f32], parts: &[Range<usize>])
         -> Result<(), CollectiveError>;
+    /// Every rank passes a buffer of the same length in which it wrote
+    /// some values and left the others +0.0, no value written by two
+    /// ranks; afterwards every rank's buffer holds each value from the rank
+    /// that wrote it. Bitwise: the values' bits are OR-ed, which any order
+    /// of combining gives alike.
+    fn merge(&self, values: &mut [f32]) -> Result<(), CollectiveError>;
     /// Whether any rank passed `true` (stopping together on Ctrl-C).
     fn any(&self, flag: bool) -> Result<bool, CollectiveError>;
 }
@@ -68,6 +74,25 @@ pub fn shares(batch: usize, ranks: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// How a step of a data-parallel run runs on a rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// On the rank's batch items, when a buffer it takes is partial.
+    PerExample,
+    /// Whole, on every rank, once its inputs are whole.
+    Whole,
+    /// On a share of its work items, on whole inputs, what each rank wrote
+    /// then merged ([`crate::plan::KernelDesc::splits_across_ranks`]).
+    Split,
+}
+
+/// Nominal FLOPs per value written below which a kernel that could be
+/// split across ranks runs whole on each instead: merging a value costs
+/// about as much memory traffic as this many FLOPs save (a kernel gradient
+/// of few output rows, ResNet's last stages, is cheaper to compute again
+/// than to send).
+const SPLIT_FLOPS_PER_VALUE: u64 = 512;
+
 /// A data-parallel run of a program: which buffers hold only this rank's
 /// rows, and how to complete them.
 pub struct Sharding<'w> {
@@ -76,18 +101,32 @@ pub struct Sharding<'w> {
     batch: usize,
     /// Each rank's batch items.
     shares: Vec<Range<usize>>,
-    /// Per step: whether it is per example, and how it uses each argument.
-    steps: Vec<(bool, Vec<Access>)>,
+    /// Per step: how it runs, and how it uses each argument.
+    steps: Vec<(Mode, Vec<Access>)>,
     /// Per buffer: whether only this rank's rows are valid.
     partial: Vec<bool>,
-    /// Values exchanged in this run (all ranks' parts), for the profile.
-    exchanged: u64,
+    /// What this run exchanged so far.
+    exchanged: Exchanged,
+}
+
+/// What a data-parallel run exchanged between ranks.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Exchanged {
+    /// Values gathered (every rank's parts, this rank's included).
+    pub values: u64,
+    /// Collective calls.
+    pub calls: u64,
+    /// Time this rank spent in them (waiting for slower ranks included).
+    pub time: std::time::Duration,
 }
 
 impl<'w> Sharding<'w> {
     /// The sharding of `plan` across `world`, for one run whose input
     /// holds only this rank's batch items.
     pub fn new(plan: &KernelPlan, world: &'w dyn Collective) -> Result<Sharding<'w>, RuntimeError> {
+        // Which buffers have the batch: the input, and what a per-example
+        // kernel computes from a buffer that has it.
+        let mut batched: Vec<bool> = plan.buffers.iter().map(|b| b.role == Role::Input).collect();
         let steps = plan
             .steps
             .iter()
@@ -99,10 +138,33 @@ impl<'w> Sharding<'w> {
                         step: s.kernel.name().to_string(),
                         message,
                     })?;
-                Ok((
-                    s.kernel.per_example(),
-                    signature.iter().map(|p| p.access).collect(),
-                ))
+                let written: usize = signature
+                    .iter()
+                    .filter(|p| p.access == Access::Write)
+                    .map(|p| match p.len {
+                        Len::Exactly(n) | Len::AtLeast(n) => n,
+                    })
+                    .sum();
+                let flops = s.kernel.flops().map_or(0, |f| f.nominal);
+                let reads_batch = s
+                    .args
+                    .iter()
+                    .zip(&signature)
+                    .any(|(&b, p)| p.access == Access::Read && batched[b]);
+                let mode = if s.kernel.per_example() && reads_batch {
+                    for (&b, p) in s.args.iter().zip(&signature) {
+                        batched[b] |= p.access == Access::Write;
+                    }
+                    Mode::PerExample
+                } else if s.kernel.splits_across_ranks()
+                    && world.size() > 1
+                    && flops >= SPLIT_FLOPS_PER_VALUE * written as u64
+                {
+                    Mode::Split
+                } else {
+                    Mode::Whole
+                };
+                Ok((mode, signature.iter().map(|p| p.access).collect()))
             })
             .collect::<Result<_, RuntimeError>>()?;
         let mut sharding = Sharding {
@@ -111,7 +173,7 @@ impl<'w> Sharding<'w> {
             shares: shares(plan.batch, world.size()),
             steps,
             partial: vec![false; plan.buffers.len()],
-            exchanged: 0,
+            exchanged: Exchanged::default(),
         };
         sharding.start(plan);
         Ok(sharding)
@@ -119,7 +181,7 @@ impl<'w> Sharding<'w> {
 
     /// Starts a new run: only the input is partial.
     pub fn start(&mut self, plan: &KernelPlan) {
-        self.exchanged = 0;
+        self.exchanged = Exchanged::default();
         for (partial, buffer) in self.partial.iter_mut().zip(&plan.buffers) {
             *partial = buffer.role == Role::Input;
         }
@@ -130,9 +192,21 @@ impl<'w> Sharding<'w> {
         self.shares[self.world.rank().min(self.shares.len() - 1)].clone()
     }
 
-    /// The values exchanged so far in this run, over all ranks.
-    pub fn exchanged(&self) -> u64 {
+    /// What this run exchanged so far.
+    pub fn exchanged(&self) -> Exchanged {
         self.exchanged
+    }
+
+    /// Merges what the ranks wrote of `values` ([`Collective::merge`]).
+    fn merge(&mut self, values: &mut [f32]) -> Result<(), RuntimeError> {
+        let started = std::time::Instant::now();
+        self.world
+            .merge(values)
+            .map_err(|e| RuntimeError::Exchange(e.0))?;
+        self.exchanged.values += values.len() as u64;
+        self.exchanged.calls += 1;
+        self.exchanged.time += started.elapsed();
+        Ok(())
     }
 
     /// Makes buffer `buffer`, held in `values`, whole on every rank if it
@@ -154,10 +228,13 @@ impl<'w> Sharding<'w> {
             .iter()
             .map(|s| s.start * per..s.end * per)
             .collect();
+        let started = std::time::Instant::now();
         self.world
             .all_gather(values, &parts)
             .map_err(|e| RuntimeError::Exchange(e.0))?;
-        self.exchanged += len as u64;
+        self.exchanged.values += len as u64;
+        self.exchanged.calls += 1;
+        self.exchanged.time += started.elapsed();
         self.partial[buffer] = false;
         Ok(())
     }
@@ -179,36 +256,54 @@ impl Executor {
         self.reserve(program);
         for index in steps {
             let (step, planned) = (&program.steps[index], &plan.steps[index]);
-            let per_example = sharding.steps[index].0;
+            let mode = sharding.steps[index].0;
             let args = self.bind(step, external)?;
-            let started = std::time::Instant::now();
-            let partial = planned.args.iter().any(|&b| sharding.partial[b]);
+            // SAFETY: `bind` checked that the slot's values from this
+            // pointer lie in its buffer; each slice made from it is the
+            // only reference to them while it lives.
+            let values = |k: usize| unsafe {
+                std::slice::from_raw_parts_mut(args[k], slot_len(step.args[k]))
+            };
             let domain = step.kernel.domain();
-            let items = if partial && per_example {
-                let own = sharding.own();
-                step.kernel
-                    .example_items(sharding.batch, own)
-                    .filter(|items| items.end <= domain)
-                    .unwrap_or(0..domain)
-            } else {
+            if mode != Mode::PerExample {
                 for (k, &b) in planned.args.iter().enumerate() {
-                    if sharding.partial[b] {
-                        let len = slot_len(step.args[k]);
-                        // SAFETY: `bind` checked that the slot's `len`
-                        // values from this pointer lie in its buffer, and
-                        // no other reference to them is alive here.
-                        let values = unsafe { std::slice::from_raw_parts_mut(args[k], len) };
-                        sharding.complete(b, values)?;
-                    }
+                    sharding.complete(b, values(k))?;
                 }
-                0..domain
+            }
+            // The profile counts the kernel; the exchanges, `exchanged`.
+            let started = std::time::Instant::now();
+            let writes = || {
+                let access = &sharding.steps[index].1;
+                (0..planned.args.len()).filter(|&k| access.get(k) == Some(&Access::Write))
+            };
+            let items = match mode {
+                // The rank's items, even from whole buffers (an output
+                // gradient that a kernel gradient had gathered).
+                Mode::PerExample => step
+                    .kernel
+                    .example_items(sharding.batch, sharding.own())
+                    .filter(|items| items.end <= domain)
+                    .unwrap_or(0..domain),
+                Mode::Split => {
+                    // What the other ranks write must be +0.0 here.
+                    writes().for_each(|k| values(k).fill(0.0));
+                    let size = sharding.world.size();
+                    shares(domain, size)[sharding.world.rank().min(size - 1)].clone()
+                }
+                Mode::Whole => 0..domain,
             };
             self.execute_items(step, &args, items)
                 .map_err(|message| RuntimeError::Kernel {
                     step: step.kernel.name().to_string(),
                     message,
                 })?;
-            if partial && per_example {
+            let elapsed = started.elapsed();
+            if mode == Mode::Split {
+                for k in writes().collect::<Vec<_>>() {
+                    sharding.merge(values(k))?;
+                }
+            }
+            if mode == Mode::PerExample {
                 let access = &sharding.steps[index].1;
                 for (&b, a) in planned.args.iter().zip(access) {
                     if *a == Access::Write {
@@ -216,7 +311,7 @@ impl Executor {
                     }
                 }
             }
-            self.record(program, index, started.elapsed());
+            self.record(program, index, elapsed);
         }
         Ok(())
     }
@@ -372,6 +467,23 @@ impl Collective for LocalWorld {
         self.meet(|_| {})
     }
 
+    fn merge(&self, values: &mut [f32]) -> Result<(), CollectiveError> {
+        let len = values.len();
+        self.meet(|m| {
+            if self.rank == 0 {
+                m.staging.clear();
+                m.staging.resize(len, 0.0);
+            }
+        })?;
+        self.meet(|m| {
+            for (merged, v) in m.staging.iter_mut().zip(values.iter()) {
+                *merged = f32::from_bits(merged.to_bits() | v.to_bits());
+            }
+        })?;
+        values.copy_from_slice(&self.meeting().staging[..len]);
+        self.meet(|_| {})
+    }
+
     fn any(&self, flag: bool) -> Result<bool, CollectiveError> {
         self.meet(|m| m.flags[self.rank] = flag)?;
         let any = self.meeting().flags.iter().any(|&f| f);
@@ -406,6 +518,10 @@ mod tests {
                             values[i] = (10 * w.rank() + i) as f32;
                         }
                         w.all_gather(&mut values, &parts).unwrap();
+                        let mut merged = vec![0.0; 4];
+                        merged[w.rank()] = -(w.rank() as f32) - 0.5;
+                        w.merge(&mut merged).unwrap();
+                        assert_eq!(merged, vec![-0.5, -1.5, -2.5, 0.0]);
                         assert!(w.any(w.rank() == 2).unwrap());
                         assert!(!w.any(false).unwrap());
                         values

@@ -15,7 +15,7 @@ use crate::CompiledStep;
 
 use super::binding::{self, Lent};
 use super::executor::{Executor, RuntimeError};
-use super::parallel::{shares, Collective, Sharding};
+use super::parallel::{shares, Collective, Exchanged, Sharding};
 use super::weights::{Tensor, TensorStore};
 
 /// Why training could not be set up or a step could not run.
@@ -107,6 +107,8 @@ pub struct Trainer {
     /// Each output's name and number of class scores: a label must be
     /// below every one of them.
     scores: Vec<(String, usize)>,
+    /// What the last data-parallel step exchanged with the other ranks.
+    exchanged: Exchanged,
 }
 
 impl Trainer {
@@ -171,6 +173,7 @@ impl Trainer {
             seed: 0,
             moving,
             scores,
+            exchanged: Exchanged::default(),
         })
     }
 
@@ -182,6 +185,12 @@ impl Trainer {
     /// The executor, for its profile.
     pub fn executor(&mut self) -> &mut Executor {
         &mut self.executor
+    }
+
+    /// What the last step of [`Self::train_step_shared`] exchanged with
+    /// the other ranks.
+    pub fn exchanged(&self) -> Exchanged {
+        self.exchanged
     }
 
     /// The arena's size in bytes.
@@ -325,7 +334,8 @@ impl Trainer {
                 None => self.executor.run_steps(program, rest, &mut external)?,
                 Some(sharding) => {
                     self.executor
-                        .run_sharded((program, plan), rest, &mut external, sharding)?
+                        .run_sharded((program, plan), rest, &mut external, sharding)?;
+                    self.exchanged = sharding.exchanged();
                 }
             }
         }
