@@ -204,3 +204,55 @@ fn a_killed_rank_ends_the_job_within_seconds_and_the_checkpoint_resumes() {
     finished(train(&dir, 0, "out", &["--epochs", &epochs, "--resume"]));
     std::fs::remove_dir_all(&dir).expect("removed");
 }
+
+#[test]
+fn ctrl_c_on_mpirun_stops_every_rank_after_a_step_and_the_run_resumes_exactly() {
+    let dir = scratch("ctrl-c");
+    let epochs = ["--epochs", "40"];
+    let mut job = train(&dir, 2, "stopped", &epochs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    let first_epoch = dir.join("stopped").join("small.history.csv");
+    let waited = Instant::now();
+    while !first_epoch.exists() {
+        assert!(waited.elapsed() < Duration::from_secs(120), "no epoch ends");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // What a terminal's Ctrl-C sends mpirun (the ranks have process
+    // groups of their own); mpirun passes it on as SIGTERM.
+    let status = Command::new("kill")
+        .args(["-INT", &job.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let stopped = Instant::now();
+    let end = loop {
+        if let Some(status) = job.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(10), "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut job.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(!end.success(), "{stderr}");
+    assert!(
+        stderr.contains("; saved `stopped/small.checkpoint.safetensors`: continue with --resume"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("stopping after this step").count(),
+        1,
+        "{stderr}"
+    );
+    // Three ranks continue where two stopped, to the weights of one
+    // process that never stopped.
+    finished(train(&dir, 3, "stopped", &["--epochs", "40", "--resume"]));
+    finished(train(&dir, 0, "alone", &epochs));
+    assert!(weights(&dir, "stopped") == weights(&dir, "alone"));
+    assert_eq!(history(&dir, "stopped"), history(&dir, "alone"));
+    std::fs::remove_dir_all(&dir).expect("removed");
+}

@@ -76,9 +76,28 @@ impl Ranks {
         self.world().is_none_or(|w| w.rank() == 0)
     }
 
+    /// After every rank stopped at the same step on Ctrl-C, which mpirun
+    /// passed on as SIGTERM: mpirun is ending the job and will not answer
+    /// MPI's closing handshake, so rank 0 says why it stopped at once and
+    /// every rank ends without it (the checkpoint is saved by then).
+    /// Returns when this process trains alone.
+    pub fn stopped(&self, why: &Diagnostics) {
+        #[cfg(feature = "mpi")]
+        if let Ranks::Mpi(world) = self {
+            if world.rank() == 0 {
+                let color =
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+                eprint!("{}", why.render(color));
+            }
+            std::process::exit(1);
+        }
+        let _ = why;
+    }
+
     /// Passes `result` on; but when it failed on one of several ranks, the
-    /// others would wait for this one forever: then it prints the failure
-    /// and ends the whole job.
+    /// others may wait for this one forever: then it prints the failure
+    /// and ends the whole job. (A stop every rank agreed on, Ctrl-C, is
+    /// no failure here: rank 0 reports it, the others end quietly.)
     pub fn or_end_job<T>(&self, result: Result<T, Diagnostics>) -> Result<T, Diagnostics> {
         #[cfg(feature = "mpi")]
         if let (Ranks::Mpi(world), Err(diagnostics)) = (self, &result) {

@@ -125,7 +125,21 @@ fn train(
     args: &Args,
 ) -> Result<String, Diagnostics> {
     let ranks = Ranks::join().map_err(|e| failure(&args.file, e))?;
-    ranks.or_end_job(train_as(model, config, (data_set, args), &ranks))
+    match ranks.or_end_job(train_as(model, config, (data_set, args), &ranks))? {
+        Ended::Trained(text) => Ok(text),
+        Ended::Stopped(diagnostics) => {
+            ranks.stopped(&diagnostics);
+            Err(diagnostics)
+        }
+    }
+}
+
+/// How training ended, when no rank failed alone.
+enum Ended {
+    /// What to print (nothing on a rank other than 0).
+    Trained(String),
+    /// Every rank stopped at the same step (Ctrl-C), for this reason.
+    Stopped(Diagnostics),
 }
 
 /// Loads the data, trains, reports, and saves the weights and the
@@ -135,7 +149,7 @@ fn train_as(
     config: &TrainConfig,
     (data_set, args): (&str, &Args),
     ranks: &Ranks,
-) -> Result<String, Diagnostics> {
+) -> Result<Ended, Diagnostics> {
     let fail = |message: String| failure(&args.file, message);
     let data = DataArgs {
         name: data_set,
@@ -178,10 +192,16 @@ fn train_as(
         },
     };
     let sets = (&splits.train, &splits.validation, &splits.test);
-    let fitted =
-        fit::fit_from(model, config, sets, options, initial).map_err(|e| failure(&args.file, e))?;
+    let fitted = match fit::fit_from(model, config, sets, options, initial) {
+        Ok(fitted) => fitted,
+        // Every rank stopped at the same step, and rank 0 says so.
+        Err(
+            e @ (fit::FitError::Interrupted { .. } | fit::FitError::InterruptedAfterEpoch { .. }),
+        ) => return Ok(Ended::Stopped(failure(&args.file, e))),
+        Err(e) => return Err(failure(&args.file, e)),
+    };
     if !ranks.leads() {
-        return Ok(String::new());
+        return Ok(Ended::Trained(String::new()));
     }
     let name = &model.graph.name;
     let weights = out.join(format!("{name}.safetensors"));
@@ -198,7 +218,7 @@ fn train_as(
         ),
         _ => String::new(),
     };
-    Ok(format!(
+    Ok(Ended::Trained(format!(
         "{started_from}test: loss {:.4} accuracy {:.4}{} ({} images)\nweights: {}\nhistory: {}\n{curves}",
         fitted.test.0,
         fitted.test.1,
@@ -209,7 +229,7 @@ fn train_as(
         splits.test.len(),
         weights.display(),
         out.join(format!("{name}.history.csv")).display()
-    ))
+    )))
 }
 
 /// The error of `--init-weights`, with how to start a changed layer
@@ -275,8 +295,9 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// [`Progress::Testing`]): a Ctrl-C then quits at once, losing nothing.
 static SAVED: AtomicBool = AtomicBool::new(false);
 
-/// Installs the Ctrl-C handler and returns the flag it sets, [`STOP`];
-/// `None` when the handler cannot be installed. A second Ctrl-C, or the
+/// Installs the handler of Ctrl-C, and of SIGTERM and SIGHUP (what a job
+/// scheduler, or mpirun on Ctrl-C, sends before it kills), and returns the
+/// flag it sets, [`STOP`]; `None` when the handler cannot be installed. A second Ctrl-C, or the
 /// first once everything is saved, ends the process with status 130 at
 /// once, except in the middle of writing a file: that write is renamed
 /// into place first ([`exit_between_writes`](cnnc::runtime::weights::exit_between_writes)),
@@ -291,7 +312,11 @@ fn stop_on_ctrl_c() -> Option<&'static AtomicBool> {
             eprintln!("\nquitting (once the file being written, if any, is complete)");
             cnnc::runtime::weights::exit_between_writes(130);
         }
-        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+        // Under mpirun, Ctrl-C reaches the ranks as mpirun's SIGTERM, and
+        // rank 0 speaks for all.
+        if !super::ranks::launched().is_some_and(|(rank, _)| rank > 0) {
+            eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+        }
     });
     handler.is_ok().then_some(&STOP)
 }
