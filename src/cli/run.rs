@@ -314,7 +314,7 @@ fn stop_on_ctrl_c() -> Option<&'static AtomicBool> {
         }
         // Under mpirun, Ctrl-C reaches the ranks as mpirun's SIGTERM, and
         // rank 0 speaks for all.
-        if !super::ranks::launched().is_some_and(|(rank, _)| rank > 0) {
+        if super::ranks::launched().is_none_or(|(rank, _)| rank == 0) {
             eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
         }
     });
