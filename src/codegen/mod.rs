@@ -104,6 +104,9 @@ pub struct DomainKernel {
     pub clif: String,
     /// The number of work items.
     pub domain: usize,
+    /// The batch size whose items the work items follow in order, the same
+    /// number each (a per-example window kernel's images), if they do.
+    pub batch: Option<usize>,
     entry: DomainKernelFn,
 }
 
@@ -192,6 +195,7 @@ impl Jit {
             name: kernel.name.clone(),
             clif,
             domain: kernel.domain(),
+            batch: None,
             entry,
         })
     }
@@ -208,10 +212,14 @@ impl Jit {
         })?;
         // SAFETY: generated with exactly `DomainKernelFn`'s signature.
         let entry = unsafe { std::mem::transmute::<*const u8, DomainKernelFn>(code) };
+        // Every pass but a depthwise kernel gradient runs over images in
+        // order (`window`'s domains).
+        let per_image = kernel.pass != window::Pass::BackwardFilter;
         Ok(DomainKernel {
             name: kernel.name.clone(),
             clif,
             domain: plan.domain(),
+            batch: per_image.then_some(kernel.input[0]),
             entry,
         })
     }

@@ -97,6 +97,12 @@ impl Kernel for DomainKernel {
     fn domain(&self) -> usize {
         self.domain
     }
+    fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+        if self.batch != Some(batch) {
+            return None;
+        }
+        rows_of(self.domain, batch, examples)
+    }
     unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
         // SAFETY: forwarded from the caller.
         unsafe { DomainKernel::run(self, args, items) };
