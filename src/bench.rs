@@ -174,6 +174,9 @@ pub struct SharedReport {
     pub exchanged: Exchanged,
     /// When profiling: this rank's kernels and their total time.
     pub profile: Vec<KernelTime>,
+    /// When profiling: the time of a step's kernels by how they run on a
+    /// rank (`per example`, `split`, `whole`).
+    pub by_mode: Vec<(&'static str, Duration)>,
 }
 
 /// Measures `model`'s training step as one rank of `world`, every rank
@@ -187,6 +190,13 @@ pub fn run_shared(
 ) -> Result<SharedReport, BenchError> {
     let figures = measure_training(model, train, config, Some(world))?;
     let (exchange, exchanged) = figures.exchange.unwrap_or_default();
+    let mut by_mode: Vec<(&'static str, Duration)> = Vec::new();
+    for (kernel, mode) in figures.profile.iter().zip(&figures.modes) {
+        match by_mode.iter_mut().find(|(m, _)| m == mode) {
+            Some((_, time)) => *time += kernel.time / config.steps.max(1) as u32,
+            None => by_mode.push((mode, kernel.time / config.steps.max(1) as u32)),
+        }
+    }
     Ok(SharedReport {
         model: model.graph.name.clone(),
         config,
@@ -195,6 +205,7 @@ pub fn run_shared(
         exchange,
         exchanged,
         profile: figures.profile,
+        by_mode,
     })
 }
 
@@ -221,6 +232,19 @@ impl fmt::Display for SharedReport {
             self.exchanged.calls,
             crate::emit::bytes(self.exchanged.values * 4)
         )?;
+        writeln!(
+            f,
+            "of which merged kernel gradients: {}",
+            crate::emit::bytes(self.exchanged.merged * 4)
+        )?;
+        if !self.by_mode.is_empty() {
+            let modes: Vec<String> = self
+                .by_mode
+                .iter()
+                .map(|(mode, time)| format!("{mode} {:.1} ms", time.as_secs_f64() * 1e3))
+                .collect();
+            writeln!(f, "a step's kernels on rank 0: {}", modes.join(", "))?;
+        }
         if !self.profile.is_empty() {
             let steps = self.config.steps.max(1);
             write_profile(f, "rank 0's training step", &self.profile, steps)?;
@@ -247,6 +271,8 @@ struct TrainingFigures {
     /// In a data-parallel run: the median time a step spent exchanging
     /// rows, and what a step exchanges.
     exchange: Option<(Duration, Exchanged)>,
+    /// In a data-parallel run: how each step runs on a rank.
+    modes: Vec<&'static str>,
 }
 
 /// Compiles and times the training step from the weights `weights::init`
@@ -313,8 +339,13 @@ fn measure_training(
         let median = exchanges[exchanges.len() / 2];
         (median.time, median)
     });
+    let modes = match world {
+        Some(w) => trainer.modes(w)?,
+        None => Vec::new(),
+    };
     let figures = TrainingFigures {
         exchange,
+        modes,
         compile,
         first_step,
         step,

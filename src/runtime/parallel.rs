@@ -112,8 +112,11 @@ pub struct Sharding<'w> {
 /// What a data-parallel run exchanged between ranks.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Exchanged {
-    /// Values gathered (every rank's parts, this rank's included).
+    /// Values gathered (every rank's parts, this rank's included) and
+    /// merged.
     pub values: u64,
+    /// Of those, the values merged (kernel gradients computed in parts).
+    pub merged: u64,
     /// Collective calls.
     pub calls: u64,
     /// Time this rank spent in them (waiting for slower ranks included).
@@ -121,6 +124,19 @@ pub struct Exchanged {
 }
 
 impl<'w> Sharding<'w> {
+    /// How each step of `plan` runs on `ranks` ranks, in words for
+    /// profiles: `per example`, `split` or `whole`.
+    pub fn modes(&self) -> Vec<&'static str> {
+        self.steps
+            .iter()
+            .map(|(mode, _)| match mode {
+                Mode::PerExample => "per example",
+                Mode::Split => "split",
+                Mode::Whole => "whole",
+            })
+            .collect()
+    }
+
     /// The sharding of `plan` across `world`, for one run whose input
     /// holds only this rank's batch items.
     pub fn new(plan: &KernelPlan, world: &'w dyn Collective) -> Result<Sharding<'w>, RuntimeError> {
@@ -204,6 +220,7 @@ impl<'w> Sharding<'w> {
             .merge(values)
             .map_err(|e| RuntimeError::Exchange(e.0))?;
         self.exchanged.values += values.len() as u64;
+        self.exchanged.merged += values.len() as u64;
         self.exchanged.calls += 1;
         self.exchanged.time += started.elapsed();
         Ok(())

@@ -193,6 +193,12 @@ impl Trainer {
         self.exchanged
     }
 
+    /// How each step of the program runs as a rank of `world`
+    /// ([`Sharding::modes`]).
+    pub fn modes(&self, world: &dyn Collective) -> Result<Vec<&'static str>, TrainingError> {
+        Ok(Sharding::new(&self.compiled.plan, world)?.modes())
+    }
+
     /// The arena's size in bytes.
     pub fn arena_bytes(&self) -> u64 {
         self.compiled.layout.arena_bytes
