@@ -10,7 +10,7 @@
 mod idx;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A small model with batchnorm, dropout and augmentation: 300 training
@@ -153,47 +153,60 @@ fn rank_process(parent: u32, rank: usize) -> Option<u32> {
         })
 }
 
-#[test]
-fn a_killed_rank_ends_the_job_within_seconds_and_the_checkpoint_resumes() {
-    let dir = scratch("killed");
-    let mut command = train(
-        &dir,
-        2,
-        "out",
-        &["--epochs", "1000", "--checkpoint-every", "2steps"],
-    );
-    let mut job = command
+/// Starts `command` with its stderr piped, and waits until `file` exists.
+fn started_until(mut command: Command, file: &Path) -> Child {
+    let job = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("mpirun");
-    let checkpoint = dir.join("out").join("small.checkpoint.safetensors");
     let waited = Instant::now();
-    while !checkpoint.exists() {
-        assert!(waited.elapsed() < Duration::from_secs(120), "no checkpoint");
-        std::thread::sleep(Duration::from_millis(100));
+    while !file.exists() {
+        assert!(waited.elapsed() < Duration::from_secs(120), "no {file:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let victim = rank_process(job.id(), 1).expect("rank 1's process");
-    let killed = Instant::now();
+    job
+}
+
+/// Sends `signal` to `pid`, then waits for `job` to end, at most 10 s;
+/// returns whether it succeeded, and its stderr.
+fn ended_by(signal: &str, pid: u32, mut job: Child) -> (bool, String) {
     let status = Command::new("kill")
-        .args(["-9", &victim.to_string()])
+        .args([signal, &pid.to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
+    let sent = Instant::now();
     let end = loop {
         if let Some(status) = job.try_wait().expect("wait") {
             break status;
         }
         assert!(
-            killed.elapsed() < Duration::from_secs(10),
-            "mpirun still runs 10 s after rank 1 was killed"
+            sent.elapsed() < Duration::from_secs(10),
+            "mpirun still runs 10 s after kill {signal}"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(!end.success());
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut job.stderr.take().expect("stderr"), &mut stderr)
         .expect("stderr");
+    (end.success(), stderr)
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_within_seconds_and_the_checkpoint_resumes() {
+    let dir = scratch("killed");
+    let command = train(
+        &dir,
+        2,
+        "out",
+        &["--epochs", "1000", "--checkpoint-every", "2steps"],
+    );
+    let checkpoint = dir.join("out").join("small.checkpoint.safetensors");
+    let job = started_until(command, &checkpoint);
+    let victim = rank_process(job.id(), 1).expect("rank 1's process");
+    let (success, stderr) = ended_by("-9", victim, job);
+    assert!(!success);
     assert!(stderr.contains("rank 1"), "{stderr}");
     // The last checkpoint is whole: one process continues from it, to the
     // end of the epoch it was saved in (the history, if any yet, lists
@@ -209,36 +222,13 @@ fn a_killed_rank_ends_the_job_within_seconds_and_the_checkpoint_resumes() {
 fn ctrl_c_on_mpirun_stops_every_rank_after_a_step_and_the_run_resumes_exactly() {
     let dir = scratch("ctrl-c");
     let epochs = ["--epochs", "40"];
-    let mut job = train(&dir, 2, "stopped", &epochs)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mpirun");
     let first_epoch = dir.join("stopped").join("small.history.csv");
-    let waited = Instant::now();
-    while !first_epoch.exists() {
-        assert!(waited.elapsed() < Duration::from_secs(120), "no epoch ends");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let job = started_until(train(&dir, 2, "stopped", &epochs), &first_epoch);
     // What a terminal's Ctrl-C sends mpirun (the ranks have process
     // groups of their own); mpirun passes it on as SIGTERM.
-    let status = Command::new("kill")
-        .args(["-INT", &job.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let stopped = Instant::now();
-    let end = loop {
-        if let Some(status) = job.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(stopped.elapsed() < Duration::from_secs(10), "still running");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut job.stderr.take().expect("stderr"), &mut stderr)
-        .expect("stderr");
-    assert!(!end.success(), "{stderr}");
+    let mpirun = job.id();
+    let (success, stderr) = ended_by("-INT", mpirun, job);
+    assert!(!success, "{stderr}");
     assert!(
         stderr.contains("; saved `stopped/small.checkpoint.safetensors`: continue with --resume"),
         "{stderr}"

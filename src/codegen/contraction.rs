@@ -368,6 +368,24 @@ fn scratch_for(floats: usize) -> usize {
     }
 }
 
+/// The items of a kernel over the images of `g` that write images
+/// `examples` of a batch of `batch`: `None` for another batch; for items
+/// of images by position, theirs; otherwise what `items` says.
+fn items_of_images(
+    g: &Geometry,
+    positions: Option<&Positions>,
+    (batch, examples): (usize, Range<usize>),
+    items: impl FnOnce(Range<usize>) -> Option<Range<usize>>,
+) -> Option<Range<usize>> {
+    if batch != g.shape.batch || examples.end > batch {
+        return None;
+    }
+    match positions {
+        Some(p) => Some(items_of(examples, 1, p.images_per_item())),
+        None => items(examples),
+    }
+}
+
 /// The work items that write batch items `examples`, where each batch
 /// item is `per_example` consecutive units (output rows, bands, tile rows)
 /// and each work item writes the next `per_item` units; none for no
@@ -533,16 +551,15 @@ impl ConvForward {
     /// `None` for items of output channels, which each write every image.
     pub fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
         let g = &self.common.geometry;
-        if batch != g.shape.batch || examples.end > batch {
-            return None;
-        }
-        if let Some(p) = &self.positions {
-            return Some(items_of(examples, 1, p.images_per_item()));
-        }
-        match self.items {
-            ForwardItems::Rows(rows) => Some(items_of(examples, g.y.output * g.x.output, rows)),
-            ForwardItems::Columns(_) => None,
-        }
+        items_of_images(
+            g,
+            self.positions.as_ref(),
+            (batch, examples),
+            |examples| match self.items {
+                ForwardItems::Rows(rows) => Some(items_of(examples, g.y.output * g.x.output, rows)),
+                ForwardItems::Columns(_) => None,
+            },
+        )
     }
 
     /// The f32s of scratch one thread needs to run any range of items.
@@ -874,18 +891,14 @@ impl ConvBackwardData {
     /// from that image's output gradient alone.
     pub fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
         let g = &self.common.geometry;
-        if batch != g.shape.batch || examples.end > batch {
-            return None;
-        }
-        if let Some(p) = &self.positions {
-            return Some(items_of(examples, 1, p.images_per_item()));
-        }
-        Some(match self.items {
-            // 1x1 stride 1: an image's input rows are its output rows.
-            DataItems::Rows { rows_per_item } => {
-                items_of(examples, g.y.output * g.x.output, rows_per_item)
-            }
-            DataItems::Bands { height, .. } => items_of(examples, g.shape.height, height),
+        items_of_images(g, self.positions.as_ref(), (batch, examples), |examples| {
+            Some(match self.items {
+                // 1x1 stride 1: an image's input rows are its output rows.
+                DataItems::Rows { rows_per_item } => {
+                    items_of(examples, g.y.output * g.x.output, rows_per_item)
+                }
+                DataItems::Bands { height, .. } => items_of(examples, g.shape.height, height),
+            })
         })
     }
 

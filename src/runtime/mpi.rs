@@ -15,7 +15,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives};
 use mpi::Threading;
 
-use super::parallel::{Collective, CollectiveError};
+use super::parallel::{check_parts, Collective, CollectiveError};
 
 /// This process's place in the MPI job: `MPI_COMM_WORLD`. Dropping it
 /// finalises MPI.
@@ -88,14 +88,7 @@ impl Collective for MpiWorld {
         values: &mut [f32],
         parts: &[Range<usize>],
     ) -> Result<(), CollectiveError> {
-        let fits = |p: &Range<usize>| p.start <= p.end && p.end <= values.len();
-        if parts.len() != self.size || !parts.iter().all(fits) {
-            return Err(CollectiveError(format!(
-                "parts {parts:?} do not split {} values among {} ranks",
-                values.len(),
-                self.size
-            )));
-        }
+        check_parts(values.len(), parts, self.size)?;
         count(values.len(), "a buffer")?;
         let counts = parts
             .iter()

@@ -64,6 +64,22 @@ pub trait Collective {
     fn any(&self, flag: bool) -> Result<bool, CollectiveError>;
 }
 
+/// Checks that `parts` are one range of `len` values for each of `ranks`
+/// ranks, as [`Collective::all_gather`] takes them.
+pub fn check_parts(
+    len: usize,
+    parts: &[Range<usize>],
+    ranks: usize,
+) -> Result<(), CollectiveError> {
+    let fits = |p: &Range<usize>| p.start <= p.end && p.end <= len;
+    if parts.len() != ranks || !parts.iter().all(fits) {
+        return Err(CollectiveError(format!(
+            "parts {parts:?} do not split {len} values among {ranks} ranks"
+        )));
+    }
+    Ok(())
+}
+
 /// The batch items of each of `ranks` ranks: `batch` split into contiguous
 /// shares in rank order, the later ones an item larger where it does not
 /// divide (a rank may have none).
@@ -457,14 +473,7 @@ impl Collective for LocalWorld {
         values: &mut [f32],
         parts: &[Range<usize>],
     ) -> Result<(), CollectiveError> {
-        let fits = |p: &Range<usize>| p.start <= p.end && p.end <= values.len();
-        if parts.len() != self.shared.size || !parts.iter().all(fits) {
-            return Err(CollectiveError(format!(
-                "parts {parts:?} do not split {} values among {} ranks",
-                values.len(),
-                self.shared.size
-            )));
-        }
+        check_parts(values.len(), parts, self.shared.size)?;
         let own = parts[self.rank].clone();
         self.meet(|m| {
             if m.staging.len() < values.len() {
