@@ -226,16 +226,22 @@ impl fmt::Display for SharedReport {
         )?;
         writeln!(
             f,
-            "exchanging rows: {:.1} ms/step ({:.0}% of the step, waiting included), {} gathers of {} in all",
+            "exchanging rows: {:.1} ms/step ({:.0}% of the step, waiting included), {} gathers ({} started early) of {} in all",
             self.exchange.as_secs_f64() * 1e3,
             100.0 * self.exchange.as_secs_f64() / step.max(1e-12),
             self.exchanged.calls,
+            self.exchanged.early,
             crate::emit::bytes(self.exchanged.values * 4)
         )?;
+        let e = &self.exchanged;
         writeln!(
             f,
-            "of which merged kernel gradients: {}",
-            crate::emit::bytes(self.exchanged.merged * 4)
+            "of which merged kernel gradients: {}; started early: {} in {:.1} ms of waiting (the rest: {} in {:.1} ms)",
+            crate::emit::bytes(e.merged * 4),
+            crate::emit::bytes(e.early_values * 4),
+            e.early_time.as_secs_f64() * 1e3,
+            crate::emit::bytes((e.values - e.early_values) * 4),
+            (e.time - e.early_time).as_secs_f64() * 1e3
         )?;
         if !self.by_mode.is_empty() {
             let modes: Vec<String> = self

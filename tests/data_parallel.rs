@@ -266,3 +266,52 @@ fn a_share_of_the_wrong_size_is_refused() {
         "the images have 48 values, but a batch needs 64"
     );
 }
+
+#[test]
+fn a_layers_input_is_gathered_early_for_its_kernel_gradient() {
+    // conv2 reads conv1's output in the forward pass; its kernel gradient
+    // reads it again in the backward pass: its gather starts in between.
+    let model = cnnc::compile_source(
+        "model.cnn",
+        "model m : [8, 8, 1] {
+            conv(4, 3, padding: same, activation: relu)
+            conv(4, 3, padding: same, activation: relu)
+            flatten
+            dense(3, activation: softmax)
+        }",
+        None,
+        None,
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let case = Case {
+        model: &model,
+        batch: 6,
+        classes: 3,
+        steps: 1,
+    };
+    let worlds = LocalWorld::new(2);
+    let exchanged: Vec<_> = std::thread::scope(|scope| {
+        let case = &case;
+        let handles: Vec<_> = worlds
+            .iter()
+            .map(|world| {
+                scope.spawn(move || {
+                    let mut trainer = case.trainer(1);
+                    let (images, labels) = case.batch_data(0);
+                    let own = shares(case.batch, 2)[cnnc_rank(world)].clone();
+                    let per = case.per_item();
+                    let mine = &images[own.start * per..own.end * per];
+                    trainer
+                        .train_step_shared(mine, &labels, 0.01, world)
+                        .expect("step");
+                    trainer.exchanged()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("rank")).collect()
+    });
+    for e in exchanged {
+        assert!(e.early >= 1 && e.early < e.calls, "{e:?}");
+        assert!(e.early_values > 0 && e.early_values < e.values, "{e:?}");
+    }
+}

@@ -11,6 +11,8 @@ use std::ops::Range;
 
 use mpi::datatype::PartitionMut;
 use mpi::environment::Universe;
+use mpi::ffi;
+use mpi::raw::AsRaw;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives};
 use mpi::Threading;
@@ -25,6 +27,10 @@ pub struct MpiWorld {
     /// fresh pages: the part this rank sends, and every rank's buffer of a
     /// merge.
     scratch: RefCell<(Vec<f32>, Vec<f32>)>,
+    /// The gathers started and not finished, by ticket.
+    pending: RefCell<Vec<(u64, Pending)>>,
+    /// The next ticket.
+    tickets: std::cell::Cell<u64>,
     rank: usize,
     size: usize,
     // Declared last: dropped (MPI_Finalize) after the communicator.
@@ -49,6 +55,8 @@ impl MpiWorld {
         Ok(MpiWorld {
             world,
             scratch: RefCell::new((Vec::new(), Vec::new())),
+            pending: RefCell::new(Vec::new()),
+            tickets: std::cell::Cell::new(0),
             rank,
             size,
             _universe: universe,
@@ -63,6 +71,15 @@ impl MpiWorld {
     pub fn abort(&self, code: i32) -> ! {
         self.world.abort(code)
     }
+}
+
+/// A gather under way (`MPI_Iallgatherv`): its request, and what MPI
+/// reads until it completes, kept here until then.
+struct Pending {
+    request: ffi::MPI_Request,
+    _send: Vec<f32>,
+    _counts: Vec<i32>,
+    _displs: Vec<i32>,
 }
 
 /// MPI's element count: `int`.
@@ -106,6 +123,92 @@ impl Collective for MpiWorld {
         own.extend_from_slice(&values[parts[self.rank].clone()]);
         let mut whole = PartitionMut::new(values, counts, displs);
         self.world.all_gather_varcount_into(&own[..], &mut whole);
+        Ok(())
+    }
+
+    unsafe fn start_gather(
+        &self,
+        values: *mut f32,
+        len: usize,
+        parts: &[Range<usize>],
+    ) -> Result<u64, CollectiveError> {
+        check_parts(len, parts, self.size)?;
+        count(len, "a buffer")?;
+        let counts = parts
+            .iter()
+            .map(|p| count(p.len(), "a part"))
+            .collect::<Result<Vec<i32>, _>>()?;
+        let displs = parts
+            .iter()
+            .map(|p| count(p.start, "an offset"))
+            .collect::<Result<Vec<i32>, _>>()?;
+        let own = &parts[self.rank];
+        // SAFETY: the caller's contract: `len` valid values, which `own`
+        // lies within (checked above).
+        let send = unsafe { std::slice::from_raw_parts(values.add(own.start), own.len()) }.to_vec();
+        let mut pending = Pending {
+            // SAFETY: a plain handle, overwritten by MPI below.
+            request: unsafe { ffi::RSMPI_REQUEST_NULL },
+            _send: send,
+            _counts: counts,
+            _displs: displs,
+        };
+        // SAFETY: every pointer stays valid until the request completes:
+        // the send buffer and the counts are moved into `pending`, whose
+        // heap storage does not move, and the receive buffer is the
+        // caller's, untouched until `finish_gather`. Only this thread calls
+        // MPI (funneled).
+        let code = unsafe {
+            ffi::MPI_Iallgatherv(
+                pending._send.as_ptr().cast(),
+                pending._send.len() as i32,
+                ffi::RSMPI_FLOAT,
+                values.cast(),
+                pending._counts.as_ptr(),
+                pending._displs.as_ptr(),
+                ffi::RSMPI_FLOAT,
+                self.world.as_raw(),
+                &mut pending.request,
+            )
+        };
+        if code != 0 {
+            return Err(CollectiveError(format!(
+                "MPI_Iallgatherv failed with code {code}"
+            )));
+        }
+        let ticket = self.tickets.get();
+        self.tickets.set(ticket + 1);
+        self.pending.borrow_mut().push((ticket, pending));
+        Ok(ticket)
+    }
+
+    fn finish_gather(&self, ticket: u64) -> Result<(), CollectiveError> {
+        let mut pending = self.pending.borrow_mut();
+        let Some(at) = pending.iter().position(|(t, _)| *t == ticket) else {
+            return Ok(());
+        };
+        let (_, mut gather) = pending.remove(at);
+        // SAFETY: a request MPI_Iallgatherv made and nothing completed yet.
+        let code = unsafe { ffi::MPI_Wait(&mut gather.request, ffi::RSMPI_STATUS_IGNORE) };
+        if code != 0 {
+            return Err(CollectiveError(format!("MPI_Wait failed with code {code}")));
+        }
+        Ok(())
+    }
+
+    fn progress(&self) -> Result<(), CollectiveError> {
+        // Any MPI call moves every request along: testing the oldest does.
+        if let Some((_, gather)) = self.pending.borrow_mut().first_mut() {
+            let mut done = 0;
+            // SAFETY: a live request; MPI_Test frees it and sets it to
+            // MPI_REQUEST_NULL when it completes, and testing a null
+            // request is allowed.
+            let code =
+                unsafe { ffi::MPI_Test(&mut gather.request, &mut done, ffi::RSMPI_STATUS_IGNORE) };
+            if code != 0 {
+                return Err(CollectiveError(format!("MPI_Test failed with code {code}")));
+            }
+        }
         Ok(())
     }
 

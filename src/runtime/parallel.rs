@@ -54,6 +54,34 @@ pub trait Collective {
     /// every rank's part. The parts are disjoint and in rank order.
     fn all_gather(&self, values: &mut [f32], parts: &[Range<usize>])
         -> Result<(), CollectiveError>;
+    /// Starts [`Self::all_gather`] on the `len` values at `values` and
+    /// returns at once, with a ticket for [`Self::finish_gather`]; every
+    /// rank starts the same gathers in the same order. By default it
+    /// gathers before it returns.
+    ///
+    /// # Safety
+    /// The values stay valid, and this rank neither reads nor writes them,
+    /// until the ticket is finished.
+    unsafe fn start_gather(
+        &self,
+        values: *mut f32,
+        len: usize,
+        parts: &[Range<usize>],
+    ) -> Result<u64, CollectiveError> {
+        // SAFETY: the caller's contract: `len` valid values, ours alone.
+        let values = unsafe { std::slice::from_raw_parts_mut(values, len) };
+        self.all_gather(values, parts).map(|()| 0)
+    }
+    /// Waits for a gather [`Self::start_gather`] started.
+    fn finish_gather(&self, ticket: u64) -> Result<(), CollectiveError> {
+        let _ = ticket;
+        Ok(())
+    }
+    /// Lets started gathers move while this rank computes (MPI moves a
+    /// large message only inside its calls).
+    fn progress(&self) -> Result<(), CollectiveError> {
+        Ok(())
+    }
     /// Every rank passes a buffer of the same length in which it wrote
     /// some values and left the others +0.0, no value written by two
     /// ranks; afterwards every rank's buffer holds each value from the rank
@@ -121,6 +149,13 @@ pub struct Sharding<'w> {
     steps: Vec<(Mode, Vec<Access>)>,
     /// Per buffer: whether only this rank's rows are valid.
     partial: Vec<bool>,
+    /// Per step: the buffers whose gather starts once it has run, because
+    /// no step reads or writes them until one that needs them whole, which
+    /// is not the next (a layer's input, which its kernel gradient reads in
+    /// the backward pass).
+    early: Vec<Vec<usize>>,
+    /// The gathers started and not finished: buffer and ticket.
+    pending: Vec<(usize, u64)>,
     /// What this run exchanged so far.
     exchanged: Exchanged,
 }
@@ -137,6 +172,13 @@ pub struct Exchanged {
     pub calls: u64,
     /// Time this rank spent in them (waiting for slower ranks included).
     pub time: std::time::Duration,
+    /// Of those calls, the gathers started early, while the rank computed
+    /// on ([`Collective::start_gather`]).
+    pub early: u64,
+    /// The values of those, and the time spent starting and finishing them.
+    pub early_values: u64,
+    /// As above.
+    pub early_time: std::time::Duration,
 }
 
 impl<'w> Sharding<'w> {
@@ -198,13 +240,16 @@ impl<'w> Sharding<'w> {
                 };
                 Ok((mode, signature.iter().map(|p| p.access).collect()))
             })
-            .collect::<Result<_, RuntimeError>>()?;
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        let early = early_gathers(plan, &steps, &batched);
         let mut sharding = Sharding {
             world,
             batch: plan.batch,
             shares: shares(plan.batch, world.size()),
             steps,
             partial: vec![false; plan.buffers.len()],
+            early,
+            pending: Vec::new(),
             exchanged: Exchanged::default(),
         };
         sharding.start(plan);
@@ -245,10 +290,78 @@ impl<'w> Sharding<'w> {
     /// Makes buffer `buffer`, held in `values`, whole on every rank if it
     /// is partial.
     pub fn complete(&mut self, buffer: usize, values: &mut [f32]) -> Result<(), RuntimeError> {
+        let started = std::time::Instant::now();
+        if let Some(at) = self.pending.iter().position(|&(b, _)| b == buffer) {
+            let (_, ticket) = self.pending.remove(at);
+            self.world
+                .finish_gather(ticket)
+                .map_err(|e| RuntimeError::Exchange(e.0))?;
+            self.exchanged.time += started.elapsed();
+            self.exchanged.early_time += started.elapsed();
+            return Ok(());
+        }
         if !self.partial.get(buffer).copied().unwrap_or(false) {
             return Ok(());
         }
-        let len = values.len();
+        let parts = self.parts(buffer, values.len())?;
+        self.world
+            .all_gather(values, &parts)
+            .map_err(|e| RuntimeError::Exchange(e.0))?;
+        self.exchanged.values += values.len() as u64;
+        self.exchanged.calls += 1;
+        self.exchanged.time += started.elapsed();
+        self.partial[buffer] = false;
+        Ok(())
+    }
+
+    /// Starts completing buffer `buffer`, held in the `len` values at
+    /// `values`, if it is partial; [`Self::complete`] finishes it.
+    ///
+    /// # Safety
+    /// The values stay valid, and nothing reads or writes them, until
+    /// then.
+    unsafe fn start_early(
+        &mut self,
+        buffer: usize,
+        values: *mut f32,
+        len: usize,
+    ) -> Result<(), RuntimeError> {
+        if !self.partial.get(buffer).copied().unwrap_or(false) {
+            return Ok(());
+        }
+        let parts = self.parts(buffer, len)?;
+        let started = std::time::Instant::now();
+        // SAFETY: the caller's contract.
+        let ticket = unsafe { self.world.start_gather(values, len, &parts) }
+            .map_err(|e| RuntimeError::Exchange(e.0))?;
+        self.pending.push((buffer, ticket));
+        self.exchanged.values += len as u64;
+        self.exchanged.calls += 1;
+        self.exchanged.early += 1;
+        self.exchanged.early_values += len as u64;
+        self.exchanged.time += started.elapsed();
+        self.exchanged.early_time += started.elapsed();
+        self.partial[buffer] = false;
+        Ok(())
+    }
+
+    /// Lets the gathers under way move, when there are any; counted as
+    /// their time.
+    fn progress(&mut self) -> Result<(), RuntimeError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.world
+            .progress()
+            .map_err(|e| RuntimeError::Exchange(e.0))?;
+        self.exchanged.time += started.elapsed();
+        self.exchanged.early_time += started.elapsed();
+        Ok(())
+    }
+
+    /// Each rank's part of buffer `buffer` of `len` values.
+    fn parts(&self, buffer: usize, len: usize) -> Result<Vec<Range<usize>>, RuntimeError> {
         if self.batch == 0 || !len.is_multiple_of(self.batch) {
             return Err(RuntimeError::Exchange(format!(
                 "buffer {buffer} of {len} values does not hold {} batch items of the same size",
@@ -256,21 +369,53 @@ impl<'w> Sharding<'w> {
             )));
         }
         let per = len / self.batch;
-        let parts: Vec<Range<usize>> = self
+        Ok(self
             .shares
             .iter()
             .map(|s| s.start * per..s.end * per)
-            .collect();
-        let started = std::time::Instant::now();
-        self.world
-            .all_gather(values, &parts)
-            .map_err(|e| RuntimeError::Exchange(e.0))?;
-        self.exchanged.values += len as u64;
-        self.exchanged.calls += 1;
-        self.exchanged.time += started.elapsed();
-        self.partial[buffer] = false;
-        Ok(())
+            .collect())
     }
+}
+
+impl Drop for Sharding<'_> {
+    /// Waits for the gathers still under way (a step that stopped early,
+    /// on a loss that is not finite, left them), so that none writes into
+    /// memory that is no longer its buffer's.
+    fn drop(&mut self) {
+        for (_, ticket) in self.pending.drain(..) {
+            // A failure here ends the job anyway (MPI's error handler).
+            let _ = self.world.finish_gather(ticket);
+        }
+    }
+}
+
+/// Per step of `plan`: the batch buffers whose gather can start once it
+/// has run ([`Sharding::early`]): it is a per-example step that reads or
+/// writes the buffer, and the next step to touch the buffer needs it whole
+/// and is not the step after it.
+fn early_gathers(
+    plan: &KernelPlan,
+    steps: &[(Mode, Vec<Access>)],
+    batched: &[bool],
+) -> Vec<Vec<usize>> {
+    let mut early = vec![Vec::new(); plan.steps.len()];
+    // The last per-example step that touched each buffer, while the steps
+    // since have not.
+    let mut last: Vec<Option<usize>> = vec![None; plan.buffers.len()];
+    for (i, (step, (mode, _))) in plan.steps.iter().zip(steps).enumerate() {
+        for &b in &step.args {
+            if *mode != Mode::PerExample {
+                if let Some(l) = last[b].take() {
+                    if i > l + 1 && batched[b] && !early[l].contains(&b) {
+                        early[l].push(b);
+                    }
+                }
+            } else {
+                last[b] = Some(i);
+            }
+        }
+    }
+    early
 }
 
 impl Executor {
@@ -344,6 +489,14 @@ impl Executor {
                     }
                 }
             }
+            for b in sharding.early[index].clone() {
+                let k = planned.args.iter().position(|&a| a == b).unwrap_or(0);
+                // SAFETY: `bind` checked the slot; no step touches the
+                // buffer until the one that completes it (`early_gathers`),
+                // and its place is its own until its last reader.
+                unsafe { sharding.start_early(b, args[k], slot_len(step.args[k]))? };
+            }
+            sharding.progress()?;
             self.record(program, index, elapsed);
         }
         Ok(())
