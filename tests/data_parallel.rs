@@ -308,7 +308,10 @@ fn a_layers_input_is_gathered_early_for_its_kernel_gradient() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("rank")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank"))
+            .collect()
     });
     for e in exchanged {
         assert!(e.early >= 1 && e.early < e.calls, "{e:?}");

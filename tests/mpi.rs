@@ -42,8 +42,8 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// `cnnc run small.cnn --train fashion` in `dir`, alone (`ranks` 0) or
-/// under `mpirun -np ranks`, into `dir/out`.
+/// `cnnc run small.cnn --train fashion` (or the `--train` of `extra`) in
+/// `dir`, alone (`ranks` 0) or under `mpirun -np ranks`, into `dir/out`.
 fn train(dir: &Path, ranks: usize, out: &str, extra: &[&str]) -> Command {
     let cnnc = env!("CARGO_BIN_EXE_cnnc");
     let mut command = if ranks == 0 {
@@ -54,11 +54,11 @@ fn train(dir: &Path, ranks: usize, out: &str, extra: &[&str]) -> Command {
         mpirun.arg(ranks.to_string()).arg(cnnc);
         mpirun
     };
-    command
-        .current_dir(dir)
-        .args(["run", "small.cnn", "--train", "fashion", "--data", "data"])
-        .args(["--out", out])
-        .args(extra);
+    command.current_dir(dir).args(["run", "small.cnn"]);
+    if !extra.contains(&"--train") {
+        command.args(["--train", "fashion", "--data", "data"]);
+    }
+    command.args(["--out", out]).args(extra);
     if !extra.contains(&"--threads") {
         command.args(["--threads", "1"]);
     }
@@ -244,5 +244,33 @@ fn ctrl_c_on_mpirun_stops_every_rank_after_a_step_and_the_run_resumes_exactly() 
     finished(train(&dir, 0, "alone", &epochs));
     assert!(weights(&dir, "stopped") == weights(&dir, "alone"));
     assert_eq!(history(&dir, "stopped"), history(&dir, "alone"));
+    std::fs::remove_dir_all(&dir).expect("removed");
+}
+
+#[test]
+fn ranks_train_on_an_image_folder_as_one_process() {
+    let dir = scratch("folder");
+    // Four classes of 28x28 grey images, 30 each (60 held out), told
+    // apart by where a bright square sits.
+    for class in 0..4u32 {
+        let folder = dir.join("images").join(format!("class{class}"));
+        std::fs::create_dir_all(&folder).expect("class folder");
+        for i in 0..30u32 {
+            let image = image::GrayImage::from_fn(28, 28, |x, y| {
+                let inside = (x / 14 == class % 2) && (y / 14 == class / 2);
+                let value = if inside { 200 + i } else { (x * y + i) % 40 };
+                image::Luma([value as u8])
+            });
+            image.save(folder.join(format!("{i}.png"))).expect("png");
+        }
+    }
+    let run = |ranks: usize, out: &str| {
+        let args = ["--train", "images", "--epochs", "2", "--batch", "6"];
+        finished(train(&dir, ranks, out, &args));
+        weights(&dir, out)
+    };
+    let alone = run(0, "alone");
+    assert!(run(2, "two") == alone, "2 ranks: other weights");
+    assert!(run(3, "three") == alone, "3 ranks: other weights");
     std::fs::remove_dir_all(&dir).expect("removed");
 }
