@@ -318,3 +318,81 @@ fn a_layers_input_is_gathered_early_for_its_kernel_gradient() {
         assert!(e.early_values > 0 && e.early_values < e.values, "{e:?}");
     }
 }
+
+#[test]
+fn ranks_fit_validate_and_test_as_one_process() {
+    use cnnc::config::TrainConfig;
+    use cnnc::data::fashion::{self, Source};
+    use cnnc::train::checkpoint::CheckpointEvery;
+    use cnnc::train::fit::{self, FitOptions, Fitted};
+    let model = cnnc::compile_source(
+        "small.cnn",
+        "model small : [28, 28, 1] {
+            conv(4, 3, padding: same) -> batchnorm -> relu
+            maxpool(2)
+            dropout(0.2)
+            flatten
+            dense(10, activation: softmax)
+        }",
+        None,
+        None,
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let splits = fashion::load_from(Source::Bundled, 600, 1).expect("bundled subset");
+    let first = |n: usize| (0..n).collect::<Vec<_>>();
+    // 600 validation and 700 test images: three batches of evaluation
+    // each, which three ranks share.
+    let sets = (
+        splits.train.select(&first(240)),
+        splits.validation,
+        splits.test.select(&first(700)),
+    );
+    let config = TrainConfig {
+        batch: 30,
+        epochs: 2,
+        seed: 4,
+        ..TrainConfig::default()
+    };
+    let fit_as = |world: Option<&LocalWorld>, out: &str| -> Fitted {
+        let out = std::env::temp_dir().join(format!("cnnc-dp-fit-{out}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).expect("out");
+        let options = FitOptions {
+            world: world.map(|w| w as &dyn cnnc::runtime::parallel::Collective),
+            threads: 1,
+            out,
+            resume: false,
+            overwrite: false,
+            stop: None,
+            checkpoint_every: CheckpointEvery::Epoch,
+            progress: &mut |_| {},
+        };
+        fit::fit(&model, &config, (&sets.0, &sets.1, &sets.2), options).expect("trains")
+    };
+    let alone = fit_as(None, "alone");
+    let worlds = LocalWorld::new(3);
+    let ranks: Vec<Fitted> = std::thread::scope(|scope| {
+        let handles: Vec<_> = worlds
+            .iter()
+            .map(|w| scope.spawn(|| fit_as(Some(w), "ranks")))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank"))
+            .collect()
+    });
+    let figures = |f: &Fitted| {
+        let epochs: Vec<_> = f
+            .history
+            .iter()
+            .map(|e| (e.loss, e.accuracy, e.val_loss, e.val_accuracy))
+            .collect();
+        (epochs, f.test)
+    };
+    for (rank, fitted) in ranks.iter().enumerate() {
+        assert_eq!(figures(fitted), figures(&alone), "rank {rank}");
+        for ((name, a), (_, b)) in fitted.weights.iter().zip(alone.weights.iter()) {
+            assert_eq!(a.data, b.data, "rank {rank}: {name}");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! after each epoch, learning-rate schedules, early stopping, checkpoints,
 //! and the final evaluation on the test set.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -621,11 +622,12 @@ impl<'r, 'p> Run<'r, 'p> {
         validation: &Dataset,
     ) -> Result<bool, FitError> {
         (self.options.progress)(Progress::Validating(epoch, validation.len()));
-        let checked = evaluate_in_detail(
+        let checked = evaluate_as(
             self.model,
             &self.trainer.weights,
             validation,
             (&self.top_ks, self.options.threads),
+            self.options.world,
         )?;
         let figures = self.figures(epoch, &tally, &checked, started);
         (self.options.progress)(Progress::Epoch(&figures));
@@ -686,7 +688,14 @@ impl<'r, 'p> Run<'r, 'p> {
         self.save_weights(&weights)?;
         self.save_history()?;
         (self.options.progress)(Progress::Testing(test.len()));
-        let test = evaluate_in_detail(self.model, &weights, test, (&[], self.options.threads))?;
+        let threads = self.options.threads;
+        let test = evaluate_as(
+            self.model,
+            &weights,
+            test,
+            (&[], threads),
+            self.options.world,
+        )?;
         Ok(Fitted {
             weights,
             history: self.history,
@@ -1015,36 +1024,96 @@ pub fn evaluate_in_detail(
     data: &Dataset,
     (top_ks, threads): (&[u64], usize),
 ) -> Result<Evaluation, FitError> {
+    evaluate_as(model, weights, data, (top_ks, threads), None)
+}
+
+/// [`evaluate_in_detail`], as one rank of `world` when given: each rank
+/// runs a share of the batches and the ranks gather the class scores, from
+/// which every rank counts the figures in the order one process would
+/// (a segmentation set, whose scores are per pixel, runs whole on each).
+fn evaluate_as(
+    model: &TypedGraph,
+    weights: &TensorStore,
+    data: &Dataset,
+    (top_ks, threads): (&[u64], usize),
+    world: Option<&dyn Collective>,
+) -> Result<Evaluation, FitError> {
     check_data(data, "evaluated")?;
     let (first_output, classes) = check_classes(model, data)?;
     let mut loss = 0.0;
     // One score (a sigmoid's) predicts one of two classes.
     let mut tally = Tally::with_confusion(top_ks.len(), classes.max(2));
+    // The scores of examples `start..`, counted in order.
+    let mut count = |start: usize, scores: &[f32]| {
+        let rows = scores.len() / classes;
+        let labels = &data.labels[start * data.label_len()..][..rows];
+        tally.count(scores, labels, top_ks);
+        for (row, &label) in scores.chunks_exact(classes).zip(labels) {
+            loss -= probability(row, label as usize)
+                .clamp(1e-7, 1.0 - 1e-7)
+                .ln();
+        }
+    };
     let examples =
         |start: usize, size: usize| gather_images(data, &(start..start + size).collect::<Vec<_>>());
-    run_in_batches::<FitError>(
-        model,
-        weights,
-        Batches {
-            count: data.len(),
-            batch: EVALUATION_BATCH,
-            threads,
-        },
-        examples,
-        |start, outputs| {
-            let examples = EVALUATION_BATCH.min(data.len() - start);
-            let rows = examples * data.label_len();
-            // The program returns every output, `examples` of each.
-            let scores = &output_values(&outputs, &first_output)[..rows * classes];
-            let labels = &data.labels[start * data.label_len()..][..rows];
-            tally.count(scores, labels, top_ks);
-            for (row, &label) in scores.chunks_exact(classes).zip(labels) {
-                loss -= probability(row, label as usize)
-                    .clamp(1e-7, 1.0 - 1e-7)
-                    .ln();
-            }
-        },
-    )?;
+    let width = data.label_len() * classes;
+    match world.filter(|_| !data.is_segmentation()) {
+        None => run_in_batches::<FitError>(
+            model,
+            weights,
+            Batches {
+                count: data.len(),
+                batch: EVALUATION_BATCH,
+                threads,
+            },
+            examples,
+            |start, outputs| {
+                let examples = EVALUATION_BATCH.min(data.len() - start);
+                // The program returns every output, `examples` of each.
+                count(
+                    start,
+                    &output_values(&outputs, &first_output)[..examples * width],
+                );
+            },
+        )?,
+        Some(world) => {
+            // Whole batches for each rank: the same batches one process runs.
+            let batches = data.len().div_ceil(EVALUATION_BATCH);
+            let parts: Vec<Range<usize>> = shares(batches, world.size())
+                .into_iter()
+                .map(|b| {
+                    (b.start * EVALUATION_BATCH).min(data.len())
+                        ..(b.end * EVALUATION_BATCH).min(data.len())
+                })
+                .collect();
+            let own = parts[world.rank()].clone();
+            let mut scores = vec![0.0f32; data.len() * width];
+            run_in_batches::<FitError>(
+                model,
+                weights,
+                Batches {
+                    count: own.len(),
+                    batch: EVALUATION_BATCH,
+                    threads,
+                },
+                |start, size| examples(own.start + start, size),
+                |start, outputs| {
+                    let first = (own.start + start) * width;
+                    let values = output_values(&outputs, &first_output);
+                    let n = values.len().min(scores.len() - first);
+                    scores[first..first + n].copy_from_slice(&values[..n]);
+                },
+            )?;
+            let parts: Vec<Range<usize>> = parts
+                .iter()
+                .map(|p| p.start * width..p.end * width)
+                .collect();
+            world
+                .all_gather(&mut scores, &parts)
+                .map_err(|e| FitError::Ranks(e.0))?;
+            count(0, &scores);
+        }
+    }
     let n = data.labels.len().max(1) as f64;
     Ok(Evaluation {
         loss: loss / n,
