@@ -16,7 +16,12 @@
 //! runs whole, on every rank, and computes exactly what one process would:
 //! its inputs are the same bits, and each work item's result does not
 //! depend on who runs it (the executor's contract, which already makes the
-//! result independent of the number of threads).
+//! result independent of the number of threads). A kernel gradient with
+//! enough arithmetic runs a share of its work items on each rank instead,
+//! and the ranks merge what they wrote ([`Collective::merge`]). A buffer
+//! that nothing touches between its last per-example kernel and the kernel
+//! that needs it whole starts its gather early, while the rank computes on
+//! ([`Collective::start_gather`]).
 //!
 //! So nothing is ever summed across ranks: no reduction order changes with
 //! the number of ranks, and the weights, the optimizer's state and
@@ -121,7 +126,8 @@ pub fn shares(batch: usize, ranks: usize) -> Vec<Range<usize>> {
 /// How a step of a data-parallel run runs on a rank.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// On the rank's batch items, when a buffer it takes is partial.
+    /// On the rank's batch items: a per-example kernel that reads a buffer
+    /// with the batch in it.
     PerExample,
     /// Whole, on every rank, once its inputs are whole.
     Whole,
@@ -182,7 +188,7 @@ pub struct Exchanged {
 }
 
 impl<'w> Sharding<'w> {
-    /// How each step of `plan` runs on `ranks` ranks, in words for
+    /// How each step of the plan runs on this rank, in words for
     /// profiles: `per example`, `split` or `whole`.
     pub fn modes(&self) -> Vec<&'static str> {
         self.steps
@@ -252,16 +258,11 @@ impl<'w> Sharding<'w> {
             pending: Vec::new(),
             exchanged: Exchanged::default(),
         };
-        sharding.start(plan);
-        Ok(sharding)
-    }
-
-    /// Starts a new run: only the input is partial.
-    pub fn start(&mut self, plan: &KernelPlan) {
-        self.exchanged = Exchanged::default();
-        for (partial, buffer) in self.partial.iter_mut().zip(&plan.buffers) {
+        // At the start only the input is partial.
+        for (partial, buffer) in sharding.partial.iter_mut().zip(&plan.buffers) {
             *partial = buffer.role == Role::Input;
         }
+        Ok(sharding)
     }
 
     /// This rank's batch items.
