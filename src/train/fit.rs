@@ -29,9 +29,10 @@ use crate::CompileError;
 /// Why training stopped with an error.
 #[derive(Debug, Error)]
 pub enum FitError {
-    /// The ranks of a data-parallel run could not agree (another rank
-    /// stopped, or MPI failed).
-    #[error("the ranks of this data-parallel run could not agree whether to stop: {0}")]
+    /// The ranks of a data-parallel run could not exchange what they
+    /// share (whether to stop, the evaluation's scores): another rank
+    /// stopped, or MPI failed.
+    #[error("the ranks of this data-parallel run could not exchange results: {0}")]
     Ranks(String),
     /// A training step failed (a non-finite loss names its epoch and step).
     #[error("epoch {epoch}: {source}")]
