@@ -176,6 +176,32 @@ fn ctrl_c_during_validation_saves_the_epoch_and_resumes_bit_for_bit() {
 }
 
 #[test]
+fn sigterm_stops_training_as_ctrl_c_does_and_the_run_resumes_bit_for_bit() {
+    // What a job scheduler (and mpirun, on Ctrl-C) sends before it kills:
+    // the run stops after its step and saves, as on Ctrl-C.
+    let fixture = Fixture::new("sigterm", (7_200, 200, 64));
+    let reference = fixture.run("straight", &[]).output().expect("runs");
+    assert!(reference.status.success(), "{}", text(&reference.stderr));
+    let mut run = Watched::start(fixture.run("stopped", &[]));
+    run.wait_for("epoch 1/2 ");
+    run.signal(libc::SIGTERM);
+    let (status, stderr) = run.finish();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stopping after this step") && stderr.contains("interrupted"),
+        "{stderr}"
+    );
+    load_checkpoint(&fixture.dir.join("stopped"));
+    let resumed = fixture
+        .run("stopped", &["--resume"])
+        .output()
+        .expect("runs");
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert_same_weights(&fixture.dir.join("straight"), &fixture.dir.join("stopped"));
+    assert_eq!(test_line(&resumed.stdout), test_line(&reference.stdout));
+}
+
+#[test]
 fn ctrl_c_during_the_test_evaluation_quits_with_everything_saved() {
     let fixture = Fixture::new("testing", (640, 64, 9_000));
     let reference = fixture.run("straight", &[]).output().expect("runs");
