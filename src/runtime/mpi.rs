@@ -65,6 +65,24 @@ impl MpiWorld {
 }
 
 impl MpiWorld {
+    /// MPI's counts and offsets of `parts` of a buffer of `len` values,
+    /// once they are checked to split it among the ranks and to fit MPI's
+    /// `int`.
+    fn partition(
+        &self,
+        len: usize,
+        parts: &[Range<usize>],
+    ) -> Result<(Vec<i32>, Vec<i32>), CollectiveError> {
+        check_parts(len, parts, self.size)?;
+        count(len, "a buffer")?;
+        let counts = parts.iter().map(|p| count(p.len(), "a part"));
+        let displs = parts.iter().map(|p| count(p.start, "an offset"));
+        Ok((
+            counts.collect::<Result<_, _>>()?,
+            displs.collect::<Result<_, _>>()?,
+        ))
+    }
+
     /// Ends every rank of the job (`MPI_Abort`) with exit code `code`:
     /// for a failure on this rank that the others, waiting for its rows,
     /// cannot know of.
@@ -105,16 +123,7 @@ impl Collective for MpiWorld {
         values: &mut [f32],
         parts: &[Range<usize>],
     ) -> Result<(), CollectiveError> {
-        check_parts(values.len(), parts, self.size)?;
-        count(values.len(), "a buffer")?;
-        let counts = parts
-            .iter()
-            .map(|p| count(p.len(), "a part"))
-            .collect::<Result<Vec<i32>, _>>()?;
-        let displs = parts
-            .iter()
-            .map(|p| count(p.start, "an offset"))
-            .collect::<Result<Vec<i32>, _>>()?;
+        let (counts, displs) = self.partition(values.len(), parts)?;
         // MPI may not read and write the same memory: the own part goes
         // out from a copy, and comes back into place unchanged.
         let mut scratch = self.scratch.borrow_mut();
@@ -132,16 +141,7 @@ impl Collective for MpiWorld {
         len: usize,
         parts: &[Range<usize>],
     ) -> Result<u64, CollectiveError> {
-        check_parts(len, parts, self.size)?;
-        count(len, "a buffer")?;
-        let counts = parts
-            .iter()
-            .map(|p| count(p.len(), "a part"))
-            .collect::<Result<Vec<i32>, _>>()?;
-        let displs = parts
-            .iter()
-            .map(|p| count(p.start, "an offset"))
-            .collect::<Result<Vec<i32>, _>>()?;
+        let (counts, displs) = self.partition(len, parts)?;
         let own = &parts[self.rank];
         // SAFETY: the caller's contract: `len` valid values, which `own`
         // lies within (checked above).
