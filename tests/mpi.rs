@@ -223,6 +223,9 @@ fn ctrl_c_on_mpirun_stops_every_rank_after_a_step_and_the_run_resumes_exactly() 
     let dir = scratch("ctrl-c");
     let epochs = ["--epochs", "40"];
     let first_epoch = dir.join("stopped").join("small.history.csv");
+    // mpirun kills the ranks 1 s after it passes the signal on: the step
+    // and the checkpoint must fit in that (.ci/run runs these tests one at
+    // a time, so that a loaded machine does not stretch them).
     let job = started_until(train(&dir, 2, "stopped", &epochs), &first_epoch);
     // What a terminal's Ctrl-C sends mpirun (the ranks have process
     // groups of their own); mpirun passes it on as SIGTERM.
