@@ -79,8 +79,10 @@ impl Ranks {
     /// After every rank stopped at the same step on Ctrl-C, which mpirun
     /// passed on as SIGTERM: mpirun is ending the job and will not answer
     /// MPI's closing handshake, so rank 0 says why it stopped at once and
-    /// every rank ends without it (the checkpoint is saved by then).
-    /// Returns when this process trains alone.
+    /// every rank ends without it. No rank ends before rank 0 has saved
+    /// the checkpoint and said so: mpirun kills the whole job as soon as
+    /// one rank ends with a failure. Returns when this process trains
+    /// alone.
     pub fn stopped(&self, why: &Diagnostics) {
         #[cfg(feature = "mpi")]
         if let Ranks::Mpi(world) = self {
@@ -89,6 +91,9 @@ impl Ranks {
                     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
                 eprint!("{}", why.render(color));
             }
+            // A rank that cannot meet the others any more has nothing to
+            // wait for: it ends all the same.
+            let _ = world.barrier();
             // `exit` would run the MPI library's exit handlers, which wait
             // for mpirun's answer; stderr is unbuffered, the checkpoint
             // synced, and nothing else is left to flush.

@@ -95,6 +95,10 @@ pub trait Collective {
     fn merge(&self, values: &mut [f32]) -> Result<(), CollectiveError>;
     /// Whether any rank passed `true` (stopping together on Ctrl-C).
     fn any(&self, flag: bool) -> Result<bool, CollectiveError>;
+    /// Returns once every rank has called it.
+    fn barrier(&self) -> Result<(), CollectiveError> {
+        self.any(false).map(|_| ())
+    }
 }
 
 /// Checks that `parts` are one range of `len` values for each of `ranks`
