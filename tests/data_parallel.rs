@@ -353,10 +353,15 @@ fn ranks_fit_validate_and_test_as_one_process() {
         seed: 4,
         ..TrainConfig::default()
     };
-    let fit_as = |world: Option<&LocalWorld>, out: &str| -> Fitted {
-        let out = std::env::temp_dir().join(format!("cnnc-dp-fit-{out}-{}", std::process::id()));
+    // A fresh output folder, made before any rank starts: every rank of a
+    // run is given the same one, which only rank 0 writes.
+    let folder = |name: &str| {
+        let out = std::env::temp_dir().join(format!("cnnc-dp-fit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(&out).expect("out");
+        out
+    };
+    let fit_as = |world: Option<&LocalWorld>, out: std::path::PathBuf| -> Fitted {
         let options = FitOptions {
             world: world.map(|w| w as &dyn cnnc::runtime::parallel::Collective),
             threads: 1,
@@ -369,12 +374,17 @@ fn ranks_fit_validate_and_test_as_one_process() {
         };
         fit::fit(&model, &config, (&sets.0, &sets.1, &sets.2), options).expect("trains")
     };
-    let alone = fit_as(None, "alone");
-    let worlds = LocalWorld::new(3);
+    let alone = fit_as(None, folder("alone"));
+    let out = folder("ranks");
     let ranks: Vec<Fitted> = std::thread::scope(|scope| {
-        let handles: Vec<_> = worlds
-            .iter()
-            .map(|w| scope.spawn(|| fit_as(Some(w), "ranks")))
+        // Each rank owns its handle, so that a rank that fails leaves the
+        // world (the others fail too, rather than wait for it).
+        let handles: Vec<_> = LocalWorld::new(3)
+            .into_iter()
+            .map(|w| {
+                let (fit_as, out) = (&fit_as, out.clone());
+                scope.spawn(move || fit_as(Some(&w), out))
+            })
             .collect();
         handles
             .into_iter()
