@@ -17,8 +17,8 @@ use cnnc::codegen::contraction::winograd::{
     WinogradFilterGradient,
 };
 use cnnc::codegen::contraction::{
-    BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData, ConvBackwardFilter, ConvForward,
-    ConvShape, DenseShape, Epilogue, ForwardBuffers,
+    forward_splits_columns, BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData,
+    ConvBackwardFilter, ConvForward, ConvShape, DenseShape, Epilogue, ForwardBuffers,
 };
 use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand};
 use cnnc::codegen::{CodegenError, Jit};
@@ -855,11 +855,83 @@ fn few_rows_split_over_channels() {
         let refused = unsafe { kernel.run(&buffers, Some(&epilogue), &mut scratch, 0..3) };
         expect_malformed(refused, "epilogue");
     }
-    // Four rows run on the few-row product, which reads the weights in
-    // order: not split.
+    // Four rows (a 2x2 image) split over their channels where the few-row
+    // product runs on AVX-512's registers; elsewhere they stay one item,
+    // which reads the weights in order. Either way the plan fuses no
+    // epilogue into them, and any split gives the whole domain's result.
     let four = same_3x3([1, 2, 2, 5, 130], true);
+    assert!(forward_splits_columns(4, 130));
     let kernel = ConvForward::new("f", &four.shape).expect("valid");
-    assert!(!kernel.splits_columns());
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(
+        kernel.splits_columns(),
+        std::arch::is_x86_feature_detected!("avx512f")
+    );
+    let expected = four.reference(&four.x, &four.w, four.b.as_deref());
+    assert_close(&four.forward(None, Split::Uneven), &expected, &four.name());
+    if kernel.domain() > 1 {
+        forward_splits_are_bitwise_whole(&four, &kernel, &[0..1, 1..kernel.domain()]);
+    }
+}
+
+/// A Winograd forward pass of few rows (9 to 64) and many channels, whose
+/// tiles all fit one item, is split over its output channels as the GEMM's
+/// is: both tiles match the reference, the items of channels give bitwise
+/// the result of one call however they are split, they write every image
+/// (no items of images for a data-parallel rank), and an epilogue is
+/// refused. The input gradient keeps its items of tile rows.
+#[test]
+fn winograd_few_rows_split_over_channels() {
+    let same_3x3 = |sizes, bias| Case::new(sizes, [3, 3], [1, 1], [1, 1], Padding::Same, bias);
+    // A batch-1 layer of the seed CNN's size, narrower; twelve rows
+    // without a bias; channels that end in a partial vector.
+    let cases = [
+        same_3x3([1, 7, 7, 9, 136], true),
+        same_3x3([1, 3, 4, 5, 130], false),
+    ];
+    for case in &cases {
+        let y = case.reference(&case.x, &case.w, case.b.as_deref());
+        for tile in Tile::ALL {
+            let what = format!("{tile:?} of {}", case.name());
+            let conv = WinogradConv::new("v", &case.shape, tile, Direction::Forward).expect("3x3");
+            assert_eq!(conv.domain(), 2, "{what}");
+            assert_eq!(conv.kernel_reads(), 1, "{what}");
+            assert_eq!(conv.example_items(1, 0..1), None, "{what}");
+            let whole = case.winograd(tile, Direction::Forward, None, Split::Whole);
+            assert_within(&whole, &y, WINOGRAD_RELATIVE, &what);
+            let uneven = case.winograd(tile, Direction::Forward, None, Split::Uneven);
+            assert_eq!(bits(&uneven), bits(&whole), "{what}");
+            let data =
+                WinogradConv::new("d", &case.shape, tile, Direction::BackwardData).expect("3x3");
+            assert_eq!(data.kernel_reads(), data.domain(), "{what}");
+            let relu = Elementwise {
+                name: "relu".into(),
+                inputs: vec![Operand::Tensor],
+                exprs: vec![
+                    Expr::Load(0),
+                    Expr::Const(0.0),
+                    Expr::Binary(Binary::Max, 0, 1),
+                ],
+                outputs: vec![2],
+            };
+            let mut jit = Jit::new().expect("jit");
+            let compiled = jit.compile_elementwise(&relu).expect("compiles");
+            // SAFETY: the kernel has one input and one output, the product's.
+            let epilogue = unsafe { Epilogue::new(&compiled, &[], &[]) };
+            let u = vec![0.0; conv.lengths().1];
+            let mut out = vec![0.0; conv.lengths().2];
+            let buffers = WinogradBuffers {
+                input: case.x.as_ptr(),
+                kernel: u.as_ptr(),
+                bias: case.b.as_ref().map(|b| b.as_ptr()),
+                output: out.as_mut_ptr(),
+            };
+            let mut scratch = vec![0.0; conv.scratch_len()];
+            // SAFETY: rejected before it touches the buffers.
+            let refused = unsafe { conv.run(&buffers, Some(&epilogue), &mut scratch, 0..2) };
+            expect_malformed(refused, "epilogue");
+        }
+    }
 }
 
 /// A convolution with few taps and input channels (a first layer) is

@@ -62,12 +62,16 @@ const MIN_COLS_PER_ITEM: usize = 16;
 const MAX_COLS_PER_ITEM: usize = 256;
 /// How many items a domain aims for, so that threads balance.
 const TARGET_ITEMS: usize = 8;
-/// Forward products of at most this many rows (a small image at batch 1),
-/// but more than the few-row product takes, are split over their output
-/// channels rather than their rows: split over rows, every item read (and
-/// the GEMM packed) all of the weights. The few-row product streams the
-/// weights in order, and runs slower on blocks of their columns than on
-/// all of them on one thread (`docs/performance.md`).
+/// Forward products of at most this many rows (a small image at batch 1)
+/// are split over their output channels rather than their rows: split
+/// over rows, every item read (and the GEMM packed) all of the weights.
+/// Products of a few rows are one item otherwise, on one thread; split,
+/// each item streams its block of the weights through AVX-512's registers
+/// (`matmul::few_rows`), and two threads read them twice as fast as one
+/// (ResNet-34's batch-1 2x2 layers, `docs/performance.md`). Where the CPU
+/// has no AVX-512, the few-row product runs slower on blocks of columns
+/// than on all of them, and such a product stays one item (without an
+/// epilogue all the same, so that plans do not depend on the CPU).
 const COLUMN_SPLIT_ROWS: usize = 64;
 /// The fewest output channels of one item of a product split over its
 /// channels; wider layers are split in four (each item builds the whole
@@ -418,7 +422,7 @@ fn rows_per_item(rows: usize, scratch_cols: usize) -> usize {
 /// values is split over its channels ([`ConvForward`]'s column items),
 /// which take no epilogue: the fusion pass asks before it fuses one.
 pub fn forward_splits_columns(rows: usize, out_channels: usize) -> bool {
-    (FEW_ROWS + 1..=COLUMN_SPLIT_ROWS).contains(&rows) && out_channels >= 2 * COLUMNS_PER_ITEM
+    (1..=COLUMN_SPLIT_ROWS).contains(&rows) && out_channels >= 2 * COLUMNS_PER_ITEM
 }
 
 /// The pairs of connected positions per image when the forward pass
@@ -472,7 +476,9 @@ impl ConvForward {
     pub fn new(name: &str, shape: &ConvShape) -> Result<ConvForward, CodegenError> {
         let common = Common::new(name, shape)?;
         let g = &common.geometry;
-        let items = if forward_splits_columns(g.rows, shape.out_channels) {
+        let columns = forward_splits_columns(g.rows, shape.out_channels)
+            && (g.rows > FEW_ROWS || direct::available());
+        let items = if columns {
             let quarter = (shape.out_channels / 4).next_multiple_of(16);
             ForwardItems::Columns(quarter.max(COLUMNS_PER_ITEM))
         } else {

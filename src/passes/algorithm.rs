@@ -166,7 +166,7 @@ fn cheapest(shape: &ConvShape, direction: Direction, once: bool) -> Option<(Tile
                 _ => {
                     let conv = WinogradConv::new("cost", shape, tile, direction).ok()?;
                     Items {
-                        count: conv.domain(),
+                        count: conv.kernel_reads(),
                         small: conv.has_small_items(),
                     }
                 }
@@ -185,7 +185,8 @@ fn cheapest(shape: &ConvShape, direction: Direction, once: bool) -> Option<(Tile
 /// gradient), as far as the cost model is concerned.
 #[derive(Debug, Clone, Copy)]
 struct Items {
-    /// How many there are, each reading the whole transformed kernel.
+    /// How many times they read the whole transformed kernel between
+    /// them ([`WinogradConv::kernel_reads`]), or add to its gradient.
     count: usize,
     /// Whether they multiply in registers
     /// ([`WinogradConv::has_small_items`]).

@@ -397,7 +397,9 @@ fn contraction(
             params.extend(bias.map(read));
             params.push(write(y));
             if let Some(e) = epilogue {
-                if algorithm == Algorithm::Gemm && forward_splits_columns(rows, channels) {
+                // Whatever the algorithm: a Winograd forward pass of so
+                // few rows may split over its channels too.
+                if forward_splits_columns(rows, channels) {
                     return Err(format!(
                         "an epilogue on a product of {rows} rows, which is split over its \
                          channels and finishes no whole row"

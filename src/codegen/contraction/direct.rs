@@ -186,11 +186,13 @@ const GRADIENT_RUN: usize = 7;
 /// Rows summed at once: `ROWS * VECTORS` accumulators, the right operand's
 /// vectors and a broadcast fit the 32 vector registers (the rows left over
 /// below it make one block of their own).
-const ROWS: usize = 6;
+pub(super) const ROWS: usize = 6;
 /// Vectors of 16 columns summed at once.
 const VECTORS: usize = 4;
 /// Columns per vector.
 const LANES: usize = 16;
+/// How many rows of the right operand ahead a product prefetches.
+const PREFETCH_ROWS: usize = 16;
 
 /// A product's operands.
 struct Operands<'a> {
@@ -205,11 +207,11 @@ struct Operands<'a> {
 mod avx512 {
     use std::arch::x86_64::{
         __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_mask_storeu_ps,
-        _mm512_maskz_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
+        _mm512_maskz_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm_prefetch, _MM_HINT_T0,
     };
     use std::ops::Range;
 
-    use super::{Operands, Start, Stretch, GRADIENT_RUN, LANES, ROWS, VECTORS};
+    use super::{Operands, Start, Stretch, GRADIENT_RUN, LANES, PREFETCH_ROWS, ROWS, VECTORS};
 
     /// [`super::product`].
     ///
@@ -283,6 +285,13 @@ mod avx512 {
             let first = start.wrapping_add(row * lhs.row_stride);
             for j in 0..lhs.run {
                 let w_row = o.rhs.wrapping_add((rhs_row + j) * o.stride + col);
+                // A row of the block some rows on (a block of a wide
+                // right operand is a strided stream the hardware does not
+                // fetch ahead; a prefetch never faults, whatever address).
+                let ahead = w_row.wrapping_add(PREFETCH_ROWS * o.stride);
+                for v in 0..V {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(v * LANES).cast());
+                }
                 // SAFETY: the row's columns of the block.
                 let w = unsafe { load_row(&masks, w_row) };
                 for (r, acc) in acc.iter_mut().enumerate() {

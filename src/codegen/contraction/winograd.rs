@@ -39,13 +39,15 @@ mod lanes;
 pub use self::gradient::{WinogradBackwardFilter, WinogradFilterGradient};
 
 use self::lanes::{
-    load_grid, load_tile, over_channels, transform_2d, ChannelBlock, FilterF2, FilterF4, InputF2,
-    InputF4, Lanes, OutputF2, OutputF4, Transform, Vectors,
+    load_grid, load_tile, over_channel_range, over_channels, transform_2d, ChannelBlock, FilterF2,
+    FilterF4, InputF2, InputF4, Lanes, OutputF2, OutputF4, Transform, Vectors,
 };
 use super::direct::{self, Start};
 use super::geometry::Geometry;
 use super::matmul::{matmul, Operand};
-use super::{scratch_for, Call, ConvShape, Epilogue, ForwardBuffers, ALIGN_FLOATS};
+use super::{
+    forward_splits_columns, scratch_for, Call, ConvShape, Epilogue, ForwardBuffers, ALIGN_FLOATS,
+};
 use crate::codegen::CodegenError;
 use crate::graph::AxisPadding;
 
@@ -582,6 +584,16 @@ pub struct WinogradConv {
     /// once per item and position, cost more than the product (the seed
     /// CNN's batch-1 conv3 took 0.136 ms that way, 0.09 ms direct).
     direct: bool,
+    /// Items of this many destination channels, every tile each, rather
+    /// than items of tile rows: a forward pass of few rows and many
+    /// channels (a batch-1 layer of a small image,
+    /// [`forward_splits_columns`], which the fusion pass gives no
+    /// epilogue) whose tiles all fit one direct item. Split over tile
+    /// rows, each item read the whole transformed kernel for half the
+    /// tiles, and those reads are what such a layer costs; split over
+    /// channels, each reads its share of it once, and every value it
+    /// loads feeds every tile. Each item transforms the whole source.
+    columns: Option<usize>,
     /// The CPU's widest lanes, for the transforms.
     vectors: Vectors,
 }
@@ -617,6 +629,15 @@ impl WinogradConv {
         if tile_rows.div_ceil(whole) >= 2 * TARGET_ITEMS {
             tile_rows_per_item = whole;
         }
+        let cout = plane.destination_channels;
+        let rows = plane.batch * plane.destination[0] * plane.destination[1];
+        let columns = (direction == Direction::Forward
+            && forward_splits_columns(rows, cout)
+            && tile_rows * tiles[1] < MIN_TILES)
+            .then(|| (cout / FEW_TILE_ITEMS).next_multiple_of(16));
+        if columns.is_some() {
+            tile_rows_per_item = tile_rows.max(1);
+        }
         Ok(WinogradConv {
             name: name.to_string(),
             plane,
@@ -626,20 +647,35 @@ impl WinogradConv {
             transformed_len,
             tile_rows_per_item,
             direct: tile_rows_per_item * tiles[1] < MIN_TILES && direct::available(),
+            columns,
             vectors: Vectors::detect(),
         })
     }
 
     /// The number of items.
     pub fn domain(&self) -> usize {
+        if let Some(columns) = self.columns {
+            return self.plane.destination_channels.div_ceil(columns);
+        }
         let tile_rows = self.plane.batch * self.plane.tiles(self.tile)[0];
         tile_rows.div_ceil(self.tile_rows_per_item)
     }
 
+    /// How many times the items read the whole transformed kernel between
+    /// them: once per item, or once in all for items of channels.
+    pub fn kernel_reads(&self) -> usize {
+        if self.columns.is_some() {
+            1
+        } else {
+            self.domain()
+        }
+    }
+
     /// The items that write the destination rows of images `examples` of
-    /// a batch of `batch` ([`crate::codegen::program::Kernel::example_items`]).
+    /// a batch of `batch` ([`crate::codegen::program::Kernel::example_items`]);
+    /// `None` for items of channels, which each write every image.
     pub fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
-        if batch != self.plane.batch || examples.end > batch {
+        if batch != self.plane.batch || examples.end > batch || self.columns.is_some() {
             return None;
         }
         let per_example = self.plane.tiles(self.tile)[0];
@@ -656,11 +692,13 @@ impl WinogradConv {
         if !self.direct {
             return None;
         }
-        Some(match (self.direction, self.tile) {
-            (Direction::BackwardData, Tile::F2) => "backward-data, winograd F(2x2,3x3), direct",
-            (Direction::BackwardData, Tile::F4) => "backward-data, winograd F(4x4,3x3), direct",
-            (_, Tile::F2) => "forward, winograd F(2x2,3x3), direct",
-            (_, Tile::F4) => "forward, winograd F(4x4,3x3), direct",
+        Some(match (self.direction, self.tile, self.columns.is_some()) {
+            (Direction::BackwardData, Tile::F2, _) => "backward-data, winograd F(2x2,3x3), direct",
+            (Direction::BackwardData, Tile::F4, _) => "backward-data, winograd F(4x4,3x3), direct",
+            (_, Tile::F2, false) => "forward, winograd F(2x2,3x3), direct",
+            (_, Tile::F4, false) => "forward, winograd F(4x4,3x3), direct",
+            (_, Tile::F2, true) => "forward, winograd F(2x2,3x3), direct by channels",
+            (_, Tile::F4, true) => "forward, winograd F(4x4,3x3), direct by channels",
         })
     }
 
@@ -724,6 +762,12 @@ impl WinogradConv {
             scratch_len: self.scratch_len(),
         };
         let scratch = call.check(&items, scratch)?;
+        if epilogue.is_some() && self.columns.is_some() {
+            return Err(CodegenError::Malformed {
+                kernel: self.name.clone(),
+                message: "its items are blocks of output channels, which take no epilogue".into(),
+            });
+        }
         for item in items {
             // SAFETY: the caller's contract, passed on.
             unsafe { self.item(buffers, epilogue, scratch, item) };
@@ -748,8 +792,20 @@ impl WinogradConv {
     /// The tile rows of item `item`, counted over the batch.
     fn tile_rows(&self, item: usize) -> Range<usize> {
         let total = self.plane.batch * self.plane.tiles(self.tile)[0];
+        if self.columns.is_some() {
+            return 0..total;
+        }
         (item * self.tile_rows_per_item).min(total)
             ..((item + 1) * self.tile_rows_per_item).min(total)
+    }
+
+    /// The destination channels of item `item`.
+    fn channels(&self, item: usize) -> Range<usize> {
+        let cout = self.plane.destination_channels;
+        match self.columns {
+            Some(columns) => (item * columns).min(cout)..((item + 1) * columns).min(cout),
+            None => 0..cout,
+        }
     }
 
     /// The destination rows (NHWC positions) of tile row `tile_row`.
@@ -783,6 +839,7 @@ impl WinogradConv {
         let source = unsafe { std::slice::from_raw_parts(buffers.input, p.source_len()) };
         self.transform_input(source, tile_rows.clone(), v);
         let (cin, cout) = (p.source_channels, p.destination_channels);
+        let channels = self.channels(item);
         for point in 0..self.tile.points() {
             let lhs = v[point * tiles * cin..].as_ptr();
             let rhs = buffers.kernel.wrapping_add(point * cin * cout);
@@ -797,8 +854,10 @@ impl WinogradConv {
                 // SAFETY: `direct` is set only where the product is
                 // available; `lhs` holds `tiles` rows of `cin` f32s, `rhs`
                 // `cin` rows of `cout`, and `dst`, this item's scratch,
-                // `tiles` rows of `cout`.
-                unsafe { direct::product(tiles, 0..cout, dst, cout, lines, rhs, Start::Zero) };
+                // `tiles` rows of `cout`, of which the item writes `channels`.
+                unsafe {
+                    direct::product(tiles, channels.clone(), dst, cout, lines, rhs, Start::Zero)
+                };
                 continue;
             }
             // SAFETY: the operands address this position's block of the
@@ -806,11 +865,11 @@ impl WinogradConv {
             // products' block is this item's scratch.
             unsafe {
                 matmul(
-                    (tiles, cout, cin),
-                    dst,
+                    (tiles, channels.len(), cin),
+                    dst.add(channels.start),
                     cout,
                     Operand::rows(lhs, cin),
-                    Operand::rows(rhs, cout),
+                    Operand::rows(rhs.wrapping_add(channels.start), cout),
                     false,
                 )
             };
@@ -828,7 +887,7 @@ impl WinogradConv {
                 buffers.bias.map(|b| std::slice::from_raw_parts(b, cout)),
             )
         };
-        self.transform_output(m, tile_rows, tiles, bias, destination);
+        self.transform_output(m, tile_rows, tiles, bias, channels, destination);
         if let Some(epilogue) = epilogue {
             // SAFETY: the destination holds `rows.end * cout` f32s; the rest
             // is the caller's contract.
@@ -860,21 +919,21 @@ impl WinogradConv {
         }
     }
 
-    /// `Y = Aᵀ M A` (plus the bias) for the tiles of `tile_rows`, into the
-    /// destination rows of those tile rows (`destination` starts at the
-    /// first of them); the tile's outputs past the image's edge are
-    /// dropped.
+    /// `Y = Aᵀ M A` (plus the bias) for the tiles of `tile_rows`, into
+    /// `channels` of the destination rows of those tile rows
+    /// (`destination` starts at the first of them); the tile's outputs
+    /// past the image's edge are dropped.
     fn transform_output(
         &self,
         products: &[f32],
         tile_rows: Range<usize>,
         tiles: usize,
         bias: Option<&[f32]>,
+        channels: Range<usize>,
         destination: &mut [f32],
     ) {
         let p = &self.plane;
         let tiles_across = p.tiles(self.tile)[1];
-        let cout = p.destination_channels;
         let first_row = self.destination_rows(tile_rows.start).start;
         for (t, (tile_row, tx)) in tile_rows
             .flat_map(|r| (0..tiles_across).map(move |tx| (r, tx)))
@@ -890,7 +949,7 @@ impl WinogradConv {
                 bias,
                 destination: &mut *destination,
             };
-            over_channels(&mut block, cout, self.vectors);
+            over_channel_range(&mut block, channels.clone(), self.vectors);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! multiply-adds), so their results are bitwise the same.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 /// Values of consecutive channels, operated on together.
 pub(super) trait Lanes: Copy {
@@ -209,6 +210,31 @@ pub(super) fn over_channels<B: ChannelBlock>(block: &mut B, channels: usize, vec
     for c in first..channels {
         block.run::<One>(c);
     }
+}
+
+/// Runs `block` on channels `channels`, as [`over_channels`] runs it from
+/// channel 0 (the same operations on each channel, whatever the start).
+pub(super) fn over_channel_range<B: ChannelBlock>(
+    block: &mut B,
+    channels: Range<usize>,
+    vectors: Vectors,
+) {
+    /// `block` with channel 0 at `first`.
+    struct From<'b, B> {
+        block: &'b mut B,
+        first: usize,
+    }
+    impl<B: ChannelBlock> ChannelBlock for From<'_, B> {
+        #[inline(always)]
+        fn run<V: Lanes>(&mut self, c: usize) {
+            self.block.run::<V>(self.first + c);
+        }
+    }
+    let mut from = From {
+        block,
+        first: channels.start,
+    };
+    over_channels(&mut from, channels.len(), vectors);
 }
 
 /// The whole blocks of sixteen channels of [`over_channels`], then those
