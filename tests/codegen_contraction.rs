@@ -21,7 +21,7 @@ use cnnc::codegen::contraction::{
     ConvBackwardFilter, ConvForward, ConvShape, DenseShape, Epilogue, ForwardBuffers,
 };
 use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand};
-use cnnc::codegen::{CodegenError, Jit};
+use cnnc::codegen::{CodegenError, CompiledKernel, Jit};
 use cnnc::graph::{AxisPadding, Padding};
 use cnnc::ops::{output_size, same_padding};
 use ndarray::{ArrayD, IxDyn};
@@ -817,6 +817,24 @@ fn epilogue_fuses_bias_residual_and_relu() {
     }
 }
 
+/// A ReLU epilogue kernel (one input and one output, the product's), with
+/// the JIT that holds its code (bound first, so that it outlives the kernel).
+fn relu() -> (Jit, CompiledKernel) {
+    let relu = Elementwise {
+        name: "relu".into(),
+        inputs: vec![Operand::Tensor],
+        exprs: vec![
+            Expr::Load(0),
+            Expr::Const(0.0),
+            Expr::Binary(Binary::Max, 0, 1),
+        ],
+        outputs: vec![2],
+    };
+    let mut jit = Jit::new().expect("jit");
+    let compiled = jit.compile_elementwise(&relu).expect("compiles");
+    (jit, compiled)
+}
+
 /// A product of few rows (9 to 64) is split over its output channels: each
 /// block of channels is computed by one item, any split of the items on threads
 /// gives bitwise the whole domain's result, and an epilogue is refused.
@@ -834,18 +852,7 @@ fn few_rows_split_over_channels() {
         assert!(kernel.splits_columns(), "{}", case.name());
         assert_eq!(kernel.domain(), 3, "{}", case.name());
         forward_splits_are_bitwise_whole(case, &kernel, &[0..1, 1..3]);
-        let relu = Elementwise {
-            name: "relu".into(),
-            inputs: vec![Operand::Tensor],
-            exprs: vec![
-                Expr::Load(0),
-                Expr::Const(0.0),
-                Expr::Binary(Binary::Max, 0, 1),
-            ],
-            outputs: vec![2],
-        };
-        let mut jit = Jit::new().expect("jit");
-        let compiled = jit.compile_elementwise(&relu).expect("compiles");
+        let (_jit, compiled) = relu();
         // SAFETY: the kernel has one input and one output, the product's.
         let epilogue = unsafe { Epilogue::new(&compiled, &[], &[]) };
         let mut scratch = vec![0.0; kernel.scratch_len()];
@@ -904,18 +911,7 @@ fn winograd_few_rows_split_over_channels() {
             let data =
                 WinogradConv::new("d", &case.shape, tile, Direction::BackwardData).expect("3x3");
             assert_eq!(data.kernel_reads(), data.domain(), "{what}");
-            let relu = Elementwise {
-                name: "relu".into(),
-                inputs: vec![Operand::Tensor],
-                exprs: vec![
-                    Expr::Load(0),
-                    Expr::Const(0.0),
-                    Expr::Binary(Binary::Max, 0, 1),
-                ],
-                outputs: vec![2],
-            };
-            let mut jit = Jit::new().expect("jit");
-            let compiled = jit.compile_elementwise(&relu).expect("compiles");
+            let (_jit, compiled) = relu();
             // SAFETY: the kernel has one input and one output, the product's.
             let epilogue = unsafe { Epilogue::new(&compiled, &[], &[]) };
             let u = vec![0.0; conv.lengths().1];
