@@ -835,12 +835,17 @@ fn relu() -> (Jit, CompiledKernel) {
     (jit, compiled)
 }
 
-/// A product of few rows (9 to 64) is split over its output channels: each
+/// A 3x3 stride-1 `same` convolution of `sizes` (batch, height, width,
+/// input and output channels).
+fn same_3x3(sizes: [usize; 5], bias: bool) -> Case {
+    Case::new(sizes, [3, 3], [1, 1], [1, 1], Padding::Same, bias)
+}
+
+/// A product of few rows (1 to 64) is split over its output channels: each
 /// block of channels is computed by one item, any split of the items on threads
 /// gives bitwise the whole domain's result, and an epilogue is refused.
 #[test]
 fn few_rows_split_over_channels() {
-    let same_3x3 = |sizes, bias| Case::new(sizes, [3, 3], [1, 1], [1, 1], Padding::Same, bias);
     let cases = [
         same_3x3([1, 7, 7, 9, 136], true),
         // Twelve rows, no bias.
@@ -881,7 +886,7 @@ fn few_rows_split_over_channels() {
     }
 }
 
-/// A Winograd forward pass of few rows (9 to 64) and many channels, whose
+/// A Winograd forward pass of few rows (1 to 64) and many channels, whose
 /// tiles all fit one item, is split over its output channels as the GEMM's
 /// is: both tiles match the reference, the items of channels give bitwise
 /// the result of one call however they are split, they write every image
@@ -889,7 +894,6 @@ fn few_rows_split_over_channels() {
 /// refused. The input gradient keeps its items of tile rows.
 #[test]
 fn winograd_few_rows_split_over_channels() {
-    let same_3x3 = |sizes, bias| Case::new(sizes, [3, 3], [1, 1], [1, 1], Padding::Same, bias);
     // A batch-1 layer of the seed CNN's size, narrower; twelve rows
     // without a bias; channels that end in a partial vector.
     let cases = [
