@@ -682,6 +682,50 @@ fn winograd_matches_the_reference_and_the_vjp() {
     }
 }
 
+/// Batch-1 Winograd kernels whose products run direct read the transformed
+/// kernel in panels of 64 columns, which the kernel's transform writes so:
+/// several panels with a narrower last one, in both directions, items of
+/// tile rows and items of channels that start at a whole panel; items of
+/// channels that do not keep the row-major layout. Each against the
+/// reference and the explicit VJP, and split unevenly bitwise as whole.
+#[test]
+fn winograd_kernels_read_in_panels() {
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = false;
+    // (case, whether the forward pass reads panels, whether the input
+    // gradient does) where the CPU has AVX-512: 100 output channels in
+    // items of tile rows (panels of 64 and 36); 100 input channels for the
+    // input gradient; 256 channels in items of 128; 200 in items of 112,
+    // which stay row-major.
+    let cases = [
+        (same_3x3([1, 14, 14, 9, 100], true), true, true),
+        (same_3x3([1, 7, 7, 100, 9], false), true, true),
+        (same_3x3([1, 3, 3, 5, 256], true), true, true),
+        (same_3x3([1, 3, 3, 5, 200], false), false, true),
+    ];
+    for (case, forward_panels, data_panels) in &cases {
+        let y = case.reference(&case.x, &case.w, case.b.as_deref());
+        let (dx, _, _) = case.vjp();
+        for tile in Tile::ALL {
+            let what = |pass: &str| format!("{pass} {tile:?} of {}", case.name());
+            for (direction, panels, expected) in [
+                (Direction::Forward, *forward_panels, &y),
+                (Direction::BackwardData, *data_panels, &dx),
+            ] {
+                let pass = what(&format!("{direction:?}"));
+                let conv = WinogradConv::new("v", &case.shape, tile, direction).expect("3x3");
+                assert_eq!(conv.reads_panels(), panels && avx512, "{pass}");
+                let whole = case.winograd(tile, direction, None, Split::Whole);
+                assert_within(&whole, expected, WINOGRAD_RELATIVE, &pass);
+                let uneven = case.winograd(tile, direction, None, Split::Uneven);
+                assert_eq!(bits(&uneven), bits(&whole), "{pass}");
+            }
+        }
+    }
+}
+
 /// `<dy, conv(v, w)> = <dx, v>` and `<dy, conv(x, v)> = <dw, v>` for random
 /// `v`, with `conv` the reference forward: the gradients are the adjoints
 /// of the reference, not just of the explicit VJP above.

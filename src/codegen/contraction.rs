@@ -715,7 +715,7 @@ impl ConvForward {
                     buffers.output.add(row * cout),
                     cout,
                     lhs,
-                    buffers.kernel,
+                    direct::Right::Rows(buffers.kernel),
                     start,
                 )
             };

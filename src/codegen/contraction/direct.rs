@@ -68,8 +68,51 @@ pub(super) enum Start {
     Row(*const f32),
 }
 
+/// How the right operand of a [`product`] lies in memory.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Right {
+    /// Row-major, its rows as far apart as the destination's.
+    Rows(*const f32),
+    /// In panels of [`PANEL`] columns (the last one narrower when the
+    /// columns are not a multiple of it): each panel's `depth` rows lie
+    /// one after the other, panel `p` from `first + p * PANEL * depth`. A
+    /// block of columns is then one contiguous run, where rows of a wide
+    /// row-major operand fall on a fraction of L1's sets and are read
+    /// again from L2 for every block of rows (`benches/direct_stride.c`).
+    Panels {
+        first: *const f32,
+        depth: usize,
+        columns: usize,
+    },
+}
+
+/// The columns of a panel of [`Right::Panels`]: a block of the product's.
+pub(super) const PANEL: usize = VECTORS * LANES;
+
+impl Right {
+    /// Where row 0 of the block of columns from `col` starts, and how far
+    /// apart its rows are, for a product whose destination rows are
+    /// `stride` apart. For panels, `col` is a multiple of [`PANEL`].
+    #[inline(always)]
+    fn block(self, col: usize, stride: usize) -> (*const f32, usize) {
+        match self {
+            Right::Rows(first) => (first.wrapping_add(col), stride),
+            Right::Panels {
+                first,
+                depth,
+                columns,
+            } => (
+                first.wrapping_add(col * depth),
+                columns.saturating_sub(col).min(PANEL),
+            ),
+        }
+    }
+}
+
 /// `dst[i][j] = start[j] + Σ lhs[i][p] · rhs[p][j]` for `i` in `0..m`, `j`
-/// in `columns`: `dst` and `rhs` row-major with rows `stride` apart.
+/// in `columns`: `dst` row-major with rows `stride` apart, `rhs` as
+/// [`Right`] says (for panels, `columns` starts at a multiple of
+/// [`PANEL`]).
 ///
 /// Blocks of up to [`ROWS`] rows by up to [`VECTORS`] vectors of 16
 /// columns are summed in registers; each element sums its products in
@@ -80,7 +123,7 @@ pub(super) enum Start {
 /// # Safety
 /// [`available`] is true. Every element the shapes address lies in a live
 /// allocation: `lhs`'s runs for rows `0..m`, `rhs`'s rows `starts[l].1 ..
-/// starts[l].1 + run` and `start`'s row at `columns`, `dst`'s `m` rows at
+/// starts[l].1 + run` at `columns`, `start`'s row at `columns`, `dst`'s `m` rows at
 /// `columns`; `dst` overlaps none of them, and no other thread accesses
 /// that part of `dst` during the call.
 #[cfg(target_arch = "x86_64")]
@@ -90,9 +133,15 @@ pub(super) unsafe fn product(
     dst: *mut f32,
     stride: usize,
     lhs: Lines,
-    rhs: *const f32,
+    rhs: Right,
     start: Start,
 ) {
+    if let Right::Panels { .. } = rhs {
+        debug_assert!(
+            columns.start.is_multiple_of(PANEL),
+            "panels from {columns:?}"
+        );
+    }
     let operands = Operands {
         dst,
         stride,
@@ -116,7 +165,7 @@ pub(super) unsafe fn product(
     _dst: *mut f32,
     _stride: usize,
     _lhs: Lines,
-    _rhs: *const f32,
+    _rhs: Right,
     _start: Start,
 ) {
     unreachable!("the direct product needs AVX-512")
@@ -199,7 +248,7 @@ struct Operands<'a> {
     dst: *mut f32,
     stride: usize,
     lhs: Lines<'a>,
-    rhs: *const f32,
+    rhs: Right,
     start: Start,
 }
 
@@ -281,14 +330,15 @@ mod avx512 {
         let masks = masks::<V>(cols);
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         let lhs = o.lhs;
+        let (rhs, rhs_stride) = o.rhs.block(col, o.stride);
         for &(start, rhs_row) in lhs.starts {
             let first = start.wrapping_add(row * lhs.row_stride);
             for j in 0..lhs.run {
-                let w_row = o.rhs.wrapping_add((rhs_row + j) * o.stride + col);
+                let w_row = rhs.wrapping_add((rhs_row + j) * rhs_stride);
                 // A row of the block some rows on (a block of a wide
                 // right operand is a strided stream the hardware does not
                 // fetch ahead; a prefetch never faults, whatever address).
-                let ahead = w_row.wrapping_add(PREFETCH_ROWS * o.stride);
+                let ahead = w_row.wrapping_add(PREFETCH_ROWS * rhs_stride);
                 for v in 0..V {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(v * LANES).cast());
                 }

@@ -296,7 +296,7 @@ unsafe fn few_rows(
                 dst.ptr.cast_mut(),
                 dst.row_stride,
                 lines,
-                rhs.ptr,
+                direct::Right::Rows(rhs.ptr),
                 Start::Zero,
             )
         };

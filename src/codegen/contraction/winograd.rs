@@ -337,6 +337,10 @@ fn transformed_len(name: &str, plane: &Plane, tile: Tile) -> Result<usize, Codeg
 pub struct WinogradFilter {
     sizes: TransformSizes,
     direction: Direction,
+    /// Whether each position's block is laid out in panels of columns
+    /// ([`direct::Right::Panels`]), as the convolution that reads it
+    /// multiplies ([`WinogradConv::reads_panels`]).
+    panels: bool,
 }
 
 /// What both transforms of a layer's kernel ([`WinogradFilter`] and
@@ -407,6 +411,7 @@ impl WinogradFilter {
         Ok(WinogradFilter {
             sizes: TransformSizes::new(name, shape, tile, direction)?,
             direction,
+            panels: WinogradConv::new(name, shape, tile, direction)?.panels,
         })
     }
 
@@ -520,11 +525,21 @@ impl WinogradFilter {
             }
         }
         let columns = transform_2d::<V, F, 3, K>(g);
+        // Where row `r`, channel `c` of a position's block lies in it: its
+        // panel of columns holds `rows` rows of the panel's width.
+        let in_block = if self.panels {
+            let panel = c / direct::PANEL * direct::PANEL;
+            panel * rows + r * (cols - panel).min(direct::PANEL) + (c - panel)
+        } else {
+            r * cols + c
+        };
         for i in 0..K {
             for (j, column) in columns.iter().enumerate() {
-                let at = ((i * K + j) * rows + r) * cols + c;
+                let at = (i * K + j) * rows * cols + in_block;
                 // SAFETY: row `r` of every position belongs to this item
-                // alone, and `at + V::WIDTH <= transformed_len`.
+                // alone, and `at + V::WIDTH <= transformed_len` (a vector
+                // of channels never crosses a panel: they are whole
+                // vectors of the widest lanes).
                 let out = unsafe { std::slice::from_raw_parts_mut(transformed.add(at), V::WIDTH) };
                 column[i].store(out);
             }
@@ -594,6 +609,11 @@ pub struct WinogradConv {
     /// channels, each reads its share of it once, and every value it
     /// loads feeds every tile. Each item transforms the whole source.
     columns: Option<usize>,
+    /// Whether the direct products read the transformed kernel in panels
+    /// of columns ([`direct::Right::Panels`]), which [`WinogradFilter`]
+    /// writes then: where they run direct, and items of channels start at
+    /// a whole panel.
+    panels: bool,
     /// The CPU's widest lanes, for the transforms.
     vectors: Vectors,
 }
@@ -638,6 +658,7 @@ impl WinogradConv {
         if columns.is_some() {
             tile_rows_per_item = tile_rows.max(1);
         }
+        let direct = tile_rows_per_item * tiles[1] < MIN_TILES && direct::available();
         Ok(WinogradConv {
             name: name.to_string(),
             plane,
@@ -646,8 +667,9 @@ impl WinogradConv {
             bias: shape.bias && direction == Direction::Forward,
             transformed_len,
             tile_rows_per_item,
-            direct: tile_rows_per_item * tiles[1] < MIN_TILES && direct::available(),
+            direct,
             columns,
+            panels: direct && columns.is_none_or(|c| c.is_multiple_of(direct::PANEL)),
             vectors: Vectors::detect(),
         })
     }
@@ -721,6 +743,14 @@ impl WinogradConv {
     /// Whether the kernel adds a bias (and so takes a bias buffer).
     pub fn has_bias(&self) -> bool {
         self.bias
+    }
+
+    /// Whether it reads the transformed kernel in panels of columns
+    /// ([`direct::Right::Panels`]): its products run direct, and each item
+    /// starts at a whole panel. [`WinogradFilter`] writes what it reads;
+    /// the transformed kernel's length is the same either way.
+    pub fn reads_panels(&self) -> bool {
+        self.panels
     }
 
     /// The lengths in f32s of the source, the transformed kernel and the
@@ -845,6 +875,14 @@ impl WinogradConv {
             let rhs = buffers.kernel.wrapping_add(point * cin * cout);
             let dst = m[point * tiles * cout..].as_mut_ptr();
             if self.direct {
+                let right = match self.panels {
+                    true => direct::Right::Panels {
+                        first: rhs,
+                        depth: cin,
+                        columns: cout,
+                    },
+                    false => direct::Right::Rows(rhs),
+                };
                 let starts = [(lhs, 0)];
                 let lines = direct::Lines {
                     starts: &starts,
@@ -853,10 +891,20 @@ impl WinogradConv {
                 };
                 // SAFETY: `direct` is set only where the product is
                 // available; `lhs` holds `tiles` rows of `cin` f32s, `rhs`
-                // `cin` rows of `cout`, and `dst`, this item's scratch,
-                // `tiles` rows of `cout`, of which the item writes `channels`.
+                // `cin` rows of `cout` (in panels where `panels` is set,
+                // and then `channels` starts at a whole panel), and `dst`,
+                // this item's scratch, `tiles` rows of `cout`, of which
+                // the item writes `channels`.
                 unsafe {
-                    direct::product(tiles, channels.clone(), dst, cout, lines, rhs, Start::Zero)
+                    direct::product(
+                        tiles,
+                        channels.clone(),
+                        dst,
+                        cout,
+                        lines,
+                        right,
+                        Start::Zero,
+                    )
                 };
                 continue;
             }
