@@ -1309,6 +1309,69 @@ fn winograd_any_split_is_bitwise_identical() {
     }
 }
 
+/// The kernel gradient's items each own a group of rows of the transformed
+/// positions (by default half of them, so that each transforms every tile
+/// twice rather than once per row): any grouping, split unevenly over
+/// threads, gives bitwise what items of one row give, in one chunk of
+/// tiles and in several, with and without a bias.
+#[test]
+fn winograd_kernel_gradient_rows_group_bitwise() {
+    for bias in [true, false] {
+        let case = Case::new(
+            [5, 13, 11, 21, 35],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            Padding::Same,
+            bias,
+        );
+        for tile in Tile::ALL {
+            for chunk in [None, Some(7)] {
+                let run = |rows: Option<usize>| {
+                    let mut product =
+                        WinogradBackwardFilter::new("dw", &case.shape, tile).expect("3x3");
+                    if let Some(tiles) = chunk {
+                        product = product.with_chunk(tiles);
+                    }
+                    if let Some(rows) = rows {
+                        product = product.with_rows(rows);
+                    }
+                    let mut du = vec![f32::NAN; product.lengths().2];
+                    let mut db = vec![f32::NAN; case.shape.out_channels];
+                    let buffers = BackwardFilterBuffers {
+                        input: case.x.as_ptr(),
+                        output_grad: case.dy.as_ptr(),
+                        kernel_grad: du.as_mut_ptr(),
+                        bias_grad: bias.then_some(db.as_mut_ptr()),
+                    };
+                    in_threads(
+                        &uneven(product.domain()),
+                        product.scratch_len(),
+                        // SAFETY: the parts are disjoint, and the buffers
+                        // have the lengths the kernel reports.
+                        |items, scratch| unsafe {
+                            product.run(&buffers, scratch, items).expect("runs")
+                        },
+                    );
+                    (product.domain(), bits(&du), bits(&db))
+                };
+                let (domain, du, db) = run(Some(1));
+                assert_eq!(domain, tile.input() + usize::from(bias));
+                let (default_domain, ..) = run(None);
+                assert_eq!(default_domain, 2 + usize::from(bias), "{tile:?}");
+                for rows in (2..=tile.input()).map(Some).chain([None]) {
+                    let what = format!("{tile:?}, {rows:?} rows, chunk {chunk:?}, bias {bias}");
+                    let (_, grouped_du, grouped_db) = run(rows);
+                    assert_eq!(grouped_du, du, "dU: {what}");
+                    if bias {
+                        assert_eq!(grouped_db, db, "bias: {what}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn expect_malformed<T: std::fmt::Debug>(result: Result<T, CodegenError>, mentions: &str) {
     match result {
         Err(CodegenError::Malformed { message, .. }) => assert!(

@@ -15,7 +15,7 @@
 use std::ops::Range;
 
 use super::lanes::{
-    load_grid, load_tile, over_channels, transform_2d, transform_row, ChannelBlock, FilterGradF2,
+    load_grid, load_tile, over_channels, transform_2d, transform_rows, ChannelBlock, FilterGradF2,
     FilterGradF4, InputF2, InputF4, Lanes, OutputGradF2, OutputGradF4, Transform,
 };
 use super::{Direction, Tile, TransformSizes, SCRATCH_TARGET};
@@ -35,18 +35,26 @@ pub type WinogradGradientBuffers = BackwardFilterBuffers;
 /// fewer (two chunks of 33 rather than 64 and 1).
 const MIN_CHUNK_TILES: usize = 64;
 
+/// How many items the rows of the transformed positions are split into.
+/// Each item transforms its rows of every tile of the batch, and so reads
+/// the whole input and output gradient (from the last-level cache, for a
+/// batch of 32): six items of one row each (F(4x4)) read them six times,
+/// and the 2-D transforms' first pass, down the columns, ran once per row.
+/// Two items balance on two threads; see `docs/performance.md`.
+const ROW_ITEMS: usize = 2;
+
 /// The gradient of the transformed kernel, `dU[r][ξ][c] = Σ_t V[ξ][t][r] ·
 /// (A dY Aᵀ)[ξ][t][c]` over every tile `t` of the batch, and the bias
 /// gradient. `dU` keeps the positions of one input channel together (unlike
 /// the forward pass's `U[ξ][r][c]`), so that [`WinogradFilterGradient`]
 /// reads each input channel's `a² x out` block in one sequential sweep.
 ///
-/// Domain: the rows of the `a x a` transformed positions, then the bias
-/// gradient (when the layer has a bias). Item `i` writes `dU[ξ]` for the
-/// positions of row `i`: it transforms row `i` of every tile's input and
-/// output gradient, a chunk of tiles at a time, and adds each chunk's
-/// products to its rows in order, so the sums do not depend on how the
-/// domain is split.
+/// Domain: groups of rows of the `a x a` transformed positions, then the
+/// bias gradient (when the layer has a bias). Item `i` writes `dU[ξ]` for
+/// the positions of its rows: it transforms those rows of every tile's
+/// input and output gradient, a chunk of tiles at a time, and adds each
+/// chunk's products to its positions in order, so the sums depend neither
+/// on how the domain is split nor on how the rows are grouped.
 #[derive(Debug, Clone)]
 pub struct WinogradBackwardFilter {
     /// The layer's plane, the tile and the length of `dU`.
@@ -54,6 +62,8 @@ pub struct WinogradBackwardFilter {
     bias: bool,
     /// Tiles per chunk.
     chunk: usize,
+    /// Rows of transformed positions per item.
+    rows: usize,
 }
 
 impl WinogradBackwardFilter {
@@ -77,6 +87,7 @@ impl WinogradBackwardFilter {
             sizes,
             bias: shape.bias,
             chunk,
+            rows: tile.input().div_ceil(ROW_ITEMS),
         })
     }
 
@@ -88,9 +99,21 @@ impl WinogradBackwardFilter {
         self
     }
 
+    /// The same kernel with `rows` rows of transformed positions an item
+    /// (1 to `a`): bitwise the same results. For tests of the grouping.
+    pub fn with_rows(mut self, rows: usize) -> WinogradBackwardFilter {
+        self.rows = rows.clamp(1, self.sizes.tile.input());
+        self
+    }
+
+    /// The items that own rows of transformed positions.
+    fn row_items(&self) -> usize {
+        self.sizes.tile.input().div_ceil(self.rows)
+    }
+
     /// The number of items.
     pub fn domain(&self) -> usize {
-        self.sizes.tile.input() + usize::from(self.bias)
+        self.row_items() + usize::from(self.bias)
     }
 
     /// How many chunks of tiles each row's sums run over.
@@ -153,7 +176,7 @@ impl WinogradBackwardFilter {
         };
         for item in items {
             match buffers.bias_grad {
-                Some(bias_grad) if item == self.sizes.tile.input() => {
+                Some(bias_grad) if item == self.row_items() => {
                     let cout = p.destination_channels;
                     // SAFETY: the bias gradient holds `cout` f32s and
                     // belongs to this item alone.
@@ -161,37 +184,39 @@ impl WinogradBackwardFilter {
                     bias_gradient(output_grad, cout, bias_grad);
                 }
                 // SAFETY: the caller's contract, passed on.
-                _ => unsafe { self.row(input, output_grad, buffers.kernel_grad, scratch, item) },
+                _ => unsafe { self.rows(input, output_grad, buffers.kernel_grad, scratch, item) },
             }
         }
         Ok(())
     }
 
-    /// The f32s of the transformed input's and output gradient's rows for
-    /// `tiles` tiles, each rounded up to whole 64-byte lines.
+    /// The f32s of the transformed input's and output gradient's rows (an
+    /// item's) for `tiles` tiles, each rounded up to whole 64-byte lines.
     fn scratch_parts(&self, tiles: usize) -> (usize, usize) {
-        let a = self.sizes.tile.input();
+        let a = self.sizes.tile.input() * self.rows;
         let v = (a * tiles * self.sizes.plane.source_channels).next_multiple_of(ALIGN_FLOATS);
         let m = (a * tiles * self.sizes.plane.destination_channels).next_multiple_of(ALIGN_FLOATS);
         (v, m)
     }
 
-    /// Row `i` of `dU`: chunk by chunk, the rows of the transforms, then
-    /// one product per position of the row, added to the earlier chunks'.
+    /// The rows of `dU` that item `item` owns: chunk by chunk, those rows
+    /// of the transforms, then one product per position of the rows, added
+    /// to the earlier chunks'.
     ///
     /// # Safety
-    /// The contract of [`Self::run`], with `i < a`; `scratch` holds
-    /// `scratch_len() - ALIGN_FLOATS` f32s.
-    unsafe fn row(
+    /// The contract of [`Self::run`], with `item < row_items()`; `scratch`
+    /// holds `scratch_len() - ALIGN_FLOATS` f32s.
+    unsafe fn rows(
         &self,
         input: &[f32],
         output_grad: &[f32],
         transformed_grad: *mut f32,
         scratch: &mut [f32],
-        i: usize,
+        item: usize,
     ) {
         let p = &self.sizes.plane;
         let a = self.sizes.tile.input();
+        let rows = item * self.rows..((item + 1) * self.rows).min(a);
         let (cin, cout) = (p.source_channels, p.destination_channels);
         let total = p.tile_count(self.sizes.tile);
         for (n, first) in (0..total).step_by(self.chunk).enumerate() {
@@ -199,35 +224,40 @@ impl WinogradBackwardFilter {
             let count = tiles.len();
             let (v_len, _) = self.scratch_parts(count);
             let (v, m) = scratch.split_at_mut(v_len);
-            self.transform(input, &tiles, i, v, Side::Input);
-            self.transform(output_grad, &tiles, i, m, Side::OutputGrad);
-            for j in 0..a {
-                let lhs = Operand::transposed(v[j * count * cin..].as_ptr(), cin);
-                let rhs = Operand::rows(m[j * count * cout..].as_ptr(), cout);
-                // SAFETY: position `(i, j)` of `dU` (its `cin` rows of `cout`
-                // f32s, `a² * cout` apart) belongs to this item alone; the
-                // operands are this position's blocks of the scratch.
-                unsafe {
-                    matmul(
-                        (cin, cout, count),
-                        transformed_grad.add((i * a + j) * cout),
-                        a * a * cout,
-                        lhs,
-                        rhs,
-                        n > 0,
-                    )
-                };
+            self.transform(input, &tiles, &rows, v, Side::Input);
+            self.transform(output_grad, &tiles, &rows, m, Side::OutputGrad);
+            for (k, i) in rows.clone().enumerate() {
+                for j in 0..a {
+                    let at = k * a + j;
+                    let lhs = Operand::transposed(v[at * count * cin..].as_ptr(), cin);
+                    let rhs = Operand::rows(m[at * count * cout..].as_ptr(), cout);
+                    // SAFETY: position `(i, j)` of `dU` (its `cin` rows of
+                    // `cout` f32s, `a² * cout` apart) belongs to this item
+                    // alone; the operands are this position's blocks of the
+                    // scratch.
+                    unsafe {
+                        matmul(
+                            (cin, cout, count),
+                            transformed_grad.add((i * a + j) * cout),
+                            a * a * cout,
+                            lhs,
+                            rhs,
+                            n > 0,
+                        )
+                    };
+                }
             }
         }
     }
 
-    /// Row `i` of the transform of `side` for the tiles `tiles` (counted
-    /// over the batch), into `out[j][t][c]` (`t` counts the tiles from 0).
+    /// Rows `rows` of the transform of `side` for the tiles `tiles`
+    /// (counted over the batch), into `out[k][j][t][c]` (`k` counts the
+    /// rows and `t` the tiles from 0).
     fn transform(
         &self,
         values: &[f32],
         tiles: &Range<usize>,
-        i: usize,
+        rows: &Range<usize>,
         out: &mut [f32],
         side: Side,
     ) {
@@ -246,7 +276,7 @@ impl WinogradBackwardFilter {
                 output: p.output_pixels(self.sizes.tile, tile_row, tx, 0),
                 tile: self.sizes.tile,
                 side,
-                row: i,
+                rows: rows.clone(),
                 t,
                 tiles: tiles.len(),
                 channels,
@@ -275,7 +305,7 @@ struct RowBlock<'a> {
     output: [[Option<usize>; 4]; 4],
     tile: Tile,
     side: Side,
-    row: usize,
+    rows: Range<usize>,
     t: usize,
     tiles: usize,
     channels: usize,
@@ -294,30 +324,34 @@ impl ChannelBlock for RowBlock<'_> {
 }
 
 impl RowBlock<'_> {
-    /// Row `row` of `Bᵀ d B` for channels `c..c + V::WIDTH`.
+    /// Rows `rows` of `Bᵀ d B` for channels `c..c + V::WIDTH`.
     #[inline(always)]
     fn input<V: Lanes, F: Transform<A, A>, const A: usize>(&mut self, c: usize) {
         let d = load_tile::<V, A, 6>(self.values, &self.input, c);
-        let row = transform_row::<V, F, A, A>(self.row, &d);
-        self.store(&row, c);
+        let rows = transform_rows::<V, F, A, A>(self.rows.clone(), &d);
+        self.store(&rows, c);
     }
 
-    /// Row `row` of `A dY Aᵀ` for channels `c..c + V::WIDTH`.
+    /// Rows `rows` of `A dY Aᵀ` for channels `c..c + V::WIDTH`.
     #[inline(always)]
     fn output_grad<V: Lanes, F: Transform<M, A>, const M: usize, const A: usize>(
         &mut self,
         c: usize,
     ) {
         let dy = load_tile::<V, M, 4>(self.values, &self.output, c);
-        let row = transform_row::<V, F, M, A>(self.row, &dy);
-        self.store(&row, c);
+        let rows = transform_rows::<V, F, M, A>(self.rows.clone(), &dy);
+        self.store(&rows, c);
     }
 
-    /// Stores position `(row, j)` of the tile at `out[j][t][c..]`.
+    /// Stores position `(i, j)` of the tile, for each row `i` in `rows`, at
+    /// `out[k][j][t][c..]` (`k = i - rows.start`).
     #[inline(always)]
-    fn store<V: Lanes, const A: usize>(&mut self, row: &[V; A], c: usize) {
-        for (j, value) in row.iter().enumerate() {
-            value.store(&mut self.out[(j * self.tiles + self.t) * self.channels + c..]);
+    fn store<V: Lanes, const A: usize>(&mut self, rows: &[[V; A]; A], c: usize) {
+        for (k, row) in rows[self.rows.clone()].iter().enumerate() {
+            for (j, value) in row.iter().enumerate() {
+                let at = ((k * A + j) * self.tiles + self.t) * self.channels + c;
+                value.store(&mut self.out[at..]);
+            }
         }
     }
 }

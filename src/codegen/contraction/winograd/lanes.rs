@@ -348,38 +348,24 @@ pub(super) fn load_grid<V: Lanes, const A: usize>(
     unsafe { grid.as_ptr().cast::<[[V; A]; A]>().read() }
 }
 
-/// Row `i` of `T d Tᵀ` for the matrix `T` of `F` (`K x N`): what one work
-/// item of the kernel gradient needs, each item owning one row of the
-/// transformed positions. The row index becomes a constant, so that the
-/// first pass computes only the one output of each column it keeps.
+/// Rows `rows` of `T d Tᵀ` for the matrix `T` of `F` (`K x N`), the others
+/// zero: what one work item of the kernel gradient needs, each item owning
+/// some rows of the transformed positions. The transform down each column
+/// runs once for all of them, then one along each row; a row's bits do not
+/// depend on which other rows are computed with it. (It returns the rows
+/// rather than passing each to a closure: a closure would not inherit the
+/// caller's target features.)
 #[inline(always)]
-pub(super) fn transform_row<V: Lanes, F: Transform<N, K>, const N: usize, const K: usize>(
-    i: usize,
+pub(super) fn transform_rows<V: Lanes, F: Transform<N, K>, const N: usize, const K: usize>(
+    rows: Range<usize>,
     d: &[[V; N]; N],
-) -> [V; K] {
-    match i {
-        0 => row_at::<V, F, N, K, 0>(d),
-        1 => row_at::<V, F, N, K, 1>(d),
-        2 => row_at::<V, F, N, K, 2>(d),
-        3 => row_at::<V, F, N, K, 3>(d),
-        4 => row_at::<V, F, N, K, 4>(d),
-        5 => row_at::<V, F, N, K, 5>(d),
-        _ => panic!("a transform has at most 6 rows, not {}", i + 1),
+) -> [[V; K]; K] {
+    let columns: [[V; K]; N] = std::array::from_fn(|l| F::apply(std::array::from_fn(|k| d[k][l])));
+    let mut out = [[V::zero(); K]; K];
+    for i in rows {
+        out[i] = F::apply(std::array::from_fn(|l| columns[l][i]));
     }
-}
-
-/// [`transform_row`] for row `I`: down each column (keeping output `I`),
-/// then along the row.
-#[inline(always)]
-fn row_at<V: Lanes, F: Transform<N, K>, const N: usize, const K: usize, const I: usize>(
-    d: &[[V; N]; N],
-) -> [V; K] {
-    let mut row = [V::zero(); N];
-    for (l, value) in row.iter_mut().enumerate() {
-        let column: [V; N] = std::array::from_fn(|k| d[k][l]);
-        *value = F::apply(column)[I];
-    }
-    F::apply(row)
+    out
 }
 
 // The transforms of F(2x2, 3x3), interpolating at 0, 1, -1 and infinity:
@@ -609,16 +595,29 @@ mod tests {
         check::<6, 4>(OutputF4::apply, OutputGradF4::apply);
     }
 
-    /// One row of the 2-D transform is that row of the whole.
+    /// Rows of the 2-D transform are those rows of the whole, and bitwise
+    /// the same whichever rows are computed together.
     #[test]
-    fn a_row_is_the_row_of_the_whole() {
+    fn rows_are_the_rows_of_the_whole() {
         let d: [[One; 6]; 6] = std::array::from_fn(|i| values(6, i).try_into().expect("6 values"));
         let whole = transform_2d::<One, InputF4, 6, 6>(d);
+        let all = transform_rows::<One, InputF4, 6, 6>(0..6, &d);
         // `whole[j][i]` is row `i`, column `j`.
         for (j, column) in whole.iter().enumerate() {
             for (i, expected) in column.iter().enumerate() {
-                let value = transform_row::<One, InputF4, 6, 6>(i, &d)[j];
-                assert!((value.0 - expected.0).abs() <= 1e-4 * value.0.abs().max(1.0));
+                let value = all[i][j].0;
+                assert!((value - expected.0).abs() <= 1e-4 * value.abs().max(1.0));
+            }
+        }
+        for rows in [0..1, 2..5, 5..6, 1..3] {
+            let some = transform_rows::<One, InputF4, 6, 6>(rows.clone(), &d);
+            for (i, (row, expected)) in some.iter().zip(&all).enumerate() {
+                let bits = row.map(|v| v.0.to_bits());
+                if rows.contains(&i) {
+                    assert_eq!(bits, expected.map(|v| v.0.to_bits()), "row {i}");
+                } else {
+                    assert_eq!(bits, [0; 6], "row {i} is not asked for");
+                }
             }
         }
     }
