@@ -341,6 +341,27 @@ impl Case {
             product = product.with_chunk(tiles);
         }
         let transform = WinogradFilterGradient::new("dw.g", &self.shape, tile).expect("3x3");
+        let (du, db) = self.winograd_transformed_gradient(&product, &split.parts(product.domain()));
+        let mut dw = vec![f32::NAN; transform.kernel_len()];
+        let (du_ptr, dw_ptr) = (du.as_ptr() as usize, dw.as_mut_ptr() as usize);
+        // SAFETY: the parts are disjoint, and the buffers have the lengths
+        // the kernel reports.
+        in_threads(&split.parts(transform.domain()), 0, |items, _| unsafe {
+            transform
+                .run(du_ptr as *const f32, dw_ptr as *mut f32, items)
+                .expect("runs")
+        });
+        (dw, db)
+    }
+
+    /// The transformed kernel's gradient and the bias gradient by
+    /// `product`, its domain split into `parts`, each run at once on a
+    /// thread of its own.
+    fn winograd_transformed_gradient(
+        &self,
+        product: &WinogradBackwardFilter,
+        parts: &[Range<usize>],
+    ) -> (Vec<f32>, Vec<f32>) {
         let mut du = vec![f32::NAN; product.lengths().2];
         let mut db = vec![f32::NAN; self.shape.out_channels];
         let buffers = BackwardFilterBuffers {
@@ -349,17 +370,14 @@ impl Case {
             kernel_grad: du.as_mut_ptr(),
             bias_grad: self.shape.bias.then_some(db.as_mut_ptr()),
         };
-        let mut scratch = vec![0.0; product.scratch_len()];
-        for part in split.parts(product.domain()) {
-            // SAFETY: the buffers have the lengths the kernel reports.
-            unsafe { product.run(&buffers, &mut scratch, part) }.expect("runs");
-        }
-        let mut dw = vec![f32::NAN; transform.kernel_len()];
-        for part in split.parts(transform.domain()) {
-            // SAFETY: the buffers have the lengths the kernel reports.
-            unsafe { transform.run(du.as_ptr(), dw.as_mut_ptr(), part) }.expect("runs");
-        }
-        (dw, db)
+        in_threads(
+            parts,
+            product.scratch_len(),
+            // SAFETY: the parts are disjoint, and the buffers have the
+            // lengths the kernel reports.
+            |items, scratch| unsafe { product.run(&buffers, scratch, items).expect("runs") },
+        );
+        (du, db)
     }
 
     fn backward_filter(&self, split: Split) -> (Vec<f32>, Vec<f32>) {
@@ -1277,33 +1295,7 @@ fn winograd_any_split_is_bitwise_identical() {
             assert_eq!(bits(&out), bits(&whole), "{tile:?} {direction:?}");
         }
         let (whole_dw, whole_db) = case.winograd_backward_filter(tile, Some(7), Split::Whole);
-        let product = WinogradBackwardFilter::new("dw", &case.shape, tile)
-            .expect("3x3")
-            .with_chunk(7);
-        let transform = WinogradFilterGradient::new("dw.g", &case.shape, tile).expect("3x3");
-        let mut du = vec![f32::NAN; product.lengths().2];
-        let mut db = vec![f32::NAN; case.shape.out_channels];
-        let buffers = BackwardFilterBuffers {
-            input: case.x.as_ptr(),
-            output_grad: case.dy.as_ptr(),
-            kernel_grad: du.as_mut_ptr(),
-            bias_grad: Some(db.as_mut_ptr()),
-        };
-        in_threads(
-            &uneven(product.domain()),
-            product.scratch_len(),
-            // SAFETY: the parts are disjoint, and the buffers have the
-            // lengths the kernel reports.
-            |items, scratch| unsafe { product.run(&buffers, scratch, items).expect("runs") },
-        );
-        let mut dw = vec![f32::NAN; transform.kernel_len()];
-        let (du_ptr, dw_ptr) = (du.as_ptr() as usize, dw.as_mut_ptr() as usize);
-        // SAFETY: as above.
-        in_threads(&uneven(transform.domain()), 0, |items, _| unsafe {
-            transform
-                .run(du_ptr as *const f32, dw_ptr as *mut f32, items)
-                .expect("runs")
-        });
+        let (dw, db) = case.winograd_backward_filter(tile, Some(7), Split::Uneven);
         assert_eq!(bits(&dw), bits(&whole_dw), "{tile:?} dw");
         assert_eq!(bits(&db), bits(&whole_db), "{tile:?} db");
     }
@@ -1336,23 +1328,8 @@ fn winograd_kernel_gradient_rows_group_bitwise() {
                     if let Some(rows) = rows {
                         product = product.with_rows(rows);
                     }
-                    let mut du = vec![f32::NAN; product.lengths().2];
-                    let mut db = vec![f32::NAN; case.shape.out_channels];
-                    let buffers = BackwardFilterBuffers {
-                        input: case.x.as_ptr(),
-                        output_grad: case.dy.as_ptr(),
-                        kernel_grad: du.as_mut_ptr(),
-                        bias_grad: bias.then_some(db.as_mut_ptr()),
-                    };
-                    in_threads(
-                        &uneven(product.domain()),
-                        product.scratch_len(),
-                        // SAFETY: the parts are disjoint, and the buffers
-                        // have the lengths the kernel reports.
-                        |items, scratch| unsafe {
-                            product.run(&buffers, scratch, items).expect("runs")
-                        },
-                    );
+                    let parts = uneven(product.domain());
+                    let (du, db) = case.winograd_transformed_gradient(&product, &parts);
                     (product.domain(), bits(&du), bits(&db))
                 };
                 let (domain, du, db) = run(Some(1));
