@@ -875,13 +875,14 @@ impl WinogradConv {
             let rhs = buffers.kernel.wrapping_add(point * cin * cout);
             let dst = m[point * tiles * cout..].as_mut_ptr();
             if self.direct {
-                let right = match self.panels {
-                    true => direct::Right::Panels {
+                let right = if self.panels {
+                    direct::Right::Panels {
                         first: rhs,
                         depth: cin,
                         columns: cout,
-                    },
-                    false => direct::Right::Rows(rhs),
+                    }
+                } else {
+                    direct::Right::Rows(rhs)
                 };
                 let starts = [(lhs, 0)];
                 let lines = direct::Lines {

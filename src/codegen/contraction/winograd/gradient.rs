@@ -184,7 +184,7 @@ impl WinogradBackwardFilter {
                     bias_gradient(output_grad, cout, bias_grad);
                 }
                 // SAFETY: the caller's contract, passed on.
-                _ => unsafe { self.rows(input, output_grad, buffers.kernel_grad, scratch, item) },
+                _ => unsafe { self.item(input, output_grad, buffers.kernel_grad, scratch, item) },
             }
         }
         Ok(())
@@ -206,7 +206,7 @@ impl WinogradBackwardFilter {
     /// # Safety
     /// The contract of [`Self::run`], with `item < row_items()`; `scratch`
     /// holds `scratch_len() - ALIGN_FLOATS` f32s.
-    unsafe fn rows(
+    unsafe fn item(
         &self,
         input: &[f32],
         output_grad: &[f32],

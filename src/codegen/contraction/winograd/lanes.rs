@@ -352,18 +352,30 @@ pub(super) fn load_grid<V: Lanes, const A: usize>(
 /// zero: what one work item of the kernel gradient needs, each item owning
 /// some rows of the transformed positions. The transform down each column
 /// runs once for all of them, then one along each row; a row's bits do not
-/// depend on which other rows are computed with it. (It returns the rows
-/// rather than passing each to a closure: a closure would not inherit the
-/// caller's target features.)
+/// depend on which other rows are computed with it. Plain loops, no
+/// closures (like [`transform_2d`]): a closure would not inherit the
+/// caller's target features, and it returns the rows rather than passing
+/// each to one.
 #[inline(always)]
 pub(super) fn transform_rows<V: Lanes, F: Transform<N, K>, const N: usize, const K: usize>(
     rows: Range<usize>,
     d: &[[V; N]; N],
 ) -> [[V; K]; K] {
-    let columns: [[V; K]; N] = std::array::from_fn(|l| F::apply(std::array::from_fn(|k| d[k][l])));
+    let mut columns = [[V::zero(); K]; N];
+    for (l, column) in columns.iter_mut().enumerate() {
+        let mut values = [V::zero(); N];
+        for (value, row) in values.iter_mut().zip(d) {
+            *value = row[l];
+        }
+        *column = F::apply(values);
+    }
     let mut out = [[V::zero(); K]; K];
     for i in rows {
-        out[i] = F::apply(std::array::from_fn(|l| columns[l][i]));
+        let mut values = [V::zero(); N];
+        for (value, column) in values.iter_mut().zip(&columns) {
+            *value = column[i];
+        }
+        out[i] = F::apply(values);
     }
     out
 }
