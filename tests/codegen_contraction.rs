@@ -294,8 +294,24 @@ impl Case {
         epilogue: Option<&Epilogue>,
         split: Split,
     ) -> Vec<f32> {
-        let filter = WinogradFilter::new("filter", &self.shape, tile, direction).expect("3x3");
+        self.winograd_on(Products::Chosen, tile, direction, epilogue, split)
+    }
+
+    /// [`Case::winograd`] with its products where `products` says.
+    fn winograd_on(
+        &self,
+        products: Products,
+        tile: Tile,
+        direction: Direction,
+        epilogue: Option<&Epilogue>,
+        split: Split,
+    ) -> Vec<f32> {
         let conv = WinogradConv::new("winograd", &self.shape, tile, direction).expect("3x3");
+        let conv = match products {
+            Products::Chosen => conv,
+            Products::Gemm => conv.on_gemm(),
+        };
+        let filter = WinogradFilter::for_conv("filter", &self.shape, &conv).expect("3x3");
         let mut u = vec![f32::NAN; filter.transformed_len()];
         for part in split.parts(filter.domain()) {
             // SAFETY: the buffers have the lengths the kernel reports.
@@ -402,6 +418,15 @@ impl Case {
 /// The bit patterns of `values`, for comparisons that must be exact.
 fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Where a test runs a Winograd convolution's products.
+#[derive(Clone, Copy, Debug)]
+enum Products {
+    /// Where the kernel chooses: in registers on a CPU with AVX-512.
+    Chosen,
+    /// Through the `gemm` crate ([`WinogradConv::on_gemm`]).
+    Gemm,
 }
 
 /// How a test runs a kernel's domain.
@@ -663,31 +688,32 @@ fn backward_filter_matches_the_vjp() {
 fn winograd_matches_the_reference_and_the_vjp() {
     let cases = winograd_cases();
     assert!(cases.len() >= 8, "only {} Winograd cases", cases.len());
-    // Both ways of running the products: in registers for items of few
-    // tiles, through the `gemm` crate for the others.
-    let direct = |case: &Case, tile| {
-        WinogradConv::new("v", &case.shape, tile, Direction::Forward)
-            .expect("3x3")
-            .runs_direct()
-    };
-    let paths: Vec<bool> = cases
-        .iter()
-        .flat_map(|case| Tile::ALL.map(|tile| direct(case, tile)))
-        .collect();
-    assert!(paths.contains(&false), "no case runs its products on gemm");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        assert!(paths.contains(&true), "no case runs its products direct");
-    }
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = false;
     for case in &cases {
         let y = case.reference(&case.x, &case.w, case.b.as_deref());
         let (dx, dw, db) = case.vjp();
         for tile in Tile::ALL {
             let what = |pass: &str| format!("{pass} {tile:?} of {}", case.name());
-            let forward = case.winograd(tile, Direction::Forward, None, Split::Uneven);
-            assert_within(&forward, &y, WINOGRAD_RELATIVE, &what("forward"));
-            let data = case.winograd(tile, Direction::BackwardData, None, Split::Uneven);
-            assert_within(&data, &dx, WINOGRAD_RELATIVE, &what("dx"));
+            for direction in [Direction::Forward, Direction::BackwardData] {
+                let conv = WinogradConv::new("v", &case.shape, tile, direction).expect("3x3");
+                // In registers wherever the CPU has AVX-512, whatever the
+                // items' size.
+                assert_eq!(conv.runs_direct(), avx512, "{}", what("the products"));
+            }
+            // Both ways of running the products: as the kernel chooses, and
+            // through the `gemm` crate, as on a CPU without AVX-512.
+            for products in [Products::Chosen, Products::Gemm] {
+                let what = |pass: &str| what(&format!("{pass} on {products:?}"));
+                let forward =
+                    case.winograd_on(products, tile, Direction::Forward, None, Split::Uneven);
+                assert_within(&forward, &y, WINOGRAD_RELATIVE, &what("forward"));
+                let data =
+                    case.winograd_on(products, tile, Direction::BackwardData, None, Split::Uneven);
+                assert_within(&data, &dx, WINOGRAD_RELATIVE, &what("dx"));
+            }
             for chunk in [None, Some(5)] {
                 let (kernel, bias) = case.winograd_backward_filter(tile, chunk, Split::Uneven);
                 let what = |pass: &str| what(&format!("{pass} in chunks of {chunk:?}"));

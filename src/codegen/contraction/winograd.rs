@@ -153,12 +153,13 @@ const TARGET_ITEMS: usize = 4;
 /// than two cores need.
 const FEW_TILE_ITEMS: usize = 2;
 
-/// The tiles of one panel of the `gemm` crate's AVX-512 micro-kernel (64
-/// output channels by 6 tiles): an item whose tile count is not a
-/// multiple of it ends each product with a narrow panel (32 tiles: five of 6 and one
-/// of 2), which runs at about a third of the speed per tile (`perf` of the
-/// seed CNN's evaluation: 5% of the samples in the 2-tile kernel for 6% of
-/// the products).
+/// The tiles of one block of the products' AVX-512 registers (64 output
+/// channels by 6 tiles, in [`direct::product`] as in the `gemm` crate's
+/// micro-kernel): an item whose tile count is not a multiple of it ends
+/// each product with a narrow block (32 tiles: five of 6 and one of 2),
+/// which runs at about a third of the speed per tile (`perf` of the seed
+/// CNN's evaluation, on the crate: 5% of the samples in the 2-tile kernel
+/// for 6% of the products).
 const GEMM_PANEL: usize = 6;
 
 /// The fewest tiles an item aims for, whatever the scratch: every item
@@ -166,9 +167,9 @@ const GEMM_PANEL: usize = 6;
 /// per tile, so fewer tiles make both the reads and the GEMM's edges cost
 /// more than the cache misses of a larger scratch. A convolution without
 /// that many tiles for [`TARGET_ITEMS`] items (a batch-1 layer) makes
-/// [`FEW_TILE_ITEMS`] items instead, and items still below it multiply in
-/// registers ([`WinogradConv::runs_direct`]). Measured on the seed CNN at
-/// batch 256 against 64 and 128 (`docs/performance.md`).
+/// [`FEW_TILE_ITEMS`] items instead. Measured on the seed CNN at batch 256
+/// against 64 and 128 (`docs/performance.md`), when only such items
+/// multiplied in registers.
 const MIN_TILES: usize = 32;
 
 /// The convolution a Winograd kernel computes, in the terms of its own
@@ -408,10 +409,22 @@ impl WinogradFilter {
         direction: Direction,
     ) -> Result<WinogradFilter, CodegenError> {
         convolution(name, direction)?;
+        let conv = WinogradConv::new(name, shape, tile, direction)?;
+        WinogradFilter::for_conv(name, shape, &conv)
+    }
+
+    /// The transform of the kernel that `conv`, a convolution of `shape`,
+    /// reads, laid out as it reads it (in panels or row-major, as
+    /// [`WinogradConv::on_gemm`] may have changed it).
+    pub fn for_conv(
+        name: &str,
+        shape: &ConvShape,
+        conv: &WinogradConv,
+    ) -> Result<WinogradFilter, CodegenError> {
         Ok(WinogradFilter {
-            sizes: TransformSizes::new(name, shape, tile, direction)?,
-            direction,
-            panels: WinogradConv::new(name, shape, tile, direction)?.panels,
+            sizes: TransformSizes::new(name, shape, conv.tile, conv.direction)?,
+            direction: conv.direction,
+            panels: conv.panels,
         })
     }
 
@@ -446,6 +459,32 @@ impl WinogradFilter {
         self.sizes.check(&items)?;
         // SAFETY: the caller's contract: the kernel is only read.
         let kernel = unsafe { std::slice::from_raw_parts(kernel, self.kernel_len()) };
+        let channels = self.sizes.plane.destination_channels;
+        if self.panels {
+            // A panel at a time, a row of it at a time: each position's
+            // panel is written in order, a row (four vectors) after the
+            // other, as the rows of `U` are below; and a panel's rows of
+            // the input gradient's kernel read the same cache lines. A row
+            // at a time across every panel wrote each row to as many
+            // places as there are panels, for every position: the seed
+            // CNN's conv5.winograd took 1.27-1.35 ms so, 0.78-0.84 this
+            // way (0.65-0.67 row-major), and its input gradient's
+            // transform 1.0-1.1 (1.24-1.29 row-major), two `--profile`
+            // rounds each (`docs/performance.md`, twelfth part).
+            for panel in (0..channels).step_by(direct::PANEL) {
+                let columns = panel..(panel + direct::PANEL).min(channels);
+                for r in items.clone() {
+                    let mut row = FilterRows {
+                        filter: self,
+                        kernel,
+                        transformed,
+                        rows: r..r + 1,
+                    };
+                    over_channel_range(&mut row, columns.clone(), self.sizes.vectors);
+                }
+            }
+            return Ok(());
+        }
         // The input gradient's kernel holds the rows side by side: blocks
         // of rows, each swept a block of channels at a time, so that the
         // cache lines a block of channels reads serve every row of the
@@ -464,7 +503,6 @@ impl WinogradFilter {
                 transformed,
                 rows: first_row..(first_row + per_block).min(items.end),
             };
-            let channels = self.sizes.plane.destination_channels;
             over_channels(&mut block, channels, self.sizes.vectors);
         }
         Ok(())
@@ -594,10 +632,15 @@ pub struct WinogradConv {
     transformed_len: usize,
     tile_rows_per_item: usize,
     /// Whether the products run on [`direct::product`]'s registers, not
-    /// the `gemm` crate: an item has fewer than [`MIN_TILES`] tiles (a
-    /// batch-1 layer), and the crate's packing of the transformed kernel,
-    /// once per item and position, cost more than the product (the seed
-    /// CNN's batch-1 conv3 took 0.136 ms that way, 0.09 ms direct).
+    /// the `gemm` crate: wherever the CPU has AVX-512. The crate packs the
+    /// block of the transformed kernel it multiplies again for every item
+    /// and position, which the transform can do once for all of them (in
+    /// panels, [`Self::reads_panels`]): at batch 1 the packing cost more
+    /// than the product (the seed CNN's conv3 took 0.136 ms that way,
+    /// 0.09 ms direct), and at batch 32 `perf` found 15% of the seed CNN's
+    /// training step in it (the step 43.8 -> 42.2 ms, medians of five
+    /// alternating `cnnc bench` rounds, `docs/performance.md`, twelfth
+    /// part).
     direct: bool,
     /// Items of this many destination channels, every tile each, rather
     /// than items of tile rows: a forward pass of few rows and many
@@ -658,7 +701,7 @@ impl WinogradConv {
         if columns.is_some() {
             tile_rows_per_item = tile_rows.max(1);
         }
-        let direct = tile_rows_per_item * tiles[1] < MIN_TILES && direct::available();
+        let direct = direct::available();
         Ok(WinogradConv {
             name: name.to_string(),
             plane,
@@ -725,17 +768,29 @@ impl WinogradConv {
     }
 
     /// Whether the products run in registers ([`direct::product`]) rather
-    /// than through the `gemm` crate: items of fewer than [`MIN_TILES`]
-    /// tiles, on a CPU with AVX-512.
+    /// than through the `gemm` crate: on a CPU with AVX-512, unless
+    /// [`Self::on_gemm`] says otherwise.
     pub fn runs_direct(&self) -> bool {
         self.direct
     }
 
+    /// The same convolution with its products through the `gemm` crate,
+    /// as on a CPU without AVX-512, and the transformed kernel row-major
+    /// ([`WinogradFilter::for_conv`] writes it so): for tests, which check
+    /// that path on any CPU.
+    pub fn on_gemm(self) -> WinogradConv {
+        WinogradConv {
+            direct: false,
+            panels: false,
+            ..self
+        }
+    }
+
     /// Whether the items are small enough (fewer than [`MIN_TILES`] tiles)
-    /// to multiply in registers on a CPU with AVX-512: then each value of
-    /// the transformed kernel an item loads feeds one multiply-add per
-    /// tile as it arrives, rather than being packed first. The same on
-    /// every CPU, for the cost model (`passes::algorithm`).
+    /// that each value of the transformed kernel an item loads feeds few
+    /// multiply-adds, so that reading the kernel costs as much as the
+    /// products it feeds, in registers or packed. The same on every CPU,
+    /// for the cost model (`passes::algorithm`).
     pub fn has_small_items(&self) -> bool {
         self.max_tiles() < MIN_TILES
     }
