@@ -11,7 +11,7 @@ use crate::codegen::contraction::winograd::{
 };
 use crate::codegen::contraction::{ConvBackwardData, ConvBackwardFilter, ConvForward};
 use crate::codegen::elementwise::Elementwise;
-use crate::codegen::program::{Kernel, Program, RowKernel, Step};
+use crate::codegen::program::{Kernel, Program, RowEpilogue, RowKernel, Step};
 use crate::codegen::{CodegenError, CompiledKernel, Jit};
 use crate::memory::Layout;
 use crate::plan::{Algorithm, ContractionPass, Geometry, KernelDesc, KernelPlan};
@@ -80,9 +80,29 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             (Box::new(kernel), rows * channels)
         }
         KernelDesc::Reduce(r) => (Box::new(jit.compile_reduce(r)?), r.rows * r.n),
-        KernelDesc::Window(w) => {
-            let elements = w.input.iter().product();
-            (Box::new(jit.compile_window(w)?), elements)
+        KernelDesc::Window { window, epilogue } => {
+            let elements = window.input.iter().product();
+            let kernel = jit.compile_window(window)?;
+            let Some(epilogue) = epilogue else {
+                return Ok((Box::new(kernel), elements));
+            };
+            let Some((pixels, channels)) = window.row_items() else {
+                return Err(CodegenError::Malformed {
+                    kernel: window.name.clone(),
+                    message: "an epilogue on a window kernel whose items do not write a row each"
+                        .into(),
+                });
+            };
+            let (compiled, inputs, _) = compile_epilogue(jit, epilogue)?;
+            let step = RowEpilogue {
+                kernel,
+                buffers: window.buffers()?.len(),
+                epilogue: compiled,
+                inputs,
+                pixels,
+                channels,
+            };
+            (Box::new(step), elements)
         }
         KernelDesc::Contraction {
             name,

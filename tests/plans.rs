@@ -133,3 +133,271 @@ fn few_row_products_keep_their_activation_apart() {
         assert_eq!(elementwise > 0, !fused, "batch {batch}: {:#?}", plan.steps);
     }
 }
+
+/// A plan of a window kernel whose last buffer an element-wise step
+/// finishes into a temporary, which a copy gives the caller.
+struct WindowCase {
+    plan: cnnc::KernelPlan,
+    /// The buffers the caller lends, in the order of the plan's buffers.
+    values: Vec<Vec<f32>>,
+}
+
+impl WindowCase {
+    /// `window` (its buffers bound in order to the plan's first buffers,
+    /// the last a temporary), then `finish` on that temporary and the
+    /// buffers `others` into another, copied into the output.
+    fn new(
+        window: cnnc::codegen::window::Window,
+        finish: cnnc::codegen::elementwise::Elementwise,
+        others: &[usize],
+    ) -> WindowCase {
+        use cnnc::codegen::native::CopyRows;
+        use cnnc::plan::{KernelDesc, KernelPlan, Role, Step};
+        let mut plan = KernelPlan {
+            name: "window".into(),
+            batch: window.input[0],
+            ..KernelPlan::default()
+        };
+        let buffers = window.buffers().expect("validates");
+        let mut values = Vec::new();
+        let mut args = Vec::new();
+        for (i, b) in buffers.iter().enumerate() {
+            let len: usize = b.shape.iter().product();
+            let role = if i + 1 == buffers.len() {
+                Role::Temporary
+            } else if i == 0 {
+                Role::Input
+            } else {
+                Role::Weight(format!("w{i}"))
+            };
+            args.push(plan.buffer(format!("b{i}"), len, role));
+            // Values from -1 to 1 in steps of 1/4: ties and zeros.
+            values.push(
+                (0..len)
+                    .map(|k| ((k * 7 + i) % 9) as f32 / 4.0 - 1.0)
+                    .collect(),
+            );
+        }
+        let written = *args.last().expect("a written buffer");
+        let (pixels, channels) = window.row_items().expect("a row per item");
+        let rows = window.domain().expect("validates") * pixels;
+        let mut inputs = vec![written];
+        inputs.extend(others.iter().map(|&o| args[o]));
+        let finished = plan.buffer("finished", rows * channels, Role::Temporary);
+        let out = plan.buffer("out", rows * channels, Role::Output("out".into()));
+        inputs.push(finished);
+        plan.steps.push(Step {
+            kernel: KernelDesc::Window {
+                window,
+                epilogue: None,
+            },
+            args,
+            nodes: vec!["window".into()],
+        });
+        plan.steps.push(Step {
+            kernel: KernelDesc::Elementwise {
+                kernel: finish,
+                rows,
+                channels,
+            },
+            args: inputs,
+            nodes: vec!["finish".into()],
+        });
+        plan.steps.push(Step {
+            kernel: KernelDesc::Copy(CopyRows {
+                name: "copy".into(),
+                rows,
+                len: channels,
+                from: (channels, 0),
+                to: (channels, 0),
+            }),
+            args: vec![finished, out],
+            nodes: vec!["copy".into()],
+        });
+        values.pop();
+        WindowCase { plan, values }
+    }
+
+    /// The plan's output, run on `threads` threads.
+    fn run(&self, plan: &cnnc::KernelPlan, threads: usize) -> Vec<f32> {
+        plan.verify().expect("verifies");
+        let layout = cnnc::memory::plan(plan).expect("places");
+        let compiled = cnnc::executable::build(plan.clone(), layout).expect("builds");
+        let out_len = plan.buffers.last().expect("out").len;
+        let mut values = self.values.clone();
+        let mut out = vec![f32::NAN; out_len];
+        let mut external: Vec<&mut [f32]> = Vec::new();
+        let mut lent: Vec<Option<&mut [f32]>> =
+            values.iter_mut().map(|v| Some(v.as_mut_slice())).collect();
+        let mut out_slot = Some(out.as_mut_slice());
+        for &b in &compiled.layout.externals {
+            let slice = if b + 1 == plan.buffers.len() {
+                out_slot.take()
+            } else {
+                lent.get_mut(b).and_then(Option::take)
+            };
+            external.push(slice.expect("lent once"));
+        }
+        let mut executor = cnnc::runtime::executor::Executor::new(threads).expect("executor");
+        executor
+            .run(&compiled.program, &mut external)
+            .expect("runs");
+        drop(external);
+        out
+    }
+}
+
+/// A window kernel's element-wise consumer becomes its epilogue, run on
+/// each chunk of rows the window finishes: the gradient of a ReLU on a max
+/// pooling's gradient (windows that overlap, and ties and zeros, as after
+/// a ReLU), a scale and tanh on an average pooling (LeNet-5's
+/// subsampling) and on a depthwise convolution and its input gradient
+/// (MobileNet's batchnorm and ReLU6), with rows of more and of fewer f32s
+/// than a chunk. Each is bitwise what the two steps give apart, on one
+/// thread and on two. A global pooling's items are not rows: no epilogue
+/// fuses there, and a plan that gives it one does not verify.
+#[test]
+fn window_epilogues_are_bitwise_their_steps_apart() {
+    use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
+    use cnnc::codegen::window::{Pass, Window, WindowKind};
+    use cnnc::graph::{Padding, PoolKind};
+    use cnnc::plan::KernelDesc;
+    let depthwise = |pass, input| Window {
+        name: "depthwise".into(),
+        kind: WindowKind::DepthwiseConv {
+            multiplier: 2,
+            kernel: [3, 3],
+            stride: [2, 1],
+            dilation: [1, 1],
+            padding: Padding::Same,
+            bias: false,
+        },
+        pass,
+        input,
+    };
+    let pool = |kind, pass, size, stride, input| Window {
+        name: "pool".into(),
+        kind: WindowKind::Pool {
+            kind,
+            size: [size, size],
+            stride: [stride, stride],
+            padding: Padding::Same,
+        },
+        pass,
+        input,
+    };
+    // dz = dx where the ReLU's output x > 0, else 0; x is the pooling's
+    // input (buffer 0).
+    let relu_gradient = Elementwise {
+        name: "relu_gradient".into(),
+        inputs: vec![Operand::Tensor, Operand::Tensor],
+        exprs: vec![
+            Expr::Load(0),
+            Expr::Load(1),
+            Expr::Const(0.0),
+            Expr::IfPositive {
+                cond: 1,
+                then: 0,
+                otherwise: 2,
+            },
+        ],
+        outputs: vec![3],
+    };
+    let scale_tanh = Elementwise {
+        name: "scale_tanh".into(),
+        inputs: vec![Operand::Tensor],
+        exprs: vec![
+            Expr::Load(0),
+            Expr::Const(0.75),
+            Expr::Binary(Binary::Mul, 0, 1),
+            Expr::Unary(Unary::Tanh, 2),
+        ],
+        outputs: vec![3],
+    };
+    let cases = [
+        // 3x3 windows at stride 2 overlap; rows of 9 x 40 f32s.
+        WindowCase::new(
+            pool(PoolKind::Max, Pass::BackwardData, 3, 2, [3, 9, 9, 40]),
+            relu_gradient.clone(),
+            &[0],
+        ),
+        // Rows of 56 x 80 f32s, more than a chunk.
+        WindowCase::new(
+            pool(PoolKind::Max, Pass::BackwardData, 2, 2, [2, 6, 56, 80]),
+            relu_gradient,
+            &[0],
+        ),
+        WindowCase::new(
+            pool(PoolKind::Avg, Pass::Forward, 2, 2, [2, 10, 10, 6]),
+            scale_tanh.clone(),
+            &[],
+        ),
+        WindowCase::new(
+            depthwise(Pass::Forward, [2, 9, 7, 20]),
+            scale_tanh.clone(),
+            &[],
+        ),
+        WindowCase::new(
+            depthwise(Pass::BackwardData, [2, 9, 7, 20]),
+            scale_tanh.clone(),
+            &[],
+        ),
+    ];
+    for case in &cases {
+        let mut fused = case.plan.clone();
+        assert_eq!(cnnc::passes::fuse::run(&mut fused), Ok(1), "{}", case.plan);
+        assert!(
+            matches!(
+                fused.steps[..],
+                [
+                    cnnc::plan::Step {
+                        kernel: KernelDesc::Window {
+                            epilogue: Some(_),
+                            ..
+                        },
+                        ..
+                    },
+                    _
+                ]
+            ),
+            "{fused}"
+        );
+        let apart = case.run(&case.plan, 1);
+        assert!(apart.iter().any(|&v| v != 0.0), "{}", case.plan);
+        for threads in [1, 2] {
+            let together = case.run(&fused, threads);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&together),
+                bits(&apart),
+                "{fused} on {threads} threads"
+            );
+        }
+    }
+    let global = Window {
+        name: "global".into(),
+        kind: WindowKind::GlobalPool {
+            kind: PoolKind::Max,
+        },
+        pass: Pass::Forward,
+        input: [2, 3, 3, 4],
+    };
+    assert_eq!(global.row_items(), None);
+    let mut plan = cnnc::KernelPlan {
+        name: "global".into(),
+        batch: 2,
+        ..cnnc::KernelPlan::default()
+    };
+    let x = plan.buffer("x", 72, cnnc::plan::Role::Input);
+    let y = plan.buffer("y", 8, cnnc::plan::Role::Output("y".into()));
+    plan.steps.push(cnnc::plan::Step {
+        kernel: KernelDesc::Window {
+            window: global,
+            epilogue: Some(scale_tanh),
+        },
+        args: vec![x, y],
+        nodes: vec![],
+    });
+    let error = plan.verify().expect_err("no rows to finish").to_string();
+    assert!(error.contains("do not write a row each"), "{error}");
+}

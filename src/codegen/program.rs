@@ -110,6 +110,88 @@ impl Kernel for DomainKernel {
     }
 }
 
+/// The f32s of the written rows a [`RowEpilogue`] finishes at a time: a
+/// chunk and the epilogue's other rows of it stay in L1.
+const EPILOGUE_CHUNK: usize = 4096;
+
+/// A domain kernel whose work item `i` writes row `i` of its last buffer
+/// (`pixels` rows of `channels` f32s each, in the element-wise kernels'
+/// terms), then an element-wise epilogue in place on each chunk of rows it
+/// has finished, while they are in cache ([`crate::plan::KernelDesc::Window`]).
+/// Arguments: the kernel's `buffers`, then the epilogue's extra inputs and
+/// outputs. Its items are independent, and so are the epilogue's rows:
+/// any split gives bitwise what the kernel and then the epilogue give.
+pub struct RowEpilogue {
+    /// The kernel.
+    pub kernel: DomainKernel,
+    /// How many buffers the kernel takes.
+    pub buffers: usize,
+    /// The epilogue, whose input 0 and output 0 are the kernel's last
+    /// buffer.
+    pub epilogue: CompiledKernel,
+    /// The epilogue's extra inputs.
+    pub inputs: usize,
+    /// Rows of the epilogue's matrix per work item.
+    pub pixels: usize,
+    /// Channels of each row.
+    pub channels: usize,
+}
+
+impl Kernel for RowEpilogue {
+    fn name(&self) -> &str {
+        &self.kernel.name
+    }
+    fn clif(&self) -> Option<&str> {
+        Some(&self.kernel.clif)
+    }
+    fn domain(&self) -> usize {
+        self.kernel.domain
+    }
+    fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+        Kernel::example_items(&self.kernel, batch, examples)
+    }
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
+        let malformed = || {
+            format!(
+                "{}: {} arguments for {} buffers and {} epilogue inputs",
+                self.kernel.name,
+                args.len(),
+                self.buffers,
+                self.inputs
+            )
+        };
+        if args.len() < self.buffers + self.inputs {
+            return Err(malformed());
+        }
+        let (own, extra) = args.split_at(self.buffers);
+        let &written = own.last().ok_or_else(malformed)?;
+        let (inputs, outputs) = extra.split_at(self.inputs);
+        let mut epilogue = Vec::with_capacity(args.len() + 2);
+        epilogue.push(written);
+        epilogue.extend(inputs);
+        epilogue.push(written);
+        epilogue.extend(outputs);
+        let row = (self.pixels * self.channels).max(1);
+        let chunk = (EPILOGUE_CHUNK / row).max(1);
+        for start in items.clone().step_by(chunk) {
+            let end = (start + chunk).min(items.end);
+            // SAFETY: the caller's contract: the kernel's buffers, then
+            // the epilogue's, each as long as the plan says; item `i`
+            // writes row `i` of the last buffer, rows `i * pixels..` of
+            // the epilogue's matrix, which these items own.
+            unsafe {
+                self.kernel.run(own, start..end);
+                self.epilogue.run(
+                    &epilogue,
+                    start * self.pixels..end * self.pixels,
+                    self.channels,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The rows of batch items `examples` where `rows` rows hold a batch of
 /// `batch` items in order, the same number each; `None` when `rows` is not
 /// a multiple of `batch`.

@@ -207,6 +207,24 @@ impl Window {
         Ok(self.plan()?.buffers)
     }
 
+    /// Where work item `i` writes image row `i` of the kernel's last
+    /// buffer, `[N, H, W, C]` (2-D pooling and depthwise convolution,
+    /// forward and backward-data): that buffer's pixels per row and
+    /// channels, `(W, C)`, so that an epilogue may run on each finished
+    /// row (`passes::fuse`). `None` for the other kernels, and for a
+    /// description that does not validate.
+    pub fn row_items(&self) -> Option<(usize, usize)> {
+        let rows = matches!(
+            self.kind,
+            WindowKind::Pool { .. } | WindowKind::DepthwiseConv { .. }
+        ) && matches!(self.pass, Pass::Forward | Pass::BackwardData);
+        let plan = self.plan().ok().filter(|_| rows)?;
+        match plan.buffers.last()?.shape[..] {
+            [n, h, w, c] if n * h == plan.domain => Some((w, c)),
+            _ => None,
+        }
+    }
+
     /// Validates the description and resolves everything the translators
     /// need.
     pub(super) fn plan(&self) -> Result<Plan, CodegenError> {

@@ -2,7 +2,10 @@
 //! kernel, and an element-wise kernel that only finishes a convolution's or
 //! dense layer's output (bias already in, activation, batchnorm in
 //! inference, a residual add) becomes that contraction's epilogue, run on
-//! each block of rows while it is in cache. A forward product of a few
+//! each block of rows while it is in cache. So does one that finishes what
+//! a window kernel writes a row per item (pooling and depthwise
+//! convolution, forward and backward-data): the gradient of the ReLU
+//! before a max pooling, on the pooling's gradient. A forward product of a few
 //! rows, which its kernel splits over the output channels
 //! ([`forward_splits_columns`]), finishes no block of whole rows and keeps
 //! its element-wise consumer as a step of its own.
@@ -85,6 +88,18 @@ fn candidate(plan: &KernelPlan, epilogues: bool) -> Option<(usize, usize)> {
                     step.args[2]
                 };
                 (output, rows, channels)
+            }
+            KernelDesc::Window {
+                window,
+                epilogue: None,
+            } if epilogues => {
+                let Some((pixels, channels)) = window.row_items() else {
+                    continue;
+                };
+                let Ok(domain) = window.domain() else {
+                    continue;
+                };
+                (*step.args.last()?, domain * pixels, channels)
             }
             _ => continue,
         };
@@ -264,15 +279,46 @@ fn fuse(plan: &mut KernelPlan, producer: usize, consumer: usize) {
                 nodes,
             };
             plan.steps.remove(consumer);
-            for step in &mut plan.steps {
-                for arg in &mut step.args {
-                    if *arg == z {
-                        *arg = y;
-                    }
-                }
-            }
+            rename(plan, z, y);
+        }
+        KernelDesc::Window { window, .. } => {
+            // As for a contraction: the epilogue updates the window's last
+            // buffer in place.
+            let y = *producer_step.args.last().expect("an output");
+            let z = *consumer_step.args.last().expect("an output");
+            let epilogue = in_place(outer, &consumer_step.args, y);
+            let mut args = producer_step.args.clone();
+            args.extend(
+                consumer_step.args[..outer.inputs.len()]
+                    .iter()
+                    .filter(|&&b| b != y),
+            );
+            let mut nodes = producer_step.nodes.clone();
+            nodes.extend(consumer_step.nodes.clone());
+            plan.steps[producer] = crate::plan::Step {
+                kernel: KernelDesc::Window {
+                    window,
+                    epilogue: Some(epilogue),
+                },
+                args,
+                nodes,
+            };
+            plan.steps.remove(consumer);
+            rename(plan, z, y);
         }
         _ => {}
+    }
+}
+
+/// Every later use of `from` reads `to` instead: an epilogue's output is
+/// its producer's buffer, updated in place.
+fn rename(plan: &mut KernelPlan, from: BufferId, to: BufferId) {
+    for step in &mut plan.steps {
+        for arg in &mut step.args {
+            if *arg == from {
+                *arg = to;
+            }
+        }
     }
 }
 

@@ -118,8 +118,17 @@ pub enum KernelDesc {
     },
     /// A reduction.
     Reduce(Reduce),
-    /// A window kernel (pooling, LRN, depthwise convolution).
-    Window(Window),
+    /// A window kernel (pooling, LRN, depthwise convolution), then the
+    /// epilogue on each finished chunk of its rows. Buffers: the window's
+    /// ([`Window::buffers`]), then the epilogue's extra inputs and outputs.
+    Window {
+        /// The kernel.
+        window: Window,
+        /// An element-wise kernel whose input 0 and output 0 are the
+        /// window's last buffer, which its work items write a row each
+        /// ([`Window::row_items`]).
+        epilogue: Option<Elementwise>,
+    },
     /// A convolution or dense layer on the GEMM.
     Contraction {
         /// A name for errors and profiles.
@@ -310,7 +319,7 @@ impl KernelDesc {
                 | ReduceKind::ColumnSums
                 | ReduceKind::RbfBackwardCenters { .. } => false,
             },
-            KernelDesc::Window(w) => match w.pass {
+            KernelDesc::Window { window, .. } => match window.pass {
                 Pass::Forward | Pass::BackwardData => true,
                 Pass::BackwardFilter => false,
             },
@@ -368,7 +377,7 @@ impl KernelDesc {
             }
             KernelDesc::Elementwise { .. } => "element-wise".to_string(),
             KernelDesc::Reduce(_) => "reduction".to_string(),
-            KernelDesc::Window(_) => "window".to_string(),
+            KernelDesc::Window { .. } => "window".to_string(),
             KernelDesc::Grouped(g) => format!("{}, grouped", grouped_pass(g.pass)),
             KernelDesc::Copy(_) | KernelDesc::Pad(_) => "copy".to_string(),
             KernelDesc::Embed(_) => "embed".to_string(),
@@ -392,8 +401,18 @@ impl KernelDesc {
                 )
             }
             KernelDesc::Reduce(r) => format!("reduce {:?} [{} x {}]", r.kind, r.rows, r.n),
-            KernelDesc::Window(w) => {
-                format!("window {:?} {:?} input {:?}", w.kind, w.pass, w.input)
+            KernelDesc::Window {
+                window: w,
+                epilogue,
+            } => {
+                let epilogue = match epilogue {
+                    Some(e) => format!(" + epilogue {} ({} steps)", e.name, e.exprs.len()),
+                    None => String::new(),
+                };
+                format!(
+                    "window {:?} {:?}{epilogue} input {:?}",
+                    w.kind, w.pass, w.input
+                )
             }
             KernelDesc::Contraction {
                 geometry,

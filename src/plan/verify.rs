@@ -179,7 +179,7 @@ impl KernelDesc {
         match self {
             KernelDesc::Elementwise { kernel, .. } => &kernel.name,
             KernelDesc::Reduce(r) => &r.name,
-            KernelDesc::Window(w) => &w.name,
+            KernelDesc::Window { window, .. } => &window.name,
             KernelDesc::Contraction { name, .. } | KernelDesc::WinogradFilter { name, .. } => name,
             KernelDesc::Grouped(g) => &g.name,
             KernelDesc::Copy(c) => &c.name,
@@ -200,7 +200,10 @@ impl KernelDesc {
                 channels,
             } => Ok(elementwise(kernel, *rows, *channels, 0)),
             KernelDesc::Reduce(r) => Ok(reduce(r)),
-            KernelDesc::Window(w) => window(w),
+            KernelDesc::Window {
+                window: w,
+                epilogue,
+            } => window(w, epilogue.as_ref()),
             KernelDesc::Contraction {
                 geometry,
                 pass,
@@ -347,10 +350,11 @@ fn reduce(r: &Reduce) -> Vec<Param> {
     }
 }
 
-/// The buffers a window kernel lists for itself.
-fn window(w: &Window) -> Result<Vec<Param>, String> {
+/// The buffers a window kernel lists for itself, then its epilogue's
+/// extra ones.
+fn window(w: &Window, epilogue: Option<&Elementwise>) -> Result<Vec<Param>, String> {
     let buffers = w.buffers().map_err(|e| e.to_string())?;
-    Ok(buffers
+    let mut params: Vec<Param> = buffers
         .iter()
         .map(|b| {
             let len = b.shape.iter().product();
@@ -360,7 +364,18 @@ fn window(w: &Window) -> Result<Vec<Param>, String> {
                 read(len)
             }
         })
-        .collect())
+        .collect();
+    if let Some(e) = epilogue {
+        let Some((pixels, channels)) = w.row_items() else {
+            return Err(format!(
+                "an epilogue on the {:?} pass of {:?}, whose work items do not write a row each",
+                w.pass, w.kind
+            ));
+        };
+        let rows = w.domain().map_err(|e| e.to_string())? * pixels;
+        params.extend(elementwise(e, rows, channels, 1));
+    }
+    Ok(params)
 }
 
 /// The buffers [`ContractionPass`] documents for each pass, the kernel

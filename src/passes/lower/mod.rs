@@ -801,7 +801,11 @@ impl<'m> Lowering<'m> {
             message: e.to_string(),
         })?;
         let args = roles.iter().map(|b| bind(b.role)).collect();
-        self.step(id, KernelDesc::Window(window), args);
+        let kernel = KernelDesc::Window {
+            window,
+            epilogue: None,
+        };
+        self.step(id, kernel, args);
         Ok(())
     }
 }
