@@ -126,7 +126,7 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
                 shape.batch * shape.height * shape.width * shape.in_channels * shape.out_channels;
             let direction = match pass {
                 ContractionPass::Forward { .. } => Direction::Forward,
-                ContractionPass::BackwardData => Direction::BackwardData,
+                ContractionPass::BackwardData { .. } => Direction::BackwardData,
                 ContractionPass::BackwardFilter => {
                     let step = BackwardFilterStep {
                         kernel: WinogradBackwardFilter::new(name, shape, *tile)?,
@@ -137,7 +137,10 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             };
             let kernel = WinogradConv::new(name, shape, *tile, direction)?;
             let epilogue = match pass {
-                ContractionPass::Forward { epilogue: Some(e) } => Some(compile_epilogue(jit, e)?),
+                ContractionPass::Forward { epilogue: Some(e) }
+                | ContractionPass::BackwardData { epilogue: Some(e) } => {
+                    Some(compile_epilogue(jit, e)?)
+                }
                 _ => None,
             };
             let step = ProductStep {
@@ -221,7 +224,13 @@ fn contraction(
                 epilogue,
             })
         }
-        ContractionPass::BackwardData => {
+        ContractionPass::BackwardData { epilogue: Some(_) } => {
+            return Err(CodegenError::Malformed {
+                kernel: name.to_string(),
+                message: "an epilogue on an input gradient off Winograd's transforms".into(),
+            })
+        }
+        ContractionPass::BackwardData { epilogue: None } => {
             let kernel = match geometry {
                 Geometry::Conv(s) => ConvBackwardData::new(name, s)?,
                 Geometry::Dense(s) => ConvBackwardData::dense(name, s)?,

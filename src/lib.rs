@@ -261,6 +261,9 @@ fn rewrite(mut plan: KernelPlan) -> Result<KernelPlan, CompileError> {
     // Winograd where the cost model says it wins, its kernel transform a
     // step of its own.
     passes::algorithm::run(&mut plan)?;
+    // Epilogues on the input gradients that run on Winograd's transforms,
+    // which only the algorithm pass has said.
+    passes::fuse::run(&mut plan)?;
     Ok(plan)
 }
 

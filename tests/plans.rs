@@ -134,35 +134,57 @@ fn few_row_products_keep_their_activation_apart() {
     }
 }
 
-/// A plan of a window kernel whose last buffer an element-wise step
-/// finishes into a temporary, which a copy gives the caller.
-struct WindowCase {
+/// A plan of a kernel (a window kernel, a Winograd input gradient) whose
+/// last buffer an element-wise step finishes into a temporary, which a
+/// copy gives the caller.
+struct FusedCase {
     plan: cnnc::KernelPlan,
     /// The buffers the caller lends, in the order of the plan's buffers.
     values: Vec<Vec<f32>>,
 }
 
-impl WindowCase {
-    /// `window` (its buffers bound in order to the plan's first buffers,
-    /// the last a temporary), then `finish` on that temporary and the
-    /// buffers `others` into another, copied into the output.
-    fn new(
+impl FusedCase {
+    /// Window kernel `window` and its consumer, as [`FusedCase::new`].
+    fn window(
         window: cnnc::codegen::window::Window,
         finish: cnnc::codegen::elementwise::Elementwise,
         others: &[usize],
-    ) -> WindowCase {
+    ) -> FusedCase {
+        let (pixels, channels) = window.row_items().expect("a row per item");
+        let rows = window.domain().expect("validates") * pixels;
+        let batch = window.input[0];
+        let kernel = cnnc::plan::KernelDesc::Window {
+            window,
+            epilogue: None,
+        };
+        FusedCase::new(kernel, batch, (rows, channels), finish, others)
+    }
+
+    /// `producer` on a batch of `batch` (its buffers bound in order to the
+    /// plan's first buffers, the last, written, a temporary of `rows x
+    /// channels`), then `finish` on that temporary and the buffers
+    /// `others` into another, copied into the output.
+    fn new(
+        producer: cnnc::plan::KernelDesc,
+        batch: usize,
+        (rows, channels): (usize, usize),
+        finish: cnnc::codegen::elementwise::Elementwise,
+        others: &[usize],
+    ) -> FusedCase {
         use cnnc::codegen::native::CopyRows;
-        use cnnc::plan::{KernelDesc, KernelPlan, Role, Step};
+        use cnnc::plan::{KernelDesc, KernelPlan, Len, Role, Step};
         let mut plan = KernelPlan {
-            name: "window".into(),
-            batch: window.input[0],
+            name: "fused".into(),
+            batch,
             ..KernelPlan::default()
         };
-        let buffers = window.buffers().expect("validates");
+        let buffers = producer.signature().expect("consistent");
         let mut values = Vec::new();
         let mut args = Vec::new();
         for (i, b) in buffers.iter().enumerate() {
-            let len: usize = b.shape.iter().product();
+            let Len::Exactly(len) = b.len else {
+                panic!("{producer:?} takes per-step scalars");
+            };
             let role = if i + 1 == buffers.len() {
                 Role::Temporary
             } else if i == 0 {
@@ -179,20 +201,15 @@ impl WindowCase {
             );
         }
         let written = *args.last().expect("a written buffer");
-        let (pixels, channels) = window.row_items().expect("a row per item");
-        let rows = window.domain().expect("validates") * pixels;
         let mut inputs = vec![written];
         inputs.extend(others.iter().map(|&o| args[o]));
         let finished = plan.buffer("finished", rows * channels, Role::Temporary);
         let out = plan.buffer("out", rows * channels, Role::Output("out".into()));
         inputs.push(finished);
         plan.steps.push(Step {
-            kernel: KernelDesc::Window {
-                window,
-                epilogue: None,
-            },
+            kernel: producer,
             args,
-            nodes: vec!["window".into()],
+            nodes: vec!["producer".into()],
         });
         plan.steps.push(Step {
             kernel: KernelDesc::Elementwise {
@@ -215,7 +232,7 @@ impl WindowCase {
             nodes: vec!["copy".into()],
         });
         values.pop();
-        WindowCase { plan, values }
+        FusedCase { plan, values }
     }
 
     /// The plan's output, run on `threads` threads.
@@ -316,28 +333,28 @@ fn window_epilogues_are_bitwise_their_steps_apart() {
     };
     let cases = [
         // 3x3 windows at stride 2 overlap; rows of 9 x 40 f32s.
-        WindowCase::new(
+        FusedCase::window(
             pool(PoolKind::Max, Pass::BackwardData, 3, 2, [3, 9, 9, 40]),
             relu_gradient.clone(),
             &[0],
         ),
         // Rows of 56 x 80 f32s, more than a chunk.
-        WindowCase::new(
+        FusedCase::window(
             pool(PoolKind::Max, Pass::BackwardData, 2, 2, [2, 6, 56, 80]),
             relu_gradient,
             &[0],
         ),
-        WindowCase::new(
+        FusedCase::window(
             pool(PoolKind::Avg, Pass::Forward, 2, 2, [2, 10, 10, 6]),
             scale_tanh.clone(),
             &[],
         ),
-        WindowCase::new(
+        FusedCase::window(
             depthwise(Pass::Forward, [2, 9, 7, 20]),
             scale_tanh.clone(),
             &[],
         ),
-        WindowCase::new(
+        FusedCase::window(
             depthwise(Pass::BackwardData, [2, 9, 7, 20]),
             scale_tanh.clone(),
             &[],
@@ -400,4 +417,97 @@ fn window_epilogues_are_bitwise_their_steps_apart() {
     });
     let error = plan.verify().expect_err("no rows to finish").to_string();
     assert!(error.contains("do not write a row each"), "{error}");
+}
+
+/// An input gradient on Winograd's transforms takes its element-wise
+/// consumer as an epilogue on each block of rows its items finish (the
+/// gradient of the ReLU before a 3x3 convolution), bitwise what the two
+/// steps give apart, with both tiles, on one thread and two; on im2col,
+/// whose items add into rows that others share, it keeps the consumer
+/// apart.
+#[test]
+fn winograd_input_gradient_epilogues_are_bitwise_their_steps_apart() {
+    use cnnc::codegen::contraction::winograd::Tile;
+    use cnnc::codegen::contraction::ConvShape;
+    use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
+    use cnnc::graph::Padding;
+    use cnnc::plan::{Algorithm, ContractionPass, Geometry, KernelDesc};
+    let shape = ConvShape {
+        batch: 3,
+        height: 9,
+        width: 10,
+        in_channels: 20,
+        out_channels: 24,
+        kernel: [3, 3],
+        stride: [1, 1],
+        dilation: [1, 1],
+        padding: Padding::Same,
+        bias: false,
+    };
+    let input_gradient = |algorithm| KernelDesc::Contraction {
+        name: "conv".into(),
+        geometry: Geometry::Conv(shape),
+        pass: ContractionPass::BackwardData { epilogue: None },
+        algorithm,
+    };
+    let scale_tanh = Elementwise {
+        name: "scale_tanh".into(),
+        inputs: vec![Operand::Tensor],
+        exprs: vec![
+            Expr::Load(0),
+            Expr::Const(0.75),
+            Expr::Binary(Binary::Mul, 0, 1),
+            Expr::Unary(Unary::Tanh, 2),
+        ],
+        outputs: vec![3],
+    };
+    let matrix = (shape.batch * shape.height * shape.width, shape.in_channels);
+    for tile in [Tile::F2, Tile::F4] {
+        let kernel = input_gradient(Algorithm::Winograd(tile));
+        let case = FusedCase::new(kernel, shape.batch, matrix, scale_tanh.clone(), &[]);
+        let mut fused = case.plan.clone();
+        assert_eq!(cnnc::passes::fuse::run(&mut fused), Ok(1), "{}", case.plan);
+        assert!(
+            matches!(
+                fused.steps[0].kernel,
+                KernelDesc::Contraction {
+                    pass: ContractionPass::BackwardData { epilogue: Some(_) },
+                    ..
+                }
+            ),
+            "{fused}"
+        );
+        let apart = case.run(&case.plan, 1);
+        assert!(apart.iter().any(|&v| v != 0.0), "{}", case.plan);
+        for threads in [1, 2] {
+            let together = case.run(&fused, threads);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&together),
+                bits(&apart),
+                "{fused} on {threads} threads"
+            );
+        }
+    }
+    let case = FusedCase::new(
+        input_gradient(Algorithm::Gemm),
+        shape.batch,
+        matrix,
+        scale_tanh.clone(),
+        &[],
+    );
+    let mut plan = case.plan.clone();
+    assert_eq!(cnnc::passes::fuse::run(&mut plan), Ok(0), "{plan}");
+    // Given one anyway, the plan does not verify.
+    let KernelDesc::Contraction { pass, .. } = &mut plan.steps[0].kernel else {
+        panic!("{plan}");
+    };
+    *pass = ContractionPass::BackwardData {
+        epilogue: Some(scale_tanh),
+    };
+    let error = plan
+        .verify()
+        .expect_err("im2col finishes no rows")
+        .to_string();
+    assert!(error.contains("off Winograd's transforms"), "{error}");
 }

@@ -5,7 +5,10 @@
 //! each block of rows while it is in cache. So does one that finishes what
 //! a window kernel writes a row per item (pooling and depthwise
 //! convolution, forward and backward-data): the gradient of the ReLU
-//! before a max pooling, on the pooling's gradient. A forward product of a few
+//! before a max pooling, on the pooling's gradient; and one that finishes
+//! an input gradient on Winograd's transforms, once the algorithm pass has
+//! chosen them (the gradient of the ReLU before a 3x3 convolution), so the
+//! pass runs again after it. A forward product of a few
 //! rows, which its kernel splits over the output channels
 //! ([`forward_splits_columns`]), finishes no block of whole rows and keeps
 //! its element-wise consumer as a step of its own.
@@ -13,7 +16,7 @@
 use crate::codegen::contraction::forward_splits_columns;
 use crate::codegen::elementwise::{Elementwise, Expr, Operand};
 use crate::plan::{
-    Access, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, PlanError, Role,
+    Access, Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, PlanError, Role,
 };
 
 /// Fuses until nothing more fuses, element-wise chains first (so that a
@@ -89,6 +92,17 @@ fn candidate(plan: &KernelPlan, epilogues: bool) -> Option<(usize, usize)> {
                 };
                 (output, rows, channels)
             }
+            // On Winograd's transforms an input gradient's items finish
+            // blocks of rows too (the gradient of the ReLU before a 3x3
+            // convolution); col2im's items add into rows that others
+            // share. The algorithm pass has chosen by then: `run` again
+            // after it.
+            KernelDesc::Contraction {
+                pass: ContractionPass::BackwardData { epilogue: None },
+                geometry: Geometry::Conv(s),
+                algorithm: Algorithm::Winograd(_),
+                ..
+            } if epilogues => (step.args[2], s.batch * s.height * s.width, s.in_channels),
             KernelDesc::Window {
                 window,
                 epilogue: None,
@@ -246,19 +260,24 @@ fn fuse(plan: &mut KernelPlan, producer: usize, consumer: usize) {
             name,
             geometry,
             algorithm,
-            ..
+            pass,
         } => {
             // The epilogue reads and writes the contraction's output in
             // place: its input 0 and output 0 are that buffer, and the
-            // consumer's output becomes it for every later step.
-            let y = if has_bias(&geometry) {
-                producer_step.args[3]
-            } else {
-                producer_step.args[2]
-            };
+            // consumer's output becomes it for every later step. A
+            // forward pass's output follows its bias, when it has one; an
+            // input gradient's follows the kernel.
+            let forward = matches!(pass, ContractionPass::Forward { .. });
+            let own = if forward && has_bias(&geometry) { 4 } else { 3 };
+            let y = producer_step.args[own - 1];
             let z = *consumer_step.args.last().expect("an output");
-            let epilogue = in_place(outer, &consumer_step.args, y);
-            let mut args = producer_step.args[..if has_bias(&geometry) { 4 } else { 3 }].to_vec();
+            let epilogue = Some(in_place(outer, &consumer_step.args, y));
+            let pass = if forward {
+                ContractionPass::Forward { epilogue }
+            } else {
+                ContractionPass::BackwardData { epilogue }
+            };
+            let mut args = producer_step.args[..own].to_vec();
             args.extend(
                 consumer_step.args[..outer.inputs.len()]
                     .iter()
@@ -270,9 +289,7 @@ fn fuse(plan: &mut KernelPlan, producer: usize, consumer: usize) {
                 kernel: KernelDesc::Contraction {
                     name,
                     geometry,
-                    pass: ContractionPass::Forward {
-                        epilogue: Some(epilogue),
-                    },
+                    pass,
                     algorithm,
                 },
                 args,

@@ -80,8 +80,14 @@ pub enum ContractionPass {
         /// An element-wise kernel whose input 0 and output 0 are `y`.
         epilogue: Option<Elementwise>,
     },
-    /// `dx = dy . W^T` (col2im for convolutions). Buffers: `dy`, `W`, `dx`.
-    BackwardData,
+    /// `dx = dy . W^T` (col2im for convolutions), then, on Winograd's
+    /// transforms only, the epilogue on each finished block of rows.
+    /// Buffers: `dy`, `W`, `dx`, then the epilogue's extra inputs and
+    /// outputs.
+    BackwardData {
+        /// An element-wise kernel whose input 0 and output 0 are `dx`.
+        epilogue: Option<Elementwise>,
+    },
     /// `dW = x^T . dy`, `db = sum dy`. Buffers: `x`, `dy`, `dW`, `db` (if
     /// the layer has a bias).
     BackwardFilter,
@@ -324,7 +330,7 @@ impl KernelDesc {
                 Pass::BackwardFilter => false,
             },
             KernelDesc::Contraction { pass, .. } => match pass {
-                ContractionPass::Forward { .. } | ContractionPass::BackwardData => true,
+                ContractionPass::Forward { .. } | ContractionPass::BackwardData { .. } => true,
                 ContractionPass::BackwardFilter => false,
             },
             KernelDesc::Grouped(g) => match g.pass {
@@ -349,7 +355,7 @@ impl KernelDesc {
         match self {
             KernelDesc::Contraction { pass, .. } => match pass {
                 ContractionPass::BackwardFilter => true,
-                ContractionPass::Forward { .. } | ContractionPass::BackwardData => false,
+                ContractionPass::Forward { .. } | ContractionPass::BackwardData { .. } => false,
             },
             _ => false,
         }
@@ -364,7 +370,7 @@ impl KernelDesc {
             } => {
                 let pass = match pass {
                     ContractionPass::Forward { .. } => "forward",
-                    ContractionPass::BackwardData => "backward-data",
+                    ContractionPass::BackwardData { .. } => "backward-data",
                     ContractionPass::BackwardFilter => "backward-filter",
                 };
                 match algorithm {
@@ -425,7 +431,12 @@ impl KernelDesc {
                         format!("forward + epilogue {} ({} steps)", e.name, e.exprs.len())
                     }
                     ContractionPass::Forward { epilogue: None } => "forward".to_string(),
-                    ContractionPass::BackwardData => "backward-data".to_string(),
+                    ContractionPass::BackwardData { epilogue: Some(e) } => format!(
+                        "backward-data + epilogue {} ({} steps)",
+                        e.name,
+                        e.exprs.len()
+                    ),
+                    ContractionPass::BackwardData { epilogue: None } => "backward-data".to_string(),
                     ContractionPass::BackwardFilter => "backward-filter".to_string(),
                 };
                 match algorithm {

@@ -424,7 +424,22 @@ fn contraction(
             }
             params
         }
-        ContractionPass::BackwardData => vec![read(y), read(w), write(x)],
+        ContractionPass::BackwardData { epilogue } => {
+            let mut params = vec![read(y), read(w), write(x)];
+            if let Some(e) = epilogue {
+                let Geometry::Conv(s) = geometry else {
+                    return Err("an epilogue on a dense layer's input gradient".to_string());
+                };
+                if algorithm == Algorithm::Gemm {
+                    return Err(
+                        "an epilogue on an input gradient off Winograd's transforms".to_string()
+                    );
+                }
+                let rows = s.batch * s.height * s.width;
+                params.extend(elementwise(e, rows, s.in_channels, 1));
+            }
+            params
+        }
         ContractionPass::BackwardFilter => {
             let mut params = vec![read(x), read(y), write(w)];
             params.extend(bias.map(write));

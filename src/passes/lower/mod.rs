@@ -686,7 +686,7 @@ impl<'m> Lowering<'m> {
         let desc = KernelDesc::Contraction {
             name: name.clone(),
             geometry: Geometry::Conv(geometry),
-            pass: ContractionPass::BackwardData,
+            pass: ContractionPass::BackwardData { epilogue: None },
             algorithm: Algorithm::Gemm,
         };
         self.step(id, desc, vec![x, weights[0], product]);

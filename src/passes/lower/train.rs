@@ -499,7 +499,7 @@ impl Lowering<'_> {
         let kernel = self.weight(&format!("{}.kernel", gradient.layer), kernel_len);
         let dx = self.temporary(id);
         let name = self.model.graph.nodes[id].name.clone();
-        let pass = ContractionPass::BackwardData;
+        let pass = ContractionPass::BackwardData { epilogue: None };
         let desc = KernelDesc::Contraction {
             name,
             geometry,
