@@ -134,6 +134,23 @@ fn few_row_products_keep_their_activation_apart() {
     }
 }
 
+/// `tanh(0.75 x)` of one tensor: LeNet-5's subsampling after its pooling,
+/// an element-wise consumer that reads nothing else.
+fn scale_tanh() -> cnnc::codegen::elementwise::Elementwise {
+    use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
+    Elementwise {
+        name: "scale_tanh".into(),
+        inputs: vec![Operand::Tensor],
+        exprs: vec![
+            Expr::Load(0),
+            Expr::Const(0.75),
+            Expr::Binary(Binary::Mul, 0, 1),
+            Expr::Unary(Unary::Tanh, 2),
+        ],
+        outputs: vec![3],
+    }
+}
+
 /// A plan of a kernel (a window kernel, a Winograd input gradient) whose
 /// last buffer an element-wise step finishes into a temporary, which a
 /// copy gives the caller.
@@ -235,6 +252,23 @@ impl FusedCase {
         FusedCase { plan, values }
     }
 
+    /// Checks that `fused`, this case's plan after fusion, gives bitwise
+    /// what the steps give apart (something other than zeros), on one
+    /// thread and on two.
+    fn assert_bitwise(&self, fused: &cnnc::KernelPlan) {
+        let apart = self.run(&self.plan, 1);
+        assert!(apart.iter().any(|&v| v != 0.0), "{}", self.plan);
+        for threads in [1, 2] {
+            let together = self.run(fused, threads);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&together),
+                bits(&apart),
+                "{fused} on {threads} threads"
+            );
+        }
+    }
+
     /// The plan's output, run on `threads` threads.
     fn run(&self, plan: &cnnc::KernelPlan, threads: usize) -> Vec<f32> {
         plan.verify().expect("verifies");
@@ -275,7 +309,7 @@ impl FusedCase {
 /// fuses there, and a plan that gives it one does not verify.
 #[test]
 fn window_epilogues_are_bitwise_their_steps_apart() {
-    use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
+    use cnnc::codegen::elementwise::{Elementwise, Expr, Operand};
     use cnnc::codegen::window::{Pass, Window, WindowKind};
     use cnnc::graph::{Padding, PoolKind};
     use cnnc::plan::KernelDesc;
@@ -320,17 +354,7 @@ fn window_epilogues_are_bitwise_their_steps_apart() {
         ],
         outputs: vec![3],
     };
-    let scale_tanh = Elementwise {
-        name: "scale_tanh".into(),
-        inputs: vec![Operand::Tensor],
-        exprs: vec![
-            Expr::Load(0),
-            Expr::Const(0.75),
-            Expr::Binary(Binary::Mul, 0, 1),
-            Expr::Unary(Unary::Tanh, 2),
-        ],
-        outputs: vec![3],
-    };
+    let scale_tanh = scale_tanh();
     let cases = [
         // 3x3 windows at stride 2 overlap; rows of 9 x 40 f32s.
         FusedCase::window(
@@ -379,17 +403,7 @@ fn window_epilogues_are_bitwise_their_steps_apart() {
             ),
             "{fused}"
         );
-        let apart = case.run(&case.plan, 1);
-        assert!(apart.iter().any(|&v| v != 0.0), "{}", case.plan);
-        for threads in [1, 2] {
-            let together = case.run(&fused, threads);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&together),
-                bits(&apart),
-                "{fused} on {threads} threads"
-            );
-        }
+        case.assert_bitwise(&fused);
     }
     let global = Window {
         name: "global".into(),
@@ -429,7 +443,6 @@ fn window_epilogues_are_bitwise_their_steps_apart() {
 fn winograd_input_gradient_epilogues_are_bitwise_their_steps_apart() {
     use cnnc::codegen::contraction::winograd::Tile;
     use cnnc::codegen::contraction::ConvShape;
-    use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand, Unary};
     use cnnc::graph::Padding;
     use cnnc::plan::{Algorithm, ContractionPass, Geometry, KernelDesc};
     let shape = ConvShape {
@@ -450,17 +463,7 @@ fn winograd_input_gradient_epilogues_are_bitwise_their_steps_apart() {
         pass: ContractionPass::BackwardData { epilogue: None },
         algorithm,
     };
-    let scale_tanh = Elementwise {
-        name: "scale_tanh".into(),
-        inputs: vec![Operand::Tensor],
-        exprs: vec![
-            Expr::Load(0),
-            Expr::Const(0.75),
-            Expr::Binary(Binary::Mul, 0, 1),
-            Expr::Unary(Unary::Tanh, 2),
-        ],
-        outputs: vec![3],
-    };
+    let scale_tanh = scale_tanh();
     let matrix = (shape.batch * shape.height * shape.width, shape.in_channels);
     for tile in [Tile::F2, Tile::F4] {
         let kernel = input_gradient(Algorithm::Winograd(tile));
@@ -477,17 +480,7 @@ fn winograd_input_gradient_epilogues_are_bitwise_their_steps_apart() {
             ),
             "{fused}"
         );
-        let apart = case.run(&case.plan, 1);
-        assert!(apart.iter().any(|&v| v != 0.0), "{}", case.plan);
-        for threads in [1, 2] {
-            let together = case.run(&fused, threads);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&together),
-                bits(&apart),
-                "{fused} on {threads} threads"
-            );
-        }
+        case.assert_bitwise(&fused);
     }
     let case = FusedCase::new(
         input_gradient(Algorithm::Gemm),

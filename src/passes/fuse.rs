@@ -228,7 +228,7 @@ fn fuse(plan: &mut KernelPlan, producer: usize, consumer: usize) {
         return;
     };
     let producer_step = plan.steps[producer].clone();
-    match producer_step.kernel {
+    match producer_step.kernel.clone() {
         KernelDesc::Elementwise {
             kernel: inner,
             rows,
@@ -262,69 +262,102 @@ fn fuse(plan: &mut KernelPlan, producer: usize, consumer: usize) {
             algorithm,
             pass,
         } => {
-            // The epilogue reads and writes the contraction's output in
-            // place: its input 0 and output 0 are that buffer, and the
-            // consumer's output becomes it for every later step. A
-            // forward pass's output follows its bias, when it has one; an
+            // A forward pass's output follows its bias, when it has one; an
             // input gradient's follows the kernel.
             let forward = matches!(pass, ContractionPass::Forward { .. });
             let own = if forward && has_bias(&geometry) { 4 } else { 3 };
-            let y = producer_step.args[own - 1];
-            let z = *consumer_step.args.last().expect("an output");
-            let epilogue = Some(in_place(outer, &consumer_step.args, y));
+            let (epilogue, step) = epilogue_of(&producer_step, &consumer_step, outer, own);
+            let epilogue = Some(epilogue);
             let pass = if forward {
                 ContractionPass::Forward { epilogue }
             } else {
                 ContractionPass::BackwardData { epilogue }
             };
-            let mut args = producer_step.args[..own].to_vec();
-            args.extend(
-                consumer_step.args[..outer.inputs.len()]
-                    .iter()
-                    .filter(|&&b| b != y),
-            );
-            let mut nodes = producer_step.nodes.clone();
-            nodes.extend(consumer_step.nodes.clone());
-            plan.steps[producer] = crate::plan::Step {
-                kernel: KernelDesc::Contraction {
-                    name,
-                    geometry,
-                    pass,
-                    algorithm,
-                },
-                args,
-                nodes,
+            let kernel = KernelDesc::Contraction {
+                name,
+                geometry,
+                pass,
+                algorithm,
             };
-            plan.steps.remove(consumer);
-            rename(plan, z, y);
+            replace(plan, (producer, consumer), step.with(kernel));
         }
         KernelDesc::Window { window, .. } => {
-            // As for a contraction: the epilogue updates the window's last
-            // buffer in place.
-            let y = *producer_step.args.last().expect("an output");
-            let z = *consumer_step.args.last().expect("an output");
-            let epilogue = in_place(outer, &consumer_step.args, y);
-            let mut args = producer_step.args.clone();
-            args.extend(
-                consumer_step.args[..outer.inputs.len()]
-                    .iter()
-                    .filter(|&&b| b != y),
-            );
-            let mut nodes = producer_step.nodes.clone();
-            nodes.extend(consumer_step.nodes.clone());
-            plan.steps[producer] = crate::plan::Step {
-                kernel: KernelDesc::Window {
-                    window,
-                    epilogue: Some(epilogue),
-                },
-                args,
-                nodes,
+            // The window's last buffer is the one its items write.
+            let own = producer_step.args.len();
+            let (epilogue, step) = epilogue_of(&producer_step, &consumer_step, outer, own);
+            let kernel = KernelDesc::Window {
+                window,
+                epilogue: Some(epilogue),
             };
-            plan.steps.remove(consumer);
-            rename(plan, z, y);
+            replace(plan, (producer, consumer), step.with(kernel));
         }
         _ => {}
     }
+}
+
+/// A fused step but for its kernel: its arguments, the nodes it
+/// computes, and the buffer its epilogue updates in place.
+struct Fused {
+    args: Vec<BufferId>,
+    nodes: Vec<String>,
+    updated: BufferId,
+}
+
+impl Fused {
+    /// The fused step, with its epilogue in `kernel`, and the buffer the
+    /// epilogue updates.
+    fn with(self, kernel: KernelDesc) -> (crate::plan::Step, BufferId) {
+        let step = crate::plan::Step {
+            kernel,
+            args: self.args,
+            nodes: self.nodes,
+        };
+        (step, self.updated)
+    }
+}
+
+/// The consumer (kernel `outer`) as the epilogue of the producer, whose
+/// first `own` arguments are its own, the last of them the buffer it
+/// writes: the epilogue reads and writes that buffer in place (its input
+/// 0 and output 0). Returns it and the rest of the fused step: the
+/// producer's own arguments, then the consumer's other inputs.
+fn epilogue_of(
+    producer: &crate::plan::Step,
+    consumer: &crate::plan::Step,
+    outer: &Elementwise,
+    own: usize,
+) -> (Elementwise, Fused) {
+    let updated = producer.args[own - 1];
+    let epilogue = in_place(outer, &consumer.args, updated);
+    let mut args = producer.args[..own].to_vec();
+    args.extend(
+        consumer.args[..outer.inputs.len()]
+            .iter()
+            .filter(|&&b| b != updated),
+    );
+    let mut nodes = producer.nodes.clone();
+    nodes.extend(consumer.nodes.clone());
+    (
+        epilogue,
+        Fused {
+            args,
+            nodes,
+            updated,
+        },
+    )
+}
+
+/// Puts the fused step at the producer's place and removes the consumer,
+/// whose output is, for every later step, the buffer the epilogue updates.
+fn replace(
+    plan: &mut KernelPlan,
+    (producer, consumer): (usize, usize),
+    (step, updated): (crate::plan::Step, BufferId),
+) {
+    let output = *plan.steps[consumer].args.last().expect("an output");
+    plan.steps[producer] = step;
+    plan.steps.remove(consumer);
+    rename(plan, output, updated);
 }
 
 /// Every later use of `from` reads `to` instead: an epilogue's output is
