@@ -786,11 +786,12 @@ impl WinogradConv {
         }
     }
 
-    /// Whether the items are small enough (fewer than [`MIN_TILES`] tiles)
-    /// that each value of the transformed kernel an item loads feeds few
-    /// multiply-adds, so that reading the kernel costs as much as the
-    /// products it feeds, in registers or packed. The same on every CPU,
-    /// for the cost model (`passes::algorithm`).
+    /// Whether the items are small (fewer than [`MIN_TILES`] tiles), for
+    /// the cost model (`passes::algorithm`), which counts their reads of
+    /// the transformed kernel as overlapping their products, as products
+    /// in registers overlap them, and larger items' as added to them, as
+    /// the `gemm` crate's packing adds them. The same on every CPU, and
+    /// left so when every size came to run in registers on AVX-512.
     pub fn has_small_items(&self) -> bool {
         self.max_tiles() < MIN_TILES
     }
