@@ -93,12 +93,10 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
                         .into(),
                 });
             };
-            let (compiled, inputs, _) = compile_epilogue(jit, epilogue)?;
             let step = RowEpilogue {
                 kernel,
                 buffers: window.buffers()?.len(),
-                epilogue: compiled,
-                inputs,
+                epilogue: compile_epilogue(jit, epilogue)?,
                 pixels,
                 channels,
             };

@@ -204,12 +204,13 @@ impl<'a> Epilogue<'a> {
         }
     }
 
-    /// Runs the kernel on rows `rows` of `block`, the contraction's output.
+    /// Runs the kernel on rows `rows` of `block`, the contraction's output
+    /// (or a window kernel's, [`crate::codegen::program::RowEpilogue`]).
     ///
     /// # Safety
     /// `block` holds at least `rows.end * channels` f32s, and the contract
     /// of [`Epilogue::new`] holds.
-    unsafe fn apply(&self, block: *mut f32, rows: Range<usize>, channels: usize) {
+    pub(crate) unsafe fn apply(&self, block: *mut f32, rows: Range<usize>, channels: usize) {
         let mut args = Vec::with_capacity(2 + self.inputs.len() + self.outputs.len());
         args.push(block);
         args.extend(&self.inputs);

@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 
+use super::contraction::Epilogue;
 use super::{CompiledKernel, DomainKernel};
 
 /// Where a kernel argument lives.
@@ -126,11 +127,9 @@ pub struct RowEpilogue {
     pub kernel: DomainKernel,
     /// How many buffers the kernel takes.
     pub buffers: usize,
-    /// The epilogue, whose input 0 and output 0 are the kernel's last
-    /// buffer.
-    pub epilogue: CompiledKernel,
-    /// The epilogue's extra inputs.
-    pub inputs: usize,
+    /// The compiled epilogue, whose input 0 and output 0 are the kernel's
+    /// last buffer, and its numbers of extra inputs and outputs.
+    pub epilogue: (CompiledKernel, usize, usize),
     /// Rows of the epilogue's matrix per work item.
     pub pixels: usize,
     /// Channels of each row.
@@ -151,26 +150,27 @@ impl Kernel for RowEpilogue {
         Kernel::example_items(&self.kernel, batch, examples)
     }
     unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
+        let (kernel, inputs, outputs) = &self.epilogue;
         let malformed = || {
             format!(
-                "{}: {} arguments for {} buffers and {} epilogue inputs",
+                "{}: {} arguments for {} buffers and an epilogue's {} inputs and {} outputs",
                 self.kernel.name,
                 args.len(),
                 self.buffers,
-                self.inputs
+                inputs,
+                outputs
             )
         };
-        if args.len() < self.buffers + self.inputs {
+        if args.len() != self.buffers + inputs + outputs {
             return Err(malformed());
         }
         let (own, extra) = args.split_at(self.buffers);
         let &written = own.last().ok_or_else(malformed)?;
-        let (inputs, outputs) = extra.split_at(self.inputs);
-        let mut epilogue = Vec::with_capacity(args.len() + 2);
-        epilogue.push(written);
-        epilogue.extend(inputs);
-        epilogue.push(written);
-        epilogue.extend(outputs);
+        let extra_inputs: Vec<*const f32> =
+            extra[..*inputs].iter().map(|p| p.cast_const()).collect();
+        // SAFETY: the lowering compiled the epilogue for exactly these
+        // extra buffers, each as long as the written buffer's rows need.
+        let epilogue = unsafe { Epilogue::new(kernel, &extra_inputs, &extra[*inputs..]) };
         let row = (self.pixels * self.channels).max(1);
         let chunk = (EPILOGUE_CHUNK / row).max(1);
         for start in items.clone().step_by(chunk) {
@@ -181,8 +181,8 @@ impl Kernel for RowEpilogue {
             // the epilogue's matrix, which these items own.
             unsafe {
                 self.kernel.run(own, start..end);
-                self.epilogue.run(
-                    &epilogue,
+                epilogue.apply(
+                    written,
                     start * self.pixels..end * self.pixels,
                     self.channels,
                 );
