@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use thiserror::Error;
 
+use super::denormals::Flushing;
 use super::team::Team;
 use crate::codegen::program::Slot;
 use crate::codegen::program::{Program, Step};
@@ -272,6 +273,8 @@ impl Executor {
                 step.kernel.domain()
             ));
         }
+        // Subnormals flush to zero on this thread as on the team's workers.
+        let _flushing = Flushing::new();
         let domain = items.len();
         let first = items.start;
         let kernel = step.kernel.as_ref();

@@ -13,6 +13,7 @@
 //! checked against the model they belong to.
 
 pub mod binding;
+pub mod denormals;
 pub mod executor;
 pub mod gradients;
 pub mod inference;

@@ -149,6 +149,8 @@ impl Drop for Team {
 
 /// A worker's life: wait for a new generation, run its part, report.
 fn work(s: &Shared, index: usize) {
+    // Kernels run as the leader runs them (it holds one in the executor).
+    let _flushing = super::denormals::Flushing::new();
     let mut seen = 0u64;
     loop {
         seen = wait_for_job(s, seen);
