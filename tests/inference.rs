@@ -238,3 +238,50 @@ fn check_file(file: &str, batch: usize) {
         .unwrap_or_else(|d| panic!("{d}"));
     run_and_compare(&model, batch, 2);
 }
+
+/// Kernels read and write subnormal numbers as zero on every thread that
+/// runs them, as TensorFlow's do (`docs/backend.md`), and the caller's
+/// thread gets its own floating-point mode back.
+#[test]
+fn kernels_flush_subnormals_on_every_thread_and_restore_the_callers_mode() {
+    let width = 256;
+    let model = compile(&format!(
+        "model m : [1, 1, {width}] {{ flatten dense({width}) }}"
+    ));
+    let batch = 64;
+    for threads in [1, 2] {
+        let mut store = weights::init(&model, 1);
+        for (name, tensor) in store.iter_mut() {
+            tensor.data.fill(0.0);
+            if name.ends_with(".kernel") {
+                // The identity: each output is its input, exactly, unless
+                // the input reads as zero.
+                for i in 0..width {
+                    tensor.data[i * width + i] = 1.0;
+                }
+            }
+        }
+        let compiled = cnnc::compile_inference(&model, batch).unwrap_or_else(|e| panic!("{e}"));
+        let mut inference =
+            Inference::new(compiled, store, threads).unwrap_or_else(|e| panic!("{e}"));
+        let subnormal = f32::MIN_POSITIVE / 4.0;
+        let mut input = vec![subnormal; batch * width];
+        // One normal value per item, which must come through.
+        for item in 0..batch {
+            input[item * width + item % width] = 0.5;
+        }
+        let outputs = inference.run(&input).unwrap_or_else(|e| panic!("{e}"));
+        for (name, values) in outputs {
+            for (i, &v) in values.iter().enumerate() {
+                let expected = if i % width == (i / width) % width {
+                    0.5
+                } else {
+                    0.0
+                };
+                assert_eq!(v, expected, "{name}[{i}] on {threads} threads");
+            }
+        }
+        let product = std::hint::black_box(subnormal) * std::hint::black_box(1.0f32);
+        assert_eq!(product, subnormal, "the caller's thread keeps subnormals");
+    }
+}
