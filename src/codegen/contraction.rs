@@ -30,6 +30,7 @@
 //! executor holds them (places in one arena); their lengths are the
 //! kernel's [`Lengths`].
 
+pub mod bf16;
 mod direct;
 mod geometry;
 mod matmul;

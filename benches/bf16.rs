@@ -1,0 +1,101 @@
+//! Speed of the bf16 product (`cnnc::codegen::contraction::bf16`) on each
+//! backend this machine runs, against the f32 product of the `gemm` crate
+//! that the im2col convolutions call, one thread, on the im2col products
+//! of the seed CNN's 3x3 layers: an item of 512 rows (output positions) by
+//! taps x input channels by output channels. Criterion's "elements" are
+//! FLOPs, two per multiply-add. The packing of the bf16 operands is timed
+//! on its own (`pack_rows`, `pack_panels`): a product reads operands that
+//! an epilogue or a transform has packed.
+//!
+//! ```text
+//! cargo bench --bench bf16                 # everything (about a minute)
+//! cargo bench --bench bf16 -- conv3        # one layer
+//! ```
+
+use std::time::Duration;
+
+use cnnc::codegen::contraction::bf16::{self, Backend, Panels, Rows};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+/// The rows of one item of an im2col convolution.
+const ROWS: usize = 512;
+
+/// The seed CNN's 3x3 layers: name, taps x input channels, output channels.
+const LAYERS: [(&str, usize, usize); 4] = [
+    ("conv2", 9 * 64, 128),
+    ("conv3", 9 * 128, 128),
+    ("conv4", 9 * 128, 256),
+    ("conv5", 9 * 256, 256),
+];
+
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn products(c: &mut Criterion) {
+    for (name, depth, columns) in LAYERS {
+        let mut group = c.benchmark_group(format!("bf16/{name}"));
+        group
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(2))
+            .sample_size(20)
+            .throughput(Throughput::Elements((2 * ROWS * depth * columns) as u64));
+        let a = values(ROWS * depth, 1);
+        let b = values(depth * columns, 2);
+        let mut dst = vec![0.0f32; ROWS * columns];
+        group.bench_function("f32_gemm", |bench| {
+            bench.iter(|| {
+                // SAFETY: the three buffers hold the row-major matrices the
+                // strides describe, and `dst` overlaps neither operand.
+                unsafe {
+                    gemm::gemm(
+                        ROWS,
+                        columns,
+                        depth,
+                        dst.as_mut_ptr(),
+                        1,
+                        columns as isize,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        depth as isize,
+                        b.as_ptr(),
+                        1,
+                        columns as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            })
+        });
+        let left = Rows::pack(&a, ROWS, depth);
+        let right = Panels::pack(&b, depth, columns);
+        for backend in Backend::ALL.into_iter().filter(|b| b.available()) {
+            group.bench_function(format!("bf16_{}", backend.name()), |bench| {
+                bench.iter(|| bf16::product(backend, &left, &right, 0..ROWS, &mut dst))
+            });
+        }
+        group.bench_function("pack_rows", |bench| {
+            bench.iter(|| Rows::pack(&a, ROWS, depth))
+        });
+        group.bench_function("pack_panels", |bench| {
+            bench.iter(|| Panels::pack(&b, depth, columns))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, products);
+criterion_main!(benches);

@@ -1,0 +1,738 @@
+//! Products in bfloat16: `dst = left · right` with both operands rounded
+//! to bf16 (round to nearest even) and the products summed in f32. A bf16
+//! value is the upper half of an f32 (8 bits of exponent, 8 of
+//! precision), so a product of two is exact in f32 and only the sums
+//! round. Two backends ([`Backend`]): AMX's tiles (`tdpbf16ps`, 8192
+//! multiply-adds an instruction, Intel from Sapphire Rapids on) and
+//! AVX512-BF16's vectors (`vdpbf16ps`, two pairs of bf16 multiplied and
+//! added to each f32 lane, AMD from Zen 4 on). `cargo bench --bench bf16`
+//! measures both against the f32 product (`docs/backend.md`, "bf16").
+//!
+//! The operands are packed once: the left one ([`Rows`]) as pairs of
+//! consecutive values of each row, the right one ([`Panels`]) as panels of
+//! [`PANEL`] columns whose rows are pairs of consecutive rows, both padded
+//! to whole AMX tiles of 16 pairs. AVX-512's inner loop reads one 32-bit
+//! pair of the left operand, broadcast, against four vectors of a panel;
+//! AMX reads tiles of 16 rows of 16 pairs from both in place.
+//!
+//! # Error
+//! Rounding an f32 to bf16 changes it by at most `u = 2^-8` of its
+//! magnitude, so a product of two rounded values is within `2u + u²` of
+//! the exact product, and summing `k` of them in f32 adds at most `k ·
+//! 2^-24` of the sum of magnitudes (to first order). For every element,
+//! `|dst - exact| <= (2u + u² + k · 2^-24 · (1 + 2u + u²)) · Σ_p
+//! |left[i][p]| · |right[p][j]|` ([`error_bound`]): on data of unit scale,
+//! about 1% of the sum of magnitudes.
+
+use std::ops::Range;
+
+/// The columns of one panel of [`Panels`]: four vectors of 16 f32 lanes.
+pub const PANEL: usize = VECTORS * LANES;
+
+/// Rows summed at once: 24 accumulators, four vectors of the right operand
+/// and a broadcast fit AVX-512's 32 vector registers.
+const ROWS: usize = 6;
+/// Vectors of 16 columns summed at once.
+const VECTORS: usize = 4;
+/// Columns per vector.
+const LANES: usize = 16;
+
+/// `value` rounded to the nearest bf16, ties to even, as `vcvtne2ps2bf16`
+/// rounds: subnormal inputs become zeros of their sign, a NaN stays a
+/// (quiet) NaN, and values beyond bf16's largest finite one round to
+/// infinity.
+pub fn round(value: f32) -> u16 {
+    let bits = value.to_bits();
+    if value.is_nan() {
+        return ((bits >> 16) | 0x0040) as u16;
+    }
+    if value.is_subnormal() {
+        return ((bits >> 16) & 0x8000) as u16;
+    }
+    // Adding just under half a unit of the last kept bit, plus that bit,
+    // carries into it exactly when the dropped half is above a half, or a
+    // half with the kept bit odd. No finite value carries past infinity's
+    // bits (the largest, 0x7f7f_ffff, rounds to infinity, 0x7f80).
+    let odd = (bits >> 16) & 1;
+    ((bits + 0x7fff + odd) >> 16) as u16
+}
+
+/// The f32 whose upper half is `value`.
+pub fn widen(value: u16) -> f32 {
+    f32::from_bits(u32::from(value) << 16)
+}
+
+/// The instructions a bf16 product runs on. Their sums round in different
+/// orders, so a program keeps to one (the one [`Backend::best`] chose when
+/// it was compiled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// AMX tiles (`tdpbf16ps`): Intel from Sapphire Rapids on.
+    Amx,
+    /// AVX-512 vectors (`vdpbf16ps`): AMD from Zen 4 on, and Intel from
+    /// Cooper Lake on.
+    Avx512,
+}
+
+impl Backend {
+    /// Every backend, fastest first.
+    pub const ALL: [Backend; 2] = [Backend::Amx, Backend::Avx512];
+
+    /// Whether this CPU (and, for AMX, the kernel) runs this backend.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        match self {
+            Backend::Amx => amx::available(),
+            Backend::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bf16")
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// The fastest backend this machine runs, if any.
+    pub fn best() -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.available())
+    }
+
+    /// The name of the backend's product, for profiles and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Amx => "AMX-BF16",
+            Backend::Avx512 => "AVX512-BF16",
+        }
+    }
+}
+
+/// The bound above on `|dst - exact|` for an element whose inner
+/// dimension is `depth` and whose sum of magnitudes `Σ_p |left[i][p]| ·
+/// |right[p][j]|` is `magnitude`.
+pub fn error_bound(depth: usize, magnitude: f64) -> f64 {
+    let u = 2f64.powi(-8);
+    let products = 2.0 * u + u * u;
+    let sums = depth as f64 * 2f64.powi(-24) * (1.0 + products);
+    (products + sums) * magnitude
+}
+
+/// Two bf16 values in one word: `low` in the lower half, as `vdpbf16ps`
+/// pairs them.
+fn pair(low: f32, high: f32) -> u32 {
+    u32::from(round(low)) | (u32::from(round(high)) << 16)
+}
+
+/// A left operand of `rows` rows of `depth` values, in bf16: row `i` is
+/// [`padded_pairs`]`(depth)` words from word `i` times that, word `q`
+/// holding values `2q` (low half) and `2q + 1` (high half), zero past the
+/// depth.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows {
+    words: Vec<u32>,
+    rows: usize,
+    depth: usize,
+}
+
+/// The words a packed row or panel holds for `depth` values: their pairs,
+/// padded with zeros to whole tiles of [`TILE_PAIRS`] (AMX reads a tile's
+/// 16 pairs of a row at once; the AVX-512 product stops at the last pair).
+pub fn padded_pairs(depth: usize) -> usize {
+    depth.div_ceil(2).div_ceil(TILE_PAIRS) * TILE_PAIRS
+}
+
+/// Pairs in a row of one AMX tile: 64 bytes.
+const TILE_PAIRS: usize = 16;
+
+/// Whether this CPU converts f32 to bf16 in vectors (`vcvtne2ps2bf16`,
+/// which rounds as [`round`] does) and interleaves 16-bit lanes: packing
+/// then runs in vectors, each value once.
+#[cfg(target_arch = "x86_64")]
+fn converts() -> bool {
+    std::arch::is_x86_feature_detected!("avx512bf16")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
+impl Rows {
+    /// Packs the row-major `rows x depth` matrix `values`.
+    ///
+    /// # Panics
+    /// When `values` does not hold `rows * depth` values.
+    pub fn pack(values: &[f32], rows: usize, depth: usize) -> Rows {
+        assert_eq!(values.len(), rows * depth, "a {rows}x{depth} left operand");
+        let stride = padded_pairs(depth);
+        let mut words = vec![0u32; rows * stride];
+        for (row, packed) in values.chunks(depth.max(1)).zip(words.chunks_mut(stride)) {
+            #[cfg(target_arch = "x86_64")]
+            if converts() {
+                // SAFETY: the CPU converts (checked); `packed` holds the
+                // row's pairs padded to whole tiles of 32 values, which
+                // covers the last vector of 32.
+                unsafe { avx512::pack_row(row, packed) };
+                continue;
+            }
+            for (q, word) in packed.iter_mut().enumerate().take(depth.div_ceil(2)) {
+                let high = row.get(2 * q + 1).copied().unwrap_or(0.0);
+                *word = pair(row[2 * q], high);
+            }
+        }
+        Rows { words, rows, depth }
+    }
+
+    /// The number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The values in each row.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Value `(row, p)` as the product reads it.
+    pub fn get(&self, row: usize, p: usize) -> f32 {
+        let word = self.words[row * padded_pairs(self.depth) + p / 2];
+        widen((word >> (16 * (p % 2))) as u16)
+    }
+}
+
+/// A right operand of `depth` rows of `columns` values, in bf16 panels of
+/// [`PANEL`] columns (the last one padded with zeros): panel `b` holds
+/// `lines = `[`padded_pairs`]`(depth)` lines of [`PANEL`] words from word
+/// `b * lines * PANEL`, word `(q, c)` holding rows `2q` (low half) and
+/// `2q + 1` (high half) of the panel's column `c`, zero past the depth.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Panels {
+    words: Vec<u32>,
+    depth: usize,
+    columns: usize,
+}
+
+impl Panels {
+    /// Packs the row-major `depth x columns` matrix `values`.
+    ///
+    /// # Panics
+    /// When `values` does not hold `depth * columns` values.
+    pub fn pack(values: &[f32], depth: usize, columns: usize) -> Panels {
+        assert_eq!(
+            values.len(),
+            depth * columns,
+            "a {depth}x{columns} right operand"
+        );
+        let lines = padded_pairs(depth);
+        let panels = columns.div_ceil(PANEL);
+        let mut words = vec![0u32; panels * lines * PANEL];
+        let at = |row: usize, col: usize| {
+            if row < depth && col < columns {
+                values[row * columns + col]
+            } else {
+                0.0
+            }
+        };
+        for (b, panel) in words.chunks_mut(lines * PANEL).enumerate() {
+            for (q, line) in panel.chunks_mut(PANEL).take(depth.div_ceil(2)).enumerate() {
+                let first = b * PANEL;
+                #[cfg(target_arch = "x86_64")]
+                if converts() {
+                    let low = &values[2 * q * columns..][..columns];
+                    let high =
+                        (2 * q + 1 < depth).then(|| &values[(2 * q + 1) * columns..][..columns]);
+                    // SAFETY: the CPU converts (checked); `line` holds
+                    // PANEL words, and the rows are read at columns
+                    // `first..` up to their length.
+                    unsafe { avx512::pack_line(low, high, first, line) };
+                    continue;
+                }
+                for (c, word) in line.iter_mut().enumerate() {
+                    let col = first + c;
+                    *word = pair(at(2 * q, col), at(2 * q + 1, col));
+                }
+            }
+        }
+        Panels {
+            words,
+            depth,
+            columns,
+        }
+    }
+
+    /// The number of rows.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// The number of columns.
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// Value `(p, col)` as the product reads it.
+    pub fn get(&self, p: usize, col: usize) -> f32 {
+        let lines = padded_pairs(self.depth);
+        let word = self.words[(col / PANEL * lines + p / 2) * PANEL + col % PANEL];
+        widen((word >> (16 * (p % 2))) as u16)
+    }
+}
+
+/// `dst = left · right` over rows `rows` of `left`, on `backend`: `dst`
+/// holds those rows, row-major, `right.columns()` values each. Each
+/// element sums its pairs of products from zero in the backend's order
+/// ([`reference`]), whatever the rows asked for, so any split of the rows
+/// gives bitwise the same result.
+///
+/// # Panics
+/// When the backend is not [`Backend::available`] (callers choose one
+/// that is), when the inner dimensions differ, when `rows` is not within
+/// `left`, or when `dst` does not hold those rows.
+pub fn product(backend: Backend, left: &Rows, right: &Panels, rows: Range<usize>, dst: &mut [f32]) {
+    assert!(backend.available(), "this CPU has no {}", backend.name());
+    assert_eq!(left.depth, right.depth, "inner dimensions");
+    assert!(rows.end <= left.rows, "rows {rows:?} of {}", left.rows);
+    assert_eq!(dst.len(), rows.len() * right.columns, "the destination");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU runs the backend (asserted); the operands' and the
+    // destination's sizes were asserted to match the shape.
+    unsafe {
+        match backend {
+            Backend::Amx => amx::product(left, right, rows, dst),
+            Backend::Avx512 => avx512::product(left, right, rows, dst),
+        }
+    }
+}
+
+/// [`product`] on [`Backend::Avx512`] one element at a time, in the order
+/// `vdpbf16ps` sums: each pair's high (odd) product and then its low
+/// (even) one, each sum rounded to f32 and flushed to zero when
+/// subnormal. The executable statement of what that product computes, for
+/// tests. AMX has no such statement: Intel documents the same steps with
+/// the low product first, but the hardware rounds its sums within a tile
+/// otherwise (neither that order, nor a pair or a tile summed exactly and
+/// rounded once, matches it bitwise), so its products are checked against
+/// [`error_bound`] and against themselves.
+pub fn reference(left: &Rows, right: &Panels) -> Vec<f32> {
+    let flush = |x: f32| if x.is_subnormal() { 0.0 * x } else { x };
+    let mut dst = vec![0.0; left.rows * right.columns];
+    for (i, row) in dst.chunks_mut(right.columns.max(1)).enumerate() {
+        for (j, value) in row.iter_mut().enumerate() {
+            let term = |p: usize| {
+                if p < left.depth {
+                    left.get(i, p) * right.get(p, j)
+                } else {
+                    0.0
+                }
+            };
+            let mut sum = 0.0f32;
+            for q in 0..left.depth.div_ceil(2) {
+                sum = flush(sum + term(2 * q + 1));
+                sum = flush(sum + term(2 * q));
+            }
+            *value = sum;
+        }
+    }
+    dst
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::{
+        __m512, __m512bh, __m512i, __mmask16, _mm512_cvtne2ps_pbh, _mm512_dpbf16_ps,
+        _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_permutexvar_epi16,
+        _mm512_set1_epi32, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_storeu_si512,
+    };
+    use std::ops::Range;
+
+    use super::{Panels, Rows, LANES, PANEL, ROWS, VECTORS};
+
+    /// What every block of one product shares.
+    struct Shape<'a> {
+        left: &'a Rows,
+        right: &'a Panels,
+        /// The pairs summed.
+        pairs: usize,
+        /// The words of a packed row, and the lines of a panel.
+        stride: usize,
+        /// The first row of the product, which `dst` starts at.
+        first: usize,
+        dst: *mut f32,
+    }
+
+    /// [`super::product`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BF16; `dst` holds `rows.len()` rows of
+    /// `right.columns` values; `rows` lies within `left`, whose depth is
+    /// `right`'s.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn product(left: &Rows, right: &Panels, rows: Range<usize>, dst: &mut [f32]) {
+        let shape = Shape {
+            left,
+            right,
+            pairs: left.depth.div_ceil(2),
+            stride: super::padded_pairs(left.depth),
+            first: rows.start,
+            dst: dst.as_mut_ptr(),
+        };
+        let whole = rows.start + rows.len() / ROWS * ROWS;
+        for col in (0..right.columns).step_by(PANEL) {
+            let cols = (right.columns - col).min(PANEL);
+            // SAFETY: every block lies within the product's rows and
+            // columns.
+            unsafe {
+                for row in (rows.start..whole).step_by(ROWS) {
+                    block::<ROWS>(&shape, row, col, cols);
+                }
+                match rows.end - whole {
+                    0 => {}
+                    1 => block::<1>(&shape, whole, col, cols),
+                    2 => block::<2>(&shape, whole, col, cols),
+                    3 => block::<3>(&shape, whole, col, cols),
+                    4 => block::<4>(&shape, whole, col, cols),
+                    _ => block::<5>(&shape, whole, col, cols),
+                }
+            }
+        }
+    }
+
+    /// Rows `row..row + R` by the panel's columns `col..col + cols`,
+    /// summed in registers over every pair and stored.
+    ///
+    /// # Safety
+    /// As for [`product`], with the block inside its shape.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[inline]
+    unsafe fn block<const R: usize>(s: &Shape, row: usize, col: usize, cols: usize) {
+        let mut acc = [[_mm512_setzero_ps(); VECTORS]; R];
+        let left = s.left.words[row * s.stride..].as_ptr();
+        let panel = s.right.words[col * s.stride..].as_ptr();
+        for q in 0..s.pairs {
+            let line = panel.wrapping_add(q * PANEL);
+            let mut right = [bf16_pairs(_mm512_setzero_si512()); VECTORS];
+            for (v, vector) in right.iter_mut().enumerate() {
+                // SAFETY: a panel's line is PANEL words, all packed (the
+                // last panel padded with zeros).
+                *vector =
+                    bf16_pairs(unsafe { _mm512_loadu_si512(line.wrapping_add(v * LANES).cast()) });
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: word q of row `row + r`, within the left operand
+                // (the block's rows are the product's).
+                let word = unsafe { *left.wrapping_add(r * s.stride + q) };
+                let broadcast = bf16_pairs(_mm512_set1_epi32(word as i32));
+                for v in 0..VECTORS {
+                    acc[v] = _mm512_dpbf16_ps(acc[v], broadcast, right[v]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let out = s
+                .dst
+                .wrapping_add((row + r - s.first) * s.right.columns + col);
+            for (v, sum) in acc.iter().enumerate() {
+                let lanes = cols.saturating_sub(v * LANES).min(LANES);
+                if lanes == 0 {
+                    break;
+                }
+                let mask = ((1u32 << lanes) - 1) as __mmask16;
+                // SAFETY: the lanes of row `row + r` within the product's
+                // columns, which this call alone writes.
+                unsafe { _mm512_mask_storeu_ps(out.wrapping_add(v * LANES), mask, *sum) };
+            }
+        }
+    }
+
+    /// Packs `row` into `packed`: value `p` into half `p % 2` of word `p /
+    /// 2`, zeros past the row.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and BF16; `packed` holds at least
+    /// `row.len()` values rounded up to a multiple of 32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_row(row: &[f32], packed: &mut [u32]) {
+        for (v, start) in (0..row.len()).step_by(2 * LANES).enumerate() {
+            let low = load(row, start);
+            let high = load(row, start + LANES);
+            // In memory order, the 32 bf16 values are the pairs of 16
+            // words: the low half of each word is the even value.
+            let values: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(high, low));
+            debug_assert!(packed.len() >= (v + 1) * LANES);
+            // SAFETY: the caller's contract: 16 words from `v * 16`.
+            unsafe { _mm512_storeu_si512(packed.as_mut_ptr().add(v * LANES).cast(), values) };
+        }
+    }
+
+    /// Packs one line of a panel: word `c` of `line` holds column `first +
+    /// c` of rows `low` (low half) and `high` (high half; zero when there
+    /// is none), zero past the rows' length.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and BF16; `line` holds [`PANEL`] words.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_line(
+        low: &[f32],
+        high: Option<&[f32]>,
+        first: usize,
+        line: &mut [u32],
+    ) {
+        // Lane 2i of the result takes lane i of the converted rows' low
+        // row, lane 2i + 1 lane i of the high row (lanes 16.. after the
+        // conversion).
+        const INTERLEAVE: [u16; 32] = {
+            let mut lanes = [0u16; 32];
+            let mut i = 0;
+            while i < 16 {
+                lanes[2 * i] = i as u16;
+                lanes[2 * i + 1] = 16 + i as u16;
+                i += 1;
+            }
+            lanes
+        };
+        // SAFETY: 64 bytes of a constant.
+        let interleave = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
+        debug_assert!(line.len() >= PANEL);
+        for v in 0..VECTORS {
+            let start = first + v * LANES;
+            let even = load(low, start);
+            let odd = high.map_or(_mm512_setzero_ps(), |high| load(high, start));
+            let values: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even));
+            let pairs = _mm512_permutexvar_epi16(interleave, values);
+            // SAFETY: the caller's contract: words `v * 16 ..` of the line.
+            unsafe { _mm512_storeu_si512(line.as_mut_ptr().add(v * LANES).cast(), pairs) };
+        }
+    }
+
+    /// Values `start .. start + 16` of `values`, zero past its end.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn load(values: &[f32], start: usize) -> __m512 {
+        let lanes = values.len().saturating_sub(start).min(LANES);
+        let mask = ((1u32 << lanes) - 1) as __mmask16;
+        // SAFETY: the mask's lanes lie within `values` (none when `start`
+        // is past its end, where the address is not read).
+        unsafe { _mm512_maskz_loadu_ps(mask, values.as_ptr().wrapping_add(start)) }
+    }
+
+    /// The bits of `v` as 32 bf16 values.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[inline]
+    fn bf16_pairs(v: __m512i) -> __m512bh {
+        // SAFETY: both are 512 bits of plain data.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even 1.
+        assert_eq!(round(1.0 + 2f32.powi(-8)), 0x3f80);
+        // 1 + 3 · 2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6: up.
+        assert_eq!(round(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
+        // Just above a half rounds up.
+        assert_eq!(round(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 0x3f81);
+        assert_eq!(round(-1.5), 0xbfc0);
+        assert_eq!(round(f32::MAX), 0x7f80, "rounds to infinity");
+        assert_eq!(round(f32::INFINITY), 0x7f80);
+        assert_eq!(round(f32::NEG_INFINITY), 0xff80);
+        assert!(widen(round(f32::NAN)).is_nan());
+        assert_eq!(round(-f32::MIN_POSITIVE / 2.0), 0x8000, "subnormals flush");
+        assert_eq!(widen(round(3.0)), 3.0);
+    }
+
+    /// A deterministic matrix of values of unit scale, some negative.
+    fn matrix(len: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 20_001) as f32 / 10_000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packing_keeps_every_value_and_pads_with_zeros() {
+        let (rows, depth, columns) = (3, 5, 70);
+        let a = matrix(rows * depth, 1);
+        let b = matrix(depth * columns, 2);
+        let left = Rows::pack(&a, rows, depth);
+        let right = Panels::pack(&b, depth, columns);
+        for i in 0..rows {
+            for p in 0..depth {
+                assert_eq!(left.get(i, p), widen(round(a[i * depth + p])));
+            }
+            assert_eq!(left.words[i * 16 + 2] >> 16, 0, "the odd depth's pad");
+            assert!(left.words[i * 16 + 3..(i + 1) * 16].iter().all(|&w| w == 0));
+        }
+        for p in 0..depth {
+            for j in 0..columns {
+                assert_eq!(right.get(p, j), widen(round(b[p * columns + j])));
+            }
+        }
+        assert_eq!(right.words.len(), 2 * 16 * PANEL, "two panels of a tile");
+        // The second panel's columns past the matrix, and every line past
+        // the depth's three pairs, are zeros.
+        assert!(right.words[16 * PANEL + 6..]
+            .iter()
+            .step_by(PANEL)
+            .all(|&w| w == 0));
+        assert!(right.words[3 * PANEL..16 * PANEL].iter().all(|&w| w == 0));
+    }
+
+    #[test]
+    fn packing_rounds_every_value_as_round_does() {
+        // Ties both ways, values just off a tie, the extremes, infinities,
+        // subnormals and NaN, in both operands, at every lane of a vector.
+        let special = [
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+            -(1.0 + 2f32.powi(-8) + 2f32.powi(-20)),
+            f32::MAX,
+            -f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE / 3.0,
+            -f32::MIN_POSITIVE / 5.0,
+            f32::MIN_POSITIVE,
+            f32::NAN,
+            -0.0,
+            0.1,
+        ];
+        let (rows, depth, columns) = (5, 37, 83);
+        let spread = |len: usize, seed: u32| -> Vec<f32> {
+            let noise = matrix(len, seed);
+            (0..len)
+                .map(|i| {
+                    if i % 3 == 0 {
+                        special[i % special.len()]
+                    } else {
+                        noise[i]
+                    }
+                })
+                .collect()
+        };
+        let a = spread(rows * depth, 5);
+        let b = spread(depth * columns, 6);
+        let same = |got: f32, value: f32| {
+            let want = widen(round(value));
+            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan())
+        };
+        let left = Rows::pack(&a, rows, depth);
+        let right = Panels::pack(&b, depth, columns);
+        for i in 0..rows {
+            for p in 0..depth {
+                assert!(same(left.get(i, p), a[i * depth + p]), "left ({i}, {p})");
+            }
+        }
+        for p in 0..depth {
+            for j in 0..columns {
+                assert!(
+                    same(right.get(p, j), b[p * columns + j]),
+                    "right ({p}, {j})"
+                );
+            }
+        }
+    }
+
+    /// The shapes the products are checked on: odd and even depths, rows
+    /// that are and are not whole blocks, columns under, at and past a
+    /// panel.
+    const SHAPES: [(usize, usize, usize); 10] = [
+        (1, 1, 1),
+        (7, 3, 17),
+        (6, 64, 64),
+        (13, 27, 100),
+        (32, 288, 128),
+        (5, 1, 130),
+        (19, 576, 65),
+        (33, 33, 33),
+        (40, 100, 70),
+        (64, 32, 32),
+    ];
+
+    /// The backends this machine runs (none: the tests below check
+    /// nothing, and say so).
+    fn backends() -> Vec<Backend> {
+        let found: Vec<Backend> = Backend::ALL.into_iter().filter(|b| b.available()).collect();
+        if found.is_empty() {
+            eprintln!("this CPU runs no bf16 backend: nothing to check");
+        }
+        found
+    }
+
+    #[test]
+    fn products_are_bitwise_their_order_and_within_the_bound() {
+        for backend in backends() {
+            for (n, &(rows, depth, columns)) in SHAPES.iter().enumerate() {
+                let a = matrix(rows * depth, 3 * n as u32);
+                let b = matrix(depth * columns, 3 * n as u32 + 1);
+                let left = Rows::pack(&a, rows, depth);
+                let right = Panels::pack(&b, depth, columns);
+                let mut dst = vec![f32::NAN; rows * columns];
+                product(backend, &left, &right, 0..rows, &mut dst);
+                let shape = format!("{backend:?} {rows}x{depth}x{columns}");
+                if backend == Backend::Avx512 {
+                    let expected = reference(&left, &right);
+                    for (k, (got, want)) in dst.iter().zip(&expected).enumerate() {
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{shape}, element {k}: {got} against {want}"
+                        );
+                    }
+                }
+                within_the_bound(&shape, (&a, &b), (rows, depth, columns), &dst);
+            }
+        }
+    }
+
+    /// Checks every element of `dst = a · b` against [`error_bound`].
+    fn within_the_bound(
+        shape: &str,
+        (a, b): (&[f32], &[f32]),
+        (rows, depth, columns): (usize, usize, usize),
+        dst: &[f32],
+    ) {
+        for i in 0..rows {
+            for j in 0..columns {
+                let terms = (0..depth)
+                    .map(|p| (f64::from(a[i * depth + p]), f64::from(b[p * columns + j])));
+                let (exact, magnitude) =
+                    terms.fold((0.0, 0.0), |(s, m), (x, y)| (s + x * y, m + (x * y).abs()));
+                let error = (f64::from(dst[i * columns + j]) - exact).abs();
+                assert!(
+                    error <= error_bound(depth, magnitude),
+                    "{shape} ({i}, {j}): off by {error}, sum of magnitudes {magnitude}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn any_split_of_the_rows_gives_the_same_bits() {
+        let (rows, depth, columns) = (71, 45, 90);
+        let left = Rows::pack(&matrix(rows * depth, 7), rows, depth);
+        let right = Panels::pack(&matrix(depth * columns, 8), depth, columns);
+        for backend in backends() {
+            let mut whole = vec![0.0; rows * columns];
+            product(backend, &left, &right, 0..rows, &mut whole);
+            for split in [1, 5, 6, 11, 16, 22, 33, 70] {
+                let mut parts = vec![0.0; rows * columns];
+                let (top, bottom) = parts.split_at_mut(split * columns);
+                product(backend, &left, &right, 0..split, top);
+                product(backend, &left, &right, split..rows, bottom);
+                assert_eq!(
+                    whole.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    parts.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    "{backend:?}, split at {split}"
+                );
+            }
+        }
+    }
+}
