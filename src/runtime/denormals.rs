@@ -111,7 +111,7 @@ fn set_control_word(word: u32) {
 mod tests {
     use super::*;
 
-    /// The smallest positive subnormal f32, and a product that is one.
+    /// A subnormal f32, and its product by a half (subnormal too).
     fn subnormal_product() -> (f32, f32) {
         let tiny = std::hint::black_box(f32::MIN_POSITIVE / 4.0);
         let half = std::hint::black_box(0.5f32);

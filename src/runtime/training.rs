@@ -116,9 +116,9 @@ pub struct Trainer {
 /// A fresh zeroed vector is pages the kernel maps in at their first write,
 /// and the first write to the optimizer's state is the first step's update
 /// kernels, on every thread at once. Faulting the pages in there, threads
-/// contending, made ResNet-34's first step 0.25 s slower than one thread
-/// writing them here (`cnnc bench examples/resnet34.cnn`, Intel Xeon, 2
-/// threads: 0.46 s to the first step done, 0.23 s with this).
+/// contending, made ResNet-34's first step about 0.23 s slower than one
+/// thread writing them here (`cnnc bench examples/resnet34.cnn`, Intel
+/// Xeon, 2 threads: 0.46 s to the first step done, 0.23 s with this).
 fn touched_zeros(len: usize) -> Vec<f32> {
     let mut values = vec![0.0f32; len];
     // One write a page, volatile so that it is not dropped as writing
