@@ -161,9 +161,11 @@ impl Rows {
         assert_eq!(values.len(), rows * depth, "a {rows}x{depth} left operand");
         let stride = padded_pairs(depth);
         let mut words = vec![0u32; rows * stride];
+        #[cfg(target_arch = "x86_64")]
+        let vectors = converts();
         for (row, packed) in values.chunks(depth.max(1)).zip(words.chunks_mut(stride)) {
             #[cfg(target_arch = "x86_64")]
-            if converts() {
+            if vectors {
                 // SAFETY: the CPU converts (checked); `packed` holds the
                 // row's pairs padded to whole tiles of 32 values, which
                 // covers the last vector of 32.
@@ -228,11 +230,13 @@ impl Panels {
                 0.0
             }
         };
+        #[cfg(target_arch = "x86_64")]
+        let vectors = converts();
         for (b, panel) in words.chunks_mut(lines * PANEL).enumerate() {
             for (q, line) in panel.chunks_mut(PANEL).take(depth.div_ceil(2)).enumerate() {
                 let first = b * PANEL;
                 #[cfg(target_arch = "x86_64")]
-                if converts() {
+                if vectors {
                     let low = &values[2 * q * columns..][..columns];
                     let high =
                         (2 * q + 1 < depth).then(|| &values[(2 * q + 1) * columns..][..columns]);
