@@ -107,7 +107,7 @@ pub fn run(
     let example = model.input_shape().map_or(0, |s| s.elements() as usize);
 
     let started = Instant::now();
-    let compiled = crate::compile_inference(model, config.inference_batch)?;
+    let compiled = crate::compile_inference_in(model, config.inference_batch, train.precision)?;
     let compile_inference = started.elapsed();
     // The weights the training step started from, drawn again.
     let mut inference = Inference::new(compiled, weights::init(model, 1), config.threads)?;
@@ -125,7 +125,8 @@ pub fn run(
 
     let inference_arena = inference.arena_bytes();
     let store = inference.into_weights();
-    let mut single = Inference::new(crate::compile_inference(model, 1)?, store, config.threads)?;
+    let single_program = crate::compile_inference_in(model, 1, train.precision)?;
+    let mut single = Inference::new(single_program, store, config.threads)?;
     let one = noise(example);
     single.run(&one)?;
     if config.profile {
@@ -307,7 +308,13 @@ fn measure_training(
         weights: train.loss_weights.clone(),
     };
     let started = Instant::now();
-    let step = crate::compile_training(model, &loss, &train.optimizer, config.batch)?;
+    let step = crate::compile_training_in(
+        model,
+        &loss,
+        &train.optimizer,
+        config.batch,
+        train.precision,
+    )?;
     // The weights are drawn once the step is known to fit the memory cap
     // (compiling checks it), and drawing them is not compile time.
     let drawing = Instant::now();
@@ -522,12 +529,18 @@ pub fn memory_report(model: &TypedGraph, train: &TrainConfig, batch: usize) -> S
     let arena = |plan: Result<KernelPlan, CompileError>| -> Result<u64, CompileError> {
         Ok(crate::memory::plan(&plan?)?.arena_bytes)
     };
-    let inference = arena(crate::plan_inference(model, batch));
+    let inference = arena(crate::plan_inference_in(model, batch, train.precision));
     let loss = LossSpec {
         smoothing: train.label_smoothing,
         weights: train.loss_weights.clone(),
     };
-    let training = arena(crate::plan_training(model, &loss, &train.optimizer, batch));
+    let training = arena(crate::plan_training_in(
+        model,
+        &loss,
+        &train.optimizer,
+        batch,
+        train.precision,
+    ));
     let state =
         model.param_counts().trainable * 4 * crate::optimizer::state_count(&train.optimizer) as u64;
     let mut out = format!("Memory at batch {batch}: weights {}\n", bytes(weights));

@@ -20,6 +20,43 @@ pub enum Loss {
     Binary,
 }
 
+/// The arithmetic of a program's contractions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Convolutions and dense layers multiply bf16 operands and sum in
+    /// f32; everything else, and every value kept, stays f32
+    /// (`crate::passes::precision`).
+    Bf16,
+}
+
+impl Precision {
+    /// Its name on the command line and in the train section.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// What the CPU must run for this precision, in words for errors.
+    pub fn requirement(self) -> &'static str {
+        match self {
+            Precision::F32 => "nothing more",
+            Precision::Bf16 => "AMX-BF16 (Intel from Sapphire Rapids on) or AVX512-BF16 (AMD from Zen 4 on, Intel Cooper Lake); /proc/cpuinfo lists them as amx_bf16 and avx512_bf16",
+        }
+    }
+
+    /// The precision named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Precision> {
+        [Precision::F32, Precision::Bf16]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+}
+
 /// Everything the `train` section says, with defaults for what it leaves out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
@@ -52,6 +89,8 @@ pub struct TrainConfig {
     /// ["stage1", "conv1"]`); elaboration has already frozen the layers
     /// they match ([`crate::graph::Node::trainable`]).
     pub freeze: Vec<String>,
+    /// The arithmetic of the convolutions and dense layers.
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -79,6 +118,7 @@ impl Default for TrainConfig {
             early_stopping: None,
             augment: None,
             freeze: Vec::new(),
+            precision: Precision::F32,
         }
     }
 }

@@ -2,8 +2,9 @@
 //! code ([`crate::codegen`]), its arguments bound to the slots the memory
 //! layout gives them, in one program with a JIT of its own ([`build`]).
 
+use crate::codegen::contraction::bf16::{Backend, Bf16Forward, PackWeights};
 use crate::codegen::contraction::step::{
-    BackwardDataStep, BackwardFilterStep, ProductStep, WinogradFilterGradientStep,
+    BackwardDataStep, BackwardFilterStep, PackWeightsStep, ProductStep, WinogradFilterGradientStep,
     WinogradFilterStep,
 };
 use crate::codegen::contraction::winograd::{
@@ -108,6 +109,24 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             pass,
             algorithm: Algorithm::Gemm,
         } => contraction(jit, name, geometry, pass)?,
+        KernelDesc::Contraction {
+            name,
+            geometry,
+            pass,
+            algorithm: Algorithm::Bf16,
+        } => bf16_contraction(jit, name, geometry, pass)?,
+        KernelDesc::PackWeights { name, geometry } => {
+            let kernel = match geometry {
+                Geometry::Conv(s) => PackWeights::new(name, s)?,
+                Geometry::Dense(s) => PackWeights::dense(name, s)?,
+            };
+            let work = kernel.packed_len();
+            let step = PackWeightsStep {
+                kernel,
+                name: name.clone(),
+            };
+            (Box::new(step), work)
+        }
         KernelDesc::Contraction {
             name,
             geometry,
@@ -250,6 +269,48 @@ fn contraction(
         }
     };
     Ok((kernel, work))
+}
+
+/// The kernel of a contraction step in bf16, on the fastest backend this
+/// CPU runs, and its size in multiply-adds.
+fn bf16_contraction(
+    jit: &mut Jit,
+    name: &str,
+    geometry: &Geometry,
+    pass: &ContractionPass,
+) -> Result<(Box<dyn Kernel>, usize), CodegenError> {
+    let ContractionPass::Forward { epilogue } = pass else {
+        return Err(CodegenError::Malformed {
+            kernel: name.to_string(),
+            message: format!("no bf16 algorithm computes {pass:?}"),
+        });
+    };
+    let Some(backend) = Backend::best() else {
+        return Err(CodegenError::UnsupportedHost(format!(
+            "kernel `{name}` multiplies in bf16, which needs {}",
+            crate::plan::Precision::Bf16.requirement()
+        )));
+    };
+    let (kernel, work) = match geometry {
+        Geometry::Conv(s) => (
+            Bf16Forward::new(name, s, backend)?,
+            s.batch * s.height * s.width * s.in_channels * s.out_channels,
+        ),
+        Geometry::Dense(s) => (
+            Bf16Forward::dense(name, s, backend)?,
+            s.rows * s.inputs * s.units,
+        ),
+    };
+    let epilogue = match epilogue {
+        Some(e) => Some(compile_epilogue(jit, e)?),
+        None => None,
+    };
+    let step = ProductStep {
+        kernel,
+        name: name.to_string(),
+        epilogue,
+    };
+    Ok((Box::new(step), work))
 }
 
 /// An epilogue compiled, with its numbers of extra inputs and outputs (its

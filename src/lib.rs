@@ -50,7 +50,7 @@ use thiserror::Error;
 pub use diagnostics::Diagnostics;
 pub use executable::Compiled;
 pub use passes::lower::Mode;
-pub use plan::KernelPlan;
+pub use plan::{KernelPlan, Precision};
 pub use shapes::{ParamCounts, TypedGraph};
 pub use syntax::Program;
 
@@ -162,7 +162,20 @@ pub struct CompiledGradients {
 /// The kernel plan of `model`'s inference on batches of `batch`: the back
 /// end's planning stages, in order.
 pub fn plan_inference(model: &TypedGraph, batch: usize) -> Result<KernelPlan, CompileError> {
-    plan_forward(model, Mode::Inference, batch)
+    plan_inference_in(model, batch, Precision::F32)
+}
+
+/// [`plan_inference`] with the contractions in `precision`.
+pub fn plan_inference_in(
+    model: &TypedGraph,
+    batch: usize,
+    precision: Precision,
+) -> Result<KernelPlan, CompileError> {
+    // One kernel call per node, batchnorm by its moving statistics.
+    let mut plan = passes::lower::forward(model, batch, Mode::Inference)?;
+    // Inference runs with weights that never change (`Inference` owns them).
+    plan.frozen_weights = true;
+    rewrite(plan, precision)
 }
 
 /// The kernel plan of one training step of `model` on batches of `batch`,
@@ -174,11 +187,22 @@ pub fn plan_training(
     optimizer: &Optimizer,
     batch: usize,
 ) -> Result<KernelPlan, CompileError> {
+    plan_training_in(model, loss, optimizer, batch, Precision::F32)
+}
+
+/// [`plan_training`] with the contractions in `precision`.
+pub fn plan_training_in(
+    model: &TypedGraph,
+    loss: &LossSpec,
+    optimizer: &Optimizer,
+    batch: usize,
+    precision: Precision,
+) -> Result<KernelPlan, CompileError> {
     // The losses and the backward pass, as nodes of the same IR.
     let training = autodiff::differentiate(model, loss).map_err(CompileError::Autodiff)?;
     // Forward with batch statistics, loss, backward, optimizer updates.
     let plan = passes::lower::training(&training, batch, optimizer)?;
-    rewrite(plan)
+    rewrite(plan, precision)
 }
 
 /// The kernel plan of `model`'s forward pass in `mode` on batches of
@@ -192,7 +216,7 @@ pub fn plan_forward(
     let mut plan = passes::lower::forward(model, batch, mode)?;
     // Inference runs with weights that never change (`Inference` owns them).
     plan.frozen_weights = mode == Mode::Inference;
-    rewrite(plan)
+    rewrite(plan, Precision::F32)
 }
 
 /// The kernel plan of the vector-Jacobian product of `model` on batches of
@@ -207,7 +231,7 @@ pub fn plan_gradients(
     let graph = autodiff::vector_jacobian(model).map_err(CompileError::Autodiff)?;
     // Forward in the mode, backward; gradients returned, no weight written.
     let plan = passes::lower::gradients(&graph, batch, mode)?;
-    rewrite(plan)
+    rewrite(plan, Precision::F32)
 }
 
 /// `model`'s forward pass in `mode` compiled for batches of `batch`; run it
@@ -238,6 +262,15 @@ pub fn compile_inference(model: &TypedGraph, batch: usize) -> Result<Compiled, C
     generate(plan_inference(model, batch)?)
 }
 
+/// [`compile_inference`] with the contractions in `precision`.
+pub fn compile_inference_in(
+    model: &TypedGraph,
+    batch: usize,
+    precision: Precision,
+) -> Result<Compiled, CompileError> {
+    generate(plan_inference_in(model, batch, precision)?)
+}
+
 /// One training step of `model` compiled for batches of `batch`.
 pub fn compile_training(
     model: &TypedGraph,
@@ -245,7 +278,18 @@ pub fn compile_training(
     optimizer: &Optimizer,
     batch: usize,
 ) -> Result<CompiledStep, CompileError> {
-    let plan = plan_training(model, loss, optimizer, batch)?;
+    compile_training_in(model, loss, optimizer, batch, Precision::F32)
+}
+
+/// [`compile_training`] with the contractions in `precision`.
+pub fn compile_training_in(
+    model: &TypedGraph,
+    loss: &LossSpec,
+    optimizer: &Optimizer,
+    batch: usize,
+    precision: Precision,
+) -> Result<CompiledStep, CompileError> {
+    let plan = plan_training_in(model, loss, optimizer, batch, precision)?;
     Ok(CompiledStep {
         compiled: generate(plan)?,
         optimizer: *optimizer,
@@ -253,11 +297,14 @@ pub fn compile_training(
 }
 
 /// The rewrites of a lowered plan, shared by every program.
-fn rewrite(mut plan: KernelPlan) -> Result<KernelPlan, CompileError> {
+fn rewrite(mut plan: KernelPlan, precision: Precision) -> Result<KernelPlan, CompileError> {
     // Every call against its kernel's signature (fusion checks again).
     plan.verify()?;
     // Element-wise chains into one kernel; activations into epilogues.
     passes::fuse::run(&mut plan)?;
+    // Forward products in bf16 where asked, each layer's weights packed by
+    // a step of their own (before Winograd, which a bf16 layer skips).
+    passes::precision::run(&mut plan, precision)?;
     // Winograd where the cost model says it wins, its kernel transform a
     // step of its own.
     passes::algorithm::run(&mut plan)?;

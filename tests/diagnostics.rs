@@ -168,6 +168,7 @@ cases! {
     train_loss_weights_unknown_output,
     train_key_twice,
     train_augment_out_of_range,
+    train_unknown_precision,
     // All reported in one run.
     several_errors,
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use cnnc::bench::BenchConfig;
 use cnnc::Diagnostics;
 
+use super::overrides::{PrecisionArg, TrainOverrides};
 use super::ranks::Ranks;
 use super::shared::{failure, load, threads_or_cores};
 
@@ -31,6 +32,9 @@ pub struct Args {
     /// Also print the time of the training step's slowest kernels.
     #[arg(long)]
     profile: bool,
+    /// Arithmetic of the convolutions and dense layers (overrides the train section).
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
 }
 
 /// Runs the benchmark with the model's train section and reports it.
@@ -43,7 +47,11 @@ pub fn run(args: &Args) -> Result<String, Diagnostics> {
         threads: threads_or_cores(args.threads),
         steps: args.steps,
     };
-    let train = model.graph.train.clone().unwrap_or_default();
+    let overrides = TrainOverrides {
+        precision: args.precision,
+        ..TrainOverrides::default()
+    };
+    let train = overrides.apply(model.graph.train.clone().unwrap_or_default());
     // Under mpirun: the training step alone, its batch split across the ranks.
     let ranks = Ranks::join().map_err(|e| failure(&args.file, e))?;
     match ranks.world() {

@@ -1,5 +1,6 @@
 //! `cnnc run`'s flags that override the model's train section: `--epochs`,
-//! `--batch`, `--lr`, `--optimizer` and `--seed`.
+//! `--batch`, `--lr`, `--optimizer`, `--seed` and `--precision` (which
+//! `cnnc bench` and `cnnc summary` take too).
 //!
 //! The merging lives with the command line rather than next to
 //! [`TrainConfig`]: the train section is the whole configuration, and
@@ -8,7 +9,27 @@
 //! `--optimizer`'s help promises).
 
 use clap::ValueEnum;
-use cnnc::config::{Optimizer, OptimizerKind, TrainConfig};
+use cnnc::config::{Optimizer, OptimizerKind, Precision, TrainConfig};
+
+/// The precisions `--precision` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// Everything in f32 (the default).
+    F32,
+    /// Convolutions and dense layers multiply in bfloat16 and sum in f32
+    /// (needs AMX-BF16 or AVX512-BF16).
+    Bf16,
+}
+
+impl PrecisionArg {
+    /// The library's precision.
+    pub fn precision(self) -> Precision {
+        match self {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        }
+    }
+}
 
 /// The optimizers `--optimizer` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -42,6 +63,8 @@ pub struct TrainOverrides {
     pub optimizer: Option<OptimizerArg>,
     /// `--seed`.
     pub seed: Option<u64>,
+    /// `--precision`.
+    pub precision: Option<PrecisionArg>,
 }
 
 impl TrainOverrides {
@@ -51,6 +74,9 @@ impl TrainOverrides {
         config.batch = self.batch.unwrap_or(config.batch);
         config.optimizer.lr = self.lr.unwrap_or(config.optimizer.lr);
         config.seed = self.seed.unwrap_or(config.seed);
+        if let Some(precision) = self.precision {
+            config.precision = precision.precision();
+        }
         if let Some(kind) = self.optimizer {
             set_optimizer(&mut config.optimizer, kind);
         }
@@ -107,11 +133,13 @@ mod tests {
             lr: Some(0.25),
             optimizer: None,
             seed: Some(9),
+            precision: Some(PrecisionArg::Bf16),
         };
         let merged = overrides.apply(config.clone());
         assert_eq!((merged.epochs, merged.batch, merged.seed), (7, 16, 9));
         assert_eq!(merged.optimizer.lr, 0.25);
         assert_eq!(merged.optimizer.kind, OptimizerKind::Adam);
+        assert_eq!(merged.precision, Precision::Bf16);
         assert_eq!(merged.validation, config.validation);
     }
 

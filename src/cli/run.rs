@@ -9,7 +9,7 @@ use cnnc::train::checkpoint::CheckpointEvery;
 use cnnc::train::fit::{self, FitOptions, Progress};
 use cnnc::{Diagnostics, TypedGraph};
 
-use super::overrides::{OptimizerArg, TrainOverrides};
+use super::overrides::{OptimizerArg, PrecisionArg, TrainOverrides};
 use super::progress::ProgressPrinter;
 use super::ranks::Ranks;
 use super::shared::{
@@ -49,6 +49,9 @@ pub struct Args {
     /// Random seed (overrides the train section).
     #[arg(long)]
     seed: Option<u64>,
+    /// Arithmetic of the convolutions and dense layers (overrides the train section).
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
     /// Folder for the weights, the checkpoint and the history (one run of a model at a time).
     #[arg(long, default_value = ".")]
     out: PathBuf,
@@ -96,6 +99,7 @@ impl Args {
             lr: self.lr,
             optimizer: self.optimizer,
             seed: self.seed,
+            precision: self.precision,
         }
     }
 }

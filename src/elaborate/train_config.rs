@@ -21,6 +21,7 @@ pub const TRAIN_KEYS: &[&str] = &[
     "early_stopping",
     "augment",
     "freeze",
+    "precision",
 ];
 
 /// Checks the evaluated entries of a train section; `outputs` are the
@@ -70,6 +71,7 @@ pub fn check(
                 .map(|e| config.early_stopping = Some(e)),
             "augment" => c.augment(value).map(|a| config.augment = Some(a)),
             "freeze" => c.freeze(value).map(|f| config.freeze = f),
+            "precision" => c.precision(value).map(|p| config.precision = p),
             other => {
                 let error = Diagnostic::error(
                     key.span,
@@ -293,6 +295,22 @@ impl Checker {
             }
         }
         Some((loss, smoothing))
+    }
+
+    /// `precision: f32` or `precision: bf16`.
+    fn precision(&mut self, value: &Spanned) -> Option<Precision> {
+        const NAMES: [&str; 2] = ["f32", "bf16"];
+        let name = match &value.value {
+            Value::Symbol(name) => name.as_str(),
+            _ => return self.fail(value, "`precision` must be `f32` or `bf16`"),
+        };
+        if let Some(precision) = Precision::from_name(name) {
+            return Some(precision);
+        }
+        let error = Diagnostic::error(value.span, format!("unknown precision `{name}`"), "here")
+            .with_note("`f32` (the default) or `bf16`: convolutions and dense layers multiply in bfloat16 and sum in f32, on CPUs with AMX-BF16 or AVX512-BF16");
+        self.errors.push(suggest(error, name, NAMES));
+        None
     }
 
     fn loss_weights(&mut self, value: &Spanned, outputs: &[&str]) -> Option<Vec<(String, f64)>> {

@@ -4,3 +4,4 @@
 pub mod algorithm;
 pub mod fuse;
 pub mod lower;
+pub mod precision;

@@ -16,6 +16,7 @@ use crate::codegen::reduce::Reduce;
 use crate::codegen::resample::Resample;
 use crate::codegen::window::Window;
 
+pub use crate::config::Precision;
 pub use verify::{Access, Len, Param, PlanError};
 
 /// Identifies a buffer of a plan.
@@ -108,6 +109,12 @@ pub enum Algorithm {
     /// of `dW`, which a [`KernelDesc::WinogradFilter`] step after it
     /// transforms into `dW`.
     Winograd(Tile),
+    /// The product in bf16 ([`crate::codegen::contraction::bf16`]): both
+    /// operands rounded to bf16, the products summed in f32, on the
+    /// fastest backend the CPU runs. For the forward pass, the step's
+    /// kernel buffer is then the weights packed by a
+    /// [`KernelDesc::PackWeights`] step before it.
+    Bf16,
 }
 
 /// The description of one kernel call.
@@ -164,6 +171,15 @@ pub enum KernelDesc {
         /// run to run ([`KernelPlan::prepared`]): its cost against its
         /// convolution's, weighed by the algorithm pass.
         keep: bool,
+    },
+    /// A layer's weights packed for its bf16 products (buffers: `W`, the
+    /// packed weights, [`crate::codegen::contraction::bf16::packed_weights_len`]
+    /// f32 slots of two bf16 values each).
+    PackWeights {
+        /// A name for errors and profiles.
+        name: String,
+        /// The layer's sizes.
+        geometry: Geometry,
     },
     /// A grouped convolution's pass (`conv(groups: g)`, `g > 1`).
     Grouped(GroupedConv),
@@ -341,7 +357,9 @@ impl KernelDesc {
             KernelDesc::Resample(_) => true,
             // Weights in, weights out; a mask drawn for the whole batch
             // from the step's seed, the same on every rank.
-            KernelDesc::WinogradFilter { .. } | KernelDesc::Mask(_) => false,
+            KernelDesc::WinogradFilter { .. }
+            | KernelDesc::PackWeights { .. }
+            | KernelDesc::Mask(_) => false,
         }
     }
 
@@ -376,11 +394,13 @@ impl KernelDesc {
                 match algorithm {
                     Algorithm::Gemm => format!("{pass}, gemm"),
                     Algorithm::Winograd(tile) => format!("{pass}, winograd {}", tile.label()),
+                    Algorithm::Bf16 => format!("{pass}, bf16"),
                 }
             }
             KernelDesc::WinogradFilter { tile, .. } => {
                 format!("kernel transform, winograd {}", tile.label())
             }
+            KernelDesc::PackWeights { .. } => "weights to bf16".to_string(),
             KernelDesc::Elementwise { .. } => "element-wise".to_string(),
             KernelDesc::Reduce(_) => "reduction".to_string(),
             KernelDesc::Window { .. } => "window".to_string(),
@@ -444,6 +464,7 @@ impl KernelDesc {
                     Algorithm::Winograd(tile) => {
                         format!("contraction {pass} winograd {} {geometry:?}", tile.label())
                     }
+                    Algorithm::Bf16 => format!("contraction {pass} bf16 {geometry:?}"),
                 }
             }
             KernelDesc::WinogradFilter {
@@ -452,6 +473,7 @@ impl KernelDesc {
                 direction,
                 ..
             } => format!("winograd filter {} {direction:?} {shape:?}", tile.label()),
+            KernelDesc::PackWeights { geometry, .. } => format!("pack bf16 {geometry:?}"),
             KernelDesc::Grouped(g) => format!(
                 "grouped {} groups {} {:?}",
                 grouped_pass(g.pass),

@@ -9,6 +9,7 @@
 use thiserror::Error;
 
 use super::{Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role};
+use crate::codegen::contraction::bf16;
 use crate::codegen::contraction::winograd::{self, Direction, Tile};
 use crate::codegen::contraction::{forward_splits_columns, ConvShape};
 use crate::codegen::elementwise::{Elementwise, Expr, Operand};
@@ -180,7 +181,9 @@ impl KernelDesc {
             KernelDesc::Elementwise { kernel, .. } => &kernel.name,
             KernelDesc::Reduce(r) => &r.name,
             KernelDesc::Window { window, .. } => &window.name,
-            KernelDesc::Contraction { name, .. } | KernelDesc::WinogradFilter { name, .. } => name,
+            KernelDesc::Contraction { name, .. }
+            | KernelDesc::WinogradFilter { name, .. }
+            | KernelDesc::PackWeights { name, .. } => name,
             KernelDesc::Grouped(g) => &g.name,
             KernelDesc::Copy(c) => &c.name,
             KernelDesc::Embed(e) => &e.name,
@@ -221,6 +224,13 @@ impl KernelDesc {
                     Direction::BackwardFilter => vec![read(transformed), write(kernel_len(shape))],
                     _ => vec![read(kernel_len(shape)), write(transformed)],
                 })
+            }
+            KernelDesc::PackWeights { geometry, .. } => {
+                let (weights, packed) = match geometry {
+                    Geometry::Conv(s) => (kernel_len(s), packed_len(s)?),
+                    Geometry::Dense(s) => (s.inputs * s.units, bf16::packed_dense_len(s)),
+                };
+                Ok(vec![read(weights), write(packed)])
             }
             KernelDesc::Grouped(g) => g
                 .buffers()
@@ -391,21 +401,28 @@ fn contraction(
             match algorithm {
                 Algorithm::Gemm => kernel_len(s),
                 Algorithm::Winograd(tile) => winograd_kernel_len(s, tile)?,
+                Algorithm::Bf16 => packed_len(s)?,
             },
             s.bias.then_some(s.out_channels),
             conv_output(s)?,
         ),
-        Geometry::Dense(_) if algorithm != Algorithm::Gemm => {
+        Geometry::Dense(_) if matches!(algorithm, Algorithm::Winograd(_)) => {
             return Err("a dense layer has no Winograd algorithm".to_string())
         }
         Geometry::Dense(s) => (
             s.rows * s.inputs,
-            s.inputs * s.units,
+            match algorithm {
+                Algorithm::Bf16 => bf16::packed_dense_len(s),
+                _ => s.inputs * s.units,
+            },
             s.bias.then_some(s.units),
             (s.rows, s.units),
         ),
     };
     let y = rows * channels;
+    if algorithm == Algorithm::Bf16 && !matches!(pass, ContractionPass::Forward { .. }) {
+        return Err(format!("no bf16 algorithm computes {pass:?}"));
+    }
     Ok(match pass {
         ContractionPass::Forward { epilogue } => {
             let mut params = vec![read(x), read(w)];
@@ -446,6 +463,11 @@ fn contraction(
             params
         }
     })
+}
+
+/// The f32 slots of a convolution's weights packed for its bf16 products.
+fn packed_len(s: &ConvShape) -> Result<usize, String> {
+    bf16::packed_weights_len(s).map_err(|e| e.to_string())
 }
 
 /// The length of a convolution's kernel.

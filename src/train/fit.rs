@@ -346,7 +346,13 @@ pub fn fit_from(
         smoothing: config.label_smoothing,
         weights: config.loss_weights.clone(),
     };
-    let step = crate::compile_training(model, &loss, &config.optimizer, config.batch as usize)?;
+    let step = crate::compile_training_in(
+        model,
+        &loss,
+        &config.optimizer,
+        config.batch as usize,
+        config.precision,
+    )?;
     let mut trainer = Trainer::new(step, initial, options.threads)?;
     trainer.seed = config.seed;
     let total_steps = (train.len() / config.batch as usize) as u64 * config.epochs;

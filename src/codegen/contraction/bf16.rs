@@ -26,6 +26,10 @@
 
 use std::ops::Range;
 
+mod kernels;
+
+pub use kernels::{packed_dense_len, packed_weights_len, Bf16Forward, PackWeights};
+
 /// The columns of one panel of [`Panels`]: four vectors of 16 f32 lanes.
 pub const PANEL: usize = VECTORS * LANES;
 
@@ -125,10 +129,11 @@ fn pair(low: f32, high: f32) -> u32 {
 /// A left operand of `rows` rows of `depth` values, in bf16: row `i` is
 /// [`padded_pairs`]`(depth)` words from word `i` times that, word `q`
 /// holding values `2q` (low half) and `2q + 1` (high half), zero past the
-/// depth.
+/// depth. `W` holds the words: a vector of its own ([`Rows::pack`]), or a
+/// caller's buffer ([`Rows::new`], a kernel's scratch).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rows {
-    words: Vec<u32>,
+pub struct Rows<W = Vec<u32>> {
+    words: W,
     rows: usize,
     depth: usize,
 }
@@ -140,16 +145,108 @@ pub fn padded_pairs(depth: usize) -> usize {
     depth.div_ceil(2).div_ceil(TILE_PAIRS) * TILE_PAIRS
 }
 
+/// The words of the packed right operand of `depth` rows of `columns`
+/// values ([`Panels`]).
+pub fn panels_words(depth: usize, columns: usize) -> usize {
+    columns.div_ceil(PANEL) * padded_pairs(depth) * PANEL
+}
+
 /// Pairs in a row of one AMX tile: 64 bytes.
 const TILE_PAIRS: usize = 16;
 
-/// Whether this CPU converts f32 to bf16 in vectors (`vcvtne2ps2bf16`,
-/// which rounds as [`round`] does) and interleaves 16-bit lanes: packing
-/// then runs in vectors, each value once.
-#[cfg(target_arch = "x86_64")]
-fn converts() -> bool {
-    std::arch::is_x86_feature_detected!("avx512bf16")
-        && std::arch::is_x86_feature_detected!("avx512bw")
+/// Packs f32 values into bf16 operands, in vectors where the CPU converts
+/// (`vcvtne2ps2bf16`, which rounds as [`round`] does, and AVX-512 BW's
+/// 16-bit lanes), each value once; one value at a time otherwise. It asks
+/// the CPU once, when made.
+#[derive(Debug, Clone, Copy)]
+pub struct Packer {
+    vectors: bool,
+}
+
+impl Default for Packer {
+    fn default() -> Packer {
+        Packer::new()
+    }
+}
+
+impl Packer {
+    /// A packer for this CPU.
+    pub fn new() -> Packer {
+        #[cfg(target_arch = "x86_64")]
+        let vectors = std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512bw");
+        #[cfg(not(target_arch = "x86_64"))]
+        let vectors = false;
+        Packer { vectors }
+    }
+
+    /// Packs `row` into `packed`, one row of a [`Rows`]: every word of
+    /// `packed` is written, zeros past the row.
+    ///
+    /// # Panics
+    /// When `packed` does not hold [`padded_pairs`]`(row.len())` words.
+    pub fn row(self, row: &[f32], packed: &mut [u32]) {
+        assert_eq!(packed.len(), padded_pairs(row.len()), "a packed row");
+        let pairs = row.len().div_ceil(2);
+        #[cfg(target_arch = "x86_64")]
+        if self.vectors {
+            // SAFETY: the CPU converts (asked when the packer was made);
+            // `packed` holds the row's pairs padded to whole tiles of 32
+            // values, which covers the last vector of 32.
+            unsafe { avx512::pack_row(row, packed) };
+            packed[pairs.next_multiple_of(LANES)..].fill(0);
+            return;
+        }
+        for (q, word) in packed.iter_mut().enumerate() {
+            *word = if q < pairs {
+                let high = row.get(2 * q + 1).copied().unwrap_or(0.0);
+                pair(row[2 * q], high)
+            } else {
+                0
+            };
+        }
+    }
+
+    /// Packs panel `panel` of a [`Panels`] of `depth` rows into `packed`:
+    /// row `p` of the right operand is `line(p)`, every row as long (the
+    /// operand's columns); every word of `packed` is written, zeros past
+    /// the rows and the columns.
+    ///
+    /// # Panics
+    /// When `packed` does not hold [`padded_pairs`]`(depth)` lines of
+    /// [`PANEL`] words.
+    pub fn panel<'v>(
+        self,
+        depth: usize,
+        panel: usize,
+        line: impl Fn(usize) -> &'v [f32],
+        packed: &mut [u32],
+    ) {
+        assert_eq!(packed.len(), padded_pairs(depth) * PANEL, "a packed panel");
+        let first = panel * PANEL;
+        let pairs = depth.div_ceil(2);
+        for (q, words) in packed.chunks_mut(PANEL).enumerate() {
+            if q >= pairs {
+                words.fill(0);
+                continue;
+            }
+            let low = line(2 * q);
+            let high = (2 * q + 1 < depth).then(|| line(2 * q + 1));
+            #[cfg(target_arch = "x86_64")]
+            if self.vectors {
+                // SAFETY: the CPU converts (asked when the packer was
+                // made); `words` holds PANEL words, and the rows are read
+                // at columns `first..` up to their length.
+                unsafe { avx512::pack_line(low, high, first, words) };
+                continue;
+            }
+            let at = |row: &[f32], col: usize| row.get(col).copied().unwrap_or(0.0);
+            for (c, word) in words.iter_mut().enumerate() {
+                let col = first + c;
+                *word = pair(at(low, col), high.map_or(0.0, |high| at(high, col)));
+            }
+        }
+    }
 }
 
 impl Rows {
@@ -161,25 +258,30 @@ impl Rows {
         assert_eq!(values.len(), rows * depth, "a {rows}x{depth} left operand");
         let stride = padded_pairs(depth);
         let mut words = vec![0u32; rows * stride];
-        #[cfg(target_arch = "x86_64")]
-        let vectors = converts();
+        let packer = Packer::new();
         for (row, packed) in values.chunks(depth.max(1)).zip(words.chunks_mut(stride)) {
-            #[cfg(target_arch = "x86_64")]
-            if vectors {
-                // SAFETY: the CPU converts (checked); `packed` holds the
-                // row's pairs padded to whole tiles of 32 values, which
-                // covers the last vector of 32.
-                unsafe { avx512::pack_row(row, packed) };
-                continue;
-            }
-            for (q, word) in packed.iter_mut().enumerate().take(depth.div_ceil(2)) {
-                let high = row.get(2 * q + 1).copied().unwrap_or(0.0);
-                *word = pair(row[2 * q], high);
-            }
+            packer.row(row, packed);
         }
         Rows { words, rows, depth }
     }
+}
 
+impl<'a> Rows<&'a [u32]> {
+    /// The packed operand of `rows` rows of `depth` values in `words`,
+    /// each row packed by [`Packer::row`].
+    ///
+    /// # Panics
+    /// When `words` does not hold `rows` packed rows.
+    pub fn new(words: &'a [u32], rows: usize, depth: usize) -> Rows<&'a [u32]> {
+        assert!(
+            words.len() >= rows * padded_pairs(depth),
+            "{rows} packed rows"
+        );
+        Rows { words, rows, depth }
+    }
+}
+
+impl<W: AsRef<[u32]>> Rows<W> {
     /// The number of rows.
     pub fn rows(&self) -> usize {
         self.rows
@@ -192,8 +294,17 @@ impl Rows {
 
     /// Value `(row, p)` as the product reads it.
     pub fn get(&self, row: usize, p: usize) -> f32 {
-        let word = self.words[row * padded_pairs(self.depth) + p / 2];
+        let word = self.words.as_ref()[row * padded_pairs(self.depth) + p / 2];
         widen((word >> (16 * (p % 2))) as u16)
+    }
+
+    /// The same operand, its words borrowed.
+    pub fn view(&self) -> Rows<&[u32]> {
+        Rows {
+            words: self.words.as_ref(),
+            rows: self.rows,
+            depth: self.depth,
+        }
     }
 }
 
@@ -202,9 +313,10 @@ impl Rows {
 /// `lines = `[`padded_pairs`]`(depth)` lines of [`PANEL`] words from word
 /// `b * lines * PANEL`, word `(q, c)` holding rows `2q` (low half) and
 /// `2q + 1` (high half) of the panel's column `c`, zero past the depth.
+/// `W` holds the words, as for [`Rows`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct Panels {
-    words: Vec<u32>,
+pub struct Panels<W = Vec<u32>> {
+    words: W,
     depth: usize,
     columns: usize,
 }
@@ -220,37 +332,12 @@ impl Panels {
             depth * columns,
             "a {depth}x{columns} right operand"
         );
-        let lines = padded_pairs(depth);
-        let panels = columns.div_ceil(PANEL);
-        let mut words = vec![0u32; panels * lines * PANEL];
-        let at = |row: usize, col: usize| {
-            if row < depth && col < columns {
-                values[row * columns + col]
-            } else {
-                0.0
-            }
-        };
-        #[cfg(target_arch = "x86_64")]
-        let vectors = converts();
-        for (b, panel) in words.chunks_mut(lines * PANEL).enumerate() {
-            for (q, line) in panel.chunks_mut(PANEL).take(depth.div_ceil(2)).enumerate() {
-                let first = b * PANEL;
-                #[cfg(target_arch = "x86_64")]
-                if vectors {
-                    let low = &values[2 * q * columns..][..columns];
-                    let high =
-                        (2 * q + 1 < depth).then(|| &values[(2 * q + 1) * columns..][..columns]);
-                    // SAFETY: the CPU converts (checked); `line` holds
-                    // PANEL words, and the rows are read at columns
-                    // `first..` up to their length.
-                    unsafe { avx512::pack_line(low, high, first, line) };
-                    continue;
-                }
-                for (c, word) in line.iter_mut().enumerate() {
-                    let col = first + c;
-                    *word = pair(at(2 * q, col), at(2 * q + 1, col));
-                }
-            }
+        let mut words = vec![0u32; panels_words(depth, columns)];
+        let packer = Packer::new();
+        let line = |p: usize| &values[p * columns..][..columns];
+        let panel_words = padded_pairs(depth) * PANEL;
+        for (b, panel) in words.chunks_mut(panel_words).enumerate() {
+            packer.panel(depth, b, line, panel);
         }
         Panels {
             words,
@@ -258,7 +345,28 @@ impl Panels {
             columns,
         }
     }
+}
 
+impl<'a> Panels<&'a [u32]> {
+    /// The packed operand of `depth` rows of `columns` values in `words`,
+    /// each panel packed by [`Packer::panel`].
+    ///
+    /// # Panics
+    /// When `words` does not hold [`panels_words`]`(depth, columns)`.
+    pub fn new(words: &'a [u32], depth: usize, columns: usize) -> Panels<&'a [u32]> {
+        assert!(
+            words.len() >= panels_words(depth, columns),
+            "{depth}x{columns} packed panels"
+        );
+        Panels {
+            words,
+            depth,
+            columns,
+        }
+    }
+}
+
+impl<W: AsRef<[u32]>> Panels<W> {
     /// The number of rows.
     pub fn depth(&self) -> usize {
         self.depth
@@ -272,8 +380,17 @@ impl Panels {
     /// Value `(p, col)` as the product reads it.
     pub fn get(&self, p: usize, col: usize) -> f32 {
         let lines = padded_pairs(self.depth);
-        let word = self.words[(col / PANEL * lines + p / 2) * PANEL + col % PANEL];
+        let word = self.words.as_ref()[(col / PANEL * lines + p / 2) * PANEL + col % PANEL];
         widen((word >> (16 * (p % 2))) as u16)
+    }
+
+    /// The same operand, its words borrowed.
+    pub fn view(&self) -> Panels<&[u32]> {
+        Panels {
+            words: self.words.as_ref(),
+            depth: self.depth,
+            columns: self.columns,
+        }
     }
 }
 
@@ -287,7 +404,14 @@ impl Panels {
 /// When the backend is not [`Backend::available`] (callers choose one
 /// that is), when the inner dimensions differ, when `rows` is not within
 /// `left`, or when `dst` does not hold those rows.
-pub fn product(backend: Backend, left: &Rows, right: &Panels, rows: Range<usize>, dst: &mut [f32]) {
+pub fn product(
+    backend: Backend,
+    left: &Rows<impl AsRef<[u32]>>,
+    right: &Panels<impl AsRef<[u32]>>,
+    rows: Range<usize>,
+    dst: &mut [f32],
+) {
+    let (left, right) = (left.view(), right.view());
     assert!(backend.available(), "this CPU has no {}", backend.name());
     assert_eq!(left.depth, right.depth, "inner dimensions");
     assert!(rows.end <= left.rows, "rows {rows:?} of {}", left.rows);
@@ -297,8 +421,8 @@ pub fn product(backend: Backend, left: &Rows, right: &Panels, rows: Range<usize>
     // destination's sizes were asserted to match the shape.
     unsafe {
         match backend {
-            Backend::Amx => amx::product(left, right, rows, dst),
-            Backend::Avx512 => avx512::product(left, right, rows, dst),
+            Backend::Amx => amx::product(&left, &right, rows, dst),
+            Backend::Avx512 => avx512::product(&left, &right, rows, dst),
         }
     }
 }
@@ -312,7 +436,7 @@ pub fn product(backend: Backend, left: &Rows, right: &Panels, rows: Range<usize>
 /// otherwise (neither that order, nor a pair or a tile summed exactly and
 /// rounded once, matches it bitwise), so its products are checked against
 /// [`error_bound`] and against themselves.
-pub fn reference(left: &Rows, right: &Panels) -> Vec<f32> {
+pub fn reference(left: &Rows<impl AsRef<[u32]>>, right: &Panels<impl AsRef<[u32]>>) -> Vec<f32> {
     let flush = |x: f32| if x.is_subnormal() { 0.0 * x } else { x };
     let mut dst = vec![0.0; left.rows * right.columns];
     for (i, row) in dst.chunks_mut(right.columns.max(1)).enumerate() {
@@ -351,8 +475,8 @@ mod avx512 {
 
     /// What every block of one product shares.
     struct Shape<'a> {
-        left: &'a Rows,
-        right: &'a Panels,
+        left: &'a Rows<&'a [u32]>,
+        right: &'a Panels<&'a [u32]>,
         /// The pairs summed.
         pairs: usize,
         /// The words of a packed row, and the lines of a panel.
@@ -369,7 +493,12 @@ mod avx512 {
     /// `right.columns` values; `rows` lies within `left`, whose depth is
     /// `right`'s.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn product(left: &Rows, right: &Panels, rows: Range<usize>, dst: &mut [f32]) {
+    pub(super) unsafe fn product(
+        left: &Rows<&[u32]>,
+        right: &Panels<&[u32]>,
+        rows: Range<usize>,
+        dst: &mut [f32],
+    ) {
         let shape = Shape {
             left,
             right,

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
+use super::bf16::{Bf16Forward, PackWeights};
 use super::winograd::{
     WinogradBackwardFilter, WinogradConv, WinogradFilter, WinogradFilterGradient,
 };
@@ -123,6 +124,37 @@ impl ProductKernel for WinogradConv {
     }
 }
 
+impl ProductKernel for Bf16Forward {
+    fn domain(&self) -> usize {
+        Bf16Forward::domain(self)
+    }
+    fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
+        Bf16Forward::example_items(self, batch, examples)
+    }
+    fn scratch_len(&self) -> usize {
+        Bf16Forward::scratch_len(self)
+    }
+    fn has_bias(&self) -> bool {
+        Bf16Forward::has_bias(self)
+    }
+    fn method(&self) -> Option<&'static str> {
+        Some(match self.backend() {
+            super::bf16::Backend::Amx => "forward, bf16 on AMX",
+            super::bf16::Backend::Avx512 => "forward, bf16 on AVX512-BF16",
+        })
+    }
+    unsafe fn run(
+        &self,
+        buffers: &ForwardBuffers,
+        epilogue: Option<&Epilogue>,
+        scratch: &mut [f32],
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        // SAFETY: the caller's contract.
+        unsafe { Bf16Forward::run(self, buffers, epilogue, scratch, items) }
+    }
+}
+
 /// A product with an optional epilogue. Arguments: the source (`x`, or
 /// `dy` for a Winograd input gradient), the kernel (`W`, or the transformed
 /// kernel for Winograd), `b` (when the kernel takes one), the output, the
@@ -193,6 +225,28 @@ pub struct WinogradFilterStep {
 }
 
 impl Kernel for WinogradFilterStep {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn domain(&self) -> usize {
+        self.kernel.domain()
+    }
+    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
+        // SAFETY: the executor bound buffers of the planned sizes.
+        unsafe { self.kernel.run(args[0], args[1], items) }.map_err(|e| e.to_string())
+    }
+}
+
+/// A layer's weights packed for its bf16 products. Arguments: `W`, the
+/// packed weights.
+pub struct PackWeightsStep {
+    /// The kernel.
+    pub kernel: PackWeights,
+    /// A name for errors.
+    pub name: String,
+}
+
+impl Kernel for PackWeightsStep {
     fn name(&self) -> &str {
         &self.name
     }

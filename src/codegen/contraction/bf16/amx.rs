@@ -120,7 +120,12 @@ impl Config {
 /// [`available`] is true; `dst` holds `rows.len()` rows of
 /// `right.columns` values; `rows` lies within `left`, whose depth is
 /// `right`'s.
-pub(super) unsafe fn product(left: &Rows, right: &Panels, rows: Range<usize>, dst: &mut [f32]) {
+pub(super) unsafe fn product(
+    left: &Rows<&[u32]>,
+    right: &Panels<&[u32]>,
+    rows: Range<usize>,
+    dst: &mut [f32],
+) {
     let stride = super::padded_pairs(left.depth);
     let blocks = stride / TILE_PAIRS;
     let mut loaded = None;

@@ -1,0 +1,367 @@
+//! Contractions in bf16 (`--precision bf16`): the forward kernel against
+//! the f64 reference within the bound bf16 allows, derived in
+//! `cnnc::codegen::contraction::bf16` (`error_bound`), on odd shapes,
+//! strides, padding, dilation and batches 1 and 7; any split of its items
+//! bitwise the same; and whole programs, for inference and training,
+//! against their f32 twins.
+//!
+//! On a CPU without AMX-BF16 or AVX512-BF16 there is nothing to run, and
+//! each test says so on stderr.
+
+#[path = "support/reference.rs"]
+mod reference;
+
+use std::ops::Range;
+
+use cnnc::codegen::contraction::bf16::{error_bound, Backend, Bf16Forward, PackWeights};
+use cnnc::codegen::contraction::{ConvShape, DenseShape, ForwardBuffers};
+use cnnc::graph::Padding;
+use cnnc::ops::output_size;
+use cnnc::runtime::inference::Inference;
+use cnnc::runtime::weights;
+use cnnc::Precision;
+use ndarray::{ArrayD, IxDyn};
+
+/// The backend this machine runs, or `None` after saying there is none.
+fn backend() -> Option<Backend> {
+    let best = Backend::best();
+    if best.is_none() {
+        eprintln!("this CPU runs no bf16 backend (AMX-BF16, AVX512-BF16): nothing to check");
+    }
+    best
+}
+
+/// A small deterministic generator of test data in [-1, 1).
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn array(shape: &[usize], values: &[f32]) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(shape), values.to_vec()).expect("shape matches")
+}
+
+/// A convolution, its operands and its output's length.
+struct Case {
+    shape: ConvShape,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Option<Vec<f32>>,
+    output_len: usize,
+}
+
+impl Case {
+    fn new(
+        [batch, height, width, in_channels, out_channels]: [usize; 5],
+        kernel: [usize; 2],
+        [stride, dilation]: [[usize; 2]; 2],
+        padding: Padding,
+        bias: bool,
+    ) -> Case {
+        let shape = ConvShape {
+            batch,
+            height,
+            width,
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            dilation,
+            padding,
+            bias,
+        };
+        let [oh, ow] = [0, 1].map(|i| {
+            output_size(
+                [height, width][i] as u64,
+                kernel[i] as u64,
+                stride[i] as u64,
+                dilation[i] as u64,
+                padding.axis(i),
+            )
+            .expect("the window fits") as usize
+        });
+        let seed = (batch * 1000 + height * 100 + width * 10 + in_channels) as u64;
+        Case {
+            x: data(batch * height * width * in_channels, seed),
+            w: data(kernel[0] * kernel[1] * in_channels * out_channels, seed + 1),
+            b: bias.then(|| data(out_channels, seed + 2)),
+            output_len: batch * oh * ow * out_channels,
+            shape,
+        }
+    }
+
+    /// The reference convolution of `x` by `w` with `bias`, in f32.
+    fn reference(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let s = &self.shape;
+        let bias = bias.map(|b| array(&[s.out_channels], b));
+        reference::conv2d(
+            &array(&[s.batch, s.height, s.width, s.in_channels], x),
+            &array(
+                &[s.kernel[0], s.kernel[1], s.in_channels, s.out_channels],
+                w,
+            ),
+            bias.as_ref(),
+            s.stride.map(|v| v as u64),
+            s.dilation.map(|v| v as u64),
+            s.padding,
+        )
+        .iter()
+        .copied()
+        .collect()
+    }
+
+    /// The bf16 forward kernel's output, its items run in the parts
+    /// `split` makes of its domain.
+    fn forward(&self, backend: Backend, split: impl Fn(usize) -> Vec<Range<usize>>) -> Vec<f32> {
+        let name = format!("{:?}", self.shape);
+        let pack = PackWeights::new(&name, &self.shape).expect("a valid shape");
+        let kernel = Bf16Forward::new(&name, &self.shape, backend).expect("a valid shape");
+        let mut packed = vec![f32::NAN; pack.packed_len()];
+        for part in split(pack.domain()) {
+            // SAFETY: the buffers have the lengths the kernel reports.
+            unsafe { pack.run(self.w.as_ptr(), packed.as_mut_ptr(), part) }.expect("packs");
+        }
+        let mut y = vec![f32::NAN; self.output_len];
+        let buffers = ForwardBuffers {
+            input: self.x.as_ptr(),
+            kernel: packed.as_ptr(),
+            bias: self.b.as_ref().map(|b| b.as_ptr()),
+            output: y.as_mut_ptr(),
+        };
+        let mut scratch = vec![f32::NAN; kernel.scratch_len()];
+        for part in split(kernel.domain()) {
+            // SAFETY: as above; the packed weights are `pack`'s.
+            unsafe { kernel.run(&buffers, None, &mut scratch, part) }.expect("runs");
+        }
+        y
+    }
+}
+
+/// `0..domain` in three uneven parts (some possibly empty).
+fn uneven(domain: usize) -> Vec<Range<usize>> {
+    let a = domain / 3;
+    let b = (a + 1).min(domain);
+    vec![0..a, a..b, b..domain]
+}
+
+/// Batch 1 and 7, odd sizes and channel counts, strides 1 and 2, `same`,
+/// `valid` and explicit padding, dilation 2, 1x1 (on the input itself),
+/// 3x3, 5x5 and 7x7 kernels, taps that only read padding, more rows than
+/// one item and more channels than one panel; dense layers.
+fn cases() -> Vec<Case> {
+    use Padding::{Same, Valid};
+    let (one, two) = ([1, 1], [2, 2]);
+    let explicit = Padding::explicit([[1, 2], [2, 0]], false);
+    let dense = |rows, inputs, units, bias| {
+        Case::new([rows, 1, 1, inputs, units], one, [one, one], Valid, bias)
+    };
+    vec![
+        Case::new([7, 5, 7, 3, 5], one, [one, one], Valid, true),
+        Case::new([1, 9, 7, 5, 6], one, [two, one], Same, false),
+        Case::new([7, 9, 11, 5, 17], [3, 3], [one, one], Same, true),
+        Case::new([1, 13, 9, 6, 7], [3, 3], [two, one], Valid, true),
+        Case::new([1, 11, 9, 3, 18], [3, 3], [one, two], Same, true),
+        Case::new([1, 15, 13, 1, 9], [7, 7], [one, one], Same, true),
+        Case::new([7, 2, 2, 5, 6], [3, 3], [two, one], Same, true),
+        Case::new([7, 5, 1, 3, 4], [3, 3], [one, one], Same, false),
+        Case::new([7, 10, 9, 3, 7], [5, 5], [[2, 1], one], explicit, true),
+        Case::new([7, 14, 14, 33, 70], [3, 3], [one, one], Same, true),
+        Case::new([1, 6, 6, 64, 130], [3, 3], [one, one], Same, false),
+        dense(7, 13, 10, true),
+        dense(1, 37, 5, false),
+        dense(33, 70, 129, true),
+    ]
+}
+
+#[test]
+fn forward_is_within_the_bound_of_the_exact_convolution() {
+    let Some(backend) = backend() else {
+        return;
+    };
+    for case in cases() {
+        let got = case.forward(backend, uneven);
+        let exact = case.reference(&case.x, &case.w, case.b.as_deref());
+        // The sum of magnitudes of each element's products.
+        let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
+        let magnitude = case.reference(&abs(&case.x), &abs(&case.w), None);
+        let s = &case.shape;
+        let depth = s.kernel[0] * s.kernel[1] * s.in_channels;
+        for (i, ((&y, &e), &m)) in got.iter().zip(&exact).zip(&magnitude).enumerate() {
+            // The bound of the product, the bias added in f32 (half an ulp
+            // of the sum), and the f32 reference's own rounding.
+            let m = f64::from(m);
+            let bound = error_bound(depth, m) + f64::from(y.abs()) * 2f64.powi(-24) + m * 1e-6;
+            let error = (f64::from(y) - f64::from(e)).abs();
+            assert!(
+                error <= bound,
+                "{:?} element {i}: {y} against {e}, off by {error}, bound {bound}",
+                case.shape
+            );
+        }
+    }
+}
+
+#[test]
+fn forward_differs_from_f32_by_what_bf16_rounding_does() {
+    // A test that the bound above is not met by accident: the kernel
+    // rounds, so on data that bf16 cannot hold exactly it is not the f32
+    // result, and it is exactly the f32 result of the rounded operands
+    // where every product and sum is exact (small integers).
+    let Some(backend) = backend() else {
+        return;
+    };
+    let case = Case::new(
+        [7, 9, 11, 5, 17],
+        [3, 3],
+        [[1, 1], [1, 1]],
+        Padding::Same,
+        true,
+    );
+    let exact = case.reference(&case.x, &case.w, case.b.as_deref());
+    let got = case.forward(backend, uneven);
+    assert!(got.iter().zip(&exact).any(|(a, b)| a != b), "not rounded");
+    let mut integers = Case::new(
+        [7, 9, 11, 5, 17],
+        [3, 3],
+        [[1, 1], [1, 1]],
+        Padding::Same,
+        true,
+    );
+    let small = |v: &mut Vec<f32>| v.iter_mut().for_each(|x| *x = (*x * 8.0).round());
+    small(&mut integers.x);
+    small(&mut integers.w);
+    small(integers.b.as_mut().expect("a bias"));
+    let exact = integers.reference(&integers.x, &integers.w, integers.b.as_deref());
+    assert_eq!(integers.forward(backend, uneven), exact);
+}
+
+#[test]
+fn any_split_of_the_forward_items_gives_the_same_bits() {
+    let Some(backend) = backend() else {
+        return;
+    };
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+    for case in cases() {
+        let whole = bits(case.forward(backend, |domain| std::iter::once(0..domain).collect()));
+        let singles = bits(case.forward(backend, |domain| (0..domain).map(|i| i..i + 1).collect()));
+        let parts = bits(case.forward(backend, uneven));
+        assert_eq!(whole, singles, "{:?}", case.shape);
+        assert_eq!(whole, parts, "{:?}", case.shape);
+    }
+}
+
+#[test]
+fn a_dense_layer_packs_as_a_one_by_one_convolution() {
+    let Some(backend) = backend() else {
+        return;
+    };
+    let shape = DenseShape {
+        rows: 9,
+        inputs: 45,
+        units: 70,
+        bias: true,
+    };
+    let case = Case::new(
+        [9, 1, 1, 45, 70],
+        [1, 1],
+        [[1, 1], [1, 1]],
+        Padding::Valid,
+        true,
+    );
+    let pack = PackWeights::dense("d", &shape).expect("valid");
+    let kernel = Bf16Forward::dense("d", &shape, backend).expect("valid");
+    let mut packed = vec![0.0; pack.packed_len()];
+    // SAFETY: the buffers have the lengths the kernels report.
+    unsafe { pack.run(case.w.as_ptr(), packed.as_mut_ptr(), 0..pack.domain()) }.expect("packs");
+    let mut y = vec![0.0; 9 * 70];
+    let buffers = ForwardBuffers {
+        input: case.x.as_ptr(),
+        kernel: packed.as_ptr(),
+        bias: case.b.as_ref().map(|b| b.as_ptr()),
+        output: y.as_mut_ptr(),
+    };
+    let mut scratch = vec![0.0; kernel.scratch_len()];
+    // SAFETY: as above.
+    unsafe { kernel.run(&buffers, None, &mut scratch, 0..kernel.domain()) }.expect("runs");
+    assert_eq!(y, case.forward(backend, uneven));
+}
+
+/// A model with every kind of contraction the pass puts in bf16: a first
+/// layer of one channel, 3x3 convolutions with an epilogue (relu), a 1x1
+/// one, and dense layers.
+const MODEL: &str = r#"
+model m : [12, 12, 1] {
+    conv(16, 5, padding: same, activation: relu)
+    conv(32, 3, padding: same, activation: relu)
+    maxpool(2)
+    conv(24, 1)
+    batchnorm
+    relu
+    flatten
+    dense(40, activation: relu)
+    dense(10, activation: softmax)
+}
+"#;
+
+#[test]
+fn a_bf16_program_agrees_with_its_f32_twin() {
+    if backend().is_none() {
+        return;
+    }
+    let model =
+        cnnc::compile_source("model.cnn", MODEL, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let batch = 7;
+    let input = data(batch * 144, 5);
+    let run = |precision: Precision| {
+        let compiled =
+            cnnc::compile_inference_in(&model, batch, precision).unwrap_or_else(|e| panic!("{e}"));
+        let kernels = compiled
+            .plan
+            .steps
+            .iter()
+            .map(|s| s.kernel.method())
+            .collect::<Vec<_>>();
+        let mut inference =
+            Inference::new(compiled, weights::init(&model, 3), 2).unwrap_or_else(|e| panic!("{e}"));
+        let first = inference.run(&input).unwrap_or_else(|e| panic!("{e}"));
+        // A second run reuses the weights packed once (frozen weights).
+        let again = inference.run(&input).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first, again, "{precision:?}: the same on every run");
+        (first.into_iter().next().expect("an output").1, kernels)
+    };
+    let (f32_probabilities, f32_kernels) = run(Precision::F32);
+    let (bf16_probabilities, bf16_kernels) = run(Precision::Bf16);
+    let count = |kernels: &[String], what: &str| kernels.iter().filter(|k| *k == what).count();
+    assert_eq!(count(&f32_kernels, "forward, bf16"), 0);
+    assert_eq!(count(&bf16_kernels, "forward, bf16"), 5, "{bf16_kernels:?}");
+    assert_eq!(count(&bf16_kernels, "weights to bf16"), 5);
+    // Probabilities of unit-scale activations through five rounded layers:
+    // each layer's relative error is about 2^-8 times its sums of
+    // magnitudes (the bound), which a few percent of a probability covers.
+    let mut largest = 0f32;
+    for (a, b) in bf16_probabilities.iter().zip(&f32_probabilities) {
+        largest = largest.max((a - b).abs());
+    }
+    assert!(largest < 0.03, "probabilities differ by up to {largest}");
+    assert!(largest > 0.0, "the bf16 program rounded nothing");
+    let argmax = |p: &[f32]| -> Vec<usize> {
+        p.chunks(10)
+            .map(|row| (0..10).fold(0, |best, i| if row[i] > row[best] { i } else { best }))
+            .collect()
+    };
+    let agree = argmax(&bf16_probabilities)
+        .iter()
+        .zip(argmax(&f32_probabilities))
+        .filter(|(a, b)| **a == *b)
+        .count();
+    assert!(agree >= batch - 1, "classes agree on {agree} of {batch}");
+}
