@@ -115,10 +115,16 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             pass,
             algorithm: Algorithm::Bf16,
         } => bf16_contraction(jit, name, geometry, pass)?,
-        KernelDesc::PackWeights { name, geometry } => {
-            let kernel = match geometry {
-                Geometry::Conv(s) => PackWeights::new(name, s)?,
-                Geometry::Dense(s) => PackWeights::dense(name, s)?,
+        KernelDesc::PackWeights {
+            name,
+            geometry,
+            transposed,
+        } => {
+            let kernel = match (geometry, transposed) {
+                (Geometry::Conv(s), false) => PackWeights::new(name, s)?,
+                (Geometry::Conv(s), true) => PackWeights::transposed(name, s)?,
+                (Geometry::Dense(s), false) => PackWeights::dense(name, s)?,
+                (Geometry::Dense(s), true) => PackWeights::dense_transposed(name, s)?,
             };
             let work = kernel.packed_len();
             let step = PackWeightsStep {
@@ -279,11 +285,9 @@ fn bf16_contraction(
     geometry: &Geometry,
     pass: &ContractionPass,
 ) -> Result<(Box<dyn Kernel>, usize), CodegenError> {
-    let ContractionPass::Forward { epilogue } = pass else {
-        return Err(CodegenError::Malformed {
-            kernel: name.to_string(),
-            message: format!("no bf16 algorithm computes {pass:?}"),
-        });
+    let work = match geometry {
+        Geometry::Conv(s) => s.batch * s.height * s.width * s.in_channels * s.out_channels,
+        Geometry::Dense(s) => s.rows * s.inputs * s.units,
     };
     let Some(backend) = Backend::best() else {
         return Err(CodegenError::UnsupportedHost(format!(
@@ -291,15 +295,29 @@ fn bf16_contraction(
             crate::plan::Precision::Bf16.requirement()
         )));
     };
-    let (kernel, work) = match geometry {
-        Geometry::Conv(s) => (
-            Bf16Forward::new(name, s, backend)?,
-            s.batch * s.height * s.width * s.in_channels * s.out_channels,
-        ),
-        Geometry::Dense(s) => (
-            Bf16Forward::dense(name, s, backend)?,
-            s.rows * s.inputs * s.units,
-        ),
+    let epilogue = match pass {
+        ContractionPass::Forward { epilogue } => epilogue,
+        ContractionPass::BackwardData { epilogue: None } => {
+            let kernel = match geometry {
+                Geometry::Conv(s) => ConvBackwardData::bf16(name, s, backend)?,
+                Geometry::Dense(s) => ConvBackwardData::dense_bf16(name, s, backend)?,
+            };
+            let step = BackwardDataStep {
+                kernel,
+                name: name.to_string(),
+            };
+            return Ok((Box::new(step), work));
+        }
+        _ => {
+            return Err(CodegenError::Malformed {
+                kernel: name.to_string(),
+                message: format!("no bf16 algorithm computes {pass:?}"),
+            })
+        }
+    };
+    let kernel = match geometry {
+        Geometry::Conv(s) => Bf16Forward::new(name, s, backend)?,
+        Geometry::Dense(s) => Bf16Forward::dense(name, s, backend)?,
     };
     let epilogue = match epilogue {
         Some(e) => Some(compile_epilogue(jit, e)?),

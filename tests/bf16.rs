@@ -14,9 +14,11 @@ mod reference;
 use std::ops::Range;
 
 use cnnc::codegen::contraction::bf16::{error_bound, Backend, Bf16Forward, PackWeights};
-use cnnc::codegen::contraction::{ConvShape, DenseShape, ForwardBuffers};
-use cnnc::graph::Padding;
-use cnnc::ops::output_size;
+use cnnc::codegen::contraction::{
+    BackwardDataBuffers, ConvBackwardData, ConvShape, DenseShape, ForwardBuffers,
+};
+use cnnc::graph::{AxisPadding, Padding};
+use cnnc::ops::{output_size, same_padding};
 use cnnc::runtime::inference::Inference;
 use cnnc::runtime::weights;
 use cnnc::Precision;
@@ -56,7 +58,9 @@ struct Case {
     x: Vec<f32>,
     w: Vec<f32>,
     b: Option<Vec<f32>>,
-    output_len: usize,
+    /// A random output gradient.
+    dy: Vec<f32>,
+    output_size: [usize; 2],
 }
 
 impl Case {
@@ -94,9 +98,92 @@ impl Case {
             x: data(batch * height * width * in_channels, seed),
             w: data(kernel[0] * kernel[1] * in_channels * out_channels, seed + 1),
             b: bias.then(|| data(out_channels, seed + 2)),
-            output_len: batch * oh * ow * out_channels,
+            dy: data(batch * oh * ow * out_channels, seed + 3),
+            output_size: [oh, ow],
             shape,
         }
+    }
+
+    fn output_len(&self) -> usize {
+        self.dy.len()
+    }
+
+    /// The gradients of `dy` with respect to the input and the kernel,
+    /// exact (in f64), each with the sum of its terms' magnitudes:
+    /// `((dx, |dx|), (dw, |dw|))`.
+    #[allow(clippy::type_complexity)]
+    fn vjp(&self) -> ((Vec<f64>, Vec<f64>), (Vec<f64>, Vec<f64>)) {
+        let s = &self.shape;
+        let before = |i: usize| match s.padding.axis(i) {
+            AxisPadding::Same => {
+                let input = [s.height, s.width][i] as u64;
+                let k = [s.kernel[i], s.stride[i], s.dilation[i]].map(|v| v as u64);
+                same_padding(input, k[0], k[1], k[2]).0 as isize
+            }
+            AxisPadding::Explicit { before, .. } => before as isize,
+        };
+        let (top, left) = (before(0), before(1));
+        let [oh, ow] = self.output_size;
+        let (c, f) = (s.in_channels, s.out_channels);
+        let (mut dx, mut dx_abs) = (vec![0.0; self.x.len()], vec![0.0; self.x.len()]);
+        let (mut dw, mut dw_abs) = (vec![0.0; self.w.len()], vec![0.0; self.w.len()]);
+        for (row, g) in self.dy.chunks(f).enumerate() {
+            let (b, oy, ox) = (row / (oh * ow), row / ow % oh, row % ow);
+            for ky in 0..s.kernel[0] {
+                let iy = (oy * s.stride[0] + ky * s.dilation[0]) as isize - top;
+                for kx in 0..s.kernel[1] {
+                    let ix = (ox * s.stride[1] + kx * s.dilation[1]) as isize - left;
+                    if iy < 0 || iy >= s.height as isize || ix < 0 || ix >= s.width as isize {
+                        continue;
+                    }
+                    let xi = ((b * s.height + iy as usize) * s.width + ix as usize) * c;
+                    for ci in 0..c {
+                        let wi = ((ky * s.kernel[1] + kx) * c + ci) * f;
+                        for (fi, &gf) in g.iter().enumerate() {
+                            let (gf, w, x) = (
+                                f64::from(gf),
+                                f64::from(self.w[wi + fi]),
+                                f64::from(self.x[xi + ci]),
+                            );
+                            dx[xi + ci] += gf * w;
+                            dx_abs[xi + ci] += (gf * w).abs();
+                            dw[wi + fi] += gf * x;
+                            dw_abs[wi + fi] += (gf * x).abs();
+                        }
+                    }
+                }
+            }
+        }
+        ((dx, dx_abs), (dw, dw_abs))
+    }
+
+    /// The bf16 input-gradient kernel's output, its items run in the
+    /// parts `split` makes of its domain.
+    fn backward_data(
+        &self,
+        backend: Backend,
+        split: impl Fn(usize) -> Vec<Range<usize>>,
+    ) -> Vec<f32> {
+        let name = format!("{:?}", self.shape);
+        let pack = PackWeights::transposed(&name, &self.shape).expect("a valid shape");
+        let kernel = ConvBackwardData::bf16(&name, &self.shape, backend).expect("a valid shape");
+        let mut packed = vec![f32::NAN; pack.packed_len()];
+        for part in split(pack.domain()) {
+            // SAFETY: the buffers have the lengths the kernel reports.
+            unsafe { pack.run(self.w.as_ptr(), packed.as_mut_ptr(), part) }.expect("packs");
+        }
+        let mut dx = vec![f32::NAN; self.x.len()];
+        let buffers = BackwardDataBuffers {
+            output_grad: self.dy.as_ptr(),
+            kernel: packed.as_ptr(),
+            input_grad: dx.as_mut_ptr(),
+        };
+        let mut scratch = vec![f32::NAN; kernel.scratch_len()];
+        for part in split(kernel.domain()) {
+            // SAFETY: as above; the packed weights are `pack`'s.
+            unsafe { kernel.run(&buffers, None, &mut scratch, part) }.expect("runs");
+        }
+        dx
     }
 
     /// The reference convolution of `x` by `w` with `bias`, in f32.
@@ -130,7 +217,7 @@ impl Case {
             // SAFETY: the buffers have the lengths the kernel reports.
             unsafe { pack.run(self.w.as_ptr(), packed.as_mut_ptr(), part) }.expect("packs");
         }
-        let mut y = vec![f32::NAN; self.output_len];
+        let mut y = vec![f32::NAN; self.output_len()];
         let buffers = ForwardBuffers {
             input: self.x.as_ptr(),
             kernel: packed.as_ptr(),
@@ -207,6 +294,40 @@ fn forward_is_within_the_bound_of_the_exact_convolution() {
                 case.shape
             );
         }
+    }
+}
+
+/// Checks `got` against `exact` element by element: within the bound of
+/// bf16 products summed over `depth` terms whose magnitudes sum to
+/// `magnitude`, and the f32 rounding of a result of `got`'s size.
+fn assert_within_bound(got: &[f32], exact: &[f64], magnitude: &[f64], depth: usize, what: &str) {
+    assert_eq!(got.len(), exact.len(), "{what}: length");
+    for (i, ((&y, &e), &m)) in got.iter().zip(exact).zip(magnitude).enumerate() {
+        let bound = error_bound(depth, m) + f64::from(y.abs()) * 2f64.powi(-24);
+        let error = (f64::from(y) - e).abs();
+        assert!(
+            error <= bound,
+            "{what} element {i}: {y} against {e}, off by {error}, bound {bound}"
+        );
+    }
+}
+
+#[test]
+fn input_gradient_is_within_the_bound_of_the_exact_one() {
+    let Some(backend) = backend() else {
+        return;
+    };
+    for case in cases() {
+        let dx = case.backward_data(backend, uneven);
+        let ((exact, magnitude), _) = case.vjp();
+        let s = &case.shape;
+        // Each tap's product sums `out_channels` terms; col2im then adds
+        // the taps in f32: as many sums as all their terms.
+        let depth = s.kernel[0] * s.kernel[1] * s.out_channels;
+        assert_within_bound(&dx, &exact, &magnitude, depth, &format!("dx {s:?}"));
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+        let whole = bits(case.backward_data(backend, |d| std::iter::once(0..d).collect()));
+        assert_eq!(bits(dx), whole, "dx {s:?}: split against whole");
     }
 }
 

@@ -848,6 +848,10 @@ pub struct ConvBackwardData {
     /// Items of images computed by position ([`positions`]): tiny images
     /// whose im2col gradient would be mostly padding.
     positions: Option<Positions>,
+    /// The products in bf16 on this backend: the kernel buffer then holds
+    /// the weights packed transposed ([`bf16::PackWeights::transposed`]),
+    /// and each item packs its rows of the output gradient.
+    bf16: Option<(bf16::Backend, bf16::Packer)>,
 }
 
 impl ConvBackwardData {
@@ -868,12 +872,51 @@ impl ConvBackwardData {
             common,
             items,
             positions,
+            bf16: None,
         })
     }
 
     /// The backward-data kernel of dense layer `shape`.
     pub fn dense(name: &str, shape: &DenseShape) -> Result<ConvBackwardData, CodegenError> {
         ConvBackwardData::new(name, &shape.as_conv())
+    }
+
+    /// The backward-data kernel of convolution `shape` with its products
+    /// in bf16 on `backend`, its kernel buffer the weights packed by
+    /// [`bf16::PackWeights::transposed`]: the same items (never by
+    /// position), each product summed from zero in the backend's order.
+    ///
+    /// # Errors
+    /// When the shape is invalid or this CPU does not run `backend`.
+    pub fn bf16(
+        name: &str,
+        shape: &ConvShape,
+        backend: bf16::Backend,
+    ) -> Result<ConvBackwardData, CodegenError> {
+        if !backend.available() {
+            return Err(CodegenError::UnsupportedHost(format!(
+                "kernel `{name}` needs {}, which this CPU does not run",
+                backend.name()
+            )));
+        }
+        let mut kernel = ConvBackwardData::new(name, shape)?;
+        kernel.positions = None;
+        kernel.bf16 = Some((backend, bf16::Packer::new()));
+        Ok(kernel)
+    }
+
+    /// [`Self::bf16`] for dense layer `shape`.
+    pub fn dense_bf16(
+        name: &str,
+        shape: &DenseShape,
+        backend: bf16::Backend,
+    ) -> Result<ConvBackwardData, CodegenError> {
+        ConvBackwardData::bf16(name, &shape.as_conv(), backend)
+    }
+
+    /// The backend of its bf16 products, if they are.
+    pub fn bf16_backend(&self) -> Option<bf16::Backend> {
+        self.bf16.map(|(backend, _)| backend)
     }
 
     /// Whether its items are blocks of images computed by position.
@@ -922,11 +965,21 @@ impl ConvBackwardData {
     }
 
     /// The f32s of the im2col gradient and of a transposed product
-    /// ([`matmul_small_rows`]).
+    /// ([`matmul_small_rows`]), or in bf16 of the packed output gradient.
     fn scratch_parts(&self) -> (usize, usize) {
         let g = &self.common.geometry;
         if let Some(p) = &self.positions {
             return (0, p.scratch_floats(g));
+        }
+        if self.bf16.is_some() {
+            let (rows, dcol_len) = match self.items {
+                DataItems::Rows { rows_per_item } => (rows_per_item, 0),
+                DataItems::Bands { dcol_rows, .. } => {
+                    let rows = dcol_rows * g.x.output;
+                    (rows, rows * g.cols)
+                }
+            };
+            return (dcol_len, rows * bf16::padded_pairs(g.shape.out_channels));
         }
         let (rows, dcol_len, widest) = match self.items {
             DataItems::Rows { rows_per_item } => (rows_per_item, 0, g.shape.in_channels),
@@ -1033,6 +1086,18 @@ impl ConvBackwardData {
         let g = &self.common.geometry;
         let (cin, cout) = (g.shape.in_channels, g.shape.out_channels);
         let rows = (item * rows_per_item).min(g.rows)..((item + 1) * rows_per_item).min(g.rows);
+        if self.bf16.is_some() {
+            // SAFETY: these input-gradient rows are this item's alone; the
+            // output gradient's rows lie in it.
+            unsafe {
+                let dx = std::slice::from_raw_parts_mut(
+                    buffers.input_grad.add(rows.start * cin),
+                    rows.len() * cin,
+                );
+                self.bf16_product(buffers, rows.clone(), transposed, dx);
+            }
+            return rows;
+        }
         // SAFETY: the rows are this item's; the operands lie in the
         // output gradient and the kernel.
         unsafe {
@@ -1046,6 +1111,50 @@ impl ConvBackwardData {
             )
         };
         rows
+    }
+
+    /// `dst = dy[rows] · wᵀ` in bf16: the output gradient's rows `rows`
+    /// packed into `packed`, times the weights packed transposed (depth
+    /// the output channels, columns im2col's); `dst` holds the rows'
+    /// products, `g.cols` f32s each.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`]; `rows` lie in the output gradient,
+    /// and `packed` holds their packed rows (`scratch_parts`).
+    unsafe fn bf16_product(
+        &self,
+        buffers: &BackwardDataBuffers,
+        rows: Range<usize>,
+        packed: &mut [f32],
+        dst: &mut [f32],
+    ) {
+        let Some((backend, packer)) = self.bf16 else {
+            return;
+        };
+        let g = &self.common.geometry;
+        let cout = g.shape.out_channels;
+        let stride = bf16::padded_pairs(cout);
+        let words = &mut bf16::words_mut(packed)[..rows.len() * stride];
+        // SAFETY: the caller's contract: the output gradient's rows and
+        // the packed weights are only read.
+        let (dy, weights) = unsafe {
+            (
+                std::slice::from_raw_parts(
+                    buffers.output_grad.add(rows.start * cout),
+                    rows.len() * cout,
+                ),
+                std::slice::from_raw_parts(
+                    buffers.kernel.cast::<u32>(),
+                    bf16::panels_words(cout, g.cols),
+                ),
+            )
+        };
+        for (row, packed) in dy.chunks_exact(cout).zip(words.chunks_exact_mut(stride)) {
+            packer.row(row, packed);
+        }
+        let left = bf16::Rows::new(words, rows.len(), cout);
+        let right = bf16::Panels::new(weights, cout, g.cols);
+        bf16::product(backend, &left, &right, 0..rows.len(), dst);
     }
 
     /// Band `band` of input rows: the im2col gradient of the output rows
@@ -1070,7 +1179,20 @@ impl ConvBackwardData {
         let output_grad = buffers
             .output_grad
             .wrapping_add(output_rows.start * g.x.output * s.out_channels);
-        for group in &g.groups {
+        let first = output_rows.start * g.x.output;
+        if self.bf16.is_some() {
+            // SAFETY: the output gradient holds these rows; `dcol` holds
+            // `dcol_rows * ow * cols` f32s.
+            unsafe {
+                self.bf16_product(
+                    buffers,
+                    first..first + m,
+                    transposed,
+                    &mut dcol[..m * g.cols],
+                )
+            };
+        }
+        for group in g.groups.iter().filter(|_| self.bf16.is_none()) {
             let kernel = buffers
                 .kernel
                 .wrapping_add(group.weight_row * s.out_channels);

@@ -30,22 +30,32 @@ pub fn run(plan: &mut KernelPlan, precision: Precision) -> Result<usize, PlanErr
         let KernelDesc::Contraction {
             name,
             geometry,
-            pass: ContractionPass::Forward { .. },
+            pass,
             algorithm: algorithm @ Algorithm::Gemm,
         } = &mut step.kernel
         else {
             steps.push(step);
             continue;
         };
+        let transposed = match pass {
+            ContractionPass::Forward { .. } => false,
+            ContractionPass::BackwardData { epilogue: None } => true,
+            _ => {
+                steps.push(step);
+                continue;
+            }
+        };
         *algorithm = Algorithm::Bf16;
+        let packed_name = format!("{name}.bf16{}", if transposed { "t" } else { "" });
         let pack = KernelDesc::PackWeights {
-            name: format!("{name}.bf16"),
+            name: packed_name.clone(),
             geometry: *geometry,
+            transposed,
         };
         let len = packed_len(plan, &pack, steps.len())?;
-        let packed = plan.buffer(format!("{name}.bf16"), len, Role::Temporary);
-        // The forward pass takes the layer's weights as its second
-        // argument; it reads them packed instead.
+        let packed = plan.buffer(packed_name, len, Role::Temporary);
+        // The forward pass and the input gradient take the layer's weights
+        // as their second argument; they read them packed instead.
         let weights = std::mem::replace(&mut step.args[1], packed);
         steps.push(Step {
             kernel: pack,

@@ -111,9 +111,10 @@ pub enum Algorithm {
     Winograd(Tile),
     /// The product in bf16 ([`crate::codegen::contraction::bf16`]): both
     /// operands rounded to bf16, the products summed in f32, on the
-    /// fastest backend the CPU runs. For the forward pass, the step's
-    /// kernel buffer is then the weights packed by a
-    /// [`KernelDesc::PackWeights`] step before it.
+    /// fastest backend the CPU runs. For the forward pass and the input
+    /// gradient, the step's kernel buffer is then the weights packed by a
+    /// [`KernelDesc::PackWeights`] step before it (transposed for the
+    /// input gradient).
     Bf16,
 }
 
@@ -180,6 +181,9 @@ pub enum KernelDesc {
         name: String,
         /// The layer's sizes.
         geometry: Geometry,
+        /// Packed for the input gradient's product `dy · Wᵀ` rather than
+        /// the forward one.
+        transposed: bool,
     },
     /// A grouped convolution's pass (`conv(groups: g)`, `g > 1`).
     Grouped(GroupedConv),
@@ -473,7 +477,14 @@ impl KernelDesc {
                 direction,
                 ..
             } => format!("winograd filter {} {direction:?} {shape:?}", tile.label()),
-            KernelDesc::PackWeights { geometry, .. } => format!("pack bf16 {geometry:?}"),
+            KernelDesc::PackWeights {
+                geometry,
+                transposed,
+                ..
+            } => {
+                let how = if *transposed { " transposed" } else { "" };
+                format!("pack bf16{how} {geometry:?}")
+            }
             KernelDesc::Grouped(g) => format!(
                 "grouped {} groups {} {:?}",
                 grouped_pass(g.pass),

@@ -225,12 +225,19 @@ impl KernelDesc {
                     _ => vec![read(kernel_len(shape)), write(transformed)],
                 })
             }
-            KernelDesc::PackWeights { geometry, .. } => {
-                let (weights, packed) = match geometry {
-                    Geometry::Conv(s) => (kernel_len(s), packed_len(s)?),
-                    Geometry::Dense(s) => (s.inputs * s.units, bf16::packed_dense_len(s)),
+            KernelDesc::PackWeights {
+                geometry,
+                transposed,
+                ..
+            } => {
+                let weights = match geometry {
+                    Geometry::Conv(s) => kernel_len(s),
+                    Geometry::Dense(s) => s.inputs * s.units,
                 };
-                Ok(vec![read(weights), write(packed)])
+                Ok(vec![
+                    read(weights),
+                    write(packed_len(geometry, *transposed)?),
+                ])
             }
             KernelDesc::Grouped(g) => g
                 .buffers()
@@ -401,7 +408,7 @@ fn contraction(
             match algorithm {
                 Algorithm::Gemm => kernel_len(s),
                 Algorithm::Winograd(tile) => winograd_kernel_len(s, tile)?,
-                Algorithm::Bf16 => packed_len(s)?,
+                Algorithm::Bf16 => packed_len(geometry, backward_data(pass))?,
             },
             s.bias.then_some(s.out_channels),
             conv_output(s)?,
@@ -412,7 +419,7 @@ fn contraction(
         Geometry::Dense(s) => (
             s.rows * s.inputs,
             match algorithm {
-                Algorithm::Bf16 => bf16::packed_dense_len(s),
+                Algorithm::Bf16 => packed_len(geometry, backward_data(pass))?,
                 _ => s.inputs * s.units,
             },
             s.bias.then_some(s.units),
@@ -420,7 +427,7 @@ fn contraction(
         ),
     };
     let y = rows * channels;
-    if algorithm == Algorithm::Bf16 && !matches!(pass, ContractionPass::Forward { .. }) {
+    if algorithm == Algorithm::Bf16 && matches!(pass, ContractionPass::BackwardFilter) {
         return Err(format!("no bf16 algorithm computes {pass:?}"));
     }
     Ok(match pass {
@@ -465,9 +472,22 @@ fn contraction(
     })
 }
 
-/// The f32 slots of a convolution's weights packed for its bf16 products.
-fn packed_len(s: &ConvShape) -> Result<usize, String> {
-    bf16::packed_weights_len(s).map_err(|e| e.to_string())
+/// The f32 slots of a layer's weights packed for its bf16 products:
+/// transposed for its input gradient.
+fn packed_len(geometry: &Geometry, transposed: bool) -> Result<usize, String> {
+    let len = match (geometry, transposed) {
+        (Geometry::Conv(s), false) => bf16::packed_weights_len(s),
+        (Geometry::Conv(s), true) => bf16::packed_transposed_len(s),
+        (Geometry::Dense(s), false) => Ok(bf16::packed_dense_len(s)),
+        (Geometry::Dense(s), true) => Ok(bf16::packed_dense_transposed_len(s)),
+    };
+    len.map_err(|e| e.to_string())
+}
+
+/// Whether `pass` is an input gradient (whose weights a bf16 product
+/// reads packed transposed).
+fn backward_data(pass: &ContractionPass) -> bool {
+    matches!(pass, ContractionPass::BackwardData { .. })
 }
 
 /// The length of a convolution's kernel.

@@ -28,7 +28,10 @@ use std::ops::Range;
 
 mod kernels;
 
-pub use kernels::{packed_dense_len, packed_weights_len, Bf16Forward, PackWeights};
+pub use kernels::{
+    packed_dense_len, packed_dense_transposed_len, packed_transposed_len, packed_weights_len,
+    Bf16Forward, PackWeights,
+};
 
 /// The columns of one panel of [`Panels`]: four vectors of 16 f32 lanes.
 pub const PANEL: usize = VECTORS * LANES;
@@ -149,6 +152,14 @@ pub fn padded_pairs(depth: usize) -> usize {
 /// values ([`Panels`]).
 pub fn panels_words(depth: usize, columns: usize) -> usize {
     columns.div_ceil(PANEL) * padded_pairs(depth) * PANEL
+}
+
+/// `floats` as the words of packed operands (a kernel's scratch, or a
+/// buffer the memory planner placed as f32s).
+pub fn words_mut(floats: &mut [f32]) -> &mut [u32] {
+    // SAFETY: f32 and u32 have the same size and alignment, and every bit
+    // pattern is valid for both.
+    unsafe { std::slice::from_raw_parts_mut(floats.as_mut_ptr().cast(), floats.len()) }
 }
 
 /// Pairs in a row of one AMX tile: 64 bytes.

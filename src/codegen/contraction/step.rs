@@ -297,9 +297,14 @@ impl Kernel for BackwardDataStep {
         self.kernel.domain()
     }
     fn method(&self) -> Option<&'static str> {
-        self.kernel
-            .by_positions()
-            .then_some("backward-data, by position")
+        match self.kernel.bf16_backend() {
+            Some(super::bf16::Backend::Amx) => Some("backward-data, bf16 on AMX"),
+            Some(super::bf16::Backend::Avx512) => Some("backward-data, bf16 on AVX512-BF16"),
+            None => self
+                .kernel
+                .by_positions()
+                .then_some("backward-data, by position"),
+        }
     }
     fn example_items(&self, batch: usize, examples: Range<usize>) -> Option<Range<usize>> {
         self.kernel.example_items(batch, examples)

@@ -1,6 +1,8 @@
 //! The contraction kernels in bf16 ([`super`]): a layer's weights packed
 //! once per run into the right operand of its products ([`PackWeights`]),
 //! and the forward convolution or dense layer on them ([`Bf16Forward`]).
+//! The input gradient's bf16 products are
+//! [`crate::codegen::contraction::ConvBackwardData::bf16`]'s.
 //!
 //! The forward product reads the packed weights, packs its item's rows of
 //! im2col (or, for a 1x1 stride-1 convolution and a dense layer, of the
@@ -33,10 +35,25 @@ pub fn packed_dense_len(shape: &DenseShape) -> usize {
     panels_words(shape.inputs, shape.units)
 }
 
+/// The f32 slots of convolution `shape`'s weights packed transposed
+/// ([`PackWeights::transposed`]), for its input gradient.
+pub fn packed_transposed_len(shape: &ConvShape) -> Result<usize, CodegenError> {
+    let g = Geometry::new("packed weights", shape)?;
+    Ok(panels_words(shape.out_channels, g.cols))
+}
+
+/// [`packed_transposed_len`] of dense layer `shape`.
+pub fn packed_dense_transposed_len(shape: &DenseShape) -> usize {
+    panels_words(shape.units, shape.inputs)
+}
+
 /// Packs a layer's f32 weights `[taps x in_channels, out_channels]` into
 /// the right operand of its bf16 forward product: the weight rows of the
 /// active taps (those im2col keeps), in im2col's column order, rounded to
 /// bf16, in [`Panels`]. Domain: the panels of [`PANEL`] output channels.
+/// Transposed ([`PackWeights::transposed`]), for the input gradient's
+/// product `dy · Wᵀ`: depth the output channels, columns the active
+/// taps' weight rows; domain, panels of those.
 #[derive(Debug, Clone)]
 pub struct PackWeights {
     name: String,
@@ -44,6 +61,7 @@ pub struct PackWeights {
     weight_rows: Vec<usize>,
     out_channels: usize,
     kernel_len: usize,
+    transposed: bool,
     packer: Packer,
 }
 
@@ -61,6 +79,7 @@ impl PackWeights {
             weight_rows,
             out_channels: shape.out_channels,
             kernel_len: g.kernel_len,
+            transposed: false,
             packer: Packer::new(),
         })
     }
@@ -70,9 +89,34 @@ impl PackWeights {
         PackWeights::new(name, &shape.as_conv())
     }
 
+    /// The transposed packing of convolution `shape`'s weights, for its
+    /// input gradient.
+    pub fn transposed(name: &str, shape: &ConvShape) -> Result<PackWeights, CodegenError> {
+        Ok(PackWeights {
+            transposed: true,
+            ..PackWeights::new(name, shape)?
+        })
+    }
+
+    /// The transposed packing of dense layer `shape`'s weights.
+    pub fn dense_transposed(name: &str, shape: &DenseShape) -> Result<PackWeights, CodegenError> {
+        PackWeights::transposed(name, &shape.as_conv())
+    }
+
+    /// The depth and columns of the packed operand.
+    fn operand(&self) -> (usize, usize) {
+        let (taps, channels) = (self.weight_rows.len(), self.out_channels);
+        if self.transposed {
+            (channels, taps)
+        } else {
+            (taps, channels)
+        }
+    }
+
     /// The f32 slots of the packed weights.
     pub fn packed_len(&self) -> usize {
-        panels_words(self.weight_rows.len(), self.out_channels)
+        let (depth, columns) = self.operand();
+        panels_words(depth, columns)
     }
 
     /// The f32s of the layer's weights.
@@ -82,7 +126,7 @@ impl PackWeights {
 
     /// The number of items: panels.
     pub fn domain(&self) -> usize {
-        self.out_channels.div_ceil(PANEL)
+        self.operand().1.div_ceil(PANEL)
     }
 
     /// Packs panels `items` of `kernel` into `packed`.
@@ -107,8 +151,9 @@ impl PackWeights {
         let kernel = unsafe { std::slice::from_raw_parts(kernel, self.kernel_len) };
         let cout = self.out_channels;
         let line = |p: usize| &kernel[self.weight_rows[p] * cout..][..cout];
-        let depth = self.weight_rows.len();
+        let (depth, _) = self.operand();
         let panel_len = padded_pairs(depth) * PANEL;
+        let mut row = vec![0u32; padded_pairs(cout)];
         for panel in items {
             // SAFETY: panel `panel` of the packed operand, inside it, which
             // this item alone writes (the caller's contract).
@@ -118,9 +163,38 @@ impl PackWeights {
                     panel_len,
                 )
             };
-            self.packer.panel(depth, panel, line, words);
+            if self.transposed {
+                self.transposed_panel(panel, &line, &mut row, words);
+            } else {
+                self.packer.panel(depth, panel, line, words);
+            }
         }
         Ok(())
+    }
+
+    /// Panel `panel` of the transposed operand: column `c` is weight row
+    /// `weight_rows[c]`, packed in pairs of output channels as a left
+    /// operand's row is (through `row`), its words set down the panel's
+    /// lines.
+    fn transposed_panel<'k>(
+        &self,
+        panel: usize,
+        line: &impl Fn(usize) -> &'k [f32],
+        row: &mut [u32],
+        words: &mut [u32],
+    ) {
+        let columns = self.weight_rows.len();
+        for c in 0..PANEL {
+            let col = panel * PANEL + c;
+            if col < columns {
+                self.packer.row(line(col), row);
+            } else {
+                row.fill(0);
+            }
+            for (q, &word) in row.iter().enumerate() {
+                words[q * PANEL + c] = word;
+            }
+        }
     }
 }
 
@@ -290,10 +364,7 @@ impl Bf16Forward {
         let g = &self.common.geometry;
         let stride = padded_pairs(g.cols);
         let (packed, row) = scratch.split_at_mut(self.rows_per_item * stride);
-        // SAFETY: f32 and u32 have the same size and alignment, and every
-        // bit pattern is a valid u32.
-        let packed: &mut [u32] =
-            unsafe { std::slice::from_raw_parts_mut(packed.as_mut_ptr().cast(), packed.len()) };
+        let packed = super::words_mut(packed);
         for (r, words) in rows.clone().zip(packed.chunks_exact_mut(stride)) {
             let values = if g.pointwise {
                 &input[r * g.cols..][..g.cols]
