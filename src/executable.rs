@@ -308,10 +308,21 @@ fn bf16_contraction(
             };
             return Ok((Box::new(step), work));
         }
-        _ => {
+        ContractionPass::BackwardFilter => {
+            let kernel = match geometry {
+                Geometry::Conv(s) => ConvBackwardFilter::bf16(name, s, backend)?,
+                Geometry::Dense(s) => ConvBackwardFilter::dense_bf16(name, s, backend)?,
+            };
+            let step = BackwardFilterStep {
+                kernel,
+                name: name.to_string(),
+            };
+            return Ok((Box::new(step), work));
+        }
+        ContractionPass::BackwardData { epilogue: Some(_) } => {
             return Err(CodegenError::Malformed {
                 kernel: name.to_string(),
-                message: format!("no bf16 algorithm computes {pass:?}"),
+                message: "an epilogue on an input gradient off Winograd's transforms".into(),
             })
         }
     };

@@ -1287,6 +1287,10 @@ pub struct ConvBackwardFilter {
     /// Whether items are blocks of output channels computed without
     /// im2col.
     direct: bool,
+    /// The products in bf16 on this backend: each block of rows packs its
+    /// im2col columns as a left operand's rows and its rows of the output
+    /// gradient as panels, and the blocks' products are summed in f32.
+    bf16: Option<(bf16::Backend, bf16::Packer)>,
 }
 
 impl ConvBackwardFilter {
@@ -1312,7 +1316,65 @@ impl ConvBackwardFilter {
             cols_per_item,
             rows_per_block,
             direct,
+            bf16: None,
         })
+    }
+
+    /// The backward-filter kernel of convolution `shape` with its products
+    /// in bf16 on `backend`: items of im2col columns, each summing the
+    /// products of fixed blocks of rows in order (a 1x1 convolution's too).
+    ///
+    /// # Errors
+    /// When the shape is invalid or this CPU does not run `backend`.
+    pub fn bf16(
+        name: &str,
+        shape: &ConvShape,
+        backend: bf16::Backend,
+    ) -> Result<ConvBackwardFilter, CodegenError> {
+        if !backend.available() {
+            return Err(CodegenError::UnsupportedHost(format!(
+                "kernel `{name}` needs {}, which this CPU does not run",
+                backend.name()
+            )));
+        }
+        let mut kernel = ConvBackwardFilter::new(name, shape)?;
+        let g = &kernel.common.geometry;
+        kernel.rows_per_block = (SCRATCH_TARGET / kernel.cols_per_item.min(g.cols))
+            .next_multiple_of(MIN_ROWS_PER_ITEM)
+            .min(g.rows);
+        kernel.direct = false;
+        kernel.bf16 = Some((backend, bf16::Packer::new()));
+        Ok(kernel)
+    }
+
+    /// [`Self::bf16`] for dense layer `shape`.
+    pub fn dense_bf16(
+        name: &str,
+        shape: &DenseShape,
+        backend: bf16::Backend,
+    ) -> Result<ConvBackwardFilter, CodegenError> {
+        ConvBackwardFilter::bf16(name, &shape.as_conv(), backend)
+    }
+
+    /// The backend of its bf16 products, if they are.
+    pub fn bf16_backend(&self) -> Option<bf16::Backend> {
+        self.bf16.map(|(backend, _)| backend)
+    }
+
+    /// The f32 slots of a bf16 item's scratch: the im2col block, the
+    /// packed columns, the packed output gradient, the sums and one
+    /// block's product.
+    fn bf16_scratch(&self) -> [usize; 5] {
+        let g = &self.common.geometry;
+        let (rows, cols) = (self.rows_per_block, self.cols_per_item.min(g.cols));
+        let cout = g.shape.out_channels;
+        [
+            if g.pointwise { 0 } else { rows * cols },
+            cols * bf16::padded_pairs(rows),
+            bf16::panels_words(rows, cout),
+            cols * cout,
+            cols * cout,
+        ]
     }
 
     /// Whether items compute without im2col, a block of output channels
@@ -1350,6 +1412,9 @@ impl ConvBackwardFilter {
     /// The f32s of scratch one thread needs to run any range of items.
     pub fn scratch_len(&self) -> usize {
         let g = &self.common.geometry;
+        if self.bf16.is_some() {
+            return scratch_for(self.bf16_scratch().iter().sum());
+        }
         if self.direct {
             // One image's padded input rows.
             scratch_for(g.shape.height * g.padded_width() * g.shape.in_channels)
@@ -1395,6 +1460,8 @@ impl ConvBackwardFilter {
                 },
                 // SAFETY: the caller's contract, passed on.
                 _ if self.direct => unsafe { self.direct_item(buffers, scratch, item) },
+                // SAFETY: the caller's contract, passed on.
+                _ if self.bf16.is_some() => unsafe { self.bf16_item(buffers, scratch, item) },
                 // SAFETY: the caller's contract, passed on.
                 _ => unsafe { self.cols_item(buffers, scratch, item) },
             }
@@ -1543,6 +1610,97 @@ impl ConvBackwardFilter {
                     )
                 };
             }
+        }
+    }
+
+    /// The weight-gradient rows of im2col columns block `item`, in bf16:
+    /// for each block of rows, its columns of im2col packed as a left
+    /// operand's rows (the transpose) times its rows of the output
+    /// gradient packed as panels, summed over the blocks in order in f32,
+    /// then set down in the weight rows of the columns' taps.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`], with `bf16` set.
+    unsafe fn bf16_item(&self, buffers: &BackwardFilterBuffers, scratch: &mut [f32], item: usize) {
+        let Some((backend, packer)) = self.bf16 else {
+            return;
+        };
+        let g = &self.common.geometry;
+        let (cin, cout) = (g.shape.in_channels, g.shape.out_channels);
+        let cols = item * self.cols_per_item..((item + 1) * self.cols_per_item).min(g.cols);
+        let n = cols.len();
+        // SAFETY: the caller's contract: the input and the output gradient
+        // are only read.
+        let (input, output_grad) = unsafe {
+            (
+                std::slice::from_raw_parts(buffers.input, g.input_len),
+                std::slice::from_raw_parts(buffers.output_grad, g.output_len),
+            )
+        };
+        let [block_len, left_len, right_len, sums_len, _] = self.bf16_scratch();
+        let (block, rest) = scratch.split_at_mut(block_len);
+        let (left, rest) = rest.split_at_mut(left_len);
+        let (right, rest) = rest.split_at_mut(right_len);
+        let (sums, product) = rest.split_at_mut(sums_len);
+        let (left, right) = (bf16::words_mut(left), bf16::words_mut(right));
+        let (sums, product) = (&mut sums[..n * cout], &mut product[..n * cout]);
+        for (b, first) in (0..g.rows).step_by(self.rows_per_block).enumerate() {
+            let rows = first..(first + self.rows_per_block).min(g.rows);
+            let r = rows.len();
+            let left = &mut left[..n * bf16::padded_pairs(r)];
+            if g.pointwise {
+                packer.columns(&input[first * cin..], (r, cin), cols.clone(), left);
+            } else {
+                g.im2col(input, rows.clone(), cols.clone(), block);
+                packer.columns(block, (r, n), 0..n, left);
+            }
+            let dy = &output_grad[first * cout..][..r * cout];
+            let panel_len = bf16::padded_pairs(r) * bf16::PANEL;
+            let right = &mut right[..bf16::panels_words(r, cout)];
+            for (panel, words) in right.chunks_exact_mut(panel_len).enumerate() {
+                packer.panel(r, panel, |p| &dy[p * cout..][..cout], words);
+            }
+            let (lhs, rhs) = (
+                bf16::Rows::new(left, n, r),
+                bf16::Panels::new(right, r, cout),
+            );
+            if b == 0 {
+                bf16::product(backend, &lhs, &rhs, 0..n, sums);
+            } else {
+                bf16::product(backend, &lhs, &rhs, 0..n, product);
+                add_assign(sums, product);
+            }
+        }
+        if item == 0 {
+            for dead in &g.dead_rows {
+                // SAFETY: the rows of dead taps belong to item 0 alone.
+                unsafe {
+                    std::slice::from_raw_parts_mut(
+                        buffers.kernel_grad.add(dead.start * cout),
+                        dead.len() * cout,
+                    )
+                    .fill(0.0)
+                };
+            }
+        }
+        for group in &g.groups {
+            let (lo, hi) = (
+                cols.start.max(group.col),
+                cols.end.min(group.col + group.len),
+            );
+            if lo >= hi {
+                continue;
+            }
+            let weight_row = group.weight_row + lo - group.col;
+            // SAFETY: the weight-gradient rows of these columns belong to
+            // this item alone.
+            let rows = unsafe {
+                std::slice::from_raw_parts_mut(
+                    buffers.kernel_grad.add(weight_row * cout),
+                    (hi - lo) * cout,
+                )
+            };
+            rows.copy_from_slice(&sums[(lo - cols.start) * cout..][..(hi - lo) * cout]);
         }
     }
 

@@ -1,11 +1,13 @@
 //! Puts a plan's contractions in the precision the user chose
-//! ([`Precision`]). In bf16, each forward convolution and dense layer on
-//! the GEMM multiplies bf16 operands and sums in f32 ([`Algorithm::Bf16`]),
-//! reading its weights packed to bf16 by a step of their own before it
-//! ([`KernelDesc::PackWeights`]): once a training step, as the weights
-//! change; once a program at inference, where the weights are frozen
-//! ([`KernelPlan::prepared`]). The master weights, the optimizer's state,
-//! batch statistics, the loss and every activation stay f32.
+//! ([`Precision`]). In bf16, each convolution and dense layer on the GEMM
+//! multiplies bf16 operands and sums in f32 ([`Algorithm::Bf16`]): its
+//! forward pass and its input gradient read its weights packed to bf16 by
+//! a step of their own before them ([`KernelDesc::PackWeights`], transposed
+//! for the input gradient): once a training step, as the weights change;
+//! once a program at inference, where the weights are frozen
+//! ([`KernelPlan::prepared`]). The kernel gradient packs its operands as
+//! it goes. The master weights, the optimizer's state, batch statistics,
+//! the loss and every activation stay f32.
 //!
 //! The pass runs before the algorithm pass, so that a layer in bf16 is not
 //! also given Winograd's transforms (which would round its operands
@@ -17,9 +19,10 @@ use crate::plan::{
     Step,
 };
 
-/// Gives every forward contraction on the GEMM the bf16 algorithm when
-/// `precision` is bf16, each with the step that packs its weights; returns
-/// how many, after checking that the plan still holds every invariant.
+/// Gives every contraction on the GEMM the bf16 algorithm when `precision`
+/// is bf16, each forward pass and input gradient with the step that packs
+/// its weights; returns how many, after checking that the plan still holds
+/// every invariant.
 pub fn run(plan: &mut KernelPlan, precision: Precision) -> Result<usize, PlanError> {
     if precision == Precision::F32 {
         return Ok(0);
@@ -40,7 +43,14 @@ pub fn run(plan: &mut KernelPlan, precision: Precision) -> Result<usize, PlanErr
         let transposed = match pass {
             ContractionPass::Forward { .. } => false,
             ContractionPass::BackwardData { epilogue: None } => true,
-            _ => {
+            ContractionPass::BackwardFilter => {
+                // It packs its operands as it goes: no step of its own.
+                *algorithm = Algorithm::Bf16;
+                steps.push(step);
+                chosen += 1;
+                continue;
+            }
+            ContractionPass::BackwardData { epilogue: Some(_) } => {
                 steps.push(step);
                 continue;
             }

@@ -408,7 +408,7 @@ fn contraction(
             match algorithm {
                 Algorithm::Gemm => kernel_len(s),
                 Algorithm::Winograd(tile) => winograd_kernel_len(s, tile)?,
-                Algorithm::Bf16 => packed_len(geometry, backward_data(pass))?,
+                Algorithm::Bf16 => bf16_kernel_len(geometry, pass)?,
             },
             s.bias.then_some(s.out_channels),
             conv_output(s)?,
@@ -419,7 +419,7 @@ fn contraction(
         Geometry::Dense(s) => (
             s.rows * s.inputs,
             match algorithm {
-                Algorithm::Bf16 => packed_len(geometry, backward_data(pass))?,
+                Algorithm::Bf16 => bf16_kernel_len(geometry, pass)?,
                 _ => s.inputs * s.units,
             },
             s.bias.then_some(s.units),
@@ -427,9 +427,6 @@ fn contraction(
         ),
     };
     let y = rows * channels;
-    if algorithm == Algorithm::Bf16 && matches!(pass, ContractionPass::BackwardFilter) {
-        return Err(format!("no bf16 algorithm computes {pass:?}"));
-    }
     Ok(match pass {
         ContractionPass::Forward { epilogue } => {
             let mut params = vec![read(x), read(w)];
@@ -484,10 +481,16 @@ fn packed_len(geometry: &Geometry, transposed: bool) -> Result<usize, String> {
     len.map_err(|e| e.to_string())
 }
 
-/// Whether `pass` is an input gradient (whose weights a bf16 product
-/// reads packed transposed).
-fn backward_data(pass: &ContractionPass) -> bool {
-    matches!(pass, ContractionPass::BackwardData { .. })
+/// The length of the kernel buffer of a bf16 contraction: the weights
+/// packed for the forward pass, packed transposed for the input gradient,
+/// and the kernel gradient itself (in f32) for the kernel gradient.
+fn bf16_kernel_len(geometry: &Geometry, pass: &ContractionPass) -> Result<usize, String> {
+    match (pass, geometry) {
+        (ContractionPass::Forward { .. }, _) => packed_len(geometry, false),
+        (ContractionPass::BackwardData { .. }, _) => packed_len(geometry, true),
+        (ContractionPass::BackwardFilter, Geometry::Conv(s)) => Ok(kernel_len(s)),
+        (ContractionPass::BackwardFilter, Geometry::Dense(s)) => Ok(s.inputs * s.units),
+    }
 }
 
 /// The length of a convolution's kernel.

@@ -260,6 +260,63 @@ impl Packer {
     }
 }
 
+impl Packer {
+    /// Packs columns `columns` of the `rows` rows of `source` (row `r` at
+    /// `r * stride`) as the rows of a left operand: `packed` holds one
+    /// packed row of [`padded_pairs`]`(rows)` words per column, word `q`
+    /// of column `c` holding rows `2q` (low half) and `2q + 1` (high half)
+    /// of that column, zeros past the rows. This is the transpose of
+    /// [`Packer::panel`]'s layout: the left operand of a product summed
+    /// over `source`'s rows (a kernel gradient).
+    ///
+    /// # Panics
+    /// When `source` does not hold the rows' columns, or `packed` the
+    /// packed columns.
+    pub fn columns(
+        self,
+        source: &[f32],
+        (rows, stride): (usize, usize),
+        columns: Range<usize>,
+        packed: &mut [u32],
+    ) {
+        let words = padded_pairs(rows);
+        assert!(
+            columns.end <= stride || rows == 0,
+            "columns {columns:?} of rows of {stride}"
+        );
+        assert!(
+            rows == 0 || source.len() >= (rows - 1) * stride + columns.end,
+            "the source rows"
+        );
+        assert!(packed.len() >= columns.len() * words, "the packed columns");
+        #[cfg(target_arch = "x86_64")]
+        if self.vectors {
+            // SAFETY: the CPU converts (asked when the packer was made);
+            // the sizes were asserted.
+            unsafe { avx512::pack_columns(source, (rows, stride), columns, packed) };
+            return;
+        }
+        let at = |row: usize, col: usize| {
+            if row < rows {
+                source[row * stride + col]
+            } else {
+                0.0
+            }
+        };
+        for (c, col) in columns.enumerate() {
+            for (q, word) in packed[c * words..][..words].iter_mut().enumerate() {
+                *word = pair(at(2 * q, col), at(2 * q + 1, col));
+            }
+        }
+    }
+
+    /// The packer that packs one value at a time, for tests of the
+    /// vector one.
+    pub fn scalar() -> Packer {
+        Packer { vectors: false }
+    }
+}
+
 impl Rows {
     /// Packs the row-major `rows x depth` matrix `values`.
     ///
@@ -478,11 +535,27 @@ mod avx512 {
     use std::arch::x86_64::{
         __m512, __m512bh, __m512i, __mmask16, _mm512_cvtne2ps_pbh, _mm512_dpbf16_ps,
         _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_permutexvar_epi16,
-        _mm512_set1_epi32, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_storeu_si512,
+        _mm512_set1_epi32, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_shuffle_i32x4,
+        _mm512_storeu_si512, _mm512_unpackhi_epi32, _mm512_unpackhi_epi64, _mm512_unpacklo_epi32,
+        _mm512_unpacklo_epi64,
     };
     use std::ops::Range;
 
     use super::{Panels, Rows, LANES, PANEL, ROWS, VECTORS};
+
+    /// The permutation that pairs two converted rows into words: lane 2i
+    /// of the result takes lane i of the low row, lane 2i + 1 lane i of
+    /// the high row (lanes 16.. after the conversion).
+    const INTERLEAVE: [u16; 32] = {
+        let mut lanes = [0u16; 32];
+        let mut i = 0;
+        while i < 16 {
+            lanes[2 * i] = i as u16;
+            lanes[2 * i + 1] = 16 + i as u16;
+            i += 1;
+        }
+        lanes
+    };
 
     /// What every block of one product shares.
     struct Shape<'a> {
@@ -619,19 +692,6 @@ mod avx512 {
         first: usize,
         line: &mut [u32],
     ) {
-        // Lane 2i of the result takes lane i of the converted rows' low
-        // row, lane 2i + 1 lane i of the high row (lanes 16.. after the
-        // conversion).
-        const INTERLEAVE: [u16; 32] = {
-            let mut lanes = [0u16; 32];
-            let mut i = 0;
-            while i < 16 {
-                lanes[2 * i] = i as u16;
-                lanes[2 * i + 1] = 16 + i as u16;
-                i += 1;
-            }
-            lanes
-        };
         // SAFETY: 64 bytes of a constant.
         let interleave = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
         debug_assert!(line.len() >= PANEL);
@@ -644,6 +704,88 @@ mod avx512 {
             // SAFETY: the caller's contract: words `v * 16 ..` of the line.
             unsafe { _mm512_storeu_si512(line.as_mut_ptr().add(v * LANES).cast(), pairs) };
         }
+    }
+
+    /// [`super::Packer::columns`]: blocks of 16 pairs of rows by 16
+    /// columns, each pair of rows converted and interleaved into 16 words
+    /// (one per column), the 16 x 16 words transposed in registers, and
+    /// stored as 16 words of 16 packed columns.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and BF16; the sizes are as
+    /// [`super::Packer::columns`] asserts.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_columns(
+        source: &[f32],
+        (rows, stride): (usize, usize),
+        columns: Range<usize>,
+        packed: &mut [u32],
+    ) {
+        let words = super::padded_pairs(rows);
+        // SAFETY: 64 bytes of a constant.
+        let interleave = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
+        let row = |r: usize, first: usize, count: usize| -> __m512 {
+            if r < rows {
+                load(&source[r * stride + first..][..count], 0)
+            } else {
+                _mm512_setzero_ps()
+            }
+        };
+        for c0 in columns.clone().step_by(LANES) {
+            let count = (columns.end - c0).min(LANES);
+            for q0 in (0..words).step_by(LANES) {
+                let mut block = [_mm512_setzero_si512(); LANES];
+                for (i, vector) in block.iter_mut().enumerate() {
+                    let q = q0 + i;
+                    let (even, odd) = (row(2 * q, c0, count), row(2 * q + 1, c0, count));
+                    let values: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even));
+                    *vector = _mm512_permutexvar_epi16(interleave, values);
+                }
+                let columns_of = transpose(block);
+                for (j, vector) in columns_of.iter().enumerate().take(count) {
+                    let at = (c0 - columns.start + j) * words + q0;
+                    debug_assert!(at + LANES <= packed.len());
+                    // SAFETY: words `q0..q0 + 16` of packed column `j`,
+                    // within its padded row (the caller's contract).
+                    unsafe { _mm512_storeu_si512(packed.as_mut_ptr().add(at).cast(), *vector) };
+                }
+            }
+        }
+    }
+
+    /// The 16 x 16 transpose of 32-bit lanes: lane `j` of vector `i`
+    /// becomes lane `i` of vector `j`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn transpose(r: [__m512i; LANES]) -> [__m512i; LANES] {
+        // Pairs of rows, then quads: u[4g + m] holds, in each 128-bit lane
+        // L, column 4L + m of rows 4g..4g + 4.
+        let mut t = [_mm512_setzero_si512(); LANES];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        let mut u = [_mm512_setzero_si512(); LANES];
+        for g in 0..4 {
+            u[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+            u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+            u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+            u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+        }
+        // Column 4L + m gathers lane L of u[m], u[4 + m], u[8 + m] and
+        // u[12 + m], in that order.
+        let mut out = [_mm512_setzero_si512(); LANES];
+        for m in 0..4 {
+            let low = _mm512_shuffle_i32x4::<0x44>(u[m], u[4 + m]);
+            let high = _mm512_shuffle_i32x4::<0xee>(u[m], u[4 + m]);
+            let low2 = _mm512_shuffle_i32x4::<0x44>(u[8 + m], u[12 + m]);
+            let high2 = _mm512_shuffle_i32x4::<0xee>(u[8 + m], u[12 + m]);
+            out[m] = _mm512_shuffle_i32x4::<0x88>(low, low2);
+            out[4 + m] = _mm512_shuffle_i32x4::<0xdd>(low, low2);
+            out[8 + m] = _mm512_shuffle_i32x4::<0x88>(high, high2);
+            out[12 + m] = _mm512_shuffle_i32x4::<0xdd>(high, high2);
+        }
+        out
     }
 
     /// Values `start .. start + 16` of `values`, zero past its end.
@@ -727,6 +869,34 @@ mod tests {
             .step_by(PANEL)
             .all(|&w| w == 0));
         assert!(right.words[3 * PANEL..16 * PANEL].iter().all(|&w| w == 0));
+    }
+
+    #[test]
+    fn columns_pack_as_the_rows_of_the_transpose() {
+        // Odd rows and columns, a stride wider than the columns, blocks of
+        // 16 columns and of 32 rows with remainders, columns from the
+        // middle of the rows.
+        for (rows, stride, columns) in [
+            (1, 3, 0..3),
+            (37, 40, 5..38),
+            (64, 16, 0..16),
+            (70, 90, 17..90),
+        ] {
+            let source = matrix(rows * stride, rows as u32);
+            let words = padded_pairs(rows);
+            let mut vector = vec![7u32; columns.len() * words];
+            let mut scalar = vec![9u32; columns.len() * words];
+            Packer::new().columns(&source, (rows, stride), columns.clone(), &mut vector);
+            Packer::scalar().columns(&source, (rows, stride), columns.clone(), &mut scalar);
+            assert_eq!(vector, scalar, "{rows} rows, columns {columns:?}");
+            let transposed: Vec<f32> = columns
+                .clone()
+                .flat_map(|c| (0..rows).map(move |r| (r, c)))
+                .map(|(r, c)| source[r * stride + c])
+                .collect();
+            let expected = Rows::pack(&transposed, columns.len(), rows);
+            assert_eq!(vector, expected.words, "{rows} rows, columns {columns:?}");
+        }
     }
 
     #[test]

@@ -362,7 +362,11 @@ impl FilterGradientKernel for ConvBackwardFilter {
         ConvBackwardFilter::has_bias(self)
     }
     fn method(&self) -> Option<&'static str> {
-        self.is_direct().then_some("backward-filter, direct")
+        match self.bf16_backend() {
+            Some(super::bf16::Backend::Amx) => Some("backward-filter, bf16 on AMX"),
+            Some(super::bf16::Backend::Avx512) => Some("backward-filter, bf16 on AVX512-BF16"),
+            None => self.is_direct().then_some("backward-filter, direct"),
+        }
     }
     unsafe fn run(
         &self,
