@@ -171,11 +171,7 @@ pub fn plan_inference_in(
     batch: usize,
     precision: Precision,
 ) -> Result<KernelPlan, CompileError> {
-    // One kernel call per node, batchnorm by its moving statistics.
-    let mut plan = passes::lower::forward(model, batch, Mode::Inference)?;
-    // Inference runs with weights that never change (`Inference` owns them).
-    plan.frozen_weights = true;
-    rewrite(plan, precision)
+    plan_forward_in(model, Mode::Inference, batch, precision)
 }
 
 /// The kernel plan of one training step of `model` on batches of `batch`,
@@ -212,11 +208,21 @@ pub fn plan_forward(
     mode: Mode,
     batch: usize,
 ) -> Result<KernelPlan, CompileError> {
+    plan_forward_in(model, mode, batch, Precision::F32)
+}
+
+/// [`plan_forward`] with the contractions in `precision`.
+pub fn plan_forward_in(
+    model: &TypedGraph,
+    mode: Mode,
+    batch: usize,
+    precision: Precision,
+) -> Result<KernelPlan, CompileError> {
     // One kernel call per node; batch statistics and masks by the mode.
     let mut plan = passes::lower::forward(model, batch, mode)?;
     // Inference runs with weights that never change (`Inference` owns them).
     plan.frozen_weights = mode == Mode::Inference;
-    rewrite(plan, Precision::F32)
+    rewrite(plan, precision)
 }
 
 /// The kernel plan of the vector-Jacobian product of `model` on batches of
@@ -241,7 +247,17 @@ pub fn compile_forward(
     mode: Mode,
     batch: usize,
 ) -> Result<Compiled, CompileError> {
-    generate(plan_forward(model, mode, batch)?)
+    compile_forward_in(model, mode, batch, Precision::F32)
+}
+
+/// [`compile_forward`] with the contractions in `precision`.
+pub fn compile_forward_in(
+    model: &TypedGraph,
+    mode: Mode,
+    batch: usize,
+    precision: Precision,
+) -> Result<Compiled, CompileError> {
+    generate(plan_forward_in(model, mode, batch, precision)?)
 }
 
 /// The vector-Jacobian product of `model` compiled for batches of `batch`,

@@ -19,7 +19,7 @@ use crate::runtime::gradients::{GradientError, Gradients};
 use crate::runtime::inference::{Inference, InferenceError};
 use crate::runtime::weights::{self, TensorStore, WeightsError};
 use crate::shapes::TypedGraph;
-use crate::{CompileError, Mode};
+use crate::{CompileError, Mode, Precision};
 
 /// Why a prediction failed.
 #[derive(Debug, Error)]
@@ -187,6 +187,8 @@ pub struct NpyOptions {
     pub mode: Mode,
     /// Worker threads.
     pub threads: usize,
+    /// The arithmetic of the convolutions and dense layers.
+    pub precision: Precision,
 }
 
 /// Runs `model` with the weights in `weights` on the examples in `input`
@@ -207,6 +209,7 @@ pub fn predict_npy(
         count,
         batch: options.batch.max(1),
         threads: options.threads,
+        precision: options.precision,
     };
     let outputs = forward(model, store, &values, batches, options.mode)?;
     let mut written = Vec::new();
@@ -584,6 +587,8 @@ pub struct ClassifyOptions {
     pub top: usize,
     /// Worker threads.
     pub threads: usize,
+    /// The arithmetic of the convolutions and dense layers.
+    pub precision: Precision,
 }
 
 /// Classifies the image files `paths` with `model` and the weights in
@@ -601,6 +606,7 @@ pub fn predict_images(
         conversion,
         top,
         threads,
+        precision,
     } = options;
     let (output, shape) = model.outputs().into_iter().next().unwrap_or_default();
     if shape.len() != 1 {
@@ -619,6 +625,7 @@ pub fn predict_images(
         count: paths.len(),
         batch: paths.len().clamp(1, 256),
         threads,
+        precision,
     };
     let outputs = forward(model, store, &values, batches, Mode::Inference)?;
     let scores = &outputs[0].1;
@@ -706,6 +713,8 @@ pub struct Batches {
     pub batch: usize,
     /// Worker threads.
     pub threads: usize,
+    /// The arithmetic of the convolutions and dense layers.
+    pub precision: Precision,
 }
 
 /// Runs `model` on `batches.count` examples (`examples(start, size)` gives
@@ -737,6 +746,7 @@ pub fn run_in_batches_as<E: From<CompileError> + From<InferenceError>>(
         count,
         batch,
         threads,
+        precision,
     } = batches;
     let batch = batch.max(1);
     let mut program: Option<Inference> = None;
@@ -744,7 +754,7 @@ pub fn run_in_batches_as<E: From<CompileError> + From<InferenceError>>(
     while start < count {
         let size = batch.min(count - start);
         if program.as_ref().is_none_or(|p| p.plan().batch != size) {
-            let compiled = crate::compile_forward(model, mode, size)?;
+            let compiled = crate::compile_forward_in(model, mode, size, precision)?;
             program = Some(Inference::new(compiled, weights.clone(), threads)?);
         }
         let outputs = program

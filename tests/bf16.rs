@@ -773,3 +773,50 @@ fn a_small_model_learns_in_bf16_as_in_f32() {
         last(&f32_losses)
     );
 }
+
+#[test]
+fn predict_with_precision_bf16_runs_the_bf16_program() {
+    if backend().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cnnc-bf16-predict-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a folder");
+    let model =
+        cnnc::load_model(std::path::Path::new("examples/lenet5.cnn"), None).expect("lenet5");
+    let store = weights::init(&model, 5);
+    let weights_path = dir.join("lenet5.safetensors");
+    weights::save(&store, &weights_path).expect("saved");
+    let values: Vec<f32> = data(5 * 28 * 28, 8).iter().map(|v| v.abs()).collect();
+    let input_path = dir.join("x.npy");
+    ndarray_npy::write_npy(&input_path, &array(&[5, 28, 28, 1], &values)).expect("written");
+    let predict = |precision: &str| -> Vec<f32> {
+        let output_path = dir.join(format!("y_{precision}.npy"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cnnc"))
+            .args(["predict", "examples/lenet5.cnn", "--weights"])
+            .arg(&weights_path)
+            .arg("--input")
+            .arg(&input_path)
+            .arg("--output")
+            .arg(&output_path)
+            .args(["--precision", precision, "--batch", "2"])
+            .output()
+            .expect("cnnc runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let y: ArrayD<f32> = ndarray_npy::read_npy(&output_path).expect("an output");
+        y.iter().copied().collect()
+    };
+    let (f32_scores, bf16_scores) = (predict("f32"), predict("bf16"));
+    // The same program as the library's bf16 inference, batch by batch.
+    let compiled = cnnc::compile_inference_in(&model, 5, Precision::Bf16).expect("compiles");
+    let mut library = Inference::new(compiled, store, 1).expect("starts");
+    let expected = library.run(&values).expect("runs").remove(0).1;
+    assert_eq!(bf16_scores, expected);
+    assert_ne!(bf16_scores, f32_scores, "rounded");
+    for (a, b) in bf16_scores.iter().zip(&f32_scores) {
+        assert!((a - b).abs() < 0.03, "{a} against {b} in f32");
+    }
+}

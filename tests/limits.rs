@@ -255,6 +255,7 @@ fn a_npy_header_declaring_more_than_the_file_holds_is_refused() {
         batch: 32,
         mode: Mode::Inference,
         threads: 1,
+        precision: cnnc::Precision::F32,
     };
     let run =
         |input: &Path| predict::predict_npy(&model, &weights, input, &dir.join("y.npy"), options);

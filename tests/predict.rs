@@ -575,6 +575,7 @@ fn images_beyond_one_batch_keep_their_order() {
             convert: false,
         },
         threads: 2,
+        precision: cnnc::Precision::F32,
     };
     let segmented =
         masks::segment_images(&model, store.clone(), &images, options).expect("segmented");

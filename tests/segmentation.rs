@@ -577,6 +577,7 @@ fn a_sigmoid_mask_of_one_channel_trains_with_the_binary_cross_entropy() {
         count: test.len(),
         batch: 64,
         threads: 2,
+        precision: cnnc::Precision::F32,
     };
     cnnc::predict::run_in_batches::<FitError>(
         &model,

@@ -7,6 +7,7 @@ use cnnc::predict::masks::{self, MaskFiles, PixelOutput, SegmentOptions, Segment
 use cnnc::predict::{self, NpyOptions, PredictError};
 use cnnc::{Diagnostics, TypedGraph};
 
+use super::overrides::PrecisionArg;
 use super::shared::{
     classify, conversion, cores, failure, load, load_weights, weights_text, ClassifyArgs, ModeArg,
 };
@@ -49,6 +50,9 @@ pub struct Args {
     /// How --input runs: inference (batchnorm on its moving statistics) or training (on each batch's statistics; dropout off). Images are classified or segmented in inference mode.
     #[arg(long, value_enum, default_value_t = ModeArg::Inference, hide_possible_values = true)]
     mode: ModeArg,
+    /// Arithmetic of the convolutions and dense layers: f32, or bf16 (needs AMX-BF16 or AVX512-BF16).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
 }
 
 /// The files `--input` ran into, each image's top classes, or a
@@ -80,6 +84,7 @@ fn predict_npy(
         batch: args.batch,
         mode: args.mode.mode(),
         threads: cores(),
+        precision: args.precision.precision(),
     };
     let files = predict::predict_npy(model, &args.weights, input, output, options).map_err(
         |e| match &e {
@@ -114,6 +119,7 @@ fn segment_images(model: &TypedGraph, args: &Args, output: PixelOutput) -> Resul
     let options = SegmentOptions {
         conversion: conversion(model, args.resize)?,
         threads: cores(),
+        precision: args.precision.precision(),
     };
     let segmented =
         masks::segment_images(model, store, &args.images, options).map_err(|e| e.to_string())?;
@@ -156,6 +162,7 @@ fn classify_images(model: &TypedGraph, args: &Args) -> Result<String, String> {
         resize: args.resize,
         top: args.top,
         threads: cores(),
+        precision: args.precision.precision(),
     };
     classify(model, store, &args.images, options)
 }

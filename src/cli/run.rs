@@ -375,6 +375,11 @@ fn classify_inputs(model: &TypedGraph, args: &Args) -> Result<String, String> {
         resize: args.resize,
         top: args.top,
         threads: threads_or_cores(args.threads),
+        // The flag, else the train section's.
+        precision: args
+            .overrides()
+            .apply(model.graph.train.clone().unwrap_or_default())
+            .precision,
     };
     classify(model, store, &args.inputs, options)
 }

@@ -182,6 +182,8 @@ pub struct ClassifyArgs {
     pub top: usize,
     /// Worker threads.
     pub threads: usize,
+    /// The arithmetic of the convolutions and dense layers.
+    pub precision: cnnc::Precision,
 }
 
 /// Each image's top classes, as lines of text.
@@ -195,6 +197,7 @@ pub fn classify(
         conversion: conversion(model, args.resize)?,
         top: args.top,
         threads: args.threads,
+        precision: args.precision,
     };
     let predictions =
         predict::predict_images(model, store, images, options).map_err(|e| e.to_string())?;

@@ -109,6 +109,8 @@ pub struct SegmentOptions {
     pub conversion: Conversion,
     /// Worker threads.
     pub threads: usize,
+    /// The arithmetic of the convolutions and dense layers.
+    pub precision: crate::Precision,
 }
 
 /// Segments the image files `paths` with `model` (whose first output holds
@@ -132,6 +134,7 @@ pub fn segment_images(
         count: paths.len(),
         batch: BATCH,
         threads: options.threads,
+        precision: options.precision,
     };
     let examples =
         |start: usize, size: usize| values[start * per_image..(start + size) * per_image].to_vec();

@@ -959,6 +959,11 @@ pub fn evaluate(
 /// Examples per batch when evaluating.
 const EVALUATION_BATCH: usize = 256;
 
+/// Evaluation runs the master weights in f32 whatever precision trained
+/// them: the accuracy reported is the model's, and `cnnc predict
+/// --precision bf16` is there for speed.
+const EVALUATION_PRECISION: crate::Precision = crate::Precision::F32;
+
 /// An evaluation's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
@@ -1072,6 +1077,7 @@ fn evaluate_as(
                 count: data.len(),
                 batch: EVALUATION_BATCH,
                 threads,
+                precision: EVALUATION_PRECISION,
             },
             examples,
             |start, outputs| {
@@ -1102,6 +1108,7 @@ fn evaluate_as(
                     count: own.len(),
                     batch: EVALUATION_BATCH,
                     threads,
+                    precision: EVALUATION_PRECISION,
                 },
                 |start, size| examples(own.start + start, size),
                 |start, outputs| {
