@@ -32,7 +32,7 @@ pub struct Args {
     /// Also print the time of the training step's slowest kernels.
     #[arg(long)]
     profile: bool,
-    /// Arithmetic of the convolutions and dense layers (overrides the train section).
+    /// Arithmetic of the convolutions and dense layers: bf16 multiplies in bfloat16 and sums in f32, on AMX-BF16 or AVX512-BF16 (overrides the train section).
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
 }

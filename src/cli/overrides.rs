@@ -14,10 +14,11 @@ use cnnc::config::{Optimizer, OptimizerKind, Precision, TrainConfig};
 /// The precisions `--precision` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
-    /// Everything in f32 (the default).
+    // Plain comments, not doc comments: clap would print them and turn
+    // every flag's help into the long layout.
+    // Everything in f32 (the default).
     F32,
-    /// Convolutions and dense layers multiply in bfloat16 and sum in f32
-    /// (needs AMX-BF16 or AVX512-BF16).
+    // Convolutions and dense layers multiply in bfloat16 and sum in f32.
     Bf16,
 }
 

@@ -50,7 +50,7 @@ pub struct Args {
     /// How --input runs: inference (batchnorm on its moving statistics) or training (on each batch's statistics; dropout off). Images are classified or segmented in inference mode.
     #[arg(long, value_enum, default_value_t = ModeArg::Inference, hide_possible_values = true)]
     mode: ModeArg,
-    /// Arithmetic of the convolutions and dense layers: f32, or bf16 (needs AMX-BF16 or AVX512-BF16).
+    /// Arithmetic of the convolutions and dense layers: bf16 multiplies in bfloat16 and sums in f32, on AMX-BF16 or AVX512-BF16.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
 }

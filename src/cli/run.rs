@@ -49,7 +49,7 @@ pub struct Args {
     /// Random seed (overrides the train section).
     #[arg(long)]
     seed: Option<u64>,
-    /// Arithmetic of the convolutions and dense layers (overrides the train section).
+    /// Arithmetic of the convolutions and dense layers: bf16 multiplies in bfloat16 and sums in f32, on AMX-BF16 or AVX512-BF16 (overrides the train section).
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
     /// Folder for the weights, the checkpoint and the history (one run of a model at a time).
