@@ -9,15 +9,24 @@
 //! it goes. The master weights, the optimizer's state, batch statistics,
 //! the loss and every activation stay f32.
 //!
+//! A forward pass whose products sum fewer than [`MIN_FORWARD_DEPTH`]
+//! terms (a first layer on one or three channels) stays f32: its operands
+//! would be mostly padding to AMX's tiles, and in f32 it runs as a direct
+//! product without im2col (the seed CNN's conv1 at batch 256: 14.6 ms in
+//! bf16, 8.4 ms in f32, `docs/backend.md`).
+//!
 //! The pass runs before the algorithm pass, so that a layer in bf16 is not
 //! also given Winograd's transforms (which would round its operands
 //! again). Grouped convolutions and the window kernels (depthwise
 //! convolutions, pooling) stay f32.
 
 use crate::plan::{
-    Access, Algorithm, ContractionPass, KernelDesc, KernelPlan, Len, PlanError, Precision, Role,
-    Step,
+    Access, Algorithm, ContractionPass, Geometry, KernelDesc, KernelPlan, Len, PlanError,
+    Precision, Role, Step,
 };
+
+/// The fewest terms a forward product in bf16 sums.
+pub const MIN_FORWARD_DEPTH: usize = 64;
 
 /// Gives every contraction on the GEMM the bf16 algorithm when `precision`
 /// is bf16, each forward pass and input gradient with the step that packs
@@ -41,6 +50,10 @@ pub fn run(plan: &mut KernelPlan, precision: Precision) -> Result<usize, PlanErr
             continue;
         };
         let transposed = match pass {
+            ContractionPass::Forward { .. } if forward_depth(geometry) < MIN_FORWARD_DEPTH => {
+                steps.push(step);
+                continue;
+            }
             ContractionPass::Forward { .. } => false,
             ContractionPass::BackwardData { epilogue: None } => true,
             ContractionPass::BackwardFilter => {
@@ -80,6 +93,15 @@ pub fn run(plan: &mut KernelPlan, precision: Precision) -> Result<usize, PlanErr
     Ok(chosen)
 }
 
+/// The terms each output of a layer's forward product sums: its taps
+/// times its input channels, or a dense layer's inputs.
+fn forward_depth(geometry: &Geometry) -> usize {
+    match geometry {
+        Geometry::Conv(s) => s.kernel[0] * s.kernel[1] * s.in_channels,
+        Geometry::Dense(s) => s.inputs,
+    }
+}
+
 /// The f32 slots the packing step `pack` writes, as its signature says;
 /// `index` is where it goes in the plan, for the error.
 fn packed_len(plan: &KernelPlan, pack: &KernelDesc, index: usize) -> Result<usize, PlanError> {
@@ -102,7 +124,6 @@ fn packed_len(plan: &KernelPlan, pack: &KernelDesc, index: usize) -> Result<usiz
 mod tests {
     use super::*;
     use crate::codegen::contraction::DenseShape;
-    use crate::plan::Geometry;
 
     #[test]
     fn a_dense_layer_reads_its_weights_packed_by_a_step_before_it() {
@@ -133,6 +154,21 @@ mod tests {
         });
         let unchanged = plan.clone();
         assert_eq!(run(&mut plan.clone(), Precision::F32), Ok(0));
+        let mut shallow = plan.clone();
+        if let KernelDesc::Contraction {
+            geometry: Geometry::Dense(s),
+            ..
+        } = &mut shallow.steps[0].kernel
+        {
+            s.inputs = MIN_FORWARD_DEPTH - 1;
+        }
+        shallow.buffers[x].len = 4 * (MIN_FORWARD_DEPTH - 1);
+        shallow.buffers[w].len = 10 * (MIN_FORWARD_DEPTH - 1);
+        assert_eq!(
+            run(&mut shallow, Precision::Bf16),
+            Ok(0),
+            "a shallow product"
+        );
         assert_eq!(run(&mut plan, Precision::Bf16), Ok(1));
         assert_ne!(plan, unchanged);
         let [pack, forward] = &plan.steps[..] else {

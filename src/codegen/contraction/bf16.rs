@@ -310,6 +310,55 @@ impl Packer {
         }
     }
 
+    /// Packs panel `panel` of a [`Panels`] whose columns are given as
+    /// rows: column `c` of the operand is `line(c)`, `depth` values, for
+    /// the operand's `columns` columns; every word of `packed` is
+    /// written, zeros past the depth and the columns. Word `(q, c)` is
+    /// then word `q` of `line(c)` packed as [`Packer::row`] packs it: the
+    /// transpose of a [`Rows`] (a weight matrix read as `dy · Wᵀ` reads
+    /// it).
+    ///
+    /// # Panics
+    /// When a line does not hold `depth` values, or `packed` does not hold
+    /// [`padded_pairs`]`(depth)` lines of [`PANEL`] words.
+    pub fn transposed_panel<'v>(
+        self,
+        (depth, columns): (usize, usize),
+        panel: usize,
+        line: impl Fn(usize) -> &'v [f32],
+        packed: &mut [u32],
+    ) {
+        let lines = padded_pairs(depth);
+        assert_eq!(packed.len(), lines * PANEL, "a packed panel");
+        let first = panel * PANEL;
+        let count = columns.saturating_sub(first).min(PANEL);
+        #[cfg(target_arch = "x86_64")]
+        if self.vectors {
+            for c in 0..count {
+                assert!(
+                    line(first + c).len() >= depth,
+                    "column {} of {depth}",
+                    first + c
+                );
+            }
+            // SAFETY: the CPU converts (asked when the packer was made);
+            // the sizes were asserted.
+            unsafe { avx512::pack_transposed_panel(depth, |c| line(first + c), count, packed) };
+            return;
+        }
+        let mut row = vec![0u32; lines];
+        for c in 0..PANEL {
+            if c < count {
+                self.row(&line(first + c)[..depth], &mut row);
+            } else {
+                row.fill(0);
+            }
+            for (q, &word) in row.iter().enumerate() {
+                packed[q * PANEL + c] = word;
+            }
+        }
+    }
+
     /// The packer that packs one value at a time, for tests of the
     /// vector one.
     pub fn scalar() -> Packer {
@@ -753,6 +802,45 @@ mod avx512 {
         }
     }
 
+    /// [`super::Packer::transposed_panel`]: blocks of 16 columns by 16
+    /// pairs of their values, each column's 32 values converted into 16
+    /// words, the 16 x 16 words transposed in registers and stored along
+    /// 16 lines of the panel; zeros past the columns.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and BF16; `line(c)` holds `depth` values
+    /// for `c < count`, `count <= PANEL`, and `packed` holds the panel's
+    /// padded lines.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_transposed_panel<'v>(
+        depth: usize,
+        line: impl Fn(usize) -> &'v [f32],
+        count: usize,
+        packed: &mut [u32],
+    ) {
+        let lines = super::padded_pairs(depth);
+        for c0 in (0..PANEL).step_by(LANES) {
+            for q0 in (0..lines).step_by(LANES) {
+                let mut block = [_mm512_setzero_si512(); LANES];
+                for (c, vector) in block.iter_mut().enumerate().take(count.saturating_sub(c0)) {
+                    let values = &line(c0 + c)[..depth];
+                    let start = 2 * q0;
+                    let (low, high) = (load(values, start), load(values, start + LANES));
+                    // Word i pairs values 2i (low half) and 2i + 1.
+                    *vector =
+                        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(high, low));
+                }
+                for (i, vector) in transpose(block).iter().enumerate() {
+                    let at = (q0 + i) * PANEL + c0;
+                    debug_assert!(at + LANES <= packed.len());
+                    // SAFETY: words `c0..c0 + 16` of line `q0 + i` of the
+                    // panel (the caller's contract).
+                    unsafe { _mm512_storeu_si512(packed.as_mut_ptr().add(at).cast(), *vector) };
+                }
+            }
+        }
+    }
+
     /// The 16 x 16 transpose of 32-bit lanes: lane `j` of vector `i`
     /// becomes lane `i` of vector `j`.
     #[target_feature(enable = "avx512f")]
@@ -896,6 +984,28 @@ mod tests {
                 .collect();
             let expected = Rows::pack(&transposed, columns.len(), rows);
             assert_eq!(vector, expected.words, "{rows} rows, columns {columns:?}");
+        }
+    }
+
+    #[test]
+    fn transposed_panels_pack_as_the_panels_of_the_transpose() {
+        // Depths and columns under, at and past a block of 16 and a panel.
+        for (depth, columns) in [(1, 1), (37, 20), (64, 64), (70, 130), (512, 16)] {
+            let matrix = matrix(columns * depth, depth as u32);
+            let line = |c: usize| &matrix[c * depth..][..depth];
+            let transposed: Vec<f32> = (0..depth)
+                .flat_map(|p| (0..columns).map(move |c| (p, c)))
+                .map(|(p, c)| matrix[c * depth + p])
+                .collect();
+            let expected = Panels::pack(&transposed, depth, columns);
+            let panel_len = padded_pairs(depth) * PANEL;
+            for packer in [Packer::new(), Packer::scalar()] {
+                let mut words = vec![7u32; panels_words(depth, columns)];
+                for (panel, packed) in words.chunks_mut(panel_len).enumerate() {
+                    packer.transposed_panel((depth, columns), panel, line, packed);
+                }
+                assert_eq!(words, expected.words, "{depth} x {columns}, {packer:?}");
+            }
         }
     }
 

@@ -153,7 +153,6 @@ impl PackWeights {
         let line = |p: usize| &kernel[self.weight_rows[p] * cout..][..cout];
         let (depth, _) = self.operand();
         let panel_len = padded_pairs(depth) * PANEL;
-        let mut row = vec![0u32; padded_pairs(cout)];
         for panel in items {
             // SAFETY: panel `panel` of the packed operand, inside it, which
             // this item alone writes (the caller's contract).
@@ -164,37 +163,14 @@ impl PackWeights {
                 )
             };
             if self.transposed {
-                self.transposed_panel(panel, &line, &mut row, words);
+                let columns = self.weight_rows.len();
+                self.packer
+                    .transposed_panel((cout, columns), panel, line, words);
             } else {
                 self.packer.panel(depth, panel, line, words);
             }
         }
         Ok(())
-    }
-
-    /// Panel `panel` of the transposed operand: column `c` is weight row
-    /// `weight_rows[c]`, packed in pairs of output channels as a left
-    /// operand's row is (through `row`), its words set down the panel's
-    /// lines.
-    fn transposed_panel<'k>(
-        &self,
-        panel: usize,
-        line: &impl Fn(usize) -> &'k [f32],
-        row: &mut [u32],
-        words: &mut [u32],
-    ) {
-        let columns = self.weight_rows.len();
-        for c in 0..PANEL {
-            let col = panel * PANEL + c;
-            if col < columns {
-                self.packer.row(line(col), row);
-            } else {
-                row.fill(0);
-            }
-            for (q, &word) in row.iter().enumerate() {
-                words[q * PANEL + c] = word;
-            }
-        }
     }
 }
 
