@@ -28,7 +28,17 @@ use cnnc::runtime::weights::{self, TensorStore};
 use cnnc::{Precision, TypedGraph};
 use ndarray::{ArrayD, IxDyn};
 
-/// The backend this machine runs, or `None` after saying there is none.
+/// Every backend this machine runs (none: the kernel tests check nothing,
+/// and say so).
+fn backends() -> Vec<Backend> {
+    let found: Vec<Backend> = Backend::ALL.into_iter().filter(|b| b.available()).collect();
+    if found.is_empty() {
+        eprintln!("this CPU runs no bf16 backend (AMX-BF16, AVX512-BF16): nothing to check");
+    }
+    found
+}
+
+/// The backend compiled programs use, or `None` after saying there is none.
 fn backend() -> Option<Backend> {
     let best = Backend::best();
     if best.is_none() {
@@ -302,28 +312,27 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn forward_is_within_the_bound_of_the_exact_convolution() {
-    let Some(backend) = backend() else {
-        return;
-    };
-    for case in cases() {
-        let got = case.forward(backend, uneven);
-        let exact = case.reference(&case.x, &case.w, case.b.as_deref());
-        // The sum of magnitudes of each element's products.
-        let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
-        let magnitude = case.reference(&abs(&case.x), &abs(&case.w), None);
-        let s = &case.shape;
-        let depth = s.kernel[0] * s.kernel[1] * s.in_channels;
-        for (i, ((&y, &e), &m)) in got.iter().zip(&exact).zip(&magnitude).enumerate() {
-            // The bound of the product, the bias added in f32 (half an ulp
-            // of the sum), and the f32 reference's own rounding.
-            let m = f64::from(m);
-            let bound = error_bound(depth, m) + f64::from(y.abs()) * 2f64.powi(-24) + m * 1e-6;
-            let error = (f64::from(y) - f64::from(e)).abs();
-            assert!(
-                error <= bound,
-                "{:?} element {i}: {y} against {e}, off by {error}, bound {bound}",
-                case.shape
-            );
+    for backend in backends() {
+        for case in cases() {
+            let got = case.forward(backend, uneven);
+            let exact = case.reference(&case.x, &case.w, case.b.as_deref());
+            // The sum of magnitudes of each element's products.
+            let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
+            let magnitude = case.reference(&abs(&case.x), &abs(&case.w), None);
+            let s = &case.shape;
+            let depth = s.kernel[0] * s.kernel[1] * s.in_channels;
+            for (i, ((&y, &e), &m)) in got.iter().zip(&exact).zip(&magnitude).enumerate() {
+                // The bound of the product, the bias added in f32 (half an ulp
+                // of the sum), and the f32 reference's own rounding.
+                let m = f64::from(m);
+                let bound = error_bound(depth, m) + f64::from(y.abs()) * 2f64.powi(-24) + m * 1e-6;
+                let error = (f64::from(y) - f64::from(e)).abs();
+                assert!(
+                    error <= bound,
+                    "{:?} element {i}: {y} against {e}, off by {error}, bound {bound}",
+                    case.shape
+                );
+            }
         }
     }
 }
@@ -345,58 +354,56 @@ fn assert_within_bound(got: &[f32], exact: &[f64], magnitude: &[f64], depth: usi
 
 #[test]
 fn input_gradient_is_within_the_bound_of_the_exact_one() {
-    let Some(backend) = backend() else {
-        return;
-    };
-    for case in cases() {
-        let dx = case.backward_data(backend, uneven);
-        let ((exact, magnitude), _) = case.vjp();
-        let s = &case.shape;
-        // Each tap's product sums `out_channels` terms; col2im then adds
-        // the taps in f32: as many sums as all their terms.
-        let depth = s.kernel[0] * s.kernel[1] * s.out_channels;
-        assert_within_bound(&dx, &exact, &magnitude, depth, &format!("dx {s:?}"));
-        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
-        let whole = bits(case.backward_data(backend, |d| std::iter::once(0..d).collect()));
-        assert_eq!(bits(dx), whole, "dx {s:?}: split against whole");
+    for backend in backends() {
+        for case in cases() {
+            let dx = case.backward_data(backend, uneven);
+            let ((exact, magnitude), _) = case.vjp();
+            let s = &case.shape;
+            // Each tap's product sums `out_channels` terms; col2im then adds
+            // the taps in f32: as many sums as all their terms.
+            let depth = s.kernel[0] * s.kernel[1] * s.out_channels;
+            assert_within_bound(&dx, &exact, &magnitude, depth, &format!("dx {s:?}"));
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+            let whole = bits(case.backward_data(backend, |d| std::iter::once(0..d).collect()));
+            assert_eq!(bits(dx), whole, "dx {s:?}: split against whole");
+        }
     }
 }
 
 #[test]
 fn kernel_gradient_is_within_the_bound_of_the_exact_one() {
-    let Some(backend) = backend() else {
-        return;
-    };
-    // Enough rows that the gradient sums several blocks of them.
-    let tall = Case::new(
-        [7, 48, 48, 3, 5],
-        [3, 3],
-        [[1, 1], [1, 1]],
-        Padding::Same,
-        true,
-    );
-    for case in cases().into_iter().chain([tall]) {
-        let (dw, db) = case.backward_filter(backend, uneven);
-        let (_, (exact, magnitude)) = case.vjp();
-        let s = &case.shape;
-        let rows = case.dy.len() / s.out_channels;
-        assert_within_bound(&dw, &exact, &magnitude, rows, &format!("dw {s:?}"));
-        if s.bias {
-            // The bias gradient stays f32: the column sums of dy.
-            for (o, &got) in db.iter().enumerate() {
-                let column = case.dy.iter().skip(o).step_by(s.out_channels);
-                let exact: f64 = column.clone().map(|&g| f64::from(g)).sum();
-                let magnitude: f64 = column.map(|&g| f64::from(g.abs())).sum();
-                let error = (f64::from(got) - exact).abs();
-                assert!(
-                    error <= rows as f64 * 2f64.powi(-24) * magnitude,
-                    "db[{o}] {s:?}"
-                );
+    for backend in backends() {
+        // Enough rows that the gradient sums several blocks of them.
+        let tall = Case::new(
+            [7, 48, 48, 3, 5],
+            [3, 3],
+            [[1, 1], [1, 1]],
+            Padding::Same,
+            true,
+        );
+        for case in cases().into_iter().chain([tall]) {
+            let (dw, db) = case.backward_filter(backend, uneven);
+            let (_, (exact, magnitude)) = case.vjp();
+            let s = &case.shape;
+            let rows = case.dy.len() / s.out_channels;
+            assert_within_bound(&dw, &exact, &magnitude, rows, &format!("dw {s:?}"));
+            if s.bias {
+                // The bias gradient stays f32: the column sums of dy.
+                for (o, &got) in db.iter().enumerate() {
+                    let column = case.dy.iter().skip(o).step_by(s.out_channels);
+                    let exact: f64 = column.clone().map(|&g| f64::from(g)).sum();
+                    let magnitude: f64 = column.map(|&g| f64::from(g.abs())).sum();
+                    let error = (f64::from(got) - exact).abs();
+                    assert!(
+                        error <= rows as f64 * 2f64.powi(-24) * magnitude,
+                        "db[{o}] {s:?}"
+                    );
+                }
             }
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+            let (whole, _) = case.backward_filter(backend, |d| std::iter::once(0..d).collect());
+            assert_eq!(bits(dw), bits(whole), "dw {s:?}: split against whole");
         }
-        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
-        let (whole, _) = case.backward_filter(backend, |d| std::iter::once(0..d).collect());
-        assert_eq!(bits(dw), bits(whole), "dw {s:?}: split against whole");
     }
 }
 
@@ -406,83 +413,81 @@ fn forward_differs_from_f32_by_what_bf16_rounding_does() {
     // rounds, so on data that bf16 cannot hold exactly it is not the f32
     // result, and it is exactly the f32 result of the rounded operands
     // where every product and sum is exact (small integers).
-    let Some(backend) = backend() else {
-        return;
-    };
-    let case = Case::new(
-        [7, 9, 11, 5, 17],
-        [3, 3],
-        [[1, 1], [1, 1]],
-        Padding::Same,
-        true,
-    );
-    let exact = case.reference(&case.x, &case.w, case.b.as_deref());
-    let got = case.forward(backend, uneven);
-    assert!(got.iter().zip(&exact).any(|(a, b)| a != b), "not rounded");
-    let mut integers = Case::new(
-        [7, 9, 11, 5, 17],
-        [3, 3],
-        [[1, 1], [1, 1]],
-        Padding::Same,
-        true,
-    );
-    let small = |v: &mut Vec<f32>| v.iter_mut().for_each(|x| *x = (*x * 8.0).round());
-    small(&mut integers.x);
-    small(&mut integers.w);
-    small(integers.b.as_mut().expect("a bias"));
-    let exact = integers.reference(&integers.x, &integers.w, integers.b.as_deref());
-    assert_eq!(integers.forward(backend, uneven), exact);
+    for backend in backends() {
+        let case = Case::new(
+            [7, 9, 11, 5, 17],
+            [3, 3],
+            [[1, 1], [1, 1]],
+            Padding::Same,
+            true,
+        );
+        let exact = case.reference(&case.x, &case.w, case.b.as_deref());
+        let got = case.forward(backend, uneven);
+        assert!(got.iter().zip(&exact).any(|(a, b)| a != b), "not rounded");
+        let mut integers = Case::new(
+            [7, 9, 11, 5, 17],
+            [3, 3],
+            [[1, 1], [1, 1]],
+            Padding::Same,
+            true,
+        );
+        let small = |v: &mut Vec<f32>| v.iter_mut().for_each(|x| *x = (*x * 8.0).round());
+        small(&mut integers.x);
+        small(&mut integers.w);
+        small(integers.b.as_mut().expect("a bias"));
+        let exact = integers.reference(&integers.x, &integers.w, integers.b.as_deref());
+        assert_eq!(integers.forward(backend, uneven), exact);
+    }
 }
 
 #[test]
 fn any_split_of_the_forward_items_gives_the_same_bits() {
-    let Some(backend) = backend() else {
-        return;
-    };
-    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
-    for case in cases() {
-        let whole = bits(case.forward(backend, |domain| std::iter::once(0..domain).collect()));
-        let singles = bits(case.forward(backend, |domain| (0..domain).map(|i| i..i + 1).collect()));
-        let parts = bits(case.forward(backend, uneven));
-        assert_eq!(whole, singles, "{:?}", case.shape);
-        assert_eq!(whole, parts, "{:?}", case.shape);
+    for backend in backends() {
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+        for case in cases() {
+            let whole = bits(case.forward(backend, |domain| std::iter::once(0..domain).collect()));
+            let singles =
+                bits(case.forward(backend, |domain| (0..domain).map(|i| i..i + 1).collect()));
+            let parts = bits(case.forward(backend, uneven));
+            assert_eq!(whole, singles, "{:?}", case.shape);
+            assert_eq!(whole, parts, "{:?}", case.shape);
+        }
     }
 }
 
 #[test]
 fn a_dense_layer_packs_as_a_one_by_one_convolution() {
-    let Some(backend) = backend() else {
-        return;
-    };
-    let shape = DenseShape {
-        rows: 9,
-        inputs: 45,
-        units: 70,
-        bias: true,
-    };
-    let case = Case::new(
-        [9, 1, 1, 45, 70],
-        [1, 1],
-        [[1, 1], [1, 1]],
-        Padding::Valid,
-        true,
-    );
-    let pack = PackWeights::dense("d", &shape).expect("valid");
-    let kernel = Bf16Forward::dense("d", &shape, backend).expect("valid");
-    let mut packed = vec![0.0; pack.packed_len()];
-    // SAFETY: the buffers have the lengths the kernels report.
-    unsafe { pack.run(case.w.as_ptr(), packed.as_mut_ptr(), 0..pack.domain()) }.expect("packs");
-    let mut y = vec![0.0; 9 * 70];
-    let buffers = ForwardBuffers {
-        input: case.x.as_ptr(),
-        kernel: packed.as_ptr(),
-        bias: case.b.as_ref().map(|b| b.as_ptr()),
-        output: y.as_mut_ptr(),
-    };
-    let mut scratch = vec![0.0; kernel.scratch_len()];
-    // SAFETY: as above.
-    unsafe { kernel.run(&buffers, None, &mut scratch, 0..kernel.domain()) }.expect("runs");
-    assert_eq!(y, case.forward(backend, uneven));
+    for backend in backends() {
+        let shape = DenseShape {
+            rows: 9,
+            inputs: 45,
+            units: 70,
+            bias: true,
+        };
+        let case = Case::new(
+            [9, 1, 1, 45, 70],
+            [1, 1],
+            [[1, 1], [1, 1]],
+            Padding::Valid,
+            true,
+        );
+        let pack = PackWeights::dense("d", &shape).expect("valid");
+        let kernel = Bf16Forward::dense("d", &shape, backend).expect("valid");
+        let mut packed = vec![0.0; pack.packed_len()];
+        // SAFETY: the buffers have the lengths the kernels report.
+        unsafe { pack.run(case.w.as_ptr(), packed.as_mut_ptr(), 0..pack.domain()) }.expect("packs");
+        let mut y = vec![0.0; 9 * 70];
+        let buffers = ForwardBuffers {
+            input: case.x.as_ptr(),
+            kernel: packed.as_ptr(),
+            bias: case.b.as_ref().map(|b| b.as_ptr()),
+            output: y.as_mut_ptr(),
+        };
+        let mut scratch = vec![0.0; kernel.scratch_len()];
+        // SAFETY: as above.
+        unsafe { kernel.run(&buffers, None, &mut scratch, 0..kernel.domain()) }.expect("runs");
+        assert_eq!(y, case.forward(backend, uneven));
+    }
 }
 
 /// A model with every kind of contraction the pass puts in bf16: 3x3
