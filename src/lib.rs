@@ -137,6 +137,14 @@ pub enum CompileError {
     /// A kernel could not be generated.
     #[error(transparent)]
     Codegen(#[from] codegen::CodegenError),
+    /// The precision asked for needs instructions this CPU does not run.
+    #[error(
+        "precision {} needs {}; this CPU runs neither (or CNNC_NO_BF16 is set). \
+         Leave out --precision (or `precision:` in the train section) to run in f32",
+        .0.name(),
+        .0.requirement()
+    )]
+    Precision(Precision),
 }
 
 /// A training step compiled for batches of a fixed size, with the optimizer
@@ -257,6 +265,7 @@ pub fn compile_forward_in(
     batch: usize,
     precision: Precision,
 ) -> Result<Compiled, CompileError> {
+    runs(precision)?;
     generate(plan_forward_in(model, mode, batch, precision)?)
 }
 
@@ -284,6 +293,7 @@ pub fn compile_inference_in(
     batch: usize,
     precision: Precision,
 ) -> Result<Compiled, CompileError> {
+    runs(precision)?;
     generate(plan_inference_in(model, batch, precision)?)
 }
 
@@ -305,11 +315,22 @@ pub fn compile_training_in(
     batch: usize,
     precision: Precision,
 ) -> Result<CompiledStep, CompileError> {
+    runs(precision)?;
     let plan = plan_training_in(model, loss, optimizer, batch, precision)?;
     Ok(CompiledStep {
         compiled: generate(plan)?,
         optimizer: *optimizer,
     })
+}
+
+/// Checks that this CPU runs `precision`'s products, before anything is
+/// planned (a plan alone, as `cnnc summary` makes, needs no such CPU).
+fn runs(precision: Precision) -> Result<(), CompileError> {
+    match precision {
+        Precision::F32 => Ok(()),
+        Precision::Bf16 if codegen::contraction::bf16::Backend::best().is_some() => Ok(()),
+        Precision::Bf16 => Err(CompileError::Precision(precision)),
+    }
 }
 
 /// The rewrites of a lowered plan, shared by every program.

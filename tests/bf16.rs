@@ -829,3 +829,47 @@ fn predict_with_precision_bf16_runs_the_bf16_program() {
         assert!((a - b).abs() < 0.03, "{a} against {b} in f32");
     }
 }
+
+/// `cnnc` with `args`, as a CPU without bf16 instructions runs it
+/// (`CNNC_NO_BF16`).
+fn cnnc_without_bf16(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(args)
+        .env("CNNC_NO_BF16", "1")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("cnnc runs")
+}
+
+#[test]
+fn without_bf16_instructions_bf16_is_an_error_naming_them() {
+    let model = "examples/lenet5.cnn";
+    for args in [
+        vec!["bench", model, "--precision", "bf16", "--steps", "1"],
+        vec![
+            "run",
+            model,
+            "--precision",
+            "bf16",
+            "--train",
+            "fashion",
+            "--epochs",
+            "1",
+        ],
+    ] {
+        let out = cnnc_without_bf16(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        for named in ["precision bf16 needs", "AMX-BF16", "AVX512-BF16", "f32"] {
+            assert!(stderr.contains(named), "{args:?}: {stderr}");
+        }
+    }
+    // A plan needs no such CPU: the summary reports bf16's memory.
+    let out = cnnc_without_bf16(&["summary", model, "--precision", "bf16"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Memory at batch"));
+}

@@ -99,9 +99,17 @@ impl Backend {
         false
     }
 
-    /// The fastest backend this machine runs, if any.
+    /// The fastest backend this machine runs, if any; none when the
+    /// environment variable `CNNC_NO_BF16` is set (to compare, or to see
+    /// what a CPU without either instruction set does).
     pub fn best() -> Option<Backend> {
-        Backend::ALL.into_iter().find(|b| b.available())
+        static BEST: std::sync::OnceLock<Option<Backend>> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            if std::env::var_os("CNNC_NO_BF16").is_some() {
+                return None;
+            }
+            Backend::ALL.into_iter().find(|b| b.available())
+        })
     }
 
     /// The name of the backend's product, for profiles and errors.
