@@ -543,7 +543,18 @@ pub fn memory_report(model: &TypedGraph, train: &TrainConfig, batch: usize) -> S
     ));
     let state =
         model.param_counts().trainable * 4 * crate::optimizer::state_count(&train.optimizer) as u64;
-    let mut out = format!("Memory at batch {batch}: weights {}\n", bytes(weights));
+    let precision = match train.precision {
+        crate::Precision::F32 => String::new(),
+        // The packed weights are temporaries of the arena.
+        p => format!(
+            " ({} products, the weights packed for them in the arenas)",
+            p.name()
+        ),
+    };
+    let mut out = format!(
+        "Memory at batch {batch}{precision}: weights {}\n",
+        bytes(weights)
+    );
     match inference {
         Ok(arena) => {
             out += &format!(

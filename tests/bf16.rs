@@ -871,5 +871,5 @@ fn without_bf16_instructions_bf16_is_an_error_naming_them() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Memory at batch"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Memory at batch 32 (bf16 products"));
 }
