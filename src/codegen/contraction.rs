@@ -893,12 +893,7 @@ impl ConvBackwardData {
         shape: &ConvShape,
         backend: bf16::Backend,
     ) -> Result<ConvBackwardData, CodegenError> {
-        if !backend.available() {
-            return Err(CodegenError::UnsupportedHost(format!(
-                "kernel `{name}` needs {}, which this CPU does not run",
-                backend.name()
-            )));
-        }
+        backend.require(name)?;
         let mut kernel = ConvBackwardData::new(name, shape)?;
         kernel.positions = None;
         kernel.bf16 = Some((backend, bf16::Packer::new()));
@@ -1331,12 +1326,7 @@ impl ConvBackwardFilter {
         shape: &ConvShape,
         backend: bf16::Backend,
     ) -> Result<ConvBackwardFilter, CodegenError> {
-        if !backend.available() {
-            return Err(CodegenError::UnsupportedHost(format!(
-                "kernel `{name}` needs {}, which this CPU does not run",
-                backend.name()
-            )));
-        }
+        backend.require(name)?;
         let mut kernel = ConvBackwardFilter::new(name, shape)?;
         let g = &kernel.common.geometry;
         kernel.rows_per_block = (SCRATCH_TARGET / kernel.cols_per_item.min(g.cols))

@@ -112,6 +112,30 @@ impl Backend {
         })
     }
 
+    /// Checks that this CPU runs the backend, for kernel `name`.
+    pub fn require(self, name: &str) -> Result<(), crate::codegen::CodegenError> {
+        if self.available() {
+            return Ok(());
+        }
+        Err(crate::codegen::CodegenError::UnsupportedHost(format!(
+            "kernel `{name}` needs {}, which this CPU does not run",
+            self.name()
+        )))
+    }
+
+    /// What a kernel of `pass` on this backend says it runs, for
+    /// profiles ([`crate::codegen::program::Kernel::method`]).
+    pub fn method(self, pass: Pass) -> &'static str {
+        match (pass, self) {
+            (Pass::Forward, Backend::Amx) => "forward, bf16 on AMX",
+            (Pass::Forward, Backend::Avx512) => "forward, bf16 on AVX512-BF16",
+            (Pass::BackwardData, Backend::Amx) => "backward-data, bf16 on AMX",
+            (Pass::BackwardData, Backend::Avx512) => "backward-data, bf16 on AVX512-BF16",
+            (Pass::BackwardFilter, Backend::Amx) => "backward-filter, bf16 on AMX",
+            (Pass::BackwardFilter, Backend::Avx512) => "backward-filter, bf16 on AVX512-BF16",
+        }
+    }
+
     /// The name of the backend's product, for profiles and errors.
     pub fn name(self) -> &'static str {
         match self {
@@ -119,6 +143,17 @@ impl Backend {
             Backend::Avx512 => "AVX512-BF16",
         }
     }
+}
+
+/// The contraction a bf16 kernel computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The forward product.
+    Forward,
+    /// The input gradient.
+    BackwardData,
+    /// The kernel gradient.
+    BackwardFilter,
 }
 
 /// The bound above on `|dst - exact|` for an element whose inner

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::bf16::{Bf16Forward, PackWeights};
+use super::bf16::{Bf16Forward, PackWeights, Pass};
 use super::winograd::{
     WinogradBackwardFilter, WinogradConv, WinogradFilter, WinogradFilterGradient,
 };
@@ -138,10 +138,7 @@ impl ProductKernel for Bf16Forward {
         Bf16Forward::has_bias(self)
     }
     fn method(&self) -> Option<&'static str> {
-        Some(match self.backend() {
-            super::bf16::Backend::Amx => "forward, bf16 on AMX",
-            super::bf16::Backend::Avx512 => "forward, bf16 on AVX512-BF16",
-        })
+        Some(self.backend().method(Pass::Forward))
     }
     unsafe fn run(
         &self,
@@ -298,8 +295,7 @@ impl Kernel for BackwardDataStep {
     }
     fn method(&self) -> Option<&'static str> {
         match self.kernel.bf16_backend() {
-            Some(super::bf16::Backend::Amx) => Some("backward-data, bf16 on AMX"),
-            Some(super::bf16::Backend::Avx512) => Some("backward-data, bf16 on AVX512-BF16"),
+            Some(backend) => Some(backend.method(Pass::BackwardData)),
             None => self
                 .kernel
                 .by_positions()
@@ -363,8 +359,7 @@ impl FilterGradientKernel for ConvBackwardFilter {
     }
     fn method(&self) -> Option<&'static str> {
         match self.bf16_backend() {
-            Some(super::bf16::Backend::Amx) => Some("backward-filter, bf16 on AMX"),
-            Some(super::bf16::Backend::Avx512) => Some("backward-filter, bf16 on AVX512-BF16"),
+            Some(backend) => Some(backend.method(Pass::BackwardFilter)),
             None => self.is_direct().then_some("backward-filter, direct"),
         }
     }

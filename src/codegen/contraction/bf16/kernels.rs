@@ -196,12 +196,7 @@ impl Bf16Forward {
         shape: &ConvShape,
         backend: Backend,
     ) -> Result<Bf16Forward, CodegenError> {
-        if !backend.available() {
-            return Err(CodegenError::UnsupportedHost(format!(
-                "kernel `{name}` needs {}, which this CPU does not run",
-                backend.name()
-            )));
-        }
+        backend.require(name)?;
         let common = Common::new(name, shape)?;
         let stride = padded_pairs(common.geometry.cols);
         let rows_per_item = rows_per_item(common.geometry.rows, stride);
