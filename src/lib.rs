@@ -5,7 +5,7 @@
 //! ```text
 //! .cnn source ──load (parse, imports)──▶ Program ──elaborate──▶ Graph ──infer──▶ TypedGraph
 //!   ──autodiff──▶ TrainingGraph / GradientGraph ──lower──▶ KernelPlan ──fuse──▶ KernelPlan
-//!   ──algorithm──▶ KernelPlan
+//!   ──precision──▶ KernelPlan ──algorithm──▶ KernelPlan
 //!   ──memory::plan──▶ Layout ──executable::build──▶ Compiled
 //!   ──runtime──▶ Inference / Trainer / Gradients
 //! ```
@@ -13,7 +13,8 @@
 //! The front end ([`load_model`], [`compile_source`], [`compile`]) reports
 //! every error it can find as [`Diagnostics`], rendered with the source line
 //! and a caret under the fault. The back end ([`compile_inference`],
-//! [`compile_forward`], [`compile_training`], [`compile_gradients`]) turns a
+//! [`compile_forward`], [`compile_training`], [`compile_gradients`], and the
+//! `*_in` forms of the first three, in a [`Precision`]) turns a
 //! [`TypedGraph`] into a [`Compiled`] program that
 //! [`runtime::inference::Inference`], [`runtime::training::Trainer`] and
 //! [`runtime::gradients::Gradients`] run; the runtime never compiles.
