@@ -4,8 +4,7 @@
 
 use crate::codegen::contraction::bf16::{Backend, Bf16Forward, PackWeights};
 use crate::codegen::contraction::step::{
-    BackwardDataStep, BackwardFilterStep, PackWeightsStep, ProductStep, WinogradFilterGradientStep,
-    WinogradFilterStep,
+    BackwardDataStep, BackwardFilterStep, ProductStep, TransformStep,
 };
 use crate::codegen::contraction::winograd::{
     Direction, WinogradBackwardFilter, WinogradConv, WinogradFilter, WinogradFilterGradient,
@@ -127,7 +126,7 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
                 (Geometry::Dense(s), true) => PackWeights::dense_transposed(name, s)?,
             };
             let work = kernel.packed_len();
-            let step = PackWeightsStep {
+            let step = TransformStep {
                 kernel,
                 name: name.clone(),
             };
@@ -182,7 +181,7 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
         } if *direction == Direction::BackwardFilter => {
             let kernel = WinogradFilterGradient::new(name, shape, *tile)?;
             let work = kernel.transformed_len();
-            let step = WinogradFilterGradientStep {
+            let step = TransformStep {
                 kernel,
                 name: name.clone(),
             };
@@ -197,7 +196,7 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
         } => {
             let kernel = WinogradFilter::new(name, shape, *tile, *direction)?;
             let work = kernel.transformed_len();
-            let step = WinogradFilterStep {
+            let step = TransformStep {
                 kernel,
                 name: name.clone(),
             };

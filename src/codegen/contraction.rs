@@ -1186,24 +1186,25 @@ impl ConvBackwardData {
                     &mut dcol[..m * g.cols],
                 )
             };
-        }
-        for group in g.groups.iter().filter(|_| self.bf16.is_none()) {
-            let kernel = buffers
-                .kernel
-                .wrapping_add(group.weight_row * s.out_channels);
-            // SAFETY: `dcol` holds `dcol_rows * ow * cols` f32s and
-            // `output_rows.len() <= dcol_rows`; the operands lie in the
-            // output gradient and the kernel.
-            unsafe {
-                matmul_small_rows(
-                    (m, group.len, s.out_channels),
-                    dcol.as_mut_ptr().add(group.col),
-                    g.cols,
-                    Operand::rows(output_grad, s.out_channels),
-                    Operand::transposed(kernel, s.out_channels),
-                    transposed,
-                )
-            };
+        } else {
+            for group in &g.groups {
+                let kernel = buffers
+                    .kernel
+                    .wrapping_add(group.weight_row * s.out_channels);
+                // SAFETY: `dcol` holds `dcol_rows * ow * cols` f32s and
+                // `output_rows.len() <= dcol_rows`; the operands lie in the
+                // output gradient and the kernel.
+                unsafe {
+                    matmul_small_rows(
+                        (m, group.len, s.out_channels),
+                        dcol.as_mut_ptr().add(group.col),
+                        g.cols,
+                        Operand::rows(output_grad, s.out_channels),
+                        Operand::transposed(kernel, s.out_channels),
+                        transposed,
+                    )
+                };
+            }
         }
         let pixels = rows.start * s.width..rows.end * s.width;
         // SAFETY: these rows of the input gradient belong to this item alone.

@@ -213,59 +213,80 @@ impl<K: ProductKernel> Kernel for ProductStep<K> {
     }
 }
 
-/// The Winograd transform of a layer's kernel. Arguments: `W`, `U`.
-pub struct WinogradFilterStep {
-    /// The kernel.
-    pub kernel: WinogradFilter,
-    /// A name for errors.
-    pub name: String,
+/// A kernel that transforms one buffer into another: the Winograd
+/// transform of a layer's kernel (`W` into `U`), the kernel gradient from
+/// the transformed kernel's gradient (`dU` into `dW`), a layer's weights
+/// packed for its bf16 products (`W` into the packed weights).
+pub trait Transform: Send + Sync {
+    /// The number of work items.
+    fn domain(&self) -> usize;
+    /// Runs items `items` from `from` into `to`.
+    ///
+    /// # Safety
+    /// The contract of the kernel's own `run`.
+    unsafe fn run(
+        &self,
+        from: *const f32,
+        to: *mut f32,
+        items: Range<usize>,
+    ) -> Result<(), CodegenError>;
 }
 
-impl Kernel for WinogradFilterStep {
-    fn name(&self) -> &str {
-        &self.name
-    }
+impl Transform for WinogradFilter {
     fn domain(&self) -> usize {
-        self.kernel.domain()
+        WinogradFilter::domain(self)
     }
-    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
-        // SAFETY: the executor bound buffers of the planned sizes.
-        unsafe { self.kernel.run(args[0], args[1], items) }.map_err(|e| e.to_string())
+    unsafe fn run(
+        &self,
+        from: *const f32,
+        to: *mut f32,
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        // SAFETY: the caller's contract.
+        unsafe { WinogradFilter::run(self, from, to, items) }
     }
 }
 
-/// A layer's weights packed for its bf16 products. Arguments: `W`, the
-/// packed weights.
-pub struct PackWeightsStep {
-    /// The kernel.
-    pub kernel: PackWeights,
-    /// A name for errors.
-    pub name: String,
-}
-
-impl Kernel for PackWeightsStep {
-    fn name(&self) -> &str {
-        &self.name
-    }
+impl Transform for WinogradFilterGradient {
     fn domain(&self) -> usize {
-        self.kernel.domain()
+        WinogradFilterGradient::domain(self)
     }
-    unsafe fn run(&self, args: &[*mut f32], items: Range<usize>) -> Result<(), String> {
-        // SAFETY: the executor bound buffers of the planned sizes.
-        unsafe { self.kernel.run(args[0], args[1], items) }.map_err(|e| e.to_string())
+    unsafe fn run(
+        &self,
+        from: *const f32,
+        to: *mut f32,
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        // SAFETY: the caller's contract.
+        unsafe { WinogradFilterGradient::run(self, from, to, items) }
     }
 }
 
-/// The kernel gradient from the transformed kernel's gradient. Arguments:
-/// `dU`, `dW`.
-pub struct WinogradFilterGradientStep {
+impl Transform for PackWeights {
+    fn domain(&self) -> usize {
+        PackWeights::domain(self)
+    }
+    unsafe fn run(
+        &self,
+        from: *const f32,
+        to: *mut f32,
+        items: Range<usize>,
+    ) -> Result<(), CodegenError> {
+        // SAFETY: the caller's contract.
+        unsafe { PackWeights::run(self, from, to, items) }
+    }
+}
+
+/// A [`Transform`] as the executor runs it. Arguments: the source, the
+/// destination.
+pub struct TransformStep<K> {
     /// The kernel.
-    pub kernel: WinogradFilterGradient,
+    pub kernel: K,
     /// A name for errors.
     pub name: String,
 }
 
-impl Kernel for WinogradFilterGradientStep {
+impl<K: Transform> Kernel for TransformStep<K> {
     fn name(&self) -> &str {
         &self.name
     }
