@@ -266,7 +266,7 @@ pub fn compile_forward_in(
     batch: usize,
     precision: Precision,
 ) -> Result<Compiled, CompileError> {
-    runs(precision)?;
+    check_precision(precision)?;
     generate(plan_forward_in(model, mode, batch, precision)?)
 }
 
@@ -294,7 +294,7 @@ pub fn compile_inference_in(
     batch: usize,
     precision: Precision,
 ) -> Result<Compiled, CompileError> {
-    runs(precision)?;
+    check_precision(precision)?;
     generate(plan_inference_in(model, batch, precision)?)
 }
 
@@ -316,7 +316,7 @@ pub fn compile_training_in(
     batch: usize,
     precision: Precision,
 ) -> Result<CompiledStep, CompileError> {
-    runs(precision)?;
+    check_precision(precision)?;
     let plan = plan_training_in(model, loss, optimizer, batch, precision)?;
     Ok(CompiledStep {
         compiled: generate(plan)?,
@@ -324,9 +324,11 @@ pub fn compile_training_in(
     })
 }
 
-/// Checks that this CPU runs `precision`'s products, before anything is
-/// planned (a plan alone, as `cnnc summary` makes, needs no such CPU).
-fn runs(precision: Precision) -> Result<(), CompileError> {
+/// Checks that this CPU runs `precision`'s products
+/// ([`CompileError::Precision`] if not). The `compile_*_in` functions check
+/// before anything is planned (a plan alone, as `cnnc summary` makes,
+/// needs no such CPU); a caller that writes files checks first.
+pub fn check_precision(precision: Precision) -> Result<(), CompileError> {
     match precision {
         Precision::F32 => Ok(()),
         Precision::Bf16 if codegen::contraction::bf16::Backend::best().is_some() => Ok(()),

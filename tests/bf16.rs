@@ -844,6 +844,10 @@ fn cnnc_without_bf16(args: &[&str]) -> std::process::Output {
 #[test]
 fn without_bf16_instructions_bf16_is_an_error_naming_them() {
     let model = "examples/lenet5.cnn";
+    let out = std::env::temp_dir().join(format!("cnnc-bf16-refused-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).expect("scratch folder");
+    let out_arg = out.to_str().expect("utf-8");
     for args in [
         vec!["bench", model, "--precision", "bf16", "--steps", "1"],
         vec![
@@ -855,15 +859,24 @@ fn without_bf16_instructions_bf16_is_an_error_naming_them() {
             "fashion",
             "--epochs",
             "1",
+            "--out",
+            out_arg,
         ],
     ] {
-        let out = cnnc_without_bf16(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let run = cnnc_without_bf16(&args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{args:?}: {stderr}");
         for named in ["precision bf16 needs", "AMX-BF16", "AVX512-BF16", "f32"] {
             assert!(stderr.contains(named), "{args:?}: {stderr}");
         }
     }
+    // Refused before anything was written: not even the run's lock.
+    let written: Vec<_> = std::fs::read_dir(&out)
+        .expect("scratch folder")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(written.is_empty(), "written: {written:?}");
+    let _ = std::fs::remove_dir_all(&out);
     // A plan needs no such CPU: the summary reports bf16's memory.
     let out = cnnc_without_bf16(&["summary", model, "--precision", "bf16"]);
     assert!(

@@ -337,6 +337,9 @@ pub fn fit_from(
     initial: TensorStore,
 ) -> Result<Fitted, FitError> {
     let first_output = check_sets(model, config, (train, validation, test))?;
+    // A CPU without the precision's instructions fails before the folder
+    // is touched (not even its lock is created).
+    crate::check_precision(config.precision)?;
     let files = RunFiles::new(&options.out, &model.graph.name);
     // Only rank 0 writes, so only it holds the folder.
     let writes = options.world.is_none_or(|w| w.rank() == 0);
