@@ -5,7 +5,7 @@
 //! ```text
 //! .cnn source ──load (parse, imports)──▶ Program ──elaborate──▶ Graph ──infer──▶ TypedGraph
 //!   ──autodiff──▶ TrainingGraph / GradientGraph ──lower──▶ KernelPlan ──fuse──▶ KernelPlan
-//!   ──precision──▶ KernelPlan ──algorithm──▶ KernelPlan
+//!   ──precision──▶ KernelPlan ──algorithm──▶ KernelPlan ──schedule──▶ KernelPlan
 //!   ──memory::plan──▶ Layout ──executable::build──▶ Compiled
 //!   ──runtime──▶ Inference / Trainer / Gradients
 //! ```
@@ -351,6 +351,9 @@ fn rewrite(mut plan: KernelPlan, precision: Precision) -> Result<KernelPlan, Com
     // Epilogues on the input gradients that run on Winograd's transforms,
     // which only the algorithm pass has said.
     passes::fuse::run(&mut plan)?;
+    // Each optimizer update right after the last step that needs its
+    // weight's old value, so that its gradient's memory is free early.
+    passes::schedule::run(&mut plan)?;
     Ok(plan)
 }
 

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use cnnc::autodiff::LossSpec;
 use cnnc::config::TrainConfig;
-use cnnc::TypedGraph;
+use cnnc::plan::{Access, KernelPlan, Role};
+use cnnc::{Precision, TypedGraph};
 
 fn models(dir: &str) -> Vec<(PathBuf, TypedGraph)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -34,6 +35,7 @@ fn plans_verify(dir: &str) {
         smoothing: 0.1,
         weights: Vec::new(),
     };
+    let mut updates = 0;
     for (file, model) in models(dir) {
         let at = |what: &str| format!("{} `{}` {what}", file.display(), model.graph.name);
         let mut plans = Vec::new();
@@ -50,9 +52,12 @@ fn plans_verify(dir: &str) {
             .all(|(_, shape)| matches!(shape.len(), 1 | 3))
         {
             let train = model.graph.train.clone().unwrap_or_default();
-            let plan = cnnc::plan_training(&model, &loss, &train.optimizer, 2)
-                .unwrap_or_else(|e| panic!("{}: {e}", at("training")));
-            plans.push(plan);
+            for precision in [Precision::F32, Precision::Bf16] {
+                let plan = cnnc::plan_training_in(&model, &loss, &train.optimizer, 2, precision)
+                    .unwrap_or_else(|e| panic!("{}: {e}", at("training")));
+                updates += updates_follow_their_last_use(&plan, &at("training"));
+                plans.push(plan);
+            }
         }
         for plan in plans {
             plan.verify()
@@ -60,6 +65,77 @@ fn plans_verify(dir: &str) {
             cnnc::memory::plan(&plan).unwrap_or_else(|e| panic!("{}: {e}", at("memory")));
         }
     }
+    assert!(updates > 0, "{dir}: no training plan with updates");
+}
+
+/// Each optimizer update of `plan` runs after every step that uses what
+/// it writes (its weight, its optimizer state) or writes what it reads
+/// (its gradient), and as early as that allows: the step before it is one
+/// of those, or another update hoisted to the same place. Returns how many
+/// updates it checked.
+fn updates_follow_their_last_use(plan: &KernelPlan, at: &str) -> usize {
+    let mut updates = 0;
+    for (i, update) in plan.steps.iter().enumerate() {
+        if !update.is_update() {
+            continue;
+        }
+        updates += 1;
+        let uses = update.accesses();
+        let conflicts = |j: usize| {
+            plan.steps[j].accesses().iter().any(|&(b, access)| {
+                uses.iter()
+                    .any(|&(c, own)| b == c && (access == Access::Write || own == Access::Write))
+            })
+        };
+        if let Some(j) = (i + 1..plan.steps.len()).find(|&j| conflicts(j)) {
+            panic!(
+                "{at}: step {j} ({:?}) uses what update step {i} ({:?}) changes, after it",
+                plan.steps[j].nodes, update.nodes
+            );
+        }
+        let before = plan.steps[..i].iter().rposition(|s| !s.is_update());
+        if let Some(j) = before {
+            assert!(
+                conflicts(j),
+                "{at}: update step {i} ({:?}) could run before step {j} ({:?})",
+                update.nodes,
+                plan.steps[j].nodes
+            );
+        }
+    }
+    updates
+}
+
+/// With every update right after its weight's last use, the weight
+/// gradients are never all live at once: ResNet-34's training arena is
+/// smaller than its weight gradients together (it held all of them, 81
+/// MiB at batch 32, when the updates ran after the backward pass).
+#[test]
+fn a_training_arena_does_not_hold_every_weight_gradient() {
+    let model = models("examples")
+        .into_iter()
+        .find(|(file, _)| file.ends_with("resnet34.cnn"))
+        .map(|(_, model)| model)
+        .expect("examples/resnet34.cnn");
+    let train = model.graph.train.clone().unwrap_or_default();
+    let loss = LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    let plan = cnnc::plan_training(&model, &loss, &train.optimizer, 32).expect("plan");
+    let gradients: u64 = plan
+        .steps
+        .iter()
+        .filter(|s| s.is_update())
+        .flat_map(|s| s.accesses())
+        .filter(|&(b, access)| access == Access::Read && plan.buffers[b].role == Role::Temporary)
+        .map(|(b, _)| 4 * plan.buffers[b].len as u64)
+        .sum();
+    let arena = cnnc::memory::plan(&plan).expect("memory").arena_bytes;
+    assert!(
+        arena < gradients,
+        "arena {arena} bytes, weight gradients {gradients} bytes"
+    );
 }
 
 #[test]

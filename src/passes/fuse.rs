@@ -16,7 +16,8 @@
 use crate::codegen::contraction::forward_splits_columns;
 use crate::codegen::elementwise::{Elementwise, Expr, Operand};
 use crate::plan::{
-    Access, Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, PlanError, Role,
+    Access, Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, PlanError,
+    Role, Step,
 };
 
 /// Fuses until nothing more fuses, element-wise chains first (so that a
@@ -39,7 +40,7 @@ fn uses(plan: &KernelPlan) -> (Vec<usize>, Vec<usize>) {
     let mut reads = vec![0; plan.buffers.len()];
     let mut writes = vec![0; plan.buffers.len()];
     for step in &plan.steps {
-        for (b, written) in arguments(&step.kernel, &step.args) {
+        for (b, written) in arguments(step) {
             if written {
                 writes[b] += 1;
             } else {
@@ -50,15 +51,13 @@ fn uses(plan: &KernelPlan) -> (Vec<usize>, Vec<usize>) {
     (reads, writes)
 }
 
-/// Each argument and whether the step writes it (rather than reads it), as
-/// the kernel's signature states. A kernel whose description is
-/// inconsistent reports nothing here: it never fuses, and the plan's
-/// verification names it.
-fn arguments(kernel: &KernelDesc, args: &[BufferId]) -> Vec<(BufferId, bool)> {
-    let signature = kernel.signature().unwrap_or_default();
-    args.iter()
-        .zip(signature)
-        .map(|(&b, param)| (b, param.access == Access::Write))
+/// Each argument of `step` and whether the step writes it (rather than
+/// reads it). A kernel whose description is inconsistent reports nothing
+/// here: it never fuses, and the plan's verification names it.
+fn arguments(step: &Step) -> Vec<(BufferId, bool)> {
+    step.accesses()
+        .into_iter()
+        .map(|(b, access)| (b, access == Access::Write))
         .collect()
 }
 
@@ -133,30 +132,27 @@ fn candidate(plan: &KernelPlan, epilogues: bool) -> Option<(usize, usize)> {
         };
         // Moving the producer's work to the consumer must not read an input
         // that a step in between overwrites (in-place updates).
-        let inputs: Vec<BufferId> = arguments(&step.kernel, &step.args)
+        let inputs: Vec<BufferId> = arguments(step)
             .into_iter()
             .filter(|&(_, w)| !w)
             .map(|(b, _)| b)
             .collect();
-        let overwritten = plan.steps[p + 1..consumer].iter().any(|s| {
-            arguments(&s.kernel, &s.args)
-                .iter()
-                .any(|&(b, w)| w && inputs.contains(&b))
-        });
+        let overwritten = plan.steps[p + 1..consumer]
+            .iter()
+            .any(|s| arguments(s).iter().any(|&(b, w)| w && inputs.contains(&b)));
         if overwritten {
             continue;
         }
         // An epilogue runs the consumer's work at the producer's place: the
         // consumer's other inputs must already be there, not computed later.
         if epilogues {
-            let consumer_inputs: Vec<BufferId> =
-                arguments(&plan.steps[consumer].kernel, &plan.steps[consumer].args)
-                    .into_iter()
-                    .filter(|&(b, w)| !w && b != output)
-                    .map(|(b, _)| b)
-                    .collect();
+            let consumer_inputs: Vec<BufferId> = arguments(&plan.steps[consumer])
+                .into_iter()
+                .filter(|&(b, w)| !w && b != output)
+                .map(|(b, _)| b)
+                .collect();
             let later = plan.steps[p + 1..consumer].iter().any(|s| {
-                arguments(&s.kernel, &s.args)
+                arguments(s)
                     .iter()
                     .any(|&(b, w)| w && consumer_inputs.contains(&b))
             });

@@ -5,3 +5,4 @@ pub mod algorithm;
 pub mod fuse;
 pub mod lower;
 pub mod precision;
+pub mod schedule;

@@ -210,6 +210,29 @@ pub struct Step {
     pub nodes: Vec<String>,
 }
 
+/// The node-name prefix of an optimizer's update of a weight
+/// (`update:conv1.kernel`), which [`Step::is_update`] recognises.
+pub const UPDATE_PREFIX: &str = "update:";
+
+impl Step {
+    /// Each argument and how the step uses it, as its kernel's signature
+    /// states. A kernel whose description is inconsistent reports nothing
+    /// here; the plan's verification names it.
+    pub fn accesses(&self) -> Vec<(BufferId, Access)> {
+        let signature = self.kernel.signature().unwrap_or_default();
+        self.args
+            .iter()
+            .zip(signature)
+            .map(|(&b, param)| (b, param.access))
+            .collect()
+    }
+
+    /// Whether the step is an optimizer's update of a weight, in place.
+    pub fn is_update(&self) -> bool {
+        self.nodes.iter().any(|n| n.starts_with(UPDATE_PREFIX))
+    }
+}
+
 /// A program: steps over buffers, for one batch size.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct KernelPlan {

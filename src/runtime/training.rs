@@ -10,7 +10,7 @@ use crate::codegen::native::DropoutMask;
 use crate::config::Optimizer;
 use crate::executable::Compiled;
 use crate::optimizer::{StepState, MAX_COEFFICIENTS};
-use crate::plan::{KernelPlan, Role};
+use crate::plan::{KernelPlan, Role, Step};
 use crate::CompiledStep;
 
 use super::binding::{self, Lent};
@@ -322,7 +322,7 @@ impl Trainer {
             let updates = plan
                 .steps
                 .iter()
-                .position(|s| s.nodes.iter().any(|n| n.starts_with("update:")))
+                .position(Step::is_update)
                 .unwrap_or(plan.steps.len());
             let saved: Vec<Vec<f32>> = self.moving.iter().map(|&i| external[i].to_vec()).collect();
             let mut sharding = world.map(|w| Sharding::new(plan, w)).transpose()?;

@@ -19,7 +19,9 @@ use crate::config::Optimizer;
 use crate::graph::Shape;
 use crate::ops::{self, GradInputs, Need};
 use crate::optimizer::state_count;
-use crate::plan::{Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, Role};
+use crate::plan::{
+    Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, Role, UPDATE_PREFIX,
+};
 
 /// Values the optimizer's coefficient buffer holds (the most any optimizer reads).
 pub const COEFFICIENTS: usize = crate::optimizer::MAX_COEFFICIENTS;
@@ -1123,7 +1125,8 @@ impl Lowering<'_> {
     }
 
     /// The optimizer's update of every trainable weight, in place, after the
-    /// backward pass.
+    /// backward pass (the schedule pass moves each up to where its weight's
+    /// last reader ran).
     pub(super) fn updates(&mut self, training: &TrainingGraph, optimizer: &Optimizer) {
         let coefficients = self.scalars("coefficients", COEFFICIENTS);
         let kernel = optimizer.update_kernel();
@@ -1150,7 +1153,8 @@ impl Lowering<'_> {
             args.push(w);
             args.extend(&states);
             let mut update = kernel.clone();
-            update.name = format!("update:{weight}");
+            update.name = format!("{UPDATE_PREFIX}{weight}");
+            let nodes = vec![update.name.clone()];
             self.plan.steps.push(crate::plan::Step {
                 kernel: KernelDesc::Elementwise {
                     kernel: update,
@@ -1158,7 +1162,7 @@ impl Lowering<'_> {
                     channels,
                 },
                 args,
-                nodes: vec![format!("update:{weight}")],
+                nodes,
             });
         }
     }
