@@ -7,14 +7,22 @@
 //! on its own (`pack_rows`, `pack_panels`): a product reads operands that
 //! an epilogue or a transform has packed.
 //!
+//! The packing of a layer's weights for a training step's products
+//! (`PackWeights`: the forward operand and the input gradient's
+//! transposed one) is timed on ResNet-34's stage-3 and stage-4 layers at
+//! Fashion-MNIST's size; its "bytes" are the f32 weights read.
+//!
 //! ```text
 //! cargo bench --bench bf16                 # everything (about a minute)
 //! cargo bench --bench bf16 -- conv3        # one layer
+//! cargo bench --bench bf16 -- pack_weights # the weight packing
 //! ```
 
 use std::time::Duration;
 
-use cnnc::codegen::contraction::bf16::{self, Backend, Panels, Rows};
+use cnnc::codegen::contraction::bf16::{self, Backend, PackWeights, Panels, Rows};
+use cnnc::codegen::contraction::ConvShape;
+use cnnc::graph::Padding;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// The rows of one item of an im2col convolution.
@@ -97,5 +105,51 @@ fn products(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, products);
+/// ResNet-34's 3x3 layers of stages 3 and 4 on 28x28 inputs: name,
+/// input size, channels.
+const PACKED: [(&str, usize, usize); 2] = [("stage3", 2, 256), ("stage4", 1, 512)];
+
+fn pack_weights(c: &mut Criterion) {
+    for (name, size, channels) in PACKED {
+        let shape = ConvShape {
+            batch: 32,
+            height: size,
+            width: size,
+            in_channels: channels,
+            out_channels: channels,
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            padding: Padding::Same,
+            bias: false,
+        };
+        let mut group = c.benchmark_group(format!("bf16/pack_weights/{name}"));
+        let kernel = values(9 * channels * channels, 3);
+        group
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(2))
+            .sample_size(20)
+            .throughput(Throughput::Bytes(4 * kernel.len() as u64));
+        for (pass, packing) in [
+            ("forward", PackWeights::new(name, &shape)),
+            ("transposed", PackWeights::transposed(name, &shape)),
+        ] {
+            let packing = packing.expect("a valid shape");
+            let mut packed = vec![0.0f32; packing.packed_len()];
+            group.bench_function(pass, |bench| {
+                bench.iter(|| {
+                    // SAFETY: the buffers have the lengths the packing
+                    // states, and do not overlap.
+                    unsafe {
+                        packing.run(kernel.as_ptr(), packed.as_mut_ptr(), 0..packing.domain())
+                    }
+                    .expect("every item")
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, products, pack_weights);
 criterion_main!(benches);

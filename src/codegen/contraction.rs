@@ -1646,11 +1646,13 @@ impl ConvBackwardFilter {
                 packer.columns(block, (r, n), 0..n, left);
             }
             let dy = &output_grad[first * cout..][..r * cout];
-            let panel_len = bf16::padded_pairs(r) * bf16::PANEL;
             let right = &mut right[..bf16::panels_words(r, cout)];
-            for (panel, words) in right.chunks_exact_mut(panel_len).enumerate() {
-                packer.panel(r, panel, |p| &dy[p * cout..][..cout], words);
-            }
+            packer.panels(
+                r,
+                0..cout.div_ceil(bf16::PANEL),
+                |p| &dy[p * cout..][..cout],
+                right,
+            );
             let (lhs, rhs) = (
                 bf16::Rows::new(left, n, r),
                 bf16::Panels::new(right, r, cout),

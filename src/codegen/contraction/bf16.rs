@@ -276,28 +276,53 @@ impl Packer {
         line: impl Fn(usize) -> &'v [f32],
         packed: &mut [u32],
     ) {
-        assert_eq!(packed.len(), padded_pairs(depth) * PANEL, "a packed panel");
-        let first = panel * PANEL;
+        self.panels(depth, panel..panel + 1, line, packed);
+    }
+
+    /// [`Packer::panel`] for each of panels `panels`, into `packed`, which
+    /// holds them in order. Each pair of rows is read once, across all of
+    /// the panels, front to back (rather than each panel's columns down
+    /// every row, a walk the hardware prefetches badly).
+    ///
+    /// # Panics
+    /// When `packed` does not hold the panels' padded lines.
+    pub fn panels<'v>(
+        self,
+        depth: usize,
+        panels: Range<usize>,
+        line: impl Fn(usize) -> &'v [f32],
+        packed: &mut [u32],
+    ) {
+        let lines = padded_pairs(depth);
+        let panel_len = lines * PANEL;
+        assert_eq!(packed.len(), panels.len() * panel_len, "packed panels");
         let pairs = depth.div_ceil(2);
-        for (q, words) in packed.chunks_mut(PANEL).enumerate() {
+        for q in 0..lines {
+            let words = |k: usize| k * panel_len + q * PANEL..k * panel_len + (q + 1) * PANEL;
             if q >= pairs {
-                words.fill(0);
+                for k in 0..panels.len() {
+                    packed[words(k)].fill(0);
+                }
                 continue;
             }
             let low = line(2 * q);
             let high = (2 * q + 1 < depth).then(|| line(2 * q + 1));
             #[cfg(target_arch = "x86_64")]
             if self.vectors {
-                // SAFETY: the CPU converts (asked when the packer was
-                // made); `words` holds PANEL words, and the rows are read
-                // at columns `first..` up to their length.
-                unsafe { avx512::pack_line(low, high, first, words) };
+                for (k, panel) in panels.clone().enumerate() {
+                    // SAFETY: the CPU converts (asked when the packer was
+                    // made); the line holds PANEL words, and the rows are
+                    // read at columns `panel * PANEL..` up to their length.
+                    unsafe { avx512::pack_line(low, high, panel * PANEL, &mut packed[words(k)]) };
+                }
                 continue;
             }
             let at = |row: &[f32], col: usize| row.get(col).copied().unwrap_or(0.0);
-            for (c, word) in words.iter_mut().enumerate() {
-                let col = first + c;
-                *word = pair(at(low, col), high.map_or(0.0, |high| at(high, col)));
+            for (k, panel) in panels.clone().enumerate() {
+                for (c, word) in packed[words(k)].iter_mut().enumerate() {
+                    let col = panel * PANEL + c;
+                    *word = pair(at(low, col), high.map_or(0.0, |high| at(high, col)));
+                }
             }
         }
     }
@@ -495,10 +520,7 @@ impl Panels {
         let mut words = vec![0u32; panels_words(depth, columns)];
         let packer = Packer::new();
         let line = |p: usize| &values[p * columns..][..columns];
-        let panel_words = padded_pairs(depth) * PANEL;
-        for (b, panel) in words.chunks_mut(panel_words).enumerate() {
-            packer.panel(depth, b, line, panel);
-        }
+        packer.panels(depth, 0..columns.div_ceil(PANEL), line, &mut words);
         Panels {
             words,
             depth,
@@ -1048,6 +1070,47 @@ mod tests {
                     packer.transposed_panel((depth, columns), panel, line, packed);
                 }
                 assert_eq!(words, expected.words, "{depth} x {columns}, {packer:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn panels_hold_pairs_of_rows_column_by_column() {
+        // Odd depths, columns under, at and past a panel; every range of
+        // panels, the vector packer and the scalar one; word `c` of line
+        // `q` of panel `b` pairs rows 2q and 2q + 1 at column 64b + c,
+        // zeros past the rows and the columns.
+        for (depth, columns) in [(1, 1), (37, 20), (64, 64), (71, 200), (130, 129)] {
+            let matrix = matrix(depth * columns, (depth * columns) as u32);
+            let at = |p: usize, c: usize| {
+                if p < depth && c < columns {
+                    matrix[p * columns + c]
+                } else {
+                    0.0
+                }
+            };
+            let lines = padded_pairs(depth);
+            let count = columns.div_ceil(PANEL);
+            let expected: Vec<u32> = (0..count * lines * PANEL)
+                .map(|i| {
+                    let (b, q, c) = (i / (lines * PANEL), i / PANEL % lines, i % PANEL);
+                    pair(at(2 * q, b * PANEL + c), at(2 * q + 1, b * PANEL + c))
+                })
+                .collect();
+            let line = |p: usize| &matrix[p * columns..][..columns];
+            let panel_len = lines * PANEL;
+            for packer in [Packer::new(), Packer::scalar()] {
+                for start in 0..count {
+                    for end in start..=count {
+                        let mut words = vec![9u32; (end - start) * panel_len];
+                        packer.panels(depth, start..end, line, &mut words);
+                        assert_eq!(
+                            words,
+                            expected[start * panel_len..end * panel_len],
+                            "{depth} x {columns}, panels {start}..{end}, {packer:?}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -153,22 +153,23 @@ impl PackWeights {
         let line = |p: usize| &kernel[self.weight_rows[p] * cout..][..cout];
         let (depth, _) = self.operand();
         let panel_len = padded_pairs(depth) * PANEL;
-        for panel in items {
-            // SAFETY: panel `panel` of the packed operand, inside it, which
-            // this item alone writes (the caller's contract).
-            let words = unsafe {
-                std::slice::from_raw_parts_mut(
-                    packed.cast::<u32>().add(panel * panel_len),
-                    panel_len,
-                )
-            };
-            if self.transposed {
-                let columns = self.weight_rows.len();
+        // SAFETY: panels `items` of the packed operand, inside it (the
+        // domain was checked), which this call alone writes (the caller's
+        // contract).
+        let words = unsafe {
+            std::slice::from_raw_parts_mut(
+                packed.cast::<u32>().add(items.start * panel_len),
+                items.len() * panel_len,
+            )
+        };
+        if self.transposed {
+            let columns = self.weight_rows.len();
+            for (panel, words) in items.zip(words.chunks_exact_mut(panel_len)) {
                 self.packer
                     .transposed_panel((cout, columns), panel, line, words);
-            } else {
-                self.packer.panel(depth, panel, line, words);
             }
+        } else {
+            self.packer.panels(depth, items, line, words);
         }
         Ok(())
     }
