@@ -6,6 +6,7 @@ use clap::ValueEnum;
 use cnnc::autodiff::{self, LossSpec};
 use cnnc::{CompileError, Diagnostics};
 
+use super::overrides::{PrecisionArg, TrainOverrides};
 use super::shared::load;
 
 /// Compile a model and print a stage of its compilation.
@@ -24,6 +25,9 @@ pub struct Args {
     /// The batch size the kernel plans are made for.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Arithmetic of the convolutions and dense layers the kernel plans are made for (overrides the train section).
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
 }
 
 /// What `--emit` prints.
@@ -45,7 +49,12 @@ enum Emit {
 /// the front end name the model, or point into its source.
 pub fn run(args: &Args) -> Result<String, Diagnostics> {
     let model = load(&args.file, args.model.as_deref())?;
-    let train = model.graph.train.clone().unwrap_or_default();
+    let overrides = TrainOverrides {
+        precision: args.precision,
+        ..TrainOverrides::default()
+    };
+    let train = overrides.apply(model.graph.train.clone().unwrap_or_default());
+    let precision = train.precision;
     let loss = LossSpec {
         smoothing: train.label_smoothing,
         weights: train.loss_weights.clone(),
@@ -58,13 +67,15 @@ pub fn run(args: &Args) -> Result<String, Diagnostics> {
         Emit::Graph => Ok(cnnc::emit::graph_text(&model)),
         Emit::TrainGraph => autodiff::differentiate(&model, &loss)
             .map(|training| cnnc::emit::graph_text(&training.typed)),
-        Emit::Kernels => cnnc::plan_inference(&model, args.batch)
+        Emit::Kernels => cnnc::plan_inference_in(&model, args.batch, precision)
             .map(|plan| plan.to_string())
             .map_err(failed),
-        Emit::TrainKernels => cnnc::plan_training(&model, &loss, &train.optimizer, args.batch)
-            .map(|plan| plan.to_string())
-            .map_err(failed),
-        Emit::Clif => cnnc::compile_inference(&model, args.batch)
+        Emit::TrainKernels => {
+            cnnc::plan_training_in(&model, &loss, &train.optimizer, args.batch, precision)
+                .map(|plan| plan.to_string())
+        }
+        .map_err(failed),
+        Emit::Clif => cnnc::compile_inference_in(&model, args.batch, precision)
             .map(|compiled| {
                 compiled
                     .program

@@ -1268,7 +1268,8 @@ fn bands(g: &Geometry) -> DataItems {
 /// reduction over output rows is never split: an item runs over all of
 /// them in blocks of `rows_per_block` rows, in order, each block's im2col
 /// columns multiplied into the item's rows with one GEMM that accumulates.
-/// Item 0 also zeroes the rows of taps that only ever read padding.
+/// Each item also zeroes its share of the rows of taps that only ever read
+/// padding ([`Geometry::dead_share`]).
 ///
 /// A layer with few taps and input channels (a first layer, as for
 /// [`ConvForward`]'s direct items) computes without im2col: an item per
@@ -1557,17 +1558,16 @@ impl ConvBackwardFilter {
         let g = &self.common.geometry;
         let (cin, cout) = (g.shape.in_channels, g.shape.out_channels);
         let cols = item * self.cols_per_item..((item + 1) * self.cols_per_item).min(g.cols);
-        if item == 0 {
-            for dead in &g.dead_rows {
-                // SAFETY: the rows of dead taps belong to item 0 alone.
-                unsafe {
-                    std::slice::from_raw_parts_mut(
-                        buffers.kernel_grad.add(dead.start * cout),
-                        dead.len() * cout,
-                    )
-                    .fill(0.0)
-                };
-            }
+        for dead in g.dead_share(item, self.product_items()) {
+            // SAFETY: this share of the dead taps' rows belongs to this
+            // item alone.
+            unsafe {
+                std::slice::from_raw_parts_mut(
+                    buffers.kernel_grad.add(dead.start * cout),
+                    dead.len() * cout,
+                )
+                .fill(0.0)
+            };
         }
         // SAFETY: the input holds `input_len` f32s, and is only read.
         let input = unsafe { std::slice::from_raw_parts(buffers.input, g.input_len) };
@@ -1664,17 +1664,16 @@ impl ConvBackwardFilter {
                 add_assign(sums, product);
             }
         }
-        if item == 0 {
-            for dead in &g.dead_rows {
-                // SAFETY: the rows of dead taps belong to item 0 alone.
-                unsafe {
-                    std::slice::from_raw_parts_mut(
-                        buffers.kernel_grad.add(dead.start * cout),
-                        dead.len() * cout,
-                    )
-                    .fill(0.0)
-                };
-            }
+        for dead in g.dead_share(item, self.product_items()) {
+            // SAFETY: this share of the dead taps' rows belongs to this
+            // item alone.
+            unsafe {
+                std::slice::from_raw_parts_mut(
+                    buffers.kernel_grad.add(dead.start * cout),
+                    dead.len() * cout,
+                )
+                .fill(0.0)
+            };
         }
         for group in &g.groups {
             let (lo, hi) = (

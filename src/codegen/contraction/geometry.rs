@@ -126,6 +126,29 @@ impl Geometry {
         })
     }
 
+    /// Share `item` of `items` of the dead taps' weight rows
+    /// ([`Self::dead_rows`]), in order: each item gets as many rows as the
+    /// next, within one, so that the items that zero their gradient split
+    /// the work (a 3x3 layer on 1x1 images has 8 rows of 9 dead).
+    pub fn dead_share(&self, item: usize, items: usize) -> Vec<Range<usize>> {
+        let total: usize = self.dead_rows.iter().map(|r| r.len()).sum();
+        let items = items.max(1);
+        let (lo, hi) = (item * total / items, (item + 1) * total / items);
+        let mut share = Vec::new();
+        let mut before = 0;
+        for dead in &self.dead_rows {
+            let (start, end) = (
+                dead.start + lo.saturating_sub(before).min(dead.len()),
+                dead.start + hi.saturating_sub(before).min(dead.len()),
+            );
+            if start < end {
+                share.push(start..end);
+            }
+            before += dead.len();
+        }
+        share
+    }
+
     /// `(image, oy, ox)` of im2col row (output position) `row`.
     pub fn position(&self, row: usize) -> (usize, usize, usize) {
         let per_image = self.y.output * self.x.output;
@@ -410,5 +433,52 @@ fn zero_short(out: &mut [f32]) {
 pub(super) fn add_assign(acc: &mut [f32], x: &[f32]) {
     for (a, &b) in acc.iter_mut().zip(x) {
         *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Padding;
+
+    #[test]
+    fn dead_shares_split_the_dead_rows_in_order_and_evenly() {
+        // A 3x3 layer on 1x1 images (every tap but the centre dead), a
+        // 5x5 one on 2x2 images, and one with no dead tap.
+        for (size, kernel, channels) in [(1, 3, 5), (2, 5, 3), (4, 3, 2)] {
+            let shape = ConvShape {
+                batch: 2,
+                height: size,
+                width: size,
+                in_channels: channels,
+                out_channels: 4,
+                kernel: [kernel, kernel],
+                stride: [1, 1],
+                dilation: [1, 1],
+                padding: Padding::Same,
+                bias: false,
+            };
+            let g = Geometry::new("dead", &shape).expect("a valid shape");
+            let dead: Vec<usize> = g.dead_rows.iter().flat_map(|r| r.clone()).collect();
+            for items in 1..=10 {
+                let shares: Vec<Vec<usize>> = (0..items)
+                    .map(|item| g.dead_share(item, items).into_iter().flatten().collect())
+                    .collect();
+                assert_eq!(
+                    shares.concat(),
+                    dead,
+                    "{size}x{size}, {kernel}x{kernel}, {items}"
+                );
+                let sizes = shares.iter().map(Vec::len);
+                let (lo, hi) = (sizes.clone().min(), sizes.max());
+                assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "{shares:?}");
+            }
+            assert_eq!(
+                dead.is_empty(),
+                size == 4,
+                "{size}x{size}: {:?}",
+                g.dead_rows
+            );
+        }
     }
 }
