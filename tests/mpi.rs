@@ -3,7 +3,7 @@
 //! … --train fashion` for N = 1, 2, 3 writes bitwise the weights one
 //! process writes, with batchnorm, dropout and augmentation; a checkpoint
 //! of 2 ranks resumes on 3; a killed rank ends the job within seconds with
-//! its rank named, and the last checkpoint resumes.
+//! its rank named, and the last checkpoint resumes. The same in bf16.
 #![cfg(feature = "mpi")]
 
 #[path = "support/idx.rs"]
@@ -114,6 +114,42 @@ fn one_two_and_three_ranks_train_the_weights_of_one_process() {
         &["--epochs", "3", "--threads", "2"],
     ));
     assert!(weights(&dir, "threads") == alone, "2 ranks of 2 threads");
+    std::fs::remove_dir_all(&dir).expect("removed");
+}
+
+/// In bf16 too, 1, 2 and 3 ranks train the weights one process trains:
+/// the products' rounding depends on neither the ranks nor the threads.
+/// On a CPU without bf16 instructions, every run refuses instead, naming
+/// them.
+#[test]
+fn bf16_ranks_train_the_weights_of_one_process() {
+    let dir = scratch("bf16");
+    let bf16 = ["--epochs", "2", "--precision", "bf16"];
+    if cnnc::codegen::contraction::bf16::Backend::best().is_none() {
+        for ranks in [0, 2] {
+            let out = train(&dir, ranks, &format!("refused{ranks}"), &bf16)
+                .output()
+                .expect("mpirun");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{ranks} ranks ran bf16");
+            assert!(stderr.contains("precision bf16 needs"), "{stderr}");
+        }
+        std::fs::remove_dir_all(&dir).expect("removed");
+        return;
+    }
+    finished(train(&dir, 0, "alone", &bf16));
+    let alone = weights(&dir, "alone");
+    finished(train(&dir, 0, "f32", &["--epochs", "2"]));
+    assert!(
+        weights(&dir, "f32") != alone,
+        "bf16 trained the f32 weights"
+    );
+    for ranks in [1, 2, 3] {
+        let out = format!("ranks{ranks}");
+        finished(train(&dir, ranks, &out, &bf16));
+        assert!(weights(&dir, &out) == alone, "{ranks} ranks: other weights");
+        assert_eq!(history(&dir, &out), history(&dir, "alone"), "{ranks} ranks");
+    }
     std::fs::remove_dir_all(&dir).expect("removed");
 }
 
