@@ -268,6 +268,7 @@ impl<'o> KernelBuilder<'o> {
             inputs: self.inputs,
             exprs: self.exprs,
             outputs: self.outputs,
+            stores: Vec::new(),
         }
     }
 }

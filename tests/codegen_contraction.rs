@@ -882,6 +882,7 @@ fn epilogue_fuses_bias_residual_and_relu() {
             Expr::Binary(Binary::Max, 4, 5),
         ],
         outputs: vec![6],
+        stores: Vec::new(),
     };
     let mut jit = Jit::new().expect("jit");
     let compiled = jit.compile_elementwise(&kernel).expect("compiles");
@@ -917,6 +918,7 @@ fn relu() -> (Jit, CompiledKernel) {
             Expr::Binary(Binary::Max, 0, 1),
         ],
         outputs: vec![2],
+        stores: Vec::new(),
     };
     let mut jit = Jit::new().expect("jit");
     let compiled = jit.compile_elementwise(&relu).expect("compiles");

@@ -60,6 +60,7 @@ fn bias_and_relu_broadcast_per_channel() {
             Expr::Binary(Binary::Max, 2, 3),
         ],
         outputs: vec![4],
+        stores: Vec::new(),
     };
     let mut inputs = vec![
         data(rows * channels, 1, -1.0, 1.0),
@@ -111,6 +112,7 @@ fn transcendentals_match_f64() {
             inputs: vec![Operand::Tensor],
             exprs: vec![Expr::Load(0), Expr::Unary(op, 0)],
             outputs: vec![1],
+            stores: Vec::new(),
         };
         let out = run(&mut jit, &kernel, &mut [x.clone()], rows, channels);
         for (j, (&xj, &yj)) in x.iter().zip(&out[0]).enumerate() {
@@ -135,6 +137,7 @@ fn exp_saturates_instead_of_overflowing() {
             Expr::Unary(Unary::Tanh, 0),
         ],
         outputs: vec![1, 2, 3],
+        stores: Vec::new(),
     };
     let mut x = vec![vec![-1000.0, 1000.0, -90.0, 90.0, 0.0]];
     let out = run(&mut Jit::new().expect("jit"), &kernel, &mut x, 1, 5);
@@ -178,6 +181,7 @@ fn select_fma_and_several_outputs() {
             Expr::Fma(0, 1, 5),
         ],
         outputs: vec![3, 7, 8],
+        stores: Vec::new(),
     };
     let mut inputs = vec![
         data(rows * channels, 3, -2.0, 2.0),
@@ -211,6 +215,7 @@ fn only_the_given_rows_are_written() {
         inputs: vec![Operand::Tensor],
         exprs: vec![Expr::Load(0), Expr::Binary(Binary::Add, 0, 0)],
         outputs: vec![1],
+        stores: Vec::new(),
     };
     let mut jit = Jit::new().expect("jit");
     let compiled = jit.compile_elementwise(&kernel).expect("compiles");
@@ -243,6 +248,7 @@ fn malformed_kernels_are_errors() {
         inputs: vec![Operand::Tensor],
         exprs: vec![Expr::Binary(Binary::Add, 0, 1), Expr::Load(0)],
         outputs: vec![0],
+        stores: Vec::new(),
     };
     assert!(matches!(
         jit.compile_elementwise(&forward_reference),
@@ -253,6 +259,7 @@ fn malformed_kernels_are_errors() {
         inputs: vec![],
         exprs: vec![Expr::Load(0)],
         outputs: vec![0],
+        stores: Vec::new(),
     };
     let err = jit
         .compile_elementwise(&missing_input)
@@ -264,6 +271,7 @@ fn malformed_kernels_are_errors() {
         inputs: vec![Operand::Tensor],
         exprs: vec![Expr::Load(0)],
         outputs: vec![],
+        stores: Vec::new(),
     };
     assert!(jit.compile_elementwise(&no_output).is_err());
 }
@@ -281,6 +289,7 @@ fn per_item_operands_broadcast_over_each_items_rows() {
             Expr::Binary(Binary::Mul, 0, 1),
         ],
         outputs: vec![2],
+        stores: Vec::new(),
     };
     let rows = items * rows_per_item;
     let mut inputs = vec![
@@ -299,6 +308,105 @@ fn per_item_operands_broadcast_over_each_items_rows() {
             let expected =
                 inputs[0][r * channels + c] * inputs[1][(r / rows_per_item) * channels + c];
             assert_eq!(out[0][r * channels + c], expected, "row {r} channel {c}");
+        }
+    }
+}
+
+/// `values` as bf16 words two to an f32 slot (value `i` at byte `2i`), as
+/// a bf16 buffer holds them; an odd count leaves the last slot's upper
+/// half zero.
+fn bf16_slots(values: &[u16]) -> Vec<f32> {
+    values
+        .chunks(2)
+        .map(|pair| {
+            let high = pair.get(1).copied().unwrap_or(0);
+            f32::from_bits(u32::from(pair[0]) | (u32::from(high) << 16))
+        })
+        .collect()
+}
+
+/// The bf16 words of a bf16 buffer's slots.
+fn bf16_words(slots: &[f32]) -> Vec<u16> {
+    slots
+        .iter()
+        .flat_map(|s| [s.to_bits() as u16, (s.to_bits() >> 16) as u16])
+        .collect()
+}
+
+/// A bf16 input is read exactly (its bits the upper half of an f32's); a
+/// bf16 output is rounded as the bf16 products' packing rounds (to the
+/// nearest, ties to even; NaN stays a quiet NaN, subnormals become zeros
+/// of their sign), through the vector loop and the scalar tail, beside
+/// f32 operands, and writes only its rows' values.
+#[test]
+fn bf16_tensors_load_exactly_and_store_rounded() {
+    use cnnc::codegen::contraction::bf16::{round, widen};
+    use cnnc::codegen::Storage;
+    let (rows, channels) = (4, 7);
+    let n = rows * channels;
+    let special = [
+        1.0 + 2f32.powi(-8),
+        1.0 + 3.0 * 2f32.powi(-8),
+        -(1.0 + 2f32.powi(-8) + 2f32.powi(-20)),
+        f32::MAX,
+        -f32::MAX,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MIN_POSITIVE / 3.0,
+        -f32::MIN_POSITIVE / 5.0,
+        f32::MIN_POSITIVE,
+        f32::from_bits(0x7f80_0001),
+        f32::NAN,
+        -0.0,
+        0.1,
+    ];
+    let mut x = data(n, 11, -3.0, 3.0);
+    for (i, &s) in special.iter().enumerate() {
+        x[(5 * i) % n] = s;
+    }
+    let h: Vec<u16> = data(n, 12, -2.0, 2.0).into_iter().map(round).collect();
+    let kernel = Elementwise {
+        name: "bf16".into(),
+        inputs: vec![Operand::Tensor, Operand::Bf16],
+        exprs: vec![
+            Expr::Load(0),
+            Expr::Load(1),
+            Expr::Binary(Binary::Mul, 0, 1),
+        ],
+        outputs: vec![0, 2, 1],
+        stores: vec![Storage::Bf16, Storage::Bf16, Storage::F32],
+    };
+    let mut jit = Jit::new().expect("jit");
+    let compiled = jit.compile_elementwise(&kernel).expect("compiles");
+    for written in [0..rows, 1..3] {
+        let mut inputs = [x.clone(), bf16_slots(&h)];
+        let sentinel = f32::from_bits(0x5a5a_5a5a);
+        let mut outputs = [vec![sentinel; n], vec![sentinel; n], vec![sentinel; n]];
+        let mut args: Vec<*mut f32> = inputs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+        args.extend(outputs.iter_mut().map(|b| b.as_mut_ptr()));
+        // SAFETY: every buffer holds at least the values of `rows` rows.
+        unsafe { compiled.run(&args, written.clone(), channels) };
+        let [rounded, product, widened] = &outputs;
+        let (rounded, product) = (bf16_words(rounded), bf16_words(product));
+        for i in 0..2 * n {
+            let inside = i < n && written.contains(&(i / channels));
+            let x_bits = |v: u16| if inside { v } else { 0x5a5a };
+            assert_eq!(
+                rounded[i],
+                x_bits(round(x.get(i).copied().unwrap_or(0.0))),
+                "x {i}: {}",
+                x.get(i).copied().unwrap_or(0.0)
+            );
+            let expected = x.get(i).map_or(0.0, |&x| x * widen(h[i]));
+            assert_eq!(product[i], x_bits(round(expected)), "x h {i}");
+        }
+        for (i, &v) in widened.iter().enumerate() {
+            let expected = if written.contains(&(i / channels)) {
+                widen(h[i])
+            } else {
+                sentinel
+            };
+            assert_eq!(v.to_bits(), expected.to_bits(), "h {i}");
         }
     }
 }

@@ -28,6 +28,7 @@ fn program(jit: &mut Jit) -> Program {
             Expr::Binary(Binary::Max, 2, 3),
         ],
         outputs: vec![4],
+        stores: Vec::new(),
     };
     let softmax = Reduce {
         name: "softmax".into(),

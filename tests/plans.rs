@@ -224,6 +224,7 @@ fn scale_tanh() -> cnnc::codegen::elementwise::Elementwise {
             Expr::Unary(Unary::Tanh, 2),
         ],
         outputs: vec![3],
+        stores: Vec::new(),
     }
 }
 
@@ -429,6 +430,7 @@ fn window_epilogues_are_bitwise_their_steps_apart() {
             },
         ],
         outputs: vec![3],
+        stores: Vec::new(),
     };
     let scale_tanh = scale_tanh();
     let cases = [

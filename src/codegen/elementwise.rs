@@ -4,20 +4,26 @@
 //!
 //! Buffers are row-major `[rows, channels]`. A [`Operand::Tensor`] has one
 //! value per element; a [`Operand::PerChannel`] has one value per channel,
-//! broadcast over rows (biases, batchnorm scales, SE-block weights).
+//! broadcast over rows (biases, batchnorm scales, SE-block weights). A
+//! tensor input or an output may be stored in bf16 ([`Operand::Bf16`],
+//! [`Elementwise::stores`]): loads widen it exactly, stores round to the
+//! nearest bf16, ties to even, as the bf16 products' packing rounds.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, Block, Function, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 
-use super::{math, CodegenError};
+use super::{math, CodegenError, Storage};
 
 /// How an input buffer is indexed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operand {
     /// One value per element, `[rows, channels]`.
     Tensor,
+    /// One value per element, `[rows, channels]`, stored in bf16
+    /// ([`Storage::Bf16`]).
+    Bf16,
     /// One value per channel, `[channels]`, the same for every row.
     PerChannel,
     /// One value per channel and batch item, `[rows / rows_per_item, channels]`:
@@ -107,7 +113,7 @@ pub enum Expr {
 
 /// A fused element-wise kernel. Its buffer arguments are the inputs in
 /// order, then one output buffer per entry of `outputs`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Elementwise {
     /// A name for dumps and errors.
     pub name: String,
@@ -117,9 +123,16 @@ pub struct Elementwise {
     pub exprs: Vec<Expr>,
     /// For each output buffer, the step whose value is stored there.
     pub outputs: Vec<usize>,
+    /// How each output is stored, in order; outputs past its end are f32.
+    pub stores: Vec<Storage>,
 }
 
 impl Elementwise {
+    /// How output `k` is stored.
+    pub fn store(&self, k: usize) -> Storage {
+        self.stores.get(k).copied().unwrap_or_default()
+    }
+
     /// Checks that every reference points backwards to an existing step and
     /// every load to an existing input.
     pub fn validate(&self) -> Result<(), CodegenError> {
@@ -157,6 +170,13 @@ impl Elementwise {
                     "step {i} refers to step {r}, which does not come before it"
                 ));
             }
+        }
+        if self.stores.len() > self.outputs.len() {
+            return malformed(format!(
+                "{} outputs are stored, of {}",
+                self.stores.len(),
+                self.outputs.len()
+            ));
         }
         if self.inputs.contains(&Operand::PerItem { rows_per_item: 0 }) {
             return malformed("a per-item operand needs at least one row per item".into());
@@ -289,6 +309,13 @@ fn element(
                     continue;
                 }
                 let offset = match kernel.inputs[i] {
+                    Operand::Bf16 => {
+                        // Half the bytes of an f32 element's offset.
+                        let offset = b.ins().ushr_imm_u(element_offset, 1);
+                        let address = b.ins().iadd(bases[i], offset);
+                        values.push(load_bf16(b, ty, address, flags));
+                        continue;
+                    }
                     Operand::Tensor | Operand::Scalars => element_offset,
                     Operand::PerChannel => channel_offset,
                     Operand::PerItem { rows_per_item } => {
@@ -329,8 +356,99 @@ fn element(
         values.push(v);
     }
     for (k, &out) in kernel.outputs.iter().enumerate() {
-        let address = b.ins().iadd(bases[kernel.inputs.len() + k], element_offset);
-        b.ins().store(flags, values[out], address, 0);
+        let base = bases[kernel.inputs.len() + k];
+        match kernel.store(k) {
+            Storage::F32 => {
+                let address = b.ins().iadd(base, element_offset);
+                b.ins().store(flags, values[out], address, 0);
+            }
+            Storage::Bf16 => {
+                let offset = b.ins().ushr_imm_u(element_offset, 1);
+                let address = b.ins().iadd(base, offset);
+                store_bf16(b, ty, values[out], address, flags);
+            }
+        }
+    }
+}
+
+/// The bf16 value (or four) at `address`, widened to f32 exactly: its bits
+/// are the upper half of the f32's.
+fn load_bf16(b: &mut FunctionBuilder, ty: Type, address: Value, flags: MemFlagsData) -> Value {
+    let (bits, int) = if ty.is_vector() {
+        (b.ins().uload16x4(flags, address, 0), types::I32X4)
+    } else {
+        (b.ins().uload16(types::I32, flags, address, 0), types::I32)
+    };
+    debug_assert_eq!(b.func.dfg.value_type(bits), int);
+    let shifted = b.ins().ishl_imm_u(bits, 16);
+    b.ins().bitcast(ty, MemFlagsData::new(), shifted)
+}
+
+/// Stores `value` (f32, or four) at `address` as bf16, rounded as
+/// [`crate::codegen::contraction::bf16::round`] rounds: to the nearest,
+/// ties to even; a NaN stays a quiet NaN, a subnormal becomes a zero of
+/// its sign.
+fn store_bf16(
+    b: &mut FunctionBuilder,
+    ty: Type,
+    value: Value,
+    address: Value,
+    flags: MemFlagsData,
+) {
+    let int = if ty.is_vector() {
+        types::I32X4
+    } else {
+        types::I32
+    };
+    let constant = |b: &mut FunctionBuilder, k: u32| {
+        let scalar = b.ins().iconst(types::I32, i64::from(k));
+        if ty.is_vector() {
+            b.ins().splat(int, scalar)
+        } else {
+            scalar
+        }
+    };
+    let bits = b.ins().bitcast(int, MemFlagsData::new(), value);
+    let upper = b.ins().ushr_imm_u(bits, 16);
+    // Just under half a unit of the last kept bit, plus that bit: carries
+    // into it when the dropped half is above a half, or a half with the
+    // kept bit odd.
+    let one = constant(b, 1);
+    let odd = b.ins().band(upper, one);
+    let half = constant(b, 0x7fff);
+    let biased = b.ins().iadd(bits, half);
+    let carried = b.ins().iadd(biased, odd);
+    let rounded = b.ins().ushr_imm_u(carried, 16);
+    let magnitude_mask = constant(b, 0x7fff_ffff);
+    let magnitude = b.ins().band(bits, magnitude_mask);
+    let infinity = constant(b, 0x7f80_0000);
+    let nan = b
+        .ins()
+        .icmp(IntCC::UnsignedGreaterThan, magnitude, infinity);
+    let quiet_bit = constant(b, 0x0040);
+    let quiet = b.ins().bor(upper, quiet_bit);
+    let smallest_normal = constant(b, 0x0080_0000);
+    let subnormal = b
+        .ins()
+        .icmp(IntCC::UnsignedLessThan, magnitude, smallest_normal);
+    let sign_bit = constant(b, 0x8000);
+    let sign = b.ins().band(upper, sign_bit);
+    let word = if ty.is_vector() {
+        let finite = b.ins().bitselect(subnormal, sign, rounded);
+        b.ins().bitselect(nan, quiet, finite)
+    } else {
+        let finite = b.ins().select(subnormal, sign, rounded);
+        b.ins().select(nan, quiet, finite)
+    };
+    if ty.is_vector() {
+        // The four words' low halves, then their bits as one i64.
+        let halves = b.ins().unarrow(word, word);
+        let little = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let pair = b.ins().bitcast(types::I64X2, little, halves);
+        let low = b.ins().extractlane(pair, 0);
+        b.ins().store(flags, low, address, 0);
+    } else {
+        b.ins().istore16(flags, word, address, 0);
     }
 }
 

@@ -30,6 +30,28 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Module};
 use thiserror::Error;
 
+/// How a buffer's values are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// One f32 per value.
+    #[default]
+    F32,
+    /// One bfloat16 per value, two to a 32-bit slot (value `i` at byte
+    /// `2i`): written rounded to the nearest, ties to even, as
+    /// [`contraction::bf16::round`] rounds; read exactly.
+    Bf16,
+}
+
+impl Storage {
+    /// The 32-bit slots `len` values take.
+    pub fn slots(self, len: usize) -> usize {
+        match self {
+            Storage::F32 => len,
+            Storage::Bf16 => len.div_ceil(2),
+        }
+    }
+}
+
 /// Why a kernel could not be compiled. Never a panic: a JIT failure is an
 /// error the caller reports.
 #[derive(Debug, Error)]

@@ -434,6 +434,7 @@ fn splice(
             inputs,
             exprs,
             outputs,
+            stores: outer.stores.clone(),
         },
         args,
     )
@@ -505,5 +506,6 @@ fn in_place(outer: &Elementwise, outer_args: &[BufferId], y: BufferId) -> Elemen
         inputs,
         exprs,
         outputs: outer.outputs.clone(),
+        stores: outer.stores.clone(),
     }
 }

@@ -301,7 +301,7 @@ fn write(len: usize) -> Param {
 fn elementwise(kernel: &Elementwise, rows: usize, channels: usize, skip: usize) -> Vec<Param> {
     let inputs = kernel.inputs.iter().enumerate().skip(skip).map(|(i, op)| {
         let len = match op {
-            Operand::Tensor => Len::Exactly(rows * channels),
+            Operand::Tensor | Operand::Bf16 => Len::Exactly(rows * channels),
             Operand::PerChannel => Len::Exactly(channels),
             Operand::PerItem { rows_per_item } => {
                 Len::Exactly(rows / (*rows_per_item).max(1) * channels)
@@ -545,6 +545,7 @@ mod tests {
                 Expr::Binary(Binary::Max, 0, 1),
             ],
             outputs: vec![2],
+            stores: Vec::new(),
         }
     }
 

@@ -1000,6 +1000,7 @@ impl Builder {
             inputs: self.inputs,
             exprs: self.exprs,
             outputs: vec![result],
+            stores: Vec::new(),
         }
     }
 }
