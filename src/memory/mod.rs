@@ -98,7 +98,7 @@ impl Need {
             lent: 0,
         };
         for buffer in &plan.buffers {
-            let size = (buffer.len as u64).saturating_mul(4);
+            let size = buffer.bytes();
             let kind = match buffer.role {
                 Role::Temporary => continue,
                 Role::Weight(_) => &mut need.weights,
@@ -188,7 +188,7 @@ pub fn plan(plan: &KernelPlan) -> Result<Layout, MemoryError> {
     let lifetimes: Vec<arena::Buffer> = temporaries
         .iter()
         .map(|&b| arena::Buffer {
-            bytes: plan.buffers[b].len as u64 * 4,
+            bytes: plan.buffers[b].bytes(),
             first: first[b],
             last: last[b],
         })
@@ -198,7 +198,7 @@ pub fn plan(plan: &KernelPlan) -> Result<Layout, MemoryError> {
     for (&b, &offset) in temporaries.iter().zip(&arena.offsets) {
         slots[b] = Slot::Arena {
             offset: (offset / 4) as usize,
-            len: plan.buffers[b].len,
+            len: plan.buffers[b].slots(),
         };
     }
     for b in 0..plan.buffers.len() {
@@ -211,7 +211,7 @@ pub fn plan(plan: &KernelPlan) -> Result<Layout, MemoryError> {
         if buffer.role != Role::Temporary {
             slots[b] = Slot::External {
                 index: externals.len(),
-                len: buffer.len,
+                len: buffer.slots(),
             };
             externals.push(b);
         }
@@ -228,7 +228,7 @@ pub fn plan(plan: &KernelPlan) -> Result<Layout, MemoryError> {
 /// that sum, so no offset computed by [`arena::place`] can overflow either.
 fn check_size(plan: &KernelPlan, temporaries: &[BufferId]) -> Result<(), MemoryError> {
     let limit = isize::MAX as u64;
-    let bytes = |b: BufferId| (plan.buffers[b].len as u64).checked_mul(4);
+    let bytes = |b: BufferId| (plan.buffers[b].slots() as u64).checked_mul(4);
     let total = temporaries.iter().try_fold(0u64, |sum, &b| {
         bytes(b)
             .and_then(|n| n.checked_add(ALIGN))
@@ -240,7 +240,7 @@ fn check_size(plan: &KernelPlan, temporaries: &[BufferId]) -> Result<(), MemoryE
     let largest = temporaries
         .iter()
         .copied()
-        .max_by_key(|&b| plan.buffers[b].len)
+        .max_by_key(|&b| plan.buffers[b].slots())
         .unwrap_or_default();
     Err(MemoryError::TooLarge {
         plan: plan.name.clone(),
@@ -291,7 +291,7 @@ fn in_place(plan: &KernelPlan, first: &[usize], last: &mut [usize]) -> Vec<Buffe
             let tensor_inputs = inputs
                 .iter()
                 .zip(&kernel.inputs)
-                .filter(|(_, operand)| **operand == Operand::Tensor)
+                .filter(|(_, operand)| matches!(operand, Operand::Tensor | Operand::Bf16))
                 .map(|(&b, _)| b);
             let dying = tensor_inputs.map(|b| host[b]).find(|&h| {
                 temporary(h)
@@ -299,6 +299,7 @@ fn in_place(plan: &KernelPlan, first: &[usize], last: &mut [usize]) -> Vec<Buffe
                     && first[h] < i
                     && last[h] == i
                     && plan.buffers[h].len == plan.buffers[output].len
+                    && plan.buffers[h].storage == plan.buffers[output].storage
                     && !taken.contains(&h)
                     && !outputs.contains(&h)
             });
@@ -399,6 +400,60 @@ mod tests {
             shared_in_place(&plan) > 0,
             "the backward pass has element-wise steps that can run in place"
         );
+    }
+
+    /// A bf16 temporary takes half the slots, and shares memory in place
+    /// only with a buffer stored as it is: `x -> t (f32) -> u (bf16) -> v
+    /// (bf16) -> y`, each by an element-wise copy.
+    #[test]
+    fn bf16_temporaries_take_half_and_share_in_place_only_with_bf16() {
+        use crate::codegen::elementwise::{Elementwise, Expr};
+        use crate::plan::Storage;
+        let mut plan = KernelPlan {
+            name: "bf16".into(),
+            batch: 2,
+            ..KernelPlan::default()
+        };
+        let x = plan.buffer("x", 10, Role::Input);
+        let t = plan.buffer("t", 10, Role::Temporary);
+        let u = plan.buffer("u", 10, Role::Temporary);
+        let v = plan.buffer("v", 10, Role::Temporary);
+        let y = plan.buffer("y", 10, Role::Output("y".into()));
+        plan.buffers[u].storage = Storage::Bf16;
+        plan.buffers[v].storage = Storage::Bf16;
+        let copy = |input: Operand, store: Storage| KernelDesc::Elementwise {
+            kernel: Elementwise {
+                name: "copy".into(),
+                inputs: vec![input],
+                exprs: vec![Expr::Load(0)],
+                outputs: vec![0],
+                stores: vec![store],
+            },
+            rows: 2,
+            channels: 5,
+        };
+        for (kernel, args) in [
+            (copy(Operand::Tensor, Storage::F32), [x, t]),
+            (copy(Operand::Tensor, Storage::Bf16), [t, u]),
+            (copy(Operand::Bf16, Storage::Bf16), [u, v]),
+            (copy(Operand::Bf16, Storage::F32), [v, y]),
+        ] {
+            plan.steps.push(crate::plan::Step {
+                kernel,
+                args: args.to_vec(),
+                nodes: vec![],
+            });
+        }
+        plan.verify().expect("a consistent plan");
+        let layout = super::plan(&plan).expect("places");
+        let slot = |b: BufferId| match layout.slots[b] {
+            Slot::Arena { offset, len } => (offset, len),
+            Slot::External { .. } => unreachable!("a temporary is in the arena"),
+        };
+        assert_eq!([slot(t).1, slot(u).1, slot(v).1], [10, 5, 5]);
+        assert_eq!(slot(u), slot(v), "bf16 over bf16 in place");
+        assert_ne!(slot(t).0, slot(u).0, "bf16 over f32 in place");
+        assert_eq!(shared_in_place(&plan), 1);
     }
 
     #[test]

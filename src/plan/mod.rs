@@ -16,6 +16,7 @@ use crate::codegen::reduce::Reduce;
 use crate::codegen::resample::Resample;
 use crate::codegen::window::Window;
 
+pub use crate::codegen::Storage;
 pub use crate::config::Precision;
 pub use verify::{Access, Len, Param, PlanError};
 
@@ -51,15 +52,31 @@ pub enum Role {
     Temporary,
 }
 
-/// A buffer: a name for dumps, its length in f32s, and its role.
+/// A buffer: a name for dumps, its length in values, its role, and how its
+/// values are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Buffer {
     /// A name for dumps and errors (the node it holds, usually).
     pub name: String,
-    /// Its length in f32s (the batch included).
+    /// Its length in values (the batch included).
     pub len: usize,
     /// What it holds.
     pub role: Role,
+    /// How its values are stored: f32, or bf16 for a temporary that only
+    /// kernels reading bf16 read (an activation that feeds bf16 products).
+    pub storage: Storage,
+}
+
+impl Buffer {
+    /// The 32-bit slots its values take.
+    pub fn slots(&self) -> usize {
+        self.storage.slots(self.len)
+    }
+
+    /// The bytes its values take.
+    pub fn bytes(&self) -> u64 {
+        (self.slots() as u64).saturating_mul(4)
+    }
 }
 
 /// The sizes of a contraction: a convolution or a dense layer.
@@ -291,6 +308,7 @@ impl KernelPlan {
             name: name.into(),
             len,
             role,
+            storage: Storage::F32,
         });
         self.buffers.len() - 1
     }
@@ -564,7 +582,11 @@ impl fmt::Display for KernelPlan {
                 Role::Gradient(w) => format!("gradient {w}"),
                 Role::Temporary => "temporary".to_string(),
             };
-            writeln!(f, "buffer %{i} {} [{}] {role}", b.name, b.len)?;
+            let storage = match b.storage {
+                Storage::F32 => "",
+                Storage::Bf16 => " bf16",
+            };
+            writeln!(f, "buffer %{i} {} [{}]{storage} {role}", b.name, b.len)?;
         }
         let prepared = self.prepared();
         for (i, step) in self.steps.iter().enumerate() {

@@ -8,7 +8,9 @@
 
 use thiserror::Error;
 
-use super::{Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role};
+use super::{
+    Algorithm, BufferId, ContractionPass, Geometry, KernelDesc, KernelPlan, Role, Storage,
+};
 use crate::codegen::contraction::bf16;
 use crate::codegen::contraction::winograd::{self, Direction, Tile};
 use crate::codegen::contraction::{forward_splits_columns, ConvShape};
@@ -41,8 +43,10 @@ pub enum Len {
 pub struct Param {
     /// Read or written.
     pub access: Access,
-    /// Its length in f32s.
+    /// Its length in values.
     pub len: Len,
+    /// How the kernel reads or writes its values.
+    pub storage: Storage,
 }
 
 /// A broken invariant of a kernel plan: always a defect of the compiler,
@@ -129,6 +133,18 @@ impl KernelPlan {
                 return Err(format!(
                     "argument {index} (`{}`) has {} values, but the kernel needs {:?}",
                     buffer.name, buffer.len, param.len
+                ));
+            }
+            if buffer.storage != Storage::F32 && buffer.role != Role::Temporary {
+                return Err(format!(
+                    "argument {index} (`{}`) is stored as {:?}, but the caller lends f32s",
+                    buffer.name, buffer.storage
+                ));
+            }
+            if buffer.storage != param.storage {
+                return Err(format!(
+                    "argument {index} (`{}`) is stored as {:?}, but the kernel takes {:?}",
+                    buffer.name, buffer.storage, param.storage
                 ));
             }
         }
@@ -285,6 +301,7 @@ fn read(len: usize) -> Param {
     Param {
         access: Access::Read,
         len: Len::Exactly(len),
+        storage: Storage::F32,
     }
 }
 
@@ -292,6 +309,7 @@ fn write(len: usize) -> Param {
     Param {
         access: Access::Write,
         len: Len::Exactly(len),
+        storage: Storage::F32,
     }
 }
 
@@ -308,16 +326,20 @@ fn elementwise(kernel: &Elementwise, rows: usize, channels: usize, skip: usize) 
             }
             Operand::Scalars => Len::AtLeast(scalars_read(kernel, i)),
         };
+        let storage = match op {
+            Operand::Bf16 => Storage::Bf16,
+            _ => Storage::F32,
+        };
         Param {
             access: Access::Read,
             len,
+            storage,
         }
     });
-    let outputs = kernel
-        .outputs
-        .iter()
-        .skip(skip)
-        .map(|_| write(rows * channels));
+    let outputs = (0..kernel.outputs.len()).skip(skip).map(|k| Param {
+        storage: kernel.store(k),
+        ..write(rows * channels)
+    });
     inputs.chain(outputs).collect()
 }
 
@@ -629,6 +651,30 @@ mod tests {
             to: (3, 0),
         });
         assert!(message(&ok).ends_with("reads and writes `t` at once"));
+    }
+
+    /// A bf16 buffer must be written and read as bf16, and only a
+    /// temporary may be one (the caller lends and takes f32s).
+    #[test]
+    fn storage_must_match_and_stay_inside_the_arena() {
+        let mut bf16 = plan(vec![1, 2]);
+        bf16.buffers[1].storage = Storage::Bf16;
+        assert!(message(&bf16)
+            .ends_with("argument 1 (`t`) is stored as Bf16, but the kernel takes F32"));
+        let KernelDesc::Elementwise { kernel, .. } = &mut bf16.steps[0].kernel else {
+            unreachable!("the plan's steps are element-wise");
+        };
+        kernel.stores = vec![Storage::Bf16];
+        assert!(message(&bf16)
+            .ends_with("argument 0 (`t`) is stored as Bf16, but the kernel takes F32"));
+        let KernelDesc::Elementwise { kernel, .. } = &mut bf16.steps[1].kernel else {
+            unreachable!("the plan's steps are element-wise");
+        };
+        kernel.inputs = vec![Operand::Bf16];
+        assert_eq!(bf16.verify(), Ok(()));
+        bf16.buffers[2].storage = Storage::Bf16;
+        assert!(message(&bf16)
+            .ends_with("argument 1 (`y`) is stored as Bf16, but the caller lends f32s"));
     }
 
     /// A forward product of a few rows is split over its channels: no
