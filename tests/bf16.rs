@@ -14,11 +14,12 @@ mod reference;
 use std::ops::Range;
 
 use cnnc::autodiff::LossSpec;
-use cnnc::codegen::contraction::bf16::{error_bound, Backend, Bf16Forward, PackWeights};
+use cnnc::codegen::contraction::bf16::{error_bound, round, Backend, Bf16Forward, PackWeights};
 use cnnc::codegen::contraction::{
     BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData, ConvBackwardFilter, ConvShape,
     DenseShape, ForwardBuffers,
 };
+use cnnc::codegen::Storage;
 use cnnc::config::{Optimizer, OptimizerKind, TrainConfig};
 use cnnc::graph::{AxisPadding, Padding};
 use cnnc::ops::{output_size, same_padding};
@@ -220,12 +221,41 @@ impl Case {
         .collect()
     }
 
+    /// The input as a kernel reads it stored as `storage`: its f32s, or
+    /// them rounded to bf16, two to a slot.
+    fn input(&self, storage: Storage) -> Vec<f32> {
+        match storage {
+            Storage::F32 => self.x.clone(),
+            Storage::Bf16 => self
+                .x
+                .chunks(2)
+                .map(|pair| {
+                    let high = pair.get(1).map_or(0, |&v| round(v));
+                    f32::from_bits(u32::from(round(pair[0])) | u32::from(high) << 16)
+                })
+                .collect(),
+        }
+    }
+
     /// The bf16 forward kernel's output, its items run in the parts
     /// `split` makes of its domain.
     fn forward(&self, backend: Backend, split: impl Fn(usize) -> Vec<Range<usize>>) -> Vec<f32> {
+        self.forward_reading(backend, split, Storage::F32)
+    }
+
+    /// [`Self::forward`] on the input stored as `storage`.
+    fn forward_reading(
+        &self,
+        backend: Backend,
+        split: impl Fn(usize) -> Vec<Range<usize>>,
+        storage: Storage,
+    ) -> Vec<f32> {
         let name = format!("{:?}", self.shape);
         let pack = PackWeights::new(&name, &self.shape).expect("a valid shape");
-        let kernel = Bf16Forward::new(&name, &self.shape, backend).expect("a valid shape");
+        let kernel = Bf16Forward::new(&name, &self.shape, backend)
+            .expect("a valid shape")
+            .reading(storage);
+        let x = self.input(storage);
         let mut packed = vec![f32::NAN; pack.packed_len()];
         for part in split(pack.domain()) {
             // SAFETY: the buffers have the lengths the kernel reports.
@@ -233,7 +263,7 @@ impl Case {
         }
         let mut y = vec![f32::NAN; self.output_len()];
         let buffers = ForwardBuffers {
-            input: self.x.as_ptr(),
+            input: x.as_ptr(),
             kernel: packed.as_ptr(),
             bias: self.b.as_ref().map(|b| b.as_ptr()),
             output: y.as_mut_ptr(),
@@ -255,12 +285,25 @@ impl Case {
         backend: Backend,
         split: impl Fn(usize) -> Vec<Range<usize>>,
     ) -> (Vec<f32>, Vec<f32>) {
+        self.backward_filter_reading(backend, split, Storage::F32)
+    }
+
+    /// [`Self::backward_filter`] on the input stored as `storage`.
+    fn backward_filter_reading(
+        &self,
+        backend: Backend,
+        split: impl Fn(usize) -> Vec<Range<usize>>,
+        storage: Storage,
+    ) -> (Vec<f32>, Vec<f32>) {
         let name = format!("{:?}", self.shape);
-        let kernel = ConvBackwardFilter::bf16(&name, &self.shape, backend).expect("a valid shape");
+        let kernel = ConvBackwardFilter::bf16(&name, &self.shape, backend)
+            .and_then(|kernel| kernel.reading(storage))
+            .expect("a valid shape");
+        let x = self.input(storage);
         let mut dw = vec![f32::NAN; self.w.len()];
         let mut db = vec![f32::NAN; self.shape.out_channels];
         let buffers = BackwardFilterBuffers {
-            input: self.x.as_ptr(),
+            input: x.as_ptr(),
             output_grad: self.dy.as_ptr(),
             kernel_grad: dw.as_mut_ptr(),
             bias_grad: self.shape.bias.then_some(db.as_mut_ptr()),
@@ -437,6 +480,28 @@ fn forward_differs_from_f32_by_what_bf16_rounding_does() {
         small(integers.b.as_mut().expect("a bias"));
         let exact = integers.reference(&integers.x, &integers.w, integers.b.as_deref());
         assert_eq!(integers.forward(backend, uneven), exact);
+    }
+}
+
+/// An input stored in bf16 (an activation its producer wrote rounded)
+/// gives the forward product and the kernel gradient bit for bit what its
+/// f32 values give: the kernels copy bf16 values where they round f32s.
+#[test]
+fn a_bf16_input_gives_the_bits_its_f32_values_give() {
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+    for backend in backends() {
+        for case in cases() {
+            let s = &case.shape;
+            let [f32_y, bf16_y] = [Storage::F32, Storage::Bf16]
+                .map(|st| bits(case.forward_reading(backend, uneven, st)));
+            assert_eq!(f32_y, bf16_y, "forward {s:?}");
+            let [(f32_dw, f32_db), (bf16_dw, bf16_db)] = [Storage::F32, Storage::Bf16].map(|st| {
+                let (dw, db) = case.backward_filter_reading(backend, uneven, st);
+                (bits(dw), bits(db))
+            });
+            assert_eq!(f32_dw, bf16_dw, "dw {s:?}");
+            assert_eq!(f32_db, bf16_db, "db {s:?}");
+        }
     }
 }
 

@@ -44,7 +44,7 @@ use self::geometry::{add_assign, Geometry};
 use self::matmul::{matmul, matmul_small_rows, Operand, FEW_ROWS, SMALL_ROWS};
 use self::positions::{Positions, Side};
 use super::axis::Axis;
-use super::{CodegenError, CompiledKernel};
+use super::{CodegenError, CompiledKernel, Storage};
 use crate::graph::Padding;
 
 /// Target size in f32s of one item's scratch block (512 KiB): with a panel
@@ -1288,6 +1288,8 @@ pub struct ConvBackwardFilter {
     /// im2col columns as a left operand's rows and its rows of the output
     /// gradient as panels, and the blocks' products are summed in f32.
     bf16: Option<(bf16::Backend, bf16::Packer)>,
+    /// How the input is stored (bf16 only with `bf16` products).
+    input: Storage,
 }
 
 impl ConvBackwardFilter {
@@ -1314,6 +1316,7 @@ impl ConvBackwardFilter {
             rows_per_block,
             direct,
             bf16: None,
+            input: Storage::F32,
         })
     }
 
@@ -1346,6 +1349,22 @@ impl ConvBackwardFilter {
         backend: bf16::Backend,
     ) -> Result<ConvBackwardFilter, CodegenError> {
         ConvBackwardFilter::bf16(name, &shape.as_conv(), backend)
+    }
+
+    /// This kernel reading its input stored as `input`: bf16 values,
+    /// which a kernel whose products are in bf16 copies where it would
+    /// round f32s (the same operands, so the same result, bit for bit).
+    ///
+    /// # Errors
+    /// When the input is bf16 and the products are not.
+    pub fn reading(self, input: Storage) -> Result<ConvBackwardFilter, CodegenError> {
+        if input == Storage::Bf16 && self.bf16.is_none() {
+            return Err(CodegenError::Malformed {
+                kernel: self.common.name.clone(),
+                message: "a bf16 input needs products in bf16".into(),
+            });
+        }
+        Ok(ConvBackwardFilter { input, ..self })
     }
 
     /// The backend of its bf16 products, if they are.
@@ -1620,11 +1639,20 @@ impl ConvBackwardFilter {
         let (cin, cout) = (g.shape.in_channels, g.shape.out_channels);
         let cols = item * self.cols_per_item..((item + 1) * self.cols_per_item).min(g.cols);
         let n = cols.len();
-        // SAFETY: the caller's contract: the input and the output gradient
-        // are only read.
+        // SAFETY: the caller's contract: the input (f32s, or bf16 values
+        // as the kernel was made to read) and the output gradient are only
+        // read.
         let (input, output_grad) = unsafe {
             (
-                std::slice::from_raw_parts(buffers.input, g.input_len),
+                match self.input {
+                    Storage::F32 => {
+                        bf16::Source::F32(std::slice::from_raw_parts(buffers.input, g.input_len))
+                    }
+                    Storage::Bf16 => bf16::Source::Bf16(std::slice::from_raw_parts(
+                        buffers.input.cast::<u16>(),
+                        g.input_len,
+                    )),
+                },
                 std::slice::from_raw_parts(buffers.output_grad, g.output_len),
             )
         };
@@ -1639,11 +1667,29 @@ impl ConvBackwardFilter {
             let rows = first..(first + self.rows_per_block).min(g.rows);
             let r = rows.len();
             let left = &mut left[..n * bf16::padded_pairs(r)];
-            if g.pointwise {
-                packer.columns(&input[first * cin..], (r, cin), cols.clone(), left);
-            } else {
-                g.im2col(input, rows.clone(), cols.clone(), block);
-                packer.columns(block, (r, n), 0..n, left);
+            match input {
+                bf16::Source::F32(x) if g.pointwise => packer.columns(
+                    bf16::Source::F32(&x[first * cin..]),
+                    (r, cin),
+                    cols.clone(),
+                    left,
+                ),
+                bf16::Source::Bf16(x) if g.pointwise => packer.columns(
+                    bf16::Source::Bf16(&x[first * cin..]),
+                    (r, cin),
+                    cols.clone(),
+                    left,
+                ),
+                bf16::Source::F32(x) => {
+                    let block = &mut block[..r * n];
+                    g.im2col(x, rows.clone(), cols.clone(), block);
+                    packer.columns(bf16::Source::F32(block), (r, n), 0..n, left);
+                }
+                bf16::Source::Bf16(x) => {
+                    let block = &mut bf16::halves_mut(bf16::words_mut(block))[..r * n];
+                    g.im2col(x, rows.clone(), cols.clone(), block);
+                    packer.columns(bf16::Source::Bf16(block), (r, n), 0..n, left);
+                }
             }
             let dy = &output_grad[first * cout..][..r * cout];
             let right = &mut right[..bf16::panels_words(r, cout)];

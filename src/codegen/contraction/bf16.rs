@@ -205,6 +205,41 @@ pub fn words_mut(floats: &mut [f32]) -> &mut [u32] {
     unsafe { std::slice::from_raw_parts_mut(floats.as_mut_ptr().cast(), floats.len()) }
 }
 
+/// The halves of `words` as bf16 values: value `2q` in the low half of
+/// word `q`, `2q + 1` in its high half (little-endian memory order).
+pub fn halves_mut(words: &mut [u32]) -> &mut [u16] {
+    // SAFETY: two u16s fill a u32 exactly, u32's alignment satisfies
+    // u16's, and every bit pattern is valid for both.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), 2 * words.len()) }
+}
+
+/// The values a packer reads: f32s, rounded as they are packed, or bf16
+/// values (their bits), copied.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// bf16 values.
+    Bf16(&'a [u16]),
+}
+
+impl Source<'_> {
+    fn len(self) -> usize {
+        match self {
+            Source::F32(values) => values.len(),
+            Source::Bf16(values) => values.len(),
+        }
+    }
+
+    /// Value `i`, packed (rounded, if it is an f32).
+    fn bf16(self, i: usize) -> u16 {
+        match self {
+            Source::F32(values) => round(values[i]),
+            Source::Bf16(values) => values[i],
+        }
+    }
+}
+
 /// Pairs in a row of one AMX tile: 64 bytes.
 const TILE_PAIRS: usize = 16;
 
@@ -228,7 +263,8 @@ impl Packer {
     pub fn new() -> Packer {
         #[cfg(target_arch = "x86_64")]
         let vectors = std::arch::is_x86_feature_detected!("avx512bf16")
-            && std::arch::is_x86_feature_detected!("avx512bw");
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl");
         #[cfg(not(target_arch = "x86_64"))]
         let vectors = false;
         Packer { vectors }
@@ -342,7 +378,7 @@ impl Packer {
     /// packed columns.
     pub fn columns(
         self,
-        source: &[f32],
+        source: Source,
         (rows, stride): (usize, usize),
         columns: Range<usize>,
         packed: &mut [u32],
@@ -366,14 +402,14 @@ impl Packer {
         }
         let at = |row: usize, col: usize| {
             if row < rows {
-                source[row * stride + col]
+                u32::from(source.bf16(row * stride + col))
             } else {
-                0.0
+                0
             }
         };
         for (c, col) in columns.enumerate() {
             for (q, word) in packed[c * words..][..words].iter_mut().enumerate() {
-                *word = pair(at(2 * q, col), at(2 * q + 1, col));
+                *word = at(2 * q, col) | at(2 * q + 1, col) << 16;
             }
         }
     }
@@ -647,11 +683,12 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::{
-        __m512, __m512bh, __m512i, __mmask16, _mm512_cvtne2ps_pbh, _mm512_dpbf16_ps,
-        _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_permutexvar_epi16,
-        _mm512_set1_epi32, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_shuffle_i32x4,
-        _mm512_storeu_si512, _mm512_unpackhi_epi32, _mm512_unpackhi_epi64, _mm512_unpacklo_epi32,
-        _mm512_unpacklo_epi64,
+        __m256i, __m512, __m512bh, __m512i, __mmask16, _mm256_maskz_loadu_epi16,
+        _mm256_setzero_si256, _mm512_castsi256_si512, _mm512_cvtne2ps_pbh, _mm512_dpbf16_ps,
+        _mm512_inserti64x4, _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
+        _mm512_permutexvar_epi16, _mm512_set1_epi32, _mm512_setzero_ps, _mm512_setzero_si512,
+        _mm512_shuffle_i32x4, _mm512_storeu_si512, _mm512_unpackhi_epi32, _mm512_unpackhi_epi64,
+        _mm512_unpacklo_epi32, _mm512_unpacklo_epi64,
     };
     use std::ops::Range;
 
@@ -830,7 +867,7 @@ mod avx512 {
     /// [`super::Packer::columns`] asserts.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn pack_columns(
-        source: &[f32],
+        source: super::Source,
         (rows, stride): (usize, usize),
         columns: Range<usize>,
         packed: &mut [u32],
@@ -838,11 +875,35 @@ mod avx512 {
         let words = super::padded_pairs(rows);
         // SAFETY: 64 bytes of a constant.
         let interleave = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
-        let row = |r: usize, first: usize, count: usize| -> __m512 {
-            if r < rows {
-                load(&source[r * stride + first..][..count], 0)
-            } else {
-                _mm512_setzero_ps()
+        // Rows `2q` and `2q + 1` at columns `first..first + count` as 32
+        // bf16 values: the even row's 16 in lanes 0..16, the odd row's in
+        // lanes 16..32.
+        let halves = |q: usize, first: usize, count: usize| -> __m512i {
+            let (even, odd) = (2 * q, 2 * q + 1);
+            match source {
+                super::Source::F32(values) => {
+                    let row = |r: usize| {
+                        if r < rows {
+                            load(&values[r * stride + first..][..count], 0)
+                        } else {
+                            _mm512_setzero_ps()
+                        }
+                    };
+                    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+                        row(odd),
+                        row(even),
+                    ))
+                }
+                super::Source::Bf16(values) => {
+                    let row = |r: usize| {
+                        if r < rows {
+                            load_halves(&values[r * stride + first..][..count])
+                        } else {
+                            _mm256_setzero_si256()
+                        }
+                    };
+                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(row(even)), row(odd))
+                }
             }
         };
         for c0 in columns.clone().step_by(LANES) {
@@ -850,10 +911,7 @@ mod avx512 {
             for q0 in (0..words).step_by(LANES) {
                 let mut block = [_mm512_setzero_si512(); LANES];
                 for (i, vector) in block.iter_mut().enumerate() {
-                    let q = q0 + i;
-                    let (even, odd) = (row(2 * q, c0, count), row(2 * q + 1, c0, count));
-                    let values: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even));
-                    *vector = _mm512_permutexvar_epi16(interleave, values);
+                    *vector = _mm512_permutexvar_epi16(interleave, halves(q0 + i, c0, count));
                 }
                 let columns_of = transpose(block);
                 for (j, vector) in columns_of.iter().enumerate().take(count) {
@@ -939,6 +997,16 @@ mod avx512 {
             out[12 + m] = _mm512_shuffle_i32x4::<0xdd>(high, high2);
         }
         out
+    }
+
+    /// The first 16 of `values` (fewer when it is shorter, zeros after).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    fn load_halves(values: &[u16]) -> __m256i {
+        let lanes = values.len().min(LANES);
+        let mask = ((1u32 << lanes) - 1) as __mmask16;
+        // SAFETY: the mask's lanes lie within `values`.
+        unsafe { _mm256_maskz_loadu_epi16(mask, values.as_ptr().cast()) }
     }
 
     /// Values `start .. start + 16` of `values`, zero past its end.
@@ -1037,11 +1105,23 @@ mod tests {
         ] {
             let source = matrix(rows * stride, rows as u32);
             let words = padded_pairs(rows);
+            let rounded: Vec<u16> = source.iter().map(|&v| round(v)).collect();
             let mut vector = vec![7u32; columns.len() * words];
             let mut scalar = vec![9u32; columns.len() * words];
-            Packer::new().columns(&source, (rows, stride), columns.clone(), &mut vector);
-            Packer::scalar().columns(&source, (rows, stride), columns.clone(), &mut scalar);
+            let f32s = Source::F32(&source);
+            Packer::new().columns(f32s, (rows, stride), columns.clone(), &mut vector);
+            Packer::scalar().columns(f32s, (rows, stride), columns.clone(), &mut scalar);
             assert_eq!(vector, scalar, "{rows} rows, columns {columns:?}");
+            // The same values already in bf16 pack to the same words.
+            for packer in [Packer::new(), Packer::scalar()] {
+                let mut copied = vec![5u32; columns.len() * words];
+                let bf16s = Source::Bf16(&rounded);
+                packer.columns(bf16s, (rows, stride), columns.clone(), &mut copied);
+                assert_eq!(
+                    copied, vector,
+                    "{rows} rows, columns {columns:?}, {packer:?}"
+                );
+            }
             let transposed: Vec<f32> = columns
                 .clone()
                 .flat_map(|c| (0..rows).map(move |r| (r, c)))

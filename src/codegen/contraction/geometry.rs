@@ -161,8 +161,15 @@ impl Geometry {
     }
 
     /// Writes columns `cols` of im2col rows `rows` into `out`, row-major
-    /// `[rows.len(), cols.len()]`; `input` is the whole NHWC input.
-    pub fn im2col(&self, input: &[f32], rows: Range<usize>, cols: Range<usize>, out: &mut [f32]) {
+    /// `[rows.len(), cols.len()]`; `input` is the whole NHWC input, f32s
+    /// or bf16 bits (`u16`), which it copies as they are.
+    pub fn im2col<T: Copy + Default>(
+        &self,
+        input: &[T],
+        rows: Range<usize>,
+        cols: Range<usize>,
+        out: &mut [T],
+    ) {
         let width = cols.len();
         if width == 0 {
             return;
@@ -202,12 +209,12 @@ impl Geometry {
     /// The im2col row of output position `(image, oy, ox)` from column
     /// `first` on: one run of columns per active tap row, each read from one
     /// row of the image.
-    fn im2col_row(
+    fn im2col_row<T: Copy + Default>(
         &self,
-        input: &[f32],
+        input: &[T],
         (image, oy, ox): (usize, usize, usize),
         first: usize,
-        dst: &mut [f32],
+        dst: &mut [T],
     ) {
         let line_len = self.shape.width * self.shape.in_channels;
         let run = self.x_taps.len() * self.shape.in_channels;
@@ -233,7 +240,7 @@ impl Geometry {
 
     /// Columns `offset..offset + out.len()` of the run of one tap row at
     /// output column `ox`, read from `line`, one row of the image.
-    fn fill_run(&self, line: &[f32], ox: usize, offset: usize, out: &mut [f32]) {
+    fn fill_run<T: Copy + Default>(&self, line: &[T], ox: usize, offset: usize, out: &mut [T]) {
         let c = self.shape.in_channels;
         if self.x_contiguous {
             // The run is one stretch of the image row, clipped by padding.
@@ -248,7 +255,7 @@ impl Geometry {
             let (chunk, tail) = rest.split_at_mut((c - channel).min(rest.len()));
             match self.x.source(ox, self.x_taps[column / c]) {
                 Some(ix) => chunk.copy_from_slice(&line[ix * c + channel..][..chunk.len()]),
-                None => chunk.fill(0.0),
+                None => chunk.fill(T::default()),
             }
             column += chunk.len();
             rest = tail;
@@ -366,7 +373,7 @@ fn weight_groups(
 }
 
 /// `out[i] = source[start + i]`, zero where that falls outside `source`.
-fn copy_clipped(source: &[f32], start: isize, out: &mut [f32]) {
+fn copy_clipped<T: Copy + Default>(source: &[T], start: isize, out: &mut [T]) {
     let len = out.len() as isize;
     if start >= 0 && start + len <= source.len() as isize {
         return copy_short(out, &source[start as usize..][..out.len()]);
@@ -385,7 +392,7 @@ fn copy_clipped(source: &[f32], start: isize, out: &mut [f32]) {
 /// few f32s (a 7x7 kernel on one channel copies runs of 7), where the call
 /// costs more than the copy: two overlapping fixed-size copies instead.
 #[inline]
-fn copy_short(out: &mut [f32], source: &[f32]) {
+fn copy_short<T: Copy>(out: &mut [T], source: &[T]) {
     let n = out.len();
     match n {
         0 => {}
@@ -406,26 +413,27 @@ fn copy_short(out: &mut [f32], source: &[f32]) {
     }
 }
 
-/// `out.fill(0.0)`, without a call to `memset` for a few f32s.
+/// `out.fill(zero)`, without a call to `memset` for a few values.
 #[inline]
-fn zero_short(out: &mut [f32]) {
+fn zero_short<T: Copy + Default>(out: &mut [T]) {
     let n = out.len();
+    let zero = T::default();
     match n {
         0 => {}
         1..=3 => {
-            out[0] = 0.0;
-            out[n / 2] = 0.0;
-            out[n - 1] = 0.0;
+            out[0] = zero;
+            out[n / 2] = zero;
+            out[n - 1] = zero;
         }
         4..=8 => {
-            out[..4].copy_from_slice(&[0.0; 4]);
-            out[n - 4..].copy_from_slice(&[0.0; 4]);
+            out[..4].copy_from_slice(&[zero; 4]);
+            out[n - 4..].copy_from_slice(&[zero; 4]);
         }
         9..=16 => {
-            out[..8].copy_from_slice(&[0.0; 8]);
-            out[n - 8..].copy_from_slice(&[0.0; 8]);
+            out[..8].copy_from_slice(&[zero; 8]);
+            out[n - 8..].copy_from_slice(&[zero; 8]);
         }
-        _ => out.fill(0.0),
+        _ => out.fill(zero),
     }
 }
 

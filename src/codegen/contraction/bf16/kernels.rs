@@ -14,13 +14,13 @@
 
 use std::ops::Range;
 
-use super::{padded_pairs, panels_words, product, Backend, Packer, Panels, Rows, PANEL};
+use super::{padded_pairs, panels_words, product, Backend, Packer, Panels, Rows, Source, PANEL};
 use crate::codegen::contraction::geometry::Geometry;
 use crate::codegen::contraction::{
     items_of_images, rows_per_item, scratch_for, Common, ConvShape, DenseShape, Epilogue,
     ForwardBuffers, Lengths,
 };
-use crate::codegen::CodegenError;
+use crate::codegen::{CodegenError, Storage};
 
 /// The f32 slots (one per word of two bf16 values) of convolution
 /// `shape`'s weights packed by [`PackWeights`]: the weight rows of its
@@ -185,6 +185,8 @@ pub struct Bf16Forward {
     backend: Backend,
     packer: Packer,
     rows_per_item: usize,
+    /// How the input is stored.
+    input: Storage,
 }
 
 impl Bf16Forward {
@@ -206,7 +208,15 @@ impl Bf16Forward {
             backend,
             packer: Packer::new(),
             rows_per_item,
+            input: Storage::F32,
         })
+    }
+
+    /// This kernel reading its input stored as `input`: bf16 values are
+    /// copied into the packed rows where f32s would be rounded (the same
+    /// operands, so the same result, bit for bit).
+    pub fn reading(self, input: Storage) -> Bf16Forward {
+        Bf16Forward { input, ..self }
     }
 
     /// The forward kernel of dense layer `shape` on `backend`.
@@ -281,11 +291,20 @@ impl Bf16Forward {
         let scratch = c.check(&items, self.domain(), given, scratch, self.scratch_len())?;
         let g = &c.geometry;
         let cout = g.shape.out_channels;
-        // SAFETY: the caller's contract: the input and the packed weights
-        // are only read.
+        // SAFETY: the caller's contract: the input (f32s, or bf16 values
+        // as the kernel was made to read) and the packed weights are only
+        // read.
         let (input, weights) = unsafe {
             (
-                std::slice::from_raw_parts(buffers.input, g.input_len),
+                match self.input {
+                    Storage::F32 => {
+                        Source::F32(std::slice::from_raw_parts(buffers.input, g.input_len))
+                    }
+                    Storage::Bf16 => Source::Bf16(std::slice::from_raw_parts(
+                        buffers.input.cast::<u16>(),
+                        g.input_len,
+                    )),
+                },
                 std::slice::from_raw_parts(
                     buffers.kernel.cast::<u32>(),
                     panels_words(g.cols, cout),
@@ -329,7 +348,7 @@ impl Bf16Forward {
     /// back.
     fn pack_rows<'s>(
         &self,
-        input: &[f32],
+        input: Source,
         rows: Range<usize>,
         scratch: &'s mut [f32],
     ) -> Rows<&'s [u32]> {
@@ -338,13 +357,29 @@ impl Bf16Forward {
         let (packed, row) = scratch.split_at_mut(self.rows_per_item * stride);
         let packed = super::words_mut(packed);
         for (r, words) in rows.clone().zip(packed.chunks_exact_mut(stride)) {
-            let values = if g.pointwise {
-                &input[r * g.cols..][..g.cols]
-            } else {
-                g.im2col(input, r..r + 1, 0..g.cols, &mut row[..g.cols]);
-                &row[..g.cols]
-            };
-            self.packer.row(values, words);
+            match input {
+                Source::F32(input) => {
+                    let values = if g.pointwise {
+                        &input[r * g.cols..][..g.cols]
+                    } else {
+                        g.im2col(input, r..r + 1, 0..g.cols, &mut row[..g.cols]);
+                        &row[..g.cols]
+                    };
+                    self.packer.row(values, words);
+                }
+                Source::Bf16(input) => {
+                    // A packed row is its values in order, two to a word:
+                    // bf16 values go there as they are.
+                    let halves = super::halves_mut(words);
+                    let (values, padding) = halves.split_at_mut(g.cols);
+                    if g.pointwise {
+                        values.copy_from_slice(&input[r * g.cols..][..g.cols]);
+                    } else {
+                        g.im2col(input, r..r + 1, 0..g.cols, values);
+                    }
+                    padding.fill(0);
+                }
+            }
         }
         Rows::new(&packed[..rows.len() * stride], rows.len(), g.cols)
     }
