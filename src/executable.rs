@@ -14,7 +14,7 @@ use crate::codegen::elementwise::Elementwise;
 use crate::codegen::program::{Kernel, Program, RowEpilogue, RowKernel, Step};
 use crate::codegen::{CodegenError, CompiledKernel, Jit};
 use crate::memory::Layout;
-use crate::plan::{Algorithm, ContractionPass, Geometry, KernelDesc, KernelPlan};
+use crate::plan::{Algorithm, ContractionPass, Geometry, KernelDesc, KernelPlan, Storage};
 
 /// Element counts below which a kernel runs on one thread: below this,
 /// waking a second thread costs more than it saves.
@@ -112,8 +112,8 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             name,
             geometry,
             pass,
-            algorithm: Algorithm::Bf16,
-        } => bf16_contraction(jit, name, geometry, pass)?,
+            algorithm: Algorithm::Bf16 { input },
+        } => bf16_contraction(jit, name, geometry, pass, *input)?,
         KernelDesc::PackWeights {
             name,
             geometry,
@@ -283,6 +283,7 @@ fn bf16_contraction(
     name: &str,
     geometry: &Geometry,
     pass: &ContractionPass,
+    input: Storage,
 ) -> Result<(Box<dyn Kernel>, usize), CodegenError> {
     let work = match geometry {
         Geometry::Conv(s) => s.batch * s.height * s.width * s.in_channels * s.out_channels,
@@ -311,7 +312,8 @@ fn bf16_contraction(
             let kernel = match geometry {
                 Geometry::Conv(s) => ConvBackwardFilter::bf16(name, s, backend)?,
                 Geometry::Dense(s) => ConvBackwardFilter::dense_bf16(name, s, backend)?,
-            };
+            }
+            .reading(input)?;
             let step = BackwardFilterStep {
                 kernel,
                 name: name.to_string(),
@@ -328,7 +330,8 @@ fn bf16_contraction(
     let kernel = match geometry {
         Geometry::Conv(s) => Bf16Forward::new(name, s, backend)?,
         Geometry::Dense(s) => Bf16Forward::dense(name, s, backend)?,
-    };
+    }
+    .reading(input);
     let epilogue = match epilogue {
         Some(e) => Some(compile_epilogue(jit, e)?),
         None => None,

@@ -5,7 +5,8 @@
 //! ```text
 //! .cnn source ──load (parse, imports)──▶ Program ──elaborate──▶ Graph ──infer──▶ TypedGraph
 //!   ──autodiff──▶ TrainingGraph / GradientGraph ──lower──▶ KernelPlan ──fuse──▶ KernelPlan
-//!   ──precision──▶ KernelPlan ──algorithm──▶ KernelPlan ──schedule──▶ KernelPlan
+//!   ──precision──▶ KernelPlan ──algorithm──▶ KernelPlan ──storage──▶ KernelPlan
+//!   ──schedule──▶ KernelPlan
 //!   ──memory::plan──▶ Layout ──executable::build──▶ Compiled
 //!   ──runtime──▶ Inference / Trainer / Gradients
 //! ```
@@ -351,6 +352,9 @@ fn rewrite(mut plan: KernelPlan, precision: Precision) -> Result<KernelPlan, Com
     // Epilogues on the input gradients that run on Winograd's transforms,
     // which only the algorithm pass has said.
     passes::fuse::run(&mut plan)?;
+    // Activations that only bf16 products and element-wise kernels read,
+    // stored in bf16 (after fusion, which decides who reads what).
+    passes::storage::run(&mut plan, precision)?;
     // Each optimizer update right after the last step that needs its
     // weight's old value, so that its gradient's memory is free early.
     passes::schedule::run(&mut plan)?;

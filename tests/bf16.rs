@@ -690,12 +690,18 @@ fn a_bf16_step_takes_the_f32_steps_gradients_within_bf16s_error() {
     };
     let (after_f32, f32_methods) = step(Precision::F32);
     let (after_bf16, bf16_methods) = step(Precision::Bf16);
+    // Reading f32 inputs, or bf16 ones (activations that only bf16
+    // products and element-wise kernels read are stored in bf16).
     let bf16_kernels = |methods: &[String], pass: &str| {
         methods
             .iter()
-            .filter(|m| *m == &format!("{pass}, bf16"))
+            .filter(|m| m.starts_with(&format!("{pass}, bf16")))
             .count()
     };
+    let bf16_inputs = bf16_methods
+        .iter()
+        .filter(|m| m.ends_with("bf16, input bf16"))
+        .count();
     assert_eq!(bf16_kernels(&f32_methods, "forward"), 0);
     // The unit's two 3x3 and its 1x1 shortcut, dense; the first layer's
     // forward product sums 9 terms and stays f32.
@@ -715,6 +721,11 @@ fn a_bf16_step_takes_the_f32_steps_gradients_within_bf16s_error() {
         4,
         "{bf16_methods:?}"
     );
+    // The unit's first 3x3 and its shortcut read the first layer's
+    // output, which that layer's epilogue writes (f32); the unit's second
+    // 3x3 and the dense layer read element-wise kernels' outputs (bf16):
+    // their forward products and kernel gradients.
+    assert_eq!(bf16_inputs, 4, "{bf16_methods:?}");
     for (name, before) in store.iter() {
         let gradient = |after: &TensorStore| -> Vec<f64> {
             let after = &after.get(name).expect("a weight").data;

@@ -117,13 +117,41 @@ fn one_two_and_three_ranks_train_the_weights_of_one_process() {
     std::fs::remove_dir_all(&dir).expect("removed");
 }
 
+/// A small model whose activations after batchnorm and dropout feed bf16
+/// products, and so are stored in bf16 in a bf16 step.
+const BF16_MODEL: &str = "model small : [28, 28, 1] {
+    conv(8, 3, padding: same) -> batchnorm -> relu
+    conv(16, 3, padding: same) -> batchnorm -> relu
+    maxpool(4)
+    flatten
+    dropout(0.25)
+    dense(10, activation: softmax)
+}
+train small {
+    optimizer: adam(lr: 0.01)
+    batch: 30
+    seed: 3
+    validation: 60
+    augment: (shift: 2, flip: true)
+}
+";
+
 /// In bf16 too, 1, 2 and 3 ranks train the weights one process trains:
-/// the products' rounding depends on neither the ranks nor the threads.
-/// On a CPU without bf16 instructions, every run refuses instead, naming
-/// them.
+/// the products' rounding depends on neither the ranks nor the threads,
+/// and activations stored in bf16 split at whole examples. On a CPU
+/// without bf16 instructions, every run refuses instead, naming them.
 #[test]
 fn bf16_ranks_train_the_weights_of_one_process() {
     let dir = scratch("bf16");
+    std::fs::write(dir.join("small.cnn"), BF16_MODEL).expect("model");
+    let plan = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .current_dir(&dir)
+        .args(["compile", "small.cnn", "--emit", "train-kernels"])
+        .args(["--batch", "30", "--precision", "bf16"])
+        .output()
+        .expect("cnnc");
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.contains("] bf16 temporary"), "{plan}");
     let bf16 = ["--epochs", "2", "--precision", "bf16"];
     if cnnc::codegen::contraction::bf16::Backend::best().is_none() {
         for ranks in [0, 2] {

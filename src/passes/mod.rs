@@ -6,3 +6,4 @@ pub mod fuse;
 pub mod lower;
 pub mod precision;
 pub mod schedule;
+pub mod storage;

@@ -131,8 +131,13 @@ pub enum Algorithm {
     /// fastest backend the CPU runs. For the forward pass and the input
     /// gradient, the step's kernel buffer is then the weights packed by a
     /// [`KernelDesc::PackWeights`] step before it (transposed for the
-    /// input gradient).
-    Bf16,
+    /// input gradient). `input` is how the layer's input is stored, which
+    /// the forward pass and the kernel gradient read (bf16 where the
+    /// precision pass stored it so).
+    Bf16 {
+        /// How the input is stored.
+        input: Storage,
+    },
 }
 
 /// The description of one kernel call.
@@ -439,7 +444,12 @@ impl KernelDesc {
                 match algorithm {
                     Algorithm::Gemm => format!("{pass}, gemm"),
                     Algorithm::Winograd(tile) => format!("{pass}, winograd {}", tile.label()),
-                    Algorithm::Bf16 => format!("{pass}, bf16"),
+                    Algorithm::Bf16 {
+                        input: Storage::F32,
+                    } => format!("{pass}, bf16"),
+                    Algorithm::Bf16 {
+                        input: Storage::Bf16,
+                    } => format!("{pass}, bf16, input bf16"),
                 }
             }
             KernelDesc::WinogradFilter { tile, .. } => {
@@ -509,7 +519,12 @@ impl KernelDesc {
                     Algorithm::Winograd(tile) => {
                         format!("contraction {pass} winograd {} {geometry:?}", tile.label())
                     }
-                    Algorithm::Bf16 => format!("contraction {pass} bf16 {geometry:?}"),
+                    Algorithm::Bf16 {
+                        input: Storage::F32,
+                    } => format!("contraction {pass} bf16 {geometry:?}"),
+                    Algorithm::Bf16 {
+                        input: Storage::Bf16,
+                    } => format!("contraction {pass} bf16 input bf16 {geometry:?}"),
                 }
             }
             KernelDesc::WinogradFilter {

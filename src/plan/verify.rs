@@ -430,7 +430,7 @@ fn contraction(
             match algorithm {
                 Algorithm::Gemm => kernel_len(s),
                 Algorithm::Winograd(tile) => winograd_kernel_len(s, tile)?,
-                Algorithm::Bf16 => bf16_kernel_len(geometry, pass)?,
+                Algorithm::Bf16 { .. } => bf16_kernel_len(geometry, pass)?,
             },
             s.bias.then_some(s.out_channels),
             conv_output(s)?,
@@ -441,7 +441,7 @@ fn contraction(
         Geometry::Dense(s) => (
             s.rows * s.inputs,
             match algorithm {
-                Algorithm::Bf16 => bf16_kernel_len(geometry, pass)?,
+                Algorithm::Bf16 { .. } => bf16_kernel_len(geometry, pass)?,
                 _ => s.inputs * s.units,
             },
             s.bias.then_some(s.units),
@@ -449,9 +449,17 @@ fn contraction(
         ),
     };
     let y = rows * channels;
+    // The input as the forward pass and the kernel gradient read it.
+    let input = Param {
+        storage: match algorithm {
+            Algorithm::Bf16 { input } => input,
+            Algorithm::Gemm | Algorithm::Winograd(_) => Storage::F32,
+        },
+        ..read(x)
+    };
     Ok(match pass {
         ContractionPass::Forward { epilogue } => {
-            let mut params = vec![read(x), read(w)];
+            let mut params = vec![input, read(w)];
             params.extend(bias.map(read));
             params.push(write(y));
             if let Some(e) = epilogue {
@@ -484,7 +492,7 @@ fn contraction(
             params
         }
         ContractionPass::BackwardFilter => {
-            let mut params = vec![read(x), read(y), write(w)];
+            let mut params = vec![input, read(y), write(w)];
             params.extend(bias.map(write));
             params
         }
