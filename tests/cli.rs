@@ -138,6 +138,24 @@ fn compile_emits_the_kernel_plans() {
     ] {
         assert!(plan.contains(kind), "no {kind} in\n{plan}");
     }
+    assert!(!plan.contains("bf16"), "{plan}");
+    // The plan in bf16 (a plan needs no bf16 instructions): weights
+    // packed, products in bf16, an activation stored in bf16.
+    let out = cnnc(&[
+        "compile",
+        "examples/resnet34.cnn",
+        "--emit",
+        "train-kernels",
+        "--batch",
+        "2",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = stdout(&out);
+    for kind in ["pack bf16", "contraction forward bf16", "] bf16 temporary"] {
+        assert!(plan.contains(kind), "no {kind} in\n{plan}");
+    }
 }
 
 #[test]
