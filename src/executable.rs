@@ -112,8 +112,8 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             name,
             geometry,
             pass,
-            algorithm: Algorithm::Bf16 { input },
-        } => bf16_contraction(jit, name, geometry, pass, *input)?,
+            algorithm: Algorithm::Bf16 { input, output },
+        } => bf16_contraction(jit, name, geometry, pass, (*input, *output))?,
         KernelDesc::PackWeights {
             name,
             geometry,
@@ -283,7 +283,7 @@ fn bf16_contraction(
     name: &str,
     geometry: &Geometry,
     pass: &ContractionPass,
-    input: Storage,
+    (input, output): (Storage, Storage),
 ) -> Result<(Box<dyn Kernel>, usize), CodegenError> {
     let work = match geometry {
         Geometry::Conv(s) => s.batch * s.height * s.width * s.in_channels * s.out_channels,
@@ -331,7 +331,8 @@ fn bf16_contraction(
         Geometry::Conv(s) => Bf16Forward::new(name, s, backend)?,
         Geometry::Dense(s) => Bf16Forward::dense(name, s, backend)?,
     }
-    .reading(input);
+    .reading(input)
+    .writing(output);
     let epilogue = match epilogue {
         Some(e) => Some(compile_epilogue(jit, e)?),
         None => None,

@@ -17,9 +17,10 @@ use cnnc::autodiff::LossSpec;
 use cnnc::codegen::contraction::bf16::{error_bound, round, Backend, Bf16Forward, PackWeights};
 use cnnc::codegen::contraction::{
     BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData, ConvBackwardFilter, ConvShape,
-    DenseShape, ForwardBuffers,
+    DenseShape, Epilogue, ForwardBuffers,
 };
-use cnnc::codegen::Storage;
+use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand};
+use cnnc::codegen::{CompiledKernel, Jit, Storage};
 use cnnc::config::{Optimizer, OptimizerKind, TrainConfig};
 use cnnc::graph::{AxisPadding, Padding};
 use cnnc::ops::{output_size, same_padding};
@@ -250,18 +251,36 @@ impl Case {
         split: impl Fn(usize) -> Vec<Range<usize>>,
         storage: Storage,
     ) -> Vec<f32> {
+        self.forward_stored(backend, split, [storage, Storage::F32], None)
+    }
+
+    /// The bf16 forward kernel's output buffer (its f32s, or its bf16
+    /// values two to a slot), the input and the output stored as
+    /// `[input, output]` and `epilogue` (if any) run on its rows.
+    fn forward_stored(
+        &self,
+        backend: Backend,
+        split: impl Fn(usize) -> Vec<Range<usize>>,
+        [input, output]: [Storage; 2],
+        epilogue: Option<&Epilogue>,
+    ) -> Vec<f32> {
         let name = format!("{:?}", self.shape);
         let pack = PackWeights::new(&name, &self.shape).expect("a valid shape");
         let kernel = Bf16Forward::new(&name, &self.shape, backend)
             .expect("a valid shape")
-            .reading(storage);
-        let x = self.input(storage);
+            .reading(input)
+            .writing(output);
+        let x = self.input(input);
         let mut packed = vec![f32::NAN; pack.packed_len()];
         for part in split(pack.domain()) {
             // SAFETY: the buffers have the lengths the kernel reports.
             unsafe { pack.run(self.w.as_ptr(), packed.as_mut_ptr(), part) }.expect("packs");
         }
-        let mut y = vec![f32::NAN; self.output_len()];
+        let slots = match output {
+            Storage::F32 => self.output_len(),
+            Storage::Bf16 => self.output_len().div_ceil(2),
+        };
+        let mut y = vec![f32::NAN; slots];
         let buffers = ForwardBuffers {
             input: x.as_ptr(),
             kernel: packed.as_ptr(),
@@ -270,8 +289,9 @@ impl Case {
         };
         let mut scratch = vec![f32::NAN; kernel.scratch_len()];
         for part in split(kernel.domain()) {
-            // SAFETY: as above; the packed weights are `pack`'s.
-            unsafe { kernel.run(&buffers, None, &mut scratch, part) }.expect("runs");
+            // SAFETY: as above; the packed weights are `pack`'s, and the
+            // epilogue stores its output as the kernel does.
+            unsafe { kernel.run(&buffers, epilogue, &mut scratch, part) }.expect("runs");
         }
         y
     }
@@ -505,6 +525,65 @@ fn a_bf16_input_gives_the_bits_its_f32_values_give() {
     }
 }
 
+/// A ReLU epilogue storing its output as `storage`, with the JIT that
+/// holds its code (bound first, so that it outlives the kernel).
+fn relu(storage: Storage) -> (Jit, CompiledKernel) {
+    let relu = Elementwise {
+        name: "relu".into(),
+        inputs: vec![Operand::Tensor],
+        exprs: vec![
+            Expr::Load(0),
+            Expr::Const(0.0),
+            Expr::Binary(Binary::Max, 0, 1),
+        ],
+        outputs: vec![2],
+        stores: vec![storage],
+    };
+    let mut jit = Jit::new().expect("jit");
+    let compiled = jit.compile_elementwise(&relu).expect("compiles");
+    (jit, compiled)
+}
+
+/// The bf16 values held two to a slot in `slots`, the first `len`.
+fn halves(slots: &[f32], len: usize) -> Vec<u16> {
+    let mut values: Vec<u16> = slots
+        .iter()
+        .flat_map(|v| {
+            let bits = v.to_bits();
+            [bits as u16, (bits >> 16) as u16]
+        })
+        .collect();
+    values.truncate(len);
+    values
+}
+
+#[test]
+fn a_bf16_output_holds_the_f32_output_rounded() {
+    for backend in backends() {
+        for case in cases() {
+            let s = &case.shape;
+            let n = case.output_len();
+            let stored = |epilogue: Option<&Epilogue>, output| {
+                case.forward_stored(backend, uneven, [Storage::F32, output], epilogue)
+            };
+            let plain = stored(None, Storage::F32);
+            let rounded: Vec<u16> = plain.iter().map(|&v| round(v)).collect();
+            assert_eq!(halves(&stored(None, Storage::Bf16), n), rounded, "{s:?}");
+            let (_f32_jit, f32_relu) = relu(Storage::F32);
+            let (_bf16_jit, bf16_relu) = relu(Storage::Bf16);
+            // SAFETY: each kernel has one input and one output, the
+            // product's, stored as the product stores it below.
+            let [f32_relu, bf16_relu] =
+                [&f32_relu, &bf16_relu].map(|k| unsafe { Epilogue::new(k, &[], &[]) });
+            let activated = stored(Some(&f32_relu), Storage::F32);
+            assert!(activated.iter().zip(&plain).all(|(a, p)| *a == p.max(0.0)));
+            let rounded: Vec<u16> = activated.iter().map(|&v| round(v)).collect();
+            let got = halves(&stored(Some(&bf16_relu), Storage::Bf16), n);
+            assert_eq!(got, rounded, "relu {s:?}");
+        }
+    }
+}
+
 #[test]
 fn any_split_of_the_forward_items_gives_the_same_bits() {
     for backend in backends() {
@@ -600,10 +679,19 @@ fn a_bf16_program_agrees_with_its_f32_twin() {
     };
     let (f32_probabilities, f32_kernels) = run(Precision::F32);
     let (bf16_probabilities, bf16_kernels) = run(Precision::Bf16);
-    let count = |kernels: &[String], what: &str| kernels.iter().filter(|k| *k == what).count();
+    let count =
+        |kernels: &[String], what: &str| kernels.iter().filter(|k| k.starts_with(what)).count();
     assert_eq!(count(&f32_kernels, "forward, bf16"), 0);
     assert_eq!(count(&bf16_kernels, "forward, bf16"), 4, "{bf16_kernels:?}");
     assert_eq!(count(&bf16_kernels, "weights to bf16"), 4);
+    // The 1x1 convolution (batchnorm and relu folded in) and the first
+    // dense layer store their outputs, which only products read, in bf16;
+    // the 3x3 one's goes to pooling in f32.
+    let stored: Vec<&String> = bf16_kernels
+        .iter()
+        .filter(|k| k.ends_with("output bf16"))
+        .collect();
+    assert_eq!(stored.len(), 2, "{bf16_kernels:?}");
     // Probabilities of unit-scale activations through five rounded layers:
     // each layer's relative error is about 2^-8 times its sums of
     // magnitudes (the bound), which a few percent of a probability covers.

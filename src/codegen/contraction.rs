@@ -221,6 +221,37 @@ impl<'a> Epilogue<'a> {
         // contract of `new`), each valid for these rows.
         unsafe { self.kernel.run(&args, rows, channels) }
     }
+
+    /// Runs the kernel on rows `rows` of a contraction's output held in f32
+    /// in `block` (its first row `rows.start`), storing them into `output`
+    /// as the kernel's output 0 is stored (bf16, for
+    /// [`crate::codegen::contraction::bf16::Bf16Forward::writing`]).
+    ///
+    /// # Safety
+    /// `block` holds `rows.len() * channels` f32s, `output` the stored
+    /// values of at least `rows.end * channels`, not overlapping `block`;
+    /// the contract of [`Epilogue::new`] holds.
+    pub(crate) unsafe fn apply_from(
+        &self,
+        block: *mut f32,
+        output: *mut f32,
+        rows: Range<usize>,
+        channels: usize,
+    ) {
+        // The kernel addresses row `r` of a tensor at its base plus `r`
+        // rows: the block's base lies `rows.start` rows before it (an
+        // address it never reads).
+        let base = block.wrapping_sub(rows.start * channels);
+        let mut args = Vec::with_capacity(2 + self.inputs.len() + self.outputs.len());
+        args.push(base);
+        args.extend(&self.inputs);
+        args.push(output);
+        args.extend(&self.outputs);
+        // SAFETY: one pointer per buffer the kernel was compiled for (the
+        // contract of `new`), each valid for these rows: the block's rows
+        // at `base` plus `rows`, the output's as stored.
+        unsafe { self.kernel.run(&args, rows, channels) }
+    }
 }
 
 /// The buffers of a forward kernel ([`ConvForward`]).

@@ -22,7 +22,7 @@
 
 use crate::plan::{
     Access, Algorithm, ContractionPass, Geometry, KernelDesc, KernelPlan, Len, PlanError,
-    Precision, Role, Step, Storage,
+    Precision, Role, Step,
 };
 
 /// The fewest terms a forward product in bf16 sums.
@@ -58,9 +58,7 @@ pub fn run(plan: &mut KernelPlan, precision: Precision) -> Result<usize, PlanErr
             ContractionPass::BackwardData { epilogue: None } => true,
             ContractionPass::BackwardFilter => {
                 // It packs its operands as it goes: no step of its own.
-                *algorithm = Algorithm::Bf16 {
-                    input: Storage::F32,
-                };
+                *algorithm = Algorithm::BF16;
                 steps.push(step);
                 chosen += 1;
                 continue;
@@ -70,9 +68,7 @@ pub fn run(plan: &mut KernelPlan, precision: Precision) -> Result<usize, PlanErr
                 continue;
             }
         };
-        *algorithm = Algorithm::Bf16 {
-            input: Storage::F32,
-        };
+        *algorithm = Algorithm::BF16;
         let packed_name = format!("{name}.bf16{}", if transposed { "t" } else { "" });
         let pack = KernelDesc::PackWeights {
             name: packed_name.clone(),
@@ -187,9 +183,7 @@ mod tests {
         assert!(matches!(
             forward.kernel,
             KernelDesc::Contraction {
-                algorithm: Algorithm::Bf16 {
-                    input: Storage::F32,
-                },
+                algorithm: Algorithm::BF16,
                 ..
             }
         ));

@@ -132,12 +132,39 @@ pub enum Algorithm {
     /// gradient, the step's kernel buffer is then the weights packed by a
     /// [`KernelDesc::PackWeights`] step before it (transposed for the
     /// input gradient). `input` is how the layer's input is stored, which
-    /// the forward pass and the kernel gradient read (bf16 where the
-    /// precision pass stored it so).
+    /// the forward pass and the kernel gradient read, and `output` how the
+    /// forward pass stores its output (bf16 where the storage pass,
+    /// [`crate::passes::storage`], stored them so; the other passes'
+    /// outputs are f32).
     Bf16 {
         /// How the input is stored.
         input: Storage,
+        /// How the forward pass's output is stored.
+        output: Storage,
     },
+}
+
+impl Algorithm {
+    /// The bf16 product on f32 input and output.
+    pub const BF16: Algorithm = Algorithm::Bf16 {
+        input: Storage::F32,
+        output: Storage::F32,
+    };
+
+    /// What the dumps say of a bf16 product's storage: ` input bf16`,
+    /// ` output bf16`, both, or nothing.
+    fn storage_words(self) -> String {
+        let Algorithm::Bf16 { input, output } = self else {
+            return String::new();
+        };
+        let mut words = String::new();
+        for (what, storage) in [("input", input), ("output", output)] {
+            if storage == Storage::Bf16 {
+                words.push_str(&format!(" {what} bf16"));
+            }
+        }
+        words
+    }
 }
 
 /// The description of one kernel call.
@@ -444,12 +471,10 @@ impl KernelDesc {
                 match algorithm {
                     Algorithm::Gemm => format!("{pass}, gemm"),
                     Algorithm::Winograd(tile) => format!("{pass}, winograd {}", tile.label()),
-                    Algorithm::Bf16 {
-                        input: Storage::F32,
-                    } => format!("{pass}, bf16"),
-                    Algorithm::Bf16 {
-                        input: Storage::Bf16,
-                    } => format!("{pass}, bf16, input bf16"),
+                    Algorithm::Bf16 { .. } => {
+                        let words = algorithm.storage_words().replace(" input", ", input");
+                        format!("{pass}, bf16{}", words.replace(" output", ", output"))
+                    }
                 }
             }
             KernelDesc::WinogradFilter { tile, .. } => {
@@ -519,12 +544,10 @@ impl KernelDesc {
                     Algorithm::Winograd(tile) => {
                         format!("contraction {pass} winograd {} {geometry:?}", tile.label())
                     }
-                    Algorithm::Bf16 {
-                        input: Storage::F32,
-                    } => format!("contraction {pass} bf16 {geometry:?}"),
-                    Algorithm::Bf16 {
-                        input: Storage::Bf16,
-                    } => format!("contraction {pass} bf16 input bf16 {geometry:?}"),
+                    Algorithm::Bf16 { .. } => format!(
+                        "contraction {pass} bf16{} {geometry:?}",
+                        algorithm.storage_words()
+                    ),
                 }
             }
             KernelDesc::WinogradFilter {

@@ -450,19 +450,36 @@ fn contraction(
     };
     let y = rows * channels;
     // The input as the forward pass and the kernel gradient read it.
+    let (input, output) = match algorithm {
+        Algorithm::Bf16 { input, output } => (input, output),
+        Algorithm::Gemm | Algorithm::Winograd(_) => (Storage::F32, Storage::F32),
+    };
     let input = Param {
-        storage: match algorithm {
-            Algorithm::Bf16 { input } => input,
-            Algorithm::Gemm | Algorithm::Winograd(_) => Storage::F32,
-        },
+        storage: input,
         ..read(x)
     };
+    if output != Storage::F32 && !matches!(pass, ContractionPass::Forward { .. }) {
+        return Err(format!(
+            "a {output:?} output on a gradient product, which writes f32"
+        ));
+    }
     Ok(match pass {
         ContractionPass::Forward { epilogue } => {
             let mut params = vec![input, read(w)];
             params.extend(bias.map(read));
-            params.push(write(y));
+            params.push(Param {
+                storage: output,
+                ..write(y)
+            });
             if let Some(e) = epilogue {
+                // The epilogue stores the output: as the product says.
+                if e.store(0) != output {
+                    return Err(format!(
+                        "an epilogue storing the output in {:?}, which the product stores in \
+                         {output:?}",
+                        e.store(0)
+                    ));
+                }
                 // Whatever the algorithm: a Winograd forward pass of so
                 // few rows may split over its channels too.
                 if forward_splits_columns(rows, channels) {

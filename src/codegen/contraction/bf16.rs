@@ -297,6 +297,27 @@ impl Packer {
         }
     }
 
+    /// Rounds `values` to bf16 into `out`, one to one (an activation
+    /// stored in bf16): as [`round`] rounds, in vectors of 32 where the CPU
+    /// converts.
+    ///
+    /// # Panics
+    /// When `out` and `values` differ in length.
+    pub fn round(self, values: &[f32], out: &mut [u16]) {
+        assert_eq!(values.len(), out.len(), "values and their bf16 copies");
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if self.vectors {
+            done = values.len() / (2 * LANES) * (2 * LANES);
+            // SAFETY: the CPU converts (asked when the packer was made);
+            // both hold `done` values.
+            unsafe { avx512::round_values(&values[..done], &mut out[..done]) };
+        }
+        for (o, &v) in out[done..].iter_mut().zip(&values[done..]) {
+            *o = round(v);
+        }
+    }
+
     /// Packs panel `panel` of a [`Panels`] of `depth` rows into `packed`:
     /// row `p` of the right operand is `line(p)`, every row as long (the
     /// operand's columns); every word of `packed` is written, zeros past
@@ -827,6 +848,23 @@ mod avx512 {
             debug_assert!(packed.len() >= (v + 1) * LANES);
             // SAFETY: the caller's contract: 16 words from `v * 16`.
             unsafe { _mm512_storeu_si512(packed.as_mut_ptr().add(v * LANES).cast(), values) };
+        }
+    }
+
+    /// [`super::Packer::round`] on whole vectors: `values` and `out` hold
+    /// the same multiple of 32 values.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn round_values(values: &[f32], out: &mut [u16]) {
+        debug_assert!(values.len() == out.len() && values.len().is_multiple_of(2 * LANES));
+        for start in (0..values.len()).step_by(2 * LANES) {
+            let low = load(values, start);
+            let high = load(values, start + LANES);
+            let rounded: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(high, low));
+            // SAFETY: values `start .. start + 32` of `out`, inside it.
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(start).cast(), rounded) };
         }
     }
 

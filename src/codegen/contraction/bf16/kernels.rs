@@ -187,6 +187,8 @@ pub struct Bf16Forward {
     rows_per_item: usize,
     /// How the input is stored.
     input: Storage,
+    /// How the output is stored.
+    output: Storage,
 }
 
 impl Bf16Forward {
@@ -209,6 +211,7 @@ impl Bf16Forward {
             packer: Packer::new(),
             rows_per_item,
             input: Storage::F32,
+            output: Storage::F32,
         })
     }
 
@@ -217,6 +220,14 @@ impl Bf16Forward {
     /// operands, so the same result, bit for bit).
     pub fn reading(self, input: Storage) -> Bf16Forward {
         Bf16Forward { input, ..self }
+    }
+
+    /// This kernel storing its output as `output`: in bf16, each item's
+    /// rows are summed, biased and run through the epilogue in f32 in
+    /// scratch, then rounded as they are stored (by the epilogue, which
+    /// must then store its output 0 in bf16, or by the kernel).
+    pub fn writing(self, output: Storage) -> Bf16Forward {
+        Bf16Forward { output, ..self }
     }
 
     /// The forward kernel of dense layer `shape` on `backend`.
@@ -257,12 +268,16 @@ impl Bf16Forward {
         })
     }
 
-    /// The f32s of scratch one thread needs: an item's packed rows, and
-    /// one im2col row in f32.
+    /// The f32s of scratch one thread needs: an item's packed rows, one
+    /// im2col row in f32, and for a bf16 output the item's f32 rows.
     pub fn scratch_len(&self) -> usize {
         let g = &self.common.geometry;
         let row = if g.pointwise { 0 } else { g.cols };
-        scratch_for(self.rows_per_item * padded_pairs(g.cols) + row)
+        let block = match self.output {
+            Storage::F32 => 0,
+            Storage::Bf16 => self.rows_per_item * g.shape.out_channels,
+        };
+        scratch_for(self.rows_per_item * padded_pairs(g.cols) + row + block)
     }
 
     /// The geometry's figures; the kernel buffer holds
@@ -274,9 +289,10 @@ impl Bf16Forward {
     /// Runs items `items`.
     ///
     /// # Safety
-    /// The input, bias and output hold the f32s [`ForwardBuffers`] says,
-    /// and the kernel buffer the packed weights ([`packed_weights_len`]
-    /// slots); the output overlaps no other buffer. Calls running at the
+    /// The input, bias and output hold the values [`ForwardBuffers`] says
+    /// (the input and the output as this kernel stores them), and the
+    /// kernel buffer the packed weights ([`packed_weights_len`] slots);
+    /// the output overlaps no other buffer. Calls running at the
     /// same time on the same output are given disjoint item ranges. The
     /// contract of the epilogue ([`Epilogue::new`]) holds.
     pub unsafe fn run(
@@ -316,17 +332,25 @@ impl Bf16Forward {
         let bias = buffers
             .bias
             .map(|b| unsafe { std::slice::from_raw_parts(b, cout) });
+        let (scratch, block) = match self.output {
+            Storage::F32 => (scratch, &mut [][..]),
+            Storage::Bf16 => {
+                let split = scratch.len() - self.rows_per_item * cout;
+                scratch.split_at_mut(split)
+            }
+        };
         for item in items {
             let first = item * self.rows_per_item;
             let rows = first..(first + self.rows_per_item).min(g.rows);
             let left = self.pack_rows(input, rows.clone(), scratch);
-            // SAFETY: these output rows are this item's alone (the
-            // caller's contract), inside the output.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut(
-                    buffers.output.add(rows.start * cout),
-                    rows.len() * cout,
-                )
+            let values = rows.len() * cout;
+            let out = match self.output {
+                // SAFETY: these output rows are this item's alone (the
+                // caller's contract), inside the output.
+                Storage::F32 => unsafe {
+                    std::slice::from_raw_parts_mut(buffers.output.add(rows.start * cout), values)
+                },
+                Storage::Bf16 => &mut block[..values],
             };
             product(self.backend, &left, &right, 0..rows.len(), out);
             if let Some(bias) = bias {
@@ -334,10 +358,30 @@ impl Bf16Forward {
                     row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
                 }
             }
-            if let Some(epilogue) = epilogue {
+            match (self.output, epilogue) {
                 // SAFETY: the output holds `rows.end * cout` f32s, all
                 // written; the rest is the caller's contract.
-                unsafe { epilogue.apply(buffers.output, rows, cout) };
+                (Storage::F32, Some(epilogue)) => unsafe {
+                    epilogue.apply(buffers.output, rows, cout)
+                },
+                (Storage::F32, None) => {}
+                // SAFETY: the block holds these rows in f32, the output
+                // (bf16 values) their places, which the epilogue, made to
+                // store in bf16 (the caller's contract), rounds them into.
+                (Storage::Bf16, Some(epilogue)) => unsafe {
+                    epilogue.apply_from(out.as_mut_ptr(), buffers.output, rows, cout)
+                },
+                (Storage::Bf16, None) => {
+                    // SAFETY: the output holds bf16 values, these rows'
+                    // this item's alone.
+                    let stored = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            buffers.output.cast::<u16>().add(rows.start * cout),
+                            values,
+                        )
+                    };
+                    self.packer.round(out, stored);
+                }
             }
         }
         Ok(())
