@@ -16,8 +16,9 @@ mod tf_ties;
 use std::collections::HashMap;
 use std::ops::Range;
 
-use cnnc::codegen::window::{Buffer, Pass, Role, Window, WindowKind};
-use cnnc::codegen::{CodegenError, Jit};
+use cnnc::codegen::contraction::bf16::{round, widen as bf16_widen};
+use cnnc::codegen::window::{Buffer, Pass, Role, Window, WindowKind, WindowStorage};
+use cnnc::codegen::{CodegenError, Jit, Storage};
 use cnnc::graph::{AxisPadding, Padding, PoolKind};
 use cnnc::ops::{output_size, same_padding};
 use ndarray::{ArrayD, IxDyn};
@@ -86,7 +87,8 @@ fn run_split(
     let mut storage: Vec<Vec<f32>> = buffers
         .iter()
         .map(|buffer| {
-            let len = buffer.shape.iter().product();
+            // f32 slots: a bf16 buffer holds two values in each.
+            let len = buffer.storage.slots(buffer.shape.iter().product());
             if buffer.role.is_written() {
                 return vec![fill; len];
             }
@@ -111,7 +113,7 @@ fn run_split(
     let parts: Vec<Range<usize>> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
     for part in parts.into_iter().rev() {
         // SAFETY: one buffer per entry of `window.buffers()`, in order, each
-        // as long as its shape, none overlapping.
+        // as long as its shape (in its storage's slots), none overlapping.
         unsafe { kernel.run(&args, part) };
     }
     buffers
@@ -242,6 +244,7 @@ fn pool(
         },
         pass,
         input,
+        storage: Default::default(),
     }
 }
 
@@ -405,6 +408,7 @@ impl Conv {
             },
             pass,
             input,
+            storage: Default::default(),
         }
     }
 
@@ -628,6 +632,129 @@ fn pooling_matches_the_reference() {
     }
 }
 
+/// `values` rounded to bf16, two to an f32 slot (as a bf16 buffer holds
+/// them), and the f32s the rounded values are.
+fn to_bf16(values: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let rounded: Vec<u16> = values.iter().map(|&v| round(v)).collect();
+    let slots = rounded
+        .chunks(2)
+        .map(|pair| {
+            let high = pair.get(1).copied().unwrap_or(0);
+            f32::from_bits(u32::from(pair[0]) | u32::from(high) << 16)
+        })
+        .collect();
+    (slots, rounded.into_iter().map(bf16_widen).collect())
+}
+
+/// The first `len` bf16 values held two to a slot in `slots`, as f32s.
+fn from_bf16(slots: &[f32], len: usize) -> Vec<f32> {
+    let mut values: Vec<f32> = slots
+        .iter()
+        .flat_map(|v| [v.to_bits() as u16, (v.to_bits() >> 16) as u16].map(bf16_widen))
+        .collect();
+    values.truncate(len);
+    values
+}
+
+/// 2-D pooling reading `x` in bf16 computes, bit for bit, what it computes
+/// on the f32s those values are, and writing `y` in bf16 stores its f32
+/// result rounded; max pooling's gradient reads `x` in bf16 the same way.
+/// The other window kernels, and average pooling's gradient (which does
+/// not read `x`), refuse bf16.
+#[test]
+fn pooling_reads_and_writes_bf16_as_the_rounded_values() {
+    let mut jit = Jit::new().expect("jit");
+    let [f32s, bf16] = [Storage::F32, Storage::Bf16];
+    for (i, case) in pool_configs().into_iter().enumerate() {
+        let PoolCase {
+            kind,
+            size,
+            stride,
+            padding,
+            shape,
+        } = case;
+        if !fits(shape, size, stride, [1, 1], padding) {
+            continue;
+        }
+        let forward = pool(kind, size, stride, padding, Pass::Forward, shape);
+        let stored = |x, y| Window {
+            storage: WindowStorage { x, y },
+            ..forward.clone()
+        };
+        let x = data(shape.iter().product(), i as u64, -2.0, 2.0);
+        let (x_slots, x_rounded) = to_bf16(&x);
+        let mut output = |window: &Window, x: &[f32]| {
+            run(&mut jit, window, &[(Role::Input, x)])
+                .remove(&Role::Output)
+                .expect("y")
+        };
+        let exact = output(&forward, &x);
+        let of_rounded = output(&forward, &x_rounded);
+        let n = exact.len();
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let what = &forward.name;
+        assert_eq!(
+            bits(&output(&stored(bf16, f32s), &x_slots)),
+            bits(&of_rounded),
+            "{what}"
+        );
+        let y = output(&stored(bf16, bf16), &x_slots);
+        assert_eq!(
+            bits(&from_bf16(&y, n)),
+            bits(&to_bf16(&of_rounded).1),
+            "{what}"
+        );
+        let y = output(&stored(f32s, bf16), &x);
+        assert_eq!(bits(&from_bf16(&y, n)), bits(&to_bf16(&exact).1), "{what}");
+
+        let backward = Window {
+            pass: Pass::BackwardData,
+            storage: WindowStorage { x: bf16, y: f32s },
+            ..forward.clone()
+        };
+        if kind == PoolKind::Avg {
+            let refused = jit.compile_window(&backward);
+            assert!(
+                matches!(refused, Err(CodegenError::Malformed { .. })),
+                "{what}"
+            );
+            continue;
+        }
+        let dy = data(n, 100 + i as u64, -1.0, 1.0);
+        let mut gradient = |window: &Window, x: &[f32]| {
+            let inputs = [(Role::Input, x), (Role::OutputGrad, &dy[..])];
+            run(&mut jit, window, &inputs)
+                .remove(&Role::InputGrad)
+                .expect("dx")
+        };
+        let f32_backward = Window {
+            storage: WindowStorage::F32,
+            ..backward.clone()
+        };
+        let expected = gradient(&f32_backward, &x_rounded);
+        assert_eq!(
+            bits(&gradient(&backward, &x_slots)),
+            bits(&expected),
+            "{what}"
+        );
+    }
+    for kind in every_kernel() {
+        let bf16_x = Window {
+            storage: WindowStorage { x: bf16, y: f32s },
+            ..kind.clone()
+        };
+        let pooling = matches!(kind.kind, WindowKind::Pool { .. });
+        if !pooling {
+            let refused = jit.compile_window(&bf16_x);
+            assert!(
+                matches!(refused, Err(CodegenError::Malformed { .. })),
+                "{}",
+                kind.name
+            );
+        }
+    }
+}
+
 #[test]
 fn pooling_gradients_match_the_vector_jacobian_product() {
     let mut jit = Jit::new().expect("jit");
@@ -748,6 +875,7 @@ fn global_pooling_matches_the_reference_and_its_gradient() {
                 kind: WindowKind::GlobalPool { kind },
                 pass: Pass::Forward,
                 input: shape,
+                storage: Default::default(),
             };
             let out = run(&mut jit, &forward, &[(Role::Input, &x)]);
             let expected = reference::global_pool(&array(&shape, &x), kind);
@@ -795,6 +923,7 @@ fn depth_max_pooling_matches_the_reference_and_its_gradient() {
             kind: WindowKind::DepthMaxPool { size },
             pass: Pass::Forward,
             input: shape,
+            storage: Default::default(),
         };
         let out = run(&mut jit, &forward, &[(Role::Input, &x)]);
         let expected = reference::depth_max_pool(&array(&shape, &x), size);
@@ -844,6 +973,7 @@ fn assert_like_tensorflow(jit: &mut Jit, kind: WindowKind, case: &tf_ties::Case)
         kind,
         pass: Pass::Forward,
         input: case.shape,
+        storage: Default::default(),
     };
     let out = run(jit, &forward, &[(Role::Input, case.x)]);
     assert_bits(&forward.name, &out[&Role::Output], case.y);
@@ -915,6 +1045,7 @@ fn tied_global_and_depth_maxima_share_the_gradient_on_every_lane_layout() {
             },
             pass: Pass::BackwardData,
             input: shape,
+            storage: Default::default(),
         };
         let dy = data(shape[0] * shape[3], 400 + i as u64, -1.0, 1.0);
         let out = run(
@@ -971,6 +1102,7 @@ fn lrn(case: (usize, f64, f64, f64), pass: Pass, input: [usize; 4]) -> Window {
         },
         pass,
         input,
+        storage: Default::default(),
     }
 }
 
@@ -1180,6 +1312,7 @@ fn every_kernel() -> Vec<Window> {
         kind,
         pass,
         input: shape,
+        storage: Default::default(),
     };
     let mut kernels = Vec::new();
     for pass in [Pass::Forward, Pass::BackwardData] {
@@ -1297,6 +1430,7 @@ fn buffers_domains_and_shapes_are_as_documented() {
         },
         pass: Pass::Forward,
         input: [7, 5, 6, 40],
+        storage: Default::default(),
     };
     assert_eq!(global.domain().expect("valid"), 7 * 3);
     assert_eq!(global.output_shape().expect("valid"), [7, 40]);
@@ -1413,6 +1547,7 @@ fn malformed_descriptions_are_errors() {
                 kind: WindowKind::DepthMaxPool { size: 4 },
                 pass: Pass::Forward,
                 input: shape,
+                storage: Default::default(),
             },
             "groups of 4",
         ),
@@ -1422,6 +1557,7 @@ fn malformed_descriptions_are_errors() {
                 kind: WindowKind::DepthMaxPool { size: 0 },
                 pass: Pass::Forward,
                 input: shape,
+                storage: Default::default(),
             },
             "groups of 0",
         ),

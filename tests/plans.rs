@@ -402,6 +402,7 @@ fn window_epilogues_are_bitwise_their_steps_apart() {
         },
         pass,
         input,
+        storage: Default::default(),
     };
     let pool = |kind, pass, size, stride, input| Window {
         name: "pool".into(),
@@ -413,6 +414,7 @@ fn window_epilogues_are_bitwise_their_steps_apart() {
         },
         pass,
         input,
+        storage: Default::default(),
     };
     // dz = dx where the ReLU's output x > 0, else 0; x is the pooling's
     // input (buffer 0).
@@ -490,6 +492,7 @@ fn window_epilogues_are_bitwise_their_steps_apart() {
         },
         pass: Pass::Forward,
         input: [2, 3, 3, 4],
+        storage: Default::default(),
     };
     assert_eq!(global.row_items(), None);
     let mut plan = cnnc::KernelPlan {

@@ -373,7 +373,12 @@ fn element(
 
 /// The bf16 value (or four) at `address`, widened to f32 exactly: its bits
 /// are the upper half of the f32's.
-fn load_bf16(b: &mut FunctionBuilder, ty: Type, address: Value, flags: MemFlagsData) -> Value {
+pub(super) fn load_bf16(
+    b: &mut FunctionBuilder,
+    ty: Type,
+    address: Value,
+    flags: MemFlagsData,
+) -> Value {
     let (bits, int) = if ty.is_vector() {
         (b.ins().uload16x4(flags, address, 0), types::I32X4)
     } else {
@@ -388,7 +393,7 @@ fn load_bf16(b: &mut FunctionBuilder, ty: Type, address: Value, flags: MemFlagsD
 /// [`crate::codegen::contraction::bf16::round`] rounds: to the nearest,
 /// ties to even; a NaN stays a quiet NaN, a subnormal becomes a zero of
 /// its sign.
-fn store_bf16(
+pub(super) fn store_bf16(
     b: &mut FunctionBuilder,
     ty: Type,
     value: Value,

@@ -3,7 +3,9 @@
 //! convolution), forward and backward.
 //!
 //! Tensors are f32, row-major `[N, H, W, C]` (batch first, channels
-//! contiguous). Shapes, strides and paddings are constants of the generated
+//! contiguous); 2-D pooling may read `x` and write `y` stored in bf16
+//! ([`WindowStorage`]), widening each value as it loads it and rounding
+//! as it stores, so that it computes in f32 throughout. Shapes, strides and paddings are constants of the generated
 //! code; loops run over output positions and are vectorised over channels
 //! with `f32x4` and a scalar tail. Positions near the border, whose windows
 //! reach into the padding, get code specialised for the taps that fall
@@ -58,7 +60,7 @@ use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::FunctionBuilderContext;
 
 use super::axis::{Axis, Segment};
-use super::CodegenError;
+use super::{CodegenError, Storage};
 use crate::graph::{Padding, PoolKind};
 
 /// Which computation of a window op a kernel performs.
@@ -142,6 +144,28 @@ pub struct Window {
     pub pass: Pass,
     /// The shape of the forward input `x`: `[N, H, W, C]`.
     pub input: [usize; 4],
+    /// How `x` and `y` are stored.
+    pub storage: WindowStorage,
+}
+
+/// How a window kernel's forward input `x` and output `y` are stored: f32,
+/// or bf16 (two values to an f32 slot) for 2-D pooling's `x` (forward
+/// pass, and max pooling's gradient, which recomputes its maxima from it)
+/// and its forward `y`. Gradients are f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowStorage {
+    /// How `x` is stored.
+    pub x: Storage,
+    /// How `y` is stored.
+    pub y: Storage,
+}
+
+impl WindowStorage {
+    /// Both f32.
+    pub const F32: WindowStorage = WindowStorage {
+        x: Storage::F32,
+        y: Storage::F32,
+    };
 }
 
 /// What a kernel argument holds.
@@ -180,8 +204,10 @@ impl Role {
 pub struct Buffer {
     /// What it holds.
     pub role: Role,
-    /// Its shape (row-major f32).
+    /// Its shape (row-major).
     pub shape: Vec<usize>,
+    /// How its values are stored.
+    pub storage: Storage,
 }
 
 impl Window {
@@ -236,12 +262,44 @@ impl Window {
         let spec = self.spec(image).map_err(malformed)?;
         let output = spec.output_shape();
         check_addressable(&spec, &output).map_err(malformed)?;
+        self.check_storage(&spec).map_err(malformed)?;
         Ok(Plan {
             domain: spec.domain(),
-            buffers: spec.buffers(&self.input, &output),
+            buffers: spec.buffers(&self.input, &output, self.storage),
             output,
             spec,
+            storage: self.storage,
         })
+    }
+
+    /// Refuses bf16 where the kernel does not read or write it: on any
+    /// kernel but 2-D pooling, on `y` outside its forward pass, on `x` of
+    /// average pooling's gradient (which does not read it).
+    fn check_storage(&self, spec: &Spec) -> Result<(), String> {
+        let WindowStorage { x, y } = self.storage;
+        if self.storage == WindowStorage::F32 {
+            return Ok(());
+        }
+        let fits = match spec {
+            Spec::Pool {
+                pass: Pass::Forward,
+                ..
+            } => true,
+            Spec::Pool { kind, .. } => {
+                y == Storage::F32 && (x == Storage::F32 || *kind == PoolKind::Max)
+            }
+            _ => false,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "the {:?} pass of a {} kernel with x stored as {x:?} and y as {y:?}: only 2-D \
+                 pooling's x, and its forward y, may be bf16",
+                self.pass,
+                kind_name(&self.kind)
+            ))
+        }
     }
 
     fn spec(&self, image: Image) -> Result<Spec, String> {
@@ -366,7 +424,8 @@ pub(super) fn translate(
     context: &mut FunctionBuilderContext,
     target: TargetFrontendConfig,
 ) {
-    let mut e = emit::Emitter::new(func, context, target, plan.buffers.len());
+    let storage: Vec<Storage> = plan.buffers.iter().map(|b| b.storage).collect();
+    let mut e = emit::Emitter::new(func, context, target, &storage);
     match &plan.spec {
         Spec::Pool {
             kind,
@@ -374,14 +433,14 @@ pub(super) fn translate(
             image,
             rows,
             cols,
-        } => pool::window_forward(&mut e, *kind, *image, rows, cols),
+        } => pool::window_forward(&mut e, *kind, (*image, plan.storage), rows, cols),
         Spec::Pool {
             kind,
             image,
             rows,
             cols,
             ..
-        } => pool::window_backward(&mut e, *kind, *image, rows, cols),
+        } => pool::window_backward(&mut e, *kind, (*image, plan.storage.x), rows, cols),
         Spec::GlobalPool {
             kind,
             pass: Pass::Forward,
@@ -427,6 +486,7 @@ pub(super) struct Plan {
     output: Vec<usize>,
     buffers: Vec<Buffer>,
     domain: usize,
+    storage: WindowStorage,
 }
 
 impl Plan {
@@ -579,15 +639,16 @@ impl Spec {
         }
     }
 
-    fn buffers(&self, input: &[usize; 4], output: &[usize]) -> Vec<Buffer> {
-        let buffer = |role, shape: &[usize]| Buffer {
+    fn buffers(&self, input: &[usize; 4], output: &[usize], storage: WindowStorage) -> Vec<Buffer> {
+        let buffer = |role, shape: &[usize], storage| Buffer {
             role,
             shape: shape.to_vec(),
+            storage,
         };
-        let x = buffer(Role::Input, input);
-        let dx = buffer(Role::InputGrad, input);
-        let y = buffer(Role::Output, output);
-        let dy = buffer(Role::OutputGrad, output);
+        let x = buffer(Role::Input, input, storage.x);
+        let dx = buffer(Role::InputGrad, input, Storage::F32);
+        let y = buffer(Role::Output, output, storage.y);
+        let dy = buffer(Role::OutputGrad, output, Storage::F32);
         let (pass, needs_x) = match self {
             Spec::Pool { kind, pass, .. } | Spec::GlobalPool { kind, pass, .. } => {
                 (*pass, *kind == PoolKind::Max)
@@ -620,6 +681,7 @@ fn depthwise_buffers(
     let buffer = |role, shape: &Vec<usize>| Buffer {
         role,
         shape: shape.clone(),
+        storage: Storage::F32,
     };
     match conv.pass {
         Pass::Forward if conv.bias => vec![

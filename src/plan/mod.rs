@@ -144,27 +144,37 @@ pub enum Algorithm {
     },
 }
 
+/// What profiles say of the buffers of `parts` stored in bf16: `, input
+/// bf16`, `, input bf16, output bf16`, or nothing (dumps drop the commas).
+fn bf16_words(parts: [(&str, Storage); 2]) -> String {
+    parts
+        .iter()
+        .filter(|(_, storage)| *storage == Storage::Bf16)
+        .map(|(what, _)| format!(", {what} bf16"))
+        .collect()
+}
+
+/// [`bf16_words`] of a kernel: a bf16 product's input and output, a
+/// window kernel's `x` and `y`.
+fn storage_words(kernel: &KernelDesc) -> String {
+    match kernel {
+        KernelDesc::Contraction {
+            algorithm: Algorithm::Bf16 { input, output },
+            ..
+        } => bf16_words([("input", *input), ("output", *output)]),
+        KernelDesc::Window { window, .. } => {
+            bf16_words([("x", window.storage.x), ("y", window.storage.y)])
+        }
+        _ => String::new(),
+    }
+}
+
 impl Algorithm {
     /// The bf16 product on f32 input and output.
     pub const BF16: Algorithm = Algorithm::Bf16 {
         input: Storage::F32,
         output: Storage::F32,
     };
-
-    /// What the dumps say of a bf16 product's storage: ` input bf16`,
-    /// ` output bf16`, both, or nothing.
-    fn storage_words(self) -> String {
-        let Algorithm::Bf16 { input, output } = self else {
-            return String::new();
-        };
-        let mut words = String::new();
-        for (what, storage) in [("input", input), ("output", output)] {
-            if storage == Storage::Bf16 {
-                words.push_str(&format!(" {what} bf16"));
-            }
-        }
-        words
-    }
 }
 
 /// The description of one kernel call.
@@ -471,10 +481,7 @@ impl KernelDesc {
                 match algorithm {
                     Algorithm::Gemm => format!("{pass}, gemm"),
                     Algorithm::Winograd(tile) => format!("{pass}, winograd {}", tile.label()),
-                    Algorithm::Bf16 { .. } => {
-                        let words = algorithm.storage_words().replace(" input", ", input");
-                        format!("{pass}, bf16{}", words.replace(" output", ", output"))
-                    }
+                    Algorithm::Bf16 { .. } => format!("{pass}, bf16{}", storage_words(self)),
                 }
             }
             KernelDesc::WinogradFilter { tile, .. } => {
@@ -483,7 +490,7 @@ impl KernelDesc {
             KernelDesc::PackWeights { .. } => "weights to bf16".to_string(),
             KernelDesc::Elementwise { .. } => "element-wise".to_string(),
             KernelDesc::Reduce(_) => "reduction".to_string(),
-            KernelDesc::Window { .. } => "window".to_string(),
+            KernelDesc::Window { .. } => format!("window{}", storage_words(self)),
             KernelDesc::Grouped(g) => format!("{}, grouped", grouped_pass(g.pass)),
             KernelDesc::Copy(_) | KernelDesc::Pad(_) => "copy".to_string(),
             KernelDesc::Embed(_) => "embed".to_string(),
@@ -516,8 +523,11 @@ impl KernelDesc {
                     None => String::new(),
                 };
                 format!(
-                    "window {:?} {:?}{epilogue} input {:?}",
-                    w.kind, w.pass, w.input
+                    "window {:?} {:?}{epilogue} input {:?}{}",
+                    w.kind,
+                    w.pass,
+                    w.input,
+                    storage_words(self).replace(',', "")
                 )
             }
             KernelDesc::Contraction {
@@ -546,7 +556,7 @@ impl KernelDesc {
                     }
                     Algorithm::Bf16 { .. } => format!(
                         "contraction {pass} bf16{} {geometry:?}",
-                        algorithm.storage_words()
+                        storage_words(self).replace(',', "")
                     ),
                 }
             }

@@ -397,10 +397,14 @@ fn window(w: &Window, epilogue: Option<&Elementwise>) -> Result<Vec<Param>, Stri
         .iter()
         .map(|b| {
             let len = b.shape.iter().product();
-            if b.role.is_written() {
+            let param = if b.role.is_written() {
                 write(len)
             } else {
                 read(len)
+            };
+            Param {
+                storage: b.storage,
+                ..param
             }
         })
         .collect();

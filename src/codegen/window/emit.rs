@@ -15,7 +15,7 @@ use cranelift_codegen::ir::{
 use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
-use super::super::math;
+use super::super::{elementwise, math, Storage};
 use super::Axis;
 
 /// A function being generated, with its buffer pointers and work range.
@@ -30,12 +30,17 @@ pub(super) struct Emitter<'a> {
 
 impl<'a> Emitter<'a> {
     /// Starts `func`, whose signature is `(args: ptr, start: i64, end: i64)`,
-    /// loading the `buffers` pointers from `args`.
+    /// loading the pointers of buffers stored as `buffers` from `args`.
+    ///
+    /// The translators address every buffer as f32s; a bf16 buffer's
+    /// addresses are twice its values' (its base doubled, so that an f32
+    /// offset of `4 i` is value `i`'s `2 i` bytes), which its loads and
+    /// stores ([`Self::load_stored`], [`Self::store_stored`]) halve.
     pub(super) fn new(
         func: &'a mut Function,
         context: &'a mut FunctionBuilderContext,
         target: TargetFrontendConfig,
-        buffers: usize,
+        buffers: &[Storage],
     ) -> Emitter<'a> {
         let mut b = FunctionBuilder::new(func, context);
         let entry = b.create_block();
@@ -44,8 +49,18 @@ impl<'a> Emitter<'a> {
         let params = b.block_params(entry).to_vec();
         let flags = MemFlagsData::new().with_notrap();
         let pointer = target.pointer_type();
-        let buffers = (0..buffers)
-            .map(|i| b.ins().load(pointer, flags, params[0], (i * 8) as i32))
+        let buffers = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, storage)| {
+                let base = b.ins().load(pointer, flags, params[0], (i * 8) as i32);
+                match storage {
+                    Storage::F32 => base,
+                    // User-space addresses are below 2^47: doubled, one
+                    // still fits.
+                    Storage::Bf16 => b.ins().ishl_imm_u(base, 1),
+                }
+            })
             .collect();
         Emitter {
             b,
@@ -222,6 +237,50 @@ impl<'a> Emitter<'a> {
         self.b
             .ins()
             .store(self.flags, value, address, offset as i32);
+    }
+
+    /// [`Self::load`] from a buffer stored as `storage`: a bf16 value (or
+    /// four), widened exactly.
+    pub(super) fn load_stored(
+        &mut self,
+        storage: Storage,
+        ty: Type,
+        address: Value,
+        offset: i64,
+    ) -> Value {
+        match storage {
+            Storage::F32 => self.load(ty, address, offset),
+            Storage::Bf16 => {
+                let at = self.halved(address, offset);
+                elementwise::load_bf16(&mut self.b, ty, at, self.flags)
+            }
+        }
+    }
+
+    /// [`Self::store`] into a buffer stored as `storage`: rounded to bf16
+    /// as the rest of the bf16 path rounds.
+    pub(super) fn store_stored(
+        &mut self,
+        storage: Storage,
+        value: Value,
+        address: Value,
+        offset: i64,
+    ) {
+        match storage {
+            Storage::F32 => self.store(value, address, offset),
+            Storage::Bf16 => {
+                let ty = self.b.func.dfg.value_type(value);
+                let at = self.halved(address, offset);
+                elementwise::store_bf16(&mut self.b, ty, value, at, self.flags);
+            }
+        }
+    }
+
+    /// The real address of a bf16 buffer's `address + offset` (see
+    /// [`Self::new`]).
+    fn halved(&mut self, address: Value, offset: i64) -> Value {
+        let doubled = self.b.ins().iadd_imm_s(address, offset);
+        self.b.ins().ushr_imm_u(doubled, 1)
     }
 
     /// `x` as a constant of type `ty`.

@@ -16,15 +16,16 @@ use cranelift_frontend::Variable;
 
 use super::super::math;
 use super::emit::Emitter;
-use super::{block_ranges, ranges, taps, Axis, Image, Tap, GLOBAL_CHUNK};
+use super::{block_ranges, ranges, taps, Axis, Image, Tap, WindowStorage, GLOBAL_CHUNK};
+use crate::codegen::Storage;
 use crate::graph::PoolKind;
 
-/// Pooling forward. Buffers `x, y`; work item `(n, oy)` writes output row
-/// `oy` of example `n`.
+/// Pooling forward. Buffers `x, y`, stored as `storage` says; work item
+/// `(n, oy)` writes output row `oy` of example `n`.
 pub(super) fn window_forward(
     e: &mut Emitter,
     kind: PoolKind,
-    image: Image,
+    (image, storage): (Image, WindowStorage),
     rows: &Axis,
     cols: &Axis,
 ) {
@@ -47,9 +48,9 @@ pub(super) fn window_forward(
                     let y_pixel = e.scaled(y_row, ox, out.pixel_bytes());
                     e.over_lanes(image.c, |e, ty, lane| {
                         let from = e.add(x_pixel, lane);
-                        let value = reduce(e, kind, ty, from, &window);
+                        let value = reduce(e, (kind, storage.x), ty, from, &window);
                         let to = e.add(y_pixel, lane);
-                        e.store(value, to, 0);
+                        e.store_stored(storage.y, value, to, 0);
                     });
                 });
             }
@@ -57,13 +58,14 @@ pub(super) fn window_forward(
     });
 }
 
-/// Pooling backward. Buffers `x, dy, dx` (max) or `dy, dx` (average); work
-/// item `(n, iy)` writes input row `iy` of `dx` for example `n`, adding the
-/// contributions of the windows that cover it in `(oy, ox)` order.
+/// Pooling backward. Buffers `x` (stored as `x_storage` says), `dy, dx`
+/// (max) or `dy, dx` (average); work item `(n, iy)` writes input row `iy`
+/// of `dx` for example `n`, adding the contributions of the windows that
+/// cover it in `(oy, ox)` order.
 pub(super) fn window_backward(
     e: &mut Emitter,
     kind: PoolKind,
-    image: Image,
+    (image, x_storage): (Image, Storage),
     rows: &Axis,
     cols: &Axis,
 ) {
@@ -91,6 +93,7 @@ pub(super) fn window_backward(
                 let x_row = x_image.map(|x| e.scaled(x, top, image.row_bytes()));
                 for col in &col_segments {
                     let scatter = Scatter {
+                        x_storage,
                         window: taps(image, rows, cols, row, col),
                         columns: col.taps.len(),
                         window_row,
@@ -216,7 +219,12 @@ pub(super) fn depth_forward(e: &mut Emitter, image: Image, size: usize) {
         let y_pixel = e.scaled(y, item, groups as i64 * 4);
         e.for_each(0..groups, |e, g| {
             let from = e.scaled(x_pixel, g, size as i64 * 4);
-            let (max, _) = argmax(e, types::F32, from, (0..size).map(|k| k as i64 * 4));
+            let (max, _) = argmax(
+                e,
+                (types::F32, Storage::F32),
+                from,
+                (0..size).map(|k| k as i64 * 4),
+            );
             let to = e.scaled(y_pixel, g, 4);
             e.store(max, to, 0);
         });
@@ -265,10 +273,16 @@ pub(super) fn depth_backward(e: &mut Emitter, image: Image, size: usize) {
 }
 
 /// The window's values reduced: the max, or the mean of the taps.
-fn reduce(e: &mut Emitter, kind: PoolKind, ty: Type, from: Value, window: &[Tap]) -> Value {
-    let mut acc = e.load(ty, from, window[0].offset);
+fn reduce(
+    e: &mut Emitter,
+    (kind, storage): (PoolKind, Storage),
+    ty: Type,
+    from: Value,
+    window: &[Tap],
+) -> Value {
+    let mut acc = e.load_stored(storage, ty, from, window[0].offset);
     for tap in &window[1..] {
-        let value = e.load(ty, from, tap.offset);
+        let value = e.load_stored(storage, ty, from, tap.offset);
         acc = combine(e, kind, ty, acc, value);
     }
     if kind == PoolKind::Avg && window.len() > 1 {
@@ -286,20 +300,21 @@ fn combine(e: &mut Emitter, kind: PoolKind, ty: Type, acc: Value, value: Value) 
     }
 }
 
-/// The maximum of the values at `offsets` from `from`, and the position of
-/// its first occurrence among them (as f32 lanes).
+/// The maximum of the values at `offsets` from `from` (in a buffer stored
+/// as `storage`), and the position of its first occurrence among them (as
+/// f32 lanes).
 fn argmax(
     e: &mut Emitter,
-    ty: Type,
+    (ty, storage): (Type, Storage),
     from: Value,
     offsets: impl IntoIterator<Item = i64>,
 ) -> (Value, Value) {
     let mut offsets = offsets.into_iter();
     let first = offsets.next().unwrap_or(0);
-    let mut max = e.load(ty, from, first);
+    let mut max = e.load_stored(storage, ty, from, first);
     let mut index = e.constant(ty, 0.0);
     for (k, offset) in offsets.enumerate() {
-        let value = e.load(ty, from, offset);
+        let value = e.load_stored(storage, ty, from, offset);
         let position = e.constant(ty, (k + 1) as f32);
         index = e.choose(ty, FloatCC::GreaterThan, value, max, position, index);
         max = e.choose(ty, FloatCC::GreaterThan, value, max, value, max);
@@ -309,6 +324,8 @@ fn argmax(
 
 /// What the backward pass of one (row segment, column segment) pair needs.
 struct Scatter {
+    /// How `x` is stored.
+    x_storage: Storage,
     /// The window's taps inside the input.
     window: Vec<Tap>,
     /// Taps per window row.
@@ -343,7 +360,13 @@ fn scatter_window(
         let to = e.add(dx_pixel, lane);
         let first_max = x_pixel.map(|x| {
             let from = e.add(x, lane);
-            argmax(e, ty, from, s.window.iter().map(|t| t.offset)).1
+            argmax(
+                e,
+                (ty, s.x_storage),
+                from,
+                s.window.iter().map(|t| t.offset),
+            )
+            .1
         });
         if first_max.is_none() {
             let scale = e.constant(ty, 1.0 / s.window.len() as f32);

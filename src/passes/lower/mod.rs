@@ -34,7 +34,7 @@ use crate::codegen::grouped::{GroupedConv, GroupedPass};
 use crate::codegen::native::{CopyRows, PadCopy};
 use crate::codegen::reduce::{Reduce, ReduceKind};
 use crate::codegen::resample::{Resample, ResamplePass};
-use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind};
+use crate::codegen::window::{Pass, Role as WindowRole, Window, WindowKind, WindowStorage};
 use crate::config::Optimizer;
 use crate::graph::{Interpolation, Shape};
 use crate::plan::{
@@ -795,6 +795,7 @@ impl<'m> Lowering<'m> {
             kind,
             pass,
             input: [self.batch, input[0], input[1], input[2]],
+            storage: WindowStorage::F32,
         };
         let roles = window.buffers().map_err(|e| LowerError::Kernel {
             node: name.to_string(),
