@@ -212,14 +212,9 @@ impl<'a> Epilogue<'a> {
     /// `block` holds at least `rows.end * channels` f32s, and the contract
     /// of [`Epilogue::new`] holds.
     pub(crate) unsafe fn apply(&self, block: *mut f32, rows: Range<usize>, channels: usize) {
-        let mut args = Vec::with_capacity(2 + self.inputs.len() + self.outputs.len());
-        args.push(block);
-        args.extend(&self.inputs);
-        args.push(block);
-        args.extend(&self.outputs);
-        // SAFETY: one pointer per buffer the kernel was compiled for (the
-        // contract of `new`), each valid for these rows.
-        unsafe { self.kernel.run(&args, rows, channels) }
+        // SAFETY: the caller's contract: the block is the kernel's input 0
+        // and output 0, valid for these rows.
+        unsafe { self.run(block, block, rows, channels) }
     }
 
     /// Runs the kernel on rows `rows` of a contraction's output held in f32
@@ -242,14 +237,25 @@ impl<'a> Epilogue<'a> {
         // rows: the block's base lies `rows.start` rows before it (an
         // address it never reads).
         let base = block.wrapping_sub(rows.start * channels);
+        // SAFETY: the block's rows at `base` plus `rows`, the output's as
+        // stored (the caller's contract).
+        unsafe { self.run(base, output, rows, channels) }
+    }
+
+    /// Runs the kernel on rows `rows` with input 0 at `input` and output 0
+    /// at `output`, then the extra buffers.
+    ///
+    /// # Safety
+    /// Both are valid for these rows as the kernel addresses them, and the
+    /// contract of [`Epilogue::new`] holds.
+    unsafe fn run(&self, input: *mut f32, output: *mut f32, rows: Range<usize>, channels: usize) {
         let mut args = Vec::with_capacity(2 + self.inputs.len() + self.outputs.len());
-        args.push(base);
+        args.push(input);
         args.extend(&self.inputs);
         args.push(output);
         args.extend(&self.outputs);
         // SAFETY: one pointer per buffer the kernel was compiled for (the
-        // contract of `new`), each valid for these rows: the block's rows
-        // at `base` plus `rows`, the output's as stored.
+        // contract of `new`), each valid for these rows.
         unsafe { self.kernel.run(&args, rows, channels) }
     }
 }
