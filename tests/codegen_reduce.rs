@@ -4,8 +4,9 @@
 #[path = "support/reference.rs"]
 mod reference;
 
+use cnnc::codegen::contraction::bf16::{round, widen};
 use cnnc::codegen::reduce::{Reduce, ReduceKind};
-use cnnc::codegen::{DomainKernel, Jit};
+use cnnc::codegen::{CodegenError, DomainKernel, Jit, Storage};
 use ndarray::ArrayD;
 
 fn data(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
@@ -30,6 +31,7 @@ fn compile(kind: ReduceKind, rows: usize, n: usize) -> (Jit, DomainKernel) {
             kind,
             rows,
             n,
+            loads: Vec::new(),
         })
         .expect("compiles");
     (jit, kernel)
@@ -322,6 +324,7 @@ fn bad_descriptions_are_errors() {
         kind: ReduceKind::Softmax,
         rows: 0,
         n: 10,
+        loads: Vec::new(),
     };
     assert!(jit.compile_reduce(&empty).is_err());
     let smoothing = Reduce {
@@ -332,6 +335,7 @@ fn bad_descriptions_are_errors() {
         },
         rows: 1,
         n: 10,
+        loads: Vec::new(),
     };
     assert!(jit.compile_reduce(&smoothing).is_err());
 }
@@ -377,6 +381,59 @@ fn item_sums_reduce_each_items_rows_separately() {
         kind: ReduceKind::ItemSums { rows_per_item: 5 },
         rows: 12,
         n: 3,
+        loads: Vec::new(),
     };
     assert!(jit.compile_reduce(&ragged).is_err());
+}
+
+/// Column moments of an input stored in bf16 are, bit for bit, those of
+/// the f32s its values are, on vectors and the scalar tail, whatever the
+/// split; no other reduction, and no other input, reads bf16.
+#[test]
+fn column_moments_read_bf16_as_the_rounded_values() {
+    for (rows, n) in [(7 * 25, 13), (32 * 49, 64), (1, 3), (3, 6)] {
+        let x = data(rows * n, 9, -3.0, 5.0);
+        let rounded: Vec<u16> = x.iter().map(|&v| round(v)).collect();
+        let widened: Vec<f32> = rounded.iter().map(|&v| widen(v)).collect();
+        let slots: Vec<f32> = rounded
+            .chunks(2)
+            .map(|p| f32::from_bits(u32::from(p[0]) | u32::from(*p.get(1).unwrap_or(&0)) << 16))
+            .collect();
+        let (_jit, f32_kernel) = compile(ReduceKind::ColumnMoments, rows, n);
+        let mut jit = Jit::new().expect("jit");
+        let bf16_kernel = jit
+            .compile_reduce(&Reduce {
+                name: "bf16 moments".into(),
+                kind: ReduceKind::ColumnMoments,
+                rows,
+                n,
+                loads: vec![Storage::Bf16],
+            })
+            .expect("compiles");
+        let mut expected = vec![widened, vec![0.0; n], vec![0.0; n]];
+        run(&f32_kernel, &mut expected, false);
+        let mut got = vec![slots, vec![f32::NAN; n], vec![f32::NAN; n]];
+        run(&bf16_kernel, &mut got, true);
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got[1]), bits(&expected[1]), "mean {rows}x{n}");
+        assert_eq!(bits(&got[2]), bits(&expected[2]), "variance {rows}x{n}");
+    }
+    let mut jit = Jit::new().expect("jit");
+    for (kind, loads) in [
+        (ReduceKind::ColumnSums, vec![Storage::Bf16]),
+        (ReduceKind::Softmax, vec![Storage::Bf16]),
+        (ReduceKind::ColumnMoments, vec![Storage::F32, Storage::Bf16]),
+    ] {
+        let refused = jit.compile_reduce(&Reduce {
+            name: format!("{kind:?} {loads:?}"),
+            kind,
+            rows: 4,
+            n: 4,
+            loads,
+        });
+        assert!(
+            matches!(refused, Err(CodegenError::Malformed { .. })),
+            "{kind:?}"
+        );
+    }
 }

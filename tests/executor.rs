@@ -35,6 +35,7 @@ fn program(jit: &mut Jit) -> Program {
         kind: ReduceKind::Softmax,
         rows: ROWS,
         n: CHANNELS,
+        loads: Vec::new(),
     };
     let n = ROWS * CHANNELS;
     let hidden = Slot::Arena { offset: 16, len: n };

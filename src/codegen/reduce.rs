@@ -13,7 +13,7 @@ use cranelift_codegen::ir::{types, Function, InstBuilder, MemFlagsData, Type, Va
 use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 
-use super::{loops, math, CodegenError};
+use super::{elementwise, loops, math, CodegenError, Storage};
 
 /// Columns handled by one work item of the column reductions: one 64-byte
 /// cache line of each row.
@@ -96,6 +96,10 @@ pub struct Reduce {
     pub rows: usize,
     /// Length of a row (classes, channels).
     pub n: usize,
+    /// How each input buffer is stored, f32 past the end: bf16 (two values
+    /// to a slot, widened as loaded) only for [`ReduceKind::ColumnMoments`]'
+    /// `x`.
+    pub loads: Vec<Storage>,
 }
 
 impl Reduce {
@@ -112,6 +116,11 @@ impl Reduce {
             ReduceKind::Rbf { .. } | ReduceKind::RbfBackwardData { .. } => self.rows,
             ReduceKind::RbfBackwardCenters { .. } => self.n,
         }
+    }
+
+    /// How input buffer `i` is stored.
+    pub fn load(&self, i: usize) -> Storage {
+        self.loads.get(i).copied().unwrap_or_default()
     }
 
     /// The number of buffers the kernel takes.
@@ -137,6 +146,12 @@ impl Reduce {
         };
         if self.rows == 0 || self.n == 0 {
             return malformed("a reduction needs at least one row and one column");
+        }
+        let bf16 = (0..self.loads.len()).any(|i| self.load(i) == Storage::Bf16);
+        let only_x = self.kind == ReduceKind::ColumnMoments
+            && (1..self.loads.len()).all(|i| self.load(i) == Storage::F32);
+        if bf16 && !only_x {
+            return malformed("only the column moments' input may be stored in bf16");
         }
         if let ReduceKind::Rbf { units }
         | ReduceKind::RbfBackwardData { units }
@@ -194,6 +209,7 @@ pub(super) fn translate(
         n: kernel.n,
         rows: kernel.rows,
         flags,
+        x: kernel.load(0),
     };
     match kernel.kind {
         ReduceKind::Softmax => {
@@ -255,6 +271,8 @@ struct Kernel {
     n: usize,
     rows: usize,
     flags: MemFlagsData,
+    /// How buffer 0 is stored (read by the column moments alone).
+    x: Storage,
 }
 
 impl Kernel {
@@ -642,22 +660,35 @@ impl Kernel {
         let n = self.n as i64;
         let output = b.ins().imul_imm_s(item, n);
         let output = b.ins().iadd(output, column);
-        let element = |b: &mut FunctionBuilder, base: Value, row: Value| {
+        let index = |b: &mut FunctionBuilder, row: Value| {
             let row = b.ins().iadd(row, first_row);
             let index = b.ins().imul_imm_s(row, n);
-            let index = b.ins().iadd(index, column);
+            b.ins().iadd(index, column)
+        };
+        let element = |b: &mut FunctionBuilder, base: Value, row: Value| {
+            let index = index(b, row);
             self.load(b, ty, base, index)
+        };
+        // The moments' input, widened from bf16 where it is stored so.
+        let x = |b: &mut FunctionBuilder, row: Value| match self.x {
+            Storage::F32 => element(b, bases[0], row),
+            Storage::Bf16 => {
+                let index = index(b, row);
+                let bytes = b.ins().imul_imm_s(index, 2);
+                let address = b.ins().iadd(bases[0], bytes);
+                elementwise::load_bf16(b, ty, address, self.flags)
+            }
         };
         let z = math::constant(b, ty, 0.0);
         if moments {
             let sum = loops::counted(b, zero, rows, 1, &[z], |b, row, acc| {
-                let x = element(b, bases[0], row);
+                let x = x(b, row);
                 vec![b.ins().fadd(acc[0], x)]
             })[0];
             let inverse = math::constant(b, ty, 1.0 / self.rows as f32);
             let mean = b.ins().fmul(sum, inverse);
             let squares = loops::counted(b, zero, rows, 1, &[z], |b, row, acc| {
-                let x = element(b, bases[0], row);
+                let x = x(b, row);
                 let d = b.ins().fsub(x, mean);
                 vec![b.ins().fma(d, d, acc[0])]
             })[0];

@@ -3,22 +3,23 @@
 //! (an element-wise kernel, a bf16 forward product with or without its
 //! epilogue, or 2-D pooling's forward pass) and that only bf16
 //! contractions (as their input: the forward pass, the kernel gradient),
-//! element-wise kernels (epilogues included) and 2-D pooling (as its `x`)
-//! read. Its writer rounds it as it stores it, the contractions copy it
-//! where they would have rounded it (so their results do not change, bit
-//! for bit), and the other readers widen it. It takes half the memory: the
-//! arena holds such activations from the forward pass to their kernel
-//! gradient.
+//! element-wise kernels (epilogues included), 2-D pooling (as its `x`)
+//! and batchnorm's statistics read. Its writer rounds it as it stores it,
+//! the contractions copy it where they would have rounded it (so their
+//! results do not change, bit for bit), and the other readers widen it.
+//! It takes half the memory: the arena holds such activations from the
+//! forward pass to their kernel gradient.
 //!
-//! What else reads an activation (batchnorm's statistics, a product in
-//! f32, other window kernels) keeps it f32, and so does what the caller
-//! sees (outputs, losses, gradients). So that a batch splits across ranks
-//! at whole examples, an activation whose examples hold an odd number of
-//! values stays f32 too.
+//! What else reads an activation (softmax and the loss, a product in f32,
+//! other window kernels and reductions) keeps it f32, and so does what
+//! the caller sees (outputs, losses, gradients). So that a batch splits
+//! across ranks at whole examples, an activation whose examples hold an
+//! odd number of values stays f32 too.
 //!
 //! The pass runs after fusion, which decides which kernels read what.
 
 use crate::codegen::elementwise::{Elementwise, Operand};
+use crate::codegen::reduce::ReduceKind;
 use crate::codegen::window::{Pass as WindowPass, WindowKind};
 use crate::graph::PoolKind;
 use crate::plan::{
@@ -76,6 +77,9 @@ enum Place {
     /// 2-D pooling's forward output (without an epilogue), rounded as it
     /// is stored.
     PoolOutput,
+    /// The input of batchnorm's statistics (column moments), widened as
+    /// it is read.
+    MomentsInput,
 }
 
 impl Place {
@@ -169,6 +173,10 @@ fn place(kernel: &KernelDesc, i: usize, access: Access) -> Option<Place> {
             }
             (own, epilogue.as_ref())
         }
+        KernelDesc::Reduce(r) => {
+            let moments = r.kind == ReduceKind::ColumnMoments;
+            return (moments && i == 0 && access == Access::Read).then_some(Place::MomentsInput);
+        }
         _ => return None,
     };
     // An epilogue's extra inputs follow the kernel's own buffers.
@@ -230,6 +238,12 @@ fn store(kernel: &mut KernelDesc, place: Place) {
         }
         (KernelDesc::Window { window, .. }, Place::PoolInput) => window.storage.x = Storage::Bf16,
         (KernelDesc::Window { window, .. }, Place::PoolOutput) => window.storage.y = Storage::Bf16,
+        (KernelDesc::Reduce(r), Place::MomentsInput) => {
+            if r.loads.is_empty() {
+                r.loads.push(Storage::F32);
+            }
+            r.loads[0] = Storage::Bf16;
+        }
         // `place` gives each place only for the kernels matched above.
         (kernel, place) => unreachable!("{place:?} of {}", kernel.summary()),
     }

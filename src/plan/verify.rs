@@ -359,6 +359,22 @@ fn scalars_read(kernel: &Elementwise, input: usize) -> usize {
 
 /// The buffers [`ReduceKind`] documents for each reduction.
 fn reduce(r: &Reduce) -> Vec<Param> {
+    // Every reduction lists its inputs first.
+    reduce_params(r)
+        .into_iter()
+        .enumerate()
+        .map(|(i, param)| match param.access {
+            Access::Read => Param {
+                storage: r.load(i),
+                ..param
+            },
+            Access::Write => param,
+        })
+        .collect()
+}
+
+/// [`reduce`]'s buffers, all f32.
+fn reduce_params(r: &Reduce) -> Vec<Param> {
     let (rows, n) = (r.rows, r.n);
     let matrix = rows * n;
     match r.kind {

@@ -390,6 +390,7 @@ impl<'m> Lowering<'m> {
                     kind: ReduceKind::Softmax,
                     rows,
                     n,
+                    loads: Vec::new(),
                 };
                 self.step(id, KernelDesc::Reduce(reduce), vec![inputs[0], out]);
                 out
@@ -423,6 +424,7 @@ impl<'m> Lowering<'m> {
                     kind: ReduceKind::Rbf { units },
                     rows,
                     n,
+                    loads: Vec::new(),
                 };
                 self.step(id, KernelDesc::Reduce(reduce), vec![inputs[0], centers, y]);
                 y

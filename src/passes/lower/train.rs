@@ -107,6 +107,7 @@ impl Lowering<'_> {
             kind: ReduceKind::ColumnMoments,
             rows,
             n: c,
+            loads: Vec::new(),
         };
         self.step(id, KernelDesc::Reduce(moments), vec![x, mean, variance]);
         // y = gamma (x - mean) / sqrt(variance + eps) + beta
@@ -213,6 +214,7 @@ impl Lowering<'_> {
                 kind,
                 rows,
                 n,
+                loads: Vec::new(),
             }),
             vec![inputs[0], inputs[1], loss, dz],
         );
@@ -371,6 +373,7 @@ impl Lowering<'_> {
             kind: ReduceKind::SoftmaxBackward,
             rows,
             n,
+            loads: Vec::new(),
         };
         let y = self.values[&y];
         self.step(id, KernelDesc::Reduce(reduce), vec![y, dy, dx]);
@@ -478,6 +481,7 @@ impl Lowering<'_> {
             kind: ReduceKind::RbfBackwardData { units },
             rows,
             n,
+            loads: Vec::new(),
         };
         let x = self.values[&x];
         self.step(id, KernelDesc::Reduce(reduce), vec![x, centers, dy, dx]);
@@ -573,6 +577,7 @@ impl Lowering<'_> {
                 kind: ReduceKind::ColumnSums,
                 rows,
                 n: filters,
+                loads: Vec::new(),
             };
             self.step(
                 id,
@@ -688,6 +693,7 @@ impl Lowering<'_> {
             },
             rows,
             n: channels,
+            loads: Vec::new(),
         };
         self.step(id, KernelDesc::Reduce(reduce), vec![dy, other, sums, ds]);
         ds
@@ -736,6 +742,7 @@ impl Lowering<'_> {
             kind: ReduceKind::ColumnSums,
             rows,
             n: c,
+            loads: Vec::new(),
         };
         self.step(id, KernelDesc::Reduce(reduce), vec![dy, x_hat, sum, dot]);
         self.shared
@@ -988,6 +995,7 @@ impl Lowering<'_> {
                 kind: ReduceKind::ColumnSums,
                 rows,
                 n: c,
+                loads: Vec::new(),
             };
             let x = self.values[&x];
             self.step(id, KernelDesc::Reduce(reduce), vec![dy, x, sum, dot]);
@@ -1052,6 +1060,7 @@ impl Lowering<'_> {
             kind: ReduceKind::RbfBackwardCenters { units },
             rows,
             n,
+            loads: Vec::new(),
         };
         let x = self.values[&x];
         self.step(id, KernelDesc::Reduce(reduce), vec![x, centers, dy, dc]);
