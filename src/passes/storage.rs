@@ -179,9 +179,10 @@ fn place(kernel: &KernelDesc, i: usize, access: Access) -> Option<Place> {
         }
         _ => return None,
     };
-    // An epilogue's extra inputs follow the kernel's own buffers.
-    let extra = (i + 1).checked_sub(own)?;
-    let epilogue = epilogue?;
+    // An epilogue's extra inputs (its inputs 1..) follow the kernel's own
+    // buffers.
+    let epilogue = epilogue.filter(|_| i >= own)?;
+    let extra = i - own + 1;
     (access == Access::Read && epilogue.inputs.get(extra) == Some(&Operand::Tensor))
         .then_some(Place::EpilogueInput(extra))
 }
