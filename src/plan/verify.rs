@@ -722,6 +722,42 @@ mod tests {
             .ends_with("argument 1 (`y`) is stored as Bf16, but the caller lends f32s"));
     }
 
+    /// Only a bf16 forward product stores its output in bf16, and its
+    /// epilogue, which stores that output, must store it so too.
+    #[test]
+    fn a_bf16_output_is_a_forward_products_stored_as_its_epilogue_stores_it() {
+        use crate::codegen::contraction::DenseShape;
+        let geometry = Geometry::Dense(DenseShape {
+            rows: 128,
+            inputs: 4,
+            units: 128,
+            bias: false,
+        });
+        let bf16 = Algorithm::Bf16 {
+            input: Storage::F32,
+            output: Storage::Bf16,
+        };
+        let forward = |epilogue| ContractionPass::Forward { epilogue };
+        let plain = contraction(&geometry, &forward(None), bf16).expect("a bf16 output");
+        assert_eq!(plain.last().map(|p| p.storage), Some(Storage::Bf16));
+        let f32_relu = contraction(&geometry, &forward(Some(relu_kernel())), bf16);
+        assert!(f32_relu
+            .expect_err("an epilogue storing f32")
+            .starts_with("an epilogue storing the output in F32"));
+        let bf16_relu = Elementwise {
+            stores: vec![Storage::Bf16],
+            ..relu_kernel()
+        };
+        assert!(contraction(&geometry, &forward(Some(bf16_relu)), bf16).is_ok());
+        for pass in [
+            ContractionPass::BackwardFilter,
+            ContractionPass::BackwardData { epilogue: None },
+        ] {
+            let refused = contraction(&geometry, &pass, bf16).expect_err("a gradient in bf16");
+            assert!(refused.contains("gradient product"), "{refused}");
+        }
+    }
+
     /// A forward product of a few rows is split over its channels: no
     /// item finishes a whole row, so an epilogue on it is a defect.
     #[test]
