@@ -1606,17 +1606,16 @@ impl ConvBackwardFilter {
         }
     }
 
-    /// The weight-gradient rows of im2col columns block `item`.
+    /// Zeroes item `item`'s share of the weight-gradient rows of the taps
+    /// that only read padding ([`Geometry::dead_share`]).
     ///
     /// # Safety
     /// The contract of [`Self::run`].
-    unsafe fn cols_item(&self, buffers: &BackwardFilterBuffers, scratch: &mut [f32], item: usize) {
-        let g = &self.common.geometry;
-        let (cin, cout) = (g.shape.in_channels, g.shape.out_channels);
-        let cols = item * self.cols_per_item..((item + 1) * self.cols_per_item).min(g.cols);
-        for dead in g.dead_share(item, self.product_items()) {
-            // SAFETY: this share of the dead taps' rows belongs to this
-            // item alone.
+    unsafe fn zero_dead_share(&self, buffers: &BackwardFilterBuffers, item: usize) {
+        let cout = self.common.geometry.shape.out_channels;
+        for dead in self.common.geometry.dead_share(item, self.product_items()) {
+            // SAFETY: this share of the dead taps' rows lies inside the
+            // kernel gradient and belongs to this item alone.
             unsafe {
                 std::slice::from_raw_parts_mut(
                     buffers.kernel_grad.add(dead.start * cout),
@@ -1625,6 +1624,18 @@ impl ConvBackwardFilter {
                 .fill(0.0)
             };
         }
+    }
+
+    /// The weight-gradient rows of im2col columns block `item`.
+    ///
+    /// # Safety
+    /// The contract of [`Self::run`].
+    unsafe fn cols_item(&self, buffers: &BackwardFilterBuffers, scratch: &mut [f32], item: usize) {
+        let g = &self.common.geometry;
+        let (cin, cout) = (g.shape.in_channels, g.shape.out_channels);
+        let cols = item * self.cols_per_item..((item + 1) * self.cols_per_item).min(g.cols);
+        // SAFETY: the contract of `run`.
+        unsafe { self.zero_dead_share(buffers, item) };
         // SAFETY: the input holds `input_len` f32s, and is only read.
         let input = unsafe { std::slice::from_raw_parts(buffers.input, g.input_len) };
         for first in (0..g.rows).step_by(self.rows_per_block) {
@@ -1747,17 +1758,8 @@ impl ConvBackwardFilter {
                 add_assign(sums, product);
             }
         }
-        for dead in g.dead_share(item, self.product_items()) {
-            // SAFETY: this share of the dead taps' rows belongs to this
-            // item alone.
-            unsafe {
-                std::slice::from_raw_parts_mut(
-                    buffers.kernel_grad.add(dead.start * cout),
-                    dead.len() * cout,
-                )
-                .fill(0.0)
-            };
-        }
+        // SAFETY: the contract of `run`.
+        unsafe { self.zero_dead_share(buffers, item) };
         for group in &g.groups {
             let (lo, hi) = (
                 cols.start.max(group.col),
