@@ -149,7 +149,13 @@ fn kernel(jit: &mut Jit, desc: &KernelDesc) -> Result<(Box<dyn Kernel>, usize), 
             let direction = match pass {
                 ContractionPass::Forward { .. } => Direction::Forward,
                 ContractionPass::BackwardData { .. } => Direction::BackwardData,
-                ContractionPass::BackwardFilter => {
+                ContractionPass::BackwardFilter { live_rows: true } => {
+                    return Err(CodegenError::Malformed {
+                        kernel: name.clone(),
+                        message: "Winograd's kernel gradient writes every tap's rows".into(),
+                    })
+                }
+                ContractionPass::BackwardFilter { live_rows: false } => {
                     let step = BackwardFilterStep {
                         kernel: WinogradBackwardFilter::new(name, shape, *tile)?,
                         name: name.clone(),
@@ -262,10 +268,15 @@ fn contraction(
                 name: name.to_string(),
             })
         }
-        ContractionPass::BackwardFilter => {
+        ContractionPass::BackwardFilter { live_rows } => {
             let kernel = match geometry {
                 Geometry::Conv(s) => ConvBackwardFilter::new(name, s)?,
                 Geometry::Dense(s) => ConvBackwardFilter::dense(name, s)?,
+            };
+            let kernel = if *live_rows {
+                kernel.live_rows()
+            } else {
+                kernel
             };
             Box::new(BackwardFilterStep {
                 kernel,
@@ -308,12 +319,17 @@ fn bf16_contraction(
             };
             return Ok((Box::new(step), work));
         }
-        ContractionPass::BackwardFilter => {
+        ContractionPass::BackwardFilter { live_rows } => {
             let kernel = match geometry {
                 Geometry::Conv(s) => ConvBackwardFilter::bf16(name, s, backend)?,
                 Geometry::Dense(s) => ConvBackwardFilter::dense_bf16(name, s, backend)?,
             }
             .reading(input)?;
+            let kernel = if *live_rows {
+                kernel.live_rows()
+            } else {
+                kernel
+            };
             let step = BackwardFilterStep {
                 kernel,
                 name: name.to_string(),

@@ -355,6 +355,9 @@ fn rewrite(mut plan: KernelPlan, precision: Precision) -> Result<KernelPlan, Com
     // Activations that only bf16 products and element-wise kernels read,
     // stored in bf16 (after fusion, which decides who reads what).
     passes::storage::run(&mut plan, precision)?;
+    // Kernel gradients without the rows of taps that only read padding,
+    // which their updates read as zeros.
+    passes::live_rows::run(&mut plan)?;
     // Each optimizer update right after the last step that needs its
     // weight's old value, so that its gradient's memory is free early.
     passes::schedule::run(&mut plan)?;

@@ -12,13 +12,15 @@ mod reference;
 
 use std::ops::Range;
 
+use cnnc::codegen::contraction::bf16::Backend;
 use cnnc::codegen::contraction::winograd::{
     self, Direction, Tile, WinogradBackwardFilter, WinogradBuffers, WinogradConv, WinogradFilter,
     WinogradFilterGradient,
 };
 use cnnc::codegen::contraction::{
-    forward_splits_columns, BackwardDataBuffers, BackwardFilterBuffers, ConvBackwardData,
-    ConvBackwardFilter, ConvForward, ConvShape, DenseShape, Epilogue, ForwardBuffers,
+    forward_splits_columns, live_rows_len, live_taps, BackwardDataBuffers, BackwardFilterBuffers,
+    ConvBackwardData, ConvBackwardFilter, ConvForward, ConvShape, DenseShape, Epilogue,
+    ForwardBuffers,
 };
 use cnnc::codegen::elementwise::{Binary, Elementwise, Expr, Operand};
 use cnnc::codegen::{CodegenError, CompiledKernel, Jit};
@@ -398,6 +400,15 @@ impl Case {
 
     fn backward_filter(&self, split: Split) -> (Vec<f32>, Vec<f32>) {
         let kernel = ConvBackwardFilter::new("conv_dw", &self.shape).expect("a valid shape");
+        self.backward_filter_on(&kernel, split)
+    }
+
+    /// `kernel`'s kernel and bias gradients of this case.
+    fn backward_filter_on(
+        &self,
+        kernel: &ConvBackwardFilter,
+        split: Split,
+    ) -> (Vec<f32>, Vec<f32>) {
         let mut dw = vec![f32::NAN; kernel.lengths().kernel];
         let mut db = vec![f32::NAN; self.shape.out_channels];
         let buffers = BackwardFilterBuffers {
@@ -678,6 +689,53 @@ fn backward_filter_matches_the_vjp() {
             assert_close(&db, &db_expected, &format!("dbias of {}", case.name()));
         }
     }
+}
+
+/// A kernel gradient of live rows ([`ConvBackwardFilter::live_rows`])
+/// holds the whole gradient's rows of the taps that read some input, in
+/// order, bit for bit (on the GEMM, and in bf16 on every backend this CPU
+/// runs), and every row of the other taps is zero in the whole gradient.
+#[test]
+fn live_rows_are_the_whole_gradients_rows_of_the_live_taps() {
+    let mut checked = 0;
+    for case in conv_cases().iter().chain(&tiny_cases()) {
+        let s = &case.shape;
+        let Some(taps) = live_taps(s).expect("a valid shape") else {
+            continue;
+        };
+        let mut kernels = vec![ConvBackwardFilter::new("dw", s).expect("valid")];
+        for backend in Backend::ALL.into_iter().filter(|b| b.available()) {
+            kernels.push(ConvBackwardFilter::bf16("dw", s, backend).expect("valid"));
+        }
+        for whole in kernels {
+            let what = format!("{} {:?}", case.name(), whole.bf16_backend());
+            let live = whole.clone().live_rows();
+            let len = live_rows_len(s).expect("valid");
+            assert_eq!(live.lengths().kernel, len, "{what}");
+            assert_eq!(len, taps.stored_rows() * s.out_channels, "{what}");
+            let (full, full_db) = case.backward_filter_on(&whole, Split::Whole);
+            let (rows, db) = case.backward_filter_on(&live, Split::Uneven);
+            assert_eq!(bits(&db), bits(&full_db), "{what}: the bias gradient");
+            let cout = s.out_channels;
+            let mut expected = vec![f32::NAN; len];
+            for (row, values) in full.chunks_exact(cout).enumerate() {
+                match taps.stored_row(row) {
+                    Some(at) => expected[at * cout..][..cout].copy_from_slice(values),
+                    None => assert!(values.iter().all(|&v| v == 0.0), "{what}: row {row}"),
+                }
+            }
+            if whole.is_direct() {
+                // The whole gradient computed without im2col sums in
+                // another order.
+                assert_within(&rows, &widen(&expected), RELATIVE, &what);
+            } else {
+                assert_eq!(bits(&rows), bits(&expected), "{what}");
+            }
+        }
+        checked += 1;
+    }
+    // A 3x3 kernel on 1x1 images, and stride 2 on 2x2.
+    assert!(checked >= 2, "{checked} cases with dead taps");
 }
 
 /// The Winograd kernels, with both tiles: the forward pass against the

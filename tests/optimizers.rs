@@ -4,6 +4,7 @@
 //! With `weight_decay`, Keras 3 scales the weights by `1 - lr * decay`
 //! before each update (its `Adam(weight_decay=…)` equals `AdamW`).
 
+use cnnc::codegen::elementwise::{LiveTaps, Operand};
 use cnnc::codegen::Jit;
 use cnnc::config::{Optimizer, OptimizerKind, TrainConfig};
 use cnnc::optimizer::{state_count, StepState};
@@ -227,5 +228,91 @@ fn weight_decay() {
     ];
     for (kind, optimizer, keras) in cases {
         assert_keras(kind, optimizer, keras);
+    }
+}
+
+/// Three updates of a 3x3 kernel (2 input channels, 5 output channels:
+/// a vector and a tail each row) from a gradient that holds only its live
+/// taps' rows ([`Operand::LiveTaps`]: kernel rows 1..3, columns 0..2), the
+/// other rows read as zeros, against the same updates from the whole
+/// gradient with zeros in those rows: the same weights and state, bit for
+/// bit, for every optimizer, with and without weight decay.
+#[test]
+fn a_gradient_of_live_taps_updates_as_the_whole_gradient_with_zeros() {
+    let taps = LiveTaps {
+        kernel: [3, 3],
+        in_channels: 2,
+        ys: [1, 3],
+        xs: [0, 2],
+    };
+    let channels = 5;
+    let (rows, stored) = (taps.rows(), taps.stored_rows());
+    assert_eq!((rows, stored), (18, 8));
+    let value = |i: usize, seed: usize| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0;
+    let kinds = [
+        (OptimizerKind::Sgd, 0.1, 0.0),
+        (OptimizerKind::Momentum, 0.1, 0.9),
+        (OptimizerKind::Nesterov, 0.1, 0.9),
+        (OptimizerKind::Adam, 0.01, 0.0),
+        (OptimizerKind::Nadam, 0.01, 0.0),
+        (OptimizerKind::RmsProp, 0.01, 0.0),
+    ];
+    for (kind, lr, momentum) in kinds {
+        for weight_decay in [0.0, 0.5] {
+            let optimizer = Optimizer {
+                weight_decay,
+                ..optimizer(kind, lr, momentum)
+            };
+            let mut jit = Jit::new().expect("jit");
+            let whole_kernel = optimizer.update_kernel();
+            let mut live_kernel = whole_kernel.clone();
+            live_kernel.inputs[1] = Operand::LiveTaps(taps);
+            let whole_kernel = jit.compile_elementwise(&whole_kernel).expect("compiles");
+            let live_kernel = jit.compile_elementwise(&live_kernel).expect("compiles");
+            let states = state_count(&optimizer);
+            let w0: Vec<f32> = (0..rows * channels).map(|i| value(i, 1)).collect();
+            let mut whole = (w0.clone(), vec![vec![0.0f32; rows * channels]; states]);
+            let mut live = whole.clone();
+            let mut step = StepState::new();
+            for seed in 2..5 {
+                let (mut coefficients, next) = optimizer.coefficients(step, optimizer.lr);
+                step = next;
+                let mut compact: Vec<f32> =
+                    (0..stored * channels).map(|i| value(i, seed)).collect();
+                let mut full = vec![0.0f32; rows * channels];
+                for row in 0..rows {
+                    if let Some(s) = taps.stored_row(row) {
+                        full[row * channels..][..channels]
+                            .copy_from_slice(&compact[s * channels..][..channels]);
+                    }
+                }
+                for (kernel, (w, state), g) in [
+                    (&whole_kernel, &mut whole, &mut full),
+                    (&live_kernel, &mut live, &mut compact),
+                ] {
+                    let mut args: Vec<*mut f32> = vec![w.as_mut_ptr(), g.as_mut_ptr()];
+                    args.extend(state.iter_mut().map(|s| s.as_mut_ptr()));
+                    args.push(coefficients.as_mut_ptr());
+                    args.push(w.as_mut_ptr());
+                    args.extend(state.iter_mut().map(|s| s.as_mut_ptr()));
+                    // SAFETY: the weights and state hold `rows x channels`
+                    // values, the gradient as many or its stored rows' (as
+                    // its operand says), the coefficients as many as the
+                    // kernel reads.
+                    unsafe { kernel.run(&args, 0..rows, channels) };
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let what = format!("{kind:?}, weight decay {weight_decay}");
+            assert_eq!(bits(&live.0), bits(&whole.0), "{what}: weights");
+            for (a, b) in live.1.iter().zip(&whole.1) {
+                assert_eq!(bits(a), bits(b), "{what}: state");
+            }
+            // The dead rows moved only by the weight decay.
+            let moved = (0..rows)
+                .filter(|&r| taps.stored_row(r).is_none())
+                .any(|r| w0[r * channels] != live.0[r * channels]);
+            assert_eq!(moved, weight_decay > 0.0, "{what}: dead rows");
+        }
     }
 }

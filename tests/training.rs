@@ -69,6 +69,17 @@ fn random_weights(model: &TypedGraph) -> TensorStore {
 /// minus its gradient) and compares a few entries of every trainable
 /// weight's gradient with central differences of the reference loss.
 fn check_gradients(source: &str, batch: usize, classes: usize) {
+    check_gradients_at(source, batch, classes, |_, len| vec![0, len / 3, len - 1]);
+}
+
+/// [`check_gradients`] at the entries `entries(weight, len)` of each
+/// trainable weight.
+fn check_gradients_at(
+    source: &str,
+    batch: usize,
+    classes: usize,
+    entries: impl Fn(&str, usize) -> Vec<usize>,
+) {
     let model =
         cnnc::compile_source("model.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
     let store = random_weights(&model);
@@ -102,8 +113,7 @@ fn check_gradients(source: &str, batch: usize, classes: usize) {
     {
         let before = &store.get(&spec.name).expect("weight").data;
         let after = &trainer.weights.get(&spec.name).expect("weight").data;
-        let len = before.len();
-        for i in [0, len / 3, len - 1] {
+        for i in entries(&spec.name, before.len()) {
             let analytic = f64::from(before[i] - after[i]);
             let h = 1e-2f32;
             let (mut up, mut down) = (store.clone(), store.clone());
@@ -137,6 +147,44 @@ fn gradients_of_pooling_normalisation_and_recalibration() {
             softmax
         }";
     check_gradients(source, 3, 8);
+}
+
+#[test]
+fn gradients_of_kernels_whose_edge_taps_only_read_padding() {
+    // On 2x2 images a 3x3 stride-2 kernel reads with 4 of its taps, and on
+    // 1x1 images a 3x3 kernel with its centre alone: their kernel
+    // gradients hold only those taps' rows, which the update reads, and
+    // the other rows as zeros. Every entry of both kernels is checked.
+    let source = "
+        model m : [2, 2, 3] {
+            conv(4, 3, stride: 2, padding: same) -> tanh
+            conv(5, 3, padding: same) -> tanh
+            flatten
+            dense(3, activation: softmax)
+        }";
+    let model =
+        cnnc::compile_source("model.cnn", source, None, None).unwrap_or_else(|d| panic!("{d}"));
+    let loss = LossSpec {
+        smoothing: 0.0,
+        weights: Vec::new(),
+    };
+    let step =
+        cnnc::compile_training(&model, &loss, &sgd(1.0), 3).unwrap_or_else(|e| panic!("{e}"));
+    let live = step
+        .compiled
+        .plan
+        .steps
+        .iter()
+        .filter(|s| s.kernel.method().ends_with("live rows"))
+        .count();
+    assert_eq!(live, 2, "both kernel gradients hold their live rows");
+    check_gradients_at(source, 3, 3, |name, len| {
+        if name.ends_with(".kernel") && !name.starts_with("dense") {
+            (0..len).collect()
+        } else {
+            vec![0, len / 3, len - 1]
+        }
+    });
 }
 
 #[test]

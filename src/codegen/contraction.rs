@@ -44,6 +44,7 @@ use self::geometry::{add_assign, Geometry};
 use self::matmul::{matmul, matmul_small_rows, Operand, FEW_ROWS, SMALL_ROWS};
 use self::positions::{Positions, Side};
 use super::axis::Axis;
+use super::elementwise::LiveTaps;
 use super::{CodegenError, CompiledKernel, Storage};
 use crate::graph::Padding;
 
@@ -462,6 +463,49 @@ fn rows_per_item(rows: usize, scratch_cols: usize) -> usize {
 /// which take no epilogue: the fusion pass asks before it fuses one.
 pub fn forward_splits_columns(rows: usize, out_channels: usize) -> bool {
     (1..=COLUMN_SPLIT_ROWS).contains(&rows) && out_channels >= 2 * COLUMNS_PER_ITEM
+}
+
+/// The taps of convolution `shape` that read some input, when others only
+/// ever read padding (a 3x3 kernel on 1x1 images keeps its centre): the
+/// rows of its kernel gradient that are not always zero
+/// ([`ConvBackwardFilter::live_rows`]). `None` when every tap reads some
+/// input.
+///
+/// # Errors
+/// When the shape is invalid.
+pub fn live_taps(shape: &ConvShape) -> Result<Option<LiveTaps>, CodegenError> {
+    let g = Geometry::new("live taps", shape)?;
+    if g.dead_rows.is_empty() {
+        return Ok(None);
+    }
+    // Each axis's active taps are a run: the positions a tap reads move
+    // with it, so the taps that reach the image are consecutive.
+    let span = |taps: &[usize]| match (taps.first(), taps.last()) {
+        (Some(&first), Some(&last)) if last + 1 - first == taps.len() => Some([first, last + 1]),
+        _ => None,
+    };
+    Ok(match (span(&g.y_taps), span(&g.x_taps)) {
+        (Some(ys), Some(xs)) => Some(LiveTaps {
+            kernel: shape.kernel,
+            in_channels: shape.in_channels,
+            ys,
+            xs,
+        }),
+        _ => None,
+    })
+}
+
+/// The f32s of convolution `shape`'s kernel gradient when it holds only
+/// the rows of the taps that read some input
+/// ([`ConvBackwardFilter::live_rows`]): its im2col columns by its output
+/// channels.
+///
+/// # Errors
+/// When the shape is invalid.
+pub fn live_rows_len(shape: &ConvShape) -> Result<usize, CodegenError> {
+    let g = Geometry::new("live rows", shape)?;
+    // At most the kernel's length, which the geometry checked.
+    Ok(g.cols * shape.out_channels)
 }
 
 /// The pairs of connected positions per image when the forward pass
@@ -1306,7 +1350,8 @@ fn bands(g: &Geometry) -> DataItems {
 /// them in blocks of `rows_per_block` rows, in order, each block's im2col
 /// columns multiplied into the item's rows with one GEMM that accumulates.
 /// Each item also zeroes its share of the rows of taps that only ever read
-/// padding ([`Geometry::dead_share`]).
+/// padding ([`Geometry::dead_share`]), unless the kernel writes only the
+/// live taps' rows ([`Self::live_rows`]).
 ///
 /// A layer with few taps and input channels (a first layer, as for
 /// [`ConvForward`]'s direct items) computes without im2col: an item per
@@ -1327,6 +1372,9 @@ pub struct ConvBackwardFilter {
     bf16: Option<(bf16::Backend, bf16::Packer)>,
     /// How the input is stored (bf16 only with `bf16` products).
     input: Storage,
+    /// Whether the kernel gradient holds only the rows of the taps that
+    /// read some input ([`Self::live_rows`]).
+    live_rows: bool,
 }
 
 impl ConvBackwardFilter {
@@ -1354,7 +1402,30 @@ impl ConvBackwardFilter {
             direct,
             bf16: None,
             input: Storage::F32,
+            live_rows: false,
         })
+    }
+
+    /// This kernel writing only the kernel gradient's rows of the taps
+    /// that read some input, in im2col's column order ([`live_rows_len`]
+    /// f32s), and nothing for the taps that only read padding, whose
+    /// gradient is zero: through im2col, since a direct item writes every
+    /// tap's rows.
+    pub fn live_rows(self) -> ConvBackwardFilter {
+        ConvBackwardFilter {
+            live_rows: true,
+            direct: false,
+            ..self
+        }
+    }
+
+    /// The kernel-gradient row of im2col column `col` of group `group`.
+    fn gradient_row(&self, group: &geometry::Group, col: usize) -> usize {
+        if self.live_rows {
+            col
+        } else {
+            group.weight_row + col - group.col
+        }
     }
 
     /// The backward-filter kernel of convolution `shape` with its products
@@ -1478,9 +1549,17 @@ impl ConvBackwardFilter {
         self.scratch_len() * 4
     }
 
-    /// The geometry's figures.
+    /// The geometry's figures; the kernel's, its gradient's as written.
     pub fn lengths(&self) -> Lengths {
-        Lengths::of(&self.common.geometry)
+        let g = &self.common.geometry;
+        Lengths {
+            kernel: if self.live_rows {
+                g.cols * g.shape.out_channels
+            } else {
+                g.kernel_len
+            },
+            ..Lengths::of(g)
+        }
     }
 
     /// Runs items `items`.
@@ -1634,8 +1713,10 @@ impl ConvBackwardFilter {
         let g = &self.common.geometry;
         let (cin, cout) = (g.shape.in_channels, g.shape.out_channels);
         let cols = item * self.cols_per_item..((item + 1) * self.cols_per_item).min(g.cols);
-        // SAFETY: the contract of `run`.
-        unsafe { self.zero_dead_share(buffers, item) };
+        if !self.live_rows {
+            // SAFETY: the contract of `run`.
+            unsafe { self.zero_dead_share(buffers, item) };
+        }
         // SAFETY: the input holds `input_len` f32s, and is only read.
         let input = unsafe { std::slice::from_raw_parts(buffers.input, g.input_len) };
         for first in (0..g.rows).step_by(self.rows_per_block) {
@@ -1653,7 +1734,7 @@ impl ConvBackwardFilter {
                 if lo >= hi {
                     continue;
                 }
-                let weight_row = group.weight_row + lo - group.col;
+                let weight_row = self.gradient_row(group, lo);
                 // SAFETY: the weight-gradient rows of these columns belong
                 // to this item alone; the operands lie in the im2col block
                 // (or the input) and the output gradient.
@@ -1758,8 +1839,10 @@ impl ConvBackwardFilter {
                 add_assign(sums, product);
             }
         }
-        // SAFETY: the contract of `run`.
-        unsafe { self.zero_dead_share(buffers, item) };
+        if !self.live_rows {
+            // SAFETY: the contract of `run`.
+            unsafe { self.zero_dead_share(buffers, item) };
+        }
         for group in &g.groups {
             let (lo, hi) = (
                 cols.start.max(group.col),
@@ -1768,7 +1851,7 @@ impl ConvBackwardFilter {
             if lo >= hi {
                 continue;
             }
-            let weight_row = group.weight_row + lo - group.col;
+            let weight_row = self.gradient_row(group, lo);
             // SAFETY: the weight-gradient rows of these columns belong to
             // this item alone.
             let rows = unsafe {

@@ -7,7 +7,10 @@
 //! broadcast over rows (biases, batchnorm scales, SE-block weights). A
 //! tensor input or an output may be stored in bf16 ([`Operand::Bf16`],
 //! [`Elementwise::stores`]): loads widen it exactly, stores round to the
-//! nearest bf16, ties to even, as the bf16 products' packing rounds.
+//! nearest bf16, ties to even, as the bf16 products' packing rounds. A
+//! [`Operand::LiveTaps`] input is a convolution's kernel gradient that
+//! holds only the rows of its live taps: each row works out once whether
+//! and where it is stored, and the other rows read zeros.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, Block, Function, InstBuilder, MemFlagsData, Type, Value};
@@ -36,6 +39,57 @@ pub enum Operand {
     /// [`Expr::Scalar`]: coefficients that change from call to call (an
     /// optimizer's learning rate and bias corrections).
     Scalars,
+    /// A convolution's kernel gradient `[kernel rows, channels]` (the
+    /// kernel's rows are `(ky * width + kx) * in_channels + ci`) of which
+    /// the buffer holds only the rows of the taps that read some input, in
+    /// order; the other rows are zeros, which are not stored and read no
+    /// memory. The kernel's rows are the weight rows.
+    LiveTaps(LiveTaps),
+}
+
+/// The taps of a convolution's kernel that read some input: kernel rows
+/// `ys` by kernel columns `xs` (half-open), a box, since the taps that
+/// only ever read padding are at the kernel's edges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveTaps {
+    /// The kernel's height and width.
+    pub kernel: [usize; 2],
+    /// Input channels: the weight rows of one tap.
+    pub in_channels: usize,
+    /// The kernel rows that read some input, `ys[0]..ys[1]`.
+    pub ys: [usize; 2],
+    /// The kernel columns that do, `xs[0]..xs[1]`.
+    pub xs: [usize; 2],
+}
+
+impl LiveTaps {
+    /// The kernel's weight rows: `height * width * in_channels`.
+    pub fn rows(&self) -> usize {
+        self.kernel[0] * self.kernel[1] * self.in_channels
+    }
+
+    /// The rows the buffer holds: those of the live taps.
+    pub fn stored_rows(&self) -> usize {
+        (self.ys[1] - self.ys[0]) * (self.xs[1] - self.xs[0]) * self.in_channels
+    }
+
+    /// The stored row that holds weight row `row`, if its tap is live.
+    pub fn stored_row(&self, row: usize) -> Option<usize> {
+        let per_row = self.kernel[1] * self.in_channels;
+        let (ky, within) = (row / per_row, row % per_row);
+        let (kx, ci) = (within / self.in_channels, within % self.in_channels);
+        let live = (self.ys[0]..self.ys[1]).contains(&ky) && (self.xs[0]..self.xs[1]).contains(&kx);
+        live.then(|| {
+            ((ky - self.ys[0]) * (self.xs[1] - self.xs[0]) + kx - self.xs[0]) * self.in_channels
+                + ci
+        })
+    }
+
+    /// Whether the box is a non-empty part of the kernel.
+    fn is_valid(&self) -> bool {
+        let within = |[lo, hi]: [usize; 2], len: usize| lo < hi && hi <= len;
+        self.in_channels > 0 && within(self.ys, self.kernel[0]) && within(self.xs, self.kernel[1])
+    }
 }
 
 /// Functions of one value.
@@ -181,6 +235,13 @@ impl Elementwise {
         if self.inputs.contains(&Operand::PerItem { rows_per_item: 0 }) {
             return malformed("a per-item operand needs at least one row per item".into());
         }
+        let bad_taps = self.inputs.iter().find_map(|op| match op {
+            Operand::LiveTaps(taps) if !taps.is_valid() => Some(*taps),
+            _ => None,
+        });
+        if let Some(taps) = bad_taps {
+            return malformed(format!("live taps {taps:?} outside their kernel"));
+        }
         match self.outputs.iter().find(|&&o| o >= self.exprs.len()) {
             Some(o) => malformed(format!(
                 "an output refers to step {o} of {}",
@@ -226,6 +287,14 @@ pub(super) fn translate(
     b.switch_to_block(row_loop);
     let row = b.block_params(row_loop)[0];
     let zero = b.ins().iconst(types::I64, 0);
+    let taps: Vec<Option<RowTaps>> = kernel
+        .inputs
+        .iter()
+        .map(|op| match op {
+            Operand::LiveTaps(taps) => Some(row_taps(&mut b, taps, row, row_bytes)),
+            _ => None,
+        })
+        .collect();
     let done = b.ins().icmp(IntCC::SignedGreaterThanOrEqual, row, row_end);
     b.ins().brif(done, exit, &[], vector_loop, &[zero.into()]);
 
@@ -240,7 +309,7 @@ pub(super) fn translate(
     element(
         &mut b,
         kernel,
-        &bases,
+        (&bases, &taps),
         (row, row_offset, row_bytes),
         c,
         types::F32X4,
@@ -260,7 +329,7 @@ pub(super) fn translate(
     element(
         &mut b,
         kernel,
-        &bases,
+        (&bases, &taps),
         (row, row_offset, row_bytes),
         c,
         types::F32,
@@ -287,12 +356,52 @@ fn loop_block(b: &mut FunctionBuilder) -> Block {
     block
 }
 
+/// Where a row of the kernel reads a [`Operand::LiveTaps`] input.
+#[derive(Clone, Copy)]
+struct RowTaps {
+    /// Whether the row's tap is live (an `i8` truth value).
+    live: Value,
+    /// The byte offset of its stored row, where it is.
+    offset: Value,
+}
+
+/// [`RowTaps`] of `row` (rows `row_bytes` long), computed once a row.
+fn row_taps(b: &mut FunctionBuilder, taps: &LiveTaps, row: Value, row_bytes: Value) -> RowTaps {
+    let cin = taps.in_channels as i64;
+    let per_row = taps.kernel[1] as i64 * cin;
+    let ky = b.ins().udiv_imm_u(row, per_row);
+    let start = b.ins().imul_imm_s(ky, per_row);
+    let within = b.ins().isub(row, start);
+    let kx = b.ins().udiv_imm_u(within, cin);
+    let start = b.ins().imul_imm_s(kx, cin);
+    let ci = b.ins().isub(within, start);
+    // Below the box, the differences wrap to huge unsigned values.
+    let dy = b.ins().iadd_imm_s(ky, -(taps.ys[0] as i64));
+    let dx = b.ins().iadd_imm_s(kx, -(taps.xs[0] as i64));
+    let width = (taps.xs[1] - taps.xs[0]) as i64;
+    let live_y = b.ins().icmp_imm_u(
+        IntCC::UnsignedLessThan,
+        dy,
+        (taps.ys[1] - taps.ys[0]) as i64,
+    );
+    let live_x = b.ins().icmp_imm_u(IntCC::UnsignedLessThan, dx, width);
+    let live = b.ins().band(live_y, live_x);
+    let tap = b.ins().imul_imm_s(dy, width);
+    let tap = b.ins().iadd(tap, dx);
+    let stored = b.ins().imul_imm_s(tap, cin);
+    let stored = b.ins().iadd(stored, ci);
+    let offset = b.ins().imul(stored, row_bytes);
+    RowTaps { live, offset }
+}
+
 /// Computes and stores one element (or one vector of four) at channel `c`
 /// of `row` (whose byte offset is `row_offset`; rows are `row_bytes` long).
+/// `bases` are the buffers' addresses, `taps` the row's [`RowTaps`] of
+/// each [`Operand::LiveTaps`] input.
 fn element(
     b: &mut FunctionBuilder,
     kernel: &Elementwise,
-    bases: &[Value],
+    (bases, taps): (&[Value], &[Option<RowTaps>]),
     (row, row_offset, row_bytes): (Value, Value, Value),
     c: Value,
     ty: Type,
@@ -308,6 +417,18 @@ fn element(
                     values.push(scalar(b, ty, bases[i], 0, flags));
                     continue;
                 }
+                if let Some(RowTaps { live, offset }) = taps[i] {
+                    // A dead row reads the buffer's first element (inside
+                    // it), then takes zero instead.
+                    let offset = b.ins().iadd(offset, channel_offset);
+                    let zero = b.ins().iconst(types::I64, 0);
+                    let offset = b.ins().select(live, offset, zero);
+                    let address = b.ins().iadd(bases[i], offset);
+                    let loaded = b.ins().load(ty, flags, address, 0);
+                    let zero = math::constant(b, ty, 0.0);
+                    values.push(b.ins().select(live, loaded, zero));
+                    continue;
+                }
                 let offset = match kernel.inputs[i] {
                     Operand::Bf16 => {
                         // Half the bytes of an f32 element's offset.
@@ -316,7 +437,8 @@ fn element(
                         values.push(load_bf16(b, ty, address, flags));
                         continue;
                     }
-                    Operand::Tensor | Operand::Scalars => element_offset,
+                    // A live-taps input is read above.
+                    Operand::Tensor | Operand::Scalars | Operand::LiveTaps(_) => element_offset,
                     Operand::PerChannel => channel_offset,
                     Operand::PerItem { rows_per_item } => {
                         // Row `item` of an [items, channels] buffer.

@@ -124,7 +124,7 @@ fn choice(kernel: &KernelDesc, once: bool) -> Option<(ConvShape, Direction, Tile
     let direction = match pass {
         ContractionPass::Forward { .. } => Direction::Forward,
         ContractionPass::BackwardData { .. } => Direction::BackwardData,
-        ContractionPass::BackwardFilter => Direction::BackwardFilter,
+        ContractionPass::BackwardFilter { .. } => Direction::BackwardFilter,
     };
     let once = once && direction == Direction::Forward;
     let (tile, keep) = cheapest(shape, direction, once)?;

@@ -3,6 +3,7 @@
 
 pub mod algorithm;
 pub mod fuse;
+pub mod live_rows;
 pub mod lower;
 pub mod precision;
 pub mod schedule;

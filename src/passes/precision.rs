@@ -56,7 +56,7 @@ pub fn run(plan: &mut KernelPlan, precision: Precision) -> Result<usize, PlanErr
             }
             ContractionPass::Forward { .. } => false,
             ContractionPass::BackwardData { epilogue: None } => true,
-            ContractionPass::BackwardFilter => {
+            ContractionPass::BackwardFilter { .. } => {
                 // It packs its operands as it goes: no step of its own.
                 *algorithm = Algorithm::BF16;
                 steps.push(step);

@@ -144,10 +144,10 @@ fn place(kernel: &KernelDesc, i: usize, access: Access) -> Option<Place> {
             let (own, epilogue) = match pass {
                 ContractionPass::Forward { epilogue } => (output + 1, epilogue.as_ref()),
                 ContractionPass::BackwardData { epilogue } => (3, epilogue.as_ref()),
-                ContractionPass::BackwardFilter => (output + 1, None),
+                ContractionPass::BackwardFilter { .. } => (output + 1, None),
             };
             let forward = matches!(pass, ContractionPass::Forward { .. });
-            let filter = matches!(pass, ContractionPass::BackwardFilter);
+            let filter = matches!(pass, ContractionPass::BackwardFilter { .. });
             match (i, access) {
                 (0, Access::Read) if bf16 && (forward || filter) => {
                     return Some(Place::ProductInput)

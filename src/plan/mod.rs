@@ -108,7 +108,15 @@ pub enum ContractionPass {
     },
     /// `dW = x^T . dy`, `db = sum dy`. Buffers: `x`, `dy`, `dW`, `db` (if
     /// the layer has a bias).
-    BackwardFilter,
+    BackwardFilter {
+        /// `dW` holds only the weight rows of the taps that read some
+        /// input, in order (a convolution's im2col columns, `[cols,
+        /// out_channels]`): the rows of taps that only ever read padding
+        /// are zeros, which are not stored (their readers take them as
+        /// [`crate::codegen::elementwise::Operand::LiveTaps`];
+        /// [`crate::passes::live_rows`]).
+        live_rows: bool,
+    },
 }
 
 /// How a contraction computes its product, chosen for each layer by
@@ -434,7 +442,7 @@ impl KernelDesc {
             },
             KernelDesc::Contraction { pass, .. } => match pass {
                 ContractionPass::Forward { .. } | ContractionPass::BackwardData { .. } => true,
-                ContractionPass::BackwardFilter => false,
+                ContractionPass::BackwardFilter { .. } => false,
             },
             KernelDesc::Grouped(g) => match g.pass {
                 GroupedPass::Forward | GroupedPass::BackwardData => true,
@@ -459,7 +467,7 @@ impl KernelDesc {
     pub fn splits_across_ranks(&self) -> bool {
         match self {
             KernelDesc::Contraction { pass, .. } => match pass {
-                ContractionPass::BackwardFilter => true,
+                ContractionPass::BackwardFilter { .. } => true,
                 ContractionPass::Forward { .. } | ContractionPass::BackwardData { .. } => false,
             },
             _ => false,
@@ -473,16 +481,20 @@ impl KernelDesc {
             KernelDesc::Contraction {
                 pass, algorithm, ..
             } => {
-                let pass = match pass {
-                    ContractionPass::Forward { .. } => "forward",
-                    ContractionPass::BackwardData { .. } => "backward-data",
-                    ContractionPass::BackwardFilter => "backward-filter",
+                let (pass, rows) = match pass {
+                    ContractionPass::Forward { .. } => ("forward", ""),
+                    ContractionPass::BackwardData { .. } => ("backward-data", ""),
+                    ContractionPass::BackwardFilter { live_rows: false } => ("backward-filter", ""),
+                    ContractionPass::BackwardFilter { live_rows: true } => {
+                        ("backward-filter", ", live rows")
+                    }
                 };
-                match algorithm {
-                    Algorithm::Gemm => format!("{pass}, gemm"),
-                    Algorithm::Winograd(tile) => format!("{pass}, winograd {}", tile.label()),
-                    Algorithm::Bf16 { .. } => format!("{pass}, bf16{}", storage_words(self)),
-                }
+                let how = match algorithm {
+                    Algorithm::Gemm => "gemm".to_string(),
+                    Algorithm::Winograd(tile) => format!("winograd {}", tile.label()),
+                    Algorithm::Bf16 { .. } => format!("bf16{}", storage_words(self)),
+                };
+                format!("{pass}, {how}{rows}")
             }
             KernelDesc::WinogradFilter { tile, .. } => {
                 format!("kernel transform, winograd {}", tile.label())
@@ -547,7 +559,12 @@ impl KernelDesc {
                         e.exprs.len()
                     ),
                     ContractionPass::BackwardData { epilogue: None } => "backward-data".to_string(),
-                    ContractionPass::BackwardFilter => "backward-filter".to_string(),
+                    ContractionPass::BackwardFilter { live_rows: false } => {
+                        "backward-filter".to_string()
+                    }
+                    ContractionPass::BackwardFilter { live_rows: true } => {
+                        "backward-filter live-rows".to_string()
+                    }
                 };
                 match algorithm {
                     Algorithm::Gemm => format!("contraction {pass} {geometry:?}"),

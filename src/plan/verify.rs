@@ -217,7 +217,19 @@ impl KernelDesc {
                 kernel,
                 rows,
                 channels,
-            } => Ok(elementwise(kernel, *rows, *channels, 0)),
+            } => {
+                // A kernel gradient's live rows are read row by weight row.
+                let misread = kernel.inputs.iter().find_map(|op| match op {
+                    Operand::LiveTaps(taps) if taps.rows() != *rows => Some(taps.rows()),
+                    _ => None,
+                });
+                if let Some(weight_rows) = misread {
+                    return Err(format!(
+                        "live taps of a kernel of {weight_rows} rows, read over {rows} rows"
+                    ));
+                }
+                Ok(elementwise(kernel, *rows, *channels, 0))
+            }
             KernelDesc::Reduce(r) => Ok(reduce(r)),
             KernelDesc::Window {
                 window: w,
@@ -320,6 +332,7 @@ fn elementwise(kernel: &Elementwise, rows: usize, channels: usize, skip: usize) 
     let inputs = kernel.inputs.iter().enumerate().skip(skip).map(|(i, op)| {
         let len = match op {
             Operand::Tensor | Operand::Bf16 => Len::Exactly(rows * channels),
+            Operand::LiveTaps(taps) => Len::Exactly(taps.stored_rows() * channels),
             Operand::PerChannel => Len::Exactly(channels),
             Operand::PerItem { rows_per_item } => {
                 Len::Exactly(rows / (*rows_per_item).max(1) * channels)
@@ -528,7 +541,12 @@ fn contraction(
             }
             params
         }
-        ContractionPass::BackwardFilter => {
+        ContractionPass::BackwardFilter { live_rows } => {
+            let w = if *live_rows {
+                live_rows_len(geometry, algorithm)?
+            } else {
+                w
+            };
             let mut params = vec![input, read(y), write(w)];
             params.extend(bias.map(write));
             params
@@ -555,9 +573,22 @@ fn bf16_kernel_len(geometry: &Geometry, pass: &ContractionPass) -> Result<usize,
     match (pass, geometry) {
         (ContractionPass::Forward { .. }, _) => packed_len(geometry, false),
         (ContractionPass::BackwardData { .. }, _) => packed_len(geometry, true),
-        (ContractionPass::BackwardFilter, Geometry::Conv(s)) => Ok(kernel_len(s)),
-        (ContractionPass::BackwardFilter, Geometry::Dense(s)) => Ok(s.inputs * s.units),
+        (ContractionPass::BackwardFilter { .. }, Geometry::Conv(s)) => Ok(kernel_len(s)),
+        (ContractionPass::BackwardFilter { .. }, Geometry::Dense(s)) => Ok(s.inputs * s.units),
     }
+}
+
+/// The length of a kernel gradient that holds only the rows of the taps
+/// that read some input: a convolution's, in im2col's columns, on the
+/// GEMM or in bf16 (Winograd's transforms write every tap).
+fn live_rows_len(geometry: &Geometry, algorithm: Algorithm) -> Result<usize, String> {
+    let Geometry::Conv(s) = geometry else {
+        return Err("the live rows of a dense layer's kernel gradient".to_string());
+    };
+    if matches!(algorithm, Algorithm::Winograd(_)) {
+        return Err("the live rows of a kernel gradient on Winograd's transforms".to_string());
+    }
+    crate::codegen::contraction::live_rows_len(s).map_err(|e| e.to_string())
 }
 
 /// The length of a convolution's kernel.
@@ -750,7 +781,7 @@ mod tests {
         };
         assert!(contraction(&geometry, &forward(Some(bf16_relu)), bf16).is_ok());
         for pass in [
-            ContractionPass::BackwardFilter,
+            ContractionPass::BackwardFilter { live_rows: false },
             ContractionPass::BackwardData { epilogue: None },
         ] {
             let refused = contraction(&geometry, &pass, bf16).expect_err("a gradient in bf16");

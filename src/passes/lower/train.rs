@@ -563,7 +563,7 @@ impl Lowering<'_> {
         let desc = KernelDesc::Contraction {
             name: name.clone(),
             geometry: Geometry::Conv(geometry),
-            pass: ContractionPass::BackwardFilter,
+            pass: ContractionPass::BackwardFilter { live_rows: false },
             algorithm: Algorithm::Gemm,
         };
         self.step(id, desc, vec![dy, self.values[&x], kernel_grad]);
@@ -1093,7 +1093,7 @@ impl Lowering<'_> {
             grads.push(bias_grad);
         }
         let name = self.model.graph.nodes[id].name.clone();
-        let pass = ContractionPass::BackwardFilter;
+        let pass = ContractionPass::BackwardFilter { live_rows: false };
         let desc = KernelDesc::Contraction {
             name,
             geometry,
