@@ -10,7 +10,8 @@
 //! The packing of a layer's weights for a training step's products
 //! (`PackWeights`: the forward operand and the input gradient's
 //! transposed one) is timed on ResNet-34's stage-3 and stage-4 layers at
-//! Fashion-MNIST's size; its "bytes" are the f32 weights read.
+//! Fashion-MNIST's size; its "bytes" are the f32 weights read. `_cold`
+//! packs weights that are not in any cache, as a training step does.
 //!
 //! ```text
 //! cargo bench --bench bf16                 # everything (about a minute)
@@ -23,7 +24,7 @@ use std::time::Duration;
 use cnnc::codegen::contraction::bf16::{self, Backend, PackWeights, Panels, Rows};
 use cnnc::codegen::contraction::ConvShape;
 use cnnc::graph::Padding;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 /// The rows of one item of an im2col convolution.
 const ROWS: usize = 512;
@@ -105,6 +106,10 @@ fn products(c: &mut Criterion) {
     }
 }
 
+/// The bytes a cold packing writes first, to push the weights out of
+/// the caches.
+const EVICTED: usize = 256 << 20;
+
 /// ResNet-34's 3x3 layers of stages 3 and 4 on 28x28 inputs: name,
 /// input size, channels.
 const PACKED: [(&str, usize, usize); 2] = [("stage3", 2, 256), ("stage4", 1, 512)];
@@ -136,15 +141,26 @@ fn pack_weights(c: &mut Criterion) {
         ] {
             let packing = packing.expect("a valid shape");
             let mut packed = vec![0.0f32; packing.packed_len()];
-            group.bench_function(pass, |bench| {
-                bench.iter(|| {
-                    // SAFETY: the buffers have the lengths the packing
-                    // states, and do not overlap.
-                    unsafe {
-                        packing.run(kernel.as_ptr(), packed.as_mut_ptr(), 0..packing.domain())
-                    }
+            let mut pack = || {
+                // SAFETY: the buffers have the lengths the packing states,
+                // and do not overlap.
+                unsafe { packing.run(kernel.as_ptr(), packed.as_mut_ptr(), 0..packing.domain()) }
                     .expect("every item")
-                })
+            };
+            group.bench_function(pass, |bench| bench.iter(&mut pack));
+            // As a training step packs them: the weights come from memory,
+            // the step having read 100s of MB since their last update.
+            let mut evict = vec![0u8; EVICTED];
+            group.bench_function(format!("{pass}_cold"), |bench| {
+                bench.iter_batched(
+                    || {
+                        for (i, byte) in evict.iter_mut().enumerate().step_by(64) {
+                            *byte = byte.wrapping_add(i as u8);
+                        }
+                    },
+                    |()| pack(),
+                    BatchSize::PerIteration,
+                )
             });
         }
         group.finish();
