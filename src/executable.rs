@@ -272,12 +272,8 @@ fn contraction(
             let kernel = match geometry {
                 Geometry::Conv(s) => ConvBackwardFilter::new(name, s)?,
                 Geometry::Dense(s) => ConvBackwardFilter::dense(name, s)?,
-            };
-            let kernel = if *live_rows {
-                kernel.live_rows()
-            } else {
-                kernel
-            };
+            }
+            .live_rows(*live_rows);
             Box::new(BackwardFilterStep {
                 kernel,
                 name: name.to_string(),
@@ -324,12 +320,8 @@ fn bf16_contraction(
                 Geometry::Conv(s) => ConvBackwardFilter::bf16(name, s, backend)?,
                 Geometry::Dense(s) => ConvBackwardFilter::dense_bf16(name, s, backend)?,
             }
-            .reading(input)?;
-            let kernel = if *live_rows {
-                kernel.live_rows()
-            } else {
-                kernel
-            };
+            .reading(input)?
+            .live_rows(*live_rows);
             let step = BackwardFilterStep {
                 kernel,
                 name: name.to_string(),

@@ -1008,6 +1008,39 @@ fn cnnc_without_bf16(args: &[&str]) -> std::process::Output {
         .expect("cnnc runs")
 }
 
+/// `CNNC_NO_AMX` runs the bf16 products on AVX512-BF16 where the CPU has
+/// AMX too (as on AMD's Zen 4), and a profile says so.
+#[test]
+fn without_amx_the_products_run_on_avx512_bf16() {
+    if !Backend::Avx512.available() {
+        eprintln!("this CPU has no AVX512-BF16: nothing to check");
+        return;
+    }
+    let args = [
+        "bench",
+        "examples/lenet5.cnn",
+        "--precision",
+        "bf16",
+        "--steps",
+        "1",
+        "--profile",
+    ];
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(args)
+        .env("CNNC_NO_AMX", "1")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("cnnc runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("bf16 on AVX512-BF16"), "{stdout}");
+    assert!(!stdout.contains("on AMX"), "{stdout}");
+}
+
 #[test]
 fn without_bf16_instructions_bf16_is_an_error_naming_them() {
     let model = "examples/lenet5.cnn";

@@ -1406,12 +1406,15 @@ impl ConvBackwardFilter {
         })
     }
 
-    /// This kernel writing only the kernel gradient's rows of the taps
-    /// that read some input, in im2col's column order ([`live_rows_len`]
-    /// f32s), and nothing for the taps that only read padding, whose
-    /// gradient is zero: through im2col, since a direct item writes every
-    /// tap's rows.
-    pub fn live_rows(self) -> ConvBackwardFilter {
+    /// This kernel, when `live`, writing only the kernel gradient's rows
+    /// of the taps that read some input, in im2col's column order
+    /// ([`live_rows_len`] f32s), and nothing for the taps that only read
+    /// padding, whose gradient is zero: through im2col, since a direct
+    /// item writes every tap's rows.
+    pub fn live_rows(self, live: bool) -> ConvBackwardFilter {
+        if !live {
+            return self;
+        }
         ConvBackwardFilter {
             live_rows: true,
             direct: false,

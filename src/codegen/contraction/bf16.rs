@@ -100,15 +100,20 @@ impl Backend {
     }
 
     /// The fastest backend this machine runs, if any; none when the
-    /// environment variable `CNNC_NO_BF16` is set (to compare, or to see
-    /// what a CPU without either instruction set does).
+    /// environment variable `CNNC_NO_BF16` is set, and not AMX when
+    /// `CNNC_NO_AMX` is (to compare, or to see what a CPU without either
+    /// instruction set, or with AVX512-BF16 alone, does).
     pub fn best() -> Option<Backend> {
         static BEST: std::sync::OnceLock<Option<Backend>> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
             if std::env::var_os("CNNC_NO_BF16").is_some() {
                 return None;
             }
-            Backend::ALL.into_iter().find(|b| b.available())
+            let no_amx = std::env::var_os("CNNC_NO_AMX").is_some();
+            Backend::ALL
+                .into_iter()
+                .filter(|&b| !(no_amx && b == Backend::Amx))
+                .find(|b| b.available())
         })
     }
 
