@@ -369,12 +369,8 @@ struct RowTaps {
 fn row_taps(b: &mut FunctionBuilder, taps: &LiveTaps, row: Value, row_bytes: Value) -> RowTaps {
     let cin = taps.in_channels as i64;
     let per_row = taps.kernel[1] as i64 * cin;
-    let ky = b.ins().udiv_imm_u(row, per_row);
-    let start = b.ins().imul_imm_s(ky, per_row);
-    let within = b.ins().isub(row, start);
-    let kx = b.ins().udiv_imm_u(within, cin);
-    let start = b.ins().imul_imm_s(kx, cin);
-    let ci = b.ins().isub(within, start);
+    let (ky, within) = div_rem(b, row, per_row);
+    let (kx, ci) = div_rem(b, within, cin);
     // Below the box, the differences wrap to huge unsigned values.
     let dy = b.ins().iadd_imm_s(ky, -(taps.ys[0] as i64));
     let dx = b.ins().iadd_imm_s(kx, -(taps.xs[0] as i64));
@@ -392,6 +388,13 @@ fn row_taps(b: &mut FunctionBuilder, taps: &LiveTaps, row: Value, row_bytes: Val
     let stored = b.ins().iadd(stored, ci);
     let offset = b.ins().imul(stored, row_bytes);
     RowTaps { live, offset }
+}
+
+/// The quotient and remainder of unsigned `x` by the constant `d`.
+fn div_rem(b: &mut FunctionBuilder, x: Value, d: i64) -> (Value, Value) {
+    let quotient = b.ins().udiv_imm_u(x, d);
+    let start = b.ins().imul_imm_s(quotient, d);
+    (quotient, b.ins().isub(x, start))
 }
 
 /// Computes and stores one element (or one vector of four) at channel `c`
