@@ -573,3 +573,67 @@ fn run_under_mpirun_without_mpi_says_how_to_build_it() {
     insta::assert_snapshot!("run_under_mpirun_without_mpi", text);
     std::fs::remove_dir_all(&dir).expect("removed");
 }
+
+const UNFORMATTED: &str = "model m:[8,8,1]{conv(4,3)   # a\nrelu;flatten}\n";
+const FORMATTED: &str = "model m : [8, 8, 1] {\n    conv(4, 3)  # a\n    relu\n    flatten\n}\n";
+
+#[test]
+fn fmt_check_names_the_first_line_to_change_and_changes_nothing() {
+    let dir = scratch("fmt-check");
+    let file = dir.join("m.cnn");
+    std::fs::write(&file, UNFORMATTED).expect("write");
+    let out = cnnc(&["fmt", "--check", dir.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("this file is not formatted"), "{err}");
+    assert!(err.contains("m.cnn:1:1"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), UNFORMATTED);
+}
+
+#[test]
+fn fmt_rewrites_files_in_place_and_then_checks_clean() {
+    let dir = scratch("fmt-write");
+    let file = dir.join("m.cnn");
+    std::fs::write(&file, UNFORMATTED).expect("write");
+    let path = file.to_str().expect("utf-8");
+    let out = cnnc(&["fmt", path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), FORMATTED);
+    let again = cnnc(&["fmt", "--check", path]);
+    assert!(again.status.success(), "{}", stderr(&again));
+}
+
+#[test]
+fn fmt_formats_standard_input_to_standard_output() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .arg("fmt")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cnnc runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(UNFORMATTED.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("cnnc finishes");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), FORMATTED);
+}
+
+#[test]
+fn fmt_leaves_a_file_with_a_syntax_error_as_it_is() {
+    let dir = scratch("fmt-error");
+    let file = dir.join("bad.cnn");
+    let text = "model m : [8, 8, 1] {\n    conv(4, 3\n}\n";
+    std::fs::write(&file, text).expect("write");
+    let out = cnnc(&["fmt", file.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("bad.cnn:"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), text);
+}

@@ -897,3 +897,119 @@ fn the_executor_keeps_any_labels_buffer_inside_the_kernels() {
         Ok(if all { "all classes" } else { "some not" })
     });
 }
+
+/// What a layout edit puts between two tokens: nothing, other white
+/// space, blank lines, comments, a `;`.
+const LAYOUTS: &[&str] = &[
+    "",
+    " ",
+    "   ",
+    "\n",
+    "\n\n\n",
+    "\t",
+    " # a comment\n",
+    "\n    # a comment on its own line\n",
+    " ;",
+    "\r\n",
+];
+
+/// Replaces the space between token `at` and the next with `layout`.
+fn relayout(text: &mut String, at: Index, layout: &str) {
+    let spans = tokens(text);
+    if spans.len() < 2 {
+        return;
+    }
+    let i = at.index(spans.len() - 1);
+    text.replace_range(spans[i].1..spans[i + 1].0, layout);
+}
+
+/// The graph of each model of `text` (`models`, or the file's only
+/// model), as `cnnc compile --emit graph` prints it; `None` for a model
+/// that does not compile.
+fn graphs(name: &str, text: &str, models: &[&str]) -> Vec<Option<String>> {
+    let models: Vec<Option<&str>> = if models.is_empty() {
+        vec![None]
+    } else {
+        models.iter().copied().map(Some).collect()
+    };
+    models
+        .into_iter()
+        .map(|model| {
+            cnnc::compile_source(name, text, Some(Path::new("examples")), model)
+                .ok()
+                .map(|graph| cnnc::emit::graph_text(&graph))
+        })
+        .collect()
+}
+
+/// Formats `text` (a file of the corpus named `name`, with models
+/// `models`, maybe edited): a text that parses formats, formatting the
+/// result changes nothing, and every model compiles to the same graph (or
+/// fails) before and after. Returns whether `text` parsed.
+fn formats_alike(name: &str, text: &str, models: &[&str]) -> bool {
+    let mut sources = cnnc::diagnostics::SourceMap::default();
+    let file = sources.add(name, text);
+    let formatted = match cnnc::syntax::format(text, file) {
+        Ok(formatted) => formatted,
+        Err(error) => {
+            assert!(
+                cnnc::syntax::parse(text, file).is_err(),
+                "{name} parses but does not format: {} ({})\n{text}",
+                error.message,
+                error.primary.message
+            );
+            return false;
+        }
+    };
+    let again = cnnc::syntax::format(&formatted, file).expect("formatted text formats");
+    assert_eq!(again, formatted, "{name}: formatting twice differs\n{text}");
+    assert_eq!(
+        graphs(name, text, models),
+        graphs(name, &formatted, models),
+        "{name}: formatting changed a graph\n{text}"
+    );
+    true
+}
+
+/// Every file of `stdlib/` and `examples/` is formatted (`cnnc fmt
+/// --check` passes on them), and formatting keeps its graphs.
+#[test]
+fn the_corpus_is_formatted() {
+    for (name, text) in corpus() {
+        let mut sources = cnnc::diagnostics::SourceMap::default();
+        let file = sources.add(name.as_str(), text.as_str());
+        let formatted = cnnc::syntax::format(text, file)
+            .unwrap_or_else(|e| panic!("{name}: {} ({})", e.message, e.primary.message));
+        assert!(
+            formatted == *text,
+            "{name} is not formatted: run `cnnc fmt stdlib examples`"
+        );
+        assert!(formats_alike(name, text, &model_names(text)));
+    }
+}
+
+proptest! {
+    // About a third of the cases parse (an empty layout can join two
+    // tokens, a `;` can land inside an expression).
+    #![proptest_config(config(240))]
+
+    /// The corpus with its layout changed (and sometimes its tokens):
+    /// whatever parses formats, to the same graphs, and formatting is
+    /// idempotent.
+    #[test]
+    fn formatting_keeps_graphs_and_is_idempotent(
+        file in any::<Index>(),
+        mutations in prop::collection::vec(mutation(), 0..2),
+        layouts in prop::collection::vec((any::<Index>(), select(LAYOUTS)), 1..8),
+    ) {
+        let (name, original) = &corpus()[file.index(corpus().len())];
+        let mut text = original.clone();
+        for m in &mutations {
+            apply(&mut text, m);
+        }
+        for (at, layout) in &layouts {
+            relayout(&mut text, *at, layout);
+        }
+        formats_alike(name, &text, &model_names(original));
+    }
+}

@@ -25,6 +25,28 @@ pub fn input_path() -> &'static Path {
     Path::new("fuzz-input")
 }
 
+/// Formats `text` as `cnnc fmt` does: a text that parses formats (the
+/// formatter checks its own output: it parses to the same syntax tree,
+/// with the same comments), and formatting that again changes nothing; a text that does
+/// not parse gives its syntax error.
+pub fn format(text: &str) {
+    let mut sources = cnnc::diagnostics::SourceMap::default();
+    let file = sources.add("fuzz.cnn", text);
+    match cnnc::syntax::format(text, file) {
+        Ok(formatted) => {
+            let again = cnnc::syntax::format(&formatted, file)
+                .unwrap_or_else(|e| panic!("formatted text does not format: {}", e.message));
+            assert_eq!(again, formatted, "formatting twice differs");
+        }
+        Err(error) => assert!(
+            cnnc::syntax::parse(text, file).is_err(),
+            "a text that parses does not format: {} ({})",
+            error.message,
+            error.primary.message
+        ),
+    }
+}
+
 /// Runs the front end on `text` as `cnnc check` does on a file: loads it
 /// (standard library imports only), compiles its first model, and renders
 /// the errors, plain and in colour.

@@ -18,6 +18,7 @@ mod check;
 mod compile;
 mod eval;
 mod export;
+mod fmt;
 mod grad;
 mod graph;
 mod import;
@@ -62,6 +63,7 @@ pub enum Command {
     Init(init::Args),
     Export(export::Args),
     Import(import::Args),
+    Fmt(fmt::Args),
     Show(show::Args),
     Shapes(shapes::Args),
     Maps(maps::Args),
@@ -85,6 +87,7 @@ impl Command {
             Command::Init(args) => init::run(args),
             Command::Export(args) => export::run(args),
             Command::Import(args) => import::run(args),
+            Command::Fmt(args) => fmt::run(args),
             Command::Show(args) => show::run(args),
             Command::Shapes(args) => shapes::run(args),
             Command::Maps(args) => maps::run(args),

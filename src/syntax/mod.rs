@@ -6,8 +6,10 @@
 //! input of elaboration.
 
 pub mod ast;
+pub mod format;
 mod load;
 
+pub use format::format;
 pub use load::{load_file, load_source, Program};
 
 use pest::iterators::Pair;
@@ -56,17 +58,23 @@ pub fn parse(source: &str, file: FileId) -> Result<File, Diagnostic> {
     if let Some(error) = too_deep(source, file) {
         return Err(error);
     }
+    on_parse_stack(|| parse_here(source, file))
+}
+
+/// Runs `work`, which walks a parse tree, on a thread with the stack the
+/// parser needs ([`PARSE_STACK`]).
+fn on_parse_stack<T: Send>(work: impl FnOnce() -> T + Send + Copy) -> T {
     std::thread::scope(|scope| {
         let parser = std::thread::Builder::new()
             .name("cnnc-parse".into())
             .stack_size(PARSE_STACK)
-            .spawn_scoped(scope, || parse_here(source, file));
+            .spawn_scoped(scope, work);
         match parser {
             Ok(handle) => handle
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            // No thread to be had: parse on this one's stack.
-            Err(_) => parse_here(source, file),
+            // No thread to be had: work on this one's stack.
+            Err(_) => work(),
         }
     })
 }
