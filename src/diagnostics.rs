@@ -19,7 +19,7 @@ use codespan_reporting::term::{self, termcolor};
 pub type FileId = usize;
 
 /// A byte range in one source file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Span {
     /// The file the range lies in.
     pub file: FileId,
@@ -211,6 +211,11 @@ impl Diagnostics {
     /// The sources the errors point into.
     pub fn sources(&self) -> &SourceMap {
         &self.sources
+    }
+
+    /// The errors and the sources they point into.
+    pub fn into_parts(self) -> (Vec<Diagnostic>, Arc<SourceMap>) {
+        (self.errors, self.sources)
     }
 }
 

@@ -31,6 +31,7 @@ pub mod emit;
 pub mod executable;
 pub mod graph;
 pub mod limits;
+pub mod lsp;
 pub mod memory;
 pub mod onnx;
 pub mod ops;
@@ -86,23 +87,30 @@ pub fn compile_source(
 pub fn check_file(path: &Path) -> Result<Vec<TypedGraph>, Diagnostics> {
     // Read, parse and resolve imports.
     let program = syntax::load_file(path)?;
-    let names = elaborate::models(&program);
-    if names.is_empty() {
+    if elaborate::models(&program).is_empty() {
         return compile(program, None).map(|g| vec![g]);
     }
-    let mut graphs = Vec::new();
-    let mut errors = Vec::new();
-    for name in &names {
-        match front_end(&program, Some(name)) {
-            Ok(graph) => graphs.push(graph),
-            Err(e) => errors.extend(e),
-        }
-    }
+    let (graphs, errors) = check_models(&program);
     if errors.is_empty() {
         Ok(graphs)
     } else {
         Err(Diagnostics::new(errors, program.sources.clone()))
     }
+}
+
+/// Compiles every model a loaded program defines into shape-checked
+/// graphs: those of the models that compile, and the errors of those
+/// that do not (none for a file of blocks alone).
+pub fn check_models(program: &Program) -> (Vec<TypedGraph>, Vec<Diagnostic>) {
+    let mut graphs = Vec::new();
+    let mut errors = Vec::new();
+    for name in &elaborate::models(program) {
+        match front_end(program, Some(name)) {
+            Ok(graph) => graphs.push(graph),
+            Err(e) => errors.extend(e),
+        }
+    }
+    (graphs, errors)
 }
 
 /// Compiles model `model` (or the file's only model) of a loaded program

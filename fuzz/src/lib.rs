@@ -25,6 +25,17 @@ pub fn input_path() -> &'static Path {
     Path::new("fuzz-input")
 }
 
+/// What the language server makes of `text`: its analysis, its
+/// diagnostics, and hovers.
+fn language_server(text: &str) {
+    let analysis = cnnc::lsp::Analysis::of(None, text);
+    let uri: cnnc::lsp::Uri = "file:///fuzz.cnn".parse().expect("a valid URI");
+    let _ = analysis.diagnostics(&uri, text);
+    for offset in (0..=text.len()).step_by(16) {
+        let _ = analysis.hover(offset);
+    }
+}
+
 /// Formats `text` as `cnnc fmt` does: a text that parses formats (the
 /// formatter checks its own output: it parses to the same syntax tree,
 /// with the same comments), and formatting that again changes nothing; a text that does
@@ -49,8 +60,10 @@ pub fn format(text: &str) {
 
 /// Runs the front end on `text` as `cnnc check` does on a file: loads it
 /// (standard library imports only), compiles its first model, and renders
-/// the errors, plain and in colour.
+/// the errors, plain and in colour; then as `cnnc lsp` does: its
+/// diagnostics as the protocol's, and a hover at every 16th byte.
 pub fn front_end(text: &str) {
+    language_server(text);
     let program = match cnnc::syntax::load_source("fuzz.cnn", text, None) {
         Ok(program) => program,
         Err(errors) => return render(&errors),

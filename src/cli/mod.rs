@@ -23,6 +23,7 @@ mod grad;
 mod graph;
 mod import;
 mod init;
+mod lsp;
 mod maps;
 mod overrides;
 mod plot;
@@ -64,6 +65,7 @@ pub enum Command {
     Export(export::Args),
     Import(import::Args),
     Fmt(fmt::Args),
+    Lsp(lsp::Args),
     Show(show::Args),
     Shapes(shapes::Args),
     Maps(maps::Args),
@@ -88,6 +90,7 @@ impl Command {
             Command::Export(args) => export::run(args),
             Command::Import(args) => import::run(args),
             Command::Fmt(args) => fmt::run(args),
+            Command::Lsp(args) => lsp::run(args),
             Command::Show(args) => show::run(args),
             Command::Shapes(args) => shapes::run(args),
             Command::Maps(args) => maps::run(args),

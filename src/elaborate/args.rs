@@ -33,7 +33,10 @@ pub fn bind_layer(
                             ),
                             "extra argument",
                         )
-                        .with_note(format!("signature: {}", render_signature(layer, signature))),
+                        .with_note(format!(
+                            "signature: {}",
+                            layers::render_signature(layer, signature)
+                        )),
                     );
                     continue;
                 }
@@ -47,7 +50,10 @@ pub fn bind_layer(
                         format!("`{layer}` has no argument `{}`", n.name),
                         "unknown argument",
                     )
-                    .with_note(format!("signature: {}", render_signature(layer, signature)));
+                    .with_note(format!(
+                        "signature: {}",
+                        layers::render_signature(layer, signature)
+                    ));
                     errors.push(suggest(error, &n.name, signature.iter().map(|s| s.name)));
                     continue;
                 }
@@ -100,7 +106,10 @@ pub fn bind_layer(
                         format!("`{layer}` needs the argument `{}`", spec.name),
                         "in this call",
                     )
-                    .with_note(format!("signature: {}", render_signature(layer, signature))),
+                    .with_note(format!(
+                        "signature: {}",
+                        layers::render_signature(layer, signature)
+                    )),
                 );
                 continue;
             }
@@ -128,22 +137,6 @@ pub fn bind_layer(
             ])
         }
     }
-}
-
-/// `conv(filters, kernel, stride = 1, ...)`, for notes.
-fn render_signature(layer: &str, signature: &[ArgSpec]) -> String {
-    let args: Vec<String> = signature
-        .iter()
-        .map(|s| match s.default {
-            DefaultValue::Required => s.name.to_string(),
-            DefaultValue::Int(i) => format!("{} = {i}", s.name),
-            DefaultValue::Float(x) => format!("{} = {}", s.name, value::float(x)),
-            DefaultValue::Bool(b) => format!("{} = {b}", s.name),
-            DefaultValue::Symbol(sym) => format!("{} = {sym}", s.name),
-            DefaultValue::SameAs(other) => format!("{} = {other}", s.name),
-        })
-        .collect();
-    format!("{layer}({})", args.join(", "))
 }
 
 fn default_arg(kind: Kind, default: DefaultValue) -> Arg {

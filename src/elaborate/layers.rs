@@ -269,6 +269,65 @@ pub const LAYERS: &[(&str, &[ArgSpec])] = &[
     ("concat", CONCAT),
 ];
 
+/// A layer's signature as the user writes a call: `name(arg, arg = default, ...)`.
+pub fn render_signature(layer: &str, signature: &[ArgSpec]) -> String {
+    let args: Vec<String> = signature
+        .iter()
+        .map(|s| match s.default {
+            DefaultValue::Required => s.name.to_string(),
+            DefaultValue::Int(i) => format!("{} = {i}", s.name),
+            DefaultValue::Float(x) => format!("{} = {}", s.name, super::value::float(x)),
+            DefaultValue::Bool(b) => format!("{} = {b}", s.name),
+            DefaultValue::Symbol(sym) => format!("{} = {sym}", s.name),
+            DefaultValue::SameAs(other) => format!("{} = {other}", s.name),
+        })
+        .collect();
+    format!("{layer}({})", args.join(", "))
+}
+
+/// The Keras layer each primitive layer matches (for its documentation).
+pub const KERAS: &[(&str, &str)] = &[
+    ("conv", "Conv2D"),
+    ("conv_transpose", "Conv2DTranspose"),
+    ("depthwise_conv", "DepthwiseConv2D"),
+    ("separable_conv", "SeparableConv2D"),
+    ("dense", "Dense"),
+    ("maxpool", "MaxPooling2D"),
+    ("avgpool", "AveragePooling2D"),
+    ("upsample", "UpSampling2D"),
+    ("zero_padding", "ZeroPadding2D"),
+    ("cropping", "Cropping2D"),
+    ("global_avg_pool", "GlobalAveragePooling2D"),
+    ("global_max_pool", "GlobalMaxPooling2D"),
+    (
+        "depth_maxpool",
+        "none: tf.nn.max_pool over the channels (Hands-On ML's DepthPool)",
+    ),
+    ("flatten", "Flatten"),
+    ("reshape", "Reshape"),
+    ("channels", "Lambda of x[..., start:end]"),
+    ("dropout", "Dropout"),
+    ("batchnorm", "BatchNormalization"),
+    ("lrn", "none: tf.nn.local_response_normalization"),
+    ("rbf", "none: LeNet-5's radial basis output"),
+    ("relu", "ReLU, or activation=\"relu\""),
+    ("leaky_relu", "LeakyReLU"),
+    ("elu", "ELU"),
+    ("selu", "activation=\"selu\""),
+    ("tanh", "activation=\"tanh\""),
+    ("sigmoid", "activation=\"sigmoid\""),
+    ("relu6", "ReLU(max_value=6)"),
+    ("swish", "activation=\"swish\""),
+    ("silu", "activation=\"silu\""),
+    ("gelu", "activation=\"gelu\""),
+    ("hard_sigmoid", "activation=\"hard_sigmoid\""),
+    ("hard_swish", "activation=\"hard_swish\""),
+    ("hard_silu", "activation=\"hard_silu\""),
+    ("mish", "activation=\"mish\""),
+    ("softmax", "Softmax, or activation=\"softmax\""),
+    ("concat", "Concatenate"),
+];
+
 /// The signature of primitive layer `name`.
 pub fn signature(name: &str) -> Option<&'static [ArgSpec]> {
     LAYERS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
@@ -961,6 +1020,22 @@ pub const INITS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_layer_has_its_keras_equivalent_in_order() {
+        let layers: Vec<&str> = LAYERS.iter().map(|(n, _)| *n).collect();
+        let keras: Vec<&str> = KERAS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(layers, keras);
+    }
+
+    #[test]
+    fn a_signature_reads_as_a_call_with_its_defaults() {
+        let dense = signature("dense").expect("dense");
+        assert_eq!(
+            render_signature("dense", dense),
+            "dense(units, activation = none, use_bias = true, init = glorot_uniform, trainable = true)"
+        );
+    }
 
     #[test]
     fn every_layer_but_concat_is_a_layer_that_expands() {
