@@ -126,6 +126,9 @@ fn resuming_from_a_checkpoint_continues_bit_for_bit() {
         fit::fit(&model, &config, (&train, &validation, &test), options).expect("trains")
     };
     let base = std::env::temp_dir().join(format!("cnnc-resume-{}", std::process::id()));
+    // An earlier run with this process id may have left its folders and
+    // their run locks, which name this id: start afresh.
+    let _ = std::fs::remove_dir_all(&base);
     let (straight, stopped) = (base.join("straight"), base.join("stopped"));
     std::fs::create_dir_all(&straight).expect("dir");
     std::fs::create_dir_all(&stopped).expect("dir");
