@@ -192,7 +192,10 @@ impl Analysis {
     /// name is at `offset`.
     fn describe_layer(&self, offset: usize) -> Option<(String, Span)> {
         let text = self.sources.text(ROOT);
-        let offset = offset.min(text.len());
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
         let start = text[..offset]
             .char_indices()
@@ -356,4 +359,27 @@ fn instance_line(model: &TypedGraph, ids: &[petgraph::graph::NodeIndex]) -> Stri
         emit::si(flops),
         emit::bytes(bytes),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hover_anywhere_answers_even_inside_a_character() {
+        // The cargo-fuzz target `front_end` found a panic here: an offset
+        // inside the zero-width space after the call.
+        let text = "model m : [28, 28, 1] {\n    conv(32, 3)\u{200b}\n    flatten\n}\n";
+        let analysis = Analysis::of(None, text);
+        for offset in 0..=text.len() + 1 {
+            let _ = analysis.hover(offset);
+        }
+        let inside = text.find('\u{200b}').expect("the space") + 1;
+        assert!(analysis
+            .hover(inside)
+            .is_none_or(|(_, span)| span.end <= text.len()));
+        let conv = text.find("conv").expect("conv") + 1;
+        let (docs, _) = analysis.hover(conv).expect("the layer's documentation");
+        assert!(docs.contains("Conv2D"), "{docs}");
+    }
 }
