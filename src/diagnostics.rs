@@ -390,7 +390,7 @@ impl<'a> Files<'a> for Excerpts<'a> {
 }
 
 /// The largest character boundary of `text` at or below `i`.
-fn floor_char(text: &str, i: usize) -> usize {
+pub fn floor_char(text: &str, i: usize) -> usize {
     let mut i = i.min(text.len());
     while !text.is_char_boundary(i) {
         i -= 1;

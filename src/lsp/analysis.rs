@@ -12,7 +12,7 @@ use lsp_types::{DiagnosticRelatedInformation, DiagnosticSeverity, Location, Uri}
 use petgraph::Direction;
 
 use super::text::{uri_of, LineIndex};
-use crate::diagnostics::{Diagnostic, FileId, SourceMap, Span};
+use crate::diagnostics::{floor_char, Diagnostic, FileId, SourceMap, Span};
 use crate::elaborate::layers;
 use crate::syntax::ast::{File, Item, UseTarget};
 use crate::{emit, TypedGraph};
@@ -40,10 +40,10 @@ impl Analysis {
             .and_then(Path::file_name)
             .map_or("untitled.cnn".into(), |n| n.to_string_lossy().into_owned());
         let base = path.and_then(Path::parent);
-        let tree = crate::syntax::parse(text, ROOT).ok();
         match crate::syntax::load_source(&name, text, base) {
-            Ok(program) => {
+            Ok(mut program) => {
                 let (models, errors) = crate::check_models(&program);
+                let tree = Some(program.files.swap_remove(program.root));
                 Analysis {
                     sources: program.sources.clone(),
                     tree,
@@ -55,7 +55,8 @@ impl Analysis {
                 let (errors, sources) = diagnostics.into_parts();
                 Analysis {
                     sources,
-                    tree,
+                    // The document may parse where an import does not.
+                    tree: crate::syntax::parse(text, ROOT).ok(),
                     models: Vec::new(),
                     errors,
                 }
@@ -192,10 +193,7 @@ impl Analysis {
     /// name is at `offset`.
     fn describe_layer(&self, offset: usize) -> Option<(String, Span)> {
         let text = self.sources.text(ROOT);
-        let mut offset = offset.min(text.len());
-        while !text.is_char_boundary(offset) {
-            offset -= 1;
-        }
+        let offset = floor_char(text, offset);
         let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
         let start = text[..offset]
             .char_indices()

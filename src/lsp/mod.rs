@@ -69,7 +69,9 @@ struct Document {
     analysis: Option<Arc<Analysis>>,
 }
 
-/// The open documents and those whose analysis a change made stale.
+/// The open documents, and those changed since their last analysis (kept
+/// apart from `Document::analysis`, which also stays `None` after an
+/// analysis that panicked, so that it is not tried again until a change).
 #[derive(Default)]
 struct State {
     documents: HashMap<Uri, Document>,
@@ -192,15 +194,12 @@ fn publish_stale(connection: &Connection, state: &mut State) -> Result<(), Serve
     Ok(())
 }
 
-/// Analyses `doc` (at `uri`) unless it is analysed, and returns its
-/// diagnostics; a panic in the front end becomes one, at the start.
+/// Analyses `doc` (at `uri`) and returns its diagnostics; a panic in the
+/// front end becomes one, at the start, and leaves it unanalysed.
 fn analyse(uri: &Uri, doc: &mut Document) -> Vec<lsp_types::Diagnostic> {
     let path = path_of(uri);
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let analysis = match &doc.analysis {
-            Some(analysis) => analysis.clone(),
-            None => Arc::new(Analysis::of(path.as_deref(), &doc.text)),
-        };
+        let analysis = Arc::new(Analysis::of(path.as_deref(), &doc.text));
         let diagnostics = analysis.diagnostics(uri, &doc.text);
         (analysis, diagnostics)
     }));

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use lsp_types::{Position, Range, Uri};
 
+use crate::diagnostics::floor_char;
+
 /// The start of every line of a text, to turn byte offsets into positions
 /// and back.
 #[derive(Debug, Clone)]
@@ -25,10 +27,7 @@ impl LineIndex {
     /// The position of byte `offset` of `text` (clamped to the text, and
     /// down to a character's start).
     pub fn position(&self, text: &str, offset: usize) -> Position {
-        let mut offset = offset.min(text.len());
-        while !text.is_char_boundary(offset) {
-            offset -= 1;
-        }
+        let offset = floor_char(text, offset);
         let line = self.starts.partition_point(|&s| s <= offset) - 1;
         let column = text[self.starts[line]..offset].encode_utf16().count();
         Position::new(line as u32, column as u32)

@@ -34,7 +34,7 @@ use pest::iterators::Pair;
 
 use super::ast::File;
 use super::{on_parse_stack, parse, parse_within_budget, Detail, Rule};
-use crate::diagnostics::{Diagnostic, FileId, Span};
+use crate::diagnostics::{floor_char, Diagnostic, FileId, Span};
 
 /// Spaces per level of indentation.
 const INDENT: usize = 4;
@@ -961,15 +961,6 @@ fn check((source, before): (&str, &File), formatted: &str, file: FileId) -> Resu
         ));
     }
     Ok(())
-}
-
-/// The largest char boundary of `text` at or below `i`.
-fn floor_char(text: &str, i: usize) -> usize {
-    let mut i = i.min(text.len());
-    while !text.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
 }
 
 /// A syntax tree written out without its spans, so that two layouts of
