@@ -1,8 +1,9 @@
 //! The language server's latency on ResNet-34 (`examples/resnet34.cnn`):
 //! the analysis of the whole file, the time from a change to its
 //! diagnostics through the real server (the debounce included), and a
-//! hover. Run with `cargo bench --bench lsp`; the targets are
-//! 50 ms for diagnostics and 20 ms for a hover.
+//! hover, the inlay hints of the whole file and a completion. Run with
+//! `cargo bench --bench lsp`; the targets are 50 ms for
+//! diagnostics and 20 ms for a hover.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -52,6 +53,36 @@ fn server(c: &mut Criterion) {
         b.iter(|| {
             let hover = client.hover(&uri, 7, 6);
             assert!(hover["result"]["contents"].is_object(), "{hover}");
+        })
+    });
+    // The shapes of every line, and completion at an argument of the
+    // first convolution (after `conv(`).
+    let everything = lsp_client::json!({
+        "textDocument": { "uri": uri },
+        "range": { "start": { "line": 0, "character": 0 }, "end": { "line": 99, "character": 0 } },
+    });
+    c.bench_function("lsp/inlay_hints/resnet34_fashion", |b| {
+        b.iter(|| {
+            let hints = client.request("textDocument/inlayHint", everything.clone());
+            assert!(
+                hints["result"].as_array().is_some_and(|h| !h.is_empty()),
+                "{hints}"
+            );
+        })
+    });
+    c.bench_function("lsp/completion/resnet34_fashion", |b| {
+        b.iter(|| {
+            let items = client.at(
+                "textDocument/completion",
+                &uri,
+                7,
+                9,
+                lsp_client::Value::Null,
+            );
+            assert!(
+                items["result"].as_array().is_some_and(|i| !i.is_empty()),
+                "{items}"
+            );
         })
     });
     assert!(client.shut_down().success());

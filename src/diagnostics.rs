@@ -447,9 +447,21 @@ pub fn suggest<'a>(
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Diagnostic {
     match did_you_mean(word, candidates) {
-        Some(best) => diagnostic.with_note(format!("help: did you mean `{best}`?")),
+        Some(best) => diagnostic.with_note(did_you_mean_note(best)),
         None => diagnostic,
     }
+}
+
+/// The note that offers `best` in place of a misspelt word.
+pub fn did_you_mean_note(best: &str) -> String {
+    format!("help: did you mean `{best}`?")
+}
+
+/// The word a note made by [`did_you_mean_note`] offers (for a quick fix,
+/// which then looks for the misspelt word under the error's span).
+pub fn offered(note: &str) -> Option<&str> {
+    note.strip_prefix("help: did you mean `")?
+        .strip_suffix("`?")
 }
 
 #[cfg(test)]

@@ -146,7 +146,7 @@ fn a_panicking_request_is_answered_as_an_error_and_the_server_lives_on() {
     client.change(URI, 2, MISSPELT);
     let published = client.diagnostics(URI);
     assert_eq!(published["diagnostics"].as_array().map(Vec::len), Some(1));
-    let unknown = client.request("textDocument/definition", json!({}));
+    let unknown = client.request("textDocument/codeLens", json!({}));
     assert_eq!(unknown["error"]["code"], json!(-32601), "{unknown}");
     assert!(client.shut_down().success());
 }
@@ -171,5 +171,245 @@ fn hovering_a_layer_in_a_loop_counts_its_instances() {
         "{hover}"
     );
     assert!(hover.contains("(×3)"), "{hover}");
+    assert!(client.shut_down().success());
+}
+
+/// `text` with the protocol's text edits `edits` made.
+fn apply(text: &str, edits: &Value) -> String {
+    let offset = |position: &Value| {
+        let line = position["line"].as_u64().expect("a line") as usize;
+        let start: usize = text.split_inclusive('\n').take(line).map(str::len).sum();
+        // The tests' texts are ASCII: a UTF-16 column is a byte.
+        start + position["character"].as_u64().expect("a column") as usize
+    };
+    let mut edits: Vec<&Value> = edits.as_array().expect("edits").iter().collect();
+    edits.sort_by_key(|e| std::cmp::Reverse(offset(&e["range"]["start"])));
+    let mut text = text.to_string();
+    for edit in edits {
+        let range = offset(&edit["range"]["start"])..offset(&edit["range"]["end"]);
+        text.replace_range(range, edit["newText"].as_str().expect("new text"));
+    }
+    text
+}
+
+#[test]
+fn a_did_you_mean_is_a_quick_fix() {
+    let mut client = Client::start(&[]);
+    client.open(URI, MISSPELT);
+    let published = client.diagnostics(URI);
+    let diagnostic = published["diagnostics"][0].clone();
+    let actions = client.request(
+        "textDocument/codeAction",
+        json!({
+            "textDocument": { "uri": URI },
+            "range": diagnostic["range"],
+            "context": { "diagnostics": [diagnostic] },
+        }),
+    );
+    let action = &actions["result"][0];
+    assert_eq!(action["kind"], json!("quickfix"), "{actions}");
+    assert_eq!(
+        action["title"],
+        json!("Replace `activaton` with `activation`")
+    );
+    assert_eq!(action["diagnostics"][0]["range"], diagnostic["range"]);
+    assert_eq!(apply(MISSPELT, &action["edit"]["changes"][URI]), FIXED);
+    // Elsewhere in the file there is nothing to fix.
+    let none = client.request(
+        "textDocument/codeAction",
+        json!({
+            "textDocument": { "uri": URI },
+            "range": { "start": { "line": 2, "character": 0 }, "end": { "line": 2, "character": 4 } },
+            "context": { "diagnostics": [] },
+        }),
+    );
+    assert_eq!(none["result"], json!([]), "{none}");
+    assert!(client.shut_down().success());
+}
+
+/// The inlay hints of the whole of `URI` as (line, column, label).
+fn hints(client: &mut Client) -> Vec<(u64, u64, String)> {
+    let response = client.request(
+        "textDocument/inlayHint",
+        json!({
+            "textDocument": { "uri": URI },
+            "range": { "start": { "line": 0, "character": 0 }, "end": { "line": 99, "character": 0 } },
+        }),
+    );
+    let hints = response["result"].as_array().expect("hints").iter();
+    hints
+        .map(|h| {
+            let label = h["label"].as_str().expect("a label").to_string();
+            let at = &h["position"];
+            (
+                at["line"].as_u64().unwrap(),
+                at["character"].as_u64().unwrap(),
+                label,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn inlay_hints_show_each_line_s_shape_unless_switched_off() {
+    let mut client = Client::start_with(&[], json!({ "shapeHints": false }));
+    client.open(URI, FIXED);
+    client.diagnostics(URI);
+    assert_eq!(hints(&mut client), []);
+    client.notify(
+        "workspace/didChangeConfiguration",
+        json!({ "settings": { "cnnc": { "shapeHints": true } } }),
+    );
+    // conv(8, 3) on 28x28x1 gives 26x26x8, flattened 5408.
+    assert_eq!(
+        hints(&mut client),
+        [
+            (1, 32, "# 26x26x8".to_string()),
+            (2, 11, "# 5408".to_string())
+        ]
+    );
+    assert!(client.shut_down().success());
+}
+
+/// A document that uses a stdlib block and one of its own.
+const NAVIGATED: &str = "use resnet\n\nblock unit(f) {\n    let g = 2 * f\n    conv(g, 3, padding: same)\n}\n\nmodel m : [8, 8, 4] {\n    unit(4)\n    residual_unit(8)\n    unit(8)\n}\n";
+
+#[test]
+fn symbols_definitions_references_and_renames_follow_the_names() {
+    let cache = std::env::temp_dir().join(format!("cnnc-lsp-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let cache_text = cache.to_str().expect("a UTF-8 path");
+    let mut client = Client::start(&[("XDG_CACHE_HOME", cache_text)]);
+    client.open(URI, NAVIGATED);
+    client.diagnostics(URI);
+
+    let symbols = client.request(
+        "textDocument/documentSymbol",
+        json!({ "textDocument": { "uri": URI } }),
+    );
+    let names: Vec<(&str, usize)> = symbols["result"]
+        .as_array()
+        .expect("symbols")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["children"].as_array().map_or(0, Vec::len),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("unit", 1), ("m", 0)], "{symbols}");
+
+    // A stdlib block: its definition in a read-only copy of the module.
+    let definition = client.at("textDocument/definition", URI, 9, 8, Value::Null);
+    let target = definition["result"]["uri"]
+        .as_str()
+        .expect("a location")
+        .to_string();
+    let path = target.strip_prefix("file://").expect("a file URI");
+    assert!(path.starts_with(cache_text), "{target}");
+    let module = std::fs::read_to_string(path).expect("the module's copy");
+    let line = definition["result"]["range"]["start"]["line"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(module
+        .lines()
+        .nth(line)
+        .unwrap()
+        .starts_with("block residual_unit("));
+
+    // The document's own block, from its second call.
+    let definition = client.at("textDocument/definition", URI, 10, 5, Value::Null);
+    assert_eq!(definition["result"]["uri"], json!(URI));
+    assert_eq!(
+        definition["result"]["range"]["start"],
+        json!({ "line": 2, "character": 6 })
+    );
+    let references = client.at(
+        "textDocument/references",
+        URI,
+        2,
+        7,
+        json!({ "context": { "includeDeclaration": false } }),
+    );
+    let lines: Vec<u64> = references["result"]
+        .as_array()
+        .expect("references")
+        .iter()
+        .map(|r| r["range"]["start"]["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [8, 10], "{references}");
+
+    // Renaming the `let` renames its use; a name that is taken is refused.
+    let prepared = client.at("textDocument/prepareRename", URI, 4, 9, Value::Null);
+    assert_eq!(
+        prepared["result"]["start"],
+        json!({ "line": 4, "character": 9 }),
+        "{prepared}"
+    );
+    let renamed = client.at(
+        "textDocument/rename",
+        URI,
+        4,
+        9,
+        json!({ "newName": "width" }),
+    );
+    let text = apply(NAVIGATED, &renamed["result"]["changes"][URI]);
+    assert!(
+        text.contains("let width = 2 * f\n    conv(width, 3"),
+        "{text}"
+    );
+    let refused = client.at("textDocument/rename", URI, 4, 9, json!({ "newName": "f" }));
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already a name")),
+        "{refused}"
+    );
+    assert!(client.shut_down().success());
+    std::fs::remove_dir_all(&cache).ok();
+}
+
+/// The labels offered where `|` is in `text`.
+fn completions(client: &mut Client, version: i32, text: &str) -> Vec<Value> {
+    let (line, column) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find('|').map(|c| (i as u32, c as u32)))
+        .expect("a cursor");
+    client.change(URI, version, &text.replace('|', ""));
+    client.diagnostics(URI);
+    let response = client.at("textDocument/completion", URI, line, column, Value::Null);
+    response["result"].as_array().expect("completions").clone()
+}
+
+#[test]
+fn completion_offers_arguments_with_defaults_then_their_values() {
+    let mut client = Client::start(&[]);
+    client.open(URI, FIXED);
+    client.diagnostics(URI);
+    let arguments = completions(
+        &mut client,
+        2,
+        "model m : [28, 28, 1] {\n    conv(8, 3, |)\n}\n",
+    );
+    let padding = arguments
+        .iter()
+        .find(|c| c["label"] == json!("padding:"))
+        .unwrap_or_else(|| panic!("no padding: {arguments:?}"));
+    assert_eq!(padding["detail"], json!("= valid"));
+    assert_eq!(padding["insertText"], json!("padding: "));
+    let values = completions(
+        &mut client,
+        3,
+        "model m : [28, 28, 1] {\n    conv(8, 3, padding: |)\n}\n",
+    );
+    let labels: Vec<&str> = values.iter().filter_map(|c| c["label"].as_str()).collect();
+    assert_eq!(labels, ["same", "valid"]);
+    let modules = completions(&mut client, 4, "use |\n");
+    assert!(
+        modules.iter().any(|c| c["label"] == json!("resnet")),
+        "{modules:?}"
+    );
     assert!(client.shut_down().success());
 }

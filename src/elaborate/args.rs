@@ -184,7 +184,7 @@ fn convert(kind: Kind, value: &Value) -> Result<Arg, Option<String>> {
             "same" => Ok(Arg::Padding(Padding::Same)),
             "valid" => Ok(Arg::Padding(Padding::Valid)),
             other => Err(crate::diagnostics::did_you_mean(other, ["same", "valid"])
-                .map(|b| format!("help: did you mean `{b}`?"))),
+                .map(crate::diagnostics::did_you_mean_note)),
         },
         (Kind::Padding, v) => {
             let [top, bottom, left, right] = sides(v)?;
@@ -198,14 +198,14 @@ fn convert(kind: Kind, value: &Value) -> Result<Arg, Option<String>> {
             Some(act) => Ok(Arg::Activation(act)),
             None => Err(
                 crate::diagnostics::did_you_mean(s, layers::ACTIVATIONS.iter().copied())
-                    .map(|b| format!("help: did you mean `{b}`?")),
+                    .map(crate::diagnostics::did_you_mean_note),
             ),
         },
         (Kind::Init, Value::Symbol(s)) => match layers::init_symbol(s) {
             Some(init) => Ok(Arg::Init(init)),
             None => Err(
                 crate::diagnostics::did_you_mean(s, layers::INITS.iter().copied())
-                    .map(|b| format!("help: did you mean `{b}`?")),
+                    .map(crate::diagnostics::did_you_mean_note),
             ),
         },
         (Kind::Init, Value::Init(init)) => Ok(Arg::Init(init.clone())),
@@ -218,7 +218,7 @@ fn convert(kind: Kind, value: &Value) -> Result<Arg, Option<String>> {
                 s,
                 layers::INTERPOLATIONS.iter().copied(),
             )
-            .map(|b| format!("help: did you mean `{b}`?"))),
+            .map(crate::diagnostics::did_you_mean_note)),
         },
         (Kind::OutputPadding, v) => output_padding(v),
         _ => Err(None),
@@ -244,7 +244,7 @@ fn output_padding(value: &Value) -> Result<Arg, Option<String>> {
         ]))),
         Value::Int(_) => extra(value).map(|p| Arg::OutputPadding(Some([p, p]))),
         Value::Symbol(s) => Err(crate::diagnostics::did_you_mean(s, ["none"])
-            .map(|b| format!("help: did you mean `{b}`?"))),
+            .map(crate::diagnostics::did_you_mean_note)),
         _ => Err(None),
     }
 }

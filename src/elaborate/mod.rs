@@ -62,6 +62,7 @@ use crate::syntax::Program;
 pub use calls::{MAX_CALL_DEPTH, MAX_WORK};
 pub use definitions::models;
 use definitions::{DefRef, Scope, Visible};
+pub use functions::FUNCTIONS;
 pub use nodes::MAX_NODES;
 pub use train_config::TRAIN_KEYS;
 pub use value::{NamedArg, Spanned, Value};

@@ -11,26 +11,34 @@ use std::sync::Arc;
 use lsp_types::{DiagnosticRelatedInformation, DiagnosticSeverity, Location, Uri};
 use petgraph::Direction;
 
-use super::text::{uri_of, LineIndex};
+use super::names::Names;
+use super::navigate::{file_stem, use_stem};
+use super::text::LineIndex;
 use crate::diagnostics::{floor_char, Diagnostic, FileId, SourceMap, Span};
 use crate::elaborate::layers;
-use crate::syntax::ast::{File, Item, UseTarget};
+use crate::syntax::ast::{File, Item};
 use crate::{emit, TypedGraph};
 
 /// What the front end made of one document's text.
 pub struct Analysis {
     /// Every file the document loaded, the document itself first.
-    sources: Arc<SourceMap>,
-    /// The document's own syntax tree, when it parses.
-    tree: Option<File>,
+    pub(super) sources: Arc<SourceMap>,
+    /// The syntax trees of those files (indexed like `sources`), or only
+    /// the document's when loading failed and it parses; none when it
+    /// does not.
+    pub(super) files: Vec<File>,
+    /// The files the document imports directly.
+    pub(super) imports: Vec<FileId>,
+    /// The document's names and what their uses refer to.
+    pub(super) names: Names,
     /// Every model that compiled.
-    models: Vec<TypedGraph>,
+    pub(super) models: Vec<TypedGraph>,
     /// Every error, wherever it lies.
-    errors: Vec<Diagnostic>,
+    pub(super) errors: Vec<Diagnostic>,
 }
 
 /// The file id of the document among the sources it loads.
-const ROOT: FileId = 0;
+pub(super) const ROOT: FileId = 0;
 
 impl Analysis {
     /// Loads `text` (the document at `path`, when it has one: its
@@ -43,25 +51,36 @@ impl Analysis {
         match crate::syntax::load_source(&name, text, base) {
             Ok(mut program) => {
                 let (models, errors) = crate::check_models(&program);
-                let tree = Some(program.files.swap_remove(program.root));
+                let imports = std::mem::take(&mut program.imports[program.root]);
+                let files = std::mem::take(&mut program.files);
                 Analysis {
                     sources: program.sources.clone(),
-                    tree,
+                    names: Names::of(&files, &imports),
+                    files,
+                    imports,
                     models,
                     errors,
                 }
             }
             Err(diagnostics) => {
                 let (errors, sources) = diagnostics.into_parts();
+                // The document may parse where an import does not.
+                let files: Vec<File> = crate::syntax::parse(text, ROOT).into_iter().collect();
                 Analysis {
                     sources,
-                    // The document may parse where an import does not.
-                    tree: crate::syntax::parse(text, ROOT).ok(),
+                    names: Names::of(&files, &[]),
+                    files,
+                    imports: Vec::new(),
                     models: Vec::new(),
                     errors,
                 }
             }
         }
+    }
+
+    /// The document's syntax tree, when it parses.
+    pub(super) fn tree(&self) -> Option<&File> {
+        self.files.first()
     }
 
     /// Every error as a diagnostic of the document at `uri` (whose text
@@ -112,23 +131,13 @@ impl Analysis {
     /// The `use` item of the document that imports `file`, or its first
     /// `use` (a file imported through another).
     fn use_of(&self, file: FileId) -> Option<Span> {
-        let name = self.sources.name(file);
-        let stem = Path::new(name).file_stem()?.to_string_lossy().into_owned();
+        let stem = file_stem(self.sources.name(file));
         let uses: Vec<(Span, String)> = self
-            .tree
-            .as_ref()?
+            .tree()?
             .items
             .iter()
             .filter_map(|item| match item {
-                Item::Use(u) => {
-                    let target = match &u.target {
-                        UseTarget::Module(m) => m.rsplit('.').next().unwrap_or(m).to_string(),
-                        UseTarget::Path(p) => Path::new(p)
-                            .file_stem()
-                            .map_or(String::new(), |s| s.to_string_lossy().into_owned()),
-                    };
-                    Some((u.span, target))
-                }
+                Item::Use(u) => Some((u.span, use_stem(u))),
                 _ => None,
             })
             .collect();
@@ -138,8 +147,8 @@ impl Analysis {
             .map(|(span, _)| *span)
     }
 
-    /// A label as related information: in the document, or in a file on
-    /// disk (not in the standard library, which has no file).
+    /// A label as related information: in the document, or in a file it
+    /// loaded (a module of the standard library in a copy of it).
     fn related(
         &self,
         uri: &Uri,
@@ -151,15 +160,10 @@ impl Analysis {
         let location = if span.file == ROOT {
             Location::new(uri.clone(), index.range(text, span.start, span.end))
         } else {
-            let path = Path::new(self.sources.name(span.file));
             let other = self.sources.text(span.file);
             let other_index = LineIndex::new(other);
-            let absolute = std::path::absolute(path).ok()?;
-            if !absolute.is_file() {
-                return None;
-            }
             Location::new(
-                uri_of(&absolute)?,
+                self.uri_of_file(span.file)?,
                 other_index.range(other, span.start, span.end),
             )
         };
@@ -263,17 +267,12 @@ impl Analysis {
 
     /// The totals of the model whose name is at `offset`.
     fn describe_model(&self, offset: usize) -> Option<(String, Span)> {
-        let name = self
-            .tree
-            .as_ref()?
-            .items
-            .iter()
-            .find_map(|item| match item {
-                Item::Model(d) if d.name.span.start <= offset && offset < d.name.span.end => {
-                    Some(&d.name)
-                }
-                _ => None,
-            })?;
+        let name = self.tree()?.items.iter().find_map(|item| match item {
+            Item::Model(d) if d.name.span.start <= offset && offset < d.name.span.end => {
+                Some(&d.name)
+            }
+            _ => None,
+        })?;
         let model = self.models.iter().find(|m| m.graph.name == name.name)?;
         let counts = model.param_counts();
         let outputs: Vec<String> = model

@@ -1,7 +1,10 @@
 //! `cnnc lsp`: a language server (LSP 3.17, over standard input and
 //! output) on the front end as it is: errors as the user types, and on
 //! hover a call's shapes, parameters, FLOPs and activation memory, which
-//! the front end knows before anything runs; formatting by `cnnc fmt`.
+//! the front end knows before anything runs, and as inlay hints the shape
+//! each line ends with; "did you mean" as quick fixes; symbols, go to
+//! definition (into the standard library too), references, rename;
+//! completion; formatting by `cnnc fmt`.
 //!
 //! [`serve_stdio`] runs the server. Documents are kept whole (full text
 //! sync); a change marks its document, and [`DEBOUNCE`] after the last
@@ -13,6 +16,11 @@
 //! stays up.
 
 mod analysis;
+mod complete;
+mod fixes;
+mod hints;
+mod names;
+mod navigate;
 pub mod text;
 
 use std::collections::{BTreeSet, HashMap};
@@ -23,14 +31,22 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, never, select};
 use lsp_server::{Connection, ErrorCode, Message, Notification, Request, Response};
 use lsp_types::notification::{
-    DidChangeTextDocument, DidCloseTextDocument, DidOpenTextDocument, Notification as _,
-    PublishDiagnostics,
+    DidChangeConfiguration, DidChangeTextDocument, DidCloseTextDocument, DidOpenTextDocument,
+    Notification as _, PublishDiagnostics,
 };
-use lsp_types::request::{Formatting, HoverRequest, Request as _};
+use lsp_types::request::{
+    CodeActionRequest, Completion, DocumentSymbolRequest, Formatting, GotoDefinition, HoverRequest,
+    InlayHintRequest, PrepareRenameRequest, References, Rename, Request as _,
+};
 use lsp_types::{
-    DocumentFormattingParams, Hover, HoverContents, HoverParams, HoverProviderCapability,
-    MarkupContent, MarkupKind, OneOf, PositionEncodingKind, PublishDiagnosticsParams,
-    ServerCapabilities, TextDocumentSyncCapability, TextDocumentSyncKind, TextEdit,
+    CodeActionKind, CodeActionOptions, CodeActionOrCommand, CodeActionParams,
+    CodeActionProviderCapability, CompletionOptions, CompletionParams, CompletionResponse,
+    DocumentFormattingParams, DocumentSymbolParams, DocumentSymbolResponse, GotoDefinitionParams,
+    GotoDefinitionResponse, Hover, HoverContents, HoverParams, HoverProviderCapability, InlayHint,
+    InlayHintKind, InlayHintLabel, InlayHintParams, Location, MarkupContent, MarkupKind, OneOf,
+    PositionEncodingKind, PrepareRenameResponse, PublishDiagnosticsParams, ReferenceParams,
+    RenameOptions, RenameParams, ServerCapabilities, TextDocumentPositionParams,
+    TextDocumentSyncCapability, TextDocumentSyncKind, TextEdit, WorkspaceEdit,
 };
 
 pub use analysis::Analysis;
@@ -72,10 +88,32 @@ struct Document {
 /// The open documents, and those changed since their last analysis (kept
 /// apart from `Document::analysis`, which also stays `None` after an
 /// analysis that panicked, so that it is not tried again until a change).
-#[derive(Default)]
 struct State {
     documents: HashMap<Uri, Document>,
     stale: BTreeSet<String>,
+    /// Whether inlay hints show output shapes: `shapeHints` in the
+    /// client's initialization options or its `cnnc` settings.
+    shape_hints: bool,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            documents: HashMap::new(),
+            stale: BTreeSet::new(),
+            shape_hints: true,
+        }
+    }
+
+    /// Takes the settings the client gives (`{"shapeHints": false}`).
+    fn configure(&mut self, settings: &serde_json::Value) {
+        if let Some(on) = settings
+            .get("shapeHints")
+            .and_then(serde_json::Value::as_bool)
+        {
+            self.shape_hints = on;
+        }
+    }
 }
 
 fn capabilities() -> ServerCapabilities {
@@ -84,14 +122,33 @@ fn capabilities() -> ServerCapabilities {
         text_document_sync: Some(TextDocumentSyncCapability::Kind(TextDocumentSyncKind::FULL)),
         hover_provider: Some(HoverProviderCapability::Simple(true)),
         document_formatting_provider: Some(OneOf::Left(true)),
+        code_action_provider: Some(CodeActionProviderCapability::Options(CodeActionOptions {
+            code_action_kinds: Some(vec![CodeActionKind::QUICKFIX]),
+            ..CodeActionOptions::default()
+        })),
+        inlay_hint_provider: Some(OneOf::Left(true)),
+        document_symbol_provider: Some(OneOf::Left(true)),
+        definition_provider: Some(OneOf::Left(true)),
+        references_provider: Some(OneOf::Left(true)),
+        rename_provider: Some(OneOf::Right(RenameOptions {
+            prepare_provider: Some(true),
+            work_done_progress_options: Default::default(),
+        })),
+        completion_provider: Some(CompletionOptions {
+            trigger_characters: Some(vec!["(".into(), ",".into(), ":".into(), " ".into()]),
+            ..CompletionOptions::default()
+        }),
         ..ServerCapabilities::default()
     }
 }
 
 /// The server's loop on `connection`.
 fn serve(connection: &Connection) -> Result<(), ServerError> {
-    connection.initialize(serde_json::to_value(capabilities())?)?;
-    let mut state = State::default();
+    let init = connection.initialize(serde_json::to_value(capabilities())?)?;
+    let mut state = State::new();
+    if let Some(options) = init.get("initializationOptions") {
+        state.configure(options);
+    }
     let mut deadline: Option<Instant> = None;
     loop {
         let timer = deadline.map_or_else(never, |d| {
@@ -167,6 +224,14 @@ fn apply(
             doc.analysis = None;
             state.stale.insert(uri.as_str().to_string());
             Ok(true)
+        }
+        DidChangeConfiguration::METHOD => {
+            let params: lsp_types::DidChangeConfigurationParams =
+                serde_json::from_value(notification.params)?;
+            if let Some(settings) = params.settings.get("cnnc") {
+                state.configure(settings);
+            }
+            Ok(false)
         }
         DidCloseTextDocument::METHOD => {
             let params: lsp_types::DidCloseTextDocumentParams =
@@ -271,53 +336,200 @@ fn handle(state: &mut State, request: Request) -> Answer {
     if std::env::var(PANIC_ON).is_ok_and(|m| m == request.method) {
         panic!("{PANIC_ON} is set to {}", request.method);
     }
-    let invalid = |e: serde_json::Error| (ErrorCode::InvalidParams, e.to_string());
-    match request.method.as_str() {
-        HoverRequest::METHOD => {
-            let params: HoverParams = serde_json::from_value(request.params).map_err(invalid)?;
-            let position = params.text_document_position_params;
-            let uri = position.text_document.uri;
-            let doc = document(state, &uri)?;
-            let analysis = doc.analysis.clone().ok_or_else(|| unanalysed(&uri))?;
-            let index = LineIndex::new(&doc.text);
-            let offset = index.offset(&doc.text, position.position);
-            let hover = analysis.hover(offset).map(|(markdown, span)| Hover {
-                contents: HoverContents::Markup(MarkupContent {
-                    kind: MarkupKind::Markdown,
-                    value: markdown,
-                }),
-                range: Some(index.range(&doc.text, span.start, span.end)),
-            });
-            Ok(serde_json::to_value(hover).unwrap_or_default())
+    let method = request.method.clone();
+    match method.as_str() {
+        HoverRequest::METHOD => hover(state, params(request)?),
+        Formatting::METHOD => format(state, params(request)?),
+        CodeActionRequest::METHOD => code_actions(state, params(request)?),
+        InlayHintRequest::METHOD => inlay_hints(state, params(request)?),
+        DocumentSymbolRequest::METHOD => {
+            let params: DocumentSymbolParams = params(request)?;
+            let at = analysed(state, &params.text_document.uri)?;
+            to_json(DocumentSymbolResponse::Nested(
+                at.analysis.symbols(&at.doc.text),
+            ))
         }
-        Formatting::METHOD => {
-            let params: DocumentFormattingParams =
-                serde_json::from_value(request.params).map_err(invalid)?;
-            let doc = document(state, &params.text_document.uri)?;
-            let mut sources = crate::diagnostics::SourceMap::default();
-            let file = sources.add("document", doc.text.as_str());
-            let formatted = crate::syntax::format(&doc.text, file).map_err(|e| {
-                (
-                    ErrorCode::RequestFailed,
-                    format!("cannot format: {}", e.message),
-                )
-            })?;
-            let edits = if formatted == doc.text {
-                Vec::new()
-            } else {
-                let index = LineIndex::new(&doc.text);
-                vec![TextEdit::new(
-                    index.range(&doc.text, 0, doc.text.len()),
-                    formatted,
-                )]
-            };
-            Ok(serde_json::to_value(edits).unwrap_or_default())
+        GotoDefinition::METHOD => {
+            let params: GotoDefinitionParams = params(request)?;
+            let at = position(state, &params.text_document_position_params)?;
+            let place = at.analysis.definition(at.uri, &at.doc.text, at.offset);
+            to_json(place.map(|p| GotoDefinitionResponse::Scalar(Location::new(p.uri, p.range))))
+        }
+        References::METHOD => {
+            let params: ReferenceParams = params(request)?;
+            let at = position(state, &params.text_document_position)?;
+            let spans = at
+                .analysis
+                .references(at.offset, params.context.include_declaration);
+            to_json(at.locations(&spans))
+        }
+        PrepareRenameRequest::METHOD => {
+            let params: TextDocumentPositionParams = params(request)?;
+            let at = position(state, &params)?;
+            let span = at.analysis.renamable(at.offset).map_err(refused)?;
+            to_json(PrepareRenameResponse::Range(at.range(span)))
+        }
+        Rename::METHOD => rename(state, params(request)?),
+        Completion::METHOD => {
+            let params: CompletionParams = params(request)?;
+            let at = position(state, &params.text_document_position)?;
+            let path = path_of(at.uri);
+            let items = at
+                .analysis
+                .complete(&at.doc.text, at.offset, path.as_deref());
+            to_json(CompletionResponse::Array(items))
         }
         _ => Err((
             ErrorCode::MethodNotFound,
-            format!("cnnc does not answer `{}`", request.method),
+            format!("cnnc does not answer `{method}`"),
         )),
     }
+}
+
+/// A request's parameters.
+fn params<P: serde::de::DeserializeOwned>(request: Request) -> Result<P, (ErrorCode, String)> {
+    serde_json::from_value(request.params).map_err(|e| (ErrorCode::InvalidParams, e.to_string()))
+}
+
+fn to_json(value: impl serde::Serialize) -> Answer {
+    serde_json::to_value(value).map_err(|e| (ErrorCode::InternalError, e.to_string()))
+}
+
+/// A request the document cannot answer as asked (a rename that would
+/// change the program).
+fn refused(message: String) -> (ErrorCode, String) {
+    (ErrorCode::RequestFailed, message)
+}
+
+/// An analysed document, and a byte offset in it.
+struct At<'s> {
+    uri: &'s Uri,
+    doc: &'s Document,
+    analysis: Arc<Analysis>,
+    index: LineIndex,
+    offset: usize,
+}
+
+impl At<'_> {
+    fn range(&self, span: crate::diagnostics::Span) -> lsp_types::Range {
+        self.index.range(&self.doc.text, span.start, span.end)
+    }
+
+    /// Spans of the document as locations.
+    fn locations(&self, spans: &[crate::diagnostics::Span]) -> Vec<Location> {
+        spans
+            .iter()
+            .map(|&span| Location::new(self.uri.clone(), self.range(span)))
+            .collect()
+    }
+}
+
+/// The document at `uri` with its analysis (at its start).
+fn analysed<'s>(state: &'s State, uri: &'s Uri) -> Result<At<'s>, (ErrorCode, String)> {
+    let doc = document(state, uri)?;
+    let analysis = doc.analysis.clone().ok_or_else(|| unanalysed(uri))?;
+    Ok(At {
+        uri,
+        index: LineIndex::new(&doc.text),
+        doc,
+        analysis,
+        offset: 0,
+    })
+}
+
+/// The document and offset of a position.
+fn position<'s>(
+    state: &'s State,
+    params: &'s TextDocumentPositionParams,
+) -> Result<At<'s>, (ErrorCode, String)> {
+    let mut at = analysed(state, &params.text_document.uri)?;
+    at.offset = at.index.offset(&at.doc.text, params.position);
+    Ok(at)
+}
+
+fn hover(state: &State, params: HoverParams) -> Answer {
+    let at = position(state, &params.text_document_position_params)?;
+    let hover = at.analysis.hover(at.offset).map(|(markdown, span)| Hover {
+        contents: HoverContents::Markup(MarkupContent {
+            kind: MarkupKind::Markdown,
+            value: markdown,
+        }),
+        range: Some(at.range(span)),
+    });
+    to_json(hover)
+}
+
+fn format(state: &State, params: DocumentFormattingParams) -> Answer {
+    let doc = document(state, &params.text_document.uri)?;
+    let mut sources = crate::diagnostics::SourceMap::default();
+    let file = sources.add("document", doc.text.as_str());
+    let formatted = crate::syntax::format(&doc.text, file)
+        .map_err(|e| refused(format!("cannot format: {}", e.message)))?;
+    let edits = if formatted == doc.text {
+        Vec::new()
+    } else {
+        let index = LineIndex::new(&doc.text);
+        vec![TextEdit::new(
+            index.range(&doc.text, 0, doc.text.len()),
+            formatted,
+        )]
+    };
+    to_json(edits)
+}
+
+fn code_actions(state: &State, params: CodeActionParams) -> Answer {
+    let at = analysed(state, &params.text_document.uri)?;
+    let start = at.index.offset(&at.doc.text, params.range.start);
+    let end = at.index.offset(&at.doc.text, params.range.end);
+    let actions: Vec<CodeActionOrCommand> = at
+        .analysis
+        .quick_fixes(at.uri, &at.doc.text, start, end)
+        .into_iter()
+        .map(CodeActionOrCommand::CodeAction)
+        .collect();
+    to_json(actions)
+}
+
+fn inlay_hints(state: &State, params: InlayHintParams) -> Answer {
+    let at = analysed(state, &params.text_document.uri)?;
+    if !state.shape_hints {
+        return to_json(Vec::<InlayHint>::new());
+    }
+    let start = at.index.offset(&at.doc.text, params.range.start);
+    let end = at.index.offset(&at.doc.text, params.range.end);
+    let hints: Vec<InlayHint> = at
+        .analysis
+        .shape_hints()
+        .into_iter()
+        .filter(|&(offset, _)| start <= offset && offset <= end)
+        .map(|(offset, label)| InlayHint {
+            position: at.index.position(&at.doc.text, offset),
+            label: InlayHintLabel::String(label),
+            kind: Some(InlayHintKind::TYPE),
+            text_edits: None,
+            tooltip: None,
+            padding_left: Some(true),
+            padding_right: None,
+            data: None,
+        })
+        .collect();
+    to_json(hints)
+}
+
+fn rename(state: &State, params: RenameParams) -> Answer {
+    let at = position(state, &params.text_document_position)?;
+    let spans = at
+        .analysis
+        .rename(at.offset, &params.new_name)
+        .map_err(refused)?;
+    let edits = spans
+        .iter()
+        .map(|&span| TextEdit::new(at.range(span), params.new_name.clone()))
+        .collect();
+    to_json(WorkspaceEdit {
+        changes: Some(HashMap::from([(at.uri.clone(), edits)])),
+        ..WorkspaceEdit::default()
+    })
 }
 
 /// The open document at `uri`.

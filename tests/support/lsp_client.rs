@@ -27,6 +27,12 @@ pub struct Client {
 impl Client {
     /// Starts `cnnc lsp` (with `env` set) and initializes it.
     pub fn start(env: &[(&str, &str)]) -> Client {
+        Client::start_with(env, Value::Null)
+    }
+
+    /// Starts `cnnc lsp` (with `env` set) and initializes it with the
+    /// client's initialization options `options`.
+    pub fn start_with(env: &[(&str, &str)], options: Value) -> Client {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cnnc"))
             .arg("lsp")
             .envs(env.iter().copied())
@@ -55,7 +61,12 @@ impl Client {
         };
         let init = client.request(
             "initialize",
-            json!({ "processId": null, "rootUri": null, "capabilities": {} }),
+            json!({
+                "processId": null,
+                "rootUri": null,
+                "capabilities": {},
+                "initializationOptions": options,
+            }),
         );
         assert_eq!(
             init["result"]["capabilities"]["hoverProvider"],
@@ -133,6 +144,26 @@ impl Client {
             "textDocument/hover",
             json!({ "textDocument": { "uri": uri }, "position": { "line": line, "character": character } }),
         )
+    }
+
+    /// A request about the place `line`:`character` of `uri`, with more
+    /// parameters `extra` (an object, or null).
+    pub fn at(
+        &mut self,
+        method: &str,
+        uri: &str,
+        line: u32,
+        character: u32,
+        extra: Value,
+    ) -> Value {
+        let mut params = json!({
+            "textDocument": { "uri": uri },
+            "position": { "line": line, "character": character },
+        });
+        if let (Some(params), Some(extra)) = (params.as_object_mut(), extra.as_object()) {
+            params.extend(extra.clone());
+        }
+        self.request(method, params)
     }
 
     /// The Markdown of a hover that must come.
