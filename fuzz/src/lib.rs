@@ -25,15 +25,57 @@ pub fn input_path() -> &'static Path {
     Path::new("fuzz-input")
 }
 
-/// What the language server makes of `text`: its analysis, its
-/// diagnostics, and hovers.
+/// What the language server makes of `text`: its analysis, diagnostics,
+/// quick fixes, shape hints and symbols, and at every 16th byte a hover,
+/// a completion, a definition, references and a rename. A rename that is
+/// accepted must not make the program worse: no more errors, no fewer
+/// models compiled.
 fn language_server(text: &str) {
     let analysis = cnnc::lsp::Analysis::of(None, text);
     let uri: cnnc::lsp::Uri = "file:///fuzz.cnn".parse().expect("a valid URI");
     let _ = analysis.diagnostics(&uri, text);
+    let _ = analysis.quick_fixes(&uri, text, 0, text.len());
+    for (at, _) in analysis.shape_hints() {
+        assert!(
+            text.is_char_boundary(at),
+            "a hint inside a character, at {at}"
+        );
+    }
+    let _ = analysis.symbols(text);
+    let mut renamed = false;
     for offset in (0..=text.len()).step_by(16) {
         let _ = analysis.hover(offset);
+        let _ = analysis.complete(text, offset, None);
+        let _ = analysis.definition(&uri, text, offset);
+        let _ = analysis.references(offset, true);
+        if !renamed {
+            if let Ok(spans) = analysis.rename(offset, "fuzz_renamed") {
+                renamed = true;
+                check_rename(&analysis, text, &spans);
+            }
+        }
     }
+}
+
+/// `text` with `spans` renamed analyses as `analysis` did.
+fn check_rename(analysis: &cnnc::lsp::Analysis, text: &str, spans: &[cnnc::diagnostics::Span]) {
+    // Spans count from after a byte-order mark, which the front end drops.
+    if text.starts_with('\u{feff}') {
+        return;
+    }
+    let mut spans = spans.to_vec();
+    spans.sort();
+    let mut renamed = text.to_string();
+    for span in spans.iter().rev() {
+        renamed.replace_range(span.start..span.end, "fuzz_renamed");
+    }
+    let after = cnnc::lsp::Analysis::of(None, &renamed);
+    // Renaming may end an error (a model called `current`), never start one.
+    assert!(
+        after.error_count() <= analysis.error_count()
+            && after.model_count() >= analysis.model_count(),
+        "renaming made the program worse:\n{renamed}"
+    );
 }
 
 /// Formats `text` as `cnnc fmt` does: a text that parses formats (the

@@ -78,6 +78,16 @@ impl Analysis {
         }
     }
 
+    /// How many errors the document has, in it and in what it imports.
+    pub fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// How many of the document's models compiled.
+    pub fn model_count(&self) -> usize {
+        self.models.len()
+    }
+
     /// The document's syntax tree, when it parses.
     pub(super) fn tree(&self) -> Option<&File> {
         self.files.first()

@@ -85,7 +85,7 @@ impl Analysis {
                 CodeAction {
                     title: format!(
                         "Replace `{}` with `{}`",
-                        &text[fix.span.start..fix.span.end],
+                        self.sources.snippet(fix.span),
                         fix.replacement
                     ),
                     kind: Some(CodeActionKind::QUICKFIX),

@@ -41,6 +41,9 @@ pub struct Names {
     pub symbols: Vec<Symbol>,
     /// Uses of names in the document: where, and the symbol each names.
     pub uses: Vec<(Span, usize)>,
+    /// The names the document uses that name none of its symbols (layers,
+    /// functions, values such as `same`, names it misspells).
+    pub free: Vec<String>,
 }
 
 /// The document's file id.
@@ -143,19 +146,21 @@ impl Names {
         spans
     }
 
-    /// The symbols `name` could refer to at byte `offset` of the
-    /// document (for checking that a rename does not capture a use).
+    /// Whether `name` could name something at byte `offset` of the
+    /// document: a symbol there, or a name used without one (for checking
+    /// that a rename does not capture a use).
     pub fn visible(&self, name: &str, offset: usize) -> bool {
-        self.symbols.iter().any(|s| {
-            s.name == name
-                && match s.parent {
-                    None => true,
-                    Some(parent) => {
-                        let def = self.symbols[parent].range;
-                        def.file == ROOT && def.start <= offset && offset <= def.end
+        self.free.iter().any(|f| f == name)
+            || self.symbols.iter().any(|s| {
+                s.name == name
+                    && match s.parent {
+                        None => true,
+                        Some(parent) => {
+                            let def = self.symbols[parent].range;
+                            def.file == ROOT && def.start <= offset && offset <= def.end
+                        }
                     }
-                }
-        })
+            })
     }
 }
 
@@ -299,8 +304,9 @@ impl Walk<'_> {
         let target = bound
             .or_else(|| self.globals.iter().find(|&&s| symbols[s].name == name.name))
             .copied();
-        if let Some(target) = target {
-            self.names.uses.push((name.span, target));
+        match target {
+            Some(target) => self.names.uses.push((name.span, target)),
+            None => self.names.free.push(name.name.clone()),
         }
     }
 }

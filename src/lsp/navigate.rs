@@ -248,7 +248,7 @@ fn stdlib_copy(cache: &Path, module: &str, text: &str) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
-    const TEXT: &str = "use resnet\nblock unit(f) {\n    let g = f * 2\n    conv(g, 3)\n    relu\n}\nmodel m : [8, 8, 1] {\n    unit(4)\n    residual_unit(8)\n    unit(8)\n}\n";
+    const TEXT: &str = "use resnet\nblock unit(f) {\n    let g = f * 2\n    conv(g, 3, padding: same)\n    relu\n}\nmodel m : [8, 8, 1] {\n    unit(4)\n    residual_unit(8)\n    unit(8)\n}\n";
 
     fn at(text: &str, what: &str) -> usize {
         text.find(what).expect("in the text")
@@ -311,7 +311,9 @@ mod tests {
         let analysis = Analysis::of(None, TEXT);
         let g = at(TEXT, "g, 3");
         assert_eq!(analysis.rename(g, "width").expect("renamed").len(), 2);
-        for bad in ["f", "conv", "len", "model", "2x", "unit"] {
+        // `same` is used as a value where `g` is seen: a `let` of that name
+        // would take its place.
+        for bad in ["f", "conv", "len", "model", "2x", "unit", "same"] {
             assert!(analysis.rename(g, bad).is_err(), "{bad}");
         }
         assert!(analysis.rename(at(TEXT, "(f)") + 1, "h").is_err());
