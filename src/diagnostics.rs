@@ -60,6 +60,16 @@ impl SourceMap {
         self.files.add(name, text.into())
     }
 
+    /// How many files it holds (their ids are `0..len`).
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether it holds no file.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
     /// The text of a file.
     pub fn text(&self, file: FileId) -> &str {
         // Ids are only handed out by `add`, so the lookup cannot fail.

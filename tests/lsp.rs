@@ -413,3 +413,50 @@ fn completion_offers_arguments_with_defaults_then_their_values() {
     );
     assert!(client.shut_down().success());
 }
+
+#[test]
+fn an_import_is_read_from_its_open_editor_until_it_closes() {
+    let dir = std::env::temp_dir().join(format!("cnnc-lsp-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a folder");
+    let lib = "block unit {\n    conv(4, 3)\n}\n";
+    std::fs::write(dir.join("lib.cnn"), lib).expect("lib.cnn");
+    let main = "use lib\n\nmodel m : [8, 8, 1] {\n    unit\n}\n";
+    std::fs::write(dir.join("main.cnn"), main).expect("main.cnn");
+    let uri = |name: &str| format!("file://{}", dir.join(name).display());
+    let (lib_uri, main_uri) = (uri("lib.cnn"), uri("main.cnn"));
+    let mut client = Client::start(&[]);
+    client.open(&main_uri, main);
+    assert_eq!(client.diagnostics(&main_uri)["diagnostics"], json!([]));
+    client.open(&lib_uri, lib);
+    assert_eq!(client.diagnostics(&lib_uri)["diagnostics"], json!([]));
+    // Opening the library checks the model again, from the editor's text.
+    assert_eq!(client.diagnostics(&main_uri)["diagnostics"], json!([]));
+
+    // An unsaved edit of the library shows in the model that uses it, at
+    // the call that reached it.
+    client.change(
+        &lib_uri,
+        2,
+        "block unit {\n    conv(4, 3, paddng: same)\n}\n",
+    );
+    let published = client.diagnostics(&main_uri);
+    let errors = published["diagnostics"].as_array().expect("a list");
+    assert_eq!(errors.len(), 1, "{published}");
+    assert_eq!(
+        errors[0]["range"]["start"],
+        json!({ "line": 3, "character": 4 })
+    );
+    assert!(
+        errors[0]["message"].as_str().unwrap().contains("paddng"),
+        "{published}"
+    );
+
+    // Closed unsaved, the library is read from the disk again.
+    client.notify(
+        "textDocument/didClose",
+        json!({ "textDocument": { "uri": lib_uri } }),
+    );
+    assert_eq!(client.diagnostics(&main_uri)["diagnostics"], json!([]));
+    assert!(client.shut_down().success());
+    std::fs::remove_dir_all(&dir).ok();
+}

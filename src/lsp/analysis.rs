@@ -17,6 +17,7 @@ use super::text::LineIndex;
 use crate::diagnostics::{floor_char, Diagnostic, FileId, SourceMap, Span};
 use crate::elaborate::layers;
 use crate::syntax::ast::{File, Item};
+use crate::syntax::Overlay;
 use crate::{emit, TypedGraph};
 
 /// What the front end made of one document's text.
@@ -44,11 +45,18 @@ impl Analysis {
     /// Loads `text` (the document at `path`, when it has one: its
     /// imports resolve next to it) and compiles every model it defines.
     pub fn of(path: Option<&Path>, text: &str) -> Analysis {
+        Analysis::over(path, text, Overlay::new())
+    }
+
+    /// Like [`Analysis::of`], importing the files `open` holds (by
+    /// canonical path: the editor's other documents, saved or not) from
+    /// their texts there.
+    pub fn over(path: Option<&Path>, text: &str, open: Overlay) -> Analysis {
         let name = path
             .and_then(Path::file_name)
             .map_or("untitled.cnn".into(), |n| n.to_string_lossy().into_owned());
         let base = path.and_then(Path::parent);
-        match crate::syntax::load_source(&name, text, base) {
+        match crate::syntax::load_source_over(&name, text, base, open) {
             Ok(mut program) => {
                 let (models, errors) = crate::check_models(&program);
                 let imports = std::mem::take(&mut program.imports[program.root]);
@@ -76,6 +84,15 @@ impl Analysis {
                 }
             }
         }
+    }
+
+    /// Whether the document imports the file at `path` (a canonical path),
+    /// directly or not.
+    pub fn imports_file(&self, path: &Path) -> bool {
+        (1..self.sources.len()).any(|file| {
+            let name = Path::new(self.sources.name(file));
+            name.canonicalize().is_ok_and(|p| p == path)
+        })
     }
 
     /// How many errors the document has, in it and in what it imports.

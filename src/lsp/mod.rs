@@ -49,6 +49,7 @@ use lsp_types::{
     TextDocumentSyncCapability, TextDocumentSyncKind, TextEdit, WorkspaceEdit,
 };
 
+use crate::syntax::Overlay;
 pub use analysis::Analysis;
 /// The protocol's document address, as [`Analysis::diagnostics`] takes it.
 pub use lsp_types::Uri;
@@ -103,6 +104,36 @@ impl State {
             stale: BTreeSet::new(),
             shape_hints: true,
         }
+    }
+
+    /// Marks stale every other open document that imports the one at
+    /// `uri`, which changed (or opened or closed: it is imported from the
+    /// editor's text while open, from the disk after); whether there was one.
+    fn touched(&mut self, uri: &Uri) -> bool {
+        let Some(path) = path_of(uri).and_then(|p| p.canonicalize().ok()) else {
+            return false;
+        };
+        let mut any = false;
+        for (other, doc) in &mut self.documents {
+            if other != uri && doc.analysis.as_ref().is_some_and(|a| a.imports_file(&path)) {
+                doc.analysis = None;
+                self.stale.insert(other.as_str().to_string());
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// The open documents' texts by canonical path, which analyses import
+    /// instead of the files on disk.
+    fn overlay(&self) -> Overlay {
+        self.documents
+            .iter()
+            .filter_map(|(uri, doc)| {
+                let path = path_of(uri)?.canonicalize().ok()?;
+                Some((path, doc.text.clone()))
+            })
+            .collect()
     }
 
     /// Takes the settings the client gives (`{"shapeHints": false}`).
@@ -199,13 +230,14 @@ fn apply(
             let doc = params.text_document;
             state.stale.insert(doc.uri.as_str().to_string());
             state.documents.insert(
-                doc.uri,
+                doc.uri.clone(),
                 Document {
                     text: doc.text,
                     version: doc.version,
                     analysis: None,
                 },
             );
+            state.touched(&doc.uri);
             Ok(true)
         }
         DidChangeTextDocument::METHOD => {
@@ -223,6 +255,7 @@ fn apply(
             doc.version = params.text_document.version;
             doc.analysis = None;
             state.stale.insert(uri.as_str().to_string());
+            state.touched(&uri);
             Ok(true)
         }
         DidChangeConfiguration::METHOD => {
@@ -239,8 +272,10 @@ fn apply(
             let uri = params.text_document.uri;
             state.documents.remove(&uri);
             state.stale.remove(uri.as_str());
+            // Those that import it read it from the disk again.
+            let touched = state.touched(&uri);
             publish(connection, uri, Vec::new(), None)?;
-            Ok(false)
+            Ok(touched)
         }
         _ => Ok(false),
     }
@@ -249,22 +284,27 @@ fn apply(
 /// Analyses every stale document and publishes its diagnostics.
 fn publish_stale(connection: &Connection, state: &mut State) -> Result<(), ServerError> {
     let stale = std::mem::take(&mut state.stale);
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let overlay = state.overlay();
     for (uri, doc) in state.documents.iter_mut() {
         if !stale.contains(uri.as_str()) {
             continue;
         }
-        let diagnostics = analyse(uri, doc);
+        let diagnostics = analyse(uri, doc, overlay.clone());
         publish(connection, uri.clone(), diagnostics, Some(doc.version))?;
     }
     Ok(())
 }
 
-/// Analyses `doc` (at `uri`) and returns its diagnostics; a panic in the
-/// front end becomes one, at the start, and leaves it unanalysed.
-fn analyse(uri: &Uri, doc: &mut Document) -> Vec<lsp_types::Diagnostic> {
+/// Analyses `doc` (at `uri`, importing the open documents `open` from
+/// their texts) and returns its diagnostics; a panic in the front end
+/// becomes one, at the start, and leaves it unanalysed.
+fn analyse(uri: &Uri, doc: &mut Document, open: Overlay) -> Vec<lsp_types::Diagnostic> {
     let path = path_of(uri);
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let analysis = Arc::new(Analysis::of(path.as_deref(), &doc.text));
+        let analysis = Arc::new(Analysis::over(path.as_deref(), &doc.text, open));
         let diagnostics = analysis.diagnostics(uri, &doc.text);
         (analysis, diagnostics)
     }));

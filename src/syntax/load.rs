@@ -52,7 +52,25 @@ pub fn load_file(path: &Path) -> Result<Program, Diagnostics> {
 /// `name` names it in messages, and relative imports resolve against the
 /// folder `base`; without one, only standard library modules can be imported.
 pub fn load_source(name: &str, text: &str, base: Option<&Path>) -> Result<Program, Diagnostics> {
-    let mut loader = Loader::default();
+    load_source_over(name, text, base, Overlay::new())
+}
+
+/// Texts to import instead of files on disk (an editor's unsaved
+/// buffers), by the files' canonical paths.
+pub type Overlay = HashMap<PathBuf, String>;
+
+/// Like [`load_source`], importing a file whose canonical path `overlay`
+/// holds from that text instead of from the disk.
+pub fn load_source_over(
+    name: &str,
+    text: &str,
+    base: Option<&Path>,
+    overlay: Overlay,
+) -> Result<Program, Diagnostics> {
+    let mut loader = Loader {
+        overlay,
+        ..Loader::default()
+    };
     let origin = match base {
         Some(dir) => Origin::Disk(dir.join(name)),
         None => Origin::Memory(name.to_string()),
@@ -164,6 +182,8 @@ struct Loader {
     /// Files whose imports are being loaded (by key), for cycle detection.
     stack: Vec<(Origin, FileId)>,
     errors: Vec<Diagnostic>,
+    /// Texts read instead of the disk's.
+    overlay: Overlay,
 }
 
 impl Loader {
@@ -227,8 +247,13 @@ impl Loader {
         if let Some(&id) = self.loaded.get(&key) {
             return Some(id);
         }
-        let (name, text) = match &origin {
-            Origin::Disk(path) => match std::fs::read_to_string(path) {
+        let open = match &key {
+            Origin::Disk(canonical) => self.overlay.get(canonical),
+            _ => None,
+        };
+        let (name, text) = match (&origin, open) {
+            (Origin::Disk(path), Some(text)) => (display(path), text.clone()),
+            (Origin::Disk(path), None) => match std::fs::read_to_string(path) {
                 Ok(text) => (display(path), text),
                 Err(e) => {
                     self.errors.push(Diagnostic::error(
@@ -239,11 +264,11 @@ impl Loader {
                     return None;
                 }
             },
-            Origin::Stdlib(module) => (
+            (Origin::Stdlib(module), _) => (
                 format!("<stdlib>/{module}.cnn"),
                 stdlib::source(module).unwrap_or_default().to_string(),
             ),
-            Origin::Memory(_) => unreachable!("resolve never yields an in-memory file"),
+            (Origin::Memory(_), _) => unreachable!("resolve never yields an in-memory file"),
         };
         // Imports nest as deep as the chain of files that import each other:
         // grow the stack on the heap when it runs low rather than overflow it.
@@ -395,6 +420,19 @@ mod tests {
             Err(diagnostics) => diagnostics.errors[0].notes.clone(),
             Ok(_) => panic!("the fixture loaded without errors"),
         }
+    }
+
+    #[test]
+    fn an_open_text_is_imported_instead_of_the_file_on_disk() {
+        let dir = folder(&[("lib.cnn", "block unit { relu }\n")]);
+        let text = "use lib\nmodel m : [8, 8, 1] { unit }\n";
+        let canonical = dir.join("lib.cnn").canonicalize().expect("the file");
+        let edited = Overlay::from([(canonical, "block unit { rleu }\n".to_string())]);
+        let program = load_source_over("main.cnn", text, Some(&dir), edited).expect("loads");
+        assert_eq!(program.sources.text(1), "block unit { rleu }\n");
+        let on_disk = load_source("main.cnn", text, Some(&dir)).expect("loads");
+        assert_eq!(on_disk.sources.text(1), "block unit { relu }\n");
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

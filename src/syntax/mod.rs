@@ -10,7 +10,7 @@ pub mod format;
 mod load;
 
 pub use format::format;
-pub use load::{load_file, load_source, Program};
+pub use load::{load_file, load_source, load_source_over, Overlay, Program};
 
 use pest::iterators::Pair;
 use pest::Parser as _;
