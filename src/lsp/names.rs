@@ -59,17 +59,22 @@ impl Names {
         };
         // Top-level definitions first: a block may call one defined below.
         let mut globals = names.definitions(root);
+        let mut imported: Vec<FileId> = Vec::new();
         for &file in imports {
-            if let Some(tree) = files.get(file) {
-                let own: Vec<String> = globals
-                    .iter()
-                    .map(|&s| names.symbols[s].name.clone())
-                    .collect();
-                // A document's own definition shadows an imported one.
-                for s in names.definitions(tree) {
-                    if !own.contains(&names.symbols[s].name) {
-                        globals.push(s);
-                    }
+            let Some(tree) = files.get(file).filter(|_| !imported.contains(&file)) else {
+                continue;
+            };
+            imported.push(file);
+            let seen: Vec<String> = globals
+                .iter()
+                .map(|&s| names.symbols[s].name.clone())
+                .collect();
+            // The document's own definition shadows an imported one; of
+            // two imports that define a name (an error where it is
+            // called), the first is taken.
+            for s in names.definitions(tree) {
+                if !seen.contains(&names.symbols[s].name) {
+                    globals.push(s);
                 }
             }
         }

@@ -1172,14 +1172,4 @@ mod tests {
         );
         check(source, "model m : [8, 8, 1] {\n    relu  # c\n}\n", file).expect("the same program");
     }
-
-    #[test]
-    fn a_keyword_joined_to_a_name_is_printed_as_the_parser_reads_it() {
-        // The grammar reads `modelm` as `model m` (a keyword needs no
-        // space after it); formatting writes the space.
-        assert_eq!(
-            canonical("modelm : [8, 8, 1] { relu }\n"),
-            "model m : [8, 8, 1] { relu }\n"
-        );
-    }
 }

@@ -810,7 +810,33 @@ fn syntax_hint(source: &str, offset: usize, innermost: Option<char>) -> Option<S
             _ => None,
         };
     }
+    if innermost.is_none() {
+        return glued_item(rest);
+    }
     None
+}
+
+/// For an item whose keyword runs into its name (`modelm : [...]`), a
+/// hint to put a space between them: a keyword followed by a letter is a
+/// longer name.
+fn glued_item(rest: &str) -> Option<String> {
+    // Each item keyword, and what follows its name.
+    let items: [(&str, &[char]); 3] = [
+        ("block", &['(', '{']),
+        ("model", &['(', ':']),
+        ("train", &['{']),
+    ];
+    items.iter().find_map(|(keyword, next)| {
+        let tail = rest.strip_prefix(keyword)?;
+        let name_len = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..name_len];
+        let follows = tail[name_len..].trim_start().starts_with(*next);
+        (!name.is_empty() && follows).then(|| {
+            format!("help: a keyword and a name need a space between them: `{keyword} {name}`")
+        })
+    })
 }
 
 /// Whether the statement that `before` ends with is a single name.
@@ -1460,6 +1486,32 @@ mod tests {
             assert!(first_recovered(root.into_inner()).is_some(), "{what}");
             error_at(source, at, what);
         }
+    }
+
+    #[test]
+    fn a_keyword_that_runs_into_a_name_is_the_name() {
+        let error = error_at("modelm : [8, 8, 1] { relu }\n", "modelm", "glued model");
+        assert_eq!(
+            error.notes,
+            ["help: a keyword and a name need a space between them: `model m`"]
+        );
+        // `letter = 3` is not `let ter = 3`, nor `output_size = 3` an output.
+        for statement in ["letter = 3", "output_size = 3"] {
+            let source = format!("model m : [8, 8, 1] {{\n    {statement}\n}}\n");
+            let error = error_at(&source, "= 3", statement);
+            assert_eq!(error.notes, ["help: bind a value with `let name = value`"]);
+        }
+        let file = parse(
+            "model m : [8, 8, 1] {\n    let letter = 3\n    format\n}\n",
+            0,
+        )
+        .expect("parses");
+        let Item::Model(model) = &file.items[0] else {
+            panic!("a model")
+        };
+        assert!(
+            matches!(&model.body[1], Stmt::Expr(e) if matches!(&e.kind, ExprKind::Name(n, None) if n.name == "format"))
+        );
     }
 
     /// The syntax error of `source`, checked to begin with the text `at`.
