@@ -308,6 +308,7 @@ fn symbols_definitions_references_and_renames_follow_the_names() {
         .to_string();
     let path = target.strip_prefix("file://").expect("a file URI");
     assert!(path.starts_with(cache_text), "{target}");
+    assert!(path.ends_with("/resnet.cnn"), "{target}");
     let module = std::fs::read_to_string(path).expect("the module's copy");
     let line = definition["result"]["range"]["start"]["line"]
         .as_u64()

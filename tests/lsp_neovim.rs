@@ -1,7 +1,8 @@
 //! A real editor against `cnnc lsp`: Neovim, headless, with its built-in
 //! LSP client configured by `tests/editor/neovim.lua`, opens
 //! `examples/resnet34.cnn` with a misspelt layer and checks that the
-//! diagnostic and a hover arrive.
+//! diagnostic and a hover arrive, that the quick fix applied by Neovim
+//! clears the error, and that a stdlib block's definition is found.
 //!
 //! Without `nvim` on the path the test says so and passes, unless
 //! `CNNC_REQUIRE_NVIM` is set (as `.ci/run` sets it, after installing
@@ -53,6 +54,12 @@ fn neovim_shows_the_seeded_error_and_a_hover() {
         .env("HOVER_LINE", "8")
         .env("HOVER_COLUMN", "5")
         .env("HOVER_TEXT", "Conv2D")
+        .env("FIX_TEXT", "    batchnorm")
+        // `residual_unit` in the loop: the stdlib's block, opened from the
+        // copy written to the cache (the scratch folder, below).
+        .env("DEFINITION_LINE", "17")
+        .env("DEFINITION_COLUMN", "10")
+        .env("DEFINITION_FILE", "/resnet.cnn")
         // Neovim's log and state go to the scratch folder.
         .env("HOME", &dir)
         .env("XDG_CACHE_HOME", &dir)

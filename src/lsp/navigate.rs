@@ -110,7 +110,8 @@ impl Analysis {
     /// user's cache.
     pub(super) fn uri_of_file(&self, file: FileId) -> Option<Uri> {
         let name = self.sources.name(file);
-        let path = match name.strip_prefix("<stdlib>/") {
+        let module = name.strip_prefix("<stdlib>/");
+        let path = match module.and_then(|m| m.strip_suffix(".cnn")) {
             Some(module) => stdlib_copy(&cache_dir(), module, self.sources.text(file))?,
             None => std::path::absolute(name).ok().filter(|p| p.is_file())?,
         };
