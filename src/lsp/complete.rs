@@ -22,10 +22,11 @@ use crate::syntax::ast::{Definition, Item};
 pub enum Context<'t> {
     /// After `use`.
     Module,
-    /// At an argument of a call of `callee`, whose arguments `named` are
-    /// given already.
+    /// At an argument of a call of `callee`, after `positional`
+    /// arguments given by position and those named `named`.
     Argument {
         callee: &'t str,
+        positional: usize,
         named: Vec<&'t str>,
     },
     /// After `arg:` in a call of `callee`.
@@ -73,9 +74,11 @@ pub fn context(text: &str, offset: usize) -> Context<'_> {
                 };
             }
             if segment.is_empty() || segment.ends_with(',') {
+                let (positional, named) = written_arguments(&before[at + 1..]);
                 return Context::Argument {
                     callee,
-                    named: named_arguments(&before[at + 1..]),
+                    positional,
+                    named,
                 };
             }
             Context::Statement
@@ -121,13 +124,33 @@ fn is_train_header(head: &str) -> bool {
     matches!(words.as_slice(), ["train", ..] | [_, "train"])
 }
 
-/// The names of the arguments given by name in a call's text so far.
-fn named_arguments(args: &str) -> Vec<&str> {
-    args.split(',')
-        .filter_map(|a| a.split_once(':'))
-        .map(|(name, _)| name.trim())
-        .filter(|name| !name.is_empty() && name.chars().all(is_word))
-        .collect()
+/// The arguments a call's text `args` gives before the one being typed:
+/// how many by position, and the names of the others (commas inside
+/// brackets, `[3, 3]`, do not separate arguments).
+fn written_arguments(args: &str) -> (usize, Vec<&str>) {
+    let mut depth = 0usize;
+    let mut start = 0;
+    let mut written = Vec::new();
+    for (i, c) in args.char_indices() {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                written.push(args[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let mut positional = 0;
+    let mut named = Vec::new();
+    for argument in written.into_iter().filter(|a| !a.is_empty()) {
+        match argument.split_once(':').map(|(name, _)| name.trim()) {
+            Some(name) if !name.is_empty() && name.chars().all(is_word) => named.push(name),
+            _ => positional += 1,
+        }
+    }
+    (positional, named)
 }
 
 impl Analysis {
@@ -138,10 +161,15 @@ impl Analysis {
             Context::Nothing => Vec::new(),
             Context::Module => modules(path),
             Context::TrainKey => TRAIN_KEYS.iter().map(|k| argument_item(k, "")).collect(),
-            Context::Argument { callee, named } => {
+            Context::Argument {
+                callee,
+                positional,
+                named,
+            } => {
                 let mut items: Vec<CompletionItem> = self
                     .parameters(callee)
                     .into_iter()
+                    .skip(positional)
                     .filter(|(name, _)| !named.contains(&name.as_str()))
                     .map(|(name, default)| argument_item(&name, &default))
                     .collect();
@@ -369,11 +397,11 @@ mod tests {
         assert_eq!(at("model m : [8, 8, 1] {\n    con|"), "Statement");
         assert_eq!(
             at("model m : [8, 8, 1] {\n    conv(32, 3, pad|"),
-            "Argument { callee: \"conv\", named: [] }"
+            "Argument { callee: \"conv\", positional: 2, named: [] }"
         );
         assert_eq!(
             at("    conv(32, 3, padding: same,\n        activation: relu, |)"),
-            "Argument { callee: \"conv\", named: [\"padding\", \"activation\"] }"
+            "Argument { callee: \"conv\", positional: 2, named: [\"padding\", \"activation\"] }"
         );
         assert_eq!(
             at("    conv(32, 3, padding: |"),
@@ -390,7 +418,11 @@ mod tests {
         assert_eq!(at("train {\n    optimizer: |"), "Statement");
         assert_eq!(
             at("    conv(32, 3) # (\n    dense(|"),
-            "Argument { callee: \"dense\", named: [] }"
+            "Argument { callee: \"dense\", positional: 0, named: [] }"
+        );
+        assert_eq!(
+            at("    conv(32, [3, 3], stride: [2, 2], |"),
+            "Argument { callee: \"conv\", positional: 2, named: [\"stride\"] }"
         );
     }
 
@@ -414,6 +446,13 @@ mod tests {
         );
         let unit = labels(&text.replacen("same, |)", "same)", 1));
         assert_eq!(unit[..2], ["f:", "g:"]);
+        // Given by position, `f` is not offered again.
+        let after_f = labels(&text.replacen("same, |)", "same)", 1).replacen(
+            "unit(|)",
+            "unit(4, |)",
+            1,
+        ));
+        assert_eq!(after_f[..2], ["g:", "conv"]);
     }
 
     #[test]
