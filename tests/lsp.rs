@@ -29,6 +29,19 @@ fn an_error_arrives_on_open_at_its_range_and_goes_when_fixed() {
     let message = d["message"].as_str().expect("a message");
     assert!(message.contains("did you mean `activation`?"), "{message}");
     assert_eq!(d["severity"], json!(1));
+    // The notes are related information too, at the error.
+    let related = d["relatedInformation"]
+        .as_array()
+        .expect("related information");
+    let notes: Vec<&Value> = related.iter().map(|r| &r["message"]).collect();
+    assert!(
+        notes.contains(&&json!("help: did you mean `activation`?")),
+        "{d}"
+    );
+    assert!(
+        related.iter().all(|r| r["location"]["range"] == d["range"]),
+        "{d}"
+    );
 
     client.change(URI, 2, FIXED);
     let published = client.diagnostics(URI);

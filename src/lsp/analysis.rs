@@ -113,8 +113,9 @@ impl Analysis {
     /// Every error as a diagnostic of the document at `uri` (whose text
     /// is `text`): where it lies when that is the document, else at the
     /// call in the document that led to it, else at the `use` that
-    /// imported its file; with the other places as related information and
-    /// the notes (`help: did you mean …`) in the message.
+    /// imported its file; with the other places and the notes (`help: did
+    /// you mean …`) as related information, and the notes in the message
+    /// too (not every client shows related information).
     pub fn diagnostics(&self, uri: &Uri, text: &str) -> Vec<lsp_types::Diagnostic> {
         let index = LineIndex::new(text);
         self.errors
@@ -126,13 +127,20 @@ impl Analysis {
                     lines.push(error.primary.message.clone());
                 }
                 lines.extend(error.notes.iter().cloned());
+                let range = index.range(text, span.start, span.end);
                 let labels = std::iter::once(&error.primary).chain(&error.secondary);
-                let related: Vec<DiagnosticRelatedInformation> = labels
+                let mut related: Vec<DiagnosticRelatedInformation> = labels
                     .filter(|label| label.span != span)
                     .filter_map(|label| self.related(uri, text, &index, label))
                     .collect();
+                // The notes again, where the error is shown, for clients
+                // that list related information under a diagnostic.
+                related.extend(error.notes.iter().map(|note| DiagnosticRelatedInformation {
+                    location: Location::new(uri.clone(), range),
+                    message: note.clone(),
+                }));
                 lsp_types::Diagnostic {
-                    range: index.range(text, span.start, span.end),
+                    range,
                     severity: Some(DiagnosticSeverity::ERROR),
                     source: Some("cnnc".into()),
                     message: lines.join("\n"),
