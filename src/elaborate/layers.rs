@@ -273,16 +273,24 @@ pub const LAYERS: &[(&str, &[ArgSpec])] = &[
 pub fn render_signature(layer: &str, signature: &[ArgSpec]) -> String {
     let args: Vec<String> = signature
         .iter()
-        .map(|s| match s.default {
-            DefaultValue::Required => s.name.to_string(),
-            DefaultValue::Int(i) => format!("{} = {i}", s.name),
-            DefaultValue::Float(x) => format!("{} = {}", s.name, super::value::float(x)),
-            DefaultValue::Bool(b) => format!("{} = {b}", s.name),
-            DefaultValue::Symbol(sym) => format!("{} = {sym}", s.name),
-            DefaultValue::SameAs(other) => format!("{} = {other}", s.name),
+        .map(|s| match default_text(s.default) {
+            Some(default) => format!("{} = {default}", s.name),
+            None => s.name.to_string(),
         })
         .collect();
     format!("{layer}({})", args.join(", "))
+}
+
+/// A default as it is written (`1`, `0.5`, `valid`, or the other argument
+/// it copies), or `None` for an argument that must be given.
+pub fn default_text(default: DefaultValue) -> Option<String> {
+    Some(match default {
+        DefaultValue::Required => return None,
+        DefaultValue::Int(i) => i.to_string(),
+        DefaultValue::Float(x) => super::value::float(x),
+        DefaultValue::Bool(b) => b.to_string(),
+        DefaultValue::Symbol(sym) | DefaultValue::SameAs(sym) => sym.to_string(),
+    })
 }
 
 /// The Keras layer each primitive layer matches (for its documentation).

@@ -5,8 +5,8 @@
 //! ([`Analysis::hover`]).
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use lsp_types::{DiagnosticRelatedInformation, DiagnosticSeverity, Location, Uri};
 use petgraph::Direction;
@@ -16,8 +16,9 @@ use super::navigate::{file_stem, use_stem};
 use super::text::LineIndex;
 use crate::diagnostics::{floor_char, Diagnostic, FileId, SourceMap, Span};
 use crate::elaborate::layers;
+use crate::graph::Node;
 use crate::syntax::ast::{File, Item};
-use crate::syntax::Overlay;
+use crate::syntax::{is_name_char, Overlay};
 use crate::{emit, TypedGraph};
 
 /// What the front end made of one document's text.
@@ -36,6 +37,9 @@ pub struct Analysis {
     pub(super) models: Vec<TypedGraph>,
     /// Every error, wherever it lies.
     pub(super) errors: Vec<Diagnostic>,
+    /// The canonical paths of the files on disk it imports, found once
+    /// when first asked for ([`Analysis::imports_file`]).
+    disk_files: OnceLock<Vec<PathBuf>>,
 }
 
 /// The file id of the document among the sources it loads.
@@ -68,6 +72,7 @@ impl Analysis {
                     imports,
                     models,
                     errors,
+                    disk_files: OnceLock::new(),
                 }
             }
             Err(diagnostics) => {
@@ -81,6 +86,7 @@ impl Analysis {
                     imports: Vec::new(),
                     models: Vec::new(),
                     errors,
+                    disk_files: OnceLock::new(),
                 }
             }
         }
@@ -89,10 +95,12 @@ impl Analysis {
     /// Whether the document imports the file at `path` (a canonical path),
     /// directly or not.
     pub fn imports_file(&self, path: &Path) -> bool {
-        (1..self.sources.len()).any(|file| {
-            let name = Path::new(self.sources.name(file));
-            name.canonicalize().is_ok_and(|p| p == path)
-        })
+        let files = self.disk_files.get_or_init(|| {
+            (1..self.sources.len())
+                .filter_map(|file| Path::new(self.sources.name(file)).canonicalize().ok())
+                .collect()
+        });
+        files.iter().any(|p| p == path)
     }
 
     /// How many errors the document has, in it and in what it imports.
@@ -233,14 +241,13 @@ impl Analysis {
     fn describe_layer(&self, offset: usize) -> Option<(String, Span)> {
         let text = self.sources.text(ROOT);
         let offset = floor_char(text, offset);
-        let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
         let start = text[..offset]
             .char_indices()
             .rev()
-            .find(|&(_, c)| !word(c))
+            .find(|&(_, c)| !is_name_char(c))
             .map_or(0, |(i, c)| i + c.len_utf8());
         let end = text[offset..]
-            .find(|c: char| !word(c))
+            .find(|c: char| !is_name_char(c))
             .map_or(text.len(), |n| offset + n);
         let name = &text[start..end];
         let signature = layers::signature(name)?;
@@ -334,21 +341,16 @@ impl Analysis {
 /// One line per instance of the call at `call` in `model`: a layer called
 /// in a block the model uses twice has two.
 fn instances(model: &TypedGraph, call: Span) -> Vec<String> {
-    // An instance is named by its path: a layer's whole path, a block
-    // call's first segments, one per call down to it (the calls of a loop
-    // share their chain of spans, not their names).
     let mut groups: BTreeMap<String, Vec<petgraph::graph::NodeIndex>> = BTreeMap::new();
     for &id in &model.order {
         let node = &model.graph.nodes[id];
-        let key = if node.span == call {
-            node.layer.clone()
-        } else if let Some(depth) = node.trace.iter().position(|&s| s == call) {
-            let segments: Vec<&str> = node.layer.split('.').collect();
-            segments[..(depth + 1).min(segments.len())].join(".")
-        } else {
+        let Some(depth) = calls_of(node).position(|s| s == call) else {
             continue;
         };
-        groups.entry(key).or_default().push(id);
+        groups
+            .entry(instance_name(node, depth))
+            .or_default()
+            .push(id);
     }
     let mut lines: Vec<(usize, String)> = groups
         .into_values()
@@ -356,6 +358,24 @@ fn instances(model: &TypedGraph, call: Span) -> Vec<String> {
         .collect();
     lines.sort();
     lines.into_iter().map(|(_, line)| line).collect()
+}
+
+/// The calls that made `node`: the block calls that led to it, outermost
+/// first, then its own layer call.
+pub(super) fn calls_of(node: &Node) -> impl Iterator<Item = Span> + '_ {
+    node.trace.iter().copied().chain(std::iter::once(node.span))
+}
+
+/// The instance of the call at `depth` of [`calls_of`]`(node)` that
+/// `node` belongs to, named by its path: its layer's whole path for its
+/// own call, the path's first `depth + 1` segments for a block call (the
+/// calls of a loop share their chain of spans, not their names).
+pub(super) fn instance_name(node: &Node, depth: usize) -> String {
+    if depth >= node.trace.len() {
+        return node.layer.clone();
+    }
+    let segments: Vec<&str> = node.layer.split('.').collect();
+    segments[..(depth + 1).min(segments.len())].join(".")
 }
 
 /// The figures of one instance: the nodes `ids`, in topological order.

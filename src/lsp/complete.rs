@@ -13,9 +13,10 @@ use lsp_types::{CompletionItem, CompletionItemKind, Documentation, InsertTextFor
 
 use super::analysis::{Analysis, ROOT};
 use super::names::Kind as NameKind;
-use crate::elaborate::layers::{self, ArgSpec, DefaultValue, Kind, LAYERS};
+use crate::elaborate::layers::{self, Kind, LAYERS};
 use crate::elaborate::{FUNCTIONS, TRAIN_KEYS};
 use crate::syntax::ast::{Definition, Item};
+use crate::syntax::is_name_char;
 
 /// Where the cursor is, as far as completion cares.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,15 +40,11 @@ pub enum Context<'t> {
     Statement,
 }
 
-fn is_word(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_'
-}
-
 /// The context of byte `offset` of `text` (where the word being typed
 /// there starts is `offset` less its length).
 pub fn context(text: &str, offset: usize) -> Context<'_> {
     let offset = crate::diagnostics::floor_char(text, offset);
-    let before = text[..offset].trim_end_matches(is_word);
+    let before = text[..offset].trim_end_matches(is_name_char);
     let line = before.rsplit('\n').next().unwrap_or_default();
     if line.contains('#') || line.matches('"').count() % 2 == 1 {
         return Context::Nothing;
@@ -64,7 +61,7 @@ pub fn context(text: &str, offset: usize) -> Context<'_> {
         .unwrap_or_default()
         .trim();
     let head = before[..at].trim_end();
-    let callee = &head[head.trim_end_matches(is_word).len()..];
+    let callee = &head[head.trim_end_matches(is_name_char).len()..];
     match opener {
         '(' if !callee.is_empty() => {
             if let Some(arg) = segment.strip_suffix(':') {
@@ -146,7 +143,7 @@ fn written_arguments(args: &str) -> (usize, Vec<&str>) {
     let mut named = Vec::new();
     for argument in written.into_iter().filter(|a| !a.is_empty()) {
         match argument.split_once(':').map(|(name, _)| name.trim()) {
-            Some(name) if !name.is_empty() && name.chars().all(is_word) => named.push(name),
+            Some(name) if !name.is_empty() && name.chars().all(is_name_char) => named.push(name),
             _ => positional += 1,
         }
     }
@@ -198,7 +195,12 @@ impl Analysis {
         if let Some(signature) = layers::signature(callee) {
             return signature
                 .iter()
-                .map(|a| (a.name.to_string(), default_text(a)))
+                .map(|a| {
+                    (
+                        a.name.to_string(),
+                        layers::default_text(a.default).unwrap_or_default(),
+                    )
+                })
                 .collect();
         }
         self.block(callee).map_or_else(Vec::new, |def| {
@@ -299,17 +301,6 @@ fn values(kind: Kind) -> &'static [&'static str] {
     }
 }
 
-/// An argument's default as it would be written.
-fn default_text(arg: &ArgSpec) -> String {
-    match arg.default {
-        DefaultValue::Required => String::new(),
-        DefaultValue::Int(i) => i.to_string(),
-        DefaultValue::Float(x) => x.to_string(),
-        DefaultValue::Bool(b) => b.to_string(),
-        DefaultValue::Symbol(s) | DefaultValue::SameAs(s) => s.to_string(),
-    }
-}
-
 fn item(label: &str, kind: CompletionItemKind, detail: Option<String>) -> CompletionItem {
     CompletionItem {
         label: label.to_string(),
@@ -365,7 +356,7 @@ fn modules(path: Option<&Path>) -> Vec<CompletionItem> {
             continue;
         };
         let own = path.is_some_and(|p| p.file_name() == file.file_name());
-        if own || file.extension().is_none_or(|e| e != "cnn") || !stem.chars().all(is_word) {
+        if own || file.extension().is_none_or(|e| e != "cnn") || !stem.chars().all(is_name_char) {
             continue;
         }
         // A file beside the document comes before a stdlib module of its name.

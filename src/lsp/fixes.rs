@@ -9,6 +9,7 @@ use lsp_types::{CodeAction, CodeActionKind, TextEdit, Uri, WorkspaceEdit};
 use super::analysis::{Analysis, ROOT};
 use super::text::LineIndex;
 use crate::diagnostics::{offered, Diagnostic, Span};
+use crate::syntax::is_name_char;
 
 /// One fix: the bytes to replace in the document and what to put there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,11 +45,10 @@ impl Analysis {
     fn misspelt(&self, error: &Diagnostic, word: &str) -> Option<Span> {
         let span = error.primary.span;
         let snippet = self.sources.snippet(span);
-        let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
         let mut best: Option<(usize, Span)> = None;
         let mut start = None;
         for (i, c) in snippet.char_indices().chain([(snippet.len(), ' ')]) {
-            match (is_word(c), start) {
+            match (is_name_char(c), start) {
                 (true, None) => start = Some(i),
                 (false, Some(s)) => {
                     start = None;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use petgraph::graph::NodeIndex;
 use petgraph::Direction;
 
-use super::analysis::{Analysis, ROOT};
+use super::analysis::{calls_of, instance_name, Analysis, ROOT};
 use crate::diagnostics::Span;
 use crate::graph::Shape;
 
@@ -67,17 +67,11 @@ impl Analysis {
                     continue; // the model's input, a constant
                 }
                 let node = &graph[id];
-                let segments: Vec<&str> = node.layer.split('.').collect();
-                let chain = node.trace.iter().chain(std::iter::once(&node.span));
-                for (depth, &span) in chain.enumerate() {
+                for (depth, span) in calls_of(node).enumerate() {
                     if span.file != ROOT {
                         continue;
                     }
-                    let instance = if depth == node.trace.len() {
-                        node.layer.clone()
-                    } else {
-                        segments[..(depth + 1).min(segments.len())].join(".")
-                    };
+                    let instance = instance_name(node, depth);
                     last.insert((span, instance), id);
                 }
             }

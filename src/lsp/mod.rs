@@ -25,6 +25,7 @@ pub mod text;
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,8 @@ pub fn serve_stdio() -> Result<(), ServerError> {
 struct Document {
     text: String,
     version: i32,
+    /// Its canonical path, when it is a file on disk.
+    path: Option<PathBuf>,
     /// The analysis of `text`; `None` while a change waits for one.
     analysis: Option<Arc<Analysis>>,
 }
@@ -107,15 +110,16 @@ impl State {
     }
 
     /// Marks stale every other open document that imports the one at
-    /// `uri`, which changed (or opened or closed: it is imported from the
-    /// editor's text while open, from the disk after); whether there was one.
-    fn touched(&mut self, uri: &Uri) -> bool {
-        let Some(path) = path_of(uri).and_then(|p| p.canonicalize().ok()) else {
+    /// `uri` (whose canonical path is `path`), which changed (or opened or
+    /// closed: it is imported from the editor's text while open, from the
+    /// disk after); whether there was one.
+    fn touched(&mut self, uri: &Uri, path: Option<&Path>) -> bool {
+        let Some(path) = path else {
             return false;
         };
         let mut any = false;
         for (other, doc) in &mut self.documents {
-            if other != uri && doc.analysis.as_ref().is_some_and(|a| a.imports_file(&path)) {
+            if other != uri && doc.analysis.as_ref().is_some_and(|a| a.imports_file(path)) {
                 doc.analysis = None;
                 self.stale.insert(other.as_str().to_string());
                 any = true;
@@ -128,11 +132,8 @@ impl State {
     /// instead of the files on disk.
     fn overlay(&self) -> Overlay {
         self.documents
-            .iter()
-            .filter_map(|(uri, doc)| {
-                let path = path_of(uri)?.canonicalize().ok()?;
-                Some((path, doc.text.clone()))
-            })
+            .values()
+            .filter_map(|doc| Some((doc.path.clone()?, doc.text.clone())))
             .collect()
     }
 
@@ -228,16 +229,18 @@ fn apply(
             let params: lsp_types::DidOpenTextDocumentParams =
                 serde_json::from_value(notification.params)?;
             let doc = params.text_document;
+            let path = path_of(&doc.uri).and_then(|p| p.canonicalize().ok());
             state.stale.insert(doc.uri.as_str().to_string());
+            state.touched(&doc.uri, path.as_deref());
             state.documents.insert(
-                doc.uri.clone(),
+                doc.uri,
                 Document {
                     text: doc.text,
                     version: doc.version,
+                    path,
                     analysis: None,
                 },
             );
-            state.touched(&doc.uri);
             Ok(true)
         }
         DidChangeTextDocument::METHOD => {
@@ -254,8 +257,9 @@ fn apply(
             doc.text = change.text;
             doc.version = params.text_document.version;
             doc.analysis = None;
+            let path = doc.path.clone();
             state.stale.insert(uri.as_str().to_string());
-            state.touched(&uri);
+            state.touched(&uri, path.as_deref());
             Ok(true)
         }
         DidChangeConfiguration::METHOD => {
@@ -270,10 +274,10 @@ fn apply(
             let params: lsp_types::DidCloseTextDocumentParams =
                 serde_json::from_value(notification.params)?;
             let uri = params.text_document.uri;
-            state.documents.remove(&uri);
+            let closed = state.documents.remove(&uri);
             state.stale.remove(uri.as_str());
             // Those that import it read it from the disk again.
-            let touched = state.touched(&uri);
+            let touched = state.touched(&uri, closed.and_then(|d| d.path).as_deref());
             publish(connection, uri, Vec::new(), None)?;
             Ok(touched)
         }

@@ -4,7 +4,9 @@
 //! read-only copy is written to the user's cache for the editor to open),
 //! the uses of a name, and renaming one across the document.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use lsp_types::{DocumentSymbol, SymbolKind, Uri};
 
@@ -136,6 +138,16 @@ impl Analysis {
     /// The name at byte `offset` that can be renamed: a block, model,
     /// `let` or loop variable defined in the document.
     pub fn renamable(&self, offset: usize) -> Result<Span, String> {
+        let (_, places) = self.rename_target(offset)?;
+        places
+            .into_iter()
+            .find(|s| s.start <= offset && offset <= s.end)
+            .ok_or_else(|| "there is nothing to rename here".into())
+    }
+
+    /// The symbol named at `offset`, when it can be renamed, and the places
+    /// the document names it.
+    fn rename_target(&self, offset: usize) -> Result<(usize, Vec<Span>), String> {
         let symbol = self
             .names
             .at(offset)
@@ -154,18 +166,14 @@ impl Analysis {
                 s.name
             ));
         }
-        let at = self.names.occurrences(symbol);
-        at.into_iter()
-            .find(|s| s.start <= offset && offset <= s.end)
-            .ok_or_else(|| "there is nothing to rename here".into())
+        Ok((symbol, self.names.occurrences(symbol)))
     }
 
     /// Every place to write `new` to rename what is named at `offset`; an
     /// error when it cannot be renamed, or `new` is not a name or would
     /// change what a use refers to.
     pub fn rename(&self, offset: usize, new: &str) -> Result<Vec<Span>, String> {
-        self.renamable(offset)?;
-        let symbol = self.names.at(offset).ok_or("nothing to rename")?;
+        let (symbol, places) = self.rename_target(offset)?;
         let old = &self.names.symbols[symbol].name;
         if !is_name(new) {
             return Err(format!("`{new}` is not a name: a name is a letter or `_`, then letters, digits or `_`, and no keyword"));
@@ -173,7 +181,6 @@ impl Analysis {
         if layers::signature(new).is_some() || FUNCTIONS.contains(&new) {
             return Err(format!("`{new}` is a built-in layer or function"));
         }
-        let places = self.names.occurrences(symbol);
         if new != old && places.iter().any(|s| self.names.visible(new, s.start)) {
             return Err(format!(
                 "`{new}` is already a name here; renaming `{old}` to it would change what a use refers to"
@@ -223,14 +230,24 @@ fn cache_dir() -> PathBuf {
 /// version of the library's text, so that an editor never shows another
 /// build's module.
 fn stdlib_copy(cache: &Path, module: &str, text: &str) -> Option<PathBuf> {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    crate::stdlib::MODULES.hash(&mut hasher);
-    let folder = cache
-        .join("cnnc")
-        .join(format!("stdlib-{:016x}", hasher.finish()));
+    // The library's hash, and the copies this process has checked or
+    // written: each is read or written once, not at every request.
+    static VERSION: OnceLock<String> = OnceLock::new();
+    static CHECKED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let version = VERSION.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        crate::stdlib::MODULES.hash(&mut hasher);
+        format!("stdlib-{:016x}", hasher.finish())
+    });
+    let folder = cache.join("cnnc").join(version);
     let path = folder.join(format!("{module}.cnn"));
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if checked.contains(&path) && path.is_file() {
+        return Some(path);
+    }
     if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        checked.insert(path.clone());
         return Some(path);
     }
     std::fs::create_dir_all(&folder).ok()?;
@@ -242,6 +259,7 @@ fn stdlib_copy(cache: &Path, module: &str, text: &str) -> Option<PathBuf> {
     permissions.set_readonly(true);
     std::fs::set_permissions(&partial, permissions).ok()?;
     std::fs::rename(&partial, &path).ok()?;
+    checked.insert(path.clone());
     Some(path)
 }
 

@@ -684,7 +684,7 @@ fn called_with_space(source: &str, at: usize) -> bool {
     let word: String = name_end
         .chars()
         .rev()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take_while(|&c| is_name_char(c))
         .collect();
     let word: String = word.chars().rev().collect();
     !word.is_empty()
@@ -828,15 +828,18 @@ fn glued_item(rest: &str) -> Option<String> {
     ];
     items.iter().find_map(|(keyword, next)| {
         let tail = rest.strip_prefix(keyword)?;
-        let name_len = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
+        let name_len = tail.find(|c: char| !is_name_char(c)).unwrap_or(tail.len());
         let name = &tail[..name_len];
         let follows = tail[name_len..].trim_start().starts_with(*next);
         (!name.is_empty() && follows).then(|| {
             format!("help: a keyword and a name need a space between them: `{keyword} {name}`")
         })
     })
+}
+
+/// Whether `c` may continue a name (the grammar's `ident_char`).
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
 }
 
 /// Whether the statement that `before` ends with is a single name.
@@ -848,9 +851,7 @@ fn statement_is_a_name(before: &str) -> bool {
         .trim();
     !statement.is_empty()
         && !matches!(statement, "let" | "output")
-        && statement
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && statement.chars().all(is_name_char)
 }
 
 fn join_alternatives(items: &[String]) -> String {
